@@ -1,0 +1,121 @@
+"""Database plumbing: the engine, the transaction-bound session, and the schema check."""
+
+import zope.sqlalchemy
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
+
+from .audit import AuditEvent
+from .meta import Base
+from .post import Post
+from .session import UserSession
+from .user import User
+
+# The alembic head this code expects; tests/unit/models/test_migrations.py keeps it honest.
+SCHEMA_REVISION = "0001"
+
+__all__ = ["AuditEvent", "Base", "Post", "User", "UserSession", "SCHEMA_REVISION"]
+
+configure_mappers()
+
+
+class SchemaError(RuntimeError):
+    """The database is not at the revision this code needs."""
+
+
+def _sqlite_pragmas(dbapi_connection, _record):
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL lets readers proceed while one writer commits; several processes share the file.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def get_engine(url: str, **kwargs) -> Engine:
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {"timeout": 30})
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def get_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def get_tm_session(session_factory, transaction_manager, request=None) -> Session:
+    """A session joined to ``transaction_manager``: pyramid_tm commits or aborts it."""
+    dbsession = session_factory(info={"request": request})
+    zope.sqlalchemy.register(dbsession, transaction_manager=transaction_manager)
+    return dbsession
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def check_schema(engine: Engine, config_file: str | None = None) -> None:
+    """Refuse to serve a database that is unmigrated, outdated, or newer than this code."""
+    try:
+        revision = current_revision(engine)
+    except SQLAlchemyError as e:
+        raise SchemaError(f"cannot reach the database ({type(e).__name__}: {e.orig or e})".splitlines()[0]) from None
+    if revision == SCHEMA_REVISION:
+        return
+    command = f"alembic -c {config_file or '<your ini file>'} upgrade head"
+    if revision is None:
+        raise SchemaError(f"the database is not migrated; run: {command}")
+    raise SchemaError(
+        f"the database is at schema revision {revision}, this code needs {SCHEMA_REVISION}; run: {command}"
+    )
+
+
+def includeme(config):
+    settings = config.get_settings()
+    settings["tm.manager_hook"] = "pyramid_tm.explicit_manager"
+    settings["tm.commit_veto"] = commit_veto
+    config.include("pyramid_tm")
+    config.include("pyramid_retry")
+
+    engine = get_engine(settings["myapp"].database_url)
+    check_schema(engine, settings.get("myapp.config_file"))
+    session_factory = get_session_factory(engine)
+    config.registry["dbsession_factory"] = session_factory
+    config.registry["db_engine"] = engine
+
+    def dbsession(request):
+        # Read from the registry per request: tests swap in a factory bound to a rolled-back connection.
+        return get_tm_session(request.registry["dbsession_factory"], request.tm, request=request)
+
+    config.add_request_method(dbsession, reify=True)
+
+
+def commit_veto(request, response) -> bool:
+    """pyramid_tm's veto: abort on an exception or a 4xx/5xx, unless the view kept its work.
+
+    A view keeps its work with :func:`keep_transaction` after discarding everything else, so a
+    refused request can still leave its audit record.
+    """
+    if request.environ.get("myapp.keep_transaction"):
+        return False
+    if getattr(request, "exc_info", None) is not None:
+        return True
+    return response.status.startswith(("4", "5"))
+
+
+def keep_transaction(request) -> None:
+    request.environ["myapp.keep_transaction"] = True
+
+
+def restart_transaction(request) -> None:
+    """Discard what this request wrote so far and start again, keeping what comes next."""
+    request.tm.abort()
+    request.tm.begin()
+    keep_transaction(request)

@@ -1,0 +1,46 @@
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .meta import Base, utcnow
+from .user import User
+
+
+class UserSession(Base):
+    """A signed-in browser. The cookie carries a random id; this row holds only its SHA-256.
+
+    ``handle`` is a second, non-secret random name for the row, used in URLs such as
+    ``/account/sessions/{handle}/revoke``. Tokens are Fernet-encrypted. An ended session keeps its
+    row (tokens wiped) so the browser can be told why it was signed out, until purged.
+    """
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_user_id_ended_at", "user_id", "ended_at"),
+        Index("ix_sessions_provider_sid", "provider_sid"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    handle: Mapped[str] = mapped_column(String(32), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
+    ip_address: Mapped[str] = mapped_column(String(64), default="")
+    provider_sid: Mapped[str | None] = mapped_column(String(255))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    access_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    id_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    access_token_expires_at: Mapped[datetime | None]
+    # Incremented by every refresh: a worker that waited for the lock sees another one's work.
+    token_generation: Mapped[int] = mapped_column(default=0)
+    refreshed_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
+

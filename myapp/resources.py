@@ -1,0 +1,126 @@
+"""Context factories and their ACLs: authorization lives next to the data.
+
+Each factory loads the row its route names, raises ``HTTPNotFound`` when there is none, and
+returns a resource whose ``__acl__`` states who may do what with it. Every resource's
+``__parent__`` is the :class:`Root`, whose ACL is the one place admin rights are granted, so a
+view only declares ``permission=`` and never compares owner ids.
+"""
+
+from enum import StrEnum
+
+from pyramid.authorization import ALL_PERMISSIONS, Allow, Authenticated, Deny, Everyone
+from pyramid.httpexceptions import HTTPNotFound
+from sqlalchemy import select
+
+from myapp.models import Post, User
+from myapp.security import group_principal, user_principal
+
+
+class Permission(StrEnum):
+    VIEW = "view"
+    CREATE = "create"
+    EDIT = "edit"
+    DELETE = "delete"
+    USE_API = "use_api"
+    MANAGE_OWN_SESSIONS = "manage_own_sessions"
+    REVOKE = "revoke"
+    ADMINISTER = "administer"
+    # The default permission: a view that forgets to declare one is denied to everyone.
+    UNDECLARED = "undeclared"
+
+
+class Root:
+    __name__ = ""
+    __parent__ = None
+
+    def __init__(self, request):
+        self.request = request
+        self.admin_group = request.registry.settings["myapp"].admin_group
+
+    @property
+    def __acl__(self):
+        return [
+            (Deny, Everyone, Permission.UNDECLARED),
+            (Allow, group_principal(self.admin_group), ALL_PERMISSIONS),
+            (Allow, Authenticated, (Permission.VIEW, Permission.USE_API, Permission.MANAGE_OWN_SESSIONS)),
+        ]
+
+
+class PostCollection:
+    __name__ = "posts"
+
+    def __init__(self, request):
+        self.request = request
+        self.__parent__ = Root(request)
+
+    __acl__ = [(Allow, Authenticated, (Permission.VIEW, Permission.CREATE))]
+
+
+class PostResource:
+    def __init__(self, post: Post, parent: Root):
+        self.post = post
+        self.__name__ = str(post.id)
+        self.__parent__ = parent
+
+    @property
+    def __acl__(self):
+        return [
+            (Allow, Authenticated, Permission.VIEW),
+            (Allow, user_principal(self.post.owner_id), (Permission.EDIT, Permission.DELETE)),
+        ]
+
+
+class SessionResource:
+    """One of a user's sessions, named by its non-secret handle."""
+
+    def __init__(self, session, parent: Root):
+        self.session = session
+        self.__name__ = session.handle
+        self.__parent__ = parent
+
+    @property
+    def __acl__(self):
+        return [(Allow, user_principal(self.session.user_id), Permission.REVOKE)]
+
+
+class UserResource:
+    """A user as an admin sees them; only the root's admin entry grants anything here."""
+
+    __acl__ = []
+
+    def __init__(self, user: User, parent: Root):
+        self.user = user
+        self.__name__ = str(user.id)
+        self.__parent__ = parent
+
+
+def _int_id(request, key="id") -> int:
+    value = request.matchdict.get(key, "")
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise HTTPNotFound()
+    return int(value)
+
+
+def post_collection_factory(request):
+    return PostCollection(request)
+
+
+def post_factory(request):
+    post = request.dbsession.get(Post, _int_id(request))
+    if post is None:
+        raise HTTPNotFound()
+    return PostResource(post, Root(request))
+
+
+def session_factory(request):
+    row = request.session_store.find_by_handle(request.matchdict.get("handle", ""))
+    if row is None or request.session_store.dead_reason(row) is not None:
+        raise HTTPNotFound()
+    return SessionResource(row, Root(request))
+
+
+def user_factory(request):
+    user = request.dbsession.scalars(select(User).where(User.id == _int_id(request))).one_or_none()
+    if user is None:
+        raise HTTPNotFound()
+    return UserResource(user, Root(request))

@@ -1,0 +1,239 @@
+"""Server-side sessions: the browser holds a random id, the database holds its SHA-256."""
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from myapp.models import User, UserSession
+from myapp.models.meta import utcnow
+from myapp.settings import SessionSettings
+
+# secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
+TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+class EndReason:
+    """Why a session ended, as stored in ``sessions.end_reason`` and shown to the user."""
+
+    LOGOUT = "logout"
+    REPLACED = "replaced"
+    REVOKED = "revoked"
+    REVOKED_BY_ADMIN = "revoked_by_admin"
+    ENDED_ELSEWHERE = "signed_out_elsewhere"
+    BACKCHANNEL = "provider_logout"
+    REFRESH_FAILED = "refresh_failed"
+    EXPIRED = "expired"
+    IDLE = "idle"
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    access_token_expires_at: datetime | None = None
+
+
+def hash_session_id(raw: str) -> str:
+    return hashlib.sha256(raw.encode("ascii")).hexdigest()
+
+
+def is_wellformed_session_id(value: str | None) -> bool:
+    return bool(value) and _SESSION_ID.match(value) is not None
+
+
+class TokenCipher:
+    """Fernet encryption of tokens at rest; the first key encrypts, every key decrypts."""
+
+    def __init__(self, keys):
+        self._fernet = MultiFernet([Fernet(key) for key in keys])
+
+    def encrypt(self, value: str | None) -> bytes | None:
+        return None if value is None else self._fernet.encrypt(value.encode("utf-8"))
+
+    def decrypt(self, value: bytes | None) -> str | None:
+        """The plaintext, or None when no key in use can read it (a retired key, say)."""
+        if value is None:
+            return None
+        try:
+            return self._fernet.decrypt(bytes(value)).decode("utf-8")
+        except InvalidToken:
+            return None
+
+    def rotate(self, value: bytes | None) -> bytes | None:
+        return None if value is None else self._fernet.rotate(bytes(value))
+
+
+class SessionStore:
+    def __init__(
+        self,
+        *,
+        dbsession: Session,
+        cipher: TokenCipher,
+        settings: SessionSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.dbsession = dbsession
+        self.cipher = cipher
+        self.settings = settings
+        self.clock = clock
+
+    def create(
+        self,
+        *,
+        user: User,
+        user_agent: str = "",
+        ip_address: str = "",
+        provider_sid: str | None = None,
+        tokens: TokenSet = TokenSet(),
+    ) -> tuple[str, UserSession]:
+        """Start a session; return the raw id (for the cookie, never stored) and the row."""
+        raw_id = secrets.token_urlsafe(32)
+        now = self.clock()
+        row = UserSession(
+            id_hash=hash_session_id(raw_id),
+            handle=secrets.token_urlsafe(16),
+            user=user,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + self.settings.absolute_timeout,
+            user_agent=(user_agent or "")[:512],
+            ip_address=(ip_address or "")[:64],
+            provider_sid=provider_sid,
+            csrf_token=secrets.token_urlsafe(32),
+        )
+        self._set_tokens(row, tokens)
+        self.dbsession.add(row)
+        self.dbsession.flush()
+        return raw_id, row
+
+    def find(self, raw_id: str | None) -> UserSession | None:
+        """The row named by a cookie value, live or not; None for garbage or an unknown id."""
+        if not is_wellformed_session_id(raw_id):
+            return None
+        return self.dbsession.scalars(
+            select(UserSession).where(UserSession.id_hash == hash_session_id(raw_id))
+        ).one_or_none()
+
+    def find_by_handle(self, handle: str) -> UserSession | None:
+        if not handle or len(handle) > 32:
+            return None
+        return self.dbsession.scalars(select(UserSession).where(UserSession.handle == handle)).one_or_none()
+
+    def idle_expires_at(self, row: UserSession) -> datetime:
+        return min(row.last_seen_at + self.settings.idle_timeout, row.expires_at)
+
+    def dead_reason(self, row: UserSession) -> str | None:
+        """None while the session is live, else why it is not."""
+        if row.ended_at is not None:
+            return row.end_reason or EndReason.LOGOUT
+        now = self.clock()
+        if now >= row.expires_at:
+            return EndReason.EXPIRED
+        if now >= row.last_seen_at + self.settings.idle_timeout:
+            return EndReason.IDLE
+        if row.user.disabled:
+            return EndReason.REVOKED
+        return None
+
+    def touch(self, row: UserSession) -> bool:
+        """Record activity, at most once a minute so reads do not become writes."""
+        now = self.clock()
+        if now - row.last_seen_at < TOUCH_INTERVAL:
+            return False
+        row.last_seen_at = now
+        self.dbsession.flush()
+        return True
+
+    def end(self, row: UserSession, reason: str) -> None:
+        if row.ended_at is None:
+            self._end_where(UserSession.id == row.id, reason)
+
+    def end_all_for_user(self, user_id: int, reason: str, *, except_id: int | None = None) -> int:
+        condition = UserSession.user_id == user_id
+        if except_id is not None:
+            condition = condition & (UserSession.id != except_id)
+        return self._end_where(condition, reason)
+
+    def end_all_others(self, row: UserSession, reason: str = EndReason.ENDED_ELSEWHERE) -> int:
+        return self.end_all_for_user(row.user_id, reason, except_id=row.id)
+
+    def end_by_provider_sid(self, user_ids: list[int] | None, sid: str, reason: str) -> int:
+        condition = UserSession.provider_sid == sid
+        if user_ids is not None:
+            condition = condition & UserSession.user_id.in_(user_ids)
+        return self._end_where(condition, reason)
+
+    def list_for_user(self, user_id: int) -> list[UserSession]:
+        now = self.clock()
+        rows = self.dbsession.scalars(
+            select(UserSession)
+            .where(
+                UserSession.user_id == user_id,
+                UserSession.ended_at.is_(None),
+                UserSession.expires_at > now,
+                UserSession.last_seen_at > now - self.settings.idle_timeout,
+            )
+            .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
+        ).all()
+        return list(rows)
+
+    def purge_expired(self, *, retention: timedelta = timedelta(days=1)) -> int:
+        """Delete rows that ended or expired more than ``retention`` ago."""
+        cutoff = self.clock() - retention
+        idle_cutoff = cutoff - self.settings.idle_timeout
+        result = self.dbsession.execute(
+            UserSession.__table__.delete().where(
+                (UserSession.ended_at < cutoff)
+                | (UserSession.expires_at < cutoff)
+                | (UserSession.last_seen_at < idle_cutoff)
+            )
+        )
+        return result.rowcount
+
+    def tokens(self, row: UserSession) -> TokenSet:
+        return TokenSet(
+            access_token=self.cipher.decrypt(row.access_token),
+            refresh_token=self.cipher.decrypt(row.refresh_token),
+            id_token=self.cipher.decrypt(row.id_token),
+            access_token_expires_at=row.access_token_expires_at,
+        )
+
+    def store_tokens(self, row: UserSession, tokens: TokenSet) -> None:
+        self._set_tokens(row, tokens)
+        self.dbsession.flush()
+
+    def new_csrf_token(self, row: UserSession) -> str:
+        row.csrf_token = secrets.token_urlsafe(32)
+        self.dbsession.flush()
+        return row.csrf_token
+
+    def _set_tokens(self, row: UserSession, tokens: TokenSet) -> None:
+        row.access_token = self.cipher.encrypt(tokens.access_token)
+        row.refresh_token = self.cipher.encrypt(tokens.refresh_token)
+        row.id_token = self.cipher.encrypt(tokens.id_token)
+        row.access_token_expires_at = tokens.access_token_expires_at
+
+    def _end_where(self, condition, reason: str) -> int:
+        # Ended rows keep who and when, never the tokens.
+        result = self.dbsession.execute(
+            update(UserSession)
+            .where(condition, UserSession.ended_at.is_(None))
+            .values(
+                ended_at=self.clock(),
+                end_reason=reason,
+                access_token=None,
+                refresh_token=None,
+                id_token=None,
+            )
+            .execution_options(synchronize_session="fetch")
+        )
+        return result.rowcount

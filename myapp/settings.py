@@ -1,0 +1,430 @@
+"""Every setting myapp reads, parsed once at start-up into frozen, typed objects.
+
+A value may be written as ``env:NAME`` (read from the environment) or ``file:/path`` (read from a
+file, trailing newline stripped). A missing or malformed setting raises :class:`SettingsError`
+whose message is one line naming the setting; :func:`myapp.main` turns it into a clean exit.
+"""
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+PREFIX = "myapp."
+DEVSTACK_MODULE = "myapp.devstack"
+DEVSTACK_PREFIX = "devstack."
+ENVIRONMENTS = ("production", "development")
+
+# Published in development.ini on purpose; a production start-up refuses them.
+DEVELOPMENT_ENCRYPTION_KEYS = frozenset({"REVWRUxPUE1FTlQtT05MWS1LRVktbm90LXNlY3JldCE="})
+DEVELOPMENT_CLIENT_SECRETS = frozenset({"development-only-client-secret"})
+
+DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+KNOWN_METHODS = DEFAULT_METHODS | {"OPTIONS"}
+PROMPTS = frozenset({"login", "consent", "select_account"})
+
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PARAM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_REQUIRED = object()
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class OIDCSettings:
+    issuer: str
+    client_id: str
+    client_secret: str
+    token_endpoint_auth_method: str
+    scope: str
+    redirect_uri: str
+    post_logout_redirect_uri: str
+    authorize_params: Mapping[str, str]
+    groups_claim: str
+    fetch_userinfo: bool
+    http_timeout: float
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    cookie_name: str
+    cookie_secure: bool
+    cookie_samesite: str
+    idle_timeout: timedelta
+    absolute_timeout: timedelta
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    encryption_keys: tuple[str, ...] = field(repr=False)
+    refresh_leeway: timedelta
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    base_url: str
+    timeout: float
+    methods: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    backend: str
+    redis_url: str | None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    database_url: str = field(repr=False)
+    public_url: str
+    admin_group: str
+    oidc: OIDCSettings
+    session: SessionSettings
+    tokens: TokenSettings
+    upstreams: Mapping[str, Upstream]
+    proxy: ProxySettings
+    lock: LockSettings
+    metrics: MetricsSettings
+    devstack_included: bool
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+
+def resolve(name: str, value: str, environ: Mapping[str, str] = os.environ) -> str:
+    """Apply ``env:`` / ``file:`` indirection to one raw value."""
+    if value.startswith("env:"):
+        var = value[4:].strip()
+        if not var:
+            raise SettingsError(f"{name}: 'env:' needs the name of an environment variable")
+        if var not in environ:
+            raise SettingsError(f"{name}: environment variable {var} is not set")
+        return environ[var]
+    if value.startswith("file:"):
+        path = value[5:].strip()
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().rstrip("\r\n")
+        except OSError as e:
+            raise SettingsError(f"{name}: cannot read {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{name}: {path} is not UTF-8 text") from None
+    return value
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (use seconds, or 30s, 15m, 8h, 14d)")
+    return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+class _Reader:
+    """Reads raw ini values by name, each method one kind of value."""
+
+    def __init__(self, raw: Mapping[str, object], environ: Mapping[str, str]):
+        self.raw = raw
+        self.environ = environ
+
+    def _get(self, name, default):
+        value = self.raw.get(name)
+        if isinstance(value, str):
+            value = resolve(name, value.strip(), self.environ).strip()
+        if value is None or value == "":
+            if default is _REQUIRED:
+                raise SettingsError(f"{name}: required setting is missing")
+            return default
+        return value
+
+    def string(self, name, default=_REQUIRED):
+        return self._get(name, default)
+
+    def boolean(self, name, default):
+        value = self._get(name, None)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingsError(f"{name}: {value!r} is not a boolean (use true or false)")
+
+    def integer(self, name, default, minimum=1):
+        value = self._get(name, None)
+        if value is None:
+            return default
+        try:
+            number = int(str(value).replace("_", ""))
+        except ValueError:
+            raise SettingsError(f"{name}: {value!r} is not a whole number") from None
+        if number < minimum:
+            raise SettingsError(f"{name}: must be at least {minimum}, got {number}")
+        return number
+
+    def seconds(self, name, default):
+        return self.duration(name, timedelta(seconds=default)).total_seconds()
+
+    def duration(self, name, default, minimum=timedelta(seconds=1)):
+        value = self._get(name, None)
+        if value is None:
+            return default
+        try:
+            result = parse_duration(str(value))
+        except ValueError as e:
+            raise SettingsError(f"{name}: {e}") from None
+        if result < minimum:
+            raise SettingsError(f"{name}: must be at least {int(minimum.total_seconds())}s")
+        return result
+
+    def choice(self, name, default, choices, *, casefold=False):
+        value = self._get(name, default)
+        key = value.lower() if casefold else value
+        for candidate in choices:
+            if (candidate.lower() if casefold else candidate) == key:
+                return candidate
+        raise SettingsError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+    def url(self, name, default=_REQUIRED, *, allow_path=True):
+        value = self._get(name, default)
+        if value is None:
+            return None
+        return _check_url(name, value, allow_path=allow_path)
+
+    def words(self, name, default=()):
+        value = self._get(name, None)
+        return tuple(str(value).split()) if value else tuple(default)
+
+    def mapping(self, name):
+        """One ``key = value`` a line; blank lines and ``#`` comments ignored."""
+        value = self._get(name, None)
+        if not value:
+            return {}
+        result = {}
+        for lineno, line in enumerate(str(value).splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, item = line.partition("=")
+            key, item = key.strip(), item.strip()
+            if not sep or not key or not item:
+                raise SettingsError(f"{name}: line {lineno} is not 'key = value': {line!r}")
+            if key in result:
+                raise SettingsError(f"{name}: {key!r} is given twice")
+            result[key] = item
+        return result
+
+
+def _check_url(name, value, *, allow_path=True):
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}: {value!r} is not an absolute http(s) URL")
+    if parts.username or parts.password:
+        raise SettingsError(f"{name}: credentials do not belong in the URL; use the secret settings")
+    if parts.fragment:
+        raise SettingsError(f"{name}: a URL here may not have a #fragment")
+    if not allow_path and parts.path not in ("", "/"):
+        raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a path")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingsError(f"{name}: {value!r} has an invalid port") from None
+    return value
+
+
+def _upstreams(reader: _Reader) -> dict[str, Upstream]:
+    upstreams = {}
+    for upstream_name, base_url in reader.mapping(PREFIX + "upstreams").items():
+        if not _UPSTREAM_NAME.match(upstream_name):
+            raise SettingsError(
+                f"myapp.upstreams: {upstream_name!r} is not a valid upstream name "
+                "(lower-case letters, digits, '-' and '_')"
+            )
+        base = _check_url(f"myapp.upstreams ({upstream_name})", base_url)
+        if urlsplit(base).query:
+            raise SettingsError(f"myapp.upstreams ({upstream_name}): a base URL may not have a query")
+        key = f"{PREFIX}upstream.{upstream_name}."
+        methods = reader.words(key + "methods", DEFAULT_METHODS)
+        methods = frozenset(m.upper() for m in methods)
+        unknown = methods - KNOWN_METHODS
+        if unknown:
+            raise SettingsError(f"{key}methods: unknown HTTP method {sorted(unknown)[0]!r}")
+        upstreams[upstream_name] = Upstream(
+            name=upstream_name,
+            base_url=base.rstrip("/") + "/",
+            timeout=reader.seconds(key + "timeout", 30),
+            methods=methods,
+        )
+    for key in reader.raw:
+        if key.startswith(PREFIX + "upstream."):
+            upstream_name = key[len(PREFIX + "upstream.") :].rpartition(".")[0]
+            if upstream_name not in upstreams:
+                raise SettingsError(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
+    return upstreams
+
+
+def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
+    name = PREFIX + "tokens.encryption_keys"
+    keys = reader.words(name)
+    if not keys:
+        raise SettingsError(f"{name}: required setting is missing (generate one with myapp-generate-key)")
+    for index, key in enumerate(keys, 1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise SettingsError(
+                f"{name}: key {index} is not a Fernet key (32 url-safe base64-encoded bytes)"
+            ) from None
+    return keys
+
+
+def _includes(raw: Mapping[str, object]) -> list[str]:
+    value = raw.get("pyramid.includes") or ""
+    return value.split() if isinstance(value, str) else list(value)
+
+
+def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> Settings:
+    """Parse the ``[app:main]`` settings; raise :class:`SettingsError` on the first problem."""
+    reader = _Reader(raw, environ)
+    environment = reader.choice(PREFIX + "environment", "production", ENVIRONMENTS)
+
+    public_url = reader.url(PREFIX + "public_url", allow_path=False).rstrip("/")
+
+    issuer = reader.url(PREFIX + "oidc.issuer")
+    auth_method = reader.choice(
+        PREFIX + "oidc.token_endpoint_auth_method",
+        "client_secret_basic",
+        ("client_secret_basic", "client_secret_post"),
+    )
+    authorize_params = reader.mapping(PREFIX + "oidc.authorize_params")
+    reserved = {
+        "response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
+        "code_challenge", "code_challenge_method", "prompt",
+    }
+    for key in authorize_params:
+        if key in reserved or not _PARAM_NAME.match(key):
+            raise SettingsError(f"myapp.oidc.authorize_params: {key!r} cannot be set here")
+    scope = reader.string(PREFIX + "oidc.scope", "openid profile email offline_access")
+    if "openid" not in scope.split():
+        raise SettingsError("myapp.oidc.scope: must include 'openid'")
+    oidc = OIDCSettings(
+        issuer=issuer,
+        client_id=reader.string(PREFIX + "oidc.client_id"),
+        client_secret=reader.string(PREFIX + "oidc.client_secret"),
+        token_endpoint_auth_method=auth_method,
+        scope=" ".join(scope.split()),
+        redirect_uri=reader.url(PREFIX + "oidc.redirect_uri", public_url + "/auth/callback"),
+        post_logout_redirect_uri=reader.url(PREFIX + "oidc.post_logout_redirect_uri", public_url + "/"),
+        authorize_params=MappingProxyType(authorize_params),
+        groups_claim=reader.string(PREFIX + "oidc.groups_claim", "groups"),
+        fetch_userinfo=reader.boolean(PREFIX + "oidc.fetch_userinfo", True),
+        http_timeout=reader.seconds(PREFIX + "oidc.http_timeout", 10),
+    )
+
+    cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
+    cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session")
+    if not _COOKIE_NAME.match(cookie_name):
+        raise SettingsError(f"myapp.session.cookie_name: {cookie_name!r} is not a valid cookie name")
+    if cookie_name.startswith(("__Host-", "__Secure-")) and not cookie_secure:
+        raise SettingsError(
+            "myapp.session.cookie_name: browsers refuse a __Host-/__Secure- cookie without Secure; "
+            "use another name when myapp.session.cookie_secure = false"
+        )
+    session = SessionSettings(
+        cookie_name=cookie_name,
+        cookie_secure=cookie_secure,
+        cookie_samesite=reader.choice(
+            PREFIX + "session.cookie_samesite", "Lax", ("Lax", "Strict"), casefold=True
+        ),
+        idle_timeout=reader.duration(PREFIX + "session.idle_timeout", timedelta(days=7), timedelta(minutes=1)),
+        absolute_timeout=reader.duration(
+            PREFIX + "session.absolute_timeout", timedelta(days=30), timedelta(minutes=1)
+        ),
+    )
+
+    tokens = TokenSettings(
+        encryption_keys=_encryption_keys(reader),
+        refresh_leeway=reader.duration(
+            PREFIX + "tokens.refresh_leeway", timedelta(seconds=60), timedelta(0)
+        ),
+    )
+
+    lock_backend = reader.choice(PREFIX + "lock.backend", "database", ("database", "redis"))
+    redis_url = reader.string(PREFIX + "redis.url", None)
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"myapp.redis.url: {redis_url!r} is not a redis://, rediss:// or unix:// URL")
+    if lock_backend == "redis" and redis_url is None:
+        raise SettingsError("myapp.lock.backend: 'redis' needs myapp.redis.url")
+
+    includes = _includes(raw)
+    devstack_included = DEVSTACK_MODULE in includes
+    settings = Settings(
+        environment=environment,
+        database_url=reader.string("sqlalchemy.url"),
+        public_url=public_url,
+        admin_group=reader.string(PREFIX + "authz.admin_group", "admins"),
+        oidc=oidc,
+        session=session,
+        tokens=tokens,
+        upstreams=MappingProxyType(_upstreams(reader)),
+        proxy=ProxySettings(
+            max_body_bytes=reader.integer(PREFIX + "proxy.max_body_bytes", 10 * 1024 * 1024)
+        ),
+        lock=LockSettings(backend=lock_backend, redis_url=redis_url),
+        metrics=MetricsSettings(
+            enabled=reader.boolean(PREFIX + "metrics.enabled", False),
+            allow=reader.words(PREFIX + "metrics.allow", ("127.0.0.1", "::1")),
+        ),
+        devstack_included=devstack_included,
+    )
+    if settings.session.absolute_timeout < settings.session.idle_timeout:
+        raise SettingsError("myapp.session.absolute_timeout: must not be shorter than myapp.session.idle_timeout")
+    if environment == "production":
+        _refuse_development_material(raw, settings)
+    return settings
+
+
+def _refuse_development_material(raw: Mapping[str, object], settings: Settings) -> None:
+    if settings.devstack_included:
+        raise SettingsError(
+            "pyramid.includes: the development stack (myapp.devstack) is refused in production; "
+            "set myapp.environment = development to use it"
+        )
+    for key in raw:
+        if key.startswith(DEVSTACK_PREFIX):
+            raise SettingsError(f"{key}: development-stack settings are refused in production")
+    if DEVELOPMENT_ENCRYPTION_KEYS.intersection(settings.tokens.encryption_keys):
+        raise SettingsError(
+            "myapp.tokens.encryption_keys: the published development key is refused in production; "
+            "generate one with myapp-generate-key"
+        )
+    if settings.oidc.client_secret in DEVELOPMENT_CLIENT_SECRETS:
+        raise SettingsError("myapp.oidc.client_secret: the development client secret is refused in production")

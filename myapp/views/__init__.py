@@ -1,0 +1,40 @@
+"""Thin views, one module per topic. Shared bits for templates and responses live here."""
+
+from myapp.resources import Permission, Root
+from myapp.routes import JSON_ROUTES
+
+# Fixed texts for the ?notice= shown after an action (post/redirect/get, nothing stored).
+NOTICES = {
+    "post_created": "Your post was published.",
+    "post_updated": "Your changes were saved.",
+    "post_deleted": "The post was deleted.",
+    "session_revoked": "That session was signed out.",
+    "others_revoked": "You were signed out everywhere else.",
+    "user_sessions_revoked": "Every session of that user was ended.",
+}
+
+
+def is_json_request(request) -> bool:
+    route = request.matched_route
+    if route is not None and route.name in JSON_ROUTES:
+        return True
+    return request.path_info.startswith("/api/")
+
+
+def notice(request) -> str | None:
+    return NOTICES.get(request.GET.get("notice", ""))
+
+
+def template_globals(event):
+    request = event["request"]
+    if request is None:
+        return
+    event["identity"] = request.identity
+    event["notice"] = notice(request)
+    event["is_admin"] = request.identity is not None and bool(
+        request.has_permission(Permission.ADMINISTER, Root(request))
+    )
+
+
+def includeme(config):
+    config.add_subscriber(template_globals, "pyramid.events.BeforeRender")

@@ -1,0 +1,52 @@
+from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.security import forget
+from pyramid.view import view_config
+
+from myapp.resources import Permission
+from myapp.services.audit import AuditEventType
+from myapp.services.sessions import EndReason
+
+
+@view_config(
+    route_name="account_sessions",
+    request_method="GET",
+    permission=Permission.MANAGE_OWN_SESSIONS,
+    renderer="myapp:templates/sessions.jinja2",
+)
+def list_sessions(request):
+    return {"sessions": request.session_store.list_for_user(request.identity.user_id)}
+
+
+@view_config(route_name="account_session_revoke", request_method="POST", permission=Permission.REVOKE)
+def revoke_session(request):
+    target = request.context.session
+    identity = request.identity
+    request.audit.record(
+        AuditEventType.SESSION_REVOKED,
+        user_id=target.user_id,
+        actor_id=identity.user_id,
+        session_handle=target.handle,
+        ip_address=request.client_addr,
+    )
+    if target.id == identity.session_id:
+        headers = forget(request, reason=EndReason.REVOKED)
+        return HTTPSeeOther(request.route_path("signed_out", _query={"reason": EndReason.REVOKED}), headers=headers)
+    request.session_store.end(target, EndReason.REVOKED)
+    return HTTPSeeOther(request.route_path("account_sessions", _query={"notice": "session_revoked"}))
+
+
+@view_config(
+    route_name="account_sessions_revoke_others", request_method="POST", permission=Permission.MANAGE_OWN_SESSIONS
+)
+def revoke_other_sessions(request):
+    identity = request.identity
+    ended = request.session_store.end_all_others(request.session_row)
+    request.audit.record(
+        AuditEventType.OTHER_SESSIONS_ENDED,
+        user_id=identity.user_id,
+        actor_id=identity.user_id,
+        session_handle=identity.session_handle,
+        ip_address=request.client_addr,
+        detail=f"{ended} session(s) ended",
+    )
+    return HTTPSeeOther(request.route_path("account_sessions", _query={"notice": "others_revoked"}))

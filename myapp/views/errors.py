@@ -1,0 +1,116 @@
+"""Exception views: plain-words pages for people, SPEC.md's JSON shape for programs."""
+
+import logging
+
+from pyramid.exceptions import BadCSRFOrigin, BadCSRFToken, PredicateMismatch
+from pyramid.httpexceptions import HTTPException, HTTPNotFound, HTTPSeeOther
+from pyramid.renderers import render_to_response
+from pyramid.response import Response
+from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
+
+from myapp.errors import APIError, ErrorCode
+from myapp.models import restart_transaction
+from myapp.security import safe_next_path
+from myapp.services.audit import AuditEventType
+from myapp.views import is_json_request
+
+log = logging.getLogger(__name__)
+
+
+def json_error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    response = Response(json={"error": str(code), "message": message}, status=status)
+    response.headers.update(headers or {})
+    return response
+
+
+def error_page(request, status, title, message, **extra) -> Response:
+    response = render_to_response(
+        "myapp:templates/error.jinja2",
+        {"status": status, "title": title, "message": message, **extra},
+        request=request,
+    )
+    response.status_int = status
+    return response
+
+
+@exception_view_config(APIError)
+def api_error(exc, request):
+    return json_error(exc.status, exc.code, exc.message, exc.headers)
+
+
+@forbidden_view_config()
+def forbidden(exc, request):
+    if request.identity is None:
+        if is_json_request(request):
+            return json_error(401, ErrorCode.LOGIN_REQUIRED, "Sign in to continue.")
+        next_path = safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
+        reason = request.environ.get("myapp.signed_out_reason")
+        if reason:
+            return HTTPSeeOther(request.route_path("signed_out", _query={"reason": reason, "next": next_path}))
+        return HTTPSeeOther(request.route_path("login", _query={"next": next_path}))
+
+    # Whatever the request did so far is discarded; the denial itself is recorded.
+    restart_transaction(request)
+    permission = getattr(getattr(exc, "result", None), "permission", None)
+    request.audit.record(
+        AuditEventType.ACCESS_DENIED,
+        user_id=request.identity.user_id,
+        session_handle=request.identity.session_handle,
+        ip_address=request.client_addr,
+        detail=f"{request.method} {request.path[:300]}" + (f" (needs {permission})" if permission else ""),
+    )
+    if is_json_request(request):
+        return json_error(403, "forbidden", "You are not allowed to do this.")
+    return error_page(
+        request,
+        403,
+        "You cannot do that",
+        "Your account is not allowed to see or change this. If you think it should be, ask an administrator.",
+    )
+
+
+@notfound_view_config()
+def not_found(exc, request):
+    if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
+        if is_json_request(request):
+            return json_error(405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here.")
+        return error_page(request, 405, "Not allowed", f"This address does not accept {request.method} requests.")
+    if is_json_request(request):
+        return json_error(404, ErrorCode.UNKNOWN_UPSTREAM, "There is no API at this address.")
+    return error_page(request, 404, "Page not found", "There is nothing at this address. It may have been deleted.")
+
+
+@exception_view_config(BadCSRFToken)
+@exception_view_config(BadCSRFOrigin)
+def bad_csrf(exc, request):
+    if is_json_request(request):
+        return json_error(403, ErrorCode.CSRF_FAILED, "Request refused: missing or wrong CSRF token.")
+    return error_page(
+        request,
+        400,
+        "This form has expired",
+        "The form was sent without a valid security token, or from another site. "
+        "Go back, reload the page and try again.",
+    )
+
+
+@exception_view_config(HTTPException)
+def http_exception(exc, request):
+    if exc.code < 400:
+        return exc
+    if is_json_request(request):
+        return json_error(exc.code, "http_error", exc.title)
+    return error_page(request, exc.code, exc.title, exc.explanation or "The request could not be handled.")
+
+
+@exception_view_config(Exception)
+def unexpected_error(exc, request):
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    if is_json_request(request):
+        return json_error(500, "internal_error", "Something went wrong on our side.")
+    return error_page(
+        request,
+        500,
+        "Something went wrong",
+        "An unexpected error stopped this page. It has been logged; please try again in a moment.",
+    )

@@ -1,0 +1,42 @@
+from setuptools import find_packages, setup
+
+requires = [
+    "pyramid>=2.0.2",
+    "pyramid_jinja2>=2.10",
+    "pyramid_tm>=2.5",
+    "pyramid_retry>=2.1.1",
+    "waitress>=3.0.1",
+    "plaster_pastedeploy>=1.0",
+    "transaction>=4.0",
+    "zope.sqlalchemy>=3.1",
+    "SQLAlchemy>=2.0.30",
+    "alembic>=1.13",
+    "Authlib>=1.6.5",
+    "joserfc>=1.3",
+    "requests>=2.32.3",
+    "urllib3>=2.2.2",
+    "cryptography>=43.0",
+    "psycopg[binary]>=3.2",
+    "redis>=5.0",
+]
+
+testing_requires = [
+    "WebTest>=3.0.1",
+    "pytest>=8.0",
+]
+
+setup(
+    name="myapp",
+    version="0.1.0",
+    description="A backend-for-frontend that keeps OpenID Connect tokens on the server",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*"]),
+    include_package_data=True,
+    package_data={"myapp": ["templates/*.jinja2", "templates/**/*.jinja2", "static/*", "static/**/*"]},
+    zip_safe=False,
+    install_requires=requires,
+    extras_require={"testing": testing_requires},
+    entry_points={
+        "paste.app_factory": ["main = myapp:main"],
+    },
+)

@@ -1,0 +1,135 @@
+"""Shared fixtures: one migrated database per test session, each test rolled back.
+
+The database fixtures are parametrized: every test that touches the database runs on SQLite, and
+again on PostgreSQL when MYAPP_TEST_DATABASE_URL is set (skipped with a reason otherwise).
+"""
+
+import os
+import secrets
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from cryptography.fernet import Fernet
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session
+
+from myapp.models import get_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_ISSUER = "https://idp.example.test"
+TEST_PUBLIC_URL = "https://app.example.test"
+TEST_KEY = Fernet.generate_key().decode()
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    return config
+
+
+def migrate(engine, revision="head"):
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def base_settings(database_url: str, **overrides) -> dict:
+    settings = {
+        "sqlalchemy.url": database_url,
+        "myapp.public_url": TEST_PUBLIC_URL,
+        "myapp.oidc.issuer": TEST_ISSUER,
+        "myapp.oidc.client_id": "myapp-test",
+        "myapp.oidc.client_secret": "test-client-secret",
+        "myapp.tokens.encryption_keys": TEST_KEY,
+        "myapp.upstreams": "demo = https://api.example.test/v1",
+    }
+    settings.update(overrides)
+    return settings
+
+
+def postgresql_url() -> str:
+    url = os.environ.get("MYAPP_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("PostgreSQL tests need MYAPP_TEST_DATABASE_URL (set by .ci/run)")
+    return url
+
+
+def with_search_path(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(scope="session")
+def postgresql_schema():
+    """A private schema in the PostgreSQL test database, dropped at the end; yields its URL."""
+    base = postgresql_url()
+    schema = f"myapp_test_{uuid.uuid4().hex[:10]}"
+    admin = get_engine(base)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield with_search_path(base, schema)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request, tmp_path_factory):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}"
+    return request.getfixturevalue("postgresql_schema")
+
+
+def _sqlite_savepoints(engine):
+    # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN")
+
+
+@pytest.fixture(scope="session")
+def engine(database_url):
+    engine = get_engine(database_url)
+    migrate(engine)
+    if engine.dialect.name == "sqlite":
+        _sqlite_savepoints(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connection(engine):
+    """A connection inside a transaction that is rolled back after the test."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            transaction.rollback()
+
+
+@pytest.fixture
+def dbsession(connection):
+    session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def fernet_key():
+    return Fernet.generate_key().decode()
+
+
+def random_name(prefix="user"):
+    return f"{prefix}-{secrets.token_hex(4)}"

@@ -1,0 +1,116 @@
+"""WebTest drives the whole app through main(); each test's writes are rolled back."""
+
+import pytest
+import webtest
+from sqlalchemy.orm import sessionmaker
+
+from myapp import main
+from myapp.models import User
+from myapp.services.sessions import SessionStore, TokenCipher
+from myapp.settings import load_settings
+from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
+
+HOST = TEST_PUBLIC_URL.split("://", 1)[1]
+COOKIE = "__Host-session"
+
+
+class Browser(webtest.TestApp):
+    """A TestApp that behaves like a same-origin browser: https, Origin on forms, the CSRF token."""
+
+    csrf_token: str | None = None
+
+    def __init__(self, app):
+        super().__init__(app, extra_environ={"wsgi.url_scheme": "https", "HTTP_HOST": HOST, "REMOTE_ADDR": "203.0.113.7"})
+
+    def submit(self, url, data=None, *, csrf=True, headers=None, **kw):
+        data = dict(data or {})
+        if csrf and self.csrf_token is not None:
+            data.setdefault("csrf_token", self.csrf_token)
+        headers = {"Origin": TEST_PUBLIC_URL, **(headers or {})}
+        return self.post(url, data, headers=headers, **kw)
+
+    def json_get(self, url, **kw):
+        headers = {"X-CSRF": "1", **kw.pop("headers", {})}
+        return self.get(url, headers=headers, **kw)
+
+    def session_cookie(self):
+        return self.cookies.get(COOKIE)
+
+
+@pytest.fixture(scope="session")
+def app_settings(database_url):
+    return base_settings(database_url)
+
+
+@pytest.fixture(scope="session")
+def app(engine, app_settings):
+    app = main({}, **app_settings)
+    yield app
+    app.registry["db_engine"].dispose()
+
+
+@pytest.fixture
+def session_store(dbsession, app_settings):
+    settings = load_settings(app_settings)
+    return SessionStore(
+        dbsession=dbsession, cipher=TokenCipher(settings.tokens.encryption_keys), settings=settings.session
+    )
+
+
+@pytest.fixture
+def make_browser(app, connection):
+    app.registry["dbsession_factory"] = sessionmaker(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+    return lambda: Browser(app)
+
+
+@pytest.fixture
+def browser(make_browser):
+    return make_browser()
+
+
+@pytest.fixture
+def make_user(dbsession):
+    def make(subject, *, groups=("staff",), name=None, email=None):
+        user = User(
+            issuer=TEST_ISSUER,
+            subject=subject,
+            name=name if name is not None else subject.title(),
+            email=email if email is not None else f"{subject}@example.test",
+            groups=list(groups),
+        )
+        dbsession.add(user)
+        dbsession.flush()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def sign_in(session_store, dbsession):
+    """Create a session through the SessionStore and hand its cookie to a browser."""
+
+    def sign_in(browser, user, **kw):
+        raw_id, row = session_store.create(user=user, user_agent="pytest", ip_address="203.0.113.7", **kw)
+        dbsession.flush()
+        browser.set_cookie(COOKIE, raw_id)
+        browser.csrf_token = row.csrf_token
+        return raw_id, row
+
+    return sign_in
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob")
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user("admin-ann", groups=("staff", "admins"))
