@@ -18,6 +18,7 @@ def main(global_config, **settings):
             config.include(".models")
             config.include(".services")
             config.include(".security")
+            config.include(".tweens")
             config.include(".routes")
             config.include(".views")
             config.scan(".views")

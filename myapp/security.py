@@ -13,6 +13,7 @@ from webob.cookies import make_cookie
 from zope.interface import implementer
 
 from myapp.errors import APIError, ErrorCode
+from myapp.models import User
 from myapp.services.sessions import EndReason, TokenSet
 from myapp.settings import SessionSettings
 
@@ -26,6 +27,14 @@ def user_principal(user_id: int) -> str:
 
 def group_principal(group: str) -> str:
     return f"group:{group}"
+
+
+def read_cookie(request, name: str) -> str | None:
+    """A cookie's value, or None when absent or when the Cookie header is not UTF-8."""
+    try:
+        return request.cookies.get(name)
+    except UnicodeDecodeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -67,19 +76,19 @@ class SessionCookie:
         )
 
     def read(self, request) -> str | None:
-        value = request.cookies.get(self.name)
+        value = read_cookie(request, self.name)
         if value is None or len(value) > MAX_COOKIE_LENGTH:
             return None
         return value
 
     def is_present(self, request) -> bool:
-        return self.name in request.cookies
+        return self.name + "=" in request.headers.get("Cookie", "")
 
     def set(self, raw_id: str, max_age: int) -> tuple[str, str]:
-        return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes).decode("latin-1"))
+        return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes))
 
     def delete(self) -> tuple[str, str]:
-        return ("Set-Cookie", make_cookie(self.name, None, **self._attributes).decode("latin-1"))
+        return ("Set-Cookie", make_cookie(self.name, None, **self._attributes))
 
     def is_set_in(self, response) -> bool:
         prefix = self.name + "="
@@ -112,14 +121,14 @@ class SessionSecurityPolicy:
             principals.extend(identity.principals)
         return ACLHelper().permits(context, principals, permission)
 
-    def remember(self, request, userid, *, user=None, tokens=TokenSet(), provider_sid=None, **kw):
-        """Start a new session for ``user`` (never reusing the browser's old id) and set its cookie."""
+    def remember(self, request, userid, *, tokens=TokenSet(), provider_sid=None, **kw):
+        """Start a new session for the user (never reusing the browser's old id) and set its cookie."""
         store = request.session_store
         old = self._current_row(request)
         if old is not None:
             store.end(old, EndReason.REPLACED)
         raw_id, row = store.create(
-            user=user,
+            user=request.dbsession.get(User, int(userid)),
             user_agent=request.user_agent or "",
             ip_address=request.client_addr or "",
             provider_sid=provider_sid,
@@ -306,7 +315,7 @@ class SecurityHeaders:
         headers = response.headers
         for name, value in self.headers:
             headers.setdefault(name, value)
-        if event.request.path_info.startswith("/static/"):
+        if event.request.environ.get("PATH_INFO", "").startswith("/static/"):
             return
         # Pages and JSON depend on who is asking: never cached, never shared.
         if "Cache-Control" not in headers:

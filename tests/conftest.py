@@ -133,3 +133,16 @@ def fernet_key():
 
 def random_name(prefix="user"):
     return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per skip reason, with a count, instead of one line per skipped test."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped")
+        for reason, count in sorted(reasons.items()):
+            terminalreporter.line(f"{count:5d} skipped: {reason}")

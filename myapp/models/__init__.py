@@ -85,7 +85,11 @@ def includeme(config):
     config.include("pyramid_retry")
 
     engine = get_engine(settings["myapp"].database_url)
-    check_schema(engine, settings.get("myapp.config_file"))
+    try:
+        check_schema(engine, settings.get("myapp.config_file"))
+    except SchemaError:
+        engine.dispose()
+        raise
     session_factory = get_session_factory(engine)
     config.registry["dbsession_factory"] = session_factory
     config.registry["db_engine"] = engine

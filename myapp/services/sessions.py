@@ -18,6 +18,7 @@ from myapp.settings import SessionSettings
 # secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 TOUCH_INTERVAL = timedelta(minutes=1)
+_ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token"]
 
 
 class EndReason:
@@ -234,6 +235,10 @@ class SessionStore:
                 refresh_token=None,
                 id_token=None,
             )
-            .execution_options(synchronize_session="fetch")
+            .execution_options(synchronize_session=False)
         )
+        # Rows already loaded reload these on next access (the ORM cannot sync attributes it never loaded).
+        for obj in list(self.dbsession.identity_map.values()):
+            if isinstance(obj, UserSession):
+                self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
         return result.rowcount

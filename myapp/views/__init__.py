@@ -18,7 +18,7 @@ def is_json_request(request) -> bool:
     route = request.matched_route
     if route is not None and route.name in JSON_ROUTES:
         return True
-    return request.path_info.startswith("/api/")
+    return request.environ.get("PATH_INFO", "").startswith("/api/")
 
 
 def notice(request) -> str | None:
@@ -36,5 +36,17 @@ def template_globals(event):
     )
 
 
+def close_spooled_body(event):
+    """WebOb spools large form bodies to a temporary file it never closes; close it when done."""
+    event.request.add_finished_callback(_close_input)
+
+
+def _close_input(request):
+    body = request.environ.get("wsgi.input")
+    if body is not None and getattr(body, "name", None) is not None and hasattr(body, "close"):
+        body.close()
+
+
 def includeme(config):
     config.add_subscriber(template_globals, "pyramid.events.BeforeRender")
+    config.add_subscriber(close_spooled_body, "pyramid.events.NewRequest")

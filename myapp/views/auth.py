@@ -1,6 +1,7 @@
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
+from myapp.resources import Permission
 from myapp.security import safe_next_path
 from myapp.services.sessions import EndReason
 from myapp.views.errors import error_page
@@ -33,3 +34,27 @@ def signed_out(request):
     message = SIGNED_OUT_MESSAGES.get(request.GET.get("reason", ""), "Your session has ended.")
     next_path = safe_next_path(request.GET.get("next"))
     return {"message": message, "login_url": request.route_path("login", _query={"next": next_path})}
+
+
+@view_config(
+    route_name="auth_user",
+    request_method="GET",
+    permission=Permission.USE_API,
+    json_csrf=True,
+    renderer="json",
+)
+def current_user(request):
+    """Who is signed in, for browser code. Never a token: those stay on the server."""
+    identity = request.identity
+    return {
+        "sub": identity.subject,
+        "name": identity.name,
+        "email": identity.email,
+        "groups": list(identity.groups),
+        "logout_url": request.registry.settings["myapp"].public_url + request.route_path("logout"),
+        "csrf_token": identity.csrf_token,
+        "session": {
+            "expires_at": identity.expires_at.isoformat(),
+            "idle_expires_at": identity.idle_expires_at.isoformat(),
+        },
+    }

@@ -1,0 +1,156 @@
+"""Application-wide behaviour: headers, error pages, health, permissions declared everywhere."""
+
+import pytest
+from pyramid.authorization import ACLHelper, Authenticated, Everyone
+from pyramid.interfaces import IRoutesMapper
+from pyramid.testing import DummyRequest
+
+from myapp.resources import Permission, Root
+
+
+def test_security_headers_on_every_response(browser):
+    for url, status in [("/", 200), ("/posts", 303), ("/nope", 404), ("/static/app.css", 200), ("/healthz", 200)]:
+        headers = browser.get(url, status=status).headers
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+        assert headers["X-Frame-Options"] == "DENY"
+        csp = headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_form_action_allows_the_provider_for_rp_initiated_logout(browser):
+    csp = browser.get("/").headers["Content-Security-Policy"]
+    assert "form-action 'self' https://idp.example.test" in csp
+
+
+def test_pages_are_not_cached_static_files_are(browser, alice, sign_in):
+    sign_in(browser, alice)
+    assert browser.get("/").headers["Cache-Control"] == "no-store"
+    assert browser.get("/posts").headers["Cache-Control"] == "no-store"
+    static = browser.get("/static/app.css")
+    assert "max-age=31536000" in static.headers["Cache-Control"]
+    assert "Vary" not in static.headers or "Cookie" not in static.headers["Vary"]
+
+
+def test_static_urls_are_fingerprinted(browser):
+    assert "/static/app.css?x=" in browser.get("/").text
+
+
+def test_no_inline_script_or_style_in_pages(browser, alice, sign_in):
+    sign_in(browser, alice)
+    for url in ["/", "/posts", "/posts/new", "/account/sessions"]:
+        text = browser.get(url).text
+        assert "<script>" not in text and "<style" not in text and " style=" not in text
+        assert " on" + "click=" not in text
+
+
+def test_not_found_page(browser):
+    page = browser.get("/no/such/page", status=404)
+    assert "Page not found" in page.text
+
+
+def test_unknown_api_path_is_json_404(browser):
+    assert browser.get("/api/", status=404).json["error"] == "unknown_upstream"
+
+
+def test_wrong_method_is_405(browser, alice, sign_in):
+    sign_in(browser, alice)
+    browser.delete("/posts", status=405)
+    assert browser.post("/auth/user", headers={"X-CSRF": "1"}, status=405).json["error"] == "method_not_allowed"
+
+
+def test_unexpected_error_is_a_500_page_without_traceback(app, browser, monkeypatch, alice, sign_in):
+    from myapp.views import home
+
+    def boom(*a, **kw):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(home, "select", boom)
+    sign_in(browser, alice)
+    page = browser.get("/", status=500, expect_errors=True)
+    assert "Something went wrong" in page.text
+    assert "secret internal detail" not in page.text and "Traceback" not in page.text
+
+
+def test_healthz(browser):
+    assert browser.get("/healthz").json == {"status": "ok"}
+
+
+def test_readyz(browser):
+    assert browser.get("/readyz").json == {"status": "ok", "checks": {"database": "ok"}}
+
+
+def test_readyz_reports_a_dead_database(app, browser, monkeypatch):
+    from sqlalchemy import create_engine
+
+    monkeypatch.setitem(app.registry, "db_engine", create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    response = browser.get("/readyz", status=503)
+    assert response.json["status"] == "unavailable"
+    assert response.json["checks"]["database"].startswith("unavailable")
+
+
+def test_head_requests_work_and_change_nothing(browser):
+    assert browser.head("/", status=200).body == b""
+
+
+def test_undeclared_permission_is_denied_to_everyone_even_admins():
+    request = DummyRequest()
+    request.registry.settings = {"myapp": type("S", (), {"admin_group": "admins"})()}
+    root = Root(request)
+    principals = [Everyone, Authenticated, "user:1", "group:admins"]
+    assert not ACLHelper().permits(root, principals, Permission.UNDECLARED)
+    assert ACLHelper().permits(root, principals, Permission.ADMINISTER)
+
+
+def test_every_view_declares_a_permission(app):
+    """A view that forgets permission= falls back to UNDECLARED; none of ours may rely on that."""
+    introspector = app.registry.introspector
+    routes = {r.name for r in app.registry.getUtility(IRoutesMapper).get_routes()}
+    missing = []
+    for view in introspector.get_category("views"):
+        intr = view["introspectable"]
+        if intr["route_name"] is None:
+            continue  # exception views and Pyramid's defaults: not reachable by a URL
+        if not [r for r in view["related"] if r.category_name == "permissions"]:
+            missing.append(intr["route_name"])
+    assert missing == []
+    assert {"home", "posts", "post", "auth_user"} <= routes
+
+
+@pytest.mark.parametrize(
+    "path, query",
+    [
+        ("/posts", "page=%ff"),
+        ("/admin/audit", "before=%00"),
+        ("/signed-out", "reason=%ff&next=%ff"),
+        ("/%ff%fe", ""),
+        ("/posts/%ff", ""),
+        ("/account/sessions/%ff/revoke", ""),
+        ("/api/demo/%ff", ""),
+        ("/auth/user", "x=%c3%28"),
+    ],
+)
+def test_malformed_urls_never_500(app, browser, alice, sign_in, path, query):
+    """Sent as raw WSGI: WebTest itself cannot build requests this broken."""
+    from urllib.parse import unquote_to_bytes
+
+    from webob import Request
+
+    raw_id, _ = sign_in(browser, alice)
+    request = Request.blank("/", base_url="https://app.example.test")
+    request.environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+    request.environ["QUERY_STRING"] = query
+    request.environ["HTTP_COOKIE"] = f"__Host-session={raw_id}"
+    request.environ["HTTP_X_CSRF"] = "1"
+    response = request.get_response(app)
+    assert response.status_int < 500, response.text
+
+
+def test_undecodable_form_body_is_read_with_replacement_characters(browser, alice, sign_in):
+    sign_in(browser, alice)
+    body = b"title=%ff%fe&csrf_token=" + browser.csrf_token.encode()
+    headers = {"Origin": "https://app.example.test", "Content-Type": "application/x-www-form-urlencoded"}
+    page = browser.post("/posts", body, headers=headers, status=303).follow()
+    assert "\ufffd\ufffd" in page.text

@@ -1,0 +1,90 @@
+"""CSRF: HTML forms carry the session's token; JSON routes need X-CSRF, a same-site Origin."""
+
+import pytest
+from sqlalchemy import select
+
+from myapp.models import Post
+from tests.conftest import TEST_PUBLIC_URL
+
+
+@pytest.fixture
+def alice_browser(browser, alice, sign_in):
+    sign_in(browser, alice)
+    return browser
+
+
+def posts(dbsession):
+    return dbsession.scalars(select(Post)).all()
+
+
+def test_form_with_the_token_is_accepted(alice_browser, dbsession):
+    alice_browser.submit("/posts", {"title": "ok"}, status=303)
+    assert len(posts(dbsession)) == 1
+
+
+def test_missing_token_is_refused(alice_browser, dbsession):
+    page = alice_browser.submit("/posts", {"title": "x"}, csrf=False, status=400)
+    assert "This form has expired" in page.text
+    assert posts(dbsession) == []
+
+
+def test_wrong_token_is_refused(alice_browser, dbsession):
+    alice_browser.submit("/posts", {"title": "x", "csrf_token": "wrong"}, status=400)
+    alice_browser.submit("/posts", {"title": "x", "csrf_token": ""}, status=400)
+    alice_browser.submit("/posts", {"title": "x", "csrf_token": "é" * 43}, status=400)
+    assert posts(dbsession) == []
+
+
+def test_another_sessions_token_is_refused(alice_browser, dbsession, session_store, bob):
+    _, bobs = session_store.create(user=bob)
+    alice_browser.submit("/posts", {"title": "x", "csrf_token": bobs.csrf_token}, status=400)
+    assert posts(dbsession) == []
+
+
+def test_token_in_header_works_too(alice_browser, dbsession):
+    alice_browser.post(
+        "/posts",
+        {"title": "via header"},
+        headers={"X-CSRF-Token": alice_browser.csrf_token, "Origin": TEST_PUBLIC_URL},
+        status=303,
+    )
+    assert len(posts(dbsession)) == 1
+
+
+def test_cross_origin_form_is_refused_even_with_the_token(alice_browser, dbsession):
+    alice_browser.submit("/posts", {"title": "x"}, headers={"Origin": "https://evil.example"}, status=400)
+    alice_browser.post("/posts", {"title": "x", "csrf_token": alice_browser.csrf_token}, status=400)
+    assert posts(dbsession) == []
+
+
+def test_logout_style_forms_are_post_only(alice_browser):
+    alice_browser.get("/account/sessions/revoke-others", status=405)
+
+
+class TestJSONRoutes:
+    def test_auth_user_needs_the_header(self, alice_browser):
+        response = alice_browser.get("/auth/user", status=403)
+        assert response.json == {"error": "csrf_failed", "message": "Request refused: the X-CSRF: 1 header is required."}
+
+    def test_auth_user_cross_site_refused(self, alice_browser):
+        response = alice_browser.get("/auth/user", headers={"X-CSRF": "1", "Sec-Fetch-Site": "cross-site"}, status=403)
+        assert response.json["error"] == "csrf_failed"
+
+    def test_auth_user_ok(self, alice_browser, alice):
+        data = alice_browser.json_get("/auth/user").json
+        assert data["sub"] == "alice"
+        assert data["name"] == "Alice"
+        assert data["email"] == "alice@example.test"
+        assert data["groups"] == ["staff"]
+        assert data["logout_url"] == TEST_PUBLIC_URL + "/logout"
+        assert data["csrf_token"] == alice_browser.csrf_token
+        assert set(data["session"]) == {"expires_at", "idle_expires_at"}
+        assert set(data) == {"sub", "name", "email", "groups", "logout_url", "csrf_token", "session"}
+
+    def test_auth_user_anonymous_is_401_json(self, browser):
+        response = browser.json_get("/auth/user", status=401)
+        assert response.json == {"error": "login_required", "message": "Sign in to continue."}
+        assert response.headers["Cache-Control"] == "no-store"
+
+    def test_auth_user_anonymous_without_header_is_refused_first(self, browser):
+        assert browser.get("/auth/user", status=403).json["error"] == "csrf_failed"

@@ -1,0 +1,154 @@
+"""The ACL matrix on every post route: owner, other user, admin, anonymous."""
+
+import pytest
+from sqlalchemy import select
+
+from myapp.models import AuditEvent, Post
+
+
+@pytest.fixture
+def post(dbsession, alice):
+    post = Post(owner_id=alice.id, title="Alice's post", body="Hello from Alice")
+    dbsession.add(post)
+    dbsession.flush()
+    return post
+
+
+@pytest.fixture
+def as_user(browser, sign_in, alice, bob, admin):
+    """A browser signed in as the given role: owner (alice), other (bob), admin, or anonymous."""
+
+    def as_user(role):
+        user = {"owner": alice, "other": bob, "admin": admin, "anonymous": None}[role]
+        if user is not None:
+            sign_in(browser, user)
+        return browser
+
+    return as_user
+
+
+def reload(dbsession, post):
+    post_id = post.id
+    dbsession.expire_all()
+    return dbsession.get(Post, post_id)
+
+
+@pytest.mark.parametrize("role", ["owner", "other", "admin"])
+def test_list_and_show_for_signed_in_users(as_user, post, role):
+    browser = as_user(role)
+    assert "Alice&#39;s post" in browser.get("/posts").text
+    page = browser.get(f"/posts/{post.id}")
+    assert "Hello from Alice" in page.text
+    offers_changes = f"/posts/{post.id}/edit" in page.text
+    assert offers_changes is (role in ("owner", "admin"))
+    assert (f"/posts/{post.id}/delete" in page.text) is (role in ("owner", "admin"))
+
+
+@pytest.mark.parametrize("url", ["/posts", "/posts/new", "/posts/{id}", "/posts/{id}/edit"])
+def test_anonymous_get_is_sent_to_login(as_user, post, url):
+    url = url.format(id=post.id)
+    response = as_user("anonymous").get(url, status=303)
+    assert response.location.endswith("/login?next=" + url.replace("/", "%2F"))
+
+
+@pytest.mark.parametrize("url", ["/posts", "/posts/{id}/edit", "/posts/{id}/delete"])
+def test_anonymous_post_is_refused(as_user, post, dbsession, url):
+    response = as_user("anonymous").submit(url.format(id=post.id), {"title": "x"}, status=303)
+    assert "/login" in response.location
+    assert reload(dbsession, post).title == "Alice's post"
+    assert dbsession.scalar(select(Post).where(Post.title == "x")) is None
+
+
+@pytest.mark.parametrize("role", ["owner", "admin"])
+def test_edit_allowed(as_user, post, dbsession, role):
+    browser = as_user(role)
+    form = browser.get(f"/posts/{post.id}/edit")
+    assert 'value="Alice&#39;s post"' in form.text
+    response = browser.submit(f"/posts/{post.id}/edit", {"title": "Edited", "body": "New body"}, status=303)
+    assert response.location.endswith(f"/posts/{post.id}?notice=post_updated")
+    assert "Your changes were saved." in response.follow().text
+    assert reload(dbsession, post).title == "Edited"
+
+
+def test_edit_by_other_user_is_forbidden_and_audited(as_user, post, dbsession, bob):
+    browser = as_user("other")
+    browser.get(f"/posts/{post.id}/edit", status=403)
+    page = browser.submit(f"/posts/{post.id}/edit", {"title": "Hijacked", "body": ""}, status=403)
+    assert "You cannot do that" in page.text
+    assert reload(dbsession, post).title == "Alice's post"
+    denials = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied")).all()
+    assert [d.user_id for d in denials] == [bob.id, bob.id]
+    assert f"POST /posts/{post.id}/edit (needs edit)" in denials[-1].detail
+
+
+@pytest.mark.parametrize("role, status, deleted", [("owner", 303, True), ("admin", 303, True), ("other", 403, False)])
+def test_delete(as_user, post, dbsession, role, status, deleted):
+    as_user(role).submit(f"/posts/{post.id}/delete", status=status)
+    assert (reload(dbsession, post) is None) is deleted
+
+
+@pytest.mark.parametrize("role", ["owner", "other", "admin"])
+def test_create(as_user, dbsession, role):
+    browser = as_user(role)
+    assert 'name="title"' in browser.get("/posts/new").text
+    response = browser.submit("/posts", {"title": f"By {role}", "body": "Text"}, status=303)
+    created = dbsession.scalars(select(Post).where(Post.title == f"By {role}")).one()
+    assert response.location.endswith(f"/posts/{created.id}?notice=post_created")
+
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({"title": "", "body": "x"}, "Give your post a title."),
+        ({"title": "   ", "body": "x"}, "Give your post a title."),
+        ({"title": "t" * 201, "body": "x"}, "Keep the title under 200 characters."),
+        ({"title": "ok", "body": "b" * 20001}, "Keep the text under 20000 characters."),
+        ({"title": "nul\x00", "body": ""}, "cannot be saved"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_keeps_the_text(as_user, dbsession, form, message):
+    page = as_user("owner").submit("/posts", form, status=400)
+    assert message in page.text
+    if form["body"] and len(form["body"]) < 100:
+        assert form["body"] in page.text
+    assert dbsession.scalar(select(Post)) is None
+
+
+def test_missing_post_is_404(as_user):
+    browser = as_user("owner")
+    browser.get("/posts/999999", status=404)
+    browser.submit("/posts/999999/edit", {"title": "x"}, status=404)
+    browser.submit("/posts/999999/delete", status=404)
+
+
+@pytest.mark.parametrize(
+    "post_id", ["abc", "-1", "1.5", "99999999999999999999999", "%00", "1%20OR%201=1", "%D9%A3", "0x10"]
+)
+def test_malformed_ids_are_404_never_500(as_user, post_id):
+    as_user("owner").get(f"/posts/{post_id}", status=404)
+
+
+def test_pagination(as_user, dbsession, alice):
+    dbsession.add_all(Post(owner_id=alice.id, title=f"Post {i:02d}", body="") for i in range(25))
+    dbsession.flush()
+    browser = as_user("owner")
+    first = browser.get("/posts")
+    assert first.text.count('class="card post-item"') == 20
+    assert "page=2" in first.text
+    second = browser.get("/posts?page=2")
+    assert second.text.count('class="card post-item"') == 5
+    for bad in ["0", "-1", "x", "9" * 30]:
+        assert browser.get(f"/posts?page={bad}").status_int == 200
+
+
+def test_empty_state(as_user):
+    assert "No posts yet" in as_user("owner").get("/posts").text
+
+
+def test_post_body_is_escaped(as_user, dbsession, alice):
+    post = Post(owner_id=alice.id, title="<script>alert(1)</script>", body="<img src=x onerror=alert(1)>")
+    dbsession.add(post)
+    dbsession.flush()
+    page = as_user("other").get(f"/posts/{post.id}")
+    assert "<script>alert(1)</script>" not in page.text
+    assert "<img src=x" not in page.text

@@ -1,0 +1,232 @@
+"""The session cookie: what authenticates, what does not, and how sessions end."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from myapp.models import AuditEvent, UserSession
+from myapp.services.sessions import hash_session_id
+from tests.functional.conftest import COOKIE
+
+
+def set_cookie_headers(response):
+    return [v for k, v in response.headerlist if k.lower() == "set-cookie"]
+
+
+def test_a_session_row_authenticates_the_browser(browser, alice, sign_in):
+    sign_in(browser, alice)
+    page = browser.get("/")
+    assert 'data-testid="dashboard-user">Alice<' in page.text
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "Cookie" in page.headers["Vary"]
+
+
+def test_the_database_holds_only_the_hash(browser, alice, sign_in, dbsession):
+    raw_id, _ = sign_in(browser, alice)
+    browser.get("/")
+    rows = dbsession.execute(select(UserSession.__table__)).mappings().all()
+    assert len(rows) == 1
+    assert rows[0]["id_hash"] == hash_session_id(raw_id)
+    assert all(raw_id not in str(value) for row in rows for value in row.values())
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "",
+        "x",
+        "a" * 10_000,
+        "Zm9v" * 11,
+        "' OR '1'='1' -- aaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "%27%3B%20DROP%20TABLE%20sessions%3B--",
+        "\u00e9\u00e8" * 20,
+        "A" * 43,
+    ],
+)
+def test_garbage_cookies_are_no_session_and_are_cleared(browser, cookie):
+    browser.set_cookie(COOKIE, cookie)
+    page = browser.get("/")
+    assert "Sign in once" in page.text
+    cleared = set_cookie_headers(page)
+    assert cleared and cleared[0].startswith(f"{COOKIE}=;") and "Max-Age=0" in cleared[0]
+    browser.get("/posts", status=303)
+
+
+def test_raw_garbage_cookie_header_never_500(browser):
+    for header in [
+        f"{COOKIE}=" + "\x7f" * 50,
+        f'{COOKIE}="unterminated',
+        f"{COOKIE}={'b' * 50000}",
+        ";;;===;;",
+        f"{COOKIE}=a; {COOKIE}=b",
+    ]:
+        browser.get("/", headers={"Cookie": header}, status=200)
+        browser.get("/posts", headers={"Cookie": header}, status=303)
+        browser.get("/auth/user", headers={"Cookie": header, "X-CSRF": "1"}, status=401)
+
+
+def test_a_dead_cookie_is_cleared_and_says_why(browser, alice, sign_in, session_store):
+    _, row = sign_in(browser, alice)
+    session_store.end(row, "revoked")
+    response = browser.get("/posts", status=303)
+    assert "/signed-out?reason=revoked&next=%2Fposts" in response.location
+    assert any(h.startswith(f"{COOKIE}=;") for h in set_cookie_headers(response))
+    page = browser.get(response.location)
+    assert "signed out from your list of sessions" in page.text
+    assert "/login?next=%2Fposts" in page.text
+
+
+def backdate(dbsession, row, **fields):
+    dbsession.execute(update(UserSession).where(UserSession.id == row.id).values(**fields))
+    dbsession.expire_all()
+
+
+def test_idle_timeout(browser, alice, sign_in, dbsession, app_settings):
+    _, row = sign_in(browser, alice)
+    idle = timedelta(days=7)
+    backdate(dbsession, row, last_seen_at=row.last_seen_at - idle + timedelta(minutes=5))
+    assert "Alice" in browser.get("/").text
+    backdate(dbsession, row, last_seen_at=row.last_seen_at - idle - timedelta(seconds=1))
+    assert "reason=idle" in browser.get("/posts", status=303).location
+
+
+def test_absolute_timeout(browser, alice, sign_in, dbsession):
+    _, row = sign_in(browser, alice)
+    backdate(dbsession, row, expires_at=row.created_at - timedelta(seconds=1))
+    assert "reason=expired" in browser.get("/posts", status=303).location
+
+
+def test_activity_is_recorded_at_most_once_a_minute(browser, alice, sign_in, dbsession):
+    _, row = sign_in(browser, alice)
+    created = row.last_seen_at
+    browser.get("/")
+    dbsession.expire_all()
+    assert dbsession.get(UserSession, row.id).last_seen_at == created
+    backdate(dbsession, row, last_seen_at=created - timedelta(minutes=2))
+    browser.get("/")
+    dbsession.expire_all()
+    assert dbsession.get(UserSession, row.id).last_seen_at > created - timedelta(minutes=1)
+
+
+def test_disabled_user_is_signed_out(browser, alice, sign_in, dbsession):
+    sign_in(browser, alice)
+    alice.disabled = True
+    dbsession.flush()
+    browser.get("/posts", status=303)
+
+
+def test_sessions_page_lists_own_sessions_only(browser, alice, bob, sign_in, session_store):
+    session_store.create(user=alice, user_agent="Other device", ip_address="198.51.100.1")
+    session_store.create(user=bob, user_agent="Bob's phone")
+    sign_in(browser, alice)
+    page = browser.get("/account/sessions")
+    assert "Other device" in page.text
+    assert "This device" in page.text
+    assert "Bob&#39;s phone" not in page.text
+    assert "Sign out everywhere else" in page.text
+
+
+def test_session_page_never_shows_the_cookie_or_hash(browser, alice, sign_in):
+    raw_id, row = sign_in(browser, alice)
+    page = browser.get("/account/sessions")
+    assert raw_id not in page.text
+    assert row.id_hash not in page.text
+    assert f"/account/sessions/{row.handle}/revoke" in page.text
+
+
+def test_revoke_another_of_my_sessions(browser, alice, sign_in, session_store, dbsession):
+    other_raw, other = session_store.create(user=alice, user_agent="Laptop")
+    sign_in(browser, alice)
+    response = browser.submit(f"/account/sessions/{other.handle}/revoke", status=303)
+    assert response.location.endswith("/account/sessions?notice=session_revoked")
+    assert session_store.dead_reason(session_store.find(other_raw)) == "revoked"
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "session_revoked")).one()
+    assert (event.user_id, event.actor_id, event.session_handle) == (alice.id, alice.id, other.handle)
+    assert "Alice" in browser.get("/").text
+
+
+def test_revoke_the_current_session_signs_out_here(browser, alice, sign_in):
+    _, row = sign_in(browser, alice)
+    response = browser.submit(f"/account/sessions/{row.handle}/revoke", status=303)
+    assert "/signed-out?reason=revoked" in response.location
+    assert any(h.startswith(f"{COOKIE}=;") for h in set_cookie_headers(response))
+    browser.get("/posts", status=303)
+
+
+def test_revoke_someone_elses_session_is_forbidden(browser, alice, bob, sign_in, session_store):
+    bob_raw, bobs = session_store.create(user=bob)
+    sign_in(browser, alice)
+    browser.submit(f"/account/sessions/{bobs.handle}/revoke", status=403)
+    assert session_store.dead_reason(session_store.find(bob_raw)) is None
+
+
+def test_revoke_unknown_or_ended_session_is_404(browser, alice, sign_in, session_store):
+    _, ended = session_store.create(user=alice)
+    session_store.end(ended, "logout")
+    sign_in(browser, alice)
+    browser.submit("/account/sessions/no-such-handle/revoke", status=404)
+    browser.submit(f"/account/sessions/{ended.handle}/revoke", status=404)
+    browser.submit(f"/account/sessions/{'x' * 300}/revoke", status=404)
+
+
+def test_revoke_by_get_is_refused(browser, alice, sign_in):
+    _, row = sign_in(browser, alice)
+    browser.get(f"/account/sessions/{row.handle}/revoke", status=405)
+    assert "Alice" in browser.get("/").text
+
+
+def test_sign_out_everywhere_else(browser, alice, bob, sign_in, session_store, dbsession):
+    others = [session_store.create(user=alice)[0] for _ in range(3)]
+    bob_raw, _ = session_store.create(user=bob)
+    sign_in(browser, alice)
+    response = browser.submit("/account/sessions/revoke-others", status=303)
+    assert response.location.endswith("?notice=others_revoked")
+    assert "You were signed out everywhere else." in response.follow().text
+    for raw in others:
+        assert session_store.dead_reason(session_store.find(raw)) == "signed_out_elsewhere"
+    assert session_store.dead_reason(session_store.find(bob_raw)) is None
+    assert "Alice" in browser.get("/").text
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "other_sessions_ended")).one()
+    assert event.detail == "3 session(s) ended"
+
+
+@pytest.fixture
+def app_request(app):
+    """A request prepared like the router's, for calling remember()/forget() directly."""
+    from pyramid.request import Request
+    from pyramid.scripting import prepare
+
+    def make(cookie):
+        request = Request.blank("/", cookies={COOKIE: cookie}, base_url="https://app.example.test")
+        env = prepare(request=request, registry=app.registry)
+        request.tm.begin()
+        return env
+
+    envs = []
+    yield lambda cookie: envs.append(make(cookie)) or envs[-1]["request"]
+    for env in envs:
+        env["request"].tm.abort()
+        env["closer"]()
+
+
+def test_remember_issues_a_new_id_and_ends_the_old_one(app_request, alice, sign_in, browser, session_store):
+    """No fixation: whatever id the browser had, a sign-in gets a fresh one."""
+    from pyramid.security import remember
+
+    old_raw, _ = sign_in(browser, alice)
+    request = app_request(old_raw)
+    headers = remember(request, alice.id)
+    new_raw = headers[0][1].split(";")[0].split("=", 1)[1]
+    assert new_raw != old_raw
+    assert session_store.find(new_raw) is not None
+    assert session_store.dead_reason(session_store.find(old_raw)) == "replaced"
+
+
+def test_forget_ends_the_row(app_request, alice, sign_in, browser, session_store):
+    from pyramid.security import forget
+
+    raw, _ = sign_in(browser, alice)
+    headers = forget(app_request(raw))
+    assert headers[0][1].startswith(f"{COOKIE}=;")
+    assert session_store.dead_reason(session_store.find(raw)) == "logout"

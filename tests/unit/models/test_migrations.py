@@ -1,0 +1,101 @@
+"""Migrations are tested on every backend: empty → head → base → head, and match the models."""
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from myapp import main
+from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
+from tests.conftest import alembic_config, base_settings, migrate, postgresql_url, with_search_path
+
+
+def test_schema_revision_is_alembics_head():
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_REVISION
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def empty_database(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+        engine = get_engine(url)
+        yield url, engine
+        engine.dispose()
+        return
+    import uuid
+
+    from sqlalchemy import text
+
+    base = postgresql_url()
+    schema = f"myapp_mig_{uuid.uuid4().hex[:10]}"
+    admin = get_engine(base)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = with_search_path(base, schema)
+    engine = get_engine(url)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def run(engine, direction, revision):
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, direction)(config, revision)
+
+
+def test_upgrade_downgrade_upgrade(empty_database):
+    _, engine = empty_database
+    run(engine, "upgrade", "head")
+    tables = set(inspect(engine).get_table_names())
+    assert {"users", "sessions", "posts", "audit_events"} <= tables
+    run(engine, "downgrade", "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    run(engine, "upgrade", "head")
+
+
+def test_models_match_migrations(empty_database):
+    _, engine = empty_database
+    migrate(engine)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = [d for d in compare_metadata(context, Base.metadata)]
+    assert diff == []
+
+
+def test_unmigrated_database_is_refused_with_one_line(empty_database):
+    url, engine = empty_database
+    with pytest.raises(SchemaError, match="not migrated; run: alembic -c app.ini upgrade head"):
+        check_schema(engine, "app.ini")
+    with pytest.raises(SystemExit) as info:
+        main({"__file__": "/srv/app.ini"}, **base_settings(url))
+    assert str(info.value) == "myapp: the database is not migrated; run: alembic -c /srv/app.ini upgrade head"
+
+
+def test_outdated_database_is_refused(empty_database):
+    _, engine = empty_database
+    migrate(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+    with pytest.raises(SchemaError, match="is at schema revision 0000, this code needs"):
+        check_schema(engine)
+
+
+def test_unreachable_database_is_one_line():
+    with pytest.raises(SchemaError) as info:
+        check_schema(get_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    assert str(info.value).startswith("cannot reach the database")
+    assert "\n" not in str(info.value)
+
+
+def test_bad_settings_stop_main_with_one_line():
+    with pytest.raises(SystemExit) as info:
+        main({}, **base_settings("sqlite://", **{"myapp.session.idle_timeout": "soon"}))
+    assert str(info.value).startswith("myapp: myapp.session.idle_timeout: 'soon' is not a duration")

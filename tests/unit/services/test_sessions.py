@@ -1,0 +1,223 @@
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from myapp.models import User, UserSession
+from myapp.services.sessions import EndReason, SessionStore, TokenCipher, TokenSet, hash_session_id
+from myapp.settings import SessionSettings
+
+SETTINGS = SessionSettings(
+    cookie_name="__Host-session",
+    cookie_secure=True,
+    cookie_samesite="Lax",
+    idle_timeout=timedelta(hours=1),
+    absolute_timeout=timedelta(days=1),
+)
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **kw):
+        self.now += timedelta(**kw)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def cipher():
+    return TokenCipher([Fernet.generate_key().decode()])
+
+
+@pytest.fixture
+def store(dbsession, cipher, clock):
+    return SessionStore(dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock)
+
+
+@pytest.fixture
+def user(dbsession):
+    user = User(issuer="https://idp.example.test", subject="alice", name="Alice", groups=["staff"])
+    dbsession.add(user)
+    dbsession.flush()
+    return user
+
+
+def test_create_returns_raw_id_once_and_stores_only_its_hash(store, user, dbsession):
+    raw_id, row = store.create(user=user, user_agent="UA", ip_address="192.0.2.1")
+    assert len(raw_id) == 43
+    assert row.id_hash == hashlib.sha256(raw_id.encode()).hexdigest()
+    stored = dbsession.execute(select(UserSession.__table__)).mappings().one()
+    assert raw_id not in {str(v) for v in stored.values()}
+    assert stored["handle"] != raw_id and stored["handle"] != row.id_hash
+    assert store.find(raw_id).id == row.id
+
+
+def test_ids_are_unique_and_random(store, user):
+    ids = {store.create(user=user)[0] for _ in range(20)}
+    assert len(ids) == 20
+
+
+@pytest.mark.parametrize(
+    "cookie", [None, "", "x", "a" * 42, "a" * 44, "a" * 10_000, "é" * 43, "' OR 1=1 --" + "a" * 32, "a" * 42 + "="]
+)
+def test_garbage_is_no_session(store, user, cookie):
+    store.create(user=user)
+    assert store.find(cookie) is None
+
+
+def test_unknown_well_formed_id(store):
+    assert store.find("A" * 43) is None
+
+
+def test_tokens_are_encrypted_at_rest(store, user, dbsession, cipher):
+    tokens = TokenSet(access_token="at-123", refresh_token="rt-456", id_token="idt-789")
+    _, row = store.create(user=user, tokens=tokens)
+    stored = dbsession.execute(select(UserSession.__table__)).mappings().one()
+    for column, plaintext in [("access_token", "at-123"), ("refresh_token", "rt-456"), ("id_token", "idt-789")]:
+        assert plaintext.encode() not in bytes(stored[column])
+    assert store.tokens(row) == tokens
+
+
+def test_key_rotation_old_key_still_decrypts(dbsession, user, clock):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    old_store = SessionStore(dbsession=dbsession, cipher=TokenCipher([old]), settings=SETTINGS, clock=clock)
+    _, row = old_store.create(user=user, tokens=TokenSet(access_token="at"))
+    rotated = SessionStore(dbsession=dbsession, cipher=TokenCipher([new, old]), settings=SETTINGS, clock=clock)
+    assert rotated.tokens(row).access_token == "at"
+    retired = SessionStore(dbsession=dbsession, cipher=TokenCipher([new]), settings=SETTINGS, clock=clock)
+    assert retired.tokens(row).access_token is None
+
+
+def test_live_session_has_no_dead_reason(store, user):
+    _, row = store.create(user=user)
+    assert store.dead_reason(row) is None
+
+
+def test_idle_timeout(store, user, clock):
+    raw_id, row = store.create(user=user)
+    clock.advance(minutes=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.advance(minutes=2)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+
+def test_activity_keeps_it_alive_until_absolute_expiry(store, user, clock):
+    raw_id, row = store.create(user=user)
+    for _ in range(23):
+        clock.advance(minutes=59)
+        store.touch(row)
+        clock.advance(minutes=1)
+        assert store.dead_reason(row) is None
+        store.touch(row)
+    clock.advance(hours=1)
+    assert store.dead_reason(row) == EndReason.EXPIRED
+
+
+def test_idle_expiry_never_later_than_absolute(store, user, clock):
+    _, row = store.create(user=user)
+    clock.advance(hours=23, minutes=30)
+    store.touch(row)
+    assert store.idle_expires_at(row) == row.expires_at
+
+
+def test_touch_at_most_once_a_minute(store, user, clock):
+    _, row = store.create(user=user)
+    first = row.last_seen_at
+    clock.advance(seconds=30)
+    assert store.touch(row) is False
+    assert row.last_seen_at == first
+    clock.advance(seconds=31)
+    assert store.touch(row) is True
+    assert row.last_seen_at == clock.now
+
+
+def test_disabled_user(store, user, dbsession):
+    _, row = store.create(user=user)
+    user.disabled = True
+    dbsession.flush()
+    assert store.dead_reason(row) == EndReason.REVOKED
+
+
+def test_end_wipes_tokens_and_keeps_reason(store, user):
+    raw_id, row = store.create(user=user, tokens=TokenSet(access_token="a", refresh_token="r", id_token="i"))
+    store.end(row, EndReason.REVOKED)
+    again = store.find(raw_id)
+    assert store.dead_reason(again) == EndReason.REVOKED
+    assert (again.access_token, again.refresh_token, again.id_token) == (None, None, None)
+
+
+def test_end_twice_keeps_the_first_reason(store, user):
+    _, row = store.create(user=user)
+    store.end(row, EndReason.LOGOUT)
+    store.end(row, EndReason.REVOKED)
+    assert row.end_reason == EndReason.LOGOUT
+
+
+def test_end_all_for_user_and_others(store, user, dbsession):
+    other = User(issuer="https://idp.example.test", subject="bob", name="Bob", groups=[])
+    dbsession.add(other)
+    dbsession.flush()
+    _, mine1 = store.create(user=user)
+    _, mine2 = store.create(user=user)
+    _, mine3 = store.create(user=user)
+    _, theirs = store.create(user=other)
+    assert store.end_all_others(mine1) == 2
+    assert [s.id for s in store.list_for_user(user.id)] == [mine1.id]
+    assert store.dead_reason(mine2) == EndReason.ENDED_ELSEWHERE
+    assert store.end_all_for_user(user.id, EndReason.REVOKED_BY_ADMIN) == 1
+    assert store.list_for_user(user.id) == []
+    assert store.dead_reason(theirs) is None
+
+
+def test_list_for_user_excludes_dead_sessions(store, user, clock):
+    _, old = store.create(user=user)
+    clock.advance(minutes=61)
+    _, new = store.create(user=user)
+    assert [s.id for s in store.list_for_user(user.id)] == [new.id]
+
+
+def test_end_by_provider_sid(store, user):
+    _, a = store.create(user=user, provider_sid="sid-1")
+    _, b = store.create(user=user, provider_sid="sid-2")
+    assert store.end_by_provider_sid([user.id], "sid-1", EndReason.BACKCHANNEL) == 1
+    assert store.dead_reason(a) == EndReason.BACKCHANNEL
+    assert store.dead_reason(b) is None
+    assert store.end_by_provider_sid(None, "sid-2", EndReason.BACKCHANNEL) == 1
+
+
+def test_purge_expired(store, user, clock, dbsession):
+    _, ended = store.create(user=user)
+    store.end(ended, EndReason.LOGOUT)
+    _, live = store.create(user=user)
+    clock.advance(days=1, minutes=1)
+    store.touch(live)
+    assert store.purge_expired(retention=timedelta(hours=1)) == 1
+    remaining = dbsession.scalars(select(UserSession.id)).all()
+    assert remaining == [live.id]
+
+
+def test_find_by_handle(store, user):
+    _, row = store.create(user=user)
+    assert store.find_by_handle(row.handle).id == row.id
+    assert store.find_by_handle("") is None
+    assert store.find_by_handle("x" * 500) is None
+
+
+def test_new_csrf_token(store, user):
+    _, row = store.create(user=user)
+    old = row.csrf_token
+    assert store.new_csrf_token(row) != old
+
+
+def test_hash_is_sha256_hex():
+    assert hash_session_id("abc") == hashlib.sha256(b"abc").hexdigest()

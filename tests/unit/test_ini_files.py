@@ -1,0 +1,83 @@
+"""The shipped ini files parse, and production.ini refuses what it must."""
+
+import pytest
+from cryptography.fernet import Fernet
+from pyramid.paster import get_appsettings
+
+from myapp.settings import DEVELOPMENT_CLIENT_SECRETS, DEVELOPMENT_ENCRYPTION_KEYS, SettingsError, load_settings
+from tests.conftest import ROOT
+
+PRODUCTION_ENV = {
+    "MYAPP_DATABASE_URL": "postgresql+psycopg://myapp@db.internal/myapp",
+    "MYAPP_PUBLIC_URL": "https://app.example.com",
+    "MYAPP_OIDC_ISSUER": "https://login.example.com/realms/main",
+    "MYAPP_OIDC_CLIENT_ID": "myapp",
+    "MYAPP_OIDC_CLIENT_SECRET": "a-real-secret",
+    "MYAPP_TOKEN_KEYS": Fernet.generate_key().decode(),
+}
+
+
+def ini(name):
+    return dict(get_appsettings(str(ROOT / name), name="main"))
+
+
+def test_development_ini_parses():
+    settings = load_settings(ini("development.ini"), environ={})
+    assert settings.is_development
+    assert settings.session.cookie_secure is False
+    assert not settings.session.cookie_name.startswith("__Host-")
+    assert "demo" in settings.upstreams
+
+
+def test_production_ini_parses_with_its_environment():
+    settings = load_settings(ini("production.ini"), environ=PRODUCTION_ENV)
+    assert settings.environment == "production"
+    assert settings.session.cookie_name == "__Host-session" and settings.session.cookie_secure
+    assert settings.oidc.client_secret == "a-real-secret"
+
+
+@pytest.mark.parametrize("variable", sorted(PRODUCTION_ENV))
+def test_production_ini_names_a_missing_secret(variable):
+    environ = {k: v for k, v in PRODUCTION_ENV.items() if k != variable}
+    with pytest.raises(SettingsError, match=f"environment variable {variable} is not set"):
+        load_settings(ini("production.ini"), environ=environ)
+
+
+def test_production_ini_refuses_development_secrets():
+    with pytest.raises(SettingsError, match="development key"):
+        load_settings(ini("production.ini"), environ={**PRODUCTION_ENV, "MYAPP_TOKEN_KEYS": next(iter(DEVELOPMENT_ENCRYPTION_KEYS))})
+    with pytest.raises(SettingsError, match="development client secret"):
+        load_settings(
+            ini("production.ini"),
+            environ={**PRODUCTION_ENV, "MYAPP_OIDC_CLIENT_SECRET": next(iter(DEVELOPMENT_CLIENT_SECRETS))},
+        )
+
+
+def test_production_ini_refuses_the_development_stack():
+    settings = ini("production.ini")
+    settings["pyramid.includes"] = "myapp.devstack"
+    with pytest.raises(SettingsError, match="development stack"):
+        load_settings(settings, environ=PRODUCTION_ENV)
+
+
+def test_production_ini_has_no_secret_in_it():
+    text = (ROOT / "production.ini").read_text()
+    for line in text.splitlines():
+        if line.strip().startswith(("myapp.oidc.client_secret", "myapp.tokens.encryption_keys", "sqlalchemy.url")):
+            assert "= env:" in line or "= file:" in line
+
+
+def test_every_spec_setting_is_in_both_ini_files():
+    names = [
+        "sqlalchemy.url", "myapp.public_url", "myapp.oidc.issuer", "myapp.oidc.client_id",
+        "myapp.oidc.client_secret", "myapp.oidc.token_endpoint_auth_method", "myapp.oidc.scope",
+        "myapp.oidc.redirect_uri", "myapp.oidc.post_logout_redirect_uri", "myapp.oidc.authorize_params",
+        "myapp.oidc.groups_claim", "myapp.oidc.fetch_userinfo", "myapp.oidc.http_timeout",
+        "myapp.authz.admin_group", "myapp.session.cookie_name", "myapp.session.cookie_secure",
+        "myapp.session.cookie_samesite", "myapp.session.idle_timeout", "myapp.session.absolute_timeout",
+        "myapp.tokens.encryption_keys", "myapp.tokens.refresh_leeway", "myapp.upstreams",
+        "myapp.upstream.", "myapp.proxy.max_body_bytes", "myapp.lock.backend", "myapp.redis.url",
+    ]
+    for name in ["development.ini", "production.ini"]:
+        text = (ROOT / name).read_text()
+        assert [n for n in names if n not in text] == [], name

@@ -1,0 +1,149 @@
+from datetime import timedelta
+
+import pytest
+from pyramid.testing import DummyRequest
+from webob import Request
+
+from myapp.security import SessionCookie, json_csrf_failure, safe_next_path, same_origin
+from myapp.settings import SessionSettings
+
+PUBLIC = "https://app.example.com"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/", "/posts", "/posts/5?notice=x&page=2", "/a%20b", "/path#frag", "/x//y", "/%2e%2e/"],
+)
+def test_local_paths_are_kept(value):
+    assert safe_next_path(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "posts",
+        "//evil.example",
+        "//evil.example/path",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        " /evil",
+        "/ /evil",
+        "https://evil.example",
+        "https:evil.example",
+        "http:/evil.example",
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "/%2F/evil.example",
+        "/%2f%2fevil.example",
+        "/%5Cevil.example",
+        "%2F%2Fevil.example",
+        "/\x00",
+        "/\x7f",
+        "/" + "a" * 3000,
+        ["/"],
+    ],
+)
+def test_open_redirect_payloads_fall_back_to_root(value):
+    assert safe_next_path(value) == "/"
+
+
+@pytest.mark.parametrize(
+    "origin, expected",
+    [
+        ("https://app.example.com", True),
+        ("https://app.example.com:443", True),
+        ("https://APP.example.com", True),
+        ("http://app.example.com", False),
+        ("https://app.example.com:8443", False),
+        ("https://evil.example", False),
+        ("https://app.example.com.evil.example", False),
+        ("null", False),
+        ("", False),
+        ("https://[broken", False),
+    ],
+)
+def test_same_origin(origin, expected):
+    assert same_origin(origin, PUBLIC) is expected
+
+
+def request(method="GET", **headers):
+    return DummyRequest(method=method, headers=headers)
+
+
+def test_json_csrf_needs_the_header():
+    assert json_csrf_failure(request(), PUBLIC) is not None
+    assert json_csrf_failure(request(**{"X-CSRF": "0"}), PUBLIC) is not None
+    assert json_csrf_failure(request(**{"X-CSRF": "1"}), PUBLIC) is None
+
+
+def test_json_csrf_refuses_cross_site_fetches():
+    assert json_csrf_failure(request(**{"X-CSRF": "1", "Sec-Fetch-Site": "cross-site"}), PUBLIC) is not None
+    assert json_csrf_failure(request(**{"X-CSRF": "1", "Sec-Fetch-Site": "same-origin"}), PUBLIC) is None
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_json_csrf_checks_origin_on_unsafe_methods(method):
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": PUBLIC}), PUBLIC) is None
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1"}), PUBLIC) is None
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": "null"}), PUBLIC) is not None
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": "https://evil.example"}), PUBLIC) is not None
+
+
+def test_json_csrf_ignores_origin_on_safe_methods():
+    assert json_csrf_failure(request("GET", **{"X-CSRF": "1", "Origin": "https://evil.example"}), PUBLIC) is None
+
+
+def settings(**kw):
+    values = dict(
+        cookie_name="__Host-session",
+        cookie_secure=True,
+        cookie_samesite="Lax",
+        idle_timeout=timedelta(hours=1),
+        absolute_timeout=timedelta(days=1),
+    )
+    values.update(kw)
+    return SessionSettings(**values)
+
+
+def test_cookie_attributes_exactly_as_spec():
+    name, value = SessionCookie(settings()).set("abc", 3600)
+    assert name == "Set-Cookie"
+    parts = [p.strip() for p in value.split(";")]
+    assert parts[0] == "__Host-session=abc"
+    attributes = {p.split("=")[0].lower(): p for p in parts[1:]}
+    assert attributes.keys() == {"max-age", "path", "expires", "secure", "httponly", "samesite"}
+    assert attributes["max-age"] == "Max-Age=3600"
+    assert attributes["path"] == "Path=/"
+    assert attributes["samesite"] == "SameSite=Lax"
+    assert "domain" not in attributes
+
+
+def test_cookie_strict_and_insecure_for_development():
+    _, value = SessionCookie(settings(cookie_name="sid", cookie_secure=False, cookie_samesite="Strict")).set("abc", 60)
+    assert "SameSite=Strict" in value
+    assert "secure" not in value.lower()
+
+
+def test_cookie_delete_keeps_the_attributes_browsers_need():
+    _, value = SessionCookie(settings()).delete()
+    assert value.startswith("__Host-session=;")
+    assert "Max-Age=0" in value and "Path=/" in value and "secure" in value.lower()
+
+
+def test_oversized_cookie_is_not_read():
+    cookie = SessionCookie(settings())
+    req = Request.blank("/", headers={"Cookie": "__Host-session=" + "a" * 10_000})
+    assert cookie.read(req) is None
+    assert cookie.is_present(req)
+
+
+def test_undecodable_cookie_header_is_no_cookie():
+    cookie = SessionCookie(settings())
+    req = Request.blank("/")
+    req.environ["HTTP_COOKIE"] = "__Host-session=\xe9\xe8"
+    assert not cookie.read(req)
+    assert cookie.is_present(req)

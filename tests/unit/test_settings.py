@@ -1,0 +1,290 @@
+from datetime import timedelta
+
+import pytest
+from cryptography.fernet import Fernet
+
+from myapp.settings import (
+    DEVELOPMENT_CLIENT_SECRETS,
+    DEVELOPMENT_ENCRYPTION_KEYS,
+    SettingsError,
+    load_settings,
+    parse_duration,
+)
+
+KEY = Fernet.generate_key().decode()
+
+
+def raw(**overrides):
+    settings = {
+        "sqlalchemy.url": "sqlite://",
+        "myapp.public_url": "https://app.example.com",
+        "myapp.oidc.issuer": "https://idp.example.com/realms/main",
+        "myapp.oidc.client_id": "app",
+        "myapp.oidc.client_secret": "s3cret",
+        "myapp.tokens.encryption_keys": KEY,
+    }
+    for key, value in overrides.items():
+        name = key.replace("__", ".")
+        if value is None:
+            settings.pop(name, None)
+        else:
+            settings[name] = value
+    return settings
+
+
+def error_for(environ=None, **overrides):
+    with pytest.raises(SettingsError) as info:
+        load_settings(raw(**overrides), environ=environ or {})
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_follow_the_spec():
+    settings = load_settings(raw(), environ={})
+    assert settings.environment == "production"
+    assert settings.oidc.token_endpoint_auth_method == "client_secret_basic"
+    assert settings.oidc.scope == "openid profile email offline_access"
+    assert settings.oidc.redirect_uri == "https://app.example.com/auth/callback"
+    assert settings.oidc.post_logout_redirect_uri == "https://app.example.com/"
+    assert settings.oidc.groups_claim == "groups"
+    assert settings.oidc.fetch_userinfo is True
+    assert settings.oidc.http_timeout == 10
+    assert dict(settings.oidc.authorize_params) == {}
+    assert settings.admin_group == "admins"
+    assert settings.session.cookie_name == "__Host-session"
+    assert settings.session.cookie_secure is True
+    assert settings.session.cookie_samesite == "Lax"
+    assert settings.session.idle_timeout == timedelta(days=7)
+    assert settings.session.absolute_timeout == timedelta(days=30)
+    assert settings.tokens.refresh_leeway == timedelta(seconds=60)
+    assert dict(settings.upstreams) == {}
+    assert settings.proxy.max_body_bytes == 10485760
+    assert settings.lock.backend == "database"
+    assert settings.lock.redis_url is None
+
+
+def test_settings_are_frozen():
+    settings = load_settings(raw(), environ={})
+    with pytest.raises(AttributeError):
+        settings.public_url = "https://evil.example"
+    with pytest.raises(TypeError):
+        settings.upstreams["x"] = None
+
+
+def test_keys_are_not_in_repr():
+    assert KEY not in repr(load_settings(raw(), environ={}))
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("45", 45), ("30s", 30), ("15m", 900), ("8h", 28800), ("14d", 1209600), (" 2M ", 120)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5w", "-5", "1.5h", "5 m s"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_env_indirection():
+    settings = load_settings(raw(myapp__oidc__client_secret="env:APP_SECRET"), environ={"APP_SECRET": "from-env"})
+    assert settings.oidc.client_secret == "from-env"
+
+
+def test_env_variable_missing():
+    message = error_for(myapp__oidc__client_secret="env:APP_SECRET")
+    assert message == "myapp.oidc.client_secret: environment variable APP_SECRET is not set"
+
+
+def test_env_without_name():
+    assert "needs the name" in error_for(myapp__oidc__client_secret="env:")
+
+
+def test_file_indirection(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    settings = load_settings(raw(myapp__oidc__client_secret=f"file:{secret}"), environ={})
+    assert settings.oidc.client_secret == "from-file"
+
+
+def test_file_missing(tmp_path):
+    message = error_for(myapp__oidc__client_secret=f"file:{tmp_path}/nope")
+    assert message.startswith("myapp.oidc.client_secret: cannot read")
+    assert "No such file" in message
+
+
+def test_file_not_text(tmp_path):
+    path = tmp_path / "binary"
+    path.write_bytes(b"\xff\xfe\x00")
+    assert "not UTF-8" in error_for(myapp__oidc__client_secret=f"file:{path}")
+
+
+@pytest.mark.parametrize(
+    "setting", ["sqlalchemy.url", "myapp.public_url", "myapp.oidc.issuer", "myapp.oidc.client_id", "myapp.oidc.client_secret"]
+)
+def test_required_settings(setting):
+    settings = raw()
+    del settings[setting]
+    with pytest.raises(SettingsError, match=rf"^{setting}: required setting is missing$"):
+        load_settings(settings, environ={})
+
+
+def test_required_encryption_keys():
+    assert error_for(myapp__tokens__encryption_keys=None).startswith("myapp.tokens.encryption_keys: required")
+
+
+def test_blank_counts_as_missing():
+    assert error_for(myapp__oidc__client_id="   ") == "myapp.oidc.client_id: required setting is missing"
+
+
+@pytest.mark.parametrize(
+    "setting, value, expected",
+    [
+        ("myapp.public_url", "app.example.com", "is not an absolute http(s) URL"),
+        ("myapp.public_url", "ftp://app.example.com", "is not an absolute http(s) URL"),
+        ("myapp.public_url", "https://app.example.com/sub", "without a path"),
+        ("myapp.public_url", "https://user:pw@app.example.com", "credentials"),
+        ("myapp.public_url", "https://app.example.com:99999", "invalid port"),
+        ("myapp.oidc.issuer", "not a url", "is not an absolute http(s) URL"),
+        ("myapp.oidc.issuer", "https://idp.example.com/#frag", "fragment"),
+        ("myapp.oidc.token_endpoint_auth_method", "private_key_jwt", "is not one of"),
+        ("myapp.oidc.fetch_userinfo", "maybe", "is not a boolean"),
+        ("myapp.oidc.http_timeout", "soon", "is not a duration"),
+        ("myapp.oidc.http_timeout", "0", "must be at least"),
+        ("myapp.oidc.scope", "profile email", "must include 'openid'"),
+        ("myapp.oidc.authorize_params", "audience", "is not 'key = value'"),
+        ("myapp.oidc.authorize_params", "state = fixed", "cannot be set here"),
+        ("myapp.oidc.authorize_params", "a = 1\na = 2", "given twice"),
+        ("myapp.session.cookie_secure", "sometimes", "is not a boolean"),
+        ("myapp.session.cookie_samesite", "None", "is not one of Lax, Strict"),
+        ("myapp.session.cookie_name", "bad name;", "not a valid cookie name"),
+        ("myapp.session.idle_timeout", "7 days", "is not a duration"),
+        ("myapp.session.absolute_timeout", "10s", "must be at least 60s"),
+        ("myapp.tokens.encryption_keys", "not-a-key", "key 1 is not a Fernet key"),
+        ("myapp.tokens.encryption_keys", f"{KEY} short", "key 2 is not a Fernet key"),
+        ("myapp.tokens.refresh_leeway", "a minute", "is not a duration"),
+        ("myapp.proxy.max_body_bytes", "lots", "is not a whole number"),
+        ("myapp.proxy.max_body_bytes", "0", "must be at least 1"),
+        ("myapp.lock.backend", "zookeeper", "is not one of database, redis"),
+        ("myapp.lock.backend", "redis", "needs myapp.redis.url"),
+        ("myapp.redis.url", "http://127.0.0.1:6379", "is not a redis://"),
+        ("myapp.environment", "staging", "is not one of production, development"),
+        ("myapp.metrics.enabled", "perhaps", "is not a boolean"),
+    ],
+)
+def test_malformed_settings_name_the_setting(setting, value, expected):
+    message = error_for(**{setting.replace(".", "__"): value})
+    assert message.startswith(setting + ":")
+    assert expected in message
+
+
+def test_absolute_shorter_than_idle():
+    message = error_for(myapp__session__idle_timeout="2d", myapp__session__absolute_timeout="1d")
+    assert message.startswith("myapp.session.absolute_timeout:")
+
+
+def test_host_prefix_needs_secure():
+    message = error_for(myapp__session__cookie_secure="false")
+    assert message.startswith("myapp.session.cookie_name:")
+    settings = load_settings(raw(myapp__session__cookie_secure="false", myapp__session__cookie_name="sid"), environ={})
+    assert settings.session.cookie_secure is False
+
+
+def test_samesite_is_normalised():
+    assert load_settings(raw(myapp__session__cookie_samesite="strict"), environ={}).session.cookie_samesite == "Strict"
+
+
+def test_several_encryption_keys_first_encrypts():
+    second = Fernet.generate_key().decode()
+    settings = load_settings(raw(myapp__tokens__encryption_keys=f"{KEY}\n  {second}"), environ={})
+    assert settings.tokens.encryption_keys == (KEY, second)
+
+
+def test_upstreams_map():
+    settings = load_settings(
+        raw(
+            myapp__upstreams="\n# comment\ndemo = https://api.example.com/v1/\nreports = http://10.0.0.5:8080",
+            **{"myapp.upstream.demo.timeout": "5s", "myapp.upstream.demo.methods": "get post"},
+        ),
+        environ={},
+    )
+    demo, reports = settings.upstreams["demo"], settings.upstreams["reports"]
+    assert demo.base_url == "https://api.example.com/v1/"
+    assert demo.timeout == 5
+    assert demo.methods == {"GET", "POST"}
+    assert reports.base_url == "http://10.0.0.5:8080/"
+    assert reports.timeout == 30
+    assert reports.methods == {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("demo", "is not 'key = value'"),
+        ("Demo = https://api.example.com", "is not a valid upstream name"),
+        ("demo = /relative", "is not an absolute http(s) URL"),
+        ("demo = https://api.example.com/?a=1", "may not have a query"),
+        ("demo = https://a.example.com\ndemo = https://b.example.com", "given twice"),
+    ],
+)
+def test_bad_upstreams(value, expected):
+    message = error_for(myapp__upstreams=value)
+    assert message.startswith("myapp.upstreams")
+    assert expected in message
+
+
+def test_upstream_setting_for_unknown_upstream():
+    message = error_for(**{"myapp.upstream.nope.timeout": "5"})
+    assert message == "myapp.upstream.nope.timeout: no upstream named 'nope' in myapp.upstreams"
+
+
+def test_upstream_bad_method():
+    message = error_for(myapp__upstreams="demo = https://api.example.com", **{"myapp.upstream.demo.methods": "GET BREW"})
+    assert message == "myapp.upstream.demo.methods: unknown HTTP method 'BREW'"
+
+
+def test_authorize_params():
+    settings = load_settings(raw(myapp__oidc__authorize_params="audience = https://api.example.com\nresource = urn:x"), environ={})
+    assert dict(settings.oidc.authorize_params) == {"audience": "https://api.example.com", "resource": "urn:x"}
+
+
+class TestProductionRefusesDevelopmentMaterial:
+    def test_devstack_include(self):
+        message = error_for(pyramid__includes="pyramid_debugtoolbar\nmyapp.devstack")
+        assert message.startswith("pyramid.includes:")
+
+    def test_devstack_setting(self):
+        assert error_for(devstack__idp__issuer="http://x") == (
+            "devstack.idp.issuer: development-stack settings are refused in production"
+        )
+
+    def test_development_key(self):
+        key = next(iter(DEVELOPMENT_ENCRYPTION_KEYS))
+        assert error_for(myapp__tokens__encryption_keys=f"{KEY} {key}").startswith("myapp.tokens.encryption_keys:")
+
+    def test_development_client_secret(self):
+        secret = next(iter(DEVELOPMENT_CLIENT_SECRETS))
+        assert error_for(myapp__oidc__client_secret=secret).startswith("myapp.oidc.client_secret:")
+
+    def test_development_environment_allows_them(self):
+        key = next(iter(DEVELOPMENT_ENCRYPTION_KEYS))
+        settings = load_settings(
+            raw(
+                myapp__environment="development",
+                myapp__tokens__encryption_keys=key,
+                myapp__oidc__client_secret=next(iter(DEVELOPMENT_CLIENT_SECRETS)),
+                pyramid__includes="myapp.devstack",
+                devstack__idp__issuer="http://127.0.0.1:6543/_dev/idp",
+            ),
+            environ={},
+        )
+        assert settings.devstack_included
+
+
+def test_development_key_is_a_valid_fernet_key():
+    for key in DEVELOPMENT_ENCRYPTION_KEYS:
+        Fernet(key)
