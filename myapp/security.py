@@ -135,6 +135,7 @@ class SessionSecurityPolicy:
             tokens=tokens,
         )
         self._cache.clear(request)
+        request.environ["myapp.new_session_handle"] = row.handle
         max_age = int((row.expires_at - row.created_at).total_seconds())
         return [self.cookie.set(raw_id, max_age)]
 

@@ -7,15 +7,25 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from .audit import AuditEvent
+from .login import LoginTransaction, SeenLogoutToken
 from .meta import Base
 from .post import Post
 from .session import UserSession
 from .user import User
 
 # The alembic head this code expects; tests/unit/models/test_migrations.py keeps it honest.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
-__all__ = ["AuditEvent", "Base", "Post", "User", "UserSession", "SCHEMA_REVISION"]
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "LoginTransaction",
+    "Post",
+    "SeenLogoutToken",
+    "User",
+    "UserSession",
+    "SCHEMA_REVISION",
+]
 
 configure_mappers()
 

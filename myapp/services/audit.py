@@ -14,7 +14,6 @@ class AuditEventType(StrEnum):
     LOGOUT = "logout"
     REFRESH_FAILED = "refresh_failed"
     BACKCHANNEL_LOGOUT = "backchannel_logout"
-    BACKCHANNEL_LOGOUT_REJECTED = "backchannel_logout_rejected"
     SESSION_REVOKED = "session_revoked"
     OTHER_SESSIONS_ENDED = "other_sessions_ended"
     USER_SESSIONS_ENDED_BY_ADMIN = "user_sessions_ended_by_admin"

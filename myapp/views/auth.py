@@ -1,10 +1,28 @@
-from pyramid.security import NO_PERMISSION_REQUIRED
-from pyramid.view import view_config
+"""Sign-in, sign-out and who-am-I: the routes of SPEC.md's "OIDC login" section."""
 
+import logging
+import secrets
+
+from pyramid.csrf import check_csrf_origin, check_csrf_token
+from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.response import Response
+from pyramid.security import NO_PERMISSION_REQUIRED, forget, remember
+from pyramid.view import view_config
+from webob.cookies import make_cookie
+
+from myapp.models import keep_transaction
 from myapp.resources import Permission
-from myapp.security import safe_next_path
+from myapp.security import read_cookie, safe_next_path
+from myapp.services.audit import AuditEventType
+from myapp.services.login import LOGIN_TRANSACTION_LIFETIME, LoginError
+from myapp.services.oidc import OIDCError, ProviderUnavailable
 from myapp.services.sessions import EndReason
+from myapp.settings import PROMPTS
 from myapp.views.errors import error_page
+
+log = logging.getLogger(__name__)
+
+MAX_LOGOUT_REQUEST_BYTES = 64 * 1024
 
 SIGNED_OUT_MESSAGES = {
     EndReason.EXPIRED: "Your session reached its time limit. Sign in again to carry on.",
@@ -19,9 +37,136 @@ SIGNED_OUT_MESSAGES = {
 }
 
 
+class LoginBindingCookie:
+    """Ties a login transaction to the browser that started it (several tabs share one value)."""
+
+    def __init__(self, session_settings):
+        secure = session_settings.cookie_secure
+        self.name = "__Host-login" if secure else session_settings.cookie_name + "_login"
+        self.attributes = dict(path="/", secure=secure, httponly=True, samesite="Lax")
+
+    def read(self, request) -> str | None:
+        value = read_cookie(request, self.name)
+        return value if value and len(value) == 43 and value.isascii() else None
+
+    def header(self, value: str) -> tuple[str, str]:
+        max_age = int(LOGIN_TRANSACTION_LIFETIME.total_seconds())
+        return ("Set-Cookie", make_cookie(self.name, value, max_age=max_age, **self.attributes))
+
+
+def _binding(request) -> LoginBindingCookie:
+    return LoginBindingCookie(request.registry.settings["myapp"].session)
+
+
+def _login_url(request, next_path: str) -> str:
+    return request.route_path("login", _query={"next": next_path})
+
+
 @view_config(route_name="login", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def login(request):
-    return error_page(request, 503, "Sign-in is not configured yet", "This build cannot sign anyone in yet.")
+    if request.method == "HEAD":
+        return Response(status=200)  # a link checker's HEAD must not start a sign-in
+    next_path = safe_next_path(request.GET.get("next"))
+    prompt = request.GET.get("prompt")
+    binding = _binding(request)
+    browser_token = binding.read(request) or secrets.token_urlsafe(32)
+    try:
+        url = request.login_service.begin(
+            next_path=next_path, browser_token=browser_token, prompt=prompt if prompt in PROMPTS else None
+        )
+    except OIDCError as e:
+        log.warning("sign-in cannot start: %s", e.message)
+        unavailable = isinstance(e, ProviderUnavailable)
+        return error_page(
+            request,
+            503 if unavailable else 502,
+            "Sign-in is unavailable" if unavailable else "Sign-in is misconfigured",
+            ("The sign-in provider did not answer. Please try again in a moment."
+             if unavailable else f"An administrator needs to fix the sign-in configuration: {e.message}"),
+            retry_url=_login_url(request, next_path),
+        )
+    response = HTTPSeeOther(url)
+    response.headerlist.append(binding.header(browser_token))
+    return response
+
+
+@view_config(route_name="auth_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
+def callback(request):
+    binding = _binding(request)
+    try:
+        result = request.login_service.complete(request.GET, browser_token=binding.read(request))
+    except LoginError as e:
+        # The consumed login transaction and the audit record stay; nothing else was written.
+        keep_transaction(request)
+        request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.client_addr, detail=e.reason)
+        log.info("sign-in failed: %s", e.reason)
+        return error_page(
+            request,
+            e.status,
+            "Sign-in did not work" if e.status < 500 else "Sign-in is unavailable",
+            e.message,
+            retry_url=_login_url(request, e.next_path),
+            retry_label="Sign in again",
+        )
+    headers = remember(request, result.user_id, tokens=result.tokens, provider_sid=result.provider_sid)
+    request.audit.record(
+        AuditEventType.LOGIN,
+        user_id=result.user_id,
+        actor_id=result.user_id,
+        session_handle=request.environ.get("myapp.new_session_handle"),
+        ip_address=request.client_addr,
+    )
+    return HTTPSeeOther(result.next_path, headers=headers)
+
+
+@view_config(route_name="logout", request_method="POST", permission=NO_PERMISSION_REQUIRED, require_csrf=False)
+def logout(request):
+    identity = request.identity
+    if identity is None:
+        # Already signed out (expired, revoked): nothing to protect, just tidy up.
+        return HTTPSeeOther(request.route_path("home"), headers=forget(request))
+    check_csrf_origin(request)
+    check_csrf_token(request)
+    tokens = request.session_store.tokens(request.session_row)
+    headers = forget(request, reason=EndReason.LOGOUT)
+    revoked = request.logout_service.revoke_at_provider(tokens)
+    request.audit.record(
+        AuditEventType.LOGOUT,
+        user_id=identity.user_id,
+        actor_id=identity.user_id,
+        session_handle=identity.session_handle,
+        ip_address=request.client_addr,
+        detail="refresh token revoked at the provider" if revoked else "",
+    )
+    end_session = request.registry["oidc_client"].end_session_url(id_token_hint=tokens.id_token)
+    return HTTPSeeOther(end_session or request.route_path("home"), headers=headers)
+
+
+@view_config(
+    route_name="backchannel_logout", request_method="POST", permission=NO_PERMISSION_REQUIRED, require_csrf=False
+)
+def backchannel_logout(request):
+    """OpenID Connect Back-Channel Logout 1.0: server to server, the logout token is the proof."""
+    if (request.content_length or 0) > MAX_LOGOUT_REQUEST_BYTES:
+        return _backchannel_response({"error": "invalid_request", "message": "The request is too large."}, 400)
+    token = request.POST.get("logout_token", "")
+    try:
+        claims, ended = request.logout_service.backchannel_logout(token)
+    except OIDCError as e:
+        log.warning("back-channel logout refused: %s", e.reason)
+        return _backchannel_response({"error": "invalid_request", "message": e.message}, 400)
+    request.audit.record(
+        AuditEventType.BACKCHANNEL_LOGOUT,
+        detail=f"{ended} session(s) ended" + (" (by sid)" if claims.get("sid") else " (by sub)"),
+        ip_address=request.client_addr,
+    )
+    return _backchannel_response({}, 200)
+
+
+def _backchannel_response(body: dict, status: int) -> Response:
+    response = Response(json=body, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @view_config(
@@ -33,7 +178,7 @@ def login(request):
 def signed_out(request):
     message = SIGNED_OUT_MESSAGES.get(request.GET.get("reason", ""), "Your session has ended.")
     next_path = safe_next_path(request.GET.get("next"))
-    return {"message": message, "login_url": request.route_path("login", _query={"next": next_path})}
+    return {"message": message, "login_url": _login_url(request, next_path)}
 
 
 @view_config(

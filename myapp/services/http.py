@@ -1,0 +1,82 @@
+"""One pooled HTTP client for talking to the provider, with default timeouts and one error type."""
+
+import json
+
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from requests.adapters import HTTPAdapter
+
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+class HTTPFailure(Exception):
+    """A call that did not produce a usable answer: unreachable, slow, an error status, or junk.
+
+    ``unavailable`` is True when trying again later may help (connection refused, timeout, 5xx),
+    False when the answer itself is wrong (4xx, malformed body).
+    """
+
+    def __init__(self, message: str, *, unavailable: bool):
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+def describe(error: requests.RequestException) -> HTTPFailure:
+    if isinstance(error, requests.Timeout):
+        return HTTPFailure("timed out", unavailable=True)
+    if isinstance(error, requests.ConnectionError):
+        return HTTPFailure("connection failed", unavailable=True)
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        status = error.response.status_code
+        return HTTPFailure(f"answered HTTP {status}", unavailable=status >= 500)
+    return HTTPFailure(type(error).__name__, unavailable=True)
+
+
+class HttpClient:
+    """A pooled ``requests`` transport shared by every call; requests never follow redirects."""
+
+    def __init__(self, *, timeout: float, pool_maxsize: int = 32):
+        self.timeout = timeout
+        self.adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_maxsize, max_retries=0)
+        self.session = requests.Session()
+        self._mount(self.session)
+
+    def _mount(self, session: requests.Session) -> None:
+        session.trust_env = False
+        session.mount("https://", self.adapter)
+        session.mount("http://", self.adapter)
+
+    def get_json(self, url: str, *, headers: dict | None = None, timeout: float | None = None) -> dict:
+        """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else."""
+        try:
+            with self.session.get(
+                url,
+                headers={"Accept": "application/json", **(headers or {})},
+                timeout=timeout or self.timeout,
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                if response.status_code != 200:
+                    raise HTTPFailure(f"answered HTTP {response.status_code}", unavailable=response.status_code >= 500)
+                body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
+        except requests.RequestException as e:
+            raise describe(e) from None
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise HTTPFailure("answered with a document over 1 MiB", unavailable=False)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise HTTPFailure("answered with something that is not JSON", unavailable=False) from None
+        if not isinstance(document, dict):
+            raise HTTPFailure("answered with JSON that is not an object", unavailable=False)
+        return document
+
+    def oauth2_session(self, **kwargs) -> OAuth2Session:
+        """An Authlib client for one exchange, on the shared connection pool."""
+        session = OAuth2Session(default_timeout=self.timeout, **kwargs)
+        self._mount(session)
+        return session
+
+    def close(self) -> None:
+        self.session.close()
+        self.adapter.close()

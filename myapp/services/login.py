@@ -1,0 +1,297 @@
+"""Signing in and out: the login transaction, the callback's checks in order, logout tokens."""
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from myapp.models import LoginTransaction, SeenLogoutToken, User
+from myapp.models.meta import utcnow
+from myapp.services.oidc import CLOCK_SKEW, OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.sessions import EndReason, SessionStore, TokenCipher, TokenSet
+from myapp.settings import OIDCSettings
+
+log = logging.getLogger(__name__)
+
+LOGIN_TRANSACTION_LIFETIME = timedelta(minutes=10)
+REPLAY_WINDOW = timedelta(hours=1)
+MAX_PARAMETER_LENGTH = 4096
+
+
+class LoginError(Exception):
+    """The sign-in failed; nothing was created. ``reason`` goes to the audit log."""
+
+    def __init__(self, reason: str, message: str, *, status: int = 400, next_path: str = "/"):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.next_path = next_path
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    user_id: int
+    tokens: TokenSet
+    provider_sid: str | None
+    next_path: str
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def token_set(token: dict, now: datetime, *, previous: TokenSet | None = None) -> TokenSet:
+    """The tokens of a token-endpoint response; a refresh without a new refresh token keeps the old."""
+    expires_in = token.get("expires_in")
+    try:
+        expires_at = now + timedelta(seconds=int(expires_in)) if expires_in is not None else None
+    except (TypeError, ValueError):
+        expires_at = None
+    return TokenSet(
+        access_token=token["access_token"],
+        refresh_token=token.get("refresh_token") or (previous.refresh_token if previous else None),
+        id_token=token.get("id_token") or (previous.id_token if previous else None),
+        access_token_expires_at=expires_at,
+    )
+
+
+class LoginService:
+    def __init__(
+        self,
+        *,
+        dbsession: Session,
+        oidc: OIDCClient,
+        cipher: TokenCipher,
+        settings: OIDCSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.dbsession = dbsession
+        self.oidc = oidc
+        self.cipher = cipher
+        self.settings = settings
+        self.clock = clock
+
+    def begin(self, *, next_path: str, browser_token: str, prompt: str | None = None) -> str:
+        """Record a login transaction and return the provider's authorization URL."""
+        state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
+        url = self.oidc.authorization_url(state=state, nonce=nonce, code_verifier=verifier, prompt=prompt)
+        now = self.clock()
+        self.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.expires_at < now))
+        self.dbsession.add(
+            LoginTransaction(
+                state_hash=_sha256(state),
+                browser_hash=_sha256(browser_token),
+                nonce=self.cipher.encrypt(nonce),
+                code_verifier=self.cipher.encrypt(verifier),
+                next_path=next_path,
+                created_at=now,
+                expires_at=now + LOGIN_TRANSACTION_LIFETIME,
+            )
+        )
+        self.dbsession.flush()
+        return url
+
+    def complete(self, params: Mapping[str, str], *, browser_token: str | None) -> LoginResult:
+        """The callback, failing closed at each step in SPEC.md's order. No token is used early."""
+        for name in ("state", "code", "iss", "error", "error_description"):
+            if len(params.get(name, "")) > MAX_PARAMETER_LENGTH:
+                raise LoginError("parameter_too_long", "The sign-in response is malformed.")
+        if params.get("error"):
+            try:
+                next_path = self._take_transaction(params.get("state", ""), browser_token).next_path
+            except LoginError:
+                next_path = "/"
+            raise self._provider_error(params["error"], next_path)
+        transaction = self._take_transaction(params.get("state", ""), browser_token)
+        next_path = transaction.next_path
+
+        def fail(reason, message, status=400):
+            return LoginError(reason, message, status=status, next_path=next_path)
+        try:
+            metadata = self.oidc.metadata()
+        except OIDCError as e:
+            raise fail(e.reason, e.message, 503 if isinstance(e, ProviderUnavailable) else 502) from None
+        iss = params.get("iss")
+        if iss is not None and iss != self.settings.issuer:
+            raise fail("bad_iss_parameter", "The sign-in response came from another provider.")
+        if iss is None and metadata.iss_parameter_supported:
+            raise fail("missing_iss_parameter", "The sign-in response does not say which provider sent it.")
+        code = params.get("code")
+        if not code:
+            raise fail("missing_code", "The sign-in response has no authorization code.")
+
+        verifier = self.cipher.decrypt(transaction.code_verifier)
+        nonce = self.cipher.decrypt(transaction.nonce)
+        if verifier is None or nonce is None:
+            raise fail("transaction_unreadable", "This sign-in can no longer be completed.")
+        try:
+            token = self.oidc.exchange_code(code, verifier)
+            id_token = token.get("id_token")
+            if not isinstance(id_token, str):
+                raise OIDCError("missing_id_token", "The provider did not return an ID token.")
+            claims = self.oidc.validate_id_token(id_token, nonce=nonce, access_token=token["access_token"])
+        except ProviderUnavailable as e:
+            raise fail(e.reason, e.message, 503) from None
+        except TokenRequestRefused as e:
+            raise fail(e.reason, "The provider refused to complete this sign-in. Please start again.") from None
+        except OIDCError as e:
+            raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
+
+        # Every check has passed: only now is the access token used.
+        if self.settings.fetch_userinfo:
+            userinfo = self.oidc.userinfo(token["access_token"], subject=claims["sub"])
+            if userinfo:
+                claims = {**claims, **{k: v for k, v in userinfo.items() if k not in ("iss", "aud", "sub")}}
+        user = self.upsert_user(claims)
+        sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
+        return LoginResult(
+            user_id=user.id,
+            tokens=token_set(token, self.clock()),
+            provider_sid=sid,
+            next_path=next_path,
+        )
+
+    def _take_transaction(self, state: str, browser_token: str | None) -> LoginTransaction:
+        """Find and delete (single use) the transaction this callback answers."""
+        if not state:
+            raise LoginError("missing_state", "The sign-in response is incomplete. Please start again.")
+        state_hash = _sha256(state)
+        transaction = self.dbsession.scalars(
+            select(LoginTransaction).where(LoginTransaction.state_hash == state_hash)
+        ).one_or_none()
+        # The lookup is by hash; compare again in constant time so the check never hinges on the index.
+        if transaction is None or not hmac.compare_digest(transaction.state_hash, state_hash):
+            raise LoginError(
+                "unknown_state",
+                "This sign-in link has already been used or was never started here. Please start again.",
+            )
+        taken = self.dbsession.execute(
+            delete(LoginTransaction).where(LoginTransaction.id == transaction.id)
+        ).rowcount
+        if taken != 1:
+            raise LoginError("unknown_state", "This sign-in link has already been used. Please start again.")
+        next_path = transaction.next_path
+        if transaction.expires_at <= self.clock():
+            raise LoginError("expired_state", "This sign-in took too long. Please start again.", next_path=next_path)
+        if not browser_token or not hmac.compare_digest(transaction.browser_hash, _sha256(browser_token)):
+            raise LoginError(
+                "other_browser",
+                "This sign-in was started in another browser. Please start again here.",
+                next_path=next_path,
+            )
+        return transaction
+
+    @staticmethod
+    def _provider_error(error: str, next_path: str) -> LoginError:
+        messages = {
+            "access_denied": "Sign-in was cancelled, or the provider did not allow it.",
+            "login_required": "The provider needs you to sign in again.",
+            "consent_required": "The provider needs your consent first.",
+            "interaction_required": "The provider needs you to sign in again.",
+            "temporarily_unavailable": "The provider is temporarily unavailable. Please try again in a moment.",
+            "server_error": "The provider had a problem. Please try again in a moment.",
+        }
+        code = error if error.replace("_", "").isalnum() else "invalid"
+        return LoginError(
+            f"provider_error:{code}"[:64],
+            messages.get(code, "The provider could not sign you in."),
+            next_path=next_path,
+        )
+
+    def upsert_user(self, claims: Mapping) -> User:
+        """Users are keyed by (issuer, sub), never by email; their details refresh at each login."""
+        # Two first sign-ins of one person at once must not collide on the (issuer, sub) key.
+        insert_ignoring_duplicates(
+            self.dbsession, User, {"issuer": self.settings.issuer, "subject": claims["sub"]}, ["issuer", "subject"]
+        )
+        user = self.dbsession.scalars(
+            select(User).where(User.issuer == self.settings.issuer, User.subject == claims["sub"])
+        ).one()
+        user.name = _text(claims.get("name")) or _text(claims.get("preferred_username")) or _text(claims.get("email")) or ""
+        user.email = _text(claims.get("email"), 320) or None
+        user.groups = groups_from(claims.get(self.settings.groups_claim))
+        user.last_login_at = self.clock()
+        self.dbsession.flush()
+        return user
+
+
+def _text(value, limit=255) -> str:
+    return value.strip()[:limit] if isinstance(value, str) else ""
+
+
+def groups_from(value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return sorted({g[:255] for g in value if isinstance(g, str) and g})[:500]
+
+
+class LogoutService:
+    """Ending sessions because the provider or the user said so."""
+
+    def __init__(self, *, dbsession: Session, oidc: OIDCClient, sessions: SessionStore, clock=utcnow):
+        self.dbsession = dbsession
+        self.oidc = oidc
+        self.sessions = sessions
+        self.clock = clock
+
+    def revoke_at_provider(self, tokens: TokenSet) -> bool:
+        """RFC 7009, bounded so that a slow provider cannot hold up the local sign-out."""
+        timeout = min(self.oidc.settings.http_timeout, 5)
+        if tokens.refresh_token:
+            return self.oidc.revoke(tokens.refresh_token, "refresh_token", timeout=timeout)
+        if tokens.access_token:
+            return self.oidc.revoke(tokens.access_token, "access_token", timeout=timeout)
+        return False
+
+    def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
+        """Validate a logout token, refuse a replay, end the sessions it names. Returns (claims, ended)."""
+        claims = self.oidc.validate_logout_token(logout_token)
+        if not self._first_sighting(claims):
+            raise OIDCError("replayed_jti", "This logout token was already used.")
+        issuer = self.oidc.settings.issuer
+        user_ids = None
+        if claims.get("sub") is not None:
+            user_ids = list(
+                self.dbsession.scalars(select(User.id).where(User.issuer == issuer, User.subject == claims["sub"]))
+            )
+        if claims.get("sid") is not None:
+            ended = self.sessions.end_by_provider_sid(user_ids, claims["sid"], EndReason.BACKCHANNEL)
+        else:
+            ended = sum(self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in user_ids)
+        return claims, ended
+
+    def _first_sighting(self, claims: dict) -> bool:
+        """Record the jti; False if some process recorded it before (atomic: INSERT .. ON CONFLICT)."""
+        now = self.clock()
+        # Keep the record as long as the token could be presented: until exp, or a day at most.
+        horizon = claims.get("exp") or (claims["iat"] + REPLAY_WINDOW.total_seconds())
+        remaining = min(max(horizon - now.timestamp(), 0), 86400) + CLOCK_SKEW
+        return insert_ignoring_duplicates(
+            self.dbsession,
+            SeenLogoutToken,
+            {"issuer": self.oidc.settings.issuer, "jti": claims["jti"], "expires_at": now + timedelta(seconds=remaining)},
+            ["issuer", "jti"],
+        )
+
+
+def insert_ignoring_duplicates(dbsession: Session, model, values: dict, keys: list[str]) -> bool:
+    """INSERT .. ON CONFLICT DO NOTHING on SQLite and PostgreSQL; True when a row was added."""
+    dialect = dbsession.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    table = model.__table__
+    statement = (
+        insert(table).values(**values).on_conflict_do_nothing(index_elements=keys).returning(table.c.id)
+    )
+    # RETURNING, not rowcount: drivers report -1 for some INSERTs.
+    return dbsession.execute(statement).first() is not None

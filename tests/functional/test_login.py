@@ -1,0 +1,631 @@
+"""Sign-in and sign-out through the whole app, against a programmable provider on a real socket.
+
+Every failure case checks the same outcome: no session row, no session cookie, an audit record.
+"""
+
+import logging
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from myapp import main
+from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, UserSession
+from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
+from tests.conftest import TEST_PUBLIC_URL, base_settings
+from tests.functional.conftest import COOKIE, Browser
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider
+
+
+@pytest.fixture(scope="module")
+def served_provider():
+    provider = FakeProvider()
+    with provider.serve() as url:
+        provider.issuer = url
+        yield provider
+    provider.stop.set()
+
+
+@pytest.fixture
+def provider(served_provider):
+    served_provider.reset()
+    yield served_provider
+    served_provider.reset()
+
+
+@pytest.fixture
+def make_app(engine, database_url, served_provider, connection):
+    """An app configured for the fake provider, with fresh discovery and key caches."""
+    apps = []
+
+    def make(**overrides):
+        settings = base_settings(
+            database_url,
+            **{
+                "myapp.oidc.issuer": served_provider.issuer,
+                "myapp.oidc.client_id": CLIENT_ID,
+                "myapp.oidc.client_secret": CLIENT_SECRET,
+                "myapp.oidc.http_timeout": "2",
+                **overrides,
+            },
+        )
+        app = main({}, **settings)
+        app.registry["dbsession_factory"] = sessionmaker(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.registry["db_engine"].dispose()
+        app.registry["http_client"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def browser(app):
+    return Browser(app)
+
+
+def start_login(browser, next_path=None, **params):
+    query = {"next": next_path, **params} if next_path is not None else params
+    response = browser.get("/login", params=query, status=303)
+    parts = urlsplit(response.location)
+    return response, {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+
+def sign_in(browser, provider, next_path="/", callback_extra=None, **claims):
+    """The whole dance, as the browser and the provider would do it. Returns the final response."""
+    _, query = start_login(browser, next_path)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], **claims)
+    params = {"code": code, "state": query["state"], "iss": provider.issuer, **(callback_extra or {})}
+    return browser.get("/auth/callback", params={k: v for k, v in params.items() if v is not None}, expect_errors=True)
+
+
+def session_count(dbsession):
+    return dbsession.scalar(select(func.count()).select_from(UserSession).where(UserSession.ended_at.is_(None)))
+
+
+def failures(dbsession):
+    return [e.detail for e in dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "login_failed"))]
+
+
+def assert_no_session(response, dbsession):
+    assert session_count(dbsession) == 0
+    assert not any(v.startswith(COOKIE + "=") and "Max-Age=0" not in v for k, v in response.headerlist if k == "Set-Cookie")
+
+
+# -- the happy path --------------------------------------------------------------------------
+
+
+def test_login_redirects_to_the_provider_with_pkce_state_and_nonce(browser, provider, dbsession):
+    response, query = start_login(browser, "/posts", prompt="select_account")
+    assert response.location.startswith(provider.issuer + "/authorize?")
+    assert query["response_type"] == "code"
+    assert query["client_id"] == CLIENT_ID
+    assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
+    assert len(query["state"]) >= 43 and len(query["nonce"]) >= 43
+    assert query["prompt"] == "select_account"
+    assert query["redirect_uri"] == TEST_PUBLIC_URL + "/auth/callback"
+    assert "code_verifier" not in response.location
+    row = dbsession.scalars(select(LoginTransaction)).one()
+    assert row.next_path == "/posts"
+    assert query["state"] not in row.state_hash
+    binding = [v for k, v in response.headerlist if k == "Set-Cookie" and v.startswith("__Host-login=")]
+    assert binding and "HttpOnly" in binding[0] and "secure" in binding[0].lower() and "Max-Age=600" in binding[0]
+
+
+def test_unknown_prompt_is_dropped(browser, provider):
+    _, query = start_login(browser, prompt="none")
+    assert "prompt" not in query
+
+
+def test_authorize_params_are_passed(make_app, provider):
+    browser = Browser(make_app(**{"myapp.oidc.authorize_params": "audience = https://api.example.test"}))
+    _, query = start_login(browser)
+    assert query["audience"] == "https://api.example.test"
+
+
+def test_sign_in_end_to_end(browser, provider, dbsession):
+    response = sign_in(browser, provider, "/posts")
+    assert response.status_int == 303
+    assert response.location == "https://app.example.test/posts"
+    cookie = [v for k, v in response.headerlist if k == "Set-Cookie" and v.startswith(COOKIE + "=")][0]
+    assert all(attr in cookie for attr in ("HttpOnly", "secure", "SameSite=Lax", "Path=/"))
+    assert "Domain" not in cookie
+    page = browser.get("/")
+    assert "Alice From Userinfo" in page.text
+    user = dbsession.scalars(select(User)).one()
+    assert (user.issuer, user.subject, user.email) == (provider.issuer, "alice", "alice@example.org")
+    assert user.groups == ["readers", "staff"]
+    row = dbsession.scalars(select(UserSession)).one()
+    assert row.provider_sid == provider.sid
+    assert row.access_token and b"at-" not in row.access_token
+    assert dbsession.scalars(select(AuditEvent.event)).all() == ["login"]
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+
+
+def test_groups_come_from_the_configured_claim(make_app, provider, dbsession):
+    browser = Browser(make_app(**{"myapp.oidc.groups_claim": "roles", "myapp.oidc.fetch_userinfo": "false"}))
+    sign_in(browser, provider, roles=["admins", "auditors"])
+    assert dbsession.scalars(select(User)).one().groups == ["admins", "auditors"]
+    assert "/admin/audit" in browser.get("/").text
+
+
+def test_details_are_refreshed_at_each_login_and_users_are_keyed_by_subject(browser, provider, dbsession):
+    sign_in(browser, provider)
+    provider.userinfo_response = lambda token: (200, {"sub": "alice", "name": "Alice Renamed", "email": "new@example.org"})
+    sign_in(browser, provider)
+    users = dbsession.scalars(select(User)).all()
+    assert [(u.name, u.email) for u in users] == [("Alice Renamed", "new@example.org")]
+    provider.userinfo_response = lambda token: (200, {"sub": "bob", "email": "new@example.org"})
+    sign_in(browser, provider, sub="bob")
+    assert dbsession.scalar(select(func.count()).select_from(User)) == 2
+
+
+def test_userinfo_failure_keeps_the_id_token_claims(browser, provider, dbsession):
+    provider.userinfo_response = lambda token: (401, {"error": "invalid_token"})
+    assert sign_in(browser, provider).status_int == 303
+    assert dbsession.scalars(select(User)).one().name == "Alice Example"
+
+
+def test_userinfo_naming_another_user_is_discarded(browser, provider, dbsession):
+    provider.userinfo_response = lambda token: (200, {"sub": "mallory", "name": "Mallory", "groups": ["admins"]})
+    assert sign_in(browser, provider).status_int == 303
+    user = dbsession.scalars(select(User)).one()
+    assert (user.name, user.groups) == ("Alice Example", ["staff"])
+
+
+def test_a_second_login_replaces_the_old_session(browser, provider, dbsession):
+    sign_in(browser, provider)
+    first = browser.cookies[COOKIE]
+    sign_in(browser, provider)
+    assert browser.cookies[COOKIE] != first
+    rows = dbsession.scalars(select(UserSession).order_by(UserSession.id)).all()
+    assert [r.end_reason for r in rows] == ["replaced", None]
+
+
+def test_several_tabs_each_complete(browser, provider, dbsession):
+    _, tab1 = start_login(browser, "/posts")
+    _, tab2 = start_login(browser, "/account/sessions")
+    for query, expected in [(tab2, "/account/sessions"), (tab1, "/posts")]:
+        code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+        response = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer})
+        assert response.location.endswith(expected)
+    assert session_count(dbsession) == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "//evil.example",
+        "/\\evil.example",
+        "https://evil.example",
+        "https:evil.example",
+        "javascript:alert(1)",
+        "/%2F/evil.example",
+        "%2F%2Fevil.example",
+        "/\t/evil.example",
+        " //evil.example",
+        "\\\\evil.example",
+    ],
+)
+def test_open_redirect_payloads_land_on_the_home_page(browser, provider, payload):
+    response = sign_in(browser, provider, payload)
+    assert response.location == "https://app.example.test/"
+
+
+def test_next_is_read_from_the_transaction_never_the_callback(browser, provider):
+    response = sign_in(browser, provider, "/posts", callback_extra={"next": "//evil.example"})
+    assert response.location == "https://app.example.test/posts"
+
+
+def test_a_planted_cookie_is_never_adopted(browser, provider, dbsession, make_user, session_store):
+    """Fixation: whatever cookie the browser arrives with, sign-in issues a fresh id."""
+    planted = "P" * 43
+    browser.set_cookie(COOKIE, planted)
+    sign_in(browser, provider)
+    assert browser.cookies[COOKIE] != planted
+    attacker = make_user("mallory")
+    attacker_raw, _ = session_store.create(user=attacker)
+    browser.set_cookie(COOKIE, attacker_raw)
+    sign_in(browser, provider)
+    assert browser.cookies[COOKIE] != attacker_raw
+    assert session_store.dead_reason(session_store.find(attacker_raw)) == "replaced"
+    assert "Alice" in browser.get("/").text
+
+
+# -- callback rejections ---------------------------------------------------------------------
+
+
+def test_provider_error_shows_a_friendly_page(browser, provider, dbsession):
+    _, query = start_login(browser, "/posts")
+    page = browser.get("/auth/callback", params={"error": "access_denied", "state": query["state"]}, status=400)
+    assert "Sign-in was cancelled" in page.text
+    assert "/login?next=%2Fposts" in page.text
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["provider_error:access_denied"]
+
+
+def test_provider_error_with_junk(browser, dbsession):
+    page = browser.get("/auth/callback", params={"error": "<script>", "error_description": "x" * 100}, status=400)
+    assert "<script>" not in page.text
+    assert failures(dbsession) == ["provider_error:invalid"]
+
+
+def test_missing_state(browser, provider, dbsession):
+    page = browser.get("/auth/callback", params={"code": "abc"}, status=400)
+    assert "Sign in again" in page.text
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["missing_state"]
+
+
+def test_unknown_state(browser, provider, dbsession):
+    start_login(browser)
+    page = browser.get("/auth/callback", params={"code": "abc", "state": "forged"}, status=400)
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["unknown_state"]
+
+
+def test_state_replay(browser, provider, dbsession):
+    _, query = start_login(browser)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    params = {"code": code, "state": query["state"], "iss": provider.issuer}
+    browser.get("/auth/callback", params=params, status=303)
+    browser.reset()
+    again = browser.get("/auth/callback", params=params, status=400)
+    assert "already been used" in again.text
+    assert failures(dbsession) == ["unknown_state"]
+
+
+def test_state_is_single_use_even_when_the_first_attempt_failed(browser, provider, dbsession):
+    _, query = start_login(browser)
+    provider.token_response = lambda form: (400, {"error": "invalid_grant"})
+    params = {"code": "x", "state": query["state"], "iss": provider.issuer}
+    browser.get("/auth/callback", params=params, status=400)
+    provider.token_response = None
+    browser.get("/auth/callback", params=params, status=400)
+    assert failures(dbsession) == ["token_error:invalid_grant", "unknown_state"]
+
+
+def test_state_from_another_browser(app, provider, dbsession):
+    victim, attacker = Browser(app), Browser(app)
+    _, query = start_login(attacker)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    page = victim.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    assert "another browser" in page.text
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["other_browser"]
+
+
+def test_expired_state(browser, provider, dbsession):
+    _, query = start_login(browser)
+    row = dbsession.scalars(select(LoginTransaction)).one()
+    row.expires_at = row.created_at
+    dbsession.flush()
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    page = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    assert "took too long" in page.text
+    assert failures(dbsession) == ["expired_state"]
+
+
+def test_wrong_iss_parameter(browser, provider, dbsession):
+    page = sign_in(browser, provider, callback_extra={"iss": "https://evil.example"})
+    assert page.status_int == 400
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["bad_iss_parameter"]
+
+
+def test_missing_iss_parameter_when_the_provider_sends_it(browser, provider, dbsession):
+    page = sign_in(browser, provider, callback_extra={"iss": None})
+    assert page.status_int == 400
+    assert failures(dbsession) == ["missing_iss_parameter"]
+
+
+def test_missing_iss_parameter_is_fine_when_the_provider_does_not_send_it(make_app, provider, dbsession):
+    provider.metadata_overrides["authorization_response_iss_parameter_supported"] = None
+    browser = Browser(make_app())
+    assert sign_in(browser, provider, callback_extra={"iss": None}).status_int == 303
+
+
+def test_missing_code(browser, provider, dbsession):
+    _, query = start_login(browser)
+    browser.get("/auth/callback", params={"state": query["state"], "iss": provider.issuer}, status=400)
+    assert failures(dbsession) == ["missing_code"]
+
+
+def test_wrong_pkce_verifier_is_refused_by_the_provider(browser, provider, dbsession):
+    _, query = start_login(browser)
+    code = provider.grant(challenge="not-the-challenge", nonce=query["nonce"])
+    page = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["token_error:invalid_grant"]
+
+
+@pytest.mark.parametrize(
+    "claims, reason",
+    [
+        ({"iss": "https://evil.example"}, "bad_issuer"),
+        ({"aud": "another-app"}, "bad_audience"),
+        ({"aud": [CLIENT_ID, "another-app"]}, "untrusted_audience"),
+        ({"sub": None}, "missing_sub"),
+        ({"exp": int(time.time()) - 600}, "expired"),
+        ({"iat": None}, "missing_iat"),
+        ({"nonce": "not-the-nonce"}, "bad_nonce"),
+    ],
+)
+def test_id_token_rejections_leave_no_session(browser, provider, dbsession, claims, reason):
+    provider.id_token_claims = claims
+    page = sign_in(browser, provider)
+    assert page.status_int == 400
+    assert "could not be verified" in page.text
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == [reason]
+    assert dbsession.scalar(select(func.count()).select_from(User)) == 0
+
+
+def test_no_token_is_used_before_every_check_passed(browser, provider, dbsession):
+    provider.id_token_claims = {"aud": "another-app"}
+    sign_in(browser, provider)
+    assert [p for p, _, _ in provider.requests if p == "/userinfo"] == []
+
+
+def test_badly_signed_id_token(browser, provider, dbsession):
+    from joserfc.jwk import RSAKey
+
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
+    forged = provider.sign(provider.claims(), key=impostor)
+    provider.token_response = lambda form: (200, {"access_token": "at-x", "token_type": "Bearer", "id_token": forged})
+    page = sign_in(browser, provider)
+    assert page.status_int == 400
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["bad_signature"]
+
+
+@pytest.mark.parametrize(
+    "response, reason, status",
+    [
+        ((500, {"error": "server_error"}), "provider_unavailable", 503),
+        ((200, "this is not json"), "token_endpoint_error", 400),
+        ((400, {"error": "invalid_grant"}), "token_error:invalid_grant", 400),
+        ((200, {"access_token": "at", "token_type": "Bearer"}), "missing_id_token", 400),
+    ],
+)
+def test_token_endpoint_failures(browser, provider, dbsession, response, reason, status):
+    provider.token_response = lambda form: response
+    page = sign_in(browser, provider)
+    assert page.status_int == status
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == [reason]
+
+
+def test_token_endpoint_hang(make_app, provider, dbsession):
+    browser = Browser(make_app(**{"myapp.oidc.http_timeout": "1"}))
+    provider.token_delay = 5
+    page = sign_in(browser, provider)
+    assert page.status_int == 503
+    assert "Sign-in is unavailable" in page.text
+    assert failures(dbsession) == ["provider_unavailable"]
+
+
+def test_provider_down_at_login_is_a_503_page(make_app, provider, dbsession):
+    browser = Browser(make_app(**{"myapp.oidc.issuer": "http://127.0.0.1:9/down"}))
+    page = browser.get("/login", status=503)
+    assert "did not answer" in page.text
+
+
+def test_discovery_issuer_mismatch_says_why(make_app, provider):
+    provider.metadata_overrides["issuer"] = "https://evil.example"
+    page = Browser(make_app()).get("/login", status=502)
+    assert "must be identical" in page.text
+
+
+def test_head_login_starts_nothing(browser, dbsession):
+    browser.head("/login", status=200)
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+
+
+def test_oversized_callback_parameters(browser, dbsession):
+    browser.get("/auth/callback", params={"state": "x" * 5000, "code": "y"}, status=400)
+    assert failures(dbsession) == ["parameter_too_long"]
+
+
+# -- logout ----------------------------------------------------------------------------------
+
+
+def csrf_of(browser):
+    return browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
+
+
+def test_logout_ends_everything(browser, provider, dbsession):
+    sign_in(browser, provider)
+    refresh_token = list(provider.refresh_tokens)[-1]
+    response = browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    location = urlsplit(response.location)
+    assert response.location.startswith(provider.issuer + "/logout?")
+    query = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert query["post_logout_redirect_uri"] == TEST_PUBLIC_URL + "/"
+    assert query["client_id"] == CLIENT_ID
+    assert query["id_token_hint"].count(".") == 2
+    assert any(v.startswith(COOKIE + "=;") for k, v in response.headerlist if k == "Set-Cookie")
+    assert provider.revoked == [refresh_token]
+    assert session_count(dbsession) == 0
+    assert dbsession.scalars(select(UserSession)).one().refresh_token is None
+    assert "logout" in dbsession.scalars(select(AuditEvent.event)).all()
+    browser.get("/posts", status=303)
+
+
+def test_logout_without_end_session_endpoint_goes_home(make_app, provider):
+    provider.metadata_overrides["end_session_endpoint"] = None
+    browser = Browser(make_app())
+    sign_in(browser, provider)
+    response = browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert response.location == "https://app.example.test/"
+
+
+@pytest.mark.parametrize("trouble", ["status", "delay"])
+def test_logout_does_not_wait_for_a_failing_provider(make_app, provider, dbsession, trouble):
+    browser = Browser(make_app(**{"myapp.oidc.http_timeout": "1"}))
+    sign_in(browser, provider)
+    if trouble == "status":
+        provider.revocation_status = 503
+    else:
+        provider.revocation_delay = 5
+    started = time.monotonic()
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert time.monotonic() - started < 4
+    assert session_count(dbsession) == 0
+
+
+def test_logout_needs_the_csrf_token(browser, provider, dbsession):
+    sign_in(browser, provider)
+    browser.post("/logout", {"csrf_token": "wrong"}, headers={"Origin": TEST_PUBLIC_URL}, status=400)
+    browser.post("/logout", {}, headers={"Origin": TEST_PUBLIC_URL}, status=400)
+    assert session_count(dbsession) == 1
+
+
+def test_logout_refuses_a_cross_site_origin(browser, provider, dbsession):
+    sign_in(browser, provider)
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": "https://evil.example"}, status=400)
+    assert session_count(dbsession) == 1
+
+
+def test_logout_is_post_only(browser, provider, dbsession):
+    sign_in(browser, provider)
+    browser.get("/logout", status=405)
+    assert session_count(dbsession) == 1
+
+
+def test_logout_when_already_signed_out(browser):
+    assert browser.post("/logout", status=303).location == "https://app.example.test/"
+
+
+# -- back-channel logout ---------------------------------------------------------------------
+
+
+def logout_token(provider, header=None, **overrides):
+    now = int(time.time())
+    claims = {
+        "iss": provider.issuer,
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": f"jti-{time.monotonic_ns()}",
+        "sub": "alice",
+        "sid": provider.sid,
+        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+    }
+    claims.update(overrides)
+    return provider.sign({k: v for k, v in claims.items() if v is not None}, header={"typ": "logout+jwt", **(header or {})})
+
+
+def post_logout_token(app, token, status):
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": token}, status=status)
+    assert response.headers["Cache-Control"] == "no-store"
+    return response
+
+
+def test_backchannel_logout_by_sid_ends_that_session_only(app, provider, dbsession):
+    first = Browser(app)
+    sign_in(first, provider)
+    provider.sid = "another-sid"
+    second = Browser(app)
+    sign_in(second, provider)
+    post_logout_token(app, logout_token(provider, sid="another-sid"), 200)
+    assert "Alice" in first.get("/").text
+    assert "reason=provider_logout" in second.get("/posts", status=303).location
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "backchannel_logout")).one()
+    assert event.detail == "1 session(s) ended (by sid)"
+
+
+def test_backchannel_logout_by_sub_ends_all_of_the_users_sessions(app, provider, dbsession):
+    browsers = [Browser(app) for _ in range(2)]
+    for b in browsers:
+        sign_in(b, provider)
+    post_logout_token(app, logout_token(provider, sid=None), 200)
+    assert session_count(dbsession) == 0
+
+
+def test_backchannel_logout_replay_is_refused(app, provider, dbsession):
+    token = logout_token(provider)
+    post_logout_token(app, token, 200)
+    response = post_logout_token(app, token, 400)
+    assert response.json["error"] == "invalid_request"
+    assert dbsession.scalar(select(func.count()).select_from(SeenLogoutToken)) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"iss": "https://evil.example"},
+        {"aud": "another-app"},
+        {"iat": None},
+        {"exp": int(time.time()) - 600},
+        {"events": None},
+        {"sub": None, "sid": None},
+        {"nonce": "x"},
+        {"jti": None},
+    ],
+)
+def test_bad_logout_tokens_end_nothing(app, provider, dbsession, overrides):
+    browser = Browser(app)
+    sign_in(browser, provider)
+    post_logout_token(app, logout_token(provider, **overrides), 400)
+    assert session_count(dbsession) == 1
+
+
+def test_bad_logout_token_signature_and_type(app, provider, dbsession):
+    from joserfc.jwk import RSAKey
+
+    browser = Browser(app)
+    sign_in(browser, provider)
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
+    claims_token = logout_token(provider)
+    post_logout_token(app, claims_token.rsplit(".", 1)[0] + "." + provider.sign({}, key=impostor).rsplit(".", 1)[1], 400)
+    post_logout_token(app, logout_token(provider, header={"typ": "at+jwt"}), 400)
+    post_logout_token(app, "", 400)
+    post_logout_token(app, "garbage", 400)
+    assert session_count(dbsession) == 1
+
+
+def test_backchannel_logout_needs_no_cookie_or_csrf(app, provider):
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": logout_token(provider)})
+    assert response.status_int == 200
+
+
+def test_oversized_backchannel_request(app):
+    Browser(app).post("/auth/backchannel-logout", {"logout_token": "x" * 70000}, status=400)
+
+
+# -- secrets stay secret ---------------------------------------------------------------------
+
+
+def test_no_token_reaches_the_browser(browser, provider):
+    sign_in(browser, provider)
+    page_text = browser.get("/").text + browser.get("/auth/user", headers={"X-CSRF": "1"}).text
+    page_text += browser.get("/account/sessions").text
+    for token in list(provider.refresh_tokens):
+        assert token not in page_text
+    assert "at-" not in page_text and "eyJ" not in page_text
+
+
+def test_nothing_secret_is_logged(browser, provider, caplog):
+    caplog.set_level(logging.DEBUG)
+    response, query = start_login(browser)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer})
+    cookie = browser.cookies[COOKIE]
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    secrets_seen = [code, query["state"], query["nonce"], cookie, *provider.refresh_tokens]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in secrets_seen:
+        assert secret not in logged
+    assert "authlib" not in {r.name.split(".")[0] for r in caplog.records if r.levelno < logging.INFO}

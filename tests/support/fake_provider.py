@@ -1,0 +1,190 @@
+"""A programmable OpenID provider on a loopback port, for tests that must break one rule at a time.
+
+Unlike the development provider (myapp.devstack), this one does whatever a test tells it to:
+publish odd metadata, rotate keys, answer the token endpoint with a 500 or junk, or hang.
+Tokens are signed with real keys (joserfc), so every check runs against real signatures.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from urllib.parse import parse_qs
+
+from joserfc import jws
+from joserfc.jwk import RSAKey
+
+from tests.support.servers import serve
+
+CLIENT_ID = "myapp-test"
+CLIENT_SECRET = "test-client-secret"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def s256(verifier: str) -> str:
+    return b64(hashlib.sha256(verifier.encode()).digest())
+
+
+class FakeProvider:
+    def __init__(self):
+        self.issuer = None
+        self.key = RSAKey.generate_key(2048, parameters={"kid": "key-1", "use": "sig"})
+        self.stop = threading.Event()
+        self.reset()
+
+    def reset(self):
+        self.published_keys = [self.key]
+        self.metadata_overrides = {}
+        self.discovery_status = 200
+        self.token_response = None  # callable(form) -> (status, body dict|str); None: issue tokens
+        self.userinfo_response = None  # callable(access_token) -> (status, body)
+        self.revocation_status = 200
+        self.revocation_delay = 0.0
+        self.token_delay = 0.0
+        self.codes = {}  # code -> {"challenge", "nonce", "claims"}
+        self.requests = []  # (path, form, headers) seen
+        self.revoked = []
+        self.refresh_tokens = {}
+        self.jwks_fetches = 0
+        self.discovery_fetches = 0
+        self.id_token_claims = {}  # overrides for the next ID tokens
+        self.sid = "sid-" + secrets.token_hex(4)
+
+    # -- what a test uses ------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        document = {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.issuer + "/authorize",
+            "token_endpoint": self.issuer + "/token",
+            "jwks_uri": self.issuer + "/jwks",
+            "userinfo_endpoint": self.issuer + "/userinfo",
+            "end_session_endpoint": self.issuer + "/logout",
+            "revocation_endpoint": self.issuer + "/revoke",
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+        }
+        document.update(self.metadata_overrides)
+        return {k: v for k, v in document.items() if v is not None}
+
+    def claims(self, **overrides) -> dict:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": CLIENT_ID,
+            "sub": "alice",
+            "iat": now,
+            "exp": now + 300,
+            "name": "Alice Example",
+            "email": "alice@example.org",
+            "groups": ["staff"],
+            "sid": self.sid,
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def sign(self, claims: dict, *, key=None, alg="RS256", header=None) -> str:
+        key = key or self.key
+        protected = {"alg": alg, "typ": "JWT"}
+        if key is not None and getattr(key, "kid", None) and alg != "none":
+            protected["kid"] = key.kid
+        protected.update(header or {})
+        protected = {k: v for k, v in protected.items() if v is not None}
+        payload = json.dumps(claims).encode()
+        if alg == "none" or isinstance(key, bytes):
+            # By hand: joserfc rightly refuses to sign with "none" or to HMAC with a public key.
+            signing_input = f"{b64(json.dumps(protected).encode())}.{b64(payload)}"
+            if alg == "none":
+                return signing_input + "."
+            digest = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+            return f"{signing_input}.{b64(digest)}"
+        return jws.serialize_compact(protected, payload, key, algorithms=[alg])
+
+    def grant(self, *, challenge: str, nonce: str, **claim_overrides) -> str:
+        """Issue an authorization code as if the user had signed in."""
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = {"challenge": challenge, "nonce": nonce, "claims": claim_overrides}
+        return code
+
+    # -- the WSGI app ----------------------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        form = {k: v[0] for k, v in parse_qs(environ["wsgi.input"].read(length).decode()).items()}
+        self.requests.append((path, form, {k: v for k, v in environ.items() if k.startswith("HTTP_")}))
+        status, body, content_type = self.route(path, form, environ)
+        data = body if isinstance(body, bytes) else (json.dumps(body) if isinstance(body, (dict, list)) else body).encode()
+        start_response(f"{status} X", [("Content-Type", content_type), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def route(self, path, form, environ):
+        if path == "/.well-known/openid-configuration":
+            self.discovery_fetches += 1
+            return self.discovery_status, self.metadata(), "application/json"
+        if path == "/jwks":
+            self.jwks_fetches += 1
+            return 200, {"keys": [k.as_dict(private=False) for k in self.published_keys]}, "application/json"
+        if path == "/token":
+            if self.token_delay:
+                self.stop.wait(self.token_delay)
+            if self.token_response is not None:
+                status, body = self.token_response(form)
+                return status, body, "application/json"
+            return self.issue_tokens(form, environ)
+        if path == "/userinfo":
+            token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+            if self.userinfo_response is not None:
+                status, body = self.userinfo_response(token)
+                return status, body, "application/json"
+            return 200, {"sub": "alice", "name": "Alice From Userinfo", "groups": ["staff", "readers"]}, "application/json"
+        if path == "/revoke":
+            if self.revocation_delay:
+                self.stop.wait(self.revocation_delay)
+            self.revoked.append(form.get("token"))
+            return self.revocation_status, b"", "text/plain"
+        return 404, {"error": "not_found"}, "application/json"
+
+    def client_authenticated(self, form, environ) -> bool:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if header.startswith("Basic "):
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            return (user, password) == (CLIENT_ID, CLIENT_SECRET)
+        return (form.get("client_id"), form.get("client_secret")) == (CLIENT_ID, CLIENT_SECRET)
+
+    def issue_tokens(self, form, environ):
+        if not self.client_authenticated(form, environ):
+            return 401, {"error": "invalid_client"}, "application/json"
+        if form.get("grant_type") == "authorization_code":
+            grant = self.codes.pop(form.get("code"), None)
+            if grant is None or s256(form.get("code_verifier", "")) != grant["challenge"]:
+                return 400, {"error": "invalid_grant"}, "application/json"
+            claims = self.claims(**{"nonce": grant["nonce"], **self.id_token_claims, **grant["claims"]})
+        elif form.get("grant_type") == "refresh_token":
+            claims = self.refresh_tokens.get(form.get("refresh_token"))
+            if claims is None:
+                return 400, {"error": "invalid_grant"}, "application/json"
+            claims = {k: v for k, v in self.claims(**self.id_token_claims).items()}
+        else:
+            return 400, {"error": "unsupported_grant_type"}, "application/json"
+        access_token = "at-" + secrets.token_urlsafe(16)
+        refresh_token = "rt-" + secrets.token_urlsafe(16)
+        self.refresh_tokens[refresh_token] = claims
+        return 200, {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "refresh_token": refresh_token,
+            "id_token": self.sign(claims),
+            "scope": "openid profile email offline_access",
+        }, "application/json"
+
+    def serve(self):
+        return serve(self)

@@ -1,0 +1,547 @@
+"""Every rejection rule of the OIDC client, each with a token signed by a real key.
+
+Each test breaks exactly one rule; the same token with that rule intact is accepted (see
+``test_a_valid_id_token_is_accepted``), so a removed check makes its test fail.
+"""
+
+import time
+from types import MappingProxyType
+
+import pytest
+from joserfc.jwk import ECKey, OctKey, RSAKey
+
+from myapp.services.http import HttpClient
+from myapp.services.oidc import (
+    BACKCHANNEL_LOGOUT_EVENT,
+    OIDCClient,
+    OIDCError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    TokenRequestRefused,
+)
+from myapp.settings import OIDCSettings
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider, s256
+
+NONCE = "n-0S6_WzA2Mj"
+
+
+@pytest.fixture(scope="module")
+def served_provider():
+    provider = FakeProvider()
+    with provider.serve() as url:
+        provider.issuer = url
+        yield provider
+    provider.stop.set()
+
+
+@pytest.fixture
+def provider(served_provider):
+    served_provider.reset()
+    yield served_provider
+    served_provider.reset()
+
+
+class Clock:
+    def __init__(self):
+        self.wall = time.time()
+        self.mono = 1000.0
+
+    def advance(self, seconds):
+        self.wall += seconds
+        self.mono += seconds
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def make_client(provider, clock, **overrides):
+    values = dict(
+        issuer=provider.issuer,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        token_endpoint_auth_method="client_secret_basic",
+        scope="openid profile email offline_access",
+        redirect_uri="https://app.example.test/auth/callback",
+        post_logout_redirect_uri="https://app.example.test/",
+        authorize_params=MappingProxyType({}),
+        groups_claim="groups",
+        fetch_userinfo=True,
+        http_timeout=2,
+    )
+    values.update(overrides)
+    http = HttpClient(timeout=values["http_timeout"])
+    return OIDCClient(settings=OIDCSettings(**values), http=http, clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+
+
+@pytest.fixture
+def client(provider, clock):
+    client = make_client(provider, clock)
+    yield client
+    client.http.close()
+
+
+def rejects(client, token, reason, **kw):
+    with pytest.raises(OIDCError) as info:
+        client.validate_id_token(token, nonce=kw.pop("nonce", NONCE), **kw)
+    assert info.value.reason == reason, info.value.message
+    return info.value
+
+
+def test_a_valid_id_token_is_accepted(client, provider):
+    claims = client.validate_id_token(provider.sign(provider.claims(nonce=NONCE)), nonce=NONCE)
+    assert claims["sub"] == "alice"
+
+
+# -- claims ----------------------------------------------------------------------------------
+
+
+def test_wrong_issuer(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iss="https://evil.example")), "bad_issuer")
+
+
+def test_issuer_must_match_exactly(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iss=provider.issuer + "/")), "bad_issuer")
+
+
+def test_wrong_audience(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, aud="another-app")), "bad_audience")
+
+
+def test_missing_audience(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, aud=None)), "bad_audience")
+
+
+def test_audience_of_wrong_type(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, aud=[CLIENT_ID, 7])), "bad_audience")
+
+
+def test_extra_untrusted_audience(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, aud=[CLIENT_ID, "other"], azp=CLIENT_ID)), "untrusted_audience")
+
+
+def test_audience_as_one_element_list_is_accepted(client, provider):
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE, aud=[CLIENT_ID])), nonce=NONCE)
+
+
+def test_azp_naming_another_client(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, azp="another-app")), "bad_authorized_party")
+
+
+def test_missing_sub(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, sub=None)), "missing_sub")
+
+
+@pytest.mark.parametrize("sub", ["", 42, "x" * 256])
+def test_malformed_sub(client, provider, sub):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, sub=sub)), "missing_sub")
+
+
+def test_missing_exp(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, exp=None)), "missing_exp")
+
+
+def test_expired(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, exp=int(time.time()) - 120)), "expired")
+
+
+def test_exp_within_clock_skew_is_accepted(client, provider):
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE, exp=int(time.time()) - 10)), nonce=NONCE)
+
+
+def test_missing_iat(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=None)), "missing_iat")
+
+
+def test_iat_as_string(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=str(int(time.time())))), "missing_iat")
+
+
+def test_iat_in_the_future(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=int(time.time()) + 600)), "bad_iat")
+
+
+def test_iat_long_ago(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=int(time.time()) - 3 * 86400)), "bad_iat")
+
+
+def test_not_yet_valid(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, nbf=int(time.time()) + 600)), "not_yet_valid")
+
+
+def test_wrong_nonce(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce="another")), "bad_nonce")
+
+
+def test_missing_nonce(client, provider):
+    rejects(client, provider.sign(provider.claims()), "bad_nonce")
+
+
+def test_at_hash_must_match_the_access_token(client, provider):
+    token = provider.sign(provider.claims(nonce=NONCE, at_hash="wrong"))
+    rejects(client, token, "bad_at_hash", access_token="at-123")
+
+
+def test_at_hash_matching_is_accepted(client, provider):
+    from myapp.services.oidc import _b64url_sha_half
+
+    token = provider.sign(provider.claims(nonce=NONCE, at_hash=_b64url_sha_half("at-123", "RS256")))
+    assert client.validate_id_token(token, nonce=NONCE, access_token="at-123")
+
+
+def test_logout_token_is_not_an_id_token(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), header={"typ": "logout+jwt"}), "bad_type")
+
+
+# -- signatures and keys ---------------------------------------------------------------------
+
+
+def test_bad_signature(client, provider):
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), key=impostor), "bad_signature")
+
+
+def test_tampered_payload(client, provider):
+    header, payload, signature = provider.sign(provider.claims(nonce=NONCE)).split(".")
+    other = provider.sign(provider.claims(nonce=NONCE, sub="mallory")).split(".")[1]
+    rejects(client, f"{header}.{other}.{signature}", "bad_signature")
+
+
+def test_alg_none(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), alg="none", key=None), "bad_algorithm")
+
+
+def test_alg_none_even_when_advertised(client, provider):
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["RS256", "none"]
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), alg="none", key=None), "bad_algorithm")
+
+
+@pytest.mark.parametrize("advertised, reason", [(["RS256"], "bad_algorithm"), (["RS256", "HS256"], "bad_signature")])
+def test_hs256_keyed_with_the_public_key(provider, clock, advertised, reason):
+    """The classic confusion attack: HMAC with the provider's public key as the secret."""
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = advertised
+    public_pem = provider.key.as_pem(private=False)
+    token = provider.sign(provider.claims(nonce=NONCE), key=public_pem, alg="HS256", header={"kid": "key-1"})
+    rejects(make_client(provider, clock), token, reason)
+
+
+def test_hs256_with_the_client_secret_when_advertised(client, provider):
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["HS256"]
+    token = provider.sign(provider.claims(nonce=NONCE), key=OctKey.import_key(CLIENT_SECRET.encode()), alg="HS256")
+    assert client.validate_id_token(token, nonce=NONCE)
+
+
+def test_algorithm_not_advertised(client, provider):
+    ec = ECKey.generate_key("P-256", parameters={"kid": "ec-1"})
+    provider.published_keys = [provider.key, ec]
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), key=ec, alg="ES256"), "bad_algorithm")
+
+
+def test_ec_key_when_advertised(client, provider):
+    ec = ECKey.generate_key("P-256", parameters={"kid": "ec-1"})
+    provider.published_keys = [provider.key, ec]
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["RS256", "ES256"]
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE), key=ec, alg="ES256"), nonce=NONCE)
+
+
+@pytest.mark.parametrize("header", ["jwk", "jku", "x5u"])
+def test_key_headers_are_ignored(client, provider, header):
+    """A token pointing at its own key is verified with the provider's published keys only."""
+    attacker = RSAKey.generate_key(2048, parameters={"kid": "attacker"})
+    values = {
+        "jwk": ECKey.generate_key("P-256").as_dict(private=False),
+        "jku": "https://evil.example/jwks",
+        "x5u": "https://evil.example/cert.pem",
+    }
+    token = provider.sign(provider.claims(nonce=NONCE), key=attacker, header={header: values[header]})
+    rejects(client, token, "unknown_key")
+    same_kid = provider.sign(provider.claims(nonce=NONCE), key=attacker, header={header: values[header], "kid": "key-1"})
+    rejects(client, same_kid, "bad_signature")
+    assert [p for p, _, _ in provider.requests if "evil" in p] == []
+
+
+def test_unknown_kid_then_rotation_is_accepted_after_one_refetch(client, provider, clock):
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE)), nonce=NONCE)
+    assert provider.jwks_fetches == 1
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "key-2"})
+    provider.published_keys = [rotated]
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE), key=rotated), nonce=NONCE)
+    assert provider.jwks_fetches == 2
+
+
+def test_unknown_kid_refetches_at_most_once_a_minute(client, provider, clock):
+    client.validate_id_token(provider.sign(provider.claims(nonce=NONCE)), nonce=NONCE)
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "stranger"})
+    for _ in range(5):
+        rejects(client, provider.sign(provider.claims(nonce=NONCE), key=stranger), "unknown_key")
+    assert provider.jwks_fetches == 2
+    clock.advance(61)
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), key=stranger), "unknown_key")
+    assert provider.jwks_fetches == 3
+
+
+def test_first_fetch_does_not_count_against_the_rate_limit(client, provider):
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "key-2"})
+    provider.published_keys = [provider.key]
+    client.validate_id_token(provider.sign(provider.claims(nonce=NONCE)), nonce=NONCE)
+    provider.published_keys = [provider.key, rotated]
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE), key=rotated), nonce=NONCE)
+
+
+def test_no_kid_with_one_key_is_accepted(client, provider):
+    token = provider.sign(provider.claims(nonce=NONCE), header={"kid": None})
+    assert client.validate_id_token(token, nonce=NONCE)
+
+
+def test_no_kid_with_several_keys_is_refused(client, provider):
+    provider.published_keys = [provider.key, RSAKey.generate_key(2048, parameters={"kid": "key-2"})]
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), header={"kid": None}), "ambiguous_key")
+
+
+def test_encryption_keys_are_not_used_to_verify(client, provider):
+    enc = RSAKey.generate_key(2048, parameters={"kid": "enc", "use": "enc"})
+    provider.published_keys = [provider.key, enc]
+    same_material = RSAKey.import_key({k: v for k, v in enc.as_dict(private=True).items() if k != "use"})
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), key=same_material, header={"kid": "enc"}), "unknown_key")
+
+
+def test_unreadable_published_key_is_skipped(client, provider):
+    class Broken:
+        kid = "broken"
+
+        def as_dict(self, private=False):
+            return {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"}
+
+    provider.published_keys = [Broken(), provider.key]
+    assert client.validate_id_token(provider.sign(provider.claims(nonce=NONCE)), nonce=NONCE)
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c.d", "é.b.c", "eyJhbGciOiJSUzI1NiJ9.!!.x", None, "x" * 70000])
+def test_malformed_tokens(client, provider, token):
+    rejects(client, token, "malformed_token")
+
+
+def test_claims_that_are_not_an_object(client, provider):
+    from joserfc import jws
+
+    token = jws.serialize_compact({"alg": "RS256", "kid": "key-1"}, b"[1, 2]", provider.key, algorithms=["RS256"])
+    rejects(client, token, "malformed_token")
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def test_discovery_issuer_mismatch(client, provider):
+    provider.metadata_overrides["issuer"] = "https://evil.example"
+    with pytest.raises(ProviderMisconfigured, match="must be identical"):
+        client.metadata()
+
+
+def test_discovery_missing_endpoint(client, provider):
+    provider.metadata_overrides["token_endpoint"] = None
+    with pytest.raises(ProviderMisconfigured, match="token_endpoint"):
+        client.metadata()
+
+
+def test_discovery_unreachable(provider, clock):
+    client = make_client(provider, clock, issuer="http://127.0.0.1:9/nothing")
+    with pytest.raises(ProviderUnavailable):
+        client.metadata()
+
+
+def test_discovery_error_status(client, provider):
+    provider.discovery_status = 500
+    with pytest.raises(ProviderUnavailable):
+        client.metadata()
+    provider.discovery_status = 404
+    with pytest.raises(ProviderMisconfigured):
+        client.metadata()
+
+
+def test_discovery_is_cached_and_refreshed_hourly(client, provider, clock):
+    client.metadata()
+    client.metadata()
+    assert provider.discovery_fetches == 1
+    clock.advance(3601)
+    client.metadata()
+    assert provider.discovery_fetches == 2
+
+
+def test_stale_discovery_is_kept_while_the_provider_is_down(client, provider, clock):
+    client.metadata()
+    clock.advance(3601)
+    provider.discovery_status = 503
+    assert client.metadata().issuer == provider.issuer
+
+
+def test_signing_algorithms_we_cannot_use(client, provider):
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["none"]
+    with pytest.raises(ProviderMisconfigured):
+        client.metadata()
+
+
+# -- token endpoint --------------------------------------------------------------------------
+
+
+def test_token_endpoint_500(client, provider):
+    provider.token_response = lambda form: (500, {"error": "server_error"})
+    with pytest.raises(ProviderUnavailable):
+        client.exchange_code("code", "verifier")
+
+
+def test_token_endpoint_bad_json(client, provider):
+    provider.token_response = lambda form: (200, "<html>oops</html>")
+    with pytest.raises(OIDCError) as info:
+        client.exchange_code("code", "verifier")
+    assert info.value.reason == "token_endpoint_error"
+
+
+def test_token_endpoint_invalid_grant(client, provider):
+    provider.token_response = lambda form: (400, {"error": "invalid_grant"})
+    with pytest.raises(TokenRequestRefused) as info:
+        client.exchange_code("code", "verifier")
+    assert info.value.error == "invalid_grant"
+
+
+def test_token_endpoint_hang(provider, clock):
+    client = make_client(provider, clock, http_timeout=1)
+    client.metadata()
+    provider.token_delay = 5
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        client.exchange_code("code", "verifier")
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"token_type": "Bearer"}, {"access_token": "", "token_type": "Bearer"}, {"access_token": "x", "token_type": "mac"}, {"access_token": "x"}],
+)
+def test_token_response_without_a_bearer_access_token(client, provider, body):
+    provider.token_response = lambda form: (200, body)
+    with pytest.raises(OIDCError) as info:
+        client.exchange_code("code", "verifier")
+    assert info.value.reason == "token_response_invalid"
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_client_authentication_methods(provider, clock, method):
+    client = make_client(provider, clock, token_endpoint_auth_method=method)
+    code = provider.grant(challenge=s256("verifier"), nonce=NONCE)
+    token = client.exchange_code(code, "verifier")
+    assert token["token_type"] == "Bearer"
+    path, form, headers = [r for r in provider.requests if r[0] == "/token"][-1]
+    if method == "client_secret_basic":
+        assert headers["HTTP_AUTHORIZATION"].startswith("Basic ") and "client_secret" not in form
+    else:
+        assert form["client_secret"] == CLIENT_SECRET and "HTTP_AUTHORIZATION" not in headers
+
+
+def test_authorization_url(client, provider):
+    url = client.authorization_url(state="st", nonce="no", code_verifier="v" * 43, prompt="login")
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert url.startswith(provider.issuer + "/authorize?")
+    assert query["response_type"] == "code"
+    assert query["client_id"] == CLIENT_ID
+    assert query["state"] == "st" and query["nonce"] == "no" and query["prompt"] == "login"
+    assert query["code_challenge_method"] == "S256"
+    assert query["code_challenge"] == s256("v" * 43)
+    assert "code_verifier" not in query
+    assert query["redirect_uri"] == "https://app.example.test/auth/callback"
+    assert query["scope"] == "openid profile email offline_access"
+
+
+# -- userinfo --------------------------------------------------------------------------------
+
+
+def test_userinfo_with_the_same_subject(client, provider):
+    assert client.userinfo("at", subject="alice")["name"] == "Alice From Userinfo"
+
+
+def test_userinfo_naming_another_subject_is_discarded(client, provider):
+    provider.userinfo_response = lambda token: (200, {"sub": "mallory", "name": "Mallory"})
+    assert client.userinfo("at", subject="alice") is None
+
+
+def test_userinfo_refused_keeps_going(client, provider):
+    provider.userinfo_response = lambda token: (401, {"error": "invalid_token"})
+    assert client.userinfo("at", subject="alice") is None
+
+
+# -- logout tokens ---------------------------------------------------------------------------
+
+
+def logout_claims(provider, **overrides):
+    now = int(time.time())
+    claims = {
+        "iss": provider.issuer,
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": "jti-" + str(now),
+        "sub": "alice",
+        "sid": provider.sid,
+        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def logout_token(provider, header=None, **overrides):
+    return provider.sign(logout_claims(provider, **overrides), header={"typ": "logout+jwt", **(header or {})})
+
+
+def rejects_logout(client, token, reason):
+    with pytest.raises(OIDCError) as info:
+        client.validate_logout_token(token)
+    assert info.value.reason == reason, info.value.message
+
+
+def test_a_valid_logout_token_is_accepted(client, provider):
+    assert client.validate_logout_token(logout_token(provider))["sid"] == provider.sid
+    assert client.validate_logout_token(logout_token(provider, header={"typ": "JWT"}))
+    assert client.validate_logout_token(logout_token(provider, header={"typ": None}))
+    assert client.validate_logout_token(logout_token(provider, sid=None))
+    assert client.validate_logout_token(logout_token(provider, sub=None))
+    assert client.validate_logout_token(logout_token(provider, exp=None))
+
+
+def test_logout_token_bad_signature(client, provider):
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
+    rejects_logout(client, provider.sign(logout_claims(provider), key=impostor), "bad_signature")
+
+
+def test_logout_token_alg_none(client, provider):
+    rejects_logout(client, provider.sign(logout_claims(provider), key=None, alg="none"), "bad_algorithm")
+
+
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        ({"iss": "https://evil.example"}, "bad_issuer"),
+        ({"aud": "another-app"}, "bad_audience"),
+        ({"iat": None}, "missing_iat"),
+        ({"exp": int(time.time()) - 600}, "expired"),
+        ({"events": None}, "bad_events"),
+        ({"events": {"http://schemas.openid.net/event/other": {}}}, "bad_events"),
+        ({"events": {BACKCHANNEL_LOGOUT_EVENT: "yes"}}, "bad_events"),
+        ({"sub": None, "sid": None}, "missing_sub_and_sid"),
+        ({"sid": 5}, "bad_sub_or_sid"),
+        ({"nonce": "abc"}, "nonce_present"),
+        ({"jti": None}, "missing_jti"),
+    ],
+)
+def test_logout_token_rules(client, provider, overrides, reason):
+    rejects_logout(client, logout_token(provider, **overrides), reason)
+
+
+def test_logout_token_typ(client, provider):
+    rejects_logout(client, logout_token(provider, header={"typ": "at+jwt"}), "bad_type")
+
+
+def test_an_id_token_is_not_a_logout_token(client, provider):
+    rejects_logout(client, provider.sign(provider.claims(nonce=NONCE)), "bad_events")
