@@ -32,7 +32,10 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]),
     include_package_data=True,
-    package_data={"myapp": ["templates/*.jinja2", "templates/**/*.jinja2", "static/*", "static/**/*"]},
+    package_data={
+        "myapp": ["templates/*.jinja2", "static/*"],
+        "myapp.devstack": ["templates/*.jinja2", "static/*"],
+    },
     zip_safe=False,
     install_requires=requires,
     extras_require={"testing": testing_requires},

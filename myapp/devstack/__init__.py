@@ -1,0 +1,41 @@
+"""The development stack: an OpenID provider (/_dev/idp) and a demo upstream API (/_dev/api).
+
+For development and tests only. Nothing else in myapp imports this package: development.ini adds
+it to the BFF with ``pyramid.includes = myapp.devstack``, and :func:`make_app` serves it alone
+(tests, benchmarks, ``python -m myapp.devstack``). Its settings are the ``devstack.*`` keys,
+described in docs/devstack.md.
+"""
+
+from collections.abc import Mapping
+
+from pyramid.config import Configurator
+from pyramid.security import NO_PERMISSION_REQUIRED
+
+from myapp.devstack.api import API, DemoAPI
+from myapp.devstack.provider import PROVIDER, Provider
+from myapp.devstack.settings import IDP_PATH, load_devstack_settings
+from myapp.settings import SettingsError
+
+
+def includeme(config):
+    bff_settings = config.get_settings().get("myapp")
+    # myapp.settings refuses this include in production already; a second lock costs nothing.
+    if bff_settings is not None and not bff_settings.is_development:
+        raise SettingsError("pyramid.includes: the development stack (myapp.devstack) is refused in production")
+    settings = load_devstack_settings(config.get_settings())
+    config.registry[PROVIDER] = Provider(settings.idp)
+    config.registry[API] = DemoAPI(settings.api)
+    config.add_static_view(
+        IDP_PATH.lstrip("/") + "/static", "myapp.devstack:static", cache_max_age=3600, permission=NO_PERMISSION_REQUIRED
+    )
+    config.include(".views")
+    config.include(".api")
+    config.scan(".views")
+    config.scan(".api")
+
+
+def make_app(settings: Mapping[str, object]):
+    """The development stack alone, as a WSGI application, configured by ``devstack.*`` keys."""
+    with Configurator(settings=dict(settings)) as config:
+        config.include(includeme)
+    return config.make_wsgi_app()

@@ -1,0 +1,357 @@
+"""The demo upstream API under /_dev/api: a resource server that trusts only the provider's JWTs.
+
+It knows the provider only as a JWKS URL, fetched over HTTP like any API behind a real provider,
+so what the BFF proxies to it is tested end to end. Endpoint bodies are JSON; errors have the
+shape ``{"error": CODE, "message": text}``.
+"""
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import requests
+from joserfc import jws, jwt
+from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, JoseError, MissingClaimError
+from joserfc.jwk import KeySet, RSAKey
+from pyramid.response import Response
+from pyramid.security import NO_PERMISSION_REQUIRED
+from pyramid.view import exception_view_config
+
+from myapp.devstack.keys import ALGORITHM
+from myapp.devstack.settings import APISettings
+from myapp.devstack.web import bearer_token, devstack_view, json_response, method_not_allowed
+
+#: The registry key of the running :class:`DemoAPI`.
+API = "myapp.devstack.api"
+
+CHUNK = 64 * 1024
+MAX_BYTES = 1 << 30
+MAX_NOTE_LENGTH = 500
+MAX_JSON_BODY = 16 * 1024
+JWKS_TIMEOUT = 5.0
+JWKS_REFETCH_INTERVAL = 60
+REALM = "demo"
+WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
+# What GET /_dev/api/bytes streams: byte i of the body is i % 256.
+PATTERN = bytes(range(256)) * (CHUNK // 256)
+
+ROUTES = {
+    "devstack.api.me": "/_dev/api/me",
+    "devstack.api.notes": "/_dev/api/notes",
+    "devstack.api.note": "/_dev/api/notes/{id}",
+    "devstack.api.ping": "/_dev/api/ping",
+    "devstack.api.echo": "/_dev/api/echo/*rest",
+    "devstack.api.bytes": "/_dev/api/bytes",
+    "devstack.api.upload": "/_dev/api/upload",
+}
+
+
+def includeme(config):
+    for name, pattern in ROUTES.items():
+        config.add_route(name, pattern)
+        config.add_view(method_not_allowed, route_name=name, require_csrf=False, permission=NO_PERMISSION_REQUIRED)
+
+
+class APIProblem(Exception):
+    """An error answer of the demo API, rendered by :func:`api_problem`."""
+
+    def __init__(self, status: int, error: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidAccessToken(Exception):
+    """The bearer token is refused; the message is safe to show (and to put in a header)."""
+
+
+class KeysUnavailable(Exception):
+    """The provider's JWKS could not be fetched."""
+
+
+class RemoteKeySet:
+    """The provider's public keys, fetched from ``url`` and cached.
+
+    An unknown ``kid`` refetches the set (key rotation), at most once a minute; the first fetch
+    does not count against that.
+    """
+
+    def __init__(self, url: str, *, clock=time.monotonic):
+        self.url = url
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._keys: list[RSAKey] | None = None
+        self._fetched_at = 0.0
+
+    def key_for(self, kid: str | None) -> RSAKey | None:
+        # Held during the fetch on purpose: concurrent requests wait for one fetch, not make many.
+        with self._lock:
+            if self._keys is None:
+                self._fetch()
+            elif self._find(kid) is None and self.clock() - self._fetched_at >= JWKS_REFETCH_INTERVAL:
+                self._fetch()
+            return self._find(kid)
+
+    def _find(self, kid: str | None) -> RSAKey | None:
+        if kid is None:
+            # A token without kid is verified when the set leaves one candidate.
+            return self._keys[0] if len(self._keys) == 1 else None
+        return next((key for key in self._keys if key.kid == kid), None)
+
+    def _fetch(self) -> None:
+        self._fetched_at = self.clock()
+        try:
+            response = requests.get(self.url, timeout=JWKS_TIMEOUT, allow_redirects=False)
+            response.raise_for_status()
+            key_set = KeySet.import_key_set(response.json())
+        except (requests.RequestException, ValueError, JoseError) as e:
+            raise KeysUnavailable(f"cannot fetch the provider's keys from {self.url}: {type(e).__name__}") from None
+        self._keys = [
+            key
+            for key in key_set
+            if isinstance(key, RSAKey) and key.get("use", "sig") == "sig" and key.get("alg", ALGORITHM) == ALGORITHM
+        ]
+
+
+class AccessTokenVerifier:
+    """RFC 9068-style checks: RS256 signature by the provider, ``iss``, ``aud``, ``exp``, ``sub``."""
+
+    def __init__(self, *, keys: RemoteKeySet, issuer: str, audience: str, leeway: int):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+
+    def verify(self, token: str) -> dict:
+        """The token's claims; raises :class:`InvalidAccessToken` or :class:`KeysUnavailable`."""
+        try:
+            header = jws.extract_compact(token.encode("ascii")).protected
+        except (JoseError, ValueError, UnicodeError):
+            raise InvalidAccessToken("The access token is not a JWT.") from None
+        # Only the algorithm the provider uses: never none, never an HMAC keyed with a public key.
+        if header.get("alg") != ALGORITHM:
+            raise InvalidAccessToken(f"The access token must be signed with {ALGORITHM}.")
+        key = self.keys.key_for(header.get("kid"))
+        if key is None:
+            raise InvalidAccessToken("The access token was signed with an unknown key.")
+        try:
+            claims = jwt.decode(token, key, algorithms=[ALGORITHM]).claims
+        except BadSignatureError:
+            raise InvalidAccessToken("The access token signature is invalid.") from None
+        except JoseError:
+            raise InvalidAccessToken("The access token is malformed.") from None
+        registry = jwt.JWTClaimsRegistry(
+            leeway=self.leeway,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": self.audience},
+            exp={"essential": True},
+            sub={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except ExpiredTokenError:
+            raise InvalidAccessToken("The access token has expired.") from None
+        except MissingClaimError as e:
+            raise InvalidAccessToken(f"The access token lacks the {e.claim} claim.") from None
+        except ClaimError as e:
+            raise InvalidAccessToken(f"The access token {e.claim} claim is not accepted here.") from None
+        return claims
+
+
+@dataclass(frozen=True)
+class Note:
+    id: str
+    text: str
+    created_at: datetime
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "text": self.text, "created_at": self.created_at.isoformat()}
+
+
+class NoteStore:
+    """Each user's notes, in memory."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._notes: dict[str, dict[str, Note]] = {}
+
+    def list_for(self, subject: str) -> list[Note]:
+        with self._lock:
+            return list(reversed(self._notes.get(subject, {}).values()))
+
+    def add(self, subject: str, text: str) -> Note:
+        note = Note(id=secrets.token_hex(8), text=text, created_at=datetime.now(timezone.utc))
+        with self._lock:
+            self._notes.setdefault(subject, {})[note.id] = note
+        return note
+
+    def delete(self, subject: str, note_id: str) -> bool:
+        with self._lock:
+            return self._notes.get(subject, {}).pop(note_id, None) is not None
+
+
+class DemoAPI:
+    def __init__(self, settings: APISettings):
+        self.verifier = AccessTokenVerifier(
+            keys=RemoteKeySet(settings.jwks_uri),
+            issuer=settings.issuer,
+            audience=settings.audience,
+            leeway=settings.leeway,
+        )
+        self.notes = NoteStore()
+
+
+def api_of(request) -> DemoAPI:
+    return request.registry[API]
+
+
+def unauthorized(message: str, *, error: str | None = "invalid_token") -> APIProblem:
+    challenge = f'Bearer realm="{REALM}"'
+    if error is not None:
+        challenge += f', error="{error}", error_description="{message}"'
+    return APIProblem(401, error or "unauthorized", message, {"WWW-Authenticate": challenge})
+
+
+def authenticate(request) -> dict:
+    """The claims of the request's bearer token, or a 401 (RFC 6750 3)."""
+    token = bearer_token(request)
+    if token is None:
+        # No error code when no credentials were sent at all (RFC 6750 3.1).
+        raise unauthorized("An access token is required.", error=None)
+    try:
+        return api_of(request).verifier.verify(token)
+    except InvalidAccessToken as e:
+        raise unauthorized(str(e)) from None
+
+
+def body_digest(request) -> tuple[int, str]:
+    """Length and SHA-256 of the request body, read in chunks, never held whole."""
+    length, sha256 = 0, hashlib.sha256()
+    body = request.body_file
+    while chunk := body.read(CHUNK):
+        length += len(chunk)
+        sha256.update(chunk)
+    return length, sha256.hexdigest()
+
+
+def pattern_chunks(size: int):
+    full, rest = divmod(size, CHUNK)
+    for _ in range(full):
+        yield PATTERN
+    if rest:
+        yield PATTERN[:rest]
+
+
+@exception_view_config(APIProblem)
+def api_problem(exc, request):
+    return json_response({"error": exc.error, "message": exc.message}, status=exc.status, headers=exc.headers)
+
+
+@exception_view_config(KeysUnavailable)
+def keys_unavailable(exc, request):
+    return json_response({"error": "keys_unavailable", "message": str(exc)}, status=503)
+
+
+@devstack_view(route_name="devstack.api.ping", request_method="GET")
+def ping(request):
+    authenticate(request)
+    return json_response({"pong": True})
+
+
+@devstack_view(route_name="devstack.api.me", request_method="GET")
+def me(request):
+    claims = authenticate(request)
+    return json_response({"sub": claims["sub"], "claims": claims})
+
+
+@devstack_view(route_name="devstack.api.notes", request_method="GET")
+def list_notes(request):
+    claims = authenticate(request)
+    return json_response({"notes": [note.as_json() for note in api_of(request).notes.list_for(claims["sub"])]})
+
+
+@devstack_view(route_name="devstack.api.notes", request_method="POST")
+def create_note(request):
+    claims = authenticate(request)
+    note = api_of(request).notes.add(claims["sub"], note_text(request))
+    return json_response(note.as_json(), status=201)
+
+
+def note_text(request) -> str:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise APIProblem(413, "payload_too_large", f"A note request is at most {MAX_JSON_BODY} bytes.")
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        raise APIProblem(400, "invalid_json", 'The body must be JSON such as {"text": "..."}.') from None
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_NOTE_LENGTH:
+        raise APIProblem(400, "invalid_note", f"A note needs a text of 1 to {MAX_NOTE_LENGTH} characters.")
+    return text
+
+
+@devstack_view(route_name="devstack.api.note", request_method="DELETE")
+def delete_note(request):
+    claims = authenticate(request)
+    if not api_of(request).notes.delete(claims["sub"], request.matchdict["id"]):
+        raise APIProblem(404, "not_found", "You have no note with this id.")
+    return Response(status=204)
+
+
+@devstack_view(route_name="devstack.api.echo", request_method=("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))
+def echo(request):
+    """What reached the upstream, for proxy tests: never a token or cookie value."""
+    headers = {}
+    for name, value in request.headers.items():
+        name = name.lower()
+        if name == "authorization":
+            headers[name] = f"{value.partition(' ')[0]} <redacted>"
+        elif name != "cookie":
+            headers[name] = value
+    token_sub = token_error = None
+    token = bearer_token(request)
+    if token is not None:
+        try:
+            token_sub = api_of(request).verifier.verify(token)["sub"]
+        except InvalidAccessToken as e:
+            token_error = str(e)
+    length, sha256 = body_digest(request)
+    return json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query_string": request.query_string,
+            "headers": headers,
+            "cookie_present": "Cookie" in request.headers,
+            "token_sub": token_sub,
+            "token_error": token_error,
+            "body": {"length": length, "sha256": sha256},
+        }
+    )
+
+
+@devstack_view(route_name="devstack.api.bytes", request_method="GET")
+def send_bytes(request):
+    authenticate(request)
+    size = request.GET.get("n", "")
+    if not WHOLE_NUMBER.fullmatch(size) or int(size) > MAX_BYTES:
+        raise APIProblem(400, "invalid_size", f"n must be a whole number of bytes from 0 to {MAX_BYTES}.")
+    response = Response(
+        app_iter=pattern_chunks(int(size)), content_length=int(size), content_type="application/octet-stream"
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@devstack_view(route_name="devstack.api.upload", request_method="POST")
+def upload(request):
+    authenticate(request)
+    length, sha256 = body_digest(request)
+    return json_response({"bytes": length, "sha256": sha256})

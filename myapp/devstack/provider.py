@@ -1,0 +1,123 @@
+"""The development OpenID provider: its key, memory, Authlib server and back-channel, wired once."""
+
+import logging
+import re
+import time
+
+from myapp.devstack.backchannel import BackchannelNotifier
+from myapp.devstack.keys import ALGORITHM, TokenSigner, load_or_create_signing_key
+from myapp.devstack.models import CLIENT_AUTH_METHODS, GRANT_TYPES, SCOPES, Client, Login, ProviderSession, User
+from myapp.devstack.server import AuthorizationServer
+from myapp.devstack.settings import ProviderSettings, origin_of
+from myapp.devstack.storage import ProviderStore, new_login
+
+log = logging.getLogger(__name__)
+
+#: The registry key of the running :class:`Provider`.
+PROVIDER = "myapp.devstack.provider"
+
+MAX_AGE = re.compile(r"[0-9]{1,10}")
+CLAIMS = tuple("sub iss aud exp iat auth_time nonce sid at_hash name email email_verified groups".split())
+
+
+class AccessTokenRefused(Exception):
+    """The userinfo endpoint refuses the bearer token; ``error`` is the RFC 6750 error code."""
+
+    def __init__(self, error: str, description: str):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+class Provider:
+    def __init__(self, settings: ProviderSettings):
+        self.settings = settings
+        self.issuer = settings.issuer
+        self.signer = TokenSigner(load_or_create_signing_key(settings.key_file))
+        self.store = ProviderStore()
+        self.client = Client.from_registration(settings.client)
+        self.server = AuthorizationServer(settings=settings, store=self.store, signer=self.signer, client=self.client)
+        self.notifier = BackchannelNotifier(
+            issuer=self.issuer, signer=self.signer, clients=self.server.clients, stats=self.store.stats
+        )
+        self.form_action_origins = sorted(
+            {origin_of(uri) for uri in (*self.client.redirect_uris, *self.client.post_logout_redirect_uris)}
+        )
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.issuer}/{name}"
+
+    def metadata(self) -> dict:
+        """OpenID Provider Metadata (OpenID Connect Discovery 1.0, section 3)."""
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.endpoint("authorize"),
+            "token_endpoint": self.endpoint("token"),
+            "userinfo_endpoint": self.endpoint("userinfo"),
+            "jwks_uri": self.endpoint("jwks"),
+            "revocation_endpoint": self.endpoint("revoke"),
+            "end_session_endpoint": self.endpoint("logout"),
+            "scopes_supported": list(SCOPES),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": list(GRANT_TYPES),
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [ALGORITHM],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+            "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+            "claims_supported": list(CLAIMS),
+            "prompt_values_supported": ["none", "login", "consent", "select_account"],
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
+            "authorization_response_iss_parameter_supported": True,
+        }
+
+    def login_for(self, session: ProviderSession | None, max_age: str | None) -> Login | None:
+        """The browser's current login, unless it is older than ``max_age`` seconds (Core 3.1.2.1)."""
+        if session is None:
+            return None
+        if max_age is not None and MAX_AGE.fullmatch(max_age) and time.time() - session.auth_time > int(max_age):
+            return None
+        return new_login(session)
+
+    def sign_in(self, session_key: str | None, name: str) -> tuple[str, Login]:
+        """Sign ``name`` in, in the browser holding ``session_key``; returns its cookie value and login.
+
+        Signing in as someone else ends the browser's previous session, with back-channel logouts.
+        """
+        key, session, ended = self.store.sign_in(session_key, User(name))
+        log.info("devstack provider: %s signed in", name)
+        if ended is not None:
+            self.notifier.notify(ended)
+        return key, new_login(session)
+
+    def sessions_to_end(self, browser_session: ProviderSession | None, hint: dict | None) -> list[ProviderSession]:
+        """The sessions an RP-initiated logout ends: the one named by the ID token hint's ``sid``,
+        and the browser's own unless the hint names another user."""
+        sessions = []
+        if hint and hint.get("sid"):
+            hinted = self.store.find_session_by_sid(hint["sid"])
+            if hinted is not None:
+                sessions.append(hinted)
+        if browser_session is not None and browser_session not in sessions:
+            if not hint or hint.get("sub") == browser_session.user.subject:
+                sessions.append(browser_session)
+        return sessions
+
+    def sign_out(self, sessions: list[ProviderSession]) -> None:
+        for session in sessions:
+            if self.store.end_session(session):
+                log.info("devstack provider: %s signed out", session.user.subject)
+                self.notifier.notify(session)
+
+    def userinfo(self, access_token: str) -> dict:
+        record = self.store.active_access_token(access_token)
+        if record is None:
+            raise AccessTokenRefused("invalid_token", "The access token is unknown, expired or revoked.")
+        if "openid" not in record.scope.split():
+            raise AccessTokenRefused("insufficient_scope", "The access token lacks the openid scope.")
+        return record.family.login.user.claims(record.scope)

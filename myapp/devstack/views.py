@@ -1,0 +1,242 @@
+"""The development provider's endpoints under /_dev/idp: thin views over :class:`Provider`."""
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749 import OAuth2Error
+from pyramid.httpexceptions import HTTPFound
+from pyramid.security import NO_PERMISSION_REQUIRED
+
+from myapp.devstack.models import user_name_problem
+from myapp.devstack.provider import PROVIDER, AccessTokenRefused
+from myapp.devstack.web import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    bearer_token,
+    csrf_ok,
+    csrf_token,
+    devstack_view,
+    json_response,
+    method_not_allowed,
+    render,
+    set_provider_cookie,
+)
+
+ROUTES = {
+    "devstack.idp.root": "/_dev/idp",
+    "devstack.idp.home": "/_dev/idp/",
+    "devstack.idp.discovery": "/_dev/idp/.well-known/openid-configuration",
+    "devstack.idp.jwks": "/_dev/idp/jwks",
+    "devstack.idp.authorize": "/_dev/idp/authorize",
+    "devstack.idp.sign_in": "/_dev/idp/login",
+    "devstack.idp.token": "/_dev/idp/token",
+    "devstack.idp.userinfo": "/_dev/idp/userinfo",
+    "devstack.idp.revoke": "/_dev/idp/revoke",
+    "devstack.idp.logout": "/_dev/idp/logout",
+    "devstack.idp.stats": "/_dev/idp/stats",
+}
+# Fields of the provider's own forms, never part of the authorization request they carry.
+FORM_FIELDS = frozenset({"name", "action", CSRF_FIELD})
+
+
+def includeme(config):
+    for name, pattern in ROUTES.items():
+        config.add_route(name, pattern)
+        # Views with a request_method win; anything else reaches this one.
+        config.add_view(method_not_allowed, route_name=name, require_csrf=False, permission=NO_PERMISSION_REQUIRED)
+
+
+def provider_of(request):
+    return request.registry[PROVIDER]
+
+
+def browser_session(request):
+    return provider_of(request).store.find_session(request.cookies.get(SESSION_COOKIE))
+
+
+def carried_params(payload):
+    """The authorization or logout request, as hidden fields for the next form."""
+    return [(key, value) for key, values in payload.datalist.items() if key not in FORM_FIELDS for value in values]
+
+
+@devstack_view(route_name="devstack.idp.root")
+def root(request):
+    return HTTPFound(location=request.route_path("devstack.idp.home"))
+
+
+@devstack_view(route_name="devstack.idp.home", request_method="GET")
+def home(request):
+    provider = provider_of(request)
+    return render(
+        request,
+        "home.jinja2",
+        session=browser_session(request),
+        csrf_token=csrf_token(request, secure=provider.settings.secure_cookies),
+        metadata=provider.metadata(),
+    )
+
+
+@devstack_view(route_name="devstack.idp.discovery", request_method="GET")
+def discovery(request):
+    return json_response(provider_of(request).metadata())
+
+
+@devstack_view(route_name="devstack.idp.jwks", request_method="GET")
+def jwks(request):
+    return json_response(provider_of(request).signer.jwks())
+
+
+@devstack_view(route_name="devstack.idp.stats", request_method="GET")
+def stats(request):
+    return json_response(provider_of(request).store.stats.snapshot())
+
+
+@devstack_view(route_name="devstack.idp.authorize", request_method=("GET", "POST"))
+def authorize(request):
+    """The authorization endpoint: a code straight away when the browser is signed in here and
+    nothing asks otherwise, else the sign-in page."""
+    provider = provider_of(request)
+    session = browser_session(request)
+    login = provider.login_for(session, request.params.get("max_age"))
+    try:
+        grant = provider.server.get_consent_grant(request, end_user=login)
+    except OAuth2Error as error:
+        return authorization_error(request, error)
+    if grant.prompt:
+        name = session.user.subject if session else request.params.get("login_hint", "")
+        return sign_in_page(request, grant, name=name)
+    return provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
+
+
+@devstack_view(route_name="devstack.idp.sign_in", request_method="POST")
+def sign_in(request):
+    """The sign-in form, which carries the authorization request; it is validated again here.
+    Cancel sends the person back to the client with ``error=access_denied``."""
+    provider = provider_of(request)
+    try:
+        grant = provider.server.get_consent_grant(request, end_user=None)
+    except OAuth2Error as error:
+        return authorization_error(request, error)
+    name = request.POST.get("name", "").strip()
+    if not csrf_ok(request):
+        return sign_in_page(request, grant, name=name, problem="This form has expired. Please sign in again.")
+    if request.POST.get("action") == "cancel":
+        # Authlib answers access_denied to the client, with state and iss.
+        return provider.server.create_authorization_response(grant.request, grant_user=None, grant=grant)
+    problem = user_name_problem(name)
+    if problem is not None:
+        return sign_in_page(request, grant, name=name, problem=problem)
+    session_key, login = provider.sign_in(request.cookies.get(SESSION_COOKIE), name)
+    response = provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
+    set_provider_cookie(response, SESSION_COOKIE, session_key, secure=provider.settings.secure_cookies)
+    return response
+
+
+def sign_in_page(request, grant, *, name="", problem=None):
+    provider = provider_of(request)
+    return render(
+        request,
+        "sign_in.jinja2",
+        status=400 if problem else 200,
+        form_action=provider.form_action_origins,
+        action=request.route_path("devstack.idp.sign_in"),
+        params=carried_params(grant.request.payload),
+        client_id=grant.request.client.get_client_id(),
+        name=name,
+        problem=problem,
+        csrf_token=csrf_token(request, secure=provider.settings.secure_cookies),
+    )
+
+
+def authorization_error(request, error):
+    """Redirect the error to the client when its redirect_uri is proven (RFC 6749 4.1.2.1),
+    else tell the person in the browser."""
+    if error.redirect_uri:
+        return provider_of(request).server.authorization_error_response(request, error)
+    return render(
+        request,
+        "error.jinja2",
+        status=400,
+        title="This sign-in request was refused",
+        message=f"{error.error}: {error.get_error_description()}",
+    )
+
+
+@devstack_view(route_name="devstack.idp.token", request_method="POST")
+def token(request):
+    return provider_of(request).server.create_token_response(request)
+
+
+@devstack_view(route_name="devstack.idp.revoke", request_method="POST")
+def revoke(request):
+    return provider_of(request).server.create_endpoint_response("revocation", request)
+
+
+@devstack_view(route_name="devstack.idp.userinfo", request_method=("GET", "POST"))
+def userinfo(request):
+    access_token = bearer_token(request)
+    if access_token is None:
+        return json_response(
+            {"error": "invalid_request", "error_description": "Send the access token as a Bearer token."},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="devstack"'},
+        )
+    try:
+        claims = provider_of(request).userinfo(access_token)
+    except AccessTokenRefused as e:
+        challenge = f'Bearer realm="devstack", error="{e.error}", error_description="{e.description}"'
+        return json_response(
+            {"error": e.error, "error_description": e.description},
+            status=403 if e.error == "insufficient_scope" else 401,
+            headers={"WWW-Authenticate": challenge},
+        )
+    return json_response(claims)
+
+
+@devstack_view(route_name="devstack.idp.logout", request_method=("GET", "POST"))
+def end_session(request):
+    """RP-initiated logout, and the landing page's sign-out button.
+
+    With a valid id_token_hint the sessions end at once; without one the person confirms first
+    (RP-Initiated Logout 1.0, section 6). Either way each client is told over the back channel.
+    """
+    provider = provider_of(request)
+    try:
+        end_request = provider.server.validate_endpoint_request("end_session", request)
+    except OAuth2Error as error:
+        return render(
+            request,
+            "error.jinja2",
+            status=400,
+            title="This sign-out request was refused",
+            message=error.get_error_description() or error.error,
+        )
+    confirmed = request.method == "POST" and csrf_ok(request)
+    if end_request.needs_confirmation and not confirmed:
+        return render(
+            request,
+            "sign_out.jinja2",
+            action=request.route_path("devstack.idp.logout"),
+            params=carried_params(end_request.request.payload),
+            csrf_token=csrf_token(request, secure=provider.settings.secure_cookies),
+        )
+
+    session = browser_session(request)
+    ending = provider.sessions_to_end(session, end_request.id_token_claims)
+    provider.sign_out(ending)
+    if end_request.redirect_uri:
+        response = HTTPFound(location=end_request.redirect_uri)
+    else:
+        response = render(request, "signed_out.jinja2", return_to=_return_link(end_request))
+    if session is not None and session in ending:
+        set_provider_cookie(response, SESSION_COOKIE, None, secure=provider.settings.secure_cookies)
+    return response
+
+
+def _return_link(end_request):
+    """Without an id_token_hint the provider does not redirect by itself; it offers the
+    registered post_logout_redirect_uri as a link instead (RP-Initiated Logout 1.0, section 3)."""
+    data = end_request.request.payload.data
+    uri = data.get("post_logout_redirect_uri")
+    if not uri:
+        return None
+    state = data.get("state")
+    return add_params_to_uri(uri, {"state": state}) if state else uri
