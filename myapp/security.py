@@ -130,7 +130,9 @@ class SessionSecurityPolicy:
         raw_id, row = store.create(
             user=request.dbsession.get(User, int(userid)),
             user_agent=request.user_agent or "",
-            ip_address=request.client_addr or "",
+            # REMOTE_ADDR, which waitress sets from a trusted proxy's X-Forwarded-For only;
+            # WebOb's client_addr would believe any X-Forwarded-For a browser sends.
+            ip_address=request.remote_addr or "",
             provider_sid=provider_sid,
             tokens=tokens,
         )

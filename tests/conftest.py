@@ -146,3 +146,53 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skipped")
         for reason, count in sorted(reasons.items()):
             terminalreporter.line(f"{count:5d} skipped: {reason}")
+
+
+# -- committed databases, for code that commits on its own (refresh locks, other processes) ------
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def committed_database_url(request, tmp_path_factory):
+    """A migrated database whose writes are really committed; tables are emptied after each test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('committed') / 'app.sqlite'}"
+        engine = get_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+        return
+    base = postgresql_url()
+    schema = f"myapp_live_{uuid.uuid4().hex[:10]}"
+    admin = get_engine(base)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = with_search_path(base, schema)
+    engine = get_engine(url)
+    migrate(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def committed_engine(committed_database_url):
+    engine = get_engine(committed_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def committed(committed_engine):
+    """A session on the committed database; every table is emptied after the test."""
+    from myapp.models import Base
+
+    session = Session(bind=committed_engine, expire_on_commit=False)
+    yield session
+    session.close()
+    with committed_engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())

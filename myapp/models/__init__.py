@@ -1,6 +1,7 @@
 """Database plumbing: the engine, the transaction-bound session, and the schema check."""
 
 import zope.sqlalchemy
+import zope.sqlalchemy.datamanager
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,6 +54,24 @@ def get_engine(url: str, **kwargs) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def get_locking_engine(url: str) -> Engine:
+    """SQLite's engine for refresh-lock transactions. SQLite has no row locks (PostgreSQL uses
+    ``FOR UPDATE``), so each lock transaction starts with ``BEGIN IMMEDIATE``, taking the database's
+    write lock: refreshes stay single-flight across processes sharing the file.
+    """
+    engine = get_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _manual_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
 def get_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
@@ -60,7 +79,11 @@ def get_session_factory(engine: Engine) -> sessionmaker[Session]:
 def get_tm_session(session_factory, transaction_manager, request=None) -> Session:
     """A session joined to ``transaction_manager``: pyramid_tm commits or aborts it."""
     dbsession = session_factory(info={"request": request})
-    zope.sqlalchemy.register(dbsession, transaction_manager=transaction_manager)
+    # End even a read-only request with COMMIT rather than ROLLBACK (the same cost): when tests run
+    # each request as a savepoint, work committed on its own inside it (touch, refresh) survives.
+    zope.sqlalchemy.register(
+        dbsession, transaction_manager=transaction_manager, initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED
+    )
     return dbsession
 
 
@@ -91,6 +114,7 @@ def includeme(config):
     settings = config.get_settings()
     settings["tm.manager_hook"] = "pyramid_tm.explicit_manager"
     settings["tm.commit_veto"] = commit_veto
+    settings["retry.activate_hook"] = retry_attempts
     config.include("pyramid_tm")
     config.include("pyramid_retry")
 
@@ -100,9 +124,13 @@ def includeme(config):
     except SchemaError:
         engine.dispose()
         raise
-    session_factory = get_session_factory(engine)
-    config.registry["dbsession_factory"] = session_factory
+    # Requests use pyramid_tm's transaction; work that must commit on its own (the refresh lock,
+    # recording activity) uses these factories, which tests rebind to a rolled-back connection.
+    config.registry["dbsession_factory"] = get_session_factory(engine)
     config.registry["db_engine"] = engine
+    lock_engine = engine if engine.dialect.name != "sqlite" else get_locking_engine(settings["myapp"].database_url)
+    config.registry["lock_dbsession_factory"] = get_session_factory(lock_engine)
+    config.registry["lock_engine"] = lock_engine
 
     def dbsession(request):
         # Read from the registry per request: tests swap in a factory bound to a rolled-back connection.
@@ -122,6 +150,15 @@ def commit_veto(request, response) -> bool:
     if getattr(request, "exc_info", None) is not None:
         return True
     return response.status.startswith(("4", "5"))
+
+
+def retry_attempts(request) -> int | None:
+    """pyramid_retry's hook: proxied API calls are attempted once.
+
+    Replaying one would repeat its effect upstream, and enabling retries makes pyramid_retry copy
+    every request body up front, which a streaming proxy must not do.
+    """
+    return 1 if request.environ.get("PATH_INFO", "").startswith("/api/") else None
 
 
 def keep_transaction(request) -> None:

@@ -1,23 +1,53 @@
 """Services do the work; each is a plain class wired per request by a small factory here."""
 
+import redis
+
 from myapp.services.audit import AuditLog
 from myapp.services.http import HttpClient
 from myapp.services.login import LoginService, LogoutService
 from myapp.services.oidc import OIDCClient
+from myapp.services.proxy import Proxy
 from myapp.services.sessions import SessionStore, TokenCipher
+from myapp.services.tokens import DatabaseRefreshLock, RedisRefreshLock, TokenManager
 
 
 def includeme(config):
     settings = config.get_settings()["myapp"]
+    registry = config.registry
     cipher = TokenCipher(settings.tokens.encryption_keys)
     http = HttpClient(timeout=settings.oidc.http_timeout)
     oidc = OIDCClient(settings=settings.oidc, http=http)
-    config.registry["token_cipher"] = cipher
-    config.registry["http_client"] = http
-    config.registry["oidc_client"] = oidc
+    redis_client = None
+    if settings.lock.redis_url:
+        redis_client = redis.Redis.from_url(settings.lock.redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+    # The lock outlives a slow provider call (its timeout), with room to spare.
+    lock_timeout = settings.oidc.http_timeout * 2 + 5
+
+    def lock_sessions():
+        # Looked up at call time: tests rebind the factory to a rolled-back connection.
+        return registry["lock_dbsession_factory"]()
+
+    if settings.lock.backend == "redis":
+        lock = RedisRefreshLock(redis_client, lock_sessions, timeout=lock_timeout)
+    else:
+        lock = DatabaseRefreshLock(lock_sessions, timeout=lock_timeout)
+    registry["token_cipher"] = cipher
+    registry["http_client"] = http
+    registry["oidc_client"] = oidc
+    registry["redis"] = redis_client
+    registry["token_manager"] = TokenManager(lock=lock, oidc=oidc, cipher=cipher, settings=settings.tokens)
+    registry["proxy"] = Proxy(
+        upstreams=settings.upstreams, max_body_bytes=settings.proxy.max_body_bytes, public_url=settings.public_url
+    )
 
     def session_store(request):
-        return SessionStore(dbsession=request.dbsession, cipher=cipher, settings=settings.session)
+        return SessionStore(
+            dbsession=request.dbsession,
+            cipher=cipher,
+            settings=settings.session,
+            own_transactions=request.registry["dbsession_factory"],
+        )
 
     def audit(request):
         return AuditLog(dbsession=request.dbsession)
@@ -28,7 +58,12 @@ def includeme(config):
     def logout_service(request):
         return LogoutService(dbsession=request.dbsession, oidc=oidc, sessions=request.session_store)
 
+    def access_token(request, stale=None):
+        """A valid access token for this request's session (see TokenManager.access_token)."""
+        return request.registry["token_manager"].access_token(request.session_row, stale=stale)
+
     config.add_request_method(session_store, reify=True)
     config.add_request_method(audit, reify=True)
     config.add_request_method(login_service, reify=True)
     config.add_request_method(logout_service, reify=True)
+    config.add_request_method(access_token)

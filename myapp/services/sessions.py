@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from myapp.models import User, UserSession
 from myapp.models.meta import utcnow
@@ -81,11 +82,13 @@ class SessionStore:
         cipher: TokenCipher,
         settings: SessionSettings,
         clock: Callable[[], datetime] = utcnow,
+        own_transactions: Callable[[], Session] | None = None,
     ):
         self.dbsession = dbsession
         self.cipher = cipher
         self.settings = settings
         self.clock = clock
+        self.own_transactions = own_transactions
 
     def create(
         self,
@@ -146,12 +149,21 @@ class SessionStore:
         return None
 
     def touch(self, row: UserSession) -> bool:
-        """Record activity, at most once a minute so reads do not become writes."""
+        """Record activity, at most once a minute so reads do not become writes.
+
+        With ``own_transactions`` the write commits on its own: the request's transaction then
+        holds no lock on the row, which a token refresh later in the same request must lock.
+        """
         now = self.clock()
         if now - row.last_seen_at < TOUCH_INTERVAL:
             return False
-        row.last_seen_at = now
-        self.dbsession.flush()
+        if self.own_transactions is None:
+            row.last_seen_at = now
+            self.dbsession.flush()
+            return True
+        with self.own_transactions() as dbsession, dbsession.begin():
+            dbsession.execute(update(UserSession).where(UserSession.id == row.id).values(last_seen_at=now))
+        set_committed_value(row, "last_seen_at", now)
         return True
 
     def end(self, row: UserSession, reason: str) -> None:

@@ -26,7 +26,7 @@ def revoke_session(request):
         user_id=target.user_id,
         actor_id=identity.user_id,
         session_handle=target.handle,
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
     )
     if target.id == identity.session_id:
         headers = forget(request, reason=EndReason.REVOKED)
@@ -46,7 +46,7 @@ def revoke_other_sessions(request):
         user_id=identity.user_id,
         actor_id=identity.user_id,
         session_handle=identity.session_handle,
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
         detail=f"{ended} session(s) ended",
     )
     return HTTPSeeOther(request.route_path("account_sessions", _query={"notice": "others_revoked"}))

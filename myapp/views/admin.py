@@ -66,7 +66,7 @@ def end_user_sessions(request):
         AuditEventType.USER_SESSIONS_ENDED_BY_ADMIN,
         user_id=user.id,
         actor_id=request.identity.user_id,
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
         detail=f"{ended} session(s) ended",
     )
     return HTTPSeeOther(request.route_path("admin_users", _query={"notice": "user_sessions_revoked"}))

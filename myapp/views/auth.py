@@ -98,7 +98,7 @@ def callback(request):
     except LoginError as e:
         # The consumed login transaction and the audit record stay; nothing else was written.
         keep_transaction(request)
-        request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.client_addr, detail=e.reason)
+        request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
         log.info("sign-in failed: %s", e.reason)
         return error_page(
             request,
@@ -114,7 +114,7 @@ def callback(request):
         user_id=result.user_id,
         actor_id=result.user_id,
         session_handle=request.environ.get("myapp.new_session_handle"),
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
     )
     return HTTPSeeOther(result.next_path, headers=headers)
 
@@ -135,7 +135,7 @@ def logout(request):
         user_id=identity.user_id,
         actor_id=identity.user_id,
         session_handle=identity.session_handle,
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
         detail="refresh token revoked at the provider" if revoked else "",
     )
     end_session = request.registry["oidc_client"].end_session_url(id_token_hint=tokens.id_token)
@@ -158,7 +158,7 @@ def backchannel_logout(request):
     request.audit.record(
         AuditEventType.BACKCHANNEL_LOGOUT,
         detail=f"{ended} session(s) ended" + (" (by sid)" if claims.get("sid") else " (by sub)"),
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
     )
     return _backchannel_response({}, 200)
 

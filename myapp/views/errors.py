@@ -12,6 +12,9 @@ from myapp.errors import APIError, ErrorCode
 from myapp.models import restart_transaction
 from myapp.security import safe_next_path
 from myapp.services.audit import AuditEventType
+from myapp.services.oidc import ProviderUnavailable
+from myapp.services.sessions import EndReason
+from myapp.services.tokens import LoginRequired
 from myapp.views import is_json_request
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,30 @@ def api_error(exc, request):
     return json_error(exc.status, exc.code, exc.message, exc.headers)
 
 
+@exception_view_config(LoginRequired)
+def login_required(exc, request):
+    """The session ended while refreshing (expired, revoked, or its refresh token reused)."""
+    headers = [request.registry["session_cookie"].delete()]
+    if is_json_request(request):
+        response = json_error(401, ErrorCode.LOGIN_REQUIRED, "Your session has ended. Sign in again.")
+    else:
+        next_path = safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
+        response = HTTPSeeOther(
+            request.route_path("signed_out", _query={"reason": EndReason.REFRESH_FAILED, "next": next_path})
+        )
+    response.headerlist.extend(headers)
+    return response
+
+
+@exception_view_config(ProviderUnavailable)
+def provider_unavailable(exc, request):
+    if is_json_request(request):
+        return json_error(503, ErrorCode.PROVIDER_UNAVAILABLE, "The sign-in provider is not answering. Try again shortly.")
+    return error_page(
+        request, 503, "Sign-in provider unavailable", "The sign-in provider is not answering. Please try again shortly."
+    )
+
+
 @forbidden_view_config()
 def forbidden(exc, request):
     if request.identity is None:
@@ -56,7 +83,7 @@ def forbidden(exc, request):
         AuditEventType.ACCESS_DENIED,
         user_id=request.identity.user_id,
         session_handle=request.identity.session_handle,
-        ip_address=request.client_addr,
+        ip_address=request.remote_addr,
         detail=f"{request.method} {request.path[:300]}" + (f" (needs {permission})" if permission else ""),
     )
     if is_json_request(request):

@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from tests.devstack.flows import DISCOVERY
-from tests.devstack.server import running_devstack, running_wsgi
+from tests.devstack.server import running_devstack
+from tests.support.servers import running_wsgi
 
 
 class BackchannelReceiver:

@@ -12,19 +12,16 @@ port, the client of tests/conftest.py). Shutdown closes every socket.
 import atexit
 import json
 import shutil
-import socket
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import waitress
 from joserfc.jwk import RSAKey
-from waitress import wasyncore
 
 from myapp.devstack import make_app
 from tests.conftest import TEST_PUBLIC_URL
+from tests.support.servers import running_wsgi
 
 CLIENT_ID = "myapp-test"
 CLIENT_SECRET = "test-client-secret"
@@ -58,28 +55,6 @@ def devstack_settings(base_url: str, **settings) -> dict:
         "devstack.idp.key_file": str(shared_key_file()),
     }
     return {**defaults, **settings}
-
-
-@contextmanager
-def running_wsgi(make: Callable[[str], Callable], *, threads: int = 8) -> Iterator[str]:
-    """Serve ``make(base_url)`` on a free loopback port; yields the base URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        app = make(base_url)
-    except BaseException:
-        listener.close()
-        raise
-    server = waitress.create_server(app, sockets=[listener], threads=threads)
-    thread = threading.Thread(target=server.run, name=f"waitress {base_url}", daemon=True)
-    thread.start()
-    try:
-        yield base_url
-    finally:
-        # Closed from the server's own loop thread (a trigger thunk), so the loop ends cleanly.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import pytest
 from joserfc.jwk import KeySet, RSAKey
 
 from myapp.devstack.api import KeysUnavailable, RemoteKeySet
-from tests.devstack.server import running_wsgi
+from tests.support.servers import running_wsgi
 
 
 class JWKSServer:

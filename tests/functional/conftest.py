@@ -9,6 +9,7 @@ from myapp.models import User
 from myapp.services.sessions import SessionStore, TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider
 
 HOST = TEST_PUBLIC_URL.split("://", 1)[1]
 COOKIE = "__Host-session"
@@ -42,11 +43,25 @@ def app_settings(database_url):
     return base_settings(database_url)
 
 
+def bind_to(app, connection):
+    """Run the app's transactions, its own short ones included, inside the test's connection."""
+    factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    app.registry["dbsession_factory"] = factory
+    app.registry["lock_dbsession_factory"] = factory
+
+
+def dispose(app):
+    for name in ("db_engine", "lock_engine"):
+        app.registry[name].dispose()
+    app.registry["http_client"].close()
+    app.registry["proxy"].pool.clear()
+
+
 @pytest.fixture(scope="session")
 def app(engine, app_settings):
     app = main({}, **app_settings)
     yield app
-    app.registry["db_engine"].dispose()
+    dispose(app)
 
 
 @pytest.fixture
@@ -59,9 +74,7 @@ def session_store(dbsession, app_settings):
 
 @pytest.fixture
 def make_browser(app, connection):
-    app.registry["dbsession_factory"] = sessionmaker(
-        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-    )
+    bind_to(app, connection)
     return lambda: Browser(app)
 
 
@@ -114,3 +127,47 @@ def bob(make_user):
 @pytest.fixture
 def admin(make_user):
     return make_user("admin-ann", groups=("staff", "admins"))
+
+
+@pytest.fixture(scope="session")
+def served_provider():
+    provider = FakeProvider()
+    with provider.serve() as url:
+        provider.issuer = url
+        try:
+            yield provider
+        finally:
+            provider.stop.set()  # wake any handler still delaying, so the server can stop
+
+
+@pytest.fixture
+def provider(served_provider):
+    served_provider.reset()
+    yield served_provider
+    served_provider.reset()
+
+
+@pytest.fixture
+def make_app(engine, database_url, served_provider, connection):
+    """An app configured for the fake provider, with fresh discovery and key caches."""
+    apps = []
+
+    def make(**overrides):
+        settings = base_settings(
+            database_url,
+            **{
+                "myapp.oidc.issuer": served_provider.issuer,
+                "myapp.oidc.client_id": CLIENT_ID,
+                "myapp.oidc.client_secret": CLIENT_SECRET,
+                "myapp.oidc.http_timeout": "2",
+                **overrides,
+            },
+        )
+        app = main({}, **settings)
+        bind_to(app, connection)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        dispose(app)

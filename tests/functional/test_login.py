@@ -9,59 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
 
-from myapp import main
 from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, UserSession
 from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
-from tests.conftest import TEST_PUBLIC_URL, base_settings
+from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.conftest import COOKIE, Browser
-from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider
-
-
-@pytest.fixture(scope="module")
-def served_provider():
-    provider = FakeProvider()
-    with provider.serve() as url:
-        provider.issuer = url
-        yield provider
-    provider.stop.set()
-
-
-@pytest.fixture
-def provider(served_provider):
-    served_provider.reset()
-    yield served_provider
-    served_provider.reset()
-
-
-@pytest.fixture
-def make_app(engine, database_url, served_provider, connection):
-    """An app configured for the fake provider, with fresh discovery and key caches."""
-    apps = []
-
-    def make(**overrides):
-        settings = base_settings(
-            database_url,
-            **{
-                "myapp.oidc.issuer": served_provider.issuer,
-                "myapp.oidc.client_id": CLIENT_ID,
-                "myapp.oidc.client_secret": CLIENT_SECRET,
-                "myapp.oidc.http_timeout": "2",
-                **overrides,
-            },
-        )
-        app = main({}, **settings)
-        app.registry["dbsession_factory"] = sessionmaker(
-            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-        )
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.registry["db_engine"].dispose()
-        app.registry["http_client"].close()
+from tests.support.fake_provider import CLIENT_ID
 
 
 @pytest.fixture

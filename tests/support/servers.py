@@ -1,21 +1,59 @@
-"""Serve a WSGI app on a loopback port in a background thread, for tests that cross real HTTP."""
+"""Real HTTP on loopback for tests: any WSGI app in a waitress thread, shut down cleanly."""
 
-import contextlib
+import socket
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import waitress
+from waitress import wasyncore
 
 
-@contextlib.contextmanager
-def serve(app, *, threads: int = 8):
-    """Yield the base URL (``http://127.0.0.1:PORT``) of ``app`` served by waitress."""
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads, ident="test")
-    port = server.socket.getsockname()[1]
-    thread = threading.Thread(target=server.run, name=f"serve-{port}", daemon=True)
+@contextmanager
+def running_wsgi(make: Callable[[str], Callable], *, threads: int = 8, **options) -> Iterator[str]:
+    """Serve ``make(base_url)`` on a free loopback port; yields the base URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        app = make(base_url)
+    except BaseException:
+        listener.close()
+        raise
+    server = waitress.create_server(app, sockets=[listener], threads=threads, **options)
+    thread = threading.Thread(target=server.run, name=f"waitress {base_url}", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield base_url
     finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=5)
+        # Closed from the server's own loop thread (a trigger thunk), so the loop ends cleanly.
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(timeout=10)
+        server.task_dispatcher.shutdown()
+
+
+def serve(app, *, threads: int = 8, **options):
+    """Serve an app that does not need to know its own URL."""
+    return running_wsgi(lambda base_url: app, threads=threads, **options)
+
+
+@contextmanager
+def canned_http_server(response: bytes) -> Iterator[str]:
+    """A raw socket server answering every request with ``response`` as-is (then closing)."""
+    import socketserver
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            self.wfile.write(response)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
         thread.join(timeout=5)

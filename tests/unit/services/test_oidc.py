@@ -30,8 +30,10 @@ def served_provider():
     provider = FakeProvider()
     with provider.serve() as url:
         provider.issuer = url
-        yield provider
-    provider.stop.set()
+        try:
+            yield provider
+        finally:
+            provider.stop.set()  # wake any handler still delaying, so the server can stop
 
 
 @pytest.fixture

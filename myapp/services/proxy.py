@@ -1,0 +1,269 @@
+"""The BFF proxy: ``/api/{upstream}/{path}`` forwarded with a fresh Bearer token, nothing else.
+
+Only configured upstreams are reachable and the target URL is built from the configured base URL
+and the path below it, never from ``Host`` or anything else the browser sends. The browser's
+credentials and forwarding headers stay here; the upstream's cookies stay there. Bodies are
+spooled (to disk beyond 1 MiB) so a request can be replayed once after a refresh, and responses
+stream back in chunks, never held whole in memory.
+"""
+
+import json
+import re
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as UrllibTimeout
+
+from myapp.errors import APIError, ErrorCode
+from myapp.settings import Upstream
+
+CHUNK = 64 * 1024
+SPOOL_IN_MEMORY = 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+     "transfer-encoding", "upgrade"}
+)
+# The browser's credentials, our own CSRF header, and anything about forwarding: we set those.
+DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
+    "cookie", "authorization", "host", "content-length", "expect", "x-csrf", "forwarded", "x-real-ip", "x-request-id",
+}
+DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "set-cookie2"}
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+_ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25)", re.IGNORECASE)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+
+
+@dataclass
+class Outgoing:
+    """A request ready to send upstream; ``body`` can be rewound for the one retry."""
+
+    upstream: Upstream
+    method: str
+    url: str
+    headers: dict
+    body: object = None
+    request_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def rewind(self):
+        if self.body is not None:
+            self.body.seek(0)
+
+    def close(self):
+        if self.body is not None:
+            self.body.close()
+
+
+class StreamedBody:
+    """A WSGI app_iter over the upstream response; ``close()`` hands the connection back."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, outgoing: Outgoing):
+        self.response = response
+        self.outgoing = outgoing
+        self.finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self.response.read(CHUNK, decode_content=False)
+            except HTTPError:
+                return  # the upstream broke off mid-body; the status line is already sent
+            if not chunk:
+                self.finished = True
+                return
+            yield chunk
+
+    def close(self):
+        if self.finished:
+            self.response.release_conn()
+        else:
+            self.response.close()  # a half-read connection cannot be reused
+        self.outgoing.close()
+
+
+def subpath(environ: Mapping, upstream_name: str) -> str:
+    """The still-%-encoded path below ``/api/{upstream}/``, refused when it could escape the base URL."""
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if raw:
+        raw = raw.split("?", 1)[0]
+        if not raw.startswith("/"):
+            raw = urlsplit(raw).path
+    else:
+        raw = environ.get("PATH_INFO", "")
+    prefix = f"/api/{upstream_name}"
+    if not raw.startswith(prefix) or raw[len(prefix) : len(prefix) + 1] not in ("", "/"):
+        raise _bad_path()
+    path = raw[len(prefix) + 1 :]
+    if any(c < "!" or c == "\x7f" or c == "\\" for c in path) or _ENCODED_SEPARATOR.search(path):
+        raise _bad_path()
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or _ENCODED_TRICK.search(decoded):
+            raise _bad_path()
+    return path
+
+
+def _bad_path():
+    return APIError(400, ErrorCode.BAD_PATH, "This path is not allowed.")
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        upstreams: Mapping[str, Upstream],
+        max_body_bytes: int,
+        public_url: str,
+        pool: urllib3.PoolManager | None = None,
+    ):
+        self.upstreams = upstreams
+        self.max_body_bytes = max_body_bytes
+        parts = urlsplit(public_url)
+        self.forwarded_proto, self.forwarded_host = parts.scheme, parts.netloc
+        self.pool = pool or urllib3.PoolManager(num_pools=max(len(upstreams), 1) * 2, maxsize=32, block=False)
+
+    def upstream(self, name: str) -> Upstream:
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            raise APIError(404, ErrorCode.UNKNOWN_UPSTREAM, "There is no API by that name.")
+        return upstream
+
+    def prepare(self, environ: Mapping, *, upstream_name: str, client_addr: str | None) -> Outgoing:
+        """Check and translate the browser's request; no byte of the body is sent yet."""
+        upstream = self.upstream(upstream_name)
+        method = environ["REQUEST_METHOD"]
+        if method not in upstream.methods:
+            raise APIError(
+                405,
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{method} is not allowed for this API.",
+                headers={"Allow": ", ".join(sorted(upstream.methods))},
+            )
+        url = upstream.base_url + subpath(environ, upstream.name)
+        query = environ.get("QUERY_STRING")
+        if query:
+            url += "?" + query
+        headers = self._request_headers(environ, client_addr)
+        body = self._spool_body(environ)
+        if body is not None:
+            headers["Content-Length"] = str(body.tell())
+            body.seek(0)
+        return Outgoing(upstream=upstream, method=method, url=url, headers=headers, body=body, request_id=headers["X-Request-ID"])
+
+    def _request_headers(self, environ: Mapping, client_addr: str | None) -> dict:
+        headers = {}
+        connection_named = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
+        for key, value in environ.items():
+            if not key.startswith("HTTP_"):
+                continue
+            name = key[5:].replace("_", "-").lower()
+            if name in DROPPED_REQUEST_HEADERS or name in connection_named or name.startswith("x-forwarded-"):
+                continue
+            headers[name] = value
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        incoming_id = environ.get("HTTP_X_REQUEST_ID", "")
+        headers["X-Request-ID"] = incoming_id if _REQUEST_ID.match(incoming_id) else uuid.uuid4().hex
+        headers["X-Forwarded-For"] = client_addr or ""
+        headers["X-Forwarded-Proto"] = self.forwarded_proto
+        headers["X-Forwarded-Host"] = self.forwarded_host
+        return headers
+
+    def _spool_body(self, environ: Mapping):
+        length = environ.get("CONTENT_LENGTH")
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        try:
+            length = int(length) if length else None
+        except ValueError:
+            raise APIError(400, "bad_request", "Content-Length is not a number.") from None
+        if length is not None and length > self.max_body_bytes:
+            raise self._too_large()
+        if not length and not chunked:
+            return None
+        source = environ["wsgi.input"]
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        remaining = length if length is not None else self.max_body_bytes + 1
+        while remaining > 0:
+            chunk = source.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            spool.write(chunk)
+            remaining -= len(chunk)
+            if spool.tell() > self.max_body_bytes:
+                spool.close()
+                raise self._too_large()
+        return spool
+
+    def _too_large(self):
+        return APIError(
+            413, ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {self.max_body_bytes} bytes."
+        )
+
+    def send(self, outgoing: Outgoing, access_token: str) -> urllib3.BaseHTTPResponse:
+        outgoing.headers["Authorization"] = f"Bearer {access_token}"
+        timeout = outgoing.upstream.timeout
+        try:
+            return self.pool.urlopen(
+                outgoing.method,
+                outgoing.url,
+                body=outgoing.body,
+                headers=outgoing.headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                assert_same_host=False,
+                timeout=urllib3.Timeout(connect=min(timeout, 10), read=timeout),
+            )
+        except NewConnectionError:
+            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API could not be reached.") from None
+        except UrllibTimeout:
+            raise APIError(504, ErrorCode.UPSTREAM_TIMEOUT, "The API did not answer in time.") from None
+        except HTTPError:
+            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
+
+    def exchange(self, outgoing: Outgoing, token: Callable[..., str]) -> urllib3.BaseHTTPResponse:
+        """Send with the session's token; on 401, refresh once and send the same request again."""
+        access_token = token()
+        response = self.send(outgoing, access_token)
+        if response.status == 401:
+            response.drain_conn()
+            response.release_conn()
+            outgoing.rewind()
+            response = self.send(outgoing, token(stale=access_token))
+        return response
+
+    @staticmethod
+    def response_headers(response: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:
+        connection_named = {t.strip().lower() for t in response.headers.get("Connection", "").split(",")}
+        return [
+            (name, value)
+            for name, value in response.headers.items()
+            if name.lower() not in DROPPED_RESPONSE_HEADERS and name.lower() not in connection_named
+        ]
+
+    def get_json(self, upstream_name: str, path: str, token: Callable[..., str]):
+        """GET a small JSON document from an upstream for a server-rendered page; None if unusable."""
+        upstream = self.upstream(upstream_name)
+        outgoing = Outgoing(
+            upstream=upstream,
+            method="GET",
+            url=upstream.base_url + path,
+            headers={"Accept": "application/json", "X-Request-ID": uuid.uuid4().hex},
+        )
+        response = self.exchange(outgoing, token)
+        try:
+            body = response.read(MAX_JSON_BYTES + 1, decode_content=True)
+        finally:
+            response.release_conn()
+        if response.status != 200 or len(body) > MAX_JSON_BYTES:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None

@@ -1,0 +1,447 @@
+"""The BFF proxy through the whole app: a recording upstream and a provider, both on real sockets.
+
+One test per hygiene rule and per error mapping, the path-escape payloads, reactive and proactive
+refresh, and what ends a session.
+"""
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from myapp import main
+from myapp.models import AuditEvent, User, UserSession
+from myapp.models.meta import utcnow
+from myapp.services.sessions import SessionStore, TokenSet
+from tests.conftest import TEST_PUBLIC_URL, base_settings
+from tests.functional.conftest import COOKIE, Browser, dispose
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.servers import canned_http_server, serve
+
+
+@pytest.fixture(scope="session")
+def served_upstream():
+    upstream = FakeUpstream()
+    # Keep the X-Forwarded-* headers the proxy sets: they are what these tests look at.
+    with serve(upstream, clear_untrusted_proxy_headers=False) as url:
+        upstream.url = url
+        try:
+            yield upstream
+        finally:
+            upstream.stop.set()
+
+
+@pytest.fixture
+def upstream(served_upstream):
+    served_upstream.reset()
+    yield served_upstream
+    served_upstream.reset()
+
+
+@pytest.fixture
+def make_proxy_app(committed_database_url, served_provider, served_upstream):
+    """The app on a committed database: refreshes commit on their own, as in production."""
+    apps = []
+
+    def make(**overrides):
+        settings = base_settings(
+            committed_database_url,
+            **{
+                "myapp.oidc.issuer": served_provider.issuer,
+                "myapp.oidc.client_id": CLIENT_ID,
+                "myapp.oidc.client_secret": CLIENT_SECRET,
+                "myapp.oidc.http_timeout": "2",
+                "myapp.upstreams": (
+                    f"up = {served_upstream.url}/base\nreadonly = {served_upstream.url}/ro\ndown = http://127.0.0.1:9/"
+                ),
+                "myapp.upstream.readonly.methods": "GET HEAD",
+                "myapp.upstream.up.timeout": "2",
+                **overrides,
+            },
+        )
+        apps.append(main({}, **settings))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        dispose(app)
+
+
+@pytest.fixture
+def proxy_app(make_proxy_app):
+    return make_proxy_app()
+
+
+@pytest.fixture
+def dbsession(committed):
+    return committed
+
+
+@pytest.fixture
+def signed_in(proxy_app, provider, committed):
+    """A browser whose session holds tokens the fake provider can refresh."""
+    user = User(issuer=provider.issuer, subject="alice", name="Alice", email="alice@example.org", groups=["staff"])
+    committed.add(user)
+    committed.commit()
+    store = SessionStore(
+        dbsession=committed, cipher=proxy_app.registry["token_cipher"], settings=load_settings_of(proxy_app).session
+    )
+
+    def make(*, expires_in=300, refresh_token="rt-1", app=None):
+        provider.refresh_tokens[refresh_token] = provider.claims()
+        tokens = TokenSet(
+            access_token="at-1",
+            refresh_token=refresh_token,
+            id_token=provider.sign(provider.claims()),
+            access_token_expires_at=utcnow() + timedelta(seconds=expires_in),
+        )
+        raw_id, row = store.create(user=user, tokens=tokens)
+        committed.commit()
+        browser = Browser(app or proxy_app)
+        browser.set_cookie(COOKIE, raw_id)
+        browser.session_row = row
+        return browser
+
+    make.store = store
+    return make
+
+
+def load_settings_of(app):
+    return app.registry.settings["myapp"]
+
+
+def api(browser, method, path, status="*", headers=None, **kw):
+    headers = {"X-CSRF": "1", **(headers or {})}
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        headers.setdefault("Origin", TEST_PUBLIC_URL)
+    call = getattr(browser, method.lower())
+    return call(path, headers=headers, status=status, **kw)
+
+
+def row_of(dbsession, browser):
+    row_id = browser.session_row.id
+    dbsession.expire_all()
+    return dbsession.get(UserSession, row_id)
+
+
+# -- forwarding ------------------------------------------------------------------------------
+
+
+def test_get_is_forwarded_with_a_bearer_token(signed_in, upstream):
+    response = api(signed_in(), "GET", "/api/up/items/7?sort=name&q=a%20b", status=200)
+    assert response.json == {"ok": True}
+    seen = upstream.seen[-1]
+    assert seen["path"] == "/base/items/7"
+    assert seen["query"] == "sort=name&q=a%20b"
+    assert seen["headers"]["authorization"] == "Bearer at-1"
+
+
+def test_the_upstream_root(signed_in, upstream):
+    api(signed_in(), "GET", "/api/up", status=200)
+    api(signed_in(), "GET", "/api/up/", status=200)
+    assert [s["path"] for s in upstream.seen] == ["/base/", "/base/"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_methods_and_bodies_pass_through(signed_in, upstream, method):
+    body = b'{"text": "hello"}'
+    api(signed_in(), method, "/api/up/notes", status=200, params=body, headers={"Content-Type": "application/json"})
+    seen = upstream.seen[-1]
+    assert seen["method"] == method
+    assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert seen["headers"]["content-type"] == "application/json"
+
+
+def test_browser_credentials_and_forwarding_headers_stay_here(signed_in, upstream):
+    browser = signed_in()
+    headers = {
+        "Cookie": f"{COOKIE}={browser.cookies[COOKIE]}; other=1",
+        "Authorization": "Basic c2VjcmV0",
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "http",
+        "X-Forwarded-Port": "1",
+        "Forwarded": "for=6.6.6.6",
+        "X-Real-IP": "6.6.6.6",
+        "Connection": "keep-alive, X-Secret-Hop",
+        "X-Secret-Hop": "hop",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic eA==",
+        "TE": "trailers",
+        "Upgrade": "websocket",
+        "X-Custom": "kept",
+        "Accept": "application/json",
+    }
+    api(browser, "GET", "/api/up/x", status=200, headers=headers)
+    seen = upstream.seen[-1]["headers"]
+    for name in ["cookie", "x-real-ip", "forwarded", "x-secret-hop", "keep-alive", "proxy-authorization", "te",
+                 "upgrade", "x-forwarded-port", "x-csrf"]:
+        assert name not in seen, name
+    assert seen["authorization"] == "Bearer at-1"
+    assert seen["x-forwarded-for"] == "203.0.113.7"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-host"] == "app.example.test"
+    assert len(seen["x-request-id"]) == 32
+    assert seen["x-custom"] == "kept" and seen["accept"] == "application/json"
+    assert seen["host"].startswith("127.0.0.1:")
+
+
+def test_a_well_formed_request_id_is_kept(signed_in, upstream):
+    api(signed_in(), "GET", "/api/up/x", status=200, headers={"X-Request-ID": "nginx-req-12345678"})
+    assert upstream.seen[-1]["headers"]["x-request-id"] == "nginx-req-12345678"
+    api(signed_in(), "GET", "/api/up/x", status=200, headers={"X-Request-ID": "bad id\x01"})
+    assert upstream.seen[-1]["headers"]["x-request-id"] != "bad id\x01"
+
+
+def test_upstream_cookies_and_hop_headers_stay_there(make_proxy_app, signed_in):
+    """A raw HTTP server: WSGI servers themselves refuse to send hop-by-hop headers."""
+    response_bytes = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Set-Cookie: tracker=1; Path=/\r\n"
+        + f"Set-Cookie: {COOKIE}=hijack; Path=/\r\n".encode()
+        + b"Connection: X-Internal\r\n"
+        b"X-Internal: secret\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"Proxy-Authenticate: Basic\r\n"
+        b"X-Visible: yes\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    with canned_http_server(response_bytes) as url:
+        upstreams = f"raw = {url}\nup = {url}\nreadonly = {url}/ro"
+        browser = signed_in(app=make_proxy_app(**{"myapp.upstreams": upstreams}))
+        response = api(browser, "GET", "/api/raw/x", status=200)
+    names = {k.lower() for k, _ in response.headerlist}
+    for name in ["set-cookie", "x-internal", "keep-alive", "proxy-authenticate", "connection"]:
+        assert name not in names, name
+    assert response.headers["X-Visible"] == "yes"
+    assert response.json == {}
+
+
+def test_no_store_is_added_when_the_upstream_sets_no_cache_control(signed_in, upstream):
+    assert api(signed_in(), "GET", "/api/up/x", status=200).headers["Cache-Control"] == "no-store"
+    upstream.headers = [("Content-Type", "application/json"), ("Cache-Control", "private, max-age=60")]
+    assert api(signed_in(), "GET", "/api/up/x", status=200).headers["Cache-Control"] == "private, max-age=60"
+
+
+def test_redirects_are_passed_back_not_followed(signed_in, upstream):
+    upstream.status = "302 Found"
+    upstream.headers = [("Location", upstream.url + "/elsewhere"), ("Content-Type", "text/plain")]
+    response = api(signed_in(), "GET", "/api/up/x", status=302)
+    assert response.headers["Location"] == upstream.url + "/elsewhere"
+    assert len(upstream.seen) == 1
+
+
+def test_upstream_errors_pass_through(signed_in, upstream):
+    upstream.status = "422 Unprocessable Entity"
+    upstream.body = b'{"detail": "nope"}'
+    assert api(signed_in(), "GET", "/api/up/x", status=422).json == {"detail": "nope"}
+
+
+# -- what is refused -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/up/../secret",
+        "/api/up/a/../../secret",
+        "/api/up/%2e%2e/secret",
+        "/api/up/.%2E/secret",
+        "/api/up/%2E./secret",
+        "/api/up/./x",
+        "/api/up/a%2fb",
+        "/api/up/a%2F..%2Fb",
+        "/api/up/a%5cb",
+        "/api/up/a%5C..%5Cb",
+        "/api/up/a%00b",
+        "/api/up/%252e%252e/secret",
+        "/api/up/%252f",
+        "/api/up/a\\b",
+    ],
+)
+def test_path_escapes_are_refused(signed_in, upstream, path):
+    browser = signed_in()
+    raw = path
+    response = api(browser, "GET", raw, extra_environ={"REQUEST_URI": raw})
+    assert response.status_int == 400, response.text
+    assert response.json == {"error": "bad_path", "message": "This path is not allowed."}
+    assert upstream.seen == []
+
+
+def test_unknown_upstream(signed_in, upstream):
+    assert api(signed_in(), "GET", "/api/nope/x", status=404).json["error"] == "unknown_upstream"
+
+
+def test_method_not_allowed_for_that_upstream(signed_in, upstream):
+    response = api(signed_in(), "POST", "/api/readonly/x", status=405, params=b"{}")
+    assert response.json["error"] == "method_not_allowed"
+    assert response.headers["Allow"] == "GET, HEAD"
+    assert upstream.seen == []
+
+
+def test_body_over_the_limit(make_proxy_app, signed_in, upstream):
+    browser = signed_in(app=make_proxy_app(**{"myapp.proxy.max_body_bytes": "1000"}))
+    response = api(browser, "POST", "/api/up/x", status=413, params=b"x" * 1001)
+    assert response.json["error"] == "payload_too_large"
+    assert api(browser, "POST", "/api/up/x", status=200, params=b"x" * 1000)
+
+
+def test_chunked_body_over_the_limit(make_proxy_app, signed_in, upstream):
+    """Sent as raw WSGI: a chunked body has no Content-Length to refuse up front."""
+    import io
+
+    from webob import Request
+
+    app = make_proxy_app(**{"myapp.proxy.max_body_bytes": "1000"})
+    browser = signed_in(app=app)
+    request = Request.blank("/api/up/x", method="POST", base_url=TEST_PUBLIC_URL)
+    request.environ.update(
+        {
+            "HTTP_TRANSFER_ENCODING": "chunked",
+            "HTTP_X_CSRF": "1",
+            "HTTP_ORIGIN": TEST_PUBLIC_URL,
+            "HTTP_COOKIE": f"{COOKIE}={browser.cookies[COOKIE]}",
+            "wsgi.input": io.BytesIO(b"y" * 5000),
+        }
+    )
+    request.environ.pop("CONTENT_LENGTH", None)
+    response = request.get_response(app)
+    assert response.status_int == 413
+    assert upstream.seen == []
+
+
+def test_connection_failure_is_502(signed_in):
+    response = api(signed_in(), "GET", "/api/down/x", status=502)
+    assert response.json["error"] == "upstream_unavailable"
+
+
+def test_timeout_is_504(make_proxy_app, signed_in, upstream):
+    browser = signed_in(app=make_proxy_app(**{"myapp.upstream.up.timeout": "1"}))
+    upstream.delay = 3
+    assert api(browser, "GET", "/api/up/slow", status=504).json["error"] == "upstream_timeout"
+
+
+def test_json_routes_need_the_csrf_header(signed_in, upstream):
+    browser = signed_in()
+    assert browser.get("/api/up/x", status=403).json["error"] == "csrf_failed"
+    response = browser.post("/api/up/x", b"{}", headers={"X-CSRF": "1", "Origin": "https://evil.example"}, status=403)
+    assert response.json["error"] == "csrf_failed"
+    browser.post("/api/up/x", b"{}", headers={"X-CSRF": "1", "Origin": "null"}, status=403)
+    browser.get("/api/up/x", headers={"X-CSRF": "1", "Sec-Fetch-Site": "cross-site"}, status=403)
+    assert upstream.seen == []
+
+
+def test_anonymous_is_401_json_never_a_redirect(proxy_app, upstream):
+    response = Browser(proxy_app).get("/api/up/x", headers={"X-CSRF": "1"}, status=401)
+    assert response.json == {"error": "login_required", "message": "Sign in to continue."}
+    assert upstream.seen == []
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def test_proactive_refresh_before_expiry(signed_in, upstream, provider, dbsession):
+    browser = signed_in(expires_in=30)  # inside the 60 s leeway
+    api(browser, "GET", "/api/up/x", status=200)
+    token = upstream.seen[-1]["headers"]["authorization"]
+    assert token != "Bearer at-1" and token.startswith("Bearer at-")
+    assert [p for p, f, _ in provider.requests if p == "/token"] == ["/token"]
+    row = row_of(dbsession, browser)
+    assert row.token_generation == 1 and row.refreshed_at is not None
+    api(browser, "GET", "/api/up/x", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"] == token
+
+
+def test_rotated_refresh_token_replaces_the_stored_one(signed_in, upstream, provider, dbsession):
+    browser = signed_in(expires_in=0)
+    api(browser, "GET", "/api/up/x", status=200)
+    tokens = signed_in.store.tokens(row_of(dbsession, browser))
+    assert tokens.refresh_token != "rt-1" and tokens.refresh_token in provider.refresh_tokens
+
+
+def test_non_rotating_provider_keeps_the_refresh_token(signed_in, upstream, provider, dbsession):
+    def refresh_without_rotation(form):
+        return 200, {"access_token": "at-new", "token_type": "Bearer", "expires_in": 300}
+
+    provider.token_response = refresh_without_rotation
+    browser = signed_in(expires_in=0)
+    api(browser, "GET", "/api/up/x", status=200)
+    tokens = signed_in.store.tokens(row_of(dbsession, browser))
+    assert (tokens.access_token, tokens.refresh_token) == ("at-new", "rt-1")
+
+
+def test_reactive_refresh_on_401_keeps_the_body(signed_in, upstream, provider):
+    upstream.refuse_tokens = {"at-1"}
+    body = b'{"text": "once"}' * 1000
+    response = api(signed_in(), "POST", "/api/up/notes", status=200, params=body)
+    assert response.json == {"ok": True}
+    first, second = upstream.seen
+    assert first["headers"]["authorization"] == "Bearer at-1"
+    assert second["headers"]["authorization"] != "Bearer at-1"
+    assert first["body_sha256"] == second["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_401_after_the_retry_is_passed_back_without_a_loop(signed_in, upstream, provider):
+    upstream.always_401 = True
+    response = api(signed_in(), "GET", "/api/up/x", status=401)
+    assert response.json == {"upstream": "refused"}
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert len(upstream.seen) == 2
+    assert len([p for p, _, _ in provider.requests if p == "/token"]) == 1
+
+
+def test_invalid_grant_ends_the_session(signed_in, upstream, provider, dbsession):
+    browser = signed_in(expires_in=0, refresh_token="rt-dead")
+    del provider.refresh_tokens["rt-dead"]
+    response = api(browser, "GET", "/api/up/x", status=401)
+    assert response.json["error"] == "login_required"
+    assert any(v.startswith(COOKIE + "=;") for k, v in response.headerlist if k == "Set-Cookie")
+    row = row_of(dbsession, browser)
+    assert row.end_reason == "refresh_failed" and row.refresh_token is None
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "refresh_failed")).one()
+    assert event.detail == "invalid_grant; session ended"
+    assert upstream.seen == []
+
+
+def test_provider_down_keeps_the_session(signed_in, upstream, provider, dbsession):
+    provider.token_response = lambda form: (503, {"error": "temporarily_unavailable"})
+    browser = signed_in(expires_in=0)
+    response = api(browser, "GET", "/api/up/x", status=503)
+    assert response.json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None
+    assert dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all() == [
+        "provider_unavailable"
+    ]
+    provider.token_response = None
+    assert api(browser, "GET", "/api/up/x", status=200)
+
+
+def test_refreshed_id_token_for_another_user_ends_the_session(signed_in, upstream, provider, dbsession):
+    provider.id_token_claims = {"sub": "mallory"}
+    browser = signed_in(expires_in=0)
+    assert api(browser, "GET", "/api/up/x", status=401).json["error"] == "login_required"
+    row = row_of(dbsession, browser)
+    assert row.end_reason == "refresh_failed"
+    detail = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).one()
+    assert detail == "refreshed ID token names another user; session ended"
+
+
+def test_refreshed_id_token_with_a_bad_signature_ends_the_session(signed_in, upstream, provider, dbsession):
+    from joserfc.jwk import RSAKey
+
+    forged = provider.sign(provider.claims(), key=RSAKey.generate_key(2048, parameters={"kid": "key-1"}))
+    provider.token_response = lambda form: (200, {"access_token": "at-2", "token_type": "Bearer", "id_token": forged})
+    browser = signed_in(expires_in=0)
+    assert api(browser, "GET", "/api/up/x", status=401).json["error"] == "login_required"
+    assert row_of(dbsession, browser).end_reason == "refresh_failed"
+
+
+def test_no_token_ever_reaches_the_browser(signed_in, upstream, provider):
+    browser = signed_in(expires_in=0)
+    upstream.body = b'{"echo": "nothing secret"}'
+    response = api(browser, "GET", "/api/up/x", status=200)
+    for token in ["at-1", "rt-1", *provider.refresh_tokens]:
+        assert token not in response.text and token not in str(response.headerlist)
