@@ -196,3 +196,10 @@ def committed(committed_engine):
     with committed_engine.begin() as connection:
         for table in reversed(Base.metadata.sorted_tables):
             connection.execute(table.delete())
+
+
+def redis_url() -> str:
+    url = os.environ.get("MYAPP_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("Redis tests need MYAPP_TEST_REDIS_URL (set by .ci/run)")
+    return url

@@ -10,9 +10,11 @@ from waitress import wasyncore
 
 
 @contextmanager
-def running_wsgi(make: Callable[[str], Callable], *, threads: int = 8, **options) -> Iterator[str]:
-    """Serve ``make(base_url)`` on a free loopback port; yields the base URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
+def running_wsgi(
+    make: Callable[[str], Callable], *, threads: int = 8, listener: socket.socket | None = None, **options
+) -> Iterator[str]:
+    """Serve ``make(base_url)`` on a free loopback port (or ``listener``); yields the base URL."""
+    listener = listener or socket.create_server(("127.0.0.1", 0))
     base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
         app = make(base_url)

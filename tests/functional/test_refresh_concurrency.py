@@ -1,0 +1,110 @@
+"""Single-flight refresh, proven against the development provider with reuse detection on: a
+second refresh with the same refresh token would be refused and revoke the whole family.
+
+The database is a real one (an SQLite file; PostgreSQL when MYAPP_TEST_DATABASE_URL is set),
+shared by one BFF in this process or by two BFF processes.
+"""
+
+import threading
+
+import pytest
+import requests
+from sqlalchemy import update
+
+from myapp.models import UserSession
+from myapp.models.meta import utcnow
+from tests.devstack.server import devstack_settings
+from myapp.devstack import make_app as make_devstack
+from tests.support.live import (
+    api,
+    bff_in_thread,
+    bff_processes,
+    bff_settings,
+    devstack_for,
+    free_port,
+    listener,
+    sign_in,
+    write_ini,
+)
+from tests.support.servers import running_wsgi
+
+CALLERS = 20
+
+
+def expire_access_tokens(engine):
+    with engine.begin() as connection:
+        connection.execute(update(UserSession).values(access_token_expires_at=utcnow()))
+
+
+def provider_stats(devstack_url):
+    return requests.get(devstack_url + "/_dev/idp/stats", timeout=10).json()
+
+
+def call_together(browser, urls):
+    """Fire one API call per URL at the same instant, each from its own thread and connection."""
+    barrier = threading.Barrier(len(urls))
+    results = [None] * len(urls)
+    cookies = browser.cookies.get_dict()
+
+    def call(index, url):
+        with requests.Session() as session:
+            session.cookies.update(cookies)
+            barrier.wait()
+            response = api(session, url + "/api/demo/me")
+            results[index] = (response.status_code, response.json().get("sub"))
+
+    threads = [threading.Thread(target=call, args=(i, u)) for i, u in enumerate(urls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+@pytest.mark.slow
+def test_twenty_threads_share_one_refresh(committed_database_url, committed_engine, committed):
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(committed_database_url, sock, public_url, idp) as (url, _):
+        browser = sign_in(url, "alice")
+        assert api(browser, url + "/api/demo/me").status_code == 200
+        expire_access_tokens(committed_engine)
+        before = provider_stats(idp)
+        results = call_together(browser, [url] * CALLERS)
+        after = provider_stats(idp)
+    assert results == [(200, "alice")] * CALLERS
+    assert after["refresh_grants"] - before["refresh_grants"] == 1
+    assert after["refresh_reuse_detected"] == before["refresh_reuse_detected"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lock_backend", ["database", pytest.param("redis", marks=pytest.mark.redis)])
+def test_two_processes_share_one_refresh(committed_database_url, committed_engine, committed, tmp_path, lock_backend):
+    overrides = {"myapp.public_url": "env:MYAPP_PUBLIC_URL"}
+    if lock_backend == "redis":
+        from tests.conftest import redis_url
+
+        overrides.update({"myapp.lock.backend": "redis", "myapp.redis.url": redis_url()})
+    dev_sock, dev_url = listener()
+    ini = write_ini(
+        tmp_path / "app.ini",
+        bff_settings(committed_database_url, "unused", dev_url, **overrides),
+    )
+    ports = [free_port(), free_port()]
+    with bff_processes(ini, ports) as (first, second):
+        settings = devstack_settings(
+            dev_url,
+            **{
+                "devstack.idp.redirect_uris": f"{first}/auth/callback {second}/auth/callback",
+                "devstack.api.leeway": "0",
+            },
+        )
+        with running_wsgi(lambda base: make_devstack(settings), listener=dev_sock) as idp:
+            browser = sign_in(first, "alice")
+            assert api(browser, second + "/api/demo/me").status_code == 200, "a session made on one is live on all"
+            expire_access_tokens(committed_engine)
+            before = provider_stats(idp)
+            results = call_together(browser, [first, second] * (CALLERS // 2))
+            after = provider_stats(idp)
+    assert results == [(200, "alice")] * CALLERS
+    assert after["refresh_grants"] - before["refresh_grants"] == 1
+    assert after["refresh_reuse_detected"] == 0

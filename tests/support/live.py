@@ -1,0 +1,133 @@
+"""The whole product on real sockets: the BFF (in a thread or in its own processes), the
+development provider, a real database, and a browser that signs in by typing a name."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+
+from myapp import main
+from tests.conftest import ROOT, TEST_KEY
+from tests.devstack.flows import sign_in as type_name_at_provider
+from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, running_devstack
+from tests.support.servers import running_wsgi
+
+COOKIE = "session"
+
+
+def bff_settings(database_url: str, public_url: str, devstack_url: str, **overrides) -> dict:
+    return {
+        "sqlalchemy.url": database_url,
+        "myapp.public_url": public_url,
+        "myapp.oidc.issuer": devstack_url + "/_dev/idp",
+        "myapp.oidc.client_id": CLIENT_ID,
+        "myapp.oidc.client_secret": CLIENT_SECRET,
+        "myapp.session.cookie_secure": "false",
+        "myapp.session.cookie_name": COOKIE,
+        "myapp.tokens.encryption_keys": TEST_KEY,
+        "myapp.upstreams": f"demo = {devstack_url}/_dev/api",
+        **overrides,
+    }
+
+
+def listener() -> tuple[socket.socket, str]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def devstack_for(*bff_urls: str, **settings):
+    """The development provider, registered for the given BFF origins; yields its base URL."""
+    with running_devstack(
+        **{
+            "devstack.idp.redirect_uris": " ".join(f"{u}/auth/callback" for u in bff_urls),
+            "devstack.idp.post_logout_redirect_uris": " ".join(f"{u}/" for u in bff_urls),
+            "devstack.api.leeway": "0",
+            **settings,
+        }
+    ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def bff_in_thread(database_url: str, sock: socket.socket, public_url: str, devstack_url: str, **overrides):
+    app = main({}, **bff_settings(database_url, public_url, devstack_url, **overrides))
+    try:
+        with running_wsgi(lambda base: app, listener=sock, threads=32) as url:
+            yield url, app
+    finally:
+        for name in ("db_engine", "lock_engine"):
+            app.registry[name].dispose()
+        app.registry["http_client"].close()
+        app.registry["proxy"].pool.clear()
+
+
+def write_ini(path: Path, settings: dict) -> Path:
+    lines = ["[app:main]", "use = egg:myapp"]
+    for key, value in settings.items():
+        value = str(value).replace("%", "%%").replace("\n", "\n    ")
+        lines.append(f"{key} = {value}")
+    lines += ["", "[loggers]", "keys = root", "[handlers]", "keys = console", "[formatters]", "keys = plain",
+              "[logger_root]", "level = WARN", "handlers = console", "[handler_console]", "class = StreamHandler",
+              "args = (sys.stderr,)", "formatter = plain", "[formatter_plain]", "format = %%(levelname)s %%(name)s %%(message)s"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def bff_processes(ini: Path, ports: list[int]):
+    """One process serving ``ini`` per port, each told its own public URL; yields their URLs."""
+    processes, urls = [], []
+    try:
+        for port in ports:
+            url = f"http://127.0.0.1:{port}"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.run_app", str(ini), str(port)],
+                cwd=ROOT,
+                env={**os.environ, "MYAPP_PUBLIC_URL": url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            processes.append(process)
+            line = process.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"the app did not start: {line}{process.stdout.read()}")
+            urls.append(url)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+
+
+def sign_in(bff_url: str, name: str, browser: requests.Session | None = None) -> requests.Session:
+    """Sign in through the BFF and the provider's sign-in page, as a person would."""
+    browser = browser or requests.Session()
+    start = browser.get(bff_url + "/login", allow_redirects=False)
+    assert start.status_code == 303, start.text
+    callback = type_name_at_provider(browser, start.headers["Location"], name)
+    done = browser.get(urljoin(bff_url, callback), allow_redirects=False)
+    assert done.status_code == 303, done.text
+    return browser
+
+
+def api(browser: requests.Session, url: str, method: str = "GET", **kw) -> requests.Response:
+    headers = {"X-CSRF": "1", **kw.pop("headers", {})}
+    return browser.request(method, url, headers=headers, timeout=30, **kw)

@@ -1,0 +1,270 @@
+"""The token manager with a stub provider: what it decides, and that one refresh serves all."""
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from myapp.models import AuditEvent, User, UserSession
+from myapp.models.meta import utcnow
+from myapp.services.oidc import OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.sessions import TokenCipher
+from myapp.services.tokens import DatabaseRefreshLock, LoginRequired, SingleFlight, TokenManager
+from myapp.settings import TokenSettings
+
+ISSUER = "https://idp.example.test"
+
+
+class StubProvider:
+    def __init__(self):
+        self.calls = []
+        self.answer = lambda refresh_token: {"access_token": "at-new", "token_type": "Bearer", "expires_in": 300,
+                                             "refresh_token": "rt-new"}
+
+    def refresh(self, refresh_token):
+        self.calls.append(refresh_token)
+        return self.answer(refresh_token)
+
+    def validate_id_token(self, id_token, *, nonce, access_token=None):
+        assert nonce is None
+        return {"iss": ISSUER, "sub": id_token.removeprefix("idt-")}
+
+
+@pytest.fixture
+def cipher():
+    return TokenCipher([Fernet.generate_key().decode()])
+
+
+@pytest.fixture
+def provider():
+    return StubProvider()
+
+
+@pytest.fixture
+def manager(connection, cipher, provider):
+    def own_session():
+        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    lock = DatabaseRefreshLock(own_session, timeout=5)
+    return TokenManager(
+        lock=lock, oidc=provider, cipher=cipher, settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60))
+    )
+
+
+@pytest.fixture
+def session_row(dbsession, cipher):
+    def make(*, access="at-old", refresh="rt-old", expires_in=0):
+        user = User(issuer=ISSUER, subject="alice", name="Alice", groups=[])
+        dbsession.add(user)
+        dbsession.flush()
+        row = UserSession(
+            id_hash=f"h-{time.monotonic_ns()}",
+            handle=f"hd-{time.monotonic_ns()}"[:32],
+            user=user,
+            expires_at=utcnow() + timedelta(days=1),
+            csrf_token="c",
+            access_token=cipher.encrypt(access),
+            refresh_token=cipher.encrypt(refresh),
+            access_token_expires_at=utcnow() + timedelta(seconds=expires_in),
+        )
+        dbsession.add(row)
+        dbsession.flush()
+        return row
+
+    return make
+
+
+def reload(dbsession, row):
+    row_id = row.id
+    dbsession.expire_all()
+    return dbsession.get(UserSession, row_id)
+
+
+def audit_details(dbsession):
+    return dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all()
+
+
+def test_a_fresh_token_is_used_as_is(manager, provider, session_row):
+    row = session_row(access="at-valid", expires_in=3600)
+    assert manager.access_token(row) == "at-valid"
+    assert provider.calls == []
+
+
+def test_a_token_inside_the_leeway_is_refreshed(manager, provider, session_row, dbsession, cipher):
+    row = session_row(expires_in=30)
+    assert manager.access_token(row) == "at-new"
+    assert provider.calls == ["rt-old"]
+    stored = reload(dbsession, row)
+    assert cipher.decrypt(stored.refresh_token) == "rt-new"
+    assert stored.token_generation == 1
+
+
+def test_a_token_without_expiry_is_used_until_refused(manager, provider, session_row, dbsession, cipher):
+    row = session_row()
+    row.access_token_expires_at = None
+    dbsession.flush()
+    assert manager.access_token(row) == "at-old"
+    assert manager.access_token(row, stale="at-old") == "at-new"
+
+
+def test_a_refused_token_is_refreshed_once_even_if_not_expired(manager, provider, session_row):
+    row = session_row(access="at-valid", expires_in=3600)
+    assert manager.access_token(row, stale="at-valid") == "at-new"
+    assert provider.calls == ["rt-old"]
+
+
+def test_a_worker_that_waited_uses_the_tokens_already_stored(manager, provider, session_row, dbsession, cipher):
+    row = session_row(expires_in=0)
+    snapshot_of_an_earlier_request = row.access_token, row.access_token_expires_at
+    manager.access_token(row)
+    stale_row = reload(dbsession, row)
+    stale_row.access_token, stale_row.access_token_expires_at = snapshot_of_an_earlier_request
+    assert manager.access_token(stale_row) == "at-new"
+    assert provider.calls == ["rt-old"]
+
+
+def test_non_rotating_provider_keeps_the_refresh_token(manager, provider, session_row, dbsession, cipher):
+    provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "expires_in": 300}
+    row = session_row()
+    manager.access_token(row)
+    assert cipher.decrypt(reload(dbsession, row).refresh_token) == "rt-old"
+
+
+def test_invalid_grant_ends_the_session(manager, provider, session_row, dbsession):
+    def refuse(rt):
+        raise TokenRequestRefused("invalid_grant", None)
+
+    provider.answer = refuse
+    row = session_row()
+    with pytest.raises(LoginRequired):
+        manager.access_token(row)
+    stored = reload(dbsession, row)
+    assert stored.end_reason == "refresh_failed" and stored.refresh_token is None
+    assert audit_details(dbsession) == ["invalid_grant; session ended"]
+
+
+def test_invalid_grant_after_another_worker_rotated_uses_its_tokens(manager, provider, session_row, dbsession, cipher, connection):
+    """Another worker (outside this lock) rotated the tokens just before our refresh arrived."""
+    row = session_row()
+
+    def rotated_elsewhere(rt):
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as other, other.begin():
+            other_row = other.get(UserSession, row.id)
+            other_row.access_token = cipher.encrypt("at-from-other-worker")
+            other_row.refresh_token = cipher.encrypt("rt-from-other-worker")
+            other_row.access_token_expires_at = utcnow() + timedelta(minutes=5)
+        raise TokenRequestRefused("invalid_grant", None)
+
+    provider.answer = rotated_elsewhere
+    assert manager.access_token(row) == "at-from-other-worker"
+    assert reload(dbsession, row).ended_at is None
+    assert audit_details(dbsession) == []
+
+
+def test_no_refresh_token_ends_the_session(manager, provider, session_row, dbsession):
+    row = session_row(refresh=None)
+    with pytest.raises(LoginRequired):
+        manager.access_token(row)
+    assert provider.calls == []
+    assert audit_details(dbsession) == ["no refresh token; session ended"]
+
+
+def test_an_ended_session_is_not_refreshed(manager, provider, session_row, dbsession):
+    row = session_row()
+    row.ended_at = utcnow()
+    dbsession.flush()
+    with pytest.raises(LoginRequired):
+        manager.access_token(row)
+    assert provider.calls == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ProviderUnavailable("down"), OIDCError("token_endpoint_error", "junk"), TokenRequestRefused("invalid_client", None)],
+)
+def test_provider_trouble_keeps_the_session(manager, provider, session_row, dbsession, error):
+    def fail(rt):
+        raise error
+
+    provider.answer = fail
+    row = session_row()
+    with pytest.raises(ProviderUnavailable):
+        manager.access_token(row)
+    assert reload(dbsession, row).ended_at is None
+    assert len(audit_details(dbsession)) == 1
+
+
+def test_refreshed_id_token_must_name_the_same_user(manager, provider, session_row, dbsession):
+    provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "id_token": "idt-mallory"}
+    row = session_row()
+    with pytest.raises(LoginRequired):
+        manager.access_token(row)
+    assert audit_details(dbsession) == ["refreshed ID token names another user; session ended"]
+
+
+def test_refreshed_id_token_for_the_same_user_is_kept(manager, provider, session_row, dbsession, cipher):
+    provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "id_token": "idt-alice"}
+    row = session_row()
+    assert manager.access_token(row) == "at-2"
+    assert cipher.decrypt(reload(dbsession, row).id_token) == "idt-alice"
+
+
+class TestSingleFlight:
+    def test_concurrent_callers_share_one_call(self):
+        flights, calls, started = SingleFlight(), [], threading.Event()
+        release = threading.Event()
+
+        def slow():
+            calls.append(1)
+            started.set()
+            release.wait(5)
+            return "result"
+
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(flights.run("k", slow))) for _ in range(10)]
+        threads[0].start()
+        started.wait(5)
+        for thread in threads[1:]:
+            thread.start()
+        time.sleep(0.1)
+        release.set()
+        for thread in threads:
+            thread.join(5)
+        assert calls == [1]
+        assert results == ["result"] * 10
+
+    def test_waiters_share_the_error(self):
+        flights, started, release = SingleFlight(), threading.Event(), threading.Event()
+        errors = []
+
+        def failing():
+            started.set()
+            release.wait(5)
+            raise ValueError("boom")
+
+        def call():
+            try:
+                flights.run("k", failing)
+            except ValueError as e:
+                errors.append(str(e))
+
+        first = threading.Thread(target=call)
+        first.start()
+        started.wait(5)
+        second = threading.Thread(target=call)
+        second.start()
+        time.sleep(0.1)
+        release.set()
+        first.join(5)
+        second.join(5)
+        assert errors == ["boom", "boom"]
+
+    def test_keys_are_independent_and_calls_are_forgotten(self):
+        flights = SingleFlight()
+        assert flights.run("a", lambda: 1) == 1
+        assert flights.run("b", lambda: 2) == 2
+        assert flights.run("a", lambda: 3) == 3
