@@ -58,7 +58,8 @@ def devstack_settings(base_url: str, **settings) -> dict:
 
 
 @contextmanager
-def running_devstack(**settings) -> Iterator[str]:
+def running_devstack(outbuf_high_watermark: int | None = None, **settings) -> Iterator[str]:
     """The standalone development stack on a free loopback port; yields its base URL."""
-    with running_wsgi(lambda base_url: make_app(devstack_settings(base_url, **settings))) as base_url:
+    options = {"outbuf_high_watermark": outbuf_high_watermark} if outbuf_high_watermark else {}
+    with running_wsgi(lambda base_url: make_app(devstack_settings(base_url, **settings)), **options) as base_url:
         yield base_url

@@ -18,6 +18,8 @@ from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, running_devstack
 from tests.support.servers import running_wsgi
 
 COOKIE = "session"
+# As production.ini: waitress keeps at most about this much of a response in memory per connection.
+OUTBUF = 1024 * 1024
 
 
 def bff_settings(database_url: str, public_url: str, devstack_url: str, **overrides) -> dict:
@@ -44,6 +46,7 @@ def listener() -> tuple[socket.socket, str]:
 def devstack_for(*bff_urls: str, **settings):
     """The development provider, registered for the given BFF origins; yields its base URL."""
     with running_devstack(
+        outbuf_high_watermark=OUTBUF,
         **{
             "devstack.idp.redirect_uris": " ".join(f"{u}/auth/callback" for u in bff_urls),
             "devstack.idp.post_logout_redirect_uris": " ".join(f"{u}/" for u in bff_urls),
@@ -58,7 +61,7 @@ def devstack_for(*bff_urls: str, **settings):
 def bff_in_thread(database_url: str, sock: socket.socket, public_url: str, devstack_url: str, **overrides):
     app = main({}, **bff_settings(database_url, public_url, devstack_url, **overrides))
     try:
-        with running_wsgi(lambda base: app, listener=sock, threads=32) as url:
+        with running_wsgi(lambda base: app, listener=sock, threads=32, outbuf_high_watermark=OUTBUF) as url:
             yield url, app
     finally:
         for name in ("db_engine", "lock_engine"):
