@@ -100,6 +100,7 @@ class MetricsSettings:
 @dataclass(frozen=True)
 class Settings:
     environment: str
+    dashboard_upstream: str | None
     database_url: str = field(repr=False)
     public_url: str
     admin_group: str
@@ -386,15 +387,20 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
 
     includes = _includes(raw)
     devstack_included = DEVSTACK_MODULE in includes
+    upstreams = _upstreams(reader)
+    dashboard_upstream = reader.string(PREFIX + "dashboard.upstream", None)
+    if dashboard_upstream is not None and dashboard_upstream not in upstreams:
+        raise SettingsError(f"myapp.dashboard.upstream: no upstream named {dashboard_upstream!r} in myapp.upstreams")
     settings = Settings(
         environment=environment,
+        dashboard_upstream=dashboard_upstream,
         database_url=reader.string("sqlalchemy.url"),
         public_url=public_url,
         admin_group=reader.string(PREFIX + "authz.admin_group", "admins"),
         oidc=oidc,
         session=session,
         tokens=tokens,
-        upstreams=MappingProxyType(_upstreams(reader)),
+        upstreams=MappingProxyType(upstreams),
         proxy=ProxySettings(
             max_body_bytes=reader.integer(PREFIX + "proxy.max_body_bytes", 10 * 1024 * 1024)
         ),

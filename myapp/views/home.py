@@ -1,9 +1,15 @@
+import logging
+
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 from sqlalchemy import select
 
+from myapp.errors import APIError
 from myapp.models import Post
 from myapp.resources import Permission
+from myapp.services.oidc import ProviderUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @view_config(
@@ -32,4 +38,28 @@ def dashboard(request):
     return {
         "posts": posts,
         "session_count": len(request.session_store.list_for_user(identity.user_id)),
+        **_upstream_notes(request),
     }
+
+
+def _upstream_notes(request) -> dict:
+    """The user's notes from the configured upstream, fetched here with the same token service
+    the browser's calls go through. A session that can no longer be refreshed ends the page
+    (LoginRequired propagates); a provider or upstream problem only empties the card."""
+    upstream = request.registry.settings["myapp"].dashboard_upstream
+    if upstream is None:
+        return {"notes_api": None}
+    problem, notes = None, None
+    try:
+        document = request.registry["proxy"].get_json(upstream, "notes", request.access_token)
+    except ProviderUnavailable:
+        problem = "The sign-in provider is not answering, so your notes cannot be loaded right now."
+    except APIError as e:
+        log.info("dashboard notes unavailable: %s", e.code)
+        problem = "The notes service is not answering right now."
+    else:
+        if isinstance(document, dict) and isinstance(document.get("notes"), list):
+            notes = [n for n in document["notes"] if isinstance(n, dict) and isinstance(n.get("text"), str)]
+        else:
+            problem = "The notes service gave an answer this page cannot read."
+    return {"notes_api": request.route_path("api", upstream=upstream, subpath=()), "notes": notes, "notes_problem": problem}

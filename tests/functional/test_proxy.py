@@ -445,3 +445,54 @@ def test_no_token_ever_reaches_the_browser(signed_in, upstream, provider):
     response = api(browser, "GET", "/api/up/x", status=200)
     for token in ["at-1", "rt-1", *provider.refresh_tokens]:
         assert token not in response.text and token not in str(response.headerlist)
+
+
+# -- the dashboard: the same token service on the server side --------------------------------
+
+
+@pytest.fixture
+def dashboard_app(make_proxy_app):
+    return make_proxy_app(**{"myapp.dashboard.upstream": "up"})
+
+
+def test_dashboard_renders_upstream_data_on_the_server(dashboard_app, signed_in, upstream):
+    upstream.body = b'{"notes": [{"id": "1", "text": "Server-side <b>note</b>", "created_at": "2026-01-01T00:00:00Z"}]}'
+    page = signed_in(app=dashboard_app).get("/", status=200)
+    assert "Server-side &lt;b&gt;note&lt;/b&gt;" in page.text
+    assert 'data-api="/api/up"' in page.text and "/static/dashboard.js" in page.text
+    assert upstream.seen[-1]["path"] == "/base/notes"
+    assert upstream.seen[-1]["headers"]["authorization"] == "Bearer at-1"
+
+
+def test_dashboard_refreshes_an_expired_token_first(dashboard_app, signed_in, upstream, provider):
+    upstream.body = b'{"notes": []}'
+    signed_in(app=dashboard_app, expires_in=0).get("/", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"] != "Bearer at-1"
+    assert len([p for p, _, _ in provider.requests if p == "/token"]) == 1
+
+
+def test_dashboard_survives_an_unavailable_upstream(make_proxy_app, signed_in):
+    app = make_proxy_app(**{"myapp.dashboard.upstream": "down"})
+    page = signed_in(app=app).get("/", status=200)
+    assert "The notes service is not answering right now." in page.text
+
+
+def test_dashboard_survives_an_unavailable_provider(dashboard_app, signed_in, upstream, provider):
+    provider.token_response = lambda form: (503, {"error": "temporarily_unavailable"})
+    page = signed_in(app=dashboard_app, expires_in=0).get("/", status=200)
+    assert "provider is not answering" in page.text
+
+
+def test_dashboard_with_an_ended_refresh_signs_out(dashboard_app, signed_in, upstream, provider):
+    browser = signed_in(app=dashboard_app, expires_in=0, refresh_token="rt-gone")
+    del provider.refresh_tokens["rt-gone"]
+    response = browser.get("/", status=303)
+    assert "/signed-out?reason=refresh_failed" in response.location
+    assert any(v.startswith(COOKIE + "=;") for k, v in response.headerlist if k == "Set-Cookie")
+
+
+def test_dashboard_upstream_must_exist():
+    from myapp.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="^myapp.dashboard.upstream: no upstream named 'nope'"):
+        load_settings(base_settings("sqlite://", **{"myapp.dashboard.upstream": "nope"}), environ={})

@@ -1,0 +1,79 @@
+// The dashboard's notes card: the same data the server rendered, now live from the browser.
+// Calls go to this site's /api/..., which adds the Bearer token on the server: no token here.
+(function () {
+  "use strict";
+  var card = document.getElementById("notes");
+  if (!card || !window.fetch) { return; }
+  var api = card.getAttribute("data-api").replace(/\/$/, "");
+  var list = card.querySelector(".notes");
+  var empty = card.querySelector("[data-empty]");
+  var form = card.querySelector(".note-form");
+  var input = form.querySelector("input");
+  var button = form.querySelector("button");
+  var status = card.querySelector("[data-status]");
+
+  function say(message, isError) {
+    status.textContent = message || "";
+    status.classList.toggle("is-error", Boolean(isError));
+  }
+
+  function signInAgain() {
+    status.textContent = "Your session has ended. ";
+    var link = document.createElement("a");
+    link.href = card.getAttribute("data-login");
+    link.textContent = "Sign in again";
+    status.appendChild(link);
+    status.classList.add("is-error");
+    form.hidden = true;
+  }
+
+  function call(method, path, body) {
+    var options = { method: method, credentials: "same-origin", headers: { "X-CSRF": "1", "Accept": "application/json" } };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return fetch(api + path, options).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        if (response.status === 401 && data.error === "login_required") {
+          signInAgain();
+          throw new Error("login_required");
+        }
+        if (!response.ok) {
+          throw new Error(data.message || "The notes service answered " + response.status + ".");
+        }
+        return data;
+      });
+    });
+  }
+
+  function show(notes) {
+    list.textContent = "";
+    notes.forEach(function (note) {
+      var item = document.createElement("li");
+      item.textContent = note.text;
+      list.appendChild(item);
+    });
+    empty.hidden = notes.length > 0;
+  }
+
+  function refresh() {
+    return call("GET", "/notes").then(function (data) { show(data.notes || []); });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var text = input.value.trim();
+    if (!text) { say("Write something first.", true); input.focus(); return; }
+    button.disabled = true;
+    say("Saving…");
+    call("POST", "/notes", { text: text })
+      .then(function () { input.value = ""; return refresh(); })
+      .then(function () { say("Note added."); })
+      .catch(function (error) { if (error.message !== "login_required") { say(error.message, true); } })
+      .then(function () { button.disabled = false; });
+  });
+
+  form.hidden = false;
+  refresh().catch(function (error) { if (error.message !== "login_required") { say(error.message, true); } });
+})();
