@@ -44,7 +44,16 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
+# Requests each hold one connection from the request pool until they end; work that commits on
+# its own (recording activity, the refresh lock) draws from a second pool, so that a request
+# waiting for a refresh can never starve the refresh of a connection.
+REQUEST_POOL = {"pool_size": 20, "max_overflow": 10, "pool_timeout": 30}
+OWN_TRANSACTION_POOL = {"pool_size": 5, "max_overflow": 25, "pool_timeout": 10}
+
+
 def get_engine(url: str, **kwargs) -> Engine:
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith(("pool_", "max_overflow"))}
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(url, **kwargs)
@@ -54,12 +63,14 @@ def get_engine(url: str, **kwargs) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def get_locking_engine(url: str) -> Engine:
-    """SQLite's engine for refresh-lock transactions. SQLite has no row locks (PostgreSQL uses
-    ``FOR UPDATE``), so each lock transaction starts with ``BEGIN IMMEDIATE``, taking the database's
-    write lock: refreshes stay single-flight across processes sharing the file.
+def get_own_transaction_engine(url: str) -> Engine:
+    """The engine for work that commits on its own. On SQLite, which has no row locks (PostgreSQL
+    uses ``FOR UPDATE``), each such transaction starts with ``BEGIN IMMEDIATE``, taking the
+    database's write lock: refreshes stay single-flight across processes sharing the file.
     """
-    engine = get_engine(url)
+    engine = get_engine(url, **OWN_TRANSACTION_POOL)
+    if engine.dialect.name != "sqlite":
+        return engine
 
     @event.listens_for(engine, "connect")
     def _manual_transactions(dbapi_connection, _record):
@@ -118,19 +129,19 @@ def includeme(config):
     config.include("pyramid_tm")
     config.include("pyramid_retry")
 
-    engine = get_engine(settings["myapp"].database_url)
+    engine = get_engine(settings["myapp"].database_url, **REQUEST_POOL)
     try:
         check_schema(engine, settings.get("myapp.config_file"))
     except SchemaError:
         engine.dispose()
         raise
     # Requests use pyramid_tm's transaction; work that must commit on its own (the refresh lock,
-    # recording activity) uses these factories, which tests rebind to a rolled-back connection.
+    # recording activity) uses the second factory. Tests rebind both to a rolled-back connection.
+    own_engine = get_own_transaction_engine(settings["myapp"].database_url)
     config.registry["dbsession_factory"] = get_session_factory(engine)
     config.registry["db_engine"] = engine
-    lock_engine = engine if engine.dialect.name != "sqlite" else get_locking_engine(settings["myapp"].database_url)
-    config.registry["lock_dbsession_factory"] = get_session_factory(lock_engine)
-    config.registry["lock_engine"] = lock_engine
+    config.registry["own_dbsession_factory"] = get_session_factory(own_engine)
+    config.registry["own_engine"] = own_engine
 
     def dbsession(request):
         # Read from the registry per request: tests swap in a factory bound to a rolled-back connection.

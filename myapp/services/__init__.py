@@ -26,7 +26,7 @@ def includeme(config):
 
     def lock_sessions():
         # Looked up at call time: tests rebind the factory to a rolled-back connection.
-        return registry["lock_dbsession_factory"]()
+        return registry["own_dbsession_factory"]()
 
     if settings.lock.backend == "redis":
         lock = RedisRefreshLock(redis_client, lock_sessions, timeout=lock_timeout)
@@ -46,7 +46,7 @@ def includeme(config):
             dbsession=request.dbsession,
             cipher=cipher,
             settings=settings.session,
-            own_transactions=request.registry["dbsession_factory"],
+            own_transactions=request.registry["own_dbsession_factory"],
         )
 
     def audit(request):

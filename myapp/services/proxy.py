@@ -231,12 +231,15 @@ class Proxy:
         """Send with the session's token; on 401, refresh once and send the same request again."""
         access_token = token()
         response = self.send(outgoing, access_token)
-        if response.status == 401:
-            response.drain_conn()
-            response.release_conn()
-            outgoing.rewind()
-            response = self.send(outgoing, token(stale=access_token))
-        return response
+        if response.status != 401:
+            return response
+        fresh = token(stale=access_token)
+        if fresh == access_token:
+            return response  # no newer token to try: the upstream's 401 goes back as it is
+        response.drain_conn()
+        response.release_conn()
+        outgoing.rewind()
+        return self.send(outgoing, fresh)
 
     @staticmethod
     def response_headers(response: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -27,6 +28,9 @@ from myapp.services.sessions import EndReason, TokenCipher, TokenSet
 from myapp.settings import TokenSettings
 
 log = logging.getLogger(__name__)
+
+RECENT_REFRESH = timedelta(seconds=30)
+_UNVERIFIED = "unverified"
 
 
 class LoginRequired(Exception):
@@ -156,6 +160,26 @@ class TokenManager:
                 return token
         return self.flights.run(row.id, lambda: self._refresh(row.id, stale))
 
+    def end_session(self, session_id: int, reason: str) -> TokenSet:
+        """End a session under the refresh lock and return the tokens it held, so that a refresh
+        racing a logout can neither store new tokens afterwards nor leave one unrevoked."""
+        with self.lock.locked(session_id) as (dbsession, row):
+            if row is None or row.ended_at is not None:
+                return TokenSet()
+            tokens = self._stored_tokens(row)
+            row.ended_at = self.clock()
+            row.end_reason = reason
+            row.access_token = row.refresh_token = row.id_token = None
+            return tokens
+
+    def _stored_tokens(self, row: UserSession) -> TokenSet:
+        return TokenSet(
+            access_token=self.cipher.decrypt(row.access_token),
+            refresh_token=self.cipher.decrypt(row.refresh_token),
+            id_token=self.cipher.decrypt(row.id_token),
+            access_token_expires_at=row.access_token_expires_at,
+        )
+
     def _fresh(self, expires_at: datetime | None) -> bool:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
@@ -171,14 +195,14 @@ class TokenManager:
     def _refresh_locked(self, dbsession: Session, row: UserSession | None, stale: str | None):
         if row is None or row.ended_at is not None:
             return LoginRequired()
-        current = self.cipher.decrypt(row.access_token)
+        previous = self._stored_tokens(row)
+        current = previous.access_token
         if current and current != stale and self._fresh(row.access_token_expires_at):
             return current  # refreshed by another worker while this one waited for the lock
-        previous = TokenSet(
-            access_token=current,
-            refresh_token=self.cipher.decrypt(row.refresh_token),
-            id_token=self.cipher.decrypt(row.id_token),
-        )
+        if current and current == stale and self._recently_refreshed(row):
+            # The upstream refuses a token minted moments ago: a new one would not help, and
+            # refreshing on every such 401 would hammer the provider.
+            return current
         if not previous.refresh_token:
             return self._end(dbsession, row, "no refresh token")
         try:
@@ -193,17 +217,39 @@ class TokenManager:
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = token_set(response, self.clock(), previous=previous)
         if response.get("id_token"):
-            problem = self._check_refreshed_id_token(response["id_token"], tokens.access_token, row.user)
-            if problem:
-                return self._end(dbsession, row, problem)
-        # The new refresh token (if the provider rotates) is stored before the lock is released.
-        row.access_token = self.cipher.encrypt(tokens.access_token)
-        row.refresh_token = self.cipher.encrypt(tokens.refresh_token)
-        row.id_token = self.cipher.encrypt(tokens.id_token)
-        row.access_token_expires_at = tokens.access_token_expires_at
-        row.token_generation += 1
-        row.refreshed_at = self.clock()
+            verdict = self._check_refreshed_id_token(response["id_token"], tokens.access_token, row.user)
+            if verdict == _UNVERIFIED:
+                tokens = replace(tokens, id_token=previous.id_token)
+            elif verdict is not None:
+                return self._end(dbsession, row, verdict)
+        # The new refresh token (if the provider rotates) is stored before the lock is released,
+        # and only into a session that is still the one this refresh started from.
+        stored = dbsession.execute(
+            update(UserSession)
+            .where(
+                UserSession.id == row.id,
+                UserSession.ended_at.is_(None),
+                UserSession.token_generation == row.token_generation,
+            )
+            .values(
+                access_token=self.cipher.encrypt(tokens.access_token),
+                refresh_token=self.cipher.encrypt(tokens.refresh_token),
+                id_token=self.cipher.encrypt(tokens.id_token),
+                access_token_expires_at=tokens.access_token_expires_at,
+                token_generation=row.token_generation + 1,
+                refreshed_at=self.clock(),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if stored != 1:
+            # Ended (a logout) while the provider answered: the new tokens must not outlive it.
+            if tokens.refresh_token and tokens.refresh_token != previous.refresh_token:
+                self.oidc.revoke(tokens.refresh_token, "refresh_token")
+            return LoginRequired()
         return tokens.access_token
+
+    def _recently_refreshed(self, row: UserSession) -> bool:
+        return row.refreshed_at is not None and self.clock() - row.refreshed_at < RECENT_REFRESH
 
     def _after_invalid_grant(self, dbsession: Session, row: UserSession, used: str):
         # Another worker, outside this lock, may have rotated the refresh token already.
@@ -217,9 +263,15 @@ class TokenManager:
         return self._end(dbsession, row, "invalid_grant")
 
     def _check_refreshed_id_token(self, id_token: str, access_token: str, user: User) -> str | None:
+        """None if it names this user; _UNVERIFIED if it cannot be checked right now (keep the
+        new access and refresh tokens, not this ID token); otherwise why the session must end."""
         try:
             claims = self.oidc.validate_id_token(id_token, nonce=None, access_token=access_token)
+        except ProviderUnavailable:
+            return _UNVERIFIED
         except OIDCError as e:
+            if e.reason == "unknown_key":
+                return _UNVERIFIED  # a key rotated within the refetch interval
             return f"refreshed ID token refused: {e.reason}"
         if claims.get("iss") != user.issuer or claims.get("sub") != user.subject:
             return "refreshed ID token names another user"

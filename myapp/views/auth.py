@@ -127,7 +127,7 @@ def logout(request):
         return HTTPSeeOther(request.route_path("home"), headers=forget(request))
     check_csrf_origin(request)
     check_csrf_token(request)
-    tokens = request.session_store.tokens(request.session_row)
+    tokens = request.registry["token_manager"].end_session(identity.session_id, EndReason.LOGOUT)
     headers = forget(request, reason=EndReason.LOGOUT)
     revoked = request.logout_service.revoke_at_provider(tokens)
     request.audit.record(

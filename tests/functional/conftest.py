@@ -47,11 +47,11 @@ def bind_to(app, connection):
     """Run the app's transactions, its own short ones included, inside the test's connection."""
     factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
     app.registry["dbsession_factory"] = factory
-    app.registry["lock_dbsession_factory"] = factory
+    app.registry["own_dbsession_factory"] = factory
 
 
 def dispose(app):
-    for name in ("db_engine", "lock_engine"):
+    for name in ("db_engine", "own_engine"):
         app.registry[name].dispose()
     app.registry["http_client"].close()
     app.registry["proxy"].pool.clear()

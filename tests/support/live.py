@@ -64,7 +64,7 @@ def bff_in_thread(database_url: str, sock: socket.socket, public_url: str, devst
         with running_wsgi(lambda base: app, listener=sock, threads=32, outbuf_high_watermark=OUTBUF) as url:
             yield url, app
     finally:
-        for name in ("db_engine", "lock_engine"):
+        for name in ("db_engine", "own_engine"):
             app.registry[name].dispose()
         app.registry["http_client"].close()
         app.registry["proxy"].pool.clear()
