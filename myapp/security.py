@@ -284,40 +284,55 @@ def includeme(config):
     config.add_view_deriver(json_csrf_view, under=INGRESS, over="secured_view")
     config.add_request_method(policy.session_row, "session_row", property=True)
     config.registry["session_cookie"] = policy.cookie
-    config.add_subscriber(SecurityHeaders(settings), "pyramid.events.NewResponse")
+    headers = SecurityHeaders(settings, lambda: config.registry["oidc_client"].cached_logout_origin())
+    config.add_subscriber(headers, "pyramid.events.NewResponse")
 
 
 class SecurityHeaders:
-    """SPEC.md's browser hardening, computed once and applied to every response."""
+    """SPEC.md's browser hardening, applied to every response (and over a proxied upstream's own).
 
-    def __init__(self, settings):
-        form_action = {"'self'", _origin(settings.oidc.issuer)}
-        csp = [
-            "default-src 'self'",
-            "script-src 'self'",
-            "style-src 'self'",
-            "img-src 'self' data:",
-            "connect-src 'self'",
-            "object-src 'none'",
-            "base-uri 'none'",
-            # Logout is a form whose redirect ends at the provider: browsers apply form-action to it.
-            f"form-action {' '.join(sorted(form_action))}",
-            "frame-ancestors 'none'",
-        ]
+    ``logout_origin`` returns the provider's end-session origin once discovery is known: the
+    logout form's redirect ends there, and browsers apply ``form-action`` to that redirect.
+    """
+
+    def __init__(self, settings, logout_origin=lambda: None):
+        self.issuer_origin = _origin(settings.oidc.issuer)
+        self.logout_origin = logout_origin
         self.headers = [
             ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "same-origin"),
             ("X-Frame-Options", "DENY"),
-            ("Content-Security-Policy", "; ".join(csp)),
         ]
         if settings.session.cookie_secure:
             self.headers.append(("Strict-Transport-Security", "max-age=31536000"))
+        self._csp = {}
+
+    def content_security_policy(self) -> str:
+        extra = self.logout_origin()
+        policy = self._csp.get(extra)
+        if policy is None:
+            form_action = sorted({"'self'", self.issuer_origin, *([extra] if extra else [])})
+            policy = self._csp[extra] = "; ".join(
+                [
+                    "default-src 'self'",
+                    "script-src 'self'",
+                    "style-src 'self'",
+                    "img-src 'self' data:",
+                    "connect-src 'self'",
+                    "object-src 'none'",
+                    "base-uri 'none'",
+                    f"form-action {' '.join(form_action)}",
+                    "frame-ancestors 'none'",
+                ]
+            )
+        return policy
 
     def __call__(self, event):
         response = event.response
         headers = response.headers
         for name, value in self.headers:
-            headers.setdefault(name, value)
+            headers[name] = value
+        headers["Content-Security-Policy"] = self.content_security_policy()
         if event.request.environ.get("PATH_INFO", "").startswith("/static/"):
             return
         # Pages and JSON depend on who is asking: never cached, never shared.
@@ -338,7 +353,8 @@ def safe_next_path(value: str | None) -> str:
     if not isinstance(value, str) or not value.startswith("/") or len(value) > 2000:
         return "/"
     # Browsers drop tabs and newlines and read "\\" as "/": "/\t/x" and "/\\x" mean "//x".
-    if any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
+    # Only printable ASCII: anything else could not even be sent back in a Location header.
+    if any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in value):
         return "/"
     decoded = unquote(value)
     if value.startswith("//") or decoded.startswith(("//", "/\\")):
@@ -347,3 +363,4 @@ def safe_next_path(value: str | None) -> str:
     if parts.scheme or parts.netloc:
         return "/"
     return value
+

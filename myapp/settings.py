@@ -27,6 +27,12 @@ DEVELOPMENT_CLIENT_SECRETS = frozenset({"development-only-client-secret"})
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 KNOWN_METHODS = DEFAULT_METHODS | {"OPTIONS"}
 PROMPTS = frozenset({"login", "consent", "select_account"})
+# Headers the proxy sets itself or must never pass on, whatever a deployer asks.
+NEVER_FORWARDED = frozenset(
+    {"cookie", "cookie2", "authorization", "host", "content-length", "forwarded", "x-real-ip", "x-request-id",
+     "x-csrf", "x-csrf-token", "connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
+     "transfer-encoding", "upgrade", "x-http-method-override", "x-method-override", "x-original-url", "x-rewrite-url"}
+)
 
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -78,6 +84,7 @@ class Upstream:
     base_url: str
     timeout: float
     methods: frozenset[str]
+    forward_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -278,11 +285,16 @@ def _upstreams(reader: _Reader) -> dict[str, Upstream]:
         unknown = methods - KNOWN_METHODS
         if unknown:
             raise SettingsError(f"{key}methods: unknown HTTP method {sorted(unknown)[0]!r}")
+        forward_headers = frozenset(h.lower() for h in reader.words(key + "forward_headers"))
+        for header in sorted(forward_headers):
+            if not _COOKIE_NAME.match(header) or header in NEVER_FORWARDED or header.startswith("x-forwarded-"):
+                raise SettingsError(f"{key}forward_headers: {header!r} cannot be forwarded")
         upstreams[upstream_name] = Upstream(
             name=upstream_name,
             base_url=base.rstrip("/") + "/",
             timeout=reader.seconds(key + "timeout", 30),
             methods=methods,
+            forward_headers=forward_headers,
         )
     for key in reader.raw:
         if key.startswith(PREFIX + "upstream."):

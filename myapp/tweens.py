@@ -1,10 +1,13 @@
-"""Tweens: the few things that must happen around every request, before Pyramid decodes it."""
+"""Tweens: the few things that must happen around every request, before views read it."""
 
 from urllib.parse import unquote_to_bytes
 
 from pyramid.response import Response
 
-BAD_REQUEST = "The address is not valid UTF-8."
+BAD_ADDRESS = "The address is not valid UTF-8."
+BAD_BODY = "The form could not be read."
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAX_FORM_BYTES = 1024 * 1024
 
 
 def _decodes(raw: str, *, query: bool) -> bool:
@@ -19,21 +22,34 @@ def _decodes(raw: str, *, query: bool) -> bool:
         return False
 
 
-def undecodable_request_tween_factory(handler, registry):
-    """Answer 400 to a path or query that is not UTF-8, before anything tries to decode it."""
+def _bad_request(path: str, message: str, status: int = 400) -> Response:
+    if path.startswith(("/api/", "/auth/")):
+        code = "payload_too_large" if status == 413 else "bad_request"
+        return Response(json={"error": code, "message": message}, status=status)
+    return Response(message, status=status, content_type="text/plain")
+
+
+def unreadable_request_tween_factory(handler, registry):
+    """Answer 400 to what no view could read: a path or query that is not UTF-8, or a form body
+    that does not parse (a multipart body without a boundary, say). Proxied bodies are left alone:
+    they stream to the upstream unread."""
 
     def tween(request):
         environ = request.environ
-        if not _decodes(environ.get("PATH_INFO", ""), query=False) or not _decodes(
-            environ.get("QUERY_STRING", ""), query=True
-        ):
-            if environ.get("PATH_INFO", "").startswith(("/api/", "/auth/")):
-                return Response(json={"error": "bad_path", "message": BAD_REQUEST}, status=400)
-            return Response(BAD_REQUEST, status=400, content_type="text/plain")
+        path = environ.get("PATH_INFO", "")
+        if not _decodes(path, query=False) or not _decodes(environ.get("QUERY_STRING", ""), query=True):
+            return _bad_request(path, BAD_ADDRESS)
+        if environ.get("CONTENT_TYPE", "").startswith(FORM_TYPES) and not path.startswith("/api/"):
+            if (request.content_length or 0) > MAX_FORM_BYTES:
+                return _bad_request(path, "The form is too large.", 413)
+            try:
+                request.POST
+            except ValueError:
+                return _bad_request(path, BAD_BODY)
         return handler(request)
 
     return tween
 
 
 def includeme(config):
-    config.add_tween("myapp.tweens.undecodable_request_tween_factory", under="INGRESS")
+    config.add_tween("myapp.tweens.unreadable_request_tween_factory", under="INGRESS")

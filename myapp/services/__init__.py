@@ -7,6 +7,7 @@ from myapp.services.http import HttpClient
 from myapp.services.login import LoginService, LogoutService
 from myapp.services.oidc import OIDCClient
 from myapp.services.proxy import Proxy
+from myapp.services.ratelimit import RateLimiter
 from myapp.services.sessions import SessionStore, TokenCipher
 from myapp.services.tokens import DatabaseRefreshLock, RedisRefreshLock, TokenManager
 
@@ -32,6 +33,8 @@ def includeme(config):
         lock = RedisRefreshLock(redis_client, lock_sessions, timeout=lock_timeout)
     else:
         lock = DatabaseRefreshLock(lock_sessions, timeout=lock_timeout)
+    # Each sign-in start stores a login transaction: bound them per client address.
+    registry["login_rate_limiter"] = RateLimiter(limit=30, window=60)
     registry["token_cipher"] = cipher
     registry["http_client"] = http
     registry["oidc_client"] = oidc

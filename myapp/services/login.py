@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, SeenLogoutToken, User
 from myapp.models.meta import utcnow
-from myapp.services.oidc import CLOCK_SKEW, OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
 from myapp.services.sessions import EndReason, SessionStore, TokenCipher, TokenSet
 from myapp.settings import OIDCSettings
 
 log = logging.getLogger(__name__)
 
 LOGIN_TRANSACTION_LIFETIME = timedelta(minutes=10)
-REPLAY_WINDOW = timedelta(hours=1)
+MAX_PENDING_PER_BROWSER = 10
 MAX_PARAMETER_LENGTH = 4096
 
 
@@ -85,11 +85,24 @@ class LoginService:
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         url = self.oidc.authorization_url(state=state, nonce=nonce, code_verifier=verifier, prompt=prompt)
         now = self.clock()
+        browser_hash = _sha256(browser_token)
         self.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.expires_at < now))
+        # A few tabs may sign in at once; a browser starting more gives up its oldest attempts.
+        kept = (
+            select(LoginTransaction.id)
+            .where(LoginTransaction.browser_hash == browser_hash)
+            .order_by(LoginTransaction.id.desc())
+            .limit(MAX_PENDING_PER_BROWSER - 1)
+        )
+        self.dbsession.execute(
+            delete(LoginTransaction).where(
+                LoginTransaction.browser_hash == browser_hash, LoginTransaction.id.not_in(kept.scalar_subquery())
+            )
+        )
         self.dbsession.add(
             LoginTransaction(
                 state_hash=_sha256(state),
-                browser_hash=_sha256(browser_token),
+                browser_hash=browser_hash,
                 nonce=self.cipher.encrypt(nonce),
                 code_verifier=self.cipher.encrypt(verifier),
                 next_path=next_path,
@@ -147,12 +160,12 @@ class LoginService:
             raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
 
         # Every check has passed: only now is the access token used.
+        sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
         if self.settings.fetch_userinfo:
             userinfo = self.oidc.userinfo(token["access_token"], subject=claims["sub"])
             if userinfo:
                 claims = {**claims, **{k: v for k, v in userinfo.items() if k not in ("iss", "aud", "sub")}}
         user = self.upsert_user(claims)
-        sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
         return LoginResult(
             user_id=user.id,
             tokens=token_set(token, self.clock()),
@@ -174,20 +187,21 @@ class LoginService:
                 "unknown_state",
                 "This sign-in link has already been used or was never started here. Please start again.",
             )
-        taken = self.dbsession.execute(
-            delete(LoginTransaction).where(LoginTransaction.id == transaction.id)
-        ).rowcount
-        if taken != 1:
-            raise LoginError("unknown_state", "This sign-in link has already been used. Please start again.")
         next_path = transaction.next_path
-        if transaction.expires_at <= self.clock():
-            raise LoginError("expired_state", "This sign-in took too long. Please start again.", next_path=next_path)
+        # Another browser's callback neither completes nor cancels this sign-in.
         if not browser_token or not hmac.compare_digest(transaction.browser_hash, _sha256(browser_token)):
             raise LoginError(
                 "other_browser",
                 "This sign-in was started in another browser. Please start again here.",
                 next_path=next_path,
             )
+        taken = self.dbsession.execute(
+            delete(LoginTransaction).where(LoginTransaction.id == transaction.id)
+        ).rowcount
+        if taken != 1:
+            raise LoginError("unknown_state", "This sign-in link has already been used. Please start again.")
+        if transaction.expires_at <= self.clock():
+            raise LoginError("expired_state", "This sign-in took too long. Please start again.", next_path=next_path)
         return transaction
 
     @staticmethod
@@ -257,6 +271,7 @@ class LogoutService:
     def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
         """Validate a logout token, refuse a replay, end the sessions it names. Returns (claims, ended)."""
         claims = self.oidc.validate_logout_token(logout_token)
+        self.dbsession.execute(delete(SeenLogoutToken).where(SeenLogoutToken.expires_at < self.clock()))
         if not self._first_sighting(claims):
             raise OIDCError("replayed_jti", "This logout token was already used.")
         issuer = self.oidc.settings.issuer
@@ -274,9 +289,12 @@ class LogoutService:
     def _first_sighting(self, claims: dict) -> bool:
         """Record the jti; False if some process recorded it before (atomic: INSERT .. ON CONFLICT)."""
         now = self.clock()
-        # Keep the record as long as the token could be presented: until exp, or a day at most.
-        horizon = claims.get("exp") or (claims["iat"] + REPLAY_WINDOW.total_seconds())
-        remaining = min(max(horizon - now.timestamp(), 0), 86400) + CLOCK_SKEW
+        # Keep the record as long as the token could still be accepted: until it expires, and
+        # never past the oldest issue time the checks accept.
+        horizon = claims["iat"] + MAX_TOKEN_AGE
+        if claims.get("exp") is not None:
+            horizon = min(horizon, claims["exp"])
+        remaining = max(horizon - now.timestamp(), 0) + CLOCK_SKEW
         return insert_ignoring_duplicates(
             self.dbsession,
             SeenLogoutToken,

@@ -96,12 +96,14 @@ class ProviderMetadata:
                 f"but myapp.oidc.issuer is {expected_issuer!r}; they must be identical."
             )
 
+        schemes = ("https",) if expected_issuer.startswith("https:") else ("https", "http")
+
         def endpoint(name, required):
             value = document.get(name)
             if value is None and not required:
                 return None
             parts = urlsplit(value) if isinstance(value, str) else None
-            if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
+            if parts is None or parts.scheme not in schemes or not parts.netloc:
                 raise ProviderMisconfigured(f"The provider's discovery document has no usable {name}.")
             return value
 
@@ -321,6 +323,14 @@ class OIDCClient:
             log.warning("userinfo names another subject than the ID token; discarding it")
             return None
         return claims
+
+    def cached_logout_origin(self) -> str | None:
+        """The origin of the end-session endpoint, if discovery has been read (never fetches)."""
+        metadata = self._metadata
+        if metadata is None or metadata.end_session_endpoint is None:
+            return None
+        parts = urlsplit(metadata.end_session_endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
 
     def end_session_url(self, *, id_token_hint: str | None) -> str | None:
         """RP-initiated logout at the provider, when it offers it."""

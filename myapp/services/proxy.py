@@ -28,13 +28,22 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
      "transfer-encoding", "upgrade"}
 )
-# The browser's credentials, our own CSRF header, and anything about forwarding: we set those.
-DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
-    "cookie", "authorization", "host", "content-length", "expect", "x-csrf", "forwarded", "x-real-ip", "x-request-id",
+# Only these browser headers go upstream (plus a upstream's own `forward_headers`): content
+# negotiation, caching, tracing. Everything else stays here, whatever tricks it carries
+# (X-HTTP-Method-Override, X-Original-URL, the CSRF token, credentials).
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {"accept", "accept-encoding", "accept-language", "cache-control", "content-encoding", "content-language",
+     "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "pragma", "prefer", "range",
+     "user-agent", "x-requested-with", "traceparent", "tracestate"}
+)
+# The upstream's cookies stay there, and it does not get to weaken this site's own policies.
+DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
+    "set-cookie", "set-cookie2", "strict-transport-security", "clear-site-data", "content-security-policy",
+    "content-security-policy-report-only", "x-frame-options", "x-content-type-options", "referrer-policy", "alt-svc",
 }
-DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"set-cookie", "set-cookie2"}
-_ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
-_ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25)", re.IGNORECASE)
+# Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as "..").
+_FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)", re.IGNORECASE)
+_ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
 
@@ -99,7 +108,7 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     if not raw.startswith(prefix) or raw[len(prefix) : len(prefix) + 1] not in ("", "/"):
         raise _bad_path()
     path = raw[len(prefix) + 1 :]
-    if any(c < "!" or c == "\x7f" or c == "\\" for c in path) or _ENCODED_SEPARATOR.search(path):
+    if any(c < "!" or c == "\x7f" or c in "\\;" for c in path) or _FORBIDDEN_ENCODED.search(path):
         raise _bad_path()
     for segment in path.split("/"):
         decoded = unquote(segment)
@@ -148,23 +157,23 @@ class Proxy:
         query = environ.get("QUERY_STRING")
         if query:
             url += "?" + query
-        headers = self._request_headers(environ, client_addr)
+        headers = self._request_headers(environ, upstream, client_addr)
         body = self._spool_body(environ)
         if body is not None:
             headers["Content-Length"] = str(body.tell())
             body.seek(0)
         return Outgoing(upstream=upstream, method=method, url=url, headers=headers, body=body, request_id=headers["X-Request-ID"])
 
-    def _request_headers(self, environ: Mapping, client_addr: str | None) -> dict:
+    def _request_headers(self, environ: Mapping, upstream: Upstream, client_addr: str | None) -> dict:
         headers = {}
+        allowed = FORWARDED_REQUEST_HEADERS | upstream.forward_headers
         connection_named = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
         for key, value in environ.items():
             if not key.startswith("HTTP_"):
                 continue
             name = key[5:].replace("_", "-").lower()
-            if name in DROPPED_REQUEST_HEADERS or name in connection_named or name.startswith("x-forwarded-"):
-                continue
-            headers[name] = value
+            if name in allowed and name not in connection_named:
+                headers[name] = value
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         incoming_id = environ.get("HTTP_X_REQUEST_ID", "")
@@ -247,7 +256,9 @@ class Proxy:
         return [
             (name, value)
             for name, value in response.headers.items()
-            if name.lower() not in DROPPED_RESPONSE_HEADERS and name.lower() not in connection_named
+            if name.lower() not in DROPPED_RESPONSE_HEADERS
+            and name.lower() not in connection_named
+            and not name.lower().startswith("access-control-")
         ]
 
     def get_json(self, upstream_name: str, path: str, token: Callable[..., str]):
@@ -262,8 +273,10 @@ class Proxy:
         response = self.exchange(outgoing, token)
         try:
             body = response.read(MAX_JSON_BYTES + 1, decode_content=True)
-        finally:
-            response.release_conn()
+        except HTTPError:
+            response.close()
+            return None
+        response.release_conn()
         if response.status != 200 or len(body) > MAX_JSON_BYTES:
             return None
         try:

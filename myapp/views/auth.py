@@ -67,6 +67,11 @@ def login(request):
     if request.method == "HEAD":
         return Response(status=200)  # a link checker's HEAD must not start a sign-in
     next_path = safe_next_path(request.GET.get("next"))
+    if not request.registry["login_rate_limiter"].allow(request.remote_addr or ""):
+        return error_page(
+            request, 429, "Too many sign-in attempts", "Please wait a minute before trying again.",
+            retry_url=_login_url(request, next_path),
+        )
     prompt = request.GET.get("prompt")
     binding = _binding(request)
     browser_token = binding.read(request) or secrets.token_urlsafe(32)

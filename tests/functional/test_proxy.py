@@ -171,21 +171,48 @@ def test_browser_credentials_and_forwarding_headers_stay_here(signed_in, upstrea
         "Proxy-Authorization": "Basic eA==",
         "TE": "trailers",
         "Upgrade": "websocket",
-        "X-Custom": "kept",
+        "X-Custom": "not on the list",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Original-URL": "/admin",
+        "X-Rewrite-URL": "/admin",
+        "True-Client-IP": "6.6.6.6",
+        "Cookie2": "x=1",
+        "X-CSRF-Token": browser.csrf_token or "the-session-csrf-token",
         "Accept": "application/json",
+        "Accept-Language": "fr",
+        "If-None-Match": '"v1"',
+        "Traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     }
     api(browser, "GET", "/api/up/x", status=200, headers=headers)
     seen = upstream.seen[-1]["headers"]
     for name in ["cookie", "x-real-ip", "forwarded", "x-secret-hop", "keep-alive", "proxy-authorization", "te",
-                 "upgrade", "x-forwarded-port", "x-csrf"]:
+                 "upgrade", "x-forwarded-port", "x-csrf", "x-custom", "x-http-method-override", "x-original-url",
+                 "x-rewrite-url", "true-client-ip", "cookie2", "x-csrf-token"]:
         assert name not in seen, name
+    assert seen["accept-language"] == "fr" and seen["if-none-match"] == '"v1"' and seen["traceparent"]
     assert seen["authorization"] == "Bearer at-1"
     assert seen["x-forwarded-for"] == "203.0.113.7"
     assert seen["x-forwarded-proto"] == "https"
     assert seen["x-forwarded-host"] == "app.example.test"
     assert len(seen["x-request-id"]) == 32
-    assert seen["x-custom"] == "kept" and seen["accept"] == "application/json"
+    assert seen["accept"] == "application/json"
     assert seen["host"].startswith("127.0.0.1:")
+
+
+def test_an_upstream_may_be_given_more_headers(make_proxy_app, signed_in, upstream):
+    browser = signed_in(app=make_proxy_app(**{"myapp.upstream.up.forward_headers": "X-Tenant X-Custom"}))
+    api(browser, "GET", "/api/up/x", status=200, headers={"X-Tenant": "acme", "X-Custom": "yes", "X-Other": "no"})
+    seen = upstream.seen[-1]["headers"]
+    assert (seen["x-tenant"], seen["x-custom"]) == ("acme", "yes") and "x-other" not in seen
+
+
+@pytest.mark.parametrize("header", ["Cookie", "authorization", "X-Forwarded-For", "X-HTTP-Method-Override", "Host", "X-CSRF-Token"])
+def test_credentials_and_tricks_cannot_be_allowed(header):
+    from myapp.settings import SettingsError, load_settings
+
+    settings = base_settings("sqlite://", **{"myapp.upstream.demo.forward_headers": header})
+    with pytest.raises(SettingsError, match="^myapp.upstream.demo.forward_headers: .* cannot be forwarded$"):
+        load_settings(settings, environ={})
 
 
 def test_a_well_formed_request_id_is_kept(signed_in, upstream):
@@ -206,6 +233,15 @@ def test_upstream_cookies_and_hop_headers_stay_there(make_proxy_app, signed_in):
         b"X-Internal: secret\r\n"
         b"Keep-Alive: timeout=5\r\n"
         b"Proxy-Authenticate: Basic\r\n"
+        b"Strict-Transport-Security: max-age=0\r\n"
+        b"Content-Security-Policy: default-src *\r\n"
+        b"X-Frame-Options: ALLOWALL\r\n"
+        b"Referrer-Policy: unsafe-url\r\n"
+        b"X-Content-Type-Options: none\r\n"
+        b"Clear-Site-Data: \"*\"\r\n"
+        b"Access-Control-Allow-Origin: *\r\n"
+        b"Access-Control-Allow-Credentials: true\r\n"
+        b"Alt-Svc: h3=\":443\"\r\n"
         b"X-Visible: yes\r\n"
         b"Content-Length: 2\r\n\r\n{}"
     )
@@ -214,10 +250,17 @@ def test_upstream_cookies_and_hop_headers_stay_there(make_proxy_app, signed_in):
         browser = signed_in(app=make_proxy_app(**{"myapp.upstreams": upstreams}))
         response = api(browser, "GET", "/api/raw/x", status=200)
     names = {k.lower() for k, _ in response.headerlist}
-    for name in ["set-cookie", "x-internal", "keep-alive", "proxy-authenticate", "connection"]:
+    for name in ["set-cookie", "x-internal", "keep-alive", "proxy-authenticate", "connection", "clear-site-data",
+                 "access-control-allow-origin", "access-control-allow-credentials", "alt-svc"]:
         assert name not in names, name
     assert response.headers["X-Visible"] == "yes"
     assert response.json == {}
+    # This site's own policies, not the upstream's, and each exactly once.
+    assert response.headers.getall("Strict-Transport-Security") == ["max-age=31536000"]
+    assert response.headers.getall("X-Frame-Options") == ["DENY"]
+    assert response.headers.getall("Referrer-Policy") == ["same-origin"]
+    assert response.headers.getall("X-Content-Type-Options") == ["nosniff"]
+    assert response.headers.getall("Content-Security-Policy")[0].startswith("default-src 'self'")
 
 
 def test_no_store_is_added_when_the_upstream_sets_no_cache_control(signed_in, upstream):
@@ -260,6 +303,11 @@ def test_upstream_errors_pass_through(signed_in, upstream):
         "/api/up/%252e%252e/secret",
         "/api/up/%252f",
         "/api/up/a\\b",
+        "/api/up/a/..;/..;/admin",
+        "/api/up/a/..%3B/admin",
+        "/api/up/.;/admin",
+        "/api/up/a;jsessionid=x",
+        "/api/up/%253b",
     ],
 )
 def test_path_escapes_are_refused(signed_in, upstream, path):
@@ -496,3 +544,50 @@ def test_dashboard_upstream_must_exist():
 
     with pytest.raises(SettingsError, match="^myapp.dashboard.upstream: no upstream named 'nope'"):
         load_settings(base_settings("sqlite://", **{"myapp.dashboard.upstream": "nope"}), environ={})
+
+
+# -- found in review -------------------------------------------------------------------------
+
+
+def test_a_refused_fresh_token_is_not_refreshed_again_and_again(signed_in, upstream, provider):
+    upstream.always_401 = True
+    browser = signed_in()
+    for _ in range(3):
+        api(browser, "GET", "/api/up/x", status=401)
+    assert len([p for p, _, _ in provider.requests if p == "/token"]) == 1
+    assert len(upstream.seen) == 4  # the first call and its retry, then one call each
+
+
+def test_reuse_of_a_rotated_refresh_token_never_happens(signed_in, upstream, provider):
+    browser = signed_in(expires_in=0)
+    for _ in range(3):
+        api(browser, "GET", "/api/up/x", status=200)
+    assert provider.reuse_detected == 0
+
+
+def test_dashboard_survives_an_upstream_that_breaks_off(make_proxy_app, signed_in):
+    broken = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"notes\": ["
+    with canned_http_server(broken) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"up = {url}\nreadonly = {url}", "myapp.dashboard.upstream": "up"})
+        page = signed_in(app=app).get("/", status=200)
+    assert "gave an answer this page cannot read" in page.text
+
+
+def test_an_unverifiable_refreshed_id_token_keeps_the_session(signed_in, upstream, provider, dbsession):
+    """The provider's new key is not published yet: keep the new tokens, not that ID token."""
+    from joserfc.jwk import RSAKey
+
+    unpublished = RSAKey.generate_key(2048, parameters={"kid": "next-key"})
+    def with_unpublished_key(form):
+        status, body = provider.issue_tokens(form)
+        body["id_token"] = provider.sign(provider.claims(), key=unpublished)
+        return status, body
+
+    provider.token_response = with_unpublished_key
+    browser = signed_in(expires_in=0)
+    old_id_token = signed_in.store.tokens(row_of(dbsession, browser)).id_token
+    api(browser, "GET", "/api/up/x", status=200)
+    row = row_of(dbsession, browser)
+    tokens = signed_in.store.tokens(row)
+    assert row.ended_at is None
+    assert tokens.refresh_token != "rt-1" and tokens.id_token == old_id_token

@@ -21,6 +21,7 @@ from tests.support.servers import serve
 
 CLIENT_ID = "myapp-test"
 CLIENT_SECRET = "test-client-secret"
+REDIRECT_URI = "https://app.example.test/auth/callback"
 
 
 def b64(data: bytes) -> str:
@@ -50,7 +51,10 @@ class FakeProvider:
         self.codes = {}  # code -> {"challenge", "nonce", "claims"}
         self.requests = []  # (path, form, headers) seen
         self.revoked = []
-        self.refresh_tokens = {}
+        self.refresh_tokens = {}  # live refresh token -> claims
+        self.used_refresh_tokens = set()
+        self.rotate = True
+        self.reuse_detected = 0
         self.jwks_fetches = 0
         self.discovery_fetches = 0
         self.id_token_claims = {}  # overrides for the next ID tokens
@@ -107,10 +111,10 @@ class FakeProvider:
             return f"{signing_input}.{b64(digest)}"
         return jws.serialize_compact(protected, payload, key, algorithms=[alg])
 
-    def grant(self, *, challenge: str, nonce: str, **claim_overrides) -> str:
+    def grant(self, *, challenge: str, nonce: str, redirect_uri: str = REDIRECT_URI, **claim_overrides) -> str:
         """Issue an authorization code as if the user had signed in."""
         code = secrets.token_urlsafe(16)
-        self.codes[code] = {"challenge": challenge, "nonce": nonce, "claims": claim_overrides}
+        self.codes[code] = {"challenge": challenge, "nonce": nonce, "redirect_uri": redirect_uri, "claims": claim_overrides}
         return code
 
     # -- the WSGI app ----------------------------------------------------------------------------
@@ -138,7 +142,10 @@ class FakeProvider:
             if self.token_response is not None:
                 status, body = self.token_response(form)
                 return status, body, "application/json"
-            return self.issue_tokens(form, environ)
+            if not self.client_authenticated(form, environ):
+                return 401, {"error": "invalid_client"}, "application/json"
+            status, body = self.issue_tokens(form)
+            return status, body, "application/json"
         if path == "/userinfo":
             token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
             if self.userinfo_response is not None:
@@ -159,21 +166,34 @@ class FakeProvider:
             return (user, password) == (CLIENT_ID, CLIENT_SECRET)
         return (form.get("client_id"), form.get("client_secret")) == (CLIENT_ID, CLIENT_SECRET)
 
-    def issue_tokens(self, form, environ):
-        if not self.client_authenticated(form, environ):
-            return 401, {"error": "invalid_client"}, "application/json"
+    def issue_tokens(self, form) -> tuple[int, dict]:
+        """What the token endpoint answers an authenticated client; tests may wrap it."""
         if form.get("grant_type") == "authorization_code":
             grant = self.codes.pop(form.get("code"), None)
-            if grant is None or s256(form.get("code_verifier", "")) != grant["challenge"]:
-                return 400, {"error": "invalid_grant"}, "application/json"
+            if (
+                grant is None
+                or s256(form.get("code_verifier", "")) != grant["challenge"]
+                or form.get("redirect_uri") != grant["redirect_uri"]
+            ):
+                return 400, {"error": "invalid_grant"}
             claims = self.claims(**{"nonce": grant["nonce"], **self.id_token_claims, **grant["claims"]})
         elif form.get("grant_type") == "refresh_token":
-            claims = self.refresh_tokens.get(form.get("refresh_token"))
-            if claims is None:
-                return 400, {"error": "invalid_grant"}, "application/json"
-            claims = {k: v for k, v in self.claims(**self.id_token_claims).items()}
+            presented = form.get("refresh_token")
+            if presented in self.used_refresh_tokens:
+                # Reuse of a rotated token: as production providers do, revoke every live one.
+                self.reuse_detected += 1
+                self.refresh_tokens.clear()
+                return 400, {"error": "invalid_grant"}
+            if presented not in self.refresh_tokens:
+                return 400, {"error": "invalid_grant"}
+            claims = self.claims(**self.id_token_claims)
+            if not self.rotate:
+                return 200, {"access_token": "at-" + secrets.token_urlsafe(16), "token_type": "Bearer",
+                             "expires_in": 300, "id_token": self.sign(claims)}
+            del self.refresh_tokens[presented]
+            self.used_refresh_tokens.add(presented)
         else:
-            return 400, {"error": "unsupported_grant_type"}, "application/json"
+            return 400, {"error": "unsupported_grant_type"}
         access_token = "at-" + secrets.token_urlsafe(16)
         refresh_token = "rt-" + secrets.token_urlsafe(16)
         self.refresh_tokens[refresh_token] = claims
@@ -184,7 +204,7 @@ class FakeProvider:
             "refresh_token": refresh_token,
             "id_token": self.sign(claims),
             "scope": "openid profile email offline_access",
-        }, "application/json"
+        }
 
     def serve(self):
         return serve(self)

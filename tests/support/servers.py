@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import waitress
-from waitress import wasyncore
+from waitress.channel import HTTPChannel
 
 
 @contextmanager
@@ -24,11 +24,16 @@ def running_wsgi(
     server = waitress.create_server(app, sockets=[listener], threads=threads, **options)
     thread = threading.Thread(target=server.run, name=f"waitress {base_url}", daemon=True)
     thread.start()
+    def close_everything():
+        for dispatcher in list(server._map.values()):
+            # A channel's handle_close also closes its output buffers (temporary files past 1 MiB).
+            (dispatcher.handle_close if isinstance(dispatcher, HTTPChannel) else dispatcher.close)()
+
     try:
         yield base_url
     finally:
         # Closed from the server's own loop thread (a trigger thunk), so the loop ends cleanly.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        server.trigger.pull_trigger(close_everything)
         thread.join(timeout=10)
         server.task_dispatcher.shutdown()
 

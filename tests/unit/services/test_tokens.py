@@ -268,3 +268,33 @@ class TestSingleFlight:
         assert flights.run("a", lambda: 1) == 1
         assert flights.run("b", lambda: 2) == 2
         assert flights.run("a", lambda: 3) == 3
+
+
+def test_logout_under_the_lock_returns_the_tokens_and_stops_refreshes(manager, provider, session_row, dbsession):
+    row = session_row()
+    tokens = manager.end_session(row.id, "logout")
+    assert (tokens.access_token, tokens.refresh_token) == ("at-old", "rt-old")
+    stored = reload(dbsession, row)
+    assert stored.end_reason == "logout" and stored.refresh_token is None
+    with pytest.raises(LoginRequired):
+        manager.access_token(stored)
+    assert provider.calls == []
+    assert manager.end_session(row.id, "logout").refresh_token is None
+
+
+def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provider, session_row, dbsession, cipher, connection):
+    """Without a row lock (the Redis backend), a logout can land while the provider answers."""
+    row = session_row()
+    revoked = []
+    provider.revoke = lambda token, hint, timeout=None: revoked.append((token, hint)) or True
+
+    def ended_meanwhile(rt):
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as other, other.begin():
+            other.get(UserSession, row.id).ended_at = utcnow()
+        return {"access_token": "at-new", "token_type": "Bearer", "expires_in": 300, "refresh_token": "rt-new"}
+
+    provider.answer = ended_meanwhile
+    with pytest.raises(LoginRequired):
+        manager.access_token(row)
+    assert reload(dbsession, row).access_token is None or cipher.decrypt(reload(dbsession, row).access_token) != "at-new"
+    assert revoked == [("rt-new", "refresh_token")]
