@@ -35,6 +35,7 @@ def unreadable_request_tween_factory(handler, registry):
     they stream to the upstream unread."""
 
     def tween(request):
+        request.add_finished_callback(_close_spooled_body)
         environ = request.environ
         path = environ.get("PATH_INFO", "")
         if not _decodes(path, query=False) or not _decodes(environ.get("QUERY_STRING", ""), query=True):
@@ -49,6 +50,13 @@ def unreadable_request_tween_factory(handler, registry):
         return handler(request)
 
     return tween
+
+
+def _close_spooled_body(request):
+    """WebOb spools large bodies to a temporary file it never closes; close it when done."""
+    body = request.environ.get("wsgi.input")
+    if body is not None and getattr(body, "name", None) is not None and hasattr(body, "close"):
+        body.close()
 
 
 def includeme(config):

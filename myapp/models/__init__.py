@@ -16,6 +16,7 @@ from .user import User
 
 # The alembic head this code expects; tests/unit/models/test_migrations.py keeps it honest.
 SCHEMA_REVISION = "0002"
+MAX_RETRIED_BODY_BYTES = 1024 * 1024
 
 __all__ = [
     "AuditEvent",
@@ -164,12 +165,15 @@ def commit_veto(request, response) -> bool:
 
 
 def retry_attempts(request) -> int | None:
-    """pyramid_retry's hook: proxied API calls are attempted once.
+    """pyramid_retry's hook: proxied API calls and large bodies are attempted once.
 
-    Replaying one would repeat its effect upstream, and enabling retries makes pyramid_retry copy
-    every request body up front, which a streaming proxy must not do.
+    Replaying a proxied call would repeat its effect upstream; and enabling retries makes
+    pyramid_retry copy the whole request body first, which a streaming proxy must not do and
+    which would spool an oversized form to disk before it is refused.
     """
-    return 1 if request.environ.get("PATH_INFO", "").startswith("/api/") else None
+    if request.environ.get("PATH_INFO", "").startswith("/api/"):
+        return 1
+    return 1 if (request.content_length or 0) > MAX_RETRIED_BODY_BYTES else None
 
 
 def keep_transaction(request) -> None:

@@ -36,17 +36,5 @@ def template_globals(event):
     )
 
 
-def close_spooled_body(event):
-    """WebOb spools large form bodies to a temporary file it never closes; close it when done."""
-    event.request.add_finished_callback(_close_input)
-
-
-def _close_input(request):
-    body = request.environ.get("wsgi.input")
-    if body is not None and getattr(body, "name", None) is not None and hasattr(body, "close"):
-        body.close()
-
-
 def includeme(config):
     config.add_subscriber(template_globals, "pyramid.events.BeforeRender")
-    config.add_subscriber(close_spooled_body, "pyramid.events.NewRequest")

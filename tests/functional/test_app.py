@@ -154,3 +154,21 @@ def test_undecodable_form_body_is_read_with_replacement_characters(browser, alic
     headers = {"Origin": "https://app.example.test", "Content-Type": "application/x-www-form-urlencoded"}
     page = browser.post("/posts", body, headers=headers, status=303).follow()
     assert "\ufffd\ufffd" in page.text
+
+
+def test_malformed_multipart_form_is_400(browser, alice, sign_in):
+    sign_in(browser, alice)
+    headers = {"Origin": "https://app.example.test", "Content-Type": "multipart/form-data"}
+    for url in ["/posts", "/logout", "/account/sessions/revoke-others"]:
+        page = browser.post(url, b"garbage", headers=headers, status=400)
+        assert "could not be read" in page.text
+
+
+def test_oversized_form_is_413(browser, alice, sign_in):
+    sign_in(browser, alice)
+    browser.post(
+        "/posts",
+        {"title": "x", "body": "b" * (1024 * 1024 + 1), "csrf_token": browser.csrf_token},
+        headers={"Origin": "https://app.example.test"},
+        status=413,
+    )

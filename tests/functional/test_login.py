@@ -14,7 +14,7 @@ from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, Us
 from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.conftest import COOKIE, Browser
-from tests.support.fake_provider import CLIENT_ID
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
 
 
 @pytest.fixture
@@ -255,6 +255,18 @@ def test_state_from_another_browser(app, provider, dbsession):
     page = victim.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
     assert "another browser" in page.text
     assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["other_browser"]
+
+
+def test_state_from_a_browser_with_another_binding_neither_completes_nor_cancels(app, provider, dbsession):
+    victim, attacker = Browser(app), Browser(app)
+    start_login(victim)
+    _, query = start_login(attacker)
+    assert victim.cookies["__Host-login"] != attacker.cookies["__Host-login"]
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    params = {"code": code, "state": query["state"], "iss": provider.issuer}
+    victim.get("/auth/callback", params=params, status=400)
+    assert attacker.get("/auth/callback", params=params, status=303)
     assert failures(dbsession) == ["other_browser"]
 
 
@@ -554,7 +566,15 @@ def test_backchannel_logout_needs_no_cookie_or_csrf(app, provider):
 
 
 def test_oversized_backchannel_request(app):
-    Browser(app).post("/auth/backchannel-logout", {"logout_token": "x" * 70000}, status=400)
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": "x" * 70000}, status=400)
+    assert response.json["message"] == "The request is too large."
+
+
+def test_backchannel_logout_with_an_unreadable_body(app):
+    response = Browser(app).post(
+        "/auth/backchannel-logout", b"x", headers={"Content-Type": "multipart/form-data"}, status=400
+    )
+    assert response.json["error"] == "bad_request"
 
 
 # -- secrets stay secret ---------------------------------------------------------------------
@@ -569,16 +589,67 @@ def test_no_token_reaches_the_browser(browser, provider):
     assert "at-" not in page_text and "eyJ" not in page_text
 
 
-def test_nothing_secret_is_logged(browser, provider, caplog):
+def test_nothing_secret_is_logged_or_audited(browser, provider, caplog, dbsession):
     caplog.set_level(logging.DEBUG)
     response, query = start_login(browser)
+    binding = browser.cookies["__Host-login"]
     code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
     browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer})
     cookie = browser.cookies[COOKIE]
     browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    token_request = [form for path, form, _ in provider.requests if path == "/token"][0]
     browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
-    secrets_seen = [code, query["state"], query["nonce"], cookie, *provider.refresh_tokens]
+    userinfo_headers = [h for path, _, h in provider.requests if path == "/userinfo"][0]
+    access_token = userinfo_headers["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
+    secrets_seen = [
+        code, query["state"], query["nonce"], token_request["code_verifier"], cookie, binding, access_token,
+        CLIENT_SECRET, *provider.used_refresh_tokens, *provider.refresh_tokens, *provider.revoked,
+    ]
     logged = "\n".join(r.getMessage() for r in caplog.records)
+    audited = "\n".join(f"{e.detail} {e.session_handle}" for e in dbsession.scalars(select(AuditEvent)))
     for secret in secrets_seen:
-        assert secret not in logged
+        assert secret and secret not in logged and secret not in audited
+    assert "eyJ" not in logged and "eyJ" not in audited
     assert "authlib" not in {r.name.split(".")[0] for r in caplog.records if r.levelno < logging.INFO}
+
+
+# -- found in review -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("next_path", ["/\u0130", "/caf\u00e9", "/\u2028x"])
+def test_non_ascii_next_falls_back_to_home_and_never_500(browser, provider, next_path):
+    response = sign_in(browser, provider, next_path)
+    assert response.status_int == 303
+    assert response.location == "https://app.example.test/"
+
+
+def test_sign_in_starts_are_rate_limited_per_address(browser, provider, dbsession):
+    for _ in range(30):
+        browser.get("/login", status=303)
+    page = browser.get("/login", status=429)
+    assert "Too many sign-in attempts" in page.text
+    other = Browser(browser.app)
+    other.extra_environ = {**other.extra_environ, "REMOTE_ADDR": "198.51.100.9"}
+    other.get("/login", status=303)
+
+
+def test_one_browser_keeps_at_most_ten_sign_ins_pending(browser, provider, dbsession):
+    for _ in range(15):
+        start_login(browser)
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 10
+    assert len({row.browser_hash for row in dbsession.scalars(select(LoginTransaction))}) == 1
+
+
+def test_the_session_id_comes_from_the_id_token_not_userinfo(browser, provider, dbsession):
+    provider.userinfo_response = lambda token: (200, {"sub": "alice", "sid": "forged-sid"})
+    sign_in(browser, provider)
+    assert dbsession.scalars(select(UserSession)).one().provider_sid == provider.sid
+
+
+def test_logout_form_may_redirect_to_a_logout_endpoint_on_another_origin(make_app, provider):
+    provider.metadata_overrides["end_session_endpoint"] = "https://logout.example.test/end"
+    browser = Browser(make_app())
+    assert "https://logout.example.test" not in browser.get("/").headers["Content-Security-Policy"]
+    sign_in(browser, provider)
+    csp = browser.get("/").headers["Content-Security-Policy"]
+    assert "https://logout.example.test" in csp.split("form-action")[1].split(";")[0]

@@ -45,6 +45,9 @@ def test_local_paths_are_kept(value):
         "/\x7f",
         "/" + "a" * 3000,
         ["/"],
+        "/\u0130",
+        "/caf\u00e9",
+        "/\u2028x",
     ],
 )
 def test_open_redirect_payloads_fall_back_to_root(value):
