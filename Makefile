@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean
+.PHONY: run test bench venv clean
 
 venv: $(INSTALLED)
 
@@ -25,6 +25,10 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	bench/install-wrk.sh
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pyramid.config import Configurator
 from pyramid.security import NO_PERMISSION_REQUIRED
 
-from myapp.devstack.api import API, DemoAPI
+from myapp.devstack.api import API, DemoAPI, PublishedKeySet
 from myapp.devstack.provider import PROVIDER, Provider
 from myapp.devstack.settings import IDP_PATH, load_devstack_settings
 from myapp.settings import SettingsError
@@ -23,8 +23,10 @@ def includeme(config):
     if bff_settings is not None and not bff_settings.is_development:
         raise SettingsError("pyramid.includes: the development stack (myapp.devstack) is refused in production")
     settings = load_devstack_settings(config.get_settings())
-    config.registry[PROVIDER] = Provider(settings.idp)
-    config.registry[API] = DemoAPI(settings.api)
+    provider = config.registry[PROVIDER] = Provider(settings.idp)
+    # Unless told to fetch them from elsewhere, the API reads its provider's keys in-process.
+    in_process = "devstack.api.jwks_uri" not in config.get_settings()
+    config.registry[API] = DemoAPI(settings.api, keys=PublishedKeySet(provider.signer.jwks) if in_process else None)
     config.add_static_view(
         IDP_PATH.lstrip("/") + "/static", "myapp.devstack:static", cache_max_age=3600, permission=NO_PERMISSION_REQUIRED
     )

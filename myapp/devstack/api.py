@@ -120,6 +120,23 @@ class RemoteKeySet:
         ]
 
 
+class PublishedKeySet:
+    """The provider's published keys, read in-process when the API is served beside its provider.
+
+    The same document as the provider's JWKS endpoint; fetching it over HTTP from this very
+    process could wait forever for a free thread while every thread waits for the keys.
+    """
+
+    def __init__(self, jwks):
+        self.jwks = jwks
+
+    def key_for(self, kid: str | None) -> RSAKey | None:
+        keys = [key for key in KeySet.import_key_set(self.jwks()) if isinstance(key, RSAKey)]
+        if kid is None:
+            return keys[0] if len(keys) == 1 else None
+        return next((key for key in keys if key.kid == kid), None)
+
+
 class AccessTokenVerifier:
     """RFC 9068-style checks: RS256 signature by the provider, ``iss``, ``aud``, ``exp``, ``sub``."""
 
@@ -198,9 +215,9 @@ class NoteStore:
 
 
 class DemoAPI:
-    def __init__(self, settings: APISettings):
+    def __init__(self, settings: APISettings, *, keys=None):
         self.verifier = AccessTokenVerifier(
-            keys=RemoteKeySet(settings.jwks_uri),
+            keys=keys or RemoteKeySet(settings.jwks_uri),
             issuer=settings.issuer,
             audience=settings.audience,
             leeway=settings.leeway,

@@ -1,0 +1,316 @@
+"""`make bench`: the BFF against the floor of a Python proxy, measured in one run on loopback.
+
+Targets (one process each, waitress with the same threads): D the upstream (the demo API) called
+directly; N a bare Pyramid proxy on urllib3; R the same on requests; B myapp's /api/demo/...
+with a signed-in session. Also a signed-in page against the anonymous landing page, a refresh
+storm, and the proxy's memory while 100 MiB stream through it. wrk generates the load.
+Writes bench/results.json; docs/benchmarks.md records a run.
+"""
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+from alembic import command
+from alembic.config import Config
+from cryptography.fernet import Fernet
+from sqlalchemy import select, update
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from myapp.models import UserSession, get_engine  # noqa: E402
+from myapp.models.meta import utcnow  # noqa: E402
+from myapp.services.sessions import TokenCipher  # noqa: E402
+from tests.devstack.flows import sign_in as type_name_at_provider  # noqa: E402
+
+CLIENT_ID, CLIENT_SECRET = "bench", "bench-client-secret"
+COOKIE = "session"
+STREAM_BYTES = 100 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+class Processes:
+    """The servers under test, each in its own process, their output in the work directory."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.running = []
+
+    def start(self, name, args) -> subprocess.Popen:
+        log = self.work / f"{name}.log"
+        process = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True
+        )
+        self.running.append(process)
+        for _ in range(200):
+            if "listening on" in log.read_text():
+                return process
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise SystemExit(f"bench: {name} did not start:\n{log.read_text()}")
+
+    def stop(self):
+        for process in self.running:
+            process.terminate()
+        for process in self.running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def migrate(url):
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return engine
+
+
+def write_ini(path: Path, settings: dict):
+    lines = ["[app:main]", "use = egg:myapp"] + [f"{k} = {v}" for k, v in settings.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url, *, connections, duration, headers=()):
+    threads = 1 if connections == 1 else 2
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    for header in headers:
+        args += ["-H", header]
+    output = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    if rps == 0:
+        raise RuntimeError(f"bench: no answer from {url}:\n{output}")
+    latency = {}
+    for pct, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", output, re.MULTILINE):
+        latency[pct] = float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "rps": rps,
+        "p50_ms": latency.get("50"),
+        "p99_ms": latency.get("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else None,
+    }
+
+
+def sign_in(bff: str) -> requests.Session:
+    browser = requests.Session()
+    start = browser.get(bff + "/login", allow_redirects=False)
+    callback = type_name_at_provider(browser, start.headers["Location"], "bench")
+    done = browser.get(urljoin(bff, callback), allow_redirects=False)
+    assert done.status_code == 303, done.text
+    return browser
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def stream_memory(bff: str, browser: requests.Session, pid: int) -> dict:
+    """Peak RSS growth of the proxy process while STREAM_BYTES flow through it."""
+    baseline = rss_kib(pid)
+    peak, done = baseline, threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_kib(pid))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    received = 0
+    started = time.monotonic()
+    with browser.get(bff + f"/api/demo/bytes?n={STREAM_BYTES}", headers={"X-CSRF": "1"}, stream=True) as response:
+        for chunk in response.iter_content(64 * 1024):
+            received += len(chunk)
+    seconds = time.monotonic() - started
+    done.set()
+    sampler.join()
+    return {
+        "bytes": received,
+        "seconds": round(seconds, 2),
+        "rss_baseline_mib": round(baseline / 1024, 1),
+        "rss_growth_mib": round((peak - baseline) / 1024, 1),
+    }
+
+
+def refresh_storm(bff: str, browser: requests.Session, engine, idp: str, callers: int = 50) -> dict:
+    with engine.begin() as connection:
+        connection.execute(update(UserSession).values(access_token_expires_at=utcnow()))
+    before = requests.get(idp + "/_dev/idp/stats").json()
+    barrier, statuses = threading.Barrier(callers), []
+    cookies = browser.cookies.get_dict()
+
+    def call():
+        with requests.Session() as session:
+            session.cookies.update(cookies)
+            barrier.wait()
+            statuses.append(session.get(bff + "/api/demo/me", headers={"X-CSRF": "1"}, timeout=30).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = requests.get(idp + "/_dev/idp/stats").json()
+    return {
+        "callers": callers,
+        "succeeded": statuses.count(200),
+        "provider_refreshes": after["refresh_grants"] - before["refresh_grants"],
+        "reuse_detected": after["refresh_reuse_detected"] - before["refresh_reuse_detected"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
+    ports = {name: free_port() for name in ("idp", "bff", "n", "r")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    key = Fernet.generate_key().decode()
+    database_url = f"sqlite:///{work / 'bench.sqlite'}"
+    engine = migrate(database_url)
+    write_ini(
+        work / "bench.ini",
+        {
+            "sqlalchemy.url": database_url,
+            "myapp.public_url": urls["bff"],
+            "myapp.oidc.issuer": urls["idp"] + "/_dev/idp",
+            "myapp.oidc.client_id": CLIENT_ID,
+            "myapp.oidc.client_secret": CLIENT_SECRET,
+            "myapp.session.cookie_secure": "false",
+            "myapp.session.cookie_name": COOKIE,
+            "myapp.tokens.encryption_keys": key,
+            "myapp.upstreams": f"demo = {urls['idp']}/_dev/api",
+            "myapp.proxy.max_body_bytes": str(STREAM_BYTES),
+        },
+    )
+    processes = Processes(work)
+    try:
+        processes.start(
+            "devstack",
+            [
+                "-m", "myapp.devstack", "--port", str(ports["idp"]), "--client-id", CLIENT_ID,
+                "--client-secret", CLIENT_SECRET, "--redirect-uri", urls["bff"] + "/auth/callback",
+                "--set", f"devstack.idp.key_file={work / 'idp-key.json'}",
+                "--set", "devstack.idp.access_token_lifetime=1h",
+            ],
+        )
+        bff = processes.start("bff", ["bench/serve.py", "bff", str(work / "bench.ini"), str(ports["bff"])])
+        processes.start("N", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["n"])])
+        processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
+
+        browser = sign_in(urls["bff"])
+        cipher = TokenCipher([key])
+        with engine.connect() as connection:
+            token = cipher.decrypt(connection.execute(select(UserSession.access_token)).scalar_one())
+        bearer = f"Authorization: Bearer {token}"
+        session_cookie = f"Cookie: {COOKIE}={browser.cookies[COOKIE]}"
+        targets = {
+            "D": (urls["idp"] + "/_dev/api/ping", [bearer]),
+            "N": (urls["n"] + "/ping", [bearer]),
+            "R": (urls["r"] + "/ping", [bearer]),
+            "B": (urls["bff"] + "/api/demo/ping", [session_cookie, "X-CSRF: 1"]),
+        }
+        for url, headers in targets.values():  # warm up pools and caches
+            wrk(url, connections=8, duration=2, headers=headers)
+
+        results = {"proxy": {}, "pages": {}}
+        for connections in levels:
+            row = results["proxy"][str(connections)] = {}
+            for name, (url, headers) in targets.items():
+                row[name] = wrk(url, connections=connections, duration=args.duration, headers=headers)
+                print(f"c={connections:<3} {name}: {row[name]['rps']:8.0f} req/s  p50 {row[name]['p50_ms']:.2f} ms  p99 {row[name]['p99_ms']:.2f} ms", flush=True)
+
+        pages = {
+            "anonymous landing /": (urls["bff"] + "/", []),
+            "signed-in /posts": (urls["bff"] + "/posts", [session_cookie]),
+            "signed-in dashboard / (with its server-side API call)": (urls["bff"] + "/", [session_cookie]),
+        }
+        for name, (url, headers) in pages.items():
+            wrk(url, connections=8, duration=2, headers=headers)
+            results["pages"][name] = wrk(url, connections=8, duration=args.duration, headers=headers)
+            print(f"page {name}: {results['pages'][name]['rps']:.0f} req/s", flush=True)
+
+        results["refresh_storm"] = refresh_storm(urls["bff"], browser, engine, urls["idp"])
+        print(f"refresh storm: {results['refresh_storm']}", flush=True)
+        results["streaming"] = stream_memory(urls["bff"], browser, bff.pid)
+        print(f"streaming: {results['streaming']}", flush=True)
+    finally:
+        processes.stop()
+        engine.dispose()
+
+    results["targets"] = check_targets(results, levels)
+    results["machine"] = {"cpus": len(__import__("os").sched_getaffinity(0)), "python": sys.version.split()[0]}
+    results["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results, levels)
+
+
+def check_targets(results, levels) -> dict:
+    proxy = results["proxy"]
+    top = str(max(levels))
+    anonymous = results["pages"]["anonymous landing /"]["rps"]
+    signed_in = results["pages"]["signed-in /posts"]["rps"]
+    one = proxy.get("1")
+    return {
+        "B/N throughput >= 0.7": {c: round(proxy[c]["B"]["rps"] / proxy[c]["N"]["rps"], 2) for c in proxy},
+        "B/R throughput >= 1.0": {c: round(proxy[c]["B"]["rps"] / proxy[c]["R"]["rps"], 2) for c in proxy},
+        "B-D p50 at c=1 <= 1 ms": round(one["B"]["p50_ms"] - one["D"]["p50_ms"], 2) if one else None,
+        "signed-in page / anonymous >= 0.7": round(signed_in / anonymous, 2),
+        "refreshes in the storm == 1": results["refresh_storm"]["provider_refreshes"],
+        "RSS growth streaming 100 MiB < 20 MiB": results["streaming"]["rss_growth_mib"],
+        "top concurrency": top,
+    }
+
+
+def print_table(results, levels):
+    print()
+    print(f"{'c':>3} {'':2} {'D':>8} {'N':>8} {'R':>8} {'B':>8}   {'B/N':>5} {'B/R':>5} {'B/D':>5}   p50 B-D")
+    for c in levels:
+        row = results["proxy"][str(c)]
+        rps = {k: row[k]["rps"] for k in "DNRB"}
+        print(
+            f"{c:>3}    {rps['D']:8.0f} {rps['N']:8.0f} {rps['R']:8.0f} {rps['B']:8.0f}   "
+            f"{rps['B'] / rps['N']:5.2f} {rps['B'] / rps['R']:5.2f} {rps['B'] / rps['D']:5.2f}   "
+            f"{row['B']['p50_ms'] - row['D']['p50_ms']:.2f} ms"
+        )
+    print()
+    for name, value in results["targets"].items():
+        print(f"  {name}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Serve one benchmark target in its own process; prints ``listening on URL`` when ready.
+
+    python bench/serve.py bff INI PORT
+    python bench/serve.py bare-urllib3 UPSTREAM_BASE PORT
+    python bench/serve.py bare-requests UPSTREAM_BASE PORT
+"""
+
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import waitress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+THREADS = 8
+
+
+def main():
+    kind, target, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    logging.basicConfig(level=logging.WARNING)
+    if kind == "bff":
+        from pyramid.paster import get_app
+
+        app = get_app(target, "main")
+    else:
+        from bench.bare_proxy import make_app
+
+        app = make_app(target, kind.removeprefix("bare-"))
+    listener = socket.create_server(("127.0.0.1", port))
+    server = waitress.create_server(
+        app, sockets=[listener], threads=THREADS, outbuf_high_watermark=1024 * 1024, connection_limit=1000
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    server.run()
+
+
+if __name__ == "__main__":
+    main()
