@@ -14,10 +14,11 @@ from zope.interface import implementer
 
 from myapp.errors import APIError, ErrorCode
 from myapp.models import User
-from myapp.services.sessions import EndReason, TokenSet
+from myapp.services.sessions import EndReason, SessionRecord, TokenSet
 from myapp.settings import SessionSettings
 
 MAX_COOKIE_LENGTH = 128
+SESSION_KEY = "myapp.session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -124,7 +125,7 @@ class SessionSecurityPolicy:
     def remember(self, request, userid, *, tokens=TokenSet(), provider_sid=None, **kw):
         """Start a new session for the user (never reusing the browser's old id) and set its cookie."""
         store = request.session_store
-        old = self._current_row(request)
+        old = self._current_session(request)
         if old is not None:
             store.end(old, EndReason.REPLACED)
         raw_id, row = store.create(
@@ -142,55 +143,54 @@ class SessionSecurityPolicy:
         return [self.cookie.set(raw_id, max_age)]
 
     def forget(self, request, *, reason=EndReason.LOGOUT, **kw):
-        row = self._current_row(request)
-        if row is not None:
-            request.session_store.end(row, reason)
+        session = self._current_session(request)
+        if session is not None:
+            request.session_store.end(session, reason)
         self._cache.clear(request)
-        request.environ.pop("myapp.session_row", None)
+        request.environ.pop(SESSION_KEY, None)
         return [self.cookie.delete()]
 
-    def session_row(self, request):
-        """The live session row behind ``request.identity``, loaded by the same lookup."""
+    def session_record(self, request) -> SessionRecord | None:
+        """The live session behind ``request.identity``, as read by the same lookup."""
         if request.identity is None:
             return None
-        return request.environ.get("myapp.session_row")
+        return request.environ.get(SESSION_KEY)
 
-    def _current_row(self, request):
+    def _current_session(self, request) -> SessionRecord | None:
         self.identity(request)
-        return request.environ.get("myapp.session_row")
+        return request.environ.get(SESSION_KEY)
 
     def _load_identity(self, request) -> Identity | None:
-        request.environ.pop("myapp.session_row", None)
+        request.environ.pop(SESSION_KEY, None)
         raw_id = self.cookie.read(request)
         if raw_id is None:
             if self.cookie.is_present(request):
                 self._clear_cookie_later(request, None)
             return None
         store = request.session_store
-        row = store.find(raw_id)
-        if row is None:
+        session = store.find(raw_id)
+        if session is None:
             self._clear_cookie_later(request, None)
             return None
-        reason = store.dead_reason(row)
+        reason = store.dead_reason(session)
         if reason is not None:
             self._clear_cookie_later(request, reason)
             return None
-        store.touch(row)
-        request.environ["myapp.session_row"] = row
-        user = row.user
+        last_seen_at = store.touch(session)
+        request.environ[SESSION_KEY] = session
         return Identity(
-            user_id=user.id,
-            issuer=user.issuer,
-            subject=user.subject,
-            name=user.display_name,
-            email=user.email,
-            groups=tuple(user.groups or ()),
-            session_id=row.id,
-            session_handle=row.handle,
-            csrf_token=row.csrf_token,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            idle_expires_at=store.idle_expires_at(row),
+            user_id=session.user_id,
+            issuer=session.user_issuer,
+            subject=session.user_subject,
+            name=session.user_name,
+            email=session.user_email,
+            groups=session.user_groups,
+            session_id=session.id,
+            session_handle=session.handle,
+            csrf_token=session.csrf_token,
+            created_at=session.created_at,
+            expires_at=session.expires_at,
+            idle_expires_at=store.idle_expires_at(session, last_seen_at),
         )
 
     def _clear_cookie_later(self, request, reason):
@@ -210,10 +210,10 @@ class SessionRowCSRFStoragePolicy:
     """The CSRF token lives in the session row; an anonymous request has none and fails every check."""
 
     def new_csrf_token(self, request):
-        row = request.session_row
-        if row is None:
+        session = request.session_record
+        if session is None:
             return ""
-        return request.session_store.new_csrf_token(row)
+        return request.session_store.new_csrf_token(session)
 
     def get_csrf_token(self, request):
         identity = request.identity
@@ -282,7 +282,7 @@ def includeme(config):
     config.set_csrf_storage_policy(SessionRowCSRFStoragePolicy())
     config.set_default_csrf_options(require_csrf=True)
     config.add_view_deriver(json_csrf_view, under=INGRESS, over="secured_view")
-    config.add_request_method(policy.session_row, "session_row", property=True)
+    config.add_request_method(policy.session_record, "session_record", property=True)
     config.registry["session_cookie"] = policy.cookie
     headers = SecurityHeaders(settings, lambda: config.registry["oidc_client"].cached_logout_origin())
     config.add_subscriber(headers, "pyramid.events.NewResponse")

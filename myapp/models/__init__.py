@@ -143,6 +143,7 @@ def includeme(config):
     config.registry["db_engine"] = engine
     config.registry["own_dbsession_factory"] = get_session_factory(own_engine)
     config.registry["own_engine"] = own_engine
+    config.registry["read_connection"] = engine.connect
 
     def dbsession(request):
         # Read from the registry per request: tests swap in a factory bound to a rolled-back connection.

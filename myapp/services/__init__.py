@@ -50,6 +50,7 @@ def includeme(config):
             cipher=cipher,
             settings=settings.session,
             own_transactions=request.registry["own_dbsession_factory"],
+            reads=request.registry["read_connection"],
         )
 
     def audit(request):
@@ -63,7 +64,7 @@ def includeme(config):
 
     def access_token(request, stale=None):
         """A valid access token for this request's session (see TokenManager.access_token)."""
-        return request.registry["token_manager"].access_token(request.session_row, stale=stale)
+        return request.registry["token_manager"].access_token(request.session_record, stale=stale)
 
     config.add_request_method(session_store, reify=True)
     config.add_request_method(audit, reify=True)

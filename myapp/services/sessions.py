@@ -1,16 +1,17 @@
 """Server-side sessions: the browser holds a random id, the database holds its SHA-256."""
 
+import contextlib
 import hashlib
 import re
 import secrets
 from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from myapp.models import User, UserSession
 from myapp.models.meta import utcnow
@@ -34,6 +35,74 @@ class EndReason:
     REFRESH_FAILED = "refresh_failed"
     EXPIRED = "expired"
     IDLE = "idle"
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session and its user as plain values: what every request reads, in one lean query."""
+
+    id: int
+    handle: str
+    user_id: int
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    csrf_token: str = field(repr=False)
+    access_token: bytes | None = field(repr=False)
+    access_token_expires_at: datetime | None
+    user_issuer: str
+    user_subject: str
+    user_name: str
+    user_email: str | None
+    user_groups: tuple[str, ...]
+    user_disabled: bool
+
+    @classmethod
+    def from_row(cls, row: UserSession) -> "SessionRecord":
+        user = row.user
+        return cls(
+            id=row.id,
+            handle=row.handle,
+            user_id=row.user_id,
+            created_at=row.created_at,
+            last_seen_at=row.last_seen_at,
+            expires_at=row.expires_at,
+            ended_at=row.ended_at,
+            end_reason=row.end_reason,
+            csrf_token=row.csrf_token,
+            access_token=row.access_token,
+            access_token_expires_at=row.access_token_expires_at,
+            user_issuer=user.issuer,
+            user_subject=user.subject,
+            user_name=user.display_name,
+            user_email=user.email,
+            user_groups=tuple(user.groups or ()),
+            user_disabled=user.disabled,
+        )
+
+
+_RECORD_COLUMNS = (
+    UserSession.id,
+    UserSession.handle,
+    UserSession.user_id,
+    UserSession.created_at,
+    UserSession.last_seen_at,
+    UserSession.expires_at,
+    UserSession.ended_at,
+    UserSession.end_reason,
+    UserSession.csrf_token,
+    UserSession.access_token,
+    UserSession.access_token_expires_at,
+    User.issuer,
+    User.subject,
+    User.name,
+    User.email,
+    User.groups,
+    User.disabled,
+)
+_FIND = select(*_RECORD_COLUMNS).join(User, User.id == UserSession.user_id)
 
 
 @dataclass(frozen=True)
@@ -83,12 +152,15 @@ class SessionStore:
         settings: SessionSettings,
         clock: Callable[[], datetime] = utcnow,
         own_transactions: Callable[[], Session] | None = None,
+        reads: Callable[[], ContextManager[Connection]] | None = None,
     ):
         self.dbsession = dbsession
         self.cipher = cipher
         self.settings = settings
         self.clock = clock
         self.own_transactions = own_transactions
+        # The per-request lookup needs no ORM session: a pooled connection, released at once.
+        self.reads = reads or (lambda: contextlib.nullcontext(dbsession.connection()))
 
     def create(
         self,
@@ -119,56 +191,67 @@ class SessionStore:
         self.dbsession.flush()
         return raw_id, row
 
-    def find(self, raw_id: str | None) -> UserSession | None:
-        """The row named by a cookie value, live or not; None for garbage or an unknown id."""
+    def find(self, raw_id: str | None) -> SessionRecord | None:
+        """The session named by a cookie value, live or not; None for garbage or an unknown id."""
         if not is_wellformed_session_id(raw_id):
             return None
-        return self.dbsession.scalars(
-            select(UserSession).where(UserSession.id_hash == hash_session_id(raw_id))
-        ).one_or_none()
+        with self.reads() as connection:
+            row = connection.execute(_FIND.where(UserSession.id_hash == hash_session_id(raw_id))).one_or_none()
+        if row is None:
+            return None
+        *session_values, issuer, subject, name, email, groups, disabled = row
+        return SessionRecord(
+            *session_values,
+            user_issuer=issuer,
+            user_subject=subject,
+            user_name=name or email or subject,
+            user_email=email,
+            user_groups=tuple(groups or ()),
+            user_disabled=disabled,
+        )
 
     def find_by_handle(self, handle: str) -> UserSession | None:
         if not handle or len(handle) > 32:
             return None
         return self.dbsession.scalars(select(UserSession).where(UserSession.handle == handle)).one_or_none()
 
-    def idle_expires_at(self, row: UserSession) -> datetime:
-        return min(row.last_seen_at + self.settings.idle_timeout, row.expires_at)
+    def idle_expires_at(self, session: SessionRecord | UserSession, last_seen_at: datetime | None = None) -> datetime:
+        return min((last_seen_at or session.last_seen_at) + self.settings.idle_timeout, session.expires_at)
 
-    def dead_reason(self, row: UserSession) -> str | None:
+    def dead_reason(self, session: SessionRecord | UserSession) -> str | None:
         """None while the session is live, else why it is not."""
-        if row.ended_at is not None:
-            return row.end_reason or EndReason.LOGOUT
+        if isinstance(session, UserSession):
+            session = SessionRecord.from_row(session)
+        if session.ended_at is not None:
+            return session.end_reason or EndReason.LOGOUT
         now = self.clock()
-        if now >= row.expires_at:
+        if now >= session.expires_at:
             return EndReason.EXPIRED
-        if now >= row.last_seen_at + self.settings.idle_timeout:
+        if now >= session.last_seen_at + self.settings.idle_timeout:
             return EndReason.IDLE
-        if row.user.disabled:
+        if session.user_disabled:
             return EndReason.REVOKED
         return None
 
-    def touch(self, row: UserSession) -> bool:
-        """Record activity, at most once a minute so reads do not become writes.
+    def touch(self, session: SessionRecord | UserSession) -> datetime | None:
+        """Record activity, at most once a minute so reads do not become writes; the new time.
 
         With ``own_transactions`` the write commits on its own: the request's transaction then
         holds no lock on the row, which a token refresh later in the same request must lock.
         """
         now = self.clock()
-        if now - row.last_seen_at < TOUCH_INTERVAL:
-            return False
+        if now - session.last_seen_at < TOUCH_INTERVAL:
+            return None
+        statement = update(UserSession).where(UserSession.id == session.id).values(last_seen_at=now)
         if self.own_transactions is None:
-            row.last_seen_at = now
-            self.dbsession.flush()
-            return True
+            self.dbsession.execute(statement.execution_options(synchronize_session="fetch"))
+            return now
         with self.own_transactions() as dbsession, dbsession.begin():
-            dbsession.execute(update(UserSession).where(UserSession.id == row.id).values(last_seen_at=now))
-        set_committed_value(row, "last_seen_at", now)
-        return True
+            dbsession.execute(statement)
+        return now
 
-    def end(self, row: UserSession, reason: str) -> None:
-        if row.ended_at is None:
-            self._end_where(UserSession.id == row.id, reason)
+    def end(self, session: SessionRecord | UserSession, reason: str) -> None:
+        self._end_where(UserSession.id == session.id, reason)
 
     def end_all_for_user(self, user_id: int, reason: str, *, except_id: int | None = None) -> int:
         condition = UserSession.user_id == user_id
@@ -176,8 +259,8 @@ class SessionStore:
             condition = condition & (UserSession.id != except_id)
         return self._end_where(condition, reason)
 
-    def end_all_others(self, row: UserSession, reason: str = EndReason.ENDED_ELSEWHERE) -> int:
-        return self.end_all_for_user(row.user_id, reason, except_id=row.id)
+    def end_all_others(self, session: SessionRecord | UserSession, reason: str = EndReason.ENDED_ELSEWHERE) -> int:
+        return self.end_all_for_user(session.user_id, reason, except_id=session.id)
 
     def end_by_provider_sid(self, user_ids: list[int] | None, sid: str, reason: str) -> int:
         condition = UserSession.provider_sid == sid
@@ -224,10 +307,15 @@ class SessionStore:
         self._set_tokens(row, tokens)
         self.dbsession.flush()
 
-    def new_csrf_token(self, row: UserSession) -> str:
-        row.csrf_token = secrets.token_urlsafe(32)
-        self.dbsession.flush()
-        return row.csrf_token
+    def new_csrf_token(self, session: SessionRecord | UserSession) -> str:
+        token = secrets.token_urlsafe(32)
+        self.dbsession.execute(
+            update(UserSession)
+            .where(UserSession.id == session.id)
+            .values(csrf_token=token)
+            .execution_options(synchronize_session="fetch")
+        )
+        return token
 
     def _set_tokens(self, row: UserSession, tokens: TokenSet) -> None:
         row.access_token = self.cipher.encrypt(tokens.access_token)

@@ -40,7 +40,7 @@ def revoke_session(request):
 )
 def revoke_other_sessions(request):
     identity = request.identity
-    ended = request.session_store.end_all_others(request.session_row)
+    ended = request.session_store.end_all_others(request.session_record)
     request.audit.record(
         AuditEventType.OTHER_SESSIONS_ENDED,
         user_id=identity.user_id,

@@ -1,5 +1,7 @@
 """WebTest drives the whole app through main(); each test's writes are rolled back."""
 
+import contextlib
+
 import pytest
 import webtest
 from sqlalchemy.orm import sessionmaker
@@ -48,6 +50,7 @@ def bind_to(app, connection):
     factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
     app.registry["dbsession_factory"] = factory
     app.registry["own_dbsession_factory"] = factory
+    app.registry["read_connection"] = lambda: contextlib.nullcontext(connection)
 
 
 def dispose(app):

@@ -6,7 +6,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from myapp.models import User, UserSession
-from myapp.services.sessions import EndReason, SessionStore, TokenCipher, TokenSet, hash_session_id
+from myapp.services.sessions import EndReason, SessionRecord, SessionStore, TokenCipher, TokenSet, hash_session_id
 from myapp.settings import SessionSettings
 
 SETTINGS = SessionSettings(
@@ -50,6 +50,15 @@ def user(dbsession):
     dbsession.add(user)
     dbsession.flush()
     return user
+
+
+def test_find_reads_the_session_and_its_user_as_plain_values(store, user):
+    raw_id, row = store.create(user=user, provider_sid="sid-1")
+    record = store.find(raw_id)
+    assert record == SessionRecord.from_row(row)
+    assert (record.user_subject, record.user_name, record.user_groups) == ("alice", "Alice", ("staff",))
+    with pytest.raises(AttributeError):
+        record.user_id = 7
 
 
 def test_create_returns_raw_id_once_and_stores_only_its_hash(store, user, dbsession):
@@ -134,10 +143,10 @@ def test_touch_at_most_once_a_minute(store, user, clock):
     _, row = store.create(user=user)
     first = row.last_seen_at
     clock.advance(seconds=30)
-    assert store.touch(row) is False
+    assert store.touch(row) is None
     assert row.last_seen_at == first
     clock.advance(seconds=31)
-    assert store.touch(row) is True
+    assert store.touch(row) == clock.now
     assert row.last_seen_at == clock.now
 
 
@@ -151,9 +160,8 @@ def test_disabled_user(store, user, dbsession):
 def test_end_wipes_tokens_and_keeps_reason(store, user):
     raw_id, row = store.create(user=user, tokens=TokenSet(access_token="a", refresh_token="r", id_token="i"))
     store.end(row, EndReason.REVOKED)
-    again = store.find(raw_id)
-    assert store.dead_reason(again) == EndReason.REVOKED
-    assert (again.access_token, again.refresh_token, again.id_token) == (None, None, None)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
+    assert (row.access_token, row.refresh_token, row.id_token) == (None, None, None)
 
 
 def test_end_twice_keeps_the_first_reason(store, user):
