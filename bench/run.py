@@ -9,6 +9,7 @@ Writes bench/results.json; docs/benchmarks.md records a run.
 
 import argparse
 import json
+import os
 import re
 import socket
 import subprocess
@@ -93,12 +94,19 @@ def write_ini(path: Path, settings: dict):
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url, *, connections, duration, headers=()):
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, *, connections, duration, headers=(), pids=()):
     threads = 1 if connections == 1 else 2
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     for header in headers:
         args += ["-H", header]
+    before = {pid: cpu_seconds(pid) for pid in pids}
     output = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    cpu = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     if rps == 0:
         raise RuntimeError(f"bench: no answer from {url}:\n{output}")
@@ -107,7 +115,9 @@ def wrk(url, *, connections, duration, headers=()):
         latency[pct] = float(value) * _UNITS[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
+    requests_done = int(re.search(r"(\d+) requests in", output).group(1))
     return {
+        "cpu_us_per_request": {str(pid): round(cpu[pid] / requests_done * 1e6) for pid in pids},
         "rps": rps,
         "p50_ms": latency.get("50"),
         "p99_ms": latency.get("99"),
@@ -219,7 +229,7 @@ def main():
     )
     processes = Processes(work)
     try:
-        processes.start(
+        upstream = processes.start(
             "devstack",
             [
                 "-m", "myapp.devstack", "--port", str(ports["idp"]), "--client-id", CLIENT_ID,
@@ -229,8 +239,8 @@ def main():
             ],
         )
         bff = processes.start("bff", ["bench/serve.py", "bff", str(work / "bench.ini"), str(ports["bff"])])
-        processes.start("N", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["n"])])
-        processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
+        bare_n = processes.start("N", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["n"])])
+        bare_r = processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
 
         browser = sign_in(urls["bff"])
         cipher = TokenCipher([key])
@@ -239,20 +249,30 @@ def main():
         bearer = f"Authorization: Bearer {token}"
         session_cookie = f"Cookie: {COOKIE}={browser.cookies[COOKIE]}"
         targets = {
-            "D": (urls["idp"] + "/_dev/api/ping", [bearer]),
-            "N": (urls["n"] + "/ping", [bearer]),
-            "R": (urls["r"] + "/ping", [bearer]),
-            "B": (urls["bff"] + "/api/demo/ping", [session_cookie, "X-CSRF: 1"]),
+            "D": (urls["idp"] + "/_dev/api/ping", [bearer], None),
+            "N": (urls["n"] + "/ping", [bearer], bare_n),
+            "R": (urls["r"] + "/ping", [bearer], bare_r),
+            "B": (urls["bff"] + "/api/demo/ping", [session_cookie, "X-CSRF: 1"], bff),
         }
-        for url, headers in targets.values():  # warm up pools and caches
+        for url, headers, _ in targets.values():  # warm up pools and caches
             wrk(url, connections=8, duration=2, headers=headers)
 
         results = {"proxy": {}, "pages": {}}
         for connections in levels:
             row = results["proxy"][str(connections)] = {}
-            for name, (url, headers) in targets.items():
-                row[name] = wrk(url, connections=connections, duration=args.duration, headers=headers)
-                print(f"c={connections:<3} {name}: {row[name]['rps']:8.0f} req/s  p50 {row[name]['p50_ms']:.2f} ms  p99 {row[name]['p99_ms']:.2f} ms", flush=True)
+            for name, (url, headers, proxy) in targets.items():
+                pids = [upstream.pid] + ([proxy.pid] if proxy else [])
+                measured = wrk(url, connections=connections, duration=args.duration, headers=headers, pids=pids)
+                cpu = measured.pop("cpu_us_per_request")
+                measured["upstream_cpu_us"] = cpu[str(upstream.pid)]
+                measured["proxy_cpu_us"] = cpu[str(proxy.pid)] if proxy else 0
+                row[name] = measured
+                print(
+                    f"c={connections:<3} {name}: {measured['rps']:8.0f} req/s  p50 {measured['p50_ms']:.2f} ms  "
+                    f"p99 {measured['p99_ms']:.2f} ms  CPU/request: proxy {measured['proxy_cpu_us']} us, "
+                    f"upstream {measured['upstream_cpu_us']} us",
+                    flush=True,
+                )
 
         pages = {
             "anonymous landing /": (urls["bff"] + "/", []),
@@ -261,8 +281,10 @@ def main():
         }
         for name, (url, headers) in pages.items():
             wrk(url, connections=8, duration=2, headers=headers)
-            results["pages"][name] = wrk(url, connections=8, duration=args.duration, headers=headers)
-            print(f"page {name}: {results['pages'][name]['rps']:.0f} req/s", flush=True)
+            page = wrk(url, connections=8, duration=args.duration, headers=headers, pids=[bff.pid])
+            page["cpu_us"] = page.pop("cpu_us_per_request")[str(bff.pid)]
+            results["pages"][name] = page
+            print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each", flush=True)
 
         results["refresh_storm"] = refresh_storm(urls["bff"], browser, engine, urls["idp"])
         print(f"refresh storm: {results['refresh_storm']}", flush=True)

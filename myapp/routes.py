@@ -26,6 +26,8 @@ def includeme(config):
     config.add_static_view("static", "myapp:static", cache_max_age=31536000, permission=NO_PERMISSION_REQUIRED)
     config.add_cache_buster("myapp:static/", QueryStringConstantCacheBuster(static_fingerprint()))
 
+    # First: the proxy is the hot path, and routes are tried in order.
+    config.add_route("api", "/api/{upstream}*subpath")
     config.add_route("home", "/")
     config.add_route("healthz", "/healthz")
     config.add_route("readyz", "/readyz")
@@ -36,8 +38,6 @@ def includeme(config):
     config.add_route("signed_out", "/signed-out")
     config.add_route("backchannel_logout", "/auth/backchannel-logout")
     config.add_route("auth_user", "/auth/user")
-
-    config.add_route("api", "/api/{upstream}*subpath")
 
     config.add_route("posts", "/posts", factory=post_collection_factory)
     config.add_route("post_new", "/posts/new", factory=post_collection_factory)

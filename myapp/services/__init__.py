@@ -46,7 +46,7 @@ def includeme(config):
 
     def session_store(request):
         return SessionStore(
-            dbsession=request.dbsession,
+            dbsession=lambda: request.dbsession,
             cipher=cipher,
             settings=settings.session,
             own_transactions=request.registry["own_dbsession_factory"],

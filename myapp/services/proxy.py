@@ -251,6 +251,20 @@ class Proxy:
         return self.send(outgoing, fresh)
 
     @staticmethod
+    def small_body(response: urllib3.BaseHTTPResponse, method: str) -> bytes | None:
+        """A response body of at most one chunk, read whole (None for anything else, streamed)."""
+        length = response.headers.get("Content-Length", "")
+        if method == "HEAD" or not length.isdigit() or int(length) > CHUNK:
+            return None
+        try:
+            body = response.read(decode_content=False)
+        except HTTPError:
+            response.close()
+            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
+        response.release_conn()
+        return body
+
+    @staticmethod
     def response_headers(response: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:
         connection_named = {t.strip().lower() for t in response.headers.get("Connection", "").split(",")}
         return [

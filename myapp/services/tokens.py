@@ -30,6 +30,7 @@ from myapp.settings import TokenSettings
 log = logging.getLogger(__name__)
 
 RECENT_REFRESH = timedelta(seconds=30)
+PLAINTEXT_CACHE_SIZE = 1024
 _UNVERIFIED = "unverified"
 
 
@@ -147,6 +148,9 @@ class TokenManager:
         self.settings = settings
         self.clock = clock
         self.flights = SingleFlight()
+        # Decrypted access tokens by ciphertext: a request with a fresh token skips Fernet. Bounded,
+        # in this process only, and a ciphertext changes with every refresh.
+        self._plaintexts: dict[bytes, str] = {}
 
     def access_token(self, row: UserSession, *, stale: str | None = None) -> str:
         """The session's access token, refreshed first when it is due or when ``stale`` was refused.
@@ -154,9 +158,15 @@ class TokenManager:
         ``row`` is the request's snapshot of the session; only the refresh reads it again, locked.
         Raises :class:`LoginRequired` or :class:`ProviderUnavailable`.
         """
-        if stale is None:
-            token = self.cipher.decrypt(row.access_token)
-            if token and self._fresh(row.access_token_expires_at):
+        if stale is None and row.access_token is not None and self._fresh(row.access_token_expires_at):
+            token = self._plaintexts.get(row.access_token)
+            if token is None:
+                token = self.cipher.decrypt(row.access_token)
+                if len(self._plaintexts) >= PLAINTEXT_CACHE_SIZE:
+                    self._plaintexts.clear()
+                if token:
+                    self._plaintexts[row.access_token] = token
+            if token:
                 return token
         return self.flights.run(row.id, lambda: self._refresh(row.id, stale))
 

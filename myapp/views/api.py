@@ -18,8 +18,10 @@ def proxy(request):
     except BaseException:
         outgoing.close()
         raise
-    return Response(
-        status=f"{upstream.status} {upstream.reason or ''}".strip(),
-        headerlist=service.response_headers(upstream),
-        app_iter=StreamedBody(upstream, outgoing),
-    )
+    status = f"{upstream.status} {upstream.reason or ''}".strip()
+    headers = service.response_headers(upstream)
+    small = service.small_body(upstream, request.method)
+    if small is not None:
+        outgoing.close()
+        return Response(status=status, headerlist=headers, body=small)
+    return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, outgoing))
