@@ -2,7 +2,7 @@
 
 import zope.sqlalchemy
 import zope.sqlalchemy.datamanager
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
@@ -88,15 +88,19 @@ def get_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def get_tm_session(session_factory, transaction_manager, request=None) -> Session:
-    """A session joined to ``transaction_manager``: pyramid_tm commits or aborts it."""
-    dbsession = session_factory(info={"request": request})
-    # End even a read-only request with COMMIT rather than ROLLBACK (the same cost): when tests run
-    # each request as a savepoint, work committed on its own inside it (touch, refresh) survives.
-    zope.sqlalchemy.register(
-        dbsession, transaction_manager=transaction_manager, initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED
-    )
-    return dbsession
+def get_tm_session_factory(engine_or_connection) -> sessionmaker[Session]:
+    """Sessions that join the current thread's transaction: pyramid_tm commits or aborts them.
+
+    Registered once on the factory (per session it would cost every request a tenth of a
+    millisecond); waitress serves each request in one thread, whose transaction manager pyramid_tm
+    begins and ends. Even a read-only request ends with COMMIT rather than ROLLBACK (the same cost):
+    when tests run each request as a savepoint, work committed on its own inside it survives.
+    """
+    factory = sessionmaker(bind=engine_or_connection, expire_on_commit=False)
+    if isinstance(engine_or_connection, Connection):
+        factory.configure(join_transaction_mode="create_savepoint")
+    zope.sqlalchemy.register(factory, initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
+    return factory
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -124,7 +128,6 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
 
 def includeme(config):
     settings = config.get_settings()
-    settings["tm.manager_hook"] = "pyramid_tm.explicit_manager"
     settings["tm.commit_veto"] = commit_veto
     settings["retry.activate_hook"] = retry_attempts
     config.include("pyramid_tm")
@@ -139,7 +142,7 @@ def includeme(config):
     # Requests use pyramid_tm's transaction; work that must commit on its own (the refresh lock,
     # recording activity) uses the second factory. Tests rebind both to a rolled-back connection.
     own_engine = get_own_transaction_engine(settings["myapp"].database_url)
-    config.registry["dbsession_factory"] = get_session_factory(engine)
+    config.registry["dbsession_factory"] = get_tm_session_factory(engine)
     config.registry["db_engine"] = engine
     config.registry["own_dbsession_factory"] = get_session_factory(own_engine)
     config.registry["own_engine"] = own_engine
@@ -147,7 +150,7 @@ def includeme(config):
 
     def dbsession(request):
         # Read from the registry per request: tests swap in a factory bound to a rolled-back connection.
-        return get_tm_session(request.registry["dbsession_factory"], request.tm, request=request)
+        return request.registry["dbsession_factory"](info={"request": request})
 
     config.add_request_method(dbsession, reify=True)
 

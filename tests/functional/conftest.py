@@ -7,7 +7,7 @@ import webtest
 from sqlalchemy.orm import sessionmaker
 
 from myapp import main
-from myapp.models import User
+from myapp.models import User, get_tm_session_factory
 from myapp.services.sessions import SessionStore, TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
@@ -47,9 +47,10 @@ def app_settings(database_url):
 
 def bind_to(app, connection):
     """Run the app's transactions, its own short ones included, inside the test's connection."""
-    factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
-    app.registry["dbsession_factory"] = factory
-    app.registry["own_dbsession_factory"] = factory
+    app.registry["dbsession_factory"] = get_tm_session_factory(connection)
+    app.registry["own_dbsession_factory"] = sessionmaker(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
     app.registry["read_connection"] = lambda: contextlib.nullcontext(connection)
 
 
