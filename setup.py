@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 requires = [
     "pyramid>=2.0.2",
@@ -18,6 +18,7 @@ requires = [
     "cryptography>=43.0",
     "psycopg[binary]>=3.2",
     "redis>=5.0",
+    "prometheus-client>=0.20",
 ]
 
 testing_requires = [
@@ -25,21 +26,29 @@ testing_requires = [
     "pytest>=8.0",
 ]
 
+# End-to-end tests drive Debian's chromium through its chromedriver (tests/e2e, `make e2e`).
+e2e_requires = [
+    "selenium>=4.20",
+]
+
 setup(
     name="myapp",
     version="0.1.0",
     description="A backend-for-frontend that keeps OpenID Connect tokens on the server",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*"]),
-    include_package_data=True,
-    package_data={
-        "myapp": ["templates/*.jinja2", "static/*"],
-        "myapp.devstack": ["templates/*.jinja2", "static/*"],
-    },
+    # Namespace packages, so that templates/ and static/ ship as the package data they are.
+    packages=find_namespace_packages(include=["myapp", "myapp.*"], exclude=["*.__pycache__"]),
+    package_data={"": ["*.jinja2", "*.css", "*.js", "*.svg", "*.png", "*.ico"]},
     zip_safe=False,
     install_requires=requires,
-    extras_require={"testing": testing_requires},
+    extras_require={"testing": testing_requires, "e2e": e2e_requires},
     entry_points={
         "paste.app_factory": ["main = myapp:main"],
+        "console_scripts": [
+            "myapp-purge = myapp.scripts.purge:main",
+            "myapp-end-sessions = myapp.scripts.end_sessions:main",
+            "myapp-generate-key = myapp.scripts.generate_key:main",
+            "myapp-show-config = myapp.scripts.show_config:main",
+        ],
     },
 )

@@ -31,6 +31,7 @@ def includeme(config):
     config.add_route("home", "/")
     config.add_route("healthz", "/healthz")
     config.add_route("readyz", "/readyz")
+    config.add_route("metrics", "/metrics")
 
     config.add_route("login", "/login")
     config.add_route("auth_callback", "/auth/callback")

@@ -5,6 +5,7 @@ import redis
 from myapp.services.audit import AuditLog
 from myapp.services.http import HttpClient
 from myapp.services.login import LoginService, LogoutService
+from myapp.services.metrics import Metrics
 from myapp.services.oidc import OIDCClient
 from myapp.services.proxy import Proxy
 from myapp.services.ratelimit import RateLimiter
@@ -39,7 +40,10 @@ def includeme(config):
     registry["http_client"] = http
     registry["oidc_client"] = oidc
     registry["redis"] = redis_client
-    registry["token_manager"] = TokenManager(lock=lock, oidc=oidc, cipher=cipher, settings=settings.tokens)
+    metrics = registry["metrics"] = Metrics()
+    registry["token_manager"] = TokenManager(
+        lock=lock, oidc=oidc, cipher=cipher, settings=settings.tokens, metrics=metrics
+    )
     registry["proxy"] = Proxy(
         upstreams=settings.upstreams, max_body_bytes=settings.proxy.max_body_bytes, public_url=settings.public_url
     )
@@ -71,3 +75,13 @@ def includeme(config):
     config.add_request_method(login_service, reify=True)
     config.add_request_method(logout_service, reify=True)
     config.add_request_method(access_token)
+
+
+def close_resources(registry) -> None:
+    """Release what an app holds (pooled connections, clients): for scripts and tests that end."""
+    registry["http_client"].close()
+    registry["proxy"].pool.clear()
+    if registry["redis"] is not None:
+        registry["redis"].close()
+    for name in ("db_engine", "own_engine"):
+        registry[name].dispose()

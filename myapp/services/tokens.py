@@ -23,6 +23,7 @@ from myapp.models import User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
 from myapp.services.login import token_set
+from myapp.services.metrics import Metrics, failure_reason
 from myapp.services.oidc import OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
 from myapp.services.sessions import EndReason, TokenCipher, TokenSet
 from myapp.settings import TokenSettings
@@ -141,7 +142,9 @@ class TokenManager:
         cipher: TokenCipher,
         settings: TokenSettings,
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ):
+        self.metrics = metrics or Metrics()
         self.lock = lock
         self.oidc = oidc
         self.cipher = cipher
@@ -256,6 +259,7 @@ class TokenManager:
             if tokens.refresh_token and tokens.refresh_token != previous.refresh_token:
                 self.oidc.revoke(tokens.refresh_token, "refresh_token")
             return LoginRequired()
+        self.metrics.refreshes.inc()
         return tokens.access_token
 
     def _recently_refreshed(self, row: UserSession) -> bool:
@@ -294,8 +298,8 @@ class TokenManager:
         self._audit(dbsession, row, f"{why}; session ended")
         return LoginRequired()
 
-    @staticmethod
-    def _audit(dbsession: Session, row: UserSession, detail: str) -> None:
+    def _audit(self, dbsession: Session, row: UserSession, detail: str) -> None:
+        self.metrics.refresh_failures.labels(reason=failure_reason(detail.split(";")[0])).inc()
         AuditLog(dbsession=dbsession).record(
             AuditEventType.REFRESH_FAILED, user_id=row.user_id, session_handle=row.handle, detail=detail
         )

@@ -15,6 +15,7 @@ from myapp.resources import Permission
 from myapp.security import read_cookie, safe_next_path
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LOGIN_TRANSACTION_LIFETIME, LoginError
+from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
 from myapp.services.sessions import EndReason
 from myapp.settings import PROMPTS
@@ -103,6 +104,7 @@ def callback(request):
     except LoginError as e:
         # The consumed login transaction and the audit record stay; nothing else was written.
         keep_transaction(request)
+        request.registry["metrics"].login_failures.labels(reason=failure_reason(e.reason)).inc()
         request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
         log.info("sign-in failed: %s", e.reason)
         return error_page(
@@ -114,6 +116,7 @@ def callback(request):
             retry_label="Sign in again",
         )
     headers = remember(request, result.user_id, tokens=result.tokens, provider_sid=result.provider_sid)
+    request.registry["metrics"].logins.inc()
     request.audit.record(
         AuditEventType.LOGIN,
         user_id=result.user_id,

@@ -1,6 +1,12 @@
+from pyramid.httpexceptions import HTTPNotFound
+from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+
+from myapp.models import UserSession
+from myapp.models.meta import utcnow
+from myapp.services.metrics import CONTENT_TYPE
 
 
 @view_config(route_name="healthz", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
@@ -10,6 +16,7 @@ def healthz(request):
 
 @view_config(route_name="readyz", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def readyz(request):
+    """Ready when every dependency answers: the database, and Redis when it is configured."""
     checks = {}
     try:
         with request.registry["db_engine"].connect() as connection:
@@ -17,6 +24,32 @@ def readyz(request):
         checks["database"] = "ok"
     except Exception as e:  # any failure means "not ready", whatever the driver raises
         checks["database"] = f"unavailable: {type(e).__name__}"
+    redis_client = request.registry["redis"]
+    if redis_client is not None:
+        try:
+            redis_client.ping()
+            checks["redis"] = "ok"
+        except Exception as e:  # connection refused, timeout, authentication: all "not ready"
+            checks["redis"] = f"unavailable: {type(e).__name__}"
     ready = all(value == "ok" for value in checks.values())
     request.response.status_int = 200 if ready else 503
     return {"status": "ok" if ready else "unavailable", "checks": checks}
+
+
+@view_config(route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)
+def metrics(request):
+    """Prometheus text format, for the addresses in myapp.metrics.allow only."""
+    settings = request.registry.settings["myapp"].metrics
+    if not settings.enabled:
+        raise HTTPNotFound()
+    if request.remote_addr not in settings.allow:
+        return Response("Metrics are not served to this address.\n", status=403, content_type="text/plain")
+    now = utcnow()
+    idle = request.registry.settings["myapp"].session.idle_timeout
+    with request.registry["db_engine"].connect() as connection:
+        active = connection.execute(
+            select(func.count())
+            .select_from(UserSession)
+            .where(UserSession.ended_at.is_(None), UserSession.expires_at > now, UserSession.last_seen_at > now - idle)
+        ).scalar_one()
+    return Response(body=request.registry["metrics"].exposition(active), content_type=CONTENT_TYPE.split(";")[0], charset="utf-8")

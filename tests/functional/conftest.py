@@ -8,6 +8,7 @@ from sqlalchemy.orm import sessionmaker
 
 from myapp import main
 from myapp.models import User, get_tm_session_factory
+from myapp.services import close_resources
 from myapp.services.sessions import SessionStore, TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
@@ -55,10 +56,7 @@ def bind_to(app, connection):
 
 
 def dispose(app):
-    for name in ("db_engine", "own_engine"):
-        app.registry[name].dispose()
-    app.registry["http_client"].close()
-    app.registry["proxy"].pool.clear()
+    close_resources(app.registry)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 import requests
 
 from myapp import main
+from myapp.services import close_resources
 from tests.conftest import ROOT, TEST_KEY
 from tests.devstack.flows import sign_in as type_name_at_provider
 from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, running_devstack
@@ -64,10 +65,7 @@ def bff_in_thread(database_url: str, sock: socket.socket, public_url: str, devst
         with running_wsgi(lambda base: app, listener=sock, threads=32, outbuf_high_watermark=OUTBUF) as url:
             yield url, app
     finally:
-        for name in ("db_engine", "own_engine"):
-            app.registry[name].dispose()
-        app.registry["http_client"].close()
-        app.registry["proxy"].pool.clear()
+        close_resources(app.registry)
 
 
 def write_ini(path: Path, settings: dict) -> Path:

@@ -1,0 +1,54 @@
+"""Operator commands (console scripts). Each takes an ini file, answers --help, and reports a bad
+ini or setting in one line with exit status 2."""
+
+import argparse
+import sys
+from contextlib import contextmanager
+
+from pyramid.paster import bootstrap, get_appsettings, setup_logging
+
+from myapp.services import close_resources
+from myapp.settings import SettingsError, load_settings
+
+
+def parser(prog: str, description: str, *, ini: bool = True) -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(prog=prog, description=description)
+    if ini:
+        result.add_argument("config_uri", metavar="INI", help="the app's ini file, e.g. production.ini")
+    return result
+
+
+def fail(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def read_settings(prog: str, config_uri: str):
+    """The typed settings of an ini file, without starting the app (no database needed)."""
+    try:
+        raw = get_appsettings(config_uri, name="main")
+    except (FileNotFoundError, OSError) as e:
+        fail(prog, f"cannot read {config_uri}: {e.strerror or e}")
+    except Exception as e:  # plaster and configparser raise many kinds of errors for a broken ini
+        fail(prog, f"cannot read {config_uri}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    try:
+        return raw, load_settings(raw)
+    except SettingsError as e:
+        fail(prog, str(e))
+
+
+@contextmanager
+def app_environment(prog: str, config_uri: str):
+    """The running app's request and registry, inside a transaction that commits on success."""
+    read_settings(prog, config_uri)  # a clear one-line error before anything starts
+    try:
+        setup_logging(config_uri)
+        env = bootstrap(config_uri)
+    except SystemExit as e:  # main() reports settings and schema problems this way
+        fail(prog, str(e.code).removeprefix("myapp: "))
+    try:
+        with env["request"].tm:
+            yield env
+    finally:
+        env["closer"]()
+        close_resources(env["registry"])

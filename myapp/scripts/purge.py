@@ -1,0 +1,33 @@
+"""Delete what has expired: sessions, sign-ins never completed, and logout-token replay records."""
+
+from sqlalchemy import delete
+
+from myapp.models import LoginTransaction, SeenLogoutToken
+from myapp.models.meta import utcnow
+from myapp.scripts import app_environment, fail, parser
+from myapp.settings import parse_duration
+
+PROG = "myapp-purge"
+
+
+def main(argv=None):
+    arguments = parser(PROG, __doc__)
+    arguments.add_argument(
+        "--keep",
+        default="1d",
+        help="keep ended or expired sessions this long, so that their browsers can be told why they "
+        "were signed out (default 1d; seconds, or 30s, 15m, 8h, 14d)",
+    )
+    options = arguments.parse_args(argv)
+    try:
+        keep = parse_duration(options.keep)
+    except ValueError as e:
+        fail(PROG, f"--keep: {e}")
+    with app_environment(PROG, options.config_uri) as env:
+        request = env["request"]
+        now = utcnow()
+        sessions = request.session_store.purge_expired(retention=keep)
+        logins = request.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.expires_at < now)).rowcount
+        replays = request.dbsession.execute(delete(SeenLogoutToken).where(SeenLogoutToken.expires_at < now)).rowcount
+    print(f"purged {sessions} session(s), {logins} unfinished sign-in(s), {replays} logout-token record(s)")
+    return 0

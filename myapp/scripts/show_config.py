@@ -1,0 +1,53 @@
+"""Show the effective configuration of an ini file, every value resolved, secrets masked."""
+
+import dataclasses
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+from myapp.scripts import parser, read_settings
+
+PROG = "myapp-show-config"
+SECRET_FIELDS = {"client_secret", "encryption_keys"}
+
+
+def mask_url(url: str | None) -> str | None:
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(name: str, value):
+    if name in SECRET_FIELDS:
+        return f"*** ({len(value)} key(s))" if isinstance(value, tuple) else "***"
+    if name in ("database_url", "redis_url"):
+        return mask_url(value)
+    if isinstance(value, timedelta):
+        return f"{int(value.total_seconds())}s"
+    if isinstance(value, (frozenset, set)):
+        return " ".join(sorted(value))
+    if isinstance(value, tuple):
+        return " ".join(value)
+    return value
+
+
+def lines(prefix: str, value):
+    if dataclasses.is_dataclass(value):
+        for item in dataclasses.fields(value):
+            yield from lines(f"{prefix}.{item.name}" if prefix else item.name, getattr(value, item.name))
+    elif hasattr(value, "items"):
+        for key, item in value.items():
+            yield from lines(f"{prefix}.{key}", item)
+    else:
+        yield f"{prefix} = {describe(prefix.rsplit('.', 1)[-1], value)}"
+
+
+def main(argv=None):
+    options = parser(PROG, __doc__).parse_args(argv)
+    _, settings = read_settings(PROG, options.config_uri)
+    for line in lines("", settings):
+        print(line)
+    return 0

@@ -1,0 +1,181 @@
+"""The operator's side: metrics, readiness, and the console scripts."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select
+
+from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, UserSession
+from myapp.models.meta import utcnow
+from myapp.scripts import end_sessions, generate_key, purge, show_config
+from myapp.services.sessions import SessionStore, TokenCipher
+from myapp.settings import load_settings
+from tests.conftest import TEST_KEY, base_settings
+from tests.functional.conftest import Browser
+from tests.functional.test_login import sign_in as sign_in_with_provider
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_are_off_by_default(browser):
+    browser.get("/metrics", status=404)
+
+
+@pytest.fixture
+def metrics_app(make_app):
+    return make_app(**{"myapp.metrics.enabled": "true", "myapp.metrics.allow": "127.0.0.1 203.0.113.7"})
+
+
+def metric(text, name, **labels):
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_metrics_count_logins_and_failures(metrics_app, provider):
+    browser = Browser(metrics_app)
+    sign_in_with_provider(browser, provider)
+    browser.get("/auth/callback", params={"state": "forged", "code": "x"}, status=400)
+    text = browser.get("/metrics").text
+    assert metric(text, "myapp_logins_total") == 1
+    assert metric(text, "myapp_login_failures_total", reason="unknown_state") == 1
+    assert "myapp_active_sessions" in text and "myapp_proxy_latency_seconds_bucket" in text or "# HELP myapp_proxy_latency_seconds" in text
+
+
+def test_metrics_only_for_allowed_addresses(metrics_app):
+    other = Browser(metrics_app)
+    other.extra_environ = {**other.extra_environ, "REMOTE_ADDR": "198.51.100.9"}
+    other.get("/metrics", status=403)
+    spoofed = Browser(metrics_app)
+    spoofed.extra_environ = {**spoofed.extra_environ, "REMOTE_ADDR": "198.51.100.9"}
+    spoofed.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, status=403)
+
+
+# -- readiness -------------------------------------------------------------------------------
+
+
+def test_readyz_with_redis_down_is_503_quickly(make_app):
+    app = make_app(**{"myapp.redis.url": "redis://127.0.0.1:9/0"})
+    started = time.monotonic()
+    response = Browser(app).get("/readyz", status=503)
+    assert time.monotonic() - started < 5
+    assert response.json["checks"]["redis"].startswith("unavailable")
+    assert response.json["checks"]["database"] == "ok"
+
+
+@pytest.mark.redis
+def test_readyz_with_redis_up(make_app):
+    from tests.conftest import redis_url
+
+    response = Browser(make_app(**{"myapp.redis.url": redis_url()})).get("/readyz", status=200)
+    assert response.json["checks"] == {"database": "ok", "redis": "ok"}
+
+
+# -- console scripts -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ini(tmp_path, committed_database_url):
+    settings = base_settings(committed_database_url, **{"myapp.oidc.client_secret": "s3cret-value"})
+    lines = ["[app:main]", "use = egg:myapp"] + [f"{k} = {v}".replace("%", "%%") for k, v in settings.items()]
+    path = tmp_path / "app.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(main, *args, capsys):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("script", [purge, end_sessions, generate_key, show_config])
+def test_every_script_has_help(script, capsys):
+    code, out, _ = run(script.main, "--help", capsys=capsys)
+    assert code == 0 and "usage:" in out
+
+
+@pytest.mark.parametrize("script", [purge, end_sessions, show_config])
+def test_a_missing_ini_is_one_line(script, capsys, tmp_path):
+    extra = ["--subject", "x"] if script is end_sessions else []
+    code, _, err = run(script.main, tmp_path / "nope.ini", *extra, capsys=capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "cannot read" in err
+
+
+@pytest.mark.parametrize("script", [purge, end_sessions, show_config])
+def test_a_bad_setting_is_one_line(script, capsys, tmp_path):
+    path = tmp_path / "bad.ini"
+    path.write_text("[app:main]\nuse = egg:myapp\nsqlalchemy.url = sqlite://\nmyapp.public_url = nope\n")
+    extra = ["--subject", "x"] if script is end_sessions else []
+    code, _, err = run(script.main, path, *extra, capsys=capsys)
+    assert code == 2
+    assert err.strip() == f"{script.PROG}: myapp.public_url: 'nope' is not an absolute http(s) URL"
+
+
+def test_generate_key(capsys):
+    code, out, _ = run(generate_key.main, capsys=capsys)
+    assert code == 0
+    Fernet(out.strip())
+
+
+def test_show_config_masks_secrets(ini, capsys, tmp_path):
+    code, out, _ = run(show_config.main, ini, capsys=capsys)
+    assert code == 0
+    assert "oidc.client_secret = ***" in out and "s3cret-value" not in out
+    assert TEST_KEY not in out and "tokens.encryption_keys = *** (1 key(s))" in out
+    assert "public_url = https://app.example.test" in out
+    path = tmp_path / "pg.ini"
+    path.write_text(ini.read_text().replace("sqlalchemy.url = ", "sqlalchemy.url = postgresql+psycopg://app:hunter2@db/app\n#"))
+    _, out, _ = run(show_config.main, path, capsys=capsys)
+    assert "hunter2" not in out and "app:***@db" in out
+
+
+@pytest.fixture
+def store(committed, committed_database_url):
+    settings = load_settings(base_settings(committed_database_url), environ={})
+    return SessionStore(dbsession=committed, cipher=TokenCipher([TEST_KEY]), settings=settings.session)
+
+
+def test_purge(ini, committed, store, capsys):
+    user = User(issuer="https://idp.example.test", subject="alice", name="Alice", groups=[])
+    committed.add(user)
+    committed.flush()
+    _, live = store.create(user=user)
+    _, old = store.create(user=user)
+    store.end(old, "logout")
+    committed.execute(UserSession.__table__.update().where(UserSession.id == old.id).values(ended_at=utcnow() - timedelta(days=2)))
+    committed.add(LoginTransaction(state_hash="a" * 64, browser_hash="b" * 64, nonce=b"n", code_verifier=b"v",
+                                   expires_at=utcnow() - timedelta(minutes=1)))
+    committed.add(SeenLogoutToken(issuer="i", jti="j", expires_at=utcnow() - timedelta(minutes=1)))
+    committed.add(SeenLogoutToken(issuer="i", jti="k", expires_at=utcnow() + timedelta(minutes=10)))
+    committed.commit()
+    code, out, _ = run(purge.main, ini, capsys=capsys)
+    assert code == 0
+    assert out.strip() == "purged 1 session(s), 1 unfinished sign-in(s), 1 logout-token record(s)"
+    committed.expire_all()
+    assert committed.scalars(select(UserSession.id)).all() == [live.id]
+    assert committed.scalar(select(func.count()).select_from(SeenLogoutToken)) == 1
+
+
+def test_end_sessions(ini, committed, store, capsys):
+    user = User(issuer="https://idp.example.test", subject="alice", name="Alice", groups=[])
+    committed.add(user)
+    committed.flush()
+    store.create(user=user)
+    store.create(user=user)
+    committed.commit()
+    code, out, _ = run(end_sessions.main, ini, "--subject", "alice", capsys=capsys)
+    assert code == 0 and out.strip() == "ended 2 session(s) of alice (https://idp.example.test)"
+    committed.expire_all()
+    assert committed.scalar(select(func.count()).select_from(UserSession).where(UserSession.ended_at.is_(None))) == 0
+    assert committed.scalars(select(AuditEvent.detail)).one() == "2 session(s) ended by myapp-end-sessions"
+    code, _, err = run(end_sessions.main, ini, "--subject", "nobody", capsys=capsys)
+    assert code == 2 and "no user with subject 'nobody'" in err
