@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench loadtest venv clean
 
 venv: $(INSTALLED)
 
@@ -29,6 +29,9 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	bench/install-wrk.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+loadtest: $(INSTALLED)
+	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -52,10 +52,15 @@ class Processes:
         self.work = work
         self.running = []
 
-    def start(self, name, args) -> subprocess.Popen:
+    def start(self, name, args, env=None) -> subprocess.Popen:
         log = self.work / f"{name}.log"
         process = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True
+            [sys.executable, *args],
+            cwd=ROOT,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
         self.running.append(process)
         for _ in range(200):
@@ -79,7 +84,7 @@ class Processes:
 def migrate(url):
     config = Config()
     config.set_main_option("script_location", str(ROOT / "alembic"))
-    engine = get_engine(url)
+    engine = get_engine(url, pool_size=5)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
@@ -87,7 +92,7 @@ def migrate(url):
 
 
 def write_ini(path: Path, settings: dict):
-    lines = ["[app:main]", "use = egg:myapp"] + [f"{k} = {v}" for k, v in settings.items()]
+    lines = ["[app:main]", "use = egg:myapp"] + [f"{k} = {v}".replace("%", "%%") for k, v in settings.items()]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -108,6 +108,7 @@ class MetricsSettings:
 class Settings:
     environment: str
     dashboard_upstream: str | None
+    login_rate_limit: int
     database_url: str = field(repr=False)
     public_url: str
     admin_group: str
@@ -406,6 +407,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     settings = Settings(
         environment=environment,
         dashboard_upstream=dashboard_upstream,
+        login_rate_limit=reader.integer(PREFIX + "login.rate_limit", 300),
         database_url=reader.string("sqlalchemy.url"),
         public_url=public_url,
         admin_group=reader.string(PREFIX + "authz.admin_group", "admins"),

@@ -34,8 +34,9 @@ def includeme(config):
         lock = RedisRefreshLock(redis_client, lock_sessions, timeout=lock_timeout)
     else:
         lock = DatabaseRefreshLock(lock_sessions, timeout=lock_timeout)
-    # Each sign-in start stores a login transaction: bound them per client address.
-    registry["login_rate_limiter"] = RateLimiter(limit=30, window=60)
+    # Each sign-in start stores a login transaction: bound them per client address (generously:
+    # a whole office may share one address).
+    registry["login_rate_limiter"] = RateLimiter(limit=settings.login_rate_limit, window=60)
     registry["token_cipher"] = cipher
     registry["http_client"] = http
     registry["oidc_client"] = oidc

@@ -623,7 +623,8 @@ def test_non_ascii_next_falls_back_to_home_and_never_500(browser, provider, next
     assert response.location == "https://app.example.test/"
 
 
-def test_sign_in_starts_are_rate_limited_per_address(browser, provider, dbsession):
+def test_sign_in_starts_are_rate_limited_per_address(make_app, provider, dbsession):
+    browser = Browser(make_app(**{"myapp.login.rate_limit": "30"}))
     for _ in range(30):
         browser.get("/login", status=303)
     page = browser.get("/login", status=429)

@@ -62,6 +62,8 @@ def test_defaults_follow_the_spec():
     assert settings.proxy.max_body_bytes == 10485760
     assert settings.lock.backend == "database"
     assert settings.lock.redis_url is None
+    assert settings.login_rate_limit == 300
+    assert settings.dashboard_upstream is None
 
 
 def test_settings_are_frozen():
@@ -174,6 +176,8 @@ def test_blank_counts_as_missing():
         ("myapp.redis.url", "http://127.0.0.1:6379", "is not a redis://"),
         ("myapp.environment", "staging", "is not one of production, development"),
         ("myapp.metrics.enabled", "perhaps", "is not a boolean"),
+        ("myapp.login.rate_limit", "many", "is not a whole number"),
+        ("myapp.dashboard.upstream", "nope", "no upstream named 'nope'"),
     ],
 )
 def test_malformed_settings_name_the_setting(setting, value, expected):
