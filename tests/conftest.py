@@ -4,6 +4,7 @@ The database fixtures are parametrized: every test that touches the database run
 again on PostgreSQL when MYAPP_TEST_DATABASE_URL is set (skipped with a reason otherwise).
 """
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -64,11 +65,11 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
 
 
-@pytest.fixture(scope="session")
-def postgresql_schema():
-    """A private schema in the PostgreSQL test database, dropped at the end; yields its URL."""
+@contextlib.contextmanager
+def private_schema(prefix: str):
+    """A new schema in the PostgreSQL test database, dropped afterwards; yields a URL using it."""
     base = postgresql_url()
-    schema = f"myapp_test_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = get_engine(base)
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -78,6 +79,12 @@ def postgresql_schema():
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgresql_schema():
+    with private_schema("myapp_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -161,21 +168,11 @@ def committed_database_url(request, tmp_path_factory):
         engine.dispose()
         yield url
         return
-    base = postgresql_url()
-    schema = f"myapp_live_{uuid.uuid4().hex[:10]}"
-    admin = get_engine(base)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = with_search_path(base, schema)
-    engine = get_engine(url)
-    migrate(engine)
-    engine.dispose()
-    try:
+    with private_schema("myapp_live") as url:
+        engine = get_engine(url)
+        migrate(engine)
+        engine.dispose()
         yield url
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +200,24 @@ def redis_url() -> str:
     if not url:
         pytest.skip("Redis tests need MYAPP_TEST_REDIS_URL (set by .ci/run)")
     return url
+
+
+@pytest.fixture(scope="session")
+def served_provider():
+    """The programmable fake provider (tests/support/fake_provider.py) on a loopback port."""
+    from tests.support.fake_provider import FakeProvider
+
+    provider = FakeProvider()
+    with provider.serve() as url:
+        provider.issuer = url
+        try:
+            yield provider
+        finally:
+            provider.stop.set()  # wake any handler still delaying, so the server can stop
+
+
+@pytest.fixture
+def provider(served_provider):
+    served_provider.reset()
+    yield served_provider
+    served_provider.reset()

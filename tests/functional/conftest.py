@@ -12,7 +12,7 @@ from myapp.services import close_resources
 from myapp.services.sessions import SessionStore, TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
-from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
 
 HOST = TEST_PUBLIC_URL.split("://", 1)[1]
 COOKIE = "__Host-session"
@@ -131,22 +131,18 @@ def admin(make_user):
     return make_user("admin-ann", groups=("staff", "admins"))
 
 
-@pytest.fixture(scope="session")
-def served_provider():
-    provider = FakeProvider()
-    with provider.serve() as url:
-        provider.issuer = url
-        try:
-            yield provider
-        finally:
-            provider.stop.set()  # wake any handler still delaying, so the server can stop
-
-
-@pytest.fixture
-def provider(served_provider):
-    served_provider.reset()
-    yield served_provider
-    served_provider.reset()
+def provider_settings(database_url: str, issuer: str, **overrides) -> dict:
+    """Settings for an app whose provider is the fake one (tests/support/fake_provider.py)."""
+    return base_settings(
+        database_url,
+        **{
+            "myapp.oidc.issuer": issuer,
+            "myapp.oidc.client_id": CLIENT_ID,
+            "myapp.oidc.client_secret": CLIENT_SECRET,
+            "myapp.oidc.http_timeout": "2",
+            **overrides,
+        },
+    )
 
 
 @pytest.fixture
@@ -155,17 +151,7 @@ def make_app(engine, database_url, served_provider, connection):
     apps = []
 
     def make(**overrides):
-        settings = base_settings(
-            database_url,
-            **{
-                "myapp.oidc.issuer": served_provider.issuer,
-                "myapp.oidc.client_id": CLIENT_ID,
-                "myapp.oidc.client_secret": CLIENT_SECRET,
-                "myapp.oidc.http_timeout": "2",
-                **overrides,
-            },
-        )
-        app = main({}, **settings)
+        app = main({}, **provider_settings(database_url, served_provider.issuer, **overrides))
         bind_to(app, connection)
         apps.append(app)
         return app

@@ -15,8 +15,7 @@ from myapp.models import AuditEvent, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.sessions import SessionStore, TokenSet
 from tests.conftest import TEST_PUBLIC_URL, base_settings
-from tests.functional.conftest import COOKIE, Browser, dispose
-from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
+from tests.functional.conftest import COOKIE, Browser, dispose, provider_settings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import canned_http_server, serve
 
@@ -46,13 +45,10 @@ def make_proxy_app(committed_database_url, served_provider, served_upstream):
     apps = []
 
     def make(**overrides):
-        settings = base_settings(
+        settings = provider_settings(
             committed_database_url,
+            served_provider.issuer,
             **{
-                "myapp.oidc.issuer": served_provider.issuer,
-                "myapp.oidc.client_id": CLIENT_ID,
-                "myapp.oidc.client_secret": CLIENT_SECRET,
-                "myapp.oidc.http_timeout": "2",
                 "myapp.upstreams": (
                     f"up = {served_upstream.url}/base\nreadonly = {served_upstream.url}/ro\ndown = http://127.0.0.1:9/"
                 ),

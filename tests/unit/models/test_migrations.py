@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 
 from myapp import main
 from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
-from tests.conftest import alembic_config, base_settings, migrate, postgresql_url, with_search_path
+from tests.conftest import alembic_config, base_settings, migrate, private_schema
 
 
 def test_schema_revision_is_alembics_head():
@@ -24,24 +24,12 @@ def empty_database(request, tmp_path):
         yield url, engine
         engine.dispose()
         return
-    import uuid
-
-    from sqlalchemy import text
-
-    base = postgresql_url()
-    schema = f"myapp_mig_{uuid.uuid4().hex[:10]}"
-    admin = get_engine(base)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = with_search_path(base, schema)
-    engine = get_engine(url)
-    try:
-        yield url, engine
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_schema("myapp_mig") as url:
+        engine = get_engine(url)
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
 
 
 def run(engine, direction, revision):

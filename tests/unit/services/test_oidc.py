@@ -20,27 +20,9 @@ from myapp.services.oidc import (
     TokenRequestRefused,
 )
 from myapp.settings import OIDCSettings
-from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider, s256
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, s256
 
 NONCE = "n-0S6_WzA2Mj"
-
-
-@pytest.fixture(scope="module")
-def served_provider():
-    provider = FakeProvider()
-    with provider.serve() as url:
-        provider.issuer = url
-        try:
-            yield provider
-        finally:
-            provider.stop.set()  # wake any handler still delaying, so the server can stop
-
-
-@pytest.fixture
-def provider(served_provider):
-    served_provider.reset()
-    yield served_provider
-    served_provider.reset()
 
 
 class Clock:
