@@ -25,6 +25,7 @@
     status.appendChild(link);
     status.classList.add("is-error");
     form.hidden = true;
+    Array.prototype.forEach.call(list.querySelectorAll("button"), function (b) { b.disabled = true; });
   }
 
   function call(method, path, body) {
@@ -34,6 +35,7 @@
       options.body = JSON.stringify(body);
     }
     return fetch(api + path, options).then(function (response) {
+      if (response.status === 204) { return {}; }
       return response.json().catch(function () { return {}; }).then(function (data) {
         if (response.status === 401 && data.error === "login_required") {
           signInAgain();
@@ -47,18 +49,50 @@
     });
   }
 
+  function busy(on) {
+    if (on) { card.setAttribute("aria-busy", "true"); } else { card.removeAttribute("aria-busy"); }
+  }
+
   function show(notes) {
     list.textContent = "";
     notes.forEach(function (note) {
       var item = document.createElement("li");
-      item.textContent = note.text;
+      var text = document.createElement("span");
+      text.className = "note-text";
+      text.textContent = note.text;
+      item.appendChild(text);
+      if (note.id !== undefined) {
+        var remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "note-delete";
+        remove.textContent = "Delete";
+        remove.setAttribute("aria-label", "Delete note: " + note.text);
+        remove.addEventListener("click", function () { removeNote(note, remove); });
+        item.appendChild(remove);
+      }
       list.appendChild(item);
     });
     empty.hidden = notes.length > 0;
   }
 
   function refresh() {
-    return call("GET", "/notes").then(function (data) { show(data.notes || []); });
+    busy(true);
+    return call("GET", "/notes")
+      .then(function (data) { show(data.notes || []); })
+      .then(function () { busy(false); }, function (error) { busy(false); throw error; });
+  }
+
+  function failed(error) {
+    if (error.message !== "login_required") { say(error.message, true); }
+  }
+
+  function removeNote(note, control) {
+    control.disabled = true;
+    say("Deleting…");
+    call("DELETE", "/notes/" + encodeURIComponent(note.id))
+      .then(refresh)
+      .then(function () { say("Note deleted."); input.focus(); })
+      .catch(function (error) { control.disabled = false; failed(error); });
   }
 
   form.addEventListener("submit", function (event) {
@@ -70,10 +104,10 @@
     call("POST", "/notes", { text: text })
       .then(function () { input.value = ""; return refresh(); })
       .then(function () { say("Note added."); })
-      .catch(function (error) { if (error.message !== "login_required") { say(error.message, true); } })
-      .then(function () { button.disabled = false; });
+      .catch(failed)
+      .then(function () { button.disabled = false; input.focus(); });
   });
 
   form.hidden = false;
-  refresh().catch(function (error) { if (error.message !== "login_required") { say(error.message, true); } });
+  refresh().catch(failed);
 })();

@@ -2,6 +2,7 @@
 
 from myapp.resources import Permission, Root
 from myapp.routes import JSON_ROUTES
+from myapp.services.sessions import EndReason
 
 # Fixed texts for the ?notice= shown after an action (post/redirect/get, nothing stored).
 NOTICES = {
@@ -11,6 +12,20 @@ NOTICES = {
     "session_revoked": "That session was signed out.",
     "others_revoked": "You were signed out everywhere else.",
     "user_sessions_revoked": "Every session of that user was ended.",
+}
+
+
+# Why a session ended, in words for the person it happened to.
+SIGNED_OUT_MESSAGES = {
+    EndReason.EXPIRED: "Your session reached its time limit. Sign in again to carry on.",
+    EndReason.IDLE: "You were away for a while, so we signed you out to keep your account safe.",
+    EndReason.REVOKED: "This session was signed out from your list of sessions.",
+    EndReason.REVOKED_BY_ADMIN: "An administrator ended your sessions.",
+    EndReason.ENDED_ELSEWHERE: "You chose to sign out everywhere else from another device.",
+    EndReason.BACKCHANNEL: "You signed out at your identity provider, so you were signed out here too.",
+    EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",
+    EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
+    EndReason.LOGOUT: "You signed out.",
 }
 
 

@@ -19,24 +19,12 @@ from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
 from myapp.services.sessions import EndReason
 from myapp.settings import PROMPTS
+from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.errors import error_page
 
 log = logging.getLogger(__name__)
 
 MAX_LOGOUT_REQUEST_BYTES = 64 * 1024
-
-SIGNED_OUT_MESSAGES = {
-    EndReason.EXPIRED: "Your session reached its time limit. Sign in again to carry on.",
-    EndReason.IDLE: "You were away for a while, so we signed you out to keep your account safe.",
-    EndReason.REVOKED: "This session was signed out from your list of sessions.",
-    EndReason.REVOKED_BY_ADMIN: "An administrator ended your sessions.",
-    EndReason.ENDED_ELSEWHERE: "You chose to sign out everywhere else from another device.",
-    EndReason.BACKCHANNEL: "You signed out at your identity provider, so you were signed out here too.",
-    EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",
-    EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
-    EndReason.LOGOUT: "You signed out.",
-}
-
 
 class LoginBindingCookie:
     """Ties a login transaction to the browser that started it (several tabs share one value)."""

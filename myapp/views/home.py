@@ -8,6 +8,7 @@ from myapp.errors import APIError
 from myapp.models import Post
 from myapp.resources import Permission
 from myapp.services.oidc import ProviderUnavailable
+from myapp.views import SIGNED_OUT_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
     permission=NO_PERMISSION_REQUIRED,
 )
 def landing(request):
-    return {}
+    # A cookie that named a session no longer live: say why it ended.
+    reason = request.environ.get("myapp.signed_out_reason")
+    return {"session_ended": SIGNED_OUT_MESSAGES.get(reason, "Your session has ended.") if reason else None}
 
 
 @view_config(
