@@ -155,9 +155,6 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.line(f"{count:5d} skipped: {reason}")
 
 
-# -- committed databases, for code that commits on its own (refresh locks, other processes) ------
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def committed_database_url(request, tmp_path_factory):
     """A migrated database whose writes are really committed; tables are emptied after each test."""

@@ -157,8 +157,6 @@ class OIDCClient:
         self._keys_uri: str | None = None
         self._last_key_refetch = float("-inf")
 
-    # -- discovery and keys ----------------------------------------------------------------
-
     def metadata(self) -> ProviderMetadata:
         """The provider's discovery document, fetched once and refreshed hourly."""
         with self._lock:
@@ -215,8 +213,6 @@ class OIDCClient:
             except (JoseError, ValueError, TypeError, KeyError):
                 log.warning("ignoring a key the provider published that cannot be read (kid %r)", entry.get("kid"))
         return keys
-
-    # -- authorization and token endpoint ---------------------------------------------------
 
     def authorization_url(self, *, state: str, nonce: str, code_verifier: str, prompt: str | None = None) -> str:
         metadata = self.metadata()
@@ -345,8 +341,6 @@ class OIDCClient:
             params["id_token_hint"] = id_token_hint
         separator = "&" if urlsplit(endpoint).query else "?"
         return endpoint + separator + urlencode(params)
-
-    # -- token validation --------------------------------------------------------------------
 
     def verify_signature(self, token: str) -> tuple[dict, dict]:
         """Verify a signed JWT from the provider; return (header, claims). Never ``none``."""

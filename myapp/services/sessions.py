@@ -156,6 +156,15 @@ class TokenCipher:
     def rotate(self, value: bytes | None) -> bytes | None:
         return None if value is None else self._fernet.rotate(bytes(value))
 
+    def tokens_of(self, row: UserSession) -> "TokenSet":
+        """The tokens a session row holds, decrypted."""
+        return TokenSet(
+            access_token=self.decrypt(row.access_token),
+            refresh_token=self.decrypt(row.refresh_token),
+            id_token=self.decrypt(row.id_token),
+            access_token_expires_at=row.access_token_expires_at,
+        )
+
 
 class SessionStore:
     def __init__(
@@ -327,12 +336,7 @@ class SessionStore:
         return result.rowcount
 
     def tokens(self, row: UserSession) -> TokenSet:
-        return TokenSet(
-            access_token=self.cipher.decrypt(row.access_token),
-            refresh_token=self.cipher.decrypt(row.refresh_token),
-            id_token=self.cipher.decrypt(row.id_token),
-            access_token_expires_at=row.access_token_expires_at,
-        )
+        return self.cipher.tokens_of(row)
 
     def store_tokens(self, row: UserSession, tokens: TokenSet) -> None:
         self._set_tokens(row, tokens)

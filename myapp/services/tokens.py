@@ -179,19 +179,11 @@ class TokenManager:
         with self.lock.locked(session_id) as (dbsession, row):
             if row is None or row.ended_at is not None:
                 return TokenSet()
-            tokens = self._stored_tokens(row)
+            tokens = self.cipher.tokens_of(row)
             row.ended_at = self.clock()
             row.end_reason = reason
             row.access_token = row.refresh_token = row.id_token = None
             return tokens
-
-    def _stored_tokens(self, row: UserSession) -> TokenSet:
-        return TokenSet(
-            access_token=self.cipher.decrypt(row.access_token),
-            refresh_token=self.cipher.decrypt(row.refresh_token),
-            id_token=self.cipher.decrypt(row.id_token),
-            access_token_expires_at=row.access_token_expires_at,
-        )
 
     def _fresh(self, expires_at: datetime | None) -> bool:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
@@ -208,7 +200,7 @@ class TokenManager:
     def _refresh_locked(self, dbsession: Session, row: UserSession | None, stale: str | None):
         if row is None or row.ended_at is not None:
             return LoginRequired()
-        previous = self._stored_tokens(row)
+        previous = self.cipher.tokens_of(row)
         current = previous.access_token
         if current and current != stale and self._fresh(row.access_token_expires_at):
             return current  # refreshed by another worker while this one waited for the lock

@@ -3,7 +3,7 @@
 import logging
 
 from pyramid.exceptions import BadCSRFOrigin, BadCSRFToken, PredicateMismatch
-from pyramid.httpexceptions import HTTPException, HTTPNotFound, HTTPSeeOther
+from pyramid.httpexceptions import HTTPException, HTTPSeeOther
 from pyramid.renderers import render_to_response
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config

@@ -83,7 +83,6 @@ if MISSING is None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
 
@@ -120,8 +119,6 @@ class Browser:
             self.driver.quit()
         finally:
             shutil.rmtree(self.profile, ignore_errors=True)
-
-    # -- navigation and reading ------------------------------------------------------------------
 
     def get(self, url: str):
         self.driver.get(url)
@@ -236,8 +233,6 @@ class Browser:
             ".catch(function (e) { done({status: 0, body: String(e)}); });",
             path,
         )
-
-    # -- screenshots -----------------------------------------------------------------------------
 
     def screenshot(self, name: str, *, full_page: bool = True) -> Path:
         """Save the page as ``test-artifacts/screenshots/<name>.png`` (the whole page by default)."""

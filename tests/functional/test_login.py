@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import func, select
 
 from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, UserSession
-from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.conftest import COOKIE, Browser
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
@@ -53,9 +52,6 @@ def failures(dbsession):
 def assert_no_session(response, dbsession):
     assert session_count(dbsession) == 0
     assert not any(v.startswith(COOKIE + "=") and "Max-Age=0" not in v for k, v in response.headerlist if k == "Set-Cookie")
-
-
-# -- the happy path --------------------------------------------------------------------------
 
 
 def test_login_redirects_to_the_provider_with_pkce_state_and_nonce(browser, provider, dbsession):
@@ -193,9 +189,6 @@ def test_a_planted_cookie_is_never_adopted(browser, provider, dbsession, make_us
     assert browser.cookies[COOKIE] != attacker_raw
     assert session_store.dead_reason(session_store.find(attacker_raw)) == "replaced"
     assert "Alice" in browser.get("/").text
-
-
-# -- callback rejections ---------------------------------------------------------------------
 
 
 def test_provider_error_shows_a_friendly_page(browser, provider, dbsession):
@@ -402,9 +395,6 @@ def test_oversized_callback_parameters(browser, dbsession):
     assert failures(dbsession) == ["parameter_too_long"]
 
 
-# -- logout ----------------------------------------------------------------------------------
-
-
 def csrf_of(browser):
     return browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
 
@@ -472,25 +462,6 @@ def test_logout_when_already_signed_out(browser):
     assert browser.post("/logout", status=303).location == "https://app.example.test/"
 
 
-# -- back-channel logout ---------------------------------------------------------------------
-
-
-def logout_token(provider, header=None, **overrides):
-    now = int(time.time())
-    claims = {
-        "iss": provider.issuer,
-        "aud": CLIENT_ID,
-        "iat": now,
-        "exp": now + 120,
-        "jti": f"jti-{time.monotonic_ns()}",
-        "sub": "alice",
-        "sid": provider.sid,
-        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
-    }
-    claims.update(overrides)
-    return provider.sign({k: v for k, v in claims.items() if v is not None}, header={"typ": "logout+jwt", **(header or {})})
-
-
 def post_logout_token(app, token, status):
     response = Browser(app).post("/auth/backchannel-logout", {"logout_token": token}, status=status)
     assert response.headers["Cache-Control"] == "no-store"
@@ -503,7 +474,7 @@ def test_backchannel_logout_by_sid_ends_that_session_only(app, provider, dbsessi
     provider.sid = "another-sid"
     second = Browser(app)
     sign_in(second, provider)
-    post_logout_token(app, logout_token(provider, sid="another-sid"), 200)
+    post_logout_token(app, provider.logout_token(sid="another-sid"), 200)
     assert "Alice" in first.get("/").text
     assert "reason=provider_logout" in second.get("/posts", status=303).location
     event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "backchannel_logout")).one()
@@ -514,12 +485,12 @@ def test_backchannel_logout_by_sub_ends_all_of_the_users_sessions(app, provider,
     browsers = [Browser(app) for _ in range(2)]
     for b in browsers:
         sign_in(b, provider)
-    post_logout_token(app, logout_token(provider, sid=None), 200)
+    post_logout_token(app, provider.logout_token(sid=None), 200)
     assert session_count(dbsession) == 0
 
 
 def test_backchannel_logout_replay_is_refused(app, provider, dbsession):
-    token = logout_token(provider)
+    token = provider.logout_token()
     post_logout_token(app, token, 200)
     response = post_logout_token(app, token, 400)
     assert response.json["error"] == "invalid_request"
@@ -542,7 +513,7 @@ def test_backchannel_logout_replay_is_refused(app, provider, dbsession):
 def test_bad_logout_tokens_end_nothing(app, provider, dbsession, overrides):
     browser = Browser(app)
     sign_in(browser, provider)
-    post_logout_token(app, logout_token(provider, **overrides), 400)
+    post_logout_token(app, provider.logout_token(**overrides), 400)
     assert session_count(dbsession) == 1
 
 
@@ -552,16 +523,16 @@ def test_bad_logout_token_signature_and_type(app, provider, dbsession):
     browser = Browser(app)
     sign_in(browser, provider)
     impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
-    claims_token = logout_token(provider)
+    claims_token = provider.logout_token()
     post_logout_token(app, claims_token.rsplit(".", 1)[0] + "." + provider.sign({}, key=impostor).rsplit(".", 1)[1], 400)
-    post_logout_token(app, logout_token(provider, header={"typ": "at+jwt"}), 400)
+    post_logout_token(app, provider.logout_token(header={"typ": "at+jwt"}), 400)
     post_logout_token(app, "", 400)
     post_logout_token(app, "garbage", 400)
     assert session_count(dbsession) == 1
 
 
 def test_backchannel_logout_needs_no_cookie_or_csrf(app, provider):
-    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": logout_token(provider)})
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": provider.logout_token()})
     assert response.status_int == 200
 
 
@@ -575,9 +546,6 @@ def test_backchannel_logout_with_an_unreadable_body(app):
         "/auth/backchannel-logout", b"x", headers={"Content-Type": "multipart/form-data"}, status=400
     )
     assert response.json["error"] == "bad_request"
-
-
-# -- secrets stay secret ---------------------------------------------------------------------
 
 
 def test_no_token_reaches_the_browser(browser, provider):
@@ -611,9 +579,6 @@ def test_nothing_secret_is_logged_or_audited(browser, provider, caplog, dbsessio
         assert secret and secret not in logged and secret not in audited
     assert "eyJ" not in logged and "eyJ" not in audited
     assert "authlib" not in {r.name.split(".")[0] for r in caplog.records if r.levelno < logging.INFO}
-
-
-# -- found in review -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("next_path", ["/\u0130", "/caf\u00e9", "/\u2028x"])

@@ -16,8 +16,6 @@ from tests.conftest import TEST_KEY, base_settings
 from tests.functional.conftest import Browser
 from tests.functional.test_login import sign_in as sign_in_with_provider
 
-# -- metrics ---------------------------------------------------------------------------------
-
 
 def test_metrics_are_off_by_default(browser):
     browser.get("/metrics", status=404)
@@ -55,9 +53,6 @@ def test_metrics_only_for_allowed_addresses(metrics_app):
     spoofed.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, status=403)
 
 
-# -- readiness -------------------------------------------------------------------------------
-
-
 def test_readyz_with_redis_down_is_503_quickly(make_app):
     app = make_app(**{"myapp.redis.url": "redis://127.0.0.1:9/0"})
     started = time.monotonic()
@@ -73,9 +68,6 @@ def test_readyz_with_redis_up(make_app):
 
     response = Browser(make_app(**{"myapp.redis.url": redis_url()})).get("/readyz", status=200)
     assert response.json["checks"] == {"database": "ok", "redis": "ok"}
-
-
-# -- console scripts -------------------------------------------------------------------------
 
 
 @pytest.fixture

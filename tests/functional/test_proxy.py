@@ -122,9 +122,6 @@ def row_of(dbsession, browser):
     return dbsession.get(UserSession, row_id)
 
 
-# -- forwarding ------------------------------------------------------------------------------
-
-
 def test_get_is_forwarded_with_a_bearer_token(signed_in, upstream):
     response = api(signed_in(), "GET", "/api/up/items/7?sort=name&q=a%20b", status=200)
     assert response.json == {"ok": True}
@@ -279,9 +276,6 @@ def test_upstream_errors_pass_through(signed_in, upstream):
     assert api(signed_in(), "GET", "/api/up/x", status=422).json == {"detail": "nope"}
 
 
-# -- what is refused -------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "path",
     [
@@ -382,9 +376,6 @@ def test_anonymous_is_401_json_never_a_redirect(proxy_app, upstream):
     response = Browser(proxy_app).get("/api/up/x", headers={"X-CSRF": "1"}, status=401)
     assert response.json == {"error": "login_required", "message": "Sign in to continue."}
     assert upstream.seen == []
-
-
-# -- tokens ----------------------------------------------------------------------------------
 
 
 def test_proactive_refresh_before_expiry(signed_in, upstream, provider, dbsession):
@@ -491,9 +482,6 @@ def test_no_token_ever_reaches_the_browser(signed_in, upstream, provider):
         assert token not in response.text and token not in str(response.headerlist)
 
 
-# -- the dashboard: the same token service on the server side --------------------------------
-
-
 @pytest.fixture
 def dashboard_app(make_proxy_app):
     return make_proxy_app(**{"myapp.dashboard.upstream": "up"})
@@ -540,9 +528,6 @@ def test_dashboard_upstream_must_exist():
 
     with pytest.raises(SettingsError, match="^myapp.dashboard.upstream: no upstream named 'nope'"):
         load_settings(base_settings("sqlite://", **{"myapp.dashboard.upstream": "nope"}), environ={})
-
-
-# -- found in review -------------------------------------------------------------------------
 
 
 def test_a_refused_fresh_token_is_not_refreshed_again_and_again(signed_in, upstream, provider):

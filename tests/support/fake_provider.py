@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from joserfc import jws
 from joserfc.jwk import RSAKey
 
+from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
 from tests.support.servers import serve
 
 CLIENT_ID = "myapp-test"
@@ -59,8 +60,6 @@ class FakeProvider:
         self.discovery_fetches = 0
         self.id_token_claims = {}  # overrides for the next ID tokens
         self.sid = "sid-" + secrets.token_hex(4)
-
-    # -- what a test uses ------------------------------------------------------------------------
 
     def metadata(self) -> dict:
         document = {
@@ -111,13 +110,30 @@ class FakeProvider:
             return f"{signing_input}.{b64(digest)}"
         return jws.serialize_compact(protected, payload, key, algorithms=[alg])
 
+    def logout_claims(self, **overrides) -> dict:
+        """A valid back-channel logout token's claims; None in ``overrides`` removes a claim."""
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": CLIENT_ID,
+            "iat": now,
+            "exp": now + 120,
+            "jti": f"jti-{time.monotonic_ns()}",
+            "sub": "alice",
+            "sid": self.sid,
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def logout_token(self, header=None, **overrides) -> str:
+        return self.sign(self.logout_claims(**overrides), header={"typ": "logout+jwt", **(header or {})})
+
     def grant(self, *, challenge: str, nonce: str, redirect_uri: str = REDIRECT_URI, **claim_overrides) -> str:
         """Issue an authorization code as if the user had signed in."""
         code = secrets.token_urlsafe(16)
         self.codes[code] = {"challenge": challenge, "nonce": nonce, "redirect_uri": redirect_uri, "claims": claim_overrides}
         return code
-
-    # -- the WSGI app ----------------------------------------------------------------------------
 
     def __call__(self, environ, start_response):
         path = environ["PATH_INFO"]

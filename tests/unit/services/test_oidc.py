@@ -78,9 +78,6 @@ def test_a_valid_id_token_is_accepted(client, provider):
     assert claims["sub"] == "alice"
 
 
-# -- claims ----------------------------------------------------------------------------------
-
-
 def test_wrong_issuer(client, provider):
     rejects(client, provider.sign(provider.claims(nonce=NONCE, iss="https://evil.example")), "bad_issuer")
 
@@ -176,9 +173,6 @@ def test_at_hash_matching_is_accepted(client, provider):
 
 def test_logout_token_is_not_an_id_token(client, provider):
     rejects(client, provider.sign(provider.claims(nonce=NONCE), header={"typ": "logout+jwt"}), "bad_type")
-
-
-# -- signatures and keys ---------------------------------------------------------------------
 
 
 def test_bad_signature(client, provider):
@@ -330,9 +324,6 @@ def test_claims_that_are_not_an_object(client, provider):
     rejects(client, token, "malformed_token")
 
 
-# -- discovery -------------------------------------------------------------------------------
-
-
 def test_discovery_issuer_mismatch(client, provider):
     provider.metadata_overrides["issuer"] = "https://evil.example"
     with pytest.raises(ProviderMisconfigured, match="must be identical"):
@@ -380,9 +371,6 @@ def test_signing_algorithms_we_cannot_use(client, provider):
     provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["none"]
     with pytest.raises(ProviderMisconfigured):
         client.metadata()
-
-
-# -- token endpoint --------------------------------------------------------------------------
 
 
 def test_token_endpoint_500(client, provider):
@@ -456,9 +444,6 @@ def test_authorization_url(client, provider):
     assert query["scope"] == "openid profile email offline_access"
 
 
-# -- userinfo --------------------------------------------------------------------------------
-
-
 def test_userinfo_with_the_same_subject(client, provider):
     assert client.userinfo("at", subject="alice")["name"] == "Alice From Userinfo"
 
@@ -473,29 +458,6 @@ def test_userinfo_refused_keeps_going(client, provider):
     assert client.userinfo("at", subject="alice") is None
 
 
-# -- logout tokens ---------------------------------------------------------------------------
-
-
-def logout_claims(provider, **overrides):
-    now = int(time.time())
-    claims = {
-        "iss": provider.issuer,
-        "aud": CLIENT_ID,
-        "iat": now,
-        "exp": now + 120,
-        "jti": "jti-" + str(now),
-        "sub": "alice",
-        "sid": provider.sid,
-        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
-    }
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def logout_token(provider, header=None, **overrides):
-    return provider.sign(logout_claims(provider, **overrides), header={"typ": "logout+jwt", **(header or {})})
-
-
 def rejects_logout(client, token, reason):
     with pytest.raises(OIDCError) as info:
         client.validate_logout_token(token)
@@ -503,21 +465,21 @@ def rejects_logout(client, token, reason):
 
 
 def test_a_valid_logout_token_is_accepted(client, provider):
-    assert client.validate_logout_token(logout_token(provider))["sid"] == provider.sid
-    assert client.validate_logout_token(logout_token(provider, header={"typ": "JWT"}))
-    assert client.validate_logout_token(logout_token(provider, header={"typ": None}))
-    assert client.validate_logout_token(logout_token(provider, sid=None))
-    assert client.validate_logout_token(logout_token(provider, sub=None))
-    assert client.validate_logout_token(logout_token(provider, exp=None))
+    assert client.validate_logout_token(provider.logout_token())["sid"] == provider.sid
+    assert client.validate_logout_token(provider.logout_token(header={"typ": "JWT"}))
+    assert client.validate_logout_token(provider.logout_token(header={"typ": None}))
+    assert client.validate_logout_token(provider.logout_token(sid=None))
+    assert client.validate_logout_token(provider.logout_token(sub=None))
+    assert client.validate_logout_token(provider.logout_token(exp=None))
 
 
 def test_logout_token_bad_signature(client, provider):
     impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
-    rejects_logout(client, provider.sign(logout_claims(provider), key=impostor), "bad_signature")
+    rejects_logout(client, provider.sign(provider.logout_claims(), key=impostor), "bad_signature")
 
 
 def test_logout_token_alg_none(client, provider):
-    rejects_logout(client, provider.sign(logout_claims(provider), key=None, alg="none"), "bad_algorithm")
+    rejects_logout(client, provider.sign(provider.logout_claims(), key=None, alg="none"), "bad_algorithm")
 
 
 @pytest.mark.parametrize(
@@ -537,11 +499,11 @@ def test_logout_token_alg_none(client, provider):
     ],
 )
 def test_logout_token_rules(client, provider, overrides, reason):
-    rejects_logout(client, logout_token(provider, **overrides), reason)
+    rejects_logout(client, provider.logout_token(**overrides), reason)
 
 
 def test_logout_token_typ(client, provider):
-    rejects_logout(client, logout_token(provider, header={"typ": "at+jwt"}), "bad_type")
+    rejects_logout(client, provider.logout_token(header={"typ": "at+jwt"}), "bad_type")
 
 
 def test_an_id_token_is_not_a_logout_token(client, provider):
