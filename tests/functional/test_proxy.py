@@ -572,3 +572,16 @@ def test_an_unverifiable_refreshed_id_token_keeps_the_session(signed_in, upstrea
     tokens = signed_in.store.tokens(row)
     assert row.ended_at is None
     assert tokens.refresh_token != "rt-1" and tokens.id_token == old_id_token
+
+
+def test_a_malformed_content_length_is_400(signed_in, upstream):
+    from webob import Request
+
+    browser = signed_in()
+    request = Request.blank("/api/up/x", method="POST", base_url=TEST_PUBLIC_URL)
+    request.environ.update(
+        {"CONTENT_LENGTH": "lots", "HTTP_X_CSRF": "1", "HTTP_COOKIE": f"{COOKIE}={browser.cookies[COOKIE]}"}
+    )
+    response = request.get_response(browser.app)
+    assert response.status_int == 400 and response.json["error"] == "bad_request"
+    assert upstream.seen == []

@@ -519,3 +519,17 @@ def test_https_issuer_needs_https_endpoints(client, provider):
     document["token_endpoint"] = "http://idp.example.test/token"
     with pytest.raises(ProviderMisconfigured, match="token_endpoint"):
         ProviderMetadata.from_document(document, "https://idp.example.test")
+
+
+def test_a_key_of_the_wrong_curve_is_not_a_candidate(client, provider):
+    p256 = ECKey.generate_key("P-256", parameters={"kid": "ec"})
+    p384_same_kid = ECKey.generate_key("P-384", parameters={"kid": "ec"})
+    provider.published_keys = [provider.key, p384_same_kid]
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["RS256", "ES256"]
+    rejects(client, provider.sign(provider.claims(nonce=NONCE), key=p256, alg="ES256"), "unknown_key")
+
+
+def test_an_oversized_discovery_document_is_refused(client, provider):
+    provider.metadata_overrides["padding"] = "x" * (1024 * 1024 + 1)
+    with pytest.raises(ProviderMisconfigured, match="over 1 MiB"):
+        client.metadata()

@@ -298,3 +298,44 @@ def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provide
         manager.access_token(row)
     assert reload(dbsession, row).access_token is None or cipher.decrypt(reload(dbsession, row).access_token) != "at-new"
     assert revoked == [("rt-new", "refresh_token")]
+
+
+def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, session_row):
+    from sqlalchemy.exc import OperationalError
+
+    from myapp.services.tokens import RefreshLockTimeout
+
+    class Busy:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin(self):
+            raise OperationalError("SELECT ... FOR UPDATE", {}, Exception("lock timeout"))
+
+    manager = TokenManager(
+        lock=DatabaseRefreshLock(Busy, timeout=1), oidc=provider, cipher=cipher,
+        settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
+    )
+    with pytest.raises(RefreshLockTimeout):
+        manager.access_token(session_row())
+    assert provider.calls == []
+
+
+def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, session_row, dbsession):
+    import redis
+
+    from myapp.services.tokens import RedisRefreshLock
+
+    unreachable = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=1, socket_timeout=1)
+    manager = TokenManager(
+        lock=RedisRefreshLock(unreachable, lambda: None, timeout=1), oidc=provider, cipher=cipher,
+        settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
+    )
+    row = session_row()
+    with pytest.raises(ProviderUnavailable, match="Redis"):
+        manager.access_token(row)
+    assert provider.calls == [] and reload(dbsession, row).ended_at is None
+    unreachable.close()
