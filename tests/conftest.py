@@ -15,10 +15,10 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from cryptography.fernet import Fernet
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from myapp.models import get_engine
+from myapp.models import begin_sqlite_transactions_with, get_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ISSUER = "https://idp.example.test"
@@ -94,23 +94,13 @@ def database_url(request, tmp_path_factory):
     return request.getfixturevalue("postgresql_schema")
 
 
-def _sqlite_savepoints(engine):
-    # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself.
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection):
-        connection.exec_driver_sql("BEGIN")
-
-
 @pytest.fixture(scope="session")
 def engine(database_url):
     engine = get_engine(database_url)
     migrate(engine)
     if engine.dialect.name == "sqlite":
-        _sqlite_savepoints(engine)
+        # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself.
+        begin_sqlite_transactions_with(engine, "BEGIN")
     yield engine
     engine.dispose()
 

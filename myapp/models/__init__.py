@@ -70,18 +70,21 @@ def get_own_transaction_engine(url: str) -> Engine:
     database's write lock: refreshes stay single-flight across processes sharing the file.
     """
     engine = get_engine(url, **OWN_TRANSACTION_POOL)
-    if engine.dialect.name != "sqlite":
-        return engine
+    if engine.dialect.name == "sqlite":
+        begin_sqlite_transactions_with(engine, "BEGIN IMMEDIATE")
+    return engine
+
+
+def begin_sqlite_transactions_with(engine: Engine, statement: str) -> None:
+    """Let SQLAlchemy, not pysqlite, begin transactions on this SQLite engine, with ``statement``."""
 
     @event.listens_for(engine, "connect")
     def _manual_transactions(dbapi_connection, _record):
         dbapi_connection.isolation_level = None
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
+    def _begin(connection):
+        connection.exec_driver_sql(statement)
 
 
 def get_session_factory(engine: Engine) -> sessionmaker[Session]:

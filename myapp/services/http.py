@@ -26,6 +26,8 @@ def describe(error: requests.RequestException) -> HTTPFailure:
         return HTTPFailure("timed out", unavailable=True)
     if isinstance(error, requests.ConnectionError):
         return HTTPFailure("connection failed", unavailable=True)
+    if isinstance(error, requests.TooManyRedirects):
+        return HTTPFailure("answered with a redirect, which is not followed", unavailable=False)
     if isinstance(error, requests.HTTPError) and error.response is not None:
         status = error.response.status_code
         return HTTPFailure(f"answered HTTP {status}", unavailable=status >= 500)
@@ -43,6 +45,8 @@ class HttpClient:
 
     def _mount(self, session: requests.Session) -> None:
         session.trust_env = False
+        # Every call, Authlib's token and revocation requests included: a redirect is an error.
+        session.max_redirects = 0
         session.mount("https://", self.adapter)
         session.mount("http://", self.adapter)
 

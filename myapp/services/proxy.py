@@ -12,7 +12,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import urllib3
@@ -56,8 +56,6 @@ class Outgoing:
     url: str
     headers: dict
     body: object = None
-    request_id: str = ""
-    extra: dict = field(default_factory=dict)
 
     def rewind(self):
         if self.body is not None:
@@ -162,7 +160,7 @@ class Proxy:
         if body is not None:
             headers["Content-Length"] = str(body.tell())
             body.seek(0)
-        return Outgoing(upstream=upstream, method=method, url=url, headers=headers, body=body, request_id=headers["X-Request-ID"])
+        return Outgoing(upstream=upstream, method=method, url=url, headers=headers, body=body)
 
     def _request_headers(self, environ: Mapping, upstream: Upstream, client_addr: str | None) -> dict:
         headers = {}

@@ -533,3 +533,27 @@ def test_an_oversized_discovery_document_is_refused(client, provider):
     provider.metadata_overrides["padding"] = "x" * (1024 * 1024 + 1)
     with pytest.raises(ProviderMisconfigured, match="over 1 MiB"):
         client.metadata()
+
+
+def test_a_redirecting_token_endpoint_is_not_followed(client, provider):
+    from tests.support.servers import canned_http_server
+
+    moved = f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {provider.issuer}/token\r\nContent-Length: 0\r\n\r\n"
+    with canned_http_server(moved.encode()) as elsewhere:
+        provider.metadata_overrides["token_endpoint"] = elsewhere + "/token"
+        with pytest.raises(OIDCError) as info:
+            client.exchange_code("code", "verifier")
+    assert info.value.reason == "token_endpoint_error" and "redirect" in info.value.message
+    assert [p for p, _, _ in provider.requests if p == "/token"] == []
+
+
+def test_a_discovery_document_that_is_not_an_object_is_refused(provider, clock):
+    from tests.support.servers import serve
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'["not", "an", "object"]']
+
+    with serve(app) as url:
+        with pytest.raises(ProviderMisconfigured, match="not an object"):
+            make_client(provider, clock, issuer=url).metadata()
