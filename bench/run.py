@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from myapp.models import UserSession, get_engine  # noqa: E402
 from myapp.models.meta import utcnow  # noqa: E402
-from myapp.services.sessions import TokenCipher  # noqa: E402
+from myapp.services.tokenset import TokenCipher  # noqa: E402
 from tests.devstack.flows import sign_in as type_name_at_provider  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "bench", "bench-client-secret"

@@ -2,22 +2,30 @@
 
 from pyramid.config import Configurator
 
-from myapp.models import SchemaError
+from myapp.models import Database, SchemaError
 from myapp.resources import Permission, Root
 from myapp.settings import SettingsError, load_settings
 
 
-def main(global_config, **settings):
-    """The WSGI application (``paste.app_factory``): parse settings, include each part, scan."""
+def main(global_config, *, database: Database | None = None, **settings):
+    """The WSGI application (``paste.app_factory``): parse settings, include each part, scan.
+
+    ``database`` replaces the one ``sqlalchemy.url`` names: tests hand in one whose work is
+    rolled back.
+    """
     try:
         settings["myapp"] = load_settings(settings)
         settings.setdefault("myapp.config_file", (global_config or {}).get("__file__"))
         with Configurator(settings=settings, root_factory=Root) as config:
+            if database is not None:
+                config.registry[Database] = database
             config.set_default_permission(Permission.UNDECLARED)
             config.include("pyramid_jinja2")
+            config.include(".request")
             config.include(".models")
             config.include(".services")
             config.include(".security")
+            config.include(".headers")
             config.include(".tweens")
             config.include(".routes")
             config.include(".views")

@@ -1,4 +1,8 @@
-"""Errors that browser code branches on: ``{"error": CODE, "message": text}`` (SPEC.md)."""
+"""Errors that browser code branches on: ``{"error": CODE, "message": text}`` (SPEC.md).
+
+Every code a JSON answer can carry is here, SPEC.md's and the few it does not list (each
+explained in docs/architecture.md), so that no view invents one.
+"""
 
 from enum import StrEnum
 
@@ -13,6 +17,14 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    # Beyond SPEC.md's list (docs/architecture.md says why each exists).
+    BAD_REQUEST = "bad_request"
+    FORBIDDEN = "forbidden"
+    HTTP_ERROR = "http_error"
+    INTERNAL_ERROR = "internal_error"
+    # OpenID Connect Back-Channel Logout 1.0, section 2.8.
+    INVALID_REQUEST = "invalid_request"
 
 
 class APIError(Exception):
@@ -24,6 +36,3 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
-
-    def as_json(self) -> dict:
-        return {"error": str(self.code), "message": self.message}

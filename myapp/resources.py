@@ -35,7 +35,7 @@ class Root:
 
     def __init__(self, request):
         self.request = request
-        self.admin_group = request.registry.settings["myapp"].admin_group
+        self.admin_group = request.services.settings.admin_group
 
     @property
     def __acl__(self):
@@ -94,8 +94,8 @@ class UserResource:
         self.__parent__ = parent
 
 
-def _int_id(request, key="id") -> int:
-    value = request.matchdict.get(key, "")
+def _int_id(request) -> int:
+    value = request.matchdict.get("id", "")
     if not value.isascii() or not value.isdigit() or len(value) > 18:
         raise HTTPNotFound()
     return int(value)

@@ -1,5 +1,8 @@
+"""Every URL of the app, which of them programs call, and which paths are safe to return to."""
+
 import hashlib
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.static import QueryStringConstantCacheBuster
@@ -8,8 +11,35 @@ from myapp.resources import post_collection_factory, post_factory, session_facto
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-# Routes whose callers are programs, not people: errors there are JSON, never a redirect.
-JSON_ROUTES = frozenset({"auth_user", "api", "backchannel_logout"})
+API_PREFIX = "/api/"
+AUTH_USER_PATH = "/auth/user"
+BACKCHANNEL_LOGOUT_PATH = "/auth/backchannel-logout"
+# Paths whose callers are programs, not people: errors there are JSON, never a page or a redirect.
+JSON_PATHS = frozenset({AUTH_USER_PATH, BACKCHANNEL_LOGOUT_PATH})
+
+
+def is_json_request(request) -> bool:
+    """Whether the caller is a program; decided by the path alone, so that it holds before
+    routing (a tween refusing an unreadable request) as well as after."""
+    path = request.environ.get("PATH_INFO", "")
+    return path.startswith(API_PREFIX) or path in JSON_PATHS
+
+
+def safe_next_path(value: str | None) -> str:
+    """``value`` if it is a path on this site, else ``/``: no scheme, no host, no tricks."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 2000:
+        return "/"
+    # Browsers drop tabs and newlines and read "\\" as "/": "/\t/x" and "/\\x" mean "//x".
+    # Only printable ASCII: anything else could not even be sent back in a Location header.
+    if any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in value):
+        return "/"
+    decoded = unquote(value)
+    if value.startswith("//") or decoded.startswith(("//", "/\\")):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return value
 
 
 def static_fingerprint(directory: Path = STATIC_DIR) -> str:
@@ -27,7 +57,7 @@ def includeme(config):
     config.add_cache_buster("myapp:static/", QueryStringConstantCacheBuster(static_fingerprint()))
 
     # First: the proxy is the hot path, and routes are tried in order.
-    config.add_route("api", "/api/{upstream}*subpath")
+    config.add_route("api", API_PREFIX + "{upstream}*subpath")
     config.add_route("home", "/")
     config.add_route("healthz", "/healthz")
     config.add_route("readyz", "/readyz")
@@ -37,8 +67,8 @@ def includeme(config):
     config.add_route("auth_callback", "/auth/callback")
     config.add_route("logout", "/logout")
     config.add_route("signed_out", "/signed-out")
-    config.add_route("backchannel_logout", "/auth/backchannel-logout")
-    config.add_route("auth_user", "/auth/user")
+    config.add_route("backchannel_logout", BACKCHANNEL_LOGOUT_PATH)
+    config.add_route("auth_user", AUTH_USER_PATH)
 
     config.add_route("posts", "/posts", factory=post_collection_factory)
     config.add_route("post_new", "/posts/new", factory=post_collection_factory)

@@ -4,6 +4,9 @@ from urllib.parse import unquote_to_bytes
 
 from pyramid.response import Response
 
+from myapp.errors import ErrorCode
+from myapp.routes import API_PREFIX, is_json_request
+
 BAD_ADDRESS = "The address is not valid UTF-8."
 BAD_BODY = "The form could not be read."
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -22,10 +25,11 @@ def _decodes(raw: str, *, query: bool) -> bool:
         return False
 
 
-def _bad_request(path: str, message: str, status: int = 400) -> Response:
-    if path.startswith(("/api/", "/auth/")):
-        code = "payload_too_large" if status == 413 else "bad_request"
-        return Response(json={"error": code, "message": message}, status=status)
+def _bad_request(request, message: str, status: int = 400) -> Response:
+    if is_json_request(request):
+        code = ErrorCode.PAYLOAD_TOO_LARGE if status == 413 else ErrorCode.BAD_REQUEST
+        return Response(json={"error": str(code), "message": message}, status=status)
+    # Plain text: a page would render the request's own undecodable address and parameters.
     return Response(message, status=status, content_type="text/plain")
 
 
@@ -39,14 +43,14 @@ def unreadable_request_tween_factory(handler, registry):
         environ = request.environ
         path = environ.get("PATH_INFO", "")
         if not _decodes(path, query=False) or not _decodes(environ.get("QUERY_STRING", ""), query=True):
-            return _bad_request(path, BAD_ADDRESS)
-        if environ.get("CONTENT_TYPE", "").startswith(FORM_TYPES) and not path.startswith("/api/"):
+            return _bad_request(request, BAD_ADDRESS)
+        if environ.get("CONTENT_TYPE", "").startswith(FORM_TYPES) and not path.startswith(API_PREFIX):
             if (request.content_length or 0) > MAX_FORM_BYTES:
-                return _bad_request(path, "The form is too large.", 413)
+                return _bad_request(request, "The form is too large.", 413)
             try:
                 request.POST
             except ValueError:
-                return _bad_request(path, BAD_BODY)
+                return _bad_request(request, BAD_BODY)
         return handler(request)
 
     return tween

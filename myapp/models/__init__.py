@@ -1,8 +1,12 @@
-"""Database plumbing: the engine, the transaction-bound session, and the schema check."""
+"""Database plumbing: the engines, the three kinds of transaction (:class:`Database`), the schema check."""
+
+from contextlib import AbstractContextManager
 
 import zope.sqlalchemy
 import zope.sqlalchemy.datamanager
 from sqlalchemy import Connection, create_engine, event, inspect, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
@@ -21,6 +25,7 @@ MAX_RETRIED_BODY_BYTES = 1024 * 1024
 __all__ = [
     "AuditEvent",
     "Base",
+    "Database",
     "LoginTransaction",
     "Post",
     "SeenLogoutToken",
@@ -87,10 +92,6 @@ def begin_sqlite_transactions_with(engine: Engine, statement: str) -> None:
         connection.exec_driver_sql(statement)
 
 
-def get_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
-
-
 def get_tm_session_factory(engine_or_connection) -> sessionmaker[Session]:
     """Sessions that join the current thread's transaction: pyramid_tm commits or aborts them.
 
@@ -104,6 +105,42 @@ def get_tm_session_factory(engine_or_connection) -> sessionmaker[Session]:
         factory.configure(join_transaction_mode="create_savepoint")
     zope.sqlalchemy.register(factory, initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
     return factory
+
+
+class Database:
+    """Where the app's database work happens, in three kinds of transaction.
+
+    - ``request_session(request)``: the request's ORM session, committed or aborted by pyramid_tm;
+    - ``own_transaction()``: a session for work that commits on its own (recording activity, the
+      refresh lock), from a second pool so that requests waiting for a refresh cannot starve it;
+    - ``read()``: a pooled connection for the per-request session lookup, released at once.
+
+    One instance per app, built from ``sqlalchemy.url``; tests hand ``main()`` one whose three
+    kinds all run inside a connection that is rolled back.
+    """
+
+    def __init__(self, engine: Engine, own_engine: Engine):
+        self.engine = engine
+        self.own_engine = own_engine
+        self._request_sessions = get_tm_session_factory(engine)
+        self._own_sessions = sessionmaker(bind=own_engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> "Database":
+        return cls(get_engine(url, **REQUEST_POOL), get_own_transaction_engine(url))
+
+    def request_session(self, request) -> Session:
+        return self._request_sessions(info={"request": request})
+
+    def own_transaction(self) -> Session:
+        return self._own_sessions()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        return self.engine.connect()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        self.own_engine.dispose()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -136,35 +173,23 @@ def includeme(config):
     config.include("pyramid_tm")
     config.include("pyramid_retry")
 
-    engine = get_engine(settings["myapp"].database_url, **REQUEST_POOL)
+    database = config.registry.get(Database)
+    if database is None:
+        database = config.registry[Database] = Database.from_url(settings["myapp"].database_url)
     try:
-        check_schema(engine, settings.get("myapp.config_file"))
+        check_schema(database.engine, settings.get("myapp.config_file"))
     except SchemaError:
-        engine.dispose()
+        database.dispose()
         raise
-    # Requests use pyramid_tm's transaction; work that must commit on its own (the refresh lock,
-    # recording activity) uses the second factory. Tests rebind both to a rolled-back connection.
-    own_engine = get_own_transaction_engine(settings["myapp"].database_url)
-    config.registry["dbsession_factory"] = get_tm_session_factory(engine)
-    config.registry["db_engine"] = engine
-    config.registry["own_dbsession_factory"] = get_session_factory(own_engine)
-    config.registry["own_engine"] = own_engine
-    config.registry["read_connection"] = engine.connect
-
-    def dbsession(request):
-        # Read from the registry per request: tests swap in a factory bound to a rolled-back connection.
-        return request.registry["dbsession_factory"](info={"request": request})
-
-    config.add_request_method(dbsession, reify=True)
 
 
 def commit_veto(request, response) -> bool:
     """pyramid_tm's veto: abort on an exception or a 4xx/5xx, unless the view kept its work.
 
-    A view keeps its work with :func:`keep_transaction` after discarding everything else, so a
-    refused request can still leave its audit record.
+    A view keeps its work with ``request.keep_transaction()`` after discarding everything else,
+    so a refused request can still leave its audit record.
     """
-    if request.environ.get("myapp.keep_transaction"):
+    if getattr(request, "keeps_transaction", False):
         return False
     if getattr(request, "exc_info", None) is not None:
         return True
@@ -183,12 +208,13 @@ def retry_attempts(request) -> int | None:
     return 1 if (request.content_length or 0) > MAX_RETRIED_BODY_BYTES else None
 
 
-def keep_transaction(request) -> None:
-    request.environ["myapp.keep_transaction"] = True
-
-
-def restart_transaction(request) -> None:
-    """Discard what this request wrote so far and start again, keeping what comes next."""
-    request.tm.abort()
-    request.tm.begin()
-    keep_transaction(request)
+def insert_ignoring_duplicates(dbsession: Session, model, values: dict, keys: list[str]) -> bool:
+    """INSERT .. ON CONFLICT DO NOTHING on SQLite and PostgreSQL; True when a row was added."""
+    dialect = dbsession.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    table = model.__table__
+    statement = (
+        insert(table).values(**values).on_conflict_do_nothing(index_elements=keys).returning(table.c.id)
+    )
+    # RETURNING, not rowcount: drivers report -1 for some INSERTs.
+    return dbsession.execute(statement).first() is not None

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
-from myapp.services import close_resources
+from myapp.services import Services
 from myapp.settings import SettingsError, load_settings
 
 
@@ -51,4 +51,4 @@ def app_environment(prog: str, config_uri: str):
             yield env
     finally:
         env["closer"]()
-        close_resources(env["registry"])
+        env["registry"][Services].close()

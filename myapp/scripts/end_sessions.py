@@ -17,7 +17,7 @@ def main(argv=None):
     options = arguments.parse_args(argv)
     with app_environment(PROG, options.config_uri) as env:
         request = env["request"]
-        issuer = options.issuer or request.registry.settings["myapp"].oidc.issuer
+        issuer = options.issuer or request.services.settings.oidc.issuer
         user = request.dbsession.scalars(
             select(User).where(User.issuer == issuer, User.subject == options.subject)
         ).one_or_none()

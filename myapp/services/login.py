@@ -1,4 +1,4 @@
-"""Signing in and out: the login transaction, the callback's checks in order, logout tokens."""
+"""Signing in: the login transaction, and the callback's checks in SPEC.md's order."""
 
 import hashlib
 import hmac
@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from myapp.models import LoginTransaction, SeenLogoutToken, User
+from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
-from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
-from myapp.services.sessions import EndReason, SessionStore, TokenCipher, TokenSet
+from myapp.services.oidc import OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import OIDCSettings
 
 log = logging.getLogger(__name__)
@@ -47,21 +45,6 @@ class LoginResult:
 
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
-def token_set(token: dict, now: datetime, *, previous: TokenSet | None = None) -> TokenSet:
-    """The tokens of a token-endpoint response; a refresh without a new refresh token keeps the old."""
-    expires_in = token.get("expires_in")
-    try:
-        expires_at = now + timedelta(seconds=int(expires_in)) if expires_in is not None else None
-    except (TypeError, ValueError):
-        expires_at = None
-    return TokenSet(
-        access_token=token["access_token"],
-        refresh_token=token.get("refresh_token") or (previous.refresh_token if previous else None),
-        id_token=token.get("id_token") or (previous.id_token if previous else None),
-        access_token_expires_at=expires_at,
-    )
 
 
 class LoginService:
@@ -168,7 +151,7 @@ class LoginService:
         user = self.upsert_user(claims)
         return LoginResult(
             user_id=user.id,
-            tokens=token_set(token, self.clock()),
+            tokens=TokenSet.from_response(token, self.clock()),
             provider_sid=sid,
             next_path=next_path,
         )
@@ -248,68 +231,3 @@ def groups_from(value) -> list[str]:
     if not isinstance(value, list):
         return []
     return sorted({g[:255] for g in value if isinstance(g, str) and g})[:500]
-
-
-class LogoutService:
-    """Ending sessions because the provider or the user said so."""
-
-    def __init__(self, *, dbsession: Session, oidc: OIDCClient, sessions: SessionStore, clock=utcnow):
-        self.dbsession = dbsession
-        self.oidc = oidc
-        self.sessions = sessions
-        self.clock = clock
-
-    def revoke_at_provider(self, tokens: TokenSet) -> bool:
-        """RFC 7009, bounded so that a slow provider cannot hold up the local sign-out."""
-        timeout = min(self.oidc.settings.http_timeout, 5)
-        if tokens.refresh_token:
-            return self.oidc.revoke(tokens.refresh_token, "refresh_token", timeout=timeout)
-        if tokens.access_token:
-            return self.oidc.revoke(tokens.access_token, "access_token", timeout=timeout)
-        return False
-
-    def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
-        """Validate a logout token, refuse a replay, end the sessions it names. Returns (claims, ended)."""
-        claims = self.oidc.validate_logout_token(logout_token)
-        self.dbsession.execute(delete(SeenLogoutToken).where(SeenLogoutToken.expires_at < self.clock()))
-        if not self._first_sighting(claims):
-            raise OIDCError("replayed_jti", "This logout token was already used.")
-        issuer = self.oidc.settings.issuer
-        user_ids = None
-        if claims.get("sub") is not None:
-            user_ids = list(
-                self.dbsession.scalars(select(User.id).where(User.issuer == issuer, User.subject == claims["sub"]))
-            )
-        if claims.get("sid") is not None:
-            ended = self.sessions.end_by_provider_sid(user_ids, claims["sid"], EndReason.BACKCHANNEL)
-        else:
-            ended = sum(self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in user_ids)
-        return claims, ended
-
-    def _first_sighting(self, claims: dict) -> bool:
-        """Record the jti; False if some process recorded it before (atomic: INSERT .. ON CONFLICT)."""
-        now = self.clock()
-        # Keep the record as long as the token could still be accepted: until it expires, and
-        # never past the oldest issue time the checks accept.
-        horizon = claims["iat"] + MAX_TOKEN_AGE
-        if claims.get("exp") is not None:
-            horizon = min(horizon, claims["exp"])
-        remaining = max(horizon - now.timestamp(), 0) + CLOCK_SKEW
-        return insert_ignoring_duplicates(
-            self.dbsession,
-            SeenLogoutToken,
-            {"issuer": self.oidc.settings.issuer, "jti": claims["jti"], "expires_at": now + timedelta(seconds=remaining)},
-            ["issuer", "jti"],
-        )
-
-
-def insert_ignoring_duplicates(dbsession: Session, model, values: dict, keys: list[str]) -> bool:
-    """INSERT .. ON CONFLICT DO NOTHING on SQLite and PostgreSQL; True when a row was added."""
-    dialect = dbsession.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    table = model.__table__
-    statement = (
-        insert(table).values(**values).on_conflict_do_nothing(index_elements=keys).returning(table.c.id)
-    )
-    # RETURNING, not rowcount: drivers report -1 for some INSERTs.
-    return dbsession.execute(statement).first() is not None

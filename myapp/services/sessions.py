@@ -1,4 +1,9 @@
-"""Server-side sessions: the browser holds a random id, the database holds its SHA-256."""
+"""Server-side sessions: the browser holds a random id, the database holds its SHA-256.
+
+A session is read as one :class:`SessionRecord` (plain values, built from the columns by name)
+and written by :class:`SessionRows`, the one place that ends sessions and stores their tokens,
+whichever transaction it is given: the request's, or the refresh lock's own.
+"""
 
 import contextlib
 import functools
@@ -6,26 +11,28 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager as ContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from myapp.models import User, UserSession
 from myapp.models.meta import utcnow
+from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
 # secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
+MAX_HANDLE_LENGTH = 32
 TOUCH_INTERVAL = timedelta(minutes=1)
 _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token"]
 
 
-class EndReason:
+class EndReason(StrEnum):
     """Why a session ended, as stored in ``sessions.end_reason`` and shown to the user."""
 
     LOGOUT = "logout"
@@ -37,6 +44,46 @@ class EndReason:
     REFRESH_FAILED = "refresh_failed"
     EXPIRED = "expired"
     IDLE = "idle"
+
+
+_SESSIONS, _USERS = UserSession.__table__.c, User.__table__.c
+# What every request reads, named as SessionRecord's fields.
+_RECORD_COLUMNS = (
+    _SESSIONS.id, _SESSIONS.handle, _SESSIONS.user_id, _SESSIONS.created_at, _SESSIONS.last_seen_at,
+    _SESSIONS.expires_at, _SESSIONS.ended_at, _SESSIONS.end_reason, _SESSIONS.provider_sid, _SESSIONS.csrf_token,
+    _SESSIONS.access_token, _SESSIONS.access_token_expires_at, _SESSIONS.token_generation, _SESSIONS.refreshed_at,
+    _USERS.issuer.label("user_issuer"), _USERS.subject.label("user_subject"), _USERS.name.label("user_name"),
+    _USERS.email.label("user_email"), _USERS.groups.label("user_groups"), _USERS.disabled.label("user_disabled"),
+)
+_DATETIMES = ("created_at", "last_seen_at", "expires_at", "ended_at", "access_token_expires_at", "refreshed_at")
+
+
+def _record_query(*extra) -> Select:
+    return select(*_RECORD_COLUMNS, *extra).select_from(
+        UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id)
+    )
+
+
+# Built once: the hot path pays neither ORM nor statement building.
+_BY_ID_HASH = _record_query().where(_SESSIONS.id_hash == bindparam("id_hash"))
+_BY_HANDLE = _record_query().where(_SESSIONS.handle == bindparam("handle"))
+_WITH_TOKENS_BY_ID = _record_query(_SESSIONS.refresh_token, _SESSIONS.id_token).where(
+    _SESSIONS.id == bindparam("session_id")
+)
+
+
+@functools.cache
+def _compiled(statement: Select, dialect) -> tuple[str, bool]:
+    compiled = statement.compile(dialect=dialect)
+    return str(compiled), compiled.positional
+
+
+def _utc(value) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite keeps datetimes as ISO text, without a zone (always UTC here)
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -51,9 +98,12 @@ class SessionRecord:
     expires_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    provider_sid: str | None
     csrf_token: str = field(repr=False)
     access_token: bytes | None = field(repr=False)
     access_token_expires_at: datetime | None
+    token_generation: int
+    refreshed_at: datetime | None
     user_issuer: str
     user_subject: str
     user_name: str
@@ -62,69 +112,23 @@ class SessionRecord:
     user_disabled: bool
 
     @classmethod
-    def from_row(cls, row: UserSession) -> "SessionRecord":
-        user = row.user
-        return cls(
-            id=row.id,
-            handle=row.handle,
-            user_id=row.user_id,
-            created_at=row.created_at,
-            last_seen_at=row.last_seen_at,
-            expires_at=row.expires_at,
-            ended_at=row.ended_at,
-            end_reason=row.end_reason,
-            csrf_token=row.csrf_token,
-            access_token=row.access_token,
-            access_token_expires_at=row.access_token_expires_at,
-            user_issuer=user.issuer,
-            user_subject=user.subject,
-            user_name=user.display_name,
-            user_email=user.email,
-            user_groups=tuple(user.groups or ()),
-            user_disabled=user.disabled,
-        )
+    def from_columns(cls, columns: Mapping) -> "SessionRecord":
+        """From the columns of ``_record_query()``, by name, as any driver returns them."""
+        values = {name: columns[name] for name in cls.__dataclass_fields__}
+        for name in _DATETIMES:
+            values[name] = _utc(values[name])
+        if values["access_token"] is not None:
+            values["access_token"] = bytes(values["access_token"])
+        groups = values["user_groups"]
+        if isinstance(groups, str):  # JSON text, read straight from SQLite's cursor
+            groups = json.loads(groups)
+        values["user_groups"] = tuple(groups or ())
+        values["user_name"] = values["user_name"] or values["user_email"] or values["user_subject"]
+        values["user_disabled"] = bool(values["user_disabled"])
+        return cls(**values)
 
-
-def _find_statement():
-    # Built once, from plain table columns: the hot path pays neither ORM nor statement building.
-    sessions, users = UserSession.__table__.c, User.__table__.c
-    columns = [
-        sessions.id, sessions.handle, sessions.user_id, sessions.created_at, sessions.last_seen_at,
-        sessions.expires_at, sessions.ended_at, sessions.end_reason, sessions.csrf_token, sessions.access_token,
-        sessions.access_token_expires_at, users.issuer, users.subject, users.name, users.email, users.groups,
-        users.disabled,
-    ]
-    return (
-        select(*columns)
-        .select_from(UserSession.__table__.join(User.__table__, users.id == sessions.user_id))
-        .where(sessions.id_hash == bindparam("id_hash"))
-    )
-
-
-_FIND = _find_statement()
-_DATETIME_FIELDS = frozenset({3, 4, 5, 6, 10})
-
-
-@functools.cache
-def _compiled_find(dialect) -> tuple[str, bool]:
-    compiled = _FIND.compile(dialect=dialect)
-    return str(compiled), compiled.positional
-
-
-def _utc(value) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # SQLite keeps datetimes as ISO text, without a zone (always UTC here)
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-@dataclass(frozen=True)
-class TokenSet:
-    access_token: str | None = field(default=None, repr=False)
-    refresh_token: str | None = field(default=None, repr=False)
-    id_token: str | None = field(default=None, repr=False)
-    access_token_expires_at: datetime | None = None
+    def is_idle(self, now: datetime, idle_timeout: timedelta) -> bool:
+        return now >= self.last_seen_at + idle_timeout
 
 
 def hash_session_id(raw: str) -> str:
@@ -135,38 +139,75 @@ def is_wellformed_session_id(value: str | None) -> bool:
     return bool(value) and _SESSION_ID.match(value) is not None
 
 
-class TokenCipher:
-    """Fernet encryption of tokens at rest; the first key encrypts, every key decrypts."""
+class SessionRows:
+    """The sessions table within one transaction: the only code that writes a session's tokens
+    or its end. The request's transaction uses it through :class:`SessionStore`; a refresh uses
+    it inside the refresh lock's own transaction."""
 
-    def __init__(self, keys):
-        self._fernet = MultiFernet([Fernet(key) for key in keys])
+    def __init__(self, dbsession: Session, cipher: TokenCipher, clock: Callable[[], datetime] = utcnow):
+        self.dbsession = dbsession
+        self.cipher = cipher
+        self.clock = clock
 
-    def encrypt(self, value: str | None) -> bytes | None:
-        return None if value is None else self._fernet.encrypt(value.encode("utf-8"))
-
-    def decrypt(self, value: bytes | None) -> str | None:
-        """The plaintext, or None when no key in use can read it (a retired key, say)."""
-        if value is None:
+    def read(self, session_id: int) -> tuple[SessionRecord, TokenSet] | None:
+        """The session and its tokens, decrypted (a token no key in use can read is None)."""
+        row = self.dbsession.execute(_WITH_TOKENS_BY_ID, {"session_id": session_id}).mappings().one_or_none()
+        if row is None:
             return None
-        try:
-            return self._fernet.decrypt(bytes(value)).decode("utf-8")
-        except InvalidToken:
-            return None
-
-    def rotate(self, value: bytes | None) -> bytes | None:
-        return None if value is None else self._fernet.rotate(bytes(value))
-
-    def tokens_of(self, row: UserSession) -> "TokenSet":
-        """The tokens a session row holds, decrypted."""
-        return TokenSet(
-            access_token=self.decrypt(row.access_token),
-            refresh_token=self.decrypt(row.refresh_token),
-            id_token=self.decrypt(row.id_token),
-            access_token_expires_at=row.access_token_expires_at,
+        record = SessionRecord.from_columns(row)
+        tokens = TokenSet(
+            access_token=self.cipher.decrypt(record.access_token),
+            refresh_token=self.cipher.decrypt(row["refresh_token"]),
+            id_token=self.cipher.decrypt(row["id_token"]),
+            access_token_expires_at=record.access_token_expires_at,
         )
+        return record, tokens
+
+    def token_columns(self, tokens: TokenSet) -> dict:
+        """The columns that hold ``tokens``, encrypted."""
+        return {
+            "access_token": self.cipher.encrypt(tokens.access_token),
+            "refresh_token": self.cipher.encrypt(tokens.refresh_token),
+            "id_token": self.cipher.encrypt(tokens.id_token),
+            "access_token_expires_at": tokens.access_token_expires_at,
+        }
+
+    def write_tokens(self, session_id: int, tokens: TokenSet, *, expected_generation: int) -> bool:
+        """Store refreshed tokens, only into a live session still at ``expected_generation`` (the
+        one the refresh started from); False when it has ended or moved on meanwhile."""
+        stored = self.dbsession.execute(
+            update(UserSession)
+            .where(
+                UserSession.id == session_id,
+                UserSession.ended_at.is_(None),
+                UserSession.token_generation == expected_generation,
+            )
+            .values(**self.token_columns(tokens), token_generation=expected_generation + 1, refreshed_at=self.clock())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        return stored == 1
+
+    def end(self, session_id: int, reason: EndReason) -> bool:
+        return self.end_where(UserSession.id == session_id, reason) == 1
+
+    def end_where(self, condition, reason: EndReason) -> int:
+        """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens."""
+        result = self.dbsession.execute(
+            update(UserSession)
+            .where(condition, UserSession.ended_at.is_(None))
+            .values(ended_at=self.clock(), end_reason=str(reason), access_token=None, refresh_token=None, id_token=None)
+            .execution_options(synchronize_session=False)
+        )
+        # Rows already loaded reload these on next access (the ORM cannot sync attributes it never loaded).
+        for obj in list(self.dbsession.identity_map.values()):
+            if isinstance(obj, UserSession):
+                self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
+        return result.rowcount
 
 
 class SessionStore:
+    """The sessions as a request sees them: created, found by cookie, kept alive, listed, ended."""
+
     def __init__(
         self,
         *,
@@ -190,6 +231,10 @@ class SessionStore:
     def dbsession(self) -> Session:
         return self._dbsession() if callable(self._dbsession) else self._dbsession
 
+    @functools.cached_property
+    def rows(self) -> SessionRows:
+        return SessionRows(self.dbsession, self.cipher, self.clock)
+
     def create(
         self,
         *,
@@ -198,26 +243,45 @@ class SessionStore:
         ip_address: str = "",
         provider_sid: str | None = None,
         tokens: TokenSet = TokenSet(),
-    ) -> tuple[str, UserSession]:
-        """Start a session; return the raw id (for the cookie, never stored) and the row."""
+    ) -> tuple[str, SessionRecord]:
+        """Start a session; return the raw id (for the cookie, never stored) and the session."""
         raw_id = secrets.token_urlsafe(32)
         now = self.clock()
-        row = UserSession(
-            id_hash=hash_session_id(raw_id),
-            handle=secrets.token_urlsafe(16),
-            user=user,
-            created_at=now,
-            last_seen_at=now,
-            expires_at=now + self.settings.absolute_timeout,
-            user_agent=(user_agent or "")[:512],
-            ip_address=(ip_address or "")[:64],
-            provider_sid=provider_sid,
-            csrf_token=secrets.token_urlsafe(32),
+        columns = {
+            "handle": secrets.token_urlsafe(16),
+            "user_id": user.id,
+            "created_at": now,
+            "last_seen_at": now,
+            "expires_at": now + self.settings.absolute_timeout,
+            "ended_at": None,
+            "end_reason": None,
+            "provider_sid": provider_sid,
+            "csrf_token": secrets.token_urlsafe(32),
+            "token_generation": 0,
+            "refreshed_at": None,
+            **self.rows.token_columns(tokens),
+        }
+        session_id = self.dbsession.execute(
+            insert(UserSession.__table__).values(
+                id_hash=hash_session_id(raw_id),
+                user_agent=(user_agent or "")[:512],
+                ip_address=(ip_address or "")[:64],
+                **columns,
+            ).returning(_SESSIONS.id)
+        ).scalar_one()
+        record = SessionRecord.from_columns(
+            {
+                **columns,
+                "id": session_id,
+                "user_issuer": user.issuer,
+                "user_subject": user.subject,
+                "user_name": user.name,
+                "user_email": user.email,
+                "user_groups": user.groups,
+                "user_disabled": user.disabled,
+            }
         )
-        self._set_tokens(row, tokens)
-        self.dbsession.add(row)
-        self.dbsession.flush()
-        return raw_id, row
+        return raw_id, record
 
     def find(self, raw_id: str | None) -> SessionRecord | None:
         """The session named by a cookie value, live or not; None for garbage or an unknown id."""
@@ -225,102 +289,107 @@ class SessionStore:
             return None
         # Every request runs this: straight on the driver's cursor, it costs a fraction of a
         # SQLAlchemy execution. The statement itself is SQLAlchemy's, compiled once per dialect.
+        id_hash = hash_session_id(raw_id)
         with self.reads() as connection:
-            sql, positional = _compiled_find(connection.dialect)
+            sql, positional = _compiled(_BY_ID_HASH, connection.dialect)
             cursor = connection.connection.cursor()
             try:
-                cursor.execute(sql, (hash_session_id(raw_id),) if positional else {"id_hash": hash_session_id(raw_id)})
+                cursor.execute(sql, (id_hash,) if positional else {"id_hash": id_hash})
                 row = cursor.fetchone()
+                names = [column[0] for column in cursor.description]
             finally:
                 cursor.close()
-        if row is None:
+        return None if row is None else SessionRecord.from_columns(dict(zip(names, row)))
+
+    def find_by_handle(self, handle: str) -> SessionRecord | None:
+        if not handle or len(handle) > MAX_HANDLE_LENGTH:
             return None
-        values = [_utc(v) if i in _DATETIME_FIELDS else v for i, v in enumerate(row[:11])]
-        issuer, subject, name, email, groups, disabled = row[11:]
-        if isinstance(groups, str):
-            groups = json.loads(groups)
-        values[9] = bytes(values[9]) if values[9] is not None else None
-        return SessionRecord(
-            *values,
-            user_issuer=issuer,
-            user_subject=subject,
-            user_name=name or email or subject,
-            user_email=email,
-            user_groups=tuple(groups or ()),
-            user_disabled=bool(disabled),
-        )
+        row = self.dbsession.execute(_BY_HANDLE, {"handle": handle}).mappings().one_or_none()
+        return None if row is None else SessionRecord.from_columns(row)
 
-    def find_by_handle(self, handle: str) -> UserSession | None:
-        if not handle or len(handle) > 32:
-            return None
-        return self.dbsession.scalars(select(UserSession).where(UserSession.handle == handle)).one_or_none()
+    def idle_expires_at(self, session: SessionRecord) -> datetime:
+        return min(session.last_seen_at + self.settings.idle_timeout, session.expires_at)
 
-    def idle_expires_at(self, session: SessionRecord | UserSession, last_seen_at: datetime | None = None) -> datetime:
-        return min((last_seen_at or session.last_seen_at) + self.settings.idle_timeout, session.expires_at)
-
-    def dead_reason(self, session: SessionRecord | UserSession) -> str | None:
+    def dead_reason(self, session: SessionRecord) -> EndReason | None:
         """None while the session is live, else why it is not."""
-        if isinstance(session, UserSession):
-            session = SessionRecord.from_row(session)
         if session.ended_at is not None:
-            return session.end_reason or EndReason.LOGOUT
+            try:
+                return EndReason(session.end_reason)
+            except ValueError:
+                return EndReason.LOGOUT
         now = self.clock()
         if now >= session.expires_at:
             return EndReason.EXPIRED
-        if now >= session.last_seen_at + self.settings.idle_timeout:
+        if session.is_idle(now, self.settings.idle_timeout):
             return EndReason.IDLE
         if session.user_disabled:
             return EndReason.REVOKED
         return None
 
-    def touch(self, session: SessionRecord | UserSession) -> datetime | None:
-        """Record activity, at most once a minute so reads do not become writes; the new time.
+    def touch(self, session: SessionRecord) -> SessionRecord:
+        """Record activity, at most once a minute so reads do not become writes; the session as it now is.
 
         With ``own_transactions`` the write commits on its own: the request's transaction then
         holds no lock on the row, which a token refresh later in the same request must lock.
         """
         now = self.clock()
         if now - session.last_seen_at < TOUCH_INTERVAL:
-            return None
+            return session
         statement = update(UserSession).where(UserSession.id == session.id).values(last_seen_at=now)
         if self.own_transactions is None:
             self.dbsession.execute(statement.execution_options(synchronize_session="fetch"))
-            return now
-        with self.own_transactions() as dbsession, dbsession.begin():
-            dbsession.execute(statement)
-        return now
+        else:
+            with self.own_transactions() as dbsession, dbsession.begin():
+                dbsession.execute(statement)
+        return replace(session, last_seen_at=now)
 
-    def end(self, session: SessionRecord | UserSession, reason: str) -> None:
-        self._end_where(UserSession.id == session.id, reason)
+    def end(self, session: SessionRecord, reason: EndReason) -> bool:
+        return self.rows.end(session.id, reason)
 
-    def end_all_for_user(self, user_id: int, reason: str, *, except_id: int | None = None) -> int:
+    def end_all_for_user(self, user_id: int, reason: EndReason, *, except_id: int | None = None) -> int:
         condition = UserSession.user_id == user_id
         if except_id is not None:
             condition = condition & (UserSession.id != except_id)
-        return self._end_where(condition, reason)
+        return self.rows.end_where(condition, reason)
 
-    def end_all_others(self, session: SessionRecord | UserSession, reason: str = EndReason.ENDED_ELSEWHERE) -> int:
+    def end_all_others(self, session: SessionRecord, reason: EndReason = EndReason.ENDED_ELSEWHERE) -> int:
         return self.end_all_for_user(session.user_id, reason, except_id=session.id)
 
-    def end_by_provider_sid(self, user_ids: list[int] | None, sid: str, reason: str) -> int:
+    def end_by_provider_sid(self, user_ids: list[int] | None, sid: str, reason: EndReason) -> int:
         condition = UserSession.provider_sid == sid
         if user_ids is not None:
             condition = condition & UserSession.user_id.in_(user_ids)
-        return self._end_where(condition, reason)
+        return self.rows.end_where(condition, reason)
+
+    def _live(self):
+        """SQL for "live": not ended, not expired, not idle (``dead_reason`` says why one is not)."""
+        now = self.clock()
+        return (
+            UserSession.ended_at.is_(None),
+            UserSession.expires_at > now,
+            UserSession.last_seen_at > now - self.settings.idle_timeout,
+        )
 
     def list_for_user(self, user_id: int) -> list[UserSession]:
-        now = self.clock()
+        """A user's live sessions, most recently used first, for the sessions page."""
         rows = self.dbsession.scalars(
             select(UserSession)
-            .where(
-                UserSession.user_id == user_id,
-                UserSession.ended_at.is_(None),
-                UserSession.expires_at > now,
-                UserSession.last_seen_at > now - self.settings.idle_timeout,
-            )
+            .where(UserSession.user_id == user_id, *self._live())
             .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
         ).all()
         return list(rows)
+
+    def count_live(self) -> int:
+        return self.dbsession.scalar(select(func.count()).select_from(UserSession).where(*self._live()))
+
+    def live_counts_by_user(self):
+        """A subquery of (user_id, live) for the users that have live sessions."""
+        return (
+            select(UserSession.user_id, func.count().label("live"))
+            .where(*self._live())
+            .group_by(UserSession.user_id)
+            .subquery()
+        )
 
     def purge_expired(self, *, retention: timedelta = timedelta(days=1)) -> int:
         """Delete rows that ended or expired more than ``retention`` ago."""
@@ -335,14 +404,7 @@ class SessionStore:
         )
         return result.rowcount
 
-    def tokens(self, row: UserSession) -> TokenSet:
-        return self.cipher.tokens_of(row)
-
-    def store_tokens(self, row: UserSession, tokens: TokenSet) -> None:
-        self._set_tokens(row, tokens)
-        self.dbsession.flush()
-
-    def new_csrf_token(self, session: SessionRecord | UserSession) -> str:
+    def new_csrf_token(self, session: SessionRecord) -> str:
         token = secrets.token_urlsafe(32)
         self.dbsession.execute(
             update(UserSession)
@@ -351,29 +413,3 @@ class SessionStore:
             .execution_options(synchronize_session="fetch")
         )
         return token
-
-    def _set_tokens(self, row: UserSession, tokens: TokenSet) -> None:
-        row.access_token = self.cipher.encrypt(tokens.access_token)
-        row.refresh_token = self.cipher.encrypt(tokens.refresh_token)
-        row.id_token = self.cipher.encrypt(tokens.id_token)
-        row.access_token_expires_at = tokens.access_token_expires_at
-
-    def _end_where(self, condition, reason: str) -> int:
-        # Ended rows keep who and when, never the tokens.
-        result = self.dbsession.execute(
-            update(UserSession)
-            .where(condition, UserSession.ended_at.is_(None))
-            .values(
-                ended_at=self.clock(),
-                end_reason=reason,
-                access_token=None,
-                refresh_token=None,
-                id_token=None,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        # Rows already loaded reload these on next access (the ORM cannot sync attributes it never loaded).
-        for obj in list(self.dbsession.identity_map.values()):
-            if isinstance(obj, UserSession):
-                self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
-        return result.rowcount

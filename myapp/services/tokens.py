@@ -1,31 +1,32 @@
 """A valid access token for a session, refreshed at most once at a time across every process.
 
 Within a process, concurrent callers for one session share one refresh (:class:`SingleFlight`).
-Across processes, the refresh runs under a lock held in the session store: the session row
-``SELECT ... FOR UPDATE`` on PostgreSQL, SQLite's write lock (``BEGIN IMMEDIATE``), or a Redis
-lock. Under the lock the row is read again, so a worker that waited uses the tokens another one
-just stored instead of asking the provider again.
+Across processes, the refresh runs under a lock: the session row ``SELECT ... FOR UPDATE`` on
+PostgreSQL, SQLite's write lock (``BEGIN IMMEDIATE``), or a Redis lock, each around a short
+transaction of its own. Under the lock the session is read again, so a worker that waited uses
+the tokens another one just stored instead of asking the provider again; what it learns is written
+through :class:`SessionRows`, the one writer of a session's tokens and end.
 """
 
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from myapp.models import User, UserSession
+from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
-from myapp.services.login import token_set
 from myapp.services.metrics import Metrics, failure_reason
 from myapp.services.oidc import OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
-from myapp.services.sessions import EndReason, TokenCipher, TokenSet
+from myapp.services.sessions import EndReason, SessionRecord, SessionRows
+from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import TokenSettings
 
 log = logging.getLogger(__name__)
@@ -83,22 +84,21 @@ class SingleFlight:
 class DatabaseRefreshLock:
     """The session row, locked in a short transaction of its own (never the request's)."""
 
-    def __init__(self, session_factory: Callable[[], Session], *, timeout: float):
-        self.session_factory = session_factory
+    def __init__(self, transactions: Callable[[], Session], *, timeout: float):
+        self.transactions = transactions
         self.timeout = timeout
 
     @contextlib.contextmanager
-    def locked(self, session_id: int):
-        with self.session_factory() as dbsession:
+    def locked(self, session_id: int) -> Iterator[Session]:
+        """A transaction holding the lock on ``session_id``, committed when the block ends."""
+        with self.transactions() as dbsession:
             try:
                 with dbsession.begin():
                     if dbsession.get_bind().dialect.name == "postgresql":
                         # Wait for another process's refresh, but not forever.
                         dbsession.execute(text(f"SET LOCAL lock_timeout = '{int(self.timeout * 1000)}ms'"))
-                    row = dbsession.scalars(
-                        select(UserSession).where(UserSession.id == session_id).with_for_update()
-                    ).one_or_none()
-                    yield dbsession, row
+                    dbsession.execute(select(UserSession.id).where(UserSession.id == session_id).with_for_update())
+                    yield dbsession
             except OperationalError as e:
                 log.warning("refresh lock not acquired: %s", type(e.orig).__name__ if e.orig else e)
                 raise RefreshLockTimeout() from None
@@ -107,13 +107,13 @@ class DatabaseRefreshLock:
 class RedisRefreshLock:
     """A Redis lock around the same short transaction, for deployments that choose Redis."""
 
-    def __init__(self, redis_client, session_factory: Callable[[], Session], *, timeout: float):
+    def __init__(self, redis_client, transactions: Callable[[], Session], *, timeout: float):
         self.redis = redis_client
-        self.session_factory = session_factory
+        self.transactions = transactions
         self.timeout = timeout
 
     @contextlib.contextmanager
-    def locked(self, session_id: int):
+    def locked(self, session_id: int) -> Iterator[Session]:
         lock = self.redis.lock(f"myapp:refresh:{session_id}", timeout=self.timeout, blocking_timeout=self.timeout)
         try:
             acquired = lock.acquire()
@@ -123,9 +123,8 @@ class RedisRefreshLock:
         if not acquired:
             raise RefreshLockTimeout()
         try:
-            with self.session_factory() as dbsession, dbsession.begin():
-                row = dbsession.scalars(select(UserSession).where(UserSession.id == session_id)).one_or_none()
-                yield dbsession, row
+            with self.transactions() as dbsession, dbsession.begin():
+                yield dbsession
         finally:
             with contextlib.suppress(redis.RedisError):
                 lock.release()
@@ -155,98 +154,81 @@ class TokenManager:
         # in this process only, and a ciphertext changes with every refresh.
         self._plaintexts: dict[bytes, str] = {}
 
-    def access_token(self, row: UserSession, *, stale: str | None = None) -> str:
+    def access_token(self, session: SessionRecord, *, stale: str | None = None) -> str:
         """The session's access token, refreshed first when it is due or when ``stale`` was refused.
 
-        ``row`` is the request's snapshot of the session; only the refresh reads it again, locked.
+        ``session`` is the request's snapshot; only the refresh reads it again, locked.
         Raises :class:`LoginRequired` or :class:`ProviderUnavailable`.
         """
-        if stale is None and row.access_token is not None and self._fresh(row.access_token_expires_at):
-            token = self._plaintexts.get(row.access_token)
+        if stale is None and session.access_token is not None and self._fresh(session.access_token_expires_at):
+            token = self._plaintexts.get(session.access_token)
             if token is None:
-                token = self.cipher.decrypt(row.access_token)
+                token = self.cipher.decrypt(session.access_token)
                 if len(self._plaintexts) >= PLAINTEXT_CACHE_SIZE:
                     self._plaintexts.clear()
                 if token:
-                    self._plaintexts[row.access_token] = token
+                    self._plaintexts[session.access_token] = token
             if token:
                 return token
-        return self.flights.run(row.id, lambda: self._refresh(row.id, stale))
+        return self.flights.run(session.id, lambda: self._refresh(session.id, stale))
 
-    def end_session(self, session_id: int, reason: str) -> TokenSet:
+    def end_session(self, session_id: int, reason: EndReason) -> TokenSet:
         """End a session under the refresh lock and return the tokens it held, so that a refresh
         racing a logout can neither store new tokens afterwards nor leave one unrevoked."""
-        with self.lock.locked(session_id) as (dbsession, row):
-            if row is None or row.ended_at is not None:
+        with self.lock.locked(session_id) as dbsession:
+            rows = SessionRows(dbsession, self.cipher, self.clock)
+            current = rows.read(session_id)
+            if current is None or current[0].ended_at is not None:
                 return TokenSet()
-            tokens = self.cipher.tokens_of(row)
-            row.ended_at = self.clock()
-            row.end_reason = reason
-            row.access_token = row.refresh_token = row.id_token = None
-            return tokens
+            rows.end(session_id, reason)
+            return current[1]
 
     def _fresh(self, expires_at: datetime | None) -> bool:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
 
     def _refresh(self, session_id: int, stale: str | None) -> str:
-        with self.lock.locked(session_id) as (dbsession, row):
-            outcome = self._refresh_locked(dbsession, row, stale)
+        with self.lock.locked(session_id) as dbsession:
+            outcome = self._refresh_locked(SessionRows(dbsession, self.cipher, self.clock), session_id, stale)
         # Raised only now, so that an ended session and its audit record were committed first.
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    def _refresh_locked(self, dbsession: Session, row: UserSession | None, stale: str | None):
-        if row is None or row.ended_at is not None:
+    def _refresh_locked(self, rows: SessionRows, session_id: int, stale: str | None):
+        current = rows.read(session_id)
+        if current is None or current[0].ended_at is not None:
             return LoginRequired()
-        previous = self.cipher.tokens_of(row)
-        current = previous.access_token
-        if current and current != stale and self._fresh(row.access_token_expires_at):
-            return current  # refreshed by another worker while this one waited for the lock
-        if current and current == stale and self._recently_refreshed(row):
+        session, previous = current
+        token = previous.access_token
+        if token and token != stale and self._fresh(session.access_token_expires_at):
+            return token  # refreshed by another worker while this one waited for the lock
+        if token and token == stale and self._recently_refreshed(session):
             # The upstream refuses a token minted moments ago: a new one would not help, and
             # refreshing on every such 401 would hammer the provider.
-            return current
+            return token
         if not previous.refresh_token:
-            return self._end(dbsession, row, "no refresh token")
+            return self._end(rows, session, "no refresh token")
         try:
             response = self.oidc.refresh(previous.refresh_token)
         except TokenRequestRefused as e:
             if e.error != "invalid_grant":
-                self._audit(dbsession, row, f"provider refused: {e.error}")
+                self._audit(rows, session, f"provider refused: {e.error}")
                 return ProviderUnavailable(f"The provider refused to refresh ({e.error}).")
-            return self._after_invalid_grant(dbsession, row, previous.refresh_token)
+            return self._after_invalid_grant(rows, session, previous.refresh_token)
         except OIDCError as e:
-            self._audit(dbsession, row, e.reason)
+            self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
-        tokens = token_set(response, self.clock(), previous=previous)
+        tokens = TokenSet.from_response(response, self.clock(), previous=previous)
         if response.get("id_token"):
-            verdict = self._check_refreshed_id_token(response["id_token"], tokens.access_token, row.user)
+            verdict = self._check_refreshed_id_token(response["id_token"], tokens.access_token, session)
             if verdict == _UNVERIFIED:
                 tokens = replace(tokens, id_token=previous.id_token)
             elif verdict is not None:
-                return self._end(dbsession, row, verdict)
+                return self._end(rows, session, verdict)
         # The new refresh token (if the provider rotates) is stored before the lock is released,
         # and only into a session that is still the one this refresh started from.
-        stored = dbsession.execute(
-            update(UserSession)
-            .where(
-                UserSession.id == row.id,
-                UserSession.ended_at.is_(None),
-                UserSession.token_generation == row.token_generation,
-            )
-            .values(
-                access_token=self.cipher.encrypt(tokens.access_token),
-                refresh_token=self.cipher.encrypt(tokens.refresh_token),
-                id_token=self.cipher.encrypt(tokens.id_token),
-                access_token_expires_at=tokens.access_token_expires_at,
-                token_generation=row.token_generation + 1,
-                refreshed_at=self.clock(),
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if stored != 1:
+        if not rows.write_tokens(session.id, tokens, expected_generation=session.token_generation):
             # Ended (a logout) while the provider answered: the new tokens must not outlive it.
             if tokens.refresh_token and tokens.refresh_token != previous.refresh_token:
                 self.oidc.revoke(tokens.refresh_token, "refresh_token")
@@ -254,21 +236,19 @@ class TokenManager:
         self.metrics.refreshes.inc()
         return tokens.access_token
 
-    def _recently_refreshed(self, row: UserSession) -> bool:
-        return row.refreshed_at is not None and self.clock() - row.refreshed_at < RECENT_REFRESH
+    def _recently_refreshed(self, session: SessionRecord) -> bool:
+        return session.refreshed_at is not None and self.clock() - session.refreshed_at < RECENT_REFRESH
 
-    def _after_invalid_grant(self, dbsession: Session, row: UserSession, used: str):
+    def _after_invalid_grant(self, rows: SessionRows, session: SessionRecord, used: str):
         # Another worker, outside this lock, may have rotated the refresh token already.
-        dbsession.expire(row)
-        dbsession.refresh(row)
-        if row.ended_at is None and self.cipher.decrypt(row.refresh_token) not in (None, used):
-            token = self.cipher.decrypt(row.access_token)
-            if token:
-                return token
+        current = rows.read(session.id)
+        if current is not None and current[0].ended_at is None and current[1].refresh_token not in (None, used):
+            if current[1].access_token:
+                return current[1].access_token
         # Expired, revoked, or reused and its family revoked: this session cannot go on.
-        return self._end(dbsession, row, "invalid_grant")
+        return self._end(rows, session, "invalid_grant")
 
-    def _check_refreshed_id_token(self, id_token: str, access_token: str, user: User) -> str | None:
+    def _check_refreshed_id_token(self, id_token: str, access_token: str, session: SessionRecord) -> str | None:
         """None if it names this user; _UNVERIFIED if it cannot be checked right now (keep the
         new access and refresh tokens, not this ID token); otherwise why the session must end."""
         try:
@@ -279,19 +259,17 @@ class TokenManager:
             if e.reason == "unknown_key":
                 return _UNVERIFIED  # a key rotated within the refetch interval
             return f"refreshed ID token refused: {e.reason}"
-        if claims.get("iss") != user.issuer or claims.get("sub") != user.subject:
+        if claims.get("iss") != session.user_issuer or claims.get("sub") != session.user_subject:
             return "refreshed ID token names another user"
         return None
 
-    def _end(self, dbsession: Session, row: UserSession, why: str) -> LoginRequired:
-        row.ended_at = self.clock()
-        row.end_reason = EndReason.REFRESH_FAILED
-        row.access_token = row.refresh_token = row.id_token = None
-        self._audit(dbsession, row, f"{why}; session ended")
+    def _end(self, rows: SessionRows, session: SessionRecord, why: str) -> LoginRequired:
+        rows.end(session.id, EndReason.REFRESH_FAILED)
+        self._audit(rows, session, f"{why}; session ended")
         return LoginRequired()
 
-    def _audit(self, dbsession: Session, row: UserSession, detail: str) -> None:
+    def _audit(self, rows: SessionRows, session: SessionRecord, detail: str) -> None:
         self.metrics.refresh_failures.labels(reason=failure_reason(detail.split(";")[0])).inc()
-        AuditLog(dbsession=dbsession).record(
-            AuditEventType.REFRESH_FAILED, user_id=row.user_id, session_handle=row.handle, detail=detail
+        AuditLog(dbsession=rows.dbsession).record(
+            AuditEventType.REFRESH_FAILED, user_id=session.user_id, session_handle=session.handle, detail=detail
         )

@@ -1,7 +1,6 @@
 """Thin views, one module per topic. Shared bits for templates and responses live here."""
 
 from myapp.resources import Permission, Root
-from myapp.routes import JSON_ROUTES
 from myapp.services.sessions import EndReason
 
 # Fixed texts for the ?notice= shown after an action (post/redirect/get, nothing stored).
@@ -27,13 +26,6 @@ SIGNED_OUT_MESSAGES = {
     EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
     EndReason.LOGOUT: "You signed out.",
 }
-
-
-def is_json_request(request) -> bool:
-    route = request.matched_route
-    if route is not None and route.name in JSON_ROUTES:
-        return True
-    return request.environ.get("PATH_INFO", "").startswith("/api/")
 
 
 def notice(request) -> str | None:

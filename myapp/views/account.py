@@ -28,10 +28,11 @@ def revoke_session(request):
         session_handle=target.handle,
         ip_address=request.remote_addr,
     )
-    if target.id == identity.session_id:
-        headers = forget(request, reason=EndReason.REVOKED)
-        return HTTPSeeOther(request.route_path("signed_out", _query={"reason": EndReason.REVOKED}), headers=headers)
     request.session_store.end(target, EndReason.REVOKED)
+    if target.id == identity.session_id:
+        return HTTPSeeOther(
+            request.route_path("signed_out", _query={"reason": EndReason.REVOKED}), headers=forget(request)
+        )
     return HTTPSeeOther(request.route_path("account_sessions", _query={"notice": "session_revoked"}))
 
 
@@ -40,7 +41,7 @@ def revoke_session(request):
 )
 def revoke_other_sessions(request):
     identity = request.identity
-    ended = request.session_store.end_all_others(request.session_record)
+    ended = request.session_store.end_all_others(identity.session)
     request.audit.record(
         AuditEventType.OTHER_SESSIONS_ENDED,
         user_id=identity.user_id,

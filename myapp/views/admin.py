@@ -2,8 +2,7 @@ from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.view import view_config
 from sqlalchemy import func, select
 
-from myapp.models import User, UserSession
-from myapp.models.meta import utcnow
+from myapp.models import User
 from myapp.resources import Permission
 from myapp.services.audit import AuditEventType
 from myapp.services.sessions import EndReason
@@ -41,17 +40,10 @@ def audit_log(request):
     renderer="myapp:templates/admin_users.jinja2",
 )
 def users(request):
-    now = utcnow()
-    idle = request.registry.settings["myapp"].session.idle_timeout
-    active = (
-        select(UserSession.user_id, func.count().label("active"))
-        .where(UserSession.ended_at.is_(None), UserSession.expires_at > now, UserSession.last_seen_at > now - idle)
-        .group_by(UserSession.user_id)
-        .subquery()
-    )
+    live = request.session_store.live_counts_by_user()
     rows = request.dbsession.execute(
-        select(User, func.coalesce(active.c.active, 0))
-        .outerjoin(active, active.c.user_id == User.id)
+        select(User, func.coalesce(live.c.live, 0))
+        .outerjoin(live, live.c.user_id == User.id)
         .order_by(User.last_login_at.desc().nulls_last(), User.id.desc())
         .limit(500)
     ).all()

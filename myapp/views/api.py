@@ -14,8 +14,8 @@ from myapp.services.proxy import StreamedBody
 def proxy(request):
     started = time.perf_counter()
     upstream_name = request.matchdict["upstream"]
-    service = request.registry["proxy"]
-    metrics = request.registry["metrics"]
+    service = request.services.proxy
+    metrics = request.services.metrics
     try:
         outgoing = service.prepare(request.environ, upstream_name=upstream_name, client_addr=request.remote_addr)
         try:

@@ -8,16 +8,14 @@ from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED, forget, remember
 from pyramid.view import view_config
-from webob.cookies import make_cookie
 
-from myapp.models import keep_transaction
+from myapp.errors import ErrorCode
 from myapp.resources import Permission
-from myapp.security import read_cookie, safe_next_path
+from myapp.routes import safe_next_path
 from myapp.services.audit import AuditEventType
-from myapp.services.login import LOGIN_TRANSACTION_LIFETIME, LoginError
+from myapp.services.login import LoginError
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
-from myapp.services.sessions import EndReason
 from myapp.settings import PROMPTS
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.errors import error_page
@@ -25,26 +23,6 @@ from myapp.views.errors import error_page
 log = logging.getLogger(__name__)
 
 MAX_LOGOUT_REQUEST_BYTES = 64 * 1024
-
-class LoginBindingCookie:
-    """Ties a login transaction to the browser that started it (several tabs share one value)."""
-
-    def __init__(self, session_settings):
-        secure = session_settings.cookie_secure
-        self.name = "__Host-login" if secure else session_settings.cookie_name + "_login"
-        self.attributes = dict(path="/", secure=secure, httponly=True, samesite="Lax")
-
-    def read(self, request) -> str | None:
-        value = read_cookie(request, self.name)
-        return value if value and len(value) == 43 and value.isascii() else None
-
-    def header(self, value: str) -> tuple[str, str]:
-        max_age = int(LOGIN_TRANSACTION_LIFETIME.total_seconds())
-        return ("Set-Cookie", make_cookie(self.name, value, max_age=max_age, **self.attributes))
-
-
-def _binding(request) -> LoginBindingCookie:
-    return LoginBindingCookie(request.registry.settings["myapp"].session)
 
 
 def _login_url(request, next_path: str) -> str:
@@ -56,13 +34,13 @@ def login(request):
     if request.method == "HEAD":
         return Response(status=200)  # a link checker's HEAD must not start a sign-in
     next_path = safe_next_path(request.GET.get("next"))
-    if not request.registry["login_rate_limiter"].allow(request.remote_addr or ""):
+    if not request.services.login_rate_limiter.allow(request.remote_addr or ""):
         return error_page(
             request, 429, "Too many sign-in attempts", "Please wait a minute before trying again.",
             retry_url=_login_url(request, next_path),
         )
     prompt = request.GET.get("prompt")
-    binding = _binding(request)
+    binding = request.services.login_cookie
     browser_token = binding.read(request) or secrets.token_urlsafe(32)
     try:
         url = request.login_service.begin(
@@ -80,19 +58,18 @@ def login(request):
             retry_url=_login_url(request, next_path),
         )
     response = HTTPSeeOther(url)
-    response.headerlist.append(binding.header(browser_token))
+    response.headerlist.append(binding.set(browser_token))
     return response
 
 
 @view_config(route_name="auth_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def callback(request):
-    binding = _binding(request)
     try:
-        result = request.login_service.complete(request.GET, browser_token=binding.read(request))
+        result = request.login_service.complete(request.GET, browser_token=request.services.login_cookie.read(request))
     except LoginError as e:
         # The consumed login transaction and the audit record stay; nothing else was written.
-        keep_transaction(request)
-        request.registry["metrics"].login_failures.labels(reason=failure_reason(e.reason)).inc()
+        request.keep_transaction()
+        request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
         request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
         log.info("sign-in failed: %s", e.reason)
         return error_page(
@@ -104,12 +81,12 @@ def callback(request):
             retry_label="Sign in again",
         )
     headers = remember(request, result.user_id, tokens=result.tokens, provider_sid=result.provider_sid)
-    request.registry["metrics"].logins.inc()
+    request.services.metrics.logins.inc()
     request.audit.record(
         AuditEventType.LOGIN,
         user_id=result.user_id,
         actor_id=result.user_id,
-        session_handle=request.environ.get("myapp.new_session_handle"),
+        session_handle=request.identity.session_handle,
         ip_address=request.remote_addr,
     )
     return HTTPSeeOther(result.next_path, headers=headers)
@@ -123,19 +100,8 @@ def logout(request):
         return HTTPSeeOther(request.route_path("home"), headers=forget(request))
     check_csrf_origin(request)
     check_csrf_token(request)
-    tokens = request.registry["token_manager"].end_session(identity.session_id, EndReason.LOGOUT)
-    headers = forget(request, reason=EndReason.LOGOUT)
-    revoked = request.logout_service.revoke_at_provider(tokens)
-    request.audit.record(
-        AuditEventType.LOGOUT,
-        user_id=identity.user_id,
-        actor_id=identity.user_id,
-        session_handle=identity.session_handle,
-        ip_address=request.remote_addr,
-        detail="refresh token revoked at the provider" if revoked else "",
-    )
-    end_session = request.registry["oidc_client"].end_session_url(id_token_hint=tokens.id_token)
-    return HTTPSeeOther(end_session or request.route_path("home"), headers=headers)
+    at_provider = request.logout_service.logout(identity, ip_address=request.remote_addr)
+    return HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))
 
 
 @view_config(
@@ -144,13 +110,13 @@ def logout(request):
 def backchannel_logout(request):
     """OpenID Connect Back-Channel Logout 1.0: server to server, the logout token is the proof."""
     if (request.content_length or 0) > MAX_LOGOUT_REQUEST_BYTES:
-        return _backchannel_response({"error": "invalid_request", "message": "The request is too large."}, 400)
+        return _backchannel_response({"error": ErrorCode.INVALID_REQUEST, "message": "The request is too large."}, 400)
     token = request.POST.get("logout_token", "")
     try:
         claims, ended = request.logout_service.backchannel_logout(token)
     except OIDCError as e:
         log.warning("back-channel logout refused: %s", e.reason)
-        return _backchannel_response({"error": "invalid_request", "message": e.message}, 400)
+        return _backchannel_response({"error": ErrorCode.INVALID_REQUEST, "message": e.message}, 400)
     request.audit.record(
         AuditEventType.BACKCHANNEL_LOGOUT,
         detail=f"{ended} session(s) ended" + (" (by sid)" if claims.get("sid") else " (by sub)"),
@@ -192,7 +158,7 @@ def current_user(request):
         "name": identity.name,
         "email": identity.email,
         "groups": list(identity.groups),
-        "logout_url": request.registry.settings["myapp"].public_url + request.route_path("logout"),
+        "logout_url": request.services.settings.public_url + request.route_path("logout"),
         "csrf_token": identity.csrf_token,
         "session": {
             "expires_at": identity.expires_at.isoformat(),

@@ -9,18 +9,16 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
 from myapp.errors import APIError, ErrorCode
-from myapp.models import restart_transaction
-from myapp.security import safe_next_path
+from myapp.routes import is_json_request, safe_next_path
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
 from myapp.services.tokens import LoginRequired
-from myapp.views import is_json_request
 
 log = logging.getLogger(__name__)
 
 
-def json_error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+def json_error(status: int, code: ErrorCode, message: str, headers: dict | None = None) -> Response:
     response = Response(json={"error": str(code), "message": message}, status=status)
     response.headers.update(headers or {})
     return response
@@ -44,7 +42,7 @@ def api_error(exc, request):
 @exception_view_config(LoginRequired)
 def login_required(exc, request):
     """The session ended while refreshing (expired, revoked, or its refresh token reused)."""
-    headers = [request.registry["session_cookie"].delete()]
+    headers = [request.services.session_cookie.delete()]
     if is_json_request(request):
         response = json_error(401, ErrorCode.LOGIN_REQUIRED, "Your session has ended. Sign in again.")
     else:
@@ -71,13 +69,13 @@ def forbidden(exc, request):
         if is_json_request(request):
             return json_error(401, ErrorCode.LOGIN_REQUIRED, "Sign in to continue.")
         next_path = safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
-        reason = request.environ.get("myapp.signed_out_reason")
+        reason = request.signed_out_reason
         if reason:
             return HTTPSeeOther(request.route_path("signed_out", _query={"reason": reason, "next": next_path}))
         return HTTPSeeOther(request.route_path("login", _query={"next": next_path}))
 
     # Whatever the request did so far is discarded; the denial itself is recorded.
-    restart_transaction(request)
+    request.restart_transaction()
     permission = getattr(getattr(exc, "result", None), "permission", None)
     request.audit.record(
         AuditEventType.ACCESS_DENIED,
@@ -87,7 +85,7 @@ def forbidden(exc, request):
         detail=f"{request.method} {request.path[:300]}" + (f" (needs {permission})" if permission else ""),
     )
     if is_json_request(request):
-        return json_error(403, "forbidden", "You are not allowed to do this.")
+        return json_error(403, ErrorCode.FORBIDDEN, "You are not allowed to do this.")
     return error_page(
         request,
         403,
@@ -126,7 +124,7 @@ def http_exception(exc, request):
     if exc.code < 400:
         return exc
     if is_json_request(request):
-        return json_error(exc.code, "http_error", exc.title)
+        return json_error(exc.code, ErrorCode.HTTP_ERROR, exc.title)
     return error_page(request, exc.code, exc.title, exc.explanation or "The request could not be handled.")
 
 
@@ -134,7 +132,7 @@ def http_exception(exc, request):
 def unexpected_error(exc, request):
     log.exception("unexpected error on %s %s", request.method, request.path)
     if is_json_request(request):
-        return json_error(500, "internal_error", "Something went wrong on our side.")
+        return json_error(500, ErrorCode.INTERNAL_ERROR, "Something went wrong on our side.")
     return error_page(
         request,
         500,

@@ -2,10 +2,8 @@ from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from myapp.models import UserSession
-from myapp.models.meta import utcnow
 from myapp.services.metrics import CONTENT_TYPE
 
 
@@ -19,12 +17,12 @@ def readyz(request):
     """Ready when every dependency answers: the database, and Redis when it is configured."""
     checks = {}
     try:
-        with request.registry["db_engine"].connect() as connection:
+        with request.services.database.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as e:  # any failure means "not ready", whatever the driver raises
         checks["database"] = f"unavailable: {type(e).__name__}"
-    redis_client = request.registry["redis"]
+    redis_client = request.services.redis
     if redis_client is not None:
         try:
             redis_client.ping()
@@ -39,17 +37,10 @@ def readyz(request):
 @view_config(route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def metrics(request):
     """Prometheus text format, for the addresses in myapp.metrics.allow only."""
-    settings = request.registry.settings["myapp"].metrics
+    settings = request.services.settings.metrics
     if not settings.enabled:
         raise HTTPNotFound()
     if request.remote_addr not in settings.allow:
         return Response("Metrics are not served to this address.\n", status=403, content_type="text/plain")
-    now = utcnow()
-    idle = request.registry.settings["myapp"].session.idle_timeout
-    with request.registry["db_engine"].connect() as connection:
-        active = connection.execute(
-            select(func.count())
-            .select_from(UserSession)
-            .where(UserSession.ended_at.is_(None), UserSession.expires_at > now, UserSession.last_seen_at > now - idle)
-        ).scalar_one()
-    return Response(body=request.registry["metrics"].exposition(active), content_type=CONTENT_TYPE.split(";")[0], charset="utf-8")
+    exposition = request.services.metrics.exposition(request.session_store.count_live())
+    return Response(body=exposition, content_type=CONTENT_TYPE.split(";")[0], charset="utf-8")

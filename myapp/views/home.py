@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 )
 def landing(request):
     # A cookie that named a session no longer live: say why it ended.
-    reason = request.environ.get("myapp.signed_out_reason")
+    reason = request.signed_out_reason
     return {"session_ended": SIGNED_OUT_MESSAGES.get(reason, "Your session has ended.") if reason else None}
 
 
@@ -49,12 +49,12 @@ def _upstream_notes(request) -> dict:
     """The user's notes from the configured upstream, fetched here with the same token service
     the browser's calls go through. A session that can no longer be refreshed ends the page
     (LoginRequired propagates); a provider or upstream problem only empties the card."""
-    upstream = request.registry.settings["myapp"].dashboard_upstream
+    upstream = request.services.settings.dashboard_upstream
     if upstream is None:
         return {"notes_api": None}
     problem, notes = None, None
     try:
-        document = request.registry["proxy"].get_json(upstream, "notes", request.access_token)
+        document = request.services.proxy.get_json(upstream, "notes", request.access_token)
     except ProviderUnavailable:
         problem = "The sign-in provider is not answering, so your notes cannot be loaded right now."
     except APIError as e:

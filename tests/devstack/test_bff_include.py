@@ -4,6 +4,7 @@ import pytest
 import webtest
 
 from myapp import main
+from myapp.services import Services
 from myapp.settings import SettingsError, load_settings
 from tests.conftest import base_settings
 from tests.devstack.server import devstack_settings
@@ -30,7 +31,7 @@ def bff_settings(database_url):
 def bff(engine, bff_settings):
     app = main({}, **bff_settings)
     yield webtest.TestApp(app, extra_environ={"HTTP_HOST": "127.0.0.1:6543"})
-    app.registry["db_engine"].dispose()
+    app.registry[Services].close()
 
 
 def test_provider_and_api_are_served_by_the_bff(bff):

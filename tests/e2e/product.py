@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from myapp.models import User, UserSession
 from myapp.models.meta import utcnow
+from myapp.services import Services
 from tests.support.live import bff_in_thread, devstack_for, listener
 
 
@@ -38,7 +39,7 @@ class Product:
 
     def tokens_of(self, name: str) -> dict[str, str]:
         """The user's live OAuth tokens as the server holds them (decrypted): what must never leak."""
-        cipher = self.app.registry["token_cipher"]
+        cipher = self.app.registry[Services].cipher
         tokens = {}
         for row in self.sessions_of(name):
             for kind in ("access_token", "refresh_token", "id_token"):

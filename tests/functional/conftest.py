@@ -7,9 +7,10 @@ import webtest
 from sqlalchemy.orm import sessionmaker
 
 from myapp import main
-from myapp.models import User, get_tm_session_factory
-from myapp.services import close_resources
-from myapp.services.sessions import SessionStore, TokenCipher
+from myapp.models import Database, User, get_tm_session_factory
+from myapp.services import Services
+from myapp.services.sessions import SessionStore
+from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
@@ -46,22 +47,39 @@ def app_settings(database_url):
     return base_settings(database_url)
 
 
-def bind_to(app, connection):
-    """Run the app's transactions, its own short ones included, inside the test's connection."""
-    app.registry["dbsession_factory"] = get_tm_session_factory(connection)
-    app.registry["own_dbsession_factory"] = sessionmaker(
-        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-    )
-    app.registry["read_connection"] = lambda: contextlib.nullcontext(connection)
+class RolledBackDatabase(Database):
+    """The app's three kinds of transaction, its own short ones included, all inside one test's
+    connection, which the test rolls back. ``bind`` it to each test's connection."""
+
+    def __init__(self, engine):
+        super().__init__(engine, engine)
+        self._connection = None
+
+    def bind(self, connection) -> "RolledBackDatabase":
+        self._connection = connection
+        self._request_sessions = get_tm_session_factory(connection)
+        self._own_sessions = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        return self
+
+    def read(self):
+        return contextlib.nullcontext(self._connection)
+
+    def dispose(self):
+        """Nothing: the engine belongs to the test session."""
 
 
 def dispose(app):
-    close_resources(app.registry)
+    app.registry[Services].close()
 
 
 @pytest.fixture(scope="session")
-def app(engine, app_settings):
-    app = main({}, **app_settings)
+def database(engine):
+    return RolledBackDatabase(engine)
+
+
+@pytest.fixture(scope="session")
+def app(database, app_settings):
+    app = main({}, database=database, **app_settings)
     yield app
     dispose(app)
 
@@ -75,8 +93,8 @@ def session_store(dbsession, app_settings):
 
 
 @pytest.fixture
-def make_browser(app, connection):
-    bind_to(app, connection)
+def make_browser(app, database, connection):
+    database.bind(connection)
     return lambda: Browser(app)
 
 
@@ -151,8 +169,8 @@ def make_app(engine, database_url, served_provider, connection):
     apps = []
 
     def make(**overrides):
-        app = main({}, **provider_settings(database_url, served_provider.issuer, **overrides))
-        bind_to(app, connection)
+        database = RolledBackDatabase(engine).bind(connection)
+        app = main({}, database=database, **provider_settings(database_url, served_provider.issuer, **overrides))
         apps.append(app)
         return app
 

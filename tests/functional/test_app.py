@@ -1,5 +1,7 @@
 """Application-wide behaviour: headers, error pages, health, permissions declared everywhere."""
 
+from types import SimpleNamespace
+
 import pytest
 from pyramid.authorization import ACLHelper, Authenticated, Everyone
 from pyramid.interfaces import IRoutesMapper
@@ -82,10 +84,10 @@ def test_readyz(browser):
     assert browser.get("/readyz").json == {"status": "ok", "checks": {"database": "ok"}}
 
 
-def test_readyz_reports_a_dead_database(app, browser, monkeypatch):
+def test_readyz_reports_a_dead_database(database, browser, monkeypatch):
     from sqlalchemy import create_engine
 
-    monkeypatch.setitem(app.registry, "db_engine", create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    monkeypatch.setattr(database, "engine", create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
     response = browser.get("/readyz", status=503)
     assert response.json["status"] == "unavailable"
     assert response.json["checks"]["database"].startswith("unavailable")
@@ -97,7 +99,7 @@ def test_head_requests_work_and_change_nothing(browser):
 
 def test_undeclared_permission_is_denied_to_everyone_even_admins():
     request = DummyRequest()
-    request.registry.settings = {"myapp": type("S", (), {"admin_group": "admins"})()}
+    request.services = SimpleNamespace(settings=SimpleNamespace(admin_group="admins"))
     root = Root(request)
     principals = [Everyone, Authenticated, "user:1", "group:admins"]
     assert not ACLHelper().permits(root, principals, Permission.UNDECLARED)

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.scripts import end_sessions, generate_key, purge, show_config
-from myapp.services.sessions import SessionStore, TokenCipher
+from myapp.services.sessions import SessionStore
+from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_KEY, base_settings
 from tests.functional.conftest import Browser

@@ -11,9 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from myapp import main
+from myapp.services import Services
 from myapp.models import AuditEvent, User, UserSession
 from myapp.models.meta import utcnow
-from myapp.services.sessions import SessionStore, TokenSet
+from myapp.services.sessions import SessionStore
+from myapp.services.tokenset import TokenSet
 from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.conftest import COOKIE, Browser, dispose, provider_settings
 from tests.support.fake_upstream import FakeUpstream
@@ -82,7 +84,7 @@ def signed_in(proxy_app, provider, committed):
     committed.add(user)
     committed.commit()
     store = SessionStore(
-        dbsession=committed, cipher=proxy_app.registry["token_cipher"], settings=load_settings_of(proxy_app).session
+        dbsession=committed, cipher=proxy_app.registry[Services].cipher, settings=load_settings_of(proxy_app).session
     )
 
     def make(*, expires_in=300, refresh_token="rt-1", app=None):
@@ -120,6 +122,12 @@ def row_of(dbsession, browser):
     row_id = browser.session_row.id
     dbsession.expire_all()
     return dbsession.get(UserSession, row_id)
+
+
+def tokens_of(store, browser):
+    """The session's tokens as the app stored them, decrypted."""
+    store.dbsession.commit()  # a new transaction, which sees what the app committed
+    return store.rows.read(browser.session_row.id)[1]
 
 
 def test_get_is_forwarded_with_a_bearer_token(signed_in, upstream):
@@ -393,7 +401,7 @@ def test_proactive_refresh_before_expiry(signed_in, upstream, provider, dbsessio
 def test_rotated_refresh_token_replaces_the_stored_one(signed_in, upstream, provider, dbsession):
     browser = signed_in(expires_in=0)
     api(browser, "GET", "/api/up/x", status=200)
-    tokens = signed_in.store.tokens(row_of(dbsession, browser))
+    tokens = tokens_of(signed_in.store, browser)
     assert tokens.refresh_token != "rt-1" and tokens.refresh_token in provider.refresh_tokens
 
 
@@ -404,7 +412,7 @@ def test_non_rotating_provider_keeps_the_refresh_token(signed_in, upstream, prov
     provider.token_response = refresh_without_rotation
     browser = signed_in(expires_in=0)
     api(browser, "GET", "/api/up/x", status=200)
-    tokens = signed_in.store.tokens(row_of(dbsession, browser))
+    tokens = tokens_of(signed_in.store, browser)
     assert (tokens.access_token, tokens.refresh_token) == ("at-new", "rt-1")
 
 
@@ -566,10 +574,10 @@ def test_an_unverifiable_refreshed_id_token_keeps_the_session(signed_in, upstrea
 
     provider.token_response = with_unpublished_key
     browser = signed_in(expires_in=0)
-    old_id_token = signed_in.store.tokens(row_of(dbsession, browser)).id_token
+    old_id_token = tokens_of(signed_in.store, browser).id_token
     api(browser, "GET", "/api/up/x", status=200)
     row = row_of(dbsession, browser)
-    tokens = signed_in.store.tokens(row)
+    tokens = tokens_of(signed_in.store, browser)
     assert row.ended_at is None
     assert tokens.refresh_token != "rt-1" and tokens.id_token == old_id_token
 

@@ -131,7 +131,7 @@ def test_session_page_never_shows_the_cookie_or_hash(browser, alice, sign_in):
     raw_id, row = sign_in(browser, alice)
     page = browser.get("/account/sessions")
     assert raw_id not in page.text
-    assert row.id_hash not in page.text
+    assert hash_session_id(raw_id) not in page.text
     assert f"/account/sessions/{row.handle}/revoke" in page.text
 
 
@@ -194,8 +194,9 @@ def test_sign_out_everywhere_else(browser, alice, bob, sign_in, session_store, d
 @pytest.fixture
 def app_request(app):
     """A request prepared like the router's, for calling remember()/forget() directly."""
-    from pyramid.request import Request
     from pyramid.scripting import prepare
+
+    from myapp.request import Request
 
     def make(cookie):
         request = Request.blank("/", cookies={COOKIE: cookie}, base_url="https://app.example.test")
@@ -223,10 +224,27 @@ def test_remember_issues_a_new_id_and_ends_the_old_one(app_request, alice, sign_
     assert session_store.dead_reason(session_store.find(old_raw)) == "replaced"
 
 
-def test_forget_ends_the_row(app_request, alice, sign_in, browser, session_store):
+def test_remember_makes_the_new_session_the_requests_identity(app_request, alice, sign_in, browser):
+    from pyramid.security import remember
+
+    old_raw, old = sign_in(browser, alice)
+    request = app_request(old_raw)
+    assert request.identity.session_id == old.id
+    remember(request, alice.id)
+    assert request.identity.session_id != old.id and request.identity.user_id == alice.id
+
+
+def test_forget_clears_the_cookie_and_the_identity_and_leaves_ending_to_the_caller(
+    app_request, alice, sign_in, browser, session_store
+):
+    """Ending a session is explicit (a logout ends it under the refresh lock, a revocation by
+    handle); forget() only tells the browser and this request that nobody is signed in."""
     from pyramid.security import forget
 
     raw, _ = sign_in(browser, alice)
-    headers = forget(app_request(raw))
+    request = app_request(raw)
+    assert request.identity is not None
+    headers = forget(request)
     assert headers[0][1].startswith(f"{COOKIE}=;")
-    assert session_store.dead_reason(session_store.find(raw)) == "logout"
+    assert request.identity is None
+    assert session_store.dead_reason(session_store.find(raw)) is None

@@ -12,7 +12,7 @@ from urllib.parse import urljoin
 import requests
 
 from myapp import main
-from myapp.services import close_resources
+from myapp.services import Services
 from tests.conftest import ROOT, TEST_KEY
 from tests.devstack.flows import sign_in as type_name_at_provider
 from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, running_devstack
@@ -65,7 +65,7 @@ def bff_in_thread(database_url: str, sock: socket.socket, public_url: str, devst
         with running_wsgi(lambda base: app, listener=sock, threads=32, outbuf_high_watermark=OUTBUF) as url:
             yield url, app
     finally:
-        close_resources(app.registry)
+        app.registry[Services].close()
 
 
 def write_ini(path: Path, settings: dict) -> Path:

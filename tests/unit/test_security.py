@@ -4,7 +4,9 @@ import pytest
 from pyramid.testing import DummyRequest
 from webob import Request
 
-from myapp.security import SessionCookie, json_csrf_failure, safe_next_path, same_origin
+from myapp.cookies import SessionCookie
+from myapp.routes import safe_next_path
+from myapp.security import json_csrf_failure, same_origin
 from myapp.settings import SessionSettings
 
 PUBLIC = "https://app.example.com"

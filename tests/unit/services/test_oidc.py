@@ -165,9 +165,9 @@ def test_at_hash_must_match_the_access_token(client, provider):
 
 
 def test_at_hash_matching_is_accepted(client, provider):
-    from myapp.services.oidc import _b64url_sha_half
+    from myapp.services.oidc import at_hash
 
-    token = provider.sign(provider.claims(nonce=NONCE, at_hash=_b64url_sha_half("at-123", "RS256")))
+    token = provider.sign(provider.claims(nonce=NONCE, at_hash=at_hash("at-123", "RS256")))
     assert client.validate_id_token(token, nonce=NONCE, access_token="at-123")
 
 

@@ -6,7 +6,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from myapp.models import User, UserSession
-from myapp.services.sessions import EndReason, SessionRecord, SessionStore, TokenCipher, TokenSet, hash_session_id
+from myapp.services.sessions import EndReason, SessionStore, hash_session_id
+from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
 SETTINGS = SessionSettings(
@@ -53,21 +54,34 @@ def user(dbsession):
 
 
 def test_find_reads_the_session_and_its_user_as_plain_values(store, user):
-    raw_id, row = store.create(user=user, provider_sid="sid-1")
+    raw_id, created = store.create(user=user, provider_sid="sid-1")
     record = store.find(raw_id)
-    assert record == SessionRecord.from_row(row)
+    assert record == created == store.find_by_handle(created.handle)
     assert (record.user_subject, record.user_name, record.user_groups) == ("alice", "Alice", ("staff",))
+    assert record.provider_sid == "sid-1" and record.token_generation == 0
     with pytest.raises(AttributeError):
         record.user_id = 7
+
+
+def test_a_user_without_a_name_is_called_by_email_then_subject(store, dbsession):
+    nameless = User(issuer="https://idp.example.test", subject="s-1", name="", email="n@example.test", groups=[])
+    dbsession.add(nameless)
+    dbsession.flush()
+    raw_id, created = store.create(user=nameless)
+    assert store.find(raw_id).user_name == created.user_name == "n@example.test"
+    nameless.email = None
+    dbsession.flush()
+    assert store.find(raw_id).user_name == "s-1"
 
 
 def test_create_returns_raw_id_once_and_stores_only_its_hash(store, user, dbsession):
     raw_id, row = store.create(user=user, user_agent="UA", ip_address="192.0.2.1")
     assert len(raw_id) == 43
-    assert row.id_hash == hashlib.sha256(raw_id.encode()).hexdigest()
     stored = dbsession.execute(select(UserSession.__table__)).mappings().one()
+    assert stored["id_hash"] == hashlib.sha256(raw_id.encode()).hexdigest()
     assert raw_id not in {str(v) for v in stored.values()}
-    assert stored["handle"] != raw_id and stored["handle"] != row.id_hash
+    assert stored["handle"] == row.handle and stored["handle"] not in (raw_id, stored["id_hash"])
+    assert (stored["user_agent"], stored["ip_address"]) == ("UA", "192.0.2.1")
     assert store.find(raw_id).id == row.id
 
 
@@ -94,7 +108,7 @@ def test_tokens_are_encrypted_at_rest(store, user, dbsession, cipher):
     stored = dbsession.execute(select(UserSession.__table__)).mappings().one()
     for column, plaintext in [("access_token", "at-123"), ("refresh_token", "rt-456"), ("id_token", "idt-789")]:
         assert plaintext.encode() not in bytes(stored[column])
-    assert store.tokens(row) == tokens
+    assert store.rows.read(row.id)[1] == tokens
 
 
 def test_key_rotation_old_key_still_decrypts(dbsession, user, clock):
@@ -102,9 +116,9 @@ def test_key_rotation_old_key_still_decrypts(dbsession, user, clock):
     old_store = SessionStore(dbsession=dbsession, cipher=TokenCipher([old]), settings=SETTINGS, clock=clock)
     _, row = old_store.create(user=user, tokens=TokenSet(access_token="at"))
     rotated = SessionStore(dbsession=dbsession, cipher=TokenCipher([new, old]), settings=SETTINGS, clock=clock)
-    assert rotated.tokens(row).access_token == "at"
+    assert rotated.rows.read(row.id)[1].access_token == "at"
     retired = SessionStore(dbsession=dbsession, cipher=TokenCipher([new]), settings=SETTINGS, clock=clock)
-    assert retired.tokens(row).access_token is None
+    assert retired.rows.read(row.id)[1].access_token is None
 
 
 def test_live_session_has_no_dead_reason(store, user):
@@ -124,51 +138,52 @@ def test_activity_keeps_it_alive_until_absolute_expiry(store, user, clock):
     raw_id, row = store.create(user=user)
     for _ in range(23):
         clock.advance(minutes=59)
-        store.touch(row)
+        store.touch(store.find(raw_id))
         clock.advance(minutes=1)
-        assert store.dead_reason(row) is None
-        store.touch(row)
+        assert store.dead_reason(store.find(raw_id)) is None
+        store.touch(store.find(raw_id))
     clock.advance(hours=1)
-    assert store.dead_reason(row) == EndReason.EXPIRED
+    assert store.dead_reason(store.find(raw_id)) == EndReason.EXPIRED
 
 
 def test_idle_expiry_never_later_than_absolute(store, user, clock):
     _, row = store.create(user=user)
     clock.advance(hours=23, minutes=30)
-    store.touch(row)
-    assert store.idle_expires_at(row) == row.expires_at
+    assert store.idle_expires_at(store.touch(row)) == row.expires_at
 
 
 def test_touch_at_most_once_a_minute(store, user, clock):
-    _, row = store.create(user=user)
+    raw_id, row = store.create(user=user)
     first = row.last_seen_at
     clock.advance(seconds=30)
-    assert store.touch(row) is None
-    assert row.last_seen_at == first
+    assert store.touch(row) is row
+    assert store.find(raw_id).last_seen_at == first
     clock.advance(seconds=31)
-    assert store.touch(row) == clock.now
-    assert row.last_seen_at == clock.now
+    assert store.touch(row).last_seen_at == clock.now
+    assert store.find(raw_id).last_seen_at == clock.now
 
 
 def test_disabled_user(store, user, dbsession):
-    _, row = store.create(user=user)
+    raw_id, _ = store.create(user=user)
     user.disabled = True
     dbsession.flush()
-    assert store.dead_reason(row) == EndReason.REVOKED
+    assert store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
 
 
 def test_end_wipes_tokens_and_keeps_reason(store, user):
     raw_id, row = store.create(user=user, tokens=TokenSet(access_token="a", refresh_token="r", id_token="i"))
-    store.end(row, EndReason.REVOKED)
+    assert store.end(row, EndReason.REVOKED)
     assert store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
-    assert (row.access_token, row.refresh_token, row.id_token) == (None, None, None)
+    assert store.rows.read(row.id)[1] == TokenSet(access_token=None, refresh_token=None, id_token=None)
+    stored = dbsession_columns(store, row)
+    assert (stored["access_token"], stored["refresh_token"], stored["id_token"]) == (None, None, None)
 
 
 def test_end_twice_keeps_the_first_reason(store, user):
-    _, row = store.create(user=user)
-    store.end(row, EndReason.LOGOUT)
-    store.end(row, EndReason.REVOKED)
-    assert row.end_reason == EndReason.LOGOUT
+    raw_id, row = store.create(user=user)
+    assert store.end(row, EndReason.LOGOUT)
+    assert not store.end(row, EndReason.REVOKED)
+    assert store.find(raw_id).end_reason == EndReason.LOGOUT
 
 
 def test_end_all_for_user_and_others(store, user, dbsession):
@@ -181,10 +196,10 @@ def test_end_all_for_user_and_others(store, user, dbsession):
     _, theirs = store.create(user=other)
     assert store.end_all_others(mine1) == 2
     assert [s.id for s in store.list_for_user(user.id)] == [mine1.id]
-    assert store.dead_reason(mine2) == EndReason.ENDED_ELSEWHERE
+    assert store.dead_reason(store.find_by_handle(mine2.handle)) == EndReason.ENDED_ELSEWHERE
     assert store.end_all_for_user(user.id, EndReason.REVOKED_BY_ADMIN) == 1
     assert store.list_for_user(user.id) == []
-    assert store.dead_reason(theirs) is None
+    assert store.dead_reason(store.find_by_handle(theirs.handle)) is None
 
 
 def test_list_for_user_excludes_dead_sessions(store, user, clock):
@@ -198,8 +213,8 @@ def test_end_by_provider_sid(store, user):
     _, a = store.create(user=user, provider_sid="sid-1")
     _, b = store.create(user=user, provider_sid="sid-2")
     assert store.end_by_provider_sid([user.id], "sid-1", EndReason.BACKCHANNEL) == 1
-    assert store.dead_reason(a) == EndReason.BACKCHANNEL
-    assert store.dead_reason(b) is None
+    assert store.dead_reason(store.find_by_handle(a.handle)) == EndReason.BACKCHANNEL
+    assert store.dead_reason(store.find_by_handle(b.handle)) is None
     assert store.end_by_provider_sid(None, "sid-2", EndReason.BACKCHANNEL) == 1
 
 
@@ -225,6 +240,28 @@ def test_new_csrf_token(store, user):
     _, row = store.create(user=user)
     old = row.csrf_token
     assert store.new_csrf_token(row) != old
+
+
+def test_live_counts(store, user, dbsession, clock):
+    other = User(issuer="https://idp.example.test", subject="bob", name="Bob", groups=[])
+    dbsession.add(other)
+    dbsession.flush()
+    _, ended = store.create(user=user)
+    store.end(ended, EndReason.LOGOUT)
+    store.create(user=user)
+    store.create(user=user)
+    _, idle = store.create(user=other)
+    clock.advance(minutes=30)
+    store.create(user=other)
+    assert store.count_live() == 4
+    clock.advance(minutes=31)  # the first three are idle now
+    assert store.count_live() == 1
+    live = store.live_counts_by_user()
+    assert dict(dbsession.execute(select(live.c.user_id, live.c.live)).all()) == {other.id: 1}
+
+
+def dbsession_columns(store, record) -> dict:
+    return store.dbsession.execute(select(UserSession.__table__).where(UserSession.id == record.id)).mappings().one()
 
 
 def test_hash_is_sha256_hex():

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from myapp.models import AuditEvent, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.oidc import OIDCError, ProviderUnavailable, TokenRequestRefused
-from myapp.services.sessions import TokenCipher
+from myapp.services.sessions import SessionRows
+from myapp.services.tokenset import TokenCipher
 from myapp.services.tokens import DatabaseRefreshLock, LoginRequired, SingleFlight, TokenManager
 from myapp.settings import TokenSettings
 
@@ -78,6 +79,16 @@ def session_row(dbsession, cipher):
     return make
 
 
+@pytest.fixture
+def record(dbsession, cipher):
+    def read(row):
+        """The session as a request reads it (a SessionRecord), from the row as it is now."""
+        dbsession.flush()
+        return SessionRows(dbsession, cipher).read(row.id)[0]
+
+    return read
+
+
 def reload(dbsession, row):
     row_id = row.id
     dbsession.expire_all()
@@ -88,66 +99,64 @@ def audit_details(dbsession):
     return dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all()
 
 
-def test_a_fresh_token_is_used_as_is(manager, provider, session_row):
+def test_a_fresh_token_is_used_as_is(manager, provider, session_row, record):
     row = session_row(access="at-valid", expires_in=3600)
-    assert manager.access_token(row) == "at-valid"
+    assert manager.access_token(record(row)) == "at-valid"
     assert provider.calls == []
 
 
-def test_a_token_inside_the_leeway_is_refreshed(manager, provider, session_row, dbsession, cipher):
+def test_a_token_inside_the_leeway_is_refreshed(manager, provider, session_row, dbsession, cipher, record):
     row = session_row(expires_in=30)
-    assert manager.access_token(row) == "at-new"
+    assert manager.access_token(record(row)) == "at-new"
     assert provider.calls == ["rt-old"]
     stored = reload(dbsession, row)
     assert cipher.decrypt(stored.refresh_token) == "rt-new"
     assert stored.token_generation == 1
 
 
-def test_a_token_without_expiry_is_used_until_refused(manager, provider, session_row, dbsession, cipher):
+def test_a_token_without_expiry_is_used_until_refused(manager, provider, session_row, dbsession, cipher, record):
     row = session_row()
     row.access_token_expires_at = None
     dbsession.flush()
-    assert manager.access_token(row) == "at-old"
-    assert manager.access_token(row, stale="at-old") == "at-new"
+    assert manager.access_token(record(row)) == "at-old"
+    assert manager.access_token(record(row), stale="at-old") == "at-new"
 
 
-def test_a_refused_token_is_refreshed_once_even_if_not_expired(manager, provider, session_row):
+def test_a_refused_token_is_refreshed_once_even_if_not_expired(manager, provider, session_row, record):
     row = session_row(access="at-valid", expires_in=3600)
-    assert manager.access_token(row, stale="at-valid") == "at-new"
+    assert manager.access_token(record(row), stale="at-valid") == "at-new"
     assert provider.calls == ["rt-old"]
 
 
-def test_a_worker_that_waited_uses_the_tokens_already_stored(manager, provider, session_row, dbsession, cipher):
+def test_a_worker_that_waited_uses_the_tokens_already_stored(manager, provider, session_row, dbsession, cipher, record):
     row = session_row(expires_in=0)
-    snapshot_of_an_earlier_request = row.access_token, row.access_token_expires_at
-    manager.access_token(row)
-    stale_row = reload(dbsession, row)
-    stale_row.access_token, stale_row.access_token_expires_at = snapshot_of_an_earlier_request
-    assert manager.access_token(stale_row) == "at-new"
+    earlier_request = record(row)
+    manager.access_token(earlier_request)
+    assert manager.access_token(earlier_request) == "at-new"
     assert provider.calls == ["rt-old"]
 
 
-def test_non_rotating_provider_keeps_the_refresh_token(manager, provider, session_row, dbsession, cipher):
+def test_non_rotating_provider_keeps_the_refresh_token(manager, provider, session_row, dbsession, cipher, record):
     provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "expires_in": 300}
     row = session_row()
-    manager.access_token(row)
+    manager.access_token(record(row))
     assert cipher.decrypt(reload(dbsession, row).refresh_token) == "rt-old"
 
 
-def test_invalid_grant_ends_the_session(manager, provider, session_row, dbsession):
+def test_invalid_grant_ends_the_session(manager, provider, session_row, dbsession, record):
     def refuse(rt):
         raise TokenRequestRefused("invalid_grant", None)
 
     provider.answer = refuse
     row = session_row()
     with pytest.raises(LoginRequired):
-        manager.access_token(row)
+        manager.access_token(record(row))
     stored = reload(dbsession, row)
     assert stored.end_reason == "refresh_failed" and stored.refresh_token is None
     assert audit_details(dbsession) == ["invalid_grant; session ended"]
 
 
-def test_invalid_grant_after_another_worker_rotated_uses_its_tokens(manager, provider, session_row, dbsession, cipher, connection):
+def test_invalid_grant_after_another_worker_rotated_uses_its_tokens(manager, provider, session_row, dbsession, cipher, connection, record):
     """Another worker (outside this lock) rotated the tokens just before our refresh arrived."""
     row = session_row()
 
@@ -160,25 +169,25 @@ def test_invalid_grant_after_another_worker_rotated_uses_its_tokens(manager, pro
         raise TokenRequestRefused("invalid_grant", None)
 
     provider.answer = rotated_elsewhere
-    assert manager.access_token(row) == "at-from-other-worker"
+    assert manager.access_token(record(row)) == "at-from-other-worker"
     assert reload(dbsession, row).ended_at is None
     assert audit_details(dbsession) == []
 
 
-def test_no_refresh_token_ends_the_session(manager, provider, session_row, dbsession):
+def test_no_refresh_token_ends_the_session(manager, provider, session_row, dbsession, record):
     row = session_row(refresh=None)
     with pytest.raises(LoginRequired):
-        manager.access_token(row)
+        manager.access_token(record(row))
     assert provider.calls == []
     assert audit_details(dbsession) == ["no refresh token; session ended"]
 
 
-def test_an_ended_session_is_not_refreshed(manager, provider, session_row, dbsession):
+def test_an_ended_session_is_not_refreshed(manager, provider, session_row, dbsession, record):
     row = session_row()
     row.ended_at = utcnow()
     dbsession.flush()
     with pytest.raises(LoginRequired):
-        manager.access_token(row)
+        manager.access_token(record(row))
     assert provider.calls == []
 
 
@@ -186,30 +195,30 @@ def test_an_ended_session_is_not_refreshed(manager, provider, session_row, dbses
     "error",
     [ProviderUnavailable("down"), OIDCError("token_endpoint_error", "junk"), TokenRequestRefused("invalid_client", None)],
 )
-def test_provider_trouble_keeps_the_session(manager, provider, session_row, dbsession, error):
+def test_provider_trouble_keeps_the_session(manager, provider, session_row, dbsession, error, record):
     def fail(rt):
         raise error
 
     provider.answer = fail
     row = session_row()
     with pytest.raises(ProviderUnavailable):
-        manager.access_token(row)
+        manager.access_token(record(row))
     assert reload(dbsession, row).ended_at is None
     assert len(audit_details(dbsession)) == 1
 
 
-def test_refreshed_id_token_must_name_the_same_user(manager, provider, session_row, dbsession):
+def test_refreshed_id_token_must_name_the_same_user(manager, provider, session_row, dbsession, record):
     provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "id_token": "idt-mallory"}
     row = session_row()
     with pytest.raises(LoginRequired):
-        manager.access_token(row)
+        manager.access_token(record(row))
     assert audit_details(dbsession) == ["refreshed ID token names another user; session ended"]
 
 
-def test_refreshed_id_token_for_the_same_user_is_kept(manager, provider, session_row, dbsession, cipher):
+def test_refreshed_id_token_for_the_same_user_is_kept(manager, provider, session_row, dbsession, cipher, record):
     provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "id_token": "idt-alice"}
     row = session_row()
-    assert manager.access_token(row) == "at-2"
+    assert manager.access_token(record(row)) == "at-2"
     assert cipher.decrypt(reload(dbsession, row).id_token) == "idt-alice"
 
 
@@ -270,19 +279,19 @@ class TestSingleFlight:
         assert flights.run("a", lambda: 3) == 3
 
 
-def test_logout_under_the_lock_returns_the_tokens_and_stops_refreshes(manager, provider, session_row, dbsession):
+def test_logout_under_the_lock_returns_the_tokens_and_stops_refreshes(manager, provider, session_row, dbsession, record):
     row = session_row()
     tokens = manager.end_session(row.id, "logout")
     assert (tokens.access_token, tokens.refresh_token) == ("at-old", "rt-old")
     stored = reload(dbsession, row)
     assert stored.end_reason == "logout" and stored.refresh_token is None
     with pytest.raises(LoginRequired):
-        manager.access_token(stored)
+        manager.access_token(record(stored))
     assert provider.calls == []
     assert manager.end_session(row.id, "logout").refresh_token is None
 
 
-def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provider, session_row, dbsession, cipher, connection):
+def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provider, session_row, dbsession, cipher, connection, record):
     """Without a row lock (the Redis backend), a logout can land while the provider answers."""
     row = session_row()
     revoked = []
@@ -295,12 +304,12 @@ def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provide
 
     provider.answer = ended_meanwhile
     with pytest.raises(LoginRequired):
-        manager.access_token(row)
+        manager.access_token(record(row))
     assert reload(dbsession, row).access_token is None or cipher.decrypt(reload(dbsession, row).access_token) != "at-new"
     assert revoked == [("rt-new", "refresh_token")]
 
 
-def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, session_row):
+def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, session_row, record):
     from sqlalchemy.exc import OperationalError
 
     from myapp.services.tokens import RefreshLockTimeout
@@ -320,11 +329,11 @@ def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, sessi
         settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
     )
     with pytest.raises(RefreshLockTimeout):
-        manager.access_token(session_row())
+        manager.access_token(record(session_row()))
     assert provider.calls == []
 
 
-def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, session_row, dbsession):
+def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, session_row, dbsession, record):
     import redis
 
     from myapp.services.tokens import RedisRefreshLock
@@ -336,6 +345,6 @@ def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, sess
     )
     row = session_row()
     with pytest.raises(ProviderUnavailable, match="Redis"):
-        manager.access_token(row)
+        manager.access_token(record(row))
     assert provider.calls == [] and reload(dbsession, row).ended_at is None
     unreachable.close()

@@ -1,0 +1,72 @@
+"""The app's two cookies, side by side: the session id, and the sign-in binding.
+
+Both are HttpOnly and host-only; both are read defensively (an undecodable or oversized value is
+no value), so that no cookie a browser sends can turn into an error.
+"""
+
+from datetime import timedelta
+
+from webob.cookies import make_cookie
+
+from myapp.settings import SessionSettings
+
+MAX_COOKIE_LENGTH = 128
+# secrets.token_urlsafe(32): what both cookies hold.
+TOKEN_LENGTH = 43
+
+
+def read_cookie(request, name: str) -> str | None:
+    """A cookie's value, or None when absent or when the Cookie header is not UTF-8."""
+    try:
+        return request.cookies.get(name)
+    except UnicodeDecodeError:
+        return None
+
+
+class SessionCookie:
+    """The opaque session id, with exactly SPEC.md's attributes."""
+
+    def __init__(self, settings: SessionSettings):
+        self.name = settings.cookie_name
+        self._attributes = dict(
+            path="/",
+            secure=settings.cookie_secure,
+            httponly=True,
+            samesite=settings.cookie_samesite,
+        )
+
+    def read(self, request) -> str | None:
+        value = read_cookie(request, self.name)
+        if value is None or len(value) > MAX_COOKIE_LENGTH:
+            return None
+        return value
+
+    def is_present(self, request) -> bool:
+        return self.name + "=" in request.headers.get("Cookie", "")
+
+    def set(self, raw_id: str, max_age: int) -> tuple[str, str]:
+        return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes))
+
+    def delete(self) -> tuple[str, str]:
+        return ("Set-Cookie", make_cookie(self.name, None, **self._attributes))
+
+    def is_set_in(self, response) -> bool:
+        prefix = self.name + "="
+        return any(k.lower() == "set-cookie" and v.startswith(prefix) for k, v in response.headerlist)
+
+
+class LoginBindingCookie:
+    """Ties a login transaction to the browser that started it (several tabs share one value)."""
+
+    def __init__(self, settings: SessionSettings, lifetime: timedelta):
+        secure = settings.cookie_secure
+        self.name = "__Host-login" if secure else settings.cookie_name + "_login"
+        self.max_age = int(lifetime.total_seconds())
+        self._attributes = dict(path="/", secure=secure, httponly=True, samesite="Lax")
+
+    def read(self, request) -> str | None:
+        value = read_cookie(request, self.name)
+        return value if value and len(value) == TOKEN_LENGTH and value.isascii() else None
+
+    def set(self, value: str) -> tuple[str, str]:
+        return ("Set-Cookie", make_cookie(self.name, value, max_age=self.max_age, **self._attributes))

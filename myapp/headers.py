@@ -1,0 +1,69 @@
+"""SPEC.md's browser hardening, applied to every response (and over a proxied upstream's own)."""
+
+from collections.abc import Callable, Iterable
+
+from pyramid.events import NewResponse
+
+from myapp.services import Services
+from myapp.settings import SessionSettings
+
+
+class SecurityHeaders:
+    """A ``NewResponse`` subscriber setting this site's policies on every response.
+
+    ``form_origins`` returns the origins a form of this site may end up at besides itself: the
+    sign-in form posts to this site, whose answer redirects to the provider, and browsers apply
+    ``form-action`` to that redirect (the logout form's redirect ends at the provider's
+    end-session endpoint, known once discovery has been read).
+    """
+
+    def __init__(self, session: SessionSettings, form_origins: Callable[[], Iterable[str]]):
+        self.form_origins = form_origins
+        self.headers = [
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "same-origin"),
+            ("X-Frame-Options", "DENY"),
+        ]
+        if session.cookie_secure:
+            self.headers.append(("Strict-Transport-Security", "max-age=31536000"))
+        self._csp: dict[frozenset[str], str] = {}
+
+    def content_security_policy(self) -> str:
+        origins = frozenset(self.form_origins())
+        policy = self._csp.get(origins)
+        if policy is None:
+            form_action = " ".join(sorted({"'self'", *origins}))
+            policy = self._csp[origins] = "; ".join(
+                [
+                    "default-src 'self'",
+                    "script-src 'self'",
+                    "style-src 'self'",
+                    "img-src 'self' data:",
+                    "connect-src 'self'",
+                    "object-src 'none'",
+                    "base-uri 'none'",
+                    f"form-action {form_action}",
+                    "frame-ancestors 'none'",
+                ]
+            )
+        return policy
+
+    def __call__(self, event: NewResponse) -> None:
+        response = event.response
+        headers = response.headers
+        for name, value in self.headers:
+            headers[name] = value
+        headers["Content-Security-Policy"] = self.content_security_policy()
+        if event.request.environ.get("PATH_INFO", "").startswith("/static/"):
+            return
+        # Pages and JSON depend on who is asking: never cached, never shared.
+        if "Cache-Control" not in headers:
+            headers["Cache-Control"] = "no-store"
+        vary = response.vary or ()
+        if "Cookie" not in vary:
+            response.vary = (*vary, "Cookie")
+
+
+def includeme(config):
+    services = config.registry[Services]
+    config.add_subscriber(SecurityHeaders(services.settings.session, services.oidc.form_action_origins), NewResponse)

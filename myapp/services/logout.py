@@ -1,0 +1,101 @@
+"""Signing out: because the person asked (RP-initiated logout), or because the provider said so
+(back-channel logout)."""
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from myapp.models import SeenLogoutToken, User, insert_ignoring_duplicates
+from myapp.models.meta import utcnow
+from myapp.services.audit import AuditEventType, AuditLog
+from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError
+from myapp.services.sessions import EndReason, SessionStore
+from myapp.services.tokens import TokenManager
+from myapp.services.tokenset import TokenSet
+
+log = logging.getLogger(__name__)
+
+# A slow provider must not hold up the local sign-out.
+REVOCATION_TIMEOUT = 5.0
+
+
+class LogoutService:
+    def __init__(
+        self,
+        *,
+        dbsession: Session,
+        oidc: OIDCClient,
+        tokens: TokenManager,
+        sessions: SessionStore,
+        audit: AuditLog,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.dbsession = dbsession
+        self.oidc = oidc
+        self.tokens = tokens
+        self.sessions = sessions
+        self.audit = audit
+        self.clock = clock
+
+    def logout(self, identity, *, ip_address: str | None) -> str | None:
+        """End the person's session, revoke its refresh token, record it; return where the browser
+        goes next to sign out at the provider too (None when the provider offers no such page)."""
+        # Under the refresh lock: a refresh racing this logout can neither store new tokens
+        # afterwards nor leave one unrevoked.
+        tokens = self.tokens.end_session(identity.session_id, EndReason.LOGOUT)
+        revoked = self.revoke_at_provider(tokens)
+        self.audit.record(
+            AuditEventType.LOGOUT,
+            user_id=identity.user_id,
+            actor_id=identity.user_id,
+            session_handle=identity.session_handle,
+            ip_address=ip_address,
+            detail="refresh token revoked at the provider" if revoked else "",
+        )
+        return self.oidc.end_session_url(id_token_hint=tokens.id_token)
+
+    def revoke_at_provider(self, tokens: TokenSet) -> bool:
+        """RFC 7009, bounded so that a slow provider cannot hold up the local sign-out."""
+        timeout = min(self.oidc.settings.http_timeout, REVOCATION_TIMEOUT)
+        if tokens.refresh_token:
+            return self.oidc.revoke(tokens.refresh_token, "refresh_token", timeout=timeout)
+        if tokens.access_token:
+            return self.oidc.revoke(tokens.access_token, "access_token", timeout=timeout)
+        return False
+
+    def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
+        """Validate a logout token, refuse a replay, end the sessions it names. Returns (claims, ended)."""
+        claims = self.oidc.validate_logout_token(logout_token)
+        self.dbsession.execute(delete(SeenLogoutToken).where(SeenLogoutToken.expires_at < self.clock()))
+        if not self._first_sighting(claims):
+            raise OIDCError("replayed_jti", "This logout token was already used.")
+        issuer = self.oidc.settings.issuer
+        user_ids = None
+        if claims.get("sub") is not None:
+            user_ids = list(
+                self.dbsession.scalars(select(User.id).where(User.issuer == issuer, User.subject == claims["sub"]))
+            )
+        if claims.get("sid") is not None:
+            ended = self.sessions.end_by_provider_sid(user_ids, claims["sid"], EndReason.BACKCHANNEL)
+        else:
+            ended = sum(self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in user_ids)
+        return claims, ended
+
+    def _first_sighting(self, claims: dict) -> bool:
+        """Record the jti; False if some process recorded it before (atomic: INSERT .. ON CONFLICT)."""
+        now = self.clock()
+        # Keep the record as long as the token could still be accepted: until it expires, and
+        # never past the oldest issue time the checks accept.
+        horizon = claims["iat"] + MAX_TOKEN_AGE
+        if claims.get("exp") is not None:
+            horizon = min(horizon, claims["exp"])
+        remaining = max(horizon - now.timestamp(), 0) + CLOCK_SKEW
+        return insert_ignoring_duplicates(
+            self.dbsession,
+            SeenLogoutToken,
+            {"issuer": self.oidc.settings.issuer, "jti": claims["jti"], "expires_at": now + timedelta(seconds=remaining)},
+            ["issuer", "jti"],
+        )

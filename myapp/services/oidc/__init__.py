@@ -1,0 +1,27 @@
+"""The conversation with an OpenID provider, in four parts:
+
+- ``errors``: what can go wrong, each with a reason code;
+- ``metadata``: discovery and the key set, fetched and cached (:class:`ProviderDocuments`);
+- ``jose``: every check on ID tokens and logout tokens (:class:`TokenValidator`);
+- ``client``: the calls to its endpoints, through Authlib (:class:`OIDCClient`).
+"""
+
+from myapp.services.oidc.client import OIDCClient
+from myapp.services.oidc.errors import OIDCError, ProviderMisconfigured, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc.jose import BACKCHANNEL_LOGOUT_EVENT, CLOCK_SKEW, MAX_TOKEN_AGE, TokenValidator, at_hash
+from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
+
+__all__ = [
+    "BACKCHANNEL_LOGOUT_EVENT",
+    "CLOCK_SKEW",
+    "MAX_TOKEN_AGE",
+    "OIDCClient",
+    "OIDCError",
+    "ProviderDocuments",
+    "ProviderMetadata",
+    "ProviderMisconfigured",
+    "ProviderUnavailable",
+    "TokenRequestRefused",
+    "TokenValidator",
+    "at_hash",
+]

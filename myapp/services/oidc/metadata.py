@@ -1,0 +1,158 @@
+"""What a provider publishes: its discovery document and its signing keys, fetched and cached.
+
+Discovery is read from ``{issuer}/.well-known/openid-configuration`` and its ``issuer`` must equal
+the configured one exactly. Keys come from the discovered ``jwks_uri`` only, never from a token's
+header; an unknown ``kid`` refetches them at most once a minute (the first fetch does not count).
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from joserfc.errors import JoseError
+from joserfc.jwk import import_key
+
+from myapp.services.http import HttpClient, HTTPFailure
+from myapp.services.oidc.errors import ProviderMisconfigured, ProviderUnavailable
+
+log = logging.getLogger(__name__)
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+DISCOVERY_TTL = 3600.0
+JWKS_REFETCH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    userinfo_endpoint: str | None
+    end_session_endpoint: str | None
+    revocation_endpoint: str | None
+    signing_algorithms: frozenset[str]
+    iss_parameter_supported: bool
+
+    @classmethod
+    def from_document(cls, document: dict, expected_issuer: str) -> "ProviderMetadata":
+        issuer = document.get("issuer")
+        if issuer != expected_issuer:
+            raise ProviderMisconfigured(
+                f"The provider's discovery document names the issuer {str(issuer)[:200]!r}, "
+                f"but myapp.oidc.issuer is {expected_issuer!r}; they must be identical."
+            )
+
+        schemes = ("https",) if expected_issuer.startswith("https:") else ("https", "http")
+
+        def endpoint(name, required):
+            value = document.get(name)
+            if value is None and not required:
+                return None
+            parts = urlsplit(value) if isinstance(value, str) else None
+            if parts is None or parts.scheme not in schemes or not parts.netloc:
+                raise ProviderMisconfigured(f"The provider's discovery document has no usable {name}.")
+            return value
+
+        advertised = document.get("id_token_signing_alg_values_supported") or ["RS256"]
+        if not isinstance(advertised, list):
+            raise ProviderMisconfigured("The provider's id_token_signing_alg_values_supported is not a list.")
+        algorithms = frozenset(a for a in advertised if a in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS)
+        if not algorithms:
+            raise ProviderMisconfigured(
+                f"The provider signs ID tokens with none of the algorithms myapp accepts ({sorted(map(str, advertised))})."
+            )
+        return cls(
+            issuer=issuer,
+            authorization_endpoint=endpoint("authorization_endpoint", True),
+            token_endpoint=endpoint("token_endpoint", True),
+            jwks_uri=endpoint("jwks_uri", True),
+            userinfo_endpoint=endpoint("userinfo_endpoint", False),
+            end_session_endpoint=endpoint("end_session_endpoint", False),
+            revocation_endpoint=endpoint("revocation_endpoint", False),
+            signing_algorithms=algorithms,
+            iss_parameter_supported=document.get("authorization_response_iss_parameter_supported") is True,
+        )
+
+
+class ProviderDocuments:
+    """One provider's discovery document and key set, cached; shared by every thread."""
+
+    def __init__(self, *, issuer: str, http: HttpClient, monotonic: Callable[[], float] = time.monotonic):
+        self.issuer = issuer
+        self.http = http
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._metadata: ProviderMetadata | None = None
+        self._metadata_fetched_at = 0.0
+        self._keys: list | None = None
+        self._keys_uri: str | None = None
+        self._last_key_refetch = float("-inf")
+
+    @property
+    def cached_metadata(self) -> ProviderMetadata | None:
+        """The discovery document if it has been read (never fetches)."""
+        return self._metadata
+
+    def metadata(self) -> ProviderMetadata:
+        """The provider's discovery document, fetched once and refreshed hourly."""
+        with self._lock:
+            fresh = self._metadata is not None and self.monotonic() - self._metadata_fetched_at < DISCOVERY_TTL
+            if fresh:
+                return self._metadata
+            url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            try:
+                document = self.http.get_json(url)
+            except HTTPFailure as e:
+                if self._metadata is not None and e.unavailable:
+                    log.warning("discovery refresh failed (%s); keeping the cached document", e)
+                    self._metadata_fetched_at = self.monotonic()
+                    return self._metadata
+                if e.unavailable:
+                    raise ProviderUnavailable(f"The sign-in provider could not be reached ({e}).") from None
+                raise ProviderMisconfigured(f"The provider's discovery document is unusable: it {e}.") from None
+            self._metadata = ProviderMetadata.from_document(document, self.issuer)
+            self._metadata_fetched_at = self.monotonic()
+            return self._metadata
+
+    def signing_keys(self, *, refetch: bool = False) -> list:
+        """The provider's keys, from the discovered jwks_uri only; a refetch at most once a minute."""
+        jwks_uri = self.metadata().jwks_uri
+        with self._lock:
+            first = self._keys is None or self._keys_uri != jwks_uri
+            if not first and not refetch:
+                return self._keys
+            if not first and self.monotonic() - self._last_key_refetch < JWKS_REFETCH_INTERVAL:
+                return self._keys
+            try:
+                document = self.http.get_json(jwks_uri)
+            except HTTPFailure as e:
+                if not first:
+                    log.warning("key set refresh failed (%s); keeping the cached keys", e)
+                    return self._keys
+                if e.unavailable:
+                    raise ProviderUnavailable(f"The provider's keys could not be fetched ({e}).") from None
+                raise ProviderMisconfigured(f"The provider's key set is unusable: it {e}.") from None
+            if not first:
+                self._last_key_refetch = self.monotonic()
+            self._keys = self._import_keys(document)
+            self._keys_uri = jwks_uri
+            return self._keys
+
+    @staticmethod
+    def _import_keys(document: dict) -> list:
+        keys = []
+        for entry in document.get("keys") or []:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                keys.append(import_key(entry))
+            except (JoseError, ValueError, TypeError, KeyError):
+                log.warning("ignoring a key the provider published that cannot be read (kid %r)", entry.get("kid"))
+        return keys

@@ -1,0 +1,49 @@
+"""A session's tokens in the clear (:class:`TokenSet`) and at rest (:class:`TokenCipher`)."""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    access_token_expires_at: datetime | None = None
+
+    @classmethod
+    def from_response(cls, token: dict, now: datetime, *, previous: "TokenSet | None" = None) -> "TokenSet":
+        """The tokens of a token-endpoint response; a refresh without a new refresh token (or ID
+        token) keeps the previous one."""
+        expires_in = token.get("expires_in")
+        try:
+            expires_at = now + timedelta(seconds=int(expires_in)) if expires_in is not None else None
+        except (TypeError, ValueError, OverflowError):
+            expires_at = None
+        return cls(
+            access_token=token["access_token"],
+            refresh_token=token.get("refresh_token") or (previous.refresh_token if previous else None),
+            id_token=token.get("id_token") or (previous.id_token if previous else None),
+            access_token_expires_at=expires_at,
+        )
+
+
+class TokenCipher:
+    """Fernet encryption of tokens at rest; the first key encrypts, every key decrypts."""
+
+    def __init__(self, keys):
+        self._fernet = MultiFernet([Fernet(key) for key in keys])
+
+    def encrypt(self, value: str | None) -> bytes | None:
+        return None if value is None else self._fernet.encrypt(value.encode("utf-8"))
+
+    def decrypt(self, value: bytes | None) -> str | None:
+        """The plaintext, or None when no key in use can read it (a retired key, say)."""
+        if value is None:
+            return None
+        try:
+            return self._fernet.decrypt(bytes(value)).decode("utf-8")
+        except InvalidToken:
+            return None
