@@ -34,6 +34,19 @@ def error_page(request, status, title, message, **extra) -> Response:
     return response
 
 
+def refusal(request, status: int, code: ErrorCode, message: str, *, title: str, page: str | None = None,
+            page_status: int | None = None) -> Response:
+    """SPEC.md's JSON error for programs; a page in plain words for people."""
+    if is_json_request(request):
+        return json_error(status, code, message)
+    return error_page(request, page_status or status, title, page or message)
+
+
+def _back_here(request) -> str:
+    """Where to return after signing in again: this page, if it was a GET."""
+    return safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
+
+
 @exception_view_config(APIError)
 def api_error(exc, request):
     return json_error(exc.status, exc.code, exc.message, exc.headers)
@@ -42,24 +55,21 @@ def api_error(exc, request):
 @exception_view_config(LoginRequired)
 def login_required(exc, request):
     """The session ended while refreshing (expired, revoked, or its refresh token reused)."""
-    headers = [request.services.session_cookie.delete()]
     if is_json_request(request):
         response = json_error(401, ErrorCode.LOGIN_REQUIRED, "Your session has ended. Sign in again.")
     else:
-        next_path = safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
         response = HTTPSeeOther(
-            request.route_path("signed_out", _query={"reason": EndReason.REFRESH_FAILED, "next": next_path})
+            request.route_path("signed_out", _query={"reason": EndReason.REFRESH_FAILED, "next": _back_here(request)})
         )
-    response.headerlist.extend(headers)
+    response.headerlist.append(request.services.session_cookie.delete())
     return response
 
 
 @exception_view_config(ProviderUnavailable)
 def provider_unavailable(exc, request):
-    if is_json_request(request):
-        return json_error(503, ErrorCode.PROVIDER_UNAVAILABLE, "The sign-in provider is not answering. Try again shortly.")
-    return error_page(
-        request, 503, "Sign-in provider unavailable", "The sign-in provider is not answering. Please try again shortly."
+    return refusal(
+        request, 503, ErrorCode.PROVIDER_UNAVAILABLE, "The sign-in provider is not answering. Try again shortly.",
+        title="Sign-in provider unavailable", page="The sign-in provider is not answering. Please try again shortly.",
     )
 
 
@@ -68,11 +78,10 @@ def forbidden(exc, request):
     if request.identity is None:
         if is_json_request(request):
             return json_error(401, ErrorCode.LOGIN_REQUIRED, "Sign in to continue.")
-        next_path = safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
         reason = request.signed_out_reason
         if reason:
-            return HTTPSeeOther(request.route_path("signed_out", _query={"reason": reason, "next": next_path}))
-        return HTTPSeeOther(request.route_path("login", _query={"next": next_path}))
+            return HTTPSeeOther(request.route_path("signed_out", _query={"reason": reason, "next": _back_here(request)}))
+        return HTTPSeeOther(request.route_path("login", _query={"next": _back_here(request)}))
 
     # Whatever the request did so far is discarded; the denial itself is recorded.
     request.restart_transaction()
@@ -84,37 +93,32 @@ def forbidden(exc, request):
         ip_address=request.remote_addr,
         detail=f"{request.method} {request.path[:300]}" + (f" (needs {permission})" if permission else ""),
     )
-    if is_json_request(request):
-        return json_error(403, ErrorCode.FORBIDDEN, "You are not allowed to do this.")
-    return error_page(
-        request,
-        403,
-        "You cannot do that",
-        "Your account is not allowed to see or change this. If you think it should be, ask an administrator.",
+    return refusal(
+        request, 403, ErrorCode.FORBIDDEN, "You are not allowed to do this.", title="You cannot do that",
+        page="Your account is not allowed to see or change this. If you think it should be, ask an administrator.",
     )
 
 
 @notfound_view_config()
 def not_found(exc, request):
     if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
-        if is_json_request(request):
-            return json_error(405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here.")
-        return error_page(request, 405, "Not allowed", f"This address does not accept {request.method} requests.")
-    if is_json_request(request):
-        return json_error(404, ErrorCode.UNKNOWN_UPSTREAM, "There is no API at this address.")
-    return error_page(request, 404, "Page not found", "There is nothing at this address. It may have been deleted.")
+        return refusal(
+            request, 405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here.", title="Not allowed",
+            page=f"This address does not accept {request.method} requests.",
+        )
+    return refusal(
+        request, 404, ErrorCode.UNKNOWN_UPSTREAM, "There is no API at this address.", title="Page not found",
+        page="There is nothing at this address. It may have been deleted.",
+    )
 
 
 @exception_view_config(BadCSRFToken)
 @exception_view_config(BadCSRFOrigin)
 def bad_csrf(exc, request):
-    if is_json_request(request):
-        return json_error(403, ErrorCode.CSRF_FAILED, "Request refused: missing or wrong CSRF token.")
-    return error_page(
-        request,
-        400,
-        "This form has expired",
-        "The form was sent without a valid security token, or from another site. "
+    return refusal(
+        request, 403, ErrorCode.CSRF_FAILED, "Request refused: missing or wrong CSRF token.",
+        title="This form has expired", page_status=400,
+        page="The form was sent without a valid security token, or from another site. "
         "Go back, reload the page and try again.",
     )
 
@@ -123,19 +127,16 @@ def bad_csrf(exc, request):
 def http_exception(exc, request):
     if exc.code < 400:
         return exc
-    if is_json_request(request):
-        return json_error(exc.code, ErrorCode.HTTP_ERROR, exc.title)
-    return error_page(request, exc.code, exc.title, exc.explanation or "The request could not be handled.")
+    return refusal(
+        request, exc.code, ErrorCode.HTTP_ERROR, exc.title, title=exc.title,
+        page=exc.explanation or "The request could not be handled.",
+    )
 
 
 @exception_view_config(Exception)
 def unexpected_error(exc, request):
     log.exception("unexpected error on %s %s", request.method, request.path)
-    if is_json_request(request):
-        return json_error(500, ErrorCode.INTERNAL_ERROR, "Something went wrong on our side.")
-    return error_page(
-        request,
-        500,
-        "Something went wrong",
-        "An unexpected error stopped this page. It has been logged; please try again in a moment.",
+    return refusal(
+        request, 500, ErrorCode.INTERNAL_ERROR, "Something went wrong on our side.", title="Something went wrong",
+        page="An unexpected error stopped this page. It has been logged; please try again in a moment.",
     )

@@ -150,6 +150,31 @@ def test_malformed_urls_never_500(app, browser, alice, sign_in, path, query):
     assert response.status_int < 500, response.text
 
 
+@pytest.mark.parametrize(
+    "path, query, json",
+    [
+        ("/auth/callback", "state=%ff&code=x", False),
+        ("/login", "next=%c3%28", False),
+        ("/posts", "page=%ff", False),
+        ("/auth/user", "x=%c3%28", True),
+        ("/api/demo/notes", "q=%ff", True),
+        ("/auth/backchannel-logout", "x=%ff", True),
+    ],
+)
+def test_an_unreadable_address_is_answered_in_the_callers_language(app, path, query, json):
+    """Programs get SPEC.md's JSON error; a person's browser never does (not even under /auth/)."""
+    from webob import Request
+
+    request = Request.blank(path, base_url="https://app.example.test")
+    request.environ["QUERY_STRING"] = query
+    response = request.get_response(app)
+    assert response.status_int == 400
+    if json:
+        assert response.json == {"error": "bad_request", "message": "The address is not valid UTF-8."}
+    else:
+        assert response.content_type == "text/plain" and "not valid UTF-8" in response.text
+
+
 def test_undecodable_form_body_is_read_with_replacement_characters(browser, alice, sign_in):
     sign_in(browser, alice)
     body = b"title=%ff%fe&csrf_token=" + browser.csrf_token.encode()

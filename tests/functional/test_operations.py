@@ -7,15 +7,21 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
-from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, User, UserSession
+from myapp.models import (
+    AuditEvent,
+    LoginTransaction,
+    SeenLogoutToken,
+    User,
+    UserSession,
+)
 from myapp.models.meta import utcnow
 from myapp.scripts import end_sessions, generate_key, purge, show_config
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_KEY, base_settings
+from tests.functional.auth.flows import sign_in as sign_in_with_provider
 from tests.functional.conftest import Browser
-from tests.functional.test_login import sign_in as sign_in_with_provider
 
 
 def test_metrics_are_off_by_default(browser):

@@ -1,0 +1,99 @@
+"""OpenID Connect Back-Channel Logout through the whole app: every rule on the logout token."""
+
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from myapp.models import AuditEvent, SeenLogoutToken
+from tests.functional.auth.flows import (
+    session_count,
+    sign_in,
+)
+from tests.functional.conftest import Browser
+
+
+def post_logout_token(app, token, status):
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": token}, status=status)
+    assert response.headers["Cache-Control"] == "no-store"
+    return response
+
+
+def test_backchannel_logout_by_sid_ends_that_session_only(app, provider, dbsession):
+    first = Browser(app)
+    sign_in(first, provider)
+    provider.sid = "another-sid"
+    second = Browser(app)
+    sign_in(second, provider)
+    post_logout_token(app, provider.logout_token(sid="another-sid"), 200)
+    assert "Alice" in first.get("/").text
+    assert "reason=provider_logout" in second.get("/posts", status=303).location
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "backchannel_logout")).one()
+    assert event.detail == "1 session(s) ended (by sid)"
+
+
+def test_backchannel_logout_by_sub_ends_all_of_the_users_sessions(app, provider, dbsession):
+    browsers = [Browser(app) for _ in range(2)]
+    for b in browsers:
+        sign_in(b, provider)
+    post_logout_token(app, provider.logout_token(sid=None), 200)
+    assert session_count(dbsession) == 0
+
+
+def test_backchannel_logout_replay_is_refused(app, provider, dbsession):
+    token = provider.logout_token()
+    post_logout_token(app, token, 200)
+    response = post_logout_token(app, token, 400)
+    assert response.json["error"] == "invalid_request"
+    assert dbsession.scalar(select(func.count()).select_from(SeenLogoutToken)) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"iss": "https://evil.example"},
+        {"aud": "another-app"},
+        {"iat": None},
+        {"exp": int(time.time()) - 600},
+        {"events": None},
+        {"sub": None, "sid": None},
+        {"nonce": "x"},
+        {"jti": None},
+    ],
+)
+def test_bad_logout_tokens_end_nothing(app, provider, dbsession, overrides):
+    browser = Browser(app)
+    sign_in(browser, provider)
+    post_logout_token(app, provider.logout_token(**overrides), 400)
+    assert session_count(dbsession) == 1
+
+
+def test_bad_logout_token_signature_and_type(app, provider, dbsession):
+    from joserfc.jwk import RSAKey
+
+    browser = Browser(app)
+    sign_in(browser, provider)
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "key-1"})
+    claims_token = provider.logout_token()
+    post_logout_token(app, claims_token.rsplit(".", 1)[0] + "." + provider.sign({}, key=impostor).rsplit(".", 1)[1], 400)
+    post_logout_token(app, provider.logout_token(header={"typ": "at+jwt"}), 400)
+    post_logout_token(app, "", 400)
+    post_logout_token(app, "garbage", 400)
+    assert session_count(dbsession) == 1
+
+
+def test_backchannel_logout_needs_no_cookie_or_csrf(app, provider):
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": provider.logout_token()})
+    assert response.status_int == 200
+
+
+def test_oversized_backchannel_request(app):
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": "x" * 70000}, status=400)
+    assert response.json["message"] == "The request is too large."
+
+
+def test_backchannel_logout_with_an_unreadable_body(app):
+    response = Browser(app).post(
+        "/auth/backchannel-logout", b"x", headers={"Content-Type": "multipart/form-data"}, status=400
+    )
+    assert response.json["error"] == "bad_request"

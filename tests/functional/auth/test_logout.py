@@ -1,0 +1,115 @@
+"""Sign-out (RP-initiated logout) through the whole app, against a programmable provider."""
+
+import logging
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from myapp.models import AuditEvent, UserSession
+from tests.conftest import TEST_PUBLIC_URL
+from tests.functional.auth.flows import (
+    csrf_of,
+    session_count,
+    sign_in,
+    start_login,
+)
+from tests.functional.conftest import COOKIE, Browser
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
+
+
+def test_logout_ends_everything(browser, provider, dbsession):
+    sign_in(browser, provider)
+    refresh_token = list(provider.refresh_tokens)[-1]
+    response = browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    location = urlsplit(response.location)
+    assert response.location.startswith(provider.issuer + "/logout?")
+    query = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert query["post_logout_redirect_uri"] == TEST_PUBLIC_URL + "/"
+    assert query["client_id"] == CLIENT_ID
+    assert query["id_token_hint"].count(".") == 2
+    assert any(v.startswith(COOKIE + "=;") for k, v in response.headerlist if k == "Set-Cookie")
+    assert provider.revoked == [refresh_token]
+    assert session_count(dbsession) == 0
+    assert dbsession.scalars(select(UserSession)).one().refresh_token is None
+    assert "logout" in dbsession.scalars(select(AuditEvent.event)).all()
+    browser.get("/posts", status=303)
+
+
+def test_logout_without_end_session_endpoint_goes_home(make_app, provider):
+    provider.metadata_overrides["end_session_endpoint"] = None
+    browser = Browser(make_app())
+    sign_in(browser, provider)
+    response = browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert response.location == "https://app.example.test/"
+
+
+@pytest.mark.parametrize("trouble", ["status", "delay"])
+def test_logout_does_not_wait_for_a_failing_provider(make_app, provider, dbsession, trouble):
+    browser = Browser(make_app(**{"myapp.oidc.http_timeout": "1"}))
+    sign_in(browser, provider)
+    if trouble == "status":
+        provider.revocation_status = 503
+    else:
+        provider.revocation_delay = 5
+    started = time.monotonic()
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert time.monotonic() - started < 4
+    assert session_count(dbsession) == 0
+
+
+def test_logout_needs_the_csrf_token(browser, provider, dbsession):
+    sign_in(browser, provider)
+    browser.post("/logout", {"csrf_token": "wrong"}, headers={"Origin": TEST_PUBLIC_URL}, status=400)
+    browser.post("/logout", {}, headers={"Origin": TEST_PUBLIC_URL}, status=400)
+    assert session_count(dbsession) == 1
+
+
+def test_logout_refuses_a_cross_site_origin(browser, provider, dbsession):
+    sign_in(browser, provider)
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": "https://evil.example"}, status=400)
+    assert session_count(dbsession) == 1
+
+
+def test_logout_is_post_only(browser, provider, dbsession):
+    sign_in(browser, provider)
+    browser.get("/logout", status=405)
+    assert session_count(dbsession) == 1
+
+
+def test_logout_when_already_signed_out(browser):
+    assert browser.post("/logout", status=303).location == "https://app.example.test/"
+
+
+def test_nothing_secret_is_logged_or_audited(browser, provider, caplog, dbsession):
+    caplog.set_level(logging.DEBUG)
+    response, query = start_login(browser)
+    binding = browser.cookies["__Host-login"]
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer})
+    cookie = browser.cookies[COOKIE]
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    token_request = [form for path, form, _ in provider.requests if path == "/token"][0]
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    userinfo_headers = [h for path, _, h in provider.requests if path == "/userinfo"][0]
+    access_token = userinfo_headers["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
+    secrets_seen = [
+        code, query["state"], query["nonce"], token_request["code_verifier"], cookie, binding, access_token,
+        CLIENT_SECRET, *provider.used_refresh_tokens, *provider.refresh_tokens, *provider.revoked,
+    ]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    audited = "\n".join(f"{e.detail} {e.session_handle}" for e in dbsession.scalars(select(AuditEvent)))
+    for secret in secrets_seen:
+        assert secret and secret not in logged and secret not in audited
+    assert "eyJ" not in logged and "eyJ" not in audited
+    assert "authlib" not in {r.name.split(".")[0] for r in caplog.records if r.levelno < logging.INFO}
+
+
+def test_logout_form_may_redirect_to_a_logout_endpoint_on_another_origin(make_app, provider):
+    provider.metadata_overrides["end_session_endpoint"] = "https://logout.example.test/end"
+    browser = Browser(make_app())
+    assert "https://logout.example.test" not in browser.get("/").headers["Content-Security-Policy"]
+    sign_in(browser, provider)
+    csp = browser.get("/").headers["Content-Security-Policy"]
+    assert "https://logout.example.test" in csp.split("form-action")[1].split(";")[0]

@@ -1,0 +1,247 @@
+"""The login service with a stub provider: the login transaction and the callback's order of checks.
+
+The same flows over HTTP against a programmable provider are tests/functional/auth/.
+"""
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from myapp.models import LoginTransaction, User
+from myapp.models.meta import utcnow
+from myapp.services.login import MAX_PENDING_PER_BROWSER, LoginError, LoginService, groups_from
+from myapp.services.oidc import OIDCError, ProviderMetadata, ProviderUnavailable, TokenRequestRefused
+from myapp.services.tokenset import TokenCipher
+from myapp.settings import OIDCSettings
+
+ISSUER = "https://idp.example.test"
+BROWSER = "b" * 43
+SETTINGS = OIDCSettings(
+    issuer=ISSUER, client_id="app", client_secret="s", token_endpoint_auth_method="client_secret_basic",
+    scope="openid", redirect_uri="https://app.example.test/auth/callback",
+    post_logout_redirect_uri="https://app.example.test/", authorize_params={}, groups_claim="groups",
+    fetch_userinfo=True, http_timeout=5,
+)
+
+
+class StubProvider:
+    """Records what the service asks; answers as a test tells it."""
+
+    def __init__(self):
+        self.sent = {}
+        self.calls = []
+        self.exchange = lambda code, verifier: {"access_token": "at", "token_type": "Bearer", "id_token": "idt"}
+        self.claims = {"iss": ISSUER, "sub": "alice", "name": "Alice", "groups": ["staff"], "sid": "sid-1"}
+        self.userinfo_claims = None
+        self.iss_supported = True
+
+    def authorization_url(self, *, state, nonce, code_verifier, prompt=None):
+        self.sent = {"state": state, "nonce": nonce, "verifier": code_verifier, "prompt": prompt}
+        return f"{ISSUER}/authorize?state={state}"
+
+    def metadata(self):
+        return ProviderMetadata(
+            issuer=ISSUER, authorization_endpoint=ISSUER + "/a", token_endpoint=ISSUER + "/t", jwks_uri=ISSUER + "/k",
+            userinfo_endpoint=ISSUER + "/u", end_session_endpoint=None, revocation_endpoint=None,
+            signing_algorithms=frozenset({"RS256"}), iss_parameter_supported=self.iss_supported,
+        )
+
+    def exchange_code(self, code, verifier):
+        self.calls.append(("exchange_code", code, verifier))
+        return self.exchange(code, verifier)
+
+    def validate_id_token(self, id_token, *, nonce, access_token=None):
+        self.calls.append(("validate_id_token", nonce))
+        return dict(self.claims, nonce=nonce)
+
+    def userinfo(self, access_token, *, subject):
+        self.calls.append(("userinfo", access_token))
+        return self.userinfo_claims
+
+
+@pytest.fixture
+def cipher():
+    return TokenCipher([Fernet.generate_key().decode()])
+
+
+@pytest.fixture
+def oidc():
+    return StubProvider()
+
+
+@pytest.fixture
+def service(dbsession, oidc, cipher):
+    return LoginService(dbsession=dbsession, oidc=oidc, cipher=cipher, settings=SETTINGS)
+
+
+def begin(service, oidc, next_path="/posts", browser=BROWSER):
+    service.begin(next_path=next_path, browser_token=browser)
+    return oidc.sent["state"]
+
+
+def callback(service, state, browser=BROWSER, **params):
+    return service.complete({"state": state, "code": "code-1", "iss": ISSUER, **params}, browser_token=browser)
+
+
+def test_begin_keeps_only_hashes_and_ciphertexts(service, oidc, dbsession):
+    state = begin(service, oidc)
+    row = dbsession.scalars(select(LoginTransaction)).one()
+    assert row.state_hash == hashlib.sha256(state.encode()).hexdigest()
+    assert row.browser_hash == hashlib.sha256(BROWSER.encode()).hexdigest()
+    stored = f"{row.nonce!r} {row.code_verifier!r}"
+    assert oidc.sent["nonce"] not in stored and oidc.sent["verifier"] not in stored
+    assert row.next_path == "/posts" and row.expires_at - row.created_at == timedelta(minutes=10)
+
+
+def test_a_browser_keeps_only_its_newest_sign_ins_and_old_ones_expire(service, oidc, dbsession):
+    states = [begin(service, oidc) for _ in range(MAX_PENDING_PER_BROWSER + 3)]
+    begin(service, oidc, browser="c" * 43)
+    assert dbsession.query(LoginTransaction).count() == MAX_PENDING_PER_BROWSER + 1
+    with pytest.raises(LoginError, match="already been used or was never started"):
+        callback(service, states[0])
+    assert callback(service, states[-1]).user_id
+
+
+def test_a_successful_callback_upserts_the_user_and_returns_the_tokens(service, oidc, dbsession):
+    state = begin(service, oidc)
+    result = callback(service, state)
+    user = dbsession.get(User, result.user_id)
+    assert (user.issuer, user.subject, user.name, user.groups) == (ISSUER, "alice", "Alice", ["staff"])
+    assert (result.next_path, result.provider_sid) == ("/posts", "sid-1")
+    assert (result.tokens.access_token, result.tokens.id_token) == ("at", "idt")
+    assert [call[0] for call in oidc.calls] == ["exchange_code", "validate_id_token", "userinfo"]
+    assert oidc.calls[0][2] == oidc.sent["verifier"] and oidc.calls[1][1] == oidc.sent["nonce"]
+
+
+def test_the_same_subject_signing_in_again_is_the_same_user_with_fresh_details(service, oidc, dbsession):
+    first = callback(service, begin(service, oidc)).user_id
+    oidc.claims = dict(oidc.claims, name="Alice Renamed", groups=["staff", "admins"])
+    second = callback(service, begin(service, oidc)).user_id
+    assert first == second
+    assert dbsession.get(User, first).groups == ["admins", "staff"]
+
+
+def test_userinfo_adds_claims_but_never_changes_who(service, oidc, dbsession):
+    oidc.userinfo_claims = {"sub": "alice", "iss": "https://evil.example", "email": "a@example.test", "aud": "x"}
+    user = dbsession.get(User, callback(service, begin(service, oidc)).user_id)
+    assert (user.issuer, user.email) == (ISSUER, "a@example.test")
+
+
+@pytest.mark.parametrize(
+    "params, reason",
+    [
+        ({"state": ""}, "missing_state"),
+        ({"state": "never-issued"}, "unknown_state"),
+        ({"state": "x" * 5000}, "parameter_too_long"),
+    ],
+)
+def test_a_callback_without_a_known_state_is_refused_before_anything_else(service, oidc, params, reason):
+    begin(service, oidc)
+    with pytest.raises(LoginError) as refused:
+        service.complete({"code": "c", "iss": ISSUER, **params}, browser_token=BROWSER)
+    assert refused.value.reason == reason and oidc.calls == []
+
+
+def test_a_state_is_single_use_even_when_the_first_attempt_failed(service, oidc):
+    state = begin(service, oidc)
+    with pytest.raises(LoginError, match="authorization code"):
+        callback(service, state, code="")
+    with pytest.raises(LoginError) as replay:
+        callback(service, state)
+    assert replay.value.reason == "unknown_state"
+
+
+def test_another_browser_neither_completes_nor_cancels_the_sign_in(service, oidc):
+    state = begin(service, oidc)
+    for other in ("c" * 43, None):
+        with pytest.raises(LoginError) as refused:
+            callback(service, state, browser=other)
+        assert refused.value.reason == "other_browser"
+    assert callback(service, state).user_id
+
+
+def test_an_expired_sign_in_is_refused_and_used_up(service, oidc, dbsession):
+    state = begin(service, oidc)
+    dbsession.execute(LoginTransaction.__table__.update().values(expires_at=utcnow() - timedelta(seconds=1)))
+    with pytest.raises(LoginError) as refused:
+        callback(service, state)
+    assert refused.value.reason == "expired_state" and refused.value.next_path == "/posts"
+    assert dbsession.query(LoginTransaction).count() == 0
+
+
+def test_a_provider_error_consumes_the_sign_in_and_keeps_its_next_path(service, oidc):
+    state = begin(service, oidc)
+    with pytest.raises(LoginError) as refused:
+        service.complete({"state": state, "error": "access_denied"}, browser_token=BROWSER)
+    assert (refused.value.reason, refused.value.next_path) == ("provider_error:access_denied", "/posts")
+    assert "cancelled" in refused.value.message
+    with pytest.raises(LoginError, match="already been used"):
+        callback(service, state)
+    with pytest.raises(LoginError) as junk:
+        service.complete({"state": "x", "error": "<script>"}, browser_token=BROWSER)
+    assert junk.value.reason == "provider_error:invalid"
+
+
+@pytest.mark.parametrize(
+    "params, supported, reason",
+    [({"iss": "https://other.example"}, True, "bad_iss_parameter"), ({"iss": None}, True, "missing_iss_parameter")],
+)
+def test_the_iss_parameter_is_checked_before_the_code_is_used(service, oidc, params, supported, reason):
+    oidc.iss_supported = supported
+    state = begin(service, oidc)
+    query = {"state": state, "code": "c", "iss": ISSUER, **params}
+    with pytest.raises(LoginError) as refused:
+        service.complete({k: v for k, v in query.items() if v is not None}, browser_token=BROWSER)
+    assert refused.value.reason == reason and oidc.calls == []
+
+
+def test_a_missing_iss_is_fine_when_the_provider_does_not_send_one(service, oidc):
+    oidc.iss_supported = False
+    state = begin(service, oidc)
+    assert service.complete({"state": state, "code": "c"}, browser_token=BROWSER).user_id
+
+
+def test_a_transaction_no_key_can_read_cannot_complete(service, oidc, dbsession):
+    state = begin(service, oidc)
+    service.cipher = TokenCipher([Fernet.generate_key().decode()])
+    with pytest.raises(LoginError) as refused:
+        callback(service, state)
+    assert refused.value.reason == "transaction_unreadable" and oidc.calls == []
+
+
+@pytest.mark.parametrize(
+    "error, reason, status",
+    [
+        (ProviderUnavailable("down"), "provider_unavailable", 503),
+        (TokenRequestRefused("invalid_grant", None), "token_error:invalid_grant", 400),
+        (OIDCError("bad_nonce", "nonce"), "bad_nonce", 400),
+        (OIDCError("provider_misconfigured", "metadata"), "provider_misconfigured", 502),
+    ],
+)
+def test_provider_failures_create_nothing(service, oidc, dbsession, error, reason, status):
+    def fail(code, verifier):
+        raise error
+
+    oidc.exchange = fail
+    with pytest.raises(LoginError) as refused:
+        callback(service, begin(service, oidc))
+    assert (refused.value.reason, refused.value.status) == (reason, status)
+    assert dbsession.query(User).count() == 0
+
+
+def test_a_token_response_without_an_id_token_is_refused(service, oidc, dbsession):
+    oidc.exchange = lambda code, verifier: {"access_token": "at", "token_type": "Bearer"}
+    with pytest.raises(LoginError) as refused:
+        callback(service, begin(service, oidc))
+    assert refused.value.reason == "missing_id_token" and dbsession.query(User).count() == 0
+
+
+@pytest.mark.parametrize(
+    "value, groups",
+    [("admins", ["admins"]), (["b", "a", "a", "", 7], ["a", "b"]), (None, []), ({"x": 1}, []), (["g" * 300], ["g" * 255])],
+)
+def test_groups_from_any_claim_shape(value, groups):
+    assert groups_from(value) == groups

@@ -1,0 +1,187 @@
+"""The proxy service alone: how a browser's request is checked and translated, and the one retry.
+
+The whole app, real sockets and the token manager are tests/functional/test_proxy.py; here a fake
+connection pool records what would have been sent.
+"""
+
+import io
+
+import pytest
+import urllib3
+
+from myapp.errors import APIError
+from myapp.services.proxy import CHUNK, Proxy, subpath
+from myapp.settings import Upstream
+
+UPSTREAM = Upstream(
+    name="orders", base_url="https://orders.example.test/v1/", timeout=5, methods=frozenset({"GET", "POST", "HEAD"})
+)
+
+
+class FakePool:
+    """Answers each urlopen with the next response, recording what was sent (body read at once)."""
+
+    def __init__(self, *responses):
+        self.responses = list(responses)
+        self.sent = []
+
+    def urlopen(self, method, url, *, body=None, headers=None, **kw):
+        self.sent.append({"method": method, "url": url, "headers": dict(headers), "body": body.read() if body else None})
+        return self.responses.pop(0)
+
+
+def response(status=200, body=b"{}", headers=None):
+    return urllib3.HTTPResponse(
+        body=io.BytesIO(body), status=status, headers={"Content-Length": str(len(body)), **(headers or {})},
+        preload_content=False,
+    )
+
+
+def proxy(pool=None, **kw) -> Proxy:
+    return Proxy(
+        upstreams={"orders": UPSTREAM}, max_body_bytes=kw.get("max_body_bytes", 100),
+        public_url="https://app.example.test", pool=pool or FakePool(),
+    )
+
+
+def environ(path="/api/orders/items/7", method="GET", body=b"", **extra) -> dict:
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "wsgi.input": io.BytesIO(body)}
+    if body:
+        env["CONTENT_LENGTH"] = str(len(body))
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("/api/orders", ""),
+        ("/api/orders/", ""),
+        ("/api/orders/items/7", "items/7"),
+        ("/api/orders/a%20b/c", "a%20b/c"),
+        ("/api/orders/caf%C3%A9", "caf%C3%A9"),
+    ],
+)
+def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
+    assert subpath({"REQUEST_URI": raw + "?x=1"}, "orders") == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/api/orders/../admin", "/api/orders/a/../../x", "/api/orders/%2e%2e/x", "/api/orders/.%2E/x",
+        "/api/orders/a%2fb", "/api/orders/a%5cb", "/api/orders/a\\b", "/api/orders/a;b", "/api/orders/..;/x",
+        "/api/orders/a%3bb", "/api/orders/a%00", "/api/orders/a%252e%252e", "/api/orders/a b", "/api/orders/\x7f",
+        "/api/ordersx/y", "/api/other/y",
+    ],
+)
+def test_paths_that_could_escape_the_base_url_are_refused(raw):
+    with pytest.raises(APIError) as refused:
+        subpath({"REQUEST_URI": raw}, "orders")
+    assert (refused.value.status, refused.value.code) == (400, "bad_path")
+
+
+def test_without_request_uri_the_path_info_is_used():
+    assert subpath({"PATH_INFO": "/api/orders/x/y"}, "orders") == "x/y"
+    assert subpath({"REQUEST_URI": "https://app.example.test/api/orders/z?q"}, "orders") == "z"
+
+
+def test_unknown_upstreams_and_methods_are_refused_before_anything_is_read():
+    service = proxy()
+    with pytest.raises(APIError) as unknown:
+        service.prepare(environ("/api/nope/x"), upstream_name="nope", client_addr="192.0.2.1")
+    assert (unknown.value.status, unknown.value.code) == (404, "unknown_upstream")
+    with pytest.raises(APIError) as method:
+        service.prepare(environ(method="DELETE"), upstream_name="orders", client_addr="192.0.2.1")
+    assert (method.value.status, method.value.code) == (405, "method_not_allowed")
+    assert method.value.headers == {"Allow": "GET, HEAD, POST"}
+
+
+def test_the_target_is_the_base_url_and_the_path_never_the_host():
+    outgoing = proxy().prepare(
+        environ(QUERY_STRING="a=1&b=%20", HTTP_HOST="evil.example"), upstream_name="orders", client_addr="192.0.2.1"
+    )
+    assert outgoing.url == "https://orders.example.test/v1/items/7?a=1&b=%20"
+
+
+def test_only_allowlisted_request_headers_go_upstream():
+    outgoing = proxy().prepare(
+        environ(
+            HTTP_ACCEPT="application/json", HTTP_COOKIE="s=1", HTTP_AUTHORIZATION="Bearer stolen", HTTP_X_CSRF="1",
+            HTTP_X_FORWARDED_FOR="6.6.6.6", HTTP_X_HTTP_METHOD_OVERRIDE="DELETE", HTTP_CONNECTION="close, accept-language",
+            HTTP_ACCEPT_LANGUAGE="fr", HTTP_TRACEPARENT="00-abc-def-01", HTTP_X_REQUEST_ID="short",
+        ),
+        upstream_name="orders",
+        client_addr="192.0.2.1",
+    )
+    headers = outgoing.headers
+    assert headers["accept"] == "application/json" and headers["traceparent"] == "00-abc-def-01"
+    assert not {"cookie", "authorization", "x-csrf", "x-http-method-override", "accept-language"} & set(headers)
+    assert headers["X-Forwarded-For"] == "192.0.2.1"
+    assert (headers["X-Forwarded-Proto"], headers["X-Forwarded-Host"]) == ("https", "app.example.test")
+    assert headers["X-Request-ID"] != "short" and len(headers["X-Request-ID"]) == 32
+
+
+def test_a_wellformed_request_id_is_passed_on():
+    outgoing = proxy().prepare(environ(HTTP_X_REQUEST_ID="req-12345678"), upstream_name="orders", client_addr=None)
+    assert outgoing.headers["X-Request-ID"] == "req-12345678"
+
+
+def test_bodies_are_spooled_with_their_length_and_bounded():
+    outgoing = proxy().prepare(environ(method="POST", body=b"x" * 50), upstream_name="orders", client_addr=None)
+    assert outgoing.headers["Content-Length"] == "50" and outgoing.body.read() == b"x" * 50
+    outgoing.close()
+    with pytest.raises(APIError) as declared:
+        proxy().prepare(environ(method="POST", body=b"x" * 101), upstream_name="orders", client_addr=None)
+    assert (declared.value.status, declared.value.code) == (413, "payload_too_large")
+    chunked = environ(method="POST", HTTP_TRANSFER_ENCODING="chunked")
+    chunked["wsgi.input"] = io.BytesIO(b"y" * 101)
+    with pytest.raises(APIError) as streamed:
+        proxy().prepare(chunked, upstream_name="orders", client_addr=None)
+    assert streamed.value.status == 413
+    with pytest.raises(APIError) as malformed:
+        proxy().prepare(environ(method="POST", CONTENT_LENGTH="lots"), upstream_name="orders", client_addr=None)
+    assert (malformed.value.status, malformed.value.code) == (400, "bad_request")
+
+
+def test_a_401_is_retried_once_with_a_fresh_token_and_the_same_body():
+    pool = FakePool(response(401), response(200, b'{"ok": true}'))
+    service = proxy(pool)
+    outgoing = service.prepare(environ(method="POST", body=b"payload"), upstream_name="orders", client_addr=None)
+    tokens = []
+
+    def token(stale=None):
+        tokens.append(stale)
+        return "fresh" if stale else "old"
+
+    assert service.exchange(outgoing, token).status == 200
+    assert tokens == [None, "old"]
+    assert [s["headers"]["Authorization"] for s in pool.sent] == ["Bearer old", "Bearer fresh"]
+    assert [s["body"] for s in pool.sent] == [b"payload", b"payload"]
+    outgoing.close()
+
+
+def test_a_401_with_no_newer_token_goes_back_as_it_is():
+    pool = FakePool(response(401, b'{"error": "nope"}'))
+    service = proxy(pool)
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+    assert service.exchange(outgoing, lambda stale=None: "same").status == 401
+    assert len(pool.sent) == 1
+
+
+def test_the_upstreams_cookies_hop_by_hop_and_policy_headers_stay_there():
+    upstream = response(
+        headers={
+            "Set-Cookie": "up=1", "Connection": "close, X-Secret", "X-Secret": "1", "Keep-Alive": "5",
+            "Strict-Transport-Security": "max-age=0", "Content-Security-Policy": "default-src *",
+            "Access-Control-Allow-Origin": "*", "Content-Type": "application/json", "ETag": '"1"',
+        }
+    )
+    names = {name.lower() for name, _ in Proxy.response_headers(upstream)}
+    assert names == {"content-type", "etag", "content-length"}
+
+
+def test_small_bodies_are_read_at_once_and_large_ones_stream():
+    assert Proxy.small_body(response(body=b"hello"), "GET") == b"hello"
+    assert Proxy.small_body(response(body=b"hello"), "HEAD") is None
+    assert Proxy.small_body(response(body=b"x" * (CHUNK + 1)), "GET") is None
