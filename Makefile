@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bench loadtest venv clean
+.PHONY: run test bench loadtest audit venv clean
 
 venv: $(INSTALLED)
 
@@ -32,6 +32,17 @@ bench: $(INSTALLED)
 
 loadtest: $(INSTALLED)
 	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
+
+# The installed packages against PyPI's advisory database (pip-audit); skipped, saying why,
+# where that database cannot be reached.
+INSTALLED_AUDIT := $(VENV)/.installed-audit
+
+$(INSTALLED_AUDIT): $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e '.[testing,audit]'
+	touch $(INSTALLED_AUDIT)
+
+audit: $(INSTALLED_AUDIT)
+	$(BIN)/python .ci/audit.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache test-artifacts

@@ -1,8 +1,12 @@
 from setuptools import find_namespace_packages, setup
 
+# Floors are past every published advisory that affects how myapp uses the package
+# (tests/unit/test_dependencies.py lists them); `make audit` checks what is installed.
 requires = [
     "pyramid>=2.0.2",
     "pyramid_jinja2>=2.10",
+    "Jinja2>=3.1.6",
+    "WebOb>=1.8.8",
     "pyramid_tm>=2.5",
     "pyramid_retry>=2.1.1",
     "waitress>=3.0.1",
@@ -11,11 +15,13 @@ requires = [
     "zope.sqlalchemy>=3.1",
     "SQLAlchemy>=2.0.30",
     "alembic>=1.13",
-    "Authlib>=1.6.5",
-    "joserfc>=1.3",
-    "requests>=2.32.3",
-    "urllib3>=2.2.2",
-    "cryptography>=43.0",
+    "Authlib>=1.9.0",
+    "joserfc>=1.6.7",
+    "requests>=2.32.4",
+    "urllib3>=2.7.0",
+    "idna>=3.7",
+    "certifi>=2024.7.4",
+    "cryptography>=44.0.1",
     "psycopg[binary]>=3.2",
     "redis>=5.0",
     "prometheus-client>=0.20",
@@ -31,6 +37,11 @@ e2e_requires = [
     "selenium>=4.20",
 ]
 
+# `make audit`: the installed packages against PyPI's advisory database.
+audit_requires = [
+    "pip-audit>=2.7",
+]
+
 setup(
     name="myapp",
     version="0.1.0",
@@ -41,7 +52,7 @@ setup(
     package_data={"": ["*.jinja2", "*.css", "*.js", "*.svg", "*.png", "*.ico"]},
     zip_safe=False,
     install_requires=requires,
-    extras_require={"testing": testing_requires, "e2e": e2e_requires},
+    extras_require={"testing": testing_requires, "e2e": e2e_requires, "audit": audit_requires},
     entry_points={
         "paste.app_factory": ["main = myapp:main"],
         "console_scripts": [
