@@ -24,9 +24,10 @@ from myapp.settings import Upstream
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
+# RFC 9110's hop-by-hop headers, and every one that waitress refuses from an application ("trailers").
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-     "transfer-encoding", "upgrade"}
+     "trailers", "transfer-encoding", "upgrade"}
 )
 # Only these browser headers go upstream (plus a upstream's own `forward_headers`): content
 # negotiation, caching, tracing. Everything else stays here, whatever tricks it carries
@@ -45,6 +46,9 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)", re.IGNORECASE)
 _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+# RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
 
 
 @dataclass
@@ -252,7 +256,7 @@ class Proxy:
     def small_body(response: urllib3.BaseHTTPResponse, method: str) -> bytes | None:
         """A response body of at most one chunk, read whole (None for anything else, streamed)."""
         length = response.headers.get("Content-Length", "")
-        if method == "HEAD" or not length.isdigit() or int(length) > CHUNK:
+        if method == "HEAD" or not length.isascii() or not length.isdigit() or int(length) > CHUNK:
             return None
         try:
             body = response.read(decode_content=False)
@@ -264,14 +268,24 @@ class Proxy:
 
     @staticmethod
     def response_headers(response: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:
+        """The upstream's headers that may reach the browser: none of the dropped kinds, none that
+        a WSGI server would refuse (a malformed name or value, an unreadable Content-Length)."""
         connection_named = {t.strip().lower() for t in response.headers.get("Connection", "").split(",")}
-        return [
-            (name, value)
-            for name, value in response.headers.items()
-            if name.lower() not in DROPPED_RESPONSE_HEADERS
-            and name.lower() not in connection_named
-            and not name.lower().startswith("access-control-")
-        ]
+        lengths = response.headers.getlist("Content-Length")
+        length_usable = len(set(lengths)) == 1 and lengths[0].isascii() and lengths[0].isdigit()
+        kept = []
+        for name, value in response.headers.items():
+            lower = name.lower()
+            if lower in DROPPED_RESPONSE_HEADERS or lower in connection_named or lower.startswith("access-control-"):
+                continue
+            if not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
+                continue
+            if lower == "content-length":
+                if not length_usable:
+                    continue
+                length_usable = False  # once, however often the upstream repeated it
+            kept.append((name, value))
+        return kept
 
     def get_json(self, upstream_name: str, path: str, token: Callable[..., str]):
         """GET a small JSON document from an upstream for a server-rendered page; None if unusable."""

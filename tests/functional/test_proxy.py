@@ -8,6 +8,7 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+import requests
 from sqlalchemy import select
 
 from myapp import main
@@ -262,6 +263,55 @@ def test_upstream_cookies_and_hop_headers_stay_there(make_proxy_app, signed_in):
     assert response.headers.getall("Referrer-Policy") == ["same-origin"]
     assert response.headers.getall("X-Content-Type-Options") == ["nosniff"]
     assert response.headers.getall("Content-Security-Policy")[0].startswith("default-src 'self'")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Trailers: x-checksum\r\nTrailer: x-checksum\r\nContent-Length: 2\r\n",
+        b"Content-Length: two\r\n",
+        b"Content-Length: 2\r\nContent-Length: 2\r\nX-Odd Name: 1\r\nX-Fine: 1\r\n",
+    ],
+)
+def test_headers_waitress_would_refuse_never_reach_it(make_proxy_app, signed_in, headers):
+    """Served by waitress itself: it refuses hop-by-hop headers ("Trailers" among them) and
+    unreadable lengths from an application, with a bare text 500."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + headers + b"Connection: close\r\n\r\n{}"
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        cookie = signed_in(app=app).cookies[COOKIE]
+        with serve(app) as base:
+            response = requests.get(base + "/api/raw/x", headers={"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json() == {}
+    assert "Trailers" not in response.headers and "Trailer" not in response.headers
+    assert response.headers.get("Content-Length") in (None, "2")
+
+
+# urllib3 refuses such an answer before it hands over the response, leaving its socket to the
+# garbage collector: collected here, inside the test, so that the warning is this test's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_upstream_with_conflicting_lengths_is_a_502(make_proxy_app, signed_in):
+    """RFC 9112 section 6.3: conflicting Content-Length values are an unrecoverable framing error."""
+    import gc
+
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{}"
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        response = api(signed_in(app=app), "GET", "/api/raw/x", status=502)
+    assert response.json["error"] == "upstream_unavailable"
+    gc.collect()
+
+
+def test_an_answer_that_cannot_be_passed_on_is_a_json_502(make_proxy_app, signed_in, upstream, monkeypatch):
+    from myapp.services.proxy import Proxy
+
+    def broken(response):
+        raise ValueError("a header nobody foresaw")
+
+    monkeypatch.setattr(Proxy, "response_headers", staticmethod(broken))
+    response = api(signed_in(), "GET", "/api/up/x", status=502)
+    assert response.json == {"error": "upstream_unavailable", "message": "The API's answer could not be passed on."}
 
 
 def test_no_store_is_added_when_the_upstream_sets_no_cache_control(signed_in, upstream):
