@@ -9,6 +9,7 @@ from pyramid.decorator import reify
 from pyramid.request import Request as PyramidRequest
 from sqlalchemy.orm import Session
 
+from myapp.errors import ErrorCode
 from myapp.services import Services
 from myapp.services.audit import AuditLog
 from myapp.services.login import LoginService
@@ -16,11 +17,67 @@ from myapp.services.logout import LogoutService
 from myapp.services.sessions import EndReason, SessionStore
 
 
+# A post is at most about 20,000 characters, up to nine bytes each once form-encoded.
+MAX_FORM_BYTES = 256 * 1024
+MAX_FORM_FIELDS = 1000
+FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class FormRefused(Exception):
+    """A form body that will not be parsed: too large, too many fields, or unreadable."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 class Request(PyramidRequest):
     # Why the session the cookie named is no longer live, so that the next page can say so.
     signed_out_reason: EndReason | None = None
     # Set by keep_transaction(): pyramid_tm commits even though the answer is an error.
     keeps_transaction: bool = False
+
+    @property
+    def POST(self):
+        """The form, parsed the first time a view (or the CSRF check, after the permission check)
+        reads it, never before: bounded in bytes and in fields, and :class:`FormRefused` when it
+        cannot be read."""
+        if "webob._parsed_post_vars" not in self.environ and self._is_form():
+            self._bound_form()
+            try:
+                return PyramidRequest.POST.fget(self)
+            except ValueError:  # a multipart body without a boundary, say
+                raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.") from None
+        return PyramidRequest.POST.fget(self)
+
+    def _is_form(self) -> bool:
+        # The same test as WebOb's: a POST without a Content-Type is read as a form too.
+        content_type = self.content_type
+        return content_type in FORM_TYPES and (self.method == "POST" or bool(content_type))
+
+    def _bound_form(self) -> None:
+        too_large = FormRefused(413, ErrorCode.PAYLOAD_TOO_LARGE, "The form is too large.")
+        if (self.content_length or 0) > MAX_FORM_BYTES:
+            raise too_large
+        raw = self.body_file_raw
+        if self.is_body_seekable:  # pyramid_retry made it so (a temporary file past 10 KiB)
+            raw.seek(0)
+        body = raw.read(MAX_FORM_BYTES + 1) if self.is_body_readable else b""
+        if len(body) > MAX_FORM_BYTES:
+            raise too_large
+        if self.content_type == "multipart/form-data":
+            boundary = self.headers.get("Content-Type", "").partition("boundary=")[2].strip('"').encode("latin-1", "replace")
+            fields = body.count(b"--" + boundary) - 1 if boundary else 0
+        else:
+            fields = body.count(b"&") + 1
+        if fields > MAX_FORM_FIELDS:
+            raise FormRefused(413, ErrorCode.PAYLOAD_TOO_LARGE, f"The form has more than {MAX_FORM_FIELDS} fields.")
+        if self.is_body_seekable:
+            raw.seek(0)
+        else:
+            self.body = body
 
     @reify
     def services(self) -> Services:

@@ -5,12 +5,9 @@ from urllib.parse import unquote_to_bytes
 from pyramid.response import Response
 
 from myapp.errors import ErrorCode
-from myapp.routes import API_PREFIX, is_json_request
+from myapp.routes import is_json_request
 
 BAD_ADDRESS = "The address is not valid UTF-8."
-BAD_BODY = "The form could not be read."
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-MAX_FORM_BYTES = 1024 * 1024
 
 
 def _decodes(raw: str, *, query: bool) -> bool:
@@ -25,32 +22,25 @@ def _decodes(raw: str, *, query: bool) -> bool:
         return False
 
 
-def _bad_request(request, message: str, status: int = 400) -> Response:
+def _bad_request(request, message: str) -> Response:
     if is_json_request(request):
-        code = ErrorCode.PAYLOAD_TOO_LARGE if status == 413 else ErrorCode.BAD_REQUEST
-        return Response(json={"error": str(code), "message": message}, status=status)
+        return Response(json={"error": str(ErrorCode.BAD_REQUEST), "message": message}, status=400)
     # Plain text: a page would render the request's own undecodable address and parameters.
-    return Response(message, status=status, content_type="text/plain")
+    return Response(message, status=400, content_type="text/plain")
 
 
 def unreadable_request_tween_factory(handler, registry):
-    """Answer 400 to what no view could read: a path or query that is not UTF-8, or a form body
-    that does not parse (a multipart body without a boundary, say). Proxied bodies are left alone:
-    they stream to the upstream unread."""
+    """Answer 400 to an address no view could read: a path or query that is not UTF-8. Bodies are
+    left alone: a form is read by the view that takes it (``Request.POST``), a proxied body streams
+    to the upstream unread."""
 
     def tween(request):
         request.add_finished_callback(_close_spooled_body)
         environ = request.environ
-        path = environ.get("PATH_INFO", "")
-        if not _decodes(path, query=False) or not _decodes(environ.get("QUERY_STRING", ""), query=True):
+        if not _decodes(environ.get("PATH_INFO", ""), query=False) or not _decodes(
+            environ.get("QUERY_STRING", ""), query=True
+        ):
             return _bad_request(request, BAD_ADDRESS)
-        if environ.get("CONTENT_TYPE", "").startswith(FORM_TYPES) and not path.startswith(API_PREFIX):
-            if (request.content_length or 0) > MAX_FORM_BYTES:
-                return _bad_request(request, "The form is too large.", 413)
-            try:
-                request.POST
-            except ValueError:
-                return _bad_request(request, BAD_BODY)
         return handler(request)
 
     return tween

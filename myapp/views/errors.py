@@ -9,6 +9,7 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
 from myapp.errors import APIError, ErrorCode
+from myapp.request import FormRefused
 from myapp.routes import is_json_request, safe_next_path
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
@@ -50,6 +51,11 @@ def _back_here(request) -> str:
 @exception_view_config(APIError)
 def api_error(exc, request):
     return json_error(exc.status, exc.code, exc.message, exc.headers)
+
+
+@exception_view_config(FormRefused)
+def form_refused(exc, request):
+    return refusal(request, exc.status, exc.code, exc.message, title="This form could not be sent")
 
 
 @exception_view_config(LoginRequired)

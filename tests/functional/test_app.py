@@ -191,6 +191,69 @@ def test_malformed_multipart_form_is_400(browser, alice, sign_in):
         assert "could not be read" in page.text
 
 
+MANY_FIELDS = b"&".join(b"f%d=x" % i for i in range(349_000))  # about 3 MB, as in the review
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("multipart/form-data", b"garbage"),
+        ("application/x-www-form-urlencoded", MANY_FIELDS),
+    ],
+)
+def test_an_anonymous_form_is_never_read(browser, dbsession, content_type, body):
+    """Parsing happens in the view that takes the form, after the permission check: a stranger's
+    unreadable or huge form gets the same sign-in redirect as any stranger, not a 400 or 413."""
+    headers = {"Origin": "https://app.example.test", "Content-Type": content_type}
+    for url in ["/posts", "/account/sessions/revoke-others", "/logout"]:
+        response = browser.post(url, body, headers=headers, status=303)
+        assert response.location.startswith(("https://app.example.test/login", "https://app.example.test/"))
+    browser.post("/posts/1/delete", body, headers=headers, status=404)  # no such post, whoever asks
+
+
+def test_a_form_is_not_read_for_someone_not_allowed_to_send_it(browser, alice, bob, sign_in):
+    sign_in(browser, alice)
+    headers = {"Origin": "https://app.example.test", "Content-Type": "application/x-www-form-urlencoded"}
+    browser.post(f"/admin/users/{bob.id}/sessions/revoke", MANY_FIELDS, headers=headers, status=403)
+
+
+def test_a_form_has_at_most_a_thousand_fields(browser, alice, sign_in, dbsession):
+    sign_in(browser, alice)
+    headers = {"Origin": "https://app.example.test"}
+    fields = [("title", "t"), ("csrf_token", browser.csrf_token)]
+    browser.post("/posts", fields + [(f"x{i}", "") for i in range(998)], headers=headers, status=303)
+    page = browser.post("/posts", fields + [(f"x{i}", "") for i in range(999)], headers=headers, status=413)
+    assert "more than 1000 fields" in page.text
+    too_many = b"--b\r\n" + b"".join(b'Content-Disposition: form-data; name="x"\r\n\r\n1\r\n--b\r\n' for _ in range(1001))
+    headers["Content-Type"] = "multipart/form-data; boundary=b"
+    assert "more than 1000 fields" in browser.post("/posts", too_many, headers=headers, status=413).text
+
+
+def test_the_longest_post_in_any_script_fits_in_a_form(browser, alice, sign_in):
+    """20,000 characters of three bytes each, percent-encoded: 180 KB, under the form limit."""
+    sign_in(browser, alice)
+    browser.submit("/posts", {"title": "€", "body": "€" * 20000}, status=303)
+
+
+def test_a_form_without_a_length_is_bounded_too(app, browser, alice, sign_in):
+    import io
+
+    from webob import Request
+
+    raw_id, row = sign_in(browser, alice)
+    request = Request.blank("/posts", method="POST", base_url="https://app.example.test")
+    body = b"title=x&body=" + b"b" * (300 * 1024)
+    request.environ.update(
+        {
+            "CONTENT_TYPE": "application/x-www-form-urlencoded", "HTTP_ORIGIN": "https://app.example.test",
+            "HTTP_COOKIE": f"__Host-session={raw_id}", "wsgi.input_terminated": True,
+        }
+    )
+    request.body_file_raw = io.BytesIO(body)
+    request.environ.pop("CONTENT_LENGTH", None)  # as a chunked request arrives from waitress
+    assert request.get_response(app).status_int == 413
+
+
 def test_oversized_form_is_413(browser, alice, sign_in):
     sign_in(browser, alice)
     browser.post(

@@ -81,3 +81,13 @@ def test_every_spec_setting_is_in_both_ini_files():
     for name in ["development.ini", "production.ini"]:
         text = (ROOT / name).read_text()
         assert [n for n in names if n not in text] == [], name
+
+
+def test_production_waitress_refuses_bodies_larger_than_the_proxy_takes():
+    """Otherwise waitress spools an oversized body to disk before the app can refuse it."""
+    from configparser import ConfigParser
+
+    parser = ConfigParser()
+    parser.read(ROOT / "production.ini")
+    settings = load_settings(ini("production.ini"), environ=PRODUCTION_ENV)
+    assert int(parser["server:main"]["max_request_body_size"]) == settings.proxy.max_body_bytes
