@@ -34,9 +34,10 @@ class Services:
     redis: redis.Redis | None
     session_cookie: SessionCookie
     login_cookie: LoginBindingCookie
-    # Each sign-in start stores a login transaction: bounded per client address (generously: a
-    # whole office may share one address).
+    # Each sign-in start stores a login transaction, and each callback spends one or fails: both
+    # bounded per client address (generously: a whole office may share one address).
     login_rate_limiter: RateLimiter
+    callback_rate_limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings, database: Database) -> "Services":
@@ -68,6 +69,7 @@ class Services:
             session_cookie=SessionCookie(settings.session),
             login_cookie=LoginBindingCookie(settings.session, LOGIN_TRANSACTION_LIFETIME),
             login_rate_limiter=RateLimiter(limit=settings.login_rate_limit, window=60),
+            callback_rate_limiter=RateLimiter(limit=settings.login_rate_limit, window=60),
         )
 
     def close(self) -> None:

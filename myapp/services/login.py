@@ -25,14 +25,20 @@ MAX_PARAMETER_LENGTH = 4096
 
 
 class LoginError(Exception):
-    """The sign-in failed; nothing was created. ``reason`` goes to the audit log."""
+    """The sign-in failed; nothing was created. ``reason`` goes to the audit log.
 
-    def __init__(self, reason: str, message: str, *, status: int = 400, next_path: str = "/"):
+    ``started_here`` is False when the callback answers no sign-in this app started (no state, an
+    unknown one, a malformed response): anyone can send those, so they are counted and logged,
+    never audited, where they would bury the real failures.
+    """
+
+    def __init__(self, reason: str, message: str, *, status: int = 400, next_path: str = "/", started_here: bool = True):
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.status = status
         self.next_path = next_path
+        self.started_here = started_here
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,13 @@ class LoginService:
         """The callback, failing closed at each step in SPEC.md's order. No token is used early."""
         for name in ("state", "code", "iss", "error", "error_description"):
             if len(params.get(name, "")) > MAX_PARAMETER_LENGTH:
-                raise LoginError("parameter_too_long", "The sign-in response is malformed.")
+                raise LoginError("parameter_too_long", "The sign-in response is malformed.", started_here=False)
         if params.get("error"):
             try:
-                next_path = self._take_transaction(params.get("state", ""), browser_token).next_path
-            except LoginError:
-                next_path = "/"
-            raise self._provider_error(params["error"], next_path)
+                next_path, started_here = self._take_transaction(params.get("state", ""), browser_token).next_path, True
+            except LoginError as e:
+                next_path, started_here = "/", e.started_here
+            raise self._provider_error(params["error"], next_path, started_here)
         transaction = self._take_transaction(params.get("state", ""), browser_token)
         next_path = transaction.next_path
 
@@ -159,7 +165,9 @@ class LoginService:
     def _take_transaction(self, state: str, browser_token: str | None) -> LoginTransaction:
         """Find and delete (single use) the transaction this callback answers."""
         if not state:
-            raise LoginError("missing_state", "The sign-in response is incomplete. Please start again.")
+            raise LoginError(
+                "missing_state", "The sign-in response is incomplete. Please start again.", started_here=False
+            )
         state_hash = _sha256(state)
         transaction = self.dbsession.scalars(
             select(LoginTransaction).where(LoginTransaction.state_hash == state_hash)
@@ -169,6 +177,7 @@ class LoginService:
             raise LoginError(
                 "unknown_state",
                 "This sign-in link has already been used or was never started here. Please start again.",
+                started_here=False,
             )
         next_path = transaction.next_path
         # Another browser's callback neither completes nor cancels this sign-in.
@@ -188,7 +197,7 @@ class LoginService:
         return transaction
 
     @staticmethod
-    def _provider_error(error: str, next_path: str) -> LoginError:
+    def _provider_error(error: str, next_path: str, started_here: bool) -> LoginError:
         messages = {
             "access_denied": "Sign-in was cancelled, or the provider did not allow it.",
             "login_required": "The provider needs you to sign in again.",
@@ -202,6 +211,7 @@ class LoginService:
             f"provider_error:{code}"[:64],
             messages.get(code, "The provider could not sign you in."),
             next_path=next_path,
+            started_here=started_here,
         )
 
     def upsert_user(self, claims: Mapping) -> User:

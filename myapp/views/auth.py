@@ -64,14 +64,22 @@ def login(request):
 
 @view_config(route_name="auth_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def callback(request):
+    if not request.services.callback_rate_limiter.allow(request.remote_addr or ""):
+        return error_page(
+            request, 429, "Too many sign-in attempts", "Please wait a minute before trying again.",
+            retry_url=_login_url(request, "/"),
+        )
     try:
         result = request.login_service.complete(request.GET, browser_token=request.services.login_cookie.read(request))
     except LoginError as e:
         # The consumed login transaction and the audit record stay; nothing else was written.
         request.keep_transaction()
         request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
-        request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
-        log.info("sign-in failed: %s", e.reason)
+        if e.started_here:
+            request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
+            log.info("sign-in failed: %s", e.reason)
+        else:
+            log.info("sign-in callback answering no sign-in started here (%s), from %s", e.reason, request.remote_addr)
         return error_page(
             request,
             e.status,

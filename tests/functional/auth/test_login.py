@@ -3,12 +3,14 @@
 Every failure case checks the same outcome: no session row, no session cookie, an audit record.
 """
 
+import logging
 import time
 
 import pytest
 from sqlalchemy import func, select
 
 from myapp.models import AuditEvent, LoginTransaction, User, UserSession
+from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import (
     assert_no_session,
@@ -19,6 +21,12 @@ from tests.functional.auth.flows import (
 )
 from tests.functional.conftest import COOKIE, Browser
 from tests.support.fake_provider import CLIENT_ID
+
+
+def refusals(app, reason: str) -> int:
+    """Failed callbacks counted in /metrics for ``reason``."""
+    value = app.registry[Services].metrics.registry.get_sample_value("myapp_login_failures_total", {"reason": reason})
+    return int(value or 0)
 
 
 def test_login_redirects_to_the_provider_with_pkce_state_and_nonce(browser, provider, dbsession):
@@ -167,24 +175,24 @@ def test_provider_error_shows_a_friendly_page(browser, provider, dbsession):
     assert failures(dbsession) == ["provider_error:access_denied"]
 
 
-def test_provider_error_with_junk(browser, dbsession):
+def test_provider_error_with_junk(app, browser, dbsession):
     page = browser.get("/auth/callback", params={"error": "<script>", "error_description": "x" * 100}, status=400)
     assert "<script>" not in page.text
-    assert failures(dbsession) == ["provider_error:invalid"]
+    assert failures(dbsession) == [] and refusals(app, "provider_error") == 1
 
 
-def test_missing_state(browser, provider, dbsession):
+def test_missing_state(app, browser, provider, dbsession):
     page = browser.get("/auth/callback", params={"code": "abc"}, status=400)
     assert "Sign in again" in page.text
     assert_no_session(page, dbsession)
-    assert failures(dbsession) == ["missing_state"]
+    assert failures(dbsession) == [] and refusals(app, "missing_state") == 1
 
 
-def test_unknown_state(browser, provider, dbsession):
+def test_unknown_state(app, browser, provider, dbsession):
     start_login(browser)
     page = browser.get("/auth/callback", params={"code": "abc", "state": "forged"}, status=400)
     assert_no_session(page, dbsession)
-    assert failures(dbsession) == ["unknown_state"]
+    assert failures(dbsession) == [] and refusals(app, "unknown_state") == 1
 
 
 def test_state_replay(browser, provider, dbsession):
@@ -195,7 +203,7 @@ def test_state_replay(browser, provider, dbsession):
     browser.reset()
     again = browser.get("/auth/callback", params=params, status=400)
     assert "already been used" in again.text
-    assert failures(dbsession) == ["unknown_state"]
+    assert failures(dbsession) == [] and refusals(browser.app, "unknown_state") == 1
 
 
 def test_state_is_single_use_even_when_the_first_attempt_failed(browser, provider, dbsession):
@@ -205,7 +213,8 @@ def test_state_is_single_use_even_when_the_first_attempt_failed(browser, provide
     browser.get("/auth/callback", params=params, status=400)
     provider.token_response = None
     browser.get("/auth/callback", params=params, status=400)
-    assert failures(dbsession) == ["token_error:invalid_grant", "unknown_state"]
+    assert failures(dbsession) == ["token_error:invalid_grant"]
+    assert refusals(browser.app, "unknown_state") == 1
 
 
 def test_state_from_another_browser(app, provider, dbsession):
@@ -357,9 +366,35 @@ def test_head_login_starts_nothing(browser, dbsession):
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
 
 
-def test_oversized_callback_parameters(browser, dbsession):
+def test_oversized_callback_parameters(app, browser, dbsession):
     browser.get("/auth/callback", params={"state": "x" * 5000, "code": "y"}, status=400)
-    assert failures(dbsession) == ["parameter_too_long"]
+    assert failures(dbsession) == [] and refusals(app, "parameter_too_long") == 1
+
+
+def test_a_flood_of_junk_callbacks_writes_no_audit_record(make_app, dbsession, caplog):
+    """Anyone can call /auth/callback; only callbacks answering a sign-in started here are audited."""
+    app = make_app(**{"myapp.login.rate_limit": "1000"})
+    browser = Browser(app)
+    caplog.set_level(logging.INFO, logger="myapp")
+    for i in range(400):
+        browser.get("/auth/callback", params={"state": f"junk-{i}", "code": "x"}, status=400)
+    assert dbsession.scalar(select(func.count()).select_from(AuditEvent)) == 0
+    assert refusals(app, "unknown_state") == 400
+    assert sum("answering no sign-in started here" in r.getMessage() for r in caplog.records) == 400
+
+
+def test_callbacks_are_rate_limited_per_address(make_app, provider, dbsession):
+    browser = Browser(make_app(**{"myapp.login.rate_limit": "30"}))
+    for i in range(30):
+        browser.get("/auth/callback", params={"state": f"junk-{i}", "code": "x"}, status=400)
+    page = browser.get("/auth/callback", params={"state": "junk", "code": "x"}, status=429)
+    assert "Too many sign-in attempts" in page.text
+    other = Browser(browser.app)
+    other.extra_environ = {**other.extra_environ, "REMOTE_ADDR": "198.51.100.9"}
+    other.get("/auth/callback", params={"state": "junk", "code": "x"}, status=400)
+    _, query = start_login(other)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    other.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=303)
 
 
 def test_no_token_reaches_the_browser(browser, provider):
