@@ -93,6 +93,12 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class RevocationSettings:
+    # Seconds between the revoker's passes in each process; 0: none (myapp-purge does them).
+    interval: float
+
+
+@dataclass(frozen=True)
 class LockSettings:
     backend: str
     redis_url: str | None
@@ -118,6 +124,7 @@ class Settings:
     upstreams: Mapping[str, Upstream]
     proxy: ProxySettings
     lock: LockSettings
+    revocation: RevocationSettings
     metrics: MetricsSettings
     devstack_included: bool
 
@@ -419,6 +426,9 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
             max_body_bytes=reader.integer(PREFIX + "proxy.max_body_bytes", 10 * 1024 * 1024)
         ),
         lock=LockSettings(backend=lock_backend, redis_url=redis_url),
+        revocation=RevocationSettings(
+            interval=reader.duration(PREFIX + "revocation.interval", timedelta(seconds=2), timedelta(0)).total_seconds()
+        ),
         metrics=MetricsSettings(
             enabled=reader.boolean(PREFIX + "metrics.enabled", False),
             allow=reader.words(PREFIX + "metrics.allow", ("127.0.0.1", "::1")),

@@ -48,6 +48,9 @@ def base_settings(database_url: str, **overrides) -> dict:
         "myapp.oidc.client_secret": "test-client-secret",
         "myapp.tokens.encryption_keys": TEST_KEY,
         "myapp.upstreams": "demo = https://api.example.test/v1",
+        # The revoker's background thread must not share a test's rolled-back connection: tests
+        # run its passes themselves (Revoker.run_once).
+        "myapp.revocation.interval": "0",
     }
     settings.update(overrides)
     return settings

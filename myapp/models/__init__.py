@@ -15,11 +15,12 @@ from .audit import AuditEvent
 from .login import LoginTransaction, SeenLogoutToken
 from .meta import Base
 from .post import Post
+from .revocation import TokenRevocation
 from .session import UserSession
 from .user import User
 
 # The alembic head this code expects; tests/unit/models/test_migrations.py keeps it honest.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 MAX_RETRIED_BODY_BYTES = 1024 * 1024
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "LoginTransaction",
     "Post",
     "SeenLogoutToken",
+    "TokenRevocation",
     "User",
     "UserSession",
     "SCHEMA_REVISION",

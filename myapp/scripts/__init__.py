@@ -39,16 +39,21 @@ def read_settings(prog: str, config_uri: str):
 
 @contextmanager
 def app_environment(prog: str, config_uri: str):
-    """The running app's request and registry, inside a transaction that commits on success."""
+    """The running app's request and registry, inside a transaction that commits on success.
+
+    Once committed, the tokens of the sessions it ended are revoked at once (what the provider
+    does not answer now, the servers' revokers try again later)."""
     read_settings(prog, config_uri)  # a clear one-line error before anything starts
     try:
         setup_logging(config_uri)
         env = bootstrap(config_uri)
     except SystemExit as e:  # main() reports settings and schema problems this way
         fail(prog, str(e.code).removeprefix("myapp: "))
+    services = env["registry"][Services]
     try:
         with env["request"].tm:
             yield env
+        services.revoker.revoke_due()
     finally:
         env["closer"]()
-        env["registry"][Services].close()
+        services.close()

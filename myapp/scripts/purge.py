@@ -1,4 +1,5 @@
-"""Delete what has expired: sessions, sign-ins never completed, and logout-token replay records."""
+"""End sessions whose time ran out (revoking their tokens), then delete what has expired: sessions,
+sign-ins never completed, and logout-token replay records."""
 
 from sqlalchemy import delete
 
@@ -25,6 +26,9 @@ def main(argv=None):
         fail(PROG, f"--keep: {e}")
     with app_environment(PROG, options.config_uri) as env:
         request = env["request"]
+        # Sessions whose time ran out end first (their tokens queued for revocation), as the
+        # servers' revokers do every minute, in case none runs.
+        request.services.revoker.end_expired_sessions()
         now = utcnow()
         sessions = request.session_store.purge_expired(retention=keep)
         logins = request.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.expires_at < now)).rowcount

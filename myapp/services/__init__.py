@@ -14,6 +14,7 @@ from myapp.services.metrics import Metrics
 from myapp.services.oidc import OIDCClient
 from myapp.services.proxy import Proxy
 from myapp.services.ratelimit import RateLimiter
+from myapp.services.revocation import Revoker
 from myapp.services.tokens import DatabaseRefreshLock, RedisRefreshLock, TokenManager
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     http: HttpClient
     oidc: OIDCClient
     tokens: TokenManager
+    revoker: Revoker
     proxy: Proxy
     metrics: Metrics
     redis: redis.Redis | None
@@ -61,6 +63,10 @@ class Services:
             http=http,
             oidc=oidc,
             tokens=TokenManager(lock=lock, oidc=oidc, cipher=cipher, settings=settings.tokens, metrics=metrics),
+            revoker=Revoker(
+                database=database, cipher=cipher, providers={settings.oidc.issuer: oidc},
+                idle_timeout=settings.session.idle_timeout, metrics=metrics,
+            ),
             proxy=Proxy(
                 upstreams=settings.upstreams, max_body_bytes=settings.proxy.max_body_bytes, public_url=settings.public_url
             ),
@@ -74,6 +80,7 @@ class Services:
 
     def close(self) -> None:
         """Release what the app holds (pooled connections, clients): for scripts and tests that end."""
+        self.revoker.stop()
         self.http.close()
         self.proxy.pool.clear()
         if self.redis is not None:
@@ -82,4 +89,6 @@ class Services:
 
 
 def includeme(config):
-    config.registry[Services] = Services.build(config.get_settings()["myapp"], config.registry[Database])
+    services = config.registry[Services] = Services.build(config.get_settings()["myapp"], config.registry[Database])
+    if services.settings.revocation.interval:
+        services.revoker.start(services.settings.revocation.interval)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from myapp.models import SeenLogoutToken, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
-from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError
+from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError, ProviderUnavailable, Revocation
 from myapp.services.sessions import EndReason, SessionStore
 from myapp.services.tokens import TokenManager
 from myapp.services.tokenset import TokenSet
@@ -42,29 +42,50 @@ class LogoutService:
 
     def logout(self, identity, *, ip_address: str | None) -> str | None:
         """End the person's session, revoke its refresh token, record it; return where the browser
-        goes next to sign out at the provider too (None when the provider offers no such page)."""
-        # Under the refresh lock: a refresh racing this logout can neither store new tokens
-        # afterwards nor leave one unrevoked.
-        tokens = self.tokens.end_session(identity.session_id, EndReason.LOGOUT)
-        revoked = self.revoke_at_provider(tokens)
+        goes next to sign out at the provider too (None when the provider offers no such page).
+
+        Never fails open: when the refresh lock cannot be had (Redis down, a refresh stuck), the
+        session ends without it and its tokens go to the revoker.
+        """
+        try:
+            # Under the refresh lock: a refresh racing this logout can neither store new tokens
+            # afterwards nor leave one unrevoked.
+            tokens = self.tokens.end_session(identity.session_id, EndReason.LOGOUT)
+        except ProviderUnavailable as e:
+            log.warning("signing out without the refresh lock: %s", e.message)
+            current = self.sessions.rows.read(identity.session_id)
+            # Ending moves whatever tokens the row holds at that moment to the revoker, and a
+            # refresh that lands later finds the session ended and keeps nothing.
+            self.sessions.rows.end(identity.session_id, EndReason.LOGOUT)
+            outcome = "refresh lock unavailable; revocation queued"
+            id_token = current[1].id_token if current else None
+        else:
+            revocation = self.revoke_at_provider(tokens)
+            if revocation is Revocation.FAILED:
+                self.sessions.rows.revoke_later(identity.issuer, tokens)
+            outcome = {
+                Revocation.REVOKED: "refresh token revoked at the provider",
+                Revocation.FAILED: "revocation queued (the provider did not answer)",
+            }.get(revocation, "")
+            id_token = tokens.id_token
         self.audit.record(
             AuditEventType.LOGOUT,
             user_id=identity.user_id,
             actor_id=identity.user_id,
             session_handle=identity.session_handle,
             ip_address=ip_address,
-            detail="refresh token revoked at the provider" if revoked else "",
+            detail=outcome,
         )
-        return self.oidc.end_session_url(id_token_hint=tokens.id_token)
+        return self.oidc.end_session_url(id_token_hint=id_token)
 
-    def revoke_at_provider(self, tokens: TokenSet) -> bool:
+    def revoke_at_provider(self, tokens: TokenSet) -> Revocation:
         """RFC 7009, bounded so that a slow provider cannot hold up the local sign-out."""
         timeout = min(self.oidc.settings.http_timeout, REVOCATION_TIMEOUT)
         if tokens.refresh_token:
             return self.oidc.revoke(tokens.refresh_token, "refresh_token", timeout=timeout)
         if tokens.access_token:
             return self.oidc.revoke(tokens.access_token, "access_token", timeout=timeout)
-        return False
+        return Revocation.NOT_OFFERED
 
     def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
         """Validate a logout token, refuse a replay, end the sessions it names. Returns (claims, ended)."""

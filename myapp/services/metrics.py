@@ -32,6 +32,10 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.token_revocations = Counter(
+            "myapp_token_revocations", "Tokens of ended sessions sent to the provider's revocation endpoint, by outcome.",
+            ["outcome"], registry=self.registry,
+        )
         self.active_sessions = Gauge("myapp_active_sessions", "Live sessions (all processes).", registry=self.registry)
 
     def exposition(self, active_sessions: int) -> bytes:

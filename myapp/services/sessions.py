@@ -20,7 +20,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from myapp.models import User, UserSession
+from myapp.models import TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
@@ -187,22 +187,61 @@ class SessionRows:
         ).rowcount
         return stored == 1
 
-    def end(self, session_id: int, reason: EndReason) -> bool:
-        return self.end_where(UserSession.id == session_id, reason) == 1
+    def end(self, session_id: int, reason: EndReason, *, revoke: bool = True) -> bool:
+        return self.end_where(UserSession.id == session_id, reason, revoke=revoke) == 1
 
-    def end_where(self, condition, reason: EndReason) -> int:
-        """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens."""
+    def end_where(self, condition, reason: EndReason, *, revoke: bool = True) -> int:
+        """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens.
+
+        Their refresh tokens (or access tokens, when there is none) move to ``token_revocations`` in
+        this same transaction, for the revoker to revoke at the provider: ``revoke=False`` only for
+        a caller that revokes them itself (a person's own sign-out, which waits for the answer).
+        """
+        # Locked while read, so that a refresh committing meanwhile cannot slip a token past us.
+        ending = self.dbsession.execute(
+            select(_SESSIONS.id, _SESSIONS.refresh_token, _SESSIONS.access_token, _USERS.issuer)
+            .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
+            .where(condition, _SESSIONS.ended_at.is_(None))
+            .with_for_update(of=UserSession.__table__)
+        ).all()
+        if not ending:
+            return 0
+        now = self.clock()
         result = self.dbsession.execute(
             update(UserSession)
-            .where(condition, UserSession.ended_at.is_(None))
-            .values(ended_at=self.clock(), end_reason=str(reason), access_token=None, refresh_token=None, id_token=None)
+            .where(UserSession.id.in_([row.id for row in ending]), UserSession.ended_at.is_(None))
+            .values(ended_at=now, end_reason=str(reason), access_token=None, refresh_token=None, id_token=None)
             .execution_options(synchronize_session=False)
         )
+        if revoke:
+            self._revoke_later(
+                (row.issuer, row.refresh_token, "refresh_token") if row.refresh_token is not None
+                else (row.issuer, row.access_token, "access_token")
+                for row in ending
+                if row.refresh_token is not None or row.access_token is not None
+            )
         # Rows already loaded reload these on next access (the ORM cannot sync attributes it never loaded).
         for obj in list(self.dbsession.identity_map.values()):
             if isinstance(obj, UserSession):
                 self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
         return result.rowcount
+
+    def revoke_later(self, issuer: str, tokens: TokenSet) -> None:
+        """Have the revoker revoke ``tokens`` (the refresh token, else the access token) at the provider."""
+        if tokens.refresh_token:
+            self._revoke_later([(issuer, self.cipher.encrypt(tokens.refresh_token), "refresh_token")])
+        elif tokens.access_token:
+            self._revoke_later([(issuer, self.cipher.encrypt(tokens.access_token), "access_token")])
+
+    def _revoke_later(self, pending) -> None:
+        now = self.clock()
+        values = [
+            {"issuer": issuer, "token": bytes(token), "token_type_hint": hint, "created_at": now,
+             "next_attempt_at": now, "attempts": 0}
+            for issuer, token, hint in pending
+        ]
+        if values:
+            self.dbsession.execute(insert(TokenRevocation.__table__), values)
 
 
 class SessionStore:

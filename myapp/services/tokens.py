@@ -173,14 +173,15 @@ class TokenManager:
         return self.flights.run(session.id, lambda: self._refresh(session.id, stale))
 
     def end_session(self, session_id: int, reason: EndReason) -> TokenSet:
-        """End a session under the refresh lock and return the tokens it held, so that a refresh
-        racing a logout can neither store new tokens afterwards nor leave one unrevoked."""
+        """End a session under the refresh lock and return the tokens it held, for the caller to
+        revoke: a refresh racing a logout can neither store new tokens afterwards nor leave one
+        unrevoked. Raises :class:`ProviderUnavailable` when the lock cannot be had."""
         with self.lock.locked(session_id) as dbsession:
             rows = SessionRows(dbsession, self.cipher, self.clock)
             current = rows.read(session_id)
             if current is None or current[0].ended_at is not None:
                 return TokenSet()
-            rows.end(session_id, reason)
+            rows.end(session_id, reason, revoke=False)
             return current[1]
 
     def _fresh(self, expires_at: datetime | None) -> bool:
@@ -230,8 +231,8 @@ class TokenManager:
         # and only into a session that is still the one this refresh started from.
         if not rows.write_tokens(session.id, tokens, expected_generation=session.token_generation):
             # Ended (a logout) while the provider answered: the new tokens must not outlive it.
-            if tokens.refresh_token and tokens.refresh_token != previous.refresh_token:
-                self.oidc.revoke(tokens.refresh_token, "refresh_token")
+            if tokens.refresh_token != previous.refresh_token:
+                rows.revoke_later(session.user_issuer, tokens)
             return LoginRequired()
         self.metrics.refreshes.inc()
         return tokens.access_token

@@ -1,18 +1,16 @@
 """WebTest drives the whole app through main(); each test's writes are rolled back."""
 
-import contextlib
-
 import pytest
 import webtest
-from sqlalchemy.orm import sessionmaker
 
 from myapp import main
-from myapp.models import Database, User, get_tm_session_factory
+from myapp.models import User
 from myapp.services import Services
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
+from tests.support.database import RolledBackDatabase
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
 
 HOST = TEST_PUBLIC_URL.split("://", 1)[1]
@@ -45,27 +43,6 @@ class Browser(webtest.TestApp):
 @pytest.fixture(scope="session")
 def app_settings(database_url):
     return base_settings(database_url)
-
-
-class RolledBackDatabase(Database):
-    """The app's three kinds of transaction, its own short ones included, all inside one test's
-    connection, which the test rolls back. ``bind`` it to each test's connection."""
-
-    def __init__(self, engine):
-        super().__init__(engine, engine)
-        self._connection = None
-
-    def bind(self, connection) -> "RolledBackDatabase":
-        self._connection = connection
-        self._request_sessions = get_tm_session_factory(connection)
-        self._own_sessions = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
-        return self
-
-    def read(self):
-        return contextlib.nullcontext(self._connection)
-
-    def dispose(self):
-        """Nothing: the engine belongs to the test session."""
 
 
 def dispose(app):

@@ -7,13 +7,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
-from myapp.models import (
-    AuditEvent,
-    LoginTransaction,
-    SeenLogoutToken,
-    User,
-    UserSession,
-)
+from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.scripts import end_sessions, generate_key, purge, show_config
 from myapp.services.sessions import SessionStore
@@ -178,3 +172,46 @@ def test_end_sessions(ini, committed, store, capsys):
     assert committed.scalars(select(AuditEvent.detail)).one() == "2 session(s) ended by myapp-end-sessions"
     code, _, err = run(end_sessions.main, ini, "--subject", "nobody", capsys=capsys)
     assert code == 2 and "no user with subject 'nobody'" in err
+
+
+@pytest.fixture
+def provider_ini(tmp_path, committed_database_url, provider):
+    from tests.functional.conftest import provider_settings
+
+    settings = provider_settings(committed_database_url, provider.issuer)
+    lines = ["[app:main]", "use = egg:myapp"] + [f"{k} = {v}".replace("%", "%%") for k, v in settings.items()]
+    path = tmp_path / "provider.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_end_sessions_revokes_their_tokens_at_the_provider(provider_ini, committed, store, provider, capsys):
+    from myapp.services.tokenset import TokenSet
+
+    user = User(issuer=provider.issuer, subject="alice", name="Alice", groups=[])
+    committed.add(user)
+    committed.flush()
+    store.create(user=user, tokens=TokenSet(refresh_token="rt-1"))
+    store.create(user=user, tokens=TokenSet(access_token="at-2"))
+    committed.commit()
+    code, _, _ = run(end_sessions.main, provider_ini, "--subject", "alice", "--issuer", provider.issuer, capsys=capsys)
+    assert code == 0
+    assert sorted(provider.revoked) == ["at-2", "rt-1"]
+    committed.expire_all()
+    assert committed.scalar(select(func.count()).select_from(TokenRevocation)) == 0
+
+
+def test_purge_ends_sessions_whose_time_ran_out_and_revokes_them(provider_ini, committed, store, provider, capsys):
+    from myapp.services.tokenset import TokenSet
+
+    user = User(issuer=provider.issuer, subject="alice", name="Alice", groups=[])
+    committed.add(user)
+    committed.flush()
+    _, old = store.create(user=user, tokens=TokenSet(refresh_token="rt-old"))
+    store.create(user=user, tokens=TokenSet(refresh_token="rt-live"))
+    committed.execute(UserSession.__table__.update().where(UserSession.id == old.id).values(expires_at=utcnow()))
+    committed.commit()
+    assert run(purge.main, provider_ini, capsys=capsys)[0] == 0
+    assert provider.revoked == ["rt-old"]
+    committed.expire_all()
+    assert committed.scalars(select(UserSession.end_reason).where(UserSession.id == old.id)).one() == "expired"

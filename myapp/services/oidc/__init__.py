@@ -6,7 +6,7 @@
 - ``client``: the calls to its endpoints, through Authlib (:class:`OIDCClient`).
 """
 
-from myapp.services.oidc.client import OIDCClient
+from myapp.services.oidc.client import OIDCClient, Revocation
 from myapp.services.oidc.errors import OIDCError, ProviderMisconfigured, ProviderUnavailable, TokenRequestRefused
 from myapp.services.oidc.jose import BACKCHANNEL_LOGOUT_EVENT, CLOCK_SKEW, MAX_TOKEN_AGE, TokenValidator, at_hash
 from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
@@ -21,6 +21,7 @@ __all__ = [
     "ProviderMetadata",
     "ProviderMisconfigured",
     "ProviderUnavailable",
+    "Revocation",
     "TokenRequestRefused",
     "TokenValidator",
     "at_hash",

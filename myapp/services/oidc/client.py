@@ -4,6 +4,7 @@ HTTP pool; and the checks on the JWTs it sends (:class:`TokenValidator`)."""
 
 import logging
 import time
+from enum import StrEnum
 from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -17,6 +18,15 @@ from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
 from myapp.settings import OIDCSettings
 
 log = logging.getLogger(__name__)
+
+
+class Revocation(StrEnum):
+    """What became of a token sent to the provider's revocation endpoint."""
+
+    REVOKED = "revoked"
+    NOT_OFFERED = "not_offered"  # the provider has no revocation endpoint: nothing to do
+    REFUSED = "refused"  # the provider will not revoke it (400): trying again will not help
+    FAILED = "failed"  # unreachable, slow or failing: try again later
 
 
 def origin(url: str) -> str:
@@ -121,14 +131,16 @@ class OIDCClient:
             lambda: session.fetch_token(endpoint, grant_type="refresh_token", refresh_token=refresh_token)
         )
 
-    def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> bool:
-        """RFC 7009 revocation, client-authenticated. False when the provider offers none or fails."""
+    def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> "Revocation":
+        """RFC 7009 revocation, client-authenticated; never raises."""
         try:
             endpoint = self.metadata().revocation_endpoint
+        except ProviderUnavailable:
+            return Revocation.FAILED
         except OIDCError:
-            return False
+            return Revocation.NOT_OFFERED
         if endpoint is None:
-            return False
+            return Revocation.NOT_OFFERED
         session = self._authenticated_session(revocation_endpoint_auth_method=self.settings.token_endpoint_auth_method)
         try:
             response = session.revoke_token(
@@ -136,11 +148,12 @@ class OIDCClient:
             )
         except requests.RequestException as e:
             log.warning("token revocation failed: %s", describe(e))
-            return False
-        if response.status_code != 200:
-            log.warning("token revocation answered HTTP %s", response.status_code)
-            return False
-        return True
+            return Revocation.FAILED
+        if response.status_code == 200:
+            return Revocation.REVOKED
+        log.warning("token revocation answered HTTP %s", response.status_code)
+        # 400: the provider will never take this token (RFC 7009 section 2.2.1); anything else may pass.
+        return Revocation.REFUSED if response.status_code == 400 else Revocation.FAILED
 
     def userinfo(self, access_token: str, *, subject: str) -> dict | None:
         """Userinfo claims, or None when unavailable or naming another subject (then logged)."""

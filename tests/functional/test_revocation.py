@@ -1,0 +1,208 @@
+"""Every way a session ends leaves no live token at the provider, and never blocks the request:
+the ending queues the token, and the revoker (run here by the test) revokes it."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from myapp.models import AuditEvent, TokenRevocation, User, UserSession
+from myapp.models.meta import utcnow
+from myapp.services import Services
+from tests.conftest import TEST_PUBLIC_URL
+from tests.functional.auth.flows import csrf_of, sign_in
+from tests.functional.conftest import COOKIE, Browser
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def services(app) -> Services:
+    return app.registry[Services]
+
+
+@pytest.fixture
+def signed_in(app, provider):
+    """A browser signed in through the fake provider; its refresh token is the provider's own."""
+
+    def sign_in_one(subject="alice", **claims):
+        browser = Browser(app)
+        sign_in(browser, provider, sub=subject, **claims)
+        return browser, list(provider.refresh_tokens)[-1]
+
+    return sign_in_one
+
+
+def revoked_after_a_pass(services, provider) -> list[str]:
+    provider.revoked.clear()
+    services.revoker.run_once()
+    return provider.revoked
+
+
+def test_a_session_revoked_from_the_sessions_page(signed_in, services, provider, dbsession):
+    laptop, laptop_token = signed_in()
+    phone, _ = signed_in()
+    handle = dbsession.scalars(select(UserSession.handle).where(UserSession.ended_at.is_(None))).first()
+    phone.post(f"/account/sessions/{handle}/revoke", {"csrf_token": csrf_of(phone)}, headers={"Origin": TEST_PUBLIC_URL})
+    ended = dbsession.scalars(select(UserSession).where(UserSession.handle == handle)).one()
+    assert ended.refresh_token is None and ended.end_reason == "revoked"
+    assert revoked_after_a_pass(services, provider) == [laptop_token]
+
+
+def test_signing_out_everywhere_else(signed_in, services, provider):
+    _, first = signed_in()
+    _, second = signed_in()
+    browser, _ = signed_in()
+    browser.post("/account/sessions/revoke-others", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    assert sorted(revoked_after_a_pass(services, provider)) == sorted([first, second])
+
+
+def test_an_administrator_ending_someones_sessions(signed_in, services, provider, dbsession):
+    _, alices = signed_in("alice")
+    admin, _ = signed_in("admin-ann", groups=["staff", "admins"])
+    alice = dbsession.scalars(select(User).where(User.subject == "alice")).one()
+    admin.post(
+        f"/admin/users/{alice.id}/sessions/revoke", {"csrf_token": csrf_of(admin)}, headers={"Origin": TEST_PUBLIC_URL}
+    )
+    assert revoked_after_a_pass(services, provider) == [alices]
+
+
+def test_a_backchannel_logout(app, signed_in, services, provider):
+    _, token = signed_in()
+    Browser(app).post("/auth/backchannel-logout", {"logout_token": provider.logout_token()}, status=200)
+    assert revoked_after_a_pass(services, provider) == [token]
+
+
+@pytest.mark.parametrize(
+    "column, reason, words",
+    [("expires_at", "expired", "reached its time limit"), ("last_seen_at", "idle", "away for a while")],
+)
+def test_a_session_whose_time_ran_out(signed_in, services, provider, dbsession, column, reason, words):
+    browser, token = signed_in()
+    dbsession.execute(UserSession.__table__.update().values({column: utcnow() - timedelta(days=60)}))
+    assert revoked_after_a_pass(services, provider) == [token]
+    assert dbsession.scalars(select(UserSession.end_reason)).one() == reason
+    assert words in browser.get("/", status=200).text
+
+
+def test_a_failed_refresh(signed_in, services, provider, dbsession, app):
+    browser, token = signed_in()
+    provider.token_response = lambda form: (400, {"error": "invalid_grant"})
+    dbsession.execute(UserSession.__table__.update().values(access_token_expires_at=utcnow()))
+    browser.get("/api/demo/x", headers={"X-CSRF": "1"}, status=401)
+    assert revoked_after_a_pass(services, provider) == [token]
+
+
+def test_a_person_signing_out_revokes_at_once_and_queues_nothing(make_app, provider, dbsession):
+    # The longest wait sign-out allows (5 s), however busy the machine running the tests.
+    browser = Browser(make_app(**{"myapp.oidc.http_timeout": "10"}))
+    sign_in(browser, provider)
+    token = list(provider.refresh_tokens)[-1]
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert provider.revoked == [token]
+    assert dbsession.scalars(select(TokenRevocation)).all() == []
+
+
+def test_a_sign_out_the_provider_did_not_answer_is_tried_again(signed_in, services, provider, dbsession):
+    browser, token = signed_in()
+    provider.revocation_status = 503
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert "revocation queued" in dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "logout")).one()
+    provider.revocation_status = 200
+    assert revoked_after_a_pass(services, provider) == [token]
+
+
+def test_a_provider_down_never_holds_up_ending_a_session(signed_in, services, provider, dbsession):
+    """The request only queues; the provider is called by the revoker, which tries again later."""
+    browser, token = signed_in()
+    provider.revocation_delay = 5
+    browser.post("/account/sessions/revoke-others", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    handle = dbsession.scalars(select(UserSession.handle)).one()
+    provider.revocation_status, provider.revocation_delay = 503, 0
+    browser.post(f"/account/sessions/{handle}/revoke", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    assert services.revoker.run_once().tokens == {"failed": 1}
+    assert dbsession.scalars(select(TokenRevocation.attempts)).one() == 1
+
+
+@pytest.mark.redis
+def test_signing_out_while_the_lock_backend_is_down(make_app, provider, dbsession):
+    """Redis down: the sign-out still ends the session, clears the cookie and revokes what it held."""
+    from tests.conftest import redis_url
+
+    redis_url()  # a Redis deployment, its server unreachable for this test
+    app = make_app(**{"myapp.lock.backend": "redis", "myapp.redis.url": "redis://127.0.0.1:9/0"})
+    browser = Browser(app)
+    sign_in(browser, provider)
+    token = list(provider.refresh_tokens)[-1]
+    response = browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert response.location.startswith(provider.issuer + "/logout?") and "id_token_hint=" in response.location
+    assert any(v.startswith(COOKIE + "=;") for k, v in response.headerlist if k == "Set-Cookie")
+    session = dbsession.scalars(select(UserSession)).one()
+    assert session.end_reason == "logout" and session.refresh_token is None
+    assert "refresh lock unavailable" in dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "logout")).one()
+    browser.get("/posts", status=303)
+    assert revoked_after_a_pass(app.registry[Services], provider) == [token]
+
+
+def test_signing_out_when_the_refresh_lock_times_out(app, signed_in, services, provider, dbsession, monkeypatch):
+    from myapp.services.tokens import RefreshLockTimeout
+
+    browser, token = signed_in()
+
+    def busy(session_id):
+        raise RefreshLockTimeout()
+
+    monkeypatch.setattr(services.tokens.lock, "locked", busy)
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert dbsession.scalars(select(UserSession.end_reason)).one() == "logout"
+    assert revoked_after_a_pass(services, provider) == [token]
+
+
+def test_a_new_session_replacing_an_old_one_revokes_the_old_token(app, provider, services):
+    browser = Browser(app)
+    sign_in(browser, provider)
+    first = list(provider.refresh_tokens)[-1]
+    sign_in(browser, provider)
+    assert revoked_after_a_pass(services, provider) == [first]
+
+
+def test_a_queued_token_is_never_in_the_clear(signed_in, dbsession):
+    browser, token = signed_in()
+    browser.post("/account/sessions/revoke-others", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    signed_in()
+    browser.post("/account/sessions/revoke-others", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
+    stored = dbsession.execute(select(TokenRevocation.__table__)).mappings().all()
+    assert stored and all(token.encode() not in bytes(row["token"]) for row in stored)
+
+
+def test_each_process_revokes_in_the_background(committed, committed_database_url, served_provider, provider):
+    """With the revoker's thread running (as in production), a session ended anywhere has its
+    token revoked within moments, without anyone waiting for it."""
+    import time
+
+    from myapp import main
+    from myapp.services.sessions import EndReason, SessionStore
+    from myapp.services.tokenset import TokenSet
+    from tests.functional.conftest import dispose, provider_settings
+
+    app = main({}, **provider_settings(committed_database_url, provider.issuer, **{"myapp.revocation.interval": "1"}))
+    try:
+        services = app.registry[Services]
+        user = User(issuer=provider.issuer, subject="alice", name="Alice", groups=[])
+        committed.add(user)
+        committed.commit()
+        store = SessionStore(dbsession=committed, cipher=services.cipher, settings=services.settings.session)
+        _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt-background"))
+        store.end(session, EndReason.REVOKED_BY_ADMIN)
+        committed.commit()
+        deadline = time.monotonic() + 15
+        while "rt-background" not in provider.revoked and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert provider.revoked == ["rt-background"]
+        committed.expire_all()
+        assert committed.scalars(select(TokenRevocation)).all() == []
+    finally:
+        dispose(app)

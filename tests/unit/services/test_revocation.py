@@ -1,0 +1,181 @@
+"""The revoker with stub providers: what it revokes, when it tries again, when it gives up, and
+the sessions it ends because their time ran out."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from myapp.models import TokenRevocation, User, UserSession
+from myapp.services.metrics import Metrics
+from myapp.services.oidc import Revocation
+from myapp.services.revocation import FIRST_RETRY, LAST_RETRY, LEASE, MAX_ATTEMPTS, Revoker
+from myapp.services.sessions import EndReason, SessionStore
+from myapp.services.tokenset import TokenCipher, TokenSet
+from myapp.settings import SessionSettings
+from tests.support.database import RolledBackDatabase
+
+ISSUER = "https://idp.example.test"
+SETTINGS = SessionSettings(
+    cookie_name="s", cookie_secure=False, cookie_samesite="Lax", idle_timeout=timedelta(hours=1),
+    absolute_timeout=timedelta(days=1),
+)
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, delta: timedelta):
+        self.now += delta
+
+
+class StubProvider:
+    def __init__(self):
+        self.answer = Revocation.REVOKED
+        self.seen = []
+
+    def revoke(self, token, hint, *, timeout=None):
+        self.seen.append((token, hint))
+        return self.answer
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def cipher():
+    return TokenCipher([Fernet.generate_key().decode()])
+
+
+@pytest.fixture
+def provider():
+    return StubProvider()
+
+
+@pytest.fixture
+def revoker(engine, connection, cipher, provider, clock):
+    return Revoker(
+        database=RolledBackDatabase(engine).bind(connection), cipher=cipher, providers={ISSUER: provider},
+        idle_timeout=SETTINGS.idle_timeout, metrics=Metrics(), clock=clock,
+    )
+
+
+@pytest.fixture
+def store(dbsession, cipher, clock):
+    return SessionStore(dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock)
+
+
+@pytest.fixture
+def user(dbsession):
+    user = User(issuer=ISSUER, subject="alice", name="Alice", groups=[])
+    dbsession.add(user)
+    dbsession.flush()
+    return user
+
+
+def queued(dbsession):
+    dbsession.expire_all()
+    return dbsession.scalars(select(TokenRevocation).order_by(TokenRevocation.id)).all()
+
+
+def test_ending_a_session_queues_its_refresh_token_and_wipes_it(store, user, dbsession, cipher):
+    _, session = store.create(user=user, tokens=TokenSet(access_token="at", refresh_token="rt", id_token="idt"))
+    store.end(session, EndReason.REVOKED)
+    [pending] = queued(dbsession)
+    assert (pending.issuer, cipher.decrypt(pending.token), pending.token_type_hint) == (ISSUER, "rt", "refresh_token")
+    assert store.rows.read(session.id)[1] == TokenSet()
+
+
+def test_without_a_refresh_token_the_access_token_is_queued(store, user, dbsession, cipher):
+    _, session = store.create(user=user, tokens=TokenSet(access_token="at"))
+    _, empty = store.create(user=user)
+    store.end_all_for_user(user.id, EndReason.REVOKED_BY_ADMIN)
+    assert [(cipher.decrypt(p.token), p.token_type_hint) for p in queued(dbsession)] == [("at", "access_token")]
+
+
+def test_a_session_ended_twice_is_queued_once(store, user, dbsession):
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
+    store.end(session, EndReason.LOGOUT)
+    store.end(session, EndReason.REVOKED)
+    assert len(queued(dbsession)) == 1
+
+
+def test_a_revoked_token_leaves_the_queue(revoker, store, user, dbsession, provider):
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
+    store.end(session, EndReason.REVOKED)
+    assert revoker.run_once().tokens == {"revoked": 1}
+    assert provider.seen == [("rt", "refresh_token")]
+    assert queued(dbsession) == []
+
+
+@pytest.mark.parametrize("answer", [Revocation.NOT_OFFERED, Revocation.REFUSED])
+def test_a_provider_that_will_not_revoke_is_not_asked_again(revoker, store, user, dbsession, provider, answer):
+    provider.answer = answer
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
+    store.end(session, EndReason.REVOKED)
+    revoker.run_once()
+    assert queued(dbsession) == [] and len(provider.seen) == 1
+
+
+def test_a_failure_is_tried_again_later_with_a_growing_delay_then_given_up(
+    revoker, store, user, dbsession, provider, clock
+):
+    provider.answer = Revocation.FAILED
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
+    store.end(session, EndReason.REVOKED)
+    delays = []
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert revoker.run_once().tokens == {"failed": 1}
+        [pending] = queued(dbsession)
+        assert pending.attempts == attempt
+        delays.append(pending.next_attempt_at - clock.now)
+        assert revoker.run_once().tokens == {}  # not due yet
+        clock.advance(delays[-1])
+    assert delays[:3] == [FIRST_RETRY, FIRST_RETRY * 2, FIRST_RETRY * 4] and max(delays) == LAST_RETRY
+    revoker.run_once()
+    assert queued(dbsession) == [] and len(provider.seen) == MAX_ATTEMPTS
+
+
+def test_a_claimed_token_is_left_alone_for_a_while_by_other_processes(revoker, store, user, dbsession, clock):
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
+    store.end(session, EndReason.REVOKED)
+    [claimed] = revoker._claim()
+    assert queued(dbsession)[0].next_attempt_at == clock.now + LEASE
+    assert revoker._claim() == []
+
+
+def test_tokens_no_key_or_provider_can_take_are_dropped(revoker, store, user, dbsession, provider, cipher, clock):
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
+    store.end(session, EndReason.REVOKED)
+    retired_key = TokenCipher([Fernet.generate_key().decode()])
+    for issuer, token in [("https://gone.example", cipher.encrypt("x")), (ISSUER, retired_key.encrypt("y"))]:
+        dbsession.add(
+            TokenRevocation(issuer=issuer, token=token, token_type_hint="refresh_token", next_attempt_at=clock.now)
+        )
+    dbsession.flush()
+    assert revoker.run_once().tokens == {"revoked": 1, "unknown_provider": 1, "unreadable": 1}
+    assert queued(dbsession) == [] and provider.seen == [("rt", "refresh_token")]
+
+
+def test_sessions_past_their_time_are_ended_and_their_tokens_queued(revoker, store, user, dbsession, clock, cipher):
+    _, live = store.create(user=user, tokens=TokenSet(refresh_token="rt-live"))
+    _, idle = store.create(user=user, tokens=TokenSet(refresh_token="rt-idle"))
+    clock.advance(timedelta(minutes=59))
+    store.touch(live)
+    clock.advance(timedelta(minutes=2))
+    _, expiring = store.create(user=user, tokens=TokenSet(refresh_token="rt-expired"))
+    dbsession.execute(
+        UserSession.__table__.update().where(UserSession.id == expiring.id).values(expires_at=clock.now)
+    )
+    assert revoker.end_expired_sessions() == 2
+    reasons = {row.id: row.end_reason for row in dbsession.scalars(select(UserSession))}
+    assert reasons == {live.id: None, idle.id: EndReason.IDLE, expiring.id: EndReason.EXPIRED}
+    assert sorted(cipher.decrypt(p.token) for p in queued(dbsession)) == ["rt-expired", "rt-idle"]
+    assert revoker.end_expired_sessions() == 0
