@@ -5,10 +5,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from myapp import main
 from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
+from myapp.services.sessions import hash_session_id
 from tests.conftest import alembic_config, base_settings, migrate, private_schema
 
 
@@ -87,3 +88,56 @@ def test_bad_settings_stop_main_with_one_line():
     with pytest.raises(SystemExit) as info:
         main({}, **base_settings("sqlite://", **{"myapp.session.idle_timeout": "soon"}))
     assert str(info.value).startswith("myapp: myapp.session.idle_timeout: 'soon' is not a duration")
+
+
+def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
+    """A deployment's database as the first release left it: upgraded to head, every row is still
+    there and the app reads it as before."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy.orm import Session
+
+    from myapp.services.sessions import SessionStore
+    from myapp.services.tokenset import TokenCipher
+    from myapp.settings import load_settings
+    from tests.conftest import TEST_KEY
+
+    _, engine = empty_database
+    run(engine, "upgrade", "0002")
+    now = datetime.now(timezone.utc)
+    cipher = TokenCipher([TEST_KEY])
+    raw_id = "a" * 43
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
+                "VALUES (1, 'https://idp.example.test', 'alice', 'Alice', 'a@example.test', '[\"staff\"]', false, :now, :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+                "ip_address, csrf_token, access_token, refresh_token, access_token_expires_at, token_generation) "
+                "VALUES (1, :hash, 'handle-1', 1, :now, :now, :expires, 'UA', '192.0.2.1', 'csrf', :at, :rt, :expires, 3)"
+            ),
+            {"hash": hash_session_id(raw_id), "now": now, "expires": now + timedelta(days=1),
+             "at": cipher.encrypt("at-1"), "rt": cipher.encrypt("rt-1")},
+        )
+        connection.execute(
+            text("INSERT INTO posts (id, owner_id, title, body, created_at, updated_at) VALUES (1, 1, 'T', 'B', :now, :now)"),
+            {"now": now},
+        )
+        connection.execute(
+            text("INSERT INTO audit_events (id, created_at, event, user_id, ip_address, detail) VALUES (1, :now, 'login', 1, '', '')"),
+            {"now": now},
+        )
+    run(engine, "upgrade", "head")
+    settings = load_settings(base_settings("sqlite://"))
+    with Session(engine) as dbsession:
+        store = SessionStore(dbsession=dbsession, cipher=cipher, settings=settings.session)
+        session = store.find(raw_id)
+        assert (session.user_subject, session.user_groups, session.token_generation) == ("alice", ("staff",), 3)
+        assert store.rows.read(session.id)[1].refresh_token == "rt-1"
+        assert dbsession.execute(text("SELECT title FROM posts")).scalar() == "T"
+        assert dbsession.execute(text("SELECT event FROM audit_events")).scalar() == "login"
