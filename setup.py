@@ -55,6 +55,8 @@ setup(
     extras_require={"testing": testing_requires, "e2e": e2e_requires, "audit": audit_requires},
     entry_points={
         "paste.app_factory": ["main = myapp:main"],
+        # waitress, refusing requests with both Content-Length and Transfer-Encoding (myapp/server.py)
+        "paste.server_runner": ["waitress = myapp.server:serve_paste"],
         "console_scripts": [
             "myapp-purge = myapp.scripts.purge:main",
             "myapp-end-sessions = myapp.scripts.end_sessions:main",

@@ -11,7 +11,12 @@ from waitress.channel import HTTPChannel
 
 @contextmanager
 def running_wsgi(
-    make: Callable[[str], Callable], *, threads: int = 8, listener: socket.socket | None = None, **options
+    make: Callable[[str], Callable],
+    *,
+    threads: int = 8,
+    listener: socket.socket | None = None,
+    create_server: Callable = waitress.create_server,
+    **options,
 ) -> Iterator[str]:
     """Serve ``make(base_url)`` on a free loopback port (or ``listener``); yields the base URL."""
     listener = listener or socket.create_server(("127.0.0.1", 0))
@@ -21,7 +26,7 @@ def running_wsgi(
     except BaseException:
         listener.close()
         raise
-    server = waitress.create_server(app, sockets=[listener], threads=threads, **options)
+    server = create_server(app, sockets=[listener], threads=threads, **options)
     thread = threading.Thread(target=server.run, name=f"waitress {base_url}", daemon=True)
     thread.start()
     def close_everything():

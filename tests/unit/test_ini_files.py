@@ -91,3 +91,12 @@ def test_production_waitress_refuses_bodies_larger_than_the_proxy_takes():
     parser.read(ROOT / "production.ini")
     settings = load_settings(ini("production.ini"), environ=PRODUCTION_ENV)
     assert int(parser["server:main"]["max_request_body_size"]) == settings.proxy.max_body_bytes
+
+
+@pytest.mark.parametrize("name", ["development.ini", "production.ini"])
+def test_the_ini_files_serve_with_the_strict_server(name):
+    from configparser import ConfigParser
+
+    parser = ConfigParser(interpolation=None)
+    parser.read(ROOT / name)
+    assert parser["server:main"]["use"] == "egg:myapp#waitress"
