@@ -176,6 +176,8 @@ def main():
             "myapp.oidc.issuer": urls["idp"] + "/_dev/idp",
             "myapp.oidc.client_id": CLIENT_ID,
             "myapp.oidc.client_secret": CLIENT_SECRET,
+            # Plain http on loopback: a development setup, which production settings would refuse.
+            "myapp.environment": "development",
             "myapp.session.cookie_secure": "false",
             "myapp.session.cookie_name": "session",
             "myapp.tokens.encryption_keys": Fernet.generate_key().decode(),

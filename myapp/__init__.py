@@ -15,7 +15,7 @@ def main(global_config, *, database: Database | None = None, **settings):
     """
     try:
         settings["myapp"] = load_settings(settings)
-        settings.setdefault("myapp.config_file", (global_config or {}).get("__file__"))
+        settings.setdefault("config_file", (global_config or {}).get("__file__"))
         with Configurator(settings=settings, root_factory=Root) as config:
             if database is not None:
                 config.registry[Database] = database
@@ -30,6 +30,8 @@ def main(global_config, *, database: Database | None = None, **settings):
             config.include(".routes")
             config.include(".views")
             config.scan(".views")
-    except (SettingsError, SchemaError) as e:
+    except SettingsError as e:
+        raise SystemExit("\n".join(f"myapp: {problem}" for problem in e.problems)) from None
+    except SchemaError as e:
         raise SystemExit(f"myapp: {e}") from None
     return config.make_wsgi_app()

@@ -5,6 +5,9 @@ file, trailing newline stripped). A missing or malformed setting raises :class:`
 whose message is one line naming the setting; :func:`myapp.main` turns it into a clean exit.
 """
 
+import difflib
+import functools
+import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -45,7 +48,11 @@ _REQUIRED = object()
 
 
 class SettingsError(ValueError):
-    """A setting is missing or malformed; the message is one line naming it."""
+    """Settings are missing, malformed or unknown: one line for each, each naming its setting."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -161,12 +168,46 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
 
 
+def _reports(placeholder):
+    """A reader method that records its setting's problem and carries on with ``placeholder(default)``,
+    so that one start reports every problem, not the first."""
+
+    def decorate(method):
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def read(self, name, *args, **kwargs):
+            self.known.add(name)
+            try:
+                return method(self, name, *args, **kwargs)
+            except SettingsError as e:
+                self.problems.extend(e.problems)
+                call = signature.bind(self, name, *args, **kwargs)
+                call.apply_defaults()
+                default = call.arguments.get("default", _REQUIRED)
+                return placeholder(None if default is _REQUIRED else default)
+
+        return read
+
+    return decorate
+
+
+_SAME = lambda default: default  # noqa: E731
+_SOME_URL = lambda default: default or "https://invalid.invalid"  # noqa: E731
+
+
 class _Reader:
-    """Reads raw ini values by name, each method one kind of value."""
+    """Reads raw ini values by name, each method one kind of value; remembers the names it read
+    (every other ``myapp.*`` key is unknown) and the problems it found."""
 
     def __init__(self, raw: Mapping[str, object], environ: Mapping[str, str]):
         self.raw = raw
         self.environ = environ
+        self.known: set[str] = set()
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
 
     def _get(self, name, default):
         value = self.raw.get(name)
@@ -178,9 +219,11 @@ class _Reader:
             return default
         return value
 
+    @_reports(_SAME)
     def string(self, name, default=_REQUIRED):
         return self._get(name, default)
 
+    @_reports(_SAME)
     def boolean(self, name, default):
         value = self._get(name, None)
         if value is None:
@@ -194,6 +237,7 @@ class _Reader:
             return False
         raise SettingsError(f"{name}: {value!r} is not a boolean (use true or false)")
 
+    @_reports(_SAME)
     def integer(self, name, default, minimum=1):
         value = self._get(name, None)
         if value is None:
@@ -209,6 +253,7 @@ class _Reader:
     def seconds(self, name, default):
         return self.duration(name, timedelta(seconds=default)).total_seconds()
 
+    @_reports(_SAME)
     def duration(self, name, default, minimum=timedelta(seconds=1)):
         value = self._get(name, None)
         if value is None:
@@ -221,6 +266,7 @@ class _Reader:
             raise SettingsError(f"{name}: must be at least {int(minimum.total_seconds())}s")
         return result
 
+    @_reports(_SAME)
     def choice(self, name, default, choices, *, casefold=False):
         value = self._get(name, default)
         key = value.lower() if casefold else value
@@ -229,16 +275,19 @@ class _Reader:
                 return candidate
         raise SettingsError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
+    @_reports(_SOME_URL)
     def url(self, name, default=_REQUIRED, *, allow_path=True):
         value = self._get(name, default)
         if value is None:
             return None
         return _check_url(name, value, allow_path=allow_path)
 
+    @_reports(_SAME)
     def words(self, name, default=()):
         value = self._get(name, None)
         return tuple(str(value).split()) if value else tuple(default)
 
+    @_reports(lambda default: {})
     def mapping(self, name):
         """One ``key = value`` a line; blank lines and ``#`` comments ignored."""
         value = self._get(name, None)
@@ -276,27 +325,35 @@ def _check_url(name, value, *, allow_path=True):
     return value
 
 
+UPSTREAM_KEYS = ("timeout", "methods", "forward_headers")
+
+
 def _upstreams(reader: _Reader) -> dict[str, Upstream]:
     upstreams = {}
     for upstream_name, base_url in reader.mapping(PREFIX + "upstreams").items():
+        where = f"myapp.upstreams ({upstream_name})"
         if not _UPSTREAM_NAME.match(upstream_name):
-            raise SettingsError(
+            reader.problem(
                 f"myapp.upstreams: {upstream_name!r} is not a valid upstream name "
                 "(lower-case letters, digits, '-' and '_')"
             )
-        base = _check_url(f"myapp.upstreams ({upstream_name})", base_url)
+            continue
+        try:
+            base = _check_url(where, base_url)
+        except SettingsError as e:
+            reader.problem(str(e))
+            continue
         if urlsplit(base).query:
-            raise SettingsError(f"myapp.upstreams ({upstream_name}): a base URL may not have a query")
+            reader.problem(f"{where}: a base URL may not have a query")
         key = f"{PREFIX}upstream.{upstream_name}."
-        methods = reader.words(key + "methods", DEFAULT_METHODS)
-        methods = frozenset(m.upper() for m in methods)
+        methods = frozenset(m.upper() for m in reader.words(key + "methods", DEFAULT_METHODS))
         unknown = methods - KNOWN_METHODS
         if unknown:
-            raise SettingsError(f"{key}methods: unknown HTTP method {sorted(unknown)[0]!r}")
+            reader.problem(f"{key}methods: unknown HTTP method {sorted(unknown)[0]!r}")
         forward_headers = frozenset(h.lower() for h in reader.words(key + "forward_headers"))
         for header in sorted(forward_headers):
             if not _COOKIE_NAME.match(header) or header in NEVER_FORWARDED or header.startswith("x-forwarded-"):
-                raise SettingsError(f"{key}forward_headers: {header!r} cannot be forwarded")
+                reader.problem(f"{key}forward_headers: {header!r} cannot be forwarded")
         upstreams[upstream_name] = Upstream(
             name=upstream_name,
             base_url=base.rstrip("/") + "/",
@@ -308,22 +365,22 @@ def _upstreams(reader: _Reader) -> dict[str, Upstream]:
         if key.startswith(PREFIX + "upstream."):
             upstream_name = key[len(PREFIX + "upstream.") :].rpartition(".")[0]
             if upstream_name not in upstreams:
-                raise SettingsError(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
+                reader.known.add(key)
+                reader.problem(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
     return upstreams
 
 
 def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
     name = PREFIX + "tokens.encryption_keys"
+    known_problems = len(reader.problems)
     keys = reader.words(name)
-    if not keys:
-        raise SettingsError(f"{name}: required setting is missing (generate one with myapp-generate-key)")
+    if not keys and len(reader.problems) == known_problems:
+        reader.problem(f"{name}: required setting is missing (generate one with myapp-generate-key)")
     for index, key in enumerate(keys, 1):
         try:
             Fernet(key)
         except (ValueError, TypeError):
-            raise SettingsError(
-                f"{name}: key {index} is not a Fernet key (32 url-safe base64-encoded bytes)"
-            ) from None
+            reader.problem(f"{name}: key {index} is not a Fernet key (32 url-safe base64-encoded bytes)")
     return keys
 
 
@@ -333,7 +390,8 @@ def _includes(raw: Mapping[str, object]) -> list[str]:
 
 
 def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> Settings:
-    """Parse the ``[app:main]`` settings; raise :class:`SettingsError` on the first problem."""
+    """Parse the ``[app:main]`` settings; raise :class:`SettingsError` listing every problem at once:
+    each missing, malformed or unknown ``myapp.*`` setting and each unsafe combination."""
     reader = _Reader(raw, environ)
     environment = reader.choice(PREFIX + "environment", "production", ENVIRONMENTS)
 
@@ -352,10 +410,10 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     }
     for key in authorize_params:
         if key in reserved or not _PARAM_NAME.match(key):
-            raise SettingsError(f"myapp.oidc.authorize_params: {key!r} cannot be set here")
+            reader.problem(f"myapp.oidc.authorize_params: {key!r} cannot be set here")
     scope = reader.string(PREFIX + "oidc.scope", "openid profile email offline_access")
     if "openid" not in scope.split():
-        raise SettingsError("myapp.oidc.scope: must include 'openid'")
+        reader.problem("myapp.oidc.scope: must include 'openid'")
     oidc = OIDCSettings(
         issuer=issuer,
         client_id=reader.string(PREFIX + "oidc.client_id"),
@@ -373,11 +431,16 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
     cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session")
     if not _COOKIE_NAME.match(cookie_name):
-        raise SettingsError(f"myapp.session.cookie_name: {cookie_name!r} is not a valid cookie name")
+        reader.problem(f"myapp.session.cookie_name: {cookie_name!r} is not a valid cookie name")
     if cookie_name.startswith(("__Host-", "__Secure-")) and not cookie_secure:
-        raise SettingsError(
+        reader.problem(
             "myapp.session.cookie_name: browsers refuse a __Host-/__Secure- cookie without Secure; "
             "use another name when myapp.session.cookie_secure = false"
+        )
+    if cookie_secure and public_url.startswith("http:"):
+        reader.problem(
+            f"myapp.public_url: {public_url!r} is plain http, but myapp.session.cookie_secure = true: "
+            "browsers would never send the session cookie back, so nobody could sign in"
         )
     session = SessionSettings(
         cookie_name=cookie_name,
@@ -390,6 +453,8 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
             PREFIX + "session.absolute_timeout", timedelta(days=30), timedelta(minutes=1)
         ),
     )
+    if session.absolute_timeout < session.idle_timeout:
+        reader.problem("myapp.session.absolute_timeout: must not be shorter than myapp.session.idle_timeout")
 
     tokens = TokenSettings(
         encryption_keys=_encryption_keys(reader),
@@ -401,16 +466,14 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     lock_backend = reader.choice(PREFIX + "lock.backend", "database", ("database", "redis"))
     redis_url = reader.string(PREFIX + "redis.url", None)
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"myapp.redis.url: {redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        reader.problem(f"myapp.redis.url: {redis_url!r} is not a redis://, rediss:// or unix:// URL")
     if lock_backend == "redis" and redis_url is None:
-        raise SettingsError("myapp.lock.backend: 'redis' needs myapp.redis.url")
+        reader.problem("myapp.lock.backend: 'redis' needs myapp.redis.url")
 
-    includes = _includes(raw)
-    devstack_included = DEVSTACK_MODULE in includes
     upstreams = _upstreams(reader)
     dashboard_upstream = reader.string(PREFIX + "dashboard.upstream", None)
     if dashboard_upstream is not None and dashboard_upstream not in upstreams:
-        raise SettingsError(f"myapp.dashboard.upstream: no upstream named {dashboard_upstream!r} in myapp.upstreams")
+        reader.problem(f"myapp.dashboard.upstream: no upstream named {dashboard_upstream!r} in myapp.upstreams")
     settings = Settings(
         environment=environment,
         dashboard_upstream=dashboard_upstream,
@@ -433,28 +496,54 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
             enabled=reader.boolean(PREFIX + "metrics.enabled", False),
             allow=reader.words(PREFIX + "metrics.allow", ("127.0.0.1", "::1")),
         ),
-        devstack_included=devstack_included,
+        devstack_included=DEVSTACK_MODULE in _includes(raw),
     )
-    if settings.session.absolute_timeout < settings.session.idle_timeout:
-        raise SettingsError("myapp.session.absolute_timeout: must not be shorter than myapp.session.idle_timeout")
     if environment == "production":
-        _refuse_development_material(raw, settings)
+        _refuse_in_production(reader, settings)
+    _refuse_unknown_keys(reader)
+    if reader.problems:
+        raise SettingsError(reader.problems)
     return settings
 
 
-def _refuse_development_material(raw: Mapping[str, object], settings: Settings) -> None:
+def _refuse_unknown_keys(reader: _Reader) -> None:
+    """Every ``myapp.*`` key the parser did not read is a typo or a setting of another version."""
+    candidates = {name.removeprefix(PREFIX) for name in reader.known | _per_upstream_keys(reader)}
+    for key in reader.raw:
+        if key.startswith(PREFIX) and key not in reader.known:
+            close = difflib.get_close_matches(key.removeprefix(PREFIX), sorted(candidates), n=1, cutoff=0.75)
+            hint = f"; did you mean {PREFIX}{close[0]}?" if close else " (docs/configuration.md lists every setting)"
+            reader.problem(f"{key}: unknown setting{hint}")
+
+
+def _per_upstream_keys(reader: _Reader) -> set[str]:
+    names = [key.split(".")[2] for key in reader.raw if key.startswith(PREFIX + "upstream.") and key.count(".") >= 3]
+    return {f"{PREFIX}upstream.{name}.{key}" for name in names for key in UPSTREAM_KEYS}
+
+
+def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
+    """The development stack and published secrets, and what would send cookies over plain http."""
     if settings.devstack_included:
-        raise SettingsError(
+        reader.problem(
             "pyramid.includes: the development stack (myapp.devstack) is refused in production; "
             "set myapp.environment = development to use it"
         )
-    for key in raw:
+    for key in reader.raw:
         if key.startswith(DEVSTACK_PREFIX):
-            raise SettingsError(f"{key}: development-stack settings are refused in production")
+            reader.problem(f"{key}: development-stack settings are refused in production")
     if DEVELOPMENT_ENCRYPTION_KEYS.intersection(settings.tokens.encryption_keys):
-        raise SettingsError(
+        reader.problem(
             "myapp.tokens.encryption_keys: the published development key is refused in production; "
             "generate one with myapp-generate-key"
         )
     if settings.oidc.client_secret in DEVELOPMENT_CLIENT_SECRETS:
-        raise SettingsError("myapp.oidc.client_secret: the development client secret is refused in production")
+        reader.problem("myapp.oidc.client_secret: the development client secret is refused in production")
+    if not settings.session.cookie_secure:
+        reader.problem(
+            "myapp.session.cookie_secure: false is refused in production (the session cookie would travel "
+            "over plain http); set myapp.environment = development for a plain-http test setup"
+        )
+    if settings.public_url.startswith("http:"):
+        reader.problem(
+            f"myapp.public_url: {settings.public_url!r} is refused in production: serve it over https"
+        )

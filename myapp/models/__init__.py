@@ -179,7 +179,7 @@ def includeme(config):
     if database is None:
         database = config.registry[Database] = Database.from_url(settings["myapp"].database_url)
     try:
-        check_schema(database.engine, settings.get("myapp.config_file"))
+        check_schema(database.engine, settings.get("config_file"))
     except SchemaError:
         database.dispose()
         raise

@@ -18,8 +18,9 @@ def parser(prog: str, description: str, *, ini: bool = True) -> argparse.Argumen
     return result
 
 
-def fail(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr)
+def fail(prog: str, *messages: str) -> None:
+    for message in messages:
+        print(f"{prog}: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -34,7 +35,7 @@ def read_settings(prog: str, config_uri: str):
     try:
         return raw, load_settings(raw)
     except SettingsError as e:
-        fail(prog, str(e))
+        fail(prog, *e.problems)
 
 
 @contextmanager
@@ -48,7 +49,7 @@ def app_environment(prog: str, config_uri: str):
         setup_logging(config_uri)
         env = bootstrap(config_uri)
     except SystemExit as e:  # main() reports settings and schema problems this way
-        fail(prog, str(e.code).removeprefix("myapp: "))
+        fail(prog, *(line.removeprefix("myapp: ") for line in str(e.code).splitlines()))
     services = env["registry"][Services]
     try:
         with env["request"].tm:

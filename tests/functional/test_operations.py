@@ -110,7 +110,11 @@ def test_a_bad_setting_is_one_line(script, capsys, tmp_path):
     extra = ["--subject", "x"] if script is end_sessions else []
     code, _, err = run(script.main, path, *extra, capsys=capsys)
     assert code == 2
-    assert err.strip() == f"{script.PROG}: myapp.public_url: 'nope' is not an absolute http(s) URL"
+    lines = err.strip().splitlines()
+    assert lines[0] == f"{script.PROG}: myapp.public_url: 'nope' is not an absolute http(s) URL"
+    # Every other problem of the same file in the same run, one line each.
+    assert f"{script.PROG}: myapp.oidc.issuer: required setting is missing" in lines
+    assert all(line.startswith(f"{script.PROG}: myapp.") for line in lines)
 
 
 def test_generate_key(capsys):

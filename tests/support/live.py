@@ -30,6 +30,8 @@ def bff_settings(database_url: str, public_url: str, devstack_url: str, **overri
         "myapp.oidc.issuer": devstack_url + "/_dev/idp",
         "myapp.oidc.client_id": CLIENT_ID,
         "myapp.oidc.client_secret": CLIENT_SECRET,
+        # Plain http on loopback: a development setup, which production settings would refuse.
+        "myapp.environment": "development",
         "myapp.session.cookie_secure": "false",
         "myapp.session.cookie_name": COOKIE,
         "myapp.tokens.encryption_keys": TEST_KEY,

@@ -192,10 +192,100 @@ def test_absolute_shorter_than_idle():
 
 
 def test_host_prefix_needs_secure():
-    message = error_for(myapp__session__cookie_secure="false")
+    development = {"myapp__environment": "development", "myapp__public_url": "http://127.0.0.1:6543"}
+    message = error_for(myapp__session__cookie_secure="false", **development)
     assert message.startswith("myapp.session.cookie_name:")
-    settings = load_settings(raw(myapp__session__cookie_secure="false", myapp__session__cookie_name="sid"), environ={})
+    settings = load_settings(
+        raw(myapp__session__cookie_secure="false", myapp__session__cookie_name="sid", **development), environ={}
+    )
     assert settings.session.cookie_secure is False
+
+
+def problems_for(environ=None, **overrides) -> list[str]:
+    with pytest.raises(SettingsError) as info:
+        load_settings(raw(**overrides), environ=environ or {})
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    "key, suggestion",
+    [
+        ("myapp.session.idle_timout", "myapp.session.idle_timeout"),
+        ("myapp.oidc.clientid", "myapp.oidc.client_id"),
+        ("myapp.upstream.demo.timout", "myapp.upstream.demo.timeout"),
+        ("myapp.upstream.demo.method", "myapp.upstream.demo.methods"),
+        ("myapp.tokens.encryption_key", "myapp.tokens.encryption_keys"),
+    ],
+)
+def test_an_unknown_setting_is_refused_with_the_closest_known_one(key, suggestion):
+    settings = raw(myapp__upstreams="demo = https://api.example.com")
+    settings[key] = "5"
+    with pytest.raises(SettingsError) as info:
+        load_settings(settings, environ={})
+    assert info.value.problems == [f"{key}: unknown setting; did you mean {suggestion}?"]
+
+
+def test_an_unknown_setting_far_from_any_says_where_to_look():
+    settings = raw()
+    settings["myapp.frobnicate"] = "yes"
+    with pytest.raises(SettingsError, match=r"^myapp.frobnicate: unknown setting \(docs/configuration.md lists every setting\)$"):
+        load_settings(settings, environ={})
+
+
+def test_settings_outside_myapp_are_not_ours_to_judge():
+    settings = raw()
+    settings.update({"pyramid.reload_templates": "false", "retry.attempts": "3", "sqlalchemy.pool_size": "5"})
+    load_settings(settings, environ={})
+
+
+def test_every_problem_is_reported_in_one_run():
+    settings = raw(
+        myapp__oidc__client_id=None,
+        myapp__session__idle_timeout="soon",
+        myapp__lock__backend="zookeeper",
+        myapp__tokens__encryption_keys="env:NOPE",
+    )
+    settings["myapp.session.cookie_samesit"] = "Strict"
+    with pytest.raises(SettingsError) as info:
+        load_settings(settings, environ={})
+    assert info.value.problems == [
+        "myapp.oidc.client_id: required setting is missing",
+        "myapp.session.idle_timeout: 'soon' is not a duration (use seconds, or 30s, 15m, 8h, 14d)",
+        "myapp.tokens.encryption_keys: environment variable NOPE is not set",
+        "myapp.lock.backend: 'zookeeper' is not one of database, redis",
+        "myapp.session.cookie_samesit: unknown setting; did you mean myapp.session.cookie_samesite?",
+    ]
+    assert str(info.value) == "\n".join(info.value.problems)
+
+
+def test_a_secure_cookie_on_a_plain_http_site_is_refused_everywhere():
+    for environment in ("production", "development"):
+        problems = problems_for(myapp__environment=environment, myapp__public_url="http://app.example.com")
+        assert any("myapp.public_url: 'http://app.example.com' is plain http, but myapp.session.cookie_secure = true" in p
+                   for p in problems)
+
+
+def test_production_refuses_cookies_and_sites_without_tls():
+    problems = problems_for(
+        myapp__public_url="http://app.example.com", myapp__session__cookie_secure="false", myapp__session__cookie_name="sid"
+    )
+    assert problems == [
+        "myapp.session.cookie_secure: false is refused in production (the session cookie would travel over plain "
+        "http); set myapp.environment = development for a plain-http test setup",
+        "myapp.public_url: 'http://app.example.com' is refused in production: serve it over https",
+    ]
+
+
+def test_main_reports_every_problem_each_on_its_own_line():
+    from myapp import main
+
+    settings = raw(myapp__oidc__client_id=None, myapp__session__idle_timeout="soon")
+    with pytest.raises(SystemExit) as stopped:
+        main({}, **settings)
+    assert str(stopped.value).splitlines() == [
+        "myapp: myapp.oidc.client_id: required setting is missing",
+        "myapp: myapp.session.idle_timeout: 'soon' is not a duration (use seconds, or 30s, 15m, 8h, 14d)",
+    ]
 
 
 def test_samesite_is_normalised():
