@@ -7,15 +7,18 @@ from myapp.resources import Permission, Root
 from myapp.settings import SettingsError, load_settings
 
 
-def main(global_config, *, database: Database | None = None, **settings):
-    """The WSGI application (``paste.app_factory``): parse settings, include each part, scan.
+def main(global_config, **settings):
+    """The WSGI application (``paste.app_factory``): every key of ``[app:main]`` is a setting."""
+    return make_app(settings, config_file=(global_config or {}).get("__file__"))
 
-    ``database`` replaces the one ``sqlalchemy.url`` names: tests hand in one whose work is
-    rolled back.
-    """
+
+def make_app(settings: dict, *, database: Database | None = None, config_file: str | None = None):
+    """Parse the settings, include each part, scan. ``database`` replaces the one
+    ``sqlalchemy.url`` names: tests hand in one whose work is rolled back."""
+    settings = dict(settings)
     try:
         settings["myapp"] = load_settings(settings)
-        settings.setdefault("config_file", (global_config or {}).get("__file__"))
+        settings["config_file"] = config_file
         with Configurator(settings=settings, root_factory=Root) as config:
             if database is not None:
                 config.registry[Database] = database

@@ -6,6 +6,8 @@ explained in docs/architecture.md), so that no view invents one.
 
 from enum import StrEnum
 
+from pyramid.response import Response
+
 
 class ErrorCode(StrEnum):
     LOGIN_REQUIRED = "login_required"
@@ -36,3 +38,10 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def json_error(status: int, code: ErrorCode, message: str, headers: dict | None = None) -> Response:
+    """SPEC.md's JSON error: ``{"error": CODE, "message": text}``."""
+    response = Response(json={"error": str(code), "message": message}, status=status)
+    response.headers.update(headers or {})
+    return response

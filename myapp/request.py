@@ -2,7 +2,7 @@
 request learns on its way (why its session ended, whether its transaction keeps its work).
 
 Views, resources and the security policy reach services only through these properties; nothing
-looks anything up in the registry by a string.
+outside the development stack looks anything up in the registry by a string.
 """
 
 from pyramid.decorator import reify
@@ -15,7 +15,6 @@ from myapp.services.audit import AuditLog
 from myapp.services.login import LoginService
 from myapp.services.logout import LogoutService
 from myapp.services.sessions import EndReason, SessionStore
-
 
 # A post is at most about 20,000 characters, up to nine bytes each once form-encoded.
 MAX_FORM_BYTES = 256 * 1024

@@ -129,7 +129,8 @@ class SessionSecurityPolicy:
             provider_sid=provider_sid,
             tokens=tokens,
         )
-        self._cache.set(request, Identity(session=session, idle_expires_at=store.idle_expires_at(session)))
+        live = store.dead_reason(session) is None  # a disabled user's new session is dead at once
+        self._cache.set(request, Identity(session=session, idle_expires_at=store.idle_expires_at(session)) if live else None)
         max_age = int((session.expires_at - session.created_at).total_seconds())
         return [self.cookie.set(raw_id, max_age)]
 

@@ -4,7 +4,7 @@ from urllib.parse import unquote_to_bytes
 
 from pyramid.response import Response
 
-from myapp.errors import ErrorCode
+from myapp.errors import ErrorCode, json_error
 from myapp.routes import is_json_request
 
 BAD_ADDRESS = "The address is not valid UTF-8."
@@ -24,7 +24,7 @@ def _decodes(raw: str, *, query: bool) -> bool:
 
 def _bad_request(request, message: str) -> Response:
     if is_json_request(request):
-        return Response(json={"error": str(ErrorCode.BAD_REQUEST), "message": message}, status=400)
+        return json_error(400, ErrorCode.BAD_REQUEST, message)
     # Plain text: a page would render the request's own undecodable address and parameters.
     return Response(message, status=400, content_type="text/plain")
 

@@ -12,7 +12,7 @@ from myapp.models import SeenLogoutToken, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
 from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError, ProviderUnavailable, Revocation
-from myapp.services.sessions import EndReason, SessionStore
+from myapp.services.sessions import EndReason, SessionRecord, SessionStore
 from myapp.services.tokens import TokenManager
 from myapp.services.tokenset import TokenSet
 
@@ -40,7 +40,7 @@ class LogoutService:
         self.audit = audit
         self.clock = clock
 
-    def logout(self, identity, *, ip_address: str | None) -> str | None:
+    def logout(self, session: SessionRecord, *, ip_address: str | None) -> str | None:
         """End the person's session, revoke its refresh token, record it; return where the browser
         goes next to sign out at the provider too (None when the provider offers no such page).
 
@@ -50,19 +50,19 @@ class LogoutService:
         try:
             # Under the refresh lock: a refresh racing this logout can neither store new tokens
             # afterwards nor leave one unrevoked.
-            tokens = self.tokens.end_session(identity.session_id, EndReason.LOGOUT)
+            tokens = self.tokens.end_session(session.id, EndReason.LOGOUT)
         except ProviderUnavailable as e:
             log.warning("signing out without the refresh lock: %s", e.message)
-            current = self.sessions.rows.read(identity.session_id)
+            current = self.sessions.rows.read(session.id)
             # Ending moves whatever tokens the row holds at that moment to the revoker, and a
             # refresh that lands later finds the session ended and keeps nothing.
-            self.sessions.rows.end(identity.session_id, EndReason.LOGOUT)
+            self.sessions.rows.end(session.id, EndReason.LOGOUT)
             outcome = "refresh lock unavailable; revocation queued"
-            id_token = current[1].id_token if current else None
+            id_token = current.tokens.id_token if current else None
         else:
             revocation = self.revoke_at_provider(tokens)
             if revocation is Revocation.FAILED:
-                self.sessions.rows.revoke_later(identity.issuer, tokens)
+                self.sessions.rows.revoke_later(session.user_issuer, tokens)
             outcome = {
                 Revocation.REVOKED: "refresh token revoked at the provider",
                 Revocation.FAILED: "revocation queued (the provider did not answer)",
@@ -70,9 +70,9 @@ class LogoutService:
             id_token = tokens.id_token
         self.audit.record(
             AuditEventType.LOGOUT,
-            user_id=identity.user_id,
-            actor_id=identity.user_id,
-            session_handle=identity.session_handle,
+            user_id=session.user_id,
+            actor_id=session.user_id,
+            session_handle=session.handle,
             ip_address=ip_address,
             detail=outcome,
         )

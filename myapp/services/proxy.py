@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as UrllibTimeout
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from myapp.errors import APIError, ErrorCode
 from myapp.settings import Upstream

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -67,6 +68,7 @@ def _record_query(*extra) -> Select:
 # Built once: the hot path pays neither ORM nor statement building.
 _BY_ID_HASH = _record_query().where(_SESSIONS.id_hash == bindparam("id_hash"))
 _BY_HANDLE = _record_query().where(_SESSIONS.handle == bindparam("handle"))
+_BY_ID = _record_query().where(_SESSIONS.id == bindparam("session_id"))
 _WITH_TOKENS_BY_ID = _record_query(_SESSIONS.refresh_token, _SESSIONS.id_token).where(
     _SESSIONS.id == bindparam("session_id")
 )
@@ -131,6 +133,13 @@ class SessionRecord:
         return now >= self.last_seen_at + idle_timeout
 
 
+class StoredSession(NamedTuple):
+    """A session with its tokens, decrypted (a token no key in use can read is None)."""
+
+    session: SessionRecord
+    tokens: TokenSet
+
+
 def hash_session_id(raw: str) -> str:
     return hashlib.sha256(raw.encode("ascii")).hexdigest()
 
@@ -140,17 +149,17 @@ def is_wellformed_session_id(value: str | None) -> bool:
 
 
 class SessionRows:
-    """The sessions table within one transaction: the only code that writes a session's tokens
-    or its end. The request's transaction uses it through :class:`SessionStore`; a refresh uses
-    it inside the refresh lock's own transaction."""
+    """The sessions table within one transaction: the only code that encrypts a session's tokens
+    (``token_columns``, also for a new session), rewrites them or ends a session. The request's
+    transaction uses it through :class:`SessionStore`; a refresh uses it inside the refresh lock's
+    own transaction."""
 
     def __init__(self, dbsession: Session, cipher: TokenCipher, clock: Callable[[], datetime] = utcnow):
         self.dbsession = dbsession
         self.cipher = cipher
         self.clock = clock
 
-    def read(self, session_id: int) -> tuple[SessionRecord, TokenSet] | None:
-        """The session and its tokens, decrypted (a token no key in use can read is None)."""
+    def read(self, session_id: int) -> StoredSession | None:
         row = self.dbsession.execute(_WITH_TOKENS_BY_ID, {"session_id": session_id}).mappings().one_or_none()
         if row is None:
             return None
@@ -161,7 +170,7 @@ class SessionRows:
             id_token=self.cipher.decrypt(row["id_token"]),
             access_token_expires_at=record.access_token_expires_at,
         )
-        return record, tokens
+        return StoredSession(record, tokens)
 
     def token_columns(self, tokens: TokenSet) -> dict:
         """The columns that hold ``tokens``, encrypted."""
@@ -286,41 +295,24 @@ class SessionStore:
         """Start a session; return the raw id (for the cookie, never stored) and the session."""
         raw_id = secrets.token_urlsafe(32)
         now = self.clock()
-        columns = {
-            "handle": secrets.token_urlsafe(16),
-            "user_id": user.id,
-            "created_at": now,
-            "last_seen_at": now,
-            "expires_at": now + self.settings.absolute_timeout,
-            "ended_at": None,
-            "end_reason": None,
-            "provider_sid": provider_sid,
-            "csrf_token": secrets.token_urlsafe(32),
-            "token_generation": 0,
-            "refreshed_at": None,
-            **self.rows.token_columns(tokens),
-        }
         session_id = self.dbsession.execute(
             insert(UserSession.__table__).values(
                 id_hash=hash_session_id(raw_id),
+                handle=secrets.token_urlsafe(16),
+                user_id=user.id,
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + self.settings.absolute_timeout,
                 user_agent=(user_agent or "")[:512],
                 ip_address=(ip_address or "")[:64],
-                **columns,
+                provider_sid=provider_sid,
+                csrf_token=secrets.token_urlsafe(32),
+                token_generation=0,
+                **self.rows.token_columns(tokens),
             ).returning(_SESSIONS.id)
         ).scalar_one()
-        record = SessionRecord.from_columns(
-            {
-                **columns,
-                "id": session_id,
-                "user_issuer": user.issuer,
-                "user_subject": user.subject,
-                "user_name": user.name,
-                "user_email": user.email,
-                "user_groups": user.groups,
-                "user_disabled": user.disabled,
-            }
-        )
-        return raw_id, record
+        row = self.dbsession.execute(_BY_ID, {"session_id": session_id}).mappings().one()
+        return raw_id, SessionRecord.from_columns(row)
 
     def find(self, raw_id: str | None) -> SessionRecord | None:
         """The session named by a cookie value, live or not; None for garbage or an unknown id."""
@@ -349,13 +341,11 @@ class SessionStore:
     def idle_expires_at(self, session: SessionRecord) -> datetime:
         return min(session.last_seen_at + self.settings.idle_timeout, session.expires_at)
 
-    def dead_reason(self, session: SessionRecord) -> EndReason | None:
+    def dead_reason(self, session: SessionRecord) -> EndReason | str | None:
         """None while the session is live, else why it is not."""
         if session.ended_at is not None:
-            try:
-                return EndReason(session.end_reason)
-            except ValueError:
-                return EndReason.LOGOUT
+            # A reason this version does not know (written by a newer one) is passed on as it is.
+            return session.end_reason or EndReason.LOGOUT
         now = self.clock()
         if now >= session.expires_at:
             return EndReason.EXPIRED

@@ -97,6 +97,8 @@ class DatabaseRefreshLock:
                     if dbsession.get_bind().dialect.name == "postgresql":
                         # Wait for another process's refresh, but not forever.
                         dbsession.execute(text(f"SET LOCAL lock_timeout = '{int(self.timeout * 1000)}ms'"))
+                    # The session row only (never its user's): the reads that follow, each a fresh
+                    # snapshot under READ COMMITTED, see whatever another worker committed before.
                     dbsession.execute(select(UserSession.id).where(UserSession.id == session_id).with_for_update())
                     yield dbsession
             except OperationalError as e:
@@ -179,10 +181,10 @@ class TokenManager:
         with self.lock.locked(session_id) as dbsession:
             rows = SessionRows(dbsession, self.cipher, self.clock)
             current = rows.read(session_id)
-            if current is None or current[0].ended_at is not None:
+            if current is None or current.session.ended_at is not None:
                 return TokenSet()
             rows.end(session_id, reason, revoke=False)
-            return current[1]
+            return current.tokens
 
     def _fresh(self, expires_at: datetime | None) -> bool:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
@@ -198,7 +200,7 @@ class TokenManager:
 
     def _refresh_locked(self, rows: SessionRows, session_id: int, stale: str | None):
         current = rows.read(session_id)
-        if current is None or current[0].ended_at is not None:
+        if current is None or current.session.ended_at is not None:
             return LoginRequired()
         session, previous = current
         token = previous.access_token
@@ -243,9 +245,9 @@ class TokenManager:
     def _after_invalid_grant(self, rows: SessionRows, session: SessionRecord, used: str):
         # Another worker, outside this lock, may have rotated the refresh token already.
         current = rows.read(session.id)
-        if current is not None and current[0].ended_at is None and current[1].refresh_token not in (None, used):
-            if current[1].access_token:
-                return current[1].access_token
+        if current is not None and current.session.ended_at is None and current.tokens.refresh_token not in (None, used):
+            if current.tokens.access_token:
+                return current.tokens.access_token
         # Expired, revoked, or reused and its family revoked: this session cannot go on.
         return self._end(rows, session, "invalid_grant")
 

@@ -9,7 +9,7 @@ from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED, forget, remember
 from pyramid.view import view_config
 
-from myapp.errors import ErrorCode
+from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
 from myapp.services.audit import AuditEventType
@@ -94,7 +94,7 @@ def callback(request):
         AuditEventType.LOGIN,
         user_id=result.user_id,
         actor_id=result.user_id,
-        session_handle=request.identity.session_handle,
+        session_handle=request.identity.session_handle if request.identity else None,
         ip_address=request.remote_addr,
     )
     return HTTPSeeOther(result.next_path, headers=headers)
@@ -108,7 +108,7 @@ def logout(request):
         return HTTPSeeOther(request.route_path("home"), headers=forget(request))
     check_csrf_origin(request)
     check_csrf_token(request)
-    at_provider = request.logout_service.logout(identity, ip_address=request.remote_addr)
+    at_provider = request.logout_service.logout(identity.session, ip_address=request.remote_addr)
     return HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))
 
 
@@ -118,23 +118,22 @@ def logout(request):
 def backchannel_logout(request):
     """OpenID Connect Back-Channel Logout 1.0: server to server, the logout token is the proof."""
     if (request.content_length or 0) > MAX_LOGOUT_REQUEST_BYTES:
-        return _backchannel_response({"error": ErrorCode.INVALID_REQUEST, "message": "The request is too large."}, 400)
+        return _no_store(json_error(400, ErrorCode.INVALID_REQUEST, "The request is too large."))
     token = request.POST.get("logout_token", "")
     try:
         claims, ended = request.logout_service.backchannel_logout(token)
     except OIDCError as e:
         log.warning("back-channel logout refused: %s", e.reason)
-        return _backchannel_response({"error": ErrorCode.INVALID_REQUEST, "message": e.message}, 400)
+        return _no_store(json_error(400, ErrorCode.INVALID_REQUEST, e.message))
     request.audit.record(
         AuditEventType.BACKCHANNEL_LOGOUT,
         detail=f"{ended} session(s) ended" + (" (by sid)" if claims.get("sid") else " (by sub)"),
         ip_address=request.remote_addr,
     )
-    return _backchannel_response({}, 200)
+    return _no_store(Response(json={}, status=200))
 
 
-def _backchannel_response(body: dict, status: int) -> Response:
-    response = Response(json=body, status=status)
+def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -8,7 +8,7 @@ from pyramid.renderers import render_to_response
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
-from myapp.errors import APIError, ErrorCode
+from myapp.errors import APIError, ErrorCode, json_error
 from myapp.request import FormRefused
 from myapp.routes import is_json_request, safe_next_path
 from myapp.services.audit import AuditEventType
@@ -17,12 +17,6 @@ from myapp.services.sessions import EndReason
 from myapp.services.tokens import LoginRequired
 
 log = logging.getLogger(__name__)
-
-
-def json_error(status: int, code: ErrorCode, message: str, headers: dict | None = None) -> Response:
-    response = Response(json={"error": str(code), "message": message}, status=status)
-    response.headers.update(headers or {})
-    return response
 
 
 def error_page(request, status, title, message, **extra) -> Response:

@@ -3,7 +3,7 @@
 import pytest
 import webtest
 
-from myapp import main
+import myapp
 from myapp.models import User
 from myapp.services import Services
 from myapp.services.sessions import SessionStore
@@ -56,7 +56,7 @@ def database(engine):
 
 @pytest.fixture(scope="session")
 def app(database, app_settings):
-    app = main({}, database=database, **app_settings)
+    app = myapp.make_app(app_settings, database=database)
     yield app
     dispose(app)
 
@@ -147,7 +147,7 @@ def make_app(engine, database_url, served_provider, connection):
 
     def make(**overrides):
         database = RolledBackDatabase(engine).bind(connection)
-        app = main({}, database=database, **provider_settings(database_url, served_provider.issuer, **overrides))
+        app = myapp.make_app(provider_settings(database_url, served_provider.issuer, **overrides), database=database)
         apps.append(app)
         return app
 

@@ -128,7 +128,7 @@ def row_of(dbsession, browser):
 def tokens_of(store, browser):
     """The session's tokens as the app stored them, decrypted."""
     store.dbsession.commit()  # a new transaction, which sees what the app committed
-    return store.rows.read(browser.session_row.id)[1]
+    return store.rows.read(browser.session_row.id).tokens
 
 
 def test_get_is_forwarded_with_a_bearer_token(signed_in, upstream):

@@ -1,8 +1,8 @@
-"""The seam tests hand main(): a Database whose work all happens inside one test's connection."""
+"""The seam tests hand make_app(): a Database whose work all happens inside one test's connection."""
 
 import contextlib
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session
 
 from myapp.models import Database, get_tm_session_factory
 
@@ -14,12 +14,18 @@ class RolledBackDatabase(Database):
     def __init__(self, engine):
         super().__init__(engine, engine)
         self._connection = None
+        self._tm_sessions = None
 
     def bind(self, connection) -> "RolledBackDatabase":
         self._connection = connection
-        self._request_sessions = get_tm_session_factory(connection)
-        self._own_sessions = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        self._tm_sessions = get_tm_session_factory(connection)
         return self
+
+    def request_session(self, request) -> Session:
+        return self._tm_sessions(info={"request": request})
+
+    def own_transaction(self) -> Session:
+        return Session(bind=self._connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
 
     def read(self):
         return contextlib.nullcontext(self._connection)

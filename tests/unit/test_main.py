@@ -4,7 +4,7 @@ import pytest
 from pyramid.config import Configurator
 from pyramid.interfaces import ICSRFStoragePolicy, IRequestFactory, IRoutesMapper, ISecurityPolicy, ITweens
 
-from myapp import main
+from myapp import main, make_app
 from myapp.headers import SecurityHeaders
 from myapp.models import Database
 from myapp.request import Request
@@ -61,9 +61,16 @@ def test_the_redis_lock_backend_is_built_when_chosen(configurator):
     services.close()
 
 
-def test_main_takes_its_database_from_the_caller(engine, database_url):
+def test_an_ini_key_named_database_is_a_setting_not_the_seam(engine, database_url):
+    app = main({}, database="sqlite://", **base_settings(database_url))
+    services = app.registry[Services]
+    assert isinstance(services.database, Database) and app.registry.settings["database"] == "sqlite://"
+    services.close()
+
+
+def test_make_app_takes_its_database_from_the_caller(engine, database_url):
     database = Database(engine, engine)
-    app = main({}, database=database, **base_settings(database_url))
+    app = make_app(base_settings(database_url), database=database)
     assert app.registry[Services].database is database
     app.registry[Services].http.close()
 

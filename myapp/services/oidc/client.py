@@ -4,8 +4,8 @@ HTTP pool; and the checks on the JWTs it sends (:class:`TokenValidator`)."""
 
 import logging
 import time
-from enum import StrEnum
 from collections.abc import Callable
+from enum import StrEnum
 from urllib.parse import urlencode, urlsplit
 
 import requests

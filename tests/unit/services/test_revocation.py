@@ -90,7 +90,7 @@ def test_ending_a_session_queues_its_refresh_token_and_wipes_it(store, user, dbs
     store.end(session, EndReason.REVOKED)
     [pending] = queued(dbsession)
     assert (pending.issuer, cipher.decrypt(pending.token), pending.token_type_hint) == (ISSUER, "rt", "refresh_token")
-    assert store.rows.read(session.id)[1] == TokenSet()
+    assert store.rows.read(session.id).tokens == TokenSet()
 
 
 def test_without_a_refresh_token_the_access_token_is_queued(store, user, dbsession, cipher):

@@ -108,7 +108,7 @@ def test_tokens_are_encrypted_at_rest(store, user, dbsession, cipher):
     stored = dbsession.execute(select(UserSession.__table__)).mappings().one()
     for column, plaintext in [("access_token", "at-123"), ("refresh_token", "rt-456"), ("id_token", "idt-789")]:
         assert plaintext.encode() not in bytes(stored[column])
-    assert store.rows.read(row.id)[1] == tokens
+    assert store.rows.read(row.id).tokens == tokens
 
 
 def test_key_rotation_old_key_still_decrypts(dbsession, user, clock):
@@ -116,9 +116,9 @@ def test_key_rotation_old_key_still_decrypts(dbsession, user, clock):
     old_store = SessionStore(dbsession=dbsession, cipher=TokenCipher([old]), settings=SETTINGS, clock=clock)
     _, row = old_store.create(user=user, tokens=TokenSet(access_token="at"))
     rotated = SessionStore(dbsession=dbsession, cipher=TokenCipher([new, old]), settings=SETTINGS, clock=clock)
-    assert rotated.rows.read(row.id)[1].access_token == "at"
+    assert rotated.rows.read(row.id).tokens.access_token == "at"
     retired = SessionStore(dbsession=dbsession, cipher=TokenCipher([new]), settings=SETTINGS, clock=clock)
-    assert retired.rows.read(row.id)[1].access_token is None
+    assert retired.rows.read(row.id).tokens.access_token is None
 
 
 def test_live_session_has_no_dead_reason(store, user):
@@ -174,7 +174,7 @@ def test_end_wipes_tokens_and_keeps_reason(store, user):
     raw_id, row = store.create(user=user, tokens=TokenSet(access_token="a", refresh_token="r", id_token="i"))
     assert store.end(row, EndReason.REVOKED)
     assert store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
-    assert store.rows.read(row.id)[1] == TokenSet(access_token=None, refresh_token=None, id_token=None)
+    assert store.rows.read(row.id).tokens == TokenSet(access_token=None, refresh_token=None, id_token=None)
     stored = dbsession_columns(store, row)
     assert (stored["access_token"], stored["refresh_token"], stored["id_token"]) == (None, None, None)
 

@@ -84,7 +84,7 @@ def record(dbsession, cipher):
     def read(row):
         """The session as a request reads it (a SessionRecord), from the row as it is now."""
         dbsession.flush()
-        return SessionRows(dbsession, cipher).read(row.id)[0]
+        return SessionRows(dbsession, cipher).read(row.id).session
 
     return read
 
