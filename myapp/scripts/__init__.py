@@ -23,14 +23,19 @@ def fail(prog: str, message: str) -> None:
     raise SystemExit(2)
 
 
-def read_settings(prog: str, config_uri: str):
-    """The typed settings of an ini file, without starting the app (no database needed)."""
+def read_ini(prog: str, config_uri: str) -> dict:
+    """The raw ``[app:main]`` settings of an ini file; a missing or broken file is one line."""
     try:
-        raw = get_appsettings(config_uri, name="main")
+        return get_appsettings(config_uri, name="main")
     except (FileNotFoundError, OSError) as e:
         fail(prog, f"cannot read {config_uri}: {e.strerror or e}")
     except Exception as e:  # plaster and configparser raise many kinds of errors for a broken ini
         fail(prog, f"cannot read {config_uri}: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def read_settings(prog: str, config_uri: str):
+    """The typed settings of an ini file, without starting the app (no database needed)."""
+    raw = read_ini(prog, config_uri)
     try:
         return raw, load_settings(raw)
     except SettingsError as e:

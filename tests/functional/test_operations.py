@@ -1,5 +1,9 @@
 """The operator's side: metrics, readiness, and the console scripts."""
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -8,6 +12,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
 from myapp.models import (
+    SCHEMA_REVISION,
     AuditEvent,
     LoginTransaction,
     SeenLogoutToken,
@@ -15,11 +20,11 @@ from myapp.models import (
     UserSession,
 )
 from myapp.models.meta import utcnow
-from myapp.scripts import end_sessions, generate_key, purge, show_config
+from myapp.scripts import end_sessions, generate_key, migrate, purge, show_config
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
-from tests.conftest import TEST_KEY, base_settings
+from tests.conftest import TEST_KEY, base_settings, private_schema
 from tests.functional.auth.flows import sign_in as sign_in_with_provider
 from tests.functional.conftest import Browser
 
@@ -95,13 +100,16 @@ def run(main, *args, capsys):
     return code, out, err
 
 
-@pytest.mark.parametrize("script", [purge, end_sessions, generate_key, show_config])
+SCRIPTS = [migrate, purge, end_sessions, generate_key, show_config]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_has_help(script, capsys):
     code, out, _ = run(script.main, "--help", capsys=capsys)
     assert code == 0 and "usage:" in out
 
 
-@pytest.mark.parametrize("script", [purge, end_sessions, show_config])
+@pytest.mark.parametrize("script", [migrate, purge, end_sessions, show_config])
 def test_a_missing_ini_is_one_line(script, capsys, tmp_path):
     extra = ["--subject", "x"] if script is end_sessions else []
     code, _, err = run(script.main, tmp_path / "nope.ini", *extra, capsys=capsys)
@@ -178,3 +186,65 @@ def test_end_sessions(ini, committed, store, capsys):
     assert committed.scalars(select(AuditEvent.detail)).one() == "2 session(s) ended by myapp-end-sessions"
     code, _, err = run(end_sessions.main, ini, "--subject", "nobody", capsys=capsys)
     assert code == 2 and "no user with subject 'nobody'" in err
+
+
+def write_database_ini(path, url):
+    path.write_text(f"[app:main]\nuse = egg:myapp\nsqlalchemy.url = {url.replace('%', '%%')}\n")
+    return path
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_migrate_says_what_it_did(backend, tmp_path, capsys):
+    """Only sqlalchemy.url is needed: a migration host does not need the app's secrets."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'app.sqlite'}" if backend == "sqlite" else stack.enter_context(private_schema("myapp_migrate"))
+        ini = write_database_ini(tmp_path / "app.ini", url)
+        assert run(migrate.main, ini, capsys=capsys) == (
+            0, f"database at revision {SCHEMA_REVISION} (head), upgraded from an unmigrated database\n", ""
+        )
+        assert run(migrate.main, ini, capsys=capsys) == (
+            0, f"database at revision {SCHEMA_REVISION} (head), already up to date\n", ""
+        )
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("", "sqlalchemy.url: missing from [app:main]"),
+        ("sqlalchemy.url = env:MYAPP_TEST_UNSET_VARIABLE\n", "sqlalchemy.url: environment variable MYAPP_TEST_UNSET_VARIABLE is not set"),
+        ("sqlalchemy.url = nonsense\n", "sqlalchemy.url: Could not parse SQLAlchemy URL from given URL string"),
+    ],
+)
+def test_migrate_errors_are_one_line(body, message, tmp_path, capsys):
+    ini = tmp_path / "app.ini"
+    ini.write_text("[app:main]\nuse = egg:myapp\n" + body)
+    assert run(migrate.main, ini, capsys=capsys) == (2, "", f"myapp-migrate: {message}\n")
+
+
+def test_migrate_an_unreachable_database_is_one_line(tmp_path, capsys):
+    ini = write_database_ini(tmp_path / "app.ini", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    code, out, err = run(migrate.main, ini, capsys=capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("myapp-migrate: cannot migrate the database (OperationalError: ") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_alembic_upgrade_with_production_ini_says_what_it_did(tmp_path):
+    """production.ini's logging shows alembic's steps (its root logger, at WARN, would hide them)."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "production.ini").read_text().replace("script_location = myapp:migrations", "script_location = " + str(ROOT / "alembic"))
+    (tmp_path / "production.ini").write_text(text)
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ.update(
+        MYAPP_DATABASE_URL=f"sqlite:///{tmp_path / 'app.sqlite'}",
+        MYAPP_PUBLIC_URL="https://app.example.test", MYAPP_OIDC_ISSUER="https://idp.example.test",
+        MYAPP_OIDC_CLIENT_ID="myapp", MYAPP_OIDC_CLIENT_SECRET="secret", MYAPP_TOKEN_KEYS=TEST_KEY,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", "production.ini", "upgrade", "head"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    steps = [line.split("] ", 1)[1].split(",")[0] for line in result.stderr.splitlines() if "Running upgrade" in line]
+    assert steps == ["Running upgrade  -> 0001", "Running upgrade 0001 -> 0002"]

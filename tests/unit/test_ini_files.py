@@ -81,3 +81,13 @@ def test_every_spec_setting_is_in_both_ini_files():
     for name in ["development.ini", "production.ini"]:
         text = (ROOT / name).read_text()
         assert [n for n in names if n not in text] == [], name
+
+
+@pytest.mark.parametrize("name", ["development.ini", "production.ini"])
+def test_alembic_reaches_the_migrations_from_each_ini(name):
+    """development.ini: the checkout's folder (autogenerate writes there); production.ini: the
+    installed package's (tests/functional/test_installed_package.py installs one)."""
+    from alembic.config import Config
+
+    location = Config(str(ROOT / name)).get_main_option("script_location")
+    assert location == {"development.ini": str(ROOT / "alembic"), "production.ini": "myapp:migrations"}[name]
