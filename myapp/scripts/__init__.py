@@ -11,8 +11,16 @@ from myapp.services import Services
 from myapp.settings import SettingsError, load_settings
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported in one line like every other error."""
+
+    def error(self, message):
+        fail(self.prog, f"{message} (see --help)")
+
+
 def parser(prog: str, description: str, *, ini: bool = True) -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(prog=prog, description=description)
+    """A parser whose --help prints the script's docstring as written: paragraphs and examples."""
+    result = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if ini:
         result.add_argument("config_uri", metavar="INI", help="the app's ini file, e.g. production.ini")
     return result

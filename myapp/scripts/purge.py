@@ -1,4 +1,10 @@
-"""Delete what has expired: sessions, sign-ins never completed, and logout-token replay records."""
+"""Delete what has expired: sessions, sign-ins never completed, and logout-token replay records.
+
+Run it hourly, from cron or a systemd timer.
+
+Example:
+  myapp-purge production.ini --keep 1d
+"""
 
 from sqlalchemy import delete
 

@@ -109,6 +109,28 @@ def test_every_script_has_help(script, capsys):
     assert code == 0 and "usage:" in out
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_is_plain_text_as_written(script, capsys):
+    _, out, _ = run(script.main, "--help", capsys=capsys)
+    assert script.__doc__.strip() in out, "paragraphs and examples kept, not re-wrapped"
+    assert "``" not in out and "Example" in out
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        (end_sessions, ["app.ini"], "one of the arguments --email --subject is required (see --help)"),
+        (end_sessions, ["app.ini", "--email", "a@example.com", "--subject", "a"], "argument --subject: not allowed with argument --email (see --help)"),
+        (purge, [], "the following arguments are required: INI (see --help)"),
+        (migrate, ["app.ini", "--bogus"], "unrecognized arguments: --bogus (see --help)"),
+    ],
+)
+def test_a_command_line_mistake_is_one_line(script, args, message, capsys):
+    code, out, err = run(script.main, *args, capsys=capsys)
+    assert code == 2 and out == ""
+    assert err == f"{script.PROG}: {message}\n"
+
+
 @pytest.mark.parametrize("script", [migrate, purge, end_sessions, show_config])
 def test_a_missing_ini_is_one_line(script, capsys, tmp_path):
     extra = ["--subject", "x"] if script is end_sessions else []
@@ -186,6 +208,59 @@ def test_end_sessions(ini, committed, store, capsys):
     assert committed.scalars(select(AuditEvent.detail)).one() == "2 session(s) ended by myapp-end-sessions"
     code, _, err = run(end_sessions.main, ini, "--subject", "nobody", capsys=capsys)
     assert code == 2 and "no user with subject 'nobody'" in err
+
+
+def add_user(committed, store, subject, email, issuer="https://idp.example.test", sessions=1):
+    user = User(issuer=issuer, subject=subject, name=subject.title(), email=email, groups=[])
+    committed.add(user)
+    committed.flush()
+    for _ in range(sessions):
+        store.create(user=user)
+    committed.commit()
+    return user
+
+
+def live_sessions(committed, user):
+    committed.expire_all()
+    return committed.scalar(
+        select(func.count()).select_from(UserSession).where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+    )
+
+
+def test_end_sessions_by_email(ini, committed, store, capsys):
+    alice = add_user(committed, store, "alice", "Alice@Example.com", sessions=2)
+    bob = add_user(committed, store, "bob", "bob@example.com")
+    code, out, err = run(end_sessions.main, ini, "--email", "alice@example.COM", capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out == "ended 2 session(s) of alice@example.COM: subject alice (https://idp.example.test)\n"
+    assert live_sessions(committed, alice) == 0 and live_sessions(committed, bob) == 1
+    assert committed.scalars(select(AuditEvent.detail).where(AuditEvent.user_id == alice.id)).one() == (
+        "2 session(s) ended by myapp-end-sessions"
+    )
+    code, _, err = run(end_sessions.main, ini, "--email", "nobody@example.com", capsys=capsys)
+    assert code == 2 and err == "myapp-end-sessions: no user with e-mail 'nobody@example.com'\n"
+
+
+def test_an_email_of_several_users_is_refused_with_how_to_name_one(ini, committed, store, capsys):
+    """The same address at two providers, and twice at one: nobody's sessions end, each user is listed."""
+    first = add_user(committed, store, "a-1", "shared@example.com")
+    second = add_user(committed, store, "a 2", "shared@example.com")
+    elsewhere = add_user(committed, store, "z-9", "SHARED@example.com", issuer="https://other.example.test")
+    code, out, err = run(end_sessions.main, ini, "--email", "shared@example.com", capsys=capsys)
+    assert code == 2 and out == ""
+    assert err == (
+        "myapp-end-sessions: several users have the e-mail 'shared@example.com'; name one with --subject and "
+        "--issuer: --subject 'a 2' --issuer https://idp.example.test, --subject a-1 --issuer https://idp.example.test, "
+        "--subject z-9 --issuer https://other.example.test\n"
+    )
+    assert [live_sessions(committed, u) for u in (first, second, elsewhere)] == [1, 1, 1]
+    code, out, _ = run(end_sessions.main, ini, "--email", "shared@example.com", "--issuer", "https://other.example.test", capsys=capsys)
+    assert code == 0 and "subject z-9 (https://other.example.test)" in out
+    code, _, err = run(end_sessions.main, ini, "--email", "shared@example.com", "--issuer", "https://idp.example.test", capsys=capsys)
+    assert code == 2 and "several users have the e-mail 'shared@example.com' from issuer 'https://idp.example.test'" in err
+    code, out, _ = run(end_sessions.main, ini, "--subject", "a 2", "--issuer", "https://idp.example.test", capsys=capsys)
+    assert code == 0 and out == "ended 1 session(s) of a 2 (https://idp.example.test)\n"
+    assert [live_sessions(committed, u) for u in (first, second, elsewhere)] == [1, 0, 0]
 
 
 def write_database_ini(path, url):
