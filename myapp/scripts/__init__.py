@@ -41,6 +41,14 @@ def read_ini(prog: str, config_uri: str) -> dict:
         fail(prog, f"cannot read {config_uri}: {type(e).__name__}: {str(e).splitlines()[0]}")
 
 
+def configure_logging(prog: str, config_uri: str) -> None:
+    """Logging as the ini's [loggers] section says; a broken one is one line, not a traceback."""
+    try:
+        setup_logging(config_uri)
+    except Exception as e:  # logging.config raises many kinds of errors for broken sections
+        fail(prog, f"cannot set up logging from {config_uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
 def read_settings(prog: str, config_uri: str):
     """The typed settings of an ini file, without starting the app (no database needed)."""
     raw = read_ini(prog, config_uri)
@@ -54,8 +62,8 @@ def read_settings(prog: str, config_uri: str):
 def app_environment(prog: str, config_uri: str):
     """The running app's request and registry, inside a transaction that commits on success."""
     read_settings(prog, config_uri)  # a clear one-line error before anything starts
+    configure_logging(prog, config_uri)
     try:
-        setup_logging(config_uri)
         env = bootstrap(config_uri)
     except SystemExit as e:  # main() reports settings and schema problems this way
         fail(prog, str(e.code).removeprefix("myapp: "))

@@ -10,11 +10,9 @@ Example:
   database at revision 0002 (head), upgraded from 0001
 """
 
-from pyramid.paster import setup_logging
-
 from myapp.models import SchemaError
 from myapp.models.schema import database_url, upgrade
-from myapp.scripts import fail, parser, read_ini
+from myapp.scripts import configure_logging, fail, parser, read_ini
 from myapp.settings import SettingsError
 
 PROG = "myapp-migrate"
@@ -27,7 +25,7 @@ def main(argv=None):
         url = database_url(raw)
     except SettingsError as e:
         fail(PROG, str(e))
-    setup_logging(options.config_uri)  # production.ini shows alembic's own lines (one per step)
+    configure_logging(PROG, options.config_uri)  # production.ini shows alembic's lines, one per step
     try:
         before, after = upgrade(url)
     except SchemaError as e:

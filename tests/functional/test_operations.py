@@ -149,6 +149,15 @@ def test_a_bad_setting_is_one_line(script, capsys, tmp_path):
     assert err.strip() == f"{script.PROG}: myapp.public_url: 'nope' is not an absolute http(s) URL"
 
 
+@pytest.mark.parametrize("script", [migrate, purge, end_sessions])
+def test_a_broken_logging_section_is_one_line(script, ini, capsys):
+    ini.write_text(ini.read_text() + "\n[loggers]\nkeys = root\n")
+    extra = ["--subject", "x"] if script is end_sessions else []
+    code, out, err = run(script.main, ini, *extra, capsys=capsys)
+    assert (code, out) == (2, "")
+    assert err == f"{script.PROG}: cannot set up logging from {ini}: KeyError: 'formatters'\n"
+
+
 def test_generate_key(capsys):
     code, out, _ = run(generate_key.main, capsys=capsys)
     assert code == 0
