@@ -59,8 +59,10 @@ def upgrade(url: str) -> tuple[str | None, str]:
     script = ScriptDirectory.from_config(config)
     try:
         engine = get_engine(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise SchemaError(f"sqlalchemy.url: {e}") from None
+    except ImportError as e:
+        raise SchemaError(f"sqlalchemy.url: its database driver is not installed ({e})") from None
     try:
         before = current_revision(engine)
         if before is not None and before not in {r.revision for r in script.walk_revisions()}:
