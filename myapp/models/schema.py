@@ -75,7 +75,8 @@ def upgrade(url: str) -> tuple[str | None, str]:
             command.upgrade(config, "head")
         return before, current_revision(engine)
     except SQLAlchemyError as e:
-        raise SchemaError(f"cannot migrate the database ({type(e).__name__}: {getattr(e, 'orig', None) or e})".splitlines()[0]) from None
+        cause = getattr(e, "orig", None) or e
+        raise SchemaError(f"cannot migrate the database ({type(e).__name__}: {cause})".splitlines()[0]) from None
     except CommandError as e:
         raise SchemaError(str(e).splitlines()[0]) from None
     finally:

@@ -46,7 +46,8 @@ def configure_logging(prog: str, config_uri: str) -> None:
     try:
         setup_logging(config_uri)
     except Exception as e:  # logging.config raises many kinds of errors for broken sections
-        fail(prog, f"cannot set up logging from {config_uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        first_line = (str(e).splitlines() or [""])[0]
+        fail(prog, f"cannot set up logging from {config_uri}: {type(e).__name__}: {first_line}")
 
 
 def read_settings(prog: str, config_uri: str):
