@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bench loadtest audit venv clean
+.PHONY: help run test bench loadtest audit venv clean
 
+## help: list every target and what it does
+help:
+	@awk 'sub(/^## /, "") { i = index($$0, ": "); printf "  make %-12s %s\n", substr($$0, 1, i - 1), substr($$0, i + 2) }' $(MAKEFILE_LIST)
+
+## venv: create .venv and install the project with its test tools (the targets below do it first)
 venv: $(INSTALLED)
 
 $(INSTALLED): setup.py
@@ -18,32 +23,36 @@ $(INSTALLED): setup.py
 	$(BIN)/python -m pip install --quiet -e '.[testing]'
 	touch $(INSTALLED)
 
+## run: the app with the development provider and demo API, on http://127.0.0.1:6543
 run: $(INSTALLED)
 	mkdir -p var
 	$(BIN)/alembic -c development.ini upgrade head
 	$(BIN)/pserve development.ini
 
+## test: every test; PYTEST_ARGS="-k proxy" make test passes arguments to pytest
 test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## bench: throughput and latency of the proxy against bare proxies (installs wrk)
 bench: $(INSTALLED)
 	bench/install-wrk.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## loadtest: 100 simulated people on two processes and PostgreSQL for 60 s
 loadtest: $(INSTALLED)
 	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
 
-# The installed packages against PyPI's advisory database (pip-audit); skipped, saying why,
-# where that database cannot be reached.
 INSTALLED_AUDIT := $(VENV)/.installed-audit
 
 $(INSTALLED_AUDIT): $(INSTALLED)
 	$(BIN)/python -m pip install --quiet -e '.[testing,audit]'
 	touch $(INSTALLED_AUDIT)
 
+## audit: installed packages against PyPI's advisory database (pip-audit); skipped, saying why, when unreachable
 audit: $(INSTALLED_AUDIT)
 	$(BIN)/python .ci/audit.py
 
+## clean: remove .venv, var/ (the development database and keys), caches and test artifacts
 clean:
 	rm -rf $(VENV) var .pytest_cache test-artifacts
 
@@ -61,12 +70,15 @@ $(INSTALLED_E2E): $(INSTALLED)
 	$(BIN)/python -m pip install --quiet -e '.[testing,e2e]'
 	touch $(INSTALLED_E2E)
 
+## e2e-deps: install Debian's chromium and chromium-driver, and Selenium, for the browser tests
 e2e-deps: $(INSTALLED_E2E)
 	bash tests/e2e/install-chromium.sh
 
+## e2e: the browser tests in Chromium (make test runs them too once e2e-deps has run)
 e2e: e2e-deps
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
+## screenshots: retake the browser tests' screenshots and copy into docs/ those the docs show
 screenshots: e2e-deps
 	rm -rf test-artifacts/screenshots
 	$(BIN)/pytest tests/e2e/test_ui.py $(PYTEST_ARGS)

@@ -30,6 +30,9 @@ requires = [
 testing_requires = [
     "WebTest>=3.0.1",
     "pytest>=8.0",
+    # tests/functional/test_installed_package.py builds a wheel offline with the venv's setuptools,
+    # which before 70.1 needs bdist_wheel from wheel (wheel 0.46 left it to setuptools).
+    "wheel>=0.40,<0.46",
 ]
 
 # End-to-end tests drive Debian's chromium through its chromedriver (tests/e2e, `make e2e`).
@@ -48,8 +51,11 @@ setup(
     description="A backend-for-frontend that keeps OpenID Connect tokens on the server",
     python_requires=">=3.11",
     # Namespace packages, so that templates/ and static/ ship as the package data they are.
-    packages=find_namespace_packages(include=["myapp", "myapp.*"], exclude=["*.__pycache__"]),
-    package_data={"": ["*.jinja2", "*.css", "*.js", "*.svg", "*.png", "*.ico"]},
+    # The top-level alembic/ folder ships as myapp/migrations (script_location = myapp:migrations).
+    packages=find_namespace_packages(include=["myapp", "myapp.*"], exclude=["*.__pycache__"])
+    + ["myapp.migrations", "myapp.migrations.versions"],
+    package_dir={"myapp.migrations": "alembic"},
+    package_data={"": ["*.jinja2", "*.css", "*.js", "*.svg", "*.png", "*.ico"], "myapp.migrations": ["script.py.mako"]},
     zip_safe=False,
     install_requires=requires,
     extras_require={"testing": testing_requires, "e2e": e2e_requires, "audit": audit_requires},
@@ -58,6 +64,7 @@ setup(
         # waitress, refusing requests with both Content-Length and Transfer-Encoding (myapp/server.py)
         "paste.server_runner": ["waitress = myapp.server:serve_paste"],
         "console_scripts": [
+            "myapp-migrate = myapp.scripts.migrate:main",
             "myapp-purge = myapp.scripts.purge:main",
             "myapp-end-sessions = myapp.scripts.end_sessions:main",
             "myapp-generate-key = myapp.scripts.generate_key:main",

@@ -1,14 +1,16 @@
 """Migrations read ``sqlalchemy.url`` from the same ini's ``[app:main]`` as the app does.
 
-Tests hand in an open connection through ``config.attributes["connection"]`` instead.
+Installed, this folder is the package ``myapp.migrations`` (``script_location = myapp:migrations``).
+``myapp-migrate`` and the tests hand in an open connection through
+``config.attributes["connection"]`` instead.
 """
 
 from alembic import context
 from pyramid.paster import get_appsettings, setup_logging
 
-from myapp.models import get_engine
+from myapp.models import get_engine, schema
 from myapp.models.meta import Base, UTCDateTime
-from myapp.settings import SettingsError, resolve
+from myapp.settings import SettingsError
 
 config = context.config
 target_metadata = Base.metadata
@@ -17,13 +19,10 @@ target_metadata = Base.metadata
 def database_url() -> str:
     ini = config.config_file_name
     setup_logging(ini)
-    raw = get_appsettings(ini, name="main")
-    if not raw.get("sqlalchemy.url"):
-        raise SystemExit(f"alembic: {ini} has no sqlalchemy.url in [app:main]")
     try:
-        return resolve("sqlalchemy.url", raw["sqlalchemy.url"].strip())
+        return schema.database_url(get_appsettings(ini, name="main"))
     except SettingsError as e:
-        raise SystemExit(f"alembic: {e}") from None
+        raise SystemExit(f"alembic: {ini}: {e}") from None
 
 
 def render_item(type_, obj, autogen_context):

@@ -160,7 +160,7 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
         raise SchemaError(f"cannot reach the database ({type(e).__name__}: {e.orig or e})".splitlines()[0]) from None
     if revision == SCHEMA_REVISION:
         return
-    command = f"alembic -c {config_file or '<your ini file>'} upgrade head"
+    command = f"myapp-migrate {config_file or '<your ini file>'}"
     if revision is None:
         raise SchemaError(f"the database is not migrated; run: {command}")
     raise SchemaError(

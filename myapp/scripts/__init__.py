@@ -11,8 +11,16 @@ from myapp.services import Services
 from myapp.settings import SettingsError, load_settings
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported in one line like every other error."""
+
+    def error(self, message):
+        fail(self.prog, f"{message} (see --help)")
+
+
 def parser(prog: str, description: str, *, ini: bool = True) -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(prog=prog, description=description)
+    """A parser whose --help prints the script's docstring as written: paragraphs and examples."""
+    result = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if ini:
         result.add_argument("config_uri", metavar="INI", help="the app's ini file, e.g. production.ini")
     return result
@@ -24,14 +32,28 @@ def fail(prog: str, *messages: str) -> None:
     raise SystemExit(2)
 
 
-def read_settings(prog: str, config_uri: str):
-    """The typed settings of an ini file, without starting the app (no database needed)."""
+def read_ini(prog: str, config_uri: str) -> dict:
+    """The raw ``[app:main]`` settings of an ini file; a missing or broken file is one line."""
     try:
-        raw = get_appsettings(config_uri, name="main")
+        return get_appsettings(config_uri, name="main")
     except (FileNotFoundError, OSError) as e:
         fail(prog, f"cannot read {config_uri}: {e.strerror or e}")
     except Exception as e:  # plaster and configparser raise many kinds of errors for a broken ini
         fail(prog, f"cannot read {config_uri}: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def configure_logging(prog: str, config_uri: str) -> None:
+    """Logging as the ini's [loggers] section says; a broken one is one line, not a traceback."""
+    try:
+        setup_logging(config_uri)
+    except Exception as e:  # logging.config raises many kinds of errors for broken sections
+        first_line = (str(e).splitlines() or [""])[0]
+        fail(prog, f"cannot set up logging from {config_uri}: {type(e).__name__}: {first_line}")
+
+
+def read_settings(prog: str, config_uri: str):
+    """The typed settings of an ini file, without starting the app (no database needed)."""
+    raw = read_ini(prog, config_uri)
     try:
         return raw, load_settings(raw)
     except SettingsError as e:
@@ -45,8 +67,8 @@ def app_environment(prog: str, config_uri: str):
     Once committed, the tokens of the sessions it ended are revoked at once (what the provider
     does not answer now, the servers' revokers try again later)."""
     read_settings(prog, config_uri)  # a clear one-line error before anything starts
+    configure_logging(prog, config_uri)
     try:
-        setup_logging(config_uri)
         env = bootstrap(config_uri)
     except SystemExit as e:  # main() reports settings and schema problems this way
         fail(prog, *(line.removeprefix("myapp: ") for line in str(e.code).splitlines()))

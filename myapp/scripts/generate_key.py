@@ -2,6 +2,9 @@
 
 To rotate: put the new key first and keep the old one after it; once every session made before
 has ended (myapp.session.absolute_timeout), remove the old key.
+
+Example:
+  MYAPP_TOKEN_KEYS="$(myapp-generate-key) $MYAPP_TOKEN_KEYS"
 """
 
 from cryptography.fernet import Fernet

@@ -1,5 +1,11 @@
 """End sessions whose time ran out (revoking their tokens), then delete what has expired: sessions,
-sign-ins never completed, and logout-token replay records."""
+sign-ins never completed, and logout-token replay records.
+
+Run it hourly, from cron or a systemd timer.
+
+Example:
+  myapp-purge production.ini --keep 1d
+"""
 
 from sqlalchemy import delete
 

@@ -1,4 +1,11 @@
-"""Show the effective configuration of an ini file, every value resolved, secrets masked."""
+"""Show the effective configuration of an ini file, every value resolved, secrets masked.
+
+Reads the settings as the app would (env: and file: values included) without starting it or
+reaching the database; a missing or malformed setting is reported in one line.
+
+Example:
+  myapp-show-config production.ini
+"""
 
 import dataclasses
 from datetime import timedelta

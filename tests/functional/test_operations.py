@@ -1,5 +1,9 @@
 """The operator's side: metrics, readiness, and the console scripts."""
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -7,13 +11,21 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
-from myapp.models import AuditEvent, LoginTransaction, SeenLogoutToken, TokenRevocation, User, UserSession
+from myapp.models import (
+    SCHEMA_REVISION,
+    AuditEvent,
+    LoginTransaction,
+    SeenLogoutToken,
+    TokenRevocation,
+    User,
+    UserSession,
+)
 from myapp.models.meta import utcnow
-from myapp.scripts import end_sessions, generate_key, purge, show_config
+from myapp.scripts import end_sessions, generate_key, migrate, purge, show_config
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
-from tests.conftest import TEST_KEY, base_settings
+from tests.conftest import TEST_KEY, base_settings, private_schema
 from tests.functional.auth.flows import sign_in as sign_in_with_provider
 from tests.functional.conftest import Browser
 
@@ -89,13 +101,38 @@ def run(main, *args, capsys):
     return code, out, err
 
 
-@pytest.mark.parametrize("script", [purge, end_sessions, generate_key, show_config])
+SCRIPTS = [migrate, purge, end_sessions, generate_key, show_config]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_has_help(script, capsys):
     code, out, _ = run(script.main, "--help", capsys=capsys)
     assert code == 0 and "usage:" in out
 
 
-@pytest.mark.parametrize("script", [purge, end_sessions, show_config])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_is_plain_text_as_written(script, capsys):
+    _, out, _ = run(script.main, "--help", capsys=capsys)
+    assert script.__doc__.strip() in out, "paragraphs and examples kept, not re-wrapped"
+    assert "``" not in out and "Example" in out
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        (end_sessions, ["app.ini"], "one of the arguments --email --subject is required (see --help)"),
+        (end_sessions, ["app.ini", "--email", "a@example.com", "--subject", "a"], "argument --subject: not allowed with argument --email (see --help)"),
+        (purge, [], "the following arguments are required: INI (see --help)"),
+        (migrate, ["app.ini", "--bogus"], "unrecognized arguments: --bogus (see --help)"),
+    ],
+)
+def test_a_command_line_mistake_is_one_line(script, args, message, capsys):
+    code, out, err = run(script.main, *args, capsys=capsys)
+    assert code == 2 and out == ""
+    assert err == f"{script.PROG}: {message}\n"
+
+
+@pytest.mark.parametrize("script", [migrate, purge, end_sessions, show_config])
 def test_a_missing_ini_is_one_line(script, capsys, tmp_path):
     extra = ["--subject", "x"] if script is end_sessions else []
     code, _, err = run(script.main, tmp_path / "nope.ini", *extra, capsys=capsys)
@@ -115,6 +152,15 @@ def test_a_bad_setting_is_one_line(script, capsys, tmp_path):
     # Every other problem of the same file in the same run, one line each.
     assert f"{script.PROG}: myapp.oidc.issuer: required setting is missing" in lines
     assert all(line.startswith(f"{script.PROG}: myapp.") for line in lines)
+
+
+@pytest.mark.parametrize("script", [migrate, purge, end_sessions])
+def test_a_broken_logging_section_is_one_line(script, ini, capsys):
+    ini.write_text(ini.read_text() + "\n[loggers]\nkeys = root\n")
+    extra = ["--subject", "x"] if script is end_sessions else []
+    code, out, err = run(script.main, ini, *extra, capsys=capsys)
+    assert (code, out) == (2, "")
+    assert err == f"{script.PROG}: cannot set up logging from {ini}: KeyError: 'formatters'\n"
 
 
 def test_generate_key(capsys):
@@ -219,3 +265,119 @@ def test_purge_ends_sessions_whose_time_ran_out_and_revokes_them(provider_ini, c
     assert provider.revoked == ["rt-old"]
     committed.expire_all()
     assert committed.scalars(select(UserSession.end_reason).where(UserSession.id == old.id)).one() == "expired"
+
+
+def add_user(committed, store, subject, email, issuer="https://idp.example.test", sessions=1):
+    user = User(issuer=issuer, subject=subject, name=subject.title(), email=email, groups=[])
+    committed.add(user)
+    committed.flush()
+    for _ in range(sessions):
+        store.create(user=user)
+    committed.commit()
+    return user
+
+
+def live_sessions(committed, user):
+    committed.expire_all()
+    return committed.scalar(
+        select(func.count()).select_from(UserSession).where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+    )
+
+
+def test_end_sessions_by_email(ini, committed, store, capsys):
+    alice = add_user(committed, store, "alice", "Alice@Example.com", sessions=2)
+    bob = add_user(committed, store, "bob", "bob@example.com")
+    code, out, err = run(end_sessions.main, ini, "--email", "alice@example.COM", capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out == "ended 2 session(s) of alice@example.COM: subject alice (https://idp.example.test)\n"
+    assert live_sessions(committed, alice) == 0 and live_sessions(committed, bob) == 1
+    assert committed.scalars(select(AuditEvent.detail).where(AuditEvent.user_id == alice.id)).one() == (
+        "2 session(s) ended by myapp-end-sessions"
+    )
+    code, _, err = run(end_sessions.main, ini, "--email", "nobody@example.com", capsys=capsys)
+    assert code == 2 and err == "myapp-end-sessions: no user with e-mail 'nobody@example.com'\n"
+
+
+def test_an_email_of_several_users_is_refused_with_how_to_name_one(ini, committed, store, capsys):
+    """The same address at two providers, and twice at one: nobody's sessions end, each user is listed."""
+    first = add_user(committed, store, "a-1", "shared@example.com")
+    second = add_user(committed, store, "a 2", "shared@example.com")
+    elsewhere = add_user(committed, store, "z-9", "SHARED@example.com", issuer="https://other.example.test")
+    code, out, err = run(end_sessions.main, ini, "--email", "shared@example.com", capsys=capsys)
+    assert code == 2 and out == ""
+    assert err == (
+        "myapp-end-sessions: several users have the e-mail 'shared@example.com'; name one with --subject and "
+        "--issuer: --subject 'a 2' --issuer https://idp.example.test, --subject a-1 --issuer https://idp.example.test, "
+        "--subject z-9 --issuer https://other.example.test\n"
+    )
+    assert [live_sessions(committed, u) for u in (first, second, elsewhere)] == [1, 1, 1]
+    code, out, _ = run(end_sessions.main, ini, "--email", "shared@example.com", "--issuer", "https://other.example.test", capsys=capsys)
+    assert code == 0 and "subject z-9 (https://other.example.test)" in out
+    code, _, err = run(end_sessions.main, ini, "--email", "shared@example.com", "--issuer", "https://idp.example.test", capsys=capsys)
+    assert code == 2 and "several users have the e-mail 'shared@example.com' from issuer 'https://idp.example.test'" in err
+    code, out, _ = run(end_sessions.main, ini, "--subject", "a 2", "--issuer", "https://idp.example.test", capsys=capsys)
+    assert code == 0 and out == "ended 1 session(s) of a 2 (https://idp.example.test)\n"
+    assert [live_sessions(committed, u) for u in (first, second, elsewhere)] == [1, 0, 0]
+
+
+def write_database_ini(path, url):
+    path.write_text(f"[app:main]\nuse = egg:myapp\nsqlalchemy.url = {url.replace('%', '%%')}\n")
+    return path
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_migrate_says_what_it_did(backend, tmp_path, capsys):
+    """Only sqlalchemy.url is needed: a migration host does not need the app's secrets."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'app.sqlite'}" if backend == "sqlite" else stack.enter_context(private_schema("myapp_migrate"))
+        ini = write_database_ini(tmp_path / "app.ini", url)
+        assert run(migrate.main, ini, capsys=capsys) == (
+            0, f"database at revision {SCHEMA_REVISION} (head), upgraded from an unmigrated database\n", ""
+        )
+        assert run(migrate.main, ini, capsys=capsys) == (
+            0, f"database at revision {SCHEMA_REVISION} (head), already up to date\n", ""
+        )
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("", "sqlalchemy.url: missing from [app:main]"),
+        ("sqlalchemy.url = env:MYAPP_TEST_UNSET_VARIABLE\n", "sqlalchemy.url: environment variable MYAPP_TEST_UNSET_VARIABLE is not set"),
+        ("sqlalchemy.url = nonsense\n", "sqlalchemy.url: Could not parse SQLAlchemy URL from given URL string"),
+    ],
+)
+def test_migrate_errors_are_one_line(body, message, tmp_path, capsys):
+    ini = tmp_path / "app.ini"
+    ini.write_text("[app:main]\nuse = egg:myapp\n" + body)
+    assert run(migrate.main, ini, capsys=capsys) == (2, "", f"myapp-migrate: {message}\n")
+
+
+def test_migrate_an_unreachable_database_is_one_line(tmp_path, capsys):
+    ini = write_database_ini(tmp_path / "app.ini", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    code, out, err = run(migrate.main, ini, capsys=capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("myapp-migrate: cannot migrate the database (OperationalError: ") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_alembic_upgrade_with_production_ini_says_what_it_did(tmp_path):
+    """production.ini's logging shows alembic's steps (its root logger, at WARN, would hide them)."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "production.ini").read_text().replace("script_location = myapp:migrations", "script_location = " + str(ROOT / "alembic"))
+    (tmp_path / "production.ini").write_text(text)
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ.update(
+        MYAPP_DATABASE_URL=f"sqlite:///{tmp_path / 'app.sqlite'}",
+        MYAPP_PUBLIC_URL="https://app.example.test", MYAPP_OIDC_ISSUER="https://idp.example.test",
+        MYAPP_OIDC_CLIENT_ID="myapp", MYAPP_OIDC_CLIENT_SECRET="secret", MYAPP_TOKEN_KEYS=TEST_KEY,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", "production.ini", "upgrade", "head"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    steps = [line.split("] ", 1)[1].split(",")[0] for line in result.stderr.splitlines() if "Running upgrade" in line]
+    revisions = [f"{n:04d}" for n in range(1, int(SCHEMA_REVISION) + 1)]
+    assert steps == [f"Running upgrade {before} -> {after}" for before, after in zip(["", *revisions], revisions)]

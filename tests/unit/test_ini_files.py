@@ -1,7 +1,10 @@
 """The shipped ini files parse, and production.ini refuses what it must."""
 
+import re
+
 import pytest
 from cryptography.fernet import Fernet
+from paste.deploy.loadwsgi import SERVER, loadcontext
 from pyramid.paster import get_appsettings
 
 from myapp.settings import DEVELOPMENT_CLIENT_SECRETS, DEVELOPMENT_ENCRYPTION_KEYS, SettingsError, load_settings
@@ -100,3 +103,37 @@ def test_the_ini_files_serve_with_the_strict_server(name):
     parser = ConfigParser(interpolation=None)
     parser.read(ROOT / name)
     assert parser["server:main"]["use"] == "egg:myapp#waitress"
+
+
+def server_settings(path, **pserve_variables):
+    """[server:main] as pserve hands it to waitress, given pserve's ``name=value`` arguments."""
+    return loadcontext(SERVER, f"config:{path}", global_conf=pserve_variables or None).local_conf
+
+
+def test_production_ini_serves_each_process_on_the_port_pserve_names():
+    """docs/deployment.md: one process per port, `pserve production.ini http_port=8081`, no edit."""
+    assert server_settings(ROOT / "production.ini", http_port="8081")["port"] == "8081"
+    assert server_settings(ROOT / "production.ini", http_port="8082")["port"] == "8082"
+    default = server_settings(ROOT / "production.ini")
+    assert (default["host"], default["port"]) == ("127.0.0.1", "8080")
+    assert "listen" not in default, "waitress would prefer listen over host and port"
+
+
+def test_production_ini_metrics_block_works_once_uncommented(tmp_path):
+    text = (ROOT / "production.ini").read_text()
+    uncommented = re.sub(r"^# (myapp\.metrics\.\w+ = )", r"\1", text, flags=re.MULTILINE)
+    assert uncommented.count("\nmyapp.metrics.") == 2
+    path = tmp_path / "production.ini"
+    path.write_text(uncommented)
+    settings = load_settings(dict(get_appsettings(str(path), name="main")), environ=PRODUCTION_ENV)
+    assert settings.metrics.enabled and settings.metrics.allow == ("127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize("name", ["development.ini", "production.ini"])
+def test_alembic_reaches_the_migrations_from_each_ini(name):
+    """development.ini: the checkout's folder (autogenerate writes there); production.ini: the
+    installed package's (tests/functional/test_installed_package.py installs one)."""
+    from alembic.config import Config
+
+    location = Config(str(ROOT / name)).get_main_option("script_location")
+    assert location == {"development.ini": str(ROOT / "alembic"), "production.ini": "myapp:migrations"}[name]

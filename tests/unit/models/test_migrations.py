@@ -61,11 +61,11 @@ def test_models_match_migrations(empty_database):
 
 def test_unmigrated_database_is_refused_with_one_line(empty_database):
     url, engine = empty_database
-    with pytest.raises(SchemaError, match="not migrated; run: alembic -c app.ini upgrade head"):
+    with pytest.raises(SchemaError, match="not migrated; run: myapp-migrate app.ini"):
         check_schema(engine, "app.ini")
     with pytest.raises(SystemExit) as info:
         main({"__file__": "/srv/app.ini"}, **base_settings(url))
-    assert str(info.value) == "myapp: the database is not migrated; run: alembic -c /srv/app.ini upgrade head"
+    assert str(info.value) == "myapp: the database is not migrated; run: myapp-migrate /srv/app.ini"
 
 
 def test_outdated_database_is_refused(empty_database):
