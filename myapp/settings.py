@@ -17,6 +17,8 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PREFIX = "myapp."
 DEVSTACK_MODULE = "myapp.devstack"
@@ -384,6 +386,16 @@ def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
     return keys
 
 
+def _database_url(reader: _Reader) -> str | None:
+    url = reader.string("sqlalchemy.url")
+    if url is not None:
+        try:
+            make_url(url)
+        except (ArgumentError, ValueError):
+            reader.problem("sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db")
+    return url
+
+
 def _includes(raw: Mapping[str, object]) -> list[str]:
     value = raw.get("pyramid.includes") or ""
     return value.split() if isinstance(value, str) else list(value)
@@ -478,7 +490,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         environment=environment,
         dashboard_upstream=dashboard_upstream,
         login_rate_limit=reader.integer(PREFIX + "login.rate_limit", 300),
-        database_url=reader.string("sqlalchemy.url"),
+        database_url=_database_url(reader),
         public_url=public_url,
         admin_group=reader.string(PREFIX + "authz.admin_group", "admins"),
         oidc=oidc,

@@ -382,3 +382,8 @@ class TestProductionRefusesDevelopmentMaterial:
 def test_development_key_is_a_valid_fernet_key():
     for key in DEVELOPMENT_ENCRYPTION_KEYS:
         Fernet(key)
+
+
+def test_a_malformed_database_url_is_one_line_that_never_shows_it():
+    problems = problems_for(sqlalchemy__url="postgresql+psycopg://user:hunter2@db:notaport/x")
+    assert problems == ["sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db"]
