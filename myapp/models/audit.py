@@ -11,7 +11,11 @@ class AuditEvent(Base):
     """Who did what to whom, for /admin/audit. ``detail`` never holds a secret."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_audit_events_created_at", "created_at"),
+        Index("ix_audit_events_user_id_id", "user_id", "id"),
+        Index("ix_audit_events_event_id", "event", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -139,5 +139,5 @@ def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
         session = store.find(raw_id)
         assert (session.user_subject, session.user_groups, session.token_generation) == ("alice", ("staff",), 3)
         assert store.rows.read(session.id).tokens.refresh_token == "rt-1"
-        assert dbsession.execute(text("SELECT title FROM posts")).scalar() == "T"
+        assert dbsession.execute(text("SELECT title, form_token FROM posts")).one() == ("T", None)
         assert dbsession.execute(text("SELECT event FROM audit_events")).scalar() == "login"
