@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    WRONG_PROVIDER = "wrong_provider"
     # Beyond SPEC.md's list (docs/architecture.md says why each exists).
     BAD_REQUEST = "bad_request"
     FORBIDDEN = "forbidden"

@@ -66,4 +66,4 @@ class SecurityHeaders:
 
 def includeme(config):
     services = config.registry[Services]
-    config.add_subscriber(SecurityHeaders(services.settings.session, services.oidc.form_action_origins), NewResponse)
+    config.add_subscriber(SecurityHeaders(services.settings.session, services.providers.form_action_origins), NewResponse)

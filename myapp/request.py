@@ -105,22 +105,25 @@ class Request(PyramidRequest):
     @reify
     def login_service(self) -> LoginService:
         services = self.services
-        return LoginService(dbsession=self.dbsession, oidc=services.oidc, cipher=services.cipher, settings=services.settings.oidc)
+        return LoginService(
+            dbsession=self.dbsession, providers=services.providers, cipher=services.cipher,
+            upstreams=services.settings.upstreams,
+        )
 
     @reify
     def logout_service(self) -> LogoutService:
         services = self.services
         return LogoutService(
             dbsession=self.dbsession,
-            oidc=services.oidc,
+            providers=services.providers,
             tokens=services.tokens,
             sessions=self.session_store,
             audit=self.audit,
         )
 
-    def access_token(self, stale: str | None = None) -> str:
-        """A valid access token for this request's session (see TokenManager.access_token)."""
-        return self.services.tokens.access_token(self.identity.session, stale=stale)
+    def access_token(self, stale: str | None = None, *, upstream: str | None = None) -> str:
+        """A valid access token of this request's session for ``upstream`` (see TokenManager.access_token)."""
+        return self.services.tokens.access_token(self.identity.session, upstream=upstream, stale=stale)
 
     def keep_transaction(self) -> None:
         """Commit this request's work even though it answers with an error."""

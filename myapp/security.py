@@ -113,7 +113,7 @@ class SessionSecurityPolicy:
             principals.extend(identity.principals)
         return ACLHelper().permits(context, principals, permission)
 
-    def remember(self, request, userid, *, tokens=TokenSet(), provider_sid=None, **kw):
+    def remember(self, request, userid, *, tokens=TokenSet(), provider="default", provider_sid=None, **kw):
         """Start a new session for the user (never reusing the browser's old id) and set its cookie;
         ``request.identity`` is the new session from here on."""
         store = request.session_store
@@ -126,6 +126,7 @@ class SessionSecurityPolicy:
             # REMOTE_ADDR, which waitress sets from a trusted proxy's X-Forwarded-For only;
             # WebOb's client_addr would believe any X-Forwarded-For a browser sends.
             ip_address=request.remote_addr or "",
+            provider=provider,
             provider_sid=provider_sid,
             tokens=tokens,
         )

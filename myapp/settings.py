@@ -42,6 +42,25 @@ NEVER_FORWARDED = frozenset(
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DEFAULT_PROVIDER = "default"
+# The keys of one provider: ``myapp.oidc.<key>`` for the one provider named ``default``, or
+# ``myapp.oidc.<name>.<key>`` for each provider ``myapp.providers`` lists.
+PROVIDER_KEYS = (
+    "issuer", "client_id", "client_secret", "token_endpoint_auth_method", "scope", "redirect_uri",
+    "post_logout_redirect_uri", "authorize_params", "groups_claim", "fetch_userinfo", "http_timeout",
+)
+# Authorization parameters myapp sets itself.
+RESERVED_AUTHORIZE_PARAMS = frozenset({
+    "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge",
+    "code_challenge_method", "prompt", "request_uri", "request",
+})
+# Token request parameters myapp sets itself (an upstream's token_params may add others, such as audience).
+RESERVED_TOKEN_PARAMS = frozenset({
+    "grant_type", "refresh_token", "client_id", "client_secret", "client_assertion", "client_assertion_type",
+    "scope", "resource", "code", "code_verifier", "redirect_uri", "subject_token", "subject_token_type",
+    "actor_token", "actor_token_type", "requested_token_type",
+})
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TRUE = {"true", "yes", "on", "1"}
@@ -59,6 +78,10 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class OIDCSettings:
+    """One identity provider: ``name`` in URLs and the database, ``display_name`` on the sign-in page."""
+
+    name: str
+    display_name: str
     issuer: str
     client_id: str
     client_secret: str
@@ -70,6 +93,8 @@ class OIDCSettings:
     groups_claim: str
     fetch_userinfo: bool
     http_timeout: float
+    # Where its settings are, for messages: myapp.oidc. or myapp.oidc.<name>.
+    settings_prefix: str = field(default=PREFIX + "oidc.", compare=False)
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,21 @@ class Upstream:
     timeout: float
     methods: frozenset[str]
     forward_headers: frozenset[str] = frozenset()
+    # A token of its own (SPEC.md "Tokens for each upstream"): asked for with the session's refresh
+    # token and these parameters, or by token exchange of the session's access token.
+    scope: str | None = None
+    resources: tuple[str, ...] = ()
+    token_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    exchange: bool = False
+    # The providers whose sessions may call it; None: all.
+    providers: frozenset[str] | None = None
+
+    @property
+    def has_own_token(self) -> bool:
+        return self.exchange or bool(self.scope or self.resources or self.token_params)
+
+    def accepts(self, provider: str) -> bool:
+        return self.providers is None or provider in self.providers
 
 
 @dataclass(frozen=True)
@@ -127,7 +167,8 @@ class Settings:
     database_url: str = field(repr=False)
     public_url: str
     admin_group: str
-    oidc: OIDCSettings
+    # In the order myapp.providers lists them; the first is the default of scripts and the chooser.
+    providers: Mapping[str, OIDCSettings]
     session: SessionSettings
     tokens: TokenSettings
     upstreams: Mapping[str, Upstream]
@@ -327,10 +368,47 @@ def _check_url(name, value, *, allow_path=True):
     return value
 
 
-UPSTREAM_KEYS = ("timeout", "methods", "forward_headers")
+UPSTREAM_KEYS = ("timeout", "methods", "forward_headers", "scope", "resource", "token_params", "exchange", "providers")
 
 
-def _upstreams(reader: _Reader) -> dict[str, Upstream]:
+def _resource_uris(reader: _Reader, name: str) -> tuple[str, ...]:
+    """RFC 8707 resource indicators: absolute URIs without a fragment."""
+    uris = reader.words(name)
+    for uri in uris:
+        parts = urlsplit(uri)
+        if not parts.scheme or parts.fragment or not (parts.netloc or parts.path):
+            reader.problem(f"{name}: {uri!r} is not an absolute URI without a #fragment")
+    return uris
+
+
+def _upstream_token(reader: _Reader, key: str, providers: Mapping[str, "OIDCSettings"]) -> dict:
+    """The settings that give an upstream a token of its own, and the providers it accepts."""
+    scope = reader.string(key + "scope", None)
+    resources = _resource_uris(reader, key + "resource")
+    token_params = reader.mapping(key + "token_params")
+    for param in token_params:
+        if param in RESERVED_TOKEN_PARAMS or not _PARAM_NAME.match(param):
+            reader.problem(f"{key}token_params: {param!r} cannot be set here")
+    exchange = reader.boolean(key + "exchange", False)
+    if exchange and not (scope or resources or "audience" in token_params):
+        reader.problem(f"{key}exchange: token exchange needs a target: {key}resource, {key}scope or an audience in {key}token_params")
+    accepted = None
+    names = reader.words(key + "providers")
+    if names:
+        accepted = frozenset(names)
+        for provider in names:
+            if provider not in providers:
+                reader.problem(f"{key}providers: no provider named {provider!r} in myapp.providers")
+    return {
+        "scope": " ".join(scope.split()) if scope else None,
+        "resources": resources,
+        "token_params": MappingProxyType(token_params),
+        "exchange": exchange,
+        "providers": accepted,
+    }
+
+
+def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict[str, Upstream]:
     upstreams = {}
     for upstream_name, base_url in reader.mapping(PREFIX + "upstreams").items():
         where = f"myapp.upstreams ({upstream_name})"
@@ -362,6 +440,7 @@ def _upstreams(reader: _Reader) -> dict[str, Upstream]:
             timeout=reader.seconds(key + "timeout", 30),
             methods=methods,
             forward_headers=forward_headers,
+            **_upstream_token(reader, key, providers),
         )
     for key in reader.raw:
         if key.startswith(PREFIX + "upstream."):
@@ -370,6 +449,86 @@ def _upstreams(reader: _Reader) -> dict[str, Upstream]:
                 reader.known.add(key)
                 reader.problem(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
     return upstreams
+
+
+def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
+    """``myapp.providers`` and each one's ``myapp.oidc.<name>.*``; without it, ``myapp.oidc.*`` is
+    the one provider, ``default``."""
+    listed = reader.mapping(PREFIX + "providers")
+    if not listed:
+        listed = {DEFAULT_PROVIDER: "Sign in"}
+        prefixes = {DEFAULT_PROVIDER: PREFIX + "oidc."}
+    else:
+        prefixes = {}
+        for name in listed:
+            if not _PROVIDER_NAME.match(name):
+                reader.problem(
+                    f"myapp.providers: {name!r} is not a valid provider name (lower-case letters, digits and '-')"
+                )
+                continue
+            prefixes[name] = f"{PREFIX}oidc.{name}."
+        # The provider named default may keep the plain myapp.oidc.* keys of a one-provider setup.
+        plain = [key for key in reader.raw if key.count(".") == 2 and key.startswith(PREFIX + "oidc.")]
+        nested = any(key.startswith(f"{PREFIX}oidc.{DEFAULT_PROVIDER}.") for key in reader.raw)
+        if DEFAULT_PROVIDER in prefixes and plain and not nested:
+            prefixes[DEFAULT_PROVIDER] = PREFIX + "oidc."
+        elif DEFAULT_PROVIDER not in prefixes:
+            for key in plain:
+                reader.known.add(key)
+                reader.problem(
+                    f"{key}: myapp.providers lists no provider named 'default'; "
+                    f"give each provider its own myapp.oidc.<name>.{key.rpartition('.')[2]}"
+                )
+    providers = {name: _provider(reader, name, listed[name], prefix, public_url) for name, prefix in prefixes.items()}
+    seen: dict[str, str] = {}
+    for provider in providers.values():
+        if provider.issuer == _SOME_URL(None):
+            continue  # missing or malformed, and already reported
+        other = seen.setdefault(provider.issuer, provider.name)
+        if other != provider.name:
+            reader.problem(
+                f"{provider.settings_prefix}issuer: provider {other!r} has the same issuer; back-channel logout "
+                "and revocation could not tell them apart"
+            )
+    return providers
+
+
+def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public_url: str) -> OIDCSettings:
+    callback_path = "/auth/callback" if name == DEFAULT_PROVIDER else f"/auth/callback/{name}"
+    auth_method = reader.choice(
+        prefix + "token_endpoint_auth_method", "client_secret_basic", ("client_secret_basic", "client_secret_post")
+    )
+    authorize_params = reader.mapping(prefix + "authorize_params")
+    for key in authorize_params:
+        if key in RESERVED_AUTHORIZE_PARAMS or not _PARAM_NAME.match(key):
+            reader.problem(f"{prefix}authorize_params: {key!r} cannot be set here")
+    scope = reader.string(prefix + "scope", "openid profile email offline_access")
+    if "openid" not in scope.split():
+        reader.problem(f"{prefix}scope: must include 'openid'")
+    redirect_uri = reader.url(prefix + "redirect_uri", public_url + callback_path)
+    if not urlsplit(redirect_uri).path.rstrip("/").endswith(callback_path) and not (
+        name == DEFAULT_PROVIDER and urlsplit(redirect_uri).path.rstrip("/").endswith("/auth/callback/default")
+    ):
+        reader.problem(
+            f"{prefix}redirect_uri: must end with {callback_path}, the callback of provider {name!r} "
+            "(each provider has its own, a defence against mix-up attacks)"
+        )
+    return OIDCSettings(
+        name=name,
+        display_name=display_name,
+        issuer=reader.url(prefix + "issuer"),
+        client_id=reader.string(prefix + "client_id"),
+        client_secret=reader.string(prefix + "client_secret"),
+        token_endpoint_auth_method=auth_method,
+        scope=" ".join(scope.split()),
+        redirect_uri=redirect_uri,
+        post_logout_redirect_uri=reader.url(prefix + "post_logout_redirect_uri", public_url + "/"),
+        authorize_params=MappingProxyType(authorize_params),
+        groups_claim=reader.string(prefix + "groups_claim", "groups"),
+        fetch_userinfo=reader.boolean(prefix + "fetch_userinfo", True),
+        http_timeout=reader.seconds(prefix + "http_timeout", 10),
+        settings_prefix=prefix,
+    )
 
 
 def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
@@ -409,36 +568,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
 
     public_url = reader.url(PREFIX + "public_url", allow_path=False).rstrip("/")
 
-    issuer = reader.url(PREFIX + "oidc.issuer")
-    auth_method = reader.choice(
-        PREFIX + "oidc.token_endpoint_auth_method",
-        "client_secret_basic",
-        ("client_secret_basic", "client_secret_post"),
-    )
-    authorize_params = reader.mapping(PREFIX + "oidc.authorize_params")
-    reserved = {
-        "response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
-        "code_challenge", "code_challenge_method", "prompt",
-    }
-    for key in authorize_params:
-        if key in reserved or not _PARAM_NAME.match(key):
-            reader.problem(f"myapp.oidc.authorize_params: {key!r} cannot be set here")
-    scope = reader.string(PREFIX + "oidc.scope", "openid profile email offline_access")
-    if "openid" not in scope.split():
-        reader.problem("myapp.oidc.scope: must include 'openid'")
-    oidc = OIDCSettings(
-        issuer=issuer,
-        client_id=reader.string(PREFIX + "oidc.client_id"),
-        client_secret=reader.string(PREFIX + "oidc.client_secret"),
-        token_endpoint_auth_method=auth_method,
-        scope=" ".join(scope.split()),
-        redirect_uri=reader.url(PREFIX + "oidc.redirect_uri", public_url + "/auth/callback"),
-        post_logout_redirect_uri=reader.url(PREFIX + "oidc.post_logout_redirect_uri", public_url + "/"),
-        authorize_params=MappingProxyType(authorize_params),
-        groups_claim=reader.string(PREFIX + "oidc.groups_claim", "groups"),
-        fetch_userinfo=reader.boolean(PREFIX + "oidc.fetch_userinfo", True),
-        http_timeout=reader.seconds(PREFIX + "oidc.http_timeout", 10),
-    )
+    providers = _providers(reader, public_url)
 
     cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
     cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session")
@@ -482,7 +612,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     if lock_backend == "redis" and redis_url is None:
         reader.problem("myapp.lock.backend: 'redis' needs myapp.redis.url")
 
-    upstreams = _upstreams(reader)
+    upstreams = _upstreams(reader, providers)
     dashboard_upstream = reader.string(PREFIX + "dashboard.upstream", None)
     if dashboard_upstream is not None and dashboard_upstream not in upstreams:
         reader.problem(f"myapp.dashboard.upstream: no upstream named {dashboard_upstream!r} in myapp.upstreams")
@@ -493,7 +623,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         database_url=_database_url(reader),
         public_url=public_url,
         admin_group=reader.string(PREFIX + "authz.admin_group", "admins"),
-        oidc=oidc,
+        providers=MappingProxyType(providers),
         session=session,
         tokens=tokens,
         upstreams=MappingProxyType(upstreams),
@@ -520,7 +650,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
 
 def _refuse_unknown_keys(reader: _Reader) -> None:
     """Every ``myapp.*`` key the parser did not read is a typo or a setting of another version."""
-    candidates = {name.removeprefix(PREFIX) for name in reader.known | _per_upstream_keys(reader)}
+    candidates = {name.removeprefix(PREFIX) for name in reader.known | _per_upstream_keys(reader) | _per_provider_keys(reader)}
     for key in reader.raw:
         if key.startswith(PREFIX) and key not in reader.known:
             close = difflib.get_close_matches(key.removeprefix(PREFIX), sorted(candidates), n=1, cutoff=0.75)
@@ -531,6 +661,11 @@ def _refuse_unknown_keys(reader: _Reader) -> None:
 def _per_upstream_keys(reader: _Reader) -> set[str]:
     names = [key.split(".")[2] for key in reader.raw if key.startswith(PREFIX + "upstream.") and key.count(".") >= 3]
     return {f"{PREFIX}upstream.{name}.{key}" for name in names for key in UPSTREAM_KEYS}
+
+
+def _per_provider_keys(reader: _Reader) -> set[str]:
+    names = [key.split(".")[2] for key in reader.raw if key.startswith(PREFIX + "oidc.") and key.count(".") >= 3]
+    return {f"{PREFIX}oidc.{name}.{key}" for name in names for key in PROVIDER_KEYS}
 
 
 def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
@@ -548,8 +683,9 @@ def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
             "myapp.tokens.encryption_keys: the published development key is refused in production; "
             "generate one with myapp-generate-key"
         )
-    if settings.oidc.client_secret in DEVELOPMENT_CLIENT_SECRETS:
-        reader.problem("myapp.oidc.client_secret: the development client secret is refused in production")
+    for provider in settings.providers.values():
+        if provider.client_secret in DEVELOPMENT_CLIENT_SECRETS:
+            reader.problem(f"{provider.settings_prefix}client_secret: the development client secret is refused in production")
     if not settings.session.cookie_secure:
         reader.problem(
             "myapp.session.cookie_secure: false is refused in production (the session cookie would travel "

@@ -16,11 +16,11 @@ from .login import LoginTransaction, SeenLogoutToken
 from .meta import Base
 from .post import Post
 from .revocation import TokenRevocation
-from .session import UserSession
+from .session import SessionToken, UserSession
 from .user import User
 
 # The alembic head this code expects; tests/unit/models/test_migrations.py keeps it honest.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 MAX_RETRIED_BODY_BYTES = 1024 * 1024
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "LoginTransaction",
     "Post",
     "SeenLogoutToken",
+    "SessionToken",
     "TokenRevocation",
     "User",
     "UserSession",

@@ -22,6 +22,8 @@ class LoginTransaction(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     code_verifier: Mapped[bytes] = mapped_column(LargeBinary)
     next_path: Mapped[str] = mapped_column(String(2000), default="/")
+    # The provider it was started for: only that provider's callback may complete it (mix-up defence).
+    provider: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
 

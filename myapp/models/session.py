@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .meta import Base, utcnow
@@ -32,6 +32,8 @@ class UserSession(Base):
     end_reason: Mapped[str | None] = mapped_column(String(32))
     user_agent: Mapped[str] = mapped_column(String(512), default="")
     ip_address: Mapped[str] = mapped_column(String(64), default="")
+    # The provider it signed in with (myapp.providers; "default" for myapp.oidc.*).
+    provider: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     provider_sid: Mapped[str | None] = mapped_column(String(255))
     csrf_token: Mapped[str] = mapped_column(String(64))
     access_token: Mapped[bytes | None] = mapped_column(LargeBinary)
@@ -44,3 +46,18 @@ class UserSession(Base):
 
     user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 
+
+
+class SessionToken(Base):
+    """An upstream's own access token for a session (SPEC.md "Tokens for each upstream"), encrypted
+    like the session's. Written only under the session's refresh lock; gone with the session."""
+
+    __tablename__ = "session_tokens"
+    __table_args__ = (UniqueConstraint("session_id", "upstream", name="uq_session_tokens_session_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    upstream: Mapped[str] = mapped_column(String(64))
+    access_token: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime | None]
+    refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -32,17 +32,27 @@ def main(argv=None):
     arguments.add_argument(
         "--issuer",
         metavar="URL",
-        help="the provider's issuer; with --subject it defaults to myapp.oidc.issuer of the ini, "
+        help="the provider's issuer; with --subject it defaults to the issuer of the first provider of the ini, "
         "with --email it narrows the search to that provider",
     )
+    arguments.add_argument(
+        "--provider", metavar="NAME", help="the provider by its name in myapp.providers (instead of --issuer)"
+    )
     options = arguments.parse_args(argv)
+    if options.provider and options.issuer:
+        fail(PROG, "give --provider or --issuer, not both")
     with app_environment(PROG, options.config_uri) as env:
         request = env["request"]
+        providers = request.services.providers
+        if options.provider:
+            if options.provider not in providers:
+                fail(PROG, f"no provider named {options.provider!r} (the ini lists: {', '.join(providers)})")
+            options.issuer = providers[options.provider].settings.issuer
         if options.email is not None:
             user = user_by_email(request.dbsession, options.email, options.issuer)
             described = f"{options.email}: subject {user.subject} ({user.issuer})"
         else:
-            issuer = options.issuer or request.services.settings.oidc.issuer
+            issuer = options.issuer or providers.first.settings.issuer
             user = request.dbsession.scalars(
                 select(User).where(User.issuer == issuer, User.subject == options.subject)
             ).one_or_none()

@@ -8,10 +8,9 @@ import redis
 
 from myapp.cookies import LoginBindingCookie, SessionCookie
 from myapp.models import Database
-from myapp.services.http import HttpClient
 from myapp.services.login import LOGIN_TRANSACTION_LIFETIME
 from myapp.services.metrics import Metrics
-from myapp.services.oidc import OIDCClient
+from myapp.services.oidc import Providers
 from myapp.services.proxy import Proxy
 from myapp.services.ratelimit import RateLimiter
 from myapp.services.revocation import Revoker
@@ -27,8 +26,7 @@ class Services:
     settings: Settings
     database: Database
     cipher: TokenCipher
-    http: HttpClient
-    oidc: OIDCClient
+    providers: Providers
     tokens: TokenManager
     revoker: Revoker
     proxy: Proxy
@@ -44,14 +42,13 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, database: Database) -> "Services":
         cipher = TokenCipher(settings.tokens.encryption_keys)
-        http = HttpClient(timeout=settings.oidc.http_timeout)
-        oidc = OIDCClient(settings=settings.oidc, http=http)
+        providers = Providers.build(settings.providers)
         metrics = Metrics()
         redis_client = None
         if settings.lock.redis_url:
             redis_client = redis.Redis.from_url(settings.lock.redis_url, socket_timeout=5, socket_connect_timeout=2)
         # The lock outlives a slow provider call (its timeout), with room to spare.
-        lock_timeout = settings.oidc.http_timeout * 2 + 5
+        lock_timeout = providers.http_timeout * 2 + 5
         if settings.lock.backend == "redis":
             lock = RedisRefreshLock(redis_client, database.own_transaction, timeout=lock_timeout)
         else:
@@ -60,11 +57,13 @@ class Services:
             settings=settings,
             database=database,
             cipher=cipher,
-            http=http,
-            oidc=oidc,
-            tokens=TokenManager(lock=lock, oidc=oidc, cipher=cipher, settings=settings.tokens, metrics=metrics),
+            providers=providers,
+            tokens=TokenManager(
+                lock=lock, providers=providers, cipher=cipher, settings=settings.tokens, metrics=metrics,
+                upstreams=settings.upstreams,
+            ),
             revoker=Revoker(
-                database=database, cipher=cipher, providers={settings.oidc.issuer: oidc},
+                database=database, cipher=cipher, providers=providers,
                 idle_timeout=settings.session.idle_timeout, metrics=metrics,
             ),
             proxy=Proxy(
@@ -81,7 +80,7 @@ class Services:
     def close(self) -> None:
         """Release what the app holds (pooled connections, clients): for scripts and tests that end."""
         self.revoker.stop()
-        self.http.close()
+        self.providers.close()
         self.proxy.pool.clear()
         if self.redis is not None:
             self.redis.close()

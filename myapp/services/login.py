@@ -7,15 +7,16 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
-from myapp.services.oidc import OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
 from myapp.services.tokenset import TokenCipher, TokenSet
-from myapp.settings import OIDCSettings
+from myapp.settings import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class LoginError(Exception):
 @dataclass(frozen=True)
 class LoginResult:
     user_id: int
+    provider: str
     tokens: TokenSet
     provider_sid: str | None
     next_path: str
@@ -58,21 +60,34 @@ class LoginService:
         self,
         *,
         dbsession: Session,
-        oidc: OIDCClient,
+        providers: Providers,
         cipher: TokenCipher,
-        settings: OIDCSettings,
+        upstreams: Mapping[str, Upstream] = MappingProxyType({}),
         clock: Callable[[], datetime] = utcnow,
     ):
         self.dbsession = dbsession
-        self.oidc = oidc
+        self.providers = providers
         self.cipher = cipher
-        self.settings = settings
+        self.upstreams = upstreams
         self.clock = clock
 
-    def begin(self, *, next_path: str, browser_token: str, prompt: str | None = None) -> str:
-        """Record a login transaction and return the provider's authorization URL."""
+    def resources_for(self, provider: str) -> tuple[str, ...]:
+        """RFC 8707 section 2.1: the authorization asks for the resource of every upstream this
+        provider's sessions get their own token for by refresh, so that the grant covers them all."""
+        resources: dict[str, None] = {}
+        for upstream in self.upstreams.values():
+            if upstream.accepts(provider) and not upstream.exchange:
+                resources.update(dict.fromkeys(upstream.resources))
+        return tuple(resources)
+
+    def begin(self, *, provider: str, next_path: str, browser_token: str, prompt: str | None = None) -> str:
+        """Record a login transaction for ``provider`` and return its authorization URL. Raises
+        :class:`UnknownProvider`, or :class:`OIDCError` when the provider cannot be reached."""
+        client = self.providers.named(provider)
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
-        url = self.oidc.authorization_url(state=state, nonce=nonce, code_verifier=verifier, prompt=prompt)
+        url = client.authorization_url(
+            state=state, nonce=nonce, code_verifier=verifier, prompt=prompt, resources=self.resources_for(provider)
+        )
         now = self.clock()
         browser_hash = _sha256(browser_token)
         self.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.expires_at < now))
@@ -95,6 +110,7 @@ class LoginService:
                 nonce=self.cipher.encrypt(nonce),
                 code_verifier=self.cipher.encrypt(verifier),
                 next_path=next_path,
+                provider=provider,
                 created_at=now,
                 expires_at=now + LOGIN_TRANSACTION_LIFETIME,
             )
@@ -102,8 +118,9 @@ class LoginService:
         self.dbsession.flush()
         return url
 
-    def complete(self, params: Mapping[str, str], *, browser_token: str | None) -> LoginResult:
-        """The callback, failing closed at each step in SPEC.md's order. No token is used early."""
+    def complete(self, params: Mapping[str, str], *, provider: str, browser_token: str | None) -> LoginResult:
+        """The callback of ``provider`` (the one its URL names), failing closed at each step in
+        SPEC.md's order. No token is used early."""
         for name in ("state", "code", "iss", "error", "error_description"):
             if len(params.get(name, "")) > MAX_PARAMETER_LENGTH:
                 raise LoginError("parameter_too_long", "The sign-in response is malformed.", started_here=False)
@@ -118,12 +135,20 @@ class LoginService:
 
         def fail(reason, message, status=400):
             return LoginError(reason, message, status=status, next_path=next_path)
+        # Mix-up defence (RFC 9700 section 4.4): the answer must come back to the callback of the
+        # provider the sign-in was sent to, whatever the response claims.
+        if transaction.provider != provider:
+            raise fail("wrong_provider_callback", "This sign-in was started with another provider. Please start again.")
+        client = self.providers.get(provider)
+        if client is None:
+            raise fail("unknown_provider", "This sign-in provider is no longer configured. Please start again.")
+        settings = client.settings
         try:
-            metadata = self.oidc.metadata()
+            metadata = client.metadata()
         except OIDCError as e:
             raise fail(e.reason, e.message, 503 if isinstance(e, ProviderUnavailable) else 502) from None
         iss = params.get("iss")
-        if iss is not None and iss != self.settings.issuer:
+        if iss is not None and iss != settings.issuer:
             raise fail("bad_iss_parameter", "The sign-in response came from another provider.")
         if iss is None and metadata.iss_parameter_supported:
             raise fail("missing_iss_parameter", "The sign-in response does not say which provider sent it.")
@@ -136,11 +161,11 @@ class LoginService:
         if verifier is None or nonce is None:
             raise fail("transaction_unreadable", "This sign-in can no longer be completed.")
         try:
-            token = self.oidc.exchange_code(code, verifier)
+            token = client.exchange_code(code, verifier)
             id_token = token.get("id_token")
             if not isinstance(id_token, str):
                 raise OIDCError("missing_id_token", "The provider did not return an ID token.")
-            claims = self.oidc.validate_id_token(id_token, nonce=nonce, access_token=token["access_token"])
+            claims = client.validate_id_token(id_token, nonce=nonce, access_token=token["access_token"])
         except ProviderUnavailable as e:
             raise fail(e.reason, e.message, 503) from None
         except TokenRequestRefused as e:
@@ -150,13 +175,14 @@ class LoginService:
 
         # Every check has passed: only now is the access token used.
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
-        if self.settings.fetch_userinfo:
-            userinfo = self.oidc.userinfo(token["access_token"], subject=claims["sub"])
+        if settings.fetch_userinfo:
+            userinfo = client.userinfo(token["access_token"], subject=claims["sub"])
             if userinfo:
                 claims = {**claims, **{k: v for k, v in userinfo.items() if k not in ("iss", "aud", "sub")}}
-        user = self.upsert_user(claims)
+        user = self.upsert_user(claims, client)
         return LoginResult(
             user_id=user.id,
+            provider=provider,
             tokens=TokenSet.from_response(token, self.clock()),
             provider_sid=sid,
             next_path=next_path,
@@ -214,18 +240,16 @@ class LoginService:
             started_here=started_here,
         )
 
-    def upsert_user(self, claims: Mapping) -> User:
-        """Users are keyed by (issuer, sub), never by email; their details refresh at each login."""
+    def upsert_user(self, claims: Mapping, client: OIDCClient) -> User:
+        """Users are keyed by (issuer, sub), never by email (the same address at two providers is
+        two people); their details refresh at each login."""
+        issuer = client.settings.issuer
         # Two first sign-ins of one person at once must not collide on the (issuer, sub) key.
-        insert_ignoring_duplicates(
-            self.dbsession, User, {"issuer": self.settings.issuer, "subject": claims["sub"]}, ["issuer", "subject"]
-        )
-        user = self.dbsession.scalars(
-            select(User).where(User.issuer == self.settings.issuer, User.subject == claims["sub"])
-        ).one()
+        insert_ignoring_duplicates(self.dbsession, User, {"issuer": issuer, "subject": claims["sub"]}, ["issuer", "subject"])
+        user = self.dbsession.scalars(select(User).where(User.issuer == issuer, User.subject == claims["sub"])).one()
         user.name = _text(claims.get("name")) or _text(claims.get("preferred_username")) or _text(claims.get("email")) or ""
         user.email = _text(claims.get("email"), 320) or None
-        user.groups = groups_from(claims.get(self.settings.groups_claim))
+        user.groups = groups_from(claims.get(client.settings.groups_claim))
         user.last_login_at = self.clock()
         self.dbsession.flush()
         return user

@@ -11,7 +11,16 @@ from sqlalchemy.orm import Session
 from myapp.models import SeenLogoutToken, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
-from myapp.services.oidc import CLOCK_SKEW, MAX_TOKEN_AGE, OIDCClient, OIDCError, ProviderUnavailable, Revocation
+from myapp.services.oidc import (
+    CLOCK_SKEW,
+    MAX_TOKEN_AGE,
+    OIDCClient,
+    OIDCError,
+    Providers,
+    ProviderUnavailable,
+    Revocation,
+    unverified_issuer,
+)
 from myapp.services.sessions import EndReason, SessionRecord, SessionStore
 from myapp.services.tokens import TokenManager
 from myapp.services.tokenset import TokenSet
@@ -27,14 +36,14 @@ class LogoutService:
         self,
         *,
         dbsession: Session,
-        oidc: OIDCClient,
+        providers: Providers,
         tokens: TokenManager,
         sessions: SessionStore,
         audit: AuditLog,
         clock: Callable[[], datetime] = utcnow,
     ):
         self.dbsession = dbsession
-        self.oidc = oidc
+        self.providers = providers
         self.tokens = tokens
         self.sessions = sessions
         self.audit = audit
@@ -47,6 +56,7 @@ class LogoutService:
         Never fails open: when the refresh lock cannot be had (Redis down, a refresh stuck), the
         session ends without it and its tokens go to the revoker.
         """
+        client = self.providers.of_session(session.provider, session.user_issuer)
         try:
             # Under the refresh lock: a refresh racing this logout can neither store new tokens
             # afterwards nor leave one unrevoked.
@@ -60,7 +70,7 @@ class LogoutService:
             outcome = "refresh lock unavailable; revocation queued"
             id_token = current.tokens.id_token if current else None
         else:
-            revocation = self.revoke_at_provider(tokens)
+            revocation = self.revoke_at_provider(client, tokens) if client is not None else Revocation.NOT_OFFERED
             if revocation is Revocation.FAILED:
                 self.sessions.rows.revoke_later(session.user_issuer, tokens)
             outcome = {
@@ -76,36 +86,42 @@ class LogoutService:
             ip_address=ip_address,
             detail=outcome,
         )
-        return self.oidc.end_session_url(id_token_hint=id_token)
+        return client.end_session_url(id_token_hint=id_token) if client is not None else None
 
-    def revoke_at_provider(self, tokens: TokenSet) -> Revocation:
+    @staticmethod
+    def revoke_at_provider(client: OIDCClient, tokens: TokenSet) -> Revocation:
         """RFC 7009, bounded so that a slow provider cannot hold up the local sign-out."""
-        timeout = min(self.oidc.settings.http_timeout, REVOCATION_TIMEOUT)
+        timeout = min(client.settings.http_timeout, REVOCATION_TIMEOUT)
         if tokens.refresh_token:
-            return self.oidc.revoke(tokens.refresh_token, "refresh_token", timeout=timeout)
+            return client.revoke(tokens.refresh_token, "refresh_token", timeout=timeout)
         if tokens.access_token:
-            return self.oidc.revoke(tokens.access_token, "access_token", timeout=timeout)
+            return client.revoke(tokens.access_token, "access_token", timeout=timeout)
         return Revocation.NOT_OFFERED
 
     def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
-        """Validate a logout token, refuse a replay, end the sessions it names. Returns (claims, ended)."""
-        claims = self.oidc.validate_logout_token(logout_token)
+        """Validate a logout token with the keys and rules of the provider its ``iss`` names, refuse
+        a replay, end the sessions it names at that provider only. Returns (claims, ended)."""
+        client = self.providers.by_issuer(unverified_issuer(logout_token))
+        if client is None:
+            raise OIDCError("unknown_issuer", "The logout token is not from a provider this app trusts.")
+        claims = client.validate_logout_token(logout_token)
         self.dbsession.execute(delete(SeenLogoutToken).where(SeenLogoutToken.expires_at < self.clock()))
-        if not self._first_sighting(claims):
+        issuer = client.settings.issuer
+        if not self._first_sighting(issuer, claims):
             raise OIDCError("replayed_jti", "This logout token was already used.")
-        issuer = self.oidc.settings.issuer
-        user_ids = None
+        # Users are keyed by (issuer, sub): only this provider's people, and so its sessions.
+        of_issuer = select(User.id).where(User.issuer == issuer)
         if claims.get("sub") is not None:
-            user_ids = list(
-                self.dbsession.scalars(select(User.id).where(User.issuer == issuer, User.subject == claims["sub"]))
-            )
+            of_issuer = of_issuer.where(User.subject == claims["sub"])
         if claims.get("sid") is not None:
-            ended = self.sessions.end_by_provider_sid(user_ids, claims["sid"], EndReason.BACKCHANNEL)
+            ended = self.sessions.end_by_provider_sid(of_issuer, claims["sid"], EndReason.BACKCHANNEL)
         else:
-            ended = sum(self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in user_ids)
+            ended = sum(
+                self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in self.dbsession.scalars(of_issuer)
+            )
         return claims, ended
 
-    def _first_sighting(self, claims: dict) -> bool:
+    def _first_sighting(self, issuer: str, claims: dict) -> bool:
         """Record the jti; False if some process recorded it before (atomic: INSERT .. ON CONFLICT)."""
         now = self.clock()
         # Keep the record as long as the token could still be accepted: until it expires, and
@@ -117,6 +133,6 @@ class LogoutService:
         return insert_ignoring_duplicates(
             self.dbsession,
             SeenLogoutToken,
-            {"issuer": self.oidc.settings.issuer, "jti": claims["jti"], "expires_at": now + timedelta(seconds=remaining)},
+            {"issuer": issuer, "jti": claims["jti"], "expires_at": now + timedelta(seconds=remaining)},
             ["issuer", "jti"],
         )

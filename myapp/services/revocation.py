@@ -12,7 +12,7 @@ time ran out (absolute or idle), which queues their tokens the same way.
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from myapp.models import Database, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.metrics import Metrics
-from myapp.services.oidc import OIDCClient, Revocation
+from myapp.services.oidc import Providers, Revocation
 from myapp.services.sessions import EndReason, SessionRows
 from myapp.services.tokenset import TokenCipher
 
@@ -52,7 +52,7 @@ class Revoker:
         *,
         database: Database,
         cipher: TokenCipher,
-        providers: Mapping[str, OIDCClient],
+        providers: Providers,
         idle_timeout: timedelta,
         metrics: Metrics,
         clock: Callable[[], datetime] = utcnow,
@@ -127,7 +127,7 @@ class Revoker:
             return list(rows)
 
     def _revoke(self, row: TokenRevocation) -> str:
-        client = self.providers.get(row.issuer)
+        client = self.providers.by_issuer(row.issuer)
         if client is None:
             log.warning("a token of issuer %s cannot be revoked: no provider with that issuer is configured", row.issuer)
             return "unknown_provider"

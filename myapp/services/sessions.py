@@ -18,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from myapp.models import TokenRevocation, User, UserSession
+from myapp.models import SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
@@ -51,7 +51,8 @@ _SESSIONS, _USERS = UserSession.__table__.c, User.__table__.c
 # What every request reads, named as SessionRecord's fields.
 _RECORD_COLUMNS = (
     _SESSIONS.id, _SESSIONS.handle, _SESSIONS.user_id, _SESSIONS.created_at, _SESSIONS.last_seen_at,
-    _SESSIONS.expires_at, _SESSIONS.ended_at, _SESSIONS.end_reason, _SESSIONS.provider_sid, _SESSIONS.csrf_token,
+    _SESSIONS.expires_at, _SESSIONS.ended_at, _SESSIONS.end_reason, _SESSIONS.provider, _SESSIONS.provider_sid,
+    _SESSIONS.csrf_token,
     _SESSIONS.access_token, _SESSIONS.access_token_expires_at, _SESSIONS.token_generation, _SESSIONS.refreshed_at,
     _USERS.issuer.label("user_issuer"), _USERS.subject.label("user_subject"), _USERS.name.label("user_name"),
     _USERS.email.label("user_email"), _USERS.groups.label("user_groups"), _USERS.disabled.label("user_disabled"),
@@ -100,6 +101,7 @@ class SessionRecord:
     expires_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    provider: str
     provider_sid: str | None
     csrf_token: str = field(repr=False)
     access_token: bytes | None = field(repr=False)
@@ -131,6 +133,14 @@ class SessionRecord:
 
     def is_idle(self, now: datetime, idle_timeout: timedelta) -> bool:
         return now >= self.last_seen_at + idle_timeout
+
+
+class UpstreamToken(NamedTuple):
+    """An upstream's own access token for a session, as stored in ``session_tokens``."""
+
+    access_token: str
+    expires_at: datetime | None
+    refreshed_at: datetime | None
 
 
 class StoredSession(NamedTuple):
@@ -222,6 +232,10 @@ class SessionRows:
             .values(ended_at=now, end_reason=str(reason), access_token=None, refresh_token=None, id_token=None)
             .execution_options(synchronize_session=False)
         )
+        # The upstreams' own access tokens go with it (short-lived; the revoked refresh token was their source).
+        self.dbsession.execute(
+            delete(SessionToken).where(SessionToken.session_id.in_([row.id for row in ending]))
+        )
         if revoke:
             self._revoke_later(
                 (row.issuer, row.refresh_token, "refresh_token") if row.refresh_token is not None
@@ -234,6 +248,32 @@ class SessionRows:
             if isinstance(obj, UserSession):
                 self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
         return result.rowcount
+
+    def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:
+        """An upstream's own access token for this session, decrypted (None: none stored, or unreadable)."""
+        row = self.dbsession.execute(
+            select(SessionToken.access_token, SessionToken.expires_at, SessionToken.refreshed_at).where(
+                SessionToken.session_id == session_id, SessionToken.upstream == upstream
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        token = self.cipher.decrypt(row.access_token)
+        if token is None:
+            return None
+        return UpstreamToken(token, _utc(row.expires_at), _utc(row.refreshed_at))
+
+    def write_upstream_token(self, session_id: int, upstream: str, access_token: str, expires_at: datetime | None) -> None:
+        """Store (or replace) an upstream's own access token; the caller holds the session's refresh lock."""
+        values = {"access_token": self.cipher.encrypt(access_token), "expires_at": expires_at, "refreshed_at": self.clock()}
+        updated = self.dbsession.execute(
+            update(SessionToken)
+            .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not updated:
+            self.dbsession.execute(insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **values))
 
     def revoke_later(self, issuer: str, tokens: TokenSet) -> None:
         """Have the revoker revoke ``tokens`` (the refresh token, else the access token) at the provider."""
@@ -289,6 +329,7 @@ class SessionStore:
         user: User,
         user_agent: str = "",
         ip_address: str = "",
+        provider: str = "default",
         provider_sid: str | None = None,
         tokens: TokenSet = TokenSet(),
     ) -> tuple[str, SessionRecord]:
@@ -305,6 +346,7 @@ class SessionStore:
                 expires_at=now + self.settings.absolute_timeout,
                 user_agent=(user_agent or "")[:512],
                 ip_address=(ip_address or "")[:64],
+                provider=provider,
                 provider_sid=provider_sid,
                 csrf_token=secrets.token_urlsafe(32),
                 token_generation=0,
@@ -384,11 +426,9 @@ class SessionStore:
     def end_all_others(self, session: SessionRecord, reason: EndReason = EndReason.ENDED_ELSEWHERE) -> int:
         return self.end_all_for_user(session.user_id, reason, except_id=session.id)
 
-    def end_by_provider_sid(self, user_ids: list[int] | None, sid: str, reason: EndReason) -> int:
-        condition = UserSession.provider_sid == sid
-        if user_ids is not None:
-            condition = condition & UserSession.user_id.in_(user_ids)
-        return self.rows.end_where(condition, reason)
+    def end_by_provider_sid(self, user_ids: Select, sid: str, reason: EndReason) -> int:
+        """End the sessions with this provider ``sid`` of the users ``user_ids`` selects (those of one issuer)."""
+        return self.rows.end_where((UserSession.provider_sid == sid) & UserSession.user_id.in_(user_ids), reason)
 
     def _live(self):
         """SQL for "live": not ended, not expired, not idle (``dead_reason`` says why one is not)."""

@@ -11,9 +11,10 @@ through :class:`SessionRows`, the one writer of a session's tokens and end.
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 import redis
 from sqlalchemy import select, text
@@ -24,10 +25,10 @@ from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
 from myapp.services.metrics import Metrics, failure_reason
-from myapp.services.oidc import OIDCClient, OIDCError, ProviderUnavailable, TokenRequestRefused
-from myapp.services.sessions import EndReason, SessionRecord, SessionRows
+from myapp.services.oidc import OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.sessions import EndReason, SessionRecord, SessionRows, UpstreamToken
 from myapp.services.tokenset import TokenCipher, TokenSet
-from myapp.settings import TokenSettings
+from myapp.settings import TokenSettings, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ _UNVERIFIED = "unverified"
 
 class LoginRequired(Exception):
     """The session has ended or can no longer be refreshed: the user must sign in again."""
+
+
+class UpstreamTokenRefused(OIDCError):
+    """The provider will not issue a token for this upstream (``invalid_scope``, ``invalid_target``,
+    ...): that upstream cannot be called, the session and the other upstreams go on."""
+
+    def __init__(self, upstream: str, error: str):
+        super().__init__(
+            f"upstream_token_refused:{error}"[:64],
+            f"The sign-in provider would not issue a token for the API {upstream!r} ({error}).",
+        )
+        self.upstream = upstream
+        self.error = error
 
 
 class RefreshLockTimeout(ProviderUnavailable):
@@ -139,15 +153,17 @@ class TokenManager:
         self,
         *,
         lock,
-        oidc: OIDCClient,
+        providers: Providers,
         cipher: TokenCipher,
         settings: TokenSettings,
+        upstreams: Mapping[str, Upstream] = MappingProxyType({}),
         clock: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
     ):
         self.metrics = metrics or Metrics()
         self.lock = lock
-        self.oidc = oidc
+        self.providers = providers
+        self.upstreams = upstreams
         self.cipher = cipher
         self.settings = settings
         self.clock = clock
@@ -155,13 +171,20 @@ class TokenManager:
         # Decrypted access tokens by ciphertext: a request with a fresh token skips Fernet. Bounded,
         # in this process only, and a ciphertext changes with every refresh.
         self._plaintexts: dict[bytes, str] = {}
+        # Upstreams' own tokens by (session id, upstream), as last read or minted in this process.
+        self._upstream_tokens: dict[tuple[int, str], UpstreamToken] = {}
 
-    def access_token(self, session: SessionRecord, *, stale: str | None = None) -> str:
-        """The session's access token, refreshed first when it is due or when ``stale`` was refused.
+    def access_token(self, session: SessionRecord, *, upstream: str | None = None, stale: str | None = None) -> str:
+        """The access token to send to ``upstream`` for this session: the session's own, or, for an
+        upstream with a token of its own, that one. Refreshed first when it is due or when ``stale``
+        was refused.
 
         ``session`` is the request's snapshot; only the refresh reads it again, locked.
-        Raises :class:`LoginRequired` or :class:`ProviderUnavailable`.
+        Raises :class:`LoginRequired`, :class:`ProviderUnavailable` or :class:`UpstreamTokenRefused`.
         """
+        target = self.upstreams.get(upstream) if upstream is not None else None
+        if target is not None and target.has_own_token:
+            return self._upstream_access_token(session, target, stale)
         if stale is None and session.access_token is not None and self._fresh(session.access_token_expires_at):
             token = self._plaintexts.get(session.access_token)
             if token is None:
@@ -212,8 +235,11 @@ class TokenManager:
             return token
         if not previous.refresh_token:
             return self._end(rows, session, "no refresh token")
+        client = self.providers.of_session(session.provider, session.user_issuer)
+        if client is None:
+            return self._end(rows, session, f"provider {session.provider!r} is no longer configured")
         try:
-            response = self.oidc.refresh(previous.refresh_token)
+            response = client.refresh(previous.refresh_token)
         except TokenRequestRefused as e:
             if e.error != "invalid_grant":
                 self._audit(rows, session, f"provider refused: {e.error}")
@@ -224,7 +250,7 @@ class TokenManager:
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = TokenSet.from_response(response, self.clock(), previous=previous)
         if response.get("id_token"):
-            verdict = self._check_refreshed_id_token(response["id_token"], tokens.access_token, session)
+            verdict = self._check_refreshed_id_token(client, response["id_token"], tokens.access_token, session)
             if verdict == _UNVERIFIED:
                 tokens = replace(tokens, id_token=previous.id_token)
             elif verdict is not None:
@@ -239,6 +265,85 @@ class TokenManager:
         self.metrics.refreshes.inc()
         return tokens.access_token
 
+    # -- an upstream's own token (SPEC.md "Tokens for each upstream") --
+
+    def _upstream_access_token(self, session: SessionRecord, upstream: Upstream, stale: str | None) -> str:
+        key = (session.id, upstream.name)
+        if stale is None:
+            known = self._upstream_tokens.get(key)
+            if known is None or not self._fresh(known.expires_at):
+                with self.lock.transactions() as dbsession:
+                    known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(session.id, upstream.name)
+                self._remember_upstream_token(key, known)
+            if known is not None and self._fresh(known.expires_at):
+                return known.access_token
+        # The same lock as the session's own refresh: every use of its one refresh token, for any
+        # upstream, is single-flight per session across threads and processes.
+        return self.flights.run(key, lambda: self._mint_upstream_token(session.id, upstream, stale))
+
+    def _remember_upstream_token(self, key: tuple[int, str], token: UpstreamToken | None) -> None:
+        if token is None:
+            self._upstream_tokens.pop(key, None)
+            return
+        if len(self._upstream_tokens) >= PLAINTEXT_CACHE_SIZE:
+            self._upstream_tokens.clear()
+        self._upstream_tokens[key] = token
+
+    def _mint_upstream_token(self, session_id: int, upstream: Upstream, stale: str | None) -> str:
+        with self.lock.locked(session_id) as dbsession:
+            outcome = self._mint_upstream_token_locked(SessionRows(dbsession, self.cipher, self.clock), session_id, upstream, stale)
+        if isinstance(outcome, BaseException):
+            self._upstream_tokens.pop((session_id, upstream.name), None)
+            raise outcome
+        self._remember_upstream_token((session_id, upstream.name), outcome)
+        return outcome.access_token
+
+    def _mint_upstream_token_locked(self, rows: SessionRows, session_id: int, upstream: Upstream, stale: str | None):
+        current = rows.read(session_id)
+        if current is None or current.session.ended_at is not None:
+            return LoginRequired()
+        session, own = current
+        stored = rows.upstream_token(session_id, upstream.name)
+        if stored is not None:
+            if stored.access_token != stale and self._fresh(stored.expires_at):
+                return stored  # minted by another worker while this one waited for the lock
+            if stored.access_token == stale and stored.refreshed_at and self.clock() - stored.refreshed_at < RECENT_REFRESH:
+                return stored  # refused moments after it was minted: a new one would not help
+        client = self.providers.of_session(session.provider, session.user_issuer)
+        if client is None:
+            return self._end(rows, session, f"provider {session.provider!r} is no longer configured")
+        request = {"scope": upstream.scope, "resources": upstream.resources, "params": upstream.token_params}
+        try:
+            if upstream.exchange:
+                subject = self._refresh_locked(rows, session_id, None)  # the session's own, fresh
+                if isinstance(subject, BaseException):
+                    return subject
+                response = client.exchange_token(subject, **request)
+            else:
+                if not own.refresh_token:
+                    return self._end(rows, session, "no refresh token")
+                response = client.refresh(own.refresh_token, **request)
+        except TokenRequestRefused as e:
+            if e.error == "invalid_grant":
+                # The refresh token (or, for an exchange, the session's token) is dead: as for a refresh.
+                return self._end(rows, session, f"invalid_grant for upstream {upstream.name}")
+            self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
+            return UpstreamTokenRefused(upstream.name, e.error)
+        except OIDCError as e:
+            self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
+            return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
+        minted = TokenSet.from_response(response, self.clock())
+        rotated = response.get("refresh_token")
+        if not upstream.exchange and isinstance(rotated, str) and rotated and rotated != own.refresh_token:
+            # A rotating provider spent the session's refresh token: its successor is stored now,
+            # under this lock, and the session's own access and ID tokens stay as they are.
+            if not rows.write_tokens(session.id, replace(own, refresh_token=rotated), expected_generation=session.token_generation):
+                rows.revoke_later(session.user_issuer, TokenSet(refresh_token=rotated))
+                return LoginRequired()
+        rows.write_upstream_token(session.id, upstream.name, minted.access_token, minted.access_token_expires_at)
+        self.metrics.refreshes.inc()
+        return UpstreamToken(minted.access_token, minted.access_token_expires_at, self.clock())
+
     def _recently_refreshed(self, session: SessionRecord) -> bool:
         return session.refreshed_at is not None and self.clock() - session.refreshed_at < RECENT_REFRESH
 
@@ -251,11 +356,13 @@ class TokenManager:
         # Expired, revoked, or reused and its family revoked: this session cannot go on.
         return self._end(rows, session, "invalid_grant")
 
-    def _check_refreshed_id_token(self, id_token: str, access_token: str, session: SessionRecord) -> str | None:
+    def _check_refreshed_id_token(
+        self, client: OIDCClient, id_token: str, access_token: str, session: SessionRecord
+    ) -> str | None:
         """None if it names this user; _UNVERIFIED if it cannot be checked right now (keep the
         new access and refresh tokens, not this ID token); otherwise why the session must end."""
         try:
-            claims = self.oidc.validate_id_token(id_token, nonce=None, access_token=access_token)
+            claims = client.validate_id_token(id_token, nonce=None, access_token=access_token)
         except ProviderUnavailable:
             return _UNVERIFIED
         except OIDCError as e:

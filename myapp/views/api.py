@@ -1,5 +1,6 @@
 """The BFF proxy's thin view: the service checks, forwards and streams; this counts."""
 
+import functools
 import logging
 import time
 
@@ -20,9 +21,12 @@ def proxy(request):
     service = request.services.proxy
     metrics = request.services.metrics
     try:
+        configured = service.upstreams.get(upstream_name)
+        if configured is not None and not configured.accepts(request.identity.session.provider):
+            raise APIError(403, ErrorCode.WRONG_PROVIDER, "This API is not available to accounts of your sign-in provider.")
         outgoing = service.prepare(request.environ, upstream_name=upstream_name, client_addr=request.remote_addr)
         try:
-            upstream = service.exchange(outgoing, request.access_token)
+            upstream = service.exchange(outgoing, functools.partial(request.access_token, upstream=upstream_name))
         except BaseException:
             outgoing.close()
             raise

@@ -5,6 +5,7 @@ import secrets
 
 from pyramid.csrf import check_csrf_origin, check_csrf_token
 from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.renderers import render_to_response
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED, forget, remember
 from pyramid.view import view_config
@@ -16,7 +17,7 @@ from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
-from myapp.settings import PROMPTS
+from myapp.settings import DEFAULT_PROVIDER, PROMPTS
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.errors import error_page
 
@@ -34,6 +35,18 @@ def login(request):
     if request.method == "HEAD":
         return Response(status=200)  # a link checker's HEAD must not start a sign-in
     next_path = safe_next_path(request.GET.get("next"))
+    providers = request.services.providers
+    provider = request.GET.get("provider")
+    if provider is None:
+        if len(providers) > 1:
+            return _chooser(request, next_path)
+        provider = next(iter(providers))
+    elif provider not in providers:
+        return error_page(
+            request, 400, "Unknown sign-in provider",
+            "This sign-in link names a provider this site does not know. Choose one of ours instead.",
+            retry_url=_login_url(request, next_path), retry_label="Choose how to sign in",
+        )
     if not request.services.login_rate_limiter.allow(request.remote_addr or ""):
         return error_page(
             request, 429, "Too many sign-in attempts", "Please wait a minute before trying again.",
@@ -44,7 +57,8 @@ def login(request):
     browser_token = binding.read(request) or secrets.token_urlsafe(32)
     try:
         url = request.login_service.begin(
-            next_path=next_path, browser_token=browser_token, prompt=prompt if prompt in PROMPTS else None
+            provider=provider, next_path=next_path, browser_token=browser_token,
+            prompt=prompt if prompt in PROMPTS else None,
         )
     except OIDCError as e:
         log.warning("sign-in cannot start: %s", e.message)
@@ -62,7 +76,20 @@ def login(request):
     return response
 
 
+def _chooser(request, next_path: str) -> Response:
+    """Several providers and none named: one button for each, keeping ``next``."""
+    choices = [
+        {"name": name, "label": client.settings.display_name,
+         "url": request.route_path("login", _query={"provider": name, "next": next_path})}
+        for name, client in request.services.providers.items()
+    ]
+    response = render_to_response("myapp:templates/sign_in.jinja2", {"providers": choices}, request=request)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @view_config(route_name="auth_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
+@view_config(route_name="auth_provider_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def callback(request):
     if not request.services.callback_rate_limiter.allow(request.remote_addr or ""):
         return error_page(
@@ -70,7 +97,12 @@ def callback(request):
             retry_url=_login_url(request, "/"),
         )
     try:
-        result = request.login_service.complete(request.GET, browser_token=request.services.login_cookie.read(request))
+        result = request.login_service.complete(
+            request.GET,
+            # /auth/callback is the default provider's; every provider also has /auth/callback/<name>.
+            provider=request.matchdict.get("provider", DEFAULT_PROVIDER),
+            browser_token=request.services.login_cookie.read(request),
+        )
     except LoginError as e:
         # The consumed login transaction and the audit record stay; nothing else was written.
         request.keep_transaction()
@@ -88,7 +120,9 @@ def callback(request):
             retry_url=_login_url(request, e.next_path),
             retry_label="Sign in again",
         )
-    headers = remember(request, result.user_id, tokens=result.tokens, provider_sid=result.provider_sid)
+    headers = remember(
+        request, result.user_id, tokens=result.tokens, provider=result.provider, provider_sid=result.provider_sid
+    )
     request.services.metrics.logins.inc()
     request.audit.record(
         AuditEventType.LOGIN,

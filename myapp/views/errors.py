@@ -14,7 +14,7 @@ from myapp.routes import is_json_request, safe_next_path
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
-from myapp.services.tokens import LoginRequired
+from myapp.services.tokens import LoginRequired, UpstreamTokenRefused
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,16 @@ def login_required(exc, request):
         )
     response.headerlist.append(request.services.session_cookie.delete())
     return response
+
+
+@exception_view_config(UpstreamTokenRefused)
+def upstream_token_refused(exc, request):
+    """The provider will not issue this upstream's token: that API only is unavailable."""
+    log.warning("%s", exc.message)
+    return refusal(
+        request, 502, ErrorCode.UPSTREAM_UNAVAILABLE, exc.message,
+        title="This service is unavailable", page="A service this page needs is unavailable. Please try again later.",
+    )
 
 
 @exception_view_config(ProviderUnavailable)

@@ -1,3 +1,4 @@
+import functools
 import logging
 
 from pyramid.security import NO_PERMISSION_REQUIRED
@@ -8,6 +9,7 @@ from myapp.errors import APIError
 from myapp.models import Post
 from myapp.resources import Permission
 from myapp.services.oidc import ProviderUnavailable
+from myapp.services.tokens import UpstreamTokenRefused
 from myapp.views import SIGNED_OUT_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,15 @@ def _upstream_notes(request) -> dict:
     the browser's calls go through. A session that can no longer be refreshed ends the page
     (LoginRequired propagates); a provider or upstream problem only empties the card."""
     upstream = request.services.settings.dashboard_upstream
-    if upstream is None:
+    if upstream is None or not request.services.settings.upstreams[upstream].accepts(request.identity.session.provider):
         return {"notes_api": None}
     problem, notes = None, None
     try:
-        document = request.services.proxy.get_json(upstream, "notes", request.access_token)
+        document = request.services.proxy.get_json(
+            upstream, "notes", functools.partial(request.access_token, upstream=upstream)
+        )
+    except UpstreamTokenRefused:
+        problem = "The sign-in provider would not issue a token for the notes service."
     except ProviderUnavailable:
         problem = "The sign-in provider is not answering, so your notes cannot be loaded right now."
     except APIError as e:

@@ -172,7 +172,7 @@ def test_generate_key(capsys):
 def test_show_config_masks_secrets(ini, capsys, tmp_path):
     code, out, _ = run(show_config.main, ini, capsys=capsys)
     assert code == 0
-    assert "oidc.client_secret = ***" in out and "s3cret-value" not in out
+    assert "providers.default.client_secret = ***" in out and "s3cret-value" not in out
     assert TEST_KEY not in out and "tokens.encryption_keys = *** (1 key(s))" in out
     assert "public_url = https://app.example.test" in out
     path = tmp_path / "pg.ini"

@@ -12,9 +12,9 @@ import requests
 from sqlalchemy import select
 
 from myapp import main
-from myapp.services import Services
 from myapp.models import AuditEvent, User, UserSession
 from myapp.models.meta import utcnow
+from myapp.services import Services
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenSet
 from tests.conftest import TEST_PUBLIC_URL, base_settings

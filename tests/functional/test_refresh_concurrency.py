@@ -11,10 +11,10 @@ import pytest
 import requests
 from sqlalchemy import update
 
+from myapp.devstack import make_app as make_devstack
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from tests.devstack.server import devstack_settings
-from myapp.devstack import make_app as make_devstack
 from tests.support.live import (
     api,
     bff_in_thread,

@@ -36,7 +36,7 @@ def test_production_ini_parses_with_its_environment():
     settings = load_settings(ini("production.ini"), environ=PRODUCTION_ENV)
     assert settings.environment == "production"
     assert settings.session.cookie_name == "__Host-session" and settings.session.cookie_secure
-    assert settings.oidc.client_secret == "a-real-secret"
+    assert settings.providers["default"].client_secret == "a-real-secret"
 
 
 @pytest.mark.parametrize("variable", sorted(PRODUCTION_ENV))

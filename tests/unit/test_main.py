@@ -42,7 +42,7 @@ def test_each_part_registers_what_the_app_relies_on(configurator):
     services = registry[Services]
     assert services.settings is config.get_settings()["myapp"] and services.database is registry[Database]
     assert isinstance(services.tokens.lock, DatabaseRefreshLock)
-    assert services.tokens.oidc is services.oidc and services.tokens.cipher is services.cipher
+    assert services.tokens.providers is services.providers and services.tokens.cipher is services.cipher
     routes = {route.name for route in registry.getUtility(IRoutesMapper).get_routes()}
     assert {"api", "home", "login", "auth_callback", "logout", "backchannel_logout", "auth_user", "readyz"} <= routes
     ordered = [route.name for route in registry.getUtility(IRoutesMapper).get_routes() if not route.name.startswith("__")]
@@ -72,7 +72,7 @@ def test_make_app_takes_its_database_from_the_caller(engine, database_url):
     database = Database(engine, engine)
     app = make_app(base_settings(database_url), database=database)
     assert app.registry[Services].database is database
-    app.registry[Services].http.close()
+    app.registry[Services].providers.close()
 
 
 def test_main_turns_a_settings_problem_into_one_line(database_url):

@@ -43,14 +43,14 @@ def error_for(environ=None, **overrides):
 def test_defaults_follow_the_spec():
     settings = load_settings(raw(), environ={})
     assert settings.environment == "production"
-    assert settings.oidc.token_endpoint_auth_method == "client_secret_basic"
-    assert settings.oidc.scope == "openid profile email offline_access"
-    assert settings.oidc.redirect_uri == "https://app.example.com/auth/callback"
-    assert settings.oidc.post_logout_redirect_uri == "https://app.example.com/"
-    assert settings.oidc.groups_claim == "groups"
-    assert settings.oidc.fetch_userinfo is True
-    assert settings.oidc.http_timeout == 10
-    assert dict(settings.oidc.authorize_params) == {}
+    assert settings.providers["default"].token_endpoint_auth_method == "client_secret_basic"
+    assert settings.providers["default"].scope == "openid profile email offline_access"
+    assert settings.providers["default"].redirect_uri == "https://app.example.com/auth/callback"
+    assert settings.providers["default"].post_logout_redirect_uri == "https://app.example.com/"
+    assert settings.providers["default"].groups_claim == "groups"
+    assert settings.providers["default"].fetch_userinfo is True
+    assert settings.providers["default"].http_timeout == 10
+    assert dict(settings.providers["default"].authorize_params) == {}
     assert settings.admin_group == "admins"
     assert settings.session.cookie_name == "__Host-session"
     assert settings.session.cookie_secure is True
@@ -94,7 +94,7 @@ def test_bad_durations(text):
 
 def test_env_indirection():
     settings = load_settings(raw(myapp__oidc__client_secret="env:APP_SECRET"), environ={"APP_SECRET": "from-env"})
-    assert settings.oidc.client_secret == "from-env"
+    assert settings.providers["default"].client_secret == "from-env"
 
 
 def test_env_variable_missing():
@@ -110,7 +110,7 @@ def test_file_indirection(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-file\n")
     settings = load_settings(raw(myapp__oidc__client_secret=f"file:{secret}"), environ={})
-    assert settings.oidc.client_secret == "from-file"
+    assert settings.providers["default"].client_secret == "from-file"
 
 
 def test_file_missing(tmp_path):
@@ -343,7 +343,7 @@ def test_upstream_bad_method():
 
 def test_authorize_params():
     settings = load_settings(raw(myapp__oidc__authorize_params="audience = https://api.example.com\nresource = urn:x"), environ={})
-    assert dict(settings.oidc.authorize_params) == {"audience": "https://api.example.com", "resource": "urn:x"}
+    assert dict(settings.providers["default"].authorize_params) == {"audience": "https://api.example.com", "resource": "urn:x"}
 
 
 class TestProductionRefusesDevelopmentMaterial:

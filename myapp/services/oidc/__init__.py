@@ -3,13 +3,22 @@
 - ``errors``: what can go wrong, each with a reason code;
 - ``metadata``: discovery and the key set, fetched and cached (:class:`ProviderDocuments`);
 - ``jose``: every check on ID tokens and logout tokens (:class:`TokenValidator`);
-- ``client``: the calls to its endpoints, through Authlib (:class:`OIDCClient`).
+- ``client``: the calls to its endpoints, through Authlib (:class:`OIDCClient`);
+- ``providers``: every configured provider by name (:class:`Providers`).
 """
 
 from myapp.services.oidc.client import OIDCClient, Revocation
 from myapp.services.oidc.errors import OIDCError, ProviderMisconfigured, ProviderUnavailable, TokenRequestRefused
-from myapp.services.oidc.jose import BACKCHANNEL_LOGOUT_EVENT, CLOCK_SKEW, MAX_TOKEN_AGE, TokenValidator, at_hash
+from myapp.services.oidc.jose import (
+    BACKCHANNEL_LOGOUT_EVENT,
+    CLOCK_SKEW,
+    MAX_TOKEN_AGE,
+    TokenValidator,
+    at_hash,
+    unverified_issuer,
+)
 from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
+from myapp.services.oidc.providers import Providers, UnknownProvider
 
 __all__ = [
     "BACKCHANNEL_LOGOUT_EVENT",
@@ -21,8 +30,11 @@ __all__ = [
     "ProviderMetadata",
     "ProviderMisconfigured",
     "ProviderUnavailable",
+    "Providers",
     "Revocation",
     "TokenRequestRefused",
     "TokenValidator",
+    "UnknownProvider",
     "at_hash",
+    "unverified_issuer",
 ]

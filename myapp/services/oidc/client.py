@@ -4,7 +4,7 @@ HTTP pool; and the checks on the JWTs it sends (:class:`TokenValidator`)."""
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from urllib.parse import urlencode, urlsplit
 
@@ -18,6 +18,10 @@ from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
 from myapp.settings import OIDCSettings
 
 log = logging.getLogger(__name__)
+
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 
 class Revocation(StrEnum):
@@ -65,7 +69,9 @@ class OIDCClient:
     def validate_logout_token(self, logout_token: str) -> dict:
         return self.validator.validate_logout_token(logout_token)
 
-    def authorization_url(self, *, state: str, nonce: str, code_verifier: str, prompt: str | None = None) -> str:
+    def authorization_url(
+        self, *, state: str, nonce: str, code_verifier: str, prompt: str | None = None, resources: tuple[str, ...] = ()
+    ) -> str:
         metadata = self.metadata()
         session = self.http.oauth2_session(
             client_id=self.settings.client_id,
@@ -79,6 +85,8 @@ class OIDCClient:
         url, _ = session.create_authorization_url(
             metadata.authorization_endpoint, state=state, nonce=nonce, code_verifier=code_verifier, **extra
         )
+        if resources:  # RFC 8707: one resource parameter for each
+            url += "&" + urlencode([("resource", resource) for resource in resources])
         return url
 
     def _authenticated_session(self, **kwargs):
@@ -124,11 +132,51 @@ class OIDCClient:
             )
         )
 
-    def refresh(self, refresh_token: str) -> dict:
+    def refresh(
+        self,
+        refresh_token: str,
+        *,
+        scope: str | None = None,
+        resources: tuple[str, ...] = (),
+        params: Mapping[str, str] | None = None,
+    ) -> dict:
+        """The refresh_token grant: for the session's own tokens, or, with ``scope``, ``resources``
+        (RFC 8707) or extra ``params``, for an access token meant for one upstream."""
+        form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
+        return self._token_request(form, scope=scope, resources=resources, params=params)
+
+    def exchange_token(
+        self,
+        subject_token: str,
+        *,
+        scope: str | None = None,
+        resources: tuple[str, ...] = (),
+        params: Mapping[str, str] | None = None,
+    ) -> dict:
+        """RFC 8693 token exchange of an access token for one with another target."""
+        form = [
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", subject_token),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+        ]
+        return self._token_request(form, scope=scope, resources=resources, params=params)
+
+    def _token_request(self, form: list, *, scope, resources, params) -> dict:
+        """POST ``form`` (repeated names kept: Authlib's fetch_token folds them into one) to the
+        token endpoint, authenticated as this client."""
         endpoint = self.metadata().token_endpoint
-        session = self._authenticated_session(redirect_uri=self.settings.redirect_uri)
+        form = list(form)
+        if scope:
+            form.append(("scope", scope))
+        form.extend(("resource", resource) for resource in resources)
+        form.extend((params or {}).items())
+        session = self._authenticated_session()
+        auth = session.client_auth(self.settings.token_endpoint_auth_method)
         return self._call_token_endpoint(
-            lambda: session.fetch_token(endpoint, grant_type="refresh_token", refresh_token=refresh_token)
+            lambda: session.parse_response_token(
+                session.post(endpoint, data=form, auth=auth, headers={"Accept": "application/json"}, withhold_token=True)
+            )
         )
 
     def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> "Revocation":

@@ -190,6 +190,19 @@ class TokenValidator:
         return claims
 
 
+def unverified_issuer(token: str) -> str | None:
+    """The ``iss`` a JWT claims, read before any check, only to pick the provider whose keys and
+    rules then check it (back-channel logout). None for anything that is not a JWT with a string ``iss``."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+        return None
+    try:
+        claims = json.loads(jws.extract_compact(token.encode("ascii")).payload)
+    except (JoseError, ValueError, UnicodeError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
 def _media_type(typ) -> str | None:
     """A JOSE ``typ`` compared as RFC 7515 says: case-insensitive, ``application/`` optional."""
     if typ is None:

@@ -1,12 +1,12 @@
 """Migrations are tested on every backend: empty → head → base → head, and match the models."""
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
+from alembic import command
 from myapp import main
 from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
 from myapp.services.sessions import hash_session_id

@@ -13,14 +13,14 @@ from sqlalchemy import select
 from myapp.models import LoginTransaction, User
 from myapp.models.meta import utcnow
 from myapp.services.login import MAX_PENDING_PER_BROWSER, LoginError, LoginService, groups_from
-from myapp.services.oidc import OIDCError, ProviderMetadata, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import OIDCError, ProviderMetadata, Providers, ProviderUnavailable, TokenRequestRefused
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import OIDCSettings
 
 ISSUER = "https://idp.example.test"
 BROWSER = "b" * 43
 SETTINGS = OIDCSettings(
-    issuer=ISSUER, client_id="app", client_secret="s", token_endpoint_auth_method="client_secret_basic",
+    name="default", display_name="Sign in", issuer=ISSUER, client_id="app", client_secret="s", token_endpoint_auth_method="client_secret_basic",
     scope="openid", redirect_uri="https://app.example.test/auth/callback",
     post_logout_redirect_uri="https://app.example.test/", authorize_params={}, groups_claim="groups",
     fetch_userinfo=True, http_timeout=5,
@@ -31,6 +31,7 @@ class StubProvider:
     """Records what the service asks; answers as a test tells it."""
 
     def __init__(self):
+        self.settings = SETTINGS
         self.sent = {}
         self.calls = []
         self.exchange = lambda code, verifier: {"access_token": "at", "token_type": "Bearer", "id_token": "idt"}
@@ -38,8 +39,8 @@ class StubProvider:
         self.userinfo_claims = None
         self.iss_supported = True
 
-    def authorization_url(self, *, state, nonce, code_verifier, prompt=None):
-        self.sent = {"state": state, "nonce": nonce, "verifier": code_verifier, "prompt": prompt}
+    def authorization_url(self, *, state, nonce, code_verifier, prompt=None, resources=()):
+        self.sent = {"state": state, "nonce": nonce, "verifier": code_verifier, "prompt": prompt, "resources": resources}
         return f"{ISSUER}/authorize?state={state}"
 
     def metadata(self):
@@ -74,16 +75,16 @@ def oidc():
 
 @pytest.fixture
 def service(dbsession, oidc, cipher):
-    return LoginService(dbsession=dbsession, oidc=oidc, cipher=cipher, settings=SETTINGS)
+    return LoginService(dbsession=dbsession, providers=Providers({"default": oidc}), cipher=cipher)
 
 
 def begin(service, oidc, next_path="/posts", browser=BROWSER):
-    service.begin(next_path=next_path, browser_token=browser)
+    service.begin(provider="default", next_path=next_path, browser_token=browser)
     return oidc.sent["state"]
 
 
 def callback(service, state, browser=BROWSER, **params):
-    return service.complete({"state": state, "code": "code-1", "iss": ISSUER, **params}, browser_token=browser)
+    return service.complete({"state": state, "code": "code-1", "iss": ISSUER, **params}, provider="default", browser_token=browser)
 
 
 def test_begin_keeps_only_hashes_and_ciphertexts(service, oidc, dbsession):
@@ -141,7 +142,7 @@ def test_userinfo_adds_claims_but_never_changes_who(service, oidc, dbsession):
 def test_a_callback_without_a_known_state_is_refused_before_anything_else(service, oidc, params, reason):
     begin(service, oidc)
     with pytest.raises(LoginError) as refused:
-        service.complete({"code": "c", "iss": ISSUER, **params}, browser_token=BROWSER)
+        service.complete({"code": "c", "iss": ISSUER, **params}, provider="default", browser_token=BROWSER)
     assert refused.value.reason == reason and oidc.calls == []
 
 
@@ -175,13 +176,13 @@ def test_an_expired_sign_in_is_refused_and_used_up(service, oidc, dbsession):
 def test_a_provider_error_consumes_the_sign_in_and_keeps_its_next_path(service, oidc):
     state = begin(service, oidc)
     with pytest.raises(LoginError) as refused:
-        service.complete({"state": state, "error": "access_denied"}, browser_token=BROWSER)
+        service.complete({"state": state, "error": "access_denied"}, provider="default", browser_token=BROWSER)
     assert (refused.value.reason, refused.value.next_path) == ("provider_error:access_denied", "/posts")
     assert "cancelled" in refused.value.message
     with pytest.raises(LoginError, match="already been used"):
         callback(service, state)
     with pytest.raises(LoginError) as junk:
-        service.complete({"state": "x", "error": "<script>"}, browser_token=BROWSER)
+        service.complete({"state": "x", "error": "<script>"}, provider="default", browser_token=BROWSER)
     assert junk.value.reason == "provider_error:invalid"
 
 
@@ -194,14 +195,14 @@ def test_the_iss_parameter_is_checked_before_the_code_is_used(service, oidc, par
     state = begin(service, oidc)
     query = {"state": state, "code": "c", "iss": ISSUER, **params}
     with pytest.raises(LoginError) as refused:
-        service.complete({k: v for k, v in query.items() if v is not None}, browser_token=BROWSER)
+        service.complete({k: v for k, v in query.items() if v is not None}, provider="default", browser_token=BROWSER)
     assert refused.value.reason == reason and oidc.calls == []
 
 
 def test_a_missing_iss_is_fine_when_the_provider_does_not_send_one(service, oidc):
     oidc.iss_supported = False
     state = begin(service, oidc)
-    assert service.complete({"state": state, "code": "c"}, browser_token=BROWSER).user_id
+    assert service.complete({"state": state, "code": "c"}, provider="default", browser_token=BROWSER).user_id
 
 
 def test_a_transaction_no_key_can_read_cannot_complete(service, oidc, dbsession):

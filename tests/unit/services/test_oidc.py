@@ -42,6 +42,8 @@ def clock():
 
 def make_client(provider, clock, **overrides):
     values = dict(
+        name="default",
+        display_name="Sign in",
         issuer=provider.issuer,
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,

@@ -2,6 +2,7 @@
 the sessions it ends because their time ran out."""
 
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet
@@ -9,7 +10,7 @@ from sqlalchemy import select
 
 from myapp.models import TokenRevocation, User, UserSession
 from myapp.services.metrics import Metrics
-from myapp.services.oidc import Revocation
+from myapp.services.oidc import Providers, Revocation
 from myapp.services.revocation import FIRST_RETRY, LAST_RETRY, LEASE, MAX_ATTEMPTS, Revoker
 from myapp.services.sessions import EndReason, SessionStore
 from myapp.services.tokenset import TokenCipher, TokenSet
@@ -35,6 +36,8 @@ class Clock:
 
 
 class StubProvider:
+    settings = SimpleNamespace(issuer=ISSUER, http_timeout=5)
+
     def __init__(self):
         self.answer = Revocation.REVOKED
         self.seen = []
@@ -62,7 +65,7 @@ def provider():
 @pytest.fixture
 def revoker(engine, connection, cipher, provider, clock):
     return Revoker(
-        database=RolledBackDatabase(engine).bind(connection), cipher=cipher, providers={ISSUER: provider},
+        database=RolledBackDatabase(engine).bind(connection), cipher=cipher, providers=Providers({"default": provider}),
         idle_timeout=SETTINGS.idle_timeout, metrics=Metrics(), clock=clock,
     )
 

@@ -212,10 +212,10 @@ def test_list_for_user_excludes_dead_sessions(store, user, clock):
 def test_end_by_provider_sid(store, user):
     _, a = store.create(user=user, provider_sid="sid-1")
     _, b = store.create(user=user, provider_sid="sid-2")
-    assert store.end_by_provider_sid([user.id], "sid-1", EndReason.BACKCHANNEL) == 1
+    assert store.end_by_provider_sid(select(User.id).where(User.id == user.id), "sid-1", EndReason.BACKCHANNEL) == 1
     assert store.dead_reason(store.find_by_handle(a.handle)) == EndReason.BACKCHANNEL
     assert store.dead_reason(store.find_by_handle(b.handle)) is None
-    assert store.end_by_provider_sid(None, "sid-2", EndReason.BACKCHANNEL) == 1
+    assert store.end_by_provider_sid(select(User.id), "sid-2", EndReason.BACKCHANNEL) == 1
 
 
 def test_purge_expired(store, user, clock, dbsession):

@@ -3,6 +3,7 @@
 import threading
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet
@@ -11,16 +12,18 @@ from sqlalchemy.orm import Session
 
 from myapp.models import AuditEvent, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
-from myapp.services.oidc import OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
 from myapp.services.sessions import SessionRows
-from myapp.services.tokenset import TokenCipher
 from myapp.services.tokens import DatabaseRefreshLock, LoginRequired, SingleFlight, TokenManager
+from myapp.services.tokenset import TokenCipher
 from myapp.settings import TokenSettings
 
 ISSUER = "https://idp.example.test"
 
 
 class StubProvider:
+    settings = SimpleNamespace(issuer=ISSUER, http_timeout=5)
+
     def __init__(self):
         self.calls = []
         self.answer = lambda refresh_token: {"access_token": "at-new", "token_type": "Bearer", "expires_in": 300,
@@ -52,7 +55,7 @@ def manager(connection, cipher, provider):
 
     lock = DatabaseRefreshLock(own_session, timeout=5)
     return TokenManager(
-        lock=lock, oidc=provider, cipher=cipher, settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60))
+        lock=lock, providers=Providers({"default": provider}), cipher=cipher, settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60))
     )
 
 
@@ -326,7 +329,7 @@ def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, sessi
             raise OperationalError("SELECT ... FOR UPDATE", {}, Exception("lock timeout"))
 
     manager = TokenManager(
-        lock=DatabaseRefreshLock(Busy, timeout=1), oidc=provider, cipher=cipher,
+        lock=DatabaseRefreshLock(Busy, timeout=1), providers=Providers({"default": provider}), cipher=cipher,
         settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
     )
     with pytest.raises(RefreshLockTimeout):
@@ -341,7 +344,7 @@ def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, sess
 
     unreachable = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=1, socket_timeout=1)
     manager = TokenManager(
-        lock=RedisRefreshLock(unreachable, lambda: None, timeout=1), oidc=provider, cipher=cipher,
+        lock=RedisRefreshLock(unreachable, lambda: None, timeout=1), providers=Providers({"default": provider}), cipher=cipher,
         settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
     )
     row = session_row()
