@@ -1,17 +1,22 @@
 """WebTest drives the whole app through main(); each test's writes are rolled back."""
 
+from datetime import timedelta
+
 import pytest
 import webtest
 
 import myapp
 from myapp.models import User
+from myapp.models.meta import utcnow
 from myapp.services import Services
 from myapp.services.sessions import SessionStore
-from myapp.services.tokenset import TokenCipher
+from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import load_settings
 from tests.conftest import TEST_ISSUER, TEST_PUBLIC_URL, base_settings
 from tests.support.database import RolledBackDatabase
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.servers import serve
 
 HOST = TEST_PUBLIC_URL.split("://", 1)[1]
 COOKIE = "__Host-session"
@@ -154,3 +159,90 @@ def make_app(engine, database_url, served_provider, connection):
     yield make
     for app in apps:
         dispose(app)
+
+
+# The proxy through the whole app (test_proxy.py, test_upstream_tokens.py): a recording upstream
+# and the programmable provider on real sockets, on a committed database.
+
+
+@pytest.fixture(scope="session")
+def served_upstream():
+    upstream = FakeUpstream()
+    # Keep the X-Forwarded-* headers the proxy sets: they are what these tests look at.
+    with serve(upstream, clear_untrusted_proxy_headers=False) as url:
+        upstream.url = url
+        try:
+            yield upstream
+        finally:
+            upstream.stop.set()
+
+
+@pytest.fixture
+def upstream(served_upstream):
+    served_upstream.reset()
+    yield served_upstream
+    served_upstream.reset()
+
+
+@pytest.fixture
+def make_proxy_app(committed_database_url, served_provider, served_upstream):
+    """The app on a committed database: refreshes commit on their own, as in production."""
+    apps = []
+
+    def make(**overrides):
+        settings = provider_settings(
+            committed_database_url,
+            served_provider.issuer,
+            **{
+                "myapp.upstreams": (
+                    f"up = {served_upstream.url}/base\nreadonly = {served_upstream.url}/ro\ndown = http://127.0.0.1:9/"
+                ),
+                "myapp.upstream.readonly.methods": "GET HEAD",
+                "myapp.upstream.up.timeout": "2",
+                **overrides,
+            },
+        )
+        apps.append(myapp.main({}, **settings))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        dispose(app)
+
+
+@pytest.fixture
+def proxy_app(make_proxy_app):
+    return make_proxy_app()
+
+
+@pytest.fixture
+def signed_in(proxy_app, provider, committed):
+    """A browser whose session holds tokens the fake provider can refresh."""
+    user = User(issuer=provider.issuer, subject="alice", name="Alice", email="alice@example.org", groups=["staff"])
+    committed.add(user)
+    committed.commit()
+    store = SessionStore(
+        dbsession=committed, cipher=proxy_app.registry[Services].cipher, settings=load_settings_of(proxy_app).session
+    )
+
+    def make(*, expires_in=300, refresh_token="rt-1", app=None):
+        provider.refresh_tokens[refresh_token] = provider.claims()
+        tokens = TokenSet(
+            access_token="at-1",
+            refresh_token=refresh_token,
+            id_token=provider.sign(provider.claims()),
+            access_token_expires_at=utcnow() + timedelta(seconds=expires_in),
+        )
+        raw_id, row = store.create(user=user, tokens=tokens)
+        committed.commit()
+        browser = Browser(app or proxy_app)
+        browser.set_cookie(COOKIE, raw_id)
+        browser.session_row = row
+        return browser
+
+    make.store = store
+    return make
+
+
+def load_settings_of(app):
+    return app.registry.settings["myapp"]

@@ -5,110 +5,20 @@ refresh, and what ends a session.
 """
 
 import hashlib
-from datetime import timedelta
 
 import pytest
 import requests
 from sqlalchemy import select
 
-from myapp import main
-from myapp.models import AuditEvent, User, UserSession
-from myapp.models.meta import utcnow
-from myapp.services import Services
-from myapp.services.sessions import SessionStore
-from myapp.services.tokenset import TokenSet
+from myapp.models import AuditEvent, UserSession
 from tests.conftest import TEST_PUBLIC_URL, base_settings
-from tests.functional.conftest import COOKIE, Browser, dispose, provider_settings
-from tests.support.fake_upstream import FakeUpstream
+from tests.functional.conftest import COOKIE, Browser
 from tests.support.servers import canned_http_server, serve
-
-
-@pytest.fixture(scope="session")
-def served_upstream():
-    upstream = FakeUpstream()
-    # Keep the X-Forwarded-* headers the proxy sets: they are what these tests look at.
-    with serve(upstream, clear_untrusted_proxy_headers=False) as url:
-        upstream.url = url
-        try:
-            yield upstream
-        finally:
-            upstream.stop.set()
-
-
-@pytest.fixture
-def upstream(served_upstream):
-    served_upstream.reset()
-    yield served_upstream
-    served_upstream.reset()
-
-
-@pytest.fixture
-def make_proxy_app(committed_database_url, served_provider, served_upstream):
-    """The app on a committed database: refreshes commit on their own, as in production."""
-    apps = []
-
-    def make(**overrides):
-        settings = provider_settings(
-            committed_database_url,
-            served_provider.issuer,
-            **{
-                "myapp.upstreams": (
-                    f"up = {served_upstream.url}/base\nreadonly = {served_upstream.url}/ro\ndown = http://127.0.0.1:9/"
-                ),
-                "myapp.upstream.readonly.methods": "GET HEAD",
-                "myapp.upstream.up.timeout": "2",
-                **overrides,
-            },
-        )
-        apps.append(main({}, **settings))
-        return apps[-1]
-
-    yield make
-    for app in apps:
-        dispose(app)
-
-
-@pytest.fixture
-def proxy_app(make_proxy_app):
-    return make_proxy_app()
 
 
 @pytest.fixture
 def dbsession(committed):
     return committed
-
-
-@pytest.fixture
-def signed_in(proxy_app, provider, committed):
-    """A browser whose session holds tokens the fake provider can refresh."""
-    user = User(issuer=provider.issuer, subject="alice", name="Alice", email="alice@example.org", groups=["staff"])
-    committed.add(user)
-    committed.commit()
-    store = SessionStore(
-        dbsession=committed, cipher=proxy_app.registry[Services].cipher, settings=load_settings_of(proxy_app).session
-    )
-
-    def make(*, expires_in=300, refresh_token="rt-1", app=None):
-        provider.refresh_tokens[refresh_token] = provider.claims()
-        tokens = TokenSet(
-            access_token="at-1",
-            refresh_token=refresh_token,
-            id_token=provider.sign(provider.claims()),
-            access_token_expires_at=utcnow() + timedelta(seconds=expires_in),
-        )
-        raw_id, row = store.create(user=user, tokens=tokens)
-        committed.commit()
-        browser = Browser(app or proxy_app)
-        browser.set_cookie(COOKIE, raw_id)
-        browser.session_row = row
-        return browser
-
-    make.store = store
-    return make
-
-
-def load_settings_of(app):
-    return app.registry.settings["myapp"]
 
 
 def api(browser, method, path, status="*", headers=None, **kw):

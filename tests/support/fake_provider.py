@@ -12,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 from joserfc import jws
 from joserfc.jwk import RSAKey
@@ -60,6 +60,11 @@ class FakeProvider:
         self.discovery_fetches = 0
         self.id_token_claims = {}  # overrides for the next ID tokens
         self.sid = "sid-" + secrets.token_hex(4)
+        # Every access token issued -> what it is for: {"aud": ..., "sub": ..., "grant": ...}.
+        self.access_tokens = {}
+        self.token_forms = []  # each token request's form, repeated names kept: [(name, value), ...]
+        self.refused_targets = {}  # resource, audience or scope -> the OAuth error to answer
+        self.refresh_uses = []  # each refresh token presented, in order
 
     def metadata(self) -> dict:
         document = {
@@ -138,7 +143,10 @@ class FakeProvider:
     def __call__(self, environ, start_response):
         path = environ["PATH_INFO"]
         length = int(environ.get("CONTENT_LENGTH") or 0)
-        form = {k: v[0] for k, v in parse_qs(environ["wsgi.input"].read(length).decode()).items()}
+        raw = environ["wsgi.input"].read(length).decode()
+        form = {k: v[0] for k, v in parse_qs(raw).items()}
+        if path == "/token":
+            self.token_forms.append(parse_qsl(raw))
         self.requests.append((path, form, {k: v for k, v in environ.items() if k.startswith("HTTP_")}))
         status, body, content_type = self.route(path, form, environ)
         data = body if isinstance(body, bytes) else (json.dumps(body) if isinstance(body, (dict, list)) else body).encode()
@@ -160,7 +168,7 @@ class FakeProvider:
                 return status, body, "application/json"
             if not self.client_authenticated(form, environ):
                 return 401, {"error": "invalid_client"}, "application/json"
-            status, body = self.issue_tokens(form)
+            status, body = self.issue_tokens(form, self.token_forms[-1] if self.token_forms else [])
             return status, body, "application/json"
         if path == "/userinfo":
             token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
@@ -182,8 +190,31 @@ class FakeProvider:
             return (user, password) == (CLIENT_ID, CLIENT_SECRET)
         return (form.get("client_id"), form.get("client_secret")) == (CLIENT_ID, CLIENT_SECRET)
 
-    def issue_tokens(self, form) -> tuple[int, dict]:
+    @staticmethod
+    def target_of(pairs) -> str:
+        """What an access token is for: the resources, audience or scope the request names."""
+        resources = sorted(v for k, v in pairs if k == "resource")
+        form = dict(pairs)
+        if resources:
+            return " ".join(resources)
+        if form.get("audience"):
+            return form["audience"]
+        if form.get("scope") and form.get("grant_type") != "authorization_code":
+            return "scope:" + form["scope"]
+        return "session"
+
+    def refusal_for(self, pairs) -> str | None:
+        named = [v for k, v in pairs if k in ("resource", "audience")] + dict(pairs).get("scope", "").split()
+        return next((self.refused_targets[n] for n in named if n in self.refused_targets), None)
+
+    def issue_access_token(self, target: str, sub: str, grant: str) -> str:
+        token = "at-" + secrets.token_urlsafe(16)
+        self.access_tokens[token] = {"aud": target, "sub": sub, "grant": grant}
+        return token
+
+    def issue_tokens(self, form, pairs=()) -> tuple[int, dict]:
         """What the token endpoint answers an authenticated client; tests may wrap it."""
+        pairs = list(pairs) or list(form.items())
         if form.get("grant_type") == "authorization_code":
             grant = self.codes.pop(form.get("code"), None)
             if (
@@ -195,6 +226,7 @@ class FakeProvider:
             claims = self.claims(**{"nonce": grant["nonce"], **self.id_token_claims, **grant["claims"]})
         elif form.get("grant_type") == "refresh_token":
             presented = form.get("refresh_token")
+            self.refresh_uses.append(presented)
             if presented in self.used_refresh_tokens:
                 # Reuse of a rotated token: as production providers do, revoke every live one.
                 self.reuse_detected += 1
@@ -202,15 +234,34 @@ class FakeProvider:
                 return 400, {"error": "invalid_grant"}
             if presented not in self.refresh_tokens:
                 return 400, {"error": "invalid_grant"}
-            claims = self.claims(**self.id_token_claims)
+            refused = self.refusal_for(pairs)
+            if refused:
+                return 400, {"error": refused}
+            claims = self.refresh_tokens[presented]
             if not self.rotate:
-                return 200, {"access_token": "at-" + secrets.token_urlsafe(16), "token_type": "Bearer",
-                             "expires_in": 300, "id_token": self.sign(claims)}
+                return 200, {"access_token": self.issue_access_token(self.target_of(pairs), claims["sub"], "refresh_token"),
+                             "token_type": "Bearer", "expires_in": 300, "id_token": self.sign(self.claims(**self.id_token_claims))}
+            claims = self.claims(**self.id_token_claims)
             del self.refresh_tokens[presented]
             self.used_refresh_tokens.add(presented)
+        elif form.get("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange":
+            subject = self.access_tokens.get(form.get("subject_token"))
+            if form.get("subject_token_type") != "urn:ietf:params:oauth:token-type:access_token":
+                return 400, {"error": "invalid_request"}
+            if subject is None:
+                return 400, {"error": "invalid_grant"}
+            refused = self.refusal_for(pairs)
+            if refused:
+                return 400, {"error": refused}
+            return 200, {
+                "access_token": self.issue_access_token(self.target_of(pairs), subject["sub"], "token_exchange"),
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "token_type": "Bearer",
+                "expires_in": 300,
+            }
         else:
             return 400, {"error": "unsupported_grant_type"}
-        access_token = "at-" + secrets.token_urlsafe(16)
+        access_token = self.issue_access_token(self.target_of(pairs), claims["sub"], form["grant_type"])
         refresh_token = "rt-" + secrets.token_urlsafe(16)
         self.refresh_tokens[refresh_token] = claims
         return 200, {

@@ -387,3 +387,143 @@ def test_development_key_is_a_valid_fernet_key():
 def test_a_malformed_database_url_is_one_line_that_never_shows_it():
     problems = problems_for(sqlalchemy__url="postgresql+psycopg://user:hunter2@db:notaport/x")
     assert problems == ["sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db"]
+
+
+# -- several providers (SPEC.md "Several identity providers") --
+
+TWO = {
+    "myapp.providers": "staff = Staff (Entra ID)\npartners = Partners",
+    "myapp.oidc.staff.issuer": "https://login.example.com/tenant/v2.0",
+    "myapp.oidc.staff.client_id": "staff-app",
+    "myapp.oidc.staff.client_secret": "staff-secret",
+    "myapp.oidc.partners.issuer": "https://partners.okta.example.com",
+    "myapp.oidc.partners.client_id": "partner-app",
+    "myapp.oidc.partners.client_secret": "partner-secret",
+    "myapp.oidc.partners.scope": "openid email",
+}
+
+
+def two_providers(**overrides):
+    settings = raw(myapp__oidc__issuer=None, myapp__oidc__client_id=None, myapp__oidc__client_secret=None)
+    settings.update(TWO)
+    for key, value in overrides.items():
+        if value is None:
+            settings.pop(key, None)
+        else:
+            settings[key] = value
+    return settings
+
+
+def problems_of(settings):
+    with pytest.raises(SettingsError) as info:
+        load_settings(settings, environ={})
+    return info.value.problems
+
+
+def test_without_myapp_providers_the_oidc_settings_are_the_provider_default():
+    (provider,) = load_settings(raw(), environ={}).providers.values()
+    assert (provider.name, provider.issuer, provider.redirect_uri) == (
+        "default", "https://idp.example.com/realms/main", "https://app.example.com/auth/callback"
+    )
+
+
+def test_each_listed_provider_has_its_own_settings_and_callback():
+    providers = load_settings(two_providers(), environ={}).providers
+    assert list(providers) == ["staff", "partners"]
+    staff, partners = providers["staff"], providers["partners"]
+    assert (staff.display_name, staff.client_id, staff.scope) == ("Staff (Entra ID)", "staff-app", "openid profile email offline_access")
+    assert (partners.display_name, partners.client_id, partners.scope) == ("Partners", "partner-app", "openid email")
+    assert staff.redirect_uri == "https://app.example.com/auth/callback/staff"
+    assert partners.redirect_uri == "https://app.example.com/auth/callback/partners"
+
+
+def test_a_listed_default_provider_may_keep_the_plain_keys():
+    settings = raw(myapp__providers="default = Staff\npartners = Partners")
+    settings.update({k: v for k, v in TWO.items() if ".partners." in k})
+    providers = load_settings(settings, environ={}).providers
+    assert providers["default"].issuer == "https://idp.example.com/realms/main"
+    assert providers["default"].redirect_uri == "https://app.example.com/auth/callback"
+
+
+def test_plain_keys_without_a_default_provider_are_refused():
+    settings = two_providers()
+    settings["myapp.oidc.issuer"] = "https://idp.example.com"
+    assert problems_of(settings) == [
+        "myapp.oidc.issuer: myapp.providers lists no provider named 'default'; "
+        "give each provider its own myapp.oidc.<name>.issuer"
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"myapp.providers": "Staff = Staff"}, "myapp.providers: 'Staff' is not a valid provider name"),
+        ({"myapp.providers": "staff"}, "myapp.providers: line 1 is not 'key = value'"),
+        ({"myapp.oidc.partners.issuer": None}, "myapp.oidc.partners.issuer: required setting is missing"),
+        ({"myapp.oidc.partners.issuer": "https://login.example.com/tenant/v2.0"},
+         "myapp.oidc.partners.issuer: provider 'staff' has the same issuer"),
+        ({"myapp.oidc.partners.redirect_uri": "https://app.example.com/auth/callback"},
+         "myapp.oidc.partners.redirect_uri: must end with /auth/callback/partners"),
+        ({"myapp.oidc.partners.scope": "email"}, "myapp.oidc.partners.scope: must include 'openid'"),
+        ({"myapp.oidc.partners.authorize_params": "request_uri = x"},
+         "myapp.oidc.partners.authorize_params: 'request_uri' cannot be set here"),
+        ({"myapp.oidc.partners.http_timout": "5"},
+         "myapp.oidc.partners.http_timout: unknown setting; did you mean myapp.oidc.partners.http_timeout?"),
+        ({"myapp.oidc.others.issuer": "https://x.example"},
+         "myapp.oidc.others.issuer: unknown setting"),
+    ],
+)
+def test_bad_provider_settings_are_one_line_each(overrides, expected):
+    assert any(problem.startswith(expected) for problem in problems_of(two_providers(**overrides))), expected
+
+
+def test_a_published_development_secret_is_refused_for_any_provider():
+    settings = two_providers(**{"myapp.oidc.partners.client_secret": sorted(DEVELOPMENT_CLIENT_SECRETS)[0]})
+    assert "myapp.oidc.partners.client_secret: the development client secret is refused in production" in problems_of(settings)
+
+
+# -- a token for each upstream (SPEC.md "Tokens for each upstream") --
+
+def with_upstream(**keys):
+    settings = two_providers(**{"myapp.upstreams": "graph = https://graph.example.com/v1.0"})
+    settings.update({f"myapp.upstream.graph.{k}": v for k, v in keys.items()})
+    return settings
+
+
+def test_upstream_token_settings():
+    upstream = load_settings(
+        with_upstream(
+            scope="https://graph.microsoft.com/User.Read  offline_access",
+            resource="https://graph.example.com/ urn:example:api",
+            token_params="audience = https://api.example.com",
+            providers="staff",
+        ),
+        environ={},
+    ).upstreams["graph"]
+    assert upstream.scope == "https://graph.microsoft.com/User.Read offline_access"
+    assert upstream.resources == ("https://graph.example.com/", "urn:example:api")
+    assert dict(upstream.token_params) == {"audience": "https://api.example.com"}
+    assert upstream.providers == frozenset({"staff"}) and upstream.has_own_token and not upstream.exchange
+    assert upstream.accepts("staff") and not upstream.accepts("partners")
+
+
+def test_an_upstream_without_token_settings_uses_the_sessions_token_for_every_provider():
+    upstream = load_settings(with_upstream(), environ={}).upstreams["graph"]
+    assert not upstream.has_own_token and upstream.accepts("partners") and upstream.providers is None
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        ({"providers": "staff nobody"}, "myapp.upstream.graph.providers: no provider named 'nobody' in myapp.providers"),
+        ({"resource": "relative/path"}, "myapp.upstream.graph.resource: 'relative/path' is not an absolute URI"),
+        ({"resource": "https://api.example.com/#frag"}, "myapp.upstream.graph.resource: 'https://api.example.com/#frag' is not"),
+        ({"token_params": "grant_type = password"}, "myapp.upstream.graph.token_params: 'grant_type' cannot be set here"),
+        ({"token_params": "resource = x"}, "myapp.upstream.graph.token_params: 'resource' cannot be set here"),
+        ({"exchange": "true"}, "myapp.upstream.graph.exchange: token exchange needs a target"),
+        ({"exchange": "perhaps"}, "myapp.upstream.graph.exchange: 'perhaps' is not a boolean"),
+        ({"scpoe": "x"}, "myapp.upstream.graph.scpoe: unknown setting; did you mean myapp.upstream.graph.scope?"),
+    ],
+)
+def test_bad_upstream_token_settings_are_one_line_each(keys, expected):
+    assert any(problem.startswith(expected) for problem in problems_of(with_upstream(**keys))), expected

@@ -1,0 +1,183 @@
+"""Several identity providers at once (SPEC.md "Several identity providers"): two programmable
+providers on their own sockets, one app that trusts both."""
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import func, select
+
+from myapp.models import AuditEvent, LoginTransaction, User, UserSession
+from tests.conftest import TEST_PUBLIC_URL
+from tests.functional.auth.flows import session_count
+from tests.functional.conftest import Browser
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider
+
+PARTNERS_CALLBACK = TEST_PUBLIC_URL + "/auth/callback/partners"
+
+
+@pytest.fixture(scope="session")
+def served_partner():
+    partner = FakeProvider()
+    with partner.serve() as url:
+        partner.issuer = url
+        try:
+            yield partner
+        finally:
+            partner.stop.set()
+
+
+@pytest.fixture
+def partner(served_partner):
+    served_partner.reset()
+    yield served_partner
+    served_partner.reset()
+
+
+@pytest.fixture
+def app(make_app, partner):
+    return make_app(
+        **{
+            "myapp.providers": "default = Staff\npartners = Partner companies",
+            "myapp.oidc.partners.issuer": partner.issuer,
+            "myapp.oidc.partners.client_id": CLIENT_ID,
+            "myapp.oidc.partners.client_secret": CLIENT_SECRET,
+            "myapp.oidc.partners.http_timeout": "2",
+        }
+    )
+
+
+def start(browser, provider_name, next_path="/posts"):
+    response = browser.get("/login", params={"provider": provider_name, "next": next_path}, status=303)
+    return response.location, {k: v[0] for k, v in parse_qs(urlsplit(response.location).query).items()}
+
+
+def sign_in_at(browser, idp, provider_name, callback_path, **claims):
+    """Start at ``provider_name``, let ``idp`` grant a code, deliver it to ``callback_path``."""
+    _, query = start(browser, provider_name)
+    code = idp.grant(challenge=query["code_challenge"], nonce=query["nonce"], redirect_uri=query["redirect_uri"], **claims)
+    return browser.get(
+        callback_path, params={"code": code, "state": query["state"], "iss": idp.issuer}, expect_errors=True
+    ), query
+
+
+def test_the_chooser_lists_every_provider_and_keeps_next(app):
+    page = Browser(app).get("/login", params={"next": "/posts/new"}, status=200)
+    assert page.headers["Cache-Control"] == "no-store"
+    links = {a.text.strip(): a["href"] for a in page.html.select("[data-testid=providers] a")}
+    assert links == {
+        "Staff": "/login?provider=default&next=%2Fposts%2Fnew",
+        "Partner companies": "/login?provider=partners&next=%2Fposts%2Fnew",
+    }
+
+
+def test_the_landing_pages_sign_in_leads_to_the_chooser(app):
+    browser = Browser(app)
+    href = browser.get("/", status=200).html.select_one(".hero-actions a")["href"]
+    assert browser.get(href, status=200).html.select("[data-testid=providers] a")
+
+
+def test_an_unknown_provider_is_a_400_page(app, dbsession):
+    page = Browser(app).get("/login", params={"provider": "nope"}, status=400)
+    assert "Unknown sign-in provider" in page.text
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+
+
+def test_each_provider_gets_its_own_redirect_uri(app, provider, partner):
+    location, query = start(Browser(app), "partners")
+    assert location.startswith(partner.issuer + "/authorize?")
+    assert query["redirect_uri"] == PARTNERS_CALLBACK
+    location, query = start(Browser(app), "default")
+    assert location.startswith(provider.issuer + "/authorize?")
+    assert query["redirect_uri"] == TEST_PUBLIC_URL + "/auth/callback"
+
+
+def test_sign_in_at_each_provider(app, provider, partner, dbsession):
+    staff = Browser(app)
+    response, _ = sign_in_at(staff, provider, "default", "/auth/callback")
+    assert response.status_int == 303 and response.location.endswith("/posts")
+    outsider = Browser(app)
+    response, _ = sign_in_at(outsider, partner, "partners", "/auth/callback/partners")
+    assert response.status_int == 303
+    sessions = dbsession.scalars(select(UserSession).order_by(UserSession.id)).all()
+    assert [(s.provider, s.user.issuer) for s in sessions] == [("default", provider.issuer), ("partners", partner.issuer)]
+
+
+def test_the_same_email_at_two_providers_is_two_people(app, provider, partner, dbsession):
+    sign_in_at(Browser(app), provider, "default", "/auth/callback", email="pat@example.org")
+    sign_in_at(Browser(app), partner, "partners", "/auth/callback/partners", email="pat@example.org")
+    users = dbsession.scalars(select(User).where(User.email == "pat@example.org")).all()
+    assert sorted(u.issuer for u in users) == sorted([provider.issuer, partner.issuer])
+
+
+def test_a_transaction_started_for_one_provider_is_refused_at_anothers_callback(app, provider, partner, dbsession):
+    """The mix-up defence (RFC 9700 section 4.4): whatever the response says, it came back to the
+    wrong provider's redirect URI; the sign-in is spent, nothing is created."""
+    browser = Browser(app)
+    _, query = start(browser, "partners")
+    code = partner.grant(challenge=query["code_challenge"], nonce=query["nonce"], redirect_uri=PARTNERS_CALLBACK)
+    params = {"code": code, "state": query["state"], "iss": partner.issuer}
+    page = browser.get("/auth/callback", params=params, status=400)
+    assert "started with another provider" in page.text
+    assert session_count(dbsession) == 0 and dbsession.scalar(select(func.count()).select_from(User)) == 0
+    assert [p for p, _, _ in partner.requests if p == "/token"] == []
+    assert [p for p, _, _ in provider.requests if p == "/token"] == []
+    detail = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "login_failed")).one()
+    assert detail == "wrong_provider_callback"
+    # Spent: the right callback cannot complete it afterwards either.
+    browser.get("/auth/callback/partners", params=params, status=400)
+    assert session_count(dbsession) == 0
+
+
+def test_a_callback_for_an_unknown_provider_creates_nothing(app, provider, dbsession):
+    browser = Browser(app)
+    _, query = start(browser, "default")
+    browser.get("/auth/callback/nope", params={"code": "c", "state": query["state"]}, status=400)
+    assert session_count(dbsession) == 0
+
+
+def test_the_default_provider_also_answers_at_its_named_callback(make_app, provider, dbsession):
+    app = make_app(**{"myapp.oidc.redirect_uri": TEST_PUBLIC_URL + "/auth/callback/default"})
+    response, _ = sign_in_at(Browser(app), provider, "default", "/auth/callback/default")
+    assert response.status_int == 303 and session_count(dbsession) == 1
+
+
+def test_back_channel_logout_ends_only_that_providers_sessions(app, provider, partner, dbsession):
+    staff, outsider = Browser(app), Browser(app)
+    # The same sub and sid at both providers: only the issuer tells them apart.
+    partner.sid = provider.sid
+    sign_in_at(staff, provider, "default", "/auth/callback")
+    sign_in_at(outsider, partner, "partners", "/auth/callback/partners")
+    Browser(app).post("/auth/backchannel-logout", {"logout_token": partner.logout_token()}, status=200)
+    assert outsider.get("/posts", status=303).location.endswith("reason=provider_logout&next=%2Fposts")
+    assert staff.get("/posts", status=200)
+    Browser(app).post("/auth/backchannel-logout", {"logout_token": partner.logout_token(sid=None)}, status=200)
+    assert staff.get("/posts", status=200)
+
+
+def test_a_logout_token_from_an_issuer_nobody_trusts_is_refused(app, provider):
+    stranger = FakeProvider()
+    stranger.issuer = "https://stranger.example.test"
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": stranger.logout_token()}, status=400)
+    assert response.json["error"] == "invalid_request"
+
+
+def test_a_logout_token_is_checked_with_the_keys_of_the_provider_it_names(app, provider, partner):
+    """Signed by the default provider's key but claiming the partner's issuer: refused."""
+    forged = provider.sign(partner.logout_claims(), header={"typ": "logout+jwt"})
+    Browser(app).post("/auth/backchannel-logout", {"logout_token": forged}, status=400)
+
+
+def test_sign_out_goes_to_the_sessions_provider(app, partner):
+    browser = Browser(app)
+    sign_in_at(browser, partner, "partners", "/auth/callback/partners")
+    csrf = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
+    response = browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert response.location.startswith(partner.issuer + "/logout?")
+    assert [p for p, _, _ in partner.requests if p == "/revoke"] == ["/revoke"]
+
+
+def test_a_provider_that_is_down_affects_only_its_own_people(app, provider, partner, dbsession):
+    partner.discovery_status = 503
+    Browser(app).get("/login", params={"provider": "partners"}, status=503)
+    response, _ = sign_in_at(Browser(app), provider, "default", "/auth/callback")
+    assert response.status_int == 303

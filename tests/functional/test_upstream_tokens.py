@@ -1,0 +1,199 @@
+"""A token for each upstream (SPEC.md "Tokens for each upstream"), through the whole app, against
+the programmable provider (which records what each access token was minted for) and a recording
+upstream, on real sockets.
+"""
+
+import pytest
+from sqlalchemy import func, select
+
+from myapp.models import SessionToken
+from tests.functional.test_proxy import api, row_of, tokens_of
+
+GRAPH_SCOPE = "https://graph.example.test/.default"
+OWN_RESOURCE = "https://api.example.test/own"
+AUDIENCE = "https://api.example.test/audience"
+EXCHANGED = "https://api.example.test/exchanged"
+
+
+@pytest.fixture
+def dbsession(committed):
+    return committed
+
+
+@pytest.fixture
+def app(make_proxy_app, served_upstream):
+    url = served_upstream.url
+    return make_proxy_app(
+        **{
+            "myapp.upstreams": (
+                f"plain = {url}/plain\ngraph = {url}/graph\nown = {url}/own\naud = {url}/aud\nswap = {url}/swap\n"
+                f"readonly = {url}/ro\nup = {url}/up"
+            ),
+            "myapp.upstream.graph.scope": GRAPH_SCOPE,
+            "myapp.upstream.own.resource": OWN_RESOURCE,
+            "myapp.upstream.aud.token_params": f"audience = {AUDIENCE}",
+            "myapp.upstream.swap.exchange": "true",
+            "myapp.upstream.swap.resource": EXCHANGED,
+        }
+    )
+
+
+def token_seen(upstream, index=-1) -> str:
+    return upstream.seen[index]["headers"]["authorization"].removeprefix("Bearer ")
+
+
+def token_requests(provider):
+    return [dict(form) for form in provider.token_forms]
+
+
+def test_each_upstream_gets_a_token_minted_for_it(app, signed_in, upstream, provider):
+    browser = signed_in(app=app)
+    for name in ("plain", "graph", "own", "aud"):
+        api(browser, "GET", f"/api/{name}/x", status=200)
+    plain, graph, own, aud = (token_seen(upstream, i) for i in range(4))
+    assert plain == "at-1"  # an upstream without settings of its own: the session's token, as before
+    assert provider.access_tokens[graph]["aud"] == "scope:" + GRAPH_SCOPE
+    assert provider.access_tokens[own]["aud"] == OWN_RESOURCE
+    assert provider.access_tokens[aud]["aud"] == AUDIENCE
+    assert len({plain, graph, own, aud}) == 4
+    forms = token_requests(provider)
+    assert [f["grant_type"] for f in forms] == ["refresh_token"] * 3
+    assert (forms[0]["scope"], forms[1]["resource"], forms[2]["audience"]) == (GRAPH_SCOPE, OWN_RESOURCE, AUDIENCE)
+
+
+def test_a_rotated_refresh_token_is_stored_before_the_next_upstream_uses_it(app, signed_in, upstream, provider):
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    api(browser, "GET", "/api/own/x", status=200)
+    assert provider.reuse_detected == 0
+    assert provider.refresh_uses[0] == "rt-1" and provider.refresh_uses[1] != "rt-1"
+    tokens = tokens_of(signed_in.store, browser)
+    # The session keeps its own access and ID tokens; only the refresh token moved on.
+    assert tokens.access_token == "at-1" and tokens.refresh_token in provider.refresh_tokens
+
+
+def test_an_upstream_token_is_kept_until_it_is_due(app, signed_in, upstream, provider):
+    browser = signed_in(app=app)
+    for _ in range(3):
+        api(browser, "GET", "/api/graph/x", status=200)
+    assert len(provider.token_forms) == 1
+    assert len({token_seen(upstream, i) for i in range(3)}) == 1
+
+
+def test_an_upstream_token_is_read_from_the_database_by_another_process(app, make_proxy_app, signed_in, upstream, provider):
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    other = make_proxy_app(**{k: v for k, v in app.registry.settings.items() if k.startswith(("myapp.", "sqlalchemy."))})
+    browser.app = other
+    api(browser, "GET", "/api/graph/x", status=200)
+    assert len(provider.token_forms) == 1
+    assert token_seen(upstream, 0) == token_seen(upstream, 1)
+
+
+def test_a_401_gets_a_new_upstream_token_and_one_retry(app, signed_in, upstream, provider):
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    first = token_seen(upstream)
+    upstream.refuse_tokens.add(first)
+    # Minted moments ago: the 401 is passed back rather than minting again at once.
+    api(browser, "GET", "/api/graph/x", status=401)
+    assert len(provider.token_forms) == 1
+
+
+def test_token_exchange_sends_the_exchanged_token_never_the_sessions(app, signed_in, upstream, provider):
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    sent = token_seen(upstream)
+    assert sent != "at-1"
+    assert provider.access_tokens[sent] == {"aud": EXCHANGED, "sub": "alice", "grant": "token_exchange"}
+    (form,) = token_requests(provider)
+    assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+    assert form["subject_token"] == "at-1"
+    assert form["subject_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert form["resource"] == EXCHANGED
+    assert provider.refresh_uses == []  # the session's refresh token was not needed
+
+
+def test_token_exchange_of_an_expired_session_token_refreshes_it_first(app, signed_in, upstream, provider):
+    browser = signed_in(app=app, expires_in=0)
+    api(browser, "GET", "/api/swap/x", status=200)
+    grants = [f["grant_type"] for f in token_requests(provider)]
+    assert grants == ["refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"]
+    assert token_requests(provider)[1]["subject_token"] == tokens_of(signed_in.store, browser).access_token
+
+
+@pytest.mark.parametrize("error", ["invalid_target", "invalid_scope"])
+def test_a_refused_target_is_a_502_for_that_upstream_only(app, signed_in, upstream, provider, dbsession, error):
+    provider.refused_targets[OWN_RESOURCE] = error
+    browser = signed_in(app=app)
+    response = api(browser, "GET", "/api/own/x", status=502)
+    assert response.json["error"] == "upstream_unavailable" and error in response.json["message"]
+    assert upstream.seen == []
+    assert row_of(dbsession, browser).ended_at is None
+    api(browser, "GET", "/api/graph/x", status=200)
+    api(browser, "GET", "/api/plain/x", status=200)
+
+
+def test_invalid_grant_for_an_upstream_token_ends_the_session(app, signed_in, upstream, provider, dbsession):
+    browser = signed_in(app=app, refresh_token="rt-dead")
+    del provider.refresh_tokens["rt-dead"]
+    response = api(browser, "GET", "/api/graph/x", status=401)
+    assert response.json["error"] == "login_required"
+    assert row_of(dbsession, browser).end_reason == "refresh_failed"
+    assert upstream.seen == []
+
+
+def test_a_provider_that_is_down_is_a_503_and_keeps_the_session(app, signed_in, upstream, provider, dbsession):
+    provider.token_response = lambda form: (503, "down")
+    browser = signed_in(app=app)
+    assert api(browser, "GET", "/api/graph/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None
+
+
+def test_ending_a_session_removes_its_upstream_tokens(app, signed_in, upstream, provider, dbsession):
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    api(browser, "GET", "/api/own/x", status=200)
+    count = lambda: dbsession.scalar(select(func.count()).select_from(SessionToken))  # noqa: E731
+    dbsession.commit()
+    assert count() == 2
+    signed_in.store.end(browser.session_row, "logout")
+    dbsession.commit()
+    assert count() == 0
+
+
+def test_upstream_tokens_are_stored_encrypted(app, signed_in, upstream, provider, dbsession):
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    dbsession.commit()
+    stored = dbsession.scalars(select(SessionToken)).one()
+    assert token_seen(upstream).encode() not in bytes(stored.access_token)
+    assert stored.upstream == "graph" and stored.expires_at is not None
+
+
+def test_an_upstream_for_other_providers_is_refused_before_anything_is_sent(make_proxy_app, signed_in, upstream, provider):
+    app = make_proxy_app(
+        **{
+            "myapp.providers": "default = Staff\npartners = Partners",
+            "myapp.oidc.partners.issuer": "https://partners.example.test",
+            "myapp.oidc.partners.client_id": "p",
+            "myapp.oidc.partners.client_secret": "p-secret",
+            "myapp.upstreams": f"partner-api = {upstream.url}/p\nup = {upstream.url}/up\nreadonly = {upstream.url}/ro",
+            "myapp.upstream.partner-api.providers": "partners",
+        }
+    )
+    browser = signed_in(app=app)
+    response = api(browser, "GET", "/api/partner-api/x", status=403)
+    assert response.json == {"error": "wrong_provider", "message": response.json["message"]}
+    assert upstream.seen == [] and provider.token_forms == []
+    api(browser, "GET", "/api/up/x", status=200)
+
+
+def test_the_authorization_request_asks_for_every_resource(app, provider):
+    from tests.functional.conftest import Browser
+
+    response = Browser(app).get("/login", status=303)
+    assert f"resource={OWN_RESOURCE.replace(':', '%3A').replace('/', '%2F')}" in response.location
+    # Exchanged and scope-only upstreams add nothing to the grant.
+    assert "exchanged" not in response.location and "graph" not in response.location
