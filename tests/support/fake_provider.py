@@ -239,7 +239,7 @@ class FakeProvider:
                 return 400, {"error": refused}
             claims = self.refresh_tokens[presented]
             if not self.rotate:
-                return 200, {"access_token": self.issue_access_token(self.target_of(pairs), claims["sub"], "refresh_token"),
+                return 200, {"access_token": self.issue_access_token(self.target_of(pairs), claims.get("sub"), "refresh_token"),
                              "token_type": "Bearer", "expires_in": 300, "id_token": self.sign(self.claims(**self.id_token_claims))}
             claims = self.claims(**self.id_token_claims)
             del self.refresh_tokens[presented]
@@ -261,7 +261,7 @@ class FakeProvider:
             }
         else:
             return 400, {"error": "unsupported_grant_type"}
-        access_token = self.issue_access_token(self.target_of(pairs), claims["sub"], form["grant_type"])
+        access_token = self.issue_access_token(self.target_of(pairs), claims.get("sub"), form["grant_type"])
         refresh_token = "rt-" + secrets.token_urlsafe(16)
         self.refresh_tokens[refresh_token] = claims
         return 200, {
