@@ -381,3 +381,30 @@ def test_alembic_upgrade_with_production_ini_says_what_it_did(tmp_path):
     steps = [line.split("] ", 1)[1].split(",")[0] for line in result.stderr.splitlines() if "Running upgrade" in line]
     revisions = [f"{n:04d}" for n in range(1, int(SCHEMA_REVISION) + 1)]
     assert steps == [f"Running upgrade {before} -> {after}" for before, after in zip(["", *revisions], revisions)]
+
+
+def test_end_sessions_by_provider_name(tmp_path, committed_database_url, committed, store, capsys):
+    settings = base_settings(
+        committed_database_url,
+        **{
+            "myapp.providers": "default = Staff\npartners = Partners",
+            "myapp.oidc.partners.issuer": "https://partners.example.test",
+            "myapp.oidc.partners.client_id": "p",
+            "myapp.oidc.partners.client_secret": "p-secret",
+        },
+    )
+    path = tmp_path / "two.ini"
+    lines = [f"{k} = {v}".replace("%", "%%").replace("\n", "\n    ") for k, v in settings.items()]
+    path.write_text("\n".join(["[app:main]", "use = egg:myapp", *lines]) + "\n")
+    for issuer in ("https://idp.example.test", "https://partners.example.test"):
+        user = User(issuer=issuer, subject="alice", name="Alice", groups=[])
+        committed.add(user)
+        committed.flush()
+        store.create(user=user)
+    committed.commit()
+    code, out, _ = run(end_sessions.main, path, "--subject", "alice", "--provider", "partners", capsys=capsys)
+    assert code == 0 and out.strip() == "ended 1 session(s) of alice (https://partners.example.test)"
+    code, _, err = run(end_sessions.main, path, "--subject", "alice", "--provider", "nope", capsys=capsys)
+    assert code == 2 and "no provider named 'nope' (the ini lists: default, partners)" in err
+    code, _, err = run(end_sessions.main, path, "--subject", "alice", "--provider", "partners", "--issuer", "x", capsys=capsys)
+    assert code == 2 and "give --provider or --issuer, not both" in err
