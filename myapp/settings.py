@@ -16,7 +16,11 @@ from datetime import timedelta
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -49,7 +53,12 @@ DEFAULT_PROVIDER = "default"
 PROVIDER_KEYS = (
     "issuer", "client_id", "client_secret", "token_endpoint_auth_method", "scope", "redirect_uri",
     "post_logout_redirect_uri", "authorize_params", "groups_claim", "fetch_userinfo", "http_timeout",
+    "client_keys", "client_certificate", "client_assertion_audience", "par",
 )
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+PAR_MODES = ("auto", "always", "never")
+ASSERTION_AUDIENCES = ("issuer", "token_endpoint")
+MIN_RSA_BITS = 2048
 # Authorization parameters myapp sets itself.
 RESERVED_AUTHORIZE_PARAMS = frozenset({
     "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge",
@@ -93,6 +102,12 @@ class OIDCSettings:
     groups_claim: str
     fetch_userinfo: bool
     http_timeout: float
+    # private_key_jwt (RFC 7523): PEM private keys, the first signs; the first key's certificate.
+    client_keys: tuple[str, ...] = field(default=(), repr=False)
+    client_certificate: str | None = field(default=None, repr=False)
+    client_assertion_audience: str = "issuer"
+    # Pushed authorization requests (RFC 9126): auto, always or never.
+    par: str = "auto"
     # Where its settings are, for messages: myapp.oidc. or myapp.oidc.<name>.
     settings_prefix: str = field(default=PREFIX + "oidc.", compare=False)
 
@@ -495,9 +510,11 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
 
 def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public_url: str) -> OIDCSettings:
     callback_path = "/auth/callback" if name == DEFAULT_PROVIDER else f"/auth/callback/{name}"
-    auth_method = reader.choice(
-        prefix + "token_endpoint_auth_method", "client_secret_basic", ("client_secret_basic", "client_secret_post")
-    )
+    auth_method = reader.choice(prefix + "token_endpoint_auth_method", "client_secret_basic", CLIENT_AUTH_METHODS)
+    client_keys = _client_keys(reader, prefix + "client_keys")
+    client_certificate = _client_certificate(reader, prefix + "client_certificate", client_keys)
+    if auth_method == "private_key_jwt" and not client_keys and (prefix + "client_keys") not in reader.raw:
+        reader.problem(f"{prefix}client_keys: required by token_endpoint_auth_method = private_key_jwt")
     authorize_params = reader.mapping(prefix + "authorize_params")
     for key in authorize_params:
         if key in RESERVED_AUTHORIZE_PARAMS or not _PARAM_NAME.match(key):
@@ -518,7 +535,8 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         display_name=display_name,
         issuer=reader.url(prefix + "issuer"),
         client_id=reader.string(prefix + "client_id"),
-        client_secret=reader.string(prefix + "client_secret"),
+        # Not needed when the client authenticates with a key.
+        client_secret=reader.string(prefix + "client_secret", "" if auth_method == "private_key_jwt" else _REQUIRED),
         token_endpoint_auth_method=auth_method,
         scope=" ".join(scope.split()),
         redirect_uri=redirect_uri,
@@ -527,8 +545,70 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         groups_claim=reader.string(prefix + "groups_claim", "groups"),
         fetch_userinfo=reader.boolean(prefix + "fetch_userinfo", True),
         http_timeout=reader.seconds(prefix + "http_timeout", 10),
+        client_keys=client_keys,
+        client_certificate=client_certificate,
+        client_assertion_audience=reader.choice(prefix + "client_assertion_audience", "issuer", ASSERTION_AUDIENCES),
+        par=reader.choice(prefix + "par", "auto", PAR_MODES),
         settings_prefix=prefix,
     )
+
+
+def _client_keys(reader: _Reader, name: str) -> tuple[str, ...]:
+    """PEM private keys, one ``file:`` (or ``env:``) reference a line, each RSA 2048+ or EC P-256."""
+    reader.known.add(name)
+    value = reader.raw.get(name)
+    if not isinstance(value, str) or not value.strip():
+        return ()
+    keys = []
+    for line in value.strip().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith(("file:", "env:")):
+            reader.problem(f"{name}: each line must be file:/path/to/key.pem (or env:NAME), not the key itself")
+            continue
+        try:
+            pem = resolve(name, line, reader.environ)
+            keys.append(_check_private_key(name, pem))
+        except SettingsError as e:
+            reader.problems.extend(e.problems)
+    return tuple(keys)
+
+
+def _check_private_key(name: str, pem: str) -> str:
+    try:
+        key = load_pem_private_key(pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise SettingsError(f"{name}: not an unencrypted PEM private key") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise SettingsError(f"{name}: an RSA key of {key.key_size} bits is too short (at least {MIN_RSA_BITS})")
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise SettingsError(f"{name}: the EC curve {key.curve.name} is not supported (use P-256)")
+    else:
+        raise SettingsError(f"{name}: only RSA (2048 bits or more) and EC P-256 keys are supported")
+    return pem
+
+
+def _client_certificate(reader: _Reader, name: str, keys: tuple[str, ...]) -> str | None:
+    pem = reader.string(name, None)
+    if pem is None:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode("utf-8"))
+    except ValueError:
+        reader.problem(f"{name}: not a PEM certificate")
+        return None
+    if not keys:
+        reader.problem(f"{name}: needs the key it certifies, first in {name.removesuffix('client_certificate')}client_keys")
+        return None
+    public = load_pem_private_key(keys[0].encode("utf-8"), password=None).public_key()
+    spki = (Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    if certificate.public_key().public_bytes(*spki) != public.public_bytes(*spki):
+        reader.problem(f"{name}: does not certify the first key of {name.removesuffix('client_certificate')}client_keys")
+        return None
+    return pem
 
 
 def _encryption_keys(reader: _Reader) -> tuple[str, ...]:

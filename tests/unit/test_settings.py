@@ -153,7 +153,7 @@ def test_blank_counts_as_missing():
         ("myapp.public_url", "https://app.example.com:99999", "invalid port"),
         ("myapp.oidc.issuer", "not a url", "is not an absolute http(s) URL"),
         ("myapp.oidc.issuer", "https://idp.example.com/#frag", "fragment"),
-        ("myapp.oidc.token_endpoint_auth_method", "private_key_jwt", "is not one of"),
+        ("myapp.oidc.token_endpoint_auth_method", "tls_client_auth", "is not one of"),
         ("myapp.oidc.fetch_userinfo", "maybe", "is not a boolean"),
         ("myapp.oidc.http_timeout", "soon", "is not a duration"),
         ("myapp.oidc.http_timeout", "0", "must be at least"),

@@ -10,9 +10,17 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from authlib.integrations.base_client import OAuthError
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from myapp.services.http import HttpClient, HTTPFailure, describe
-from myapp.services.oidc.errors import OIDCError, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc.client_auth import (
+    ClientKeys,
+    assertion_audience,
+    client_secret_basic,
+    client_secret_post,
+    private_key_jwt,
+)
+from myapp.services.oidc.errors import OIDCError, ProviderMisconfigured, ProviderUnavailable, TokenRequestRefused
 from myapp.services.oidc.jose import TokenValidator
 from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
 from myapp.settings import OIDCSettings
@@ -22,6 +30,23 @@ log = logging.getLogger(__name__)
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def _parse_token_response(response: requests.Response) -> dict:
+    """A token endpoint's JSON object. An OAuth error in it raises OAuthError; a server error or an
+    answer that is not a JSON object raises requests' HTTPError, or ValueError when its status was a success."""
+    if response.status_code >= 500:
+        response.raise_for_status()
+    try:
+        token = response.json()
+    except ValueError:
+        token = None
+    if not isinstance(token, dict):
+        response.raise_for_status()
+        raise ValueError("not a JSON object")
+    if "error" in token:
+        raise OAuthError(error=str(token["error"]), description=token.get("error_description"))
+    return token
 
 
 class Revocation(StrEnum):
@@ -51,6 +76,7 @@ class OIDCClient:
     ):
         self.settings = settings
         self.http = http
+        self.client_keys = ClientKeys(settings.client_keys, settings.client_certificate)
         self.documents = ProviderDocuments(issuer=settings.issuer, http=http, monotonic=monotonic)
         self.validator = TokenValidator(
             issuer=settings.issuer,
@@ -70,32 +96,106 @@ class OIDCClient:
         return self.validator.validate_logout_token(logout_token)
 
     def authorization_url(
-        self, *, state: str, nonce: str, code_verifier: str, prompt: str | None = None, resources: tuple[str, ...] = ()
+        self,
+        *,
+        state: str,
+        nonce: str,
+        code_verifier: str,
+        prompt: str | None = None,
+        resources: tuple[str, ...] = (),
+        extra: dict | None = None,
     ) -> str:
+        """Where to send the browser to sign in. With a pushed authorization request (RFC 9126)
+        the parameters go to the provider on the back channel first, and the browser's URL
+        carries only ``client_id`` and ``request_uri``."""
         metadata = self.metadata()
-        session = self.http.oauth2_session(
-            client_id=self.settings.client_id,
-            redirect_uri=self.settings.redirect_uri,
-            scope=self.settings.scope,
-            code_challenge_method="S256",
-        )
-        extra = dict(self.settings.authorize_params)
+        params = [
+            ("response_type", "code"),
+            ("client_id", self.settings.client_id),
+            ("redirect_uri", self.settings.redirect_uri),
+            ("scope", self.settings.scope),
+            ("state", state),
+            ("nonce", nonce),
+            ("code_challenge", create_s256_code_challenge(code_verifier)),
+            ("code_challenge_method", "S256"),
+            *self.settings.authorize_params.items(),
+            *(extra or {}).items(),
+            *(("resource", resource) for resource in resources),  # RFC 8707: one for each
+        ]
         if prompt:
-            extra["prompt"] = prompt
-        url, _ = session.create_authorization_url(
-            metadata.authorization_endpoint, state=state, nonce=nonce, code_verifier=code_verifier, **extra
-        )
-        if resources:  # RFC 8707: one resource parameter for each
-            url += "&" + urlencode([("resource", resource) for resource in resources])
-        return url
+            params.append(("prompt", prompt))
+        if self._pushes(metadata):
+            request_uri = self._push(metadata.par_endpoint, params)
+            params = [("client_id", self.settings.client_id), ("request_uri", request_uri)]
+        endpoint = metadata.authorization_endpoint
+        return endpoint + ("&" if urlsplit(endpoint).query else "?") + urlencode(params)
 
-    def _authenticated_session(self, **kwargs):
-        """An Authlib client that authenticates as this app (token and revocation endpoints)."""
-        return self.http.oauth2_session(
-            client_id=self.settings.client_id,
-            client_secret=self.settings.client_secret,
-            token_endpoint_auth_method=self.settings.token_endpoint_auth_method,
-            **kwargs,
+    def _pushes(self, metadata: ProviderMetadata) -> bool:
+        mode = self.settings.par
+        if mode == "never":
+            if metadata.par_required:
+                raise ProviderMisconfigured(
+                    f"The provider requires pushed authorization requests, but {self.settings.settings_prefix}par = never."
+                )
+            return False
+        if metadata.par_endpoint is None:
+            if mode == "always" or metadata.par_required:
+                raise ProviderMisconfigured(
+                    "The provider offers no pushed authorization request endpoint, "
+                    f"but {self.settings.settings_prefix}par = {mode}."
+                )
+            return False
+        return True
+
+    def _push(self, endpoint: str, params: list) -> str:
+        """RFC 9126: the authorization request's parameters, client-authenticated; its request_uri."""
+        try:
+            response = self._post(endpoint, params)
+        except requests.RequestException as e:
+            failure = describe(e)
+            if failure.unavailable:
+                raise ProviderUnavailable(f"The provider's pushed authorization request endpoint {failure}.") from None
+            raise OIDCError("par_failed", f"The provider's pushed authorization request endpoint {failure}.") from None
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        if response.status_code >= 500:
+            raise ProviderUnavailable(f"The provider's pushed authorization request endpoint answered HTTP {response.status_code}.")
+        if not isinstance(document, dict):
+            raise OIDCError("par_failed", "The provider's pushed authorization request endpoint did not answer with JSON.")
+        if response.status_code not in (200, 201):
+            error = document.get("error") if isinstance(document.get("error"), str) else "refused"
+            raise OIDCError(f"par_refused:{error}"[:64], f"The provider refused the sign-in request ({error[:64]}).")
+        request_uri = document.get("request_uri")
+        if not isinstance(request_uri, str) or not request_uri or len(request_uri) > 2048:
+            raise OIDCError("par_failed", "The provider's pushed authorization response has no request_uri.")
+        return request_uri
+
+    def client_auth(self, endpoint_metadata: ProviderMetadata | None = None):
+        """How this client authenticates (an Authlib client-auth callable), for every endpoint."""
+        method = self.settings.token_endpoint_auth_method
+        if method == "client_secret_post":
+            return client_secret_post
+        if method == "private_key_jwt":
+            metadata = endpoint_metadata or self.metadata()
+            return private_key_jwt(
+                self.client_keys,
+                audience=assertion_audience(self.settings, metadata.token_endpoint),
+                alg=self.client_keys.algorithm_for(metadata.assertion_algorithms),
+            )
+        return client_secret_basic
+
+    def _post(self, endpoint: str, form: list, *, timeout: float | None = None) -> requests.Response:
+        """POST ``form`` (repeated names kept) to one of the provider's endpoints, authenticated as this client."""
+        session = self.http.oauth2_session(client_id=self.settings.client_id, client_secret=self.settings.client_secret)
+        return session.post(
+            endpoint,
+            data=form,
+            auth=session.client_auth(self.client_auth()),
+            headers={"Accept": "application/json"},
+            withhold_token=True,
+            timeout=timeout or self.settings.http_timeout,
         )
 
     def _call_token_endpoint(self, call) -> dict:
@@ -120,17 +220,13 @@ class OIDCClient:
 
     def exchange_code(self, code: str, code_verifier: str) -> dict:
         """Trade the authorization code (and the PKCE verifier) for tokens, on the server."""
-        endpoint = self.metadata().token_endpoint
-        session = self._authenticated_session(redirect_uri=self.settings.redirect_uri)
-        return self._call_token_endpoint(
-            lambda: session.fetch_token(
-                endpoint,
-                grant_type="authorization_code",
-                code=code,
-                code_verifier=code_verifier,
-                redirect_uri=self.settings.redirect_uri,
-            )
-        )
+        form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", code_verifier),
+            ("redirect_uri", self.settings.redirect_uri),
+        ]
+        return self._token_request(form, scope=None, resources=(), params=None)
 
     def refresh(
         self,
@@ -171,13 +267,7 @@ class OIDCClient:
             form.append(("scope", scope))
         form.extend(("resource", resource) for resource in resources)
         form.extend((params or {}).items())
-        session = self._authenticated_session()
-        auth = session.client_auth(self.settings.token_endpoint_auth_method)
-        return self._call_token_endpoint(
-            lambda: session.parse_response_token(
-                session.post(endpoint, data=form, auth=auth, headers={"Accept": "application/json"}, withhold_token=True)
-            )
-        )
+        return self._call_token_endpoint(lambda: _parse_token_response(self._post(endpoint, form)))
 
     def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> "Revocation":
         """RFC 7009 revocation, client-authenticated; never raises."""
@@ -189,13 +279,13 @@ class OIDCClient:
             return Revocation.NOT_OFFERED
         if endpoint is None:
             return Revocation.NOT_OFFERED
-        session = self._authenticated_session(revocation_endpoint_auth_method=self.settings.token_endpoint_auth_method)
         try:
-            response = session.revoke_token(
-                endpoint, token=token, token_type_hint=token_type_hint, timeout=timeout or self.settings.http_timeout
-            )
+            response = self._post(endpoint, [("token", token), ("token_type_hint", token_type_hint)], timeout=timeout)
         except requests.RequestException as e:
             log.warning("token revocation failed: %s", describe(e))
+            return Revocation.FAILED
+        except OIDCError as e:  # a key the provider's algorithms cannot use, discovery gone
+            log.warning("token revocation failed: %s", e.message)
             return Revocation.FAILED
         if response.status_code == 200:
             return Revocation.REVOKED

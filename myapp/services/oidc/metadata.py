@@ -39,6 +39,11 @@ class ProviderMetadata:
     revocation_endpoint: str | None
     signing_algorithms: frozenset[str]
     iss_parameter_supported: bool
+    # RFC 9126: where to push authorization requests, and whether the provider insists.
+    par_endpoint: str | None = None
+    par_required: bool = False
+    # For private_key_jwt: what the provider accepts, in its order (None: it does not say).
+    assertion_algorithms: tuple[str, ...] | None = None
 
     @classmethod
     def from_document(cls, document: dict, expected_issuer: str) -> "ProviderMetadata":
@@ -78,7 +83,16 @@ class ProviderMetadata:
             revocation_endpoint=endpoint("revocation_endpoint", False),
             signing_algorithms=algorithms,
             iss_parameter_supported=document.get("authorization_response_iss_parameter_supported") is True,
+            par_endpoint=endpoint("pushed_authorization_request_endpoint", False),
+            par_required=document.get("require_pushed_authorization_requests") is True,
+            assertion_algorithms=_string_list(document.get("token_endpoint_auth_signing_alg_values_supported")),
         )
+
+
+def _string_list(value) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(item for item in value if isinstance(item, str))
 
 
 class ProviderDocuments:
