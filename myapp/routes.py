@@ -66,6 +66,7 @@ def includeme(config):
     config.add_route("login", "/login")
     config.add_route("auth_callback", "/auth/callback")
     config.add_route("auth_provider_callback", "/auth/callback/{provider}")
+    config.add_route("client_jwks", "/auth/jwks.json")
     config.add_route("logout", "/logout")
     config.add_route("signed_out", "/signed-out")
     config.add_route("backchannel_logout", BACKCHANNEL_LOGOUT_PATH)

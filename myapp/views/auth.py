@@ -61,14 +61,21 @@ def login(request):
             prompt=prompt if prompt in PROMPTS else None,
         )
     except OIDCError as e:
-        log.warning("sign-in cannot start: %s", e.message)
+        log.warning("sign-in at %s cannot start: %s", provider, e.message)
         unavailable = isinstance(e, ProviderUnavailable)
+        if e.reason.startswith("par_"):
+            # The provider refused (or failed) the pushed request: nothing was stored, and it is audited.
+            request.keep_transaction()
+            request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
+            request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
+        refused = e.reason.startswith("par_refused")
         return error_page(
             request,
             503 if unavailable else 502,
-            "Sign-in is unavailable" if unavailable else "Sign-in is misconfigured",
-            ("The sign-in provider did not answer. Please try again in a moment."
-             if unavailable else f"An administrator needs to fix the sign-in configuration: {e.message}"),
+            "Sign-in is unavailable" if unavailable else "Sign-in was refused" if refused else "Sign-in is misconfigured",
+            ("The sign-in provider did not answer. Please try again in a moment." if unavailable
+             else f"{e.message} An administrator may need to check the sign-in configuration." if refused
+             else f"An administrator needs to fix the sign-in configuration: {e.message}"),
             retry_url=_login_url(request, next_path),
         )
     response = HTTPSeeOther(url)
@@ -169,6 +176,23 @@ def backchannel_logout(request):
 
 def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@view_config(route_name="client_jwks", request_method="GET", permission=NO_PERMISSION_REQUIRED)
+def client_jwks(request):
+    """The public keys of every provider's ``client_keys`` (private_key_jwt), for providers that
+    fetch them from this client's ``jwks_uri``; 404 when no provider is configured with keys."""
+    keys, seen = [], set()
+    for client in request.services.providers.values():
+        for key in client.client_keys.public_jwks():
+            if key["kid"] not in seen:
+                seen.add(key["kid"])
+                keys.append(key)
+    if not keys:
+        return json_error(404, ErrorCode.HTTP_ERROR, "No client keys are configured.")
+    response = Response(json={"keys": keys}, content_type="application/jwk-set+json")
+    response.headers["Cache-Control"] = "public, max-age=300"
     return response
 
 

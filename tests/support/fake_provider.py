@@ -12,10 +12,11 @@ import json
 import secrets
 import threading
 import time
-from urllib.parse import parse_qs, parse_qsl
+from urllib.parse import parse_qs, parse_qsl, unquote_plus
 
-from joserfc import jws
-from joserfc.jwk import RSAKey
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey, import_key
 
 from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
 from tests.support.servers import serve
@@ -65,6 +66,14 @@ class FakeProvider:
         self.token_forms = []  # each token request's form, repeated names kept: [(name, value), ...]
         self.refused_targets = {}  # resource, audience or scope -> the OAuth error to answer
         self.refresh_uses = []  # each refresh token presented, in order
+        self.client_secret = CLIENT_SECRET
+        self.offers_par = False  # advertise a pushed authorization request endpoint (it always answers)
+        self.client_jwks = []  # public keys a client may sign its assertions with (private_key_jwt)
+        self.assertions = []  # (header, claims) of every client assertion accepted
+        self.seen_jtis = set()
+        self.pushed = {}  # request_uri -> the pushed authorization request's parameters
+        self.par_response = None  # callable(form) -> (status, body); None: accept
+        self.client_auth_failures = []  # why each refused client authentication was refused
 
     def metadata(self) -> dict:
         document = {
@@ -78,6 +87,8 @@ class FakeProvider:
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": True,
+            "pushed_authorization_request_endpoint": self.issuer + "/par" if self.offers_par else None,
+            "token_endpoint_auth_signing_alg_values_supported": ["PS256", "RS256", "ES256"],
         }
         document.update(self.metadata_overrides)
         return {k: v for k, v in document.items() if v is not None}
@@ -148,12 +159,12 @@ class FakeProvider:
         if path == "/token":
             self.token_forms.append(parse_qsl(raw))
         self.requests.append((path, form, {k: v for k, v in environ.items() if k.startswith("HTTP_")}))
-        status, body, content_type = self.route(path, form, environ)
+        status, body, content_type = self.route(path, form, environ, raw)
         data = body if isinstance(body, bytes) else (json.dumps(body) if isinstance(body, (dict, list)) else body).encode()
         start_response(f"{status} X", [("Content-Type", content_type), ("Content-Length", str(len(data)))])
         return [data]
 
-    def route(self, path, form, environ):
+    def route(self, path, form, environ, raw=""):
         if path == "/.well-known/openid-configuration":
             self.discovery_fetches += 1
             return self.discovery_status, self.metadata(), "application/json"
@@ -176,7 +187,18 @@ class FakeProvider:
                 status, body = self.userinfo_response(token)
                 return status, body, "application/json"
             return 200, {"sub": "alice", "name": "Alice From Userinfo", "groups": ["staff", "readers"]}, "application/json"
+        if path == "/par":
+            if not self.client_authenticated(form, environ):
+                return 401, {"error": "invalid_client"}, "application/json"
+            if self.par_response is not None:
+                status, body = self.par_response(form)
+                return status, body, "application/json"
+            request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(16)
+            self.pushed[request_uri] = parse_qsl(raw)
+            return 201, {"request_uri": request_uri, "expires_in": 60}, "application/json"
         if path == "/revoke":
+            if not self.client_authenticated(form, environ):
+                return 401, {"error": "invalid_client"}, "application/json"
             if self.revocation_delay:
                 self.stop.wait(self.revocation_delay)
             self.revoked.append(form.get("token"))
@@ -184,11 +206,47 @@ class FakeProvider:
         return 404, {"error": "not_found"}, "application/json"
 
     def client_authenticated(self, form, environ) -> bool:
+        """As a strict provider checks it: Basic credentials decoded per RFC 6749 section 2.3.1,
+        or the secret in the form, or a client assertion (RFC 7523) signed by a registered key."""
         header = environ.get("HTTP_AUTHORIZATION", "")
+        if form.get("client_assertion_type"):
+            return self.assertion_valid(form)
         if header.startswith("Basic "):
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-            return (user, password) == (CLIENT_ID, CLIENT_SECRET)
-        return (form.get("client_id"), form.get("client_secret")) == (CLIENT_ID, CLIENT_SECRET)
+            user, _, password = base64.b64decode(header[6:]).decode("ascii").partition(":")
+            return (unquote_plus(user), unquote_plus(password)) == (CLIENT_ID, self.client_secret)
+        return (form.get("client_id"), form.get("client_secret")) == (CLIENT_ID, self.client_secret)
+
+    def assertion_valid(self, form) -> bool:
+        def refuse(why):
+            self.client_auth_failures.append(why)
+            return False
+
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            return refuse("assertion type")
+        token = form.get("client_assertion", "")
+        try:
+            header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+        except (ValueError, IndexError):
+            return refuse("malformed")
+        keys = [k for k in self.client_jwks if k.get("kid") == header.get("kid")]
+        if not keys:
+            return refuse("unknown kid")
+        try:
+            decoded = jwt.decode(token, import_key(keys[0]), algorithms=[header.get("alg")])
+        except JoseError:
+            return refuse("signature")
+        claims, now = decoded.claims, time.time()
+        if claims.get("iss") != CLIENT_ID or claims.get("sub") != CLIENT_ID:
+            return refuse("iss/sub")
+        if claims.get("aud") not in (self.issuer, self.issuer + "/token"):
+            return refuse("aud")
+        if not isinstance(claims.get("exp"), int) or claims["exp"] < now or claims["exp"] - claims.get("iat", 0) > 60:
+            return refuse("exp")
+        if claims.get("jti") in self.seen_jtis:
+            return refuse("jti replay")
+        self.seen_jtis.add(claims.get("jti"))
+        self.assertions.append((header, claims))
+        return True
 
     @staticmethod
     def target_of(pairs) -> str:

@@ -527,3 +527,98 @@ def test_an_upstream_without_token_settings_uses_the_sessions_token_for_every_pr
 )
 def test_bad_upstream_token_settings_are_one_line_each(keys, expected):
     assert any(problem.startswith(expected) for problem in problems_of(with_upstream(**keys))), expected
+
+
+# -- client keys (private_key_jwt) --
+
+def key_settings(tmp_path, *keys, **more):
+    from tests.support.keys import write_key
+
+    paths = [write_key(tmp_path, f"k{i}.pem", key) for i, key in enumerate(keys)]
+    return raw(
+        myapp__oidc__token_endpoint_auth_method="private_key_jwt",
+        myapp__oidc__client_secret=None,
+        myapp__oidc__client_keys="\n".join(f"file:{p}" for p in paths),
+        **more,
+    )
+
+
+def test_client_keys_are_read_and_the_secret_is_not_needed(tmp_path):
+    from tests.support.keys import ec_key, rsa_key
+
+    provider = load_settings(key_settings(tmp_path, rsa_key(), ec_key()), environ={}).providers["default"]
+    assert len(provider.client_keys) == 2 and provider.client_secret == ""
+    assert (provider.client_assertion_audience, provider.par) == ("issuer", "auto")
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda tmp: "file:" + str(tmp / "missing.pem"), "myapp.oidc.client_keys: cannot read"),
+        (lambda tmp: (tmp / "junk.pem").write_text("not a key") and "file:" + str(tmp / "junk.pem"),
+         "myapp.oidc.client_keys: not an unencrypted PEM private key"),
+        (lambda tmp: "-----BEGIN PRIVATE KEY-----", "myapp.oidc.client_keys: each line must be file:/path/to/key.pem"),
+    ],
+)
+def test_bad_client_key_files_are_one_line(tmp_path, make, expected):
+    settings = raw(myapp__oidc__token_endpoint_auth_method="private_key_jwt", myapp__oidc__client_keys=make(tmp_path))
+    assert any(p.startswith(expected) for p in problems_of(settings)), problems_of(settings)
+
+
+def test_a_short_rsa_key_is_refused(tmp_path):
+    from tests.support.keys import rsa_key
+
+    assert problems_of(key_settings(tmp_path, rsa_key(1024))) == [
+        "myapp.oidc.client_keys: an RSA key of 1024 bits is too short (at least 2048)"
+    ]
+
+
+def test_an_unsupported_curve_is_refused(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.support.keys import ec_key
+
+    assert problems_of(key_settings(tmp_path, ec_key(ec.SECP384R1))) == [
+        "myapp.oidc.client_keys: the EC curve secp384r1 is not supported (use P-256)"
+    ]
+
+
+def test_an_unreadable_key_file_is_refused(tmp_path):
+    import os
+
+    from tests.support.keys import rsa_key
+
+    settings = key_settings(tmp_path, rsa_key())
+    os.chmod(tmp_path / "k0.pem", 0)
+    if os.access(tmp_path / "k0.pem", os.R_OK):
+        pytest.skip("running as root: file permissions do not stop reads")
+    assert problems_of(settings)[0].startswith("myapp.oidc.client_keys: cannot read")
+
+
+def test_private_key_jwt_needs_keys():
+    settings = raw(myapp__oidc__token_endpoint_auth_method="private_key_jwt")
+    assert problems_of(settings) == ["myapp.oidc.client_keys: required by token_endpoint_auth_method = private_key_jwt"]
+
+
+def test_a_certificate_must_certify_the_first_key(tmp_path):
+    from tests.support.keys import rsa_key, self_signed
+
+    first, other = rsa_key(), rsa_key()
+    certificate = self_signed(other, tmp_path)
+    settings = key_settings(tmp_path, first, myapp__oidc__client_certificate=f"file:{certificate}")
+    assert problems_of(settings) == ["myapp.oidc.client_certificate: does not certify the first key of myapp.oidc.client_keys"]
+    junk = tmp_path / "junk.crt"
+    junk.write_text("junk")
+    settings = key_settings(tmp_path, first, myapp__oidc__client_certificate=f"file:{junk}")
+    assert problems_of(settings) == ["myapp.oidc.client_certificate: not a PEM certificate"]
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("par", "sometimes", "myapp.oidc.par: 'sometimes' is not one of auto, always, never"),
+        ("client_assertion_audience", "me", "myapp.oidc.client_assertion_audience: 'me' is not one of issuer, token_endpoint"),
+    ],
+)
+def test_par_and_audience_choices(key, value, expected):
+    assert problems_of(raw(**{f"myapp__oidc__{key}": value})) == [expected]

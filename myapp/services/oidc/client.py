@@ -109,6 +109,10 @@ class OIDCClient:
         the parameters go to the provider on the back channel first, and the browser's URL
         carries only ``client_id`` and ``request_uri``."""
         metadata = self.metadata()
+        if self.settings.token_endpoint_auth_method == "private_key_jwt":
+            # Refuse before the person signs in at the provider, not after, when the code could
+            # never be exchanged: the provider takes no assertion this key can sign.
+            self.client_keys.algorithm_for(metadata.assertion_algorithms)
         params = [
             ("response_type", "code"),
             ("client_id", self.settings.client_id),
