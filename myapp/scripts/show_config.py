@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from myapp.scripts import parser, read_settings
 
 PROG = "myapp-show-config"
-SECRET_FIELDS = {"client_secret", "encryption_keys"}
+SECRET_FIELDS = {"client_secret", "encryption_keys", "client_keys"}
 
 
 def mask_url(url: str | None) -> str | None:
@@ -30,6 +30,8 @@ def mask_url(url: str | None) -> str | None:
 def describe(name: str, value):
     if name in SECRET_FIELDS:
         return f"*** ({len(value)} key(s))" if isinstance(value, tuple) else "***"
+    if name == "client_certificate":
+        return "(a PEM certificate)" if value else None
     if name in ("database_url", "redis_url"):
         return mask_url(value)
     if isinstance(value, timedelta):

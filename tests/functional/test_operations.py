@@ -169,6 +169,39 @@ def test_generate_key(capsys):
     Fernet(out.strip())
 
 
+@pytest.mark.parametrize("ec", [False, True])
+def test_generate_client_key(tmp_path, capsys, ec):
+    import stat
+
+    from myapp.settings import load_settings
+
+    code, out, err = run(generate_key.main, "--client-key", tmp_path, *(["--ec"] if ec else []), capsys=capsys)
+    assert (code, err) == (0, "")
+    (key,) = tmp_path.glob("client-key-*.pem")
+    (certificate,) = tmp_path.glob("client-key-*.crt")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert f"myapp.oidc.client_keys = file:{key}" in out
+    # What it wrote is exactly what the settings accept, the certificate matching the key.
+    settings = base_settings(
+        "sqlite://",
+        **{"myapp.oidc.token_endpoint_auth_method": "private_key_jwt", "myapp.oidc.client_keys": f"file:{key}",
+           "myapp.oidc.client_certificate": f"file:{certificate}"},
+    )
+    provider = load_settings(settings, environ={}).providers["default"]
+    assert provider.client_keys and provider.client_certificate
+    ini = tmp_path / "keys.ini"
+    ini.write_text("\n".join(["[app:main]", "use = egg:myapp", *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
+    code, out, _ = run(show_config.main, ini, capsys=capsys)
+    assert "providers.default.client_keys = *** (1 key(s))" in out and "PRIVATE KEY" not in out
+
+
+def test_generate_client_key_refuses_what_it_cannot_do(tmp_path, capsys):
+    code, _, err = run(generate_key.main, "--client-key", tmp_path / "nope", capsys=capsys)
+    assert code == 2 and err == f"myapp-generate-key: {tmp_path / 'nope'} is not a directory\n"
+    code, _, err = run(generate_key.main, "--ec", capsys=capsys)
+    assert code == 2 and "--ec goes with --client-key" in err
+
+
 def test_show_config_masks_secrets(ini, capsys, tmp_path):
     code, out, _ = run(show_config.main, ini, capsys=capsys)
     assert code == 0
