@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     SERVICE_UNAVAILABLE = "service_unavailable"
     WRONG_PROVIDER = "wrong_provider"
+    STEP_UP_REQUIRED = "step_up_required"
     # Beyond SPEC.md's list (docs/architecture.md says why each exists).
     BAD_REQUEST = "bad_request"
     FORBIDDEN = "forbidden"

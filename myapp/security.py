@@ -15,7 +15,7 @@ from myapp.cookies import SessionCookie
 from myapp.errors import APIError, ErrorCode
 from myapp.models import User
 from myapp.services import Services
-from myapp.services.sessions import EndReason, SessionRecord
+from myapp.services.sessions import EndReason, SessionRecord, SignIn
 from myapp.services.tokenset import TokenSet
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -113,7 +113,9 @@ class SessionSecurityPolicy:
             principals.extend(identity.principals)
         return ACLHelper().permits(context, principals, permission)
 
-    def remember(self, request, userid, *, tokens=TokenSet(), provider="default", provider_sid=None, **kw):
+    def remember(
+        self, request, userid, *, tokens=TokenSet(), provider="default", provider_sid=None, sign_in=SignIn(), **kw
+    ):
         """Start a new session for the user (never reusing the browser's old id) and set its cookie;
         ``request.identity`` is the new session from here on."""
         store = request.session_store
@@ -129,6 +131,7 @@ class SessionSecurityPolicy:
             provider=provider,
             provider_sid=provider_sid,
             tokens=tokens,
+            sign_in=sign_in,
         )
         live = store.dead_reason(session) is None  # a disabled user's new session is dead at once
         self._cache.set(request, Identity(session=session, idle_expires_at=store.idle_expires_at(session)) if live else None)

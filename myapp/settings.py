@@ -36,6 +36,7 @@ DEVELOPMENT_CLIENT_SECRETS = frozenset({"development-only-client-secret"})
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 KNOWN_METHODS = DEFAULT_METHODS | {"OPTIONS"}
 PROMPTS = frozenset({"login", "consent", "select_account"})
+ACR_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")  # a printable token, as acr values are
 # Headers the proxy sets itself or must never pass on, whatever a deployer asks.
 NEVER_FORWARDED = frozenset(
     {"cookie", "cookie2", "authorization", "host", "content-length", "forwarded", "x-real-ip", "x-request-id",
@@ -110,6 +111,20 @@ class OIDCSettings:
     par: str = "auto"
     # Where its settings are, for messages: myapp.oidc. or myapp.oidc.<name>.
     settings_prefix: str = field(default=PREFIX + "oidc.", compare=False)
+
+
+@dataclass(frozen=True)
+class StepUpRule:
+    """``<path prefix> = acr=<value>[,<value>...] [max_age=<duration>]`` of ``myapp.stepup.rules``."""
+
+    prefix: str
+    acr_values: tuple[str, ...] = ()
+    max_age: timedelta | None = None
+
+    def covers(self, path: str) -> bool:
+        if self.prefix.endswith("/"):
+            return path.startswith(self.prefix) or path == self.prefix.rstrip("/")
+        return path == self.prefix or path.startswith(self.prefix + "/")
 
 
 @dataclass(frozen=True)
@@ -192,6 +207,8 @@ class Settings:
     revocation: RevocationSettings
     metrics: MetricsSettings
     devstack_included: bool
+    # The most specific rule first (see StepUpRule.covers).
+    stepup_rules: tuple[StepUpRule, ...] = ()
 
     @property
     def is_development(self) -> bool:
@@ -611,6 +628,42 @@ def _client_certificate(reader: _Reader, name: str, keys: tuple[str, ...]) -> st
     return pem
 
 
+MIN_STEPUP_MAX_AGE = timedelta(minutes=1)
+
+
+def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
+    name = PREFIX + "stepup.rules"
+    rules = []
+    for prefix, requirement in reader.mapping(name).items():
+        where = f"{name} ({prefix})"
+        if not prefix.startswith("/") or prefix.startswith("//") or any(c.isspace() for c in prefix):
+            reader.problem(f"{where}: a rule starts with a path such as /admin")
+            continue
+        acr_values, max_age, bad = (), None, False
+        for part in requirement.split():
+            key, sep, value = part.partition("=")
+            if key == "acr" and sep and value and not acr_values:
+                acr_values = tuple(v for v in value.split(","))
+                if not all(ACR_VALUE.match(v) for v in acr_values):
+                    bad = True
+            elif key == "max_age" and sep and max_age is None:
+                try:
+                    max_age = parse_duration(value)
+                except ValueError:
+                    bad = True
+                else:
+                    if max_age < MIN_STEPUP_MAX_AGE:
+                        reader.problem(f"{where}: max_age must be at least 1m (sooner would ask again at every request)")
+                        max_age = MIN_STEPUP_MAX_AGE
+            else:
+                bad = True
+        if bad or not (acr_values or max_age is not None):
+            reader.problem(f"{where}: {requirement!r} is not 'acr=<value>[,<value>...] [max_age=<duration>]'")
+            continue
+        rules.append(StepUpRule(prefix=prefix, acr_values=acr_values, max_age=max_age))
+    return tuple(sorted(rules, key=lambda rule: len(rule.prefix), reverse=True))
+
+
 def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
     name = PREFIX + "tokens.encryption_keys"
     known_problems = len(reader.problems)
@@ -719,6 +772,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
             allow=reader.words(PREFIX + "metrics.allow", ("127.0.0.1", "::1")),
         ),
         devstack_included=DEVSTACK_MODULE in _includes(raw),
+        stepup_rules=_stepup_rules(reader),
     )
     if environment == "production":
         _refuse_in_production(reader, settings)

@@ -24,6 +24,9 @@ class LoginTransaction(Base):
     next_path: Mapped[str] = mapped_column(String(2000), default="/")
     # The provider it was started for: only that provider's callback may complete it (mix-up defence).
     provider: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    # What it asked the provider for (step-up): the callback checks the ID token against them.
+    acr_values: Mapped[str | None] = mapped_column(String(1000))
+    max_age: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
 

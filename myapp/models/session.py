@@ -35,6 +35,10 @@ class UserSession(Base):
     # The provider it signed in with (myapp.providers; "default" for myapp.oidc.*).
     provider: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     provider_sid: Mapped[str | None] = mapped_column(String(255))
+    # How the person signed in (the ID token's acr, amr as a JSON list, auth_time): step-up rules read them.
+    acr: Mapped[str | None] = mapped_column(String(255))
+    amr: Mapped[str | None] = mapped_column(String(1000))
+    auth_time: Mapped[datetime | None]
     csrf_token: Mapped[str] = mapped_column(String(64))
     access_token: Mapped[bytes | None] = mapped_column(LargeBinary)
     refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)

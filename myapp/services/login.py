@@ -6,7 +6,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
 from sqlalchemy import delete, select
@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
-from myapp.services.oidc import OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import CLOCK_SKEW, OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.sessions import SignIn
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import Upstream
 
@@ -49,6 +50,26 @@ class LoginResult:
     tokens: TokenSet
     provider_sid: str | None
     next_path: str
+    sign_in: SignIn = SignIn()
+
+
+@dataclass(frozen=True)
+class StepUp:
+    """What a sign-in asks the provider for beyond the usual (SPEC.md "Step-up authentication")."""
+
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.acr_values) or self.max_age is not None
+
+    def authorize_params(self) -> dict:
+        params = {}
+        if self.acr_values:
+            params["acr_values"] = " ".join(self.acr_values)
+        if self.max_age is not None:
+            params["max_age"] = str(self.max_age)
+        return params
 
 
 def _sha256(value: str) -> str:
@@ -80,13 +101,24 @@ class LoginService:
                 resources.update(dict.fromkeys(upstream.resources))
         return tuple(resources)
 
-    def begin(self, *, provider: str, next_path: str, browser_token: str, prompt: str | None = None) -> str:
+    def begin(
+        self,
+        *,
+        provider: str,
+        next_path: str,
+        browser_token: str,
+        prompt: str | None = None,
+        step_up: StepUp = StepUp(),
+    ) -> str:
         """Record a login transaction for ``provider`` and return its authorization URL. Raises
         :class:`UnknownProvider`, or :class:`OIDCError` when the provider cannot be reached."""
         client = self.providers.named(provider)
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
+        if step_up.max_age == 0:
+            prompt = "login"  # max_age=0 means "sign in again now"; prompt=login says so to every provider
         url = client.authorization_url(
-            state=state, nonce=nonce, code_verifier=verifier, prompt=prompt, resources=self.resources_for(provider)
+            state=state, nonce=nonce, code_verifier=verifier, prompt=prompt, resources=self.resources_for(provider),
+            extra=step_up.authorize_params(),
         )
         now = self.clock()
         browser_hash = _sha256(browser_token)
@@ -111,6 +143,8 @@ class LoginService:
                 code_verifier=self.cipher.encrypt(verifier),
                 next_path=next_path,
                 provider=provider,
+                acr_values=" ".join(step_up.acr_values) or None,
+                max_age=step_up.max_age,
                 created_at=now,
                 expires_at=now + LOGIN_TRANSACTION_LIFETIME,
             )
@@ -173,6 +207,8 @@ class LoginService:
         except OIDCError as e:
             raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
 
+        sign_in = self._check_step_up(transaction, claims, fail)
+
         # Every check has passed: only now is the access token used.
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
         if settings.fetch_userinfo:
@@ -186,7 +222,26 @@ class LoginService:
             tokens=TokenSet.from_response(token, self.clock()),
             provider_sid=sid,
             next_path=next_path,
+            sign_in=sign_in,
         )
+
+    def _check_step_up(self, transaction: LoginTransaction, claims: Mapping, fail) -> SignIn:
+        """OpenID Connect Core 3.1.2.1 and 3.1.3.7: after asking for ``max_age`` or ``acr_values``,
+        the ID token must carry ``auth_time`` (recent enough) and an ``acr`` among those asked for."""
+        sign_in = sign_in_from(claims)
+        asked = transaction.max_age is not None or transaction.acr_values
+        if not asked:
+            return sign_in
+        not_confirmed = "The sign-in provider did not confirm the stronger sign-in this page needs. Please try again."
+        if sign_in.auth_time is None:
+            raise fail("auth_time_missing", not_confirmed)
+        if transaction.max_age is not None:
+            age = (self.clock() - sign_in.auth_time).total_seconds()
+            if age > transaction.max_age + CLOCK_SKEW:
+                raise fail("auth_time_too_old", not_confirmed)
+        if transaction.acr_values and sign_in.acr not in transaction.acr_values.split():
+            raise fail("acr_not_satisfied", not_confirmed)
+        return sign_in
 
     def _take_transaction(self, state: str, browser_token: str | None) -> LoginTransaction:
         """Find and delete (single use) the transaction this callback answers."""
@@ -253,6 +308,18 @@ class LoginService:
         user.last_login_at = self.clock()
         self.dbsession.flush()
         return user
+
+
+def sign_in_from(claims: Mapping) -> SignIn:
+    """The ID token's acr, amr and auth_time, each only when well-formed (and bounded for storage)."""
+    acr = claims.get("acr") if isinstance(claims.get("acr"), str) and 0 < len(claims["acr"]) <= 255 else None
+    amr = claims.get("amr") if isinstance(claims.get("amr"), list) else []
+    amr = tuple(method for method in amr if isinstance(method, str) and 0 < len(method) <= 64)[:20]
+    auth_time = claims.get("auth_time")
+    when = None
+    if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool) and 0 < auth_time < 1e11:
+        when = datetime.fromtimestamp(int(auth_time), timezone.utc)
+    return SignIn(acr=acr, amr=amr, auth_time=when)
 
 
 def _text(value, limit=255) -> str:

@@ -20,6 +20,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from myapp.errors import APIError, ErrorCode
+from myapp.services.stepup import parse_challenge
 from myapp.settings import Upstream
 
 CHUNK = 64 * 1024
@@ -245,6 +246,13 @@ class Proxy:
         response = self.send(outgoing, access_token)
         if response.status != 401:
             return response
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+        if challenge is not None:
+            # RFC 9470: the token is fine, the sign-in behind it is not strong or recent enough.
+            # No refresh can fix that; the browser is sent to sign in again, asking for it.
+            response.drain_conn()
+            response.release_conn()
+            raise challenge
         fresh = token(stale=access_token)
         if fresh == access_token:
             return response  # no newer token to try: the upstream's 401 goes back as it is

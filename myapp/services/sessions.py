@@ -52,12 +52,14 @@ _SESSIONS, _USERS = UserSession.__table__.c, User.__table__.c
 _RECORD_COLUMNS = (
     _SESSIONS.id, _SESSIONS.handle, _SESSIONS.user_id, _SESSIONS.created_at, _SESSIONS.last_seen_at,
     _SESSIONS.expires_at, _SESSIONS.ended_at, _SESSIONS.end_reason, _SESSIONS.provider, _SESSIONS.provider_sid,
-    _SESSIONS.csrf_token,
+    _SESSIONS.csrf_token, _SESSIONS.acr, _SESSIONS.amr, _SESSIONS.auth_time,
     _SESSIONS.access_token, _SESSIONS.access_token_expires_at, _SESSIONS.token_generation, _SESSIONS.refreshed_at,
     _USERS.issuer.label("user_issuer"), _USERS.subject.label("user_subject"), _USERS.name.label("user_name"),
     _USERS.email.label("user_email"), _USERS.groups.label("user_groups"), _USERS.disabled.label("user_disabled"),
 )
-_DATETIMES = ("created_at", "last_seen_at", "expires_at", "ended_at", "access_token_expires_at", "refreshed_at")
+_DATETIMES = (
+    "created_at", "last_seen_at", "expires_at", "ended_at", "access_token_expires_at", "refreshed_at", "auth_time",
+)
 
 
 def _record_query(*extra) -> Select:
@@ -114,6 +116,10 @@ class SessionRecord:
     user_email: str | None
     user_groups: tuple[str, ...]
     user_disabled: bool
+    # How the person signed in, from the sign-in's ID token (None when it did not say).
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: datetime | None = None
 
     @classmethod
     def from_columns(cls, columns: Mapping) -> "SessionRecord":
@@ -129,10 +135,29 @@ class SessionRecord:
         values["user_groups"] = tuple(groups or ())
         values["user_name"] = values["user_name"] or values["user_email"] or values["user_subject"]
         values["user_disabled"] = bool(values["user_disabled"])
+        values["amr"] = _json_list(values["amr"])
         return cls(**values)
 
     def is_idle(self, now: datetime, idle_timeout: timedelta) -> bool:
         return now >= self.last_seen_at + idle_timeout
+
+
+def _json_list(text) -> tuple[str, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(item for item in value if isinstance(item, str)) if isinstance(value, list) else ()
+
+
+class SignIn(NamedTuple):
+    """How a person signed in: the ID token's ``acr``, ``amr`` and ``auth_time``."""
+
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: datetime | None = None
 
 
 class UpstreamToken(NamedTuple):
@@ -332,6 +357,7 @@ class SessionStore:
         provider: str = "default",
         provider_sid: str | None = None,
         tokens: TokenSet = TokenSet(),
+        sign_in: SignIn = SignIn(),
     ) -> tuple[str, SessionRecord]:
         """Start a session; return the raw id (for the cookie, never stored) and the session."""
         raw_id = secrets.token_urlsafe(32)
@@ -348,6 +374,9 @@ class SessionStore:
                 ip_address=(ip_address or "")[:64],
                 provider=provider,
                 provider_sid=provider_sid,
+                acr=sign_in.acr,
+                amr=json.dumps(list(sign_in.amr)) if sign_in.amr else None,
+                auth_time=sign_in.auth_time,
                 csrf_token=secrets.token_urlsafe(32),
                 token_generation=0,
                 **self.rows.token_columns(tokens),

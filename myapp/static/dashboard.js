@@ -28,6 +28,10 @@
     Array.prototype.forEach.call(list.querySelectorAll("button"), function (b) { b.disabled = true; });
   }
 
+  function isLocalPath(url) {
+    return typeof url === "string" && url.charAt(0) === "/" && url.charAt(1) !== "/" && url.charAt(1) !== "\\";
+  }
+
   function call(method, path, body) {
     var options = { method: method, credentials: "same-origin", headers: { "X-CSRF": "1", "Accept": "application/json" } };
     if (body !== undefined) {
@@ -39,6 +43,11 @@
       return response.json().catch(function () { return {}; }).then(function (data) {
         if (response.status === 401 && data.error === "login_required") {
           signInAgain();
+          throw new Error("login_required");
+        }
+        if (response.status === 401 && data.error === "step_up_required" && isLocalPath(data.login_url)) {
+          // A stronger or more recent sign-in is needed: the provider asks, then this page comes back.
+          window.location.assign(data.login_url);
           throw new Error("login_required");
         }
         if (!response.ok) {

@@ -14,10 +14,11 @@ from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
 from myapp.services.audit import AuditEventType
-from myapp.services.login import LoginError
+from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
-from myapp.settings import DEFAULT_PROVIDER, PROMPTS
+from myapp.services.stepup import MAX_ACR_VALUES, MAX_MAX_AGE
+from myapp.settings import ACR_VALUE, DEFAULT_PROVIDER, PROMPTS
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.errors import error_page
 
@@ -53,12 +54,20 @@ def login(request):
             retry_url=_login_url(request, next_path),
         )
     prompt = request.GET.get("prompt")
+    step_up = _step_up_of(request)
+    if step_up is None:
+        return error_page(
+            request, 400, "This sign-in link is not valid",
+            "It asks the provider for a kind of sign-in this site cannot pass on.",
+            retry_url=_login_url(request, next_path), retry_label="Sign in",
+        )
     binding = request.services.login_cookie
     browser_token = binding.read(request) or secrets.token_urlsafe(32)
     try:
         url = request.login_service.begin(
             provider=provider, next_path=next_path, browser_token=browser_token,
             prompt=prompt if prompt in PROMPTS else None,
+            step_up=step_up,
         )
     except OIDCError as e:
         log.warning("sign-in at %s cannot start: %s", provider, e.message)
@@ -81,6 +90,19 @@ def login(request):
     response = HTTPSeeOther(url)
     response.headerlist.append(binding.set(browser_token))
     return response
+
+
+def _step_up_of(request) -> StepUp | None:
+    """``acr_values`` and ``max_age`` of /login (a step-up asks for them); None when malformed."""
+    acr_values = tuple(request.GET.get("acr_values", "").split())
+    max_age = request.GET.get("max_age")
+    if len(acr_values) > MAX_ACR_VALUES or not all(ACR_VALUE.match(value) for value in acr_values):
+        return None
+    if max_age is not None:
+        if not (max_age.isascii() and max_age.isdigit()) or int(max_age) > MAX_MAX_AGE:
+            return None
+        max_age = int(max_age)
+    return StepUp(acr_values=acr_values, max_age=max_age)
 
 
 def _chooser(request, next_path: str) -> Response:
@@ -128,7 +150,8 @@ def callback(request):
             retry_label="Sign in again",
         )
     headers = remember(
-        request, result.user_id, tokens=result.tokens, provider=result.provider, provider_sid=result.provider_sid
+        request, result.user_id, tokens=result.tokens, provider=result.provider, provider_sid=result.provider_sid,
+        sign_in=result.sign_in,
     )
     request.services.metrics.logins.inc()
     request.audit.record(

@@ -14,7 +14,9 @@ from myapp.routes import is_json_request, safe_next_path
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
+from myapp.services.stepup import StepUpRequired
 from myapp.services.tokens import LoginRequired, UpstreamTokenRefused
+from myapp.stepup import step_up_response
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ def login_required(exc, request):
         )
     response.headerlist.append(request.services.session_cookie.delete())
     return response
+
+
+@exception_view_config(StepUpRequired)
+def step_up_required(exc, request):
+    """An upstream's RFC 9470 challenge (a path rule is answered by the step-up tween)."""
+    return step_up_response(request, exc)
 
 
 @exception_view_config(UpstreamTokenRefused)

@@ -18,6 +18,7 @@ class FakeUpstream:
         self.delay = 0.0
         self.refuse_tokens = set()  # access tokens answered with 401
         self.always_401 = False
+        self.challenge = None  # a WWW-Authenticate value to answer every request with, in a 401
 
     def __call__(self, environ, start_response):
         digest, size = hashlib.sha256(), 0
@@ -42,6 +43,9 @@ class FakeUpstream:
         if self.delay:
             self.stop.wait(self.delay)
         token = headers.get("authorization", "").removeprefix("Bearer ")
+        if self.challenge is not None:
+            start_response("401 Unauthorized", [("WWW-Authenticate", self.challenge), ("Content-Type", "application/json")])
+            return [b'{"upstream": "wants a stronger sign-in"}']
         if self.always_401 or token in self.refuse_tokens:
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Bearer error="invalid_token"'), ("Content-Type", "application/json")])
             return [b'{"upstream": "refused"}']

@@ -39,8 +39,9 @@ class StubProvider:
         self.userinfo_claims = None
         self.iss_supported = True
 
-    def authorization_url(self, *, state, nonce, code_verifier, prompt=None, resources=()):
-        self.sent = {"state": state, "nonce": nonce, "verifier": code_verifier, "prompt": prompt, "resources": resources}
+    def authorization_url(self, *, state, nonce, code_verifier, prompt=None, resources=(), extra=None):
+        self.sent = {"state": state, "nonce": nonce, "verifier": code_verifier, "prompt": prompt, "resources": resources,
+                     "extra": extra or {}}
         return f"{ISSUER}/authorize?state={state}"
 
     def metadata(self):

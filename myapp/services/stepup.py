@@ -1,0 +1,61 @@
+"""What step-up authentication decides, without the web around it (SPEC.md "Step-up
+authentication"): which rule covers a path, whether a session satisfies it, and an upstream's
+RFC 9470 challenge asking for a stronger sign-in."""
+
+import re
+from datetime import datetime
+
+from myapp.services.sessions import SessionRecord
+from myapp.settings import ACR_VALUE, StepUpRule
+
+# Where a rule never applies: signing in and out, the provider's calls, what every page loads.
+EXEMPT_PREFIXES = ("/login", "/logout", "/auth/", "/signed-out", "/static/", "/healthz", "/readyz", "/metrics", "/_dev/")
+MAX_ACR_VALUES = 10
+MAX_MAX_AGE = 10 * 365 * 86400
+# RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token.
+_AUTH_PARAM = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
+
+
+class StepUpRequired(Exception):
+    """Raised where a stronger sign-in is needed; the exception view answers as the tween does."""
+
+    def __init__(self, acr_values: tuple[str, ...] = (), max_age: int | None = None, message: str | None = None):
+        super().__init__(message or "This needs a stronger or more recent sign-in.")
+        self.acr_values = acr_values
+        self.max_age = max_age
+        self.message = message or "This needs a stronger or more recent sign-in."
+
+
+def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
+    """The most specific rule covering ``path`` (rules come sorted, longest prefix first)."""
+    if path.startswith(EXEMPT_PREFIXES):
+        return None
+    return next((rule for rule in rules if rule.covers(path)), None)
+
+
+def satisfies(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:
+    if rule.acr_values and session.acr not in rule.acr_values:
+        return False
+    if rule.max_age is not None:
+        return session.auth_time is not None and now - session.auth_time <= rule.max_age
+    return True
+
+
+def parse_challenge(header: str | None) -> StepUpRequired | None:
+    """An RFC 9470 ``insufficient_user_authentication`` Bearer challenge, or None."""
+    if not header or "insufficient_user_authentication" not in header or len(header) > 4096:
+        return None
+    for challenge in re.split(r",\s*(?=[A-Za-z0-9_-]+\s+[A-Za-z0-9_.-]+\s*=)", header):
+        scheme, _, rest = challenge.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            continue
+        params = {}
+        for name, quoted, plain in _AUTH_PARAM.findall(rest):
+            params[name.lower()] = plain or re.sub(r"\\(.)", r"\1", quoted)
+        if params.get("error") != "insufficient_user_authentication":
+            continue
+        acr_values = tuple(v for v in params.get("acr_values", "").split() if ACR_VALUE.match(v))[:MAX_ACR_VALUES]
+        max_age = params.get("max_age")
+        max_age = int(max_age) if max_age and max_age.isdigit() and int(max_age) <= MAX_MAX_AGE else None
+        return StepUpRequired(acr_values, max_age, "The API needs a stronger or more recent sign-in.")
+    return None

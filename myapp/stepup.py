@@ -1,0 +1,75 @@
+"""Step-up authentication (SPEC.md "Step-up authentication"): paths that need a stronger or more
+recent sign-in than the session has, and an upstream's RFC 9470 challenge asking for one.
+
+A request under a ``myapp.stepup.rules`` prefix whose session does not satisfy the rule is answered
+here, before any view: a page that explains and offers to sign in again, or, for JSON routes,
+401 ``step_up_required`` with the ``login_url`` that asks the provider for what is missing.
+"""
+
+from urllib.parse import urlsplit
+
+from pyramid.renderers import render_to_response
+
+from myapp.errors import ErrorCode, json_error
+from myapp.models.meta import utcnow
+from myapp.routes import is_json_request, safe_next_path
+from myapp.services import Services
+from myapp.services.stepup import StepUpRequired, rule_for, satisfies
+
+
+def login_url(request, required: StepUpRequired, next_path: str) -> str:
+    query = {"next": next_path}
+    identity = request.identity
+    if identity is not None:
+        query["provider"] = identity.session.provider  # a step-up stays at the provider of the session
+    if required.acr_values:
+        query["acr_values"] = " ".join(required.acr_values)
+    if required.max_age is not None:
+        query["max_age"] = str(required.max_age)
+    return request.route_path("login", _query=query)
+
+
+def _next_path(request) -> str:
+    """Where to come back to: this page, or for a form post or an API call the page it came from."""
+    if request.method in ("GET", "HEAD") and not is_json_request(request):
+        return safe_next_path(request.path_qs)
+    referrer = urlsplit(request.referrer or "")
+    public = urlsplit(request.services.settings.public_url)
+    if referrer.netloc == public.netloc and referrer.scheme == public.scheme:
+        return safe_next_path(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
+    return "/"
+
+
+def step_up_response(request, required: StepUpRequired):
+    url = login_url(request, required, _next_path(request))
+    if is_json_request(request):
+        response = json_error(401, ErrorCode.STEP_UP_REQUIRED, required.message)
+        response.json_body = {**response.json_body, "login_url": url}
+        return response
+    response = render_to_response(
+        "myapp:templates/step_up.jinja2", {"login_url": url, "required": required}, request=request
+    )
+    response.status = 401
+    return response
+
+
+def stepup_tween_factory(handler, registry):
+    rules = registry[Services].settings.stepup_rules
+    if not rules:
+        return handler
+
+    def tween(request):
+        rule = rule_for(rules, request.path_info)
+        if rule is not None:
+            identity = request.identity
+            if identity is not None and not satisfies(identity.session, rule, utcnow()):
+                max_age = int(rule.max_age.total_seconds()) if rule.max_age is not None else None
+                return step_up_response(request, StepUpRequired(rule.acr_values, max_age))
+        return handler(request)
+
+    return tween
+
+
+def includeme(config):
+    config.add_tween("myapp.stepup.stepup_tween_factory", over="MAIN")
+

@@ -1,0 +1,195 @@
+"""Step-up authentication (SPEC.md "Step-up authentication") through the whole app, against the
+programmable provider and a recording upstream."""
+
+import time
+from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from myapp.models import UserSession
+from myapp.models.meta import utcnow
+from myapp.settings import SettingsError, load_settings
+from tests.conftest import TEST_PUBLIC_URL, base_settings
+from tests.functional.auth.flows import failures, session_count
+from tests.functional.conftest import COOKIE, Browser
+
+MFA = "urn:example:mfa"
+RULES = f"/admin = acr={MFA}\n/posts/new = max_age=5m\n/api/ = acr={MFA}"
+
+
+def query_of(location):
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def step_up_sign_in(browser, provider, login_path, **claims):
+    """Follow a login URL through the provider, which answers with ``claims`` in the ID token."""
+    response = browser.get(login_path, status=303)
+    query = query_of(response.location)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], **claims)
+    return browser.get(
+        "/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, expect_errors=True
+    ), query
+
+
+def plain_sign_in(browser, provider, **claims):
+    response, _ = step_up_sign_in(browser, provider, "/login", **claims)
+    assert response.status_int == 303, response.text
+    return response
+
+
+@pytest.fixture
+def app(make_app, served_upstream):
+    return make_app(
+        **{"myapp.stepup.rules": RULES, "myapp.upstreams": f"up = {served_upstream.url}/up", "myapp.oidc.fetch_userinfo": "false"}
+    )
+
+
+@pytest.fixture
+def upstream(served_upstream):
+    served_upstream.reset()
+    yield served_upstream
+    served_upstream.reset()
+
+
+def test_login_asks_the_provider_for_acr_values_and_max_age(app, provider):
+    query = query_of(Browser(app).get("/login", params={"acr_values": f"{MFA} urn:other", "max_age": "300"}, status=303).location)
+    assert (query["acr_values"], query["max_age"]) == (f"{MFA} urn:other", "300") and "prompt" not in query
+    query = query_of(Browser(app).get("/login", params={"max_age": "0"}, status=303).location)
+    assert (query["max_age"], query["prompt"]) == ("0", "login")
+
+
+@pytest.mark.parametrize("params", [{"max_age": "-1"}, {"max_age": "soon"}, {"max_age": "9" * 20},
+                                    {"acr_values": "caf\u00e9"}, {"acr_values": " ".join(["a"] * 11)}])
+def test_malformed_step_up_parameters_are_a_400_page(app, provider, params):
+    page = Browser(app).get("/login", params=params, status=400)
+    assert "This sign-in link is not valid" in page.text
+
+
+def test_a_confirmed_step_up_is_a_new_session_that_remembers_how(app, provider, dbsession):
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    old_cookie = browser.cookies[COOKIE]
+    now = int(time.time())
+    response, _ = step_up_sign_in(
+        browser, provider, f"/login?acr_values={MFA}&max_age=60&next=/admin/audit", acr=MFA, amr=["pwd", "otp"], auth_time=now
+    )
+    assert response.status_int == 303 and response.location.endswith("/admin/audit")
+    assert browser.cookies[COOKIE] != old_cookie
+    sessions = dbsession.scalars(select(UserSession).order_by(UserSession.id)).all()
+    assert [s.end_reason for s in sessions] == ["replaced", None]
+    assert (sessions[1].acr, sessions[1].amr, int(sessions[1].auth_time.timestamp())) == (MFA, '["pwd", "otp"]', now)
+
+
+@pytest.mark.parametrize(
+    "claims, reason",
+    [
+        ({"acr": "urn:example:password", "auth_time": "now"}, "acr_not_satisfied"),
+        ({"acr": MFA}, "auth_time_missing"),
+        ({"acr": MFA, "auth_time": "old"}, "auth_time_too_old"),
+    ],
+)
+def test_an_unconfirmed_step_up_creates_nothing_and_keeps_the_old_session(app, provider, dbsession, claims, reason):
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    old_cookie = browser.cookies[COOKIE]
+    times = {"now": int(time.time()), "old": int(time.time()) - 3600}
+    claims = {k: times.get(v, v) if k == "auth_time" else v for k, v in claims.items()}
+    response, _ = step_up_sign_in(browser, provider, f"/login?acr_values={MFA}&max_age=300", **claims)
+    assert response.status_int == 400
+    assert "did not confirm the stronger sign-in" in response.text
+    assert browser.cookies[COOKIE] == old_cookie and session_count(dbsession) == 1
+    assert failures(dbsession) == [reason]
+    assert browser.get("/posts", status=200)  # the old session goes on as it was
+
+
+def test_a_page_under_a_rule_explains_and_offers_to_sign_in_again(app, provider):
+    browser = Browser(app)
+    plain_sign_in(browser, provider, groups=["admins"])
+    page = browser.get("/admin/audit?x=1", status=401)
+    link = page.html.select_one("[data-testid=step-up-sign-in]")["href"]
+    assert urlsplit(link).path == "/login"
+    assert query_of(link) == {"next": "/admin/audit?x=1", "provider": "default", "acr_values": MFA}
+    # Following it, confirming at the provider, the page opens.
+    response, _ = step_up_sign_in(browser, provider, link, acr=MFA, auth_time=int(time.time()), groups=["admins"])
+    assert response.location.endswith("/admin/audit?x=1")
+    assert browser.get("/admin/audit?x=1", status=200)
+
+
+def test_json_routes_get_step_up_required_with_a_login_url(app, provider, upstream):
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    response = browser.get("/api/up/x", headers={"X-CSRF": "1", "Referer": TEST_PUBLIC_URL + "/posts"}, status=401)
+    assert response.json["error"] == "step_up_required" and response.json["message"]
+    assert query_of(response.json["login_url"]) == {"next": "/posts", "provider": "default", "acr_values": MFA}
+    assert upstream.seen == []
+
+
+def test_max_age_rules_ask_again_once_the_sign_in_is_too_old(app, provider, dbsession):
+    browser = Browser(app)
+    plain_sign_in(browser, provider, auth_time=int(time.time()))
+    assert browser.get("/posts/new", status=200)
+    dbsession.execute(UserSession.__table__.update().values(auth_time=utcnow() - timedelta(minutes=6)))
+    page = browser.get("/posts/new", status=401)
+    assert query_of(page.html.select_one("[data-testid=step-up-sign-in]")["href"])["max_age"] == "300"
+
+
+def test_sessions_from_before_step_up_do_not_satisfy_a_rule(app, provider, dbsession):
+    browser = Browser(app)
+    plain_sign_in(browser, provider)  # no acr, no auth_time
+    browser.get("/posts/new", status=401)
+    assert browser.get("/posts", status=200)  # paths without a rule are unaffected
+
+
+def test_exempt_paths_are_never_stepped_up(make_app, provider):
+    app = make_app(**{"myapp.stepup.rules": f"/ = acr={MFA}"})
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    browser.get("/", status=401)
+    browser.get("/auth/user", headers={"X-CSRF": "1"}, status=200)
+    browser.get("/static/app.css", status=200)
+    browser.get("/login", status=303)
+
+
+def test_an_upstream_challenge_is_relayed_without_a_refresh(make_app, provider, upstream):
+    app = make_app(**{"myapp.upstreams": f"up = {upstream.url}/up"})
+    upstream.challenge = (
+        'Bearer error="insufficient_user_authentication", '
+        f'error_description="A different authentication level is required", acr_values="{MFA}", max_age="120"'
+    )
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    requests_before = len(provider.token_forms)
+    response = browser.get("/api/up/pay", headers={"X-CSRF": "1", "Referer": TEST_PUBLIC_URL + "/pay"}, status=401)
+    assert response.json["error"] == "step_up_required"
+    assert query_of(response.json["login_url"]) == {"next": "/pay", "provider": "default", "acr_values": MFA, "max_age": "120"}
+    assert len(provider.token_forms) == requests_before  # no refresh: it would not help
+    assert len(upstream.seen) == 1  # and no retry
+
+
+def test_an_ordinary_upstream_401_is_still_retried_after_a_refresh(make_app, provider, upstream):
+    app = make_app(**{"myapp.upstreams": f"up = {upstream.url}/up"})
+    upstream.always_401 = True
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    browser.get("/api/up/x", headers={"X-CSRF": "1"}, status=401)
+    assert len(upstream.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "rules, expected",
+    [
+        ("admin = acr=x", "a rule starts with a path"),
+        ("/admin = acr=", "is not 'acr=<value>"),
+        ("/admin = level=high", "is not 'acr=<value>"),
+        ("/admin = max_age=soon", "is not 'acr=<value>"),
+        ("/admin = max_age=10s", "max_age must be at least 1m"),
+        ("/admin", "line 1 is not 'key = value'"),
+    ],
+)
+def test_malformed_rules_refuse_to_start(rules, expected):
+    with pytest.raises(SettingsError) as info:
+        load_settings(base_settings("sqlite://", **{"myapp.stepup.rules": rules}), environ={})
+    assert len(info.value.problems) == 1 and expected in info.value.problems[0]
+    assert info.value.problems[0].startswith("myapp.stepup.rules")
