@@ -1,0 +1,65 @@
+"""Step-up decisions: which rule covers a path, what satisfies it, RFC 9470 challenges."""
+
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from myapp.services.stepup import parse_challenge, rule_for, satisfies
+from myapp.settings import StepUpRule
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+RULES = (
+    StepUpRule("/api/payments/", acr_values=("mfa",)),
+    StepUpRule("/admin", acr_values=("mfa", "hwk"), max_age=timedelta(minutes=15)),
+)
+
+
+@pytest.mark.parametrize(
+    "path, prefix",
+    [
+        ("/admin", "/admin"), ("/admin/users", "/admin"), ("/administrator", None), ("/api/payments", "/api/payments/"),
+        ("/api/payments/1", "/api/payments/"), ("/api/paymentsx", None), ("/login", None), ("/auth/callback", None),
+        ("/static/app.css", None), ("/", None),
+    ],
+)
+def test_the_most_specific_rule_covers_a_path(path, prefix):
+    rule = rule_for(RULES, path)
+    assert (rule.prefix if rule else None) == prefix
+
+
+@pytest.mark.parametrize(
+    "acr, auth_time, ok",
+    [
+        ("mfa", NOW - timedelta(minutes=5), True),
+        ("hwk", NOW - timedelta(minutes=15), True),
+        ("mfa", NOW - timedelta(minutes=16), False),
+        ("pwd", NOW, False),
+        (None, NOW, False),
+        ("mfa", None, False),
+    ],
+)
+def test_what_satisfies_a_rule(acr, auth_time, ok):
+    session = SimpleNamespace(acr=acr, auth_time=auth_time)
+    assert satisfies(session, RULES[1], NOW) is ok
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ('Bearer error="insufficient_user_authentication", acr_values="a b", max_age="5"', (("a", "b"), 5)),
+        ('Bearer error=insufficient_user_authentication, max_age=300', ((), 300)),
+        ('Basic realm="x", Bearer error="insufficient_user_authentication", acr_values="x"', (("x",), None)),
+        ('Bearer error="insufficient_user_authentication", max_age="-5"', ((), None)),
+        ('Bearer error="insufficient_user_authentication", max_age="99999999999"', ((), None)),
+        ('Bearer error="insufficient_user_authentication", acr_values="ok caf\u00e9"', (("ok",), None)),
+        ('Bearer error="invalid_token"', None),
+        ('Bearer error="invalid_token", error_description="not insufficient_user_authentication"', None),
+        ("", None),
+        (None, None),
+        ("Bearer " + "x" * 5000 + " insufficient_user_authentication", None),
+    ],
+)
+def test_rfc_9470_challenges(header, expected):
+    challenge = parse_challenge(header)
+    assert (None if challenge is None else (challenge.acr_values, challenge.max_age)) == expected
