@@ -108,3 +108,73 @@ def test_two_processes_twenty_calls_each_share_one_refresh(committed_database_ur
     assert results == [(200, "alice")] * (2 * CALLERS)
     assert after["refresh_grants"] - before["refresh_grants"] == 1
     assert after["refresh_reuse_detected"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lock_backend", ["database", pytest.param("redis", marks=pytest.mark.redis)])
+def test_two_upstreams_in_two_processes_never_reuse_a_rotated_refresh_token(
+    committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend
+):
+    """SPEC.md "Tokens for each upstream": each upstream has a token of its own, minted with the
+    session's one refresh token; a rotating provider that revokes the whole family on reuse sees
+    each refresh token exactly once, however the calls to two upstreams land on two processes."""
+    from myapp.models import User
+    from myapp.services.sessions import SessionStore
+    from myapp.services.tokenset import TokenCipher, TokenSet
+    from myapp.settings import load_settings
+    from tests.conftest import TEST_KEY, base_settings
+
+    served_upstream.reset()
+    overrides = {
+        "myapp.public_url": "env:MYAPP_PUBLIC_URL",
+        "myapp.environment": "development",
+        "myapp.session.cookie_secure": "false",
+        "myapp.session.cookie_name": "session",
+        "myapp.oidc.issuer": provider.issuer,
+        "myapp.upstreams": f"orders = {served_upstream.url}/orders\ngraph = {served_upstream.url}/graph",
+        "myapp.upstream.orders.resource": "https://orders.example.test/",
+        "myapp.upstream.graph.scope": "https://graph.example.test/.default",
+    }
+    if lock_backend == "redis":
+        from tests.conftest import redis_url
+
+        overrides.update({"myapp.lock.backend": "redis", "myapp.redis.url": redis_url()})
+    settings = base_settings(committed_database_url, **overrides)
+    settings["myapp.oidc.client_id"], settings["myapp.oidc.client_secret"] = "myapp-test", provider.client_secret
+    ini = write_ini(tmp_path / "app.ini", settings)
+    user = User(issuer=provider.issuer, subject="alice", name="Alice", groups=[])
+    committed.add(user)
+    committed.flush()
+    provider.refresh_tokens["rt-1"] = provider.claims()
+    store = SessionStore(
+        dbsession=committed, cipher=TokenCipher([TEST_KEY]), settings=load_settings({**settings, "myapp.public_url": "http://x"}).session
+    )
+    raw_id, _ = store.create(user=user, tokens=TokenSet(access_token="at-1", refresh_token="rt-1", access_token_expires_at=utcnow()))
+    committed.commit()
+
+    with bff_processes(ini, [free_port(), free_port()]) as (first, second):
+        browser = requests.Session()
+        browser.cookies.set("session", raw_id)
+        barrier = threading.Barrier(2 * CALLERS)
+        results = []
+
+        def call(url):
+            with requests.Session() as session:
+                session.cookies.update(browser.cookies)
+                barrier.wait()
+                results.append(api(session, url).status_code)
+
+        targets = [f"{base}/api/{name}/me" for base in (first, second) for name in ("orders", "graph")] * (CALLERS // 2)
+        threads = [threading.Thread(target=call, args=(url,)) for url in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert results == [200] * (2 * CALLERS)
+    assert provider.reuse_detected == 0
+    assert len(provider.refresh_uses) == len(set(provider.refresh_uses)) == 2, provider.refresh_uses
+    for seen in served_upstream.seen:
+        token = seen["headers"]["authorization"].removeprefix("Bearer ")
+        expected = "https://orders.example.test/" if seen["path"].startswith("/orders") else "scope:https://graph.example.test/.default"
+        assert provider.access_tokens[token]["aud"] == expected

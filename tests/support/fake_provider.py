@@ -39,6 +39,9 @@ class FakeProvider:
         self.issuer = None
         self.key = RSAKey.generate_key(2048, parameters={"kid": "key-1", "use": "sig"})
         self.stop = threading.Event()
+        # One token request at a time, as a provider's database transaction would: a reuse of a
+        # rotated refresh token is then always seen as one, whatever the threads do.
+        self.token_lock = threading.Lock()
         self.reset()
 
     def reset(self):
@@ -179,7 +182,8 @@ class FakeProvider:
                 return status, body, "application/json"
             if not self.client_authenticated(form, environ):
                 return 401, {"error": "invalid_client"}, "application/json"
-            status, body = self.issue_tokens(form, self.token_forms[-1] if self.token_forms else [])
+            with self.token_lock:
+                status, body = self.issue_tokens(form, self.token_forms[-1] if self.token_forms else [])
             return status, body, "application/json"
         if path == "/userinfo":
             token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
