@@ -50,6 +50,24 @@ class SessionCookie:
     def delete(self) -> tuple[str, str]:
         return ("Set-Cookie", make_cookie(self.name, None, **self._attributes))
 
+    # A deliberate sign-out leaves a note for the page the browser lands on next (ours directly, or
+    # after the provider's sign-out page), so that it can say "You have signed out". It holds no
+    # secret, and a forged one only shows that sentence.
+    SIGNED_OUT_SUFFIX = "-signed-out"
+    SIGNED_OUT_MAX_AGE = 600
+
+    def signed_out_note(self) -> tuple[str, str]:
+        return (
+            "Set-Cookie",
+            make_cookie(self.name + self.SIGNED_OUT_SUFFIX, "1", max_age=self.SIGNED_OUT_MAX_AGE, **self._attributes),
+        )
+
+    def has_signed_out_note(self, request) -> bool:
+        return read_cookie(request, self.name + self.SIGNED_OUT_SUFFIX) == "1"
+
+    def clear_signed_out_note(self) -> tuple[str, str]:
+        return ("Set-Cookie", make_cookie(self.name + self.SIGNED_OUT_SUFFIX, None, **self._attributes))
+
     def is_set_in(self, response) -> bool:
         prefix = self.name + "="
         return any(k.lower() == "set-cookie" and v.startswith(prefix) for k, v in response.headerlist)

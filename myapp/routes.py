@@ -42,6 +42,18 @@ def safe_next_path(value: str | None) -> str:
     return value
 
 
+def return_path(request, public_url: str) -> str:
+    """Where to come back to after signing in: this page for a GET of a page; for a form post or
+    an API call, the page of this site it was sent from (its same-origin Referer), else ``/``."""
+    if request.method in ("GET", "HEAD") and not is_json_request(request):
+        return safe_next_path(request.path_qs)
+    referrer = urlsplit(request.referrer or "")
+    public = urlsplit(public_url)
+    if (referrer.scheme, referrer.netloc) == (public.scheme, public.netloc):
+        return safe_next_path(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
+    return "/"
+
+
 def static_fingerprint(directory: Path = STATIC_DIR) -> str:
     """A digest of the static files, so their URLs change when they do and can be cached for a year."""
     digest = hashlib.sha256()

@@ -6,13 +6,11 @@ here, before any view: a page that explains and offers to sign in again, or, for
 401 ``step_up_required`` with the ``login_url`` that asks the provider for what is missing.
 """
 
-from urllib.parse import urlsplit
-
 from pyramid.renderers import render_to_response
 
 from myapp.errors import ErrorCode, json_error
 from myapp.models.meta import utcnow
-from myapp.routes import is_json_request, safe_next_path
+from myapp.routes import is_json_request, return_path
 from myapp.services import Services
 from myapp.services.stepup import StepUpRequired, rule_for, satisfies
 
@@ -30,14 +28,7 @@ def login_url(request, required: StepUpRequired, next_path: str) -> str:
 
 
 def _next_path(request) -> str:
-    """Where to come back to: this page, or for a form post or an API call the page it came from."""
-    if request.method in ("GET", "HEAD") and not is_json_request(request):
-        return safe_next_path(request.path_qs)
-    referrer = urlsplit(request.referrer or "")
-    public = urlsplit(request.services.settings.public_url)
-    if referrer.netloc == public.netloc and referrer.scheme == public.scheme:
-        return safe_next_path(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
-    return "/"
+    return return_path(request, request.services.settings.public_url)
 
 
 def step_up_response(request, required: StepUpRequired):

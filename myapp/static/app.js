@@ -1,6 +1,7 @@
 // Small progressive enhancements for every page; everything works without them.
 (function () {
   "use strict";
+  var initialNotice = window.URL ? new URL(window.location.href).searchParams.get("notice") : null;
   // A message such as "Your post was published." arrives as ?notice=...: once shown, take it out
   // of the address bar, so reloading or coming back to the page does not show it again.
   if (window.history && window.history.replaceState && window.URLSearchParams) {
@@ -10,6 +11,61 @@
       window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
     }
   }
+  // A form marked data-submit-once is sent once: a double click does not send it twice (the
+  // server also makes a second "Publish" of the same form land on the first post).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute || !form.hasAttribute("data-submit-once")) { return; }
+    if (form.getAttribute("data-sending") === "true") { event.preventDefault(); return; }
+    form.setAttribute("data-sending", "true");
+    form.setAttribute("aria-busy", "true");
+    window.setTimeout(function () {
+      Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = true; });
+    }, 0);
+  });
+  // Coming back to a page from the browser's history: its forms may be sent again.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) { return; }
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), function (form) {
+      form.removeAttribute("data-sending");
+      form.removeAttribute("aria-busy");
+      Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = false; });
+    });
+  });
+
+  // Drafts: what is typed into a form marked data-draft is kept in this tab's sessionStorage (the
+  // text only, never anything secret), so that a session that ends mid-edit loses nothing: after
+  // signing in again the form is filled in as it was. Publishing clears it.
+  var DRAFT = "myapp-draft:";
+  function storage() {
+    try { return window.sessionStorage; } catch (e) { return null; }
+  }
+  var store = storage();
+  if (store) {
+    if (initialNotice === "post_created") {
+      store.removeItem(DRAFT + "new-post");
+    }
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-draft]"), function (form) {
+      var key = DRAFT + form.getAttribute("data-draft");
+      var fields = form.querySelectorAll("input[type=text], textarea");
+      var saved = null;
+      try { saved = JSON.parse(store.getItem(key) || "null"); } catch (e) { saved = null; }
+      var empty = Array.prototype.every.call(fields, function (f) { return !f.value; });
+      if (saved && typeof saved === "object" && empty) {
+        Array.prototype.forEach.call(fields, function (f) {
+          if (typeof saved[f.name] === "string") { f.value = saved[f.name]; }
+        });
+        var note = form.querySelector("[data-draft-restored]");
+        if (note) { note.hidden = false; }
+      }
+      form.addEventListener("input", function () {
+        var draft = {};
+        Array.prototype.forEach.call(fields, function (f) { draft[f.name] = f.value; });
+        try { store.setItem(key, JSON.stringify(draft)); } catch (e) { /* full or disabled: nothing kept */ }
+      });
+    });
+  }
+
   // The delete confirmation is a <details>: Escape closes it and gives focus back to its button.
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape") { return; }

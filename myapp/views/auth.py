@@ -25,6 +25,8 @@ from myapp.views.errors import error_page
 log = logging.getLogger(__name__)
 
 MAX_LOGOUT_REQUEST_BYTES = 64 * 1024
+# Callback failures that only mean "this sign-in is over": a replayed, spent or expired state.
+STALE_CALLBACK_REASONS = frozenset({"missing_state", "unknown_state", "expired_state"})
 
 
 def _login_url(request, next_path: str) -> str:
@@ -136,6 +138,11 @@ def callback(request):
         # The consumed login transaction and the audit record stay; nothing else was written.
         request.keep_transaction()
         request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
+        if e.reason in STALE_CALLBACK_REASONS and request.identity is not None:
+            # Back (or a reload) onto a sign-in that already completed or ran out, in a browser
+            # that is signed in: nothing went wrong for this person; carry on where they meant to go.
+            log.info("stale sign-in callback (%s) in a signed-in browser; sending it on", e.reason)
+            return HTTPSeeOther(e.next_path)
         if e.started_here:
             request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
             log.info("sign-in failed: %s", e.reason)
@@ -173,7 +180,9 @@ def logout(request):
     check_csrf_origin(request)
     check_csrf_token(request)
     at_provider = request.logout_service.logout(identity.session, ip_address=request.remote_addr)
-    return HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))
+    response = HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))
+    response.headerlist.append(request.services.session_cookie.signed_out_note())
+    return response
 
 
 @view_config(

@@ -10,7 +10,7 @@ from pyramid.view import exception_view_config, forbidden_view_config, notfound_
 
 from myapp.errors import APIError, ErrorCode, json_error
 from myapp.request import FormRefused
-from myapp.routes import is_json_request, safe_next_path
+from myapp.routes import is_json_request, return_path
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -40,8 +40,8 @@ def refusal(request, status: int, code: ErrorCode, message: str, *, title: str, 
 
 
 def _back_here(request) -> str:
-    """Where to return after signing in again: this page, if it was a GET."""
-    return safe_next_path(request.path_qs) if request.method in ("GET", "HEAD") else "/"
+    """Where to return after signing in again: this page, or the form's page (its draft waits there)."""
+    return return_path(request, request.services.settings.public_url)
 
 
 @exception_view_config(APIError)

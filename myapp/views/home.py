@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
     permission=NO_PERMISSION_REQUIRED,
 )
 def landing(request):
+    cookie = request.services.session_cookie
+    if cookie.has_signed_out_note(request):
+        # Back from a deliberate sign-out (here, or at the provider's sign-out page): say so, once.
+        request.response.headerlist.append(cookie.clear_signed_out_note())
+        return {"session_ended": "You have signed out."}
     # A cookie that named a session no longer live: say why it ended.
     reason = request.signed_out_reason
     return {"session_ended": SIGNED_OUT_MESSAGES.get(reason, "Your session has ended.") if reason else None}

@@ -1,12 +1,19 @@
+import re
+import secrets
+
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.view import view_config
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from myapp.models import Post
 from myapp.resources import Permission
 
 PAGE_SIZE = 20
 LIMITS = {"title": 200, "body": 20000}
+# The new-post form's one-time token (secrets.token_urlsafe(32)): a second submit of the same form
+# lands on the post the first one made instead of making another.
+_FORM_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 def _read_form(request) -> tuple[dict, dict]:
@@ -27,10 +34,12 @@ def _read_form(request) -> tuple[dict, dict]:
     return form, errors
 
 
-def _form_page(request, *, form, errors, action, post=None):
+def _form_page(request, *, form, errors, action, post=None, form_token=None):
     if errors:
         request.response.status_int = 400
-    return {"form": form, "errors": errors, "limits": LIMITS, "action": action, "post": post}
+    return {
+        "form": form, "errors": errors, "limits": LIMITS, "action": action, "post": post, "form_token": form_token,
+    }
 
 
 @view_config(
@@ -54,7 +63,10 @@ def list_posts(request):
     route_name="post_new", request_method="GET", permission=Permission.CREATE, renderer="myapp:templates/post_form.jinja2"
 )
 def new_post_form(request):
-    return _form_page(request, form={"title": "", "body": ""}, errors={}, action=request.route_path("posts"))
+    return _form_page(
+        request, form={"title": "", "body": ""}, errors={}, action=request.route_path("posts"),
+        form_token=secrets.token_urlsafe(32),
+    )
 
 
 @view_config(
@@ -62,12 +74,40 @@ def new_post_form(request):
 )
 def create_post(request):
     form, errors = _read_form(request)
+    token = request.POST.get("form_token")
+    if token is not None and not _FORM_TOKEN.match(token):
+        errors["form"] = "This form could not be read. Please check your post and publish it again."
     if errors:
-        return _form_page(request, form=form, errors=errors, action=request.route_path("posts"))
-    post = Post(owner_id=request.identity.user_id, title=form["title"], body=form["body"])
-    request.dbsession.add(post)
-    request.dbsession.flush()
+        keep = token if token is not None and _FORM_TOKEN.match(token) else secrets.token_urlsafe(32)
+        return _form_page(request, form=form, errors=errors, action=request.route_path("posts"), form_token=keep)
+    owner_id = request.identity.user_id
+    post = _made_by_form(request, token, owner_id) or _insert(request, form, owner_id, token)
+    if post is None:
+        # The same form, submitted twice at once: the other submit made it. Or a token that is not
+        # this person's (copied from someone else's form): a post of their own, without it.
+        post = _made_by_form(request, token, owner_id) or _insert(request, form, owner_id, None)
     return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_created"}))
+
+
+def _insert(request, form: dict, owner_id: int, token: str | None) -> Post | None:
+    """A new post, or None when its form token is taken already."""
+    post = Post(owner_id=owner_id, title=form["title"], body=form["body"], form_token=token)
+    try:
+        with request.dbsession.begin_nested():
+            request.dbsession.add(post)
+            request.dbsession.flush()
+    except IntegrityError:
+        if token is None:
+            raise
+        return None
+    return post
+
+
+def _made_by_form(request, token: str | None, owner_id: int) -> Post | None:
+    """The post an earlier submit of this form made, when it was this person's."""
+    if token is None:
+        return None
+    return request.dbsession.scalars(select(Post).where(Post.form_token == token, Post.owner_id == owner_id)).one_or_none()
 
 
 @view_config(

@@ -50,7 +50,7 @@ def metric(text, name, **labels):
 def test_metrics_count_logins_and_failures(metrics_app, provider):
     browser = Browser(metrics_app)
     sign_in_with_provider(browser, provider)
-    browser.get("/auth/callback", params={"state": "forged", "code": "x"}, status=400)
+    Browser(metrics_app).get("/auth/callback", params={"state": "forged", "code": "x"}, status=400)
     text = browser.get("/metrics").text
     assert metric(text, "myapp_logins_total") == 1
     assert metric(text, "myapp_login_failures_total", reason="unknown_state") == 1

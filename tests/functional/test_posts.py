@@ -152,3 +152,76 @@ def test_post_body_is_escaped(as_user, dbsession, alice):
     page = as_user("other").get(f"/posts/{post.id}")
     assert "<script>alert(1)</script>" not in page.text
     assert "<img src=x" not in page.text
+
+
+# -- issue 10: a double Publish makes one post; a session that ends mid-edit loses nothing --
+
+def form_token_of(page) -> str:
+    return page.html.select_one("input[name=form_token]")["value"]
+
+
+def test_a_second_submit_of_the_same_form_lands_on_the_first_post(as_user, dbsession):
+    browser = as_user("owner")
+    token = form_token_of(browser.get("/posts/new"))
+    first = browser.submit("/posts", {"title": "Once", "body": "Text", "form_token": token}, status=303)
+    second = browser.submit("/posts", {"title": "Once", "body": "Text", "form_token": token}, status=303)
+    assert first.location == second.location
+    assert len(dbsession.scalars(select(Post).where(Post.title == "Once")).all()) == 1
+
+
+def test_each_new_form_gets_its_own_token(as_user, dbsession):
+    browser = as_user("owner")
+    for title in ("One", "Two"):
+        browser.submit("/posts", {"title": title, "form_token": form_token_of(browser.get("/posts/new"))}, status=303)
+    assert len(dbsession.scalars(select(Post)).all()) == 2
+
+
+def test_someone_elses_form_token_makes_a_post_of_ones_own(as_user, browser, sign_in, dbsession, alice, bob):
+    sign_in(browser, alice)
+    token = form_token_of(browser.get("/posts/new"))
+    alice_post = browser.submit("/posts", {"title": "Alice's", "form_token": token}, status=303)
+    sign_in(browser, bob)
+    bobs = browser.submit("/posts", {"title": "Bob's", "form_token": token}, status=303)
+    assert bobs.location != alice_post.location
+    post = dbsession.scalars(select(Post).where(Post.title == "Bob's")).one()
+    assert post.owner_id == bob.id and post.form_token is None
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 43 + "!", "a" * 44, ""])
+def test_a_malformed_form_token_is_a_form_error(as_user, dbsession, token):
+    page = as_user("owner").submit("/posts", {"title": "T", "body": "kept text", "form_token": token}, status=400)
+    assert "This form could not be read" in page.text and "kept text" in page.text
+    assert len(form_token_of(page)) == 43
+    assert dbsession.scalar(select(Post)) is None
+
+
+def test_a_refused_form_keeps_its_token(as_user, dbsession):
+    browser = as_user("owner")
+    token = form_token_of(browser.get("/posts/new"))
+    page = browser.submit("/posts", {"title": "", "body": "x", "form_token": token}, status=400)
+    assert form_token_of(page) == token
+
+
+def test_a_form_without_a_token_still_publishes(as_user, dbsession):
+    as_user("owner").submit("/posts", {"title": "Old form"}, status=303)
+    assert dbsession.scalars(select(Post.form_token).where(Post.title == "Old form")).one() is None
+
+
+def test_the_form_is_marked_for_the_scripts(as_user):
+    form = as_user("owner").get("/posts/new").html.select_one("form.form")
+    assert form.has_attr("data-submit-once") and form["data-draft"] == "new-post"
+    assert form.select_one("#title")["maxlength"] == "200"
+
+
+def test_publishing_with_an_ended_session_comes_back_to_the_form(browser, sign_in, alice, session_store, dbsession):
+    from myapp.services.sessions import EndReason
+
+    _, row = sign_in(browser, alice)
+    token = form_token_of(browser.get("/posts/new"))
+    session_store.end(row, EndReason.REVOKED)
+    dbsession.flush()
+    response = browser.submit(
+        "/posts", {"title": "Draft", "form_token": token}, headers={"Referer": "https://app.example.test/posts/new"}, status=303
+    )
+    assert "next=%2Fposts%2Fnew" in response.location
+    assert dbsession.scalar(select(Post)) is None

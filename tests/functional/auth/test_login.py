@@ -14,6 +14,7 @@ from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import (
     assert_no_session,
+    csrf_of,
     failures,
     session_count,
     sign_in,
@@ -435,3 +436,37 @@ def test_the_session_id_comes_from_the_id_token_not_userinfo(browser, provider, 
     provider.userinfo_response = lambda token: (200, {"sub": "alice", "sid": "forged-sid"})
     sign_in(browser, provider)
     assert dbsession.scalars(select(UserSession)).one().provider_sid == provider.sid
+
+
+# -- issue 10 item 7: Back after signing in --
+
+def test_back_onto_a_spent_callback_while_signed_in_carries_on(browser, provider, dbsession):
+    response, query = start_login(browser, "/posts")
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    params = {"code": code, "state": query["state"], "iss": provider.issuer}
+    assert browser.get("/auth/callback", params=params, status=303).location.endswith("/posts")
+    again = browser.get("/auth/callback", params=params, status=303)  # the browser's Back button
+    assert again.location == TEST_PUBLIC_URL + "/"
+    assert session_count(dbsession) == 1
+    assert "Alice" in browser.get("/").text
+
+
+def test_a_stale_callback_without_a_session_still_gets_the_error_page(browser, provider, dbsession):
+    page = browser.get("/auth/callback", params={"code": "c", "state": "spent-long-ago"}, status=400)
+    assert "Sign-in did not work" in page.text
+
+
+def test_a_real_failure_while_signed_in_still_gets_the_error_page(browser, provider, dbsession):
+    sign_in(browser, provider)
+    _, query = start_login(browser)
+    code = provider.grant(challenge=query["code_challenge"], nonce="not-the-one-sent")
+    page = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    assert "Sign-in did not work" in page.text
+
+
+def test_after_signing_out_the_landing_page_says_so_once(browser, provider):
+    sign_in(browser, provider)
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    page = browser.get("/", status=200)
+    assert page.html.select_one("[data-testid=session-ended]").text.strip() == "You have signed out."
+    assert "You have signed out" not in browser.get("/", status=200).text

@@ -89,7 +89,7 @@ def test_nothing_secret_is_logged_or_audited(browser, provider, caplog, dbsessio
     code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
     browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer})
     cookie = browser.cookies[COOKIE]
-    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=400)
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=303)  # a replay in a signed-in browser carries on (issue 10 item 7)
     token_request = [form for path, form, _ in provider.requests if path == "/token"][0]
     browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL})
     userinfo_headers = [h for path, _, h in provider.requests if path == "/userinfo"][0]
