@@ -95,5 +95,6 @@ def includeme(config):
     config.add_route("account_session_revoke", "/account/sessions/{handle}/revoke", factory=session_factory)
 
     config.add_route("admin_audit", "/admin/audit")
+    config.add_route("admin_audit_csv", "/admin/audit.csv")
     config.add_route("admin_users", "/admin/users")
     config.add_route("admin_user_sessions_revoke", "/admin/users/{id}/sessions/revoke", factory=user_factory)

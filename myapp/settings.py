@@ -178,6 +178,12 @@ class RevocationSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    # Records older than this are deleted by myapp-purge.
+    retention: timedelta
+
+
+@dataclass(frozen=True)
 class LockSettings:
     backend: str
     redis_url: str | None
@@ -209,6 +215,7 @@ class Settings:
     devstack_included: bool
     # The most specific rule first (see StepUpRule.covers).
     stepup_rules: tuple[StepUpRule, ...] = ()
+    audit: AuditSettings = AuditSettings(retention=timedelta(days=400))
 
     @property
     def is_development(self) -> bool:
@@ -773,6 +780,9 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         ),
         devstack_included=DEVSTACK_MODULE in _includes(raw),
         stepup_rules=_stepup_rules(reader),
+        audit=AuditSettings(
+            retention=reader.duration(PREFIX + "audit.retention", timedelta(days=400), timedelta(days=1))
+        ),
     )
     if environment == "production":
         _refuse_in_production(reader, settings)

@@ -1,5 +1,6 @@
 """End sessions whose time ran out (revoking their tokens), then delete what has expired: sessions,
-sign-ins never completed, and logout-token replay records.
+sign-ins never completed, logout-token replay records, and audit records older than
+myapp.audit.retention (400 days unless the ini says otherwise).
 
 Run it hourly, from cron or a systemd timer.
 
@@ -39,5 +40,9 @@ def main(argv=None):
         sessions = request.session_store.purge_expired(retention=keep)
         logins = request.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.expires_at < now)).rowcount
         replays = request.dbsession.execute(delete(SeenLogoutToken).where(SeenLogoutToken.expires_at < now)).rowcount
-    print(f"purged {sessions} session(s), {logins} unfinished sign-in(s), {replays} logout-token record(s)")
+        audited = request.audit.purge(now - request.services.settings.audit.retention)
+    print(
+        f"purged {sessions} session(s), {logins} unfinished sign-in(s), {replays} logout-token record(s), "
+        f"{audited} audit record(s)"
+    )
     return 0

@@ -66,6 +66,32 @@
     });
   }
 
+  // Times are written in UTC (<time datetime="...Z">); shown here in the reader's own time zone,
+  // the UTC value kept as the tooltip. Without script they stay in UTC, and say so.
+  if (window.Intl && Intl.DateTimeFormat) {
+    var options = { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" };
+    var short = new Intl.DateTimeFormat(undefined, options);
+    var long = new Intl.DateTimeFormat(undefined, Object.assign({ second: "2-digit" }, options));
+    Array.prototype.forEach.call(document.querySelectorAll("time[datetime$='Z']"), function (el) {
+      var moment = new Date(el.getAttribute("datetime"));
+      if (isNaN(moment.getTime())) { return; }
+      el.title = el.textContent;
+      el.textContent = (el.hasAttribute("data-seconds") ? long : short).format(moment);
+      el.setAttribute("data-localised", "");
+    });
+  }
+
+  // A confirmation's Cancel closes it without leaving the page.
+  document.addEventListener("click", function (event) {
+    var cancel = event.target.closest && event.target.closest("[data-confirm-cancel]");
+    if (!cancel) { return; }
+    var details = cancel.closest("details.confirm");
+    if (!details) { return; }
+    event.preventDefault();
+    details.open = false;
+    details.querySelector("summary").focus();
+  });
+
   // The delete confirmation is a <details>: Escape closes it and gives focus back to its button.
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape") { return; }

@@ -118,5 +118,6 @@
   });
 
   form.hidden = false;
+  Array.prototype.forEach.call(card.querySelectorAll("[data-needs-script]"), function (el) { el.hidden = false; });
   refresh().catch(failed);
 })();

@@ -25,6 +25,8 @@ SIGNED_OUT_MESSAGES = {
     EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",
     EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
     EndReason.LOGOUT: "You signed out.",
+    # Not a stored reason: what an administrator who ended all of their own sessions is told.
+    "ended_own": "You ended all of your own sessions, including this one, so you are signed out here too.",
 }
 
 

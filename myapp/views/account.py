@@ -14,7 +14,9 @@ from myapp.services.sessions import EndReason
     renderer="myapp:templates/sessions.jinja2",
 )
 def list_sessions(request):
-    return {"sessions": request.session_store.list_for_user(request.identity.user_id)}
+    providers = request.services.providers
+    names = {name: client.settings.display_name for name, client in providers.items()} if len(providers) > 1 else {}
+    return {"sessions": request.session_store.list_for_user(request.identity.user_id), "provider_names": names}
 
 
 @view_config(route_name="account_session_revoke", request_method="POST", permission=Permission.REVOKE)

@@ -25,7 +25,8 @@ from myapp.views.errors import error_page
 log = logging.getLogger(__name__)
 
 MAX_LOGOUT_REQUEST_BYTES = 64 * 1024
-# Callback failures that only mean "this sign-in is over": a replayed, spent or expired state.
+# Callback failures that only mean "this sign-in is over": a state that is spent or expired, or a
+# response to no sign-in started here (such as the provider's answer to a replayed request).
 STALE_CALLBACK_REASONS = frozenset({"missing_state", "unknown_state", "expired_state"})
 
 
@@ -138,7 +139,7 @@ def callback(request):
         # The consumed login transaction and the audit record stay; nothing else was written.
         request.keep_transaction()
         request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
-        if e.reason in STALE_CALLBACK_REASONS and request.identity is not None:
+        if (not e.started_here or e.reason in STALE_CALLBACK_REASONS) and request.identity is not None:
             # Back (or a reload) onto a sign-in that already completed or ran out, in a browser
             # that is signed in: nothing went wrong for this person; carry on where they meant to go.
             log.info("stale sign-in callback (%s) in a signed-in browser; sending it on", e.reason)
@@ -198,11 +199,12 @@ def backchannel_logout(request):
     except OIDCError as e:
         log.warning("back-channel logout refused: %s", e.reason)
         return _no_store(json_error(400, ErrorCode.INVALID_REQUEST, e.message))
-    request.audit.record(
-        AuditEventType.BACKCHANNEL_LOGOUT,
-        detail=f"{ended} session(s) ended" + (" (by sid)" if claims.get("sid") else " (by sub)"),
-        ip_address=request.remote_addr,
-    )
+    how = " (by sid)" if claims.get("sid") else " (by sub)"
+    if ended:
+        request.audit.record(AuditEventType.BACKCHANNEL_LOGOUT, detail=f"{ended} session(s) ended{how}", ip_address=request.remote_addr)
+    else:
+        # Usually the echo of a person's own sign-out here: nothing happened, so nothing to audit.
+        log.info("back-channel logout ended no session%s", how)
     return _no_store(Response(json={}, status=200))
 
 

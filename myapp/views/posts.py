@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from myapp.models import Post
 from myapp.resources import Permission
+from myapp.services.audit import AuditEventType
 
 PAGE_SIZE = 20
 LIMITS = {"title": 200, "body": 20000}
@@ -103,6 +104,16 @@ def _insert(request, form: dict, owner_id: int, token: str | None) -> Post | Non
     return post
 
 
+def _audit_someone_elses(request, post: Post, event: AuditEventType) -> None:
+    """An administrator changing another person's post is recorded (their own posts are not)."""
+    identity = request.identity
+    if post.owner_id != identity.user_id:
+        request.audit.record(
+            event, user_id=post.owner_id, actor_id=identity.user_id, session_handle=identity.session_handle,
+            ip_address=request.remote_addr, detail=f"post {post.id}: {post.title[:120]}",
+        )
+
+
 def _made_by_form(request, token: str | None, owner_id: int) -> Post | None:
     """The post an earlier submit of this form made, when it was this person's."""
     if token is None:
@@ -147,11 +158,13 @@ def update_post(request):
     post.title = form["title"]
     post.body = form["body"]
     request.dbsession.flush()
+    _audit_someone_elses(request, post, AuditEventType.POST_EDITED_BY_ADMIN)
     return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_updated"}))
 
 
 @view_config(route_name="post_delete", request_method="POST", permission=Permission.DELETE)
 def delete_post(request):
+    _audit_someone_elses(request, request.context.post, AuditEventType.POST_DELETED_BY_ADMIN)
     request.dbsession.delete(request.context.post)
     request.dbsession.flush()
     return HTTPSeeOther(request.route_path("posts", _query={"notice": "post_deleted"}))

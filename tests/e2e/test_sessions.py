@@ -55,7 +55,8 @@ def test_revoking_a_session_signs_the_other_browser_out_on_its_next_request(prod
     phone.wait(lambda d: phone.find(".note-form").is_displayed())
     laptop.get(product.url + "/account/sessions")
     assert len(laptop.find_all("[data-testid=session]")) == 2
-    laptop.click_button("Sign out everywhere else")
+    laptop.find("details.confirm summary").click()  # it asks first
+    laptop.click_button("Sign them out")
     assert laptop.text("[data-testid=flash]") == "You were signed out everywhere else."
     assert len(laptop.find_all("[data-testid=session]")) == 1
     phone.type_into("#note-text", "Anyone there?")

@@ -81,9 +81,10 @@ def test_every_page_on_a_laptop_and_a_phone(product, open_browser):
     photograph(laptop, "desktop-07-sessions")
 
     laptop.click_link("Users", within="nav.main-nav")
-    end_bob = [b for b in laptop.find_all("main button") if "Bob" in b.get_attribute("textContent")]
-    assert len(end_bob) == 1
-    laptop.navigate_by(end_bob[0].click)
+    confirm = [d for d in laptop.find_all("main details.confirm") if "Bob" in d.get_attribute("textContent")]
+    assert len(confirm) == 1
+    confirm[0].find_element("css selector", "summary").click()
+    laptop.navigate_by(confirm[0].find_element("css selector", "button[type=submit]").click)
     assert laptop.text("[data-testid=flash]") == "Every session of that user was ended."
     photograph(laptop, "desktop-09-users")
     laptop.click_link("Audit", within="nav.main-nav")

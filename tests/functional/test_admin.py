@@ -72,3 +72,161 @@ def test_admin_nav_only_for_admins(browser, sign_in, alice, admin):
     assert "/admin/audit" not in browser.get("/").text
     sign_in(browser, admin)
     assert "/admin/audit" in browser.get("/").text
+
+
+# -- issue 10 items 10, 12, 13: the audit log as auditors use it, users found and paged --
+
+def _at(dbsession, event_id, when):
+    dbsession.execute(AuditEvent.__table__.update().where(AuditEvent.id == event_id).values(created_at=when))
+
+
+def test_audit_filters_by_person_event_and_dates(browser, sign_in, admin, alice, bob, dbsession):
+    from datetime import datetime, timezone
+
+    log = AuditLog(dbsession=dbsession)
+    a1 = log.record(AuditEventType.LOGIN, user_id=alice.id, detail="alice-nov")
+    a2 = log.record(AuditEventType.LOGOUT, user_id=alice.id, detail="alice-dec")
+    b1 = log.record(AuditEventType.LOGIN, user_id=bob.id, detail="bob-dec")
+    _at(dbsession, a1.id, datetime(2026, 11, 30, 23, 59, tzinfo=timezone.utc))
+    _at(dbsession, a2.id, datetime(2026, 12, 1, 0, 0, tzinfo=timezone.utc))
+    _at(dbsession, b1.id, datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc))
+    sign_in(browser, admin)
+
+    def shown(**query):
+        text = browser.get("/admin/audit", params=query, status=200).text
+        return [d for d in ("alice-nov", "alice-dec", "bob-dec") if d in text]
+
+    assert shown(user="ALI") == ["alice-nov", "alice-dec"]
+    assert shown(user="bob@example") == ["bob-dec"]
+    assert shown(event="login") == ["alice-nov", "bob-dec"]
+    assert shown(**{"from": "2026-12-01"}) == ["alice-dec", "bob-dec"]
+    assert shown(to="2026-12-01") == ["alice-nov", "alice-dec"]  # inclusive, in UTC
+    assert shown(**{"from": "2026-12-01", "to": "2026-12-01", "user": "alice"}) == ["alice-dec"]
+    assert shown(user="%") == [] and shown(user="_") == []  # wildcards are plain characters
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"from": "yesterday"}, "From: 'yesterday' is not a date such as 2026-12-31"),
+        ({"to": "2026-02-30"}, "To: '2026-02-30' is not a date"),
+        ({"event": "bogus"}, "That event type is not one this log records"),
+        ({"from": "2026-12-05", "to": "2026-12-01"}, "the dates are swapped"),
+        ({"user": "x" * 5000}, "cut to 200 characters"),
+        ({"before": "-1"}, None),
+        ({"before": "9" * 40}, None),
+    ],
+)
+def test_bad_filters_are_a_message_never_an_error(browser, sign_in, admin, query, message):
+    sign_in(browser, admin)
+    page = browser.get("/admin/audit", params=query, status=200)
+    if message:
+        assert message in page.html.select_one("[data-testid=filter-problems]").text
+
+
+def test_keyset_paging_keeps_the_filter_and_has_no_cut_off(browser, sign_in, admin, alice, bob, dbsession):
+    log = AuditLog(dbsession=dbsession)
+    for i in range(120):
+        log.record(AuditEventType.LOGIN, user_id=alice.id if i % 2 else bob.id, detail=f"e-{i:03d}")
+    sign_in(browser, admin)
+    page = browser.get("/admin/audit", params={"user": "alice"})
+    seen = []
+    while True:
+        seen += [d for d in (f"e-{i:03d}" for i in range(120)) if d in page.text]
+        links = [a for a in page.html.select("nav.pager a") if "Older" in a.text]
+        if not links:
+            break
+        assert "user=alice" in links[0]["href"] and "before=" in links[0]["href"]
+        page = browser.get(links[0]["href"])
+    assert sorted(seen) == [f"e-{i:03d}" for i in range(1, 120, 2)]
+
+
+def test_csv_export_of_the_filtered_view(browser, sign_in, admin, alice, bob, dbsession):
+    import csv
+    import io
+
+    log = AuditLog(dbsession=dbsession)
+    for i in range(700):  # more than one of the export's batches
+        log.record(AuditEventType.LOGIN, user_id=alice.id, detail=f"row-{i}")
+    log.record(AuditEventType.LOGIN_FAILED, user_id=bob.id, detail="=HYPERLINK(\"http://evil\")")
+    log.record(AuditEventType.LOGIN_FAILED, detail="unknown_state")
+    sign_in(browser, admin)
+    href = browser.get("/admin/audit", params={"user": "alice"}).html.select_one("[data-testid=csv]")["href"]
+    response = browser.get(href, status=200)
+    assert response.content_type == "text/csv" and response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="audit-')
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == 700 and rows[0]["detail"] == "row-699" and rows[-1]["detail"] == "row-0"
+    every = list(csv.DictReader(io.StringIO(browser.get("/admin/audit.csv", status=200).text)))
+    injected = [r for r in every if "HYPERLINK" in r["detail"]][0]
+    assert injected["detail"].startswith("'=")
+    assert [r for r in every if r["detail"] == "unknown_state"][0]["reason"].startswith("The sign-in link was already used")
+
+
+def test_csv_export_is_for_admins_only(browser, sign_in, alice):
+    browser.get("/admin/audit.csv", status=303)
+    sign_in(browser, alice)
+    browser.get("/admin/audit.csv", status=403)
+
+
+def test_failure_reasons_are_shown_in_words_with_their_code(browser, sign_in, admin, dbsession):
+    AuditLog(dbsession=dbsession).record(AuditEventType.LOGIN_FAILED, detail="token_error:invalid_grant")
+    AuditLog(dbsession=dbsession).record(AuditEventType.LOGIN_FAILED, detail="something_new")
+    sign_in(browser, admin)
+    cells = [td.text.strip() for td in browser.get("/admin/audit").html.select("td.detail")]
+    assert "The provider refused to issue tokens. token_error:invalid_grant" in cells
+    assert "something_new" in cells
+
+
+def test_an_administrator_editing_or_deleting_someone_elses_post_is_audited(browser, sign_in, admin, alice, dbsession):
+    from myapp.models import Post
+
+    post = Post(owner_id=alice.id, title="Alice's notes", body="x")
+    own = Post(owner_id=admin.id, title="Admin's own", body="y")
+    dbsession.add_all([post, own])
+    dbsession.flush()
+    sign_in(browser, admin)
+    browser.submit(f"/posts/{post.id}/edit", {"title": "Alice's notes (fixed)", "body": "x"}, status=303)
+    browser.submit(f"/posts/{own.id}/edit", {"title": "Admin's own, edited", "body": "y"}, status=303)
+    browser.submit(f"/posts/{post.id}/delete", status=303)
+    events = dbsession.scalars(select(AuditEvent).where(AuditEvent.event.like("post_%")).order_by(AuditEvent.id)).all()
+    assert [(e.event, e.user_id, e.actor_id, e.detail) for e in events] == [
+        ("post_edited_by_admin", alice.id, admin.id, f"post {post.id}: Alice's notes (fixed)"),
+        ("post_deleted_by_admin", alice.id, admin.id, f"post {post.id}: Alice's notes (fixed)"),
+    ]
+
+
+def test_an_administrator_ending_their_own_sessions_is_told_so(browser, sign_in, admin, session_store, dbsession):
+    sign_in(browser, admin)
+    page = browser.get("/admin/users")
+    assert "These are your own sessions." in page.text
+    response = browser.submit(f"/admin/users/{admin.id}/sessions/revoke", status=303)
+    assert "reason=ended_own" in response.location
+    text = browser.get(response.location).text
+    assert "You ended all of your own sessions, including this one" in text
+
+
+def test_destructive_buttons_ask_first_and_can_be_cancelled(browser, sign_in, admin, alice, session_store):
+    session_store.create(user=alice)
+    sign_in(browser, admin)
+    page = browser.get("/admin/users")
+    confirm = [d for d in page.html.select("details.confirm") if "End every session of" in d.text][0]
+    assert confirm.select_one("summary").text.strip() == "End all sessions…"
+    assert confirm.select_one("a[data-confirm-cancel]")["href"] == "/admin/users"
+
+
+def test_users_search_and_paging(browser, sign_in, admin, make_user):
+    for i in range(55):
+        make_user(f"user-{i:02d}", email=f"person{i:02d}@example.test")
+    make_user("zed", name="Zed 100% Real", email="zed@example.test")
+    sign_in(browser, admin)
+    first = browser.get("/admin/users")
+    assert len(first.html.select("tbody tr")) == 50
+    more = browser.get(first.html.select_one("nav.pager a[rel=next]")["href"])
+    assert len(more.html.select("tbody tr")) == 7  # 57 users in all, with the admin
+    found = browser.get("/admin/users", params={"q": "PERSON4"})
+    assert len(found.html.select("tbody tr")) == 10
+    assert len(browser.get("/admin/users", params={"q": "100%"}).html.select("tbody tr")) == 1
+    nobody = browser.get("/admin/users", params={"q": "nobody-like-this"})
+    assert "Nobody matches" in nobody.text
+    assert browser.get("/admin/users", params={"q": "x" * 5000, "before": "abc"}, status=200)

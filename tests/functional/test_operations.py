@@ -235,7 +235,7 @@ def test_purge(ini, committed, store, capsys):
     committed.commit()
     code, out, _ = run(purge.main, ini, capsys=capsys)
     assert code == 0
-    assert out.strip() == "purged 1 session(s), 1 unfinished sign-in(s), 1 logout-token record(s)"
+    assert out.strip() == "purged 1 session(s), 1 unfinished sign-in(s), 1 logout-token record(s), 0 audit record(s)"
     committed.expire_all()
     assert committed.scalars(select(UserSession.id)).all() == [live.id]
     assert committed.scalar(select(func.count()).select_from(SeenLogoutToken)) == 1
@@ -441,3 +441,22 @@ def test_end_sessions_by_provider_name(tmp_path, committed_database_url, committ
     assert code == 2 and "no provider named 'nope' (the ini lists: default, partners)" in err
     code, _, err = run(end_sessions.main, path, "--subject", "alice", "--provider", "partners", "--issuer", "x", capsys=capsys)
     assert code == 2 and "give --provider or --issuer, not both" in err
+
+
+def test_purge_deletes_audit_records_past_the_retention(tmp_path, committed_database_url, committed, capsys):
+    from datetime import timedelta
+
+    from myapp.services.audit import AuditEventType, AuditLog
+
+    settings = base_settings(committed_database_url, **{"myapp.audit.retention": "30d"})
+    path = tmp_path / "retention.ini"
+    path.write_text("\n".join(["[app:main]", "use = egg:myapp", *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
+    log = AuditLog(dbsession=committed)
+    old, recent = log.record(AuditEventType.LOGIN, detail="old"), log.record(AuditEventType.LOGIN, detail="recent")
+    committed.execute(AuditEvent.__table__.update().where(AuditEvent.id == old.id).values(created_at=utcnow() - timedelta(days=31)))
+    committed.execute(AuditEvent.__table__.update().where(AuditEvent.id == recent.id).values(created_at=utcnow() - timedelta(days=29)))
+    committed.commit()
+    code, out, _ = run(purge.main, path, capsys=capsys)
+    assert code == 0 and out.strip().endswith("1 audit record(s)")
+    committed.expire_all()
+    assert committed.scalars(select(AuditEvent.detail)).all() == ["recent"]

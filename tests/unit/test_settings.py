@@ -622,3 +622,12 @@ def test_a_certificate_must_certify_the_first_key(tmp_path):
 )
 def test_par_and_audience_choices(key, value, expected):
     assert problems_of(raw(**{f"myapp__oidc__{key}": value})) == [expected]
+
+
+def test_audit_retention():
+    assert load_settings(raw(), environ={}).audit.retention == timedelta(days=400)
+    assert load_settings(raw(myapp__audit__retention="90d"), environ={}).audit.retention == timedelta(days=90)
+    assert problems_of(raw(myapp__audit__retention="2h")) == ["myapp.audit.retention: must be at least 86400s"]
+    assert problems_of(raw(myapp__audit__retention="forever")) == [
+        "myapp.audit.retention: 'forever' is not a duration (use seconds, or 30s, 15m, 8h, 14d)"
+    ]

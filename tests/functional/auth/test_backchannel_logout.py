@@ -97,3 +97,12 @@ def test_backchannel_logout_with_an_unreadable_body(app):
         "/auth/backchannel-logout", b"x", headers={"Content-Type": "multipart/form-data"}, status=400
     )
     assert response.json["error"] == "bad_request"
+
+
+def test_a_logout_that_ends_no_session_is_logged_not_audited(app, provider, dbsession, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    post_logout_token(app, provider.logout_token(sid="nobody-has-this-sid"), 200)
+    assert dbsession.scalar(select(func.count()).select_from(AuditEvent)) == 0
+    assert "back-channel logout ended no session" in caplog.text
