@@ -198,7 +198,8 @@ class MetricsSettings:
 @dataclass(frozen=True)
 class Settings:
     environment: str
-    dashboard_upstream: str | None
+    # Upstreams serving the demo API's /notes, one dashboard card each (the first is ``dashboard_upstream``).
+    dashboard_upstreams: tuple[str, ...]
     login_rate_limit: int
     database_url: str = field(repr=False)
     public_url: str
@@ -216,6 +217,10 @@ class Settings:
     # The most specific rule first (see StepUpRule.covers).
     stepup_rules: tuple[StepUpRule, ...] = ()
     audit: AuditSettings = AuditSettings(retention=timedelta(days=400))
+
+    @property
+    def dashboard_upstream(self) -> str | None:
+        return self.dashboard_upstreams[0] if self.dashboard_upstreams else None
 
     @property
     def is_development(self) -> bool:
@@ -753,12 +758,13 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         reader.problem("myapp.lock.backend: 'redis' needs myapp.redis.url")
 
     upstreams = _upstreams(reader, providers)
-    dashboard_upstream = reader.string(PREFIX + "dashboard.upstream", None)
-    if dashboard_upstream is not None and dashboard_upstream not in upstreams:
-        reader.problem(f"myapp.dashboard.upstream: no upstream named {dashboard_upstream!r} in myapp.upstreams")
+    dashboard_upstreams = reader.words(PREFIX + "dashboard.upstream")
+    for name in dashboard_upstreams:
+        if name not in upstreams:
+            reader.problem(f"myapp.dashboard.upstream: no upstream named {name!r} in myapp.upstreams")
     settings = Settings(
         environment=environment,
-        dashboard_upstream=dashboard_upstream,
+        dashboard_upstreams=dashboard_upstreams,
         login_rate_limit=reader.integer(PREFIX + "login.rate_limit", 300),
         database_url=_database_url(reader),
         public_url=public_url,

@@ -26,8 +26,8 @@ from myapp.devstack.keys import ALGORITHM
 from myapp.devstack.settings import APISettings
 from myapp.devstack.web import bearer_token, devstack_view, json_response, method_not_allowed
 
-#: The registry key of the running :class:`DemoAPI`.
-API = "myapp.devstack.api"
+#: The registry key of the running :class:`DemoAPI` objects, by path segment ("api", "api2").
+APIS = "myapp.devstack.apis"
 
 CHUNK = 64 * 1024
 MAX_BYTES = 1 << 30
@@ -40,14 +40,16 @@ WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
 # What GET /_dev/api/bytes streams: byte i of the body is i % 256.
 PATTERN = bytes(range(256)) * (CHUNK // 256)
 
+# /_dev/api, and /_dev/api2 (another audience) when devstack.api2.audience is set.
+_BASE = "/_dev/{api:api2?}"
 ROUTES = {
-    "devstack.api.me": "/_dev/api/me",
-    "devstack.api.notes": "/_dev/api/notes",
-    "devstack.api.note": "/_dev/api/notes/{id}",
-    "devstack.api.ping": "/_dev/api/ping",
-    "devstack.api.echo": "/_dev/api/echo/*rest",
-    "devstack.api.bytes": "/_dev/api/bytes",
-    "devstack.api.upload": "/_dev/api/upload",
+    "devstack.api.me": _BASE + "/me",
+    "devstack.api.notes": _BASE + "/notes",
+    "devstack.api.note": _BASE + "/notes/{id}",
+    "devstack.api.ping": _BASE + "/ping",
+    "devstack.api.echo": _BASE + "/echo/*rest",
+    "devstack.api.bytes": _BASE + "/bytes",
+    "devstack.api.upload": _BASE + "/upload",
 }
 
 
@@ -214,19 +216,40 @@ class NoteStore:
             return self._notes.get(subject, {}).pop(note_id, None) is not None
 
 
+class IssuerVerifiers:
+    """One verifier per trusted issuer; a token is checked by the one its ``iss`` names."""
+
+    def __init__(self, verifiers: dict[str, AccessTokenVerifier]):
+        self.verifiers = verifiers
+
+    def verify(self, token: str) -> dict:
+        try:
+            claims = json.loads(jws.extract_compact(token.encode("ascii")).payload)
+        except (JoseError, ValueError, UnicodeError):
+            raise InvalidAccessToken("The access token is not a JWT.") from None
+        verifier = self.verifiers.get(claims.get("iss")) if isinstance(claims, dict) else None
+        if verifier is None:
+            raise InvalidAccessToken("The access token iss claim is not accepted here.")
+        return verifier.verify(token)
+
+
 class DemoAPI:
-    def __init__(self, settings: APISettings, *, keys=None):
-        self.verifier = AccessTokenVerifier(
-            keys=keys or RemoteKeySet(settings.jwks_uri),
-            issuer=settings.issuer,
-            audience=settings.audience,
-            leeway=settings.leeway,
-        )
+    def __init__(self, settings: APISettings, *, keys=None, issuers: dict | None = None):
+        def verifier(issuer, key_set):
+            return AccessTokenVerifier(keys=key_set, issuer=issuer, audience=settings.audience, leeway=settings.leeway)
+
+        if issuers:
+            self.verifier = IssuerVerifiers({issuer: verifier(issuer, key_set) for issuer, key_set in issuers.items()})
+        else:
+            self.verifier = verifier(settings.issuer, keys or RemoteKeySet(settings.jwks_uri))
         self.notes = NoteStore()
 
 
 def api_of(request) -> DemoAPI:
-    return request.registry[API]
+    api = request.registry[APIS].get(request.matchdict.get("api", "api"))
+    if api is None:
+        raise APIProblem(404, "not_found", "There is no such API here.")
+    return api
 
 
 def unauthorized(message: str, *, error: str | None = "invalid_token") -> APIProblem:

@@ -1,20 +1,24 @@
 """The development OpenID provider: its key, memory, Authlib server and back-channel, wired once."""
 
+import base64
+import hmac
 import logging
 import re
+import secrets
 import time
+from urllib.parse import unquote_plus
 
 from myapp.devstack.backchannel import BackchannelNotifier
 from myapp.devstack.keys import ALGORITHM, TokenSigner, load_or_create_signing_key
 from myapp.devstack.models import CLIENT_AUTH_METHODS, GRANT_TYPES, SCOPES, Client, Login, ProviderSession, User
-from myapp.devstack.server import AuthorizationServer
+from myapp.devstack.server import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE, AuthorizationServer
 from myapp.devstack.settings import ProviderSettings, origin_of
-from myapp.devstack.storage import ProviderStore, new_login
+from myapp.devstack.storage import ProviderStore, Stat, new_login
 
 log = logging.getLogger(__name__)
 
-#: The registry key of the running :class:`Provider`.
-PROVIDER = "myapp.devstack.provider"
+#: The registry key of the running :class:`Provider` objects, by path segment ("idp", "idp2").
+PROVIDERS = "myapp.devstack.providers"
 
 MAX_AGE = re.compile(r"[0-9]{1,10}")
 CLAIMS = tuple("sub iss aud exp iat auth_time nonce sid at_hash name email email_verified groups".split())
@@ -60,7 +64,7 @@ class Provider:
             "scopes_supported": list(SCOPES),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": list(GRANT_TYPES),
+            "grant_types_supported": [*GRANT_TYPES, TOKEN_EXCHANGE],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [ALGORITHM],
             "code_challenge_methods_supported": ["S256"],
@@ -113,6 +117,47 @@ class Provider:
             if self.store.end_session(session):
                 log.info("devstack provider: %s signed out", session.user.subject)
                 self.notifier.notify(session)
+
+    def client_authenticated(self, request) -> bool:
+        """The client's secret, by Basic credentials (form-urlencoded first, RFC 6749 2.3.1) or in the form."""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                pair = base64.b64decode(header[6:], validate=True).decode("ascii")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            client_id, _, secret = pair.partition(":")
+            client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+        else:
+            client_id, secret = request.POST.get("client_id", ""), request.POST.get("client_secret", "")
+        return client_id == self.client.client_id and hmac.compare_digest(
+            secret.encode("utf-8"), self.client.client_secret.encode("utf-8")
+        )
+
+    def exchange(self, subject_token: str, audiences: tuple[str, ...], scope: str | None) -> dict | None:
+        """RFC 8693: a new access token for ``audiences``, for the person of an active access token
+        this issuer minted; None when the subject token is not one."""
+        record = self.store.active_access_token(subject_token)
+        if record is None:
+            return None
+        family = record.family
+        granted = " ".join(s for s in (scope or record.scope).split() if s in record.scope.split()) or record.scope
+        now, lifetime = int(time.time()), self.settings.access_token_lifetime
+        claims = {
+            "iss": self.issuer, "sub": family.login.user.subject,
+            "aud": audiences[0] if len(audiences) == 1 else list(audiences),
+            "exp": now + lifetime, "iat": now, "jti": secrets.token_urlsafe(16), "scope": granted,
+            "client_id": self.client.client_id, "sid": family.login.sid, "auth_time": family.login.auth_time,
+            "act": {"sub": self.client.client_id},
+        }
+        self.store.stats.increment(Stat.TOKEN_EXCHANGES)
+        return {
+            "access_token": self.signer.sign(claims, typ="at+jwt"),
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "scope": granted,
+        }
 
     def userinfo(self, access_token: str) -> dict:
         record = self.store.active_access_token(access_token)

@@ -1,5 +1,7 @@
 """Authlib's framework-agnostic AuthorizationServer, integrated with Pyramid requests and responses."""
 
+import contextlib
+import contextvars
 import json
 import secrets
 import time
@@ -84,6 +86,32 @@ class IssuerParameter(rfc9207.IssuerParameter):
         return self.issuer
 
 
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class _Audience:
+    """The audiences the token request being answered asked for (RFC 8707 resource, or audience):
+    Authlib's token generator is not given the request, so the token view sets them here."""
+
+    def __init__(self):
+        self._value = contextvars.ContextVar("devstack_audience", default=None)
+
+    @contextlib.contextmanager
+    def using(self, audiences: tuple[str, ...] | None):
+        token = self._value.set(audiences)
+        try:
+            yield
+        finally:
+            self._value.reset(token)
+
+    def get(self) -> tuple[str, ...] | None:
+        return self._value.get()
+
+
+AUDIENCE = _Audience()
+
+
 class TokenIssuer:
     """Authlib's token generator: RFC 9068 JWT access tokens for the demo API, opaque refresh tokens.
 
@@ -102,10 +130,12 @@ class TokenIssuer:
         scope = client.get_allowed_scope(scope)
         lifetime = expires_in or self.lifetime
         now = int(time.time())
+        requested = AUDIENCE.get()
+        audience = (requested[0] if len(requested) == 1 else list(requested)) if requested else self.audience
         claims = {
             "iss": self.issuer,
             "sub": family.login.user.subject,
-            "aud": self.audience,
+            "aud": audience,
             "exp": now + lifetime,
             "iat": now,
             "jti": secrets.token_urlsafe(16),

@@ -17,26 +17,25 @@ PREFIX = "devstack."
 # The provider's routes live here, so its issuer must end with it (and its cookies are scoped to it).
 IDP_PATH = "/_dev/idp"
 API_PATH = "/_dev/api"
+# An optional second issuer (its own keys, client and people) and a second demo API audience.
+IDP2_PATH = "/_dev/idp2"
+API2_PATH = "/_dev/api2"
+_PROVIDER_KEYS = (
+    "issuer", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris", "backchannel_logout_uri",
+    "key_file", "access_token_lifetime", "id_token_lifetime", "refresh_token_lifetime", "rotate_refresh_tokens",
+)
 MAX_API_LEEWAY = 30
 
 KNOWN_SETTINGS = frozenset(
     PREFIX + name
     for name in (
-        "idp.issuer",
-        "idp.client_id",
-        "idp.client_secret",
-        "idp.redirect_uris",
-        "idp.post_logout_redirect_uris",
-        "idp.backchannel_logout_uri",
-        "idp.key_file",
-        "idp.access_token_lifetime",
-        "idp.id_token_lifetime",
-        "idp.refresh_token_lifetime",
-        "idp.rotate_refresh_tokens",
+        *(f"idp.{key}" for key in _PROVIDER_KEYS),
+        *(f"idp2.{key}" for key in _PROVIDER_KEYS),
         "api.issuer",
         "api.audience",
         "api.jwks_uri",
         "api.leeway",
+        "api2.audience",
     )
 )
 
@@ -60,6 +59,9 @@ class ProviderSettings:
     refresh_token_lifetime: int
     rotate_refresh_tokens: bool
     api_audience: str
+    # Every audience this provider mints access tokens for (RFC 8707 resource, or audience).
+    audiences: tuple[str, ...] = ()
+    path: str = IDP_PATH
 
     @property
     def secure_cookies(self) -> bool:
@@ -78,6 +80,17 @@ class APISettings:
 class DevstackSettings:
     idp: ProviderSettings
     api: APISettings
+    idp2: ProviderSettings | None = None
+    api2: APISettings | None = None
+
+    @property
+    def providers(self) -> dict[str, ProviderSettings]:
+        """By the path segment they live under: ``idp``, and ``idp2`` when configured."""
+        return {p.path.rsplit("/", 1)[1]: p for p in (self.idp, self.idp2) if p is not None}
+
+    @property
+    def apis(self) -> dict[str, APISettings]:
+        return {name: api for name, api in (("api", self.api), ("api2", self.api2)) if api is not None}
 
 
 class _Reader:
@@ -154,12 +167,12 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _issuer(reader: _Reader) -> str:
-    name = PREFIX + "idp.issuer"
-    issuer = check_url(name, reader.required("idp.issuer"))
+def _issuer(reader: _Reader, key: str = "idp", path: str = IDP_PATH) -> str:
+    name = PREFIX + key + ".issuer"
+    issuer = check_url(name, reader.required(key + ".issuer"))
     parts = urlsplit(issuer)
-    if parts.query or not parts.path.endswith(IDP_PATH):
-        raise SettingsError(f"{name}: must be the externally visible URL ending in {IDP_PATH}, got {issuer!r}")
+    if parts.query or not parts.path.endswith(path):
+        raise SettingsError(f"{name}: must be the externally visible URL ending in {path}, got {issuer!r}")
     # Authlib (both sides) refuses plain http except on loopback, as OAuth 2.0 requires.
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise SettingsError(f"{name}: plain http is only allowed on a loopback address, got {issuer!r}")
@@ -174,32 +187,53 @@ def load_devstack_settings(raw: Mapping[str, object]) -> DevstackSettings:
     reader = _Reader(raw)
     issuer = _issuer(reader)
     origin = origin_of(issuer)
-
-    redirect_uris = reader.urls("idp.redirect_uris")
-    if not redirect_uris:
-        raise SettingsError(f"{PREFIX}idp.redirect_uris: required setting is missing")
-    client = ClientRegistration(
-        client_id=reader.string("idp.client_id", "myapp-dev"),
-        client_secret=reader.string("idp.client_secret", "development-only-client-secret"),
-        redirect_uris=redirect_uris,
-        post_logout_redirect_uris=reader.urls("idp.post_logout_redirect_uris"),
-        backchannel_logout_uri=reader.url("idp.backchannel_logout_uri"),
-    )
     audience = reader.string("api.audience", origin + API_PATH)
-    idp = ProviderSettings(
-        issuer=issuer,
-        client=client,
-        key_file=Path(reader.string("idp.key_file", "var/devstack-idp-key.json")),
-        access_token_lifetime=reader.seconds("idp.access_token_lifetime", 300),
-        id_token_lifetime=reader.seconds("idp.id_token_lifetime", 300),
-        refresh_token_lifetime=reader.seconds("idp.refresh_token_lifetime", 30 * 86400),
-        rotate_refresh_tokens=reader.boolean("idp.rotate_refresh_tokens", True),
-        api_audience=audience,
-    )
+    audience2 = reader.string("api2.audience")
+    audiences = (audience,) + ((audience2,) if audience2 else ())
+    idp = _provider(reader, "idp", IDP_PATH, issuer, audience, audiences, "myapp-dev", "var/devstack-idp-key.json")
+    idp2 = None
+    if reader.string("idp2.issuer") is not None:
+        issuer2 = _issuer(reader, "idp2", IDP2_PATH)
+        idp2 = _provider(
+            reader, "idp2", IDP2_PATH, issuer2, audience, audiences, "myapp-dev-partners", "var/devstack-idp2-key.json"
+        )
+    else:
+        for key in raw:
+            if key.startswith(PREFIX + "idp2."):
+                raise SettingsError(f"{key}: the second issuer needs {PREFIX}idp2.issuer")
+    leeway = reader.seconds("api.leeway", MAX_API_LEEWAY, minimum=0, maximum=MAX_API_LEEWAY)
     api = APISettings(
         issuer=reader.string("api.issuer", issuer),
         audience=audience,
         jwks_uri=reader.url("api.jwks_uri", issuer + "/jwks"),
-        leeway=reader.seconds("api.leeway", MAX_API_LEEWAY, minimum=0, maximum=MAX_API_LEEWAY),
+        leeway=leeway,
     )
-    return DevstackSettings(idp=idp, api=api)
+    api2 = None
+    if audience2:
+        api2 = APISettings(issuer=api.issuer, audience=audience2, jwks_uri=api.jwks_uri, leeway=leeway)
+    return DevstackSettings(idp=idp, api=api, idp2=idp2, api2=api2)
+
+
+def _provider(reader, key, path, issuer, audience, audiences, client_id, key_file) -> ProviderSettings:
+    redirect_uris = reader.urls(f"{key}.redirect_uris")
+    if not redirect_uris:
+        raise SettingsError(f"{PREFIX}{key}.redirect_uris: required setting is missing")
+    client = ClientRegistration(
+        client_id=reader.string(f"{key}.client_id", client_id),
+        client_secret=reader.string(f"{key}.client_secret", "development-only-client-secret"),
+        redirect_uris=redirect_uris,
+        post_logout_redirect_uris=reader.urls(f"{key}.post_logout_redirect_uris"),
+        backchannel_logout_uri=reader.url(f"{key}.backchannel_logout_uri"),
+    )
+    return ProviderSettings(
+        issuer=issuer,
+        client=client,
+        key_file=Path(reader.string(f"{key}.key_file", key_file)),
+        access_token_lifetime=reader.seconds(f"{key}.access_token_lifetime", 300),
+        id_token_lifetime=reader.seconds(f"{key}.id_token_lifetime", 300),
+        refresh_token_lifetime=reader.seconds(f"{key}.refresh_token_lifetime", 30 * 86400),
+        rotate_refresh_tokens=reader.boolean(f"{key}.rotate_refresh_tokens", True),
+        api_audience=audience,
+        audiences=audiences,
+        path=path,
+    )

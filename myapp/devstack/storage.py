@@ -28,6 +28,7 @@ class Stat(StrEnum):
     REVOCATIONS = "revocations"
     BACKCHANNEL_LOGOUTS_SENT = "backchannel_logouts_sent"
     BACKCHANNEL_LOGOUT_FAILURES = "backchannel_logout_failures"
+    TOKEN_EXCHANGES = "token_exchanges"
 
 
 class Stats:

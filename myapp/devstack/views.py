@@ -2,11 +2,12 @@
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import OAuth2Error
-from pyramid.httpexceptions import HTTPFound
+from pyramid.httpexceptions import HTTPFound, HTTPNotFound
 from pyramid.security import NO_PERMISSION_REQUIRED
 
 from myapp.devstack.models import user_name_problem
-from myapp.devstack.provider import PROVIDER, AccessTokenRefused
+from myapp.devstack.provider import PROVIDERS, AccessTokenRefused
+from myapp.devstack.server import ACCESS_TOKEN_TYPE, AUDIENCE, TOKEN_EXCHANGE
 from myapp.devstack.web import (
     CSRF_FIELD,
     SESSION_COOKIE,
@@ -20,18 +21,20 @@ from myapp.devstack.web import (
     set_provider_cookie,
 )
 
+# Each issuer lives under its own path: /_dev/idp, and /_dev/idp2 when a second one is configured.
+_BASE = "/_dev/{idp:idp2?}"
 ROUTES = {
-    "devstack.idp.root": "/_dev/idp",
-    "devstack.idp.home": "/_dev/idp/",
-    "devstack.idp.discovery": "/_dev/idp/.well-known/openid-configuration",
-    "devstack.idp.jwks": "/_dev/idp/jwks",
-    "devstack.idp.authorize": "/_dev/idp/authorize",
-    "devstack.idp.sign_in": "/_dev/idp/login",
-    "devstack.idp.token": "/_dev/idp/token",
-    "devstack.idp.userinfo": "/_dev/idp/userinfo",
-    "devstack.idp.revoke": "/_dev/idp/revoke",
-    "devstack.idp.logout": "/_dev/idp/logout",
-    "devstack.idp.stats": "/_dev/idp/stats",
+    "devstack.idp.root": _BASE,
+    "devstack.idp.home": _BASE + "/",
+    "devstack.idp.discovery": _BASE + "/.well-known/openid-configuration",
+    "devstack.idp.jwks": _BASE + "/jwks",
+    "devstack.idp.authorize": _BASE + "/authorize",
+    "devstack.idp.sign_in": _BASE + "/login",
+    "devstack.idp.token": _BASE + "/token",
+    "devstack.idp.userinfo": _BASE + "/userinfo",
+    "devstack.idp.revoke": _BASE + "/revoke",
+    "devstack.idp.logout": _BASE + "/logout",
+    "devstack.idp.stats": _BASE + "/stats",
 }
 # Fields of the provider's own forms, never part of the authorization request they carry.
 FORM_FIELDS = frozenset({"name", "action", CSRF_FIELD})
@@ -45,7 +48,15 @@ def includeme(config):
 
 
 def provider_of(request):
-    return request.registry[PROVIDER]
+    """The issuer this request is for (404 for /_dev/idp2 when no second issuer is configured)."""
+    provider = request.registry[PROVIDERS].get(request.matchdict.get("idp", "idp"))
+    if provider is None:
+        raise HTTPNotFound()
+    return provider
+
+
+def route(request, name: str) -> str:
+    return request.route_path(name, idp=request.matchdict.get("idp", "idp"))
 
 
 def browser_session(request):
@@ -59,7 +70,7 @@ def carried_params(payload):
 
 @devstack_view(route_name="devstack.idp.root")
 def root(request):
-    return HTTPFound(location=request.route_path("devstack.idp.home"))
+    return HTTPFound(location=route(request, "devstack.idp.home"))
 
 
 @devstack_view(route_name="devstack.idp.home", request_method="GET")
@@ -126,7 +137,7 @@ def sign_in(request):
         return sign_in_page(request, grant, name=name, problem=problem)
     session_key, login = provider.sign_in(request.cookies.get(SESSION_COOKIE), name)
     response = provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
-    set_provider_cookie(response, SESSION_COOKIE, session_key, secure=provider.settings.secure_cookies)
+    set_provider_cookie(response, SESSION_COOKIE, session_key, secure=provider.settings.secure_cookies, path=provider.settings.path)
     return response
 
 
@@ -137,7 +148,7 @@ def sign_in_page(request, grant, *, name="", problem=None):
         "sign_in.jinja2",
         status=400 if problem else 200,
         form_action=provider.form_action_origins,
-        action=request.route_path("devstack.idp.sign_in"),
+        action=route(request, "devstack.idp.sign_in"),
         params=carried_params(grant.request.payload),
         client_id=grant.request.client.get_client_id(),
         name=name,
@@ -162,7 +173,47 @@ def authorization_error(request, error):
 
 @devstack_view(route_name="devstack.idp.token", request_method="POST")
 def token(request):
-    return provider_of(request).server.create_token_response(request)
+    provider = provider_of(request)
+    if request.POST.get("grant_type") == TOKEN_EXCHANGE:
+        return token_exchange(request, provider)
+    targets = requested_audiences(request, provider)
+    if isinstance(targets, str):
+        return token_error("invalid_target", targets)
+    with AUDIENCE.using(targets):
+        return provider.server.create_token_response(request)
+
+
+def requested_audiences(request, provider) -> tuple[str, ...] | str | None:
+    """RFC 8707 ``resource`` (one or more) or Auth0-style ``audience``: the APIs the access token
+    is for; None for the default. A string says why the target is refused."""
+    targets = tuple(request.POST.getall("resource")) or tuple(request.POST.getall("audience"))
+    if not targets:
+        return None
+    unknown = [t for t in targets if t not in provider.settings.audiences]
+    if unknown:
+        return f"This provider issues no tokens for {unknown[0][:200]!r}."
+    return targets
+
+
+def token_error(error: str, description: str, status: int = 400):
+    return json_response({"error": error, "error_description": description}, status=status)
+
+
+def token_exchange(request, provider):
+    """RFC 8693: an access token this issuer minted, traded for one with another audience."""
+    if not provider.client_authenticated(request):
+        return token_error("invalid_client", "Client authentication failed.", 401)
+    if request.POST.get("subject_token_type") != ACCESS_TOKEN_TYPE or not request.POST.get("subject_token"):
+        return token_error("invalid_request", "A subject_token of type access_token is required.")
+    targets = requested_audiences(request, provider)
+    if isinstance(targets, str):
+        return token_error("invalid_target", targets)
+    if not targets:
+        return token_error("invalid_target", "Name the API with resource or audience.")
+    exchanged = provider.exchange(request.POST["subject_token"], targets, request.POST.get("scope"))
+    if exchanged is None:
+        return token_error("invalid_grant", "The subject token is unknown, expired, revoked or from another issuer.")
+    return json_response(exchanged)
 
 
 @devstack_view(route_name="devstack.idp.revoke", request_method="POST")
@@ -214,7 +265,7 @@ def end_session(request):
         return render(
             request,
             "sign_out.jinja2",
-            action=request.route_path("devstack.idp.logout"),
+            action=route(request, "devstack.idp.logout"),
             params=carried_params(end_request.request.payload),
             csrf_token=csrf_token(request, secure=provider.settings.secure_cookies),
         )
@@ -227,7 +278,7 @@ def end_session(request):
     else:
         response = render(request, "signed_out.jinja2", return_to=_return_link(end_request))
     if session is not None and session in ending:
-        set_provider_cookie(response, SESSION_COOKIE, None, secure=provider.settings.secure_cookies)
+        set_provider_cookie(response, SESSION_COOKIE, None, secure=provider.settings.secure_cookies, path=provider.settings.path)
     return response
 
 

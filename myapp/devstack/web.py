@@ -52,8 +52,13 @@ def method_not_allowed(request) -> Response:
 def render(request, template: str, *, form_action=(), status: int = 200, **values) -> Response:
     """A page, with headers as strict as the BFF's; ``form_action`` lists the origins its forms
     may end up at (browsers apply form-action to the redirect that follows a form POST)."""
+    idp = (request.matchdict or {}).get("idp", "idp")
     body = _templates.get_template(template).render(
-        request=request, stylesheet=request.static_path(STYLESHEET), csrf_field=CSRF_FIELD, **values
+        request=request,
+        stylesheet=request.static_path(STYLESHEET),
+        csrf_field=CSRF_FIELD,
+        route=lambda name: request.route_path(name, idp=idp),
+        **values,
     )
     response = Response(body, status=status, content_type="text/html", charset="utf-8")
     sources = " ".join(["'self'", *form_action])
@@ -72,12 +77,13 @@ def render(request, template: str, *, form_action=(), status: int = 200, **value
     return response
 
 
-def set_provider_cookie(response: Response, name: str, value: str | None, *, secure: bool) -> None:
-    """Set (or, with ``None``, delete) a cookie that only the provider's paths ever see."""
+def set_provider_cookie(response: Response, name: str, value: str | None, *, secure: bool, path: str = IDP_PATH) -> None:
+    """Set (or, with ``None``, delete) a cookie that only this issuer's paths ever see (a cookie
+    for /_dev/idp is not sent to /_dev/idp2)."""
     if value is None:
-        response.delete_cookie(name, path=IDP_PATH)
+        response.delete_cookie(name, path=path)
         return
-    response.set_cookie(name, value, path=IDP_PATH, httponly=True, samesite="Lax", secure=secure)
+    response.set_cookie(name, value, path=path, httponly=True, samesite="Lax", secure=secure)
 
 
 def csrf_token(request, *, secure: bool) -> str:
@@ -85,8 +91,9 @@ def csrf_token(request, *, secure: bool) -> str:
     token = request.cookies.get(CSRF_COOKIE, "")
     if not _TOKEN.fullmatch(token):
         token = secrets.token_urlsafe(32)
+        path = "/_dev/" + request.matchdict.get("idp", "idp") if request.matchdict else IDP_PATH
         request.add_response_callback(
-            lambda request, response: set_provider_cookie(response, CSRF_COOKIE, token, secure=secure)
+            lambda request, response: set_provider_cookie(response, CSRF_COOKIE, token, secure=secure, path=path)
         )
     return token
 

@@ -53,27 +53,39 @@ def dashboard(request):
 
 
 def _upstream_notes(request) -> dict:
-    """The user's notes from the configured upstream, fetched here with the same token service
-    the browser's calls go through. A session that can no longer be refreshed ends the page
-    (LoginRequired propagates); a provider or upstream problem only empties the card."""
-    upstream = request.services.settings.dashboard_upstream
-    if upstream is None or not request.services.settings.upstreams[upstream].accepts(request.identity.session.provider):
-        return {"notes_api": None}
+    """The user's notes from each configured upstream (that their provider may call), fetched here
+    with the same token service the browser's calls go through. A session that can no longer be
+    refreshed ends the page (LoginRequired propagates); a provider or upstream problem only
+    empties that card."""
+    settings = request.services.settings
+    provider = request.identity.session.provider
+    names = [name for name in settings.dashboard_upstreams if settings.upstreams[name].accepts(provider)]
+    return {"notes_cards": [_notes_card(request, name, index) for index, name in enumerate(names)]}
+
+
+def _notes_card(request, upstream: str, index: int) -> dict:
     problem, notes = None, None
     try:
         document = request.services.proxy.get_json(
             upstream, "notes", functools.partial(request.access_token, upstream=upstream)
         )
     except UpstreamTokenRefused:
-        problem = "The sign-in provider would not issue a token for the notes service."
+        problem = "The sign-in provider would not issue a token for this notes service."
     except ProviderUnavailable:
         problem = "The sign-in provider is not answering, so your notes cannot be loaded right now."
     except APIError as e:
-        log.info("dashboard notes unavailable: %s", e.code)
+        log.info("dashboard notes of %s unavailable: %s", upstream, e.code)
         problem = "The notes service is not answering right now."
     else:
         if isinstance(document, dict) and isinstance(document.get("notes"), list):
             notes = [n for n in document["notes"] if isinstance(n, dict) and isinstance(n.get("text"), str)]
         else:
             problem = "The notes service gave an answer this page cannot read."
-    return {"notes_api": request.route_path("api", upstream=upstream, subpath=()), "notes": notes, "notes_problem": problem}
+    return {
+        "id": "notes" if index == 0 else f"notes-{upstream}",
+        "upstream": upstream,
+        "title": "Your notes" if index == 0 else f"Your notes at {upstream}",
+        "api": request.route_path("api", upstream=upstream, subpath=()),
+        "notes": notes,
+        "problem": problem,
+    }

@@ -54,7 +54,8 @@ def devstack_settings(base_url: str, **settings) -> dict:
         "devstack.idp.post_logout_redirect_uris": POST_LOGOUT_REDIRECT_URI,
         "devstack.idp.key_file": str(shared_key_file()),
     }
-    return {**defaults, **settings}
+    # "{base}" in a value stands for the stack's own base URL (known only once it listens).
+    return {**defaults, **{k: v.replace("{base}", base_url) if isinstance(v, str) else v for k, v in settings.items()}}
 
 
 @contextmanager
