@@ -23,6 +23,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import exception_view_config
 
 from myapp.devstack.keys import ALGORITHM
+from myapp.devstack.models import MFA_ACR
 from myapp.devstack.settings import APISettings
 from myapp.devstack.web import bearer_token, devstack_view, json_response, method_not_allowed
 
@@ -47,6 +48,7 @@ ROUTES = {
     "devstack.api.notes": _BASE + "/notes",
     "devstack.api.note": _BASE + "/notes/{id}",
     "devstack.api.ping": _BASE + "/ping",
+    "devstack.api.sensitive": _BASE + "/sensitive",
     "devstack.api.echo": _BASE + "/echo/*rest",
     "devstack.api.bytes": _BASE + "/bytes",
     "devstack.api.upload": _BASE + "/upload",
@@ -303,6 +305,20 @@ def keys_unavailable(exc, request):
 def ping(request):
     authenticate(request)
     return json_response({"pong": True})
+
+
+@devstack_view(route_name="devstack.api.sensitive", request_method="GET")
+def sensitive(request):
+    """Something that needs a second factor: without the MFA acr, the RFC 9470 challenge."""
+    claims = authenticate(request)
+    if claims.get("acr") != MFA_ACR:
+        message = "A second factor is required."
+        challenge = (
+            f'Bearer realm="{REALM}", error="insufficient_user_authentication", '
+            f'error_description="{message}", acr_values="{MFA_ACR}"'
+        )
+        raise APIProblem(401, "insufficient_user_authentication", message, {"WWW-Authenticate": challenge})
+    return json_response({"sub": claims["sub"], "secret": "only after a second factor", "acr": claims["acr"]})
 
 
 @devstack_view(route_name="devstack.api.me", request_method="GET")

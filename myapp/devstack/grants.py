@@ -129,7 +129,10 @@ class IDTokenClaims:
     def generate_user_info(self, user, scope):
         login = user.login
         # auth_time is the original sign-in, also in ID tokens from a refresh (Core 12.2).
-        return {**login.user.claims(scope), "sid": login.sid, "auth_time": login.auth_time}
+        return {
+            **login.user.claims(scope), "sid": login.sid, "auth_time": login.auth_time,
+            "acr": login.acr, "amr": list(login.amr),
+        }
 
 
 class OpenIDCode(IDTokenClaims, oidc_grants.OpenIDCode):
@@ -144,7 +147,7 @@ class OpenIDCode(IDTokenClaims, oidc_grants.OpenIDCode):
         data = grant.request.payload.data
         if "request" in data:
             raise RequestNotSupportedError()
-        if "request_uri" in data:
+        if "request_uri" in data:  # a pushed request is unpacked by the view before Authlib sees it
             raise RequestURINotSupportedError()
         super().validate_openid_authorization_request(grant, redirect_uri)
 

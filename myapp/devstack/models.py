@@ -15,7 +15,10 @@ from myapp.devstack.settings import ClientRegistration
 
 USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ADMIN_PREFIX = "admin"
-CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+# The acr of a sign-in confirmed with the sign-in page's second factor, and of one without.
+MFA_ACR = "urn:myapp:mfa"
+PASSWORD_ACR = "urn:myapp:pwd"
 GRANT_TYPES = ("authorization_code", "refresh_token")
 SCOPES = ("openid", "profile", "email", "offline_access")
 
@@ -117,6 +120,8 @@ class ProviderSession:
     user: User
     auth_time: int
     client_ids: set[str] = field(default_factory=set)
+    acr: str = PASSWORD_ACR
+    amr: tuple[str, ...] = ("pwd",)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ class Login:
     user: User
     sid: str
     auth_time: int
+    acr: str = PASSWORD_ACR
+    amr: tuple[str, ...] = ("pwd",)
 
     def get_user_id(self):
         return self.user.subject

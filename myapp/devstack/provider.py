@@ -5,12 +5,24 @@ import hmac
 import logging
 import re
 import secrets
+import threading
 import time
 from urllib.parse import unquote_plus
 
 from myapp.devstack.backchannel import BackchannelNotifier
+from myapp.devstack.client_auth import ClientAssertions, load_client_keys
 from myapp.devstack.keys import ALGORITHM, TokenSigner, load_or_create_signing_key
-from myapp.devstack.models import CLIENT_AUTH_METHODS, GRANT_TYPES, SCOPES, Client, Login, ProviderSession, User
+from myapp.devstack.models import (
+    CLIENT_AUTH_METHODS,
+    GRANT_TYPES,
+    MFA_ACR,
+    PASSWORD_ACR,
+    SCOPES,
+    Client,
+    Login,
+    ProviderSession,
+    User,
+)
 from myapp.devstack.server import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE, AuthorizationServer
 from myapp.devstack.settings import ProviderSettings, origin_of
 from myapp.devstack.storage import ProviderStore, Stat, new_login
@@ -22,6 +34,15 @@ PROVIDERS = "myapp.devstack.providers"
 
 MAX_AGE = re.compile(r"[0-9]{1,10}")
 CLAIMS = tuple("sub iss aud exp iat auth_time nonce sid at_hash name email email_verified groups".split())
+
+
+# The code the sign-in page's simulated second factor accepts (a development stack, not a secret).
+SECOND_FACTOR_CODE = "123456"
+PAR_LIFETIME = 60
+
+
+def wants_second_factor(acr_values: str | None) -> bool:
+    return MFA_ACR in (acr_values or "").split()
 
 
 class AccessTokenRefused(Exception):
@@ -41,6 +62,14 @@ class Provider:
         self.store = ProviderStore()
         self.client = Client.from_registration(settings.client)
         self.server = AuthorizationServer(settings=settings, store=self.store, signer=self.signer, client=self.client)
+        self.assertions = ClientAssertions(
+            client_id=self.client.client_id,
+            keys=load_client_keys(settings.client_keys),
+            audiences=(self.issuer, self.endpoint("token"), self.endpoint("par"), self.endpoint("revoke")),
+        )
+        self.server.register_client_auth_method("private_key_jwt", self.assertions.authenticate)
+        self._pushed: dict[str, tuple[float, list]] = {}
+        self._pushed_lock = threading.Lock()
         self.notifier = BackchannelNotifier(
             issuer=self.issuer, signer=self.signer, clients=self.server.clients, stats=self.store.stats
         )
@@ -70,30 +99,37 @@ class Provider:
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
             "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
-            "claims_supported": list(CLAIMS),
+            "claims_supported": [*CLAIMS, "acr", "amr"],
+            "acr_values_supported": [PASSWORD_ACR, MFA_ACR],
+            "pushed_authorization_request_endpoint": self.endpoint("par"),
+            "require_pushed_authorization_requests": self.settings.require_par,
+            "token_endpoint_auth_signing_alg_values_supported": ["PS256", "RS256", "ES256"],
             "prompt_values_supported": ["none", "login", "consent", "select_account"],
             "claims_parameter_supported": False,
             "request_parameter_supported": False,
-            "request_uri_parameter_supported": False,
+            "request_uri_parameter_supported": False,  # PAR's request_uri only (RFC 9126)
             "backchannel_logout_supported": True,
             "backchannel_logout_session_supported": True,
             "authorization_response_iss_parameter_supported": True,
         }
 
-    def login_for(self, session: ProviderSession | None, max_age: str | None) -> Login | None:
-        """The browser's current login, unless it is older than ``max_age`` seconds (Core 3.1.2.1)."""
+    def login_for(self, session: ProviderSession | None, max_age: str | None, acr_values: str | None = None) -> Login | None:
+        """The browser's current login, unless it is older than ``max_age`` seconds (Core 3.1.2.1)
+        or weaker than the second factor ``acr_values`` asks for."""
         if session is None:
             return None
         if max_age is not None and MAX_AGE.fullmatch(max_age) and time.time() - session.auth_time > int(max_age):
             return None
+        if wants_second_factor(acr_values) and session.acr != MFA_ACR:
+            return None
         return new_login(session)
 
-    def sign_in(self, session_key: str | None, name: str) -> tuple[str, Login]:
+    def sign_in(self, session_key: str | None, name: str, *, second_factor: bool = False) -> tuple[str, Login]:
         """Sign ``name`` in, in the browser holding ``session_key``; returns its cookie value and login.
 
         Signing in as someone else ends the browser's previous session, with back-channel logouts.
         """
-        key, session, ended = self.store.sign_in(session_key, User(name))
+        key, session, ended = self.store.sign_in(session_key, User(name), second_factor=second_factor)
         log.info("devstack provider: %s signed in", name)
         if ended is not None:
             self.notifier.notify(ended)
@@ -119,7 +155,10 @@ class Provider:
                 self.notifier.notify(session)
 
     def client_authenticated(self, request) -> bool:
-        """The client's secret, by Basic credentials (form-urlencoded first, RFC 6749 2.3.1) or in the form."""
+        """The client's assertion (private_key_jwt), or its secret by Basic credentials
+        (form-urlencoded first, RFC 6749 2.3.1) or in the form."""
+        if request.POST.get("client_assertion_type"):
+            return self.assertions.verify(request.POST)
         header = request.headers.get("Authorization", "")
         if header.startswith("Basic "):
             try:
@@ -158,6 +197,23 @@ class Provider:
             "expires_in": lifetime,
             "scope": granted,
         }
+
+    def push(self, params: list) -> str:
+        """RFC 9126: keep an authorization request for a minute; its single-use request_uri."""
+        request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(24)
+        now = time.time()
+        with self._pushed_lock:
+            self._pushed = {k: v for k, v in self._pushed.items() if v[0] > now}
+            self._pushed[request_uri] = (now + PAR_LIFETIME, params)
+        return request_uri
+
+    def pulled(self, request_uri: str, client_id: str | None) -> list | None:
+        """The pushed request (spent), when it is live and the client named is the one that pushed it."""
+        with self._pushed_lock:
+            expires, params = self._pushed.pop(request_uri, (0.0, None))
+        if params is None or expires <= time.time() or dict(params).get("client_id") != client_id:
+            return None
+        return params
 
     def userinfo(self, access_token: str) -> dict:
         record = self.store.active_access_token(access_token)

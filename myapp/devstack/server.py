@@ -143,6 +143,7 @@ class TokenIssuer:
             "client_id": client.get_client_id(),
             "sid": family.login.sid,
             "auth_time": family.login.auth_time,
+            "acr": family.login.acr,
         }
         token = {
             "token_type": "Bearer",

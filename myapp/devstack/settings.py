@@ -23,6 +23,7 @@ API2_PATH = "/_dev/api2"
 _PROVIDER_KEYS = (
     "issuer", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris", "backchannel_logout_uri",
     "key_file", "access_token_lifetime", "id_token_lifetime", "refresh_token_lifetime", "rotate_refresh_tokens",
+    "require_par", "client_keys",
 )
 MAX_API_LEEWAY = 30
 
@@ -62,6 +63,10 @@ class ProviderSettings:
     # Every audience this provider mints access tokens for (RFC 8707 resource, or audience).
     audiences: tuple[str, ...] = ()
     path: str = IDP_PATH
+    # RFC 9126: refuse authorization requests that were not pushed first.
+    require_par: bool = False
+    # private_key_jwt: PEM files of the keys the client signs its assertions with (their public parts are used).
+    client_keys: tuple[Path, ...] = ()
 
     @property
     def secure_cookies(self) -> bool:
@@ -236,4 +241,6 @@ def _provider(reader, key, path, issuer, audience, audiences, client_id, key_fil
         api_audience=audience,
         audiences=audiences,
         path=path,
+        require_par=reader.boolean(f"{key}.require_par", False),
+        client_keys=tuple(Path(p) for p in (reader.string(f"{key}.client_keys") or "").split()),
     )

@@ -13,7 +13,16 @@ import time
 from collections import Counter
 from enum import StrEnum
 
-from myapp.devstack.models import AuthorizationCode, IssuedToken, Login, ProviderSession, TokenFamily, User
+from myapp.devstack.models import (
+    MFA_ACR,
+    PASSWORD_ACR,
+    AuthorizationCode,
+    IssuedToken,
+    Login,
+    ProviderSession,
+    TokenFamily,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +86,9 @@ class ProviderStore:
         with self._lock:
             return next((s for s in self._sessions.values() if s.sid == sid), None)
 
-    def sign_in(self, key: str | None, user: User) -> tuple[str, ProviderSession, ProviderSession | None]:
+    def sign_in(
+        self, key: str | None, user: User, *, second_factor: bool = False
+    ) -> tuple[str, ProviderSession, ProviderSession | None]:
         """Authenticate ``user`` in the browser holding session ``key``.
 
         The same user keeps the session (and its sid) with a fresh ``auth_time``; another user
@@ -88,11 +99,15 @@ class ProviderStore:
             current = self._sessions.get(digest(key)) if key else None
             if current is not None and current.user == user:
                 current.auth_time = now
+                current.acr, current.amr = _strength(second_factor)
                 return key, current, None
             if current is not None:
                 del self._sessions[current.key_hash]
             new_key = secrets.token_urlsafe(32)
-            session = ProviderSession(key_hash=digest(new_key), sid=secrets.token_urlsafe(16), user=user, auth_time=now)
+            acr, amr = _strength(second_factor)
+            session = ProviderSession(
+                key_hash=digest(new_key), sid=secrets.token_urlsafe(16), user=user, auth_time=now, acr=acr, amr=amr
+            )
             self._sessions[session.key_hash] = session
             return new_key, session, current
 
@@ -219,4 +234,8 @@ class ProviderStore:
 
 
 def new_login(session: ProviderSession) -> Login:
-    return Login(user=session.user, sid=session.sid, auth_time=session.auth_time)
+    return Login(user=session.user, sid=session.sid, auth_time=session.auth_time, acr=session.acr, amr=session.amr)
+
+
+def _strength(second_factor: bool) -> tuple[str, tuple[str, ...]]:
+    return (MFA_ACR, ("pwd", "otp")) if second_factor else (PASSWORD_ACR, ("pwd",))

@@ -1,12 +1,20 @@
 """The development provider's endpoints under /_dev/idp: thin views over :class:`Provider`."""
 
+from urllib.parse import urlencode
+
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import OAuth2Error
 from pyramid.httpexceptions import HTTPFound, HTTPNotFound
 from pyramid.security import NO_PERMISSION_REQUIRED
 
 from myapp.devstack.models import user_name_problem
-from myapp.devstack.provider import PROVIDERS, AccessTokenRefused
+from myapp.devstack.provider import (
+    PAR_LIFETIME,
+    PROVIDERS,
+    SECOND_FACTOR_CODE,
+    AccessTokenRefused,
+    wants_second_factor,
+)
 from myapp.devstack.server import ACCESS_TOKEN_TYPE, AUDIENCE, TOKEN_EXCHANGE
 from myapp.devstack.web import (
     CSRF_FIELD,
@@ -31,13 +39,16 @@ ROUTES = {
     "devstack.idp.authorize": _BASE + "/authorize",
     "devstack.idp.sign_in": _BASE + "/login",
     "devstack.idp.token": _BASE + "/token",
+    "devstack.idp.par": _BASE + "/par",
     "devstack.idp.userinfo": _BASE + "/userinfo",
     "devstack.idp.revoke": _BASE + "/revoke",
     "devstack.idp.logout": _BASE + "/logout",
     "devstack.idp.stats": _BASE + "/stats",
 }
 # Fields of the provider's own forms, never part of the authorization request they carry.
-FORM_FIELDS = frozenset({"name", "action", CSRF_FIELD})
+FORM_FIELDS = frozenset({"name", "action", "otp", CSRF_FIELD})
+# What a pushed request keeps: never the client's credentials.
+CREDENTIALS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
 
 
 def includeme(config):
@@ -105,8 +116,11 @@ def authorize(request):
     """The authorization endpoint: a code straight away when the browser is signed in here and
     nothing asks otherwise, else the sign-in page."""
     provider = provider_of(request)
+    unpacked = unpack_pushed_request(request, provider)
+    if unpacked is not None:
+        return unpacked
     session = browser_session(request)
-    login = provider.login_for(session, request.params.get("max_age"))
+    login = provider.login_for(session, request.params.get("max_age"), request.params.get("acr_values"))
     try:
         grant = provider.server.get_consent_grant(request, end_user=login)
     except OAuth2Error as error:
@@ -115,6 +129,40 @@ def authorize(request):
         name = session.user.subject if session else request.params.get("login_hint", "")
         return sign_in_page(request, grant, name=name)
     return provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
+
+
+def unpack_pushed_request(request, provider):
+    """RFC 9126: a request_uri stands for the request pushed before (single use); without one, a
+    provider that requires pushed requests refuses. None when the request may go on."""
+    request_uri = request.params.get("request_uri")
+    if request_uri is None:
+        if provider.settings.require_par:
+            return render(request, "error.jinja2", status=400, title="This sign-in request was refused",
+                          message="invalid_request: this provider requires pushed authorization requests.")
+        return None
+    params = provider.pulled(request_uri, request.params.get("client_id"))
+    if params is None:
+        return render(request, "error.jinja2", status=400, title="This sign-in request was refused",
+                      message="invalid_request_uri: the request_uri is unknown, used or expired.")
+    # From here on the request is the pushed one, as if the browser had carried its parameters.
+    request.query_string = urlencode(params)
+    if request.method == "POST":
+        request.method = "GET"
+    return None
+
+
+@devstack_view(route_name="devstack.idp.par", request_method="POST")
+def pushed_authorization_request(request):
+    """RFC 9126: the client pushes its authorization request; 201 with a request_uri."""
+    provider = provider_of(request)
+    if not provider.client_authenticated(request):
+        return token_error("invalid_client", "Client authentication failed.", 401)
+    params = [(k, v) for k, v in request.POST.items() if k not in CREDENTIALS]
+    if "request_uri" in dict(params) or dict(params).get("client_id") != provider.client.client_id:
+        return token_error("invalid_request", "A pushed request names this client and carries no request_uri.")
+    if dict(params).get("redirect_uri") not in provider.client.redirect_uris:
+        return token_error("invalid_request", "The redirect_uri is not registered for this client.")
+    return json_response({"request_uri": provider.push(params), "expires_in": PAR_LIFETIME}, status=201)
 
 
 @devstack_view(route_name="devstack.idp.sign_in", request_method="POST")
@@ -135,7 +183,10 @@ def sign_in(request):
     problem = user_name_problem(name)
     if problem is not None:
         return sign_in_page(request, grant, name=name, problem=problem)
-    session_key, login = provider.sign_in(request.cookies.get(SESSION_COOKIE), name)
+    second_factor = wants_second_factor(request.POST.get("acr_values"))
+    if second_factor and request.POST.get("otp", "").strip() != SECOND_FACTOR_CODE:
+        return sign_in_page(request, grant, name=name, problem="That code is not right. Type the code from your authenticator.")
+    session_key, login = provider.sign_in(request.cookies.get(SESSION_COOKIE), name, second_factor=second_factor)
     response = provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
     set_provider_cookie(response, SESSION_COOKIE, session_key, secure=provider.settings.secure_cookies, path=provider.settings.path)
     return response
@@ -153,6 +204,8 @@ def sign_in_page(request, grant, *, name="", problem=None):
         client_id=grant.request.client.get_client_id(),
         name=name,
         problem=problem,
+        second_factor=wants_second_factor(grant.request.payload.data.get("acr_values")),
+        second_factor_code=SECOND_FACTOR_CODE,
         csrf_token=csrf_token(request, secure=provider.settings.secure_cookies),
     )
 

@@ -17,7 +17,7 @@ def test_metadata(devstack, metadata):
     assert metadata["subject_types_supported"] == ["public"]
     assert metadata["id_token_signing_alg_values_supported"] == ["RS256"]
     assert metadata["code_challenge_methods_supported"] == ["S256"]
-    assert metadata["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post"]
+    assert metadata["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "private_key_jwt"]
     assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"}
     assert {"openid", "profile", "email", "offline_access"} <= set(metadata["scopes_supported"])
     assert {"sub", "name", "email", "email_verified", "groups", "sid"} <= set(metadata["claims_supported"])

@@ -1,0 +1,184 @@
+"""The development provider's enterprise features (issue 12): private_key_jwt client
+authentication, pushed authorization requests, acr_values/max_age with a second-factor step, and
+the demo API's RFC 9470 challenge, over real HTTP."""
+
+import secrets
+import time
+from urllib.parse import urlencode
+
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from tests.devstack.flows import oauth_client, page_form, query_of, submit_form
+from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, running_devstack
+from tests.e2e.product import jwt_claims
+from tests.support.keys import pem_of, rsa_key
+
+MFA = "urn:myapp:mfa"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture(scope="module")
+def client_key(tmp_path_factory):
+    key = rsa_key()
+    path = tmp_path_factory.mktemp("client") / "client.pem"
+    path.write_text(pem_of(key))
+    return path, RSAKey.import_key(pem_of(key))
+
+
+@pytest.fixture(scope="module")
+def stack(client_key):
+    with running_devstack(**{"devstack.idp.client_keys": str(client_key[0])}) as base:
+        yield base
+
+
+def metadata(base):
+    return requests.get(base + "/_dev/idp/.well-known/openid-configuration", timeout=5).json()
+
+
+def assertion(key, audience, **overrides):
+    now = int(time.time())
+    claims = {"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": audience, "jti": secrets.token_urlsafe(16), "iat": now, "exp": now + 60}
+    claims.update(overrides)
+    key.ensure_kid()
+    return jwt.encode({"alg": "RS256", "kid": key.kid}, {k: v for k, v in claims.items() if v is not None}, key)
+
+
+def code_flow(base, *, params=(), name="alice", otp=None):
+    """Authorization (plain or PAR), the sign-in page, and the code; returns (callback query, verifier)."""
+    m = metadata(base)
+    with oauth_client() as client:
+        verifier = secrets.token_urlsafe(48)
+        url, state = client.create_authorization_url(m["authorization_endpoint"], code_verifier=verifier, nonce=secrets.token_urlsafe(8), **dict(params))
+    browser = requests.Session()
+    page = browser.get(url, allow_redirects=False)
+    if page.status_code == 200:
+        values = {"name": name, **({"otp": otp} if otp is not None else {})}
+        page = submit_form(browser, page, **values)
+    return page, verifier, browser
+
+
+def exchange(base, code, verifier, **auth):
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI, "code_verifier": verifier, **auth}
+    return requests.post(metadata(base)["token_endpoint"], data=data, timeout=5)
+
+
+def test_metadata_advertises_par_acr_and_key_authentication(stack):
+    m = metadata(stack)
+    assert m["pushed_authorization_request_endpoint"] == stack + "/_dev/idp/par"
+    assert m["require_pushed_authorization_requests"] is False
+    assert "private_key_jwt" in m["token_endpoint_auth_methods_supported"]
+    assert m["acr_values_supported"] == ["urn:myapp:pwd", MFA]
+
+
+def test_private_key_jwt_authenticates_the_client(stack, client_key):
+    page, verifier, _ = code_flow(stack)
+    code = query_of(page.headers["Location"])["code"]
+    token = exchange(stack, code, verifier, client_id=CLIENT_ID, client_assertion_type=ASSERTION_TYPE,
+                     client_assertion=assertion(client_key[1], stack + "/_dev/idp"))
+    assert token.status_code == 200, token.text
+
+
+@pytest.mark.parametrize(
+    "overrides, audience",
+    [
+        ({"exp": int(time.time()) - 10}, None),
+        ({"iss": "someone-else"}, None),
+        ({}, "https://elsewhere.example"),
+        ({"jti": None}, None),
+    ],
+)
+def test_bad_assertions_are_refused(stack, client_key, overrides, audience):
+    page, verifier, _ = code_flow(stack)
+    code = query_of(page.headers["Location"])["code"]
+    token = exchange(stack, code, verifier, client_id=CLIENT_ID, client_assertion_type=ASSERTION_TYPE,
+                     client_assertion=assertion(client_key[1], audience or stack + "/_dev/idp", **overrides))
+    assert token.status_code in (400, 401) and token.json()["error"] == "invalid_client"
+
+
+def test_a_replayed_assertion_is_refused(stack, client_key):
+    signed = assertion(client_key[1], stack + "/_dev/idp/token")
+    for expected in (200, 401):
+        page, verifier, _ = code_flow(stack)
+        code = query_of(page.headers["Location"])["code"]
+        answer = exchange(stack, code, verifier, client_id=CLIENT_ID, client_assertion_type=ASSERTION_TYPE, client_assertion=signed)
+        assert answer.status_code == expected
+
+
+def test_a_pushed_request_is_used_once(stack):
+    m = metadata(stack)
+    with oauth_client() as client:
+        verifier = secrets.token_urlsafe(48)
+        url, state = client.create_authorization_url(m["authorization_endpoint"], code_verifier=verifier, nonce=secrets.token_urlsafe(8))
+    params = query_of(url)
+    pushed = requests.post(m["pushed_authorization_request_endpoint"], data=params, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+    assert pushed.status_code == 201, pushed.text
+    request_uri = pushed.json()["request_uri"]
+    short = m["authorization_endpoint"] + "?" + urlencode({"client_id": CLIENT_ID, "request_uri": request_uri})
+    browser = requests.Session()
+    page = browser.get(short, allow_redirects=False)
+    assert page.status_code == 200
+    _, fields = page_form(page.text)
+    assert dict(fields)["state"] == state and "client_secret" not in dict(fields)
+    response = submit_form(browser, page, name="alice")
+    assert query_of(response.headers["Location"])["state"] == state
+    again = requests.get(short, allow_redirects=False, timeout=5)
+    assert again.status_code == 400 and "invalid_request_uri" in again.text
+
+
+def test_par_refuses_an_unauthenticated_client_and_foreign_redirects(stack):
+    m = metadata(stack)
+    params = {"client_id": CLIENT_ID, "response_type": "code", "redirect_uri": REDIRECT_URI, "scope": "openid"}
+    assert requests.post(m["pushed_authorization_request_endpoint"], data=params, timeout=5).status_code == 401
+    bad = {**params, "redirect_uri": "https://evil.example/cb"}
+    answer = requests.post(m["pushed_authorization_request_endpoint"], data=bad, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+    assert answer.status_code == 400
+
+
+def test_a_provider_that_requires_par_refuses_plain_requests():
+    with running_devstack(**{"devstack.idp.require_par": "true"}) as base:
+        assert metadata(base)["require_pushed_authorization_requests"] is True
+        page, _, _ = code_flow(base)
+        assert page.status_code == 400 and "requires pushed authorization requests" in page.text
+
+
+def test_acr_values_ask_for_the_second_factor(stack):
+    page, verifier, browser = code_flow(stack, params={"acr_values": MFA})
+    assert page.status_code == 400 and "That code is not right" in page.text  # no code typed
+    page = submit_form(browser, page, name="alice", otp="123456")
+    code = query_of(page.headers["Location"])["code"]
+    token = exchange(stack, code, verifier, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    claims = jwt_claims(token.json()["id_token"])
+    assert (claims["acr"], claims["amr"]) == (MFA, ["pwd", "otp"]) and claims["auth_time"] >= int(time.time()) - 5
+    assert jwt_claims(token.json()["access_token"])["acr"] == MFA
+
+
+def test_a_plain_sign_in_has_the_password_acr_and_is_asked_again_for_mfa(stack):
+    page, verifier, browser = code_flow(stack)
+    code = query_of(page.headers["Location"])["code"]
+    claims = jwt_claims(exchange(stack, code, verifier, client_id=CLIENT_ID, client_secret=CLIENT_SECRET).json()["id_token"])
+    assert (claims["acr"], claims["amr"]) == ("urn:myapp:pwd", ["pwd"])
+
+
+def test_the_demo_api_challenges_a_token_without_the_second_factor(stack):
+    page, verifier, _ = code_flow(stack)
+    code = query_of(page.headers["Location"])["code"]
+    weak = exchange(stack, code, verifier, client_id=CLIENT_ID, client_secret=CLIENT_SECRET).json()["access_token"]
+    refused = requests.get(stack + "/_dev/api/sensitive", headers={"Authorization": "Bearer " + weak}, timeout=5)
+    assert refused.status_code == 401
+    assert 'error="insufficient_user_authentication"' in refused.headers["WWW-Authenticate"]
+    assert f'acr_values="{MFA}"' in refused.headers["WWW-Authenticate"]
+    page, verifier, browser = code_flow(stack, params={"acr_values": MFA}, otp="123456")
+    code = query_of(page.headers["Location"])["code"]
+    strong = exchange(stack, code, verifier, client_id=CLIENT_ID, client_secret=CLIENT_SECRET).json()["access_token"]
+    assert requests.get(stack + "/_dev/api/sensitive", headers={"Authorization": "Bearer " + strong}, timeout=5).status_code == 200
+
+
+def test_max_age_zero_with_prompt_login_asks_again(stack):
+    page, _, browser = code_flow(stack)
+    with oauth_client() as client:
+        url, _ = client.create_authorization_url(metadata(stack)["authorization_endpoint"], code_verifier="v" * 48, nonce=secrets.token_urlsafe(8),
+                                                 max_age="0", prompt="login")
+    assert browser.get(url, allow_redirects=False).status_code == 200  # the sign-in page, not a code
