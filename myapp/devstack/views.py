@@ -158,6 +158,8 @@ def pushed_authorization_request(request):
     if not provider.client_authenticated(request):
         return token_error("invalid_client", "Client authentication failed.", 401)
     params = [(k, v) for k, v in request.POST.items() if k not in CREDENTIALS]
+    if len([k for k, _ in params if k != "resource"]) != len({k for k, _ in params if k != "resource"}):
+        return token_error("invalid_request", "A parameter is given twice.")
     if "request_uri" in dict(params) or dict(params).get("client_id") != provider.client.client_id:
         return token_error("invalid_request", "A pushed request names this client and carries no request_uri.")
     if dict(params).get("redirect_uri") not in provider.client.redirect_uris:

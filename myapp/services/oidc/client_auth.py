@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from urllib.parse import quote_plus
+from urllib.parse import parse_qsl, quote_plus
 
 from authlib.common.urls import add_params_to_qs
 from cryptography import x509
@@ -42,8 +42,15 @@ def client_secret_basic(auth, method, uri, headers, body):
     return uri, headers, body
 
 
+def _with_client_id(body: str, client_id: str, more: list) -> str:
+    """``body`` with ``more`` added, and ``client_id`` unless it is there already (a pushed
+    authorization request carries it; a parameter twice is refused by strict providers)."""
+    present = any(name == "client_id" for name, _ in parse_qsl(body or "", keep_blank_values=True))
+    return add_params_to_qs(body or "", ([] if present else [("client_id", client_id)]) + more)
+
+
 def client_secret_post(auth, method, uri, headers, body):
-    body = add_params_to_qs(body or "", [("client_id", auth.client_id), ("client_secret", auth.client_secret or "")])
+    body = _with_client_id(body, auth.client_id, [("client_secret", auth.client_secret or "")])
     if "Content-Length" in headers:
         headers["Content-Length"] = str(len(body))
     return uri, headers, body
@@ -112,10 +119,7 @@ def private_key_jwt(keys: ClientKeys, *, audience: str, alg: str):
 
     def sign(auth, method, uri, headers, body):
         assertion = keys.assertion(client_id=auth.client_id, audience=audience, alg=alg)
-        body = add_params_to_qs(
-            body or "",
-            [("client_id", auth.client_id), ("client_assertion_type", ASSERTION_TYPE), ("client_assertion", assertion)],
-        )
+        body = _with_client_id(body, auth.client_id, [("client_assertion_type", ASSERTION_TYPE), ("client_assertion", assertion)])
         if "Content-Length" in headers:
             headers["Content-Length"] = str(len(body))
         return uri, headers, body

@@ -185,7 +185,9 @@ def test_with_par_the_browser_carries_only_client_id_and_request_uri(make_app, p
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == provider.issuer + "/authorize"
     query = parse_qs(parts.query)
     assert set(query) == {"client_id", "request_uri"}
-    pushed = dict(provider.pushed[query["request_uri"][0]])
+    pairs = provider.pushed[query["request_uri"][0]]
+    assert [name for name, _ in pairs].count("client_id") == 1, "no parameter twice"
+    pushed = dict(pairs)
     assert {"state", "nonce", "code_challenge", "redirect_uri", "scope", "response_type"} <= set(pushed)
     assert pushed["code_challenge_method"] == "S256"
     # The provider's own checks of the pushed request pass, and the sign-in completes.
