@@ -450,7 +450,8 @@ def test_purge_deletes_audit_records_past_the_retention(tmp_path, committed_data
 
     settings = base_settings(committed_database_url, **{"myapp.audit.retention": "30d"})
     path = tmp_path / "retention.ini"
-    path.write_text("\n".join(["[app:main]", "use = egg:myapp", *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
+    lines = [f"{k} = {v}".replace("%", "%%") for k, v in settings.items()]
+    path.write_text("\n".join(["[app:main]", "use = egg:myapp", *lines]) + "\n")
     log = AuditLog(dbsession=committed)
     old, recent = log.record(AuditEventType.LOGIN, detail="old"), log.record(AuditEventType.LOGIN, detail="recent")
     committed.execute(AuditEvent.__table__.update().where(AuditEvent.id == old.id).values(created_at=utcnow() - timedelta(days=31)))
