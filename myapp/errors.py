@@ -4,6 +4,7 @@ Every code a JSON answer can carry is here, SPEC.md's and the few it does not li
 explained in docs/architecture.md), so that no view invents one.
 """
 
+import functools
 from enum import StrEnum
 
 from pyramid.response import Response
@@ -29,6 +30,26 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     # OpenID Connect Back-Channel Logout 1.0, section 2.8.
     INVALID_REQUEST = "invalid_request"
+
+
+class ServiceUnavailable(Exception):
+    """The database or the lock backend cannot be reached: 503 ``service_unavailable`` (SPEC.md)."""
+
+    def __init__(self, message: str = "The service is briefly unavailable. Please try again in a moment."):
+        super().__init__(message)
+        self.message = message
+
+
+@functools.cache
+def outage_errors() -> tuple[type[BaseException], ...]:
+    """What "the database or the lock backend cannot be reached" looks like when it is raised."""
+    import redis
+    from sqlalchemy import exc
+
+    return (
+        ServiceUnavailable, exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError,
+        redis.ConnectionError, redis.TimeoutError,
+    )
 
 
 class APIError(Exception):

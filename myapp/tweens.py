@@ -1,12 +1,14 @@
 """Tweens: the few things that must happen around every request, before views read it."""
 
+import logging
 from urllib.parse import unquote_to_bytes
 
 from pyramid.response import Response
 
-from myapp.errors import ErrorCode, json_error
+from myapp.errors import ErrorCode, json_error, outage_errors
 from myapp.routes import is_json_request
 
+log = logging.getLogger(__name__)
 BAD_ADDRESS = "The address is not valid UTF-8."
 
 
@@ -53,5 +55,43 @@ def _close_spooled_body(request):
         body.close()
 
 
+def outage_tween_factory(handler, registry):
+    """The database or Redis gone mid-request, or at commit (pyramid_tm's tween runs above the
+    exception views): 503 ``service_unavailable``, never waitress's bare 500. Nothing is written
+    half: the transaction was aborted on the way out."""
+    outages = outage_errors()
+
+    def tween(request):
+        try:
+            return handler(request)
+        except outages as e:
+            log.warning("service unavailable on %s %s: %s", request.method, request.path, type(e).__name__)
+            return unavailable_response(request)
+
+    return tween
+
+
+def unavailable_response(request) -> Response:
+    if is_json_request(request):
+        response = json_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The service is briefly unavailable. Try again shortly.")
+    else:
+        response = Response(UNAVAILABLE_PAGE, status=503, content_type="text/html", charset="utf-8")
+    response.headers["Retry-After"] = "5"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# Self-contained on purpose: rendering the usual layout would look up the session again.
+UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Briefly unavailable · myapp</title><link rel="stylesheet" href="/static/app.css"></head>
+<body><main id="main" class="container page"><section class="card message-page" aria-labelledby="t">
+<p class="error-code"><span class="visually-hidden">Error </span>503</p>
+<h1 id="t">Briefly unavailable</h1>
+<p class="lead">We cannot reach our database right now. Nothing you did was lost: please try again in a moment.</p>
+<p><a class="button button-large" href="">Try again</a></p></section></main></body></html>"""
+
+
 def includeme(config):
     config.add_tween("myapp.tweens.unreadable_request_tween_factory", under="INGRESS")
+    config.add_tween("myapp.tweens.outage_tween_factory", over="pyramid_tm.tm_tween_factory")

@@ -172,6 +172,9 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
 def includeme(config):
     settings = config.get_settings()
     settings["tm.commit_veto"] = commit_veto
+    # pyramid_tm would look the user up inside its own tween, where a database outage can only
+    # become waitress's bare 500; the audit log says who did what instead.
+    settings["tm.annotate_user"] = False
     settings["retry.activate_hook"] = retry_attempts
     config.include("pyramid_tm")
     config.include("pyramid_retry")

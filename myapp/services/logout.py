@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from myapp.errors import ServiceUnavailable
 from myapp.models import SeenLogoutToken, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
@@ -61,8 +62,8 @@ class LogoutService:
             # Under the refresh lock: a refresh racing this logout can neither store new tokens
             # afterwards nor leave one unrevoked.
             tokens = self.tokens.end_session(session.id, EndReason.LOGOUT)
-        except ProviderUnavailable as e:
-            log.warning("signing out without the refresh lock: %s", e.message)
+        except (ProviderUnavailable, ServiceUnavailable) as e:
+            log.warning("signing out without the refresh lock: %s", getattr(e, "message", e))
             current = self.sessions.rows.read(session.id)
             # Ending moves whatever tokens the row holds at that moment to the revoker, and a
             # refresh that lands later finds the session ended and keeps nothing.

@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from myapp.errors import ServiceUnavailable
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
@@ -52,6 +53,12 @@ class UpstreamTokenRefused(OIDCError):
         )
         self.upstream = upstream
         self.error = error
+
+
+def _is_lock_timeout(error: OperationalError) -> bool:
+    """A lock wait that ran out (another refresh holds the lock), not a database that is gone."""
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return code == "55P03" or "database is locked" in str(getattr(error, "orig", error))
 
 
 class RefreshLockTimeout(ProviderUnavailable):
@@ -117,7 +124,9 @@ class DatabaseRefreshLock:
                     yield dbsession
             except OperationalError as e:
                 log.warning("refresh lock not acquired: %s", type(e.orig).__name__ if e.orig else e)
-                raise RefreshLockTimeout() from None
+                if _is_lock_timeout(e):
+                    raise RefreshLockTimeout() from None
+                raise ServiceUnavailable() from None
 
 
 class RedisRefreshLock:
@@ -135,7 +144,7 @@ class RedisRefreshLock:
             acquired = lock.acquire()
         except redis.RedisError as e:
             log.warning("refresh lock unavailable: %s", type(e).__name__)
-            raise ProviderUnavailable("The refresh lock (Redis) is unavailable.") from None
+            raise ServiceUnavailable("The refresh lock (Redis) is unavailable.") from None
         if not acquired:
             raise RefreshLockTimeout()
         try:

@@ -1,5 +1,6 @@
 """Thin views, one module per topic. Shared bits for templates and responses live here."""
 
+from myapp.errors import outage_errors
 from myapp.resources import Permission, Root
 from myapp.services.sessions import EndReason
 
@@ -38,12 +39,18 @@ def template_globals(event):
     request = event["request"]
     if request is None:
         return
-    event["identity"] = request.identity
+    try:
+        identity = request.identity
+    except outage_errors():
+        identity = None  # a page about the outage itself must still render
+    event["identity"] = identity
     event["notice"] = notice(request)
-    event["is_admin"] = request.identity is not None and bool(
-        request.has_permission(Permission.ADMINISTER, Root(request))
-    )
+    event["is_admin"] = identity is not None and bool(request.has_permission(Permission.ADMINISTER, Root(request)))
 
 
 def includeme(config):
+    from myapp.views.errors import service_unavailable
+
     config.add_subscriber(template_globals, "pyramid.events.BeforeRender")
+    for error in outage_errors():
+        config.add_exception_view(service_unavailable, context=error)

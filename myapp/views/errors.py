@@ -151,6 +151,17 @@ def http_exception(exc, request):
     )
 
 
+def service_unavailable(exc, request):
+    """The database or the lock backend cannot be reached (SPEC.md): 503, and nothing kept."""
+    log.warning("service unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+    response = refusal(
+        request, 503, ErrorCode.SERVICE_UNAVAILABLE, "The service is briefly unavailable. Try again shortly.",
+        title="Briefly unavailable", page="We cannot reach our database right now. Please try again in a moment.",
+    )
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 @exception_view_config(Exception)
 def unexpected_error(exc, request):
     log.exception("unexpected error on %s %s", request.method, request.path)

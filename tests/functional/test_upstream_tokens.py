@@ -197,3 +197,12 @@ def test_the_authorization_request_asks_for_every_resource(app, provider):
     assert f"resource={OWN_RESOURCE.replace(':', '%3A').replace('/', '%2F')}" in response.location
     # Exchanged and scope-only upstreams add nothing to the grant.
     assert "exchanged" not in response.location and "graph" not in response.location
+
+
+def test_the_lock_backend_unreachable_is_503_service_unavailable(make_proxy_app, signed_in, upstream, provider, dbsession):
+    """SPEC.md: 503 service_unavailable when the lock backend cannot be reached; the session stays."""
+    app = make_proxy_app(**{"myapp.lock.backend": "redis", "myapp.redis.url": "redis://127.0.0.1:9/0"})
+    browser = signed_in(app=app, expires_in=0)
+    response = api(browser, "GET", "/api/up/x", status=503)
+    assert response.json["error"] == "service_unavailable" and response.headers["Retry-After"] == "5"
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []

@@ -313,9 +313,22 @@ def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provide
     ]
 
 
-def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, session_row, record):
+class LockNotAvailable(Exception):
+    sqlstate = "55P03"  # PostgreSQL's lock_timeout
+
+
+@pytest.mark.parametrize(
+    "cause, raised",
+    [
+        (LockNotAvailable("canceling statement due to lock timeout"), "RefreshLockTimeout"),
+        (Exception("database is locked"), "RefreshLockTimeout"),  # SQLite's busy timeout
+        (Exception("connection refused"), "ServiceUnavailable"),  # the database is gone
+    ],
+)
+def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, session_row, record, cause, raised):
     from sqlalchemy.exc import OperationalError
 
+    from myapp.errors import ServiceUnavailable
     from myapp.services.tokens import RefreshLockTimeout
 
     class Busy:
@@ -326,13 +339,13 @@ def test_a_lock_that_cannot_be_taken_is_a_503_not_a_hang(cipher, provider, sessi
             return False
 
         def begin(self):
-            raise OperationalError("SELECT ... FOR UPDATE", {}, Exception("lock timeout"))
+            raise OperationalError("SELECT ... FOR UPDATE", {}, cause)
 
     manager = TokenManager(
         lock=DatabaseRefreshLock(Busy, timeout=1), providers=Providers({"default": provider}), cipher=cipher,
         settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
     )
-    with pytest.raises(RefreshLockTimeout):
+    with pytest.raises({"RefreshLockTimeout": RefreshLockTimeout, "ServiceUnavailable": ServiceUnavailable}[raised]):
         manager.access_token(record(session_row()))
     assert provider.calls == []
 
@@ -348,7 +361,9 @@ def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, sess
         settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
     )
     row = session_row()
-    with pytest.raises(ProviderUnavailable, match="Redis"):
+    from myapp.errors import ServiceUnavailable
+
+    with pytest.raises(ServiceUnavailable, match="Redis"):  # 503 service_unavailable (SPEC.md)
         manager.access_token(record(row))
     assert provider.calls == [] and reload(dbsession, row).ended_at is None
     unreachable.close()
