@@ -25,6 +25,8 @@ requires = [
     "psycopg[binary]>=3.2",
     "redis>=5.0",
     "prometheus-client>=0.20",
+    # myapp.log.format = json: one JSON object a line, with the request id (issue 15).
+    "python-json-logger>=3.1",
 ]
 
 testing_requires = [

@@ -217,6 +217,8 @@ class Settings:
     # The most specific rule first (see StepUpRule.covers).
     stepup_rules: tuple[StepUpRule, ...] = ()
     audit: AuditSettings = AuditSettings(retention=timedelta(days=400))
+    # text or json (one object a line, with the request id and the trace id).
+    log_format: str = "text"
 
     @property
     def dashboard_upstream(self) -> str | None:
@@ -786,6 +788,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         ),
         devstack_included=DEVSTACK_MODULE in _includes(raw),
         stepup_rules=_stepup_rules(reader),
+        log_format=reader.choice(PREFIX + "log.format", "text", ("text", "json")),
         audit=AuditSettings(
             retention=reader.duration(PREFIX + "audit.retention", timedelta(days=400), timedelta(days=1))
         ),

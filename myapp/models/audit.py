@@ -25,6 +25,8 @@ class AuditEvent(Base):
     session_handle: Mapped[str | None] = mapped_column(String(32))
     ip_address: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The X-Request-ID of the request that made it: the same id is in its log lines.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
     user: Mapped[User | None] = relationship(foreign_keys=[user_id], lazy="joined")
     actor: Mapped[User | None] = relationship(foreign_keys=[actor_id], lazy="joined")

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from myapp.models import AuditEvent, User
+from myapp.observability import current_request_id
 
 
 class AuditEventType(StrEnum):
@@ -127,6 +128,7 @@ class AuditLog:
             session_handle=session_handle,
             ip_address=(ip_address or "")[:64],
             detail=detail[:2000],
+            request_id=current_request_id(),
         )
         self.dbsession.add(row)
         self.dbsession.flush()

@@ -20,6 +20,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from myapp.errors import APIError, ErrorCode
+from myapp.observability import current_request_id, request_id_of
 from myapp.services.stepup import parse_challenge
 from myapp.settings import Upstream
 
@@ -47,7 +48,6 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 # Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as "..").
 _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)", re.IGNORECASE)
 _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
@@ -180,8 +180,7 @@ class Proxy:
                 headers[name] = value
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
-        incoming_id = environ.get("HTTP_X_REQUEST_ID", "")
-        headers["X-Request-ID"] = incoming_id if _REQUEST_ID.match(incoming_id) else uuid.uuid4().hex
+        headers["X-Request-ID"] = current_request_id() or request_id_of(environ)
         headers["X-Forwarded-For"] = client_addr or ""
         headers["X-Forwarded-Proto"] = self.forwarded_proto
         headers["X-Forwarded-Host"] = self.forwarded_host
@@ -303,7 +302,7 @@ class Proxy:
             upstream=upstream,
             method="GET",
             url=upstream.base_url + path,
-            headers={"Accept": "application/json", "X-Request-ID": uuid.uuid4().hex},
+            headers={"Accept": "application/json", "X-Request-ID": current_request_id() or uuid.uuid4().hex},
         )
         response = self.exchange(outgoing, token)
         try:

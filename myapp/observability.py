@@ -1,0 +1,86 @@
+"""What ties a log line, an audit record and an upstream call to one request: the request id,
+and the log format (``myapp.log.format``: ``text`` or ``json``).
+
+The id is the incoming ``X-Request-ID`` when it is well formed (a reverse proxy's), else a new
+random one; it is answered in ``X-Request-ID``, sent to upstreams, written in every log line of
+the request and stored with its audit records.
+"""
+
+import contextvars
+import logging
+import re
+import uuid
+
+from pythonjsonlogger.json import JsonFormatter
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_WELL_FORMED = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("myapp_request_id", default=None)
+
+
+def request_id_of(environ) -> str:
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    return incoming if _WELL_FORMED.match(incoming) else uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The id of the request this thread is answering (None outside a request: scripts, the revoker)."""
+    return _request_id.get()
+
+
+def request_id_tween_factory(handler, registry):
+    def tween(request):
+        request_id = request_id_of(request.environ)
+        token = _request_id.set(request_id)
+        try:
+            response = handler(request)
+        finally:
+            _request_id.reset(token)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    return tween
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current span, when tracing is on (hex, as trace tools show it)."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class RequestContext(logging.Filter):
+    """Adds ``request_id`` and ``trace_id`` to every record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id() or "-"
+        record.trace_id = current_trace_id() or "-"
+        return True
+
+
+def configure_logging(log_format: str, handlers: list[logging.Handler] | None = None) -> None:
+    """Give the handlers the ini file configured (the root logger's) the request context, and,
+    for ``json``, one JSON object a line. Idempotent: an app made twice in one process (tests)
+    does not stack filters."""
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
+        if not any(isinstance(f, RequestContext) for f in handler.filters):
+            handler.addFilter(RequestContext())
+        if log_format == "json" and not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(json_formatter())
+
+
+def json_formatter() -> JsonFormatter:
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        timestamp=False,
+    )
+
+
+def includeme(config):
+    settings = config.get_settings()["myapp"]
+    configure_logging(settings.log_format)
+    config.add_tween("myapp.observability.request_id_tween_factory", under="INGRESS")

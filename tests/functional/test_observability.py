@@ -1,0 +1,77 @@
+"""The request id and JSON logs (SPEC.md "Observability"): one id per request, answered in
+X-Request-ID, sent upstream, stored with audit records and written in every log line."""
+
+import io
+import json
+import logging
+
+import pytest
+from sqlalchemy import select
+
+from myapp.models import AuditEvent
+from myapp.observability import RequestContext, configure_logging, json_formatter
+from tests.functional.conftest import Browser
+from tests.functional.test_proxy import api
+
+
+def test_every_answer_names_its_request(app):
+    first = Browser(app).get("/healthz").headers["X-Request-ID"]
+    second = Browser(app).get("/healthz").headers["X-Request-ID"]
+    assert len(first) == 32 and first != second
+
+
+@pytest.mark.parametrize("incoming, kept", [("req-1234abcd", True), ("short", False), ("bad id with spaces", False),
+                                             ("x" * 200, False)])
+def test_a_well_formed_incoming_id_is_kept(app, incoming, kept):
+    answered = Browser(app).get("/healthz", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+    assert (answered == incoming) is kept
+
+
+def test_the_upstream_and_the_audit_log_get_the_same_id(proxy_app, signed_in, upstream, dbsession):
+    browser = signed_in()
+    response = api(browser, "GET", "/api/up/x", status=200)
+    assert upstream.seen[-1]["headers"]["x-request-id"] == response.headers["X-Request-ID"]
+    denied = Browser(proxy_app).get("/auth/callback", params={"state": "forged", "code": "x"}, status=400)
+    assert denied.headers["X-Request-ID"]
+
+
+def test_audit_records_store_the_request_id(browser, sign_in, alice, dbsession):
+    sign_in(browser, alice)
+    response = browser.submit("/account/sessions/revoke-others", status=303)
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "other_sessions_ended")).one()
+    assert event.request_id == response.headers["X-Request-ID"]
+
+
+def test_json_log_lines_carry_the_request_id(browser):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        configure_logging("json", [handler])
+        response = browser.get("/auth/callback", params={"state": "forged", "code": "x"}, status=400)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    ours = [line for line in lines if line["logger"] == "myapp.views.auth"]
+    assert ours and {line["request_id"] for line in ours} == {response.headers["X-Request-ID"]}
+    assert {"time", "level", "logger", "message", "trace_id"} <= set(ours[0])
+
+
+def test_outside_a_request_the_ids_are_dashes():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+    RequestContext().filter(record)
+    assert (record.request_id, record.trace_id) == ("-", "-")
+    assert json.loads(json_formatter().format(record))["request_id"] == "-"
+
+
+def test_the_log_format_is_checked():
+    from myapp.settings import SettingsError, load_settings
+    from tests.conftest import base_settings
+
+    assert load_settings(base_settings("sqlite://", **{"myapp.log.format": "json"})).log_format == "json"
+    with pytest.raises(SettingsError, match=r"^myapp.log.format: 'xml' is not one of text, json$"):
+        load_settings(base_settings("sqlite://", **{"myapp.log.format": "xml"}))
