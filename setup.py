@@ -27,6 +27,10 @@ requires = [
     "prometheus-client>=0.20",
     # myapp.log.format = json: one JSON object a line, with the request id (issue 15).
     "python-json-logger>=3.1",
+    # myapp.otel.*: traces (issue 15); off by default, the API's no-op tracer costs a call.
+    "opentelemetry-api>=1.27",
+    "opentelemetry-sdk>=1.27",
+    "opentelemetry-exporter-otlp-proto-http>=1.27",
 ]
 
 testing_requires = [

@@ -30,6 +30,7 @@ def make_app(settings: dict, *, database: Database | None = None, config_file: s
             config.include(".security")
             config.include(".headers")
             config.include(".observability")
+            config.include(".tracing")
             config.include(".tweens")
             config.include(".stepup")
             config.include(".routes")

@@ -11,6 +11,7 @@ from pyramid.request import RequestLocalCache
 from pyramid.viewderivers import INGRESS
 from zope.interface import implementer
 
+from myapp import tracing
 from myapp.cookies import SessionCookie
 from myapp.errors import APIError, ErrorCode
 from myapp.models import User
@@ -149,7 +150,9 @@ class SessionSecurityPolicy:
                 self._clear_cookie_later(request, None)
             return None
         store = request.session_store
-        session = store.find(raw_id)
+        with tracing.tracer.start_as_current_span("session.lookup") as span:
+            session = store.find(raw_id)
+            span.set_attribute("myapp.session_found", session is not None)
         if session is None:
             self._clear_cookie_later(request, None)
             return None

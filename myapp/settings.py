@@ -178,6 +178,14 @@ class RevocationSettings:
 
 
 @dataclass(frozen=True)
+class OTelSettings:
+    enabled: bool = False
+    exporter: str = "otlp"  # or console
+    endpoint: str | None = None
+    service_name: str = "myapp"
+
+
+@dataclass(frozen=True)
 class AuditSettings:
     # Records older than this are deleted by myapp-purge.
     retention: timedelta
@@ -219,6 +227,7 @@ class Settings:
     audit: AuditSettings = AuditSettings(retention=timedelta(days=400))
     # text or json (one object a line, with the request id and the trace id).
     log_format: str = "text"
+    otel: OTelSettings = OTelSettings()
 
     @property
     def dashboard_upstream(self) -> str | None:
@@ -678,6 +687,18 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
     return tuple(sorted(rules, key=lambda rule: len(rule.prefix), reverse=True))
 
 
+def _otel(reader: _Reader) -> OTelSettings:
+    enabled = reader.boolean(PREFIX + "otel.enabled", False)
+    exporter = reader.choice(PREFIX + "otel.exporter", "otlp", ("otlp", "console"))
+    endpoint = reader.url(PREFIX + "otel.endpoint", None)
+    if enabled and exporter == "otlp" and endpoint is None:
+        reader.problem("myapp.otel.endpoint: required by myapp.otel.exporter = otlp, e.g. http://127.0.0.1:4318/v1/traces")
+    return OTelSettings(
+        enabled=enabled, exporter=exporter, endpoint=endpoint,
+        service_name=reader.string(PREFIX + "otel.service_name", "myapp"),
+    )
+
+
 def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
     name = PREFIX + "tokens.encryption_keys"
     known_problems = len(reader.problems)
@@ -789,6 +810,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         devstack_included=DEVSTACK_MODULE in _includes(raw),
         stepup_rules=_stepup_rules(reader),
         log_format=reader.choice(PREFIX + "log.format", "text", ("text", "json")),
+        otel=_otel(reader),
         audit=AuditSettings(
             retention=reader.duration(PREFIX + "audit.retention", timedelta(days=400), timedelta(days=1))
         ),

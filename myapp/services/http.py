@@ -1,10 +1,13 @@
 """One pooled HTTP client for talking to the provider, with default timeouts and one error type."""
 
 import json
+from urllib.parse import urlsplit
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 from requests.adapters import HTTPAdapter
+
+from myapp import tracing
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 
@@ -52,10 +55,16 @@ class HttpClient:
 
     def get_json(self, url: str, *, headers: dict | None = None, timeout: float | None = None) -> dict:
         """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else."""
+        headers = {"Accept": "application/json", **(headers or {})}
+        with tracing.outgoing_span("provider GET", kind_of="provider", target=urlsplit(url).netloc, method="GET"):
+            tracing.inject(headers)
+            return self._get_json(url, headers, timeout)
+
+    def _get_json(self, url: str, headers: dict, timeout: float | None) -> dict:
         try:
             with self.session.get(
                 url,
-                headers={"Accept": "application/json", **(headers or {})},
+                headers=headers,
                 timeout=timeout or self.timeout,
                 allow_redirects=False,
                 stream=True,

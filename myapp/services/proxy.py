@@ -19,6 +19,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UrllibTimeout
 
+from myapp import tracing
 from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, request_id_of
 from myapp.services.stepup import parse_challenge
@@ -218,6 +219,15 @@ class Proxy:
 
     def send(self, outgoing: Outgoing, access_token: str) -> urllib3.BaseHTTPResponse:
         outgoing.headers["Authorization"] = f"Bearer {access_token}"
+        with tracing.outgoing_span(
+            f"upstream {outgoing.upstream.name}", kind_of="upstream", target=outgoing.upstream.name, method=outgoing.method
+        ) as span:
+            tracing.inject(outgoing.headers)
+            response = self._urlopen(outgoing)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    def _urlopen(self, outgoing: Outgoing) -> urllib3.BaseHTTPResponse:
         timeout = outgoing.upstream.timeout
         try:
             return self.pool.urlopen(

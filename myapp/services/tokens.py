@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from myapp import tracing
 from myapp.errors import ServiceUnavailable
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
@@ -223,8 +224,12 @@ class TokenManager:
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
 
     def _refresh(self, session_id: int, stale: str | None) -> str:
-        with self.lock.locked(session_id) as dbsession:
-            outcome = self._refresh_locked(SessionRows(dbsession, self.cipher, self.clock), session_id, stale)
+        with tracing.tracer.start_as_current_span("token.refresh") as span:
+            waiting = tracing.Stopwatch()
+            with self.lock.locked(session_id) as dbsession:
+                span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
+                outcome = self._refresh_locked(SessionRows(dbsession, self.cipher, self.clock), session_id, stale)
+            span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         # Raised only now, so that an ended session and its audit record were committed first.
         if isinstance(outcome, BaseException):
             raise outcome
@@ -299,8 +304,14 @@ class TokenManager:
         self._upstream_tokens[key] = token
 
     def _mint_upstream_token(self, session_id: int, upstream: Upstream, stale: str | None) -> str:
-        with self.lock.locked(session_id) as dbsession:
-            outcome = self._mint_upstream_token_locked(SessionRows(dbsession, self.cipher, self.clock), session_id, upstream, stale)
+        with tracing.tracer.start_as_current_span("token.upstream", attributes={"myapp.upstream": upstream.name}) as span:
+            waiting = tracing.Stopwatch()
+            with self.lock.locked(session_id) as dbsession:
+                span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
+                outcome = self._mint_upstream_token_locked(
+                    SessionRows(dbsession, self.cipher, self.clock), session_id, upstream, stale
+                )
+            span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop((session_id, upstream.name), None)
             raise outcome

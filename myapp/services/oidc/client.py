@@ -12,6 +12,7 @@ import requests
 from authlib.integrations.base_client import OAuthError
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+from myapp import tracing
 from myapp.services.http import HttpClient, HTTPFailure, describe
 from myapp.services.oidc.client_auth import (
     ClientKeys,
@@ -193,14 +194,20 @@ class OIDCClient:
     def _post(self, endpoint: str, form: list, *, timeout: float | None = None) -> requests.Response:
         """POST ``form`` (repeated names kept) to one of the provider's endpoints, authenticated as this client."""
         session = self.http.oauth2_session(client_id=self.settings.client_id, client_secret=self.settings.client_secret)
-        return session.post(
-            endpoint,
-            data=form,
-            auth=session.client_auth(self.client_auth()),
-            headers={"Accept": "application/json"},
-            withhold_token=True,
-            timeout=timeout or self.settings.http_timeout,
-        )
+        endpoint_name = urlsplit(endpoint).path.rsplit("/", 1)[-1] or "endpoint"
+        with tracing.outgoing_span(f"provider {endpoint_name}", kind_of="provider", target=self.settings.name, method="POST") as span:
+            headers = {"Accept": "application/json"}
+            tracing.inject(headers)
+            response = session.post(
+                endpoint,
+                data=form,
+                auth=session.client_auth(self.client_auth()),
+                headers=headers,
+                withhold_token=True,
+                timeout=timeout or self.settings.http_timeout,
+            )
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
 
     def _call_token_endpoint(self, call) -> dict:
         try:

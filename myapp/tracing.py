@@ -1,0 +1,89 @@
+"""OpenTelemetry traces (SPEC.md "Observability"), off unless ``myapp.otel.enabled``.
+
+A span for each request and, inside it, the session lookup, each refresh (with how long it
+waited for the lock), every call to a provider and to an upstream; W3C ``traceparent`` goes to
+upstreams and providers. Spans carry names, routes, statuses and durations only: never a token,
+cookie, code, verifier, secret, or a URL's query string. With tracing off, the API's no-op
+tracer makes every span here cost a function call.
+"""
+
+import contextlib
+import logging
+import time
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("myapp")
+
+
+def setup_tracing(settings) -> None:
+    """Install the exporter the settings name, once per process (a second app made in the same
+    process, as tests do, keeps the first one's)."""
+    if not settings.enabled:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    if settings.exporter == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.endpoint)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+def inject(headers: dict) -> None:
+    """Add ``traceparent`` (and ``tracestate``) of the current span to an outgoing request."""
+    propagate.inject(headers)
+
+
+@contextlib.contextmanager
+def outgoing_span(name: str, *, kind_of: str, target: str, method: str):
+    """A client span for a call to a provider or an upstream; ``target`` is a name, never a URL."""
+    with tracer.start_as_current_span(
+        name, kind=SpanKind.CLIENT, attributes={"http.request.method": method, f"myapp.{kind_of}": target}
+    ) as span:
+        yield span
+
+
+def request_tween_factory(handler, registry):
+    """The server span of each request: its route pattern, never the address it was called with."""
+
+    def tween(request):
+        context = propagate.extract({k[5:].replace("_", "-").lower(): v for k, v in request.environ.items()
+                                     if k in ("HTTP_TRACEPARENT", "HTTP_TRACESTATE")})
+        with tracer.start_as_current_span(
+            request.method, context=context, kind=SpanKind.SERVER, attributes={"http.request.method": request.method}
+        ) as span:
+            response = handler(request)
+            route = getattr(request, "matched_route", None)
+            if route is not None and span.is_recording():
+                span.update_name(f"{request.method} {route.pattern}")
+                span.set_attribute("http.route", route.pattern)
+            span.set_attribute("http.response.status_code", response.status_int)
+            if response.status_int >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
+    return tween
+
+
+class Stopwatch:
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def milliseconds(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+
+def includeme(config):
+    setup_tracing(config.get_settings()["myapp"].otel)
+    config.add_tween("myapp.tracing.request_tween_factory", under="myapp.observability.request_id_tween_factory")

@@ -1,0 +1,110 @@
+"""OpenTelemetry spans (SPEC.md "Observability") with an in-memory exporter: what each request
+records, the traceparent that reaches providers and upstreams, and a scan of every exported span
+for anything secret."""
+
+import json
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from myapp.settings import SettingsError, load_settings
+from tests.conftest import TEST_PUBLIC_URL, base_settings
+from tests.functional.auth.flows import csrf_of, start_login
+from tests.functional.conftest import COOKIE, Browser
+from tests.support.fake_provider import CLIENT_SECRET
+
+
+class Recording(SpanExporter):
+    """Keeps spans only while a test of this module records (the provider is process-wide)."""
+
+    def __init__(self):
+        self.recording = False
+        self.spans = []
+
+    def export(self, spans):
+        if self.recording:
+            self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+
+_RECORDING = Recording()
+
+
+@pytest.fixture
+def spans():
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_RECORDING))
+        trace.set_tracer_provider(provider)
+    _RECORDING.spans, _RECORDING.recording = [], True
+    yield _RECORDING.spans
+    _RECORDING.recording = False
+
+
+def everything_in(spans) -> str:
+    """Every name, attribute and event of every span, as text."""
+    return json.dumps(
+        [{"name": s.name, "attributes": dict(s.attributes or {}), "events": [(e.name, dict(e.attributes or {})) for e in s.events],
+          "resource": dict(s.resource.attributes)} for s in spans],
+        default=str,
+    )
+
+
+def test_a_signed_in_api_call_with_a_refresh(spans, make_proxy_app, signed_in, upstream, provider):
+    browser = signed_in(expires_in=0)
+    response = browser.get("/api/up/items", headers={"X-CSRF": "1"}, status=200)
+    names = [s.name for s in spans]
+    assert "GET /api/{upstream}*subpath" in names
+    assert "session.lookup" in names and "token.refresh" in names
+    assert "provider token" in names and "upstream up" in names
+    refresh = next(s for s in spans if s.name == "token.refresh")
+    assert refresh.attributes["myapp.lock_wait_ms"] >= 0 and refresh.attributes["myapp.outcome"] == "ok"
+    server = next(s for s in spans if s.name.startswith("GET /api/"))
+    assert server.attributes["http.response.status_code"] == 200
+    # One trace: the upstream and the provider got its traceparent.
+    trace_id = format(server.context.trace_id, "032x")
+    assert upstream.seen[-1]["headers"]["traceparent"].split("-")[1] == trace_id
+    token_call = [headers for path, _, headers in provider.requests if path == "/token"][-1]
+    assert token_call["HTTP_TRACEPARENT"].split("-")[1] == trace_id
+    assert response.headers["X-Request-ID"]
+
+
+def test_no_span_holds_a_secret(spans, make_app, provider):
+    app = make_app()
+    browser = Browser(app)
+    _, query = start_login(browser, "/posts")
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=303)
+    cookie = browser.cookies[COOKIE]
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    token_form = [form for path, form, _ in provider.requests if path == "/token"][0]
+    secrets_seen = [code, query["state"], query["nonce"], token_form["code_verifier"], cookie, CLIENT_SECRET,
+                    *provider.used_refresh_tokens, *provider.refresh_tokens, *provider.access_tokens, *provider.revoked]
+    text = everything_in(spans)
+    assert spans and "/auth/callback" in text
+    for secret in secrets_seen:
+        assert secret and secret not in text, "a secret in a span"
+    assert "eyJ" not in text and "code=" not in text and "state=" not in text
+
+
+def test_tracing_settings():
+    settings = load_settings(base_settings("sqlite://", **{"myapp.otel.enabled": "true", "myapp.otel.exporter": "console"}))
+    assert (settings.otel.enabled, settings.otel.exporter, settings.otel.service_name) == (True, "console", "myapp")
+    assert load_settings(base_settings("sqlite://")).otel.enabled is False
+    with pytest.raises(SettingsError, match="^myapp.otel.endpoint: required by myapp.otel.exporter = otlp"):
+        load_settings(base_settings("sqlite://", **{"myapp.otel.enabled": "true"}))
+    with pytest.raises(SettingsError, match="^myapp.otel.exporter: 'jaeger' is not one of otlp, console$"):
+        load_settings(base_settings("sqlite://", **{"myapp.otel.exporter": "jaeger"}))
+
+
+def test_expired_tokens_refreshed_in_a_page_are_traced_too(spans, make_proxy_app, signed_in, upstream, provider):
+    app = make_proxy_app(**{"myapp.dashboard.upstream": "up"})
+    upstream.body = b'{"notes": []}'
+    signed_in(app=app, expires_in=0).get("/", status=200)
+    assert any(s.name == "token.refresh" for s in spans)
