@@ -195,15 +195,10 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def served_provider():
     """The programmable fake provider (tests/support/fake_provider.py) on a loopback port."""
-    from tests.support.fake_provider import FakeProvider
+    from tests.support.fake_provider import served_fake_provider
 
-    provider = FakeProvider()
-    with provider.serve() as url:
-        provider.issuer = url
-        try:
-            yield provider
-        finally:
-            provider.stop.set()  # wake any handler still delaying, so the server can stop
+    with served_fake_provider() as provider:
+        yield provider
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Tokens are signed with real keys (joserfc), so every check runs against real sig
 """
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -337,3 +338,15 @@ class FakeProvider:
 
     def serve(self):
         return serve(self)
+
+
+@contextlib.contextmanager
+def served_fake_provider():
+    """A :class:`FakeProvider` on a loopback port, its issuer set; stopped afterwards."""
+    provider = FakeProvider()
+    with provider.serve() as url:
+        provider.issuer = url
+        try:
+            yield provider
+        finally:
+            provider.stop.set()  # wake any handler still delaying, so the server can stop

@@ -38,7 +38,11 @@ def running_wsgi(
         yield base_url
     finally:
         # Closed from the server's own loop thread (a trigger thunk), so the loop ends cleanly.
-        server.trigger.pull_trigger(close_everything)
+        try:
+            server.trigger.pull_trigger(close_everything)
+        except OSError:
+            # The loop already closed its trigger (it ended, or is ending): close from here.
+            close_everything()
         thread.join(timeout=10)
         server.task_dispatcher.shutdown()
 

@@ -10,20 +10,15 @@ from myapp.models import AuditEvent, LoginTransaction, User, UserSession
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import session_count
 from tests.functional.conftest import Browser
-from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider
+from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider, served_fake_provider
 
 PARTNERS_CALLBACK = TEST_PUBLIC_URL + "/auth/callback/partners"
 
 
 @pytest.fixture(scope="session")
 def served_partner():
-    partner = FakeProvider()
-    with partner.serve() as url:
-        partner.issuer = url
-        try:
-            yield partner
-        finally:
-            partner.stop.set()
+    with served_fake_provider() as partner:
+        yield partner
 
 
 @pytest.fixture
