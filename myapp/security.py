@@ -150,7 +150,7 @@ class SessionSecurityPolicy:
                 self._clear_cookie_later(request, None)
             return None
         store = request.session_store
-        with tracing.tracer.start_as_current_span("session.lookup") as span:
+        with tracing.span("session.lookup") as span:
             session = store.find(raw_id)
             span.set_attribute("myapp.session_found", session is not None)
         if session is None:

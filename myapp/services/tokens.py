@@ -224,7 +224,7 @@ class TokenManager:
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
 
     def _refresh(self, session_id: int, stale: str | None) -> str:
-        with tracing.tracer.start_as_current_span("token.refresh") as span:
+        with tracing.span("token.refresh") as span:
             waiting = tracing.Stopwatch()
             with self.lock.locked(session_id) as dbsession:
                 span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
@@ -304,7 +304,7 @@ class TokenManager:
         self._upstream_tokens[key] = token
 
     def _mint_upstream_token(self, session_id: int, upstream: Upstream, stale: str | None) -> str:
-        with tracing.tracer.start_as_current_span("token.upstream", attributes={"myapp.upstream": upstream.name}) as span:
+        with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
             waiting = tracing.Stopwatch()
             with self.lock.locked(session_id) as dbsession:
                 span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())

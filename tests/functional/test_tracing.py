@@ -9,6 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
+from myapp import tracing
 from myapp.settings import SettingsError, load_settings
 from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.auth.flows import csrf_of, start_login
@@ -43,7 +44,9 @@ def spans():
         provider.add_span_processor(SimpleSpanProcessor(_RECORDING))
         trace.set_tracer_provider(provider)
     _RECORDING.spans, _RECORDING.recording = [], True
+    tracing.activate()
     yield _RECORDING.spans
+    tracing.activate(False)
     _RECORDING.recording = False
 
 
