@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, exc, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
@@ -318,6 +318,20 @@ class SessionRows:
             self.dbsession.execute(insert(TokenRevocation.__table__), values)
 
 
+def _as_sqlalchemy_error(connection: Connection, cursor, sql: str, error: Exception) -> exc.DBAPIError:
+    """What SQLAlchemy does with a driver's error, for a statement run on the driver's cursor: a
+    lost connection is invalidated, so the pool never hands it out again, and the error is
+    SQLAlchemy's (a database outage answers 503, not 500). Parameters stay out of the message."""
+    dialect = connection.dialect
+    disconnected = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
+    if disconnected:
+        connection.invalidate(error)
+    return exc.DBAPIError.instance(
+        sql, None, error, dialect.loaded_dbapi.Error, hide_parameters=True, connection_invalidated=disconnected,
+        dialect=dialect,
+    )
+
+
 class SessionStore:
     """The sessions as a request sees them: created, found by cookie, kept alive, listed, ended."""
 
@@ -399,6 +413,8 @@ class SessionStore:
                 cursor.execute(sql, (id_hash,) if positional else {"id_hash": id_hash})
                 row = cursor.fetchone()
                 names = [column[0] for column in cursor.description]
+            except connection.dialect.loaded_dbapi.Error as e:
+                raise _as_sqlalchemy_error(connection, cursor, sql, e) from e
             finally:
                 cursor.close()
         return None if row is None else SessionRecord.from_columns(dict(zip(names, row)))

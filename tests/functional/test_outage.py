@@ -48,3 +48,36 @@ def test_postgresql_unreachable_is_503_then_nothing_lost(cut_database, committed
         assert api(browser, url + "/auth/user").json()["sub"] == "alice", "the session outlived the cut"
         assert browser.get(url + "/posts").status_code == 200
         assert requests.get(url + "/readyz", timeout=10).status_code == 200
+
+
+def test_connection_lost_during_the_session_lookup_is_503_and_never_handed_out_again(cut_database, committed):
+    """The session lookup runs on the driver's cursor: a connection that dies between the pool's
+    ping and the query must still be an outage (503, not 500), and be thrown away."""
+    from sqlalchemy import event
+
+    from myapp.services import Services
+
+    proxy, database_url = cut_database
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
+        browser = sign_in(url, "alice")
+        engine = app.registry[Services].database.engine
+        lost = []
+
+        def lose_it(dbapi_connection, record, proxied):
+            # After the pool's pre-ping, before the query: as a cut mid-request would.
+            if not lost:
+                lost.append(dbapi_connection)
+                proxy.cut()  # resets every open connection, this one too
+                proxy.restore()
+
+        event.listen(engine.pool, "checkout", lose_it)
+        try:
+            answer = api(browser, url + "/auth/user")
+        finally:
+            event.remove(engine.pool, "checkout", lose_it)
+        assert lost, "the connection was taken away"
+        assert answer.status_code == 503, (answer.status_code, answer.text[:200])
+        assert answer.json()["error"] == "service_unavailable"
+        for _ in range(12):  # more than the pool holds: the dead one is never handed out again
+            assert api(browser, url + "/auth/user").json()["sub"] == "alice"
