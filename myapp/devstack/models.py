@@ -189,6 +189,7 @@ class IssuedToken:
     scope: str
     expires_at: float
     rotated: bool = False
+    rotated_at: float = 0.0
     revoked: bool = False
 
     def check_client(self, client) -> bool:

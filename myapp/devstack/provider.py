@@ -59,7 +59,7 @@ class Provider:
         self.settings = settings
         self.issuer = settings.issuer
         self.signer = TokenSigner(load_or_create_signing_key(settings.key_file))
-        self.store = ProviderStore()
+        self.store = ProviderStore(reuse_interval=settings.refresh_token_reuse_interval)
         self.client = Client.from_registration(settings.client)
         self.server = AuthorizationServer(settings=settings, store=self.store, signer=self.signer, client=self.client)
         self.assertions = ClientAssertions(

@@ -23,7 +23,7 @@ API2_PATH = "/_dev/api2"
 _PROVIDER_KEYS = (
     "issuer", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris", "backchannel_logout_uri",
     "key_file", "access_token_lifetime", "id_token_lifetime", "refresh_token_lifetime", "rotate_refresh_tokens",
-    "require_par", "client_keys",
+    "refresh_token_reuse_interval", "require_par", "client_keys",
 )
 MAX_API_LEEWAY = 30
 
@@ -60,6 +60,8 @@ class ProviderSettings:
     refresh_token_lifetime: int
     rotate_refresh_tokens: bool
     api_audience: str
+    # Seconds a rotated refresh token stays usable (Okta's grace period, Auth0's reuse interval).
+    refresh_token_reuse_interval: int = 0
     # Every audience this provider mints access tokens for (RFC 8707 resource, or audience).
     audiences: tuple[str, ...] = ()
     path: str = IDP_PATH
@@ -238,6 +240,7 @@ def _provider(reader, key, path, issuer, audience, audiences, client_id, key_fil
         id_token_lifetime=reader.seconds(f"{key}.id_token_lifetime", 300),
         refresh_token_lifetime=reader.seconds(f"{key}.refresh_token_lifetime", 30 * 86400),
         rotate_refresh_tokens=reader.boolean(f"{key}.rotate_refresh_tokens", True),
+        refresh_token_reuse_interval=reader.seconds(f"{key}.refresh_token_reuse_interval", 0, minimum=0, maximum=300),
         api_audience=audience,
         audiences=audiences,
         path=path,

@@ -34,6 +34,8 @@ class Stat(StrEnum):
     AUTHORIZATION_CODE_GRANTS = "authorization_code_grants"
     REFRESH_GRANTS = "refresh_grants"
     REFRESH_REUSE_DETECTED = "refresh_reuse_detected"
+    # A rotated refresh token used again within refresh_token_reuse_interval: accepted.
+    REFRESH_REUSE_IN_GRACE = "refresh_reuse_in_grace"
     REVOCATIONS = "revocations"
     BACKCHANNEL_LOGOUTS_SENT = "backchannel_logouts_sent"
     BACKCHANNEL_LOGOUT_FAILURES = "backchannel_logout_failures"
@@ -65,8 +67,9 @@ def digest(secret: str) -> str:
 
 
 class ProviderStore:
-    def __init__(self, clock=time.time):
+    def __init__(self, clock=time.time, reuse_interval: float = 0):
         self.clock = clock
+        self.reuse_interval = reuse_interval
         self.stats = Stats()
         self._lock = threading.Lock()
         self._sessions: dict[str, ProviderSession] = {}
@@ -179,16 +182,23 @@ class ProviderStore:
     def use_refresh_token(self, record: IssuedToken, *, rotate: bool) -> TokenFamily:
         """Check ``record`` again and, when rotating, spend it: of two concurrent uses, one wins."""
         with self._lock:
-            self._check_refresh_token(record)
-            if rotate:
+            if self._check_refresh_token(record):
+                self.stats.increment(Stat.REFRESH_REUSE_IN_GRACE)
+            if rotate and not record.rotated:
                 record.rotated = True
+                record.rotated_at = self.clock()
             return record.family
 
-    def _check_refresh_token(self, record: IssuedToken) -> None:
+    def _check_refresh_token(self, record: IssuedToken) -> bool:
+        """Refuses a token that cannot be used; True when it is a spent one still in its grace."""
         if record.family.revoked or record.revoked:
             raise TokenRejected("The refresh token has been revoked.")
         if record.expires_at <= self.clock():
             raise TokenRejected("The refresh token has expired.")
+        if record.rotated and self.clock() - record.rotated_at <= self.reuse_interval:
+            # Like Okta's grace period and Auth0's reuse interval: the client that rotated it may
+            # have died before storing the answer; the family lives on.
+            return True
         if record.rotated:
             record.family.revoked = True
             self.stats.increment(Stat.REFRESH_REUSE_DETECTED)
@@ -198,6 +208,7 @@ class ProviderStore:
                 record.family.login.user.subject,
             )
             raise TokenRejected("The refresh token was already used; every token of this login is now revoked.")
+        return False
 
     def find_token(self, value: str, kind_hint: str | None = None) -> IssuedToken | None:
         # A wrong hint is only a hint (RFC 7009 2.1): the token is found whatever its kind.

@@ -153,3 +153,42 @@ def test_expired_refresh_token_is_invalid_grant(browser, short_lived):
     assert response.json()["error"] == "invalid_grant"
     assert "expired" in response.json()["error_description"]
     assert userinfo(short_lived, login["access_token"]).status_code == 401
+
+
+@pytest.fixture(scope="module")
+def with_grace():
+    with running_devstack(**{"devstack.idp.refresh_token_reuse_interval": "60"}) as base_url:
+        yield base_url, requests.get(base_url + DISCOVERY, timeout=5).json()
+
+
+def test_reuse_within_the_interval_is_accepted_and_counted(browser, with_grace):
+    base_url, metadata = with_grace
+    before = requests.get(base_url + "/_dev/idp/stats", timeout=5).json()
+    login = log_in(browser, metadata, "heidi")
+    first = refresh(metadata, login["refresh_token"])
+    again = refresh(metadata, login["refresh_token"])  # the client died before storing `first`
+    assert first.status_code == again.status_code == 200, again.text
+    assert refresh(metadata, again.json()["refresh_token"]).status_code == 200, "the family lives on"
+    after = requests.get(base_url + "/_dev/idp/stats", timeout=5).json()
+    assert after["refresh_reuse_in_grace"] - before["refresh_reuse_in_grace"] == 1
+    assert after["refresh_reuse_detected"] == before["refresh_reuse_detected"]
+
+
+def test_reuse_after_the_interval_still_revokes_the_family():
+    from types import SimpleNamespace
+
+    from myapp.devstack.models import IssuedToken, TokenFamily
+    from myapp.devstack.storage import ProviderStore, TokenRejected
+
+    now = [1000.0]
+    store = ProviderStore(clock=lambda: now[0], reuse_interval=30)
+    login = SimpleNamespace(user=SimpleNamespace(subject="ivan"))
+    family = TokenFamily(client_id="c", login=login, scope="openid")
+    token = IssuedToken(kind="refresh_token", family=family, scope="openid", expires_at=10_000)
+    store.use_refresh_token(token, rotate=True)
+    now[0] += 30
+    store.use_refresh_token(token, rotate=True)  # within the interval, which does not restart
+    now[0] += 1
+    with pytest.raises(TokenRejected, match="already used"):
+        store.use_refresh_token(token, rotate=True)
+    assert family.revoked
