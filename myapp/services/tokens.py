@@ -241,11 +241,13 @@ class TokenManager:
             return LoginRequired()
         session, previous = current
         token = previous.access_token
-        if token and token != stale and self._fresh(session.access_token_expires_at):
+        fresh = self._fresh(session.access_token_expires_at)
+        if token and token != stale and fresh:
             return token  # refreshed by another worker while this one waited for the lock
-        if token and token == stale and self._recently_refreshed(session):
+        if token and token == stale and self._recently_refreshed(session) and fresh:
             # The upstream refuses a token minted moments ago: a new one would not help, and
-            # refreshing on every such 401 would hammer the provider.
+            # refreshing on every such 401 would hammer the provider. (One that expired meanwhile,
+            # on a slow call or behind a lock a killed process held, is refreshed.)
             return token
         if not previous.refresh_token:
             return self._end(rows, session, "no refresh token")
@@ -327,8 +329,13 @@ class TokenManager:
         if stored is not None:
             if stored.access_token != stale and self._fresh(stored.expires_at):
                 return stored  # minted by another worker while this one waited for the lock
-            if stored.access_token == stale and stored.refreshed_at and self.clock() - stored.refreshed_at < RECENT_REFRESH:
-                return stored  # refused moments after it was minted: a new one would not help
+            if (
+                stored.access_token == stale
+                and stored.refreshed_at
+                and self.clock() - stored.refreshed_at < RECENT_REFRESH
+                and self._fresh(stored.expires_at)
+            ):
+                return stored  # refused moments after it was minted, unexpired: a new one would not help
         client = self.providers.of_session(session.provider, session.user_issuer)
         if client is None:
             return self._end(rows, session, f"provider {session.provider!r} is no longer configured")

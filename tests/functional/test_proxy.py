@@ -5,12 +5,15 @@ refresh, and what ends a session.
 """
 
 import hashlib
+from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from myapp.models import AuditEvent, UserSession
+from myapp.models.meta import utcnow
+from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.conftest import COOKIE, Browser
 from tests.support.servers import canned_http_server, serve
@@ -173,6 +176,20 @@ def test_upstream_cookies_and_hop_headers_stay_there(make_proxy_app, signed_in):
     assert response.headers.getall("Referrer-Policy") == ["same-origin"]
     assert response.headers.getall("X-Content-Type-Options") == ["nosniff"]
     assert response.headers.getall("Content-Security-Policy")[0].startswith("default-src 'self'")
+
+
+@pytest.mark.parametrize(
+    ("upstream_vary", "expected"),
+    [(None, ["Cookie"]), ("accept-encoding", ["accept-encoding, Cookie"]), ("Accept, cookie", ["Accept, cookie"])],
+)
+def test_answers_vary_on_the_cookie_once(make_proxy_app, signed_in, upstream_vary, expected):
+    vary = f"Vary: {upstream_vary}\r\n".encode() if upstream_vary else b""
+    response_bytes = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + vary + b"Content-Length: 2\r\n\r\n{}"
+    with canned_http_server(response_bytes) as url:
+        browser = signed_in(app=make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}/ro"}))
+        response = api(browser, "GET", "/api/raw/x", status=200)
+    assert response.headers.getall("Vary") == expected
+    assert response.headers.getall("Cache-Control") == ["no-store"]
 
 
 @pytest.mark.parametrize(
@@ -394,6 +411,29 @@ def test_401_after_the_retry_is_passed_back_without_a_loop(signed_in, upstream, 
     assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
     assert len(upstream.seen) == 2
     assert len([p for p, _, _ in provider.requests if p == "/token"]) == 1
+
+
+def test_a_token_that_expired_on_its_way_is_refreshed_though_it_was_minted_recently(
+    signed_in, upstream, provider, proxy_app, committed
+):
+    """Found by make chaos: a token refreshed seconds ago, sent while fresh, expired while the call
+    waited (a slow upstream, a lock held by a killed process). Its 401 is not "the upstream refuses
+    a brand new token": the token has expired, so it is refreshed and the call retried."""
+    browser = signed_in(expires_in=70)  # fresh: 10 s beyond the 60 s leeway
+    committed.execute(update(UserSession).values(refreshed_at=utcnow()))
+    committed.commit()
+    upstream.refuse_tokens = {"at-1"}
+    tokens = proxy_app.registry[Services].tokens
+    # 20 s pass during the first call: the token is no longer fresh, but was minted under 30 s ago.
+    tokens.clock = lambda: utcnow() + (timedelta(seconds=20) if upstream.seen else timedelta(0))
+    try:
+        response = api(browser, "GET", "/api/up/x", status=200)
+    finally:
+        tokens.clock = utcnow
+    assert [seen["headers"]["authorization"] for seen in upstream.seen][0] == "Bearer at-1"
+    assert upstream.seen[1]["headers"]["authorization"] != "Bearer at-1"
+    assert len([p for p, _, _ in provider.requests if p == "/token"]) == 1
+    assert response.status_code == 200
 
 
 def test_invalid_grant_ends_the_session(signed_in, upstream, provider, dbsession):
