@@ -26,6 +26,7 @@ class SecurityHeaders:
         ]
         if session.cookie_secure:
             self.headers.append(("Strict-Transport-Security", "max-age=31536000"))
+        self._names = frozenset(name.lower() for name, _ in [*self.headers, ("Content-Security-Policy", "")])
         self._csp: dict[frozenset[str], str] = {}
 
     def content_security_policy(self) -> str:
@@ -49,19 +50,26 @@ class SecurityHeaders:
         return policy
 
     def __call__(self, event: NewResponse) -> None:
+        # On the header list itself: WebOb's header mapping lowercases every name on every
+        # lookup and assignment, a measurable part of a proxied call's CPU.
         response = event.response
-        headers = response.headers
-        for name, value in self.headers:
-            headers[name] = value
-        headers["Content-Security-Policy"] = self.content_security_policy()
+        headerlist = response.headerlist
+        present = {name.lower() for name, _ in headerlist}
+        if not present.isdisjoint(self._names):  # an upstream's own, replaced by this site's
+            headerlist[:] = [(name, value) for name, value in headerlist if name.lower() not in self._names]
+        headerlist.extend(self.headers)
+        headerlist.append(("Content-Security-Policy", self.content_security_policy()))
         if event.request.environ.get("PATH_INFO", "").startswith("/static/"):
             return
         # Pages and JSON depend on who is asking: never cached, never shared.
-        if "Cache-Control" not in headers:
-            headers["Cache-Control"] = "no-store"
-        vary = response.vary or ()
-        if "Cookie" not in vary:
-            response.vary = (*vary, "Cookie")
+        if "cache-control" not in present:
+            headerlist.append(("Cache-Control", "no-store"))
+        if "vary" not in present:
+            headerlist.append(("Vary", "Cookie"))
+        else:
+            vary = response.vary or ()
+            if "cookie" not in {value.lower() for value in vary}:
+                response.vary = (*vary, "Cookie")
 
 
 def includeme(config):
