@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run test bench loadtest audit venv clean
+.PHONY: help run test bench loadtest chaos audit venv clean
 
 ## help: list every target and what it does
 help:
@@ -33,14 +33,24 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+INSTALLED_BENCH := $(VENV)/.installed-bench
+
+$(INSTALLED_BENCH): $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e '.[testing,bench]'
+	touch $(INSTALLED_BENCH)
+
 ## bench: throughput and latency of the proxy against bare proxies (installs wrk)
-bench: $(INSTALLED)
+bench: $(INSTALLED_BENCH)
 	bench/install-wrk.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## loadtest: 100 simulated people on two processes and PostgreSQL for 60 s
 loadtest: $(INSTALLED)
 	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
+
+## chaos: faults (PostgreSQL, Redis, provider, upstream, a killed process) under load; fails if anything is lost
+chaos: $(INSTALLED_BENCH)
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 INSTALLED_AUDIT := $(VENV)/.installed-audit
 

@@ -46,6 +46,11 @@ e2e_requires = [
     "selenium>=4.20",
 ]
 
+# `make bench` and `make chaos`: their charts (docs/benchmarks.png, docs/chaos-timeline.png).
+bench_requires = [
+    "matplotlib>=3.8",
+]
+
 # `make audit`: the installed packages against PyPI's advisory database.
 audit_requires = [
     "pip-audit>=2.7",
@@ -64,7 +69,7 @@ setup(
     package_data={"": ["*.jinja2", "*.css", "*.js", "*.svg", "*.png", "*.ico"], "myapp.migrations": ["script.py.mako"]},
     zip_safe=False,
     install_requires=requires,
-    extras_require={"testing": testing_requires, "e2e": e2e_requires, "audit": audit_requires},
+    extras_require={"testing": testing_requires, "e2e": e2e_requires, "audit": audit_requires, "bench": bench_requires},
     entry_points={
         "paste.app_factory": ["main = myapp:main"],
         # waitress, refusing requests with both Content-Length and Transfer-Encoding (myapp/server.py)

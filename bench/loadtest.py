@@ -19,16 +19,17 @@ import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote, urljoin
+from urllib.parse import urljoin
 
 import requests
-from sqlalchemy import func, select, text
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import Processes, free_port, migrate, write_ini  # noqa: E402
-from myapp.models import UserSession, get_engine  # noqa: E402
+from bench.run import Processes, free_port, migrate, postgres_schema, write_ini  # noqa: E402
+from myapp.models import UserSession  # noqa: E402
 from tests.devstack.flows import sign_in as type_name_at_provider  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "loadtest", "loadtest-client-secret"
@@ -148,6 +149,37 @@ class Stats:
             self.latencies.append(seconds)
 
 
+def bff_settings(database_url: str, issuer: str, upstream: str, **more) -> dict:
+    """myapp's settings for a run: plain http on loopback, a development setup (production
+    settings would refuse it), the demo upstream, access tokens refreshed LEEWAY s early."""
+    return {
+        "sqlalchemy.url": database_url,
+        "myapp.public_url": "env:MYAPP_PUBLIC_URL",
+        "myapp.oidc.issuer": issuer,
+        "myapp.oidc.client_id": CLIENT_ID,
+        "myapp.oidc.client_secret": CLIENT_SECRET,
+        "myapp.environment": "development",
+        "myapp.session.cookie_secure": "false",
+        "myapp.session.cookie_name": "session",
+        "myapp.tokens.encryption_keys": Fernet.generate_key().decode(),
+        "myapp.tokens.refresh_leeway": str(LEEWAY),
+        "myapp.upstreams": f"demo = {upstream}",
+        "myapp.dashboard.upstream": "demo",
+        **more,
+    }
+
+
+def devstack_args(port: int, bffs: list[str], work: Path, *more: str, lifetime: int = TOKEN_LIFETIME) -> list[str]:
+    """The development provider and demo API for a run: access tokens live ``lifetime`` s."""
+    redirects = [arg for bff in bffs for arg in ("--redirect-uri", bff + "/auth/callback")]
+    return [
+        "-m", "myapp.devstack", "--port", str(port), "--threads", "32", "--client-id", CLIENT_ID,
+        "--client-secret", CLIENT_SECRET, *redirects, "--set", f"devstack.idp.key_file={work / 'idp-key.json'}",
+        "--set", f"devstack.idp.access_token_lifetime={lifetime}s",
+        "--set", "devstack.api.leeway=0", *more,
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100)
@@ -157,74 +189,41 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="myapp-loadtest-"))
-    schema = f"myapp_load_{uuid.uuid4().hex[:8]}"
-    admin = get_engine(args.database_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in args.database_url else "?"
-    url = f"{args.database_url}{separator}options={quote(f'-csearch_path={schema}')}"
-    engine = migrate(url)
     ports = {"idp": free_port(), "a": free_port(), "b": free_port()}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    from cryptography.fernet import Fernet
-
-    write_ini(
-        work / "load.ini",
-        {
-            "sqlalchemy.url": url,
-            "myapp.public_url": "env:MYAPP_PUBLIC_URL",
-            "myapp.oidc.issuer": urls["idp"] + "/_dev/idp",
-            "myapp.oidc.client_id": CLIENT_ID,
-            "myapp.oidc.client_secret": CLIENT_SECRET,
-            # Plain http on loopback: a development setup, which production settings would refuse.
-            "myapp.environment": "development",
-            "myapp.session.cookie_secure": "false",
-            "myapp.session.cookie_name": "session",
-            "myapp.tokens.encryption_keys": Fernet.generate_key().decode(),
-            "myapp.tokens.refresh_leeway": str(LEEWAY),
-            "myapp.upstreams": f"demo = {urls['idp']}/_dev/api",
-            "myapp.dashboard.upstream": "demo",
-        },
-    )
     processes = Processes(work)
     stats = Stats()
-    try:
-        processes.start(
-            "devstack",
-            ["-m", "myapp.devstack", "--port", str(ports["idp"]), "--threads", "32", "--client-id", CLIENT_ID,
-             "--client-secret", CLIENT_SECRET, "--redirect-uri", urls["a"] + "/auth/callback",
-             "--redirect-uri", urls["b"] + "/auth/callback",
-             "--set", f"devstack.idp.key_file={work / 'idp-key.json'}",
-             "--set", f"devstack.idp.access_token_lifetime={TOKEN_LIFETIME}s",
-             "--set", "devstack.api.leeway=0"],
-        )
-        for name in ("a", "b"):
-            processes.start(name, ["bench/serve.py", "bff", str(work / "load.ini"), str(ports[name])],
-                            env={"MYAPP_PUBLIC_URL": urls[name]})
-        before = requests.get(urls["idp"] + "/_dev/idp/stats").json()
-        schedule = Schedule(args.users)
-        started = time.monotonic()
-        users = [User(n, [urls["a"], urls["b"]], schedule, stats) for n in range(args.users)]
-        for user in users:
-            user.start()
-        schedule.signed_in.wait()
-        signed_in = time.monotonic()
-        schedule.deadline = signed_in + args.duration
-        schedule.go.set()
-        for user in users:
-            user.join(timeout=args.duration + 120)
-        finished = time.monotonic()
-        after = requests.get(urls["idp"] + "/_dev/idp/stats").json()
-        with engine.connect() as connection:
-            sessions = connection.execute(select(func.count()).select_from(UserSession)).scalar_one()
-            stored_refreshes = connection.execute(select(func.coalesce(func.sum(UserSession.token_generation), 0))).scalar_one()
-            generations = Counter(connection.execute(select(UserSession.token_generation)).scalars())
-    finally:
-        processes.stop()
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(args.database_url, "myapp_load") as url:
+        engine = migrate(url)
+        write_ini(work / "load.ini", bff_settings(url, urls["idp"] + "/_dev/idp", urls["idp"] + "/_dev/api"))
+        try:
+            processes.start("devstack", devstack_args(ports["idp"], [urls["a"], urls["b"]], work))
+            for name in ("a", "b"):
+                processes.start(name, ["bench/serve.py", "bff", str(work / "load.ini"), str(ports[name])],
+                                env={"MYAPP_PUBLIC_URL": urls[name]})
+            before = requests.get(urls["idp"] + "/_dev/idp/stats").json()
+            schedule = Schedule(args.users)
+            started = time.monotonic()
+            users = [User(n, [urls["a"], urls["b"]], schedule, stats) for n in range(args.users)]
+            for user in users:
+                user.start()
+            schedule.signed_in.wait()
+            signed_in = time.monotonic()
+            schedule.deadline = signed_in + args.duration
+            schedule.go.set()
+            for user in users:
+                user.join(timeout=args.duration + 120)
+            finished = time.monotonic()
+            after = requests.get(urls["idp"] + "/_dev/idp/stats").json()
+            with engine.connect() as connection:
+                sessions = connection.execute(select(func.count()).select_from(UserSession)).scalar_one()
+                stored_refreshes = connection.execute(
+                    select(func.coalesce(func.sum(UserSession.token_generation), 0))
+                ).scalar_one()
+                generations = Counter(connection.execute(select(UserSession.token_generation)).scalars())
+        finally:
+            processes.stop()
+            engine.dispose()
 
     provider_refreshes = after["refresh_grants"] - before["refresh_grants"]
     requests_made = sum(stats.statuses.values())

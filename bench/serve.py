@@ -5,6 +5,7 @@
     python bench/serve.py bare-requests UPSTREAM_BASE PORT
 """
 
+import faulthandler
 import logging
 import signal
 import socket
@@ -34,6 +35,7 @@ def main():
         app, sockets=[listener], threads=THREADS, outbuf_high_watermark=1024 * 1024, connection_limit=1000
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    faulthandler.register(signal.SIGUSR1)  # every thread's stack to the log: `make chaos` asks for it
     print(f"listening on http://127.0.0.1:{port}", flush=True)
     server.run()
 
