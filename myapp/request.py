@@ -5,6 +5,7 @@ Views, resources and the security policy reach services only through these prope
 outside the development stack looks anything up in the registry by a string.
 """
 
+import pyramid_tm
 from pyramid.decorator import reify
 from pyramid.request import Request as PyramidRequest
 from sqlalchemy.orm import Session
@@ -37,6 +38,13 @@ class Request(PyramidRequest):
     signed_out_reason: EndReason | None = None
     # Set by keep_transaction(): pyramid_tm commits even though the answer is an error.
     keeps_transaction: bool = False
+
+    @reify
+    def tm(self):
+        """pyramid_tm's transaction manager. A method of this class, not pyramid_tm's request
+        property (models' includeme drops it): any request property makes Pyramid build a new
+        request class for every request."""
+        return pyramid_tm.create_tm(self)
 
     @property
     def POST(self):
@@ -95,7 +103,7 @@ class Request(PyramidRequest):
             cipher=services.cipher,
             settings=services.settings.session,
             own_transactions=services.database.own_transaction,
-            reads=services.database.read,
+            read_row=services.database.read_row,
         )
 
     @reify

@@ -1,10 +1,12 @@
 """Database plumbing: the engines, the three kinds of transaction (:class:`Database`), the schema check."""
 
+import contextlib
+import functools
 from contextlib import AbstractContextManager
 
 import zope.sqlalchemy
 import zope.sqlalchemy.datamanager
-from sqlalchemy import Connection, create_engine, event, inspect, text
+from sqlalchemy import Connection, Select, create_engine, event, exc, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -58,6 +60,11 @@ def _sqlite_pragmas(dbapi_connection, _record):
 # waiting for a refresh can never starve the refresh of a connection.
 REQUEST_POOL = {"pool_size": 20, "max_overflow": 10, "pool_timeout": 30}
 OWN_TRANSACTION_POOL = {"pool_size": 5, "max_overflow": 25, "pool_timeout": 10}
+# The per-request session lookup: one statement, no transaction (so nothing to roll back when the
+# connection goes back), no ping before it (a connection found dead is retried once instead).
+# On PostgreSQL that is one round trip per request instead of three.
+LOOKUP_POOL = {"pool_size": 20, "max_overflow": 10, "pool_timeout": 30, "pool_pre_ping": False,
+               "pool_reset_on_return": None, "isolation_level": "AUTOCOMMIT"}
 
 
 def get_engine(url: str, **kwargs) -> Engine:
@@ -116,21 +123,26 @@ class Database:
     - ``request_session(request)``: the request's ORM session, committed or aborted by pyramid_tm;
     - ``own_transaction()``: a session for work that commits on its own (recording activity, the
       refresh lock), from a second pool so that requests waiting for a refresh cannot starve it;
-    - ``read()``: a pooled connection for the per-request session lookup, released at once.
+    - ``read()``: a pooled connection for a short read, released at once;
+    - ``read_row(statement, params)``: the per-request session lookup, on the driver's cursor.
 
     One instance per app, built from ``sqlalchemy.url``; tests hand ``main()`` one whose three
     kinds all run inside a connection that is rolled back.
     """
 
-    def __init__(self, engine: Engine, own_engine: Engine):
+    def __init__(self, engine: Engine, own_engine: Engine, lookup_engine: Engine | None = None):
         self.engine = engine
         self.own_engine = own_engine
+        self.lookup_engine = lookup_engine or engine
         self._request_sessions = get_tm_session_factory(engine)
         self._own_sessions = sessionmaker(bind=own_engine, expire_on_commit=False)
 
     @classmethod
     def from_url(cls, url: str) -> "Database":
-        return cls(get_engine(url, **REQUEST_POOL), get_own_transaction_engine(url))
+        engine = get_engine(url, **REQUEST_POOL)
+        if url in ("sqlite://", "sqlite:///:memory:"):  # one database per engine: share it
+            return cls(engine, engine)
+        return cls(engine, get_own_transaction_engine(url), get_engine(url, **LOOKUP_POOL))
 
     def request_session(self, request) -> Session:
         return self._request_sessions(info={"request": request})
@@ -141,9 +153,58 @@ class Database:
     def read(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
 
+    def read_row(self, statement: Select, params: dict) -> dict | None:
+        """The one row ``statement`` selects (None without one), as a dict by column name.
+
+        Every request runs this: straight on the driver's cursor it costs a fraction of a
+        SQLAlchemy execution; the statement is SQLAlchemy's, compiled once per dialect. A
+        connection found dead (the database restarted) is thrown away with the rest of the idle
+        pool, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
+        outage answers 503.
+        """
+        engine = self.lookup_engine
+        sql, names = _compiled(statement, engine.dialect)
+        parameters = tuple(params[name] for name in names) if names is not None else params
+        for attempt in (1, 2):
+            connection = cursor = None
+            try:
+                connection = engine.raw_connection()
+                cursor = connection.cursor()
+                cursor.execute(sql, parameters)
+                row = cursor.fetchone()
+                return None if row is None else dict(zip([c[0] for c in cursor.description], row))
+            except engine.dialect.loaded_dbapi.Error as e:
+                # No connection at all (the database is down) is an outage too, but not retried.
+                disconnected = connection is not None and engine.dialect.is_disconnect(
+                    e, connection.dbapi_connection, cursor
+                )
+                if disconnected:
+                    connection.invalidate(e)
+                    if attempt == 1:
+                        engine.dispose()  # its siblings died with it
+                        continue
+                raise exc.DBAPIError.instance(
+                    sql, None, e, engine.dialect.loaded_dbapi.Error, hide_parameters=True,
+                    connection_invalidated=disconnected, dialect=engine.dialect,
+                ) from e
+            finally:
+                if cursor is not None:
+                    with contextlib.suppress(Exception):
+                        cursor.close()
+                if connection is not None:
+                    connection.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
         self.own_engine.dispose()
+        self.lookup_engine.dispose()
+
+
+@functools.cache
+def _compiled(statement: Select, dialect) -> tuple[str, tuple[str, ...] | None]:
+    """The SQL of ``statement`` for ``dialect``, and its parameters' order when positional."""
+    compiled = statement.compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup) if compiled.positional else None
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -177,6 +238,7 @@ def includeme(config):
     settings["tm.annotate_user"] = False
     settings["retry.activate_hook"] = retry_attempts
     config.include("pyramid_tm")
+    config.add_request_method(None, name="tm")  # Request.tm instead: see there
     config.include("pyramid_retry")
 
     database = config.registry.get(Database)

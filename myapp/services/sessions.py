@@ -5,20 +5,18 @@ and written by :class:`SessionRows`, the one place that ends sessions and stores
 whichever transaction it is given: the request's, or the refresh lock's own.
 """
 
-import contextlib
 import functools
 import hashlib
 import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Select, bindparam, delete, exc, func, insert, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
@@ -75,12 +73,6 @@ _BY_ID = _record_query().where(_SESSIONS.id == bindparam("session_id"))
 _WITH_TOKENS_BY_ID = _record_query(_SESSIONS.refresh_token, _SESSIONS.id_token).where(
     _SESSIONS.id == bindparam("session_id")
 )
-
-
-@functools.cache
-def _compiled(statement: Select, dialect) -> tuple[str, bool]:
-    compiled = statement.compile(dialect=dialect)
-    return str(compiled), compiled.positional
 
 
 def _utc(value) -> datetime | None:
@@ -318,20 +310,6 @@ class SessionRows:
             self.dbsession.execute(insert(TokenRevocation.__table__), values)
 
 
-def _as_sqlalchemy_error(connection: Connection, cursor, sql: str, error: Exception) -> exc.DBAPIError:
-    """What SQLAlchemy does with a driver's error, for a statement run on the driver's cursor: a
-    lost connection is invalidated, so the pool never hands it out again, and the error is
-    SQLAlchemy's (a database outage answers 503, not 500). Parameters stay out of the message."""
-    dialect = connection.dialect
-    disconnected = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
-    if disconnected:
-        connection.invalidate(error)
-    return exc.DBAPIError.instance(
-        sql, None, error, dialect.loaded_dbapi.Error, hide_parameters=True, connection_invalidated=disconnected,
-        dialect=dialect,
-    )
-
-
 class SessionStore:
     """The sessions as a request sees them: created, found by cookie, kept alive, listed, ended."""
 
@@ -343,7 +321,7 @@ class SessionStore:
         settings: SessionSettings,
         clock: Callable[[], datetime] = utcnow,
         own_transactions: Callable[[], Session] | None = None,
-        reads: Callable[[], ContextManager[Connection]] | None = None,
+        read_row: Callable[[Select, dict], dict | None] | None = None,
     ):
         # A callable defers the ORM session until something needs it: the per-request lookup does not.
         self._dbsession = dbsession
@@ -351,8 +329,10 @@ class SessionStore:
         self.settings = settings
         self.clock = clock
         self.own_transactions = own_transactions
-        # The per-request lookup needs no ORM session: a pooled connection, released at once.
-        self.reads = reads or (lambda: contextlib.nullcontext(self.dbsession.connection()))
+        # The per-request lookup needs no ORM session (Database.read_row).
+        self.read_row = read_row or (
+            lambda statement, params: self.dbsession.execute(statement, params).mappings().one_or_none()
+        )
 
     @functools.cached_property
     def dbsession(self) -> Session:
@@ -403,21 +383,8 @@ class SessionStore:
         """The session named by a cookie value, live or not; None for garbage or an unknown id."""
         if not is_wellformed_session_id(raw_id):
             return None
-        # Every request runs this: straight on the driver's cursor, it costs a fraction of a
-        # SQLAlchemy execution. The statement itself is SQLAlchemy's, compiled once per dialect.
-        id_hash = hash_session_id(raw_id)
-        with self.reads() as connection:
-            sql, positional = _compiled(_BY_ID_HASH, connection.dialect)
-            cursor = connection.connection.cursor()
-            try:
-                cursor.execute(sql, (id_hash,) if positional else {"id_hash": id_hash})
-                row = cursor.fetchone()
-                names = [column[0] for column in cursor.description]
-            except connection.dialect.loaded_dbapi.Error as e:
-                raise _as_sqlalchemy_error(connection, cursor, sql, e) from e
-            finally:
-                cursor.close()
-        return None if row is None else SessionRecord.from_columns(dict(zip(names, row)))
+        row = self.read_row(_BY_ID_HASH, {"id_hash": hash_session_id(raw_id)})
+        return None if row is None else SessionRecord.from_columns(row)
 
     def find_by_handle(self, handle: str) -> SessionRecord | None:
         if not handle or len(handle) > MAX_HANDLE_LENGTH:

@@ -30,5 +30,8 @@ class RolledBackDatabase(Database):
     def read(self):
         return contextlib.nullcontext(self._connection)
 
+    def read_row(self, statement, params):
+        return self._connection.execute(statement, params).mappings().one_or_none()
+
     def dispose(self):
         """Nothing: the engine belongs to the test session."""
