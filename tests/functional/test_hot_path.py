@@ -1,0 +1,51 @@
+"""What the signed-in hot path does not do (issue 17): a proxied call writes nothing, so it takes
+no connection from the request pool and opens no transaction there; its one database read is the
+session lookup; and Pyramid builds no request class per request. A revocation on one process
+still refuses the very next call on another (tests/functional/test_revocation.py keeps that)."""
+
+import threading
+
+import pytest
+from pyramid.interfaces import IRequestExtensions
+from sqlalchemy import event
+
+from myapp.services import Services
+from tests.support.live import api, bff_in_thread, devstack_for, listener, sign_in
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_proxied_call_reads_once_and_opens_no_transaction(committed_database_url, committed):
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(committed_database_url, sock, public_url, idp) as (url, app):
+        browser = sign_in(url, "alice")
+        assert api(browser, url + "/api/demo/me").status_code == 200  # warm: activity recorded, pools filled
+        database = app.registry[Services].database
+        seen = {"request pool": [], "session lookup": []}
+
+        def counter(name):
+            def checkout(*_):
+                if threading.current_thread().name != "myapp revoker":
+                    seen[name].append(threading.current_thread().name)
+            return checkout
+
+        listeners = [(database.engine, counter("request pool")), (database.lookup_engine, counter("session lookup"))]
+        for engine, listen in listeners:
+            event.listen(engine, "checkout", listen)
+        try:
+            for _ in range(3):
+                assert api(browser, url + "/api/demo/me").status_code == 200
+        finally:
+            for engine, listen in listeners:
+                event.remove(engine, "checkout", listen)
+        assert seen["request pool"] == [], "no transaction, no connection from the request pool"
+        assert len(seen["session lookup"]) == 3, "one read per call: the session lookup"
+
+
+def test_pyramid_builds_no_request_class_per_request(committed_database_url):
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(committed_database_url, sock, public_url, idp) as (_, app):
+        extensions = app.registry.queryUtility(IRequestExtensions)
+        # Any request property registered with add_request_method makes Pyramid derive a new
+        # class for every request; request.tm is a method of the app's Request class instead.
+        assert extensions is None or not extensions.descriptors, dict(extensions.descriptors)
