@@ -15,6 +15,9 @@ from sqlalchemy import select
 from myapp.models import Post, User
 from myapp.security import group_principal, user_principal
 
+# Ids are PostgreSQL integers: a bigger number names no row, and asking for one is a database error.
+MAX_ID = 2**31 - 1
+
 
 class Permission(StrEnum):
     VIEW = "view"
@@ -94,11 +97,20 @@ class UserResource:
         self.__parent__ = parent
 
 
+def parse_id(value: str | None) -> int | None:
+    """A row id as a request writes it (plain ASCII digits, 1 to MAX_ID), else None; every id read
+    from a path or a query goes through here."""
+    if not value or not value.isascii() or not value.isdigit() or len(value) > len(str(MAX_ID)):
+        return None
+    number = int(value)
+    return number if 1 <= number <= MAX_ID else None
+
+
 def _int_id(request) -> int:
-    value = request.matchdict.get("id", "")
-    if not value.isascii() or not value.isdigit() or len(value) > 18:
+    number = parse_id(request.matchdict.get("id"))
+    if number is None:
         raise HTTPNotFound()
-    return int(value)
+    return number
 
 
 def post_collection_factory(request):

@@ -90,7 +90,7 @@ class AuditFilter:
             conditions.append(AuditEvent.event == self.event)
         if self.since is not None:
             conditions.append(AuditEvent.created_at >= datetime.combine(self.since, time(), timezone.utc))
-        if self.until is not None:
+        if self.until is not None and self.until < date.max:  # the calendar's last day has no day after it
             conditions.append(AuditEvent.created_at < datetime.combine(self.until + timedelta(days=1), time(), timezone.utc))
         if self.user:
             pattern = "%" + self.user.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

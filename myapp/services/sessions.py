@@ -387,7 +387,8 @@ class SessionStore:
         return None if row is None else SessionRecord.from_columns(row)
 
     def find_by_handle(self, handle: str) -> SessionRecord | None:
-        if not handle or len(handle) > MAX_HANDLE_LENGTH:
+        # A NUL is in no handle, and PostgreSQL refuses it in text.
+        if not handle or len(handle) > MAX_HANDLE_LENGTH or "\x00" in handle:
             return None
         row = self.dbsession.execute(_BY_HANDLE, {"handle": handle}).mappings().one_or_none()
         return None if row is None else SessionRecord.from_columns(row)

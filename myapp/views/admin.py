@@ -1,6 +1,6 @@
 from datetime import date
 
-from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.httpexceptions import HTTPBadRequest, HTTPSeeOther
 from pyramid.response import Response
 from pyramid.security import forget
 from pyramid.view import view_config
@@ -8,12 +8,22 @@ from sqlalchemy import func, or_, select
 
 from myapp.models import User
 from myapp.models.meta import utcnow
-from myapp.resources import Permission
+from myapp.resources import Permission, parse_id
 from myapp.services.audit import AuditEventType, AuditFilter, AuditLog, reason_words
 from myapp.services.sessions import EndReason
 
 MAX_FILTER_LENGTH = 200
 USERS_PAGE = 50
+
+
+class BadPagingLink(HTTPBadRequest):
+    explanation = "This link to an older page is not valid. Start again from the first page."
+
+
+def _search_text(request, name: str) -> str:
+    """A search box's text, whitespace runs made one space; NUL left out (no name holds one, and
+    PostgreSQL refuses it in text)."""
+    return " ".join(request.GET.get(name, "").replace("\x00", "").split())
 
 
 def _audit_filter(request) -> tuple[AuditFilter, list[str]]:
@@ -23,7 +33,7 @@ def _audit_filter(request) -> tuple[AuditFilter, list[str]]:
     if event and event not in set(AuditEventType):
         problems.append("That event type is not one this log records; showing all events.")
         event = ""
-    user = " ".join(request.GET.get("user", "").split())
+    user = _search_text(request, "user")
     if len(user) > MAX_FILTER_LENGTH:
         problems.append(f"The person to look for is cut to {MAX_FILTER_LENGTH} characters.")
         user = user[:MAX_FILTER_LENGTH]
@@ -46,8 +56,14 @@ def _audit_filter(request) -> tuple[AuditFilter, list[str]]:
 
 
 def _before(request) -> int | None:
-    before = request.GET.get("before", "")
-    return int(before) if before.isascii() and before.isdigit() and len(before) < 19 else None
+    """The id an "Older" link pages back from; None on the first page."""
+    value = request.GET.get("before", "")
+    if not value:
+        return None
+    before_id = parse_id(value)
+    if before_id is None:
+        raise BadPagingLink()
+    return before_id
 
 
 @view_config(
@@ -103,7 +119,7 @@ def _csv_download(database, where: AuditFilter):
 )
 def users(request):
     live = request.session_store.live_counts_by_user()
-    search = " ".join(request.GET.get("q", "").split())[:MAX_FILTER_LENGTH]
+    search = _search_text(request, "q")[:MAX_FILTER_LENGTH]
     query = select(User, func.coalesce(live.c.live, 0)).outerjoin(live, live.c.user_id == User.id)
     if search:
         pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -23,7 +23,7 @@ def test_audit_log_lists_events_newest_first_with_filter(browser, sign_in, admin
     assert page.text.index("detail-two") < page.text.index("detail-one")
     filtered = browser.get("/admin/audit?event=login")
     assert "detail-one" in filtered.text and "detail-two" not in filtered.text
-    assert browser.get("/admin/audit?event=bogus&before=abc").status_int == 200
+    assert browser.get("/admin/audit?event=bogus&before=").status_int == 200
 
 
 def test_audit_log_pages_back(browser, sign_in, admin, alice, dbsession):
@@ -113,8 +113,6 @@ def test_audit_filters_by_person_event_and_dates(browser, sign_in, admin, alice,
         ({"event": "bogus"}, "That event type is not one this log records"),
         ({"from": "2026-12-05", "to": "2026-12-01"}, "the dates are swapped"),
         ({"user": "x" * 5000}, "cut to 200 characters"),
-        ({"before": "-1"}, None),
-        ({"before": "9" * 40}, None),
     ],
 )
 def test_bad_filters_are_a_message_never_an_error(browser, sign_in, admin, query, message):
@@ -229,4 +227,50 @@ def test_users_search_and_paging(browser, sign_in, admin, make_user):
     assert len(browser.get("/admin/users", params={"q": "100%"}).html.select("tbody tr")) == 1
     nobody = browser.get("/admin/users", params={"q": "nobody-like-this"})
     assert "Nobody matches" in nobody.text
-    assert browser.get("/admin/users", params={"q": "x" * 5000, "before": "abc"}, status=200)
+    assert browser.get("/admin/users", params={"q": "x" * 5000, "before": ""}, status=200)
+
+
+# -- found by hand: 500s from request values the database (PostgreSQL above all) cannot take --
+
+@pytest.mark.parametrize("url", ["/admin/audit", "/admin/audit.csv"])
+def test_dates_at_the_ends_of_the_calendar_are_filters_not_errors(browser, sign_in, admin, alice, dbsession, url):
+    AuditLog(dbsession=dbsession).record(AuditEventType.LOGIN, user_id=alice.id, detail="the-only-event")
+    sign_in(browser, admin)
+
+    def shown(**query):
+        return "the-only-event" in browser.get(url, params=query, status=200).text
+
+    assert shown(to="9999-12-31") and shown(**{"from": "0001-01-01"})
+    assert shown(**{"from": "0001-01-01", "to": "9999-12-31"})
+    assert not shown(**{"from": "9999-12-31"}) and not shown(to="0001-01-01")
+    assert not shown(**{"from": "9999-12-31", "to": "9999-12-31"})
+
+
+@pytest.mark.parametrize("url, name", [("/admin/audit", "user"), ("/admin/audit.csv", "user"), ("/admin/users", "q")])
+def test_a_nul_character_in_a_search_box_is_left_out(browser, sign_in, admin, alice, dbsession, url, name):
+    AuditLog(dbsession=dbsession).record(AuditEventType.LOGIN, user_id=alice.id, detail="alice-event")
+    sign_in(browser, admin)
+    for value in ("\x00", "ali\x00ce", "\x00" * 500):
+        assert "alice" in browser.get(url, params={name: value}, status=200).text.lower()
+    assert "%00" not in browser.get(url, params={name: "ali\x00ce"}).text
+
+
+@pytest.mark.parametrize("url", ["/admin/audit", "/admin/users"])
+@pytest.mark.parametrize("before", ["2147483648", "99999999999999999999", "9" * 18, "9" * 40, "0", "-1", "abc", "%00"])
+def test_a_paging_link_with_an_impossible_id_is_a_400(browser, sign_in, admin, url, before):
+    sign_in(browser, admin)
+    page = browser.get(f"{url}?before={before}", status=400)
+    assert "not valid" in page.text
+
+
+@pytest.mark.parametrize("url", ["/admin/audit", "/admin/users"])
+def test_the_largest_id_still_pages(browser, sign_in, admin, alice, dbsession, url):
+    AuditLog(dbsession=dbsession).record(AuditEventType.LOGIN, user_id=alice.id, detail="alice-event")
+    sign_in(browser, admin)
+    assert "alice" in browser.get(url, params={"before": str(2**31 - 1)}, status=200).text.lower()
+
+
+@pytest.mark.parametrize("user_id", ["2147483648", "99999999999999999999", "0", "%00"])
+def test_an_impossible_user_id_is_404(browser, sign_in, admin, user_id):
+    sign_in(browser, admin)
+    browser.submit(f"/admin/users/{user_id}/sessions/revoke", status=404)

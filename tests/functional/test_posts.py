@@ -122,10 +122,18 @@ def test_missing_post_is_404(as_user):
 
 
 @pytest.mark.parametrize(
-    "post_id", ["abc", "-1", "1.5", "99999999999999999999999", "%00", "1%20OR%201=1", "%D9%A3", "0x10"]
+    "post_id",
+    [
+        "abc", "-1", "0", "1.5", "99999999999999999999999", "%00", "1%20OR%201=1", "%D9%A3", "0x10",
+        "2147483648", "99999999999999999999", "9" * 18,
+    ],
 )
 def test_malformed_ids_are_404_never_500(as_user, post_id):
-    as_user("owner").get(f"/posts/{post_id}", status=404)
+    browser = as_user("owner")
+    browser.get(f"/posts/{post_id}", status=404)
+    browser.get(f"/posts/{post_id}/edit", status=404)
+    browser.submit(f"/posts/{post_id}/edit", {"title": "x"}, status=404)
+    browser.submit(f"/posts/{post_id}/delete", status=404)
 
 
 def test_pagination(as_user, dbsession, alice):

@@ -168,6 +168,7 @@ def test_revoke_unknown_or_ended_session_is_404(browser, alice, sign_in, session
     browser.submit("/account/sessions/no-such-handle/revoke", status=404)
     browser.submit(f"/account/sessions/{ended.handle}/revoke", status=404)
     browser.submit(f"/account/sessions/{'x' * 300}/revoke", status=404)
+    browser.submit("/account/sessions/a%00b/revoke", status=404)  # PostgreSQL refuses NUL in text
 
 
 def test_revoke_by_get_is_refused(browser, alice, sign_in):

@@ -14,6 +14,7 @@ from myapp.resources import (
     Root,
     SessionResource,
     UserResource,
+    parse_id,
     post_factory,
     session_factory,
     user_factory,
@@ -91,7 +92,7 @@ def test_the_root(permission, who):
     assert allowed(Root(request()), permission) == who
 
 
-@pytest.mark.parametrize("value", ["", "abc", "-1", "1.5", "١٢", "9" * 19, "0x10"])
+@pytest.mark.parametrize("value", ["", "abc", "-1", "0", "1.5", "١٢", "9" * 19, "0x10", "2147483648", "99999999999999999999"])
 def test_ids_that_are_not_plain_numbers_are_not_found_without_a_query(value):
     def no_query(*args):
         raise AssertionError("queried the database")
@@ -110,3 +111,15 @@ def test_a_missing_row_is_not_found(dbsession):
     for factory in (post_factory, user_factory, session_factory):
         with pytest.raises(HTTPNotFound):
             factory(req)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1", 1), ("2147483647", 2**31 - 1), ("007", 7),
+        (None, None), ("", None), ("0", None), ("-1", None), ("+1", None), (" 1", None), ("1.0", None), ("١", None),
+        ("2147483648", None), ("9" * 19, None), ("9" * 400, None),
+    ],
+)
+def test_an_id_from_a_request_is_a_positive_postgresql_integer(value, expected):
+    assert parse_id(value) == expected
