@@ -238,7 +238,7 @@ def postgresql_for_bench(url: str | None) -> tuple[str | None, str | None]:
     return url, None
 
 
-def bff_ini(path: Path, database_url: str, public_url: str, idp: str) -> Path:
+def bff_ini(path: Path, database_url: str, public_url: str, idp: str, **more) -> Path:
     write_ini(
         path,
         {
@@ -255,6 +255,7 @@ def bff_ini(path: Path, database_url: str, public_url: str, idp: str) -> Path:
             "myapp.upstreams": f"demo = {idp}/_dev/api",
             "myapp.dashboard.upstream": "demo",
             "myapp.proxy.max_body_bytes": str(STREAM_BYTES),
+            **more,
         },
     )
     return path
@@ -275,12 +276,15 @@ def main():
     levels = [int(c) for c in args.concurrency.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "pg", "pg2")
+    names = ("idp", "bff", "n", "r", "pg", "pg2", "traced", "sink")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
     engine = migrate(database_url)
     bff_ini(work / "bench.ini", database_url, urls["bff"], urls["idp"])
+    # The same app with tracing on, exporting over OTLP/HTTP to a sink that keeps nothing.
+    bff_ini(work / "traced.ini", database_url, urls["traced"], urls["idp"], **{
+        "myapp.otel.enabled": "true", "myapp.otel.endpoint": urls["sink"] + "/v1/traces"})
     pg_url, pg_skipped = postgresql_for_bench(args.database_url)
     processes = Processes(work)
     with contextlib.ExitStack() as stack:
@@ -292,7 +296,7 @@ def main():
                 bff_ini(work / f"{name}.ini", schema_url, urls[name], urls["idp"])
         stack.callback(engine.dispose)
         stack.callback(processes.stop)
-        redirects = [arg for name in ("bff", "pg", "pg2") for arg in ("--redirect-uri", urls[name] + "/auth/callback")]
+        redirects = [arg for name in ("bff", "pg", "pg2", "traced") for arg in ("--redirect-uri", urls[name] + "/auth/callback")]
         upstream = processes.start(
             "devstack",
             [
@@ -305,6 +309,8 @@ def main():
         bff = processes.start("bff", ["bench/serve.py", "bff", str(work / "bench.ini"), str(ports["bff"])])
         bare_n = processes.start("N", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["n"])])
         bare_r = processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
+        processes.start("sink", ["bench/serve.py", "otlp-sink", "-", str(ports["sink"])])
+        traced = processes.start("traced", ["bench/serve.py", "bff", str(work / "traced.ini"), str(ports["traced"])])
 
         browser = sign_in(urls["bff"])
         cipher = TokenCipher([KEY])
@@ -359,6 +365,8 @@ def main():
             results["pages"][name] = page
             print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each", flush=True)
 
+        results["tracing"] = tracing_cost(urls, session_cookie, bff, traced, args.duration)
+        print(f"tracing: {results['tracing']}", flush=True)
         if pg_url:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
@@ -373,6 +381,21 @@ def main():
     results["chart"] = chart(Path(args.chart), results, levels)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, levels)
+
+
+def tracing_cost(urls, cookie, bff, traced, duration) -> dict:
+    """B with tracing off and on (OTLP/HTTP to a local sink), one after the other, 8 connections.
+    Both processes serve the same session (one SQLite file)."""
+    headers = [cookie, "X-CSRF: 1"]
+    wrk(urls["traced"] + "/api/demo/ping", connections=8, duration=2, headers=headers)
+    off = wrk(urls["bff"] + "/api/demo/ping", connections=8, duration=duration, headers=headers, pids=[bff.pid])
+    on = wrk(urls["traced"] + "/api/demo/ping", connections=8, duration=duration, headers=headers, pids=[traced.pid])
+    off_cpu, on_cpu = off["cpu_us_per_request"][str(bff.pid)], on["cpu_us_per_request"][str(traced.pid)]
+    return {
+        "off_rps": off["rps"], "on_rps": on["rps"], "on_over_off": round(on["rps"] / off["rps"], 2),
+        "off_cpu_us": off_cpu, "on_cpu_us": on_cpu, "cpu_added_us": on_cpu - off_cpu,
+        "non_2xx": off["non_2xx"] + on["non_2xx"],
+    }
 
 
 def scaling(urls, cookies, processes, upstream, duration) -> dict:
@@ -468,6 +491,7 @@ def print_table(results, levels):
     print()
     for name, value in results["targets"].items():
         print(f"  {name}: {value}")
+    print(f"  tracing: {results['tracing']}")
     if "scaling" in results:
         print(f"  scaling on PostgreSQL: {results['scaling']}")
     print(f"  chart: {results['chart']}")

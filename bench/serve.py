@@ -3,6 +3,7 @@
     python bench/serve.py bff INI PORT
     python bench/serve.py bare-urllib3 UPSTREAM_BASE PORT
     python bench/serve.py bare-requests UPSTREAM_BASE PORT
+    python bench/serve.py otlp-sink - PORT      (accepts OTLP/HTTP exports, keeps nothing)
 """
 
 import faulthandler
@@ -26,6 +27,11 @@ def main():
         from pyramid.paster import get_app
 
         app = get_app(target, "main")
+    elif kind == "otlp-sink":
+        def app(environ, start_response):
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            start_response("200 OK", [("Content-Type", "application/x-protobuf"), ("Content-Length", "0")])
+            return [b""]
     else:
         from bench.bare_proxy import make_app
 
