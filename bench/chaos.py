@@ -155,18 +155,11 @@ class Person(User):
         self.recorder, self.killed = recorder, killed
         self.pending_post: dict | None = None
 
-    def run(self):
-        try:
-            self.sign_in()
-        except Exception as e:  # a failed sign-in is reported, whatever raised it
-            self.recorder.lose(self.number, f"sign-in failed: {type(e).__name__}: {e}")
-            self.schedule.signed_in.wait()
-            return
-        self.schedule.signed_in.wait()
-        self.schedule.go.wait()
-        while time.monotonic() < self.schedule.deadline:
-            self.act()
-            time.sleep(random.uniform(0.3, 1.0))
+    def sign_in_failed(self, error: Exception):
+        self.recorder.lose(self.number, f"sign-in failed: {type(error).__name__}: {error}")
+
+    def finish(self):
+        """A post still waiting is published before leaving (the final check comes later, for all)."""
         while self.pending_post and time.monotonic() < self.schedule.deadline + 30:
             self.write_post()
             time.sleep(1)

@@ -61,7 +61,7 @@ class User(threading.Thread):
         try:
             self.sign_in()
         except Exception as e:  # a failed sign-in is an error to report, whatever raised it
-            self.stats.error(f"sign-in: {type(e).__name__}: {e}")
+            self.sign_in_failed(e)
             self.schedule.signed_in.wait()
             return
         self.schedule.signed_in.wait()
@@ -69,6 +69,12 @@ class User(threading.Thread):
         while time.monotonic() < self.schedule.deadline:
             self.act()
             time.sleep(random.uniform(0.3, 1.0))
+        self.finish()
+
+    def sign_in_failed(self, error: Exception):
+        self.stats.error(f"sign-in: {type(error).__name__}: {error}")
+
+    def finish(self):
         final = self.call("GET", "/auth/user", headers={"X-CSRF": "1"})
         if final is None or final.status_code != 200:
             self.stats.lost(self.number)
