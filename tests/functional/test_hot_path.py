@@ -1,7 +1,7 @@
 """What the signed-in hot path does not do (issue 17): a proxied call writes nothing, so it takes
 no connection from the request pool and opens no transaction there; its one database read is the
 session lookup; and Pyramid builds no request class per request. A revocation on one process
-still refuses the very next call on another (tests/functional/test_revocation.py keeps that)."""
+still refuses the very next call on another (tests/functional/test_many_processes.py keeps that)."""
 
 import threading
 
