@@ -114,10 +114,6 @@ class Recorder:
         with self.lock:
             self.posts[title] = post_id
 
-    # What loadtest.User reports while signing in.
-    def error(self, what):
-        raise RuntimeError(what)
-
 
 def classify(response: requests.Response, expected: int) -> tuple[str, str]:
     """(outcome, error code or page) of one answer."""

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import Processes, free_port, migrate, postgres_schema, write_ini  # noqa: E402
+from bench.run import bff_settings as run_settings  # noqa: E402
 from myapp.models import UserSession  # noqa: E402
 from tests.devstack.flows import sign_in as type_name_at_provider  # noqa: E402
 
@@ -156,23 +157,12 @@ class Stats:
 
 
 def bff_settings(database_url: str, issuer: str, upstream: str, **more) -> dict:
-    """myapp's settings for a run: plain http on loopback, a development setup (production
-    settings would refuse it), the demo upstream, access tokens refreshed LEEWAY s early."""
-    return {
-        "sqlalchemy.url": database_url,
-        "myapp.public_url": "env:MYAPP_PUBLIC_URL",
-        "myapp.oidc.issuer": issuer,
-        "myapp.oidc.client_id": CLIENT_ID,
-        "myapp.oidc.client_secret": CLIENT_SECRET,
-        "myapp.environment": "development",
-        "myapp.session.cookie_secure": "false",
-        "myapp.session.cookie_name": "session",
-        "myapp.tokens.encryption_keys": Fernet.generate_key().decode(),
-        "myapp.tokens.refresh_leeway": str(LEEWAY),
-        "myapp.upstreams": f"demo = {upstream}",
-        "myapp.dashboard.upstream": "demo",
-        **more,
-    }
+    """bench.run's settings, each process told its own public URL, access tokens refreshed LEEWAY s early."""
+    return run_settings(
+        database_url, public_url="env:MYAPP_PUBLIC_URL", issuer=issuer, upstream=upstream,
+        client=(CLIENT_ID, CLIENT_SECRET), key=Fernet.generate_key().decode(),
+        **{"myapp.tokens.refresh_leeway": str(LEEWAY)}, **more,
+    )
 
 
 def devstack_args(port: int, bffs: list[str], work: Path, *more: str, lifetime: int = TOKEN_LIFETIME) -> list[str]:

@@ -238,26 +238,32 @@ def postgresql_for_bench(url: str | None) -> tuple[str | None, str | None]:
     return url, None
 
 
+def bff_settings(database_url: str, *, public_url: str, issuer: str, upstream: str, client: tuple[str, str],
+                 key: str, **more) -> dict:
+    """myapp's settings for a benchmark: plain http on loopback, a development setup (production
+    settings would refuse it), the demo API as upstream `demo`, shown on the dashboard too."""
+    client_id, client_secret = client
+    return {
+        "sqlalchemy.url": database_url,
+        "myapp.public_url": public_url,
+        "myapp.oidc.issuer": issuer,
+        "myapp.oidc.client_id": client_id,
+        "myapp.oidc.client_secret": client_secret,
+        "myapp.environment": "development",
+        "myapp.session.cookie_secure": "false",
+        "myapp.session.cookie_name": COOKIE,
+        "myapp.tokens.encryption_keys": key,
+        "myapp.upstreams": f"demo = {upstream}",
+        "myapp.dashboard.upstream": "demo",
+        **more,
+    }
+
+
 def bff_ini(path: Path, database_url: str, public_url: str, idp: str, **more) -> Path:
-    write_ini(
-        path,
-        {
-            "sqlalchemy.url": database_url,
-            "myapp.public_url": public_url,
-            "myapp.oidc.issuer": idp + "/_dev/idp",
-            "myapp.oidc.client_id": CLIENT_ID,
-            "myapp.oidc.client_secret": CLIENT_SECRET,
-            # Plain http on loopback: a development setup, which production settings would refuse.
-            "myapp.environment": "development",
-            "myapp.session.cookie_secure": "false",
-            "myapp.session.cookie_name": COOKIE,
-            "myapp.tokens.encryption_keys": KEY,
-            "myapp.upstreams": f"demo = {idp}/_dev/api",
-            "myapp.dashboard.upstream": "demo",
-            "myapp.proxy.max_body_bytes": str(STREAM_BYTES),
-            **more,
-        },
-    )
+    write_ini(path, bff_settings(
+        database_url, public_url=public_url, issuer=idp + "/_dev/idp", upstream=idp + "/_dev/api",
+        client=(CLIENT_ID, CLIENT_SECRET), key=KEY, **{"myapp.proxy.max_body_bytes": str(STREAM_BYTES)}, **more,
+    ))
     return path
 
 

@@ -241,13 +241,7 @@ class TokenManager:
             return LoginRequired()
         session, previous = current
         token = previous.access_token
-        fresh = self._fresh(session.access_token_expires_at)
-        if token and token != stale and fresh:
-            return token  # refreshed by another worker while this one waited for the lock
-        if token and token == stale and self._recently_refreshed(session) and fresh:
-            # The upstream refuses a token minted moments ago: a new one would not help, and
-            # refreshing on every such 401 would hammer the provider. (One that expired meanwhile,
-            # on a slow call or behind a lock a killed process held, is refreshed.)
+        if self._serves(token, session.access_token_expires_at, session.refreshed_at, stale):
             return token
         if not previous.refresh_token:
             return self._end(rows, session, "no refresh token")
@@ -326,16 +320,8 @@ class TokenManager:
             return LoginRequired()
         session, own = current
         stored = rows.upstream_token(session_id, upstream.name)
-        if stored is not None:
-            if stored.access_token != stale and self._fresh(stored.expires_at):
-                return stored  # minted by another worker while this one waited for the lock
-            if (
-                stored.access_token == stale
-                and stored.refreshed_at
-                and self.clock() - stored.refreshed_at < RECENT_REFRESH
-                and self._fresh(stored.expires_at)
-            ):
-                return stored  # refused moments after it was minted, unexpired: a new one would not help
+        if stored is not None and self._serves(stored.access_token, stored.expires_at, stored.refreshed_at, stale):
+            return stored
         client = self.providers.of_session(session.provider, session.user_issuer)
         if client is None:
             return self._end(rows, session, f"provider {session.provider!r} is no longer configured")
@@ -371,8 +357,17 @@ class TokenManager:
         self.metrics.refreshes.inc()
         return UpstreamToken(minted.access_token, minted.access_token_expires_at, self.clock())
 
-    def _recently_refreshed(self, session: SessionRecord) -> bool:
-        return session.refreshed_at is not None and self.clock() - session.refreshed_at < RECENT_REFRESH
+    def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,
+                stale: str | None) -> bool:
+        """Whether the stored token answers this caller, read under the lock, without a new one:
+        only while it is fresh by its own expiry (one that expired meanwhile, on a slow call or
+        behind a lock a killed process held, is refreshed), and then either minted by another
+        worker while this one waited, or the very one the upstream refused moments after it was
+        minted (a new one would not help, and refreshing on every such 401 would hammer the
+        provider)."""
+        if not token or not self._fresh(expires_at):
+            return False
+        return token != stale or (refreshed_at is not None and self.clock() - refreshed_at < RECENT_REFRESH)
 
     def _after_invalid_grant(self, rows: SessionRows, session: SessionRecord, used: str):
         # Another worker, outside this lock, may have rotated the refresh token already.

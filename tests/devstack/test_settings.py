@@ -29,6 +29,7 @@ def test_defaults():
     assert (parsed.idp.access_token_lifetime, parsed.idp.id_token_lifetime) == (300, 300)
     assert parsed.idp.refresh_token_lifetime == 30 * 86400
     assert parsed.idp.rotate_refresh_tokens is True
+    assert parsed.idp.refresh_token_reuse_interval == 0
     assert parsed.idp.secure_cookies is False
     assert parsed.api.audience == parsed.idp.api_audience == "http://127.0.0.1:6543/_dev/api"
     assert parsed.api.issuer == ISSUER
@@ -45,6 +46,7 @@ def test_values_and_durations():
             idp__id_token_lifetime="90",
             idp__refresh_token_lifetime="14d",
             idp__rotate_refresh_tokens="false",
+            idp__refresh_token_reuse_interval="30s",
             api__audience="https://api.example.test",
             api__leeway="0",
         )
@@ -54,6 +56,7 @@ def test_values_and_durations():
     assert parsed.idp.id_token_lifetime == 90
     assert parsed.idp.refresh_token_lifetime == 14 * 86400
     assert parsed.idp.rotate_refresh_tokens is False
+    assert parsed.idp.refresh_token_reuse_interval == 30
     assert parsed.idp.api_audience == parsed.api.audience == "https://api.example.test"
     assert parsed.api.leeway == 0
 
@@ -79,6 +82,8 @@ def test_secret_from_environment(monkeypatch):
         ({"idp__rotate_refresh_tokens": "maybe"}, "devstack.idp.rotate_refresh_tokens: 'maybe' is not a boolean"),
         ({"api__leeway": "31"}, "devstack.api.leeway: must be between 0s and 30s"),
         ({"idp__rotate_refresh_token": "false"}, "devstack.idp.rotate_refresh_token: unknown development-stack"),
+        ({"idp__refresh_token_reuse_interval": "6m"}, "devstack.idp.refresh_token_reuse_interval: must be between 0s and 300s"),
+        ({"idp__refresh_token_reuse_intervall": "30"}, "devstack.idp.refresh_token_reuse_intervall: unknown development-stack"),
     ],
 )
 def test_refuses_bad_settings(overrides, message):

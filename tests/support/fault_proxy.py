@@ -28,7 +28,6 @@ class FaultProxy:
         self.cut_off = threading.Event()
         self.resetting = threading.Event()  # answers are reset
         self.delay = 0.0
-        self.connections_accepted = 0
         self.connections_reset = 0
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -77,7 +76,6 @@ class FaultProxy:
                 _reset(client)
                 continue
             upstream.settimeout(None)
-            self.connections_accepted += 1
             with self._lock:
                 self._connections.update((client, upstream))
             answer_due = threading.Event()  # set by a request, cleared by the first byte of its answer
