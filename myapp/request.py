@@ -16,6 +16,7 @@ from myapp.services.audit import AuditLog
 from myapp.services.login import LoginService
 from myapp.services.logout import LogoutService
 from myapp.services.sessions import EndReason, SessionStore
+from myapp.services.tokenset import Credential
 
 # A post is at most about 20,000 characters, up to nine bytes each once form-encoded.
 MAX_FORM_BYTES = 256 * 1024
@@ -129,7 +130,7 @@ class Request(PyramidRequest):
             audit=self.audit,
         )
 
-    def access_token(self, stale: str | None = None, *, upstream: str | None = None) -> str:
+    def access_token(self, stale: str | None = None, *, upstream: str | None = None) -> Credential:
         """A valid access token of this request's session for ``upstream`` (see TokenManager.access_token)."""
         return self.services.tokens.access_token(self.identity.session, upstream=upstream, stale=stale)
 

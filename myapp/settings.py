@@ -41,7 +41,8 @@ ACR_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")  # a printable token, as acr val
 NEVER_FORWARDED = frozenset(
     {"cookie", "cookie2", "authorization", "host", "content-length", "forwarded", "x-real-ip", "x-request-id",
      "x-csrf", "x-csrf-token", "connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
-     "transfer-encoding", "upgrade", "x-http-method-override", "x-method-override", "x-original-url", "x-rewrite-url"}
+     "transfer-encoding", "upgrade", "x-http-method-override", "x-method-override", "x-original-url", "x-rewrite-url",
+     "dpop"}
 )
 
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
@@ -54,10 +55,11 @@ DEFAULT_PROVIDER = "default"
 PROVIDER_KEYS = (
     "issuer", "client_id", "client_secret", "token_endpoint_auth_method", "scope", "redirect_uri",
     "post_logout_redirect_uri", "authorize_params", "groups_claim", "fetch_userinfo", "http_timeout",
-    "client_keys", "client_certificate", "client_assertion_audience", "par",
+    "client_keys", "client_certificate", "client_assertion_audience", "par", "dpop",
 )
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 PAR_MODES = ("auto", "always", "never")
+DPOP_MODES = ("off", "auto", "required")
 ASSERTION_AUDIENCES = ("issuer", "token_endpoint")
 MIN_RSA_BITS = 2048
 # Authorization parameters myapp sets itself.
@@ -109,6 +111,8 @@ class OIDCSettings:
     client_assertion_audience: str = "issuer"
     # Pushed authorization requests (RFC 9126): auto, always or never.
     par: str = "auto"
+    # Sender-constrained tokens (RFC 9449): off, auto or required.
+    dpop: str = "off"
     # Where its settings are, for messages: myapp.oidc. or myapp.oidc.<name>.
     settings_prefix: str = field(default=PREFIX + "oidc.", compare=False)
 
@@ -157,6 +161,8 @@ class Upstream:
     exchange: bool = False
     # The providers whose sessions may call it; None: all.
     providers: frozenset[str] | None = None
+    # False: a Bearer token (and no DPoP proof), which only a token the provider issued as Bearer can be.
+    dpop: bool = True
 
     @property
     def has_own_token(self) -> bool:
@@ -423,7 +429,9 @@ def _check_url(name, value, *, allow_path=True):
     return value
 
 
-UPSTREAM_KEYS = ("timeout", "methods", "forward_headers", "scope", "resource", "token_params", "exchange", "providers")
+UPSTREAM_KEYS = (
+    "timeout", "methods", "forward_headers", "scope", "resource", "token_params", "exchange", "providers", "dpop",
+)
 
 
 def _resource_uris(reader: _Reader, name: str) -> tuple[str, ...]:
@@ -495,8 +503,19 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict
             timeout=reader.seconds(key + "timeout", 30),
             methods=methods,
             forward_headers=forward_headers,
+            dpop=reader.boolean(key + "dpop", True),
             **_upstream_token(reader, key, providers),
         )
+    for upstream in upstreams.values():
+        binding = sorted(
+            name for name, provider in providers.items() if provider.dpop != "off" and upstream.accepts(name)
+        )
+        if not upstream.dpop and not upstream.has_own_token and binding:
+            reader.problem(
+                f"{PREFIX}upstream.{upstream.name}.dpop = false needs a token of its own for that upstream "
+                f"({PREFIX}upstream.{upstream.name}.scope, .resource or .token_params): the session's own token "
+                f"is bound to its DPoP key at provider {binding[0]!r}, and a bound token is never sent as Bearer"
+            )
     for key in reader.raw:
         if key.startswith(PREFIX + "upstream."):
             upstream_name = key[len(PREFIX + "upstream.") :].rpartition(".")[0]
@@ -589,6 +608,7 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         client_certificate=client_certificate,
         client_assertion_audience=reader.choice(prefix + "client_assertion_audience", "issuer", ASSERTION_AUDIENCES),
         par=reader.choice(prefix + "par", "auto", PAR_MODES),
+        dpop=reader.choice(prefix + "dpop", "off", DPOP_MODES),
         settings_prefix=prefix,
     )
 

@@ -44,6 +44,10 @@ class UserSession(Base):
     refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)
     id_token: Mapped[bytes | None] = mapped_column(LargeBinary)
     access_token_expires_at: Mapped[datetime | None]
+    # "DPoP" for a token bound to the session's key (RFC 9449); None: Bearer.
+    access_token_type: Mapped[str | None] = mapped_column(String(16))
+    # The session's own DPoP key pair (private JWK, encrypted like the tokens); None without DPoP.
+    dpop_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Incremented by every refresh: a worker that waited for the lock sees another one's work.
     token_generation: Mapped[int] = mapped_column(default=0)
     refreshed_at: Mapped[datetime | None]
@@ -63,5 +67,7 @@ class SessionToken(Base):
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     upstream: Mapped[str] = mapped_column(String(64))
     access_token: Mapped[bytes] = mapped_column(LargeBinary)
+    # "DPoP" for a token bound to the session's key; None: Bearer.
+    token_type: Mapped[str | None] = mapped_column(String(16))
     expires_at: Mapped[datetime | None]
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -19,9 +19,12 @@ class HTTPFailure(Exception):
     False when the answer itself is wrong (4xx, malformed body).
     """
 
-    def __init__(self, message: str, *, unavailable: bool):
+    def __init__(self, message: str, *, unavailable: bool, status: int | None = None, headers=None):
         super().__init__(message)
         self.unavailable = unavailable
+        # The error status and its headers, when the server answered (a DPoP nonce challenge, say).
+        self.status = status
+        self.headers = headers or {}
 
 
 def describe(error: requests.RequestException) -> HTTPFailure:
@@ -70,7 +73,12 @@ class HttpClient:
                 stream=True,
             ) as response:
                 if response.status_code != 200:
-                    raise HTTPFailure(f"answered HTTP {response.status_code}", unavailable=response.status_code >= 500)
+                    raise HTTPFailure(
+                        f"answered HTTP {response.status_code}",
+                        unavailable=response.status_code >= 500,
+                        status=response.status_code,
+                        headers=response.headers,
+                    )
                 body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
         except requests.RequestException as e:
             raise describe(e) from None

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
+from myapp.services.dpop import DPoPKey
 from myapp.services.oidc import CLOCK_SKEW, OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
 from myapp.services.sessions import SignIn
-from myapp.services.tokenset import TokenCipher, TokenSet
+from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
 from myapp.settings import Upstream
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,12 @@ class LoginService:
         if verifier is None or nonce is None:
             raise fail("transaction_unreadable", "This sign-in can no longer be completed.")
         try:
-            token = client.exchange_code(code, verifier)
+            # RFC 9449: the session's own key pair, made now, so that its tokens are bound to it from the start.
+            algorithm = client.dpop_algorithm(metadata)
+            dpop = DPoPKey.generate(algorithm) if algorithm else None
+            token = client.exchange_code(code, verifier, dpop=dpop)
+            if token_type_of(token) != DPOP:
+                dpop = None  # auto: the provider chose Bearer; the session has no key to keep
             id_token = token.get("id_token")
             if not isinstance(id_token, str):
                 raise OIDCError("missing_id_token", "The provider did not return an ID token.")
@@ -205,6 +211,8 @@ class LoginService:
         except TokenRequestRefused as e:
             raise fail(e.reason, "The provider refused to complete this sign-in. Please start again.") from None
         except OIDCError as e:
+            if e.reason == "dpop_not_bound":
+                raise fail(e.reason, e.message, 502) from None
             raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
 
         sign_in = self._check_step_up(transaction, claims, fail)
@@ -212,14 +220,14 @@ class LoginService:
         # Every check has passed: only now is the access token used.
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
         if settings.fetch_userinfo:
-            userinfo = client.userinfo(token["access_token"], subject=claims["sub"])
+            userinfo = client.userinfo(token["access_token"], subject=claims["sub"], dpop=dpop)
             if userinfo:
                 claims = {**claims, **{k: v for k, v in userinfo.items() if k not in ("iss", "aud", "sub")}}
         user = self.upsert_user(claims, client)
         return LoginResult(
             user_id=user.id,
             provider=provider,
-            tokens=TokenSet.from_response(token, self.clock()),
+            tokens=TokenSet.from_response(token, self.clock(), dpop_key=dpop.to_json() if dpop else None),
             provider_sid=sid,
             next_path=next_path,
             sign_in=sign_in,

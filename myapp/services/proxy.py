@@ -1,13 +1,15 @@
-"""The BFF proxy: ``/api/{upstream}/{path}`` forwarded with a fresh Bearer token, nothing else.
+"""The BFF proxy: ``/api/{upstream}/{path}`` forwarded with a fresh access token, nothing else.
 
 Only configured upstreams are reachable and the target URL is built from the configured base URL
 and the path below it, never from ``Host`` or anything else the browser sends. The browser's
 credentials and forwarding headers stay here; the upstream's cookies stay there. Bodies are
-spooled (to disk beyond 1 MiB) so a request can be replayed once after a refresh, and responses
-stream back in chunks, never held whole in memory.
+spooled (to disk beyond 1 MiB) so a request can be replayed after a refresh or a DPoP nonce
+challenge (once each), and responses stream back in chunks, never held whole in memory. A token
+bound to the session's key (RFC 9449) goes as ``Authorization: DPoP`` with a fresh proof.
 """
 
 import json
+import logging
 import re
 import tempfile
 import uuid
@@ -22,8 +24,12 @@ from urllib3.exceptions import TimeoutError as UrllibTimeout
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, request_id_of
+from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.stepup import parse_challenge
+from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
+
+log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -63,6 +69,8 @@ class Outgoing:
     url: str
     headers: dict
     body: object = None
+    # The DPoP nonce the last proof carried (None: none, or no proof).
+    sent_nonce: str | None = None
 
     def rewind(self):
         if self.body is not None:
@@ -140,6 +148,8 @@ class Proxy:
         parts = urlsplit(public_url)
         self.forwarded_proto, self.forwarded_host = parts.scheme, parts.netloc
         self.pool = pool or urllib3.PoolManager(num_pools=max(len(upstreams), 1) * 2, maxsize=32, block=False)
+        # The latest DPoP-Nonce each upstream gave, in this process.
+        self.nonces = Nonces()
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.upstreams.get(name)
@@ -217,8 +227,19 @@ class Proxy:
             413, ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {self.max_body_bytes} bytes."
         )
 
-    def send(self, outgoing: Outgoing, access_token: str) -> urllib3.BaseHTTPResponse:
-        outgoing.headers["Authorization"] = f"Bearer {access_token}"
+    def send(self, outgoing: Outgoing, credential: Credential) -> urllib3.BaseHTTPResponse:
+        headers = outgoing.headers
+        headers["Authorization"] = f"{credential.scheme} {credential.token}"
+        if credential.dpop is not None:
+            if not outgoing.upstream.dpop:
+                # Settings refuse this pairing; a token bound to a key is never sent as Bearer.
+                raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "This API takes no DPoP-bound token.")
+            outgoing.sent_nonce = self.nonces.get(outgoing.url)
+            headers["DPoP"] = credential.dpop.proof(
+                outgoing.method, outgoing.url, access_token=credential.token, nonce=outgoing.sent_nonce
+            )
+        else:
+            headers.pop("DPoP", None)
         with tracing.outgoing_span(
             f"upstream {outgoing.upstream.name}", kind_of="upstream", target=outgoing.upstream.name, method=outgoing.method
         ) as span:
@@ -249,26 +270,56 @@ class Proxy:
         except HTTPError:
             raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
 
-    def exchange(self, outgoing: Outgoing, token: Callable[..., str]) -> urllib3.BaseHTTPResponse:
+    def exchange(self, outgoing: Outgoing, token: Callable[..., Credential]) -> urllib3.BaseHTTPResponse:
         """Send with the session's token; on 401, refresh once and send the same request again."""
-        access_token = token()
-        response = self.send(outgoing, access_token)
+        credential = token()
+        response = self._send_answering_nonce(outgoing, credential)
         if response.status != 401:
             return response
-        challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+        authenticate = response.headers.get("WWW-Authenticate")
+        challenge = parse_challenge(authenticate)
         if challenge is not None:
             # RFC 9470: the token is fine, the sign-in behind it is not strong or recent enough.
             # No refresh can fix that; the browser is sent to sign in again, asking for it.
-            response.drain_conn()
-            response.release_conn()
+            self._discard(response)
             raise challenge
-        fresh = token(stale=access_token)
-        if fresh == access_token:
+        if credential.dpop is not None:
+            error = challenge_error(authenticate)
+            if error is not None and error != "invalid_token":
+                # The proof was refused (invalid_dpop_proof, or a nonce again after the retry): a new
+                # token would be refused the same way. The 401 goes back; no refresh, no loop.
+                log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
+                return response
+        fresh = token(stale=credential.token)
+        if fresh.token == credential.token:
             return response  # no newer token to try: the upstream's 401 goes back as it is
+        self._discard(response)
+        outgoing.rewind()
+        return self._send_answering_nonce(outgoing, fresh)
+
+    def _send_answering_nonce(self, outgoing: Outgoing, credential: Credential) -> urllib3.BaseHTTPResponse:
+        """Send; with DPoP, keep the nonce the upstream gives and answer its ``use_dpop_nonce``
+        challenge once, with a fresh proof carrying that nonce (RFC 9449 section 9)."""
+        response = self.send(outgoing, credential)
+        if credential.dpop is None:
+            return response
+        nonce = self.nonces.remember(outgoing.url, response.headers.get("DPoP-Nonce"))
+        if (
+            response.status == 401
+            and nonce is not None
+            and nonce != outgoing.sent_nonce
+            and challenge_error(response.headers.get("WWW-Authenticate")) == "use_dpop_nonce"
+        ):
+            self._discard(response)
+            outgoing.rewind()
+            response = self.send(outgoing, credential)
+            self.nonces.remember(outgoing.url, response.headers.get("DPoP-Nonce"))
+        return response
+
+    @staticmethod
+    def _discard(response: urllib3.BaseHTTPResponse) -> None:
         response.drain_conn()
         response.release_conn()
-        outgoing.rewind()
-        return self.send(outgoing, fresh)
 
     @staticmethod
     def small_body(response: urllib3.BaseHTTPResponse, method: str) -> bytes | None:
@@ -305,7 +356,7 @@ class Proxy:
             kept.append((name, value))
         return kept
 
-    def get_json(self, upstream_name: str, path: str, token: Callable[..., str]):
+    def get_json(self, upstream_name: str, path: str, token: Callable[..., Credential]):
         """GET a small JSON document from an upstream for a server-rendered page; None if unusable."""
         upstream = self.upstream(upstream_name)
         outgoing = Outgoing(

@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
-from myapp.services.tokenset import TokenCipher, TokenSet
+from myapp.services.tokenset import BEARER, DPOP, TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
 # secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_HANDLE_LENGTH = 32
 TOUCH_INTERVAL = timedelta(minutes=1)
-_ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token"]
+_ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
 class EndReason(StrEnum):
@@ -51,7 +51,8 @@ _RECORD_COLUMNS = (
     _SESSIONS.id, _SESSIONS.handle, _SESSIONS.user_id, _SESSIONS.created_at, _SESSIONS.last_seen_at,
     _SESSIONS.expires_at, _SESSIONS.ended_at, _SESSIONS.end_reason, _SESSIONS.provider, _SESSIONS.provider_sid,
     _SESSIONS.csrf_token, _SESSIONS.acr, _SESSIONS.amr, _SESSIONS.auth_time,
-    _SESSIONS.access_token, _SESSIONS.access_token_expires_at, _SESSIONS.token_generation, _SESSIONS.refreshed_at,
+    _SESSIONS.access_token, _SESSIONS.access_token_expires_at, _SESSIONS.access_token_type, _SESSIONS.dpop_key,
+    _SESSIONS.token_generation, _SESSIONS.refreshed_at,
     _USERS.issuer.label("user_issuer"), _USERS.subject.label("user_subject"), _USERS.name.label("user_name"),
     _USERS.email.label("user_email"), _USERS.groups.label("user_groups"), _USERS.disabled.label("user_disabled"),
 )
@@ -100,6 +101,9 @@ class SessionRecord:
     csrf_token: str = field(repr=False)
     access_token: bytes | None = field(repr=False)
     access_token_expires_at: datetime | None
+    # "DPoP": the access token is bound to ``dpop_key`` (encrypted, as stored); None: Bearer.
+    access_token_type: str | None
+    dpop_key: bytes | None = field(repr=False)
     token_generation: int
     refreshed_at: datetime | None
     user_issuer: str
@@ -119,8 +123,9 @@ class SessionRecord:
         values = {name: columns[name] for name in cls.__dataclass_fields__}
         for name in _DATETIMES:
             values[name] = _utc(values[name])
-        if values["access_token"] is not None:
-            values["access_token"] = bytes(values["access_token"])
+        for name in ("access_token", "dpop_key"):
+            if values[name] is not None:
+                values[name] = bytes(values[name])
         groups = values["user_groups"]
         if isinstance(groups, str):  # JSON text, read straight from SQLite's cursor
             groups = json.loads(groups)
@@ -158,6 +163,7 @@ class UpstreamToken(NamedTuple):
     access_token: str
     expires_at: datetime | None
     refreshed_at: datetime | None
+    token_type: str = BEARER
 
 
 class StoredSession(NamedTuple):
@@ -196,17 +202,25 @@ class SessionRows:
             refresh_token=self.cipher.decrypt(row["refresh_token"]),
             id_token=self.cipher.decrypt(row["id_token"]),
             access_token_expires_at=record.access_token_expires_at,
+            token_type=DPOP if record.access_token_type == DPOP else BEARER,
+            dpop_key=self.cipher.decrypt(record.dpop_key),
         )
         return StoredSession(record, tokens)
 
     def token_columns(self, tokens: TokenSet) -> dict:
-        """The columns that hold ``tokens``, encrypted."""
-        return {
+        """The columns that hold ``tokens``, encrypted. The DPoP key is written whenever the tokens
+        are (so it moves to the newest encryption key with them) but never erased here: a session
+        keeps its key until it ends."""
+        columns = {
             "access_token": self.cipher.encrypt(tokens.access_token),
             "refresh_token": self.cipher.encrypt(tokens.refresh_token),
             "id_token": self.cipher.encrypt(tokens.id_token),
             "access_token_expires_at": tokens.access_token_expires_at,
+            "access_token_type": DPOP if tokens.bound else None,
         }
+        if tokens.dpop_key is not None:
+            columns["dpop_key"] = self.cipher.encrypt(tokens.dpop_key)
+        return columns
 
     def write_tokens(self, session_id: int, tokens: TokenSet, *, expected_generation: int) -> bool:
         """Store refreshed tokens, only into a live session still at ``expected_generation`` (the
@@ -246,7 +260,9 @@ class SessionRows:
         result = self.dbsession.execute(
             update(UserSession)
             .where(UserSession.id.in_([row.id for row in ending]), UserSession.ended_at.is_(None))
-            .values(ended_at=now, end_reason=str(reason), access_token=None, refresh_token=None, id_token=None)
+            .values(
+                ended_at=now, end_reason=str(reason), access_token=None, refresh_token=None, id_token=None, dpop_key=None
+            )
             .execution_options(synchronize_session=False)
         )
         # The upstreams' own access tokens go with it (short-lived; the revoked refresh token was their source).
@@ -269,7 +285,7 @@ class SessionRows:
     def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:
         """An upstream's own access token for this session, decrypted (None: none stored, or unreadable)."""
         row = self.dbsession.execute(
-            select(SessionToken.access_token, SessionToken.expires_at, SessionToken.refreshed_at).where(
+            select(SessionToken.access_token, SessionToken.expires_at, SessionToken.refreshed_at, SessionToken.token_type).where(
                 SessionToken.session_id == session_id, SessionToken.upstream == upstream
             )
         ).one_or_none()
@@ -278,11 +294,18 @@ class SessionRows:
         token = self.cipher.decrypt(row.access_token)
         if token is None:
             return None
-        return UpstreamToken(token, _utc(row.expires_at), _utc(row.refreshed_at))
+        return UpstreamToken(
+            token, _utc(row.expires_at), _utc(row.refreshed_at), DPOP if row.token_type == DPOP else BEARER
+        )
 
-    def write_upstream_token(self, session_id: int, upstream: str, access_token: str, expires_at: datetime | None) -> None:
+    def write_upstream_token(self, session_id: int, upstream: str, token: UpstreamToken) -> None:
         """Store (or replace) an upstream's own access token; the caller holds the session's refresh lock."""
-        values = {"access_token": self.cipher.encrypt(access_token), "expires_at": expires_at, "refreshed_at": self.clock()}
+        values = {
+            "access_token": self.cipher.encrypt(token.access_token),
+            "expires_at": token.expires_at,
+            "refreshed_at": token.refreshed_at or self.clock(),
+            "token_type": DPOP if token.token_type == DPOP else None,
+        }
         updated = self.dbsession.execute(
             update(SessionToken)
             .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)

@@ -41,18 +41,28 @@ def satisfies(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:
     return True
 
 
-def parse_challenge(header: str | None) -> StepUpRequired | None:
-    """An RFC 9470 ``insufficient_user_authentication`` Bearer challenge, or None."""
-    if not header or "insufficient_user_authentication" not in header or len(header) > 4096:
-        return None
+def challenges(header: str | None) -> list[tuple[str, dict[str, str]]]:
+    """The challenges of a ``WWW-Authenticate`` header (RFC 9110 section 11.6.1) as (scheme in
+    lower case, auth-params by lower-case name); nothing for a missing or outsized header."""
+    if not header or len(header) > 4096:
+        return []
+    parsed = []
     for challenge in re.split(r",\s*(?=[A-Za-z0-9_-]+\s+[A-Za-z0-9_.-]+\s*=)", header):
         scheme, _, rest = challenge.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            continue
         params = {}
         for name, quoted, plain in _AUTH_PARAM.findall(rest):
             params[name.lower()] = plain or re.sub(r"\\(.)", r"\1", quoted)
-        if params.get("error") != "insufficient_user_authentication":
+        parsed.append((scheme.lower(), params))
+    return parsed
+
+
+def parse_challenge(header: str | None) -> StepUpRequired | None:
+    """An RFC 9470 ``insufficient_user_authentication`` challenge (Bearer, or DPoP for a DPoP-bound
+    token), or None."""
+    if not header or "insufficient_user_authentication" not in header:
+        return None
+    for scheme, params in challenges(header):
+        if scheme not in ("bearer", "dpop") or params.get("error") != "insufficient_user_authentication":
             continue
         acr_values = tuple(v for v in params.get("acr_values", "").split() if ACR_VALUE.match(v))[:MAX_ACR_VALUES]
         max_age = params.get("max_age")

@@ -26,10 +26,11 @@ from myapp.errors import ServiceUnavailable
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
+from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
 from myapp.services.metrics import Metrics, failure_reason
 from myapp.services.oidc import OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
 from myapp.services.sessions import EndReason, SessionRecord, SessionRows, UpstreamToken
-from myapp.services.tokenset import TokenCipher, TokenSet
+from myapp.services.tokenset import DPOP, Credential, TokenCipher, TokenSet, token_type_of
 from myapp.settings import TokenSettings, Upstream
 
 log = logging.getLogger(__name__)
@@ -183,11 +184,13 @@ class TokenManager:
         self._plaintexts: dict[bytes, str] = {}
         # Upstreams' own tokens by (session id, upstream), as last read or minted in this process.
         self._upstream_tokens: dict[tuple[int, str], UpstreamToken] = {}
+        # Sessions' DPoP keys by ciphertext, like the access tokens.
+        self._dpop_keys: dict[bytes, DPoPKey] = {}
 
-    def access_token(self, session: SessionRecord, *, upstream: str | None = None, stale: str | None = None) -> str:
+    def access_token(self, session: SessionRecord, *, upstream: str | None = None, stale: str | None = None) -> Credential:
         """The access token to send to ``upstream`` for this session: the session's own, or, for an
-        upstream with a token of its own, that one. Refreshed first when it is due or when ``stale``
-        was refused.
+        upstream with a token of its own, that one; with the session's DPoP key when it is bound to
+        it. Refreshed first when it is due or when ``stale`` was refused.
 
         ``session`` is the request's snapshot; only the refresh reads it again, locked.
         Raises :class:`LoginRequired`, :class:`ProviderUnavailable` or :class:`UpstreamTokenRefused`.
@@ -204,8 +207,38 @@ class TokenManager:
                 if token:
                     self._plaintexts[session.access_token] = token
             if token:
-                return token
+                if session.access_token_type != DPOP:
+                    return Credential(token)
+                key = self._dpop_key(session.dpop_key)
+                if key is not None:
+                    return Credential(token, key)
+                # An unreadable key: the refresh, reading the session again under its lock, ends it.
         return self.flights.run(session.id, lambda: self._refresh(session.id, stale))
+
+    def _dpop_key(self, ciphertext: bytes | None) -> DPoPKey | None:
+        """The session's DPoP key from its stored ciphertext (cached); None when there is none or
+        it cannot be read."""
+        if ciphertext is None:
+            return None
+        key = self._dpop_keys.get(ciphertext)
+        if key is None:
+            try:
+                key = DPoPKey.from_json(self.cipher.decrypt(ciphertext))
+            except DPoPKeyUnreadable:
+                return None
+            if len(self._dpop_keys) >= PLAINTEXT_CACHE_SIZE:
+                self._dpop_keys.clear()
+            self._dpop_keys[ciphertext] = key
+        return key
+
+    def _session_key(self, session: SessionRecord, tokens: TokenSet) -> DPoPKey | None:
+        """The key of a session read under the lock (its ``tokens`` decrypted); raises
+        :class:`DPoPKeyUnreadable` when it has one that no encryption key in use can read."""
+        if session.dpop_key is None:
+            return None
+        if tokens.dpop_key is None:
+            raise DPoPKeyUnreadable()
+        return DPoPKey.from_json(tokens.dpop_key)
 
     def end_session(self, session_id: int, reason: EndReason) -> TokenSet:
         """End a session under the refresh lock and return the tokens it held, for the caller to
@@ -223,7 +256,7 @@ class TokenManager:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
 
-    def _refresh(self, session_id: int, stale: str | None) -> str:
+    def _refresh(self, session_id: int, stale: str | None) -> Credential:
         with tracing.span("token.refresh") as span:
             waiting = tracing.Stopwatch()
             with self.lock.locked(session_id) as dbsession:
@@ -240,21 +273,27 @@ class TokenManager:
         if current is None or current.session.ended_at is not None:
             return LoginRequired()
         session, previous = current
+        try:
+            key = self._session_key(session, previous)
+        except DPoPKeyUnreadable:
+            # Its tokens cannot be used without it (a removed encryption key, say): sign in again.
+            return self._end(rows, session, "DPoP key unreadable")
         token = previous.access_token
         if self._serves(token, session.access_token_expires_at, session.refreshed_at, stale):
-            return token
+            return Credential(token, key if previous.bound else None)
         if not previous.refresh_token:
             return self._end(rows, session, "no refresh token")
         client = self.providers.of_session(session.provider, session.user_issuer)
         if client is None:
             return self._end(rows, session, f"provider {session.provider!r} is no longer configured")
         try:
-            response = client.refresh(previous.refresh_token)
+            # The proof is made here, under the session's refresh lock: single-flight holds for DPoP too.
+            response = client.refresh(previous.refresh_token, dpop=key)
         except TokenRequestRefused as e:
             if e.error != "invalid_grant":
                 self._audit(rows, session, f"provider refused: {e.error}")
                 return ProviderUnavailable(f"The provider refused to refresh ({e.error}).")
-            return self._after_invalid_grant(rows, session, previous.refresh_token)
+            return self._after_invalid_grant(rows, session, previous.refresh_token, key)
         except OIDCError as e:
             self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
@@ -273,11 +312,11 @@ class TokenManager:
                 rows.revoke_later(session.user_issuer, tokens)
             return LoginRequired()
         self.metrics.refreshes.inc()
-        return tokens.access_token
+        return Credential(tokens.access_token, key if tokens.bound else None)
 
     # -- an upstream's own token (SPEC.md "Tokens for each upstream") --
 
-    def _upstream_access_token(self, session: SessionRecord, upstream: Upstream, stale: str | None) -> str:
+    def _upstream_access_token(self, session: SessionRecord, upstream: Upstream, stale: str | None) -> Credential:
         key = (session.id, upstream.name)
         if stale is None:
             known = self._upstream_tokens.get(key)
@@ -286,7 +325,11 @@ class TokenManager:
                     known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(session.id, upstream.name)
                 self._remember_upstream_token(key, known)
             if known is not None and self._fresh(known.expires_at):
-                return known.access_token
+                if known.token_type != DPOP:
+                    return Credential(known.access_token)
+                dpop = self._dpop_key(session.dpop_key)
+                if dpop is not None:
+                    return Credential(known.access_token, dpop)
         # The same lock as the session's own refresh: every use of its one refresh token, for any
         # upstream, is single-flight per session across threads and processes.
         return self.flights.run(key, lambda: self._mint_upstream_token(session.id, upstream, stale))
@@ -299,7 +342,7 @@ class TokenManager:
             self._upstream_tokens.clear()
         self._upstream_tokens[key] = token
 
-    def _mint_upstream_token(self, session_id: int, upstream: Upstream, stale: str | None) -> str:
+    def _mint_upstream_token(self, session_id: int, upstream: Upstream, stale: str | None) -> Credential:
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
             waiting = tracing.Stopwatch()
             with self.lock.locked(session_id) as dbsession:
@@ -311,27 +354,34 @@ class TokenManager:
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop((session_id, upstream.name), None)
             raise outcome
-        self._remember_upstream_token((session_id, upstream.name), outcome)
-        return outcome.access_token
+        token, dpop = outcome
+        self._remember_upstream_token((session_id, upstream.name), token)
+        return Credential(token.access_token, dpop if token.token_type == DPOP else None)
 
     def _mint_upstream_token_locked(self, rows: SessionRows, session_id: int, upstream: Upstream, stale: str | None):
         current = rows.read(session_id)
         if current is None or current.session.ended_at is not None:
             return LoginRequired()
         session, own = current
+        try:
+            key = self._session_key(session, own)
+        except DPoPKeyUnreadable:
+            return self._end(rows, session, "DPoP key unreadable")
         stored = rows.upstream_token(session_id, upstream.name)
         if stored is not None and self._serves(stored.access_token, stored.expires_at, stored.refreshed_at, stale):
-            return stored
+            return stored, key
         client = self.providers.of_session(session.provider, session.user_issuer)
         if client is None:
             return self._end(rows, session, f"provider {session.provider!r} is no longer configured")
-        request = {"scope": upstream.scope, "resources": upstream.resources, "params": upstream.token_params}
+        # An upstream that takes Bearer tokens (``dpop = false``) gets one asked for without a proof.
+        dpop = key if upstream.dpop else None
+        request = {"scope": upstream.scope, "resources": upstream.resources, "params": upstream.token_params, "dpop": dpop}
         try:
             if upstream.exchange:
                 subject = self._refresh_locked(rows, session_id, None)  # the session's own, fresh
                 if isinstance(subject, BaseException):
                     return subject
-                response = client.exchange_token(subject, **request)
+                response = client.exchange_token(subject.token, **request)
             else:
                 if not own.refresh_token:
                     return self._end(rows, session, "no refresh token")
@@ -345,7 +395,10 @@ class TokenManager:
         except OIDCError as e:
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
-        minted = TokenSet.from_response(response, self.clock())
+        minted = UpstreamToken(
+            response["access_token"], TokenSet.from_response(response, self.clock()).access_token_expires_at,
+            self.clock(), token_type_of(response),
+        )
         rotated = response.get("refresh_token")
         if not upstream.exchange and isinstance(rotated, str) and rotated and rotated != own.refresh_token:
             # A rotating provider spent the session's refresh token: its successor is stored now,
@@ -353,9 +406,9 @@ class TokenManager:
             if not rows.write_tokens(session.id, replace(own, refresh_token=rotated), expected_generation=session.token_generation):
                 rows.revoke_later(session.user_issuer, TokenSet(refresh_token=rotated))
                 return LoginRequired()
-        rows.write_upstream_token(session.id, upstream.name, minted.access_token, minted.access_token_expires_at)
+        rows.write_upstream_token(session.id, upstream.name, minted)
         self.metrics.refreshes.inc()
-        return UpstreamToken(minted.access_token, minted.access_token_expires_at, self.clock())
+        return minted, dpop
 
     def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,
                 stale: str | None) -> bool:
@@ -369,12 +422,12 @@ class TokenManager:
             return False
         return token != stale or (refreshed_at is not None and self.clock() - refreshed_at < RECENT_REFRESH)
 
-    def _after_invalid_grant(self, rows: SessionRows, session: SessionRecord, used: str):
+    def _after_invalid_grant(self, rows: SessionRows, session: SessionRecord, used: str, key: DPoPKey | None):
         # Another worker, outside this lock, may have rotated the refresh token already.
         current = rows.read(session.id)
         if current is not None and current.session.ended_at is None and current.tokens.refresh_token not in (None, used):
             if current.tokens.access_token:
-                return current.tokens.access_token
+                return Credential(current.tokens.access_token, key if current.tokens.bound else None)
         # Expired, revoked, or reused and its family revoked: this session cannot go on.
         return self._end(rows, session, "invalid_grant")
 

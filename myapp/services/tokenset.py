@@ -5,6 +5,16 @@ from datetime import datetime, timedelta
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from myapp.services.dpop import DPoPKey
+
+DPOP = "DPoP"
+BEARER = "Bearer"
+
+
+def token_type_of(response: dict) -> str:
+    """A token response's ``token_type`` as stored: "DPoP" or "Bearer" (the provider checked it is one)."""
+    return DPOP if str(response.get("token_type", "")).lower() == "dpop" else BEARER
+
 
 @dataclass(frozen=True)
 class TokenSet:
@@ -12,11 +22,21 @@ class TokenSet:
     refresh_token: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
     access_token_expires_at: datetime | None = None
+    # "DPoP" when the access token is bound to the session's key (RFC 9449), else "Bearer".
+    token_type: str = "Bearer"
+    # The session's DPoP key pair as stored (myapp.services.dpop.DPoPKey.to_json); None without DPoP.
+    dpop_key: str | None = field(default=None, repr=False)
+
+    @property
+    def bound(self) -> bool:
+        return self.token_type == DPOP
 
     @classmethod
-    def from_response(cls, token: dict, now: datetime, *, previous: "TokenSet | None" = None) -> "TokenSet":
+    def from_response(
+        cls, token: dict, now: datetime, *, previous: "TokenSet | None" = None, dpop_key: str | None = None
+    ) -> "TokenSet":
         """The tokens of a token-endpoint response; a refresh without a new refresh token (or ID
-        token) keeps the previous one."""
+        token) keeps the previous one, and the session's DPoP key."""
         expires_in = token.get("expires_in")
         try:
             expires_at = now + timedelta(seconds=int(expires_in)) if expires_in is not None else None
@@ -27,7 +47,22 @@ class TokenSet:
             refresh_token=token.get("refresh_token") or (previous.refresh_token if previous else None),
             id_token=token.get("id_token") or (previous.id_token if previous else None),
             access_token_expires_at=expires_at,
+            token_type=token_type_of(token),
+            dpop_key=dpop_key or (previous.dpop_key if previous else None),
         )
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An access token as it is sent: with the session's DPoP key when the token is bound to it
+    (``Authorization: DPoP`` and a proof), else as a Bearer token."""
+
+    token: str = field(repr=False)
+    dpop: DPoPKey | None = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return DPOP if self.dpop is not None else BEARER
 
 
 class TokenCipher:

@@ -20,6 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey, import_key
 
 from myapp.services.oidc import BACKCHANNEL_LOGOUT_EVENT
+from tests.support.dpop_check import ProofRefused, verify_proof
 from tests.support.servers import serve
 
 CLIENT_ID = "myapp-test"
@@ -78,6 +79,14 @@ class FakeProvider:
         self.pushed = {}  # request_uri -> the pushed authorization request's parameters
         self.par_response = None  # callable(form) -> (status, body); None: accept
         self.client_auth_failures = []  # why each refused client authentication was refused
+        # DPoP (RFC 9449): the algorithms advertised (None: no DPoP), the nonce the token endpoint
+        # demands (None: none), whether to issue Bearer tokens whatever the proof, and every proof
+        # accepted at the token and userinfo endpoints: (path, header, claims).
+        self.dpop_algorithms = None
+        self.dpop_nonce = None
+        self.dpop_bearer = False
+        self.dpop_proofs = []
+        self.dpop_refusals = []
 
     def metadata(self) -> dict:
         document = {
@@ -93,6 +102,7 @@ class FakeProvider:
             "authorization_response_iss_parameter_supported": True,
             "pushed_authorization_request_endpoint": self.issuer + "/par" if self.offers_par else None,
             "token_endpoint_auth_signing_alg_values_supported": ["PS256", "RS256", "ES256"],
+            "dpop_signing_alg_values_supported": self.dpop_algorithms,
         }
         document.update(self.metadata_overrides)
         return {k: v for k, v in document.items() if v is not None}
@@ -163,9 +173,10 @@ class FakeProvider:
         if path == "/token":
             self.token_forms.append(parse_qsl(raw))
         self.requests.append((path, form, {k: v for k, v in environ.items() if k.startswith("HTTP_")}))
-        status, body, content_type = self.route(path, form, environ, raw)
+        status, body, content_type, *extra = self.route(path, form, environ, raw)
         data = body if isinstance(body, bytes) else (json.dumps(body) if isinstance(body, (dict, list)) else body).encode()
-        start_response(f"{status} X", [("Content-Type", content_type), ("Content-Length", str(len(data)))])
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(data)))] + (extra[0] if extra else [])
+        start_response(f"{status} X", headers)
         return [data]
 
     def route(self, path, form, environ, raw=""):
@@ -183,11 +194,37 @@ class FakeProvider:
                 return status, body, "application/json"
             if not self.client_authenticated(form, environ):
                 return 401, {"error": "invalid_client"}, "application/json"
+            jkt = None
+            if "HTTP_DPOP" in environ:
+                try:
+                    _, claims, jkt = verify_proof(environ["HTTP_DPOP"], method="POST", url=self.issuer + "/token")
+                except ProofRefused as e:
+                    self.dpop_refusals.append(("/token", str(e)))
+                    return 400, {"error": "invalid_dpop_proof"}, "application/json"
+                if self.dpop_nonce is not None and claims.get("nonce") != self.dpop_nonce:
+                    self.dpop_refusals.append(("/token", "nonce"))
+                    return 400, {"error": "use_dpop_nonce"}, "application/json", [("DPoP-Nonce", self.dpop_nonce)]
+                self.dpop_proofs.append(("/token", environ["HTTP_DPOP"], claims))
             with self.token_lock:
                 status, body = self.issue_tokens(form, self.token_forms[-1] if self.token_forms else [])
+            if status == 200 and jkt is not None and not self.dpop_bearer:
+                body["token_type"] = "DPoP"
+                self.access_tokens[body["access_token"]]["jkt"] = jkt
             return status, body, "application/json"
         if path == "/userinfo":
             token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+            if token.startswith("DPoP "):
+                token = token.removeprefix("DPoP ")
+                try:
+                    _, claims, jkt = verify_proof(
+                        environ.get("HTTP_DPOP", ""), method="GET", url=self.issuer + "/userinfo", access_token=token
+                    )
+                except ProofRefused as e:
+                    self.dpop_refusals.append(("/userinfo", str(e)))
+                    return 401, {"error": "invalid_dpop_proof"}, "application/json"
+                if jkt != self.access_tokens.get(token, {}).get("jkt"):
+                    return 401, {"error": "invalid_token"}, "application/json"
+                self.dpop_proofs.append(("/userinfo", environ["HTTP_DPOP"], claims))
             if self.userinfo_response is not None:
                 status, body = self.userinfo_response(token)
                 return status, body, "application/json"

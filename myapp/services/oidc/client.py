@@ -13,6 +13,7 @@ from authlib.integrations.base_client import OAuthError
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from myapp import tracing
+from myapp.services.dpop import DPoPKey, Nonces, challenge_error, choose_algorithm
 from myapp.services.http import HttpClient, HTTPFailure, describe
 from myapp.services.oidc.client_auth import (
     ClientKeys,
@@ -48,6 +49,17 @@ def _parse_token_response(response: requests.Response) -> dict:
     if "error" in token:
         raise OAuthError(error=str(token["error"]), description=token.get("error_description"))
     return token
+
+
+def _asks_for_nonce(response: requests.Response) -> bool:
+    """A token endpoint's RFC 9449 section 8 answer: 400 (or 401) ``use_dpop_nonce``."""
+    if response.status_code not in (400, 401):
+        return False
+    try:
+        document = response.json()
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("error") == "use_dpop_nonce"
 
 
 class Revocation(StrEnum):
@@ -86,6 +98,8 @@ class OIDCClient:
             documents=self.documents,
             clock=clock,
         )
+        # The latest DPoP-Nonce of each of this provider's servers (token endpoint, userinfo).
+        self.nonces = Nonces()
 
     def metadata(self) -> ProviderMetadata:
         return self.documents.metadata()
@@ -114,6 +128,7 @@ class OIDCClient:
             # Refuse before the person signs in at the provider, not after, when the code could
             # never be exchanged: the provider takes no assertion this key can sign.
             self.client_keys.algorithm_for(metadata.assertion_algorithms)
+        self.dpop_algorithm(metadata)  # likewise, a provider without DPoP when it is required
         params = [
             ("response_type", "code"),
             ("client_id", self.settings.client_id),
@@ -177,6 +192,27 @@ class OIDCClient:
             raise OIDCError("par_failed", "The provider's pushed authorization response has no request_uri.")
         return request_uri
 
+    def dpop_algorithm(self, metadata: ProviderMetadata | None = None) -> str | None:
+        """The algorithm of a new session's DPoP key at this provider (SPEC.md "Sender-constrained
+        tokens"), or None for Bearer tokens; raises :class:`ProviderMisconfigured` when DPoP is
+        required and the provider offers none this app can sign."""
+        mode = self.settings.dpop
+        if mode == "off":
+            return None
+        metadata = metadata or self.metadata()
+        alg = choose_algorithm(metadata.dpop_algorithms or ())
+        if alg is None and mode == "required":
+            if metadata.dpop_algorithms:
+                raise ProviderMisconfigured(
+                    f"The provider takes DPoP proofs only in {', '.join(metadata.dpop_algorithms)[:200]}, "
+                    f"none of which myapp signs, but {self.settings.settings_prefix}dpop = required."
+                )
+            raise ProviderMisconfigured(
+                "The provider does not offer DPoP (its discovery document has no dpop_signing_alg_values_supported), "
+                f"but {self.settings.settings_prefix}dpop = required."
+            )
+        return alg
+
     def client_auth(self, endpoint_metadata: ProviderMetadata | None = None):
         """How this client authenticates (an Authlib client-auth callable), for every endpoint."""
         method = self.settings.token_endpoint_auth_method
@@ -191,25 +227,44 @@ class OIDCClient:
             )
         return client_secret_basic
 
-    def _post(self, endpoint: str, form: list, *, timeout: float | None = None) -> requests.Response:
-        """POST ``form`` (repeated names kept) to one of the provider's endpoints, authenticated as this client."""
+    def _post(
+        self, endpoint: str, form: list, *, timeout: float | None = None, dpop: DPoPKey | None = None
+    ) -> requests.Response:
+        """POST ``form`` (repeated names kept) to one of the provider's endpoints, authenticated as
+        this client; with ``dpop``, with a proof, sent once more when the provider asks for a nonce."""
         session = self.http.oauth2_session(client_id=self.settings.client_id, client_secret=self.settings.client_secret)
         endpoint_name = urlsplit(endpoint).path.rsplit("/", 1)[-1] or "endpoint"
         with tracing.outgoing_span(f"provider {endpoint_name}", kind_of="provider", target=self.settings.name, method="POST") as span:
-            headers = {"Accept": "application/json"}
-            tracing.inject(headers)
-            response = session.post(
-                endpoint,
-                data=form,
-                auth=session.client_auth(self.client_auth()),
-                headers=headers,
-                withhold_token=True,
-                timeout=timeout or self.settings.http_timeout,
-            )
+
+            def send() -> tuple[requests.Response, str | None]:
+                headers = {"Accept": "application/json"}
+                tracing.inject(headers)
+                nonce = None
+                if dpop is not None:
+                    nonce = self.nonces.get(endpoint)
+                    headers["DPoP"] = dpop.proof("POST", endpoint, nonce=nonce)
+                response = session.post(
+                    endpoint,
+                    data=form,
+                    auth=session.client_auth(self.client_auth()),
+                    headers=headers,
+                    withhold_token=True,
+                    timeout=timeout or self.settings.http_timeout,
+                )
+                return response, nonce
+
+            response, sent = send()
+            if dpop is not None:
+                nonce = self.nonces.remember(endpoint, response.headers.get("DPoP-Nonce"))
+                if nonce is not None and nonce != sent and _asks_for_nonce(response):
+                    # RFC 9449 section 8: once more, with the nonce it gave (a fresh proof, a new jti).
+                    log.info("the provider's %s asked for a DPoP nonce; sending again with it", endpoint_name)
+                    response, _ = send()
+                    self.nonces.remember(endpoint, response.headers.get("DPoP-Nonce"))
             span.set_attribute("http.response.status_code", response.status_code)
             return response
 
-    def _call_token_endpoint(self, call) -> dict:
+    def _call_token_endpoint(self, call, dpop: DPoPKey | None) -> dict:
         try:
             token = call()
         except OAuthError as e:
@@ -225,11 +280,20 @@ class OIDCClient:
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
             raise OIDCError("token_response_invalid", "The provider's token response has no access token.")
         token_type = token.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise OIDCError("token_response_invalid", "The provider's token response is not a Bearer token.")
+        token_type = token_type.lower() if isinstance(token_type, str) else None
+        if token_type == "bearer":
+            if dpop is not None and self.settings.dpop == "required":
+                raise OIDCError(
+                    "dpop_not_bound",
+                    "The sign-in provider issued a plain Bearer token, but this app requires tokens bound to "
+                    "its own key (DPoP), so that a leaked token is useless to anyone else.",
+                )
+        elif token_type != "dpop" or dpop is None:
+            expected = "a DPoP or Bearer token" if dpop is not None else "a Bearer token"
+            raise OIDCError("token_response_invalid", f"The provider's token response is not {expected}.")
         return token
 
-    def exchange_code(self, code: str, code_verifier: str) -> dict:
+    def exchange_code(self, code: str, code_verifier: str, *, dpop: DPoPKey | None = None) -> dict:
         """Trade the authorization code (and the PKCE verifier) for tokens, on the server."""
         form = [
             ("grant_type", "authorization_code"),
@@ -237,7 +301,7 @@ class OIDCClient:
             ("code_verifier", code_verifier),
             ("redirect_uri", self.settings.redirect_uri),
         ]
-        return self._token_request(form, scope=None, resources=(), params=None)
+        return self._token_request(form, scope=None, resources=(), params=None, dpop=dpop)
 
     def refresh(
         self,
@@ -246,11 +310,13 @@ class OIDCClient:
         scope: str | None = None,
         resources: tuple[str, ...] = (),
         params: Mapping[str, str] | None = None,
+        dpop: DPoPKey | None = None,
     ) -> dict:
         """The refresh_token grant: for the session's own tokens, or, with ``scope``, ``resources``
-        (RFC 8707) or extra ``params``, for an access token meant for one upstream."""
+        (RFC 8707) or extra ``params``, for an access token meant for one upstream. With ``dpop``,
+        the request carries a proof and the new access token is bound to that key."""
         form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
-        return self._token_request(form, scope=scope, resources=resources, params=params)
+        return self._token_request(form, scope=scope, resources=resources, params=params, dpop=dpop)
 
     def exchange_token(
         self,
@@ -259,6 +325,7 @@ class OIDCClient:
         scope: str | None = None,
         resources: tuple[str, ...] = (),
         params: Mapping[str, str] | None = None,
+        dpop: DPoPKey | None = None,
     ) -> dict:
         """RFC 8693 token exchange of an access token for one with another target."""
         form = [
@@ -267,9 +334,9 @@ class OIDCClient:
             ("subject_token_type", ACCESS_TOKEN_TYPE),
             ("requested_token_type", ACCESS_TOKEN_TYPE),
         ]
-        return self._token_request(form, scope=scope, resources=resources, params=params)
+        return self._token_request(form, scope=scope, resources=resources, params=params, dpop=dpop)
 
-    def _token_request(self, form: list, *, scope, resources, params) -> dict:
+    def _token_request(self, form: list, *, scope, resources, params, dpop: DPoPKey | None) -> dict:
         """POST ``form`` (repeated names kept: Authlib's fetch_token folds them into one) to the
         token endpoint, authenticated as this client."""
         endpoint = self.metadata().token_endpoint
@@ -278,7 +345,7 @@ class OIDCClient:
             form.append(("scope", scope))
         form.extend(("resource", resource) for resource in resources)
         form.extend((params or {}).items())
-        return self._call_token_endpoint(lambda: _parse_token_response(self._post(endpoint, form)))
+        return self._call_token_endpoint(lambda: _parse_token_response(self._post(endpoint, form, dpop=dpop)), dpop)
 
     def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> "Revocation":
         """RFC 7009 revocation, client-authenticated; never raises."""
@@ -304,15 +371,31 @@ class OIDCClient:
         # 400: the provider will never take this token (RFC 7009 section 2.2.1); anything else may pass.
         return Revocation.REFUSED if response.status_code == 400 else Revocation.FAILED
 
-    def userinfo(self, access_token: str, *, subject: str) -> dict | None:
-        """Userinfo claims, or None when unavailable or naming another subject (then logged)."""
+    def userinfo(self, access_token: str, *, subject: str, dpop: DPoPKey | None = None) -> dict | None:
+        """Userinfo claims, or None when unavailable or naming another subject (then logged). A
+        token bound to ``dpop`` goes with a proof (and once more with the nonce, if asked for one)."""
         endpoint = self.metadata().userinfo_endpoint
         if endpoint is None:
             return None
+
+        def get(nonce: str | None) -> dict:
+            if dpop is None:
+                return self.http.get_json(endpoint, headers={"Authorization": f"Bearer {access_token}"})
+            proof = dpop.proof("GET", endpoint, access_token=access_token, nonce=nonce)
+            return self.http.get_json(endpoint, headers={"Authorization": f"DPoP {access_token}", "DPoP": proof})
+
+        sent = self.nonces.get(endpoint) if dpop is not None else None
         try:
-            claims = self.http.get_json(endpoint, headers={"Authorization": f"Bearer {access_token}"})
+            try:
+                claims = get(sent)
+            except HTTPFailure as e:
+                nonce = self.nonces.remember(endpoint, e.headers.get("DPoP-Nonce")) if dpop is not None else None
+                if nonce is None or nonce == sent or challenge_error(e.headers.get("WWW-Authenticate")) != "use_dpop_nonce":
+                    raise
+                claims = get(nonce)
         except HTTPFailure as e:
-            log.info("userinfo unavailable (%s); keeping the ID token's claims", e)
+            reason = challenge_error(e.headers.get("WWW-Authenticate")) if dpop is not None else None
+            log.info("userinfo unavailable (%s%s); keeping the ID token's claims", e, f", {reason}" if reason else "")
             return None
         if claims.get("sub") != subject:
             log.warning("userinfo names another subject than the ID token; discarding it")

@@ -44,6 +44,8 @@ class ProviderMetadata:
     par_required: bool = False
     # For private_key_jwt: what the provider accepts, in its order (None: it does not say).
     assertion_algorithms: tuple[str, ...] | None = None
+    # RFC 9449: the algorithms the provider takes DPoP proofs in (None: it offers no DPoP).
+    dpop_algorithms: tuple[str, ...] | None = None
 
     @classmethod
     def from_document(cls, document: dict, expected_issuer: str) -> "ProviderMetadata":
@@ -86,6 +88,7 @@ class ProviderMetadata:
             par_endpoint=endpoint("pushed_authorization_request_endpoint", False),
             par_required=document.get("require_pushed_authorization_requests") is True,
             assertion_algorithms=_string_list(document.get("token_endpoint_auth_signing_alg_values_supported")),
+            dpop_algorithms=_string_list(document.get("dpop_signing_alg_values_supported")) or None,
         )
 
 

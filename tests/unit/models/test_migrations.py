@@ -141,3 +141,57 @@ def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
         assert store.rows.read(session.id).tokens.refresh_token == "rt-1"
         assert dbsession.execute(text("SELECT title, form_token FROM posts")).one() == ("T", None)
         assert dbsession.execute(text("SELECT event FROM audit_events")).scalar() == "login"
+
+
+def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
+    """0008 (DPoP) on a database with live sessions and upstream tokens: each keeps its tokens and
+    reads as a Bearer session without a key, which is what it was."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy.orm import Session
+
+    from myapp.services.sessions import SessionStore
+    from myapp.services.tokenset import TokenCipher
+    from myapp.settings import load_settings
+    from tests.conftest import TEST_KEY
+
+    _, engine = empty_database
+    run(engine, "upgrade", "0007")
+    now = datetime.now(timezone.utc)
+    cipher = TokenCipher([TEST_KEY])
+    raw_id = "b" * 43
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
+                "VALUES (1, 'https://idp.example.test', 'bob', 'Bob', 'b@example.test', '[]', false, :now, :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+                "ip_address, provider, csrf_token, access_token, refresh_token, access_token_expires_at, token_generation) "
+                "VALUES (1, :hash, 'handle-1', 1, :now, :now, :expires, 'UA', '', 'default', 'csrf', :at, :rt, :expires, 2)"
+            ),
+            {"hash": hash_session_id(raw_id), "now": now, "expires": now + timedelta(days=1),
+             "at": cipher.encrypt("at-1"), "rt": cipher.encrypt("rt-1")},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO session_tokens (id, session_id, upstream, access_token, expires_at, refreshed_at) "
+                "VALUES (1, 1, 'api2', :token, :expires, :now)"
+            ),
+            {"token": cipher.encrypt("api2-token"), "expires": now + timedelta(hours=1), "now": now},
+        )
+    run(engine, "upgrade", "head")
+    settings = load_settings(base_settings("sqlite://"))
+    with Session(engine) as dbsession:
+        store = SessionStore(dbsession=dbsession, cipher=cipher, settings=settings.session)
+        session = store.find(raw_id)
+        assert (session.access_token_type, session.dpop_key, session.token_generation) == (None, None, 2)
+        stored = store.rows.read(session.id)
+        assert (stored.tokens.access_token, stored.tokens.refresh_token) == ("at-1", "rt-1")
+        assert (stored.tokens.token_type, stored.tokens.dpop_key) == ("Bearer", None)
+        upstream = store.rows.upstream_token(session.id, "api2")
+        assert (upstream.access_token, upstream.token_type) == ("api2-token", "Bearer")

@@ -51,7 +51,10 @@ class StubProvider:
             signing_algorithms=frozenset({"RS256"}), iss_parameter_supported=self.iss_supported,
         )
 
-    def exchange_code(self, code, verifier):
+    def dpop_algorithm(self, metadata=None):
+        return None
+
+    def exchange_code(self, code, verifier, *, dpop=None):
         self.calls.append(("exchange_code", code, verifier))
         return self.exchange(code, verifier)
 
@@ -59,7 +62,7 @@ class StubProvider:
         self.calls.append(("validate_id_token", nonce))
         return dict(self.claims, nonce=nonce)
 
-    def userinfo(self, access_token, *, subject):
+    def userinfo(self, access_token, *, subject, dpop=None):
         self.calls.append(("userinfo", access_token))
         return self.userinfo_claims
 

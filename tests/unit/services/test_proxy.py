@@ -11,6 +11,7 @@ import urllib3
 
 from myapp.errors import APIError
 from myapp.services.proxy import CHUNK, Proxy, subpath
+from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 
 UPSTREAM = Upstream(
@@ -152,7 +153,7 @@ def test_a_401_is_retried_once_with_a_fresh_token_and_the_same_body():
 
     def token(stale=None):
         tokens.append(stale)
-        return "fresh" if stale else "old"
+        return Credential("fresh" if stale else "old")
 
     assert service.exchange(outgoing, token).status == 200
     assert tokens == [None, "old"]
@@ -165,7 +166,7 @@ def test_a_401_with_no_newer_token_goes_back_as_it_is():
     pool = FakePool(response(401, b'{"error": "nope"}'))
     service = proxy(pool)
     outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
-    assert service.exchange(outgoing, lambda stale=None: "same").status == 401
+    assert service.exchange(outgoing, lambda stale=None: Credential("same")).status == 401
     assert len(pool.sent) == 1
 
 

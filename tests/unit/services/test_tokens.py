@@ -29,7 +29,7 @@ class StubProvider:
         self.answer = lambda refresh_token: {"access_token": "at-new", "token_type": "Bearer", "expires_in": 300,
                                              "refresh_token": "rt-new"}
 
-    def refresh(self, refresh_token):
+    def refresh(self, refresh_token, dpop=None):
         self.calls.append(refresh_token)
         return self.answer(refresh_token)
 
@@ -104,13 +104,13 @@ def audit_details(dbsession):
 
 def test_a_fresh_token_is_used_as_is(manager, provider, session_row, record):
     row = session_row(access="at-valid", expires_in=3600)
-    assert manager.access_token(record(row)) == "at-valid"
+    assert manager.access_token(record(row)).token == "at-valid"
     assert provider.calls == []
 
 
 def test_a_token_inside_the_leeway_is_refreshed(manager, provider, session_row, dbsession, cipher, record):
     row = session_row(expires_in=30)
-    assert manager.access_token(record(row)) == "at-new"
+    assert manager.access_token(record(row)).token == "at-new"
     assert provider.calls == ["rt-old"]
     stored = reload(dbsession, row)
     assert cipher.decrypt(stored.refresh_token) == "rt-new"
@@ -121,13 +121,13 @@ def test_a_token_without_expiry_is_used_until_refused(manager, provider, session
     row = session_row()
     row.access_token_expires_at = None
     dbsession.flush()
-    assert manager.access_token(record(row)) == "at-old"
-    assert manager.access_token(record(row), stale="at-old") == "at-new"
+    assert manager.access_token(record(row)).token == "at-old"
+    assert manager.access_token(record(row), stale="at-old").token == "at-new"
 
 
 def test_a_refused_token_is_refreshed_once_even_if_not_expired(manager, provider, session_row, record):
     row = session_row(access="at-valid", expires_in=3600)
-    assert manager.access_token(record(row), stale="at-valid") == "at-new"
+    assert manager.access_token(record(row), stale="at-valid").token == "at-new"
     assert provider.calls == ["rt-old"]
 
 
@@ -135,7 +135,7 @@ def test_a_worker_that_waited_uses_the_tokens_already_stored(manager, provider, 
     row = session_row(expires_in=0)
     earlier_request = record(row)
     manager.access_token(earlier_request)
-    assert manager.access_token(earlier_request) == "at-new"
+    assert manager.access_token(earlier_request).token == "at-new"
     assert provider.calls == ["rt-old"]
 
 
@@ -172,7 +172,7 @@ def test_invalid_grant_after_another_worker_rotated_uses_its_tokens(manager, pro
         raise TokenRequestRefused("invalid_grant", None)
 
     provider.answer = rotated_elsewhere
-    assert manager.access_token(record(row)) == "at-from-other-worker"
+    assert manager.access_token(record(row)).token == "at-from-other-worker"
     assert reload(dbsession, row).ended_at is None
     assert audit_details(dbsession) == []
 
@@ -221,7 +221,7 @@ def test_refreshed_id_token_must_name_the_same_user(manager, provider, session_r
 def test_refreshed_id_token_for_the_same_user_is_kept(manager, provider, session_row, dbsession, cipher, record):
     provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "id_token": "idt-alice"}
     row = session_row()
-    assert manager.access_token(record(row)) == "at-2"
+    assert manager.access_token(record(row)).token == "at-2"
     assert cipher.decrypt(reload(dbsession, row).id_token) == "idt-alice"
 
 

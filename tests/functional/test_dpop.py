@@ -1,0 +1,292 @@
+"""DPoP (SPEC.md "Sender-constrained tokens") through the whole app: the programmable provider and a
+recording upstream that checks proofs as a strict resource server does (tests/support/dpop_check.py,
+written apart from the app's proof maker), both on real sockets, on a committed database.
+"""
+
+import json
+import logging
+from datetime import timedelta
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select, update
+
+from myapp.models import AuditEvent, UserSession
+from myapp.models.meta import utcnow
+from myapp.services import Services
+from myapp.services.tokenset import TokenCipher
+from tests.conftest import TEST_PUBLIC_URL
+from tests.functional.auth.flows import sign_in as sign_in_at
+from tests.functional.auth.flows import start_login
+from tests.functional.conftest import Browser
+from tests.support.dpop_check import b64url_sha256, verify_proof
+
+# Paths the browser asks for, with a query and with encoded characters.
+PATHS = ("/api/up/items/7?sort=name&q=a%20b", "/api/up/caf%C3%A9/a%2Bb%40c~x", "/api/up/")
+
+
+@pytest.fixture
+def dbsession(committed):
+    return committed
+
+
+@pytest.fixture
+def dpop_provider(provider):
+    provider.dpop_algorithms = ["ES256", "RS256"]
+    return provider
+
+
+@pytest.fixture
+def make_dpop_app(make_proxy_app):
+    def make(mode="required", **overrides):
+        return make_proxy_app(**{"myapp.oidc.dpop": mode, **overrides})
+
+    return make
+
+
+def api(browser, method, path, status="*", **kw):
+    headers = {"X-CSRF": "1"}
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        headers["Origin"] = TEST_PUBLIC_URL
+    return getattr(browser, method.lower())(path, headers=headers, status=status, **kw)
+
+
+def signed_in_browser(app, provider):
+    browser = Browser(app)
+    response = sign_in_at(browser, provider)
+    assert response.status_int == 303, response.text
+    return browser
+
+
+def session_row(dbsession):
+    dbsession.commit()
+    return dbsession.scalars(select(UserSession).order_by(UserSession.id.desc()).limit(1)).one()
+
+
+def private_jwk(app, row) -> dict:
+    return json.loads(app.registry[Services].cipher.decrypt(row.dpop_key))["jwk"]
+
+
+def test_a_sign_in_makes_the_sessions_own_key_and_binds_its_tokens(make_dpop_app, dpop_provider, dbsession):
+    app = make_dpop_app()
+    signed_in_browser(app, dpop_provider)
+    row = session_row(dbsession)
+    assert row.access_token_type == "DPoP" and row.dpop_key is not None
+    jwk = private_jwk(app, row)
+    assert jwk["kty"] == "EC" and jwk["crv"] == "P-256" and "d" in jwk
+    assert b'"d"' not in row.dpop_key and jwk["d"].encode() not in row.dpop_key  # encrypted at rest
+
+    (token_path, proof, claims), (userinfo_path, userinfo_proof, userinfo_claims) = dpop_provider.dpop_proofs
+    assert (token_path, userinfo_path) == ("/token", "/userinfo")
+    header, claims, jkt = verify_proof(proof, method="POST", url=dpop_provider.issuer + "/token")
+    assert header["typ"] == "dpop+jwt" and header["alg"] == "ES256" and "d" not in header["jwk"]
+    assert "ath" not in claims and "nonce" not in claims
+    access_token = app.registry[Services].cipher.decrypt(row.access_token)
+    assert dpop_provider.access_tokens[access_token]["jkt"] == jkt
+    # Userinfo got the bound token as DPoP, with a proof of its own carrying its hash.
+    assert userinfo_claims["ath"] == b64url_sha256(access_token) and userinfo_claims["jti"] != claims["jti"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_proxied_call_carries_a_fresh_proof_for_exactly_that_request(make_dpop_app, dpop_provider, upstream, dbsession, path):
+    app = make_dpop_app()
+    browser = signed_in_browser(app, dpop_provider)
+    api(browser, "GET", path, status=200)
+    api(browser, "POST", path, params=b'{"n": 1}', content_type="application/json", status=200)
+    access_token = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
+    proofs = []
+    for seen, method in zip(upstream.seen, ("GET", "POST"), strict=True):
+        assert seen["headers"]["authorization"] == f"DPoP {access_token}"
+        # htu: the URL exactly as the upstream received it, without the query.
+        target = upstream.url + seen["uri"].split("?")[0]
+        header, claims, jkt = verify_proof(seen["headers"]["dpop"], method=method, url=target, access_token=access_token)
+        assert claims["htu"] == target and claims["htm"] == method and "?" not in claims["htu"]
+        assert jkt == dpop_provider.access_tokens[access_token]["jkt"]
+        proofs.append(claims["jti"])
+    assert len(set(proofs)) == 2
+    assert upstream.dpop_refusals == [], upstream.dpop_failures
+
+
+def test_an_upstreams_nonce_is_answered_by_exactly_one_retry_and_then_remembered(make_dpop_app, dpop_provider, upstream):
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    upstream.dpop_nonce = "upstream-nonce-1"
+    response = api(browser, "POST", "/api/up/items", params=b"payload", content_type="text/plain", status=200)
+    assert response.json == {"ok": True}
+    first, retry = upstream.seen
+    assert upstream.dpop_refusals == ["use_dpop_nonce"]
+    assert retry["body_sha256"] == first["body_sha256"] and retry["body_bytes"] == 7
+    first_claims = verify_proof(first["headers"]["dpop"], method="POST", url=upstream.url + "/base/items")[1]
+    retry_claims = verify_proof(retry["headers"]["dpop"], method="POST", url=upstream.url + "/base/items")[1]
+    assert "nonce" not in first_claims and retry_claims["nonce"] == "upstream-nonce-1"
+    assert retry_claims["jti"] != first_claims["jti"]
+    # The nonce is kept for that upstream: the next call needs no retry.
+    api(browser, "GET", "/api/up/items", status=200)
+    assert len(upstream.seen) == 3 and len(upstream.dpop_refusals) == 1
+
+
+def test_a_nonce_asked_for_again_after_the_retry_goes_back_as_a_401(make_dpop_app, dpop_provider, upstream, monkeypatch):
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    nonces = iter(f"n-{i}" for i in range(10))
+    original = upstream._dpop_refusal
+
+    def always_new_nonce(*args):
+        upstream.dpop_nonce = next(nonces)
+        return original(*args)
+
+    monkeypatch.setattr(upstream, "_dpop_refusal", always_new_nonce)
+    refresh_uses = list(dpop_provider.refresh_uses)
+    api(browser, "GET", "/api/up/items", status=401)
+    assert len(upstream.seen) == 2  # one retry, never a loop
+    assert dpop_provider.refresh_uses == refresh_uses  # and no refresh: a new token would not help
+
+
+def test_a_proof_the_upstream_refuses_gets_its_401_back_without_a_refresh(make_dpop_app, dpop_provider, upstream, caplog):
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    upstream.refuse_proofs = True
+    refresh_uses = list(dpop_provider.refresh_uses)
+    with caplog.at_level(logging.WARNING, logger="myapp.services.proxy"):
+        response = api(browser, "GET", "/api/up/items", status=401)
+    assert response.headers["WWW-Authenticate"].startswith('DPoP error="invalid_dpop_proof"')
+    assert len(upstream.seen) == 1 and dpop_provider.refresh_uses == refresh_uses
+    assert "upstream up refused the DPoP proof: invalid_dpop_proof" in caplog.text
+
+
+def test_an_invalid_token_answer_refreshes_once_with_a_new_proof(make_dpop_app, dpop_provider, upstream, dbsession):
+    app = make_dpop_app()
+    browser = signed_in_browser(app, dpop_provider)
+    old = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
+    upstream.refuse_tokens = {old}
+    api(browser, "GET", "/api/up/items", status=200)
+    new = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
+    assert new != old and [s["headers"]["authorization"] for s in upstream.seen] == [f"DPoP {old}", f"DPoP {new}"]
+    refresh_proofs = [c for path, _, c in dpop_provider.dpop_proofs if path == "/token"][1:]
+    assert len(refresh_proofs) == 1 and session_row(dbsession).access_token_type == "DPoP"
+
+
+def test_the_token_endpoints_nonce_is_answered_by_one_retry_at_sign_in_and_refresh(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    dpop_provider.dpop_nonce = "provider-nonce-1"
+    app = make_dpop_app()
+    browser = signed_in_browser(app, dpop_provider)
+    assert dpop_provider.dpop_refusals == [("/token", "nonce")]
+    (_, _, accepted), *_ = dpop_provider.dpop_proofs
+    assert accepted["nonce"] == "provider-nonce-1"
+    # The provider moves on to another nonce: the refresh asks once more, with a fresh jti.
+    dpop_provider.dpop_nonce = "provider-nonce-2"
+    dbsession.execute(update(UserSession).values(access_token_expires_at=utcnow() - timedelta(seconds=1)))
+    dbsession.commit()
+    api(browser, "GET", "/api/up/items", status=200)
+    assert dpop_provider.dpop_refusals == [("/token", "nonce")] * 2
+    token_proofs = [c for path, _, c in dpop_provider.dpop_proofs if path == "/token"]
+    assert [c.get("nonce") for c in token_proofs] == ["provider-nonce-1", "provider-nonce-2"]
+    assert len({c["jti"] for c in token_proofs}) == 2
+    assert len(dpop_provider.refresh_uses) == 1
+
+
+def test_a_provider_that_issues_bearer_tokens_when_dpop_is_required_is_refused(make_dpop_app, dpop_provider, dbsession):
+    dpop_provider.dpop_bearer = True
+    browser = Browser(make_dpop_app())
+    response = sign_in_at(browser, dpop_provider)
+    assert response.status_int == 502
+    assert "Bearer token" in response.text and "DPoP" in response.text
+    assert dbsession.scalars(select(UserSession)).all() == []
+    dbsession.commit()
+    details = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "login_failed")).all()
+    assert any("dpop_not_bound" in d for d in details)
+
+
+def test_auto_takes_the_bearer_tokens_a_provider_chose_to_issue(make_dpop_app, dpop_provider, upstream, dbsession):
+    dpop_provider.dpop_bearer = True
+    browser = signed_in_browser(make_dpop_app("auto"), dpop_provider)
+    row = session_row(dbsession)
+    assert (row.access_token_type, row.dpop_key) == (None, None)
+    api(browser, "GET", "/api/up/items", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"].startswith("Bearer ") and "dpop" not in upstream.seen[-1]["headers"]
+
+
+def test_auto_without_dpop_at_the_provider_signs_in_with_bearer_tokens(make_dpop_app, provider, dbsession):
+    signed_in_browser(make_dpop_app("auto"), provider)
+    assert session_row(dbsession).dpop_key is None
+    assert provider.dpop_proofs == [] and all("HTTP_DPOP" not in headers for _, _, headers in provider.requests)
+
+
+def test_required_at_a_provider_without_dpop_stops_before_the_person_signs_in(make_dpop_app, provider):
+    browser = Browser(make_dpop_app())
+    response = browser.get("/login", status=502)
+    assert "dpop_signing_alg_values_supported" in response.text and "myapp.oidc.dpop = required" in response.text
+
+
+def test_a_key_no_encryption_key_can_read_ends_the_session(make_dpop_app, dpop_provider, upstream, dbsession):
+    app = make_dpop_app()
+    browser = signed_in_browser(app, dpop_provider)
+    row = session_row(dbsession)
+    retired = TokenCipher([Fernet.generate_key().decode()])
+    dbsession.execute(update(UserSession).values(dpop_key=retired.encrypt('{"alg": "ES256", "jwk": {}}')))
+    dbsession.commit()
+    response = api(browser, "GET", "/api/up/items", status=401)
+    assert response.json["error"] == "login_required"
+    assert upstream.seen == []
+    dbsession.expire_all()
+    ended = dbsession.get(UserSession, row.id)
+    assert ended.ended_at is not None and ended.dpop_key is None and ended.access_token is None
+    details = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all()
+    assert any("DPoP key unreadable" in d for d in details)
+    assert browser.get("/", status=200)  # the person is simply signed out, and can sign in again
+
+
+def test_the_private_key_is_in_no_response_log_line_audit_row_or_outgoing_request(
+    make_dpop_app, dpop_provider, upstream, dbsession, caplog
+):
+    app = make_dpop_app()
+    caplog.set_level(logging.DEBUG)
+    browser = Browser(app)
+    responses = [sign_in_at(browser, dpop_provider)]
+    private = private_jwk(app, session_row(dbsession))["d"]
+    upstream.dpop_nonce = "n-1"
+    for path in ("/", "/auth/user", "/account/sessions", "/api/up/items"):
+        responses.append(browser.get(path, headers={"X-CSRF": "1"}, expect_errors=True))
+    dbsession.execute(update(UserSession).values(access_token_expires_at=utcnow() - timedelta(seconds=1)))
+    dbsession.commit()
+    responses.append(api(browser, "GET", "/api/up/items"))
+    responses.append(browser.post("/logout", {"csrf_token": browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]},
+                                  headers={"Origin": TEST_PUBLIC_URL}, expect_errors=True))
+    dbsession.commit()
+    texts = [r.text + str(r.headerlist) for r in responses] + [caplog.text]
+    texts += [str(e.detail) + str(e.request_id) for e in dbsession.scalars(select(AuditEvent))]
+    texts += [json.dumps(seen) for seen in upstream.seen]
+    texts += [json.dumps([path, form, headers]) for path, form, headers in dpop_provider.requests]
+    assert all(private not in text for text in texts)
+    assert len(upstream.seen) >= 3  # the scan covered real calls, nonce retry included
+
+
+def test_an_upstream_with_dpop_false_gets_a_bearer_token_asked_for_without_a_proof(make_dpop_app, dpop_provider, upstream):
+    app = make_dpop_app(**{"myapp.upstream.up.dpop": "false", "myapp.upstream.up.scope": "items:read"})
+    browser = signed_in_browser(app, dpop_provider)
+    proofs_at_sign_in = len(dpop_provider.dpop_proofs)
+    api(browser, "GET", "/api/up/items", status=200)
+    seen = upstream.seen[-1]["headers"]
+    assert seen["authorization"].startswith("Bearer ") and "dpop" not in seen
+    assert len(dpop_provider.dpop_proofs) == proofs_at_sign_in  # the upstream's token came without a proof
+    assert "jkt" not in dpop_provider.access_tokens[seen["authorization"].removeprefix("Bearer ")]
+
+
+def test_dpop_false_on_an_upstream_that_shares_the_sessions_bound_token_is_refused_at_startup(make_dpop_app):
+    with pytest.raises(SystemExit, match=r"myapp.upstream.up.dpop = false needs a token of its own"):
+        make_dpop_app(**{"myapp.upstream.up.dpop": "false"})
+
+
+def test_a_dpop_header_from_the_browser_never_reaches_the_upstream(make_dpop_app, provider, upstream):
+    with pytest.raises(SystemExit, match="'dpop' cannot be forwarded"):
+        make_dpop_app("off", **{"myapp.upstream.up.forward_headers": "dpop"})
+    browser = signed_in_browser(make_dpop_app("off"), provider)
+    browser.get("/api/up/items", headers={"X-CSRF": "1", "DPoP": "forged"}, status=200)
+    assert "dpop" not in upstream.seen[-1]["headers"] and upstream.seen[-1]["headers"]["authorization"].startswith("Bearer ")
+
+
+def test_login_is_unchanged_when_dpop_is_off(make_dpop_app, dpop_provider, dbsession):
+    app = make_dpop_app("off")
+    _, query = start_login(Browser(app))
+    assert "dpop_jkt" not in query
+    signed_in_browser(app, dpop_provider)
+    assert session_row(dbsession).dpop_key is None and dpop_provider.dpop_proofs == []
