@@ -65,7 +65,7 @@ MIN_RSA_BITS = 2048
 # Authorization parameters myapp sets itself.
 RESERVED_AUTHORIZE_PARAMS = frozenset({
     "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge",
-    "code_challenge_method", "prompt", "request_uri", "request",
+    "code_challenge_method", "prompt", "request_uri", "request", "dpop_jkt",
 })
 # Token request parameters myapp sets itself (an upstream's token_params may add others, such as audience).
 RESERVED_TOKEN_PARAMS = frozenset({

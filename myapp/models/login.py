@@ -27,6 +27,9 @@ class LoginTransaction(Base):
     # What it asked the provider for (step-up): the callback checks the ID token against them.
     acr_values: Mapped[str | None] = mapped_column(String(1000))
     max_age: Mapped[int | None]
+    # The DPoP key made for this sign-in (encrypted), whose thumbprint the authorization request
+    # named in dpop_jkt (RFC 9449 section 10); the session keeps it. None without DPoP.
+    dpop_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
-from myapp.services.dpop import DPoPKey
+from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
 from myapp.services.oidc import CLOCK_SKEW, OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
 from myapp.services.sessions import SignIn
 from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
@@ -117,9 +117,16 @@ class LoginService:
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         if step_up.max_age == 0:
             prompt = "login"  # max_age=0 means "sign in again now"; prompt=login says so to every provider
+        extra = step_up.authorize_params()
+        # RFC 9449: the session's key pair is made now, and the authorization code bound to it
+        # (dpop_jkt, section 10): a code that leaks cannot be redeemed without this server's key.
+        algorithm = client.dpop_algorithm()
+        dpop = DPoPKey.generate(algorithm) if algorithm else None
+        if dpop is not None:
+            extra["dpop_jkt"] = dpop.thumbprint()
         url = client.authorization_url(
             state=state, nonce=nonce, code_verifier=verifier, prompt=prompt, resources=self.resources_for(provider),
-            extra=step_up.authorize_params(),
+            extra=extra,
         )
         now = self.clock()
         browser_hash = _sha256(browser_token)
@@ -146,6 +153,7 @@ class LoginService:
                 provider=provider,
                 acr_values=" ".join(step_up.acr_values) or None,
                 max_age=step_up.max_age,
+                dpop_key=self.cipher.encrypt(dpop.to_json()) if dpop else None,
                 created_at=now,
                 expires_at=now + LOGIN_TRANSACTION_LIFETIME,
             )
@@ -196,9 +204,8 @@ class LoginService:
         if verifier is None or nonce is None:
             raise fail("transaction_unreadable", "This sign-in can no longer be completed.")
         try:
-            # RFC 9449: the session's own key pair, made now, so that its tokens are bound to it from the start.
-            algorithm = client.dpop_algorithm(metadata)
-            dpop = DPoPKey.generate(algorithm) if algorithm else None
+            # RFC 9449: the key the sign-in started with (a sign-in started before DPoP was turned on gets one now).
+            dpop = self._dpop_key(transaction, client, metadata, fail)
             token = client.exchange_code(code, verifier, dpop=dpop)
             if token_type_of(token) != DPOP:
                 dpop = None  # auto: the provider chose Bearer; the session has no key to keep
@@ -232,6 +239,15 @@ class LoginService:
             next_path=next_path,
             sign_in=sign_in,
         )
+
+    def _dpop_key(self, transaction: LoginTransaction, client: OIDCClient, metadata, fail) -> DPoPKey | None:
+        if transaction.dpop_key is None:
+            algorithm = client.dpop_algorithm(metadata)
+            return DPoPKey.generate(algorithm) if algorithm else None
+        try:
+            return DPoPKey.from_json(self.cipher.decrypt(transaction.dpop_key))
+        except DPoPKeyUnreadable:
+            raise fail("transaction_unreadable", "This sign-in can no longer be completed.") from None
 
     def _check_step_up(self, transaction: LoginTransaction, claims: Mapping, fail) -> SignIn:
         """OpenID Connect Core 3.1.2.1 and 3.1.3.7: after asking for ``max_age`` or ``acr_values``,

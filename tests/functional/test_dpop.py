@@ -11,9 +11,10 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 
-from myapp.models import AuditEvent, UserSession
+from myapp.models import AuditEvent, SessionToken, UserSession
 from myapp.models.meta import utcnow
 from myapp.services import Services
+from myapp.services.dpop import DPoPKey
 from myapp.services.tokenset import TokenCipher
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import sign_in as sign_in_at
@@ -290,3 +291,75 @@ def test_login_is_unchanged_when_dpop_is_off(make_dpop_app, dpop_provider, dbses
     assert "dpop_jkt" not in query
     signed_in_browser(app, dpop_provider)
     assert session_row(dbsession).dpop_key is None and dpop_provider.dpop_proofs == []
+
+
+@pytest.mark.parametrize("own", [{"myapp.upstream.up.scope": "items:read"},
+                                 {"myapp.upstream.up.exchange": "true", "myapp.upstream.up.resource": "https://items.test"}])
+def test_an_upstreams_own_token_is_asked_for_with_a_proof_and_sent_bound(make_dpop_app, dpop_provider, upstream, dbsession, own):
+    app = make_dpop_app(**own)
+    browser = signed_in_browser(app, dpop_provider)
+    api(browser, "GET", "/api/up/items", status=200)
+    api(browser, "GET", "/api/up/items", status=200)
+    scheme, _, token = upstream.seen[-1]["headers"]["authorization"].partition(" ")
+    session_token = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
+    assert scheme == "DPoP" and token != session_token  # its own token, never the session's
+    issued = dpop_provider.access_tokens[token]
+    assert issued["grant"] in ("refresh_token", "token_exchange") and "jkt" in issued
+    for seen in upstream.seen:
+        _, _, jkt = verify_proof(seen["headers"]["dpop"], method="GET", url=upstream.url + "/base/items", access_token=token)
+        assert jkt == issued["jkt"]
+    token_proofs = [claims for path, _, claims in dpop_provider.dpop_proofs if path == "/token"]
+    assert len(token_proofs) == 2  # the sign-in's, and the one for the upstream's token (kept, then reused)
+    dbsession.commit()
+    stored = dbsession.execute(select(SessionToken.token_type)).scalars().all()
+    assert stored == ["DPoP"]
+
+
+def test_the_authorization_code_is_bound_to_the_sessions_key_by_dpop_jkt(make_dpop_app, dpop_provider, dbsession):
+    app = make_dpop_app()
+    browser = Browser(app)
+    _, query = start_login(browser)
+    code = dpop_provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], dpop_jkt=query["dpop_jkt"])
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": dpop_provider.issuer}, status=303)
+    (_, proof, _), *_ = dpop_provider.dpop_proofs
+    _, _, jkt = verify_proof(proof, method="POST", url=dpop_provider.issuer + "/token")
+    assert jkt == query["dpop_jkt"]
+    assert DPoPKey.from_json(json.dumps({"alg": "ES256", "jwk": private_jwk(app, session_row(dbsession))})).thumbprint() == jkt
+
+
+def test_a_code_bound_to_another_key_is_not_redeemed(make_dpop_app, dpop_provider, dbsession):
+    browser = Browser(make_dpop_app())
+    _, query = start_login(browser)
+    code = dpop_provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], dpop_jkt=DPoPKey.generate().thumbprint())
+    response = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": dpop_provider.issuer},
+                           expect_errors=True)
+    assert response.status_int == 400 and dpop_provider.dpop_refusals == [("/token", "dpop_jkt")]
+    assert dbsession.scalars(select(UserSession)).all() == []
+
+
+def test_with_par_the_pushed_request_carries_dpop_jkt(make_dpop_app, dpop_provider):
+    dpop_provider.offers_par = True
+    response = Browser(make_dpop_app()).get("/login", status=303)
+    assert "dpop_jkt" not in response.location
+    (pushed,) = dpop_provider.pushed.values()
+    assert len([value for name, value in pushed if name == "dpop_jkt"]) == 1
+
+
+def test_dpop_jkt_cannot_be_set_by_hand(make_dpop_app):
+    with pytest.raises(SystemExit, match="'dpop_jkt' cannot be set here"):
+        make_dpop_app(**{"myapp.oidc.authorize_params": "dpop_jkt = abc"})
+
+
+def test_a_sign_in_whose_key_cannot_be_read_is_refused_cleanly(make_dpop_app, dpop_provider, dbsession):
+    from myapp.models import LoginTransaction
+
+    browser = Browser(make_dpop_app())
+    _, query = start_login(browser)
+    retired = TokenCipher([Fernet.generate_key().decode()])
+    dbsession.execute(update(LoginTransaction).values(dpop_key=retired.encrypt("{}")))
+    dbsession.commit()
+    code = dpop_provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], dpop_jkt=query["dpop_jkt"])
+    response = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": dpop_provider.issuer},
+                           expect_errors=True)
+    assert response.status_int == 400 and "can no longer be completed" in response.text
+    assert dpop_provider.dpop_proofs == [] and dbsession.scalars(select(UserSession)).all() == []

@@ -159,10 +159,13 @@ class FakeProvider:
     def logout_token(self, header=None, **overrides) -> str:
         return self.sign(self.logout_claims(**overrides), header={"typ": "logout+jwt", **(header or {})})
 
-    def grant(self, *, challenge: str, nonce: str, redirect_uri: str = REDIRECT_URI, **claim_overrides) -> str:
-        """Issue an authorization code as if the user had signed in."""
+    def grant(
+        self, *, challenge: str, nonce: str, redirect_uri: str = REDIRECT_URI, dpop_jkt: str | None = None, **claim_overrides
+    ) -> str:
+        """Issue an authorization code as if the user had signed in (bound to ``dpop_jkt`` when given)."""
         code = secrets.token_urlsafe(16)
-        self.codes[code] = {"challenge": challenge, "nonce": nonce, "redirect_uri": redirect_uri, "claims": claim_overrides}
+        self.codes[code] = {"challenge": challenge, "nonce": nonce, "redirect_uri": redirect_uri, "claims": claim_overrides,
+                            "dpop_jkt": dpop_jkt}
         return code
 
     def __call__(self, environ, start_response):
@@ -205,6 +208,11 @@ class FakeProvider:
                     self.dpop_refusals.append(("/token", "nonce"))
                     return 400, {"error": "use_dpop_nonce"}, "application/json", [("DPoP-Nonce", self.dpop_nonce)]
                 self.dpop_proofs.append(("/token", environ["HTTP_DPOP"], claims))
+            bound_code = self.codes.get(form.get("code"), {}).get("dpop_jkt") if form.get("grant_type") == "authorization_code" else None
+            if bound_code is not None and bound_code != jkt:
+                # RFC 9449 section 10: a code bound by dpop_jkt is redeemed only with that key's proof.
+                self.dpop_refusals.append(("/token", "dpop_jkt"))
+                return 400, {"error": "invalid_grant"}, "application/json"
             with self.token_lock:
                 status, body = self.issue_tokens(form, self.token_forms[-1] if self.token_forms else [])
             if status == 200 and jkt is not None and not self.dpop_bearer:

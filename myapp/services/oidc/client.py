@@ -128,7 +128,6 @@ class OIDCClient:
             # Refuse before the person signs in at the provider, not after, when the code could
             # never be exchanged: the provider takes no assertion this key can sign.
             self.client_keys.algorithm_for(metadata.assertion_algorithms)
-        self.dpop_algorithm(metadata)  # likewise, a provider without DPoP when it is required
         params = [
             ("response_type", "code"),
             ("client_id", self.settings.client_id),

@@ -19,7 +19,7 @@ def start_login(browser, next_path=None, **params):
 def sign_in(browser, provider, next_path="/", callback_extra=None, **claims):
     """The whole dance, as the browser and the provider would do it. Returns the final response."""
     _, query = start_login(browser, next_path)
-    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], **claims)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], dpop_jkt=query.get("dpop_jkt"), **claims)
     params = {"code": code, "state": query["state"], "iss": provider.issuer, **(callback_extra or {})}
     return browser.get("/auth/callback", params={k: v for k, v in params.items() if v is not None}, expect_errors=True)
 
