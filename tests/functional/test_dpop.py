@@ -19,7 +19,7 @@ from myapp.services.tokenset import TokenCipher
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import sign_in as sign_in_at
 from tests.functional.auth.flows import start_login
-from tests.functional.conftest import Browser
+from tests.functional.conftest import COOKIE, Browser
 from tests.support.dpop_check import b64url_sha256, verify_proof
 
 # Paths the browser asks for, with a query and with encoded characters.
@@ -363,3 +363,41 @@ def test_a_sign_in_whose_key_cannot_be_read_is_refused_cleanly(make_dpop_app, dp
                            expect_errors=True)
     assert response.status_int == 400 and "can no longer be completed" in response.text
     assert dpop_provider.dpop_proofs == [] and dbsession.scalars(select(UserSession)).all() == []
+
+
+def test_the_dashboards_server_side_call_carries_a_proof_and_answers_a_nonce(make_dpop_app, dpop_provider, upstream, dbsession):
+    app = make_dpop_app(**{"myapp.dashboard.upstream": "up"})
+    browser = signed_in_browser(app, dpop_provider)
+    upstream.body = b'{"notes": [{"id": "1", "text": "bound note", "created_at": "2026-01-01T00:00:00Z"}]}'
+    upstream.dpop_nonce = "dash-nonce"
+    page = browser.get("/", status=200)
+    assert "bound note" in page.text
+    access_token = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
+    first, retry = upstream.seen
+    assert retry["headers"]["authorization"] == f"DPoP {access_token}"
+    claims = verify_proof(retry["headers"]["dpop"], method="GET", url=upstream.url + "/base/notes", access_token=access_token)[1]
+    assert claims["nonce"] == "dash-nonce" and upstream.dpop_refusals == ["use_dpop_nonce"]
+
+
+def test_processes_learn_a_nonce_once_each(make_dpop_app, dpop_provider, upstream, dbsession):
+    """Nonces are kept per process (docs/dpop.md): two apps on one database, as two processes, each
+    pay one retry for the provider's nonce, and none after."""
+    dpop_provider.dpop_nonce = "pn-1"
+    first, second = make_dpop_app(), make_dpop_app()
+    browser = signed_in_browser(first, dpop_provider)
+    other = Browser(second)
+    other.set_cookie(COOKIE, browser.session_cookie())
+
+    def expire_and_call(b):
+        dbsession.execute(update(UserSession).values(access_token_expires_at=utcnow() - timedelta(seconds=1)))
+        dbsession.commit()
+        api(b, "GET", "/api/up/items", status=200)
+
+    assert len(dpop_provider.dpop_refusals) == 1  # the first process learnt it at the sign-in
+    refusals = []
+    for b in (other, other, browser, other):
+        before = len(dpop_provider.dpop_refusals)
+        expire_and_call(b)
+        refusals.append(len(dpop_provider.dpop_refusals) - before)
+    assert refusals == [1, 0, 0, 0]
+    assert len(dpop_provider.refresh_uses) == 4
