@@ -12,6 +12,7 @@ from pyramid.config import Configurator
 from pyramid.security import NO_PERMISSION_REQUIRED
 
 from myapp.devstack.api import APIS, DemoAPI, PublishedKeySet
+from myapp.devstack.dpop import ServerNonces
 from myapp.devstack.provider import PROVIDERS, Provider
 from myapp.devstack.settings import load_devstack_settings
 from myapp.settings import SettingsError
@@ -23,12 +24,14 @@ def includeme(config):
     if bff_settings is not None and not bff_settings.is_development:
         raise SettingsError("pyramid.includes: the development stack (myapp.devstack) is refused in production")
     settings = load_devstack_settings(config.get_settings())
-    providers = config.registry[PROVIDERS] = {name: Provider(p) for name, p in settings.providers.items()}
+    # One origin, one server nonce (RFC 9449 section 8 and 9) for whichever of them demands one.
+    nonces = ServerNonces()
+    providers = config.registry[PROVIDERS] = {name: Provider(p, nonces=nonces) for name, p in settings.providers.items()}
     # Unless told to fetch them from elsewhere, the APIs read the providers' keys in-process, and
     # accept the tokens of every issuer here (each checked with its own keys).
     in_process = "devstack.api.jwks_uri" not in config.get_settings()
     issuers = {p.issuer: PublishedKeySet(p.signer.jwks) for p in providers.values()} if in_process else None
-    config.registry[APIS] = {name: DemoAPI(api, issuers=issuers) for name, api in settings.apis.items()}
+    config.registry[APIS] = {name: DemoAPI(api, issuers=issuers, nonces=nonces) for name, api in settings.apis.items()}
     for name in providers:
         config.add_static_view(
             f"_dev/{name}/static", "myapp.devstack:static", cache_max_age=3600, permission=NO_PERMISSION_REQUIRED

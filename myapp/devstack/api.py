@@ -22,10 +22,11 @@ from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import exception_view_config
 
+from myapp.devstack.dpop import ProofChecker, ProofRefused, ServerNonces, challenge, proofs_of
 from myapp.devstack.keys import ALGORITHM
 from myapp.devstack.models import MFA_ACR
 from myapp.devstack.settings import APISettings
-from myapp.devstack.web import bearer_token, devstack_view, json_response, method_not_allowed
+from myapp.devstack.web import devstack_view, json_response, method_not_allowed, presented_token
 
 #: The registry key of the running :class:`DemoAPI` objects, by path segment ("api", "api2").
 APIS = "myapp.devstack.apis"
@@ -236,7 +237,7 @@ class IssuerVerifiers:
 
 
 class DemoAPI:
-    def __init__(self, settings: APISettings, *, keys=None, issuers: dict | None = None):
+    def __init__(self, settings: APISettings, *, keys=None, issuers: dict | None = None, nonces: ServerNonces | None = None):
         def verifier(issuer, key_set):
             return AccessTokenVerifier(keys=key_set, issuer=issuer, audience=settings.audience, leeway=settings.leeway)
 
@@ -245,6 +246,8 @@ class DemoAPI:
         else:
             self.verifier = verifier(settings.issuer, keys or RemoteKeySet(settings.jwks_uri))
         self.notes = NoteStore()
+        # RFC 9449: DPoP-bound tokens come with proofs, checked here (and a nonce when it demands one).
+        self.proofs = ProofChecker(nonces=(nonces or ServerNonces()) if settings.dpop_nonce else None)
 
 
 def api_of(request) -> DemoAPI:
@@ -261,16 +264,48 @@ def unauthorized(message: str, *, error: str | None = "invalid_token") -> APIPro
     return APIProblem(401, error or "unauthorized", message, {"WWW-Authenticate": challenge})
 
 
+def dpop_unauthorized(api: "DemoAPI", error: ProofRefused | str, message: str | None = None) -> APIProblem:
+    """401 with a ``DPoP`` challenge (RFC 9449 section 7.1), and the current nonce when it demands one."""
+    headers = {"WWW-Authenticate": challenge(error, message)}
+    if api.proofs.nonces is not None:
+        headers["DPoP-Nonce"] = api.proofs.nonces.current()
+    code = error.error if isinstance(error, ProofRefused) else error
+    return APIProblem(401, code, message or error.reason, headers)
+
+
 def authenticate(request) -> dict:
-    """The claims of the request's bearer token, or a 401 (RFC 6750 3)."""
-    token = bearer_token(request)
-    if token is None:
+    """The claims of the request's access token, or a 401: a Bearer token (RFC 6750 3) that is
+    bound to no key, or a DPoP-bound one with a valid proof by its key (RFC 9449 section 7)."""
+    scheme, token = presented_token(request)
+    api = api_of(request)
+    if scheme == "dpop" and token is not None:
+        try:
+            jkt = api.proofs.check(proofs_of(request.headers), method=request.method, url=request.path_url, access_token=token)
+        except ProofRefused as e:
+            raise dpop_unauthorized(api, e) from None
+        try:
+            claims = api.verifier.verify(token)
+        except InvalidAccessToken as e:
+            raise dpop_unauthorized(api, "invalid_token", str(e)) from None
+        if _bound_key(claims) != jkt:
+            raise dpop_unauthorized(api, "invalid_token", "The access token is not bound to the proof's key.")
+        return claims
+    if scheme != "bearer" or token is None:
         # No error code when no credentials were sent at all (RFC 6750 3.1).
         raise unauthorized("An access token is required.", error=None)
     try:
-        return api_of(request).verifier.verify(token)
+        claims = api.verifier.verify(token)
     except InvalidAccessToken as e:
         raise unauthorized(str(e)) from None
+    if _bound_key(claims) is not None:
+        # RFC 9449 section 7.2: a bound token sent as Bearer is refused, whoever sends it.
+        raise unauthorized("The access token is bound to a DPoP key; send it with DPoP and a proof.")
+    return claims
+
+
+def _bound_key(claims: dict) -> str | None:
+    cnf = claims.get("cnf")
+    return cnf.get("jkt") if isinstance(cnf, dict) and isinstance(cnf.get("jkt"), str) else None
 
 
 def body_digest(request) -> tuple[int, str]:
@@ -313,11 +348,12 @@ def sensitive(request):
     claims = authenticate(request)
     if claims.get("acr") != MFA_ACR:
         message = "A second factor is required."
-        challenge = (
-            f'Bearer realm="{REALM}", error="insufficient_user_authentication", '
+        scheme = "DPoP" if _bound_key(claims) else "Bearer"  # the scheme the token came in (RFC 9449 section 7.1)
+        authenticate_header = (
+            f'{scheme} realm="{REALM}", error="insufficient_user_authentication", '
             f'error_description="{message}", acr_values="{MFA_ACR}"'
         )
-        raise APIProblem(401, "insufficient_user_authentication", message, {"WWW-Authenticate": challenge})
+        raise APIProblem(401, "insufficient_user_authentication", message, {"WWW-Authenticate": authenticate_header})
     return json_response({"sub": claims["sub"], "secret": "only after a second factor", "acr": claims["acr"]})
 
 
@@ -372,7 +408,7 @@ def echo(request):
         elif name != "cookie":
             headers[name] = value
     token_sub = token_error = None
-    token = bearer_token(request)
+    token = presented_token(request)[1]
     if token is not None:
         try:
             token_sub = api_of(request).verifier.verify(token)["sub"]

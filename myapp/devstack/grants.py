@@ -16,6 +16,7 @@ from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupp
 from authlib.oidc.rpinitiated import EndSessionEndpoint as _EndSessionEndpoint
 from joserfc.jwk import KeySet
 
+from myapp.devstack.dpop import BINDING
 from myapp.devstack.keys import ALGORITHM
 from myapp.devstack.models import CLIENT_AUTH_METHODS, AuthorizationCode
 from myapp.devstack.storage import CODE_LIFETIME, TokenRejected
@@ -35,12 +36,17 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             code_challenge_method=data["code_challenge_method"],
             login=request.user,
             expires_at=time.time() + CODE_LIFETIME,
+            dpop_jkt=data.get("dpop_jkt"),
         )
         self.server.store.save_code(code, record)
 
     def query_authorization_code(self, code, client):
         # Spent here, before PKCE is checked: a code is good for one attempt, right or wrong.
-        return self.server.store.redeem_code(code, client.get_client_id())
+        record = self.server.store.redeem_code(code, client.get_client_id())
+        if record is not None and record.dpop_jkt is not None and record.dpop_jkt != BINDING.get():
+            # RFC 9449 section 10: the code is redeemed only with a proof by the key dpop_jkt named.
+            raise InvalidGrantError("The code is bound to another DPoP key (dpop_jkt).")
+        return record
 
     def delete_authorization_code(self, authorization_code):
         """Nothing to do: the code was spent atomically when it was looked up, and is kept

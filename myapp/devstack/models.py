@@ -166,6 +166,8 @@ class AuthorizationCode(AuthorizationCodeMixin):
     expires_at: float
     used: bool = False
     family: TokenFamily | None = None
+    # RFC 9449 section 10: the thumbprint of the only key whose proof may redeem it.
+    dpop_jkt: str | None = None
 
     def get_redirect_uri(self):
         return self.redirect_uri
@@ -191,6 +193,8 @@ class IssuedToken:
     rotated: bool = False
     rotated_at: float = 0.0
     revoked: bool = False
+    # An access token bound to a DPoP key (RFC 9449 cnf.jkt): usable only with that key's proofs.
+    jkt: str | None = None
 
     def check_client(self, client) -> bool:
         return client.get_client_id() == self.family.client_id

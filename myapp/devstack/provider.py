@@ -11,6 +11,8 @@ from urllib.parse import unquote_plus
 
 from myapp.devstack.backchannel import BackchannelNotifier
 from myapp.devstack.client_auth import ClientAssertions, load_client_keys
+from myapp.devstack.dpop import ALGORITHMS as DPOP_ALGORITHMS
+from myapp.devstack.dpop import BINDING, ProofChecker, ServerNonces
 from myapp.devstack.keys import ALGORITHM, TokenSigner, load_or_create_signing_key
 from myapp.devstack.models import (
     CLIENT_AUTH_METHODS,
@@ -55,9 +57,11 @@ class AccessTokenRefused(Exception):
 
 
 class Provider:
-    def __init__(self, settings: ProviderSettings):
+    def __init__(self, settings: ProviderSettings, *, nonces: ServerNonces | None = None):
         self.settings = settings
         self.issuer = settings.issuer
+        # RFC 9449: the proofs its token and userinfo endpoints take (with a nonce when it demands one).
+        self.proofs = ProofChecker(nonces=(nonces or ServerNonces()) if settings.dpop_nonce else None)
         self.signer = TokenSigner(load_or_create_signing_key(settings.key_file))
         self.store = ProviderStore(reuse_interval=settings.refresh_token_reuse_interval)
         self.client = Client.from_registration(settings.client)
@@ -111,6 +115,7 @@ class Provider:
             "backchannel_logout_supported": True,
             "backchannel_logout_session_supported": True,
             "authorization_response_iss_parameter_supported": True,
+            **({"dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS)} if self.settings.dpop != "off" else {}),
         }
 
     def login_for(self, session: ProviderSession | None, max_age: str | None, acr_values: str | None = None) -> Login | None:
@@ -189,11 +194,14 @@ class Provider:
             "client_id": self.client.client_id, "sid": family.login.sid, "auth_time": family.login.auth_time,
             "act": {"sub": self.client.client_id},
         }
+        jkt = BINDING.get()
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         self.store.stats.increment(Stat.TOKEN_EXCHANGES)
         return {
             "access_token": self.signer.sign(claims, typ="at+jwt"),
             "issued_token_type": ACCESS_TOKEN_TYPE,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt is not None else "Bearer",
             "expires_in": lifetime,
             "scope": granted,
         }
@@ -215,10 +223,18 @@ class Provider:
             return None
         return params
 
-    def userinfo(self, access_token: str) -> dict:
+    def userinfo(self, access_token: str, *, jkt: str | None = None) -> dict:
+        """The claims for an access token; ``jkt`` is the key of the DPoP proof it came with (None:
+        sent as Bearer). A bound token is accepted only with its own key's proof."""
         record = self.store.active_access_token(access_token)
         if record is None:
             raise AccessTokenRefused("invalid_token", "The access token is unknown, expired or revoked.")
+        if record.jkt != jkt:
+            raise AccessTokenRefused(
+                "invalid_token",
+                "The access token is bound to a DPoP key; send it with DPoP and that key's proof."
+                if record.jkt is not None else "The access token is not bound to a DPoP key; send it as Bearer.",
+            )
         if "openid" not in record.scope.split():
             raise AccessTokenRefused("insufficient_scope", "The access token lacks the openid scope.")
         return record.family.login.user.claims(record.scope)

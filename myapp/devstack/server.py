@@ -12,6 +12,7 @@ from authlib.oauth2.rfc6749 import AuthorizationServer as _AuthorizationServer
 from authlib.oauth2.rfc6749 import JsonPayload, JsonRequest, OAuth2Payload, OAuth2Request
 from pyramid.response import Response
 
+from myapp.devstack.dpop import BINDING
 from myapp.devstack.grants import (
     AuthorizationCodeGrant,
     EndSessionEndpoint,
@@ -132,6 +133,7 @@ class TokenIssuer:
         now = int(time.time())
         requested = AUDIENCE.get()
         audience = (requested[0] if len(requested) == 1 else list(requested)) if requested else self.audience
+        jkt = BINDING.get()
         claims = {
             "iss": self.issuer,
             "sub": family.login.user.subject,
@@ -145,8 +147,10 @@ class TokenIssuer:
             "auth_time": family.login.auth_time,
             "acr": family.login.acr,
         }
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}  # RFC 9449 section 6.1
         token = {
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt is not None else "Bearer",
             "access_token": self.signer.sign(claims, typ="at+jwt"),
             "expires_in": lifetime,
             "scope": scope,
@@ -186,7 +190,7 @@ class AuthorizationServer(_AuthorizationServer):
         return self.clients.get(client_id)
 
     def save_token(self, token, request):
-        self.store.save_tokens(request.user, token, self.settings.refresh_token_lifetime)
+        self.store.save_tokens(request.user, token, self.settings.refresh_token_lifetime, jkt=BINDING.get())
         grant_type = request.payload.grant_type
         if grant_type == "authorization_code":
             self.store.stats.increment(Stat.AUTHORIZATION_CODE_GRANTS)

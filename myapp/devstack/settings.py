@@ -23,8 +23,11 @@ API2_PATH = "/_dev/api2"
 _PROVIDER_KEYS = (
     "issuer", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris", "backchannel_logout_uri",
     "key_file", "access_token_lifetime", "id_token_lifetime", "refresh_token_lifetime", "rotate_refresh_tokens",
-    "refresh_token_reuse_interval", "require_par", "client_keys",
+    "refresh_token_reuse_interval", "require_par", "client_keys", "dpop", "dpop_nonce",
 )
+# DPoP at the provider: "on" binds tokens to the key of a request's proof; "off" neither advertises
+# nor binds; "ignore" advertises it but issues Bearer tokens whatever the proof (a misbehaving provider).
+DPOP_MODES = ("on", "off", "ignore")
 MAX_API_LEEWAY = 30
 
 KNOWN_SETTINGS = frozenset(
@@ -36,6 +39,7 @@ KNOWN_SETTINGS = frozenset(
         "api.audience",
         "api.jwks_uri",
         "api.leeway",
+        "api.dpop_nonce",
         "api2.audience",
     )
 )
@@ -69,6 +73,9 @@ class ProviderSettings:
     require_par: bool = False
     # private_key_jwt: PEM files of the keys the client signs its assertions with (their public parts are used).
     client_keys: tuple[Path, ...] = ()
+    # RFC 9449: DPOP_MODES, and whether its endpoints demand a server nonce.
+    dpop: str = "on"
+    dpop_nonce: bool = False
 
     @property
     def secure_cookies(self) -> bool:
@@ -81,6 +88,8 @@ class APISettings:
     audience: str
     jwks_uri: str
     leeway: int
+    # RFC 9449: whether it demands a server nonce in DPoP proofs.
+    dpop_nonce: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,12 @@ class _Reader:
             limits = f"between {minimum}s and {maximum}s" if maximum is not None else f"at least {minimum}s"
             raise SettingsError(f"{PREFIX}{name}: must be {limits}, got {value!r}")
         return seconds
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default).lower()
+        if value not in choices:
+            raise SettingsError(f"{PREFIX}{name}: {value!r} is not one of {', '.join(choices)}")
+        return value
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.string(name)
@@ -214,10 +229,13 @@ def load_devstack_settings(raw: Mapping[str, object]) -> DevstackSettings:
         audience=audience,
         jwks_uri=reader.url("api.jwks_uri", issuer + "/jwks"),
         leeway=leeway,
+        dpop_nonce=reader.boolean("api.dpop_nonce", False),
     )
     api2 = None
     if audience2:
-        api2 = APISettings(issuer=api.issuer, audience=audience2, jwks_uri=api.jwks_uri, leeway=leeway)
+        api2 = APISettings(
+            issuer=api.issuer, audience=audience2, jwks_uri=api.jwks_uri, leeway=leeway, dpop_nonce=api.dpop_nonce
+        )
     return DevstackSettings(idp=idp, api=api, idp2=idp2, api2=api2)
 
 
@@ -246,4 +264,6 @@ def _provider(reader, key, path, issuer, audience, audiences, client_id, key_fil
         path=path,
         require_par=reader.boolean(f"{key}.require_par", False),
         client_keys=tuple(Path(p) for p in (reader.string(f"{key}.client_keys") or "").split()),
+        dpop=reader.choice(f"{key}.dpop", "on", DPOP_MODES),
+        dpop_nonce=reader.boolean(f"{key}.dpop_nonce", False),
     )

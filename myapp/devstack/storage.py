@@ -157,12 +157,12 @@ class ProviderStore:
 
     # Access and refresh tokens
 
-    def save_tokens(self, family: TokenFamily, token: dict, refresh_token_lifetime: int) -> None:
+    def save_tokens(self, family: TokenFamily, token: dict, refresh_token_lifetime: int, *, jkt: str | None = None) -> None:
         now = self.clock()
         with self._lock:
             self._purge_expired()
             self._tokens[digest(token["access_token"])] = IssuedToken(
-                kind="access_token", family=family, scope=token["scope"], expires_at=now + token["expires_in"]
+                kind="access_token", family=family, scope=token["scope"], expires_at=now + token["expires_in"], jkt=jkt
             )
             if "refresh_token" in token:
                 # A refresh token keeps the scope of the login, whatever a refresh narrowed (RFC 6749 6).

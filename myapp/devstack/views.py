@@ -7,6 +7,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from pyramid.httpexceptions import HTTPFound, HTTPNotFound
 from pyramid.security import NO_PERMISSION_REQUIRED
 
+from myapp.devstack.dpop import BINDING, ProofRefused, challenge, proofs_of
 from myapp.devstack.models import user_name_problem
 from myapp.devstack.provider import (
     PAR_LIFETIME,
@@ -19,12 +20,12 @@ from myapp.devstack.server import ACCESS_TOKEN_TYPE, AUDIENCE, TOKEN_EXCHANGE
 from myapp.devstack.web import (
     CSRF_FIELD,
     SESSION_COOKIE,
-    bearer_token,
     csrf_ok,
     csrf_token,
     devstack_view,
     json_response,
     method_not_allowed,
+    presented_token,
     render,
     set_provider_cookie,
 )
@@ -229,13 +230,35 @@ def authorization_error(request, error):
 @devstack_view(route_name="devstack.idp.token", request_method="POST")
 def token(request):
     provider = provider_of(request)
-    if request.POST.get("grant_type") == TOKEN_EXCHANGE:
-        return token_exchange(request, provider)
-    targets = requested_audiences(request, provider)
-    if isinstance(targets, str):
-        return token_error("invalid_target", targets)
-    with AUDIENCE.using(targets):
-        return provider.server.create_token_response(request)
+    try:
+        jkt = token_request_binding(request, provider)
+    except ProofRefused as e:
+        return with_nonce(token_error(e.error, e.reason), provider)
+    with BINDING.using(jkt):
+        if request.POST.get("grant_type") == TOKEN_EXCHANGE:
+            return with_nonce(token_exchange(request, provider), provider)
+        targets = requested_audiences(request, provider)
+        if isinstance(targets, str):
+            return token_error("invalid_target", targets)
+        with AUDIENCE.using(targets):
+            return with_nonce(provider.server.create_token_response(request), provider)
+
+
+def token_request_binding(request, provider) -> str | None:
+    """RFC 9449 section 5: the key a token request's DPoP proof proves, whose thumbprint the
+    access token will carry (None: no proof, or a provider that does not bind)."""
+    proofs = proofs_of(request.headers)
+    if not proofs or provider.settings.dpop == "off":
+        return None
+    jkt = provider.proofs.check(proofs, method="POST", url=provider.endpoint("token"))
+    return None if provider.settings.dpop == "ignore" else jkt
+
+
+def with_nonce(response, provider):
+    """Every answer of a server that demands nonces tells the current one (RFC 9449 section 8.2)."""
+    if provider.proofs.nonces is not None:
+        response.headers["DPoP-Nonce"] = provider.proofs.nonces.current()
+    return response
 
 
 def requested_audiences(request, provider) -> tuple[str, ...] | str | None:
@@ -278,7 +301,22 @@ def revoke(request):
 
 @devstack_view(route_name="devstack.idp.userinfo", request_method=("GET", "POST"))
 def userinfo(request):
-    access_token = bearer_token(request)
+    provider = provider_of(request)
+    scheme, access_token = presented_token(request)
+    jkt = None
+    if scheme == "dpop" and provider.settings.dpop != "off":
+        try:
+            jkt = provider.proofs.check(
+                proofs_of(request.headers), method=request.method, url=provider.endpoint("userinfo"),
+                access_token=access_token,
+            )
+        except ProofRefused as e:
+            response = json_response(
+                {"error": e.error, "error_description": e.reason}, status=401, headers={"WWW-Authenticate": challenge(e)}
+            )
+            return with_nonce(response, provider)
+    elif scheme != "bearer":
+        access_token = None
     if access_token is None:
         return json_response(
             {"error": "invalid_request", "error_description": "Send the access token as a Bearer token."},
@@ -286,13 +324,14 @@ def userinfo(request):
             headers={"WWW-Authenticate": 'Bearer realm="devstack"'},
         )
     try:
-        claims = provider_of(request).userinfo(access_token)
+        claims = provider.userinfo(access_token, jkt=jkt)
     except AccessTokenRefused as e:
-        challenge = f'Bearer realm="devstack", error="{e.error}", error_description="{e.description}"'
+        scheme_name = "DPoP" if jkt is not None else "Bearer"
+        authenticate = f'{scheme_name} realm="devstack", error="{e.error}", error_description="{e.description}"'
         return json_response(
             {"error": e.error, "error_description": e.description},
             status=403 if e.error == "insufficient_scope" else 401,
-            headers={"WWW-Authenticate": challenge},
+            headers={"WWW-Authenticate": authenticate},
         )
     return json_response(claims)
 

@@ -104,6 +104,14 @@ def csrf_ok(request) -> bool:
     return bool(_TOKEN.fullmatch(cookie)) and hmac.compare_digest(cookie.encode(), field.encode("utf-8", "replace"))
 
 
+def presented_token(request) -> tuple[str, str | None]:
+    """The scheme (lower case) and token of the ``Authorization`` header: ``bearer`` (RFC 6750
+    2.1) or ``dpop`` (RFC 9449 section 7.1); the token is None when there is none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return scheme.lower(), token or None
+
+
 def bearer_token(request) -> str | None:
     """The token of an ``Authorization: Bearer`` header (RFC 6750 2.1), or None."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
