@@ -46,6 +46,9 @@ class Product:
                 value = cipher.decrypt(getattr(row, kind))
                 if value:
                     tokens[f"{kind} of session {row.handle}"] = value
+            key = cipher.decrypt(row.dpop_key)
+            if key:  # the private part of the session's DPoP key, which must never leave the server either
+                tokens[f"DPoP private key of session {row.handle}"] = json.loads(key)["jwk"]["d"]
         return tokens
 
     def expire_access_tokens(self, name: str):
