@@ -1,0 +1,182 @@
+"""CPU per signed-in proxied call, in-process: myapp's ``/api/demo/ping`` (B) against the bare
+urllib3 proxy (N), each WSGI app called directly in this thread, the development stack answering in
+its own process. Thread CPU time only, so neither the API nor anything else on the machine counts.
+
+    .venv/bin/python bench/hot_path.py [--calls 3000] [--profile] [--database-url URL] [--path /api/demo/ping]
+
+Prints the CPU time per call (the best of three interleaved rounds: the machine may be shared) and
+the Python function calls per call (which do not depend on what else the machine is doing).
+``--profile`` prints cProfile's view of B's calls (timed by thread CPU time) instead.
+"""
+
+import argparse
+import contextlib
+import cProfile
+import io
+import pstats
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import waitress
+from sqlalchemy import select
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bare_proxy import make_app as bare_proxy  # noqa: E402
+from bench.run import (  # noqa: E402
+    CLIENT_ID,
+    CLIENT_SECRET,
+    COOKIE,
+    KEY,
+    Processes,
+    bff_settings,
+    free_port,
+    migrate,
+    postgres_schema,
+    sign_in,
+)
+from myapp import main as myapp_main  # noqa: E402
+from myapp.models import UserSession  # noqa: E402
+from myapp.services import Services  # noqa: E402
+from myapp.services.tokenset import TokenCipher  # noqa: E402
+
+
+def environ_for(path: str, headers: dict) -> dict:
+    environ = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "", "REQUEST_URI": path,
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
+        "wsgi.run_once": False, "wsgi.errors": sys.stderr, "HTTP_HOST": "127.0.0.1",
+        "HTTP_ACCEPT": "*/*", "HTTP_USER_AGENT": "hot-path-bench", "HTTP_ACCEPT_ENCODING": "gzip",
+    }
+    environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
+    return environ
+
+
+def call(app, template: dict) -> str:
+    environ = dict(template)
+    environ["wsgi.input"] = io.BytesIO(b"")
+    seen = []
+    body = app(environ, lambda status, headers, exc_info=None: seen.append(status))
+    try:
+        for _ in body:
+            pass
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return seen[0]
+
+
+def cpu_per_call(app, template: dict, calls: int, rounds: int = 5) -> tuple[float, float]:
+    """The median over ``rounds`` of thread CPU µs per call, and of wall µs per call."""
+    for _ in range(200):
+        status = call(app, template)
+    if not status.startswith("200"):
+        raise SystemExit(f"hot_path: the warm-up call answered {status}")
+    cpu, wall = [], []
+    for _ in range(rounds):
+        started_cpu, started_wall = time.thread_time(), time.perf_counter()
+        for _ in range(calls // rounds):
+            call(app, template)
+        cpu.append((time.thread_time() - started_cpu) / (calls // rounds) * 1e6)
+        wall.append((time.perf_counter() - started_wall) / (calls // rounds) * 1e6)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+@contextlib.contextmanager
+def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None):
+    """myapp in this process with a signed-in session, and the bare proxy N, both on the
+    development stack (its own process); yields (B, B's environ, N, N's environ)."""
+    work = Path(tempfile.mkdtemp(prefix="myapp-hot-path-"))
+    idp_port = free_port()
+    idp = f"http://127.0.0.1:{idp_port}"
+    processes = Processes(work)
+    with contextlib.ExitStack() as stack:
+        stack.callback(processes.stop)
+        database_url = (
+            stack.enter_context(postgres_schema(database_url, "myapp_hot_path")) if database_url
+            else f"sqlite:///{work / 'hot.sqlite'}"
+        )
+        engine = migrate(database_url)
+        stack.callback(engine.dispose)
+        listener = socket.create_server(("127.0.0.1", 0))
+        public_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        processes.start("devstack", [
+            "-m", "myapp.devstack", "--port", str(idp_port), "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
+            "--redirect-uri", public_url + "/auth/callback", "--set", "devstack.idp.access_token_lifetime=1h",
+        ])
+        app = myapp_main({}, **bff_settings(
+            database_url, public_url=public_url, issuer=idp + "/_dev/idp", upstream=idp + "/_dev/api",
+            client=(CLIENT_ID, CLIENT_SECRET), key=KEY,
+        ))
+        stack.callback(app.registry[Services].close)
+        server = waitress.create_server(app, sockets=[listener], threads=4)
+        threading.Thread(target=server.run, daemon=True).start()
+        stack.callback(server.close)
+        browser = sign_in(public_url)
+        with engine.connect() as connection:
+            token = TokenCipher([KEY]).decrypt(connection.execute(select(UserSession.access_token)).scalar_one())
+        signed_in = environ_for(path, {"Cookie": f"{COOKIE}={browser.cookies[COOKIE]}", "X-CSRF": "1"})
+        bare = bare_proxy(idp + "/_dev/api/", "urllib3")
+        yield app, signed_in, bare, environ_for("/ping", {"Authorization": f"Bearer {token}"})
+
+
+def python_calls(app, template: dict, calls: int = 100) -> int:
+    """Function calls per call, as cProfile counts them: unlike CPU time, the same on a busy machine."""
+    profiler = cProfile.Profile(time.thread_time)
+    profiler.enable()
+    for _ in range(calls):
+        call(app, template)
+    profiler.disable()
+    return round(pstats.Stats(profiler).total_calls / calls)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--profile", action="store_true", help="cProfile B's calls (thread CPU time)")
+    parser.add_argument("--sort", default="tottime", help="pstats sort key with --profile")
+    parser.add_argument("--lines", type=int, default=45)
+    parser.add_argument("--path", default="/api/demo/ping", help="what B is asked (a page: /posts)")
+    parser.add_argument("--database-url", help="PostgreSQL instead of a SQLite file")
+    parser.add_argument("--spin", type=float, help="only call B for this many seconds (for py-spy)")
+    args = parser.parse_args()
+    with signed_in_app(args.path, args.database_url) as (app, signed_in, bare, bare_call):
+        if args.spin:
+            until = time.monotonic() + args.spin
+            while time.monotonic() < until:
+                call(app, signed_in)
+            return
+        if args.profile:
+            cpu_per_call(app, signed_in, 200, rounds=1)
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.enable()
+            for _ in range(args.calls):
+                call(app, signed_in)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.lines)
+            print(out.getvalue())
+            return
+        # Interleaved, so that whatever else the machine does weighs on both alike.
+        b, n = [], []
+        for _ in range(3):
+            b.append(cpu_per_call(app, signed_in, args.calls // 3))
+            n.append(cpu_per_call(bare, bare_call, args.calls // 3))
+        b_cpu, b_wall = min(b)
+        n_cpu, n_wall = min(n)
+        b_calls, n_calls = python_calls(app, signed_in), python_calls(bare, bare_call)
+        print(f"B {args.path}: {b_cpu:7.0f} us CPU per call ({b_wall:.0f} us wall), {b_calls} Python function calls")
+        print(f"N /ping:       {n_cpu:7.0f} us CPU per call ({n_wall:.0f} us wall), {n_calls} Python function calls")
+        print(f"B - N:         {b_cpu - n_cpu:7.0f} us CPU per call, {b_calls - n_calls} function calls")
+
+
+if __name__ == "__main__":
+    main()
