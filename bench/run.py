@@ -2,7 +2,8 @@
 
 Targets (one process each, waitress with the same threads): D the upstream (the demo API) called
 directly; N a bare Pyramid proxy on urllib3; R the same on requests; B myapp's /api/demo/...
-with a signed-in session. Also a signed-in page against the anonymous landing page, a refresh
+with a signed-in session. Also a signed-in page against the anonymous landing page, B with
+tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, a refresh
 storm, and the proxy's memory while 100 MiB stream through it. wrk generates the load.
 Writes bench/results.json; docs/benchmarks.md records a run.
 """
@@ -282,7 +283,7 @@ def main():
     levels = [int(c) for c in args.concurrency.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "pg", "pg2", "traced", "sink")
+    names = ("idp", "bff", "n", "r", "pg", "pg2", "traced", "sink", "dpop")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
@@ -291,6 +292,8 @@ def main():
     # The same app with tracing on, exporting over OTLP/HTTP to a sink that keeps nothing.
     bff_ini(work / "traced.ini", database_url, urls["traced"], urls["idp"], **{
         "myapp.otel.enabled": "true", "myapp.otel.endpoint": urls["sink"] + "/v1/traces"})
+    # The same app whose sessions' tokens are DPoP-bound: a proof with every proxied call.
+    bff_ini(work / "dpop.ini", database_url, urls["dpop"], urls["idp"], **{"myapp.oidc.dpop": "required"})
     pg_url, pg_skipped = postgresql_for_bench(args.database_url)
     processes = Processes(work)
     with contextlib.ExitStack() as stack:
@@ -302,7 +305,8 @@ def main():
                 bff_ini(work / f"{name}.ini", schema_url, urls[name], urls["idp"])
         stack.callback(engine.dispose)
         stack.callback(processes.stop)
-        redirects = [arg for name in ("bff", "pg", "pg2", "traced") for arg in ("--redirect-uri", urls[name] + "/auth/callback")]
+        redirects = [arg for name in ("bff", "pg", "pg2", "traced", "dpop")
+                     for arg in ("--redirect-uri", urls[name] + "/auth/callback")]
         upstream = processes.start(
             "devstack",
             [
@@ -317,6 +321,7 @@ def main():
         bare_r = processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
         processes.start("sink", ["bench/serve.py", "otlp-sink", "-", str(ports["sink"])])
         traced = processes.start("traced", ["bench/serve.py", "bff", str(work / "traced.ini"), str(ports["traced"])])
+        dpop = processes.start("dpop", ["bench/serve.py", "bff", str(work / "dpop.ini"), str(ports["dpop"])])
 
         browser = sign_in(urls["bff"])
         cipher = TokenCipher([KEY])
@@ -373,6 +378,8 @@ def main():
 
         results["tracing"] = tracing_cost(urls, session_cookie, bff, traced, args.duration)
         print(f"tracing: {results['tracing']}", flush=True)
+        results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
+        print(f"dpop: {results['dpop']}", flush=True)
         if pg_url:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
@@ -401,6 +408,35 @@ def tracing_cost(urls, cookie, bff, traced, duration) -> dict:
         "off_rps": off["rps"], "on_rps": on["rps"], "on_over_off": round(on["rps"] / off["rps"], 2),
         "off_cpu_us": off_cpu, "on_cpu_us": on_cpu, "cpu_added_us": on_cpu - off_cpu,
         "non_2xx": off["non_2xx"] + on["non_2xx"],
+    }
+
+
+def dpop_cost(urls, bearer_cookie, bff, dpop, upstream, duration) -> dict:
+    """B with Bearer tokens and B with DPoP-bound ones (its own session, signed in with a key),
+    one after the other at 8 connections: what a proof per call costs the proxy, and the demo API
+    (which checks each proof). Plus the proof alone, signed in this process."""
+    from myapp.services.dpop import DPoPKey
+
+    browser = sign_in(urls["dpop"])
+    dpop_headers = [f"Cookie: {COOKIE}={browser.cookies[COOKIE]}", "X-CSRF: 1"]
+    wrk(urls["dpop"] + "/api/demo/ping", connections=8, duration=2, headers=dpop_headers)
+    bearer = wrk(urls["bff"] + "/api/demo/ping", connections=8, duration=duration,
+                 headers=[bearer_cookie, "X-CSRF: 1"], pids=[bff.pid, upstream.pid])
+    bound = wrk(urls["dpop"] + "/api/demo/ping", connections=8, duration=duration,
+                headers=dpop_headers, pids=[dpop.pid, upstream.pid])
+    key, rounds = DPoPKey.generate(), 2000
+    started = time.process_time()
+    for _ in range(rounds):
+        key.proof("GET", "http://127.0.0.1:8080/_dev/api/ping", access_token="x" * 800, nonce="n" * 32)
+    proof_us = round((time.process_time() - started) / rounds * 1e6)
+    cpu = {name: result["cpu_us_per_request"] for name, result in (("bearer", bearer), ("dpop", bound))}
+    return {
+        "bearer_rps": bearer["rps"], "dpop_rps": bound["rps"], "dpop_over_bearer": round(bound["rps"] / bearer["rps"], 2),
+        "bearer_proxy_cpu_us": cpu["bearer"][str(bff.pid)], "dpop_proxy_cpu_us": cpu["dpop"][str(dpop.pid)],
+        "proxy_cpu_added_us": cpu["dpop"][str(dpop.pid)] - cpu["bearer"][str(bff.pid)],
+        "upstream_cpu_added_us": cpu["dpop"][str(upstream.pid)] - cpu["bearer"][str(upstream.pid)],
+        "es256_proof_us": proof_us,
+        "non_2xx": bearer["non_2xx"] + bound["non_2xx"],
     }
 
 
@@ -498,6 +534,7 @@ def print_table(results, levels):
     for name, value in results["targets"].items():
         print(f"  {name}: {value}")
     print(f"  tracing: {results['tracing']}")
+    print(f"  dpop: {results['dpop']}")
     if "scaling" in results:
         print(f"  scaling on PostgreSQL: {results['scaling']}")
     print(f"  chart: {results['chart']}")
