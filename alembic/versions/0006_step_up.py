@@ -31,10 +31,12 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table("login_transactions", schema=None) as batch_op:
+    # recreate="never": a native DROP COLUMN (SQLite 3.35+). Rebuilding "sessions" on SQLite would
+    # drop the old table, and with foreign keys on, cascade into session_tokens and every other child.
+    with op.batch_alter_table("login_transactions", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("max_age")
         batch_op.drop_column("acr_values")
-    with op.batch_alter_table("sessions", schema=None) as batch_op:
+    with op.batch_alter_table("sessions", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("auth_time")
         batch_op.drop_column("amr")
         batch_op.drop_column("acr")

@@ -28,10 +28,12 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table("session_tokens", schema=None) as batch_op:
+    # recreate="never": a native DROP COLUMN (SQLite 3.35+). Rebuilding "sessions" on SQLite would
+    # drop the old table, and with foreign keys on, cascade into session_tokens and every other child.
+    with op.batch_alter_table("session_tokens", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("token_type")
-    with op.batch_alter_table("sessions", schema=None) as batch_op:
+    with op.batch_alter_table("sessions", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("dpop_key")
         batch_op.drop_column("access_token_type")
-    with op.batch_alter_table("login_transactions", schema=None) as batch_op:
+    with op.batch_alter_table("login_transactions", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("dpop_key")

@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
+from urllib3.util import parse_url
 
 # What this app can sign proofs with, in the order it prefers them (RFC 9449 suggests ES256).
 ALGORITHMS = ("ES256", "ES384", "PS256", "RS256")
@@ -62,9 +63,9 @@ def target_uri(url: str) -> str:
     port = parts.port
     if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
         host = f"{host}:{port}"
-    # As it goes on the wire: what is already %-encoded stays, anything else outside RFC 3986's
-    # path characters is encoded as UTF-8 (as urllib3 and requests send it).
-    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    # The path exactly as urllib3 (the proxy's client, and requests' underneath) puts it on the
+    # wire: escapes in upper case, anything outside RFC 3986's path characters encoded as UTF-8.
+    path = parse_url(url).path or "/"
     return urlunsplit((scheme, host, path, "", ""))
 
 

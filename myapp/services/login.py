@@ -15,8 +15,16 @@ from sqlalchemy.orm import Session
 from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
-from myapp.services.oidc import CLOCK_SKEW, OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
-from myapp.services.sessions import SignIn
+from myapp.services.oidc import (
+    CLOCK_SKEW,
+    DPoPNotBound,
+    OIDCClient,
+    OIDCError,
+    Providers,
+    ProviderUnavailable,
+    TokenRequestRefused,
+)
+from myapp.services.sessions import SessionRows, SignIn
 from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
 from myapp.settings import Upstream
 
@@ -217,9 +225,11 @@ class LoginService:
             raise fail(e.reason, e.message, 503) from None
         except TokenRequestRefused as e:
             raise fail(e.reason, "The provider refused to complete this sign-in. Please start again.") from None
+        except DPoPNotBound as e:
+            # What it issued is not kept, and not left live either: the revoker revokes it.
+            SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, TokenSet(**e.issued()))
+            raise fail(e.reason, e.message, 502) from None
         except OIDCError as e:
-            if e.reason == "dpop_not_bound":
-                raise fail(e.reason, e.message, 502) from None
             raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
 
         sign_in = self._check_step_up(transaction, claims, fail)

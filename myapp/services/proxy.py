@@ -69,8 +69,10 @@ class Outgoing:
     url: str
     headers: dict
     body: object = None
-    # The DPoP nonce the last proof carried (None: none, or no proof).
+    # The DPoP nonce the last proof carried (None: none, or no proof), and whether this request
+    # already answered a nonce challenge (once per request, whatever else happens).
     sent_nonce: str | None = None
+    nonce_retried: bool = False
 
     def rewind(self):
         if self.body is not None:
@@ -229,6 +231,8 @@ class Proxy:
 
     def send(self, outgoing: Outgoing, credential: Credential) -> urllib3.BaseHTTPResponse:
         headers = outgoing.headers
+        for name in [name for name in headers if name.lower() == "dpop"]:
+            del headers[name]  # only the proof made here, whatever else put one there
         headers["Authorization"] = f"{credential.scheme} {credential.token}"
         if credential.dpop is not None:
             if not outgoing.upstream.dpop:
@@ -238,8 +242,6 @@ class Proxy:
             headers["DPoP"] = credential.dpop.proof(
                 outgoing.method, outgoing.url, access_token=credential.token, nonce=outgoing.sent_nonce
             )
-        else:
-            headers.pop("DPoP", None)
         with tracing.outgoing_span(
             f"upstream {outgoing.upstream.name}", kind_of="upstream", target=outgoing.upstream.name, method=outgoing.method
         ) as span:
@@ -306,10 +308,12 @@ class Proxy:
         nonce = self.nonces.remember(outgoing.url, response.headers.get("DPoP-Nonce"))
         if (
             response.status == 401
+            and not outgoing.nonce_retried
             and nonce is not None
             and nonce != outgoing.sent_nonce
             and challenge_error(response.headers.get("WWW-Authenticate")) == "use_dpop_nonce"
         ):
+            outgoing.nonce_retried = True
             self._discard(response)
             outgoing.rewind()
             response = self.send(outgoing, credential)

@@ -28,7 +28,14 @@ from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
 from myapp.services.metrics import Metrics, failure_reason
-from myapp.services.oidc import OIDCClient, OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import (
+    DPoPNotBound,
+    OIDCClient,
+    OIDCError,
+    Providers,
+    ProviderUnavailable,
+    TokenRequestRefused,
+)
 from myapp.services.sessions import EndReason, SessionRecord, SessionRows, UpstreamToken
 from myapp.services.tokenset import DPOP, Credential, TokenCipher, TokenSet, token_type_of
 from myapp.settings import TokenSettings, Upstream
@@ -235,6 +242,8 @@ class TokenManager:
         """The key of a session read under the lock (its ``tokens`` decrypted); raises
         :class:`DPoPKeyUnreadable` when it has one that no encryption key in use can read."""
         if session.dpop_key is None:
+            if tokens.bound:
+                raise DPoPKeyUnreadable()  # a bound token without its key is never sent as Bearer
             return None
         if tokens.dpop_key is None:
             raise DPoPKeyUnreadable()
@@ -290,10 +299,15 @@ class TokenManager:
             # The proof is made here, under the session's refresh lock: single-flight holds for DPoP too.
             response = client.refresh(previous.refresh_token, dpop=key)
         except TokenRequestRefused as e:
+            if e.error == "invalid_dpop_proof":
+                # The provider will not take this session's key any more: only a new sign-in helps.
+                return self._end(rows, session, "invalid_dpop_proof")
             if e.error != "invalid_grant":
                 self._audit(rows, session, f"provider refused: {e.error}")
                 return ProviderUnavailable(f"The provider refused to refresh ({e.error}).")
             return self._after_invalid_grant(rows, session, previous.refresh_token, key)
+        except DPoPNotBound as e:
+            return self._end_unbound(rows, session, e)
         except OIDCError as e:
             self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
@@ -387,11 +401,14 @@ class TokenManager:
                     return self._end(rows, session, "no refresh token")
                 response = client.refresh(own.refresh_token, **request)
         except TokenRequestRefused as e:
-            if e.error == "invalid_grant":
-                # The refresh token (or, for an exchange, the session's token) is dead: as for a refresh.
-                return self._end(rows, session, f"invalid_grant for upstream {upstream.name}")
+            if e.error in ("invalid_grant", "invalid_dpop_proof"):
+                # The refresh token (or, for an exchange, the session's token) is dead, or the
+                # provider will not take the session's key: as for a refresh.
+                return self._end(rows, session, f"{e.error} for upstream {upstream.name}")
             self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
             return UpstreamTokenRefused(upstream.name, e.error)
+        except DPoPNotBound as e:
+            return self._end_unbound(rows, session, e)
         except OIDCError as e:
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
@@ -447,6 +464,13 @@ class TokenManager:
         if claims.get("iss") != session.user_issuer or claims.get("sub") != session.user_subject:
             return "refreshed ID token names another user"
         return None
+
+    def _end_unbound(self, rows: SessionRows, session: SessionRecord, refused: DPoPNotBound) -> LoginRequired:
+        """DPoP is required and the provider answered with Bearer tokens: they are revoked (a
+        rotating provider spent the old refresh token on them, so the session cannot go on)."""
+        issued = refused.issued()
+        rows.revoke_later(session.user_issuer, TokenSet(**issued))
+        return self._end(rows, session, "dpop_not_bound")
 
     def _end(self, rows: SessionRows, session: SessionRecord, why: str) -> LoginRequired:
         rows.end(session.id, EndReason.REFRESH_FAILED)

@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 
-from myapp.models import AuditEvent, SessionToken, UserSession
+from myapp.models import AuditEvent, SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services import Services
 from myapp.services.dpop import DPoPKey
@@ -26,8 +26,14 @@ from tests.support.dpop_check import b64url_sha256, verify_proof
 PATHS = ("/api/up/items/7?sort=name&q=a%20b", "/api/up/caf%C3%A9/a%2Bb%40c~x", "/api/up/")
 
 
-@pytest.fixture
-def dbsession(committed):
+@pytest.fixture(autouse=True)
+def dbsession(committed, committed_engine):
+    """The committed database, emptied before (another module may have left rows) and after each test."""
+    from myapp.models import Base
+
+    with committed_engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
     return committed
 
 
@@ -401,3 +407,106 @@ def test_processes_learn_a_nonce_once_each(make_dpop_app, dpop_provider, upstrea
         refusals.append(len(dpop_provider.dpop_refusals) - before)
     assert refusals == [1, 0, 0, 0]
     assert len(dpop_provider.refresh_uses) == 4
+
+
+def test_htu_matches_the_wire_for_lower_case_escapes_and_characters_urllib3_encodes(make_dpop_app, dpop_provider, upstream):
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    for raw in ("/api/up/a%7eb/caf%c3%a9", "/api/up/x%5bb%5d"):
+        browser.get(raw, headers={"X-CSRF": "1"}, extra_environ={"REQUEST_URI": raw}, status=200)
+    assert upstream.dpop_refusals == [], upstream.dpop_failures
+    assert [s["uri"] for s in upstream.seen] == ["/base/a%7Eb/caf%C3%A9", "/base/x%5Bb%5D"]
+
+
+def test_an_access_token_no_header_may_carry_refuses_the_sign_in_cleanly(make_dpop_app, dpop_provider, dbsession):
+    dpop_provider.token_response = lambda form: (200, {"access_token": "at-\u00e9\r\nX: y", "token_type": "DPoP",
+                                                       "expires_in": 300})
+    response = sign_in_at(Browser(make_dpop_app()), dpop_provider)
+    assert response.status_int == 400 and "characters no header may carry" in response.text
+    assert dbsession.scalars(select(UserSession)).all() == []
+
+
+def test_a_bearer_answer_to_a_refresh_when_dpop_is_required_ends_the_session_and_is_revoked(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    dpop_provider.dpop_bearer = True
+    dbsession.execute(update(UserSession).values(access_token_expires_at=utcnow() - timedelta(seconds=1)))
+    dbsession.commit()
+    assert api(browser, "GET", "/api/up/items", status=401).json["error"] == "login_required"
+    assert upstream.seen == []  # the Bearer token never went anywhere
+    dbsession.expire_all()
+    assert session_row(dbsession).end_reason == "refresh_failed"
+    details = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all()
+    assert any("dpop_not_bound" in d for d in details)
+    cipher = browser.app.registry[Services].cipher
+    queued = {cipher.decrypt(t) for t in dbsession.scalars(select(TokenRevocation.token))}
+    assert dpop_provider.refresh_tokens.keys() <= queued  # the refresh token it issued is queued for revocation
+
+
+def test_a_refused_sign_in_leaves_no_token_it_issued_unrevoked(make_dpop_app, dpop_provider, dbsession):
+    dpop_provider.dpop_bearer = True
+    app = make_dpop_app()
+    assert sign_in_at(Browser(app), dpop_provider).status_int == 502
+    dbsession.commit()
+    cipher = app.registry[Services].cipher
+    queued = {cipher.decrypt(t) for t in dbsession.scalars(select(TokenRevocation.token))}
+    assert len(dpop_provider.refresh_tokens) == 1 and dpop_provider.refresh_tokens.keys() <= queued
+
+
+def test_a_provider_that_refuses_the_sessions_key_at_refresh_ends_the_session_after_one_call(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    dpop_provider.token_response = lambda form: (400, {"error": "invalid_dpop_proof"})
+    dbsession.execute(update(UserSession).values(access_token_expires_at=utcnow() - timedelta(seconds=1)))
+    dbsession.commit()
+    token_calls = len([p for p, _, _ in dpop_provider.requests if p == "/token"])
+    assert api(browser, "GET", "/api/up/items", status=401).json["error"] == "login_required"
+    assert len([p for p, _, _ in dpop_provider.requests if p == "/token"]) == token_calls + 1
+    assert upstream.seen == []
+
+
+def test_the_token_endpoint_asking_for_a_nonce_again_after_the_retry_refuses_the_sign_in(
+    make_dpop_app, dpop_provider, monkeypatch, dbsession
+):
+    from tests.support import fake_provider
+
+    nonces = iter(f"pn-{i}" for i in range(10))
+    original = fake_provider.verify_proof
+
+    def rotating(*args, **kwargs):
+        dpop_provider.dpop_nonce = next(nonces)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fake_provider, "verify_proof", rotating)
+    response = sign_in_at(Browser(make_dpop_app()), dpop_provider)
+    assert response.status_int == 400
+    assert len([p for p, _, _ in dpop_provider.requests if p == "/token"]) == 2  # one retry, no loop
+    assert dbsession.scalars(select(UserSession)).all() == []
+
+
+def test_userinfo_answers_its_nonce_challenge_once(make_dpop_app, dpop_provider, dbsession):
+    dpop_provider.userinfo_dpop_nonce = "ui-nonce"
+    signed_in_browser(make_dpop_app(), dpop_provider)
+    assert dpop_provider.dpop_refusals == [("/userinfo", "nonce")]
+    (_, _, claims), = [p for p in dpop_provider.dpop_proofs if p[0] == "/userinfo"]
+    assert claims["nonce"] == "ui-nonce"
+    dbsession.commit()
+    assert dbsession.scalars(select(User.name)).one() == "Alice From Userinfo"
+
+
+@pytest.mark.parametrize("algorithm", ["PS256", "ES256"])
+def test_no_private_member_of_the_key_leaves_the_server(make_dpop_app, dpop_provider, upstream, dbsession, caplog, algorithm):
+    dpop_provider.dpop_algorithms = [algorithm]
+    app = make_dpop_app()
+    caplog.set_level(logging.DEBUG)
+    browser = Browser(app)
+    responses = [sign_in_at(browser, dpop_provider)]
+    jwk = private_jwk(app, session_row(dbsession))
+    assert jwk["kty"] == ("RSA" if algorithm == "PS256" else "EC")
+    private = [value for name, value in jwk.items() if name in ("d", "p", "q", "dp", "dq", "qi")]
+    responses += [api(browser, "GET", "/api/up/items"), browser.get("/auth/user", headers={"X-CSRF": "1"})]
+    texts = [r.text + str(r.headerlist) for r in responses] + [caplog.text]
+    texts += [json.dumps(seen) for seen in upstream.seen] + [json.dumps(r) for r in dpop_provider.requests]
+    assert private and not [p for p in private for text in texts if p in text]
+    assert verify_proof(upstream.seen[-1]["headers"]["dpop"], method="GET", url=upstream.url + "/base/items")[0]["alg"] == algorithm

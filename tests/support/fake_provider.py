@@ -84,6 +84,7 @@ class FakeProvider:
         # accepted at the token and userinfo endpoints: (path, header, claims).
         self.dpop_algorithms = None
         self.dpop_nonce = None
+        self.userinfo_dpop_nonce = None  # the nonce the userinfo endpoint demands (None: none)
         self.dpop_bearer = False
         self.dpop_proofs = []
         self.dpop_refusals = []
@@ -230,6 +231,10 @@ class FakeProvider:
                 except ProofRefused as e:
                     self.dpop_refusals.append(("/userinfo", str(e)))
                     return 401, {"error": "invalid_dpop_proof"}, "application/json"
+                if self.userinfo_dpop_nonce is not None and claims.get("nonce") != self.userinfo_dpop_nonce:
+                    self.dpop_refusals.append(("/userinfo", "nonce"))
+                    return 401, {"error": "use_dpop_nonce"}, "application/json", [
+                        ("WWW-Authenticate", 'DPoP error="use_dpop_nonce"'), ("DPoP-Nonce", self.userinfo_dpop_nonce)]
                 if jkt != self.access_tokens.get(token, {}).get("jkt"):
                     return 401, {"error": "invalid_token"}, "application/json"
                 self.dpop_proofs.append(("/userinfo", environ["HTTP_DPOP"], claims))

@@ -8,7 +8,13 @@
 """
 
 from myapp.services.oidc.client import OIDCClient, Revocation
-from myapp.services.oidc.errors import OIDCError, ProviderMisconfigured, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc.errors import (
+    DPoPNotBound,
+    OIDCError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    TokenRequestRefused,
+)
 from myapp.services.oidc.jose import (
     BACKCHANNEL_LOGOUT_EVENT,
     CLOCK_SKEW,
@@ -24,6 +30,7 @@ __all__ = [
     "BACKCHANNEL_LOGOUT_EVENT",
     "CLOCK_SKEW",
     "MAX_TOKEN_AGE",
+    "DPoPNotBound",
     "OIDCClient",
     "OIDCError",
     "ProviderDocuments",

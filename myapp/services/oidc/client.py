@@ -3,6 +3,7 @@ refresh), revocation, userinfo and the end-session URL, through Authlib's client
 HTTP pool; and the checks on the JWTs it sends (:class:`TokenValidator`)."""
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -22,7 +23,13 @@ from myapp.services.oidc.client_auth import (
     client_secret_post,
     private_key_jwt,
 )
-from myapp.services.oidc.errors import OIDCError, ProviderMisconfigured, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc.errors import (
+    DPoPNotBound,
+    OIDCError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    TokenRequestRefused,
+)
 from myapp.services.oidc.jose import TokenValidator
 from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
 from myapp.settings import OIDCSettings
@@ -30,6 +37,8 @@ from myapp.settings import OIDCSettings
 log = logging.getLogger(__name__)
 
 
+# RFC 6750 section 2.1 (b64token), the characters an access token may have in a header.
+TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
@@ -278,15 +287,14 @@ class OIDCClient:
         token = dict(token)
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
             raise OIDCError("token_response_invalid", "The provider's token response has no access token.")
+        if not TOKEN68.fullmatch(token["access_token"]):
+            # It goes into an Authorization header (and a proof's ath): RFC 6750's b64token only.
+            raise OIDCError("token_response_invalid", "The provider's access token has characters no header may carry.")
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None
         if token_type == "bearer":
             if dpop is not None and self.settings.dpop == "required":
-                raise OIDCError(
-                    "dpop_not_bound",
-                    "The sign-in provider issued a plain Bearer token, but this app requires tokens bound to "
-                    "its own key (DPoP), so that a leaked token is useless to anyone else.",
-                )
+                raise DPoPNotBound(token)
         elif token_type != "dpop" or dpop is None:
             expected = "a DPoP or Bearer token" if dpop is not None else "a Bearer token"
             raise OIDCError("token_response_invalid", f"The provider's token response is not {expected}.")

@@ -24,6 +24,24 @@ class ProviderMisconfigured(OIDCError):
         super().__init__("provider_misconfigured", message)
 
 
+class DPoPNotBound(OIDCError):
+    """DPoP is required, but the provider issued Bearer tokens (``tokens``: its answer, so that
+    what it issued can be revoked rather than left live)."""
+
+    def __init__(self, tokens: dict):
+        super().__init__(
+            "dpop_not_bound",
+            "The sign-in provider issued a plain Bearer token, but this app requires tokens bound to "
+            "its own key (DPoP), so that a leaked token is useless to anyone else.",
+        )
+        self.tokens = tokens
+
+    def issued(self) -> dict:
+        """What to revoke: the refresh token when there is one, else the access token."""
+        return {name: self.tokens.get(name) for name in ("access_token", "refresh_token")
+                if isinstance(self.tokens.get(name), str)}
+
+
 class TokenRequestRefused(OIDCError):
     """The token endpoint answered with an OAuth error such as ``invalid_grant``."""
 

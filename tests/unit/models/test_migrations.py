@@ -195,3 +195,28 @@ def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
         assert (stored.tokens.token_type, stored.tokens.dpop_key) == ("Bearer", None)
         upstream = store.rows.upstream_token(session.id, "api2")
         assert (upstream.access_token, upstream.token_type) == ("api2-token", "Bearer")
+
+
+def test_downgrading_keeps_the_rows_of_child_tables(empty_database):
+    """Downgrades drop columns in place: on SQLite a rebuilt "sessions" table would cascade into
+    session_tokens (foreign keys are on)."""
+    from datetime import datetime, timezone
+
+    _, engine = empty_database
+    run(engine, "upgrade", "head")
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
+            "VALUES (1, 'https://idp.example.test', 'carol', 'Carol', NULL, '[]', false, :now, :now)"), {"now": now})
+        connection.execute(text(
+            "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+            "ip_address, provider, csrf_token, token_generation) "
+            "VALUES (1, 'h', 'handle-1', 1, :now, :now, :now, '', '', 'default', 'csrf', 0)"), {"now": now})
+        connection.execute(text(
+            "INSERT INTO session_tokens (id, session_id, upstream, access_token, refreshed_at) "
+            "VALUES (1, 1, 'api2', :token, :now)"), {"token": b"x", "now": now})
+    run(engine, "downgrade", "0005")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT upstream FROM session_tokens")).scalars().all() == ["api2"]
+        assert connection.execute(text("SELECT handle FROM sessions")).scalars().all() == ["handle-1"]

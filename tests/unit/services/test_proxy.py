@@ -10,9 +10,11 @@ import pytest
 import urllib3
 
 from myapp.errors import APIError
+from myapp.services.dpop import DPoPKey
 from myapp.services.proxy import CHUNK, Proxy, subpath
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
+from tests.support.dpop_check import verify_proof
 
 UPSTREAM = Upstream(
     name="orders", base_url="https://orders.example.test/v1/", timeout=5, methods=frozenset({"GET", "POST", "HEAD"})
@@ -186,3 +188,41 @@ def test_small_bodies_are_read_at_once_and_large_ones_stream():
     assert Proxy.small_body(response(body=b"hello"), "GET") == b"hello"
     assert Proxy.small_body(response(body=b"hello"), "HEAD") is None
     assert Proxy.small_body(response(body=b"x" * (CHUNK + 1)), "GET") is None
+
+
+def test_one_request_answers_at_most_one_nonce_challenge_whatever_else_happens():
+    """401 use_dpop_nonce, 401 invalid_token (a refresh), 401 use_dpop_nonce again: the second
+    challenge goes back to the browser; three sends in all, never a fourth."""
+    nonce = {"WWW-Authenticate": 'DPoP error="use_dpop_nonce"'}
+    pool = FakePool(
+        response(401, headers={**nonce, "DPoP-Nonce": "n-1"}),
+        response(401, headers={"WWW-Authenticate": 'DPoP error="invalid_token"'}),
+        response(401, headers={**nonce, "DPoP-Nonce": "n-2"}),
+    )
+    service = proxy(pool)
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+    key = DPoPKey.generate()
+
+    def token(stale=None):
+        return Credential("fresh" if stale else "old", key)
+
+    assert service.exchange(outgoing, token).status == 401
+    assert [s["headers"]["Authorization"] for s in pool.sent] == ["DPoP old", "DPoP old", "DPoP fresh"]
+    nonces = [verify_proof(s["headers"]["DPoP"], method="GET", url=s["url"])[1].get("nonce") for s in pool.sent]
+    assert nonces == [None, "n-1", "n-1"]
+
+
+def test_no_header_of_any_case_named_dpop_survives_but_the_proof_made_here():
+    pool = FakePool(response(200))
+    service = proxy(pool)
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+    outgoing.headers["dpop"] = "forged"
+    service.exchange(outgoing, lambda stale=None: Credential("t", DPoPKey.generate()))
+    sent = pool.sent[0]["headers"]
+    assert [name for name in sent if name.lower() == "dpop"] == ["DPoP"] and sent["DPoP"] != "forged"
+    pool = FakePool(response(200))
+    service = proxy(pool)
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+    outgoing.headers["DPoP"] = "forged"
+    service.exchange(outgoing, lambda stale=None: Credential("t"))
+    assert "DPoP" not in pool.sent[0]["headers"] and pool.sent[0]["headers"]["Authorization"] == "Bearer t"
