@@ -111,3 +111,28 @@ def test_expired_tokens_refreshed_in_a_page_are_traced_too(spans, make_proxy_app
     upstream.body = b'{"notes": []}'
     signed_in(app=app, expires_in=0).get("/", status=200)
     assert any(s.name == "token.refresh" for s in spans)
+
+
+def test_no_span_of_a_dpop_session_holds_a_proof_or_the_key(spans, make_proxy_app, upstream, provider, committed):
+    from sqlalchemy import select
+
+    from myapp.models import UserSession
+    from myapp.services import Services
+
+    provider.dpop_algorithms = ["ES256"]
+    app = make_proxy_app(**{"myapp.oidc.dpop": "required"})
+    browser = Browser(app)
+    _, query = start_login(browser)
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"], dpop_jkt=query["dpop_jkt"])
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=303)
+    upstream.dpop_nonce = "n-1"
+    browser.get("/api/up/items", headers={"X-CSRF": "1"}, status=200)
+    committed.commit()
+    row = committed.scalars(select(UserSession).order_by(UserSession.id.desc()).limit(1)).one()
+    private = json.loads(app.registry[Services].cipher.decrypt(row.dpop_key))["jwk"]["d"]
+    proofs = [seen["headers"]["dpop"] for seen in upstream.seen] + [proof for _, proof, _ in provider.dpop_proofs]
+    text = everything_in(spans)
+    assert "upstream up" in text and len(proofs) >= 3
+    for secret in [private, query["dpop_jkt"], *proofs, *provider.access_tokens]:
+        assert secret not in text, "a DPoP secret in a span"
+    assert "eyJ" not in text
