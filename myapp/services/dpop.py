@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
+from joserfc.jws import JWSRegistry
 from urllib3.util import parse_url
 
 # What this app can sign proofs with, in the order it prefers them (RFC 9449 suggests ES256).
@@ -35,6 +35,13 @@ MAX_NONCE_LENGTH = 512
 
 class DPoPKeyUnreadable(Exception):
     """A stored key that cannot be used (no encryption key in use can read it, or it is damaged)."""
+
+
+_ALGORITHMS = {alg: JWSRegistry.algorithms[alg] for alg in ALGORITHMS}
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def choose_algorithm(advertised: Iterable[str]) -> str | None:
@@ -76,6 +83,8 @@ class DPoPKey:
     alg: str
     key: ECKey | RSAKey = field(repr=False)
     public_jwk: Mapping = field(repr=False, compare=False)
+    # The proof header is the same for every proof of this key: encoded once.
+    _header: bytes = field(repr=False, compare=False, default=b"")
 
     @classmethod
     def generate(cls, alg: str = "ES256") -> "DPoPKey":
@@ -89,7 +98,9 @@ class DPoPKey:
 
     @classmethod
     def _of(cls, alg: str, key) -> "DPoPKey":
-        return cls(alg=alg, key=key, public_jwk=key.as_dict(private=False))
+        public_jwk = key.as_dict(private=False)
+        header = {"typ": PROOF_TYPE, "alg": alg, "jwk": public_jwk}
+        return cls(alg=alg, key=key, public_jwk=public_jwk, _header=_b64(json.dumps(header, separators=(",", ":")).encode()))
 
     @classmethod
     def from_json(cls, text: str | None) -> "DPoPKey":
@@ -128,15 +139,17 @@ class DPoPKey:
         nonce: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> str:
-        """A fresh proof for one HTTP request (never reused: each has its own ``jti``)."""
-        header = {"typ": PROOF_TYPE, "alg": self.alg, "jwk": self.public_jwk}
+        """A fresh proof for one HTTP request (never reused: each has its own ``jti``): a compact
+        JWS of the key's constant header and these claims, signed by joserfc's algorithm (for EC
+        keys, the raw r||s signature JWS requires)."""
         claims = {"jti": secrets.token_urlsafe(18), "htm": method, "htu": target_uri(url), "iat": int(clock())}
         if access_token is not None:
             claims["ath"] = access_token_hash(access_token)
         if nonce is not None:
             claims["nonce"] = nonce
-        payload = json.dumps(claims, separators=(",", ":"))
-        return jws.serialize_compact(header, payload, self.key, algorithms=[self.alg])
+        signing_input = self._header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signature = _ALGORITHMS[self.alg].sign(signing_input, self.key)
+        return (signing_input + b"." + _b64(signature)).decode("ascii")
 
 
 def origin_of(url: str) -> str:
