@@ -510,3 +510,27 @@ def test_no_private_member_of_the_key_leaves_the_server(make_dpop_app, dpop_prov
     texts += [json.dumps(seen) for seen in upstream.seen] + [json.dumps(r) for r in dpop_provider.requests]
     assert private and not [p for p in private for text in texts if p in text]
     assert verify_proof(upstream.seen[-1]["headers"]["dpop"], method="GET", url=upstream.url + "/base/items")[0]["alg"] == algorithm
+
+
+@pytest.mark.parametrize("token_type", [["DPoP"], "DPoP ", 5, None, "PoP"])
+def test_a_token_type_that_is_neither_dpop_nor_bearer_refuses_the_sign_in(make_dpop_app, dpop_provider, dbsession, token_type):
+    dpop_provider.token_response = lambda form: (200, {"access_token": "at-1", "token_type": token_type, "expires_in": 300})
+    response = sign_in_at(Browser(make_dpop_app()), dpop_provider)
+    assert response.status_int == 400 and "not a DPoP or Bearer token" in response.text
+    assert dbsession.scalars(select(UserSession)).all() == []
+
+
+def test_an_unreadable_key_ends_the_session_on_an_upstreams_own_token_and_on_the_dashboard(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    app = make_dpop_app(**{"myapp.upstream.up.scope": "items:read", "myapp.dashboard.upstream": "up"})
+    browser = signed_in_browser(app, dpop_provider)
+    api(browser, "GET", "/api/up/items", status=200)  # the upstream's own token, minted and kept
+    retired = TokenCipher([Fernet.generate_key().decode()])
+    dbsession.execute(update(UserSession).values(dpop_key=retired.encrypt("{}")))
+    dbsession.commit()
+    assert api(browser, "GET", "/api/up/items", status=401).json["error"] == "login_required"
+    assert len(upstream.seen) == 1
+    assert browser.get("/", status=200)  # signed out, the landing page, never a 500
+    dbsession.expire_all()
+    assert session_row(dbsession).ended_at is not None
