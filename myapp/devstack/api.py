@@ -289,6 +289,9 @@ def authenticate(request) -> dict:
             raise dpop_unauthorized(api, "invalid_token", str(e)) from None
         if _bound_key(claims) != jkt:
             raise dpop_unauthorized(api, "invalid_token", "The access token is not bound to the proof's key.")
+        if api.proofs.nonces is not None:
+            # RFC 9449 section 9: the current nonce on success too, so the caller keeps up with rotation.
+            request.add_response_callback(_with_nonce(api.proofs.nonces.current()))
         return claims
     if scheme != "bearer" or token is None:
         # No error code when no credentials were sent at all (RFC 6750 3.1).
@@ -301,6 +304,13 @@ def authenticate(request) -> dict:
         # RFC 9449 section 7.2: a bound token sent as Bearer is refused, whoever sends it.
         raise unauthorized("The access token is bound to a DPoP key; send it with DPoP and a proof.")
     return claims
+
+
+def _with_nonce(nonce: str):
+    def set_header(request, response):
+        response.headers["DPoP-Nonce"] = nonce
+
+    return set_header
 
 
 def _bound_key(claims: dict) -> str | None:

@@ -26,7 +26,7 @@ ALGORITHMS = ("ES256", "ES384", "PS256", "RS256")
 _CURVES = {"ES256": "P-256", "ES384": "P-384"}
 PROOF_TYPE = "dpop+jwt"
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-WINDOW = 60  # seconds a proof's iat may lie in the past or the future
+WINDOW = 60  # default seconds a proof's iat may lie in the past or the future
 MAX_PROOF_BYTES = 8 * 1024
 NONCE_LIFETIME = 300
 MAX_JTIS = 100_000
@@ -130,23 +130,45 @@ class ServerNonces:
 
     def current(self) -> str:
         with self._lock:
-            now = self.clock()
-            if now - self._since >= self.lifetime:
-                self._previous, self._current, self._since = self._current, secrets.token_urlsafe(24), now
-            return self._current
+            return self._rotated()[0]
 
     def accepts(self, nonce) -> bool:
-        current = self.current()
-        return isinstance(nonce, str) and nonce in (current, self._previous)
+        with self._lock:
+            return isinstance(nonce, str) and nonce in self._rotated()
+
+    def _rotated(self) -> tuple[str, ...]:
+        """The nonces accepted now, current first; called with the lock held."""
+        now = self.clock()
+        if now - self._since >= 2 * self.lifetime:
+            self._previous, self._current, self._since = None, secrets.token_urlsafe(24), now
+        elif now - self._since >= self.lifetime:
+            self._previous, self._current, self._since = self._current, secrets.token_urlsafe(24), now
+        return (self._current,) if self._previous is None else (self._current, self._previous)
 
 
 class ProofChecker:
-    """One server's proof checks, with its replay cache and (optionally) its nonces."""
+    """One server's proof checks, with its replay cache and (optionally) its nonces.
 
-    def __init__(self, *, nonces: ServerNonces | None = None, clock: Callable[[], float] = time.time):
+    ``window`` is how many seconds a proof's ``iat`` may lie in the past or the future; a ``jti``
+    is remembered (per key) for twice that, the longest a proof stays acceptable, and at most
+    ``max_jtis`` of them are held: when that many live ones are remembered, proofs are refused
+    rather than a replay risked.
+    """
+
+    def __init__(
+        self,
+        *,
+        nonces: ServerNonces | None = None,
+        window: int = WINDOW,
+        max_jtis: int = MAX_JTIS,
+        clock: Callable[[], float] = time.time,
+    ):
         self.nonces = nonces
+        self.window = window
+        self.max_jtis = max_jtis
         self.clock = clock
-        self._seen: dict[str, float] = {}
+        self._seen: dict[tuple[str, str], float] = {}
+        self._next_purge = 0.0
         self._lock = threading.Lock()
 
     def check(self, headers: list[str], *, method: str, url: str, access_token: str | None = None) -> str:
@@ -155,7 +177,9 @@ class ProofChecker:
         if len(headers) != 1:
             raise ProofRefused("exactly one DPoP header is required")
         proof = headers[0]
-        if len(proof) > MAX_PROOF_BYTES or proof.count(".") != 2:
+        if len(proof) > MAX_PROOF_BYTES:
+            raise ProofRefused("the proof is too large")
+        if proof.count(".") != 2:
             raise ProofRefused("the proof is not a compact JWS")
         try:
             signed = jws.extract_compact(proof.encode("ascii"), registry=_REGISTRY)
@@ -187,22 +211,38 @@ class ProofChecker:
         if not isinstance(htu, str) or normalised_uri(htu) != normalised_uri(url):
             raise ProofRefused("htu does not match the request URL")
         iat, now = claims.get("iat"), self.clock()
-        if not isinstance(iat, int) or isinstance(iat, bool) or abs(now - iat) > WINDOW:
-            raise ProofRefused("iat is outside the accepted window")
-        if access_token is not None and claims.get("ath") != access_token_hash(access_token):
-            raise ProofRefused("ath does not match the access token")
+        if not isinstance(iat, int | float) or isinstance(iat, bool):
+            raise ProofRefused("iat is missing")
+        if iat < now - self.window:
+            raise ProofRefused("iat is too old")
+        if iat > now + self.window:
+            raise ProofRefused("iat is in the future")
+        if access_token is not None:
+            if "ath" not in claims:
+                raise ProofRefused("ath is missing")
+            if claims["ath"] != access_token_hash(access_token):
+                raise ProofRefused("ath does not match the access token")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not 8 <= len(jti) <= 256:
-            raise ProofRefused("jti is missing")
-        if self.nonces is not None and not self.nonces.accepts(claims.get("nonce")):
-            raise ProofRefused("a current nonce is required", error="use_dpop_nonce")
-        self._remember(jti, now)
-        return key.thumbprint()
+            raise ProofRefused("jti is missing or not 8 to 256 characters")
+        if self.nonces is not None:
+            if "nonce" not in claims:
+                raise ProofRefused("a nonce is required", error="use_dpop_nonce")
+            if not self.nonces.accepts(claims["nonce"]):
+                raise ProofRefused("the nonce is not a current one", error="use_dpop_nonce")
+        jkt = key.thumbprint()
+        self._remember(jkt, jti, now)
+        return jkt
 
-    def _remember(self, jti: str, now: float) -> None:
+    def _remember(self, jkt: str, jti: str, now: float) -> None:
         with self._lock:
-            if len(self._seen) >= MAX_JTIS or len(self._seen) % 1000 == 0:
-                self._seen = {k: t for k, t in self._seen.items() if t > now - 2 * WINDOW}
-            if jti in self._seen:
+            if now >= self._next_purge or len(self._seen) >= self.max_jtis:
+                # A proof can be accepted until its iat (at most ``window`` after it was first seen)
+                # is ``window`` old: a jti seen longer ago than twice the window cannot come back.
+                self._seen = {k: t for k, t in self._seen.items() if t > now - 2 * self.window}
+                self._next_purge = now + self.window
+            if (jkt, jti) in self._seen:
                 raise ProofRefused("the proof was used before (jti replay)")
-            self._seen[jti] = now
+            if len(self._seen) >= self.max_jtis:
+                raise ProofRefused("too many proofs in the replay window; try again later")
+            self._seen[(jkt, jti)] = now

@@ -64,9 +64,16 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def authenticate_refresh_token(self, refresh_token):
         try:
-            return self.server.store.find_refresh_token(refresh_token)
+            record = self.server.store.find_refresh_token(refresh_token)
         except TokenRejected as e:
             raise InvalidGrantError(str(e)) from None
+        bound, proved = record.family.jkt, BINDING.get()
+        # Checked before the token is spent, so a refused attempt leaves it to its holder.
+        if bound is not None and proved is not None and proved != bound:
+            raise InvalidGrantError("The refresh token is bound to another DPoP key.")
+        if bound is not None and proved is None and self.server.settings.dpop_refresh_requires_proof:
+            raise InvalidGrantError("The refresh token is bound to a DPoP key: refresh with a proof by that key.")
+        return record
 
     def authenticate_user(self, refresh_token):
         try:

@@ -149,6 +149,8 @@ class TokenFamily:
     login: Login
     scope: str
     revoked: bool = False
+    # The key of the first DPoP proof its tokens were issued with: its refresh tokens are bound to it.
+    jkt: str | None = None
 
     def get_user_id(self):
         return self.login.user.subject

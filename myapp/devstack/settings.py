@@ -24,6 +24,7 @@ _PROVIDER_KEYS = (
     "issuer", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris", "backchannel_logout_uri",
     "key_file", "access_token_lifetime", "id_token_lifetime", "refresh_token_lifetime", "rotate_refresh_tokens",
     "refresh_token_reuse_interval", "require_par", "client_keys", "dpop", "dpop_nonce",
+    "dpop_refresh_requires_proof",
 )
 # DPoP at the provider: "on" binds tokens to the key of a request's proof; "off" neither advertises
 # nor binds; "ignore" advertises it but issues Bearer tokens whatever the proof (a misbehaving provider).
@@ -76,6 +77,9 @@ class ProviderSettings:
     # RFC 9449: DPOP_MODES, and whether its endpoints demand a server nonce.
     dpop: str = "on"
     dpop_nonce: bool = False
+    # A refresh token bound to a DPoP key is refused without a proof (RFC 9449 section 5's rule for
+    # public clients); never set, this confidential client may refresh it without one (for Bearer).
+    dpop_refresh_requires_proof: bool = False
 
     @property
     def secure_cookies(self) -> bool:
@@ -266,4 +270,5 @@ def _provider(reader, key, path, issuer, audience, audiences, client_id, key_fil
         client_keys=tuple(Path(p) for p in (reader.string(f"{key}.client_keys") or "").split()),
         dpop=reader.choice(f"{key}.dpop", "on", DPOP_MODES),
         dpop_nonce=reader.boolean(f"{key}.dpop_nonce", False),
+        dpop_refresh_requires_proof=reader.boolean(f"{key}.dpop_refresh_requires_proof", False),
     )

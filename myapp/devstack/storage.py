@@ -161,6 +161,8 @@ class ProviderStore:
         now = self.clock()
         with self._lock:
             self._purge_expired()
+            if jkt is not None and family.jkt is None:
+                family.jkt = jkt
             self._tokens[digest(token["access_token"])] = IssuedToken(
                 kind="access_token", family=family, scope=token["scope"], expires_at=now + token["expires_in"], jkt=jkt
             )

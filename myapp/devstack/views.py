@@ -301,7 +301,13 @@ def revoke(request):
 
 @devstack_view(route_name="devstack.idp.userinfo", request_method=("GET", "POST"))
 def userinfo(request):
+    """OpenID Connect Core 5.3: a Bearer token bound to no key, or a DPoP-bound one with a proof by
+    its key (RFC 9449 section 7); every answer carries the current nonce when it demands one."""
     provider = provider_of(request)
+    return with_nonce(userinfo_response(request, provider), provider)
+
+
+def userinfo_response(request, provider):
     scheme, access_token = presented_token(request)
     jkt = None
     if scheme == "dpop" and provider.settings.dpop != "off":
@@ -311,10 +317,9 @@ def userinfo(request):
                 access_token=access_token,
             )
         except ProofRefused as e:
-            response = json_response(
+            return json_response(
                 {"error": e.error, "error_description": e.reason}, status=401, headers={"WWW-Authenticate": challenge(e)}
             )
-            return with_nonce(response, provider)
     elif scheme != "bearer":
         access_token = None
     if access_token is None:

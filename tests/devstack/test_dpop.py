@@ -12,11 +12,9 @@ import requests
 from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
 
-from myapp.devstack.dpop import ProofChecker, ProofRefused, ServerNonces, normalised_uri
-from myapp.devstack.settings import load_devstack_settings
-from myapp.settings import SettingsError
+from myapp.devstack.dpop import ProofChecker, ProofRefused, ServerNonces, access_token_hash, normalised_uri, thumbprint
 from tests.devstack.flows import DISCOVERY, authorization_request, oauth_client, query_of, sign_in
-from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, devstack_settings, running_devstack
+from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, running_devstack
 
 
 def ath(token: str) -> str:
@@ -99,8 +97,7 @@ def test_a_code_exchange_with_a_proof_gets_tokens_bound_to_that_key(stack):
     token = stack.bound_tokens(key)
     assert token["token_type"] == "DPoP"
     assert claims_of(token["access_token"])["cnf"] == {"jkt": key.thumbprint()}
-    # Refreshed with a proof: bound again. (A confidential client's refresh token is not bound,
-    # RFC 9449 section 5, so a refresh without a proof gets a Bearer token.)
+    # Refreshed with a proof by the same key: bound again.
     refreshed = stack.token({"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
                             proof(key, "POST", stack.token_endpoint))
     assert refreshed.status_code == 200 and refreshed.json()["token_type"] == "DPoP"
@@ -295,24 +292,324 @@ def test_nonces_rotate_and_the_previous_one_stays_good_for_one_lifetime():
     assert not nonces.accepts(first) and nonces.accepts(second) and not nonces.accepts(None)
 
 
-def test_the_checker_alone():
+def test_nonces_not_asked_for_in_two_lifetimes_are_all_new():
+    now = [1000.0]
+    nonces = ServerNonces(lifetime=60, clock=lambda: now[0])
+    first = nonces.current()
+    now[0] += 121
+    assert not nonces.accepts(first) and nonces.current() != first
+
+
+# The proof checker alone, at a fixed time.
+
+NOW = 1_800_000_000
+URL = "https://api.test/things"
+
+
+def checker(**options) -> ProofChecker:
+    return ProofChecker(clock=lambda: NOW, **options)
+
+
+def at_now(key=None, method="GET", url=URL, **options) -> str:
+    claims = {"iat": NOW, **options.pop("claims", {})}
+    return proof(key or new_key(), method, url, claims=claims, **options)
+
+
+def signed(header: dict, payload: str, key) -> str:
+    return jws.serialize_compact(header, payload, key, algorithms=[header["alg"]])
+
+
+def test_a_valid_proof_gives_its_keys_thumbprint():
     key = new_key()
-    checker = ProofChecker()
-    jkt = checker.check([proof(key, "GET", "http://api.test/x", token="t")], method="GET", url="http://API.test:80/x?q",
-                        access_token="t")
-    assert jkt == key.thumbprint()
-    with pytest.raises(ProofRefused, match="exactly one"):
-        checker.check([], method="GET", url="http://api.test/x")
-    assert normalised_uri("HTTP://Api.Test:80/a%7eb/%2f") == "http://api.test/a~b/%2F"
+    jkt = checker().check([at_now(key, token="tok")], method="GET", url=URL, access_token="tok")
+    assert jkt == key.thumbprint() == thumbprint(key.as_dict(private=False))
+    assert access_token_hash("tok") == ath("tok")
 
 
-BASE = "http://127.0.0.1:6543"
+@pytest.mark.parametrize("alg, key", [
+    ("ES256", ECKey.generate_key("P-256", private=True)),
+    ("ES384", ECKey.generate_key("P-384", private=True)),
+    ("PS256", RSAKey.generate_key(2048, private=True)),
+    ("RS256", RSAKey.generate_key(2048, private=True)),
+])
+def test_every_advertised_algorithm_is_accepted(alg, key):
+    assert checker().check([at_now(key, alg=alg)], method="GET", url=URL) == key.thumbprint()
 
 
-def test_dpop_settings_are_checked():
-    settings = load_devstack_settings(devstack_settings(BASE, **{"devstack.idp.dpop_nonce": "true", "devstack.api.dpop_nonce": "yes"}))
-    assert settings.idp.dpop == "on" and settings.idp.dpop_nonce and settings.api.dpop_nonce
-    with pytest.raises(SettingsError, match="devstack.idp.dpop: 'sometimes' is not one of on, off, ignore"):
-        load_devstack_settings(devstack_settings(BASE, **{"devstack.idp.dpop": "sometimes"}))
-    with pytest.raises(SettingsError, match="devstack.api.dpop_nonce: 'maybe' is not a boolean"):
-        load_devstack_settings(devstack_settings(BASE, **{"devstack.api.dpop_nonce": "maybe"}))
+def _refusals():
+    key = new_key()
+    rsa = RSAKey.generate_key(2048, private=True)
+    public = key.as_dict(private=False)
+    head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": public}
+    body = json.dumps({"jti": "j" * 16, "htm": "GET", "htu": URL, "iat": NOW})
+    return [
+        ("no header", [], "exactly one DPoP header is required"),
+        ("two headers", [at_now(key), at_now(key)], "exactly one DPoP header is required"),
+        ("too large", ["a" * 9000], "the proof is too large"),
+        ("garbage", ["not a proof"], "the proof is not a compact JWS"),
+        ("bad base64", ["a.b.c"], "the proof is not a compact JWS"),
+        ("typ JWT", [at_now(key, header={"typ": "JWT"})], "typ must be dpop+jwt"),
+        ("no typ", [signed({"alg": "ES256", "jwk": public}, body, key)], "typ must be dpop+jwt"),
+        ("alg none", ["eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6Im5vbmUifQ.e30."], "alg 'none' is not accepted"),
+        ("alg HS256", ["eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkhTMjU2In0.e30.c2lnbmF0dXJl"], "alg 'HS256' is not accepted"),
+        ("no jwk", [signed({"typ": "dpop+jwt", "alg": "ES256"}, body, key)], "the jwk header must be a public key"),
+        ("private EC jwk", [at_now(key, header={"jwk": key.as_dict(private=True)})], "the jwk header must be a public key"),
+        ("private RSA jwk", [at_now(rsa, alg="PS256", header={"jwk": rsa.as_dict(private=True)})],
+         "the jwk header must be a public key"),
+        ("symmetric jwk", [signed({**head, "jwk": {"kty": "oct", "k": "c2VjcmV0"}}, body, key)],
+         "the jwk header must be a public key"),
+        ("OKP jwk", [signed({**head, "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "AA"}}, body, key)],
+         "the jwk header is not a usable EC or RSA public key"),
+        ("unusable jwk", [signed({**head, "jwk": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}}, body, key)],
+         "the jwk header is not a usable EC or RSA public key"),
+        ("ES384 with a P-256 key", [signed({**head, "alg": "ES384"}, body, ECKey.generate_key("P-384", private=True))],
+         "the key does not match alg"),
+        ("RS256 with an EC key", [signed({**head, "alg": "RS256"}, body, rsa)], "the key does not match alg"),
+        ("signed by another key", [at_now(key, sign_with=new_key())], "the signature is not valid"),
+        ("claims not an object", [signed(head, "[]", key)], "the claims are not a JSON object"),
+        ("htm", [at_now(key, method="POST")], "htm does not match the request method"),
+        ("htm case", [at_now(key, method="get")], "htm does not match the request method"),
+        ("htu path", [at_now(key, url=URL + "/more")], "htu does not match the request URL"),
+        ("htu host", [at_now(key, url="https://other.test/things")], "htu does not match the request URL"),
+        ("htu scheme", [at_now(key, url="http://api.test/things")], "htu does not match the request URL"),
+        ("htu port", [at_now(key, url="https://api.test:8443/things")], "htu does not match the request URL"),
+        ("no htu", [at_now(key, claims={"htu": None})], "htu does not match the request URL"),
+        ("no iat", [at_now(key, claims={"iat": None})], "iat is missing"),
+        ("iat a string", [at_now(key, claims={"iat": str(NOW)})], "iat is missing"),
+        ("iat too old", [at_now(key, claims={"iat": NOW - 61})], "iat is too old"),
+        ("iat in the future", [at_now(key, claims={"iat": NOW + 61})], "iat is in the future"),
+        ("no jti", [at_now(key, claims={"jti": None})], "jti is missing or not 8 to 256 characters"),
+        ("short jti", [at_now(key, claims={"jti": "1234567"})], "jti is missing or not 8 to 256 characters"),
+    ]
+
+
+REFUSALS = _refusals()
+
+
+@pytest.mark.parametrize("why, headers, reason", REFUSALS, ids=[case[0] for case in REFUSALS])
+def test_every_bad_proof_is_refused_with_its_own_reason(why, headers, reason):
+    with pytest.raises(ProofRefused) as refused:
+        checker().check(headers, method="GET", url=URL)
+    assert (refused.value.error, refused.value.reason) == ("invalid_dpop_proof", reason), why
+
+
+def test_iat_is_accepted_to_the_edge_of_the_window_which_is_configurable():
+    for iat in (NOW - 60, NOW + 60, NOW + 0.5):
+        checker().check([at_now(claims={"iat": iat})], method="GET", url=URL)
+    narrow = checker(window=5)
+    with pytest.raises(ProofRefused, match="iat is too old"):
+        narrow.check([at_now(claims={"iat": NOW - 6})], method="GET", url=URL)
+    narrow.check([at_now(claims={"iat": NOW - 5})], method="GET", url=URL)
+
+
+def test_ath_is_required_and_checked_when_an_access_token_comes_with_the_proof():
+    key = new_key()
+    with pytest.raises(ProofRefused, match="^ath is missing$"):
+        checker().check([at_now(key)], method="GET", url=URL, access_token="tok")
+    with pytest.raises(ProofRefused, match="^ath does not match the access token$"):
+        checker().check([at_now(key, token="another")], method="GET", url=URL, access_token="tok")
+    # At the token endpoint (no access token) an ath is not looked at.
+    checker().check([at_now(key, token="whatever")], method="GET", url=URL)
+
+
+def test_a_jti_is_accepted_once_per_key_and_forgotten_when_the_proof_could_no_longer_be_accepted():
+    now = [float(NOW)]
+    replays = ProofChecker(clock=lambda: now[0])
+    key = new_key()
+    dpop = at_now(key, claims={"jti": "the-same-jti"})
+    replays.check([dpop], method="GET", url=URL)
+    with pytest.raises(ProofRefused, match=r"^the proof was used before \(jti replay\)$"):
+        replays.check([dpop], method="GET", url=URL)
+    # The same jti from another key is another proof.
+    replays.check([at_now(claims={"jti": "the-same-jti"})], method="GET", url=URL)
+    # Two windows on, its iat is too old before its jti is looked at.
+    now[0] += 121
+    with pytest.raises(ProofRefused, match="iat is too old"):
+        replays.check([dpop], method="GET", url=URL)
+
+
+def test_the_replay_cache_is_bounded_and_refuses_rather_than_forgets():
+    now = [float(NOW)]
+    bounded = ProofChecker(max_jtis=2, clock=lambda: now[0])
+    first = at_now()
+    bounded.check([first], method="GET", url=URL)
+    bounded.check([at_now()], method="GET", url=URL)
+    with pytest.raises(ProofRefused, match="too many proofs in the replay window"):
+        bounded.check([at_now()], method="GET", url=URL)
+    with pytest.raises(ProofRefused, match="jti replay"):
+        bounded.check([first], method="GET", url=URL)
+    now[0] += 121  # the remembered proofs expired: room again
+    bounded.check([at_now(claims={"iat": now[0]})], method="GET", url=URL)
+
+
+def test_nonces_when_demanded():
+    now = [float(NOW)]
+    nonces = ServerNonces(lifetime=60, clock=lambda: now[0])
+    demanding = ProofChecker(nonces=nonces, clock=lambda: now[0])
+    for claims, reason in (({}, "a nonce is required"), ({"nonce": "made-up"}, "the nonce is not a current one")):
+        with pytest.raises(ProofRefused) as refused:
+            demanding.check([at_now(claims=claims)], method="GET", url=URL)
+        assert (refused.value.error, refused.value.reason) == ("use_dpop_nonce", reason)
+    old = nonces.current()
+    demanding.check([at_now(nonce=old)], method="GET", url=URL)
+    now[0] += 61
+    assert nonces.current() != old
+    demanding.check([at_now(nonce=old, claims={"iat": now[0]})], method="GET", url=URL)  # the previous one, briefly
+    demanding.check([at_now(nonce=nonces.current(), claims={"iat": now[0]})], method="GET", url=URL)
+
+
+@pytest.mark.parametrize("htu, url", [
+    ("https://api.test/things?a=1#f", URL),
+    (URL, URL + "?q=2"),
+    ("HTTPS://API.Test/things", URL),
+    ("https://api.test:443/things", URL),
+    ("http://api.test:80/x", "http://API.TEST/x"),
+    ("https://api.test/a%7eb/c%2fd", "https://api.test/a~b/c%2Fd"),
+    ("https://api.test/caf%c3%a9", "https://api.test/caf%C3%A9"),
+])
+def test_htu_is_compared_after_rfc_9449_normalisation(htu, url):
+    assert normalised_uri(htu) == normalised_uri(url)
+    checker().check([at_now(url=htu)], method="GET", url=url)
+
+
+def test_normalised_uri():
+    assert normalised_uri("HTTP://Api.Test:80/a%7eb/%2f?q#f") == "http://api.test/a~b/%2F"
+    assert normalised_uri("https://api.test:8443") == "https://api.test:8443/"
+    assert normalised_uri("http://[::1]:6543/x") == "http://[::1]:6543/x"
+
+
+# Refresh tokens issued with a proof are bound to its key.
+
+def refresh(stack, refresh_token, dpop=None):
+    return stack.token({"grant_type": "refresh_token", "refresh_token": refresh_token}, dpop)
+
+
+def test_a_refresh_token_issued_with_a_proof_is_refreshed_only_with_that_keys_proof(stack):
+    key = new_key()
+    token = stack.bound_tokens(key)
+    other = refresh(stack, token["refresh_token"], proof(new_key(), "POST", stack.token_endpoint))
+    assert other.status_code == 400
+    assert other.json() == {"error": "invalid_grant", "error_description": "The refresh token is bound to another DPoP key."}
+    # The refused attempt did not spend it (this provider rotates refresh tokens).
+    same = refresh(stack, token["refresh_token"], proof(key, "POST", stack.token_endpoint))
+    assert same.status_code == 200 and same.json()["token_type"] == "DPoP", same.text
+    rotated = same.json()["refresh_token"]
+    assert rotated != token["refresh_token"]
+    # Its successor is bound to the same key.
+    assert refresh(stack, rotated, proof(new_key(), "POST", stack.token_endpoint)).json()["error"] == "invalid_grant"
+    # This confidential client may refresh it without a proof (RFC 9449 section 5): a Bearer token
+    # (what myapp.upstream.<name>.dpop = false asks for)...
+    bearer = refresh(stack, rotated)
+    assert bearer.status_code == 200 and bearer.json()["token_type"] == "Bearer"
+    assert "cnf" not in claims_of(bearer.json()["access_token"])
+    # ...and the binding stays: the next successor still refuses another key.
+    successor = bearer.json()["refresh_token"]
+    assert refresh(stack, successor, proof(new_key(), "POST", stack.token_endpoint)).json()["error"] == "invalid_grant"
+    assert refresh(stack, successor, proof(key, "POST", stack.token_endpoint)).status_code == 200
+
+
+def test_a_bad_proof_on_a_refresh_is_invalid_dpop_proof(stack):
+    key = new_key()
+    token = stack.bound_tokens(key)
+    response = refresh(stack, token["refresh_token"], proof(key, "POST", stack.token_endpoint, header={"typ": "JWT"}))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_dpop_proof"
+
+
+def test_a_refresh_token_issued_without_a_proof_is_not_bound(stack):
+    token = stack.exchange_code().json()
+    response = refresh(stack, token["refresh_token"], proof(new_key(), "POST", stack.token_endpoint))
+    assert response.status_code == 200 and response.json()["token_type"] == "DPoP"
+
+
+def test_with_dpop_refresh_requires_proof_a_bound_refresh_token_needs_its_keys_proof():
+    with running_devstack(**{"devstack.idp.dpop_refresh_requires_proof": "true"}) as url:
+        stack = Stack(url)
+        key = new_key()
+        token = stack.bound_tokens(key)
+        without = refresh(stack, token["refresh_token"])
+        assert without.status_code == 400 and without.json() == {
+            "error": "invalid_grant",
+            "error_description": "The refresh token is bound to a DPoP key: refresh with a proof by that key.",
+        }
+        assert refresh(stack, token["refresh_token"], proof(new_key(), "POST", stack.token_endpoint)).status_code == 400
+        assert refresh(stack, token["refresh_token"], proof(key, "POST", stack.token_endpoint)).status_code == 200
+        # An unbound one still refreshes without a proof.
+        unbound = stack.exchange_code().json()["refresh_token"]
+        assert refresh(stack, unbound).json()["token_type"] == "Bearer"
+
+
+def test_token_exchange_refuses_a_bad_proof_and_without_one_issues_bearer(stack):
+    key = new_key()
+    subject = stack.bound_tokens(key)["access_token"]
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": subject,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "resource": stack.base_url + "/_dev/api",
+    }
+    bad = stack.token(form, proof(key, "GET", stack.token_endpoint))
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_dpop_proof"
+    bearer = stack.token(form)
+    assert bearer.status_code == 200 and bearer.json()["token_type"] == "Bearer"
+    assert "cnf" not in claims_of(bearer.json()["access_token"])
+
+
+def test_with_nonces_demanded_userinfo_asks_once_then_accepts(nonce_stack):
+    key = new_key()
+    nonce = nonce_stack.exchange_code(key).headers["DPoP-Nonce"]
+    token = nonce_stack.exchange_code(key, nonce=nonce).json()["access_token"]
+    endpoint = nonce_stack.metadata["userinfo_endpoint"]
+
+    def get(dpop):
+        return requests.get(endpoint, headers={"Authorization": f"DPoP {token}", "DPoP": dpop}, timeout=5)
+
+    missing = get(proof(key, "GET", endpoint, token=token))
+    assert missing.status_code == 401 and missing.json()["error"] == "use_dpop_nonce"
+    assert missing.headers["WWW-Authenticate"].startswith('DPoP algs="ES256 ES384 PS256 RS256", error="use_dpop_nonce"')
+    assert missing.headers["DPoP-Nonce"] == nonce
+    good = get(proof(key, "GET", endpoint, token=token, nonce=nonce))
+    assert good.status_code == 200 and good.json()["sub"] == "alice" and good.headers["DPoP-Nonce"] == nonce
+
+
+def test_with_nonces_demanded_a_refresh_needs_one_and_the_api_tells_it_on_success(nonce_stack):
+    key = new_key()
+    nonce = nonce_stack.exchange_code(key).headers["DPoP-Nonce"]
+    token = nonce_stack.exchange_code(key, nonce=nonce).json()
+    without = refresh(nonce_stack, token["refresh_token"], proof(key, "POST", nonce_stack.token_endpoint))
+    assert without.status_code == 400 and without.json()["error"] == "use_dpop_nonce" and without.headers["DPoP-Nonce"]
+    refreshed = refresh(nonce_stack, token["refresh_token"], proof(key, "POST", nonce_stack.token_endpoint, nonce=nonce))
+    assert refreshed.status_code == 200 and refreshed.json()["token_type"] == "DPoP"
+    access = refreshed.json()["access_token"]
+    good = requests.get(nonce_stack.api, headers={
+        "Authorization": f"DPoP {access}", "DPoP": proof(key, "GET", nonce_stack.api, token=access, nonce=nonce)}, timeout=5)
+    assert good.status_code == 200 and good.headers["DPoP-Nonce"] == nonce
+
+
+def test_the_api_checks_htu_against_the_url_as_the_caller_addressed_it(stack):
+    key = new_key()
+    token = stack.bound_tokens(key)["access_token"]
+    # The caller addressed 127.0.0.1:PORT; a proof for "localhost" names another URL.
+    elsewhere = stack.api.replace("127.0.0.1", "localhost")
+    refused = requests.get(stack.api, headers={"Authorization": f"DPoP {token}",
+                                               "DPoP": proof(key, "GET", elsewhere, token=token)}, timeout=5)
+    assert refused.status_code == 401 and refused.json()["message"] == "htu does not match the request URL"
+    # Query, fragment, and scheme and host case do not matter.
+    loud = stack.api.replace("http://127.0.0.1", "HTTP://127.0.0.1") + "?x=1#frag"
+    accepted = requests.get(stack.api + "?x=1", headers={"Authorization": f"DPoP {token}",
+                                                         "DPoP": proof(key, "GET", loud, token=token)}, timeout=5)
+    assert accepted.status_code == 200, accepted.text
+
+
+def test_the_api_refuses_a_bad_proof_with_a_dpop_challenge(stack):
+    key = new_key()
+    token = stack.bound_tokens(key)["access_token"]
+    response = requests.get(stack.api, headers={"Authorization": f"DPoP {token}",
+                                                "DPoP": proof(key, "GET", stack.api, token=token, header={"typ": "JWT"})},
+                            timeout=5)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == (
+        'DPoP algs="ES256 ES384 PS256 RS256", error="invalid_dpop_proof", error_description="typ must be dpop+jwt"'
+    )
+    assert response.json() == {"error": "invalid_dpop_proof", "message": "typ must be dpop+jwt"}
+    as_bearer = requests.get(stack.api, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert as_bearer.headers["WWW-Authenticate"].startswith('Bearer realm="demo", error="invalid_token"')

@@ -35,6 +35,8 @@ def test_defaults():
     assert parsed.api.issuer == ISSUER
     assert parsed.api.jwks_uri == ISSUER + "/jwks"
     assert parsed.api.leeway == 30
+    assert (parsed.idp.dpop, parsed.idp.dpop_nonce, parsed.idp.dpop_refresh_requires_proof) == ("on", False, False)
+    assert parsed.api.dpop_nonce is False
 
 
 def test_values_and_durations():
@@ -49,6 +51,10 @@ def test_values_and_durations():
             idp__refresh_token_reuse_interval="30s",
             api__audience="https://api.example.test",
             api__leeway="0",
+            idp__dpop="ignore",
+            idp__dpop_nonce="true",
+            idp__dpop_refresh_requires_proof="yes",
+            api__dpop_nonce="true",
         )
     )
     assert parsed.idp.client.redirect_uris == ("http://a.test:1/cb", "http://b.test:2/cb")
@@ -59,6 +65,8 @@ def test_values_and_durations():
     assert parsed.idp.refresh_token_reuse_interval == 30
     assert parsed.idp.api_audience == parsed.api.audience == "https://api.example.test"
     assert parsed.api.leeway == 0
+    assert (parsed.idp.dpop, parsed.idp.dpop_nonce, parsed.idp.dpop_refresh_requires_proof) == ("ignore", True, True)
+    assert parsed.api.dpop_nonce is True
 
 
 def test_secret_from_environment(monkeypatch):
@@ -84,6 +92,11 @@ def test_secret_from_environment(monkeypatch):
         ({"idp__rotate_refresh_token": "false"}, "devstack.idp.rotate_refresh_token: unknown development-stack"),
         ({"idp__refresh_token_reuse_interval": "6m"}, "devstack.idp.refresh_token_reuse_interval: must be between 0s and 300s"),
         ({"idp__refresh_token_reuse_intervall": "30"}, "devstack.idp.refresh_token_reuse_intervall: unknown development-stack"),
+        ({"idp__dpop": "sometimes"}, "devstack.idp.dpop: 'sometimes' is not one of on, off, ignore"),
+        ({"idp__dpop_nonce": "maybe"}, "devstack.idp.dpop_nonce: 'maybe' is not a boolean"),
+        ({"idp__dpop_refresh_requires_proof": "2"}, "devstack.idp.dpop_refresh_requires_proof: '2' is not a boolean"),
+        ({"api__dpop_nonce": "maybe"}, "devstack.api.dpop_nonce: 'maybe' is not a boolean"),
+        ({"api__dpop": "on"}, "devstack.api.dpop: unknown development-stack setting"),
     ],
 )
 def test_refuses_bad_settings(overrides, message):
