@@ -4,6 +4,7 @@ import logging
 from urllib.parse import unquote_to_bytes
 
 from pyramid.response import Response
+from pyramid.tweens import INGRESS
 
 from myapp.errors import ErrorCode, json_error, outage_errors
 from myapp.routes import is_json_request
@@ -95,3 +96,8 @@ UNAVAILABLE_PAGE = """<!doctype html>
 def includeme(config):
     config.add_tween("myapp.tweens.unreadable_request_tween_factory", under="INGRESS")
     config.add_tween("myapp.tweens.outage_tween_factory", over="pyramid_tm.tm_tween_factory")
+    # Below the request id and the request's span, which every request has; above the rest.
+    config.add_tween(
+        "myapp.views.api.api_tween_factory", under=("myapp.tracing.request_tween_factory", INGRESS),
+        over="myapp.tweens.outage_tween_factory",
+    )
