@@ -36,7 +36,11 @@ def request_id_tween_factory(handler, registry):
             response = handler(request)
         finally:
             _request_id.reset(token)
-        response.headers[REQUEST_ID_HEADER] = request_id
+        # On the header list: WebOb's mapping would lowercase every name to set one.
+        headerlist = response.headerlist
+        if any(name.lower() == "x-request-id" for name, _ in headerlist):  # an upstream's own
+            headerlist[:] = [(name, value) for name, value in headerlist if name.lower() != "x-request-id"]
+        headerlist.append((REQUEST_ID_HEADER, request_id))
         return response
 
     return tween

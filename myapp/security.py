@@ -99,6 +99,7 @@ class SessionSecurityPolicy:
     def __init__(self, cookie: SessionCookie):
         self.cookie = cookie
         self._cache = RequestLocalCache(self._load_identity)
+        self._acl = ACLHelper()
 
     def identity(self, request) -> Identity | None:
         return self._cache.get_or_create(request)
@@ -108,11 +109,9 @@ class SessionSecurityPolicy:
         return None if identity is None else str(identity.user_id)
 
     def permits(self, request, context, permission):
-        principals = [Everyone]
         identity = request.identity
-        if identity is not None:
-            principals.extend(identity.principals)
-        return ACLHelper().permits(context, principals, permission)
+        principals = (Everyone,) if identity is None else (Everyone, *identity.principals)
+        return self._acl.permits(context, principals, permission)
 
     def remember(
         self, request, userid, *, tokens=TokenSet(), provider="default", provider_sid=None, sign_in=SignIn(), **kw

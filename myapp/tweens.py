@@ -38,20 +38,22 @@ def unreadable_request_tween_factory(handler, registry):
     to the upstream unread."""
 
     def tween(request):
-        request.add_finished_callback(_close_spooled_body)
         environ = request.environ
         if not _decodes(environ.get("PATH_INFO", ""), query=False) or not _decodes(
             environ.get("QUERY_STRING", ""), query=True
         ):
             return _bad_request(request, BAD_ADDRESS)
-        return handler(request)
+        try:
+            return handler(request)
+        finally:
+            _close_spooled_body(environ)
 
     return tween
 
 
-def _close_spooled_body(request):
+def _close_spooled_body(environ):
     """WebOb spools large bodies to a temporary file it never closes; close it when done."""
-    body = request.environ.get("wsgi.input")
+    body = environ.get("wsgi.input")
     if body is not None and getattr(body, "name", None) is not None and hasattr(body, "close"):
         body.close()
 
