@@ -84,8 +84,9 @@ def api_tween_factory(handler, registry):
     outages = outage_errors()
 
     def tween(request):
-        path = request.environ.get("PATH_INFO", "")
-        if not path.startswith(API_PREFIX) or (stepup_rules and rule_for(stepup_rules, path) is not None):
+        if not request.environ.get("PATH_INFO", "").startswith(API_PREFIX) or (
+            stepup_rules and rule_for(stepup_rules, request.path_info) is not None
+        ):
             return handler(request)
         matched = mapper(request)
         if matched["route"] is not route or json_csrf_failure(request, public_url) is not None:
