@@ -234,15 +234,20 @@ def test_the_demo_api_takes_bound_tokens_with_proofs_and_refuses_them_as_bearer(
     assert unbound.status_code == 401 and unbound.json()["error"] == "invalid_token"
 
 
-def test_token_exchange_binds_the_new_token_to_the_proofs_key(stack):
-    key = new_key()
-    subject = stack.bound_tokens(key)["access_token"]
-    form = {
+def exchange_form(stack, subject: str) -> dict:
+    """An RFC 8693 exchange of ``subject`` for a token for the demo API."""
+    return {
         "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
         "subject_token": subject,
         "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
         "resource": stack.base_url + "/_dev/api",
     }
+
+
+def test_token_exchange_binds_the_new_token_to_the_proofs_key(stack):
+    key = new_key()
+    subject = stack.bound_tokens(key)["access_token"]
+    form = exchange_form(stack, subject)
     response = stack.token(form, proof(key, "POST", stack.token_endpoint))
     assert response.status_code == 200, response.text
     assert response.json()["token_type"] == "DPoP"
@@ -541,12 +546,7 @@ def test_with_dpop_refresh_requires_proof_a_bound_refresh_token_needs_its_keys_p
 def test_token_exchange_refuses_a_bad_proof_and_without_one_issues_bearer(stack):
     key = new_key()
     subject = stack.bound_tokens(key)["access_token"]
-    form = {
-        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-        "subject_token": subject,
-        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-        "resource": stack.base_url + "/_dev/api",
-    }
+    form = exchange_form(stack, subject)
     bad = stack.token(form, proof(key, "GET", stack.token_endpoint))
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_dpop_proof"
     bearer = stack.token(form)

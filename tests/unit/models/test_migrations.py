@@ -33,6 +33,17 @@ def empty_database(request, tmp_path):
             engine.dispose()
 
 
+def insert_user(connection, subject, name, email, groups_json, now):
+    """User 1, as any revision's users table holds one (raw SQL: the models are head's)."""
+    connection.execute(
+        text(
+            "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
+            "VALUES (1, 'https://idp.example.test', :subject, :name, :email, :groups, false, :now, :now)"
+        ),
+        {"subject": subject, "name": name, "email": email, "groups": groups_json, "now": now},
+    )
+
+
 def run(engine, direction, revision):
     config = alembic_config()
     with engine.begin() as connection:
@@ -108,13 +119,7 @@ def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
     cipher = TokenCipher([TEST_KEY])
     raw_id = "a" * 43
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
-                "VALUES (1, 'https://idp.example.test', 'alice', 'Alice', 'a@example.test', '[\"staff\"]', false, :now, :now)"
-            ),
-            {"now": now},
-        )
+        insert_user(connection, "alice", "Alice", "a@example.test", '["staff"]', now)
         connection.execute(
             text(
                 "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
@@ -161,13 +166,7 @@ def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
     cipher = TokenCipher([TEST_KEY])
     raw_id = "b" * 43
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
-                "VALUES (1, 'https://idp.example.test', 'bob', 'Bob', 'b@example.test', '[]', false, :now, :now)"
-            ),
-            {"now": now},
-        )
+        insert_user(connection, "bob", "Bob", "b@example.test", "[]", now)
         connection.execute(
             text(
                 "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
@@ -206,9 +205,7 @@ def test_downgrading_keeps_the_rows_of_child_tables(empty_database):
     run(engine, "upgrade", "head")
     now = datetime.now(timezone.utc)
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO users (id, issuer, subject, name, email, groups, disabled, created_at, updated_at) "
-            "VALUES (1, 'https://idp.example.test', 'carol', 'Carol', NULL, '[]', false, :now, :now)"), {"now": now})
+        insert_user(connection, "carol", "Carol", None, "[]", now)
         connection.execute(text(
             "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
             "ip_address, provider, csrf_token, token_generation) "
