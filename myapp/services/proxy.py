@@ -58,6 +58,39 @@ _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
+# Pure functions of a header's exact name, remembered for the names seen (bounded: past the limit
+# they are worked out each time): the WSGI environ key's header name ("" for a key that is none),
+# and a response header name's lower-case form (None when it is dropped whatever its value).
+_NAME_MEMO_LIMIT = 2048
+_ENVIRON_NAMES: dict[str, str] = {}
+_RESPONSE_NAMES: dict[str, str | None] = {}
+
+
+def _environ_name(key: str) -> str:
+    name = _ENVIRON_NAMES.get(key)
+    if name is None:
+        name = key[5:].replace("_", "-").lower() if key.startswith("HTTP_") else ""
+        if len(_ENVIRON_NAMES) < _NAME_MEMO_LIMIT:
+            _ENVIRON_NAMES[key] = name
+    return name
+
+
+def _response_name(name: str) -> str | None:
+    try:
+        return _RESPONSE_NAMES[name]
+    except KeyError:
+        pass
+    lower = name.lower()
+    if lower in DROPPED_RESPONSE_HEADERS or lower.startswith("access-control-") or not _HEADER_NAME.match(name):
+        lower = None
+    if len(_RESPONSE_NAMES) < _NAME_MEMO_LIMIT:
+        _RESPONSE_NAMES[name] = lower
+    return lower
+
+
+def _value_usable(value: str) -> bool:
+    # Printable ASCII is always usable; anything else (a tab, a control character, non-ASCII) asks the rule.
+    return (value.isascii() and value.isprintable()) or _HEADER_VALUE.match(value) is not None
 
 
 @dataclass
@@ -152,6 +185,8 @@ class Proxy:
         self.pool = pool or urllib3.PoolManager(num_pools=max(len(upstreams), 1) * 2, maxsize=32, block=False)
         # The latest DPoP-Nonce each upstream gave, in this process.
         self.nonces = Nonces()
+        # The browser headers each upstream gets, worked out once.
+        self._forwarded = {name: FORWARDED_REQUEST_HEADERS | up.forward_headers for name, up in upstreams.items()}
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.upstreams.get(name)
@@ -183,13 +218,14 @@ class Proxy:
 
     def _request_headers(self, environ: Mapping, upstream: Upstream, client_addr: str | None) -> dict:
         headers = {}
-        allowed = FORWARDED_REQUEST_HEADERS | upstream.forward_headers
-        connection_named = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
+        allowed = self._forwarded.get(upstream.name)
+        if allowed is None or self.upstreams.get(upstream.name) is not upstream:
+            allowed = FORWARDED_REQUEST_HEADERS | upstream.forward_headers
+        connection = environ.get("HTTP_CONNECTION")
+        connection_named = {t.strip().lower() for t in connection.split(",")} if connection else ()
         for key, value in environ.items():
-            if not key.startswith("HTTP_"):
-                continue
-            name = key[5:].replace("_", "-").lower()
-            if name in allowed and name not in connection_named:
+            name = _environ_name(key)
+            if name and name in allowed and name not in connection_named:
                 headers[name] = value
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
@@ -348,10 +384,8 @@ class Proxy:
         length_usable = len(set(lengths)) == 1 and lengths[0].isascii() and lengths[0].isdigit()
         kept = []
         for name, value in response.headers.items():
-            lower = name.lower()
-            if lower in DROPPED_RESPONSE_HEADERS or lower in connection_named or lower.startswith("access-control-"):
-                continue
-            if not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
+            lower = _response_name(name)
+            if lower is None or lower in connection_named or not _value_usable(value):
                 continue
             if lower == "content-length":
                 if not length_usable:
