@@ -76,11 +76,34 @@ _WITH_TOKENS_BY_ID = _record_query(_SESSIONS.refresh_token, _SESSIONS.id_token).
 )
 
 
+# Pure functions of a stored text (SQLite's datetimes, the JSON lists), remembered by the exact
+# text: a datetime or tuple is immutable, so sharing one is safe. Bounded: emptied when full. Only
+# the parsing is remembered; every request still reads the row and checks it.
+_PARSED_LIMIT = 4096
+_PARSED_TIMES: dict[str, datetime] = {}
+_PARSED_GROUPS: dict[str, tuple] = {}
+_PARSED_AMR: dict[str, tuple[str, ...]] = {}
+
+
+def _remember(memo: dict, text: str, value):
+    if len(memo) >= _PARSED_LIMIT:
+        memo.clear()
+    memo[text] = value
+    return value
+
+
 def _utc(value) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):  # SQLite keeps datetimes as ISO text, without a zone (always UTC here)
-        value = datetime.fromisoformat(value)
+        parsed = _PARSED_TIMES.get(value)
+        if parsed is None:
+            parsed = _remember(_PARSED_TIMES, value, _as_utc(datetime.fromisoformat(value)))
+        return parsed
+    return _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
@@ -128,8 +151,12 @@ class SessionRecord:
                 values[name] = bytes(values[name])
         groups = values["user_groups"]
         if isinstance(groups, str):  # JSON text, read straight from SQLite's cursor
-            groups = json.loads(groups)
-        values["user_groups"] = tuple(groups or ())
+            parsed = _PARSED_GROUPS.get(groups)
+            if parsed is None:
+                parsed = _remember(_PARSED_GROUPS, groups, tuple(json.loads(groups) or ()))
+            values["user_groups"] = parsed
+        else:
+            values["user_groups"] = tuple(groups or ())
         values["user_name"] = values["user_name"] or values["user_email"] or values["user_subject"]
         values["user_disabled"] = bool(values["user_disabled"])
         values["amr"] = _json_list(values["amr"])
@@ -142,6 +169,15 @@ class SessionRecord:
 def _json_list(text) -> tuple[str, ...]:
     if not text:
         return ()
+    if isinstance(text, str):
+        parsed = _PARSED_AMR.get(text)
+        if parsed is None:
+            parsed = _remember(_PARSED_AMR, text, _parse_json_list(text))
+        return parsed
+    return _parse_json_list(text)
+
+
+def _parse_json_list(text) -> tuple[str, ...]:
     try:
         value = json.loads(text)
     except ValueError:
