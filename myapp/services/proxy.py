@@ -88,9 +88,6 @@ def _response_name(name: str) -> str | None:
     return lower
 
 
-def _value_usable(value: str) -> bool:
-    # Printable ASCII is always usable; anything else (a tab, a control character, non-ASCII) asks the rule.
-    return (value.isascii() and value.isprintable()) or _HEADER_VALUE.match(value) is not None
 
 
 @dataclass
@@ -223,8 +220,11 @@ class Proxy:
             allowed = FORWARDED_REQUEST_HEADERS | upstream.forward_headers
         connection = environ.get("HTTP_CONNECTION")
         connection_named = {t.strip().lower() for t in connection.split(",")} if connection else ()
+        names = _ENVIRON_NAMES
         for key, value in environ.items():
-            name = _environ_name(key)
+            name = names.get(key)
+            if name is None:
+                name = _environ_name(key)
             if name and name in allowed and name not in connection_named:
                 headers[name] = value
         if environ.get("CONTENT_TYPE"):
@@ -383,9 +383,12 @@ class Proxy:
         lengths = response.headers.getlist("Content-Length")
         length_usable = len(set(lengths)) == 1 and lengths[0].isascii() and lengths[0].isdigit()
         kept = []
+        names = _RESPONSE_NAMES
         for name, value in response.headers.items():
-            lower = _response_name(name)
-            if lower is None or lower in connection_named or not _value_usable(value):
+            lower = names[name] if name in names else _response_name(name)
+            if lower is None or lower in connection_named:
+                continue
+            if not (value.isascii() and value.isprintable()) and not _HEADER_VALUE.match(value):
                 continue
             if lower == "content-length":
                 if not length_usable:
