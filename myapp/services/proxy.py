@@ -56,8 +56,8 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)", re.IGNORECASE)
 _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 # Pure functions of a header's exact name, remembered for the names seen (bounded: past the limit
 # they are worked out each time): the WSGI environ key's header name ("" for a key that is none),
 # and a response header name's lower-case form (None when it is dropped whatever its value).

@@ -226,3 +226,11 @@ def test_no_header_of_any_case_named_dpop_survives_but_the_proof_made_here():
     outgoing.headers["DPoP"] = "forged"
     service.exchange(outgoing, lambda stale=None: Credential("t"))
     assert "DPoP" not in pool.sent[0]["headers"] and pool.sent[0]["headers"]["Authorization"] == "Bearer t"
+
+
+def test_a_header_name_or_value_ending_in_a_newline_never_reaches_the_browser():
+    """``$`` would match before a final newline; the rules anchor at the very end."""
+    upstream = response(headers={"X-Good": "ok"})
+    upstream.headers.add("X-Bad", "value\n")
+    upstream.headers.add("X-Name\n", "v")
+    assert Proxy.response_headers(upstream) == [("Content-Length", "2"), ("X-Good", "ok")]
