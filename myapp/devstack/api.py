@@ -247,7 +247,7 @@ class DemoAPI:
             self.verifier = verifier(settings.issuer, keys or RemoteKeySet(settings.jwks_uri))
         self.notes = NoteStore()
         # RFC 9449: DPoP-bound tokens come with proofs, checked here (and a nonce when it demands one).
-        self.proofs = ProofChecker(nonces=(nonces or ServerNonces()) if settings.dpop_nonce else None)
+        self.proofs = ProofChecker.of(demands_nonce=settings.dpop_nonce, nonces=nonces)
 
 
 def api_of(request) -> DemoAPI:
@@ -266,9 +266,7 @@ def unauthorized(message: str, *, error: str | None = "invalid_token") -> APIPro
 
 def dpop_unauthorized(api: "DemoAPI", error: ProofRefused | str, message: str | None = None) -> APIProblem:
     """401 with a ``DPoP`` challenge (RFC 9449 section 7.1), and the current nonce when it demands one."""
-    headers = {"WWW-Authenticate": challenge(error, message)}
-    if api.proofs.nonces is not None:
-        headers["DPoP-Nonce"] = api.proofs.nonces.current()
+    headers = {"WWW-Authenticate": challenge(error, message), **api.proofs.nonce_header()}
     code = error.error if isinstance(error, ProofRefused) else error
     return APIProblem(401, code, message or error.reason, headers)
 
@@ -289,9 +287,10 @@ def authenticate(request) -> dict:
             raise dpop_unauthorized(api, "invalid_token", str(e)) from None
         if _bound_key(claims) != jkt:
             raise dpop_unauthorized(api, "invalid_token", "The access token is not bound to the proof's key.")
-        if api.proofs.nonces is not None:
+        nonce = api.proofs.nonce_header()
+        if nonce:
             # RFC 9449 section 9: the current nonce on success too, so the caller keeps up with rotation.
-            request.add_response_callback(_with_nonce(api.proofs.nonces.current()))
+            request.add_response_callback(lambda request, response: response.headers.update(nonce))
         return claims
     if scheme != "bearer" or token is None:
         # No error code when no credentials were sent at all (RFC 6750 3.1).
@@ -304,13 +303,6 @@ def authenticate(request) -> dict:
         # RFC 9449 section 7.2: a bound token sent as Bearer is refused, whoever sends it.
         raise unauthorized("The access token is bound to a DPoP key; send it with DPoP and a proof.")
     return claims
-
-
-def _with_nonce(nonce: str):
-    def set_header(request, response):
-        response.headers["DPoP-Nonce"] = nonce
-
-    return set_header
 
 
 def _bound_key(claims: dict) -> str | None:

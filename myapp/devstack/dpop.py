@@ -171,6 +171,16 @@ class ProofChecker:
         self._next_purge = 0.0
         self._lock = threading.Lock()
 
+    @classmethod
+    def of(cls, *, demands_nonce: bool, nonces: ServerNonces | None) -> "ProofChecker":
+        """A server's checker: with the origin's shared ``nonces`` (or its own) when it demands one."""
+        return cls(nonces=(nonces or ServerNonces()) if demands_nonce else None)
+
+    def nonce_header(self) -> dict[str, str]:
+        """``DPoP-Nonce`` with the current nonce for every answer (RFC 9449 sections 8.2 and 9), when
+        this server demands one."""
+        return {} if self.nonces is None else {"DPoP-Nonce": self.nonces.current()}
+
     def check(self, headers: list[str], *, method: str, url: str, access_token: str | None = None) -> str:
         """The proof's key thumbprint (``jkt``) when ``headers`` (every ``DPoP`` header the request
         carried) hold exactly one valid proof for this request; raises :class:`ProofRefused`."""

@@ -61,7 +61,7 @@ class Provider:
         self.settings = settings
         self.issuer = settings.issuer
         # RFC 9449: the proofs its token and userinfo endpoints take (with a nonce when it demands one).
-        self.proofs = ProofChecker(nonces=(nonces or ServerNonces()) if settings.dpop_nonce else None)
+        self.proofs = ProofChecker.of(demands_nonce=settings.dpop_nonce, nonces=nonces)
         self.signer = TokenSigner(load_or_create_signing_key(settings.key_file))
         self.store = ProviderStore(reuse_interval=settings.refresh_token_reuse_interval)
         self.client = Client.from_registration(settings.client)

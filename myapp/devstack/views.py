@@ -256,8 +256,7 @@ def token_request_binding(request, provider) -> str | None:
 
 def with_nonce(response, provider):
     """Every answer of a server that demands nonces tells the current one (RFC 9449 section 8.2)."""
-    if provider.proofs.nonces is not None:
-        response.headers["DPoP-Nonce"] = provider.proofs.nonces.current()
+    response.headers.update(provider.proofs.nonce_header())
     return response
 
 

@@ -56,8 +56,7 @@ def choose_algorithm(advertised: Iterable[str]) -> str | None:
 
 def access_token_hash(access_token: str) -> str:
     """``ath``: base64url of the SHA-256 of the access token's ASCII, unpadded (RFC 9449 section 4.2)."""
-    digest = hashlib.sha256(access_token.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return _b64(hashlib.sha256(access_token.encode("ascii")).digest()).decode("ascii")
 
 
 def target_uri(url: str) -> str:
@@ -188,6 +187,13 @@ class Nonces:
                     self._nonces.clear()
                 self._nonces[origin] = nonce
         return nonce
+
+    def retry_with(self, url: str, value: str | None, *, sent: str | None, asked: bool) -> str | None:
+        """Keep the nonce an answer carried; return it when the server ``asked`` for one
+        (``use_dpop_nonce``) and it is not the one the refused proof already had: the request is
+        then worth sending once more with it (RFC 9449 sections 8 and 9)."""
+        nonce = self.remember(url, value)
+        return nonce if asked and nonce is not None and nonce != sent else None
 
 
 def challenge_error(header: str | None) -> str | None:

@@ -128,8 +128,7 @@ class LoginService:
         extra = step_up.authorize_params()
         # RFC 9449: the session's key pair is made now, and the authorization code bound to it
         # (dpop_jkt, section 10): a code that leaks cannot be redeemed without this server's key.
-        algorithm = client.dpop_algorithm()
-        dpop = DPoPKey.generate(algorithm) if algorithm else None
+        dpop = client.new_dpop_key()
         if dpop is not None:
             extra["dpop_jkt"] = dpop.thumbprint()
         url = client.authorization_url(
@@ -252,8 +251,7 @@ class LoginService:
 
     def _dpop_key(self, transaction: LoginTransaction, client: OIDCClient, metadata, fail) -> DPoPKey | None:
         if transaction.dpop_key is None:
-            algorithm = client.dpop_algorithm(metadata)
-            return DPoPKey.generate(algorithm) if algorithm else None
+            return client.new_dpop_key(metadata)
         try:
             return DPoPKey.from_json(self.cipher.decrypt(transaction.dpop_key))
         except DPoPKeyUnreadable:

@@ -67,27 +67,21 @@ _RESPONSE_NAMES: dict[str, str | None] = {}
 
 
 def _environ_name(key: str) -> str:
-    name = _ENVIRON_NAMES.get(key)
-    if name is None:
-        name = key[5:].replace("_", "-").lower() if key.startswith("HTTP_") else ""
-        if len(_ENVIRON_NAMES) < _NAME_MEMO_LIMIT:
-            _ENVIRON_NAMES[key] = name
+    """Worked out and remembered; callers look in ``_ENVIRON_NAMES`` first (the hot path)."""
+    name = key[5:].replace("_", "-").lower() if key.startswith("HTTP_") else ""
+    if len(_ENVIRON_NAMES) < _NAME_MEMO_LIMIT:
+        _ENVIRON_NAMES[key] = name
     return name
 
 
 def _response_name(name: str) -> str | None:
-    try:
-        return _RESPONSE_NAMES[name]
-    except KeyError:
-        pass
+    """Worked out and remembered; callers look in ``_RESPONSE_NAMES`` first (the hot path)."""
     lower = name.lower()
     if lower in DROPPED_RESPONSE_HEADERS or lower.startswith("access-control-") or not _HEADER_NAME.match(name):
         lower = None
     if len(_RESPONSE_NAMES) < _NAME_MEMO_LIMIT:
         _RESPONSE_NAMES[name] = lower
     return lower
-
-
 
 
 @dataclass
@@ -215,9 +209,7 @@ class Proxy:
 
     def _request_headers(self, environ: Mapping, upstream: Upstream, client_addr: str | None) -> dict:
         headers = {}
-        allowed = self._forwarded.get(upstream.name)
-        if allowed is None or self.upstreams.get(upstream.name) is not upstream:
-            allowed = FORWARDED_REQUEST_HEADERS | upstream.forward_headers
+        allowed = self._forwarded[upstream.name]  # prepare() found the upstream among these
         connection = environ.get("HTTP_CONNECTION")
         connection_named = {t.strip().lower() for t in connection.split(",")} if connection else ()
         names = _ENVIRON_NAMES
@@ -341,14 +333,12 @@ class Proxy:
         response = self.send(outgoing, credential)
         if credential.dpop is None:
             return response
-        nonce = self.nonces.remember(outgoing.url, response.headers.get("DPoP-Nonce"))
-        if (
+        asked = (
             response.status == 401
             and not outgoing.nonce_retried
-            and nonce is not None
-            and nonce != outgoing.sent_nonce
             and challenge_error(response.headers.get("WWW-Authenticate")) == "use_dpop_nonce"
-        ):
+        )
+        if self.nonces.retry_with(outgoing.url, response.headers.get("DPoP-Nonce"), sent=outgoing.sent_nonce, asked=asked):
             outgoing.nonce_retried = True
             self._discard(response)
             outgoing.rewind()

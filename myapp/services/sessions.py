@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
-from myapp.services.tokenset import BEARER, DPOP, TokenCipher, TokenSet
+from myapp.services.tokenset import BEARER, TokenCipher, TokenSet, token_type_column, token_type_from_column
 from myapp.settings import SessionSettings
 
 # secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
@@ -85,10 +85,13 @@ _PARSED_GROUPS: dict[str, tuple] = {}
 _PARSED_AMR: dict[str, tuple[str, ...]] = {}
 
 
-def _remember(memo: dict, text: str, value):
-    if len(memo) >= _PARSED_LIMIT:
-        memo.clear()
-    memo[text] = value
+def _parsed(memo: dict, text: str, parse: Callable):
+    """``parse(text)``, remembered in ``memo`` by the exact text."""
+    value = memo.get(text)
+    if value is None:
+        if len(memo) >= _PARSED_LIMIT:
+            memo.clear()
+        value = memo[text] = parse(text)
     return value
 
 
@@ -96,11 +99,16 @@ def _utc(value) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):  # SQLite keeps datetimes as ISO text, without a zone (always UTC here)
-        parsed = _PARSED_TIMES.get(value)
-        if parsed is None:
-            parsed = _remember(_PARSED_TIMES, value, _as_utc(datetime.fromisoformat(value)))
-        return parsed
+        return _parsed(_PARSED_TIMES, value, _iso_utc)
     return _as_utc(value)
+
+
+def _iso_utc(text: str) -> datetime:
+    return _as_utc(datetime.fromisoformat(text))
+
+
+def _groups(text: str) -> tuple:
+    return tuple(json.loads(text) or ())
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -150,13 +158,8 @@ class SessionRecord:
             if values[name] is not None:
                 values[name] = bytes(values[name])
         groups = values["user_groups"]
-        if isinstance(groups, str):  # JSON text, read straight from SQLite's cursor
-            parsed = _PARSED_GROUPS.get(groups)
-            if parsed is None:
-                parsed = _remember(_PARSED_GROUPS, groups, tuple(json.loads(groups) or ()))
-            values["user_groups"] = parsed
-        else:
-            values["user_groups"] = tuple(groups or ())
+        # JSON text, read straight from SQLite's cursor; a list from PostgreSQL's.
+        values["user_groups"] = _parsed(_PARSED_GROUPS, groups, _groups) if isinstance(groups, str) else tuple(groups or ())
         values["user_name"] = values["user_name"] or values["user_email"] or values["user_subject"]
         values["user_disabled"] = bool(values["user_disabled"])
         values["amr"] = _json_list(values["amr"])
@@ -169,12 +172,7 @@ class SessionRecord:
 def _json_list(text) -> tuple[str, ...]:
     if not text:
         return ()
-    if isinstance(text, str):
-        parsed = _PARSED_AMR.get(text)
-        if parsed is None:
-            parsed = _remember(_PARSED_AMR, text, _parse_json_list(text))
-        return parsed
-    return _parse_json_list(text)
+    return _parsed(_PARSED_AMR, text, _parse_json_list) if isinstance(text, str) else _parse_json_list(text)
 
 
 def _parse_json_list(text) -> tuple[str, ...]:
@@ -238,7 +236,7 @@ class SessionRows:
             refresh_token=self.cipher.decrypt(row["refresh_token"]),
             id_token=self.cipher.decrypt(row["id_token"]),
             access_token_expires_at=record.access_token_expires_at,
-            token_type=DPOP if record.access_token_type == DPOP else BEARER,
+            token_type=token_type_from_column(record.access_token_type),
             dpop_key=self.cipher.decrypt(record.dpop_key),
         )
         return StoredSession(record, tokens)
@@ -252,7 +250,7 @@ class SessionRows:
             "refresh_token": self.cipher.encrypt(tokens.refresh_token),
             "id_token": self.cipher.encrypt(tokens.id_token),
             "access_token_expires_at": tokens.access_token_expires_at,
-            "access_token_type": DPOP if tokens.bound else None,
+            "access_token_type": token_type_column(tokens.token_type),
         }
         if tokens.dpop_key is not None:
             columns["dpop_key"] = self.cipher.encrypt(tokens.dpop_key)
@@ -330,9 +328,7 @@ class SessionRows:
         token = self.cipher.decrypt(row.access_token)
         if token is None:
             return None
-        return UpstreamToken(
-            token, _utc(row.expires_at), _utc(row.refreshed_at), DPOP if row.token_type == DPOP else BEARER
-        )
+        return UpstreamToken(token, _utc(row.expires_at), _utc(row.refreshed_at), token_type_from_column(row.token_type))
 
     def write_upstream_token(self, session_id: int, upstream: str, token: UpstreamToken) -> None:
         """Store (or replace) an upstream's own access token; the caller holds the session's refresh lock."""
@@ -340,7 +336,7 @@ class SessionRows:
             "access_token": self.cipher.encrypt(token.access_token),
             "expires_at": token.expires_at,
             "refreshed_at": token.refreshed_at or self.clock(),
-            "token_type": DPOP if token.token_type == DPOP else None,
+            "token_type": token_type_column(token.token_type),
         }
         updated = self.dbsession.execute(
             update(SessionToken)

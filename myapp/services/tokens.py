@@ -213,14 +213,18 @@ class TokenManager:
                     self._plaintexts.clear()
                 if token:
                     self._plaintexts[session.access_token] = token
-            if token:
-                if session.access_token_type != DPOP:
-                    return Credential(token)
-                key = self._dpop_key(session.dpop_key)
-                if key is not None:
-                    return Credential(token, key)
-                # An unreadable key: the refresh, reading the session again under its lock, ends it.
+            credential = self._known(token, session.access_token_type, session) if token else None
+            if credential is not None:
+                return credential
         return self.flights.run(session.id, lambda: self._refresh(session.id, stale))
+
+    def _known(self, token: str, token_type: str | None, session: SessionRecord) -> Credential | None:
+        """A stored token as it is sent, without the lock; None when it is bound to a key this
+        process cannot read (the refresh, reading the session again under its lock, ends it)."""
+        if token_type != DPOP:
+            return Credential(token)
+        key = self._dpop_key(session.dpop_key)
+        return None if key is None else Credential(token, key)
 
     def _dpop_key(self, ciphertext: bytes | None) -> DPoPKey | None:
         """The session's DPoP key from its stored ciphertext (cached); None when there is none or
@@ -289,7 +293,7 @@ class TokenManager:
             return self._end(rows, session, "DPoP key unreadable")
         token = previous.access_token
         if self._serves(token, session.access_token_expires_at, session.refreshed_at, stale):
-            return Credential(token, key if previous.bound else None)
+            return Credential.of(token, previous.token_type, key)
         if not previous.refresh_token:
             return self._end(rows, session, "no refresh token")
         client = self.providers.of_session(session.provider, session.user_issuer)
@@ -326,7 +330,7 @@ class TokenManager:
                 rows.revoke_later(session.user_issuer, tokens)
             return LoginRequired()
         self.metrics.refreshes.inc()
-        return Credential(tokens.access_token, key if tokens.bound else None)
+        return Credential.of(tokens.access_token, tokens.token_type, key)
 
     # -- an upstream's own token (SPEC.md "Tokens for each upstream") --
 
@@ -339,11 +343,9 @@ class TokenManager:
                     known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(session.id, upstream.name)
                 self._remember_upstream_token(key, known)
             if known is not None and self._fresh(known.expires_at):
-                if known.token_type != DPOP:
-                    return Credential(known.access_token)
-                dpop = self._dpop_key(session.dpop_key)
-                if dpop is not None:
-                    return Credential(known.access_token, dpop)
+                credential = self._known(known.access_token, known.token_type, session)
+                if credential is not None:
+                    return credential
         # The same lock as the session's own refresh: every use of its one refresh token, for any
         # upstream, is single-flight per session across threads and processes.
         return self.flights.run(key, lambda: self._mint_upstream_token(session.id, upstream, stale))
@@ -370,7 +372,7 @@ class TokenManager:
             raise outcome
         token, dpop = outcome
         self._remember_upstream_token((session_id, upstream.name), token)
-        return Credential(token.access_token, dpop if token.token_type == DPOP else None)
+        return Credential.of(token.access_token, token.token_type, dpop)
 
     def _mint_upstream_token_locked(self, rows: SessionRows, session_id: int, upstream: Upstream, stale: str | None):
         current = rows.read(session_id)
@@ -444,7 +446,7 @@ class TokenManager:
         current = rows.read(session.id)
         if current is not None and current.session.ended_at is None and current.tokens.refresh_token not in (None, used):
             if current.tokens.access_token:
-                return Credential(current.tokens.access_token, key if current.tokens.bound else None)
+                return Credential.of(current.tokens.access_token, current.tokens.token_type, key)
         # Expired, revoked, or reused and its family revoked: this session cannot go on.
         return self._end(rows, session, "invalid_grant")
 

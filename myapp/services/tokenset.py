@@ -16,6 +16,15 @@ def token_type_of(response: dict) -> str:
     return DPOP if str(response.get("token_type", "")).lower() == "dpop" else BEARER
 
 
+def token_type_column(token_type: str) -> str | None:
+    """How a token type is stored: "DPoP", or NULL for Bearer (what every row from before DPoP holds)."""
+    return DPOP if token_type == DPOP else None
+
+
+def token_type_from_column(value: str | None) -> str:
+    return DPOP if value == DPOP else BEARER
+
+
 @dataclass(frozen=True)
 class TokenSet:
     access_token: str | None = field(default=None, repr=False)
@@ -23,7 +32,7 @@ class TokenSet:
     id_token: str | None = field(default=None, repr=False)
     access_token_expires_at: datetime | None = None
     # "DPoP" when the access token is bound to the session's key (RFC 9449), else "Bearer".
-    token_type: str = "Bearer"
+    token_type: str = BEARER
     # The session's DPoP key pair as stored (myapp.services.dpop.DPoPKey.to_json); None without DPoP.
     dpop_key: str | None = field(default=None, repr=False)
 
@@ -59,6 +68,11 @@ class Credential:
 
     token: str = field(repr=False)
     dpop: DPoPKey | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, token: str, token_type: str, key: DPoPKey | None) -> "Credential":
+        """``token`` as issued (``token_type``): with ``key`` when the provider bound it to that key."""
+        return cls(token, key if token_type == DPOP else None)
 
     @property
     def scheme(self) -> str:

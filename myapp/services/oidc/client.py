@@ -221,6 +221,11 @@ class OIDCClient:
             )
         return alg
 
+    def new_dpop_key(self, metadata: ProviderMetadata | None = None) -> DPoPKey | None:
+        """A new session's DPoP key for this provider, or None when its tokens are Bearer tokens."""
+        algorithm = self.dpop_algorithm(metadata)
+        return DPoPKey.generate(algorithm) if algorithm else None
+
     def client_auth(self, endpoint_metadata: ProviderMetadata | None = None):
         """How this client authenticates (an Authlib client-auth callable), for every endpoint."""
         method = self.settings.token_endpoint_auth_method
@@ -262,13 +267,13 @@ class OIDCClient:
                 return response, nonce
 
             response, sent = send()
-            if dpop is not None:
-                nonce = self.nonces.remember(endpoint, response.headers.get("DPoP-Nonce"))
-                if nonce is not None and nonce != sent and _asks_for_nonce(response):
-                    # RFC 9449 section 8: once more, with the nonce it gave (a fresh proof, a new jti).
-                    log.info("the provider's %s asked for a DPoP nonce; sending again with it", endpoint_name)
-                    response, _ = send()
-                    self.nonces.remember(endpoint, response.headers.get("DPoP-Nonce"))
+            if dpop is not None and self.nonces.retry_with(
+                endpoint, response.headers.get("DPoP-Nonce"), sent=sent, asked=_asks_for_nonce(response)
+            ):
+                # RFC 9449 section 8: once more, with the nonce it gave (a fresh proof, a new jti).
+                log.info("the provider's %s asked for a DPoP nonce; sending again with it", endpoint_name)
+                response, _ = send()
+                self.nonces.remember(endpoint, response.headers.get("DPoP-Nonce"))
             span.set_attribute("http.response.status_code", response.status_code)
             return response
 
@@ -396,8 +401,9 @@ class OIDCClient:
             try:
                 claims = get(sent)
             except HTTPFailure as e:
-                nonce = self.nonces.remember(endpoint, e.headers.get("DPoP-Nonce")) if dpop is not None else None
-                if nonce is None or nonce == sent or challenge_error(e.headers.get("WWW-Authenticate")) != "use_dpop_nonce":
+                asked = challenge_error(e.headers.get("WWW-Authenticate")) == "use_dpop_nonce"
+                nonce = self.nonces.retry_with(endpoint, e.headers.get("DPoP-Nonce"), sent=sent, asked=asked) if dpop else None
+                if nonce is None:
                     raise
                 claims = get(nonce)
         except HTTPFailure as e:

@@ -51,7 +51,7 @@ class StubProvider:
             signing_algorithms=frozenset({"RS256"}), iss_parameter_supported=self.iss_supported,
         )
 
-    def dpop_algorithm(self, metadata=None):
+    def new_dpop_key(self, metadata=None):
         return None
 
     def exchange_code(self, code, verifier, *, dpop=None):

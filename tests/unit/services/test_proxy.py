@@ -5,6 +5,7 @@ connection pool records what would have been sent.
 """
 
 import io
+from dataclasses import replace
 
 import pytest
 import urllib3
@@ -234,3 +235,17 @@ def test_a_header_name_or_value_ending_in_a_newline_never_reaches_the_browser():
     upstream.headers.add("X-Bad", "value\n")
     upstream.headers.add("X-Name\n", "v")
     assert Proxy.response_headers(upstream) == [("Content-Length", "2"), ("X-Good", "ok")]
+
+
+def test_a_bound_token_is_never_sent_as_bearer_to_an_upstream_that_takes_no_dpop():
+    """A session bound under an earlier DPoP setting calling an upstream with ``dpop = false``."""
+    pool = FakePool(response(200))
+    service = Proxy(
+        upstreams={"orders": replace(UPSTREAM, dpop=False)}, max_body_bytes=100,
+        public_url="https://app.example.test", pool=pool,
+    )
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+    with pytest.raises(APIError) as refused:
+        service.exchange(outgoing, lambda stale=None: Credential("bound", DPoPKey.generate()))
+    assert (refused.value.status, refused.value.code) == (502, "upstream_unavailable")
+    assert pool.sent == []
