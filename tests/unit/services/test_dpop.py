@@ -119,3 +119,9 @@ def test_dpop_settings_are_checked():
         load_settings(base_settings("sqlite://", **upstreams, **{"myapp.oidc.dpop": "auto"}))
     own = {**upstreams, "myapp.upstream.api.scope": "api:read", "myapp.oidc.dpop": "required"}
     assert load_settings(base_settings("sqlite://", **own)).upstreams["api"].dpop is False
+
+
+@pytest.mark.parametrize("key, meant", [("myapp.oidc.dpopp", "myapp.oidc.dpop"), ("myapp.upstream.api.dpo", "myapp.upstream.api.dpop")])
+def test_a_misspelt_dpop_setting_is_refused_naming_the_right_one(key, meant):
+    with pytest.raises(SettingsError, match=f"{key}: unknown setting; did you mean {meant}"):
+        load_settings(base_settings("sqlite://", **{"myapp.upstreams": "api = https://api.example.test/", key: "auto"}))
