@@ -7,6 +7,7 @@ outside the development stack looks anything up in the registry by a string.
 
 import pyramid_tm
 from pyramid.decorator import reify
+from pyramid.interfaces import IRoutesMapper
 from pyramid.request import Request as PyramidRequest
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,9 @@ from myapp.services.tokenset import Credential
 MAX_FORM_BYTES = 256 * 1024
 MAX_FORM_FIELDS = 1000
 FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
+# Where the registry keeps the paths every request under one SCRIPT_NAME shares (Request.route_path).
+FIXED_PATHS = "myapp.fixed_paths"
+FIXED_PATHS_LIMIT = 1024
 
 
 class FormRefused(Exception):
@@ -46,6 +50,44 @@ class Request(PyramidRequest):
         property (models' includeme drops it): any request property makes Pyramid build a new
         request class for every request."""
         return pyramid_tm.create_tm(self)
+
+    def route_path(self, route_name, *elements, **kw):
+        """Pyramid's ``route_path``; for a route asked without parameters, elements, query or
+        anchor, remembered per SCRIPT_NAME: every page asks for the same dozen (the header's
+        links), and the answer depends on nothing else (no route here has a pregenerator)."""
+        if elements or kw:
+            return super().route_path(route_name, *elements, **kw)
+        key = ("route", route_name, self.script_name)
+        path = self._fixed_paths.get(key)
+        if path is None:
+            path = super().route_path(route_name)
+            route = self.registry.getUtility(IRoutesMapper).get_route(route_name)
+            if route.pregenerator is None:
+                self._remember_path(key, path)
+        return path
+
+    def static_path(self, path, **kw):
+        """Pyramid's ``static_path``; for an asset named by its package (``myapp:static/app.css``),
+        without options, remembered per SCRIPT_NAME like :meth:`route_path` (the cache buster's
+        fingerprint is a constant of the running code)."""
+        if kw or ":" not in path:  # a relative name depends on the caller's package
+            return super().static_path(path, **kw)
+        key = ("static", path, self.script_name)
+        found = self._fixed_paths.get(key)
+        if found is None:
+            found = super().static_path(path)
+            self._remember_path(key, found)
+        return found
+
+    @property
+    def _fixed_paths(self) -> dict:
+        return self.registry.get(FIXED_PATHS) or self.registry.setdefault(FIXED_PATHS, {})
+
+    def _remember_path(self, key: tuple, path: str) -> None:
+        paths = self._fixed_paths
+        if len(paths) >= FIXED_PATHS_LIMIT:  # SCRIPT_NAME comes from a (trusted) proxy: bounded all the same
+            paths.clear()
+        paths[key] = path
 
     @property
     def POST(self):

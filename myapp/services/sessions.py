@@ -76,6 +76,22 @@ _WITH_TOKENS_BY_ID = _record_query(_SESSIONS.refresh_token, _SESSIONS.id_token).
 )
 
 
+# "Live", as the sessions pages count and list them: not ended, not expired, not idle
+# (``SessionStore.dead_reason`` says why one is not). Built once; ``_live_params`` fills it in.
+_LIVE = (
+    _SESSIONS.ended_at.is_(None), _SESSIONS.expires_at > bindparam("now"),
+    _SESSIONS.last_seen_at > bindparam("idle_since"),
+)
+_LIVE_OF_USER = (
+    select(UserSession).where(UserSession.user_id == bindparam("user_id"), *_LIVE)
+    .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
+)
+_LIVE_COUNT_OF_USER = (
+    select(func.count()).select_from(UserSession.__table__).where(_SESSIONS.user_id == bindparam("user_id"), *_LIVE)
+)
+_LIVE_COUNT = select(func.count()).select_from(UserSession.__table__).where(*_LIVE)
+
+
 # Pure functions of a stored text (SQLite's datetimes, the JSON lists), remembered by the exact
 # text: a datetime or tuple is immutable, so sharing one is safe. Bounded: emptied when full. Only
 # the parsing is remembered; every request still reads the row and checks it.
@@ -498,33 +514,27 @@ class SessionStore:
         """End the sessions with this provider ``sid`` of the users ``user_ids`` selects (those of one issuer)."""
         return self.rows.end_where((UserSession.provider_sid == sid) & UserSession.user_id.in_(user_ids), reason)
 
-    def _live(self):
-        """SQL for "live": not ended, not expired, not idle (``dead_reason`` says why one is not)."""
+    def _live_params(self, **more) -> dict:
         now = self.clock()
-        return (
-            UserSession.ended_at.is_(None),
-            UserSession.expires_at > now,
-            UserSession.last_seen_at > now - self.settings.idle_timeout,
-        )
+        return {"now": now, "idle_since": now - self.settings.idle_timeout, **more}
 
     def list_for_user(self, user_id: int) -> list[UserSession]:
         """A user's live sessions, most recently used first, for the sessions page."""
-        rows = self.dbsession.scalars(
-            select(UserSession)
-            .where(UserSession.user_id == user_id, *self._live())
-            .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
-        ).all()
-        return list(rows)
+        return list(self.dbsession.scalars(_LIVE_OF_USER, self._live_params(user_id=user_id)).all())
+
+    def count_live_for_user(self, user_id: int) -> int:
+        return self.dbsession.scalar(_LIVE_COUNT_OF_USER, self._live_params(user_id=user_id))
 
     def count_live(self) -> int:
-        return self.dbsession.scalar(select(func.count()).select_from(UserSession).where(*self._live()))
+        return self.dbsession.scalar(_LIVE_COUNT, self._live_params())
 
     def live_counts_by_user(self):
         """A subquery of (user_id, live) for the users that have live sessions."""
         return (
             select(UserSession.user_id, func.count().label("live"))
-            .where(*self._live())
+            .where(*_LIVE)
             .group_by(UserSession.user_id)
+            .params(self._live_params())
             .subquery()
         )
 

@@ -3,7 +3,7 @@ import secrets
 
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.view import view_config
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from myapp.models import Post
@@ -15,6 +15,11 @@ LIMITS = {"title": 200, "body": 20000}
 # The new-post form's one-time token (secrets.token_urlsafe(32)): a second submit of the same form
 # lands on the post the first one made instead of making another.
 _FORM_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# Built once: a page asks with its offset and one more row than it shows (is there a next page?).
+_PAGE_OF_POSTS = (
+    select(Post).order_by(Post.created_at.desc(), Post.id.desc())
+    .offset(bindparam("offset")).limit(bindparam("limit"))
+)
 
 
 def _read_form(request) -> tuple[dict, dict]:
@@ -50,7 +55,7 @@ def list_posts(request):
     page = request.GET.get("page", "1")
     page = int(page) if page.isascii() and page.isdigit() and 0 < len(page) < 7 and int(page) > 0 else 1
     posts = request.dbsession.scalars(
-        select(Post).order_by(Post.created_at.desc(), Post.id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)
+        _PAGE_OF_POSTS, {"offset": (page - 1) * PAGE_SIZE, "limit": PAGE_SIZE + 1}
     ).all()
     return {
         "posts": posts[:PAGE_SIZE],

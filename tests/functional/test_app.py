@@ -69,7 +69,7 @@ def test_unexpected_error_is_a_500_page_without_traceback(app, browser, monkeypa
     def boom(*a, **kw):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(home, "select", boom)
+    monkeypatch.setattr(home, "_upstream_notes", boom)
     sign_in(browser, alice)
     page = browser.get("/", status=500, expect_errors=True)
     assert "Something went wrong" in page.text
