@@ -1,0 +1,53 @@
+"""Paths a page asks for on every request (the header's links, the static assets) are remembered
+per SCRIPT_NAME (myapp/request.py); whatever else a path depends on is never remembered."""
+
+import re
+
+from myapp.request import FIXED_PATHS, FIXED_PATHS_LIMIT
+
+
+def links(page) -> set[str]:
+    return set(re.findall(r'(?:href|src|action)="([^"#]+)"', page.text))
+
+
+def test_the_same_page_under_another_mount_point_links_under_it(browser, alice, sign_in):
+    sign_in(browser, alice)
+    plain = links(browser.get("/posts"))
+    mounted = links(browser.get("/posts", extra_environ={"SCRIPT_NAME": "/myapp"}))
+    assert "/posts" in plain and "/account/sessions" in plain
+    assert {p for p in plain if p.startswith("/")} == {
+        p.removeprefix("/myapp") for p in mounted if p.startswith("/")
+    }
+    assert all(p.startswith("/myapp/") for p in mounted if p.startswith("/")), mounted
+    assert links(browser.get("/posts")) == plain, "the first mount point's answers are still its own"
+
+
+def test_static_assets_keep_their_fingerprint(browser):
+    page = browser.get("/")
+    assets = [p for p in links(page) if p.startswith("/static/")]
+    assert assets and all(re.search(r"\?x=[0-9a-f]+$", p) for p in assets), assets
+
+
+def test_paths_with_parameters_or_a_query_are_not_remembered(app, browser, alice, bob, sign_in, dbsession):
+    from myapp.models import Post
+
+    for n in range(22):  # more than a page: a link to the next one, with a query
+        dbsession.add(Post(owner_id=bob.id, title=f"post {n}", body=""))
+    dbsession.flush()
+    sign_in(browser, alice)
+    first = browser.get("/posts")
+    assert 'href="/posts?page=2"' in first.text
+    second = browser.get("/posts?page=2")
+    assert 'href="/posts?page=1"' in second.text
+    remembered = app.registry[FIXED_PATHS]
+    assert all(len(key) == 3 and key[0] in ("route", "static") for key in remembered)
+    assert not any("?page" in path or re.search(r"/posts/\d", path) for path in remembered.values())
+
+
+def test_the_memo_is_bounded(app, browser):
+    for n in range(FIXED_PATHS_LIMIT + 10):
+        browser.get("/", extra_environ={"SCRIPT_NAME": f"/m{n}"})
+    remembered = app.registry[FIXED_PATHS]
+    assert len(remembered) <= FIXED_PATHS_LIMIT
+    mounted = [p for p in links(browser.get("/", extra_environ={"SCRIPT_NAME": "/last"})) if p.startswith("/")]
+    assert mounted and all(p.startswith("/last/") for p in mounted), mounted
