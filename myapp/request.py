@@ -147,6 +147,7 @@ class Request(PyramidRequest):
             settings=services.settings.session,
             own_transactions=services.database.own_transaction,
             read_row=services.database.read_row,
+            read_all=services.database.read_all,
         )
 
     @reify

@@ -25,4 +25,9 @@ class User(Base):
 
     @property
     def display_name(self) -> str:
-        return self.name or self.email or self.subject
+        return display_name(self.name, self.email, self.subject)
+
+
+def display_name(name: str | None, email: str | None, subject: str) -> str:
+    """How a person is shown: their name, else their email, else the provider's subject."""
+    return name or email or subject

@@ -37,6 +37,22 @@ class Metrics:
             ["outcome"], registry=self.registry,
         )
         self.active_sessions = Gauge("myapp_active_sessions", "Live sessions (all processes).", registry=self.registry)
+        # The label children of every proxied call, looked up once each: ``labels()`` takes a
+        # lock and checks its arguments on every call. Bounded: configured upstreams, statuses 100-599.
+        self._proxied: dict[tuple[str, int], object] = {}
+        self._latency: dict[str, object] = {}
+
+    def proxied(self, upstream: str, status: int, seconds: float | None = None) -> None:
+        """Count a proxied call to a configured upstream, and the time to its answer when it had one."""
+        counter = self._proxied.get((upstream, status))
+        if counter is None:
+            counter = self._proxied[(upstream, status)] = self.proxy_requests.labels(upstream=upstream, status=str(status))
+        counter.inc()
+        if seconds is not None:
+            latency = self._latency.get(upstream)
+            if latency is None:
+                latency = self._latency[upstream] = self.proxy_latency.labels(upstream=upstream)
+            latency.observe(seconds)
 
     def exposition(self, active_sessions: int) -> bytes:
         self.active_sessions.set(active_sessions)

@@ -393,6 +393,7 @@ class SessionStore:
         clock: Callable[[], datetime] = utcnow,
         own_transactions: Callable[[], Session] | None = None,
         read_row: Callable[[Select, dict], dict | None] | None = None,
+        read_all: Callable[[Select, dict], list] | None = None,
     ):
         # A callable defers the ORM session until something needs it: the per-request lookup does not.
         self._dbsession = dbsession
@@ -404,6 +405,8 @@ class SessionStore:
         self.read_row = read_row or (
             lambda statement, params: self.dbsession.execute(statement, params).mappings().one_or_none()
         )
+        # What a page that writes nothing counts needs none either (Database.read_all).
+        self.read_all = read_all or (lambda statement, params: self.dbsession.execute(statement, params).all())
 
     @functools.cached_property
     def dbsession(self) -> Session:
@@ -523,7 +526,8 @@ class SessionStore:
         return list(self.dbsession.scalars(_LIVE_OF_USER, self._live_params(user_id=user_id)).all())
 
     def count_live_for_user(self, user_id: int) -> int:
-        return self.dbsession.scalar(_LIVE_COUNT_OF_USER, self._live_params(user_id=user_id))
+        """For a page that writes nothing before it (the dashboard): read outside the request's transaction."""
+        return self.read_all(_LIVE_COUNT_OF_USER, self._live_params(user_id=user_id))[0][0]
 
     def count_live(self) -> int:
         return self.dbsession.scalar(_LIVE_COUNT, self._live_params())

@@ -51,10 +51,9 @@ def proxy(request):
             raise
     except APIError as e:
         if upstream_name in service.upstreams:
-            metrics.proxy_requests.labels(upstream=upstream_name, status=str(e.status)).inc()
+            metrics.proxied(upstream_name, e.status)
         raise
-    metrics.proxy_requests.labels(upstream=upstream_name, status=str(upstream.status)).inc()
-    metrics.proxy_latency.labels(upstream=upstream_name).observe(time.perf_counter() - started)
+    metrics.proxied(upstream_name, upstream.status, time.perf_counter() - started)
     try:
         status = f"{upstream.status} {upstream.reason or ''}".strip()
         headers = service.response_headers(upstream)

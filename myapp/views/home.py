@@ -3,20 +3,15 @@ import logging
 
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
-from sqlalchemy import bindparam, select
 
 from myapp.errors import APIError
-from myapp.models import Post
 from myapp.resources import Permission
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.tokens import UpstreamTokenRefused
 from myapp.views import SIGNED_OUT_MESSAGES
+from myapp.views.posts import recent_posts_of
 
 log = logging.getLogger(__name__)
-# Built once: the dashboard's five most recently changed posts of the user.
-_OWN_RECENT_POSTS = (
-    select(Post).where(Post.owner_id == bindparam("owner_id")).order_by(Post.updated_at.desc()).limit(5)
-)
 
 
 @view_config(
@@ -46,9 +41,8 @@ def landing(request):
 )
 def dashboard(request):
     identity = request.identity
-    posts = request.dbsession.scalars(_OWN_RECENT_POSTS, {"owner_id": identity.user_id}).all()
     return {
-        "posts": posts,
+        "posts": recent_posts_of(request, identity.user_id),
         "session_count": request.session_store.count_live_for_user(identity.user_id),
         **_upstream_notes(request),
     }

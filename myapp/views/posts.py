@@ -1,12 +1,15 @@
 import re
 import secrets
+from dataclasses import dataclass
+from datetime import datetime
 
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.view import view_config
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from myapp.models import Post
+from myapp.models import Post, User
+from myapp.models.user import display_name
 from myapp.resources import Permission
 from myapp.services.audit import AuditEventType
 
@@ -15,11 +18,53 @@ LIMITS = {"title": 200, "body": 20000}
 # The new-post form's one-time token (secrets.token_urlsafe(32)): a second submit of the same form
 # lands on the post the first one made instead of making another.
 _FORM_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_POSTS, _USERS = Post.__table__.c, User.__table__.c
 # Built once: a page asks with its offset and one more row than it shows (is there a next page?).
 _PAGE_OF_POSTS = (
-    select(Post).order_by(Post.created_at.desc(), Post.id.desc())
+    select(
+        _POSTS.id, _POSTS.title, _POSTS.body, _POSTS.created_at, _POSTS.updated_at, _POSTS.owner_id,
+        _USERS.name, _USERS.email, _USERS.subject,
+    )
+    .select_from(Post.__table__.join(User.__table__, _USERS.id == _POSTS.owner_id))
+    .order_by(_POSTS.created_at.desc(), _POSTS.id.desc())
     .offset(bindparam("offset")).limit(bindparam("limit"))
 )
+# The dashboard's five most recently changed posts of one person.
+_RECENT_POSTS_OF = (
+    select(_POSTS.id, _POSTS.title, _POSTS.updated_at)
+    .where(_POSTS.owner_id == bindparam("owner_id")).order_by(_POSTS.updated_at.desc()).limit(5)
+)
+
+
+@dataclass(frozen=True)
+class PostSummary:
+    """A post as a list shows it: plain values, read with its author's name in one query."""
+
+    id: int
+    title: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+    owner_id: int
+    owner_name: str
+
+
+def page_of_posts(request, page: int) -> list[PostSummary]:
+    """Newest first, one more than a page. Pages that list posts write nothing, so this reads
+    outside the request's transaction (Database.read_all): no ORM session, nothing to commit."""
+    rows = request.services.database.read_all(_PAGE_OF_POSTS, {"offset": (page - 1) * PAGE_SIZE, "limit": PAGE_SIZE + 1})
+    return [
+        PostSummary(
+            id=r.id, title=r.title, body=r.body, created_at=r.created_at, updated_at=r.updated_at,
+            owner_id=r.owner_id, owner_name=display_name(r.name, r.email, r.subject),
+        )
+        for r in rows
+    ]
+
+
+def recent_posts_of(request, user_id: int) -> list:
+    """The person's five most recently changed posts (id, title, updated_at), read like page_of_posts."""
+    return request.services.database.read_all(_RECENT_POSTS_OF, {"owner_id": user_id})
 
 
 def _read_form(request) -> tuple[dict, dict]:
@@ -54,9 +99,7 @@ def _form_page(request, *, form, errors, action, post=None, form_token=None):
 def list_posts(request):
     page = request.GET.get("page", "1")
     page = int(page) if page.isascii() and page.isdigit() and 0 < len(page) < 7 and int(page) > 0 else 1
-    posts = request.dbsession.scalars(
-        _PAGE_OF_POSTS, {"offset": (page - 1) * PAGE_SIZE, "limit": PAGE_SIZE + 1}
-    ).all()
+    posts = page_of_posts(request, page)
     return {
         "posts": posts[:PAGE_SIZE],
         "page": page,

@@ -1,8 +1,10 @@
 """What the signed-in hot path does not do (issue 17): a proxied call writes nothing, so it takes
 no connection from the request pool and opens no transaction there; its one database read is the
-session lookup; and Pyramid builds no request class per request. A revocation on one process
+session lookup; pages that write nothing (the posts, the dashboard) read outside any transaction
+too; and Pyramid builds no request class per request. A revocation on one process
 still refuses the very next call on another (tests/functional/test_many_processes.py keeps that)."""
 
+import contextlib
 import threading
 
 import pytest
@@ -23,23 +25,48 @@ def test_a_proxied_call_reads_once_and_opens_no_transaction(committed_database_u
         database = app.registry[Services].database
         seen = {"request pool": [], "session lookup": []}
 
-        def counter(name):
-            def checkout(*_):
-                if threading.current_thread().name != "myapp revoker":
-                    seen[name].append(threading.current_thread().name)
-            return checkout
-
-        listeners = [(database.engine, counter("request pool")), (database.lookup_engine, counter("session lookup"))]
-        for engine, listen in listeners:
-            event.listen(engine, "checkout", listen)
-        try:
+        with checkouts(database, seen):
             for _ in range(3):
                 assert api(browser, url + "/api/demo/me").status_code == 200
-        finally:
-            for engine, listen in listeners:
-                event.remove(engine, "checkout", listen)
         assert seen["request pool"] == [], "no transaction, no connection from the request pool"
         assert len(seen["session lookup"]) == 3, "one read per call: the session lookup"
+
+
+@pytest.mark.parametrize("path, reads", [("/posts", 2), ("/", 3)])
+def test_pages_that_write_nothing_open_no_transaction(committed_database_url, committed, path, reads):
+    """The posts page reads the session and the posts; the dashboard the session, the person's
+    posts and their live sessions' count (and calls the demo API): none in a transaction."""
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(committed_database_url, sock, public_url, idp) as (url, app):
+        browser = sign_in(url, "alice")
+        assert browser.get(url + path).status_code == 200  # warm: activity recorded, pools filled
+        database = app.registry[Services].database
+        seen = {"request pool": [], "session lookup": []}
+        with checkouts(database, seen):
+            page = browser.get(url + path)
+        assert page.status_code == 200 and "Sign out" in page.text
+        assert seen["request pool"] == [], "no ORM session, no transaction for pyramid_tm to commit"
+        assert len(seen["session lookup"]) == reads
+
+
+@contextlib.contextmanager
+def checkouts(database, seen: dict):
+    """Record in ``seen`` which request threads take a connection from which pool."""
+
+    def counter(name):
+        def checkout(*_):
+            if threading.current_thread().name != "myapp revoker":
+                seen[name].append(threading.current_thread().name)
+        return checkout
+
+    listeners = [(database.engine, counter("request pool")), (database.lookup_engine, counter("session lookup"))]
+    for engine, listen in listeners:
+        event.listen(engine, "checkout", listen)
+    try:
+        yield
+    finally:
+        for engine, listen in listeners:
+            event.remove(engine, "checkout", listen)
 
 
 def test_pyramid_builds_no_request_class_per_request(committed_database_url):

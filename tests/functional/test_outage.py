@@ -82,3 +82,34 @@ def test_connection_lost_during_the_session_lookup_is_retried_on_a_new_one(cut_d
         assert answer.json()["sub"] == "alice"
         dead = handed_out[0]
         assert dead.closed and dead not in handed_out[1:], "the dead connection was never handed out again"
+
+
+def test_connection_lost_during_a_page_read_is_retried_on_a_new_one(cut_database, committed):
+    """What a page that writes nothing shows is read on the lookup pool too (Database.read_all):
+    a connection that died under it is thrown away and the read tried once more."""
+    from sqlalchemy import event
+
+    from myapp.services import Services
+
+    proxy, database_url = cut_database
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
+        browser = sign_in(url, "alice")
+        assert browser.get(url + "/posts").status_code == 200
+        engine = app.registry[Services].database.lookup_engine
+        handed_out = []
+
+        def lose_the_second(dbapi_connection, record, proxied):
+            handed_out.append(dbapi_connection)
+            if len(handed_out) == 2:  # the first is the session lookup, the second the posts
+                proxy.cut()
+                proxy.restore()
+
+        event.listen(engine, "checkout", lose_the_second)
+        try:
+            page = browser.get(url + "/posts")
+        finally:
+            event.remove(engine, "checkout", lose_the_second)
+        assert page.status_code == 200, (page.status_code, page.text[:200])
+        assert "Posts" in page.text and "Sign out" in page.text
+        assert handed_out[1].closed and handed_out[1] not in handed_out[2:]

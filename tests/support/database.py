@@ -30,6 +30,9 @@ class RolledBackDatabase(Database):
     def read(self):
         return contextlib.nullcontext(self._connection)
 
+    def read_all(self, statement, params):
+        return self._connection.execute(statement, params).all()
+
     def read_row(self, statement, params):
         return self._connection.execute(statement, params).mappings().one_or_none()
 
