@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
+from myapp.models.user import display_name
 from myapp.services.tokenset import BEARER, TokenCipher, TokenSet, token_type_column, token_type_from_column
 from myapp.settings import SessionSettings
 
@@ -176,7 +177,7 @@ class SessionRecord:
         groups = values["user_groups"]
         # JSON text, read straight from SQLite's cursor; a list from PostgreSQL's.
         values["user_groups"] = _parsed(_PARSED_GROUPS, groups, _groups) if isinstance(groups, str) else tuple(groups or ())
-        values["user_name"] = values["user_name"] or values["user_email"] or values["user_subject"]
+        values["user_name"] = display_name(values["user_name"], values["user_email"], values["user_subject"])
         values["user_disabled"] = bool(values["user_disabled"])
         values["amr"] = _json_list(values["amr"])
         return cls(**values)
