@@ -3,6 +3,7 @@ urllib3 proxy (N), each WSGI app called directly in this thread, the development
 its own process. Thread CPU time only, so neither the API nor anything else on the machine counts.
 
     .venv/bin/python bench/hot_path.py [--calls 3000] [--profile] [--database-url URL] [--path /api/demo/ping]
+                                       [--anonymous]
 
 Prints the CPU time per call (the best of three interleaved rounds: the machine may be shared) and
 the Python function calls per call (which do not depend on what else the machine is doing).
@@ -91,7 +92,7 @@ def cpu_per_call(app, template: dict, calls: int, rounds: int = 5) -> tuple[floa
 
 
 @contextlib.contextmanager
-def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None):
+def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None, anonymous: bool = False):
     """myapp in this process with a signed-in session, and the bare proxy N, both on the
     development stack (its own process); yields (B, B's environ, N, N's environ)."""
     work = Path(tempfile.mkdtemp(prefix="myapp-hot-path-"))
@@ -123,7 +124,7 @@ def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None)
         browser = sign_in(public_url)
         with engine.connect() as connection:
             token = TokenCipher([KEY]).decrypt(connection.execute(select(UserSession.access_token)).scalar_one())
-        signed_in = environ_for(path, {"Cookie": f"{COOKIE}={browser.cookies[COOKIE]}", "X-CSRF": "1"})
+        signed_in = environ_for(path, {} if anonymous else {"Cookie": f"{COOKIE}={browser.cookies[COOKIE]}", "X-CSRF": "1"})
         bare = bare_proxy(idp + "/_dev/api/", "urllib3")
         yield app, signed_in, bare, environ_for("/ping", {"Authorization": f"Bearer {token}"})
 
@@ -145,10 +146,11 @@ def main():
     parser.add_argument("--sort", default="tottime", help="pstats sort key with --profile")
     parser.add_argument("--lines", type=int, default=45)
     parser.add_argument("--path", default="/api/demo/ping", help="what B is asked (a page: /posts)")
+    parser.add_argument("--anonymous", action="store_true", help="ask B without the session cookie (the landing page: --path /)")
     parser.add_argument("--database-url", help="PostgreSQL instead of a SQLite file")
     parser.add_argument("--spin", type=float, help="only call B for this many seconds (for py-spy)")
     args = parser.parse_args()
-    with signed_in_app(args.path, args.database_url) as (app, signed_in, bare, bare_call):
+    with signed_in_app(args.path, args.database_url, args.anonymous) as (app, signed_in, bare, bare_call):
         if args.spin:
             until = time.monotonic() + args.spin
             while time.monotonic() < until:

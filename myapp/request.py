@@ -57,7 +57,7 @@ class Request(PyramidRequest):
         links), and the answer depends on nothing else (no route here has a pregenerator)."""
         if elements or kw:
             return super().route_path(route_name, *elements, **kw)
-        key = ("route", route_name, self.script_name)
+        key = ("route", route_name, self.environ.get("SCRIPT_NAME", ""))
         path = self._fixed_paths.get(key)
         if path is None:
             path = super().route_path(route_name)
@@ -72,7 +72,7 @@ class Request(PyramidRequest):
         fingerprint is a constant of the running code)."""
         if kw or ":" not in path:  # a relative name depends on the caller's package
             return super().static_path(path, **kw)
-        key = ("static", path, self.script_name)
+        key = ("static", path, self.environ.get("SCRIPT_NAME", ""))
         found = self._fixed_paths.get(key)
         if found is None:
             found = super().static_path(path)
