@@ -3,11 +3,13 @@ urllib3 proxy (N), each WSGI app called directly in this thread, the development
 its own process. Thread CPU time only, so neither the API nor anything else on the machine counts.
 
     .venv/bin/python bench/hot_path.py [--calls 3000] [--profile] [--database-url URL] [--path /api/demo/ping]
-                                       [--anonymous]
+                                       [--anonymous] [--threads 8]
 
 Prints the CPU time per call (the best of three interleaved rounds: the machine may be shared) and
 the Python function calls per call (which do not depend on what else the machine is doing).
 ``--profile`` prints cProfile's view of B's calls (timed by thread CPU time) instead.
+``--threads 8`` calls each from that many threads at once, as waitress's threads would, and
+reports the process's CPU per call instead (every thread's, and what switching between them costs).
 """
 
 import argparse
@@ -129,6 +131,26 @@ def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None,
         yield app, signed_in, bare, environ_for("/ping", {"Authorization": f"Bearer {token}"})
 
 
+def concurrent_cpu_per_call(app, template: dict, threads: int, seconds: float = 4.0) -> float:
+    """Process CPU µs per call while ``threads`` threads call ``app`` for ``seconds``."""
+    done, until = [], time.monotonic() + seconds
+
+    def loop():
+        calls = 0
+        while time.monotonic() < until:
+            call(app, template)
+            calls += 1
+        done.append(calls)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    started = time.process_time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (time.process_time() - started) / sum(done) * 1e6
+
+
 def python_calls(app, template: dict, calls: int = 100) -> int:
     """Function calls per call, as cProfile counts them: unlike CPU time, the same on a busy machine."""
     profiler = cProfile.Profile(time.thread_time)
@@ -149,6 +171,7 @@ def main():
     parser.add_argument("--anonymous", action="store_true", help="ask B without the session cookie (the landing page: --path /)")
     parser.add_argument("--database-url", help="PostgreSQL instead of a SQLite file")
     parser.add_argument("--spin", type=float, help="only call B for this many seconds (for py-spy)")
+    parser.add_argument("--threads", type=int, help="call from this many threads at once (process CPU per call)")
     args = parser.parse_args()
     with signed_in_app(args.path, args.database_url, args.anonymous) as (app, signed_in, bare, bare_call):
         if args.spin:
@@ -166,6 +189,16 @@ def main():
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.lines)
             print(out.getvalue())
+            return
+        if args.threads:
+            for template in (signed_in, bare_call):
+                call(app if template is signed_in else bare, template)
+            b, n = [], []
+            for _ in range(3):  # interleaved; the best of three
+                b.append(concurrent_cpu_per_call(app, signed_in, args.threads))
+                n.append(concurrent_cpu_per_call(bare, bare_call, args.threads))
+            print(f"{args.threads} threads at once, process CPU per call (best of 3):")
+            print(f"B {args.path}: {min(b):7.0f} us   N /ping: {min(n):7.0f} us   B - N: {min(b) - min(n):7.0f} us")
             return
         # Interleaved, so that whatever else the machine does weighs on both alike.
         b, n = [], []
