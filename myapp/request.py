@@ -5,9 +5,12 @@ Views, resources and the security policy reach services only through these prope
 outside the development stack looks anything up in the registry by a string.
 """
 
+import os
+
 import pyramid_tm
 from pyramid.decorator import reify
 from pyramid.interfaces import IRoutesMapper
+from pyramid.path import caller_package
 from pyramid.request import Request as PyramidRequest
 from sqlalchemy.orm import Session
 
@@ -70,7 +73,10 @@ class Request(PyramidRequest):
         """Pyramid's ``static_path``; for an asset named by its package (``myapp:static/app.css``),
         without options, remembered per SCRIPT_NAME like :meth:`route_path` (the cache buster's
         fingerprint is a constant of the running code)."""
-        if kw or ":" not in path:  # a relative name depends on the caller's package
+        if not os.path.isabs(path) and ":" not in path:
+            # Relative to the caller's package, as Pyramid's own does (it would find this module).
+            path = f"{caller_package().__name__}:{path}"
+        if kw or ":" not in path:
             return super().static_path(path, **kw)
         key = ("static", path, self.environ.get("SCRIPT_NAME", ""))
         found = self._fixed_paths.get(key)

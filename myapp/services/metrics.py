@@ -38,7 +38,7 @@ class Metrics:
         )
         self.active_sessions = Gauge("myapp_active_sessions", "Live sessions (all processes).", registry=self.registry)
         # The label children of every proxied call, looked up once each: ``labels()`` takes a
-        # lock and checks its arguments on every call. Bounded: configured upstreams, statuses 100-599.
+        # lock and checks its arguments on every call. Bounded: configured upstreams, three-digit statuses.
         self._proxied: dict[tuple[str, int], object] = {}
         self._latency: dict[str, object] = {}
 

@@ -3,6 +3,8 @@ per SCRIPT_NAME (myapp/request.py); whatever else a path depends on is never rem
 
 import re
 
+import pytest
+
 from myapp.request import FIXED_PATHS, FIXED_PATHS_LIMIT
 
 
@@ -51,3 +53,17 @@ def test_the_memo_is_bounded(app, browser):
     assert len(remembered) <= FIXED_PATHS_LIMIT
     mounted = [p for p in links(browser.get("/", extra_environ={"SCRIPT_NAME": "/last"})) if p.startswith("/")]
     assert mounted and all(p.startswith("/last/") for p in mounted), mounted
+
+
+def test_a_relative_asset_name_is_the_callers_package_as_in_pyramid(app):
+    from pyramid.request import Request as PyramidRequest
+
+    from myapp.request import Request
+
+    ours, theirs = Request.blank("/"), PyramidRequest.blank("/")
+    ours.registry = theirs.registry = app.registry
+    assert ours.static_path("myapp:static/app.css") == theirs.static_path("myapp:static/app.css")
+    with pytest.raises(ValueError, match="tests.functional:static/app.css"):
+        theirs.static_path("static/app.css")  # this test's package has no static view
+    with pytest.raises(ValueError, match="tests.functional:static/app.css"):
+        ours.static_path("static/app.css")

@@ -31,6 +31,9 @@ class RolledBackDatabase(Database):
         return contextlib.nullcontext(self._connection)
 
     def read_all(self, statement, params):
+        # On the test's connection, this sees what the request wrote and did not commit, which
+        # the app's read_all (a connection of its own) does not: only pages that write nothing
+        # before it may use it (tests/functional/test_hot_path.py checks they open no transaction).
         return self._connection.execute(statement, params).all()
 
     def read_row(self, statement, params):
