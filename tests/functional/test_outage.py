@@ -113,3 +113,34 @@ def test_connection_lost_during_a_page_read_is_retried_on_a_new_one(cut_database
         assert page.status_code == 200, (page.status_code, page.text[:200])
         assert "Posts" in page.text and "Sign out" in page.text
         assert handed_out[1].closed and handed_out[1] not in handed_out[2:]
+
+
+def test_database_gone_between_the_session_lookup_and_a_page_read_is_503(cut_database, committed):
+    """The session was read, then the database went away before the posts were: the page says it
+    is briefly unavailable (503), never a 500, and works again once the database is back."""
+    from sqlalchemy import event
+
+    from myapp.services import Services
+
+    proxy, database_url = cut_database
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
+        browser = sign_in(url, "alice")
+        assert browser.get(url + "/posts").status_code == 200
+        engine = app.registry[Services].database.lookup_engine
+        handed_out = []
+
+        def cut_at_the_second(dbapi_connection, record, proxied):
+            handed_out.append(dbapi_connection)
+            if len(handed_out) == 2:
+                proxy.cut()  # and not restored: the retry finds no database either
+
+        event.listen(engine, "checkout", cut_at_the_second)
+        try:
+            page = browser.get(url + "/posts", allow_redirects=False)
+        finally:
+            event.remove(engine, "checkout", cut_at_the_second)
+            proxy.restore()
+        assert page.status_code == 503, (page.status_code, page.text[:200])
+        assert "Briefly unavailable" in page.text and page.headers["Retry-After"] == "5"
+        assert browser.get(url + "/posts").status_code == 200
