@@ -87,7 +87,7 @@ class Request(PyramidRequest):
 
     @property
     def _fixed_paths(self) -> dict:
-        return self.registry.get(FIXED_PATHS) or self.registry.setdefault(FIXED_PATHS, {})
+        return self.registry[FIXED_PATHS]
 
     def _remember_path(self, key: tuple, path: str) -> None:
         paths = self._fixed_paths
@@ -196,3 +196,4 @@ class Request(PyramidRequest):
 
 def includeme(config):
     config.set_request_factory(Request)
+    config.registry[FIXED_PATHS] = {}

@@ -2,7 +2,9 @@
 
 import contextlib
 import functools
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TypeVar
 
 import zope.sqlalchemy
 import zope.sqlalchemy.datamanager
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 configure_mappers()
+
+T = TypeVar("T")
 
 
 class SchemaError(RuntimeError):
@@ -161,14 +165,11 @@ class Database:
         not see what the request itself has written and not committed: never use it after a write.
         A connection found dead is thrown away and the read tried once more, as ``read_row`` does.
         """
-        for attempt in (1, 2):
-            try:
-                with self.lookup_engine.connect() as connection:
-                    return connection.execute(statement, params).all()
-            except exc.DBAPIError as e:
-                if attempt == 2 or not e.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        def read():
+            with self.lookup_engine.connect() as connection:
+                return connection.execute(statement, params).all()
+
+        return _once_more_if_disconnected(read)
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
         """The one row ``statement`` selects (None without one), as a dict by column name.
@@ -182,7 +183,8 @@ class Database:
         engine = self.lookup_engine
         sql, names, columns = _compiled(statement, engine.dialect)
         parameters = tuple(params[name] for name in names) if names is not None else params
-        for attempt in (1, 2):
+
+        def read():
             connection = cursor = None
             try:
                 connection = engine.raw_connection()
@@ -199,9 +201,7 @@ class Database:
                 )
                 if disconnected:
                     connection.invalidate(e)
-                    if attempt == 1:
-                        engine.dispose()  # its siblings died with it
-                        continue
+                    engine.dispose()  # its siblings died with it
                 raise exc.DBAPIError.instance(
                     sql, None, e, engine.dialect.loaded_dbapi.Error, hide_parameters=True,
                     connection_invalidated=disconnected, dialect=engine.dialect,
@@ -213,10 +213,24 @@ class Database:
                 if connection is not None:
                     connection.close()
 
+        return _once_more_if_disconnected(read)
+
     def dispose(self) -> None:
         self.engine.dispose()
         self.own_engine.dispose()
         self.lookup_engine.dispose()
+
+
+def _once_more_if_disconnected(read: Callable[[], T]) -> T:
+    """``read()``, and once more when it failed on a connection found dead (the database
+    restarted, or a cut): by then that connection and its idle siblings are thrown away, so the
+    second try gets a new one. Any other error, or a second failure, is raised."""
+    try:
+        return read()
+    except exc.DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+    return read()
 
 
 @functools.cache

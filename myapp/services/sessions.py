@@ -87,10 +87,8 @@ _LIVE_OF_USER = (
     select(UserSession).where(UserSession.user_id == bindparam("user_id"), *_LIVE)
     .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
 )
-_LIVE_COUNT_OF_USER = (
-    select(func.count()).select_from(UserSession.__table__).where(_SESSIONS.user_id == bindparam("user_id"), *_LIVE)
-)
 _LIVE_COUNT = select(func.count()).select_from(UserSession.__table__).where(*_LIVE)
+_LIVE_COUNT_OF_USER = _LIVE_COUNT.where(_SESSIONS.user_id == bindparam("user_id"))
 
 
 # Pure functions of a stored text (SQLite's datetimes, the JSON lists), remembered by the exact
@@ -524,7 +522,7 @@ class SessionStore:
 
     def list_for_user(self, user_id: int) -> list[UserSession]:
         """A user's live sessions, most recently used first, for the sessions page."""
-        return list(self.dbsession.scalars(_LIVE_OF_USER, self._live_params(user_id=user_id)).all())
+        return self.dbsession.scalars(_LIVE_OF_USER, self._live_params(user_id=user_id)).all()
 
     def count_live_for_user(self, user_id: int) -> int:
         """For a page that writes nothing before it (the dashboard): read outside the request's transaction."""

@@ -37,7 +37,7 @@ from myapp.services.oidc import (
     TokenRequestRefused,
 )
 from myapp.services.sessions import EndReason, SessionRecord, SessionRows, UpstreamToken
-from myapp.services.tokenset import DPOP, Credential, TokenCipher, TokenSet, token_type_of
+from myapp.services.tokenset import DPOP, Credential, TokenCipher, TokenSet
 from myapp.settings import TokenSettings, Upstream
 
 log = logging.getLogger(__name__)
@@ -414,10 +414,9 @@ class TokenManager:
         except OIDCError as e:
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
-        minted = UpstreamToken(
-            response["access_token"], TokenSet.from_response(response, self.clock()).access_token_expires_at,
-            self.clock(), token_type_of(response),
-        )
+        now = self.clock()
+        issued = TokenSet.from_response(response, now)
+        minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
         rotated = response.get("refresh_token")
         if not upstream.exchange and isinstance(rotated, str) and rotated and rotated != own.refresh_token:
             # A rotating provider spent the session's refresh token: its successor is stored now,

@@ -2,16 +2,42 @@
 the cut is a 503 (`service_unavailable` JSON, a plain page for people), never waitress's bare
 500; afterwards everything works again and no session was lost."""
 
+import contextlib
 
 import pytest
 import requests
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from myapp.services import Services
 from tests.conftest import postgresql_url
 from tests.support.fault_proxy import FaultProxy
 from tests.support.live import api, bff_in_thread, devstack_for, listener, sign_in
 
 pytestmark = pytest.mark.slow
+
+
+@contextlib.contextmanager
+def cut_at_checkout(app, proxy: FaultProxy, nth: int, *, restore: bool):
+    """Cut every database connection when the session lookup's pool hands out its ``nth``
+    connection from here on (that one too); restored at once with ``restore``, else on leaving.
+    Yields the DBAPI connections handed out, in order."""
+    engine = app.registry[Services].database.lookup_engine
+    handed_out = []
+
+    def cut(dbapi_connection, record, proxied):
+        handed_out.append(dbapi_connection)
+        if len(handed_out) == nth:
+            proxy.cut()  # resets every open connection, this one too
+            if restore:
+                proxy.restore()
+
+    event.listen(engine, "checkout", cut)
+    try:
+        yield handed_out
+    finally:
+        event.remove(engine, "checkout", cut)
+        proxy.restore()
 
 
 @pytest.fixture
@@ -54,30 +80,14 @@ def test_connection_lost_during_the_session_lookup_is_retried_on_a_new_one(cut_d
     """The session lookup runs on the driver's cursor without a ping first: a connection that died
     (PostgreSQL restarted, or a cut mid-request) is thrown away and the lookup tried once more on
     a new connection. Never a 500, never the dead connection again."""
-    from sqlalchemy import event
-
-    from myapp.services import Services
-
     proxy, database_url = cut_database
     sock, public_url = listener()
     with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
         browser = sign_in(url, "alice")
-        engine = app.registry[Services].database.lookup_engine
-        handed_out = []
-
-        def lose_the_first(dbapi_connection, record, proxied):
-            handed_out.append(dbapi_connection)
-            if len(handed_out) == 1:
-                proxy.cut()  # resets every open connection, this one too
-                proxy.restore()
-
-        event.listen(engine, "checkout", lose_the_first)
-        try:
+        with cut_at_checkout(app, proxy, 1, restore=True) as handed_out:
             answer = api(browser, url + "/auth/user")
             for _ in range(12):  # more than the pool holds
                 assert api(browser, url + "/auth/user").json()["sub"] == "alice"
-        finally:
-            event.remove(engine, "checkout", lose_the_first)
         assert answer.status_code == 200, (answer.status_code, answer.text[:200])
         assert answer.json()["sub"] == "alice"
         dead = handed_out[0]
@@ -87,29 +97,14 @@ def test_connection_lost_during_the_session_lookup_is_retried_on_a_new_one(cut_d
 def test_connection_lost_during_a_page_read_is_retried_on_a_new_one(cut_database, committed):
     """What a page that writes nothing shows is read on the lookup pool too (Database.read_all):
     a connection that died under it is thrown away and the read tried once more."""
-    from sqlalchemy import event
-
-    from myapp.services import Services
-
     proxy, database_url = cut_database
     sock, public_url = listener()
     with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
         browser = sign_in(url, "alice")
         assert browser.get(url + "/posts").status_code == 200
-        engine = app.registry[Services].database.lookup_engine
-        handed_out = []
-
-        def lose_the_second(dbapi_connection, record, proxied):
-            handed_out.append(dbapi_connection)
-            if len(handed_out) == 2:  # the first is the session lookup, the second the posts
-                proxy.cut()
-                proxy.restore()
-
-        event.listen(engine, "checkout", lose_the_second)
-        try:
+        # The first checkout is the session lookup, the second the posts.
+        with cut_at_checkout(app, proxy, 2, restore=True) as handed_out:
             page = browser.get(url + "/posts")
-        finally:
-            event.remove(engine, "checkout", lose_the_second)
         assert page.status_code == 200, (page.status_code, page.text[:200])
         assert "Posts" in page.text and "Sign out" in page.text
         assert handed_out[1].closed and handed_out[1] not in handed_out[2:]
@@ -118,29 +113,14 @@ def test_connection_lost_during_a_page_read_is_retried_on_a_new_one(cut_database
 def test_database_gone_between_the_session_lookup_and_a_page_read_is_503(cut_database, committed):
     """The session was read, then the database went away before the posts were: the page says it
     is briefly unavailable (503), never a 500, and works again once the database is back."""
-    from sqlalchemy import event
-
-    from myapp.services import Services
-
     proxy, database_url = cut_database
     sock, public_url = listener()
     with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
         browser = sign_in(url, "alice")
         assert browser.get(url + "/posts").status_code == 200
-        engine = app.registry[Services].database.lookup_engine
-        handed_out = []
-
-        def cut_at_the_second(dbapi_connection, record, proxied):
-            handed_out.append(dbapi_connection)
-            if len(handed_out) == 2:
-                proxy.cut()  # and not restored: the retry finds no database either
-
-        event.listen(engine, "checkout", cut_at_the_second)
-        try:
+        # Not restored until the page answered: the retry finds no database either.
+        with cut_at_checkout(app, proxy, 2, restore=False):
             page = browser.get(url + "/posts", allow_redirects=False)
-        finally:
-            event.remove(engine, "checkout", cut_at_the_second)
-            proxy.restore()
         assert page.status_code == 503, (page.status_code, page.text[:200])
         assert "Briefly unavailable" in page.text and page.headers["Retry-After"] == "5"
         assert browser.get(url + "/posts").status_code == 200

@@ -1,16 +1,23 @@
 """Migrations are tested on every backend: empty → head → base → head, and match the models."""
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.orm import Session
 
 from alembic import command
 from myapp import main
 from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
-from myapp.services.sessions import hash_session_id
-from tests.conftest import alembic_config, base_settings, migrate, private_schema
+from myapp.services.sessions import SessionStore, hash_session_id
+from myapp.services.tokenset import TokenCipher
+from myapp.settings import load_settings
+from tests.conftest import TEST_KEY, alembic_config, base_settings, migrate, private_schema
+
+CIPHER = TokenCipher([TEST_KEY])
 
 
 def test_schema_revision_is_alembics_head():
@@ -31,6 +38,11 @@ def empty_database(request, tmp_path):
             yield url, engine
         finally:
             engine.dispose()
+
+
+def session_store(dbsession) -> SessionStore:
+    """The app's view of the sessions of a database the migrations made."""
+    return SessionStore(dbsession=dbsession, cipher=CIPHER, settings=load_settings(base_settings("sqlite://")).session)
 
 
 def insert_user(connection, subject, name, email, groups_json, now):
@@ -104,19 +116,9 @@ def test_bad_settings_stop_main_with_one_line():
 def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
     """A deployment's database as the first release left it: upgraded to head, every row is still
     there and the app reads it as before."""
-    from datetime import datetime, timedelta, timezone
-
-    from sqlalchemy.orm import Session
-
-    from myapp.services.sessions import SessionStore
-    from myapp.services.tokenset import TokenCipher
-    from myapp.settings import load_settings
-    from tests.conftest import TEST_KEY
-
     _, engine = empty_database
     run(engine, "upgrade", "0002")
     now = datetime.now(timezone.utc)
-    cipher = TokenCipher([TEST_KEY])
     raw_id = "a" * 43
     with engine.begin() as connection:
         insert_user(connection, "alice", "Alice", "a@example.test", '["staff"]', now)
@@ -127,7 +129,7 @@ def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
                 "VALUES (1, :hash, 'handle-1', 1, :now, :now, :expires, 'UA', '192.0.2.1', 'csrf', :at, :rt, :expires, 3)"
             ),
             {"hash": hash_session_id(raw_id), "now": now, "expires": now + timedelta(days=1),
-             "at": cipher.encrypt("at-1"), "rt": cipher.encrypt("rt-1")},
+             "at": CIPHER.encrypt("at-1"), "rt": CIPHER.encrypt("rt-1")},
         )
         connection.execute(
             text("INSERT INTO posts (id, owner_id, title, body, created_at, updated_at) VALUES (1, 1, 'T', 'B', :now, :now)"),
@@ -138,9 +140,8 @@ def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
             {"now": now},
         )
     run(engine, "upgrade", "head")
-    settings = load_settings(base_settings("sqlite://"))
     with Session(engine) as dbsession:
-        store = SessionStore(dbsession=dbsession, cipher=cipher, settings=settings.session)
+        store = session_store(dbsession)
         session = store.find(raw_id)
         assert (session.user_subject, session.user_groups, session.token_generation) == ("alice", ("staff",), 3)
         assert store.rows.read(session.id).tokens.refresh_token == "rt-1"
@@ -151,19 +152,9 @@ def test_a_populated_database_upgrades_and_keeps_everything(empty_database):
 def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
     """0008 (DPoP) on a database with live sessions and upstream tokens: each keeps its tokens and
     reads as a Bearer session without a key, which is what it was."""
-    from datetime import datetime, timedelta, timezone
-
-    from sqlalchemy.orm import Session
-
-    from myapp.services.sessions import SessionStore
-    from myapp.services.tokenset import TokenCipher
-    from myapp.settings import load_settings
-    from tests.conftest import TEST_KEY
-
     _, engine = empty_database
     run(engine, "upgrade", "0007")
     now = datetime.now(timezone.utc)
-    cipher = TokenCipher([TEST_KEY])
     raw_id = "b" * 43
     with engine.begin() as connection:
         insert_user(connection, "bob", "Bob", "b@example.test", "[]", now)
@@ -174,19 +165,18 @@ def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
                 "VALUES (1, :hash, 'handle-1', 1, :now, :now, :expires, 'UA', '', 'default', 'csrf', :at, :rt, :expires, 2)"
             ),
             {"hash": hash_session_id(raw_id), "now": now, "expires": now + timedelta(days=1),
-             "at": cipher.encrypt("at-1"), "rt": cipher.encrypt("rt-1")},
+             "at": CIPHER.encrypt("at-1"), "rt": CIPHER.encrypt("rt-1")},
         )
         connection.execute(
             text(
                 "INSERT INTO session_tokens (id, session_id, upstream, access_token, expires_at, refreshed_at) "
                 "VALUES (1, 1, 'api2', :token, :expires, :now)"
             ),
-            {"token": cipher.encrypt("api2-token"), "expires": now + timedelta(hours=1), "now": now},
+            {"token": CIPHER.encrypt("api2-token"), "expires": now + timedelta(hours=1), "now": now},
         )
     run(engine, "upgrade", "head")
-    settings = load_settings(base_settings("sqlite://"))
     with Session(engine) as dbsession:
-        store = SessionStore(dbsession=dbsession, cipher=cipher, settings=settings.session)
+        store = session_store(dbsession)
         session = store.find(raw_id)
         assert (session.access_token_type, session.dpop_key, session.token_generation) == (None, None, 2)
         stored = store.rows.read(session.id)
@@ -199,8 +189,6 @@ def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
 def test_downgrading_keeps_the_rows_of_child_tables(empty_database):
     """Downgrades drop columns in place: on SQLite a rebuilt "sessions" table would cascade into
     session_tokens (foreign keys are on)."""
-    from datetime import datetime, timezone
-
     _, engine = empty_database
     run(engine, "upgrade", "head")
     now = datetime.now(timezone.utc)
