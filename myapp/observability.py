@@ -8,8 +8,8 @@ the request and stored with its audit records.
 
 import contextvars
 import logging
+import os
 import re
-import uuid
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -18,9 +18,27 @@ _WELL_FORMED = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("myapp_request_id", default=None)
 
 
+# New ids are drawn from the operating system's random source 256 at a time: one system call
+# (one hand-off of the GIL to another thread) per 256 requests instead of one per request. A
+# process forked with ids left over starts afresh, so no two processes ever hand out the same.
+_ID_BATCH = 256
+_fresh_ids: list[str] = []
+os.register_at_fork(after_in_child=_fresh_ids.clear)
+
+
+def new_request_id() -> str:
+    """32 random hex digits."""
+    try:
+        return _fresh_ids.pop()  # atomic: two threads never get the same one
+    except IndexError:
+        batch = os.urandom(16 * _ID_BATCH).hex()
+        _fresh_ids.extend(batch[i : i + 32] for i in range(32, len(batch), 32))
+        return batch[:32]
+
+
 def request_id_of(environ) -> str:
     incoming = environ.get("HTTP_X_REQUEST_ID", "")
-    return incoming if _WELL_FORMED.match(incoming) else uuid.uuid4().hex
+    return incoming if _WELL_FORMED.match(incoming) else new_request_id()
 
 
 def current_request_id() -> str | None:
