@@ -81,7 +81,7 @@ class Services:
         """Release what the app holds (pooled connections, clients): for scripts and tests that end."""
         self.revoker.stop()
         self.providers.close()
-        self.proxy.pool.clear()
+        self.proxy.close()
         if self.redis is not None:
             self.redis.close()
         self.database.dispose()

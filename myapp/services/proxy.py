@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -20,10 +19,11 @@ from urllib.parse import unquote, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UrllibTimeout
+from urllib3.util import Retry, parse_url
 
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
-from myapp.observability import current_request_id, request_id_of
+from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.stepup import parse_challenge
 from myapp.services.tokenset import Credential
@@ -58,6 +58,8 @@ _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+# Never retried or redirected by urllib3: the one retry after a refresh (or a DPoP nonce) is ours.
+NO_RETRIES = Retry(total=False, redirect=False)
 # Pure functions of a header's exact name, remembered for the names seen (bounded: past the limit
 # they are worked out each time): the WSGI environ key's header name ("" for a key that is none),
 # and a response header name's lower-case form (None when it is dropped whatever its value).
@@ -84,13 +86,36 @@ def _response_name(name: str) -> str | None:
     return lower
 
 
+@dataclass(frozen=True)
+class Route:
+    """How calls to one upstream go out, worked out once: its own connection pool (held here
+    rather than looked up by URL on every call), the request target of its base URL, its
+    timeouts, and which browser headers it gets."""
+
+    pool: urllib3.HTTPConnectionPool
+    base_target: str
+    timeout: urllib3.Timeout
+    forwarded: frozenset[str]
+
+    @classmethod
+    def to(cls, upstream: Upstream, pool: urllib3.HTTPConnectionPool | None = None) -> "Route":
+        return cls(
+            pool=pool or urllib3.connection_from_url(upstream.base_url, maxsize=32, block=False),
+            base_target=parse_url(upstream.base_url).request_uri,
+            timeout=urllib3.Timeout(connect=min(upstream.timeout, 10), read=upstream.timeout),
+            forwarded=FORWARDED_REQUEST_HEADERS | upstream.forward_headers,
+        )
+
+
 @dataclass
 class Outgoing:
-    """A request ready to send upstream; ``body`` can be rewound for the one retry."""
+    """A request ready to send upstream; ``body`` can be rewound for the one retry. ``url`` is
+    the whole URL (what a DPoP proof names), ``target`` what the request line carries."""
 
     upstream: Upstream
     method: str
     url: str
+    target: str
     headers: dict
     body: object = None
     # The DPoP nonce the last proof carried (None: none, or no proof), and whether this request
@@ -167,17 +192,21 @@ class Proxy:
         upstreams: Mapping[str, Upstream],
         max_body_bytes: int,
         public_url: str,
-        pool: urllib3.PoolManager | None = None,
+        pools: Mapping[str, urllib3.HTTPConnectionPool] | None = None,
     ):
         self.upstreams = upstreams
         self.max_body_bytes = max_body_bytes
         parts = urlsplit(public_url)
         self.forwarded_proto, self.forwarded_host = parts.scheme, parts.netloc
-        self.pool = pool or urllib3.PoolManager(num_pools=max(len(upstreams), 1) * 2, maxsize=32, block=False)
+        pools = pools or {}
+        self.routes = {name: Route.to(upstream, pools.get(name)) for name, upstream in upstreams.items()}
         # The latest DPoP-Nonce each upstream gave, in this process.
         self.nonces = Nonces()
-        # The browser headers each upstream gets, worked out once.
-        self._forwarded = {name: FORWARDED_REQUEST_HEADERS | up.forward_headers for name, up in upstreams.items()}
+
+    def close(self) -> None:
+        """Close every pooled upstream connection (an app that ends: scripts, tests)."""
+        for route in self.routes.values():
+            route.pool.close()
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.upstreams.get(name)
@@ -196,20 +225,24 @@ class Proxy:
                 f"{method} is not allowed for this API.",
                 headers={"Allow": ", ".join(sorted(upstream.methods))},
             )
-        url = upstream.base_url + subpath(environ, upstream.name)
+        route = self.routes[upstream.name]
+        below = subpath(environ, upstream.name)
         query = environ.get("QUERY_STRING")
         if query:
-            url += "?" + query
-        headers = self._request_headers(environ, upstream, client_addr)
+            below += "?" + query
+        headers = self._request_headers(environ, route, client_addr)
         body = self._spool_body(environ)
         if body is not None:
             headers["Content-Length"] = str(body.tell())
             body.seek(0)
-        return Outgoing(upstream=upstream, method=method, url=url, headers=headers, body=body)
+        return Outgoing(
+            upstream=upstream, method=method, url=upstream.base_url + below, target=route.base_target + below,
+            headers=headers, body=body,
+        )
 
-    def _request_headers(self, environ: Mapping, upstream: Upstream, client_addr: str | None) -> dict:
+    def _request_headers(self, environ: Mapping, route: Route, client_addr: str | None) -> dict:
         headers = {}
-        allowed = self._forwarded[upstream.name]  # prepare() found the upstream among these
+        allowed = route.forwarded
         connection = environ.get("HTTP_CONNECTION")
         connection_named = {t.strip().lower() for t in connection.split(",")} if connection else ()
         names = _ENVIRON_NAMES
@@ -279,19 +312,19 @@ class Proxy:
             return response
 
     def _urlopen(self, outgoing: Outgoing) -> urllib3.BaseHTTPResponse:
-        timeout = outgoing.upstream.timeout
+        route = self.routes[outgoing.upstream.name]
         try:
-            return self.pool.urlopen(
+            return route.pool.urlopen(
                 outgoing.method,
-                outgoing.url,
+                outgoing.target,
                 body=outgoing.body,
                 headers=outgoing.headers,
                 redirect=False,
-                retries=False,
+                retries=NO_RETRIES,
                 preload_content=False,
                 decode_content=False,
                 assert_same_host=False,
-                timeout=urllib3.Timeout(connect=min(timeout, 10), read=timeout),
+                timeout=route.timeout,
             )
         except NewConnectionError:
             raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API could not be reached.") from None
@@ -394,7 +427,8 @@ class Proxy:
             upstream=upstream,
             method="GET",
             url=upstream.base_url + path,
-            headers={"Accept": "application/json", "X-Request-ID": current_request_id() or uuid.uuid4().hex},
+            target=self.routes[upstream_name].base_target + path,
+            headers={"Accept": "application/json", "X-Request-ID": current_request_id() or new_request_id()},
         )
         response = self.exchange(outgoing, token)
         try:

@@ -22,15 +22,20 @@ UPSTREAM = Upstream(
 )
 
 
+ORIGIN = "https://orders.example.test"
+
+
 class FakePool:
-    """Answers each urlopen with the next response, recording what was sent (body read at once)."""
+    """Answers each urlopen with the next response, recording what was sent (body read at once);
+    ``url`` is the request target, as an upstream's own connection pool is given it."""
 
     def __init__(self, *responses):
         self.responses = list(responses)
-        self.sent = []
+        self.sent, self.kw = [], []
 
     def urlopen(self, method, url, *, body=None, headers=None, **kw):
         self.sent.append({"method": method, "url": url, "headers": dict(headers), "body": body.read() if body else None})
+        self.kw.append(kw)
         return self.responses.pop(0)
 
 
@@ -44,7 +49,7 @@ def response(status=200, body=b"{}", headers=None):
 def proxy(pool=None, **kw) -> Proxy:
     return Proxy(
         upstreams={"orders": UPSTREAM}, max_body_bytes=kw.get("max_body_bytes", 100),
-        public_url="https://app.example.test", pool=pool or FakePool(),
+        public_url="https://app.example.test", pools={"orders": pool or FakePool()},
     )
 
 
@@ -106,6 +111,32 @@ def test_the_target_is_the_base_url_and_the_path_never_the_host():
         environ(QUERY_STRING="a=1&b=%20", HTTP_HOST="evil.example"), upstream_name="orders", client_addr="192.0.2.1"
     )
     assert outgoing.url == "https://orders.example.test/v1/items/7?a=1&b=%20"
+    assert outgoing.target == "/v1/items/7?a=1&b=%20"
+
+
+def test_each_upstream_has_its_own_pool_bound_to_its_base_urls_host():
+    """Nothing of the browser's request can point a call at another host: the pool is the
+    upstream's, made from its base URL when the app starts, and given only a path."""
+    service = Proxy(
+        upstreams={"orders": UPSTREAM, "stock": replace(UPSTREAM, name="stock", base_url="http://stock.internal:8081/")},
+        max_body_bytes=100, public_url="https://app.example.test",
+    )
+    orders, stock = service.routes["orders"], service.routes["stock"]
+    assert (orders.pool.scheme, orders.pool.host, orders.pool.port) == ("https", "orders.example.test", 443)
+    assert (stock.pool.scheme, stock.pool.host, stock.pool.port) == ("http", "stock.internal", 8081)
+    assert (orders.base_target, stock.base_target) == ("/v1/", "/")
+    assert (orders.timeout.connect_timeout, orders.timeout.read_timeout) == (5, 5)
+    service.close()
+
+
+def test_a_call_goes_to_the_upstreams_pool_with_the_target_and_no_retries_of_urllibs_own():
+    pool = FakePool(response(200))
+    service = proxy(pool)
+    outgoing = service.prepare(environ(QUERY_STRING="q=1"), upstream_name="orders", client_addr=None)
+    service.exchange(outgoing, lambda stale=None: Credential("t"))
+    assert pool.sent[0]["url"] == "/v1/items/7?q=1"
+    assert pool.kw[0]["retries"].total is False and pool.kw[0]["redirect"] is False
+    assert pool.kw[0]["timeout"] is service.routes["orders"].timeout
 
 
 def test_only_allowlisted_request_headers_go_upstream():
@@ -209,7 +240,7 @@ def test_one_request_answers_at_most_one_nonce_challenge_whatever_else_happens()
 
     assert service.exchange(outgoing, token).status == 401
     assert [s["headers"]["Authorization"] for s in pool.sent] == ["DPoP old", "DPoP old", "DPoP fresh"]
-    nonces = [verify_proof(s["headers"]["DPoP"], method="GET", url=s["url"])[1].get("nonce") for s in pool.sent]
+    nonces = [verify_proof(s["headers"]["DPoP"], method="GET", url=ORIGIN + s["url"])[1].get("nonce") for s in pool.sent]
     assert nonces == [None, "n-1", "n-1"]
 
 
@@ -242,7 +273,7 @@ def test_a_bound_token_is_never_sent_as_bearer_to_an_upstream_that_takes_no_dpop
     pool = FakePool(response(200))
     service = Proxy(
         upstreams={"orders": replace(UPSTREAM, dpop=False)}, max_body_bytes=100,
-        public_url="https://app.example.test", pool=pool,
+        public_url="https://app.example.test", pools={"orders": pool},
     )
     outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
     with pytest.raises(APIError) as refused:
