@@ -6,6 +6,12 @@ with a signed-in session. Also a signed-in page against the anonymous landing pa
 tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, a refresh
 storm, and the proxy's memory while 100 MiB stream through it. wrk generates the load.
 Writes bench/results.json; docs/benchmarks.md records a run.
+
+``--pin`` runs the same with each server process held to one CPU (the API on the first, every
+proxy and myapp on the last), as docs/deployment.md advises for production: the threads of one
+process then hand the GIL to each other on one CPU, never across CPUs. Writes
+bench/results-pinned.json and docs/benchmarks-pinned.png; the two-process scaling run is left out
+(two processes on one CPU measure nothing).
 """
 
 import argparse
@@ -52,9 +58,11 @@ def free_port() -> int:
 class Processes:
     """The servers under test, each in its own process, their output in the work directory."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, cpus: dict | None = None):
         self.work = work
         self.running = []
+        # With --pin: the CPU each server is held to, by name ("devstack" the API, "*" the rest).
+        self.cpus = cpus
 
     def start(self, name, args, env=None) -> subprocess.Popen:
         log = self.work / f"{name}.log"
@@ -69,6 +77,8 @@ class Processes:
         self.running.append(process)
         for _ in range(200):
             if "listening on" in log.read_text():
+                if self.cpus:
+                    pin(process.pid, self.cpus.get(name, self.cpus["*"]))
                 return process
             if process.poll() is not None:
                 break
@@ -83,6 +93,13 @@ class Processes:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Hold every thread of process ``pid`` (all started by now: waitress starts its threads
+    before it listens) to ``cpu``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
 
 
 def migrate(url):
@@ -277,10 +294,20 @@ def main():
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--database-url", help="PostgreSQL for B on PostgreSQL (default BENCH_DATABASE_URL, "
                         "else the machine's PostgreSQL when it answers)")
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"))
+    parser.add_argument("--pin", action="store_true", help="each server process held to one CPU (see above)")
+    parser.add_argument("--output")
+    parser.add_argument("--chart")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    suffix = "-pinned" if args.pin else ""
+    output = Path(args.output or ROOT / "bench" / f"results{suffix}.json")
+    chart_path = Path(args.chart or ROOT / "docs" / f"benchmarks{suffix}.png")
+    cpus = None
+    if args.pin:
+        usable = sorted(os.sched_getaffinity(0))
+        if len(usable) < 2:
+            raise SystemExit("bench: --pin needs two CPUs (the API on one, the proxy under test on another)")
+        cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
     names = ("idp", "bff", "n", "r", "pg", "pg2", "traced", "sink", "dpop")
@@ -295,7 +322,7 @@ def main():
     # The same app whose sessions' tokens are DPoP-bound: a proof with every proxied call.
     bff_ini(work / "dpop.ini", database_url, urls["dpop"], urls["idp"], **{"myapp.oidc.dpop": "required"})
     pg_url, pg_skipped = postgresql_for_bench(args.database_url)
-    processes = Processes(work)
+    processes = Processes(work, cpus)
     with contextlib.ExitStack() as stack:
         if pg_url:
             schema_url = stack.enter_context(postgres_schema(pg_url, "myapp_bench"))
@@ -337,7 +364,7 @@ def main():
         }
         pg_processes = {}
         if pg_url:
-            for name in ("pg", "pg2"):
+            for name in ("pg",) if args.pin else ("pg", "pg2"):
                 pg_processes[name] = processes.start(
                     name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name])]
                 )
@@ -380,7 +407,7 @@ def main():
         print(f"tracing: {results['tracing']}", flush=True)
         results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
         print(f"dpop: {results['dpop']}", flush=True)
-        if pg_url:
+        if pg_url and not args.pin:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
         results["refresh_storm"] = refresh_storm(urls["bff"], browser, engine, urls["idp"])
@@ -390,9 +417,10 @@ def main():
 
     results["targets"] = check_targets(results, levels)
     results["machine"] = {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0]}
+    results["pinned"] = {"api_cpu": cpus["devstack"], "servers_cpu": cpus["*"]} if cpus else False
     results["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    results["chart"] = chart(Path(args.chart), results, levels)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    results["chart"] = chart(chart_path, results, levels)
+    output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, levels)
 
 
@@ -490,7 +518,8 @@ def chart(path: Path, results, levels) -> str:
         axes.grid(alpha=0.3)
     throughput.set_ylim(bottom=0)
     throughput.legend(fontsize=8)
-    figure.suptitle(f"make bench, {results['date'][:10]}, {results['machine']['cpus']} cores")
+    pinned = ", each server on one CPU (--pin)" if results["pinned"] else ""
+    figure.suptitle(f"make bench, {results['date'][:10]}, {results['machine']['cpus']} cores{pinned}")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
