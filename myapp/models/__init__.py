@@ -188,13 +188,16 @@ class Database:
             connection = cursor = None
             try:
                 connection = engine.raw_connection()
-                cursor = connection.cursor()
+                cursor = _kept_cursor(connection)
                 cursor.execute(sql, parameters)
-                row = cursor.fetchone()
+                # All of them: on SQLite that also ends the statement, and with it the read.
+                rows = cursor.fetchall()
                 # By the statement's own column names: psycopg builds a description object per
                 # column on every call, a third of this read's CPU on PostgreSQL.
-                return None if row is None else dict(zip(columns, row))
+                return dict(zip(columns, rows[0])) if rows else None
             except engine.dialect.loaded_dbapi.Error as e:
+                if connection is not None:
+                    _drop_kept_cursor(connection)
                 # No connection at all (the database is down) is an outage too, but not retried.
                 disconnected = connection is not None and engine.dialect.is_disconnect(
                     e, connection.dbapi_connection, cursor
@@ -207,9 +210,6 @@ class Database:
                     connection_invalidated=disconnected, dialect=engine.dialect,
                 ) from e
             finally:
-                if cursor is not None:
-                    with contextlib.suppress(Exception):
-                        cursor.close()
                 if connection is not None:
                     connection.close()
 
@@ -219,6 +219,29 @@ class Database:
         self.engine.dispose()
         self.own_engine.dispose()
         self.lookup_engine.dispose()
+
+
+# Where a pooled connection keeps the cursor its lookups run on, with the DBAPI connection it
+# belongs to (SQLAlchemy empties a connection's ``info`` when it replaces the DBAPI connection).
+_KEPT_CURSOR = "myapp.lookup_cursor"
+
+
+def _kept_cursor(connection):
+    """The cursor this pooled connection keeps for the lookups, made on its first one. A new
+    psycopg cursor per read cost a third of the read's CPU; a connection is one thread's at a
+    time, and so is its cursor."""
+    kept = connection.info.get(_KEPT_CURSOR)
+    if kept is None or kept[0] is not connection.dbapi_connection:
+        kept = connection.info[_KEPT_CURSOR] = (connection.dbapi_connection, connection.dbapi_connection.cursor())
+    return kept[1]
+
+
+def _drop_kept_cursor(connection) -> None:
+    """After an error the cursor is not trusted again: the next read makes a new one."""
+    kept = connection.info.pop(_KEPT_CURSOR, None)
+    if kept is not None:
+        with contextlib.suppress(Exception):
+            kept[1].close()
 
 
 def _once_more_if_disconnected(read: Callable[[], T]) -> T:

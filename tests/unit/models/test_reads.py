@@ -2,9 +2,10 @@
 execution of the same statements, on SQLite and PostgreSQL."""
 
 import pytest
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, column, select, table
+from sqlalchemy.exc import DBAPIError
 
-from myapp.models import Database, Post, User
+from myapp.models import _KEPT_CURSOR, Database, Post, User
 from myapp.models.meta import utcnow
 from myapp.services.sessions import _BY_ID_HASH, SessionRecord, SessionStore, hash_session_id
 from myapp.services.tokenset import TokenCipher
@@ -65,3 +66,35 @@ def test_read_all_reads_what_is_committed_with_sqlalchemys_types(database, commi
     rows = database.read_all(statement, {"owner": user.id})
     assert [r.title for r in rows] == ["t0", "t1", "t2"]
     assert rows == committed.execute(statement, {"owner": user.id}).all()
+
+
+def test_read_row_keeps_one_cursor_per_pooled_connection(database, session_row):
+    """A psycopg cursor costs a third of the read to make: each pooled connection keeps its own."""
+    params = {"id_hash": hash_session_id(session_row)}
+    assert database.read_row(_BY_ID_HASH, params) is not None
+    kept = kept_cursor(database)
+    assert kept is not None
+    assert database.read_row(_BY_ID_HASH, params) is not None
+    assert kept_cursor(database) is kept
+
+
+def test_after_a_failed_read_the_next_one_works_on_a_new_cursor(database, session_row):
+    params = {"id_hash": hash_session_id(session_row)}
+    database.read_row(_BY_ID_HASH, params)
+    before = kept_cursor(database)
+    broken = select(column("x")).select_from(table("no_such_table"))
+    with pytest.raises(DBAPIError):
+        database.read_row(broken, {})
+    record = SessionRecord.from_columns(database.read_row(_BY_ID_HASH, params))
+    assert record.user_subject == "alice"
+    assert kept_cursor(database) is not before
+
+
+def kept_cursor(database):
+    """The cursor the lookup pool's (only) connection keeps, as the next read would find it."""
+    connection = database.lookup_engine.raw_connection()
+    try:
+        kept = connection.info.get(_KEPT_CURSOR)
+        return None if kept is None else kept[1]
+    finally:
+        connection.close()
