@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import Select, Text, bindparam, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
@@ -55,7 +55,10 @@ _RECORD_COLUMNS = (
     _SESSIONS.access_token, _SESSIONS.access_token_expires_at, _SESSIONS.access_token_type, _SESSIONS.dpop_key,
     _SESSIONS.token_generation, _SESSIONS.refreshed_at,
     _USERS.issuer.label("user_issuer"), _USERS.subject.label("user_subject"), _USERS.name.label("user_name"),
-    _USERS.email.label("user_email"), _USERS.groups.label("user_groups"), _USERS.disabled.label("user_disabled"),
+    _USERS.email.label("user_email"),
+    # As text on every database, parsed once per exact text (SessionRecord.from_columns): psycopg
+    # would decode PostgreSQL's json on every read.
+    cast(_USERS.groups, Text).label("user_groups"), _USERS.disabled.label("user_disabled"),
 )
 _DATETIMES = (
     "created_at", "last_seen_at", "expires_at", "ended_at", "access_token_expires_at", "refreshed_at", "auth_time",
@@ -173,7 +176,7 @@ class SessionRecord:
             if values[name] is not None:
                 values[name] = bytes(values[name])
         groups = values["user_groups"]
-        # JSON text, read straight from SQLite's cursor; a list from PostgreSQL's.
+        # JSON text (the statement casts it); a list only from a caller that read the column as is.
         values["user_groups"] = _parsed(_PARSED_GROUPS, groups, _groups) if isinstance(groups, str) else tuple(groups or ())
         values["user_name"] = display_name(values["user_name"], values["user_email"], values["user_subject"])
         values["user_disabled"] = bool(values["user_disabled"])
