@@ -20,7 +20,8 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("myapp_
 
 # New ids are drawn from the operating system's random source 256 at a time: one system call
 # (one hand-off of the GIL to another thread) per 256 requests instead of one per request. A
-# process forked with ids left over starts afresh, so no two processes ever hand out the same.
+# process forked with ids left over (os.fork, whose after-fork hooks run) starts afresh, so a
+# parent and its child never hand out the same one.
 _ID_BATCH = 256
 _fresh_ids: list[str] = []
 os.register_at_fork(after_in_child=_fresh_ids.clear)

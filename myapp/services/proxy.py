@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UrllibTimeout
-from urllib3.util import Retry, parse_url
+from urllib3.util import Retry
 
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
@@ -52,8 +52,9 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "set-cookie", "set-cookie2", "strict-transport-security", "clear-site-data", "content-security-policy",
     "content-security-policy-report-only", "x-frame-options", "x-content-type-options", "referrer-policy", "alt-svc",
 }
-# Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as "..").
-_FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)", re.IGNORECASE)
+# Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as ".."); and a "%" that
+# starts no escape (urllib3 would then encode every "%" of the path, turning "%41" into "%2541").
+_FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)|%(?![0-9a-f]{2})", re.IGNORECASE)
 _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -99,9 +100,11 @@ class Route:
 
     @classmethod
     def to(cls, upstream: Upstream, pool: urllib3.HTTPConnectionPool | None = None) -> "Route":
+        base = urlsplit(upstream.base_url)
         return cls(
             pool=pool or urllib3.connection_from_url(upstream.base_url, maxsize=32, block=False),
-            base_target=parse_url(upstream.base_url).request_uri,
+            # As written (the pool percent-encodes the whole target once, as it did the whole URL).
+            base_target=base.path + (f"?{base.query}" if base.query else ""),
             timeout=urllib3.Timeout(connect=min(upstream.timeout, 10), read=upstream.timeout),
             forwarded=FORWARDED_REQUEST_HEADERS | upstream.forward_headers,
         )
@@ -172,7 +175,8 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     if not raw.startswith(prefix) or raw[len(prefix) : len(prefix) + 1] not in ("", "/"):
         raise _bad_path()
     path = raw[len(prefix) + 1 :]
-    if any(c < "!" or c == "\x7f" or c in "\\;" for c in path) or _FORBIDDEN_ENCODED.search(path):
+    # A raw "#" would end the path there for the upstream (and the query with it).
+    if any(c < "!" or c == "\x7f" or c in "\\;#" for c in path) or _FORBIDDEN_ENCODED.search(path):
         raise _bad_path()
     for segment in path.split("/"):
         decoded = unquote(segment)

@@ -53,6 +53,16 @@ def test_get_is_forwarded_with_a_bearer_token(signed_in, upstream):
     assert seen["headers"]["authorization"] == "Bearer at-1"
 
 
+@pytest.mark.parametrize("below", ["//evil.example/x", "/@evil.example/x", "x@evil.example:1/y"])
+def test_nothing_in_the_path_points_the_call_at_another_host(signed_in, upstream, below):
+    """The upstream's pool is bound to its base URL's host and only ever given a path."""
+    raw = "/api/up/" + below
+    api(signed_in(), "GET", raw, status=200, extra_environ={"REQUEST_URI": raw})
+    seen = upstream.seen[-1]
+    assert seen["uri"] == "/base/" + below
+    assert seen["headers"]["host"] == upstream.url.split("://", 1)[1].split("/", 1)[0]
+
+
 def test_the_upstream_root(signed_in, upstream):
     api(signed_in(), "GET", "/api/up", status=200)
     api(signed_in(), "GET", "/api/up/", status=200)

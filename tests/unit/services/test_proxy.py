@@ -12,7 +12,7 @@ import urllib3
 
 from myapp.errors import APIError
 from myapp.services.dpop import DPoPKey
-from myapp.services.proxy import CHUNK, Proxy, subpath
+from myapp.services.proxy import CHUNK, Proxy, Route, subpath
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 from tests.support.dpop_check import verify_proof
@@ -82,6 +82,8 @@ def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
         "/api/orders/a%2fb", "/api/orders/a%5cb", "/api/orders/a\\b", "/api/orders/a;b", "/api/orders/..;/x",
         "/api/orders/a%3bb", "/api/orders/a%00", "/api/orders/a%252e%252e", "/api/orders/a b", "/api/orders/\x7f",
         "/api/ordersx/y", "/api/other/y",
+        # A "%" that starts no escape (urllib3 would re-encode every "%" of the path), a raw "#".
+        "/api/orders/a%", "/api/orders/a%4", "/api/orders/a%zz", "/api/orders/100%/x", "/api/orders/a#b",
     ],
 )
 def test_paths_that_could_escape_the_base_url_are_refused(raw):
@@ -125,6 +127,8 @@ def test_each_upstream_has_its_own_pool_bound_to_its_base_urls_host():
     assert (orders.pool.scheme, orders.pool.host, orders.pool.port) == ("https", "orders.example.test", 443)
     assert (stock.pool.scheme, stock.pool.host, stock.pool.port) == ("http", "stock.internal", 8081)
     assert (orders.base_target, stock.base_target) == ("/v1/", "/")
+    spaced = Route.to(replace(UPSTREAM, base_url="https://orders.example.test/a b/?k=1"))
+    assert spaced.base_target == "/a b/?k=1"  # as written: the pool encodes the whole target once
     assert (orders.timeout.connect_timeout, orders.timeout.read_timeout) == (5, 5)
     service.close()
 
