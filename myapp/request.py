@@ -154,6 +154,7 @@ class Request(PyramidRequest):
             own_transactions=services.database.own_transaction,
             read_row=services.database.read_row,
             read_all=services.database.read_all,
+            recent_touches=services.recent_touches,
         )
 
     @reify

@@ -14,6 +14,7 @@ from myapp.services.oidc import Providers
 from myapp.services.proxy import Proxy
 from myapp.services.ratelimit import RateLimiter
 from myapp.services.revocation import Revoker
+from myapp.services.sessions import RecentTouches
 from myapp.services.tokens import DatabaseRefreshLock, RedisRefreshLock, TokenManager
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import Settings
@@ -38,6 +39,8 @@ class Services:
     # bounded per client address (generously: a whole office may share one address).
     login_rate_limiter: RateLimiter
     callback_rate_limiter: RateLimiter
+    # Which sessions this process recorded activity for lately (one write for parallel requests).
+    recent_touches: RecentTouches
 
     @classmethod
     def build(cls, settings: Settings, database: Database) -> "Services":
@@ -75,6 +78,7 @@ class Services:
             login_cookie=LoginBindingCookie(settings.session, LOGIN_TRANSACTION_LIFETIME),
             login_rate_limiter=RateLimiter(limit=settings.login_rate_limit, window=60),
             callback_rate_limiter=RateLimiter(limit=settings.login_rate_limit, window=60),
+            recent_touches=RecentTouches(),
         )
 
     def close(self) -> None:

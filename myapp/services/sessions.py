@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -383,6 +384,41 @@ class SessionRows:
             self.dbsession.execute(insert(TokenRevocation.__table__), values)
 
 
+class RecentTouches:
+    """The sessions this process recorded activity for in the last ``TOUCH_INTERVAL``.
+
+    Requests of one session that arrive together (a page's parallel API calls, once its
+    ``last_seen_at`` is a minute old) each read the same old time; without this, each would write
+    it, one after another on the row's lock. With it, one does and the others take its time. Only
+    writes are skipped: every request still reads the session row and checks it.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        # By the session's handle: random, never reused, unlike a row id.
+        self._at: dict[str, datetime] = {}
+
+    def claim(self, handle: str, now: datetime) -> datetime | None:
+        """None: the caller records it (at ``now``). Else when another request of this process did."""
+        with self._lock:
+            at = self._at.get(handle)
+            if at is not None and timedelta(0) <= now - at < TOUCH_INTERVAL:
+                return at
+            if len(self._at) >= self.LIMIT:
+                self._at = {key: when for key, when in self._at.items() if now - when < TOUCH_INTERVAL}
+                if len(self._at) >= self.LIMIT:
+                    self._at.clear()
+            self._at[handle] = now
+            return None
+
+    def release(self, handle: str) -> None:
+        """The claimed write failed: the next request tries again."""
+        with self._lock:
+            self._at.pop(handle, None)
+
+
 class SessionStore:
     """The sessions as a request sees them: created, found by cookie, kept alive, listed, ended."""
 
@@ -396,6 +432,7 @@ class SessionStore:
         own_transactions: Callable[[], Session] | None = None,
         read_row: Callable[[Select, dict], dict | None] | None = None,
         read_all: Callable[[Select, dict], list] | None = None,
+        recent_touches: RecentTouches | None = None,
     ):
         # A callable defers the ORM session until something needs it: the per-request lookup does not.
         self._dbsession = dbsession
@@ -409,6 +446,8 @@ class SessionStore:
         )
         # What a page that writes nothing counts needs none either (Database.read_all).
         self.read_all = read_all or (lambda statement, params: self.dbsession.execute(statement, params).all())
+        # Shared by the process's requests (Services); None: every due touch writes.
+        self.recent_touches = recent_touches
 
     @functools.cached_property
     def dbsession(self) -> Session:
@@ -495,12 +534,22 @@ class SessionStore:
         now = self.clock()
         if now - session.last_seen_at < TOUCH_INTERVAL:
             return session
+        recent = self.recent_touches
+        if recent is not None:
+            touched_at = recent.claim(session.handle, now)
+            if touched_at is not None:  # another request of this process is recording it
+                return replace(session, last_seen_at=max(touched_at, session.last_seen_at))
         statement = update(UserSession).where(UserSession.id == session.id).values(last_seen_at=now)
-        if self.own_transactions is None:
-            self.dbsession.execute(statement.execution_options(synchronize_session="fetch"))
-        else:
-            with self.own_transactions() as dbsession, dbsession.begin():
-                dbsession.execute(statement)
+        try:
+            if self.own_transactions is None:
+                self.dbsession.execute(statement.execution_options(synchronize_session="fetch"))
+            else:
+                with self.own_transactions() as dbsession, dbsession.begin():
+                    dbsession.execute(statement)
+        except BaseException:
+            if recent is not None:
+                recent.release(session.handle)
+            raise
         return replace(session, last_seen_at=now)
 
     def end(self, session: SessionRecord, reason: EndReason) -> bool:

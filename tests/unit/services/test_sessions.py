@@ -1,12 +1,13 @@
+import contextlib
 import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from myapp.models import User, UserSession
-from myapp.services.sessions import EndReason, SessionStore, hash_session_id
+from myapp.services.sessions import EndReason, RecentTouches, SessionStore, hash_session_id
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
@@ -266,3 +267,67 @@ def dbsession_columns(store, record) -> dict:
 
 def test_hash_is_sha256_hex():
     assert hash_session_id("abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_requests_of_one_session_arriving_together_record_activity_once(dbsession, cipher, clock, user):
+    """A page's parallel API calls all read a minute-old last_seen_at: one of them writes it."""
+    touches = RecentTouches()
+    stores = [
+        SessionStore(dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock, recent_touches=touches)
+        for _ in range(3)
+    ]
+    raw_id, row = stores[0].create(user=user)
+    clock.advance(minutes=2)
+    stale = stores[0].find(raw_id)
+    writes = []
+    with count_updates(dbsession, writes):
+        seen = [store.touch(stale).last_seen_at for store in stores]
+    assert len(writes) == 1
+    assert seen == [clock.now] * 3 and stores[0].find(raw_id).last_seen_at == clock.now
+    clock.advance(minutes=1, seconds=1)  # a minute later the next request records it again
+    with count_updates(dbsession, writes):
+        stores[1].touch(stores[1].find(raw_id))
+    assert len(writes) == 2
+
+
+def test_a_failed_touch_is_tried_again_by_the_next_request(dbsession, cipher, clock, user):
+    touches = RecentTouches()
+    store = SessionStore(dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock, recent_touches=touches)
+    raw_id, _ = store.create(user=user)
+    clock.advance(minutes=2)
+    stale = store.find(raw_id)
+
+    def broken():
+        raise OSError("the database went away")
+
+    failing = SessionStore(
+        dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock, recent_touches=touches,
+        own_transactions=broken,
+    )
+    with pytest.raises(OSError):
+        failing.touch(stale)
+    assert store.touch(stale).last_seen_at == clock.now
+    assert store.find(raw_id).last_seen_at == clock.now
+
+
+def test_recent_touches_stay_bounded(clock):
+    touches = RecentTouches()
+    touches.LIMIT = 4
+    for n in range(10):
+        assert touches.claim(f"handle-{n}", clock.now) is None
+    assert len(touches._at) <= 4
+    assert touches.claim("handle-9", clock.now) == clock.now  # the newest is still remembered
+
+
+@contextlib.contextmanager
+def count_updates(dbsession, writes):
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE SESSIONS"):
+            writes.append(statement)
+
+    engine = dbsession.get_bind()
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
