@@ -221,8 +221,8 @@ class Database:
         self.lookup_engine.dispose()
 
 
-# Where a pooled connection keeps the cursor its lookups run on, with the DBAPI connection it
-# belongs to (SQLAlchemy empties a connection's ``info`` when it replaces the DBAPI connection).
+# Where a pooled connection keeps the cursor its lookups run on. SQLAlchemy empties a pooled
+# connection's ``info`` whenever it replaces the DBAPI connection, and the cursor with it.
 _KEPT_CURSOR = "myapp.lookup_cursor"
 
 
@@ -230,18 +230,18 @@ def _kept_cursor(connection):
     """The cursor this pooled connection keeps for the lookups, made on its first one. A new
     psycopg cursor per read cost a third of the read's CPU; a connection is one thread's at a
     time, and so is its cursor."""
-    kept = connection.info.get(_KEPT_CURSOR)
-    if kept is None or kept[0] is not connection.dbapi_connection:
-        kept = connection.info[_KEPT_CURSOR] = (connection.dbapi_connection, connection.dbapi_connection.cursor())
-    return kept[1]
+    cursor = connection.info.get(_KEPT_CURSOR)
+    if cursor is None:
+        cursor = connection.info[_KEPT_CURSOR] = connection.dbapi_connection.cursor()
+    return cursor
 
 
 def _drop_kept_cursor(connection) -> None:
     """After an error the cursor is not trusted again: the next read makes a new one."""
-    kept = connection.info.pop(_KEPT_CURSOR, None)
-    if kept is not None:
+    cursor = connection.info.pop(_KEPT_CURSOR, None)
+    if cursor is not None:
         with contextlib.suppress(Exception):
-            kept[1].close()
+            cursor.close()
 
 
 def _once_more_if_disconnected(read: Callable[[], T]) -> T:

@@ -93,6 +93,7 @@ class Route:
     rather than looked up by URL on every call), the request target of its base URL, its
     timeouts, and which browser headers it gets."""
 
+    upstream: Upstream
     pool: urllib3.HTTPConnectionPool
     base_target: str
     timeout: urllib3.Timeout
@@ -102,6 +103,7 @@ class Route:
     def to(cls, upstream: Upstream, pool: urllib3.HTTPConnectionPool | None = None) -> "Route":
         base = urlsplit(upstream.base_url)
         return cls(
+            upstream=upstream,
             pool=pool or urllib3.connection_from_url(upstream.base_url, maxsize=32, block=False),
             # As written (the pool percent-encodes the whole target once, as it did the whole URL).
             base_target=base.path + (f"?{base.query}" if base.query else ""),
@@ -112,19 +114,32 @@ class Route:
 
 @dataclass
 class Outgoing:
-    """A request ready to send upstream; ``body`` can be rewound for the one retry. ``url`` is
-    the whole URL (what a DPoP proof names), ``target`` what the request line carries."""
+    """A request ready to send upstream; ``body`` can be rewound for the one retry. ``below`` is
+    the checked path below the upstream's base URL, with its query."""
 
-    upstream: Upstream
+    route: Route
     method: str
-    url: str
-    target: str
+    below: str
     headers: dict
     body: object = None
     # The DPoP nonce the last proof carried (None: none, or no proof), and whether this request
     # already answered a nonce challenge (once per request, whatever else happens).
     sent_nonce: str | None = None
     nonce_retried: bool = False
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.route.upstream
+
+    @property
+    def url(self) -> str:
+        """The whole URL: what a DPoP proof names."""
+        return self.route.upstream.base_url + self.below
+
+    @property
+    def target(self) -> str:
+        """What the request line carries, to the upstream's own pool."""
+        return self.route.base_target + self.below
 
     def rewind(self):
         if self.body is not None:
@@ -239,10 +254,7 @@ class Proxy:
         if body is not None:
             headers["Content-Length"] = str(body.tell())
             body.seek(0)
-        return Outgoing(
-            upstream=upstream, method=method, url=upstream.base_url + below, target=route.base_target + below,
-            headers=headers, body=body,
-        )
+        return Outgoing(route=route, method=method, below=below, headers=headers, body=body)
 
     def _request_headers(self, environ: Mapping, route: Route, client_addr: str | None) -> dict:
         headers = {}
@@ -316,7 +328,7 @@ class Proxy:
             return response
 
     def _urlopen(self, outgoing: Outgoing) -> urllib3.BaseHTTPResponse:
-        route = self.routes[outgoing.upstream.name]
+        route = outgoing.route
         try:
             return route.pool.urlopen(
                 outgoing.method,
@@ -428,10 +440,9 @@ class Proxy:
         """GET a small JSON document from an upstream for a server-rendered page; None if unusable."""
         upstream = self.upstream(upstream_name)
         outgoing = Outgoing(
-            upstream=upstream,
+            route=self.routes[upstream.name],
             method="GET",
-            url=upstream.base_url + path,
-            target=self.routes[upstream_name].base_target + path,
+            below=path,
             headers={"Accept": "application/json", "X-Request-ID": current_request_id() or new_request_id()},
         )
         response = self.exchange(outgoing, token)

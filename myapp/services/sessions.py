@@ -406,10 +406,8 @@ class RecentTouches:
             at = self._at.get(handle)
             if at is not None and timedelta(0) <= now - at < TOUCH_INTERVAL:
                 return at
-            if len(self._at) >= self.LIMIT:
-                self._at = {key: when for key, when in self._at.items() if now - when < TOUCH_INTERVAL}
-                if len(self._at) >= self.LIMIT:
-                    self._at.clear()
+            if len(self._at) >= self.LIMIT:  # forgetting costs at most one more write each
+                self._at.clear()
             self._at[handle] = now
             return None
 
@@ -538,7 +536,7 @@ class SessionStore:
         if recent is not None:
             touched_at = recent.claim(session.handle, now)
             if touched_at is not None:  # another request of this process is recording it
-                return replace(session, last_seen_at=max(touched_at, session.last_seen_at))
+                return replace(session, last_seen_at=touched_at)
         statement = update(UserSession).where(UserSession.id == session.id).values(last_seen_at=now)
         try:
             if self.own_transactions is None:

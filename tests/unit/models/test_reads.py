@@ -94,7 +94,6 @@ def kept_cursor(database):
     """The cursor the lookup pool's (only) connection keeps, as the next read would find it."""
     connection = database.lookup_engine.raw_connection()
     try:
-        kept = connection.info.get(_KEPT_CURSOR)
-        return None if kept is None else kept[1]
+        return connection.info.get(_KEPT_CURSOR)
     finally:
         connection.close()
