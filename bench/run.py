@@ -7,6 +7,11 @@ tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tok
 storm, and the proxy's memory while 100 MiB stream through it. wrk generates the load.
 Writes bench/results.json; docs/benchmarks.md records a run.
 
+E is the Node peer a team would otherwise pick (bench/node-peer: Express, Auth0's
+express-openid-connect with the session in an encrypted cookie, http-proxy-middleware adding the
+Bearer token), signed in at the same development provider and calling the same API: measured when
+Node 20.19 or later is installed and its packages install (npm ci), else skipped with the reason.
+
 ``--pin`` runs the same with each server process held to one CPU (the API on the first, every
 proxy and myapp on the last), as docs/deployment.md advises for production: the threads of one
 process then hand the GIL to each other on one CPU, never across CPUs. Writes
@@ -19,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,10 +70,10 @@ class Processes:
         # With --pin: the CPU each server is held to, by name ("devstack" the API, "*" the rest).
         self.cpus = cpus
 
-    def start(self, name, args, env=None) -> subprocess.Popen:
+    def start(self, name, args, env=None, program=(sys.executable,)) -> subprocess.Popen:
         log = self.work / f"{name}.log"
         process = subprocess.Popen(
-            [sys.executable, *args],
+            [*program, *args],
             cwd=ROOT,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -256,6 +262,39 @@ def postgresql_for_bench(url: str | None) -> tuple[str | None, str | None]:
     return url, None
 
 
+NODE_PEER = ROOT / "bench" / "node-peer"
+NODE_PEER_COOKIE = "appSession"  # express-openid-connect's session cookie
+
+
+def node_peer() -> tuple[str | None, str | None]:
+    """The Node peer's ``node``, its packages installed: (path, None), or (None, why it is skipped)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        return None, "Node.js (node and npm) is not installed"
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) < (20, 19):
+        return None, f"Node.js {version} is older than express-openid-connect needs (20.19)"
+    installed = NODE_PEER / "node_modules" / ".package-lock.json"
+    lock = NODE_PEER / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        done = subprocess.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=NODE_PEER,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return None, f"npm ci in bench/node-peer failed: {last}"
+    return node, None
+
+
+def sign_in_node_peer(peer: str) -> str:
+    """Sign in at the Node peer as at myapp; its session cookie's value."""
+    browser = requests.Session()
+    start = browser.get(peer + "/login", allow_redirects=False)
+    callback = type_name_at_provider(browser, start.headers["Location"], "bench")
+    done = browser.get(urljoin(peer, callback), allow_redirects=False)
+    assert done.status_code == 302 and NODE_PEER_COOKIE in browser.cookies, done.text
+    return browser.cookies[NODE_PEER_COOKIE]
+
+
 def bff_settings(database_url: str, *, public_url: str, issuer: str, upstream: str, client: tuple[str, str],
                  key: str, **more) -> dict:
     """myapp's settings for a benchmark: plain http on loopback, a development setup (production
@@ -310,7 +349,7 @@ def main():
         cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "pg", "pg2", "traced", "sink", "dpop")
+    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
@@ -322,6 +361,7 @@ def main():
     # The same app whose sessions' tokens are DPoP-bound: a proof with every proxied call.
     bff_ini(work / "dpop.ini", database_url, urls["dpop"], urls["idp"], **{"myapp.oidc.dpop": "required"})
     pg_url, pg_skipped = postgresql_for_bench(args.database_url)
+    node, node_skipped = node_peer()
     processes = Processes(work, cpus)
     with contextlib.ExitStack() as stack:
         if pg_url:
@@ -334,6 +374,7 @@ def main():
         stack.callback(processes.stop)
         redirects = [arg for name in ("bff", "pg", "pg2", "traced", "dpop")
                      for arg in ("--redirect-uri", urls[name] + "/auth/callback")]
+        redirects += ["--redirect-uri", urls["node"] + "/callback"]
         upstream = processes.start(
             "devstack",
             [
@@ -362,6 +403,13 @@ def main():
             "R": (urls["r"] + "/ping", [bearer], bare_r),
             "B": (urls["bff"] + "/api/demo/ping", [session_cookie, "X-CSRF: 1"], bff),
         }
+        if node:
+            peer = processes.start("E", [
+                str(NODE_PEER / "server.js"), urls["idp"] + "/_dev/idp", CLIENT_ID, CLIENT_SECRET, urls["node"],
+                urls["idp"] + "/_dev/api", str(ports["node"]),
+            ], program=(node,))
+            peer_cookie = f"Cookie: {NODE_PEER_COOKIE}={sign_in_node_peer(urls['node'])}"
+            targets["E"] = (urls["node"] + "/api/demo/ping", [peer_cookie], peer)
         pg_processes = {}
         if pg_url:
             for name in ("pg",) if args.pin else ("pg", "pg2"):
@@ -374,7 +422,8 @@ def main():
         for url, headers, _ in targets.values():  # warm up pools and caches
             wrk(url, connections=8, duration=2, headers=headers)
 
-        results = {"proxy": {}, "pages": {}, "postgresql": pg_url and "measured" or f"skipped: {pg_skipped}"}
+        results = {"proxy": {}, "pages": {}, "postgresql": pg_url and "measured" or f"skipped: {pg_skipped}",
+                   "node_peer": node and "measured" or f"skipped: {node_skipped}"}
         for connections in levels:
             row = results["proxy"][str(connections)] = {}
             for name, (url, headers, proxy) in targets.items():
@@ -504,7 +553,7 @@ def chart(path: Path, results, levels) -> str:
     except ImportError:
         return "skipped: matplotlib is not installed (pip install -e '.[bench]')"
     names = {"D": "D: the API directly", "N": "N: bare urllib3 proxy", "R": "R: bare requests proxy",
-             "B": "B: myapp (SQLite)", "P": "B: myapp (PostgreSQL)"}
+             "B": "B: myapp (SQLite)", "P": "B: myapp (PostgreSQL)", "E": "E: Node peer (Express)"}
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     for key, label in names.items():
         if key not in results["proxy"][str(levels[0])]:
@@ -544,21 +593,36 @@ def check_targets(results, levels) -> dict:
     }
     if "P" in proxy[str(levels[0])]:
         targets["B on PostgreSQL / N >= 0.8"] = {c: round(proxy[c]["P"]["rps"] / proxy[c]["N"]["rps"], 2) for c in proxy}
+    if "E" in proxy[str(levels[0])]:
+        targets["B's CPU per call / the Node peer's < 1"] = {
+            c: round(proxy[c]["B"]["proxy_cpu_us"] / proxy[c]["E"]["proxy_cpu_us"], 2) for c in proxy
+        }
+        targets["B/E throughput (not a target)"] = {
+            c: round(proxy[c]["B"]["rps"] / proxy[c]["E"]["rps"], 2) for c in proxy
+        }
     return targets
 
 
 def print_table(results, levels):
     print()
-    has_pg = "P" in results["proxy"][str(levels[0])]
-    print(f"{'c':>3} {'':2} {'D':>8} {'N':>8} {'R':>8} {'B':>8} {'B-PG':>8}   {'B/N':>5} {'B/R':>5}   p50 B-D   CPU B-N")
+    first = results["proxy"][str(levels[0])]
+    has_pg, has_node = "P" in first, "E" in first
+    print(f"{'c':>3} {'':2} {'D':>8} {'N':>8} {'R':>8} {'B':>8} {'B-PG':>8} {'E':>8}   {'B/N':>5} {'B/R':>5}   "
+          f"p50 B-D   CPU B-N   CPU B/E")
     for c in levels:
         row = results["proxy"][str(c)]
         rps = {k: row[k]["rps"] for k in row}
+        cpu_b_over_e = f"{row['B']['proxy_cpu_us'] / row['E']['proxy_cpu_us']:.2f}" if has_node else "-"
+        cpu_b_minus_n = row["B"]["proxy_cpu_us"] - row["N"]["proxy_cpu_us"]
         print(
             f"{c:>3}    {rps['D']:8.0f} {rps['N']:8.0f} {rps['R']:8.0f} {rps['B']:8.0f} "
-            f"{rps['P'] if has_pg else float('nan'):8.0f}   {rps['B'] / rps['N']:5.2f} {rps['B'] / rps['R']:5.2f}   "
-            f"{row['B']['p50_ms'] - row['D']['p50_ms']:.2f} ms   {row['B']['proxy_cpu_us'] - row['N']['proxy_cpu_us']} us"
+            f"{rps['P'] if has_pg else float('nan'):8.0f} {rps['E'] if has_node else float('nan'):8.0f}   "
+            f"{rps['B'] / rps['N']:5.2f} {rps['B'] / rps['R']:5.2f}   "
+            f"{row['B']['p50_ms'] - row['D']['p50_ms']:.2f} ms   {cpu_b_minus_n:>4} us   "
+            f"{cpu_b_over_e}"
         )
+    if not has_node:
+        print(f"  E (the Node peer): {results['node_peer']}")
     print()
     for name, value in results["targets"].items():
         print(f"  {name}: {value}")
