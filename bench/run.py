@@ -21,6 +21,7 @@ bench/results-pinned.json and docs/benchmarks-pinned.png; the two-process scalin
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -61,6 +62,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ServerDidNotStart(SystemExit):
+    """A server under test exited or did not listen in time (ends the bench unless caught)."""
+
+
 class Processes:
     """The servers under test, each in its own process, their output in the work directory."""
 
@@ -72,24 +77,27 @@ class Processes:
 
     def start(self, name, args, env=None, program=(sys.executable,)) -> subprocess.Popen:
         log = self.work / f"{name}.log"
-        process = subprocess.Popen(
-            [*program, *args],
-            cwd=ROOT,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
+        cpu = self.cpus.get(name, self.cpus["*"]) if self.cpus else None
+        with log.open("w") as output:  # the child has its own copy
+            process = subprocess.Popen(
+                [*program, *args],
+                # Held to its CPU from the start: every thread it ever makes (waitress's, Node's
+                # pool) inherits it.
+                preexec_fn=None if cpu is None else functools.partial(os.sched_setaffinity, 0, {cpu}),
+                cwd=ROOT,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, **(env or {})},
+            )
         self.running.append(process)
         for _ in range(200):
             if "listening on" in log.read_text():
-                if self.cpus:
-                    pin(process.pid, self.cpus.get(name, self.cpus["*"]))
                 return process
             if process.poll() is not None:
                 break
             time.sleep(0.05)
-        raise SystemExit(f"bench: {name} did not start:\n{log.read_text()}")
+        raise ServerDidNotStart(f"bench: {name} did not start:\n{log.read_text()}")
 
     def stop(self):
         for process in self.running:
@@ -99,13 +107,6 @@ class Processes:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def pin(pid: int, cpu: int) -> None:
-    """Hold every thread of process ``pid`` (all started by now: waitress starts its threads
-    before it listens) to ``cpu``."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), {cpu})
 
 
 def migrate(url):
@@ -263,7 +264,15 @@ def postgresql_for_bench(url: str | None) -> tuple[str | None, str | None]:
 
 
 NODE_PEER = ROOT / "bench" / "node-peer"
-NODE_PEER_COOKIE = "appSession"  # express-openid-connect's session cookie
+NODE_PEER_COOKIE = "appSession"  # express-openid-connect's session cookie (appSession.0, .1... when long)
+NPM_CI_TIMEOUT = 600
+
+
+def node_version_fits(version: str) -> bool:
+    """Whether ``node --version`` can run the peer: express-openid-connect 3 needs 20.19+ in the
+    20 line or 22.12+ (the releases that can ``require()`` its ES-module-only dependencies)."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return (20, 19) <= numbers < (21, 0) or numbers >= (22, 12)
 
 
 def node_peer() -> tuple[str | None, str | None]:
@@ -272,27 +281,63 @@ def node_peer() -> tuple[str | None, str | None]:
     if not node or not npm:
         return None, "Node.js (node and npm) is not installed"
     version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
-    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) < (20, 19):
-        return None, f"Node.js {version} is older than express-openid-connect needs (20.19)"
+    if not node_version_fits(version):
+        return None, f"Node.js {version} cannot run express-openid-connect 3 (it needs 20.19+ or 22.12+)"
     installed = NODE_PEER / "node_modules" / ".package-lock.json"
     lock = NODE_PEER / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        done = subprocess.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=NODE_PEER,
-                              capture_output=True, text=True)
+        try:
+            done = subprocess.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=NODE_PEER,
+                                  capture_output=True, text=True, timeout=NPM_CI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None, f"npm ci in bench/node-peer did not finish in {NPM_CI_TIMEOUT} s"
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            return None, f"npm ci in bench/node-peer failed: {last}"
+            return None, f"npm ci in bench/node-peer failed: {npm_error(done.stderr)}"
     return node, None
 
 
-def sign_in_node_peer(peer: str) -> str:
-    """Sign in at the Node peer as at myapp; its session cookie's value."""
-    browser = requests.Session()
-    start = browser.get(peer + "/login", allow_redirects=False)
-    callback = type_name_at_provider(browser, start.headers["Location"], "bench")
-    done = browser.get(urljoin(peer, callback), allow_redirects=False)
-    assert done.status_code == 302 and NODE_PEER_COOKIE in browser.cookies, done.text
-    return browser.cookies[NODE_PEER_COOKIE]
+def npm_error(stderr: str) -> str:
+    """The line of npm's output that says what went wrong (its last one only points at a log)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("npm error", "npm ERR!")) and "complete log" not in line]
+    return (errors or lines or ["(no output)"])[0]
+
+
+def session_cookie_header(cookies: dict[str, str]) -> str:
+    """The Cookie header that carries an express-openid-connect session: its cookie, or all the
+    chunks it splits a long session into."""
+    chunks = {name: value for name, value in cookies.items()
+              if name == NODE_PEER_COOKIE or re.fullmatch(rf"{NODE_PEER_COOKIE}\.\d+", name)}
+    if not chunks:
+        raise RuntimeError("the Node peer set no session cookie")
+    return "Cookie: " + "; ".join(f"{name}={value}" for name, value in sorted(chunks.items()))
+
+
+def start_node_peer(processes, node: str, urls: dict, port: int) -> tuple[tuple | None, str | None]:
+    """Start the Node peer, sign in at it and check that it proxies: (its wrk target, None), or
+    (None, why it is skipped). Its access token lives an hour, like the others' in the bench: a
+    longer run would have it refresh on every call (wrk keeps sending the first cookie)."""
+    try:
+        peer = processes.start("E", [
+            str(NODE_PEER / "server.js"), urls["idp"] + "/_dev/idp", CLIENT_ID, CLIENT_SECRET, urls["node"],
+            urls["idp"] + "/_dev/api", str(port),
+        ], env={"NODE_ENV": "production"}, program=(node,))
+    except ServerDidNotStart as e:
+        return None, str(e)
+    try:
+        browser = requests.Session()
+        start = browser.get(urls["node"] + "/login", allow_redirects=False, timeout=30)
+        callback = type_name_at_provider(browser, start.headers["Location"], "bench")
+        browser.get(urljoin(urls["node"], callback), allow_redirects=False, timeout=30)
+        cookie = session_cookie_header(browser.cookies.get_dict())
+        check = requests.get(urls["node"] + "/api/demo/ping", headers={"Cookie": cookie.removeprefix("Cookie: ")},
+                             allow_redirects=False, timeout=30)
+        if check.status_code != 200:
+            raise RuntimeError(f"a signed-in call answered {check.status_code}, not 200")
+    except (requests.RequestException, RuntimeError, KeyError, AssertionError) as e:
+        peer.terminate()
+        return None, f"the Node peer did not sign in and proxy: {type(e).__name__}: {e}"
+    return (urls["node"] + "/api/demo/ping", [cookie], peer), None
 
 
 def bff_settings(database_url: str, *, public_url: str, issuer: str, upstream: str, client: tuple[str, str],
@@ -404,12 +449,9 @@ def main():
             "B": (urls["bff"] + "/api/demo/ping", [session_cookie, "X-CSRF: 1"], bff),
         }
         if node:
-            peer = processes.start("E", [
-                str(NODE_PEER / "server.js"), urls["idp"] + "/_dev/idp", CLIENT_ID, CLIENT_SECRET, urls["node"],
-                urls["idp"] + "/_dev/api", str(ports["node"]),
-            ], program=(node,))
-            peer_cookie = f"Cookie: {NODE_PEER_COOKIE}={sign_in_node_peer(urls['node'])}"
-            targets["E"] = (urls["node"] + "/api/demo/ping", [peer_cookie], peer)
+            peer_target, node_skipped = start_node_peer(processes, node, urls, ports["node"])
+            if peer_target:
+                targets["E"] = peer_target
         pg_processes = {}
         if pg_url:
             for name in ("pg",) if args.pin else ("pg", "pg2"):
@@ -423,7 +465,7 @@ def main():
             wrk(url, connections=8, duration=2, headers=headers)
 
         results = {"proxy": {}, "pages": {}, "postgresql": pg_url and "measured" or f"skipped: {pg_skipped}",
-                   "node_peer": node and "measured" or f"skipped: {node_skipped}"}
+                   "node_peer": "E" in targets and "measured" or f"skipped: {node_skipped}"}
         for connections in levels:
             row = results["proxy"][str(connections)] = {}
             for name, (url, headers, proxy) in targets.items():

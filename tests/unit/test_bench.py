@@ -2,6 +2,7 @@
 or skipped (and why), and the targets it computes from a run's numbers."""
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -33,20 +34,37 @@ def test_without_node_the_peer_is_skipped_saying_so(peer):
     assert run.node_peer() == (None, "Node.js (node and npm) is not installed")
 
 
-def test_a_node_too_old_for_express_openid_connect_is_skipped_with_its_version(peer):
+@pytest.mark.parametrize(("version", "fits"), [
+    ("v18.20.4", False), ("v20.18.3", False), ("v20.19.0", True), ("v20.20.2", True), ("v21.7.3", False),
+    ("v22.11.0", False), ("v22.12.0", True), ("v24.1.0", True),
+])
+def test_only_node_versions_that_can_load_express_openid_connect_3_fit(version, fits):
+    assert run.node_version_fits(version) is fits
+
+
+def test_a_node_that_cannot_run_the_peer_is_skipped_with_its_version(peer):
     _, bin_dir = peer
-    fake_program(bin_dir, "node", "echo v20.18.3")
-    fake_program(bin_dir, "npm", "exit 0")
-    assert run.node_peer() == (None, "Node.js v20.18.3 is older than express-openid-connect needs (20.19)")
-
-
-def test_a_failed_install_is_skipped_with_npm_s_last_words(peer):
-    directory, bin_dir = peer
     fake_program(bin_dir, "node", "echo v22.1.0")
-    fake_program(bin_dir, "npm", 'echo "npm error network request failed" >&2; echo "npm error A complete log" >&2; exit 1')
+    fake_program(bin_dir, "npm", "exit 0")
+    assert run.node_peer() == (None, "Node.js v22.1.0 cannot run express-openid-connect 3 (it needs 20.19+ or 22.12+)")
+
+
+def test_a_failed_install_is_skipped_with_what_npm_said_went_wrong(peer):
+    directory, bin_dir = peer
+    fake_program(bin_dir, "node", "echo v22.12.0")
+    said = 'echo "npm error code ENOTFOUND" >&2; echo "npm error A complete log of this run" >&2'
+    fake_program(bin_dir, "npm", said + "; exit 1")
     node, skipped = run.node_peer()
     assert node is None
-    assert skipped == "npm ci in bench/node-peer failed: npm error A complete log"
+    assert skipped == "npm ci in bench/node-peer failed: npm error code ENOTFOUND"
+
+
+def test_the_session_cookie_header_carries_every_chunk_of_a_long_session():
+    assert run.session_cookie_header({"appSession": "abc", "skipSilentLogin": "x"}) == "Cookie: appSession=abc"
+    chunks = {"appSession.1": "def", "appSession.0": "abc", "appSessionX": "no", "devstack_idp_session": "no"}
+    assert run.session_cookie_header(chunks) == "Cookie: appSession.0=abc; appSession.1=def"
+    with pytest.raises(RuntimeError, match="no session cookie"):
+        run.session_cookie_header({"auth_verification": "x"})
 
 
 def test_packages_are_installed_once_and_again_when_the_lock_changes(peer):
@@ -84,10 +102,15 @@ def results_of(row: dict) -> dict:
     }
 
 
-def test_targets_compare_b_with_the_node_peer_when_it_was_measured():
+def test_targets_compare_b_with_the_node_peer_when_it_was_measured(capsys):
     row = {"D": measured(2000, p50=0.5), "N": measured(1000, 500), "R": measured(800, 700),
            "B": measured(900, 600, p50=1.2), "E": measured(600, 1200)}
-    targets = run.check_targets(results_of(row), [1])
+    results = results_of(row)
+    targets = results["targets"] = run.check_targets(results, [1])
+    run.print_table(results | {"node_peer": "measured", "tracing": {}, "dpop": {}, "chart": "skipped"}, [1])
+    table_row = capsys.readouterr().out.splitlines()[2].split()
+    assert table_row[:7] == ["1", "2000", "1000", "800", "900", "nan", "600"]  # c, D, N, R, B, B-PG, E
+    assert table_row[-1] == "0.50"  # CPU B/E
     assert targets["B's CPU per call / the Node peer's < 1"] == {"1": 0.5}
     assert targets["B/E throughput (not a target)"] == {"1": 1.5}
     assert targets["B/N throughput >= 0.85"] == {"1": 0.9}
@@ -96,7 +119,37 @@ def test_targets_compare_b_with_the_node_peer_when_it_was_measured():
     assert targets["signed-in /posts / anonymous landing >= 0.75"] == 0.5
 
 
-def test_targets_leave_the_node_peer_out_when_it_was_skipped():
+def test_targets_leave_the_node_peer_out_when_it_was_skipped(capsys):
     row = {"D": measured(2000), "N": measured(1000, 500), "R": measured(800, 700), "B": measured(900, 600)}
-    targets = run.check_targets(results_of(row), [1])
-    assert not any("Node" in name or "B/E" in name for name in targets)
+    results = results_of(row)
+    results["targets"] = run.check_targets(results, [1])
+    assert not any("Node" in name or "B/E" in name for name in results["targets"])
+    results |= {"node_peer": "skipped: Node.js (node and npm) is not installed", "tracing": {}, "dpop": {},
+                "chart": "skipped"}
+    run.print_table(results, [1])
+    printed = capsys.readouterr().out
+    assert "E (the Node peer): skipped: Node.js (node and npm) is not installed" in printed
+
+
+def test_a_peer_that_does_not_start_is_skipped_not_the_bench(tmp_path):
+    fake_program(tmp_path, "node", "echo cannot load express-openid-connect; exit 1")
+    processes = run.Processes(tmp_path)
+    urls = {"idp": "http://127.0.0.1:9", "node": "http://127.0.0.1:9"}
+    target, skipped = run.start_node_peer(processes, str(tmp_path / "node"), urls, 9)
+    assert target is None
+    assert skipped.startswith("bench: E did not start:\ncannot load express-openid-connect")
+
+
+def test_a_peer_that_cannot_sign_in_is_stopped_and_skipped(tmp_path):
+    fake_program(tmp_path, "node", 'echo "listening on http://127.0.0.1:9"; exec sleep 60')
+    processes = run.Processes(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    urls = {"idp": f"http://127.0.0.1:{port}", "node": f"http://127.0.0.1:{port}"}
+    try:
+        target, skipped = run.start_node_peer(processes, str(tmp_path / "node"), urls, port)
+        assert target is None
+        assert skipped.startswith("the Node peer did not sign in and proxy: ConnectionError")
+        assert processes.running[0].wait(timeout=10) is not None  # stopped
+    finally:
+        processes.stop()
