@@ -10,7 +10,8 @@ Writes bench/results.json; docs/benchmarks.md records a run.
 E is the Node peer a team would otherwise pick (bench/node-peer: Express, Auth0's
 express-openid-connect with the session in an encrypted cookie, http-proxy-middleware adding the
 Bearer token), signed in at the same development provider and calling the same API: measured when
-Node 20.19 or later is installed and its packages install (npm ci), else skipped with the reason.
+a Node.js that can run it is installed (20.19+ or 22.12+) and its packages install (npm ci), else
+skipped with the reason.
 
 ``--pin`` runs the same with each server process held to one CPU (the API on the first, every
 proxy and myapp on the last), as docs/deployment.md advises for production: the threads of one
@@ -178,12 +179,13 @@ def wrk(url, *, connections, duration, headers=(), pids=()):
     }
 
 
-def sign_in(bff: str) -> requests.Session:
+def sign_in(app: str, signed_in_status: int = 303) -> requests.Session:
+    """A browser signed in at ``app`` (myapp answers its callback 303, the Node peer 302)."""
     browser = requests.Session()
-    start = browser.get(bff + "/login", allow_redirects=False)
+    start = browser.get(app + "/login", allow_redirects=False, timeout=30)
     callback = type_name_at_provider(browser, start.headers["Location"], "bench")
-    done = browser.get(urljoin(bff, callback), allow_redirects=False)
-    assert done.status_code == 303, done.text
+    done = browser.get(urljoin(app, callback), allow_redirects=False, timeout=30)
+    assert done.status_code == signed_in_status, done.text
     return browser
 
 
@@ -325,11 +327,7 @@ def start_node_peer(processes, node: str, urls: dict, port: int) -> tuple[tuple 
     except ServerDidNotStart as e:
         return None, str(e)
     try:
-        browser = requests.Session()
-        start = browser.get(urls["node"] + "/login", allow_redirects=False, timeout=30)
-        callback = type_name_at_provider(browser, start.headers["Location"], "bench")
-        browser.get(urljoin(urls["node"], callback), allow_redirects=False, timeout=30)
-        cookie = session_cookie_header(browser.cookies.get_dict())
+        cookie = session_cookie_header(sign_in(urls["node"], signed_in_status=302).cookies.get_dict())
         check = requests.get(urls["node"] + "/api/demo/ping", headers={"Cookie": cookie.removeprefix("Cookie: ")},
                              allow_redirects=False, timeout=30)
         if check.status_code != 200:

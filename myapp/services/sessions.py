@@ -177,8 +177,8 @@ class SessionRecord:
             if values[name] is not None:
                 values[name] = bytes(values[name])
         groups = values["user_groups"]
-        # JSON text (the statement casts it); a list only from a caller that read the column as is.
-        values["user_groups"] = _parsed(_PARSED_GROUPS, groups, _groups) if isinstance(groups, str) else tuple(groups or ())
+        # JSON text on every database (the statement casts it), None for none.
+        values["user_groups"] = () if groups is None else _parsed(_PARSED_GROUPS, groups, _groups)
         values["user_name"] = display_name(values["user_name"], values["user_email"], values["user_subject"])
         values["user_disabled"] = bool(values["user_disabled"])
         values["amr"] = _json_list(values["amr"])
