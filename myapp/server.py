@@ -10,10 +10,24 @@
 - Waitress settings that cannot work together (``trusted_proxy_headers`` or
   ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting) stop it with one line,
   not a traceback.
+
+And it takes one setting of its own, ``cpu_affinity`` (Linux): ``off`` (the default), ``auto``, or
+a CPU's number. Only one of a process's threads runs Python at a time, and handing that turn to a
+thread that last ran on another CPU costs far more than the work itself (docs/benchmarks.md); so
+held to one CPU, a process serves more calls for less CPU each. ``auto`` takes a CPU that no other
+myapp process on the machine holds, one of each core first (:func:`cpu_order`), and none under a
+CPU quota (:func:`cpu_quota`: containers that share the machine's CPUs would all take the same
+one); a number takes that one.
 """
 
+import errno
 import logging
+import os
+import socket
 import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import waitress
 from waitress.channel import HTTPChannel
@@ -44,14 +58,183 @@ def create_server(app, **settings):
     return server
 
 
+# A CPU claimed by ``auto`` (or named) is an abstract socket of this name, bound while the process
+# lives: one per CPU and network namespace, freed by the kernel however the process ends.
+CLAIM_PREFIX = "myapp-cpu-"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_claims: list[socket.socket] = []
+
+
+def parse_cpu_affinity(value: str) -> str | int | None:
+    """``cpu_affinity`` as written: None for ``off``, ``"auto"``, or the number of a CPU this
+    process may use. Anything else is refused before the server starts."""
+    value = value.strip().lower()
+    if value in ("", "off"):
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("cpu_affinity needs Linux (leave it off here)")
+    if value == "auto":
+        return value
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"cpu_affinity: {value!r} is not off, auto or a CPU's number")
+    allowed = os.sched_getaffinity(0)
+    if int(value) not in allowed:
+        raise ValueError(f"cpu_affinity: CPU {int(value)} is not one this process may use ({_listed(allowed)})")
+    return int(value)
+
+
+def hold_to_one_cpu(choice: str | int) -> tuple[int | None, str]:
+    """Hold every thread of this process to one CPU (``choice`` as :func:`parse_cpu_affinity`
+    returned it), so that the threads it starts later are held too: which CPU (None when ``auto``
+    finds none to take), and a line saying so. A system call that fails raises an ``OSError``
+    naming the setting."""
+    try:
+        return _hold(choice)
+    except OSError as e:
+        raise OSError(f"cpu_affinity = {choice}: {e.strerror or e}") from e
+
+
+def _hold(choice: str | int) -> tuple[int | None, str]:
+    if choice != "auto":
+        claim_cpu(choice)  # so that an ``auto`` process leaves it alone; held either way
+        _hold_threads(choice)
+        return choice, f"held to CPU {choice} (cpu_affinity = {choice})"
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) == 1:
+        [cpu] = allowed
+        claim_cpu(cpu)
+        return cpu, f"held to CPU {cpu} (cpu_affinity = auto: the only CPU it may use)"
+    quota = cpu_quota()
+    if quota:
+        return None, (
+            f"not held to a CPU (cpu_affinity = auto): {quota}, as containers that share a machine's CPUs "
+            "are; give it a CPU of its own (a cpuset) or name one"
+        )
+    for cpu in cpu_order(allowed):
+        if claim_cpu(cpu):
+            _hold_threads(cpu)
+            return cpu, f"held to CPU {cpu} (cpu_affinity = auto)"
+    return None, (
+        f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every one it may use "
+        f"({_listed(allowed)}); run no more processes than CPUs"
+    )
+
+
+def claim_cpu(cpu: int) -> bool:
+    """Claim ``cpu`` for this process until it ends; False when another process holds it."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0{CLAIM_PREFIX}{cpu}")
+    except OSError as e:
+        claim.close()
+        if e.errno == errno.EADDRINUSE:
+            return False
+        raise
+    _claims.append(claim)
+    return True
+
+
+def _forget_claims() -> None:
+    # A forked child must not keep its parent's CPUs claimed after the parent ends.
+    while _claims:
+        _claims.pop().close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_claims)
+
+
+def cpu_order(allowed: set[int], siblings: Callable[[int], set[int]] | None = None) -> list[int]:
+    """The order ``auto`` tries CPUs in: one of each core before a second of any (hyperthreads of
+    one core share it), and the highest first (the first CPUs take most of the interrupts)."""
+    siblings = siblings or _siblings
+
+    def rank(cpu: int) -> int:
+        return sorted((siblings(cpu) & allowed) | {cpu}, reverse=True).index(cpu)
+
+    return sorted(allowed, key=lambda cpu: (rank(cpu), -cpu))
+
+
+def _siblings(cpu: int) -> set[int]:
+    try:
+        return parse_cpu_list(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text())
+    except (OSError, ValueError):
+        return {cpu}
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """The kernel's CPU list format: ``0-3,8,10-11``."""
+    cpus = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def cpu_quota(cgroup_root: Path | None = None, own_cgroup: Path = Path("/proc/self/cgroup")) -> str | None:
+    """What limits this process to a share of the machine's CPUs (its cgroup's CPU quota, or an
+    ancestor's: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
+    root = cgroup_root or CGROUP_ROOT
+    try:
+        lines = own_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name, unlimited = root, "cpu.max", lambda v: v.split()[0] == "max"
+        elif "cpu" in controllers.split(","):
+            base, name, unlimited = root / controllers, "cpu.cfs_quota_us", lambda v: v.strip() == "-1"
+        else:
+            continue
+        directory = base / path.lstrip("/")
+        while True:
+            try:
+                value = (directory / name).read_text()
+            except OSError:
+                value = None
+            if value is not None and value.strip() and not unlimited(value):
+                return f"its cgroup has a CPU quota ({name} {' '.join(value.split())})"
+            if directory == base or base not in directory.parents:
+                break
+            directory = directory.parent
+    return None
+
+
+def _hold_threads(cpu: int) -> None:
+    """Every thread, this one first: a thread started meanwhile by one not yet held is found on
+    the next reading of the list."""
+    os.sched_setaffinity(0, {cpu})
+    held = {threading.get_native_id()}
+    while True:
+        threads = {int(tid) for tid in os.listdir("/proc/self/task")} - held
+        if not threads:
+            return
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, {cpu})
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+        held |= threads
+
+
+def _listed(cpus: set[int]) -> str:
+    return ", ".join(str(cpu) for cpu in sorted(cpus))
+
+
 def serve_paste(app, global_conf, **settings):
     """The ``paste.server_runner`` (``use = egg:myapp#waitress``)."""
     try:
+        cpu_affinity = parse_cpu_affinity(settings.pop("cpu_affinity", "off"))
+        # Before waitress starts its threads: they inherit the CPU.
+        cpu, said = hold_to_one_cpu(cpu_affinity) if cpu_affinity is not None else (None, None)
         server = create_server(app, **settings)
     except (ValueError, TypeError, OSError) as e:
         print(f"myapp: [server:main]: {str(e).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig()
+    if said:
+        print(f"myapp: {said}", file=sys.stdout if cpu is not None else sys.stderr, flush=True)
     server.print_listen("Serving on http://{}:{}")
     server.run()
     return 0

@@ -1,13 +1,35 @@
 """myapp's server: waitress, refusing ambiguous request framing (tested on a raw socket, where the
-framing is the point), and stopping with one line on settings that cannot work."""
+framing is the point), stopping with one line on settings that cannot work, and holding its
+process to one CPU when told to (in child processes: it changes the whole process)."""
 
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
 import socket
+import subprocess
+import sys
+import time
+import uuid
 from importlib.metadata import entry_points
 
 import pytest
 
-from myapp.server import create_server, serve_paste
+from myapp import server
+from myapp.server import (
+    cpu_order,
+    cpu_quota,
+    create_server,
+    hold_to_one_cpu,
+    parse_cpu_affinity,
+    parse_cpu_list,
+    serve_paste,
+)
 from tests.support.servers import serve
+
+linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
 
 
 class Recorder:
@@ -86,6 +108,11 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
         ({"trusted_proxy_headers": "x-forwarded-for"}, "trusted_proxy_headers has no meaning without setting trusted_proxy"),
         ({"trusted_proxy_count": "1"}, "trusted_proxy_count has no meaning without setting trusted_proxy"),
         ({"threads": "many"}, "invalid literal"),
+        pytest.param({"cpu_affinity": "fast"}, "cpu_affinity: 'fast' is not off, auto or a CPU's number",
+                     marks=linux_only),
+        pytest.param({"cpu_affinity": "-1"}, "cpu_affinity: '-1' is not off, auto or a CPU's number", marks=linux_only),
+        pytest.param({"cpu_affinity": "4096"}, "cpu_affinity: CPU 4096 is not one this process may use (",
+                     marks=linux_only),
     ],
 )
 def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, settings, words):
@@ -99,3 +126,268 @@ def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, se
 def test_the_ini_files_use_it():
     [runner] = [e for e in entry_points(group="paste.server_runner") if e.name == "waitress" and e.value.startswith("myapp")]
     assert runner.load() is serve_paste
+
+
+# A child process that starts a thread, holds itself as ``cpu_affinity`` says, starts another (and,
+# told to, forks a child that sleeps), and prints what it was told, the CPUs of every thread it has
+# and its child's pid; it keeps its claim until killed. Claims carry a prefix of the test's own, so
+# no myapp running on the machine interferes.
+HOLDER = """
+import json, os, sys, threading, time
+import myapp.server as server
+server.CLAIM_PREFIX = sys.argv[1]
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+cpu, said = server.hold_to_one_cpu(server.parse_cpu_affinity(sys.argv[2]))
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+forked = None
+if len(sys.argv) > 3:
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(60)
+        os._exit(0)
+threads = {tid: sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")}
+print(json.dumps({"cpu": cpu, "said": said, "threads": threads, "forked": forked}), flush=True)
+sys.stdin.read()
+"""
+
+ALLOWED = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+two_cpus = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs this process may use")
+
+
+def line_within(stream, seconds: float = 30) -> str:
+    """The child's next line, or a failure instead of a test that hangs."""
+    ready, _, _ = select.select([stream], [], [], seconds)
+    assert ready, f"no line from the child in {seconds} s"
+    return stream.readline()
+
+
+@pytest.fixture
+def holders():
+    """``holders(cpu_affinity, cpus=None, fork=False)`` starts a holder (held to ``cpus`` by the
+    system first, when given) and returns what it printed; ``holders.kill(i)`` ends the i-th at
+    once, as a crash would. Every one is killed at the end."""
+    prefix = f"myapp-test-{uuid.uuid4().hex}-cpu-"
+    children = []
+
+    def start(cpu_affinity: str, cpus: set[int] | None = None, fork: bool = False) -> dict:
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, prefix, cpu_affinity, *(["fork"] if fork else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        )
+        children.append(child)
+        line = line_within(child.stdout)
+        assert line.startswith("{"), line + child.stdout.read()
+        report = json.loads(line)
+        if report["forked"]:
+            children.append(report["forked"])
+        return report
+
+    def kill(index: int):
+        children[index].kill()
+        children[index].wait(timeout=10)
+
+    start.kill = kill
+    yield start
+    for child in children:
+        if isinstance(child, int):  # a holder's own child
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+            continue
+        try:
+            child.kill()
+            child.wait(timeout=10)
+        finally:
+            child.stdin.close()
+            child.stdout.close()
+
+
+def cpus_of_threads(report: dict) -> set[tuple[int, ...]]:
+    return {tuple(cpus) for cpus in report["threads"].values()}
+
+
+@linux_only
+@pytest.mark.slow
+def test_a_cpu_named_holds_every_thread_to_it_those_before_and_after(holders):
+    report = holders(str(ALLOWED[0]))
+    assert report["cpu"] == ALLOWED[0] and report["said"] == f"held to CPU {ALLOWED[0]} (cpu_affinity = {ALLOWED[0]})"
+    assert len(report["threads"]) >= 3  # main, one started before, one after
+    assert cpus_of_threads(report) == {(ALLOWED[0],)}
+
+
+@linux_only
+@two_cpus
+@pytest.mark.slow
+def test_auto_gives_each_process_its_own_cpu_until_none_is_left(holders):
+    pair = set(ALLOWED[-2:])  # the same test on a machine of any size
+    high, low = max(pair), min(pair)
+    first, second = holders("auto", pair), holders("auto", pair)
+    assert [first["cpu"], second["cpu"]] == [high, low]  # the highest first (distinct cores, or one core's two threads)
+    assert cpus_of_threads(first) == {(high,)} and cpus_of_threads(second) == {(low,)}
+    # Both taken: this one runs as before, on both, and says why.
+    extra = holders("auto", pair)
+    assert extra["cpu"] is None
+    assert extra["said"] == (
+        f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every one it may use "
+        f"({low}, {high}); run no more processes than CPUs"
+    )
+    assert cpus_of_threads(extra) == {(low, high)}
+    # A process that ends frees its CPU, however it ends: the next one takes it.
+    holders.kill(0)
+    assert holders("auto", pair)["cpu"] == high
+
+
+@linux_only
+@two_cpus
+@pytest.mark.slow
+def test_a_cpu_named_is_claimed_too_and_auto_leaves_it(holders):
+    pair = set(ALLOWED[-2:])
+    assert holders(str(max(pair)))["cpu"] == max(pair)
+    assert holders("auto", pair)["cpu"] == min(pair)
+
+
+@linux_only
+@two_cpus
+@pytest.mark.slow
+def test_a_forked_child_does_not_keep_its_parents_claim(holders):
+    pair = set(ALLOWED[-2:])
+    parent = holders("auto", pair, fork=True)
+    assert parent["cpu"] == max(pair) and parent["forked"]
+    holders.kill(0)  # its child lives on
+    os.kill(parent["forked"], 0)
+    assert holders("auto", pair)["cpu"] == max(pair)
+
+
+@linux_only
+@pytest.mark.slow
+def test_auto_on_a_process_given_one_cpu_takes_it(holders):
+    only = {ALLOWED[0]}
+    report = holders("auto", cpus=only)
+    assert report["cpu"] == ALLOWED[0]
+    assert report["said"] == f"held to CPU {ALLOWED[0]} (cpu_affinity = auto: the only CPU it may use)"
+    assert cpus_of_threads(report) == {(ALLOWED[0],)}
+
+
+@linux_only
+def test_off_and_auto_are_read_as_written():
+    assert [parse_cpu_affinity(v) for v in ("off", " OFF ", "", "auto", "Auto")] == [None, None, None, "auto", "auto"]
+    assert parse_cpu_affinity(f" {ALLOWED[0]} ") == ALLOWED[0]
+    with pytest.raises(ValueError, match="is not off, auto or a CPU's number"):
+        parse_cpu_affinity("\u0661")  # a digit, but not an ASCII one
+
+
+def test_auto_tries_one_cpu_of_each_core_first_the_highest_first():
+    # Hyperthreads numbered next to each other (0-1, 2-3, ...) or half the machine apart (0,4 ...).
+    adjacent = {0: {0, 1}, 1: {0, 1}, 2: {2, 3}, 3: {2, 3}}
+    assert cpu_order({0, 1, 2, 3}, adjacent.__getitem__) == [3, 1, 2, 0]
+    apart = {0: {0, 2}, 1: {1, 3}, 2: {0, 2}, 3: {1, 3}}
+    assert cpu_order({0, 1, 2, 3}, apart.__getitem__) == [3, 2, 1, 0]
+    # Only the CPUs it may use count: a core's other thread outside them leaves this one first.
+    assert cpu_order({1, 2}, adjacent.__getitem__) == [2, 1]
+    assert cpu_order({5, 7}, lambda cpu: {cpu}) == [7, 5]
+    assert parse_cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+
+
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        ({"self": "0::/kubepods/pod1/c1\n", "kubepods/cpu.max": "max 100000\n",
+          "kubepods/pod1/c1/cpu.max": "max 100000\n"}, None),
+        ({"self": "0::/kubepods/pod1/c1\n", "kubepods/pod1/cpu.max": "200000 100000\n",
+          "kubepods/pod1/c1/cpu.max": "max 100000\n"},
+         "its cgroup has a CPU quota (cpu.max 200000 100000)"),  # the pod's, an ancestor's
+        ({"self": "0::/\n", "cpu.max": "150000 100000\n"}, "its cgroup has a CPU quota (cpu.max 150000 100000)"),
+        ({"self": "1:cpu,cpuacct:/docker/abc\n0::/\n", "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "-1\n"}, None),
+        ({"self": "1:cpu,cpuacct:/docker/abc\n", "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n"},
+         "its cgroup has a CPU quota (cpu.cfs_quota_us 50000)"),
+        ({"self": "4:memory:/x\n"}, None),
+        ({}, None),  # no /proc/self/cgroup at all
+    ],
+)
+def test_auto_holds_nothing_under_a_cpu_quota(tmp_path, layout, expected):
+    """Containers that share a machine's CPUs (a quota, not a cpuset) would each take the same CPU."""
+    root = tmp_path / "cgroup"
+    for name, text in layout.items():
+        path = tmp_path / "proc-self-cgroup" if name == "self" else root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert cpu_quota(root, tmp_path / "proc-self-cgroup") == expected
+
+
+@linux_only
+@two_cpus
+def test_auto_under_a_quota_says_why_and_holds_nothing(monkeypatch):
+    monkeypatch.setattr(server, "cpu_quota", lambda: "its cgroup has a CPU quota (cpu.max 200000 100000)")
+    before = os.sched_getaffinity(0)
+    cpu, said = hold_to_one_cpu("auto")
+    assert cpu is None and os.sched_getaffinity(0) == before
+    assert said == (
+        "not held to a CPU (cpu_affinity = auto): its cgroup has a CPU quota (cpu.max 200000 100000), as "
+        "containers that share a machine's CPUs are; give it a CPU of its own (a cpuset) or name one"
+    )
+
+
+@linux_only
+@two_cpus
+def test_a_claim_that_fails_otherwise_stops_the_server_with_one_line(app, capsys, monkeypatch):
+    """Only "another process holds it" means try the next CPU; anything else (no AF_UNIX in a
+    hardened unit, a security module) is said, naming the setting."""
+    class Refused(socket.socket):
+        def bind(self, address):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(server.socket, "socket", Refused)
+    monkeypatch.setattr(server, "cpu_quota", lambda: None)
+    before = os.sched_getaffinity(0)
+    with pytest.raises(SystemExit) as stopped:
+        serve_paste(app, {}, listen="127.0.0.1:0", cpu_affinity="auto")
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "myapp: [server:main]: cpu_affinity = auto: Permission denied\n"
+    assert os.sched_getaffinity(0) == before
+
+
+# The runner itself in a child: ``cpu_affinity`` is taken out of waitress's settings, and waitress's
+# own threads (the ones serving this request) are held with the rest.
+SERVED = """
+import json, os, sys
+import myapp.server as server
+server.CLAIM_PREFIX = sys.argv[1]
+def app(environ, start_response):
+    threads = {tid: sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")}
+    body = json.dumps(threads).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+server.serve_paste(app, {}, listen=sys.argv[2], threads="3", cpu_affinity="auto")
+"""
+
+
+@linux_only
+@pytest.mark.slow
+def test_the_runner_holds_waitress_threads_and_says_so():
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, "-u", "-c", SERVED, f"myapp-test-{uuid.uuid4().hex}-cpu-", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        said = line_within(child.stdout).strip()
+        cpu = server.cpu_order(set(ALLOWED))[0]
+        assert said == (f"myapp: held to CPU {cpu} (cpu_affinity = auto)" if len(ALLOWED) > 1
+                        else f"myapp: held to CPU {cpu} (cpu_affinity = auto: the only CPU it may use)")
+        for _ in range(100):  # said before waitress listens
+            with contextlib.suppress(ConnectionRefusedError), \
+                    socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                received = b""
+                while chunk := conn.recv(65536):
+                    received += chunk
+                break
+            time.sleep(0.05)
+        threads = json.loads(received.split(b"\r\n\r\n", 1)[1])
+        assert len(threads) >= 4  # the main loop and waitress's three workers
+        assert set(map(tuple, threads.values())) == {(cpu,)}
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        child.stdout.close()
