@@ -3,7 +3,8 @@
 Targets (one process each, waitress with the same threads): D the upstream (the demo API) called
 directly; N a bare Pyramid proxy on urllib3; R the same on requests; B myapp's /api/demo/...
 with a signed-in session. Also a signed-in page against the anonymous landing page, B with
-tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, a refresh
+tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, B held to
+one CPU by its server's own ``cpu_affinity = auto`` beside B as it runs by default, a refresh
 storm, and the proxy's memory while 100 MiB stream through it. wrk generates the load.
 Writes bench/results.json; docs/benchmarks.md records a run.
 
@@ -392,7 +393,7 @@ def main():
         cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop")
+    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop", "held")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
@@ -403,6 +404,7 @@ def main():
         "myapp.otel.enabled": "true", "myapp.otel.endpoint": urls["sink"] + "/v1/traces"})
     # The same app whose sessions' tokens are DPoP-bound: a proof with every proxied call.
     bff_ini(work / "dpop.ini", database_url, urls["dpop"], urls["idp"], **{"myapp.oidc.dpop": "required"})
+    bff_ini(work / "held.ini", database_url, urls["held"], urls["idp"])
     pg_url, pg_skipped = postgresql_for_bench(args.database_url)
     node, node_skipped = node_peer()
     processes = Processes(work, cpus)
@@ -433,6 +435,16 @@ def main():
         processes.start("sink", ["bench/serve.py", "otlp-sink", "-", str(ports["sink"])])
         traced = processes.start("traced", ["bench/serve.py", "bff", str(work / "traced.ini"), str(ports["traced"])])
         dpop = processes.start("dpop", ["bench/serve.py", "bff", str(work / "dpop.ini"), str(ports["dpop"])])
+        # With --pin every server is held already, this one as much as the rest.
+        held = None if args.pin else processes.start(
+            "held", ["bench/serve.py", "bff", str(work / "held.ini"), str(ports["held"]), "auto"],
+            env={"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"},
+        )
+        held_said = next(
+            (line for line in (work / "held.log").read_text().splitlines() if "held to" in line), "said nothing"
+        ) if held else "skipped: --pin holds every server"
+        if held and not held_said.startswith("held to CPU"):
+            held = None  # e.g. under a CPU quota: nothing to measure
 
         browser = sign_in(urls["bff"])
         cipher = TokenCipher([KEY])
@@ -496,6 +508,10 @@ def main():
         print(f"tracing: {results['tracing']}", flush=True)
         results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
         print(f"dpop: {results['dpop']}", flush=True)
+        if held:
+            results["held"] = held_cost(urls, session_cookie, bearer, bff, held, bare_n, args.duration)
+            print(f"held to one CPU: {results['held']}", flush=True)
+        results["held_said"] = held_said
         if pg_url and not args.pin:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
@@ -555,6 +571,33 @@ def dpop_cost(urls, bearer_cookie, bff, dpop, upstream, duration) -> dict:
         "es256_proof_us": proof_us,
         "non_2xx": bearer["non_2xx"] + bound["non_2xx"],
     }
+
+
+def held_cost(urls, cookie, bearer, bff, held, bare_n, duration) -> dict:
+    """B as it runs by default, B held to one CPU by its server's ``cpu_affinity = auto``
+    (docs/deployment.md, "Sizing"), and N, one after the other at 8 and 32 connections (in the
+    opposite order at 32, so that neither side always goes first). Both B processes serve the same
+    session (one SQLite file). Not B of the targets: that one runs as myapp does unless told
+    otherwise."""
+    wrk(urls["held"] + "/api/demo/ping", connections=8, duration=2, headers=[cookie, "X-CSRF: 1"])
+    order = (
+        ("B", urls["bff"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], bff),
+        ("held", urls["held"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], held),
+        ("N", urls["n"] + "/ping", [bearer], bare_n),
+    )
+    measured = {}
+    for connections in (8, 32):
+        runs = {}
+        for name, url, headers, process in order if connections == 8 else reversed(order):
+            run = wrk(url, connections=connections, duration=duration, headers=headers, pids=[process.pid])
+            runs[name] = {"rps": run["rps"], "cpu_us": run["cpu_us_per_request"][str(process.pid)],
+                          "p50_ms": run["p50_ms"], "non_2xx": run["non_2xx"]}
+        measured[str(connections)] = {
+            **runs,
+            "held_over_B": round(runs["held"]["rps"] / runs["B"]["rps"], 2),
+            "held_over_N": round(runs["held"]["rps"] / runs["N"]["rps"], 2),
+        }
+    return measured
 
 
 def scaling(urls, cookies, processes, upstream, duration) -> dict:
@@ -668,6 +711,12 @@ def print_table(results, levels):
         print(f"  {name}: {value}")
     print(f"  tracing: {results['tracing']}")
     print(f"  dpop: {results['dpop']}")
+    if "held" not in results:
+        print(f"  held to one CPU (cpu_affinity = auto): {results.get('held_said')}")
+    for c, held in results.get("held", {}).items():
+        print(f"  held to one CPU (cpu_affinity = auto), c={c}: {held['held']['rps']:.0f} req/s at "
+              f"{held['held']['cpu_us']} us each, {held['held_over_B']}x B as it runs by default, "
+              f"{held['held_over_N']}x N")
     if "scaling" in results:
         print(f"  scaling on PostgreSQL: {results['scaling']}")
     print(f"  chart: {results['chart']}")

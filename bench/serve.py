@@ -1,6 +1,6 @@
 """Serve one benchmark target in its own process; prints ``listening on URL`` when ready.
 
-    python bench/serve.py bff INI PORT
+    python bench/serve.py bff INI PORT [CPU_AFFINITY]   (as [server:main]'s cpu_affinity: auto, a CPU)
     python bench/serve.py bare-urllib3 UPSTREAM_BASE PORT
     python bench/serve.py bare-requests UPSTREAM_BASE PORT
     python bench/serve.py otlp-sink - PORT      (accepts OTLP/HTTP exports, keeps nothing)
@@ -8,6 +8,7 @@
 
 import faulthandler
 import logging
+import os
 import signal
 import socket
 import sys
@@ -36,6 +37,13 @@ def main():
         from bench.bare_proxy import make_app
 
         app = make_app(target, kind.removeprefix("bare-"))
+    if kind == "bff" and len(sys.argv) > 4:
+        import myapp.server
+
+        # As myapp's own server runner does it, before waitress starts its threads; claimed under
+        # the bench's own name, so that a myapp running on the machine neither blocks it nor is.
+        myapp.server.CLAIM_PREFIX = os.environ.get("BENCH_CLAIM_PREFIX", myapp.server.CLAIM_PREFIX)
+        print(myapp.server.hold_to_one_cpu(myapp.server.parse_cpu_affinity(sys.argv[4]))[1], flush=True)
     listener = socket.create_server(("127.0.0.1", port))
     server = waitress.create_server(
         app, sockets=[listener], threads=THREADS, outbuf_high_watermark=1024 * 1024, connection_limit=1000

@@ -131,6 +131,24 @@ def test_targets_leave_the_node_peer_out_when_it_was_skipped(capsys):
     assert "E (the Node peer): skipped: Node.js (node and npm) is not installed" in printed
 
 
+def test_the_table_says_what_holding_b_to_one_cpu_gave(capsys):
+    row = {"D": measured(2000), "N": measured(1000, 500), "R": measured(800, 700), "B": measured(900, 600)}
+    results = results_of(row)
+    results["targets"] = run.check_targets(results, [1])
+    held = {"8": {"B": {"rps": 700, "cpu_us": 1200}, "held": {"rps": 1300, "cpu_us": 720}, "N": {"rps": 1100},
+                  "held_over_B": 1.86, "held_over_N": 1.18}}
+    results |= {"node_peer": "skipped", "tracing": {}, "dpop": {}, "chart": "skipped", "held": held}
+    run.print_table(results, [1])
+    assert ("  held to one CPU (cpu_affinity = auto), c=8: 1300 req/s at 720 us each, 1.86x B as it runs by "
+            "default, 1.18x N") in capsys.readouterr().out.splitlines()
+    # Not measured (held by --pin already, or a process that could not hold itself): why.
+    del results["held"]
+    results["held_said"] = "not held to a CPU (cpu_affinity = auto): its cgroup has a CPU quota (cpu.max 1 1), ..."
+    run.print_table(results, [1])
+    assert ("  held to one CPU (cpu_affinity = auto): not held to a CPU (cpu_affinity = auto): its cgroup has a CPU "
+            "quota (cpu.max 1 1), ...") in capsys.readouterr().out.splitlines()
+
+
 def test_a_peer_that_does_not_start_is_skipped_not_the_bench(tmp_path):
     fake_program(tmp_path, "node", "echo cannot load express-openid-connect; exit 1")
     processes = run.Processes(tmp_path)
