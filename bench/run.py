@@ -393,7 +393,7 @@ def main():
         cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop", "held")
+    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop", "held", "pgh", "pgh2")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
@@ -413,11 +413,11 @@ def main():
             schema_url = stack.enter_context(postgres_schema(pg_url, "myapp_bench"))
             pg_engine = migrate(schema_url)
             stack.callback(pg_engine.dispose)
-            for name in ("pg", "pg2"):
+            for name in ("pg", "pg2", "pgh", "pgh2"):
                 bff_ini(work / f"{name}.ini", schema_url, urls[name], urls["idp"])
         stack.callback(engine.dispose)
         stack.callback(processes.stop)
-        redirects = [arg for name in ("bff", "pg", "pg2", "traced", "dpop")
+        redirects = [arg for name in ("bff", "pg", "pg2", "pgh", "pgh2", "traced", "dpop")
                      for arg in ("--redirect-uri", urls[name] + "/auth/callback")]
         redirects += ["--redirect-uri", urls["node"] + "/callback"]
         upstream = processes.start(
@@ -440,9 +440,7 @@ def main():
             "held", ["bench/serve.py", "bff", str(work / "held.ini"), str(ports["held"]), "auto"],
             env={"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"},
         )
-        held_said = next(
-            (line for line in (work / "held.log").read_text().splitlines() if "held to" in line), "said nothing"
-        ) if held else "skipped: --pin holds every server"
+        held_said = said_of(work / "held.log") if held else "skipped: --pin holds every server"
         if held and not held_said.startswith("held to CPU"):
             held = None  # e.g. under a CPU quota: nothing to measure
 
@@ -468,6 +466,15 @@ def main():
                 pg_processes[name] = processes.start(
                     name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name])]
                 )
+            if not args.pin:
+                # The same two, each held to a CPU of its own by cpu_affinity = auto (one claim name
+                # for the pair, not the held B's: they take distinct CPUs).
+                pair = {"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"}
+                for name in ("pgh", "pgh2"):
+                    pg_processes[name] = processes.start(
+                        name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name]), "auto"], env=pair
+                    )
+                pair_said = [said_of(work / f"{name}.log") for name in ("pgh", "pgh2")]
             pg_browsers = {name: sign_in(urls[name]) for name in pg_processes}
             pg_cookies = {name: f"Cookie: {COOKIE}={pg_browsers[name].cookies[COOKIE]}" for name in pg_processes}
             targets["P"] = (urls["pg"] + "/api/demo/ping", [pg_cookies["pg"], "X-CSRF: 1"], pg_processes["pg"])
@@ -515,6 +522,16 @@ def main():
         if pg_url and not args.pin:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
+            if all(said.startswith("held to CPU") for said in pair_said):
+                for name in ("pgh", "pgh2"):
+                    wrk(urls[name] + "/api/demo/ping", connections=8, duration=2,
+                        headers=[pg_cookies[name], "X-CSRF: 1"])
+                results["scaling_held"] = scaling(
+                    urls, pg_cookies, pg_processes, upstream, args.duration, pair=("pgh", "pgh2")
+                ) | {"held": pair_said}
+            else:
+                results["scaling_held"] = {"skipped": pair_said}
+            print(f"scaling, each process held to a CPU: {results['scaling_held']}", flush=True)
         results["refresh_storm"] = refresh_storm(urls["bff"], browser, engine, urls["idp"])
         print(f"refresh storm: {results['refresh_storm']}", flush=True)
         results["streaming"] = stream_memory(urls["bff"], browser, bff.pid)
@@ -600,19 +617,25 @@ def held_cost(urls, cookie, bearer, bff, held, bare_n, duration) -> dict:
     return measured
 
 
-def scaling(urls, cookies, processes, upstream, duration) -> dict:
+def said_of(log: Path) -> str:
+    """What a bench server said about ``cpu_affinity`` (its line saying whether it is held)."""
+    return next((line for line in log.read_text().splitlines() if "held to" in line), "said nothing")
+
+
+def scaling(urls, cookies, processes, upstream, duration, pair=("pg", "pg2")) -> dict:
     """B on PostgreSQL: one process at 16 connections, then two processes (each its own session)
     at 8 connections each, loaded at once: does throughput grow with processes?"""
     url = "{}/api/demo/ping"
-    one = wrk(url.format(urls["pg"]), connections=16, duration=duration,
-              headers=[cookies["pg"], "X-CSRF: 1"], pids=[processes["pg"].pid])
+    first = pair[0]
+    one = wrk(url.format(urls[first]), connections=16, duration=duration,
+              headers=[cookies[first], "X-CSRF: 1"], pids=[processes[first].pid])
     results = {}
 
     def load(name):
         results[name] = wrk(url.format(urls[name]), connections=8, duration=duration,
                             headers=[cookies[name], "X-CSRF: 1"], pids=[processes[name].pid, upstream.pid])
 
-    threads = [threading.Thread(target=load, args=(name,)) for name in ("pg", "pg2")]
+    threads = [threading.Thread(target=load, args=(name,)) for name in pair]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -719,6 +742,7 @@ def print_table(results, levels):
               f"{held['held_over_N']}x N")
     if "scaling" in results:
         print(f"  scaling on PostgreSQL: {results['scaling']}")
+        print(f"  the same, each process held to a CPU (cpu_affinity = auto): {results.get('scaling_held')}")
     print(f"  chart: {results['chart']}")
 
 
