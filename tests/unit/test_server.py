@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from importlib.metadata import entry_points
 
@@ -336,8 +337,15 @@ def test_a_claim_that_fails_otherwise_stops_the_server_with_one_line(app, capsys
         def bind(self, address):
             raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(server.socket, "socket", Refused)
+    # Only the server module's view of the socket module: nothing else in this process is touched.
+    monkeypatch.setattr(server, "socket", types.SimpleNamespace(
+        socket=Refused, AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM))
     monkeypatch.setattr(server, "cpu_quota", lambda: None)
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(server, "create_server", must_not_start)
     before = os.sched_getaffinity(0)
     with pytest.raises(SystemExit) as stopped:
         serve_paste(app, {}, listen="127.0.0.1:0", cpu_affinity="auto")
