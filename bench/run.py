@@ -436,13 +436,9 @@ def main():
         traced = processes.start("traced", ["bench/serve.py", "bff", str(work / "traced.ini"), str(ports["traced"])])
         dpop = processes.start("dpop", ["bench/serve.py", "bff", str(work / "dpop.ini"), str(ports["dpop"])])
         # With --pin every server is held already, this one as much as the rest.
-        held = None if args.pin else processes.start(
-            "held", ["bench/serve.py", "bff", str(work / "held.ini"), str(ports["held"]), "auto"],
-            env={"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"},
-        )
-        held_said = said_of(work / "held.log") if held else "skipped: --pin holds every server"
-        if held and not held_said.startswith("held to CPU"):
-            held = None  # e.g. under a CPU quota: nothing to measure
+        held, held_said = (None, "skipped: --pin holds every server") if args.pin else start_held(
+            processes, ["held"], work, ports
+        )[0]
 
         browser = sign_in(urls["bff"])
         cipher = TokenCipher([KEY])
@@ -467,14 +463,9 @@ def main():
                     name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name])]
                 )
             if not args.pin:
-                # The same two, each held to a CPU of its own by cpu_affinity = auto (one claim name
-                # for the pair, not the held B's: they take distinct CPUs).
-                pair = {"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"}
-                for name in ("pgh", "pgh2"):
-                    pg_processes[name] = processes.start(
-                        name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name]), "auto"], env=pair
-                    )
-                pair_said = [said_of(work / f"{name}.log") for name in ("pgh", "pgh2")]
+                # The same two, each held to a CPU of its own by cpu_affinity = auto.
+                pair = start_held(processes, ["pgh", "pgh2"], work, ports)
+                pg_processes |= {name: process for name, (process, _) in zip(("pgh", "pgh2"), pair) if process}
             pg_browsers = {name: sign_in(urls[name]) for name in pg_processes}
             pg_cookies = {name: f"Cookie: {COOKIE}={pg_browsers[name].cookies[COOKIE]}" for name in pg_processes}
             targets["P"] = (urls["pg"] + "/api/demo/ping", [pg_cookies["pg"], "X-CSRF: 1"], pg_processes["pg"])
@@ -522,7 +513,8 @@ def main():
         if pg_url and not args.pin:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
-            if all(said.startswith("held to CPU") for said in pair_said):
+            pair_said = [said for _, said in pair]
+            if all(process is not None for process, _ in pair):
                 for name in ("pgh", "pgh2"):
                     wrk(urls[name] + "/api/demo/ping", connections=8, duration=2,
                         headers=[pg_cookies[name], "X-CSRF: 1"])
@@ -617,9 +609,21 @@ def held_cost(urls, cookie, bearer, bff, held, bare_n, duration) -> dict:
     return measured
 
 
-def said_of(log: Path) -> str:
-    """What a bench server said about ``cpu_affinity`` (its line saying whether it is held)."""
-    return next((line for line in log.read_text().splitlines() if "held to" in line), "said nothing")
+def start_held(processes, names, work: Path, ports: dict) -> list[tuple[subprocess.Popen | None, str]]:
+    """myapp servers (``names``, each with its ini in ``work``) held by ``cpu_affinity = auto``,
+    under one claim name of the bench's own (so they take distinct CPUs, and a myapp running on
+    the machine neither blocks them nor is): for each, the process (None when it could not hold
+    itself, e.g. under a CPU quota) and what it said."""
+    claims = {"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"}
+    started = []
+    for name in names:
+        process = processes.start(
+            name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name]), "auto"], env=claims
+        )
+        lines = (work / f"{name}.log").read_text().splitlines()
+        said = next((line for line in lines if "held to" in line), "said nothing")
+        started.append((process if said.startswith("held to CPU") else None, said))
+    return started
 
 
 def scaling(urls, cookies, processes, upstream, duration, pair=("pg", "pg2")) -> dict:

@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import waitress
 from waitress.channel import HTTPChannel
@@ -144,22 +144,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_claims)
 
 
-def cpu_order(allowed: set[int], siblings: Callable[[int], set[int]] | None = None) -> list[int]:
-    """The order ``auto`` tries CPUs in: one of each core before a second of any (hyperthreads of
-    one core share it), and the highest first (the first CPUs take most of the interrupts)."""
-    siblings = siblings or _siblings
-
-    def rank(cpu: int) -> int:
-        return sorted((siblings(cpu) & allowed) | {cpu}, reverse=True).index(cpu)
-
-    return sorted(allowed, key=lambda cpu: (rank(cpu), -cpu))
-
-
 def _siblings(cpu: int) -> set[int]:
     try:
         return parse_cpu_list(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text())
     except (OSError, ValueError):
         return {cpu}
+
+
+def cpu_order(allowed: set[int], siblings: Callable[[int], set[int]] = _siblings) -> list[int]:
+    """The order ``auto`` tries CPUs in: one of each core before a second of any (hyperthreads of
+    one core share it), and the highest first (the first CPUs take most of the interrupts)."""
+
+    def rank(cpu: int) -> int:
+        return sorted((siblings(cpu) & allowed) | {cpu}, reverse=True).index(cpu)
+
+    return sorted(allowed, key=lambda cpu: (rank(cpu), -cpu))
 
 
 def parse_cpu_list(text: str) -> set[int]:
@@ -182,22 +181,20 @@ def cpu_quota(cgroup_root: Path | None = None, own_cgroup: Path = Path("/proc/se
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            base, name, unlimited = root, "cpu.max", lambda v: v.split()[0] == "max"
+            base, name = root, "cpu.max"
         elif "cpu" in controllers.split(","):
-            base, name, unlimited = root / controllers, "cpu.cfs_quota_us", lambda v: v.strip() == "-1"
+            base, name = root / controllers, "cpu.cfs_quota_us"
         else:
             continue
-        directory = base / path.lstrip("/")
-        while True:
+        cgroup = PurePosixPath(path.lstrip("/"))
+        for directory in (cgroup, *cgroup.parents):
             try:
-                value = (directory / name).read_text()
+                value = " ".join((base / directory / name).read_text().split())
             except OSError:
-                value = None
-            if value is not None and value.strip() and not unlimited(value):
-                return f"its cgroup has a CPU quota ({name} {' '.join(value.split())})"
-            if directory == base or base not in directory.parents:
-                break
-            directory = directory.parent
+                continue
+            # No quota: "max 100000" (v2), "-1" (v1).
+            if value and value.split()[0] not in ("max", "-1"):
+                return f"its cgroup has a CPU quota ({name} {value})"
     return None
 
 
