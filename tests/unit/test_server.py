@@ -109,6 +109,7 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
         ({"trusted_proxy_headers": "x-forwarded-for"}, "trusted_proxy_headers has no meaning without setting trusted_proxy"),
         ({"trusted_proxy_count": "1"}, "trusted_proxy_count has no meaning without setting trusted_proxy"),
         ({"threads": "many"}, "invalid literal"),
+        ({"cpu_affinty": "auto"}, "Unknown adjustment 'cpu_affinty'"),  # a misspelling is not ignored
         pytest.param({"cpu_affinity": "fast"}, "cpu_affinity: 'fast' is not off, auto or a CPU's number",
                      marks=linux_only),
         pytest.param({"cpu_affinity": "-1"}, "cpu_affinity: '-1' is not off, auto or a CPU's number", marks=linux_only),
