@@ -15,17 +15,21 @@ And it takes one setting of its own, ``cpu_affinity`` (Linux): ``off`` (the defa
 a CPU's number. Only one of a process's threads runs Python at a time, and handing that turn to a
 thread that last ran on another CPU costs far more than the work itself (docs/benchmarks.md); so
 held to one CPU, a process serves more calls for less CPU each. ``auto`` takes a CPU that no other
-myapp process on the machine holds, one of each core first (:func:`cpu_order`), and none under a
-CPU quota (:func:`cpu_quota`: containers that share the machine's CPUs would all take the same
-one); a number takes that one.
+myapp process on the machine holds, one of each core first (:func:`cpu_order`), leaves the last
+one to the rest of the machine, takes none under a CPU quota (:func:`cpu_quota`), and lets go of
+its CPU when other work crowds it while another of its CPUs stands idle (:class:`CrowdingWatch`:
+containers that share the machine's CPUs cannot see each other's claims and may take the same
+one); a number takes that one and keeps it.
 """
 
 import errno
 import logging
 import os
+import random
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -97,12 +101,12 @@ def hold_to_one_cpu(choice: str | int) -> tuple[int | None, str]:
 def _hold(choice: str | int) -> tuple[int | None, str]:
     if choice != "auto":
         claim_cpu(choice)  # so that an ``auto`` process leaves it alone; held either way
-        _hold_threads(choice)
+        _hold_threads({choice})
         return choice, f"held to CPU {choice} (cpu_affinity = {choice})"
     allowed = os.sched_getaffinity(0)
     if len(allowed) == 1:
         [cpu] = allowed
-        claim_cpu(cpu)
+        claim_cpu(cpu)  # held already, by whoever gave it this one CPU
         return cpu, f"held to CPU {cpu} (cpu_affinity = auto: the only CPU it may use)"
     quota = cpu_quota()
     if quota:
@@ -110,13 +114,16 @@ def _hold(choice: str | int) -> tuple[int | None, str]:
             f"not held to a CPU (cpu_affinity = auto): {quota}, as containers that share a machine's CPUs "
             "are; give it a CPU of its own (a cpuset) or name one"
         )
-    for cpu in cpu_order(allowed):
+    *takes, left = cpu_order(allowed)
+    for cpu in takes:
         if claim_cpu(cpu):
-            _hold_threads(cpu)
+            _hold_threads({cpu})
+            CrowdingWatch(cpu, allowed).start()
             return cpu, f"held to CPU {cpu} (cpu_affinity = auto)"
     return None, (
-        f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every one it may use "
-        f"({_listed(allowed)}); run no more processes than CPUs"
+        f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every CPU it takes "
+        f"({_listed(set(takes))}; CPU {left} is left to the rest of the machine); run no more processes "
+        f"than that, or name a CPU"
     )
 
 
@@ -198,10 +205,10 @@ def cpu_quota(cgroup_root: Path | None = None, own_cgroup: Path = Path("/proc/se
     return None
 
 
-def _hold_threads(cpu: int) -> None:
-    """Every thread, this one first: a thread started meanwhile by one not yet held is found on
-    the next reading of the list."""
-    os.sched_setaffinity(0, {cpu})
+def _hold_threads(cpus: set[int]) -> None:
+    """Every thread to ``cpus``, this one first: a thread started meanwhile by one not yet held is
+    found on the next reading of the list."""
+    os.sched_setaffinity(0, cpus)
     held = {threading.get_native_id()}
     while True:
         threads = {int(tid) for tid in os.listdir("/proc/self/task")} - held
@@ -209,10 +216,90 @@ def _hold_threads(cpu: int) -> None:
             return
         for tid in threads:
             try:
-                os.sched_setaffinity(tid, {cpu})
+                os.sched_setaffinity(tid, cpus)
             except ProcessLookupError:  # it ended meanwhile
                 pass
         held |= threads
+
+
+def read_cpu_times(cpus: set[int], stat: Path = Path("/proc/stat")) -> dict[int, tuple[int, int, int]]:
+    """For each of ``cpus``, in clock ticks since boot: the time it ran processes (user, nice and
+    system), the time it stood idle (idle and iowait), and all its time (steal and interrupts too)."""
+    times = {}
+    for line in stat.read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(field) for field in fields[:8])
+        ran, stood = user + nice + system, idle + iowait
+        times[int(name[3:])] = (ran, stood, ran + stood + irq + softirq + steal)
+    return times
+
+
+def crowding(cpu: int, before: dict, after: dict, own_ticks: float) -> str | None:
+    """Why a process held to ``cpu`` would do better unheld, between two readings of
+    :func:`read_cpu_times` in which it ran ``own_ticks``: its CPU stayed busy (idle under 10 % of the
+    time), other processes ran on it at least a quarter of the time, and another CPU it may use stood
+    idle at least half of the time. Else None."""
+    share = {}
+    for each in after.keys() & before.keys():  # a CPU taken offline meanwhile is left out
+        ran, idle, total = (a - b for a, b in zip(after[each], before[each], strict=True))
+        if total > 0:
+            share[each] = (ran / total, idle / total, total)
+    if cpu not in share:
+        return None
+    ran, idle, total = share.pop(cpu)
+    others = ran - own_ticks / total
+    idlest = max(share, key=lambda each: share[each][1], default=None)
+    if idle >= 0.1 or others < 0.25 or idlest is None or share[idlest][1] < 0.5:
+        return None
+    return f"other processes ran on it {others:.0%} of the time while CPU {idlest} stood idle {share[idlest][1]:.0%}"
+
+
+class CrowdingWatch(threading.Thread):
+    """Lets go of the CPU that ``auto`` took, once and for good, when :func:`crowding` finds it
+    crowded at ``times`` readings in a row, ``seconds`` apart: the process then runs on every CPU
+    it may use, as with ``cpu_affinity = off``, and gives up its claim. The one case it is for:
+    processes that cannot see each other's claims (containers with a network namespace each and
+    no CPU quota) and took the same CPU, under a load that needs more than that CPU. ``times`` is
+    drawn from ``readings`` and the first reading comes at a random moment, so that of processes
+    crowding each other one lets go first and the next finds its CPU no longer crowded."""
+
+    seconds = 5.0
+    readings = (2, 6)
+
+    def __init__(self, cpu: int, allowed: set[int]):
+        super().__init__(name="myapp-cpu-watch", daemon=True)
+        self.cpu, self.allowed = cpu, allowed
+        self.times = random.randint(*self.readings)
+        self.ticks_per_second = os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        try:
+            reason = self.watch()
+            _hold_threads(self.allowed)
+            _forget_claims()
+        except (OSError, ValueError) as e:  # /proc/stat unreadable: it stays held, as it was
+            log.warning("cpu_affinity = auto: no longer watching CPU %d: %s", self.cpu, getattr(e, "strerror", None) or e)
+            return
+        log.warning(
+            "let go of CPU %d (cpu_affinity = auto): %s, at %d readings in a row %g s apart; it now runs on CPUs %s",
+            self.cpu, reason, self.times, self.seconds, _listed(self.allowed),
+        )
+
+    def watch(self) -> str:
+        """Returns when the CPU has been crowded ``times`` readings in a row: why."""
+        crowded = 0
+        time.sleep(random.uniform(0, self.seconds))
+        before, own = read_cpu_times(self.allowed), time.process_time()
+        while True:
+            time.sleep(self.seconds)
+            after, now = read_cpu_times(self.allowed), time.process_time()
+            reason = crowding(self.cpu, before, after, (now - own) * self.ticks_per_second)
+            crowded = crowded + 1 if reason else 0
+            if crowded >= self.times:
+                return reason
+            before, own = after, now
 
 
 def _listed(cpus: set[int]) -> str:

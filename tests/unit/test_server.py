@@ -1,6 +1,7 @@
 """myapp's server: waitress, refusing ambiguous request framing (tested on a raw socket, where the
 framing is the point), stopping with one line on settings that cannot work, and holding its
-process to one CPU when told to (in child processes: it changes the whole process)."""
+process to one CPU when told to, and letting go of it when other work crowds it (in child
+processes: it changes the whole process)."""
 
 import contextlib
 import errno
@@ -20,12 +21,15 @@ import pytest
 
 from myapp import server
 from myapp.server import (
+    CrowdingWatch,
     cpu_order,
     cpu_quota,
     create_server,
+    crowding,
     hold_to_one_cpu,
     parse_cpu_affinity,
     parse_cpu_list,
+    read_cpu_times,
     serve_paste,
 )
 from tests.support.servers import serve
@@ -133,11 +137,12 @@ def test_the_ini_files_use_it():
 # A child process that starts a thread, holds itself as ``cpu_affinity`` says, starts another (and,
 # told to, forks a child that sleeps), and prints what it was told, the CPUs of every thread it has
 # and its child's pid; it keeps its claim until killed. Claims carry a prefix of the test's own, so
-# no myapp running on the machine interferes.
+# no myapp running on the machine interferes, and it does not watch for crowding (tested below).
 HOLDER = """
 import json, os, sys, threading, time
 import myapp.server as server
 server.CLAIM_PREFIX = sys.argv[1]
+server.CrowdingWatch.seconds = 3600
 threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
 cpu, said = server.hold_to_one_cpu(server.parse_cpu_affinity(sys.argv[2]))
 threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
@@ -220,23 +225,25 @@ def test_a_cpu_named_holds_every_thread_to_it_those_before_and_after(holders):
 @linux_only
 @two_cpus
 @pytest.mark.slow
-def test_auto_gives_each_process_its_own_cpu_until_none_is_left(holders):
-    pair = set(ALLOWED[-2:])  # the same test on a machine of any size
-    high, low = max(pair), min(pair)
-    first, second = holders("auto", pair), holders("auto", pair)
-    assert [first["cpu"], second["cpu"]] == [high, low]  # the highest first (distinct cores, or one core's two threads)
-    assert cpus_of_threads(first) == {(high,)} and cpus_of_threads(second) == {(low,)}
-    # Both taken: this one runs as before, on both, and says why.
-    extra = holders("auto", pair)
+def test_auto_gives_each_process_its_own_cpu_and_leaves_the_last_to_the_machine(holders):
+    trio = set(ALLOWED[-3:])  # the same test on a machine of any size
+    order = cpu_order(trio)
+    takes, left = order[:-1], order[-1]
+    held = [holders("auto", trio) for _ in takes]
+    assert [each["cpu"] for each in held] == takes  # the highest first, one of each core first
+    assert [cpus_of_threads(each) for each in held] == [{(cpu,)} for cpu in takes]
+    # All it takes are taken: this one runs as before, on every CPU, and says why.
+    extra = holders("auto", trio)
     assert extra["cpu"] is None
     assert extra["said"] == (
-        f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every one it may use "
-        f"({low}, {high}); run no more processes than CPUs"
+        f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every CPU it takes "
+        f"({', '.join(map(str, sorted(takes)))}; CPU {left} is left to the rest of the machine); run no "
+        f"more processes than that, or name a CPU"
     )
-    assert cpus_of_threads(extra) == {(low, high)}
+    assert cpus_of_threads(extra) == {tuple(sorted(trio))}
     # A process that ends frees its CPU, however it ends: the next one takes it.
     holders.kill(0)
-    assert holders("auto", pair)["cpu"] == high
+    assert holders("auto", trio)["cpu"] == takes[0]
 
 
 @linux_only
@@ -245,7 +252,9 @@ def test_auto_gives_each_process_its_own_cpu_until_none_is_left(holders):
 def test_a_cpu_named_is_claimed_too_and_auto_leaves_it(holders):
     pair = set(ALLOWED[-2:])
     assert holders(str(max(pair)))["cpu"] == max(pair)
-    assert holders("auto", pair)["cpu"] == min(pair)
+    assert holders("auto", pair)["cpu"] is None  # the other one is left to the machine
+    # The last CPU, which auto leaves, can be named.
+    assert holders(str(min(pair)))["cpu"] == min(pair)
 
 
 @linux_only
@@ -327,6 +336,197 @@ def test_auto_under_a_quota_says_why_and_holds_nothing(monkeypatch):
         "not held to a CPU (cpu_affinity = auto): its cgroup has a CPU quota (cpu.max 200000 100000), as "
         "containers that share a machine's CPUs are; give it a CPU of its own (a cpuset) or name one"
     )
+
+
+def test_cpu_times_are_read_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  400 10 200 900 10 5 5 1 7 0\n"
+        "cpu0 100 10 50 400 5 2 3 1 7 0\n"  # guest time (7) is in user time already
+        "cpu1 300 0 150 500 5 3 2 0 0 0\n"
+        "intr 12345 0\nctxt 99\n"
+    )
+    # (user + nice + system, idle + iowait, everything)
+    assert read_cpu_times({0, 1}, stat) == {0: (160, 405, 571), 1: (450, 505, 960)}
+    assert read_cpu_times({1, 7}, stat) == {1: (450, 505, 960)}
+
+
+# What each CPU did between two readings, in ticks: (ran processes, stood idle, all its time).
+BEFORE = {0: (0, 0, 0), 1: (0, 0, 0), 2: (0, 0, 0)}
+
+
+@pytest.mark.parametrize(
+    "after, own, expected",
+    [
+        # CPU 1 busy, others on it half the time (the process ran 48 of 100 ticks), CPU 0 idle.
+        ({1: (98, 1, 100), 0: (10, 90, 100)}, 48,
+         "other processes ran on it 50% of the time while CPU 0 stood idle 90%"),
+        # The idlest other CPU is named.
+        ({1: (98, 1, 100), 0: (30, 70, 100), 2: (5, 95, 100)}, 48,
+         "other processes ran on it 50% of the time while CPU 2 stood idle 95%"),
+        ({1: (89, 10, 100), 0: (10, 90, 100)}, 40, None),  # idle a tenth of the time: not crowded
+        ({1: (98, 1, 100), 0: (10, 90, 100)}, 75, None),  # others under a quarter: its own load
+        ({1: (98, 1, 100), 0: (55, 45, 100)}, 48, None),  # no other CPU half idle: nothing to gain
+        ({1: (98, 1, 100)}, 48, None),  # no other CPU at all
+        ({1: (0, 0, 0), 0: (10, 90, 100)}, 0, None),  # no time passed on it
+    ],
+)
+def test_crowded_means_busy_shared_with_others_and_another_cpu_idle(after, own, expected):
+    assert crowding(1, {cpu: BEFORE[cpu] for cpu in after}, after, own) == expected
+
+
+def test_a_cpu_gone_offline_between_readings_is_left_out():
+    before = {0: (0, 0, 0), 1: (0, 0, 0)}
+    assert crowding(1, before, {1: (98, 1, 100), 2: (0, 100, 100)}, 48) is None  # 2 has no earlier reading
+    assert crowding(1, {1: (0, 0, 0)}, {1: (98, 1, 100), 0: (10, 90, 100)}, 48) is None
+
+
+def watch_over(monkeypatch, steps: list[dict], own_ticks: int, times: int) -> tuple[CrowdingWatch, list]:
+    """A watch of CPU 1 whose readings of /proc/stat add ``steps`` one by one (the process running
+    ``own_ticks`` in each), without sleeping; and the readings it took."""
+    readings, totals, clock = [], {cpu: (0, 0, 0) for cpu in steps[0]}, types.SimpleNamespace(own=0.0)
+    watch = CrowdingWatch(1, set(steps[0]))
+    watch.times = times
+
+    def read(cpus):
+        if readings:
+            step = steps[len(readings) - 1]
+            totals.update({cpu: tuple(a + b for a, b in zip(totals[cpu], step[cpu])) for cpu in step})
+            clock.own += own_ticks / watch.ticks_per_second
+        readings.append(dict(totals))
+        return dict(totals)
+
+    monkeypatch.setattr(server, "read_cpu_times", read)
+    monkeypatch.setattr(server, "time", types.SimpleNamespace(sleep=lambda seconds: None, process_time=lambda: clock.own))
+    return watch, readings
+
+
+CROWDED = {1: (98, 1, 100), 0: (10, 90, 100)}
+CALM = {1: (60, 40, 100), 0: (10, 90, 100)}
+
+
+def test_the_watch_lets_go_only_after_its_readings_in_a_row(monkeypatch):
+    watch, readings = watch_over(monkeypatch, [CALM, CROWDED, CROWDED, CALM, CROWDED, CROWDED, CROWDED], 48, times=3)
+    assert watch.watch() == "other processes ran on it 50% of the time while CPU 0 stood idle 90%"
+    assert len(readings) == 8  # the first, then seven: two crowded in a row were not enough
+
+
+def test_the_watch_draws_how_many_readings_it_waits_for():
+    drawn = {CrowdingWatch(1, {0, 1}).times for _ in range(200)}
+    assert drawn == set(range(CrowdingWatch.readings[0], CrowdingWatch.readings[1] + 1))
+
+
+def test_letting_go_holds_every_thread_to_every_cpu_gives_up_the_claim_and_says_why(monkeypatch, caplog):
+    done = []
+    monkeypatch.setattr(server, "_hold_threads", lambda cpus: done.append(("held to", cpus)))
+    monkeypatch.setattr(server, "_forget_claims", lambda: done.append("claim given up"))
+    watch = CrowdingWatch(1, {0, 1})
+    watch.times = 2
+    monkeypatch.setattr(watch, "watch", lambda: "other processes ran on it 50% of the time while CPU 0 stood idle 90%")
+    with caplog.at_level("WARNING", logger="myapp.server"):
+        watch.run()
+    assert done == [("held to", {0, 1}), "claim given up"]
+    assert caplog.messages == [(
+        f"let go of CPU 1 (cpu_affinity = auto): other processes ran on it 50% of the time while CPU 0 "
+        f"stood idle 90%, at 2 readings in a row {watch.seconds:g} s apart; it now runs on CPUs 0, 1"
+    )]
+
+
+def test_a_watch_that_cannot_read_proc_stat_keeps_the_cpu_and_says_so(monkeypatch, caplog):
+    done = []
+    monkeypatch.setattr(server, "_hold_threads", lambda cpus: done.append(cpus))
+    monkeypatch.setattr(server, "_forget_claims", lambda: done.append("claim given up"))
+
+    def unreadable(cpus):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(server, "read_cpu_times", unreadable)
+    monkeypatch.setattr(server, "time", types.SimpleNamespace(sleep=lambda seconds: None, process_time=lambda: 0.0))
+    with caplog.at_level("WARNING", logger="myapp.server"):
+        CrowdingWatch(1, {0, 1}).run()
+    assert done == []
+    assert caplog.messages == ["cpu_affinity = auto: no longer watching CPU 1: Permission denied"]
+
+
+# Two processes that cannot see each other's claims (as containers with a network each: here,
+# claims of different prefixes) take the same CPU with ``auto`` and keep it busy; each watches every
+# half second and lets go after two crowded readings in a row, saying so on stdout.
+CROWDER = """
+import logging, os, sys, threading
+import myapp.server as server
+logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
+server.CLAIM_PREFIX = sys.argv[1]
+server.CrowdingWatch.seconds, server.CrowdingWatch.readings = 0.5, (2, 2)
+cpu, said = server.hold_to_one_cpu("auto")
+print(said, flush=True)
+def spin():
+    while True:
+        sum(range(1000))
+threading.Thread(target=spin, daemon=True).start()
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def crowders(pair: set[int], count: int):
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CROWDER, f"myapp-test-{uuid.uuid4().hex}-cpu-"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, pair),
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield children
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(timeout=10)
+            child.stdin.close()
+            child.stdout.close()
+
+
+def cpus_of(pid: int) -> set[tuple[int, ...]]:
+    cpus = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            cpus.add(tuple(sorted(os.sched_getaffinity(int(tid)))))
+    return cpus
+
+
+@linux_only
+@two_cpus
+@pytest.mark.slow
+def test_processes_that_took_the_same_cpu_let_go_when_another_stands_idle():
+    pair = set(ALLOWED[-2:])
+    high, low = max(pair), min(pair)
+    with crowders(pair, 2) as children:
+        assert [line_within(child.stdout).strip() for child in children] == [f"held to CPU {high} (cpu_affinity = auto)"] * 2
+        start = read_cpu_times({low})[low]
+        ready, _, _ = select.select([child.stdout for child in children], [], [], 20)
+        end = read_cpu_times({low})[low]
+        idle_share = (end[1] - start[1]) / max(1, end[2] - start[2])
+        if not ready and idle_share < 0.5:
+            pytest.skip(f"the machine kept CPU {low} busy ({idle_share:.0%} idle): nothing idle to move to")
+        assert ready, "neither let go in 20 s"
+        said = ready[0].readline().strip()
+        assert said.startswith(f"let go of CPU {high} (cpu_affinity = auto): other processes ran on it ")
+        assert said.endswith(f", at 2 readings in a row 0.5 s apart; it now runs on CPUs {low}, {high}")
+        let_go = children[[child.stdout for child in children].index(ready[0])]
+        assert cpus_of(let_go.pid) == {(low, high)}
+
+
+@linux_only
+@two_cpus
+@pytest.mark.slow
+def test_a_process_that_keeps_its_cpu_busy_alone_keeps_it():
+    pair = set(ALLOWED[-2:])
+    with crowders(pair, 1) as [child]:
+        assert line_within(child.stdout).strip() == f"held to CPU {max(pair)} (cpu_affinity = auto)"
+        ready, _, _ = select.select([child.stdout], [], [], 4)  # eight readings
+        assert not ready, child.stdout.readline()
+        assert cpus_of(child.pid) == {(max(pair),)}
 
 
 @linux_only
