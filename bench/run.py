@@ -510,6 +510,7 @@ def main():
         print(f"dpop: {results['dpop']}", flush=True)
         if held:
             results["held"] = held_cost(urls, session_cookie, bearer, bff, held, bare_n, args.duration)
+            results["held_let_go"] = let_go(work, "held")
             print(f"held to one CPU: {results['held']}", flush=True)
         results["held_said"] = held_said
         if pg_url and not args.pin:
@@ -522,7 +523,7 @@ def main():
                         headers=[pg_cookies[name], "X-CSRF: 1"])
                 results["scaling_held"] = scaling(
                     urls, pg_cookies, pg_processes, upstream, args.duration, pair=("pgh", "pgh2")
-                ) | {"held": pair_said}
+                ) | {"held": pair_said, "let_go": let_go(work, "pgh")}
             else:
                 results["scaling_held"] = {"skipped": pair_said}
             print(f"scaling, both with cpu_affinity = auto: {results['scaling_held']}", flush=True)
@@ -613,9 +614,9 @@ def held_cost(urls, cookie, bearer, bff, held, bare_n, duration) -> dict:
 
 def start_held(processes, names, work: Path, ports: dict) -> list[tuple[subprocess.Popen, str]]:
     """myapp servers (``names``, each with its ini in ``work``) with ``cpu_affinity = auto``, one
-    after the other, under one claim name of the bench's own (so they take distinct CPUs, and a
-    myapp running on the machine neither blocks them nor is): for each, the process and what it
-    said (``held to CPU N``, or why not: under a CPU quota, or every CPU that auto takes taken)."""
+    after the other, under a claim name of this call's own (so that those of one call take distinct
+    CPUs, and a myapp running on the machine neither blocks them nor is): for each, the process and
+    what it said (``held to CPU N``, or why not: under a CPU quota, or every CPU auto takes taken)."""
     claims = {"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"}
     started = []
     for name in names:
@@ -626,6 +627,13 @@ def start_held(processes, names, work: Path, ports: dict) -> list[tuple[subproce
         said = next((line for line in lines if "held to" in line), "said nothing")
         started.append((process, said))
     return started
+
+
+def let_go(work: Path, name: str) -> str | None:
+    """What a held server said if it let go of its CPU during the bench (``cpu_affinity = auto``
+    does when other work crowds it): its numbers since are those of a process left unheld."""
+    lines = (work / f"{name}.log").read_text().splitlines()
+    return next((line[line.index("let go of CPU"):] for line in lines if "let go of CPU" in line), None)
 
 
 def scaling(urls, cookies, processes, upstream, duration, pair=("pg", "pg2")) -> dict:
@@ -746,6 +754,8 @@ def print_table(results, levels):
         print(f"  held to one CPU (cpu_affinity = auto), c={c}: {held['held']['rps']:.0f} req/s at "
               f"{held['held']['cpu_us']} us each, {held['held_over_B']}x B as it runs by default, "
               f"{held['held_over_N']}x N")
+    if results.get("held_let_go"):
+        print(f"  NOT HELD THROUGHOUT, the held process said: {results['held_let_go']}")
     if "scaling" in results:
         print(f"  scaling on PostgreSQL: {results['scaling']}")
         print(f"  the same, both with cpu_affinity = auto: {results.get('scaling_held')}")

@@ -118,7 +118,10 @@ def _hold(choice: str | int) -> tuple[int | None, str]:
     for cpu in takes:
         if claim_cpu(cpu):
             _hold_threads({cpu})
-            CrowdingWatch(cpu, allowed).start()
+            try:
+                CrowdingWatch(cpu, allowed).start()
+            except RuntimeError as e:  # no thread to be had (a container's pids.max): held, unwatched
+                return cpu, f"held to CPU {cpu} (cpu_affinity = auto; not watched for crowding: {e})"
             return cpu, f"held to CPU {cpu} (cpu_affinity = auto)"
     return None, (
         f"not held to a CPU (cpu_affinity = auto): other myapp processes hold every CPU it takes "
@@ -223,16 +226,18 @@ def _hold_threads(cpus: set[int]) -> None:
 
 
 def read_cpu_times(cpus: set[int], stat: Path = Path("/proc/stat")) -> dict[int, tuple[int, int, int]]:
-    """For each of ``cpus``, in clock ticks since boot: the time it ran processes (user, nice and
-    system), the time it stood idle (idle and iowait), and all its time (steal and interrupts too)."""
+    """For each of ``cpus``, in clock ticks since boot: the time it ran (user, nice, system and
+    interrupts), the time it stood idle (idle and iowait), and all its time (steal too)."""
     times = {}
     for line in stat.read_text().splitlines():
         name, *fields = line.split()
         if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
             continue
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(field) for field in fields[:8])
-        ran, stood = user + nice + system, idle + iowait
-        times[int(name[3:])] = (ran, stood, ran + stood + irq + softirq + steal)
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(field) for field in (fields + ["0"] * 8)[:8])
+        # Interrupts count as running: a process's own network traffic is handled in them, and its
+        # CPU time (time.process_time) includes what was handled in its own context.
+        ran, stood = user + nice + system + irq + softirq, idle + iowait
+        times[int(name[3:])] = (ran, stood, ran + stood + steal)
     return times
 
 
@@ -258,12 +263,15 @@ def crowding(cpu: int, before: dict, after: dict, own_ticks: float) -> str | Non
 
 class CrowdingWatch(threading.Thread):
     """Lets go of the CPU that ``auto`` took, once and for good, when :func:`crowding` finds it
-    crowded at ``times`` readings in a row, ``seconds`` apart: the process then runs on every CPU
-    it may use, as with ``cpu_affinity = off``, and gives up its claim. The one case it is for:
-    processes that cannot see each other's claims (containers with a network namespace each and
-    no CPU quota) and took the same CPU, under a load that needs more than that CPU. ``times`` is
-    drawn from ``readings`` and the first reading comes at a random moment, so that of processes
-    crowding each other one lets go first and the next finds its CPU no longer crowded."""
+    crowded at ``times`` readings in a row, ``seconds`` apart, and once more after a pause of
+    random length: the process then runs on every CPU it may use, as with ``cpu_affinity = off``,
+    and gives up its claim. The one case it is for: processes that cannot see each other's claims
+    (containers with a network namespace each and no CPU quota) and took the same CPU, under a
+    load that needs more than that CPU while another stands idle. ``times`` is drawn from
+    ``readings`` and the readings start at a random moment, so that of processes crowding each
+    other one usually lets go first and the next finds its CPU no longer crowded. It stops
+    watching, and the process stays as it is, when something else moves the process (a changed
+    cpuset) or /proc/stat cannot be read or does not show the CPU (lxcfs renumbers them)."""
 
     seconds = 5.0
     readings = (2, 6)
@@ -277,29 +285,64 @@ class CrowdingWatch(threading.Thread):
     def run(self) -> None:
         try:
             reason = self.watch()
-            _hold_threads(self.allowed)
-            _forget_claims()
-        except (OSError, ValueError) as e:  # /proc/stat unreadable: it stays held, as it was
-            log.warning("cpu_affinity = auto: no longer watching CPU %d: %s", self.cpu, getattr(e, "strerror", None) or e)
+        except Exception as e:  # a thread's error would be a traceback: it stays held, and says why
+            log.warning("cpu_affinity = auto: no longer watching CPU %d: %s", self.cpu, _why(e))
             return
+        if reason is None:
+            return
+        try:
+            _hold_threads(self.allowed)
+        except Exception as e:
+            log.warning("cpu_affinity = auto: could not let go of CPU %d (%s): %s", self.cpu, reason, _why(e))
+            return
+        _forget_claims()
         log.warning(
-            "let go of CPU %d (cpu_affinity = auto): %s, at %d readings in a row %g s apart; it now runs on CPUs %s",
-            self.cpu, reason, self.times, self.seconds, _listed(self.allowed),
+            "let go of CPU %d (cpu_affinity = auto): %s, at %d readings in a row %g s apart and one more; "
+            "it now runs on CPUs %s", self.cpu, reason, self.times, self.seconds, _listed(self.allowed),
         )
 
-    def watch(self) -> str:
-        """Returns when the CPU has been crowded ``times`` readings in a row: why."""
+    def held_as_before(self) -> bool:
+        return os.sched_getaffinity(0) == {self.cpu}
+
+    def reading(self) -> tuple[dict, float]:
+        times = read_cpu_times(self.allowed)
+        if self.cpu not in times:
+            raise LookupError(f"/proc/stat does not show CPU {self.cpu}")
+        return times, time.process_time()
+
+    def crowded(self, before: tuple[dict, float], after: tuple[dict, float]) -> str | None:
+        return crowding(self.cpu, before[0], after[0], (after[1] - before[1]) * self.ticks_per_second)
+
+    def watch(self) -> str | None:
+        """Why the CPU is crowded, once it has been ``times`` readings in a row and once more after
+        a pause; None when the process was moved by something else meanwhile."""
         crowded = 0
         time.sleep(random.uniform(0, self.seconds))
-        before, own = read_cpu_times(self.allowed), time.process_time()
+        before = self.reading()
         while True:
             time.sleep(self.seconds)
-            after, now = read_cpu_times(self.allowed), time.process_time()
-            reason = crowding(self.cpu, before, after, (now - own) * self.ticks_per_second)
-            crowded = crowded + 1 if reason else 0
+            if not self.held_as_before():
+                log.warning("cpu_affinity = auto: no longer watching CPU %d: the process was moved to CPUs %s",
+                            self.cpu, _listed(os.sched_getaffinity(0)))
+                return None
+            after = self.reading()
+            crowded = crowded + 1 if self.crowded(before, after) else 0
             if crowded >= self.times:
-                return reason
-            before, own = after, now
+                # Another process that crowded this CPU may have let go meanwhile: a fresh reading
+                # after a pause of random length starts after it did.
+                time.sleep(random.uniform(0, self.seconds))
+                before = self.reading()
+                time.sleep(self.seconds)
+                after = self.reading()
+                reason = self.crowded(before, after)
+                if reason:
+                    return reason
+                crowded = 0
+            before = after
+
+
+def _why(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
 def _listed(cpus: set[int]) -> str:

@@ -141,12 +141,27 @@ def test_the_table_says_what_holding_b_to_one_cpu_gave(capsys):
     run.print_table(results, [1])
     assert ("  held to one CPU (cpu_affinity = auto), c=8: 1300 req/s at 720 us each, 1.86x B as it runs by "
             "default, 1.18x N") in capsys.readouterr().out.splitlines()
+    # A held process that let go of its CPU during the bench: its numbers are not a held process's.
+    results["held_let_go"] = "let go of CPU 1 (cpu_affinity = auto): other processes ran on it 40% of the time ..."
+    run.print_table(results, [1])
+    assert ("  NOT HELD THROUGHOUT, the held process said: let go of CPU 1 (cpu_affinity = auto): other "
+            "processes ran on it 40% of the time ...") in capsys.readouterr().out.splitlines()
     # Not measured (held by --pin already, or a process that could not hold itself): why.
-    del results["held"]
+    del results["held"], results["held_let_go"]
     results["held_said"] = "not held to a CPU (cpu_affinity = auto): its cgroup has a CPU quota (cpu.max 1 1), ..."
     run.print_table(results, [1])
     assert ("  held to one CPU (cpu_affinity = auto): not held to a CPU (cpu_affinity = auto): its cgroup has a CPU "
             "quota (cpu.max 1 1), ...") in capsys.readouterr().out.splitlines()
+
+
+def test_a_held_server_that_let_go_of_its_cpu_is_found_in_its_log(tmp_path):
+    (tmp_path / "held.log").write_text(
+        "held to CPU 1 (cpu_affinity = auto)\nlistening on http://127.0.0.1:9\n"
+        "WARNING:myapp.server:let go of CPU 1 (cpu_affinity = auto): other processes ran on it 40% ...\n"
+    )
+    assert run.let_go(tmp_path, "held") == "let go of CPU 1 (cpu_affinity = auto): other processes ran on it 40% ..."
+    (tmp_path / "held.log").write_text("held to CPU 1 (cpu_affinity = auto)\nlistening on http://127.0.0.1:9\n")
+    assert run.let_go(tmp_path, "held") is None
 
 
 def test_a_peer_that_does_not_start_is_skipped_not_the_bench(tmp_path):
