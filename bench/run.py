@@ -4,8 +4,9 @@ Targets (one process each, waitress with the same threads): D the upstream (the 
 directly; N a bare Pyramid proxy on urllib3; R the same on requests; B myapp's /api/demo/...
 with a signed-in session. Also a signed-in page against the anonymous landing page, B with
 tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, B held to
-one CPU by its server's own ``cpu_affinity = auto`` beside B as it runs by default, a refresh
-storm, and the proxy's memory while 100 MiB stream through it. wrk generates the load.
+one CPU by its server's own ``cpu_affinity = auto`` beside B as it runs by default and N held to
+the same CPU, a refresh storm, and the proxy's memory while 100 MiB stream through it. wrk
+generates the load.
 Writes bench/results.json; docs/benchmarks.md records a run.
 
 E is the Node peer a team would otherwise pick (bench/node-peer: Express, Auth0's
@@ -77,9 +78,10 @@ class Processes:
         # With --pin: the CPU each server is held to, by name ("devstack" the API, "*" the rest).
         self.cpus = cpus
 
-    def start(self, name, args, env=None, program=(sys.executable,)) -> subprocess.Popen:
+    def start(self, name, args, env=None, program=(sys.executable,), cpu=None) -> subprocess.Popen:
         log = self.work / f"{name}.log"
-        cpu = self.cpus.get(name, self.cpus["*"]) if self.cpus else None
+        if cpu is None and self.cpus:
+            cpu = self.cpus.get(name, self.cpus["*"])
         with log.open("w") as output:  # the child has its own copy
             process = subprocess.Popen(
                 [*program, *args],
@@ -393,7 +395,7 @@ def main():
         cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop", "held", "pgh", "pgh2")
+    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop", "held", "nheld", "pgh", "pgh2")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
@@ -440,6 +442,11 @@ def main():
             processes, ["held"], work, ports
         )[0]
         held = held if held_said.startswith("held to CPU") else None
+        # N held to the same CPU by the system: the like-for-like comparison for the held B.
+        bare_n_held = held and processes.start(
+            "N-held", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["nheld"])],
+            cpu=int(held_said.split()[3]),
+        )
 
         browser = sign_in(urls["bff"])
         cipher = TokenCipher([KEY])
@@ -509,7 +516,7 @@ def main():
         results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
         print(f"dpop: {results['dpop']}", flush=True)
         if held:
-            results["held"] = held_cost(urls, session_cookie, bearer, bff, held, bare_n, args.duration)
+            results["held"] = held_cost(urls, session_cookie, bearer, bff, held, bare_n, bare_n_held, args.duration)
             results["held_let_go"] = let_go(work, "held")
             print(f"held to one CPU: {results['held']}", flush=True)
         results["held_said"] = held_said
@@ -585,17 +592,19 @@ def dpop_cost(urls, bearer_cookie, bff, dpop, upstream, duration) -> dict:
     }
 
 
-def held_cost(urls, cookie, bearer, bff, held, bare_n, duration) -> dict:
+def held_cost(urls, cookie, bearer, bff, held, bare_n, bare_n_held, duration) -> dict:
     """B as it runs by default, B held to one CPU by its server's ``cpu_affinity = auto``
-    (docs/deployment.md, "Sizing"), and N, one after the other at 8 and 32 connections (in the
-    opposite order at 32, so that neither side always goes first). Both B processes serve the same
-    session (one SQLite file). Not B of the targets: that one runs as myapp does unless told
-    otherwise."""
+    (docs/deployment.md, "Sizing"), N, and N held to the same CPU, one after the other at 8 and 32
+    connections (in the opposite order at 32, so that neither side always goes first). Both B
+    processes serve the same session (one SQLite file). Not B of the targets: that one runs as
+    myapp does unless told otherwise; held B against held N is the like-for-like comparison."""
     wrk(urls["held"] + "/api/demo/ping", connections=8, duration=2, headers=[cookie, "X-CSRF: 1"])
+    wrk(urls["nheld"] + "/ping", connections=8, duration=2, headers=[bearer])
     order = (
         ("B", urls["bff"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], bff),
         ("held", urls["held"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], held),
         ("N", urls["n"] + "/ping", [bearer], bare_n),
+        ("N held", urls["nheld"] + "/ping", [bearer], bare_n_held),
     )
     measured = {}
     for connections in (8, 32):
@@ -608,6 +617,7 @@ def held_cost(urls, cookie, bearer, bff, held, bare_n, duration) -> dict:
             **runs,
             "held_over_B": round(runs["held"]["rps"] / runs["B"]["rps"], 2),
             "held_over_N": round(runs["held"]["rps"] / runs["N"]["rps"], 2),
+            "held_over_N_held": round(runs["held"]["rps"] / runs["N held"]["rps"], 2),
         }
     return measured
 
@@ -753,7 +763,8 @@ def print_table(results, levels):
     for c, held in results.get("held", {}).items():
         print(f"  held to one CPU (cpu_affinity = auto), c={c}: {held['held']['rps']:.0f} req/s at "
               f"{held['held']['cpu_us']} us each, {held['held_over_B']}x B as it runs by default, "
-              f"{held['held_over_N']}x N")
+              f"{held['held_over_N']}x N; N held to the same CPU: {held['N held']['rps']:.0f} req/s at "
+              f"{held['N held']['cpu_us']} us each, B held / N held {held['held_over_N_held']}")
     if results.get("held_let_go"):
         print(f"  NOT HELD THROUGHOUT, the held process said: {results['held_let_go']}")
     if "scaling" in results:

@@ -3,6 +3,9 @@ records, the traceparent that reaches providers and upstreams, and a scan of eve
 for anything secret."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from opentelemetry import trace
@@ -136,3 +139,30 @@ def test_no_span_of_a_dpop_session_holds_a_proof_or_the_key(spans, make_proxy_ap
     for secret in [private, query["dpop_jkt"], *proofs, *provider.access_tokens]:
         assert secret not in text, "a DPoP secret in a span"
     assert "eyJ" not in text
+
+
+# A process of its own: the tracer provider is installed once per process.
+SAMPLER = """
+import types
+from opentelemetry import trace
+from myapp.tracing import setup_tracing
+setup_tracing(types.SimpleNamespace(enabled=True, exporter="console", endpoint=None, service_name="myapp"))
+print(trace.get_tracer_provider().sampler.get_description())
+"""
+
+
+@pytest.mark.parametrize(
+    "environ, root",
+    [
+        ({}, "root:AlwaysOnSampler"),  # every request, by default
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+         "root:TraceIdRatioBased{0.1}"),
+    ],
+)
+def test_opentelemetry_s_own_sampler_variables_choose_which_requests_are_traced(environ, root):
+    """docs/configuration.md: sampling is set as for any OpenTelemetry SDK, and a caller's sampled
+    traceparent is followed."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    said = subprocess.run([sys.executable, "-c", SAMPLER], env=clean | environ, capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert said.startswith("ParentBased{") and root in said and "remoteParentSampled:AlwaysOnSampler" in said, said

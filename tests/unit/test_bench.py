@@ -136,11 +136,13 @@ def test_the_table_says_what_holding_b_to_one_cpu_gave(capsys):
     results = results_of(row)
     results["targets"] = run.check_targets(results, [1])
     held = {"8": {"B": {"rps": 700, "cpu_us": 1200}, "held": {"rps": 1300, "cpu_us": 720}, "N": {"rps": 1100},
-                  "held_over_B": 1.86, "held_over_N": 1.18}}
+                  "N held": {"rps": 1625, "cpu_us": 560}, "held_over_B": 1.86, "held_over_N": 1.18,
+                  "held_over_N_held": 0.8}}
     results |= {"node_peer": "skipped", "tracing": {}, "dpop": {}, "chart": "skipped", "held": held}
     run.print_table(results, [1])
     assert ("  held to one CPU (cpu_affinity = auto), c=8: 1300 req/s at 720 us each, 1.86x B as it runs by "
-            "default, 1.18x N") in capsys.readouterr().out.splitlines()
+            "default, 1.18x N; N held to the same CPU: 1625 req/s at 560 us each, B held / N held 0.8"
+            ) in capsys.readouterr().out.splitlines()
     # A held process that let go of its CPU during the bench: its numbers are not a held process's.
     results["held_let_go"] = "let go of CPU 1 (cpu_affinity = auto): other processes ran on it 40% of the time ..."
     run.print_table(results, [1])
