@@ -395,15 +395,17 @@ def main():
         cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
-    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sink", "dpop", "held", "nheld", "pgh", "pgh2")
+    names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sampled", "sink", "dpop", "held", "nheld", "pgh",
+             "pgh2")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
     engine = migrate(database_url)
     bff_ini(work / "bench.ini", database_url, urls["bff"], urls["idp"])
     # The same app with tracing on, exporting over OTLP/HTTP to a sink that keeps nothing.
-    bff_ini(work / "traced.ini", database_url, urls["traced"], urls["idp"], **{
-        "myapp.otel.enabled": "true", "myapp.otel.endpoint": urls["sink"] + "/v1/traces"})
+    for name in ("traced", "sampled"):
+        bff_ini(work / f"{name}.ini", database_url, urls[name], urls["idp"], **{
+            "myapp.otel.enabled": "true", "myapp.otel.endpoint": urls["sink"] + "/v1/traces"})
     # The same app whose sessions' tokens are DPoP-bound: a proof with every proxied call.
     bff_ini(work / "dpop.ini", database_url, urls["dpop"], urls["idp"], **{"myapp.oidc.dpop": "required"})
     bff_ini(work / "held.ini", database_url, urls["held"], urls["idp"])
@@ -436,6 +438,11 @@ def main():
         bare_r = processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
         processes.start("sink", ["bench/serve.py", "otlp-sink", "-", str(ports["sink"])])
         traced = processes.start("traced", ["bench/serve.py", "bff", str(work / "traced.ini"), str(ports["traced"])])
+        # The same, tracing one request in ten (OpenTelemetry's own sampler variables).
+        sampled = processes.start(
+            "sampled", ["bench/serve.py", "bff", str(work / "sampled.ini"), str(ports["sampled"])],
+            env={"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+        )
         dpop = processes.start("dpop", ["bench/serve.py", "bff", str(work / "dpop.ini"), str(ports["dpop"])])
         # With --pin every server is held already, this one as much as the rest.
         held, held_said = (None, "skipped: --pin holds every server") if args.pin else start_held(
@@ -511,7 +518,7 @@ def main():
             results["pages"][name] = page
             print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each", flush=True)
 
-        results["tracing"] = tracing_cost(urls, session_cookie, bff, traced, args.duration)
+        results["tracing"] = tracing_cost(urls, session_cookie, bff, traced, sampled, args.duration)
         print(f"tracing: {results['tracing']}", flush=True)
         results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
         print(f"dpop: {results['dpop']}", flush=True)
@@ -548,18 +555,23 @@ def main():
     print_table(results, levels)
 
 
-def tracing_cost(urls, cookie, bff, traced, duration) -> dict:
-    """B with tracing off and on (OTLP/HTTP to a local sink), one after the other, 8 connections.
-    Both processes serve the same session (one SQLite file)."""
+def tracing_cost(urls, cookie, bff, traced, sampled, duration) -> dict:
+    """B with tracing off, on for every request, and on for one request in ten (OTLP/HTTP to a
+    local sink), one after the other, 8 connections. The processes serve the same session (one
+    SQLite file)."""
     headers = [cookie, "X-CSRF: 1"]
-    wrk(urls["traced"] + "/api/demo/ping", connections=8, duration=2, headers=headers)
-    off = wrk(urls["bff"] + "/api/demo/ping", connections=8, duration=duration, headers=headers, pids=[bff.pid])
-    on = wrk(urls["traced"] + "/api/demo/ping", connections=8, duration=duration, headers=headers, pids=[traced.pid])
-    off_cpu, on_cpu = off["cpu_us_per_request"][str(bff.pid)], on["cpu_us_per_request"][str(traced.pid)]
+    runs = {}
+    for name in ("traced", "sampled"):  # warm up
+        wrk(urls[name] + "/api/demo/ping", connections=8, duration=2, headers=headers)
+    for name, process in (("bff", bff), ("traced", traced), ("sampled", sampled)):
+        run = wrk(urls[name] + "/api/demo/ping", connections=8, duration=duration, headers=headers, pids=[process.pid])
+        runs[name] = (run["rps"], run["cpu_us_per_request"][str(process.pid)], run["non_2xx"])
+    (off, off_cpu, _), (on, on_cpu, _), (tenth, tenth_cpu, _) = runs["bff"], runs["traced"], runs["sampled"]
     return {
-        "off_rps": off["rps"], "on_rps": on["rps"], "on_over_off": round(on["rps"] / off["rps"], 2),
+        "off_rps": off, "on_rps": on, "on_over_off": round(on / off, 2),
         "off_cpu_us": off_cpu, "on_cpu_us": on_cpu, "cpu_added_us": on_cpu - off_cpu,
-        "non_2xx": off["non_2xx"] + on["non_2xx"],
+        "one_in_ten_rps": tenth, "one_in_ten_over_off": round(tenth / off, 2), "one_in_ten_cpu_added_us": tenth_cpu - off_cpu,
+        "non_2xx": sum(non_2xx for _, _, non_2xx in runs.values()),
     }
 
 
