@@ -445,14 +445,14 @@ def main():
         )
         dpop = processes.start("dpop", ["bench/serve.py", "bff", str(work / "dpop.ini"), str(ports["dpop"])])
         # With --pin every server is held already, this one as much as the rest.
-        held, held_said = (None, "skipped: --pin holds every server") if args.pin else start_held(
+        held, held_said, held_cpu = (None, "skipped: --pin holds every server", None) if args.pin else start_held(
             processes, ["held"], work, ports
         )[0]
-        held = held if held_said.startswith("held to CPU") else None
+        held = held if held_cpu is not None else None
         # N held to the same CPU by the system: the like-for-like comparison for the held B.
         bare_n_held = held and processes.start(
             "N-held", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["nheld"])],
-            cpu=int(held_said.split()[3]),
+            cpu=held_cpu,
         )
 
         browser = sign_in(urls["bff"])
@@ -480,8 +480,8 @@ def main():
             if not args.pin:
                 # The same two with cpu_affinity = auto: as many held as it takes CPUs (one of two).
                 pair = start_held(processes, ["pgh", "pgh2"], work, ports)
-                if pair[0][1].startswith("held to CPU"):
-                    pg_processes |= {name: process for name, (process, _) in zip(("pgh", "pgh2"), pair)}
+                if pair[0][2] is not None:
+                    pg_processes |= {name: process for name, (process, _, _) in zip(("pgh", "pgh2"), pair)}
             pg_browsers = {name: sign_in(urls[name]) for name in pg_processes}
             pg_cookies = {name: f"Cookie: {COOKIE}={pg_browsers[name].cookies[COOKIE]}" for name in pg_processes}
             targets["P"] = (urls["pg"] + "/api/demo/ping", [pg_cookies["pg"], "X-CSRF: 1"], pg_processes["pg"])
@@ -530,7 +530,7 @@ def main():
         if pg_url and not args.pin:
             results["scaling"] = scaling(urls, pg_cookies, pg_processes, upstream, args.duration)
             print(f"scaling: {results['scaling']}", flush=True)
-            pair_said = [said for _, said in pair]
+            pair_said = [said for _, said, _ in pair]
             if "pgh" in pg_processes:  # the first held, at least
                 for name in ("pgh", "pgh2"):
                     wrk(urls[name] + "/api/demo/ping", connections=8, duration=2,
@@ -634,28 +634,37 @@ def held_cost(urls, cookie, bearer, bff, held, bare_n, bare_n_held, duration) ->
     return measured
 
 
-def start_held(processes, names, work: Path, ports: dict) -> list[tuple[subprocess.Popen, str]]:
+def start_held(processes, names, work: Path, ports: dict) -> list[tuple[subprocess.Popen, str, int | None]]:
     """myapp servers (``names``, each with its ini in ``work``) with ``cpu_affinity = auto``, one
     after the other, under a claim name of this call's own (so that those of one call take distinct
-    CPUs, and a myapp running on the machine neither blocks them nor is): for each, the process and
-    what it said (``held to CPU N``, or why not: under a CPU quota, or every CPU auto takes taken)."""
+    CPUs, and a myapp running on the machine neither blocks them nor is): for each, the process,
+    what it said (``held to CPU N``, or why not: under a CPU quota, or every CPU auto takes taken)
+    and the CPU it holds (None when not held)."""
     claims = {"BENCH_CLAIM_PREFIX": f"myapp-bench-{uuid.uuid4().hex}-cpu-"}
     started = []
     for name in names:
         process = processes.start(
             name, ["bench/serve.py", "bff", str(work / f"{name}.ini"), str(ports[name]), "auto"], env=claims
         )
-        lines = (work / f"{name}.log").read_text().splitlines()
-        said = next((line for line in lines if "held to" in line), "said nothing")
-        started.append((process, said))
+        said = said_in_log(work, name, r"(not )?held to") or "said nothing"
+        cpu = re.match(r"held to CPU (\d+)", said)
+        started.append((process, said, cpu and int(cpu[1])))
     return started
 
 
 def let_go(work: Path, name: str) -> str | None:
     """What a held server said if it let go of its CPU during the bench (``cpu_affinity = auto``
     does when other work crowds it): its numbers since are those of a process left unheld."""
-    lines = (work / f"{name}.log").read_text().splitlines()
-    return next((line[line.index("let go of CPU"):] for line in lines if "let go of CPU" in line), None)
+    return said_in_log(work, name, r"let go of CPU")
+
+
+def said_in_log(work: Path, name: str, pattern: str) -> str | None:
+    """The first line of a server's log that ``pattern`` finds, from where it finds it (after the
+    logging's prefix, if any)."""
+    for line in (work / f"{name}.log").read_text().splitlines():
+        if found := re.search(pattern, line):
+            return line[found.start():]
+    return None
 
 
 def scaling(urls, cookies, processes, upstream, duration, pair=("pg", "pg2")) -> dict:

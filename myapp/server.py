@@ -95,7 +95,7 @@ def hold_to_one_cpu(choice: str | int) -> tuple[int | None, str]:
     try:
         return _hold(choice)
     except OSError as e:
-        raise OSError(f"cpu_affinity = {choice}: {e.strerror or e}") from e
+        raise OSError(f"cpu_affinity = {choice}: {_why(e)}") from e
 
 
 def _hold(choice: str | int) -> tuple[int | None, str]:

@@ -4,6 +4,7 @@ or skipped (and why), and the targets it computes from a run's numbers."""
 import os
 import socket
 import stat
+import types
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,14 @@ def test_a_held_server_that_let_go_of_its_cpu_is_found_in_its_log(tmp_path):
     assert run.let_go(tmp_path, "held") == "let go of CPU 1 (cpu_affinity = auto): other processes ran on it 40% ..."
     (tmp_path / "held.log").write_text("held to CPU 1 (cpu_affinity = auto)\nlistening on http://127.0.0.1:9\n")
     assert run.let_go(tmp_path, "held") is None
+
+
+def test_what_a_held_server_said_when_it_started_is_read_from_its_log(tmp_path):
+    processes = types.SimpleNamespace(start=lambda name, args, env: name)
+    for said, cpu in [("held to CPU 1 (cpu_affinity = auto)", 1),
+                      ("not held to a CPU (cpu_affinity = auto): its cgroup has a CPU quota (cpu.max 1 1), ...", None)]:
+        (tmp_path / "held.log").write_text(f"{said}\nlistening on http://127.0.0.1:9\n")
+        assert run.start_held(processes, ["held"], tmp_path, {"held": 9}) == [("held", said, cpu)]
 
 
 def test_a_peer_that_does_not_start_is_skipped_not_the_bench(tmp_path):

@@ -171,6 +171,24 @@ def line_within(stream, seconds: float = 30) -> str:
     return stream.readline()
 
 
+def child_process(script: str, *args: str, cpus: set[int] | None = None) -> subprocess.Popen:
+    """``python -c script args``, held to ``cpus`` by the system first when given; its output on a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    )
+
+
+def end(child: subprocess.Popen) -> None:
+    try:
+        child.kill()
+        child.wait(timeout=10)
+    finally:
+        child.stdin.close()
+        child.stdout.close()
+
+
 @pytest.fixture
 def holders():
     """``holders(cpu_affinity, cpus=None, fork=False)`` starts a holder (held to ``cpus`` by the
@@ -180,11 +198,7 @@ def holders():
     children = []
 
     def start(cpu_affinity: str, cpus: set[int] | None = None, fork: bool = False) -> dict:
-        child = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, prefix, cpu_affinity, *(["fork"] if fork else [])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
-        )
+        child = child_process(HOLDER, prefix, cpu_affinity, *(["fork"] if fork else []), cpus=cpus)
         children.append(child)
         line = line_within(child.stdout)
         assert line.startswith("{"), line + child.stdout.read()
@@ -204,12 +218,7 @@ def holders():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
             continue
-        try:
-            child.kill()
-            child.wait(timeout=10)
-        finally:
-            child.stdin.close()
-            child.stdout.close()
+        end(child)
 
 
 def cpus_of_threads(report: dict) -> set[tuple[int, ...]]:
@@ -430,35 +439,30 @@ def test_the_watch_draws_how_many_readings_it_waits_for():
     assert drawn == set(range(CrowdingWatch.readings[0], CrowdingWatch.readings[1] + 1))
 
 
-def test_letting_go_holds_every_thread_to_every_cpu_gives_up_the_claim_and_says_why(monkeypatch, caplog):
+def unwatched(monkeypatch, caplog, **changes) -> list:
+    """Runs a watch of CPU 1 of {0, 1}, waiting for 2 readings, with ``changes`` to the server
+    module or to the watch (``watch``, ``held_as_before``); what it did to the threads and the
+    claim (nothing in this process is held), and what it logged."""
     done = []
     monkeypatch.setattr(server, "_hold_threads", lambda cpus: done.append(("held to", cpus)))
     monkeypatch.setattr(server, "_forget_claims", lambda: done.append("claim given up"))
-    watch = CrowdingWatch(1, {0, 1})
-    watch.times = 2
-    monkeypatch.setattr(watch, "watch", lambda: "other processes ran on it 50% of the time while CPU 0 stood idle 90%")
-    with caplog.at_level("WARNING", logger="myapp.server"):
-        watch.run()
-    assert done == [("held to", {0, 1}), "claim given up"]
-    assert caplog.messages == [(
-        f"let go of CPU 1 (cpu_affinity = auto): other processes ran on it 50% of the time while CPU 0 "
-        f"stood idle 90%, at 2 readings in a row {watch.seconds:g} s apart and one more; it now runs on CPUs 0, 1"
-    )]
-
-
-def unwatched(monkeypatch, caplog, **changes) -> list:
-    """Runs a watch of CPU 1 of {0, 1} with ``changes`` to the server module or the watch; what it
-    did to the threads and the claim, and what it logged."""
-    done = []
-    monkeypatch.setattr(server, "_hold_threads", lambda cpus: done.append(cpus))
-    monkeypatch.setattr(server, "_forget_claims", lambda: done.append("claim given up"))
     monkeypatch.setattr(server, "time", types.SimpleNamespace(sleep=lambda seconds: None, process_time=lambda: 0.0))
     watch = CrowdingWatch(1, {0, 1})
+    watch.times = 2
     for name, value in changes.items():
-        monkeypatch.setattr(watch if name == "held_as_before" else server, name, value)
+        monkeypatch.setattr(watch if name in ("watch", "held_as_before") else server, name, value)
     with caplog.at_level("WARNING", logger="myapp.server"):
         watch.run()
     return done
+
+
+def test_letting_go_holds_every_thread_to_every_cpu_gives_up_the_claim_and_says_why(monkeypatch, caplog):
+    reason = "other processes ran on it 50% of the time while CPU 0 stood idle 90%"
+    assert unwatched(monkeypatch, caplog, watch=lambda: reason) == [("held to", {0, 1}), "claim given up"]
+    assert caplog.messages == [(
+        f"let go of CPU 1 (cpu_affinity = auto): other processes ran on it 50% of the time while CPU 0 "
+        f"stood idle 90%, at 2 readings in a row {CrowdingWatch.seconds:g} s apart and one more; it now runs on CPUs 0, 1"
+    )]
 
 
 def test_a_watch_that_cannot_read_proc_stat_keeps_the_cpu_and_says_so(monkeypatch, caplog):
@@ -486,18 +490,24 @@ def test_a_process_moved_by_something_else_is_left_as_it_is(monkeypatch, caplog)
 
 
 def test_a_let_go_that_fails_keeps_the_claim_and_says_so(monkeypatch, caplog):
-    watch = CrowdingWatch(1, {0, 1})
-    monkeypatch.setattr(watch, "watch", lambda: "crowded")
-    monkeypatch.setattr(server, "_hold_threads", lambda cpus: (_ for _ in ()).throw(OSError(errno.EINVAL, "Invalid argument")))
-    monkeypatch.setattr(server, "_forget_claims", lambda: pytest.fail("the claim was given up"))
-    with caplog.at_level("WARNING", logger="myapp.server"):
-        watch.run()
+    def refused(cpus):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    assert unwatched(monkeypatch, caplog, watch=lambda: "crowded", _hold_threads=refused) == []  # claim kept
     assert caplog.messages == ["cpu_affinity = auto: could not let go of CPU 1 (crowded): Invalid argument"]
+
+
+@pytest.fixture
+def holding_nothing(monkeypatch):
+    """hold_to_one_cpu in this process, claiming and holding nothing, with no CPU quota."""
+    monkeypatch.setattr(server, "_hold_threads", lambda cpus: None)
+    monkeypatch.setattr(server, "claim_cpu", lambda cpu: True)
+    monkeypatch.setattr(server, "cpu_quota", lambda: None)
 
 
 @linux_only
 @two_cpus
-def test_only_auto_holding_a_cpu_of_several_watches_it(monkeypatch):
+def test_only_auto_holding_a_cpu_of_several_watches_it(monkeypatch, holding_nothing):
     started = []
 
     class Recorded:
@@ -508,9 +518,6 @@ def test_only_auto_holding_a_cpu_of_several_watches_it(monkeypatch):
             started.append((self.cpu, self.allowed))
 
     monkeypatch.setattr(server, "CrowdingWatch", Recorded)
-    monkeypatch.setattr(server, "_hold_threads", lambda cpus: None)  # nothing in this process is held
-    monkeypatch.setattr(server, "claim_cpu", lambda cpu: True)
-    monkeypatch.setattr(server, "cpu_quota", lambda: None)
     allowed = os.sched_getaffinity(0)
     assert hold_to_one_cpu("auto")[0] == cpu_order(allowed)[0]
     assert started == [(cpu_order(allowed)[0], allowed)]
@@ -522,7 +529,7 @@ def test_only_auto_holding_a_cpu_of_several_watches_it(monkeypatch):
 
 @linux_only
 @two_cpus
-def test_auto_without_a_thread_for_its_watch_stays_held_and_says_so(monkeypatch):
+def test_auto_without_a_thread_for_its_watch_stays_held_and_says_so(monkeypatch, holding_nothing):
     class NoThread:
         def __init__(self, cpu, allowed):
             pass
@@ -531,9 +538,6 @@ def test_auto_without_a_thread_for_its_watch_stays_held_and_says_so(monkeypatch)
             raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(server, "CrowdingWatch", NoThread)
-    monkeypatch.setattr(server, "_hold_threads", lambda cpus: None)
-    monkeypatch.setattr(server, "claim_cpu", lambda cpu: True)
-    monkeypatch.setattr(server, "cpu_quota", lambda: None)
     cpu = cpu_order(os.sched_getaffinity(0))[0]
     assert hold_to_one_cpu("auto") == (
         cpu, f"held to CPU {cpu} (cpu_affinity = auto; not watched for crowding: can't start new thread)")
@@ -560,22 +564,12 @@ sys.stdin.read()
 
 @contextlib.contextmanager
 def crowders(pair: set[int], count: int):
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CROWDER, f"myapp-test-{uuid.uuid4().hex}-cpu-"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, pair),
-        )
-        for _ in range(count)
-    ]
+    children = [child_process(CROWDER, f"myapp-test-{uuid.uuid4().hex}-cpu-", cpus=pair) for _ in range(count)]
     try:
         yield children
     finally:
         for child in children:
-            child.kill()
-            child.wait(timeout=10)
-            child.stdin.close()
-            child.stdout.close()
+            end(child)
 
 
 def cpus_of(pid: int) -> set[tuple[int, ...]]:
