@@ -70,7 +70,9 @@ def main(argv=None) -> int:
         listener.close()
         print(f"myapp.devstack: {e}", file=sys.stderr)
         return 2
-    server = waitress.create_server(app, sockets=[listener], threads=args.threads)
+    # Every BFF process keeps a pool of connections to the demo API open: `make bench` runs more
+    # than a dozen, more than waitress's default limit of 100 connections would let in.
+    server = waitress.create_server(app, sockets=[listener], threads=args.threads, connection_limit=1000)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"devstack listening on http://{args.host}:{port}", flush=True)
     try:
