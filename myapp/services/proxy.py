@@ -12,19 +12,16 @@ import json
 import logging
 import re
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
-
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
-from urllib3.exceptions import TimeoutError as UrllibTimeout
-from urllib3.util import Retry
 
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
+from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
 from myapp.services.stepup import parse_challenge
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
@@ -59,8 +56,6 @@ _ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
-# Never retried or redirected by urllib3: the one retry after a refresh (or a DPoP nonce) is ours.
-NO_RETRIES = Retry(total=False, redirect=False)
 # Pure functions of a header's exact name, remembered for the names seen (bounded: past the limit
 # they are worked out each time): the WSGI environ key's header name ("" for a key that is none),
 # and a response header name's lower-case form (None when it is dropped whatever its value).
@@ -94,20 +89,20 @@ class Route:
     timeouts, and which browser headers it gets."""
 
     upstream: Upstream
-    pool: urllib3.HTTPConnectionPool
+    pool: ConnectionPool
     base_target: str
-    timeout: urllib3.Timeout
+    timeout: Timeout
     forwarded: frozenset[str]
 
     @classmethod
-    def to(cls, upstream: Upstream, pool: urllib3.HTTPConnectionPool | None = None) -> "Route":
+    def to(cls, upstream: Upstream, pool: ConnectionPool | None = None) -> "Route":
         base = urlsplit(upstream.base_url)
         return cls(
             upstream=upstream,
-            pool=pool or urllib3.connection_from_url(upstream.base_url, maxsize=32, block=False),
+            pool=pool or ConnectionPool(upstream.base_url, maxsize=32),
             # As written (the pool percent-encodes the whole target once, as it did the whole URL).
             base_target=base.path + (f"?{base.query}" if base.query else ""),
-            timeout=urllib3.Timeout(connect=min(upstream.timeout, 10), read=upstream.timeout),
+            timeout=Timeout(connect=min(upstream.timeout, 10), read=upstream.timeout),
             forwarded=FORWARDED_REQUEST_HEADERS | upstream.forward_headers,
         )
 
@@ -153,7 +148,7 @@ class Outgoing:
 class StreamedBody:
     """A WSGI app_iter over the upstream response; ``close()`` hands the connection back."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, outgoing: Outgoing):
+    def __init__(self, response: Response, outgoing: Outgoing):
         self.response = response
         self.outgoing = outgoing
         self.finished = False
@@ -161,9 +156,9 @@ class StreamedBody:
     def __iter__(self) -> Iterator[bytes]:
         while True:
             try:
-                chunk = self.response.read(CHUNK, decode_content=False)
-            except HTTPError:
-                return  # the upstream broke off mid-body; the status line is already sent
+                chunk = self.response.read(CHUNK)
+            except UpstreamError:
+                return  # the upstream broke off mid-body, or stalled; the status line is already sent
             if not chunk:
                 self.finished = True
                 return
@@ -211,7 +206,7 @@ class Proxy:
         upstreams: Mapping[str, Upstream],
         max_body_bytes: int,
         public_url: str,
-        pools: Mapping[str, urllib3.HTTPConnectionPool] | None = None,
+        pools: Mapping[str, ConnectionPool] | None = None,
     ):
         self.upstreams = upstreams
         self.max_body_bytes = max_body_bytes
@@ -306,7 +301,7 @@ class Proxy:
             413, ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {self.max_body_bytes} bytes."
         )
 
-    def send(self, outgoing: Outgoing, credential: Credential) -> urllib3.BaseHTTPResponse:
+    def send(self, outgoing: Outgoing, credential: Credential) -> Response:
         headers = outgoing.headers
         for name in [name for name in headers if name.lower() == "dpop"]:
             del headers[name]  # only the proof made here, whatever else put one there
@@ -327,29 +322,26 @@ class Proxy:
             span.set_attribute("http.response.status_code", response.status)
             return response
 
-    def _urlopen(self, outgoing: Outgoing) -> urllib3.BaseHTTPResponse:
+    def _urlopen(self, outgoing: Outgoing) -> Response:
+        """Sent as it is: never redirected, never retried but for a kept-alive connection that
+        was closed before the answer (services/http1.py); the one retry after a refresh (or a DPoP
+        nonce) is ours."""
         route = outgoing.route
         try:
             return route.pool.urlopen(
-                outgoing.method,
-                outgoing.target,
-                body=outgoing.body,
-                headers=outgoing.headers,
-                redirect=False,
-                retries=NO_RETRIES,
-                preload_content=False,
-                decode_content=False,
-                assert_same_host=False,
-                timeout=route.timeout,
+                outgoing.method, outgoing.target, body=outgoing.body, headers=outgoing.headers, timeout=route.timeout
             )
-        except NewConnectionError:
+        except Unreachable as e:
+            log.warning("upstream %s could not be reached: %s", outgoing.upstream.name, e)
             raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API could not be reached.") from None
-        except UrllibTimeout:
+        except TimedOut as e:
+            log.warning("upstream %s: %s", outgoing.upstream.name, e)
             raise APIError(504, ErrorCode.UPSTREAM_TIMEOUT, "The API did not answer in time.") from None
-        except HTTPError:
+        except UpstreamError as e:
+            log.warning("upstream %s: %s", outgoing.upstream.name, e)
             raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
 
-    def exchange(self, outgoing: Outgoing, token: Callable[..., Credential]) -> urllib3.BaseHTTPResponse:
+    def exchange(self, outgoing: Outgoing, token: Callable[..., Credential]) -> Response:
         """Send with the session's token; on 401, refresh once and send the same request again."""
         credential = token()
         response = self._send_answering_nonce(outgoing, credential)
@@ -376,7 +368,7 @@ class Proxy:
         outgoing.rewind()
         return self._send_answering_nonce(outgoing, fresh)
 
-    def _send_answering_nonce(self, outgoing: Outgoing, credential: Credential) -> urllib3.BaseHTTPResponse:
+    def _send_answering_nonce(self, outgoing: Outgoing, credential: Credential) -> Response:
         """Send; with DPoP, keep the nonce the upstream gives and answer its ``use_dpop_nonce``
         challenge once, with a fresh proof carrying that nonce (RFC 9449 section 9)."""
         response = self.send(outgoing, credential)
@@ -396,26 +388,25 @@ class Proxy:
         return response
 
     @staticmethod
-    def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    def _discard(response: Response) -> None:
         response.drain_conn()
-        response.release_conn()
 
     @staticmethod
-    def small_body(response: urllib3.BaseHTTPResponse, method: str) -> bytes | None:
+    def small_body(response: Response, method: str) -> bytes | None:
         """A response body of at most one chunk, read whole (None for anything else, streamed)."""
         length = response.headers.get("Content-Length", "")
         if method == "HEAD" or not length.isascii() or not length.isdigit() or int(length) > CHUNK:
             return None
         try:
-            body = response.read(decode_content=False)
-        except HTTPError:
+            body = response.read()
+        except UpstreamError:
             response.close()
             raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
         response.release_conn()
         return body
 
     @staticmethod
-    def response_headers(response: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:
+    def response_headers(response: Response) -> list[tuple[str, str]]:
         """The upstream's headers that may reach the browser: none of the dropped kinds, none that
         a WSGI server would refuse (a malformed name or value, an unreadable Content-Length)."""
         connection_named = {t.strip().lower() for t in response.headers.get("Connection", "").split(",")}
@@ -447,14 +438,38 @@ class Proxy:
         )
         response = self.exchange(outgoing, token)
         try:
-            body = response.read(MAX_JSON_BYTES + 1, decode_content=True)
-        except HTTPError:
+            body = response.read_at_most(MAX_JSON_BYTES)
+        except UpstreamError:
             response.close()
             return None
         response.release_conn()
         if response.status != 200 or len(body) > MAX_JSON_BYTES:
             return None
         try:
-            return json.loads(body)
+            return json.loads(decoded(body, response.headers.get("Content-Encoding"), MAX_JSON_BYTES))
         except ValueError:
             return None
+
+
+# Content-Encoding → zlib's wbits for it; "identity" and none are as they are.
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A body the server-side caller reads (never a proxied one: those pass as they are),
+    decompressed to at most ``limit`` bytes; ValueError for a coding it does not know, a body
+    that does not decompress, or one that would be larger (a decompression bomb stops there)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    wbits = _DECODERS.get(encoding)
+    if wbits is None:
+        raise ValueError(f"unknown content coding {encoding!r}")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise ValueError("a body that does not decompress") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise ValueError("a body larger than allowed once decompressed")
+    return data

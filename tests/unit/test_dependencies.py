@@ -13,6 +13,7 @@ from tests.conftest import ROOT
 # package: (the first release without the advisory, the advisories)
 ADVISORIES = {
     "urllib3": ("2.7.0", "decompression bombs in streamed and redirected responses, fixed in 2.6.0 and 2.7.0"),
+    "httptools": ("0.6.3", "the llhttp it bundles: CVE-2023-30589 (fixed by 0.6.0), CVE-2024-27982 (by 0.6.3)"),
     "joserfc": ("1.6.7", "GHSA-wphv-vfrh-23q5"),
     "authlib": ("1.9.0", "the advisories fixed by 1.9.0"),
     "requests": ("2.32.4", "CVE-2024-47081: .netrc credentials leaked to another host"),

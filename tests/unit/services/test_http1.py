@@ -1,0 +1,476 @@
+"""The proxy's HTTP/1.1 client against loopback servers that answer exactly what each test
+scripts: connections kept and dropped, framing refused, timeouts, TLS.
+
+What the whole app does with these answers (the statuses and error codes the browser sees) is
+tests/functional/test_proxy.py.
+"""
+
+import contextlib
+import io
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from myapp.services.dpop import target_uri
+from myapp.services.http1 import (
+    DRAIN_LIMIT,
+    MAX_HEADERS,
+    Broken,
+    ConnectionPool,
+    TimedOut,
+    Timeout,
+    Unreachable,
+    request_head,
+)
+from tests.support.keys import server_certificate
+
+TIMEOUT = Timeout(connect=2, read=2)
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Upstream:
+    """A loopback server: each connection it accepts is served by ``serve(upstream, connection,
+    number)`` in a thread of its own; what it read is kept in ``requests`` as (number, head, body)."""
+
+    def __init__(self, serve, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"):
+        self.serve, self.tls = serve, tls
+        self.listener = socket.create_server((host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.requests: list[tuple[int, bytes, bytes]] = []
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.tls is not None:
+                try:
+                    connection = self.tls.wrap_socket(connection, server_side=True)
+                except OSError:
+                    connection.close()
+                    continue
+            self.accepted += 1
+            self.connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection, self.accepted), daemon=True).start()
+
+    def _serve(self, connection, number):
+        with contextlib.suppress(OSError):
+            self.serve(self, connection, number)
+
+    def read_request(self, connection, number) -> bytes | None:
+        """One request from the connection (its head and, by Content-Length, its body); None at its end."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = connection.recv(65536)
+            if not piece:
+                return None
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+        )
+        while len(body) < length:
+            piece = connection.recv(65536)
+            if not piece:
+                break
+            body += piece
+        self.requests.append((number, head, body))
+        return head
+
+    def close(self):
+        self.listener.close()
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.close()
+
+
+def answering(*answers: bytes, then_close: bool = False):
+    """Serve each request of a connection with the next answer (the last one again past the end)."""
+
+    def serve(upstream, connection, number):
+        index = 0
+        while upstream.read_request(connection, number) is not None:
+            connection.sendall(answers[min(index, len(answers) - 1)])
+            index += 1
+            if then_close:
+                connection.close()
+                return
+
+    return serve
+
+
+@pytest.fixture
+def upstream():
+    made = []
+
+    def make(serve, tls=None, host="127.0.0.1") -> Upstream:
+        server = Upstream(serve, tls, host)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def pools():
+    made = []
+
+    def make(server: Upstream, scheme="http", **kw) -> ConnectionPool:
+        pool = ConnectionPool(f"{scheme}://127.0.0.1:{server.port}/", **kw)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close()
+
+
+def get(pool, target="/x", method="GET", body=None, headers=None):
+    answer = pool.urlopen(method, target, headers=headers or {}, body=body, timeout=TIMEOUT)
+    data = answer.read()
+    answer.release_conn()
+    return answer, data
+
+
+def test_a_connection_is_kept_and_used_again(upstream, pools):
+    server = upstream(answering(OK))
+    pool = pools(server)
+    for _ in range(3):
+        answer, body = get(pool)
+        assert (answer.status, answer.reason, body) == (200, "OK", b"ok")
+    assert server.accepted == 1
+    head = server.requests[0][1].decode()
+    assert head.startswith("GET /x HTTP/1.1\r\n") and f"\r\nHost: 127.0.0.1:{server.port}" in head
+
+
+def test_an_answer_that_closes_its_connection_is_not_kept(upstream, pools):
+    server = upstream(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", then_close=True))
+    pool = pools(server)
+    get(pool), get(pool)
+    assert server.accepted == 2
+
+
+def test_an_http10_answer_is_not_kept(upstream, pools):
+    server = upstream(answering(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    pool = pools(server)
+    get(pool), get(pool)
+    assert server.accepted == 2
+
+
+def test_an_idle_connection_the_upstream_closed_is_dropped_before_use(upstream, pools):
+    server = upstream(answering(OK, then_close=True))
+    pool = pools(server)
+    get(pool)
+    time.sleep(0.1)  # the upstream's close has arrived: the idle connection reads as ended
+    assert get(pool)[1] == b"ok"
+    assert server.accepted == 2 and len(server.requests) == 2
+
+
+def test_an_idle_connection_with_bytes_nobody_asked_for_is_dropped(upstream, pools):
+    server = upstream(answering(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    pool = pools(server)
+    assert get(pool)[1] == b"ok"
+    time.sleep(0.1)
+    assert get(pool)[1] == b"ok"
+    assert server.accepted == 2
+
+
+def closes_the_second_request_unanswered(upstream, connection, number):
+    """Answers one request, then reads the next and closes without a byte: the race of a
+    kept-alive connection that the upstream closed just as it was used again."""
+    upstream.read_request(connection, number)
+    connection.sendall(OK)
+    if number == 1:
+        upstream.read_request(connection, number)
+        connection.close()
+    else:
+        answering(OK)(upstream, connection, number)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_an_idempotent_request_on_a_connection_closed_unanswered_is_sent_once_more(upstream, pools, method):
+    server = upstream(closes_the_second_request_unanswered)
+    pool = pools(server)
+    get(pool)
+    answer, body = get(pool, method=method, body=io.BytesIO(b"same"), headers={"Content-Length": "4"})
+    assert (answer.status, body) == (200, b"ok")
+    assert [(number, body) for number, _, body in server.requests[1:]] == [(1, b"same"), (2, b"same")]
+
+
+def test_a_post_on_a_connection_closed_unanswered_is_not_sent_again(upstream, pools):
+    """RFC 9110 section 9.2.2: the upstream may have acted on it."""
+    server = upstream(closes_the_second_request_unanswered)
+    pool = pools(server)
+    get(pool)
+    with pytest.raises(Broken, match="closed before the answer"):
+        get(pool, method="POST", body=io.BytesIO(b"once"), headers={"Content-Length": "4"})
+    assert [head.split(b" ")[0] for _, head, _ in server.requests] == [b"GET", b"POST"]
+
+
+def test_a_new_connection_closed_unanswered_is_broken_and_not_retried(upstream, pools):
+    def closes(upstream, connection, number):
+        upstream.read_request(connection, number)
+        connection.close()
+
+    server = upstream(closes)
+    with pytest.raises(Broken):
+        get(pools(server))
+    assert server.accepted == 1
+
+
+def test_a_chunked_body_arrives_as_it_is_sent_and_its_trailer_stays_behind(upstream, pools):
+    gate = threading.Event()
+
+    def chunked(upstream, connection, number):
+        upstream.read_request(connection, number)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        gate.wait(5)
+        connection.sendall(b"6\r\nsecond\r\n0\r\nX-Checksum: 1\r\n\r\n")
+        answering(OK)(upstream, connection, number)
+
+    server = upstream(chunked)
+    pool = pools(server)
+    answer = pool.urlopen("GET", "/x", headers={}, timeout=TIMEOUT)
+    assert answer.read(1024) == b"first"  # before the rest was even sent
+    gate.set()
+    assert answer.read(3) == b"sec" and answer.read(1024) == b"ond" and answer.read(1024) == b""
+    assert "X-Checksum" not in answer.headers
+    answer.release_conn()
+    assert get(pool)[1] == b"ok" and server.accepted == 1
+
+
+def test_a_body_without_a_length_ends_with_its_connection(upstream, pools):
+    server = upstream(answering(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", then_close=True))
+    pool = pools(server)
+    assert get(pool)[1] == b"until the end"
+    get(pool)
+    assert server.accepted == 2
+
+
+def test_a_body_cut_short_is_broken(upstream, pools):
+    server = upstream(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfive!", then_close=True))
+    answer = pools(server).urlopen("GET", "/x", headers={}, timeout=TIMEOUT)
+    assert answer.status == 200
+    with pytest.raises(Broken, match="closed mid-answer"):
+        answer.read()
+    answer.close()
+
+
+def test_an_answer_to_head_has_no_body_whatever_its_length_says(upstream, pools):
+    server = upstream(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"))
+    pool = pools(server)
+    answer, body = get(pool, method="HEAD")
+    assert (answer.status, answer.headers.get("Content-Length"), body) == (200, "1000", b"")
+    get(pool, method="HEAD")
+    assert server.accepted == 1
+
+
+def test_informational_answers_are_skipped(upstream, pools):
+    server = upstream(answering(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    ))
+    answer, body = get(pools(server))
+    assert (answer.status, body, answer.headers.items()) == (200, b"ok", [("Content-Length", "2")])
+
+
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "upgrade"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "malformed"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok", "malformed"),
+        (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok", "malformed"),
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", "malformed"),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", "malformed"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "malformed"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * (MAX_HEADERS + 1) + b"Content-Length: 2\r\n\r\nok", "fields"),
+        (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * (300 * 1024) + b"\r\n\r\n", "bytes"),
+    ],
+)
+def test_an_answer_whose_framing_cannot_be_trusted_is_broken(upstream, pools, raw, why):
+    server = upstream(answering(raw, then_close=True))
+    with pytest.raises(Broken, match=why):
+        get(pools(server))
+
+
+def test_an_upstream_that_does_not_answer_in_time_has_timed_out(upstream, pools):
+    stop = threading.Event()
+
+    def silent(upstream, connection, number):
+        upstream.read_request(connection, number)
+        stop.wait(10)
+
+    server = upstream(silent)
+    pool = pools(server)
+    started = time.monotonic()
+    with pytest.raises(TimedOut):
+        pool.urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=0.3))
+    stop.set()
+    assert time.monotonic() - started < 5
+
+
+def test_a_body_that_stalls_has_timed_out(upstream, pools):
+    stop = threading.Event()
+
+    def stalls(upstream, connection, number):
+        upstream.read_request(connection, number)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfive!")
+        stop.wait(10)
+
+    server = upstream(stalls)
+    answer = pools(server).urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=0.3))
+    assert answer.read(10) == b"five!"
+    with pytest.raises(TimedOut):
+        answer.read(10)
+    stop.set()
+    answer.close()
+
+
+def test_nothing_listening_is_unreachable():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    pool = ConnectionPool(f"http://127.0.0.1:{port}/")
+    with pytest.raises(Unreachable, match="could not connect"):
+        pool.urlopen("GET", "/x", headers={}, timeout=TIMEOUT)
+
+
+def test_an_early_answer_to_a_body_it_would_not_read_is_passed_on(upstream, pools):
+    """A 413 sent before the whole body arrived, the connection then closed: that answer, not a
+    broken pipe, is what the caller gets."""
+
+    def refuses(upstream, connection, number):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        connection.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+        connection.close()
+
+    server = upstream(refuses)
+    body = io.BytesIO(b"x" * (16 * 1024 * 1024))
+    answer, _ = get(pools(server), method="POST", body=body, headers={"Content-Length": str(16 * 1024 * 1024)})
+    assert answer.status == 413
+
+
+def test_a_body_goes_whole_after_the_head(upstream, pools):
+    server = upstream(answering(OK))
+    payload = bytes(range(256)) * 1000
+    get(pools(server), method="PUT", body=io.BytesIO(payload), headers={"Content-Length": str(len(payload))})
+    assert server.requests[0][2] == payload
+
+
+def test_an_unneeded_answer_is_drained_to_keep_its_connection_up_to_a_limit(upstream, pools):
+    big = DRAIN_LIMIT + 65536
+    server = upstream(answering(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nnope!",
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n" % big + b"x" * big,
+        OK,
+    ))
+    pool = pools(server)
+    pool.urlopen("GET", "/x", headers={}, timeout=TIMEOUT).drain_conn()
+    pool.urlopen("GET", "/x", headers={}, timeout=TIMEOUT).drain_conn()  # too much to read: closed
+    assert server.accepted == 1
+    assert get(pool)[1] == b"nope!" and server.accepted == 2  # a new connection, served from its first answer
+
+
+def test_a_pool_keeps_at_most_maxsize_idle_connections_and_none_once_closed(upstream, pools):
+    server = upstream(answering(OK))
+    pool = pools(server, maxsize=2)
+    answers = [pool.urlopen("GET", "/x", headers={}, timeout=TIMEOUT) for _ in range(3)]
+    for answer in answers:
+        answer.read()
+        answer.release_conn()
+    assert len(pool._idle) == 2
+    late = pool.urlopen("GET", "/x", headers={}, timeout=TIMEOUT)
+    pool.close()
+    late.read()
+    late.release_conn()
+    assert len(pool._idle) == 0
+
+
+def test_the_request_head_is_checked_and_carries_what_http_client_sent():
+    head = request_head("POST", "/a?b=1", "api.example", {"Accept": "*/*", "host": "evil.example"}, bodiless=True)
+    assert head == b"POST /a?b=1 HTTP/1.1\r\nHost: api.example\r\nAccept: */*\r\nContent-Length: 0\r\n\r\n"
+    assert b"Content-Length" not in request_head("GET", "/", "h", {}, bodiless=True)
+    assert request_head("GET", "/", "h", {"X-Tab": "a\tb", "X-Latin": "caf\xe9"}, bodiless=True).endswith(
+        b"X-Tab: a\tb\r\nX-Latin: caf\xe9\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Injected": "a\r\nX-Evil: 1"},
+        {"X-Injected": "a\nb"},
+        {"X-Injected": "a\rb"},
+        {"X-Nul": "a\x00b"},
+        {"X-Name\r\nEvil": "1"},
+        {"": "1"},
+        {"X Space": "1"},
+        {"X-Wide": "\u2603"},
+    ],
+)
+def test_a_header_that_could_start_another_header_or_request_is_never_sent(headers):
+    with pytest.raises(Broken):
+        request_head("GET", "/", "h", headers, bodiless=True)
+
+
+def test_the_target_is_encoded_as_urllib3_did_and_as_the_dpop_proof_names_it():
+    pool = ConnectionPool("http://api.example:8080/")
+    for written, wire in [
+        ("/v1/a b", "/v1/a%20b"),
+        ("/v1/café", "/v1/caf%C3%A9"),
+        ("/v1/%7euser/%2a", "/v1/%7Euser/%2A"),
+        ("/v1/x?q=a b&r=é", "/v1/x?q=a%20b&r=%C3%A9"),
+        ("/v1/x?already=%20", "/v1/x?already=%20"),
+    ]:
+        assert pool.wire_target(written) == wire
+        assert target_uri("http://api.example:8080" + written).endswith(wire.split("?")[0])
+    assert ConnectionPool("http://[::1]:8080/").host_header == "[::1]:8080"
+    assert ConnectionPool("https://api.example/").host_header == "api.example"
+    with pytest.raises(ValueError):
+        ConnectionPool("ftp://api.example/")
+
+
+@pytest.fixture
+def tls(tmp_path):
+    ca, certificate, key = server_certificate(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(certificate, key)
+    client_side = ssl.create_default_context(cafile=str(ca))
+    return server_side, client_side
+
+
+def test_https_upstreams_are_verified_with_the_systems_authorities(upstream, pools, tls):
+    server_side, client_side = tls
+    server = upstream(answering(OK), tls=server_side)
+    with pytest.raises(Broken, match="TLS failed"):
+        get(pools(server, scheme="https"))  # the test CA is not one the system trusts
+    pool = pools(server, scheme="https", ssl_context=client_side)
+    assert get(pool)[1] == b"ok" and get(pool)[1] == b"ok"
+    assert server.accepted == 1  # one kept connection (the refused handshake never counted)
+
+
+def test_a_certificate_for_another_host_is_refused(upstream, tls):
+    """The certificate names 127.0.0.1 and localhost; the upstream is configured as 127.0.0.2."""
+    server_side, client_side = tls
+    try:
+        server = upstream(answering(OK), tls=server_side, host="127.0.0.2")
+    except OSError:
+        pytest.skip("127.0.0.2 is not this machine's loopback")
+    pool = ConnectionPool(f"https://127.0.0.2:{server.port}/", ssl_context=client_side)
+    with pytest.raises(Broken, match="TLS failed"):
+        get(pool)
