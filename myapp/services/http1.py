@@ -197,7 +197,8 @@ class ConnectionPool:
     def _exchange(self, sock: socket.socket, method: str, head: bytes, body, timeout: Timeout) -> "Response":
         response = Response(self, sock, method)
         try:
-            sock.settimeout(timeout.read)
+            if sock.gettimeout() != timeout.read:  # a system call that lets go of the GIL: once per connection
+                sock.settimeout(timeout.read)
             _send(sock, head, body)
         except TimeoutError:
             response.close()

@@ -319,6 +319,28 @@ def test_an_upstream_that_does_not_answer_in_time_has_timed_out(upstream, pools)
     assert time.monotonic() - started < 5
 
 
+def test_a_kept_connection_reads_with_the_timeout_of_the_request_it_carries(upstream, pools):
+    stop = threading.Event()
+
+    def answers_once_then_stalls(upstream, connection, number):
+        upstream.read_request(connection, number)
+        connection.sendall(OK)
+        upstream.read_request(connection, number)
+        stop.wait(10)
+
+    server = upstream(answers_once_then_stalls)
+    pool = pools(server)
+    first = pool.urlopen("GET", "/x", headers={}, timeout=Timeout(connect=10, read=10))
+    assert first.read() == b"ok"
+    first.release_conn()  # kept, with a read timeout of 10 s
+    started = time.monotonic()
+    with pytest.raises(TimedOut):
+        pool.urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=0.3))
+    stop.set()
+    assert server.accepted == 1  # the same connection, with the new timeout
+    assert time.monotonic() - started < 5
+
+
 def test_a_body_that_stalls_has_timed_out(upstream, pools):
     stop = threading.Event()
 
