@@ -1,5 +1,6 @@
 """Database plumbing: the engines, the three kinds of transaction (:class:`Database`), the schema check."""
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable
@@ -8,7 +9,7 @@ from typing import TypeVar
 
 import zope.sqlalchemy
 import zope.sqlalchemy.datamanager
-from sqlalchemy import Connection, Row, Select, create_engine, event, exc, inspect, text
+from sqlalchemy import Connection, Select, create_engine, event, exc, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -158,30 +159,46 @@ class Database:
     def read(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
 
-    def read_all(self, statement: Select, params: dict) -> list[Row]:
-        """Every row ``statement`` selects, for a page that writes nothing: on a connection of the
-        lookup pool, released at once, in no transaction. Such a page builds no ORM session, so
-        pyramid_tm has nothing to commit (a sixth of the ORM's cost for the same read). It does
-        not see what the request itself has written and not committed: never use it after a write.
-        A connection found dead is thrown away and the read tried once more, as ``read_row`` does.
+    def read_all(self, statement: Select, params: dict) -> list[tuple]:
+        """Every row ``statement`` selects, for a page that writes nothing, as named tuples with
+        SQLAlchemy's types (equal to the rows SQLAlchemy's own execution gives): on the lookup
+        pool's driver cursor, released at once, in no transaction. Such a page builds no ORM
+        session, so pyramid_tm has nothing to commit, and no SQLAlchemy ``Connection`` either
+        (with eight threads at once, a tenth of ``/posts``). It does not see what the request
+        itself has written and not committed: never use it after a write.
         """
-        def read():
-            with self.lookup_engine.connect() as connection:
-                return connection.execute(statement, params).all()
-
-        return _once_more_if_disconnected(read)
+        shape, processors = _row_shape(statement, self.lookup_engine.dialect)
+        rows = self._read(statement, params)
+        if not any(processors):
+            return [shape._make(row) for row in rows]
+        return [
+            shape._make([value if process is None else process(value) for process, value in zip(processors, row)])
+            for row in rows
+        ]
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
-        """The one row ``statement`` selects (None without one), as a dict by column name.
+        """The one row ``statement`` selects (None without one), as a dict by column name, with
+        the driver's own values (SQLite's datetimes as text: ``SessionRecord`` parses them).
 
         Every request runs this: straight on the driver's cursor it costs a fraction of a
-        SQLAlchemy execution; the statement is SQLAlchemy's, compiled once per dialect. A
+        SQLAlchemy execution.
+        """
+        rows = self._read(statement, params)
+        # By the statement's own column names: psycopg builds a description object per column
+        # on every call, a third of this read's CPU on PostgreSQL.
+        return dict(zip(_compiled(statement, self.lookup_engine.dialect)[2], rows[0])) if rows else None
+
+    def _read(self, statement: Select, params: dict) -> list:
+        """The rows ``statement`` selects, as the driver gives them, on the cursor a connection of
+        the lookup pool keeps; the statement is SQLAlchemy's, compiled once per dialect. A
         connection found dead (the database restarted) is thrown away with the rest of the idle
         pool, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
         outage answers 503.
         """
         engine = self.lookup_engine
-        sql, names, columns = _compiled(statement, engine.dialect)
+        sql, names, _, literals = _compiled(statement, engine.dialect)
+        if literals:  # the values written into the statement (``limit(5)``), which params may override
+            params = {**literals, **params}
         parameters = tuple(params[name] for name in names) if names is not None else params
 
         def read():
@@ -191,10 +208,7 @@ class Database:
                 cursor = _kept_cursor(connection)
                 cursor.execute(sql, parameters)
                 # All of them: on SQLite that also ends the statement, and with it the read.
-                rows = cursor.fetchall()
-                # By the statement's own column names: psycopg builds a description object per
-                # column on every call, a third of this read's CPU on PostgreSQL.
-                return dict(zip(columns, rows[0])) if rows else None
+                return cursor.fetchall()
             except engine.dialect.loaded_dbapi.Error as e:
                 if connection is not None:
                     _drop_kept_cursor(connection)
@@ -257,14 +271,29 @@ def _once_more_if_disconnected(read: Callable[[], T]) -> T:
 
 
 @functools.cache
-def _compiled(statement: Select, dialect) -> tuple[str, tuple[str, ...] | None, tuple[str, ...]]:
-    """The SQL of ``statement`` for ``dialect``, its parameters' order when positional, and the
-    names of the columns it selects, in order (labels where it gives them)."""
+def _compiled(statement: Select, dialect) -> tuple[str, tuple[str, ...] | None, tuple[str, ...], dict]:
+    """The SQL of ``statement`` for ``dialect``, its parameters' order when positional, the names of
+    the columns it selects, in order (labels where it gives them), and the values of the
+    parameters it carries itself (a literal limit), by name."""
     compiled = statement.compile(dialect=dialect)
     columns = tuple(column.name for column in statement.selected_columns)
     if len(set(columns)) != len(columns):
         raise ValueError(f"read_row needs distinct column names, not {columns}")
-    return str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns
+    required = {name for name, bind in compiled.binds.items() if bind.required}
+    literals = {name: value for name, value in compiled.params.items() if name not in required}
+    return str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals
+
+
+@functools.cache
+def _row_shape(statement: Select, dialect) -> tuple[type, tuple]:
+    """The named tuple ``read_all`` gives for ``statement``'s rows, and the function each column's
+    type turns the driver's value into SQLAlchemy's with (None where it takes it as it is)."""
+    columns = _compiled(statement, dialect)[2]
+    shape = collections.namedtuple("Row", columns, rename=True)
+    processors = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None) for column in statement.selected_columns
+    )
+    return shape, processors
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -91,7 +91,7 @@ _LIVE_OF_USER = (
     select(UserSession).where(UserSession.user_id == bindparam("user_id"), *_LIVE)
     .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
 )
-_LIVE_COUNT = select(func.count()).select_from(UserSession.__table__).where(*_LIVE)
+_LIVE_COUNT = select(func.count().label("count")).select_from(UserSession.__table__).where(*_LIVE)
 _LIVE_COUNT_OF_USER = _LIVE_COUNT.where(_SESSIONS.user_id == bindparam("user_id"))
 
 

@@ -1,15 +1,18 @@
 """Database.read_row and read_all, the reads outside any transaction, against SQLAlchemy's own
 execution of the same statements, on SQLite and PostgreSQL."""
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import bindparam, column, select, table
 from sqlalchemy.exc import DBAPIError
 
-from myapp.models import _KEPT_CURSOR, Database, Post, User
+from myapp.models import _KEPT_CURSOR, Database, Post, User, _compiled
 from myapp.models.meta import utcnow
-from myapp.services.sessions import _BY_ID_HASH, SessionRecord, SessionStore, hash_session_id
+from myapp.services.sessions import _BY_ID_HASH, _LIVE_COUNT_OF_USER, SessionRecord, SessionStore, hash_session_id
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
+from myapp.views.posts import _PAGE_OF_POSTS, _RECENT_POSTS_OF
 from tests.conftest import TEST_KEY, base_settings
 
 
@@ -66,6 +69,41 @@ def test_read_all_reads_what_is_committed_with_sqlalchemys_types(database, commi
     rows = database.read_all(statement, {"owner": user.id})
     assert [r.title for r in rows] == ["t0", "t1", "t2"]
     assert rows == committed.execute(statement, {"owner": user.id}).all()
+
+
+def test_read_all_gives_the_rows_sqlalchemy_gives_for_the_pages_statements(database, committed, session_row):
+    """The posts list (a join, an offset and a limit as parameters), the dashboard's posts (a limit
+    written into the statement) and its count of live sessions, each as SQLAlchemy executes it."""
+    user = committed.execute(select(User).where(User.subject == "alice")).scalar_one()
+    committed.add_all(
+        [Post(owner_id=user.id, title=f"t{n}", body="b" * n, created_at=utcnow(), updated_at=utcnow()) for n in range(7)]
+    )
+    committed.commit()
+    reads = [
+        (_PAGE_OF_POSTS, {"offset": 2, "limit": 4}),
+        (_RECENT_POSTS_OF, {"owner_id": user.id}),
+        (_LIVE_COUNT_OF_USER, {"now": utcnow(), "idle_since": utcnow() - timedelta(hours=1), "user_id": user.id}),
+    ]
+    for statement, params in reads:
+        rows = database.read_all(statement, params)
+        expected = committed.execute(statement, params).all()
+        assert rows == expected and len(rows) == len(expected) > 0
+        assert [row._asdict() for row in rows] == [dict(row._mapping) for row in expected]
+    assert len(database.read_all(_RECENT_POSTS_OF, {"owner_id": user.id})) == 5  # the limit written in it
+
+
+def test_a_parameter_given_overrides_a_value_written_into_the_statement(database, committed, session_row):
+    statement = select(User.__table__.c.subject).where(User.__table__.c.subject == "alice")
+    assert database.read_all(statement, {}) == [("alice",)]
+    literal = next(iter(_compiled(statement, database.lookup_engine.dialect)[3]))
+    assert database.read_all(statement, {literal: "nobody"}) == []
+
+
+def test_a_failed_read_all_is_sqlalchemys_error_and_the_next_read_works(database, session_row):
+    with pytest.raises(DBAPIError):
+        database.read_all(select(column("x")).select_from(table("no_such_table")), {})
+    params = {"id_hash": hash_session_id(session_row)}
+    assert SessionRecord.from_columns(database.read_row(_BY_ID_HASH, params)).user_subject == "alice"
 
 
 def test_read_row_keeps_one_cursor_per_pooled_connection(database, session_row):
