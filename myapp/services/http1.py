@@ -145,8 +145,13 @@ class ConnectionPool:
     def wire_target(self, target: str) -> str:
         encoded = self._targets.get(target)
         if encoded is None:
-            encoded = parse_url(target).request_uri
-            if not _TARGET.match(encoded):
+            # As the path of a URL, as the DPoP proof's htu reads it (services/dpop.py): on its
+            # own, a target starting with "//" would be read as an authority and lose a segment.
+            try:
+                encoded = parse_url(f"http://upstream{target}").request_uri if target.startswith("/") else None
+            except ValueError:
+                encoded = None
+            if encoded is None or not _TARGET.match(encoded):
                 raise Broken("the request target cannot be sent")
             if len(self._targets) < _TARGET_MEMO_LIMIT and len(target) <= _TARGET_MEMO_LENGTH:
                 self._targets[target] = encoded
@@ -234,6 +239,8 @@ class Response:
         self._keep_alive = False
         self._until_close = False
         self._too_large = False
+        self._refused: str | None = None
+        self._quiet = 0  # bytes since the body last gave any: a trailer's, or a chunk's framing
         self.reusable = True
         self.status = 0
         self.reason = ""
@@ -253,6 +260,9 @@ class Response:
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status < 100:
+            self._refused = f"a status of {status}"
+            return
         if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: the answer follows
             self._raw_headers, self._reason = [], b""
             return
@@ -266,7 +276,10 @@ class Response:
         self._until_close = status not in (204, 304) and b"content-length" not in names and not chunked
 
     def on_body(self, data: bytes) -> None:
-        if self._complete:
+        self._quiet = 0
+        if not self._head_done:
+            self._refused = self._refused or "an informational answer with a body"
+        elif self._complete:
             self.reusable = False  # a body after an answer to HEAD: the connection cannot be trusted
         else:
             self._pieces.append(data)
@@ -313,6 +326,10 @@ class Response:
         self._received += len(data)
         if not self._head_done and self._received > MAX_HEAD_BYTES:
             raise Broken(f"an answer's head of more than {MAX_HEAD_BYTES} bytes")
+        if self._head_done:
+            self._quiet += len(data)
+            if self._quiet > MAX_HEAD_BYTES:
+                raise Broken(f"more than {MAX_HEAD_BYTES} bytes of an answer's framing or trailer")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -323,6 +340,8 @@ class Response:
             raise Broken("an upgrade nobody asked for") from None
         if self._too_large:
             raise Broken(f"an answer's head of more than {MAX_HEADERS} fields")
+        if self._refused is not None:
+            raise Broken(f"a malformed answer: {self._refused}")
 
     def read(self, amt: int | None = None) -> bytes:
         """The next part of the body, at most ``amt`` bytes, as soon as there is any (b"" at its
@@ -377,6 +396,11 @@ class Response:
         except UpstreamError:
             self.close()
         self.release_conn()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the answer let go of its connection (to the pool or closed)."""
+        return self._sock is None
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -361,7 +361,11 @@ class Proxy:
                 # token would be refused the same way. The 401 goes back; no refresh, no loop.
                 log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
                 return response
-        fresh = token(stale=credential.token)
+        try:
+            fresh = token(stale=credential.token)
+        except BaseException:
+            response.close()  # the refresh failed (an outage, a revoked grant): nothing reads this 401 now
+            raise
         if fresh.token == credential.token:
             return response  # no newer token to try: the upstream's 401 goes back as it is
         self._discard(response)

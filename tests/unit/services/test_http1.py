@@ -295,6 +295,10 @@ def test_informational_answers_are_skipped(upstream, pools):
         (b"SSH-2.0-OpenSSH_9.2\r\n", "malformed"),
         (b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * (MAX_HEADERS + 1) + b"Content-Length: 2\r\n\r\nok", "fields"),
         (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * (300 * 1024) + b"\r\n\r\n", "bytes"),
+        (b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok", "a status of 99"),
+        (b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok", "a status of 0"),
+        # A body on an informational answer must not become part of the final one.
+        (b"HTTP/1.1 150 Odd\r\nContent-Length: 9\r\n\r\n<script>1" + OK, "informational answer with a body"),
     ],
 )
 def test_an_answer_whose_framing_cannot_be_trusted_is_broken(upstream, pools, raw, why):
@@ -339,6 +343,15 @@ def test_a_kept_connection_reads_with_the_timeout_of_the_request_it_carries(upst
     stop.set()
     assert server.accepted == 1  # the same connection, with the new timeout
     assert time.monotonic() - started < 5
+
+
+def test_a_trailer_is_bounded_like_a_head(upstream, pools):
+    huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Huge: " + b"a" * (1024 * 1024)
+    server = upstream(answering(huge + b"\r\n\r\n", then_close=True))
+    answer = pools(server).urlopen("GET", "/x", headers={}, timeout=TIMEOUT)
+    with pytest.raises(Broken, match="trailer"):
+        answer.read()
+    answer.close()
 
 
 def test_a_body_that_stalls_has_timed_out(upstream, pools):
@@ -453,6 +466,12 @@ def test_a_header_that_could_start_another_header_or_request_is_never_sent(heade
 def test_the_target_is_encoded_as_urllib3_did_and_as_the_dpop_proof_names_it():
     pool = ConnectionPool("http://api.example:8080/")
     for written, wire in [
+        # An upstream mounted at "/" and a path with an empty segment: the path stays whole, never
+        # read as an authority (which would drop "anything" and dodge a step-up rule on its path).
+        ("//anything/transfers", "//anything/transfers"),
+        ("//a:b@c/x?q=1", "//a:b@c/x?q=1"),
+        ("//h:abc/x", "//h:abc/x"),  # not a port to parse: a path, passed on (no 500)
+        ("/a\r\nb", "/a%0D%0Ab"),
         ("/v1/a b", "/v1/a%20b"),
         ("/v1/café", "/v1/caf%C3%A9"),
         ("/v1/%7euser/%2a", "/v1/%7Euser/%2A"),
@@ -461,6 +480,8 @@ def test_the_target_is_encoded_as_urllib3_did_and_as_the_dpop_proof_names_it():
     ]:
         assert pool.wire_target(written) == wire
         assert target_uri("http://api.example:8080" + written).endswith(wire.split("?")[0])
+    with pytest.raises(Broken, match="target"):
+        pool.wire_target("no-slash")
     assert ConnectionPool("http://[::1]:8080/").host_header == "[::1]:8080"
     assert ConnectionPool("https://api.example/").host_header == "api.example"
     with pytest.raises(ValueError):

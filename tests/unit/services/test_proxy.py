@@ -218,6 +218,24 @@ def test_a_401_is_retried_once_with_a_fresh_token_and_the_same_body():
     outgoing.close()
 
 
+def test_a_401_whose_refresh_fails_is_closed_at_once():
+    """Not left for the garbage collector with its upstream connection open (the parser and the
+    answer refer to each other, so reference counting alone would not free it)."""
+    unauthorized = response(401)
+    service = proxy(FakePool(unauthorized))
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+
+    def token(stale=None):
+        if stale:
+            raise RuntimeError("the provider is down")
+        return Credential("old")
+
+    with pytest.raises(RuntimeError):
+        service.exchange(outgoing, token)
+    assert unauthorized.closed
+    outgoing.close()
+
+
 def test_a_401_with_no_newer_token_goes_back_as_it_is():
     pool = FakePool(response(401, b'{"error": "nope"}'))
     service = proxy(pool)
