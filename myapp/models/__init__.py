@@ -168,7 +168,7 @@ class Database:
         itself has written and not committed: never use it after a write.
         """
         shape, processors = _row_shape(statement, self.lookup_engine.dialect)
-        rows = self._read(statement, params)
+        rows, _ = self._read(statement, params)
         if not any(processors):
             return [shape._make(row) for row in rows]
         return [
@@ -183,20 +183,21 @@ class Database:
         Every request runs this: straight on the driver's cursor it costs a fraction of a
         SQLAlchemy execution.
         """
-        rows = self._read(statement, params)
+        rows, columns = self._read(statement, params)
         # By the statement's own column names: psycopg builds a description object per column
         # on every call, a third of this read's CPU on PostgreSQL.
-        return dict(zip(_compiled(statement, self.lookup_engine.dialect)[2], rows[0])) if rows else None
+        return dict(zip(columns, rows[0])) if rows else None
 
-    def _read(self, statement: Select, params: dict) -> list:
-        """The rows ``statement`` selects, as the driver gives them, on the cursor a connection of
-        the lookup pool keeps; the statement is SQLAlchemy's, compiled once per dialect. A
+    def _read(self, statement: Select, params: dict) -> tuple[list, tuple[str, ...]]:
+        """The rows ``statement`` selects, as the driver gives them, and its columns' names, on
+        the cursor a connection of the lookup pool keeps; the statement is SQLAlchemy's, compiled
+        once per dialect. A
         connection found dead (the database restarted) is thrown away with the rest of the idle
         pool, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
         outage answers 503.
         """
         engine = self.lookup_engine
-        sql, names, _, literals = _compiled(statement, engine.dialect)
+        sql, names, columns, literals = _compiled(statement, engine.dialect)
         if literals:  # the values written into the statement (``limit(5)``), which params may override
             params = {**literals, **params}
         parameters = tuple(params[name] for name in names) if names is not None else params
@@ -208,7 +209,7 @@ class Database:
                 cursor = _kept_cursor(connection)
                 cursor.execute(sql, parameters)
                 # All of them: on SQLite that also ends the statement, and with it the read.
-                return cursor.fetchall()
+                return cursor.fetchall(), columns
             except engine.dialect.loaded_dbapi.Error as e:
                 if connection is not None:
                     _drop_kept_cursor(connection)
