@@ -38,6 +38,8 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 
+from myapp.services.proxy import AnswerCutShort
+
 log = logging.getLogger(__name__)
 
 
@@ -53,8 +55,19 @@ class StrictChannel(HTTPChannel):
     parser_class = StrictRequestParser
 
 
+class LoggedAlready(logging.Filter):
+    """Keeps waitress from logging as a traceback an answer the proxy cut short on purpose: the
+    proxy logged it as one line, and waitress's traceback would say nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], AnswerCutShort))
+
+
 def create_server(app, **settings):
     """``waitress.create_server`` whose connections read requests with :class:`StrictRequestParser`."""
+    waitress_log = logging.getLogger("waitress")
+    if not any(isinstance(f, LoggedAlready) for f in waitress_log.filters):
+        waitress_log.addFilter(LoggedAlready())
     server = waitress.create_server(app, **settings)
     for dispatcher in list(server._map.values()):
         if isinstance(dispatcher, BaseWSGIServer):

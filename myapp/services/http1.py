@@ -21,6 +21,7 @@ import re
 import select
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -30,8 +31,9 @@ from urllib3.util import parse_url
 CHUNK = 64 * 1024
 # The most of an answer (to a 401, or a DPoP nonce challenge) read to keep its connection.
 DRAIN_LIMIT = 1024 * 1024
-# RFC 9110 section 5.6.2 (a header name) and 5.5 (a value: no control character but tab).
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# RFC 9110 section 5.6.2 (a token: a method, a header name) and 5.5 (a header value: no control
+# character but tab).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 # A request target as the pool puts it on the wire: encoded, so visible ASCII only.
 _TARGET = re.compile(r"/[!-~]*\Z")
@@ -123,11 +125,24 @@ class ConnectionPool:
         self._idle: collections.deque[socket.socket] = collections.deque()
         self._targets: dict[str, str] = {}
 
-    def urlopen(self, method: str, target: str, *, headers: dict, body=None, timeout: Timeout) -> "Response":
+    def urlopen(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: dict,
+        body=None,
+        timeout: Timeout,
+        resend: Callable[[], dict] | None = None,
+    ) -> "Response":
         """Send the request and read the answer's head; the body is the caller's to read.
         ``target`` is the path and query as written: it is percent-encoded here, as urllib3 does
-        it (the DPoP proof names the same encoding, services/dpop.py)."""
-        head = request_head(method, self.wire_target(target), self.host_header, headers, body is None)
+        it (the DPoP proof names the same encoding, services/dpop.py). ``resend``, when given,
+        writes the headers anew for the one sending again on a fresh connection (below): a DPoP
+        proof is good for one request, and an upstream that read the first one before closing
+        would refuse the same proof twice (RFC 9449 section 11.1)."""
+        wire = self.wire_target(target)
+        head = request_head(method, wire, self.host_header, headers, body is None)
         sock = self._idle_connection()
         if sock is not None:
             try:
@@ -137,6 +152,8 @@ class ConnectionPool:
                     raise Broken("the kept-alive connection was closed before the answer") from None
                 if body is not None:
                     body.seek(0)
+                if resend is not None:
+                    head = request_head(method, wire, self.host_header, resend(), body is None)
         try:
             return self._exchange(self._connect(timeout), method, head, body, timeout)
         except _Stale:
@@ -164,10 +181,19 @@ class ConnectionPool:
             _close(self._idle.pop())
 
     def put(self, sock: socket.socket) -> None:
+        """Keep an idle connection. No lock: two threads may both find room for one more, and a
+        ``close()`` may run between the check and the append; both are put right after it."""
         if self.closed or len(self._idle) >= self.maxsize:
             _close(sock)
-        else:
-            self._idle.append(sock)
+            return
+        self._idle.append(sock)
+        if self.closed:
+            self.close()  # closed meanwhile: nothing stays kept in a closed pool
+        while len(self._idle) > self.maxsize:
+            try:
+                _close(self._idle.popleft())  # the least recently used goes
+            except IndexError:
+                break
 
     def _idle_connection(self) -> socket.socket | None:
         """The most recently used idle connection that is still open and silent."""
@@ -411,10 +437,12 @@ class Response:
 def request_head(method: str, target: str, host: str, headers: dict, bodiless: bool) -> bytes:
     """The request line and headers, every name and value checked: nothing a header carries
     can start another header or another request."""
+    if not _TOKEN.match(method):
+        raise Broken("the request method cannot be sent")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     has_length = False
     for name, value in headers.items():
-        if not _HEADER_NAME.match(name):
+        if not _TOKEN.match(name):
             raise Broken("a request header's name cannot be sent")
         if not _HEADER_VALUE.match(value):
             raise Broken(f"the request header {name} has a value that cannot be sent")

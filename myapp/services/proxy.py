@@ -145,6 +145,15 @@ class Outgoing:
             self.body.close()
 
 
+class AnswerCutShort(Exception):
+    """The upstream's answer broke off (or stalled) after its status line had gone to the browser.
+
+    Raised out of the body so that the server aborts the browser's connection: a body sent
+    chunked would otherwise end with a terminating chunk, and the browser would take a cut
+    answer for a whole one. Logged here as one line; ``myapp.server`` keeps waitress from logging
+    it again as a traceback."""
+
+
 class StreamedBody:
     """A WSGI app_iter over the upstream response; ``close()`` hands the connection back."""
 
@@ -154,14 +163,18 @@ class StreamedBody:
         self.finished = False
 
     def __iter__(self) -> Iterator[bytes]:
+        sent = 0
         while True:
             try:
                 chunk = self.response.read(CHUNK)
-            except UpstreamError:
-                return  # the upstream broke off mid-body, or stalled; the status line is already sent
+            except UpstreamError as e:
+                name = self.outgoing.upstream.name
+                log.warning("upstream %s: its answer broke off after %d bytes of the body: %s", name, sent, e)
+                raise AnswerCutShort(f"the answer of upstream {name} broke off after {sent} bytes") from None
             if not chunk:
                 self.finished = True
                 return
+            sent += len(chunk)
             yield chunk
 
     def close(self):
@@ -311,25 +324,38 @@ class Proxy:
                 # Settings refuse this pairing; a token bound to a key is never sent as Bearer.
                 raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "This API takes no DPoP-bound token.")
             outgoing.sent_nonce = self.nonces.get(outgoing.url)
-            headers["DPoP"] = credential.dpop.proof(
-                outgoing.method, outgoing.url, access_token=credential.token, nonce=outgoing.sent_nonce
-            )
+
+            def proof() -> str:
+                return credential.dpop.proof(
+                    outgoing.method, outgoing.url, access_token=credential.token, nonce=outgoing.sent_nonce
+                )
+
+            headers["DPoP"] = proof()
+            # A proof is good for one sending: sent again on a new connection, it is made anew.
+            resend = lambda: {**headers, "DPoP": proof()}  # noqa: E731
+        else:
+            resend = None
         with tracing.outgoing_span(
             f"upstream {outgoing.upstream.name}", kind_of="upstream", target=outgoing.upstream.name, method=outgoing.method
         ) as span:
             tracing.inject(outgoing.headers)
-            response = self._urlopen(outgoing)
+            response = self._urlopen(outgoing, resend)
             span.set_attribute("http.response.status_code", response.status)
             return response
 
-    def _urlopen(self, outgoing: Outgoing) -> Response:
+    def _urlopen(self, outgoing: Outgoing, resend: Callable[[], dict] | None = None) -> Response:
         """Sent as it is: never redirected, never retried but for a kept-alive connection that
         was closed before the answer (services/http1.py); the one retry after a refresh (or a DPoP
         nonce) is ours."""
         route = outgoing.route
         try:
             return route.pool.urlopen(
-                outgoing.method, outgoing.target, body=outgoing.body, headers=outgoing.headers, timeout=route.timeout
+                outgoing.method,
+                outgoing.target,
+                body=outgoing.body,
+                headers=outgoing.headers,
+                timeout=route.timeout,
+                resend=resend,
             )
         except Unreachable as e:
             log.warning("upstream %s could not be reached: %s", outgoing.upstream.name, e)

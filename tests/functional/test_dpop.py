@@ -5,6 +5,8 @@ written apart from the app's proof maker), both on real sockets, on a committed 
 
 import json
 import logging
+import socketserver
+import threading
 from datetime import timedelta
 
 import pytest
@@ -534,3 +536,41 @@ def test_an_unreadable_key_ends_the_session_on_an_upstreams_own_token_and_on_the
     assert browser.get("/", status=200)  # signed out, the landing page, never a 500
     dbsession.expire_all()
     assert session_row(dbsession).ended_at is not None
+
+
+def test_a_request_sent_again_on_a_new_connection_carries_a_new_proof(make_dpop_app, dpop_provider, dbsession):
+    """A kept connection the upstream closes as it reads the next request is sent again once, on a
+    new connection (services/http1.py): with a proof of its own, since the upstream may have
+    recorded the first one's jti (RFC 9449 section 11.1)."""
+    heads = []
+
+    class ClosesTheSecondRequestUnanswered(socketserver.StreamRequestHandler):
+        def handle(self):
+            while True:
+                lines = []
+                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                    lines.append(line.decode().rstrip("\r\n"))
+                if not lines:
+                    return
+                heads.append(lines)
+                if len(heads) == 2:
+                    return  # read, then closed without a byte of an answer
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), ClosesTheSecondRequestUnanswered)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        app = make_dpop_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        browser = signed_in_browser(app, dpop_provider)
+        api(browser, "GET", "/api/raw/x", status=200)
+        api(browser, "GET", "/api/raw/x", status=200)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(heads) == 3
+    access_token = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
+    proofs = [next(line.split(": ", 1)[1] for line in head if line.lower().startswith("dpop:")) for head in heads]
+    jtis = [verify_proof(proof, method="GET", url=url + "/x", access_token=access_token)[1]["jti"] for proof in proofs]
+    assert len(set(jtis)) == 3

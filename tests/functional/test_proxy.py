@@ -5,6 +5,7 @@ refresh, and what ends a session.
 """
 
 import hashlib
+import http.client
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import select, update
 
 from myapp.models import AuditEvent, UserSession
 from myapp.models.meta import utcnow
+from myapp.server import create_server
 from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.conftest import COOKIE, Browser
@@ -218,6 +220,36 @@ def test_headers_waitress_would_refuse_never_reach_it(make_proxy_app, signed_in)
     assert response.json() == {}
     assert "Trailers" not in response.headers and "Trailer" not in response.headers
     assert response.headers["X-Fine"] == "1" and response.headers["Content-Length"] == "2"
+
+
+@pytest.mark.parametrize(
+    "head, body, content",
+    [
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n", b"hello", id="chunked"),
+        pytest.param(b"Content-Length: 100000\r\n", b"x" * 70000, b"x" * 70000, id="a length"),
+    ],
+)
+def test_an_answer_cut_short_is_never_passed_on_as_whole(make_proxy_app, signed_in, head, body, content, caplog):
+    """The status line has gone to the browser when the upstream breaks off: the browser's
+    connection is aborted, so it sees the cut (a chunked body never gets its last chunk), logged
+    as one warning line and no traceback."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + head + b"Connection: close\r\n\r\n" + body
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        cookie = signed_in(app=app).cookies[COOKIE]
+        with serve(app, create_server=create_server) as base:
+            connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+            connection.request("GET", "/api/raw/x", headers={"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}"})
+            response = connection.getresponse()
+            assert response.status == 200
+            with pytest.raises(http.client.IncompleteRead) as cut:
+                response.read()
+            connection.close()
+    assert cut.value.partial and content.startswith(cut.value.partial)
+    said = [r for r in caplog.records if r.name == "myapp.services.proxy" and "broke off" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING" and said[0].exc_info is None
+    assert f"after {len(cut.value.partial)} bytes" in said[0].getMessage()
+    assert not [r for r in caplog.records if r.name == "waitress" and r.exc_info]
 
 
 @pytest.mark.parametrize(

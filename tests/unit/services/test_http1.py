@@ -5,6 +5,7 @@ What the whole app does with these answers (the statuses and error codes the bro
 tests/functional/test_proxy.py.
 """
 
+import collections
 import contextlib
 import io
 import socket
@@ -204,6 +205,26 @@ def test_an_idempotent_request_on_a_connection_closed_unanswered_is_sent_once_mo
     answer, body = get(pool, method=method, body=io.BytesIO(b"same"), headers={"Content-Length": "4"})
     assert (answer.status, body) == (200, b"ok")
     assert [(number, body) for number, _, body in server.requests[1:]] == [(1, b"same"), (2, b"same")]
+
+
+def test_a_request_sent_again_takes_the_headers_resend_writes(upstream, pools):
+    """A DPoP proof is good for one sending: the proxy writes the headers anew for the second."""
+    server = upstream(closes_the_second_request_unanswered)
+    pool = pools(server)
+    written = []
+
+    def resend():
+        written.append(len(written) + 2)
+        return {"X-Proof": str(written[-1])}
+
+    answer = pool.urlopen("GET", "/x", headers={"X-Proof": "1"}, timeout=TIMEOUT, resend=resend)
+    answer.read(), answer.release_conn()
+    assert written == []  # sent once, answered: nothing written again
+    answer = pool.urlopen("GET", "/x", headers={"X-Proof": "1"}, timeout=TIMEOUT, resend=resend)
+    assert (answer.status, answer.read()) == (200, b"ok")
+    answer.release_conn()
+    proofs = [[line for line in head.split(b"\r\n") if line.startswith(b"X-Proof")] for _, head, _ in server.requests]
+    assert proofs == [[b"X-Proof: 1"], [b"X-Proof: 1"], [b"X-Proof: 2"]]
 
 
 def test_a_post_on_a_connection_closed_unanswered_is_not_sent_again(upstream, pools):
@@ -436,7 +457,47 @@ def test_a_pool_keeps_at_most_maxsize_idle_connections_and_none_once_closed(upst
     assert len(pool._idle) == 0
 
 
+class RacingIdle(collections.deque):
+    """The pool's idle list, where ``before_append`` runs what other threads did between
+    ``put``'s check and its append (``put`` takes no lock)."""
+
+    before_append = None
+
+    def append(self, sock):
+        if self.before_append is not None:
+            step, self.before_append = self.before_append, None
+            step()
+        super().append(sock)
+
+
+def test_a_put_racing_close_keeps_nothing_in_the_closed_pool():
+    pool = ConnectionPool("http://127.0.0.1:9/")
+    pool._idle = RacingIdle()
+    pool._idle.before_append = pool.close
+    mine, other = socket.socketpair()
+    pool.put(mine)
+    assert pool.closed and len(pool._idle) == 0 and mine.fileno() == -1
+    other.close()
+
+
+def test_puts_racing_each_other_keep_at_most_maxsize_the_most_recent():
+    pool = ConnectionPool("http://127.0.0.1:9/", maxsize=2)
+    pool._idle = RacingIdle()
+    pairs = [socket.socketpair() for _ in range(4)]
+    socks = [a for a, _ in pairs]
+    pool.put(socks[0])
+    # Two other threads found room too, and appended first.
+    pool._idle.before_append = lambda: pool._idle.extend(socks[1:3])
+    pool.put(socks[3])
+    assert list(pool._idle) == socks[2:4]
+    assert [s.fileno() == -1 for s in socks] == [True, True, False, False]
+    pool.close()
+    for _, b in pairs:
+        b.close()
+
+
 def test_the_request_head_is_checked_and_carries_what_http_client_sent():
+    assert request_head("PROPFIND", "/", "h", {}, bodiless=True).startswith(b"PROPFIND / HTTP/1.1\r\n")
     head = request_head("POST", "/a?b=1", "api.example", {"Accept": "*/*", "host": "evil.example"}, bodiless=True)
     assert head == b"POST /a?b=1 HTTP/1.1\r\nHost: api.example\r\nAccept: */*\r\nContent-Length: 0\r\n\r\n"
     assert b"Content-Length" not in request_head("GET", "/", "h", {}, bodiless=True)
@@ -461,6 +522,12 @@ def test_the_request_head_is_checked_and_carries_what_http_client_sent():
 def test_a_header_that_could_start_another_header_or_request_is_never_sent(headers):
     with pytest.raises(Broken):
         request_head("GET", "/", "h", headers, bodiless=True)
+
+
+@pytest.mark.parametrize("method", ["GET /evil HTTP/1.1\r\nX:", "GET ", "", "G\nET", "GÉT"])
+def test_a_method_that_is_not_a_token_is_never_sent(method):
+    with pytest.raises(Broken, match="method"):
+        request_head(method, "/", "h", {}, bodiless=True)
 
 
 def test_the_target_is_encoded_as_urllib3_did_and_as_the_dpop_proof_names_it():

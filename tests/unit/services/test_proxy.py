@@ -158,7 +158,7 @@ def test_a_call_goes_to_the_upstreams_pool_with_the_target_and_the_upstreams_tim
     outgoing = service.prepare(environ(QUERY_STRING="q=1"), upstream_name="orders", client_addr=None)
     service.exchange(outgoing, lambda stale=None: Credential("t"))
     assert pool.sent[0]["url"] == "/v1/items/7?q=1"
-    assert pool.kw == [{"timeout": service.routes["orders"].timeout}]
+    assert pool.kw == [{"timeout": service.routes["orders"].timeout, "resend": None}]  # a Bearer token: sent as it was
 
 
 def test_only_allowlisted_request_headers_go_upstream():
