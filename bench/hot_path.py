@@ -3,7 +3,7 @@ urllib3 proxy (N), each WSGI app called directly in this thread, the development
 its own process. Thread CPU time only, so neither the API nor anything else on the machine counts.
 
     .venv/bin/python bench/hot_path.py [--calls 3000] [--profile] [--database-url URL] [--path /api/demo/ping]
-                                       [--anonymous] [--threads 8]
+                                       [--anonymous] [--threads 8] [--tracing sampled|unsampled]
 
 Prints the CPU time per call (the best of three interleaved rounds: the machine may be shared) and
 the Python function calls per call (which do not depend on what else the machine is doing).
@@ -93,8 +93,29 @@ def cpu_per_call(app, template: dict, calls: int, rounds: int = 5) -> tuple[floa
     return statistics.median(cpu), statistics.median(wall)
 
 
+def install_tracing(sampled: bool) -> dict:
+    """A tracer provider in this process whose spans are made and then dropped (no exporter to
+    wait on): every request sampled, or none (what the other nine of one in ten cost). myapp keeps
+    a provider it finds installed (myapp/tracing.py); the settings turn its tracing on."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    class Dropped(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON if sampled else ALWAYS_OFF))
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    trace.set_tracer_provider(provider)
+    return {"myapp.otel.enabled": "true", "myapp.otel.exporter": "console"}  # not used: a provider is installed
+
+
 @contextlib.contextmanager
-def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None, anonymous: bool = False):
+def signed_in_app(
+    path: str = "/api/demo/ping", database_url: str | None = None, anonymous: bool = False, tracing: str = "off"
+):
     """myapp in this process with a signed-in session, and the bare proxy N, both on the
     development stack (its own process); yields (B, B's environ, N, N's environ)."""
     work = Path(tempfile.mkdtemp(prefix="myapp-hot-path-"))
@@ -118,6 +139,7 @@ def signed_in_app(path: str = "/api/demo/ping", database_url: str | None = None,
         app = myapp_main({}, **bff_settings(
             database_url, public_url=public_url, issuer=idp + "/_dev/idp", upstream=idp + "/_dev/api",
             client=(CLIENT_ID, CLIENT_SECRET), key=KEY,
+            **(install_tracing(sampled=tracing == "sampled") if tracing != "off" else {}),
         ))
         stack.callback(app.registry[Services].close)
         server = waitress.create_server(app, sockets=[listener], threads=4)
@@ -172,8 +194,12 @@ def main():
     parser.add_argument("--database-url", help="PostgreSQL instead of a SQLite file")
     parser.add_argument("--spin", type=float, help="only call B for this many seconds (for py-spy)")
     parser.add_argument("--threads", type=int, help="call from this many threads at once (process CPU per call)")
+    parser.add_argument(
+        "--tracing", choices=("off", "sampled", "unsampled"), default="off",
+        help="B with tracing on, every request sampled or none (spans made, then dropped)",
+    )
     args = parser.parse_args()
-    with signed_in_app(args.path, args.database_url, args.anonymous) as (app, signed_in, bare, bare_call):
+    with signed_in_app(args.path, args.database_url, args.anonymous, args.tracing) as (app, signed_in, bare, bare_call):
         if args.spin:
             until = time.monotonic() + args.spin
             while time.monotonic() < until:

@@ -4,12 +4,14 @@ A span for each request and, inside it, the session lookup, each refresh (with h
 waited for the lock), every call to a provider and to an upstream; W3C ``traceparent`` goes to
 upstreams and providers. Spans carry names, routes, statuses and durations only: never a token,
 cookie, code, verifier, secret, or a URL's query string. With tracing off, the API's no-op
-tracer makes every span here cost a function call.
+tracer makes every span here cost a function call; in a request that is not sampled, no span is
+made inside the request's own.
 """
 
 import contextlib
 import logging
 import time
+from contextvars import ContextVar
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -32,6 +34,14 @@ class _NoSpan:
 _NO_SPAN = contextlib.nullcontext(_NoSpan())
 
 
+# Whether this request's own span is sampled. When it is not (the other nine of one in ten), no
+# span is made inside it: a parent-based sampler, the SDK's default, would drop each of them, after
+# paying to make it. ``traceparent`` still goes out, the request's own, flagged not sampled, so
+# upstreams and the provider follow the same decision. Outside a request (a background task),
+# spans are made as before.
+_sampled: ContextVar[bool] = ContextVar("myapp_request_sampled", default=True)
+
+
 def activate(on: bool = True) -> None:
     global _active
     _active = on
@@ -39,7 +49,7 @@ def activate(on: bool = True) -> None:
 
 def span(name: str, attributes: dict | None = None):
     """``with span(...) as s:`` an internal span, or nothing at all while tracing is off."""
-    return tracer.start_as_current_span(name, attributes=attributes) if _active else _NO_SPAN
+    return tracer.start_as_current_span(name, attributes=attributes) if _active and _sampled.get() else _NO_SPAN
 
 
 def setup_tracing(settings) -> None:
@@ -74,7 +84,7 @@ def inject(headers: dict) -> None:
 
 def outgoing_span(name: str, *, kind_of: str, target: str, method: str):
     """A client span for a call to a provider or an upstream; ``target`` is a name, never a URL."""
-    if not _active:
+    if not _active or not _sampled.get():
         return _NO_SPAN
     return tracer.start_as_current_span(
         name, kind=SpanKind.CLIENT, attributes={"http.request.method": method, f"myapp.{kind_of}": target}
@@ -92,9 +102,15 @@ def request_tween_factory(handler, registry):
         with tracer.start_as_current_span(
             request.method, context=context, kind=SpanKind.SERVER, attributes={"http.request.method": request.method}
         ) as span:
+            if not span.is_recording():
+                sampled = _sampled.set(False)
+                try:
+                    return handler(request)
+                finally:
+                    _sampled.reset(sampled)
             response = handler(request)
             route = getattr(request, "matched_route", None)
-            if route is not None and span.is_recording():
+            if route is not None:
                 span.update_name(f"{request.method} {route.pattern}")
                 span.set_attribute("http.route", route.pattern)
             span.set_attribute("http.response.status_code", response.status_int)

@@ -81,6 +81,28 @@ def test_a_signed_in_api_call_with_a_refresh(spans, make_proxy_app, signed_in, u
     assert response.headers["X-Request-ID"]
 
 
+def test_a_request_not_sampled_makes_no_span_inside_and_passes_the_decision_on(
+    spans, make_proxy_app, signed_in, upstream, provider, monkeypatch
+):
+    """A caller's traceparent flagged not sampled: the request's own span is not recorded, so
+    none is made inside it (the session lookup, the refresh, the provider and upstream calls),
+    and the upstream and the provider get traceparent with the same trace, not sampled."""
+    started = []
+    start = tracing.tracer.start_as_current_span
+    monkeypatch.setattr(tracing.tracer, "start_as_current_span", lambda name, **kw: started.append(name) or start(name, **kw))
+    browser = signed_in(expires_in=0)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    browser.get("/api/up/items", headers={"X-CSRF": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"}, status=200)
+    assert started == ["GET"] and spans == []
+    _, sent_trace, _, flags = upstream.seen[-1]["headers"]["traceparent"].split("-")
+    assert (sent_trace, flags) == (trace_id, "00")
+    token_call = [headers for path, _, headers in provider.requests if path == "/token"][-1]
+    assert token_call["HTTP_TRACEPARENT"].split("-")[1] == trace_id
+    # Sampled, the same call makes every span it did.
+    browser.get("/api/up/items", headers={"X-CSRF": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}, status=200)
+    assert "session.lookup" in started and "upstream up" in started and spans
+
+
 def test_no_span_holds_a_secret(spans, make_app, provider):
     app = make_app()
     browser = Browser(app)
