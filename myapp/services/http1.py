@@ -177,8 +177,12 @@ class ConnectionPool:
     def close(self) -> None:
         """Close every idle connection; those in use are closed when they come back."""
         self.closed = True
-        while self._idle:
-            _close(self._idle.pop())
+        while True:  # other threads may pop too (a put, a request): no check then pop
+            try:
+                sock = self._idle.pop()
+            except IndexError:
+                return
+            _close(sock)
 
     def put(self, sock: socket.socket) -> None:
         """Keep an idle connection. No lock: two threads may both find room for one more, and a
@@ -189,6 +193,7 @@ class ConnectionPool:
         self._idle.append(sock)
         if self.closed:
             self.close()  # closed meanwhile: nothing stays kept in a closed pool
+            return
         while len(self._idle) > self.maxsize:
             try:
                 _close(self._idle.popleft())  # the least recently used goes

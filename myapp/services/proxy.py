@@ -146,7 +146,8 @@ class Outgoing:
 
 
 class AnswerCutShort(Exception):
-    """The upstream's answer broke off (or stalled) after its status line had gone to the browser.
+    """The upstream's answer broke off (or stalled) after the browser had its status line and the
+    body's first piece (the view reads that piece before answering: ``Proxy.first_piece``).
 
     Raised out of the body so that the server aborts the browser's connection: a body sent
     chunked would otherwise end with a terminating chunk, and the browser would take a cut
@@ -155,16 +156,22 @@ class AnswerCutShort(Exception):
 
 
 class StreamedBody:
-    """A WSGI app_iter over the upstream response; ``close()`` hands the connection back."""
+    """A WSGI app_iter over the upstream response, from its ``first`` piece (already read);
+    ``close()`` hands the connection back."""
 
-    def __init__(self, response: Response, outgoing: Outgoing):
+    def __init__(self, response: Response, outgoing: Outgoing, first: bytes):
         self.response = response
         self.outgoing = outgoing
-        self.finished = False
+        self.first = first
+        self.finished = not first
 
     def __iter__(self) -> Iterator[bytes]:
-        sent = 0
+        if self.finished:
+            return
+        chunk, sent = self.first, 0
         while True:
+            sent += len(chunk)
+            yield chunk
             try:
                 chunk = self.response.read(CHUNK)
             except UpstreamError as e:
@@ -174,8 +181,6 @@ class StreamedBody:
             if not chunk:
                 self.finished = True
                 return
-            sent += len(chunk)
-            yield chunk
 
     def close(self):
         if self.finished:
@@ -422,18 +427,33 @@ class Proxy:
         response.drain_conn()
 
     @staticmethod
-    def small_body(response: Response, method: str) -> bytes | None:
+    def small_body(response: Response, method: str, upstream_name: str) -> bytes | None:
         """A response body of at most one chunk, read whole (None for anything else, streamed)."""
         length = response.headers.get("Content-Length", "")
         if method == "HEAD" or not length.isascii() or not length.isdigit() or int(length) > CHUNK:
             return None
-        try:
-            body = response.read()
-        except UpstreamError:
-            response.close()
-            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
+        body = Proxy._read(response, upstream_name)
         response.release_conn()
         return body
+
+    @staticmethod
+    def first_piece(response: Response, upstream_name: str) -> bytes:
+        """The first piece of a body that streams (b"" for none)."""
+        return Proxy._read(response, upstream_name, CHUNK)
+
+    @staticmethod
+    def _read(response: Response, upstream_name: str, amount: int | None = None) -> bytes:
+        """Read before the browser has anything: a failure is still a 504 or a 502."""
+        try:
+            return response.read(amount)
+        except TimedOut as e:
+            response.close()
+            log.warning("upstream %s: %s", upstream_name, e)
+            raise APIError(504, ErrorCode.UPSTREAM_TIMEOUT, "The API did not answer in time.") from None
+        except UpstreamError as e:
+            response.close()
+            log.warning("upstream %s: %s", upstream_name, e)
+            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
 
     @staticmethod
     def response_headers(response: Response) -> list[tuple[str, str]]:

@@ -6,6 +6,8 @@ refresh, and what ends a session.
 
 import hashlib
 import http.client
+import socketserver
+import threading
 from datetime import timedelta
 
 import pytest
@@ -220,6 +222,49 @@ def test_headers_waitress_would_refuse_never_reach_it(make_proxy_app, signed_in)
     assert response.json() == {}
     assert "Trailers" not in response.headers and "Trailer" not in response.headers
     assert response.headers["X-Fine"] == "1" and response.headers["Content-Length"] == "2"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"Transfer-Encoding: chunked\r\n", id="chunked"),
+        pytest.param(b"Content-Length: 100000\r\n", id="a length"),
+    ],
+)
+def test_an_answer_that_breaks_off_before_its_body_is_a_502_and_one_that_stalls_a_504(make_proxy_app, signed_in, head):
+    """Nothing has gone to the browser yet (its status line goes with the body's first piece), so
+    the browser gets SPEC.md's JSON error, not a cut answer or the server's own 500."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + head + b"Connection: close\r\n\r\n"
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        response = api(signed_in(app=app), "GET", "/api/raw/x", status=502)
+    assert response.json == {"error": "upstream_unavailable", "message": "The API connection failed."}
+    stalled = threading.Event()
+
+    class Stalls(socketserver.StreamRequestHandler):
+        def handle(self):
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(raw)
+            self.wfile.flush()
+            stalled.wait(10)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Stalls)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}",
+                                "myapp.upstream.raw.timeout": "1"})
+        response = api(signed_in(app=app), "GET", "/api/raw/x", status=504)
+    finally:
+        stalled.set()
+        server.shutdown()
+        server.server_close()
+    assert response.json["error"] == "upstream_timeout"
+    counted = app.registry[Services].metrics.registry.get_sample_value
+    assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "504"}) == 1
+    assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "200"}) is None
 
 
 @pytest.mark.parametrize(

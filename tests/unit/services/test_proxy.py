@@ -257,9 +257,9 @@ def test_the_upstreams_cookies_hop_by_hop_and_policy_headers_stay_there():
 
 
 def test_small_bodies_are_read_at_once_and_large_ones_stream():
-    assert Proxy.small_body(response(body=b"hello"), "GET") == b"hello"
-    assert Proxy.small_body(response(body=b"hello"), "HEAD") is None
-    assert Proxy.small_body(response(body=b"x" * (CHUNK + 1)), "GET") is None
+    assert Proxy.small_body(response(body=b"hello"), "GET", "orders") == b"hello"
+    assert Proxy.small_body(response(body=b"hello"), "HEAD", "orders") is None
+    assert Proxy.small_body(response(body=b"x" * (CHUNK + 1)), "GET", "orders") is None
 
 
 def test_one_request_answers_at_most_one_nonce_challenge_whatever_else_happens():
