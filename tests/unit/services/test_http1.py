@@ -295,6 +295,24 @@ def test_an_answer_to_head_has_no_body_whatever_its_length_says(upstream, pools)
     assert server.accepted == 1
 
 
+@pytest.mark.parametrize(
+    "head, kept",
+    [
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n", True),
+    ],
+)
+def test_an_answer_to_head_without_a_length_keeps_its_connection_as_any_answer_does(upstream, pools, head, kept):
+    server = upstream(answering(head))
+    pool = pools(server)
+    for _ in range(2):
+        answer, body = get(pool, method="HEAD")
+        assert (answer.status, body) == (200, b"")
+    assert server.accepted == (1 if kept else 2)
+
+
 def test_informational_answers_are_skipped(upstream, pools):
     server = upstream(answering(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
