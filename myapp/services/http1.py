@@ -302,24 +302,13 @@ class Response:
         self._keep_alive = self._parser.should_keep_alive()
         if self._head_only:
             self._complete = True  # no body follows an answer to HEAD, whatever its Content-Length says
-            # llhttp is not told that this answers HEAD: without a length, it reads the answer as
-            # one whose body ends with the connection, and so not kept alive. It is kept as any
-            # other answer is (RFC 9112 section 9.3).
-            self._keep_alive = self._keep_alive or self._says_keep_alive()
+            # ... by the rules. An upstream that answers HEAD as it answers GET sends a body all the
+            # same, perhaps a moment later, and a kept connection would hand that body to the next
+            # request as its answer, perhaps another person's. HEAD is rare: its connection goes.
+            self._keep_alive = False
         names = {name.lower() for name, _ in self._raw_headers}
         chunked = b"transfer-encoding" in names and self._last_coding_is_chunked()
         self._until_close = status not in (204, 304) and b"content-length" not in names and not chunked
-
-    def _says_keep_alive(self) -> bool:
-        tokens = {
-            token.strip().lower()
-            for name, value in self._raw_headers
-            if name.lower() == b"connection"
-            for token in value.split(b",")
-        }
-        if self._parser.get_http_version() == "1.1":
-            return b"close" not in tokens
-        return b"keep-alive" in tokens
 
     def on_body(self, data: bytes) -> None:
         self._quiet = 0

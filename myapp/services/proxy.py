@@ -168,7 +168,7 @@ class StreamedBody:
     def __iter__(self) -> Iterator[bytes]:
         if self.finished:
             return
-        chunk, sent = self.first, 0
+        chunk, sent, self.first = self.first, 0, b""  # not kept for the stream's whole life
         while True:
             sent += len(chunk)
             yield chunk

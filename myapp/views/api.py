@@ -58,24 +58,30 @@ def proxy(request):
         status = f"{upstream.status} {upstream.reason or ''}".strip()
         headers = service.response_headers(upstream)
         small = service.small_body(upstream, request.method, upstream_name)
-        # The status line goes out with the body's first piece (PEP 3333): read it here, so an
-        # upstream that breaks off or stalls before it is still a 502 or 504, not a cut answer.
-        first = service.first_piece(upstream, upstream_name) if small is None else None
+        if small is not None:
+            response = Response(status=status, headerlist=headers, body=small)
+            outgoing.close()
+        else:
+            # The status line goes out with the body's first piece (PEP 3333): read it here, so
+            # an upstream that breaks off or stalls before it is still a 502 or 504, not a cut answer.
+            first = service.first_piece(upstream, upstream_name)
+            response = Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, outgoing, first))
     except APIError as e:
         outgoing.close()
-        metrics.proxied(upstream_name, e.status)
+        metrics.proxied(upstream_name, e.status, answered)
         raise
     except Exception:  # whatever the upstream sent, it never becomes a 500
         log.warning("an answer of upstream %s could not be passed on", upstream_name, exc_info=True)
         upstream.close()
         outgoing.close()
-        metrics.proxied(upstream_name, 502)
+        metrics.proxied(upstream_name, 502, answered)
         raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API's answer could not be passed on.") from None
-    metrics.proxied(upstream_name, upstream.status, answered)
-    if small is not None:
+    except BaseException:
+        upstream.close()
         outgoing.close()
-        return Response(status=status, headerlist=headers, body=small)
-    return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, outgoing, first))
+        raise
+    metrics.proxied(upstream_name, upstream.status, answered)
+    return response
 
 
 def api_tween_factory(handler, registry):

@@ -229,6 +229,7 @@ def test_headers_waitress_would_refuse_never_reach_it(make_proxy_app, signed_in)
     [
         pytest.param(b"Transfer-Encoding: chunked\r\n", id="chunked"),
         pytest.param(b"Content-Length: 100000\r\n", id="a length"),
+        pytest.param(b"Content-Length: 10\r\n", id="a small body, read whole"),
     ],
 )
 def test_an_answer_that_breaks_off_before_its_body_is_a_502_and_one_that_stalls_a_504(make_proxy_app, signed_in, head):
@@ -239,6 +240,9 @@ def test_an_answer_that_breaks_off_before_its_body_is_a_502_and_one_that_stalls_
         app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
         response = api(signed_in(app=app), "GET", "/api/raw/x", status=502)
     assert response.json == {"error": "upstream_unavailable", "message": "The API connection failed."}
+    counted = app.registry[Services].metrics.registry.get_sample_value
+    assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "502"}) == 1
+    assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "200"}) is None
     stalled = threading.Event()
 
     class Stalls(socketserver.StreamRequestHandler):
