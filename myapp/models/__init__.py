@@ -5,7 +5,7 @@ import contextlib
 import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import zope.sqlalchemy
 import zope.sqlalchemy.datamanager
@@ -271,25 +271,33 @@ def _once_more_if_disconnected(read: Callable[[], T]) -> T:
     return read()
 
 
-@functools.cache
-def _compiled(statement: Select, dialect) -> tuple[str, tuple[str, ...] | None, tuple[str, ...], dict]:
-    """The SQL of ``statement`` for ``dialect``, its parameters' order when positional, the names of
-    the columns it selects, in order (labels where it gives them), and the values of the
+class _Compiled(NamedTuple):
+    """``statement`` for one dialect: its SQL, its parameters' order when positional, the names
+    of the columns it selects, in order (labels where it gives them), and the values of the
     parameters it carries itself (a literal limit), by name."""
+
+    sql: str
+    names: tuple[str, ...] | None
+    columns: tuple[str, ...]
+    literals: dict
+
+
+@functools.cache
+def _compiled(statement: Select, dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
     columns = tuple(column.name for column in statement.selected_columns)
     if len(set(columns)) != len(columns):
         raise ValueError(f"read_row needs distinct column names, not {columns}")
     required = {name for name, bind in compiled.binds.items() if bind.required}
     literals = {name: value for name, value in compiled.params.items() if name not in required}
-    return str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals
+    return _Compiled(str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals)
 
 
 @functools.cache
 def _row_shape(statement: Select, dialect) -> tuple[type, tuple]:
     """The named tuple ``read_all`` gives for ``statement``'s rows, and the function each column's
     type turns the driver's value into SQLAlchemy's with (None where it takes it as it is)."""
-    columns = _compiled(statement, dialect)[2]
+    columns = _compiled(statement, dialect).columns
     shape = collections.namedtuple("Row", columns, rename=True)
     processors = tuple(
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in statement.selected_columns

@@ -145,6 +145,18 @@ class Outgoing:
             self.body.close()
 
 
+def upstream_failure(upstream_name: str, error: UpstreamError) -> APIError:
+    """What the browser gets for a call the upstream failed before the browser had anything
+    (SPEC.md: 502 for a connection failure, 504 for a timeout), logged as one line."""
+    if isinstance(error, Unreachable):
+        log.warning("upstream %s could not be reached: %s", upstream_name, error)
+        return APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API could not be reached.")
+    log.warning("upstream %s: %s", upstream_name, error)
+    if isinstance(error, TimedOut):
+        return APIError(504, ErrorCode.UPSTREAM_TIMEOUT, "The API did not answer in time.")
+    return APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.")
+
+
 class AnswerCutShort(Exception):
     """The upstream's answer broke off (or stalled) after the browser had its status line and the
     body's first piece (the view reads that piece before answering: ``Proxy.first_piece``).
@@ -362,15 +374,8 @@ class Proxy:
                 timeout=route.timeout,
                 resend=resend,
             )
-        except Unreachable as e:
-            log.warning("upstream %s could not be reached: %s", outgoing.upstream.name, e)
-            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API could not be reached.") from None
-        except TimedOut as e:
-            log.warning("upstream %s: %s", outgoing.upstream.name, e)
-            raise APIError(504, ErrorCode.UPSTREAM_TIMEOUT, "The API did not answer in time.") from None
         except UpstreamError as e:
-            log.warning("upstream %s: %s", outgoing.upstream.name, e)
-            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
+            raise upstream_failure(outgoing.upstream.name, e) from None
 
     def exchange(self, outgoing: Outgoing, token: Callable[..., Credential]) -> Response:
         """Send with the session's token; on 401, refresh once and send the same request again."""
@@ -446,14 +451,9 @@ class Proxy:
         """Read before the browser has anything: a failure is still a 504 or a 502."""
         try:
             return response.read(amount)
-        except TimedOut as e:
-            response.close()
-            log.warning("upstream %s: %s", upstream_name, e)
-            raise APIError(504, ErrorCode.UPSTREAM_TIMEOUT, "The API did not answer in time.") from None
         except UpstreamError as e:
             response.close()
-            log.warning("upstream %s: %s", upstream_name, e)
-            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API connection failed.") from None
+            raise upstream_failure(upstream_name, e) from None
 
     @staticmethod
     def response_headers(response: Response) -> list[tuple[str, str]]:

@@ -95,7 +95,7 @@ def test_read_all_gives_the_rows_sqlalchemy_gives_for_the_pages_statements(datab
 def test_a_parameter_given_overrides_a_value_written_into_the_statement(database, committed, session_row):
     statement = select(User.__table__.c.subject).where(User.__table__.c.subject == "alice")
     assert database.read_all(statement, {}) == [("alice",)]
-    literal = next(iter(_compiled(statement, database.lookup_engine.dialect)[3]))
+    literal = next(iter(_compiled(statement, database.lookup_engine.dialect).literals))
     assert database.read_all(statement, {literal: "nobody"}) == []
 
 
