@@ -7,6 +7,20 @@ from pyramid.events import NewResponse
 from myapp.services import Services
 from myapp.settings import SessionSettings
 
+# This site's policies that depend on nothing: on every answer, the server's own included.
+FIXED = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
+)
+# What the server itself answers (a request it could not read, before the app has it): a short
+# text or JSON that needs nothing, may be nowhere framed, and is never kept.
+SERVER_ANSWER = (
+    *FIXED,
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("Cache-Control", "no-store"),
+)
+
 
 class SecurityHeaders:
     """A ``NewResponse`` subscriber setting this site's policies on every response.
@@ -19,11 +33,7 @@ class SecurityHeaders:
 
     def __init__(self, session: SessionSettings, form_origins: Callable[[], Iterable[str]]):
         self.form_origins = form_origins
-        self.headers = [
-            ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "same-origin"),
-            ("X-Frame-Options", "DENY"),
-        ]
+        self.headers = list(FIXED)
         if session.cookie_secure:
             self.headers.append(("Strict-Transport-Security", "max-age=31536000"))
         self._names = frozenset(name.lower() for name, _ in [*self.headers, ("Content-Security-Policy", "")])

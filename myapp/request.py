@@ -6,6 +6,7 @@ outside the development stack looks anything up in the registry by a string.
 """
 
 import os
+from urllib.parse import unquote_to_bytes
 
 import pyramid_tm
 from pyramid.decorator import reify
@@ -29,6 +30,14 @@ FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
 # Where the registry keeps the paths every request under one SCRIPT_NAME shares (Request.route_path).
 FIXED_PATHS = "myapp.fixed_paths"
 FIXED_PATHS_LIMIT = 1024
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class FormRefused(Exception):
@@ -98,14 +107,20 @@ class Request(PyramidRequest):
     @property
     def POST(self):
         """The form, parsed the first time a view (or the CSRF check, after the permission check)
-        reads it, never before: bounded in bytes and in fields, and :class:`FormRefused` when it
+        reads it, never before: bounded in bytes and in fields, UTF-8 text and nothing else (no
+        other charset, no bytes that are not UTF-8, no files), and :class:`FormRefused` when it
         cannot be read."""
         if "webob._parsed_post_vars" not in self.environ and self._is_form():
             self._bound_form()
             try:
-                return PyramidRequest.POST.fget(self)
+                form = PyramidRequest.POST.fget(self)
             except ValueError:  # a multipart body without a boundary, say
                 raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.") from None
+            if any(not isinstance(value, str) for value in form.values()):
+                # Not kept as read: whatever asks again is refused again.
+                del self.environ["webob._parsed_post_vars"]
+                raise FormRefused(400, ErrorCode.BAD_REQUEST, "This form takes text, not files.")
+            return form
         return PyramidRequest.POST.fget(self)
 
     def _is_form(self) -> bool:
@@ -123,6 +138,13 @@ class Request(PyramidRequest):
         body = raw.read(MAX_FORM_BYTES + 1) if self.is_body_readable else b""
         if len(body) > MAX_FORM_BYTES:
             raise too_large
+        # WebOb reads forms as UTF-8 only (another charset is an exception it calls a warning), and
+        # turns bytes that are not UTF-8 into U+FFFD: refused here instead, as what was sent
+        # cannot be kept as it was sent.
+        if self.charset != "UTF-8":
+            raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form must be sent as UTF-8.")
+        if not _is_utf8(body if self.content_type == "multipart/form-data" else unquote_to_bytes(body.replace(b"+", b" "))):
+            raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form is not valid UTF-8.")
         if self.content_type == "multipart/form-data":
             boundary = self.headers.get("Content-Type", "").partition("boundary=")[2].strip('"').encode("latin-1", "replace")
             fields = body.count(b"--" + boundary) - 1 if boundary else 0

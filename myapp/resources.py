@@ -1,6 +1,7 @@
 """Context factories and their ACLs: authorization lives next to the data.
 
-Each factory loads the row its route names, raises ``HTTPNotFound`` when there is none, and
+Each factory loads the row its route names, raises ``HTTPNotFound`` when there is none (to a
+stranger, what any protected page answers them), and
 returns a resource whose ``__acl__`` states who may do what with it. Every resource's
 ``__parent__`` is the :class:`Root`, whose ACL is the one place admin rights are granted, so a
 view only declares ``permission=`` and never compares owner ids.
@@ -9,7 +10,7 @@ view only declares ``permission=`` and never compares owner ids.
 from enum import StrEnum
 
 from pyramid.authorization import ALL_PERMISSIONS, Allow, Authenticated, Deny, Everyone
-from pyramid.httpexceptions import HTTPNotFound
+from pyramid.httpexceptions import HTTPException, HTTPForbidden, HTTPNotFound
 from sqlalchemy import select
 
 from myapp.models import Post, User
@@ -106,10 +107,17 @@ def parse_id(value: str | None) -> int | None:
     return number if 1 <= number <= MAX_ID else None
 
 
+def _not_found(request) -> HTTPException:
+    """No such row: 404 to someone signed in, and to anyone else what any protected page answers
+    them (the sign-in, by way of the forbidden view), so that a stranger cannot tell which rows
+    exist."""
+    return HTTPNotFound() if request.identity is not None else HTTPForbidden()
+
+
 def _int_id(request) -> int:
     number = parse_id(request.matchdict.get("id"))
     if number is None:
-        raise HTTPNotFound()
+        raise _not_found(request)
     return number
 
 
@@ -120,19 +128,19 @@ def post_collection_factory(request):
 def post_factory(request):
     post = request.dbsession.get(Post, _int_id(request))
     if post is None:
-        raise HTTPNotFound()
+        raise _not_found(request)
     return PostResource(post, Root(request))
 
 
 def session_factory(request):
     row = request.session_store.find_by_handle(request.matchdict.get("handle", ""))
     if row is None or request.session_store.dead_reason(row) is not None:
-        raise HTTPNotFound()
+        raise _not_found(request)
     return SessionResource(row, Root(request))
 
 
 def user_factory(request):
     user = request.dbsession.scalars(select(User).where(User.id == _int_id(request))).one_or_none()
     if user is None:
-        raise HTTPNotFound()
+        raise _not_found(request)
     return UserResource(user, Root(request))

@@ -21,7 +21,11 @@ JSON_PATHS = frozenset({AUTH_USER_PATH, BACKCHANNEL_LOGOUT_PATH})
 def is_json_request(request) -> bool:
     """Whether the caller is a program; decided by the path alone, so that it holds before
     routing (a tween refusing an unreadable request) as well as after."""
-    path = request.environ.get("PATH_INFO", "")
+    return is_json_path(request.environ.get("PATH_INFO", ""))
+
+
+def is_json_path(path: str) -> bool:
+    """Whether what asks for ``path`` is a program (also before the app, in the server)."""
     return path.startswith(API_PREFIX) or path in JSON_PATHS
 
 

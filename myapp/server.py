@@ -1,12 +1,16 @@
 """The server for myapp: waitress, with a stricter reading of request framing.
 
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
-``egg:waitress#main`` does, and differs in two ways:
+``egg:waitress#main`` does, and differs in three ways:
 
 - A request that carries both ``Content-Length`` and ``Transfer-Encoding`` is refused with 400 and
   its connection closed. Waitress would read the chunked body and keep the connection open for
   what follows; a front proxy that believed the other length could then smuggle a request through
   (RFC 9112 section 6.1: the server MUST close the connection after such a request).
+- What waitress answers itself (a request it could not read: its framing, a length, a header,
+  a head too large; or an app that failed before answering) carries this site's hardening
+  headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
+  and the JSON ``/auth/`` routes) instead of plain text.
 - Waitress settings that cannot work together (``trusted_proxy_headers`` or
   ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting) stop it with one line,
   not a traceback.
@@ -23,6 +27,7 @@ one); a number takes that one and keeps it.
 """
 
 import errno
+import json
 import logging
 import os
 import random
@@ -37,13 +42,26 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
 
+from myapp.errors import ErrorCode
+from myapp.headers import SERVER_ANSWER
+from myapp.routes import is_json_path
 from myapp.services.proxy import AnswerCutShort
 
 log = logging.getLogger(__name__)
 
 
 class StrictRequestParser(HTTPRequestParser):
+    # The path the request line names, read before anything else can fail (a header, a length),
+    # so that the answer to a request that could not be read is in its caller's language.
+    target_path = ""
+
+    def received(self, data):
+        if not self.target_path and self.body_rcv is None:
+            self.target_path = _request_line_path(self.header_plus + data)
+        return super().received(data)
+
     def parse_header(self, header_plus):
         super().parse_header(header_plus)
         # Waitress has taken Transfer-Encoding out of the headers by now and decided on chunked.
@@ -51,8 +69,53 @@ class StrictRequestParser(HTTPRequestParser):
             raise ParsingError("A request may not carry both Content-Length and Transfer-Encoding")
 
 
+class HardenedErrorTask(ErrorTask):
+    """Waitress's own answer, to a request it could not read (framing, a length, a header) or
+    to an app that failed before answering: with this site's hardening headers, and to a
+    program (``/api/``, the JSON ``/auth/`` routes) SPEC.md's JSON error instead of text."""
+
+    def execute(self):
+        error = self.request.error
+        status, headers, body = error.to_response(self.channel.server.adj.ident)
+        path = self.request.target_path
+        if not path and self.channel.requests:  # the app failed: waitress answers with a parser of its own
+            path = getattr(self.channel.requests[0], "target_path", "")
+        if is_json_path(path):
+            body = json.dumps(
+                {"error": _SERVER_ERROR_CODES.get(error.code, ErrorCode.BAD_REQUEST), "message": error.body},
+                separators=(",", ":"),
+            ).encode()
+            headers = [("Content-Type", "application/json")]
+        self.status = status
+        self.response_headers.extend(headers)
+        self.response_headers.extend(SERVER_ANSWER)
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+def _request_line_path(head: bytes) -> str:
+    """The path of the request line ``head`` starts with; "" until the line is whole."""
+    line, newline, _ = head.lstrip().partition(b"\n")
+    parts = line.split(b" ")
+    if not newline or len(parts) < 2:
+        return ""
+    target = parts[1].split(b"?", 1)[0]
+    if b"://" in target:  # the absolute form: the path after the authority
+        target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+    return target.decode("latin-1")
+
+
+# Waitress's errors (waitress.utilities): bad request, too large, header fields too large, 500, 501.
+_SERVER_ERROR_CODES = {
+    400: ErrorCode.BAD_REQUEST, 413: ErrorCode.PAYLOAD_TOO_LARGE, 431: ErrorCode.BAD_REQUEST,
+    500: ErrorCode.INTERNAL_ERROR, 501: ErrorCode.HTTP_ERROR,
+}
+
+
 class StrictChannel(HTTPChannel):
     parser_class = StrictRequestParser
+    error_task_class = HardenedErrorTask
 
 
 class LoggedAlready(logging.Filter):

@@ -7,7 +7,7 @@ from pyramid.response import Response
 from pyramid.tweens import INGRESS
 
 from myapp.errors import ErrorCode, json_error, outage_errors
-from myapp.routes import is_json_request
+from myapp.routes import API_PREFIX, is_json_request
 
 log = logging.getLogger(__name__)
 BAD_ADDRESS = "The address is not valid UTF-8."
@@ -33,14 +33,16 @@ def _bad_request(request, message: str) -> Response:
 
 
 def unreadable_request_tween_factory(handler, registry):
-    """Answer 400 to an address no view could read: a path or query that is not UTF-8. Bodies are
-    left alone: a form is read by the view that takes it (``Request.POST``), a proxied body streams
-    to the upstream unread."""
+    """Answer 400 to an address no view could read: a path or query that is not UTF-8. A proxied
+    call's query is not read here but passed through as it came (SPEC.md: the query string passes
+    through), whatever its encoding. Bodies are left alone: a form is read by the view that takes
+    it (``Request.POST``), a proxied body streams to the upstream unread."""
 
     def tween(request):
         environ = request.environ
-        if not _decodes(environ.get("PATH_INFO", ""), query=False) or not _decodes(
-            environ.get("QUERY_STRING", ""), query=True
+        path = environ.get("PATH_INFO", "")
+        if not _decodes(path, query=False) or (
+            not path.startswith(API_PREFIX) and not _decodes(environ.get("QUERY_STRING", ""), query=True)
         ):
             return _bad_request(request, BAD_ADDRESS)
         try:

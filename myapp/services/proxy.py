@@ -225,6 +225,10 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     return path
 
 
+# Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.
+_SENDABLE_QUERY = re.compile(r"[!-\"$-~]*\Z")
+
+
 def _bad_path():
     return APIError(400, ErrorCode.BAD_PATH, "This path is not allowed.")
 
@@ -273,6 +277,10 @@ class Proxy:
         below = subpath(environ, upstream.name)
         query = environ.get("QUERY_STRING")
         if query:
+            # Passed on as it came, %-escapes and all (whatever they encode); only what cannot go
+            # into a request line, or would end it early, is refused.
+            if not _SENDABLE_QUERY.match(query):
+                raise APIError(400, ErrorCode.BAD_REQUEST, "This query string cannot be passed on.")
             below += "?" + query
         headers = self._request_headers(environ, route, client_addr)
         body = self._spool_body(environ)

@@ -67,6 +67,14 @@ def test_unknown_user_is_404(browser, sign_in, admin):
     browser.submit("/admin/users/abc/sessions/revoke", status=404)
 
 
+def test_a_stranger_is_sent_to_sign_in_whether_the_user_exists_or_not(browser, alice):
+    for user_id in [alice.id, 999999, "abc"]:
+        response = browser.post(
+            f"/admin/users/{user_id}/sessions/revoke", headers={"Origin": "https://app.example.test"}, status=303
+        )
+        assert "/login" in response.location
+
+
 def test_admin_nav_only_for_admins(browser, sign_in, alice, admin):
     sign_in(browser, alice)
     assert "/admin/audit" not in browser.get("/").text

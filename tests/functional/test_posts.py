@@ -51,6 +51,14 @@ def test_anonymous_get_is_sent_to_login(as_user, post, url):
     assert response.location.endswith("/login?next=" + url.replace("/", "%2F"))
 
 
+@pytest.mark.parametrize("url", ["/posts/999999", "/posts/999999/edit", "/posts/abc", "/posts/0"])
+def test_a_stranger_cannot_tell_which_posts_exist(as_user, post, url):
+    """A post that does not exist is sent to sign in like one that does, not answered 404."""
+    response = as_user("anonymous").get(url, status=303)
+    assert response.location.endswith("/login?next=" + url.replace("/", "%2F"))
+    assert "/login" in as_user("anonymous").submit(url.replace("/edit", "") + "/delete", status=303).location
+
+
 @pytest.mark.parametrize("url", ["/posts", "/posts/{id}/edit", "/posts/{id}/delete"])
 def test_anonymous_post_is_refused(as_user, post, dbsession, url):
     response = as_user("anonymous").submit(url.format(id=post.id), {"title": "x"}, status=303)
@@ -104,6 +112,13 @@ def test_create(as_user, dbsession, role):
         ({"title": "t" * 201, "body": "x"}, "Keep the title under 200 characters."),
         ({"title": "ok", "body": "b" * 20001}, "Keep the text under 20000 characters."),
         ({"title": "nul\x00", "body": ""}, "cannot be saved"),
+        ({"title": "bell\x07", "body": ""}, "cannot be saved"),
+        ({"title": "two\r\nlines", "body": ""}, "cannot be saved"),
+        ({"title": "tab\there", "body": ""}, "cannot be saved"),
+        ({"title": "c1\x85mid", "body": ""}, "cannot be saved"),
+        ({"title": "ok", "body": "escape \x1b[31m red"}, "cannot be saved"),
+        ({"title": "ok", "body": "a lone\rreturn"}, "cannot be saved"),
+        ({"title": "ok", "body": "del\x7f"}, "cannot be saved"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_keeps_the_text(as_user, dbsession, form, message):
@@ -112,6 +127,11 @@ def test_bad_input_gets_a_clear_error_and_keeps_the_text(as_user, dbsession, for
     if form["body"] and len(form["body"]) < 100:
         assert form["body"] in page.text
     assert dbsession.scalar(select(Post)) is None
+
+
+def test_a_text_keeps_its_lines_and_tabs(as_user, dbsession):
+    as_user("owner").submit("/posts", {"title": "Lines", "body": "one\r\n\ttwo\r\nthree"}, status=303)
+    assert dbsession.scalars(select(Post.body)).one() == "one\n\ttwo\nthree"
 
 
 def test_missing_post_is_404(as_user):

@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import requests
 from sqlalchemy import select, update
+from webtest import TestRequest
 
 from myapp.models import AuditEvent, UserSession
 from myapp.models.meta import utcnow
@@ -55,6 +56,28 @@ def test_get_is_forwarded_with_a_bearer_token(signed_in, upstream):
     assert seen["path"] == "/base/items/7"
     assert seen["query"] == "sort=name&q=a%20b"
     assert seen["headers"]["authorization"] == "Bearer at-1"
+
+
+def call_with_query(browser, query, status):
+    """GET /api/up/items with QUERY_STRING exactly as given (WebTest would re-escape a URL's)."""
+    request = TestRequest.blank("/api/up/items", environ=dict(browser.extra_environ), headers={"X-CSRF": "1"})
+    request.environ["QUERY_STRING"] = query
+    return browser.do_request(request, status=status)
+
+
+def test_a_query_passes_through_whatever_its_escapes_encode(signed_in, upstream):
+    """SPEC.md: the query string passes through. %ff is not UTF-8, but a query may be Latin-1 or
+    bytes: the upstream reads it, not the BFF."""
+    assert call_with_query(signed_in(), "q=%ff&n=%00", status=200).json == {"ok": True}
+    # Its escapes in upper case, as urllib3 writes them (and the DPoP proof's htu): the same bytes.
+    assert upstream.seen[-1]["uri"] == "/base/items?q=%FF&n=%00"
+
+
+@pytest.mark.parametrize("query", ["q=a b", "q=\x01", "q=\xe9", "q=a#b", "q=\x7f"])
+def test_a_query_that_cannot_go_into_a_request_line_is_refused(signed_in, upstream, query):
+    response = call_with_query(signed_in(), query, status=400)
+    assert response.json == {"error": "bad_request", "message": "This query string cannot be passed on."}
+    assert upstream.seen == []
 
 
 @pytest.mark.parametrize("below", ["//evil.example/x", "/@evil.example/x", "x@evil.example:1/y"])

@@ -171,6 +171,16 @@ def test_revoke_unknown_or_ended_session_is_404(browser, alice, sign_in, session
     browser.submit("/account/sessions/a%00b/revoke", status=404)  # PostgreSQL refuses NUL in text
 
 
+def test_a_stranger_is_sent_to_sign_in_whatever_the_handle(browser, alice, session_store):
+    """Not 404 for a handle that names nothing and a sign-in for one that does: a stranger cannot
+    tell them apart."""
+    _, live = session_store.create(user=alice)
+    for handle in ["no-such-handle", live.handle]:
+        response = browser.post(f"/account/sessions/{handle}/revoke", headers={"Origin": "https://app.example.test"}, status=303)
+        assert "/login" in response.location
+    assert session_store.dead_reason(session_store.find_by_handle(live.handle)) is None
+
+
 def test_revoke_by_get_is_refused(browser, alice, sign_in):
     _, row = sign_in(browser, alice)
     browser.get(f"/account/sessions/{row.handle}/revoke", status=405)

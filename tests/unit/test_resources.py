@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 from pyramid.authorization import ACLHelper, Authenticated, Everyone
-from pyramid.httpexceptions import HTTPNotFound
+from pyramid.httpexceptions import HTTPForbidden, HTTPNotFound
 from pyramid.testing import DummyRequest
 
 from myapp.resources import (
@@ -29,8 +29,8 @@ PRINCIPALS = {
 }
 
 
-def request(**matchdict):
-    request = DummyRequest()
+def request(kind=DummyRequest, /, **matchdict):
+    request = kind()
     request.services = SimpleNamespace(settings=SimpleNamespace(admin_group="admins"))
     request.matchdict = matchdict
     return request
@@ -92,24 +92,39 @@ def test_the_root(permission, who):
     assert allowed(Root(request()), permission) == who
 
 
+class SignedInRequest(DummyRequest):
+    identity = SimpleNamespace(user_id=OWNER)
+
+
+class StrangersRequest(DummyRequest):
+    identity = None
+
+
+# Someone signed in is told there is no such row; a stranger gets what any protected page
+# answers them (the forbidden view sends them to sign in), whether the row exists or not.
+WHO = [(SignedInRequest, HTTPNotFound), (StrangersRequest, HTTPForbidden)]
+
+
 @pytest.mark.parametrize("value", ["", "abc", "-1", "0", "1.5", "١٢", "9" * 19, "0x10", "2147483648", "99999999999999999999"])
-def test_ids_that_are_not_plain_numbers_are_not_found_without_a_query(value):
+@pytest.mark.parametrize("kind, refusal", WHO)
+def test_ids_that_are_not_plain_numbers_are_not_found_without_a_query(value, kind, refusal):
     def no_query(*args):
         raise AssertionError("queried the database")
 
-    req = request(id=value)
+    req = request(kind, id=value)
     req.dbsession = SimpleNamespace(get=no_query, scalars=no_query)
     for factory in (post_factory, user_factory):
-        with pytest.raises(HTTPNotFound):
+        with pytest.raises(refusal):
             factory(req)
 
 
-def test_a_missing_row_is_not_found(dbsession):
-    req = request(id="123456", handle="no-such-handle")
+@pytest.mark.parametrize("kind, refusal", WHO)
+def test_a_missing_row_is_not_found(dbsession, kind, refusal):
+    req = request(kind, id="123456", handle="no-such-handle")
     req.dbsession = dbsession
     req.session_store = SimpleNamespace(find_by_handle=lambda handle: None)
     for factory in (post_factory, user_factory, session_factory):
-        with pytest.raises(HTTPNotFound):
+        with pytest.raises(refusal):
             factory(req)
 
 

@@ -92,6 +92,60 @@ def test_both_lengths_are_refused_and_the_connection_closed(app, url, order):
     assert app.seen == []
 
 
+HARDENING = [
+    b"X-Content-Type-Options: nosniff", b"Referrer-Policy: same-origin", b"X-Frame-Options: DENY",
+    b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'", b"Cache-Control: no-store",
+]
+
+
+def head_and_body(received: bytes) -> tuple[list[bytes], bytes]:
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), body
+
+
+@pytest.mark.parametrize(
+    "request_head, status",
+    [
+        (b"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n", b"400 Bad Request"),
+        (b"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n", b"400 Bad Request"),
+        (b"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n", b"400 Bad Request"),
+        (b"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: a\x01b\r\n", b"400 Bad Request"),
+        (b"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n", b"413 Request Entity Too Large"),
+        (b"GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n", b"431 Request Header Fields Too Large"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/posts", "/api/demo/x", "/auth/user"])
+def test_what_the_server_answers_itself_is_hardened_and_in_the_callers_language(app, request_head, status, path):
+    """SPEC.md: the hardening headers on every response, and JSON errors of the shape
+    {"error", "message"} on /api/* and the JSON /auth/* routes; waitress's own were plain text
+    with neither."""
+    with serve(app, create_server=create_server, channel_timeout=2, max_request_header_size=2048) as url:
+        received = exchange(url, request_head.replace(b"{path}", path.encode()) + b"\r\n")
+    head, body = head_and_body(received)
+    assert head[0].split(b" ", 1)[1] == status  # HTTP/1.0 when the request line was not read
+    for header in HARDENING:
+        assert header in head
+    if path == "/posts":
+        assert b"Content-Type: text/plain; charset=utf-8" in head
+    else:
+        assert b"Content-Type: application/json" in head
+        answer = json.loads(body)
+        assert set(answer) == {"error", "message"} and answer["message"]
+        assert answer["error"] == ("payload_too_large" if status.startswith(b"413") else "bad_request")
+    assert app.seen == []
+
+
+def test_an_app_that_fails_before_answering_gets_a_hardened_500(url):
+    def failing(environ, start_response):
+        raise RuntimeError("boom")
+
+    with serve(failing, create_server=create_server, channel_timeout=2) as failing_url:
+        head, body = head_and_body(exchange(failing_url, b"GET /api/demo/x HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert head[0] == b"HTTP/1.1 500 Internal Server Error"
+    assert all(header in head for header in HARDENING)
+    assert json.loads(body)["error"] == "internal_error" and b"boom" not in body
+
+
 def test_plain_waitress_would_have_answered_the_smuggled_request(app):
     """What the strict parser prevents, shown on the server it replaces."""
     raw = b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED
