@@ -42,7 +42,7 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from myapp.errors import ErrorCode
 from myapp.headers import SERVER_ANSWER
@@ -126,15 +126,58 @@ class LoggedAlready(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], AnswerCutShort))
 
 
+# Where an app's registry lists the path prefixes it serves on threads of their own: those of
+# the development stack, which the app calls in the same process (its provider, its API).
+OWN_THREADS = "myapp.server.own_threads"
+
+
+class PrefixDispatcher:
+    """Waitress's task dispatcher for an app that calls itself over HTTP: a request whose path
+    starts with one of ``prefixes`` is served by threads of its own, any other by the app's.
+
+    On one pool, as many calls at once as there are threads, each waiting for its call to the
+    development API (or for the refresh that waits for the development provider), leave none to
+    answer them: every call waited out its timeout (24 at once on 8 threads: 16 answered 504 after
+    30 to 60 s).
+    """
+
+    def __init__(self, app_threads: ThreadedTaskDispatcher, prefixes: tuple[str, ...]):
+        self.app_threads = app_threads
+        self.own_threads = ThreadedTaskDispatcher()
+        self.prefixes = prefixes
+
+    def set_thread_count(self, count: int) -> None:
+        self.app_threads.set_thread_count(count)
+        self.own_threads.set_thread_count(count)
+
+    def add_task(self, channel) -> None:
+        requests = getattr(channel, "requests", None)
+        path = (getattr(requests[0], "path", None) or "") if requests else ""
+        (self.own_threads if path.startswith(self.prefixes) else self.app_threads).add_task(channel)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        app_done = self.app_threads.shutdown(cancel_pending, timeout)
+        return self.own_threads.shutdown(cancel_pending, timeout) and app_done
+
+
 def create_server(app, **settings):
-    """``waitress.create_server`` whose connections read requests with :class:`StrictRequestParser`."""
+    """``waitress.create_server`` whose connections read requests with :class:`StrictRequestParser`,
+    and which serves the paths the app lists under :data:`OWN_THREADS` on threads of their own
+    (:class:`PrefixDispatcher`), as many as the app's."""
     waitress_log = logging.getLogger("waitress")
     if not any(isinstance(f, LoggedAlready) for f in waitress_log.filters):
         waitress_log.addFilter(LoggedAlready())
     server = waitress.create_server(app, **settings)
-    for dispatcher in list(server._map.values()):
-        if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = StrictChannel
+    servers = [dispatcher for dispatcher in server._map.values() if isinstance(dispatcher, BaseWSGIServer)]
+    for dispatcher in servers:
+        dispatcher.channel_class = StrictChannel
+    registry = getattr(app, "registry", None)
+    prefixes = tuple(registry.get(OWN_THREADS, ())) if registry is not None else ()
+    if prefixes:
+        routing = PrefixDispatcher(server.task_dispatcher, prefixes)
+        routing.own_threads.set_thread_count(server.adj.threads)
+        for holder in {id(s): s for s in [server, *servers]}.values():
+            holder.task_dispatcher = routing
     return server
 
 

@@ -15,6 +15,7 @@ from myapp.devstack.api import APIS, DemoAPI, PublishedKeySet
 from myapp.devstack.dpop import ServerNonces
 from myapp.devstack.provider import PROVIDERS, Provider
 from myapp.devstack.settings import load_devstack_settings
+from myapp.server import OWN_THREADS
 from myapp.settings import SettingsError
 
 
@@ -36,6 +37,9 @@ def includeme(config):
         config.add_static_view(
             f"_dev/{name}/static", "myapp.devstack:static", cache_max_age=3600, permission=NO_PERMISSION_REQUIRED
         )
+    # The BFF calls these paths in this same process: served by threads of their own
+    # (myapp.server.PrefixDispatcher), calls waiting for them cannot leave them none.
+    config.registry[OWN_THREADS] = ("/_dev/",)
     config.include(".views")
     config.include(".api")
     config.scan(".views")

@@ -11,9 +11,12 @@ import pytest
 import requests
 from sqlalchemy import select, update
 
+from myapp import main
 from myapp.devstack import make_app as make_devstack
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
+from myapp.server import create_server
+from myapp.services import Services
 from tests.devstack.server import devstack_settings
 from tests.support.live import (
     api,
@@ -193,3 +196,39 @@ def test_two_upstreams_in_two_processes_never_reuse_a_rotated_refresh_token(
         token = seen["headers"]["authorization"].removeprefix("Bearer ")
         expected = "https://orders.example.test/" if seen["path"].startswith("/orders") else "scope:https://graph.example.test/.default"
         assert provider.access_tokens[token]["aud"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("expired", [False, True], ids=["calls", "calls-on-an-expired-token"])
+def test_the_development_setup_in_one_process_answers_more_calls_than_it_has_threads(
+    committed_database_url, committed_engine, committed, expired
+):
+    """As development.ini runs it: the provider and the API in the BFF's own process, called over
+    HTTP by the BFF itself. On one pool of threads, as many calls at once as threads (each waiting
+    for the API, or for a refresh that waits for the provider) left none to answer them, and every
+    call waited out its timeout; myapp's server serves /_dev/ on threads of its own."""
+    sock, public_url = listener()
+    settings = {
+        **bff_settings(committed_database_url, public_url, public_url),
+        "pyramid.includes": "myapp.devstack",
+        "myapp.upstream.demo.timeout": "5",
+        **devstack_settings(
+            public_url,
+            **{"devstack.idp.redirect_uris": f"{public_url}/auth/callback", "devstack.api.leeway": "0"},
+        ),
+    }
+    app = main({}, **settings)
+    threads = 2
+    try:
+        with running_wsgi(lambda base: app, listener=sock, threads=threads, create_server=create_server) as url:
+            browser = sign_in(url, "alice")
+            if expired:
+                expire_access_tokens(committed_engine)
+            before = provider_stats(url)
+            results = call_together(browser, [url] * (threads * 5))
+            after = provider_stats(url)
+    finally:
+        app.registry[Services].close()
+    assert results == [(200, "alice")] * (threads * 5)
+    assert after["refresh_grants"] - before["refresh_grants"] == (1 if expired else 0)
+    assert after["refresh_reuse_detected"] == 0

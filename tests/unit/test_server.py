@@ -756,3 +756,62 @@ def test_the_runner_holds_waitress_threads_and_says_so():
         child.kill()
         child.wait(timeout=10)
         child.stdout.close()
+
+
+def test_paths_an_app_lists_are_served_by_threads_of_their_own():
+    from waitress.task import ThreadedTaskDispatcher
+
+    from myapp.server import PrefixDispatcher
+
+    class Recording(ThreadedTaskDispatcher):
+        def __init__(self):
+            super().__init__()
+            self.added, self.count, self.shut = [], None, False
+
+        def set_thread_count(self, count):
+            self.count = count
+
+        def add_task(self, task):
+            self.added.append(task)
+
+        def shutdown(self, cancel_pending=True, timeout=5):
+            self.shut = True
+            return True
+
+    def channel(path):
+        request = types.SimpleNamespace(path=path) if path is not None else types.SimpleNamespace()
+        return types.SimpleNamespace(requests=[request])
+
+    app_threads = Recording()
+    routing = PrefixDispatcher(app_threads, ("/_dev/",))
+    routing.own_threads = own = Recording()
+    routing.set_thread_count(3)
+    dev, page, unread, idle = channel("/_dev/idp/token"), channel("/_devil"), channel(None), types.SimpleNamespace(requests=[])
+    for task in (dev, page, unread, idle):
+        routing.add_task(task)
+    assert own.added == [dev] and app_threads.added == [page, unread, idle]
+    assert own.count == app_threads.count == 3
+    assert routing.shutdown() and own.shut and app_threads.shut
+
+
+def test_an_app_that_lists_no_paths_keeps_waitress_s_one_pool(app):
+    server = create_server(app, listen="127.0.0.1:0", threads=2)
+    try:
+        assert type(server.task_dispatcher).__name__ == "ThreadedTaskDispatcher"
+    finally:
+        server.close()
+
+
+def test_an_app_that_lists_paths_gets_them_their_own_threads():
+    from pyramid.config import Configurator
+
+    from myapp.server import OWN_THREADS, PrefixDispatcher
+
+    config = Configurator()
+    config.registry[OWN_THREADS] = ("/_dev/",)
+    server = create_server(config.make_wsgi_app(), listen="127.0.0.1:0", threads=2)
+    try:
+        assert isinstance(server.task_dispatcher, PrefixDispatcher)
+        assert len(server.task_dispatcher.own_threads.threads) == 2
+    finally:
+        server.close()
