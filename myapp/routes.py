@@ -14,8 +14,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/api/"
 AUTH_USER_PATH = "/auth/user"
 BACKCHANNEL_LOGOUT_PATH = "/auth/backchannel-logout"
+CLIENT_JWKS_PATH = "/auth/jwks.json"
 # Paths whose callers are programs, not people: errors there are JSON, never a page or a redirect.
-JSON_PATHS = frozenset({AUTH_USER_PATH, BACKCHANNEL_LOGOUT_PATH})
+JSON_PATHS = frozenset({AUTH_USER_PATH, BACKCHANNEL_LOGOUT_PATH, CLIENT_JWKS_PATH})
 
 
 def is_json_request(request) -> bool:
@@ -82,7 +83,7 @@ def includeme(config):
     config.add_route("login", "/login")
     config.add_route("auth_callback", "/auth/callback")
     config.add_route("auth_provider_callback", "/auth/callback/{provider}")
-    config.add_route("client_jwks", "/auth/jwks.json")
+    config.add_route("client_jwks", CLIENT_JWKS_PATH)
     config.add_route("logout", "/logout")
     config.add_route("signed_out", "/signed-out")
     config.add_route("backchannel_logout", BACKCHANNEL_LOGOUT_PATH)

@@ -2,8 +2,11 @@
 recent sign-in than the session has, and an upstream's RFC 9470 challenge asking for one.
 
 A request under a ``myapp.stepup.rules`` prefix whose session does not satisfy the rule is answered
-here, before any view: a page that explains and offers to sign in again, or, for JSON routes,
-401 ``step_up_required`` with the ``login_url`` that asks the provider for what is missing.
+here, once its view's permission check has let it through and before the view runs: a page that
+explains and offers to sign in again, or, for JSON routes, 401 ``step_up_required`` with the
+``login_url`` that asks the provider for what is missing. After the permission check, not before:
+someone the route's ACL refuses gets SPEC.md's 403 at once, rather than a stronger sign-in that
+would end in the same 403.
 """
 
 from pyramid.renderers import render_to_response
@@ -44,23 +47,25 @@ def step_up_response(request, required: StepUpRequired):
     return response
 
 
-def stepup_tween_factory(handler, registry):
-    rules = registry[Services].settings.stepup_rules
-    if not rules:
-        return handler
+def stepup_view(view, info):
+    """A view deriver: below Pyramid's permission check (``secured_view``), as view derivers are
+    unless told otherwise. Exception views (the 403 and 404 pages, ...) are never stepped up."""
+    rules = info.registry[Services].settings.stepup_rules
+    if not rules or info.exception_only:
+        return view
 
-    def tween(request):
+    def stepped_up(context, request):
         rule = rule_for(rules, request.path_info)
-        if rule is not None:
+        if rule is not None and request.exception is None:
             identity = request.identity
             if identity is not None and not satisfies(identity.session, rule, utcnow()):
                 max_age = int(rule.max_age.total_seconds()) if rule.max_age is not None else None
                 return step_up_response(request, StepUpRequired(rule.acr_values, max_age))
-        return handler(request)
+        return view(context, request)
 
-    return tween
+    return stepped_up
 
 
 def includeme(config):
-    config.add_tween("myapp.stepup.stepup_tween_factory", over="MAIN")
+    config.add_view_deriver(stepup_view)
 

@@ -69,7 +69,7 @@ def login_required(exc, request):
 
 @exception_view_config(StepUpRequired)
 def step_up_required(exc, request):
-    """An upstream's RFC 9470 challenge (a path rule is answered by the step-up tween)."""
+    """An upstream's RFC 9470 challenge (a path rule is answered by the step-up view deriver, myapp.stepup)."""
     return step_up_response(request, exc)
 
 

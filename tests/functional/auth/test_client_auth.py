@@ -174,6 +174,14 @@ def test_no_keys_no_jwks(app):
     assert response.json["error"] == "http_error"
 
 
+@pytest.mark.parametrize("method", ["post", "put", "delete"])
+def test_the_key_set_answers_another_method_in_json(make_app, keys, method):
+    """SPEC.md: JSON errors from /auth/* have the shape {"error", "message"}; this one was a page."""
+    response = getattr(Browser(key_app(make_app, keys)), method)("/auth/jwks.json", status=(404, 405))
+    assert response.content_type == "application/json"
+    assert set(response.json) == {"error", "message"}
+
+
 # -- pushed authorization requests (RFC 9126) --
 
 def test_with_par_the_browser_carries_only_client_id_and_request_uri(make_app, provider, dbsession):

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import select
 
-from myapp.models import UserSession
+from myapp.models import AuditEvent, UserSession
 from myapp.models.meta import utcnow
 from myapp.settings import SettingsError, load_settings
 from tests.conftest import TEST_PUBLIC_URL, base_settings
@@ -115,6 +115,22 @@ def test_a_page_under_a_rule_explains_and_offers_to_sign_in_again(app, provider)
     response, _ = step_up_sign_in(browser, provider, link, acr=MFA, auth_time=int(time.time()), groups=["admins"])
     assert response.location.endswith("/admin/audit?x=1")
     assert browser.get("/admin/audit?x=1", status=200)
+
+
+@pytest.mark.parametrize("url", ["/admin/audit", "/admin/users"])
+def test_someone_the_acl_refuses_gets_403_without_being_asked_to_step_up(app, provider, dbsession, url):
+    """SPEC.md: authenticated but not permitted is 403. A stronger sign-in would not change that,
+    so it is not asked for first (the permission check comes before the rule)."""
+    browser = Browser(app)
+    plain_sign_in(browser, provider)  # not an administrator, no acr
+    page = browser.get(url, status=403)
+    assert not page.html.select("[data-testid=step-up-sign-in]")
+    denied = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied")).all()
+    assert len(denied) == 1
+    # An administrator with the same weak sign-in is asked to step up, as before.
+    admin = Browser(app)
+    plain_sign_in(admin, provider, groups=["admins"])
+    assert admin.get(url, status=401).html.select_one("[data-testid=step-up-sign-in]")
 
 
 def test_json_routes_get_step_up_required_with_a_login_url(app, provider, upstream):
