@@ -32,7 +32,11 @@ FIXED_PATHS = "myapp.fixed_paths"
 FIXED_PATHS_LIMIT = 1024
 
 
-def _is_utf8(data: bytes) -> bool:
+def is_utf8(data: bytes, *, form_encoded: bool = False) -> bool:
+    """Whether ``data`` is UTF-8 text; ``form_encoded``: once its %-escapes (and "+") are read,
+    as in a query string or a urlencoded form."""
+    if form_encoded:
+        data = unquote_to_bytes(data.replace(b"+", b" "))
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -143,7 +147,7 @@ class Request(PyramidRequest):
         # cannot be kept as it was sent.
         if self.charset != "UTF-8":
             raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form must be sent as UTF-8.")
-        if not _is_utf8(body if self.content_type == "multipart/form-data" else unquote_to_bytes(body.replace(b"+", b" "))):
+        if not is_utf8(body, form_encoded=self.content_type != "multipart/form-data"):
             raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form is not valid UTF-8.")
         if self.content_type == "multipart/form-data":
             boundary = self.headers.get("Content-Type", "").partition("boundary=")[2].strip('"').encode("latin-1", "replace")

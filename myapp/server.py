@@ -53,14 +53,20 @@ log = logging.getLogger(__name__)
 
 
 class StrictRequestParser(HTTPRequestParser):
-    # The path the request line names, read before anything else can fail (a header, a length),
-    # so that the answer to a request that could not be read is in its caller's language.
-    target_path = ""
+    # The bytes received up to the end of the request line, kept (not read) before anything else
+    # can fail (a header, a length), so that the answer to a request that could not be read is
+    # in its caller's language (:attr:`target_path`).
+    head_start = b""
 
     def received(self, data):
-        if not self.target_path and self.body_rcv is None:
-            self.target_path = _request_line_path(self.header_plus + data)
+        if self.body_rcv is None and b"\n" not in self.head_start:
+            self.head_start += data
         return super().received(data)
+
+    @property
+    def target_path(self) -> str:
+        """The path of the request line, as far as it was received; "" until it is whole."""
+        return _request_line_path(self.head_start)
 
     def parse_header(self, header_plus):
         super().parse_header(header_plus)

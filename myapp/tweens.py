@@ -1,12 +1,12 @@
 """Tweens: the few things that must happen around every request, before views read it."""
 
 import logging
-from urllib.parse import unquote_to_bytes
 
 from pyramid.response import Response
 from pyramid.tweens import INGRESS
 
 from myapp.errors import ErrorCode, json_error, outage_errors
+from myapp.request import is_utf8
 from myapp.routes import API_PREFIX, is_json_request
 
 log = logging.getLogger(__name__)
@@ -17,12 +17,9 @@ def _decodes(raw: str, *, query: bool) -> bool:
     # WSGI hands PATH_INFO over as latin-1 text of the raw bytes; QUERY_STRING is still %-encoded.
     try:
         data = raw.encode("latin-1")
-        if query:
-            data = unquote_to_bytes(data.replace(b"+", b" "))
-        data.decode("utf-8")
-        return True
-    except UnicodeError:
+    except UnicodeEncodeError:
         return False
+    return is_utf8(data, form_encoded=query)
 
 
 def _bad_request(request, message: str) -> Response:
