@@ -66,6 +66,8 @@ def parse_challenge(header: str | None) -> StepUpRequired | None:
             continue
         acr_values = tuple(v for v in params.get("acr_values", "").split() if ACR_VALUE.match(v))[:MAX_ACR_VALUES]
         max_age = params.get("max_age")
-        max_age = int(max_age) if max_age and max_age.isdigit() and int(max_age) <= MAX_MAX_AGE else None
+        # ASCII digits only: isdigit() alone takes "²", which int() refuses.
+        usable = max_age and max_age.isascii() and max_age.isdigit() and len(max_age) <= 10
+        max_age = int(max_age) if usable and int(max_age) <= MAX_MAX_AGE else None
         return StepUpRequired(acr_values, max_age, "The API needs a stronger or more recent sign-in.")
     return None

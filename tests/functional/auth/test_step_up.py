@@ -184,6 +184,18 @@ def test_an_upstream_challenge_is_relayed_without_a_refresh(make_app, provider, 
     assert len(upstream.seen) == 1  # and no retry
 
 
+def test_an_upstream_challenge_with_a_max_age_that_is_not_a_number_is_relayed_without_it(make_app, provider, upstream):
+    """ "²" is a digit to str.isdigit() but not to int(): the challenge was a 500, and its
+    connection was never closed."""
+    app = make_app(**{"myapp.upstreams": f"up = {upstream.url}/up"})
+    upstream.challenge = f'Bearer error="insufficient_user_authentication", acr_values="{MFA}", max_age="\u00b2"'
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    response = browser.get("/api/up/pay", headers={"X-CSRF": "1"}, status=401)
+    assert response.json["error"] == "step_up_required"
+    assert "max_age" not in query_of(response.json["login_url"])
+
+
 def test_an_ordinary_upstream_401_is_still_retried_after_a_refresh(make_app, provider, upstream):
     app = make_app(**{"myapp.upstreams": f"up = {upstream.url}/up"})
     upstream.always_401 = True

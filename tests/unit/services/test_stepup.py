@@ -52,6 +52,10 @@ def test_what_satisfies_a_rule(acr, auth_time, ok):
         ('Basic realm="x", Bearer error="insufficient_user_authentication", acr_values="x"', (("x",), None)),
         ('Bearer error="insufficient_user_authentication", max_age="-5"', ((), None)),
         ('Bearer error="insufficient_user_authentication", max_age="99999999999"', ((), None)),
+        # Digits to str.isdigit(), not to int(): a superscript, an Arabic-Indic digit, many digits.
+        ('Bearer error="insufficient_user_authentication", max_age="\u00b2"', ((), None)),
+        ('Bearer error="insufficient_user_authentication", max_age="\u0663\u0660"', ((), None)),
+        ('Bearer error="insufficient_user_authentication", max_age="' + "9" * 4000 + '"', ((), None)),
         ('Bearer error="insufficient_user_authentication", acr_values="ok caf\u00e9"', (("ok",), None)),
         ('Bearer error="invalid_token"', None),
         ('Bearer error="invalid_token", error_description="not insufficient_user_authentication"', None),
