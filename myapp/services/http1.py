@@ -21,6 +21,7 @@ import re
 import select
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -58,7 +59,8 @@ class Unreachable(UpstreamError):
 
 
 class TimedOut(UpstreamError):
-    """Connecting, sending or waiting for the next part of the answer took longer than allowed."""
+    """Connecting, sending, waiting for the next part of the answer, or for the whole of what is
+    read before the browser has anything, took longer than allowed."""
 
 
 class Broken(UpstreamError):
@@ -71,6 +73,11 @@ class _Stale(Exception):
 
 @dataclass(frozen=True)
 class Timeout:
+    """``connect``: for a new connection (and its TLS handshake). ``read``: the longest wait for
+    the next bytes of an answer, and for all of an answer that is read before it is streamed (its
+    head, a body read whole), counted from when the request went out: an upstream that trickles
+    a byte at a time cannot hold a call for longer than that."""
+
     connect: float
     read: float
 
@@ -231,7 +238,7 @@ class ConnectionPool:
         return sock
 
     def _exchange(self, sock: socket.socket, method: str, head: bytes, body, timeout: Timeout) -> "Response":
-        response = Response(self, sock, method)
+        response = Response(self, sock, method, timeout.read)
         try:
             if sock.gettimeout() != timeout.read:  # a system call that lets go of the GIL: once per connection
                 sock.settimeout(timeout.read)
@@ -254,11 +261,19 @@ class ConnectionPool:
 class Response:
     """An answer whose head has been read; ``read`` gives its body as it arrives.
     ``release_conn`` hands a connection whose answer was read to the end back to the pool
-    (otherwise it is closed); ``close`` closes it whatever is left."""
+    (otherwise it is closed); ``close`` closes it whatever is left.
 
-    def __init__(self, pool: ConnectionPool | None, sock: socket.socket, method: str):
+    ``within`` (seconds, the read timeout) bounds everything read from ``begin`` until ``stream``
+    is called, the head included, however it trickles in; after ``stream``, only the wait for
+    each next part is bounded (by the socket's timeout), so that a long download or feed lasts
+    as long as it does."""
+
+    def __init__(self, pool: ConnectionPool | None, sock: socket.socket, method: str, within: float | None = None):
         self._pool = pool
         self._sock: socket.socket | None = sock
+        self._within = within
+        self._wait = within  # the socket's timeout, as far as this answer has changed it
+        self._deadline: float | None = None
         self._head_only = method == "HEAD"
         self._parser = httptools.HttpResponseParser(self)
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -300,13 +315,17 @@ class Response:
         self.status = status
         self._head_done = True
         self._keep_alive = self._parser.should_keep_alive()
+        names = {name.lower() for name, _ in self._raw_headers}
         if self._head_only:
             self._complete = True  # no body follows an answer to HEAD, whatever its Content-Length says
             # ... by the rules. An upstream that answers HEAD as it answers GET sends a body all the
             # same, perhaps a moment later, and a kept connection would hand that body to the next
             # request as its answer, perhaps another person's. HEAD is rare: its connection goes.
             self._keep_alive = False
-        names = {name.lower() for name, _ in self._raw_headers}
+        elif status in (204, 304) and (b"content-length" in names or b"transfer-encoding" in names):
+            # The same for a 204 or 304 that names a body's framing: by the rules it has no body,
+            # and llhttp ends it with its head; an upstream that sends one anyway may send it late.
+            self._keep_alive = False
         chunked = b"transfer-encoding" in names and self._last_coding_is_chunked()
         self._until_close = status not in (204, 304) and b"content-length" not in names and not chunked
 
@@ -332,6 +351,8 @@ class Response:
         return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def begin(self) -> None:
+        if self._within is not None:
+            self._deadline = time.monotonic() + self._within
         while not self._head_done:
             self._receive()
         if self.status == 101:
@@ -340,11 +361,30 @@ class Response:
         self.headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw_headers])
         self._raw_headers = []
 
+    def stream(self) -> None:
+        """From here on the body goes on as it arrives: no deadline for the whole of it."""
+        self._deadline = None
+
+    def _before_deadline(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimedOut(f"the answer was not in within {self._within:g} s")
+        # The socket waits at most what is left. Not set again while it is about what the read
+        # timeout already allows (a system call, and one that lets go of the GIL): the deadline
+        # is overrun by a tenth at most.
+        if left < self._wait * 0.9:
+            self._sock.settimeout(left)
+            self._wait = left
+
     def _receive(self) -> None:
         """One read from the socket, fed to the parser."""
+        if self._deadline is not None:
+            self._before_deadline()
         try:
             data = self._sock.recv(CHUNK)
         except TimeoutError:
+            if self._deadline is not None and self._wait < self._within:  # waited what was left
+                raise TimedOut(f"the answer was not in within {self._within:g} s") from None
             raise TimedOut("the answer took too long") from None
         except OSError as e:
             if not self._received:

@@ -172,6 +172,7 @@ class StreamedBody:
     ``close()`` hands the connection back."""
 
     def __init__(self, response: Response, outgoing: Outgoing, first: bytes):
+        response.stream()  # the browser has its answer's head: each part may take the read timeout
         self.response = response
         self.outgoing = outgoing
         self.first = first
@@ -391,24 +392,26 @@ class Proxy:
         response = self._send_answering_nonce(outgoing, credential)
         if response.status != 401:
             return response
-        authenticate = response.headers.get("WWW-Authenticate")
-        challenge = parse_challenge(authenticate)
-        if challenge is not None:
-            # RFC 9470: the token is fine, the sign-in behind it is not strong or recent enough.
-            # No refresh can fix that; the browser is sent to sign in again, asking for it.
-            self._discard(response)
-            raise challenge
-        if credential.dpop is not None:
-            error = challenge_error(authenticate)
-            if error is not None and error != "invalid_token":
-                # The proof was refused (invalid_dpop_proof, or a nonce again after the retry): a new
-                # token would be refused the same way. The 401 goes back; no refresh, no loop.
-                log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
-                return response
         try:
+            authenticate = response.headers.get("WWW-Authenticate")
+            challenge = parse_challenge(authenticate)
+            if challenge is not None:
+                # RFC 9470: the token is fine, the sign-in behind it is not strong or recent enough.
+                # No refresh can fix that; the browser is sent to sign in again, asking for it.
+                self._discard(response)
+                raise challenge
+            if credential.dpop is not None:
+                error = challenge_error(authenticate)
+                if error is not None and error != "invalid_token":
+                    # The proof was refused (invalid_dpop_proof, or a nonce again after the retry): a
+                    # new token would be refused the same way. The 401 goes back; no refresh, no loop.
+                    log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
+                    return response
             fresh = token(stale=credential.token)
         except BaseException:
-            response.close()  # the refresh failed (an outage, a revoked grant): nothing reads this 401 now
+            # A step-up challenge (drained above), a refresh that failed (an outage, a revoked
+            # grant), or anything else: nothing reads this 401 now.
+            response.close()
             raise
         if fresh.token == credential.token:
             return response  # no newer token to try: the upstream's 401 goes back as it is

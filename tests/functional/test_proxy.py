@@ -4,10 +4,12 @@ One test per hygiene rule and per error mapping, the path-escape payloads, react
 refresh, and what ends a session.
 """
 
+import contextlib
 import hashlib
 import http.client
 import socketserver
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -292,6 +294,80 @@ def test_an_answer_that_breaks_off_before_its_body_is_a_502_and_one_that_stalls_
     counted = app.registry[Services].metrics.registry.get_sample_value
     assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "504"}) == 1
     assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "200"}) is None
+
+
+@contextlib.contextmanager
+def keep_alive_upstream(answer):
+    """A raw upstream that keeps its connections: ``answer(connection, request_head, state)``
+    writes whatever it likes for each request; ``state`` is a dict of the connection's own."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            state = {}
+            while True:
+                head = b""
+                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                    head += line
+                if not head:
+                    return
+                answer(self.connection, head, state)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("method, status", [("HEAD", "200 OK"), ("GET", "304 Not Modified"), ("GET", "204 No Content")])
+def test_a_body_sent_late_never_becomes_another_browsers_answer(make_proxy_app, signed_in, method, status):
+    """An upstream that sends a body after an answer that has none by the rules (to HEAD, a 204, a
+    304), late enough that the connection looked idle, and shaped as a whole answer: on a kept
+    connection the next call, another browser's, would have read it as its own."""
+
+    def answer(connection, head, state):
+        if b"/first" in head:
+            typed = "Content-Type: text/plain\r\n" if method == "HEAD" else ""  # (WebTest's check)
+            connection.sendall(f"HTTP/1.1 {status}\r\n{typed}Content-Length: 17\r\n\r\n".encode())
+            state["late"] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"
+            state["late"] += b'{"whose": "mine"}'
+            return
+        # The late body arrives just as the connection carries the next request.
+        connection.sendall(state.pop("late", b""))
+        connection.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 18\r\n\r\n{"whose": "yours"}')
+
+    with keep_alive_upstream(answer) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        first, other = signed_in(app=app), signed_in(app=app)
+        api(first, method, "/api/raw/first", status=int(status[:3]))
+        assert api(other, "GET", "/api/raw/second", status=200).json == {"whose": "yours"}
+
+
+def test_an_answer_that_trickles_in_is_a_504_when_the_timeout_has_passed(make_proxy_app, signed_in):
+    """A byte every 50 ms, each well within the timeout, the head never whole: 504 at the timeout,
+    not a call (and a thread) held for as long as the upstream likes."""
+    stop = threading.Event()
+
+    def answer(connection, head, state):
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+            if stop.wait(0.05):
+                return
+            connection.sendall(bytes([byte]))
+
+    with keep_alive_upstream(answer) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}",
+                                "myapp.upstream.raw.timeout": "1"})
+        browser = signed_in(app=app)
+        started = time.monotonic()
+        try:
+            response = api(browser, "GET", "/api/raw/x", status=504)
+        finally:
+            stop.set()
+    assert response.json["error"] == "upstream_timeout"
+    assert 1 <= time.monotonic() - started < 3
 
 
 @pytest.mark.parametrize(

@@ -325,6 +325,48 @@ def test_a_body_sent_late_after_an_answer_to_head_never_becomes_the_next_request
     assert server.accepted == 2
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 8\r\n\r\n", id="304 with a length"),
+        pytest.param(b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n", id="204 with a length"),
+        pytest.param(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", id="304 chunked"),
+    ],
+)
+def test_a_body_sent_late_after_a_204_or_304_never_becomes_the_next_requests_answer(upstream, pools, head):
+    """A 204 or 304 has no body by the rules, whatever its head says; one that names a length or
+    chunks may be followed by a body all the same, and on a kept connection the next request would
+    read it as its answer."""
+    injected = b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 8\r\n\r\ninjected"
+
+    def answers_then_sends_more(upstream, connection, number):
+        while (request := upstream.read_request(connection, number)) is not None:
+            if b"/first" in request:
+                connection.sendall(head)
+                time.sleep(0.05)
+                connection.sendall(injected)
+            else:
+                connection.sendall(OK)
+
+    server = upstream(answers_then_sends_more)
+    pool = pools(server)
+    answer, body = get(pool, target="/first")
+    assert (answer.status, body) == (int(head[9:12]), b"")
+    time.sleep(0.01)  # the injected answer arrives after the idle check would look
+    answer, body = get(pool)
+    assert (body, answer.headers.get("X-Injected")) == (b"ok", None)
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+def test_a_204_or_304_without_a_length_keeps_its_connection(upstream, pools, status):
+    server = upstream(answering(b"HTTP/1.1 " + status + b"\r\nETag: \"a\"\r\n\r\n", OK))
+    pool = pools(server)
+    assert get(pool)[0].status == int(status[:3])
+    assert get(pool)[1] == b"ok"
+    assert server.accepted == 1
+
+
 def test_informational_answers_are_skipped(upstream, pools):
     server = upstream(answering(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
@@ -420,6 +462,70 @@ def test_a_body_that_stalls_has_timed_out(upstream, pools):
         answer.read(10)
     stop.set()
     answer.close()
+
+
+def trickling(head: bytes, then: bytes = b"", every: float = 0.05):
+    """Serve each request with ``head``, then ``then`` one byte at a time, ``every`` seconds apart:
+    each byte well within the read timeout, the whole far beyond it."""
+    stop = threading.Event()
+
+    def serve(upstream, connection, number):
+        upstream.read_request(connection, number)
+        connection.sendall(head)
+        for byte in then:
+            if stop.wait(every):
+                return
+            connection.sendall(bytes([byte]))
+
+    return serve, stop
+
+
+@pytest.mark.parametrize(
+    "head, then",
+    [
+        pytest.param(b"", b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000 + b"\r\n\r\n", id="its head"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"b" * 1000, id="a body read whole"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nc\r\n" * 200, id="chunks read whole"),
+    ],
+)
+def test_an_answer_that_trickles_in_has_timed_out_when_the_read_timeout_has_passed(upstream, pools, head, then):
+    """The read timeout bounds each wait and the whole of what is read before anything goes on:
+    otherwise a byte every 50 ms (here) or every 29 s (against 30) holds the call, and the thread
+    serving it, for as long as the upstream likes."""
+    serve, stop = trickling(head, then)
+    server = upstream(serve)
+    started = time.monotonic()
+    with pytest.raises(TimedOut, match="not in within 0.5 s"):
+        answer = pools(server).urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=0.5))
+        try:
+            answer.read()
+        finally:
+            answer.close()
+    stop.set()
+    assert 0.5 <= time.monotonic() - started < 1.5
+
+
+def test_an_answer_drained_while_it_trickles_is_closed_at_the_read_timeout(upstream, pools):
+    serve, stop = trickling(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 1000\r\n\r\n", b"d" * 1000)
+    server = upstream(serve)
+    answer = pools(server).urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=0.5))
+    started = time.monotonic()
+    answer.drain_conn()
+    stop.set()
+    assert answer.closed and time.monotonic() - started < 1.5
+
+
+def test_a_streamed_body_may_last_longer_than_the_read_timeout_while_each_part_comes_in_time(upstream, pools):
+    serve, stop = trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n", b"e" * 20, every=0.05)
+    server = upstream(serve)
+    answer = pools(server).urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=0.3))
+    answer.stream()
+    started, body = time.monotonic(), b""
+    while piece := answer.read(10):
+        body += piece
+    assert body == b"e" * 20 and time.monotonic() - started > 0.3
+    answer.release_conn()
+    stop.set()
 
 
 def test_nothing_listening_is_unreachable():

@@ -236,6 +236,24 @@ def test_a_401_whose_refresh_fails_is_closed_at_once():
     outgoing.close()
 
 
+def test_a_401_whose_challenge_cannot_be_read_is_closed_at_once(monkeypatch):
+    """Whatever goes wrong while a 401 is read (here the challenge's parser itself), its
+    connection does not wait for the garbage collector."""
+    import myapp.services.proxy as proxy_module
+
+    def unreadable(header):
+        raise ValueError("a challenge nobody foresaw")
+
+    monkeypatch.setattr(proxy_module, "parse_challenge", unreadable)
+    unauthorized = response(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    service = proxy(FakePool(unauthorized))
+    outgoing = service.prepare(environ(), upstream_name="orders", client_addr=None)
+    with pytest.raises(ValueError):
+        service.exchange(outgoing, lambda stale=None: Credential("old"))
+    assert unauthorized.closed
+    outgoing.close()
+
+
 def test_a_401_with_no_newer_token_goes_back_as_it_is():
     pool = FakePool(response(401, b'{"error": "nope"}'))
     service = proxy(pool)
