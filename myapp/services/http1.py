@@ -362,8 +362,12 @@ class Response:
         self._raw_headers = []
 
     def stream(self) -> None:
-        """From here on the body goes on as it arrives: no deadline for the whole of it."""
+        """From here on the body goes on as it arrives: no deadline for the whole of it, and each
+        wait the read timeout again (the deadline may have shortened it)."""
         self._deadline = None
+        if self._wait != self._within and self._sock is not None:
+            self._sock.settimeout(self._within)
+            self._wait = self._within
 
     def _before_deadline(self) -> None:
         left = self._deadline - time.monotonic()

@@ -528,6 +528,28 @@ def test_a_streamed_body_may_last_longer_than_the_read_timeout_while_each_part_c
     stop.set()
 
 
+def test_a_streamed_body_waits_the_whole_read_timeout_for_each_part_after_a_slow_head(upstream, pools):
+    """The deadline shortened the socket's wait while the head trickled in; once the body streams,
+    each part may take the read timeout again."""
+    stop = threading.Event()
+
+    def slow_head_then_a_pause(upstream, connection, number):
+        upstream.read_request(connection, number)
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n":
+            time.sleep(0.5 / 40)
+            connection.sendall(bytes([byte]))
+        time.sleep(0.8)  # more than what was left of the deadline, less than the read timeout
+        connection.sendall(b"ok")
+        stop.wait(5)
+
+    server = upstream(slow_head_then_a_pause)
+    answer = pools(server).urlopen("GET", "/x", headers={}, timeout=Timeout(connect=2, read=1.0))
+    answer.stream()
+    assert answer.read(10) == b"ok"
+    answer.release_conn()
+    stop.set()
+
+
 def test_nothing_listening_is_unreachable():
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
