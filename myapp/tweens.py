@@ -22,14 +22,6 @@ def _decodes(raw: str, *, query: bool) -> bool:
     return is_utf8(data, form_encoded=query)
 
 
-def _readable(path: str) -> str:
-    """A WSGI path (latin-1 text of its bytes) with what is not UTF-8 replaced by U+FFFD."""
-    try:
-        return path.encode("latin-1").decode("utf-8", "replace").encode("utf-8").decode("latin-1")
-    except UnicodeEncodeError:
-        return ""
-
-
 def _bad_request(request, message: str) -> Response:
     if is_json_request(request):
         return json_error(400, ErrorCode.BAD_REQUEST, message)
@@ -39,23 +31,16 @@ def _bad_request(request, message: str) -> Response:
 
 def unreadable_request_tween_factory(handler, registry):
     """Answer 400 to an address no view could read: a path or query that is not UTF-8. A proxied
-    call's path and query are not read here but passed through as they came (SPEC.md: the path
-    below the base URL and the query string pass through), whatever their encoding. Bodies are
-    left alone: a form is read by the view that takes it (``Request.POST``), a proxied body
-    streams to the upstream unread."""
+    call's query is not read here but passed through as it came (SPEC.md: the query string passes
+    through), whatever its encoding. Bodies are left alone: a form is read by the view that takes
+    it (``Request.POST``), a proxied body streams to the upstream unread."""
 
     def tween(request):
         environ = request.environ
         path = environ.get("PATH_INFO", "")
-        if path.startswith(API_PREFIX):
-            if not _decodes(path, query=False):
-                if not (environ.get("REQUEST_URI") or environ.get("RAW_URI")):
-                    return _bad_request(request, BAD_ADDRESS)
-                # The proxy reads the path below the upstream from the request line as it came
-                # (services/proxy.subpath); routing only needs to find the upstream's name, and
-                # Pyramid decodes PATH_INFO as UTF-8 to match routes.
-                environ["PATH_INFO"] = _readable(path)
-        elif not _decodes(path, query=False) or not _decodes(environ.get("QUERY_STRING", ""), query=True):
+        if not _decodes(path, query=False) or (
+            not path.startswith(API_PREFIX) and not _decodes(environ.get("QUERY_STRING", ""), query=True)
+        ):
             return _bad_request(request, BAD_ADDRESS)
         try:
             return handler(request)
