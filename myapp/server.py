@@ -55,11 +55,12 @@ log = logging.getLogger(__name__)
 class StrictRequestParser(HTTPRequestParser):
     # The bytes received up to the end of the request line, kept (not read) before anything else
     # can fail (a header, a length), so that the answer to a request that could not be read is
-    # in its caller's language (:attr:`target_path`).
+    # in its caller's language (:attr:`target_path`). Blank lines before it are skipped, as
+    # waitress skips them (RFC 9112 section 2.2).
     head_start = b""
 
     def received(self, data):
-        if self.body_rcv is None and b"\n" not in self.head_start:
+        if self.body_rcv is None and b"\n" not in self.head_start.lstrip():
             self.head_start += data
         return super().received(data)
 

@@ -51,11 +51,15 @@ class Recorder:
         return [body]
 
 
-def exchange(base_url: str, raw: bytes) -> bytes:
-    """Send ``raw`` on one connection and read until the server closes it (or goes quiet)."""
+def exchange(base_url: str, raw: bytes, *more: bytes) -> bytes:
+    """Send ``raw`` (then each of ``more``, a moment apart: segments of their own) on one
+    connection and read until the server closes it (or goes quiet)."""
     host, port = base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as conn:
         conn.sendall(raw)
+        for piece in more:
+            time.sleep(0.05)
+            conn.sendall(piece)
         received = b""
         try:
             while chunk := conn.recv(65536):
@@ -133,6 +137,15 @@ def test_what_the_server_answers_itself_is_hardened_and_in_the_callers_language(
         assert set(answer) == {"error", "message"} and answer["message"]
         assert answer["error"] == ("payload_too_large" if status.startswith(b"413") else "bad_request")
     assert app.seen == []
+
+
+def test_a_blank_line_before_the_request_line_leaves_the_answer_in_the_callers_language(url):
+    """RFC 9112 section 2.2: a server skips blank lines before a request line (a client may send
+    one after a request). Arriving on its own, it must not stand for the request line."""
+    received = exchange(url, b"\r\n", b"POST /api/demo/x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    head, body = head_and_body(received)
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"] == "bad_request"
 
 
 def test_an_app_that_fails_before_answering_gets_a_hardened_500(url):
