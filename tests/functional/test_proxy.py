@@ -7,6 +7,7 @@ refresh, and what ends a session.
 import contextlib
 import hashlib
 import http.client
+import json
 import socketserver
 import threading
 import time
@@ -73,6 +74,26 @@ def test_a_query_passes_through_whatever_its_escapes_encode(signed_in, upstream)
     assert call_with_query(signed_in(), "q=%ff&n=%00", status=200).json == {"ok": True}
     # Its escapes in upper case, as urllib3 writes them (and the DPoP proof's htu): the same bytes.
     assert upstream.seen[-1]["uri"] == "/base/items?q=%FF&n=%00"
+
+
+def test_a_path_whose_escapes_are_not_utf8_is_refused_before_it_reaches_the_upstream(
+    signed_in, upstream, proxy_app
+):
+    """Overlong UTF-8 (%C0%AE is '.', %C0%AF is '/') reads as U+FFFD to a strict decoder, so the
+    proxy's '..' and '/' checks would never see it, while an upstream (or a gateway before it)
+    that decodes leniently would step out of its base URL. Such a path is refused whole, through
+    the real server, which gives the request line as received."""
+    cookie = signed_in().cookies[COOKIE]
+    with serve(proxy_app, create_server=create_server) as base:
+        connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+        for target in ["/api/up/%C0%AE%C0%AE/admin", "/api/up/x%C0%AFadmin", "/api/up/caf%E9", "/api/up/%ff/.."]:
+            connection.request("GET", target, headers={"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}"})
+            response = connection.getresponse()
+            answer = (response.status, response.getheader("Content-Type"), response.read())
+            assert answer[:2] == (400, "application/json"), target
+            assert json.loads(answer[2]) == {"error": "bad_request", "message": "The address is not valid UTF-8."}
+        connection.close()
+    assert upstream.seen == []
 
 
 @pytest.mark.parametrize("query", ["q=a b", "q=\x01", "q=\xe9", "q=a#b", "q=\x7f"])
