@@ -1,6 +1,7 @@
 """Tweens: the few things that must happen around every request, before views read it."""
 
 import logging
+from urllib.parse import urlsplit
 
 from pyramid.response import Response
 from pyramid.tweens import INGRESS
@@ -8,6 +9,7 @@ from pyramid.tweens import INGRESS
 from myapp.errors import ErrorCode, json_error, outage_errors
 from myapp.request import is_utf8
 from myapp.routes import API_PREFIX, is_json_request
+from myapp.services import Services
 
 log = logging.getLogger(__name__)
 BAD_ADDRESS = "The address is not valid UTF-8."
@@ -57,6 +59,31 @@ def _close_spooled_body(environ):
         body.close()
 
 
+def public_location_tween_factory(handler, registry):
+    """A redirect names this app by ``myapp.public_url``, never by the request's ``Host``.
+
+    WebOb makes a relative ``Location`` absolute from the ``Host`` header and the server's scheme,
+    both written by whoever sent the request: ``Host: evil.example`` on ``GET /posts`` came back as
+    ``Location: http://evil.example/login?next=%2Fposts``, which a cache in between could keep
+    and serve to others, and behind a proxy that ends TLS the scheme was ``http``. Resolved here
+    against the public URL instead (with WebOb's own rules, which refuse a protocol-relative
+    ``//host``), for the app's redirects and for an upstream's relative ``Location`` alike;
+    WebOb leaves an absolute one as it is."""
+    public = urlsplit(registry[Services].settings.public_url)
+    public_origin = {"wsgi.url_scheme": public.scheme, "HTTP_HOST": public.netloc}
+
+    def tween(request):
+        response = handler(request)
+        headerlist = response.headerlist
+        for i, (name, value) in enumerate(headerlist):
+            if name.lower() == "location":
+                at_public_url = {**request.environ, **public_origin}
+                headerlist[i] = (name, Response._make_location_absolute(at_public_url, value))
+        return response
+
+    return tween
+
+
 def outage_tween_factory(handler, registry):
     """The database or Redis gone mid-request, or at commit (pyramid_tm's tween runs above the
     exception views): 503 ``service_unavailable``, never waitress's bare 500. Nothing is written
@@ -96,6 +123,7 @@ UNAVAILABLE_PAGE = """<!doctype html>
 
 def includeme(config):
     config.add_tween("myapp.tweens.unreadable_request_tween_factory", under="INGRESS")
+    config.add_tween("myapp.tweens.public_location_tween_factory", under="INGRESS")
     config.add_tween("myapp.tweens.outage_tween_factory", over="pyramid_tm.tm_tween_factory")
     # Below the request id and the request's span, which every request has; above the rest.
     config.add_tween(

@@ -275,6 +275,24 @@ def test_an_anonymous_form_is_never_read(browser, dbsession, content_type, body)
     assert response.location.startswith("https://app.example.test/login")
 
 
+@pytest.mark.parametrize("host", ["evil.example", "app.example.test.evil.example", "127.0.0.1:6543", ""])
+def test_a_redirect_names_the_public_url_whatever_the_host_header_says(app, host, alice, sign_in, browser):
+    """WebOb makes a relative Location absolute from the Host header, which the caller writes: a
+    forged one would send the browser (or a cache's next visitor) elsewhere."""
+    from webob import Request
+
+    forged = {"HTTP_HOST": host, "wsgi.url_scheme": "http", "SERVER_NAME": "evil.example", "SERVER_PORT": "80"}
+    response = Request.blank("/posts", environ=forged).get_response(app)
+    assert (response.status_int, response.location) == (303, "https://app.example.test/login?next=%2Fposts")
+
+    raw_id, row = sign_in(browser, alice)
+    request = Request.blank("/posts", environ=forged, POST={"csrf_token": row.csrf_token, "title": "T", "body": "B"})
+    request.headers.update({"Origin": "https://app.example.test", "Cookie": f"__Host-session={raw_id}"})
+    response = request.get_response(app)
+    assert response.status_int == 303
+    assert response.location.startswith("https://app.example.test/posts/")
+
+
 def test_a_form_is_not_read_for_someone_not_allowed_to_send_it(browser, alice, bob, sign_in):
     sign_in(browser, alice)
     headers = {"Origin": "https://app.example.test", "Content-Type": "application/x-www-form-urlencoded"}

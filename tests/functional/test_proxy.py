@@ -467,6 +467,26 @@ def test_redirects_are_passed_back_not_followed(signed_in, upstream):
     upstream.headers = [("Location", upstream.url + "/elsewhere"), ("Content-Type", "text/plain")]
     response = api(signed_in(), "GET", "/api/up/x", status=302)
     assert response.headers["Location"] == upstream.url + "/elsewhere"
+
+
+@pytest.mark.parametrize(
+    "location, resolved",
+    [
+        ("z?a=1", "https://app.example.test/api/up/x/z?a=1"),
+        ("/elsewhere", "https://app.example.test/elsewhere"),
+        ("//evil.example/p", "https://app.example.test/%2fevil.example/p"),  # WebOb's rule
+    ],
+)
+def test_an_upstreams_relative_redirect_is_resolved_at_the_public_url_not_the_host_header(
+    signed_in, upstream, proxy_app, location, resolved
+):
+    upstream.status = "302 Found"
+    upstream.headers = [("Location", location), ("Content-Type", "text/plain")]
+    cookie = signed_in().cookies[COOKIE]
+    forged = {"HTTP_HOST": "evil.example", "wsgi.url_scheme": "http", "HTTP_X_CSRF": "1"}
+    request = TestRequest.blank("/api/up/x/y", environ=forged, headers={"Cookie": f"{COOKIE}={cookie}"})
+    response = request.get_response(proxy_app)
+    assert (response.status_int, response.location) == (302, resolved)
     assert len(upstream.seen) == 1
 
 
