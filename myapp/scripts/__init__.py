@@ -2,6 +2,7 @@
 ini or setting in one line with exit status 2."""
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
 
@@ -30,6 +31,22 @@ def fail(prog: str, *messages: str) -> None:
     for message in messages:
         print(f"{prog}: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def print_lines(lines) -> int:
+    """Print each line; exit status 0, or 1 when the reader stopped early.
+
+    A reader that stops early (``| head``) ends the output quietly, as it would any Unix tool's,
+    not with a ``BrokenPipeError`` traceback. Python flushes stdout once more at exit, which
+    would raise again, so stdout is pointed at the null device first."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
 
 
 def read_ini(prog: str, config_uri: str) -> dict:

@@ -11,7 +11,7 @@ import dataclasses
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
-from myapp.scripts import parser, read_settings
+from myapp.scripts import parser, print_lines, read_settings
 
 PROG = "myapp-show-config"
 SECRET_FIELDS = {"client_secret", "encryption_keys", "client_keys"}
@@ -57,6 +57,4 @@ def lines(prefix: str, value):
 def main(argv=None):
     options = parser(PROG, __doc__).parse_args(argv)
     _, settings = read_settings(PROG, options.config_uri)
-    for line in lines("", settings):
-        print(line)
-    return 0
+    return print_lines(lines("", settings))

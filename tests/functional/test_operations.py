@@ -214,6 +214,15 @@ def test_show_config_masks_secrets(ini, capsys, tmp_path):
     assert "hunter2" not in out and "app:***@db" in out
 
 
+def test_show_config_cut_short_by_its_reader_ends_quietly(ini):
+    """``myapp-show-config app.ini | head``: the reader leaves before the output is written."""
+    code = "import sys; from myapp.scripts import show_config; sys.exit(show_config.main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, str(ini)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    _, err = process.communicate(timeout=60)
+    assert (process.returncode, err) == (1, b"")
+
+
 @pytest.fixture
 def store(committed, committed_database_url):
     settings = load_settings(base_settings(committed_database_url), environ={})
