@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from pyramid.config import Configurator
 from pyramid.security import NO_PERMISSION_REQUIRED
+from pyramid.tweens import INGRESS
 
 from myapp.devstack.api import APIS, DemoAPI, PublishedKeySet
 from myapp.devstack.dpop import ServerNonces
@@ -50,4 +51,7 @@ def make_app(settings: Mapping[str, object]):
     """The development stack alone, as a WSGI application, configured by ``devstack.*`` keys."""
     with Configurator(settings=dict(settings)) as config:
         config.include(includeme)
+        # Included in the BFF (development.ini), the BFF's own tween does this: an address that
+        # is not UTF-8 (/_dev/api/echo/%ff) is a 400, not Pyramid's UnicodeDecodeError, a 500.
+        config.add_tween("myapp.tweens.unreadable_request_tween_factory", under=INGRESS)
     return config.make_wsgi_app()

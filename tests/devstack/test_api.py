@@ -206,3 +206,9 @@ def test_wrong_method_is_405_json(api, tokens):
     response = requests.put(api + "/notes", headers=bearer(tokens["alice"]), timeout=5)
     assert response.status_code == 405
     assert response.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ["/_dev/api/echo/%ff", "/_dev/idp/%C0%AE", "/_dev/idp/authorize?client_id=%ff"])
+def test_an_address_that_is_not_utf8_is_a_400_not_a_500(devstack, path):
+    response = requests.get(devstack + path, timeout=5)
+    assert (response.status_code, response.text) == (400, "The address is not valid UTF-8.")
