@@ -479,6 +479,8 @@ class TokenManager:
         return LoginRequired()
 
     def _audit(self, rows: SessionRows, session: SessionRecord, detail: str) -> None:
+        # The handle is the row's public name (as in /account/sessions); the detail holds no token.
+        log.info("refresh failed for session %s: %s", session.handle, detail)
         self.metrics.refresh_failures.labels(reason=failure_reason(detail.split(";")[0])).inc()
         AuditLog(dbsession=rows.dbsession).record(
             AuditEventType.REFRESH_FAILED, user_id=session.user_id, session_handle=session.handle, detail=detail

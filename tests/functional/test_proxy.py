@@ -671,10 +671,15 @@ def test_a_token_that_expired_on_its_way_is_refreshed_though_it_was_minted_recen
     assert response.status_code == 200
 
 
-def test_invalid_grant_ends_the_session(signed_in, upstream, provider, dbsession):
+def test_invalid_grant_ends_the_session(signed_in, upstream, provider, dbsession, caplog):
     browser = signed_in(expires_in=0, refresh_token="rt-dead")
     del provider.refresh_tokens["rt-dead"]
-    response = api(browser, "GET", "/api/up/x", status=401)
+    with caplog.at_level("INFO", logger="myapp.services.tokens"):
+        response = api(browser, "GET", "/api/up/x", status=401)
+    # Logged for operators too, by the session's public handle, never a token.
+    handle = browser.session_row.handle
+    said = [r.getMessage() for r in caplog.records if r.name == "myapp.services.tokens"]
+    assert said == [f"refresh failed for session {handle}: invalid_grant; session ended"]
     assert response.json["error"] == "login_required"
     assert any(v.startswith(COOKIE + "=;") for k, v in response.headerlist if k == "Set-Cookie")
     row = row_of(dbsession, browser)
