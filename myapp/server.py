@@ -94,6 +94,9 @@ class HardenedErrorTask(ErrorTask):
             ).encode()
             headers = [("Content-Type", "application/json")]
         self.status = status
+        # Waitress says HTTP/1.0 when the head failed before it read the version; this server
+        # speaks HTTP/1.1, which the status line names (RFC 9110 section 6.2). It closes after.
+        self.version = "1.1"
         self.response_headers.extend(headers)
         self.response_headers.extend(SERVER_ANSWER)
         self.set_close_on_finish()
