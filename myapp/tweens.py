@@ -24,23 +24,6 @@ def _decodes(raw: str, *, query: bool) -> bool:
     return is_utf8(data, form_encoded=query)
 
 
-def _as_text(path: str) -> str | None:
-    """A WSGI path (latin-1 text of its bytes) read as UTF-8, U+FFFD where it is not; None for
-    what is not a WSGI path."""
-    try:
-        return path.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return None
-
-
-def _stepup_undecided(rules, text: str) -> bool:
-    """Whether a step-up rule might cover the path, depending on how its undecodable bytes are
-    read: a rule at or below the point where it stops being UTF-8 (``/api/up/admin`` for
-    ``/api/up/admin%FF``, which a reader that drops what it cannot decode takes for that)."""
-    decided = text.split("\ufffd", 1)[0]
-    return any(rule.prefix.startswith(decided) for rule in rules)
-
-
 def _bad_request(request, message: str) -> Response:
     if is_json_request(request):
         return json_error(400, ErrorCode.BAD_REQUEST, message)
@@ -50,29 +33,16 @@ def _bad_request(request, message: str) -> Response:
 
 def unreadable_request_tween_factory(handler, registry):
     """Answer 400 to an address no view could read: a path or query that is not UTF-8. A proxied
-    call's path and query are not read here but passed through as they came (SPEC.md: the path
-    below the base URL and the query string pass through), whatever their encoding; the proxy
-    checks the path's bytes. Bodies are left alone: a form is read by the view that takes it
-    (``Request.POST``), a proxied body streams to the upstream unread."""
-    stepup_rules = registry[Services].settings.stepup_rules if Services in registry else ()
+    call's query is not read here but passed through as it came (SPEC.md: the query string passes
+    through), whatever its encoding. Bodies are left alone: a form is read by the view that takes
+    it (``Request.POST``), a proxied body streams to the upstream unread."""
 
     def tween(request):
         environ = request.environ
         path = environ.get("PATH_INFO", "")
-        if path.startswith(API_PREFIX):
-            if not _decodes(path, query=False):
-                # The proxy reads the path below the upstream from the request line, as received
-                # (services/proxy.subpath), and checks its bytes; routing and step-up rules, which
-                # Pyramid gives decoded text, get a copy with U+FFFD where it is not UTF-8.
-                text = _as_text(path)
-                if (
-                    text is None
-                    or not (environ.get("REQUEST_URI") or environ.get("RAW_URI"))
-                    or _stepup_undecided(stepup_rules, text)
-                ):
-                    return _bad_request(request, BAD_ADDRESS)
-                environ["PATH_INFO"] = text.encode("utf-8").decode("latin-1")
-        elif not _decodes(path, query=False) or not _decodes(environ.get("QUERY_STRING", ""), query=True):
+        if not _decodes(path, query=False) or (
+            not path.startswith(API_PREFIX) and not _decodes(environ.get("QUERY_STRING", ""), query=True)
+        ):
             return _bad_request(request, BAD_ADDRESS)
         try:
             return handler(request)

@@ -15,7 +15,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
@@ -52,11 +52,7 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 # Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as ".."); and a "%" that
 # starts no escape (urllib3 would then encode every "%" of the path, turning "%41" into "%2541").
 _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)|%(?![0-9a-f]{2})", re.IGNORECASE)
-_ENCODED_TRICK = re.compile(rb"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
-# Overlong UTF-8 (RFC 3629 section 10): "\xc0\xae" is "." and "\xc0\xaf" is "/" to a lenient
-# decoder, though a strict one reads neither; also the three- and four-byte forms of the same.
-_OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]")
-_SEPARATOR = re.compile(rb"[/\\\x00;]")
+_ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
@@ -223,38 +219,11 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     # A raw "#" would end the path there for the upstream (and the query with it).
     if any(c < "!" or c == "\x7f" or c in "\\;#" for c in path) or _FORBIDDEN_ENCODED.search(path):
         raise _bad_path()
-    try:
-        raw_bytes = path.encode("latin-1")  # WSGI's text of the bytes received
-    except UnicodeEncodeError:
-        raise _bad_path() from None
-    for segment in raw_bytes.split(b"/"):
-        if _could_step_out(unquote_to_bytes(segment)):
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or _ENCODED_TRICK.search(decoded):
             raise _bad_path()
     return path
-
-
-def _could_step_out(segment: bytes) -> bool:
-    """Whether a path segment, its escapes decoded, is or could be read as ``.`` or ``..``, or
-    holds an escape that decodes once more (``%252e``). A segment that is not UTF-8 (``caf%E9``,
-    Latin-1) passes through (SPEC.md), unless a reader less strict than this one could find a
-    dot segment or a separator in it: overlong UTF-8, a reader that drops the bytes it cannot
-    decode (``.%FF.``), or one that drops their high bit (``%AE%AE``)."""
-    if segment in (b".", b"..") or _ENCODED_TRICK.search(segment):
-        return True
-    if segment.isascii():
-        return False
-    try:
-        segment.decode("utf-8")
-        return False
-    except UnicodeDecodeError:
-        pass
-    low_bits = bytes(byte & 0x7F for byte in segment)
-    return (
-        _OVERLONG.search(segment) is not None
-        or bytes(byte for byte in segment if byte < 0x80) in (b".", b"..")
-        or low_bits in (b".", b"..")
-        or _SEPARATOR.search(low_bits) is not None
-    )
 
 
 # Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.
