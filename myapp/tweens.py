@@ -69,7 +69,8 @@ def public_location_tween_factory(handler, registry):
     against the public URL instead (with WebOb's own rules, which refuse a protocol-relative
     ``//host``), for the app's redirects and for an upstream's relative ``Location`` alike;
     WebOb leaves an absolute one as it is."""
-    public = urlsplit(registry[Services].settings.public_url)
+    public_url = registry[Services].settings.public_url
+    public = urlsplit(public_url)
     public_origin = {"wsgi.url_scheme": public.scheme, "HTTP_HOST": public.netloc}
 
     def tween(request):
@@ -77,6 +78,11 @@ def public_location_tween_factory(handler, registry):
         headerlist = response.headerlist
         for i, (name, value) in enumerate(headerlist):
             if name.lower() == "location":
+                # Absolute already, from the same Host: Pyramid's static view adds a trailing
+                # slash to request.path_url (GET /static/. came back as http://evil.example/static/./).
+                own_origin = request.host_url
+                if value == own_origin or value.startswith(own_origin + "/"):
+                    value = public_url + value[len(own_origin) :]
                 at_public_url = {**request.environ, **public_origin}
                 headerlist[i] = (name, Response._make_location_absolute(at_public_url, value))
         return response

@@ -284,6 +284,9 @@ def test_a_redirect_names_the_public_url_whatever_the_host_header_says(app, host
     forged = {"HTTP_HOST": host, "wsgi.url_scheme": "http", "SERVER_NAME": "evil.example", "SERVER_PORT": "80"}
     response = Request.blank("/posts", environ=forged).get_response(app)
     assert (response.status_int, response.location) == (303, "https://app.example.test/login?next=%2Fposts")
+    # Pyramid's static view makes its redirect absolute itself, from Host (found by review).
+    response = Request.blank("/static/.", environ=forged).get_response(app)
+    assert (response.status_int, response.location) == (301, "https://app.example.test/static/./")
 
     raw_id, row = sign_in(browser, alice)
     request = Request.blank("/posts", environ=forged, POST={"csrf_token": row.csrf_token, "title": "T", "body": "B"})
