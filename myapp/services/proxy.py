@@ -52,7 +52,11 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 # Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as ".."); and a "%" that
 # starts no escape (urllib3 would then encode every "%" of the path, turning "%41" into "%2541").
 _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)|%(?![0-9a-f]{2})", re.IGNORECASE)
-_ENCODED_TRICK = re.compile(r"%(2e|2f|5c|00|25|3b)", re.IGNORECASE)
+# An escape left once a segment is decoded (%252e, %25C0%25AE, IIS's %u002e): an upstream or a
+# gateway that decodes twice would read what the first decoding's checks never saw.
+_ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
+# What Windows, IIS and some gateways trim from a segment (".. " and "..." read as "..").
+_TRIMMED = " ."
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
@@ -220,10 +224,32 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     if any(c < "!" or c == "\x7f" or c in "\\;#" for c in path) or _FORBIDDEN_ENCODED.search(path):
         raise _bad_path()
     for segment in path.split("/"):
-        decoded = unquote(segment)
-        if decoded in (".", "..") or _ENCODED_TRICK.search(decoded):
-            raise _bad_path()
+        if "%" in segment or "." in segment or not segment.isascii():
+            decoded = unquote(segment)
+            if _could_step_out(decoded):
+                raise _bad_path()
     return path
+
+
+def _could_step_out(segment: str) -> bool:
+    """Whether a path segment (decoded) is, or could be read as, ``.`` or ``..``, or holds an
+    escape a second decoding would read. Besides the segment as it is, the readings of lenient
+    servers: trailing dots and spaces trimmed (Windows, IIS), and for one that is not ASCII, the
+    characters a legacy reader cannot decode dropped (``.\u0687.``), or each byte's high bit
+    (``a\U0002fba0``'s bytes read as ``ap/..``)."""
+    if _only_dots(segment) or _ENCODED_TRICK.search(segment):
+        return True
+    if segment.isascii():
+        return False
+    if _only_dots("".join(c for c in segment if c.isascii())):
+        return True
+    low_bits = bytes(byte & 0x7F for byte in segment.encode("utf-8", "replace"))
+    return any(piece in (b".", b"..") for piece in re.split(rb"[/\\]", low_bits))
+
+
+def _only_dots(segment: str) -> bool:
+    """``.``, ``..``, ``...``, ``.. ``: dots, with spaces a lenient server trims."""
+    return "." in segment and not segment.strip(_TRIMMED)
 
 
 # Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.

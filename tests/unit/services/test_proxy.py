@@ -88,6 +88,8 @@ def environ(path="/api/orders/items/7", method="GET", body=b"", **extra) -> dict
         ("/api/orders/items/7", "items/7"),
         ("/api/orders/a%20b/c", "a%20b/c"),
         ("/api/orders/caf%C3%A9", "caf%C3%A9"),
+        ("/api/orders/na%C3%AFve/v1.2/.well-known/x.json", "na%C3%AFve/v1.2/.well-known/x.json"),
+        ("/api/orders/100%25/a.b.", "100%25/a.b."),  # a "%" that starts no escape once decoded
     ],
 )
 def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
@@ -103,6 +105,12 @@ def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
         "/api/ordersx/y", "/api/other/y",
         # A "%" that starts no escape (urllib3 would re-encode every "%" of the path), a raw "#".
         "/api/orders/a%", "/api/orders/a%4", "/api/orders/a%zz", "/api/orders/100%/x", "/api/orders/a#b",
+        # Decoded twice (found by review): overlong and high-bit "..", IIS's %u.
+        "/api/orders/%25C0%25AE%25C0%25AE/x", "/api/orders/%25AE%25AE/x", "/api/orders/%25u002e%25u002e/x",
+        # ".." once trailing dots and spaces are trimmed (Windows, IIS).
+        "/api/orders/.../x", "/api/orders/..%20/x", "/api/orders/.%20./x", "/api/orders/%20../x",
+        # ".." to a legacy reader that drops what it cannot decode, or drops the high bit (review).
+        "/api/orders/.%DA%87./x", "/api/orders/a%F0%AF%AE%AE/x",
     ],
 )
 def test_paths_that_could_escape_the_base_url_are_refused(raw):
