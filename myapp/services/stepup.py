@@ -2,6 +2,8 @@
 authentication"): which rule covers a path, whether a session satisfies it, and an upstream's
 RFC 9470 challenge asking for a stronger sign-in."""
 
+import dataclasses
+import functools
 import re
 from datetime import datetime
 
@@ -27,10 +29,28 @@ class StepUpRequired(Exception):
 
 
 def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
-    """The most specific rule covering ``path`` (rules come sorted, longest prefix first)."""
+    """The most specific rule covering ``path`` (rules come sorted, longest prefix first), as
+    written or as a lenient server behind the proxy might read it (:func:`as_leniently_read`):
+    ``/api/up//admin``, ``/api/up/Admin`` and ``/api/up/admin%20`` are ``/api/up/admin`` to
+    nginx (which merges slashes), a case-insensitive server, and Windows (which trims trailing
+    spaces and dots). Matching both ways can only ask for a step-up more often, never less."""
     if path.startswith(EXEMPT_PREFIXES):
         return None
-    return next((rule for rule in rules if rule.covers(path)), None)
+    lenient = as_leniently_read(path)
+    return next((rule for rule in rules if rule.covers(path) or _leniently(rule).covers(lenient)), None)
+
+
+def as_leniently_read(path: str) -> str:
+    """``path`` case-folded, with repeated slashes as one and each segment's trailing spaces
+    and dots trimmed (a trailing slash is kept: rules tell ``/a/`` from ``/a``)."""
+    segments = [segment.rstrip(" .") for segment in path.casefold().split("/")]
+    lenient = "/" + "/".join(segment for segment in segments if segment)
+    return lenient + "/" if path.endswith("/") and lenient != "/" else lenient
+
+
+@functools.cache
+def _leniently(rule: StepUpRule) -> StepUpRule:
+    return dataclasses.replace(rule, prefix=as_leniently_read(rule.prefix))
 
 
 def satisfies(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:

@@ -21,6 +21,12 @@ RULES = (
         ("/admin", "/admin"), ("/admin/users", "/admin"), ("/administrator", None), ("/api/payments", "/api/payments/"),
         ("/api/payments/1", "/api/payments/"), ("/api/paymentsx", None), ("/login", None), ("/auth/callback", None),
         ("/static/app.css", None), ("/", None),
+        # As a lenient server behind the proxy might read it (found by review): repeated slashes
+        # (nginx merges them), case (case-insensitive servers), trailing spaces and dots (Windows).
+        ("//admin", "/admin"), ("/api//payments/1", "/api/payments/"), ("/Admin/users", "/admin"),
+        ("/API/Payments/1", "/api/payments/"), ("/admin ", "/admin"), ("/admin./users", "/admin"),
+        ("/admin. . /x", "/admin"), ("/api/payments./1", "/api/payments/"), ("/administrator.", None),
+        ("/api/paymentsx/", None),
     ],
 )
 def test_the_most_specific_rule_covers_a_path(path, prefix):
