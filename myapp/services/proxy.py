@@ -22,7 +22,7 @@ from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
-from myapp.services.stepup import parse_challenge
+from myapp.services.stepup import TRIMMED_BY_LENIENT_SERVERS, parse_challenge
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 
@@ -55,8 +55,8 @@ _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)|%(?![0-9a-f]{2})", re.IGNORECAS
 # An escape left once a segment is decoded (%252e, %25C0%25AE, IIS's %u002e): an upstream or a
 # gateway that decodes twice would read what the first decoding's checks never saw.
 _ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
-# What Windows, IIS and some gateways trim from a segment (".. " and "..." read as "..").
-_TRIMMED = " ."
+# Where a server that drops each byte's high bit would split a segment.
+_SEPARATORS = re.compile(rb"[/\\]")
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
@@ -244,12 +244,12 @@ def _could_step_out(segment: str) -> bool:
     if _only_dots("".join(c for c in segment if c.isascii())):
         return True
     low_bits = bytes(byte & 0x7F for byte in segment.encode("utf-8", "replace"))
-    return any(piece in (b".", b"..") for piece in re.split(rb"[/\\]", low_bits))
+    return any(piece in (b".", b"..") for piece in _SEPARATORS.split(low_bits))
 
 
 def _only_dots(segment: str) -> bool:
     """``.``, ``..``, ``...``, ``.. ``: dots, with spaces a lenient server trims."""
-    return "." in segment and not segment.strip(_TRIMMED)
+    return "." in segment and not segment.strip(TRIMMED_BY_LENIENT_SERVERS)
 
 
 # Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.

@@ -12,6 +12,8 @@ from myapp.settings import ACR_VALUE, StepUpRule
 
 # Where a rule never applies: signing in and out, the provider's calls, what every page loads.
 EXEMPT_PREFIXES = ("/login", "/logout", "/auth/", "/signed-out", "/static/", "/healthz", "/readyz", "/metrics", "/_dev/")
+# What Windows, IIS and some gateways trim from the end of a path segment ("admin. " is "admin").
+TRIMMED_BY_LENIENT_SERVERS = " ."
 MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
 # RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token.
@@ -43,7 +45,7 @@ def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
 def as_leniently_read(path: str) -> str:
     """``path`` case-folded, with repeated slashes as one and each segment's trailing spaces
     and dots trimmed (a trailing slash is kept: rules tell ``/a/`` from ``/a``)."""
-    segments = [segment.rstrip(" .") for segment in path.casefold().split("/")]
+    segments = [segment.rstrip(TRIMMED_BY_LENIENT_SERVERS) for segment in path.casefold().split("/")]
     lenient = "/" + "/".join(segment for segment in segments if segment)
     return lenient + "/" if path.endswith("/") and lenient != "/" else lenient
 

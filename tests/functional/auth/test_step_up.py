@@ -142,6 +142,19 @@ def test_json_routes_get_step_up_required_with_a_login_url(app, provider, upstre
     assert upstream.seen == []
 
 
+@pytest.mark.parametrize("path", ["/api/up/admin/x", "/api/up//admin", "/api/up/Admin", "/api/up/admin%20", "/api/up/admin./x"])
+def test_a_rule_covers_a_proxied_path_as_a_lenient_upstream_reads_it(make_app, provider, upstream, path):
+    """nginx merges slashes, some servers ignore case, Windows trims trailing spaces and dots:
+    each of these is /api/up/admin to some upstream, so none is forwarded without the step-up."""
+    app = make_app(**{"myapp.stepup.rules": f"/api/up/admin = acr={MFA}", "myapp.upstreams": f"up = {upstream.url}/up"})
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    response = browser.get(path, headers={"X-CSRF": "1"}, status=401)
+    assert response.json["error"] == "step_up_required"
+    assert upstream.seen == []
+    browser.get("/api/up/administrator", headers={"X-CSRF": "1"}, status=200)  # another path altogether
+
+
 def test_max_age_rules_ask_again_once_the_sign_in_is_too_old(app, provider, dbsession):
     browser = Browser(app)
     plain_sign_in(browser, provider, auth_time=int(time.time()))
