@@ -59,6 +59,11 @@ def _close_spooled_body(environ):
         body.close()
 
 
+class UpstreamAnswer(Response):
+    """An upstream's answer, passed back by the proxy: an absolute ``Location`` in it is the
+    upstream's own (SPEC.md: upstream redirects are passed back), whatever host it names."""
+
+
 def public_location_tween_factory(handler, registry):
     """A redirect names this app by ``myapp.public_url``, never by the request's ``Host``.
 
@@ -68,7 +73,8 @@ def public_location_tween_factory(handler, registry):
     and serve to others, and behind a proxy that ends TLS the scheme was ``http``. Resolved here
     against the public URL instead (with WebOb's own rules, which refuse a protocol-relative
     ``//host``), for the app's redirects and for an upstream's relative ``Location`` alike;
-    WebOb leaves an absolute one as it is."""
+    WebOb leaves an absolute one as it is. An absolute one on the request's own origin is moved
+    to the public URL too, unless an upstream sent it (:class:`UpstreamAnswer`)."""
     public_url = registry[Services].settings.public_url
     public = urlsplit(public_url)
     public_origin = {"wsgi.url_scheme": public.scheme, "HTTP_HOST": public.netloc}
@@ -81,7 +87,9 @@ def public_location_tween_factory(handler, registry):
                 # Absolute already, from the same Host: Pyramid's static view adds a trailing
                 # slash to request.path_url (GET /static/. came back as http://evil.example/static/./).
                 own_origin = request.host_url
-                if value == own_origin or value.startswith(own_origin + "/"):
+                if (value == own_origin or value.startswith(own_origin + "/")) and not isinstance(
+                    response, UpstreamAnswer
+                ):
                     value = public_url + value[len(own_origin) :]
                 at_public_url = {**request.environ, **public_origin}
                 headerlist[i] = (name, Response._make_location_absolute(at_public_url, value))

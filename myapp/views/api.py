@@ -15,7 +15,6 @@ import logging
 import time
 
 from pyramid.interfaces import IRootFactory, IRouteRequest, IRoutesMapper
-from pyramid.response import Response
 from pyramid.view import view_config
 
 from myapp.errors import APIError, ErrorCode, outage_errors
@@ -25,7 +24,7 @@ from myapp.security import json_csrf_failure
 from myapp.services import Services
 from myapp.services.proxy import StreamedBody
 from myapp.services.stepup import rule_for
-from myapp.tweens import unavailable_response
+from myapp.tweens import UpstreamAnswer, unavailable_response
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +58,15 @@ def proxy(request):
         headers = service.response_headers(upstream)
         small = service.small_body(upstream, request.method, upstream_name)
         if small is not None:
-            response = Response(status=status, headerlist=headers, body=small)
+            response = UpstreamAnswer(status=status, headerlist=headers, body=small)
             outgoing.close()
         else:
             # The status line goes out with the body's first piece (PEP 3333): read it here, so
             # an upstream that breaks off or stalls before it is still a 502 or 504, not a cut answer.
             first = service.first_piece(upstream, upstream_name)
-            response = Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, outgoing, first))
+            response = UpstreamAnswer(
+                status=status, headerlist=headers, app_iter=StreamedBody(upstream, outgoing, first)
+            )
     except APIError as e:
         outgoing.close()
         metrics.proxied(upstream_name, e.status, answered)

@@ -494,6 +494,18 @@ def test_an_upstreams_relative_redirect_is_resolved_at_the_public_url_not_the_ho
     assert len(upstream.seen) == 1
 
 
+def test_an_upstreams_absolute_redirect_is_passed_back_even_on_the_requests_own_host(signed_in, upstream, proxy_app):
+    """The app's own redirects on the request's Host are moved to the public URL; an upstream's
+    absolute Location is its own, even where the Host header names the same origin (found by review)."""
+    upstream.status = "302 Found"
+    upstream.headers = [("Location", "http://api.internal/v2/x"), ("Content-Type", "text/plain")]
+    cookie = signed_in().cookies[COOKIE]
+    environ = {"HTTP_HOST": "api.internal", "wsgi.url_scheme": "http", "HTTP_X_CSRF": "1"}
+    request = TestRequest.blank("/api/up/x", environ=environ, headers={"Cookie": f"{COOKIE}={cookie}"})
+    response = request.get_response(proxy_app)
+    assert (response.status_int, response.location) == (302, "http://api.internal/v2/x")
+
+
 def test_upstream_errors_pass_through(signed_in, upstream):
     upstream.status = "422 Unprocessable Entity"
     upstream.body = b'{"detail": "nope"}'
