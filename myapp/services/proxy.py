@@ -12,17 +12,18 @@ import json
 import logging
 import re
 import tempfile
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
-from myapp.services.stepup import TRIMMED_BY_LENIENT_SERVERS, parse_challenge
+from myapp.services.stepup import parse_challenge, trimmed
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 
@@ -49,14 +50,18 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "set-cookie", "set-cookie2", "strict-transport-security", "clear-site-data", "content-security-policy",
     "content-security-policy-report-only", "x-frame-options", "x-content-type-options", "referrer-policy", "alt-svc",
 }
-# Encoded separators, NUL, and ";" (Tomcat, Jetty and Spring read "..;" as ".."); and a "%" that
-# starts no escape (urllib3 would then encode every "%" of the path, turning "%41" into "%2541").
-_FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|00|3b)|%(?![0-9a-f]{2})", re.IGNORECASE)
+# Encoded separators; NUL and every other control (a server that strips a segment reads "..%09" as
+# ".."); ";" (Tomcat, Jetty and Spring read "..;" as ".."); "?" and "#" (a server that decodes the
+# path and splits it again reads "..%3Fx" as ".." and a query); and a "%" that starts no escape
+# (urllib3 would then encode every "%" of the path, turning "%41" into "%2541").
+_FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|3b|3f|23|[01][0-9a-f]|7f)|%(?![0-9a-f]{2})", re.IGNORECASE)
 # An escape left once a segment is decoded (%252e, %25C0%25AE, IIS's %u002e): an upstream or a
 # gateway that decodes twice would read what the first decoding's checks never saw.
 _ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
-# Where a server that drops each byte's high bit would split a segment.
-_SEPARATORS = re.compile(rb"[/\\]")
+# Where a server that reads a segment its own way (dropping each byte's high bit, normalizing
+# Unicode) would split it.
+_SEPARATORS = re.compile(r"[/\\]")
+_BEYOND_ASCII = re.compile(r"[^\x00-\x7f]+")
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
@@ -219,7 +224,7 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     prefix = f"/api/{upstream_name}"
     if not raw.startswith(prefix) or raw[len(prefix) : len(prefix) + 1] not in ("", "/"):
         raise _bad_path()
-    path = raw[len(prefix) + 1 :]
+    path = _escaped_beyond_ascii(raw[len(prefix) + 1 :])
     # A raw "#" would end the path there for the upstream (and the query with it).
     if any(c < "!" or c == "\x7f" or c in "\\;#" for c in path) or _FORBIDDEN_ENCODED.search(path):
         raise _bad_path()
@@ -231,25 +236,53 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     return path
 
 
+def _escaped_beyond_ascii(text: str) -> str:
+    """Bytes beyond ASCII that came as they are (WSGI hands them over as Latin-1 text) %-escaped,
+    as a browser sends them: the checks then read them as UTF-8, and the upstream gets the bytes
+    that came (the pool would otherwise escape the Latin-1 reading's UTF-8, 'é' as %C3%83%C2%A9)."""
+    if text.isascii():
+        return text
+    return _BEYOND_ASCII.sub(lambda run: quote(_bytes_of(run.group()), safe=""), text)
+
+
+def _bytes_of(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # text, not bytes (a server that is not PEP 3333's)
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _could_step_out(segment: str) -> bool:
     """Whether a path segment (decoded) is, or could be read as, ``.`` or ``..``, or holds an
     escape a second decoding would read. Besides the segment as it is, the readings of lenient
-    servers: trailing dots and spaces trimmed (Windows, IIS), and for one that is not ASCII, the
+    servers: whitespace, controls and trailing dots trimmed (Windows, IIS, :func:`trimmed`); for
+    one that is not ASCII, Unicode's compatibility forms (NFKC, as .NET and Windows' best fit
+    read them: ``\uff0e\uff0e``, ``\u2025``, ``x\uff0f..``); and two lossy readings, the
     characters a legacy reader cannot decode dropped (``.\u0687.``), or each byte's high bit
-    (``a\U0002fba0``'s bytes read as ``ap/..``)."""
+    (``a\U0002fbae``'s bytes read as ``ap/..``). A lossy reading is refused for ``..`` only:
+    one that leaves ``.`` cannot step out, and ordinary words read so (\u5b66\u751f\u5bee ends
+    in ``/.``)."""
     if _only_dots(segment) or _ENCODED_TRICK.search(segment):
         return True
     if segment.isascii():
         return False
-    if _only_dots("".join(c for c in segment if c.isascii())):
+    normalized = unicodedata.normalize("NFKC", segment)
+    if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in _SEPARATORS.split(normalized)):
         return True
-    low_bits = bytes(byte & 0x7F for byte in segment.encode("utf-8", "replace"))
-    return any(piece in (b".", b"..") for piece in _SEPARATORS.split(low_bits))
+    if _parent("".join(c for c in segment if c.isascii())):
+        return True
+    low_bits = bytes(byte & 0x7F for byte in segment.encode("utf-8", "replace")).decode("ascii")
+    return any(_parent(piece) for piece in _SEPARATORS.split(low_bits))
 
 
 def _only_dots(segment: str) -> bool:
-    """``.``, ``..``, ``...``, ``.. ``: dots, with spaces a lenient server trims."""
-    return "." in segment and not segment.strip(TRIMMED_BY_LENIENT_SERVERS)
+    """``.``, ``..``, ``...``, ``.. ``, ``..\t``: dots, with what a lenient server trims."""
+    return "." in segment and not trimmed(segment)
+
+
+def _parent(segment: str) -> bool:
+    """``..`` and what a lenient server reads so."""
+    return segment.count(".") >= 2 and not trimmed(segment)
 
 
 # Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.
@@ -306,6 +339,7 @@ class Proxy:
         if query:
             # Passed on as it came, %-escapes and all (whatever they encode); only what cannot go
             # into a request line, or would end it early, is refused.
+            query = _escaped_beyond_ascii(query)
             if not _SENDABLE_QUERY.match(query):
                 raise APIError(400, ErrorCode.BAD_REQUEST, "This query string cannot be passed on.")
             below += "?" + query

@@ -2,9 +2,9 @@
 authentication"): which rule covers a path, whether a session satisfies it, and an upstream's
 RFC 9470 challenge asking for a stronger sign-in."""
 
-import dataclasses
 import functools
 import re
+import unicodedata
 from datetime import datetime
 
 from myapp.services.sessions import SessionRecord
@@ -12,8 +12,14 @@ from myapp.settings import ACR_VALUE, StepUpRule
 
 # Where a rule never applies: signing in and out, the provider's calls, what every page loads.
 EXEMPT_PREFIXES = ("/login", "/logout", "/auth/", "/signed-out", "/static/", "/healthz", "/readyz", "/metrics", "/_dev/")
-# What Windows, IIS and some gateways trim from the end of a path segment ("admin. " is "admin").
-TRIMMED_BY_LENIENT_SERVERS = " ."
+# What lenient servers trim from a path segment: whitespace and controls at either end (a segment
+# read with strip(), Windows), and dots at its end too (Windows, IIS: "admin. " is "admin").
+_TRIMMED_AT_START = re.compile(r"^[\s\x00-\x1f\x7f]+")
+_TRIMMED_AT_END = re.compile(r"[\s.\x00-\x1f\x7f]+\Z")
+# Where a lenient server might end a path (once it has decoded it, it may split it again), and
+# what it might take for a separator.
+_PATH_END = re.compile(r"[?#]")
+_SEPARATOR = re.compile(r"[/\\]")
 MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
 # RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token.
@@ -32,27 +38,64 @@ class StepUpRequired(Exception):
 
 def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
     """The most specific rule covering ``path`` (rules come sorted, longest prefix first), as
-    written or as a lenient server behind the proxy might read it (:func:`as_leniently_read`):
-    ``/api/up//admin``, ``/api/up/Admin`` and ``/api/up/admin%20`` are ``/api/up/admin`` to
-    nginx (which merges slashes), a case-insensitive server, and Windows (which trims trailing
-    spaces and dots). Matching both ways can only ask for a step-up more often, never less."""
+    written or as a lenient server behind the proxy might read it (:func:`leniently_read`):
+    ``/api/up//admin``, ``/api/up/Admin``, ``/api/up/admin%20``, ``/api/up/admin.json`` and
+    ``/api/up/\uff41dmin`` are ``/api/up/admin`` to nginx (which merges slashes), a
+    case-insensitive server, Windows (which trims trailing spaces and dots), Spring or Rails (which
+    take a suffix for a format) and a server that normalizes Unicode. Matching both ways can only
+    ask for a step-up more often, never less."""
     if path.startswith(EXEMPT_PREFIXES):
         return None
-    lenient = as_leniently_read(path)
-    return next((rule for rule in rules if rule.covers(path) or _leniently(rule).covers(lenient)), None)
+    segments = leniently_read(path)
+    return next((rule for rule in rules if rule.covers(path) or _covers(_lenient_prefix(rule), segments)), None)
 
 
-def as_leniently_read(path: str) -> str:
-    """``path`` case-folded, with repeated slashes as one and each segment's trailing spaces
-    and dots trimmed (a trailing slash is kept: rules tell ``/a/`` from ``/a``)."""
-    segments = [segment.rstrip(TRIMMED_BY_LENIENT_SERVERS) for segment in path.casefold().split("/")]
-    lenient = "/" + "/".join(segment for segment in segments if segment)
-    return lenient + "/" if path.endswith("/") and lenient != "/" else lenient
+def leniently_read(path: str) -> tuple[str, ...]:
+    """The segments of ``path`` as the most lenient server might read them: up to a ``?`` or
+    ``#`` (a server that decodes a path and splits it again), folded (:func:`fold`), ``\\`` a
+    separator too, each segment :func:`trimmed`, and empty ones dropped (repeated slashes)."""
+    path = fold(_PATH_END.split(path, 1)[0])
+    return tuple(segment for segment in map(trimmed, _SEPARATOR.split(path)) if segment)
+
+
+def fold(text: str) -> str:
+    """``text`` as it compares once case and Unicode's variants are set aside: compatibility forms
+    (full-width ``\uff41``, ``\ufb01``, ``\u2025``), accents and invisible format characters
+    dropped, and case folded from upper case too (the dotless ``\u0131`` is ``i``)."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c) and unicodedata.category(c) != "Cf")
+    return kept.upper().casefold()
+
+
+def trimmed(segment: str) -> str:
+    """A path segment as Windows, IIS or a reader that strips it sees it: without whitespace and
+    controls at either end, or dots at its end (``admin. `` is ``admin``, ``.. `` is empty)."""
+    return _TRIMMED_AT_END.sub("", _TRIMMED_AT_START.sub("", segment))
+
+
+def _covers(prefix: tuple[str, ...], segments: tuple[str, ...]) -> bool:
+    """Whether leniently read ``segments`` fall under a leniently read rule ``prefix``: they start
+    with its segments, where the path's last segment may add a suffix (``admin.json`` is
+    ``admin`` to Spring's suffix matching and to Rails' formats)."""
+    depth = len(prefix)
+    if len(segments) < depth:
+        return False
+    if depth == 0 or segments[:depth] == prefix:
+        return True
+    last = segments[depth - 1]
+    return (
+        len(segments) == depth
+        and segments[: depth - 1] == prefix[:-1]
+        and last.startswith(prefix[-1])
+        and last[len(prefix[-1])] == "."
+    )
 
 
 @functools.cache
-def _leniently(rule: StepUpRule) -> StepUpRule:
-    return dataclasses.replace(rule, prefix=as_leniently_read(rule.prefix))
+def _lenient_prefix(rule: StepUpRule) -> tuple[str, ...]:
+    return leniently_read(rule.prefix)
 
 
 def satisfies(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import socket
 import socketserver
 import threading
 import time
@@ -74,6 +75,9 @@ def test_a_query_passes_through_whatever_its_escapes_encode(signed_in, upstream)
     assert call_with_query(signed_in(), "q=%ff&n=%00", status=200).json == {"ok": True}
     # Its escapes in upper case, as urllib3 writes them (and the DPoP proof's htu): the same bytes.
     assert upstream.seen[-1]["uri"] == "/base/items?q=%FF&n=%00"
+    # Bytes beyond ASCII sent as they are (not what a browser sends): escaped once, the same bytes.
+    assert call_with_query(signed_in(), "q=caf\xc3\xa9&r=\xe9", status=200).json == {"ok": True}
+    assert upstream.seen[-1]["uri"] == "/base/items?q=caf%C3%A9&r=%E9"
 
 
 def test_a_path_whose_escapes_are_not_utf8_is_refused_before_it_reaches_the_upstream(
@@ -100,7 +104,37 @@ def test_a_path_whose_escapes_are_not_utf8_is_refused_before_it_reaches_the_upst
     assert upstream.seen == []
 
 
-@pytest.mark.parametrize("query", ["q=a b", "q=\x01", "q=\xe9", "q=a#b", "q=\x7f"])
+def test_bytes_beyond_ascii_in_the_request_line_are_escaped_once_and_checked(signed_in, upstream, proxy_app):
+    """A client that sends UTF-8 as it is (a browser escapes it). This app's server refuses such a
+    request line (400, waitress's "Bad URI"); a WSGI server that hands it over as Latin-1 text
+    (PEP 3333) has the upstream get the bytes that came, escaped once (before, the UTF-8 of their
+    Latin-1 reading: 'é' as %C3%83%C2%A9, found by review), and the path checks read them as UTF-8."""
+    cookie = signed_in().cookies[COOKIE]
+    with serve(proxy_app, create_server=create_server) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                "GET /api/up/caf\u00e9 HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nConnection: close\r\n".encode()
+                + f"Cookie: {COOKIE}={cookie}\r\n\r\n".encode()
+            )
+            assert connection.makefile("rb").readline().startswith(b"HTTP/1.1 400")
+    assert upstream.seen == []
+
+    def call(target):
+        raw = target.encode().decode("latin-1")  # PEP 3333's text of the bytes that came
+        path, _, query = raw.partition("?")
+        request = TestRequest.blank("/", headers={"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}"})
+        request.environ.update(REQUEST_URI=raw, PATH_INFO=path, QUERY_STRING=query)
+        return request.get_response(proxy_app).status_int
+
+    assert call("/api/up/caf\u00e9/\u65e5?q=\u00e9") == 200
+    assert [seen["uri"] for seen in upstream.seen] == ["/base/caf%C3%A9/%E6%97%A5?q=%C3%A9"]
+    assert call("/api/up/\u2025/x") == 400
+    assert call("/api/up/..\u00a0/x") == 400
+    assert len(upstream.seen) == 1
+
+
+@pytest.mark.parametrize("query", ["q=a b", "q=\x01", "q=a#b", "q=\x7f"])
 def test_a_query_that_cannot_go_into_a_request_line_is_refused(signed_in, upstream, query):
     response = call_with_query(signed_in(), query, status=400)
     assert response.json == {"error": "bad_request", "message": "This query string cannot be passed on."}

@@ -142,10 +142,22 @@ def test_json_routes_get_step_up_required_with_a_login_url(app, provider, upstre
     assert upstream.seen == []
 
 
-@pytest.mark.parametrize("path", ["/api/up/admin/x", "/api/up//admin", "/api/up/Admin", "/api/up/admin%20", "/api/up/admin./x"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/up/admin/x", "/api/up//admin", "/api/up/Admin", "/api/up/admin%20", "/api/up/admin./x",
+        # Found by a second review: a format suffix, an encoded "?" or "#", Unicode folding and
+        # compatibility forms (dotless ı, full-width), whitespace beyond the space.
+        "/api/up/admin.json", "/api/up/admin%3Fx", "/api/up/admin%23x", "/api/up/adm%C4%B1n",
+        "/api/up/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E", "/api/up/admin%09", "/api/up/admin%C2%A0/x",
+        "/api/up/admin%E3%80%80",
+    ],
+)
 def test_a_rule_covers_a_proxied_path_as_a_lenient_upstream_reads_it(make_app, provider, upstream, path):
-    """nginx merges slashes, some servers ignore case, Windows trims trailing spaces and dots:
-    each of these is /api/up/admin to some upstream, so none is forwarded without the step-up."""
+    """nginx merges slashes, some servers ignore case or normalize Unicode, Windows trims trailing
+    spaces and dots, Spring and Rails take a suffix for a format, a server that decodes the path
+    may split it again at "?": each of these is /api/up/admin to some upstream, so none is
+    forwarded without the step-up."""
     app = make_app(**{"myapp.stepup.rules": f"/api/up/admin = acr={MFA}", "myapp.upstreams": f"up = {upstream.url}/up"})
     browser = Browser(app)
     plain_sign_in(browser, provider)

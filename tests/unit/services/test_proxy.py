@@ -90,6 +90,12 @@ def environ(path="/api/orders/items/7", method="GET", body=b"", **extra) -> dict
         ("/api/orders/caf%C3%A9", "caf%C3%A9"),
         ("/api/orders/na%C3%AFve/v1.2/.well-known/x.json", "na%C3%AFve/v1.2/.well-known/x.json"),
         ("/api/orders/100%25/a.b.", "100%25/a.b."),  # a "%" that starts no escape once decoded
+        # Words whose lossy readings (the high bit dropped, what cannot be decoded dropped) leave
+        # "." at most, which cannot step out (refused before, found by review): 学生寮, 篮, 日本.
+        ("/api/orders/%E5%AD%A6%E7%94%9F%E5%AF%AE/x", "%E5%AD%A6%E7%94%9F%E5%AF%AE/x"),
+        ("/api/orders/%E7%AF%AE", "%E7%AF%AE"), ("/api/orders/%E6%97%A5%E6%9C%AC.", "%E6%97%A5%E6%9C%AC."),
+        # Bytes beyond ASCII sent as they are (WSGI's Latin-1 text): escaped once, as a browser does.
+        ("/api/orders/caf\xc3\xa9/\xe6\x97\xa5", "caf%C3%A9/%E6%97%A5"),
     ],
 )
 def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
@@ -111,12 +117,32 @@ def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
         "/api/orders/.../x", "/api/orders/..%20/x", "/api/orders/.%20./x", "/api/orders/%20../x",
         # ".." to a legacy reader that drops what it cannot decode, or drops the high bit (review).
         "/api/orders/.%DA%87./x", "/api/orders/a%F0%AF%AE%AE/x",
+        # Found by a second review: controls a reader that strips a segment drops; "?" and "#"
+        # that a server that decodes and splits again reads as the path's end; the high-bit
+        # reading with a trailing dot ("x\u072e.." reads "x\\..."); Unicode whitespace; and
+        # what NFKC or Windows' best fit reads as dots or a separator ("．．", "‥", "…", "x／..",
+        # "％２ｅ％２ｅ"), also when it came as bytes beyond ASCII rather than escapes.
+        "/api/orders/..%09/x", "/api/orders/..%0a/x", "/api/orders/..%0D/x", "/api/orders/..%1f/x",
+        "/api/orders/..%7F/x", "/api/orders/..%3Fx", "/api/orders/..%3f/x", "/api/orders/..%23x",
+        "/api/orders/x%DC%AE../secret", "/api/orders/..%C2%A0/x", "/api/orders/%E3%80%80../x",
+        "/api/orders/%EF%BC%8E%EF%BC%8E/x", "/api/orders/%E2%80%A5/x", "/api/orders/%E2%80%A6/x",
+        "/api/orders/x%EF%BC%8F../y", "/api/orders/%EF%BC%8E/x",
+        "/api/orders/%EF%BC%85%EF%BC%92%EF%BD%85%EF%BC%85%EF%BC%92%EF%BD%85/x",
+        "/api/orders/\xe2\x80\xa5/x", "/api/orders/..\xc2\xa0/x",
     ],
 )
 def test_paths_that_could_escape_the_base_url_are_refused(raw):
     with pytest.raises(APIError) as refused:
         subpath({"REQUEST_URI": raw}, "orders")
     assert (refused.value.status, refused.value.code) == (400, "bad_path")
+
+
+def test_a_query_keeps_its_escapes_and_bytes_beyond_ascii_are_escaped_once():
+    outgoing = proxy().prepare(
+        environ("/api/orders/items", QUERY_STRING="q=caf\xc3\xa9&r=%E9%2F", REQUEST_URI="/api/orders/items?x"),
+        upstream_name="orders", client_addr="127.0.0.1",
+    )
+    assert outgoing.below == "items?q=caf%C3%A9&r=%E9%2F"
 
 
 def test_without_request_uri_the_path_info_is_used():

@@ -27,11 +27,30 @@ RULES = (
         ("/API/Payments/1", "/api/payments/"), ("/admin ", "/admin"), ("/admin./users", "/admin"),
         ("/admin. . /x", "/admin"), ("/api/payments./1", "/api/payments/"), ("/administrator.", None),
         ("/api/paymentsx/", None),
+        # Found by a second review: a format suffix on the path's last segment (Spring, Rails),
+        # a path a server ends at a decoded "?" or "#", Unicode that folds or normalizes to it
+        # (dotless ı, full-width, a combining accent, a zero-width space, a full-width solidus),
+        # and whitespace or controls beyond the space.
+        ("/admin.json", "/admin"), ("/Admin.JSON", "/admin"), ("/admin.", "/admin"), ("/api/payments/1.json", "/api/payments/"),
+        ("/admin?x", "/admin"), ("/admin#x", "/admin"), ("/adm\u0131n", "/admin"),
+        ("/\uff41\uff44\uff4d\uff49\uff4e", "/admin"), ("/adm\u0069\u0301n", "/admin"), ("/adm\u200bin", "/admin"),
+        ("/api\uff0fpayments/1", "/api/payments/"), ("/api\\payments/1", "/api/payments/"), ("/admin\t", "/admin"),
+        ("/admin\xa0", "/admin"), ("/admin\u3000/x", "/admin"), ("/\tadmin", "/admin"), ("/admin\x00", "/admin"),
+        # A suffix only on the path's last segment, and only after the rule's whole segment.
+        ("/admin.json/x", None), ("/adminx.json", None), ("/admi.json", None), ("/api/payments.json", "/api/payments/"),
     ],
 )
 def test_the_most_specific_rule_covers_a_path(path, prefix):
     rule = rule_for(RULES, path)
     assert (rule.prefix if rule else None) == prefix
+
+
+def test_a_rule_with_a_dot_in_its_prefix_is_matched_segment_by_segment():
+    rules = (StepUpRule("/api/reports/v1.2", acr_values=("mfa",)),)
+    for covered in ("/api/reports/v1.2", "/api/reports/V1.2/x", "/api/reports/v1.2.json", "/api/reports/v1.2./x"):
+        assert rule_for(rules, covered) is not None, covered
+    for other in ("/api/reports/v1", "/api/reports/v1.3", "/api/reports/v1.20", "/api/reports/v1/2"):
+        assert rule_for(rules, other) is None, other
 
 
 @pytest.mark.parametrize(
