@@ -136,7 +136,13 @@ UNAVAILABLE_PAGE = """<!doctype html>
 
 
 def includeme(config):
-    config.add_tween("myapp.tweens.unreadable_request_tween_factory", under="INGRESS")
+    # Below the request id and the request's span, so that its 400 carries X-Request-ID too;
+    # above everything that reads the path.
+    config.add_tween(
+        "myapp.tweens.unreadable_request_tween_factory",
+        under=("myapp.tracing.request_tween_factory", "myapp.observability.request_id_tween_factory", INGRESS),
+        over="myapp.views.api.api_tween_factory",
+    )
     config.add_tween("myapp.tweens.public_location_tween_factory", under="INGRESS")
     config.add_tween("myapp.tweens.outage_tween_factory", over="pyramid_tm.tm_tween_factory")
     # Below the request id and the request's span, which every request has; above the rest.

@@ -168,8 +168,10 @@ def test_an_unreadable_address_is_answered_in_the_callers_language(app, path, qu
 
     request = Request.blank(path, base_url="https://app.example.test")
     request.environ["QUERY_STRING"] = query
+    request.headers["X-Request-ID"] = "unreadable-0001"
     response = request.get_response(app)
     assert response.status_int == 400
+    assert response.headers["X-Request-ID"] == "unreadable-0001"  # like every other answer
     if json:
         assert response.json == {"error": "bad_request", "message": "The address is not valid UTF-8."}
     else:
