@@ -74,7 +74,8 @@ def public_location_tween_factory(handler, registry):
     against the public URL instead (with WebOb's own rules, which refuse a protocol-relative
     ``//host``), for the app's redirects and for an upstream's relative ``Location`` alike;
     WebOb leaves an absolute one as it is. An absolute one on the request's own origin is moved
-    to the public URL too, unless an upstream sent it (:class:`UpstreamAnswer`)."""
+    to the public URL too, unless an upstream sent it (:class:`UpstreamAnswer`): an upstream's
+    absolute or protocol-relative ``Location`` names the host it means, and passes back so."""
     public_url = registry[Services].settings.public_url
     public = urlsplit(public_url)
     public_origin = {"wsgi.url_scheme": public.scheme, "HTTP_HOST": public.netloc}
@@ -87,9 +88,10 @@ def public_location_tween_factory(handler, registry):
                 # Absolute already, from the same Host: Pyramid's static view adds a trailing
                 # slash to request.path_url (GET /static/. came back as http://evil.example/static/./).
                 own_origin = request.host_url
-                if (value == own_origin or value.startswith(own_origin + "/")) and not isinstance(
-                    response, UpstreamAnswer
-                ):
+                if isinstance(response, UpstreamAnswer):
+                    if value.startswith("//"):  # on the upstream's word, the host it names
+                        value = f"{public.scheme}:{value}"
+                elif value == own_origin or value.startswith(own_origin + "/"):
                     value = public_url + value[len(own_origin) :]
                 at_public_url = {**request.environ, **public_origin}
                 headerlist[i] = (name, Response._make_location_absolute(at_public_url, value))

@@ -23,7 +23,7 @@ from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
-from myapp.services.stepup import parse_challenge, trimmed
+from myapp.services.stepup import SEPARATOR_CHARACTERS, parse_challenge, trimmed, visible
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 
@@ -58,9 +58,9 @@ _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|3b|3f|23|[01][0-9a-f]|7f)|%(?![0-9a-f]
 # An escape left once a segment is decoded (%252e, %25C0%25AE, IIS's %u002e): an upstream or a
 # gateway that decodes twice would read what the first decoding's checks never saw.
 _ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
-# Where a server that reads a segment its own way (dropping each byte's high bit, normalizing
-# Unicode) would split it.
-_SEPARATORS = re.compile(r"[/\\]")
+# Where a server that reads a segment its own way (normalizing Unicode, dropping each byte's high
+# bit) would split it, or end it: a separator, or the end of the path or of the segment.
+_PIECE_ENDS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}?#;]")
 _BEYOND_ASCII = re.compile(r"[^\x00-\x7f]+")
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -218,7 +218,10 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     if raw:
         raw = raw.split("?", 1)[0]
         if not raw.startswith("/"):
-            raw = urlsplit(raw).path
+            try:
+                raw = urlsplit(raw).path
+            except ValueError:  # "http://[/api/...": no server of ours hands that over
+                raise _bad_path() from None
     else:
         raw = environ.get("PATH_INFO", "")
     prefix = f"/api/{upstream_name}"
@@ -228,8 +231,8 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
     # A raw "#" would end the path there for the upstream (and the query with it).
     if any(c < "!" or c == "\x7f" or c in "\\;#" for c in path) or _FORBIDDEN_ENCODED.search(path):
         raise _bad_path()
-    for segment in path.split("/"):
-        if "%" in segment or "." in segment or not segment.isascii():
+    for segment in path.split("/"):  # ASCII by now
+        if "%" in segment or "." in segment:
             decoded = unquote(segment)
             if _could_step_out(decoded):
                 raise _bad_path()
@@ -256,23 +259,24 @@ def _could_step_out(segment: str) -> bool:
     """Whether a path segment (decoded) is, or could be read as, ``.`` or ``..``, or holds an
     escape a second decoding would read. Besides the segment as it is, the readings of lenient
     servers: whitespace, controls and trailing dots trimmed (Windows, IIS, :func:`trimmed`); for
-    one that is not ASCII, Unicode's compatibility forms (NFKC, as .NET and Windows' best fit
-    read them: ``\uff0e\uff0e``, ``\u2025``, ``x\uff0f..``); and two lossy readings, the
-    characters a legacy reader cannot decode dropped (``.\u0687.``), or each byte's high bit
-    (``a\U0002fbae``'s bytes read as ``ap/..``). A lossy reading is refused for ``..`` only:
-    one that leaves ``.`` cannot step out, and ordinary words read so (\u5b66\u751f\u5bee ends
-    in ``/.``)."""
+    one that is not ASCII, Unicode's compatibility forms (NFKC: ``\uff0e\uff0e``, ``\u2025``,
+    ``x\uff0f..``, ``..\uff1fx``) split where a server might split or end it (``¥`` and ``₩``
+    too, which Windows' best fit turns into ``\\``: ``a¥..¥secret``); and two lossy readings,
+    without what a reader may drop unseen (``.\u0301.``, :func:`visible`), or with each byte's
+    high bit dropped (``a\U0002fbae``'s bytes read as ``ap/..``). A lossy reading is refused for
+    ``..`` only: one that leaves ``.`` cannot step out, and ordinary words read so (the bytes of
+    \u5b66\u751f\u5bee end in ``/.``)."""
     if _only_dots(segment) or _ENCODED_TRICK.search(segment):
         return True
     if segment.isascii():
         return False
     normalized = unicodedata.normalize("NFKC", segment)
-    if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in _SEPARATORS.split(normalized)):
+    if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in _PIECE_ENDS.split(normalized)):
         return True
-    if _parent("".join(c for c in segment if c.isascii())):
+    if _parent(visible(segment)):
         return True
     low_bits = bytes(byte & 0x7F for byte in segment.encode("utf-8", "replace")).decode("ascii")
-    return any(_parent(piece) for piece in _SEPARATORS.split(low_bits))
+    return any(_parent(piece) for piece in _PIECE_ENDS.split(low_bits))
 
 
 def _only_dots(segment: str) -> bool:

@@ -14,12 +14,22 @@ from myapp.settings import ACR_VALUE, StepUpRule
 EXEMPT_PREFIXES = ("/login", "/logout", "/auth/", "/signed-out", "/static/", "/healthz", "/readyz", "/metrics", "/_dev/")
 # What lenient servers trim from a path segment: whitespace and controls at either end (a segment
 # read with strip(), Windows), and dots at its end too (Windows, IIS: "admin. " is "admin").
-_TRIMMED_AT_START = re.compile(r"^[\s\x00-\x1f\x7f]+")
-_TRIMMED_AT_END = re.compile(r"[\s.\x00-\x1f\x7f]+\Z")
-# Where a lenient server might end a path (once it has decoded it, it may split it again), and
-# what it might take for a separator.
+# Matched from the segment's start, reversed for its end: a pattern anchored at the end would be
+# tried from every position of a long run of dots, in time that grows with its square.
+_TRIMMED_AT_START = re.compile(r"[\s\x00-\x1f\x7f]*")
+_TRIMMED_AT_END_REVERSED = re.compile(r"[\s.\x00-\x1f\x7f]*")
+# What a lenient server might take for a separator: "\\" (IIS), and "¥" and "₩", which Windows'
+# best-fit conversion to code pages 932 and 949 turns into "\\".
+SEPARATOR_CHARACTERS = "/\\\u00a5\u20a9"
+SEPARATORS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}]")
+# Where a lenient server might end a path: once it has decoded it, it may split it again. (Tomcat
+# and Spring also end each segment at a ";": ";jsessionid=...".)
 _PATH_END = re.compile(r"[?#]")
-_SEPARATOR = re.compile(r"[/\\]")
+# A segment ASP.NET drops before routing: a cookieless session, "(S(...))", and its kin.
+_COOKIELESS = re.compile(r"\([A-Za-z]\([^()]*\)\)\Z")
+# Characters a reader may drop unseen: combining marks and format characters (accents, variation
+# selectors, zero-width spaces and joiners).
+_INVISIBLE = frozenset({"Mn", "Me", "Cf"})
 MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
 # RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token.
@@ -51,28 +61,37 @@ def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
 
 
 def leniently_read(path: str) -> tuple[str, ...]:
-    """The segments of ``path`` as the most lenient server might read them: up to a ``?`` or
-    ``#`` (a server that decodes a path and splits it again), folded (:func:`fold`), ``\\`` a
-    separator too, each segment :func:`trimmed`, and empty ones dropped (repeated slashes)."""
-    path = fold(_PATH_END.split(path, 1)[0])
-    return tuple(segment for segment in map(trimmed, _SEPARATOR.split(path)) if segment)
+    """The segments of ``path`` as the most lenient server might read them: folded
+    (:func:`fold`), up to a ``?`` or ``#`` (a server that decodes a path and splits it again),
+    split at each of :data:`SEPARATORS`, each segment up to a ``;`` and :func:`trimmed`, and
+    empty ones dropped (repeated slashes), as are ASP.NET's cookieless ``(S(...))`` ones."""
+    path = _PATH_END.split(fold(path), 1)[0]
+    segments = (trimmed(segment.partition(";")[0]) for segment in SEPARATORS.split(path))
+    return tuple(segment for segment in segments if segment and not _COOKIELESS.match(segment))
 
 
 def fold(text: str) -> str:
     """``text`` as it compares once case and Unicode's variants are set aside: compatibility forms
-    (full-width ``\uff41``, ``\ufb01``, ``\u2025``), accents and invisible format characters
-    dropped, and case folded from upper case too (the dotless ``\u0131`` is ``i``)."""
+    (full-width ``\uff41``, ``\ufb01``, ``\u2025``, ``\uff1f``) decomposed, what a reader may
+    drop unseen (:func:`visible`) dropped, and case folded from upper case too (the dotless
+    ``\u0131`` is ``i``)."""
     if text.isascii():
         return text.lower()
-    decomposed = unicodedata.normalize("NFKD", text)
-    kept = "".join(c for c in decomposed if not unicodedata.combining(c) and unicodedata.category(c) != "Cf")
-    return kept.upper().casefold()
+    return visible(unicodedata.normalize("NFKD", text)).upper().casefold()
+
+
+def visible(text: str) -> str:
+    """``text`` without combining marks and format characters (accents, variation selectors,
+    zero-width spaces): what a reader may drop without a trace."""
+    return "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE)
 
 
 def trimmed(segment: str) -> str:
     """A path segment as Windows, IIS or a reader that strips it sees it: without whitespace and
-    controls at either end, or dots at its end (``admin. `` is ``admin``, ``.. `` is empty)."""
-    return _TRIMMED_AT_END.sub("", _TRIMMED_AT_START.sub("", segment))
+    controls at either end, or dots at its end (``admin. `` is ``admin``, ``.. `` is empty).
+    In time linear in the segment's length, however it is made."""
+    end = len(segment) - _TRIMMED_AT_END_REVERSED.match(segment[::-1]).end()
+    return segment[_TRIMMED_AT_START.match(segment, 0, end).end() : end]
 
 
 def _covers(prefix: tuple[str, ...], segments: tuple[str, ...]) -> bool:

@@ -1,6 +1,9 @@
 """Step-up decisions: which rule covers a path, what satisfies it, RFC 9470 challenges."""
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -38,6 +41,12 @@ RULES = (
         ("/admin\xa0", "/admin"), ("/admin\u3000/x", "/admin"), ("/\tadmin", "/admin"), ("/admin\x00", "/admin"),
         # A suffix only on the path's last segment, and only after the rule's whole segment.
         ("/admin.json/x", None), ("/adminx.json", None), ("/admi.json", None), ("/api/payments.json", "/api/payments/"),
+        # Found by a third review: "¥" and "₩" (a "\\" to Windows' best fit), a full-width "?" or
+        # ";" (NFKC), a ";" ending a segment (Tomcat, Spring), ASP.NET's cookieless segment, a
+        # variation selector.
+        ("/admin\u00a5export", "/admin"), ("/admin\u20a9x", "/admin"), ("/admin\uff1fx", "/admin"),
+        ("/admin\uff1bx", "/admin"), ("/admin;jsessionid=1/x", "/admin"), ("/(S(x1))/admin", "/admin"),
+        ("/(A(x))/api/payments/1", "/api/payments/"), ("/admin\ufe0f", "/admin"), ("/(S)/admin", None),
     ],
 )
 def test_the_most_specific_rule_covers_a_path(path, prefix):
@@ -92,3 +101,17 @@ def test_what_satisfies_a_rule(acr, auth_time, ok):
 def test_rfc_9470_challenges(header, expected):
     challenge = parse_challenge(header)
     assert (None if challenge is None else (challenge.acr_values, challenge.max_age)) == expected
+
+
+def test_a_long_run_of_dots_is_read_in_linear_time():
+    """Anyone can send a path under /api/ before signing in: a megabyte of dots, spaces or
+    controls took an end-anchored pattern minutes of CPU, holding the GIL (found by review). Run
+    in a process of its own, which can be stopped: the bound is a hundred times what reading
+    them and starting Python take; the quadratic reading missed it by far."""
+    script = (
+        "from myapp.services.stepup import rule_for; from myapp.settings import StepUpRule\n"
+        "rules = (StepUpRule('/admin', acr_values=('mfa',)),)\n"
+        "for path in ('/api/up/x' + '.' * 1_000_000 + 'x', '/api/up/x' + '.\\t' * 500_000 + 'x'):\n"
+        "    assert rule_for(rules, path) is None\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).parents[3])
