@@ -58,8 +58,8 @@ _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|3b|3f|23|[01][0-9a-f]|7f)|%(?![0-9a-f]
 # An escape left once a segment is decoded (%252e, %25C0%25AE, IIS's %u002e): an upstream or a
 # gateway that decodes twice would read what the first decoding's checks never saw.
 _ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
-# Where a server that reads a segment its own way (normalizing Unicode, dropping each byte's high
-# bit) would split it, or end it: a separator, or the end of the path or of the segment.
+# Where a server that normalizes Unicode would split a segment, or end it: a separator, or the
+# end of the path or of the segment.
 _PIECE_ENDS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}?#;]")
 _BEYOND_ASCII = re.compile(r"[^\x00-\x7f]+")
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
@@ -261,11 +261,10 @@ def _could_step_out(segment: str) -> bool:
     servers: whitespace, controls and trailing dots trimmed (Windows, IIS, :func:`trimmed`); for
     one that is not ASCII, Unicode's compatibility forms (NFKC: ``\uff0e\uff0e``, ``\u2025``,
     ``x\uff0f..``, ``..\uff1fx``) split where a server might split or end it (``¥`` and ``₩``
-    too, which Windows' best fit turns into ``\\``: ``a¥..¥secret``); and two lossy readings,
-    without what a reader may drop unseen (``.\u0301.``, :func:`visible`), or with each byte's
-    high bit dropped (``a\U0002fbae``'s bytes read as ``ap/..``). A lossy reading is refused for
-    ``..`` only: one that leaves ``.`` cannot step out, and ordinary words read so (the bytes of
-    \u5b66\u751f\u5bee end in ``/.``)."""
+    too, which Windows' best fit turns into ``\\``: ``a¥..¥secret``); and the reading of one
+    that drops what it cannot see (``.\u0301.``, :func:`visible`), refused for ``..`` only: a
+    ``.`` cannot step out. Readers that drop every character they cannot decode, or each byte's
+    high bit, are not modelled: ordinary words read as ``..`` to them (``ม.ค.``, ``jazyků...``)."""
     if _only_dots(segment) or _ENCODED_TRICK.search(segment):
         return True
     if segment.isascii():
@@ -273,10 +272,7 @@ def _could_step_out(segment: str) -> bool:
     normalized = unicodedata.normalize("NFKC", segment)
     if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in _PIECE_ENDS.split(normalized)):
         return True
-    if _parent(visible(segment)):
-        return True
-    low_bits = bytes(byte & 0x7F for byte in segment.encode("utf-8", "replace")).decode("ascii")
-    return any(_parent(piece) for piece in _PIECE_ENDS.split(low_bits))
+    return _parent(visible(segment))
 
 
 def _only_dots(segment: str) -> bool:

@@ -90,22 +90,22 @@ def environ(path="/api/orders/items/7", method="GET", body=b"", **extra) -> dict
         ("/api/orders/caf%C3%A9", "caf%C3%A9"),
         ("/api/orders/na%C3%AFve/v1.2/.well-known/x.json", "na%C3%AFve/v1.2/.well-known/x.json"),
         ("/api/orders/100%25/a.b.", "100%25/a.b."),  # a "%" that starts no escape once decoded
-        # Words whose lossy readings (the high bit dropped, what cannot be decoded dropped) leave
-        # "." at most, which cannot step out (refused before, found by review): 学生寮, 篮, 日本.
+        # Ordinary words that readers this check no longer models (each byte's high bit dropped,
+        # every character beyond ASCII dropped) read as "." or "..": refused before, found by
+        # review. 学生寮, 篮, 日本., Thai month abbreviations, "U.S." in Devanagari, Cyrillic
+        # initials, words and an ellipsis (jazyků..., Москва..., 待って...), an Arabic letter between dots.
         ("/api/orders/%E5%AD%A6%E7%94%9F%E5%AF%AE/x", "%E5%AD%A6%E7%94%9F%E5%AF%AE/x"),
         ("/api/orders/%E7%AF%AE", "%E7%AF%AE"), ("/api/orders/%E6%97%A5%E6%9C%AC.", "%E6%97%A5%E6%9C%AC."),
         # Bytes beyond ASCII sent as they are (WSGI's Latin-1 text): escaped once, as a browser does.
         ("/api/orders/caf\xc3\xa9/\xe6\x97\xa5", "caf%C3%A9/%E6%97%A5"),
-        # Refused by a reading that dropped what a legacy reader cannot decode, now gone (found by
-        # a third review): Thai month abbreviations, "U.S." in Devanagari, Cyrillic initials, a
-        # word and an ellipsis; and the Arabic letter between dots that reading was made for.
         ("/api/orders/%E0%B8%A1.%E0%B8%84.", "%E0%B8%A1.%E0%B8%84."),
         ("/api/orders/%E0%B8%81.%E0%B8%9E.", "%E0%B8%81.%E0%B8%9E."),
         ("/api/orders/%E0%A4%AF%E0%A5%82.%E0%A4%8F%E0%A4%B8.", "%E0%A4%AF%E0%A5%82.%E0%A4%8F%E0%A4%B8."),
         ("/api/orders/%D0%91.%D0%95.", "%D0%91.%D0%95."),
         ("/api/orders/%D0%9C%D0%BE%D1%81%D0%BA%D0%B2%D0%B0...", "%D0%9C%D0%BE%D1%81%D0%BA%D0%B2%D0%B0..."),
         ("/api/orders/%E5%BE%85%E3%81%A3%E3%81%A6...", "%E5%BE%85%E3%81%A3%E3%81%A6..."),
-        ("/api/orders/.%DA%87.", ".%DA%87."),
+        ("/api/orders/.%DA%87.", ".%DA%87."), ("/api/orders/jazyk%C5%AF...", "jazyk%C5%AF..."),
+        ("/api/orders/x%DC%AE..", "x%DC%AE.."),
     ],
 )
 def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
@@ -121,20 +121,17 @@ def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
         "/api/ordersx/y", "/api/other/y",
         # A "%" that starts no escape (urllib3 would re-encode every "%" of the path), a raw "#".
         "/api/orders/a%", "/api/orders/a%4", "/api/orders/a%zz", "/api/orders/100%/x", "/api/orders/a#b",
-        # Decoded twice (found by review): overlong and high-bit "..", IIS's %u.
+        # Decoded twice (found by review): overlong "..", "%AE%AE", IIS's %u.
         "/api/orders/%25C0%25AE%25C0%25AE/x", "/api/orders/%25AE%25AE/x", "/api/orders/%25u002e%25u002e/x",
         # ".." once trailing dots and spaces are trimmed (Windows, IIS).
         "/api/orders/.../x", "/api/orders/..%20/x", "/api/orders/.%20./x", "/api/orders/%20../x",
-        # ".." to a legacy reader that drops what it cannot decode, or drops the high bit (review).
-        "/api/orders/a%F0%AF%AE%AE/x",
         # Found by a second review: controls a reader that strips a segment drops; "?" and "#"
-        # that a server that decodes and splits again reads as the path's end; the high-bit
-        # reading with a trailing dot ("x\u072e.." reads "x\\..."); Unicode whitespace; and
-        # what NFKC or Windows' best fit reads as dots or a separator ("．．", "‥", "…", "x／..",
+        # that a server that decodes and splits again reads as the path's end; Unicode
+        # whitespace; and what NFKC or Windows' best fit reads as dots or a separator ("．．", "‥", "…", "x／..",
         # "％２ｅ％２ｅ"), also when it came as bytes beyond ASCII rather than escapes.
         "/api/orders/..%09/x", "/api/orders/..%0a/x", "/api/orders/..%0D/x", "/api/orders/..%1f/x",
         "/api/orders/..%7F/x", "/api/orders/..%3Fx", "/api/orders/..%3f/x", "/api/orders/..%23x",
-        "/api/orders/x%DC%AE../secret", "/api/orders/..%C2%A0/x", "/api/orders/%E3%80%80../x",
+        "/api/orders/..%C2%A0/x", "/api/orders/%E3%80%80../x",
         "/api/orders/%EF%BC%8E%EF%BC%8E/x", "/api/orders/%E2%80%A5/x", "/api/orders/%E2%80%A6/x",
         "/api/orders/x%EF%BC%8F../y", "/api/orders/%EF%BC%8E/x",
         "/api/orders/%EF%BC%85%EF%BC%92%EF%BD%85%EF%BC%85%EF%BC%92%EF%BD%85/x",
