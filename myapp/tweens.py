@@ -85,14 +85,15 @@ def public_location_tween_factory(handler, registry):
         headerlist = response.headerlist
         for i, (name, value) in enumerate(headerlist):
             if name.lower() == "location":
-                # Absolute already, from the same Host: Pyramid's static view adds a trailing
-                # slash to request.path_url (GET /static/. came back as http://evil.example/static/./).
-                own_origin = request.host_url
                 if isinstance(response, UpstreamAnswer):
                     if value.startswith("//"):  # on the upstream's word, the host it names
                         value = f"{public.scheme}:{value}"
-                elif value == own_origin or value.startswith(own_origin + "/"):
-                    value = public_url + value[len(own_origin) :]
+                else:
+                    # Absolute already, from the same Host: Pyramid's static view adds a trailing
+                    # slash to request.path_url (GET /static/. came back as http://evil.example/static/./).
+                    own_origin = request.host_url
+                    if value == own_origin or value.startswith(own_origin + "/"):
+                        value = public_url + value[len(own_origin) :]
                 at_public_url = {**request.environ, **public_origin}
                 headerlist[i] = (name, Response._make_location_absolute(at_public_url, value))
         return response

@@ -281,8 +281,8 @@ def _only_dots(segment: str) -> bool:
 
 
 def _parent(segment: str) -> bool:
-    """``..`` and what a lenient server reads so."""
-    return segment.count(".") >= 2 and not trimmed(segment)
+    """``..`` and what a lenient server reads so: :func:`_only_dots`, with two dots at least."""
+    return _only_dots(segment) and segment.count(".") >= 2
 
 
 # Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.

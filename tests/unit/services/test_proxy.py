@@ -158,6 +158,13 @@ def test_a_query_keeps_its_escapes_and_bytes_beyond_ascii_are_escaped_once():
     assert outgoing.below == "items?q=caf%C3%A9&r=%E9%2F"
 
 
+def test_text_beyond_latin1_from_a_server_that_is_not_pep_3333s_is_escaped_as_utf8():
+    """Never a UnicodeEncodeError (a 500): such a server handed over text, not bytes."""
+    assert subpath({"REQUEST_URI": "/api/orders/caf\u00e9\u65e5/x"}, "orders") == "caf%C3%A9%E6%97%A5/x"
+    with pytest.raises(APIError):
+        subpath({"REQUEST_URI": "/api/orders/\u2025/x"}, "orders")
+
+
 def test_without_request_uri_the_path_info_is_used():
     assert subpath({"PATH_INFO": "/api/orders/x/y"}, "orders") == "x/y"
     assert subpath({"REQUEST_URI": "https://app.example.test/api/orders/z?q"}, "orders") == "z"
