@@ -1,15 +1,29 @@
-"""One pooled HTTP client for talking to the provider, with default timeouts and one error type."""
+"""One pooled HTTP client for talking to the provider, with a deadline per call and one error type."""
 
+import contextlib
+import contextvars
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from authlib.integrations.requests_client import OAuth2Session
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from myapp import tracing
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+
+# The deadline (time.monotonic()) that every call to a provider made in a ``within()`` block
+# ends by, and the watch of the call under way in this thread.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("myapp_provider_deadline", default=None)
+_WATCH: contextvars.ContextVar["_Watch | None"] = contextvars.ContextVar("myapp_provider_watch", default=None)
 
 
 class HTTPFailure(Exception):
@@ -27,10 +41,12 @@ class HTTPFailure(Exception):
         self.headers = headers or {}
 
 
-def describe(error: requests.RequestException) -> HTTPFailure:
-    if isinstance(error, requests.Timeout):
+def describe(error: requests.RequestException | urllib3.exceptions.HTTPError) -> HTTPFailure:
+    """What went wrong, in words for a log line or an error page; ``urllib3``'s errors are what
+    reading a streamed body raises."""
+    if isinstance(error, requests.Timeout | urllib3.exceptions.TimeoutError):
         return HTTPFailure("timed out", unavailable=True)
-    if isinstance(error, requests.ConnectionError):
+    if isinstance(error, requests.ConnectionError | urllib3.exceptions.HTTPError):
         return HTTPFailure("connection failed", unavailable=True)
     if isinstance(error, requests.TooManyRedirects):
         return HTTPFailure("answered with a redirect, which is not followed", unavailable=False)
@@ -40,12 +56,106 @@ def describe(error: requests.RequestException) -> HTTPFailure:
     return HTTPFailure(type(error).__name__, unavailable=True)
 
 
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Every call to a provider made in this block ends within ``seconds`` from now, or fails as
+    timed out, besides its own bound. The refresh lock's holder runs in one, so that it never
+    outlives the lock's lease."""
+    until = time.monotonic() + seconds
+    outer = _DEADLINE.get()
+    token = _DEADLINE.set(until if outer is None else min(outer, until))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+class _Watch:
+    """The connections one call uses, cut off (their sockets shut down) when its time is up:
+    ``requests`` bounds each wait for the next bytes, not a call as a whole, so a server that
+    sends a byte now and then could hold it for ever."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._connections: list = []
+        self._over = False
+        self.expired = False
+
+    def attach(self, connection) -> None:
+        with self._lock:
+            if not self._over:
+                self._connections.append(connection)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.expired = self._over = True
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    # The plain socket's own: an SSLSocket's would first drop its TLS state under
+                    # the thread reading it. The read then ends at once, and urllib3 never pools
+                    # a connection it ended on; one it finds shut down idle, it replaces.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def end(self) -> None:
+        with self._lock:
+            self._over = True
+            self._connections = []
+
+
+class _Watched:
+    """A urllib3 connection that puts itself under the watch of the call using it."""
+
+    def connect(self):
+        _watch_this(self)
+        return super().connect()
+
+    def request(self, *args, **kwargs):
+        _watch_this(self)
+        return super().request(*args, **kwargs)
+
+
+def _watch_this(connection) -> None:
+    watch = _WATCH.get()
+    if watch is not None:
+        watch.attach(connection)
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """``requests``' adapter, on connections that a call's watch can cut off."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
 class HttpClient:
-    """A pooled ``requests`` transport shared by every call; requests never follow redirects."""
+    """A pooled ``requests`` transport shared by every call; requests never follow redirects, and
+    each call is over within its timeout (``myapp.oidc.http_timeout``) as a whole: see :meth:`bounded`."""
 
     def __init__(self, *, timeout: float, pool_maxsize: int = 32):
         self.timeout = timeout
-        self.adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_maxsize, max_retries=0)
+        self.adapter = _Adapter(pool_connections=8, pool_maxsize=pool_maxsize, max_retries=0)
         self.session = requests.Session()
         self._mount(self.session)
 
@@ -56,6 +166,36 @@ class HttpClient:
         session.mount("https://", self.adapter)
         session.mount("http://", self.adapter)
 
+    @contextlib.contextmanager
+    def bounded(self, timeout: float | None = None) -> Iterator[float]:
+        """One call: it ends within ``timeout`` (else this client's) or by the deadline of an
+        enclosing :func:`within`, whichever comes first, and fails as ``requests.Timeout`` when
+        it does not. Yields the time left, for ``requests``' own bound on each wait; the call's
+        body is read inside the block too."""
+        seconds = timeout or self.timeout
+        now = time.monotonic()
+        until = now + seconds
+        outer = _DEADLINE.get()
+        if outer is not None and outer < until:
+            until = outer
+        if until <= now:
+            raise requests.Timeout("no time left for another call to the provider")
+        watch = _Watch()
+        timer = threading.Timer(until - now, watch.expire)
+        timer.daemon = True
+        token = _WATCH.set(watch)
+        timer.start()
+        try:
+            yield until - now
+        except (requests.RequestException, urllib3.exceptions.HTTPError):
+            if watch.expired:
+                raise requests.Timeout(f"the call took longer than {until - now:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+            watch.end()
+            _WATCH.reset(token)
+
     def get_json(self, url: str, *, headers: dict | None = None, timeout: float | None = None) -> dict:
         """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else."""
         headers = {"Accept": "application/json", **(headers or {})}
@@ -65,10 +205,10 @@ class HttpClient:
 
     def _get_json(self, url: str, headers: dict, timeout: float | None) -> dict:
         try:
-            with self.session.get(
+            with self.bounded(timeout) as left, self.session.get(
                 url,
                 headers=headers,
-                timeout=timeout or self.timeout,
+                timeout=left,
                 allow_redirects=False,
                 stream=True,
             ) as response:
@@ -80,7 +220,8 @@ class HttpClient:
                         headers=response.headers,
                     )
                 body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-        except requests.RequestException as e:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+            # urllib3's own: reading the body of a streamed answer (a stall or a cut in it).
             raise describe(e) from None
         if len(body) > MAX_DOCUMENT_BYTES:
             raise HTTPFailure("answered with a document over 1 MiB", unavailable=False)

@@ -27,6 +27,7 @@ from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
+from myapp.services.http import within
 from myapp.services.metrics import Metrics, failure_reason
 from myapp.services.oidc import (
     DPoPNotBound,
@@ -68,6 +69,18 @@ def _is_lock_timeout(error: OperationalError) -> bool:
     """A lock wait that ran out (another refresh holds the lock), not a database that is gone."""
     code = getattr(getattr(error, "orig", None), "sqlstate", None)
     return code == "55P03" or "database is locked" in str(getattr(error, "orig", error))
+
+
+# Of a refresh lock's timeout, what its holder keeps for its own reads and writes: its calls to the
+# provider end this long before the timeout, when a Redis lock's lease runs out and another
+# process could take it (and spend the same refresh token).
+LOCK_MARGIN = 5.0
+
+
+def _holding(timeout: float) -> float:
+    """How long a lock's holder may spend calling the provider: all but LOCK_MARGIN of the lock's
+    timeout, and half of it at least (short timeouts, in tests)."""
+    return max(timeout - LOCK_MARGIN, timeout / 2)
 
 
 class RefreshLockTimeout(ProviderUnavailable):
@@ -130,7 +143,8 @@ class DatabaseRefreshLock:
                     # The session row only (never its user's): the reads that follow, each a fresh
                     # snapshot under READ COMMITTED, see whatever another worker committed before.
                     dbsession.execute(select(UserSession.id).where(UserSession.id == session_id).with_for_update())
-                    yield dbsession
+                    with within(_holding(self.timeout)):
+                        yield dbsession
             except OperationalError as e:
                 log.warning("refresh lock not acquired: %s", type(e.orig).__name__ if e.orig else e)
                 if _is_lock_timeout(e):
@@ -157,7 +171,8 @@ class RedisRefreshLock:
         if not acquired:
             raise RefreshLockTimeout()
         try:
-            with self.transactions() as dbsession, dbsession.begin():
+            # The lease runs out after ``timeout``: the holder's calls to the provider end before.
+            with within(_holding(self.timeout)), self.transactions() as dbsession, dbsession.begin():
                 yield dbsession
         finally:
             with contextlib.suppress(redis.RedisError):

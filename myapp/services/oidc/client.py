@@ -256,14 +256,17 @@ class OIDCClient:
                 if dpop is not None:
                     nonce = self.nonces.get(endpoint)
                     headers["DPoP"] = dpop.proof("POST", endpoint, nonce=nonce)
-                response = session.post(
-                    endpoint,
-                    data=form,
-                    auth=session.client_auth(self.client_auth()),
-                    headers=headers,
-                    withhold_token=True,
-                    timeout=timeout or self.settings.http_timeout,
-                )
+                # Made first: it may read the provider's discovery document, a call of its own.
+                auth = session.client_auth(self.client_auth())
+                with self.http.bounded(timeout or self.settings.http_timeout) as left:
+                    response = session.post(
+                        endpoint,
+                        data=form,
+                        auth=auth,
+                        headers=headers,
+                        withhold_token=True,
+                        timeout=left,
+                    )
                 return response, nonce
 
             response, sent = send()

@@ -23,6 +23,7 @@ from tests.functional.auth.flows import (
 )
 from tests.functional.conftest import COOKIE, Browser
 from tests.support.fake_provider import CLIENT_ID
+from tests.support.raw_server import RawServer, trickle
 
 
 def refusals(app, reason: str) -> int:
@@ -355,6 +356,30 @@ def test_provider_down_at_login_is_a_503_page(make_app, provider, dbsession):
     browser = Browser(make_app(**{"myapp.oidc.issuer": "http://127.0.0.1:9/down"}))
     page = browser.get("/login", status=503)
     assert "did not answer" in page.text
+
+
+@pytest.mark.parametrize("answer", ["stall", "trickle"])
+def test_a_discovery_document_that_never_ends_is_a_503_page(make_app, dbsession, answer):
+    """A stall in the body was urllib3's own error (a 500); a trickle held the request as long as
+    the provider liked. Both are the provider being unavailable, within myapp.oidc.http_timeout."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+
+    def discovery(connection, request_head):
+        if answer == "stall":
+            connection.sendall(head + b'{"issuer": ')
+            server.stopped.wait(5)
+        else:
+            trickle(connection, head + b" " * 500, server.stopped)
+
+    server = RawServer(discovery)
+    try:
+        started = time.monotonic()
+        page = Browser(make_app(**{"myapp.oidc.issuer": server.url, "myapp.oidc.http_timeout": "1"})).get("/login", status=503)
+        assert "did not answer" in page.text
+        assert time.monotonic() - started < 4
+        assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+    finally:
+        server.close()
 
 
 def test_discovery_issuer_mismatch_says_why(make_app, provider):

@@ -367,3 +367,49 @@ def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, sess
         manager.access_token(record(row))
     assert provider.calls == [] and reload(dbsession, row).ended_at is None
     unreachable.close()
+
+
+class FakeRedisLock:
+    def __init__(self, *, timeout, blocking_timeout):
+        self.lease = timeout
+
+    def acquire(self):
+        return True
+
+    def release(self):
+        pass
+
+
+@pytest.mark.parametrize("backend", ["database", "redis"])
+def test_the_lock_holder_s_calls_to_the_provider_end_before_the_lock_s_time(connection, cipher, provider, session_row, record, backend):
+    """A Redis lock's lease runs out after its timeout, and another process could then spend the
+    same refresh token: every call to the provider made under the lock ends LOCK_MARGIN before,
+    whatever the provider's own http_timeout."""
+    from myapp.services.http import HttpClient
+    from myapp.services.tokens import LOCK_MARGIN, RedisRefreshLock
+
+    def own_session():
+        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    redis_client = SimpleNamespace(lock=lambda name, **kw: FakeRedisLock(**kw))
+    lock = (
+        DatabaseRefreshLock(own_session, timeout=25) if backend == "database"
+        else RedisRefreshLock(redis_client, own_session, timeout=25)
+    )
+    manager = TokenManager(
+        lock=lock, providers=Providers({"default": provider}), cipher=cipher,
+        settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)),
+    )
+    left = []
+    answer = provider.answer
+
+    def refresh(refresh_token):
+        with HttpClient(timeout=100).bounded() as seconds:  # as the provider's every call is
+            left.append(seconds)
+        return answer(refresh_token)
+
+    provider.answer = refresh
+    assert manager.access_token(record(session_row(expires_in=0))).token == "at-new"
+    assert 25 - LOCK_MARGIN - 1 < left[0] <= 25 - LOCK_MARGIN
+    with HttpClient(timeout=100).bounded() as seconds:  # outside the lock, its own timeout again
+        assert seconds > 99
