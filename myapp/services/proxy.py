@@ -23,7 +23,7 @@ from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
-from myapp.services.stepup import SEPARATOR_CHARACTERS, parse_challenge, trimmed, visible
+from myapp.services.stepup import SEPARATOR_CHARACTERS, parse_challenge, readable_challenge, trimmed, visible
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 
@@ -454,6 +454,13 @@ class Proxy:
             return response
         try:
             authenticate = response.headers.get("WWW-Authenticate")
+            if not readable_challenge(authenticate):
+                # It may say that no refresh can help (RFC 9470, a refused proof): none is made.
+                log.warning(
+                    "upstream %s answered 401 with a WWW-Authenticate header of %d characters, too long "
+                    "to read; passed back without a refresh", outgoing.upstream.name, len(authenticate),
+                )
+                return response
             challenge = parse_challenge(authenticate)
             if challenge is not None:
                 # RFC 9470: the token is fine, the sign-in behind it is not strong or recent enough.

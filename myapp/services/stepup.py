@@ -32,8 +32,13 @@ _COOKIELESS = re.compile(r"\([A-Za-z]\([^()]*\)\)\Z")
 _INVISIBLE = frozenset({"Mn", "Me", "Cf"})
 MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
-# RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token.
-_AUTH_PARAM = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
+# RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token. Tried only
+# where a name can start (not after a name's character): from each character of a long word, the
+# search took time growing with the square of its length (64 KB: half a minute).
+_AUTH_PARAM = re.compile(r'(?<![A-Za-z0-9_.-])([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
+# The longest WWW-Authenticate header read. A longer one cannot be told apart from a challenge
+# that forbids a refresh (RFC 9470's, a refused DPoP proof): the proxy passes its 401 back as it is.
+MAX_CHALLENGE_LENGTH = 64 * 1024
 
 
 class StepUpRequired(Exception):
@@ -125,10 +130,15 @@ def satisfies(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:
     return True
 
 
+def readable_challenge(header: str | None) -> bool:
+    """Whether ``challenges`` reads this ``WWW-Authenticate`` header (a missing one included)."""
+    return header is None or len(header) <= MAX_CHALLENGE_LENGTH
+
+
 def challenges(header: str | None) -> list[tuple[str, dict[str, str]]]:
     """The challenges of a ``WWW-Authenticate`` header (RFC 9110 section 11.6.1) as (scheme in
     lower case, auth-params by lower-case name); nothing for a missing or outsized header."""
-    if not header or len(header) > 4096:
+    if not header or not readable_challenge(header):
         return []
     parsed = []
     for challenge in re.split(r",\s*(?=[A-Za-z0-9_-]+\s+[A-Za-z0-9_.-]+\s*=)", header):

@@ -160,6 +160,16 @@ def test_a_proof_the_upstream_refuses_gets_its_401_back_without_a_refresh(make_d
     assert "upstream up refused the DPoP proof: invalid_dpop_proof" in caplog.text
 
 
+def test_a_long_proof_refusal_is_read_and_gets_no_refresh(make_dpop_app, dpop_provider, upstream):
+    """Over 4,096 characters the challenge was not read: the refusal was taken for an expired token
+    and refreshed (found by a black-box review)."""
+    browser = signed_in_browser(make_dpop_app(), dpop_provider)
+    upstream.challenge = f'DPoP algs="ES256", error="invalid_dpop_proof", error_description="{"x" * 5000}"'
+    refresh_uses = list(dpop_provider.refresh_uses)
+    api(browser, "GET", "/api/up/items", status=401)
+    assert len(upstream.seen) == 1 and dpop_provider.refresh_uses == refresh_uses
+
+
 def test_an_invalid_token_answer_refreshes_once_with_a_new_proof(make_dpop_app, dpop_provider, upstream, dbsession):
     app = make_dpop_app()
     browser = signed_in_browser(app, dpop_provider)

@@ -1,6 +1,7 @@
 """Step-up authentication (SPEC.md "Step-up authentication") through the whole app, against the
 programmable provider and a recording upstream."""
 
+import logging
 import time
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -210,6 +211,35 @@ def test_an_upstream_challenge_is_relayed_without_a_refresh(make_app, provider, 
     assert query_of(response.json["login_url"]) == {"next": "/pay", "provider": "default", "acr_values": MFA, "max_age": "120"}
     assert len(provider.token_forms) == requests_before  # no refresh: it would not help
     assert len(upstream.seen) == 1  # and no retry
+
+
+def test_a_long_upstream_challenge_is_relayed_without_a_refresh(make_app, provider, upstream):
+    """Over 4,096 characters the challenge was not read, and the 401 was taken for an expired
+    token: a refresh, and the same request sent again (found by a black-box review)."""
+    app = make_app(**{"myapp.upstreams": f"up = {upstream.url}/up"})
+    upstream.challenge = (
+        f'Bearer error="insufficient_user_authentication", error_description="{"x" * 5000}", acr_values="{MFA}"'
+    )
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    requests_before = len(provider.token_forms)
+    response = browser.get("/api/up/pay", headers={"X-CSRF": "1"}, status=401)
+    assert response.json["error"] == "step_up_required"
+    assert query_of(response.json["login_url"])["acr_values"] == MFA
+    assert len(provider.token_forms) == requests_before and len(upstream.seen) == 1
+
+
+def test_an_upstream_challenge_too_long_to_read_is_passed_back_without_a_refresh(make_app, provider, upstream, caplog):
+    app = make_app(**{"myapp.upstreams": f"up = {upstream.url}/up"})
+    upstream.challenge = f'Bearer error="insufficient_user_authentication", error_description="{"x" * 70_000}"'
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    requests_before = len(provider.token_forms)
+    with caplog.at_level(logging.WARNING, logger="myapp.services.proxy"):
+        response = browser.get("/api/up/pay", headers={"X-CSRF": "1"}, status=401)
+    assert response.headers["WWW-Authenticate"] == upstream.challenge  # the upstream's own answer
+    assert len(provider.token_forms) == requests_before and len(upstream.seen) == 1
+    assert "too long to read; passed back without a refresh" in caplog.text
 
 
 def test_an_upstream_challenge_with_a_max_age_that_is_not_a_number_is_relayed_without_it(make_app, provider, upstream):

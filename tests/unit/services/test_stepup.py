@@ -96,6 +96,11 @@ def test_what_satisfies_a_rule(acr, auth_time, ok):
         ("", None),
         (None, None),
         ("Bearer " + "x" * 5000 + " insufficient_user_authentication", None),
+        # Long, and read all the same (over 4,096 characters it was not: the proxy then refreshed).
+        ('Bearer error="insufficient_user_authentication", error_description="' + "x" * 5000 + '", acr_values="a"', (("a",), None)),
+        ('Bearer error="insufficient_user_authentication", acr_values="' + "a " * 30_000 + '"', (("a",) * 10, None)),
+        # Past MAX_CHALLENGE_LENGTH: not read (the proxy passes such a 401 back without a refresh).
+        ('Bearer error="insufficient_user_authentication", error_description="' + "x" * 66_000 + '"', None),
     ],
 )
 def test_rfc_9470_challenges(header, expected):
@@ -115,3 +120,17 @@ def test_a_long_run_of_dots_is_read_in_linear_time():
         "    assert rule_for(rules, path) is None\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).parents[3])
+
+
+def test_a_long_challenge_is_read_in_linear_time():
+    """An upstream's WWW-Authenticate header of one long word, quoted or not: the auth-param
+    pattern, tried from each of its characters, took time growing with the square of its length
+    (half a minute for 64 KB). In a process of its own, bounded at a thousand times what reading
+    it and starting Python take."""
+    script = (
+        "from myapp.services.stepup import MAX_CHALLENGE_LENGTH, challenges, readable_challenge\n"
+        "for word in ('a' * MAX_CHALLENGE_LENGTH, '\"' + 'a' * (MAX_CHALLENGE_LENGTH - 1)):\n"
+        "    assert readable_challenge(word)\n"
+        "    assert challenges('Bearer ' + word[7:]) == [('bearer', {})]\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=20, cwd=Path(__file__).parents[3])
