@@ -36,7 +36,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             code_challenge_method=data["code_challenge_method"],
             login=request.user,
             expires_at=time.time() + CODE_LIFETIME,
-            dpop_jkt=data.get("dpop_jkt"),
+            # Only a provider that binds tokens (dpop = on) binds codes: one that does not (off,
+            # ignore) takes dpop_jkt for a parameter it does not know.
+            dpop_jkt=data.get("dpop_jkt") if self.server.settings.dpop == "on" else None,
         )
         self.server.store.save_code(code, record)
 

@@ -280,6 +280,13 @@ def test_ignore_advertises_dpop_but_issues_bearer_tokens_and_off_neither():
         assert "dpop_signing_alg_values_supported" in stack.metadata
         response = stack.exchange_code(new_key())
         assert response.json()["token_type"] == "Bearer" and "cnf" not in claims_of(response.json()["access_token"])
+        # dpop_jkt on the authorization request is not known to it either: the code is not bound
+        # (it was, to a thumbprint that no proof could match there, so no code could be redeemed).
+        key = new_key()
+        code, verifier = stack.code(dpop_jkt=key.thumbprint())
+        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT_URI}
+        response = stack.token(form, proof(key, "POST", stack.token_endpoint))
+        assert response.status_code == 200 and response.json()["token_type"] == "Bearer", response.text
     with running_devstack(**{"devstack.idp.dpop": "off"}) as url:
         stack = Stack(url)
         assert "dpop_signing_alg_values_supported" not in stack.metadata
