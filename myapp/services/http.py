@@ -73,42 +73,52 @@ def within(seconds: float) -> Iterator[None]:
 class _Watch:
     """The connections one call uses, cut off (their sockets shut down) when its time is up:
     ``requests`` bounds each wait for the next bytes, not a call as a whole, so a server that
-    sends a byte now and then could hold it for ever."""
+    sends a byte now and then could hold it for ever. A connection leaves the watch when it goes
+    back to the pool, under the same lock as the cut: another call may take it from there at once,
+    and must never have it cut under it."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._connections: list = []
+        self._connections: set = set()
         self._over = False
         self.expired = False
 
     def attach(self, connection) -> None:
         with self._lock:
             if not self._over:
-                self._connections.append(connection)
+                self._connections.add(connection)
+                connection.myapp_watch = self
+
+    def detach(self, connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+            connection.myapp_watch = None
 
     def expire(self) -> None:
         with self._lock:
             if self._over:
                 return
             self.expired = self._over = True
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            sock = connection.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    # The plain socket's own: an SSLSocket's would first drop its TLS state under
-                    # the thread reading it. The read then ends at once, and urllib3 never pools
-                    # a connection it ended on; one it finds shut down idle, it replaces.
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            for connection in self._connections:
+                sock = connection.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        # The plain socket's own: an SSLSocket's would first drop its TLS state
+                        # under the thread reading it. The read then ends at once, and urllib3
+                        # never pools a connection it ended on.
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            self._connections.clear()
 
     def end(self) -> None:
         with self._lock:
             self._over = True
-            self._connections = []
+            self._connections.clear()
 
 
 class _Watched:
     """A urllib3 connection that puts itself under the watch of the call using it."""
+
+    myapp_watch: _Watch | None = None
 
     def connect(self):
         _watch_this(self)
@@ -133,11 +143,22 @@ class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
     pass
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
+class _ReleasesWatched:
+    """A pool whose connections leave their call's watch as they come back (``_put_conn`` is
+    where every connection urllib3 keeps comes back, in urllib3 1.x and 2.x alike)."""
+
+    def _put_conn(self, conn):
+        watch = getattr(conn, "myapp_watch", None)
+        if watch is not None:
+            watch.detach(conn)
+        return super()._put_conn(conn)
+
+
+class _WatchedHTTPPool(_ReleasesWatched, HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
+class _WatchedHTTPSPool(_ReleasesWatched, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 

@@ -111,6 +111,26 @@ def test_a_call_that_ends_in_time_is_left_alone(serve):
     assert server.connections == 1
 
 
+def test_a_call_s_deadline_never_cuts_the_connection_another_call_took_from_the_pool(serve):
+    """A call's timer may fire after the call gave its connection back and another call took it:
+    that call must not be cut off. Here the first call's time runs out while the second, on the
+    same kept connection, waits for its answer."""
+    client = HttpClient(timeout=30)
+    first = []
+
+    def answer(connection, head):
+        if head.startswith(b"GET /second "):
+            first[0].expire()  # the first call's timer, firing late
+        return ok(connection, head)
+
+    server = serve(answer)
+    with client.bounded():
+        first.append(http._WATCH.get())
+        assert client.session.get(server.url + "/first", timeout=5).json() == {"ok": True}
+        assert client.get_json(server.url + "/second") == {"ok": True}  # another call, same connection
+    assert first[0].expired and server.connections == 1
+
+
 def test_within_ends_every_call_in_it_by_its_deadline(serve):
     def slow(connection, head):
         trickle(connection, b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 300, server.stopped)
