@@ -23,7 +23,14 @@ from myapp.errors import APIError, ErrorCode
 from myapp.observability import current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
-from myapp.services.stepup import SEPARATOR_CHARACTERS, parse_challenge, readable_challenge, trimmed, visible
+from myapp.services.stepup import (
+    SEPARATOR_CHARACTERS,
+    parse_challenge,
+    readable_challenge,
+    stream_safe,
+    trimmed,
+    visible,
+)
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 
@@ -62,6 +69,8 @@ _ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
 # end of the path or of the segment.
 _PIECE_ENDS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}?#;]")
 _BEYOND_ASCII = re.compile(r"[^\x00-\x7f]+")
+# RFC 3986 section 3.3: what a path holds unescaped, besides letters, digits and "-._~".
+_PCHAR = "/!$&'()*+,;=:@"
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
@@ -223,7 +232,10 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
             except ValueError:  # "http://[/api/...": no server of ours hands that over
                 raise _bad_path() from None
     else:
-        raw = environ.get("PATH_INFO", "")
+        # Decoded already (a server that keeps no raw path: wsgiref, WebTest): escaped again, so
+        # that what decoding made of %3F, %23 or %20 is neither forwarded as a query or fragment
+        # nor refused as a raw character, and the checks below read it as they read a raw path.
+        raw = quote(_bytes_of(environ.get("PATH_INFO", "")), safe=_PCHAR)
     prefix = f"/api/{upstream_name}"
     if not raw.startswith(prefix) or raw[len(prefix) : len(prefix) + 1] not in ("", "/"):
         raise _bad_path()
@@ -269,10 +281,13 @@ def _could_step_out(segment: str) -> bool:
         return True
     if segment.isascii():
         return False
+    if not stream_safe(segment):
+        return True  # no text holds such a run of combining characters, and normalizing it is slow
     normalized = unicodedata.normalize("NFKC", segment)
     if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in _PIECE_ENDS.split(normalized)):
         return True
-    return _parent(visible(segment))
+    # As it is, and normalized and split like that (".\u200b.\uff1fx", "\u2025\u0301").
+    return _parent(visible(segment)) or any(_parent(piece) for piece in _PIECE_ENDS.split(visible(normalized)))
 
 
 def _only_dots(segment: str) -> bool:

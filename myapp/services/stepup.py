@@ -25,8 +25,13 @@ SEPARATORS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}]")
 # Where a lenient server might end a path: once it has decoded it, it may split it again. (Tomcat
 # and Spring also end each segment at a ";": ";jsessionid=...".)
 _PATH_END = re.compile(r"[?#]")
-# A segment ASP.NET drops before routing: a cookieless session, "(S(...))", and its kin.
-_COOKIELESS = re.compile(r"\([A-Za-z]\([^()]*\)\)\Z")
+# A segment ASP.NET drops before routing: cookieless data, "(S(...))", "(A(...)S(...))" and their
+# kin, as its CookielessHelper reads them (a value holds anything but ")" and the "/" it splits at),
+# read on the path as it comes and again once folded (full-width forms).
+_COOKIELESS = re.compile(r"\((?:[A-Za-z]\([^)/]*\))+\)", re.IGNORECASE)
+# UAX #15's stream-safe limit: no text has more combining characters in a row. Normalizing a
+# longer run puts it in canonical order by insertion, in time growing with the square of its length.
+MAX_NON_STARTERS = 30
 # Characters a reader may drop unseen: combining marks and format characters (accents, variation
 # selectors, zero-width spaces and joiners).
 _INVISIBLE = frozenset({"Mn", "Me", "Cf"})
@@ -70,9 +75,11 @@ def leniently_read(path: str) -> tuple[str, ...]:
     (:func:`fold`), up to a ``?`` or ``#`` (a server that decodes a path and splits it again),
     split at each of :data:`SEPARATORS`, each segment up to a ``;`` and :func:`trimmed`, and
     empty ones dropped (repeated slashes), as are ASP.NET's cookieless ``(S(...))`` ones."""
+    if "(" in path:
+        path = "/".join(segment for segment in path.split("/") if not _COOKIELESS.fullmatch(segment))
     path = _PATH_END.split(fold(path), 1)[0]
     segments = (trimmed(segment.partition(";")[0]) for segment in SEPARATORS.split(path))
-    return tuple(segment for segment in segments if segment and not _COOKIELESS.match(segment))
+    return tuple(segment for segment in segments if segment and not _COOKIELESS.fullmatch(segment))
 
 
 def fold(text: str) -> str:
@@ -82,7 +89,42 @@ def fold(text: str) -> str:
     ``\u0131`` is ``i``)."""
     if text.isascii():
         return text.lower()
+    if not stream_safe(text):
+        # Its combining characters (and those that decompose to them) dropped first: normalizing
+        # such a run could take minutes (a path of 250 KB: seconds), and no text holds one.
+        text = "".join(c for c in text if c.isascii() or _non_starters(c) == _STARTER)
     return visible(unicodedata.normalize("NFKD", text)).upper().casefold()
+
+
+def stream_safe(text: str) -> bool:
+    """Whether ``text``, decomposed, has no run of more than :data:`MAX_NON_STARTERS` combining
+    characters (UAX #15's stream-safe text), so that normalizing it takes time linear in its
+    length. Counted as UAX #15 counts, from each character's decomposition (U+0F73 is two)."""
+    run = 0
+    for c in text:
+        if c.isascii():
+            run = 0
+            continue
+        leading, trailing, only = _non_starters(c)
+        if run + leading > MAX_NON_STARTERS:
+            return False
+        run = run + leading if only else trailing
+    return True
+
+
+_STARTER = (0, 0, False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _non_starters(c: str) -> tuple[int, int, bool]:
+    """The combining characters at the start and at the end of ``c``'s decomposition, and whether
+    it is nothing else."""
+    decomposed = unicodedata.normalize("NFKD", c)
+    leading = next((i for i, d in enumerate(decomposed) if not unicodedata.combining(d)), len(decomposed))
+    if leading == len(decomposed):
+        return leading, leading, True
+    trailing = next(i for i, d in enumerate(reversed(decomposed)) if not unicodedata.combining(d))
+    return leading, trailing, False
 
 
 def visible(text: str) -> str:

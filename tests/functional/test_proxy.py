@@ -583,6 +583,19 @@ def test_path_escapes_are_refused(signed_in, upstream, path):
     assert upstream.seen == []
 
 
+@pytest.mark.parametrize("path", ["/api/up/..%3F/etc", "/api/up/x/..%3Fy", "/api/up/..%23/etc"])
+def test_path_escapes_are_refused_on_a_server_that_keeps_no_raw_path(signed_in, upstream, path):
+    """WebTest, like wsgiref, sets no REQUEST_URI: the path is read from PATH_INFO, decoded."""
+    response = api(signed_in(), "GET", path)
+    assert response.status_int == 400, response.text
+    assert response.json["error"] == "bad_path" and upstream.seen == []
+
+
+def test_a_space_passes_on_a_server_that_keeps_no_raw_path(signed_in, upstream):
+    api(signed_in(), "GET", "/api/up/a%20b", status=200)
+    assert upstream.seen[-1]["uri"].endswith("/a%20b")  # as sent: PATH_INFO is decoded
+
+
 def test_unknown_upstream(signed_in, upstream):
     assert api(signed_in(), "GET", "/api/nope/x", status=404).json["error"] == "unknown_upstream"
 

@@ -6,7 +6,10 @@ connection pool records what would have been sent.
 
 import io
 import socket
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +145,12 @@ def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
         "/api/orders/a%C2%A5..%C2%A5secret", "/api/orders/x%E2%82%A9..%E2%82%A9admin", "/api/orders/..%EF%BC%9Fx",
         "/api/orders/%EF%BC%8E%EF%BC%8E%EF%BC%9Fx", "/api/orders/..%EF%BC%9Bx", "/api/orders/..%EF%BC%83x",
         "/api/orders/.%CC%81./x", "/api/orders/.%E2%80%8B./x", "http://[/api/orders/x",
+        # Found by a fourth review: what a reader that normalizes and drops what it cannot see
+        # reads as "..", split where it splits ("¥.ZWSP.¥", "／.́.", ".ZWSP.？", "．ZWSP．", "‥́");
+        # and a run of combining characters longer than any text's (UAX #15), slow to normalize.
+        "/api/orders/a%C2%A5.%E2%80%8B.%C2%A5secret", "/api/orders/x%EF%BC%8F.%CC%81./s",
+        "/api/orders/.%E2%80%8B.%EF%BC%9Fx", "/api/orders/%EF%BC%8E%E2%80%8B%EF%BC%8E/secret",
+        "/api/orders/%E2%80%A5%CC%81/x", "/api/orders/a" + "%CC%81" * 31 + "/x",
     ],
 )
 def test_paths_that_could_escape_the_base_url_are_refused(raw):
@@ -168,6 +177,30 @@ def test_text_beyond_latin1_from_a_server_that_is_not_pep_3333s_is_escaped_as_ut
 def test_without_request_uri_the_path_info_is_used():
     assert subpath({"PATH_INFO": "/api/orders/x/y"}, "orders") == "x/y"
     assert subpath({"REQUEST_URI": "https://app.example.test/api/orders/z?q"}, "orders") == "z"
+
+
+@pytest.mark.parametrize(
+    "path_info, expected",
+    [
+        # Decoded by the server: %3F was a "?" here, and went to the upstream as its query's start
+        # (found by review: "/api/up/..%3F/etc" reached the upstream's "/", query "/etc").
+        ("/api/orders/..?/etc", None),
+        ("/api/orders/x/..?y", None),
+        ("/api/orders/..#/etc", None),
+        ("/api/orders/..\\x", None),
+        ("/api/orders/a b", "a%20b"),  # refused before, as a raw space
+        ("/api/orders/caf\xc3\xa9;v=1", None),
+        ("/api/orders/caf\xc3\xa9/100%", "caf%C3%A9/100%25"),
+        ("/api/orders/x:@!$&'()*+,=y", "x:@!$&'()*+,=y"),
+    ],
+)
+def test_a_decoded_path_info_is_escaped_again_before_its_checks(path_info, expected):
+    if expected is None:
+        with pytest.raises(APIError) as info:
+            subpath({"PATH_INFO": path_info}, "orders")
+        assert info.value.code == "bad_path"
+    else:
+        assert subpath({"PATH_INFO": path_info}, "orders") == expected
 
 
 def test_unknown_upstreams_and_methods_are_refused_before_anything_is_read():
@@ -391,3 +424,29 @@ def test_a_bound_token_is_never_sent_as_bearer_to_an_upstream_that_takes_no_dpop
         service.exchange(outgoing, lambda stale=None: Credential("bound", DPoPKey.generate()))
     assert (refused.value.status, refused.value.code) == (502, "upstream_unavailable")
     assert pool.sent == []
+
+
+def test_a_run_of_combining_characters_as_long_as_text_has_passes():
+    assert subpath({"REQUEST_URI": "/api/orders/a" + "%CC%81" * 30 + "/x"}, "orders") == "a" + "%CC%81" * 30 + "/x"
+
+
+def test_a_long_run_of_combining_characters_is_refused_in_linear_time():
+    """Normalizing marks in descending combining class sorts them by insertion: a 250 KB path
+    took seconds in subpath and again in rule_for, before signing in (found by review). In a
+    process of its own, bounded at a hundred times what reading it and starting Python take."""
+    script = (
+        "from myapp.services.proxy import subpath; from myapp.services.stepup import rule_for\n"
+        "from myapp.errors import APIError; from myapp.settings import StepUpRule\n"
+        "for marks in ('%CC%81%CC%96', '%E0%BD%B3'):\n"
+        "    raw = '/api/orders/a' + marks * 30_000\n"
+        "    try:\n"
+        "        subpath({'REQUEST_URI': raw}, 'orders')\n"
+        "        raise SystemExit('not refused')\n"
+        "    except APIError:\n"
+        "        pass\n"
+        "    from urllib.parse import unquote\n"
+        "    rules = (StepUpRule('/admin', acr_values=('mfa',)),)\n"
+        "    assert rule_for(rules, unquote(raw)) is None\n"
+        "    assert rule_for(rules, '/adm' + unquote(marks) * 30_000 + 'in') is not None\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30, cwd=Path(__file__).parents[3])

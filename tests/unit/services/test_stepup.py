@@ -47,6 +47,11 @@ RULES = (
         ("/admin\u00a5export", "/admin"), ("/admin\u20a9x", "/admin"), ("/admin\uff1fx", "/admin"),
         ("/admin\uff1bx", "/admin"), ("/admin;jsessionid=1/x", "/admin"), ("/(S(x1))/admin", "/admin"),
         ("/(A(x))/api/payments/1", "/api/payments/"), ("/admin\ufe0f", "/admin"), ("/(S)/admin", None),
+        # Found by a fourth review: cookieless segments as ASP.NET reads them, several values, a
+        # "(" in one, and characters a folded reading would split or end at.
+        ("/(A(x)S(y))/admin", "/admin"), ("/(S((x))/admin", "/admin"), ("/(S(x\uff1bz))/admin", "/admin"),
+        ("/(S(x\uff1fz))/admin", "/admin"), ("/(S(x\uff0fz))/admin", "/admin"), ("/(S(x\u00a5z))/admin", "/admin"),
+        ("/(s(x))/admin", "/admin"), ("/(S(x)/admin", None), ("/(S(x/y))/admin", None),
     ],
 )
 def test_the_most_specific_rule_covers_a_path(path, prefix):
