@@ -24,7 +24,7 @@ from myapp.observability import current_request_id, new_request_id, request_id_o
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
 from myapp.services.stepup import (
-    SEPARATOR_CHARACTERS,
+    PIECE_ENDS,
     parse_challenge,
     readable_challenge,
     stream_safe,
@@ -65,9 +65,6 @@ _FORBIDDEN_ENCODED = re.compile(r"%(2f|5c|3b|3f|23|[01][0-9a-f]|7f)|%(?![0-9a-f]
 # An escape left once a segment is decoded (%252e, %25C0%25AE, IIS's %u002e): an upstream or a
 # gateway that decodes twice would read what the first decoding's checks never saw.
 _ENCODED_TRICK = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
-# Where a server that normalizes Unicode would split a segment, or end it: a separator, or the
-# end of the path or of the segment.
-_PIECE_ENDS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}?#;]")
 _BEYOND_ASCII = re.compile(r"[^\x00-\x7f]+")
 # RFC 3986 section 3.3: what a path holds unescaped, besides letters, digits and "-._~".
 _PCHAR = "/!$&'()*+,;=:@"
@@ -273,7 +270,8 @@ def _could_step_out(segment: str) -> bool:
     servers: whitespace, controls and trailing dots trimmed (Windows, IIS, :func:`trimmed`); for
     one that is not ASCII, Unicode's compatibility forms (NFKC: ``\uff0e\uff0e``, ``\u2025``,
     ``x\uff0f..``, ``..\uff1fx``) split where a server might split or end it (``¥`` and ``₩``
-    too, which Windows' best fit turns into ``\\``: ``a¥..¥secret``); and the reading of one
+    too, which Windows' best fit turns into ``\\``: ``a¥..¥secret``, and ``∕``, which it turns
+    into ``/``); and the reading of one
     that drops what it cannot see (``.\u0301.``, :func:`visible`), refused for ``..`` only: a
     ``.`` cannot step out. Readers that drop every character they cannot decode, or each byte's
     high bit, are not modelled: ordinary words read as ``..`` to them (``ม.ค.``, ``jazyků...``)."""
@@ -284,10 +282,10 @@ def _could_step_out(segment: str) -> bool:
     if not stream_safe(segment):
         return True  # no text holds such a run of combining characters, and normalizing it is slow
     normalized = unicodedata.normalize("NFKC", segment)
-    if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in _PIECE_ENDS.split(normalized)):
+    if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in PIECE_ENDS.split(normalized)):
         return True
     # As it is, and normalized and split like that (".\u200b.\uff1fx", "\u2025\u0301").
-    return _parent(visible(segment)) or any(_parent(piece) for piece in _PIECE_ENDS.split(visible(normalized)))
+    return _parent(visible(segment)) or any(_parent(piece) for piece in PIECE_ENDS.split(visible(normalized)))
 
 
 def _only_dots(segment: str) -> bool:

@@ -18,13 +18,19 @@ EXEMPT_PREFIXES = ("/login", "/logout", "/auth/", "/signed-out", "/static/", "/h
 # tried from every position of a long run of dots, in time that grows with its square.
 _TRIMMED_AT_START = re.compile(r"[\s\x00-\x1f\x7f]*")
 _TRIMMED_AT_END_REVERSED = re.compile(r"[\s.\x00-\x1f\x7f]*")
-# What a lenient server might take for a separator: "\\" (IIS), and "¥" and "₩", which Windows'
-# best-fit conversion to code pages 932 and 949 turns into "\\".
-SEPARATOR_CHARACTERS = "/\\\u00a5\u20a9"
+# What a lenient server might take for a separator: "\\" (IIS); "¥" and "₩", which Windows'
+# best-fit conversion to code pages 932 and 949 turns into "\\"; and the division slash "∕", which
+# its conversion to code page 1252 turns into "/".
+SEPARATOR_CHARACTERS = "/\\\u00a5\u20a9\u2215"
 SEPARATORS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}]")
 # Where a lenient server might end a path: once it has decoded it, it may split it again. (Tomcat
 # and Spring also end each segment at a ";": ";jsessionid=...".)
 _PATH_END = re.compile(r"[?#]")
+# Where such a server might end a piece of a segment: a separator, the path's end, or a ";".
+PIECE_ENDS = re.compile(f"[{re.escape(SEPARATOR_CHARACTERS)}?#;]")
+# Scripts a server runs with the rest of the path as their PATH_INFO (IIS and ASP.NET, PHP behind
+# Apache or nginx, JSP, CGI): "/admin.php/x" runs "/admin.php", which may be what "/admin" serves.
+SCRIPT_SUFFIXES = frozenset({"asp", "aspx", "ashx", "asmx", "axd", "php", "phtml", "jsp", "jspx", "cgi", "pl"})
 # A segment ASP.NET drops before routing: cookieless data, "(S(...))", "(A(...)S(...))" and their
 # kin, as its CookielessHelper reads them (a value holds anything but ")" and the "/" it splits at),
 # read on the path as it comes and again once folded (full-width forms).
@@ -144,19 +150,17 @@ def trimmed(segment: str) -> str:
 def _covers(prefix: tuple[str, ...], segments: tuple[str, ...]) -> bool:
     """Whether leniently read ``segments`` fall under a leniently read rule ``prefix``: they start
     with its segments, where the path's last segment may add a suffix (``admin.json`` is
-    ``admin`` to Spring's suffix matching and to Rails' formats)."""
+    ``admin`` to Spring's suffix matching and to Rails' formats), and any may add a script's
+    (``admin.php/x`` runs the script that may serve ``admin``: :data:`SCRIPT_SUFFIXES`)."""
     depth = len(prefix)
     if len(segments) < depth:
         return False
     if depth == 0 or segments[:depth] == prefix:
         return True
-    last = segments[depth - 1]
-    return (
-        len(segments) == depth
-        and segments[: depth - 1] == prefix[:-1]
-        and last.startswith(prefix[-1])
-        and last[len(prefix[-1])] == "."
-    )
+    segment, name = segments[depth - 1], prefix[-1]
+    if segments[: depth - 1] != prefix[:-1] or not segment.startswith(name + "."):
+        return False
+    return len(segments) == depth or segment[len(name) + 1 :] in SCRIPT_SUFFIXES
 
 
 @functools.cache

@@ -151,6 +151,7 @@ def test_the_path_below_the_upstream_is_kept_encoded(raw, expected):
         "/api/orders/a%C2%A5.%E2%80%8B.%C2%A5secret", "/api/orders/x%EF%BC%8F.%CC%81./s",
         "/api/orders/.%E2%80%8B.%EF%BC%9Fx", "/api/orders/%EF%BC%8E%E2%80%8B%EF%BC%8E/secret",
         "/api/orders/%E2%80%A5%CC%81/x", "/api/orders/a" + "%CC%81" * 31 + "/x",
+        "/api/orders/.%E2%88%95../x", "/api/orders/x%E2%88%95..%E2%88%95secret",
     ],
 )
 def test_paths_that_could_escape_the_base_url_are_refused(raw):

@@ -52,6 +52,10 @@ RULES = (
         ("/(A(x)S(y))/admin", "/admin"), ("/(S((x))/admin", "/admin"), ("/(S(x\uff1bz))/admin", "/admin"),
         ("/(S(x\uff1fz))/admin", "/admin"), ("/(S(x\uff0fz))/admin", "/admin"), ("/(S(x\u00a5z))/admin", "/admin"),
         ("/(s(x))/admin", "/admin"), ("/(S(x)/admin", None), ("/(S(x/y))/admin", None),
+        # A script's suffix on any segment (the rest is its PATH_INFO), and the division slash
+        # (a "/" to Windows' best fit).
+        ("/Admin.aspx/x", "/admin"), ("/admin.php/x", "/admin"), ("/admin.PHP", "/admin"),
+        ("/api/payments.php/1", "/api/payments/"), ("/admin\u2215users", "/admin"), ("/admin.phpx/x", None),
     ],
 )
 def test_the_most_specific_rule_covers_a_path(path, prefix):
