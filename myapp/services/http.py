@@ -56,6 +56,12 @@ def describe(error: requests.RequestException | urllib3.exceptions.HTTPError) ->
     return HTTPFailure(type(error).__name__, unavailable=True)
 
 
+def time_left() -> float | None:
+    """Seconds left before the deadline of the enclosing :func:`within`, None outside one."""
+    deadline = _DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
 @contextlib.contextmanager
 def within(seconds: float) -> Iterator[None]:
     """Every call to a provider made in this block ends within ``seconds`` from now, or fails as
@@ -75,17 +81,23 @@ class _Watch:
     ``requests`` bounds each wait for the next bytes, not a call as a whole, so a server that
     sends a byte now and then could hold it for ever. A connection leaves the watch when it goes
     back to the pool, under the same lock as the cut: another call may take it from there at once,
-    and must never have it cut under it."""
+    and must never have it cut under it. One that comes (or gets its socket) after the time is up
+    is cut at once."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._connections: set = set()
         self._over = False
         self.expired = False
+        # Whether a socket in use was shut down: what was read may then look whole and is not
+        # (http.client takes a cut inside a head for its end, and a body without a length with it).
+        self.cut = False
 
     def attach(self, connection) -> None:
         with self._lock:
-            if not self._over:
+            if self.expired:
+                self._cut(connection)
+            elif not self._over:
                 self._connections.add(connection)
                 connection.myapp_watch = self
 
@@ -100,14 +112,25 @@ class _Watch:
                 return
             self.expired = self._over = True
             for connection in self._connections:
-                sock = connection.sock
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        # The plain socket's own: an SSLSocket's would first drop its TLS state
-                        # under the thread reading it. The read then ends at once, and urllib3
-                        # never pools a connection it ended on.
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                self._cut(connection)
             self._connections.clear()
+
+    def _cut(self, connection) -> None:
+        # The socket it connected with: http.client lets go of it (``sock`` None) as soon as an
+        # answer says it will close the connection, and goes on reading the body through it. None
+        # yet while connecting: the connection is attached again once connected.
+        sock = connection.sock or connection.myapp_socket
+        if sock is None:
+            return
+        try:
+            # The plain socket's own: an SSLSocket's would first drop its TLS state under the
+            # thread reading it. The read then ends at once; urllib3 closes a connection it failed
+            # on, and replaces one it finds shut down when it takes it from the pool. A socket
+            # closed already has no descriptor any more (OSError), never another's.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            return
+        self.cut = True
 
     def end(self) -> None:
         with self._lock:
@@ -119,10 +142,14 @@ class _Watched:
     """A urllib3 connection that puts itself under the watch of the call using it."""
 
     myapp_watch: _Watch | None = None
+    myapp_socket: socket.socket | None = None
 
     def connect(self):
         _watch_this(self)
-        return super().connect()
+        connected = super().connect()
+        self.myapp_socket = self.sock
+        _watch_this(self)  # its socket exists now: cut at once if the time ran out meanwhile
+        return connected
 
     def request(self, *args, **kwargs):
         _watch_this(self)
@@ -204,14 +231,23 @@ class HttpClient:
         watch = _Watch()
         timer = threading.Timer(until - now, watch.expire)
         timer.daemon = True
+        try:
+            timer.start()
+        except RuntimeError:  # no thread to be had
+            raise requests.ConnectionError("no thread for the call's timer") from None
         token = _WATCH.set(watch)
-        timer.start()
+        took_too_long = requests.Timeout(f"the call took longer than {until - now:g} s")
         try:
             yield until - now
         except (requests.RequestException, urllib3.exceptions.HTTPError):
-            if watch.expired:
-                raise requests.Timeout(f"the call took longer than {until - now:g} s") from None
+            # Cut off, or a wait that ran out with the call's time (requests says "Read timed
+            # out" as a ConnectionError when it reads a body).
+            if watch.expired or time.monotonic() >= until:
+                raise took_too_long from None
             raise
+        else:
+            if watch.cut:
+                raise took_too_long
         finally:
             timer.cancel()
             watch.end()

@@ -5,17 +5,18 @@ the configured one exactly. Keys come from the discovered ``jwks_uri`` only, nev
 header; an unknown ``kid`` refetches them at most once a minute (the first fetch does not count).
 """
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from joserfc.errors import JoseError
 from joserfc.jwk import import_key
 
-from myapp.services.http import HttpClient, HTTPFailure
+from myapp.services.http import HttpClient, HTTPFailure, time_left
 from myapp.services.oidc.errors import ProviderMisconfigured, ProviderUnavailable
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,19 @@ class ProviderDocuments:
         self._keys_uri: str | None = None
         self._last_key_refetch = float("-inf")
 
+    @contextlib.contextmanager
+    def _documents(self) -> Iterator[None]:
+        """The documents, held while one is read or fetched. Inside :func:`~myapp.services.http.within`
+        (the refresh lock's holder) waited for no longer than its deadline: another thread may hold
+        them for a whole fetch, and the holder must not outlive its lock's lease."""
+        left = time_left()
+        if not self._lock.acquire(timeout=-1 if left is None else max(left, 0)):
+            raise ProviderUnavailable("The sign-in provider's documents are being fetched; try again.")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     @property
     def cached_metadata(self) -> ProviderMetadata | None:
         """The discovery document if it has been read (never fetches)."""
@@ -119,7 +133,7 @@ class ProviderDocuments:
 
     def metadata(self) -> ProviderMetadata:
         """The provider's discovery document, fetched once and refreshed hourly."""
-        with self._lock:
+        with self._documents():
             fresh = self._metadata is not None and self.monotonic() - self._metadata_fetched_at < DISCOVERY_TTL
             if fresh:
                 return self._metadata
@@ -141,7 +155,7 @@ class ProviderDocuments:
     def signing_keys(self, *, refetch: bool = False) -> list:
         """The provider's keys, from the discovered jwks_uri only; a refetch at most once a minute."""
         jwks_uri = self.metadata().jwks_uri
-        with self._lock:
+        with self._documents():
             first = self._keys is None or self._keys_uri != jwks_uri
             if not first and not refetch:
                 return self._keys
