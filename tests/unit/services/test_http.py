@@ -228,19 +228,31 @@ def test_a_deadline_that_passes_while_connecting_cuts_the_call_once_connected(se
 def test_the_documents_lock_is_waited_for_no_longer_than_the_deadline(serve):
     """A thread fetching discovery holds the provider's documents for up to its own timeout; the
     refresh lock's holder (inside within()) must not wait past its deadline behind it."""
+    fetching = threading.Event()
+
     def slow(connection, head):
+        fetching.set()
         trickle(connection, b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n" + b" " * 300, server.stopped)
 
     server = serve(slow)
     documents = ProviderDocuments(issuer=server.url, http=HttpClient(timeout=3))
-    fetching = threading.Thread(target=lambda: pytest.raises(Exception, documents.metadata))
-    fetching.start()
-    time.sleep(0.3)  # the other thread holds the documents, fetching
+    other = []
+
+    def fetch():
+        try:
+            documents.metadata()
+        except ProviderUnavailable as e:
+            other.append(e)
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    assert fetching.wait(10)  # the other thread holds the documents, fetching
     started = time.monotonic()
     with within(0.5), pytest.raises(ProviderUnavailable, match="being fetched"):
         documents.metadata()
     assert time.monotonic() - started < 2
-    fetching.join()
+    thread.join()
+    assert len(other) == 1 and "timed out" in str(other[0])  # its own call, cut at its 3 s
 
 
 def test_no_thread_for_the_timer_is_a_failed_connection_not_a_500(serve, monkeypatch):

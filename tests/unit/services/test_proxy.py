@@ -6,10 +6,7 @@ connection pool records what would have been sent.
 
 import io
 import socket
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +17,7 @@ from myapp.services.proxy import CHUNK, Proxy, Route, subpath
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 from tests.support.dpop_check import verify_proof
+from tests.support.own_process import runs_in_time
 
 UPSTREAM = Upstream(
     name="orders", base_url="https://orders.example.test/v1/", timeout=5, methods=frozenset({"GET", "POST", "HEAD"})
@@ -450,4 +448,4 @@ def test_a_long_run_of_combining_characters_is_refused_in_linear_time():
         "    assert rule_for(rules, unquote(raw)) is None\n"
         "    assert rule_for(rules, '/adm' + unquote(marks) * 30_000 + 'in') is not None\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=30, cwd=Path(__file__).parents[3])
+    runs_in_time(script, timeout=30)
