@@ -56,10 +56,20 @@ def describe(error: requests.RequestException | urllib3.exceptions.HTTPError) ->
     return HTTPFailure(type(error).__name__, unavailable=True)
 
 
+# What a call through requests raises: its own errors, and urllib3's from reading a streamed body.
+_CALL_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
+
+
 def time_left() -> float | None:
     """Seconds left before the deadline of the enclosing :func:`within`, None outside one."""
     deadline = _DEADLINE.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+def _deadline(seconds: float, now: float) -> float:
+    """``seconds`` from ``now``, or the enclosing :func:`within`'s deadline if that comes first."""
+    outer = _DEADLINE.get()
+    return now + seconds if outer is None else min(outer, now + seconds)
 
 
 @contextlib.contextmanager
@@ -67,9 +77,7 @@ def within(seconds: float) -> Iterator[None]:
     """Every call to a provider made in this block ends within ``seconds`` from now, or fails as
     timed out, besides its own bound. The refresh lock's holder runs in one, so that it never
     outlives the lock's lease."""
-    until = time.monotonic() + seconds
-    outer = _DEADLINE.get()
-    token = _DEADLINE.set(until if outer is None else min(outer, until))
+    token = _DEADLINE.set(_deadline(seconds, time.monotonic()))
     try:
         yield
     finally:
@@ -118,7 +126,7 @@ class _Watch:
     def _cut(self, connection) -> None:
         # The socket it connected with: http.client lets go of it (``sock`` None) as soon as an
         # answer says it will close the connection, and goes on reading the body through it. None
-        # yet while connecting: the connection is attached again once connected.
+        # yet while connecting: the connection attaches itself again once connected.
         sock = connection.sock or connection.myapp_socket
         if sock is None:
             return
@@ -145,10 +153,9 @@ class _Watched:
     myapp_socket: socket.socket | None = None
 
     def connect(self):
-        _watch_this(self)
         connected = super().connect()
         self.myapp_socket = self.sock
-        _watch_this(self)  # its socket exists now: cut at once if the time ran out meanwhile
+        _watch_this(self)  # once it has a socket: cut at once if the time ran out while connecting
         return connected
 
     def request(self, *args, **kwargs):
@@ -220,12 +227,8 @@ class HttpClient:
         enclosing :func:`within`, whichever comes first, and fails as ``requests.Timeout`` when
         it does not. Yields the time left, for ``requests``' own bound on each wait; the call's
         body is read inside the block too."""
-        seconds = timeout or self.timeout
         now = time.monotonic()
-        until = now + seconds
-        outer = _DEADLINE.get()
-        if outer is not None and outer < until:
-            until = outer
+        until = _deadline(timeout or self.timeout, now)
         if until <= now:
             raise requests.Timeout("no time left for another call to the provider")
         watch = _Watch()
@@ -239,7 +242,7 @@ class HttpClient:
         took_too_long = requests.Timeout(f"the call took longer than {until - now:g} s")
         try:
             yield until - now
-        except (requests.RequestException, urllib3.exceptions.HTTPError):
+        except _CALL_ERRORS:
             # Cut off, or a wait that ran out with the call's time (requests says "Read timed
             # out" as a ConnectionError when it reads a body).
             if watch.expired or time.monotonic() >= until:
@@ -277,8 +280,7 @@ class HttpClient:
                         headers=response.headers,
                     )
                 body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
-            # urllib3's own: reading the body of a streamed answer (a stall or a cut in it).
+        except _CALL_ERRORS as e:
             raise describe(e) from None
         if len(body) > MAX_DOCUMENT_BYTES:
             raise HTTPFailure("answered with a document over 1 MiB", unavailable=False)

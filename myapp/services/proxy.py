@@ -284,8 +284,9 @@ def _could_step_out(segment: str) -> bool:
     normalized = unicodedata.normalize("NFKC", segment)
     if _ENCODED_TRICK.search(normalized) or any(_only_dots(piece) for piece in PIECE_ENDS.split(normalized)):
         return True
-    # As it is, and normalized and split like that (".\u200b.\uff1fx", "\u2025\u0301").
-    return _parent(visible(segment)) or any(_parent(piece) for piece in PIECE_ENDS.split(visible(normalized)))
+    # Normalized and split like that (".\u200b.\uff1fx", "\u2025\u0301"); NFKC makes no dot,
+    # separator or visible character of what this reading drops, so it covers the segment as it is.
+    return any(_parent(piece) for piece in PIECE_ENDS.split(visible(normalized)))
 
 
 def _only_dots(segment: str) -> bool:
