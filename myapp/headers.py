@@ -20,6 +20,10 @@ SERVER_ANSWER = (
     ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
     ("Cache-Control", "no-store"),
 )
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+# Where the app's registry keeps what its server answers with itself (myapp.server): the above,
+# and HSTS when the cookie is Secure, as on every answer of the app's.
+SERVER_HEADERS = "myapp.server_headers"
 
 
 class SecurityHeaders:
@@ -35,7 +39,7 @@ class SecurityHeaders:
         self.form_origins = form_origins
         self.headers = list(FIXED)
         if session.cookie_secure:
-            self.headers.append(("Strict-Transport-Security", "max-age=31536000"))
+            self.headers.append(HSTS)
         self._names = frozenset(name.lower() for name, _ in [*self.headers, ("Content-Security-Policy", "")])
         self._csp: dict[frozenset[str], str] = {}
 
@@ -67,10 +71,17 @@ class SecurityHeaders:
         present = {name.lower() for name, _ in headerlist}
         if not present.isdisjoint(self._names):  # an upstream's own, replaced by this site's
             headerlist[:] = [(name, value) for name, value in headerlist if name.lower() not in self._names]
+        if "cache-control" in present and not any(v.strip() for n, v in headerlist if n.lower() == "cache-control"):
+            # An upstream's empty one says nothing, and leaves a cache to its own rules: as none.
+            headerlist[:] = [(name, value) for name, value in headerlist if name.lower() != "cache-control"]
+            present.discard("cache-control")
         headerlist.extend(self.headers)
         headerlist.append(("Content-Security-Policy", self.content_security_policy()))
-        if event.request.environ.get("PATH_INFO", "").startswith("/static/"):
-            return
+        if (
+            response.status_code < 400 and "set-cookie" not in present
+            and event.request.environ.get("PATH_INFO", "").startswith("/static/")
+        ):
+            return  # one of this site's files, the same for everyone (an error page there is not)
         # Pages and JSON depend on who is asking: never cached, never shared.
         if "cache-control" not in present:
             headerlist.append(("Cache-Control", "no-store"))
@@ -84,4 +95,5 @@ class SecurityHeaders:
 
 def includeme(config):
     services = config.registry[Services]
+    config.registry[SERVER_HEADERS] = (*SERVER_ANSWER, HSTS) if services.settings.session.cookie_secure else SERVER_ANSWER
     config.add_subscriber(SecurityHeaders(services.settings.session, services.providers.form_action_origins), NewResponse)

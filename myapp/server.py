@@ -45,7 +45,7 @@ from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from myapp.errors import ErrorCode
-from myapp.headers import SERVER_ANSWER
+from myapp.headers import SERVER_ANSWER, SERVER_HEADERS
 from myapp.routes import is_json_path
 from myapp.services.proxy import AnswerCutShort
 
@@ -98,7 +98,7 @@ class HardenedErrorTask(ErrorTask):
         # speaks HTTP/1.1, which the status line names (RFC 9110 section 6.2). It closes after.
         self.version = "1.1"
         self.response_headers.extend(headers)
-        self.response_headers.extend(SERVER_ANSWER)
+        self.response_headers.extend(getattr(self.channel.server, "answer_headers", SERVER_ANSWER))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -171,18 +171,21 @@ class PrefixDispatcher:
 
 
 def create_server(app, **settings):
-    """``waitress.create_server`` whose connections read requests with :class:`StrictRequestParser`,
-    and which serves the paths the app lists under :data:`OWN_THREADS` on threads of their own
-    (:class:`PrefixDispatcher`), as many as the app's."""
+    """``waitress.create_server`` whose connections read requests with :class:`StrictRequestParser`
+    and answer what they cannot read with the app's hardening headers (its registry's
+    ``SERVER_HEADERS``), and which serves the paths the app lists under :data:`OWN_THREADS` on
+    threads of their own (:class:`PrefixDispatcher`), as many as the app's."""
     waitress_log = logging.getLogger("waitress")
     if not any(isinstance(f, LoggedAlready) for f in waitress_log.filters):
         waitress_log.addFilter(LoggedAlready())
     server = waitress.create_server(app, **settings)
     servers = [dispatcher for dispatcher in server._map.values() if isinstance(dispatcher, BaseWSGIServer)]
+    registry = getattr(app, "registry", None) or {}
     for dispatcher in servers:
         dispatcher.channel_class = StrictChannel
-    registry = getattr(app, "registry", None)
-    prefixes = tuple(registry.get(OWN_THREADS, ())) if registry is not None else ()
+        # What its own answers carry: HSTS among them when the app's cookie is Secure.
+        dispatcher.answer_headers = tuple(registry.get(SERVER_HEADERS, SERVER_ANSWER))
+    prefixes = tuple(registry.get(OWN_THREADS, ()))
     if prefixes:
         routing = PrefixDispatcher(server.task_dispatcher, prefixes)
         routing.own_threads.set_thread_count(server.adj.threads)

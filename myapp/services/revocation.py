@@ -23,7 +23,7 @@ from myapp.models import Database, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.metrics import Metrics
 from myapp.services.oidc import Providers, Revocation
-from myapp.services.sessions import EndReason, SessionRows
+from myapp.services.sessions import EndReason, SessionRows, idle_after
 from myapp.services.tokenset import TokenCipher
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Revoker:
             rows = SessionRows(dbsession, self.cipher, self.clock)
             for reason, condition in (
                 (EndReason.EXPIRED, UserSession.expires_at <= now),
-                (EndReason.IDLE, UserSession.last_seen_at <= now - self.idle_timeout),
+                (EndReason.IDLE, UserSession.last_seen_at <= now - idle_after(self.idle_timeout)),
             ):
                 batch = select(UserSession.id).where(UserSession.ended_at.is_(None), condition).limit(500)
                 ended += rows.end_where(UserSession.id.in_(batch.scalar_subquery()), reason)

@@ -30,6 +30,14 @@ from myapp.settings import SessionSettings
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_HANDLE_LENGTH = 32
 TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+def idle_after(idle_timeout: timedelta) -> timedelta:
+    """How long after its recorded use (``last_seen_at``) a session is idle: the idle timeout from
+    its last use, which may be up to ``TOUCH_INTERVAL`` later than recorded (a use within a minute
+    of the recorded one is not written). A session in use never ends as idle; an unused one ends
+    between ``idle_timeout`` and a minute more after its last use."""
+    return idle_timeout + TOUCH_INTERVAL
 _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
@@ -185,7 +193,7 @@ class SessionRecord:
         return cls(**values)
 
     def is_idle(self, now: datetime, idle_timeout: timedelta) -> bool:
-        return now >= self.last_seen_at + idle_timeout
+        return now >= self.last_seen_at + idle_after(idle_timeout)
 
 
 def _json_list(text) -> tuple[str, ...]:
@@ -507,7 +515,7 @@ class SessionStore:
         return None if row is None else SessionRecord.from_columns(row)
 
     def idle_expires_at(self, session: SessionRecord) -> datetime:
-        return min(session.last_seen_at + self.settings.idle_timeout, session.expires_at)
+        return min(session.last_seen_at + idle_after(self.settings.idle_timeout), session.expires_at)
 
     def dead_reason(self, session: SessionRecord) -> EndReason | str | None:
         """None while the session is live, else why it is not."""
@@ -568,7 +576,7 @@ class SessionStore:
 
     def _live_params(self, **more) -> dict:
         now = self.clock()
-        return {"now": now, "idle_since": now - self.settings.idle_timeout, **more}
+        return {"now": now, "idle_since": now - idle_after(self.settings.idle_timeout), **more}
 
     def list_for_user(self, user_id: int) -> list[UserSession]:
         """A user's live sessions, most recently used first, for the sessions page."""
@@ -594,7 +602,7 @@ class SessionStore:
     def purge_expired(self, *, retention: timedelta = timedelta(days=1)) -> int:
         """Delete rows that ended or expired more than ``retention`` ago."""
         cutoff = self.clock() - retention
-        idle_cutoff = cutoff - self.settings.idle_timeout
+        idle_cutoff = cutoff - idle_after(self.settings.idle_timeout)
         result = self.dbsession.execute(
             UserSession.__table__.delete().where(
                 (UserSession.ended_at < cutoff)

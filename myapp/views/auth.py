@@ -123,6 +123,8 @@ def _chooser(request, next_path: str) -> Response:
 @view_config(route_name="auth_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 @view_config(route_name="auth_provider_callback", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def callback(request):
+    if request.method == "HEAD":
+        return Response(status=200)  # completing a sign-in changes state: only a GET does it
     if not request.services.callback_rate_limiter.allow(request.remote_addr or ""):
         return error_page(
             request, 429, "Too many sign-in attempts", "Please wait a minute before trying again.",

@@ -6,9 +6,10 @@ import pytest
 from pyramid.authorization import ACLHelper, Authenticated, Everyone
 from pyramid.interfaces import IRoutesMapper
 from pyramid.testing import DummyRequest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from myapp.models import Post
+from myapp.models import Post, UserSession
+from myapp.models.meta import utcnow
 from myapp.resources import Permission, Root
 
 
@@ -24,6 +25,19 @@ def test_security_headers_on_every_response(browser):
         assert headers["Strict-Transport-Security"].startswith("max-age=")
 
 
+def test_the_server_answers_with_hsts_itself_when_the_cookie_is_secure(app, make_app):
+    """What waitress answers on its own (a request it cannot read) carries HSTS as the app's
+    answers do (myapp.server reads it from the registry)."""
+    from myapp.headers import HSTS, SERVER_ANSWER, SERVER_HEADERS
+
+    assert app.registry[SERVER_HEADERS] == (*SERVER_ANSWER, HSTS)
+    plain = make_app(**{
+        "myapp.environment": "development", "myapp.session.cookie_secure": "false",
+        "myapp.session.cookie_name": "session", "myapp.public_url": "http://127.0.0.1:6543",
+    })
+    assert plain.registry[SERVER_HEADERS] == SERVER_ANSWER
+
+
 def test_form_action_allows_the_provider_for_rp_initiated_logout(browser):
     csp = browser.get("/").headers["Content-Security-Policy"]
     assert "form-action 'self' https://idp.example.test" in csp
@@ -36,6 +50,27 @@ def test_pages_are_not_cached_static_files_are(browser, alice, sign_in):
     static = browser.get("/static/app.css")
     assert "max-age=31536000" in static.headers["Cache-Control"]
     assert "Vary" not in static.headers or "Cookie" not in static.headers["Vary"]
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/static/nope", 404), ("HEAD", "/static/nope", 404), ("GET", "/static/app.css/x", 404),
+    ("POST", "/static/app.css", 400),
+])
+def test_an_error_page_under_static_is_a_page(browser, alice, sign_in, method, path, status):
+    """It shows who is signed in, and their CSRF token: never kept by a cache, however the
+    deployment caches /static/ (helper-36)."""
+    sign_in(browser, alice)
+    response = {"GET": browser.get, "HEAD": browser.head, "POST": browser.post}[method](path, status=status)
+    assert response.headers["Cache-Control"] == "no-store" and "Cookie" in response.headers["Vary"]
+    if method == "GET" and status == 404:
+        assert "Alice" in response.text
+
+
+def test_a_file_answer_that_clears_a_dead_cookie_is_not_kept(browser, alice, sign_in, dbsession):
+    _, row = sign_in(browser, alice)
+    dbsession.execute(update(UserSession).where(UserSession.id == row.id).values(ended_at=utcnow(), end_reason="logout"))
+    response = browser.get("/static/nope", status=404)
+    assert "Max-Age=0" in response.headers["Set-Cookie"] and response.headers["Cache-Control"] == "no-store"
 
 
 def test_static_urls_are_fingerprinted(browser):

@@ -500,6 +500,13 @@ def test_no_store_is_added_when_the_upstream_sets_no_cache_control(signed_in, up
     assert api(signed_in(), "GET", "/api/up/x", status=200).headers["Cache-Control"] == "private, max-age=60"
 
 
+@pytest.mark.parametrize("values", [[""], [" "], ["", ""]])
+def test_an_empty_cache_control_from_the_upstream_is_none(signed_in, upstream, values):
+    """It says nothing, so a cache may keep the answer by its own rules: no-store, as for none (helper-37)."""
+    upstream.headers = [("Content-Type", "application/json"), *(("Cache-Control", value) for value in values)]
+    assert api(signed_in(), "GET", "/api/up/x", status=200).headers.getall("Cache-Control") == ["no-store"]
+
+
 def test_redirects_are_passed_back_not_followed(signed_in, upstream):
     upstream.status = "302 Found"
     upstream.headers = [("Location", upstream.url + "/elsewhere"), ("Content-Type", "text/plain")]

@@ -139,6 +139,22 @@ def test_what_the_server_answers_itself_is_hardened_and_in_the_callers_language(
     assert app.seen == []
 
 
+def test_what_the_server_answers_itself_carries_the_headers_the_app_registered(app):
+    """HSTS when the app's cookie is Secure: on the server's own answers as on the app's
+    (headers.includeme registers them; helper-36)."""
+    from myapp.headers import HSTS, SERVER_ANSWER, SERVER_HEADERS
+
+    hsts = b"%s: %s" % (HSTS[0].encode(), HSTS[1].encode())
+    with serve(app, create_server=create_server, channel_timeout=2) as url:
+        head, _ = head_and_body(exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"))
+    assert head[0].startswith(b"HTTP/1.1 400") and hsts not in head
+    app.registry = {SERVER_HEADERS: (*SERVER_ANSWER, HSTS)}
+    with serve(app, create_server=create_server, channel_timeout=2) as url:
+        head, _ = head_and_body(exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"))
+    assert head[0].startswith(b"HTTP/1.1 400") and hsts in head and all(header in head for header in HARDENING)
+    assert app.seen == []
+
+
 def test_a_blank_line_before_the_request_line_leaves_the_answer_in_the_callers_language(url):
     """RFC 9112 section 2.2: a server skips blank lines before a request line (a client may send
     one after a request). Arriving on its own, it must not stand for the request line."""

@@ -393,6 +393,18 @@ def test_head_login_starts_nothing(browser, dbsession):
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
 
 
+def test_head_on_the_callback_completes_nothing(browser, provider, dbsession):
+    """No HEAD changes state: the sign-in stays open for the GET, which completes it (helper-36)."""
+    _, query = start_login(browser, "/posts")
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    params = {"code": code, "state": query["state"], "iss": provider.issuer}
+    response = browser.head("/auth/callback", params=params, status=200)
+    assert "Set-Cookie" not in response.headers and session_count(dbsession) == 0
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 1
+    assert browser.get("/auth/callback", params=params, status=303).location.endswith("/posts")
+    assert session_count(dbsession) == 1
+
+
 def test_oversized_callback_parameters(app, browser, dbsession):
     browser.get("/auth/callback", params={"state": "x" * 5000, "code": "y"}, status=400)
     assert failures(dbsession) == [] and refusals(app, "parameter_too_long") == 1

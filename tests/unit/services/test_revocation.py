@@ -182,3 +182,12 @@ def test_sessions_past_their_time_are_ended_and_their_tokens_queued(revoker, sto
     assert reasons == {live.id: None, idle.id: EndReason.IDLE, expiring.id: EndReason.EXPIRED}
     assert sorted(cipher.decrypt(p.token) for p in queued(dbsession)) == ["rt-expired", "rt-idle"]
     assert revoker.end_expired_sessions() == 0
+
+
+def test_a_session_is_not_ended_as_idle_within_the_minute_its_use_may_not_be_written(revoker, store, user, clock):
+    """The sweep ends a session as the request would find it: idle a minute after the timeout."""
+    store.create(user=user)
+    clock.advance(SETTINGS.idle_timeout + timedelta(seconds=59))
+    assert revoker.end_expired_sessions() == 0
+    clock.advance(timedelta(seconds=1))
+    assert revoker.end_expired_sessions() == 1

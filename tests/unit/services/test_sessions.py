@@ -1,5 +1,6 @@
 import contextlib
 import hashlib
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -128,10 +129,38 @@ def test_live_session_has_no_dead_reason(store, user):
 
 
 def test_idle_timeout(store, user, clock):
+    """Idle once unused for the timeout after the minute in which a use is not recorded."""
     raw_id, row = store.create(user=user)
-    clock.advance(minutes=59)
+    clock.advance(minutes=60, seconds=59)
     assert store.dead_reason(store.find(raw_id)) is None
-    clock.advance(minutes=2)
+    clock.advance(seconds=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_use_that_is_not_written_still_keeps_the_session(dbsession, cipher, clock, user):
+    """At the shortest idle timeout, a minute, a session used every 20 s stays live, though at
+    most one use a minute is written; it ends a timeout after its last use, or within a minute
+    more. It used to end a minute after each write, however busy."""
+    store = SessionStore(
+        dbsession=dbsession, cipher=cipher, settings=replace(SETTINGS, idle_timeout=timedelta(minutes=1)), clock=clock
+    )
+    raw_id, _ = store.create(user=user)
+    written = []
+    for _ in range(12):
+        clock.advance(seconds=20)
+        session = store.find(raw_id)
+        assert store.dead_reason(session) is None
+        if store.touch(session) is not session:
+            written.append(clock.now)
+    assert [b - a for a, b in zip(written, written[1:])] == [timedelta(minutes=1)] * 3
+    clock.advance(seconds=20)  # a use, not written: it was written 20 s ago
+    last_use = clock.now
+    assert store.touch(store.find(raw_id)).last_seen_at == written[-1]
+    assert store.idle_expires_at(store.find(raw_id)) == written[-1] + timedelta(minutes=2)
+    clock.advance(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None  # a timeout after its last use: not yet
+    clock.now = written[-1] + timedelta(minutes=2)
+    assert timedelta(minutes=1) <= clock.now - last_use <= timedelta(minutes=2)
     assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
 
 
