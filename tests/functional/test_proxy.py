@@ -776,6 +776,18 @@ def test_provider_down_keeps_the_session(signed_in, upstream, provider, dbsessio
     assert api(browser, "GET", "/api/up/x", status=200)
 
 
+@pytest.mark.parametrize("answer", [{"refresh_token": 5}, {"refresh_token": ["rt"]}, {"id_token": 7}])
+def test_a_refresh_answer_with_a_token_that_is_not_a_string_keeps_the_session(signed_in, upstream, provider, dbsession, answer):
+    """It used to be a 500 on every call, each spending a refresh token (helper-38)."""
+    provider.token_response = lambda form: (200, {"access_token": "at-new", "token_type": "Bearer", **answer})
+    browser = signed_in(expires_in=0)
+    assert api(browser, "GET", "/api/up/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    assert dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all() == [
+        "token_response_invalid"
+    ]
+
+
 def test_refreshed_id_token_for_another_user_ends_the_session(signed_in, upstream, provider, dbsession):
     provider.id_token_claims = {"sub": "mallory"}
     browser = signed_in(expires_in=0)

@@ -298,6 +298,9 @@ class OIDCClient:
         if not TOKEN68.fullmatch(token["access_token"]):
             # It goes into an Authorization header (and a proof's ath): RFC 6750's b64token only.
             raise OIDCError("token_response_invalid", "The provider's access token has characters no header may carry.")
+        for name, what in (("refresh_token", "refresh token"), ("id_token", "ID token")):
+            if token.get(name) is not None and not isinstance(token[name], str):
+                raise OIDCError("token_response_invalid", f"The provider's {what} is not a string.")
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None
         if token_type == "bearer":
@@ -420,10 +423,13 @@ class OIDCClient:
 
     def form_action_origins(self) -> set[str]:
         """Where this app's forms may end up at this provider: its issuer (sign-in) and, once
-        discovery has been read, its end-session endpoint (sign-out). Never fetches."""
+        discovery has been read, its end-session endpoint (sign-out). Never waits for the
+        provider: discovery not read yet is read on a thread of its own, for the next page."""
         origins = {origin(self.settings.issuer)}
         metadata = self.documents.cached_metadata
-        if metadata is not None and metadata.end_session_endpoint is not None:
+        if metadata is None:
+            self.documents.read_soon()
+        elif metadata.end_session_endpoint is not None:
             origins.add(origin(metadata.end_session_endpoint))
         return origins
 

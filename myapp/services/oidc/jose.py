@@ -85,6 +85,8 @@ class TokenValidator:
     def _verification_key(self, header: dict, alg: str):
         if alg in HMAC_ALGORITHMS:
             # OIDC Core 10.1: an HMAC token is keyed with the client secret, never with public material.
+            if not self.client_secret:  # private_key_jwt, tls_client_auth, a public client
+                raise OIDCError("bad_algorithm", f"The token is signed with {alg}, which needs a client secret, and this client has none.")
             return OctKey.import_key(self.client_secret.encode("utf-8"))
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):

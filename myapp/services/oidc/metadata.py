@@ -27,6 +27,9 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 DISCOVERY_TTL = 3600.0
 JWKS_REFETCH_INTERVAL = 60.0
+# How often a process that has not read discovery yet tries to, on a thread of its own, for
+# what its pages must name before anyone signs in through it (read_soon).
+READ_AHEAD_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,13 @@ class ProviderDocuments:
         self.http = http
         self.monotonic = monotonic
         self._lock = threading.Lock()
+        self._read_ahead_lock = threading.Lock()
         self._metadata: ProviderMetadata | None = None
         self._metadata_fetched_at = 0.0
         self._keys: list | None = None
         self._keys_uri: str | None = None
         self._last_key_refetch = float("-inf")
+        self._read_ahead_at = float("-inf")
 
     @contextlib.contextmanager
     def _documents(self) -> Iterator[None]:
@@ -130,6 +135,25 @@ class ProviderDocuments:
     def cached_metadata(self) -> ProviderMetadata | None:
         """The discovery document if it has been read (never fetches)."""
         return self._metadata
+
+    def read_soon(self) -> None:
+        """Read discovery on a thread of its own, unless it has been read, or tried in the last
+        ``READ_AHEAD_INTERVAL`` seconds. For what a page must know without waiting for the
+        provider: a process that has just started serves pages to sessions signed in through
+        another, and their sign-out form's redirect needs the end-session endpoint's origin in
+        the page's ``form-action``."""
+        now = self.monotonic()
+        with self._read_ahead_lock:
+            if self._metadata is not None or now - self._read_ahead_at < READ_AHEAD_INTERVAL:
+                return
+            self._read_ahead_at = now
+        threading.Thread(target=self._read_ahead, name="myapp-discovery", daemon=True).start()
+
+    def _read_ahead(self) -> None:
+        try:
+            self.metadata()
+        except Exception as e:  # logged; the next page tries again after the interval
+            log.warning("discovery not read ahead for %s: %s", self.issuer, e)
 
     def metadata(self) -> ProviderMetadata:
         """The provider's discovery document, fetched once and refreshed hourly."""

@@ -115,6 +115,18 @@ def test_every_call_authenticates_with_a_fresh_assertion(make_app, provider, key
     assert "client_secret" not in form and "HTTP_AUTHORIZATION" not in headers
 
 
+def test_an_hmac_logout_token_to_a_client_without_a_secret_is_a_400(make_app, provider, keys):
+    """Anyone may post a logout token: one signed HS256, when the provider advertises it, was a
+    500 for a client that has no secret to check it with (helper-38)."""
+    from joserfc.jwk import OctKey
+
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["RS256", "HS256"]
+    app = key_app(make_app, keys)
+    token = provider.sign(provider.logout_claims(), key=OctKey.import_key(b"guessed-by-anyone-who-posts-one"), alg="HS256")
+    response = Browser(app).post("/auth/backchannel-logout", {"logout_token": token}, status=400)
+    assert response.json["error"] == "invalid_request"
+
+
 def test_the_assertion_audience_may_be_the_token_endpoint(make_app, provider, keys, dbsession):
     app = key_app(make_app, keys, **{"myapp.oidc.client_assertion_audience": "token_endpoint"})
     register(provider, app)

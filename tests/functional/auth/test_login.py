@@ -333,6 +333,7 @@ def test_badly_signed_id_token(browser, provider, dbsession):
         ((200, "this is not json"), "token_endpoint_error", 400),
         ((400, {"error": "invalid_grant"}), "token_error:invalid_grant", 400),
         ((200, {"access_token": "at", "token_type": "Bearer"}), "missing_id_token", 400),
+        ((200, {"access_token": "at", "token_type": "Bearer", "refresh_token": 5}), "token_response_invalid", 400),
     ],
 )
 def test_token_endpoint_failures(browser, provider, dbsession, response, reason, status):

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from myapp.models import AuditEvent, UserSession
+from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import (
     csrf_of,
@@ -112,4 +113,21 @@ def test_logout_form_may_redirect_to_a_logout_endpoint_on_another_origin(make_ap
     assert "https://logout.example.test" not in browser.get("/").headers["Content-Security-Policy"]
     sign_in(browser, provider)
     csp = browser.get("/").headers["Content-Security-Policy"]
+    assert "https://logout.example.test" in csp.split("form-action")[1].split(";")[0]
+
+
+def test_a_process_that_has_not_read_discovery_reads_it_ahead_for_the_sign_out_form(make_app, provider):
+    """A session signed in through another process (or before a restart): its pages' sign-out
+    form redirects to the end-session endpoint, whose origin the next page names (helper-38;
+    it stayed out until something in this process happened to read discovery)."""
+    provider.metadata_overrides["end_session_endpoint"] = "https://logout.example.test/end"
+    browser = Browser(make_app())
+    sign_in(browser, provider)
+    browser.app = restarted = make_app()
+    assert "Alice" in browser.get("/").text  # without waiting for the provider: read on a thread
+    deadline = time.monotonic() + 10
+    while restarted.registry[Services].providers.first.documents.cached_metadata is None:
+        assert time.monotonic() < deadline, "discovery was not read ahead"
+        time.sleep(0.02)
+    csp = browser.get("/account/sessions").headers["Content-Security-Policy"]
     assert "https://logout.example.test" in csp.split("form-action")[1].split(";")[0]

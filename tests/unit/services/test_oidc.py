@@ -4,6 +4,7 @@ Each test breaks exactly one rule; the same token with that rule intact is accep
 ``test_a_valid_id_token_is_accepted``), so a removed check makes its test fail.
 """
 
+import threading
 import time
 from types import MappingProxyType
 
@@ -212,6 +213,18 @@ def test_hs256_with_the_client_secret_when_advertised(client, provider):
     assert client.validate_id_token(token, nonce=NONCE)
 
 
+def test_hs256_without_a_client_secret(provider, clock):
+    """A client that authenticates with keys has no secret to check HMAC with: a refusal, not a
+    500 (joserfc refuses an empty key; helper-38)."""
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = ["RS256", "HS256"]
+    client = make_client(provider, clock, client_secret="")
+    token = provider.sign(provider.claims(nonce=NONCE), key=OctKey.import_key(b"guessed-by-anyone-who-posts-one"), alg="HS256")
+    rejects(client, token, "bad_algorithm")
+    with pytest.raises(OIDCError) as info:
+        client.validate_logout_token(provider.sign(provider.logout_claims(), key=OctKey.import_key(b"guessed-by-anyone-who-posts-one"), alg="HS256"))
+    assert info.value.reason == "bad_algorithm"
+
+
 def test_algorithm_not_advertised(client, provider):
     ec = ECKey.generate_key("P-256", parameters={"kid": "ec-1"})
     provider.published_keys = [provider.key, ec]
@@ -344,6 +357,35 @@ def test_discovery_unreachable(provider, clock):
         client.metadata()
 
 
+def test_discovery_is_read_ahead_on_a_thread_at_most_every_interval(client, provider, clock, caplog):
+    """What a page's form-action needs, without waiting for the provider: read on a thread,
+    tried again after READ_AHEAD_INTERVAL when the provider did not answer, never once read."""
+    from myapp.services.oidc.metadata import READ_AHEAD_INTERVAL
+
+    def reads():
+        return len([p for p, _, _ in provider.requests if p.endswith("/openid-configuration")])
+
+    def settled():
+        for thread in [t for t in threading.enumerate() if t.name == "myapp-discovery"]:
+            thread.join(5)
+
+    provider.discovery_status = 500
+    assert client.form_action_origins() == {provider.issuer}  # the issuer (an origin here): not waiting
+    settled()
+    client.form_action_origins()  # within the interval: not again
+    settled()
+    assert reads() == 1 and "discovery not read ahead" in caplog.text
+    provider.discovery_status = 200
+    clock.advance(READ_AHEAD_INTERVAL)
+    client.form_action_origins()
+    settled()
+    assert reads() == 2 and client.documents.cached_metadata is not None
+    clock.advance(READ_AHEAD_INTERVAL)
+    client.form_action_origins()  # read: nothing more
+    settled()
+    assert reads() == 2
+
+
 def test_discovery_error_status(client, provider):
     provider.discovery_status = 500
     with pytest.raises(ProviderUnavailable):
@@ -407,7 +449,14 @@ def test_token_endpoint_hang(provider, clock):
 
 @pytest.mark.parametrize(
     "body",
-    [{"token_type": "Bearer"}, {"access_token": "", "token_type": "Bearer"}, {"access_token": "x", "token_type": "mac"}, {"access_token": "x"}],
+    [
+        {"token_type": "Bearer"}, {"access_token": "", "token_type": "Bearer"}, {"access_token": "x", "token_type": "mac"},
+        {"access_token": "x"},
+        # helper-38: a refresh token that is not a string failed later, as a 500
+        {"access_token": "x", "token_type": "Bearer", "refresh_token": 5},
+        {"access_token": "x", "token_type": "Bearer", "refresh_token": ["rt"]},
+        {"access_token": "x", "token_type": "Bearer", "id_token": {"sub": "x"}},
+    ],
 )
 def test_token_response_without_a_bearer_access_token(client, provider, body):
     provider.token_response = lambda form: (200, body)
