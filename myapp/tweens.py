@@ -10,6 +10,7 @@ from myapp.errors import ErrorCode, json_error, outage_errors
 from myapp.request import is_utf8
 from myapp.routes import API_PREFIX, is_json_request
 from myapp.services import Services
+from myapp.services.proxy import PATH_NOT_ALLOWED
 
 log = logging.getLogger(__name__)
 BAD_ADDRESS = "The address is not valid UTF-8."
@@ -44,6 +45,10 @@ def unreadable_request_tween_factory(handler, registry):
             not path.startswith(API_PREFIX) and not _decodes(environ.get("QUERY_STRING", ""), query=True)
         ):
             return _bad_request(request, BAD_ADDRESS)
+        if "\n" in path and path.startswith(API_PREFIX):
+            # A route's "*subpath" stops at a line feed, and the path would match no route: 404
+            # unknown_upstream for an upstream that exists. The proxy refuses it anyway.
+            return json_error(400, ErrorCode.BAD_PATH, PATH_NOT_ALLOWED)
         try:
             return handler(request)
         finally:

@@ -8,7 +8,8 @@ through several layers, then http.client parses the answer's headers with the em
 Here the request is one ``bytes`` (every name and value checked once), and the answer's framing
 (status line, headers, Content-Length, chunks, 1xx) is llhttp's, in C and strict: no lenient
 mode is turned on, so a framing urllib3 would have guessed at (conflicting lengths, a bare CR or
-LF, Content-Length with Transfer-Encoding) is refused.
+LF, Content-Length with Transfer-Encoding) is refused, and so is a transfer coding other than
+chunked alone (llhttp takes chunks off, nothing here would take a gzip off).
 
 What is ours is the connection's life: a connection goes back to its pool only after a complete
 answer that keeps it alive; one found closed or readable while idle is dropped; and a kept-alive
@@ -326,7 +327,12 @@ class Response:
             # The same for a 204 or 304 that names a body's framing: by the rules it has no body,
             # and llhttp ends it with its head; an upstream that sends one anyway may send it late.
             self._keep_alive = False
-        chunked = b"transfer-encoding" in names and self._last_coding_is_chunked()
+        chunked = b"transfer-encoding" in names
+        if chunked and self._codings() != [b"chunked"]:
+            # "gzip, chunked", "gzip": llhttp takes the chunks off, not the gzip, and the browser
+            # would get compressed bytes as the content, with nothing saying so.
+            self._refused = "a transfer coding other than chunked"
+            return
         self._until_close = status not in (204, 304) and b"content-length" not in names and not chunked
 
     def on_body(self, data: bytes) -> None:
@@ -346,9 +352,9 @@ class Response:
         if self._head_done:
             self._complete = True
 
-    def _last_coding_is_chunked(self) -> bool:
+    def _codings(self) -> list[bytes]:
         codings = b",".join(v for n, v in self._raw_headers if n.lower() == b"transfer-encoding")
-        return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        return [coding.strip().lower() for coding in codings.split(b",") if coding.strip()]
 
     def begin(self) -> None:
         if self._within is not None:

@@ -301,10 +301,16 @@ def _parent(segment: str) -> bool:
 
 # Visible ASCII but "#": RFC 3986's query characters, and the %-escapes of any others.
 _SENDABLE_QUERY = re.compile(r"[!-\"$-~]*\Z")
+# A "%" that starts no escape ("100%", "%zz"): sent as "%25", what a lenient reader takes it for.
+# Left as it is, the pool would escape every "%" of the query, "%2B" as "%252B", changing the rest.
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+PATH_NOT_ALLOWED = "This path is not allowed."
 
 
 def _bad_path():
-    return APIError(400, ErrorCode.BAD_PATH, "This path is not allowed.")
+    return APIError(400, ErrorCode.BAD_PATH, PATH_NOT_ALLOWED)
 
 
 class Proxy:
@@ -354,6 +360,8 @@ class Proxy:
             # Passed on as it came, %-escapes and all (whatever they encode); only what cannot go
             # into a request line, or would end it early, is refused.
             query = _escaped_beyond_ascii(query)
+            if "%" in query:
+                query = _LONE_PERCENT.sub("%25", query)
             if not _SENDABLE_QUERY.match(query):
                 raise APIError(400, ErrorCode.BAD_REQUEST, "This query string cannot be passed on.")
             below += "?" + query

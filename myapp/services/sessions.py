@@ -283,9 +283,19 @@ class SessionRows:
             columns["dpop_key"] = self.cipher.encrypt(tokens.dpop_key)
         return columns
 
-    def write_tokens(self, session_id: int, tokens: TokenSet, *, expected_generation: int) -> bool:
+    def write_tokens(
+        self, session_id: int, tokens: TokenSet, *, expected_generation: int, new_access_token: bool = True
+    ) -> bool:
         """Store refreshed tokens, only into a live session still at ``expected_generation`` (the
-        one the refresh started from); False when it has ended or moved on meanwhile."""
+        one the refresh started from); False when it has ended or moved on meanwhile.
+
+        ``refreshed_at`` is when the session's own access token was minted (an upstream's 401 on
+        it within 30 s is passed back, not refreshed again): ``new_access_token=False`` for a
+        refresh token rotated while minting an upstream's own token, which leaves it as it was.
+        """
+        values = {**self.token_columns(tokens), "token_generation": expected_generation + 1}
+        if new_access_token:
+            values["refreshed_at"] = self.clock()
         stored = self.dbsession.execute(
             update(UserSession)
             .where(
@@ -293,7 +303,7 @@ class SessionRows:
                 UserSession.ended_at.is_(None),
                 UserSession.token_generation == expected_generation,
             )
-            .values(**self.token_columns(tokens), token_generation=expected_generation + 1, refreshed_at=self.clock())
+            .values(**values)
             .execution_options(synchronize_session=False)
         ).rowcount
         return stored == 1

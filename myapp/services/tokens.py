@@ -436,7 +436,10 @@ class TokenManager:
         if not upstream.exchange and isinstance(rotated, str) and rotated and rotated != own.refresh_token:
             # A rotating provider spent the session's refresh token: its successor is stored now,
             # under this lock, and the session's own access and ID tokens stay as they are.
-            if not rows.write_tokens(session.id, replace(own, refresh_token=rotated), expected_generation=session.token_generation):
+            if not rows.write_tokens(
+                session.id, replace(own, refresh_token=rotated), expected_generation=session.token_generation,
+                new_access_token=False,
+            ):
                 rows.revoke_later(session.user_issuer, TokenSet(refresh_token=rotated))
                 return LoginRequired()
         rows.write_upstream_token(session.id, upstream.name, minted)

@@ -80,6 +80,19 @@ def test_a_query_passes_through_whatever_its_escapes_encode(signed_in, upstream)
     assert upstream.seen[-1]["uri"] == "/base/items?q=caf%C3%A9&r=%E9"
 
 
+@pytest.mark.parametrize("query, sent", [
+    ("a=100%&b=%2B", "a=100%25&b=%2B"),
+    ("a=%zz&b=%41", "a=%25zz&b=%41"),
+    ("a=%&b=%e2%82%ac", "a=%25&b=%E2%82%AC"),
+    ("a=%2", "a=%252"),
+])
+def test_a_percent_that_starts_no_escape_leaves_the_rest_of_the_query_as_it_came(signed_in, upstream, query, sent):
+    """Sent as %25, what a lenient reader takes it for; the pool used to escape every % of the
+    query then, so that b=%2B reached the upstream as the text '%2B' (helper-37)."""
+    call_with_query(signed_in(), query, status=200)
+    assert upstream.seen[-1]["uri"] == "/base/items?" + sent
+
+
 def test_a_path_whose_escapes_are_not_utf8_is_refused_before_it_reaches_the_upstream(
     signed_in, upstream, proxy_app
 ):
@@ -579,6 +592,9 @@ def test_upstream_errors_pass_through(signed_in, upstream):
         "/api/up/.;/admin",
         "/api/up/a;jsessionid=x",
         "/api/up/%253b",
+        # helper-37: a decoded newline matched no route, and answered 404 unknown_upstream
+        "/api/up/a%0ab",
+        "/api/up/x%0d%0aInjected:%20yes",
     ],
 )
 def test_path_escapes_are_refused(signed_in, upstream, path):

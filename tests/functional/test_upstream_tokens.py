@@ -100,6 +100,19 @@ def test_a_401_gets_a_new_upstream_token_and_one_retry(app, signed_in, upstream,
     assert len(provider.token_forms) == 1
 
 
+def test_minting_an_upstreams_token_leaves_the_sessions_own_401_retry_alone(app, signed_in, upstream, provider):
+    """Rotating the refresh token while minting graph's token is not a refresh of the session's
+    own access token: its 401 still gets one refresh and one retry (helper-37; it was passed back
+    for 30 s)."""
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    assert provider.refresh_uses[0] == "rt-1" and tokens_of(signed_in.store, browser).refresh_token != "rt-1"
+    upstream.refuse_tokens.add("at-1")
+    api(browser, "GET", "/api/plain/x", status=200)
+    assert token_seen(upstream, -2) == "at-1" and token_seen(upstream) != "at-1"
+    assert len(provider.token_forms) == 2 and provider.reuse_detected == 0
+
+
 def test_token_exchange_sends_the_exchanged_token_never_the_sessions(app, signed_in, upstream, provider):
     provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
     browser = signed_in(app=app)

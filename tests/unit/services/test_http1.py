@@ -367,6 +367,11 @@ def test_informational_answers_are_skipped(upstream, pools):
         (b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok", "a status of 0"),
         # A body on an informational answer must not become part of the final one.
         (b"HTTP/1.1 150 Odd\r\nContent-Length: 9\r\n\r\n<script>1" + OK, "informational answer with a body"),
+        # helper-37: the chunks came off, the gzip did not, and nothing said the body was compressed.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "other than chunked"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+         "other than chunked"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok", "other than chunked"),
     ],
 )
 def test_an_answer_whose_framing_cannot_be_trusted_is_broken(upstream, pools, raw, why):
