@@ -102,7 +102,8 @@ class OIDCSettings:
     redirect_uri: str
     post_logout_redirect_uri: str
     authorize_params: Mapping[str, str]
-    groups_claim: str
+    # None: no groups from this provider (``groups_claim = none``), whatever its tokens say.
+    groups_claim: str | None
     fetch_userinfo: bool
     http_timeout: float
     # private_key_jwt (RFC 7523): PEM private keys, the first signs; the first key's certificate.
@@ -567,6 +568,13 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
     return providers
 
 
+def _groups_claim(value: str) -> str | None:
+    """The claim naming a user's groups, or None for ``none``: a provider trusted to sign people
+    in but not with this site's groups (its users have none). A claim's name would not do: the
+    provider writes its own tokens, and could fill whatever claim was named."""
+    return None if value.lower() == "none" else value
+
+
 def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public_url: str) -> OIDCSettings:
     callback_path = "/auth/callback" if name == DEFAULT_PROVIDER else f"/auth/callback/{name}"
     auth_method = reader.choice(prefix + "token_endpoint_auth_method", "client_secret_basic", CLIENT_AUTH_METHODS)
@@ -601,7 +609,7 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         redirect_uri=redirect_uri,
         post_logout_redirect_uri=reader.url(prefix + "post_logout_redirect_uri", public_url + "/"),
         authorize_params=MappingProxyType(authorize_params),
-        groups_claim=reader.string(prefix + "groups_claim", "groups"),
+        groups_claim=_groups_claim(reader.string(prefix + "groups_claim", "groups")),
         fetch_userinfo=reader.boolean(prefix + "fetch_userinfo", True),
         http_timeout=reader.seconds(prefix + "http_timeout", 10),
         client_keys=client_keys,

@@ -328,9 +328,11 @@ class Response:
             # and llhttp ends it with its head; an upstream that sends one anyway may send it late.
             self._keep_alive = False
         chunked = b"transfer-encoding" in names
-        if chunked and self._codings() != [b"chunked"]:
+        bodied = not self._head_only and status not in (204, 304)
+        if chunked and bodied and self._codings() != [b"chunked"]:
             # "gzip, chunked", "gzip": llhttp takes the chunks off, not the gzip, and the browser
-            # would get compressed bytes as the content, with nothing saying so.
+            # would get compressed bytes as the content, with nothing saying so. ("chunked,": an
+            # empty element, which llhttp reads as not chunked.)
             self._refused = "a transfer coding other than chunked"
             return
         self._until_close = status not in (204, 304) and b"content-length" not in names and not chunked
@@ -354,7 +356,7 @@ class Response:
 
     def _codings(self) -> list[bytes]:
         codings = b",".join(v for n, v in self._raw_headers if n.lower() == b"transfer-encoding")
-        return [coding.strip().lower() for coding in codings.split(b",") if coding.strip()]
+        return [coding.strip().lower() for coding in codings.split(b",")]
 
     def begin(self) -> None:
         if self._within is not None:

@@ -336,7 +336,8 @@ class LoginService:
         user = self.dbsession.scalars(select(User).where(User.issuer == issuer, User.subject == claims["sub"])).one()
         user.name = _text(claims.get("name")) or _text(claims.get("preferred_username")) or _text(claims.get("email")) or ""
         user.email = _text(claims.get("email"), 320) or None
-        user.groups = groups_from(claims.get(client.settings.groups_claim))
+        claim = client.settings.groups_claim
+        user.groups = groups_from(claims.get(claim)) if claim is not None else []
         user.last_login_at = self.clock()
         self.dbsession.flush()
         return user

@@ -192,9 +192,6 @@ class SessionRecord:
         values["amr"] = _json_list(values["amr"])
         return cls(**values)
 
-    def is_idle(self, now: datetime, idle_timeout: timedelta) -> bool:
-        return now >= self.last_seen_at + idle_after(idle_timeout)
-
 
 def _json_list(text) -> tuple[str, ...]:
     if not text:
@@ -454,6 +451,7 @@ class SessionStore:
         self._dbsession = dbsession
         self.cipher = cipher
         self.settings = settings
+        self.idle_after = idle_after(settings.idle_timeout)
         self.clock = clock
         self.own_transactions = own_transactions
         # The per-request lookup needs no ORM session (Database.read_row).
@@ -525,7 +523,7 @@ class SessionStore:
         return None if row is None else SessionRecord.from_columns(row)
 
     def idle_expires_at(self, session: SessionRecord) -> datetime:
-        return min(session.last_seen_at + idle_after(self.settings.idle_timeout), session.expires_at)
+        return min(session.last_seen_at + self.idle_after, session.expires_at)
 
     def dead_reason(self, session: SessionRecord) -> EndReason | str | None:
         """None while the session is live, else why it is not."""
@@ -535,7 +533,7 @@ class SessionStore:
         now = self.clock()
         if now >= session.expires_at:
             return EndReason.EXPIRED
-        if session.is_idle(now, self.settings.idle_timeout):
+        if now >= session.last_seen_at + self.idle_after:
             return EndReason.IDLE
         if session.user_disabled:
             return EndReason.REVOKED
@@ -586,7 +584,7 @@ class SessionStore:
 
     def _live_params(self, **more) -> dict:
         now = self.clock()
-        return {"now": now, "idle_since": now - idle_after(self.settings.idle_timeout), **more}
+        return {"now": now, "idle_since": now - self.idle_after, **more}
 
     def list_for_user(self, user_id: int) -> list[UserSession]:
         """A user's live sessions, most recently used first, for the sessions page."""
@@ -612,7 +610,7 @@ class SessionStore:
     def purge_expired(self, *, retention: timedelta = timedelta(days=1)) -> int:
         """Delete rows that ended or expired more than ``retention`` ago."""
         cutoff = self.clock() - retention
-        idle_cutoff = cutoff - idle_after(self.settings.idle_timeout)
+        idle_cutoff = cutoff - self.idle_after
         result = self.dbsession.execute(
             UserSession.__table__.delete().where(
                 (UserSession.ended_at < cutoff)

@@ -468,10 +468,16 @@ class TokenManager:
         return self._end(rows, session, "invalid_grant")
 
     def _check_refreshed_id_token(
-        self, client: OIDCClient, id_token: str, access_token: str, session: SessionRecord
+        self, client: OIDCClient, id_token: object, access_token: str, session: SessionRecord
     ) -> str | None:
         """None if it names this user; _UNVERIFIED if it cannot be checked right now (keep the
         new access and refresh tokens, not this ID token); otherwise why the session must end."""
+        if not isinstance(id_token, str):
+            # Not even text: no token to check. Kept out like one that cannot be checked now, with
+            # the new access and refresh tokens (a rotating provider spent the old refresh token).
+            log.warning("a refresh of session %s answered an ID token that is not a string; keeping the previous one",
+                        session.handle)
+            return _UNVERIFIED
         try:
             claims = client.validate_id_token(id_token, nonce=None, access_token=access_token)
         except ProviderUnavailable:

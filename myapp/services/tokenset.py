@@ -46,10 +46,10 @@ class TokenSet:
     ) -> "TokenSet":
         """The tokens of a token-endpoint response; a refresh without a new refresh token (or ID
         token) keeps the previous one, and the session's DPoP key."""
-        expires_in = token.get("expires_in")
+        lifetime = _lifetime(token.get("expires_in"))
         try:
-            expires_at = now + timedelta(seconds=int(expires_in)) if expires_in is not None else None
-        except (TypeError, ValueError, OverflowError):
+            expires_at = now + timedelta(seconds=lifetime) if lifetime is not None else None
+        except OverflowError:
             expires_at = None
         return cls(
             access_token=token["access_token"],
@@ -59,6 +59,19 @@ class TokenSet:
             token_type=token_type_of(token),
             dpop_key=dpop_key or (previous.dpop_key if previous else None),
         )
+
+
+def _lifetime(expires_in) -> int | None:
+    """``expires_in`` in seconds; None (unknown: the token is used until an upstream refuses it)
+    for anything but a positive number. A bool is no number, and 0 or less would have every call
+    refresh."""
+    if isinstance(expires_in, bool):
+        return None
+    try:
+        seconds = int(expires_in)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return seconds if seconds > 0 else None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ def dashboard(request):
     return {
         "posts": recent_posts_of(request, identity.user_id),
         "session_count": request.session_store.count_live_for_user(identity.user_id),
-        **_upstream_notes(request),
+        # Not for HEAD: the calls may refresh or mint tokens (a rotated refresh token), and no
+        # HEAD changes state; its answer has no body to show them in.
+        **(_upstream_notes(request) if request.method != "HEAD" else {"notes_cards": []}),
     }
 
 

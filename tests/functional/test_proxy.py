@@ -513,7 +513,7 @@ def test_no_store_is_added_when_the_upstream_sets_no_cache_control(signed_in, up
     assert api(signed_in(), "GET", "/api/up/x", status=200).headers["Cache-Control"] == "private, max-age=60"
 
 
-@pytest.mark.parametrize("values", [[""], [" "], ["", ""]])
+@pytest.mark.parametrize("values", [[""], [" "], ["", ""], [","], [" , ,"]])
 def test_an_empty_cache_control_from_the_upstream_is_none(signed_in, upstream, values):
     """It says nothing, so a cache may keep the answer by its own rules: no-store, as for none (helper-37)."""
     upstream.headers = [("Content-Type", "application/json"), *(("Cache-Control", value) for value in values)]
@@ -792,7 +792,7 @@ def test_provider_down_keeps_the_session(signed_in, upstream, provider, dbsessio
     assert api(browser, "GET", "/api/up/x", status=200)
 
 
-@pytest.mark.parametrize("answer", [{"refresh_token": 5}, {"refresh_token": ["rt"]}, {"id_token": 7}])
+@pytest.mark.parametrize("answer", [{"refresh_token": 5}, {"refresh_token": ["rt"]}])
 def test_a_refresh_answer_with_a_token_that_is_not_a_string_keeps_the_session(signed_in, upstream, provider, dbsession, answer):
     """It used to be a 500 on every call, each spending a refresh token (helper-38)."""
     provider.token_response = lambda form: (200, {"access_token": "at-new", "token_type": "Bearer", **answer})
@@ -802,6 +802,24 @@ def test_a_refresh_answer_with_a_token_that_is_not_a_string_keeps_the_session(si
     assert dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all() == [
         "token_response_invalid"
     ]
+
+
+@pytest.mark.parametrize("id_token", [7, ["x"], {"sub": "alice"}])
+def test_a_refreshed_id_token_that_is_not_a_string_is_left_out_and_the_new_tokens_kept(
+    signed_in, upstream, provider, dbsession, id_token
+):
+    """Refusing the whole answer threw away the new refresh token that a rotating provider had
+    spent the old one on (helper-39): the access and refresh tokens are kept, the ID token is the
+    one the session had."""
+    browser = signed_in(expires_in=0)
+    before = tokens_of(signed_in.store, browser)
+    provider.token_response = lambda form: (
+        200, {"access_token": "at-new", "token_type": "Bearer", "refresh_token": "rt-new", "id_token": id_token},
+    )
+    api(browser, "GET", "/api/up/x", status=200)
+    after = tokens_of(signed_in.store, browser)
+    assert (after.access_token, after.refresh_token, after.id_token) == ("at-new", "rt-new", before.id_token)
+    assert row_of(dbsession, browser).ended_at is None
 
 
 def test_refreshed_id_token_for_another_user_ends_the_session(signed_in, upstream, provider, dbsession):
@@ -851,6 +869,13 @@ def test_dashboard_refreshes_an_expired_token_first(dashboard_app, signed_in, up
     signed_in(app=dashboard_app, expires_in=0).get("/", status=200)
     assert upstream.seen[-1]["headers"]["authorization"] != "Bearer at-1"
     assert len([p for p, _, _ in provider.requests if p == "/token"]) == 1
+
+
+def test_head_on_the_dashboard_calls_no_upstream_and_refreshes_nothing(dashboard_app, signed_in, upstream, provider):
+    """No HEAD changes state: the dashboard's calls could refresh the session's tokens (helper-39)."""
+    upstream.body = b'{"notes": []}'
+    signed_in(app=dashboard_app, expires_in=0).head("/", status=200)
+    assert upstream.seen == [] and [p for p, _, _ in provider.requests if p == "/token"] == []
 
 
 def test_dashboard_survives_an_unavailable_upstream(make_proxy_app, signed_in):

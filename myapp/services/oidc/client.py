@@ -298,9 +298,8 @@ class OIDCClient:
         if not TOKEN68.fullmatch(token["access_token"]):
             # It goes into an Authorization header (and a proof's ath): RFC 6750's b64token only.
             raise OIDCError("token_response_invalid", "The provider's access token has characters no header may carry.")
-        for name, what in (("refresh_token", "refresh token"), ("id_token", "ID token")):
-            if token.get(name) is not None and not isinstance(token[name], str):
-                raise OIDCError("token_response_invalid", f"The provider's {what} is not a string.")
+        if token.get("refresh_token") is not None and not isinstance(token["refresh_token"], str):
+            raise OIDCError("token_response_invalid", "The provider's refresh token is not a string.")
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None
         if token_type == "bearer":

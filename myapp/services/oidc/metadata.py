@@ -147,12 +147,15 @@ class ProviderDocuments:
             if self._metadata is not None or now - self._read_ahead_at < READ_AHEAD_INTERVAL:
                 return
             self._read_ahead_at = now
-        threading.Thread(target=self._read_ahead, name="myapp-discovery", daemon=True).start()
+        try:
+            threading.Thread(target=self._read_ahead, name="myapp-discovery", daemon=True).start()
+        except RuntimeError as e:  # no thread to be had: the page goes out all the same
+            log.warning("discovery not read ahead for %s: %s", self.issuer, e)
 
     def _read_ahead(self) -> None:
         try:
             self.metadata()
-        except Exception as e:  # logged; the next page tries again after the interval
+        except Exception as e:  # any: a thread of its own must not end in a traceback; tried again later
             log.warning("discovery not read ahead for %s: %s", self.issuer, e)
 
     def metadata(self) -> ProviderMetadata:

@@ -86,6 +86,16 @@ def test_groups_come_from_the_configured_claim(make_app, provider, dbsession):
     assert "/admin/audit" in browser.get("/").text
 
 
+@pytest.mark.parametrize("value", ["none", "None"])
+def test_a_provider_may_be_trusted_with_no_groups(make_app, provider, dbsession, value):
+    """Whatever claim its tokens carry, "none" among them (helper-39: naming a claim it does not
+    send, as the docs once advised, let it fill that claim and make administrators)."""
+    browser = Browser(make_app(**{"myapp.oidc.groups_claim": value}))
+    sign_in(browser, provider, groups=["admins"], none=["admins"])
+    assert dbsession.scalars(select(User)).one().groups == []
+    assert "/admin/audit" not in browser.get("/").text
+
+
 def test_details_are_refreshed_at_each_login_and_users_are_keyed_by_subject(browser, provider, dbsession):
     sign_in(browser, provider)
     provider.userinfo_response = lambda token: (200, {"sub": "alice", "name": "Alice Renamed", "email": "new@example.org"})

@@ -303,6 +303,9 @@ def test_an_answer_to_head_has_no_body_whatever_its_length_says(upstream, pools)
         pytest.param("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 8\r\n\r\n", id="304 with a length"),
         pytest.param("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n", id="204 with a length"),
         pytest.param("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", id="304 chunked"),
+        # No body to decode: its codings are not refused (helper-39).
+        pytest.param("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", id="HEAD, gzip"),
+        pytest.param("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", id="304 gzip"),
     ],
 )
 def test_a_body_sent_late_after_an_answer_that_has_none_never_becomes_the_next_requests_answer(
@@ -372,6 +375,8 @@ def test_informational_answers_are_skipped(upstream, pools):
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
          "other than chunked"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok", "other than chunked"),
+        # llhttp reads "chunked," as not chunked (until the connection closes): refused, not guessed.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n", "other than chunked"),
     ],
 )
 def test_an_answer_whose_framing_cannot_be_trusted_is_broken(upstream, pools, raw, why):

@@ -1,5 +1,6 @@
 import contextlib
 import hashlib
+import itertools
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -152,7 +153,7 @@ def test_a_use_that_is_not_written_still_keeps_the_session(dbsession, cipher, cl
         assert store.dead_reason(session) is None
         if store.touch(session) is not session:
             written.append(clock.now)
-    assert [b - a for a, b in zip(written, written[1:])] == [timedelta(minutes=1)] * 3
+    assert [b - a for a, b in itertools.pairwise(written)] == [timedelta(minutes=1)] * 3
     clock.advance(seconds=20)  # a use, not written: it was written 20 s ago
     last_use = clock.now
     assert store.touch(store.find(raw_id)).last_seen_at == written[-1]

@@ -23,7 +23,8 @@ def test_a_refresh_without_new_refresh_or_id_token_keeps_the_previous_ones():
     assert tokens == TokenSet("at-2", "rt-1", "idt-1", NOW + timedelta(seconds=60))
 
 
-@pytest.mark.parametrize("expires_in", [None, "soon", [], 10**30, float("nan")])
+# True read as 1 s, and 0 or less as expired at once, had every call refresh (helper-39).
+@pytest.mark.parametrize("expires_in", [None, "soon", [], 10**30, float("nan"), True, False, 0, -60, "0", "-1"])
 def test_an_unusable_expiry_means_use_until_refused(expires_in):
     """Whatever the provider sends as expires_in, never an error: no expiry, a reactive refresh."""
     assert TokenSet.from_response({"access_token": "at", "expires_in": expires_in}, NOW).access_token_expires_at is None
