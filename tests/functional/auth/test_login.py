@@ -91,7 +91,7 @@ def test_a_provider_may_be_trusted_with_no_groups(make_app, provider, dbsession,
     """Whatever claim its tokens carry, "none" among them (helper-39: naming a claim it does not
     send, as the docs once advised, let it fill that claim and make administrators)."""
     browser = Browser(make_app(**{"myapp.oidc.groups_claim": value}))
-    sign_in(browser, provider, groups=["admins"], none=["admins"])
+    sign_in(browser, provider, groups=["admins"], **{value: ["admins"]})
     assert dbsession.scalars(select(User)).one().groups == []
     assert "/admin/audit" not in browser.get("/").text
 
