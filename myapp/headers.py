@@ -40,6 +40,8 @@ class SecurityHeaders:
         self.headers = list(FIXED)
         if session.cookie_secure:
             self.headers.append(HSTS)
+        # What the server answers itself with (registered as SERVER_HEADERS): HSTS as above.
+        self.server_answer = (*SERVER_ANSWER, HSTS) if session.cookie_secure else SERVER_ANSWER
         self._names = frozenset(name.lower() for name, _ in [*self.headers, ("Content-Security-Policy", "")])
         self._csp: dict[frozenset[str], str] = {}
 
@@ -98,5 +100,6 @@ class SecurityHeaders:
 
 def includeme(config):
     services = config.registry[Services]
-    config.registry[SERVER_HEADERS] = (*SERVER_ANSWER, HSTS) if services.settings.session.cookie_secure else SERVER_ANSWER
-    config.add_subscriber(SecurityHeaders(services.settings.session, services.providers.form_action_origins), NewResponse)
+    headers = SecurityHeaders(services.settings.session, services.providers.form_action_origins)
+    config.registry[SERVER_HEADERS] = headers.server_answer
+    config.add_subscriber(headers, NewResponse)

@@ -30,6 +30,7 @@ from myapp.settings import SessionSettings
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_HANDLE_LENGTH = 32
 TOUCH_INTERVAL = timedelta(minutes=1)
+_ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
 def idle_after(idle_timeout: timedelta) -> timedelta:
@@ -38,7 +39,6 @@ def idle_after(idle_timeout: timedelta) -> timedelta:
     of the recorded one is not written). A session in use never ends as idle; an unused one ends
     between ``idle_timeout`` and a minute more after its last use."""
     return idle_timeout + TOUCH_INTERVAL
-_ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
 class EndReason(StrEnum):
