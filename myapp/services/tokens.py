@@ -208,6 +208,8 @@ class TokenManager:
         self._upstream_tokens: dict[tuple[int, str], UpstreamToken] = {}
         # Sessions' DPoP keys by ciphertext, like the access tokens.
         self._dpop_keys: dict[bytes, DPoPKey] = {}
+        # Providers (and upstreams) already warned of tokens that live no longer than the leeway.
+        self._warned_short_lived: set[str] = set()
 
     def access_token(self, session: SessionRecord, *, upstream: str | None = None, stale: str | None = None) -> Credential:
         """The access token to send to ``upstream`` for this session: the session's own, or, for an
@@ -280,6 +282,18 @@ class TokenManager:
             rows.end(session_id, reason, revoke=False)
             return current.tokens
 
+    def _warn_if_short_lived(self, source: str, expires_at: datetime | None) -> None:
+        """Log once per process for ``source`` when a token just issued is already within the
+        refresh leeway of its expiry: every call would refresh it, a configuration mismatch."""
+        if expires_at is None or self._fresh(expires_at) or source in self._warned_short_lived:
+            return
+        self._warned_short_lived.add(source)
+        log.warning(
+            "Access tokens for %s expire within myapp.tokens.refresh_leeway (%d s) of being issued,"
+            " so every call refreshes them; set the leeway below the tokens' lifetime",
+            source, self.settings.refresh_leeway.total_seconds(),
+        )
+
     def _fresh(self, expires_at: datetime | None) -> bool:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
@@ -331,6 +345,7 @@ class TokenManager:
             self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = TokenSet.from_response(response, self.clock(), previous=previous)
+        self._warn_if_short_lived(f"provider {session.provider!r}", tokens.access_token_expires_at)
         if response.get("id_token"):
             verdict = self._check_refreshed_id_token(client, response["id_token"], tokens.access_token, session)
             if verdict == _UNVERIFIED:
@@ -432,6 +447,7 @@ class TokenManager:
         now = self.clock()
         issued = TokenSet.from_response(response, now)
         minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
+        self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)
         rotated = response.get("refresh_token")
         if not upstream.exchange and isinstance(rotated, str) and rotated and rotated != own.refresh_token:
             # A rotating provider spent the session's refresh token: its successor is stored now,

@@ -219,3 +219,25 @@ def test_the_lock_backend_unreachable_is_503_service_unavailable(make_proxy_app,
     response = api(browser, "GET", "/api/up/x", status=503)
     assert response.json["error"] == "service_unavailable" and response.headers["Retry-After"] == "5"
     assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+
+
+def test_upstream_tokens_that_live_no_longer_than_the_leeway_are_warned_of_once(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, caplog
+):
+    """The provider's tokens live 300 s: a 400 s leeway has every call mint again, which the log
+    says once, naming the upstream and the setting."""
+    url = served_upstream.url
+    app = make_proxy_app(**{
+        "myapp.upstreams": f"graph = {url}/graph\nreadonly = {url}/ro\nup = {url}/up",
+        "myapp.upstream.graph.scope": GRAPH_SCOPE,
+        "myapp.tokens.refresh_leeway": "400",
+    })
+    browser = signed_in(app=app, expires_in=3600)
+    with caplog.at_level("WARNING", logger="myapp.services.tokens"):
+        api(browser, "GET", "/api/graph/x", status=200)
+        api(browser, "GET", "/api/graph/x", status=200)
+    assert len(provider.token_forms) == 2
+    assert [r.getMessage() for r in caplog.records if "refresh_leeway" in r.getMessage()] == [
+        "Access tokens for upstream 'graph' expire within myapp.tokens.refresh_leeway (400 s) of being issued,"
+        " so every call refreshes them; set the leeway below the tokens' lifetime"
+    ]

@@ -117,6 +117,29 @@ def test_a_token_inside_the_leeway_is_refreshed(manager, provider, session_row, 
     assert stored.token_generation == 1
 
 
+def test_tokens_that_live_no_longer_than_the_leeway_are_warned_of_once(manager, provider, session_row, record, caplog):
+    provider.answer = lambda refresh_token: {"access_token": f"at-{len(provider.calls)}", "token_type": "Bearer",
+                                             "expires_in": 60}
+    row = session_row(expires_in=30)
+    with caplog.at_level("WARNING", logger="myapp.services.tokens"):
+        manager.access_token(record(row))
+        manager.access_token(record(row))
+    assert provider.calls == ["rt-old", "rt-old"]  # every call refreshes: what the warning is about
+    warnings = [r.getMessage() for r in caplog.records if "refresh_leeway" in r.getMessage()]
+    assert warnings == [
+        "Access tokens for provider 'default' expire within myapp.tokens.refresh_leeway (60 s) of being issued,"
+        " so every call refreshes them; set the leeway below the tokens' lifetime"
+    ]
+
+
+def test_tokens_that_outlive_the_leeway_are_not_warned_of(manager, provider, session_row, record, caplog):
+    row = session_row(expires_in=30)
+    with caplog.at_level("WARNING", logger="myapp.services.tokens"):
+        manager.access_token(record(row))
+    assert provider.calls == ["rt-old"]
+    assert not [r for r in caplog.records if "refresh_leeway" in r.getMessage()]
+
+
 def test_a_token_without_expiry_is_used_until_refused(manager, provider, session_row, dbsession, cipher, record):
     row = session_row()
     row.access_token_expires_at = None
