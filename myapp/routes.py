@@ -16,7 +16,8 @@ AUTH_USER_PATH = "/auth/user"
 BACKCHANNEL_LOGOUT_PATH = "/auth/backchannel-logout"
 CLIENT_JWKS_PATH = "/auth/jwks.json"
 # Paths whose callers are programs, not people: errors there are JSON, never a page or a redirect.
-JSON_PATHS = frozenset({AUTH_USER_PATH, BACKCHANNEL_LOGOUT_PATH, CLIENT_JWKS_PATH})
+# "/api" itself is a script's mistaken address for the proxy: its 404 is JSON as below it.
+JSON_PATHS = frozenset({API_PREFIX.rstrip("/"), AUTH_USER_PATH, BACKCHANNEL_LOGOUT_PATH, CLIENT_JWKS_PATH})
 
 
 def is_json_request(request) -> bool:

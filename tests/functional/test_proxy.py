@@ -623,6 +623,14 @@ def test_unknown_upstream(signed_in, upstream):
     assert api(signed_in(), "GET", "/api/nope/x", status=404).json["error"] == "unknown_upstream"
 
 
+@pytest.mark.parametrize("path", ["/api", "/api/"])
+def test_the_proxys_own_address_is_a_json_404(signed_in, upstream, path):
+    """A script that calls the proxy's root gets JSON, not the HTML page (helper-37: "/api" was)."""
+    response = api(signed_in(), "GET", path, status=404)
+    assert response.json == {"error": "unknown_upstream", "message": "There is no API at this address."}
+    assert upstream.seen == []
+
+
 def test_method_not_allowed_for_that_upstream(signed_in, upstream):
     response = api(signed_in(), "POST", "/api/readonly/x", status=405, params=b"{}")
     assert response.json["error"] == "method_not_allowed"
