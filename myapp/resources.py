@@ -77,8 +77,9 @@ class PostResource:
 class SessionResource:
     """One of a user's sessions, named by its non-secret handle."""
 
-    def __init__(self, session, parent: Root):
+    def __init__(self, session, parent: Root, *, ended: bool = False):
         self.session = session
+        self.ended = ended
         self.__name__ = session.handle
         self.__parent__ = parent
 
@@ -134,8 +135,15 @@ def post_factory(request):
 
 def session_factory(request):
     row = request.session_store.find_by_handle(request.matchdict.get("handle", ""))
-    if row is None or request.session_store.dead_reason(row) is not None:
+    if row is None:
         raise _not_found(request)
+    if request.session_store.dead_reason(row) is not None:
+        # One of the asker's own, ended already (a double click): a resource, so that revoking it
+        # again says it is signed out. Anyone else's ended session is no one's business: 404.
+        identity = request.identity
+        if identity is None or identity.user_id != row.user_id:
+            raise _not_found(request)
+        return SessionResource(row, Root(request), ended=True)
     return SessionResource(row, Root(request))
 
 

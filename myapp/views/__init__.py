@@ -20,7 +20,7 @@ SIGNED_OUT_MESSAGES = {
     EndReason.EXPIRED: "Your session reached its time limit. Sign in again to carry on.",
     EndReason.IDLE: "You were away for a while, so we signed you out to keep your account safe.",
     EndReason.REVOKED: "This session was signed out from your list of sessions.",
-    EndReason.REVOKED_BY_ADMIN: "An administrator ended your sessions.",
+    EndReason.REVOKED_BY_ADMIN: "An administrator signed you out.",
     EndReason.ENDED_ELSEWHERE: "You chose to sign out everywhere else from another device.",
     EndReason.BACKCHANNEL: "You signed out at your identity provider, so you were signed out here too.",
     EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",

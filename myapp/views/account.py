@@ -23,6 +23,12 @@ def list_sessions(request):
 def revoke_session(request):
     target = request.context.session
     identity = request.identity
+    # An administrator may end anyone's session (the root's ACL); its owner is told who did.
+    by_admin = target.user_id != identity.user_id
+    done_here = request.route_path("admin_users" if by_admin else "account_sessions", _query={"notice": "session_revoked"})
+    if request.context.ended:
+        # Already signed out (a second click, or another tab): nothing to do, and nothing to record.
+        return HTTPSeeOther(done_here)
     request.audit.record(
         AuditEventType.SESSION_REVOKED,
         user_id=target.user_id,
@@ -30,12 +36,13 @@ def revoke_session(request):
         session_handle=target.handle,
         ip_address=request.remote_addr,
     )
-    request.session_store.end(target, EndReason.REVOKED)
+    reason = EndReason.REVOKED_BY_ADMIN if by_admin else EndReason.REVOKED
+    request.session_store.end(target, reason)
     if target.id == identity.session_id:
         return HTTPSeeOther(
             request.route_path("signed_out", _query={"reason": EndReason.REVOKED}), headers=forget(request)
         )
-    return HTTPSeeOther(request.route_path("account_sessions", _query={"notice": "session_revoked"}))
+    return HTTPSeeOther(done_here)
 
 
 @view_config(

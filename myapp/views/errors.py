@@ -107,6 +107,7 @@ def forbidden(exc, request):
     request.audit.record(
         AuditEventType.ACCESS_DENIED,
         user_id=request.identity.user_id,
+        actor_id=request.identity.user_id,
         session_handle=request.identity.session_handle,
         ip_address=request.remote_addr,
         detail=f"{request.method} {request.path[:300]}" + (f" (needs {permission})" if permission else ""),
@@ -117,13 +118,44 @@ def forbidden(exc, request):
     )
 
 
+_ALLOWED_METHODS = "myapp.allowed_methods"
+
+
+def allowed_methods(registry, route_name: str) -> str | None:
+    """The ``Allow`` header of a 405 on ``route_name`` (RFC 9110): the methods its views take,
+    read once from the configuration; None when one of them takes any method."""
+    known = registry.get(_ALLOWED_METHODS)
+    if known is None:
+        views: dict[str, set[str] | None] = {}
+        for entry in registry.introspector.get_category("views"):
+            view = entry["introspectable"]
+            name, methods = view["route_name"], view["request_methods"]
+            if name is None or (name in views and views[name] is None):
+                continue
+            if methods is None:
+                views[name] = None
+                continue
+            taken = views.setdefault(name, set())
+            taken.update((methods,) if isinstance(methods, str) else methods)
+            if "GET" in taken:
+                taken.add("HEAD")  # Pyramid's request_method predicate lets HEAD through with GET
+        known = registry[_ALLOWED_METHODS] = {
+            name: ", ".join(sorted(methods)) for name, methods in views.items() if methods
+        }
+    return known.get(route_name)
+
+
 @notfound_view_config()
 def not_found(exc, request):
     if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
-        return refusal(
+        response = refusal(
             request, 405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here.", title="Not allowed",
             page=f"This address does not accept {request.method} requests.",
         )
+        allow = allowed_methods(request.registry, request.matched_route.name)
+        if allow is not None:
+            response.headers["Allow"] = allow
+        return response
     return refusal(
         request, 404, ErrorCode.UNKNOWN_UPSTREAM, "There is no API at this address.", title="Page not found",
         page="There is nothing at this address. It may have been deleted.",

@@ -92,7 +92,7 @@ def test_every_page_on_a_laptop_and_a_phone(product, open_browser):
 
     bob.get(product.url + "/posts")
     assert bob.heading() == "You have been signed out"
-    assert bob.text("[data-testid=signed-out-reason]") == "An administrator ended your sessions."
+    assert bob.text("[data-testid=signed-out-reason]") == "An administrator signed you out."
     photograph(bob, "desktop-10-signed-out")
     laptop.get(product.url + "/posts/999999")
     photograph(laptop, "desktop-11-not-found")

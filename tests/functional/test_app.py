@@ -94,10 +94,19 @@ def test_unknown_api_path_is_json_404(browser):
     assert browser.get("/api/", status=404).json["error"] == "unknown_upstream"
 
 
-def test_wrong_method_is_405(browser, alice, sign_in):
-    sign_in(browser, alice)
-    browser.delete("/posts", status=405)
-    assert browser.post("/auth/user", headers={"X-CSRF": "1"}, status=405).json["error"] == "method_not_allowed"
+def test_wrong_method_is_405_with_the_methods_allowed(browser, alice, sign_in, dbsession):
+    """RFC 9110: a 405 says what the address takes, in ``Allow`` (helper-42: none did)."""
+    _, row = sign_in(browser, alice)
+    post = Post(owner_id=alice.id, title="t", body="")
+    dbsession.add(post)
+    dbsession.flush()
+    assert browser.delete("/posts", status=405).headers["Allow"] == "GET, HEAD, POST"
+    response = browser.post("/auth/user", headers={"X-CSRF": "1"}, status=405)
+    assert response.json["error"] == "method_not_allowed" and response.headers["Allow"] == "GET, HEAD"
+    assert browser.get(f"/posts/{post.id}/delete", status=405).headers["Allow"] == "POST"
+    assert browser.put(f"/posts/{post.id}/edit", status=405).headers["Allow"] == "GET, HEAD, POST"
+    assert browser.get(f"/account/sessions/{row.handle}/revoke", status=405).headers["Allow"] == "POST"
+    assert browser.get("/logout", status=405).headers["Allow"] == "POST"
 
 
 def test_unexpected_error_is_a_500_page_without_traceback(app, browser, monkeypatch, alice, sign_in):

@@ -85,7 +85,7 @@ def test_edit_by_other_user_is_forbidden_and_audited(as_user, post, dbsession, b
     assert "You cannot do that" in page.text
     assert reload(dbsession, post).title == "Alice's post"
     denials = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied")).all()
-    assert [d.user_id for d in denials] == [bob.id, bob.id]
+    assert [(d.user_id, d.actor_id) for d in denials] == [(bob.id, bob.id), (bob.id, bob.id)]  # actor: helper-42
     assert f"POST /posts/{post.id}/edit (needs edit)" in denials[-1].detail
 
 

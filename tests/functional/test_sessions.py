@@ -164,14 +164,43 @@ def test_revoke_someone_elses_session_is_forbidden(browser, alice, bob, sign_in,
     assert session_store.dead_reason(session_store.find(bob_raw)) is None
 
 
-def test_revoke_unknown_or_ended_session_is_404(browser, alice, sign_in, session_store):
-    _, ended = session_store.create(user=alice)
-    session_store.end(ended, "logout")
+def test_revoke_unknown_or_someone_elses_ended_session_is_404(browser, alice, bob, sign_in, session_store):
+    _, bobs = session_store.create(user=bob)
+    session_store.end(bobs, "logout")
     sign_in(browser, alice)
     browser.submit("/account/sessions/no-such-handle/revoke", status=404)
-    browser.submit(f"/account/sessions/{ended.handle}/revoke", status=404)
+    browser.submit(f"/account/sessions/{bobs.handle}/revoke", status=404)
     browser.submit(f"/account/sessions/{'x' * 300}/revoke", status=404)
     browser.submit("/account/sessions/a%00b/revoke", status=404)  # PostgreSQL refuses NUL in text
+
+
+def test_revoking_one_of_my_sessions_twice_says_it_is_signed_out(browser, alice, sign_in, session_store, dbsession):
+    """A double click, or a second tab: the second POST lands on the list with the same notice,
+    records nothing, and ends nothing more (helper-42: it was "Page not found")."""
+    _, other = session_store.create(user=alice)
+    sign_in(browser, alice)
+    browser.submit(f"/account/sessions/{other.handle}/revoke", status=303)
+    again = browser.submit(f"/account/sessions/{other.handle}/revoke", status=303)
+    assert again.location.endswith("/account/sessions?notice=session_revoked")
+    assert "That session was signed out." in again.follow().text
+    events = dbsession.scalars(select(AuditEvent.event).where(AuditEvent.session_handle == other.handle)).all()
+    assert events == ["session_revoked"]
+    assert "Alice" in browser.get("/").text
+
+
+def test_an_administrator_ending_someone_elses_session_is_named_as_such(browser, admin, bob, sign_in, session_store,
+                                                                         dbsession):
+    """The owner is told an administrator ended it, not that they did (helper-42), and the
+    administrator lands on the users page, not on their own sessions."""
+    bob_raw, bobs = session_store.create(user=bob)
+    sign_in(browser, admin)
+    response = browser.submit(f"/account/sessions/{bobs.handle}/revoke", status=303)
+    assert response.location.endswith("/admin/users?notice=session_revoked")
+    assert session_store.dead_reason(session_store.find(bob_raw)) == "revoked_by_admin"
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "session_revoked")).one()
+    assert (event.user_id, event.actor_id, event.session_handle) == (bob.id, admin.id, bobs.handle)
+    # Again (a double click): 404, as for any ended session not the administrator's own.
+    browser.submit(f"/account/sessions/{bobs.handle}/revoke", status=404)
 
 
 def test_a_stranger_is_sent_to_sign_in_whatever_the_handle(browser, alice, session_store):
