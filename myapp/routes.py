@@ -12,6 +12,7 @@ from myapp.resources import post_collection_factory, post_factory, session_facto
 STATIC_DIR = Path(__file__).parent / "static"
 
 API_PREFIX = "/api/"
+API_ROUTE = "api"
 AUTH_USER_PATH = "/auth/user"
 BACKCHANNEL_LOGOUT_PATH = "/auth/backchannel-logout"
 CLIENT_JWKS_PATH = "/auth/jwks.json"
@@ -75,7 +76,7 @@ def includeme(config):
     config.add_cache_buster("myapp:static/", QueryStringConstantCacheBuster(static_fingerprint()))
 
     # First: the proxy is the hot path, and routes are tried in order.
-    config.add_route("api", API_PREFIX + "{upstream}*subpath")
+    config.add_route(API_ROUTE, API_PREFIX + "{upstream}*subpath")
     config.add_route("home", "/")
     config.add_route("healthz", "/healthz")
     config.add_route("readyz", "/readyz")

@@ -36,6 +36,9 @@ class Identity:
 
     session: SessionRecord
     idle_expires_at: datetime
+    # The name its provider has in the settings now (``session.provider`` is the one it signed in
+    # with; a provider renamed since is found by its issuer). What upstreams and step-ups go by.
+    provider: str
 
     @property
     def user_id(self) -> int:
@@ -134,7 +137,8 @@ class SessionSecurityPolicy:
             sign_in=sign_in,
         )
         live = store.dead_reason(session) is None  # a disabled user's new session is dead at once
-        self._cache.set(request, Identity(session=session, idle_expires_at=store.idle_expires_at(session)) if live else None)
+        identity = Identity(session=session, idle_expires_at=store.idle_expires_at(session), provider=provider)
+        self._cache.set(request, identity if live else None)
         max_age = int((session.expires_at - session.created_at).total_seconds())
         return [self.cookie.set(raw_id, max_age)]
 
@@ -156,11 +160,18 @@ class SessionSecurityPolicy:
             self._clear_cookie_later(request, None)
             return None
         reason = store.dead_reason(session)
+        client = None if reason is not None else request.services.providers.of_session(session.provider, session.user_issuer)
+        if reason is None and client is None:
+            # Its provider was taken out of the settings (a renamed one is still found by issuer):
+            # nothing can refresh, sign out or vouch for it any more. Its tokens go with it, unrevoked,
+            # as no provider is configured to take them.
+            reason = EndReason.PROVIDER_REMOVED
+            store.end_on_its_own(session, reason, revoke=False)
         if reason is not None:
             self._clear_cookie_later(request, reason)
             return None
         session = store.touch(session)
-        return Identity(session=session, idle_expires_at=store.idle_expires_at(session))
+        return Identity(session=session, idle_expires_at=store.idle_expires_at(session), provider=client.settings.name)
 
     def _clear_cookie_later(self, request, reason: EndReason | None):
         # The reason lets the UI say "you were signed out because ...".

@@ -13,7 +13,7 @@ from pyramid.renderers import render_to_response
 
 from myapp.errors import ErrorCode, json_error
 from myapp.models.meta import utcnow
-from myapp.routes import is_json_request, return_path
+from myapp.routes import API_ROUTE, is_json_request, return_path
 from myapp.services import Services
 from myapp.services.stepup import StepUpRequired, rule_for, satisfies
 
@@ -22,7 +22,7 @@ def login_url(request, required: StepUpRequired, next_path: str) -> str:
     query = {"next": next_path}
     identity = request.identity
     if identity is not None:
-        query["provider"] = identity.session.provider  # a step-up stays at the provider of the session
+        query["provider"] = identity.provider  # a step-up stays at the provider of the session
     if required.acr_values:
         query["acr_values"] = " ".join(required.acr_values)
     if required.max_age is not None:
@@ -47,6 +47,19 @@ def step_up_response(request, required: StepUpRequired):
     return response
 
 
+def _refused_by_its_view(request) -> bool:
+    """A proxied call to an upstream that takes no calls from the session's provider: the view's
+    403 ``wrong_provider`` comes first, as the permission check's 403 does, rather than a stronger
+    sign-in that would end in it."""
+    identity = request.identity
+    return (
+        identity is not None
+        and request.matched_route is not None
+        and request.matched_route.name == API_ROUTE
+        and request.services.proxy.refuses_provider(request.matchdict.get("upstream", ""), identity.provider)
+    )
+
+
 def stepup_view(view, info):
     """A view deriver: below Pyramid's permission check (``secured_view``), as view derivers are
     unless told otherwise. Exception views (the 403 and 404 pages, ...) are never stepped up."""
@@ -56,7 +69,7 @@ def stepup_view(view, info):
 
     def stepped_up(context, request):
         rule = rule_for(rules, request.path_info)
-        if rule is not None and request.exception is None:
+        if rule is not None and request.exception is None and not _refused_by_its_view(request):
             identity = request.identity
             if identity is not None and not satisfies(identity.session, rule, utcnow()):
                 max_age = int(rule.max_age.total_seconds()) if rule.max_age is not None else None

@@ -336,6 +336,12 @@ class Proxy:
         for route in self.routes.values():
             route.pool.close()
 
+    def refuses_provider(self, upstream_name: str, provider: str) -> bool:
+        """Whether the upstream of that name takes no calls from sessions of ``provider`` (its
+        ``providers`` setting): 403 ``wrong_provider``."""
+        upstream = self.upstreams.get(upstream_name)
+        return upstream is not None and not upstream.accepts(provider)
+
     def upstream(self, name: str) -> Upstream:
         upstream = self.upstreams.get(name)
         if upstream is None:

@@ -24,6 +24,7 @@ SIGNED_OUT_MESSAGES = {
     EndReason.ENDED_ELSEWHERE: "You chose to sign out everywhere else from another device.",
     EndReason.BACKCHANNEL: "You signed out at your identity provider, so you were signed out here too.",
     EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",
+    EndReason.PROVIDER_REMOVED: "The way you signed in is no longer offered here. Sign in again to carry on.",
     EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
     EndReason.LOGOUT: "You signed out.",
     # Not a stored reason: what an administrator who ended all of their own sessions is told.

@@ -19,7 +19,7 @@ from pyramid.view import view_config
 
 from myapp.errors import APIError, ErrorCode, outage_errors
 from myapp.resources import Permission
-from myapp.routes import API_PREFIX
+from myapp.routes import API_PREFIX, API_ROUTE
 from myapp.security import json_csrf_failure
 from myapp.services import Services
 from myapp.services.proxy import StreamedBody
@@ -28,7 +28,6 @@ from myapp.tweens import UpstreamAnswer, unavailable_response
 
 log = logging.getLogger(__name__)
 
-API_ROUTE = "api"
 API_PERMISSION = Permission.USE_API
 
 
@@ -39,8 +38,7 @@ def proxy(request):
     service = request.services.proxy
     metrics = request.services.metrics
     try:
-        configured = service.upstreams.get(upstream_name)
-        if configured is not None and not configured.accepts(request.identity.session.provider):
+        if service.refuses_provider(upstream_name, request.identity.provider):
             raise APIError(403, ErrorCode.WRONG_PROVIDER, "This API is not available to accounts of your sign-in provider.")
         outgoing = service.prepare(request.environ, upstream_name=upstream_name, client_addr=request.remote_addr)
         try:

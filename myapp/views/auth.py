@@ -108,11 +108,17 @@ def _step_up_of(request) -> StepUp | None:
     return StepUp(acr_values=acr_values, max_age=max_age)
 
 
+# What /login passes on from the provider chooser to the provider chosen, besides ``next``.
+CHOOSER_KEEPS = ("acr_values", "max_age", "prompt")
+
+
 def _chooser(request, next_path: str) -> Response:
-    """Several providers and none named: one button for each, keeping ``next``."""
+    """Several providers and none named: one button for each, keeping ``next`` and what the link
+    asks of the sign-in (a step-up's ``acr_values`` and ``max_age``, ``prompt``), checked once chosen."""
+    kept = {name: request.GET[name] for name in CHOOSER_KEEPS if name in request.GET}
     choices = [
         {"name": name, "label": client.settings.display_name,
-         "url": request.route_path("login", _query={"provider": name, "next": next_path})}
+         "url": request.route_path("login", _query={"provider": name, "next": next_path, **kept})}
         for name, client in request.services.providers.items()
     ]
     response = render_to_response("myapp:templates/sign_in.jinja2", {"providers": choices}, request=request)

@@ -5,8 +5,11 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
 from myapp.errors import APIError
+from myapp.models.meta import utcnow
 from myapp.resources import Permission
+from myapp.routes import API_PREFIX
 from myapp.services.oidc import ProviderUnavailable
+from myapp.services.stepup import rule_for, satisfies
 from myapp.services.tokens import UpstreamTokenRefused
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.posts import recent_posts_of
@@ -55,30 +58,25 @@ def _upstream_notes(request) -> dict:
     with the same token service the browser's calls go through. A session that can no longer be
     refreshed ends the page (LoginRequired propagates); a provider or upstream problem only
     empties that card."""
-    settings = request.services.settings
-    provider = request.identity.session.provider
-    names = [name for name in settings.dashboard_upstreams if settings.upstreams[name].accepts(provider)]
+    services = request.services
+    provider = request.identity.provider
+    names = [name for name in services.settings.dashboard_upstreams if not services.proxy.refuses_provider(name, provider)]
     return {"notes_cards": [_notes_card(request, name, index) for index, name in enumerate(names)]}
 
 
+def _needs_step_up(request, upstream: str, path: str) -> bool:
+    """Whether a step-up rule covers ``path`` of ``upstream`` as the browser would call it through
+    the proxy, and the session does not satisfy it: what the page fetches on the browser's behalf
+    is held to the browser's own rules."""
+    rule = rule_for(request.services.settings.stepup_rules, f"{API_PREFIX}{upstream}/{path}")
+    return rule is not None and not satisfies(request.identity.session, rule, utcnow())
+
+
 def _notes_card(request, upstream: str, index: int) -> dict:
-    problem, notes = None, None
-    try:
-        document = request.services.proxy.get_json(
-            upstream, "notes", functools.partial(request.access_token, upstream=upstream)
-        )
-    except UpstreamTokenRefused:
-        problem = "The sign-in provider would not issue a token for this notes service."
-    except ProviderUnavailable:
-        problem = "The sign-in provider is not answering, so your notes cannot be loaded right now."
-    except APIError as e:
-        log.info("dashboard notes of %s unavailable: %s", upstream, e.code)
-        problem = "The notes service is not answering right now."
+    if _needs_step_up(request, upstream, "notes"):
+        notes, problem = None, "These notes need a stronger sign-in than this session has."
     else:
-        if isinstance(document, dict) and isinstance(document.get("notes"), list):
-            notes = [n for n in document["notes"] if isinstance(n, dict) and isinstance(n.get("text"), str)]
-        else:
-            problem = "The notes service gave an answer this page cannot read."
+        notes, problem = _notes_of(request, upstream)
     return {
         "id": "notes" if index == 0 else f"notes-{upstream}",
         "upstream": upstream,
@@ -87,3 +85,21 @@ def _notes_card(request, upstream: str, index: int) -> dict:
         "notes": notes,
         "problem": problem,
     }
+
+
+def _notes_of(request, upstream: str) -> tuple[list | None, str | None]:
+    """The notes the upstream gives, or what stopped them, in words."""
+    try:
+        document = request.services.proxy.get_json(
+            upstream, "notes", functools.partial(request.access_token, upstream=upstream)
+        )
+    except UpstreamTokenRefused:
+        return None, "The sign-in provider would not issue a token for this notes service."
+    except ProviderUnavailable:
+        return None, "The sign-in provider is not answering, so your notes cannot be loaded right now."
+    except APIError as e:
+        log.info("dashboard notes of %s unavailable: %s", upstream, e.code)
+        return None, "The notes service is not answering right now."
+    if isinstance(document, dict) and isinstance(document.get("notes"), list):
+        return [n for n in document["notes"] if isinstance(n, dict) and isinstance(n.get("text"), str)], None
+    return None, "The notes service gave an answer this page cannot read."

@@ -886,6 +886,18 @@ def test_head_on_the_dashboard_calls_no_upstream_and_refreshes_nothing(dashboard
     assert upstream.seen == [] and [p for p, _, _ in provider.requests if p == "/token"] == []
 
 
+@pytest.mark.parametrize("rule", ["/api/up/notes = acr=urn:example:mfa", "/api/up = max_age=5m"])
+def test_the_dashboard_fetches_nothing_a_step_up_rule_holds_back_from_the_session(make_proxy_app, signed_in, upstream,
+                                                                                   rule):
+    """The browser's own call would get 401 step_up_required: the page's call on its behalf may
+    not show it anyway (helper-40: it did)."""
+    upstream.body = b'{"notes": [{"id": "1", "text": "secret note 42"}]}'
+    app = make_proxy_app(**{"myapp.dashboard.upstream": "up", "myapp.stepup.rules": rule})
+    page = signed_in(app=app).get("/", status=200)
+    assert "secret note 42" not in page.text and "need a stronger sign-in" in page.text
+    assert upstream.seen == []
+
+
 def test_dashboard_survives_an_unavailable_upstream(make_proxy_app, signed_in):
     app = make_proxy_app(**{"myapp.dashboard.upstream": "down"})
     page = signed_in(app=app).get("/", status=200)

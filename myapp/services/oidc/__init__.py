@@ -14,6 +14,7 @@ from myapp.services.oidc.errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenRequestRefused,
+    error_code,
 )
 from myapp.services.oidc.jose import (
     BACKCHANNEL_LOGOUT_EVENT,
@@ -43,5 +44,6 @@ __all__ = [
     "TokenValidator",
     "UnknownProvider",
     "at_hash",
+    "error_code",
     "unverified_issuer",
 ]

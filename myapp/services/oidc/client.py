@@ -29,6 +29,7 @@ from myapp.services.oidc.errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenRequestRefused,
+    error_code,
 )
 from myapp.services.oidc.jose import TokenValidator
 from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
@@ -146,7 +147,8 @@ class OIDCClient:
             ("nonce", nonce),
             ("code_challenge", create_s256_code_challenge(code_verifier)),
             ("code_challenge_method", "S256"),
-            *self.settings.authorize_params.items(),
+            # A step-up's own acr_values and max_age replace configured ones, never join them.
+            *((name, value) for name, value in self.settings.authorize_params.items() if name not in (extra or {})),
             *(extra or {}).items(),
             *(("resource", resource) for resource in resources),  # RFC 8707: one for each
         ]
@@ -193,8 +195,8 @@ class OIDCClient:
         if not isinstance(document, dict):
             raise OIDCError("par_failed", "The provider's pushed authorization request endpoint did not answer with JSON.")
         if response.status_code not in (200, 201):
-            error = document.get("error") if isinstance(document.get("error"), str) else "refused"
-            raise OIDCError(f"par_refused:{error}"[:64], f"The provider refused the sign-in request ({error[:64]}).")
+            error = error_code(document.get("error")) if "error" in document else "refused"
+            raise OIDCError(f"par_refused:{error}"[:64], f"The provider refused the sign-in request ({error}).")
         request_uri = document.get("request_uri")
         if not isinstance(request_uri, str) or not request_uri or len(request_uri) > 2048:
             raise OIDCError("par_failed", "The provider's pushed authorization response has no request_uri.")
@@ -284,7 +286,7 @@ class OIDCClient:
         try:
             token = call()
         except OAuthError as e:
-            raise TokenRequestRefused(str(e.error)[:64], e.description) from None
+            raise TokenRequestRefused(error_code(e.error), e.description) from None
         except requests.RequestException as e:
             failure = describe(e)
             if failure.unavailable:

@@ -1,5 +1,16 @@
 """What can go wrong talking to a provider, each with a short ``reason`` code for audit records."""
 
+import re
+
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def error_code(value) -> str:
+    """A provider's OAuth ``error`` as it may be logged, audited and shown: the codes of RFC 6749 and
+    its extensions are short ASCII words; anything else (a line feed that would forge a log line,
+    markup, a page of text) is ``invalid``."""
+    return value if isinstance(value, str) and _ERROR_CODE.fullmatch(value) else "invalid"
+
 
 class OIDCError(Exception):
     """A check failed. ``reason`` is a short code for audit records; ``message`` is plain words."""

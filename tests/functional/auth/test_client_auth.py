@@ -252,6 +252,21 @@ def test_a_refused_par_is_an_error_page_an_audit_record_and_no_transaction(make_
     assert event.detail == "par_refused:invalid_request"
 
 
+@pytest.mark.parametrize("error", ["x\n2026-12-05 00:00:00,000 INFO  [myapp.views.auth] FORGED", "<b>x</b>", "e" * 65, 7])
+def test_a_par_refusal_with_an_error_code_that_is_not_one_is_recorded_as_invalid(make_app, provider, dbsession, caplog,
+                                                                                   error):
+    """A provider's error code goes into the log, the audit record and the page: a line feed in it
+    forged a log line (helper-40)."""
+    provider.offers_par = True
+    provider.par_response = lambda form: (400, {"error": error})
+    with caplog.at_level("INFO"):
+        page = Browser(make_app()).get("/login", status=502)
+    assert "(invalid)" in page.text
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "login_failed")).one()
+    assert event.detail == "par_refused:invalid"
+    assert "FORGED" not in caplog.text and "\n2026" not in caplog.text
+
+
 @pytest.mark.parametrize("answer", [(503, {"error": "temporarily_unavailable"}), (201, {"no": "request_uri"}), (200, "junk")])
 def test_a_failing_par_endpoint_is_an_error_page_and_no_transaction(make_app, provider, dbsession, answer):
     provider.offers_par = True

@@ -6,6 +6,7 @@ Every failure case checks the same outcome: no session row, no session cookie, a
 import logging
 import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
@@ -58,6 +59,17 @@ def test_authorize_params_are_passed(make_app, provider):
     browser = Browser(make_app(**{"myapp.oidc.authorize_params": "audience = https://api.example.test"}))
     _, query = start_login(browser)
     assert query["audience"] == "https://api.example.test"
+
+
+def test_a_step_ups_acr_values_and_max_age_replace_configured_ones(make_app, provider):
+    """Both were sent, twice each, and a provider that refuses repeated parameters refused every
+    step-up (helper-40)."""
+    app = make_app(**{"myapp.oidc.authorize_params": "acr_values = urn:example:pwd\nmax_age = 3600\naudience = a"})
+    location = Browser(app).get("/login", params={"acr_values": "urn:example:mfa", "max_age": "60"}, status=303).location
+    sent = parse_qs(urlsplit(location).query)
+    assert (sent["acr_values"], sent["max_age"], sent["audience"]) == (["urn:example:mfa"], ["60"], ["a"])
+    location = Browser(app).get("/login", status=303).location
+    assert parse_qs(urlsplit(location).query)["acr_values"] == ["urn:example:pwd"]
 
 
 def test_sign_in_end_to_end(browser, provider, dbsession):
@@ -171,6 +183,7 @@ def test_a_planted_cookie_is_never_adopted(browser, provider, dbsession, make_us
     sign_in(browser, provider)
     assert browser.cookies[COOKIE] != planted
     attacker = make_user("mallory")
+    attacker.issuer = provider.issuer  # a session of this app's own provider, not of one since removed
     attacker_raw, _ = session_store.create(user=attacker)
     browser.set_cookie(COOKIE, attacker_raw)
     sign_in(browser, provider)
@@ -342,16 +355,21 @@ def test_badly_signed_id_token(browser, provider, dbsession):
         ((500, {"error": "server_error"}), "provider_unavailable", 503),
         ((200, "this is not json"), "token_endpoint_error", 400),
         ((400, {"error": "invalid_grant"}), "token_error:invalid_grant", 400),
+        # helper-40: a line feed in the code forged a log line; a code that is not one is "invalid"
+        ((400, {"error": "x\n2026-12-05 00:00:00,000 INFO  [myapp.views.auth] FORGED"}), "token_error:invalid", 400),
+        ((400, {"error": "<script>x</script>"}), "token_error:invalid", 400),
         ((200, {"access_token": "at", "token_type": "Bearer"}), "missing_id_token", 400),
         ((200, {"access_token": "at", "token_type": "Bearer", "refresh_token": 5}), "token_response_invalid", 400),
     ],
 )
-def test_token_endpoint_failures(browser, provider, dbsession, response, reason, status):
+def test_token_endpoint_failures(browser, provider, dbsession, caplog, response, reason, status):
     provider.token_response = lambda form: response
-    page = sign_in(browser, provider)
+    with caplog.at_level("INFO"):
+        page = sign_in(browser, provider)
     assert page.status_int == status
     assert_no_session(page, dbsession)
     assert failures(dbsession) == [reason]
+    assert "FORGED" not in caplog.text and "<script>" not in page.text
 
 
 def test_token_endpoint_hang(make_app, provider, dbsession):

@@ -65,6 +65,22 @@ def test_the_chooser_lists_every_provider_and_keeps_next(app):
     }
 
 
+def test_the_chooser_keeps_what_the_link_asks_of_the_sign_in(app, partner):
+    """SPEC.md's own step-up button names no provider: with several, the chooser dropped
+    acr_values, max_age and prompt (helper-40), and the step-up was lost."""
+    page = Browser(app).get(
+        "/login", params={"next": "/admin/audit", "acr_values": "urn:example:mfa", "max_age": "0", "prompt": "login"},
+        status=200,
+    )
+    links = [a["href"] for a in page.html.select("[data-testid=providers] a")]
+    assert links[1] == (
+        "/login?provider=partners&next=%2Fadmin%2Faudit&acr_values=urn%3Aexample%3Amfa&max_age=0&prompt=login"
+    )
+    browser = Browser(app)
+    sent = parse_qs(urlsplit(browser.get(links[1], status=303).location).query)
+    assert (sent["acr_values"], sent["max_age"], sent["prompt"]) == (["urn:example:mfa"], ["0"], ["login"])
+
+
 def test_the_landing_pages_sign_in_leads_to_the_chooser(app):
     browser = Browser(app)
     href = browser.get("/", status=200).html.select_one(".hero-actions a")["href"]
@@ -176,3 +192,54 @@ def test_a_provider_that_is_down_affects_only_its_own_people(app, provider, part
     Browser(app).get("/login", params={"provider": "partners"}, status=503)
     response, _ = sign_in_at(Browser(app), provider, "default", "/auth/callback")
     assert response.status_int == 303
+
+
+def test_a_renamed_provider_keeps_its_sessions_and_a_removed_one_ends_them(app, make_app, provider, partner, dbsession,
+                                                                           served_upstream):
+    """configuration.md: renaming keeps sessions (found by issuer); removing ends them at their
+    next use (helper-40: they stayed signed in, pages and the proxy alike, until a refresh)."""
+    browser = Browser(app)
+    sign_in_at(browser, partner, "partners", "/auth/callback/partners")
+    base = {k: v for k, v in app.registry.settings.items() if k.startswith(("myapp.", "sqlalchemy."))}
+    renamed = {k.replace("myapp.oidc.partners.", "myapp.oidc.acme."): v for k, v in base.items()}
+    renamed["myapp.providers"] = "default = Staff\nacme = Partner companies"
+    renamed["myapp.oidc.acme.redirect_uri"] = TEST_PUBLIC_URL + "/auth/callback/acme"
+    renamed["myapp.stepup.rules"] = "/posts/new = max_age=5m"
+    renamed["myapp.upstreams"] = f"acme-api = {served_upstream.url}/acme"
+    renamed["myapp.upstream.acme-api.providers"] = "acme"
+    browser.app = make_app(**renamed)
+    assert browser.get("/auth/user", headers={"X-CSRF": "1"}, status=200).json["name"]
+    # An upstream for acme's people takes the session by the provider's new name too.
+    served_upstream.reset()
+    browser.get("/api/acme-api/x", headers={"X-CSRF": "1"}, status=200)
+    # A step-up goes to the provider by its new name (helper-40: the old one, a 400 page).
+    link = browser.get("/posts/new", status=401).html.select_one("[data-testid=step-up-sign-in]")["href"]
+    assert parse_qs(urlsplit(link).query)["provider"] == ["acme"]
+    browser.get(link, status=303)
+    removed = {k: v for k, v in base.items() if not k.startswith("myapp.oidc.partners.")}
+    removed["myapp.providers"] = "default = Staff"
+    browser.app = make_app(**removed)
+    response = browser.get("/posts", status=303)
+    assert "/signed-out?reason=provider_removed" in response.location
+    assert "The way you signed in is no longer offered here." in browser.get(response.location).text
+    browser.get("/auth/user", headers={"X-CSRF": "1"}, status=401)
+    row = dbsession.scalars(select(UserSession)).one()
+    dbsession.refresh(row)
+    assert (row.end_reason, row.refresh_token, row.access_token) == ("provider_removed", None, None)
+
+
+def test_an_upstream_that_refuses_the_provider_says_so_before_any_step_up(make_app, app, partner, served_upstream):
+    """configuration.md: a refusal comes first, without a step-up that would end in it (helper-40:
+    a partners session was asked to step up for an upstream only staff may call)."""
+    served_upstream.reset()
+    settings = {k: v for k, v in app.registry.settings.items() if k.startswith(("myapp.", "sqlalchemy."))}
+    settings.update({
+        "myapp.upstreams": f"staff = {served_upstream.url}/staff",
+        "myapp.upstream.staff.providers": "default",
+        "myapp.stepup.rules": "/api/staff = acr=urn:example:mfa",
+    })
+    browser = Browser(make_app(**settings))
+    sign_in_at(browser, partner, "partners", "/auth/callback/partners")
+    response = browser.get("/api/staff/me", headers={"X-CSRF": "1"}, status=403)
+    assert response.json["error"] == "wrong_provider"
+    assert served_upstream.seen == []

@@ -89,13 +89,19 @@ def test_a_confirmed_step_up_is_a_new_session_that_remembers_how(app, provider, 
         ({"acr": "urn:example:password", "auth_time": "now"}, "acr_not_satisfied"),
         ({"acr": MFA}, "auth_time_missing"),
         ({"acr": MFA, "auth_time": "old"}, "auth_time_too_old"),
+        # helper-40: older than max_age by less than the clock skew was taken, and the new session
+        # was asked to step up again at once, round and round with a provider that ignores max_age
+        ({"acr": MFA, "auth_time": "just_too_old"}, "auth_time_too_old"),
+        # helper-40: an auth_time years ahead was taken, and satisfied every max_age for years
+        ({"acr": MFA, "auth_time": "ahead"}, "auth_time_invalid"),
     ],
 )
 def test_an_unconfirmed_step_up_creates_nothing_and_keeps_the_old_session(app, provider, dbsession, claims, reason):
     browser = Browser(app)
     plain_sign_in(browser, provider)
     old_cookie = browser.cookies[COOKIE]
-    times = {"now": int(time.time()), "old": int(time.time()) - 3600}
+    times = {"now": int(time.time()), "old": int(time.time()) - 3600, "just_too_old": int(time.time()) - 330,
+             "ahead": int(time.time()) + 10 * 365 * 86400}
     claims = {k: times.get(v, v) if k == "auth_time" else v for k, v in claims.items()}
     response, _ = step_up_sign_in(browser, provider, f"/login?acr_values={MFA}&max_age=300", **claims)
     assert response.status_int == 400
@@ -178,6 +184,22 @@ def test_max_age_rules_ask_again_once_the_sign_in_is_too_old(app, provider, dbse
     dbsession.execute(UserSession.__table__.update().values(auth_time=utcnow() - timedelta(minutes=6)))
     page = browser.get("/posts/new", status=401)
     assert query_of(page.html.select_one("[data-testid=step-up-sign-in]")["href"])["max_age"] == "300"
+
+
+@pytest.mark.parametrize("ahead, stored", [(3600, None), (30, "now")])
+def test_an_auth_time_ahead_of_the_clock_satisfies_no_max_age(app, provider, dbsession, ahead, stored):
+    """Beyond the clock skew it is none (a rule with max_age asks for a step-up); within it, it
+    counts as the time of the callback, so that it cannot stretch a max_age (helper-40)."""
+    browser = Browser(app)
+    before = utcnow()
+    plain_sign_in(browser, provider, auth_time=int(time.time()) + ahead)
+    row = dbsession.scalars(select(UserSession)).one()
+    if stored is None:
+        assert row.auth_time is None
+        browser.get("/posts/new", status=401)
+    else:
+        assert before - timedelta(seconds=1) <= row.auth_time.replace(tzinfo=before.tzinfo) <= utcnow()
+        assert browser.get("/posts/new", status=200)
 
 
 def test_sessions_from_before_step_up_do_not_satisfy_a_rule(app, provider, dbsession):
