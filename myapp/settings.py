@@ -8,6 +8,7 @@ whose message is one line naming the setting; :func:`myapp.main` turns it into a
 import difflib
 import functools
 import inspect
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -62,6 +63,7 @@ PAR_MODES = ("auto", "always", "never")
 DPOP_MODES = ("off", "auto", "required")
 ASSERTION_AUDIENCES = ("issuer", "token_endpoint")
 MIN_RSA_BITS = 2048
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # Authorization parameters myapp sets itself.
 RESERVED_AUTHORIZE_PARAMS = frozenset({
     "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge",
@@ -578,24 +580,35 @@ def _groups_claim(value: str) -> str | None:
 def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public_url: str) -> OIDCSettings:
     callback_path = "/auth/callback" if name == DEFAULT_PROVIDER else f"/auth/callback/{name}"
     auth_method = reader.choice(prefix + "token_endpoint_auth_method", "client_secret_basic", CLIENT_AUTH_METHODS)
+    known_problems = len(reader.problems)
     client_keys = _client_keys(reader, prefix + "client_keys")
-    client_certificate = _client_certificate(reader, prefix + "client_certificate", client_keys)
-    if auth_method == "private_key_jwt" and not client_keys and (prefix + "client_keys") not in reader.raw:
+    # Present but empty (or only comments) is as missing; a key that could not be read is reported already.
+    if auth_method == "private_key_jwt" and not client_keys and len(reader.problems) == known_problems:
         reader.problem(f"{prefix}client_keys: required by token_endpoint_auth_method = private_key_jwt")
+    client_certificate = _client_certificate(reader, prefix + "client_certificate", client_keys)
     authorize_params = reader.mapping(prefix + "authorize_params")
     for key in authorize_params:
         if key in RESERVED_AUTHORIZE_PARAMS or not _PARAM_NAME.match(key):
             reader.problem(f"{prefix}authorize_params: {key!r} cannot be set here")
+    response_mode = authorize_params.get("response_mode", "query")
+    if response_mode != "query":
+        reader.problem(
+            f"{prefix}authorize_params: response_mode = {response_mode} cannot be read by /auth/callback, which takes "
+            "the provider's answer in a GET query string; leave response_mode out (or write query)"
+        )
     scope = reader.string(prefix + "scope", "openid profile email offline_access")
     if "openid" not in scope.split():
         reader.problem(f"{prefix}scope: must include 'openid'")
     redirect_uri = reader.url(prefix + "redirect_uri", public_url + callback_path)
-    if not urlsplit(redirect_uri).path.rstrip("/").endswith(callback_path) and not (
-        name == DEFAULT_PROVIDER and urlsplit(redirect_uri).path.rstrip("/").endswith("/auth/callback/default")
-    ):
+    # The callback's own route, on the origin whose cookie holds the login transaction.
+    callbacks = [public_url + callback_path]
+    if name == DEFAULT_PROVIDER:
+        callbacks.append(public_url + "/auth/callback/default")
+    if public_url != _SOME_URL(None) and not any(_same_url(redirect_uri, callback) for callback in callbacks):
+        also = f" (or {callbacks[1]})" if len(callbacks) > 1 else ""
         reader.problem(
-            f"{prefix}redirect_uri: must end with {callback_path}, the callback of provider {name!r} "
-            "(each provider has its own, a defence against mix-up attacks)"
+            f"{prefix}redirect_uri: {redirect_uri!r} is not {callbacks[0]}{also}, myapp.public_url and the callback "
+            f"of provider {name!r} (each provider has its own, a defence against mix-up attacks)"
         )
     return OIDCSettings(
         name=name,
@@ -619,6 +632,27 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         dpop=reader.choice(prefix + "dpop", "off", DPOP_MODES),
         settings_prefix=prefix,
     )
+
+
+def _same_url(url: str, expected: str) -> bool:
+    """Whether ``url`` is ``expected`` as a browser reads it: scheme and host in any case, the scheme's
+    default port written or not, the same path; no query or fragment."""
+
+    def place(parts):
+        port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
+        return parts.scheme, parts.hostname, port, parts.path
+
+    return "?" not in url and "#" not in url and place(urlsplit(url)) == place(urlsplit(expected))
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (as urlsplit gives a host name: lower case): never off the machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _client_keys(reader: _Reader, name: str) -> tuple[str, ...]:
@@ -889,6 +923,12 @@ def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
     for provider in settings.providers.values():
         if provider.client_secret in DEVELOPMENT_CLIENT_SECRETS:
             reader.problem(f"{provider.settings_prefix}client_secret: the development client secret is refused in production")
+        issuer = urlsplit(provider.issuer)
+        if issuer.scheme == "http" and not is_loopback(issuer.hostname):
+            reader.problem(
+                f"{provider.settings_prefix}issuer: {provider.issuer!r} is refused in production: use https (plain "
+                "http only on a loopback address, where the client's secrets and the tokens never cross a network)"
+            )
     if not settings.session.cookie_secure:
         reader.problem(
             "myapp.session.cookie_secure: false is refused in production (the session cookie would travel "

@@ -5,13 +5,12 @@ Values accept the same ``env:NAME`` / ``file:/path`` indirection and durations (
 :class:`myapp.settings.SettingsError` with one line naming it.
 """
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from myapp.settings import SettingsError, parse_duration, resolve
+from myapp.settings import SettingsError, is_loopback, parse_duration, resolve
 
 PREFIX = "devstack."
 # The provider's routes live here, so its issuer must end with it (and its cookies are scoped to it).
@@ -177,15 +176,6 @@ def check_url(name: str, value: str) -> str:
     if parts.username or parts.password or parts.fragment:
         raise SettingsError(f"{name}: {value!r} may not carry credentials or a #fragment")
     return value
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def origin_of(url: str) -> str:

@@ -276,6 +276,31 @@ def test_production_refuses_cookies_and_sites_without_tls():
     ]
 
 
+@pytest.mark.parametrize("issuer", ["http://idp.example.com/realms/main", "HTTP://10.0.0.5:8080", "http://127.0.0.1.nip.io"])
+def test_production_refuses_a_plain_http_issuer(issuer):
+    assert problems_for(myapp__oidc__issuer=issuer) == [
+        f"myapp.oidc.issuer: {issuer!r} is refused in production: use https (plain http only on a loopback "
+        "address, where the client's secrets and the tokens never cross a network)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://127.0.0.1:8080/realms/main", "http://127.8.9.10", "http://[::1]:8080", "http://LocalHost:8080"]
+)
+def test_production_accepts_a_plain_http_issuer_on_loopback(issuer):
+    assert load_settings(raw(myapp__oidc__issuer=issuer), environ={}).providers["default"].issuer == issuer
+
+
+def test_a_plain_http_issuer_is_refused_for_any_provider_in_production_only():
+    settings = two_providers(**{"myapp.oidc.partners.issuer": "http://partners.example.com"})
+    assert problems_of(settings) == [
+        "myapp.oidc.partners.issuer: 'http://partners.example.com' is refused in production: use https (plain http "
+        "only on a loopback address, where the client's secrets and the tokens never cross a network)"
+    ]
+    settings["myapp.environment"] = "development"
+    assert load_settings(settings, environ={}).providers["partners"].issuer == "http://partners.example.com"
+
+
 def test_main_reports_every_problem_each_on_its_own_line():
     from myapp import main
 
@@ -344,6 +369,22 @@ def test_upstream_bad_method():
 def test_authorize_params():
     settings = load_settings(raw(myapp__oidc__authorize_params="audience = https://api.example.com\nresource = urn:x"), environ={})
     assert dict(settings.providers["default"].authorize_params) == {"audience": "https://api.example.com", "resource": "urn:x"}
+
+
+@pytest.mark.parametrize("mode", ["form_post", "fragment", "query.jwt", "form_post.jwt", "jwt"])
+def test_a_response_mode_the_callback_cannot_read_is_refused(mode):
+    assert problems_of(raw(myapp__oidc__authorize_params=f"audience = x\nresponse_mode = {mode}")) == [
+        f"myapp.oidc.authorize_params: response_mode = {mode} cannot be read by /auth/callback, which takes "
+        "the provider's answer in a GET query string; leave response_mode out (or write query)"
+    ]
+
+
+def test_response_mode_query_and_step_up_parameters_are_kept():
+    params = "response_mode = query\nacr_values = urn:example:mfa\nmax_age = 300"
+    settings = load_settings(raw(myapp__oidc__authorize_params=params), environ={})
+    assert dict(settings.providers["default"].authorize_params) == {
+        "response_mode": "query", "acr_values": "urn:example:mfa", "max_age": "300"
+    }
 
 
 class TestProductionRefusesDevelopmentMaterial:
@@ -463,7 +504,8 @@ def test_plain_keys_without_a_default_provider_are_refused():
         ({"myapp.oidc.partners.issuer": "https://login.example.com/tenant/v2.0"},
          "myapp.oidc.partners.issuer: provider 'staff' has the same issuer"),
         ({"myapp.oidc.partners.redirect_uri": "https://app.example.com/auth/callback"},
-         "myapp.oidc.partners.redirect_uri: must end with /auth/callback/partners"),
+         "myapp.oidc.partners.redirect_uri: 'https://app.example.com/auth/callback' is not "
+         "https://app.example.com/auth/callback/partners"),
         ({"myapp.oidc.partners.scope": "email"}, "myapp.oidc.partners.scope: must include 'openid'"),
         ({"myapp.oidc.partners.authorize_params": "request_uri = x"},
          "myapp.oidc.partners.authorize_params: 'request_uri' cannot be set here"),
@@ -475,6 +517,56 @@ def test_plain_keys_without_a_default_provider_are_refused():
 )
 def test_bad_provider_settings_are_one_line_each(overrides, expected):
     assert any(problem.startswith(expected) for problem in problems_of(two_providers(**overrides))), expected
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example.com/auth/callback/partners/",
+        "https://app.example.com/foo/auth/callback/partners",
+        "https://evil.example/auth/callback/partners",
+        "http://app.example.com/auth/callback/partners",
+        "https://app.example.com:8443/auth/callback/partners",
+        "https://app.example.com/auth/callback/partners?from=ini",
+        "https://app.example.com/auth/callback/partners#",
+        "https://app.example.com/auth/Callback/partners",
+    ],
+)
+def test_a_redirect_uri_must_be_the_public_url_and_the_providers_callback(uri):
+    assert problems_of(two_providers(**{"myapp.oidc.partners.redirect_uri": uri})) == [
+        f"myapp.oidc.partners.redirect_uri: {uri!r} is not https://app.example.com/auth/callback/partners, "
+        "myapp.public_url and the callback of provider 'partners' (each provider has its own, a defence "
+        "against mix-up attacks)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example.com/auth/callback/partners",
+        "HTTPS://App.Example.COM/auth/callback/partners",
+        "https://app.example.com:443/auth/callback/partners",
+    ],
+)
+def test_a_redirect_uri_is_compared_as_a_browser_reads_it_and_kept_as_written(uri):
+    providers = load_settings(two_providers(**{"myapp.oidc.partners.redirect_uri": uri}), environ={}).providers
+    assert providers["partners"].redirect_uri == uri
+
+
+def test_the_default_provider_may_use_its_named_callback_too():
+    settings = load_settings(raw(myapp__oidc__redirect_uri="https://app.example.com/auth/callback/default"), environ={})
+    assert settings.providers["default"].redirect_uri == "https://app.example.com/auth/callback/default"
+    assert problems_of(raw(myapp__oidc__redirect_uri="https://app.example.com/auth/callback/")) == [
+        "myapp.oidc.redirect_uri: 'https://app.example.com/auth/callback/' is not https://app.example.com/auth/callback "
+        "(or https://app.example.com/auth/callback/default), myapp.public_url and the callback of provider 'default' "
+        "(each provider has its own, a defence against mix-up attacks)"
+    ]
+
+
+def test_a_redirect_uri_is_not_compared_with_a_public_url_that_is_missing():
+    assert problems_of(raw(myapp__public_url=None, myapp__oidc__redirect_uri="https://app.example.com/auth/callback")) == [
+        "myapp.public_url: required setting is missing"
+    ]
 
 
 def test_a_published_development_secret_is_refused_for_any_provider():
@@ -598,6 +690,26 @@ def test_an_unreadable_key_file_is_refused(tmp_path):
 def test_private_key_jwt_needs_keys():
     settings = raw(myapp__oidc__token_endpoint_auth_method="private_key_jwt")
     assert problems_of(settings) == ["myapp.oidc.client_keys: required by token_endpoint_auth_method = private_key_jwt"]
+
+
+@pytest.mark.parametrize("value", ["", "  \n  ", "# file:/etc/myapp/client.pem", "\n# file:/x\n   # env:KEY\n"])
+def test_private_key_jwt_needs_keys_not_only_the_setting(value):
+    settings = raw(myapp__oidc__token_endpoint_auth_method="private_key_jwt", myapp__oidc__client_keys=value)
+    assert problems_of(settings) == ["myapp.oidc.client_keys: required by token_endpoint_auth_method = private_key_jwt"]
+    settings = two_providers(**{
+        "myapp.oidc.partners.token_endpoint_auth_method": "private_key_jwt", "myapp.oidc.partners.client_keys": value,
+    })
+    assert problems_of(settings) == [
+        "myapp.oidc.partners.client_keys: required by token_endpoint_auth_method = private_key_jwt"
+    ]
+
+
+def test_client_keys_that_cannot_be_read_are_one_problem_not_two(tmp_path):
+    settings = raw(
+        myapp__oidc__token_endpoint_auth_method="private_key_jwt", myapp__oidc__client_keys=f"file:{tmp_path}/missing.pem"
+    )
+    (problem,) = problems_of(settings)
+    assert problem.startswith("myapp.oidc.client_keys: cannot read")
 
 
 def test_a_certificate_must_certify_the_first_key(tmp_path):
