@@ -52,12 +52,14 @@ class ProviderMetadata:
     dpop_algorithms: tuple[str, ...] | None = None
 
     @classmethod
-    def from_document(cls, document: dict, expected_issuer: str) -> "ProviderMetadata":
+    def from_document(
+        cls, document: dict, expected_issuer: str, issuer_setting: str = "myapp.oidc.issuer"
+    ) -> "ProviderMetadata":
         issuer = document.get("issuer")
         if issuer != expected_issuer:
             raise ProviderMisconfigured(
                 f"The provider's discovery document names the issuer {str(issuer)[:200]!r}, "
-                f"but myapp.oidc.issuer is {expected_issuer!r}; they must be identical."
+                f"but {issuer_setting} is {expected_issuer!r}; they must be identical."
             )
 
         schemes = ("https",) if expected_issuer.startswith("https:") else ("https", "http")
@@ -105,8 +107,17 @@ def _string_list(value) -> tuple[str, ...] | None:
 class ProviderDocuments:
     """One provider's discovery document and key set, cached; shared by every thread."""
 
-    def __init__(self, *, issuer: str, http: HttpClient, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        http: HttpClient,
+        monotonic: Callable[[], float] = time.monotonic,
+        issuer_setting: str = "myapp.oidc.issuer",
+    ):
         self.issuer = issuer
+        # Where the issuer is configured (myapp.oidc.<name>.issuer for a listed provider), for messages.
+        self.issuer_setting = issuer_setting
         self.http = http
         self.monotonic = monotonic
         self._lock = threading.Lock()
@@ -175,7 +186,7 @@ class ProviderDocuments:
                 if e.unavailable:
                     raise ProviderUnavailable(f"The sign-in provider could not be reached ({e}).") from None
                 raise ProviderMisconfigured(f"The provider's discovery document is unusable: it {e}.") from None
-            self._metadata = ProviderMetadata.from_document(document, self.issuer)
+            self._metadata = ProviderMetadata.from_document(document, self.issuer, self.issuer_setting)
             self._metadata_fetched_at = self.monotonic()
             return self._metadata
 

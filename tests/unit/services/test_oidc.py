@@ -345,6 +345,21 @@ def test_discovery_issuer_mismatch(client, provider):
         client.metadata()
 
 
+def test_a_discovery_issuer_mismatch_names_the_providers_own_setting(provider):
+    from myapp.services.oidc.metadata import ProviderDocuments
+
+    provider.metadata_overrides["issuer"] = "https://evil.example"
+    http = HttpClient(timeout=2)
+    documents = ProviderDocuments(issuer=provider.issuer, http=http, issuer_setting="myapp.oidc.partners.issuer")
+    with pytest.raises(ProviderMisconfigured) as info:
+        documents.metadata()
+    http.close()
+    assert info.value.message == (
+        "The provider's discovery document names the issuer 'https://evil.example', "
+        f"but myapp.oidc.partners.issuer is {provider.issuer!r}; they must be identical."
+    )
+
+
 def test_discovery_missing_endpoint(client, provider):
     provider.metadata_overrides["token_endpoint"] = None
     with pytest.raises(ProviderMisconfigured, match="token_endpoint"):
