@@ -82,13 +82,15 @@ def inject(headers: dict) -> None:
         propagate.inject(headers)
 
 
-def outgoing_span(name: str, *, kind_of: str, target: str, method: str):
-    """A client span for a call to a provider or an upstream; ``target`` is a name, never a URL."""
+def outgoing_span(name: str, *, kind_of: str, target: str | None, method: str):
+    """A client span for a call to a provider or an upstream; ``target`` is its configured name,
+    never a URL (None: a client made for no provider in particular, as tests make, names none)."""
     if not _active or not _sampled.get():
         return _NO_SPAN
-    return tracer.start_as_current_span(
-        name, kind=SpanKind.CLIENT, attributes={"http.request.method": method, f"myapp.{kind_of}": target}
-    )
+    attributes = {"http.request.method": method}
+    if target is not None:
+        attributes[f"myapp.{kind_of}"] = target
+    return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
 
 def request_tween_factory(handler, registry):

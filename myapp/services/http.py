@@ -205,11 +205,13 @@ class _Adapter(HTTPAdapter):
 
 
 class HttpClient:
-    """A pooled ``requests`` transport shared by every call; requests never follow redirects, and
-    each call is over within its timeout (``myapp.oidc.http_timeout``) as a whole: see :meth:`bounded`."""
+    """A pooled ``requests`` transport shared by every call to one provider; requests never follow
+    redirects, and each call is over within its timeout (``myapp.oidc.http_timeout``) as a whole:
+    see :meth:`bounded`. ``provider`` is that provider's configured name, for its spans."""
 
-    def __init__(self, *, timeout: float, pool_maxsize: int = 32):
+    def __init__(self, *, timeout: float, pool_maxsize: int = 32, provider: str | None = None):
         self.timeout = timeout
+        self.provider = provider
         self.adapter = _Adapter(pool_connections=8, pool_maxsize=pool_maxsize, max_retries=0)
         self.session = requests.Session()
         self._mount(self.session)
@@ -256,14 +258,21 @@ class HttpClient:
             watch.end()
             _WATCH.reset(token)
 
-    def get_json(self, url: str, *, headers: dict | None = None, timeout: float | None = None) -> dict:
-        """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else."""
-        headers = {"Accept": "application/json", **(headers or {})}
-        with tracing.outgoing_span("provider GET", kind_of="provider", target=urlsplit(url).netloc, method="GET"):
-            tracing.inject(headers)
-            return self._get_json(url, headers, timeout)
+    def get_json(
+        self, url: str, *, document: str | None = None, headers: dict | None = None, timeout: float | None = None
+    ) -> dict:
+        """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else.
 
-    def _get_json(self, url: str, headers: dict, timeout: float | None) -> dict:
+        Its span is ``provider <document>`` (``discovery``, ``jwks``; without one, the last
+        segment of the URL's path, as the token endpoint's calls are named), with the provider's
+        name and the answer's status: never the URL, its query or the headers."""
+        headers = {"Accept": "application/json", **(headers or {})}
+        name = f"provider {document or urlsplit(url).path.rsplit('/', 1)[-1] or 'endpoint'}"
+        with tracing.outgoing_span(name, kind_of="provider", target=self.provider, method="GET") as span:
+            tracing.inject(headers)
+            return self._get_json(url, headers, timeout, span)
+
+    def _get_json(self, url: str, headers: dict, timeout: float | None, span) -> dict:
         try:
             with self.bounded(timeout) as left, self.session.get(
                 url,
@@ -272,6 +281,7 @@ class HttpClient:
                 allow_redirects=False,
                 stream=True,
             ) as response:
+                span.set_attribute("http.response.status_code", response.status_code)
                 if response.status_code != 200:
                     raise HTTPFailure(
                         f"answered HTTP {response.status_code}",

@@ -11,6 +11,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 
 from myapp import tracing
 from myapp.settings import SettingsError, load_settings
@@ -79,6 +80,22 @@ def test_a_signed_in_api_call_with_a_refresh(spans, make_proxy_app, signed_in, u
     token_call = [headers for path, _, headers in provider.requests if path == "/token"][-1]
     assert token_call["HTTP_TRACEPARENT"].split("-")[1] == trace_id
     assert response.headers["X-Request-ID"]
+
+
+def test_each_call_to_the_provider_names_what_it_fetches_the_provider_and_the_status(spans, make_app, provider):
+    """Discovery, the key set and userinfo are named like the token endpoint's call, carry the
+    provider's configured name, and the status it answered with, an error status too; nothing else."""
+    provider.userinfo_response = lambda token: (503, {"error": "temporarily_unavailable"})
+    browser = Browser(make_app())
+    _, query = start_login(browser, "/posts")
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=303)
+    calls = {s.name: dict(s.attributes) for s in spans if s.kind is SpanKind.CLIENT}
+    for name, method, status in [("provider discovery", "GET", 200), ("provider jwks", "GET", 200),
+                                 ("provider token", "POST", 200), ("provider userinfo", "GET", 503)]:
+        assert calls.get(name) == {"http.request.method": method, "myapp.provider": "default",
+                                   "http.response.status_code": status}, (name, calls)
+    assert set(calls) == {"provider discovery", "provider jwks", "provider token", "provider userinfo"}
 
 
 def test_a_request_not_sampled_makes_no_span_inside_and_passes_the_decision_on(

@@ -177,7 +177,7 @@ class ProviderDocuments:
                 return self._metadata
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             try:
-                document = self.http.get_json(url)
+                document = self.http.get_json(url, document="discovery")
             except HTTPFailure as e:
                 if self._metadata is not None and e.unavailable:
                     log.warning("discovery refresh failed (%s); keeping the cached document", e)
@@ -200,7 +200,7 @@ class ProviderDocuments:
             if not first and self.monotonic() - self._last_key_refetch < JWKS_REFETCH_INTERVAL:
                 return self._keys
             try:
-                document = self.http.get_json(jwks_uri)
+                document = self.http.get_json(jwks_uri, document="jwks")
             except HTTPFailure as e:
                 if not first:
                     log.warning("key set refresh failed (%s); keeping the cached keys", e)

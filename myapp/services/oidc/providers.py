@@ -26,7 +26,12 @@ class Providers(Mapping[str, OIDCClient]):
 
     @classmethod
     def build(cls, settings: Mapping[str, OIDCSettings]) -> "Providers":
-        return cls({name: OIDCClient(settings=s, http=HttpClient(timeout=s.http_timeout)) for name, s in settings.items()})
+        return cls(
+            {
+                name: OIDCClient(settings=s, http=HttpClient(timeout=s.http_timeout, provider=s.name))
+                for name, s in settings.items()
+            }
+        )
 
     def __getitem__(self, name: str) -> OIDCClient:
         return self._clients[name]
