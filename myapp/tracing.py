@@ -15,6 +15,7 @@ from contextvars import ContextVar
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("myapp")
@@ -40,6 +41,10 @@ _NO_SPAN = contextlib.nullcontext(_NoSpan())
 # upstreams and the provider follow the same decision. Outside a request (a background task),
 # spans are made as before.
 _sampled: ContextVar[bool] = ContextVar("myapp_request_sampled", default=True)
+
+# W3C Trace Context's headers: a caller's go on to an upstream only as passed_on() says.
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+_W3C = TraceContextTextMapPropagator()
 
 
 def activate(on: bool = True) -> None:
@@ -77,9 +82,30 @@ def setup_tracing(settings) -> None:
 
 
 def inject(headers: dict) -> None:
-    """Add ``traceparent`` (and ``tracestate``) of the current span to an outgoing request."""
+    """Add ``traceparent`` (and ``tracestate``, if it has one) of the current span to an outgoing
+    request: a caller's tracestate only if the request continued the caller's trace and it read."""
     if _active:
         propagate.inject(headers)
+
+
+def passed_on(traceparent: str | None, tracestate: str | None) -> dict:
+    """A caller's ``traceparent`` and ``tracestate`` for an upstream, with tracing off: unchanged,
+    as a proxy that takes no part in the trace passes them, but only as OpenTelemetry reads them
+    (W3C Trace Context): an invalid traceparent goes nowhere, nor the tracestate that came with
+    it, which belongs to it; a tracestate that does not read (over 8,192 characters or 32 members,
+    a member its grammar refuses, a key twice) is dropped. With tracing on, nothing: :func:`inject`
+    sends the request's own traceparent, with the tracestate that goes with it."""
+    if _active or traceparent is None:
+        return {}
+    carrier = {"traceparent": traceparent}
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate
+    context = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+    if not context.is_valid:
+        return {}
+    if not context.trace_state:
+        return {"traceparent": traceparent}
+    return carrier
 
 
 def outgoing_span(name: str, *, kind_of: str, target: str | None, method: str):

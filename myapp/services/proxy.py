@@ -45,12 +45,13 @@ HOP_BY_HOP = frozenset(
      "trailers", "transfer-encoding", "upgrade"}
 )
 # Only these browser headers go upstream (plus a upstream's own `forward_headers`): content
-# negotiation, caching, tracing. Everything else stays here, whatever tricks it carries
-# (X-HTTP-Method-Override, X-Original-URL, the CSRF token, credentials).
+# negotiation, caching. Everything else stays here, whatever tricks it carries
+# (X-HTTP-Method-Override, X-Original-URL, the CSRF token, credentials). traceparent and
+# tracestate go only as W3C Trace Context has it (tracing.passed_on and tracing.inject).
 FORWARDED_REQUEST_HEADERS = frozenset(
     {"accept", "accept-encoding", "accept-language", "cache-control", "content-encoding", "content-language",
      "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "pragma", "prefer", "range",
-     "user-agent", "x-requested-with", "traceparent", "tracestate"}
+     "user-agent", "x-requested-with"}
 )
 # The upstream's cookies stay there, and it does not get to weaken this site's own policies.
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
@@ -118,7 +119,7 @@ class Route:
             # As written (the pool percent-encodes the whole target once, as it did the whole URL).
             base_target=base.path + (f"?{base.query}" if base.query else ""),
             timeout=Timeout(connect=min(upstream.timeout, 10), read=upstream.timeout),
-            forwarded=FORWARDED_REQUEST_HEADERS | upstream.forward_headers,
+            forwarded=(FORWARDED_REQUEST_HEADERS | upstream.forward_headers) - tracing.TRACE_HEADERS,
         )
 
 
@@ -390,6 +391,10 @@ class Proxy:
                 name = _environ_name(key)
             if name and name in allowed and name not in connection_named:
                 headers[name] = value
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        if traceparent is not None and "traceparent" not in connection_named:
+            tracestate = environ.get("HTTP_TRACESTATE") if "tracestate" not in connection_named else None
+            headers.update(tracing.passed_on(traceparent, tracestate))
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         headers["X-Request-ID"] = current_request_id() or request_id_of(environ)

@@ -109,15 +109,70 @@ def test_a_request_not_sampled_makes_no_span_inside_and_passes_the_decision_on(
     monkeypatch.setattr(tracing.tracer, "start_as_current_span", lambda name, **kw: started.append(name) or start(name, **kw))
     browser = signed_in(expires_in=0)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    browser.get("/api/up/items", headers={"X-CSRF": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"}, status=200)
+    browser.get("/api/up/items", headers={"X-CSRF": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-00",
+                                          "tracestate": "rojo=00f067aa0ba902b7"}, status=200)
     assert started == ["GET"] and spans == []
     _, sent_trace, _, flags = upstream.seen[-1]["headers"]["traceparent"].split("-")
     assert (sent_trace, flags) == (trace_id, "00")
+    assert upstream.seen[-1]["headers"]["tracestate"] == "rojo=00f067aa0ba902b7"  # the trace's, with it
     token_call = [headers for path, _, headers in provider.requests if path == "/token"][-1]
     assert token_call["HTTP_TRACEPARENT"].split("-")[1] == trace_id
     # Sampled, the same call makes every span it did.
     browser.get("/api/up/items", headers={"X-CSRF": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}, status=200)
     assert "session.lookup" in started and "upstream up" in started and spans
+
+
+# W3C Trace Context: a caller's traceparent and tracestate, and what of them may reach an upstream.
+CALLERS_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+CALLERS_STATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+# Well-formed members, 7,935 characters; padded with empty members (allowed) to 10,000, too long.
+LONG_BUT_READABLE = ",".join(f"m{i}={'v' * 250}" for i in range(31))
+TOO_LONG = LONG_BUT_READABLE + "," * (10_000 - len(LONG_BUT_READABLE))
+TRACE_CONTEXTS = [
+    # (traceparent, tracestate, whether the traceparent reads, whether the tracestate goes with it)
+    pytest.param(CALLERS_PARENT, CALLERS_STATE, True, True, id="both-read"),
+    pytest.param(CALLERS_PARENT, LONG_BUT_READABLE, True, True, id="long-state"),
+    pytest.param(CALLERS_PARENT, TOO_LONG, True, False, id="state-of-10000"),
+    pytest.param(CALLERS_PARENT, "congo=t61rcWkgMzE,Rojo=1", True, False, id="state-key-in-upper-case"),
+    pytest.param(CALLERS_PARENT, "congo=1,congo=2", True, False, id="state-key-twice"),
+    pytest.param(CALLERS_PARENT, ",".join(f"k{i}=1" for i in range(33)), True, False, id="state-of-33-members"),
+    pytest.param("00-abc-def-01", CALLERS_STATE, False, False, id="parent-malformed"),
+    pytest.param("00-00000000000000000000000000000000-b7ad6b7169203331-01", CALLERS_STATE, False, False,
+                 id="parent-of-trace-zero"),
+    pytest.param(None, CALLERS_STATE, False, False, id="state-alone"),
+]
+
+
+def _trace_headers(traceparent, tracestate) -> dict:
+    return {"X-CSRF": "1", **({"traceparent": traceparent} if traceparent else {}), "tracestate": tracestate}
+
+
+@pytest.mark.parametrize("traceparent, tracestate, parent_reads, state_goes", TRACE_CONTEXTS)
+def test_with_tracing_off_a_callers_trace_context_goes_on_unchanged_only_when_it_reads(
+    signed_in, upstream, traceparent, tracestate, parent_reads, state_goes
+):
+    """Passed through as a proxy that takes no part in the trace passes it, unchanged; but an
+    invalid traceparent goes nowhere, nor its tracestate, and a tracestate that does not read (too
+    long, malformed, over 32 members) is dropped, as OpenTelemetry drops it."""
+    signed_in().get("/api/up/items", headers=_trace_headers(traceparent, tracestate), status=200)
+    seen = upstream.seen[-1]["headers"]
+    assert seen.get("traceparent") == (traceparent if parent_reads else None)
+    assert seen.get("tracestate") == (tracestate if state_goes else None)
+
+
+@pytest.mark.parametrize("traceparent, tracestate, parent_reads, state_goes", TRACE_CONTEXTS)
+def test_with_tracing_on_an_upstream_gets_the_requests_traceparent_and_only_the_tracestate_that_goes_with_it(
+    spans, signed_in, upstream, traceparent, tracestate, parent_reads, state_goes
+):
+    """The upstream's traceparent is this request's (its call's span), in the caller's trace when
+    the caller's read; the caller's tracestate goes with it only then, and only if it reads."""
+    signed_in().get("/api/up/items", headers=_trace_headers(traceparent, tracestate), status=200)
+    seen = upstream.seen[-1]["headers"]
+    call = next(s for s in spans if s.name == "upstream up")
+    sent = call.context
+    assert seen["traceparent"] == f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}"
+    assert (seen["traceparent"].split("-")[1] == CALLERS_PARENT.split("-")[1]) is parent_reads
+    assert seen.get("tracestate") == (tracestate if state_goes else None)
 
 
 def test_no_span_holds_a_secret(spans, make_app, provider):

@@ -252,17 +252,44 @@ def test_only_allowlisted_request_headers_go_upstream():
         environ(
             HTTP_ACCEPT="application/json", HTTP_COOKIE="s=1", HTTP_AUTHORIZATION="Bearer stolen", HTTP_X_CSRF="1",
             HTTP_X_FORWARDED_FOR="6.6.6.6", HTTP_X_HTTP_METHOD_OVERRIDE="DELETE", HTTP_CONNECTION="close, accept-language",
-            HTTP_ACCEPT_LANGUAGE="fr", HTTP_TRACEPARENT="00-abc-def-01", HTTP_X_REQUEST_ID="short",
+            HTTP_ACCEPT_LANGUAGE="fr", HTTP_TRACEPARENT=TRACEPARENT, HTTP_TRACESTATE="rojo=1",
+            HTTP_X_REQUEST_ID="short",
         ),
         upstream_name="orders",
         client_addr="192.0.2.1",
     )
     headers = outgoing.headers
-    assert headers["accept"] == "application/json" and headers["traceparent"] == "00-abc-def-01"
+    assert headers["accept"] == "application/json"
+    assert (headers["traceparent"], headers["tracestate"]) == (TRACEPARENT, "rojo=1")  # tracing is off here
     assert not {"cookie", "authorization", "x-csrf", "x-http-method-override", "accept-language"} & set(headers)
     assert headers["X-Forwarded-For"] == "192.0.2.1"
     assert (headers["X-Forwarded-Proto"], headers["X-Forwarded-Host"]) == ("https", "app.example.test")
     assert headers["X-Request-ID"] != "short" and len(headers["X-Request-ID"]) == 32
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"HTTP_TRACEPARENT": "00-abc-def-01", "HTTP_TRACESTATE": "rojo=1"}, {}),
+        ({"HTTP_TRACESTATE": "rojo=1"}, {}),
+        ({"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "rojo=1", "HTTP_CONNECTION": "traceparent"}, {}),
+        ({"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "rojo=1", "HTTP_CONNECTION": "tracestate"},
+         {"traceparent": TRACEPARENT}),
+        ({"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_TRACESTATE": "rojo=1,=x"}, {"traceparent": TRACEPARENT}),
+    ],
+)
+def test_a_callers_trace_context_goes_upstream_only_when_it_reads_and_as_it_came(extra, expected):
+    """With tracing off (tracing.passed_on): an invalid traceparent, and the tracestate of one that
+    is invalid or missing or that the browser named hop-by-hop, go nowhere; nor does a tracestate
+    that does not read; a forward_headers setting naming them changes none of that."""
+    service = Proxy(upstreams={"orders": replace(UPSTREAM, forward_headers=frozenset({"traceparent", "tracestate"}))},
+                    max_body_bytes=100, public_url="https://app.example.test")
+    headers = service.prepare(environ(**extra), upstream_name="orders", client_addr=None).headers
+    assert {name: headers[name] for name in ("traceparent", "tracestate") if name in headers} == expected
+    service.close()
 
 
 def test_a_wellformed_request_id_is_passed_on():
