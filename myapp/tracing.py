@@ -45,6 +45,10 @@ _sampled: ContextVar[bool] = ContextVar("myapp_request_sampled", default=True)
 # W3C Trace Context's headers: a caller's go on to an upstream only as passed_on() says.
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _W3C = TraceContextTextMapPropagator()
+# What a caller's trace headers get wrong is the caller's: OpenTelemetry's parser would log each
+# malformed tracestate member, up to 8 KiB of a stranger's text, at WARNING, for every such request.
+for _parser in ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext"):
+    logging.getLogger(_parser).setLevel(logging.ERROR)
 
 
 def activate(on: bool = True) -> None:

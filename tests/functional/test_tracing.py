@@ -98,6 +98,20 @@ def test_each_call_to_the_provider_names_what_it_fetches_the_provider_and_the_st
     assert set(calls) == {"provider discovery", "provider jwks", "provider token", "provider userinfo"}
 
 
+def test_the_providers_posts_are_named_by_what_they_do_not_by_their_path(spans, make_app, provider):
+    """Keycloak's PAR endpoint ends in /request and revocation endpoints in /revoke: a span named
+    after the path's last segment said neither (helper-44)."""
+    provider.offers_par = True
+    browser = Browser(make_app())
+    browser.get("/login", status=303)
+    (pushed,) = [dict(form) for form in provider.pushed.values()]
+    code = provider.grant(challenge=pushed["code_challenge"], nonce=pushed["nonce"])
+    browser.get("/auth/callback", params={"code": code, "state": pushed["state"], "iss": provider.issuer}, status=303)
+    browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    posts = [s.name for s in spans if s.kind is SpanKind.CLIENT and s.attributes.get("http.request.method") == "POST"]
+    assert posts == ["provider par", "provider token", "provider revocation"]
+
+
 def test_a_request_not_sampled_makes_no_span_inside_and_passes_the_decision_on(
     spans, make_proxy_app, signed_in, upstream, provider, monkeypatch
 ):
@@ -149,15 +163,18 @@ def _trace_headers(traceparent, tracestate) -> dict:
 
 @pytest.mark.parametrize("traceparent, tracestate, parent_reads, state_goes", TRACE_CONTEXTS)
 def test_with_tracing_off_a_callers_trace_context_goes_on_unchanged_only_when_it_reads(
-    signed_in, upstream, traceparent, tracestate, parent_reads, state_goes
+    signed_in, upstream, caplog, traceparent, tracestate, parent_reads, state_goes
 ):
     """Passed through as a proxy that takes no part in the trace passes it, unchanged; but an
     invalid traceparent goes nowhere, nor its tracestate, and a tracestate that does not read (too
     long, malformed, over 32 members) is dropped, as OpenTelemetry drops it."""
-    signed_in().get("/api/up/items", headers=_trace_headers(traceparent, tracestate), status=200)
+    with caplog.at_level("DEBUG"):
+        signed_in().get("/api/up/items", headers=_trace_headers(traceparent, tracestate), status=200)
     seen = upstream.seen[-1]["headers"]
     assert seen.get("traceparent") == (traceparent if parent_reads else None)
     assert seen.get("tracestate") == (tracestate if state_goes else None)
+    # Nor does it go into the log: OpenTelemetry's parser logged each malformed member, text and all.
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
 
 
 @pytest.mark.parametrize("traceparent, tracestate, parent_reads, state_goes", TRACE_CONTEXTS)

@@ -100,7 +100,9 @@ class OIDCClient:
         self.settings = settings
         self.http = http
         self.client_keys = ClientKeys(settings.client_keys, settings.client_certificate)
-        self.documents = ProviderDocuments(issuer=settings.issuer, http=http, monotonic=monotonic)
+        self.documents = ProviderDocuments(
+            issuer=settings.issuer, http=http, monotonic=monotonic, issuer_setting=settings.settings_prefix + "issuer"
+        )
         self.validator = TokenValidator(
             issuer=settings.issuer,
             client_id=settings.client_id,
@@ -180,7 +182,7 @@ class OIDCClient:
     def _push(self, endpoint: str, params: list) -> str:
         """RFC 9126: the authorization request's parameters, client-authenticated; its request_uri."""
         try:
-            response = self._post(endpoint, params)
+            response = self._post(endpoint, params, role="par")
         except requests.RequestException as e:
             failure = describe(e)
             if failure.unavailable:
@@ -243,13 +245,13 @@ class OIDCClient:
         return client_secret_basic
 
     def _post(
-        self, endpoint: str, form: list, *, timeout: float | None = None, dpop: DPoPKey | None = None
+        self, endpoint: str, form: list, *, role: str, timeout: float | None = None, dpop: DPoPKey | None = None
     ) -> requests.Response:
         """POST ``form`` (repeated names kept) to one of the provider's endpoints, authenticated as
-        this client; with ``dpop``, with a proof, sent once more when the provider asks for a nonce."""
+        this client; with ``dpop``, with a proof, sent once more when the provider asks for a nonce.
+        Its span is ``provider <role>`` (``par``, ``token``, ``revocation``), whatever the path."""
         session = self.http.oauth2_session(client_id=self.settings.client_id, client_secret=self.settings.client_secret)
-        endpoint_name = urlsplit(endpoint).path.rsplit("/", 1)[-1] or "endpoint"
-        with tracing.outgoing_span(f"provider {endpoint_name}", kind_of="provider", target=self.settings.name, method="POST") as span:
+        with tracing.outgoing_span(f"provider {role}", kind_of="provider", target=self.settings.name, method="POST") as span:
 
             def send() -> tuple[requests.Response, str | None]:
                 headers = {"Accept": "application/json"}
@@ -276,7 +278,7 @@ class OIDCClient:
                 endpoint, response.headers.get("DPoP-Nonce"), sent=sent, asked=_asks_for_nonce(response)
             ):
                 # RFC 9449 section 8: once more, with the nonce it gave (a fresh proof, a new jti).
-                log.info("the provider's %s asked for a DPoP nonce; sending again with it", endpoint_name)
+                log.info("the provider's %s asked for a DPoP nonce; sending again with it", role)
                 response, _ = send()
                 self.nonces.remember(endpoint, response.headers.get("DPoP-Nonce"))
             span.set_attribute("http.response.status_code", response.status_code)
@@ -364,7 +366,7 @@ class OIDCClient:
             form.append(("scope", scope))
         form.extend(("resource", resource) for resource in resources)
         form.extend((params or {}).items())
-        return self._call_token_endpoint(lambda: _parse_token_response(self._post(endpoint, form, dpop=dpop)), dpop)
+        return self._call_token_endpoint(lambda: _parse_token_response(self._post(endpoint, form, role="token", dpop=dpop)), dpop)
 
     def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> "Revocation":
         """RFC 7009 revocation, client-authenticated; never raises."""
@@ -377,7 +379,9 @@ class OIDCClient:
         if endpoint is None:
             return Revocation.NOT_OFFERED
         try:
-            response = self._post(endpoint, [("token", token), ("token_type_hint", token_type_hint)], timeout=timeout)
+            response = self._post(
+                endpoint, [("token", token), ("token_type_hint", token_type_hint)], role="revocation", timeout=timeout
+            )
         except requests.RequestException as e:
             log.warning("token revocation failed: %s", describe(e))
             return Revocation.FAILED
@@ -399,9 +403,11 @@ class OIDCClient:
 
         def get(nonce: str | None) -> dict:
             if dpop is None:
-                return self.http.get_json(endpoint, headers={"Authorization": f"Bearer {access_token}"})
+                return self.http.get_json(endpoint, document="userinfo", headers={"Authorization": f"Bearer {access_token}"})
             proof = dpop.proof("GET", endpoint, access_token=access_token, nonce=nonce)
-            return self.http.get_json(endpoint, headers={"Authorization": f"DPoP {access_token}", "DPoP": proof})
+            return self.http.get_json(
+                endpoint, document="userinfo", headers={"Authorization": f"DPoP {access_token}", "DPoP": proof}
+            )
 
         sent = self.nonces.get(endpoint) if dpop is not None else None
         try:

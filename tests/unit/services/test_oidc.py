@@ -360,6 +360,14 @@ def test_a_discovery_issuer_mismatch_names_the_providers_own_setting(provider):
     )
 
 
+def test_a_listed_providers_client_names_its_own_issuer_setting(provider, clock):
+    provider.metadata_overrides["issuer"] = "https://evil.example"
+    client = make_client(provider, clock, name="partners", settings_prefix="myapp.oidc.partners.")
+    with pytest.raises(ProviderMisconfigured, match=r"but myapp\.oidc\.partners\.issuer is "):
+        client.metadata()
+    client.http.close()
+
+
 def test_discovery_missing_endpoint(client, provider):
     provider.metadata_overrides["token_endpoint"] = None
     with pytest.raises(ProviderMisconfigured, match="token_endpoint"):
