@@ -16,7 +16,7 @@ from myapp.cookies import SessionCookie
 from myapp.errors import APIError, ErrorCode
 from myapp.models import User
 from myapp.services import Services
-from myapp.services.sessions import EndReason, SessionRecord, SignIn
+from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason, SessionRecord, SignIn
 from myapp.services.tokenset import TokenSet
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -160,15 +160,16 @@ class SessionSecurityPolicy:
             self._clear_cookie_later(request, None)
             return None
         reason = store.dead_reason(session)
-        client = None if reason is not None else request.services.providers.of_session(session.provider, session.user_issuer)
-        if reason is None and client is None:
-            # Its provider was taken out of the settings (a renamed one is still found by issuer):
-            # nothing can refresh, sign out or vouch for it any more. Its tokens go with it, unrevoked,
-            # as no provider is configured to take them.
-            reason = EndReason.PROVIDER_REMOVED
-            store.end_on_its_own(session, reason, revoke=False)
         if reason is not None:
             self._clear_cookie_later(request, reason)
+            return None
+        client = request.services.providers.of_session(session.provider, session.user_issuer)
+        if client is None:
+            # A provider this process does not know (a renamed one is still found by its issuer):
+            # removed from the settings, or added on other processes first, in a rolling deployment.
+            # No session here, but nothing ended and the cookie kept: a process that knows the
+            # provider still serves it, and a removed provider's sessions end at their timeout.
+            request.signed_out_reason = PROVIDER_UNKNOWN
             return None
         session = store.touch(session)
         return Identity(session=session, idle_expires_at=store.idle_expires_at(session), provider=client.settings.name)

@@ -482,7 +482,22 @@ def _listed(cpus: set[int]) -> str:
 
 
 def serve_paste(app, global_conf, **settings):
-    """The ``paste.server_runner`` (``use = egg:myapp#waitress``)."""
+    """The ``paste.server_runner`` (``use = egg:myapp#waitress``). A server that cannot start ends
+    the process with status 2 here: pserve takes a SystemExit for an ordinary end and exits 0, which
+    systemd's ``Restart=on-failure`` and any monitoring would take for a clean stop."""
+    try:
+        return serve(app, **settings)
+    except SystemExit as e:
+        if e.code in (None, 0):
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.code if isinstance(e.code, int) else 1)
+
+
+def serve(app, **settings):
+    """Hold the CPU as ``cpu_affinity`` says, then serve with waitress until stopped; a setting
+    that cannot work is one line and ``SystemExit(2)``."""
     try:
         cpu_affinity = parse_cpu_affinity(settings.pop("cpu_affinity", "off"))
         # Before waitress starts its threads: they inherit the CPU.

@@ -47,8 +47,10 @@ TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _W3C = TraceContextTextMapPropagator()
 # What a caller's trace headers get wrong is the caller's: OpenTelemetry's parser would log each
 # malformed tracestate member, up to 8 KiB of a stranger's text, at WARNING, for every such request.
+# Unless the logging configuration says otherwise for them.
 for _parser in ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext"):
-    logging.getLogger(_parser).setLevel(logging.ERROR)
+    if logging.getLogger(_parser).level == logging.NOTSET:
+        logging.getLogger(_parser).setLevel(logging.ERROR)
 
 
 def activate(on: bool = True) -> None:

@@ -323,6 +323,13 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
     command = f"myapp-migrate {config_file or '<your ini file>'}"
     if revision is None:
         raise SchemaError(f"the database is not migrated; run: {command}")
+    if revision.isdigit() and int(revision) > int(SCHEMA_REVISION):
+        # Migrating cannot help (myapp-migrate refuses it too): say what can.
+        raise SchemaError(
+            f"the database is at schema revision {revision}, newer than this version of myapp knows "
+            f"({SCHEMA_REVISION}): was it migrated by a newer version? Run that version, or restore the "
+            "database from before its migration"
+        )
     raise SchemaError(
         f"the database is at schema revision {revision}, this code needs {SCHEMA_REVISION}; run: {command}"
     )

@@ -49,8 +49,9 @@ def main(argv=None):
         return 0
     key_path, certificate_path = write_client_key(options.client_key, ec_key=options.ec, subject=options.subject)
     print(f"wrote {key_path} (private, mode 0600) and {certificate_path}")
-    print(f"myapp.oidc.client_keys = file:{key_path}")
-    print(f"myapp.oidc.client_certificate = file:{certificate_path}")
+    # Absolute: a relative file: path is read from the server's working directory (/ under systemd).
+    print(f"myapp.oidc.client_keys = file:{key_path.resolve()}")
+    print(f"myapp.oidc.client_certificate = file:{certificate_path.resolve()}")
     return 0
 
 

@@ -7,7 +7,7 @@ serve a database that is not at its revision and names this command.
 
 Example:
   myapp-migrate /etc/myapp/production.ini
-  database at revision 0002 (head), upgraded from 0001
+  database at revision 0008 (head), upgraded from 0007
 """
 
 from myapp.models import SchemaError

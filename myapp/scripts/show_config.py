@@ -9,22 +9,28 @@ Example:
 
 import dataclasses
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from myapp.scripts import parser, print_lines, read_settings
 
 PROG = "myapp-show-config"
 SECRET_FIELDS = {"client_secret", "encryption_keys", "client_keys"}
+# Query parameters a database or Redis URL may carry a secret in (libpq, redis-py).
+SECRET_QUERY_PARAMETERS = {"password", "pass", "passwd", "sslpassword"}
 
 
 def mask_url(url: str | None) -> str | None:
     if not url:
         return url
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name.lower() in SECRET_QUERY_PARAMETERS for name, _ in query):
+        masked = [(name, "***" if name.lower() in SECRET_QUERY_PARAMETERS else value) for name, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
 
 
 def describe(name: str, value):
@@ -50,6 +56,9 @@ def lines(prefix: str, value):
     elif hasattr(value, "items"):
         for key, item in value.items():
             yield from lines(f"{prefix}.{key}", item)
+    elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        for index, item in enumerate(value):  # the step-up rules, one by one
+            yield from lines(f"{prefix}[{index}]", item)
     else:
         yield f"{prefix} = {describe(prefix.rsplit('.', 1)[-1], value)}"
 

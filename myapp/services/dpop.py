@@ -199,9 +199,10 @@ class Nonces:
 def challenge_error(header: str | None) -> str | None:
     """The ``error`` of a ``DPoP`` challenge in a ``WWW-Authenticate`` header (``use_dpop_nonce``,
     ``invalid_dpop_proof``, ``invalid_token``...), or None when there is none."""
+    from myapp.services.oidc.errors import error_code
     from myapp.services.stepup import challenges
 
     for scheme, params in challenges(header):
         if scheme == "dpop" and params.get("error"):
-            return params["error"][:64]
+            return error_code(params["error"])  # it is logged: a code, or "invalid"
     return None

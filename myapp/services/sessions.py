@@ -51,10 +51,13 @@ class EndReason(StrEnum):
     ENDED_ELSEWHERE = "signed_out_elsewhere"
     BACKCHANNEL = "provider_logout"
     REFRESH_FAILED = "refresh_failed"
-    PROVIDER_REMOVED = "provider_removed"
     EXPIRED = "expired"
     IDLE = "idle"
 
+
+# Not an end, never stored: why a session is no session in a process that does not know its
+# provider (removed from the settings, or not added there yet).
+PROVIDER_UNKNOWN = "provider_removed"
 
 _SESSIONS, _USERS = UserSession.__table__.c, User.__table__.c
 # What every request reads, named as SessionRecord's fields.
@@ -569,15 +572,6 @@ class SessionStore:
 
     def end(self, session: SessionRecord, reason: EndReason) -> bool:
         return self.rows.end(session.id, reason)
-
-    def end_on_its_own(self, session: SessionRecord, reason: EndReason, *, revoke: bool = True) -> bool:
-        """End ``session`` in a transaction of its own (with ``own_transactions``), committed whatever
-        becomes of the request's: a request that finds its session must end answers as signed out,
-        and what an error answer wrote is rolled back."""
-        if self.own_transactions is None:
-            return self.rows.end(session.id, reason, revoke=revoke)
-        with self.own_transactions() as dbsession, dbsession.begin():
-            return SessionRows(dbsession, self.cipher, self.clock).end(session.id, reason, revoke=revoke)
 
     def end_all_for_user(self, user_id: int, reason: EndReason, *, except_id: int | None = None) -> int:
         condition = UserSession.user_id == user_id

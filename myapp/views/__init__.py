@@ -2,7 +2,7 @@
 
 from myapp.errors import outage_errors
 from myapp.resources import Permission, Root
-from myapp.services.sessions import EndReason
+from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason
 
 # Fixed texts for the ?notice= shown after an action (post/redirect/get, nothing stored).
 NOTICES = {
@@ -24,10 +24,11 @@ SIGNED_OUT_MESSAGES = {
     EndReason.ENDED_ELSEWHERE: "You chose to sign out everywhere else from another device.",
     EndReason.BACKCHANNEL: "You signed out at your identity provider, so you were signed out here too.",
     EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",
-    EndReason.PROVIDER_REMOVED: "The way you signed in is no longer offered here. Sign in again to carry on.",
     EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
     EndReason.LOGOUT: "You signed out.",
-    # Not a stored reason: what an administrator who ended all of their own sessions is told.
+    # Not stored reasons: a session whose provider this process does not know (it is not ended),
+    # and what an administrator who ended all of their own sessions is told.
+    PROVIDER_UNKNOWN: "The way you signed in is no longer offered here. Sign in again to carry on.",
     "ended_own": "You ended all of your own sessions, including this one, so you are signed out here too.",
 }
 

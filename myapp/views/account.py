@@ -29,15 +29,15 @@ def revoke_session(request):
     if request.context.ended:
         # Already signed out (a second click, or another tab): nothing to do, and nothing to record.
         return HTTPSeeOther(done_here)
-    request.audit.record(
-        AuditEventType.SESSION_REVOKED,
-        user_id=target.user_id,
-        actor_id=identity.user_id,
-        session_handle=target.handle,
-        ip_address=request.remote_addr,
-    )
     reason = EndReason.REVOKED_BY_ADMIN if by_admin else EndReason.REVOKED
-    request.session_store.end(target, reason)
+    if request.session_store.end(target, reason):  # not when a click racing this one ended it first
+        request.audit.record(
+            AuditEventType.SESSION_REVOKED,
+            user_id=target.user_id,
+            actor_id=identity.user_id,
+            session_handle=target.handle,
+            ip_address=request.remote_addr,
+        )
     if target.id == identity.session_id:
         return HTTPSeeOther(
             request.route_path("signed_out", _query={"reason": EndReason.REVOKED}), headers=forget(request)

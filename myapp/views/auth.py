@@ -136,6 +136,10 @@ def callback(request):
             request, 429, "Too many sign-in attempts", "Please wait a minute before trying again.",
             retry_url=_login_url(request, "/"),
         )
+    # The browser's session (if any) is read before this request writes: its first read may write
+    # (its activity, in a transaction of its own), which on SQLite would wait behind this request's
+    # own write lock for as long as the lock's timeout (helper-46).
+    signed_in = request.identity is not None
     try:
         result = request.login_service.complete(
             request.GET,
@@ -147,7 +151,7 @@ def callback(request):
         # The consumed login transaction and the audit record stay; nothing else was written.
         request.keep_transaction()
         request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
-        if (not e.started_here or e.reason in STALE_CALLBACK_REASONS) and request.identity is not None:
+        if (not e.started_here or e.reason in STALE_CALLBACK_REASONS) and signed_in:
             # Back (or a reload) onto a sign-in that already completed or ran out, in a browser
             # that is signed in: nothing went wrong for this person; carry on where they meant to go.
             log.info("stale sign-in callback (%s) in a signed-in browser; sending it on", e.reason)

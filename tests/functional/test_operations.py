@@ -195,6 +195,16 @@ def test_generate_client_key(tmp_path, capsys, ec):
     assert "providers.default.client_keys = *** (1 key(s))" in out and "PRIVATE KEY" not in out
 
 
+def test_generate_client_key_prints_absolute_paths(tmp_path, capsys, monkeypatch):
+    """A relative path is read from the server's working directory, / under systemd (helper-45)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keys").mkdir()
+    code, out, _ = run(generate_key.main, "--client-key", "keys", capsys=capsys)
+    (key,) = (tmp_path / "keys").glob("client-key-*.pem")
+    assert code == 0 and f"myapp.oidc.client_keys = file:{key.resolve()}\n" in out
+    assert "myapp.oidc.client_certificate = file:/" in out
+
+
 def test_generate_client_key_refuses_what_it_cannot_do(tmp_path, capsys):
     code, _, err = run(generate_key.main, "--client-key", tmp_path / "nope", capsys=capsys)
     assert code == 2 and err == f"myapp-generate-key: {tmp_path / 'nope'} is not a directory\n"
@@ -212,6 +222,24 @@ def test_show_config_masks_secrets(ini, capsys, tmp_path):
     path.write_text(ini.read_text().replace("sqlalchemy.url = ", "sqlalchemy.url = postgresql+psycopg://app:hunter2@db/app\n#"))
     _, out, _ = run(show_config.main, path, capsys=capsys)
     assert "hunter2" not in out and "app:***@db" in out
+    # helper-45: a password in the query, as libpq and redis-py take it too; an IPv6 host kept bracketed
+    path.write_text(ini.read_text().replace(
+        "sqlalchemy.url = ", "sqlalchemy.url = postgresql+psycopg://app:pw1@[::1]:5432/app?password=hunter3&sslmode=require\n#"
+    ))
+    _, out, _ = run(show_config.main, path, capsys=capsys)
+    assert "hunter3" not in out and "pw1" not in out
+    assert "database_url = postgresql+psycopg://app:***@[::1]:5432/app?password=***&sslmode=require" in out
+
+
+def test_show_config_shows_step_up_rules(ini, capsys, tmp_path):
+    """It ended in a traceback for any ini with rules, development.ini among them (helper-45)."""
+    path = tmp_path / "rules.ini"
+    path.write_text(ini.read_text() + "myapp.stepup.rules =\n    /admin = acr=urn:x:mfa max_age=15m\n    /reports = acr=a,b\n")
+    code, out, err = run(show_config.main, path, capsys=capsys)
+    assert (code, err) == (0, "")
+    # Longest prefix first, as they are matched.
+    assert "stepup_rules[0].prefix = /reports\nstepup_rules[0].acr_values = a b\nstepup_rules[0].max_age = None\n" in out
+    assert "stepup_rules[1].prefix = /admin\nstepup_rules[1].acr_values = urn:x:mfa\nstepup_rules[1].max_age = 900s\n" in out
 
 
 def test_show_config_cut_short_by_its_reader_ends_quietly(ini):

@@ -188,6 +188,24 @@ def test_revoking_one_of_my_sessions_twice_says_it_is_signed_out(browser, alice,
     assert "Alice" in browser.get("/").text
 
 
+def test_a_click_that_another_beat_to_it_records_nothing(browser, alice, sign_in, session_store, dbsession, monkeypatch):
+    """Two clicks at once both find the session live; only the one that ends it records it (helper-46)."""
+    from myapp.services.sessions import SessionStore
+
+    _, other = session_store.create(user=alice)
+    sign_in(browser, alice)
+    end = SessionStore.end
+
+    def beaten(self, session, reason):
+        end(self, session, reason)  # the other click, first
+        return end(self, session, reason)
+
+    monkeypatch.setattr(SessionStore, "end", beaten)
+    response = browser.submit(f"/account/sessions/{other.handle}/revoke", status=303)
+    assert response.location.endswith("/account/sessions?notice=session_revoked")
+    assert dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "session_revoked")).all() == []
+
+
 def test_an_administrator_ending_someone_elses_session_is_named_as_such(browser, admin, bob, sign_in, session_store,
                                                                          dbsession):
     """The owner is told an administrator ended it, not that they did (helper-42), and the

@@ -207,10 +207,34 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
 )
 def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, settings, words):
     with pytest.raises(SystemExit) as stopped:
-        serve_paste(app, {}, listen="127.0.0.1:0", **settings)
+        server.serve(app, listen="127.0.0.1:0", **settings)
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("myapp: [server:main]: ") and words in err and "\n" not in err
+
+
+def paste_app(global_conf, **settings):
+    """An app for pserve that needs nothing (``use = call:tests.unit.test_server:paste_app``)."""
+    return lambda environ, start_response: start_response("204 No Content", []) or []
+
+
+@pytest.mark.parametrize("line", ["threds = 16", "cpu_affinity = sometimes", "threads = many"])
+def test_under_pserve_a_server_that_cannot_start_exits_with_status_2(tmp_path, line):
+    """pserve takes a SystemExit for an ordinary end and exited 0: systemd's Restart=on-failure and
+    monitoring saw a clean stop (helper-45)."""
+    ini = tmp_path / "server.ini"
+    ini.write_text(
+        "[app:main]\nuse = call:tests.unit.test_server:paste_app\n\n"
+        f"[server:main]\nuse = egg:myapp#waitress\nlisten = 127.0.0.1:0\n{line}\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "pyramid.scripts.pserve", str(ini)], cwd=root, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 2, done.stderr
+    *_, said = done.stderr.splitlines()  # after pserve's own "Starting server in PID ..."
+    assert said.startswith("myapp: [server:main]: ") and "Traceback" not in done.stderr
 
 
 def test_the_ini_files_use_it():
@@ -733,7 +757,7 @@ def test_a_claim_that_fails_otherwise_stops_the_server_with_one_line(app, capsys
     monkeypatch.setattr(server, "create_server", must_not_start)
     before = os.sched_getaffinity(0)
     with pytest.raises(SystemExit) as stopped:
-        serve_paste(app, {}, listen="127.0.0.1:0", cpu_affinity="auto")
+        server.serve(app, listen="127.0.0.1:0", cpu_affinity="auto")
     assert stopped.value.code == 2
     assert capsys.readouterr().err == "myapp: [server:main]: cpu_affinity = auto: Permission denied\n"
     assert os.sched_getaffinity(0) == before

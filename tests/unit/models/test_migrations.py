@@ -100,6 +100,18 @@ def test_outdated_database_is_refused(empty_database):
         check_schema(engine)
 
 
+def test_a_database_migrated_by_a_newer_version_is_refused_with_what_can_help(empty_database):
+    """"run: myapp-migrate" would not (it refuses a revision it does not know): helper-45."""
+    _, engine = empty_database
+    migrate(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(SchemaError) as info:
+        check_schema(engine, "app.ini")
+    assert str(info.value).startswith("the database is at schema revision 9999, newer than this version of myapp knows")
+    assert "myapp-migrate" not in str(info.value)
+
+
 def test_unreachable_database_is_one_line():
     with pytest.raises(SchemaError) as info:
         check_schema(get_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))

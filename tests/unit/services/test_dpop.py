@@ -102,6 +102,9 @@ def test_dpop_challenges_are_read_and_bearer_ones_are_not_mistaken_for_them():
     assert challenge_error('Bearer realm="x", DPoP algs="ES256" error="invalid_dpop_proof"') == "invalid_dpop_proof"
     assert challenge_error('Bearer error="invalid_token"') is None
     assert challenge_error(None) is None
+    # It is logged: what is not a code is "invalid" (helper-46), as a provider's error codes are.
+    assert challenge_error('DPoP error="<b>forged\\r line</b>"') == "invalid"
+    assert challenge_error('DPoP error="' + "e" * 65 + '"') == "invalid"
     # A step-up challenge to a DPoP-bound token comes in the DPoP scheme.
     step_up = parse_challenge('DPoP error="insufficient_user_authentication", acr_values="urn:mfa", max_age="60"')
     assert step_up.acr_values == ("urn:mfa",) and step_up.max_age == 60
