@@ -48,6 +48,13 @@ NEVER_FORWARDED = frozenset(
 
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The longest any duration setting takes: 100 years, so that now plus it is still a date (year 9999 is the last).
+MAX_DURATION = timedelta(days=36500)
+# A step-up rule's max_age: /login refuses a longer one (myapp.services.stepup.MAX_MAX_AGE, which imports this module).
+MAX_STEPUP_MAX_AGE = timedelta(days=3650)
+# myapp.metrics.allow: waitress gives clients of its unix socket this REMOTE_ADDR.
+LOCALHOST = "localhost"
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_PROVIDER = "default"
@@ -209,7 +216,31 @@ class LockSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     enabled: bool
+    # As written: IP addresses, networks (CIDR) and localhost, each checked at start-up.
     allow: tuple[str, ...]
+
+    def __post_init__(self):
+        networks = tuple(network for word in self.allow for network in _allowed_networks(word))
+        object.__setattr__(self, "_networks", networks)
+
+    def allows(self, address: str | None) -> bool:
+        """Whether a client at ``address`` (the ``REMOTE_ADDR`` waitress computes) may read /metrics."""
+        if address == LOCALHOST:
+            return LOCALHOST in self.allow
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+        return any(ip in network or (mapped is not None and mapped in network) for network in self._networks)
+
+
+def _allowed_networks(word: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """One word of myapp.metrics.allow: an address or a network; ``localhost``, this machine (its
+    loopback addresses, and waitress's unix socket). Raises ValueError for anything else."""
+    if word == LOCALHOST:
+        return LOOPBACK_NETWORKS
+    return (ipaddress.ip_network(word),)
 
 
 @dataclass(frozen=True)
@@ -268,11 +299,21 @@ def resolve(name: str, value: str, environ: Mapping[str, str] = os.environ) -> s
     return value
 
 
-def parse_duration(text: str) -> timedelta:
+class DurationTooLong(ValueError):
+    """A well-formed duration beyond the longest allowed."""
+
+
+def parse_duration(text: str, maximum: timedelta = MAX_DURATION) -> timedelta:
     match = _DURATION.match(text.strip().lower())
     if not match:
         raise ValueError(f"{text!r} is not a duration (use seconds, or 30s, 15m, 8h, 14d)")
-    return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    digits, unit = match.groups()
+    # More digits than any duration up to the maximum has: no need to make a huge number first.
+    seconds = int(digits) * _DURATION_UNITS[unit] if len(digits) <= 12 else None
+    if seconds is None or seconds > maximum.total_seconds():
+        years = f" ({maximum.days // 365} years)" if maximum.days >= 365 else ""
+        raise DurationTooLong(f"{text.strip()!r} is longer than {maximum.days}d{years}")
+    return timedelta(seconds=seconds)
 
 
 def _reports(placeholder):
@@ -425,6 +466,8 @@ def _check_url(name, value, *, allow_path=True):
         raise SettingsError(f"{name}: a URL here may not have a #fragment")
     if not allow_path and parts.path not in ("", "/"):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a path")
+    if not allow_path and ("?" in value or "#" in value):
+        raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a query or fragment")
     try:
         parts.port
     except ValueError:
@@ -531,7 +574,9 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict
 def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
     """``myapp.providers`` and each one's ``myapp.oidc.<name>.*``; without it, ``myapp.oidc.*`` is
     the one provider, ``default``."""
+    known_problems = len(reader.problems)
     listed = reader.mapping(PREFIX + "providers")
+    providers_refused = len(reader.problems) > known_problems
     if not listed:
         listed = {DEFAULT_PROVIDER: "Sign in"}
         prefixes = {DEFAULT_PROVIDER: PREFIX + "oidc."}
@@ -556,6 +601,7 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
                     f"{key}: myapp.providers lists no provider named 'default'; "
                     f"give each provider its own myapp.oidc.<name>.{key.rpartition('.')[2]}"
                 )
+    _refuse_unlisted_providers(reader, listed, prefixes, quietly=providers_refused)
     providers = {name: _provider(reader, name, listed[name], prefix, public_url) for name, prefix in prefixes.items()}
     seen: dict[str, str] = {}
     for provider in providers.values():
@@ -568,6 +614,27 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
                 "and revocation could not tell them apart"
             )
     return providers
+
+
+def _refuse_unlisted_providers(reader: _Reader, listed: Mapping[str, str], prefixes: Mapping[str, str], *,
+                               quietly: bool) -> None:
+    """``myapp.oidc.<name>.<key>`` for a provider ``myapp.providers`` does not list (as for upstreams);
+    ``quietly`` when myapp.providers itself is refused already: what it lists is not known then."""
+    nested = {name for name, prefix in prefixes.items() if prefix != PREFIX + "oidc."}
+    for key in reader.raw:
+        if not key.startswith(PREFIX + "oidc.") or key.count(".") < 3:
+            continue
+        name, _, setting = key.removeprefix(PREFIX + "oidc.").partition(".")
+        if name in nested:
+            continue  # a listed provider's key, or a typo in one
+        reader.known.add(key)
+        if quietly or (name in listed and name not in prefixes):
+            continue  # myapp.providers, or the name it lists, is refused already
+        if name == DEFAULT_PROVIDER and prefixes.get(name) == PREFIX + "oidc.":  # no myapp.providers
+            reader.problem(f"{key}: without myapp.providers, the provider 'default' is set by myapp.oidc.{setting}")
+            continue
+        hint = f"; did you mean {PREFIX}oidc.{name.lower()}.{setting}?" if name.lower() in nested else ""
+        reader.problem(f"{key}: no provider named {name!r} in myapp.providers{hint}")
 
 
 def _groups_claim(value: str) -> str | None:
@@ -597,8 +664,13 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
             "the provider's answer in a GET query string; leave response_mode out (or write query)"
         )
     scope = reader.string(prefix + "scope", "openid profile email offline_access")
-    if "openid" not in scope.split():
-        reader.problem(f"{prefix}scope: must include 'openid'")
+    # A comma may be part of a scope (RFC 6749 section 3.3): only 'openid' shows a list written with commas.
+    listed = next((token for token in scope.split() if "," in token and "openid" in token.split(",")), None)
+    if listed:
+        reader.problem(f"{prefix}scope: scopes are separated by spaces, not commas ({listed!r})")
+    elif "openid" not in scope.split():
+        commas = " (scopes are separated by spaces, not commas)" if "," in scope else ""
+        reader.problem(f"{prefix}scope: must include 'openid'{commas}")
     redirect_uri = reader.url(prefix + "redirect_uri", public_url + callback_path)
     # The callback's own route, on the origin whose cookie holds the login transaction.
     callbacks = [public_url + callback_path]
@@ -733,7 +805,13 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
                     bad = True
             elif key == "max_age" and sep and max_age is None:
                 try:
-                    max_age = parse_duration(value)
+                    max_age = parse_duration(value, MAX_STEPUP_MAX_AGE)
+                except DurationTooLong:
+                    reader.problem(
+                        f"{where}: max_age must be at most {MAX_STEPUP_MAX_AGE.days}d (a longer one makes a sign-in "
+                        "link that /login refuses)"
+                    )
+                    max_age = MAX_STEPUP_MAX_AGE
                 except ValueError:
                     bad = True
                 else:
@@ -776,13 +854,46 @@ def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
 
 
 def _database_url(reader: _Reader) -> str | None:
+    """A URL SQLAlchemy can make an engine of here: its dialect known and its driver installed
+    (nothing is connected to). The URL itself is never in a message: it may hold a password."""
     url = reader.string("sqlalchemy.url")
-    if url is not None:
-        try:
-            make_url(url)
-        except (ArgumentError, ValueError):
-            reader.problem("sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db")
+    if url is None:
+        return None
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        reader.problem("sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db")
+        return url
+    try:
+        parsed.get_dialect().import_dbapi()
+    except Exception as e:  # NoSuchModuleError, ImportError, or whatever a third-party dialect raises
+        missing = f" (no module named {e.name!r})" if isinstance(e, ImportError) and e.name else ""
+        reader.problem(
+            f"sqlalchemy.url: no database driver for {parsed.drivername!r} here{missing}; "
+            "use postgresql+psycopg://user@host/db or sqlite:///path/to/file"
+        )
     return url
+
+
+def _metrics_allow(reader: _Reader) -> tuple[str, ...]:
+    """IP addresses and networks, separated by spaces (or commas); each one checked, none resolved."""
+    name = PREFIX + "metrics.allow"
+    allow = []
+    for word in (part for words in reader.words(name, ("127.0.0.1", "::1")) for part in words.split(",") if part):
+        try:
+            _allowed_networks(word)
+        except ValueError:
+            try:
+                problem = f"has host bits set; did you mean {ipaddress.ip_network(word, strict=False)}?"
+            except ValueError:
+                problem = (
+                    "is not an IP address or network such as 10.0.0.0/8 "
+                    "(host names are not resolved; localhost is this machine)"
+                )
+            reader.problem(f"{name}: {word!r} {problem}")
+        else:
+            allow.append(word)
+    return tuple(allow)
 
 
 def _includes(raw: Mapping[str, object]) -> list[str]:
@@ -867,7 +978,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         ),
         metrics=MetricsSettings(
             enabled=reader.boolean(PREFIX + "metrics.enabled", False),
-            allow=reader.words(PREFIX + "metrics.allow", ("127.0.0.1", "::1")),
+            allow=_metrics_allow(reader),
         ),
         devstack_included=DEVSTACK_MODULE in _includes(raw),
         stepup_rules=_stepup_rules(reader),
@@ -890,7 +1001,8 @@ def _refuse_unknown_keys(reader: _Reader) -> None:
     candidates = {name.removeprefix(PREFIX) for name in reader.known | _per_upstream_keys(reader) | _per_provider_keys(reader)}
     for key in reader.raw:
         if key.startswith(PREFIX) and key not in reader.known:
-            close = difflib.get_close_matches(key.removeprefix(PREFIX), sorted(candidates), n=1, cutoff=0.75)
+            others = sorted(candidates - {key.removeprefix(PREFIX)})  # never the key itself
+            close = difflib.get_close_matches(key.removeprefix(PREFIX), others, n=1, cutoff=0.75)
             hint = f"; did you mean {PREFIX}{close[0]}?" if close else " (docs/configuration.md lists every setting)"
             reader.problem(f"{key}: unknown setting{hint}")
 

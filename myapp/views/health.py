@@ -36,11 +36,11 @@ def readyz(request):
 
 @view_config(route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def metrics(request):
-    """Prometheus text format, for the addresses in myapp.metrics.allow only."""
+    """Prometheus text format, for the addresses and networks in myapp.metrics.allow only."""
     settings = request.services.settings.metrics
     if not settings.enabled:
         raise HTTPNotFound()
-    if request.remote_addr not in settings.allow:
+    if not settings.allows(request.remote_addr):
         return Response("Metrics are not served to this address.\n", status=403, content_type="text/plain")
     exposition = request.services.metrics.exposition(request.session_store.count_live())
     return Response(body=exposition, content_type=CONTENT_TYPE.split(";")[0], charset="utf-8")

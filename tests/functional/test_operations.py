@@ -36,7 +36,8 @@ def test_metrics_are_off_by_default(browser):
 
 @pytest.fixture
 def metrics_app(make_app):
-    return make_app(**{"myapp.metrics.enabled": "true", "myapp.metrics.allow": "127.0.0.1 203.0.113.7"})
+    # The browser's address, 203.0.113.7, is allowed by its network.
+    return make_app(**{"myapp.metrics.enabled": "true", "myapp.metrics.allow": "127.0.0.1 203.0.113.0/29"})
 
 
 def metric(text, name, **labels):
@@ -58,9 +59,11 @@ def test_metrics_count_logins_and_failures(metrics_app, provider):
 
 
 def test_metrics_only_for_allowed_addresses(metrics_app):
-    other = Browser(metrics_app)
-    other.extra_environ = {**other.extra_environ, "REMOTE_ADDR": "198.51.100.9"}
-    other.get("/metrics", status=403)
+    Browser(metrics_app).get("/metrics", status=200)
+    for address in ("198.51.100.9", "203.0.113.8"):
+        other = Browser(metrics_app)
+        other.extra_environ = {**other.extra_environ, "REMOTE_ADDR": address}
+        other.get("/metrics", status=403)
     spoofed = Browser(metrics_app)
     spoofed.extra_environ = {**spoofed.extra_environ, "REMOTE_ADDR": "198.51.100.9"}
     spoofed.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, status=403)

@@ -6,6 +6,7 @@ from cryptography.fernet import Fernet
 from myapp.settings import (
     DEVELOPMENT_CLIENT_SECRETS,
     DEVELOPMENT_ENCRYPTION_KEYS,
+    MAX_STEPUP_MAX_AGE,
     SettingsError,
     load_settings,
     parse_duration,
@@ -512,7 +513,7 @@ def test_plain_keys_without_a_default_provider_are_refused():
         ({"myapp.oidc.partners.http_timout": "5"},
          "myapp.oidc.partners.http_timout: unknown setting; did you mean myapp.oidc.partners.http_timeout?"),
         ({"myapp.oidc.others.issuer": "https://x.example"},
-         "myapp.oidc.others.issuer: unknown setting"),
+         "myapp.oidc.others.issuer: no provider named 'others' in myapp.providers"),
     ],
 )
 def test_bad_provider_settings_are_one_line_each(overrides, expected):
@@ -743,3 +744,167 @@ def test_audit_retention():
     assert problems_of(raw(myapp__audit__retention="forever")) == [
         "myapp.audit.retention: 'forever' is not a duration (use seconds, or 30s, 15m, 8h, 14d)"
     ]
+
+
+# -- what used to pass start-up and fail later: at a request, in myapp-purge, or silently --
+
+def test_metrics_allow_takes_addresses_and_networks():
+    metrics = load_settings(raw(myapp__metrics__allow="10.0.0.0/8 192.0.2.7, 2001:db8::/32"), environ={}).metrics
+    assert metrics.allow == ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32")
+    assert metrics.allows("10.200.3.4") and metrics.allows("192.0.2.7") and metrics.allows("2001:db8::5")
+    assert metrics.allows("::ffff:10.0.0.9")  # an IPv4 client on a dual-stack socket
+    assert not metrics.allows("11.0.0.1") and not metrics.allows("192.0.2.8") and not metrics.allows("127.0.0.1")
+    assert not metrics.allows(None) and not metrics.allows("") and not metrics.allows("localhost")
+
+
+def test_metrics_allow_by_default_and_localhost():
+    default = load_settings(raw(), environ={}).metrics
+    assert default.allow == ("127.0.0.1", "::1")
+    assert default.allows("127.0.0.1") and default.allows("::1") and default.allows("::ffff:127.0.0.1")
+    assert not default.allows("127.0.0.2") and not default.allows("localhost")
+    local = load_settings(raw(myapp__metrics__allow="localhost"), environ={}).metrics
+    # The loopback addresses, and a client on waitress's unix socket (whose REMOTE_ADDR is 'localhost').
+    assert local.allows("127.0.0.2") and local.allows("::1") and local.allows("localhost")
+    assert not local.allows("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("garbage", "'garbage' is not an IP address or network such as 10.0.0.0/8 (host names are not resolved; "
+                    "localhost is this machine)"),
+        ("127.0.0.1 999.1.1.1", "'999.1.1.1' is not an IP address or network such as 10.0.0.0/8 (host names are not "
+                                "resolved; localhost is this machine)"),
+        ("prometheus.internal", "'prometheus.internal' is not an IP address or network such as 10.0.0.0/8 (host names "
+                                "are not resolved; localhost is this machine)"),
+        ("10.0.0.1/8", "'10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?"),
+    ],
+)
+def test_metrics_allow_refuses_what_could_never_match(value, problem):
+    assert problems_for(myapp__metrics__allow=value) == [f"myapp.metrics.allow: {problem}"]
+
+
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("postgres://app:hunter2@db/app", "no database driver for 'postgres' here"),  # Heroku's spelling
+        ("mysql://app:hunter2@db/app", "no database driver for 'mysql' here (no module named 'MySQLdb')"),
+    ],
+)
+def test_a_database_url_whose_driver_is_not_here_is_refused(url, problem):
+    assert problems_for(sqlalchemy__url=url) == [
+        f"sqlalchemy.url: {problem}; use postgresql+psycopg://user@host/db or sqlite:///path/to/file"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:////var/lib/myapp/myapp.sqlite", "postgresql+psycopg://app:pw@db.invalid:5432/app"]
+)
+def test_a_database_url_with_its_driver_here_passes_without_connecting(url):
+    assert load_settings(raw(sqlalchemy__url=url), environ={}).database_url == url
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("myapp.session.absolute_timeout", "3000000d"),
+        ("myapp.session.absolute_timeout", "99999999999999999999"),
+        ("myapp.audit.retention", "3000000d"),
+        ("myapp.oidc.http_timeout", "36501d"),
+        ("myapp.revocation.interval", "9" * 5000),
+    ],
+)
+def test_a_duration_longer_than_100_years_is_refused(setting, value):
+    problem = f"{setting}: {value!r} is longer than 36500d (100 years)"
+    assert problems_for(**{setting.replace(".", "__"): value}) == [problem]
+
+
+def test_the_longest_duration():
+    assert parse_duration("36500d") == timedelta(days=36500)
+    assert load_settings(raw(myapp__audit__retention="36500d"), environ={}).audit.retention == timedelta(days=36500)
+    with pytest.raises(ValueError, match=r"^'3153600001' is longer than 36500d \(100 years\)$"):
+        parse_duration("3153600001")
+
+
+def test_a_step_up_max_age_is_at_most_what_login_takes():
+    from myapp.services.stepup import MAX_MAX_AGE
+
+    assert MAX_STEPUP_MAX_AGE == timedelta(seconds=MAX_MAX_AGE)
+    rules = load_settings(raw(myapp__stepup__rules="/admin = acr=urn:x max_age=3650d"), environ={}).stepup_rules
+    assert rules[0].max_age == timedelta(days=3650)
+    assert problems_for(myapp__stepup__rules="/admin = acr=urn:x max_age=3651d") == [
+        "myapp.stepup.rules (/admin): max_age must be at most 3650d "
+        "(a longer one makes a sign-in link that /login refuses)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://app.example.com?x", "https://app.example.com/?next=/", "https://app.example.com?",
+     "https://app.example.com#"],
+)
+def test_a_public_url_with_a_query_is_refused_once(url):
+    # Once: the redirect URI made of it is not compared with it as well.
+    assert problems_for(myapp__public_url=url) == [
+        "myapp.public_url: must be an origin such as https://app.example.com, without a query or fragment"
+    ]
+    assert problems_of(two_providers(**{"myapp.public_url": url})) == [
+        "myapp.public_url: must be an origin such as https://app.example.com, without a query or fragment"
+    ]
+
+
+def test_a_setting_of_a_provider_that_is_not_listed_names_myapp_providers():
+    assert problems_for(**{"myapp.oidc.partners.issuer": "https://partners.example.com"}) == [
+        "myapp.oidc.partners.issuer: no provider named 'partners' in myapp.providers"
+    ]
+    assert problems_of(two_providers(**{"myapp.oidc.Partners.scope": "openid"})) == [
+        "myapp.oidc.Partners.scope: no provider named 'Partners' in myapp.providers; "
+        "did you mean myapp.oidc.partners.scope?"
+    ]
+    assert problems_of(two_providers(**{"myapp.oidc.default.issuer": "https://idp.example.com"})) == [
+        "myapp.oidc.default.issuer: no provider named 'default' in myapp.providers"
+    ]
+    assert problems_for(**{"myapp.oidc.default.issuer": "https://idp.example.com"}) == [
+        "myapp.oidc.default.issuer: without myapp.providers, the provider 'default' is set by myapp.oidc.issuer"
+    ]
+
+
+def test_settings_of_a_provider_whose_name_is_refused_are_not_refused_again():
+    settings = two_providers(**{"myapp.providers": "Staff = Staff\npartners = Partners"})
+    settings = {k.replace(".staff.", ".Staff."): v for k, v in settings.items()}
+    assert problems_of(settings) == [
+        "myapp.providers: 'Staff' is not a valid provider name (lower-case letters, digits and '-')"
+    ]
+    settings["myapp.providers"] = "staff"
+    assert not any(".staff." in problem or ".partners." in problem for problem in problems_of(settings))
+
+
+@pytest.mark.parametrize(
+    "scope, problem",
+    [
+        ("openid,profile,email", "scopes are separated by spaces, not commas ('openid,profile,email')"),
+        ("profile,email offline_access", "must include 'openid' (scopes are separated by spaces, not commas)"),
+        ("profile email", "must include 'openid'"),
+    ],
+)
+def test_a_scope_written_with_commas_is_explained(scope, problem):
+    assert problems_for(myapp__oidc__scope=scope) == [f"myapp.oidc.scope: {problem}"]
+
+
+def test_a_comma_inside_a_scope_is_a_scope_of_its_own():
+    # RFC 6749 section 3.3 allows it; the provider decides what it means.
+    settings = load_settings(raw(myapp__oidc__scope="openid profile,email"), environ={})
+    assert settings.providers["default"].scope == "openid profile,email"
+
+
+def test_an_empty_value_means_the_default():
+    settings = load_settings(
+        raw(myapp__oidc__scope="", myapp__session__idle_timeout="  ", myapp__metrics__allow="",
+            myapp__session__cookie_samesite="", myapp__oidc__fetch_userinfo=""),
+        environ={"EMPTY": ""},
+    )
+    assert settings.providers["default"].scope == "openid profile email offline_access"
+    assert settings.session.idle_timeout == timedelta(days=7) and settings.session.cookie_samesite == "Lax"
+    assert settings.metrics.allow == ("127.0.0.1", "::1") and settings.providers["default"].fetch_userinfo is True
+    from_env = load_settings(raw(myapp__login__rate_limit="env:EMPTY"), environ={"EMPTY": ""})
+    assert from_env.login_rate_limit == 300
