@@ -1,10 +1,14 @@
 """myapp: a backend-for-frontend that keeps OpenID Connect tokens on the server."""
 
+import logging
+
 from pyramid.config import Configurator
 
 from myapp.models import Database, SchemaError
 from myapp.resources import Permission, Root
-from myapp.settings import SettingsError, load_settings
+from myapp.settings import SettingsError, load_settings, production_cautions
+
+log = logging.getLogger(__name__)
 
 
 def main(global_config, **settings):
@@ -18,6 +22,8 @@ def make_app(settings: dict, *, database: Database | None = None, config_file: s
     settings = dict(settings)
     try:
         settings["myapp"] = load_settings(settings)
+        for caution in production_cautions(settings["myapp"]):
+            log.warning("myapp: %s", caution)
         settings["config_file"] = config_file
         with Configurator(settings=settings, root_factory=Root) as config:
             if database is not None:

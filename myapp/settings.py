@@ -1017,6 +1017,34 @@ def _per_provider_keys(reader: _Reader) -> set[str]:
     return {f"{PREFIX}oidc.{name}.{key}" for name in names for key in PROVIDER_KEYS}
 
 
+def production_cautions(settings: Settings) -> list[str]:
+    """What a production deployment may mean but should know about, one line each, for the log at
+    start-up: plain http to a provider or an upstream off this machine, where the client's secrets
+    and the tokens would cross a network in clear. Not refused: a private network may be trusted,
+    and ini files that ran before must go on running."""
+    if settings.environment != "production":
+        return []
+    cautions = []
+    for provider in settings.providers.values():
+        if _plain_http_off_this_machine(provider.issuer):
+            cautions.append(
+                f"{provider.settings_prefix}issuer: {provider.issuer!r} is plain http off this machine: the client's "
+                "secret, the codes and the tokens cross the network in clear; use https"
+            )
+    for name, upstream in settings.upstreams.items():
+        if _plain_http_off_this_machine(upstream.base_url):
+            cautions.append(
+                f"myapp.upstreams: {name!r} is plain http off this machine: its access tokens cross the network in "
+                "clear; use https"
+            )
+    return cautions
+
+
+def _plain_http_off_this_machine(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
+
+
 def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
     """The development stack and published secrets, and what would send cookies over plain http."""
     if settings.devstack_included:
@@ -1034,12 +1062,9 @@ def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
         )
     for provider in settings.providers.values():
         if provider.client_secret in DEVELOPMENT_CLIENT_SECRETS:
-            reader.problem(f"{provider.settings_prefix}client_secret: the development client secret is refused in production")
-        issuer = urlsplit(provider.issuer)
-        if issuer.scheme == "http" and not is_loopback(issuer.hostname):
             reader.problem(
-                f"{provider.settings_prefix}issuer: {provider.issuer!r} is refused in production: use https (plain "
-                "http only on a loopback address, where the client's secrets and the tokens never cross a network)"
+                f"{provider.settings_prefix}client_secret: the development client secret is refused in production; "
+                "use the secret your provider issued for this client"
             )
     if not settings.session.cookie_secure:
         reader.problem(

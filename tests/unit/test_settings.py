@@ -10,6 +10,7 @@ from myapp.settings import (
     SettingsError,
     load_settings,
     parse_duration,
+    production_cautions,
 )
 
 KEY = Fernet.generate_key().decode()
@@ -278,28 +279,41 @@ def test_production_refuses_cookies_and_sites_without_tls():
 
 
 @pytest.mark.parametrize("issuer", ["http://idp.example.com/realms/main", "HTTP://10.0.0.5:8080", "http://127.0.0.1.nip.io"])
-def test_production_refuses_a_plain_http_issuer(issuer):
-    assert problems_for(myapp__oidc__issuer=issuer) == [
-        f"myapp.oidc.issuer: {issuer!r} is refused in production: use https (plain http only on a loopback "
-        "address, where the client's secrets and the tokens never cross a network)"
+def test_production_cautions_of_a_plain_http_issuer_and_still_starts(issuer):
+    """Not refused (an ini file that ran before runs on: helper-46), but said at start-up."""
+    settings = load_settings(raw(myapp__oidc__issuer=issuer), environ={})
+    assert production_cautions(settings) == [
+        f"myapp.oidc.issuer: {issuer!r} is plain http off this machine: the client's secret, the codes and the "
+        "tokens cross the network in clear; use https"
     ]
 
 
 @pytest.mark.parametrize(
     "issuer", ["http://127.0.0.1:8080/realms/main", "http://127.8.9.10", "http://[::1]:8080", "http://LocalHost:8080"]
 )
-def test_production_accepts_a_plain_http_issuer_on_loopback(issuer):
-    assert load_settings(raw(myapp__oidc__issuer=issuer), environ={}).providers["default"].issuer == issuer
+def test_production_says_nothing_of_a_plain_http_issuer_on_loopback(issuer):
+    settings = load_settings(raw(myapp__oidc__issuer=issuer), environ={})
+    assert settings.providers["default"].issuer == issuer and production_cautions(settings) == []
 
 
-def test_a_plain_http_issuer_is_refused_for_any_provider_in_production_only():
-    settings = two_providers(**{"myapp.oidc.partners.issuer": "http://partners.example.com"})
-    assert problems_of(settings) == [
-        "myapp.oidc.partners.issuer: 'http://partners.example.com' is refused in production: use https (plain http "
-        "only on a loopback address, where the client's secrets and the tokens never cross a network)"
+def test_production_cautions_of_each_provider_and_upstream_over_plain_http_and_only_there():
+    settings = two_providers(**{"myapp.oidc.partners.issuer": "http://partners.example.com",
+                                "myapp.upstreams": "orders = http://orders.internal/v1\nlocal = http://127.0.0.1:9000"})
+    assert [c.split(":")[0] for c in production_cautions(load_settings(settings, environ={}))] == [
+        "myapp.oidc.partners.issuer", "myapp.upstreams",
     ]
+    assert "'orders' is plain http" in production_cautions(load_settings(settings, environ={}))[1]
     settings["myapp.environment"] = "development"
-    assert load_settings(settings, environ={}).providers["partners"].issuer == "http://partners.example.com"
+    assert production_cautions(load_settings(settings, environ={})) == []
+
+
+def test_production_cautions_are_logged_at_start_up(caplog):
+    from myapp import make_app
+
+    with caplog.at_level("WARNING", logger="myapp"), pytest.raises(SystemExit):
+        # It stops later, at the database; the caution was said before.
+        make_app(raw(myapp__oidc__issuer="http://idp.example.com", sqlalchemy__url="sqlite:////nonexistent/x.sqlite"))
+    assert "myapp: myapp.oidc.issuer: 'http://idp.example.com' is plain http off this machine" in caplog.text
 
 
 def test_main_reports_every_problem_each_on_its_own_line():
@@ -572,7 +586,10 @@ def test_a_redirect_uri_is_not_compared_with_a_public_url_that_is_missing():
 
 def test_a_published_development_secret_is_refused_for_any_provider():
     settings = two_providers(**{"myapp.oidc.partners.client_secret": sorted(DEVELOPMENT_CLIENT_SECRETS)[0]})
-    assert "myapp.oidc.partners.client_secret: the development client secret is refused in production" in problems_of(settings)
+    assert (
+        "myapp.oidc.partners.client_secret: the development client secret is refused in production; "
+        "use the secret your provider issued for this client"
+    ) in problems_of(settings)
 
 
 # -- a token for each upstream (SPEC.md "Tokens for each upstream") --
