@@ -123,8 +123,9 @@ class SessionSecurityPolicy:
         ``request.identity`` is the new session from here on."""
         store = request.session_store
         old = self.identity(request)
-        if old is not None:
-            store.end(old.session, EndReason.REPLACED)
+        replaced = old.session if old is not None else unserved_session(request)
+        if replaced is not None:
+            store.end(replaced, EndReason.REPLACED)
         raw_id, session = store.create(
             user=request.dbsession.get(User, int(userid)),
             user_agent=request.user_agent or "",
@@ -168,8 +169,10 @@ class SessionSecurityPolicy:
             # A provider this process does not know (a renamed one is still found by its issuer):
             # removed from the settings, or added on other processes first, in a rolling deployment.
             # No session here, but nothing ended and the cookie kept: a process that knows the
-            # provider still serves it, and a removed provider's sessions end at their timeout.
+            # provider still serves it, and a removed provider's sessions end at their timeout, or
+            # when the person signs out or in again here (see unserved_session).
             request.signed_out_reason = PROVIDER_UNKNOWN
+            request.environ[UNSERVED_SESSION] = session
             return None
         session = store.touch(session)
         return Identity(session=session, idle_expires_at=store.idle_expires_at(session), provider=client.settings.name)
@@ -186,6 +189,17 @@ class SessionSecurityPolicy:
         request.add_response_callback(clear)
 
 
+UNSERVED_SESSION = "myapp.unserved_session"
+
+
+def unserved_session(request) -> SessionRecord | None:
+    """The live session of the request's cookie that this process serves no identity for, as its
+    provider is not configured here; what signing out or in again here must end all the same."""
+    if request.identity is not None:
+        return None
+    return request.environ.get(UNSERVED_SESSION)
+
+
 @implementer(ICSRFStoragePolicy)
 class SessionRowCSRFStoragePolicy:
     """The CSRF token lives in the session row; an anonymous request has none and fails every check."""
@@ -198,7 +212,11 @@ class SessionRowCSRFStoragePolicy:
 
     def get_csrf_token(self, request):
         identity = request.identity
-        return "" if identity is None else identity.csrf_token
+        if identity is None:
+            # Signing out of a session this process serves no identity for is still checked.
+            unserved = unserved_session(request)
+            return "" if unserved is None else unserved.csrf_token
+        return identity.csrf_token
 
     def check_csrf_token(self, request, supplied_token):
         expected = self.get_csrf_token(request)

@@ -48,8 +48,10 @@ NEVER_FORWARDED = frozenset(
 
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-# The longest any duration setting takes: 100 years, so that now plus it is still a date (year 9999 is the last).
-MAX_DURATION = timedelta(days=36500)
+# The longest any duration setting takes (about 1,900 years): now plus it, and now minus it (an
+# audit retention), are still dates for centuries to come, and no ini file that ran before is refused
+# (a "keep for ever" 99999d among them); 3000000d made every sign-in a 500.
+MAX_DURATION = timedelta(days=700_000)
 # A step-up rule's max_age: /login refuses a longer one (myapp.services.stepup.MAX_MAX_AGE, which imports this module).
 MAX_STEPUP_MAX_AGE = timedelta(days=3650)
 # myapp.metrics.allow: waitress gives clients of its unix socket this REMOTE_ADDR.
@@ -308,6 +310,7 @@ def parse_duration(text: str, maximum: timedelta = MAX_DURATION) -> timedelta:
     if not match:
         raise ValueError(f"{text!r} is not a duration (use seconds, or 30s, 15m, 8h, 14d)")
     digits, unit = match.groups()
+    digits = digits.lstrip("0") or "0"
     # More digits than any duration up to the maximum has: no need to make a huge number first.
     seconds = int(digits) * _DURATION_UNITS[unit] if len(digits) <= 12 else None
     if seconds is None or seconds > maximum.total_seconds():

@@ -8,10 +8,12 @@ Example:
 """
 
 import dataclasses
+import itertools
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from myapp.scripts import parser, print_lines, read_settings
+from myapp.settings import production_cautions
 
 PROG = "myapp-show-config"
 SECRET_FIELDS = {"client_secret", "encryption_keys", "client_keys"}
@@ -66,4 +68,5 @@ def lines(prefix: str, value):
 def main(argv=None):
     options = parser(PROG, __doc__).parse_args(argv)
     _, settings = read_settings(PROG, options.config_uri)
-    return print_lines(lines("", settings))
+    cautions = (f"# caution: {caution}" for caution in production_cautions(settings))
+    return print_lines(itertools.chain(lines("", settings), cautions))

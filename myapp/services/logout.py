@@ -71,12 +71,15 @@ class LogoutService:
             outcome = "refresh lock unavailable; revocation queued"
             id_token = current.tokens.id_token if current else None
         else:
-            revocation = self.revoke_at_provider(client, tokens) if client is not None else Revocation.NOT_OFFERED
-            if revocation is Revocation.FAILED:
+            revocation = self.revoke_at_provider(client, tokens) if client is not None else None
+            if revocation is Revocation.FAILED or revocation is None:
+                # Not answered, or a provider this process does not know: queued, for the revoker of a
+                # process that knows it (in a rolling deployment) to revoke.
                 self.sessions.rows.revoke_later(session.user_issuer, tokens)
             outcome = {
                 Revocation.REVOKED: "refresh token revoked at the provider",
                 Revocation.FAILED: "revocation queued (the provider did not answer)",
+                None: "revocation queued (this process does not know the provider)",
             }.get(revocation, "")
             id_token = tokens.id_token
         self.audit.record(

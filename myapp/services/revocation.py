@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 50
 MAX_ATTEMPTS = 10
+# What a revocation of an issuer no provider of this process has comes to (tried again, as a failure).
+UNKNOWN_PROVIDER = "unknown_provider"
 # A claimed row is left alone this long: long enough for a slow provider, short enough that a
 # process killed mid-batch leaves its rows to another soon.
 LEASE = timedelta(minutes=2)
@@ -129,8 +131,8 @@ class Revoker:
     def _revoke(self, row: TokenRevocation) -> str:
         client = self.providers.by_issuer(row.issuer)
         if client is None:
-            log.warning("a token of issuer %s cannot be revoked: no provider with that issuer is configured", row.issuer)
-            return "unknown_provider"
+            log.warning("a token of issuer %s cannot be revoked here: no provider with that issuer is configured", row.issuer)
+            return UNKNOWN_PROVIDER
         token = self.cipher.decrypt(row.token)
         if token is None:
             log.warning("a queued token cannot be decrypted (its key was removed); it cannot be revoked")
@@ -139,8 +141,11 @@ class Revoker:
 
     def _record(self, dbsession: Session, row: TokenRevocation, outcome: str) -> None:
         attempts = row.attempts + 1
-        if outcome != Revocation.FAILED or attempts >= MAX_ATTEMPTS:
-            if outcome == Revocation.FAILED:
+        # An issuer this process does not know may be one that others know (a rolling deployment
+        # adding a provider): tried again like a failure, for their revokers to take.
+        again = outcome in (Revocation.FAILED, UNKNOWN_PROVIDER)
+        if not again or attempts >= MAX_ATTEMPTS:
+            if again:
                 log.warning("giving up revoking a token of %s after %d attempts", row.issuer, attempts)
             dbsession.execute(delete(TokenRevocation).where(TokenRevocation.id == row.id))
             return

@@ -13,6 +13,7 @@ from pyramid.view import view_config
 from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
+from myapp.security import unserved_session
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
@@ -187,12 +188,14 @@ def callback(request):
 @view_config(route_name="logout", request_method="POST", permission=NO_PERMISSION_REQUIRED, require_csrf=False)
 def logout(request):
     identity = request.identity
-    if identity is None:
+    # A session whose provider this process does not know is signed out here all the same.
+    session = identity.session if identity is not None else unserved_session(request)
+    if session is None:
         # Already signed out (expired, revoked): nothing to protect, just tidy up.
         return HTTPSeeOther(request.route_path("home"), headers=forget(request))
     check_csrf_origin(request)
     check_csrf_token(request)
-    at_provider = request.logout_service.logout(identity.session, ip_address=request.remote_addr)
+    at_provider = request.logout_service.logout(session, ip_address=request.remote_addr)
     response = HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))
     response.headerlist.append(request.services.session_cookie.signed_out_note())
     return response

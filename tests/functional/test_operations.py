@@ -234,6 +234,15 @@ def test_show_config_masks_secrets(ini, capsys, tmp_path):
     assert "database_url = postgresql+psycopg://app:***@[::1]:5432/app?password=***&sslmode=require" in out
 
 
+def test_show_config_ends_with_the_cautions_the_server_logs(ini, capsys, tmp_path):
+    path = tmp_path / "http.ini"
+    path.write_text(ini.read_text().replace("myapp.oidc.issuer = ", "myapp.oidc.issuer = http://idp.internal\n#"))
+    code, out, _ = run(show_config.main, path, capsys=capsys)
+    assert code == 0 and out.splitlines()[-1].startswith(
+        "# caution: myapp.oidc.issuer: 'http://idp.internal' is plain http off this machine"
+    )
+
+
 def test_show_config_shows_step_up_rules(ini, capsys, tmp_path):
     """It ended in a traceback for any ini with rules, development.ini among them (helper-45)."""
     path = tmp_path / "rules.ini"

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import func, select
 
-from myapp.models import AuditEvent, LoginTransaction, User, UserSession
+from myapp.models import AuditEvent, LoginTransaction, TokenRevocation, User, UserSession
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import session_count
 from tests.functional.conftest import Browser
@@ -194,10 +194,12 @@ def test_a_provider_that_is_down_affects_only_its_own_people(app, provider, part
     assert response.status_int == 303
 
 
-def test_a_renamed_provider_keeps_its_sessions_and_a_removed_one_ends_them(app, make_app, provider, partner, dbsession,
-                                                                           served_upstream):
-    """configuration.md: renaming keeps sessions (found by issuer); removing ends them at their
-    next use (helper-40: they stayed signed in, pages and the proxy alike, until a refresh)."""
+def test_a_renamed_provider_keeps_its_sessions_and_one_a_process_does_not_know_is_no_session_there(
+    app, make_app, provider, partner, dbsession, served_upstream
+):
+    """configuration.md: renaming keeps sessions (found by issuer); a process that does not know
+    the provider (removed, or not yet added there) serves no identity for them, pages and API calls
+    alike (helper-40: they stayed signed in until a refresh), without ending them (helper-46)."""
     browser = Browser(app)
     sign_in_at(browser, partner, "partners", "/auth/callback/partners")
     base = {k: v for k, v in app.registry.settings.items() if k.startswith(("myapp.", "sqlalchemy."))}
@@ -247,3 +249,39 @@ def test_an_upstream_that_refuses_the_provider_says_so_before_any_step_up(make_a
     response = browser.get("/api/staff/me", headers={"X-CSRF": "1"}, status=403)
     assert response.json["error"] == "wrong_provider"
     assert served_upstream.seen == []
+
+
+def _without_partners(app):
+    settings = {k: v for k, v in app.registry.settings.items()
+                if k.startswith(("myapp.", "sqlalchemy.")) and not k.startswith("myapp.oidc.partners.")}
+    settings["myapp.providers"] = "default = Staff"
+    return settings
+
+
+def test_signing_out_where_the_provider_is_unknown_still_ends_the_session(app, make_app, partner, dbsession):
+    """It only cleared the cookie, and the session lived on at the processes that know the provider
+    (helper-48). Still with the CSRF token; the refresh token is queued for one of them to revoke."""
+    browser = Browser(app)
+    sign_in_at(browser, partner, "partners", "/auth/callback/partners")
+    csrf = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
+    browser.app = make_app(**_without_partners(app))
+    browser.post("/logout", {"csrf_token": "wrong"}, headers={"Origin": TEST_PUBLIC_URL}, status=400)
+    row = dbsession.scalars(select(UserSession)).one()
+    dbsession.refresh(row)
+    assert row.end_reason is None
+    browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    dbsession.refresh(row)
+    assert row.end_reason == "logout"
+    assert dbsession.scalars(select(TokenRevocation.issuer)).all() == [partner.issuer]
+    assert [p for p, _, _ in partner.requests if p in ("/revoke", "/logout")] == []
+
+
+def test_signing_in_where_the_provider_is_unknown_replaces_the_session(app, make_app, provider, partner, dbsession):
+    """The new session's cookie took the old one's place, and the old one lived on (helper-48)."""
+    browser = Browser(app)
+    sign_in_at(browser, partner, "partners", "/auth/callback/partners")
+    browser.app = make_app(**_without_partners(app))
+    response, _ = sign_in_at(browser, provider, "default", "/auth/callback")
+    assert response.status_int == 303
+    reasons = dbsession.scalars(select(UserSession.end_reason).order_by(UserSession.id)).all()
+    assert reasons == ["replaced", None]

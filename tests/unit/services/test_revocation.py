@@ -154,7 +154,12 @@ def test_a_claimed_token_is_left_alone_for_a_while_by_other_processes(revoker, s
     assert revoker._claim() == []
 
 
-def test_tokens_no_key_or_provider_can_take_are_dropped(revoker, store, user, dbsession, provider, cipher, clock):
+def test_tokens_no_key_can_read_are_dropped_and_an_unknown_issuers_are_left_to_others(
+    revoker, store, user, dbsession, provider, cipher, clock
+):
+    """An issuer this process has no provider for may be one other processes have (a rolling
+    deployment adding a provider): its token is tried again like a failure, not dropped
+    (helper-48), and given up after MAX_ATTEMPTS like one."""
     _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt"))
     store.end(session, EndReason.REVOKED)
     retired_key = TokenCipher([Fernet.generate_key().decode()])
@@ -164,7 +169,13 @@ def test_tokens_no_key_or_provider_can_take_are_dropped(revoker, store, user, db
         )
     dbsession.flush()
     assert revoker.run_once().tokens == {"revoked": 1, "unknown_provider": 1, "unreadable": 1}
-    assert queued(dbsession) == [] and provider.seen == [("rt", "refresh_token")]
+    assert provider.seen == [("rt", "refresh_token")]
+    [left] = queued(dbsession)
+    assert (left.issuer, left.attempts) == ("https://gone.example", 1) and left.next_attempt_at > clock.now
+    for _ in range(MAX_ATTEMPTS - 1):
+        clock.advance(timedelta(hours=2))
+        revoker.run_once()
+    assert queued(dbsession) == []
 
 
 def test_sessions_past_their_time_are_ended_and_their_tokens_queued(revoker, store, user, dbsession, clock, cipher):
