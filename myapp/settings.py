@@ -52,6 +52,12 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # audit retention), are still dates for centuries to come, and no ini file that ran before is refused
 # (a "keep for ever" 99999d among them); 3000000d made every sign-in a 500.
 MAX_DURATION = timedelta(days=700_000)
+# The longest a timeout or an interval waits: Python's own waits end at threading.TIMEOUT_MAX (about
+# 106,752 days), past which the revoker's thread and every call to an upstream failed (helper-49).
+MAX_WAIT = timedelta(days=100_000)
+# A provider call's timeout: the refresh lock waits twice it and 5 s more, and PostgreSQL's
+# lock_timeout takes at most about 24.8 days.
+MAX_HTTP_TIMEOUT = timedelta(days=10)
 # A step-up rule's max_age: /login refuses a longer one (myapp.services.stepup.MAX_MAX_AGE, which imports this module).
 MAX_STEPUP_MAX_AGE = timedelta(days=3650)
 # myapp.metrics.allow: waitress gives clients of its unix socket this REMOTE_ADDR.
@@ -401,16 +407,16 @@ class _Reader:
             raise SettingsError(f"{name}: must be at least {minimum}, got {number}")
         return number
 
-    def seconds(self, name, default):
-        return self.duration(name, timedelta(seconds=default)).total_seconds()
+    def seconds(self, name, default, maximum=MAX_WAIT):
+        return self.duration(name, timedelta(seconds=default), maximum=maximum).total_seconds()
 
     @_reports(_SAME)
-    def duration(self, name, default, minimum=timedelta(seconds=1)):
+    def duration(self, name, default, minimum=timedelta(seconds=1), maximum=MAX_DURATION):
         value = self._get(name, None)
         if value is None:
             return default
         try:
-            result = parse_duration(str(value))
+            result = parse_duration(str(value), maximum)
         except ValueError as e:
             raise SettingsError(f"{name}: {e}") from None
         if result < minimum:
@@ -699,7 +705,7 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         authorize_params=MappingProxyType(authorize_params),
         groups_claim=_groups_claim(reader.string(prefix + "groups_claim", "groups")),
         fetch_userinfo=reader.boolean(prefix + "fetch_userinfo", True),
-        http_timeout=reader.seconds(prefix + "http_timeout", 10),
+        http_timeout=reader.seconds(prefix + "http_timeout", 10, MAX_HTTP_TIMEOUT),
         client_keys=client_keys,
         client_certificate=client_certificate,
         client_assertion_audience=reader.choice(prefix + "client_assertion_audience", "issuer", ASSERTION_AUDIENCES),
@@ -977,7 +983,9 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         ),
         lock=LockSettings(backend=lock_backend, redis_url=redis_url),
         revocation=RevocationSettings(
-            interval=reader.duration(PREFIX + "revocation.interval", timedelta(seconds=2), timedelta(0)).total_seconds()
+            interval=reader.duration(
+                PREFIX + "revocation.interval", timedelta(seconds=2), timedelta(0), MAX_WAIT
+            ).total_seconds()
         ),
         metrics=MetricsSettings(
             enabled=reader.boolean(PREFIX + "metrics.enabled", False),

@@ -830,13 +830,33 @@ def test_a_database_url_with_its_driver_here_passes_without_connecting(url):
         ("myapp.session.absolute_timeout", "3000000d"),
         ("myapp.session.absolute_timeout", "99999999999999999999"),
         ("myapp.audit.retention", "3000000d"),
-        ("myapp.oidc.http_timeout", "700001d"),
-        ("myapp.revocation.interval", "9" * 5000),
+        ("myapp.session.idle_timeout", "9" * 5000),
     ],
 )
 def test_a_duration_longer_than_the_longest_is_refused(setting, value):
     problem = f"{setting}: {value!r} is longer than 700000d (1917 years)"
     assert problems_for(**{setting.replace(".", "__"): value}) == [problem]
+
+
+@pytest.mark.parametrize(
+    "setting, value, longest",
+    [
+        # Past threading.TIMEOUT_MAX the revoker's thread died and every call to the upstream failed (helper-49).
+        ("myapp.revocation.interval", "200000d", "100000d (273 years)"),
+        ("myapp.upstream.up.timeout", "200000d", "100000d (273 years)"),
+        # PostgreSQL's lock_timeout, which the refresh lock sets to twice this and 5 s, ends at about 24.8 days.
+        ("myapp.oidc.http_timeout", "11d", "10d"),
+    ],
+)
+def test_a_wait_longer_than_it_can_be_is_refused(setting, value, longest):
+    settings = raw(myapp__upstreams="up = https://api.example.com") | {setting: value}
+    assert problems_of(settings) == [f"{setting}: {value!r} is longer than {longest}"]
+
+
+def test_the_longest_waits_pass():
+    settings = load_settings(raw(**{"myapp.revocation.interval": "100000d", "myapp.oidc.http_timeout": "10d"}),
+                             environ={})
+    assert settings.revocation.interval == 100_000 * 86400 and settings.providers["default"].http_timeout == 864000
 
 
 def test_the_longest_duration():

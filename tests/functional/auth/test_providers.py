@@ -1,15 +1,17 @@
 """Several identity providers at once (SPEC.md "Several identity providers"): two programmable
 providers on their own sockets, one app that trusts both."""
 
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
 
 from myapp.models import AuditEvent, LoginTransaction, TokenRevocation, User, UserSession
+from myapp.models.meta import utcnow
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import session_count
-from tests.functional.conftest import Browser
+from tests.functional.conftest import COOKIE, Browser
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider, served_fake_provider
 
 PARTNERS_CALLBACK = TEST_PUBLIC_URL + "/auth/callback/partners"
@@ -269,11 +271,31 @@ def test_signing_out_where_the_provider_is_unknown_still_ends_the_session(app, m
     row = dbsession.scalars(select(UserSession)).one()
     dbsession.refresh(row)
     assert row.end_reason is None
-    browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    response = browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert response.location == TEST_PUBLIC_URL + "/"  # no provider here to sign out at
+    assert any(v.startswith(COOKIE + "=;") and "Max-Age=0" in v for k, v in response.headerlist if k == "Set-Cookie")
     dbsession.refresh(row)
     assert row.end_reason == "logout"
     assert dbsession.scalars(select(TokenRevocation.issuer)).all() == [partner.issuer]
     assert [p for p, _, _ in partner.requests if p in ("/revoke", "/logout")] == []
+    (event,) = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "logout")).all()
+    assert (event.user_id, event.actor_id, event.session_handle) == (row.user_id, row.user_id, row.handle)
+    assert event.detail == "revocation queued (this process does not know the provider)"
+
+
+def test_a_dead_session_where_the_provider_is_unknown_is_only_tidied_up(app, make_app, partner, dbsession):
+    """Expired (not yet swept): signing out is no sign-out of it, as for any dead session; it
+    ends by its own reason, not as a logout (helper-49's probe, pinned)."""
+    browser = Browser(app)
+    sign_in_at(browser, partner, "partners", "/auth/callback/partners")
+    csrf = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
+    dbsession.execute(UserSession.__table__.update().values(expires_at=utcnow() - timedelta(minutes=1)))
+    browser.app = make_app(**_without_partners(app))
+    browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    row = dbsession.scalars(select(UserSession)).one()
+    dbsession.refresh(row)
+    assert row.end_reason is None
+    assert dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "logout")).all() == []
 
 
 def test_signing_in_where_the_provider_is_unknown_replaces_the_session(app, make_app, provider, partner, dbsession):
