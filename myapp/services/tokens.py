@@ -345,7 +345,7 @@ class TokenManager:
             self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = TokenSet.from_response(response, self.clock(), previous=previous)
-        self._warn_if_short_lived(f"provider {session.provider!r}", tokens.access_token_expires_at)
+        self._warn_if_short_lived(f"provider {client.settings.name!r}", tokens.access_token_expires_at)
         if response.get("id_token"):
             verdict = self._check_refreshed_id_token(client, response["id_token"], tokens.access_token, session)
             if verdict == _UNVERIFIED:

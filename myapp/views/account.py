@@ -15,8 +15,17 @@ from myapp.services.sessions import EndReason
 )
 def list_sessions(request):
     providers = request.services.providers
-    names = {name: client.settings.display_name for name, client in providers.items()} if len(providers) > 1 else {}
-    return {"sessions": request.session_store.list_for_user(request.identity.user_id), "provider_names": names}
+    identity = request.identity
+    sessions = request.session_store.list_for_user(identity.user_id)
+    names = {}
+    if len(providers) > 1:
+        names = {name: client.settings.display_name for name, client in providers.items()}
+        # A session of a provider renamed since is found by the user's issuer, as everywhere else.
+        for session in sessions:
+            client = providers.of_session(session.provider, identity.issuer)
+            if client is not None:
+                names[session.provider] = client.settings.display_name
+    return {"sessions": sessions, "provider_names": names}
 
 
 @view_config(route_name="account_session_revoke", request_method="POST", permission=Permission.REVOKE)

@@ -216,6 +216,9 @@ def test_a_renamed_provider_keeps_its_sessions_and_one_a_process_does_not_know_i
     # An upstream for acme's people takes the session by the provider's new name too.
     served_upstream.reset()
     browser.get("/api/acme-api/x", headers={"X-CSRF": "1"}, status=200)
+    # The sessions page names it by its display name, not by the old name (helper-46).
+    page = browser.get("/account/sessions", status=200)
+    assert "<dd>Partner companies</dd>" in page.text and "<dd>partners</dd>" not in page.text
     # A step-up goes to the provider by its new name (helper-40: the old one, a 400 page).
     link = browser.get("/posts/new", status=401).html.select_one("[data-testid=step-up-sign-in]")["href"]
     assert parse_qs(urlsplit(link).query)["provider"] == ["acme"]

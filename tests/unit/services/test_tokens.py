@@ -22,7 +22,7 @@ ISSUER = "https://idp.example.test"
 
 
 class StubProvider:
-    settings = SimpleNamespace(issuer=ISSUER, http_timeout=5)
+    settings = SimpleNamespace(name="default", issuer=ISSUER, http_timeout=5)
 
     def __init__(self):
         self.calls = []
