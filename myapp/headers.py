@@ -73,13 +73,12 @@ class SecurityHeaders:
         present = {name.lower() for name, _ in headerlist}
         if not present.isdisjoint(self._names):  # an upstream's own, replaced by this site's
             headerlist[:] = [(name, value) for name, value in headerlist if name.lower() not in self._names]
-        if "cache-control" in present:
-            for name, value in headerlist:
-                if name.lower() == "cache-control" and value.replace(",", "").strip():
-                    break
-            else:  # an upstream's empty one (",": no directive) says nothing, and leaves a cache to its own rules
-                headerlist[:] = [(name, value) for name, value in headerlist if name.lower() != "cache-control"]
-                present.discard("cache-control")
+        if "cache-control" in present and not any(
+            value.replace(",", "").strip() for name, value in headerlist if name.lower() == "cache-control"
+        ):
+            # An upstream's empty one (",": no directive) says nothing, and leaves a cache to its own rules: as none.
+            headerlist[:] = [(name, value) for name, value in headerlist if name.lower() != "cache-control"]
+            present.discard("cache-control")
         headerlist.extend(self.headers)
         headerlist.append(("Content-Security-Policy", self.content_security_policy()))
         if (

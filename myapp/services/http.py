@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -258,17 +257,14 @@ class HttpClient:
             watch.end()
             _WATCH.reset(token)
 
-    def get_json(
-        self, url: str, *, document: str | None = None, headers: dict | None = None, timeout: float | None = None
-    ) -> dict:
+    def get_json(self, url: str, *, document: str, headers: dict | None = None, timeout: float | None = None) -> dict:
         """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else.
 
-        Its span is ``provider <document>`` (``discovery``, ``jwks``; without one, the last
-        segment of the URL's path, as the token endpoint's calls are named), with the provider's
-        name and the answer's status: never the URL, its query or the headers."""
+        Its span is ``provider <document>`` (``discovery``, ``jwks``, ``userinfo``), named by what
+        it fetches as the provider's POSTs are, with the provider's name and the answer's status:
+        never the URL, its query or the headers."""
         headers = {"Accept": "application/json", **(headers or {})}
-        name = f"provider {document or urlsplit(url).path.rsplit('/', 1)[-1] or 'endpoint'}"
-        with tracing.outgoing_span(name, kind_of="provider", target=self.provider, method="GET") as span:
+        with tracing.outgoing_span(f"provider {document}", kind_of="provider", target=self.provider, method="GET") as span:
             tracing.inject(headers)
             return self._get_json(url, headers, timeout, span)
 

@@ -271,6 +271,7 @@ def test_signing_out_where_the_provider_is_unknown_still_ends_the_session(app, m
     csrf = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
     browser.app = make_app(**_without_partners(app))
     browser.post("/logout", {"csrf_token": "wrong"}, headers={"Origin": TEST_PUBLIC_URL}, status=400)
+    browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": "https://evil.example"}, status=400)
     row = dbsession.scalars(select(UserSession)).one()
     dbsession.refresh(row)
     assert row.end_reason is None

@@ -61,7 +61,7 @@ def test_a_body_that_stalls_is_a_timeout(serve):
         time.sleep(3)
 
     server = serve(stall)
-    fails(lambda: HttpClient(timeout=0.5).get_json(server.url + "/jwks"), "timed out", 2.5)
+    fails(lambda: HttpClient(timeout=0.5).get_json(server.url + "/jwks", document="jwks"), "timed out", 2.5)
 
 
 def test_a_body_cut_short_is_a_failed_connection(serve):
@@ -69,7 +69,7 @@ def test_a_body_cut_short_is_a_failed_connection(serve):
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ke")
 
     server = serve(cut)
-    fails(lambda: HttpClient(timeout=5).get_json(server.url + "/jwks"), "connection failed", 4)
+    fails(lambda: HttpClient(timeout=5).get_json(server.url + "/jwks", document="jwks"), "connection failed", 4)
 
 
 @pytest.mark.parametrize("part", ["head", "body"])
@@ -83,7 +83,7 @@ def test_a_trickle_is_cut_off_at_the_timeout(serve, part):
         trickle(connection, (answer if part == "head" else b"") + b" " * 1000, server.stopped)
 
     server = serve(slow)
-    fails(lambda: HttpClient(timeout=1).get_json(server.url + "/.well-known/openid-configuration"), "timed out", 5)
+    fails(lambda: HttpClient(timeout=1).get_json(server.url + "/.well-known/openid-configuration", document="jwks"), "timed out", 5)
 
 
 def test_the_connection_cut_off_is_never_used_again(serve):
@@ -98,9 +98,9 @@ def test_the_connection_cut_off_is_never_used_again(serve):
 
     server = serve(first_slow)
     client = HttpClient(timeout=1)
-    fails(lambda: client.get_json(server.url + "/a"), "timed out", 5)
-    assert client.get_json(server.url + "/b") == {"ok": True}
-    assert client.get_json(server.url + "/c") == {"ok": True}
+    fails(lambda: client.get_json(server.url + "/a", document="jwks"), "timed out", 5)
+    assert client.get_json(server.url + "/b", document="jwks") == {"ok": True}
+    assert client.get_json(server.url + "/c", document="jwks") == {"ok": True}
     assert server.connections == 2  # a new one after the cut, then kept
 
 
@@ -108,9 +108,9 @@ def test_a_call_that_ends_in_time_is_left_alone(serve):
     """The watch of a finished call never touches the kept connection: the next call reuses it."""
     server = serve(ok)
     client = HttpClient(timeout=0.5)
-    assert client.get_json(server.url + "/a") == {"ok": True}
+    assert client.get_json(server.url + "/a", document="jwks") == {"ok": True}
     time.sleep(0.8)  # past the first call's deadline
-    assert client.get_json(server.url + "/b") == {"ok": True}
+    assert client.get_json(server.url + "/b", document="jwks") == {"ok": True}
     assert server.connections == 1
 
 
@@ -130,7 +130,7 @@ def test_a_call_s_deadline_never_cuts_the_connection_another_call_took_from_the_
     with client.bounded():
         first.append(http._WATCH.get())
         assert client.session.get(server.url + "/first", timeout=5).json() == {"ok": True}
-        assert client.get_json(server.url + "/second") == {"ok": True}  # another call, same connection
+        assert client.get_json(server.url + "/second", document="jwks") == {"ok": True}  # another call, same connection
     assert first[0].expired and server.connections == 1
 
 
@@ -145,13 +145,13 @@ def test_within_ends_every_call_in_it_by_its_deadline(serve):
             assert left <= 0.5
         with within(30), client.bounded() as left:  # an inner block cannot extend it
             assert left <= 0.5
-        fails(lambda: client.get_json(server.url + "/a"), "timed out", 4)
+        fails(lambda: client.get_json(server.url + "/a", document="jwks"), "timed out", 4)
 
 
 def test_no_time_left_fails_before_calling(serve):
     server = serve(ok)
     with within(0):
-        fails(lambda: HttpClient(timeout=5).get_json(server.url + "/a"), "timed out", 1)
+        fails(lambda: HttpClient(timeout=5).get_json(server.url + "/a", document="jwks"), "timed out", 1)
     assert server.connections == 0
     with within(-1), pytest.raises(requests.Timeout):
         with HttpClient(timeout=5).bounded():
@@ -205,7 +205,7 @@ def test_a_cut_that_looks_like_an_end_is_a_timeout(serve, part):
             trickle(connection, b'{"a": "' + b"x" * 300, server.stopped)
 
     server = serve(slow)
-    fails(lambda: HttpClient(timeout=1).get_json(server.url + "/jwks"), "timed out", 5)
+    fails(lambda: HttpClient(timeout=1).get_json(server.url + "/jwks", document="jwks"), "timed out", 5)
 
 
 def test_a_deadline_that_passes_while_connecting_cuts_the_call_once_connected(serve, monkeypatch):
@@ -222,7 +222,7 @@ def test_a_deadline_that_passes_while_connecting_cuts_the_call_once_connected(se
 
     server = serve(slow)
     monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
-    fails(lambda: HttpClient(timeout=1).get_json(server.url.replace("127.0.0.1", "localhost") + "/jwks"), "timed out", 4)
+    fails(lambda: HttpClient(timeout=1).get_json(server.url.replace("127.0.0.1", "localhost") + "/jwks", document="jwks"), "timed out", 4)
 
 
 def test_the_documents_lock_is_waited_for_no_longer_than_the_deadline(serve):
@@ -262,5 +262,5 @@ def test_no_thread_for_the_timer_is_a_failed_connection_not_a_500(serve, monkeyp
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(threading.Timer, "start", no_thread)
-    fails(lambda: HttpClient(timeout=1).get_json(server.url + "/a"), "connection failed", 2)
+    fails(lambda: HttpClient(timeout=1).get_json(server.url + "/a", document="jwks"), "connection failed", 2)
     assert http._WATCH.get() is None
