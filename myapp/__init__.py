@@ -11,18 +11,27 @@ from myapp.settings import SettingsError, load_settings, production_cautions
 log = logging.getLogger(__name__)
 
 
+SCRIPT_OPTION = "myapp_script"
+"""Set in ``global_config`` by the operator commands (``myapp.scripts``), which boot the app to do
+one thing and leave: the start-up cautions are for the server's log, and a command run by cron
+would mail them every time (``myapp-show-config`` prints them)."""
+
+
 def main(global_config, **settings):
     """The WSGI application (``paste.app_factory``): every key of ``[app:main]`` is a setting."""
-    return make_app(settings, config_file=(global_config or {}).get("__file__"))
+    global_config = global_config or {}
+    return make_app(settings, config_file=global_config.get("__file__"), cautions=SCRIPT_OPTION not in global_config)
 
 
-def make_app(settings: dict, *, database: Database | None = None, config_file: str | None = None):
+def make_app(settings: dict, *, database: Database | None = None, config_file: str | None = None,
+             cautions: bool = True):
     """Parse the settings, include each part, scan. ``database`` replaces the one
-    ``sqlalchemy.url`` names: tests hand in one whose work is rolled back."""
+    ``sqlalchemy.url`` names: tests hand in one whose work is rolled back. ``cautions``: log what
+    production would rather not have (``settings.production_cautions``)."""
     settings = dict(settings)
     try:
         settings["myapp"] = load_settings(settings)
-        for caution in production_cautions(settings["myapp"]):
+        for caution in production_cautions(settings["myapp"]) if cautions else ():
             log.warning("myapp: %s", caution)
         settings["config_file"] = config_file
         with Configurator(settings=settings, root_factory=Root) as config:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
+from myapp import SCRIPT_OPTION
 from myapp.services import Services
 from myapp.settings import SettingsError, load_settings
 
@@ -86,7 +87,7 @@ def app_environment(prog: str, config_uri: str):
     read_settings(prog, config_uri)  # a clear one-line error before anything starts
     configure_logging(prog, config_uri)
     try:
-        env = bootstrap(config_uri)
+        env = bootstrap(config_uri, options={SCRIPT_OPTION: prog})
     except SystemExit as e:  # main() reports settings and schema problems this way
         fail(prog, *(line.removeprefix("myapp: ") for line in str(e.code).splitlines()))
     services = env["registry"][Services]

@@ -21,7 +21,7 @@ from myapp.models import (
     UserSession,
 )
 from myapp.models.meta import utcnow
-from myapp.scripts import end_sessions, generate_key, migrate, purge, show_config
+from myapp.scripts import end_sessions, generate_key, migrate, purge, read_ini, show_config
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
@@ -510,3 +510,18 @@ def test_purge_deletes_audit_records_past_the_retention(tmp_path, committed_data
     assert code == 0 and out.strip().endswith("1 audit record(s)")
     committed.expire_all()
     assert committed.scalars(select(AuditEvent.detail)).all() == ["recent"]
+
+
+def test_commands_leave_the_start_up_cautions_to_the_server(ini, committed, caplog, capsys, tmp_path):
+    """A ``myapp-purge`` run by cron logged them at every run, and cron mailed each (helper-48)."""
+    from myapp import main
+
+    path = tmp_path / "http.ini"
+    path.write_text(ini.read_text().replace("myapp.oidc.issuer = ", "myapp.oidc.issuer = http://idp.internal\n#"))
+    with caplog.at_level("WARNING", logger="myapp"):
+        code, _, err = run(purge.main, path, capsys=capsys)
+    assert code == 0 and "plain http" not in caplog.text + err
+    # The server, given the same ini, still says it.
+    with caplog.at_level("WARNING", logger="myapp"):
+        main({"__file__": str(path)}, **read_ini("test", str(path)))
+    assert "myapp: myapp.oidc.issuer: 'http://idp.internal' is plain http off this machine" in caplog.text
