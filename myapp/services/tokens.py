@@ -433,6 +433,8 @@ class TokenManager:
                     return self._end(rows, session, "no refresh token")
                 response = client.refresh(own.refresh_token, **request)
         except TokenRequestRefused as e:
+            if e.error == "invalid_grant" and dpop is None and key is not None:
+                return self._refused_without_proof(rows, session, upstream, own)
             if e.error in ("invalid_grant", "invalid_dpop_proof"):
                 # The refresh token (or, for an exchange, the session's token) is dead, or the
                 # provider will not take the session's key: as for a refresh.
@@ -461,6 +463,17 @@ class TokenManager:
         rows.write_upstream_token(session.id, upstream.name, minted)
         self.metrics.refreshes.inc()
         return minted, dpop
+
+    def _refused_without_proof(self, rows: SessionRows, session: SessionRecord, upstream: Upstream, own: TokenSet):
+        """``invalid_grant`` for a token asked for without a proof (``dpop = false``) by a session
+        bound to a key: a provider that binds refresh tokens to the key (RFC 9449 section 5) answers
+        so while the token lives. The session's own refresh, with its proof, tells which: the session
+        ends only when that is refused too; else only this upstream cannot have a token."""
+        checked = self._refresh_locked(rows, session.id, own.access_token)
+        if isinstance(checked, BaseException):
+            return checked
+        self._audit(rows, session, f"token for upstream {upstream.name} refused without a DPoP proof: invalid_grant")
+        return UpstreamTokenRefused(upstream.name, "invalid_grant")
 
     def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,
                 stale: str | None) -> bool:

@@ -290,6 +290,35 @@ def test_an_upstream_with_dpop_false_gets_a_bearer_token_asked_for_without_a_pro
     assert "jkt" not in dpop_provider.access_tokens[seen["authorization"].removeprefix("Bearer ")]
 
 
+def test_a_token_refused_without_a_proof_by_a_provider_that_binds_refresh_tokens_leaves_the_session(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    # RFC 9449 section 5: a provider may bind the refresh token to the session's key, and then refuses
+    # the proofless request for a dpop = false upstream with invalid_grant while the token lives.
+    app = make_dpop_app(**{"myapp.upstream.up.dpop": "false", "myapp.upstream.up.scope": "items:read"})
+    browser = signed_in_browser(app, dpop_provider)
+    dpop_provider.dpop_bound_refresh = True
+    response = api(browser, "GET", "/api/up/items", status=502)
+    assert response.json["error"] == "upstream_unavailable" and "invalid_grant" in response.json["message"]
+    assert upstream.seen == []
+    assert session_row(dbsession).ended_at is None
+    # The session's refresh token, tried with its proof, was alive: the other upstreams go on.
+    assert ("/token", "refresh token bound") in dpop_provider.dpop_refusals
+    api(browser, "GET", "/api/readonly/x", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"].startswith("DPoP ")
+
+
+def test_a_token_refused_without_a_proof_ends_the_session_when_its_refresh_token_is_dead(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    app = make_dpop_app(**{"myapp.upstream.up.dpop": "false", "myapp.upstream.up.scope": "items:read"})
+    browser = signed_in_browser(app, dpop_provider)
+    dpop_provider.refresh_tokens.clear()  # revoked at the provider
+    assert api(browser, "GET", "/api/up/items", status=401).json["error"] == "login_required"
+    assert session_row(dbsession).end_reason == "refresh_failed"
+    assert upstream.seen == []
+
+
 def test_dpop_false_on_an_upstream_that_shares_the_sessions_bound_token_is_refused_at_startup(make_dpop_app):
     with pytest.raises(SystemExit, match=r"myapp.upstream.up.dpop = false needs a token of its own"):
         make_dpop_app(**{"myapp.upstream.up.dpop": "false"})

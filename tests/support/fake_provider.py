@@ -86,6 +86,10 @@ class FakeProvider:
         self.dpop_nonce = None
         self.userinfo_dpop_nonce = None  # the nonce the userinfo endpoint demands (None: none)
         self.dpop_bearer = False
+        # Refresh tokens bound to the key of the proof they were issued with (RFC 9449 section 5, as
+        # for public clients): a refresh without that key's proof is invalid_grant, the token unspent.
+        self.dpop_bound_refresh = False
+        self.refresh_token_jkts = {}
         self.dpop_proofs = []
         self.dpop_refusals = []
 
@@ -214,11 +218,18 @@ class FakeProvider:
                 # RFC 9449 section 10: a code bound by dpop_jkt is redeemed only with that key's proof.
                 self.dpop_refusals.append(("/token", "dpop_jkt"))
                 return 400, {"error": "invalid_grant"}, "application/json"
+            refreshing = form.get("grant_type") == "refresh_token"
+            bound_refresh = self.refresh_token_jkts.get(form.get("refresh_token")) if refreshing else None
+            if self.dpop_bound_refresh and bound_refresh is not None and bound_refresh != jkt:
+                self.dpop_refusals.append(("/token", "refresh token bound"))
+                return 400, {"error": "invalid_grant"}, "application/json"
             with self.token_lock:
                 status, body = self.issue_tokens(form, self.token_forms[-1] if self.token_forms else [])
             if status == 200 and jkt is not None and not self.dpop_bearer:
                 body["token_type"] = "DPoP"
                 self.access_tokens[body["access_token"]]["jkt"] = jkt
+                if body.get("refresh_token"):
+                    self.refresh_token_jkts[body["refresh_token"]] = jkt
             return status, body, "application/json"
         if path == "/userinfo":
             token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
