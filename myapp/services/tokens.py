@@ -430,7 +430,10 @@ class TokenManager:
                 response = client.exchange_token(subject.token, **request)
             else:
                 if not own.refresh_token:
-                    return self._end(rows, session, "no refresh token")
+                    # Nothing to ask with (the provider issued none): only this upstream is out of reach,
+                    # and the session goes on with its own access token until that expires.
+                    self._audit(rows, session, f"token for upstream {upstream.name} needs a refresh token; there is none")
+                    return UpstreamTokenRefused(upstream.name, "no_refresh_token")
                 response = client.refresh(own.refresh_token, **request)
         except TokenRequestRefused as e:
             if e.error == "invalid_grant" and dpop is None and key is not None:

@@ -157,6 +157,21 @@ def test_invalid_grant_for_an_upstream_token_ends_the_session(app, signed_in, up
     assert upstream.seen == []
 
 
+def test_a_session_without_a_refresh_token_loses_only_the_upstreams_that_need_one(
+    app, signed_in, upstream, provider, dbsession
+):
+    # A provider that issued no refresh token (a scope without offline_access): its sessions live
+    # on their own access token; ending them at the first call to such an upstream made a dashboard
+    # that shows one sign its people out right after every sign-in.
+    browser = signed_in(app=app, refresh_token=None)
+    response = api(browser, "GET", "/api/graph/x", status=502)
+    assert response.json["error"] == "upstream_unavailable"
+    assert upstream.seen == [] and provider.token_forms == []
+    assert row_of(dbsession, browser).ended_at is None
+    api(browser, "GET", "/api/plain/x", status=200)
+    assert token_seen(upstream) == "at-1"
+
+
 def test_a_provider_that_is_down_is_a_503_and_keeps_the_session(app, signed_in, upstream, provider, dbsession):
     provider.token_response = lambda form: (503, "down")
     browser = signed_in(app=app)
