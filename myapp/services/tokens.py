@@ -451,6 +451,11 @@ class TokenManager:
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         now = self.clock()
         issued = TokenSet.from_response(response, now)
+        if not upstream.exchange and response.get("id_token"):
+            # A refresh response like any other: its ID token must name this session's user.
+            verdict = self._check_refreshed_id_token(client, response["id_token"], issued.access_token, session)
+            if verdict not in (None, _UNVERIFIED):
+                return self._end(rows, session, verdict)
         minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
         self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)
         rotated = response.get("refresh_token")

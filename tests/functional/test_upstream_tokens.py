@@ -172,6 +172,20 @@ def test_a_session_without_a_refresh_token_loses_only_the_upstreams_that_need_on
     assert token_seen(upstream) == "at-1"
 
 
+def test_an_upstream_token_whose_refresh_names_another_user_ends_the_session(
+    app, signed_in, upstream, provider, dbsession
+):
+    # SPEC.md: an ID token in a refresh response must name the session's user, else the session
+    # ends; the refresh that mints an upstream's token is one too, and its token is never sent.
+    browser = signed_in(app=app)
+    provider.id_token_claims = {"sub": "mallory"}
+    assert api(browser, "GET", "/api/graph/x", status=401).json["error"] == "login_required"
+    assert upstream.seen == []
+    assert row_of(dbsession, browser).end_reason == "refresh_failed"
+    stored = select(func.count(SessionToken.id)).where(SessionToken.session_id == browser.session_row.id)
+    assert dbsession.scalars(stored).one() == 0
+
+
 def test_a_provider_that_is_down_is_a_503_and_keeps_the_session(app, signed_in, upstream, provider, dbsession):
     provider.token_response = lambda form: (503, "down")
     browser = signed_in(app=app)
