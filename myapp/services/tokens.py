@@ -351,6 +351,9 @@ class TokenManager:
             if verdict == _UNVERIFIED:
                 tokens = replace(tokens, id_token=previous.id_token)
             elif verdict is not None:
+                if tokens.refresh_token != previous.refresh_token:
+                    # The provider spent the stored one on this answer: its successor is revoked too.
+                    rows.revoke_later(session.user_issuer, tokens)
                 return self._end(rows, session, verdict)
         # The new refresh token (if the provider rotates) is stored before the lock is released,
         # and only into a session that is still the one this refresh started from.
@@ -455,6 +458,8 @@ class TokenManager:
             # A refresh response like any other: its ID token must name this session's user.
             verdict = self._check_refreshed_id_token(client, response["id_token"], issued.access_token, session)
             if verdict not in (None, _UNVERIFIED):
+                if issued.refresh_token not in (None, own.refresh_token):
+                    rows.revoke_later(session.user_issuer, issued)  # as for the session's own refresh
                 return self._end(rows, session, verdict)
         minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
         self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)

@@ -840,6 +840,25 @@ def test_refreshed_id_token_for_another_user_ends_the_session(signed_in, upstrea
     assert detail == "refreshed ID token names another user; session ended"
 
 
+def test_a_refresh_token_rotated_by_a_refresh_whose_id_token_is_refused_is_revoked(
+    signed_in, upstream, provider, dbsession
+):
+    """No ended session keeps a live token: the provider spent the stored refresh token on the
+    refused answer, so its successor is queued for revocation too, not only the spent one."""
+    provider.id_token_claims = {"sub": "mallory"}
+    browser = signed_in(expires_in=0)
+    api(browser, "GET", "/api/up/x", status=401)
+    assert queued_for_revocation(dbsession, browser) == {"rt-1", *provider.refresh_tokens}
+
+
+def queued_for_revocation(dbsession, browser) -> set[str]:
+    from myapp.models import TokenRevocation
+
+    dbsession.commit()
+    cipher = browser.app.registry[Services].cipher
+    return {cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token))}
+
+
 def test_refreshed_id_token_with_a_bad_signature_ends_the_session(signed_in, upstream, provider, dbsession):
     from joserfc.jwk import RSAKey
 

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from myapp.models import SessionToken
-from tests.functional.test_proxy import api, row_of, tokens_of
+from tests.functional.test_proxy import api, queued_for_revocation, row_of, tokens_of
 
 GRAPH_SCOPE = "https://graph.example.test/.default"
 OWN_RESOURCE = "https://api.example.test/own"
@@ -184,6 +184,7 @@ def test_an_upstream_token_whose_refresh_names_another_user_ends_the_session(
     assert row_of(dbsession, browser).end_reason == "refresh_failed"
     stored = select(func.count(SessionToken.id)).where(SessionToken.session_id == browser.session_row.id)
     assert dbsession.scalars(stored).one() == 0
+    assert queued_for_revocation(dbsession, browser) == {"rt-1", *provider.refresh_tokens}
 
 
 def test_a_provider_that_is_down_is_a_503_and_keeps_the_session(app, signed_in, upstream, provider, dbsession):
