@@ -5,9 +5,11 @@ short way a signed-in call reaches it.
 view lookup, view derivers, pyramid_tm or the exception-view tween: it asks the same routes
 mapper, the same JSON CSRF rule, the same security policy and the same ACL (the root factory's)
 as the view's configuration below, then calls the same view; an exception is rendered by the
-same exception views. Any call that one of those checks refuses, or that a step-up rule covers,
-goes the whole way round instead and is refused there, exactly as before. A proxied call writes
-nothing in the request's transaction, so it needs none (tests/functional/test_hot_path.py).
+same exception views. Any call that one of those checks refuses, that a step-up rule covers, or
+whose upstream takes no calls from the session's provider (a denied action, audited in the
+request's transaction), goes the whole way round instead and is refused there, exactly as before.
+A proxied call writes nothing in the request's transaction, so it needs none
+(tests/functional/test_hot_path.py).
 """
 
 import functools
@@ -22,6 +24,7 @@ from myapp.resources import Permission
 from myapp.routes import API_PREFIX, API_ROUTE
 from myapp.security import json_csrf_failure
 from myapp.services import Services
+from myapp.services.audit import AuditEventType
 from myapp.services.proxy import StreamedBody
 from myapp.services.stepup import rule_for
 from myapp.tweens import UpstreamAnswer, unavailable_response
@@ -39,6 +42,7 @@ def proxy(request):
     metrics = request.services.metrics
     try:
         if service.refuses_provider(upstream_name, request.identity.provider):
+            _audit_wrong_provider(request)
             raise APIError(403, ErrorCode.WRONG_PROVIDER, "This API is not available to accounts of your sign-in provider.")
         outgoing = service.prepare(request.environ, upstream_name=upstream_name, client_addr=request.remote_addr)
         try:
@@ -83,6 +87,20 @@ def proxy(request):
     return response
 
 
+def _audit_wrong_provider(request) -> None:
+    """A denied action, recorded as the permission check's 403 is (views/errors.py)."""
+    identity = request.identity
+    request.keep_transaction()
+    request.audit.record(
+        AuditEventType.ACCESS_DENIED,
+        user_id=identity.user_id,
+        actor_id=identity.user_id,
+        session_handle=identity.session_handle,
+        ip_address=request.remote_addr,
+        detail=f"{request.method} {request.path[:300]} (wrong provider)",
+    )
+
+
 def api_tween_factory(handler, registry):
     """The short way for a proxied call that every check lets through (see the module's docstring)."""
     mapper = registry.getUtility(IRoutesMapper)
@@ -106,7 +124,13 @@ def api_tween_factory(handler, registry):
         request.request_iface = request_iface
         try:
             context = attrs["root"] = attrs["context"] = root_factory(request)
-            if request.identity is not None and request.has_permission(API_PERMISSION, context):
+            identity = request.identity
+            if (
+                identity is not None
+                and request.has_permission(API_PERMISSION, context)
+                # Refused and audited there, in the request's transaction.
+                and not request.services.proxy.refuses_provider(attrs["matchdict"]["upstream"], identity.provider)
+            ):
                 return proxy(request)
         except Exception:
             try:

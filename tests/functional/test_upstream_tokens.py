@@ -6,7 +6,7 @@ upstream, on real sockets.
 import pytest
 from sqlalchemy import func, select
 
-from myapp.models import SessionToken
+from myapp.models import AuditEvent, SessionToken
 from tests.functional.test_proxy import api, queued_for_revocation, row_of, tokens_of
 
 GRAPH_SCOPE = "https://graph.example.test/.default"
@@ -215,7 +215,9 @@ def test_upstream_tokens_are_stored_encrypted(app, signed_in, upstream, provider
     assert stored.upstream == "graph" and stored.expires_at is not None
 
 
-def test_an_upstream_for_other_providers_is_refused_before_anything_is_sent(make_proxy_app, signed_in, upstream, provider):
+def test_an_upstream_for_other_providers_is_refused_before_anything_is_sent(
+    make_proxy_app, signed_in, upstream, provider, dbsession
+):
     app = make_proxy_app(
         **{
             "myapp.providers": "default = Staff\npartners = Partners",
@@ -230,6 +232,12 @@ def test_an_upstream_for_other_providers_is_refused_before_anything_is_sent(make
     response = api(browser, "GET", "/api/partner-api/x", status=403)
     assert response.json == {"error": "wrong_provider", "message": response.json["message"]}
     assert upstream.seen == [] and provider.token_forms == []
+    # A denied action, audited as every other 403 is (SPEC.md: the audit log has denied actions).
+    dbsession.expire_all()
+    denials = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied")).all()
+    assert [(d.detail, d.request_id) for d in denials] == [
+        ("GET /api/partner-api/x (wrong provider)", response.headers["X-Request-ID"])
+    ]
     api(browser, "GET", "/api/up/x", status=200)
 
 
