@@ -557,7 +557,14 @@ class SessionStore:
             touched_at = recent.claim(session.handle, now)
             if touched_at is not None:  # another request of this process is recording it
                 return replace(session, last_seen_at=touched_at)
-        statement = update(UserSession).where(UserSession.id == session.id).values(last_seen_at=now)
+        # Only if no process wrote it in the last minute meanwhile: processes that read the same
+        # minute-old time write it once between them (PostgreSQL re-checks the condition once the
+        # first writer's row lock is released).
+        statement = (
+            update(UserSession)
+            .where(UserSession.id == session.id, UserSession.last_seen_at <= now - TOUCH_INTERVAL)
+            .values(last_seen_at=now)
+        )
         try:
             if self.own_transactions is None:
                 self.dbsession.execute(statement.execution_options(synchronize_session="fetch"))

@@ -320,6 +320,26 @@ def test_requests_of_one_session_arriving_together_record_activity_once(dbsessio
     assert len(writes) == 2
 
 
+def test_processes_that_read_the_same_old_time_record_activity_once(dbsession, cipher, clock, user):
+    """Two processes (each with its own RecentTouches) read a minute-old last_seen_at at the same
+    moment: the first writes it, the second finds it written and leaves it (SPEC: at most once a minute)."""
+    first, second = (
+        SessionStore(dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock, recent_touches=RecentTouches())
+        for _ in range(2)
+    )
+    raw_id, _ = first.create(user=user)
+    clock.advance(minutes=2)
+    stale = first.find(raw_id)
+    first.touch(stale)
+    written = clock.now
+    clock.advance(seconds=1)
+    second.touch(stale)
+    assert first.find(raw_id).last_seen_at == written
+    clock.advance(minutes=1)
+    second.touch(second.find(raw_id))
+    assert first.find(raw_id).last_seen_at == clock.now
+
+
 def test_a_failed_touch_is_tried_again_by_the_next_request(dbsession, cipher, clock, user):
     touches = RecentTouches()
     store = SessionStore(dbsession=dbsession, cipher=cipher, settings=SETTINGS, clock=clock, recent_touches=touches)
