@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from myapp.models import TokenRevocation, User, UserSession
 from myapp.services.metrics import Metrics
@@ -202,3 +203,25 @@ def test_a_session_is_not_ended_as_idle_within_the_minute_its_use_may_not_be_wri
     assert revoker.end_expired_sessions() == 0
     clock.advance(timedelta(seconds=1))
     assert revoker.end_expired_sessions() == 1
+
+
+def test_a_pass_that_cannot_reach_the_database_is_one_line_in_the_log(cipher, provider, clock, caplog):
+    """Every pass of every process fails while PostgreSQL is down: a line each, as a request's 503
+    logs it, not a traceback every few seconds."""
+
+    class Unreachable:
+        def fail(self):
+            revoker._stop.set()  # this one pass
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+        own_transaction = read = fail
+
+    revoker = Revoker(
+        database=Unreachable(), cipher=cipher, providers=Providers({"default": provider}),
+        idle_timeout=SETTINGS.idle_timeout, metrics=Metrics(), clock=clock,
+    )
+    with caplog.at_level("WARNING", logger="myapp.services.revocation"):
+        revoker._loop(0)
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
+        ("revoker pass failed: OperationalError; trying again in 0s", None)
+    ]
