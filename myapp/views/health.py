@@ -1,3 +1,5 @@
+import threading
+
 from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
@@ -5,6 +7,11 @@ from pyramid.view import view_config
 from sqlalchemy import text
 
 from myapp.services.metrics import CONTENT_TYPE
+
+# A database that takes connections and then answers nothing (a server hung, a network dropping
+# packets) would hold /readyz as long as the kernel waits, many minutes: it is "not ready" sooner.
+# (Redis has its own: the client's socket timeouts.)
+READY_WITHIN = 5.0
 
 
 @view_config(route_name="healthz", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
@@ -15,13 +22,7 @@ def healthz(request):
 @view_config(route_name="readyz", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def readyz(request):
     """Ready when every dependency answers: the database, and Redis when it is configured."""
-    checks = {}
-    try:
-        with request.services.database.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as e:  # any failure means "not ready", whatever the driver raises
-        checks["database"] = f"unavailable: {type(e).__name__}"
+    checks = {"database": _database_answers(request.services.database.engine)}
     redis_client = request.services.redis
     if redis_client is not None:
         try:
@@ -32,6 +33,25 @@ def readyz(request):
     ready = all(value == "ok" for value in checks.values())
     request.response.status_int = 200 if ready else 503
     return {"status": "ok" if ready else "unavailable", "checks": checks}
+
+
+def _database_answers(engine) -> str:
+    """"ok", or why not, within READY_WITHIN seconds; a check still waiting then goes on alone, in
+    its own thread, until the pool's or the connection's own timeout ends it."""
+    answer = []
+
+    def check():
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            answer.append("ok")
+        except Exception as e:  # any failure means "not ready", whatever the driver raises
+            answer.append(f"unavailable: {type(e).__name__}")
+
+    thread = threading.Thread(target=check, name="myapp readyz", daemon=True)
+    thread.start()
+    thread.join(READY_WITHIN)
+    return answer[0] if answer else f"unavailable: no answer within {READY_WITHIN:g} s"
 
 
 @view_config(route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)

@@ -139,6 +139,28 @@ def test_readyz_reports_a_dead_database(database, browser, monkeypatch):
     assert response.json["checks"]["database"].startswith("unavailable")
 
 
+def test_readyz_does_not_wait_for_a_database_that_never_answers(database, browser, monkeypatch):
+    """A hung server or a partition: the connection waits for an answer that does not come."""
+    import threading
+
+    from myapp.views import health
+
+    answer = threading.Event()
+
+    class Hung:
+        def connect(self):
+            answer.wait(timeout=10)  # a bound only so that a /readyz that waits for it fails, not hangs
+            raise ConnectionResetError("the database went away")
+
+    monkeypatch.setattr(database, "engine", Hung())
+    monkeypatch.setattr(health, "READY_WITHIN", 0.01, raising=False)
+    try:
+        response = browser.get("/readyz", status=503)
+    finally:
+        answer.set()
+    assert response.json == {"status": "unavailable", "checks": {"database": "unavailable: no answer within 0.01 s"}}
+
+
 def test_head_requests_work_and_change_nothing(browser):
     assert browser.head("/", status=200).body == b""
 
