@@ -192,8 +192,8 @@ class Database:
         """The rows ``statement`` selects, as the driver gives them, and its columns' names, on
         the cursor a connection of the lookup pool keeps; the statement is SQLAlchemy's, compiled
         once per dialect. A
-        connection found dead (the database restarted) is thrown away with the rest of the idle
-        pool, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
+        connection found dead (the database restarted) is thrown away with every one the pool
+        made before it, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
         outage answers 503.
         """
         engine = self.lookup_engine
@@ -218,8 +218,11 @@ class Database:
                     e, connection.dbapi_connection, cursor
                 )
                 if disconnected:
-                    connection.invalidate(e)
-                    engine.dispose()  # its siblings died with it
+                    # This one, and every connection the pool made before it, which died with it:
+                    # those idle now are replaced at their next checkout, those other requests hold
+                    # when they come back. As SQLAlchemy's own Connection does on a disconnect;
+                    # Engine.dispose() would leave those to a pool thrown away, open until collected.
+                    engine.pool._invalidate(connection, e)
                 raise exc.DBAPIError.instance(
                     sql, None, e, engine.dialect.loaded_dbapi.Error, hide_parameters=True,
                     connection_invalidated=disconnected, dialect=engine.dialect,
@@ -261,7 +264,7 @@ def _drop_kept_cursor(connection) -> None:
 
 def _once_more_if_disconnected(read: Callable[[], T]) -> T:
     """``read()``, and once more when it failed on a connection found dead (the database
-    restarted, or a cut): by then that connection and its idle siblings are thrown away, so the
+    restarted, or a cut): by then that connection and its siblings are marked dead, so the
     second try gets a new one. Any other error, or a second failure, is raised."""
     try:
         return read()

@@ -124,3 +124,22 @@ def test_database_gone_between_the_session_lookup_and_a_page_read_is_503(cut_dat
         assert page.status_code == 503, (page.status_code, page.text[:200])
         assert "Briefly unavailable" in page.text and page.headers["Retry-After"] == "5"
         assert browser.get(url + "/posts").status_code == 200
+
+
+def test_a_connection_another_request_holds_when_one_is_found_dead_goes_back_to_the_pool(cut_database, committed):
+    """The connections made before one found dead died with it. One that another request held at
+    that moment used to go back to a pool thrown away whole (``Engine.dispose``), where nothing
+    closed it: psycopg warned when the garbage collector found it open, and the warning failed
+    whichever test was running. It now goes back to the pool, which closes it like any other."""
+    proxy, database_url = cut_database
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
+        browser = sign_in(url, "alice")
+        engine = app.registry[Services].database.lookup_engine
+        held = engine.raw_connection()  # another request's, during the cut
+        dbapi_connection = held.dbapi_connection
+        with cut_at_checkout(app, proxy, 1, restore=True):
+            assert api(browser, url + "/auth/user").json()["sub"] == "alice"
+        held.close()
+        engine.dispose()  # closes what the pool holds
+        assert dbapi_connection.closed
