@@ -22,6 +22,7 @@ from myapp.models import (
 )
 from myapp.models.meta import utcnow
 from myapp.scripts import end_sessions, generate_key, migrate, purge, read_ini, show_config
+from myapp.services import Services
 from myapp.services.sessions import SessionStore
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
@@ -523,5 +524,6 @@ def test_commands_leave_the_start_up_cautions_to_the_server(ini, committed, capl
     assert code == 0 and "plain http" not in caplog.text + err
     # The server, given the same ini, still says it.
     with caplog.at_level("WARNING", logger="myapp"):
-        main({"__file__": str(path)}, **read_ini("test", str(path)))
+        app = main({"__file__": str(path)}, **read_ini("test", str(path)))
+    app.registry[Services].close()
     assert "myapp: myapp.oidc.issuer: 'http://idp.internal' is plain http off this machine" in caplog.text

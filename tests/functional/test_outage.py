@@ -129,8 +129,8 @@ def test_database_gone_between_the_session_lookup_and_a_page_read_is_503(cut_dat
 def test_a_connection_another_request_holds_when_one_is_found_dead_goes_back_to_the_pool(cut_database, committed):
     """The connections made before one found dead died with it. One that another request held at
     that moment used to go back to a pool thrown away whole (``Engine.dispose``), where nothing
-    closed it: psycopg warned when the garbage collector found it open, and the warning failed
-    whichever test was running. It now goes back to the pool, which closes it like any other."""
+    but the garbage collector closed it (psycopg warns of that). It now goes back to the pool,
+    which closes it like any other."""
     proxy, database_url = cut_database
     sock, public_url = listener()
     with devstack_for(public_url) as idp, bff_in_thread(database_url, sock, public_url, idp) as (url, app):
