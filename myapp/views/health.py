@@ -1,4 +1,6 @@
 import threading
+import time
+import weakref
 
 from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
@@ -37,21 +39,40 @@ def readyz(request):
 
 def _database_answers(engine) -> str:
     """"ok", or why not, within READY_WITHIN seconds; a check still waiting then goes on alone, in
-    its own thread, until the pool's or the connection's own timeout ends it."""
-    answer = []
+    its own thread, until the pool's or the connection's own timeout ends it. One check at a time:
+    probes that arrive while it waits answer from it, not from a check of their own, so that a long
+    hang holds one thread and one connection of the pool, not one for each probe."""
+    with _checks_lock:
+        check = _checks.get(engine)
+        if check is None or check.done.is_set():
+            check = _checks[engine] = _Check(engine)
+    check.done.wait(max(0.0, check.started + READY_WITHIN - time.monotonic()))
+    return check.answer or f"unavailable: no answer within {READY_WITHIN:g} s"
 
-    def check():
+
+class _Check:
+    """One check of the database, in a thread of its own."""
+
+    def __init__(self, engine):
+        self.started = time.monotonic()
+        self.answer: str | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(engine,), name="myapp readyz", daemon=True).start()
+
+    def _run(self, engine) -> None:
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-            answer.append("ok")
+            self.answer = "ok"
         except Exception as e:  # any failure means "not ready", whatever the driver raises
-            answer.append(f"unavailable: {type(e).__name__}")
+            self.answer = f"unavailable: {type(e).__name__}"
+        finally:
+            self.done.set()
 
-    thread = threading.Thread(target=check, name="myapp readyz", daemon=True)
-    thread.start()
-    thread.join(READY_WITHIN)
-    return answer[0] if answer else f"unavailable: no answer within {READY_WITHIN:g} s"
+
+# The check of each engine (an app's), while it runs and after.
+_checks: "weakref.WeakKeyDictionary[object, _Check]" = weakref.WeakKeyDictionary()
+_checks_lock = threading.Lock()
 
 
 @view_config(route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)

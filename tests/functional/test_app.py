@@ -161,6 +161,39 @@ def test_readyz_does_not_wait_for_a_database_that_never_answers(database, browse
     assert response.json == {"status": "unavailable", "checks": {"database": "unavailable: no answer within 0.01 s"}}
 
 
+def test_probes_during_a_hang_share_the_one_check_still_waiting(database, browser, monkeypatch):
+    """A probe every few seconds during a long hang: each one used to start a check of its own,
+    every one holding a thread and a connection of the request pool until the kernel gave up (many
+    minutes), so that real requests found the pool taken when the database came back. One check
+    waits at a time; probes meanwhile answer 503 from it, and the next one after it starts anew."""
+    import threading
+
+    from myapp.views import health
+
+    answer = threading.Event()
+    connects = []
+
+    class Hung:
+        def connect(self):
+            connects.append(threading.current_thread())
+            answer.wait(timeout=10)  # a bound only so that a test that fails does not hang
+            raise ConnectionResetError("the database went away")
+
+    monkeypatch.setattr(database, "engine", Hung())
+    monkeypatch.setattr(health, "READY_WITHIN", 0.01, raising=False)
+    try:
+        for _ in range(3):
+            response = browser.get("/readyz", status=503)
+            assert response.json["checks"]["database"] == "unavailable: no answer within 0.01 s"
+        assert len(connects) == 1
+    finally:
+        answer.set()
+    connects[0].join()
+    assert browser.get("/readyz", status=503).json["checks"]["database"].startswith("unavailable")
+    assert len(connects) == 2
+    connects[1].join()
+
+
 def test_head_requests_work_and_change_nothing(browser):
     assert browser.head("/", status=200).body == b""
 
