@@ -1,6 +1,6 @@
 import threading
-import time
 import weakref
+from time import monotonic
 
 from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
@@ -14,6 +14,7 @@ from myapp.services.metrics import CONTENT_TYPE
 # packets) would hold /readyz as long as the kernel waits, many minutes: it is "not ready" sooner.
 # (Redis has its own: the client's socket timeouts.)
 READY_WITHIN = 5.0
+CHECKS_AT_ONCE = 3
 
 
 @view_config(route_name="healthz", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
@@ -39,14 +40,19 @@ def readyz(request):
 
 def _database_answers(engine) -> str:
     """"ok", or why not, within READY_WITHIN seconds; a check still waiting then goes on alone, in
-    its own thread, until the pool's or the connection's own timeout ends it. One check at a time:
-    probes that arrive while it waits answer from it, not from a check of their own, so that a long
-    hang holds one thread and one connection of the pool, not one for each probe."""
+    its own thread, until the pool's or the connection's own timeout ends it. A probe shares the
+    latest check while that is within its READY_WITHIN, and starts another only while fewer than
+    CHECKS_AT_ONCE wait: a long hang holds that many threads and pooled connections, not one for
+    each probe, and one connection stuck alone (its server gone, its packets dropped) does not keep
+    the process unready while the others answer."""
     with _checks_lock:
-        check = _checks.get(engine)
-        if check is None or check.done.is_set():
-            check = _checks[engine] = _Check(engine)
-    check.done.wait(max(0.0, check.started + READY_WITHIN - time.monotonic()))
+        waiting = [check for check in _checks.get(engine, ()) if not check.done.is_set()]
+        check = waiting[-1] if waiting else None
+        if check is None or (check.started + READY_WITHIN <= monotonic() and len(waiting) < CHECKS_AT_ONCE):
+            check = _Check(engine)
+            waiting.append(check)
+        _checks[engine] = waiting
+    check.done.wait(max(0.0, check.started + READY_WITHIN - monotonic()))
     return check.answer or f"unavailable: no answer within {READY_WITHIN:g} s"
 
 
@@ -54,7 +60,7 @@ class _Check:
     """One check of the database, in a thread of its own."""
 
     def __init__(self, engine):
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.answer: str | None = None
         self.done = threading.Event()
         threading.Thread(target=self._run, args=(engine,), name="myapp readyz", daemon=True).start()
@@ -70,8 +76,8 @@ class _Check:
             self.done.set()
 
 
-# The check of each engine (an app's), while it runs and after.
-_checks: "weakref.WeakKeyDictionary[object, _Check]" = weakref.WeakKeyDictionary()
+# The checks of each engine (an app's) still waiting, the latest last.
+_checks: "weakref.WeakKeyDictionary[object, list[_Check]]" = weakref.WeakKeyDictionary()
 _checks_lock = threading.Lock()
 
 
