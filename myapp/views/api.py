@@ -24,10 +24,10 @@ from myapp.resources import Permission
 from myapp.routes import API_PREFIX, API_ROUTE
 from myapp.security import json_csrf_failure
 from myapp.services import Services
-from myapp.services.audit import AuditEventType
 from myapp.services.proxy import StreamedBody
 from myapp.services.stepup import rule_for
 from myapp.tweens import UpstreamAnswer, unavailable_response
+from myapp.views.errors import record_denial
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def proxy(request):
     metrics = request.services.metrics
     try:
         if service.refuses_provider(upstream_name, request.identity.provider):
-            _audit_wrong_provider(request)
+            request.keep_transaction()
+            record_denial(request, "wrong provider")  # as the permission check's 403 is
             raise APIError(403, ErrorCode.WRONG_PROVIDER, "This API is not available to accounts of your sign-in provider.")
         outgoing = service.prepare(request.environ, upstream_name=upstream_name, client_addr=request.remote_addr)
         try:
@@ -85,20 +86,6 @@ def proxy(request):
         raise
     metrics.proxied(upstream_name, upstream.status, answered)
     return response
-
-
-def _audit_wrong_provider(request) -> None:
-    """A denied action, recorded as the permission check's 403 is (views/errors.py)."""
-    identity = request.identity
-    request.keep_transaction()
-    request.audit.record(
-        AuditEventType.ACCESS_DENIED,
-        user_id=identity.user_id,
-        actor_id=identity.user_id,
-        session_handle=identity.session_handle,
-        ip_address=request.remote_addr,
-        detail=f"{request.method} {request.path[:300]} (wrong provider)",
-    )
 
 
 def api_tween_factory(handler, registry):

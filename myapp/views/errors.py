@@ -104,17 +104,24 @@ def forbidden(exc, request):
     # Whatever the request did so far is discarded; the denial itself is recorded.
     request.restart_transaction()
     permission = getattr(getattr(exc, "result", None), "permission", None)
-    request.audit.record(
-        AuditEventType.ACCESS_DENIED,
-        user_id=request.identity.user_id,
-        actor_id=request.identity.user_id,
-        session_handle=request.identity.session_handle,
-        ip_address=request.remote_addr,
-        detail=f"{request.method} {request.path[:300]}" + (f" (needs {permission})" if permission else ""),
-    )
+    record_denial(request, f"needs {permission}" if permission else None)
     return refusal(
         request, 403, ErrorCode.FORBIDDEN, "You are not allowed to do this.", title="You cannot do that",
         page="Your account is not allowed to see or change this. If you think it should be, ask an administrator.",
+    )
+
+
+def record_denial(request, why: str | None) -> None:
+    """A denied action of the signed-in person, for the audit log (SPEC.md), in the request's
+    transaction: the caller makes sure that it is kept."""
+    identity = request.identity
+    request.audit.record(
+        AuditEventType.ACCESS_DENIED,
+        user_id=identity.user_id,
+        actor_id=identity.user_id,
+        session_handle=identity.session_handle,
+        ip_address=request.remote_addr,
+        detail=f"{request.method} {request.path[:300]}" + (f" ({why})" if why else ""),
     )
 
 
