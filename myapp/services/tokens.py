@@ -351,16 +351,13 @@ class TokenManager:
             if verdict == _UNVERIFIED:
                 tokens = replace(tokens, id_token=previous.id_token)
             elif verdict is not None:
-                if tokens.refresh_token != previous.refresh_token:
-                    # The provider spent the stored one on this answer: its successor is revoked too.
-                    rows.revoke_later(session.user_issuer, tokens)
+                self._revoke_if_rotated(rows, session, tokens, previous.refresh_token)
                 return self._end(rows, session, verdict)
         # The new refresh token (if the provider rotates) is stored before the lock is released,
         # and only into a session that is still the one this refresh started from.
         if not rows.write_tokens(session.id, tokens, expected_generation=session.token_generation):
             # Ended (a logout) while the provider answered: the new tokens must not outlive it.
-            if tokens.refresh_token != previous.refresh_token:
-                rows.revoke_later(session.user_issuer, tokens)
+            self._revoke_if_rotated(rows, session, tokens, previous.refresh_token)
             return LoginRequired()
         self.metrics.refreshes.inc()
         return Credential.of(tokens.access_token, tokens.token_type, key)
@@ -458,8 +455,7 @@ class TokenManager:
             # A refresh response like any other: its ID token must name this session's user.
             verdict = self._check_refreshed_id_token(client, response["id_token"], issued.access_token, session)
             if verdict not in (None, _UNVERIFIED):
-                if issued.refresh_token not in (None, own.refresh_token):
-                    rows.revoke_later(session.user_issuer, issued)  # as for the session's own refresh
+                self._revoke_if_rotated(rows, session, issued, own.refresh_token)
                 return self._end(rows, session, verdict)
         minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
         self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)
@@ -538,6 +534,14 @@ class TokenManager:
         issued = refused.issued()
         rows.revoke_later(session.user_issuer, TokenSet(**issued))
         return self._end(rows, session, "dpop_not_bound")
+
+    @staticmethod
+    def _revoke_if_rotated(rows: SessionRows, session: SessionRecord, issued: TokenSet, spent: str | None) -> None:
+        """An answer that is not kept, whose refresh token the provider issued in place of ``spent``
+        (it spent that one on this answer): the new one is queued for revocation with the tokens
+        issued with it, so that no ended session keeps a live token."""
+        if issued.refresh_token not in (None, spent):
+            rows.revoke_later(session.user_issuer, issued)
 
     def _end(self, rows: SessionRows, session: SessionRecord, why: str) -> LoginRequired:
         rows.end(session.id, EndReason.REFRESH_FAILED)

@@ -4,10 +4,11 @@ short way a signed-in call reaches it.
 ``api_tween_factory`` answers a proxied call that passes every check without Pyramid's router,
 view lookup, view derivers, pyramid_tm or the exception-view tween: it asks the same routes
 mapper, the same JSON CSRF rule, the same security policy and the same ACL (the root factory's)
-as the view's configuration below, then calls the same view; an exception is rendered by the
-same exception views. Any call that one of those checks refuses, that a step-up rule covers, or
-whose upstream takes no calls from the session's provider (a denied action, audited in the
-request's transaction), goes the whole way round instead and is refused there, exactly as before.
+as the view's configuration below, and the same provider check as the view, then forwards as the
+view does (``forward``); an exception is rendered by the same exception views. Any call that one of
+those checks refuses, or that a step-up rule covers, goes the whole way round instead and is
+refused there, exactly as before (a wrong provider's 403 is a denied action, audited in the
+request's transaction).
 A proxied call writes nothing in the request's transaction, so it needs none
 (tests/functional/test_hot_path.py).
 """
@@ -36,15 +37,24 @@ API_PERMISSION = Permission.USE_API
 
 @view_config(route_name=API_ROUTE, permission=API_PERMISSION, json_csrf=True, require_csrf=False)
 def proxy(request):
+    """The long way's call: refused when its upstream takes no calls from the session's provider
+    (a denied action, audited as the permission check's 403 is), else forwarded."""
+    upstream_name = request.matchdict["upstream"]
+    if request.services.proxy.refuses_provider(upstream_name, request.identity.provider):
+        request.keep_transaction()
+        record_denial(request, "wrong provider")
+        request.services.metrics.proxied(upstream_name, 403)
+        raise APIError(403, ErrorCode.WRONG_PROVIDER, "This API is not available to accounts of your sign-in provider.")
+    return forward(request)
+
+
+def forward(request):
+    """The call to the upstream, once every check has let it through."""
     started = time.perf_counter()
     upstream_name = request.matchdict["upstream"]
     service = request.services.proxy
     metrics = request.services.metrics
     try:
-        if service.refuses_provider(upstream_name, request.identity.provider):
-            request.keep_transaction()
-            record_denial(request, "wrong provider")  # as the permission check's 403 is
-            raise APIError(403, ErrorCode.WRONG_PROVIDER, "This API is not available to accounts of your sign-in provider.")
         outgoing = service.prepare(request.environ, upstream_name=upstream_name, client_addr=request.remote_addr)
         try:
             upstream = service.exchange(outgoing, functools.partial(request.access_token, upstream=upstream_name))
@@ -118,7 +128,7 @@ def api_tween_factory(handler, registry):
                 # Refused and audited there, in the request's transaction.
                 and not request.services.proxy.refuses_provider(attrs["matchdict"]["upstream"], identity.provider)
             ):
-                return proxy(request)
+                return forward(request)
         except Exception:
             try:
                 return request.invoke_exception_view(reraise=True)
