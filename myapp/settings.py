@@ -715,6 +715,15 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
     )
 
 
+def _origin(url: str) -> str:
+    """``url`` written as browsers write an origin (RFC 6454 section 6.2), in ``Origin`` and ``Referer``
+    alike: scheme and host in lower case, the scheme's default port left out, no trailing slash."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = "" if parts.port in (None, DEFAULT_PORTS[parts.scheme]) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}"
+
+
 def _same_url(url: str, expected: str) -> bool:
     """Whether ``url`` is ``expected`` as a browser reads it: scheme and host in any case, the scheme's
     default port written or not, the same path; no query or fragment."""
@@ -916,7 +925,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     reader = _Reader(raw, environ)
     environment = reader.choice(PREFIX + "environment", "production", ENVIRONMENTS)
 
-    public_url = reader.url(PREFIX + "public_url", allow_path=False).rstrip("/")
+    public_url = _origin(reader.url(PREFIX + "public_url", allow_path=False))
 
     providers = _providers(reader, public_url)
 

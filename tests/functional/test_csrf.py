@@ -3,8 +3,11 @@
 import pytest
 from sqlalchemy import select
 
+import myapp
 from myapp.models import Post
-from tests.conftest import TEST_PUBLIC_URL
+from tests.conftest import TEST_PUBLIC_URL, base_settings
+from tests.functional.conftest import Browser, dispose
+from tests.support.database import RolledBackDatabase
 
 
 @pytest.fixture
@@ -88,3 +91,34 @@ class TestJSONRoutes:
 
     def test_auth_user_anonymous_without_header_is_refused_first(self, browser):
         assert browser.get("/auth/user", status=403).json["error"] == "csrf_failed"
+
+
+class TestAPublicURLWrittenWithItsDefaultPort:
+    """myapp.public_url = HTTPS://App.Example.test:443/ is the site browsers call https://app.example.test."""
+
+    @pytest.fixture
+    def browser(self, engine, database_url, connection):
+        settings = base_settings(database_url, **{"myapp.public_url": "HTTPS://App.Example.test:443/"})
+        app = myapp.make_app(settings, database=RolledBackDatabase(engine).bind(connection))
+        yield Browser(app)
+        dispose(app)
+
+    @pytest.mark.parametrize("origin", [TEST_PUBLIC_URL, "https://app.example.test:443"])
+    def test_the_browsers_origin_is_accepted(self, browser, origin):
+        response = browser.post("/api/demo/items", headers={"X-CSRF": "1", "Origin": origin}, status=401)
+        assert response.json["error"] == "login_required"
+
+    @pytest.mark.parametrize(
+        "origin", ["https://evil.example", "http://app.example.test", "https://app.example.test:8443",
+                   "https://app.example.test.evil.example", "null"],
+    )
+    def test_a_foreign_origin_is_still_refused(self, browser, origin):
+        response = browser.post("/api/demo/items", headers={"X-CSRF": "1", "Origin": origin}, status=403)
+        assert response.json["error"] == "csrf_failed"
+
+    def test_redirects_and_links_name_the_origin_browsers_use(self, browser, alice, sign_in, dbsession):
+        assert browser.get("/posts", status=303).location == TEST_PUBLIC_URL + "/login?next=%2Fposts"
+        sign_in(browser, alice)
+        assert browser.json_get("/auth/user").json["logout_url"] == TEST_PUBLIC_URL + "/logout"
+        response = browser.submit("/posts", {"title": "from a form"}, status=303)
+        assert response.location.startswith(f"{TEST_PUBLIC_URL}/posts/{posts(dbsession)[0].id}?")

@@ -235,6 +235,15 @@ def test_show_config_masks_secrets(ini, capsys, tmp_path):
     assert "database_url = postgresql+psycopg://app:***@[::1]:5432/app?password=***&sslmode=require" in out
 
 
+def test_show_config_prints_the_public_url_as_the_app_uses_it(ini, capsys, tmp_path):
+    path = tmp_path / "port.ini"
+    path.write_text(ini.read_text().replace("myapp.public_url = ", "myapp.public_url = HTTPS://App.Example.test:443/\n#"))
+    code, out, _ = run(show_config.main, path, capsys=capsys)
+    assert code == 0
+    assert "\npublic_url = https://app.example.test\n" in out
+    assert "providers.default.redirect_uri = https://app.example.test/auth/callback\n" in out
+
+
 def test_show_config_ends_with_the_cautions_the_server_logs(ini, capsys, tmp_path):
     path = tmp_path / "http.ini"
     path.write_text(ini.read_text().replace("myapp.oidc.issuer = ", "myapp.oidc.issuer = http://idp.internal\n#"))

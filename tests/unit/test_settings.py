@@ -279,6 +279,64 @@ def test_production_refuses_cookies_and_sites_without_tls():
     ]
 
 
+@pytest.mark.parametrize(
+    "written, public_url",
+    [
+        ("https://app.example.com", "https://app.example.com"),
+        ("https://app.example.com/", "https://app.example.com"),
+        ("https://App.Example.COM:443", "https://app.example.com"),
+        ("HTTPS://app.example.com:443/", "https://app.example.com"),
+        ("https://app.example.com:0443", "https://app.example.com"),
+        ("https://App.Example.com:8443/", "https://app.example.com:8443"),
+        ("https://app.example.com:80", "https://app.example.com:80"),
+        ("https://[2001:DB8::1]:443", "https://[2001:db8::1]"),
+        ("https://[2001:db8::1]:8443/", "https://[2001:db8::1]:8443"),
+    ],
+)
+def test_the_public_url_is_read_as_browsers_write_an_origin(written, public_url):
+    """Lower-case scheme and host, no default port, no trailing slash: what an Origin or Referer
+    header carries, and what the redirects and URIs made of it name."""
+    settings = load_settings(raw(myapp__public_url=written), environ={})
+    assert settings.public_url == public_url
+    assert settings.providers["default"].redirect_uri == public_url + "/auth/callback"
+    assert settings.providers["default"].post_logout_redirect_uri == public_url + "/"
+
+
+@pytest.mark.parametrize(
+    "written, public_url",
+    [("HTTP://LocalHost:80/", "http://localhost"), ("http://127.0.0.1:6543", "http://127.0.0.1:6543"),
+     ("http://127.0.0.1:443", "http://127.0.0.1:443")],
+)
+def test_a_plain_http_public_url_loses_only_port_80(written, public_url):
+    development = raw(myapp__environment="development", myapp__session__cookie_secure="false",
+                      myapp__session__cookie_name="sid", myapp__public_url=written)
+    assert load_settings(development, environ={}).public_url == public_url
+
+
+def test_a_plain_http_public_url_in_capitals_is_refused_as_well():
+    problems = problems_for(myapp__public_url="HTTP://App.Example.com")
+    assert problems == [
+        "myapp.public_url: 'http://app.example.com' is plain http, but myapp.session.cookie_secure = true: "
+        "browsers would never send the session cookie back, so nobody could sign in",
+        "myapp.public_url: 'http://app.example.com' is refused in production: serve it over https",
+    ]
+
+
+def test_an_ini_written_with_the_default_port_keeps_its_redirect_uris_as_written():
+    """Start-up compares them as a browser reads them; the provider has them registered as written."""
+    callback, signed_out = "https://App.Example.com:443/auth/callback", "https://App.Example.com:443/"
+    settings = load_settings(raw(myapp__public_url="https://App.Example.com:443", myapp__oidc__redirect_uri=callback,
+                                 myapp__oidc__post_logout_redirect_uri=signed_out), environ={})
+    assert settings.public_url == "https://app.example.com"
+    assert settings.providers["default"].redirect_uri == callback
+    assert settings.providers["default"].post_logout_redirect_uri == signed_out
+    partners = "HTTPS://APP.example.com:443/auth/callback/partners"
+    settings = load_settings(two_providers(**{"myapp.public_url": "https://App.Example.com:443/",
+                                              "myapp.oidc.partners.redirect_uri": partners}), environ={})
+    assert settings.providers["partners"].redirect_uri == partners
+    assert settings.providers["staff"].redirect_uri == "https://app.example.com/auth/callback/staff"
+
+
 @pytest.mark.parametrize("issuer", ["http://idp.example.com/realms/main", "HTTP://10.0.0.5:8080", "http://127.0.0.1.nip.io"])
 def test_production_cautions_of_a_plain_http_issuer_and_still_starts(issuer):
     """Not refused (an ini file that ran before runs on: helper-46), but said at start-up."""
