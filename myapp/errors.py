@@ -5,6 +5,7 @@ explained in docs/architecture.md), so that no view invents one.
 """
 
 import functools
+import re
 from enum import StrEnum
 
 from pyramid.response import Response
@@ -50,6 +51,30 @@ def outage_errors() -> tuple[type[BaseException], ...]:
         ServiceUnavailable, exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError,
         redis.ConnectionError, redis.TimeoutError,
     )
+
+
+# The longest description of an outage a log line carries.
+MAX_OUTAGE_DESCRIPTION = 200
+# A URL's user:password@ (to the last @: a password may hold one), and libpq's password=...
+_URL_CREDENTIALS = re.compile(r"://\S*@")
+_PASSWORD_KEYWORD = re.compile(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+
+
+def describe_outage(exc: BaseException) -> str:
+    """One short line for the log: the error's type and the first line of what it says. For
+    SQLAlchemy's wrapper, the driver's own message (``exc.orig``): SQLAlchemy's text adds the
+    statement, its parameters and a link. Credentials a driver echoes from a URL or a connection
+    string are masked."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    cause = getattr(exc, "orig", None) or exc
+    said = str(cause.args[0]) if isinstance(cause, SQLAlchemyError) and cause.args else str(cause)
+    line = next((line for line in said.splitlines() if line.strip()), "")
+    line = _PASSWORD_KEYWORD.sub(r"\1***", _URL_CREDENTIALS.sub("://***@", line))
+    line = " ".join(line.split())
+    if len(line) > MAX_OUTAGE_DESCRIPTION:
+        line = line[: MAX_OUTAGE_DESCRIPTION - 3] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 class APIError(Exception):

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from myapp.errors import outage_errors
+from myapp.errors import describe_outage, outage_errors
 from myapp.models import Database, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.metrics import Metrics
@@ -177,6 +177,6 @@ class Revoker:
                     self.end_expired_sessions()
                 self.revoke_due()
             except outage_errors() as e:  # the database unreachable: one line a pass, as a request's 503 logs it
-                log.warning("revoker pass failed: %s; trying again in %ss", type(e).__name__, interval)
+                log.warning("revoker pass failed: %s; trying again in %ss", describe_outage(e), interval)
             except Exception:  # nothing must end the thread; the next pass tries again
                 log.warning("revoker pass failed; trying again in %ss", interval, exc_info=True)

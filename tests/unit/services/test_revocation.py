@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, TimeoutError
 
-from myapp.models import TokenRevocation, User, UserSession
+from myapp.models import Database, TokenRevocation, User, UserSession
 from myapp.services.metrics import Metrics
 from myapp.services.oidc import Providers, Revocation
 from myapp.services.revocation import FIRST_RETRY, LAST_RETRY, LEASE, MAX_ATTEMPTS, Revoker
@@ -205,23 +205,114 @@ def test_a_session_is_not_ended_as_idle_within_the_minute_its_use_may_not_be_wri
     assert revoker.end_expired_sessions() == 1
 
 
-def test_a_pass_that_cannot_reach_the_database_is_one_line_in_the_log(cipher, provider, clock, caplog):
-    """Every pass of every process fails while PostgreSQL is down: a line each, as a request's 503
-    logs it, not a traceback every few seconds."""
+class Unreachable:
+    """A database every call to which raises ``error()``."""
 
-    class Unreachable:
-        def fail(self):
-            revoker._stop.set()  # this one pass
-            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+    def __init__(self, error):
+        self.error = error
 
-        own_transaction = read = fail
+    def fail(self):
+        raise self.error()
 
-    revoker = Revoker(
-        database=Unreachable(), cipher=cipher, providers=Providers({"default": provider}),
+    own_transaction = read = fail
+
+
+class ForPasses:
+    """``database`` for ``passes`` passes of the revoker's loop (each fails at its first call)."""
+
+    def __init__(self, database, passes=1):
+        self.database, self.passes, self.calls, self.revoker = database, passes, 0, None
+
+    def _call(self, method):
+        self.calls += 1
+        if self.calls >= self.passes:
+            self.revoker._stop.set()
+        return getattr(self.database, method)()
+
+    def own_transaction(self):
+        return self._call("own_transaction")
+
+    def read(self):
+        return self._call("read")
+
+
+def failed_passes(database, cipher, provider, clock, caplog, passes=1):
+    """What the revoker logs for ``passes`` passes on ``database``: (message, exc_info) a record."""
+    database = ForPasses(database, passes)
+    database.revoker = revoker = Revoker(
+        database=database, cipher=cipher, providers=Providers({"default": provider}),
         idle_timeout=SETTINGS.idle_timeout, metrics=Metrics(), clock=clock,
     )
     with caplog.at_level("WARNING", logger="myapp.services.revocation"):
         revoker._loop(0)
-    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
-        ("revoker pass failed: OperationalError; trying again in 0s", None)
-    ]
+    return [(r.getMessage(), r.exc_info) for r in caplog.records]
+
+
+def test_a_pass_that_cannot_reach_the_database_is_one_line_in_the_log(cipher, provider, clock, caplog):
+    """Every pass of every process fails while PostgreSQL is down: a line each, as a request's 503
+    logs it, not a traceback every few seconds; the line says what failed."""
+    database = Unreachable(lambda: OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused")))
+    assert failed_passes(database, cipher, provider, clock, caplog, passes=2) == [
+        ("revoker pass failed: OperationalError: connection refused; trying again in 0s", None)
+    ] * 2
+
+
+def test_the_line_is_the_first_line_of_what_the_driver_said(cipher, provider, clock, caplog):
+    """SQLAlchemy's own text adds the statement, its parameters and a link: not for this line."""
+    said = ('connection failed: connection to server at "db.internal" (10.0.0.5), port 5432 failed: FATAL:  '
+            'password authentication failed for user "app"\n\tIs the server running on that host?')
+    database = Unreachable(lambda: OperationalError(
+        "UPDATE token_revocations SET attempts=%(attempts)s", {"attempts": 1, "token": "gAAAA-token"}, Exception(said)
+    ))
+    ((message, exc_info),) = failed_passes(database, cipher, provider, clock, caplog)
+    assert message == (
+        'revoker pass failed: OperationalError: connection failed: connection to server at "db.internal" (10.0.0.5), '
+        'port 5432 failed: FATAL: password authentication failed for user "app"; trying again in 0s'
+    )
+    assert exc_info is None
+
+
+@pytest.mark.parametrize(
+    "error, description",
+    [
+        (lambda: TimeoutError("QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00",
+                              code="3o7r"),
+         "TimeoutError: QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"),
+        (lambda: OperationalError("SELECT 1", {}, Exception("x" * 1000)), "OperationalError: " + "x" * 197 + "..."),
+        (lambda: OperationalError("SELECT 1", {}, Exception("")), "OperationalError"),
+        (lambda: OperationalError("SELECT 1", {}, Exception("\n\n  spaced \t out \r\nsecond line")),
+         "OperationalError: spaced out"),
+    ],
+)
+def test_the_line_stays_short_and_on_one_line(cipher, provider, clock, caplog, error, description):
+    ((message, _),) = failed_passes(Unreachable(error), cipher, provider, clock, caplog)
+    assert message == f"revoker pass failed: {description}; trying again in 0s"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "could not connect to postgresql://app:hunter2@db.internal:5432/app",
+        "could not connect to redis://:hunter2@db.internal:6379/0 or postgresql://app:p@hunter2@db.internal/app",
+        'invalid connection option in "host=db.internal user=app password=hunter2 dbname=app"',
+        "invalid connection option in \"host=db.internal password = 'hunter2 and more' dbname=app\"",
+        "could not connect to postgresql://app:hunter2@db.internal:5432/app" + "x" * 300,
+    ],
+)
+def test_a_password_a_driver_echoes_never_reaches_the_line(cipher, provider, clock, caplog, said):
+    database = Unreachable(lambda: OperationalError("SELECT 1", {}, Exception(said)))
+    ((message, _),) = failed_passes(database, cipher, provider, clock, caplog)
+    assert "hunter2" not in message and "***" in message and "db.internal" in message
+
+
+def test_a_password_in_the_database_url_never_reaches_the_line(cipher, provider, clock, caplog):
+    """A real PostgreSQL URL whose server is not there (nothing listens on the port)."""
+    database = Database.from_url("postgresql+psycopg://app:hunter2@127.0.0.1:7552/app?connect_timeout=2")
+    try:
+        ((message, exc_info),) = failed_passes(database, cipher, provider, clock, caplog)
+    finally:
+        for engine in {database.engine, database.own_engine, database.lookup_engine}:
+            engine.dispose()
+    assert message.startswith("revoker pass failed: OperationalError: connection failed: ")
+    assert message.endswith('"127.0.0.1", port 7552 failed: Connection refused; trying again in 0s')
+    assert "hunter2" not in message and "\n" not in message and exc_info is None
