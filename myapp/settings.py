@@ -925,9 +925,11 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     reader = _Reader(raw, environ)
     environment = reader.choice(PREFIX + "environment", "production", ENVIRONMENTS)
 
-    public_url = _origin(reader.url(PREFIX + "public_url", allow_path=False))
-
-    providers = _providers(reader, public_url)
+    written = reader.url(PREFIX + "public_url", allow_path=False).rstrip("/")
+    public_url = _origin(written)
+    # The default redirect URIs keep the spelling written, as before this was read as an origin:
+    # a provider compares them character for character with what an existing deployment registered.
+    providers = _providers(reader, written)
 
     cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
     cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session")

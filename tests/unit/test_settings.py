@@ -298,8 +298,15 @@ def test_the_public_url_is_read_as_browsers_write_an_origin(written, public_url)
     header carries, and what the redirects and URIs made of it name."""
     settings = load_settings(raw(myapp__public_url=written), environ={})
     assert settings.public_url == public_url
-    assert settings.providers["default"].redirect_uri == public_url + "/auth/callback"
-    assert settings.providers["default"].post_logout_redirect_uri == public_url + "/"
+
+
+@pytest.mark.parametrize("written", ["https://App.Example.COM:443", "HTTPS://app.example.com:443/", "https://app.example.com/"])
+def test_the_default_redirect_uris_keep_the_public_url_as_written(written):
+    """As registered at the provider by a deployment that ran before the public URL was read as an
+    origin: providers compare redirect URIs character for character."""
+    settings = load_settings(raw(myapp__public_url=written), environ={})
+    assert settings.providers["default"].redirect_uri == written.rstrip("/") + "/auth/callback"
+    assert settings.providers["default"].post_logout_redirect_uri == written.rstrip("/") + "/"
 
 
 @pytest.mark.parametrize(
@@ -334,7 +341,7 @@ def test_an_ini_written_with_the_default_port_keeps_its_redirect_uris_as_written
     settings = load_settings(two_providers(**{"myapp.public_url": "https://App.Example.com:443/",
                                               "myapp.oidc.partners.redirect_uri": partners}), environ={})
     assert settings.providers["partners"].redirect_uri == partners
-    assert settings.providers["staff"].redirect_uri == "https://app.example.com/auth/callback/staff"
+    assert settings.providers["staff"].redirect_uri == "https://App.Example.com:443/auth/callback/staff"
 
 
 @pytest.mark.parametrize("issuer", ["http://idp.example.com/realms/main", "HTTP://10.0.0.5:8080", "http://127.0.0.1.nip.io"])
