@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from myapp import tracing
-from myapp.errors import ServiceUnavailable
+from myapp.errors import ServiceUnavailable, describe_outage
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
@@ -166,7 +166,7 @@ class RedisRefreshLock:
         try:
             acquired = lock.acquire()
         except redis.RedisError as e:
-            log.warning("refresh lock unavailable: %s", type(e).__name__)
+            log.warning("refresh lock unavailable: %s", describe_outage(e))
             raise ServiceUnavailable("The refresh lock (Redis) is unavailable.") from None
         if not acquired:
             raise RefreshLockTimeout()

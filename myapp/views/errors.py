@@ -8,7 +8,7 @@ from pyramid.renderers import render_to_response
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
-from myapp.errors import APIError, ErrorCode, json_error
+from myapp.errors import APIError, ErrorCode, describe_outage, json_error
 from myapp.request import FormRefused
 from myapp.routes import is_json_request, return_path
 from myapp.services.audit import AuditEventType
@@ -192,7 +192,7 @@ def http_exception(exc, request):
 
 def service_unavailable(exc, request):
     """The database or the lock backend cannot be reached (SPEC.md): 503, and nothing kept."""
-    log.warning("service unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+    log.warning("service unavailable on %s %s: %s", request.method, request.path, describe_outage(exc))
     response = refusal(
         request, 503, ErrorCode.SERVICE_UNAVAILABLE, "The service is briefly unavailable. Try again shortly.",
         title="Briefly unavailable", page="We cannot reach our database right now. Please try again in a moment.",

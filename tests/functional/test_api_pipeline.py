@@ -110,7 +110,7 @@ def test_an_unexpected_failure_is_a_json_500(signed_in, upstream, proxy_app, mon
     assert_site_answer(response)
 
 
-def test_an_outage_during_the_session_lookup_is_a_503(signed_in, upstream, proxy_app, monkeypatch):
+def test_an_outage_during_the_session_lookup_is_a_503(signed_in, upstream, proxy_app, monkeypatch, caplog):
     from sqlalchemy.exc import OperationalError
 
     browser = signed_in()
@@ -123,6 +123,10 @@ def test_an_outage_during_the_session_lookup_is_a_503(signed_in, upstream, proxy
     assert response.json["error"] == "service_unavailable"
     assert response.headers["Retry-After"] == "5"
     assert upstream.seen == []
+    # The log says what failed, in the driver's words, without SQLAlchemy's statement and link.
+    assert "service unavailable on GET /api/up/items: OperationalError: the server closed the connection" in (
+        caplog.messages
+    )
 
 
 def test_a_call_the_acl_denies_goes_the_whole_way_and_is_audited(signed_in, upstream, dbsession, monkeypatch):

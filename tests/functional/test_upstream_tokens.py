@@ -250,13 +250,19 @@ def test_the_authorization_request_asks_for_every_resource(app, provider):
     assert "exchanged" not in response.location and "graph" not in response.location
 
 
-def test_the_lock_backend_unreachable_is_503_service_unavailable(make_proxy_app, signed_in, upstream, provider, dbsession):
+def test_the_lock_backend_unreachable_is_503_service_unavailable(
+    make_proxy_app, signed_in, upstream, provider, dbsession, caplog
+):
     """SPEC.md: 503 service_unavailable when the lock backend cannot be reached; the session stays."""
-    app = make_proxy_app(**{"myapp.lock.backend": "redis", "myapp.redis.url": "redis://127.0.0.1:9/0"})
+    app = make_proxy_app(**{"myapp.lock.backend": "redis", "myapp.redis.url": "redis://:hunter2@127.0.0.1:9/0"})
     browser = signed_in(app=app, expires_in=0)
     response = api(browser, "GET", "/api/up/x", status=503)
     assert response.json["error"] == "service_unavailable" and response.headers["Retry-After"] == "5"
     assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    # What failed, said in one line, and never the password of the URL.
+    [line] = [m for m in caplog.messages if m.startswith("refresh lock unavailable: ")]
+    assert line.startswith("refresh lock unavailable: ConnectionError: ") and "127.0.0.1:9" in line
+    assert "hunter2" not in caplog.text
 
 
 def test_upstream_tokens_that_live_no_longer_than_the_leeway_are_warned_of_once(
