@@ -152,8 +152,10 @@ class OIDCClient:
             # A step-up's own acr_values and max_age replace configured ones, never join them.
             *((name, value) for name, value in self.settings.authorize_params.items() if name not in (extra or {})),
             *(extra or {}).items(),
-            *(("resource", resource) for resource in resources),  # RFC 8707: one for each
         ]
+        # RFC 8707: one for each resource, once, though authorize_params may name an upstream's too.
+        configured = {value for name, value in params if name == "resource"}
+        params.extend(("resource", resource) for resource in dict.fromkeys(resources) if resource not in configured)
         if prompt:
             params.append(("prompt", prompt))
         if self._pushes(metadata):

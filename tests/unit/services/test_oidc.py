@@ -525,6 +525,31 @@ def test_authorization_url(client, provider):
     assert query["scope"] == "openid profile email offline_access"
 
 
+API = "https://api.example.test/"
+OTHER_API = "https://other.example.test/"
+
+
+def test_a_configured_resource_that_an_upstream_also_names_is_asked_for_once(provider, clock):
+    from urllib.parse import parse_qsl, urlsplit
+
+    client = make_client(provider, clock, authorize_params=MappingProxyType({"resource": API}))
+    url = client.authorization_url(state="st", nonce="no", code_verifier="v" * 43, resources=(OTHER_API, API, OTHER_API))
+    sent = [value for name, value in parse_qsl(urlsplit(url).query) if name == "resource"]
+    assert sent == [API, OTHER_API]
+    client.http.close()
+
+
+def test_a_pushed_authorization_request_asks_for_each_resource_once(provider, clock):
+    from urllib.parse import parse_qs, urlsplit
+
+    provider.offers_par = True
+    client = make_client(provider, clock, authorize_params=MappingProxyType({"resource": API}))
+    url = client.authorization_url(state="st", nonce="no", code_verifier="v" * 43, resources=(OTHER_API, API))
+    (request_uri,) = parse_qs(urlsplit(url).query)["request_uri"]
+    assert [value for name, value in provider.pushed[request_uri] if name == "resource"] == [API, OTHER_API]
+    client.http.close()
+
+
 def test_userinfo_with_the_same_subject(client, provider):
     assert client.userinfo("at", subject="alice")["name"] == "Alice From Userinfo"
 
