@@ -36,6 +36,7 @@ from myapp.services.oidc import (
     Providers,
     ProviderUnavailable,
     TokenRequestRefused,
+    TokenResponseInvalid,
 )
 from myapp.services.sessions import EndReason, SessionRecord, SessionRows, UpstreamToken
 from myapp.services.tokenset import DPOP, Credential, TokenCipher, TokenSet
@@ -342,6 +343,8 @@ class TokenManager:
         except DPoPNotBound as e:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
+            if isinstance(e, TokenResponseInvalid):
+                self._revoke_if_rotated(rows, session, TokenSet(refresh_token=e.refresh_token), previous.refresh_token)
             self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = TokenSet.from_response(response, self.clock(), previous=previous)
@@ -447,6 +450,8 @@ class TokenManager:
         except DPoPNotBound as e:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
+            if isinstance(e, TokenResponseInvalid) and not upstream.exchange:
+                self._revoke_if_rotated(rows, session, TokenSet(refresh_token=e.refresh_token), own.refresh_token)
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         now = self.clock()

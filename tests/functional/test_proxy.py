@@ -812,6 +812,39 @@ def test_a_refresh_answer_with_a_token_that_is_not_a_string_keeps_the_session(si
     ]
 
 
+# 200 answers myapp refuses for what they carry besides the ID token, each with a rotated refresh token.
+REFUSED_WITH_A_ROTATED_REFRESH_TOKEN = [
+    {"token_type": "Bearer"},
+    {"access_token": "", "token_type": "Bearer"},
+    {"access_token": ["at-new"], "token_type": "Bearer"},
+    {"access_token": "at new", "token_type": "Bearer"},
+    {"access_token": "at-new"},
+    {"access_token": "at-new", "token_type": "mac"},
+    {"access_token": "at-new", "token_type": "DPoP"},
+]
+
+
+@pytest.mark.parametrize("answer", REFUSED_WITH_A_ROTATED_REFRESH_TOKEN)
+def test_a_refresh_token_rotated_by_a_refused_refresh_answer_is_revoked(signed_in, upstream, provider, dbsession, answer):
+    """The provider spent the stored refresh token on this answer: the one it issued with it is
+    live at the provider, so it is queued for revocation rather than dropped."""
+    provider.token_response = lambda form: (200, {**answer, "refresh_token": "rt-rotated"})
+    browser = signed_in(expires_in=0)
+    assert api(browser, "GET", "/api/up/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    assert queued_for_revocation(dbsession, browser) == {"rt-rotated"}
+
+
+@pytest.mark.parametrize("refresh_token", ["rt-1", "", None])
+def test_a_refused_refresh_answer_without_a_new_refresh_token_queues_nothing(signed_in, upstream, provider, dbsession,
+                                                                           refresh_token):
+    provider.token_response = lambda form: (200, {"access_token": "at-new", "token_type": "mac",
+                                                  "refresh_token": refresh_token})
+    browser = signed_in(expires_in=0)
+    api(browser, "GET", "/api/up/x", status=503)
+    assert queued_for_revocation(dbsession, browser) == set()
+
+
 @pytest.mark.parametrize("id_token", [7, ["x"], {"sub": "alice"}])
 def test_a_refreshed_id_token_that_is_not_a_string_is_left_out_and_the_new_tokens_kept(
     signed_in, upstream, provider, dbsession, id_token

@@ -7,7 +7,13 @@ import pytest
 from sqlalchemy import func, select
 
 from myapp.models import AuditEvent, SessionToken
-from tests.functional.test_proxy import api, queued_for_revocation, row_of, tokens_of
+from tests.functional.test_proxy import (
+    REFUSED_WITH_A_ROTATED_REFRESH_TOKEN,
+    api,
+    queued_for_revocation,
+    row_of,
+    tokens_of,
+)
 
 GRAPH_SCOPE = "https://graph.example.test/.default"
 OWN_RESOURCE = "https://api.example.test/own"
@@ -185,6 +191,19 @@ def test_an_upstream_token_whose_refresh_names_another_user_ends_the_session(
     stored = select(func.count(SessionToken.id)).where(SessionToken.session_id == browser.session_row.id)
     assert dbsession.scalars(stored).one() == 0
     assert queued_for_revocation(dbsession, browser) == {"rt-1", *provider.refresh_tokens}
+
+
+@pytest.mark.parametrize("answer", REFUSED_WITH_A_ROTATED_REFRESH_TOKEN)
+def test_a_refresh_token_rotated_by_a_refused_upstream_token_answer_is_revoked(
+    app, signed_in, upstream, provider, dbsession, answer
+):
+    """As for the session's own refresh: the provider spent the session's refresh token on the
+    refused answer, whose refresh token is queued for revocation rather than dropped."""
+    provider.token_response = lambda form: (200, {**answer, "refresh_token": "rt-rotated"})
+    browser = signed_in(app=app)
+    assert api(browser, "GET", "/api/graph/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    assert queued_for_revocation(dbsession, browser) == {"rt-rotated"}
 
 
 def test_a_provider_that_is_down_is_a_503_and_keeps_the_session(app, signed_in, upstream, provider, dbsession):

@@ -14,6 +14,7 @@ from myapp.services.oidc.errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenRequestRefused,
+    TokenResponseInvalid,
     error_code,
 )
 from myapp.services.oidc.jose import (
@@ -41,6 +42,7 @@ __all__ = [
     "Providers",
     "Revocation",
     "TokenRequestRefused",
+    "TokenResponseInvalid",
     "TokenValidator",
     "UnknownProvider",
     "at_hash",

@@ -29,6 +29,7 @@ from myapp.services.oidc.errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenRequestRefused,
+    TokenResponseInvalid,
     error_code,
 )
 from myapp.services.oidc.jose import TokenValidator
@@ -299,13 +300,15 @@ class OIDCClient:
         except ValueError:
             raise OIDCError("token_endpoint_error", "The provider's token endpoint answered with something that is not JSON.") from None
         token = dict(token)
+        # A refresh token in an answer refused below is live at the provider: the caller revokes it.
+        issued = token.get("refresh_token") if isinstance(token.get("refresh_token"), str) else None
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
-            raise OIDCError("token_response_invalid", "The provider's token response has no access token.")
+            raise TokenResponseInvalid("The provider's token response has no access token.", issued)
         if not TOKEN68.fullmatch(token["access_token"]):
             # It goes into an Authorization header (and a proof's ath): RFC 6750's b64token only.
-            raise OIDCError("token_response_invalid", "The provider's access token has characters no header may carry.")
-        if token.get("refresh_token") is not None and not isinstance(token["refresh_token"], str):
-            raise OIDCError("token_response_invalid", "The provider's refresh token is not a string.")
+            raise TokenResponseInvalid("The provider's access token has characters no header may carry.", issued)
+        if token.get("refresh_token") is not None and issued is None:
+            raise TokenResponseInvalid("The provider's refresh token is not a string.", None)
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None
         if token_type == "bearer":
@@ -313,7 +316,7 @@ class OIDCClient:
                 raise DPoPNotBound(token)
         elif token_type != "dpop" or dpop is None:
             expected = "a DPoP or Bearer token" if dpop is not None else "a Bearer token"
-            raise OIDCError("token_response_invalid", f"The provider's token response is not {expected}.")
+            raise TokenResponseInvalid(f"The provider's token response is not {expected}.", issued)
         return token
 
     def exchange_code(self, code: str, code_verifier: str, *, dpop: DPoPKey | None = None) -> dict:

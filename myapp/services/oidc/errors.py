@@ -53,6 +53,15 @@ class DPoPNotBound(OIDCError):
                 if isinstance(self.tokens.get(name), str)}
 
 
+class TokenResponseInvalid(OIDCError):
+    """A token response this app will not use. ``refresh_token``: the one it carried all the same
+    (a rotating provider spent the old one on it), so that the caller can have it revoked."""
+
+    def __init__(self, message: str, refresh_token: str | None):
+        super().__init__("token_response_invalid", message)
+        self.refresh_token = refresh_token
+
+
 class TokenRequestRefused(OIDCError):
     """The token endpoint answered with an OAuth error such as ``invalid_grant``."""
 
