@@ -205,8 +205,9 @@ class TokenManager:
         # Decrypted access tokens by ciphertext: a request with a fresh token skips Fernet. Bounded,
         # in this process only, and a ciphertext changes with every refresh.
         self._plaintexts: dict[bytes, str] = {}
-        # Upstreams' own tokens by (session id, upstream), as last read or minted in this process.
-        self._upstream_tokens: dict[tuple[int, str], UpstreamToken] = {}
+        # Upstreams' own tokens by (session handle, upstream), as last read or minted in this process:
+        # the handle is random and never reused, unlike a row id (SQLite gives a purged one again).
+        self._upstream_tokens: dict[tuple[str, str], UpstreamToken] = {}
         # Sessions' DPoP keys by ciphertext, like the access tokens.
         self._dpop_keys: dict[bytes, DPoPKey] = {}
         # Providers (and upstreams) already warned of tokens that live no longer than the leeway.
@@ -368,7 +369,7 @@ class TokenManager:
     # -- an upstream's own token (SPEC.md "Tokens for each upstream") --
 
     def _upstream_access_token(self, session: SessionRecord, upstream: Upstream, stale: str | None) -> Credential:
-        key = (session.id, upstream.name)
+        key = (session.handle, upstream.name)
         if stale is None:
             known = self._upstream_tokens.get(key)
             if known is None or not self._fresh(known.expires_at):
@@ -381,9 +382,9 @@ class TokenManager:
                     return credential
         # The same lock as the session's own refresh: every use of its one refresh token, for any
         # upstream, is single-flight per session across threads and processes.
-        return self.flights.run(key, lambda: self._mint_upstream_token(session.id, upstream, stale))
+        return self.flights.run(key, lambda: self._mint_upstream_token(session.id, key, upstream, stale))
 
-    def _remember_upstream_token(self, key: tuple[int, str], token: UpstreamToken | None) -> None:
+    def _remember_upstream_token(self, key: tuple[str, str], token: UpstreamToken | None) -> None:
         if token is None:
             self._upstream_tokens.pop(key, None)
             return
@@ -391,7 +392,9 @@ class TokenManager:
             self._upstream_tokens.clear()
         self._upstream_tokens[key] = token
 
-    def _mint_upstream_token(self, session_id: int, upstream: Upstream, stale: str | None) -> Credential:
+    def _mint_upstream_token(
+        self, session_id: int, key: tuple[str, str], upstream: Upstream, stale: str | None
+    ) -> Credential:
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
             waiting = tracing.Stopwatch()
             with self.lock.locked(session_id) as dbsession:
@@ -401,10 +404,10 @@ class TokenManager:
                 )
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         if isinstance(outcome, BaseException):
-            self._upstream_tokens.pop((session_id, upstream.name), None)
+            self._upstream_tokens.pop(key, None)
             raise outcome
         token, dpop = outcome
-        self._remember_upstream_token((session_id, upstream.name), token)
+        self._remember_upstream_token(key, token)
         return Credential.of(token.access_token, token.token_type, dpop)
 
     def _mint_upstream_token_locked(self, rows: SessionRows, session_id: int, upstream: Upstream, stale: str | None):

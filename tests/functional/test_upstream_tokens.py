@@ -4,9 +4,9 @@ upstream, on real sockets.
 """
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
-from myapp.models import AuditEvent, SessionToken
+from myapp.models import AuditEvent, SessionToken, UserSession
 from tests.functional.test_proxy import (
     REFUSED_WITH_A_ROTATED_REFRESH_TOKEN,
     api,
@@ -223,6 +223,27 @@ def test_ending_a_session_removes_its_upstream_tokens(app, signed_in, upstream, 
     signed_in.store.end(browser.session_row, "logout")
     dbsession.commit()
     assert count() == 0
+
+
+def test_a_new_session_that_takes_a_purged_sessions_row_id_never_gets_its_upstream_token(
+    app, signed_in, upstream, provider, dbsession
+):
+    """SQLite gives a new row the highest rowid plus one, so once a purge deletes the newest
+    session the next one takes its id: a token this process cached for the old one is not for it."""
+    first = signed_in(app=app)
+    api(first, "GET", "/api/graph/x", status=200)
+    cached = token_seen(upstream)
+    row_id = first.session_row.id
+    dbsession.execute(delete(UserSession).where(UserSession.id == row_id))
+    dbsession.commit()
+    second = signed_in(app=app, refresh_token="rt-2")
+    if second.session_row.id != row_id:
+        # PostgreSQL's sequence never gives an id twice: the row takes it as it would on SQLite.
+        dbsession.execute(update(UserSession).where(UserSession.id == second.session_row.id).values(id=row_id))
+        dbsession.commit()
+    api(second, "GET", "/api/graph/x", status=200)
+    assert token_seen(upstream) != cached
+    assert provider.refresh_uses[-1] == "rt-2"
 
 
 def test_upstream_tokens_are_stored_encrypted(app, signed_in, upstream, provider, dbsession):
