@@ -90,7 +90,12 @@ class RefreshLockTimeout(ProviderUnavailable):
 
 
 class SingleFlight:
-    """One call per key at a time in this process; callers that arrive meanwhile share its result."""
+    """One call per key at a time in this process; callers that arrive meanwhile share its result.
+
+    A caller that waits for another's call is traced too when ``span`` names a span (and its
+    attributes): its wait is this request's share of the refresh, with ``myapp.lock_wait_ms``, the
+    call's ``myapp.outcome`` and ``myapp.shared``, where the leader's own span (made by ``function``)
+    is in the leader's request. Without it, such a request showed a gap as long as the refresh."""
 
     class _Call:
         def __init__(self):
@@ -102,14 +107,22 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._calls: dict = {}
 
-    def run(self, key, function: Callable):
+    def run(self, key, function: Callable, *, span: tuple[str, dict | None] | None = None):
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
             if leader:
                 call = self._calls[key] = self._Call()
         if not leader:
-            call.done.wait()
+            if span is None:
+                call.done.wait()
+            else:
+                with tracing.span(*span) as traced:
+                    waiting = tracing.Stopwatch()
+                    call.done.wait()
+                    traced.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
+                    traced.set_attribute("myapp.shared", True)
+                    traced.set_attribute("myapp.outcome", "ok" if call.error is None else type(call.error).__name__)
             if call.error is not None:
                 raise call.error
             return call.result
@@ -235,7 +248,7 @@ class TokenManager:
             credential = self._known(token, session.access_token_type, session) if token else None
             if credential is not None:
                 return credential
-        return self.flights.run(session.id, lambda: self._refresh(session.id, stale))
+        return self.flights.run(session.id, lambda: self._refresh(session.id, stale), span=("token.refresh", None))
 
     def _known(self, token: str, token_type: str | None, session: SessionRecord) -> Credential | None:
         """A stored token as it is sent, without the lock; None when it is bound to a key this
@@ -382,7 +395,10 @@ class TokenManager:
                     return credential
         # The same lock as the session's own refresh: every use of its one refresh token, for any
         # upstream, is single-flight per session across threads and processes.
-        return self.flights.run(key, lambda: self._mint_upstream_token(session.id, key, upstream, stale))
+        return self.flights.run(
+            key, lambda: self._mint_upstream_token(session.id, key, upstream, stale),
+            span=("token.upstream", {"myapp.upstream": upstream.name}),
+        )
 
     def _remember_upstream_token(self, key: tuple[str, str], token: UpstreamToken | None) -> None:
         if token is None:

@@ -17,6 +17,7 @@ from myapp.services.sessions import SessionRows
 from myapp.services.tokens import DatabaseRefreshLock, LoginRequired, SingleFlight, TokenManager
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import TokenSettings
+from tests.functional.test_tracing import spans as recorded_spans  # noqa: F401 (a fixture)
 
 ISSUER = "https://idp.example.test"
 
@@ -303,6 +304,40 @@ class TestSingleFlight:
         assert flights.run("a", lambda: 1) == 1
         assert flights.run("b", lambda: 2) == 2
         assert flights.run("a", lambda: 3) == 3
+
+
+def test_a_request_that_waits_for_another_s_refresh_is_traced_with_its_wait(
+    manager, provider, session_row, record, recorded_spans
+):
+    """SPEC.md "Observability": each request's span holds the refresh with how long it waited. A
+    request that arrives while another thread of the process refreshes the same session shares that
+    refresh (SingleFlight); its own trace still shows the wait, not a gap as long as the refresh."""
+    session = record(session_row(expires_in=0))
+    entered, release = threading.Event(), threading.Event()
+    answer = provider.answer
+
+    def slow(refresh_token):
+        entered.set()
+        release.wait(5)
+        return answer(refresh_token)
+
+    provider.answer = slow
+    tokens = []
+    leader = threading.Thread(target=lambda: tokens.append(manager.access_token(session).token))
+    leader.start()
+    assert entered.wait(5)
+    follower = threading.Thread(target=lambda: tokens.append(manager.access_token(session).token))
+    follower.start()
+    time.sleep(0.3)  # the follower is waiting for the leader's flight
+    release.set()
+    leader.join(5)
+    follower.join(5)
+    assert tokens == ["at-new", "at-new"] and provider.calls == ["rt-old"]
+    refreshes = [s for s in recorded_spans if s.name == "token.refresh"]
+    assert len(refreshes) == 2
+    (waited,) = [s for s in refreshes if s.attributes.get("myapp.shared")]
+    assert waited.attributes["myapp.outcome"] == "ok"
+    assert waited.attributes["myapp.lock_wait_ms"] >= 200
 
 
 def test_logout_under_the_lock_returns_the_tokens_and_stops_refreshes(manager, provider, session_row, dbsession, record):
