@@ -157,7 +157,8 @@ class AuditLog:
             writer.writerow([_csv_safe(v) for v in values])
             return buffer.getvalue()
 
-        yield line(["id", "time_utc", "event", "user", "user_email", "by", "address", "session", "detail", "reason"])
+        yield line(["id", "time_utc", "event", "user", "user_email", "by", "address", "session", "detail", "reason",
+                    "request_id"])
         before = None
         while True:
             events, more = self.page(before_id=before, where=where, limit=batch)
@@ -167,7 +168,7 @@ class AuditLog:
                     e.id, e.created_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), e.event,
                     e.user.display_name if e.user else "", (e.user.email or "") if e.user else "",
                     e.actor.display_name if e.actor else "", e.ip_address, e.session_handle or "", e.detail,
-                    described[0] if described else "",
+                    described[0] if described else "", e.request_id or "",
                 ])
             if not more:
                 return

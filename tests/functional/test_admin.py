@@ -3,6 +3,7 @@ from sqlalchemy import select
 
 from myapp.models import AuditEvent
 from myapp.services.audit import AuditEventType, AuditLog
+from tests.functional.conftest import Browser
 
 
 @pytest.mark.parametrize("url", ["/admin/audit", "/admin/users"])
@@ -167,6 +168,23 @@ def test_csv_export_of_the_filtered_view(browser, sign_in, admin, alice, bob, db
     injected = [r for r in every if "HYPERLINK" in r["detail"]][0]
     assert injected["detail"].startswith("'=")
     assert [r for r in every if r["detail"] == "unknown_state"][0]["reason"].startswith("The sign-in link was already used")
+
+
+def test_the_audit_log_shows_each_record_s_request_id(browser, sign_in, admin, alice, dbsession):
+    """SPEC.md "Observability": the request id is stored with each audit record, so that an
+    administrator can find the request's log lines and trace. The page and the CSV say it."""
+    import csv
+    import io
+
+    response = Browser(browser.app).get("/auth/callback", params={"state": "forged", "code": "x"}, status=400)
+    sign_in(browser, admin)
+    revoked = browser.submit("/account/sessions/revoke-others", status=303)
+    request_id = revoked.headers["X-Request-ID"]
+    assert dbsession.scalars(select(AuditEvent.request_id).where(AuditEvent.event == "other_sessions_ended")).one() == request_id
+    assert request_id in browser.get("/admin/audit").text
+    rows = list(csv.DictReader(io.StringIO(browser.get("/admin/audit.csv", status=200).text)))
+    assert [r["request_id"] for r in rows if r["event"] == "other_sessions_ended"] == [request_id]
+    assert response.headers["X-Request-ID"] not in browser.get("/admin/audit").text  # not audited (architecture.md)
 
 
 def test_csv_export_is_for_admins_only(browser, sign_in, alice):
