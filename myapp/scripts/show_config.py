@@ -24,7 +24,8 @@ SECRET_QUERY_PARAMETERS = {"password", "pass", "passwd", "sslpassword"}
 def mask_url(url: str | None) -> str | None:
     if not url:
         return url
-    parts = urlsplit(url)
+    written = urlsplit(url)
+    parts = written
     if parts.password is not None:
         host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
         parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
@@ -32,7 +33,13 @@ def mask_url(url: str | None) -> str | None:
     if any(name.lower() in SECRET_QUERY_PARAMETERS for name, _ in query):
         masked = [(name, "***" if name.lower() in SECRET_QUERY_PARAMETERS else value) for name, value in query]
         parts = parts._replace(query=urlencode(masked, safe="*"))
-    return urlunsplit(parts)
+    if parts == written:
+        return url  # nothing to hide: the URL as written
+    shown = urlunsplit(parts)
+    # urlunsplit drops an empty authority: sqlite:////var/app.sqlite would read sqlite://var/app.sqlite.
+    if not parts.netloc and url.startswith(f"{parts.scheme}://"):
+        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1:]}"
+    return shown
 
 
 def describe(name: str, value):
