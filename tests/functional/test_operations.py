@@ -244,6 +244,7 @@ def test_show_config_prints_the_public_url_as_the_app_uses_it(ini, capsys, tmp_p
     # As written: what a provider has registered since before the public URL was read as an origin.
     assert "providers.default.redirect_uri = HTTPS://App.Example.test:443/auth/callback\n" in out
 
+
 def test_show_config_shows_a_sqlite_url_as_written(ini, capsys, tmp_path):
     """development.ini's sqlite:///%(here)s/var/myapp.sqlite was shown as sqlite://var/...: another file."""
     path = tmp_path / "sqlite.ini"

@@ -8,9 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from myapp import tracing
@@ -19,39 +16,13 @@ from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.auth.flows import csrf_of, start_login
 from tests.functional.conftest import COOKIE, Browser
 from tests.support.fake_provider import CLIENT_SECRET
-
-
-class Recording(SpanExporter):
-    """Keeps spans only while a test of this module records (the provider is process-wide)."""
-
-    def __init__(self):
-        self.recording = False
-        self.spans = []
-
-    def export(self, spans):
-        if self.recording:
-            self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self):
-        pass
-
-
-_RECORDING = Recording()
+from tests.support.spans import recording_spans
 
 
 @pytest.fixture
 def spans():
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_RECORDING))
-        trace.set_tracer_provider(provider)
-    _RECORDING.spans, _RECORDING.recording = [], True
-    tracing.activate()
-    yield _RECORDING.spans
-    tracing.activate(False)
-    _RECORDING.recording = False
+    with recording_spans() as recorded:
+        yield recorded
 
 
 def everything_in(spans) -> str:

@@ -17,7 +17,7 @@ from myapp.services.sessions import SessionRows
 from myapp.services.tokens import DatabaseRefreshLock, LoginRequired, SingleFlight, TokenManager
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import TokenSettings
-from tests.functional.test_tracing import spans as recorded_spans  # noqa: F401 (a fixture)
+from tests.support.spans import recording_spans
 
 ISSUER = "https://idp.example.test"
 
@@ -37,6 +37,12 @@ class StubProvider:
     def validate_id_token(self, id_token, *, nonce, access_token=None):
         assert nonce is None
         return {"iss": ISSUER, "sub": id_token.removeprefix("idt-")}
+
+
+@pytest.fixture
+def recorded_spans():
+    with recording_spans() as spans:
+        yield spans
 
 
 @pytest.fixture
