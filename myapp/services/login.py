@@ -23,6 +23,7 @@ from myapp.services.oidc import (
     Providers,
     ProviderUnavailable,
     TokenRequestRefused,
+    TokenResponseInvalid,
     error_code,
 )
 from myapp.services.sessions import SessionRows, SignIn
@@ -84,6 +85,12 @@ class StepUp:
 
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _issued(answer: Mapping) -> TokenSet:
+    """The tokens of a token endpoint's answer that could be used at the provider: what to revoke
+    when the sign-in they were issued to is refused."""
+    return TokenSet(**{name: answer[name] for name in ("access_token", "refresh_token") if isinstance(answer.get(name), str)})
 
 
 class LoginService:
@@ -211,28 +218,39 @@ class LoginService:
         nonce = self.cipher.decrypt(transaction.nonce)
         if verifier is None or nonce is None:
             raise fail("transaction_unreadable", "This sign-in can no longer be completed.")
+        # What the provider issued to a sign-in refused after the code was exchanged (an ID token or
+        # a step-up that does not pass, a provider gone while checking it): not kept, and not left
+        # live either. The refused sign-in's records are committed (LoginError), and the revoker
+        # revokes it: the refresh token, else the access token.
+        issued = TokenSet()
         try:
-            # RFC 9449: the key the sign-in started with (a sign-in started before DPoP was turned on gets one now).
-            dpop = self._dpop_key(transaction, client, metadata, fail)
-            token = client.exchange_code(code, verifier, dpop=dpop)
-            if token_type_of(token) != DPOP:
-                dpop = None  # auto: the provider chose Bearer; the session has no key to keep
-            id_token = token.get("id_token")
-            if not isinstance(id_token, str):
-                raise OIDCError("missing_id_token", "The provider did not return an ID token.")
-            claims = client.validate_id_token(id_token, nonce=nonce, access_token=token["access_token"])
-        except ProviderUnavailable as e:
-            raise fail(e.reason, e.message, 503) from None
-        except TokenRequestRefused as e:
-            raise fail(e.reason, "The provider refused to complete this sign-in. Please start again.") from None
-        except DPoPNotBound as e:
-            # What it issued is not kept, and not left live either: the revoker revokes it.
-            SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, TokenSet(**e.issued()))
-            raise fail(e.reason, e.message, 502) from None
-        except OIDCError as e:
-            raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
-
-        sign_in = self._check_step_up(transaction, claims, fail)
+            try:
+                # RFC 9449: the key the sign-in started with (a sign-in started before DPoP was turned on gets one now).
+                dpop = self._dpop_key(transaction, client, metadata, fail)
+                token = client.exchange_code(code, verifier, dpop=dpop)
+                issued = _issued(token)
+                if token_type_of(token) != DPOP:
+                    dpop = None  # auto: the provider chose Bearer; the session has no key to keep
+                id_token = token.get("id_token")
+                if not isinstance(id_token, str):
+                    raise OIDCError("missing_id_token", "The provider did not return an ID token.")
+                claims = client.validate_id_token(id_token, nonce=nonce, access_token=token["access_token"])
+            except ProviderUnavailable as e:
+                raise fail(e.reason, e.message, 503) from None
+            except TokenRequestRefused as e:
+                raise fail(e.reason, "The provider refused to complete this sign-in. Please start again.") from None
+            except DPoPNotBound as e:
+                issued = TokenSet(**e.issued())
+                raise fail(e.reason, e.message, 502) from None
+            except TokenResponseInvalid as e:
+                issued = TokenSet(refresh_token=e.refresh_token)
+                raise fail(e.reason, f"The sign-in could not be verified: {e.message}") from None
+            except OIDCError as e:
+                raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
+            sign_in = self._check_step_up(transaction, claims, fail)
+        except LoginError:
+            SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, issued)
+            raise
 
         # Every check has passed: only now is the access token used.
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None

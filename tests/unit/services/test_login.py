@@ -10,10 +10,18 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from myapp.models import LoginTransaction, User
+from myapp.models import LoginTransaction, TokenRevocation, User
 from myapp.models.meta import utcnow
-from myapp.services.login import MAX_PENDING_PER_BROWSER, LoginError, LoginService, groups_from
-from myapp.services.oidc import OIDCError, ProviderMetadata, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.login import MAX_PENDING_PER_BROWSER, LoginError, LoginService, StepUp, groups_from
+from myapp.services.oidc import (
+    DPoPNotBound,
+    OIDCError,
+    ProviderMetadata,
+    Providers,
+    ProviderUnavailable,
+    TokenRequestRefused,
+    TokenResponseInvalid,
+)
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import OIDCSettings
 
@@ -242,6 +250,73 @@ def test_a_token_response_without_an_id_token_is_refused(service, oidc, dbsessio
     with pytest.raises(LoginError) as refused:
         callback(service, begin(service, oidc))
     assert refused.value.reason == "missing_id_token" and dbsession.query(User).count() == 0
+
+
+ISSUED = {"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer", "id_token": "idt"}
+
+
+def queued_for_revocation(dbsession, cipher) -> list[tuple[str, str, str]]:
+    rows = dbsession.execute(select(TokenRevocation.issuer, TokenRevocation.token, TokenRevocation.token_type_hint))
+    return [(issuer, cipher.decrypt(token), hint) for issuer, token, hint in rows]
+
+
+def raising(error):
+    def call(*args, **kwargs):
+        raise error
+
+    return call
+
+
+def answering(answer):
+    return lambda code, verifier: answer
+
+
+@pytest.mark.parametrize(
+    "stub, refusal, reason",
+    [
+        ("validate_id_token", raising(OIDCError("bad_signature", "signature")), "bad_signature"),
+        ("exchange", answering({k: v for k, v in ISSUED.items() if k != "id_token"}), "missing_id_token"),
+        ("validate_id_token", raising(ProviderUnavailable("the provider's keys timed out")), "provider_unavailable"),
+        ("exchange", raising(DPoPNotBound(ISSUED)), "dpop_not_bound"),
+        ("exchange", raising(TokenResponseInvalid("The provider's token response has no access token.", "rt-1")),
+         "token_response_invalid"),
+    ],
+)
+def test_a_sign_in_refused_after_the_code_was_exchanged_leaves_no_issued_token_live(
+    service, oidc, dbsession, cipher, stub, refusal, reason
+):
+    """What the provider issued to a sign-in that is then refused is kept nowhere: queued for the
+    revoker (the refresh token, else the access token), as the sign-in's records are."""
+    oidc.exchange = answering(dict(ISSUED))
+    setattr(oidc, stub, refusal)
+    with pytest.raises(LoginError) as refused:
+        callback(service, begin(service, oidc))
+    assert refused.value.reason == reason and dbsession.query(User).count() == 0
+    assert queued_for_revocation(dbsession, cipher) == [(ISSUER, "rt-1", "refresh_token")]
+
+
+def test_a_step_up_the_provider_did_not_confirm_leaves_no_issued_token_live(service, oidc, dbsession, cipher):
+    oidc.exchange = answering({"access_token": "at-1", "token_type": "Bearer", "id_token": "idt"})
+    service.begin(provider="default", next_path="/admin", browser_token=BROWSER, step_up=StepUp(acr_values=("mfa",)))
+    with pytest.raises(LoginError) as refused:
+        callback(service, oidc.sent["state"])
+    assert refused.value.reason == "auth_time_missing"  # no auth_time, no acr: not confirmed
+    # No refresh token was issued: the access token is what could be used.
+    assert queued_for_revocation(dbsession, cipher) == [(ISSUER, "at-1", "access_token")]
+
+
+@pytest.mark.parametrize("error", [TokenRequestRefused("invalid_grant", None), ProviderUnavailable("down")])
+def test_a_sign_in_whose_code_exchange_failed_has_nothing_to_revoke(service, oidc, dbsession, cipher, error):
+    oidc.exchange = raising(error)
+    with pytest.raises(LoginError):
+        callback(service, begin(service, oidc))
+    assert queued_for_revocation(dbsession, cipher) == []
+
+
+def test_a_sign_in_that_passes_queues_nothing_for_revocation(service, oidc, dbsession, cipher):
+    oidc.exchange = answering(dict(ISSUED))
+    assert callback(service, begin(service, oidc)).tokens.refresh_token == "rt-1"
+    assert queued_for_revocation(dbsession, cipher) == []
 
 
 @pytest.mark.parametrize(
