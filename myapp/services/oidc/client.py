@@ -46,8 +46,9 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 
 def _parse_token_response(response: requests.Response) -> dict:
-    """A token endpoint's JSON object. An OAuth error in it raises OAuthError; a server error or an
-    answer that is not a JSON object raises requests' HTTPError, or ValueError when its status was a success."""
+    """A token endpoint's JSON object. An OAuth error in it raises OAuthError; a server error, an
+    answer that is not a JSON object, or one that is but comes with a status other than a success
+    (and no OAuth error) raises requests' HTTPError, or ValueError when its status was a success."""
     if response.status_code >= 500:
         response.raise_for_status()
     try:
@@ -59,6 +60,10 @@ def _parse_token_response(response: requests.Response) -> dict:
         raise ValueError("not a JSON object")
     if "error" in token:
         raise OAuthError(error=str(token["error"]), description=token.get("error_description"))
+    if not 200 <= response.status_code < 300:
+        # RFC 6749 section 5.1: tokens come with 200 OK. A client error or a redirect without an
+        # OAuth error in it is no token response, whatever it holds.
+        raise requests.HTTPError(f"answered HTTP {response.status_code}", response=response)
     return token
 
 

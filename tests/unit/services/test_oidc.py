@@ -461,6 +461,18 @@ def test_token_endpoint_bad_json(client, provider):
     assert info.value.reason == "token_endpoint_error"
 
 
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 302])
+def test_tokens_that_come_without_a_success_status_are_not_taken(client, provider, status):
+    """RFC 6749 section 5.1: a token response is 200 OK. What a client error (or an unfollowed
+    redirect) holds is no answer to the request, even without an OAuth error in it."""
+    provider.token_response = lambda form: (
+        status, {"access_token": "at", "token_type": "Bearer", "id_token": "idt", "refresh_token": "rt"}
+    )
+    with pytest.raises(OIDCError) as info:
+        client.exchange_code("code", "verifier")
+    assert info.value.reason == "token_endpoint_error" and f"answered HTTP {status}" in info.value.message
+
+
 def test_token_endpoint_invalid_grant(client, provider):
     provider.token_response = lambda form: (400, {"error": "invalid_grant"})
     with pytest.raises(TokenRequestRefused) as info:
