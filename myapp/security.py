@@ -117,7 +117,8 @@ class SessionSecurityPolicy:
         return self._acl.permits(context, principals, permission)
 
     def remember(
-        self, request, userid, *, tokens=TokenSet(), provider="default", provider_sid=None, sign_in=SignIn(), **kw
+        self, request, userid, *, tokens=TokenSet(), provider="default", provider_sid=None, sign_in=SignIn(),
+        browser_binding=None, **kw
     ):
         """Start a new session for the user (never reusing the browser's old id) and set its cookie;
         ``request.identity`` is the new session from here on."""
@@ -136,6 +137,7 @@ class SessionSecurityPolicy:
             provider_sid=provider_sid,
             tokens=tokens,
             sign_in=sign_in,
+            browser_binding=browser_binding,
         )
         live = store.dead_reason(session) is None  # a disabled user's new session is dead at once
         identity = Identity(session=session, idle_expires_at=store.idle_expires_at(session), provider=provider)

@@ -19,6 +19,7 @@ class UserSession(Base):
     __table_args__ = (
         Index("ix_sessions_user_id_ended_at", "user_id", "ended_at"),
         Index("ix_sessions_provider_sid", "provider_sid"),
+        Index("ix_sessions_browser_binding", "browser_binding"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,6 +52,11 @@ class UserSession(Base):
     # Incremented by every refresh: a worker that waited for the lock sees another one's work.
     token_generation: Mapped[int] = mapped_column(default=0)
     refreshed_at: Mapped[datetime | None]
+    # The SHA-256 of the login-binding cookie of the browser that signed in (as its login transaction
+    # keeps it); None for sessions from before 0009. A browser holds one session cookie, so of the
+    # live sessions with one binding only the one it used last can still be reached: sign-ins
+    # completed together in several tabs leave the others, which the revoker's sweep ends.
+    browser_binding: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 

@@ -62,6 +62,8 @@ class LoginResult:
     provider_sid: str | None
     next_path: str
     sign_in: SignIn = SignIn()
+    # The hash of the login-binding cookie of the browser that signed in (the session keeps it).
+    browser_binding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ class LoginService:
             provider_sid=sid,
             next_path=next_path,
             sign_in=sign_in,
+            browser_binding=transaction.browser_hash,
         )
 
     def _dpop_key(self, transaction: LoginTransaction, client: OIDCClient, metadata, fail) -> DPoPKey | None:

@@ -77,7 +77,8 @@ class Revoker:
         return done
 
     def end_expired_sessions(self) -> int:
-        """End (and queue the tokens of) sessions past their absolute or idle limit, a batch at a time."""
+        """End (and queue the tokens of) sessions past their absolute or idle limit, and those no
+        browser can reach any more (SessionRows.end_unreachable), a batch at a time."""
         now = self.clock()
         ended = 0
         with self.database.own_transaction() as dbsession, dbsession.begin():
@@ -88,7 +89,10 @@ class Revoker:
             ):
                 batch = select(UserSession.id).where(UserSession.ended_at.is_(None), condition).limit(500)
                 ended += rows.end_where(UserSession.id.in_(batch.scalar_subquery()), reason)
-        return ended
+            unreachable = rows.end_unreachable()
+        if unreachable:
+            log.info("ended %d sessions no browser can use any more (sign-ins completed together in one browser)", unreachable)
+        return ended + unreachable
 
     def revoke_due(self) -> list[str]:
         """Revoke the queued tokens that are due; the outcome of each."""

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import Select, Text, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import Select, Text, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
@@ -30,6 +30,9 @@ from myapp.settings import SessionSettings
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_HANDLE_LENGTH = 32
 TOUCH_INTERVAL = timedelta(minutes=1)
+# How much later than another live session of its browser's sign-in a session must have been used
+# for the other to count as out of reach (end_unreachable): twice the lag of recorded use.
+UNREACHABLE_AFTER = 2 * TOUCH_INTERVAL
 _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
@@ -354,6 +357,42 @@ class SessionRows:
                 self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
         return result.rowcount
 
+    def end_unreachable(self, *, limit: int = 500) -> int:
+        """End the live sessions that no browser can use any more (``EndReason.REPLACED``).
+
+        A browser holds one session cookie, set only by the answer to a sign-in's callback. Of the
+        live sessions made by one browser's sign-ins (one ``browser_binding``), so only the one it
+        used last can still be reached once that use came after the others' answers: sign-ins
+        completed at the same moment in several tabs (no callback carries a cookie of another)
+        leave the rest, live with their refresh tokens, until their idle timeout. A session is
+        ended when another of its binding was used ``UNREACHABLE_AFTER`` or more after its own
+        last recorded use, and only if it was not used since it was read.
+        """
+        shared = (
+            select(_SESSIONS.browser_binding)
+            .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.is_not(None))
+            .group_by(_SESSIONS.browser_binding)
+            .having(func.count() > 1)
+            .limit(limit)
+        )
+        rows = self.dbsession.execute(
+            select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.last_seen_at)
+            .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_(shared.scalar_subquery()))
+        ).all()
+        used_last: dict[str, tuple] = {}
+        for row in rows:
+            kept = used_last.get(row.browser_binding)
+            if kept is None or (_utc(row.last_seen_at), row.id) > (_utc(kept.last_seen_at), kept.id):
+                used_last[row.browser_binding] = row
+        out_of_reach = [
+            (_SESSIONS.browser_binding == binding) & (_SESSIONS.id != kept.id)
+            & (_SESSIONS.last_seen_at <= _utc(kept.last_seen_at) - UNREACHABLE_AFTER)
+            for binding, kept in used_last.items()
+        ]
+        if not out_of_reach:
+            return 0
+        return self.end_where(or_(*out_of_reach), EndReason.REPLACED)
+
     def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:
         """An upstream's own access token for this session, decrypted (None: none stored, or unreadable)."""
         row = self.dbsession.execute(
@@ -485,8 +524,10 @@ class SessionStore:
         provider_sid: str | None = None,
         tokens: TokenSet = TokenSet(),
         sign_in: SignIn = SignIn(),
+        browser_binding: str | None = None,
     ) -> tuple[str, SessionRecord]:
-        """Start a session; return the raw id (for the cookie, never stored) and the session."""
+        """Start a session; return the raw id (for the cookie, never stored) and the session.
+        ``browser_binding``: the hash of the login-binding cookie of the browser that signed in."""
         raw_id = secrets.token_urlsafe(32)
         now = self.clock()
         session_id = self.dbsession.execute(
@@ -506,6 +547,7 @@ class SessionStore:
                 auth_time=sign_in.auth_time,
                 csrf_token=secrets.token_urlsafe(32),
                 token_generation=0,
+                browser_binding=browser_binding,
                 **self.rows.token_columns(tokens),
             ).returning(_SESSIONS.id)
         ).scalar_one()

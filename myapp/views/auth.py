@@ -172,7 +172,7 @@ def callback(request):
         )
     headers = remember(
         request, result.user_id, tokens=result.tokens, provider=result.provider, provider_sid=result.provider_sid,
-        sign_in=result.sign_in,
+        sign_in=result.sign_in, browser_binding=result.browser_binding,
     )
     request.services.metrics.logins.inc()
     request.audit.record(

@@ -6,12 +6,14 @@ Every failure case checks the same outcome: no session row, no session cookie, a
 import logging
 import re
 import time
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
 
 from myapp.models import AuditEvent, LoginTransaction, User, UserSession
+from myapp.models.meta import utcnow
 from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.auth.flows import (
@@ -149,6 +151,33 @@ def test_several_tabs_each_complete(browser, provider, dbsession):
         response = browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer})
         assert response.location.endswith(expected)
     assert session_count(dbsession) == 1
+
+
+def test_tabs_whose_sign_ins_complete_together_leave_one_live_session(browser, provider, dbsession):
+    """Restored tabs behind the provider's single sign-on: each callback arrives before any sets a
+    cookie, so none replaces another's session. The browser keeps the cookie of the answer it read
+    last; once that session is used well after the other's, the revoker's sweep ends the other."""
+    _, tab1 = start_login(browser, "/posts")
+    _, tab2 = start_login(browser, "/account/sessions")
+    cookies = []
+    for query in (tab1, tab2):
+        browser.set_cookie(COOKIE, "")  # neither callback carries the other's cookie
+        code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+        browser.get("/auth/callback", params={"code": code, "state": query["state"], "iss": provider.issuer}, status=303)
+        cookies.append(browser.cookies[COOKIE])
+    assert session_count(dbsession) == 2
+    # The first answer read last: its cookie is the one kept. Both sessions were made three minutes ago.
+    browser.set_cookie(COOKIE, cookies[0])
+    made = utcnow() - timedelta(minutes=3)
+    dbsession.execute(UserSession.__table__.update().values(created_at=made, last_seen_at=made))
+    dbsession.flush()
+    assert browser.json_get("/auth/user").json["sub"] == "alice"  # its use is recorded
+    kept, unreachable = dbsession.scalars(select(UserSession).order_by(UserSession.id)).all()
+    assert kept.browser_binding == unreachable.browser_binding is not None
+    assert browser.app.registry[Services].revoker.end_expired_sessions() == 1
+    dbsession.expire_all()
+    assert (kept.end_reason, unreachable.end_reason) == (None, "replaced") and session_count(dbsession) == 1
+    assert browser.json_get("/auth/user").json["sub"] == "alice"
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,34 @@ def test_sessions_from_before_dpop_upgrade_as_bearer_sessions(empty_database):
         assert (upstream.access_token, upstream.token_type) == ("api2-token", "Bearer")
 
 
+def test_sessions_from_before_browser_bindings_upgrade_without_one_and_are_never_swept(empty_database):
+    """0009 on a database with live sessions of one user (one browser or several, nobody knows):
+    each keeps its tokens, has no binding, and the sweep for sessions no browser can reach leaves
+    them alone, however long ago each was used."""
+    _, engine = empty_database
+    run(engine, "upgrade", "0008")
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        insert_user(connection, "dave", "Dave", None, "[]", now)
+        for n, seen in ((1, now - timedelta(minutes=50)), (2, now)):
+            connection.execute(
+                text(
+                    "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+                    "ip_address, provider, csrf_token, refresh_token, token_generation) "
+                    "VALUES (:id, :hash, :handle, 1, :seen, :seen, :expires, '', '', 'default', 'csrf', :rt, 0)"
+                ),
+                {"id": n, "hash": hash_session_id(str(n) * 43), "handle": f"handle-{n}", "seen": seen,
+                 "expires": now + timedelta(days=1), "rt": CIPHER.encrypt(f"rt-{n}")},
+            )
+    run(engine, "upgrade", "head")
+    with Session(engine) as dbsession:
+        store = session_store(dbsession)
+        assert dbsession.execute(text("SELECT browser_binding FROM sessions")).scalars().all() == [None, None]
+        assert store.rows.end_unreachable() == 0
+        assert [store.dead_reason(store.find(str(n) * 43)) for n in (1, 2)] == [None, None]
+        assert store.rows.read(1).tokens.refresh_token == "rt-1"
+
+
 def test_downgrading_keeps_the_rows_of_child_tables(empty_database):
     """Downgrades drop columns in place: on SQLite a rebuilt "sessions" table would cascade into
     session_tokens (foreign keys are on)."""

@@ -13,7 +13,7 @@ from myapp.models import Database, TokenRevocation, User, UserSession
 from myapp.services.metrics import Metrics
 from myapp.services.oidc import Providers, Revocation
 from myapp.services.revocation import FIRST_RETRY, LAST_RETRY, LEASE, MAX_ATTEMPTS, Revoker
-from myapp.services.sessions import EndReason, SessionStore
+from myapp.services.sessions import UNREACHABLE_AFTER, EndReason, SessionRows, SessionStore
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 from tests.support.database import RolledBackDatabase
@@ -203,6 +203,77 @@ def test_a_session_is_not_ended_as_idle_within_the_minute_its_use_may_not_be_wri
     assert revoker.end_expired_sessions() == 0
     clock.advance(timedelta(seconds=1))
     assert revoker.end_expired_sessions() == 1
+
+
+BROWSER, OTHER_BROWSER = "b" * 64, "c" * 64
+
+
+def ended(dbsession) -> dict:
+    dbsession.expire_all()
+    return {row.id: row.end_reason for row in dbsession.scalars(select(UserSession))}
+
+
+def test_sign_ins_completed_together_in_one_browser_leave_one_session_once_it_is_used(
+    revoker, store, user, dbsession, clock, cipher
+):
+    """Three tabs' callbacks, none carrying another's cookie: three sessions of one browser binding.
+    The browser kept the cookie of one; used two minutes after the others' last recorded use, the
+    others are ended (their refresh tokens queued), and only they."""
+    made = [store.create(user=user, tokens=TokenSet(refresh_token=f"rt-{n}"), browser_binding=BROWSER)[1] for n in range(3)]
+    _, elsewhere = store.create(user=user, tokens=TokenSet(refresh_token="rt-other"), browser_binding=OTHER_BROWSER)
+    _, before_bindings = store.create(user=user)  # from before 0009: no binding, never grouped
+    clock.advance(UNREACHABLE_AFTER)
+    held = store.touch(made[1])
+    assert revoker.end_expired_sessions() == 2
+    assert ended(dbsession) == {
+        made[0].id: EndReason.REPLACED, made[1].id: None, made[2].id: EndReason.REPLACED,
+        elsewhere.id: None, before_bindings.id: None,
+    }
+    assert sorted(cipher.decrypt(p.token) for p in queued(dbsession)) == ["rt-0", "rt-2"]
+    assert store.dead_reason(store.find_by_handle(held.handle)) is None
+    assert revoker.end_expired_sessions() == 0
+
+
+def test_sessions_of_one_browser_used_within_the_lag_of_recorded_use_are_all_kept(revoker, store, user, dbsession, clock):
+    """Which cookie the browser kept is not known until one is used well after the others: recorded
+    use lags by up to a minute, so nothing is ended before twice that."""
+    first = store.create(user=user, browser_binding=BROWSER)[1]
+    second = store.create(user=user, browser_binding=BROWSER)[1]
+    clock.advance(UNREACHABLE_AFTER - timedelta(seconds=1))
+    store.touch(second)
+    assert revoker.end_expired_sessions() == 0
+    # Unused, both: nothing tells which one the browser holds.
+    clock.advance(timedelta(minutes=30))
+    assert revoker.end_expired_sessions() == 0
+    assert ended(dbsession) == {first.id: None, second.id: None}
+
+
+def test_a_session_used_since_it_was_read_is_not_ended(revoker, store, user, dbsession, clock):
+    """The sweep ends a session only if its recorded use is still old enough when it ends it."""
+    stale = store.create(user=user, browser_binding=BROWSER)[1]
+    used = store.create(user=user, browser_binding=BROWSER)[1]
+    clock.advance(UNREACHABLE_AFTER)
+    store.touch(used)
+    rows = SessionRows(dbsession, revoker.cipher, clock)
+    real_end_where = rows.end_where
+
+    def touched_meanwhile(condition, reason, **kw):
+        dbsession.execute(UserSession.__table__.update().where(UserSession.id == stale.id).values(last_seen_at=clock.now))
+        return real_end_where(condition, reason, **kw)
+
+    rows.end_where = touched_meanwhile
+    assert rows.end_unreachable() == 0
+    assert ended(dbsession) == {stale.id: None, used.id: None}
+
+
+def test_an_ended_session_of_the_browser_does_not_count_as_the_one_it_holds(revoker, store, user, dbsession, clock):
+    first = store.create(user=user, browser_binding=BROWSER)[1]
+    signed_out = store.create(user=user, browser_binding=BROWSER)[1]
+    clock.advance(UNREACHABLE_AFTER)
+    store.touch(signed_out)
+    store.end(signed_out, EndReason.LOGOUT)
+    assert revoker.end_expired_sessions() == 0
+    assert ended(dbsession) == {first.id: None, signed_out.id: EndReason.LOGOUT}
 
 
 class Unreachable:
