@@ -57,7 +57,11 @@ def outage_errors() -> tuple[type[BaseException], ...]:
 MAX_OUTAGE_DESCRIPTION = 200
 # A URL's user:password@ (to the last @: a password may hold one), and libpq's password=...
 _URL_CREDENTIALS = re.compile(r"://\S*@")
-_PASSWORD_KEYWORD = re.compile(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+# A quoted host name with an @ in it: the rest of a URL's password that held an @ not written %40
+# (SQLAlchemy ends the password at the first @ and takes the rest, up to a / : or ?, for the host,
+# which the driver then fails to resolve: "failed to resolve host 'rest-of-it@db.internal'").
+_QUOTED_AT = re.compile(r"""(["'])[^"'\n/:?]*@""")
+_PASSWORD_KEYWORD = re.compile(r"(pass(?:word|wd)?\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 
 
 def describe_outage(exc: BaseException) -> str:
@@ -70,7 +74,8 @@ def describe_outage(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     said = str(cause.args[0]) if isinstance(cause, SQLAlchemyError) and cause.args else str(cause)
     line = next((line for line in said.splitlines() if line.strip()), "")
-    line = _PASSWORD_KEYWORD.sub(r"\1***", _URL_CREDENTIALS.sub("://***@", line))
+    line = _URL_CREDENTIALS.sub("://***@", line)
+    line = _PASSWORD_KEYWORD.sub(r"\1***", _QUOTED_AT.sub(r"\1***@", line))
     line = " ".join(line.split())
     if len(line) > MAX_OUTAGE_DESCRIPTION:
         line = line[: MAX_OUTAGE_DESCRIPTION - 3] + "..."

@@ -368,6 +368,10 @@ def test_the_line_stays_short_and_on_one_line(cipher, provider, clock, caplog, e
         'invalid connection option in "host=db.internal user=app password=hunter2 dbname=app"',
         "invalid connection option in \"host=db.internal password = 'hunter2 and more' dbname=app\"",
         "could not connect to postgresql://app:hunter2@db.internal:5432/app" + "x" * 300,
+        "url postgresql://db.internal/app?passwd=hunter2",
+        # A password with an @ not written %40: the rest of it is the host the driver looks up.
+        "failed to resolve host 'hunter2@db.internal': [Errno -2] Name or service not known",
+        'could not translate host name "p@hunter2@db.internal" to address: Name or service not known',
     ],
 )
 def test_a_password_a_driver_echoes_never_reaches_the_line(cipher, provider, clock, caplog, said):
@@ -387,3 +391,16 @@ def test_a_password_in_the_database_url_never_reaches_the_line(cipher, provider,
     assert message.startswith("revoker pass failed: OperationalError: connection failed: ")
     assert message.endswith('"127.0.0.1", port 7552 failed: Connection refused; trying again in 0s')
     assert "hunter2" not in message and "\n" not in message and exc_info is None
+
+
+def test_a_password_with_an_at_sign_in_the_database_url_never_reaches_the_line(cipher, provider, clock, caplog):
+    """SQLAlchemy ends a URL's password at its first @ (one not written %40): the rest is taken for
+    the host, which psycopg fails to resolve and names in its message."""
+    database = Database.from_url("postgresql+psycopg://app:p@hunter2@127.0.0.1:7552/app?connect_timeout=2")
+    try:
+        ((message, exc_info),) = failed_passes(database, cipher, provider, clock, caplog)
+    finally:
+        for engine in {database.engine, database.own_engine, database.lookup_engine}:
+            engine.dispose()
+    assert message.startswith("revoker pass failed: OperationalError: ") and "***@127.0.0.1" in message
+    assert "hunter2" not in message and exc_info is None
