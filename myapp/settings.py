@@ -466,7 +466,10 @@ class _Reader:
 
 
 def _check_url(name, value, *, allow_path=True):
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unclosed [ or a bracketed host that is no IP address
+        raise SettingsError(f"{name}: {value!r} is not a valid URL (a host in [brackets] must be an IPv6 address)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{name}: {value!r} is not an absolute http(s) URL")
     if parts.username or parts.password:
@@ -493,7 +496,11 @@ def _resource_uris(reader: _Reader, name: str) -> tuple[str, ...]:
     """RFC 8707 resource indicators: absolute URIs without a fragment."""
     uris = reader.words(name)
     for uri in uris:
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            reader.problem(f"{name}: {uri!r} is not a valid URI")
+            continue
         if not parts.scheme or parts.fragment or not (parts.netloc or parts.path):
             reader.problem(f"{name}: {uri!r} is not an absolute URI without a #fragment")
     return uris
@@ -722,6 +729,23 @@ def _origin(url: str) -> str:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     port = "" if parts.port in (None, DEFAULT_PORTS[parts.scheme]) else f":{parts.port}"
     return f"{parts.scheme}://{host}{port}"
+
+
+def _check_redis_url(reader: _Reader, name: str, url: str) -> None:
+    """A URL redis-py can read, checked here so that start-up says which setting is wrong instead of
+    a traceback whose message names part of the password. Never echoed: it may hold one."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # as redis-py reads it, whose ValueError names what it found where the port goes
+    except ValueError:
+        reader.problem(
+            f"{name}: not a valid URL (a password holding / ? or # is written %2F %3F %23, a host in "
+            "[brackets] is an IPv6 address; the URL is not repeated here: it may hold a password)"
+        )
+        return
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        written = f"a {parts.scheme}:// URL" if parts.scheme else "a URL without a scheme"
+        reader.problem(f"{name}: {written} is not a redis://, rediss:// or unix:// URL (the rest may hold a password)")
 
 
 def _same_url(url: str, expected: str) -> bool:
@@ -968,8 +992,8 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
 
     lock_backend = reader.choice(PREFIX + "lock.backend", "database", ("database", "redis"))
     redis_url = reader.string(PREFIX + "redis.url", None)
-    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        reader.problem(f"myapp.redis.url: {redis_url!r} is not a redis://, rediss:// or unix:// URL")
+    if redis_url is not None:
+        _check_redis_url(reader, PREFIX + "redis.url", redis_url)
     if lock_backend == "redis" and redis_url is None:
         reader.problem("myapp.lock.backend: 'redis' needs myapp.redis.url")
 

@@ -189,6 +189,50 @@ def test_malformed_settings_name_the_setting(setting, value, expected):
     assert expected in message
 
 
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("myapp.public_url", "https://[::1"),
+        ("myapp.public_url", "https://[app.example.com]"),
+        ("myapp.oidc.issuer", "https://[::1/realms/main"),
+        ("myapp.oidc.redirect_uri", "https://[::1/auth/callback"),
+        ("myapp.redis.url", "redis://[::1:6379/0"),
+    ],
+)
+def test_a_url_that_cannot_be_split_is_a_settings_error_not_a_traceback(setting, value):
+    """urlsplit raises ValueError for an unclosed [ or a bracketed host that is no IP address."""
+    assert error_for(**{setting.replace(".", "__"): value}).startswith(setting + ": ")
+
+
+def test_a_resource_that_cannot_be_split_is_a_settings_error_not_a_traceback():
+    upstreams = {"myapp.upstreams": "api = https://api.example.com", "myapp.upstream.api.resource": "https://[::1"}
+    with pytest.raises(SettingsError) as info:
+        load_settings({**raw(), **upstreams}, environ={})
+    assert str(info.value).startswith("myapp.upstream.api.resource: 'https://[::1' is not a valid URI")
+
+
+@pytest.mark.parametrize(
+    "url",
+    # A password with a / ? or # not written %2F %3F %23: redis-py would fail at start-up with
+    # "Port could not be cast to integer value as 'hunter2'", a traceback naming the password.
+    ["redis://:hunter2/x@127.0.0.1:6379/0", "rediss://app:hunter2?x@redis.internal:6380", "redis://:hunter2#@h:6379"],
+)
+def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(url):
+    message = error_for(myapp__redis__url=url, myapp__lock__backend="redis")
+    assert message.startswith("myapp.redis.url: not a valid URL") and "hunter2" not in message
+
+
+def test_a_redis_url_of_another_scheme_is_refused_without_its_password():
+    message = error_for(myapp__redis__url="http://:hunter2@127.0.0.1:6379")
+    assert message.startswith("myapp.redis.url: a http:// URL is not a redis://") and "hunter2" not in message
+
+
+def test_a_redis_url_with_an_at_sign_in_its_password_is_read_as_redis_py_reads_it():
+    settings = load_settings(raw(myapp__redis__url="redis://:p@ss@127.0.0.1:6379/0", myapp__lock__backend="redis"),
+                             environ={})
+    assert settings.lock.redis_url == "redis://:p@ss@127.0.0.1:6379/0"
+
+
 def test_absolute_shorter_than_idle():
     message = error_for(myapp__session__idle_timeout="2d", myapp__session__absolute_timeout="1d")
     assert message.startswith("myapp.session.absolute_timeout:")
