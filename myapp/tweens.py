@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 from pyramid.response import Response
 from pyramid.tweens import INGRESS
 
-from myapp.errors import ErrorCode, json_error, outage_errors
+from myapp.errors import ErrorCode, describe_outage, json_error, outage_errors
 from myapp.request import is_utf8
 from myapp.routes import API_PREFIX, is_json_request
 from myapp.services import Services
@@ -116,7 +116,7 @@ def outage_tween_factory(handler, registry):
         try:
             return handler(request)
         except outages as e:
-            log.warning("service unavailable on %s %s: %s", request.method, request.path, type(e).__name__)
+            log.warning("service unavailable on %s %s: %s", request.method, request.path, describe_outage(e))
             return unavailable_response(request)
 
     return tween
