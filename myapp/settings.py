@@ -472,7 +472,7 @@ def _check_url(name, value, *, allow_path=True):
         raise SettingsError(f"{name}: {value!r} is not a valid URL (a host in [brackets] must be an IPv6 address)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{name}: {value!r} is not an absolute http(s) URL")
-    if parts.username or parts.password:
+    if parts.username is not None:  # even empty, as in https://@host or https://:@host
         raise SettingsError(f"{name}: credentials do not belong in the URL; use the secret settings")
     if parts.fragment:
         raise SettingsError(f"{name}: a URL here may not have a #fragment")

@@ -153,6 +153,10 @@ def test_blank_counts_as_missing():
         ("myapp.public_url", "ftp://app.example.com", "is not an absolute http(s) URL"),
         ("myapp.public_url", "https://app.example.com/sub", "without a path"),
         ("myapp.public_url", "https://user:pw@app.example.com", "credentials"),
+        # An empty user name: the origin would drop it, the default redirect URIs keep it.
+        ("myapp.public_url", "https://@app.example.com", "credentials"),
+        ("myapp.public_url", "https://:@app.example.com", "credentials"),
+        ("myapp.oidc.issuer", "https://@idp.example.com/realms/main", "credentials"),
         ("myapp.public_url", "https://app.example.com:99999", "invalid port"),
         ("myapp.oidc.issuer", "not a url", "is not an absolute http(s) URL"),
         ("myapp.oidc.issuer", "https://idp.example.com/#frag", "fragment"),
