@@ -16,7 +16,7 @@ from myapp.cookies import SessionCookie
 from myapp.errors import APIError, ErrorCode
 from myapp.models import User
 from myapp.services import Services
-from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason, SessionRecord, SignIn
+from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason, SessionRecord, SignIn, same_provider_session
 from myapp.services.tokenset import TokenSet
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -124,11 +124,16 @@ class SessionSecurityPolicy:
         ``request.identity`` is the new session from here on."""
         store = request.session_store
         old = self.identity(request)
+        user = request.dbsession.get(User, int(userid))
         replaced = old.session if old is not None else unserved_session(request)
         if replaced is not None:
-            store.end(replaced, EndReason.REPLACED)
+            # Its refresh token is revoked, unless this sign-in was made in the same session at the
+            # provider (a step-up, a second sign-in behind single sign-on): revoking it there could
+            # end the new session's too (same_provider_session). It is wiped here either way.
+            shared = same_provider_session(replaced.user_issuer, replaced.provider_sid, user.issuer, provider_sid)
+            store.end(replaced, EndReason.REPLACED, revoke=not shared)
         raw_id, session = store.create(
-            user=request.dbsession.get(User, int(userid)),
+            user=user,
             user_agent=request.user_agent or "",
             # REMOTE_ADDR, which waitress sets from a trusted proxy's X-Forwarded-For only;
             # WebOb's client_addr would believe any X-Forwarded-For a browser sends.

@@ -26,7 +26,7 @@ from myapp.services.oidc import (
     TokenResponseInvalid,
     error_code,
 )
-from myapp.services.sessions import SessionRows, SignIn
+from myapp.services.sessions import SessionRecord, SessionRows, SignIn
 from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
 from myapp.settings import Upstream
 
@@ -178,9 +178,13 @@ class LoginService:
         self.dbsession.flush()
         return url
 
-    def complete(self, params: Mapping[str, str], *, provider: str, browser_token: str | None) -> LoginResult:
+    def complete(
+        self, params: Mapping[str, str], *, provider: str, browser_token: str | None,
+        signed_in: SessionRecord | None = None,
+    ) -> LoginResult:
         """The callback of ``provider`` (the one its URL names), failing closed at each step in
-        SPEC.md's order. No token is used early."""
+        SPEC.md's order. No token is used early. ``signed_in``: the browser's live session, which a
+        refused sign-in leaves as it is."""
         for name in ("state", "code", "iss", "error", "error_description"):
             if len(params.get(name, "")) > MAX_PARAMETER_LENGTH:
                 raise LoginError("parameter_too_long", "The sign-in response is malformed.", started_here=False)
@@ -223,7 +227,10 @@ class LoginService:
         # What the provider issued to a sign-in refused after the code was exchanged (an ID token or
         # a step-up that does not pass, a provider gone while checking it): not kept, and not left
         # live either. The refused sign-in's records are committed (LoginError), and the revoker
-        # revokes it: the refresh token, else the access token.
+        # revokes it: the refresh token, else the access token. Not when the browser is signed in
+        # at this provider already (a step-up that did not pass): it was most likely made in the
+        # same session at the provider as that one, whose tokens revoking it could end there
+        # (same_provider_session), and nobody holds it.
         issued = TokenSet()
         try:
             try:
@@ -251,7 +258,8 @@ class LoginService:
                 raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
             sign_in = self._check_step_up(transaction, claims, fail)
         except LoginError:
-            SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, issued)
+            if signed_in is None or signed_in.user_issuer != settings.issuer:
+                SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, issued)
             raise
 
         # Every check has passed: only now is the access token used.

@@ -36,6 +36,15 @@ UNREACHABLE_AFTER = 2 * TOUCH_INTERVAL
 _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
+def same_provider_session(issuer: str, sid: str | None, other_issuer: str, other_sid: str | None) -> bool:
+    """Whether two sign-ins were made in one session at the provider (the ID tokens' ``sid``, which
+    back-channel logout names too). Revoking one's refresh token can end the other's there:
+    Keycloak keeps one client session per session at the provider and client, and revoking a
+    refresh token removes it (before keycloak#35486 was fixed, in 26.1 and in 26.0 and 24.0 updates,
+    every one of the user's for that client)."""
+    return sid is not None and sid == other_sid and issuer == other_issuer
+
+
 def idle_after(idle_timeout: timedelta) -> timedelta:
     """How long after its recorded use (``last_seen_at``) a session is idle: the idle timeout from
     its last use, which may be up to ``TOUCH_INTERVAL`` later than recorded (a use within a minute
@@ -366,7 +375,8 @@ class SessionRows:
         completed at the same moment in several tabs (no callback carries a cookie of another)
         leave the rest, live with their refresh tokens, until their idle timeout. A session is
         ended when another of its binding was used ``UNREACHABLE_AFTER`` or more after its own
-        last recorded use, and only if it was not used since it was read.
+        last recorded use, and only if it was not used since it was read; its tokens are revoked
+        unless it was made in the same session at the provider as the one kept.
         """
         shared = (
             select(_SESSIONS.browser_binding)
@@ -376,7 +386,8 @@ class SessionRows:
             .limit(limit)
         )
         rows = self.dbsession.execute(
-            select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.last_seen_at)
+            select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.last_seen_at, _SESSIONS.provider_sid, _USERS.issuer)
+            .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
             .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_(shared.scalar_subquery()))
         ).all()
         used_last: dict[str, tuple] = {}
@@ -384,14 +395,21 @@ class SessionRows:
             kept = used_last.get(row.browser_binding)
             if kept is None or (_utc(row.last_seen_at), row.id) > (_utc(kept.last_seen_at), kept.id):
                 used_last[row.browser_binding] = row
-        out_of_reach = [
-            (_SESSIONS.browser_binding == binding) & (_SESSIONS.id != kept.id)
-            & (_SESSIONS.last_seen_at <= _utc(kept.last_seen_at) - UNREACHABLE_AFTER)
-            for binding, kept in used_last.items()
-        ]
-        if not out_of_reach:
-            return 0
-        return self.end_where(or_(*out_of_reach), EndReason.REPLACED)
+        # Their tokens are revoked, but not those made in the kept one's session at the provider
+        # (same_provider_session): wiped here, nobody holds them, and revoking them could end it.
+        revoked, kept_live = [], []
+        for row in rows:
+            kept = used_last[row.browser_binding]
+            if row.id == kept.id or _utc(row.last_seen_at) > _utc(kept.last_seen_at) - UNREACHABLE_AFTER:
+                continue
+            shared_at_provider = same_provider_session(row.issuer, row.provider_sid, kept.issuer, kept.provider_sid)
+            (kept_live if shared_at_provider else revoked).append(
+                (_SESSIONS.id == row.id) & (_SESSIONS.last_seen_at <= _utc(kept.last_seen_at) - UNREACHABLE_AFTER)
+            )
+        ended = self.end_where(or_(*revoked), EndReason.REPLACED) if revoked else 0
+        if kept_live:
+            ended += self.end_where(or_(*kept_live), EndReason.REPLACED, revoke=False)
+        return ended
 
     def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:
         """An upstream's own access token for this session, decrypted (None: none stored, or unreadable)."""
@@ -619,8 +637,8 @@ class SessionStore:
             raise
         return replace(session, last_seen_at=now)
 
-    def end(self, session: SessionRecord, reason: EndReason) -> bool:
-        return self.rows.end(session.id, reason)
+    def end(self, session: SessionRecord, reason: EndReason, *, revoke: bool = True) -> bool:
+        return self.rows.end(session.id, reason, revoke=revoke)
 
     def end_all_for_user(self, user_id: int, reason: EndReason, *, except_id: int | None = None) -> int:
         condition = UserSession.user_id == user_id

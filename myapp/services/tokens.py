@@ -357,8 +357,8 @@ class TokenManager:
         except DPoPNotBound as e:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
-            if isinstance(e, TokenResponseInvalid):
-                self._revoke_if_rotated(rows, session, TokenSet(refresh_token=e.refresh_token), previous.refresh_token)
+            if isinstance(e, TokenResponseInvalid) and not self._keep_successor(rows, session, previous, e.refresh_token):
+                return LoginRequired()
             self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = TokenSet.from_response(response, self.clock(), previous=previous)
@@ -470,7 +470,8 @@ class TokenManager:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
             if isinstance(e, TokenResponseInvalid) and not upstream.exchange:
-                self._revoke_if_rotated(rows, session, TokenSet(refresh_token=e.refresh_token), own.refresh_token)
+                if not self._keep_successor(rows, session, own, e.refresh_token):
+                    return LoginRequired()
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         now = self.clock()
@@ -484,15 +485,10 @@ class TokenManager:
         minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
         self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)
         rotated = response.get("refresh_token")
-        if not upstream.exchange and isinstance(rotated, str) and rotated and rotated != own.refresh_token:
-            # A rotating provider spent the session's refresh token: its successor is stored now,
-            # under this lock, and the session's own access and ID tokens stay as they are.
-            if not rows.write_tokens(
-                session.id, replace(own, refresh_token=rotated), expected_generation=session.token_generation,
-                new_access_token=False,
-            ):
-                rows.revoke_later(session.user_issuer, TokenSet(refresh_token=rotated))
-                return LoginRequired()
+        if not upstream.exchange and not self._keep_successor(
+            rows, session, own, rotated if isinstance(rotated, str) else None
+        ):
+            return LoginRequired()
         rows.write_upstream_token(session.id, upstream.name, minted)
         self.metrics.refreshes.inc()
         return minted, dpop
@@ -558,6 +554,25 @@ class TokenManager:
         issued = refused.issued()
         rows.revoke_later(session.user_issuer, TokenSet(**issued))
         return self._end(rows, session, "dpop_not_bound")
+
+    @staticmethod
+    def _keep_successor(rows: SessionRows, session: SessionRecord, own: TokenSet, rotated: str | None) -> bool:
+        """A refresh token the provider issued in place of the session's (it spent that one) on an
+        answer whose access token is not the session's own (an upstream's token, or one refused):
+        stored now, under the lock, the session's own access and ID tokens staying as they are.
+        Not revoked: the session goes on with it (a rotating provider would refuse the spent one),
+        and a provider that ties refresh tokens to the sign-in's session at the provider (Keycloak)
+        would end the session's own with it. False when the session ended meanwhile: then it is
+        revoked, and the session is over."""
+        if not rotated or rotated == own.refresh_token:
+            return True
+        if rows.write_tokens(
+            session.id, replace(own, refresh_token=rotated), expected_generation=session.token_generation,
+            new_access_token=False,
+        ):
+            return True
+        rows.revoke_later(session.user_issuer, TokenSet(refresh_token=rotated))
+        return False
 
     @staticmethod
     def _revoke_if_rotated(rows: SessionRows, session: SessionRecord, issued: TokenSet, spent: str | None) -> None:

@@ -140,13 +140,15 @@ def callback(request):
     # The browser's session (if any) is read before this request writes: its first read may write
     # (its activity, in a transaction of its own), which on SQLite would wait behind this request's
     # own write lock for as long as the lock's timeout (helper-46).
-    signed_in = request.identity is not None
+    identity = request.identity
+    signed_in = identity is not None
     try:
         result = request.login_service.complete(
             request.GET,
             # /auth/callback is the default provider's; every provider also has /auth/callback/<name>.
             provider=request.matchdict.get("provider", DEFAULT_PROVIDER),
             browser_token=request.services.login_cookie.read(request),
+            signed_in=identity.session if signed_in else None,
         )
     except LoginError as e:
         # The consumed login transaction and the audit record stay; nothing else was written.

@@ -162,11 +162,27 @@ def test_signing_out_when_the_refresh_lock_times_out(app, signed_in, services, p
 
 
 def test_a_new_session_replacing_an_old_one_revokes_the_old_token(app, provider, services):
+    """A sign-in made in another session at the provider (another sid): the old token is revoked."""
     browser = Browser(app)
     sign_in(browser, provider)
     first = list(provider.refresh_tokens)[-1]
+    provider.sid = "sid-after-signing-out-there"
     sign_in(browser, provider)
     assert revoked_after_a_pass(services, provider) == [first]
+
+
+def test_a_new_session_made_in_the_same_session_at_the_provider_leaves_the_old_token_to_expire(
+    app, provider, services, dbsession
+):
+    """A step-up, or a second sign-in behind single sign-on: the same sid. Revoking the replaced
+    session's refresh token could end the new one's at the provider (Keycloak removes the client
+    session it belongs to, which both share), so it is wiped here and not revoked."""
+    browser = Browser(app)
+    sign_in(browser, provider)
+    sign_in(browser, provider)
+    assert revoked_after_a_pass(services, provider) == []
+    old, new = dbsession.scalars(select(UserSession).order_by(UserSession.id)).all()
+    assert (old.end_reason, old.refresh_token, new.end_reason) == ("replaced", None, None)
 
 
 def test_a_queued_token_is_never_in_the_clear(signed_in, dbsession):

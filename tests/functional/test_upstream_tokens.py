@@ -194,16 +194,17 @@ def test_an_upstream_token_whose_refresh_names_another_user_ends_the_session(
 
 
 @pytest.mark.parametrize("answer", REFUSED_WITH_A_ROTATED_REFRESH_TOKEN)
-def test_a_refresh_token_rotated_by_a_refused_upstream_token_answer_is_revoked(
+def test_a_refresh_token_rotated_by_a_refused_upstream_token_answer_is_kept(
     app, signed_in, upstream, provider, dbsession, answer
 ):
     """As for the session's own refresh: the provider spent the session's refresh token on the
-    refused answer, whose refresh token is queued for revocation rather than dropped."""
+    refused answer, and the session goes on with the one it issued with it."""
     provider.token_response = lambda form: (200, {**answer, "refresh_token": "rt-rotated"})
     browser = signed_in(app=app)
     assert api(browser, "GET", "/api/graph/x", status=503).json["error"] == "provider_unavailable"
     assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
-    assert queued_for_revocation(dbsession, browser) == {"rt-rotated"}
+    assert tokens_of(signed_in.store, browser).refresh_token == "rt-rotated"
+    assert queued_for_revocation(dbsession, browser) == set()
 
 
 def test_a_provider_that_is_down_is_a_503_and_keeps_the_session(app, signed_in, upstream, provider, dbsession):

@@ -5,6 +5,7 @@ The same flows over HTTP against a programmable provider are tests/functional/au
 
 import hashlib
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet
@@ -303,6 +304,20 @@ def test_a_step_up_the_provider_did_not_confirm_leaves_no_issued_token_live(serv
     assert refused.value.reason == "auth_time_missing"  # no auth_time, no acr: not confirmed
     # No refresh token was issued: the access token is what could be used.
     assert queued_for_revocation(dbsession, cipher) == [(ISSUER, "at-1", "access_token")]
+
+
+@pytest.mark.parametrize("signed_in_at, revoked", [(ISSUER, []), ("https://other.example.test", [(ISSUER, "rt-1", "refresh_token")])])
+def test_a_refused_step_up_in_a_browser_signed_in_at_the_provider_revokes_nothing(
+    service, oidc, dbsession, cipher, signed_in_at, revoked
+):
+    """Made in the same session at the provider as the browser's own (most likely), whose tokens
+    revoking it could end there (Keycloak): it is not kept, nobody holds it, and it is left to expire."""
+    oidc.exchange = answering(dict(ISSUED))
+    service.begin(provider="default", next_path="/admin", browser_token=BROWSER, step_up=StepUp(acr_values=("mfa",)))
+    with pytest.raises(LoginError):
+        service.complete({"state": oidc.sent["state"], "code": "code-1", "iss": ISSUER}, provider="default",
+                         browser_token=BROWSER, signed_in=SimpleNamespace(user_issuer=signed_in_at))
+    assert queued_for_revocation(dbsession, cipher) == revoked
 
 
 @pytest.mark.parametrize("error", [TokenRequestRefused("invalid_grant", None), ProviderUnavailable("down")])

@@ -234,6 +234,26 @@ def test_sign_ins_completed_together_in_one_browser_leave_one_session_once_it_is
     assert revoker.end_expired_sessions() == 0
 
 
+def test_an_unreachable_session_made_in_the_kept_ones_session_at_the_provider_is_ended_without_revoking(
+    revoker, store, user, dbsession, clock, cipher
+):
+    """Tabs behind single sign-on: one sid. Revoking the others' refresh tokens could end the kept
+    one's at the provider (Keycloak); they are wiped here, and nobody holds them. A session of the
+    same browser made in another session at the provider has its token revoked."""
+    kept = store.create(user=user, tokens=TokenSet(refresh_token="rt-kept"), provider_sid="sso-1",
+                        browser_binding=BROWSER)[1]
+    same = store.create(user=user, tokens=TokenSet(refresh_token="rt-same"), provider_sid="sso-1",
+                        browser_binding=BROWSER)[1]
+    other = store.create(user=user, tokens=TokenSet(refresh_token="rt-other"), provider_sid="sso-0",
+                         browser_binding=BROWSER)[1]
+    clock.advance(UNREACHABLE_AFTER)
+    store.touch(kept)
+    assert revoker.end_expired_sessions() == 2
+    assert ended(dbsession) == {kept.id: None, same.id: EndReason.REPLACED, other.id: EndReason.REPLACED}
+    assert [cipher.decrypt(p.token) for p in queued(dbsession)] == ["rt-other"]
+    assert store.rows.read(same.id).tokens == TokenSet()
+
+
 def test_sessions_of_one_browser_used_within_the_lag_of_recorded_use_are_all_kept(revoker, store, user, dbsession, clock):
     """Which cookie the browser kept is not known until one is used well after the others: recorded
     use lags by up to a minute, so nothing is ended before twice that."""
