@@ -980,8 +980,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
             PREFIX + "session.absolute_timeout", timedelta(days=30), timedelta(minutes=1)
         ),
     )
-    if session.absolute_timeout < session.idle_timeout:
-        reader.problem("myapp.session.absolute_timeout: must not be shorter than myapp.session.idle_timeout")
+    # An absolute timeout shorter than the idle timeout is allowed: the absolute one then comes first.
 
     tokens = TokenSettings(
         encryption_keys=_encryption_keys(reader),

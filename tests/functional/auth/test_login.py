@@ -93,6 +93,18 @@ def test_sign_in_end_to_end(browser, provider, dbsession):
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
 
 
+def test_an_absolute_timeout_shorter_than_the_idle_timeout(make_app, provider):
+    """absolute_timeout = 2h with the default idle_timeout (7d): the app starts, the cookie's Max-Age
+    follows the absolute expiry, and /auth/user's idle expiry is never later than it (helper-58)."""
+    browser = Browser(make_app(**{"myapp.session.absolute_timeout": "2h"}))
+    response = sign_in(browser, provider, "/posts")
+    assert response.status_int == 303
+    cookie = [v for k, v in response.headerlist if k == "Set-Cookie" and v.startswith(COOKIE + "=")][0]
+    assert "Max-Age=7200" in cookie
+    session = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["session"]
+    assert session["idle_expires_at"] == session["expires_at"]
+
+
 def test_groups_come_from_the_configured_claim(make_app, provider, dbsession):
     browser = Browser(make_app(**{"myapp.oidc.groups_claim": "roles", "myapp.oidc.fetch_userinfo": "false"}))
     sign_in(browser, provider, roles=["admins", "auditors"])
