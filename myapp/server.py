@@ -1,7 +1,7 @@
 """The server for myapp: waitress, with a stricter reading of request framing.
 
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
-``egg:waitress#main`` does, and differs in three ways:
+``egg:waitress#main`` does, and differs in four ways:
 
 - A request that carries both ``Content-Length`` and ``Transfer-Encoding`` is refused with 400 and
   its connection closed. Waitress would read the chunked body and keep the connection open for
@@ -14,6 +14,8 @@
 - Waitress settings that cannot work together (``trusted_proxy_headers`` or
   ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting) stop it with one line,
   not a traceback.
+- SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
+  OpenTelemetry sends the spans it still holds.
 
 And it takes one setting of its own, ``cpu_affinity`` (Linux): ``off`` (the default), ``auto``, or
 a CPU's number. Only one of a process's threads runs Python at a time, and handing that turn to a
@@ -26,11 +28,13 @@ containers that share the machine's CPUs cannot see each other's claims and may 
 one); a number takes that one and keeps it.
 """
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import random
+import signal
 import socket
 import sys
 import threading
@@ -510,5 +514,29 @@ def serve(app, **settings):
     if said:
         print(f"myapp: {said}", file=sys.stdout if cpu is not None else sys.stderr, flush=True)
     server.print_listen("Serving on http://{}:{}")
-    server.run()
+    with stopped_by_sigterm():
+        server.run()
     return 0
+
+
+def _stop(signum, frame):
+    raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """SIGTERM (how systemd, Docker and Kubernetes stop a service) ends the server as Ctrl+C does:
+    waitress stops taking requests and lets its threads finish theirs, and the interpreter exits
+    normally, running its atexit handlers, among them OpenTelemetry's, which sends the spans its
+    batch processor still holds. Python's default for SIGTERM ended the process on the spot, and with
+    it the traces of the last seconds of requests. Only in the main thread (signals can be handled
+    nowhere else); the handler before is put back once the server stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
