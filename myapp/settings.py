@@ -601,7 +601,8 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
         for name in listed:
             if not _PROVIDER_NAME.match(name):
                 reader.problem(
-                    f"myapp.providers: {name!r} is not a valid provider name (lower-case letters, digits and '-')"
+                    f"myapp.providers: {name!r} is not a valid provider name (lower-case letters, digits and '-', "
+                    "starting with a letter or digit, at most 63 characters)"
                 )
                 continue
             prefixes[name] = f"{PREFIX}oidc.{name}."
@@ -610,7 +611,17 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
         nested = any(key.startswith(f"{PREFIX}oidc.{DEFAULT_PROVIDER}.") for key in reader.raw)
         if DEFAULT_PROVIDER in prefixes and plain and not nested:
             prefixes[DEFAULT_PROVIDER] = PREFIX + "oidc."
-        elif DEFAULT_PROVIDER not in prefixes:
+        elif DEFAULT_PROVIDER in prefixes:
+            # Both ways at once: the provider's own keys win, and each plain one says what to write.
+            for key in plain:
+                setting = key.rpartition(".")[2]
+                if setting in PROVIDER_KEYS:
+                    reader.known.add(key)
+                    reader.problem(
+                        f"{key}: the provider 'default' is set by myapp.oidc.default.* keys here; "
+                        f"write myapp.oidc.default.{setting} instead"
+                    )
+        else:
             for key in plain:
                 reader.known.add(key)
                 reader.problem(

@@ -630,6 +630,33 @@ def test_plain_keys_without_a_default_provider_are_refused():
     ]
 
 
+def test_plain_keys_beside_the_default_providers_own_keys_name_the_key_to_write():
+    """Both ways of setting the provider default at once: the plain keys were called unknown settings
+    (black-box review h59), though configuration.md lists them; a typo among them is still one."""
+    settings = raw(myapp__providers="default = Staff\npartners = Partners", myapp__oidc__clent_id="x")
+    settings.update({k: v for k, v in TWO.items() if ".partners." in k})
+    settings["myapp.oidc.default.issuer"] = "https://idp.example.com/realms/main"
+    assert problems_of(settings) == [
+        "myapp.oidc.issuer: the provider 'default' is set by myapp.oidc.default.* keys here; "
+        "write myapp.oidc.default.issuer instead",
+        "myapp.oidc.client_id: the provider 'default' is set by myapp.oidc.default.* keys here; "
+        "write myapp.oidc.default.client_id instead",
+        "myapp.oidc.client_secret: the provider 'default' is set by myapp.oidc.default.* keys here; "
+        "write myapp.oidc.default.client_secret instead",
+        "myapp.oidc.default.client_id: required setting is missing",
+        "myapp.oidc.default.client_secret: required setting is missing",
+        "myapp.oidc.clent_id: unknown setting; did you mean myapp.oidc.client_id?",
+    ]
+
+
+@pytest.mark.parametrize("name", ["-staff", "a" * 64, "st_aff", "Staff"])
+def test_a_provider_name_refused_says_what_a_name_may_be(name):
+    assert (
+        f"myapp.providers: {name!r} is not a valid provider name (lower-case letters, digits and '-', "
+        "starting with a letter or digit, at most 63 characters)"
+    ) in problems_of(two_providers(**{"myapp.providers": f"{name} = Staff\npartners = Partners"}))
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [
@@ -1035,7 +1062,8 @@ def test_settings_of_a_provider_whose_name_is_refused_are_not_refused_again():
     settings = two_providers(**{"myapp.providers": "Staff = Staff\npartners = Partners"})
     settings = {k.replace(".staff.", ".Staff."): v for k, v in settings.items()}
     assert problems_of(settings) == [
-        "myapp.providers: 'Staff' is not a valid provider name (lower-case letters, digits and '-')"
+        "myapp.providers: 'Staff' is not a valid provider name (lower-case letters, digits and '-', "
+        "starting with a letter or digit, at most 63 characters)"
     ]
     settings["myapp.providers"] = "staff"
     assert not any(".staff." in problem or ".partners." in problem for problem in problems_of(settings))
