@@ -56,6 +56,31 @@ class AccessTokenRefused(Exception):
         self.description = description
 
 
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """The client id and secret of an ``Authorization: Basic`` header, read as RFC 6749 section
+    2.3.1 has them written: form-urlencoded, then base64 (a space comes as ``+``)."""
+    try:
+        pair = base64.b64decode(header.removeprefix("Basic "), validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    client_id, colon, secret = pair.partition(":")
+    return (unquote_plus(client_id), unquote_plus(secret)) if colon else None
+
+
+def authenticate_client_secret_basic(query_client, request):
+    """Authlib's hook for ``client_secret_basic`` at the token and revocation endpoints, reading the
+    credentials as :func:`basic_credentials` does (Authlib's own takes a ``+`` for a plus, so a
+    secret with a space was refused there while ``/par`` took it)."""
+    header = request.headers.get("Authorization", "")
+    credentials = basic_credentials(header) if header.startswith("Basic ") else None
+    if credentials is None:
+        return None
+    client = query_client(credentials[0])
+    if client is not None and client.check_client_secret(credentials[1]):
+        return client
+    return None
+
+
 class Provider:
     def __init__(self, settings: ProviderSettings, *, nonces: ServerNonces | None = None):
         self.settings = settings
@@ -72,6 +97,7 @@ class Provider:
             audiences=(self.issuer, self.endpoint("token"), self.endpoint("par"), self.endpoint("revoke")),
         )
         self.server.register_client_auth_method("private_key_jwt", self.assertions.authenticate)
+        self.server.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
         self._pushed: dict[str, tuple[float, list]] = {}
         self._pushed_lock = threading.Lock()
         self.notifier = BackchannelNotifier(
@@ -166,12 +192,10 @@ class Provider:
             return self.assertions.verify(request.POST)
         header = request.headers.get("Authorization", "")
         if header.startswith("Basic "):
-            try:
-                pair = base64.b64decode(header[6:], validate=True).decode("ascii")
-            except (ValueError, UnicodeDecodeError):
+            credentials = basic_credentials(header)
+            if credentials is None:
                 return False
-            client_id, _, secret = pair.partition(":")
-            client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+            client_id, secret = credentials
         else:
             client_id, secret = request.POST.get("client_id", ""), request.POST.get("client_secret", "")
         return client_id == self.client.client_id and hmac.compare_digest(

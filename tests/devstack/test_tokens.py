@@ -1,6 +1,8 @@
 """What the token endpoint issues, how clients authenticate, and the userinfo endpoint."""
 
+import base64
 import time
+from urllib.parse import quote_plus
 
 import pytest
 import requests
@@ -8,8 +10,8 @@ from authlib.oidc.core.util import create_half_hash
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.devstack.flows import log_in, token_request, userinfo
-from tests.devstack.server import CLIENT_ID, CLIENT_SECRET
+from tests.devstack.flows import DISCOVERY, log_in, token_request, userinfo
+from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, running_devstack
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,29 @@ def test_wrong_client_secret_is_invalid_client(metadata, browser, method):
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     assert response.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_basic_credentials_are_read_form_urlencoded_at_every_endpoint():
+    """RFC 6749 section 2.3.1: the client id and secret are form-urlencoded, then base64, so a space
+    comes as '+' (as myapp sends it). Authlib's own reading took that '+' for a plus: a secret with a
+    space or a '+' was refused at the token and revocation endpoints, and taken at /par (black-box
+    review h59)."""
+    secret = "a b+c:d%/\u00e9"
+    with running_devstack(**{"devstack.idp.client_secret": secret}) as base:
+        metadata = requests.get(base + DISCOVERY, timeout=5).json()
+        encoded = f"{quote_plus(CLIENT_ID)}:{quote_plus(secret)}".encode()
+        headers = {"Authorization": "Basic " + base64.b64encode(encoded).decode()}
+        refreshed = requests.post(
+            metadata["token_endpoint"], data={"grant_type": "refresh_token", "refresh_token": "x"}, headers=headers,
+            timeout=5,
+        )
+        assert refreshed.json()["error"] == "invalid_grant"  # the client was taken; the token was not
+        revoked = requests.post(metadata["revocation_endpoint"], data={"token": "x"}, headers=headers, timeout=5)
+        assert revoked.status_code == 200
+        wrong = requests.post(
+            metadata["revocation_endpoint"], data={"token": "x"}, auth=(CLIENT_ID, secret.replace(" ", "+")), timeout=5
+        )
+        assert wrong.status_code == 401
 
 
 def test_no_client_authentication_is_invalid_client(metadata):
