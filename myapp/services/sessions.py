@@ -374,41 +374,60 @@ class SessionRows:
         used last can still be reached once that use came after the others' answers: sign-ins
         completed at the same moment in several tabs (no callback carries a cookie of another)
         leave the rest, live with their refresh tokens, until their idle timeout. A session is
-        ended when another of its binding was used ``UNREACHABLE_AFTER`` or more after its own
-        last recorded use, and only if it was not used since it was read; its tokens are revoked
-        unless it was made in the same session at the provider as the one kept.
+        ended when another of its binding and its user was used ``UNREACHABLE_AFTER`` or more
+        after its own last recorded use, and only if it was not used since it was read. Never for
+        another user's: a binding is a cookie, which over plain http another host of the domain
+        can set in a victim's browser before they sign in, and then sign in with it elsewhere.
+        Its tokens are revoked, unless it was made in the same session at the provider as the one
+        kept (same_provider_session): wiped here, nobody holds them, and revoking them could end it.
+
+        A batch is ``limit`` browsers that have such a session: those whose sessions tell nothing
+        yet (none used well after another) stay live until their idle timeout, and taking them
+        into a batch would hold up, every minute, the browsers after them.
         """
-        shared = (
-            select(_SESSIONS.browser_binding)
+        browsers = self.dbsession.execute(
+            select(
+                _SESSIONS.browser_binding,
+                _SESSIONS.user_id,
+                func.min(_SESSIONS.last_seen_at).label("first_used"),
+                func.max(_SESSIONS.last_seen_at).label("last_used"),
+            )
             .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.is_not(None))
-            .group_by(_SESSIONS.browser_binding)
+            .group_by(_SESSIONS.browser_binding, _SESSIONS.user_id)
             .having(func.count() > 1)
-            .limit(limit)
-        )
-        rows = self.dbsession.execute(
-            select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.last_seen_at, _SESSIONS.provider_sid, _USERS.issuer)
-            .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
-            .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_(shared.scalar_subquery()))
         ).all()
-        used_last: dict[str, tuple] = {}
-        for row in rows:
-            kept = used_last.get(row.browser_binding)
-            if kept is None or (_utc(row.last_seen_at), row.id) > (_utc(kept.last_seen_at), kept.id):
-                used_last[row.browser_binding] = row
-        # Their tokens are revoked, but not those made in the kept one's session at the provider
-        # (same_provider_session): wiped here, nobody holds them, and revoking them could end it.
-        revoked, kept_live = [], []
-        for row in rows:
-            kept = used_last[row.browser_binding]
-            if row.id == kept.id or _utc(row.last_seen_at) > _utc(kept.last_seen_at) - UNREACHABLE_AFTER:
+        deciding = [b for b in browsers if _utc(b.first_used) <= _utc(b.last_used) - UNREACHABLE_AFTER][:limit]
+        if not deciding:
+            return 0
+        # The session each of those browsers holds (used last), for the session at the provider it was made in.
+        held: dict[tuple, tuple] = {}
+        for row in self.dbsession.execute(
+            select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.user_id, _SESSIONS.last_seen_at, _SESSIONS.provider_sid)
+            .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_({b.browser_binding for b in deciding}))
+        ):
+            known = held.get((row.browser_binding, row.user_id))
+            if known is None or (_utc(row.last_seen_at), row.id) > (_utc(known.last_seen_at), known.id):
+                held[row.browser_binding, row.user_id] = row
+        revoked, left_to_expire = [], []
+        for browser in deciding:
+            kept = held.get((browser.browser_binding, browser.user_id))
+            if kept is None:  # ended meanwhile
                 continue
-            shared_at_provider = same_provider_session(row.issuer, row.provider_sid, kept.issuer, kept.provider_sid)
-            (kept_live if shared_at_provider else revoked).append(
-                (_SESSIONS.id == row.id) & (_SESSIONS.last_seen_at <= _utc(kept.last_seen_at) - UNREACHABLE_AFTER)
+            out_of_reach = (
+                (_SESSIONS.browser_binding == browser.browser_binding) & (_SESSIONS.user_id == browser.user_id)
+                & (_SESSIONS.last_seen_at <= _utc(browser.last_used) - UNREACHABLE_AFTER)
+            )
+            if kept.provider_sid is None:
+                revoked.append(out_of_reach)
+                continue
+            # One user, so one issuer: the same session at the provider is the same sid.
+            left_to_expire.append(out_of_reach & (_SESSIONS.provider_sid == kept.provider_sid))
+            revoked.append(
+                out_of_reach & or_(_SESSIONS.provider_sid.is_(None), _SESSIONS.provider_sid != kept.provider_sid)
             )
         ended = self.end_where(or_(*revoked), EndReason.REPLACED) if revoked else 0
-        if kept_live:
-            ended += self.end_where(or_(*kept_live), EndReason.REPLACED, revoke=False)
+        if left_to_expire:
+            ended += self.end_where(or_(*left_to_expire), EndReason.REPLACED, revoke=False)
         return ended
 
     def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:

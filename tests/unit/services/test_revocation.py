@@ -222,12 +222,14 @@ def test_sign_ins_completed_together_in_one_browser_leave_one_session_once_it_is
     made = [store.create(user=user, tokens=TokenSet(refresh_token=f"rt-{n}"), browser_binding=BROWSER)[1] for n in range(3)]
     _, elsewhere = store.create(user=user, tokens=TokenSet(refresh_token="rt-other"), browser_binding=OTHER_BROWSER)
     _, before_bindings = store.create(user=user)  # from before 0009: no binding, never grouped
-    clock.advance(UNREACHABLE_AFTER)
+    signed_out = store.create(user=user, browser_binding=BROWSER)[1]
+    store.end(signed_out, EndReason.LOGOUT)  # ended before: stays as it ended
+    clock.advance(timedelta(minutes=2))  # UNREACHABLE_AFTER, as documented: not one minute more
     held = store.touch(made[1])
     assert revoker.end_expired_sessions() == 2
     assert ended(dbsession) == {
         made[0].id: EndReason.REPLACED, made[1].id: None, made[2].id: EndReason.REPLACED,
-        elsewhere.id: None, before_bindings.id: None,
+        elsewhere.id: None, before_bindings.id: None, signed_out.id: EndReason.LOGOUT,
     }
     assert sorted(cipher.decrypt(p.token) for p in queued(dbsession)) == ["rt-0", "rt-2"]
     assert store.dead_reason(store.find_by_handle(held.handle)) is None
@@ -254,12 +256,27 @@ def test_an_unreachable_session_made_in_the_kept_ones_session_at_the_provider_is
     assert store.rows.read(same.id).tokens == TokenSet()
 
 
+def test_of_a_browser_whose_held_session_is_known_those_used_within_the_lag_are_kept(revoker, store, user, dbsession, clock):
+    """Each session is measured against the one used last: one used less than two minutes before
+    it stays, even while an older one of the same browser is ended."""
+    old = store.create(user=user, browser_binding=BROWSER)[1]
+    recent = store.create(user=user, browser_binding=BROWSER)[1]
+    newest = store.create(user=user, browser_binding=BROWSER)[1]
+    clock.advance(timedelta(minutes=1, seconds=30))
+    store.touch(recent)
+    clock.advance(timedelta(seconds=30))
+    store.touch(newest)
+    assert revoker.end_expired_sessions() == 1
+    assert ended(dbsession) == {old.id: EndReason.REPLACED, recent.id: None, newest.id: None}
+
+
 def test_sessions_of_one_browser_used_within_the_lag_of_recorded_use_are_all_kept(revoker, store, user, dbsession, clock):
     """Which cookie the browser kept is not known until one is used well after the others: recorded
     use lags by up to a minute, so nothing is ended before twice that."""
     first = store.create(user=user, browser_binding=BROWSER)[1]
     second = store.create(user=user, browser_binding=BROWSER)[1]
-    clock.advance(UNREACHABLE_AFTER - timedelta(seconds=1))
+    # Stated in minutes, not by UNREACHABLE_AFTER: first may have been used 59 s in, unrecorded.
+    clock.advance(timedelta(minutes=2) - timedelta(seconds=1))
     store.touch(second)
     assert revoker.end_expired_sessions() == 0
     # Unused, both: nothing tells which one the browser holds.
@@ -286,14 +303,57 @@ def test_a_session_used_since_it_was_read_is_not_ended(revoker, store, user, dbs
     assert ended(dbsession) == {stale.id: None, used.id: None}
 
 
-def test_an_ended_session_of_the_browser_does_not_count_as_the_one_it_holds(revoker, store, user, dbsession, clock):
-    first = store.create(user=user, browser_binding=BROWSER)[1]
+@pytest.mark.parametrize("left_live", [1, 2])
+def test_an_ended_session_of_the_browser_does_not_count_as_the_one_it_holds(
+    revoker, store, user, dbsession, clock, left_live
+):
+    """Only live sessions count: one signed out is not the one the browser holds, whether one or
+    several others (three tabs) are left live."""
+    live = [store.create(user=user, browser_binding=BROWSER)[1] for _ in range(left_live)]
     signed_out = store.create(user=user, browser_binding=BROWSER)[1]
     clock.advance(UNREACHABLE_AFTER)
     store.touch(signed_out)
     store.end(signed_out, EndReason.LOGOUT)
     assert revoker.end_expired_sessions() == 0
-    assert ended(dbsession) == {first.id: None, signed_out.id: EndReason.LOGOUT}
+    assert ended(dbsession) == {**{session.id: None for session in live}, signed_out.id: EndReason.LOGOUT}
+
+
+def test_browsers_whose_sessions_tell_nothing_yet_do_not_hold_up_the_others(revoker, store, user, dbsession, clock):
+    """A browser's sessions that none of it has used since stay live until their idle timeout, and
+    however many such browsers there are (each sweep takes a batch), the sessions of the others
+    that can be ended still are: a batch holds only browsers with a session to end."""
+    undecided = [store.create(user=user, browser_binding="0" * 64)[1] for _ in range(2)]
+    left = store.create(user=user, browser_binding="f" * 64)[1]
+    held = store.create(user=user, browser_binding="f" * 64)[1]
+    clock.advance(UNREACHABLE_AFTER)
+    store.touch(held)
+    rows = SessionRows(dbsession, revoker.cipher, clock)
+    assert rows.end_unreachable(limit=1) == 1
+    assert ended(dbsession) == {
+        undecided[0].id: None, undecided[1].id: None, left.id: EndReason.REPLACED, held.id: None,
+    }
+    # Two browsers with a session to end, one a batch.
+    for binding in ("1" * 64, "2" * 64):
+        store.create(user=user, browser_binding=binding)
+        clock.advance(UNREACHABLE_AFTER)
+        store.create(user=user, browser_binding=binding)
+    assert [rows.end_unreachable(limit=1) for _ in range(3)] == [1, 1, 0]
+
+
+def test_a_session_is_never_ended_for_the_use_of_another_persons(revoker, store, user, dbsession, clock):
+    """One login-binding cookie in two people's browsers (over plain http, any host of the domain
+    or the network can set it in a victim's browser before they sign in): the victim's session,
+    left alone a while, is not ended for the use of the attacker's."""
+    victim = store.create(user=user, browser_binding=BROWSER)[1]
+    mallory = User(issuer=ISSUER, subject="mallory", name="Mallory", groups=[])
+    dbsession.add(mallory)
+    dbsession.flush()
+    attackers = store.create(user=mallory, browser_binding=BROWSER)[1]
+    attackers_other = store.create(user=mallory, browser_binding=BROWSER)[1]
+    clock.advance(timedelta(minutes=30))
+    store.touch(attackers)
+    assert revoker.end_expired_sessions() == 1
+    assert ended(dbsession) == {victim.id: None, attackers.id: None, attackers_other.id: EndReason.REPLACED}
 
 
 class Unreachable:
