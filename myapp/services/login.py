@@ -89,12 +89,6 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def _issued(answer: Mapping) -> TokenSet:
-    """The tokens of a token endpoint's answer that could be used at the provider: what to revoke
-    when the sign-in they were issued to is refused."""
-    return TokenSet(**{name: answer[name] for name in ("access_token", "refresh_token") if isinstance(answer.get(name), str)})
-
-
 class LoginService:
     def __init__(
         self,
@@ -237,7 +231,7 @@ class LoginService:
                 # RFC 9449: the key the sign-in started with (a sign-in started before DPoP was turned on gets one now).
                 dpop = self._dpop_key(transaction, client, metadata, fail)
                 token = client.exchange_code(code, verifier, dpop=dpop)
-                issued = _issued(token)
+                issued = TokenSet.issued_in(token)
                 if token_type_of(token) != DPOP:
                     dpop = None  # auto: the provider chose Bearer; the session has no key to keep
                 id_token = token.get("id_token")
@@ -249,7 +243,7 @@ class LoginService:
             except TokenRequestRefused as e:
                 raise fail(e.reason, "The provider refused to complete this sign-in. Please start again.") from None
             except DPoPNotBound as e:
-                issued = TokenSet(**e.issued())
+                issued = e.issued()
                 raise fail(e.reason, e.message, 502) from None
             except TokenResponseInvalid as e:
                 issued = TokenSet(refresh_token=e.refresh_token)

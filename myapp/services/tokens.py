@@ -551,8 +551,7 @@ class TokenManager:
     def _end_unbound(self, rows: SessionRows, session: SessionRecord, refused: DPoPNotBound) -> LoginRequired:
         """DPoP is required and the provider answered with Bearer tokens: they are revoked (a
         rotating provider spent the old refresh token on them, so the session cannot go on)."""
-        issued = refused.issued()
-        rows.revoke_later(session.user_issuer, TokenSet(**issued))
+        rows.revoke_later(session.user_issuer, refused.issued())
         return self._end(rows, session, "dpop_not_bound")
 
     @staticmethod

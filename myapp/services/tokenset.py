@@ -1,5 +1,6 @@
 """A session's tokens in the clear (:class:`TokenSet`) and at rest (:class:`TokenCipher`)."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -39,6 +40,12 @@ class TokenSet:
     @property
     def bound(self) -> bool:
         return self.token_type == DPOP
+
+    @classmethod
+    def issued_in(cls, answer: Mapping) -> "TokenSet":
+        """The tokens of a token endpoint's answer that could be used at the provider (its access and
+        refresh tokens, where they are strings): what to revoke when the answer is not kept."""
+        return cls(**{name: answer[name] for name in ("access_token", "refresh_token") if isinstance(answer.get(name), str)})
 
     @classmethod
     def from_response(

@@ -2,6 +2,8 @@
 
 import re
 
+from myapp.services.tokenset import TokenSet
+
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -47,10 +49,9 @@ class DPoPNotBound(OIDCError):
         )
         self.tokens = tokens
 
-    def issued(self) -> dict:
+    def issued(self) -> TokenSet:
         """What to revoke: the refresh token when there is one, else the access token."""
-        return {name: self.tokens.get(name) for name in ("access_token", "refresh_token")
-                if isinstance(self.tokens.get(name), str)}
+        return TokenSet.issued_in(self.tokens)
 
 
 class TokenResponseInvalid(OIDCError):
