@@ -248,7 +248,11 @@ class TokenManager:
             credential = self._known(token, session.access_token_type, session) if token else None
             if credential is not None:
                 return credential
-        return self.flights.run(session.id, lambda: self._refresh(session.id, stale), span=("token.refresh", None))
+        # Keyed by the session's random handle, never its row id: SQLite gives a purged highest
+        # id to the next row, and a caller must never share another session's refresh.
+        return self.flights.run(
+            session.handle, lambda: self._refresh(session.id, stale), span=("token.refresh", None)
+        )
 
     def _known(self, token: str, token_type: str | None, session: SessionRecord) -> Credential | None:
         """A stored token as it is sent, without the lock; None when it is bound to a key this

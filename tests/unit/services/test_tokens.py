@@ -45,6 +45,40 @@ def recorded_spans():
         yield spans
 
 
+class FlightWaiters:
+    """Counts the callers waiting for another's flight (SingleFlight's calls' ``done`` events), so a
+    test releases the leader once they wait, not after a sleep a busy machine could outlast."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        self.changed = threading.Condition()
+        waiters = self
+
+        class Watched(threading.Event):
+            def wait(self, timeout=None):
+                with waiters.changed:
+                    waiters.count += 1
+                    waiters.changed.notify_all()
+                return super().wait(timeout)
+
+        original = SingleFlight._Call.__init__
+
+        def init(call):
+            original(call)
+            call.done = Watched()
+
+        monkeypatch.setattr(SingleFlight._Call, "__init__", init)
+
+    def reach(self, count: int, timeout: float = 10) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count >= count, timeout)
+
+
+@pytest.fixture
+def flight_waiters(monkeypatch):
+    return FlightWaiters(monkeypatch)
+
+
 @pytest.fixture
 def cipher():
     return TokenCipher([Fernet.generate_key().decode()])
@@ -256,7 +290,7 @@ def test_refreshed_id_token_for_the_same_user_is_kept(manager, provider, session
 
 
 class TestSingleFlight:
-    def test_concurrent_callers_share_one_call(self):
+    def test_concurrent_callers_share_one_call(self, flight_waiters):
         flights, calls, started = SingleFlight(), [], threading.Event()
         release = threading.Event()
 
@@ -272,14 +306,14 @@ class TestSingleFlight:
         started.wait(5)
         for thread in threads[1:]:
             thread.start()
-        time.sleep(0.1)
+        assert flight_waiters.reach(9)
         release.set()
         for thread in threads:
             thread.join(5)
         assert calls == [1]
         assert results == ["result"] * 10
 
-    def test_waiters_share_the_error(self):
+    def test_waiters_share_the_error(self, flight_waiters):
         flights, started, release = SingleFlight(), threading.Event(), threading.Event()
         errors = []
 
@@ -299,7 +333,7 @@ class TestSingleFlight:
         started.wait(5)
         second = threading.Thread(target=call)
         second.start()
-        time.sleep(0.1)
+        assert flight_waiters.reach(1)
         release.set()
         first.join(5)
         second.join(5)
@@ -313,7 +347,7 @@ class TestSingleFlight:
 
 
 def test_a_request_that_waits_for_another_s_refresh_is_traced_with_its_wait(
-    manager, provider, session_row, record, recorded_spans
+    manager, provider, session_row, record, recorded_spans, flight_waiters
 ):
     """SPEC.md "Observability": each request's span holds the refresh with how long it waited. A
     request that arrives while another thread of the process refreshes the same session shares that
@@ -334,7 +368,8 @@ def test_a_request_that_waits_for_another_s_refresh_is_traced_with_its_wait(
     assert entered.wait(5)
     follower = threading.Thread(target=lambda: tokens.append(manager.access_token(session).token))
     follower.start()
-    time.sleep(0.3)  # the follower is waiting for the leader's flight
+    assert flight_waiters.reach(1)  # the follower waits for the leader's flight
+    time.sleep(0.25)
     release.set()
     leader.join(5)
     follower.join(5)
@@ -344,6 +379,17 @@ def test_a_request_that_waits_for_another_s_refresh_is_traced_with_its_wait(
     (waited,) = [s for s in refreshes if s.attributes.get("myapp.shared")]
     assert waited.attributes["myapp.outcome"] == "ok"
     assert waited.attributes["myapp.lock_wait_ms"] >= 200
+
+
+def test_a_session_s_refresh_is_shared_by_its_handle_never_its_row_id(manager, session_row, record, monkeypatch):
+    """SQLite gives a purged highest row id to the next session: a refresh keyed by the id could be
+    shared with a session that is not the one refreshing."""
+    keys = []
+    run = manager.flights.run
+    monkeypatch.setattr(manager.flights, "run", lambda key, function, **kw: keys.append(key) or run(key, function, **kw))
+    session = record(session_row(expires_in=0))
+    manager.access_token(session)
+    assert keys == [session.handle]
 
 
 def test_logout_under_the_lock_returns_the_tokens_and_stops_refreshes(manager, provider, session_row, dbsession, record):
