@@ -172,6 +172,11 @@ def not_found(exc, request):
 @exception_view_config(BadCSRFToken)
 @exception_view_config(BadCSRFOrigin)
 def bad_csrf(exc, request):
+    if request.identity is not None:
+        # A form of a signed-in person refused (forged, or from a page left open too long): a denied
+        # action for the audit log, as a refused permission is. Nothing the request did is kept.
+        request.restart_transaction()
+        record_denial(request, "no valid CSRF token" if isinstance(exc, BadCSRFToken) else "sent from another origin")
     return refusal(
         request, 403, ErrorCode.CSRF_FAILED, "Request refused: missing or wrong CSRF token.",
         title="This form has expired", page_status=400,

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import select
 
 import myapp
-from myapp.models import Post
+from myapp.models import AuditEvent, Post
 from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.conftest import Browser, dispose
 from tests.support.database import RolledBackDatabase
@@ -29,6 +29,19 @@ def test_missing_token_is_refused(alice_browser, dbsession):
     page = alice_browser.submit("/posts", {"title": "x"}, csrf=False, status=400)
     assert "This form has expired" in page.text
     assert posts(dbsession) == []
+
+
+def test_a_refused_form_of_a_signed_in_person_is_audited_as_a_denied_action(alice_browser, alice, dbsession):
+    """SPEC.md's audit log has denied actions: a forged form (or one left open past its session) is one."""
+    alice_browser.submit("/posts", {"title": "x"}, csrf=False, status=400)
+    alice_browser.submit("/logout", {}, csrf=False, status=400)
+    denials = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied").order_by(AuditEvent.id)).all()
+    assert [(d.user_id, d.actor_id, d.detail) for d in denials] == [
+        (alice.id, alice.id, "POST /posts (no valid CSRF token)"),
+        (alice.id, alice.id, "POST /logout (no valid CSRF token)"),
+    ]
+    assert posts(dbsession) == []
+    alice_browser.get("/posts", status=200)  # still signed in
 
 
 def test_wrong_token_is_refused(alice_browser, dbsession):
