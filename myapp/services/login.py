@@ -246,7 +246,7 @@ class LoginService:
                 issued = e.issued()
                 raise fail(e.reason, e.message, 502) from None
             except TokenResponseInvalid as e:
-                issued = TokenSet(refresh_token=e.refresh_token)
+                issued = e.issued()
                 raise fail(e.reason, f"The sign-in could not be verified: {e.message}") from None
             except OIDCError as e:
                 raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None

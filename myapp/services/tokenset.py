@@ -45,7 +45,7 @@ class TokenSet:
     def issued_in(cls, answer: Mapping) -> "TokenSet":
         """The tokens of a token endpoint's answer that could be used at the provider (its access and
         refresh tokens, where they are strings): what to revoke when the answer is not kept."""
-        return cls(**{name: answer[name] for name in ("access_token", "refresh_token") if isinstance(answer.get(name), str)})
+        return cls(**{name: answer[name] for name in ("access_token", "refresh_token") if isinstance(answer.get(name), str) and answer[name]})
 
     @classmethod
     def from_response(

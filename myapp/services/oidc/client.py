@@ -34,6 +34,7 @@ from myapp.services.oidc.errors import (
 )
 from myapp.services.oidc.jose import TokenValidator
 from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
+from myapp.services.tokenset import TokenSet
 from myapp.settings import OIDCSettings
 
 log = logging.getLogger(__name__)
@@ -305,15 +306,17 @@ class OIDCClient:
         except ValueError:
             raise OIDCError("token_endpoint_error", "The provider's token endpoint answered with something that is not JSON.") from None
         token = dict(token)
-        # A refresh token in an answer refused below is live at the provider: the caller revokes it.
-        issued = token.get("refresh_token") if isinstance(token.get("refresh_token"), str) else None
+        # The tokens of an answer refused below are live at the provider: the caller keeps (a
+        # rotated refresh token) or revokes them. An access token only once it could be sent.
+        issued = TokenSet.issued_in(token)
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
             raise TokenResponseInvalid("The provider's token response has no access token.", issued)
         if not TOKEN68.fullmatch(token["access_token"]):
             # It goes into an Authorization header (and a proof's ath): RFC 6750's b64token only.
-            raise TokenResponseInvalid("The provider's access token has characters no header may carry.", issued)
-        if token.get("refresh_token") is not None and issued is None:
-            raise TokenResponseInvalid("The provider's refresh token is not a string.", None)
+            refresh_only = TokenSet(refresh_token=issued.refresh_token)
+            raise TokenResponseInvalid("The provider's access token has characters no header may carry.", refresh_only)
+        if token.get("refresh_token") is not None and issued.refresh_token is None:
+            raise TokenResponseInvalid("The provider's refresh token is not a string.", issued)
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None
         if token_type == "bearer":

@@ -55,12 +55,21 @@ class DPoPNotBound(OIDCError):
 
 
 class TokenResponseInvalid(OIDCError):
-    """A token response this app will not use. ``refresh_token``: the one it carried all the same
-    (a rotating provider spent the old one on it), so that the caller can have it revoked."""
+    """A token response this app will not use. ``issued``: the tokens it carried all the same that
+    the provider would take (its refresh token, which a rotating provider spent the old one on; its
+    access token, when it could be sent), so that the caller can keep or revoke them."""
 
-    def __init__(self, message: str, refresh_token: str | None):
+    def __init__(self, message: str, issued: TokenSet = TokenSet()):
         super().__init__("token_response_invalid", message)
-        self.refresh_token = refresh_token
+        self._issued = issued
+
+    def issued(self) -> TokenSet:
+        """What could be used at the provider: to revoke when nothing of the answer is kept."""
+        return self._issued
+
+    @property
+    def refresh_token(self) -> str | None:
+        return self._issued.refresh_token
 
 
 class TokenRequestRefused(OIDCError):

@@ -23,7 +23,7 @@ from myapp.services.oidc import (
     TokenRequestRefused,
     TokenResponseInvalid,
 )
-from myapp.services.tokenset import TokenCipher
+from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import OIDCSettings
 
 ISSUER = "https://idp.example.test"
@@ -279,7 +279,7 @@ def answering(answer):
         ("exchange", answering({k: v for k, v in ISSUED.items() if k != "id_token"}), "missing_id_token"),
         ("validate_id_token", raising(ProviderUnavailable("the provider's keys timed out")), "provider_unavailable"),
         ("exchange", raising(DPoPNotBound(ISSUED)), "dpop_not_bound"),
-        ("exchange", raising(TokenResponseInvalid("The provider's token response has no access token.", "rt-1")),
+        ("exchange", raising(TokenResponseInvalid("The provider's token response has no access token.", TokenSet(refresh_token="rt-1"))),
          "token_response_invalid"),
     ],
 )
@@ -294,6 +294,18 @@ def test_a_sign_in_refused_after_the_code_was_exchanged_leaves_no_issued_token_l
         callback(service, begin(service, oidc))
     assert refused.value.reason == reason and dbsession.query(User).count() == 0
     assert queued_for_revocation(dbsession, cipher) == [(ISSUER, "rt-1", "refresh_token")]
+
+
+def test_a_sign_in_refused_for_its_token_answer_revokes_the_access_token_it_issued_without_a_refresh_token(
+    service, oidc, dbsession, cipher
+):
+    """A usable access token in an answer refused for something else (its type, a refresh token
+    that is not a string) is live at the provider until it expires: revoked, as for a step-up."""
+    oidc.exchange = raising(TokenResponseInvalid("The provider's token response is not a Bearer token.", TokenSet(access_token="at-1")))
+    with pytest.raises(LoginError) as refused:
+        callback(service, begin(service, oidc))
+    assert refused.value.reason == "token_response_invalid"
+    assert queued_for_revocation(dbsession, cipher) == [(ISSUER, "at-1", "access_token")]
 
 
 def test_a_step_up_the_provider_did_not_confirm_leaves_no_issued_token_live(service, oidc, dbsession, cipher):

@@ -19,7 +19,9 @@ from myapp.services.oidc import (
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenRequestRefused,
+    TokenResponseInvalid,
 )
+from myapp.services.tokenset import TokenSet
 from myapp.settings import OIDCSettings
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, s256
 
@@ -491,20 +493,28 @@ def test_token_endpoint_hang(provider, clock):
 
 
 @pytest.mark.parametrize(
-    "body",
+    "body, issued",
     [
-        {"token_type": "Bearer"}, {"access_token": "", "token_type": "Bearer"}, {"access_token": "x", "token_type": "mac"},
-        {"access_token": "x"},
+        ({"token_type": "Bearer"}, TokenSet()),
+        ({"access_token": "", "token_type": "Bearer", "refresh_token": "rt"}, TokenSet(refresh_token="rt")),
+        ({"access_token": "x", "token_type": "mac"}, TokenSet(access_token="x")),
+        ({"access_token": "x", "token_type": "mac", "refresh_token": "rt"}, TokenSet(access_token="x", refresh_token="rt")),
+        ({"access_token": "x"}, TokenSet(access_token="x")),
         # helper-38: a refresh token that is not a string failed later, as a 500
-        {"access_token": "x", "token_type": "Bearer", "refresh_token": 5},
-        {"access_token": "x", "token_type": "Bearer", "refresh_token": ["rt"]},
+        ({"access_token": "x", "token_type": "Bearer", "refresh_token": 5}, TokenSet(access_token="x")),
+        ({"access_token": "x", "token_type": "Bearer", "refresh_token": ["rt"]}, TokenSet(access_token="x")),
+        # Not a token any header could carry, so not one to send to the revocation endpoint either.
+        ({"access_token": "x y", "token_type": "Bearer", "refresh_token": "rt"}, TokenSet(refresh_token="rt")),
     ],
 )
-def test_token_response_without_a_bearer_access_token(client, provider, body):
+def test_token_response_without_a_bearer_access_token(client, provider, body, issued):
+    """Refused, with what it issued all the same that the provider would take: the caller keeps a
+    rotated refresh token (a refresh) or has it revoked (a sign-in), and revokes a usable access token."""
     provider.token_response = lambda form: (200, body)
-    with pytest.raises(OIDCError) as info:
+    with pytest.raises(TokenResponseInvalid) as info:
         client.exchange_code("code", "verifier")
     assert info.value.reason == "token_response_invalid"
+    assert info.value.issued() == issued and info.value.refresh_token == issued.refresh_token
 
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
