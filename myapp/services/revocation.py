@@ -24,7 +24,7 @@ from myapp.models import Database, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.metrics import Metrics
 from myapp.services.oidc import Providers, Revocation
-from myapp.services.sessions import EndReason, SessionRows, idle_after
+from myapp.services.sessions import EndReason, SessionRows, idle_after, unreachable_sessions
 from myapp.services.tokenset import TokenCipher
 
 log = logging.getLogger(__name__)
@@ -78,21 +78,35 @@ class Revoker:
 
     def end_expired_sessions(self) -> int:
         """End (and queue the tokens of) sessions past their absolute or idle limit, and those no
-        browser can reach any more (SessionRows.end_unreachable), a batch at a time."""
+        browser can reach any more (unreachable_sessions), a batch at a time.
+
+        What is due is found with a plain read first: on most minutes nothing is, and a write
+        transaction (``BEGIN IMMEDIATE`` on SQLite) would hold the database's write lock while the
+        sessions are scanned, about a second at 240,000 of them, stalling every sign-in and refresh
+        meanwhile. Each end evaluates its condition again as it writes: a session used in between
+        is kept.
+        """
         now = self.clock()
-        ended = 0
+        conditions = (
+            (EndReason.EXPIRED, UserSession.expires_at <= now),
+            (EndReason.IDLE, UserSession.last_seen_at <= now - idle_after(self.idle_timeout)),
+        )
+        with self.database.read() as reader:
+            due = [
+                (reason, condition, ids)
+                for reason, condition in conditions
+                if (ids := reader.scalars(select(UserSession.id).where(UserSession.ended_at.is_(None), condition).limit(500)).all())
+            ]
+            unreachable = unreachable_sessions(reader)
+        if not due and not unreachable:
+            return 0
         with self.database.own_transaction() as dbsession, dbsession.begin():
             rows = SessionRows(dbsession, self.cipher, self.clock)
-            for reason, condition in (
-                (EndReason.EXPIRED, UserSession.expires_at <= now),
-                (EndReason.IDLE, UserSession.last_seen_at <= now - idle_after(self.idle_timeout)),
-            ):
-                batch = select(UserSession.id).where(UserSession.ended_at.is_(None), condition).limit(500)
-                ended += rows.end_where(UserSession.id.in_(batch.scalar_subquery()), reason)
-            unreachable = rows.end_unreachable()
-        if unreachable:
-            log.info("ended %d sessions no browser can use any more (sign-ins completed together in one browser)", unreachable)
-        return ended + unreachable
+            ended = sum(rows.end_where(UserSession.id.in_(ids) & condition, reason) for reason, condition, ids in due)
+            replaced = rows.end_unreachable(found=unreachable)
+        if replaced:
+            log.info("ended %d sessions no browser can use any more (sign-ins completed together in one browser)", replaced)
+        return ended + replaced
 
     def revoke_due(self) -> list[str]:
         """Revoke the queued tokens that are due; the outcome of each."""

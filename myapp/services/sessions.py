@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import Select, Text, bindparam, cast, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
@@ -366,68 +366,13 @@ class SessionRows:
                 self.dbsession.expire(obj, _ENDED_ATTRIBUTES)
         return result.rowcount
 
-    def end_unreachable(self, *, limit: int = 500) -> int:
-        """End the live sessions that no browser can use any more (``EndReason.REPLACED``).
-
-        A browser holds one session cookie, set only by the answer to a sign-in's callback. Of the
-        live sessions made by one browser's sign-ins (one ``browser_binding``), so only the one it
-        used last can still be reached once that use came after the others' answers: sign-ins
-        completed at the same moment in several tabs (no callback carries a cookie of another)
-        leave the rest, live with their refresh tokens, until their idle timeout. A session is
-        ended when another of its binding and its user was used ``UNREACHABLE_AFTER`` or more
-        after its own last recorded use, and only if it was not used since it was read. Never for
-        another user's: a binding is a cookie, which over plain http another host of the domain
-        can set in a victim's browser before they sign in, and then sign in with it elsewhere.
-        Its tokens are revoked, unless it was made in the same session at the provider as the one
-        kept (same_provider_session): wiped here, nobody holds them, and revoking them could end it.
-
-        A batch is ``limit`` browsers that have such a session: those whose sessions tell nothing
-        yet (none used well after another) stay live until their idle timeout, and taking them
-        into a batch would hold up, every minute, the browsers after them.
-        """
-        browsers = self.dbsession.execute(
-            select(
-                _SESSIONS.browser_binding,
-                _SESSIONS.user_id,
-                func.min(_SESSIONS.last_seen_at).label("first_used"),
-                func.max(_SESSIONS.last_seen_at).label("last_used"),
-            )
-            .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.is_not(None))
-            .group_by(_SESSIONS.browser_binding, _SESSIONS.user_id)
-            .having(func.count() > 1)
-        ).all()
-        deciding = [b for b in browsers if _utc(b.first_used) <= _utc(b.last_used) - UNREACHABLE_AFTER][:limit]
-        if not deciding:
-            return 0
-        # The session each of those browsers holds (used last), for the session at the provider it was made in.
-        held: dict[tuple, tuple] = {}
-        for row in self.dbsession.execute(
-            select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.user_id, _SESSIONS.last_seen_at, _SESSIONS.provider_sid)
-            .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_({b.browser_binding for b in deciding}))
-        ):
-            known = held.get((row.browser_binding, row.user_id))
-            if known is None or (_utc(row.last_seen_at), row.id) > (_utc(known.last_seen_at), known.id):
-                held[row.browser_binding, row.user_id] = row
-        revoked, left_to_expire = [], []
-        for browser in deciding:
-            kept = held.get((browser.browser_binding, browser.user_id))
-            if kept is None:  # ended meanwhile
-                continue
-            out_of_reach = (
-                (_SESSIONS.browser_binding == browser.browser_binding) & (_SESSIONS.user_id == browser.user_id)
-                & (_SESSIONS.last_seen_at <= _utc(browser.last_used) - UNREACHABLE_AFTER)
-            )
-            if kept.provider_sid is None:
-                revoked.append(out_of_reach)
-                continue
-            # One user, so one issuer: the same session at the provider is the same sid.
-            left_to_expire.append(out_of_reach & (_SESSIONS.provider_sid == kept.provider_sid))
-            revoked.append(
-                out_of_reach & or_(_SESSIONS.provider_sid.is_(None), _SESSIONS.provider_sid != kept.provider_sid)
-            )
-        ended = self.end_where(or_(*revoked), EndReason.REPLACED) if revoked else 0
-        if left_to_expire:
-            ended += self.end_where(or_(*left_to_expire), EndReason.REPLACED, revoke=False)
+    def end_unreachable(self, *, limit: int = 500, found: "list[Unreachable] | None" = None) -> int:
+        """End the live sessions that no browser can use any more (``EndReason.REPLACED``): those
+        :func:`unreachable_sessions` finds (``found``, when the caller looked already, with a read
+        of its own), each only if it has still not been used since."""
+        ended = 0
+        for unreachable in unreachable_sessions(self.dbsession, limit=limit) if found is None else found:
+            ended += self.end_where(unreachable.condition, EndReason.REPLACED, revoke=unreachable.revoke)
         return ended
 
     def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:
@@ -477,6 +422,79 @@ class SessionRows:
         ]
         if values:
             self.dbsession.execute(insert(TokenRevocation.__table__), values)
+
+
+class Unreachable(NamedTuple):
+    """Sessions no browser can use any more (``condition``, evaluated again as they are ended), and
+    whether their tokens are revoked."""
+
+    condition: ColumnElement[bool]
+    revoke: bool
+
+
+def unreachable_sessions(reader, *, limit: int = 500) -> list[Unreachable]:
+    """The live sessions that no browser can use any more, read with ``reader`` (a Session or a
+    Connection: it writes nothing).
+
+    A browser holds one session cookie, set only by the answer to a sign-in's callback. Of the
+    live sessions made by one browser's sign-ins (one ``browser_binding``), so only the one it
+    used last can still be reached once that use came after the others' answers: sign-ins
+    completed at the same moment in several tabs (no callback carries a cookie of another)
+    leave the rest, live with their refresh tokens, until their idle timeout. A session is
+    ended when another of its binding and its user was used ``UNREACHABLE_AFTER`` or more
+    after its own last recorded use, and only if it was not used since it was read (the
+    condition says so, and the end evaluates it again). Never for another user's: a binding is
+    a cookie, which over plain http another host of the domain can set in a victim's browser
+    before they sign in, and then sign in with it elsewhere. Its tokens are revoked, unless it
+    was made in the same session at the provider as the one kept (same_provider_session): wiped
+    here, nobody holds them, and revoking them could end it.
+
+    A batch is ``limit`` browsers that have such a session: those whose sessions tell nothing
+    yet (none used well after another) stay live until their idle timeout, and taking them
+    into a batch would hold up, every minute, the browsers after them.
+    """
+    browsers = reader.execute(
+        select(
+            _SESSIONS.browser_binding,
+            _SESSIONS.user_id,
+            func.min(_SESSIONS.last_seen_at).label("first_used"),
+            func.max(_SESSIONS.last_seen_at).label("last_used"),
+        )
+        .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.is_not(None))
+        .group_by(_SESSIONS.browser_binding, _SESSIONS.user_id)
+        .having(func.count() > 1)
+    ).all()
+    deciding = [b for b in browsers if _utc(b.first_used) <= _utc(b.last_used) - UNREACHABLE_AFTER][:limit]
+    if not deciding:
+        return []
+    # The session each of those browsers holds (used last), for the session at the provider it was made in.
+    held: dict[tuple, tuple] = {}
+    for row in reader.execute(
+        select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.user_id, _SESSIONS.last_seen_at, _SESSIONS.provider_sid)
+        .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_({b.browser_binding for b in deciding}))
+    ):
+        known = held.get((row.browser_binding, row.user_id))
+        if known is None or (_utc(row.last_seen_at), row.id) > (_utc(known.last_seen_at), known.id):
+            held[row.browser_binding, row.user_id] = row
+    revoked, left_to_expire = [], []
+    for browser in deciding:
+        kept = held.get((browser.browser_binding, browser.user_id))
+        if kept is None:  # ended meanwhile
+            continue
+        out_of_reach = (
+            (_SESSIONS.browser_binding == browser.browser_binding) & (_SESSIONS.user_id == browser.user_id)
+            & (_SESSIONS.last_seen_at <= _utc(browser.last_used) - UNREACHABLE_AFTER)
+        )
+        if kept.provider_sid is None:
+            revoked.append(out_of_reach)
+            continue
+        # One user, so one issuer: the same session at the provider is the same sid.
+        left_to_expire.append(out_of_reach & (_SESSIONS.provider_sid == kept.provider_sid))
+        revoked.append(
+            out_of_reach & or_(_SESSIONS.provider_sid.is_(None), _SESSIONS.provider_sid != kept.provider_sid)
+        )
+    found = [Unreachable(or_(*revoked), revoke=True)] if revoked else []
+    return found + ([Unreachable(or_(*left_to_expire), revoke=False)] if left_to_expire else [])
 
 
 class RecentTouches:
