@@ -18,6 +18,9 @@ class FaultProxy:
     - :meth:`reset_answers`: requests still arrive, but each answer is replaced by a reset, so the
       client cannot know whether its request was carried out;
     - :meth:`slow`: each answer waits ``seconds`` before its first byte is passed on;
+    - :meth:`hang`: requests still arrive (and are acknowledged), answers are held until
+      :meth:`restore`, new connections included: a server hung, or a network that stopped
+      carrying its answers;
     - :meth:`restore`: back to forwarding.
     """
 
@@ -28,6 +31,8 @@ class FaultProxy:
         self.cut_off = threading.Event()
         self.resetting = threading.Event()  # answers are reset
         self.delay = 0.0
+        self.answering = threading.Event()  # cleared while answers are held (hang)
+        self.answering.set()
         self.connections_reset = 0
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -50,14 +55,20 @@ class FaultProxy:
         """Each answer is held ``seconds`` before it starts, until :meth:`restore`."""
         self.delay = seconds
 
+    def hang(self) -> None:
+        """Every answer is held, on open connections and new ones, until :meth:`restore`."""
+        self.answering.clear()
+
     def restore(self) -> None:
         self.delay = 0.0
+        self.answering.set()
         self.resetting.clear()
         self.cut_off.clear()
 
     def close(self) -> None:
         self._closed = True
         self.cut()
+        self.answering.set()
         self.listener.close()
 
     def _accept(self) -> None:
@@ -91,6 +102,8 @@ class FaultProxy:
                     answer_due.clear()
                     if self.delay:
                         time.sleep(self.delay)
+                if answers and not self.answering.is_set():
+                    self.answering.wait()
                 if answers and self.resetting.is_set():
                     self.connections_reset += 1
                     _reset(source)

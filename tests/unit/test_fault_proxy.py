@@ -112,3 +112,23 @@ def test_slow_holds_each_answer(proxy):
         assert time.monotonic() - started >= 0.6, "each of the two answers waited"
         proxy.restore()
         assert round_trip(connection) == b"ping"
+
+
+def test_hang_holds_every_answer_until_restored(proxy, echo_log):
+    with connect(proxy) as connection:
+        assert round_trip(connection) == b"ping"
+        proxy.hang()
+        connection.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            round_trip(connection, b"held")
+        with connect(proxy) as new:
+            new.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                round_trip(new, b"new")
+            assert echo_log[-2:] == [b"held", b"new"], "the requests reached the server"
+            proxy.restore()
+            new.settimeout(5)
+            assert new.recv(65536) == b"new"
+        connection.settimeout(5)
+        assert connection.recv(65536) == b"held", "the held answer went on once restored"
+        assert round_trip(connection) == b"ping"
