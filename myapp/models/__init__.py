@@ -12,10 +12,11 @@ import zope.sqlalchemy.datamanager
 from sqlalchemy import Connection, Select, create_engine, event, exc, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
+from . import postgresql
 from .audit import AuditEvent
 from .login import LoginTransaction, SeenLogoutToken
 from .meta import Base
@@ -70,9 +71,18 @@ OWN_TRANSACTION_POOL = {"pool_size": 5, "max_overflow": 25, "pool_timeout": 10}
 # On PostgreSQL that is one round trip per request instead of three.
 LOOKUP_POOL = {"pool_size": 20, "max_overflow": 10, "pool_timeout": 30, "pool_pre_ping": False,
                "pool_reset_on_return": None, "isolation_level": "AUTOCOMMIT"}
+# How long each wait on PostgreSQL lasts at most (models/postgresql.py; docs/reliability.md). The
+# lookup pool's reads never wait for a lock (a SELECT on PostgreSQL waits for no row lock): as
+# /readyz, 5 s. Any other statement may wait for a session row a refresh holds (the refresh lock's
+# own SELECT ... FOR UPDATE, a sign-out's, recording activity, a row referring to it): for as long
+# as the refresh lock waits, 2 x myapp.oidc.http_timeout + 5 s, and WAIT_MARGIN more.
+LOOKUP_WITHIN = 5.0
+WAIT_MARGIN = 5.0
 
 
-def get_engine(url: str, **kwargs) -> Engine:
+def get_engine(url: str, *, within: float | None = None, **kwargs) -> Engine:
+    """An engine for ``url``; on PostgreSQL with ``within``, every wait of its connections ends
+    within that many seconds, and libpq's own timeouts apply (models/postgresql.py)."""
     if url in ("sqlite://", "sqlite:///:memory:"):
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith(("pool_", "max_overflow"))}
     if url.startswith("sqlite"):
@@ -81,15 +91,22 @@ def get_engine(url: str, **kwargs) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    parsed = make_url(url)
+    bounded = within is not None and parsed.get_dialect().driver == "psycopg"
+    if bounded:
+        kwargs["connect_args"] = {**postgresql.libpq_bounds(parsed), **kwargs.get("connect_args", {})}
+    engine = create_engine(url, **kwargs)
+    if bounded:
+        postgresql.bound_waits(engine, within)
+    return engine
 
 
-def get_own_transaction_engine(url: str) -> Engine:
+def get_own_transaction_engine(url: str, *, within: float | None = None) -> Engine:
     """The engine for work that commits on its own. On SQLite, which has no row locks (PostgreSQL
     uses ``FOR UPDATE``), each such transaction starts with ``BEGIN IMMEDIATE``, taking the
     database's write lock: refreshes stay single-flight across processes sharing the file.
     """
-    engine = get_engine(url, **OWN_TRANSACTION_POOL)
+    engine = get_engine(url, within=within, **OWN_TRANSACTION_POOL)
     if engine.dialect.name == "sqlite":
         begin_sqlite_transactions_with(engine, "BEGIN IMMEDIATE")
     return engine
@@ -144,11 +161,19 @@ class Database:
         self._own_sessions = sessionmaker(bind=own_engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> "Database":
-        engine = get_engine(url, **REQUEST_POOL)
+    def from_url(cls, url: str, *, within: float | None = None, lookup_within: float | None = None) -> "Database":
+        """The engines for ``url``. On PostgreSQL, each wait of the session lookup's pool ends
+        within ``lookup_within`` seconds (LOOKUP_WITHIN without it) and each wait of the others
+        within ``within`` (none without it: a script's), so that a database that answers nothing
+        costs a request a 503, not its thread."""
+        engine = get_engine(url, within=within, **REQUEST_POOL)
         if url in ("sqlite://", "sqlite:///:memory:"):  # one database per engine: share it
             return cls(engine, engine)
-        return cls(engine, get_own_transaction_engine(url), get_engine(url, **LOOKUP_POOL))
+        return cls(
+            engine,
+            get_own_transaction_engine(url, within=within),
+            get_engine(url, within=LOOKUP_WITHIN if lookup_within is None else lookup_within, **LOOKUP_POOL),
+        )
 
     def request_session(self, request) -> Session:
         return self._request_sessions(info={"request": request})
@@ -269,7 +294,8 @@ def _once_more_if_disconnected(read: Callable[[], T]) -> T:
     try:
         return read()
     except exc.DBAPIError as e:
-        if not e.connection_invalidated:
+        # One that waited out its bound is not tried again: that would double the wait.
+        if not e.connection_invalidated or isinstance(e.orig, postgresql.DidNotAnswer):
             raise
     return read()
 
@@ -351,7 +377,10 @@ def includeme(config):
 
     database = config.registry.get(Database)
     if database is None:
-        database = config.registry[Database] = Database.from_url(settings["myapp"].database_url)
+        app_settings = settings["myapp"]
+        database = config.registry[Database] = Database.from_url(
+            app_settings.database_url, within=app_settings.refresh_lock_timeout + WAIT_MARGIN
+        )
     try:
         check_schema(database.engine, settings.get("config_file"))
     except SchemaError:

@@ -15,7 +15,7 @@ from myapp.services.proxy import Proxy
 from myapp.services.ratelimit import RateLimiter
 from myapp.services.revocation import Revoker
 from myapp.services.sessions import RecentTouches
-from myapp.services.tokens import LOCK_MARGIN, DatabaseRefreshLock, RedisRefreshLock, TokenManager
+from myapp.services.tokens import DatabaseRefreshLock, RedisRefreshLock, TokenManager
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import Settings
 
@@ -50,9 +50,9 @@ class Services:
         redis_client = None
         if settings.lock.redis_url:
             redis_client = redis.Redis.from_url(settings.lock.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        # Room for two calls to the provider (a refresh and its DPoP nonce retry), each over within
-        # its timeout, and for the holder's own writes; its calls end in time (tokens.LOCK_MARGIN).
-        lock_timeout = providers.http_timeout * 2 + LOCK_MARGIN
+        # Its holder's calls to the provider end in time (tokens.LOCK_MARGIN); every other database
+        # wait is bounded above it (models.WAIT_MARGIN).
+        lock_timeout = settings.refresh_lock_timeout
         if settings.lock.backend == "redis":
             lock = RedisRefreshLock(redis_client, database.own_transaction, timeout=lock_timeout)
         else:

@@ -40,7 +40,7 @@ from myapp.services.oidc import (
 )
 from myapp.services.sessions import EndReason, SessionRecord, SessionRows, UpstreamToken
 from myapp.services.tokenset import DPOP, Credential, TokenCipher, TokenSet
-from myapp.settings import TokenSettings, Upstream
+from myapp.settings import REFRESH_LOCK_MARGIN, TokenSettings, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _is_lock_timeout(error: OperationalError) -> bool:
 # Of a refresh lock's timeout, what its holder keeps for its own reads and writes: its calls to the
 # provider end this long before the timeout, when a Redis lock's lease runs out and another
 # process could take it (and spend the same refresh token).
-LOCK_MARGIN = 5.0
+LOCK_MARGIN = REFRESH_LOCK_MARGIN
 
 
 def _holding(timeout: float) -> float:

@@ -2,17 +2,24 @@
 the cut is a 503 (`service_unavailable` JSON, a plain page for people), never waitress's bare
 500; afterwards everything works again and no session was lost."""
 
+import concurrent.futures
 import contextlib
+import time
 
 import pytest
 import requests
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 
+import myapp.models
+import myapp.server
+from myapp import main, make_app
+from myapp.models import Database, Post
 from myapp.services import Services
 from tests.conftest import postgresql_url
 from tests.support.fault_proxy import FaultProxy
-from tests.support.live import api, bff_in_thread, devstack_for, listener, sign_in
+from tests.support.live import api, bff_in_thread, bff_settings, devstack_for, listener, sign_in
+from tests.support.servers import running_wsgi
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +150,105 @@ def test_a_connection_another_request_holds_when_one_is_found_dead_goes_back_to_
         held.close()
         engine.dispose()  # closes what the pool holds
         assert dbapi_connection.closed
+
+
+@contextlib.contextmanager
+def served(app, sock, threads: int):
+    """``app`` served as production serves it (myapp.server), on ``threads`` threads."""
+    try:
+        with running_wsgi(lambda base: app, listener=sock, threads=threads, create_server=myapp.server.create_server) as url:
+            yield url
+    finally:
+        app.registry[Services].close()
+
+
+def timed(call):
+    started = time.monotonic()
+    try:
+        answer = call()
+    except requests.RequestException as e:
+        answer = e
+    return answer, time.monotonic() - started
+
+
+@pytest.fixture
+def hanging_database(cut_database):
+    """PostgreSQL behind the fault proxy, whose new connections give up after 2 s (libpq's least)."""
+    proxy, database_url = cut_database
+    return proxy, make_url(database_url).update_query_dict({"connect_timeout": "2"}).render_as_string(hide_password=False)
+
+
+def test_a_database_that_answers_nothing_is_503_within_the_bound_and_healthz_still_answers(
+    hanging_database, committed, monkeypatch
+):
+    """PostgreSQL takes every request and answers nothing (a server hung, a network gone quiet):
+    every request that needs it answers 503 within the session lookup's bound, a few threads are
+    enough for /healthz to answer meanwhile, and once the database answers again the next requests
+    succeed, the session intact. Before, each such request held its thread for as long as the
+    database stayed silent, and after a handful nothing answered at all, /healthz included."""
+    proxy, database_url = hanging_database
+    monkeypatch.setattr(myapp.models, "LOOKUP_WITHIN", 1.0, raising=False)
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp:
+        app = main({}, **bff_settings(database_url, public_url, idp))
+        with served(app, sock, threads=4) as url:
+            browser = sign_in(url, "alice")
+            assert api(browser, url + "/auth/user").json()["sub"] == "alice"
+            proxy.hang()
+            calls = [
+                lambda: api(browser, url + "/auth/user", timeout=20),
+                lambda: api(browser, url + "/api/demo/me", timeout=20),
+                lambda: browser.get(url + "/posts", allow_redirects=False, timeout=20),
+                lambda: browser.get(url + "/", allow_redirects=False, timeout=20),
+            ] * 2
+            with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+                answers = [pool.submit(timed, call) for call in calls]
+                time.sleep(0.3)  # every thread is waiting for the database by now
+                health, health_took = timed(lambda: requests.get(url + "/healthz", timeout=20))
+                answers = [future.result() for future in answers]
+            statuses = [getattr(answer, "status_code", repr(answer)) for answer, _ in answers]
+            assert statuses == [503] * len(calls), statuses
+            # Each within its bound (1 s for the lookup, 2 s for a new connection), on 4 threads for 8
+            # calls; a page for people looks the session up once more (2 s more).
+            assert max(took for _, took in answers) < 11, [round(took, 1) for _, took in answers]
+            assert {answers[0][0].json()["error"], answers[1][0].json()["error"]} == {"service_unavailable"}
+            assert "Briefly unavailable" in answers[2][0].text and answers[2][0].headers["Retry-After"] == "5"
+            assert getattr(health, "status_code", health) == 200 and health_took < 5, (health, health_took)
+            proxy.restore()
+            assert api(browser, url + "/auth/user").json()["sub"] == "alice", "the session outlived the hang"
+            assert browser.get(url + "/posts").status_code == 200
+            assert requests.get(url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_write_the_database_never_answers_is_503_within_the_bound_and_writes_nothing(hanging_database, committed):
+    """The session was read, then the database stopped answering while the post was written: the
+    page is a 503 within the request pool's bound, the post is not there, and publishing again
+    once the database answers writes it once."""
+    proxy, database_url = hanging_database
+    database = Database.from_url(database_url, within=2.0, lookup_within=1.0)
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp:
+        app = make_app(bff_settings(database_url, public_url, idp), database=database)
+        with served(app, sock, threads=4) as url:
+            browser = sign_in(url, "alice")
+            csrf = api(browser, url + "/auth/user").json()["csrf_token"]
+            form = {"title": "written in a hang", "body": "b", "csrf_token": csrf, "form_token": "f" * 43}
+
+            def hang(*_):
+                proxy.hang()  # once the request's connection is handed out: its INSERT waits
+
+            event.listen(database.engine, "checkout", hang)
+            try:
+                page, took = timed(lambda: browser.post(
+                    url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False, timeout=20
+                ))
+            finally:
+                event.remove(database.engine, "checkout", hang)
+            assert getattr(page, "status_code", page) == 503, getattr(page, "text", page)[:200]
+            assert "Briefly unavailable" in page.text and took < 6, took
+            proxy.restore()
+            again = browser.post(url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False)
+            assert again.status_code == 303, again.text[:200]
+    titles = committed.scalars(select(Post.title)).all()
+    assert titles == ["written in a hang"], titles
+

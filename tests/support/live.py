@@ -133,4 +133,4 @@ def sign_in(bff_url: str, name: str, browser: requests.Session | None = None) ->
 
 def api(browser: requests.Session, url: str, method: str = "GET", **kw) -> requests.Response:
     headers = {"X-CSRF": "1", **kw.pop("headers", {})}
-    return browser.request(method, url, headers=headers, timeout=30, **kw)
+    return browser.request(method, url, headers=headers, **{"timeout": 30, **kw})

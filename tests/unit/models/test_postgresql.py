@@ -1,0 +1,205 @@
+"""Every wait on a PostgreSQL connection ends within its bound (myapp/models/postgresql.py): a
+server that takes requests and answers nothing closes the connection at the deadline, and the
+engine carries on with new connections once the server answers again."""
+
+import socket
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import waiting
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from myapp.models import LOOKUP_WITHIN, WAIT_MARGIN, Database, UserSession, get_engine
+from myapp.models.postgresql import DidNotAnswer, _Expired, _within, libpq_bounds
+from myapp.services import Services
+from tests.conftest import postgresql_url
+from tests.support.fault_proxy import FaultProxy
+
+
+def _reads_for_ever():
+    while True:
+        yield waiting.Wait.R
+
+
+def _reads_once():
+    ready = yield waiting.Wait.R
+    return ("done", ready)
+
+
+def test_a_wait_past_its_deadline_ends_though_nothing_arrives():
+    """psycopg wakes a wait a few times a second with nothing ready: that is when the deadline is
+    seen. A socket that never becomes readable is waited on for the bound, not for ever."""
+    quiet, other = socket.socketpair()
+    with quiet, other:
+        started = time.monotonic()
+        with pytest.raises(_Expired):
+            waiting.wait(_within(_reads_for_ever(), time.monotonic() + 0.3), quiet.fileno(), interval=0.1)
+        assert 0.3 <= time.monotonic() - started < 1.0
+
+
+def test_a_wait_that_gets_its_answer_returns_it():
+    quiet, other = socket.socketpair()
+    with quiet, other:
+        other.sendall(b"x")
+        result = waiting.wait(_within(_reads_once(), time.monotonic() + 5), quiet.fileno(), interval=0.1)
+    assert result == ("done", waiting.Ready.R)
+
+
+def test_libpq_bounds_are_added_unless_the_url_sets_them():
+    assert libpq_bounds(make_url("postgresql+psycopg://app@db/app"))["connect_timeout"] == "5"
+    bounds = libpq_bounds(make_url("postgresql+psycopg://app@db/app?connect_timeout=2&keepalives_idle=60"))
+    assert "connect_timeout" not in bounds and "keepalives_idle" not in bounds
+    assert bounds["keepalives_interval"] == "10"
+
+
+def test_sqlite_engines_are_left_as_they_were(tmp_path):
+    engine = get_engine(f"sqlite:///{tmp_path / 'app.sqlite'}", within=1)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+        assert not isinstance(connection.connection.dbapi_connection, psycopg.Connection)
+    engine.dispose()
+
+
+@pytest.fixture
+def hanging():
+    """PostgreSQL behind a fault proxy; yields the proxy and a URL through it."""
+    url = make_url(postgresql_url())
+    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        yield proxy, url.set(host="127.0.0.1", port=proxy.port).update_query_dict({"connect_timeout": "2"})
+    finally:
+        proxy.close()
+
+
+def test_a_statement_the_server_never_answers_fails_within_the_bound_then_the_engine_recovers(hanging):
+    proxy, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=1, pool_size=2)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+            proxy.hang()
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as raised:
+                connection.execute(text("SELECT 2"))
+            assert 1.0 <= time.monotonic() - started < 2.0
+            assert isinstance(raised.value.orig, DidNotAnswer)
+            assert raised.value.connection_invalidated, "SQLAlchemy throws the connection away"
+        # A new connection cannot be made while the server answers nothing: libpq's connect_timeout.
+        started = time.monotonic()
+        with pytest.raises(OperationalError), engine.connect() as connection:
+            connection.execute(text("SELECT 3"))
+        assert time.monotonic() - started < 3.0
+        proxy.restore()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 4")).scalar() == 4
+    finally:
+        engine.dispose()
+
+
+def test_the_bound_is_for_each_wait_not_for_the_connection(hanging):
+    _, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=1)
+    try:
+        with engine.connect() as connection:
+            for _ in range(3):  # 1.8 s in all on one connection, each wait well within 1 s
+                connection.execute(text("SELECT pg_sleep(0.6)"))
+    finally:
+        engine.dispose()
+
+
+def test_a_transaction_cut_off_at_its_deadline_writes_nothing(hanging):
+    """Two rows in one transaction; the server stops answering after the first: the second waits
+    out the bound, the connection is closed, and the server rolls the first back too."""
+    proxy, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=1)
+    table = f"h_half_{time.monotonic_ns()}"
+    direct = get_engine(postgresql_url())
+    try:
+        with direct.begin() as connection:
+            connection.execute(text(f"CREATE TABLE {table} (n int)"))
+        with engine.connect() as connection:
+            connection.execute(text(f"INSERT INTO {table} VALUES (1)"))
+            proxy.hang()
+            with pytest.raises(OperationalError):
+                connection.execute(text(f"INSERT INTO {table} VALUES (2)"))
+        proxy.restore()
+        deadline = time.monotonic() + 5
+        with direct.connect() as check:
+            while check.execute(text(f"SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                     f"WHERE c.relname = '{table}'")).scalar() and time.monotonic() < deadline:
+                time.sleep(0.1)  # until the server has seen the connection go
+            assert check.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0
+    finally:
+        with direct.begin() as connection:
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        direct.dispose()
+        engine.dispose()
+
+
+def test_the_app_bounds_its_waits_above_the_refresh_lock(committed_database_url, monkeypatch):
+    """The lookup pool's waits end within LOOKUP_WITHIN; every other pool's above the refresh lock's
+    own wait (a SELECT ... FOR UPDATE for a session another process refreshes), by WAIT_MARGIN."""
+    if not committed_database_url.startswith("postgresql"):
+        pytest.skip("the bound is PostgreSQL's")
+    from myapp import main
+    from tests.conftest import base_settings
+
+    app = main({}, **base_settings(committed_database_url, **{"myapp.oidc.http_timeout": "7"}))
+    services = app.registry[Services]
+    try:
+        database: Database = services.database
+
+        def within(engine):
+            with engine.connect() as connection:
+                return connection.connection.dbapi_connection.within
+
+        lock_timeout = services.tokens.lock.timeout
+        assert lock_timeout == 2 * 7 + 5
+        assert within(database.engine) == within(database.own_engine) == lock_timeout + WAIT_MARGIN
+        assert within(database.lookup_engine) == LOOKUP_WITHIN == 5
+    finally:
+        services.close()
+
+
+def test_a_refresh_waiting_for_another_process_s_lock_longer_than_the_lookup_bound_is_not_cut(
+    committed_database_url, committed
+):
+    """The longest legitimate wait: the refresh lock's SELECT ... FOR UPDATE while another process
+    holds the session row, up to the lock's time. With http_timeout = 1 s that is 7 s; the row is
+    held 6 s, longer than the lookup's bound, and the wait ends with the lock, not with a 503."""
+    if not committed_database_url.startswith("postgresql"):
+        pytest.skip("the bound is PostgreSQL's")
+    from myapp import main
+    from myapp.models import User
+    from myapp.services.sessions import SessionStore
+    from myapp.services.tokenset import TokenCipher
+    from myapp.settings import load_settings
+    from tests.conftest import TEST_KEY, base_settings
+
+    settings = base_settings(committed_database_url, **{"myapp.oidc.http_timeout": "1"})
+    user = User(issuer="https://idp.example.test", subject="alice", name="", email="", groups=[])
+    committed.add(user)
+    committed.flush()
+    store = SessionStore(dbsession=committed, cipher=TokenCipher([TEST_KEY]), settings=load_settings(settings).session)
+    store.create(user=user)
+    committed.commit()
+    session_id = committed.scalars(select(UserSession.id)).one()
+    app = main({}, **settings)
+    services = app.registry[Services]
+    other_process = get_engine(committed_database_url)
+    try:
+        assert services.tokens.lock.timeout == 7
+        with other_process.connect() as holder:
+            holder.execute(select(UserSession.id).where(UserSession.id == session_id).with_for_update())
+            threading.Timer(6, holder.commit).start()
+            started = time.monotonic()
+            with services.tokens.lock.locked(session_id):
+                waited = time.monotonic() - started
+        assert LOOKUP_WITHIN < 6 <= waited < 7, waited
+    finally:
+        services.close()
+        other_process.dispose()
