@@ -107,6 +107,11 @@ class SessionSecurityPolicy:
     def identity(self, request) -> Identity | None:
         return self._cache.get_or_create(request)
 
+    def loaded_identity(self, request) -> Identity | None:
+        """The identity this request has loaded already, else None, without asking the database:
+        for the page about an outage, which would otherwise wait for the lookup a second time."""
+        return self._cache.get(request, None)
+
     def authenticated_userid(self, request) -> str | None:
         identity = request.identity
         return None if identity is None else str(identity.user_id)

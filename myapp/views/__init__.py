@@ -1,5 +1,7 @@
 """Thin views, one module per topic. Shared bits for templates and responses live here."""
 
+from pyramid.interfaces import ISecurityPolicy
+
 from myapp.errors import outage_errors
 from myapp.resources import Permission, Root
 from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason
@@ -41,10 +43,15 @@ def template_globals(event):
     request = event["request"]
     if request is None:
         return
-    try:
-        identity = request.identity
-    except outage_errors():
-        identity = None  # a page about the outage itself must still render
+    if isinstance(getattr(request, "exception", None), outage_errors()):
+        # The page about an outage: the database (a lookup that failed, or waited out its bound)
+        # is not asked again, the request would wait twice as long for its 503.
+        identity = request.registry.getUtility(ISecurityPolicy).loaded_identity(request)
+    else:
+        try:
+            identity = request.identity
+        except outage_errors():
+            identity = None  # a page about the outage itself must still render
     event["identity"] = identity
     event["notice"] = notice(request)
     event["is_admin"] = identity is not None and bool(request.has_permission(Permission.ADMINISTER, Root(request)))
