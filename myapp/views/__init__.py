@@ -41,7 +41,9 @@ def notice(request) -> str | None:
 
 def template_globals(event):
     request = event["request"]
-    if request is None:
+    # JSON carries none of it: /healthz (and /readyz) would look the session up, and wait for a
+    # database that answers nothing, when a browser sends its cookie.
+    if request is None or event.get("renderer_name") == "json":
         return
     if isinstance(getattr(request, "exception", None), outage_errors()):
         # The page about an outage: the database (a lookup that failed, or waited out its bound)

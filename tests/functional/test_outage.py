@@ -4,6 +4,7 @@ the cut is a 503 (`service_unavailable` JSON, a plain page for people), never wa
 
 import concurrent.futures
 import contextlib
+import threading
 import time
 
 import pytest
@@ -270,3 +271,26 @@ def test_the_page_about_a_database_that_answers_nothing_does_not_wait_for_it_aga
             assert took < 1.8, f"{took:.1f} s for a bound of 1 s"
             proxy.restore()
             assert "Sign out" in browser.get(url + "/posts").text
+
+
+def test_healthz_answers_a_browser_with_a_session_cookie_while_the_database_answers_nothing(hanging_database, committed):
+    """/healthz and /readyz render JSON; the templates' globals (who is signed in, for a page's
+    header) were looked up for them too, so a liveness probe that carried a session cookie waited
+    for the database."""
+    proxy, database_url = hanging_database
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp:
+        app = main({}, **bff_settings(database_url, public_url, idp))
+        with served(app, sock, threads=4) as url:
+            browser = sign_in(url, "alice")
+            proxy.hang()
+            health, took = timed(lambda: browser.get(url + "/healthz", timeout=20))
+            assert getattr(health, "status_code", health) == 200 and took < 1, (health, took)
+            ready, took = timed(lambda: browser.get(url + "/readyz", timeout=20))
+            assert getattr(ready, "status_code", ready) == 503 and took < 6, (ready, took)
+            proxy.restore()
+            assert requests.get(url + "/readyz", timeout=10).status_code == 200
+            # The check that waited goes on in its own thread until the answers held for it arrive.
+            deadline = time.monotonic() + 10
+            while any(t.name == "myapp readyz" for t in threading.enumerate()) and time.monotonic() < deadline:
+                time.sleep(0.05)
