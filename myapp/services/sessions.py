@@ -389,8 +389,17 @@ class SessionRows:
             return None
         return UpstreamToken(token, _utc(row.expires_at), _utc(row.refreshed_at), token_type_from_column(row.token_type))
 
-    def write_upstream_token(self, session_id: int, upstream: str, token: UpstreamToken) -> None:
-        """Store (or replace) an upstream's own access token; the caller holds the session's refresh lock."""
+    def write_upstream_token(self, session_id: int, upstream: str, token: UpstreamToken) -> bool:
+        """Store (or replace) an upstream's own access token; the caller holds the session's refresh
+        lock. Only into a live session: False, storing nothing, when it has ended meanwhile (with the
+        Redis lock, a revocation ends it without that lock, while the provider answers)."""
+        # The session row first, as end_where locks it before deleting a session's upstream tokens:
+        # whichever comes second waits for the other, and this one then sees the end.
+        live = self.dbsession.execute(
+            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
+        ).first()
+        if live is None:
+            return False
         values = {
             "access_token": self.cipher.encrypt(token.access_token),
             "expires_at": token.expires_at,
@@ -405,6 +414,7 @@ class SessionRows:
         ).rowcount
         if not updated:
             self.dbsession.execute(insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **values))
+        return True
 
     def revoke_later(self, issuer: str, tokens: TokenSet) -> None:
         """Have the revoker revoke ``tokens`` (the refresh token, else the access token) at the provider."""

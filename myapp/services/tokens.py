@@ -493,7 +493,8 @@ class TokenManager:
             rows, session, own, rotated if isinstance(rotated, str) else None
         ):
             return LoginRequired()
-        rows.write_upstream_token(session.id, upstream.name, minted)
+        if not rows.write_upstream_token(session.id, upstream.name, minted):
+            return LoginRequired()  # ended while the provider answered: nothing is kept for it
         self.metrics.refreshes.inc()
         return minted, dpop
 

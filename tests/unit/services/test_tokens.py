@@ -423,6 +423,41 @@ def test_a_session_ended_during_the_refresh_keeps_no_new_tokens(manager, provide
     ]
 
 
+@pytest.mark.parametrize("rotates", [False, True], ids=["non-rotating", "rotating"])
+def test_a_session_ended_while_an_upstream_token_is_minted_keeps_no_upstream_token(
+    cipher, provider, session_row, dbsession, connection, record, rotates
+):
+    """With the Redis lock a revocation (session list, admin, back-channel) ends the session in its
+    own transaction, without the refresh lock, and can land while the provider mints an upstream's
+    own token: that token must not be stored for the ended session (seen live, helper-62: a row in
+    session_tokens for a session revoked by an administrator, its access token stored after the end)."""
+    from myapp.models import SessionToken
+    from myapp.settings import Upstream
+
+    own = Upstream(name="orders", base_url="https://orders.example.test", timeout=5,
+                   methods=frozenset({"GET"}), resources=("https://orders.example.test/",))
+
+    def own_session():
+        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    manager = TokenManager(
+        lock=DatabaseRefreshLock(own_session, timeout=5), providers=Providers({"default": provider}), cipher=cipher,
+        settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)), upstreams={"orders": own},
+    )
+    row = session_row(expires_in=3600)
+
+    def ended_meanwhile(rt, **request):
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as other, other.begin():
+            SessionRows(other, cipher).end(row.id, "revoked_by_admin")
+        answer = {"access_token": "at-orders", "token_type": "Bearer", "expires_in": 300}
+        return {**answer, "refresh_token": "rt-new"} if rotates else answer
+
+    provider.refresh = ended_meanwhile
+    with pytest.raises(LoginRequired):
+        manager.access_token(record(row), upstream="orders")
+    assert dbsession.scalars(select(SessionToken).where(SessionToken.session_id == row.id)).all() == []
+
+
 class LockNotAvailable(Exception):
     sqlstate = "55P03"  # PostgreSQL's lock_timeout
 
