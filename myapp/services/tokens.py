@@ -11,6 +11,7 @@ through :class:`SessionRows`, the one writer of a session's tokens and end.
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -169,17 +170,29 @@ class DatabaseRefreshLock:
 class RedisRefreshLock:
     """A Redis lock around the same short transaction, for deployments that choose Redis."""
 
+    # Locks Redis may hold for this process without its knowing: an acquire whose answer was lost
+    # (Redis slow, or cut once it had the command), a release that did not arrive. Each would hold
+    # up its session's refreshes, in every process, for the whole lease; the next use of the lock
+    # here drops them first (each only if still this process's own). Bounded: beyond, they expire.
+    ORPHANS_LIMIT = 1024
+
     def __init__(self, redis_client, transactions: Callable[[], Session], *, timeout: float):
         self.redis = redis_client
         self.transactions = transactions
         self.timeout = timeout
+        self._orphans: dict[str, str] = {}
+        self._orphans_lock = threading.Lock()
 
     @contextlib.contextmanager
     def locked(self, session_id: int) -> Iterator[Session]:
-        lock = self.redis.lock(f"myapp:refresh:{session_id}", timeout=self.timeout, blocking_timeout=self.timeout)
+        name = f"myapp:refresh:{session_id}"
+        token = uuid.uuid4().hex
+        lock = self.redis.lock(name, timeout=self.timeout, blocking_timeout=self.timeout)
         try:
-            acquired = lock.acquire()
+            self._drop_orphans()
+            acquired = lock.acquire(token=token)
         except redis.RedisError as e:
+            self._orphan(name, token)
             log.warning("refresh lock unavailable: %s", describe_outage(e))
             raise ServiceUnavailable("The refresh lock (Redis) is unavailable.") from None
         if not acquired:
@@ -189,8 +202,32 @@ class RedisRefreshLock:
             with within(_holding(self.timeout)), self.transactions() as dbsession, dbsession.begin():
                 yield dbsession
         finally:
-            with contextlib.suppress(redis.RedisError):
+            try:
                 lock.release()
+            except redis.exceptions.LockNotOwnedError:
+                pass  # the lease ran out
+            except redis.RedisError:
+                self._orphan(name, token)
+
+    def _orphan(self, name: str, token: str) -> None:
+        with self._orphans_lock:
+            if len(self._orphans) < self.ORPHANS_LIMIT:
+                self._orphans[name] = token
+
+    def _drop_orphans(self) -> None:
+        """Release the locks this process may hold unknowingly; a RedisError (Redis still out of
+        reach) leaves the rest for next time."""
+        with self._orphans_lock:
+            orphans, self._orphans = self._orphans, {}
+        try:
+            while orphans:
+                name, token = next(iter(orphans.items()))
+                with contextlib.suppress(redis.exceptions.LockNotOwnedError):  # expired, or never taken
+                    self.redis.lock(name).do_release(token)
+                del orphans[name]
+        finally:
+            for name, token in orphans.items():
+                self._orphan(name, token)
 
 
 class TokenManager:
