@@ -88,3 +88,34 @@ def test_a_provider_logout_delivered_to_one_process_is_honoured_by_the_other(two
     assert stats["backchannel_logouts_sent"] == 1 and stats["backchannel_logout_failures"] == 0
     assert not signed_in_on(browser, second)
     assert not signed_in_on(browser, first)
+
+
+@pytest.mark.slow
+def test_an_administrators_revocation_on_one_process_is_honoured_by_the_other_for_pages_and_json(
+    two_processes, committed_engine
+):
+    from sqlalchemy import select
+
+    from myapp.models import User
+
+    first, second, _ = two_processes
+    admin = sign_in(first, "admin-ann")
+    laptop = sign_in(first, "bob", requests.Session())
+    phone = sign_in(second, "bob", requests.Session())
+    with committed_engine.connect() as connection:
+        bob = connection.execute(select(User.id).where(User.subject == "bob")).scalar_one()
+    csrf = api(admin, first + "/auth/user").json()["csrf_token"]
+    phone_cookies = phone.cookies.get_dict()
+    response = admin.post(
+        first + f"/admin/users/{bob}/sessions/revoke", data={"csrf_token": csrf}, headers={"Origin": first},
+        allow_redirects=False,
+    )
+    assert response.status_code == 303
+    for browser in (laptop, phone):
+        assert not signed_in_on(browser, second)
+    assert signed_in_on(sign_in(second, "bob", requests.Session()), first), "a sign-in afterwards is a new session"
+    stale = requests.Session()
+    stale.cookies.update(phone_cookies)
+    page = stale.get(second + "/posts", allow_redirects=False)
+    assert page.status_code == 303 and "/signed-out?reason=revoked_by_admin" in page.headers["Location"]
+    assert api(stale, second + "/api/demo/me").json()["error"] == "login_required"
