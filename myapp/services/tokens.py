@@ -180,7 +180,8 @@ class RedisRefreshLock:
         self.redis = redis_client
         self.transactions = transactions
         self.timeout = timeout
-        self._orphans: dict[str, str] = {}
+        # (lock name, token) pairs, oldest first: a name may have several (all but one expired).
+        self._orphans: dict[tuple[str, str], None] = {}
         self._orphans_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -188,11 +189,14 @@ class RedisRefreshLock:
         name = f"myapp:refresh:{session_id}"
         token = uuid.uuid4().hex
         lock = self.redis.lock(name, timeout=self.timeout, blocking_timeout=self.timeout)
+        asked = False
         try:
             self._drop_orphans()
+            asked = True
             acquired = lock.acquire(token=token)
         except redis.RedisError as e:
-            self._orphan(name, token)
+            if asked:
+                self._orphan(name, token)
             log.warning("refresh lock unavailable: %s", describe_outage(e))
             raise ServiceUnavailable("The refresh lock (Redis) is unavailable.") from None
         if not acquired:
@@ -212,21 +216,21 @@ class RedisRefreshLock:
     def _orphan(self, name: str, token: str) -> None:
         with self._orphans_lock:
             if len(self._orphans) < self.ORPHANS_LIMIT:
-                self._orphans[name] = token
+                self._orphans[name, token] = None
 
     def _drop_orphans(self) -> None:
         """Release the locks this process may hold unknowingly; a RedisError (Redis still out of
         reach) leaves the rest for next time."""
         with self._orphans_lock:
-            orphans, self._orphans = self._orphans, {}
+            orphans, self._orphans = list(self._orphans), {}
         try:
             while orphans:
-                name, token = next(iter(orphans.items()))
+                name, token = orphans[0]
                 with contextlib.suppress(redis.exceptions.LockNotOwnedError):  # expired, or never taken
                     self.redis.lock(name).do_release(token)
-                del orphans[name]
+                orphans.pop(0)
         finally:
-            for name, token in orphans.items():
+            for name, token in orphans:
                 self._orphan(name, token)
 
 
