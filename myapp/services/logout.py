@@ -67,10 +67,13 @@ class LogoutService:
             current = self.sessions.rows.read(session.id)
             # Ending moves whatever tokens the row holds at that moment to the revoker, and a
             # refresh that lands later finds the session ended and keeps nothing.
-            self.sessions.rows.end(session.id, EndReason.LOGOUT)
+            if not self.sessions.rows.end(session.id, EndReason.LOGOUT):
+                return self._ended_meanwhile(client, session)
             outcome = "refresh lock unavailable; revocation queued"
             id_token = current.tokens.id_token if current else None
         else:
+            if tokens is None:
+                return self._ended_meanwhile(client, session)
             revocation = self.revoke_at_provider(client, tokens) if client is not None else None
             if revocation is Revocation.FAILED or revocation is None:
                 # Not answered, or a provider this process does not know: queued, for the revoker of a
@@ -91,6 +94,14 @@ class LogoutService:
             detail=outcome,
         )
         return client.end_session_url(id_token_hint=id_token) if client is not None else None
+
+    @staticmethod
+    def _ended_meanwhile(client: OIDCClient | None, session: SessionRecord) -> str | None:
+        """A sign-out of a session another request ended meanwhile (a second click, another tab, on
+        any process): that one revokes and records it, so this one has nothing to add. Its ID
+        token went with it; the provider's page is still where the browser goes."""
+        log.info("sign-out of session %s, which another request had just ended", session.handle)
+        return client.end_session_url(id_token_hint=None) if client is not None else None
 
     @staticmethod
     def revoke_at_provider(client: OIDCClient, tokens: TokenSet) -> Revocation:

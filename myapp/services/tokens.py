@@ -330,15 +330,16 @@ class TokenManager:
             raise DPoPKeyUnreadable()
         return DPoPKey.from_json(tokens.dpop_key)
 
-    def end_session(self, session_id: int, reason: EndReason) -> TokenSet:
+    def end_session(self, session_id: int, reason: EndReason) -> TokenSet | None:
         """End a session under the refresh lock and return the tokens it held, for the caller to
         revoke: a refresh racing a logout can neither store new tokens afterwards nor leave one
-        unrevoked. Raises :class:`ProviderUnavailable` when the lock cannot be had."""
+        unrevoked. None when it had ended already (another request's sign-out, say): nothing was
+        done here. Raises :class:`ProviderUnavailable` when the lock cannot be had."""
         with self.lock.locked(session_id) as dbsession:
             rows = SessionRows(dbsession, self.cipher, self.clock)
             current = rows.read(session_id)
             if current is None or current.session.ended_at is not None:
-                return TokenSet()
+                return None
             rows.end(session_id, reason, revoke=False)
             return current.tokens
 

@@ -131,3 +131,35 @@ def test_a_process_that_has_not_read_discovery_reads_it_ahead_for_the_sign_out_f
         time.sleep(0.02)
     csp = browser.get("/account/sessions").headers["Content-Security-Policy"]
     assert "https://logout.example.test" in csp.split("form-action")[1].split(";")[0]
+
+
+@pytest.mark.parametrize("lock", ["taken", "unavailable"])
+def test_two_sign_outs_of_one_session_at_once_are_one_logout(make_app, provider, dbsession, lock):
+    """A double click, two tabs, or two processes: both requests pass the CSRF check on the live
+    session; the one that ends it second ends nothing, so it records no second logout and revokes
+    nothing (seen live, helper-62: two LOGOUT audit records for each of three sign-outs posted twice
+    at once to two processes)."""
+    from myapp.errors import ServiceUnavailable
+    from myapp.services.sessions import EndReason
+
+    app = make_app()
+    browser = Browser(app)
+    sign_in(browser, provider)
+    tokens = app.registry[Services].tokens
+    first_end = tokens.end_session
+
+    def ended_by_the_other_request_first(session_id, reason):
+        first_end(session_id, reason)
+        if lock == "unavailable":
+            raise ServiceUnavailable("The refresh lock (Redis) is unavailable.")
+        return first_end(session_id, reason)
+
+    tokens.end_session = ended_by_the_other_request_first
+    try:
+        browser.post("/logout", {"csrf_token": csrf_of(browser)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    finally:
+        del tokens.end_session
+    assert dbsession.scalars(select(AuditEvent.event).where(AuditEvent.event == "logout")).all() == []
+    assert provider.revoked == []
+    assert dbsession.scalars(select(UserSession.end_reason)).one() == EndReason.LOGOUT
+    assert dbsession.scalars(select(UserSession.refresh_token)).one() is None
