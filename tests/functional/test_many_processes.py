@@ -12,14 +12,17 @@ from tests.support.live import api, bff_processes, bff_settings, free_port, list
 from tests.support.servers import running_wsgi
 
 
-@pytest.fixture
-def two_processes(committed_database_url, committed, tmp_path):
-    """Processes A and B on one database, and the development provider; A receives back-channel logouts."""
+@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def two_processes(request, committed_database_url, committed, tmp_path):
+    """Processes A and B on one database, with either refresh lock, and the development provider; A
+    receives back-channel logouts."""
+    overrides = {"myapp.public_url": "env:MYAPP_PUBLIC_URL"}
+    if request.param == "redis":
+        from tests.conftest import redis_url
+
+        overrides.update({"myapp.lock.backend": "redis", "myapp.redis.url": redis_url()})
     dev_sock, dev_url = listener()
-    ini = write_ini(
-        tmp_path / "app.ini",
-        bff_settings(committed_database_url, "unused", dev_url, **{"myapp.public_url": "env:MYAPP_PUBLIC_URL"}),
-    )
+    ini = write_ini(tmp_path / "app.ini", bff_settings(committed_database_url, "unused", dev_url, **overrides))
     with bff_processes(ini, [free_port(), free_port()]) as (first, second):
         settings = devstack_settings(
             dev_url,
