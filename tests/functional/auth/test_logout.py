@@ -163,3 +163,13 @@ def test_two_sign_outs_of_one_session_at_once_are_one_logout(make_app, provider,
     assert provider.revoked == []
     assert dbsession.scalars(select(UserSession.end_reason)).one() == EndReason.LOGOUT
     assert dbsession.scalars(select(UserSession.refresh_token)).one() is None
+
+
+def test_the_sign_out_form_is_sent_once(browser, provider):
+    """A double click sent two sign-outs: the second, answered after the first had ended the
+    session, sent the browser home (it follows the last answer) instead of to the provider, which
+    kept the person signed in there (app.js sends a form marked data-submit-once once)."""
+    sign_in(browser, provider)
+    page = browser.get("/posts", status=200)
+    (form,) = [f for f in page.html.find_all("form") if f.get("action") == "/logout"]
+    assert form.has_attr("data-submit-once")
