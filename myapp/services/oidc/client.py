@@ -315,7 +315,8 @@ class OIDCClient:
             # It goes into an Authorization header (and a proof's ath): RFC 6750's b64token only.
             refresh_only = TokenSet(refresh_token=issued.refresh_token)
             raise TokenResponseInvalid("The provider's access token has characters no header may carry.", refresh_only)
-        if token.get("refresh_token") is not None and issued.refresh_token is None:
+        # "" is no refresh token (a refresh keeps the stored one), not one of another type.
+        if not isinstance(token.get("refresh_token"), str | None):
             raise TokenResponseInvalid("The provider's refresh token is not a string.", issued)
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None

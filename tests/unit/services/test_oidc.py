@@ -6,6 +6,7 @@ Each test breaks exactly one rule; the same token with that rule intact is accep
 
 import threading
 import time
+from datetime import datetime, timezone
 from types import MappingProxyType
 
 import pytest
@@ -515,6 +516,17 @@ def test_token_response_without_a_bearer_access_token(client, provider, body, is
         client.exchange_code("code", "verifier")
     assert info.value.reason == "token_response_invalid"
     assert info.value.issued() == issued and info.value.refresh_token == issued.refresh_token
+
+
+@pytest.mark.parametrize("grant", ["exchange_code", "refresh"])
+def test_an_empty_refresh_token_is_an_answer_without_one(client, provider, grant):
+    """"refresh_token": "" is no refresh token, not one that "is not a string": the answer is taken
+    (a refresh keeps the stored refresh token, SPEC.md), as before TokenSet.issued_in skipped empty
+    strings."""
+    provider.token_response = lambda form: (200, {"access_token": "at-2", "token_type": "Bearer", "refresh_token": ""})
+    answer = client.exchange_code("code", "verifier") if grant == "exchange_code" else client.refresh("rt-1")
+    assert answer["access_token"] == "at-2"
+    assert TokenSet.from_response(answer, datetime.now(timezone.utc), previous=TokenSet(refresh_token="rt-1")).refresh_token == "rt-1"
 
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
