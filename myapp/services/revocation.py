@@ -97,7 +97,8 @@ class Revoker:
                 for reason, condition in conditions
                 if (ids := reader.scalars(select(UserSession.id).where(UserSession.ended_at.is_(None), condition).limit(500)).all())
             ]
-            unreachable = unreachable_sessions(reader)
+            # Not measured against a session ended just before them: see unreachable_sessions.
+            unreachable = unreachable_sessions(reader, ending={session_id for _, _, ids in due for session_id in ids})
         if not due and not unreachable:
             return 0
         with self.database.own_transaction() as dbsession, dbsession.begin():

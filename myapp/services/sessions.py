@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
@@ -442,9 +442,9 @@ class Unreachable(NamedTuple):
     revoke: bool
 
 
-def unreachable_sessions(reader, *, limit: int = 500) -> list[Unreachable]:
+def unreachable_sessions(reader, *, limit: int = 500, ending: Collection[int] = ()) -> list[Unreachable]:
     """The live sessions that no browser can use any more, read with ``reader`` (a Session or a
-    Connection: it writes nothing).
+    Connection: it writes nothing); ``ending``: the ids of sessions the caller ends first.
 
     A browser holds one session cookie, set only by the answer to a sign-in's callback. Of the
     live sessions made by one browser's sign-ins (one ``browser_binding``), so only the one it
@@ -483,13 +483,18 @@ def unreachable_sessions(reader, *, limit: int = 500) -> list[Unreachable]:
         select(_SESSIONS.id, _SESSIONS.browser_binding, _SESSIONS.user_id, _SESSIONS.last_seen_at, _SESSIONS.provider_sid)
         .where(_SESSIONS.ended_at.is_(None), _SESSIONS.browser_binding.in_({b.browser_binding for b in deciding}))
     ):
+        if row.id in ending:
+            continue
         known = held.get((row.browser_binding, row.user_id))
         if known is None or (_utc(row.last_seen_at), row.id) > (_utc(known.last_seen_at), known.id):
             held[row.browser_binding, row.user_id] = row
     revoked, left_to_expire = [], []
     for browser in deciding:
         kept = held.get((browser.browser_binding, browser.user_id))
-        if kept is None:  # ended meanwhile
+        if kept is None or _utc(kept.last_seen_at) < _utc(browser.last_used):
+            # The one used last ended between the two reads, or is ``ending``: it is no session that
+            # goes on, so its session at the provider is no reason to leave a token live. A later
+            # sweep decides among those left (or their timeout ends them, revoked).
             continue
         out_of_reach = (
             (_SESSIONS.browser_binding == browser.browser_binding) & (_SESSIONS.user_id == browser.user_id)

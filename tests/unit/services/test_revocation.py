@@ -15,7 +15,7 @@ from myapp.models import Database, TokenRevocation, User, UserSession, get_engin
 from myapp.services.metrics import Metrics
 from myapp.services.oidc import Providers, Revocation
 from myapp.services.revocation import FIRST_RETRY, LAST_RETRY, LEASE, MAX_ATTEMPTS, Revoker
-from myapp.services.sessions import UNREACHABLE_AFTER, EndReason, SessionRows, SessionStore
+from myapp.services.sessions import UNREACHABLE_AFTER, EndReason, SessionRows, SessionStore, unreachable_sessions
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 from tests.conftest import migrate
@@ -362,6 +362,54 @@ def test_a_session_used_since_it_was_read_is_not_ended(revoker, store, user, dbs
     rows.end_where = touched_meanwhile
     assert rows.end_unreachable() == 0
     assert ended(dbsession) == {stale.id: None, used.id: None}
+
+
+def test_the_session_a_browser_holds_ending_in_the_same_sweep_leaves_no_tab_s_token_live(
+    revoker, store, user, dbsession, clock, cipher
+):
+    """The held session at its absolute timeout, in the sweep that would end the browser's other tabs'
+    sessions: made in the same session at the provider, they were ended without revoking (for a kept
+    one that the same sweep ended), their refresh tokens left live at the provider. Each ended
+    session's refresh token is queued, unless a live one shares its session at the provider."""
+    held = store.create(user=user, tokens=TokenSet(refresh_token="rt-held"), provider_sid="sso-1", browser_binding=BROWSER)[1]
+    tab = store.create(user=user, tokens=TokenSet(refresh_token="rt-tab"), provider_sid="sso-1", browser_binding=BROWSER)[1]
+    clock.advance(UNREACHABLE_AFTER)
+    store.touch(held)
+    dbsession.execute(UserSession.__table__.update().where(UserSession.id == held.id).values(expires_at=clock.now))
+    revoker.end_expired_sessions()
+    assert ended(dbsession)[held.id] == EndReason.EXPIRED
+    tokens = sorted(cipher.decrypt(p.token) for p in queued(dbsession))
+    assert ended(dbsession)[tab.id] is None or tokens == ["rt-held", "rt-tab"], tokens
+    clock.advance(SETTINGS.absolute_timeout)  # the end of the tab's time: what is left is ended and revoked
+    revoker.end_expired_sessions()
+    assert ended(dbsession)[tab.id] is not None
+    assert sorted(cipher.decrypt(p.token) for p in queued(dbsession)) == ["rt-held", "rt-tab"]
+
+
+def test_the_held_session_signed_out_while_the_sweep_reads_leaves_no_tab_s_token_live(
+    revoker, store, user, dbsession, clock, cipher, connection
+):
+    """The sweep's read is two statements, each seeing what was committed before it: the held session
+    signed out in between made the next one used the held one, and the other tabs' sessions of its
+    session at the provider were ended without revoking (for a kept one that had ended)."""
+    held = store.create(user=user, tokens=TokenSet(refresh_token="rt-held"), provider_sid="sso-1", browser_binding=BROWSER)[1]
+    tab = store.create(user=user, tokens=TokenSet(refresh_token="rt-tab"), provider_sid="sso-1", browser_binding=BROWSER)[1]
+    clock.advance(UNREACHABLE_AFTER)
+    store.touch(held)
+
+    class SignedOutMeanwhile:
+        statements = 0
+
+        def execute(self, statement, *args, **kw):
+            self.statements += 1
+            if self.statements == 2:
+                store.end(held, EndReason.LOGOUT)
+            return connection.execute(statement, *args, **kw)
+
+    for found in unreachable_sessions(SignedOutMeanwhile()):
+        store.rows.end_where(found.condition, EndReason.REPLACED, revoke=found.revoke)
+    tokens = sorted(cipher.decrypt(p.token) for p in queued(dbsession))
+    assert ended(dbsession)[tab.id] is None or tokens == ["rt-held", "rt-tab"], tokens
 
 
 @pytest.mark.parametrize("left_live", [1, 2])
