@@ -35,10 +35,12 @@ def test_a_refused_form_of_a_signed_in_person_is_audited_as_a_denied_action(alic
     """SPEC.md's audit log has denied actions: a forged form (or one left open past its session) is one."""
     alice_browser.submit("/posts", {"title": "x"}, csrf=False, status=400)
     alice_browser.submit("/logout", {}, csrf=False, status=400)
+    alice_browser.submit("/posts", {"title": "x"}, headers={"Origin": "https://evil.example"}, status=400)
     denials = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied").order_by(AuditEvent.id)).all()
     assert [(d.user_id, d.actor_id, d.detail) for d in denials] == [
         (alice.id, alice.id, "POST /posts (no valid CSRF token)"),
         (alice.id, alice.id, "POST /logout (no valid CSRF token)"),
+        (alice.id, alice.id, "POST /posts (sent from another origin)"),
     ]
     assert posts(dbsession) == []
     alice_browser.get("/posts", status=200)  # still signed in
