@@ -1,9 +1,11 @@
 """The token manager with a stub provider: what it decides, and that one refresh serves all."""
 
+import secrets
 import threading
 import time
 from datetime import timedelta
 from types import SimpleNamespace
+from unittest.mock import MagicMock
 
 import pytest
 from cryptography.fernet import Fernet
@@ -516,7 +518,7 @@ def test_redis_unavailable_is_a_503_and_keeps_the_session(cipher, provider, sess
 
 @pytest.mark.redis
 @pytest.mark.parametrize("fault", ["slow", "reset"])
-def test_a_lock_redis_took_for_a_call_that_failed_does_not_hold_up_the_session(connection, fault):
+def test_a_lock_redis_took_for_a_call_that_failed_does_not_hold_up_the_session(fault):
     """Redis slow or cut once it has the command: the lock is taken at Redis and the caller gets
     a 503, not knowing. The process's next use of the lock drops it (only if still its own),
     instead of every call of that session, in every process, waiting out the 25 s lease (seen live,
@@ -527,21 +529,21 @@ def test_a_lock_redis_took_for_a_call_that_failed_does_not_hold_up_the_session(c
     from redis.connection import parse_url
 
     from myapp.errors import ServiceUnavailable
+    from myapp.services import connect_redis
     from myapp.services.tokens import RedisRefreshLock
     from tests.conftest import redis_url
     from tests.support.fault_proxy import FaultProxy
 
     target = parse_url(redis_url())
     proxy = FaultProxy(target.get("host", "127.0.0.1"), target.get("port", 6379))
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, db=target.get("db", 0), socket_timeout=0.5,
-                         socket_connect_timeout=0.5)
+    client = connect_redis(f"redis://127.0.0.1:{proxy.port}/{target.get('db', 0)}", socket_timeout=0.5,
+                           socket_connect_timeout=0.5)
     direct = redis.Redis.from_url(redis_url())
     session_id = secrets.randbelow(10**9) + 10**9
 
-    def own_session():
-        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
-
-    lock = RedisRefreshLock(client, own_session, timeout=25)
+    # The lock is Redis's alone: the transaction it opens is not what this is about (and the test
+    # runs once, not once per database).
+    lock = RedisRefreshLock(client, MagicMock, timeout=25)
     try:
         client.ping()  # a connection made before the fault, as a serving process has
         proxy.slow(1.0) if fault == "slow" else proxy.reset_answers()
@@ -563,6 +565,43 @@ def test_a_lock_redis_took_for_a_call_that_failed_does_not_hold_up_the_session(c
         proxy.close()
         client.close()
         direct.close()
+
+
+@pytest.mark.redis
+def test_a_redis_that_answers_late_fails_the_lock_within_one_socket_timeout():
+    """SPEC.md's 503 for a lock backend that cannot be reached, and soon: the app's client tries a
+    command once more only on a dead connection, never after a timeout (redis-py's Redis(host=...)
+    tries eleven times: about a minute with production's 5 s socket timeout, for each refresh and
+    for /readyz). A guard: the URL-made client the app used had no retries either."""
+    import redis
+    from redis.connection import parse_url
+
+    from myapp.errors import ServiceUnavailable
+    from myapp.services import connect_redis
+    from myapp.services.tokens import RedisRefreshLock
+    from tests.conftest import redis_url
+    from tests.support.fault_proxy import FaultProxy
+
+    target = parse_url(redis_url())
+    proxy = FaultProxy(target.get("host", "127.0.0.1"), target.get("port", 6379))
+    client = connect_redis(f"redis://127.0.0.1:{proxy.port}/{target.get('db', 0)}", socket_timeout=0.5)
+    try:
+        client.ping()
+        proxy.slow(3.0)
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            with RedisRefreshLock(client, MagicMock, timeout=25).locked(secrets.randbelow(10**9) + 10**9):
+                pass
+        with pytest.raises(redis.exceptions.TimeoutError):
+            client.ping()  # /readyz's check
+        assert time.monotonic() - started < 2.5  # two socket timeouts, and room for a busy machine
+        proxy.restore()
+        proxy.cut()  # Redis restarted: the pooled connection is dead, the next command takes a new one
+        proxy.restore()
+        assert client.ping()
+    finally:
+        proxy.close()
+        client.close()
 
 
 class FakeRedisLock:
