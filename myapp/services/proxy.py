@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
+# Answers that never have a body (RFC 9110 sections 15.3.5, 15.4.5): a Content-Length on one names
+# no body to come (a 304's may be its representation's), and waitress, given one, waits for that
+# body, finds it short, and closes the browser's connection with a warning.
+BODILESS_STATUSES = frozenset({204, 304})
 # RFC 9110's hop-by-hop headers, and every one that waitress refuses from an application ("trailers").
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -546,7 +550,10 @@ class Proxy:
     def small_body(response: Response, method: str, upstream_name: str) -> bytes | None:
         """A response body of at most one chunk, read whole (None for anything else, streamed)."""
         length = response.headers.get("Content-Length", "")
-        if method == "HEAD" or not length.isascii() or not length.isdigit() or int(length) > CHUNK:
+        if (
+            method == "HEAD" or response.status in BODILESS_STATUSES
+            or not length.isascii() or not length.isdigit() or int(length) > CHUNK
+        ):
             return None
         body = Proxy._read(response, upstream_name)
         response.release_conn()
@@ -572,7 +579,10 @@ class Proxy:
         a WSGI server would refuse (a malformed name or value, an unreadable Content-Length)."""
         connection_named = {t.strip().lower() for t in response.headers.get("Connection", "").split(",")}
         lengths = response.headers.getlist("Content-Length")
-        length_usable = len(set(lengths)) == 1 and lengths[0].isascii() and lengths[0].isdigit()
+        length_usable = (
+            len(set(lengths)) == 1 and lengths[0].isascii() and lengths[0].isdigit()
+            and response.status not in BODILESS_STATUSES
+        )
         kept = []
         names = _RESPONSE_NAMES
         for name, value in response.headers.items():

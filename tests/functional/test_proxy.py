@@ -418,6 +418,28 @@ def test_a_body_sent_late_never_becomes_another_browsers_answer(make_proxy_app, 
         assert api(other, "GET", "/api/raw/second", status=200).json == {"whose": "yours"}
 
 
+@pytest.mark.parametrize("status", ["304 Not Modified", "204 No Content"])
+def test_a_204_or_304_naming_a_length_is_passed_on_as_whole(make_proxy_app, signed_in, status, caplog):
+    """RFC 9110 section 8.6: a 304 may carry the Content-Length of the representation it stands
+    for (a 204 may not, but upstreams send one). Such an answer has no body; passed on with its
+    length, waitress waited for that body and warned, on every revalidated answer, that the
+    application "returned too few bytes": a cut answer, to whoever reads the log. Found by a
+    black-box review (h61)."""
+    raw = f"HTTP/1.1 {status}\r\nETag: \"v1\"\r\nContent-Length: 100\r\nConnection: close\r\n\r\n".encode()
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        cookie = signed_in(app=app).cookies[COOKIE]
+        headers = {"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}", "If-None-Match": '"v1"'}
+        with serve(app, create_server=create_server) as base:
+            connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+            connection.request("GET", "/api/raw/x", headers=headers)
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (int(status[:3]), b"")
+            assert response.getheader("ETag") == '"v1"' and response.getheader("Content-Length") is None
+            connection.close()
+    assert not [r.getMessage() for r in caplog.records if "too few bytes" in r.getMessage()]
+
+
 def test_an_answer_that_trickles_in_is_a_504_when_the_timeout_has_passed(make_proxy_app, signed_in):
     """A byte every 50 ms, each well within the timeout, the head never whole: 504 at the timeout,
     not a call (and a thread) held for as long as the upstream likes."""
