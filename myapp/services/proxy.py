@@ -76,6 +76,8 @@ _PCHAR = "/!$&'()*+,;=:@"
 # RFC 9110 section 5.6.2: what a header name may be. A value may hold no control character but tab.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+# RFC 9112 section 4: a reason phrase is tabs, spaces, visible characters and obs-text.
+_REASON = re.compile(r"[\t -~\x80-\xff]*\Z")
 # Pure functions of a header's exact name, remembered for the names seen (bounded: past the limit
 # they are worked out each time): the WSGI environ key's header name ("" for a key that is none),
 # and a response header name's lower-case form (None when it is dropped whatever its value).
@@ -572,6 +574,15 @@ class Proxy:
         except UpstreamError as e:
             response.close()
             raise upstream_failure(upstream_name, e) from None
+
+    @staticmethod
+    def status_line(response: Response) -> str:
+        """The upstream's status and reason phrase; a reason with a control character (llhttp takes
+        any byte but CR and LF there) is left out, and WebOb gives the standard one."""
+        reason = response.reason or ""
+        if reason and not (reason.isascii() and reason.isprintable()) and not _REASON.match(reason):
+            reason = ""
+        return f"{response.status} {reason}".strip()
 
     @staticmethod
     def response_headers(response: Response) -> list[tuple[str, str]]:

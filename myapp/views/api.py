@@ -67,7 +67,7 @@ def forward(request):
         raise
     answered = time.perf_counter() - started
     try:
-        status = f"{upstream.status} {upstream.reason or ''}".strip()
+        status = service.status_line(upstream)
         headers = service.response_headers(upstream)
         small = service.small_body(upstream, request.method, upstream_name)
         if small is not None:

@@ -440,6 +440,27 @@ def test_a_204_or_304_naming_a_length_is_passed_on_as_whole(make_proxy_app, sign
     assert not [r.getMessage() for r in caplog.records if "too few bytes" in r.getMessage()]
 
 
+@pytest.mark.parametrize("reason", [b"O\x00K", b"O\x01K", b"O\x1b[2JK", b"OK\x7f"])
+def test_a_reason_phrase_with_control_characters_is_not_passed_on(make_proxy_app, signed_in, reason):
+    """RFC 9112 section 4: a reason phrase is visible characters, spaces and tabs. llhttp takes
+    any byte but CR and LF there, and the browser's status line carried a NUL or a terminal's
+    escape sequence as the upstream wrote it, where a control character in a header's value
+    makes the answer a 502. The standard phrase goes instead. Found by a black-box review (h61)."""
+    raw = b"HTTP/1.1 200 " + reason + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        cookie = signed_in(app=app).cookies[COOKIE]
+        with serve(app, create_server=create_server) as base:
+            host, port = base.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                connection.sendall(
+                    f"GET /api/raw/x HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nCookie: {COOKIE}={cookie}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                status_line = connection.makefile("rb").readline()
+    assert status_line == b"HTTP/1.1 200 OK\r\n"
+
+
 def test_an_answer_that_trickles_in_is_a_504_when_the_timeout_has_passed(make_proxy_app, signed_in):
     """A byte every 50 ms, each well within the timeout, the head never whole: 504 at the timeout,
     not a call (and a thread) held for as long as the upstream likes."""
