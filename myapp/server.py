@@ -70,7 +70,7 @@ class StrictRequestParser(HTTPRequestParser):
 
     @property
     def target_path(self) -> str:
-        """The path of the request line, as far as it was received; "" until it is whole."""
+        """The path of the request line, as far as it was received ("" until its target begins)."""
         return _request_line_path(self.head_start)
 
     def parse_header(self, header_plus):
@@ -109,10 +109,12 @@ class HardenedErrorTask(ErrorTask):
 
 
 def _request_line_path(head: bytes) -> str:
-    """The path of the request line ``head`` starts with; "" until the line is whole."""
-    line, newline, _ = head.lstrip().partition(b"\n")
-    parts = line.split(b" ")
-    if not newline or len(parts) < 2:
+    """The path of the request line ``head`` starts with, as far as it was received ("" until its
+    target begins): a line too long for the server, or one whose spaces are doubled, still says
+    where it was going."""
+    line = head.lstrip().partition(b"\n")[0]
+    parts = line.split()
+    if len(parts) < 2:
         return ""
     target = parts[1].split(b"?", 1)[0]
     if b"://" in target:  # the absolute form: the path after the authority

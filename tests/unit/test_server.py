@@ -140,6 +140,27 @@ def test_what_the_server_answers_itself_is_hardened_and_in_the_callers_language(
     assert app.seen == []
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        # As much as waitress reads at once (recv_bytes), all of it read: no reset for what is left.
+        pytest.param(b"GET /api/demo/".ljust(8192, b"a"), id="a request line too long"),
+        pytest.param(b"GET  /api/demo/x HTTP/1.1\r\nHost: x\r\n\r\n", id="two spaces before the target"),
+    ],
+)
+def test_a_request_line_the_server_cannot_read_still_gets_json_on_the_api(app, request_line):
+    """Its target says a program is asking (SPEC.md: JSON errors on /api/*), before the line is
+    whole, or when its spaces are doubled; the answer was waitress's plain text. Found by a
+    black-box review (h61)."""
+    with serve(app, create_server=create_server, channel_timeout=2, max_request_header_size=2048) as url:
+        received = exchange(url, request_line)
+    head, body = head_and_body(received)
+    assert head[0].startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")) and b"Connection: close" in head
+    assert b"Content-Type: application/json" in head and all(header in head for header in HARDENING)
+    assert json.loads(body)["error"] == "bad_request"
+    assert app.seen == []
+
+
 def test_what_the_server_answers_itself_carries_the_headers_the_app_registered(app):
     """HSTS when the app's cookie is Secure: on the server's own answers as on the app's
     (headers.includeme registers them; helper-36)."""
