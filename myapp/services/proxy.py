@@ -57,10 +57,13 @@ FORWARDED_REQUEST_HEADERS = frozenset(
      "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "pragma", "prefer", "range",
      "user-agent", "x-requested-with"}
 )
-# The upstream's cookies stay there, and it does not get to weaken this site's own policies.
+# The upstream's cookies stay there, and it does not get to weaken this site's own policies, nor
+# set one for the whole origin (NEL and Report-To: browsers would report every request to this
+# origin, with its URL, to wherever the upstream says).
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "set-cookie", "set-cookie2", "strict-transport-security", "clear-site-data", "content-security-policy",
     "content-security-policy-report-only", "x-frame-options", "x-content-type-options", "referrer-policy", "alt-svc",
+    "nel", "report-to",
 }
 # Encoded separators; NUL and every other control (a server that strips a segment reads "..%09" as
 # ".."); ";" (Tomcat, Jetty and Spring read "..;" as ".."); "?" and "#" (a server that decodes the
