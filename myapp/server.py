@@ -1,7 +1,7 @@
 """The server for myapp: waitress, with a stricter reading of request framing.
 
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
-``egg:waitress#main`` does, and differs in four ways:
+``egg:waitress#main`` does, and differs in five ways:
 
 - A request that carries both ``Content-Length`` and ``Transfer-Encoding`` is refused with 400 and
   its connection closed. Waitress would read the chunked body and keep the connection open for
@@ -14,6 +14,8 @@
 - Waitress settings that cannot work together (``trusted_proxy_headers`` or
   ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting) stop it with one line,
   not a traceback.
+- A request that expects ``100-continue`` but has been read whole (no body, or a head it refused)
+  gets its answer at once: waitress sent 100 Continue and never answered it.
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
   OpenTelemetry sends the spans it still holds.
 
@@ -132,6 +134,17 @@ _SERVER_ERROR_CODES = {
 class StrictChannel(HTTPChannel):
     parser_class = StrictRequestParser
     error_task_class = HardenedErrorTask
+
+    def send_continue(self):
+        """``Expect: 100-continue`` on a request read whole already (no body, or a head that
+        waitress refused: its length, its framing, its size) is answered with its final status at
+        once (RFC 9110 section 10.1.1), never 100. Waitress sent 100 Continue and then marked such
+        a request unread: no more bytes came, no answer went, and the connection hung until
+        ``channel_timeout``; an upload too large was invited all the same."""
+        if self.request is not None and self.request.completed:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
 
 
 class LoggedAlready(logging.Filter):

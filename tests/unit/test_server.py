@@ -197,6 +197,41 @@ def test_an_app_that_fails_before_answering_gets_a_hardened_500(url):
     assert json.loads(body)["error"] == "internal_error" and b"boom" not in body
 
 
+@pytest.mark.parametrize(
+    "request_head, answer",
+    [
+        pytest.param(b"GET /api/demo/x HTTP/1.1\r\nHost: x\r\n", b"HTTP/1.1 200 OK", id="no body"),
+        pytest.param(b"POST /api/demo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n", b"HTTP/1.1 200 OK", id="an empty body"),
+        pytest.param(b"POST /api/demo/x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n", b"HTTP/1.1 400 Bad Request",
+                     id="an unreadable length"),
+        pytest.param(b"POST /api/demo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n",
+                     b"HTTP/1.1 413 Request Entity Too Large", id="a body too large"),
+        pytest.param(b"POST /api/demo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+                     b"HTTP/1.1 400 Bad Request", id="both lengths"),
+    ],
+)
+def test_expect_100_continue_on_a_request_read_whole_gets_its_answer_at_once(app, request_head, answer):
+    """RFC 9110 section 10.1.1: a server answers an expectation of 100-continue at once, with 100
+    or with the final status when the head decides it. Waitress sent 100 Continue for a request
+    it had read whole already (no body, or a head it refused) and then marked it unread: nothing
+    more came, no answer went, and the connection hung until channel_timeout (120 s in
+    production.ini); an upload too large was invited anyway. Found by a black-box review (h61)."""
+    with serve(app, create_server=create_server, channel_timeout=5, max_request_body_size=1000) as url:
+        started = time.monotonic()
+        received = exchange(url, request_head + b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+    assert received.startswith(answer) and b"<still open>" not in received
+    assert b"100 Continue" not in received and time.monotonic() - started < 2
+
+
+def test_expect_100_continue_before_a_body_still_gets_100_first(app, url):
+    received = exchange(
+        url, b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+        b"hello",
+    )
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+    assert app.seen == [("POST", "/a", b"hello")]
+
+
 def test_plain_waitress_would_have_answered_the_smuggled_request(app):
     """What the strict parser prevents, shown on the server it replaces."""
     raw = b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED
