@@ -119,7 +119,7 @@ def _request_line_path(head: bytes) -> str:
     if len(parts) < 2:
         return ""
     target = parts[1].split(b"?", 1)[0]
-    if b"://" in target:  # the absolute form: the path after the authority
+    if not target.startswith(b"/") and b"://" in target:  # the absolute form: the path after the authority
         target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
     return target.decode("latin-1")
 

@@ -146,6 +146,8 @@ def test_what_the_server_answers_itself_is_hardened_and_in_the_callers_language(
         # As much as waitress reads at once (recv_bytes), all of it read: no reset for what is left.
         pytest.param(b"GET /api/demo/".ljust(8192, b"a"), id="a request line too long"),
         pytest.param(b"GET  /api/demo/x HTTP/1.1\r\nHost: x\r\n\r\n", id="two spaces before the target"),
+        pytest.param(b"GET /api/demo/https://x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                     id="a path holding a URL"),
     ],
 )
 def test_a_request_line_the_server_cannot_read_still_gets_json_on_the_api(app, request_line):
