@@ -3,7 +3,8 @@
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
 ``egg:waitress#main`` does, and differs in five ways:
 
-- A request that carries both ``Content-Length`` and ``Transfer-Encoding`` is refused with 400 and
+- A request that carries both ``Content-Length`` and ``Transfer-Encoding``, or an HTTP/1.0 request
+  that carries ``Transfer-Encoding`` (which waitress ignores there), is refused with 400 and
   its connection closed. Waitress would read the chunked body and keep the connection open for
   what follows; a front proxy that believed the other length could then smuggle a request through
   (RFC 9112 section 6.1: the server MUST close the connection after such a request).
@@ -80,6 +81,11 @@ class StrictRequestParser(HTTPRequestParser):
         # Waitress has taken Transfer-Encoding out of the headers by now and decided on chunked.
         if self.chunked and "CONTENT_LENGTH" in self.headers:
             raise ParsingError("A request may not carry both Content-Length and Transfer-Encoding")
+        # ... in HTTP/1.1 only: in HTTP/1.0 it leaves it there, and reads the body by its
+        # Content-Length or as none, and what the client sent chunked as the next request.
+        # RFC 9112 section 6.1: such framing is faulty, and the connection closes after it.
+        if "TRANSFER_ENCODING" in self.headers:
+            raise ParsingError("An HTTP/1.0 request may not carry Transfer-Encoding")
 
 
 class HardenedErrorTask(ErrorTask):

@@ -97,6 +97,24 @@ def test_both_lengths_are_refused_and_the_connection_closed(app, url, order):
     assert app.seen == []
 
 
+@pytest.mark.parametrize("lengths", [b"", b"Content-Length: 4\r\n"])
+def test_transfer_encoding_on_http_1_0_is_refused_and_the_connection_closed(app, url, lengths):
+    """RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; the
+    server closes the connection after it. Waitress reads Transfer-Encoding in HTTP/1.1 only:
+    it took such a request for one without a body (or with its Content-Length, which the check of
+    both lengths did not see), kept the connection, and read the chunked body as the next request,
+    where a front proxy that honoured the chunks saw none. Found by a black-box review (h61)."""
+    raw = (
+        b"POST /first HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n" + lengths
+        + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n"
+    )
+    received = exchange(url, raw)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request")
+    assert b"Connection: close" in received and b"<still open>" not in received
+    assert received.count(b"HTTP/1.1") == 1
+    assert app.seen == []
+
+
 HARDENING = [
     b"X-Content-Type-Options: nosniff", b"Referrer-Policy: same-origin", b"X-Frame-Options: DENY",
     b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'", b"Cache-Control: no-store",
