@@ -11,13 +11,16 @@ from tests.devstack.server import devstack_settings
 from tests.support.live import api, bff_processes, bff_settings, free_port, listener, sign_in, write_ini
 from tests.support.servers import running_wsgi
 
+# The refresh lock a test's processes use: the database's, unless it asks for both (indirect).
+BOTH_LOCKS = pytest.mark.parametrize("two_processes", ["database", pytest.param("redis", marks=pytest.mark.redis)], indirect=True)
 
-@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+
+@pytest.fixture
 def two_processes(request, committed_database_url, committed, tmp_path):
-    """Processes A and B on one database, with either refresh lock, and the development provider; A
-    receives back-channel logouts."""
+    """Processes A and B on one database, with the database's refresh lock or (``BOTH_LOCKS``)
+    Redis's, and the development provider; A receives back-channel logouts."""
     overrides = {"myapp.public_url": "env:MYAPP_PUBLIC_URL"}
-    if request.param == "redis":
+    if getattr(request, "param", "database") == "redis":
         from tests.conftest import redis_url
 
         overrides.update({"myapp.lock.backend": "redis", "myapp.redis.url": redis_url()})
@@ -49,6 +52,7 @@ def test_a_session_made_on_one_process_is_live_on_the_other(two_processes):
 
 
 @pytest.mark.slow
+@BOTH_LOCKS  # a sign-out ends the session under the refresh lock: with each of them
 def test_a_logout_on_one_process_ends_the_session_on_the_other_at_once(two_processes):
     first, second, _ = two_processes
     browser = sign_in(first, "alice")
