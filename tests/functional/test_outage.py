@@ -209,8 +209,9 @@ def test_a_database_that_answers_nothing_is_503_within_the_bound_and_healthz_sti
                 answers = [future.result() for future in answers]
             statuses = [getattr(answer, "status_code", repr(answer)) for answer, _ in answers]
             assert statuses == [503] * len(calls), statuses
-            # Each within its bound (1 s for the lookup, 2 s for a new connection), on 4 threads for 8 calls.
-            assert max(took for _, took in answers) < 7, [round(took, 1) for _, took in answers]
+            # Each within its bound (1 s for the lookup, 2 s for a new connection), on 4 threads for 8
+            # calls; a hung one would wait out its 20 s timeout. Room for a busy machine.
+            assert max(took for _, took in answers) < 14, [round(took, 1) for _, took in answers]
             assert {answers[0][0].json()["error"], answers[1][0].json()["error"]} == {"service_unavailable"}
             assert "Briefly unavailable" in answers[2][0].text and answers[2][0].headers["Retry-After"] == "5"
             assert getattr(health, "status_code", health) == 200 and health_took < 5, (health, health_took)
@@ -245,7 +246,7 @@ def test_a_write_the_database_never_answers_is_503_within_the_bound_and_writes_n
             finally:
                 event.remove(database.engine, "checkout", hang)
             assert getattr(page, "status_code", page) == 503, getattr(page, "text", page)[:200]
-            assert "Briefly unavailable" in page.text and took < 6, took
+            assert "Briefly unavailable" in page.text and took < 12, took  # bound 2 s; hung: 20 s
             proxy.restore()
             again = browser.post(url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False)
             assert again.status_code == 303, again.text[:200]
@@ -257,7 +258,7 @@ def test_the_page_about_a_database_that_answers_nothing_does_not_wait_for_it_aga
     """The session lookup waited out its bound; the 503 page for people used to look the session
     up again (to show who is signed in) and wait as long once more, on a new connection."""
     proxy, database_url = hanging_database
-    monkeypatch.setattr(myapp.models, "LOOKUP_WITHIN", 1.0, raising=False)
+    monkeypatch.setattr(myapp.models, "LOOKUP_WITHIN", 2.0, raising=False)
     sock, public_url = listener()
     with devstack_for(public_url) as idp:
         app = main({}, **bff_settings(database_url, public_url, idp))
@@ -268,7 +269,7 @@ def test_the_page_about_a_database_that_answers_nothing_does_not_wait_for_it_aga
             page, took = timed(lambda: browser.get(url + "/posts", allow_redirects=False, timeout=20))
             assert getattr(page, "status_code", page) == 503
             assert "Briefly unavailable" in page.text
-            assert took < 1.8, f"{took:.1f} s for a bound of 1 s"
+            assert took < 3.5, f"{took:.1f} s for a bound of 2 s (twice it: 4 s)"
             proxy.restore()
             assert "Sign out" in browser.get(url + "/posts").text
 
@@ -285,9 +286,9 @@ def test_healthz_answers_a_browser_with_a_session_cookie_while_the_database_answ
             browser = sign_in(url, "alice")
             proxy.hang()
             health, took = timed(lambda: browser.get(url + "/healthz", timeout=20))
-            assert getattr(health, "status_code", health) == 200 and took < 1, (health, took)
+            assert getattr(health, "status_code", health) == 200 and took < 3, (health, took)  # the lookup: 5 s
             ready, took = timed(lambda: browser.get(url + "/readyz", timeout=20))
-            assert getattr(ready, "status_code", ready) == 503 and took < 6, (ready, took)
+            assert getattr(ready, "status_code", ready) == 503 and took < 8, (ready, took)  # 5 s; twice: 10 s
             proxy.restore()
             assert requests.get(url + "/readyz", timeout=10).status_code == 200
             # The check that waited goes on in its own thread until the answers held for it arrive.

@@ -38,7 +38,7 @@ def test_a_wait_past_its_deadline_ends_though_nothing_arrives():
         started = time.monotonic()
         with pytest.raises(_Expired):
             waiting.wait(_within(_reads_for_ever(), time.monotonic() + 0.3), quiet.fileno(), interval=0.1)
-        assert 0.3 <= time.monotonic() - started < 1.0
+        assert 0.3 <= time.monotonic() - started < 2.5  # never, without the deadline
 
 
 def test_a_wait_that_gets_its_answer_returns_it():
@@ -85,14 +85,14 @@ def test_a_statement_the_server_never_answers_fails_within_the_bound_then_the_en
             started = time.monotonic()
             with pytest.raises(OperationalError) as raised:
                 connection.execute(text("SELECT 2"))
-            assert 1.0 <= time.monotonic() - started < 2.0
+            assert 1.0 <= time.monotonic() - started < 4.0  # until restore(), without the bound
             assert isinstance(raised.value.orig, DidNotAnswer)
             assert raised.value.connection_invalidated, "SQLAlchemy throws the connection away"
         # A new connection cannot be made while the server answers nothing: libpq's connect_timeout.
         started = time.monotonic()
         with pytest.raises(OperationalError), engine.connect() as connection:
             connection.execute(text("SELECT 3"))
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 8.0  # 130 s without connect_timeout
         proxy.restore()
         with engine.connect() as connection:
             assert connection.execute(text("SELECT 4")).scalar() == 4
@@ -199,7 +199,7 @@ def test_a_refresh_waiting_for_another_process_s_lock_longer_than_the_lookup_bou
             started = time.monotonic()
             with services.tokens.lock.locked(session_id):
                 waited = time.monotonic() - started
-        assert LOOKUP_WITHIN < 6 <= waited < 7, waited
+        assert LOOKUP_WITHIN < 6 <= waited < 12, waited
     finally:
         services.close()
         other_process.dispose()
