@@ -208,6 +208,17 @@ def test_a_session_is_not_ended_as_idle_within_the_minute_its_use_may_not_be_wri
     assert revoker.end_expired_sessions() == 1
 
 
+def test_a_sweep_ends_at_most_a_batch_of_each_kind_and_the_next_one_the_rest(revoker, store, user, dbsession, clock):
+    """Each write transaction stays short however many sessions ran out at once (a restart after a
+    long stop, a lowered idle timeout): 500 of each kind a sweep, the rest at the next."""
+    rows = [{"id_hash": f"{n:064x}", "handle": f"h{n}", "user_id": user.id, "created_at": clock.now,
+             "last_seen_at": clock.now, "expires_at": clock.now + timedelta(days=1), "user_agent": "", "ip_address": "",
+             "provider": "default", "csrf_token": f"c{n}", "token_generation": 0} for n in range(501)]
+    dbsession.execute(UserSession.__table__.insert(), rows)
+    clock.advance(SETTINGS.idle_timeout + timedelta(minutes=1))
+    assert [revoker.end_expired_sessions() for _ in range(3)] == [500, 1, 0]
+
+
 def test_a_sweep_with_nothing_due_does_not_take_sqlite_s_write_lock(tmp_path, cipher, provider, clock):
     """Found with a plain read: the scan of every session (about a second at 240,000) no longer
     holds the write lock that every sign-in, refresh and activity write waits for. With a writer
