@@ -58,8 +58,9 @@ MAX_WAIT = timedelta(days=100_000)
 # A provider call's timeout: the refresh lock waits twice it and 5 s more, and PostgreSQL's
 # lock_timeout takes at most about 24.8 days.
 MAX_HTTP_TIMEOUT = timedelta(days=10)
-# Of the refresh lock's timeout, what its holder keeps for its own reads and writes after its calls
-# to the provider (myapp.services.tokens.LOCK_MARGIN).
+# Of the refresh lock's timeout, what its holder keeps for its own reads and writes: its calls to
+# the provider end this long before the timeout (myapp.services.tokens._holding), when a Redis
+# lock's lease runs out and another process could take it (and spend the same refresh token).
 REFRESH_LOCK_MARGIN = 5.0
 # A step-up rule's max_age: /login refuses a longer one (myapp.services.stepup.MAX_MAX_AGE, which imports this module).
 MAX_STEPUP_MAX_AGE = timedelta(days=3650)
@@ -284,7 +285,7 @@ class Settings:
     def refresh_lock_timeout(self) -> float:
         """How long a refresh waits for the session's lock (and a Redis lock's lease): room for two
         calls to the provider (a refresh and its DPoP nonce retry), each over within its timeout,
-        and REFRESH_LOCK_MARGIN for the holder's own reads and writes (myapp.services.tokens)."""
+        and REFRESH_LOCK_MARGIN for the holder's own reads and writes."""
         return max(p.http_timeout for p in self.providers.values()) * 2 + REFRESH_LOCK_MARGIN
 
     @property

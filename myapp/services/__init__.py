@@ -64,8 +64,8 @@ class Services:
         redis_client = None
         if settings.lock.redis_url:
             redis_client = connect_redis(settings.lock.redis_url)
-        # Its holder's calls to the provider end in time (tokens.LOCK_MARGIN); every other database
-        # wait is bounded above it (models.WAIT_MARGIN).
+        # Its holder's calls to the provider end in time (settings.REFRESH_LOCK_MARGIN); every other
+        # database wait is bounded above it (models.WAIT_MARGIN).
         lock_timeout = settings.refresh_lock_timeout
         if settings.lock.backend == "redis":
             lock = RedisRefreshLock(redis_client, database.own_transaction, timeout=lock_timeout)

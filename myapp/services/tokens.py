@@ -73,16 +73,11 @@ def _is_lock_timeout(error: OperationalError) -> bool:
     return code == "55P03" or "database is locked" in str(getattr(error, "orig", error))
 
 
-# Of a refresh lock's timeout, what its holder keeps for its own reads and writes: its calls to the
-# provider end this long before the timeout, when a Redis lock's lease runs out and another
-# process could take it (and spend the same refresh token).
-LOCK_MARGIN = REFRESH_LOCK_MARGIN
-
 
 def _holding(timeout: float) -> float:
-    """How long a lock's holder may spend calling the provider: all but LOCK_MARGIN of the lock's
-    timeout, and half of it at least (short timeouts, in tests)."""
-    return max(timeout - LOCK_MARGIN, timeout / 2)
+    """How long a lock's holder may spend calling the provider: all but REFRESH_LOCK_MARGIN of the
+    lock's timeout, and half of it at least (short timeouts, in tests)."""
+    return max(timeout - REFRESH_LOCK_MARGIN, timeout / 2)
 
 
 class RefreshLockTimeout(ProviderUnavailable):

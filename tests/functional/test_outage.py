@@ -163,6 +163,18 @@ def served(app, sock, threads: int):
         app.registry[Services].close()
 
 
+@contextlib.contextmanager
+def alice_on_four_threads(database_url: str, *, database: Database | None = None):
+    """Alice signed in at the app served as production serves it, on 4 threads (few, so that a
+    hang takes them all): (its URL, her browser). ``database``: the app's, with bounds of the test's."""
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp:
+        settings = bff_settings(database_url, public_url, idp)
+        app = main({}, **settings) if database is None else make_app(settings, database=database)
+        with served(app, sock, threads=4) as url:
+            yield url, sign_in(url, "alice")
+
+
 def timed(call):
     started = time.monotonic()
     try:
@@ -189,36 +201,32 @@ def test_a_database_that_answers_nothing_is_503_within_the_bound_and_healthz_sti
     database stayed silent, and after a handful nothing answered at all, /healthz included."""
     proxy, database_url = hanging_database
     monkeypatch.setattr(myapp.models, "LOOKUP_WITHIN", 1.0, raising=False)
-    sock, public_url = listener()
-    with devstack_for(public_url) as idp:
-        app = main({}, **bff_settings(database_url, public_url, idp))
-        with served(app, sock, threads=4) as url:
-            browser = sign_in(url, "alice")
-            assert api(browser, url + "/auth/user").json()["sub"] == "alice"
-            proxy.hang()
-            calls = [
-                lambda: api(browser, url + "/auth/user", timeout=20),
-                lambda: api(browser, url + "/api/demo/me", timeout=20),
-                lambda: browser.get(url + "/posts", allow_redirects=False, timeout=20),
-                lambda: browser.get(url + "/", allow_redirects=False, timeout=20),
-            ] * 2
-            with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-                answers = [pool.submit(timed, call) for call in calls]
-                time.sleep(0.3)  # every thread is waiting for the database by now
-                health, health_took = timed(lambda: requests.get(url + "/healthz", timeout=20))
-                answers = [future.result() for future in answers]
-            statuses = [getattr(answer, "status_code", repr(answer)) for answer, _ in answers]
-            assert statuses == [503] * len(calls), statuses
-            # Each within its bound (1 s for the lookup, 2 s for a new connection), on 4 threads for 8
-            # calls; a hung one would wait out its 20 s timeout. Room for a busy machine.
-            assert max(took for _, took in answers) < 14, [round(took, 1) for _, took in answers]
-            assert {answers[0][0].json()["error"], answers[1][0].json()["error"]} == {"service_unavailable"}
-            assert "Briefly unavailable" in answers[2][0].text and answers[2][0].headers["Retry-After"] == "5"
-            assert getattr(health, "status_code", health) == 200 and health_took < 5, (health, health_took)
-            proxy.restore()
-            assert api(browser, url + "/auth/user").json()["sub"] == "alice", "the session outlived the hang"
-            assert browser.get(url + "/posts").status_code == 200
-            assert requests.get(url + "/readyz", timeout=10).status_code == 200
+    with alice_on_four_threads(database_url) as (url, browser):
+        assert api(browser, url + "/auth/user").json()["sub"] == "alice"
+        proxy.hang()
+        calls = [
+            lambda: api(browser, url + "/auth/user", timeout=20),
+            lambda: api(browser, url + "/api/demo/me", timeout=20),
+            lambda: browser.get(url + "/posts", allow_redirects=False, timeout=20),
+            lambda: browser.get(url + "/", allow_redirects=False, timeout=20),
+        ] * 2
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+            answers = [pool.submit(timed, call) for call in calls]
+            time.sleep(0.3)  # every thread is waiting for the database by now
+            health, health_took = timed(lambda: requests.get(url + "/healthz", timeout=20))
+            answers = [future.result() for future in answers]
+        statuses = [getattr(answer, "status_code", repr(answer)) for answer, _ in answers]
+        assert statuses == [503] * len(calls), statuses
+        # Each within its bound (1 s for the lookup, 2 s for a new connection), on 4 threads for 8
+        # calls; a hung one would wait out its 20 s timeout. Room for a busy machine.
+        assert max(took for _, took in answers) < 14, [round(took, 1) for _, took in answers]
+        assert {answers[0][0].json()["error"], answers[1][0].json()["error"]} == {"service_unavailable"}
+        assert "Briefly unavailable" in answers[2][0].text and answers[2][0].headers["Retry-After"] == "5"
+        assert getattr(health, "status_code", health) == 200 and health_took < 5, (health, health_took)
+        proxy.restore()
+        assert api(browser, url + "/auth/user").json()["sub"] == "alice", "the session outlived the hang"
+        assert browser.get(url + "/posts").status_code == 200
+        assert requests.get(url + "/readyz", timeout=10).status_code == 200
 
 
 def test_a_write_the_database_never_answers_is_503_within_the_bound_and_writes_nothing(hanging_database, committed):
@@ -227,29 +235,25 @@ def test_a_write_the_database_never_answers_is_503_within_the_bound_and_writes_n
     once the database answers writes it once."""
     proxy, database_url = hanging_database
     database = Database.from_url(database_url, within=2.0, lookup_within=1.0)
-    sock, public_url = listener()
-    with devstack_for(public_url) as idp:
-        app = make_app(bff_settings(database_url, public_url, idp), database=database)
-        with served(app, sock, threads=4) as url:
-            browser = sign_in(url, "alice")
-            csrf = api(browser, url + "/auth/user").json()["csrf_token"]
-            form = {"title": "written in a hang", "body": "b", "csrf_token": csrf, "form_token": "f" * 43}
+    with alice_on_four_threads(database_url, database=database) as (url, browser):
+        csrf = api(browser, url + "/auth/user").json()["csrf_token"]
+        form = {"title": "written in a hang", "body": "b", "csrf_token": csrf, "form_token": "f" * 43}
 
-            def hang(*_):
-                proxy.hang()  # once the request's connection is handed out: its INSERT waits
+        def hang(*_):
+            proxy.hang()  # once the request's connection is handed out: its INSERT waits
 
-            event.listen(database.engine, "checkout", hang)
-            try:
-                page, took = timed(lambda: browser.post(
-                    url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False, timeout=20
-                ))
-            finally:
-                event.remove(database.engine, "checkout", hang)
-            assert getattr(page, "status_code", page) == 503, getattr(page, "text", page)[:200]
-            assert "Briefly unavailable" in page.text and took < 12, took  # bound 2 s; hung: 20 s
-            proxy.restore()
-            again = browser.post(url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False)
-            assert again.status_code == 303, again.text[:200]
+        event.listen(database.engine, "checkout", hang)
+        try:
+            page, took = timed(lambda: browser.post(
+                url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False, timeout=20
+            ))
+        finally:
+            event.remove(database.engine, "checkout", hang)
+        assert getattr(page, "status_code", page) == 503, getattr(page, "text", page)[:200]
+        assert "Briefly unavailable" in page.text and took < 12, took  # bound 2 s; hung: 20 s
+        proxy.restore()
+        again = browser.post(url + "/posts", data=form, headers={"Origin": url}, allow_redirects=False)
+        assert again.status_code == 303, again.text[:200]
     titles = committed.scalars(select(Post.title)).all()
     assert titles == ["written in a hang"], titles
 
@@ -259,19 +263,15 @@ def test_the_page_about_a_database_that_answers_nothing_does_not_wait_for_it_aga
     up again (to show who is signed in) and wait as long once more, on a new connection."""
     proxy, database_url = hanging_database
     monkeypatch.setattr(myapp.models, "LOOKUP_WITHIN", 2.0, raising=False)
-    sock, public_url = listener()
-    with devstack_for(public_url) as idp:
-        app = main({}, **bff_settings(database_url, public_url, idp))
-        with served(app, sock, threads=4) as url:
-            browser = sign_in(url, "alice")
-            assert browser.get(url + "/posts").status_code == 200
-            proxy.hang()
-            page, took = timed(lambda: browser.get(url + "/posts", allow_redirects=False, timeout=20))
-            assert getattr(page, "status_code", page) == 503
-            assert "Briefly unavailable" in page.text
-            assert took < 3.5, f"{took:.1f} s for a bound of 2 s (twice it: 4 s)"
-            proxy.restore()
-            assert "Sign out" in browser.get(url + "/posts").text
+    with alice_on_four_threads(database_url) as (url, browser):
+        assert browser.get(url + "/posts").status_code == 200
+        proxy.hang()
+        page, took = timed(lambda: browser.get(url + "/posts", allow_redirects=False, timeout=20))
+        assert getattr(page, "status_code", page) == 503
+        assert "Briefly unavailable" in page.text
+        assert took < 3.5, f"{took:.1f} s for a bound of 2 s (twice it: 4 s)"
+        proxy.restore()
+        assert "Sign out" in browser.get(url + "/posts").text
 
 
 def test_healthz_answers_a_browser_with_a_session_cookie_while_the_database_answers_nothing(hanging_database, committed):
@@ -279,19 +279,16 @@ def test_healthz_answers_a_browser_with_a_session_cookie_while_the_database_answ
     header) were looked up for them too, so a liveness probe that carried a session cookie waited
     for the database."""
     proxy, database_url = hanging_database
-    sock, public_url = listener()
-    with devstack_for(public_url) as idp:
-        app = main({}, **bff_settings(database_url, public_url, idp))
-        with served(app, sock, threads=4) as url:
-            browser = sign_in(url, "alice")
-            proxy.hang()
-            health, took = timed(lambda: browser.get(url + "/healthz", timeout=20))
-            assert getattr(health, "status_code", health) == 200 and took < 3, (health, took)  # the lookup: 5 s
-            ready, took = timed(lambda: browser.get(url + "/readyz", timeout=20))
-            assert getattr(ready, "status_code", ready) == 503 and took < 8, (ready, took)  # 5 s; twice: 10 s
-            proxy.restore()
-            assert requests.get(url + "/readyz", timeout=10).status_code == 200
-            # The check that waited goes on in its own thread until the answers held for it arrive.
-            deadline = time.monotonic() + 10
-            while any(t.name == "myapp readyz" for t in threading.enumerate()) and time.monotonic() < deadline:
-                time.sleep(0.05)
+    with alice_on_four_threads(database_url) as (url, browser):
+        proxy.hang()
+        health, took = timed(lambda: browser.get(url + "/healthz", timeout=20))
+        assert getattr(health, "status_code", health) == 200 and took < 3, (health, took)  # the lookup: 5 s
+        ready, took = timed(lambda: browser.get(url + "/readyz", timeout=20))
+        assert getattr(ready, "status_code", ready) == 503 and took < 8, (ready, took)  # 5 s; twice: 10 s
+        proxy.restore()
+        assert requests.get(url + "/readyz", timeout=10).status_code == 200
+        # The check that waited goes on in its own thread until the answers held for it arrive.
+        deadline = time.monotonic() + 10
+        while any(t.name == "myapp readyz" for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+

@@ -618,10 +618,11 @@ class FakeRedisLock:
 @pytest.mark.parametrize("backend", ["database", "redis"])
 def test_the_lock_holder_s_calls_to_the_provider_end_before_the_lock_s_time(connection, cipher, provider, session_row, record, backend):
     """A Redis lock's lease runs out after its timeout, and another process could then spend the
-    same refresh token: every call to the provider made under the lock ends LOCK_MARGIN before,
+    same refresh token: every call to the provider made under the lock ends REFRESH_LOCK_MARGIN before,
     whatever the provider's own http_timeout."""
     from myapp.services.http import HttpClient
-    from myapp.services.tokens import LOCK_MARGIN, RedisRefreshLock
+    from myapp.services.tokens import RedisRefreshLock
+    from myapp.settings import REFRESH_LOCK_MARGIN
 
     def own_session():
         return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
@@ -645,6 +646,6 @@ def test_the_lock_holder_s_calls_to_the_provider_end_before_the_lock_s_time(conn
 
     provider.answer = refresh
     assert manager.access_token(record(session_row(expires_in=0))).token == "at-new"
-    assert 25 - LOCK_MARGIN - 1 < left[0] <= 25 - LOCK_MARGIN
+    assert 25 - REFRESH_LOCK_MARGIN - 1 < left[0] <= 25 - REFRESH_LOCK_MARGIN
     with HttpClient(timeout=100).bounded() as seconds:  # outside the lock, its own timeout again
         assert seconds > 99
