@@ -9,7 +9,8 @@ Here the request is one ``bytes`` (every name and value checked once), and the a
 (status line, headers, Content-Length, chunks, 1xx) is llhttp's, in C and strict: no lenient
 mode is turned on, so a framing urllib3 would have guessed at (conflicting lengths, a bare CR or
 LF, Content-Length with Transfer-Encoding) is refused, and so is a transfer coding other than
-chunked alone (llhttp takes chunks off, nothing here would take a gzip off).
+chunked alone (llhttp takes chunks off, nothing here would take a gzip off), and a status that
+llhttp reads but HTTP has not (below 100, above 599).
 
 What is ours is the connection's life: a connection goes back to its pool only after a complete
 answer that keeps it alive; one found closed or readable while idle is dropped; and a kept-alive
@@ -307,7 +308,9 @@ class Response:
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if status < 100:
+        if not 100 <= status <= 599:
+            # RFC 9110 section 15: three digits, 100 to 599. llhttp reads any three digits; an
+            # answer beyond is not HTTP, and neither is the framing it goes on with.
             self._refused = f"a status of {status}"
             return
         if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: the answer follows

@@ -543,6 +543,49 @@ def test_an_answer_whose_framing_cannot_be_trusted_is_a_502(make_proxy_app, sign
     assert response.json == {"error": "upstream_unavailable", "message": "The API connection failed."}
 
 
+def served_get(app, browser, path):
+    """GET ``path`` through the real server (waitress, myapp's strict channel): the status, the
+    headers (each line, as on the wire) and the body the browser gets."""
+    cookie = browser.cookies[COOKIE]
+    with serve(app, create_server=create_server) as base:
+        connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+        try:
+            connection.request("GET", path, headers={"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}"})
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+
+@pytest.mark.parametrize("status", [b"600 Beyond", b"999 Whatever"])
+def test_a_status_beyond_599_is_not_http_the_browser_gets_a_502_and_the_connection_goes(
+    make_proxy_app, signed_in, status
+):
+    """RFC 9110 section 15: a status code is three digits, 100 to 599. llhttp reads any three
+    digits, and an upstream's "600" went to the browser as it was (a status no browser code
+    expects, fetch refuses to construct, and a cache may take for anything), on a connection kept
+    for the next call, whose framing was read by the rules of an answer that is not HTTP. Now the
+    answer is refused like a malformed one: SPEC.md's 502, and the connection is closed. Found by
+    a black-box review."""
+    served = []
+
+    def answer(connection, head, state):
+        served.append(state.setdefault("connection", len(served)))
+        if b"/strange" in head:
+            connection.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        else:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+    with keep_alive_upstream(answer) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        browser = signed_in(app=app)
+        code, headers, body = served_get(app, browser, "/api/raw/strange")
+        assert (code, dict(headers)["Content-Type"]) == (502, "application/json")
+        assert json.loads(body) == {"error": "upstream_unavailable", "message": "The API connection failed."}
+        assert api(browser, "GET", "/api/raw/fine", status=200).json == {}
+    assert served == [0, 1]  # the next call went on a new connection
+
+
 def test_an_answer_that_cannot_be_passed_on_is_a_json_502(make_proxy_app, signed_in, upstream, monkeypatch):
     from myapp.services.proxy import Proxy
 

@@ -368,6 +368,9 @@ def test_informational_answers_are_skipped(upstream, pools):
         (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * (300 * 1024) + b"\r\n\r\n", "bytes"),
         (b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok", "a status of 99"),
         (b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok", "a status of 0"),
+        # RFC 9110 section 15: 100 to 599; llhttp reads any three digits.
+        (b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok", "a status of 600"),
+        (b"HTTP/1.1 999 Beyond\r\nContent-Length: 2\r\n\r\nok", "a status of 999"),
         # A body on an informational answer must not become part of the final one.
         (b"HTTP/1.1 150 Odd\r\nContent-Length: 9\r\n\r\n<script>1" + OK, "informational answer with a body"),
         # helper-37: the chunks came off, the gzip did not, and nothing said the body was compressed.
