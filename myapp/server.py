@@ -7,7 +7,11 @@
   that carries ``Transfer-Encoding`` (which waitress ignores there), is refused with 400 and
   its connection closed. Waitress would read the chunked body and keep the connection open for
   what follows; a front proxy that believed the other length could then smuggle a request through
-  (RFC 9112 section 6.1: the server MUST close the connection after such a request).
+  (RFC 9112 section 6.1: the server MUST close the connection after such a request). So is one
+  whose ``Transfer-Encoding`` is not one line applying chunked once, and last (RFC 9112 sections
+  6.1 and 6.3): ``chunked, chunked``, two lines of it, ``chunked,`` and an empty one, which
+  waitress read as chunked once or as none and kept the connection, and ``chunked, gzip``,
+  which it answered 501.
 - What waitress answers itself (a request it could not read: its framing, a length, a header,
   a head too large; or an app that failed before answering) carries this site's hardening
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
@@ -47,7 +51,8 @@ from pathlib import Path, PurePosixPath
 
 import waitress
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
+from waitress.rfc7230 import HEADER_FIELD_RE
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
@@ -77,6 +82,7 @@ class StrictRequestParser(HTTPRequestParser):
         return _request_line_path(self.head_start)
 
     def parse_header(self, header_plus):
+        _refuse_ambiguous_transfer_encoding(header_plus)
         super().parse_header(header_plus)
         # Waitress has taken Transfer-Encoding out of the headers by now and decided on chunked.
         if self.chunked and "CONTENT_LENGTH" in self.headers:
@@ -86,6 +92,31 @@ class StrictRequestParser(HTTPRequestParser):
         # RFC 9112 section 6.1: such framing is faulty, and the connection closes after it.
         if "TRANSFER_ENCODING" in self.headers:
             raise ParsingError("An HTTP/1.0 request may not carry Transfer-Encoding")
+
+
+def _refuse_ambiguous_transfer_encoding(header_plus: bytes) -> None:
+    """Refuse (400, and the connection closes) a request whose Transfer-Encoding is not one line
+    that applies chunked once, and last (RFC 9112 sections 6.1 and 6.3), read as waitress reads
+    its lines. Waitress joins repeated lines into one list and drops empty elements, so that
+    "chunked, chunked", two lines of chunked, "chunked," and ", chunked" were all chunked once to
+    it, and an empty Transfer-Encoding was none; a proxy in front that reads any of them
+    otherwise (strict servers, Go's among them, take "chunked" alone) sees other requests than
+    the app. A coding before a last chunked ("gzip, chunked") stays waitress's 501."""
+    request_line_end = header_plus.find(b"\r\n")
+    if request_line_end < 0 or b"transfer-encoding" not in header_plus.lower():
+        return  # waitress refuses the one; the other is nearly every request, read no further
+    values = []
+    for line in get_header_lines(header_plus[request_line_end + 2 :]):
+        field = HEADER_FIELD_RE.match(line)
+        if field is not None and field.group("name").lower() == b"transfer-encoding":
+            values.append(field.group("value"))
+    if not values:
+        return
+    if len(values) > 1:
+        raise ParsingError("Transfer-Encoding may be sent once")
+    codings = [coding.strip(b" \t").lower() for coding in values[0].split(b",")]
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1 or b"" in codings:
+        raise ParsingError("Transfer-Encoding must apply chunked once, and last")
 
 
 class HardenedErrorTask(ErrorTask):

@@ -115,6 +115,51 @@ def test_transfer_encoding_on_http_1_0_is_refused_and_the_connection_closed(app,
     assert app.seen == []
 
 
+@pytest.mark.parametrize(
+    "transfer_encoding",
+    [
+        pytest.param(b"Transfer-Encoding: chunked, chunked\r\n", id="chunked twice"),
+        pytest.param(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", id="two lines"),
+        pytest.param(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", id="two lines, chunked last"),
+        pytest.param(b"Transfer-Encoding: chunked, gzip\r\n", id="chunked not last"),
+        pytest.param(b"Transfer-Encoding: gzip\r\n", id="no chunked"),
+        pytest.param(b"Transfer-Encoding: chunked,\r\n", id="an empty element after"),
+        pytest.param(b"Transfer-Encoding: , chunked\r\n", id="an empty element before"),
+        pytest.param(b"Transfer-Encoding: \r\n", id="empty"),
+    ],
+)
+def test_a_transfer_encoding_that_is_not_chunked_once_and_last_is_refused_and_the_connection_closed(
+    app, url, transfer_encoding
+):
+    """RFC 9112 section 6.1: a sender applies chunked once, and last; section 6.3: a request whose
+    Transfer-Encoding does not end with chunked has a length that cannot be told, and the server
+    answers 400 and closes the connection. Waitress read "chunked, chunked" (and two lines of
+    chunked, which it joins into that) as chunked once, and "chunked," or ", chunked" as chunked,
+    and an empty Transfer-Encoding as none, keeping the connection: a proxy in front that read
+    any of them otherwise (chunked applied twice, or not at all: Go's and other strict servers
+    take only "chunked" alone) would see other requests than the app did. It answered "chunked,
+    gzip" with 501 where the RFC asks for 400. Found by a black-box review."""
+    raw = (
+        b"POST /first HTTP/1.1\r\nHost: x\r\n" + transfer_encoding + b"\r\n"
+        + b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n" + SMUGGLED
+    )
+    received = exchange(url, raw)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request")
+    assert b"Connection: close" in received and b"<still open>" not in received
+    assert received.count(b"HTTP/1.1") == 1
+    assert app.seen == []
+
+
+def test_a_coding_before_chunked_is_not_implemented_and_the_connection_closed(app, url):
+    """RFC 9112 section 6.1: chunked last, another coding the server does not know before it: 501."""
+    raw = b"POST /first HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + SMUGGLED
+    received = exchange(url, raw)
+    assert received.startswith(b"HTTP/1.1 501 Not Implemented")
+    assert b"Connection: close" in received and b"<still open>" not in received
+    assert received.count(b"HTTP/1.1") == 1
+    assert app.seen == []
+
+
 HARDENING = [
     b"X-Content-Type-Options: nosniff", b"Referrer-Policy: same-origin", b"X-Frame-Options: DENY",
     b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'", b"Cache-Control: no-store",
