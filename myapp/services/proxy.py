@@ -2,10 +2,11 @@
 
 Only configured upstreams are reachable and the target URL is built from the configured base URL
 and the path below it, never from ``Host`` or anything else the browser sends. The browser's
-credentials and forwarding headers stay here; the upstream's cookies stay there. Bodies are
-spooled (to disk beyond 1 MiB) so a request can be replayed after a refresh or a DPoP nonce
-challenge (once each), and responses stream back in chunks, never held whole in memory. A token
-bound to the session's key (RFC 9449) goes as ``Authorization: DPoP`` with a fresh proof.
+credentials and forwarding headers stay here; the upstream's cookies stay there, and so do its
+challenges that would have the browser ask for a password (only Bearer and DPoP ones pass).
+Bodies are spooled (to disk beyond 1 MiB) so a request can be replayed after a refresh or a DPoP
+nonce challenge (once each), and responses stream back in chunks, never held whole in memory. A
+token bound to the session's key (RFC 9449) goes as ``Authorization: DPoP`` with a fresh proof.
 """
 
 import json
@@ -65,6 +66,18 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "content-security-policy-report-only", "x-frame-options", "x-content-type-options", "referrer-policy", "alt-svc",
     "nel", "report-to",
 }
+# The challenges of an upstream's WWW-Authenticate that reach the browser: Bearer and DPoP, which
+# browser code reads (SPEC.md's step-up and DPoP sections) and browsers leave alone. Any other
+# scheme may have the browser act for this site's origin: ask for a password and remember it
+# (Basic, Digest), sign in with the person's Windows credentials (NTLM, Negotiate), or fetch a
+# token unasked (PrivateToken), whoever controls the upstream.
+BROWSER_CHALLENGE_SCHEMES = frozenset({"bearer", "dpop"})
+# A list's comma, or an auth-param's quoted value (RFC 9110 section 11.2: only after "="), whose
+# commas separate nothing; group 1 is empty when the value is never closed.
+_COMMA_OR_QUOTED_VALUE = re.compile(r'=[ \t]*+"(?:[^"\\]++|\\.)*+("?)|,')
+# A list element that starts a challenge: a scheme, then nothing, or whitespace and no "=" (then
+# it is an auth-param's name).
+_CHALLENGE_START = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?:[ \t]++(?!=)|\Z)")
 # Encoded separators; NUL and every other control (a server that strips a segment reads "..%09" as
 # ".."); ";" (Tomcat, Jetty and Spring read "..;" as ".."); "?" and "#" (a server that decodes the
 # path and splits it again reads "..%3Fx" as ".." and a query); and a "%" that starts no escape
@@ -105,6 +118,37 @@ def _response_name(name: str) -> str | None:
     if len(_RESPONSE_NAMES) < _NAME_MEMO_LIMIT:
         _RESPONSE_NAMES[name] = lower
     return lower
+
+
+def browser_challenges(value: str) -> str:
+    """An upstream's ``WWW-Authenticate`` value with the challenges of
+    :data:`BROWSER_CHALLENGE_SCHEMES` only, each as it came ("" when none is left). What belongs
+    to no challenge (auth-params before the first) goes too, and so does a value whose quoted
+    string is never closed: where it ends cannot be told, nor what a browser would read after it."""
+    challenges: list[list] = []  # [scheme, start, end]
+    start, unattached = 0, False
+    ends = []
+    for match in _COMMA_OR_QUOTED_VALUE.finditer(value):
+        if match.group() == ",":
+            ends.append(match.start())
+        elif not match.group(1):
+            return ""
+    ends.append(len(value))
+    for end in ends:
+        element = value[start:end].strip(" \t")
+        if element:
+            started = _CHALLENGE_START.match(element)
+            if started:
+                challenges.append([started.group(1).lower(), start, end])
+            elif challenges:
+                challenges[-1][2] = end
+            else:
+                unattached = True
+        start = end + 1
+    kept = [value[first:last].strip(" \t") for scheme, first, last in challenges if scheme in BROWSER_CHALLENGE_SCHEMES]
+    if len(kept) == len(challenges) and not unattached:
+        return value
+    return ", ".join(kept)
 
 
 @dataclass(frozen=True)
@@ -469,7 +513,14 @@ class Proxy:
             tracing.inject(outgoing.headers)
             response = self._urlopen(outgoing, resend)
             span.set_attribute("http.response.status_code", response.status)
-            return response
+        if response.status == 407:
+            # Something between here and the upstream wants proxy credentials: none the browser
+            # has or should be asked for, and a 407 from anything but its own proxy is a failed
+            # request to it. The upstream cannot be reached (SPEC.md: 502).
+            response.close()
+            log.warning("upstream %s answered 407: a proxy on the way asks for credentials", outgoing.upstream.name)
+            raise APIError(502, ErrorCode.UPSTREAM_UNAVAILABLE, "The API could not be reached.")
+        return response
 
     def _urlopen(self, outgoing: Outgoing, resend: Callable[[], dict] | None = None) -> Response:
         """Sent as it is: never redirected, never retried but for a kept-alive connection that
@@ -605,6 +656,10 @@ class Proxy:
                 continue
             if not (value.isascii() and value.isprintable()) and not _HEADER_VALUE.match(value):
                 continue
+            if lower == "www-authenticate":
+                value = browser_challenges(value)
+                if not value:
+                    continue
             if lower == "content-length":
                 if not length_usable:
                     continue

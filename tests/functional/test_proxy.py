@@ -7,6 +7,7 @@ refresh, and what ends a session.
 import contextlib
 import hashlib
 import http.client
+import io
 import json
 import socket
 import socketserver
@@ -543,18 +544,34 @@ def test_an_answer_whose_framing_cannot_be_trusted_is_a_502(make_proxy_app, sign
     assert response.json == {"error": "upstream_unavailable", "message": "The API connection failed."}
 
 
+class Received:
+    """What a socket received, for http.client to read as an answer."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def makefile(self, mode):
+        return io.BytesIO(self.data)
+
+
 def served_get(app, browser, path):
     """GET ``path`` through the real server (waitress, myapp's strict channel): the status, the
-    headers (each line, as on the wire) and the body the browser gets."""
+    headers (each line, as on the wire) and the body the browser gets. Read until the server
+    closes the connection, so that it is done with it before it stops."""
     cookie = browser.cookies[COOKIE]
     with serve(app, create_server=create_server) as base:
-        connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
-        try:
-            connection.request("GET", path, headers={"X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}"})
-            response = connection.getresponse()
-            return response.status, response.getheaders(), response.read()
-        finally:
-            connection.close()
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nCookie: {COOKIE}={cookie}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            received = b""
+            while chunk := connection.recv(65536):
+                received += chunk
+    response = http.client.HTTPResponse(Received(received))
+    response.begin()
+    return response.status, response.getheaders(), response.read()
 
 
 @pytest.mark.parametrize("status", [b"600 Beyond", b"999 Whatever"])
@@ -584,6 +601,68 @@ def test_a_status_beyond_599_is_not_http_the_browser_gets_a_502_and_the_connecti
         assert json.loads(body) == {"error": "upstream_unavailable", "message": "The API connection failed."}
         assert api(browser, "GET", "/api/raw/fine", status=200).json == {}
     assert served == [0, 1]  # the next call went on a new connection
+
+
+@pytest.mark.parametrize(
+    "challenges, passed",
+    [
+        pytest.param(['Basic realm="api"'], [], id="Basic"),
+        pytest.param(['Digest realm="api", qop="auth", nonce="dcd98b7102dd2f0e", algorithm=SHA-256'], [], id="Digest"),
+        pytest.param(["Negotiate"], [], id="Negotiate"),
+        pytest.param(["NTLM"], [], id="NTLM"),
+        pytest.param(["bAsIc realm=api"], [], id="a scheme in any case"),
+        pytest.param(['PrivateToken challenge="YWJj", token-key="ZGVm"'], [], id="a scheme browsers act on unasked"),
+        pytest.param(['realm="api", Basic realm="api"'], [], id="a parameter before any scheme"),
+        pytest.param(["Negotiate", 'Bearer realm="api"'], ['Bearer realm="api"'], id="a line of each"),
+        pytest.param(['Basic realm="api", Bearer realm="api", error="invalid_token"'],
+                     ['Bearer realm="api", error="invalid_token"'], id="one line, Basic first"),
+        pytest.param(['Bearer error="invalid_token", error_description="expired, Basic realm=x", Negotiate YIIabc=='],
+                     ['Bearer error="invalid_token", error_description="expired, Basic realm=x"'],
+                     id="a comma and a scheme's name in a quoted string"),
+        pytest.param(['Bearer realm="api",error="invalid_token"', 'DPoP algs="ES256 PS256", error="invalid_token"'],
+                     ['Bearer realm="api",error="invalid_token"', 'DPoP algs="ES256 PS256", error="invalid_token"'],
+                     id="Bearer and DPoP, unchanged"),
+    ],
+)
+def test_an_upstreams_401_reaches_the_browser_without_challenges_that_make_it_ask_for_a_password(
+    make_proxy_app, signed_in, challenges, passed
+):
+    """A 401 with a Basic, Digest, NTLM or Negotiate challenge has the browser show its own sign-in
+    prompt for this site's origin (for a fetch too), and remember what people type there: anyone
+    who controls an upstream could phish for passwords under the app's name, or, with NTLM and
+    Negotiate, have browsers that trust the origin sign in to it with Windows credentials. The
+    401 and its body still reach browser code, and so do Bearer and DPoP challenges, as they
+    came (SPEC.md's step-up and DPoP sections read them); any other scheme is dropped, a scheme
+    that browsers act on unasked (PrivateToken) among them. Found by a black-box review."""
+    lines = "".join(f"WWW-Authenticate: {challenge}\r\n" for challenge in challenges)
+    raw = (
+        f"HTTP/1.1 401 Unauthorized\r\n{lines}Content-Type: application/json\r\nContent-Length: 17\r\n"
+        'Connection: close\r\n\r\n{"error": "nope"}'
+    ).encode()
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        status, headers, body = served_get(app, signed_in(app=app), "/api/raw/x")
+    assert (status, json.loads(body)) == (401, {"error": "nope"})
+    assert [value for name, value in headers if name.lower() == "www-authenticate"] == passed
+
+
+def test_an_upstreams_407_is_a_502(make_proxy_app, signed_in):
+    """407 asks for the credentials of a proxy between the BFF and the upstream: none the browser
+    has or should be asked for (its Proxy-Authenticate never reaches it), and a 407 that does not
+    come from the browser's own proxy is a failed request to it (Chrome: ERR_UNEXPECTED_PROXY_AUTH).
+    The upstream cannot be reached: SPEC.md's 502. Found by a black-box review."""
+    raw = (
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\n"
+        b"Content-Type: text/html\r\nContent-Length: 6\r\nConnection: close\r\n\r\ndenied"
+    )
+    with canned_http_server(raw) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+        status, headers, body = served_get(app, signed_in(app=app), "/api/raw/x")
+    assert (status, dict(headers)["Content-Type"]) == (502, "application/json")
+    assert json.loads(body) == {"error": "upstream_unavailable", "message": "The API could not be reached."}
+    assert not [name for name, _ in headers if name.lower().endswith("-authenticate")]
+    counted = app.registry[Services].metrics.registry.get_sample_value
+    assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "502"}) == 1
 
 
 def test_an_answer_that_cannot_be_passed_on_is_a_json_502(make_proxy_app, signed_in, upstream, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 from myapp.errors import APIError
 from myapp.services.dpop import DPoPKey
 from myapp.services.http1 import Headers, Response
-from myapp.services.proxy import CHUNK, Proxy, Route, subpath
+from myapp.services.proxy import CHUNK, Proxy, Route, browser_challenges, subpath
 from myapp.services.tokenset import Credential
 from myapp.settings import Upstream
 from tests.support.dpop_check import verify_proof
@@ -385,6 +385,53 @@ def test_the_upstreams_cookies_hop_by_hop_and_policy_headers_stay_there():
     )
     names = {name.lower() for name, _ in Proxy.response_headers(upstream)}
     assert names == {"content-type", "etag", "content-length"}
+
+
+@pytest.mark.parametrize(
+    "value, passed",
+    [
+        ('Bearer realm="api", error="invalid_token"', 'Bearer realm="api", error="invalid_token"'),
+        ("dpop algs=ES256,error=use_dpop_nonce", "dpop algs=ES256,error=use_dpop_nonce"),
+        ("Bearer", "Bearer"),
+        ("Bearer dG9rZW42OA==", "Bearer dG9rZW42OA=="),
+        ('Bearer realm = "api" , Basic realm = "api"', 'Bearer realm = "api"'),
+        ('Basic realm="a", Bearer, Digest nonce="n", DPoP error="x"', "Bearer, DPoP error=\"x\""),
+        ('Bearer error_description="a \\" quote, Basic realm=x"', 'Bearer error_description="a \\" quote, Basic realm=x"'),
+        # A quote that opens no quoted string (not after "="): its commas separate.
+        ('Bearer realm=a"b, Basic x, Bearer c="d"', 'Bearer realm=a"b, Bearer c="d"'),
+        # A quoted string never closed: where it ends cannot be told.
+        ('Bearer error_description="never closed, Basic realm=x', ""),
+        ("Basic", ""),
+        ("Negotiate YIIabc==, NTLM", ""),
+        ('error="x", Bearer realm="api"', 'Bearer realm="api"'),
+        ("Bearer a=b, Basic =x", "Bearer a=b, Basic =x"),  # Basic here is an auth-param's name
+        (", ,Bearer realm=api,", ", ,Bearer realm=api,"),
+        ("", ""),
+    ],
+)
+def test_only_bearer_and_dpop_challenges_reach_the_browser(value, passed):
+    assert browser_challenges(value) == passed
+
+
+def test_challenges_are_read_in_linear_time():
+    script = (
+        "from myapp.services.proxy import browser_challenges\n"
+        "for value in ['Bearer ' + 'a=b,' * 60_000, 'Bearer a=\"' + '\\\\,' * 60_000 + '\"',\n"
+        "              'Basic ' + ',' * 200_000, 'Bearer a=' + '=\"' * 100_000, 'x' * 250_000 + ' y']:\n"
+        "    browser_challenges(value)\n"
+    )
+    runs_in_time(script, timeout=30)
+
+
+def test_an_upstreams_www_authenticate_keeps_only_bearer_and_dpop_challenges():
+    upstream = response(
+        status=401,
+        headers={"WWW-Authenticate": 'Basic realm="api"', "Www-Authenticate": 'Bearer error="invalid_token"',
+                 "www-authenticate": "Negotiate", "Content-Type": "application/json"},
+    )
+    assert [(name, value) for name, value in Proxy.response_headers(upstream) if name.lower() != "content-length"] == [
+        ("Www-Authenticate", 'Bearer error="invalid_token"'), ("Content-Type", "application/json")
+    ]
 
 
 def test_small_bodies_are_read_at_once_and_large_ones_stream():
