@@ -11,7 +11,8 @@
   whose ``Transfer-Encoding`` is not one line applying chunked once, and last (RFC 9112 sections
   6.1 and 6.3): ``chunked, chunked``, two lines of it, ``chunked,`` and an empty one, which
   waitress read as chunked once or as none and kept the connection, and ``chunked, gzip``,
-  which it answered 501.
+  which it answered 501. So is a header line folded onto the next (RFC 9112 section 5.2), which
+  waitress joined: a proxy in front that does not join them reads another framing.
 - What waitress answers itself (a request it could not read: its framing, a length, a header,
   a head too large; or an app that failed before answering) carries this site's hardening
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
@@ -82,6 +83,10 @@ class StrictRequestParser(HTTPRequestParser):
         return _request_line_path(self.head_start)
 
     def parse_header(self, header_plus):
+        # RFC 9112 section 5.2: obsolete line folding in a request is refused, or unfolded. Waitress
+        # unfolds it; a proxy in front that does not reads another Transfer-Encoding or length.
+        if b"\r\n " in header_plus or b"\r\n\t" in header_plus:
+            raise ParsingError("A header line may not be folded onto the next")
         _refuse_ambiguous_transfer_encoding(header_plus)
         super().parse_header(header_plus)
         # Waitress has taken Transfer-Encoding out of the headers by now and decided on chunked.
