@@ -13,9 +13,11 @@ What bounds each case (docs/reliability.md has the table):
   to ``Connection.wait`` and wakes it a few times a second even when nothing arrives; a wait past
   its deadline closes the connection and raises :class:`DidNotAnswer`, an ``OperationalError``:
   SQLAlchemy finds the connection closed, throws it away as it does any connection found dead, and
-  the app answers 503 ``service_unavailable`` as for any outage.
+  the app answers 503 ``service_unavailable`` as for any outage. The pool's ping, which waits for
+  no lock, may have a shorter deadline than the statements (:func:`bound_waits`).
 """
 
+import contextlib
 from time import monotonic
 
 import psycopg
@@ -68,6 +70,15 @@ class BoundedConnection(psycopg.Connection):
 
     within: float = 0.0
 
+    @contextlib.contextmanager
+    def waiting_at_most(self, seconds: float):
+        """Each wait within ``seconds`` instead, until the block ends."""
+        self.within = seconds
+        try:
+            yield
+        finally:
+            del self.within  # back to the class's bound
+
     def wait(self, gen, *args, **kwargs):
         try:
             return super().wait(_within(gen, monotonic() + self.within), *args, **kwargs)
@@ -85,10 +96,24 @@ def libpq_bounds(url: URL) -> dict:
     return {key: value for key, value in bounds.items() if key not in url.query}
 
 
-def bound_waits(engine: Engine, within: float) -> None:
-    """Make ``engine``'s connections :class:`BoundedConnection`\\ s waiting at most ``within`` s."""
+def bound_waits(engine: Engine, within: float, *, ping_within: float | None = None) -> None:
+    """Make ``engine``'s connections :class:`BoundedConnection`\\ s waiting at most ``within`` s,
+    and at most ``ping_within`` s (if shorter) in the pool's ping before it hands one out."""
     connection_class = type("BoundedConnection", (BoundedConnection,), {"within": within})
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect, record, cargs, cparams):
         return connection_class.connect(*cargs, **cparams)
+
+    if ping_within is None or ping_within >= within:
+        return
+    # The ping (an empty query, on an idle connection) never waits for a lock: the statements'
+    # long bound, there for a row a refresh holds, would only keep a thread on a hung database.
+    # The dialect is this engine's own (create_engine makes one per engine); no event wraps a ping.
+    ping = engine.dialect.do_ping
+
+    def do_ping(dbapi_connection) -> bool:
+        with dbapi_connection.waiting_at_most(ping_within):
+            return ping(dbapi_connection)
+
+    engine.dialect.do_ping = do_ping

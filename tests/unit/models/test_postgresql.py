@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from myapp.models import LOOKUP_WITHIN, WAIT_MARGIN, Database, UserSession, get_engine
-from myapp.models.postgresql import DidNotAnswer, _Expired, _within, libpq_bounds
+from myapp.models.postgresql import BoundedConnection, DidNotAnswer, _Expired, _within, libpq_bounds
 from myapp.services import Services
 from tests.conftest import postgresql_url
 from tests.support.fault_proxy import FaultProxy
@@ -111,6 +111,42 @@ def test_the_bound_is_for_each_wait_not_for_the_connection(hanging):
         engine.dispose()
 
 
+def test_the_pool_s_ping_of_an_idle_connection_waits_its_own_shorter_bound(hanging):
+    """A ping waits for no lock: on a hung server it gives up after ``ping_within`` (then the
+    pool tries a new connection, which gives up after connect_timeout), not the statements' 30 s."""
+    proxy, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        proxy.hang()
+        started = time.monotonic()
+        with pytest.raises(OperationalError), engine.connect() as connection:  # the ping, then a new connection
+            connection.execute(text("SELECT 2"))
+        assert time.monotonic() - started < 14  # 1 s and 2 s; 30 s and 2 s with the statements' bound
+    finally:
+        engine.dispose()
+
+
+def test_the_ping_s_bound_does_not_stay_on_the_connection_it_pinged(hanging):
+    """The statement after the ping, on the same connection, keeps the statements' bound: a
+    statement that takes longer than the ping's bound is not cut."""
+    _, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=5, ping_within=0.5, pool_size=1)
+    pinged = []
+    real_ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda dbapi_connection: pinged.append(dbapi_connection) or real_ping(dbapi_connection)
+    try:
+        with engine.connect() as connection:
+            first = connection.connection.dbapi_connection
+        with engine.connect() as connection:
+            assert connection.connection.dbapi_connection is first and pinged == [first]
+            assert connection.connection.dbapi_connection.within == 5
+            connection.execute(text("SELECT pg_sleep(1.2)"))
+    finally:
+        engine.dispose()
+
+
 def test_a_transaction_cut_off_at_its_deadline_writes_nothing(hanging):
     """Two rows in one transaction; the server stops answering after the first: the second waits
     out the bound, the connection is closed, and the server rolls the first back too."""
@@ -142,7 +178,8 @@ def test_a_transaction_cut_off_at_its_deadline_writes_nothing(hanging):
 
 def test_the_app_bounds_its_waits_above_the_refresh_lock(committed_database_url, monkeypatch):
     """The lookup pool's waits end within LOOKUP_WITHIN; every other pool's above the refresh lock's
-    own wait (a SELECT ... FOR UPDATE for a session another process refreshes), by WAIT_MARGIN."""
+    own wait (a SELECT ... FOR UPDATE for a session another process refreshes), by WAIT_MARGIN,
+    except their ping of an idle connection, within LOOKUP_WITHIN too."""
     if not committed_database_url.startswith("postgresql"):
         pytest.skip("the bound is PostgreSQL's")
     from myapp import main
@@ -157,10 +194,24 @@ def test_the_app_bounds_its_waits_above_the_refresh_lock(committed_database_url,
             with engine.connect() as connection:
                 return connection.connection.dbapi_connection.within
 
+        def ping_within(engine):
+            seen, wait = [], BoundedConnection.wait
+
+            def seen_wait(self, *args, **kwargs):
+                seen.append(self.within)
+                return wait(self, *args, **kwargs)
+
+            with engine.connect() as connection, monkeypatch.context() as patch:
+                patch.setattr(BoundedConnection, "wait", seen_wait)
+                assert engine.dialect.do_ping(connection.connection.dbapi_connection)
+            return set(seen)
+
         lock_timeout = services.tokens.lock.timeout
         assert lock_timeout == 2 * 7 + 5
         assert within(database.engine) == within(database.own_engine) == lock_timeout + WAIT_MARGIN
         assert within(database.lookup_engine) == LOOKUP_WITHIN == 5
+        # The pools that ping an idle connection before handing it out: a ping waits for no lock.
+        assert ping_within(database.engine) == ping_within(database.own_engine) == {LOOKUP_WITHIN}
     finally:
         services.close()
 
