@@ -105,6 +105,13 @@ def bound_waits(engine: Engine, within: float, *, ping_within: float | None = No
     def _connect(dialect, record, cargs, cparams):
         return connection_class.connect(*cargs, **cparams)
 
+    @event.listens_for(engine, "handle_error")
+    def _no_new_connection_after_a_ping_that_ran_out(context):
+        # A dead connection's ping makes the pool try a new one, which a database that answers
+        # nothing keeps for connect_timeout: twice the wait. The request's 503 comes now instead.
+        if context.is_pre_ping and isinstance(context.original_exception, DidNotAnswer):
+            context.is_disconnect = False
+
     if ping_within is None or ping_within >= within:
         return
     # The ping (an empty query, on an idle connection) never waits for a lock: the statements'

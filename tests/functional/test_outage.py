@@ -264,7 +264,8 @@ def test_a_sign_in_started_while_the_database_answers_nothing_is_503_within_the_
     """A sign-in start (/login, no session) looks nothing up: its first database work is on the
     request pool, which pings the idle connection it hands out. That ping waited the request pool's
     bound, 30 s with the default http_timeout (room for a session row a refresh holds, which a ping
-    never waits for), then a new connection's; it now waits the lookup's bound."""
+    never waits for), then a new connection's; it now waits the lookup's bound, and no new
+    connection is tried after it."""
     proxy, database_url = hanging_database
     monkeypatch.setattr(myapp.models, "LOOKUP_WITHIN", 1.0, raising=False)
     with alice_on_four_threads(database_url) as (url, _):
@@ -273,7 +274,7 @@ def test_a_sign_in_started_while_the_database_answers_nothing_is_503_within_the_
         page, took = timed(lambda: requests.get(url + "/login", allow_redirects=False, timeout=60))
         assert getattr(page, "status_code", page) == 503, getattr(page, "text", page)[:200]
         assert "Briefly unavailable" in page.text and page.headers["Retry-After"] == "5"
-        # The ping's 1 s, then a new connection's 2 s; before, 30 s and 2 s. Room for a busy machine.
+        # The ping's 1 s; before, 30 s and a new connection's 2 s. Room for a busy machine.
         assert took < 14, f"{took:.1f} s"
         proxy.restore()
         assert requests.get(url + "/login", allow_redirects=False, timeout=10).status_code == 303

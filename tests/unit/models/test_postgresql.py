@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 from psycopg import waiting
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -112,8 +112,8 @@ def test_the_bound_is_for_each_wait_not_for_the_connection(hanging):
 
 
 def test_the_pool_s_ping_of_an_idle_connection_waits_its_own_shorter_bound(hanging):
-    """A ping waits for no lock: on a hung server it gives up after ``ping_within`` (then the
-    pool tries a new connection, which gives up after connect_timeout), not the statements' 30 s."""
+    """A ping waits for no lock: on a hung server it gives up after ``ping_within``, not the
+    statements' 30 s."""
     proxy, url = hanging
     engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
     try:
@@ -121,9 +121,51 @@ def test_the_pool_s_ping_of_an_idle_connection_waits_its_own_shorter_bound(hangi
             connection.execute(text("SELECT 1"))
         proxy.hang()
         started = time.monotonic()
-        with pytest.raises(OperationalError), engine.connect() as connection:  # the ping, then a new connection
+        with pytest.raises(OperationalError), engine.connect() as connection:
             connection.execute(text("SELECT 2"))
-        assert time.monotonic() - started < 14  # 1 s and 2 s; 30 s and 2 s with the statements' bound
+        assert time.monotonic() - started < 14  # 1 s; 30 s (and 2 s for a new connection) with the statements' bound
+    finally:
+        engine.dispose()
+
+
+def test_a_ping_that_ran_out_of_time_is_not_followed_by_a_new_connection(hanging):
+    """SQLAlchemy's pool tries a new connection after a ping that failed; on a database that
+    answers nothing that one waits out connect_timeout too. The ping's run-out is the outage."""
+    proxy, url = hanging
+    url = url.update_query_dict({"connect_timeout": "10"})
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
+    connections = []
+    event.listen(engine, "connect", lambda dbapi_connection, record: connections.append(dbapi_connection))
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        proxy.hang()
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised, engine.connect():
+            pass
+        took = time.monotonic() - started
+        assert isinstance(raised.value.orig, DidNotAnswer)
+        assert len(connections) == 1, "no new connection was tried"
+        assert took < 6, took  # 1 s; 11 s with a new connection's connect_timeout after it
+        assert connections[0].closed
+        proxy.restore()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 2")).scalar() == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_ping_that_finds_its_connection_reset_still_gets_a_new_one(hanging):
+    proxy, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
+    try:
+        with engine.connect() as connection:
+            first = connection.connection.dbapi_connection
+        proxy.cut()
+        proxy.restore()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+            assert connection.connection.dbapi_connection is not first
     finally:
         engine.dispose()
 
