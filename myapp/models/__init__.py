@@ -76,15 +76,15 @@ LOOKUP_POOL = {"pool_size": 20, "max_overflow": 10, "pool_timeout": 30, "pool_pr
 # /readyz, 5 s. Any other statement may wait for a session row a refresh holds (the refresh lock's
 # own SELECT ... FOR UPDATE, a sign-out's, recording activity, a row referring to it): for as long
 # as the refresh lock waits, 2 x myapp.oidc.http_timeout + 5 s, and WAIT_MARGIN more. The pools'
-# ping before they hand out an idle connection waits for no lock either: the lookup's bound.
+# ping before they hand out an idle connection and ROLLBACK wait for no lock: the lookup's bound.
 LOOKUP_WITHIN = 5.0
 WAIT_MARGIN = 5.0
 
 
-def get_engine(url: str, *, within: float | None = None, ping_within: float | None = None, **kwargs) -> Engine:
+def get_engine(url: str, *, within: float | None = None, lock_free_within: float | None = None, **kwargs) -> Engine:
     """An engine for ``url``; on PostgreSQL with ``within``, every wait of its connections ends
-    within that many seconds (its pool's ping within ``ping_within``, if shorter), and libpq's
-    own timeouts apply (models/postgresql.py)."""
+    within that many seconds (its pool's ping and ROLLBACK within ``lock_free_within``, if
+    shorter), and libpq's own timeouts apply (models/postgresql.py)."""
     if url in ("sqlite://", "sqlite:///:memory:"):
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith(("pool_", "max_overflow"))}
     if url.startswith("sqlite"):
@@ -99,16 +99,18 @@ def get_engine(url: str, *, within: float | None = None, ping_within: float | No
         kwargs["connect_args"] = {**postgresql.libpq_bounds(parsed), **kwargs.get("connect_args", {})}
     engine = create_engine(url, **kwargs)
     if bounded:
-        postgresql.bound_waits(engine, within, ping_within=ping_within)
+        postgresql.bound_waits(engine, within, lock_free_within=lock_free_within)
     return engine
 
 
-def get_own_transaction_engine(url: str, *, within: float | None = None, ping_within: float | None = None) -> Engine:
+def get_own_transaction_engine(
+    url: str, *, within: float | None = None, lock_free_within: float | None = None
+) -> Engine:
     """The engine for work that commits on its own. On SQLite, which has no row locks (PostgreSQL
     uses ``FOR UPDATE``), each such transaction starts with ``BEGIN IMMEDIATE``, taking the
     database's write lock: refreshes stay single-flight across processes sharing the file.
     """
-    engine = get_engine(url, within=within, ping_within=ping_within, **OWN_TRANSACTION_POOL)
+    engine = get_engine(url, within=within, lock_free_within=lock_free_within, **OWN_TRANSACTION_POOL)
     if engine.dialect.name == "sqlite":
         begin_sqlite_transactions_with(engine, "BEGIN IMMEDIATE")
     return engine
@@ -165,16 +167,17 @@ class Database:
     @classmethod
     def from_url(cls, url: str, *, within: float | None = None, lookup_within: float | None = None) -> "Database":
         """The engines for ``url``. On PostgreSQL, each wait of the session lookup's pool ends
-        within ``lookup_within`` seconds (LOOKUP_WITHIN without it), and so does the others' ping
-        of an idle connection; each other wait of the others within ``within`` (none without it: a
-        script's), so that a database that answers nothing costs a request a 503, not its thread."""
+        within ``lookup_within`` seconds (LOOKUP_WITHIN without it), and so do the others' ping
+        of an idle connection and ROLLBACK; each other wait of the others within ``within`` (none
+        without it: a script's), so that a database that answers nothing costs a request a 503,
+        not its thread."""
         lookup_within = LOOKUP_WITHIN if lookup_within is None else lookup_within
-        engine = get_engine(url, within=within, ping_within=lookup_within, **REQUEST_POOL)
+        engine = get_engine(url, within=within, lock_free_within=lookup_within, **REQUEST_POOL)
         if url in ("sqlite://", "sqlite:///:memory:"):  # one database per engine: share it
             return cls(engine, engine)
         return cls(
             engine,
-            get_own_transaction_engine(url, within=within, ping_within=lookup_within),
+            get_own_transaction_engine(url, within=within, lock_free_within=lookup_within),
             get_engine(url, within=lookup_within, **LOOKUP_POOL),
         )
 

@@ -13,8 +13,8 @@ What bounds each case (docs/reliability.md has the table):
   to ``Connection.wait`` and wakes it a few times a second even when nothing arrives; a wait past
   its deadline closes the connection and raises :class:`DidNotAnswer`, an ``OperationalError``:
   SQLAlchemy finds the connection closed, throws it away as it does any connection found dead, and
-  the app answers 503 ``service_unavailable`` as for any outage. The pool's ping, which waits for
-  no lock, may have a shorter deadline than the statements (:func:`bound_waits`).
+  the app answers 503 ``service_unavailable`` as for any outage. The pool's ping and ``ROLLBACK``,
+  which wait for no lock, may have a shorter deadline than the statements (:func:`bound_waits`).
 """
 
 import contextlib
@@ -96,9 +96,10 @@ def libpq_bounds(url: URL) -> dict:
     return {key: value for key, value in bounds.items() if key not in url.query}
 
 
-def bound_waits(engine: Engine, within: float, *, ping_within: float | None = None) -> None:
+def bound_waits(engine: Engine, within: float, *, lock_free_within: float | None = None) -> None:
     """Make ``engine``'s connections :class:`BoundedConnection`\\ s waiting at most ``within`` s,
-    and at most ``ping_within`` s (if shorter) in the pool's ping before it hands one out."""
+    and at most ``lock_free_within`` s (if shorter) in the two waits that never wait for a lock:
+    the pool's ping before it hands out an idle connection, and ``ROLLBACK``."""
     connection_class = type("BoundedConnection", (BoundedConnection,), {"within": within})
 
     @event.listens_for(engine, "do_connect")
@@ -112,15 +113,22 @@ def bound_waits(engine: Engine, within: float, *, ping_within: float | None = No
         if context.is_pre_ping and isinstance(context.original_exception, DidNotAnswer):
             context.is_disconnect = False
 
-    if ping_within is None or ping_within >= within:
+    if lock_free_within is None or lock_free_within >= within:
         return
-    # The ping (an empty query, on an idle connection) never waits for a lock: the statements'
-    # long bound, there for a row a refresh holds, would only keep a thread on a hung database.
-    # The dialect is this engine's own (create_engine makes one per engine); no event wraps a ping.
-    ping = engine.dialect.do_ping
+    # The statements' long bound is there for a row a refresh holds; on these two it would only
+    # keep a thread on a hung database. A ROLLBACK cut short loses nothing: the server rolls back
+    # the connection it finds closed. The dialect is this engine's own (create_engine makes one per
+    # engine); no event wraps either call.
+    dialect = engine.dialect
+    ping, rollback = dialect.do_ping, dialect.do_rollback
 
     def do_ping(dbapi_connection) -> bool:
-        with dbapi_connection.waiting_at_most(ping_within):
+        with dbapi_connection.waiting_at_most(lock_free_within):
             return ping(dbapi_connection)
 
-    engine.dialect.do_ping = do_ping
+    def do_rollback(connection) -> None:
+        # SQLAlchemy hands it the pool's proxy of the driver's connection.
+        with getattr(connection, "dbapi_connection", connection).waiting_at_most(lock_free_within):
+            rollback(connection)
+
+    dialect.do_ping, dialect.do_rollback = do_ping, do_rollback

@@ -2,6 +2,7 @@
 server that takes requests and answers nothing closes the connection at the deadline, and the
 engine carries on with new connections once the server answers again."""
 
+import contextlib
 import socket
 import threading
 import time
@@ -112,10 +113,10 @@ def test_the_bound_is_for_each_wait_not_for_the_connection(hanging):
 
 
 def test_the_pool_s_ping_of_an_idle_connection_waits_its_own_shorter_bound(hanging):
-    """A ping waits for no lock: on a hung server it gives up after ``ping_within``, not the
+    """A ping waits for no lock: on a hung server it gives up after ``lock_free_within``, not the
     statements' 30 s."""
     proxy, url = hanging
-    engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, lock_free_within=1, pool_size=2)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -133,7 +134,7 @@ def test_a_ping_that_ran_out_of_time_is_not_followed_by_a_new_connection(hanging
     answers nothing that one waits out connect_timeout too. The ping's run-out is the outage."""
     proxy, url = hanging
     url = url.update_query_dict({"connect_timeout": "10"})
-    engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, lock_free_within=1, pool_size=2)
     connections = []
     event.listen(engine, "connect", lambda dbapi_connection, record: connections.append(dbapi_connection))
     try:
@@ -157,7 +158,7 @@ def test_a_ping_that_ran_out_of_time_is_not_followed_by_a_new_connection(hanging
 
 def test_a_ping_that_finds_its_connection_reset_still_gets_a_new_one(hanging):
     proxy, url = hanging
-    engine = get_engine(url.render_as_string(hide_password=False), within=30, ping_within=1, pool_size=2)
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, lock_free_within=1, pool_size=2)
     try:
         with engine.connect() as connection:
             first = connection.connection.dbapi_connection
@@ -174,7 +175,7 @@ def test_the_ping_s_bound_does_not_stay_on_the_connection_it_pinged(hanging):
     """The statement after the ping, on the same connection, keeps the statements' bound: a
     statement that takes longer than the ping's bound is not cut."""
     _, url = hanging
-    engine = get_engine(url.render_as_string(hide_password=False), within=5, ping_within=0.5, pool_size=1)
+    engine = get_engine(url.render_as_string(hide_password=False), within=5, lock_free_within=0.5, pool_size=1)
     pinged = []
     real_ping = engine.dialect.do_ping
     engine.dialect.do_ping = lambda dbapi_connection: pinged.append(dbapi_connection) or real_ping(dbapi_connection)
@@ -184,6 +185,34 @@ def test_the_ping_s_bound_does_not_stay_on_the_connection_it_pinged(hanging):
         with engine.connect() as connection:
             assert connection.connection.dbapi_connection is first and pinged == [first]
             assert connection.connection.dbapi_connection.within == 5
+            connection.execute(text("SELECT pg_sleep(1.2)"))
+    finally:
+        engine.dispose()
+
+
+def test_a_rollback_the_server_never_answers_waits_the_short_bound(hanging):
+    """A ROLLBACK waits for no lock (and one cut short loses nothing): the short bound, whether the
+    code rolls back or closes the connection with its transaction open; the next statement gets the
+    long one."""
+    proxy, url = hanging
+    engine = get_engine(url.render_as_string(hide_password=False), within=30, lock_free_within=1, pool_size=2)
+    try:
+        for roll_back in (lambda connection: connection.rollback(), lambda connection: connection.close()):
+            connection = engine.connect()
+            connection.exec_driver_sql("SELECT 1")  # BEGIN, then the statement: a transaction open
+            dbapi_connection = connection.connection.dbapi_connection
+            proxy.hang()
+            started = time.monotonic()
+            with contextlib.suppress(OperationalError):
+                roll_back(connection)
+            assert time.monotonic() - started < 14  # 1 s; 30 s with the statements' bound
+            assert dbapi_connection.closed
+            connection.close()
+            proxy.restore()
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            connection.rollback()
+            assert connection.connection.dbapi_connection.within == 30
             connection.execute(text("SELECT pg_sleep(1.2)"))
     finally:
         engine.dispose()
@@ -221,7 +250,7 @@ def test_a_transaction_cut_off_at_its_deadline_writes_nothing(hanging):
 def test_the_app_bounds_its_waits_above_the_refresh_lock(committed_database_url, monkeypatch):
     """The lookup pool's waits end within LOOKUP_WITHIN; every other pool's above the refresh lock's
     own wait (a SELECT ... FOR UPDATE for a session another process refreshes), by WAIT_MARGIN,
-    except their ping of an idle connection, within LOOKUP_WITHIN too."""
+    except their ping of an idle connection and ROLLBACK, within LOOKUP_WITHIN too."""
     if not committed_database_url.startswith("postgresql"):
         pytest.skip("the bound is PostgreSQL's")
     from myapp import main
@@ -236,7 +265,7 @@ def test_the_app_bounds_its_waits_above_the_refresh_lock(committed_database_url,
             with engine.connect() as connection:
                 return connection.connection.dbapi_connection.within
 
-        def ping_within(engine):
+        def bounds_seen(engine, call):
             seen, wait = [], BoundedConnection.wait
 
             def seen_wait(self, *args, **kwargs):
@@ -244,16 +273,23 @@ def test_the_app_bounds_its_waits_above_the_refresh_lock(committed_database_url,
                 return wait(self, *args, **kwargs)
 
             with engine.connect() as connection, monkeypatch.context() as patch:
+                if call == "do_rollback":
+                    connection.execute(text("SELECT 1"))  # a transaction to roll back
                 patch.setattr(BoundedConnection, "wait", seen_wait)
-                assert engine.dialect.do_ping(connection.connection.dbapi_connection)
+                if call == "do_ping":
+                    assert engine.dialect.do_ping(connection.connection.dbapi_connection)
+                else:
+                    engine.dialect.do_rollback(connection.connection)
             return set(seen)
+
 
         lock_timeout = services.tokens.lock.timeout
         assert lock_timeout == 2 * 7 + 5
         assert within(database.engine) == within(database.own_engine) == lock_timeout + WAIT_MARGIN
         assert within(database.lookup_engine) == LOOKUP_WITHIN == 5
-        # The pools that ping an idle connection before handing it out: a ping waits for no lock.
-        assert ping_within(database.engine) == ping_within(database.own_engine) == {LOOKUP_WITHIN}
+        # Waits for no lock: the ping of an idle connection (the pools that ping), a ROLLBACK.
+        for call in ("do_ping", "do_rollback"):
+            assert bounds_seen(database.engine, call) == bounds_seen(database.own_engine, call) == {LOOKUP_WITHIN}, call
     finally:
         services.close()
 
