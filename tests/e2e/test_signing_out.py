@@ -1,0 +1,88 @@
+"""Signing out as people really do it: with a double click, with Enter pressed twice, in one tab
+of two. The browser's behaviour does not depend on the database, so this module runs on SQLite
+only (the server side of every case is tested on both in tests/functional)."""
+
+import pytest
+
+from tests.conftest import random_name
+from tests.e2e.browser import REQUIRES_CHROMIUM
+from tests.e2e.product import at_provider_form, sign_in
+from tests.support.live import COOKIE
+
+pytestmark = [
+    pytest.mark.e2e,
+    REQUIRES_CHROMIUM,
+    pytest.mark.parametrize("committed_database_url", ["sqlite"], indirect=True, scope="module"),
+]
+
+LANDING = "Sign in once. Work safely."
+
+
+def session_cookie(browser, product):
+    cookies = browser.driver.execute_cdp_cmd("Network.getCookies", {"urls": [product.url + "/"]})["cookies"]
+    return [c for c in cookies if c["name"] == COOKIE]
+
+
+def signed_out_everywhere(browser, product, name):
+    """The person is signed out here (landing page, no cookie, no live session) and at the
+    provider: its own page says nobody is signed in, and the next sign-in asks for a name."""
+    # Where the browser stops: home, or a page of the provider's (its sign-out confirmation).
+    browser.wait(lambda d: (product.owns(d.current_url) and browser.path == "/") or "/_dev/idp/" in d.current_url)
+    browser.settle()
+    over_a_real_network(browser, latency_ms=0)
+    assert product.owns(browser.driver.current_url), browser.driver.current_url
+    assert browser.heading() == LANDING
+    notice = [e.text for e in browser.find_all("[data-testid=session-ended]")]
+    assert not browser.find_all("[data-testid=user-name]")
+    assert session_cookie(browser, product) == []
+    assert all(s.ended_at is not None for s in product.sessions_of(name))
+    browser.get(product.idp + "/_dev/idp/")
+    assert "Nobody is signed in at this provider in this browser." in browser.text("main"), "still signed in there"
+    assert notice == ["You have signed out."]
+    browser.get(product.url + "/")
+    browser.click_link("Sign in", within="main")
+    at_provider_form(browser)
+
+
+def over_a_real_network(browser, latency_ms: int = 300):
+    """Every request takes ``latency_ms`` longer, as away from loopback: a second click or key
+    press then falls, as it does for people, while the first request is still on its way."""
+    browser.driver.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": latency_ms, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+
+
+def double_click(browser, button):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    # Two clicks where the pointer rests, as a hand makes them (two at once would be one
+    # navigation: Chromium lets the second replace the first before it is sent).
+    ActionChains(browser.driver).move_to_element(button).click().pause(0.05).click().perform()
+
+
+def enter_twice(browser, button):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser.driver.execute_script("arguments[0].focus();", button)
+    ActionChains(browser.driver).send_keys(Keys.ENTER).pause(0.05).send_keys(Keys.ENTER).perform()
+
+
+def test_signing_out_twice_quickly_signs_out_here_and_at_the_provider(product, open_browser):
+    """A double click (or Enter pressed twice) on Sign out sent two sign-outs before b741b40: the
+    second, answered after the first had ended the session, took the browser home instead of
+    through the provider's sign-out, and the person stayed signed in there."""
+    browser = open_browser()
+    name = random_name("olga")
+    sign_in(browser, product, name, start="/posts")
+    for twice in (double_click, enter_twice):
+        logouts = product.stats()["backchannel_logouts_sent"]
+        over_a_real_network(browser)
+        twice(browser, browser.button("Sign out", within="header"))
+        signed_out_everywhere(browser, product, name)
+        assert product.stats()["backchannel_logouts_sent"] == logouts + 1, twice.__name__
+        browser.type_into("input[name=name]", name)
+        browser.click_button("Sign in", within="form")
+        browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
+        browser.settle()
