@@ -33,6 +33,41 @@
     });
   });
 
+  // Back (or Forward) may bring a page back whole from the browser's memory: Chromium keeps even
+  // no-store pages there while no cookie changes, so a session ended elsewhere (another device,
+  // the provider, an administrator, its time limit) would still show as signed in, with its data.
+  // Such a page stays hidden until the server says it belongs to this browser's session (the
+  // same CSRF token; none when signed out). A signed-in page whose session is gone gives way to
+  // the signed-out page (the check has cleared the cookie, and with it the reason); any other
+  // stale page is loaded again (by GET: a page that answered a form is not sent again).
+  var root = document.documentElement;
+  var sessionUrl = document.body && document.body.getAttribute("data-session-url");
+  if (sessionUrl && window.fetch) {
+    window.addEventListener("pagehide", function (event) {
+      if (event.persisted) { root.classList.add("is-rechecking"); }
+    });
+    window.addEventListener("pageshow", function (event) {
+      if (!event.persisted) { return; }
+      var field = document.querySelector("header form input[name=csrf_token]");
+      var shown = field ? field.value : "";
+      fetch(sessionUrl, { credentials: "same-origin", cache: "no-store", headers: { "X-CSRF": "1" } })
+        .then(function (response) {
+          if (response.status === 401) { return ""; }
+          if (!response.ok) { return null; }
+          return response.json().then(function (user) { return user.csrf_token || ""; });
+        })
+        .then(function (current) {
+          if (current === null || current === shown) {
+            root.classList.remove("is-rechecking");
+          } else if (shown && !current && document.body.getAttribute("data-signed-out-url")) {
+            window.location.replace(document.body.getAttribute("data-signed-out-url"));
+          } else {
+            window.location.replace(window.location.href);
+          }
+        }, function () { root.classList.remove("is-rechecking"); });
+    });
+  }
+
   // Drafts: what is typed into a form marked data-draft is kept in this tab's sessionStorage (the
   // text only, never anything secret), so that a session that ends mid-edit loses nothing: after
   // signing in again the form is filled in as it was. Publishing clears it.

@@ -86,3 +86,48 @@ def test_signing_out_twice_quickly_signs_out_here_and_at_the_provider(product, o
         browser.click_button("Sign in", within="form")
         browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
         browser.settle()
+
+
+# Records, when a page comes back whole from the back/forward cache, whether it was visible then.
+RESTORED_PROBE = """
+window.addEventListener("pageshow", function (event) {
+  if (event.persisted) { sessionStorage.setItem("e2e-restored", getComputedStyle(document.body).visibility); }
+});
+"""
+
+
+def test_back_never_shows_a_session_that_ended_elsewhere(product, open_browser):
+    """Chromium keeps no-store pages in its back/forward cache while no cookie changes: a laptop
+    whose session was signed out from the phone showed its signed-in sessions page again on Back,
+    name and all, until the next click. Now such a page stays hidden, is found stale, and gives way
+    to the signed-out page, whose Sign in again comes back to it."""
+    laptop = open_browser()
+    laptop.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RESTORED_PROBE})
+    name = random_name("vera")
+    sign_in(laptop, product, name, start="/account/sessions")
+    laptop.click_link("Posts", within="nav.main-nav")
+    phone = open_browser()
+    sign_in(phone, product, name, start="/account/sessions")
+    other = next(card for card in phone.find_all("[data-testid=session]") if "This device" not in card.text)
+    phone.navigate_by(other.find_element("css selector", "button").click)
+    assert phone.text("[data-testid=flash]") == "That session was signed out."
+
+    laptop.driver.back()
+    laptop.wait(lambda d: d.execute_script("return sessionStorage.getItem('e2e-restored')"))
+    assert laptop.driver.execute_script("return sessionStorage.getItem('e2e-restored')") == "hidden", (
+        "the signed-in page was shown from the cache"
+    )
+    laptop.wait(lambda d: laptop.path == "/signed-out")
+    laptop.settle()
+    assert laptop.path_qs == "/signed-out?next=%2Faccount%2Fsessions"
+    assert laptop.heading() == "You have been signed out"
+    assert not laptop.find_all("[data-testid=user-name]")
+
+    # A page whose session is still the browser's comes back at once, visible, without a request.
+    phone.click_link("Posts", within="nav.main-nav")
+    phone.driver.execute_script("sessionStorage.removeItem('e2e-restored')")
+    phone.driver.back()
+    phone.wait(lambda d: d.execute_script("return document.readyState") == "complete" and phone.path == "/account/sessions")
+    phone.wait(lambda d: d.execute_script("return !document.documentElement.classList.contains('is-rechecking')"))
+    assert phone.heading() == "Where you are signed in"
+    assert phone.text("[data-testid=user-name]") == name.title()
