@@ -1,7 +1,6 @@
 // Small progressive enhancements for every page; everything works without them.
 (function () {
   "use strict";
-  var initialNotice = window.URL ? new URL(window.location.href).searchParams.get("notice") : null;
   // A message such as "Your post was published." arrives as ?notice=...: once shown, take it out
   // of the address bar, so reloading or coming back to the page does not show it again.
   if (window.history && window.history.replaceState && window.URLSearchParams) {
@@ -70,33 +69,50 @@
 
   // Drafts: what is typed into a form marked data-draft is kept in this tab's sessionStorage (the
   // text only, never anything secret), so that a session that ends mid-edit loses nothing: after
-  // signing in again the form is filled in as it was. Publishing clears it.
+  // signing in again the form is filled in as it was. A draft names the version it was typed
+  // over (data-draft-version: empty for a new post, when the post was last saved for an edit)
+  // and comes back only onto that version, never over a post changed since, nor onto a form the
+  // server sent back with the typed text and its errors. Publishing or saving clears it (the next
+  // page names it in data-draft-done), and so does the form's Cancel.
   var DRAFT = "myapp-draft:";
   function storage() {
     try { return window.sessionStorage; } catch (e) { return null; }
   }
   var store = storage();
   if (store) {
-    if (initialNotice === "post_created") {
-      store.removeItem(DRAFT + "new-post");
-    }
+    Array.prototype.forEach.call(document.querySelectorAll("[data-draft-done]"), function (el) {
+      store.removeItem(DRAFT + el.getAttribute("data-draft-done"));
+    });
     Array.prototype.forEach.call(document.querySelectorAll("form[data-draft]"), function (form) {
       var key = DRAFT + form.getAttribute("data-draft");
+      var version = form.getAttribute("data-draft-version") || "";
       var fields = form.querySelectorAll("input[type=text], textarea");
+      var typed = function () {
+        var all = {};
+        Array.prototype.forEach.call(fields, function (f) { all[f.name] = f.value; });
+        return all;
+      };
       var saved = null;
       try { saved = JSON.parse(store.getItem(key) || "null"); } catch (e) { saved = null; }
-      var empty = Array.prototype.every.call(fields, function (f) { return !f.value; });
-      if (saved && typeof saved === "object" && empty) {
-        Array.prototype.forEach.call(fields, function (f) {
-          if (typeof saved[f.name] === "string") { f.value = saved[f.name]; }
+      if (saved && typeof saved === "object" && !form.querySelector(".form-errors")) {
+        // A draft kept before drafts had versions was typed into an empty new-post form.
+        var text = saved.typed && typeof saved.typed === "object" ? saved.typed : saved;
+        var differs = Array.prototype.some.call(fields, function (f) {
+          return typeof text[f.name] === "string" && text[f.name] !== f.value;
         });
-        var note = form.querySelector("[data-draft-restored]");
-        if (note) { note.hidden = false; }
+        if ((saved.version || "") === version && differs) {
+          Array.prototype.forEach.call(fields, function (f) {
+            if (typeof text[f.name] === "string") { f.value = text[f.name]; }
+          });
+          var note = form.querySelector("[data-draft-restored]");
+          if (note) { note.hidden = false; }
+        }
       }
       form.addEventListener("input", function () {
-        var draft = {};
-        Array.prototype.forEach.call(fields, function (f) { draft[f.name] = f.value; });
-        try { store.setItem(key, JSON.stringify(draft)); } catch (e) { /* full or disabled: nothing kept */ }
+        try { store.setItem(key, JSON.stringify({ version: version, typed: typed() })); } catch (e) { /* full or disabled: nothing kept */ }
+      });
+      Array.prototype.forEach.call(form.querySelectorAll("[data-draft-discard]"), function (cancel) {
+        cancel.addEventListener("click", function () { store.removeItem(key); });
       });
     });
   }

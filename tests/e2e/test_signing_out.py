@@ -131,3 +131,49 @@ def test_back_never_shows_a_session_that_ended_elsewhere(product, open_browser):
     phone.wait(lambda d: d.execute_script("return !document.documentElement.classList.contains('is-rechecking')"))
     assert phone.heading() == "Where you are signed in"
     assert phone.text("[data-testid=user-name]") == name.title()
+
+
+def test_changes_to_a_post_survive_a_session_that_ended_in_another_tab(product, open_browser):
+    """Only the new-post form kept a draft: changes typed into the edit form of a tab whose session
+    was signed out in another tab were refused, and after signing in again the form came back as
+    the post was, every change lost."""
+    browser = open_browser()
+    name = random_name("pia")
+    sign_in(browser, product, name)
+    browser.get(product.url + "/posts/new")
+    browser.type_into("#title", "Minutes")
+    browser.click_button("Publish")
+    post = browser.path
+    editing = browser.driver.current_window_handle
+    browser.click_link("Edit", within="main")
+    browser.type_into("#title", "Minutes, corrected")
+    browser.type_into("#body", "Two hours of careful work.")
+
+    browser.driver.switch_to.new_window("tab")
+    browser.get(product.url + "/posts")
+    browser.click_button("Sign out", within="header")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
+    browser.driver.close()
+    browser.driver.switch_to.window(editing)
+
+    browser.click_button("Save changes")
+    at_provider_form(browser)  # signed out at the provider too: it asks who is there
+    browser.type_into("input[name=name]", name)
+    browser.click_button("Sign in", within="form")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == post + "/edit")
+    browser.settle()
+    assert browser.find("#title").get_attribute("value") == "Minutes, corrected"
+    assert browser.find("#body").get_attribute("value") == "Two hours of careful work."
+    assert browser.text("[data-draft-restored]") == "Your unsaved changes were restored. Check them and save when ready."
+    browser.click_button("Save changes")
+    assert browser.text("[data-testid=flash]") == "Your changes were saved."
+    assert browser.heading() == "Minutes, corrected"
+
+    # Saved: the form shows the post as it is now. Cancel throws away what was typed.
+    browser.click_link("Edit", within="main")
+    assert not browser.find("[data-draft-restored]").is_displayed()
+    browser.type_into("#title", "Never mind")
+    browser.click_link("Cancel", within="form")
+    browser.click_link("Edit", within="main")
+    assert browser.find("#title").get_attribute("value") == "Minutes, corrected"
+    assert not browser.find("[data-draft-restored]").is_displayed()
