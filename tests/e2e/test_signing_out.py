@@ -1,6 +1,7 @@
-"""Signing out as people really do it: with a double click, with Enter pressed twice, in one tab
-of two. The browser's behaviour does not depend on the database, so this module runs on SQLite
-only (the server side of every case is tested on both in tests/functional)."""
+"""Sessions ending as people meet them: a double click (or Enter pressed twice) on Sign out or
+on a confirmation, Back onto a page whose session ended elsewhere, an edit sent after another tab
+signed out. The browser's behaviour does not depend on the database, so this module runs on SQLite
+only (what the server does is tested on both in tests/functional)."""
 
 import pytest
 
@@ -177,3 +178,22 @@ def test_changes_to_a_post_survive_a_session_that_ended_in_another_tab(product, 
     browser.click_link("Edit", within="main")
     assert browser.find("#title").get_attribute("value") == "Minutes, corrected"
     assert not browser.find("[data-draft-restored]").is_displayed()
+
+
+def test_a_double_click_on_delete_post_says_it_was_deleted(product, open_browser):
+    """The confirmations' forms (delete a post, sign out everywhere else, end a user's sessions)
+    were sent as often as clicked: the second "Delete post", answered after the first had deleted
+    it, showed "Page not found" instead of "The post was deleted."."""
+    browser = open_browser()
+    sign_in(browser, product, random_name("quinn"))
+    browser.get(product.url + "/posts/new")
+    browser.type_into("#title", "Deleted once")
+    browser.click_button("Publish")
+    browser.find("details.confirm summary").click()
+    over_a_real_network(browser)
+    double_click(browser, browser.button("Delete post"))
+    browser.wait(lambda d: browser.path == "/posts" or browser.find_all(".error-code"))
+    browser.settle()
+    over_a_real_network(browser, latency_ms=0)
+    assert browser.heading() == "Posts"
+    assert browser.text("[data-testid=flash]") == "The post was deleted."
