@@ -320,6 +320,11 @@ class LoginService:
                 started_here=False,
             )
         next_path = transaction.next_path
+        if transaction.expires_at <= self.clock():
+            # Before the browser's check: its binding cookie runs out with the transaction, so a
+            # sign-in page left open too long comes back without it, late, not from another browser.
+            self.dbsession.execute(delete(LoginTransaction).where(LoginTransaction.id == transaction.id))
+            raise LoginError("expired_state", "This sign-in took too long. Please start again.", next_path=next_path)
         # Another browser's callback neither completes nor cancels this sign-in.
         if not browser_token or not hmac.compare_digest(transaction.browser_hash, _sha256(browser_token)):
             raise LoginError(
@@ -332,8 +337,6 @@ class LoginService:
         ).rowcount
         if taken != 1:
             raise LoginError("unknown_state", "This sign-in link has already been used. Please start again.")
-        if transaction.expires_at <= self.clock():
-            raise LoginError("expired_state", "This sign-in took too long. Please start again.", next_path=next_path)
         return transaction
 
     @staticmethod

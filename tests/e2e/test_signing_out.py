@@ -197,3 +197,32 @@ def test_a_double_click_on_delete_post_says_it_was_deleted(product, open_browser
     over_a_real_network(browser, latency_ms=0)
     assert browser.heading() == "Posts"
     assert browser.text("[data-testid=flash]") == "The post was deleted."
+
+
+def test_a_sign_in_page_left_open_too_long_says_so_and_comes_back_to_the_page(product, open_browser):
+    """The sign-in's binding cookie runs out with its transaction (10 minutes): the provider's form
+    used after that came back without it, and the person was told the sign-in "was started in
+    another browser"."""
+    from sqlalchemy import update
+
+    from myapp.models import LoginTransaction
+    from myapp.models.meta import utcnow
+
+    browser = open_browser()
+    browser.get(product.url + "/posts")
+    at_provider_form(browser)
+    # Ten minutes later, as the browser and the server see it.
+    browser.driver.execute_cdp_cmd("Network.deleteCookies", {"name": COOKIE + "_login", "url": product.url + "/"})
+    with product.engine.begin() as connection:
+        connection.execute(update(LoginTransaction).values(expires_at=utcnow()))
+    name = random_name("rosa")
+    browser.type_into("input[name=name]", name)
+    browser.click_button("Sign in", within="form")
+    browser.wait(lambda d: product.owns(d.current_url))
+    browser.settle()
+    assert browser.heading() == "Sign-in did not work"
+    assert "This sign-in took too long. Please start again." in browser.text("main")
+    browser.click_link("Sign in again", within="main")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/posts")
+    browser.settle()
+    assert browser.text("[data-testid=user-name]") == name.title()

@@ -186,6 +186,17 @@ def test_an_expired_sign_in_is_refused_and_used_up(service, oidc, dbsession):
     assert dbsession.query(LoginTransaction).count() == 0
 
 
+def test_a_sign_in_page_left_open_too_long_is_late_not_from_another_browser(service, oidc, dbsession):
+    """The binding cookie runs out with the transaction: the callback of a sign-in page left open
+    past both came without it and was told "started in another browser"."""
+    state = begin(service, oidc)
+    dbsession.execute(LoginTransaction.__table__.update().values(expires_at=utcnow() - timedelta(seconds=1)))
+    with pytest.raises(LoginError) as refused:
+        callback(service, state, browser=None)
+    assert refused.value.reason == "expired_state" and refused.value.next_path == "/posts"
+    assert dbsession.query(LoginTransaction).count() == 0
+
+
 def test_a_provider_error_consumes_the_sign_in_and_keeps_its_next_path(service, oidc):
     state = begin(service, oidc)
     with pytest.raises(LoginError) as refused:
