@@ -38,7 +38,8 @@
   // Such a page stays hidden until the server says it belongs to this browser's session (the
   // same CSRF token; none when signed out). A signed-in page whose session is gone gives way to
   // the signed-out page (the check has cleared the cookie, and with it the reason); any other
-  // stale page is loaded again (by GET: a page that answered a form is not sent again).
+  // stale page is loaded again (by GET: a page that answered a form is not sent again). When the
+  // server cannot say (offline, unavailable), the page is shown as it was.
   var root = document.documentElement;
   var sessionUrl = document.body && document.body.getAttribute("data-session-url");
   if (sessionUrl && window.fetch) {
@@ -51,14 +52,18 @@
       var shown = field ? field.value : "";
       fetch(sessionUrl, { credentials: "same-origin", cache: "no-store", headers: { "X-CSRF": "1" } })
         .then(function (response) {
-          if (response.status === 401) { return ""; }
+          if (response.status === 401) {
+            // Signed out; any other refusal (a step-up rule) is for the page itself to explain.
+            return response.json().then(function (body) { return body.error === "login_required" ? "" : undefined; },
+              function () { return undefined; });
+          }
           if (!response.ok) { return null; }
           return response.json().then(function (user) { return user.csrf_token || ""; });
         })
         .then(function (current) {
           if (current === null || current === shown) {
             root.classList.remove("is-rechecking");
-          } else if (shown && !current && document.body.getAttribute("data-signed-out-url")) {
+          } else if (shown && current === "" && document.body.getAttribute("data-signed-out-url")) {
             window.location.replace(document.body.getAttribute("data-signed-out-url"));
           } else {
             window.location.replace(window.location.href);
