@@ -50,6 +50,8 @@
       if (!event.persisted) { return; }
       var field = document.querySelector("header form input[name=csrf_token]");
       var shown = field ? field.value : "";
+      // A server that does not answer soon does not keep the page blank.
+      window.setTimeout(function () { root.classList.remove("is-rechecking"); }, 3000);
       fetch(sessionUrl, { credentials: "same-origin", cache: "no-store", headers: { "X-CSRF": "1" } })
         .then(function (response) {
           if (response.status === 401) {
