@@ -6,12 +6,28 @@ starts one person's Chromium (its own profile: a separate browser context); a fa
 a screenshot of every open window in test-artifacts/screenshots/failed/.
 """
 
+import os
 import re
 
 import pytest
 
 from tests.e2e.browser import MISSING
 from tests.e2e.product import running_product
+
+E2E = os.path.dirname(__file__)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser tests run on one database: PostgreSQL, the production store, when
+    MYAPP_TEST_DATABASE_URL is set, else SQLite. What a browser sees does not depend on the store,
+    and what the server does is tested on both (tests/functional); run on both, the browser tests
+    took half of CI's time."""
+    one = "postgresql" if os.environ.get("MYAPP_TEST_DATABASE_URL") else "sqlite"
+    skip = pytest.mark.skip(reason=f"the browser tests run on one database ({one})")
+    for item in items:
+        database = getattr(item, "callspec", None) and item.callspec.params.get("committed_database_url")
+        if database and database != one and str(item.path).startswith(E2E):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Sessions ending as people meet them: a double click (or Enter pressed twice) on Sign out or
 on a confirmation, Back onto a page whose session ended elsewhere, an edit sent after another tab
-signed out. The browser's behaviour does not depend on the database, so this module runs on SQLite
-only (what the server does is tested on both in tests/functional)."""
+signed out."""
 
 import pytest
 
@@ -10,11 +9,7 @@ from tests.e2e.browser import REQUIRES_CHROMIUM
 from tests.e2e.product import at_provider_form, sign_in
 from tests.support.live import COOKIE
 
-pytestmark = [
-    pytest.mark.e2e,
-    REQUIRES_CHROMIUM,
-    pytest.mark.parametrize("committed_database_url", ["sqlite"], indirect=True, scope="module"),
-]
+pytestmark = [pytest.mark.e2e, REQUIRES_CHROMIUM]
 
 LANDING = "Sign in once. Work safely."
 
