@@ -72,9 +72,9 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 # (Basic, Digest), sign in with the person's Windows credentials (NTLM, Negotiate), or fetch a
 # token unasked (PrivateToken), whoever controls the upstream.
 BROWSER_CHALLENGE_SCHEMES = frozenset({"bearer", "dpop"})
-# A list's comma, or an auth-param's quoted value (RFC 9110 section 11.2: only after "="), whose
-# commas separate nothing; group 1 is empty when the value is never closed.
-_COMMA_OR_QUOTED_VALUE = re.compile(r'=[ \t]*+"(?:[^"\\]++|\\.)*+("?)|,')
+# A list's comma, an auth-param's quoted value (RFC 9110 section 11.2: only after "="), whose
+# commas separate nothing, and group 1 empty when it is never closed; or a quote that opens none.
+_COMMA_OR_QUOTED_VALUE = re.compile(r'=[ \t]*+"(?:[^"\\]++|\\.)*+("?)|,|"')
 # A list element that starts a challenge: a scheme, then nothing, or whitespace and no "=" (then
 # it is an auth-param's name).
 _CHALLENGE_START = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?:[ \t]++(?!=)|\Z)")
@@ -124,14 +124,18 @@ def browser_challenges(value: str) -> str:
     """An upstream's ``WWW-Authenticate`` value with the challenges of
     :data:`BROWSER_CHALLENGE_SCHEMES` only, each as it came ("" when none is left). What belongs
     to no challenge (auth-params before the first) goes too, and so does a value whose quoted
-    string is never closed: where it ends cannot be told, nor what a browser would read after it."""
+    string is never closed: where it ends cannot be told, nor what a browser would read after it.
+    Nor can it when a quote stands elsewhere than after "=": libsoup (WebKitGTK's browsers), which
+    splits challenges at commas, takes any quote to open or close a quoted string, and would read
+    ``Bearer x"y, a="z, Basic realm="r"`` (one Bearer challenge here) as a Basic one after a
+    Bearer, as it would two such lines, which it joins."""
     challenges: list[list] = []  # [scheme, start, end]
     start, unattached = 0, False
     ends = []
     for match in _COMMA_OR_QUOTED_VALUE.finditer(value):
         if match.group() == ",":
             ends.append(match.start())
-        elif not match.group(1):
+        elif match.group() == '"' or not match.group(1):
             return ""
     ends.append(len(value))
     for end in ends:
