@@ -70,6 +70,16 @@ def exchange(base_url: str, raw: bytes, *more: bytes) -> bytes:
     return received
 
 
+def assert_refused_and_closed(url: str, raw: bytes, app) -> None:
+    """``raw`` is answered 400 alone, the connection closed: nothing after it is answered (a
+    request smuggled in its body or behind it), and the app saw no request at all."""
+    received = exchange(url, raw)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request")
+    assert b"Connection: close" in received and b"<still open>" not in received
+    assert received.count(b"HTTP/1.1") == 1  # nothing answered for what followed
+    assert app.seen == []
+
+
 @pytest.fixture
 def app():
     return Recorder()
@@ -90,11 +100,7 @@ def test_both_lengths_are_refused_and_the_connection_closed(app, url, order):
     if order == "te-first":
         headers.reverse()
     raw = b"POST /first HTTP/1.1\r\nHost: x\r\n" + b"\r\n".join(headers) + b"\r\n\r\n0\r\n\r\n" + SMUGGLED
-    received = exchange(url, raw)
-    assert received.startswith(b"HTTP/1.1 400 Bad Request")
-    assert b"Connection: close" in received and b"<still open>" not in received
-    assert received.count(b"HTTP/1.1") == 1  # nothing answered for what followed
-    assert app.seen == []
+    assert_refused_and_closed(url, raw, app)
 
 
 @pytest.mark.parametrize("lengths", [b"", b"Content-Length: 4\r\n"])
@@ -108,11 +114,7 @@ def test_transfer_encoding_on_http_1_0_is_refused_and_the_connection_closed(app,
         b"POST /first HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n" + lengths
         + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n"
     )
-    received = exchange(url, raw)
-    assert received.startswith(b"HTTP/1.1 400 Bad Request")
-    assert b"Connection: close" in received and b"<still open>" not in received
-    assert received.count(b"HTTP/1.1") == 1
-    assert app.seen == []
+    assert_refused_and_closed(url, raw, app)
 
 
 @pytest.mark.parametrize(
@@ -143,11 +145,7 @@ def test_a_transfer_encoding_that_is_not_chunked_once_and_last_is_refused_and_th
         b"POST /first HTTP/1.1\r\nHost: x\r\n" + transfer_encoding + b"\r\n"
         + b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n" + SMUGGLED
     )
-    received = exchange(url, raw)
-    assert received.startswith(b"HTTP/1.1 400 Bad Request")
-    assert b"Connection: close" in received and b"<still open>" not in received
-    assert received.count(b"HTTP/1.1") == 1
-    assert app.seen == []
+    assert_refused_and_closed(url, raw, app)
 
 
 @pytest.mark.parametrize(
@@ -169,11 +167,7 @@ def test_a_folded_header_line_is_refused_and_the_connection_closed(app, url, fol
         b"POST /first HTTP/1.1\r\nHost: x\r\n" + folded + b"\r\n"
         + b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n" + SMUGGLED
     )
-    received = exchange(url, raw)
-    assert received.startswith(b"HTTP/1.1 400 Bad Request")
-    assert b"Connection: close" in received and b"<still open>" not in received
-    assert received.count(b"HTTP/1.1") == 1
-    assert app.seen == []
+    assert_refused_and_closed(url, raw, app)
 
 
 def test_a_coding_before_chunked_is_not_implemented_and_the_connection_closed(app, url):
