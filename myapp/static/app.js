@@ -38,20 +38,37 @@
   // Such a page stays hidden until the server says it belongs to this browser's session (the
   // same CSRF token; none when signed out). A signed-in page whose session is gone gives way to
   // the signed-out page (the check has cleared the cookie, and with it the reason); any other
-  // stale page is loaded again (by GET: a page that answered a form is not sent again). When the
-  // server cannot say (offline, unavailable), the page is shown as it was.
+  // stale page is loaded again (by GET: a page that answered a form is not sent again). A check
+  // that cannot be made (offline, the server failing or not answering within 3 s) loads the page
+  // again too, rather than show it: whoever is at a device signed out from another one could
+  // otherwise see its pages by taking it offline and pressing Back. An answer or a time limit of
+  // an earlier restore never decides a later one.
   var root = document.documentElement;
   var sessionUrl = document.body && document.body.getAttribute("data-session-url");
   if (sessionUrl && window.fetch) {
+    var restores = 0;
     window.addEventListener("pagehide", function (event) {
+      restores += 1;
       if (event.persisted) { root.classList.add("is-rechecking"); }
     });
     window.addEventListener("pageshow", function (event) {
       if (!event.persisted) { return; }
+      var restore = ++restores;
       var field = document.querySelector("header form input[name=csrf_token]");
       var shown = field ? field.value : "";
-      // A server that does not answer soon does not keep the page blank.
-      window.setTimeout(function () { root.classList.remove("is-rechecking"); }, 3000);
+      var decide = function (current) {
+        if (restore !== restores) { return; }
+        restores += 1;  // decided: a later answer (or the time limit) changes nothing
+        if (current === shown) {
+          root.classList.remove("is-rechecking");
+        } else if (shown && current === "" && document.body.getAttribute("data-signed-out-url")) {
+          window.location.replace(document.body.getAttribute("data-signed-out-url"));
+        } else {
+          // Without its #fragment: the same address with one is a jump within the page, no load.
+          window.location.replace(window.location.href.split("#")[0]);
+        }
+      };
+      window.setTimeout(function () { decide(undefined); }, 3000);
       fetch(sessionUrl, { credentials: "same-origin", cache: "no-store", headers: { "X-CSRF": "1" } })
         .then(function (response) {
           if (response.status === 401) {
@@ -59,18 +76,12 @@
             return response.json().then(function (body) { return body.error === "login_required" ? "" : undefined; },
               function () { return undefined; });
           }
-          if (!response.ok) { return null; }
-          return response.json().then(function (user) { return user.csrf_token || ""; });
+          if (!response.ok) { return undefined; }
+          return response.json().then(function (user) {
+            return user && typeof user.csrf_token === "string" ? user.csrf_token : undefined;
+          });
         })
-        .then(function (current) {
-          if (current === null || current === shown) {
-            root.classList.remove("is-rechecking");
-          } else if (shown && current === "" && document.body.getAttribute("data-signed-out-url")) {
-            window.location.replace(document.body.getAttribute("data-signed-out-url"));
-          } else {
-            window.location.replace(window.location.href);
-          }
-        }, function () { root.classList.remove("is-rechecking"); });
+        .then(decide, function () { decide(undefined); });
     });
   }
 
