@@ -91,7 +91,10 @@
   // over (data-draft-version: empty for a new post, when the post was last saved for an edit)
   // and comes back only onto that version, never over a post changed since, nor onto a form the
   // server sent back with the typed text and its errors. Publishing or saving clears it (the next
-  // page names it in data-draft-done), and so does the form's Cancel.
+  // page names it in data-draft-done), and so does the form's Cancel. A draft is its writer's
+  // (data-draft-owner): the next person to sign in in this tab, on a shared computer, is never
+  // given it (and it is thrown away when they meet it), and Sign out (data-drafts-end) clears
+  // every draft of the tab.
   var DRAFT = "myapp-draft:";
   function storage() {
     try { return window.sessionStorage; } catch (e) { return null; }
@@ -101,9 +104,17 @@
     Array.prototype.forEach.call(document.querySelectorAll("[data-draft-done]"), function (el) {
       store.removeItem(DRAFT + el.getAttribute("data-draft-done"));
     });
+    document.addEventListener("submit", function (event) {
+      if (!event.target.hasAttribute || !event.target.hasAttribute("data-drafts-end")) { return; }
+      for (var i = store.length - 1; i >= 0; i--) {
+        var name = store.key(i);
+        if (name && name.indexOf(DRAFT) === 0) { store.removeItem(name); }
+      }
+    });
     Array.prototype.forEach.call(document.querySelectorAll("form[data-draft]"), function (form) {
       var key = DRAFT + form.getAttribute("data-draft");
       var version = form.getAttribute("data-draft-version") || "";
+      var owner = form.getAttribute("data-draft-owner") || "";
       var fields = form.querySelectorAll("input[type=text], textarea");
       var typed = function () {
         var all = {};
@@ -112,9 +123,13 @@
       };
       var saved = null;
       try { saved = JSON.parse(store.getItem(key) || "null"); } catch (e) { saved = null; }
+      if (saved && typeof saved === "object" && (!owner || saved.owner !== owner)) {
+        // Someone else's (or kept before drafts named their writer: whose is unknown).
+        store.removeItem(key);
+        saved = null;
+      }
       if (saved && typeof saved === "object" && !form.querySelector(".form-errors")) {
-        // A draft kept before drafts had versions was typed into an empty new-post form.
-        var text = saved.typed && typeof saved.typed === "object" ? saved.typed : saved;
+        var text = saved.typed && typeof saved.typed === "object" ? saved.typed : {};
         var differs = Array.prototype.some.call(fields, function (f) {
           return typeof text[f.name] === "string" && text[f.name] !== f.value;
         });
@@ -127,7 +142,7 @@
         }
       }
       form.addEventListener("input", function () {
-        try { store.setItem(key, JSON.stringify({ version: version, typed: typed() })); } catch (e) { /* full or disabled: nothing kept */ }
+        try { store.setItem(key, JSON.stringify({ owner: owner, version: version, typed: typed() })); } catch (e) { /* full or disabled: nothing kept */ }
       });
       Array.prototype.forEach.call(form.querySelectorAll("[data-draft-discard]"), function (cancel) {
         cancel.addEventListener("click", function () { store.removeItem(key); });

@@ -232,6 +232,38 @@ def test_changes_to_a_post_survive_a_session_that_ended_in_another_tab(product, 
     assert browser.text("[data-testid=flash]") == "The post was deleted."
 
 
+def test_a_draft_is_never_given_to_the_next_person_in_the_tab(product, open_browser):
+    """Drafts were keyed by form only: on a shared computer, a person who left a new post half
+    typed (their session then ran out) had it restored into the next person's New post form, in
+    the same tab, to read or even publish under their own name. And Sign out left every draft of
+    the tab in sessionStorage."""
+    browser = open_browser()
+    first, second = random_name("una"), random_name("vic")
+    sign_in(browser, product, first, start="/posts/new")
+    browser.type_into("#title", "Letter to my doctor")
+    browser.type_into("#body", "The results were not good.")
+    product.end_sessions_by_time(first)
+
+    browser.get(product.url + "/login?prompt=login&next=%2Fposts%2Fnew")
+    at_provider_form(browser)
+    browser.type_into("input[name=name]", second)
+    browser.click_button("Sign in", within="form")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/posts/new")
+    browser.settle()
+    assert browser.text("[data-testid=user-name]") == second.title()
+    assert browser.find("#title").get_attribute("value") == ""
+    assert browser.find("#body").get_attribute("value") == ""
+    assert not browser.find("[data-draft-restored]").is_displayed()
+    assert "The results were not good." not in str(browser.js_storage()["session"])
+
+    browser.type_into("#title", "Shopping list")
+    assert any(k.startswith("myapp-draft:") for k in browser.js_storage()["session"])
+    browser.click_button("Sign out", within="header")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
+    browser.settle()
+    assert not [k for k in browser.js_storage()["session"] if k.startswith("myapp-draft:")]
+
+
 def test_a_sign_in_page_left_open_too_long_says_so_and_comes_back_to_the_page(product, open_browser):
     """The sign-in's binding cookie runs out with its transaction (10 minutes): the provider's form
     used after that came back without it, and the person was told the sign-in "was started in
