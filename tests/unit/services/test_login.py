@@ -197,6 +197,22 @@ def test_a_sign_in_page_left_open_too_long_is_late_not_from_another_browser(serv
     assert dbsession.query(LoginTransaction).count() == 0
 
 
+def test_an_expired_sign_in_brought_by_another_browser_is_only_used_up(service, oidc, dbsession):
+    """The expiry is checked before the browser: a state replayed from another browser after its
+    ten minutes gets nothing from the order (no code exchanged, nobody signed in), and neither the
+    attacker's nor the starting browser can complete it afterwards. A live one from another browser
+    is still refused without being used up (test_another_browser_neither_completes...)."""
+    state = begin(service, oidc)
+    dbsession.execute(LoginTransaction.__table__.update().values(expires_at=utcnow()))
+    with pytest.raises(LoginError) as refused:
+        callback(service, state, browser="c" * 43)
+    assert refused.value.reason == "expired_state"
+    with pytest.raises(LoginError) as again:
+        callback(service, state)
+    assert again.value.reason == "unknown_state"
+    assert not [call for call in oidc.calls if call[0] in ("exchange_code", "validate_id_token", "userinfo")]
+
+
 def test_a_provider_error_consumes_the_sign_in_and_keeps_its_next_path(service, oidc):
     state = begin(service, oidc)
     with pytest.raises(LoginError) as refused:
