@@ -128,7 +128,9 @@ def browser_challenges(value: str) -> str:
     Nor can it when a quote stands elsewhere than after "=": libsoup (WebKitGTK's browsers), which
     splits challenges at commas, takes any quote to open or close a quoted string, and would read
     ``Bearer x"y, a="z, Basic realm="r"`` (one Bearer challenge here) as a Basic one after a
-    Bearer, as it would two such lines, which it joins."""
+    Bearer, as it would two such lines, which it joins. (Not :func:`myapp.services.stepup.challenges`,
+    which reads auth-params leniently for a step-up: this reading decides what a browser may see,
+    as strictly as the strictest browser reads it, and keeps each challenge's own text.)"""
     challenges: list[list] = []  # [scheme, start, end]
     start, unattached = 0, False
     ends = []

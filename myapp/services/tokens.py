@@ -73,7 +73,6 @@ def _is_lock_timeout(error: OperationalError) -> bool:
     return code == "55P03" or "database is locked" in str(getattr(error, "orig", error))
 
 
-
 def _holding(timeout: float) -> float:
     """How long a lock's holder may spend calling the provider: all but REFRESH_LOCK_MARGIN of the
     lock's timeout, and half of it at least (short timeouts, in tests)."""

@@ -454,15 +454,7 @@ def test_a_reason_phrase_with_control_characters_is_not_passed_on(make_proxy_app
     raw = b"HTTP/1.1 200 " + reason + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
     with canned_http_server(raw) as url:
         app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
-        cookie = signed_in(app=app).cookies[COOKIE]
-        with serve(app, create_server=create_server) as base:
-            host, port = base.removeprefix("http://").split(":")
-            with socket.create_connection((host, int(port)), timeout=10) as connection:
-                connection.sendall(
-                    f"GET /api/raw/x HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nCookie: {COOKIE}={cookie}\r\n"
-                    "Connection: close\r\n\r\n".encode()
-                )
-                status_line = connection.makefile("rb").readline()
+        status_line = io.BytesIO(served_raw(app, signed_in(app=app), "/api/raw/x")).readline()
     assert status_line == b"HTTP/1.1 200 OK\r\n"
 
 
@@ -554,10 +546,10 @@ class Received:
         return io.BytesIO(self.data)
 
 
-def served_get(app, browser, path):
-    """GET ``path`` through the real server (waitress, myapp's strict channel): the status, the
-    headers (each line, as on the wire) and the body the browser gets. Read until the server
-    closes the connection, so that it is done with it before it stops."""
+def served_raw(app, browser, path) -> bytes:
+    """GET ``path`` as ``browser`` through the real server (waitress, myapp's strict channel): the
+    bytes the browser receives, as on the wire. Read until the server closes the connection, so
+    that it is done with it before it stops."""
     cookie = browser.cookies[COOKIE]
     with serve(app, create_server=create_server) as base:
         host, port = base.removeprefix("http://").split(":")
@@ -569,7 +561,12 @@ def served_get(app, browser, path):
             received = b""
             while chunk := connection.recv(65536):
                 received += chunk
-    response = http.client.HTTPResponse(Received(received))
+    return received
+
+
+def served_get(app, browser, path):
+    """:func:`served_raw`, read: the status, the headers (each line, as on the wire) and the body."""
+    response = http.client.HTTPResponse(Received(served_raw(app, browser, path)))
     response.begin()
     return response.status, response.getheaders(), response.read()
 
