@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,15 +53,11 @@ from myapp.models import UserSession, get_engine  # noqa: E402
 from myapp.models.meta import utcnow  # noqa: E402
 from myapp.services.tokenset import TokenCipher  # noqa: E402
 from tests.devstack.flows import sign_in as type_name_at_provider  # noqa: E402
+from tests.support.live import free_port  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "bench", "bench-client-secret"
 COOKIE = "session"
 STREAM_BYTES = 100 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
 
 
 class ServerDidNotStart(SystemExit):

@@ -82,9 +82,19 @@ def write_ini(path: Path, settings: dict) -> Path:
     return path
 
 
+# The ports free_port has given out in this process.
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
+    """A port free now, and none this process was given before: the kernel may give a port just
+    closed again at once, and two processes asked to listen on one port fail to start."""
+    while True:
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            port = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 @contextlib.contextmanager
