@@ -19,6 +19,7 @@ replaced once by a new one for an idempotent request, before any byte of an answ
 """
 
 import collections
+import functools
 import re
 import select
 import socket
@@ -112,6 +113,16 @@ class Headers:
         return bool(self.getlist(name))
 
 
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """The system's CAs, the host name checked, HTTP/1.1 offered: one context for every pool of
+    the process, which only wraps sockets with it. Loading the CAs costs about 50 ms of CPU, which
+    a context per upstream paid for each at every start of the app."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class ConnectionPool:
     """Connections to one upstream's origin, made when needed and kept (up to ``maxsize`` idle)."""
 
@@ -126,8 +137,7 @@ class ConnectionPool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if self.port == default_port else f"{host}:{self.port}"
         if self.scheme == "https" and ssl_context is None:
-            ssl_context = ssl.create_default_context()  # the system's CAs, the host name checked
-            ssl_context.set_alpn_protocols(["http/1.1"])
+            ssl_context = default_tls()
         self.ssl_context = ssl_context if self.scheme == "https" else None
         self.maxsize = maxsize
         self.closed = False

@@ -701,6 +701,14 @@ def test_the_target_is_encoded_as_urllib3_did_and_as_the_dpop_proof_names_it():
         ConnectionPool("ftp://api.example/")
 
 
+def test_https_pools_share_one_context_that_checks_certificates_and_host_names():
+    """Loading the system's authorities costs about 50 ms: once per process, not once per upstream."""
+    first, second = ConnectionPool("https://a.example/"), ConnectionPool("https://b.example:8443/")
+    assert first.ssl_context is second.ssl_context
+    assert first.ssl_context.verify_mode == ssl.CERT_REQUIRED and first.ssl_context.check_hostname
+    assert ConnectionPool("http://a.example/").ssl_context is None
+
+
 @pytest.fixture
 def tls(tmp_path):
     ca, certificate, key = server_certificate(tmp_path)
