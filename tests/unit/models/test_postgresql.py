@@ -324,8 +324,8 @@ def test_a_refresh_waiting_for_another_process_s_lock_longer_than_the_lookup_bou
         assert services.tokens.lock.timeout == 7
         with other_process.connect() as holder:
             holder.execute(select(UserSession.id).where(UserSession.id == session_id).with_for_update())
+            started = time.monotonic()  # before the timer starts, which may end 6 s after this, no sooner
             threading.Timer(6, holder.commit).start()
-            started = time.monotonic()
             with services.tokens.lock.locked(session_id):
                 waited = time.monotonic() - started
         assert LOOKUP_WITHIN < 6 <= waited < 12, waited
