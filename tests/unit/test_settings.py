@@ -1,3 +1,4 @@
+import base64
 import importlib.util
 from datetime import timedelta
 
@@ -14,7 +15,9 @@ from myapp.settings import (
     production_cautions,
 )
 
-KEY = Fernet.generate_key().decode()
+# A fixed test key, not a random one: it appears in a parametrized test's id, which must be the same
+# in every process that collects the tests (pytest-xdist compares them).
+KEY = base64.urlsafe_b64encode(b"myapp-test-settings-key-32bytes!").decode()
 
 
 def raw(**overrides):
