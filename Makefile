@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make test` runs one pytest-xdist process per CPU, each given whole files (their module fixtures
+# are set up once); PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: help run test bench loadtest chaos audit venv clean
 
@@ -31,7 +34,7 @@ run: $(INSTALLED)
 
 ## test: every test; PYTEST_ARGS="-k proxy" make test passes arguments to pytest
 test: $(INSTALLED)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 INSTALLED_BENCH := $(VENV)/.installed-bench
 

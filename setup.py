@@ -39,6 +39,9 @@ requires = [
 testing_requires = [
     "WebTest>=3.0.1",
     "pytest>=8.0",
+    # `make test` runs the suite on every CPU (one process each, a file at a time): it spends most
+    # of its time in one Python thread, and CI gives it ten minutes on two CPUs.
+    "pytest-xdist>=3.5",
     # tests/functional/test_installed_package.py builds a wheel offline with the venv's setuptools,
     # which before 70.1 needs bdist_wheel from wheel (wheel 0.46 left it to setuptools).
     "wheel>=0.40,<0.46",

@@ -3,6 +3,7 @@ development provider, a real database, and a browser that signs in by typing a n
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -86,15 +87,47 @@ def write_ini(path: Path, settings: dict) -> Path:
 _GIVEN_PORTS: set[int] = set()
 
 
+def _own_ports() -> range | None:
+    """The ports this process may choose from: below the kernel's ephemeral range, which it hands
+    out to every socket bound to port 0 and every outgoing connection in every process, and of
+    those, under pytest-xdist, every Nth, N being the number of test processes. None when the
+    range cannot be read or leaves no room below it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    start = max(1024, low - 12000)
+    if low - start < 2000:
+        return None
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return range(start + (index - start) % count, low, count)
+
+
 def free_port() -> int:
-    """A port free now, and none this process was given before: the kernel may give a port just
-    closed again at once, and two processes asked to listen on one port fail to start."""
-    while True:
-        with socket.create_server(("127.0.0.1", 0)) as sock:
-            port = sock.getsockname()[1]
+    """A port free now, for a server this process is about to start, and none it was given before.
+
+    The port is closed until that server binds it. A port from the kernel (port 0) could be handed
+    again meanwhile, to this process or any other (the kernel may give a port just closed out at
+    once): two servers asked to listen on one port, and the second fails to start. So it is chosen
+    below the kernel's ephemeral range, among the ports of this test process alone."""
+    choices = _own_ports()
+    for _ in range(1000):
+        if choices is None:
+            with socket.create_server(("127.0.0.1", 0)) as sock:
+                port = sock.getsockname()[1]
+        else:
+            port = random.choice(choices)
+            if port in _GIVEN_PORTS:
+                continue
+            try:
+                socket.create_server(("127.0.0.1", port)).close()
+            except OSError:
+                continue  # someone else's
         if port not in _GIVEN_PORTS:
             _GIVEN_PORTS.add(port)
             return port
+    raise RuntimeError("no free port found in 1000 tries")
 
 
 @contextlib.contextmanager
