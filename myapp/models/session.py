@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .meta import Base, utcnow
@@ -64,7 +64,9 @@ class UserSession(Base):
 
 class SessionToken(Base):
     """An upstream's own access token for a session (SPEC.md "Tokens for each upstream"), encrypted
-    like the session's. Written only under the session's refresh lock; gone with the session."""
+    like the session's. Written only under the session's refresh lock; gone with the session, which
+    queues an exchanged one (its refresh token, else its access token) for revocation: its source
+    is the session's access token, not the refresh token whose revocation covers the others."""
 
     __tablename__ = "session_tokens"
     __table_args__ = (UniqueConstraint("session_id", "upstream", name="uq_session_tokens_session_id"),)
@@ -77,3 +79,7 @@ class SessionToken(Base):
     token_type: Mapped[str | None] = mapped_column(String(16))
     expires_at: Mapped[datetime | None]
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Obtained by token exchange (RFC 8693) rather than with the session's refresh token.
+    exchanged: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # A refresh token the exchange answered with, encrypted; never used, kept to be revoked.
+    refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)

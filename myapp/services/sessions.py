@@ -321,15 +321,21 @@ class SessionRows:
         ).rowcount
         return stored == 1
 
-    def end(self, session_id: int, reason: EndReason, *, revoke: bool = True) -> bool:
-        return self.end_where(UserSession.id == session_id, reason, revoke=revoke) == 1
+    def end(self, session_id: int, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None) -> bool:
+        return self.end_where(UserSession.id == session_id, reason, revoke=revoke, revoke_exchanged=revoke_exchanged) == 1
 
-    def end_where(self, condition, reason: EndReason, *, revoke: bool = True) -> int:
+    def end_where(self, condition, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None) -> int:
         """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens.
 
         Their refresh tokens (or access tokens, when there is none) move to ``token_revocations`` in
         this same transaction, for the revoker to revoke at the provider: ``revoke=False`` only for
-        a caller that revokes them itself (a person's own sign-out, which waits for the answer).
+        a caller that revokes them itself (a person's own sign-out, which waits for the answer), or
+        that must revoke nothing (a session made in the same session at the provider as one that
+        goes on). The upstreams' own tokens go with the session; those obtained by token exchange
+        are queued too (``revoke_exchanged``, by default as ``revoke``): their source is the
+        session's access token, so revoking its refresh token need not end them (RFC 7009 section
+        2.1 covers only tokens of the same grant). Their refresh token when the exchange answered
+        with one, else the access token (``token_type_hint=access_token``).
         """
         # Locked while read, so that a refresh committing meanwhile cannot slip a token past us.
         ending = self.dbsession.execute(
@@ -340,19 +346,26 @@ class SessionRows:
         ).all()
         if not ending:
             return 0
+        ids = [row.id for row in ending]
         now = self.clock()
         result = self.dbsession.execute(
             update(UserSession)
-            .where(UserSession.id.in_([row.id for row in ending]), UserSession.ended_at.is_(None))
+            .where(UserSession.id.in_(ids), UserSession.ended_at.is_(None))
             .values(
                 ended_at=now, end_reason=str(reason), access_token=None, refresh_token=None, id_token=None, dpop_key=None
             )
             .execution_options(synchronize_session=False)
         )
-        # The upstreams' own access tokens go with it (short-lived; the revoked refresh token was their source).
-        self.dbsession.execute(
-            delete(SessionToken).where(SessionToken.session_id.in_([row.id for row in ending]))
-        )
+        exchanged = []
+        if revoke if revoke_exchanged is None else revoke_exchanged:
+            exchanged = self.dbsession.execute(
+                select(SessionToken.session_id, SessionToken.access_token, SessionToken.refresh_token).where(
+                    SessionToken.session_id.in_(ids), SessionToken.exchanged | SessionToken.refresh_token.is_not(None)
+                ).order_by(SessionToken.id)
+            ).all()
+        # The upstreams' own tokens go with it; those of a refresh grant are short-lived, and the
+        # revoked refresh token was their source.
+        self.dbsession.execute(delete(SessionToken).where(SessionToken.session_id.in_(ids)))
         if revoke:
             self._revoke_later(
                 (row.issuer, row.refresh_token, "refresh_token") if row.refresh_token is not None
@@ -360,6 +373,12 @@ class SessionRows:
                 for row in ending
                 if row.refresh_token is not None or row.access_token is not None
             )
+        issuers = {row.id: row.issuer for row in ending}
+        self._revoke_later(
+            (issuers[row.session_id], row.refresh_token, "refresh_token") if row.refresh_token is not None
+            else (issuers[row.session_id], row.access_token, "access_token")
+            for row in exchanged
+        )
         # Rows already loaded reload these on next access (the ORM cannot sync attributes it never loaded).
         for obj in list(self.dbsession.identity_map.values()):
             if isinstance(obj, UserSession):
@@ -389,10 +408,17 @@ class SessionRows:
             return None
         return UpstreamToken(token, _utc(row.expires_at), _utc(row.refreshed_at), token_type_from_column(row.token_type))
 
-    def write_upstream_token(self, session_id: int, upstream: str, token: UpstreamToken) -> bool:
+    def write_upstream_token(
+        self, session_id: int, upstream: str, token: UpstreamToken, *, exchanged: bool = False,
+        refresh_token: str | None = None,
+    ) -> bool:
         """Store (or replace) an upstream's own access token; the caller holds the session's refresh
         lock. Only into a live session: False, storing nothing, when it has ended meanwhile (with the
-        Redis lock, a revocation ends it without that lock, while the provider answers)."""
+        Redis lock, a revocation ends it without that lock, while the provider answers).
+
+        ``exchanged``: obtained by token exchange, so revoked of its own when the session ends;
+        ``refresh_token``: one the exchange answered with, stored (encrypted) for that revocation
+        only. An answer without one leaves a stored one in place, to be revoked then."""
         # The session row first, as end_where locks it before deleting a session's upstream tokens:
         # whichever comes second waits for the other, and this one then sees the end.
         live = self.dbsession.execute(
@@ -405,7 +431,10 @@ class SessionRows:
             "expires_at": token.expires_at,
             "refreshed_at": token.refreshed_at or self.clock(),
             "token_type": token_type_column(token.token_type),
+            "exchanged": exchanged,
         }
+        if refresh_token:
+            values["refresh_token"] = self.cipher.encrypt(refresh_token)
         updated = self.dbsession.execute(
             update(SessionToken)
             .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)

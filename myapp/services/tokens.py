@@ -325,8 +325,8 @@ class TokenManager:
         return DPoPKey.from_json(tokens.dpop_key)
 
     def end_session(self, session_id: int, reason: EndReason) -> TokenSet | None:
-        """End a session under the refresh lock and return the tokens it held, for the caller to
-        revoke: a refresh racing a logout can neither store new tokens afterwards nor leave one
+        """End a session under the refresh lock and return its own tokens, for the caller to revoke
+        (the upstreams' exchanged tokens go to the revoker's queue): a refresh racing a logout can neither store new tokens afterwards nor leave one
         unrevoked. None when it had ended already (another request's sign-out, say): nothing was
         done here. Raises :class:`ProviderUnavailable` when the lock cannot be had."""
         with self.lock.locked(session_id) as dbsession:
@@ -334,7 +334,8 @@ class TokenManager:
             current = rows.read(session_id)
             if current is None or current.session.ended_at is not None:
                 return None
-            rows.end(session_id, reason, revoke=False)
+            # The caller revokes the session's own tokens; the upstreams' exchanged ones are queued.
+            rows.end(session_id, reason, revoke=False, revoke_exchanged=True)
             return current.tokens
 
     def _warn_if_short_lived(self, source: str, expires_at: datetime | None) -> None:
@@ -529,8 +530,15 @@ class TokenManager:
             rows, session, own, rotated if isinstance(rotated, str) else None
         ):
             return LoginRequired()
-        if not rows.write_upstream_token(session.id, upstream.name, minted):
-            return LoginRequired()  # ended while the provider answered: nothing is kept for it
+        # An exchange's refresh token is only stored, never used, and revoked with the session: at
+        # Keycloak it belongs to the session's own client session, and revoking it now would end
+        # that (and with it the session's own refresh token). One that replaces a stored one
+        # leaves that unrevoked, for the same reason (docs/architecture.md).
+        kept = issued.refresh_token if upstream.exchange else None
+        if not rows.write_upstream_token(session.id, upstream.name, minted, exchanged=upstream.exchange, refresh_token=kept):
+            if upstream.exchange:  # ended while the provider answered: what it issued goes nowhere
+                rows.revoke_later(session.user_issuer, TokenSet(access_token=issued.access_token, refresh_token=kept))
+            return LoginRequired()
         self.metrics.refreshes.inc()
         return minted, dpop
 

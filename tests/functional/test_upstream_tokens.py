@@ -3,10 +3,17 @@ the programmable provider (which records what each access token was minted for) 
 upstream, on real sockets.
 """
 
+import logging
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from myapp.models import AuditEvent, SessionToken, UserSession
+from myapp.models import AuditEvent, SessionToken, TokenRevocation, UserSession
+from myapp.models.meta import utcnow
+from myapp.services import Services
+from myapp.services.sessions import EndReason
+from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.test_proxy import (
     REFUSED_WITH_A_ROTATED_REFRESH_TOKEN,
     api,
@@ -326,3 +333,124 @@ def test_upstream_tokens_that_live_no_longer_than_the_leeway_are_warned_of_once(
         "Access tokens for upstream 'graph' expire within myapp.tokens.refresh_leeway (400 s) of being issued,"
         " so every call refreshes them; set the leeway below the tokens' lifetime"
     ]
+
+
+def exchange_answering(provider, **extra):
+    """The provider's token exchange, its answer with ``extra`` (a refresh token, say)."""
+    issue = provider.issue_tokens
+
+    def answer(form):
+        status, body = issue(form, provider.token_forms[-1])
+        if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange" and status == 200:
+            body = {**body, **extra}
+        return status, body
+
+    return answer
+
+
+def revocations(provider) -> list[tuple[str, str]]:
+    """(token, token_type_hint) of each revocation request the provider received."""
+    return [(form.get("token"), form.get("token_type_hint")) for path, form, _ in provider.requests if path == "/revoke"]
+
+
+def end_by(how, browser, app, signed_in, dbsession):
+    if how == "sign-out":
+        csrf = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["csrf_token"]
+        browser.post("/logout", {"csrf_token": csrf}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    elif how == "revoked":  # from the sessions page, by an administrator, by back-channel logout
+        signed_in.store.end(browser.session_row, EndReason.REVOKED_BY_ADMIN)
+        dbsession.commit()
+    else:  # its time ran out: the revoker's sweep ends it
+        dbsession.execute(update(UserSession).values(expires_at=utcnow() - timedelta(minutes=1)))
+        dbsession.commit()
+        app.registry[Services].revoker.end_expired_sessions()
+
+
+@pytest.mark.parametrize("how", ["sign-out", "revoked", "expired"])
+def test_ending_a_session_revokes_its_exchanged_token(app, signed_in, upstream, provider, dbsession, caplog, how):
+    """An exchanged token's source is the session's access token, not the refresh token that ending
+    the session revokes: it is queued (encrypted) and revoked as an access token. A token minted
+    with the session's refresh token (graph) goes with that refresh token, as before."""
+    caplog.set_level(logging.DEBUG)
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    api(browser, "GET", "/api/graph/x", status=200)
+    exchanged, graph = token_seen(upstream, 0), token_seen(upstream, 1)
+    provider.requests.clear()
+    end_by(how, browser, app, signed_in, dbsession)
+    queued = dbsession.execute(select(TokenRevocation.token, TokenRevocation.token_type_hint)).all()
+    assert "access_token" in [hint for _, hint in queued]
+    assert queued_for_revocation(dbsession, browser) >= {exchanged}
+    assert all(exchanged.encode() not in bytes(token) for token, _ in queued)
+    app.registry[Services].revoker.run_once()
+    assert (exchanged, "access_token") in revocations(provider)
+    assert graph not in [token for token, _ in revocations(provider)]
+    assert dbsession.scalars(select(TokenRevocation)).all() == []
+    assert exchanged not in caplog.text
+
+
+def test_a_refresh_token_an_exchange_answers_with_is_stored_encrypted_and_revoked_with_the_session(
+    app, signed_in, upstream, provider, dbsession, caplog
+):
+    """Never revoked while the session lives (at Keycloak it would end the session's own client
+    session, and with it the session's refresh token), never dropped: revoked when the session ends."""
+    caplog.set_level(logging.DEBUG)
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged")
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert revocations(provider) == []
+    dbsession.commit()
+    stored = dbsession.scalars(select(SessionToken)).one()
+    assert stored.exchanged and b"rt-exchanged" not in bytes(stored.refresh_token)
+    # Minted again (its token refused a minute after), with no refresh token this time: the stored one stays.
+    provider.token_response = exchange_answering(provider)
+    upstream.refuse_tokens.add(token_seen(upstream))
+    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
+    dbsession.commit()
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert len([f for f in token_requests(provider) if "subject_token" in f]) == 2
+    dbsession.commit()
+    assert app.registry[Services].cipher.decrypt(dbsession.scalars(select(SessionToken.refresh_token)).one()) == "rt-exchanged"
+    assert revocations(provider) == []
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    queued = dbsession.execute(select(TokenRevocation.token, TokenRevocation.token_type_hint)).all()
+    assert all(b"rt-exchanged" not in bytes(token) for token, _ in queued)
+    app.registry[Services].revoker.run_once()
+    assert revocations(provider) == [("rt-1", "refresh_token"), ("rt-exchanged", "refresh_token")]
+    assert "rt-exchanged" not in caplog.text
+
+
+@pytest.mark.redis
+def test_a_session_ended_while_its_token_is_exchanged_revokes_what_the_exchange_issued(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, committed_database_url
+):
+    """With the Redis lock an administrator's revocation ends a session without the refresh lock,
+    while the provider answers the exchange: what it issued is stored nowhere, and is revoked."""
+    if committed_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's one writer: the lock's transaction holds it while the provider answers")
+    from tests.conftest import redis_url
+
+    app = make_proxy_app(**{
+        "myapp.upstreams": f"swap = {served_upstream.url}/swap\nreadonly = {served_upstream.url}/ro\nup = {served_upstream.url}/up",
+        "myapp.upstream.swap.exchange": "true",
+        "myapp.upstream.swap.resource": EXCHANGED,
+        "myapp.lock.backend": "redis", "myapp.redis.url": redis_url(),
+    })
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    browser = signed_in(app=app)
+    exchange = exchange_answering(provider, refresh_token="rt-exchanged")
+
+    def ended_meanwhile(form):
+        answer = exchange(form)
+        with app.registry[Services].database.own_transaction() as other, other.begin():
+            other.execute(update(UserSession).values(ended_at=utcnow(), end_reason="revoked_by_admin"))
+        return answer
+
+    provider.token_response = ended_meanwhile
+    assert api(browser, "GET", "/api/swap/x", status=401).json["error"] == "login_required"
+    issued = next(t for t, what in provider.access_tokens.items() if what["grant"] == "token_exchange")
+    assert queued_for_revocation(dbsession, browser) == {"rt-exchanged"}
+    assert issued not in queued_for_revocation(dbsession, browser)  # covered by its refresh token (RFC 7009 2.1)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from alembic import command
 from myapp import main
 from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
-from myapp.services.sessions import SessionStore, hash_session_id
+from myapp.services.sessions import EndReason, SessionStore, UpstreamToken, hash_session_id
 from myapp.services.tokenset import TokenCipher
 from myapp.settings import load_settings
 from tests.conftest import TEST_KEY, alembic_config, base_settings, migrate, private_schema
@@ -224,6 +224,53 @@ def test_sessions_from_before_browser_bindings_upgrade_without_one_and_are_never
         assert store.rows.end_unreachable() == 0
         assert [store.dead_reason(store.find(str(n) * 43)) for n in (1, 2)] == [None, None]
         assert store.rows.read(1).tokens.refresh_token == "rt-1"
+
+
+def test_upstream_tokens_from_before_0010_upgrade_as_not_exchanged_and_keep_their_rows_on_downgrade(empty_database):
+    """0010 on a database with a live session and an upstream token: the token reads as before,
+    marked as not exchanged (nobody knows), so ending the session queues only the session's own
+    refresh token, as before; a token stored since with a refresh token survives the downgrade."""
+    _, engine = empty_database
+    run(engine, "upgrade", "0009")
+    now = datetime.now(timezone.utc)
+    raw_id = "e" * 43
+    with engine.begin() as connection:
+        insert_user(connection, "erin", "Erin", None, "[]", now)
+        for n in (1, 2):
+            connection.execute(
+                text(
+                    "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+                    "ip_address, provider, csrf_token, access_token, refresh_token, token_generation) "
+                    "VALUES (:id, :hash, :handle, 1, :now, :now, :expires, '', '', 'default', 'csrf', :at, :rt, 0)"
+                ),
+                {"id": n, "hash": hash_session_id(raw_id if n == 1 else "f" * 43), "handle": f"handle-{n}", "now": now,
+                 "expires": now + timedelta(days=1), "at": CIPHER.encrypt(f"at-{n}"), "rt": CIPHER.encrypt(f"rt-{n}")},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO session_tokens (session_id, upstream, access_token, expires_at, refreshed_at) "
+                "VALUES (1, 'swap', :token, :expires, :now)"
+            ),
+            {"token": CIPHER.encrypt("swap-token"), "expires": now + timedelta(minutes=5), "now": now},
+        )
+    run(engine, "upgrade", "head")
+    with Session(engine) as dbsession:
+        store = session_store(dbsession)
+        session = store.find(raw_id)
+        assert store.rows.upstream_token(session.id, "swap").access_token == "swap-token"
+        assert dbsession.execute(text("SELECT exchanged, refresh_token FROM session_tokens")).one() == (False, None)
+        assert store.rows.write_upstream_token(
+            2, "swap", UpstreamToken("swap-2", now + timedelta(minutes=5), now), exchanged=True, refresh_token="rt-swap-2"
+        )
+        assert store.end(session, EndReason.REVOKED)
+        queued = dbsession.execute(text("SELECT token, token_type_hint FROM token_revocations")).all()
+        assert [(CIPHER.decrypt(bytes(token)), hint) for token, hint in queued] == [("rt-1", "refresh_token")]
+        dbsession.commit()
+    run(engine, "downgrade", "0009")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT session_id, upstream FROM session_tokens")).all() == [(2, "swap")]
+        assert connection.execute(text("SELECT handle FROM sessions ORDER BY id")).scalars().all() == ["handle-1", "handle-2"]
+    run(engine, "upgrade", "head")
 
 
 def test_downgrading_keeps_the_rows_of_child_tables(empty_database):

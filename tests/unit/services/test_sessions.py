@@ -8,8 +8,8 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import event, select
 
-from myapp.models import User, UserSession
-from myapp.services.sessions import EndReason, RecentTouches, SessionStore, hash_session_id
+from myapp.models import TokenRevocation, User, UserSession
+from myapp.services.sessions import EndReason, RecentTouches, SessionStore, UpstreamToken, hash_session_id
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
@@ -208,6 +208,37 @@ def test_end_wipes_tokens_and_keeps_reason(store, user):
     assert store.rows.read(row.id).tokens == TokenSet(access_token=None, refresh_token=None, id_token=None)
     stored = dbsession_columns(store, row)
     assert (stored["access_token"], stored["refresh_token"], stored["id_token"]) == (None, None, None)
+
+
+def queued(dbsession, cipher) -> list[tuple[str, str]]:
+    rows = dbsession.execute(select(TokenRevocation.token, TokenRevocation.token_type_hint).order_by(TokenRevocation.id))
+    return [(cipher.decrypt(bytes(token)), hint) for token, hint in rows]
+
+
+@pytest.mark.parametrize(
+    "revoke, revoke_exchanged, expected",
+    [
+        (True, None, [("r", "refresh_token"), ("swap-at", "access_token"), ("swap2-rt", "refresh_token")]),
+        # A person's own sign-out revokes the session's tokens itself, at once: the rest is queued.
+        (False, True, [("swap-at", "access_token"), ("swap2-rt", "refresh_token")]),
+        # Made in the same session at the provider as a session that goes on: nothing, as before.
+        (False, None, []),
+    ],
+)
+def test_ending_a_session_queues_its_exchanged_upstream_tokens(store, user, dbsession, cipher, clock, revoke,
+                                                                 revoke_exchanged, expected):
+    _, row = store.create(user=user, tokens=TokenSet(access_token="a", refresh_token="r"))
+    now = clock()
+    rows = store.rows
+    assert rows.write_upstream_token(row.id, "graph", UpstreamToken("graph-at", now, now))  # of the refresh token
+    assert rows.write_upstream_token(row.id, "swap", UpstreamToken("swap-at", now, now), exchanged=True)
+    assert rows.write_upstream_token(row.id, "swap2", UpstreamToken("swap2-at", now, now), exchanged=True,
+                                     refresh_token="swap2-rt")
+    assert rows.end(row.id, EndReason.REVOKED, revoke=revoke, revoke_exchanged=revoke_exchanged)
+    assert queued(dbsession, cipher) == expected
+    assert all(b"-at" not in bytes(token) and b"-rt" not in bytes(token) for token in dbsession.scalars(
+        select(TokenRevocation.token)))
+    assert rows.upstream_token(row.id, "swap") is None
 
 
 def test_end_twice_keeps_the_first_reason(store, user):
