@@ -268,6 +268,14 @@ def _default_port(scheme):
     return {"http": 80, "https": 443}.get(scheme)
 
 
+class JSONCSRFRefused(APIError):
+    """SPEC.md's JSON CSRF rule refused the request (403 ``csrf_failed``); ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(403, ErrorCode.CSRF_FAILED, f"Request refused: {reason}.")
+        self.reason = reason
+
+
 def json_csrf_view(view, info):
     """View deriver: ``json_csrf=True`` applies the JSON CSRF rule before anything else runs."""
     if not info.options.get("json_csrf"):
@@ -277,7 +285,7 @@ def json_csrf_view(view, info):
     def wrapper(context, request):
         reason = json_csrf_failure(request, public_url)
         if reason is not None:
-            raise APIError(403, ErrorCode.CSRF_FAILED, f"Request refused: {reason}.")
+            raise JSONCSRFRefused(reason)
         return view(context, request)
 
     return wrapper

@@ -11,6 +11,7 @@ from pyramid.view import exception_view_config, forbidden_view_config, notfound_
 from myapp.errors import APIError, ErrorCode, describe_outage, json_error
 from myapp.request import FormRefused
 from myapp.routes import is_json_request, return_path
+from myapp.security import JSONCSRFRefused
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -19,6 +20,8 @@ from myapp.services.tokens import LoginRequired, UpstreamTokenRefused
 from myapp.stepup import step_up_response
 
 log = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 section 9.2.1
 
 
 def error_page(request, status, title, message, **extra) -> Response:
@@ -47,6 +50,20 @@ def _back_here(request) -> str:
 @exception_view_config(APIError)
 def api_error(exc, request):
     return json_error(exc.status, exc.code, exc.message, exc.headers)
+
+
+@exception_view_config(JSONCSRFRefused)
+def json_csrf_refused(exc, request):
+    """A JSON call refused by the CSRF rule. One that would change something (any method but GET,
+    HEAD, OPTIONS, TRACE), from a signed-in session, is a denied action for the audit log, as a
+    refused form is: the session's cookie goes only with same-site requests of those methods
+    (SameSite), so it is forged or broken browser code. A safe one is not (docs/architecture.md):
+    it changes nothing, a person opening /auth/user or an /api address in the address bar makes
+    one, and any website could write records in the person's name with links to such addresses."""
+    if request.method not in SAFE_METHODS and request.identity is not None:
+        request.restart_transaction()
+        record_denial(request, exc.reason)
+    return api_error(exc, request)
 
 
 @exception_view_config(FormRefused)

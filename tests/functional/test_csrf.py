@@ -107,6 +107,27 @@ class TestJSONRoutes:
     def test_auth_user_anonymous_without_header_is_refused_first(self, browser):
         assert browser.get("/auth/user", status=403).json["error"] == "csrf_failed"
 
+    def test_a_refused_call_that_would_change_something_is_audited_as_a_denied_action(
+        self, alice_browser, alice, make_browser, dbsession
+    ):
+        """As a refused form is: the session's cookie goes only with same-site calls of these
+        methods, so such a call is forged (from another origin of the site) or broken browser code."""
+        alice_browser.post("/api/demo/notes", "{}", headers={"Origin": TEST_PUBLIC_URL}, status=403)
+        alice_browser.delete("/api/demo/notes/1", headers={"X-CSRF": "1", "Origin": "https://evil.example.test"}, status=403)
+        alice_browser.put("/api/demo/notes/1", "{}", headers={"X-CSRF": "1", "Sec-Fetch-Site": "cross-site"}, status=403)
+        # Not audited: a safe method (an address opened in the address bar, or linked from any
+        # website, which could otherwise write records in her name), and nobody signed in.
+        alice_browser.get("/auth/user", status=403)
+        alice_browser.get("/api/demo/notes", status=403)
+        make_browser().post("/api/demo/notes", "{}", status=403)
+        denials = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied").order_by(AuditEvent.id)).all()
+        assert [(d.user_id, d.actor_id, d.detail) for d in denials] == [
+            (alice.id, alice.id, "POST /api/demo/notes (the X-CSRF: 1 header is required)"),
+            (alice.id, alice.id, "DELETE /api/demo/notes/1 (the Origin header does not match this site)"),
+            (alice.id, alice.id, "PUT /api/demo/notes/1 (cross-site requests are refused)"),
+        ]
+        alice_browser.json_get("/auth/user", status=200)  # still signed in
+
 
 class TestAPublicURLWrittenWithItsDefaultPort:
     """myapp.public_url = HTTPS://App.Example.test:443/ is the site browsers call https://app.example.test."""
