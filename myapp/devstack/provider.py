@@ -222,13 +222,15 @@ class Provider:
         if jkt is not None:
             claims["cnf"] = {"jkt": jkt}
         self.store.stats.increment(Stat.TOKEN_EXCHANGES)
-        return {
+        exchanged = {
             "access_token": self.signer.sign(claims, typ="at+jwt"),
             "issued_token_type": ACCESS_TOKEN_TYPE,
             "token_type": "DPoP" if jkt is not None else "Bearer",
             "expires_in": lifetime,
             "scope": granted,
         }
+        self.store.save_exchanged(record, exchanged, jkt=jkt)  # known, so that it can be revoked
+        return exchanged
 
     def push(self, params: list) -> str:
         """RFC 9126: keep an authorization request for a minute; its single-use request_uri."""

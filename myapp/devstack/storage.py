@@ -172,6 +172,17 @@ class ProviderStore:
                     kind="refresh_token", family=family, scope=family.scope, expires_at=now + refresh_token_lifetime
                 )
 
+    def save_exchanged(self, subject: IssuedToken, token: dict, *, jkt: str | None = None) -> None:
+        """An access token issued by token exchange (RFC 8693) on ``subject``: a grant of its own,
+        of the same sign-in, so that revoking that sign-in's refresh token leaves it live (RFC 7009
+        section 2.1 covers one grant) and only its own revocation, or its expiry, ends it."""
+        family = TokenFamily(client_id=subject.family.client_id, login=subject.family.login, scope=token["scope"], jkt=jkt)
+        with self._lock:
+            self._tokens[digest(token["access_token"])] = IssuedToken(
+                kind="access_token", family=family, scope=token["scope"], expires_at=self.clock() + token["expires_in"],
+                jkt=jkt,
+            )
+
     def find_refresh_token(self, value: str) -> IssuedToken:
         """The live refresh token ``value``; presenting a rotated one revokes its family."""
         with self._lock:

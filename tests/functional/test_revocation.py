@@ -227,3 +227,42 @@ def test_each_process_revokes_in_the_background(committed, committed_database_ur
         assert queued() == []
     finally:
         dispose(app)
+
+
+@pytest.mark.slow
+def test_signing_out_revokes_an_exchanged_token_at_the_development_provider(committed_database_url, committed):
+    """End to end, on real sockets: the development provider treats an exchange as a grant of its
+    own, so revoking the session's refresh token at sign-out leaves the exchanged token live there
+    unless the revoker revokes it too."""
+    import requests
+
+    from myapp.models import SessionToken
+    from tests.support.live import api, bff_in_thread, devstack_for, listener
+    from tests.support.live import sign_in as sign_in_live
+
+    sock, public_url = listener()
+    with devstack_for(public_url) as idp:
+        upstreams = {
+            "myapp.upstreams": f"demo = {idp}/_dev/api\nswap = {idp}/_dev/api",
+            "myapp.upstream.swap.exchange": "true",
+            "myapp.upstream.swap.resource": f"{idp}/_dev/api",
+            "myapp.revocation.interval": "0",
+        }
+        with bff_in_thread(committed_database_url, sock, public_url, idp, **upstreams) as (url, app):
+            services = app.registry[Services]
+            userinfo = requests.get(idp + "/_dev/idp/.well-known/openid-configuration", timeout=5).json()["userinfo_endpoint"]
+
+            def active(token):
+                return requests.get(userinfo, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+
+            browser = sign_in_live(url, "alice")
+            assert api(browser, url + "/api/swap/ping").status_code == 200
+            committed.commit()
+            exchanged = services.cipher.decrypt(committed.scalars(select(SessionToken.access_token)).one())
+            assert active(exchanged)
+            csrf = api(browser, url + "/auth/user").json()["csrf_token"]
+            signed_out = browser.post(url + "/logout", data={"csrf_token": csrf}, headers={"Origin": url}, allow_redirects=False)
+            assert signed_out.status_code == 303
+            assert active(exchanged)  # the session's refresh token is revoked; this one is a grant of its own
+            services.revoker.run_once()
+            assert not active(exchanged)
