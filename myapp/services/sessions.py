@@ -321,10 +321,15 @@ class SessionRows:
         ).rowcount
         return stored == 1
 
-    def end(self, session_id: int, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None) -> bool:
-        return self.end_where(UserSession.id == session_id, reason, revoke=revoke, revoke_exchanged=revoke_exchanged) == 1
+    def end(
+        self, session_id: int, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None
+    ) -> bool:
+        condition = UserSession.id == session_id
+        return self.end_where(condition, reason, revoke=revoke, revoke_exchanged=revoke_exchanged) == 1
 
-    def end_where(self, condition, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None) -> int:
+    def end_where(
+        self, condition, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None
+    ) -> int:
         """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens.
 
         Their refresh tokens (or access tokens, when there is none) move to ``token_revocations`` in

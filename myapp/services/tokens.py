@@ -326,9 +326,10 @@ class TokenManager:
 
     def end_session(self, session_id: int, reason: EndReason) -> TokenSet | None:
         """End a session under the refresh lock and return its own tokens, for the caller to revoke
-        (the upstreams' exchanged tokens go to the revoker's queue): a refresh racing a logout can neither store new tokens afterwards nor leave one
-        unrevoked. None when it had ended already (another request's sign-out, say): nothing was
-        done here. Raises :class:`ProviderUnavailable` when the lock cannot be had."""
+        (the upstreams' exchanged tokens go to the revoker's queue): a refresh racing a logout can
+        neither store new tokens afterwards nor leave one unrevoked. None when it had ended already
+        (another request's sign-out, say): nothing was done here. Raises
+        :class:`ProviderUnavailable` when the lock cannot be had."""
         with self.lock.locked(session_id) as dbsession:
             rows = SessionRows(dbsession, self.cipher, self.clock)
             current = rows.read(session_id)
@@ -535,7 +536,10 @@ class TokenManager:
         # that (and with it the session's own refresh token). One that replaces a stored one
         # leaves that unrevoked, for the same reason (docs/architecture.md).
         kept = issued.refresh_token if upstream.exchange else None
-        if not rows.write_upstream_token(session.id, upstream.name, minted, exchanged=upstream.exchange, refresh_token=kept):
+        written = rows.write_upstream_token(
+            session.id, upstream.name, minted, exchanged=upstream.exchange, refresh_token=kept
+        )
+        if not written:
             if upstream.exchange:  # ended while the provider answered: what it issued goes nowhere
                 rows.revoke_later(session.user_issuer, TokenSet(access_token=issued.access_token, refresh_token=kept))
             return LoginRequired()
