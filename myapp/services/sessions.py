@@ -365,7 +365,10 @@ class SessionRows:
         if revoke if revoke_exchanged is None else revoke_exchanged:
             exchanged = self.dbsession.execute(
                 select(SessionToken.session_id, SessionToken.access_token, SessionToken.refresh_token).where(
-                    SessionToken.session_id.in_(ids), SessionToken.exchanged | SessionToken.refresh_token.is_not(None)
+                    SessionToken.session_id.in_(ids),
+                    SessionToken.refresh_token.is_not(None)
+                    # An access token already expired is dead at the provider: nothing to ask it.
+                    | (SessionToken.exchanged & (SessionToken.expires_at.is_(None) | (SessionToken.expires_at > now))),
                 ).order_by(SessionToken.id)
             ).all()
         # The upstreams' own tokens go with it; those of a refresh grant are short-lived, and the
