@@ -453,6 +453,29 @@ class SessionRows:
             self.dbsession.execute(insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **values))
         return True
 
+    def ended_beside_a_live_one(self, session_id: int) -> bool:
+        """Whether the session, ended, was replaced (``EndReason.REPLACED``) in the same session at
+        the provider as a session still live (same_provider_session): its end revoked nothing (a
+        sign-in again behind single sign-on, a step-up, the sweep's unreachable sessions), and
+        what was issued for it since must not be revoked either, as that could end the live one."""
+        ended = self.dbsession.execute(
+            select(_SESSIONS.end_reason, _SESSIONS.provider_sid, _USERS.issuer)
+            .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
+            .where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_not(None))
+        ).first()
+        if ended is None or ended.end_reason != EndReason.REPLACED or ended.provider_sid is None:
+            return False
+        live = self.dbsession.execute(
+            select(_SESSIONS.id)
+            .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
+            .where(
+                _SESSIONS.ended_at.is_(None), _SESSIONS.id != session_id,
+                _SESSIONS.provider_sid == ended.provider_sid, _USERS.issuer == ended.issuer,
+            )
+            .limit(1)
+        ).first()
+        return live is not None
+
     def revoke_later(self, issuer: str, tokens: TokenSet) -> None:
         """Have the revoker revoke ``tokens`` (the refresh token, else the access token) at the provider."""
         if tokens.refresh_token:

@@ -540,7 +540,10 @@ class TokenManager:
             session.id, upstream.name, minted, exchanged=upstream.exchange, refresh_token=kept
         )
         if not written:
-            if upstream.exchange:  # ended while the provider answered: what it issued goes nowhere
+            # Ended while the provider answered: what it issued goes nowhere, and is queued, unless
+            # the session was replaced in the same session at the provider as one that goes on
+            # (its end revoked nothing: revoking this could end that one's, as for its own tokens).
+            if upstream.exchange and not rows.ended_beside_a_live_one(session.id):
                 rows.revoke_later(session.user_issuer, TokenSet(access_token=issued.access_token, refresh_token=kept))
             return LoginRequired()
         self.metrics.refreshes.inc()
