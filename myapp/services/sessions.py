@@ -453,6 +453,33 @@ class SessionRows:
             self.dbsession.execute(insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **values))
         return True
 
+    def keep_exchange_refresh_token(self, session_id: int, upstream: str, refresh_token: str) -> bool:
+        """Keep (encrypted) a refresh token that an exchange answer refused for its access token
+        carried, to be revoked with the session as a used answer's is (write_upstream_token); the
+        caller holds the session's refresh lock. With no token stored for the upstream, the row
+        holds an empty access token that has expired: the next call exchanges again, and that
+        answer's token takes its place, keeping this refresh token. False, keeping nothing, when
+        the session has ended meanwhile."""
+        live = self.dbsession.execute(
+            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
+        ).first()
+        if live is None:
+            return False
+        kept = self.cipher.encrypt(refresh_token)
+        updated = self.dbsession.execute(
+            update(SessionToken)
+            .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
+            .values(refresh_token=kept)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not updated:
+            now = self.clock()
+            self.dbsession.execute(insert(SessionToken.__table__).values(
+                session_id=session_id, upstream=upstream, access_token=self.cipher.encrypt(""), expires_at=now,
+                refreshed_at=now, exchanged=True, refresh_token=kept,
+            ))
+        return True
+
     def ended_beside_a_live_one(self, session_id: int) -> bool:
         """Whether the session, ended, was replaced (``EndReason.REPLACED``) in the same session at
         the provider as a session still live (same_provider_session): its end revoked nothing (a

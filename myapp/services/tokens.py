@@ -511,7 +511,14 @@ class TokenManager:
         except DPoPNotBound as e:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
-            if isinstance(e, TokenResponseInvalid) and not upstream.exchange:
+            if isinstance(e, TokenResponseInvalid) and upstream.exchange and e.refresh_token:
+                # Live at the provider all the same: kept to be revoked with the session, as a
+                # used answer's is (not revoked now, for the reason below), never dropped.
+                if not rows.keep_exchange_refresh_token(session.id, upstream.name, e.refresh_token):
+                    if not rows.ended_beside_a_live_one(session.id):
+                        rows.revoke_later(session.user_issuer, TokenSet(refresh_token=e.refresh_token))
+                    return LoginRequired()
+            elif isinstance(e, TokenResponseInvalid) and not upstream.exchange:
                 if not self._keep_successor(rows, session, own, e.refresh_token):
                     return LoginRequired()
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")

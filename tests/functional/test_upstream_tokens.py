@@ -501,3 +501,30 @@ def test_a_session_replaced_in_its_session_at_the_provider_while_its_token_is_ex
     assert api(browser, "GET", "/api/swap/x", status=401).json["error"] == "login_required"
     assert dbsession.scalar(select(func.count()).select_from(UserSession).where(UserSession.ended_at.is_(None))) == 1
     assert queued_for_revocation(dbsession, browser) == set()
+
+
+@pytest.mark.parametrize("answer", REFUSED_WITH_A_ROTATED_REFRESH_TOKEN)
+def test_a_refresh_token_in_a_refused_exchange_answer_is_revoked_with_the_session(
+    app, signed_in, upstream, provider, dbsession, answer
+):
+    """An exchange answer refused for its access token (none, or of another type) that carries a
+    refresh token: that token is live at the provider. Not revoked at once (at Keycloak it belongs
+    to the session's own client session), not dropped either: kept (encrypted) and revoked when the
+    session ends, as the refresh token of an exchange answer that is used."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = lambda form: (
+        (200, {**answer, "refresh_token": "rt-exchanged"}) if "subject_token" in form else provider.issue_tokens(form, form)
+    )
+    browser = signed_in(app=app)
+    assert api(browser, "GET", "/api/swap/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    assert queued_for_revocation(dbsession, browser) == set()
+    stored = dbsession.scalars(select(SessionToken.refresh_token)).all()
+    assert all(b"rt-exchanged" not in bytes(token) for token in stored if token is not None)
+    # The next exchange is answered properly: that token is used, and the kept refresh token stays.
+    provider.token_response = None
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert provider.access_tokens[token_seen(upstream)]["aud"] == EXCHANGED
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged"}
