@@ -11,7 +11,7 @@ from pyramid.view import exception_view_config, forbidden_view_config, notfound_
 from myapp.errors import APIError, ErrorCode, describe_outage, json_error
 from myapp.request import FormRefused
 from myapp.routes import is_json_request, return_path
-from myapp.security import JSONCSRFRefused
+from myapp.security import JSONCSRFRefused, unserved_session
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -194,12 +194,35 @@ def bad_csrf(exc, request):
         # action for the audit log, as a refused permission is. Nothing the request did is kept.
         request.restart_transaction()
         record_denial(request, "no valid CSRF token" if isinstance(exc, BadCSRFToken) else "sent from another origin")
+    if request.matched_route is not None and request.matched_route.name == "logout" and not is_json_request(request):
+        page = _sign_out_again(request)
+        if page is not None:
+            return page
     return refusal(
         request, 403, ErrorCode.CSRF_FAILED, "Request refused: missing or wrong CSRF token.",
         title="This form has expired", page_status=400,
         page="The form was sent without a valid security token, or from another site. "
         "Go back, reload the page and try again.",
     )
+
+
+def _sign_out_again(request) -> Response | None:
+    """A refused sign-out of a live session: usually a Sign out button on a page from before the
+    current sign-in (another tab signed out and in again since), whose form carries the old
+    session's CSRF token. It signs nothing out, as a forged one must not; the person is offered
+    one press that does, a form of the current session. None when the browser has no session."""
+    identity = request.identity
+    session = identity.session if identity is not None else unserved_session(request)
+    if session is None:
+        return None
+    response = render_to_response(
+        "myapp:templates/sign_out.jinja2",
+        {"name": session.user_name, "csrf_token": session.csrf_token},
+        request=request,
+    )
+    response.status_int = 400
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @exception_view_config(HTTPException)

@@ -5,6 +5,7 @@ signed out."""
 import pytest
 
 from tests.conftest import random_name
+from tests.e2e import accessibility
 from tests.e2e.browser import REQUIRES_CHROMIUM
 from tests.e2e.product import at_provider_form, sign_in
 from tests.support.live import COOKIE
@@ -291,3 +292,46 @@ def test_a_sign_in_page_left_open_too_long_says_so_and_comes_back_to_the_page(pr
     browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/posts")
     browser.settle()
     assert browser.text("[data-testid=user-name]") == name.title()
+
+
+def sign_out_and_in_again_in_another_tab(browser, product, name):
+    """In a new tab: Sign out, then sign in again (the provider asks the name again): a new
+    session, with a new CSRF token. Leaves the browser in that tab."""
+    browser.driver.switch_to.new_window("tab")
+    browser.get(product.url + "/posts")
+    browser.click_button("Sign out", within="header")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
+    browser.settle()
+    browser.click_link("Sign in", within="main")
+    at_provider_form(browser)
+    browser.type_into("input[name=name]", name)
+    browser.click_button("Sign in", within="form")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
+    browser.settle()
+
+
+def test_sign_out_on_a_page_older_than_the_session_is_one_press_away(product, open_browser):
+    """A page left open in one tab while another tab signed out and in again carries the old
+    session's CSRF token: its Sign out got the 400 "This form has expired" page, which told the
+    person to go back and reload. Now that refusal (still a refusal: the old token signs nothing
+    out) offers a Sign out of the current session, and one press of it signs out here and at the
+    provider."""
+    browser = open_browser()
+    name = random_name("ines")
+    sign_in(browser, product, name, start="/posts")
+    old_tab = browser.driver.current_window_handle
+    sign_out_and_in_again_in_another_tab(browser, product, name)
+    current = [s.handle for s in product.sessions_of(name) if s.ended_at is None]
+    assert len(current) == 1
+
+    browser.driver.switch_to.window(old_tab)
+    browser.click_button("Sign out", within="header")
+    assert browser.path == "/logout"
+    assert browser.heading() == "Sign out?"
+    assert name.title() in browser.text("main")
+    assert accessibility.problems(browser) == []
+    assert [s.handle for s in product.sessions_of(name) if s.ended_at is None] == current, "the old token signed out"
+    logouts = product.stats()["backchannel_logouts_sent"]
+    browser.click_button("Sign out", within="main")
+    signed_out_everywhere(browser, product, name)
+    assert product.stats()["backchannel_logouts_sent"] == logouts + 1

@@ -158,3 +158,39 @@ class TestAPublicURLWrittenWithItsDefaultPort:
         assert browser.json_get("/auth/user").json["logout_url"] == TEST_PUBLIC_URL + "/logout"
         response = browser.submit("/posts", {"title": "from a form"}, status=303)
         assert response.location.startswith(f"{TEST_PUBLIC_URL}/posts/{posts(dbsession)[0].id}?")
+
+
+@pytest.mark.parametrize("sent", ["an older session's token", "no token", "another origin"])
+def test_a_refused_sign_out_offers_a_sign_out_of_the_current_session(alice_browser, dbsession, session_store, alice, sent):
+    """A Sign out on a page from before the current sign-in carries the old session's token: it
+    was refused with "This form has expired" and "reload the page". It is still refused (a forged
+    sign-out must sign nothing out), and the page now offers a form of the current session."""
+    import re
+
+    from myapp.models import UserSession
+    from myapp.services.sessions import EndReason
+
+    _, older = session_store.create(user=alice)
+    session_store.end(older, EndReason.LOGOUT)
+    data = {"an older session's token": {"csrf_token": older.csrf_token}, "no token": {}}.get(
+        sent, {"csrf_token": alice_browser.csrf_token})
+    headers = {"Origin": "https://evil.example"} if sent == "another origin" else {}
+    page = alice_browser.submit("/logout", data, csrf=False, headers=headers, status=400)
+    assert "This form has expired" not in page.text
+    assert "<h1 id=\"sign-out-title\">Sign out?</h1>" in page.text
+    assert page.headers["Cache-Control"] == "no-store"
+    live = dbsession.scalars(select(UserSession).where(UserSession.ended_at.is_(None))).all()
+    assert len(live) == 1, "the refused sign-out signed out"
+    form = re.search(r'<section class="card message-page".*?</section>', page.text, re.S).group(0)
+    assert f'value="{alice_browser.csrf_token}"' in form and 'action="/logout"' in form
+    if sent != "another origin":
+        assert older.csrf_token not in page.text
+    # The offered form is the current session's: sent from this site, it signs out.
+    alice_browser.submit("/logout", {"csrf_token": alice_browser.csrf_token}, csrf=False, status=303)
+    dbsession.expire_all()
+    assert dbsession.scalars(select(UserSession).where(UserSession.ended_at.is_(None))).all() == []
+
+
+def test_a_refused_sign_out_of_no_session_offers_nothing(browser):
+    """Without a session a sign-out has nothing to refuse: it lands on the landing page, as before."""
+    assert browser.post("/logout", {"csrf_token": "stale"}, headers={"Origin": "https://evil.example"}, status=303).location == TEST_PUBLIC_URL + "/"
