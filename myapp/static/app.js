@@ -11,25 +11,43 @@
     }
   }
   // A form marked data-submit-once is sent once: a double click does not send it twice (the
-  // server also makes a second "Publish" of the same form land on the first post).
+  // server also makes a second "Publish" of the same form land on the first post). If its
+  // navigation is abandoned (the browser's Stop, Escape, another navigation replacing it), the page
+  // stays and the form may be sent again: Chromium tells the page through the Navigation API
+  // (navigateerror, as the navigation's signal aborts); a browser without that API gets the form
+  // back after SUBMIT_ONCE_FALLBACK_MS instead, far longer than any double click. Coming back to
+  // the page from the browser's history (pageshow, persisted) gives it back too.
+  var SUBMIT_ONCE_FALLBACK_MS = 10000;
+  var releaseForm = function (form) {
+    form.removeAttribute("data-sending");
+    form.removeAttribute("aria-busy");
+    Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = false; });
+  };
+  var releaseForms = function () {
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), releaseForm);
+  };
+  var sends = 0;  // each sending is numbered: a timer of an earlier one never touches a later one
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!form.hasAttribute || !form.hasAttribute("data-submit-once")) { return; }
-    if (form.getAttribute("data-sending") === "true") { event.preventDefault(); return; }
-    form.setAttribute("data-sending", "true");
+    if (form.hasAttribute("data-sending")) { event.preventDefault(); return; }
+    var sending = String(++sends);
+    var still = function () { return form.getAttribute("data-sending") === sending; };
+    form.setAttribute("data-sending", sending);
     form.setAttribute("aria-busy", "true");
     window.setTimeout(function () {
+      if (!still()) { return; }
       Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = true; });
     }, 0);
+    if (!window.navigation) {
+      window.setTimeout(function () { if (still()) { releaseForm(form); } }, SUBMIT_ONCE_FALLBACK_MS);
+    }
   });
-  // Coming back to a page from the browser's history: its forms may be sent again.
+  if (window.navigation && window.navigation.addEventListener) {
+    window.navigation.addEventListener("navigateerror", releaseForms);
+  }
   window.addEventListener("pageshow", function (event) {
-    if (!event.persisted) { return; }
-    Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), function (form) {
-      form.removeAttribute("data-sending");
-      form.removeAttribute("aria-busy");
-      Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = false; });
-    });
+    if (event.persisted) { releaseForms(); }
   });
 
   // Back (or Forward) may bring a page back whole from the browser's memory: Chromium keeps even

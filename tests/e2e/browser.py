@@ -89,10 +89,12 @@ if MISSING is None:
 class Browser:
     """One person's headless Chromium. ``network`` collects every response it received."""
 
-    def __init__(self, *, size=DESKTOP, javascript=True):
+    def __init__(self, *, size=DESKTOP, javascript=True, page_load_strategy="normal"):
         self.profile = tempfile.mkdtemp(prefix="myapp-e2e-chromium-")
         options = webdriver.ChromeOptions()
         options.binary_location = str(CHROMIUM)
+        # "none": a DevTools command (Page.stopLoading: Stop) does not wait for a navigation on its way.
+        options.page_load_strategy = page_load_strategy
         for flag in FLAGS:
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={self.profile}")

@@ -335,3 +335,51 @@ def test_sign_out_on_a_page_older_than_the_session_is_one_press_away(product, op
     browser.click_button("Sign out", within="main")
     signed_out_everywhere(browser, product, name)
     assert product.stats()["backchannel_logouts_sent"] == logouts + 1
+
+
+# What a browser without the Navigation API (window.navigation) looks like to the page's script.
+WITHOUT_NAVIGATION_API = "Object.defineProperty(window, 'navigation', {value: undefined, configurable: true});"
+
+
+@pytest.mark.parametrize("navigation_api", [True, False], ids=["navigation-api", "without-it"])
+def test_a_form_sent_once_can_be_sent_again_after_stop(product, open_browser, navigation_api):
+    """A data-submit-once form disabled its button on submit for good: a person who pressed the
+    browser's Stop while it was on its way (a slow network) was left on the page with a button
+    that did nothing until a reload. Chromium tells the page that the navigation was abandoned
+    (the Navigation API's navigateerror): the button is given back at once. A browser without that
+    API gets it back after 10 s, and not before (a double click stays one)."""
+    import time
+
+    # "none": Selenium does not wait for the form's navigation to end before pressing Stop.
+    browser = open_browser(page_load_strategy="none")
+    if not navigation_api:
+        browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WITHOUT_NAVIGATION_API})
+    name = random_name("tess")
+    sign_in(browser, product, name, start="/posts/new")
+    browser.wait_for_path("/posts/new")
+    browser.type_into("#title", "Sent over a slow network")
+    over_a_real_network(browser, latency_ms=3000)
+    publish = browser.button("Publish")
+    state = "var b = document.querySelector('main form[data-submit-once] button[type=submit]');" \
+        "return [location.pathname, b.disabled, b.form.getAttribute('aria-busy')];"
+    # Clicked, and seen disabled, from the page itself: Selenium waits for a navigation on its way
+    # before its next command (a click, a script), but not before a DevTools command: Stop.
+    sent = browser.driver.execute_async_script(
+        "var done = arguments[arguments.length - 1], button = arguments[0];"
+        "button.click();"
+        "setTimeout(function () { done((function () {" + state + "})()); }, 200);",
+        publish,
+    )
+    assert sent == ["/posts/new", True, "true"]
+    browser.driver.execute_cdp_cmd("Page.stopLoading", {})
+    if not navigation_api:
+        time.sleep(2)
+        assert browser.driver.execute_script(state) == ["/posts/new", True, "true"], "given back before any answer"
+    browser.wait(lambda d: d.execute_script(state) == ["/posts/new", False, None], timeout=2 if navigation_api else 12)
+
+    over_a_real_network(browser, latency_ms=0)
+    browser.click_button("Publish")
+    assert browser.heading() == "Sent over a slow network"
+    browser.get(product.url + "/posts")
+    browser.wait_for_path("/posts")
+    assert [e.text for e in browser.find_all(".post-item h2")] == ["Sent over a slow network"]
