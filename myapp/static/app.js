@@ -60,27 +60,32 @@
   // that cannot be made (offline, the server failing or not answering within 3 s) loads the page
   // again too, rather than show it: whoever is at a device signed out from another one could
   // otherwise see its pages by taking it offline and pressing Back. An answer or a time limit of
-  // an earlier restore never decides a later one.
+  // an earlier check never decides a later one.
+  //
+  // The same check runs in every other tab of this site when one of them lands signed out
+  // (data-session-gone: the landing page after Sign out, the signed-out page), told through a
+  // BroadcastChannel: a tab left open on a signed-in page would otherwise go on showing it, and
+  // the person's next click there would go straight to the provider's sign-in form (the browser
+  // has no cookie left: to the server, a stranger). The message carries no secret: the reason the
+  // landing tab was given (a key such as "logout"), which the signed-out page turns into words.
   var root = document.documentElement;
   var sessionUrl = document.body && document.body.getAttribute("data-session-url");
+  var CHANNEL = "myapp-session";
   if (sessionUrl && window.fetch) {
-    var restores = 0;
-    window.addEventListener("pagehide", function (event) {
-      restores += 1;
-      if (event.persisted) { root.classList.add("is-rechecking"); }
-    });
-    window.addEventListener("pageshow", function (event) {
-      if (!event.persisted) { return; }
-      var restore = ++restores;
+    var checks = 0;
+    var check = function (reason) {
+      var mine = ++checks;
+      root.classList.add("is-rechecking");
       var field = document.querySelector("header form input[name=csrf_token]");
       var shown = field ? field.value : "";
       var decide = function (current) {
-        if (restore !== restores) { return; }
-        restores += 1;  // decided: a later answer (or the time limit) changes nothing
+        if (mine !== checks) { return; }
+        checks += 1;  // decided: a later answer (or the time limit) changes nothing
+        var signedOutUrl = document.body.getAttribute("data-signed-out-url");
         if (current === shown) {
           root.classList.remove("is-rechecking");
-        } else if (shown && current === "" && document.body.getAttribute("data-signed-out-url")) {
-          window.location.replace(document.body.getAttribute("data-signed-out-url"));
+        } else if (shown && current === "" && signedOutUrl) {
+          window.location.replace(signedOutUrl + (reason ? "&reason=" + encodeURIComponent(reason) : ""));
         } else {
           // Without its #fragment: the same address with one is a jump within the page, no load.
           window.location.replace(window.location.href.split("#")[0]);
@@ -100,7 +105,27 @@
           });
         })
         .then(decide, function () { decide(undefined); });
+    };
+    window.addEventListener("pagehide", function (event) {
+      checks += 1;
+      if (event.persisted) { root.classList.add("is-rechecking"); }
     });
+    window.addEventListener("pageshow", function (event) {
+      if (event.persisted) { check(""); }
+    });
+    if (window.BroadcastChannel) {
+      var gone = document.body.getAttribute("data-session-gone");
+      if (gone !== null) {
+        var channel = new BroadcastChannel(CHANNEL);
+        channel.postMessage({ signedOut: /^[a-z_]{1,40}$/.test(gone) ? gone : "" });
+        channel.close();
+      } else if (document.body.getAttribute("data-signed-out-url")) {
+        new BroadcastChannel(CHANNEL).onmessage = function (event) {
+          var said = event.data && event.data.signedOut;
+          if (typeof said === "string") { check(/^[a-z_]{1,40}$/.test(said) ? said : ""); }
+        };
+      }
+    }
   }
 
   // Drafts: what is typed into a form marked data-draft is kept in this tab's sessionStorage (the

@@ -256,7 +256,9 @@ def client_jwks(request):
 def signed_out(request):
     message = SIGNED_OUT_MESSAGES.get(request.GET.get("reason", ""), "Your session has ended.")
     next_path = safe_next_path(request.GET.get("next"))
-    return {"message": message, "login_url": _login_url(request, next_path)}
+    # Other tabs still showing a signed-in page are told (app.js); the reason in this address is
+    # not passed on, as anyone may write one into a link.
+    return {"message": message, "login_url": _login_url(request, next_path), "session_gone": ""}
 
 
 @view_config(

@@ -9,6 +9,7 @@ from myapp.models.meta import utcnow
 from myapp.resources import Permission
 from myapp.routes import API_PREFIX
 from myapp.services.oidc import ProviderUnavailable
+from myapp.services.sessions import EndReason
 from myapp.services.stepup import rule_for, satisfies
 from myapp.services.tokens import UpstreamTokenRefused
 from myapp.views import SIGNED_OUT_MESSAGES
@@ -26,13 +27,18 @@ log = logging.getLogger(__name__)
 )
 def landing(request):
     cookie = request.services.session_cookie
+    # ``session_gone``: this browser has no session; its other tabs still showing a signed-in page
+    # are told so (app.js), with the reason when it is known here.
     if cookie.has_signed_out_note(request):
         # Back from a deliberate sign-out (here, or at the provider's sign-out page): say so, once.
         request.response.headerlist.append(cookie.clear_signed_out_note())
-        return {"session_ended": "You have signed out."}
+        return {"session_ended": "You have signed out.", "session_gone": EndReason.LOGOUT}
     # A cookie that named a session no longer live: say why it ended.
     reason = request.signed_out_reason
-    return {"session_ended": SIGNED_OUT_MESSAGES.get(reason, "Your session has ended.") if reason else None}
+    return {
+        "session_ended": SIGNED_OUT_MESSAGES.get(reason, "Your session has ended.") if reason else None,
+        "session_gone": reason or "",
+    }
 
 
 @view_config(

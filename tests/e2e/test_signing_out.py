@@ -175,11 +175,20 @@ def test_back_shows_nothing_of_an_ended_session_when_the_check_cannot_be_made(pr
         assert not [e for e in laptop.find_all("[data-testid=user-name]") if e.is_displayed()]
 
 
-def test_changes_to_a_post_survive_a_session_that_ended_in_another_tab(product, open_browser):
+# What a browser without BroadcastChannel (or a tab that missed its message) looks like to app.js.
+WITHOUT_BROADCAST_CHANNEL = "Object.defineProperty(window, 'BroadcastChannel', {value: undefined, configurable: true});"
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["told", "not-told"])
+def test_changes_to_a_post_survive_a_session_that_ended_in_another_tab(product, open_browser, told):
     """Only the new-post form kept a draft: changes typed into the edit form of a tab whose session
     was signed out in another tab were refused, and after signing in again the form came back as
-    the post was, every change lost. (And the post is then deleted with a double click.)"""
+    the post was, every change lost. (And the post is then deleted with a double click.) Told of
+    the sign-out, the tab shows the signed-out page and Sign in again; not told (no
+    BroadcastChannel), its Save is refused and sends it to sign in; the changes come back either way."""
     browser = open_browser()
+    if not told:
+        browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WITHOUT_BROADCAST_CHANNEL})
     name = random_name("pia")
     sign_in(browser, product, name)
     browser.get(product.url + "/posts/new")
@@ -198,7 +207,13 @@ def test_changes_to_a_post_survive_a_session_that_ended_in_another_tab(product, 
     browser.driver.close()
     browser.driver.switch_to.window(editing)
 
-    browser.click_button("Save changes")
+    if told:
+        browser.wait(lambda d: browser.path == "/signed-out")
+        browser.settle()
+        assert browser.text("[data-testid=signed-out-reason]") == "You signed out."
+        browser.click_link("Sign in again", within="main")
+    else:
+        browser.click_button("Save changes")
     at_provider_form(browser)  # signed out at the provider too: it asks who is there
     browser.type_into("input[name=name]", name)
     browser.click_button("Sign in", within="form")
@@ -294,15 +309,12 @@ def test_a_sign_in_page_left_open_too_long_says_so_and_comes_back_to_the_page(pr
     assert browser.text("[data-testid=user-name]") == name.title()
 
 
-def sign_out_and_in_again_in_another_tab(browser, product, name):
-    """In a new tab: Sign out, then sign in again (the provider asks the name again): a new
-    session, with a new CSRF token. Leaves the browser in that tab."""
+def sign_in_again_in_another_tab(browser, product, name):
+    """In a new tab, sign in again (the provider is asked to ask the name again): a new session,
+    with a new CSRF token, replaces the old one, and no page of this site signed out in between
+    (which would tell the other tabs). Leaves the browser in that tab."""
     browser.driver.switch_to.new_window("tab")
-    browser.get(product.url + "/posts")
-    browser.click_button("Sign out", within="header")
-    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
-    browser.settle()
-    browser.click_link("Sign in", within="main")
+    browser.get(product.url + "/login?prompt=login&next=%2F")
     at_provider_form(browser)
     browser.type_into("input[name=name]", name)
     browser.click_button("Sign in", within="form")
@@ -311,16 +323,16 @@ def sign_out_and_in_again_in_another_tab(browser, product, name):
 
 
 def test_sign_out_on_a_page_older_than_the_session_is_one_press_away(product, open_browser):
-    """A page left open in one tab while another tab signed out and in again carries the old
-    session's CSRF token: its Sign out got the 400 "This form has expired" page, which told the
-    person to go back and reload. Now that refusal (still a refusal: the old token signs nothing
-    out) offers a Sign out of the current session, and one press of it signs out here and at the
-    provider."""
+    """A page left open in one tab while another tab signed in again (or signed out and in again,
+    unheard: no script, no BroadcastChannel) carries the old session's CSRF token: its Sign out
+    got the 400 "This form has expired" page, which told the person to go back and reload. Now
+    that refusal (still a refusal: the old token signs nothing out) offers a Sign out of the
+    current session, and one press of it signs out here and at the provider."""
     browser = open_browser()
     name = random_name("ines")
     sign_in(browser, product, name, start="/posts")
     old_tab = browser.driver.current_window_handle
-    sign_out_and_in_again_in_another_tab(browser, product, name)
+    sign_in_again_in_another_tab(browser, product, name)
     current = [s.handle for s in product.sessions_of(name) if s.ended_at is None]
     assert len(current) == 1
 
@@ -383,3 +395,38 @@ def test_a_form_sent_once_can_be_sent_again_after_stop(product, open_browser, na
     browser.get(product.url + "/posts")
     browser.wait_for_path("/posts")
     assert [e.text for e in browser.find_all(".post-item h2")] == ["Sent over a slow network"]
+
+
+def test_a_tab_left_open_after_signing_out_in_another_says_so(product, open_browser):
+    """Signing out in one tab left another tab showing the signed-in page, name and data; the
+    person's next click there (a link, or Save on an edit) went straight to the provider's sign-in
+    form with no word of why (the browser had no cookie left: to the server, a stranger). Now the
+    tab learns of the sign-out (a page of this site signed out, in another tab, says so to the
+    others) and, once the server confirms its session is gone, gives way to the signed-out page:
+    "You signed out.", and Sign in again returns to it, a draft typed there restored."""
+    browser = open_browser()
+    name = random_name("jade")
+    sign_in(browser, product, name, start="/posts/new")
+    browser.type_into("#title", "Typed before the other tab signed out")
+    left_open = browser.driver.current_window_handle
+    browser.driver.switch_to.new_window("tab")
+    browser.get(product.url + "/posts")
+    browser.click_button("Sign out", within="header")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/")
+    browser.settle()
+    assert browser.text("[data-testid=session-ended]") == "You have signed out."
+
+    browser.driver.switch_to.window(left_open)
+    browser.wait(lambda d: browser.path == "/signed-out")
+    browser.settle()
+    assert not browser.find_all("[data-testid=user-name]"), "the signed-in page is still shown"
+    assert browser.heading() == "You have been signed out"
+    assert browser.text("[data-testid=signed-out-reason]") == "You signed out."
+    browser.click_link("Sign in again", within="main")
+    at_provider_form(browser)  # signed out at the provider too: it asks who is there
+    browser.type_into("input[name=name]", name)
+    browser.click_button("Sign in", within="form")
+    browser.wait(lambda d: product.owns(d.current_url) and browser.path == "/posts/new")
+    browser.settle()
+    assert browser.find("#title").get_attribute("value") == "Typed before the other tab signed out"
+    assert browser.find("[data-draft-restored]").is_displayed()
