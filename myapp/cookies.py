@@ -68,6 +68,27 @@ class SessionCookie:
     def clear_signed_out_note(self) -> tuple[str, str]:
         return ("Set-Cookie", make_cookie(self.name + self.SIGNED_OUT_SUFFIX, None, **self._attributes))
 
+    # A cookie naming an ended session is cleared by whichever request meets it first: when that is
+    # a script's call (/auth/user, the back/forward-cache check), the signed-out page it then opens
+    # would not know why the session ended. The request that clears it leaves the reason (a fixed
+    # key such as "revoked", never anything of the session) for that page, for a minute, and the
+    # page takes it away once shown: no later visitor of the browser learns more than the first
+    # page load after the end would have told anyone at it.
+    ENDED_SUFFIX = "-ended"
+    ENDED_MAX_AGE = 60
+
+    def ended_note(self, reason: str) -> tuple[str, str]:
+        return (
+            "Set-Cookie",
+            make_cookie(self.name + self.ENDED_SUFFIX, reason, max_age=self.ENDED_MAX_AGE, **self._attributes),
+        )
+
+    def ended_note_of(self, request) -> str | None:
+        return read_cookie(request, self.name + self.ENDED_SUFFIX)
+
+    def clear_ended_note(self) -> tuple[str, str]:
+        return ("Set-Cookie", make_cookie(self.name + self.ENDED_SUFFIX, None, **self._attributes))
+
     def is_set_in(self, response) -> bool:
         prefix = self.name + "="
         return any(k.lower() == "set-cookie" and v.startswith(prefix) for k, v in response.headerlist)

@@ -197,6 +197,9 @@ class SessionSecurityPolicy:
         def clear(request, response):
             if not cookie.is_set_in(response):
                 response.headerlist.append(cookie.delete())
+                if reason is not None:
+                    # For the signed-out page a script opens next (SessionCookie.ended_note).
+                    response.headerlist.append(cookie.ended_note(reason))
 
         request.add_response_callback(clear)
 

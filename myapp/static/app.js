@@ -55,12 +55,12 @@
   // the provider, an administrator, its time limit) would still show as signed in, with its data.
   // Such a page stays hidden until the server says it belongs to this browser's session (the
   // same CSRF token; none when signed out). A signed-in page whose session is gone gives way to
-  // the signed-out page (the check has cleared the cookie, and with it the reason); any other
-  // stale page is loaded again (by GET: a page that answered a form is not sent again). A check
-  // that cannot be made (offline, the server failing or not answering within 3 s) loads the page
-  // again too, rather than show it: whoever is at a device signed out from another one could
-  // otherwise see its pages by taking it offline and pressing Back. An answer or a time limit of
-  // an earlier check never decides a later one.
+  // the signed-out page (the check has cleared the cookie, and left the reason for that page:
+  // SessionCookie.ended_note); any other stale page is loaded again (by GET: a page that
+  // answered a form is not sent again). A check that cannot be made (offline, the server failing
+  // or not answering within 3 s) loads the page again too, rather than show it: whoever is at a
+  // device signed out from another one could otherwise see its pages by taking it offline and
+  // pressing Back. An answer or a time limit of an earlier check never decides a later one.
   //
   // The same check runs in every other tab of this site when one of them lands signed out
   // (data-session-gone: the landing page after Sign out, the signed-out page), told through a

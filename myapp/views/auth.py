@@ -254,11 +254,23 @@ def client_jwks(request):
     renderer="myapp:templates/signed_out.jinja2",
 )
 def signed_out(request):
-    message = SIGNED_OUT_MESSAGES.get(request.GET.get("reason", ""), "Your session has ended.")
+    # Why: what the server knows first (this request met the ended cookie, or the one before it
+    # did and left a note for this page), else the address's reason (another tab's word).
+    cookie = request.services.session_cookie
+    request.identity  # meets (and clears) an ended cookie: request.signed_out_reason
+    noted = cookie.ended_note_of(request)
+    if noted is not None:
+        request.response.headerlist.append(cookie.clear_ended_note())
+    server_known = [r for r in (request.signed_out_reason, noted) if r in SIGNED_OUT_MESSAGES]
+    known = server_known or [r for r in (request.GET.get("reason", ""),) if r in SIGNED_OUT_MESSAGES]
+    message = SIGNED_OUT_MESSAGES[known[0]] if known else "Your session has ended."
     next_path = safe_next_path(request.GET.get("next"))
-    # Other tabs still showing a signed-in page are told (app.js); the reason in this address is
-    # not passed on, as anyone may write one into a link.
-    return {"message": message, "login_url": _login_url(request, next_path), "session_gone": ""}
+    # Other tabs still showing a signed-in page are told (app.js), with the reason only when the
+    # server knows it: anyone may write one into this page's address.
+    return {
+        "message": message, "login_url": _login_url(request, next_path),
+        "session_gone": server_known[0] if server_known else "",
+    }
 
 
 @view_config(

@@ -208,7 +208,7 @@ def bad_csrf(exc, request):
 
 def _sign_out_again(request) -> Response | None:
     """A refused sign-out of a live session: usually a Sign out button on a page from before the
-    current sign-in (another tab signed out and in again since), whose form carries the old
+    current sign-in (another tab signed in again since), whose form carries the old
     session's CSRF token. It signs nothing out, as a forged one must not; the person is offered
     one press that does, a form of the current session. None when the browser has no session."""
     identity = request.identity

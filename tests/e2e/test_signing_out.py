@@ -119,6 +119,11 @@ def test_back_never_shows_a_session_that_ended_elsewhere(product, open_browser):
     assert laptop.path_qs == "/signed-out?next=%2Faccount%2Fsessions"
     assert laptop.heading() == "You have been signed out"
     assert not laptop.find_all("[data-testid=user-name]")
+    # Why, as a page load would have said (the check cleared the cookie: it left the reason for
+    # this page alone, once; whoever loads it next is told nothing more).
+    assert laptop.text("[data-testid=signed-out-reason]") == "This session was signed out from your list of sessions."
+    laptop.get(product.url + "/signed-out")
+    assert laptop.text("[data-testid=signed-out-reason]") == "Your session has ended."
 
     # A page whose session is still the browser's comes back at once, visible, without a request.
     phone.click_link("Posts", within="nav.main-nav")

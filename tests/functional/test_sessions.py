@@ -77,6 +77,33 @@ def test_a_dead_cookie_is_cleared_and_says_why(browser, alice, sign_in, session_
     assert "/login?next=%2Fposts" in page.text
 
 
+def test_a_dead_cookie_cleared_by_a_script_leaves_the_reason_for_the_signed_out_page_once(
+    browser, alice, sign_in, session_store
+):
+    """The back/forward-cache check (app.js) asks /auth/user, whose 401 clears the cookie: the
+    signed-out page it opens next said only "Your session has ended.". The clearing answer now
+    leaves the reason for that page (a minute, a fixed key), which shows it once and takes it away."""
+    _, row = sign_in(browser, alice)
+    session_store.end(row, "revoked_by_admin")
+    response = browser.get("/auth/user", headers={"X-CSRF": "1"}, status=401)
+    assert any(h.startswith(f"{COOKIE}=;") for h in set_cookie_headers(response))
+    assert any(h.startswith(f"{COOKIE}-ended=revoked_by_admin;") and "Max-Age=60" in h and "HttpOnly" in h
+               for h in set_cookie_headers(response))
+    page = browser.get("/signed-out?next=%2Fposts")
+    assert "An administrator signed you out." in page.text
+    assert 'data-session-gone="revoked_by_admin"' in page.text  # for the browser's other tabs (app.js)
+    assert any(h.startswith(f"{COOKIE}-ended=;") for h in set_cookie_headers(page))
+    assert "Your session has ended." in browser.get("/signed-out").text
+    # The note outranks the address (anyone may write a reason into a link); a note that names no
+    # reason is none.
+    browser.set_cookie(f"{COOKIE}-ended", "expired")
+    page = browser.get("/signed-out?reason=revoked_by_admin")
+    assert "time limit" in page.text and 'data-session-gone="expired"' in page.text
+    assert 'data-session-gone=""' in browser.get("/signed-out?reason=revoked_by_admin").text  # not passed on
+    browser.set_cookie(f"{COOKIE}-ended", "nonsense")
+    assert "Your session has ended." in browser.get("/signed-out").text
+
+
 def backdate(dbsession, row, **fields):
     dbsession.execute(update(UserSession).where(UserSession.id == row.id).values(**fields))
     dbsession.expire_all()
