@@ -44,7 +44,17 @@
     }
   });
   if (window.navigation && window.navigation.addEventListener) {
-    window.navigation.addEventListener("navigateerror", releaseForms);
+    // navigateerror also fires when another navigation supersedes the form's in the Navigation API:
+    // a same-document one (a "#main" link, history.replaceState) does so while Chromium goes on
+    // sending the form, whose answer then replaces the page. The new navigation's navigate event
+    // follows the error in the same task: only an error with none after it (Stop, Escape,
+    // window.stop()) gives the forms back.
+    var navigations = 0;
+    window.navigation.addEventListener("navigate", function () { navigations += 1; });
+    window.navigation.addEventListener("navigateerror", function () {
+      var seen = navigations;
+      window.setTimeout(function () { if (navigations === seen) { releaseForms(); } }, 0);
+    });
   }
   window.addEventListener("pageshow", function (event) {
     if (event.persisted) { releaseForms(); }

@@ -402,6 +402,32 @@ def test_a_form_sent_once_can_be_sent_again_after_stop(product, open_browser, na
     assert [e.text for e in browser.find_all(".post-item h2")] == ["Sent over a slow network"]
 
 
+def test_a_form_sent_once_stays_sent_when_a_link_within_the_page_is_followed(product, open_browser):
+    """The Navigation API's navigateerror gave a data-submit-once form back, and it fires too when
+    a same-document navigation (here "Skip to content", #main) supersedes the form's, while
+    Chromium goes on sending the form: the button came back while the first press was still on
+    its way, and a second press sent the form twice. Only an abandoned navigation gives it back."""
+    browser = open_browser(page_load_strategy="none")
+    name = random_name("sela")
+    sign_in(browser, product, name, start="/posts/new")
+    browser.wait_for_path("/posts/new")
+    browser.type_into("#title", "Sent while skipping to the content")
+    over_a_real_network(browser, latency_ms=3000)
+    publish = browser.button("Publish")
+    # All from the page itself: Selenium waits for a navigation on its way before its next command.
+    seen = browser.driver.execute_async_script(
+        "var done = arguments[arguments.length - 1], button = arguments[0];"
+        "button.click();"
+        "setTimeout(function () {"
+        "  document.querySelector('a.skip-link').click();"
+        "  setTimeout(function () { done([location.hash, button.disabled, button.form.getAttribute('aria-busy')]); }, 300);"
+        "}, 200);",
+        publish,
+    )
+    assert seen == ["#main", True, "true"], "the form was given back while still on its way"
+    browser.wait(lambda d: browser.heading() == "Sent while skipping to the content", timeout=15)
+
+
 def test_a_tab_left_open_after_signing_out_in_another_says_so(product, open_browser):
     """Signing out in one tab left another tab showing the signed-in page, name and data; the
     person's next click there (a link, or Save on an edit) went straight to the provider's sign-in
