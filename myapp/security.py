@@ -197,11 +197,24 @@ class SessionSecurityPolicy:
         def clear(request, response):
             if not cookie.is_set_in(response):
                 response.headerlist.append(cookie.delete())
-                if reason is not None:
-                    # For the signed-out page a script opens next (SessionCookie.ended_note).
+                if reason is not None and not request.environ.get(REASON_TOLD):
+                    # For the signed-out page a script opens next (SessionCookie.ended_note); not
+                    # when this answer is a page that says why itself (tell_signed_out_reason).
                     response.headerlist.append(cookie.ended_note(reason))
 
         request.add_response_callback(clear)
+
+
+REASON_TOLD = "myapp.signed_out_reason_told"
+
+
+def tell_signed_out_reason(request) -> str | None:
+    """``request.signed_out_reason`` for a page that says it: that page is the first to tell, so
+    its answer leaves no note of it for a later one (SessionCookie.ended_note), which would tell it
+    again."""
+    request.identity  # meets (and clears) an ended cookie
+    request.environ[REASON_TOLD] = True
+    return request.signed_out_reason
 
 
 UNSERVED_SESSION = "myapp.unserved_session"

@@ -13,7 +13,7 @@ from pyramid.view import view_config
 from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
-from myapp.security import unserved_session
+from myapp.security import tell_signed_out_reason, unserved_session
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
@@ -257,11 +257,11 @@ def signed_out(request):
     # Why: what the server knows first (this request met the ended cookie, or the one before it
     # did and left a note for this page), else the address's reason (another tab's word).
     cookie = request.services.session_cookie
-    request.identity  # meets (and clears) an ended cookie: request.signed_out_reason
+    met = tell_signed_out_reason(request)  # meets (and clears) an ended cookie, and says why here
     noted = cookie.ended_note_of(request)
     if noted is not None:
         request.response.headerlist.append(cookie.clear_ended_note())
-    server_known = [r for r in (request.signed_out_reason, noted) if r in SIGNED_OUT_MESSAGES]
+    server_known = [r for r in (met, noted) if r in SIGNED_OUT_MESSAGES]
     known = server_known or [r for r in (request.GET.get("reason", ""),) if r in SIGNED_OUT_MESSAGES]
     message = SIGNED_OUT_MESSAGES[known[0]] if known else "Your session has ended."
     next_path = safe_next_path(request.GET.get("next"))

@@ -8,6 +8,7 @@ from myapp.errors import APIError
 from myapp.models.meta import utcnow
 from myapp.resources import Permission
 from myapp.routes import API_PREFIX
+from myapp.security import tell_signed_out_reason
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
 from myapp.services.stepup import rule_for, satisfies
@@ -34,7 +35,7 @@ def landing(request):
         request.response.headerlist.append(cookie.clear_signed_out_note())
         return {"session_ended": "You have signed out.", "session_gone": EndReason.LOGOUT}
     # A cookie that named a session no longer live: say why it ended.
-    reason = request.signed_out_reason
+    reason = tell_signed_out_reason(request)
     return {
         "session_ended": SIGNED_OUT_MESSAGES.get(reason, "Your session has ended.") if reason else None,
         "session_gone": reason or "",

@@ -104,6 +104,24 @@ def test_a_dead_cookie_cleared_by_a_script_leaves_the_reason_for_the_signed_out_
     assert "Your session has ended." in browser.get("/signed-out").text
 
 
+@pytest.mark.parametrize("first", ["/signed-out?next=%2Fposts", "/"])
+def test_a_page_that_meets_a_dead_cookie_and_says_why_leaves_no_note_to_say_it_again(
+    browser, alice, sign_in, session_store, first
+):
+    """The note of why a session ended is for a page a script opens after its call cleared the
+    cookie. The signed-out page and the landing page, meeting the cookie themselves, say why, and
+    left the note as well: a minute later the signed-out page said it again (and outranked the
+    reason another tab passed on in its address)."""
+    _, row = sign_in(browser, alice)
+    session_store.end(row, "revoked_by_admin")
+    page = browser.get(first)
+    assert "An administrator signed you out." in page.text
+    assert any(h.startswith(f"{COOKIE}=;") for h in set_cookie_headers(page))
+    assert not any(h.startswith(f"{COOKIE}-ended=revoked_by_admin") for h in set_cookie_headers(page))
+    assert "An administrator" not in browser.get("/signed-out").text
+    assert "You signed out." in browser.get("/signed-out?reason=logout").text
+
+
 def backdate(dbsession, row, **fields):
     dbsession.execute(update(UserSession).where(UserSession.id == row.id).values(**fields))
     dbsession.expire_all()
