@@ -153,7 +153,12 @@ class SessionSecurityPolicy:
         identity = Identity(session=session, idle_expires_at=store.idle_expires_at(session), provider=provider)
         self._cache.set(request, identity if live else None)
         max_age = int((session.expires_at - session.created_at).total_seconds())
-        return [self.cookie.set(raw_id, max_age)]
+        headers = [self.cookie.set(raw_id, max_age)]
+        if self.cookie.ended_note_of(request) is not None:
+            # A note of why an earlier session ended is not this one's: a signed-out page of the
+            # new session (or of the next person at the browser) must not say it.
+            headers.append(self.cookie.clear_ended_note())
+        return headers
 
     def forget(self, request, **kw):
         self._cache.set(request, None)

@@ -93,6 +93,26 @@ def test_sign_in_end_to_end(browser, provider, dbsession):
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
 
 
+def test_signing_in_clears_the_note_of_why_an_earlier_session_ended(browser, provider, dbsession):
+    """A note left by a script's call (SessionCookie.ended_note) lived its minute through a new
+    sign-in: the new session's signed-out page (or the next person's at the browser) said why the
+    earlier one ended, over the reason it was given."""
+    from sqlalchemy import update
+
+    assert sign_in(browser, provider, "/posts").status_int == 303
+    dbsession.execute(update(UserSession).values(ended_at=utcnow(), end_reason="revoked_by_admin"))
+    dbsession.flush()
+    browser.get("/auth/user", headers={"X-CSRF": "1"}, status=401)
+    assert browser.cookies.get(f"{COOKIE}-ended") == "revoked_by_admin"
+    response = sign_in(browser, provider, "/posts")
+    assert response.status_int == 303
+    assert any(v.startswith(f"{COOKIE}-ended=;") and "Max-Age=0" in v for k, v in response.headerlist if k == "Set-Cookie")
+    assert f"{COOKIE}-ended" not in browser.cookies
+    browser.submit("/logout", {"csrf_token": csrf_of(browser)}, csrf=False, status=303)
+    page = browser.get("/signed-out?reason=logout")
+    assert "You signed out." in page.text and "An administrator" not in page.text
+
+
 def test_an_absolute_timeout_shorter_than_the_idle_timeout(make_app, provider):
     """absolute_timeout = 2h with the default idle_timeout (7d): the app starts, the cookie's Max-Age
     follows the absolute expiry, and /auth/user's idle expiry is never later than it (helper-58)."""
