@@ -423,16 +423,14 @@ def test_a_refresh_token_an_exchange_answers_with_is_stored_encrypted_and_revoke
     assert "rt-exchanged" not in caplog.text
 
 
-@pytest.mark.redis
-def test_a_session_ended_while_its_token_is_exchanged_revokes_what_the_exchange_issued(
-    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, committed_database_url
-):
-    """With the Redis lock an administrator's revocation ends a session without the refresh lock,
-    while the provider answers the exchange: what it issued is stored nowhere, and is revoked."""
-    if committed_database_url.startswith("sqlite"):
-        pytest.skip("SQLite's one writer: the lock's transaction holds it while the provider answers")
+def exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url):
+    """An app whose upstream "swap" is reached by token exchange, with the Redis lock: a session
+    can end (or be replaced) while the provider answers, which the database lock would not let
+    happen. Skipped on SQLite, whose one writer the lock's transaction holds meanwhile."""
     from tests.conftest import redis_url
 
+    if committed_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's one writer: the lock's transaction holds it while the provider answers")
     app = make_proxy_app(**{
         "myapp.upstreams": f"swap = {served_upstream.url}/swap\nreadonly = {served_upstream.url}/ro\nup = {served_upstream.url}/up",
         "myapp.upstream.swap.exchange": "true",
@@ -440,6 +438,16 @@ def test_a_session_ended_while_its_token_is_exchanged_revokes_what_the_exchange_
         "myapp.lock.backend": "redis", "myapp.redis.url": redis_url(),
     })
     provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    return app
+
+
+@pytest.mark.redis
+def test_a_session_ended_while_its_token_is_exchanged_revokes_what_the_exchange_issued(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, committed_database_url
+):
+    """With the Redis lock an administrator's revocation ends a session without the refresh lock,
+    while the provider answers the exchange: what it issued is stored nowhere, and is revoked."""
+    app = exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url)
     browser = signed_in(app=app)
     exchange = exchange_answering(provider, refresh_token="rt-exchanged")
 
@@ -465,21 +473,12 @@ def test_a_session_replaced_in_its_session_at_the_provider_while_its_token_is_ex
     sign-in does not wait for it). The replaced session's own tokens are left to expire, not
     revoked (revoking any refresh token of that client session at Keycloak would end the new
     session's); what the exchange issued is left to expire too, not queued."""
-    if committed_database_url.startswith("sqlite"):
-        pytest.skip("SQLite's one writer: the lock's transaction holds it while the provider answers")
     from myapp.models import User
     from myapp.services.sessions import SessionStore
     from myapp.services.tokenset import TokenSet
-    from tests.conftest import redis_url
     from tests.functional.conftest import load_settings_of
 
-    app = make_proxy_app(**{
-        "myapp.upstreams": f"swap = {served_upstream.url}/swap\nreadonly = {served_upstream.url}/ro\nup = {served_upstream.url}/up",
-        "myapp.upstream.swap.exchange": "true",
-        "myapp.upstream.swap.resource": EXCHANGED,
-        "myapp.lock.backend": "redis", "myapp.redis.url": redis_url(),
-    })
-    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    app = exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url)
     browser = signed_in(app=app)
     dbsession.execute(update(UserSession).values(provider_sid="sid-1"))
     dbsession.commit()
