@@ -57,16 +57,13 @@ class SessionCookie:
     SIGNED_OUT_MAX_AGE = 600
 
     def signed_out_note(self) -> tuple[str, str]:
-        return (
-            "Set-Cookie",
-            make_cookie(self.name + self.SIGNED_OUT_SUFFIX, "1", max_age=self.SIGNED_OUT_MAX_AGE, **self._attributes),
-        )
+        return self._note(self.SIGNED_OUT_SUFFIX, "1", self.SIGNED_OUT_MAX_AGE)
 
     def has_signed_out_note(self, request) -> bool:
         return read_cookie(request, self.name + self.SIGNED_OUT_SUFFIX) == "1"
 
     def clear_signed_out_note(self) -> tuple[str, str]:
-        return ("Set-Cookie", make_cookie(self.name + self.SIGNED_OUT_SUFFIX, None, **self._attributes))
+        return self._note(self.SIGNED_OUT_SUFFIX, None)
 
     # A cookie naming an ended session is cleared by whichever request meets it first: when that is
     # a script's call (/auth/user, the back/forward-cache check), the signed-out page it then opens
@@ -78,16 +75,17 @@ class SessionCookie:
     ENDED_MAX_AGE = 60
 
     def ended_note(self, reason: str) -> tuple[str, str]:
-        return (
-            "Set-Cookie",
-            make_cookie(self.name + self.ENDED_SUFFIX, reason, max_age=self.ENDED_MAX_AGE, **self._attributes),
-        )
+        return self._note(self.ENDED_SUFFIX, reason, self.ENDED_MAX_AGE)
 
     def ended_note_of(self, request) -> str | None:
         return read_cookie(request, self.name + self.ENDED_SUFFIX)
 
     def clear_ended_note(self) -> tuple[str, str]:
-        return ("Set-Cookie", make_cookie(self.name + self.ENDED_SUFFIX, None, **self._attributes))
+        return self._note(self.ENDED_SUFFIX, None)
+
+    def _note(self, suffix: str, value: str | None, max_age: int | None = None) -> tuple[str, str]:
+        """A note beside the session cookie (its attributes, its name and ``suffix``); None clears it."""
+        return ("Set-Cookie", make_cookie(self.name + suffix, value, max_age=max_age, **self._attributes))
 
     def is_set_in(self, response) -> bool:
         prefix = self.name + "="

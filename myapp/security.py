@@ -233,6 +233,13 @@ def unserved_session(request) -> SessionRecord | None:
     return request.environ.get(UNSERVED_SESSION)
 
 
+def live_session(request) -> SessionRecord | None:
+    """The live session of the request's cookie: its identity's, or one whose provider this process
+    does not serve (unserved_session), which signing out ends all the same."""
+    identity = request.identity
+    return identity.session if identity is not None else unserved_session(request)
+
+
 @implementer(ICSRFStoragePolicy)
 class SessionRowCSRFStoragePolicy:
     """The CSRF token lives in the session row; an anonymous request has none and fails every check."""

@@ -427,13 +427,6 @@ class SessionRows:
         ``exchanged``: obtained by token exchange, so revoked of its own when the session ends;
         ``refresh_token``: one the exchange answered with, stored (encrypted) for that revocation
         only. An answer without one leaves a stored one in place, to be revoked then."""
-        # The session row first, as end_where locks it before deleting a session's upstream tokens:
-        # whichever comes second waits for the other, and this one then sees the end.
-        live = self.dbsession.execute(
-            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
-        ).first()
-        if live is None:
-            return False
         values = {
             "access_token": self.cipher.encrypt(token.access_token),
             "expires_at": token.expires_at,
@@ -443,6 +436,18 @@ class SessionRows:
         }
         if refresh_token:
             values["refresh_token"] = self.cipher.encrypt(refresh_token)
+        return self._write_upstream_row(session_id, upstream, values, values)
+
+    def _write_upstream_row(self, session_id: int, upstream: str, values: dict, new_row: dict) -> bool:
+        """Update the upstream's row of a live session with ``values``, or insert ``new_row`` when it
+        has none; False, writing nothing, when the session has ended."""
+        # The session row first, as end_where locks it before deleting a session's upstream tokens:
+        # whichever comes second waits for the other, and this one then sees the end.
+        live = self.dbsession.execute(
+            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
+        ).first()
+        if live is None:
+            return False
         updated = self.dbsession.execute(
             update(SessionToken)
             .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
@@ -450,7 +455,9 @@ class SessionRows:
             .execution_options(synchronize_session=False)
         ).rowcount
         if not updated:
-            self.dbsession.execute(insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **values))
+            self.dbsession.execute(
+                insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **new_row)
+            )
         return True
 
     def keep_exchange_refresh_token(self, session_id: int, upstream: str, refresh_token: str) -> bool:
@@ -460,27 +467,22 @@ class SessionRows:
         holds an empty access token that has expired: the next call exchanges again, and that
         answer's token takes its place, keeping this refresh token. False, keeping nothing, when
         the session has ended meanwhile."""
-        live = self.dbsession.execute(
-            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
-        ).first()
-        if live is None:
-            return False
         kept = self.cipher.encrypt(refresh_token)
-        updated = self.dbsession.execute(
-            update(SessionToken)
-            .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
-            .values(refresh_token=kept)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not updated:
-            now = self.clock()
-            self.dbsession.execute(insert(SessionToken.__table__).values(
-                session_id=session_id, upstream=upstream, access_token=self.cipher.encrypt(""), expires_at=now,
-                refreshed_at=now, exchanged=True, refresh_token=kept,
-            ))
-        return True
+        now = self.clock()
+        placeholder = {
+            "access_token": self.cipher.encrypt(""), "expires_at": now, "refreshed_at": now, "exchanged": True,
+        }
+        return self._write_upstream_row(
+            session_id, upstream, {"refresh_token": kept}, {**placeholder, "refresh_token": kept}
+        )
 
-    def ended_beside_a_live_one(self, session_id: int) -> bool:
+    def revoke_issued_later(self, session: SessionRecord, tokens: TokenSet) -> None:
+        """Queue what the provider issued for ``session`` after it ended (``revoke_later``), unless
+        it ended beside a live session in the same session at the provider (below)."""
+        if not self._ended_beside_a_live_one(session.id):
+            self.revoke_later(session.user_issuer, tokens)
+
+    def _ended_beside_a_live_one(self, session_id: int) -> bool:
         """Whether the session, ended, was replaced (``EndReason.REPLACED``) in the same session at
         the provider as a session still live (same_provider_session): its end revoked nothing (a
         sign-in again behind single sign-on, a step-up, the sweep's unreachable sessions), and

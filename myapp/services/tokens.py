@@ -515,8 +515,7 @@ class TokenManager:
                 # Live at the provider all the same: kept to be revoked with the session, as a
                 # used answer's is (not revoked now, for the reason below), never dropped.
                 if not rows.keep_exchange_refresh_token(session.id, upstream.name, e.refresh_token):
-                    if not rows.ended_beside_a_live_one(session.id):
-                        rows.revoke_later(session.user_issuer, TokenSet(refresh_token=e.refresh_token))
+                    rows.revoke_issued_later(session, TokenSet(refresh_token=e.refresh_token))
                     return LoginRequired()
             elif isinstance(e, TokenResponseInvalid) and not upstream.exchange:
                 if not self._keep_successor(rows, session, own, e.refresh_token):
@@ -550,8 +549,8 @@ class TokenManager:
             # Ended while the provider answered: what it issued goes nowhere, and is queued, unless
             # the session was replaced in the same session at the provider as one that goes on
             # (its end revoked nothing: revoking this could end that one's, as for its own tokens).
-            if upstream.exchange and not rows.ended_beside_a_live_one(session.id):
-                rows.revoke_later(session.user_issuer, TokenSet(access_token=issued.access_token, refresh_token=kept))
+            if upstream.exchange:
+                rows.revoke_issued_later(session, TokenSet(access_token=issued.access_token, refresh_token=kept))
             return LoginRequired()
         self.metrics.refreshes.inc()
         return minted, dpop

@@ -18,10 +18,13 @@
   // back after SUBMIT_ONCE_FALLBACK_MS instead, far longer than any double click. Coming back to
   // the page from the browser's history (pageshow, persisted) gives it back too.
   var SUBMIT_ONCE_FALLBACK_MS = 10000;
+  var disableButtons = function (form, disabled) {
+    Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = disabled; });
+  };
   var releaseForm = function (form) {
     form.removeAttribute("data-sending");
     form.removeAttribute("aria-busy");
-    Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = false; });
+    disableButtons(form, false);
   };
   var releaseForms = function () {
     Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), releaseForm);
@@ -36,8 +39,7 @@
     form.setAttribute("data-sending", sending);
     form.setAttribute("aria-busy", "true");
     window.setTimeout(function () {
-      if (!still()) { return; }
-      Array.prototype.forEach.call(form.querySelectorAll("button[type=submit]"), function (b) { b.disabled = true; });
+      if (still()) { disableButtons(form, true); }
     }, 0);
     if (!window.navigation) {
       window.setTimeout(function () { if (still()) { releaseForm(form); } }, SUBMIT_ONCE_FALLBACK_MS);
@@ -81,6 +83,8 @@
   var root = document.documentElement;
   var sessionUrl = document.body && document.body.getAttribute("data-session-url");
   var CHANNEL = "myapp-session";
+  // A reason as the signed-out page knows them (a key such as "logout"); anything else is none.
+  var reasonKey = function (said) { return /^[a-z_]{1,40}$/.test(said) ? said : ""; };
   if (sessionUrl && window.fetch) {
     var checks = 0;
     var check = function (reason) {
@@ -127,12 +131,12 @@
       var gone = document.body.getAttribute("data-session-gone");
       if (gone !== null) {
         var channel = new BroadcastChannel(CHANNEL);
-        channel.postMessage({ signedOut: /^[a-z_]{1,40}$/.test(gone) ? gone : "" });
+        channel.postMessage({ signedOut: reasonKey(gone) });
         channel.close();
       } else if (document.body.getAttribute("data-signed-out-url")) {
         new BroadcastChannel(CHANNEL).onmessage = function (event) {
           var said = event.data && event.data.signedOut;
-          if (typeof said === "string") { check(/^[a-z_]{1,40}$/.test(said) ? said : ""); }
+          if (typeof said === "string") { check(reasonKey(said)); }
         };
       }
     }

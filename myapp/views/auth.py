@@ -13,7 +13,7 @@ from pyramid.view import view_config
 from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
-from myapp.security import tell_signed_out_reason, unserved_session
+from myapp.security import live_session, tell_signed_out_reason
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
@@ -189,9 +189,8 @@ def callback(request):
 
 @view_config(route_name="logout", request_method="POST", permission=NO_PERMISSION_REQUIRED, require_csrf=False)
 def logout(request):
-    identity = request.identity
     # A session whose provider this process does not know is signed out here all the same.
-    session = identity.session if identity is not None else unserved_session(request)
+    session = live_session(request)
     if session is None:
         # Already signed out (expired, revoked): nothing to protect, just tidy up.
         return HTTPSeeOther(request.route_path("home"), headers=forget(request))

@@ -11,7 +11,7 @@ from pyramid.view import exception_view_config, forbidden_view_config, notfound_
 from myapp.errors import APIError, ErrorCode, describe_outage, json_error
 from myapp.request import FormRefused
 from myapp.routes import is_json_request, return_path
-from myapp.security import JSONCSRFRefused, unserved_session
+from myapp.security import JSONCSRFRefused, live_session
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -211,8 +211,7 @@ def _sign_out_again(request) -> Response | None:
     current sign-in (another tab signed in again since), whose form carries the old
     session's CSRF token. It signs nothing out, as a forged one must not; the person is offered
     one press that does, a form of the current session. None when the browser has no session."""
-    identity = request.identity
-    session = identity.session if identity is not None else unserved_session(request)
+    session = live_session(request)
     if session is None:
         return None
     response = render_to_response(
@@ -221,7 +220,6 @@ def _sign_out_again(request) -> Response | None:
         request=request,
     )
     response.status_int = 400
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 
