@@ -19,7 +19,9 @@ from myapp.services import Services
 from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason, SessionRecord, SignIn, same_provider_session
 from myapp.services.tokenset import TokenSet
 
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 section 9.2.1. Every other method, one SPEC.md's list names or not (PROPFIND, MKCOL),
+# may change something: the JSON CSRF rule checks its Origin, and its refusal is audited.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 def user_principal(user_id: int) -> str:
@@ -271,7 +273,7 @@ def json_csrf_failure(request, public_url: str) -> str | None:
         return "the X-CSRF: 1 header is required"
     if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
         return "cross-site requests are refused"
-    if request.method in UNSAFE_METHODS:
+    if request.method not in SAFE_METHODS:
         origin = request.headers.get("Origin")
         if origin is not None and not same_origin(origin, public_url):
             return "the Origin header does not match this site"

@@ -11,7 +11,7 @@ from pyramid.view import exception_view_config, forbidden_view_config, notfound_
 from myapp.errors import APIError, ErrorCode, describe_outage, json_error
 from myapp.request import FormRefused
 from myapp.routes import is_json_request, return_path
-from myapp.security import JSONCSRFRefused, live_session
+from myapp.security import SAFE_METHODS, JSONCSRFRefused, live_session
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -20,8 +20,6 @@ from myapp.services.tokens import LoginRequired, UpstreamTokenRefused
 from myapp.stepup import step_up_response
 
 log = logging.getLogger(__name__)
-
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 section 9.2.1
 
 
 def error_page(request, status, title, message, **extra) -> Response:

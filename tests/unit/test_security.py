@@ -152,3 +152,22 @@ def test_undecodable_cookie_header_is_no_cookie():
     req.environ["HTTP_COOKIE"] = "__Host-session=\xe9\xe8"
     assert not cookie.read(req)
     assert cookie.is_present(req)
+
+
+@pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH"])
+def test_json_csrf_checks_origin_on_every_method_that_is_not_safe(method):
+    """RFC 9110 section 9.2.1: only GET, HEAD, OPTIONS and TRACE are safe; an upstream may take
+    WebDAV's methods (its ``methods`` setting), and they change things as POST does."""
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": PUBLIC}), PUBLIC) is None
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": "https://evil.example"}), PUBLIC) is not None
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": "null"}), PUBLIC) is not None
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "TRACE"])
+def test_json_csrf_and_its_audit_read_the_same_safe_methods(method):
+    from myapp import security
+    from myapp.views import errors
+
+    assert errors.SAFE_METHODS is security.SAFE_METHODS
+    assert method in security.SAFE_METHODS
+    assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": "https://evil.example"}), PUBLIC) is None
