@@ -43,10 +43,22 @@ MAX_NON_STARTERS = 30
 _INVISIBLE = frozenset({"Mn", "Me", "Cf"})
 MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
-# RFC 9470 section 3: an auth-param of a WWW-Authenticate challenge, quoted or a token. Tried only
-# where a name can start (not after a name's character): from each character of a long word, the
-# search took time growing with the square of its length (64 KB: half a minute).
-_AUTH_PARAM = re.compile(r'(?<![A-Za-z0-9_.-])([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
+# RFC 9110 section 11's grammar of a WWW-Authenticate header, read from a position: an element's
+# start (whitespace and the empty elements a list may hold skipped), a token (a scheme or an
+# auth-param's name), an auth-param (a token or a quoted-string, whose quoted-pairs escape any
+# character, '"' and "\\" too, and whose commas separate nothing), a token68, and where an element
+# may end. Possessive throughout: each character is looked at a bounded number of times.
+_ELEMENT_START = re.compile(r"[ \t,]*+")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_SCHEME = re.compile(_TOKEN)
+_PARAM = re.compile(rf'({_TOKEN})[ \t]*+=[ \t]*+(?:({_TOKEN})|"((?:[\t !#-\[\]-~\x80-\xff]++|\\[\t -~\x80-\xff])*+)")')
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]++=*+")
+_SPACES = re.compile(r"[ \t]++")
+# After an element: the list's next comma, or its end. After an auth-param, leniently, also
+# whitespace and the next auth-param without the comma some servers leave out (``algs="ES256" error="..."``).
+_ELEMENT_END = re.compile(r"[ \t]*+(?:,|\Z)")
+_PARAM_END = re.compile(rf"[ \t]*+(?:,|\Z)|[ \t]++(?={_TOKEN}[ \t]*+=)")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 # The longest WWW-Authenticate header read. A longer one cannot be told apart from a challenge
 # that forbids a refresh (RFC 9470's, a refused DPoP proof): the proxy passes its 401 back as it is.
 MAX_CHALLENGE_LENGTH = 64 * 1024
@@ -183,17 +195,50 @@ def readable_challenge(header: str | None) -> bool:
 
 def challenges(header: str | None) -> list[tuple[str, dict[str, str]]]:
     """The challenges of a ``WWW-Authenticate`` header (RFC 9110 section 11.6.1) as (scheme in
-    lower case, auth-params by lower-case name); nothing for a missing or outsized header."""
+    lower case, auth-params by lower-case name, each value with its quoted-pairs undone, the first
+    of a name kept); nothing for a missing or outsized header. Read by its grammar, so a comma, a
+    quote or a whole challenge written inside a quoted string is that string's text (split at
+    commas, ``error_description="a, DPoP error=\\"invalid_dpop_proof\\""`` was a DPoP challenge).
+    Auth-params before the first challenge belong to none; a token68 is read past. Where the
+    header stops following the grammar (a quote that never closes, or closes early), the element
+    there and all after it are not read: where they end cannot be told."""
     if not header or not readable_challenge(header):
         return []
-    parsed = []
-    for challenge in re.split(r",\s*(?=[A-Za-z0-9_-]+\s+[A-Za-z0-9_.-]+\s*=)", header):
-        scheme, _, rest = challenge.strip().partition(" ")
-        params = {}
-        for name, quoted, plain in _AUTH_PARAM.findall(rest):
-            params[name.lower()] = plain or re.sub(r"\\(.)", r"\1", quoted)
-        parsed.append((scheme.lower(), params))
-    return parsed
+    parsed: list[tuple[str, dict[str, str]]] = []
+    params: dict[str, str] | None = None
+    position, end = 0, len(header)
+    while True:
+        position = _ELEMENT_START.match(header, position).end()
+        if position == end:
+            return parsed
+        param = _PARAM.match(header, position)
+        if param is None:  # a challenge: its scheme, then one auth-param, a token68 or nothing
+            scheme = _SCHEME.match(header, position)
+            if scheme is None:
+                return parsed
+            params = {}
+            parsed.append((scheme.group().lower(), params))
+            position = scheme.end()
+            spaces = _SPACES.match(header, position)
+            if spaces is not None:
+                param = _PARAM.match(header, spaces.end())
+                if param is None:
+                    token68 = _TOKEN68.match(header, spaces.end())
+                    if token68 is not None and _ELEMENT_END.match(header, token68.end()):
+                        position = token68.end()
+        if param is not None:
+            after = _PARAM_END.match(header, param.end())
+            if after is None:
+                return parsed
+            if params is not None:
+                name, token, quoted = param.groups()
+                params.setdefault(name.lower(), token if token is not None else _QUOTED_PAIR.sub(r"\1", quoted))
+            position = after.end()
+            continue
+        after = _ELEMENT_END.match(header, position)
+        if after is None:
+            return parsed
+        position = after.end()
 
 
 def parse_challenge(header: str | None) -> StepUpRequired | None:

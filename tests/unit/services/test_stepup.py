@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from myapp.services.stepup import parse_challenge, rule_for, satisfies
+from myapp.services.stepup import challenges, parse_challenge, rule_for, satisfies
 from myapp.settings import StepUpRule
 from tests.support.own_process import runs_in_time
 
@@ -141,3 +141,45 @@ def test_a_long_challenge_is_read_in_linear_time():
         "    assert challenges('Bearer ' + word[7:]) == [('bearer', {})]\n"
     )
     runs_in_time(script, timeout=20)
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        # RFC 9110 section 11: a comma, a quote or what looks like a challenge inside a quoted
+        # string, escaped with quoted-pairs or not, is text of that string.
+        ('Bearer realm="a\\", DPoP error=\\"invalid_dpop_proof\\""',
+         [("bearer", {"realm": 'a", DPoP error="invalid_dpop_proof"'})]),
+        ('Bearer error="invalid_token", error_description="x, Bearer error=insufficient_user_authentication"',
+         [("bearer", {"error": "invalid_token", "error_description": "x, Bearer error=insufficient_user_authentication"})]),
+        ('Bearer error_description="say \\"hi\\", Basic realm=\\"r\\"", error="invalid_token"',
+         [("bearer", {"error_description": 'say "hi", Basic realm="r"', "error": "invalid_token"})]),
+        ('Bearer realm="a\\\\", DPoP error="use_dpop_nonce"',
+         [("bearer", {"realm": "a\\"}), ("dpop", {"error": "use_dpop_nonce"})]),
+        # Challenges without auth-params, a token68, and empty list elements.
+        ('Negotiate, Basic realm="r",, Bearer', [("negotiate", {}), ("basic", {"realm": "r"}), ("bearer", {})]),
+        ("Negotiate YII=, Bearer error=invalid_token", [("negotiate", {}), ("bearer", {"error": "invalid_token"})]),
+        ("Basic realm = \"r\" , charset=UTF-8", [("basic", {"realm": "r", "charset": "UTF-8"})]),
+        # What does not parse (a quote that closes early, or never), and all after it, is not read.
+        ('Bearer error="invalid_token", realm="a, DPoP error="invalid_dpop_proof"', [("bearer", {"error": "invalid_token"})]),
+        ('Bearer realm="a\\", DPoP error="invalid_dpop_proof', [("bearer", {})]),
+        ('Bearer realm="never closed, DPoP error=invalid_dpop_proof', [("bearer", {})]),
+        ('Bearer x"y, DPoP error="invalid_dpop_proof"', [("bearer", {})]),
+        # Auth-params before any challenge belong to none.
+        ('realm="x", Bearer error="invalid_token"', [("bearer", {"error": "invalid_token"})]),
+    ],
+)
+def test_challenges_read_quoted_strings_as_rfc_9110_has_them(header, expected):
+    assert challenges(header) == expected
+
+
+def test_a_step_up_written_inside_another_challenges_quoted_string_is_none():
+    """An upstream's error_description may echo what a caller sent: a challenge spelled in it is
+    text, not a challenge (it was read as one: the browser was sent to sign in again)."""
+    assert parse_challenge('Bearer error="invalid_token", error_description="a, Bearer error=insufficient_user_authentication"') is None
+    assert parse_challenge(
+        'Bearer error="invalid_token", error_description="\\", Bearer error=\\"insufficient_user_authentication\\""'
+    ) is None
+    assert parse_challenge(
+        'Basic realm="\\"", Bearer error="insufficient_user_authentication", acr_values="a"'
+    ).acr_values == ("a",)
