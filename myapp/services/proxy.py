@@ -60,11 +60,19 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 )
 # The upstream's cookies stay there, and it does not get to weaken this site's own policies, nor
 # set one for the whole origin (NEL and Report-To: browsers would report every request to this
-# origin, with its URL, to wherever the upstream says).
+# origin, with its URL, to wherever the upstream says; Set-Login, the origin's FedCM login status,
+# read from a same-origin fetch's answer too; Service-Worker-Allowed, a worker's scope), nor those
+# that act on a page loaded from it (none is: /api/ needs X-CSRF, which no navigation sends).
+# Link stays: APIs page with it (RFC 8288 rel="next"), and browsers act on it for documents only.
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "set-cookie", "set-cookie2", "strict-transport-security", "clear-site-data", "content-security-policy",
     "content-security-policy-report-only", "x-frame-options", "x-content-type-options", "referrer-policy", "alt-svc",
-    "nel", "report-to",
+    "nel", "report-to", "set-login", "service-worker-allowed",
+    "refresh", "reporting-endpoints", "permissions-policy", "permissions-policy-report-only",
+    "feature-policy", "document-policy", "document-policy-report-only", "require-document-policy",
+    "origin-agent-cluster", "accept-ch", "critical-ch", "speculation-rules", "supports-loading-mode",
+    "cross-origin-opener-policy", "cross-origin-opener-policy-report-only", "cross-origin-embedder-policy",
+    "cross-origin-embedder-policy-report-only",
 }
 # The challenges of an upstream's WWW-Authenticate that reach the browser: Bearer and DPoP, which
 # browser code reads (SPEC.md's step-up and DPoP sections) and browsers leave alone. Any other

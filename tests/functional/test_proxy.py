@@ -294,6 +294,45 @@ def test_upstream_cookies_and_hop_headers_stay_there(make_proxy_app, signed_in):
     assert response.headers.getall("Content-Security-Policy")[0].startswith("default-src 'self'")
 
 
+PAGE_LOAD_HEADERS = [
+    ("Refresh", "0; url=https://evil.example/"),
+    ("Reporting-Endpoints", 'default="https://collector.example/r"'),
+    ("Permissions-Policy", "camera=*, geolocation=*"),
+    ("Feature-Policy", "camera *"),
+    ("Document-Policy", "js-profiling"),
+    ("Set-Login", "logged-in"),
+    ("Service-Worker-Allowed", "/"),
+    ("Origin-Agent-Cluster", "?0"),
+    ("Accept-CH", "Sec-CH-UA-Full-Version-List"),
+    ("Critical-CH", "Sec-CH-UA-Full-Version-List"),
+    ("Speculation-Rules", '"/api/up/rules.json"'),
+    ("Supports-Loading-Mode", "credentialed-prerender"),
+    ("Cross-Origin-Opener-Policy", "unsafe-none"),
+    ("Cross-Origin-Embedder-Policy", "unsafe-none"),
+]
+
+
+def test_an_upstreams_page_and_origin_policies_stay_there(make_proxy_app, signed_in):
+    """Headers that act on a page loaded from this origin (Refresh, Reporting-Endpoints,
+    Permissions-Policy, ...) or on the origin itself (Set-Login, the FedCM login status, is read
+    from a same-origin fetch's answer too; Service-Worker-Allowed widens a worker's scope) passed
+    back from an upstream. No navigation reaches /api/ (X-CSRF), but what an upstream says is not
+    this site's policy, as its CSP and HSTS are not. Found by a black-box review."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in PAGE_LOAD_HEADERS)
+    raw = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{lines}X-Visible: yes\r\n"
+        'Link: <https://api.example/items?page=2>; rel="next"\r\nContent-Length: 2\r\n\r\n{}'
+    ).encode()
+    with canned_http_server(raw) as url:
+        browser = signed_in(app=make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}/ro"}))
+        response = api(browser, "GET", "/api/raw/x", status=200)
+    names = {k.lower() for k, _ in response.headerlist}
+    assert [name for name, _ in PAGE_LOAD_HEADERS if name.lower() in names] == []
+    assert response.headers["X-Visible"] == "yes"
+    # An API's paging (RFC 8288) reaches browser code; browsers act on Link for documents only.
+    assert response.headers["Link"] == '<https://api.example/items?page=2>; rel="next"'
+
+
 @pytest.mark.parametrize(
     ("upstream_vary", "expected"),
     [(None, ["Cookie"]), ("accept-encoding", ["accept-encoding, Cookie"]), ("Accept, cookie", ["Accept, cookie"])],
