@@ -6,6 +6,7 @@ from pyramid.events import NewResponse
 
 from myapp.services import Services
 from myapp.settings import SessionSettings
+from myapp.tweens import UpstreamAnswer
 
 # This site's policies that depend on nothing: on every answer, the server's own included.
 FIXED = (
@@ -43,14 +44,17 @@ class SecurityHeaders:
         # What the server answers itself with (registered as SERVER_HEADERS): HSTS as above.
         self.server_answer = (*SERVER_ANSWER, HSTS) if session.cookie_secure else SERVER_ANSWER
         self._names = frozenset(name.lower() for name, _ in [*self.headers, ("Content-Security-Policy", "")])
-        self._csp: dict[frozenset[str], str] = {}
+        self._csp: dict[frozenset[str], tuple[str, str]] = {}
 
-    def content_security_policy(self) -> str:
+    def content_security_policy(self, sandboxed: bool = False) -> str:
+        """This site's policy; ``sandboxed``, with ``sandbox``, for an upstream's answer passed back
+        (``UpstreamAnswer``): should it ever be shown as a page (no navigation reaches /api/, which
+        needs X-CSRF), an upstream's HTML or SVG would run no script and have an origin of its own."""
         origins = frozenset(self.form_origins())
-        policy = self._csp.get(origins)
-        if policy is None:
+        policies = self._csp.get(origins)
+        if policies is None:
             form_action = " ".join(sorted({"'self'", *origins}))
-            policy = self._csp[origins] = "; ".join(
+            policy = "; ".join(
                 [
                     "default-src 'self'",
                     "script-src 'self'",
@@ -63,7 +67,8 @@ class SecurityHeaders:
                     "frame-ancestors 'none'",
                 ]
             )
-        return policy
+            policies = self._csp[origins] = (policy, f"{policy}; sandbox")
+        return policies[sandboxed]
 
     def __call__(self, event: NewResponse) -> None:
         # On the header list itself: WebOb's header mapping lowercases every name on every
@@ -80,7 +85,8 @@ class SecurityHeaders:
             headerlist[:] = [(name, value) for name, value in headerlist if name.lower() != "cache-control"]
             present.discard("cache-control")
         headerlist.extend(self.headers)
-        headerlist.append(("Content-Security-Policy", self.content_security_policy()))
+        sandboxed = response.__class__ is UpstreamAnswer  # no call: this is every answer's path
+        headerlist.append(("Content-Security-Policy", self.content_security_policy(sandboxed)))
         if (
             event.request.environ.get("PATH_INFO", "").startswith("/static/")
             and response.status_code < 400 and "set-cookie" not in present
