@@ -462,7 +462,7 @@ class Proxy:
         if traceparent is not None and "traceparent" not in connection_named:
             tracestate = environ.get("HTTP_TRACESTATE") if "tracestate" not in connection_named else None
             headers.update(tracing.passed_on(traceparent, tracestate))
-        if environ.get("CONTENT_TYPE"):
+        if environ.get("CONTENT_TYPE") and "content-type" not in connection_named:
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         headers["X-Request-ID"] = current_request_id() or request_id_of(environ)
         headers["X-Forwarded-For"] = client_addr or ""
