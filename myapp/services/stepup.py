@@ -45,13 +45,17 @@ MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
 # RFC 9110 section 11's grammar of a WWW-Authenticate header, read from a position: an element's
 # start (whitespace and the empty elements a list may hold skipped), a token (a scheme or an
-# auth-param's name), an auth-param (a token or a quoted-string, whose quoted-pairs escape any
-# character, '"' and "\\" too, and whose commas separate nothing), a token68, and where an element
-# may end. Possessive throughout: each character is looked at a bounded number of times.
+# auth-param's name), an auth-param (a quoted-string, whose quoted-pairs escape any character, '"'
+# and "\\" too, and whose commas separate nothing, or an unquoted value), a token68, and where an
+# element may end. An unquoted value is read as leniently as before this grammar was: up to
+# whitespace, a comma or a quote, so a URN, URL or host:port left unquoted (``acr_values=urn:a:b``,
+# not a token: ':') is its value, not where reading stops, losing the error written after it. It
+# holds no comma, space or quote, so no challenge can hide in it. Possessive throughout: each
+# character is looked at a bounded number of times.
 _ELEMENT_START = re.compile(r"[ \t,]*+")
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
 _SCHEME = re.compile(_TOKEN)
-_PARAM = re.compile(rf'({_TOKEN})[ \t]*+=[ \t]*+(?:({_TOKEN})|"((?:[\t !#-\[\]-~\x80-\xff]++|\\[\t -~\x80-\xff])*+)")')
+_PARAM = re.compile(rf'({_TOKEN})[ \t]*+=[ \t]*+(?:([^\x00- ",\x7f]++)|"((?:[\t !#-\[\]-~\x80-\xff]++|\\[\t -~\x80-\xff])*+)")')
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]++=*+")
 _SPACES = re.compile(r"[ \t]++")
 # After an element: the list's next comma, or its end. After an auth-param, leniently, also

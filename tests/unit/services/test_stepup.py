@@ -183,3 +183,31 @@ def test_a_step_up_written_inside_another_challenges_quoted_string_is_none():
     assert parse_challenge(
         'Basic realm="\\"", Bearer error="insufficient_user_authentication", acr_values="a"'
     ).acr_values == ("a",)
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ('Bearer acr_values=urn:mace:incommon:iap:silver, error="insufficient_user_authentication"',
+         [("bearer", {"acr_values": "urn:mace:incommon:iap:silver", "error": "insufficient_user_authentication"})]),
+        ("Bearer realm=api.example:443, error=invalid_token", [("bearer", {"realm": "api.example:443", "error": "invalid_token"})]),
+        ('DPoP realm=https://api.example/, error="invalid_dpop_proof"',
+         [("dpop", {"realm": "https://api.example/", "error": "invalid_dpop_proof"})]),
+        ("Basic realm=files@example, Bearer", [("basic", {"realm": "files@example"}), ("bearer", {})]),
+        # An unquoted value holds no comma, space or quote: no challenge hides in it.
+        ('Bearer realm=a:b"c, DPoP error="invalid_dpop_proof"', [("bearer", {})]),
+    ],
+)
+def test_an_unquoted_value_that_is_no_token_is_read_as_before(header, expected):
+    """Servers leave URNs, URLs and host:port unquoted, though ':' and '/' are no token's: they
+    were read up to whitespace, a comma or a quote, and reading them must not stop there, losing
+    the error written after them."""
+    assert challenges(header) == expected
+
+
+def test_a_step_up_or_refused_proof_after_an_unquoted_urn_is_read():
+    from myapp.services.dpop import challenge_error
+
+    challenge = parse_challenge('Bearer acr_values=urn:example:mfa, error="insufficient_user_authentication", max_age=60')
+    assert challenge is not None and challenge.acr_values == ("urn:example:mfa",) and challenge.max_age == 60
+    assert challenge_error('DPoP realm=https://api.example/, error="invalid_dpop_proof"') == "invalid_dpop_proof"
