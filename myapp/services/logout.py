@@ -129,7 +129,12 @@ class LogoutService:
         if claims.get("sub") is not None:
             of_issuer = of_issuer.where(User.subject == claims["sub"])
         if claims.get("sid") is not None:
-            ended = self.sessions.end_by_provider_sid(of_issuer, claims["sid"], EndReason.BACKCHANNEL)
+            # With the user named too, their sessions whose sid is unknown (an ID token that named
+            # none) may be the one the provider ended: those end as well (SPEC.md: "else all of
+            # that user's"). Without a user, nothing tells whose such a session is.
+            ended = self.sessions.end_by_provider_sid(
+                of_issuer, claims["sid"], EndReason.BACKCHANNEL, unknown_sid_too=claims.get("sub") is not None
+            )
         else:
             ended = sum(
                 self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in self.dbsession.scalars(of_issuer)

@@ -790,9 +790,13 @@ class SessionStore:
     def end_all_others(self, session: SessionRecord, reason: EndReason = EndReason.ENDED_ELSEWHERE) -> int:
         return self.end_all_for_user(session.user_id, reason, except_id=session.id)
 
-    def end_by_provider_sid(self, user_ids: Select, sid: str, reason: EndReason) -> int:
-        """End the sessions with this provider ``sid`` of the users ``user_ids`` selects (those of one issuer)."""
-        return self.rows.end_where((UserSession.provider_sid == sid) & UserSession.user_id.in_(user_ids), reason)
+    def end_by_provider_sid(self, user_ids: Select, sid: str, reason: EndReason, *, unknown_sid_too: bool = False) -> int:
+        """End the sessions with this provider ``sid`` of the users ``user_ids`` selects (those of one
+        issuer); ``unknown_sid_too``: and theirs signed in without a sid."""
+        matches = UserSession.provider_sid == sid
+        if unknown_sid_too:
+            matches = matches | UserSession.provider_sid.is_(None)
+        return self.rows.end_where(matches & UserSession.user_id.in_(user_ids), reason)
 
     def _live_params(self, **more) -> dict:
         now = self.clock()

@@ -40,6 +40,31 @@ def test_backchannel_logout_by_sub_ends_all_of_the_users_sessions(app, provider,
     assert session_count(dbsession) == 0
 
 
+def test_a_logout_token_naming_the_user_and_a_sid_ends_their_sessions_whose_sid_is_unknown(app, provider, dbsession):
+    """SPEC.md: the sessions with that sid, else all of that user's. A session signed in with an ID
+    token that named no sid (Entra ID sends one only when configured to) may be the one the
+    provider ended; one with another sid is not."""
+    provider.sid = None
+    unknown = Browser(app)
+    sign_in(unknown, provider)
+    provider.sid = "another-sid"
+    other = Browser(app)
+    sign_in(other, provider)
+    post_logout_token(app, provider.logout_token(sid="sid-of-the-provider"), 200)
+    assert "reason=provider_logout" in unknown.get("/posts", status=303).location
+    assert "Alice" in other.get("/").text
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "backchannel_logout")).one()
+    assert event.detail == "1 session(s) ended (by sid)"
+
+
+def test_a_logout_token_naming_only_a_sid_ends_no_session_whose_sid_is_unknown(app, provider, dbsession):
+    provider.sid = None
+    browser = Browser(app)
+    sign_in(browser, provider)
+    post_logout_token(app, provider.logout_token(sub=None, sid="sid-of-the-provider"), 200)
+    assert "Alice" in browser.get("/").text
+
+
 def test_backchannel_logout_replay_is_refused(app, provider, dbsession):
     token = provider.logout_token()
     post_logout_token(app, token, 200)
