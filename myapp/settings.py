@@ -978,7 +978,9 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     providers = _providers(reader, written)
 
     cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
-    cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session")
+    # SPEC.md: without Secure the cookie "uses a name without the __Host- prefix" (browsers refuse
+    # one), so the default follows; a __Host-/__Secure- name written out is refused below.
+    cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session" if cookie_secure else "session")
     if not _COOKIE_NAME.match(cookie_name):
         reader.problem(f"myapp.session.cookie_name: {cookie_name!r} is not a valid cookie name")
     if cookie_name.startswith(("__Host-", "__Secure-")) and not cookie_secure:

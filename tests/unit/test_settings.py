@@ -253,12 +253,23 @@ def test_an_absolute_timeout_shorter_than_the_idle_timeout_is_allowed():
 
 def test_host_prefix_needs_secure():
     development = {"myapp__environment": "development", "myapp__public_url": "http://127.0.0.1:6543"}
-    message = error_for(myapp__session__cookie_secure="false", **development)
+    message = error_for(myapp__session__cookie_secure="false", myapp__session__cookie_name="__Host-session", **development)
+    assert message.startswith("myapp.session.cookie_name:")
+    message = error_for(myapp__session__cookie_secure="false", myapp__session__cookie_name="__Secure-s", **development)
     assert message.startswith("myapp.session.cookie_name:")
     settings = load_settings(
         raw(myapp__session__cookie_secure="false", myapp__session__cookie_name="sid", **development), environ={}
     )
     assert settings.session.cookie_secure is False
+
+
+def test_without_secure_the_default_cookie_name_has_no_host_prefix():
+    """SPEC.md: with Secure off, the cookie "then uses a name without the __Host- prefix"; the
+    default follows, where it stopped the app from starting."""
+    development = {"myapp__environment": "development", "myapp__public_url": "http://127.0.0.1:6543"}
+    settings = load_settings(raw(myapp__session__cookie_secure="false", **development), environ={})
+    assert (settings.session.cookie_name, settings.session.cookie_secure) == ("session", False)
+    assert load_settings(raw(), environ={}).session.cookie_name == "__Host-session"
 
 
 def problems_for(environ=None, **overrides) -> list[str]:
