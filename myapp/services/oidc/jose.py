@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Callable
 
 from joserfc import jws
@@ -215,4 +216,7 @@ def _media_type(typ) -> str | None:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A time claim's number: finite (json reads NaN and Infinity, and no comparison with NaN is true)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)  # any int: math.isfinite overflows on 10**400

@@ -93,6 +93,16 @@ def test_bad_logout_tokens_end_nothing(app, provider, dbsession, overrides):
     assert session_count(dbsession) == 1
 
 
+@pytest.mark.parametrize("claim", ["iat", "exp"])
+def test_a_logout_token_whose_time_is_not_a_number_is_a_bad_token(app, provider, dbsession, claim):
+    """NaN, which Python's JSON parser reads: an iat of NaN was a 500, an exp of NaN never expired."""
+    browser = Browser(app)
+    sign_in(browser, provider)
+    response = post_logout_token(app, provider.logout_token(**{claim: float("nan")}), 400)
+    assert response.json["error"] == "invalid_request"
+    assert session_count(dbsession) == 1
+
+
 def test_bad_logout_token_signature_and_type(app, provider, dbsession):
     from joserfc.jwk import RSAKey
 

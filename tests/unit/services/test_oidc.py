@@ -145,6 +145,18 @@ def test_iat_as_string(client, provider):
     rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=str(int(time.time())))), "missing_iat")
 
 
+@pytest.mark.parametrize("claim, reason", [("iat", "missing_iat"), ("exp", "missing_exp"), ("nbf", "not_yet_valid")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_time_that_is_not_finite_is_no_time(client, provider, claim, value, reason):
+    """JSON parsers in Python read NaN and Infinity; no comparison with NaN is true, so a NaN
+    iat or exp passed every check (and a NaN iat broke the logout token's replay record: a 500)."""
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, **{claim: value})), reason)
+
+
+def test_a_time_too_large_for_a_float_is_refused_not_a_crash(client, provider):
+    rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=10**400)), "bad_iat")
+
+
 def test_iat_in_the_future(client, provider):
     rejects(client, provider.sign(provider.claims(nonce=NONCE, iat=int(time.time()) + 600)), "bad_iat")
 
