@@ -4,6 +4,7 @@ OpenID Connect Core section 9): signed by one of the client's registered keys, `
 
 import base64
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,9 @@ class ClientAssertions:
         if not any(a in self.audiences for a in audiences):
             return False
         exp, jti = claims.get("exp"), claims.get("jti")
+        # json reads NaN, which every comparison lets through, and out of the replay cache (isfinite: floats only).
+        if isinstance(exp, float) and not math.isfinite(exp):
+            return False
         if not isinstance(exp, (int, float)) or exp < now or exp - now > MAX_LIFETIME or not isinstance(jti, str):
             return False
         with self._lock:

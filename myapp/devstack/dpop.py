@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import math
 import secrets
 import threading
 import time
@@ -221,6 +222,9 @@ class ProofChecker:
         if not isinstance(htu, str) or normalised_uri(htu) != normalised_uri(url):
             raise ProofRefused("htu does not match the request URL")
         iat, now = claims.get("iat"), self.clock()
+        # json reads NaN, which every comparison below lets through (isfinite: floats only, 10**400 overflows it).
+        if isinstance(iat, float) and not math.isfinite(iat):
+            raise ProofRefused("iat is missing")
         if not isinstance(iat, int | float) or isinstance(iat, bool):
             raise ProofRefused("iat is missing")
         if iat < now - self.window:

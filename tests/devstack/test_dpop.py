@@ -390,6 +390,9 @@ def _refusals():
         ("iat a string", [at_now(key, claims={"iat": str(NOW)})], "iat is missing"),
         ("iat too old", [at_now(key, claims={"iat": NOW - 61})], "iat is too old"),
         ("iat in the future", [at_now(key, claims={"iat": NOW + 61})], "iat is in the future"),
+        # json reads NaN, and no comparison with it is true: it was inside every window.
+        ("iat NaN", [at_now(key, claims={"iat": float("nan")})], "iat is missing"),
+        ("iat 10**400", [at_now(key, claims={"iat": 10**400})], "iat is in the future"),
         ("no jti", [at_now(key, claims={"jti": None})], "jti is missing or not 8 to 256 characters"),
         ("short jti", [at_now(key, claims={"jti": "1234567"})], "jti is missing or not 8 to 256 characters"),
     ]
