@@ -26,7 +26,7 @@ from myapp.services.oidc import (
     TokenResponseInvalid,
     error_code,
 )
-from myapp.services.sessions import SessionRecord, SessionRows, SignIn
+from myapp.services.sessions import SessionRecord, SessionRows, SignIn, stored_sid
 from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
 from myapp.settings import Upstream
 
@@ -257,7 +257,7 @@ class LoginService:
             raise
 
         # Every check has passed: only now is the access token used.
-        sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
+        sid = stored_sid(claims.get("sid"))
         if settings.fetch_userinfo:
             userinfo = client.userinfo(token["access_token"], subject=claims["sub"], dpop=dpop)
             if userinfo:

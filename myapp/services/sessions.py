@@ -33,7 +33,19 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 # How much later than another live session of its browser's sign-in a session must have been used
 # for the other to count as out of reach (end_unreachable): twice the lag of recorded use.
 UNREACHABLE_AFTER = 2 * TOUCH_INTERVAL
+SID_COLUMN_LENGTH = UserSession.__table__.c.provider_sid.type.length
 _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
+
+
+def stored_sid(sid: object) -> str | None:
+    """A provider's ``sid`` as ``sessions.provider_sid`` keeps it: as it is, or, when longer than the
+    column (OpenID Connect bounds no sid's length, and PostgreSQL refuses a longer value), as its
+    SHA-256. Sign-in and back-channel logout both go through here, so they compare alike."""
+    if not isinstance(sid, str) or not sid:
+        return None
+    if len(sid) <= SID_COLUMN_LENGTH:
+        return sid
+    return "sha256:" + hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def same_provider_session(issuer: str, sid: str | None, other_issuer: str, other_sid: str | None) -> bool:
@@ -793,7 +805,7 @@ class SessionStore:
     def end_by_provider_sid(self, user_ids: Select, sid: str, reason: EndReason, *, unknown_sid_too: bool = False) -> int:
         """End the sessions with this provider ``sid`` of the users ``user_ids`` selects (those of one
         issuer); ``unknown_sid_too``: and theirs signed in without a sid."""
-        matches = UserSession.provider_sid == sid
+        matches = UserSession.provider_sid == stored_sid(sid)
         if unknown_sid_too:
             matches = matches | UserSession.provider_sid.is_(None)
         return self.rows.end_where(matches & UserSession.user_id.in_(user_ids), reason)

@@ -57,6 +57,23 @@ def test_a_logout_token_naming_the_user_and_a_sid_ends_their_sessions_whose_sid_
     assert event.detail == "1 session(s) ended (by sid)"
 
 
+def test_a_sid_longer_than_its_column_signs_in_and_is_ended_by_its_logout_token(app, provider, dbsession):
+    """A provider's sid is opaque and of no length OIDC bounds: one longer than the column
+    (255) made PostgreSQL refuse the session's INSERT, a 500 at the callback. It is kept as a
+    digest, which the logout token's sid is matched against."""
+    long_sid = "s" * 300
+    provider.sid = long_sid
+    browser = Browser(app)
+    assert sign_in(browser, provider).status_code == 303
+    assert "Alice" in browser.get("/").text
+    provider.sid = long_sid[:-1] + "t"
+    other = Browser(app)
+    sign_in(other, provider)
+    post_logout_token(app, provider.logout_token(sub=None, sid=long_sid), 200)
+    assert "reason=provider_logout" in browser.get("/posts", status=303).location
+    assert "Alice" in other.get("/").text
+
+
 def test_a_logout_token_naming_only_a_sid_ends_no_session_whose_sid_is_unknown(app, provider, dbsession):
     provider.sid = None
     browser = Browser(app)

@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import event, select
 
 from myapp.models import TokenRevocation, User, UserSession
-from myapp.services.sessions import EndReason, RecentTouches, SessionStore, UpstreamToken, hash_session_id
+from myapp.services.sessions import EndReason, RecentTouches, SessionStore, UpstreamToken, hash_session_id, stored_sid
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
@@ -414,3 +414,11 @@ def count_updates(dbsession, writes):
         yield
     finally:
         event.remove(engine, "before_cursor_execute", before)
+
+
+def test_a_sid_is_kept_as_it_is_up_to_its_columns_length_and_as_a_digest_beyond():
+    assert stored_sid("s" * 255) == "s" * 255
+    longer = stored_sid("s" * 256)
+    assert longer.startswith("sha256:") and len(longer) <= 255
+    assert longer == stored_sid("s" * 256) != stored_sid("s" * 255 + "t")
+    assert stored_sid("") is None and stored_sid(None) is None and stored_sid(7) is None
