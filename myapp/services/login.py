@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from types import MappingProxyType
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from myapp.models import LoginTransaction, User, insert_ignoring_duplicates
+from myapp.models import LoginTransaction, User, UserSession, insert_ignoring_duplicates
 from myapp.models.meta import utcnow
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
 from myapp.services.oidc import (
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 LOGIN_TRANSACTION_LIFETIME = timedelta(minutes=10)
 MAX_PENDING_PER_BROWSER = 10
 MAX_PARAMETER_LENGTH = 4096
+AMR_COLUMN_LENGTH = UserSession.__table__.c.amr.type.length
 
 
 class LoginError(Exception):
@@ -379,8 +381,13 @@ def sign_in_from(claims: Mapping, now: datetime) -> SignIn:
     An ``auth_time`` later than ``now`` by more than the clock skew is none (it would satisfy every
     ``max_age`` for as long as it lies ahead); one within the skew counts as ``now``."""
     acr = claims.get("acr") if isinstance(claims.get("acr"), str) and 0 < len(claims["acr"]) <= 255 else None
-    amr = claims.get("amr") if isinstance(claims.get("amr"), list) else []
-    amr = tuple(method for method in amr if isinstance(method, str) and 0 < len(method) <= 64)[:20]
+    amr = []
+    for method in claims.get("amr") if isinstance(claims.get("amr"), list) else ():
+        # Up to 20 methods of up to 64 characters, as many as fit sessions.amr written as JSON.
+        if isinstance(method, str) and 0 < len(method) <= 64 and len(json.dumps([*amr, method])) <= AMR_COLUMN_LENGTH:
+            amr.append(method)
+            if len(amr) == 20:
+                break
     auth_time = claims.get("auth_time")
     when = None
     if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool) and 0 < auth_time < 1e11:
@@ -389,7 +396,7 @@ def sign_in_from(claims: Mapping, now: datetime) -> SignIn:
             when = None
         elif when > now:
             when = now
-    return SignIn(acr=acr, amr=amr, auth_time=when)
+    return SignIn(acr=acr, amr=tuple(amr), auth_time=when)
 
 
 def _text(value, limit=255) -> str:

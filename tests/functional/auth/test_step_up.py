@@ -83,6 +83,17 @@ def test_a_confirmed_step_up_is_a_new_session_that_remembers_how(app, provider, 
     assert (sessions[1].acr, sessions[1].amr, int(sessions[1].auth_time.timestamp())) == (MFA, '["pwd", "otp"]', now)
 
 
+def test_the_longest_amr_kept_fits_its_column(app, provider, dbsession):
+    """The ID token's amr is kept up to 20 methods of up to 64 characters each, as JSON: that must
+    fit sessions.amr (1000 characters, which PostgreSQL enforces), escapes included."""
+    browser = Browser(app)
+    methods = ["\u00e9" * 64] * 5 + ["m" * 64] * 25
+    response, _ = step_up_sign_in(browser, provider, "/login?max_age=60&next=/posts", amr=methods, auth_time=int(time.time()))
+    assert response.status_int == 303 and response.location.endswith("/posts")
+    kept = dbsession.scalars(select(UserSession)).one().amr
+    assert len(kept) <= 1000 and kept.startswith('["')
+
+
 @pytest.mark.parametrize(
     "claims, reason",
     [
