@@ -145,6 +145,7 @@ def test_two_sign_outs_of_one_session_at_once_are_one_logout(make_app, provider,
     app = make_app()
     browser = Browser(app)
     sign_in(browser, provider)
+    own = list(provider.refresh_tokens)[-1]
     tokens = app.registry[Services].tokens
     first_end = tokens.end_session
 
@@ -160,7 +161,8 @@ def test_two_sign_outs_of_one_session_at_once_are_one_logout(make_app, provider,
     finally:
         del tokens.end_session
     assert dbsession.scalars(select(AuditEvent.event).where(AuditEvent.event == "logout")).all() == []
-    assert provider.revoked == []
+    # This session's: an earlier test's app may still be revoking what its sessions queued.
+    assert own not in provider.revoked
     assert dbsession.scalars(select(UserSession.end_reason)).one() == EndReason.LOGOUT
     assert dbsession.scalars(select(UserSession.refresh_token)).one() is None
 
