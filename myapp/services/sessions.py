@@ -489,8 +489,10 @@ class SessionRows:
         )
 
     def revoke_issued_later(self, session: SessionRecord, tokens: TokenSet) -> None:
-        """Queue what the provider issued for ``session`` after it ended (``revoke_later``), unless
-        it ended beside a live session in the same session at the provider (below)."""
+        """Queue what the provider issued for ``session`` and nobody keeps (``revoke_later``): an
+        answer refused, or one that came after the session ended. The one rule for every such token
+        (an exchange's, a rotated refresh token, an unbound answer's), unless the session ended
+        beside a live session in the same session at the provider (below)."""
         if not self._ended_beside_a_live_one(session.id):
             self.revoke_later(session.user_issuer, tokens)
 

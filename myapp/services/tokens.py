@@ -613,7 +613,7 @@ class TokenManager:
     def _end_unbound(self, rows: SessionRows, session: SessionRecord, refused: DPoPNotBound) -> LoginRequired:
         """DPoP is required and the provider answered with Bearer tokens: they are revoked (a
         rotating provider spent the old refresh token on them, so the session cannot go on)."""
-        rows.revoke_later(session.user_issuer, refused.issued())
+        rows.revoke_issued_later(session, refused.issued())
         return self._end(rows, session, "dpop_not_bound")
 
     @staticmethod
@@ -624,7 +624,8 @@ class TokenManager:
         Not revoked: the session goes on with it (a rotating provider would refuse the spent one),
         and a provider that ties refresh tokens to the sign-in's session at the provider (Keycloak)
         would end the session's own with it. False when the session ended meanwhile: then it is
-        revoked, and the session is over."""
+        revoked (unless that end left a live session beside it, ``revoke_issued_later``), and the
+        session is over."""
         if not rotated or rotated == own.refresh_token:
             return True
         if rows.write_tokens(
@@ -632,16 +633,17 @@ class TokenManager:
             new_access_token=False,
         ):
             return True
-        rows.revoke_later(session.user_issuer, TokenSet(refresh_token=rotated))
+        rows.revoke_issued_later(session, TokenSet(refresh_token=rotated))
         return False
 
     @staticmethod
     def _revoke_if_rotated(rows: SessionRows, session: SessionRecord, issued: TokenSet, spent: str | None) -> None:
         """An answer that is not kept, whose refresh token the provider issued in place of ``spent``
         (it spent that one on this answer): the new one is queued for revocation with the tokens
-        issued with it, so that no ended session keeps a live token."""
+        issued with it, so that no ended session keeps a live token (unless that end left a live
+        session beside it, ``revoke_issued_later``)."""
         if issued.refresh_token not in (None, spent):
-            rows.revoke_later(session.user_issuer, issued)
+            rows.revoke_issued_later(session, issued)
 
     def _end(self, rows: SessionRows, session: SessionRecord, why: str) -> LoginRequired:
         rows.end(session.id, EndReason.REFRESH_FAILED)

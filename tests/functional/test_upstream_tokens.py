@@ -431,10 +431,12 @@ def exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_dat
 
     if committed_database_url.startswith("sqlite"):
         pytest.skip("SQLite's one writer: the lock's transaction holds it while the provider answers")
+    url = served_upstream.url
     app = make_proxy_app(**{
-        "myapp.upstreams": f"swap = {served_upstream.url}/swap\nreadonly = {served_upstream.url}/ro\nup = {served_upstream.url}/up",
+        "myapp.upstreams": f"swap = {url}/swap\ngraph = {url}/graph\nreadonly = {url}/ro\nup = {url}/up",
         "myapp.upstream.swap.exchange": "true",
         "myapp.upstream.swap.resource": EXCHANGED,
+        "myapp.upstream.graph.scope": GRAPH_SCOPE,
         "myapp.lock.backend": "redis", "myapp.redis.url": redis_url(),
     })
     provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
@@ -473,33 +475,74 @@ def test_a_session_replaced_in_its_session_at_the_provider_while_its_token_is_ex
     sign-in does not wait for it). The replaced session's own tokens are left to expire, not
     revoked (revoking any refresh token of that client session at Keycloak would end the new
     session's); what the exchange issued is left to expire too, not queued."""
+    app = exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url)
+    browser = signed_in(app=app)
+    exchange = exchange_answering(provider, refresh_token="rt-exchanged")
+    provider.token_response = ending_meanwhile(app, browser, dbsession, "replaced", exchange)
+    assert api(browser, "GET", "/api/swap/x", status=401).json["error"] == "login_required"
+    assert dbsession.scalar(select(func.count()).select_from(UserSession).where(UserSession.ended_at.is_(None))) == 1
+    assert queued_for_revocation(dbsession, browser) == set()
+
+
+def ending_meanwhile(app, browser, dbsession, how, answer):
+    """A token endpoint that answers with ``answer(form)`` and, meanwhile, ends the session:
+    ``replaced`` in the same session at the provider by a new one that goes on (as remember() does
+    for a step-up or a sign-in again behind single sign-on: ended, not revoked), or
+    ``revoked_by_admin`` (which queues its tokens)."""
     from myapp.models import User
     from myapp.services.sessions import SessionStore
     from myapp.services.tokenset import TokenSet
     from tests.functional.conftest import load_settings_of
 
-    app = exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url)
-    browser = signed_in(app=app)
     dbsession.execute(update(UserSession).values(provider_sid="sid-1"))
     dbsession.commit()
-    exchange = exchange_answering(provider, refresh_token="rt-exchanged")
     services = app.registry[Services]
 
-    def replaced_meanwhile(form):
-        answer = exchange(form)
+    def answering(form):
+        answered = answer(form)
         with services.database.own_transaction() as other, other.begin():
             store = SessionStore(dbsession=other, cipher=services.cipher, settings=load_settings_of(app).session)
             old = store.rows.read(browser.session_row.id).session
-            # As remember() does for a sign-in in the same session at the provider: ended, not revoked.
-            store.end(old, EndReason.REPLACED, revoke=False)
-            store.create(user=other.get(User, old.user_id), provider_sid="sid-1",
-                         tokens=TokenSet(access_token="at-new", refresh_token="rt-new"))
-        return answer
+            if how == "replaced":
+                store.end(old, EndReason.REPLACED, revoke=False)
+                store.create(user=other.get(User, old.user_id), provider_sid="sid-1",
+                             tokens=TokenSet(access_token="at-new", refresh_token="rt-new"))
+            else:
+                store.end(old, EndReason.REVOKED_BY_ADMIN)
+        return answered
 
-    provider.token_response = replaced_meanwhile
-    assert api(browser, "GET", "/api/swap/x", status=401).json["error"] == "login_required"
-    assert dbsession.scalar(select(func.count()).select_from(UserSession).where(UserSession.ended_at.is_(None))) == 1
-    assert queued_for_revocation(dbsession, browser) == set()
+    return answering
+
+
+ROTATING = {"access_token": "at-rotated", "token_type": "Bearer", "expires_in": 300, "refresh_token": "rt-rotated"}
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("how", ["replaced", "revoked_by_admin"])
+@pytest.mark.parametrize(
+    "path, answer",
+    [
+        ("/api/up/x", ROTATING),  # the session's own refresh, its answer used
+        ("/api/up/x", {"token_type": "Bearer", "refresh_token": "rt-rotated"}),  # refused for its access token
+        ("/api/graph/x", ROTATING),  # an upstream's own token minted with the refresh token
+        ("/api/graph/x", {"token_type": "Bearer", "refresh_token": "rt-rotated"}),
+    ],
+)
+def test_a_refresh_token_rotated_for_a_session_replaced_meanwhile_beside_a_live_one_is_not_revoked(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, committed_database_url, path, answer, how
+):
+    """The rule of exchanges (4e66897) holds for the refresh token a refresh rotated while the session
+    was replaced in the same session at the provider (the Redis lock: the sign-in does not wait for
+    the refresh): that token belongs to the client session the new session's refresh token belongs
+    to at Keycloak, and revoking it there would end the new session. Ended otherwise (an
+    administrator), it is revoked, as before."""
+    app = exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url)
+    browser = signed_in(app=app, expires_in=0 if path == "/api/up/x" else 300)
+    provider.token_response = ending_meanwhile(app, browser, dbsession, how, lambda form: (200, dict(answer)))
+    assert api(browser, "GET", path, status=401).json["error"] == "login_required"
+    assert upstream.seen == []
+    queued = queued_for_revocation(dbsession, browser)
+    assert queued == ({"rt-1", "rt-rotated"} if how == "revoked_by_admin" else set())
 
 
 @pytest.mark.parametrize("answer", REFUSED_WITH_A_ROTATED_REFRESH_TOKEN)
