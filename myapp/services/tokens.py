@@ -511,13 +511,10 @@ class TokenManager:
         except DPoPNotBound as e:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
-            if isinstance(e, TokenResponseInvalid) and upstream.exchange and e.refresh_token:
-                # Live at the provider all the same: kept to be revoked with the session, as a
-                # used answer's is (not revoked now, for the reason below), never dropped.
-                if not rows.keep_exchange_refresh_token(session.id, upstream.name, e.refresh_token):
-                    rows.revoke_issued_later(session, TokenSet(refresh_token=e.refresh_token))
+            if isinstance(e, TokenResponseInvalid) and upstream.exchange:
+                if not self._keep_refused_exchange(rows, session, upstream, e.issued()):
                     return LoginRequired()
-            elif isinstance(e, TokenResponseInvalid) and not upstream.exchange:
+            elif isinstance(e, TokenResponseInvalid):
                 if not self._keep_successor(rows, session, own, e.refresh_token):
                     return LoginRequired()
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
@@ -554,6 +551,23 @@ class TokenManager:
             return LoginRequired()
         self.metrics.refreshes.inc()
         return minted, dpop
+
+    @staticmethod
+    def _keep_refused_exchange(rows: SessionRows, session: SessionRecord, upstream: Upstream, issued: TokenSet) -> bool:
+        """What an exchange answer refused for its access token carried that the provider would take
+        all the same, never dropped: its refresh token kept to be revoked with the session, as a used
+        answer's is (not revoked now, for the reason in _mint_upstream_token_locked); else its access
+        token, queued now (``token_type_hint=access_token``: a grant of its own that nothing else
+        revokes, and at Keycloak an access token only goes on the revoked list, its client session
+        stays). Both through ``revoke_issued_later``. False when the session ended meanwhile."""
+        if issued.refresh_token:
+            if rows.keep_exchange_refresh_token(session.id, upstream.name, issued.refresh_token):
+                return True
+            rows.revoke_issued_later(session, TokenSet(refresh_token=issued.refresh_token))
+            return False
+        if issued.access_token:
+            rows.revoke_issued_later(session, TokenSet(access_token=issued.access_token))
+        return True
 
     def _refused_without_proof(self, rows: SessionRows, session: SessionRecord, upstream: Upstream, own: TokenSet):
         """``invalid_grant`` for a token asked for without a proof (``dpop = false``) by a session

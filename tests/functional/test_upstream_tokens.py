@@ -570,3 +570,70 @@ def test_a_refresh_token_in_a_refused_exchange_answer_is_revoked_with_the_sessio
     signed_in.store.end(browser.session_row, EndReason.REVOKED)
     dbsession.commit()
     assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged"}
+
+
+# Answers refused for their access token that carry one the provider would take all the same.
+REFUSED_WITH_A_USABLE_ACCESS_TOKEN = [
+    {"access_token": "at-refused"},
+    {"access_token": "at-refused", "token_type": "mac"},
+    {"access_token": "at-refused", "token_type": "DPoP"},  # bound, and no proof was sent
+    {"access_token": "at-refused", "token_type": "Bearer", "refresh_token": 7},
+]
+
+
+@pytest.mark.parametrize("answer", REFUSED_WITH_A_USABLE_ACCESS_TOKEN)
+def test_an_access_token_in_a_refused_exchange_answer_is_revoked(app, signed_in, upstream, provider, dbsession, answer):
+    """An exchange answer refused for its access token, with no refresh token: the access token is
+    live at the provider all the same, a grant of its own that nothing else revokes. It is queued
+    at once (token_type_hint=access_token: at Keycloak an access token only goes on the revoked
+    list, the client session stays) and revoked by the revoker's next pass; the session goes on."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = lambda form: (
+        (200, dict(answer)) if "subject_token" in form else provider.issue_tokens(form, form)
+    )
+    browser = signed_in(app=app)
+    assert api(browser, "GET", "/api/swap/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    queued = dbsession.execute(select(TokenRevocation.token, TokenRevocation.token_type_hint)).all()
+    assert [hint for _, hint in queued] == ["access_token"] and b"at-refused" not in bytes(queued[0][0])
+    assert queued_for_revocation(dbsession, browser) == {"at-refused"}
+    app.registry[Services].revoker.run_once()
+    assert revocations(provider) == [("at-refused", "access_token")]
+    # The session goes on: the next exchange answered properly is used.
+    provider.token_response = None
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert row_of(dbsession, browser).ended_at is None
+
+
+@pytest.mark.parametrize("answer", [{"token_type": "Bearer"}, {"access_token": "at refused", "token_type": "Bearer"}])
+def test_a_refused_exchange_answer_without_a_usable_access_token_queues_nothing(
+    app, signed_in, upstream, provider, dbsession, answer
+):
+    """None, or one no header (nor the provider) could take: nothing to revoke."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = lambda form: (
+        (200, dict(answer)) if "subject_token" in form else provider.issue_tokens(form, form)
+    )
+    browser = signed_in(app=app)
+    assert api(browser, "GET", "/api/swap/x", status=503).json["error"] == "provider_unavailable"
+    assert queued_for_revocation(dbsession, browser) == set()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("how", ["replaced", "revoked_by_admin"])
+def test_an_access_token_in_a_refused_exchange_answer_for_a_session_replaced_beside_a_live_one_is_not_revoked(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, committed_database_url, how
+):
+    """The one rule (revoke_issued_later): ended beside a live session in the same session at the
+    provider, what was issued for it is left to expire; ended otherwise, it is revoked."""
+    app = exchanging_on_redis(make_proxy_app, served_upstream, provider, committed_database_url)
+    browser = signed_in(app=app)
+    issue = provider.issue_tokens
+
+    def refused(form):
+        return (200, {"access_token": "at-refused"}) if "subject_token" in form else issue(form, form)
+
+    provider.token_response = ending_meanwhile(app, browser, dbsession, how, refused)
+    api(browser, "GET", "/api/swap/x")
+    assert upstream.seen == []
+    assert queued_for_revocation(dbsession, browser) == ({"rt-1", "at-refused"} if how == "revoked_by_admin" else set())
