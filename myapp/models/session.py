@@ -81,5 +81,6 @@ class SessionToken(Base):
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Obtained by token exchange (RFC 8693) rather than with the session's refresh token.
     exchanged: Mapped[bool] = mapped_column(default=False, server_default=false())
-    # A refresh token the exchange answered with, encrypted; never used, kept to be revoked.
+    # A refresh token the exchange answered with, encrypted; never used, kept to be revoked. A row
+    # named "~..." (no upstream's name: SessionRows.keep_for_revocation) keeps only such a token.
     refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)

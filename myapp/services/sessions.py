@@ -34,6 +34,9 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 # for the other to count as out of reach (end_unreachable): twice the lag of recorded use.
 UNREACHABLE_AFTER = 2 * TOUCH_INTERVAL
 SID_COLUMN_LENGTH = UserSession.__table__.c.provider_sid.type.length
+# The name of a session_tokens row that only keeps an exchange's refresh token to be revoked with
+# the session (SessionRows.keep_for_revocation): no upstream name starts with it (settings.py).
+KEPT = "~"
 _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", "id_token", "dpop_key"]
 
 
@@ -438,7 +441,12 @@ class SessionRows:
 
         ``exchanged``: obtained by token exchange, so revoked of its own when the session ends;
         ``refresh_token``: one the exchange answered with, stored (encrypted) for that revocation
-        only. An answer without one leaves a stored one in place, to be revoked then."""
+        only. The row holds the tokens of one answer: a refresh token stored with an earlier one
+        (another grant, at a provider that makes each exchange one of its own) moves to a row of
+        its own (``_keep``), so that both are revoked, and this access token too when its answer
+        had no refresh token to cover it (RFC 7009 section 2.1)."""
+        if not self._lock_live(session_id):
+            return False
         values = {
             "access_token": self.cipher.encrypt(token.access_token),
             "expires_at": token.expires_at,
@@ -446,20 +454,12 @@ class SessionRows:
             "token_type": token_type_column(token.token_type),
             "exchanged": exchanged,
         }
-        if refresh_token:
-            values["refresh_token"] = self.cipher.encrypt(refresh_token)
-        return self._write_upstream_row(session_id, upstream, values, values)
-
-    def _write_upstream_row(self, session_id: int, upstream: str, values: dict, new_row: dict) -> bool:
-        """Update the upstream's row of a live session with ``values``, or insert ``new_row`` when it
-        has none; False, writing nothing, when the session has ended."""
-        # The session row first, as end_where locks it before deleting a session's upstream tokens:
-        # whichever comes second waits for the other, and this one then sees the end.
-        live = self.dbsession.execute(
-            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
-        ).first()
-        if live is None:
-            return False
+        stored = self.dbsession.execute(
+            select(SessionToken.refresh_token).where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
+        ).scalar_one_or_none()
+        if stored is not None and (not refresh_token or self.cipher.decrypt(stored) != refresh_token):
+            self._keep(session_id, bytes(stored))  # as stored: still encrypted
+        values["refresh_token"] = self.cipher.encrypt(refresh_token) if refresh_token else None
         updated = self.dbsession.execute(
             update(SessionToken)
             .where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
@@ -468,24 +468,38 @@ class SessionRows:
         ).rowcount
         if not updated:
             self.dbsession.execute(
-                insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **new_row)
+                insert(SessionToken.__table__).values(session_id=session_id, upstream=upstream, **values)
             )
         return True
 
-    def keep_exchange_refresh_token(self, session_id: int, upstream: str, refresh_token: str) -> bool:
-        """Keep (encrypted) a refresh token that an exchange answer refused for its access token
-        carried, to be revoked with the session as a used answer's is (write_upstream_token); the
-        caller holds the session's refresh lock. With no token stored for the upstream, the row
-        holds an empty access token that has expired: the next call exchanges again, and that
-        answer's token takes its place, keeping this refresh token. False, keeping nothing, when
-        the session has ended meanwhile."""
-        kept = self.cipher.encrypt(refresh_token)
+    def _lock_live(self, session_id: int) -> bool:
+        """Lock the session row, as end_where does before deleting a session's upstream tokens:
+        whichever comes second waits for the other, and this one then sees the end. False when the
+        session has ended."""
+        return self.dbsession.execute(
+            select(_SESSIONS.id).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None)).with_for_update()
+        ).first() is not None
+
+    def keep_for_revocation(self, session_id: int, refresh_token: str) -> bool:
+        """Keep (encrypted) a refresh token an exchange answered with that no upstream's row holds
+        (its answer refused for its access token), to be revoked with the session as a stored one
+        is; the caller holds the session's refresh lock. False, keeping nothing, when the session
+        has ended meanwhile."""
+        if not self._lock_live(session_id):
+            return False
+        self._keep(session_id, self.cipher.encrypt(refresh_token))
+        return True
+
+    def _keep(self, session_id: int, refresh_token: bytes) -> None:
+        """A row of ``session_tokens`` that only keeps an exchange's refresh token (encrypted) for
+        end_where to queue: under a name no upstream can have (``KEPT``), so never read as an
+        upstream's token; its access token is empty (the column is NOT NULL) and has expired."""
         now = self.clock()
-        placeholder = {
-            "access_token": self.cipher.encrypt(""), "expires_at": now, "refreshed_at": now, "exchanged": True,
-        }
-        return self._write_upstream_row(
-            session_id, upstream, {"refresh_token": kept}, {**placeholder, "refresh_token": kept}
+        self.dbsession.execute(
+            insert(SessionToken.__table__).values(
+                session_id=session_id, upstream=KEPT + secrets.token_urlsafe(12), access_token=self.cipher.encrypt(""),
+                expires_at=now, refreshed_at=now, exchanged=True, refresh_token=refresh_token,
+            )
         )
 
     def revoke_issued_later(self, session: SessionRecord, tokens: TokenSet) -> None:

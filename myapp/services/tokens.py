@@ -512,7 +512,7 @@ class TokenManager:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
             if isinstance(e, TokenResponseInvalid) and upstream.exchange:
-                if not self._keep_refused_exchange(rows, session, upstream, e.issued()):
+                if not self._keep_refused_exchange(rows, session, e.issued()):
                     return LoginRequired()
             elif isinstance(e, TokenResponseInvalid):
                 if not self._keep_successor(rows, session, own, e.refresh_token):
@@ -536,8 +536,8 @@ class TokenManager:
             return LoginRequired()
         # An exchange's refresh token is only stored, never used, and revoked with the session: at
         # Keycloak it belongs to the session's own client session, and revoking it now would end
-        # that (and with it the session's own refresh token). One that replaces a stored one
-        # leaves that unrevoked, for the same reason (docs/architecture.md).
+        # that (and with it the session's own refresh token). One that replaces a stored one is not
+        # revoked now either, for the same reason: kept, and revoked with it (docs/architecture.md).
         kept = issued.refresh_token if upstream.exchange else None
         written = rows.write_upstream_token(
             session.id, upstream.name, minted, exchanged=upstream.exchange, refresh_token=kept
@@ -553,15 +553,16 @@ class TokenManager:
         return minted, dpop
 
     @staticmethod
-    def _keep_refused_exchange(rows: SessionRows, session: SessionRecord, upstream: Upstream, issued: TokenSet) -> bool:
+    def _keep_refused_exchange(rows: SessionRows, session: SessionRecord, issued: TokenSet) -> bool:
         """What an exchange answer refused for its access token carried that the provider would take
         all the same, never dropped: its refresh token kept to be revoked with the session, as a used
-        answer's is (not revoked now, for the reason in _mint_upstream_token_locked); else its access
+        answer's is (not revoked now, for the reason in _mint_upstream_token_locked), in a row of its
+        own (``keep_for_revocation``: the upstream's row holds only a token it can use); else its access
         token, queued now (``token_type_hint=access_token``: a grant of its own that nothing else
         revokes, and at Keycloak an access token only goes on the revoked list, its client session
         stays). Both through ``revoke_issued_later``. False when the session ended meanwhile."""
         if issued.refresh_token:
-            if rows.keep_exchange_refresh_token(session.id, upstream.name, issued.refresh_token):
+            if rows.keep_for_revocation(session.id, issued.refresh_token):
                 return True
             rows.revoke_issued_later(session, TokenSet(refresh_token=issued.refresh_token))
             return False

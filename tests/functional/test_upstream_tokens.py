@@ -404,7 +404,9 @@ def test_a_refresh_token_an_exchange_answers_with_is_stored_encrypted_and_revoke
     dbsession.commit()
     stored = dbsession.scalars(select(SessionToken)).one()
     assert stored.exchanged and b"rt-exchanged" not in bytes(stored.refresh_token)
-    # Minted again (its token refused a minute after), with no refresh token this time: the stored one stays.
+    # Minted again (its token refused a minute after), with no refresh token this time: the stored
+    # one is kept, and so is the new access token, which it need not cover (another grant, at a
+    # provider that makes each exchange one of its own).
     provider.token_response = exchange_answering(provider)
     upstream.refuse_tokens.add(token_seen(upstream))
     dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
@@ -412,14 +414,17 @@ def test_a_refresh_token_an_exchange_answers_with_is_stored_encrypted_and_revoke
     api(browser, "GET", "/api/swap/x", status=200)
     assert len([f for f in token_requests(provider) if "subject_token" in f]) == 2
     dbsession.commit()
-    assert app.registry[Services].cipher.decrypt(dbsession.scalars(select(SessionToken.refresh_token)).one()) == "rt-exchanged"
+    kept = [token for token in dbsession.scalars(select(SessionToken.refresh_token)) if token is not None]
+    assert [app.registry[Services].cipher.decrypt(token) for token in kept] == ["rt-exchanged"]
     assert revocations(provider) == []
     signed_in.store.end(browser.session_row, EndReason.REVOKED)
     dbsession.commit()
     queued = dbsession.execute(select(TokenRevocation.token, TokenRevocation.token_type_hint)).all()
     assert all(b"rt-exchanged" not in bytes(token) for token, _ in queued)
     app.registry[Services].revoker.run_once()
-    assert revocations(provider) == [("rt-1", "refresh_token"), ("rt-exchanged", "refresh_token")]
+    assert sorted(revocations(provider)) == sorted(
+        [("rt-1", "refresh_token"), ("rt-exchanged", "refresh_token"), (token_seen(upstream), "access_token")]
+    )
     assert "rt-exchanged" not in caplog.text
 
 
@@ -563,13 +568,17 @@ def test_a_refresh_token_in_a_refused_exchange_answer_is_revoked_with_the_sessio
     assert queued_for_revocation(dbsession, browser) == set()
     stored = dbsession.scalars(select(SessionToken.refresh_token)).all()
     assert all(b"rt-exchanged" not in bytes(token) for token in stored if token is not None)
+    assert signed_in.store.rows.upstream_token(browser.session_row.id, "swap") is None
     # The next exchange is answered properly: that token is used, and the kept refresh token stays.
     provider.token_response = None
     api(browser, "GET", "/api/swap/x", status=200)
     assert provider.access_tokens[token_seen(upstream)]["aud"] == EXCHANGED
+    # The upstream's row holds only a token it can use (no empty one kept for the refresh token).
+    assert signed_in.store.rows.upstream_token(browser.session_row.id, "swap").access_token == token_seen(upstream)
     signed_in.store.end(browser.session_row, EndReason.REVOKED)
     dbsession.commit()
-    assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged"}
+    # That access token too: the refused answer's refresh token is of another grant.
+    assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged", token_seen(upstream)}
 
 
 # Answers refused for their access token that carry one the provider would take all the same.
@@ -637,3 +646,63 @@ def test_an_access_token_in_a_refused_exchange_answer_for_a_session_replaced_bes
     api(browser, "GET", "/api/swap/x")
     assert upstream.seen == []
     assert queued_for_revocation(dbsession, browser) == ({"rt-1", "at-refused"} if how == "revoked_by_admin" else set())
+
+
+@pytest.mark.parametrize("second", ["used", "refused"])
+@pytest.mark.parametrize("how", ["revoked", "replaced"])
+def test_a_refresh_token_an_exchange_replaced_is_revoked_with_the_session(
+    app, signed_in, upstream, provider, dbsession, second, how
+):
+    """A later exchange for the same upstream answers with another refresh token (its answer used, or
+    refused for its access token): the earlier one is still live at a provider that makes each
+    exchange a grant of its own (RFC 8693 ties no issued token to an earlier one), and was
+    overwritten, revoked by nobody. Not revoked at once either (at Keycloak it would be one of the
+    session's own client session, and revoking it would end the session's refresh token): kept and
+    revoked when the session ends, with the other, unless the session was replaced beside a live one
+    in the same session at the provider (then nothing is queued, as for the session's own)."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged-1")
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    # Its token refused a minute after it was minted: exchanged again.
+    upstream.refuse_tokens.add(token_seen(upstream))
+    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
+    dbsession.commit()
+    if second == "used":
+        provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged-2")
+        api(browser, "GET", "/api/swap/x", status=200)
+    else:
+        provider.token_response = lambda form: (
+            (200, {"token_type": "Bearer", "refresh_token": "rt-exchanged-2"}) if "subject_token" in form
+            else provider.issue_tokens(form, form)
+        )
+        api(browser, "GET", "/api/swap/x", status=503)
+    assert len([f for f in token_requests(provider) if "subject_token" in f]) == 2
+    assert revocations(provider) == [] and queued_for_revocation(dbsession, browser) == set()
+    stored = dbsession.scalars(select(SessionToken.refresh_token)).all()
+    assert all(b"rt-exchanged" not in bytes(token) for token in stored if token is not None)
+    if how == "revoked":
+        signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    else:  # as remember() ends a session a sign-in replaced in the same session at the provider
+        signed_in.store.end(browser.session_row, EndReason.REPLACED, revoke=False)
+    dbsession.commit()
+    assert dbsession.scalars(select(SessionToken)).all() == []
+    expected = {"rt-1", "rt-exchanged-1", "rt-exchanged-2"} if how == "revoked" else set()
+    assert queued_for_revocation(dbsession, browser) == expected
+
+
+def test_the_same_refresh_token_answered_again_is_revoked_once(app, signed_in, upstream, provider, dbsession):
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged")
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    upstream.refuse_tokens.add(token_seen(upstream))
+    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
+    dbsession.commit()
+    api(browser, "GET", "/api/swap/x", status=200)
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    assert sorted(t for t, _ in dbsession.execute(select(TokenRevocation.token_type_hint, TokenRevocation.id))) == [
+        "refresh_token", "refresh_token"
+    ]
+    assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged"}
