@@ -230,10 +230,14 @@ def test_each_process_revokes_in_the_background(committed, committed_database_ur
 
 
 @pytest.mark.slow
-def test_signing_out_revokes_an_exchanged_token_at_the_development_provider(committed_database_url, committed):
+@pytest.mark.parametrize("how", ["sign-out", "back-channel logout", "administrator"])
+def test_ending_a_session_revokes_an_exchanged_token_at_the_development_provider(
+    committed_database_url, committed, how
+):
     """End to end, on real sockets: the development provider treats an exchange as a grant of its
-    own, so revoking the session's refresh token at sign-out leaves the exchanged token live there
-    unless the revoker revokes it too."""
+    own, so revoking the session's refresh token (at sign-out, or the revoker's revocation of what
+    the provider's back-channel logout or an administrator's end queued) leaves the exchanged token
+    live there unless the revoker revokes it too."""
     import requests
 
     from myapp.models import SessionToken
@@ -241,7 +245,8 @@ def test_signing_out_revokes_an_exchanged_token_at_the_development_provider(comm
     from tests.support.live import sign_in as sign_in_live
 
     sock, public_url = listener()
-    with devstack_for(public_url) as idp:
+    backchannel = {"devstack.idp.backchannel_logout_uri": public_url + "/auth/backchannel-logout"}
+    with devstack_for(public_url, **backchannel) as idp:
         upstreams = {
             "myapp.upstreams": f"demo = {idp}/_dev/api\nswap = {idp}/_dev/api",
             "myapp.upstream.swap.exchange": "true",
@@ -250,19 +255,46 @@ def test_signing_out_revokes_an_exchanged_token_at_the_development_provider(comm
         }
         with bff_in_thread(committed_database_url, sock, public_url, idp, **upstreams) as (url, app):
             services = app.registry[Services]
-            userinfo = requests.get(idp + "/_dev/idp/.well-known/openid-configuration", timeout=5).json()["userinfo_endpoint"]
+            metadata = requests.get(idp + "/_dev/idp/.well-known/openid-configuration", timeout=5).json()
 
             def active(token):
-                return requests.get(userinfo, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+                bearer = {"Authorization": f"Bearer {token}"}
+                return requests.get(metadata["userinfo_endpoint"], headers=bearer, timeout=5).status_code == 200
 
             browser = sign_in_live(url, "alice")
             assert api(browser, url + "/api/swap/ping").status_code == 200
             committed.commit()
-            exchanged = services.cipher.decrypt(committed.scalars(select(SessionToken.access_token)).one())
+            exchanged_row = committed.scalars(select(SessionToken)).one()
+            exchanged = services.cipher.decrypt(exchanged_row.access_token)
+            session = committed.get(UserSession, exchanged_row.session_id)
             assert active(exchanged)
-            csrf = api(browser, url + "/auth/user").json()["csrf_token"]
-            signed_out = browser.post(url + "/logout", data={"csrf_token": csrf}, headers={"Origin": url}, allow_redirects=False)
-            assert signed_out.status_code == 303
-            assert active(exchanged)  # the session's refresh token is revoked; this one is a grant of its own
+            if how == "sign-out":
+                csrf = api(browser, url + "/auth/user").json()["csrf_token"]
+                signed_out = browser.post(
+                    url + "/logout", data={"csrf_token": csrf}, headers={"Origin": url}, allow_redirects=False
+                )
+                assert signed_out.status_code == 303
+            elif how == "back-channel logout":
+                # Signed out at the provider (from anywhere: the ID token names the session there),
+                # which tells the BFF over the back channel before it answers.
+                id_token = services.cipher.decrypt(session.id_token)
+                ended = requests.get(metadata["end_session_endpoint"], params={"id_token_hint": id_token}, timeout=10)
+                assert ended.status_code == 200
+            else:
+                admin = sign_in_live(url, "admin-ann")
+                csrf = api(admin, url + "/auth/user").json()["csrf_token"]
+                revoked = admin.post(
+                    f"{url}/admin/users/{session.user_id}/sessions/revoke", data={"csrf_token": csrf},
+                    headers={"Origin": url}, allow_redirects=False,
+                )
+                assert revoked.status_code == 303 and "user_sessions_revoked" in revoked.headers["Location"]
+            committed.expire_all()
+            assert committed.get(UserSession, session.id).end_reason == {
+                "sign-out": "logout", "back-channel logout": "provider_logout", "administrator": "revoked_by_admin"
+            }[how]
+            assert committed.scalars(select(SessionToken)).all() == []
+            assert api(browser, url + "/api/swap/ping").status_code == 401
+            # The session's refresh token is revoked (or queued); this one is a grant of its own.
+            assert active(exchanged)
             services.revoker.run_once()
             assert not active(exchanged)
