@@ -444,9 +444,18 @@ class SessionRows:
         only. The row holds the tokens of one answer: a refresh token stored with an earlier one
         (another grant, at a provider that makes each exchange one of its own) moves to a row of
         its own (``_keep``), so that both are revoked, and this access token too when its answer
-        had no refresh token to cover it (RFC 7009 section 2.1)."""
+        had no refresh token to cover it (RFC 7009 section 2.1). Each refresh token is held by one
+        row of the session, so queued once: one a "~" row kept already moves here, and one another
+        upstream's row holds stays there (this access token is then revoked of its own)."""
         if not self._lock_live(session_id):
             return False
+        if refresh_token:
+            holding = self._holding(session_id, refresh_token, besides=upstream)
+            kept = [row_id for row_id, name in holding if name.startswith(KEPT)]
+            if kept:
+                self.dbsession.execute(delete(SessionToken).where(SessionToken.id.in_(kept)))
+            if len(kept) < len(holding):
+                refresh_token = None
         values = {
             "access_token": self.cipher.encrypt(token.access_token),
             "expires_at": token.expires_at,
@@ -484,11 +493,22 @@ class SessionRows:
         """Keep (encrypted) a refresh token an exchange answered with that no upstream's row holds
         (its answer refused for its access token), to be revoked with the session as a stored one
         is; the caller holds the session's refresh lock. False, keeping nothing, when the session
-        has ended meanwhile."""
+        has ended meanwhile. One a row of the session holds already is not kept again (queued once)."""
         if not self._lock_live(session_id):
             return False
-        self._keep(session_id, self.cipher.encrypt(refresh_token))
+        if not self._holding(session_id, refresh_token):
+            self._keep(session_id, self.cipher.encrypt(refresh_token))
         return True
+
+    def _holding(self, session_id: int, refresh_token: str, *, besides: str | None = None) -> list[tuple[int, str]]:
+        """The rows of the session (id, upstream name) but ``besides``'s that hold ``refresh_token``."""
+        rows = self.dbsession.execute(
+            select(SessionToken.id, SessionToken.upstream, SessionToken.refresh_token).where(
+                SessionToken.session_id == session_id, SessionToken.refresh_token.is_not(None),
+                SessionToken.upstream != (besides or ""),
+            )
+        ).all()
+        return [(row.id, row.upstream) for row in rows if self.cipher.decrypt(row.refresh_token) == refresh_token]
 
     def _keep(self, session_id: int, refresh_token: bytes) -> None:
         """A row of ``session_tokens`` that only keeps an exchange's refresh token (encrypted) for

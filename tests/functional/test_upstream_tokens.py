@@ -706,3 +706,47 @@ def test_the_same_refresh_token_answered_again_is_revoked_once(app, signed_in, u
         "refresh_token", "refresh_token"
     ]
     assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged"}
+
+
+def test_a_refresh_token_a_refused_exchange_answer_repeats_is_revoked_once(
+    app, signed_in, upstream, provider, dbsession
+):
+    """The same refresh token in a used answer, then in two answers refused for their access token
+    (none): it is kept once, so queued once when the session ends, as when a used answer repeats it."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged")
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    provider.token_response = lambda form: (
+        (200, {"refresh_token": "rt-exchanged"}) if "subject_token" in form else provider.issue_tokens(form, form)
+    )
+    for _ in range(2):
+        dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
+        dbsession.commit()
+        upstream.refuse_tokens.add(token_seen(upstream))
+        api(browser, "GET", "/api/swap/x", status=503)
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    cipher = browser.app.registry[Services].cipher
+    queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+    assert queued == ["rt-1", "rt-exchanged"]
+
+
+def test_a_refresh_token_kept_from_a_refused_exchange_answer_then_used_is_revoked_once(
+    app, signed_in, upstream, provider, dbsession
+):
+    """Refused for its access token (none) first, then the same refresh token in a used answer: the
+    upstream's row takes it from the row that kept it, so it is queued once."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = lambda form: (
+        (200, {"refresh_token": "rt-exchanged"}) if "subject_token" in form else provider.issue_tokens(form, form)
+    )
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=503)
+    provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged")
+    api(browser, "GET", "/api/swap/x", status=200)
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    cipher = browser.app.registry[Services].cipher
+    queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+    assert queued == ["rt-1", "rt-exchanged"]
