@@ -750,3 +750,20 @@ def test_a_refresh_token_kept_from_a_refused_exchange_answer_then_used_is_revoke
     cipher = browser.app.registry[Services].cipher
     queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
     assert queued == ["rt-1", "rt-exchanged"]
+
+
+def test_a_refused_exchange_answer_echoing_the_sessions_own_access_token_does_not_revoke_it(
+    app, signed_in, upstream, provider, dbsession
+):
+    """An exchange answer refused for its access token (no token_type) whose access token is the
+    subject token itself, the session's own: revoking it would leave the live session a dead token
+    until it expires. Nothing is queued, and the session's other calls go on with it."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = lambda form: (
+        (200, {"access_token": form["subject_token"]}) if "subject_token" in form
+        else provider.issue_tokens(form, form)
+    )
+    browser = signed_in(app=app)
+    assert api(browser, "GET", "/api/swap/x", status=503).json["error"] == "provider_unavailable"
+    assert row_of(dbsession, browser).ended_at is None
+    assert queued_for_revocation(dbsession, browser) == set()
