@@ -767,3 +767,25 @@ def test_a_refused_exchange_answer_echoing_the_sessions_own_access_token_does_no
     assert api(browser, "GET", "/api/swap/x", status=503).json["error"] == "provider_unavailable"
     assert row_of(dbsession, browser).ended_at is None
     assert queued_for_revocation(dbsession, browser) == set()
+
+
+def test_a_refresh_token_two_upstreams_were_answered_with_is_revoked_once(app, signed_in, dbsession):
+    """The same refresh token in the answers for two upstreams: the first upstream's row keeps it,
+    the second's access token is queued of its own, and the refresh token once."""
+    from myapp.services.sessions import UpstreamToken
+
+    browser = signed_in(app=app)
+    rows = signed_in.store.rows
+    later = utcnow() + timedelta(minutes=5)
+    for name in ("swap", "aud"):
+        assert rows.write_upstream_token(
+            browser.session_row.id, name, UpstreamToken(f"at-{name}", later, utcnow(), None),
+            exchanged=True, refresh_token="rt-exchanged",
+        )
+    rows.dbsession.commit()
+    assert rows.upstream_token(browser.session_row.id, "aud").access_token == "at-aud"
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    cipher = browser.app.registry[Services].cipher
+    queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+    assert queued == ["at-aud", "rt-1", "rt-exchanged"]
