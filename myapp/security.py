@@ -156,10 +156,12 @@ class SessionSecurityPolicy:
         self._cache.set(request, identity if live else None)
         max_age = int((session.expires_at - session.created_at).total_seconds())
         headers = [self.cookie.set(raw_id, max_age)]
+        # A note of how or why an earlier session ended is not this one's: a landing or signed-out
+        # page of the new session (or of the next person at the browser) must not say it.
         if self.cookie.ended_note_of(request) is not None:
-            # A note of why an earlier session ended is not this one's: a signed-out page of the
-            # new session (or of the next person at the browser) must not say it.
             headers.append(self.cookie.clear_ended_note())
+        if self.cookie.has_signed_out_note(request):
+            headers.append(self.cookie.clear_signed_out_note())
         return headers
 
     def forget(self, request, **kw):

@@ -113,6 +113,28 @@ def test_signing_in_clears_the_note_of_why_an_earlier_session_ended(browser, pro
     assert "You signed out." in page.text and "An administrator" not in page.text
 
 
+def test_signing_in_clears_the_note_of_an_earlier_sign_out(browser, provider, dbsession):
+    """A Sign out leaves <cookie>-signed-out for the landing page (10 minutes): when the browser
+    never came back to it (the provider's sign-out page left, Stop), the note lived through a new
+    sign-in, and that session's landing page, whenever it ended within the ten minutes, said "You
+    have signed out." over the reason it ended."""
+    from sqlalchemy import update
+
+    assert sign_in(browser, provider, "/posts").status_int == 303
+    browser.submit("/logout", {"csrf_token": csrf_of(browser)}, csrf=False, status=303)
+    assert browser.cookies.get(f"{COOKIE}-signed-out") == "1"
+    response = sign_in(browser, provider, "/posts")
+    assert response.status_int == 303
+    assert any(v.startswith(f"{COOKIE}-signed-out=;") and "Max-Age=0" in v
+               for k, v in response.headerlist if k == "Set-Cookie")
+    assert f"{COOKIE}-signed-out" not in browser.cookies
+    dbsession.execute(update(UserSession).where(UserSession.ended_at.is_(None))
+                      .values(ended_at=utcnow(), end_reason="revoked_by_admin"))
+    dbsession.flush()
+    page = browser.get("/")
+    assert "An administrator signed you out." in page.text and "You have signed out." not in page.text
+
+
 def test_an_absolute_timeout_shorter_than_the_idle_timeout(make_app, provider):
     """absolute_timeout = 2h with the default idle_timeout (7d): the app starts, the cookie's Max-Age
     follows the absolute expiry, and /auth/user's idle expiry is never later than it (helper-58)."""
