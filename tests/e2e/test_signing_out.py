@@ -461,3 +461,55 @@ def test_a_tab_left_open_after_signing_out_in_another_says_so(product, open_brow
     browser.settle()
     assert browser.find("#title").get_attribute("value") == "Typed before the other tab signed out"
     assert browser.find("[data-draft-restored]").is_displayed()
+
+
+def press_and_stop(browser, button, reached):
+    """Press ``button`` over a network with 3 s of latency, wait until ``reached()`` says the
+    server has done what the press asked, press Stop, and wait for the form to be given back
+    (73b2659). Pressed from the page itself: Selenium waits for a navigation on its way before its
+    next command, but not before a DevTools command (Stop)."""
+    over_a_real_network(browser, latency_ms=3000)
+    pressed = browser.driver.execute_async_script(
+        "var done = arguments[arguments.length - 1], button = arguments[0];"
+        "button.click();"
+        "setTimeout(function () { done(button.disabled); }, 200);",
+        button,
+    )
+    assert pressed is True, "the form was not sent"
+    browser.wait(lambda d: reached(), timeout=5)
+    browser.driver.execute_cdp_cmd("Page.stopLoading", {})
+    browser.wait(lambda d: not d.execute_script("return arguments[0].disabled;", button), timeout=5)
+    over_a_real_network(browser, latency_ms=0)
+
+
+def test_delete_post_pressed_again_after_stop_says_the_post_is_deleted(product, open_browser):
+    """Stop pressed while "Delete post" was on its way, after it had reached the server: the
+    post was deleted, the page stayed, the button came back (73b2659), and pressing it again
+    showed "Page not found". Now the posts list says the post was already deleted."""
+    from sqlalchemy import select
+
+    from myapp.models import Post
+
+    browser = open_browser(page_load_strategy="none")
+    name = random_name("nora")
+    sign_in(browser, product, name, start="/posts/new")
+    browser.wait_for_path("/posts/new")
+    browser.type_into("#title", "Deleted over a slow network")
+    browser.click_button("Publish")
+    browser.wait(lambda d: browser.heading() == "Deleted over a slow network")
+    browser.settle()
+    post_path = browser.path
+    browser.find("details.confirm summary").click()
+
+    def posts():
+        with product.engine.connect() as connection:
+            return connection.scalars(select(Post.title).where(Post.title == "Deleted over a slow network")).all()
+
+    assert posts() == ["Deleted over a slow network"]
+    press_and_stop(browser, browser.button("Delete post"), reached=lambda: posts() == [])
+    assert browser.path == post_path
+
+    browser.click_button("Delete post")
+    assert (browser.path, browser.heading()) == ("/posts", "Posts")
+    assert browser.text("[data-testid=flash]") == "That post had already been deleted."
+    assert accessibility.problems(browser) == []
