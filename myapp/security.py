@@ -6,6 +6,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from pyramid.authorization import ACLHelper, Authenticated, Everyone
+from pyramid.csrf import check_csrf_origin
 from pyramid.interfaces import ICSRFStoragePolicy, ISecurityPolicy
 from pyramid.request import RequestLocalCache
 from pyramid.viewderivers import INGRESS
@@ -183,6 +184,7 @@ class SessionSecurityPolicy:
             return None
         reason = store.dead_reason(session)
         if reason is not None:
+            request.environ[ENDED_SESSION] = session
             self._clear_cookie_later(request, reason)
             return None
         client = request.services.providers.of_session(session.provider, session.user_issuer)
@@ -244,6 +246,35 @@ def live_session(request) -> SessionRecord | None:
     return identity.session if identity is not None else unserved_session(request)
 
 
+ENDED_SESSION = "myapp.ended_session"
+
+
+def signed_out_here(request) -> SessionRecord | None:
+    """The session of the request's cookie when a sign-out here ended it (``/logout``, the browser's
+    own: no other request knows the cookie), else None. A cookie that still names it means the
+    browser never had that sign-out's answer, which cleared it (Stop pressed, the connection
+    lost), so nor did it reach the provider's sign-out page."""
+    session = request.environ.get(ENDED_SESSION) if request.identity is None else None
+    if session is None or session.ended_at is None or session.end_reason != EndReason.LOGOUT:
+        return None
+    return session
+
+
+def sent_from_a_page_of(request, session: SessionRecord) -> bool:
+    """Pyramid's check of a form (its origin, then its CSRF token), against ``session``'s token
+    rather than the identity's: for a session that is no longer the request's identity."""
+    if not check_csrf_origin(request, raises=False):
+        return False
+    supplied = request.POST.get("csrf_token", "") or request.headers.get("X-CSRF-Token", "")
+    return csrf_tokens_match(session.csrf_token, supplied)
+
+
+def csrf_tokens_match(expected: str, supplied: str | None) -> bool:
+    return bool(expected) and hmac.compare_digest(
+        expected.encode("utf-8"), (supplied or "").encode("utf-8", "surrogateescape")
+    )
+
+
 @implementer(ICSRFStoragePolicy)
 class SessionRowCSRFStoragePolicy:
     """The CSRF token lives in the session row; an anonymous request has none and fails every check."""
@@ -263,10 +294,7 @@ class SessionRowCSRFStoragePolicy:
         return identity.csrf_token
 
     def check_csrf_token(self, request, supplied_token):
-        expected = self.get_csrf_token(request)
-        return bool(expected) and hmac.compare_digest(
-            expected.encode("utf-8"), (supplied_token or "").encode("utf-8", "surrogateescape")
-        )
+        return csrf_tokens_match(self.get_csrf_token(request), supplied_token)
 
 
 def json_csrf_failure(request, public_url: str) -> str | None:

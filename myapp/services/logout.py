@@ -103,6 +103,12 @@ class LogoutService:
         log.info("sign-out of session %s, which another request had just ended", session.handle)
         return client.end_session_url(id_token_hint=None) if client is not None else None
 
+    def signed_out_already(self, session: SessionRecord) -> str | None:
+        """Where a sign-out of a session that a sign-out here ended already goes on to (the
+        browser never had that one's answer): the provider's sign-out page, as for a sign-out that
+        finds its session ended meanwhile."""
+        return self._ended_meanwhile(self.providers.of_session(session.provider, session.user_issuer), session)
+
     @staticmethod
     def revoke_at_provider(client: OIDCClient, tokens: TokenSet) -> Revocation:
         """RFC 7009, bounded so that a slow provider cannot hold up the local sign-out."""

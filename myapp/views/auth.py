@@ -13,7 +13,7 @@ from pyramid.view import view_config
 from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
-from myapp.security import live_session, tell_signed_out_reason
+from myapp.security import live_session, sent_from_a_page_of, signed_out_here, tell_signed_out_reason
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
@@ -192,11 +192,20 @@ def logout(request):
     # A session whose provider this process does not know is signed out here all the same.
     session = live_session(request)
     if session is None:
-        # Already signed out (expired, revoked): nothing to protect, just tidy up.
-        return HTTPSeeOther(request.route_path("home"), headers=forget(request))
-    check_csrf_origin(request)
-    check_csrf_token(request)
-    at_provider = request.logout_service.logout(session, ip_address=request.remote_addr)
+        ended = signed_out_here(request)
+        if ended is not None and sent_from_a_page_of(request, ended):
+            # Signed out here by an earlier press whose answer the browser never had (Stop pressed,
+            # the connection lost), so the provider's sign-out was never reached: this press, from
+            # a page of that session (its CSRF token, this origin), goes on to it. Nothing more is
+            # ended or recorded. Anything else (another page's token, another site) goes home.
+            at_provider = request.logout_service.signed_out_already(ended)
+        else:
+            # Already signed out (expired, revoked): nothing to protect, just tidy up.
+            return HTTPSeeOther(request.route_path("home"), headers=forget(request))
+    else:
+        check_csrf_origin(request)
+        check_csrf_token(request)
+        at_provider = request.logout_service.logout(session, ip_address=request.remote_addr)
     response = HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))
     response.headerlist.append(request.services.session_cookie.signed_out_note())
     return response

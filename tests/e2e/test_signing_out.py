@@ -513,3 +513,28 @@ def test_delete_post_pressed_again_after_stop_says_the_post_is_deleted(product, 
     assert (browser.path, browser.heading()) == ("/posts", "Posts")
     assert browser.text("[data-testid=flash]") == "That post had already been deleted."
     assert accessibility.problems(browser) == []
+
+
+def test_sign_out_pressed_again_after_stop_signs_out_at_the_provider(product, open_browser):
+    """Stop pressed while Sign out was on its way, after it had reached the server: the session
+    ended here, but the browser never had the answer (its cookie kept, the provider's sign-out
+    never reached), and Sign out pressed again landed on the landing page: still signed in at the
+    provider, whose next sign-in asked no one anything. Now the second press goes on to the
+    provider's sign-out, which asks (the ID token went with the session), and the person ends
+    signed out there too."""
+    browser = open_browser(page_load_strategy="none")
+    name = random_name("lena")
+    sign_in(browser, product, name, start="/posts")
+    browser.wait_for_path("/posts")
+    ended = lambda: all(s.ended_at is not None for s in product.sessions_of(name))  # noqa: E731
+    press_and_stop(browser, browser.button("Sign out", within="header"), reached=ended)
+    assert browser.path == "/posts" and session_cookie(browser, product), "the answer was had before Stop"
+    logouts = product.stats()["backchannel_logouts_sent"]
+
+    browser.click_button("Sign out", within="header")
+    assert "/_dev/idp/" in browser.driver.current_url, f"not sent to the provider: {browser.driver.current_url}"
+    assert browser.heading() == "Sign out?"
+    browser.click_button("Sign out", within="form")
+    browser.click_link("Return to the application", within="main")
+    signed_out_everywhere(browser, product, name)
+    assert product.stats()["backchannel_logouts_sent"] == logouts + 1

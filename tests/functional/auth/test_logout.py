@@ -175,3 +175,60 @@ def test_the_sign_out_form_is_sent_once(browser, provider):
     page = browser.get("/posts", status=200)
     (form,) = [f for f in page.html.find_all("form") if f.get("action") == "/logout"]
     assert form.has_attr("data-submit-once")
+
+
+def signed_out_without_the_answer(browser, provider):
+    """Sign in and out, the browser never having the sign-out's answer (Stop pressed, the
+    connection lost): the session ended here, the cookie still naming it. The page's token."""
+    sign_in(browser, provider)
+    cookie, token = browser.cookies[COOKIE], csrf_of(browser)
+    browser.refresh_token = list(provider.refresh_tokens)[-1]
+    first = browser.post("/logout", {"csrf_token": token}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert "id_token_hint=" in first.location
+    browser.set_cookie(COOKIE, cookie)
+    browser.set_cookie(f"{COOKIE}-signed-out", "")
+    return token
+
+
+def test_sign_out_pressed_again_after_its_answer_was_lost_goes_on_to_the_provider(browser, provider, dbsession):
+    """The second press went home: the provider's sign-out, which only the first answer named,
+    was never reached, and the person stayed signed in there. From a page of that session (its
+    token, this site) it now goes on to it, without the ID token (gone with the session: the
+    provider asks), and ends or records nothing more."""
+    token = signed_out_without_the_answer(browser, provider)
+    again = browser.post("/logout", {"csrf_token": token}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    query = {k: v[0] for k, v in parse_qs(urlsplit(again.location).query).items()}
+    assert again.location.startswith(provider.issuer + "/logout?")
+    assert query == {"client_id": CLIENT_ID, "post_logout_redirect_uri": TEST_PUBLIC_URL + "/"}
+    set_cookies = [v for k, v in again.headerlist if k == "Set-Cookie"]
+    assert any(v.startswith(COOKIE + "=;") for v in set_cookies)
+    assert any(v.startswith(f"{COOKIE}-signed-out=1;") for v in set_cookies)
+    assert provider.revoked.count(browser.refresh_token) == 1
+    assert dbsession.scalars(select(AuditEvent.event).where(AuditEvent.event == "logout")).all() == ["logout"]
+    assert "You have signed out." in browser.get("/").text
+
+
+@pytest.mark.parametrize("sent", ["another page's token", "no token", "another origin", "no origin"])
+def test_sign_out_pressed_again_goes_home_unless_sent_from_a_page_of_that_session(browser, provider, sent):
+    """A third party cannot send a signed-out browser to the provider's sign-out: without that
+    session's token from this site, such a sign-out goes home as before, and says nothing."""
+    token = signed_out_without_the_answer(browser, provider)
+    data = {"csrf_token": "x" * len(token)} if sent == "another page's token" else {} if sent == "no token" else {"csrf_token": token}
+    headers = {"Origin": "https://evil.example"} if sent == "another origin" else {} if sent == "no origin" else {"Origin": TEST_PUBLIC_URL}
+    again = browser.post("/logout", data, headers=headers, status=303)
+    assert again.location == TEST_PUBLIC_URL + "/"
+    assert not any(v.startswith(f"{COOKIE}-signed-out=1") for k, v in again.headerlist if k == "Set-Cookie")
+
+
+@pytest.mark.parametrize("reason", ["revoked", "revoked_by_admin", "backchannel", "replaced"])
+def test_a_sign_out_of_a_session_ended_otherwise_goes_home(browser, provider, dbsession, reason):
+    """Only a sign-out here ends a session with its answer on the way to the browser; a session
+    ended any other way was never on its way to the provider's sign-out: home, as before."""
+    from sqlalchemy import update
+
+    sign_in(browser, provider)
+    token = csrf_of(browser)
+    dbsession.execute(update(UserSession).values(ended_at=UserSession.created_at, end_reason=reason))
+    dbsession.flush()
+    again = browser.post("/logout", {"csrf_token": token}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert again.location == TEST_PUBLIC_URL + "/"
