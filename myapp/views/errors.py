@@ -9,7 +9,9 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
 from myapp.errors import APIError, ErrorCode, describe_outage, json_error
+from myapp.models import UserSession
 from myapp.request import FormRefused
+from myapp.resources import SessionResource
 from myapp.routes import is_json_request, return_path
 from myapp.security import SAFE_METHODS, JSONCSRFRefused, live_session
 from myapp.services.audit import AuditEventType
@@ -192,8 +194,11 @@ def bad_csrf(exc, request):
         # action for the audit log, as a refused permission is. Nothing the request did is kept.
         request.restart_transaction()
         record_denial(request, "no valid CSRF token" if isinstance(exc, BadCSRFToken) else "sent from another origin")
-    if request.matched_route is not None and request.matched_route.name == "logout" and not is_json_request(request):
-        page = _sign_out_again(request)
+    again = {"logout": _sign_out_again, "account_session_revoke": _revoke_again}.get(
+        request.matched_route.name if request.matched_route is not None else ""
+    )
+    if again is not None and not is_json_request(request):
+        page = again(request)
         if page is not None:
             return page
     return refusal(
@@ -215,6 +220,28 @@ def _sign_out_again(request) -> Response | None:
     response = render_to_response(
         "myapp:templates/sign_out.jinja2",
         {"name": session.user_name, "csrf_token": session.csrf_token},
+        request=request,
+    )
+    response.status_int = 400
+    return response
+
+
+def _revoke_again(request) -> Response | None:
+    """A refused Sign out of one of the person's own sessions, on /account/sessions: usually a list
+    from before the current sign-in (another tab signed out and in again since), whose forms carry
+    the old session's CSRF token. It signs nothing out, as a forged one must not; the page names the
+    session it was about and offers one press that does, a form of the current session. None (the
+    plain refusal) for anyone else's session: an administrator's refused form tells nothing of it."""
+    identity, context = request.identity, getattr(request, "context", None)
+    if identity is None or not isinstance(context, SessionResource) or context.session.user_id != identity.user_id:
+        return None
+    response = render_to_response(
+        "myapp:templates/session_revoke.jinja2",
+        {
+            "session": request.dbsession.get(UserSession, context.session.id),
+            "ended": context.ended,
+            "current": context.session.id == identity.session_id,
+        },
         request=request,
     )
     response.status_int = 400

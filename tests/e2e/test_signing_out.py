@@ -538,3 +538,36 @@ def test_sign_out_pressed_again_after_stop_signs_out_at_the_provider(product, op
     browser.click_link("Return to the application", within="main")
     signed_out_everywhere(browser, product, name)
     assert product.stats()["backchannel_logouts_sent"] == logouts + 1
+
+
+def test_signing_a_session_out_from_a_list_older_than_the_session_is_one_press_away(product, open_browser):
+    """A sessions list left open in one tab while another tab signed in again carries the old
+    session's CSRF token: a session's Sign out there got the 400 "This form has expired" page,
+    which told the person to go back and reload. Still refused (the old token ends nothing), the
+    page now names the session it was about and offers its Sign out with the current session's
+    token: one press, and the list says it was signed out."""
+    laptop = open_browser()
+    name = random_name("mila")
+    phone = open_browser()
+    sign_in(phone, product, name, start="/")
+    (phone_handle,) = [s.handle for s in product.sessions_of(name)]
+    sign_in(laptop, product, name, start="/account/sessions")
+    old_tab = laptop.driver.current_window_handle
+    sign_in_again_in_another_tab(laptop, product, name)
+    live = lambda: sorted(s.handle for s in product.sessions_of(name) if s.ended_at is None)  # noqa: E731
+    before = live()
+    assert phone_handle in before and len(before) == 2
+
+    laptop.driver.switch_to.window(old_tab)
+    card = next(c for c in laptop.find_all("[data-testid=session]") if "This device" not in c.text)
+    laptop.navigate_by(card.find_element("css selector", "button").click)
+    assert laptop.heading() == "Sign out this session?"
+    assert "Chrome on Linux" in laptop.text("[data-testid=revoke-session]")
+    assert name.title() in laptop.text("main")
+    assert accessibility.problems(laptop) == []
+    assert live() == before, "the old token signed a session out"
+    # Its label names the session for screen readers, as on the list.
+    laptop.navigate_by(laptop.find("[data-testid=revoke-again] form button").click)
+    assert laptop.path == "/account/sessions"
+    assert laptop.text("[data-testid=flash]") == "That session was signed out."
+    assert phone_handle not in live() and len(live()) == 1

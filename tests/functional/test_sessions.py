@@ -354,3 +354,80 @@ def test_forget_clears_the_cookie_and_the_identity_and_leaves_ending_to_the_call
     assert headers[0][1].startswith(f"{COOKIE}=;")
     assert request.identity is None
     assert session_store.dead_reason(session_store.find(raw)) is None
+
+
+PHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1"
+
+
+def revoke_denials(dbsession, handle):
+    return dbsession.scalars(select(AuditEvent.detail).where(
+        AuditEvent.event == "access_denied", AuditEvent.detail.contains(f"/account/sessions/{handle}/revoke"))).all()
+
+
+@pytest.mark.parametrize("sent", ["an older session's token", "no token", "another origin"])
+def test_a_refused_revoke_names_the_session_and_offers_a_form_of_the_current_one(
+    browser, alice, sign_in, session_store, dbsession, sent
+):
+    """A Sign out on a sessions list from before the current sign-in carries the old session's
+    token: it was refused with "This form has expired" and "reload the page". Still refused (it
+    ends nothing, and is audited), the page now says which session it was about and offers a Sign
+    out of it with the current session's token, which works."""
+    import re
+
+    phone_raw, phone = session_store.create(user=alice, user_agent=PHONE, ip_address="198.51.100.4")
+    _, older = session_store.create(user=alice)
+    session_store.end(older, "logout")
+    sign_in(browser, alice)
+    data = {"an older session's token": {"csrf_token": older.csrf_token}, "no token": {}}.get(
+        sent, {"csrf_token": browser.csrf_token})
+    headers = {"Origin": "https://evil.example"} if sent == "another origin" else {}
+    page = browser.submit(f"/account/sessions/{phone.handle}/revoke", data, csrf=False, headers=headers, status=400)
+    assert "This form has expired" not in page.text
+    assert '<h1 id="revoke-title">Sign out this session?</h1>' in page.text
+    assert "Safari on iPhone" in page.text and "198.51.100.4" in page.text
+    assert session_store.dead_reason(session_store.find(phone_raw)) is None, "the refused form signed out"
+    assert len(revoke_denials(dbsession, phone.handle)) == 1
+    form = re.search(r'<section class="card message-page".*?</section>', page.text, re.S).group(0)
+    assert f'value="{browser.csrf_token}"' in form and f'action="/account/sessions/{phone.handle}/revoke"' in form
+    assert older.csrf_token not in page.text or sent == "another origin"
+    done = browser.submit(f"/account/sessions/{phone.handle}/revoke", {"csrf_token": browser.csrf_token}, csrf=False, status=303)
+    assert done.location.endswith("/account/sessions?notice=session_revoked")
+    assert session_store.dead_reason(session_store.find(phone_raw)) == "revoked"
+
+
+def test_a_refused_revoke_of_an_ended_session_of_ones_own_says_it_is_signed_out(
+    browser, alice, sign_in, session_store, dbsession
+):
+    """The old list's own "This device" (the session a sign-in again replaced): nothing to offer."""
+    _, older = session_store.create(user=alice, user_agent=PHONE)
+    session_store.end(older, "replaced")
+    sign_in(browser, alice)
+    page = browser.submit(f"/account/sessions/{older.handle}/revoke", {"csrf_token": older.csrf_token}, csrf=False,
+                          status=400)
+    assert '<h1 id="revoke-title">Already signed out</h1>' in page.text and "Safari on iPhone" in page.text
+    assert "/revoke" not in page.text.split('<main')[1]
+    assert len(revoke_denials(dbsession, older.handle)) == 1
+
+
+def test_a_refused_revoke_of_the_current_session_offers_this_device(browser, alice, sign_in):
+    _, row = sign_in(browser, alice)
+    page = browser.submit(f"/account/sessions/{row.handle}/revoke", {"csrf_token": "stale"}, csrf=False, status=400)
+    assert "(this device)" in page.text and "of this device</span>" in page.text
+
+
+def test_a_refused_revoke_never_shows_someone_elses_session(browser, alice, bob, admin, sign_in, session_store, dbsession):
+    """Another person's session is never described: an administrator's refused form (the only
+    one that reaches the CSRF check: the ACL lets it) gets the plain refusal; anyone else the 403
+    or 404 of before, whatever the token."""
+    bob_raw, bobs = session_store.create(user=bob, user_agent=PHONE, ip_address="198.51.100.9")
+    _, ended = session_store.create(user=bob, user_agent=PHONE)
+    session_store.end(ended, "logout")
+    sign_in(browser, admin)
+    page = browser.submit(f"/account/sessions/{bobs.handle}/revoke", {"csrf_token": "stale"}, csrf=False, status=400)
+    assert "This form has expired" in page.text
+    assert "iPhone" not in page.text and "198.51.100.9" not in page.text and "revoke-title" not in page.text
+    sign_in(browser, alice)
+    browser.submit(f"/account/sessions/{bobs.handle}/revoke", {"csrf_token": "stale"}, csrf=False, status=403)
+    browser.submit(f"/account/sessions/{ended.handle}/revoke", {"csrf_token": "stale"}, csrf=False, status=404)
+    browser.submit("/account/sessions/no-such-handle/revoke", {"csrf_token": "stale"}, csrf=False, status=404)
+    assert session_store.dead_reason(session_store.find(bob_raw)) is None
