@@ -74,21 +74,6 @@ class PostResource:
         ]
 
 
-class MissingPost:
-    """What a signed-in person's Delete finds when there is no post with that id: deleted already
-    (the first of two presses, Stop pressed between them; another tab; its owner or an
-    administrator), or never made. There is nothing left to delete, so the deletion anyone signed
-    in asks for is done: its answer says no more than /posts/{id} tells every one of them (that no
-    post is there now), and never whether one was, or whose (docs/architecture.md)."""
-
-    __acl__ = [(Allow, Authenticated, Permission.DELETE)]
-
-    def __init__(self, post_id: int, parent: Root):
-        self.post_id = post_id
-        self.__name__ = str(post_id)
-        self.__parent__ = parent
-
-
 class SessionResource:
     """One of a user's sessions, named by its non-secret handle."""
 
@@ -142,11 +127,8 @@ def post_collection_factory(request):
 
 
 def post_factory(request):
-    post_id = _int_id(request)
-    post = request.dbsession.get(Post, post_id)
+    post = request.dbsession.get(Post, _int_id(request))
     if post is None:
-        if request.identity is not None and request.method == "POST" and request.matched_route.name == "post_delete":
-            return MissingPost(post_id, Root(request))
         raise _not_found(request)
     return PostResource(post, Root(request))
 

@@ -11,7 +11,6 @@ NOTICES = {
     "post_created": "Your post was published.",
     "post_updated": "Your changes were saved.",
     "post_deleted": "The post was deleted.",
-    "post_already_deleted": "That post had already been deleted.",
     "session_revoked": "That session was signed out.",
     "others_revoked": "You were signed out everywhere else.",
     "user_sessions_revoked": "Every session of that user was ended.",

@@ -180,6 +180,15 @@ def not_found(exc, request):
         if allow is not None:
             response.headers["Allow"] = allow
         return response
+    if (request.method == "POST" and request.matched_route is not None
+            and request.matched_route.name == "post_delete" and not is_json_request(request)):
+        # "Delete post" pressed again after Stop, the first press having deleted it: still 404
+        # (SPEC.md), in words that fit. The same for every id with no post, so it tells nothing
+        # GET /posts/{id}'s 404 does not; and before the CSRF check, as every missing row's 404.
+        return error_page(
+            request, 404, "No post here", "There is no post here. It may already have been deleted.",
+            retry_url=request.route_path("posts"), retry_label="Go to the posts",
+        )
     return refusal(
         request, 404, ErrorCode.UNKNOWN_UPSTREAM, "There is no API at this address.", title="Page not found",
         page="There is nothing at this address. It may have been deleted.",

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from myapp.models import Post, User
 from myapp.models.user import display_name
-from myapp.resources import MissingPost, Permission
+from myapp.resources import Permission
 from myapp.services.audit import AuditEventType
 
 PAGE_SIZE = 20
@@ -213,13 +213,6 @@ def update_post(request):
     request.dbsession.flush()
     _audit_someone_elses(request, post, AuditEventType.POST_EDITED_BY_ADMIN)
     return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_updated"}))
-
-
-@view_config(route_name="post_delete", request_method="POST", permission=Permission.DELETE, context=MissingPost)
-def delete_missing_post(request):
-    """Nothing to delete (MissingPost): the list says so, as a 404 would have, in the words of the
-    person who pressed Delete a second time."""
-    return HTTPSeeOther(request.route_path("posts", _query={"notice": "post_already_deleted"}))
 
 
 @view_config(route_name="post_delete", request_method="POST", permission=Permission.DELETE)
