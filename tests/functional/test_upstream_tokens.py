@@ -708,6 +708,14 @@ def test_the_same_refresh_token_answered_again_is_revoked_once(app, signed_in, u
     assert queued_for_revocation(dbsession, browser) == {"rt-1", "rt-exchanged"}
 
 
+def queued_at_the_end(signed_in, browser, dbsession) -> list[str]:
+    """End the session, then every token queued for revocation, in clear, duplicates kept."""
+    signed_in.store.end(browser.session_row, EndReason.REVOKED)
+    dbsession.commit()
+    cipher = browser.app.registry[Services].cipher
+    return sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+
+
 def test_a_refresh_token_a_refused_exchange_answer_repeats_is_revoked_once(
     app, signed_in, upstream, provider, dbsession
 ):
@@ -725,10 +733,7 @@ def test_a_refresh_token_a_refused_exchange_answer_repeats_is_revoked_once(
         dbsession.commit()
         upstream.refuse_tokens.add(token_seen(upstream))
         api(browser, "GET", "/api/swap/x", status=503)
-    signed_in.store.end(browser.session_row, EndReason.REVOKED)
-    dbsession.commit()
-    cipher = browser.app.registry[Services].cipher
-    queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+    queued = queued_at_the_end(signed_in, browser, dbsession)
     assert queued == ["rt-1", "rt-exchanged"]
 
 
@@ -745,10 +750,7 @@ def test_a_refresh_token_kept_from_a_refused_exchange_answer_then_used_is_revoke
     api(browser, "GET", "/api/swap/x", status=503)
     provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged")
     api(browser, "GET", "/api/swap/x", status=200)
-    signed_in.store.end(browser.session_row, EndReason.REVOKED)
-    dbsession.commit()
-    cipher = browser.app.registry[Services].cipher
-    queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+    queued = queued_at_the_end(signed_in, browser, dbsession)
     assert queued == ["rt-1", "rt-exchanged"]
 
 
@@ -784,8 +786,5 @@ def test_a_refresh_token_two_upstreams_were_answered_with_is_revoked_once(app, s
         )
     rows.dbsession.commit()
     assert rows.upstream_token(browser.session_row.id, "aud").access_token == "at-aud"
-    signed_in.store.end(browser.session_row, EndReason.REVOKED)
-    dbsession.commit()
-    cipher = browser.app.registry[Services].cipher
-    queued = sorted(cipher.decrypt(token) for token in dbsession.scalars(select(TokenRevocation.token)))
+    queued = queued_at_the_end(signed_in, browser, dbsession)
     assert queued == ["at-aud", "rt-1", "rt-exchanged"]
