@@ -55,6 +55,13 @@ def token_seen(upstream, index=-1) -> str:
     return upstream.seen[index]["headers"]["authorization"].removeprefix("Bearer ")
 
 
+def refuse_the_token_minted_a_minute_ago(upstream, dbsession) -> None:
+    """The upstream refuses the token it last saw, minted a minute ago: the next call gets another."""
+    upstream.refuse_tokens.add(token_seen(upstream))
+    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
+    dbsession.commit()
+
+
 def token_requests(provider):
     return [dict(form) for form in provider.token_forms]
 
@@ -408,9 +415,7 @@ def test_a_refresh_token_an_exchange_answers_with_is_stored_encrypted_and_revoke
     # one is kept, and so is the new access token, which it need not cover (another grant, at a
     # provider that makes each exchange one of its own).
     provider.token_response = exchange_answering(provider)
-    upstream.refuse_tokens.add(token_seen(upstream))
-    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
-    dbsession.commit()
+    refuse_the_token_minted_a_minute_ago(upstream, dbsession)
     api(browser, "GET", "/api/swap/x", status=200)
     assert len([f for f in token_requests(provider) if "subject_token" in f]) == 2
     dbsession.commit()
@@ -665,9 +670,7 @@ def test_a_refresh_token_an_exchange_replaced_is_revoked_with_the_session(
     browser = signed_in(app=app)
     api(browser, "GET", "/api/swap/x", status=200)
     # Its token refused a minute after it was minted: exchanged again.
-    upstream.refuse_tokens.add(token_seen(upstream))
-    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
-    dbsession.commit()
+    refuse_the_token_minted_a_minute_ago(upstream, dbsession)
     if second == "used":
         provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged-2")
         api(browser, "GET", "/api/swap/x", status=200)
@@ -696,9 +699,7 @@ def test_the_same_refresh_token_answered_again_is_revoked_once(app, signed_in, u
     provider.token_response = exchange_answering(provider, refresh_token="rt-exchanged")
     browser = signed_in(app=app)
     api(browser, "GET", "/api/swap/x", status=200)
-    upstream.refuse_tokens.add(token_seen(upstream))
-    dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
-    dbsession.commit()
+    refuse_the_token_minted_a_minute_ago(upstream, dbsession)
     api(browser, "GET", "/api/swap/x", status=200)
     signed_in.store.end(browser.session_row, EndReason.REVOKED)
     dbsession.commit()
@@ -729,9 +730,7 @@ def test_a_refresh_token_a_refused_exchange_answer_repeats_is_revoked_once(
         (200, {"refresh_token": "rt-exchanged"}) if "subject_token" in form else provider.issue_tokens(form, form)
     )
     for _ in range(2):
-        dbsession.execute(update(SessionToken).values(refreshed_at=utcnow() - timedelta(minutes=1)))
-        dbsession.commit()
-        upstream.refuse_tokens.add(token_seen(upstream))
+        refuse_the_token_minted_a_minute_ago(upstream, dbsession)
         api(browser, "GET", "/api/swap/x", status=503)
     queued = queued_at_the_end(signed_in, browser, dbsession)
     assert queued == ["rt-1", "rt-exchanged"]
