@@ -61,10 +61,11 @@ def same_provider_session(issuer: str, sid: str | None, other_issuer: str, other
 
 
 def idle_after(idle_timeout: timedelta) -> timedelta:
-    """How long after its recorded use (``last_seen_at``) a session is idle: the idle timeout from
-    its last use, which may be up to ``TOUCH_INTERVAL`` later than recorded (a use within a minute
-    of the recorded one is not written). A session in use never ends as idle; an unused one ends
-    between ``idle_timeout`` and a minute more after its last use."""
+    """How long after its recorded use (``last_seen_at``) a session is idle when nothing else is
+    known of it: the idle timeout from its last use, which may be up to ``TOUCH_INTERVAL`` later
+    than recorded (a use within a minute of the recorded one is not written). So a session in use
+    never ends as idle, and an unused one ends between ``idle_timeout`` and a minute more after its
+    last use. A process that served the session's last use knows better (SessionStore.idle_at)."""
     return idle_timeout + TOUCH_INTERVAL
 
 
@@ -649,13 +650,27 @@ def unreachable_sessions(reader, *, limit: int = 500, ending: Collection[int] = 
     return found + ([Unreachable(or_(*left_to_expire), revoke=False)] if left_to_expire else [])
 
 
+class LastUse(NamedTuple):
+    """A session's last use in this process: the ``last_seen_at`` that request read, the one it
+    left (the same, or the time it wrote), and when it was."""
+
+    read: datetime
+    left: datetime
+    at: datetime
+
+
 class RecentTouches:
-    """The sessions this process recorded activity for in the last ``TOUCH_INTERVAL``.
+    """The sessions this process recorded activity for in the last ``TOUCH_INTERVAL``, and when it
+    last served each (``LastUse``).
 
     Requests of one session that arrive together (a page's parallel API calls, once its
     ``last_seen_at`` is a minute old) each read the same old time; without this, each would write
     it, one after another on the row's lock. With it, one does and the others take its time. Only
     writes are skipped: every request still reads the session row and checks it.
+
+    The last uses let a session end as idle exactly ``idle_timeout`` after its last use here,
+    where the row alone leaves a minute's doubt (``idle_after``). They can only bring an idle end
+    sooner, never put one off: forgetting one (a restart, the limit) is the minute's doubt again.
     """
 
     LIMIT = 10_000
@@ -664,6 +679,15 @@ class RecentTouches:
         self._lock = threading.Lock()
         # By the session's handle: random, never reused, unlike a row id.
         self._at: dict[str, datetime] = {}
+        # Read and written without the lock: one dict operation each, and the GIL orders them.
+        self._used: dict[str, LastUse] = {}
+        # The session's LastUse here, by handle, else None (the dict's own get: every request asks).
+        self.last_use: Callable[[str], LastUse | None] = self._used.get
+
+    def used(self, handle: str, use: LastUse) -> None:
+        if len(self._used) >= self.LIMIT:  # forgetting one leaves its session the minute's doubt
+            self._used.clear()
+        self._used[handle] = use
 
     def claim(self, handle: str, now: datetime) -> datetime | None:
         """None: the caller records it (at ``now``). Else when another request of this process did."""
@@ -759,7 +783,10 @@ class SessionStore:
             ).returning(_SESSIONS.id)
         ).scalar_one()
         row = self.dbsession.execute(_BY_ID, {"session_id": session_id}).mappings().one()
-        return raw_id, SessionRecord.from_columns(row)
+        record = SessionRecord.from_columns(row)
+        if self.recent_touches is not None:  # signing in is its first use
+            self.recent_touches.used(record.handle, LastUse(record.last_seen_at, record.last_seen_at, now))
+        return raw_id, record
 
     def find(self, raw_id: str | None) -> SessionRecord | None:
         """The session named by a cookie value, live or not; None for garbage or an unknown id."""
@@ -775,8 +802,26 @@ class SessionStore:
         row = self.dbsession.execute(_BY_HANDLE, {"handle": handle}).mappings().one_or_none()
         return None if row is None else SessionRecord.from_columns(row)
 
+    def idle_at(self, session: SessionRecord) -> datetime:
+        """When ``session`` is idle: ``idle_timeout`` after its last use.
+
+        Uses within a minute of the recorded one are not written, so from the row alone that is a
+        minute after the timeout (``idle_after``): never while in use, at most a minute late. When
+        this process served its last use and the row is as that request left it, the timeout runs
+        from that use, exactly. A row set back since (by an operator, or a read from before
+        another process's write) is taken as it is; one written since by another process, whose
+        later uses this one does not know, has the minute's doubt again.
+        """
+        recorded = session.last_seen_at
+        last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
+        if last is None or recorded > last.left:
+            return recorded + self.idle_after
+        if recorded < last.read:
+            return recorded + self.settings.idle_timeout
+        return (last.at if last.at > recorded else recorded) + self.settings.idle_timeout
+
     def idle_expires_at(self, session: SessionRecord) -> datetime:
-        return min(session.last_seen_at + self.idle_after, session.expires_at)
+        return min(self.idle_at(session), session.expires_at)
 
     def dead_reason(self, session: SessionRecord) -> EndReason | str | None:
         """None while the session is live, else why it is not."""
@@ -786,7 +831,7 @@ class SessionStore:
         now = self.clock()
         if now >= session.expires_at:
             return EndReason.EXPIRED
-        if now >= session.last_seen_at + self.idle_after:
+        if now >= self.idle_at(session):
             return EndReason.IDLE
         if session.user_disabled:
             return EndReason.REVOKED
@@ -799,12 +844,15 @@ class SessionStore:
         holds no lock on the row, which a token refresh later in the same request must lock.
         """
         now = self.clock()
-        if now - session.last_seen_at < TOUCH_INTERVAL:
-            return session
         recent = self.recent_touches
+        if now - session.last_seen_at < TOUCH_INTERVAL:
+            if recent is not None:
+                recent.used(session.handle, LastUse(session.last_seen_at, session.last_seen_at, now))
+            return session
         if recent is not None:
             touched_at = recent.claim(session.handle, now)
             if touched_at is not None:  # another request of this process is recording it
+                recent.used(session.handle, LastUse(session.last_seen_at, touched_at, now))
                 return replace(session, last_seen_at=touched_at)
         # Only if no process wrote it in the last minute meanwhile: processes that read the same
         # minute-old time write it once between them (PostgreSQL re-checks the condition once the
@@ -824,6 +872,8 @@ class SessionStore:
             if recent is not None:
                 recent.release(session.handle)
             raise
+        if recent is not None:
+            recent.used(session.handle, LastUse(session.last_seen_at, now, now))
         return replace(session, last_seen_at=now)
 
     def end(self, session: SessionRecord, reason: EndReason, *, revoke: bool = True) -> bool:

@@ -1,11 +1,12 @@
 """The session cookie: what authenticates, what does not, and how sessions end."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
 
 from myapp.models import AuditEvent, UserSession
+from myapp.models.meta import utcnow
 from myapp.services.sessions import hash_session_id
 from tests.functional.conftest import COOKIE
 
@@ -128,15 +129,28 @@ def backdate(dbsession, row, **fields):
 
 
 def test_idle_timeout(browser, alice, sign_in, dbsession, app_settings):
+    """A session whose last use was just over idle_timeout ago (its row set back, as an operator
+    or a check would) is idle on the next request, without a minute more: this process served
+    its uses, so the row's time is not in doubt. Just short of it, it is live."""
     _, row = sign_in(browser, alice)
     idle = timedelta(days=7)
     backdate(dbsession, row, last_seen_at=row.last_seen_at - idle + timedelta(minutes=5))
     assert "Alice" in browser.get("/").text
-    # A use within a minute of the recorded one is not written: a minute more before it is idle.
-    backdate(dbsession, row, last_seen_at=row.last_seen_at - idle - timedelta(seconds=59))
+    backdate(dbsession, row, last_seen_at=utcnow() - idle + timedelta(seconds=30))
     assert "Alice" in browser.get("/").text
-    backdate(dbsession, row, last_seen_at=row.last_seen_at - idle - timedelta(minutes=1, seconds=1))
+    backdate(dbsession, row, last_seen_at=utcnow() - idle - timedelta(seconds=1))
     assert "reason=idle" in browser.get("/posts", status=303).location
+
+
+def test_idle_expires_at_is_a_timeout_after_this_request(browser, alice, sign_in):
+    """/auth/user's idle_expires_at, right after a use: idle_timeout from now (7d here), not a
+    minute more, though that use was not written (it came within a minute of signing in)."""
+    sign_in(browser, alice)
+    before = utcnow()
+    session = browser.get("/auth/user", headers={"X-CSRF": "1"}).json["session"]
+    after = utcnow()
+    idle_expires_at = datetime.fromisoformat(session["idle_expires_at"])
+    assert before + timedelta(days=7) <= idle_expires_at <= after + timedelta(days=7)
 
 
 def test_absolute_timeout(browser, alice, sign_in, dbsession):

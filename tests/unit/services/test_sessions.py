@@ -6,10 +6,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
 from myapp.models import TokenRevocation, User, UserSession
-from myapp.services.sessions import EndReason, RecentTouches, SessionStore, UpstreamToken, hash_session_id, stored_sid
+from myapp.services.sessions import (
+    EndReason,
+    LastUse,
+    RecentTouches,
+    SessionStore,
+    UpstreamToken,
+    hash_session_id,
+    stored_sid,
+)
 from myapp.services.tokenset import TokenCipher, TokenSet
 from myapp.settings import SessionSettings
 
@@ -422,3 +430,114 @@ def test_a_sid_is_kept_as_it_is_up_to_its_columns_length_and_as_a_digest_beyond(
     assert longer.startswith("sha256:") and len(longer) <= 255
     assert longer == stored_sid("s" * 256) != stored_sid("s" * 255 + "t")
     assert stored_sid("") is None and stored_sid(None) is None and stored_sid(7) is None
+
+
+def minute_timeout_store(dbsession, cipher, clock, touches=None):
+    return SessionStore(
+        dbsession=dbsession, cipher=cipher, settings=replace(SETTINGS, idle_timeout=timedelta(minutes=1)), clock=clock,
+        recent_touches=RecentTouches() if touches is None else touches,
+    )
+
+
+def test_a_session_unused_here_is_idle_a_timeout_after_its_last_use(dbsession, cipher, clock, user):
+    """At the shortest idle timeout, a minute: signed in and never used again, a session is idle a
+    minute later, not two; used 30 s after, a minute after that use. The process served both."""
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.advance(seconds=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=30)
+    used = store.touch(store.find(raw_id))
+    assert store.idle_expires_at(used) == clock.now + timedelta(minutes=1)
+    clock.advance(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.advance(seconds=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_session_used_every_20_s_here_stays_live_and_ends_a_timeout_after_its_last_use(dbsession, cipher, clock, user):
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = store.create(user=user)
+    for _ in range(13):
+        clock.advance(seconds=20)
+        session = store.find(raw_id)
+        assert store.dead_reason(session) is None
+        store.touch(session)
+    last_use = clock.now
+    assert store.find(raw_id).last_seen_at < last_use  # that use was not written
+    clock.now = last_use + timedelta(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.now = last_use + timedelta(minutes=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_process_that_did_not_serve_the_last_use_allows_the_minute(dbsession, cipher, clock, user):
+    """Another process (or this one restarted) does not know of uses that were not written: from
+    the row alone the session is idle a minute after the timeout, never while it may be in use."""
+    here = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = here.create(user=user)
+    clock.advance(seconds=50)
+    here.touch(here.find(raw_id))  # not written: within the minute
+    elsewhere = minute_timeout_store(dbsession, cipher, clock)
+    clock.advance(seconds=69)
+    assert elsewhere.dead_reason(elsewhere.find(raw_id)) is None
+    assert elsewhere.idle_expires_at(elsewhere.find(raw_id)) == clock.now + timedelta(seconds=1)
+    clock.advance(seconds=1)
+    assert elsewhere.dead_reason(elsewhere.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_row_written_by_another_process_since_allows_the_minute(dbsession, cipher, clock, user):
+    """This process served a use, then another process wrote a later one: that process's uses
+    after its write are unknown here, so the minute's doubt is back."""
+    here = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = here.create(user=user)
+    clock.advance(seconds=10)
+    here.touch(here.find(raw_id))
+    elsewhere = minute_timeout_store(dbsession, cipher, clock)
+    clock.advance(seconds=60)
+    written = elsewhere.touch(elsewhere.find(raw_id)).last_seen_at
+    assert written == clock.now
+    clock.now = written + timedelta(seconds=119)
+    assert here.dead_reason(here.find(raw_id)) is None
+    clock.now = written + timedelta(minutes=2)
+    assert here.dead_reason(here.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_row_set_back_is_taken_as_it_is(dbsession, cipher, clock, user):
+    """A last_seen_at earlier than the one this process last read was set back (an operator ending
+    a session as idle, or a check): idle by the row, at once, whatever this process saw."""
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, row = store.create(user=user)
+    clock.advance(seconds=30)
+    store.touch(store.find(raw_id))
+    dbsession.execute(
+        update(UserSession).where(UserSession.id == row.id).values(last_seen_at=clock.now - timedelta(seconds=61))
+    )
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_read_from_before_this_process_wrote_is_not_idle(dbsession, cipher, clock, user):
+    """Two requests at once: one writes the session's use, the other read the row just before.
+    The older time it read is the one the writer replaced, not a row set back."""
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=50)
+    store.touch(store.find(raw_id))
+    clock.advance(seconds=15)
+    stale = store.find(raw_id)  # the first request's read
+    assert store.touch(store.find(raw_id)).last_seen_at == clock.now  # the second request writes
+    assert store.dead_reason(stale) is None  # the first, checked now: its use 15 s ago counts
+    assert stale.last_seen_at + timedelta(minutes=1) <= clock.now
+
+
+def test_last_uses_stay_bounded(clock):
+    touches = RecentTouches()
+    touches.LIMIT = 4
+    for n in range(10):
+        touches.used(f"handle-{n}", LastUse(clock.now, clock.now, clock.now))
+    assert len(touches._used) <= 4
+    assert touches.last_use("handle-9") is not None and touches.last_use("handle-0") is None
