@@ -17,6 +17,7 @@ import contextlib
 import cProfile
 import io
 import pstats
+import resource
 import socket
 import statistics
 import sys
@@ -153,8 +154,10 @@ def signed_in_app(
         yield app, signed_in, bare, environ_for("/ping", {"Authorization": f"Bearer {token}"})
 
 
-def concurrent_cpu_per_call(app, template: dict, threads: int, seconds: float = 4.0) -> float:
-    """Process CPU µs per call while ``threads`` threads call ``app`` for ``seconds``."""
+def concurrent_cpu_per_call(app, template: dict, threads: int, seconds: float = 4.0) -> tuple[float, float]:
+    """Process CPU µs per call while ``threads`` threads call ``app`` for ``seconds``, and the
+    threads' voluntary context switches per call: a thread that lets the GIL go (in a driver's
+    call, a socket's) waits for it to come back, and with other threads running that is a switch."""
     done, until = [], time.monotonic() + seconds
 
     def loop():
@@ -165,12 +168,14 @@ def concurrent_cpu_per_call(app, template: dict, threads: int, seconds: float = 
         done.append(calls)
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
-    started = time.process_time()
+    started, switched = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return (time.process_time() - started) / sum(done) * 1e6
+    calls = sum(done)
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switched
+    return (time.process_time() - started) / calls * 1e6, switches / calls
 
 
 def python_calls(app, template: dict, calls: int = 100) -> int:
@@ -223,8 +228,10 @@ def main():
             for _ in range(3):  # interleaved; the best of three
                 b.append(concurrent_cpu_per_call(app, signed_in, args.threads))
                 n.append(concurrent_cpu_per_call(bare, bare_call, args.threads))
-            print(f"{args.threads} threads at once, process CPU per call (best of 3):")
-            print(f"B {args.path}: {min(b):7.0f} us   N /ping: {min(n):7.0f} us   B - N: {min(b) - min(n):7.0f} us")
+            (b_cpu, b_switches), (n_cpu, n_switches) = min(b), min(n)
+            print(f"{args.threads} threads at once, process CPU per call (best of 3), voluntary context switches per call:")
+            print(f"B {args.path}: {b_cpu:7.0f} us, {b_switches:.1f}   N /ping: {n_cpu:7.0f} us, {n_switches:.1f}   "
+                  f"B - N: {b_cpu - n_cpu:7.0f} us")
             return
         # Interleaved, so that whatever else the machine does weighs on both alike.
         b, n = [], []
