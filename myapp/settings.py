@@ -373,6 +373,8 @@ class _Reader:
         self.environ = environ
         self.known: set[str] = set()
         self.problems: list[str] = []
+        # What each env:/file: reference read: a problem names the reference, never the value.
+        self._read_from: dict[str, str] = {}
 
     def problem(self, message: str) -> None:
         self.problems.append(message)
@@ -380,7 +382,10 @@ class _Reader:
     def _get(self, name, default):
         value = self.raw.get(name)
         if isinstance(value, str):
-            value = resolve(name, value.strip(), self.environ).strip()
+            reference = value.strip()
+            value = resolve(name, reference, self.environ).strip()
+            if value and reference.startswith(("env:", "file:")):
+                self._read_from[reference] = value
         if value is None or value == "":
             if default is _REQUIRED:
                 raise SettingsError(f"{name}: required setting is missing")
@@ -390,6 +395,20 @@ class _Reader:
     @_reports(_SAME)
     def string(self, name, default=_REQUIRED):
         return self._get(name, default)
+
+    def reported(self) -> list[str]:
+        """The problems, each without any value an ``env:``/``file:`` reference read: such a
+        value may be a secret named in the wrong setting (``issuer = file:/run/secrets/...``),
+        and the problems go to the log. It is spelled as where it came from instead."""
+        problems = self.problems
+        for reference, value in self._read_from.items():
+            pieces = {value, *(line.strip() for line in value.splitlines())}
+            # Longest first, as written and as repr() escapes it; a piece too short to be a
+            # secret is left, so that the words of a message stay whole.
+            for piece in sorted((p for p in pieces if len(p) >= 8), key=len, reverse=True):
+                for spelling in (piece, repr(piece)[1:-1]):
+                    problems = [problem.replace(spelling, f"the value of {reference}") for problem in problems]
+        return problems
 
     @_reports(_SAME)
     def boolean(self, name, default):
@@ -1061,7 +1080,7 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
         _refuse_in_production(reader, settings)
     _refuse_unknown_keys(reader)
     if reader.problems:
-        raise SettingsError(reader.problems)
+        raise SettingsError(reader.reported())
     return settings
 
 

@@ -1112,3 +1112,25 @@ def test_an_empty_value_means_the_default():
     assert settings.metrics.allow == ("127.0.0.1", "::1") and settings.providers["default"].fetch_userinfo is True
     from_env = load_settings(raw(myapp__login__rate_limit="env:EMPTY"), environ={"EMPTY": ""})
     assert from_env.login_rate_limit == 300
+
+
+SECRET = "correct-horse-battery-staple-4711"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [SECRET, f"it's a \\ {SECRET}", f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"],
+    ids=["plain", "quote and backslash", "pem"],
+)
+def test_a_value_read_from_a_file_or_the_environment_is_not_echoed_in_an_error(tmp_path, content):
+    """A secret's file or variable named by mistake in another setting (issuer = file:/run/secrets/
+    client_secret): the one-line error goes to the log, so it names where the value came from, not
+    the value."""
+    path = tmp_path / "client_secret"
+    path.write_text(content + "\n")
+    for reference, environ in ((f"file:{path}", {}), ("env:CLIENT_SECRET", {"CLIENT_SECRET": content})):
+        for setting in ("myapp__oidc__issuer", "myapp__session__idle_timeout", "myapp__session__cookie_samesite"):
+            message = error_for(environ, **{setting: reference})
+            assert message.startswith(setting.replace("__", ".") + ":")
+            assert SECRET not in message and "PRIVATE KEY" not in message, message
+            assert f"the value of {reference}" in message, message
