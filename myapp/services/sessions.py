@@ -808,9 +808,10 @@ class SessionStore:
         Uses within a minute of the recorded one are not written, so from the row alone that is a
         minute after the timeout (``idle_after``): never while in use, at most a minute late. When
         this process served its last use and the row is as that request left it, the timeout runs
-        from that use, exactly. A row set back since (by an operator, or a read from before
-        another process's write) is taken as it is; one written since by another process, whose
-        later uses this one does not know, has the minute's doubt again.
+        from that use, exactly. A row earlier than that request read was set back since (by an
+        operator, a check), or read before a write that request saw (``dead_reason`` reads it
+        again): as it is; one written since by another process, whose later uses this one does
+        not know, has the minute's doubt again.
         """
         recorded = session.last_seen_at
         last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
@@ -820,11 +821,21 @@ class SessionStore:
             return recorded + self.settings.idle_timeout
         return (last.at if last.at > recorded else recorded) + self.settings.idle_timeout
 
+    def _read_before_a_later_use(self, session: SessionRecord) -> bool:
+        last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
+        return last is not None and session.last_seen_at < last.read
+
     def idle_expires_at(self, session: SessionRecord) -> datetime:
         return min(self.idle_at(session), session.expires_at)
 
-    def dead_reason(self, session: SessionRecord) -> EndReason | str | None:
-        """None while the session is live, else why it is not."""
+    def dead_reason(self, session: SessionRecord, *, read_again: bool = True) -> EndReason | str | None:
+        """None while the session is live, else why it is not.
+
+        A ``last_seen_at`` earlier than this process's last use of the session read is either a
+        row set back, or a read from before a write that a later request of the session saw (a
+        page's parallel calls: one writes, one read before, one after). Ending the session then
+        would end one in use, so the row is read once more, and judged as it is now.
+        """
         if session.ended_at is not None:
             # A reason this version does not know (written by a newer one) is passed on as it is.
             return session.end_reason or EndReason.LOGOUT
@@ -832,6 +843,10 @@ class SessionStore:
         if now >= session.expires_at:
             return EndReason.EXPIRED
         if now >= self.idle_at(session):
+            if read_again and self._read_before_a_later_use(session):
+                row = self.read_row(_BY_ID, {"session_id": session.id})
+                if row is not None:
+                    return self.dead_reason(SessionRecord.from_columns(row), read_again=False)
             return EndReason.IDLE
         if session.user_disabled:
             return EndReason.REVOKED

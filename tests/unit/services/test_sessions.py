@@ -541,3 +541,31 @@ def test_last_uses_stay_bounded(clock):
         touches.used(f"handle-{n}", LastUse(clock.now, clock.now, clock.now))
     assert len(touches._used) <= 4
     assert touches.last_use("handle-9") is not None and touches.last_use("handle-0") is None
+
+
+def test_a_read_from_before_a_write_checked_after_a_later_use_is_not_idle(dbsession, cipher, clock, user):
+    """Three requests of a page at once, once last_seen_at is a minute old: two read the old time,
+    one of them writes the use, and the third, read after that write, is served before the other
+    reader is checked. That reader's old time is the one the write replaced, not a row set back:
+    the session was used just now, so it is live. The same when the write was another process's."""
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=50)
+    store.touch(store.find(raw_id))  # not written: within the minute
+    clock.advance(seconds=15)
+    stale = store.find(raw_id)  # the second request's read, before the write
+    assert store.touch(store.find(raw_id)).last_seen_at == clock.now  # the first request writes
+    store.touch(store.find(raw_id))  # the third, read after the write
+    assert store.dead_reason(stale) is None
+    assert store.dead_reason(store.touch(stale)) is None
+
+    here = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = here.create(user=user)
+    clock.advance(seconds=50)
+    here.touch(here.find(raw_id))
+    clock.advance(seconds=15)
+    stale = here.find(raw_id)
+    elsewhere = minute_timeout_store(dbsession, cipher, clock)
+    assert elsewhere.touch(elsewhere.find(raw_id)).last_seen_at == clock.now  # another process writes
+    here.touch(here.find(raw_id))  # a request here, read after that write
+    assert here.dead_reason(stale) is None
