@@ -569,3 +569,32 @@ def test_a_read_from_before_a_write_checked_after_a_later_use_is_not_idle(dbsess
     assert elsewhere.touch(elsewhere.find(raw_id)).last_seen_at == clock.now  # another process writes
     here.touch(here.find(raw_id))  # a request here, read after that write
     assert here.dead_reason(stale) is None
+
+
+def test_a_use_that_wrote_or_took_another_requests_write_is_the_last_use(dbsession, cipher, clock, user):
+    """The last use is remembered whichever way a request records it. One that wrote last_seen_at:
+    idle a timeout after it, not a minute more. One that took the time another request of this
+    process is writing (that write still under way, then failed): its own use counts, not the
+    one before."""
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=60)
+    written = store.touch(store.find(raw_id))
+    assert written.last_seen_at == clock.now == store.find(raw_id).last_seen_at
+    assert store.idle_expires_at(written) == clock.now + timedelta(minutes=1)
+    clock.advance(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.advance(seconds=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+    raw_id, created = store.create(user=user)
+    clock.advance(seconds=60)
+    assert store.recent_touches.claim(created.handle, clock.now) is None  # a request is writing it
+    clock.advance(seconds=20)
+    taken = store.touch(store.find(raw_id))  # read before that write: takes its time
+    assert store.find(raw_id).last_seen_at == created.last_seen_at < taken.last_seen_at
+    store.recent_touches.release(created.handle)  # that write failed
+    clock.advance(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.advance(seconds=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
