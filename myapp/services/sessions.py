@@ -813,20 +813,20 @@ class SessionStore:
         again): as it is; one written since by another process, whose later uses this one does
         not know, has the minute's doubt again.
         """
-        recorded = session.last_seen_at
         last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
+        return self._idle_at(session, last)
+
+    def _idle_at(self, session: SessionRecord, last: LastUse | None) -> datetime:
+        recorded = session.last_seen_at
         if last is None or recorded > last.left:
             return recorded + self.idle_after
         if recorded < last.read:
             return recorded + self.settings.idle_timeout
         return (last.at if last.at > recorded else recorded) + self.settings.idle_timeout
 
-    def _read_before_a_later_use(self, session: SessionRecord) -> bool:
-        last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
-        return last is not None and session.last_seen_at < last.read
-
     def idle_expires_at(self, session: SessionRecord) -> datetime:
-        return min(self.idle_at(session), session.expires_at)
+        last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
+        return min(self._idle_at(session, last), session.expires_at)
 
     def dead_reason(self, session: SessionRecord, *, read_again: bool = True) -> EndReason | str | None:
         """None while the session is live, else why it is not.
@@ -842,8 +842,10 @@ class SessionStore:
         now = self.clock()
         if now >= session.expires_at:
             return EndReason.EXPIRED
-        if now >= self.idle_at(session):
-            if read_again and self._read_before_a_later_use(session):
+        # One look at the last use for the whole check: another thread may replace or forget it.
+        last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
+        if now >= self._idle_at(session, last):
+            if read_again and last is not None and session.last_seen_at < last.read:
                 row = self.read_row(_BY_ID, {"session_id": session.id})
                 if row is not None:
                     return self.dead_reason(SessionRecord.from_columns(row), read_again=False)

@@ -598,3 +598,26 @@ def test_a_use_that_wrote_or_took_another_requests_write_is_the_last_use(dbsessi
     assert store.dead_reason(store.find(raw_id)) is None
     clock.advance(seconds=1)
     assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
+
+
+def test_a_read_from_before_a_write_is_not_idle_while_the_last_uses_are_forgotten(dbsession, cipher, clock, user):
+    """As above, with the last uses forgotten (RecentTouches.LIMIT reached, another thread's
+    clear()) in the middle of the check: the check goes by one look at the last use, and a stale
+    read is read again even when the last use is gone by the time it is ended."""
+    store = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=50)
+    store.touch(store.find(raw_id))
+    clock.advance(seconds=15)
+    stale = store.find(raw_id)
+    store.touch(store.find(raw_id))  # writes
+    store.touch(store.find(raw_id))  # read after the write
+    touches = store.recent_touches
+
+    def last_use_then_forget(handle):
+        found = touches._used.get(handle)
+        touches._used.clear()
+        return found
+
+    touches.last_use = last_use_then_forget
+    assert store.dead_reason(stale) is None
