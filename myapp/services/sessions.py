@@ -808,10 +808,11 @@ class SessionStore:
         Uses within a minute of the recorded one are not written, so from the row alone that is a
         minute after the timeout (``idle_after``): never while in use, at most a minute late. When
         this process served its last use and the row is as that request left it, the timeout runs
-        from that use, exactly. A row earlier than that request read was set back since (by an
-        operator, a check), or read before a write that request saw (``dead_reason`` reads it
-        again): as it is; one written since by another process, whose later uses this one does
-        not know, has the minute's doubt again.
+        from that use, exactly. A row earlier than the one that request read was either set back
+        since (an operator, a check) or read before a write that request saw: it is taken as it
+        is here, and ``dead_reason`` reads the row again before ending the session on it. One
+        written since by another process, whose later uses this one does not know, has the
+        minute's doubt again.
         """
         last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
         return self._idle_at(session, last)
