@@ -891,7 +891,11 @@ class SessionStore:
                 recent.release(session.handle)
             raise
         if recent is not None:
-            recent.used(session.handle, LastUse(session.last_seen_at, now, now))
+            # A request served while this write waited (on the row's lock) took its time: that
+            # later use stays the last one.
+            known = recent.last_use(session.handle)
+            at = known.at if known is not None and known.left == now and known.at > now else now
+            recent.used(session.handle, LastUse(session.last_seen_at, now, at))
         return replace(session, last_seen_at=now)
 
     def end(self, session: SessionRecord, reason: EndReason, *, revoke: bool = True) -> bool:

@@ -621,3 +621,38 @@ def test_a_read_from_before_a_write_is_not_idle_while_the_last_uses_are_forgotte
 
     touches.last_use = last_use_then_forget
     assert store.dead_reason(stale) is None
+
+
+def test_a_use_served_while_this_process_waited_to_write_is_not_forgotten_by_that_write(
+    dbsession, cipher, clock, user
+):
+    """The request that writes last_seen_at may wait on the row's lock (another process refreshing
+    the session's tokens holds it while the provider answers). A request of the same session served
+    meanwhile takes the time being written; when the write lands, that later use is still the last
+    one: the session is idle a timeout after it, not after the write's start."""
+    touches = RecentTouches()
+    served = []
+
+    class WaitingWrite:
+        def begin(self):
+            return contextlib.nullcontext()
+
+        def execute(self, statement):
+            clock.advance(seconds=20)  # the lock is held meanwhile; a request arrives
+            served.append(store.touch(store.find(raw_id)))
+            return dbsession.execute(statement)
+
+    store = SessionStore(
+        dbsession=dbsession, cipher=cipher, settings=replace(SETTINGS, idle_timeout=timedelta(minutes=1)), clock=clock,
+        recent_touches=touches, own_transactions=lambda: contextlib.nullcontext(WaitingWrite()),
+    )
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=60)
+    written_at = clock.now
+    store.touch(store.find(raw_id))
+    assert served[0].last_seen_at == written_at == store.find(raw_id).last_seen_at
+    last_use = written_at + timedelta(seconds=20)
+    clock.now = last_use + timedelta(seconds=59)
+    assert store.dead_reason(store.find(raw_id)) is None
+    clock.now = last_use + timedelta(minutes=1)
+    assert store.dead_reason(store.find(raw_id)) == EndReason.IDLE
