@@ -254,9 +254,16 @@ def parse_challenge(header: str | None) -> StepUpRequired | None:
         if scheme not in ("bearer", "dpop") or params.get("error") != "insufficient_user_authentication":
             continue
         acr_values = tuple(v for v in params.get("acr_values", "").split() if ACR_VALUE.match(v))[:MAX_ACR_VALUES]
-        max_age = params.get("max_age")
-        # ASCII digits only: isdigit() alone takes "²", which int() refuses.
-        usable = max_age and max_age.isascii() and max_age.isdigit() and len(max_age) <= 10
-        max_age = int(max_age) if usable and int(max_age) <= MAX_MAX_AGE else None
-        return StepUpRequired(acr_values, max_age, "The API needs a stronger or more recent sign-in.")
+        return StepUpRequired(acr_values, max_age_of(params.get("max_age")), "The API needs a stronger or more recent sign-in.")
     return None
+
+
+def max_age_of(value: str | None) -> int | None:
+    """A ``max_age`` as /login's query or an upstream's challenge writes it, in seconds: ASCII
+    digits (isdigit() alone takes "\u00b2", which int() refuses), at most :data:`MAX_MAX_AGE`;
+    None for anything else. Its length is checked before int() reads it: int() refuses more than
+    4300 digits with a ValueError (and takes time growing with the square of their number)."""
+    if not value or not value.isascii() or not value.isdigit() or len(value) > len(str(MAX_MAX_AGE)):
+        return None
+    number = int(value)
+    return number if number <= MAX_MAX_AGE else None

@@ -18,7 +18,7 @@ from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
-from myapp.services.stepup import MAX_ACR_VALUES, MAX_MAX_AGE
+from myapp.services.stepup import MAX_ACR_VALUES, max_age_of
 from myapp.settings import ACR_VALUE, DEFAULT_PROVIDER, PROMPTS
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.errors import error_page
@@ -103,9 +103,9 @@ def _step_up_of(request) -> StepUp | None:
     if len(acr_values) > MAX_ACR_VALUES or not all(ACR_VALUE.match(value) for value in acr_values):
         return None
     if max_age is not None:
-        if not (max_age.isascii() and max_age.isdigit()) or int(max_age) > MAX_MAX_AGE:
+        max_age = max_age_of(max_age)
+        if max_age is None:
             return None
-        max_age = int(max_age)
     return StepUp(acr_values=acr_values, max_age=max_age)
 
 

@@ -62,6 +62,8 @@ def test_login_asks_the_provider_for_acr_values_and_max_age(app, provider):
 
 
 @pytest.mark.parametrize("params", [{"max_age": "-1"}, {"max_age": "soon"}, {"max_age": "9" * 20},
+                                    # more digits than int() reads (4300): a 500 before (helper-83)
+                                    {"max_age": "1" * 5000}, {"max_age": "0" * 4999 + "1"},
                                     {"acr_values": "caf\u00e9"}, {"acr_values": " ".join(["a"] * 11)}])
 def test_malformed_step_up_parameters_are_a_400_page(app, provider, params):
     page = Browser(app).get("/login", params=params, status=400)
