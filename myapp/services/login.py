@@ -186,30 +186,25 @@ class LoginService:
                 raise LoginError("parameter_too_long", "The sign-in response is malformed.", started_here=False)
         if params.get("error"):
             try:
-                next_path, started_here = self._take_transaction(params.get("state", ""), browser_token).next_path, True
+                transaction = self._take_transaction(params.get("state", ""), browser_token)
             except LoginError as e:
-                next_path, started_here = "/", e.started_here
-            raise self._provider_error(params["error"], next_path, started_here)
+                raise self._provider_error(params["error"], "/", e.started_here) from None
+            # An error answer is the provider's only when it came from the provider the sign-in was
+            # sent to (RFC 9207 section 2.4), as for a code.
+            self._answering_provider(transaction, provider, params.get("iss"))
+            raise self._provider_error(params["error"], transaction.next_path, True)
         transaction = self._take_transaction(params.get("state", ""), browser_token)
         next_path = transaction.next_path
 
         def fail(reason, message, status=400):
             return LoginError(reason, message, status=status, next_path=next_path)
-        # Mix-up defence (RFC 9700 section 4.4): the answer must come back to the callback of the
-        # provider the sign-in was sent to, whatever the response claims.
-        if transaction.provider != provider:
-            raise fail("wrong_provider_callback", "This sign-in was started with another provider. Please start again.")
-        client = self.providers.get(provider)
-        if client is None:
-            raise fail("unknown_provider", "This sign-in provider is no longer configured. Please start again.")
+        iss = params.get("iss")
+        client = self._answering_provider(transaction, provider, iss)
         settings = client.settings
         try:
             metadata = client.metadata()
         except OIDCError as e:
             raise fail(e.reason, e.message, 503 if isinstance(e, ProviderUnavailable) else 502) from None
-        iss = params.get("iss")
-        if iss is not None and iss != settings.issuer:
-            raise fail("bad_iss_parameter", "The sign-in response came from another provider.")
         if iss is None and metadata.iss_parameter_supported:
             raise fail("missing_iss_parameter", "The sign-in response does not say which provider sent it.")
         code = params.get("code")
@@ -274,6 +269,23 @@ class LoginService:
             sign_in=sign_in,
             browser_binding=transaction.browser_hash,
         )
+
+    def _answering_provider(self, transaction: LoginTransaction, provider: str, iss: str | None) -> OIDCClient:
+        """The client of the provider whose callback (``provider``, the one its URL names) answers
+        ``transaction``, once the answer is shown to come from the provider the sign-in was sent
+        to: back at that provider's callback, whatever the response claims (the mix-up defence,
+        RFC 9700 section 4.4), and naming its issuer when it names one (``iss``, RFC 9207)."""
+
+        def fail(reason, message):
+            return LoginError(reason, message, next_path=transaction.next_path)
+        if transaction.provider != provider:
+            raise fail("wrong_provider_callback", "This sign-in was started with another provider. Please start again.")
+        client = self.providers.get(provider)
+        if client is None:
+            raise fail("unknown_provider", "This sign-in provider is no longer configured. Please start again.")
+        if iss is not None and iss != client.settings.issuer:
+            raise fail("bad_iss_parameter", "The sign-in response came from another provider.")
+        return client
 
     def _dpop_key(self, transaction: LoginTransaction, client: OIDCClient, metadata, fail) -> DPoPKey | None:
         if transaction.dpop_key is None:

@@ -141,6 +141,28 @@ def test_a_transaction_started_for_one_provider_is_refused_at_anothers_callback(
     assert session_count(dbsession) == 0
 
 
+def test_an_error_answered_at_anothers_callback_or_from_another_issuer_is_refused_as_a_mix_up(app, provider, partner, dbsession):
+    """RFC 9207 section 2.4: a client must not take an error response for the intended provider's
+    either. It was shown as that provider's ("Sign-in was cancelled, or the provider did not allow
+    it.") and audited as provider_error:access_denied (helper-83), whichever callback it came back
+    to and whatever issuer it named."""
+    browser = Browser(app)
+    _, query = start(browser, "partners")
+    page = browser.get("/auth/callback", params={"error": "access_denied", "state": query["state"]}, status=400)
+    assert "started with another provider" in page.text and "cancelled" not in page.text
+    _, query = start(browser, "partners")
+    params = {"error": "access_denied", "state": query["state"], "iss": provider.issuer}
+    page = browser.get("/auth/callback/partners", params=params, status=400)
+    assert "came from another provider" in page.text and "cancelled" not in page.text
+    details = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "login_failed").order_by(AuditEvent.id))
+    assert details.all() == ["wrong_provider_callback", "bad_iss_parameter"]
+    # Its own provider's error, at its own callback, is that provider's answer, as before.
+    _, query = start(browser, "partners")
+    params = {"error": "access_denied", "state": query["state"], "iss": partner.issuer}
+    assert "Sign-in was cancelled" in browser.get("/auth/callback/partners", params=params, status=400).text
+    assert session_count(dbsession) == 0 and dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+
+
 def test_a_callback_for_an_unknown_provider_creates_nothing(app, provider, dbsession):
     browser = Browser(app)
     _, query = start(browser, "default")
