@@ -1,6 +1,7 @@
 """How the development provider checks a client's ``private_key_jwt`` assertion (RFC 7523,
 OpenID Connect Core section 9): signed by one of the client's registered keys, ``iss`` = ``sub``
-= client id, ``aud`` the issuer or the token endpoint, unexpired, a ``jti`` never seen before."""
+= client id, ``aud`` the issuer or the token endpoint, unexpired, not before its ``nbf`` nor issued later than
+now, a ``jti`` never seen before."""
 
 import base64
 import json
@@ -24,6 +25,7 @@ from myapp.settings import SettingsError
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ["PS256", "RS256", "ES256"]
 MAX_LIFETIME = 300
+CLOCK_SKEW = 60
 
 
 def load_client_keys(paths: tuple[Path, ...]) -> list:
@@ -64,6 +66,8 @@ class ClientAssertions:
             header = json.loads(_b64decode(token.split(".")[0]))
         except (ValueError, IndexError):
             return False
+        if not isinstance(header, dict):
+            return False
         candidates = [k for k in self.keys if k.kid == header.get("kid")] or (self.keys if "kid" not in header else [])
         for key in candidates:
             try:
@@ -89,6 +93,11 @@ class ClientAssertions:
             return False
         if not isinstance(exp, (int, float)) or exp < now or exp - now > MAX_LIFETIME or not isinstance(jti, str):
             return False
+        # RFC 7523 section 3: not before its nbf, and issued no later than now (a minute of clock skew each).
+        for name in ("nbf", "iat"):
+            when = claims.get(name)
+            if when is not None and (not _is_number(when) or when > now + CLOCK_SKEW):
+                return False
         with self._lock:
             self._seen = {k: v for k, v in self._seen.items() if v >= now}
             if jti in self._seen:
@@ -102,6 +111,12 @@ class ClientAssertions:
         if not self.verify(form):
             return None
         return query_client(self.client_id)
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _b64decode(part: str) -> bytes:

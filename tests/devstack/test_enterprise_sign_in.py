@@ -2,6 +2,8 @@
 authentication, pushed authorization requests, acr_values/max_age with a second-factor step, and
 the demo API's RFC 9470 challenge, over real HTTP."""
 
+import base64
+import json
 import secrets
 import time
 from urllib.parse import urlencode
@@ -89,6 +91,10 @@ def test_private_key_jwt_authenticates_the_client(stack, client_key):
         ({"iss": "someone-else"}, None),
         ({}, "https://elsewhere.example"),
         ({"jti": None}, None),
+        # helper-83: not valid for an hour yet, or issued an hour from now, was taken
+        ({"nbf": int(time.time()) + 3600}, None),
+        ({"iat": int(time.time()) + 3600}, None),
+        ({"nbf": "soon"}, None),
     ],
 )
 def test_bad_assertions_are_refused(stack, client_key, overrides, audience):
@@ -97,6 +103,24 @@ def test_bad_assertions_are_refused(stack, client_key, overrides, audience):
     token = exchange(stack, code, verifier, client_id=CLIENT_ID, client_assertion_type=ASSERTION_TYPE,
                      client_assertion=assertion(client_key[1], audience or stack + "/_dev/idp", **overrides))
     assert token.status_code in (400, 401) and token.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("header", [[1], 1, "x", None])
+def test_an_assertion_whose_header_is_not_an_object_is_refused_not_a_500(stack, client_key, header):
+    """Its header was read with .get(): a JSON array, number, string or null there was a 500 at the
+    token and pushed authorization request endpoints (helper-83)."""
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    signed = assertion(client_key[1], stack + "/_dev/idp")
+    forged = encoded + signed[signed.index("."):]
+    page, verifier, _ = code_flow(stack)
+    code = query_of(page.headers["Location"])["code"]
+    token = exchange(stack, code, verifier, client_id=CLIENT_ID, client_assertion_type=ASSERTION_TYPE, client_assertion=forged)
+    assert token.status_code == 401 and token.json()["error"] == "invalid_client"
+    pushed = requests.post(metadata(stack)["pushed_authorization_request_endpoint"], timeout=5, data={
+        "client_id": CLIENT_ID, "client_assertion_type": ASSERTION_TYPE, "client_assertion": forged,
+        "response_type": "code", "redirect_uri": REDIRECT_URI,
+    })
+    assert pushed.status_code == 401 and pushed.json()["error"] == "invalid_client"
 
 
 def test_a_replayed_assertion_is_refused(stack, client_key):
