@@ -739,10 +739,15 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
             f"{prefix}redirect_uri: {redirect_uri!r} is not {callbacks[0]}{also}, myapp.public_url and the callback "
             f"of provider {name!r} (each provider has its own, a defence against mix-up attacks)"
         )
+    issuer = reader.url(prefix + "issuer")
+    if "?" in issuer:
+        # OpenID Connect Discovery 1.0 section 3: no query (nor fragment); discovery would be read
+        # from {issuer}/.well-known/openid-configuration, after the query, and never be found.
+        reader.problem(f"{prefix}issuer: an issuer has no query; write it as the provider's discovery document names it, without '?'")
     return OIDCSettings(
         name=name,
         display_name=display_name,
-        issuer=reader.url(prefix + "issuer"),
+        issuer=issuer,
         client_id=reader.string(prefix + "client_id"),
         # Not needed when the client authenticates with a key.
         client_secret=reader.string(prefix + "client_secret", "" if auth_method == "private_key_jwt" else _REQUIRED),

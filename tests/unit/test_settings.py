@@ -163,6 +163,7 @@ def test_blank_counts_as_missing():
         ("myapp.public_url", "https://app.example.com:99999", "invalid port"),
         ("myapp.oidc.issuer", "not a url", "is not an absolute http(s) URL"),
         ("myapp.oidc.issuer", "https://idp.example.com/#frag", "fragment"),
+        ("myapp.oidc.issuer", "https://idp.example.com/?tenant=a", "an issuer has no query"),
         ("myapp.oidc.token_endpoint_auth_method", "tls_client_auth", "is not one of"),
         ("myapp.oidc.fetch_userinfo", "maybe", "is not a boolean"),
         ("myapp.oidc.http_timeout", "soon", "is not a duration"),
@@ -683,6 +684,11 @@ def test_a_provider_name_refused_says_what_a_name_may_be(name):
          "myapp.oidc.partners.redirect_uri: 'https://app.example.com/auth/callback' is not "
          "https://app.example.com/auth/callback/partners"),
         ({"myapp.oidc.partners.scope": "email"}, "myapp.oidc.partners.scope: must include 'openid'"),
+        # helper-83: taken, and discovery asked for https://partners.example.com/?tenant=a/.well-known/...
+        ({"myapp.oidc.partners.issuer": "https://partners.example.com/?tenant=a"},
+         "myapp.oidc.partners.issuer: an issuer has no query"),
+        ({"myapp.oidc.partners.issuer": "https://partners.example.com/realms/main?"},
+         "myapp.oidc.partners.issuer: an issuer has no query"),
         ({"myapp.oidc.partners.authorize_params": "request_uri = x"},
          "myapp.oidc.partners.authorize_params: 'request_uri' cannot be set here"),
         ({"myapp.oidc.partners.http_timout": "5"},
