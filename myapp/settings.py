@@ -38,6 +38,11 @@ DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 KNOWN_METHODS = DEFAULT_METHODS | {"OPTIONS"}
 PROMPTS = frozenset({"login", "consent", "select_account"})
 ACR_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")  # a printable token, as acr values are
+# What a sign-in may ask for in acr_values (/login's, a step-up rule's, an upstream's challenge's): at
+# most this many values, this many characters in all with the spaces between them, which is what
+# login_transactions.acr_values keeps (tests/unit/test_settings.py checks its length).
+MAX_ACR_VALUES = 10
+MAX_ACR_VALUES_LENGTH = 1000
 # Headers the proxy sets itself or must never pass on, whatever a deployer asks.
 NEVER_FORWARDED = frozenset(
     {"cookie", "cookie2", "authorization", "host", "content-length", "forwarded", "x-real-ip", "x-request-id",
@@ -99,6 +104,17 @@ _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _REQUIRED = object()
+
+
+def acr_values_fit(values: tuple[str, ...]) -> bool:
+    """Whether a sign-in may ask for ``values`` (SPEC.md "Step-up authentication"): each an
+    :data:`ACR_VALUE`, at most :data:`MAX_ACR_VALUES` of them, :data:`MAX_ACR_VALUES_LENGTH`
+    characters in all."""
+    return (
+        len(values) <= MAX_ACR_VALUES
+        and all(ACR_VALUE.match(value) for value in values)
+        and len(" ".join(values)) <= MAX_ACR_VALUES_LENGTH
+    )
 
 
 class SettingsError(ValueError):
@@ -891,6 +907,11 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
                 acr_values = tuple(v for v in value.split(","))
                 if not all(ACR_VALUE.match(v) for v in acr_values):
                     bad = True
+                elif not acr_values_fit(acr_values):
+                    reader.problem(
+                        f"{where}: at most {MAX_ACR_VALUES} acr values, {MAX_ACR_VALUES_LENGTH} characters in all (more "
+                        "make a sign-in link that /login refuses)"
+                    )
             elif key == "max_age" and sep and max_age is None:
                 try:
                     max_age = parse_duration(value, MAX_STEPUP_MAX_AGE)

@@ -8,7 +8,7 @@ import unicodedata
 from datetime import datetime
 
 from myapp.services.sessions import SessionRecord
-from myapp.settings import ACR_VALUE, StepUpRule
+from myapp.settings import ACR_VALUE, StepUpRule, acr_values_fit
 
 # Where a rule never applies: signing in and out, the provider's calls, what every page loads.
 EXEMPT_PREFIXES = ("/login", "/logout", "/auth/", "/signed-out", "/static/", "/healthz", "/readyz", "/metrics", "/_dev/")
@@ -41,7 +41,6 @@ MAX_NON_STARTERS = 30
 # Characters a reader may drop unseen: combining marks and format characters (accents, variation
 # selectors, zero-width spaces and joiners).
 _INVISIBLE = frozenset({"Mn", "Me", "Cf"})
-MAX_ACR_VALUES = 10
 MAX_MAX_AGE = 10 * 365 * 86400
 # RFC 9110 section 11's grammar of a WWW-Authenticate header, read from a position: an element's
 # start (whitespace and the empty elements a list may hold skipped), a token (a scheme or an
@@ -253,7 +252,11 @@ def parse_challenge(header: str | None) -> StepUpRequired | None:
     for scheme, params in challenges(header):
         if scheme not in ("bearer", "dpop") or params.get("error") != "insufficient_user_authentication":
             continue
-        acr_values = tuple(v for v in params.get("acr_values", "").split() if ACR_VALUE.match(v))[:MAX_ACR_VALUES]
+        # As many of its acr values as a sign-in may ask for (the rest could only make /login refuse it).
+        acr_values: tuple[str, ...] = ()
+        for value in params.get("acr_values", "").split():
+            if ACR_VALUE.match(value) and acr_values_fit((*acr_values, value)):
+                acr_values += (value,)
         return StepUpRequired(acr_values, max_age_of(params.get("max_age")), "The API needs a stronger or more recent sign-in.")
     return None
 

@@ -18,8 +18,8 @@ from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
-from myapp.services.stepup import MAX_ACR_VALUES, max_age_of
-from myapp.settings import ACR_VALUE, DEFAULT_PROVIDER, PROMPTS
+from myapp.services.stepup import max_age_of
+from myapp.settings import DEFAULT_PROVIDER, PROMPTS, acr_values_fit
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.errors import error_page
 
@@ -100,7 +100,7 @@ def _step_up_of(request) -> StepUp | None:
     """``acr_values`` and ``max_age`` of /login (a step-up asks for them); None when malformed."""
     acr_values = tuple(request.GET.get("acr_values", "").split())
     max_age = request.GET.get("max_age")
-    if len(acr_values) > MAX_ACR_VALUES or not all(ACR_VALUE.match(value) for value in acr_values):
+    if not acr_values_fit(acr_values):
         return None
     if max_age is not None:
         max_age = max_age_of(max_age)

@@ -1035,6 +1035,13 @@ def test_the_longest_duration():
         parse_duration("60480000001")
 
 
+def test_the_acr_values_a_sign_in_may_ask_for_fit_the_login_transaction():
+    from myapp.models import LoginTransaction
+    from myapp.settings import MAX_ACR_VALUES_LENGTH
+
+    assert LoginTransaction.__table__.c.acr_values.type.length == MAX_ACR_VALUES_LENGTH
+
+
 def test_a_step_up_max_age_is_at_most_what_login_takes():
     from myapp.services.stepup import MAX_MAX_AGE
 

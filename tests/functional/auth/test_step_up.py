@@ -64,6 +64,8 @@ def test_login_asks_the_provider_for_acr_values_and_max_age(app, provider):
 @pytest.mark.parametrize("params", [{"max_age": "-1"}, {"max_age": "soon"}, {"max_age": "9" * 20},
                                     # more digits than int() reads (4300): a 500 before (helper-83)
                                     {"max_age": "1" * 5000}, {"max_age": "0" * 4999 + "1"},
+                                    # longer in all than the login transaction keeps: a 500 on PostgreSQL (helper-83)
+                                    {"acr_values": " ".join(["a" * 255] * 4)},
                                     {"acr_values": "caf\u00e9"}, {"acr_values": " ".join(["a"] * 11)}])
 def test_malformed_step_up_parameters_are_a_400_page(app, provider, params):
     page = Browser(app).get("/login", params=params, status=400)
@@ -307,6 +309,9 @@ def test_an_ordinary_upstream_401_is_still_retried_after_a_refresh(make_app, pro
         ("/admin = max_age=soon", "is not 'acr=<value>"),
         ("/admin = max_age=10s", "max_age must be at least 1m"),
         ("/admin", "line 1 is not 'key = value'"),
+        # A sign-in link /login refuses, a step-up nobody could take (helper-83).
+        ("/admin = acr=" + ",".join("abcdefghijk"), "/login refuses"),
+        ("/admin = acr=" + ",".join(["a" * 255] * 4), "/login refuses"),
     ],
 )
 def test_malformed_rules_refuse_to_start(rules, expected):
