@@ -43,6 +43,9 @@ ACR_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")  # a printable token, as acr val
 # login_transactions.acr_values keeps (tests/unit/test_settings.py checks its length).
 MAX_ACR_VALUES = 10
 MAX_ACR_VALUES_LENGTH = 1000
+# The longest issuer: users, token_revocations and seen_logout_tokens keep it in 512 characters
+# (tests/unit/test_settings.py checks their length).
+MAX_ISSUER_LENGTH = 512
 # Headers the proxy sets itself or must never pass on, whatever a deployer asks.
 NEVER_FORWARDED = frozenset(
     {"cookie", "cookie2", "authorization", "host", "content-length", "forwarded", "x-real-ip", "x-request-id",
@@ -760,6 +763,8 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
         # OpenID Connect Discovery 1.0 section 3: no query (nor fragment); discovery would be read
         # from {issuer}/.well-known/openid-configuration, after the query, and never be found.
         reader.problem(f"{prefix}issuer: an issuer has no query; write it as the provider's discovery document names it, without '?'")
+    if len(issuer) > MAX_ISSUER_LENGTH:
+        reader.problem(f"{prefix}issuer: at most {MAX_ISSUER_LENGTH} characters (users are keyed by it), not {len(issuer)}")
     return OIDCSettings(
         name=name,
         display_name=display_name,

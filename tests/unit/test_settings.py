@@ -689,6 +689,9 @@ def test_a_provider_name_refused_says_what_a_name_may_be(name):
          "myapp.oidc.partners.issuer: an issuer has no query"),
         ({"myapp.oidc.partners.issuer": "https://partners.example.com/realms/main?"},
          "myapp.oidc.partners.issuer: an issuer has no query"),
+        # helper-83: taken, and every sign-in's user (issuer, sub) row failed on PostgreSQL (a 500)
+        ({"myapp.oidc.partners.issuer": "https://partners.example.com/" + "a" * 500},
+         "myapp.oidc.partners.issuer: at most 512 characters"),
         ({"myapp.oidc.partners.authorize_params": "request_uri = x"},
          "myapp.oidc.partners.authorize_params: 'request_uri' cannot be set here"),
         ({"myapp.oidc.partners.http_timout": "5"},
@@ -1040,6 +1043,14 @@ def test_the_acr_values_a_sign_in_may_ask_for_fit_the_login_transaction():
     from myapp.settings import MAX_ACR_VALUES_LENGTH
 
     assert LoginTransaction.__table__.c.acr_values.type.length == MAX_ACR_VALUES_LENGTH
+
+
+def test_every_column_keeping_an_issuer_keeps_the_longest_one_settings_take():
+    from myapp.models import SeenLogoutToken, TokenRevocation, User
+    from myapp.settings import MAX_ISSUER_LENGTH
+
+    for model in (User, TokenRevocation, SeenLogoutToken):
+        assert model.__table__.c.issuer.type.length == MAX_ISSUER_LENGTH
 
 
 def test_a_step_up_max_age_is_at_most_what_login_takes():
