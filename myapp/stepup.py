@@ -34,14 +34,29 @@ def _next_path(request) -> str:
     return return_path(request, request.services.settings.public_url)
 
 
+# The units a step-up page names a max_age in, the largest first.
+_AGE_UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
+
+
+def how_recent(max_age: int) -> str:
+    """What the step-up page says of a ``max_age`` (seconds), in the largest unit that says it
+    exactly: "... from the last minute.", "... from the last 90 seconds.", "... 15 hours."."""
+    if max_age <= 0:
+        return "This part of the site needs you to sign in again now."
+    size, unit = next((size, unit) for size, unit in _AGE_UNITS if max_age % size == 0)
+    count = max_age // size
+    return f"This part of the site needs a sign-in from the last {unit if count == 1 else f'{count} {unit}s'}."
+
+
 def step_up_response(request, required: StepUpRequired):
     url = login_url(request, required, _next_path(request))
     if is_json_request(request):
         response = json_error(401, ErrorCode.STEP_UP_REQUIRED, required.message)
         response.json_body = {**response.json_body, "login_url": url}
         return response
+    recent = how_recent(required.max_age) if required.max_age is not None else None
     response = render_to_response(
-        "myapp:templates/step_up.jinja2", {"login_url": url, "required": required}, request=request
+        "myapp:templates/step_up.jinja2", {"login_url": url, "required": required, "recent": recent}, request=request
     )
     response.status = 401
     return response

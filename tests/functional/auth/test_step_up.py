@@ -192,6 +192,27 @@ def test_a_rule_covers_a_proxied_path_as_a_lenient_upstream_reads_it(make_app, p
     browser.get("/api/up/administrator", headers={"X-CSRF": "1"}, status=200)  # another path altogether
 
 
+@pytest.mark.parametrize(
+    "max_age, words",
+    # helper-83: "the last 1 minutes" for 1m and for 90s (half a minute off), "900 minutes" for 15h
+    [("1m", "the last minute."), ("90s", "the last 90 seconds."), ("15m", "the last 15 minutes."),
+     ("1h", "the last hour."), ("15h", "the last 15 hours."), ("90m", "the last 90 minutes."), ("2d", "the last 2 days.")],
+)
+def test_the_step_up_page_says_how_recent_a_sign_in_it_needs(make_app, provider, max_age, words):
+    browser = Browser(make_app(**{"myapp.stepup.rules": f"/posts/new = max_age={max_age}"}))
+    plain_sign_in(browser, provider, auth_time=int(time.time()) - 3 * 86400)
+    text = " ".join(browser.get("/posts/new", status=401).html.select_one("[data-testid=step-up] .lead").text.split())
+    assert text.endswith("This part of the site needs a sign-in from " + words)
+
+
+def test_a_max_age_of_none_at_all_asks_to_sign_in_again_now():
+    """An upstream's challenge may ask for max_age=0 (a rule cannot): "from the last 0 seconds" before."""
+    from myapp.stepup import how_recent
+
+    assert how_recent(0) == "This part of the site needs you to sign in again now."
+    assert how_recent(1) == "This part of the site needs a sign-in from the last second."
+
+
 def test_max_age_rules_ask_again_once_the_sign_in_is_too_old(app, provider, dbsession):
     browser = Browser(app)
     plain_sign_in(browser, provider, auth_time=int(time.time()))
