@@ -72,7 +72,8 @@ class ClientAssertions:
         for key in candidates:
             try:
                 claims = jwt.decode(token, key, algorithms=ALGORITHMS).claims
-            except (JoseError, ValueError):
+            # TypeError: joserfc reads a header's "crit" as a list of names (1, null, [1] raise it).
+            except (JoseError, ValueError, TypeError):
                 continue
             return self._claims_ok(claims, form.get("client_id"))
         return False

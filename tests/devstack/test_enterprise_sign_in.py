@@ -105,10 +105,16 @@ def test_bad_assertions_are_refused(stack, client_key, overrides, audience):
     assert token.status_code in (400, 401) and token.json()["error"] == "invalid_client"
 
 
-@pytest.mark.parametrize("header", [[1], 1, "x", None])
-def test_an_assertion_whose_header_is_not_an_object_is_refused_not_a_500(stack, client_key, header):
+@pytest.mark.parametrize("header", [
+    [1], 1, "x", None,
+    # A "crit" that is not a list of names: joserfc's TypeError was a 500 all the same (helper-88).
+    {"alg": "RS256", "crit": 1}, {"alg": "RS256", "crit": None}, {"alg": "RS256", "crit": [1]},
+    {"alg": "RS256", "crit": [["exp"]]},
+])
+def test_an_assertion_whose_header_is_malformed_is_refused_not_a_500(stack, client_key, header):
     """Its header was read with .get(): a JSON array, number, string or null there was a 500 at the
-    token and pushed authorization request endpoints (helper-83)."""
+    token and pushed authorization request endpoints (helper-83), and so was an object whose "crit"
+    is not a list of names (helper-88)."""
     encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
     signed = assertion(client_key[1], stack + "/_dev/idp")
     forged = encoded + signed[signed.index("."):]
