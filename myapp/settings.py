@@ -759,10 +759,14 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
             f"of provider {name!r} (each provider has its own, a defence against mix-up attacks)"
         )
     issuer = reader.url(prefix + "issuer")
-    if "?" in issuer:
-        # OpenID Connect Discovery 1.0 section 3: no query (nor fragment); discovery would be read
-        # from {issuer}/.well-known/openid-configuration, after the query, and never be found.
-        reader.problem(f"{prefix}issuer: an issuer has no query; write it as the provider's discovery document names it, without '?'")
+    if "?" in issuer or "#" in issuer:
+        # OpenID Connect Discovery 1.0 section 3: no query nor fragment, not even a bare '?' or '#'
+        # (urlsplit reads no fragment in a trailing '#'); discovery would be read from
+        # {issuer}/.well-known/openid-configuration, after the query or fragment, and never be found.
+        reader.problem(
+            f"{prefix}issuer: an issuer has no query or fragment; write it as the provider's discovery document "
+            "names it, without '?' or '#'"
+        )
     if len(issuer) > MAX_ISSUER_LENGTH:
         reader.problem(f"{prefix}issuer: at most {MAX_ISSUER_LENGTH} characters (users are keyed by it), not {len(issuer)}")
     return OIDCSettings(

@@ -164,6 +164,7 @@ def test_blank_counts_as_missing():
         ("myapp.oidc.issuer", "not a url", "is not an absolute http(s) URL"),
         ("myapp.oidc.issuer", "https://idp.example.com/#frag", "fragment"),
         ("myapp.oidc.issuer", "https://idp.example.com/?tenant=a", "an issuer has no query"),
+        ("myapp.oidc.issuer", "https://idp.example.com/#", "an issuer has no query or fragment"),
         ("myapp.oidc.token_endpoint_auth_method", "tls_client_auth", "is not one of"),
         ("myapp.oidc.fetch_userinfo", "maybe", "is not a boolean"),
         ("myapp.oidc.http_timeout", "soon", "is not a duration"),
@@ -689,6 +690,10 @@ def test_a_provider_name_refused_says_what_a_name_may_be(name):
          "myapp.oidc.partners.issuer: an issuer has no query"),
         ({"myapp.oidc.partners.issuer": "https://partners.example.com/realms/main?"},
          "myapp.oidc.partners.issuer: an issuer has no query"),
+        # helper-88: a stray '#' with nothing after it was taken (urlsplit reads no fragment there),
+        # and discovery asked for https://partners.example.com/realms/main (the rest a fragment).
+        ({"myapp.oidc.partners.issuer": "https://partners.example.com/realms/main#"},
+         "myapp.oidc.partners.issuer: an issuer has no query or fragment"),
         # helper-83: taken, and every sign-in's user (issuer, sub) row failed on PostgreSQL (a 500)
         ({"myapp.oidc.partners.issuer": "https://partners.example.com/" + "a" * 500},
          "myapp.oidc.partners.issuer: at most 512 characters"),
