@@ -276,6 +276,8 @@ def test_a_planted_cookie_is_never_adopted(browser, provider, dbsession, make_us
 
 
 def test_provider_error_shows_a_friendly_page(browser, provider, dbsession):
+    """Without iss, though the provider's metadata announces authorization_response_iss_parameter_supported
+    (a code would be refused): providers leave it out of error answers (docs/architecture.md)."""
     _, query = start_login(browser, "/posts")
     page = browser.get("/auth/callback", params={"error": "access_denied", "state": query["state"]}, status=400)
     assert "Sign-in was cancelled" in page.text
