@@ -17,8 +17,12 @@ from myapp.settings import production_cautions
 
 PROG = "myapp-show-config"
 SECRET_FIELDS = {"client_secret", "encryption_keys", "client_keys"}
-# Query parameters a database or Redis URL may carry a secret in (libpq, redis-py).
-SECRET_QUERY_PARAMETERS = {"password", "pass", "passwd", "sslpassword"}
+# Query parameters a URL may carry a secret in: a database's or Redis's (libpq, redis-py), and a
+# service's key, as some OTLP collectors and upstreams take it (?api_key=...).
+SECRET_QUERY_PARAMETERS = {
+    "password", "pass", "passwd", "sslpassword",
+    "api_key", "apikey", "api-key", "key", "token", "access_token", "secret", "client_secret", "sig", "signature",
+}
 
 
 def mask_url(url: str | None) -> str | None:
@@ -47,7 +51,7 @@ def describe(name: str, value):
         return f"*** ({len(value)} key(s))" if isinstance(value, tuple) else "***"
     if name == "client_certificate":
         return "(a PEM certificate)" if value else None
-    if name in ("database_url", "redis_url"):
+    if isinstance(value, str) and "://" in value:  # any URL: the database's, Redis's, OTLP's, an upstream's
         return mask_url(value)
     if isinstance(value, timedelta):
         return f"{int(value.total_seconds())}s"

@@ -235,6 +235,18 @@ def test_show_config_masks_secrets(ini, capsys, tmp_path):
     assert "database_url = postgresql+psycopg://app:***@[::1]:5432/app?password=***&sslmode=require" in out
 
 
+def test_show_config_masks_a_key_in_any_urls_query(ini, capsys, tmp_path):
+    """An OTLP collector's key in its endpoint's query (helper-84) was shown as written."""
+    path = tmp_path / "otel.ini"
+    path.write_text(ini.read_text() + (
+        "myapp.otel.enabled = true\n"
+        "myapp.otel.endpoint = https://otlp.example.test/v1/traces?api_key=hunter5&region=eu\n"
+    ))
+    code, out, _ = run(show_config.main, path, capsys=capsys)
+    assert code == 0 and "hunter5" not in out
+    assert "otel.endpoint = https://otlp.example.test/v1/traces?api_key=***&region=eu\n" in out
+
+
 def test_show_config_prints_the_public_url_as_the_app_uses_it(ini, capsys, tmp_path):
     path = tmp_path / "port.ini"
     path.write_text(ini.read_text().replace("myapp.public_url = ", "myapp.public_url = HTTPS://App.Example.test:443/\n#"))
