@@ -527,9 +527,28 @@ class SessionRows:
         """Queue what the provider issued for ``session`` and nobody keeps (``revoke_later``): an
         answer refused, or one that came after the session ended. The one rule for every such token
         (an exchange's, a rotated refresh token, an unbound answer's), unless the session ended
-        beside a live session in the same session at the provider (below)."""
-        if not self._ended_beside_a_live_one(session.id):
-            self.revoke_later(session.user_issuer, tokens)
+        beside a live session in the same session at the provider (below), or it is an access token
+        alone that the session still holds (``_holds_access_token``): an answer that repeats one it
+        uses is no token nobody keeps, and revoking it would kill it while it is served."""
+        if self._ended_beside_a_live_one(session.id):
+            return
+        if not tokens.refresh_token and tokens.access_token and self._holds_access_token(session.id, tokens.access_token):
+            return
+        self.revoke_later(session.user_issuer, tokens)
+
+    def _holds_access_token(self, session_id: int, access_token: str) -> bool:
+        """Whether the session, live, holds ``access_token``: its own, or an upstream's row's. Each
+        is revoked in its turn: with the session (its own with its refresh token, an exchanged one
+        of its own, one of a refresh grant with the refresh token it came from)."""
+        own = self.dbsession.execute(
+            select(_SESSIONS.access_token).where(_SESSIONS.id == session_id, _SESSIONS.ended_at.is_(None))
+        ).first()
+        if own is None:
+            return False  # ended: it holds nothing any more
+        held = [own.access_token, *self.dbsession.scalars(
+            select(SessionToken.access_token).where(SessionToken.session_id == session_id)
+        )]
+        return any(token is not None and self.cipher.decrypt(token) == access_token for token in held)
 
     def _ended_beside_a_live_one(self, session_id: int) -> bool:
         """Whether the session, ended, was replaced (``EndReason.REPLACED``) in the same session at

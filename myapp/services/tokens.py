@@ -512,7 +512,7 @@ class TokenManager:
             return self._end_unbound(rows, session, e)
         except OIDCError as e:
             if isinstance(e, TokenResponseInvalid) and upstream.exchange:
-                if not self._keep_refused_exchange(rows, session, e.issued(), subject.token):
+                if not self._keep_refused_exchange(rows, session, e.issued()):
                     return LoginRequired()
             elif isinstance(e, TokenResponseInvalid):
                 if not self._keep_successor(rows, session, own, e.refresh_token):
@@ -553,21 +553,22 @@ class TokenManager:
         return minted, dpop
 
     @staticmethod
-    def _keep_refused_exchange(rows: SessionRows, session: SessionRecord, issued: TokenSet, subject: str) -> bool:
+    def _keep_refused_exchange(rows: SessionRows, session: SessionRecord, issued: TokenSet) -> bool:
         """What an exchange answer refused for its access token carried that the provider would take
         all the same, never dropped: its refresh token kept to be revoked with the session, as a used
         answer's is (not revoked now, for the reason in _mint_upstream_token_locked), in a row of its
         own (``keep_for_revocation``: the upstream's row holds only a token it can use); else its access
         token, queued now (``token_type_hint=access_token``: a grant of its own that nothing else
         revokes, and at Keycloak an access token only goes on the revoked list, its client session
-        stays), unless it is the ``subject`` token itself, the session's own, in use. Both through
+        stays), unless the session holds it (the subject token itself, the session's own, or one an
+        upstream's row serves: ``revoke_issued_later`` leaves those alone). Both through
         ``revoke_issued_later``. False when the session ended meanwhile."""
         if issued.refresh_token:
             if rows.keep_for_revocation(session.id, issued.refresh_token):
                 return True
             rows.revoke_issued_later(session, TokenSet(refresh_token=issued.refresh_token))
             return False
-        if issued.access_token and issued.access_token != subject:
+        if issued.access_token:
             rows.revoke_issued_later(session, TokenSet(access_token=issued.access_token))
         return True
 

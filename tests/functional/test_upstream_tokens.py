@@ -787,3 +787,44 @@ def test_a_refresh_token_two_upstreams_were_answered_with_is_revoked_once(app, s
     assert rows.upstream_token(browser.session_row.id, "aud").access_token == "at-aud"
     queued = queued_at_the_end(signed_in, browser, dbsession)
     assert queued == ["at-aud", "rt-1", "rt-exchanged"]
+
+
+@pytest.mark.parametrize("whose", ["its own", "another upstream's"])
+def test_a_refused_exchange_answer_repeating_a_token_an_upstream_still_uses_does_not_revoke_it(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, whose
+):
+    """An exchange answer refused for its access token (no token_type) that repeats the token an
+    upstream's row holds and serves (a provider that answers an exchange with the token it issued
+    for the same target before): queuing it had the revoker kill that upstream's token, every call
+    to it refused until the next exchange. It is the session's own (its row's: revoked with the
+    session when exchanged, else with the refresh token it came from): nothing is queued now."""
+    url = served_upstream.url
+    app = make_proxy_app(**{
+        "myapp.upstreams": f"swap = {url}/swap\ntwin = {url}/twin\nreadonly = {url}/ro\nup = {url}/up",
+        "myapp.upstream.swap.exchange": "true",
+        "myapp.upstream.swap.resource": EXCHANGED,
+        "myapp.upstream.twin.exchange": "true",
+        "myapp.upstream.twin.token_params": f"audience = {AUDIENCE}",
+    })
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    held = token_seen(upstream)
+    provider.token_response = lambda form: (
+        (200, {"access_token": held}) if "subject_token" in form else provider.issue_tokens(form, form)
+    )
+    if whose == "its own":
+        # Refused once, a minute after it was minted: exchanged again, and the refused answer repeats it.
+        refuse_the_token_minted_a_minute_ago(upstream, dbsession)
+        api(browser, "GET", "/api/swap/x", status=503)
+        upstream.refuse_tokens.clear()
+    else:
+        api(browser, "GET", "/api/twin/x", status=503)
+    assert row_of(dbsession, browser).ended_at is None
+    assert queued_for_revocation(dbsession, browser) == set()
+    app.registry[Services].revoker.run_once()
+    assert revocations(provider) == []
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert token_seen(upstream) == held
+    # Revoked with the session all the same, as swap's exchanged token.
+    assert held in queued_at_the_end(signed_in, browser, dbsession)
