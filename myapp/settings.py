@@ -550,7 +550,7 @@ def _resource_uris(reader: _Reader, name: str) -> tuple[str, ...]:
         except ValueError:
             reader.problem(f"{name}: {uri!r} is not a valid URI")
             continue
-        if not parts.scheme or parts.fragment or not (parts.netloc or parts.path):
+        if not parts.scheme or "#" in uri or not (parts.netloc or parts.path):
             reader.problem(f"{name}: {uri!r} is not an absolute URI without a #fragment")
     return uris
 
@@ -597,8 +597,12 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict
         except SettingsError as e:
             reader.problem(str(e))
             continue
-        if urlsplit(base).query:
+        # Even empty: "https://host/base?" (or "#") became the base ".../base?/", whose path is
+        # "/base", so a call's path was appended to "/base" (a sibling path) and its proof named "/base".
+        if "?" in base:
             reader.problem(f"{where}: a base URL may not have a query")
+        elif "#" in base:
+            reader.problem(f"{where}: a base URL may not have a #fragment")
         key = f"{PREFIX}upstream.{upstream_name}."
         methods = frozenset(m.upper() for m in reader.words(key + "methods", DEFAULT_METHODS))
         unknown = methods - KNOWN_METHODS

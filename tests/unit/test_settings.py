@@ -498,6 +498,11 @@ def test_upstreams_map():
         ("Demo = https://api.example.com", "is not a valid upstream name"),
         ("demo = /relative", "is not an absolute http(s) URL"),
         ("demo = https://api.example.com/?a=1", "may not have a query"),
+        # Empty, but there: the base URL became ".../base?/" (or "#/"), whose path is "/base", so
+        # /api/demo/0/x went to /base0/x, a sibling of the base path, and a DPoP proof named /base.
+        ("demo = https://api.example.com/base?", "may not have a query"),
+        ("demo = https://api.example.com/base#", "may not have a #fragment"),
+        ("demo = https://api.example.com/base?#", "may not have a"),
         ("demo = https://a.example.com\ndemo = https://b.example.com", "given twice"),
     ],
 )
@@ -803,6 +808,7 @@ def test_an_upstream_without_token_settings_uses_the_sessions_token_for_every_pr
         ({"providers": "staff nobody"}, "myapp.upstream.graph.providers: no provider named 'nobody' in myapp.providers"),
         ({"resource": "relative/path"}, "myapp.upstream.graph.resource: 'relative/path' is not an absolute URI"),
         ({"resource": "https://api.example.com/#frag"}, "myapp.upstream.graph.resource: 'https://api.example.com/#frag' is not"),
+        ({"resource": "https://api.example.com/#"}, "myapp.upstream.graph.resource: 'https://api.example.com/#' is not"),
         ({"token_params": "grant_type = password"}, "myapp.upstream.graph.token_params: 'grant_type' cannot be set here"),
         ({"token_params": "resource = x"}, "myapp.upstream.graph.token_params: 'resource' cannot be set here"),
         ({"exchange": "true"}, "myapp.upstream.graph.exchange: token exchange needs a target"),
