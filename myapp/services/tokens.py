@@ -431,7 +431,7 @@ class TokenManager:
                 with self.lock.transactions() as dbsession:
                     known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(session.id, upstream.name)
                 self._remember_upstream_token(key, known)
-            if known is not None and self._fresh(known.expires_at):
+            if known is not None and self._fresh(known.expires_at) and self._takes(upstream, known.token_type):
                 credential = self._known(known.access_token, known.token_type, session)
                 if credential is not None:
                     return credential
@@ -441,6 +441,13 @@ class TokenManager:
             key, lambda: self._mint_upstream_token(session.id, key, upstream, stale),
             span=("token.upstream", {"myapp.upstream": upstream.name}),
         )
+
+    @staticmethod
+    def _takes(upstream: Upstream, token_type: str) -> bool:
+        """Whether a stored token of ``token_type`` may go to ``upstream``: one bound to the session's
+        key never goes to an upstream that takes Bearer tokens (``dpop = false``, set since it was
+        minted), which gets one of its own asked for without a proof instead, at once."""
+        return upstream.dpop or token_type != DPOP
 
     def _remember_upstream_token(self, key: tuple[str, str], token: UpstreamToken | None) -> None:
         if token is None:
@@ -478,7 +485,11 @@ class TokenManager:
         except DPoPKeyUnreadable:
             return self._end(rows, session, "DPoP key unreadable")
         stored = rows.upstream_token(session_id, upstream.name)
-        if stored is not None and self._serves(stored.access_token, stored.expires_at, stored.refreshed_at, stale):
+        if (
+            stored is not None
+            and self._takes(upstream, stored.token_type)
+            and self._serves(stored.access_token, stored.expires_at, stored.refreshed_at, stale)
+        ):
             return stored, key
         client = self.providers.of_session(session.provider, session.user_issuer)
         if client is None:

@@ -290,6 +290,31 @@ def test_an_upstream_with_dpop_false_gets_a_bearer_token_asked_for_without_a_pro
     assert "jkt" not in dpop_provider.access_tokens[seen["authorization"].removeprefix("Bearer ")]
 
 
+@pytest.mark.parametrize("own", [{"myapp.upstream.up.scope": "items:read"},
+                                 {"myapp.upstream.up.exchange": "true", "myapp.upstream.up.resource": "https://items.test"}])
+def test_an_upstream_set_to_dpop_false_gets_a_bearer_token_at_once_not_its_stored_bound_one(
+    make_dpop_app, dpop_provider, upstream, dbsession, own
+):
+    """An upstream with a token of its own that cannot take DPoP tokens is set to dpop = false, and
+    the app restarted: a session's stored token for it is bound, and a bound token is never sent as
+    Bearer, so every call was a 502 "This API takes no DPoP-bound token" until it expired. It is
+    not used for that upstream any more: a Bearer one is asked for, without a proof, at once."""
+    browser = signed_in_browser(make_dpop_app(**own), dpop_provider)
+    api(browser, "GET", "/api/up/items", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"].startswith("DPoP ")
+    browser.app = make_dpop_app(**own, **{"myapp.upstream.up.dpop": "false"})
+    proofs = len(dpop_provider.dpop_proofs)
+    api(browser, "GET", "/api/up/items", status=200)
+    seen = upstream.seen[-1]["headers"]
+    assert seen["authorization"].startswith("Bearer ") and "dpop" not in seen
+    assert "jkt" not in dpop_provider.access_tokens[seen["authorization"].removeprefix("Bearer ")]
+    assert len(dpop_provider.dpop_proofs) == proofs
+    dbsession.commit()
+    assert dbsession.execute(select(SessionToken.token_type)).scalars().all() == [None]
+    api(browser, "GET", "/api/up/items", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"] == seen["authorization"]
+
+
 def test_a_token_refused_without_a_proof_by_a_provider_that_binds_refresh_tokens_leaves_the_session(
     make_dpop_app, dpop_provider, upstream, dbsession
 ):
