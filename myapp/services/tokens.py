@@ -502,7 +502,21 @@ class TokenManager:
                 subject = self._refresh_locked(rows, session_id, None)  # the session's own, fresh
                 if isinstance(subject, BaseException):
                     return subject
-                response = client.exchange_token(subject.token, **request)
+                try:
+                    response = client.exchange_token(subject.token, **request)
+                except TokenRequestRefused as e:
+                    if e.error != "invalid_grant":
+                        raise
+                    # About the subject token, the session's own access token (one the provider no
+                    # longer takes though it looks fresh here: no expires_in, a clock ahead), not its
+                    # refresh token: the session's own refresh tells which, and the exchange is asked
+                    # once more with its new token. Its refusal ends the session, as a refresh's does.
+                    fresh = self._refresh_locked(rows, session_id, subject.token)
+                    if isinstance(fresh, BaseException):
+                        return fresh
+                    if fresh.token == subject.token:
+                        raise  # minted moments ago (RECENT_REFRESH): nothing newer to offer
+                    response = client.exchange_token(fresh.token, **request)
             else:
                 if not own.refresh_token:
                     # Nothing to ask with (the provider issued none): only this upstream is out of reach,
@@ -511,11 +525,16 @@ class TokenManager:
                     return UpstreamTokenRefused(upstream.name, "no_refresh_token")
                 response = client.refresh(own.refresh_token, **request)
         except TokenRequestRefused as e:
+            if e.error == "invalid_grant" and upstream.exchange:
+                # The session's access token, fresh from the provider, is refused all the same: the
+                # provider will not exchange it (its policy), and only this upstream is out of reach.
+                self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
+                return UpstreamTokenRefused(upstream.name, e.error)
             if e.error == "invalid_grant" and dpop is None and key is not None:
                 return self._refused_without_proof(rows, session, upstream, own)
             if e.error in ("invalid_grant", "invalid_dpop_proof"):
-                # The refresh token (or, for an exchange, the session's token) is dead, or the
-                # provider will not take the session's key: as for a refresh.
+                # The refresh token is dead, or the provider will not take the session's key: as
+                # for a refresh.
                 return self._end(rows, session, f"{e.error} for upstream {upstream.name}")
             self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
             return UpstreamTokenRefused(upstream.name, e.error)

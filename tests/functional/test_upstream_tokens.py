@@ -828,3 +828,55 @@ def test_a_refused_exchange_answer_repeating_a_token_an_upstream_still_uses_does
     assert token_seen(upstream) == held
     # Revoked with the session all the same, as swap's exchanged token.
     assert held in queued_at_the_end(signed_in, browser, dbsession)
+
+
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+def test_an_exchange_refusing_the_sessions_access_token_refreshes_it_and_exchanges_again(
+    app, signed_in, upstream, provider, dbsession
+):
+    """An exchange's invalid_grant is about its subject token, the session's own access token, not
+    its refresh token: one the provider no longer takes though the app still thinks it fresh (no
+    expires_in, so used until refused; a provider whose clock runs ahead) ended the session, whose
+    refresh token was alive. The session's token is refreshed (under the same lock) and the
+    exchange asked again, once, with the new one."""
+    browser = signed_in(app=app)  # "at-1" is no token the provider knows any more
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert [f["grant_type"] for f in token_requests(provider)] == [EXCHANGE, "refresh_token", EXCHANGE]
+    forms = token_requests(provider)
+    assert forms[0]["subject_token"] == "at-1" and forms[2]["subject_token"] == tokens_of(signed_in.store, browser).access_token
+    assert provider.access_tokens[token_seen(upstream)]["aud"] == EXCHANGED
+    assert row_of(dbsession, browser).ended_at is None
+
+
+def test_an_exchange_refusing_a_fresh_access_token_is_a_502_for_that_upstream_only(
+    app, signed_in, upstream, provider, dbsession
+):
+    """The session's token, refreshed moments ago, still refused: the provider will not exchange it
+    (its policy, not a dead session). That upstream is out of reach; the session and the others go on."""
+    provider.token_response = lambda form: (
+        (400, {"error": "invalid_grant"}) if form.get("grant_type") == EXCHANGE
+        else provider.issue_tokens(form, provider.token_forms[-1])
+    )
+    browser = signed_in(app=app)
+    response = api(browser, "GET", "/api/swap/x", status=502)
+    assert response.json["error"] == "upstream_unavailable" and "invalid_grant" in response.json["message"]
+    assert [f["grant_type"] for f in token_requests(provider)] == [EXCHANGE, "refresh_token", EXCHANGE]
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    api(browser, "GET", "/api/graph/x", status=200)
+    api(browser, "GET", "/api/plain/x", status=200)
+    # Refused again a moment later: the session's token, minted moments ago, is not refreshed again.
+    api(browser, "GET", "/api/swap/x", status=502)
+    assert [f["grant_type"] for f in token_requests(provider)][-1:] == [EXCHANGE]
+    assert row_of(dbsession, browser).ended_at is None
+
+
+def test_an_exchange_refused_with_a_dead_refresh_token_behind_it_ends_the_session(
+    app, signed_in, upstream, provider, dbsession
+):
+    browser = signed_in(app=app)
+    provider.refresh_tokens.clear()  # revoked at the provider, and "at-1" with it
+    assert api(browser, "GET", "/api/swap/x", status=401).json["error"] == "login_required"
+    assert row_of(dbsession, browser).end_reason == "refresh_failed"
+    assert upstream.seen == []
