@@ -539,14 +539,16 @@ class TokenManager:
             self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
             return UpstreamTokenRefused(upstream.name, e.error)
         except DPoPNotBound as e:
-            return self._end_unbound(rows, session, e)
+            # Bearer where a bound token was asked for (dpop = required), for this target only: that
+            # token is never used, and only this upstream is out of reach. The session's own tokens
+            # are bound and alive (a refresh answered so, unlike this, ends it: _end_unbound).
+            if not self._keep_refused_answer(rows, session, own, upstream, e.issued()):
+                return LoginRequired()
+            self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
+            return UpstreamTokenRefused(upstream.name, e.reason)
         except OIDCError as e:
-            if isinstance(e, TokenResponseInvalid) and upstream.exchange:
-                if not self._keep_refused_exchange(rows, session, e.issued()):
-                    return LoginRequired()
-            elif isinstance(e, TokenResponseInvalid):
-                if not self._keep_successor(rows, session, own, e.refresh_token):
-                    return LoginRequired()
+            if isinstance(e, TokenResponseInvalid) and not self._keep_refused_answer(rows, session, own, upstream, e.issued()):
+                return LoginRequired()
             self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         now = self.clock()
@@ -581,6 +583,17 @@ class TokenManager:
             return LoginRequired()
         self.metrics.refreshes.inc()
         return minted, dpop
+
+    def _keep_refused_answer(
+        self, rows: SessionRows, session: SessionRecord, own: TokenSet, upstream: Upstream, issued: TokenSet
+    ) -> bool:
+        """What an answer for ``upstream``'s token that is not used carried that the provider would
+        take all the same (``issued``), never dropped: an exchange's as _keep_refused_exchange says,
+        a refresh grant's rotated refresh token kept as the session's (_keep_successor). False when
+        the session ended meanwhile."""
+        if upstream.exchange:
+            return self._keep_refused_exchange(rows, session, issued)
+        return self._keep_successor(rows, session, own, issued.refresh_token)
 
     @staticmethod
     def _keep_refused_exchange(rows: SessionRows, session: SessionRecord, issued: TokenSet) -> bool:

@@ -509,6 +509,41 @@ def test_a_bearer_answer_to_a_refresh_when_dpop_is_required_ends_the_session_and
     assert dpop_provider.refresh_tokens.keys() <= queued  # the refresh token it issued is queued for revocation
 
 
+@pytest.mark.parametrize("own", [{"myapp.upstream.up.scope": "items:read"},
+                                 {"myapp.upstream.up.exchange": "true", "myapp.upstream.up.resource": "https://items.test"}])
+def test_a_bearer_answer_for_an_upstreams_own_token_when_dpop_is_required_leaves_the_session(
+    make_dpop_app, dpop_provider, upstream, dbsession, own
+):
+    """dpop = required, and the provider answers Bearer to the request for one upstream's own token
+    (a policy of that target's): that token is never used, and that upstream is out of reach (502).
+    It ended the session, whose own tokens are bound and alive: every sign-in ended again at its
+    first call to that upstream (at once, when the dashboard shows it). Nothing of the session's is
+    lost: a refresh token the refresh grant rotated is kept as the session's (the provider spent the
+    old one), as for any answer refused; an exchange's Bearer access token is queued for revocation."""
+    app = make_dpop_app(**own)
+    browser = signed_in_browser(app, dpop_provider)
+    dpop_provider.dpop_bearer = True
+    response = api(browser, "GET", "/api/up/items", status=502)
+    assert response.json["error"] == "upstream_unavailable" and "dpop_not_bound" in response.json["message"]
+    assert upstream.seen == []  # the Bearer token never went anywhere
+    row = session_row(dbsession)
+    assert row.ended_at is None and row.access_token_type == "DPoP"
+    details = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all()
+    assert details == ["dpop_not_bound (token for upstream up)"]
+    cipher = app.registry[Services].cipher
+    queued = {cipher.decrypt(t) for t in dbsession.scalars(select(TokenRevocation.token))}
+    [issued] = [t for t, claims in dpop_provider.access_tokens.items() if claims["aud"] != "session" and "jkt" not in claims]
+    if "myapp.upstream.up.exchange" in own:
+        assert queued == {issued}
+    else:
+        assert queued == set()
+        assert cipher.decrypt(row.refresh_token) in dpop_provider.refresh_tokens  # the rotated one, kept
+    # The session's own calls go on, bound.
+    dpop_provider.dpop_bearer = False
+    api(browser, "GET", "/api/readonly/x", status=200)
+    assert upstream.seen[-1]["headers"]["authorization"].startswith("DPoP ")
+
+
 def test_a_refused_sign_in_leaves_no_token_it_issued_unrevoked(make_dpop_app, dpop_provider, dbsession):
     dpop_provider.dpop_bearer = True
     app = make_dpop_app()
