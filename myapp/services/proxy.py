@@ -574,13 +574,15 @@ class Proxy:
                 # No refresh can fix that; the browser is sent to sign in again, asking for it.
                 self._discard(response)
                 raise challenge
-            if credential.dpop is not None:
-                error = challenge_error(authenticate)
-                if error is not None and error != "invalid_token":
-                    # The proof was refused (invalid_dpop_proof, or a nonce again after the retry): a
-                    # new token would be refused the same way. The 401 goes back; no refresh, no loop.
-                    log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
-                    return response
+            error = challenge_error(authenticate)
+            if error == "invalid_dpop_proof" or (
+                credential.dpop is not None and error is not None and error != "invalid_token"
+            ):
+                # The proof was refused (invalid_dpop_proof, or a nonce again after the retry), or a
+                # Bearer token was, for want of one (SPEC.md: invalid_dpop_proof is never a reason to
+                # refresh): a new token would be refused the same way. The 401 goes back; no refresh.
+                log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
+                return response
             fresh = token(stale=credential.token)
         except BaseException:
             # A step-up challenge (drained above), a refresh that failed (an outage, a revoked

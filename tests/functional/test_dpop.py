@@ -160,6 +160,26 @@ def test_a_proof_the_upstream_refuses_gets_its_401_back_without_a_refresh(make_d
     assert "upstream up refused the DPoP proof: invalid_dpop_proof" in caplog.text
 
 
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_a_proof_refusal_to_a_bearer_token_gets_its_401_back_without_a_refresh(
+    make_dpop_app, dpop_provider, upstream, dbsession, mode
+):
+    """SPEC.md: an upstream 401 with error="invalid_dpop_proof" is never a reason to refresh. An
+    upstream that wants DPoP answers a Bearer token (DPoP off, or a provider that chose Bearer) so:
+    a refresh was made for it (and the call sent again), once every 30 seconds per session, though a
+    new Bearer token is refused the same way."""
+    dpop_provider.dpop_bearer = True
+    browser = signed_in_browser(make_dpop_app(mode), dpop_provider)
+    dbsession.execute(update(UserSession).values(refreshed_at=utcnow() - timedelta(minutes=1)))
+    dbsession.commit()
+    upstream.challenge = 'DPoP algs="ES256", error="invalid_dpop_proof", error_description="no proof"'
+    refresh_uses = list(dpop_provider.refresh_uses)
+    response = api(browser, "GET", "/api/up/items", status=401)
+    assert 'error="invalid_dpop_proof"' in response.headers["WWW-Authenticate"]
+    assert upstream.seen[-1]["headers"]["authorization"].startswith("Bearer ")
+    assert len(upstream.seen) == 1 and dpop_provider.refresh_uses == refresh_uses
+
+
 def test_a_long_proof_refusal_is_read_and_gets_no_refresh(make_dpop_app, dpop_provider, upstream):
     """Over 4,096 characters the challenge was not read: the refusal was taken for an expired token
     and refreshed (found by a black-box review)."""
