@@ -511,6 +511,8 @@ class TokenManager:
                     # longer takes though it looks fresh here: no expires_in, a clock ahead), not its
                     # refresh token: the session's own refresh tells which, and the exchange is asked
                     # once more with its new token. Its refusal ends the session, as a refresh's does.
+                    if subject.token != own.access_token:
+                        raise  # refreshed for this very exchange (it was due): nothing newer to offer
                     fresh = self._refresh_locked(rows, session_id, subject.token)
                     if isinstance(fresh, BaseException):
                         return fresh

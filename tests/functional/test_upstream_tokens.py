@@ -880,3 +880,24 @@ def test_an_exchange_refused_with_a_dead_refresh_token_behind_it_ends_the_sessio
     assert api(browser, "GET", "/api/swap/x", status=401).json["error"] == "login_required"
     assert row_of(dbsession, browser).end_reason == "refresh_failed"
     assert upstream.seen == []
+
+
+def test_an_exchange_refusing_a_token_refreshed_for_it_does_not_refresh_it_again(
+    app, signed_in, upstream, provider, dbsession
+):
+    """The session's token was due, so it was refreshed for this very exchange, and the provider
+    refuses to exchange it: a second refresh cannot help (nothing newer than a token minted moments
+    ago). With access tokens that live no longer than the leeway (never fresh by expiry), the retry
+    refreshed the session again, two refreshes (two rotations) for one call."""
+    def short_lived(form):
+        if form.get("grant_type") == EXCHANGE:
+            return 400, {"error": "invalid_grant"}
+        status, body = provider.issue_tokens(form, provider.token_forms[-1])
+        return status, ({**body, "expires_in": 30} if status == 200 else body)
+
+    provider.token_response = short_lived
+    browser = signed_in(app=app, expires_in=30)  # due: refreshed before it is exchanged
+    response = api(browser, "GET", "/api/swap/x", status=502)
+    assert response.json["error"] == "upstream_unavailable"
+    assert [f["grant_type"] for f in token_requests(provider)] == ["refresh_token", EXCHANGE]
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
