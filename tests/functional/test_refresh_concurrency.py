@@ -6,6 +6,7 @@ shared by one BFF in this process or by two BFF processes.
 """
 
 import threading
+from datetime import timedelta
 
 import pytest
 import requests
@@ -232,3 +233,83 @@ def test_the_development_setup_in_one_process_answers_more_calls_than_it_has_thr
     assert results == [(200, "alice")] * (threads * 5)
     assert after["refresh_grants"] - before["refresh_grants"] == (1 if expired else 0)
     assert after["refresh_reuse_detected"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lock_backend", ["database", pytest.param("redis", marks=pytest.mark.redis)])
+def test_an_exchange_refusing_the_sessions_token_refreshes_it_once_across_two_processes(
+    committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend
+):
+    """An exchange answered invalid_grant refreshes the session's token (its subject) and exchanges
+    again, under the session's lock: calls to the exchanged upstream and to another upstream minted
+    with the refresh token, at once from two processes, share that one refresh, and the rotating
+    provider (reuse detection on) never sees a refresh token twice."""
+    from myapp.models import User
+    from myapp.services.sessions import SessionStore
+    from myapp.services.tokenset import TokenCipher, TokenSet
+    from myapp.settings import load_settings
+    from tests.conftest import TEST_KEY, base_settings
+
+    served_upstream.reset()
+    overrides = {
+        "myapp.public_url": "env:MYAPP_PUBLIC_URL",
+        "myapp.environment": "development",
+        "myapp.session.cookie_secure": "false",
+        "myapp.session.cookie_name": "session",
+        "myapp.oidc.issuer": provider.issuer,
+        "myapp.upstreams": f"swap = {served_upstream.url}/swap\ngraph = {served_upstream.url}/graph",
+        "myapp.upstream.swap.exchange": "true",
+        "myapp.upstream.swap.resource": "https://swap.example.test/",
+        "myapp.upstream.graph.scope": "https://graph.example.test/.default",
+    }
+    if lock_backend == "redis":
+        from tests.conftest import redis_url
+
+        overrides.update({"myapp.lock.backend": "redis", "myapp.redis.url": redis_url()})
+    settings = base_settings(committed_database_url, **overrides)
+    settings["myapp.oidc.client_id"], settings["myapp.oidc.client_secret"] = "myapp-test", provider.client_secret
+    ini = write_ini(tmp_path / "app.ini", settings)
+    user = User(issuer=provider.issuer, subject="alice", name="Alice", groups=[])
+    committed.add(user)
+    committed.flush()
+    provider.refresh_tokens["rt-1"] = provider.claims()
+    store = SessionStore(
+        dbsession=committed, cipher=TokenCipher([TEST_KEY]), settings=load_settings({**settings, "myapp.public_url": "http://x"}).session
+    )
+    # "at-1" looks fresh for five minutes, but the provider knows it no more: its exchange is refused.
+    raw_id, _ = store.create(user=user, tokens=TokenSet(
+        access_token="at-1", refresh_token="rt-1", access_token_expires_at=utcnow() + timedelta(minutes=5)
+    ))
+    committed.commit()
+
+    with bff_processes(ini, [free_port(), free_port()]) as (first, second):
+        barrier = threading.Barrier(2 * CALLERS)
+        results = []
+
+        def call(url):
+            with requests.Session() as session:
+                session.cookies.set("session", raw_id)
+                barrier.wait()
+                results.append(api(session, url).status_code)
+
+        targets = [f"{base}/api/{name}/me" for base in (first, second) for name in ("swap", "graph")] * (CALLERS // 2)
+        threads = [threading.Thread(target=call, args=(url,)) for url in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert results == [200] * (2 * CALLERS)
+    assert provider.reuse_detected == 0
+    assert len(provider.refresh_uses) == len(set(provider.refresh_uses)), provider.refresh_uses
+    grants = [dict(form)["grant_type"] for form in provider.token_forms]
+    exchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+    # One refused exchange (of "at-1"), one refresh of the session's token, one exchange of it;
+    # graph's token once, before or after.
+    assert grants.count(exchange) == 2 and grants.count("refresh_token") == 2, grants
+    exchanged = [form for form in provider.token_forms if dict(form)["grant_type"] == exchange]
+    assert dict(exchanged[0])["subject_token"] == "at-1" and dict(exchanged[1])["subject_token"] != "at-1"
+    for seen in served_upstream.seen:
+        token = seen["headers"]["authorization"].removeprefix("Bearer ")
+        expected = "https://swap.example.test/" if seen["path"].startswith("/swap") else "scope:https://graph.example.test/.default"
+        assert provider.access_tokens[token]["aud"] == expected
