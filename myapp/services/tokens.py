@@ -511,8 +511,10 @@ class TokenManager:
                     # longer takes though it looks fresh here: no expires_in, a clock ahead), not its
                     # refresh token: the session's own refresh tells which, and the exchange is asked
                     # once more with its new token. Its refusal ends the session, as a refresh's does.
-                    if subject.token != own.access_token:
-                        raise  # refreshed for this very exchange (it was due): nothing newer to offer
+                    if subject.token != own.access_token or not own.refresh_token:
+                        # Refreshed for this very exchange (it was due), or nothing to refresh it
+                        # with: there is nothing newer to offer, and only this upstream is out of reach.
+                        raise
                     fresh = self._refresh_locked(rows, session_id, subject.token)
                     if isinstance(fresh, BaseException):
                         return fresh

@@ -901,3 +901,26 @@ def test_an_exchange_refusing_a_token_refreshed_for_it_does_not_refresh_it_again
     assert response.json["error"] == "upstream_unavailable"
     assert [f["grant_type"] for f in token_requests(provider)] == ["refresh_token", EXCHANGE]
     assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+
+
+def test_an_exchange_refused_for_a_session_without_a_refresh_token_is_a_502_for_that_upstream_only(
+    app, signed_in, upstream, provider, dbsession
+):
+    """A session the provider gave no refresh token, whose exchange is refused (invalid_grant, a
+    policy of the target's): nothing can tell whether its access token is dead, and no refresh can
+    be tried. bd9379e sent it to the refresh, which ended the session ("no refresh token"), so a
+    dashboard showing that upstream signed its people out right after every sign-in. Only that
+    upstream is out of reach, as for an upstream whose token needs the refresh token; the session
+    goes on with its own access token (and ends when that is refused or expires)."""
+    provider.access_tokens["at-1"] = {"aud": "session", "sub": "alice", "grant": "authorization_code"}
+    provider.token_response = lambda form: (
+        (400, {"error": "invalid_grant"}) if form.get("grant_type") == EXCHANGE
+        else provider.issue_tokens(form, provider.token_forms[-1])
+    )
+    browser = signed_in(app=app, refresh_token=None)
+    response = api(browser, "GET", "/api/swap/x", status=502)
+    assert response.json["error"] == "upstream_unavailable" and "invalid_grant" in response.json["message"]
+    assert [f["grant_type"] for f in token_requests(provider)] == [EXCHANGE]
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    api(browser, "GET", "/api/plain/x", status=200)
+    assert token_seen(upstream) == "at-1"
