@@ -581,7 +581,11 @@ class Proxy:
                 # The proof was refused (invalid_dpop_proof, or a nonce again after the retry), or a
                 # Bearer token was, for want of one (SPEC.md: invalid_dpop_proof is never a reason to
                 # refresh): a new token would be refused the same way. The 401 goes back; no refresh.
-                log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
+                if credential.dpop is None:
+                    log.warning("upstream %s wants a DPoP proof (%s); a Bearer token was sent, passed back without"
+                                " a refresh", outgoing.upstream.name, error)
+                else:
+                    log.warning("upstream %s refused the DPoP proof: %s", outgoing.upstream.name, error)
                 return response
             fresh = token(stale=credential.token)
         except BaseException:

@@ -162,22 +162,26 @@ def test_a_proof_the_upstream_refuses_gets_its_401_back_without_a_refresh(make_d
 
 @pytest.mark.parametrize("mode", ["off", "auto"])
 def test_a_proof_refusal_to_a_bearer_token_gets_its_401_back_without_a_refresh(
-    make_dpop_app, dpop_provider, upstream, dbsession, mode
+    make_dpop_app, dpop_provider, upstream, dbsession, mode, caplog
 ):
     """SPEC.md: an upstream 401 with error="invalid_dpop_proof" is never a reason to refresh. An
     upstream that wants DPoP answers a Bearer token (DPoP off, or a provider that chose Bearer) so:
     a refresh was made for it (and the call sent again), once every 30 seconds per session, though a
-    new Bearer token is refused the same way."""
+    new Bearer token is refused the same way. The log says that no proof was sent (it said the
+    upstream "refused the DPoP proof", sending whoever reads it after a proof that never was)."""
     dpop_provider.dpop_bearer = True
     browser = signed_in_browser(make_dpop_app(mode), dpop_provider)
     dbsession.execute(update(UserSession).values(refreshed_at=utcnow() - timedelta(minutes=1)))
     dbsession.commit()
     upstream.challenge = 'DPoP algs="ES256", error="invalid_dpop_proof", error_description="no proof"'
     refresh_uses = list(dpop_provider.refresh_uses)
-    response = api(browser, "GET", "/api/up/items", status=401)
+    with caplog.at_level(logging.WARNING, logger="myapp.services.proxy"):
+        response = api(browser, "GET", "/api/up/items", status=401)
     assert 'error="invalid_dpop_proof"' in response.headers["WWW-Authenticate"]
     assert upstream.seen[-1]["headers"]["authorization"].startswith("Bearer ")
     assert len(upstream.seen) == 1 and dpop_provider.refresh_uses == refresh_uses
+    assert "upstream up wants a DPoP proof (invalid_dpop_proof); a Bearer token was sent" in caplog.text
+    assert "refused the DPoP proof" not in caplog.text
 
 
 def test_a_long_proof_refusal_is_read_and_gets_no_refresh(make_dpop_app, dpop_provider, upstream):
