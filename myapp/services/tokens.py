@@ -585,6 +585,14 @@ class TokenManager:
             if upstream.exchange:
                 rows.revoke_issued_later(session, TokenSet(access_token=issued.access_token, refresh_token=kept))
             return LoginRequired()
+        if (
+            upstream.exchange and stored is not None and not self._takes(upstream, stored.token_type)
+            and (stored.expires_at is None or stored.expires_at > now)
+        ):
+            # The bound token this upstream no longer takes (set to dpop = false), replaced while live:
+            # exchanged, so no refresh token's revocation covers it, and its row, which queued it at
+            # the session's end, now holds the new one. Nobody keeps it: queued now.
+            rows.revoke_issued_later(session, TokenSet(access_token=stored.access_token))
         self.metrics.refreshes.inc()
         return minted, dpop
 

@@ -339,6 +339,29 @@ def test_an_upstream_set_to_dpop_false_gets_a_bearer_token_at_once_not_its_store
     assert upstream.seen[-1]["headers"]["authorization"] == seen["authorization"]
 
 
+def test_an_exchanged_bound_token_an_upstream_set_to_dpop_false_no_longer_takes_is_queued_for_revocation(
+    make_dpop_app, dpop_provider, upstream, dbsession
+):
+    """The stored token 07a775a stops serving to an upstream set to dpop = false is replaced in its
+    row by the Bearer one asked for: an exchanged one is live (not of the session's grant, so its
+    refresh token's revocation does not cover it), and its row was what queued it when the session
+    ended. Overwritten, it was revoked by nobody until it expired. It is queued at once now, as an
+    exchange's access token nobody keeps is, and only once."""
+    own = {"myapp.upstream.up.exchange": "true", "myapp.upstream.up.resource": "https://items.test"}
+    app = make_dpop_app(**own)
+    browser = signed_in_browser(app, dpop_provider)
+    api(browser, "GET", "/api/up/items", status=200)
+    bound = upstream.seen[-1]["headers"]["authorization"].removeprefix("DPoP ")
+    browser.app = make_dpop_app(**own, **{"myapp.upstream.up.dpop": "false"})
+    api(browser, "GET", "/api/up/items", status=200)
+    bearer = upstream.seen[-1]["headers"]["authorization"].removeprefix("Bearer ")
+    dbsession.commit()
+    cipher = app.registry[Services].cipher
+    queued = [(cipher.decrypt(row.token), row.token_type_hint) for row in dbsession.scalars(select(TokenRevocation))]
+    assert queued == [(bound, "access_token")]
+    assert bearer != bound and session_row(dbsession).ended_at is None
+
+
 def test_a_token_refused_without_a_proof_by_a_provider_that_binds_refresh_tokens_leaves_the_session(
     make_dpop_app, dpop_provider, upstream, dbsession
 ):
