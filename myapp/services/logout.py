@@ -2,6 +2,7 @@
 (back-channel logout)."""
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -119,9 +120,10 @@ class LogoutService:
             return client.revoke(tokens.access_token, "access_token", timeout=timeout)
         return Revocation.NOT_OFFERED
 
-    def backchannel_logout(self, logout_token: str) -> tuple[dict, int]:
+    def backchannel_logout(self, logout_token: str, *, ip_address: str | None) -> tuple[dict, int]:
         """Validate a logout token with the keys and rules of the provider its ``iss`` names, refuse
-        a replay, end the sessions it names at that provider only. Returns (claims, ended)."""
+        a replay, end the sessions it names at that provider only, and record it against each person
+        signed out. Returns (claims, sessions ended)."""
         client = self.providers.by_issuer(unverified_issuer(logout_token))
         if client is None:
             raise OIDCError("unknown_issuer", "The logout token is not from a provider this app trusts.")
@@ -134,18 +136,29 @@ class LogoutService:
         of_issuer = select(User.id).where(User.issuer == issuer)
         if claims.get("sub") is not None:
             of_issuer = of_issuer.where(User.subject == claims["sub"])
+        by_sid, without_sid = Counter(), Counter()  # user id -> sessions ended
         if claims.get("sid") is not None:
             # With the user named too, their sessions whose sid is unknown (an ID token that named
             # none) may be the one the provider ended: those end as well (SPEC.md: "else all of
             # that user's"). Without a user, nothing tells whose such a session is.
-            ended = self.sessions.end_by_provider_sid(
-                of_issuer, claims["sid"], EndReason.BACKCHANNEL, unknown_sid_too=claims.get("sub") is not None
+            ended = []
+            self.sessions.end_by_provider_sid(
+                of_issuer, claims["sid"], EndReason.BACKCHANNEL, unknown_sid_too=claims.get("sub") is not None,
+                ended=ended,
             )
+            for row in ended:
+                (by_sid if row.provider_sid is not None else without_sid)[row.user_id] += 1
         else:
-            ended = sum(
-                self.sessions.end_all_for_user(uid, EndReason.BACKCHANNEL) for uid in self.dbsession.scalars(of_issuer)
+            for user_id in self.dbsession.scalars(of_issuer).all():
+                without_sid[user_id] += self.sessions.end_all_for_user(user_id, EndReason.BACKCHANNEL)
+        for user_id in sorted(set(by_sid) | {uid for uid, n in without_sid.items() if n}):
+            self.audit.record(
+                AuditEventType.BACKCHANNEL_LOGOUT,
+                user_id=user_id,
+                ip_address=ip_address,
+                detail=_how_ended(by_sid[user_id], without_sid[user_id], sid_named=claims.get("sid") is not None),
             )
-        return claims, ended
+        return claims, by_sid.total() + without_sid.total()
 
     def _first_sighting(self, issuer: str, claims: dict) -> bool:
         """Record the jti; False if some process recorded it before (atomic: INSERT .. ON CONFLICT)."""
@@ -162,3 +175,17 @@ class LogoutService:
             {"issuer": issuer, "jti": claims["jti"], "expires_at": now + timedelta(seconds=remaining)},
             ["issuer", "jti"],
         )
+
+
+def _how_ended(by_sid: int, without_sid: int, *, sid_named: bool) -> str:
+    """A back-channel logout's audit detail: how many of a person's sessions it ended, and how
+    they were found (by the token's sid, or by its sub: all of theirs, or those without a sid)."""
+    if not sid_named:
+        how = "by sub"
+    elif not without_sid:
+        how = "by sid"
+    elif not by_sid:
+        how = "by sub: signed in without a sid"
+    else:
+        how = f"{by_sid} by sid, {without_sid} by sub: signed in without a sid"
+    return f"{by_sid + without_sid} session(s) ended ({how})"

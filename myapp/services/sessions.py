@@ -344,7 +344,8 @@ class SessionRows:
         return self.end_where(condition, reason, revoke=revoke, revoke_exchanged=revoke_exchanged) == 1
 
     def end_where(
-        self, condition, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None
+        self, condition, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None,
+        ended: list | None = None,
     ) -> int:
         """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens.
 
@@ -356,11 +357,15 @@ class SessionRows:
         are queued too (``revoke_exchanged``, by default as ``revoke``): their source is the
         session's access token, so revoking its refresh token need not end them (RFC 7009 section
         2.1 covers only tokens of the same grant). Their refresh token when the exchange answered
-        with one, else the access token (``token_type_hint=access_token``).
+        with one, else the access token (``token_type_hint=access_token``). ``ended``, when given,
+        receives each ended session's ``user_id`` and ``provider_sid``, for a caller that says whose.
         """
         # Locked while read, so that a refresh committing meanwhile cannot slip a token past us.
         ending = self.dbsession.execute(
-            select(_SESSIONS.id, _SESSIONS.refresh_token, _SESSIONS.access_token, _USERS.issuer)
+            select(
+                _SESSIONS.id, _SESSIONS.user_id, _SESSIONS.provider_sid, _SESSIONS.refresh_token,
+                _SESSIONS.access_token, _USERS.issuer,
+            )
             .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
             .where(condition, _SESSIONS.ended_at.is_(None))
             .with_for_update(of=UserSession.__table__)
@@ -403,6 +408,8 @@ class SessionRows:
             else (issuers[row.session_id], row.access_token, "access_token")
             for row in exchanged
         )
+        if ended is not None:
+            ended.extend(ending)  # locked above: each of them is ended by the update
         # Rows already loaded reload these on next access (the ORM cannot sync attributes it never loaded).
         for obj in list(self.dbsession.identity_map.values()):
             if isinstance(obj, UserSession):
@@ -929,13 +936,15 @@ class SessionStore:
     def end_all_others(self, session: SessionRecord, reason: EndReason = EndReason.ENDED_ELSEWHERE) -> int:
         return self.end_all_for_user(session.user_id, reason, except_id=session.id)
 
-    def end_by_provider_sid(self, user_ids: Select, sid: str, reason: EndReason, *, unknown_sid_too: bool = False) -> int:
+    def end_by_provider_sid(
+        self, user_ids: Select, sid: str, reason: EndReason, *, unknown_sid_too: bool = False, ended: list | None = None
+    ) -> int:
         """End the sessions with this provider ``sid`` of the users ``user_ids`` selects (those of one
-        issuer); ``unknown_sid_too``: and theirs signed in without a sid."""
+        issuer); ``unknown_sid_too``: and theirs signed in without a sid. ``ended``: as ``end_where``."""
         matches = UserSession.provider_sid == stored_sid(sid)
         if unknown_sid_too:
             matches = matches | UserSession.provider_sid.is_(None)
-        return self.rows.end_where(matches & UserSession.user_id.in_(user_ids), reason)
+        return self.rows.end_where(matches & UserSession.user_id.in_(user_ids), reason, ended=ended)
 
     def _live_params(self, **more) -> dict:
         now = self.clock()

@@ -5,7 +5,8 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from myapp.models import AuditEvent, SeenLogoutToken
+from myapp.models import AuditEvent, SeenLogoutToken, User
+from myapp.services.audit import AuditFilter, AuditLog
 from tests.functional.auth.flows import (
     session_count,
     sign_in,
@@ -54,7 +55,50 @@ def test_a_logout_token_naming_the_user_and_a_sid_ends_their_sessions_whose_sid_
     assert "reason=provider_logout" in unknown.get("/posts", status=303).location
     assert "Alice" in other.get("/").text
     event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "backchannel_logout")).one()
-    assert event.detail == "1 session(s) ended (by sid)"
+    assert event.detail == "1 session(s) ended (by sub: signed in without a sid)"
+
+
+def backchannel_records(dbsession):
+    events = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "backchannel_logout").order_by(AuditEvent.id))
+    return [(e.user_id, e.actor_id, e.detail) for e in events]
+
+
+def test_a_backchannel_logout_is_recorded_against_the_person_it_signed_out(app, provider, dbsession):
+    """Its record named nobody, so the audit page filtered by that person left it out."""
+    sign_in(Browser(app), provider)
+    alice_id = dbsession.scalar(select(User.id).where(User.subject == "alice"))
+    post_logout_token(app, provider.logout_token(sub=None), 200)
+    assert backchannel_records(dbsession) == [(alice_id, None, "1 session(s) ended (by sid)")]
+    events, _ = AuditLog(dbsession=dbsession).page(where=AuditFilter(user="alice", event="backchannel_logout"))
+    assert len(events) == 1
+
+
+def test_a_backchannel_logout_by_sub_is_recorded_against_that_person(app, provider, dbsession):
+    for _ in range(2):
+        sign_in(Browser(app), provider)
+    alice_id = dbsession.scalar(select(User.id).where(User.subject == "alice"))
+    post_logout_token(app, provider.logout_token(sid=None), 200)
+    assert backchannel_records(dbsession) == [(alice_id, None, "2 session(s) ended (by sub)")]
+
+
+def test_a_backchannel_logout_says_which_sessions_it_ended_for_having_no_sid(app, provider, dbsession):
+    """A token naming the user and a sid also ends their sessions signed in without one: the record
+    said "(by sid)" of those too."""
+    provider.sid = None
+    unknown = [Browser(app), Browser(app)]
+    for browser in unknown:
+        sign_in(browser, provider)
+    alice_id = dbsession.scalar(select(User.id).where(User.subject == "alice"))
+    post_logout_token(app, provider.logout_token(sid="sid-of-the-provider"), 200)
+    provider.sid = "sid-of-the-provider"
+    sign_in(Browser(app), provider)
+    provider.sid = None
+    sign_in(Browser(app), provider)
+    post_logout_token(app, provider.logout_token(sid="sid-of-the-provider"), 200)
+    assert backchannel_records(dbsession) == [
+        (alice_id, None, "2 session(s) ended (by sub: signed in without a sid)"),
+        (alice_id, None, "2 session(s) ended (1 by sid, 1 by sub: signed in without a sid)"),
+    ]
 
 
 def test_a_sid_longer_than_its_column_signs_in_and_is_ended_by_its_logout_token(app, provider, dbsession):
