@@ -6,7 +6,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from pyramid.authorization import ACLHelper, Authenticated, Everyone
-from pyramid.csrf import check_csrf_origin
+from pyramid.exceptions import BadCSRFOrigin
 from pyramid.interfaces import ICSRFStoragePolicy, ISecurityPolicy
 from pyramid.request import RequestLocalCache
 from pyramid.viewderivers import INGRESS
@@ -261,9 +261,9 @@ def signed_out_here(request) -> SessionRecord | None:
 
 
 def sent_from_a_page_of(request, session: SessionRecord) -> bool:
-    """Pyramid's check of a form (its origin, then its CSRF token), against ``session``'s token
-    rather than the identity's: for a session that is no longer the request's identity."""
-    if not check_csrf_origin(request, raises=False):
+    """The check of a form (its origin, then its CSRF token), against ``session``'s token rather
+    than the identity's: for a session that is no longer the request's identity."""
+    if form_origin_failure(request, request.registry.settings["myapp"].public_url) is not None:
         return False
     supplied = request.POST.get("csrf_token", "") or request.headers.get("X-CSRF-Token", "")
     return csrf_tokens_match(session.csrf_token, supplied)
@@ -308,6 +308,31 @@ def json_csrf_failure(request, public_url: str) -> str | None:
         if origin is not None and not same_origin(origin, public_url):
             return "the Origin header does not match this site"
     return None
+
+
+def form_origin_failure(request, public_url: str) -> str | None:
+    """Why a form (a POST of a page: a post, a sign-out) is refused for where it was sent from, or
+    None. Its ``Origin``, else its ``Referer``'s origin, must be ``myapp.public_url``'s, as in the
+    JSON rule: never the request's ``Host``, which a reverse proxy may not pass on and whoever sends
+    the request writes (Pyramid's check_csrf_origin trusts it, and skips plain-http requests, as a
+    proxy's are when it sends no X-Forwarded-Proto). Naming neither is refused on an https site,
+    as Pyramid does: browsers send ``Origin`` with every POST."""
+    origin = request.headers.get("Origin")
+    if origin is None and request.referrer:
+        referer = urlsplit(request.referrer)
+        origin = f"{referer.scheme}://{referer.netloc}"
+    if not origin:
+        return "missing Origin or Referer" if public_url.startswith("https:") else None
+    return None if same_origin(origin, public_url) else "sent from another origin"
+
+
+def check_form_origin(request) -> bool:
+    """Every form's origin check (``form_origin_failure``), before its CSRF token's: Pyramid's CSRF
+    callback (its own origin check turned off), and /logout's. True, or BadCSRFOrigin."""
+    reason = form_origin_failure(request, request.registry.settings["myapp"].public_url)
+    if reason is not None:
+        raise BadCSRFOrigin(f"Origin checking failed - {reason}.")
+    return True
 
 
 def same_origin(origin: str, public_url: str) -> bool:
@@ -358,5 +383,7 @@ def includeme(config):
     policy = SessionSecurityPolicy(config.registry[Services].session_cookie)
     config.set_security_policy(policy)
     config.set_csrf_storage_policy(SessionRowCSRFStoragePolicy())
-    config.set_default_csrf_options(require_csrf=True)
+    # Pyramid's origin check compares with the request's Host; ours, with myapp.public_url. The
+    # callback runs for every form of an unsafe method, before the token is checked.
+    config.set_default_csrf_options(require_csrf=True, check_origin=False, callback=check_form_origin)
     config.add_view_deriver(json_csrf_view, under=INGRESS, over="secured_view")

@@ -3,7 +3,7 @@
 import logging
 import secrets
 
-from pyramid.csrf import check_csrf_origin, check_csrf_token
+from pyramid.csrf import check_csrf_token
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.renderers import render_to_response
 from pyramid.response import Response
@@ -13,7 +13,7 @@ from pyramid.view import view_config
 from myapp.errors import ErrorCode, json_error
 from myapp.resources import Permission
 from myapp.routes import safe_next_path
-from myapp.security import live_session, sent_from_a_page_of, signed_out_here, tell_signed_out_reason
+from myapp.security import check_form_origin, live_session, sent_from_a_page_of, signed_out_here, tell_signed_out_reason
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
@@ -203,7 +203,7 @@ def logout(request):
             # Already signed out (expired, revoked): nothing to protect, just tidy up.
             return HTTPSeeOther(request.route_path("home"), headers=forget(request))
     else:
-        check_csrf_origin(request)
+        check_form_origin(request)
         check_csrf_token(request)
         at_provider = request.logout_service.logout(session, ip_address=request.remote_addr)
     response = HTTPSeeOther(at_provider or request.route_path("home"), headers=forget(request))

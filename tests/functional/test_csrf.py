@@ -6,7 +6,7 @@ from sqlalchemy import select
 import myapp
 from myapp.models import AuditEvent, Post
 from tests.conftest import TEST_PUBLIC_URL, base_settings
-from tests.functional.conftest import Browser, dispose
+from tests.functional.conftest import COOKIE, HOST, Browser, dispose
 from tests.support.database import RolledBackDatabase
 
 
@@ -194,3 +194,68 @@ def test_a_refused_sign_out_offers_a_sign_out_of_the_current_session(alice_brows
 def test_a_refused_sign_out_of_no_session_offers_nothing(browser):
     """Without a session a sign-out has nothing to refuse: it lands on the landing page, as before."""
     assert browser.post("/logout", {"csrf_token": "stale"}, headers={"Origin": "https://evil.example"}, status=303).location == TEST_PUBLIC_URL + "/"
+
+
+def post_behind_a_proxy(browser, raw_id, url, data, *, host, scheme="https", origin=TEST_PUBLIC_URL, referer=None):
+    """A form sent as a reverse proxy passes it on: ``host`` the Host it gives the app (the
+    browser's, or its own address when it does not preserve Host), ``scheme`` what its
+    X-Forwarded-Proto made of the request (http when it sends none)."""
+    headers = {"Cookie": f"{COOKIE}={raw_id}"}
+    if origin is not None:
+        headers["Origin"] = origin
+    if referer is not None:
+        headers["Referer"] = referer
+    return browser.post(
+        url, data, headers=headers, extra_environ={"HTTP_HOST": host, "wsgi.url_scheme": scheme}, expect_errors=True
+    )
+
+
+class TestAFormsOriginIsThePublicURLs:
+    """A form's origin is checked against myapp.public_url, as the JSON rule's is, never against the
+    request's Host: a reverse proxy that does not preserve Host gave every form (a post, a sign-out)
+    "This form has expired"; one that passes no X-Forwarded-Proto left it unchecked; and an Origin
+    equal to whatever Host the request named was taken for this site."""
+
+    @pytest.fixture
+    def signed_in(self, browser, alice, sign_in):
+        raw_id, row = sign_in(browser, alice)
+        return raw_id, row.csrf_token
+
+    @pytest.mark.parametrize("host", [HOST, "127.0.0.1:6543"], ids=["Host preserved", "Host not preserved"])
+    @pytest.mark.parametrize("referer", [None, TEST_PUBLIC_URL + "/posts/new"], ids=["Origin", "Referer"])
+    def test_a_form_from_this_site_is_accepted_behind_any_proxy(self, browser, signed_in, dbsession, host, referer):
+        raw_id, token = signed_in
+        origin = None if referer else TEST_PUBLIC_URL
+        response = post_behind_a_proxy(
+            browser, raw_id, "/posts", {"title": "through a proxy", "csrf_token": token}, host=host, origin=origin,
+            referer=referer,
+        )
+        assert response.status_int == 303, response.text
+        assert [p.title for p in posts(dbsession)] == ["through a proxy"]
+
+    @pytest.mark.parametrize(
+        ("host", "scheme", "origin", "referer"),
+        [
+            ("evil.example", "https", "https://evil.example", None),
+            ("127.0.0.1:6543", "https", "https://127.0.0.1:6543", None),
+            ("127.0.0.1:6543", "http", "https://evil.example", None),
+            ("127.0.0.1:6543", "http", "null", None),
+            ("127.0.0.1:6543", "https", None, "https://evil.example/page"),
+            (HOST, "http", "http://app.example.test", None),
+            ("127.0.0.1:6543", "https", None, None),
+            ("127.0.0.1:6543", "http", None, None),
+        ],
+        ids=["Origin the request's Host", "Origin the proxy's address", "no X-Forwarded-Proto", "Origin null",
+             "Referer of another site", "http Origin of the host", "neither", "neither, no X-Forwarded-Proto"],
+    )
+    def test_a_form_from_anywhere_else_is_refused(self, browser, signed_in, alice, dbsession, host, scheme, origin,
+                                                    referer):
+        raw_id, token = signed_in
+        response = post_behind_a_proxy(
+            browser, raw_id, "/posts", {"title": "forged", "csrf_token": token}, host=host, scheme=scheme,
+            origin=origin, referer=referer,
+        )
+        assert response.status_int == 400 and "This form has expired" in response.text
+        assert posts(dbsession) == []
+        denial = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied")).one()
+        assert (denial.user_id, denial.detail) == (alice.id, "POST /posts (sent from another origin)")

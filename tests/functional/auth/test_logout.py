@@ -232,3 +232,44 @@ def test_a_sign_out_of_a_session_ended_otherwise_goes_home(browser, provider, db
     dbsession.flush()
     again = browser.post("/logout", {"csrf_token": token}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
     assert again.location == TEST_PUBLIC_URL + "/"
+
+
+def sign_out_behind_a_proxy(browser, token, *, host, scheme="https", origin=TEST_PUBLIC_URL):
+    """Sign out as a reverse proxy passes it on: ``host`` the Host it gives the app (its own
+    address when it does not preserve Host), ``scheme`` what X-Forwarded-Proto made of it."""
+    headers = {"Cookie": f"{COOKIE}={browser.cookies[COOKIE]}", "Origin": origin}
+    return browser.post(
+        "/logout", {"csrf_token": token}, headers=headers, extra_environ={"HTTP_HOST": host, "wsgi.url_scheme": scheme},
+        expect_errors=True,
+    )
+
+
+@pytest.mark.parametrize("host", ["app.example.test", "127.0.0.1:6543"], ids=["Host preserved", "Host not preserved"])
+def test_sign_out_from_this_site_works_behind_any_proxy(browser, provider, dbsession, host):
+    """/logout compared the form's Origin with the request's Host, not with myapp.public_url as
+    every other check does: behind a proxy that does not preserve Host, Sign out was refused."""
+    sign_in(browser, provider)
+    response = sign_out_behind_a_proxy(browser, csrf_of(browser), host=host)
+    assert response.status_int == 303 and response.location.startswith(provider.issuer + "/logout?")
+    assert session_count(dbsession) == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "origin"),
+    [("evil.example", "https", "https://evil.example"), ("127.0.0.1:6543", "http", "https://evil.example")],
+    ids=["Origin the request's Host", "no X-Forwarded-Proto"],
+)
+def test_sign_out_from_another_origin_is_refused_behind_any_proxy(browser, provider, dbsession, host, scheme, origin):
+    sign_in(browser, provider)
+    response = sign_out_behind_a_proxy(browser, csrf_of(browser), host=host, scheme=scheme, origin=origin)
+    assert response.status_int == 400 and "Sign out?" in response.text
+    assert session_count(dbsession) == 1
+
+
+def test_sign_out_pressed_again_goes_on_to_the_provider_behind_a_proxy_not_preserving_host(browser, provider):
+    token = signed_out_without_the_answer(browser, provider)
+    again = sign_out_behind_a_proxy(browser, token, host="127.0.0.1:6543")
+    assert again.status_int == 303 and again.location.startswith(provider.issuer + "/logout?")
+    token = signed_out_without_the_answer(browser, provider)
+    again = sign_out_behind_a_proxy(browser, token, host="evil.example", origin="https://evil.example")
+    assert again.location == TEST_PUBLIC_URL + "/"
