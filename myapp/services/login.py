@@ -248,18 +248,23 @@ class LoginService:
             except OIDCError as e:
                 raise fail(e.reason, f"The sign-in could not be verified: {e.message}", 502 if e.reason == "provider_misconfigured" else 400) from None
             sign_in = self._check_step_up(transaction, claims, fail)
+
+            # Every check has passed: only now is the access token used.
+            sid = stored_sid(claims.get("sid"))
+            if settings.fetch_userinfo:
+                userinfo = client.userinfo(token["access_token"], subject=claims["sub"], dpop=dpop)
+                if userinfo:
+                    claims = {**claims, **{k: v for k, v in userinfo.items() if k not in ("iss", "aud", "sub")}}
+            user = self.upsert_user(claims, client)
+            if user.disabled:
+                # Its session would be dead at once (SessionStore.dead_reason): none is made, and the
+                # person is told why rather than shown a signed-out page.
+                raise fail("account_disabled", "This account is disabled. If you think it should not be, ask an administrator.", 403)
         except LoginError:
             if signed_in is None or signed_in.user_issuer != settings.issuer:
                 SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, issued)
             raise
 
-        # Every check has passed: only now is the access token used.
-        sid = stored_sid(claims.get("sid"))
-        if settings.fetch_userinfo:
-            userinfo = client.userinfo(token["access_token"], subject=claims["sub"], dpop=dpop)
-            if userinfo:
-                claims = {**claims, **{k: v for k, v in userinfo.items() if k not in ("iss", "aud", "sub")}}
-        user = self.upsert_user(claims, client)
         return LoginResult(
             user_id=user.id,
             provider=provider,

@@ -625,3 +625,25 @@ def test_after_signing_out_the_landing_page_says_so_once(browser, provider):
     page = browser.get("/", status=200)
     assert page.html.select_one("[data-testid=session-ended]").text.strip() == "You have signed out."
     assert "You have signed out" not in browser.get("/", status=200).text
+
+
+def test_a_disabled_account_is_not_signed_in(app, provider, dbsession):
+    """A disabled account's sign-in was recorded as a login, made a session row holding its new
+    tokens (dead at once, but kept until the idle sweep), set a cookie for it, and said nothing of
+    why the person was not signed in. Now it is a failed sign-in that says so, and what the
+    provider issued is queued for revocation."""
+    from sqlalchemy import update
+
+    from myapp.models import TokenRevocation
+
+    sign_in(Browser(app), provider)
+    dbsession.execute(update(User).values(disabled=True))
+    dbsession.flush()
+    response = sign_in(Browser(app), provider)
+    assert response.status_int == 403
+    assert "This account is disabled" in response.text
+    assert not any(v.startswith(COOKIE + "=") and "Max-Age=0" not in v for k, v in response.headerlist if k == "Set-Cookie")
+    assert dbsession.scalar(select(func.count()).select_from(UserSession)) == 1
+    assert failures(dbsession) == ["account_disabled"]
+    assert dbsession.scalars(select(AuditEvent.event).where(AuditEvent.event == "login")).all() == ["login"]
+    assert dbsession.scalar(select(func.count()).select_from(TokenRevocation)) == 1
