@@ -319,7 +319,10 @@ def form_origin_failure(request, public_url: str) -> str | None:
     as Pyramid does: browsers send ``Origin`` with every POST."""
     origin = request.headers.get("Origin")
     if origin is None and request.referrer:
-        referer = urlsplit(request.referrer)
+        try:
+            referer = urlsplit(request.referrer)
+        except ValueError:  # an unreadable Referer ("https://[host/") names no origin, this site's least
+            return "sent from another origin"
         origin = f"{referer.scheme}://{referer.netloc}"
     if not origin:
         return "missing Origin or Referer" if public_url.startswith("https:") else None

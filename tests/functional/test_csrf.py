@@ -241,12 +241,13 @@ class TestAFormsOriginIsThePublicURLs:
             ("127.0.0.1:6543", "http", "https://evil.example", None),
             ("127.0.0.1:6543", "http", "null", None),
             ("127.0.0.1:6543", "https", None, "https://evil.example/page"),
+            (HOST, "https", None, "https://[app.example.test/posts"),
             (HOST, "http", "http://app.example.test", None),
             ("127.0.0.1:6543", "https", None, None),
             ("127.0.0.1:6543", "http", None, None),
         ],
         ids=["Origin the request's Host", "Origin the proxy's address", "no X-Forwarded-Proto", "Origin null",
-             "Referer of another site", "http Origin of the host", "neither", "neither, no X-Forwarded-Proto"],
+             "Referer of another site", "Referer unreadable", "http Origin of the host", "neither", "neither, no X-Forwarded-Proto"],
     )
     def test_a_form_from_anywhere_else_is_refused(self, browser, signed_in, alice, dbsession, host, scheme, origin,
                                                     referer):
