@@ -44,12 +44,17 @@ class LoginError(Exception):
 
     ``started_here`` is False when the callback answers no sign-in this app started (no state, an
     unknown one, a malformed response): anyone can send those, so they are counted and logged,
-    never audited, where they would bury the real failures.
+    never audited, where they would bury the real failures. ``user_id``: the person refused, when
+    the provider's answer passed every check and named someone known here.
     """
 
-    def __init__(self, reason: str, message: str, *, status: int = 400, next_path: str = "/", started_here: bool = True):
+    def __init__(
+        self, reason: str, message: str, *, status: int = 400, next_path: str = "/", started_here: bool = True,
+        user_id: int | None = None,
+    ):
         super().__init__(message)
         self.reason = reason
+        self.user_id = user_id
         self.message = message
         self.status = status
         self.next_path = next_path
@@ -196,8 +201,8 @@ class LoginService:
         transaction = self._take_transaction(params.get("state", ""), browser_token)
         next_path = transaction.next_path
 
-        def fail(reason, message, status=400):
-            return LoginError(reason, message, status=status, next_path=next_path)
+        def fail(reason, message, status=400, user_id=None):
+            return LoginError(reason, message, status=status, next_path=next_path, user_id=user_id)
         iss = params.get("iss")
         client = self._answering_provider(transaction, provider, iss)
         settings = client.settings
@@ -259,7 +264,10 @@ class LoginService:
             if user.disabled:
                 # Its session would be dead at once (SessionStore.dead_reason): none is made, and the
                 # person is told why rather than shown a signed-out page.
-                raise fail("account_disabled", "This account is disabled. If you think it should not be, ask an administrator.", 403)
+                raise fail(
+                    "account_disabled", "This account is disabled. If you think it should not be, ask an administrator.",
+                    403, user_id=user.id,
+                )
         except LoginError:
             if signed_in is None or signed_in.user_issuer != settings.issuer:
                 SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, issued)

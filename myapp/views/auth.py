@@ -160,7 +160,9 @@ def callback(request):
             log.info("stale sign-in callback (%s) in a signed-in browser; sending it on", e.reason)
             return HTTPSeeOther(e.next_path)
         if e.started_here:
-            request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
+            request.audit.record(
+                AuditEventType.LOGIN_FAILED, user_id=e.user_id, ip_address=request.remote_addr, detail=e.reason
+            )
             log.info("sign-in failed: %s", e.reason)
         else:
             log.info("sign-in callback answering no sign-in started here (%s), from %s", e.reason, request.remote_addr)

@@ -645,5 +645,7 @@ def test_a_disabled_account_is_not_signed_in(app, provider, dbsession):
     assert not any(v.startswith(COOKIE + "=") and "Max-Age=0" not in v for k, v in response.headerlist if k == "Set-Cookie")
     assert dbsession.scalar(select(func.count()).select_from(UserSession)) == 1
     assert failures(dbsession) == ["account_disabled"]
+    refused = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "login_failed")).one()
+    assert refused.user_id == dbsession.scalar(select(User.id))  # found by the audit page's filter by person
     assert dbsession.scalars(select(AuditEvent.event).where(AuditEvent.event == "login")).all() == ["login"]
     assert dbsession.scalar(select(func.count()).select_from(TokenRevocation)) == 1
