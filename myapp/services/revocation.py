@@ -20,7 +20,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from myapp.errors import describe_outage, outage_errors
-from myapp.models import Database, TokenRevocation, UserSession
+from myapp.models import Database, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.metrics import Metrics
 from myapp.services.oidc import Providers, Revocation
@@ -77,8 +77,9 @@ class Revoker:
         return done
 
     def end_expired_sessions(self) -> int:
-        """End (and queue the tokens of) sessions past their absolute or idle limit, and those no
-        browser can reach any more (unreachable_sessions), a batch at a time.
+        """End (and queue the tokens of) sessions past their absolute or idle limit, those of
+        disabled accounts, and those no browser can reach any more (unreachable_sessions), a batch
+        at a time.
 
         What is due is found with a plain read first: on most minutes nothing is, and a write
         transaction (``BEGIN IMMEDIATE`` on SQLite) would hold the database's write lock while the
@@ -90,6 +91,9 @@ class Revoker:
         conditions = (
             (EndReason.EXPIRED, UserSession.expires_at <= now),
             (EndReason.IDLE, UserSession.last_seen_at <= now - idle_after(self.idle_timeout)),
+            # Dead to every request already (dead_reason); ended, so that their tokens are revoked
+            # and enabling the account again brings none of them back.
+            (EndReason.REVOKED, UserSession.user_id.in_(select(User.id).where(User.disabled.is_(True)))),
         )
         with self.database.read() as reader:
             due = [

@@ -199,6 +199,33 @@ def test_sessions_past_their_time_are_ended_and_their_tokens_queued(revoker, sto
     assert revoker.end_expired_sessions() == 0
 
 
+def test_the_sessions_of_a_disabled_account_are_ended_and_stay_ended_when_it_is_enabled_again(
+    revoker, store, user, bob_and_his_session, dbsession, cipher
+):
+    """A disabled account's sessions were dead to every request (SessionStore.dead_reason) but never
+    ended: their refresh tokens stayed live at the provider until the idle sweep, days later, and
+    enabling the account again brought them back to life, a stolen cookie's with them."""
+    _, session = store.create(user=user, tokens=TokenSet(refresh_token="rt-disabled"))
+    user.disabled = True
+    dbsession.flush()
+    assert revoker.end_expired_sessions() == 1
+    user.disabled = False
+    dbsession.flush()
+    dbsession.expire_all()
+    assert dbsession.get(UserSession, session.id).end_reason == EndReason.REVOKED
+    assert store.dead_reason(store.find_by_handle(session.handle)) == EndReason.REVOKED
+    assert [cipher.decrypt(p.token) for p in queued(dbsession)] == ["rt-disabled"]
+    assert store.dead_reason(store.find_by_handle(bob_and_his_session.handle)) is None
+
+
+@pytest.fixture
+def bob_and_his_session(dbsession, store):
+    bob = User(issuer=ISSUER, subject="bob", name="Bob", groups=[])
+    dbsession.add(bob)
+    dbsession.flush()
+    return store.create(user=bob, tokens=TokenSet(refresh_token="rt-bob"))[1]
+
+
 def test_a_session_is_not_ended_as_idle_within_the_minute_its_use_may_not_be_written(revoker, store, user, clock):
     """The sweep ends a session as the request would find it: idle a minute after the timeout."""
     store.create(user=user)
