@@ -6,7 +6,7 @@ from webob import Request
 
 from myapp.cookies import SessionCookie
 from myapp.routes import safe_next_path
-from myapp.security import json_csrf_failure, same_origin
+from myapp.security import form_origin_failure, json_csrf_failure, same_origin
 from myapp.settings import SessionSettings
 
 PUBLIC = "https://app.example.com"
@@ -100,6 +100,35 @@ def test_json_csrf_checks_origin_on_unsafe_methods(method):
 
 def test_json_csrf_ignores_origin_on_safe_methods():
     assert json_csrf_failure(request("GET", **{"X-CSRF": "1", "Origin": "https://evil.example"}), PUBLIC) is None
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"Origin": "https://app.example.com"}, None),
+        ({"Origin": "https://APP.example.com:443"}, None),
+        ({"Referer": "https://app.example.com/posts/new?draft=1"}, None),
+        ({"Referer": "https://app.example.com:443/"}, None),
+        ({"Origin": "https://evil.example", "Referer": "https://app.example.com/"}, "sent from another origin"),
+        ({"Referer": "https://app.example.com.evil.example/"}, "sent from another origin"),
+        ({"Referer": "https://app.example.com@evil.example/"}, "sent from another origin"),
+        ({"Referer": "http://app.example.com/"}, "sent from another origin"),
+        ({"Referer": "https://[app.example.com/"}, "sent from another origin"),
+        ({"Origin": "null"}, "sent from another origin"),
+        ({"Origin": ""}, "missing Origin or Referer"),
+        ({}, "missing Origin or Referer"),
+    ],
+)
+def test_a_forms_origin_is_the_public_urls_whatever_the_host(headers, expected):
+    """Never the request's Host: behind a proxy it may be the proxy's own address, or anything."""
+    form = Request.blank("/posts", method="POST", headers=headers, environ={"HTTP_HOST": "127.0.0.1:6543"})
+    assert form_origin_failure(form, PUBLIC) == expected
+
+
+def test_a_form_naming_no_origin_passes_only_on_a_plain_http_site():
+    assert form_origin_failure(Request.blank("/posts", method="POST"), "http://127.0.0.1:6543") is None
+    other_name = Request.blank("/posts", method="POST", headers={"Origin": "http://localhost:6543"})
+    assert form_origin_failure(other_name, "http://127.0.0.1:6543") == "sent from another origin"
 
 
 def settings(**kw):
