@@ -315,8 +315,10 @@ def form_origin_failure(request, public_url: str) -> str | None:
     None. Its ``Origin``, else its ``Referer``'s origin, must be ``myapp.public_url``'s, as in the
     JSON rule: never the request's ``Host``, which a reverse proxy may not pass on and whoever sends
     the request writes (Pyramid's check_csrf_origin trusts it, and skips plain-http requests, as a
-    proxy's are when it sends no X-Forwarded-Proto). Naming neither is refused on an https site,
-    as Pyramid does: browsers send ``Origin`` with every POST."""
+    proxy's are when it sends no X-Forwarded-Proto). Naming neither leaves the CSRF token to decide,
+    as Pyramid did, except on a request that came over https, which Pyramid refuses (browsers send
+    ``Origin`` with every POST): nothing names another site, and a script or an old browser whose
+    Referer was stripped sends neither."""
     origin = request.headers.get("Origin")
     if origin is None and request.referrer:
         try:
@@ -325,7 +327,7 @@ def form_origin_failure(request, public_url: str) -> str | None:
             return "sent from another origin"
         origin = f"{referer.scheme}://{referer.netloc}"
     if not origin:
-        return "missing Origin or Referer" if public_url.startswith("https:") else None
+        return "missing Origin or Referer" if request.scheme == "https" else None
     return None if same_origin(origin, public_url) else "sent from another origin"
 
 

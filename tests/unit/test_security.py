@@ -121,14 +121,24 @@ def test_json_csrf_ignores_origin_on_safe_methods():
 )
 def test_a_forms_origin_is_the_public_urls_whatever_the_host(headers, expected):
     """Never the request's Host: behind a proxy it may be the proxy's own address, or anything."""
-    form = Request.blank("/posts", method="POST", headers=headers, environ={"HTTP_HOST": "127.0.0.1:6543"})
+    form = Request.blank(
+        "/posts", method="POST", headers=headers, environ={"HTTP_HOST": "127.0.0.1:6543", "wsgi.url_scheme": "https"}
+    )
     assert form_origin_failure(form, PUBLIC) == expected
 
 
-def test_a_form_naming_no_origin_passes_only_on_a_plain_http_site():
+def test_a_form_naming_no_origin_is_refused_only_when_it_came_over_https():
+    """As Pyramid's check did: over plain http (a development server, a proxy that sends no
+    X-Forwarded-Proto) the CSRF token decides; a named origin is compared all the same."""
     assert form_origin_failure(Request.blank("/posts", method="POST"), "http://127.0.0.1:6543") is None
+    assert form_origin_failure(Request.blank("/posts", method="POST"), PUBLIC) is None
+    over_https = Request.blank("/posts", method="POST", environ={"wsgi.url_scheme": "https"})
+    assert form_origin_failure(over_https, PUBLIC) == "missing Origin or Referer"
     other_name = Request.blank("/posts", method="POST", headers={"Origin": "http://localhost:6543"})
     assert form_origin_failure(other_name, "http://127.0.0.1:6543") == "sent from another origin"
+    assert form_origin_failure(Request.blank("/posts", method="POST", headers={"Origin": "null"}), PUBLIC) == (
+        "sent from another origin"
+    )
 
 
 def settings(**kw):

@@ -273,3 +273,22 @@ def test_sign_out_pressed_again_goes_on_to_the_provider_behind_a_proxy_not_prese
     token = signed_out_without_the_answer(browser, provider)
     again = sign_out_behind_a_proxy(browser, token, host="evil.example", origin="https://evil.example")
     assert again.location == TEST_PUBLIC_URL + "/"
+
+
+def test_a_sign_out_naming_no_origin_over_plain_http_is_judged_by_its_token_as_before(browser, provider, dbsession):
+    """A sign-out with the token but neither Origin nor Referer (a script, an old browser) reaching
+    the app over plain http: Pyramid's check let it through and so must ours (it was refused after
+    4074401); over https it is still refused."""
+    sign_in(browser, provider)
+    cookie = {"Cookie": f"{COOKIE}={browser.cookies[COOKIE]}"}
+    refused = browser.post(
+        "/logout", {"csrf_token": csrf_of(browser)}, headers=cookie, extra_environ={"wsgi.url_scheme": "https"},
+        expect_errors=True,
+    )
+    assert refused.status_int == 400 and session_count(dbsession) == 1
+    response = browser.post(
+        "/logout", {"csrf_token": csrf_of(browser)}, headers=cookie, extra_environ={"wsgi.url_scheme": "http"},
+        expect_errors=True,
+    )
+    assert response.status_int == 303 and response.location.startswith(provider.issuer + "/logout?")
+    assert session_count(dbsession) == 0
