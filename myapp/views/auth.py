@@ -166,13 +166,19 @@ def callback(request):
             log.info("sign-in failed: %s", e.reason)
         else:
             log.info("sign-in callback answering no sign-in started here (%s), from %s", e.reason, request.remote_addr)
+        if e.reason == "account_disabled":
+            # "Sign in again" would come straight back here from a provider still signed in as them.
+            retry_url = request.route_path("login", _query={"next": e.next_path, "prompt": "login"})
+            retry_label = "Sign in with another account"
+        else:
+            retry_url, retry_label = _login_url(request, e.next_path), "Sign in again"
         return error_page(
             request,
             e.status,
             "Sign-in did not work" if e.status < 500 else "Sign-in is unavailable",
             e.message,
-            retry_url=_login_url(request, e.next_path),
-            retry_label="Sign in again",
+            retry_url=retry_url,
+            retry_label=retry_label,
         )
     headers = remember(
         request, result.user_id, tokens=result.tokens, provider=result.provider, provider_sid=result.provider_sid,

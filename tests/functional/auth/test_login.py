@@ -649,3 +649,18 @@ def test_a_disabled_account_is_not_signed_in(app, provider, dbsession):
     assert refused.user_id == dbsession.scalar(select(User.id))  # found by the audit page's filter by person
     assert dbsession.scalars(select(AuditEvent.event).where(AuditEvent.event == "login")).all() == ["login"]
     assert dbsession.scalar(select(func.count()).select_from(TokenRevocation)) == 1
+
+
+def test_a_disabled_account_is_offered_a_sign_in_with_another_account(app, provider, dbsession):
+    """Its page offered "Sign in again": at a provider still signed in as that person, that comes
+    straight back to the same refusal. The link asks the provider to sign someone in afresh."""
+    from sqlalchemy import update
+
+    sign_in(Browser(app), provider)
+    dbsession.execute(update(User).values(disabled=True))
+    dbsession.flush()
+    response = sign_in(Browser(app), provider, next_path="/posts")
+    assert response.status_int == 403
+    link = response.html.select_one("a.button-large")
+    assert link.text.strip() == "Sign in with another account"
+    assert parse_qs(urlsplit(link["href"]).query) == {"next": ["/posts"], "prompt": ["login"]}
