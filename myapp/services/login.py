@@ -27,7 +27,7 @@ from myapp.services.oidc import (
     TokenResponseInvalid,
     error_code,
 )
-from myapp.services.sessions import SessionRecord, SessionRows, SignIn, stored_sid
+from myapp.services.sessions import SessionRecord, SessionRows, SignIn, same_provider_session, stored_sid
 from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
 from myapp.settings import Upstream
 
@@ -226,8 +226,9 @@ class LoginService:
         # revokes it: the refresh token, else the access token. Not when the browser is signed in
         # at this provider already (a step-up that did not pass): it was most likely made in the
         # same session at the provider as that one, whose tokens revoking it could end there
-        # (same_provider_session), and nobody holds it.
-        issued = TokenSet()
+        # (same_provider_session), and nobody holds it; unless it was refused once its person was
+        # known (account_disabled), another person in another session at the provider.
+        issued, sid = TokenSet(), None
         try:
             try:
                 # RFC 9449: the key the sign-in started with (a sign-in started before DPoP was turned on gets one now).
@@ -268,8 +269,16 @@ class LoginService:
                     "account_disabled", "This account is disabled. If you think it should not be, ask an administrator.",
                     403, user_id=user.id,
                 )
-        except LoginError:
-            if signed_in is None or signed_in.user_issuer != settings.issuer:
+        except LoginError as e:
+            if (
+                signed_in is None
+                or signed_in.user_issuer != settings.issuer
+                # Someone else's sign-in refused once known (account_disabled), in another session at
+                # the provider than the browser's: revoking it ends nothing of the signed-in person's.
+                or e.user_id is not None
+                and e.user_id != signed_in.user_id
+                and not same_provider_session(signed_in.user_issuer, signed_in.provider_sid, settings.issuer, sid)
+            ):
                 SessionRows(self.dbsession, self.cipher, self.clock).revoke_later(settings.issuer, issued)
             raise
 

@@ -664,3 +664,29 @@ def test_a_disabled_account_is_offered_a_sign_in_with_another_account(app, provi
     link = response.html.select_one("a.button-large")
     assert link.text.strip() == "Sign in with another account"
     assert parse_qs(urlsplit(link["href"]).query) == {"next": ["/posts"], "prompt": ["login"]}
+
+
+def test_a_disabled_accounts_tokens_are_revoked_when_another_person_is_signed_in_in_that_browser(
+    app, provider, dbsession
+):
+    """A refused sign-in's tokens are kept from revocation when the browser is signed in at that
+    provider (a step-up of the same session there could be ended with them). A disabled account's
+    sign-in is refused after its person is known: in a browser where someone else is signed in,
+    in another session at the provider, its refresh token was left live at the provider, held by
+    nobody. Still kept in the same session at the provider (same sid)."""
+    from sqlalchemy import update
+
+    from myapp.models import TokenRevocation
+
+    sign_in(Browser(app), provider, sub="bob", name="Bob")
+    dbsession.execute(update(User).where(User.subject == "bob").values(disabled=True))
+    dbsession.flush()
+    alices = Browser(app)
+    sign_in(alices, provider)
+    alices_sid, provider.sid = provider.sid, "sid-of-bob-at-the-provider"
+    assert sign_in(alices, provider, sub="bob", name="Bob").status_int == 403
+    assert dbsession.scalar(select(func.count()).select_from(TokenRevocation)) == 1
+    assert "Alice" in alices.get("/").text  # still signed in
+    provider.sid = alices_sid
+    assert sign_in(alices, provider, sub="bob", name="Bob").status_int == 403
+    assert dbsession.scalar(select(func.count()).select_from(TokenRevocation)) == 1
