@@ -529,6 +529,8 @@ def _check_url(name, value, *, allow_path=True):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a path")
     if not allow_path and ("?" in value or "#" in value):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a query or fragment")
+    if not allow_path and _ascii_host(parts.hostname) is None:
+        raise SettingsError(f"{name}: {value!r} has a host with no ASCII (IDNA) form, as browsers would send it")
     try:
         parts.port
     except ValueError:
@@ -801,9 +803,20 @@ def _origin(url: str) -> str:
     """``url`` written as browsers write an origin (RFC 6454 section 6.2), in ``Origin`` and ``Referer``
     alike: scheme and host in lower case, the scheme's default port left out, no trailing slash."""
     parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else _ascii_host(parts.hostname) or parts.hostname
     port = "" if parts.port in (None, DEFAULT_PORTS[parts.scheme]) else f":{parts.port}"
     return f"{parts.scheme}://{host}{port}"
+
+
+def _ascii_host(host: str) -> str | None:
+    """``host`` as browsers send it in ``Origin`` (an internationalized name in its xn-- form,
+    RFC 6454 section 4), or None when it has none."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 def _check_redis_url(reader: _Reader, name: str, url: str) -> None:

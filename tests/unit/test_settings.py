@@ -361,6 +361,10 @@ def test_production_refuses_cookies_and_sites_without_tls():
         ("https://app.example.com:80", "https://app.example.com:80"),
         ("https://[2001:DB8::1]:443", "https://[2001:db8::1]"),
         ("https://[2001:db8::1]:8443/", "https://[2001:db8::1]:8443"),
+        # An internationalized host as browsers send it in Origin and Referer, and as a Location
+        # header can carry it (RFC 6454 section 4: the host is in ASCII, IDNA ToASCII).
+        ("https://Bücher.example", "https://xn--bcher-kva.example"),
+        ("https://例え.jp:443/", "https://xn--r8jz45g.jp"),
     ],
 )
 def test_the_public_url_is_read_as_browsers_write_an_origin(written, public_url):
@@ -368,6 +372,11 @@ def test_the_public_url_is_read_as_browsers_write_an_origin(written, public_url)
     header carries, and what the redirects and URIs made of it name."""
     settings = load_settings(raw(myapp__public_url=written), environ={})
     assert settings.public_url == public_url
+
+
+def test_a_public_url_whose_internationalized_host_has_no_ascii_form_is_refused():
+    problems = problems_for(myapp__public_url="https://bü..example")
+    assert any(p.startswith("myapp.public_url: 'https://bü..example'") and "host" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("written", ["https://App.Example.COM:443", "HTTPS://app.example.com:443/", "https://app.example.com/"])
