@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, User, UserSession, insert_ignoring_duplicates
-from myapp.models.meta import utcnow
+from myapp.models.meta import shown_text, storable, utcnow
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
 from myapp.services.oidc import (
     CLOCK_SKEW,
@@ -414,7 +414,8 @@ def sign_in_from(claims: Mapping, now: datetime) -> SignIn:
 
     An ``auth_time`` later than ``now`` by more than the clock skew is none (it would satisfy every
     ``max_age`` for as long as it lies ahead); one within the skew counts as ``now``."""
-    acr = claims.get("acr") if isinstance(claims.get("acr"), str) and 0 < len(claims["acr"]) <= 255 else None
+    acr = claims.get("acr")
+    acr = acr if isinstance(acr, str) and 0 < len(acr) <= 255 and storable(acr) else None
     amr = []
     for method in claims.get("amr") if isinstance(claims.get("amr"), list) else ():
         # Up to 20 methods of up to 64 characters, as many as fit sessions.amr written as JSON.
@@ -434,7 +435,7 @@ def sign_in_from(claims: Mapping, now: datetime) -> SignIn:
 
 
 def _text(value, limit=255) -> str:
-    return value.strip()[:limit] if isinstance(value, str) else ""
+    return shown_text(value).strip()[:limit] if isinstance(value, str) else ""
 
 
 def groups_from(value) -> list[str]:

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, delete, fun
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
-from myapp.models.meta import utcnow
+from myapp.models.meta import storable, utcnow
 from myapp.models.user import display_name
 from myapp.services.tokenset import BEARER, TokenCipher, TokenSet, token_type_column, token_type_from_column
 from myapp.settings import SessionSettings
@@ -42,11 +42,12 @@ _ENDED_ATTRIBUTES = ["ended_at", "end_reason", "access_token", "refresh_token", 
 
 def stored_sid(sid: object) -> str | None:
     """A provider's ``sid`` as ``sessions.provider_sid`` keeps it: as it is, or, when longer than the
-    column (OpenID Connect bounds no sid's length, and PostgreSQL refuses a longer value), as its
-    SHA-256. Sign-in and back-channel logout both go through here, so they compare alike."""
+    column (OpenID Connect bounds no sid's length, and PostgreSQL refuses a longer value) or not
+    storable as it is (a NUL, a lone surrogate), as its SHA-256. Sign-in and back-channel logout
+    both go through here, so they compare alike."""
     if not isinstance(sid, str) or not sid:
         return None
-    if len(sid) <= SID_COLUMN_LENGTH:
+    if len(sid) <= SID_COLUMN_LENGTH and storable(sid):
         return sid
     return "sha256:" + hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 

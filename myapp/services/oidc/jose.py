@@ -18,6 +18,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from myapp.models.meta import storable
 from myapp.services.oidc.errors import OIDCError
 from myapp.services.oidc.metadata import HMAC_ALGORITHMS, ProviderDocuments
 
@@ -148,7 +149,9 @@ class TokenValidator:
             raise OIDCError("bad_type", "This is not an ID token.")
         self._check_common_claims(claims, label="ID token")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 255:
+        # The subject keys the person: never changed to fit the database, so one it cannot keep
+        # as it is names nobody here.
+        if not isinstance(sub, str) or not sub or len(sub) > 255 or not storable(sub):
             raise OIDCError("missing_sub", "The ID token does not name the user.")
         exp = claims.get("exp")
         if not _is_number(exp):
@@ -181,14 +184,15 @@ class TokenValidator:
         sub, sid = claims.get("sub"), claims.get("sid")
         if sub is None and sid is None:
             raise OIDCError("missing_sub_and_sid", "The logout token names neither a user nor a session.")
-        if (sub is not None and (not isinstance(sub, str) or not sub)) or (
+        # A sid is compared by its stored form (sessions.stored_sid); a subject as it is.
+        if (sub is not None and (not isinstance(sub, str) or not sub or not storable(sub))) or (
             sid is not None and (not isinstance(sid, str) or not sid)
         ):
             raise OIDCError("bad_sub_or_sid", "The logout token's user or session is malformed.")
         if "nonce" in claims:
             raise OIDCError("nonce_present", "A logout token must not carry a nonce.")
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti or len(jti) > 255:
+        if not isinstance(jti, str) or not jti or len(jti) > 255 or not storable(jti):
             raise OIDCError("missing_jti", "The logout token has no identifier (jti).")
         return claims
 

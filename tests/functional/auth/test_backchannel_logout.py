@@ -202,3 +202,15 @@ def test_a_logout_that_ends_no_session_is_logged_not_audited(app, provider, dbse
     post_logout_token(app, provider.logout_token(sid="nobody-has-this-sid"), 200)
     assert dbsession.scalar(select(func.count()).select_from(AuditEvent)) == 0
     assert "back-channel logout ended no session" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "claims", [{"sub": "ali\x00ce"}, {"sub": "ali\ud800"}, {"jti": "j\x00ti"}, {"jti": "j\udc00"}],
+    ids=["sub NUL", "sub lone surrogate", "jti NUL", "jti lone surrogate"],
+)
+def test_a_logout_token_naming_what_no_database_stores_is_refused_not_a_500(app, provider, dbsession, claims):
+    """PostgreSQL refuses a NUL in text and no driver encodes a lone surrogate: such a subject or
+    jti was a 500 (the lookup, or recording the jti). A sid is compared by its stored form."""
+    sign_in(Browser(app), provider)
+    post_logout_token(app, provider.logout_token(**claims), 400)
+    assert session_count(dbsession) == 1

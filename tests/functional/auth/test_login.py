@@ -690,3 +690,55 @@ def test_a_disabled_accounts_tokens_are_revoked_when_another_person_is_signed_in
     provider.sid = alices_sid
     assert sign_in(alices, provider, sub="bob", name="Bob").status_int == 403
     assert dbsession.scalar(select(func.count()).select_from(TokenRevocation)) == 1
+
+
+@pytest.mark.parametrize(
+    "claims, name, email",
+    [
+        ({"name": "Ali\x00ce"}, "Alice", "alice@example.com"),
+        ({"name": "Ali\ud800ce"}, "Ali\ufffdce", "alice@example.com"),
+        ({"name": "\ud83d"}, "\ufffd", "alice@example.com"),
+        ({"name": "", "preferred_username": "\x00"}, "alice@example.com", "alice@example.com"),
+        ({"email": "alice\x00@example.com"}, "Alice", "alice@example.com"),
+        ({"email": "alice\udfff@example.com"}, "Alice", "alice\ufffd@example.com"),
+    ],
+    ids=["name NUL", "name lone surrogate", "name only a surrogate", "username NUL", "email NUL", "email surrogate"],
+)
+def test_a_name_or_email_no_database_stores_is_cleaned_not_a_500(make_app, provider, dbsession, claims, name, email):
+    """A provider lets a person put a NUL or half a UTF-16 pair (JSON's \\u0000, \\ud800) in their
+    display name: PostgreSQL refuses a NUL in text and no database takes a lone surrogate, so the
+    sign-in was a 500. What is shown is cleaned: controls dropped, a lone surrogate the
+    replacement character. (From the ID token here; userinfo's claims go the same way.)"""
+    browser = Browser(make_app(**{"myapp.oidc.fetch_userinfo": "false"}))
+    response = sign_in(browser, provider, **{"name": "Alice", "email": "alice@example.com", **claims})
+    assert response.status_int == 303, response.text[:300]
+    user = dbsession.scalars(select(User)).one()
+    assert (user.name, user.email) == (name, email)
+
+
+@pytest.mark.parametrize("sub", ["ali\x00ce", "ali\ud800ce"], ids=["NUL", "lone surrogate"])
+def test_a_subject_no_database_stores_is_refused_not_a_500(browser, provider, dbsession, sub):
+    """The subject keys the person: it is never changed to fit, so such an ID token is refused."""
+    response = sign_in(browser, provider, sub=sub)
+    assert response.status_int == 400, response.text[:300]
+    assert_no_session(response, dbsession)
+    assert failures(dbsession) == ["missing_sub"]
+
+
+@pytest.mark.parametrize("acr", ["urn:mfa\x00", "urn:\ud800"], ids=["NUL", "lone surrogate"])
+def test_an_acr_no_database_stores_is_no_acr(browser, provider, dbsession, acr):
+    response = sign_in(browser, provider, acr=acr)
+    assert response.status_int == 303, response.text[:300]
+    assert dbsession.scalars(select(UserSession)).one().acr is None
+
+
+@pytest.mark.parametrize("sid", ["s\x00d", "s\ud800d"], ids=["NUL", "lone surrogate"])
+def test_a_sid_no_database_stores_is_kept_as_its_digest_and_still_ends_the_session(app, provider, dbsession, sid):
+    browser = Browser(app)
+    provider.sid = sid
+    response = sign_in(browser, provider)
+    assert response.status_int == 303, response.text[:300]
+    stored = dbsession.scalars(select(UserSession)).one().provider_sid
+    assert stored.startswith("sha256:")
+    Browser(app).post("/auth/backchannel-logout", {"logout_token": provider.logout_token(sid=sid)}, status=200)
+    assert session_count(dbsession) == 0
