@@ -42,7 +42,7 @@ def login(request):
     next_path = safe_next_path(request.GET.get("next"))
     providers = request.services.providers
     provider = request.GET.get("provider")
-    if provider is None:
+    if not provider:  # none named (an empty ?provider= too): the chooser, or the only one
         if len(providers) > 1:
             return _chooser(request, next_path)
         provider = next(iter(providers))

@@ -89,6 +89,15 @@ def test_the_landing_pages_sign_in_leads_to_the_chooser(app):
     assert browser.get(href, status=200).html.select("[data-testid=providers] a")
 
 
+def test_a_link_naming_no_provider_in_its_provider_parameter_gets_the_chooser(app, dbsession):
+    """?provider= with nothing after it (a template that left the name out) is a link that names
+    no provider, not an unknown one: the chooser, with next kept."""
+    page = Browser(app).get("/login", params={"provider": "", "next": "/posts"}, status=200)
+    links = [a["href"] for a in page.html.select("[data-testid=providers] a")]
+    assert links[0] == "/login?provider=default&next=%2Fposts"
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+
+
 def test_an_unknown_provider_is_a_400_page(app, dbsession):
     page = Browser(app).get("/login", params={"provider": "nope"}, status=400)
     assert "Unknown sign-in provider" in page.text
