@@ -331,12 +331,20 @@ def form_origin_failure(request, public_url: str) -> str | None:
     return None if same_origin(origin, public_url) else "sent from another origin"
 
 
+class FormFromElsewhere(BadCSRFOrigin):
+    """A form refused for where it was sent from; ``reason`` is ``form_origin_failure``'s, for the audit."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"Origin checking failed - {reason}.")
+        self.reason = reason
+
+
 def check_form_origin(request) -> bool:
     """Every form's origin check (``form_origin_failure``), before its CSRF token's: Pyramid's CSRF
-    callback (its own origin check turned off), and /logout's. True, or BadCSRFOrigin."""
+    callback (its own origin check turned off), and /logout's. True, or FormFromElsewhere."""
     reason = form_origin_failure(request, request.registry.settings["myapp"].public_url)
     if reason is not None:
-        raise BadCSRFOrigin(f"Origin checking failed - {reason}.")
+        raise FormFromElsewhere(reason)
     return True
 
 

@@ -13,7 +13,7 @@ from myapp.models import UserSession
 from myapp.request import FormRefused
 from myapp.resources import SessionResource
 from myapp.routes import is_json_request, return_path
-from myapp.security import SAFE_METHODS, JSONCSRFRefused, live_session
+from myapp.security import SAFE_METHODS, FormFromElsewhere, JSONCSRFRefused, live_session
 from myapp.services.audit import AuditEventType
 from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -195,6 +195,11 @@ def not_found(exc, request):
     )
 
 
+def _origin_refused(exc: BadCSRFOrigin) -> str:
+    """What the audit says of a form refused for its origin: ``form_origin_failure``'s reason."""
+    return exc.reason if isinstance(exc, FormFromElsewhere) else "sent from another origin"
+
+
 @exception_view_config(BadCSRFToken)
 @exception_view_config(BadCSRFOrigin)
 def bad_csrf(exc, request):
@@ -202,7 +207,7 @@ def bad_csrf(exc, request):
         # A form of a signed-in person refused (forged, or from a page left open too long): a denied
         # action for the audit log, as a refused permission is. Nothing the request did is kept.
         request.restart_transaction()
-        record_denial(request, "no valid CSRF token" if isinstance(exc, BadCSRFToken) else "sent from another origin")
+        record_denial(request, "no valid CSRF token" if isinstance(exc, BadCSRFToken) else _origin_refused(exc))
     again = {"logout": _sign_out_again, "account_session_revoke": _revoke_again}.get(
         request.matched_route.name if request.matched_route is not None else ""
     )
