@@ -129,17 +129,34 @@ def test_two_processes_twenty_calls_each_share_one_refresh(committed_database_ur
     assert after["refresh_reuse_detected"] == 0
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("lock_backend", ["database", pytest.param("redis", marks=pytest.mark.redis)])
-def test_two_upstreams_in_two_processes_never_reuse_a_rotated_refresh_token(
-    committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend
-):
-    """SPEC.md "Tokens for each upstream": each upstream has a token of its own, minted with the
-    session's one refresh token; a rotating provider that revokes the whole family on reuse sees
-    each refresh token exactly once, however the calls to two upstreams land on two processes."""
+def at_once(first, second, names, cookies) -> list[int]:
+    """CALLERS calls to each upstream of ``names`` (``/api/<name>/me``), half on each process, all
+    let go at once with ``cookies``: their statuses."""
+    barrier = threading.Barrier(2 * CALLERS)
+    results = []
+
+    def call(url):
+        with requests.Session() as session:
+            session.cookies.update(cookies)
+            barrier.wait()
+            results.append(api(session, url).status_code)
+
+    targets = [f"{base}/api/{name}/me" for base in (first, second) for name in names] * (CALLERS // 2)
+    threads = [threading.Thread(target=call, args=(url,)) for url in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def two_processes_of_alice(committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend, upstreams):
+    """An ini for myapp processes on the committed database with ``upstreams`` (its settings) and
+    the ``lock_backend``, Alice committed as a user whose refresh token "rt-1" the provider knows,
+    and a store to make her session with: (ini, store, user)."""
     from myapp.models import User
     from myapp.services.sessions import SessionStore
-    from myapp.services.tokenset import TokenCipher, TokenSet
+    from myapp.services.tokenset import TokenCipher
     from myapp.settings import load_settings
     from tests.conftest import TEST_KEY, base_settings
 
@@ -150,9 +167,7 @@ def test_two_upstreams_in_two_processes_never_reuse_a_rotated_refresh_token(
         "myapp.session.cookie_secure": "false",
         "myapp.session.cookie_name": "session",
         "myapp.oidc.issuer": provider.issuer,
-        "myapp.upstreams": f"orders = {served_upstream.url}/orders\ngraph = {served_upstream.url}/graph",
-        "myapp.upstream.orders.resource": "https://orders.example.test/",
-        "myapp.upstream.graph.scope": "https://graph.example.test/.default",
+        **upstreams,
     }
     if lock_backend == "redis":
         from tests.conftest import redis_url
@@ -168,27 +183,31 @@ def test_two_upstreams_in_two_processes_never_reuse_a_rotated_refresh_token(
     store = SessionStore(
         dbsession=committed, cipher=TokenCipher([TEST_KEY]), settings=load_settings({**settings, "myapp.public_url": "http://x"}).session
     )
+    return ini, store, user
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lock_backend", ["database", pytest.param("redis", marks=pytest.mark.redis)])
+def test_two_upstreams_in_two_processes_never_reuse_a_rotated_refresh_token(
+    committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend
+):
+    """SPEC.md "Tokens for each upstream": each upstream has a token of its own, minted with the
+    session's one refresh token; a rotating provider that revokes the whole family on reuse sees
+    each refresh token exactly once, however the calls to two upstreams land on two processes."""
+    from myapp.services.tokenset import TokenSet
+
+    ini, store, user = two_processes_of_alice(committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend, {
+        "myapp.upstreams": f"orders = {served_upstream.url}/orders\ngraph = {served_upstream.url}/graph",
+        "myapp.upstream.orders.resource": "https://orders.example.test/",
+        "myapp.upstream.graph.scope": "https://graph.example.test/.default",
+    })
     raw_id, _ = store.create(user=user, tokens=TokenSet(access_token="at-1", refresh_token="rt-1", access_token_expires_at=utcnow()))
     committed.commit()
 
     with bff_processes(ini, [free_port(), free_port()]) as (first, second):
         browser = requests.Session()
         browser.cookies.set("session", raw_id)
-        barrier = threading.Barrier(2 * CALLERS)
-        results = []
-
-        def call(url):
-            with requests.Session() as session:
-                session.cookies.update(browser.cookies)
-                barrier.wait()
-                results.append(api(session, url).status_code)
-
-        targets = [f"{base}/api/{name}/me" for base in (first, second) for name in ("orders", "graph")] * (CALLERS // 2)
-        threads = [threading.Thread(target=call, args=(url,)) for url in targets]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        results = at_once(first, second, ("orders", "graph"), browser.cookies)
 
     assert results == [200] * (2 * CALLERS)
     assert provider.reuse_detected == 0
@@ -244,38 +263,14 @@ def test_an_exchange_refusing_the_sessions_token_refreshes_it_once_across_two_pr
     again, under the session's lock: calls to the exchanged upstream and to another upstream minted
     with the refresh token, at once from two processes, share that one refresh, and the rotating
     provider (reuse detection on) never sees a refresh token twice."""
-    from myapp.models import User
-    from myapp.services.sessions import SessionStore
-    from myapp.services.tokenset import TokenCipher, TokenSet
-    from myapp.settings import load_settings
-    from tests.conftest import TEST_KEY, base_settings
+    from myapp.services.tokenset import TokenSet
 
-    served_upstream.reset()
-    overrides = {
-        "myapp.public_url": "env:MYAPP_PUBLIC_URL",
-        "myapp.environment": "development",
-        "myapp.session.cookie_secure": "false",
-        "myapp.session.cookie_name": "session",
-        "myapp.oidc.issuer": provider.issuer,
+    ini, store, user = two_processes_of_alice(committed_database_url, committed, tmp_path, provider, served_upstream, lock_backend, {
         "myapp.upstreams": f"swap = {served_upstream.url}/swap\ngraph = {served_upstream.url}/graph",
         "myapp.upstream.swap.exchange": "true",
         "myapp.upstream.swap.resource": "https://swap.example.test/",
         "myapp.upstream.graph.scope": "https://graph.example.test/.default",
-    }
-    if lock_backend == "redis":
-        from tests.conftest import redis_url
-
-        overrides.update({"myapp.lock.backend": "redis", "myapp.redis.url": redis_url()})
-    settings = base_settings(committed_database_url, **overrides)
-    settings["myapp.oidc.client_id"], settings["myapp.oidc.client_secret"] = "myapp-test", provider.client_secret
-    ini = write_ini(tmp_path / "app.ini", settings)
-    user = User(issuer=provider.issuer, subject="alice", name="Alice", groups=[])
-    committed.add(user)
-    committed.flush()
-    provider.refresh_tokens["rt-1"] = provider.claims()
-    store = SessionStore(
-        dbsession=committed, cipher=TokenCipher([TEST_KEY]), settings=load_settings({**settings, "myapp.public_url": "http://x"}).session
-    )
+    })
     # "at-1" looks fresh for five minutes, but the provider knows it no more: its exchange is refused.
     raw_id, _ = store.create(user=user, tokens=TokenSet(
         access_token="at-1", refresh_token="rt-1", access_token_expires_at=utcnow() + timedelta(minutes=5)
@@ -283,21 +278,7 @@ def test_an_exchange_refusing_the_sessions_token_refreshes_it_once_across_two_pr
     committed.commit()
 
     with bff_processes(ini, [free_port(), free_port()]) as (first, second):
-        barrier = threading.Barrier(2 * CALLERS)
-        results = []
-
-        def call(url):
-            with requests.Session() as session:
-                session.cookies.set("session", raw_id)
-                barrier.wait()
-                results.append(api(session, url).status_code)
-
-        targets = [f"{base}/api/{name}/me" for base in (first, second) for name in ("swap", "graph")] * (CALLERS // 2)
-        threads = [threading.Thread(target=call, args=(url,)) for url in targets]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        results = at_once(first, second, ("swap", "graph"), {"session": raw_id})
 
     assert results == [200] * (2 * CALLERS)
     assert provider.reuse_detected == 0
