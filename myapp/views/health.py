@@ -10,9 +10,9 @@ from sqlalchemy import text
 
 from myapp.services.metrics import CONTENT_TYPE
 
-# A database that takes connections and then answers nothing (a server hung, a network dropping
-# packets) would hold /readyz as long as the kernel waits, many minutes: it is "not ready" sooner.
-# (Redis has its own: the client's socket timeouts.)
+# A database or Redis that takes connections and then answers nothing (a server hung, a network
+# dropping packets) would hold /readyz as long as the kernel (or the Redis client's socket timeout)
+# waits: it is "not ready" sooner. /readyz is public, so a burst of probes must not take every thread.
 READY_WITHIN = 5.0
 CHECKS_AT_ONCE = 3
 
@@ -24,59 +24,69 @@ def healthz(request):
 
 @view_config(route_name="readyz", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def readyz(request):
-    """Ready when every dependency answers: the database, and Redis when it is configured."""
-    checks = {"database": _database_answers(request.services.database.engine)}
+    """Ready when every dependency answers within READY_WITHIN seconds: the database, and Redis when
+    it is configured, checked at the same time."""
+    checks = {"database": _latest_check(request.services.database.engine, _database_answers)}
     redis_client = request.services.redis
     if redis_client is not None:
-        try:
-            redis_client.ping()
-            checks["redis"] = "ok"
-        except Exception as e:  # connection refused, timeout, authentication: all "not ready"
-            checks["redis"] = f"unavailable: {type(e).__name__}"
-    ready = all(value == "ok" for value in checks.values())
+        checks["redis"] = _latest_check(redis_client, _redis_answers)
+    answers = {name: check.answer() for name, check in checks.items()}
+    ready = all(value == "ok" for value in answers.values())
     request.response.status_int = 200 if ready else 503
-    return {"status": "ok" if ready else "unavailable", "checks": checks}
+    return {"status": "ok" if ready else "unavailable", "checks": answers}
 
 
-def _database_answers(engine) -> str:
-    """"ok", or why not, within READY_WITHIN seconds; a check still waiting then goes on alone, in
-    its own thread, until the pool's or the connection's own timeout ends it. A probe shares the
-    latest check while that is within its READY_WITHIN, and starts another only while fewer than
-    CHECKS_AT_ONCE wait: a long hang holds that many threads and pooled connections, not one for
+def _database_answers(engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _redis_answers(client) -> None:
+    client.ping()
+
+
+def _latest_check(dependency, probe) -> "_Check":
+    """The check of ``dependency`` this probe waits for: a check still waiting goes on alone, in its
+    own thread, until the pool's, the connection's or the client's own timeout ends it. A probe
+    shares the latest check while that is within its READY_WITHIN, and starts another only while
+    fewer than CHECKS_AT_ONCE wait: a long hang holds that many threads and connections, not one for
     each probe, and one connection stuck alone (its server gone, its packets dropped) does not keep
     the process unready while the others answer."""
     with _checks_lock:
-        waiting = [check for check in _checks.get(engine, ()) if not check.done.is_set()]
+        waiting = [check for check in _checks.get(dependency, ()) if not check.done.is_set()]
         check = waiting[-1] if waiting else None
         if check is None or (check.started + READY_WITHIN <= monotonic() and len(waiting) < CHECKS_AT_ONCE):
-            check = _Check(engine)
+            check = _Check(probe, dependency)
             waiting.append(check)
-        _checks[engine] = waiting
-    check.done.wait(max(0.0, check.started + READY_WITHIN - monotonic()))
-    return check.answer or f"unavailable: no answer within {READY_WITHIN:g} s"
+        _checks[dependency] = waiting
+    return check
 
 
 class _Check:
-    """One check of the database, in a thread of its own."""
+    """One check of a dependency (``probe(dependency)`` returns when it answers), in a thread of its own."""
 
-    def __init__(self, engine):
+    def __init__(self, probe, dependency):
         self.started = monotonic()
-        self.answer: str | None = None
+        self._answer: str | None = None
         self.done = threading.Event()
-        threading.Thread(target=self._run, args=(engine,), name="myapp readyz", daemon=True).start()
+        threading.Thread(target=self._run, args=(probe, dependency), name="myapp readyz", daemon=True).start()
 
-    def _run(self, engine) -> None:
+    def _run(self, probe, dependency) -> None:
         try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            self.answer = "ok"
+            probe(dependency)
+            self._answer = "ok"
         except Exception as e:  # any failure means "not ready", whatever the driver raises
-            self.answer = f"unavailable: {type(e).__name__}"
+            self._answer = f"unavailable: {type(e).__name__}"
         finally:
             self.done.set()
 
+    def answer(self) -> str:
+        """"ok", or why not, by READY_WITHIN seconds after the check started."""
+        self.done.wait(max(0.0, self.started + READY_WITHIN - monotonic()))
+        return self._answer or f"unavailable: no answer within {READY_WITHIN:g} s"
 
-# The checks of each engine (an app's) still waiting, the latest last.
+
+# The checks of each dependency (an app's engine, its Redis client) still waiting, the latest last.
 _checks: "weakref.WeakKeyDictionary[object, list[_Check]]" = weakref.WeakKeyDictionary()
 _checks_lock = threading.Lock()
 

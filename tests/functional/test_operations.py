@@ -79,6 +79,51 @@ def test_readyz_with_redis_down_is_503_quickly(make_app):
     assert response.json["checks"]["database"] == "ok"
 
 
+@pytest.fixture
+def silent_redis():
+    """A Redis that takes connections and then answers nothing (a hung server, packets dropped)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    for check in threading.enumerate():  # the checks still waiting end on the closed connection
+        if check.name == "myapp readyz":
+            check.join(timeout=10)
+
+
+def test_probes_during_a_redis_hang_answer_in_time_and_start_a_few_checks(make_app, silent_redis, monkeypatch):
+    """/readyz is public: each probe used to ping a silent Redis itself and hold its thread for the
+    client's socket timeout (5 s), so that a burst of probes took every thread of the process and
+    /healthz went unanswered too. Redis is checked as the database is: within READY_WITHIN, and by at
+    most CHECKS_AT_ONCE checks still waiting."""
+    from myapp.views import health
+
+    url, accepted = silent_redis
+    app = make_app(**{"myapp.redis.url": url})
+    monkeypatch.setattr(health, "READY_WITHIN", 0.2)
+    for _ in range(5):
+        started = time.monotonic()
+        response = Browser(app).get("/readyz", status=503)
+        assert time.monotonic() - started < 2
+        assert response.json["checks"] == {"database": "ok", "redis": "unavailable: no answer within 0.2 s"}
+    assert len(accepted) <= health.CHECKS_AT_ONCE
+
+
 @pytest.mark.redis
 def test_readyz_with_redis_up(make_app):
     from tests.conftest import redis_url
