@@ -125,6 +125,12 @@ def outgoing_span(name: str, *, kind_of: str, target: str | None, method: str):
     return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
 
+# HTTP's own methods (RFC 9110, and PATCH). The request line is the caller's: any other method is
+# "_OTHER" and its span is named "HTTP", as OpenTelemetry's HTTP conventions say, so that made-up
+# methods (any token, thousands of characters) add no span names or attribute values.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
 def request_tween_factory(handler, registry):
     """The server span of each request: its route pattern, never the address it was called with."""
 
@@ -133,8 +139,11 @@ def request_tween_factory(handler, registry):
             return handler(request)
         context = propagate.extract({k[5:].replace("_", "-").lower(): v for k, v in request.environ.items()
                                      if k in ("HTTP_TRACEPARENT", "HTTP_TRACESTATE")})
+        known = request.method in HTTP_METHODS
+        method = request.method if known else "HTTP"
         with tracer.start_as_current_span(
-            request.method, context=context, kind=SpanKind.SERVER, attributes={"http.request.method": request.method}
+            method, context=context, kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method if known else "_OTHER"},
         ) as span:
             if not span.is_recording():
                 sampled = _sampled.set(False)
@@ -145,7 +154,7 @@ def request_tween_factory(handler, registry):
             response = handler(request)
             route = getattr(request, "matched_route", None)
             if route is not None:
-                span.update_name(f"{request.method} {route.pattern}")
+                span.update_name(f"{method} {route.pattern}")
                 span.set_attribute("http.route", route.pattern)
             span.set_attribute("http.response.status_code", response.status_int)
             if response.status_int >= 500:

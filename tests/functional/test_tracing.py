@@ -181,6 +181,24 @@ def test_no_span_holds_a_secret(spans, make_app, provider):
     assert "eyJ" not in text and "code=" not in text and "state=" not in text
 
 
+def test_a_method_of_the_callers_own_invention_names_no_span(spans, make_app):
+    """The request line is the caller's: each method it made up (any token, thousands of characters
+    long) was a span name and an attribute value of its own, so that anyone could fill a tracing
+    backend's index of operation names. As OpenTelemetry's HTTP conventions have it, a method outside
+    HTTP's own is ``_OTHER``, and its span's name says ``HTTP``."""
+    from webtest import TestApp
+
+    caller = TestApp(make_app(), lint=False)  # WebTest's checker refuses such methods, waitress does not
+    for method in ("FOO" + "X" * 4000, "BAR", "get"):
+        caller.request("/healthz", method=method, status="*")
+        caller.request("/nowhere", method=method, status="*")
+    caller.request("/healthz", method="PATCH", status="*")
+    names = sorted(s.name for s in spans if s.kind == SpanKind.SERVER)
+    assert names == ["HTTP", "HTTP", "HTTP", "HTTP /healthz", "HTTP /healthz", "HTTP /healthz", "PATCH /healthz"]
+    methods = [s.attributes["http.request.method"] for s in spans if s.kind == SpanKind.SERVER]
+    assert sorted(methods) == ["PATCH"] + ["_OTHER"] * 6
+
+
 def test_tracing_settings():
     settings = load_settings(base_settings("sqlite://", **{"myapp.otel.enabled": "true", "myapp.otel.exporter": "console"}))
     assert (settings.otel.enabled, settings.otel.exporter, settings.otel.service_name) == (True, "console", "myapp")
