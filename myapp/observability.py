@@ -6,6 +6,7 @@ random one; it is answered in ``X-Request-ID``, sent to upstreams, written in ev
 the request and stored with its audit records.
 """
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -45,6 +46,17 @@ def request_id_of(environ) -> str:
 def current_request_id() -> str | None:
     """The id of the request this thread is answering (None outside a request: scripts, the revoker)."""
     return _request_id.get()
+
+
+@contextlib.contextmanager
+def answering(request_id: str | None):
+    """Log lines written meanwhile name ``request_id``: for a request's work done after its own
+    code has returned and the tween has let go of its id (its answer, streaming)."""
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
 
 
 def request_id_tween_factory(handler, registry):

@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from myapp import tracing
 from myapp.errors import APIError, ErrorCode
-from myapp.observability import current_request_id, new_request_id, request_id_of
+from myapp.observability import answering, current_request_id, new_request_id, request_id_of
 from myapp.services.dpop import Nonces, challenge_error
 from myapp.services.http1 import ConnectionPool, Response, TimedOut, Timeout, Unreachable, UpstreamError
 from myapp.services.stepup import (
@@ -260,6 +260,7 @@ class StreamedBody:
         self.outgoing = outgoing
         self.first = first
         self.finished = not first
+        self.request_id = current_request_id()  # the body streams after the request's code has returned
 
     def __iter__(self) -> Iterator[bytes]:
         if self.finished:
@@ -272,7 +273,8 @@ class StreamedBody:
                 chunk = self.response.read(CHUNK)
             except UpstreamError as e:
                 name = self.outgoing.upstream.name
-                log.warning("upstream %s: its answer broke off after %d bytes of the body: %s", name, sent, e)
+                with answering(self.request_id):
+                    log.warning("upstream %s: its answer broke off after %d bytes of the body: %s", name, sent, e)
                 raise AnswerCutShort(f"the answer of upstream {name} broke off after {sent} bytes") from None
             if not chunk:
                 self.finished = True

@@ -75,3 +75,38 @@ def test_the_log_format_is_checked():
     assert load_settings(base_settings("sqlite://", **{"myapp.log.format": "json"})).log_format == "json"
     with pytest.raises(SettingsError, match=r"^myapp.log.format: 'xml' is not one of text, json$"):
         load_settings(base_settings("sqlite://", **{"myapp.log.format": "xml"}))
+
+
+def test_the_line_of_an_answer_cut_short_names_its_request(make_proxy_app, signed_in):
+    """An upstream that breaks off mid-body is noticed while waitress streams the answer, after the
+    request's own code has returned: its warning was the one line of a request logged with
+    ``request_id`` "-", which no operator could tie to the request that the browser saw fail."""
+    import http.client
+
+    from myapp.server import create_server
+    from tests.functional.conftest import COOKIE
+    from tests.support.servers import canned_http_server, serve
+
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n"
+           b"Connection: close\r\n\r\n" + b"x" * 70000)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    configure_logging("json", [handler])
+    proxy_log = logging.getLogger("myapp.services.proxy")
+    proxy_log.addHandler(handler)
+    try:
+        with canned_http_server(raw) as url:
+            app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
+            cookie = signed_in(app=app).cookies[COOKIE]
+            with serve(app, create_server=create_server) as base:
+                connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+                connection.request("GET", "/api/raw/x", headers={
+                    "X-CSRF": "1", "Cookie": f"{COOKIE}={cookie}", "X-Request-ID": "cut-short-0001"})
+                response = connection.getresponse()
+                with pytest.raises(http.client.IncompleteRead):
+                    response.read()
+                connection.close()
+    finally:
+        proxy_log.removeHandler(handler)
+    [line] = [json.loads(line) for line in stream.getvalue().splitlines() if "broke off" in line]
+    assert line["request_id"] == "cut-short-0001"
