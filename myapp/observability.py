@@ -15,7 +15,7 @@ import re
 from pythonjsonlogger.json import JsonFormatter
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_WELL_FORMED = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._-]{8,128}")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("myapp_request_id", default=None)
 
 
@@ -40,7 +40,7 @@ def new_request_id() -> str:
 
 def request_id_of(environ) -> str:
     incoming = environ.get("HTTP_X_REQUEST_ID", "")
-    return incoming if _WELL_FORMED.match(incoming) else new_request_id()
+    return incoming if _WELL_FORMED.fullmatch(incoming) else new_request_id()
 
 
 def current_request_id() -> str | None:

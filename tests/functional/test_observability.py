@@ -21,7 +21,7 @@ def test_every_answer_names_its_request(app):
 
 
 @pytest.mark.parametrize("incoming, kept", [("req-1234abcd", True), ("short", False), ("bad id with spaces", False),
-                                             ("x" * 200, False)])
+                                             ("x" * 200, False), ("req-1234abcd\n", False)])
 def test_a_well_formed_incoming_id_is_kept(app, incoming, kept):
     answered = Browser(app).get("/healthz", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
     assert (answered == incoming) is kept
