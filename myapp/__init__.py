@@ -5,6 +5,7 @@ import logging
 from pyramid.config import Configurator
 
 from myapp.models import Database, SchemaError
+from myapp.observability import configure_logging
 from myapp.resources import Permission, Root
 from myapp.settings import SettingsError, load_settings, production_cautions
 
@@ -31,6 +32,8 @@ def make_app(settings: dict, *, database: Database | None = None, config_file: s
     settings = dict(settings)
     try:
         settings["myapp"] = load_settings(settings)
+        # Before the first line the app logs (the cautions), so that every line is in the log's format.
+        configure_logging(settings["myapp"].log_format)
         for caution in production_cautions(settings["myapp"]) if cautions else ():
             log.warning("myapp: %s", caution)
         settings["config_file"] = config_file

@@ -116,6 +116,5 @@ def json_formatter() -> JsonFormatter:
 
 
 def includeme(config):
-    settings = config.get_settings()["myapp"]
-    configure_logging(settings.log_format)
+    # The log's format is set by make_app, before the first line it logs.
     config.add_tween("myapp.observability.request_id_tween_factory", under="INGRESS")

@@ -461,6 +461,29 @@ def test_production_cautions_are_logged_at_start_up(caplog):
     assert "myapp: myapp.oidc.issuer: 'http://idp.example.com' is plain http off this machine" in caplog.text
 
 
+def test_production_cautions_are_in_the_logs_own_format(monkeypatch):
+    """production.ini writes JSON logs: the cautions, the start-up lines most worth an operator's
+    alert, were written before the app set its log format, as the ini's text, the one line of the
+    stream a JSON log shipper could not read."""
+    import io
+    import json
+    import logging
+
+    from myapp import make_app
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    with pytest.raises(SystemExit):  # it stops later, at the database
+        make_app(raw(myapp__oidc__issuer="http://idp.example.com", myapp__log__format="json",
+                     sqlalchemy__url="sqlite:////nonexistent/x.sqlite"))
+    [line] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert line["level"] == "WARNING" and line["logger"] == "myapp" and line["request_id"] == "-"
+    assert line["message"].startswith("myapp: myapp.oidc.issuer: 'http://idp.example.com' is plain http off this machine")
+
+
 def test_main_reports_every_problem_each_on_its_own_line():
     from myapp import main
 
