@@ -11,6 +11,7 @@ import contextvars
 import logging
 import os
 import re
+import time
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -108,11 +109,17 @@ def configure_logging(log_format: str, handlers: list[logging.Handler] | None = 
 
 
 def json_formatter() -> JsonFormatter:
-    return JsonFormatter(
+    formatter = JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         timestamp=False,
     )
+    # ISO 8601 in UTC ("2026-12-06T16:40:29.472Z"), whatever the server's zone: lines of several
+    # machines, or of the hour a clock goes back, sort, and log shippers read it as a date.
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
 
 
 def includeme(config):

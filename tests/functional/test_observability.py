@@ -110,3 +110,21 @@ def test_the_line_of_an_answer_cut_short_names_its_request(make_proxy_app, signe
         proxy_log.removeHandler(handler)
     [line] = [json.loads(line) for line in stream.getvalue().splitlines() if "broke off" in line]
     assert line["request_id"] == "cut-short-0001"
+
+
+def test_json_lines_say_their_time_in_utc_as_iso_8601(monkeypatch):
+    """The time was the server's local time without its zone, with a comma before the
+    milliseconds ("2026-12-06 16:40:29,472"): lines of processes in two time zones, or of the hour
+    a clock goes back, could not be put in order, and log shippers do not read it as a date."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+        record.created, record.msecs = 1796575229.472, 472.0
+        RequestContext().filter(record)
+        assert json.loads(json_formatter().format(record))["time"] == "2026-12-06T16:40:29.472Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
