@@ -120,7 +120,7 @@ def test_probes_during_a_redis_hang_answer_in_time_and_start_a_few_checks(make_a
         started = time.monotonic()
         response = Browser(app).get("/readyz", status=503)
         assert time.monotonic() - started < 2
-        assert response.json["checks"] == {"database": "ok", "redis": "unavailable: no answer within 0.2 s"}
+        assert response.json["checks"]["redis"] == "unavailable: no answer within 0.2 s"
     assert len(accepted) <= health.CHECKS_AT_ONCE
 
 
