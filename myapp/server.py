@@ -18,8 +18,8 @@
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
   and the JSON ``/auth/`` routes) instead of plain text.
 - Waitress settings that cannot work together (``trusted_proxy_headers`` or
-  ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting) stop it with one line,
-  not a traceback.
+  ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting), or that waitress takes but
+  cannot serve with (:func:`refuse_unworkable`), stop it with one line, not a traceback.
 - A request that expects ``100-continue`` but has been read whole (no body, or a head it refused)
   gets its answer at once: waitress sent 100 Continue and never answered it.
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
@@ -556,10 +556,42 @@ def serve_paste(app, global_conf, **settings):
         os._exit(e.code if isinstance(e.code, int) else 1)
 
 
+# Waitress takes any integer for these: below 1, a server starts that never answers (no thread, no
+# connection taken) or that refuses every request (413 to every body, 431 to every head).
+AT_LEAST_ONE = ("threads", "connection_limit", "max_request_header_size", "max_request_body_size")
+
+
+def refuse_unworkable(settings: dict) -> None:
+    """Raise ValueError, naming the setting, for waitress settings that read but cannot work: a
+    count or size below 1, or a port past 65535, which the system's resolver wraps round to another
+    (``http_port=80810`` listened on 15274). What waitress cannot read at all it refuses itself."""
+    for name in AT_LEAST_ONE:
+        number = _integer(settings.get(name))
+        if number is not None and number < 1:
+            raise ValueError(f"{name} = {number}: must be at least 1")
+    ports = [("port", f"{settings['port']}")] if settings.get("port") is not None else []
+    for entry in str(settings.get("listen") or "").split():
+        _, colon, port = entry.rpartition(":")
+        if colon and "]" not in port:
+            ports.append(("listen", f"port {port}"))
+    for name, port in ports:
+        number = _integer(port.removeprefix("port "))
+        if number is not None and not 0 <= number <= 65535:
+            raise ValueError(f"{name}: {port} is not a port (0 to 65535)")
+
+
+def _integer(value) -> int | None:
+    try:
+        return int(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None
+
+
 def serve(app, **settings):
     """Hold the CPU as ``cpu_affinity`` says, then serve with waitress until stopped; a setting
     that cannot work is one line and ``SystemExit(2)``."""
     try:
+        refuse_unworkable(settings)
         cpu_affinity = parse_cpu_affinity(settings.pop("cpu_affinity", "off"))
         # Before waitress starts its threads: they inherit the CPU.
         cpu, said = hold_to_one_cpu(cpu_affinity) if cpu_affinity is not None else (None, None)

@@ -345,11 +345,22 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
         pytest.param({"cpu_affinity": "-1"}, "cpu_affinity: '-1' is not off, auto or a CPU's number", marks=linux_only),
         pytest.param({"cpu_affinity": "4096"}, "cpu_affinity: CPU 4096 is not one this process may use (",
                      marks=linux_only),
+        # Each of these started a server that never answered, or refused every body, or (a port past
+        # 65535, which the system's resolver wraps around) listened on another port than the one written.
+        ({"threads": "0"}, "threads = 0: must be at least 1"),
+        ({"connection_limit": "0"}, "connection_limit = 0: must be at least 1"),
+        ({"connection_limit": "-1"}, "connection_limit = -1: must be at least 1"),
+        ({"max_request_body_size": "-5"}, "max_request_body_size = -5: must be at least 1"),
+        ({"max_request_header_size": "0"}, "max_request_header_size = 0: must be at least 1"),
+        ({"listen": "127.0.0.1:99999"}, "listen: port 99999 is not a port (0 to 65535)"),
+        ({"listen": "127.0.0.1:8081 [::1]:80810"}, "listen: port 80810 is not a port (0 to 65535)"),
+        ({"host": "127.0.0.1", "port": "80810"}, "port: 80810 is not a port (0 to 65535)"),
     ],
 )
 def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, settings, words):
+    where = {} if "listen" in settings or "port" in settings else {"listen": "127.0.0.1:0"}
     with pytest.raises(SystemExit) as stopped:
-        server.serve(app, listen="127.0.0.1:0", **settings)
+        server.serve(app, **where, **settings)
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("myapp: [server:main]: ") and words in err and "\n" not in err
