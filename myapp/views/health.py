@@ -12,7 +12,7 @@ from myapp.services.metrics import CONTENT_TYPE
 
 # A database or Redis that takes connections and then answers nothing (a server hung, a network
 # dropping packets) would hold /readyz as long as the kernel (or the Redis client's socket timeout)
-# waits: it is "not ready" sooner. /readyz is public, so a burst of probes must not take every thread.
+# waits: it is "not ready" sooner, and a hang holds a few checks and connections, not one per probe.
 READY_WITHIN = 5.0
 CHECKS_AT_ONCE = 3
 
