@@ -54,7 +54,7 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
-from waitress.server import BaseWSGIServer
+from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from myapp.errors import ErrorCode
@@ -240,7 +240,10 @@ def create_server(app, **settings):
     if not any(isinstance(f, LoggedAlready) for f in waitress_log.filters):
         waitress_log.addFilter(LoggedAlready())
     server = waitress.create_server(app, **settings)
-    servers = [dispatcher for dispatcher in server._map.values() if isinstance(dispatcher, BaseWSGIServer)]
+    # One socket: that socket's server, whose map is ``_map``; several (``listen`` with more than one
+    # address, ``*:8080`` among them): a MultiSocketServer, whose map is ``map``.
+    socket_map = server.map if isinstance(server, MultiSocketServer) else server._map
+    servers = [dispatcher for dispatcher in socket_map.values() if isinstance(dispatcher, BaseWSGIServer)]
     registry = getattr(app, "registry", None) or {}
     for dispatcher in servers:
         dispatcher.channel_class = StrictChannel

@@ -333,6 +333,30 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
     assert app.seen == [("POST", "/a", b"hello"), ("POST", "/b", b"abc")]
 
 
+def test_a_server_on_several_sockets_reads_strictly_on_each(app):
+    """``listen`` with several addresses (``127.0.0.1:8080 [::1]:8080``, or ``*:8080``, which is
+    IPv4 and IPv6 both) makes waitress answer with its MultiSocketServer, whose map create_server
+    looked for under the wrong name: the server stopped at start with a traceback (AttributeError:
+    'MultiSocketServer' object has no attribute '_map'), seen through pserve."""
+    from waitress.server import BaseWSGIServer
+    from waitress.wasyncore import close_all
+
+    first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    multi = create_server(app, sockets=[first, second], channel_timeout=2)
+    listening = [each for each in multi.map.values() if isinstance(each, BaseWSGIServer)]
+    thread = threading.Thread(target=multi.run, daemon=True)
+    thread.start()
+    try:
+        assert len(listening) == 2
+        for host, port in multi.effective_listen:
+            raw = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            assert_refused_and_closed(f"http://{host}:{port}", raw + SMUGGLED, app)
+    finally:
+        listening[0].trigger.pull_trigger(lambda: close_all(multi.map))
+        thread.join(timeout=10)
+        multi.task_dispatcher.shutdown()
+
+
 @pytest.mark.parametrize(
     "settings, words",
     [
