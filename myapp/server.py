@@ -51,6 +51,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import waitress
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
@@ -240,10 +241,7 @@ def create_server(app, **settings):
     if not any(isinstance(f, LoggedAlready) for f in waitress_log.filters):
         waitress_log.addFilter(LoggedAlready())
     server = waitress.create_server(app, **settings)
-    # One socket: that socket's server, whose map is ``_map``; several (``listen`` with more than one
-    # address, ``*:8080`` among them): a MultiSocketServer, whose map is ``map``.
-    socket_map = server.map if isinstance(server, MultiSocketServer) else server._map
-    servers = [dispatcher for dispatcher in socket_map.values() if isinstance(dispatcher, BaseWSGIServer)]
+    servers = [dispatcher for dispatcher in socket_map(server).values() if isinstance(dispatcher, BaseWSGIServer)]
     registry = getattr(app, "registry", None) or {}
     for dispatcher in servers:
         dispatcher.channel_class = StrictChannel
@@ -256,6 +254,22 @@ def create_server(app, **settings):
         for holder in {id(s): s for s in [server, *servers]}.values():
             holder.task_dispatcher = routing
     return server
+
+
+def socket_map(server) -> dict:
+    """What waitress's loop watches: the server's own sockets (each listening socket and its wake-up
+    pipe), then its connections. One socket: that socket's server, whose map is ``_map``; several
+    (``listen`` with more than one address, ``*:8080`` among them): a MultiSocketServer's ``map``."""
+    return server.map if isinstance(server, MultiSocketServer) else server._map
+
+
+def refuse_unworkable_limit(server) -> None:
+    """Raise ValueError when ``connection_limit`` leaves no room for a connection: waitress counts
+    the server's own sockets against it, so a limit at or below their number took none, listening
+    and logging "reached the connection limit" (1 and 2 with one address, as 0 and -1)."""
+    own, limit = len(socket_map(server)), server.adj.connection_limit
+    if limit <= own:
+        raise ValueError(f"connection_limit = {limit}: must be more than {own}, the server's own sockets")
 
 
 # A CPU claimed by ``auto`` (or named) is an abstract socket of this name, bound while the process
@@ -561,7 +575,8 @@ def serve_paste(app, global_conf, **settings):
 
 # Waitress takes any integer for these: below 1, a server starts that never answers (no thread, no
 # connection taken) or that refuses every request (413 to every body, 431 to every head).
-AT_LEAST_ONE = ("threads", "connection_limit", "max_request_header_size", "max_request_body_size")
+# (connection_limit: refuse_unworkable_limit, once the server's own sockets are known.)
+AT_LEAST_ONE = ("threads", "max_request_header_size", "max_request_body_size")
 
 
 def refuse_unworkable(settings: dict) -> None:
@@ -599,6 +614,12 @@ def serve(app, **settings):
         # Before waitress starts its threads: they inherit the CPU.
         cpu, said = hold_to_one_cpu(cpu_affinity) if cpu_affinity is not None else (None, None)
         server = create_server(app, **settings)
+        try:
+            refuse_unworkable_limit(server)
+        except ValueError:
+            server.task_dispatcher.shutdown()
+            wasyncore.close_all(socket_map(server))
+            raise
     except (ValueError, TypeError, OSError) as e:
         print(f"myapp: [server:main]: {str(e).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -372,8 +372,14 @@ def test_a_server_on_several_sockets_reads_strictly_on_each(app):
         # Each of these started a server that never answered, or refused every body, or (a port past
         # 65535, which the system's resolver wraps around) listened on another port than the one written.
         ({"threads": "0"}, "threads = 0: must be at least 1"),
-        ({"connection_limit": "0"}, "connection_limit = 0: must be at least 1"),
-        ({"connection_limit": "-1"}, "connection_limit = -1: must be at least 1"),
+        # Its own listening socket and wake-up pipe count against connection_limit (two of each with
+        # two addresses): 1 and 2 took no connection, as 0 does.
+        ({"connection_limit": "0"}, "connection_limit = 0: must be more than 2, the server's own sockets"),
+        ({"connection_limit": "-1"}, "connection_limit = -1: must be more than 2, the server's own sockets"),
+        ({"connection_limit": "1"}, "connection_limit = 1: must be more than 2, the server's own sockets"),
+        ({"connection_limit": "2 "}, "connection_limit = 2: must be more than 2, the server's own sockets"),
+        ({"connection_limit": "4", "listen": "127.0.0.1:0 127.0.0.1:0"},
+         "connection_limit = 4: must be more than 4, the server's own sockets"),
         ({"max_request_body_size": "-5"}, "max_request_body_size = -5: must be at least 1"),
         ({"max_request_header_size": "0"}, "max_request_header_size = 0: must be at least 1"),
         ({"listen": "127.0.0.1:99999"}, "listen: port 99999 is not a port (0 to 65535)"),
