@@ -573,20 +573,21 @@ def serve_paste(app, global_conf, **settings):
         os._exit(e.code if isinstance(e.code, int) else 1)
 
 
-# Waitress takes any integer for these: below 1, a server starts that never answers (no thread, no
-# connection taken) or that refuses every request (413 to every body, 431 to every head).
-# (connection_limit: refuse_unworkable_limit, once the server's own sockets are known.)
-AT_LEAST_ONE = ("threads", "max_request_header_size", "max_request_body_size")
+# Waitress takes any integer for these: below these, a server starts that never answers (no thread)
+# or that refuses every request (431 to every head; 413 to every body: it refuses a body of
+# max_request_body_size or more, so 1 refuses all). (connection_limit: refuse_unworkable_limit,
+# once the server's own sockets are known.)
+AT_LEAST = {"threads": 1, "max_request_header_size": 1, "max_request_body_size": 2}
 
 
 def refuse_unworkable(settings: dict) -> None:
     """Raise ValueError, naming the setting, for waitress settings that read but cannot work: a
     count or size below 1, or a port past 65535, which the system's resolver wraps round to another
     (``http_port=80810`` listened on 15274). What waitress cannot read at all it refuses itself."""
-    for name in AT_LEAST_ONE:
+    for name, least in AT_LEAST.items():
         number = _integer(settings.get(name))
-        if number is not None and number < 1:
-            raise ValueError(f"{name} = {number}: must be at least 1")
+        if number is not None and number < least:
+            raise ValueError(f"{name} = {number}: must be at least {least}")
     ports = [("port", f"{settings['port']}")] if settings.get("port") is not None else []
     for entry in str(settings.get("listen") or "").split():
         _, colon, port = entry.rpartition(":")
