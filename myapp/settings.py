@@ -392,8 +392,9 @@ class _Reader:
         self.environ = environ
         self.known: set[str] = set()
         self.problems: list[str] = []
-        # What each env:/file: reference read: a problem names the reference, never the value.
-        self._read_from: dict[str, str] = {}
+        # What each env:/file: reference read (and what the app rewrote it as, also_read): a problem
+        # names the reference, never the value.
+        self._read_from: list[tuple[str, str]] = []
 
     def problem(self, message: str) -> None:
         self.problems.append(message)
@@ -404,7 +405,7 @@ class _Reader:
             reference = value.strip()
             value = resolve(name, reference, self.environ).strip()
             if value and reference.startswith(("env:", "file:")):
-                self._read_from[reference] = value
+                self._read_from.append((reference, value))
         if value is None or value == "":
             if default is _REQUIRED:
                 raise SettingsError(f"{name}: required setting is missing")
@@ -420,14 +421,27 @@ class _Reader:
         value may be a secret named in the wrong setting (``issuer = file:/run/secrets/...``),
         and the problems go to the log. It is spelled as where it came from instead."""
         problems = self.problems
-        for reference, value in self._read_from.items():
-            pieces = {value, *(line.strip() for line in value.splitlines())}
-            # Longest first, as written and as repr() escapes it; a piece too short to be a
-            # secret is left, so that the words of a message stay whole.
-            for piece in sorted((p for p in pieces if len(p) >= 8), key=len, reverse=True):
-                for spelling in (piece, repr(piece)[1:-1]):
-                    problems = [problem.replace(spelling, f"the value of {reference}") for problem in problems]
+        pieces = {
+            (piece, reference)
+            for reference, value in self._read_from
+            for piece in (value, *(line.strip() for line in value.splitlines()))
+        }
+        # Longest first, as written and as repr() escapes it, in any case (a method is shown in
+        # capitals, a header in lower case); a piece too short to be a secret is left, so that the
+        # words of a message stay whole.
+        for piece, reference in sorted((p for p in pieces if len(p[0]) >= 8), key=lambda p: len(p[0]), reverse=True):
+            for spelling in {piece, repr(piece)[1:-1]}:
+                found = re.compile(re.escape(spelling), re.IGNORECASE)
+                said = f"the value of {reference}"
+                problems = [found.sub(lambda _: said, problem) for problem in problems]
         return problems
+
+    def also_read(self, name: str, value: str) -> None:
+        """``value`` is setting ``name``'s as the app rewrote it (the public URL as an origin): when
+        ``name`` was read through ``env:``/``file:``, a problem spells it as that reference too."""
+        reference = self.raw.get(name)
+        if isinstance(reference, str) and reference.strip().startswith(("env:", "file:")) and value:
+            self._read_from.append((reference.strip(), value))
 
     @_reports(_SAME)
     def boolean(self, name, default):
@@ -1044,6 +1058,8 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
 
     written = reader.url(PREFIX + "public_url", allow_path=False).rstrip("/")
     public_url = _origin(written)
+    reader.also_read(PREFIX + "public_url", written)
+    reader.also_read(PREFIX + "public_url", public_url)
     # The default redirect URIs keep the spelling written, as before this was read as an origin:
     # a provider compares them character for character with what an existing deployment registered.
     providers = _providers(reader, written)

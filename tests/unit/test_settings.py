@@ -1201,3 +1201,19 @@ def test_a_value_read_from_a_file_or_the_environment_is_not_echoed_in_an_error(t
             assert message.startswith(setting.replace("__", ".") + ":")
             assert SECRET not in message and "PRIVATE KEY" not in message, message
             assert f"the value of {reference}" in message, message
+
+
+def test_a_value_read_from_the_environment_is_not_echoed_in_another_spelling_either():
+    """A setting read through env:/file: whose error shows the value as the app rewrote it: the
+    public URL as an origin (its host in lower case and IDNA ASCII form, no default port, no
+    trailing slash), a method in capitals, a header in lower case. Each names the reference."""
+    public_url = "http://Correct-Horse-Bücher.example:80/"
+    problems = problems_for({"PUBLIC_URL": public_url}, myapp__public_url="env:PUBLIC_URL")
+    assert len(problems) == 2 and all("the value of env:PUBLIC_URL" in p for p in problems), problems
+    assert not any("horse" in p.lower() or "xn--" in p for p in problems), problems
+    for setting, written in (("methods", SECRET), ("forward_headers", "X-Forwarded-" + SECRET.upper())):
+        message = error_for(
+            {"WORD": written}, myapp__upstreams="demo = https://api.example.com",
+            **{f"myapp.upstream.demo.{setting}": "env:WORD"},
+        )
+        assert "horse" not in message.lower() and "the value of env:WORD" in message, message
