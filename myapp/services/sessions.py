@@ -829,8 +829,10 @@ class SessionStore:
         row = self.dbsession.execute(_BY_HANDLE, {"handle": handle}).mappings().one_or_none()
         return None if row is None else SessionRecord.from_columns(row)
 
-    def idle_at(self, session: SessionRecord) -> datetime:
-        """When ``session`` is idle: ``idle_timeout`` after its last use.
+    def idle_at(self, session: SessionRecord, last: LastUse | None) -> datetime:
+        """When ``session`` is idle: ``idle_timeout`` after its last use. ``last``: this process's
+        last use of it (``RecentTouches.last_use``), looked at once by the caller for its whole
+        check, since another thread may replace or forget it meanwhile.
 
         Uses within a minute of the recorded one are not written, so from the row alone that is a
         minute after the timeout (``idle_after``): never while in use, at most a minute late. When
@@ -841,10 +843,6 @@ class SessionStore:
         written since by another process, whose later uses this one does not know, has the
         minute's doubt again.
         """
-        last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
-        return self._idle_at(session, last)
-
-    def _idle_at(self, session: SessionRecord, last: LastUse | None) -> datetime:
         recorded = session.last_seen_at
         if last is None or recorded > last.left:
             return recorded + self.idle_after
@@ -854,7 +852,7 @@ class SessionStore:
 
     def idle_expires_at(self, session: SessionRecord) -> datetime:
         last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
-        return min(self._idle_at(session, last), session.expires_at)
+        return min(self.idle_at(session, last), session.expires_at)
 
     def dead_reason(self, session: SessionRecord, *, read_again: bool = True) -> EndReason | str | None:
         """None while the session is live, else why it is not.
@@ -872,7 +870,7 @@ class SessionStore:
             return EndReason.EXPIRED
         # One look at the last use for the whole check: another thread may replace or forget it.
         last = self.recent_touches.last_use(session.handle) if self.recent_touches is not None else None
-        if now >= self._idle_at(session, last):
+        if now >= self.idle_at(session, last):
             if read_again and last is not None and session.last_seen_at < last.read:
                 row = self.read_row(_BY_ID, {"session_id": session.id})
                 if row is not None:
