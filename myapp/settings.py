@@ -851,12 +851,13 @@ def _check_redis_url(reader: _Reader, name: str, url: str) -> None:
 
 
 def _same_url(url: str, expected: str) -> bool:
-    """Whether ``url`` is ``expected`` as a browser reads it: scheme and host in any case, the scheme's
-    default port written or not, the same path; no query or fragment."""
+    """Whether ``url`` is ``expected`` as a browser reads it: scheme and host in any case (an
+    internationalized host in Unicode or its ASCII form), the scheme's default port written or not,
+    the same path; no query or fragment."""
 
     def place(parts):
         port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
-        return parts.scheme, parts.hostname, port, parts.path
+        return parts.scheme, _ascii_host(parts.hostname) or parts.hostname, port, parts.path
 
     return "?" not in url and "#" not in url and place(urlsplit(url)) == place(urlsplit(expected))
 

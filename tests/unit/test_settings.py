@@ -379,6 +379,20 @@ def test_a_public_url_whose_internationalized_host_has_no_ascii_form_is_refused(
     assert any(p.startswith("myapp.public_url: 'https://bü..example'") and "host" in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    "public_url, redirect_uri",
+    [("https://Bücher.example", "https://xn--bcher-kva.example/auth/callback"),
+     ("https://xn--bcher-kva.example", "https://bücher.example/auth/callback")],
+    ids=["public URL in Unicode", "public URL in ASCII"],
+)
+def test_a_redirect_uri_may_write_an_internationalized_host_in_either_form(public_url, redirect_uri):
+    """The same host, as browsers read it (a provider may want its ASCII form registered): the
+    callback is served there, and the login cookie is sent back to it."""
+    settings = load_settings(raw(myapp__public_url=public_url, myapp__oidc__redirect_uri=redirect_uri), environ={})
+    assert settings.providers["default"].redirect_uri == redirect_uri
+    assert problems_for(myapp__public_url=public_url, myapp__oidc__redirect_uri="https://xn--bcher-kvb.example/auth/callback")
+
+
 @pytest.mark.parametrize("written", ["https://App.Example.COM:443", "HTTPS://app.example.com:443/", "https://app.example.com/"])
 def test_the_default_redirect_uris_keep_the_public_url_as_written(written):
     """As registered at the provider by a deployment that ran before the public URL was read as an
