@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from myapp.models import LoginTransaction, User, UserSession, insert_ignoring_duplicates
-from myapp.models.meta import shown_text, storable, utcnow
+from myapp.models.meta import utcnow
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
 from myapp.services.oidc import (
     CLOCK_SKEW,
@@ -30,6 +30,7 @@ from myapp.services.oidc import (
 from myapp.services.sessions import SessionRecord, SessionRows, SignIn, same_provider_session, stored_sid
 from myapp.services.tokenset import DPOP, TokenCipher, TokenSet, token_type_of
 from myapp.settings import Upstream
+from myapp.text import shown_text, storable
 
 log = logging.getLogger(__name__)
 

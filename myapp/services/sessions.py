@@ -21,10 +21,11 @@ from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, delete, fun
 from sqlalchemy.orm import Session
 
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
-from myapp.models.meta import storable, utcnow
+from myapp.models.meta import utcnow
 from myapp.models.user import display_name
 from myapp.services.tokenset import BEARER, TokenCipher, TokenSet, token_type_column, token_type_from_column
 from myapp.settings import SessionSettings
+from myapp.text import storable
 
 # secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")

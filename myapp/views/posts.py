@@ -12,15 +12,14 @@ from myapp.models import Post, User
 from myapp.models.user import display_name
 from myapp.resources import Permission
 from myapp.services.audit import AuditEventType
+from myapp.text import CONTROLS
 
 PAGE_SIZE = 20
 LIMITS = {"title": 200, "body": 20000}
 # The new-post form's one-time token (secrets.token_urlsafe(32)): a second submit of the same form
 # lands on the post the first one made instead of making another.
 _FORM_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
-# C0 and C1 controls and DEL: nothing a person types, and some (NUL) that databases refuse; a
-# text keeps its tabs and line breaks.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# A title may hold no control (text.CONTROLS); a text keeps its tabs and line breaks.
 _CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _POSTS, _USERS = Post.__table__.c, User.__table__.c
 # Built once: a page asks with its offset and one more row than it shows (is there a next page?).
@@ -83,7 +82,7 @@ def _read_form(request) -> tuple[dict, dict]:
         errors["title"] = f"Keep the title under {LIMITS['title']} characters."
     if len(form["body"]) > LIMITS["body"]:
         errors["body"] = f"Keep the text under {LIMITS['body']} characters."
-    if _CONTROL.search(form["title"]):
+    if CONTROLS.search(form["title"]):
         errors["title"] = "The title contains characters that cannot be saved: keep it to one line of text."
     if _CONTROL_IN_TEXT.search(form["body"]):
         errors["body"] = "This field contains characters that cannot be saved (control characters)."

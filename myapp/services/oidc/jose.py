@@ -18,9 +18,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
-from myapp.models.meta import storable
 from myapp.services.oidc.errors import OIDCError
 from myapp.services.oidc.metadata import HMAC_ALGORITHMS, ProviderDocuments
+from myapp.text import storable
 
 _KEY_TYPES = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed": OKPKey}
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
