@@ -89,10 +89,8 @@ class ClientAssertions:
         if not any(a in self.audiences for a in audiences):
             return False
         exp, jti = claims.get("exp"), claims.get("jti")
-        # json reads NaN, which every comparison lets through, and out of the replay cache (isfinite: floats only).
-        if isinstance(exp, float) and not math.isfinite(exp):
-            return False
-        if not isinstance(exp, (int, float)) or exp < now or exp - now > MAX_LIFETIME or not isinstance(jti, str):
+        # _is_number: json reads NaN, which every comparison lets through, and out of the replay cache.
+        if not _is_number(exp) or exp < now or exp - now > MAX_LIFETIME or not isinstance(jti, str):
             return False
         # RFC 7523 section 3: not before its nbf, and issued no later than now (a minute of clock skew each).
         for name in ("nbf", "iat"):

@@ -31,8 +31,8 @@ MAX_LOGOUT_REQUEST_BYTES = 64 * 1024
 STALE_CALLBACK_REASONS = frozenset({"missing_state", "unknown_state", "expired_state"})
 
 
-def _login_url(request, next_path: str) -> str:
-    return request.route_path("login", _query={"next": next_path})
+def _login_url(request, next_path: str, **query) -> str:
+    return request.route_path("login", _query={"next": next_path, **query})
 
 
 @view_config(route_name="login", request_method="GET", permission=NO_PERMISSION_REQUIRED)
@@ -168,7 +168,7 @@ def callback(request):
             log.info("sign-in callback answering no sign-in started here (%s), from %s", e.reason, request.remote_addr)
         if e.reason == "account_disabled":
             # "Sign in again" would come straight back here from a provider still signed in as them.
-            retry_url = request.route_path("login", _query={"next": e.next_path, "prompt": "login"})
+            retry_url = _login_url(request, e.next_path, prompt="login")
             retry_label = "Sign in with another account"
         else:
             retry_url, retry_label = _login_url(request, e.next_path), "Sign in again"
