@@ -545,28 +545,31 @@ def test_last_uses_stay_bounded(clock):
     assert touches.last_use("handle-9") is not None and touches.last_use("handle-0") is None
 
 
+def a_read_before_the_write(store, user, clock):
+    """A session signed in and used 50 s later (not written: within the minute), then read by a
+    request 15 s after that, when its last_seen_at is a minute old and the next use writes it:
+    (raw_id, that read)."""
+    raw_id, _ = store.create(user=user)
+    clock.advance(seconds=50)
+    store.touch(store.find(raw_id))
+    clock.advance(seconds=15)
+    return raw_id, store.find(raw_id)
+
+
 def test_a_read_from_before_a_write_checked_after_a_later_use_is_not_idle(dbsession, cipher, clock, user):
     """Three requests of a page at once, once last_seen_at is a minute old: two read the old time,
     one of them writes the use, and the third, read after that write, is served before the other
     reader is checked. That reader's old time is the one the write replaced, not a row set back:
     the session was used just now, so it is live. The same when the write was another process's."""
     store = minute_timeout_store(dbsession, cipher, clock)
-    raw_id, _ = store.create(user=user)
-    clock.advance(seconds=50)
-    store.touch(store.find(raw_id))  # not written: within the minute
-    clock.advance(seconds=15)
-    stale = store.find(raw_id)  # the second request's read, before the write
+    raw_id, stale = a_read_before_the_write(store, user, clock)  # the second request's
     assert store.touch(store.find(raw_id)).last_seen_at == clock.now  # the first request writes
     store.touch(store.find(raw_id))  # the third, read after the write
     assert store.dead_reason(stale) is None
     assert store.dead_reason(store.touch(stale)) is None
 
     here = minute_timeout_store(dbsession, cipher, clock)
-    raw_id, _ = here.create(user=user)
-    clock.advance(seconds=50)
-    here.touch(here.find(raw_id))
-    clock.advance(seconds=15)
-    stale = here.find(raw_id)
+    raw_id, stale = a_read_before_the_write(here, user, clock)
     elsewhere = minute_timeout_store(dbsession, cipher, clock)
     assert elsewhere.touch(elsewhere.find(raw_id)).last_seen_at == clock.now  # another process writes
     here.touch(here.find(raw_id))  # a request here, read after that write
@@ -601,11 +604,7 @@ def test_a_read_from_before_a_write_is_not_idle_while_the_last_uses_are_forgotte
     clear()) in the middle of the check: the check goes by one look at the last use, and a stale
     read is read again even when the last use is gone by the time it is ended."""
     store = minute_timeout_store(dbsession, cipher, clock)
-    raw_id, _ = store.create(user=user)
-    clock.advance(seconds=50)
-    store.touch(store.find(raw_id))
-    clock.advance(seconds=15)
-    stale = store.find(raw_id)
+    raw_id, stale = a_read_before_the_write(store, user, clock)
     store.touch(store.find(raw_id))  # writes
     store.touch(store.find(raw_id))  # read after the write
     touches = store.recent_touches
