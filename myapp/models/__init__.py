@@ -15,8 +15,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
+from sqlalchemy.sql import functions, sqltypes, visitors
 
-from . import postgresql
+from . import postgresql, sqlite
 from .audit import AuditEvent
 from .login import LoginTransaction, SeenLogoutToken
 from .meta import Base
@@ -153,6 +154,9 @@ class Database:
     - ``read_row(statement, params)``: the per-request session lookup, on the driver's cursor;
     - ``read_all(statement, params)``: what a page that writes nothing shows, outside any transaction.
 
+    On a SQLite file the last two keep what they read until the next commit, by any process
+    (``models/sqlite.py``; docs/architecture.md, "Reads kept until the next commit").
+
     One instance per app, built from ``sqlalchemy.url``; tests hand ``main()`` one whose three
     kinds all run inside a connection that is rolled back.
     """
@@ -162,6 +166,10 @@ class Database:
         self.own_engine = own_engine
         self.lookup_engine = lookup_engine or engine
         self._request_sessions = get_tm_session_factory(engine)
+        # The lookup engine's commit stamp, found on the first read (_UNKNOWN until then), and
+        # what was read under the stamp it was read under.
+        self._stamp: sqlite.CommitStamp | None | object = _UNKNOWN
+        self._kept: tuple[bytes | None, dict] = (None, {})
         self._own_sessions = sessionmaker(bind=own_engine, expire_on_commit=False)
 
     @classmethod
@@ -228,10 +236,19 @@ class Database:
         outage answers 503.
         """
         engine = self.lookup_engine
-        sql, names, columns, literals = _compiled(statement, engine.dialect)
+        sql, names, columns, literals, keepable = _compiled(statement, engine.dialect)
         if literals:  # the values written into the statement (``limit(5)``), which params may override
             params = {**literals, **params}
         parameters = tuple(params[name] for name in names) if names is not None else params
+        stamp = None
+        if keepable:
+            stamps = self._stamp
+            if stamps is _UNKNOWN:
+                stamps = self._stamp = sqlite.commit_stamp(engine)
+            if stamps is not None and (stamp := stamps.read()) is not None:
+                kept_under, kept = self._kept
+                if kept_under == stamp and (found := kept.get((sql, parameters))) is not None:
+                    return found
 
         def read():
             connection = cursor = None
@@ -262,12 +279,26 @@ class Database:
                 if connection is not None:
                     connection.close()
 
-        return _once_more_if_disconnected(read)
+        result = _once_more_if_disconnected(read)
+        if stamp is not None:
+            # Under the stamp read before the read: had a commit come between, the rows are newer
+            # than it, and the next read, seeing the newer stamp, reads again.
+            kept_under, kept = self._kept
+            if kept_under != stamp or len(kept) >= KEPT_READS:
+                self._kept = (stamp, {(sql, parameters): result})
+            else:
+                kept[(sql, parameters)] = result
+        return result
 
     def dispose(self) -> None:
         self.engine.dispose()
         self.own_engine.dispose()
         self.lookup_engine.dispose()
+
+
+_UNKNOWN = object()
+# How many reads are kept under one commit stamp at most: emptied when full.
+KEPT_READS = 1024
 
 
 # Where a pooled connection keeps the cursor its lookups run on. SQLAlchemy empties a pooled
@@ -308,13 +339,15 @@ def _once_more_if_disconnected(read: Callable[[], T]) -> T:
 
 class _Compiled(NamedTuple):
     """``statement`` for one dialect: its SQL, its parameters' order when positional, the names
-    of the columns it selects, in order (labels where it gives them), and the values of the
-    parameters it carries itself (a literal limit), by name."""
+    of the columns it selects, in order (labels where it gives them), the values of the
+    parameters it carries itself (a literal limit), by name, and whether its rows depend on
+    nothing but the data and the parameters (:func:`_keepable`)."""
 
     sql: str
     names: tuple[str, ...] | None
     columns: tuple[str, ...]
     literals: dict
+    keepable: bool
 
 
 @functools.cache
@@ -325,7 +358,29 @@ def _compiled(statement: Select, dialect) -> _Compiled:
         raise ValueError(f"read_row needs distinct column names, not {columns}")
     required = {name for name, bind in compiled.binds.items() if bind.required}
     literals = {name: value for name, value in compiled.params.items() if name not in required}
-    return _Compiled(str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals)
+    return _Compiled(
+        str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals,
+        _keepable(statement, compiled.binds.values()),
+    )
+
+
+# Functions whose value depends on nothing but their arguments. Any other (now(), random(), a
+# clock in SQL) makes a statement's rows change with no commit.
+_PURE_FUNCTIONS = frozenset({"count", "max", "min", "sum", "avg", "coalesce", "lower", "upper", "length", "abs"})
+
+
+def _keepable(statement: Select, binds) -> bool:
+    """Whether rows read once can stand for the same statement's until the next commit: no
+    function but pure ones, and no time among its parameters (a read about a moment, as "live
+    now", would be asked again only at that moment: keeping it would only fill memory)."""
+    if any(
+        isinstance(element, functions.FunctionElement) and element.name.lower() not in _PURE_FUNCTIONS
+        for element in visitors.iterate(statement)
+    ):
+        return False
+    moments = (sqltypes.DateTime, sqltypes.Date, sqltypes.Time, sqltypes.Interval)
+    return not any(isinstance(bind.type, moments) or isinstance(getattr(bind.type, "impl", None), moments)
+                   for bind in binds)
 
 
 @functools.cache

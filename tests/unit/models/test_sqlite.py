@@ -1,0 +1,283 @@
+"""Reads kept until the next commit (models/sqlite.py): on a SQLite file, Database.read_row and
+read_all answer again from what they read until any connection, in any process, commits."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import warnings
+
+import pytest
+from sqlalchemy import bindparam, create_engine, event, func, select, update
+
+from myapp import models
+from myapp.models import Database, Post, User, UserSession, get_engine, sqlite
+from myapp.models.meta import utcnow
+from myapp.services.sessions import _BY_ID_HASH, _LIVE_COUNT_OF_USER, SessionStore, hash_session_id
+from myapp.services.tokenset import TokenCipher
+from myapp.settings import load_settings
+from myapp.views.posts import _PAGE_OF_POSTS
+from tests.conftest import TEST_KEY, base_settings, migrate
+
+
+@pytest.fixture
+def url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'app.sqlite'}"
+    engine = get_engine(url)
+    migrate(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def database(url):
+    database = Database.from_url(url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def writer(url):
+    """Another connection to the file, as another process's would be."""
+    engine = get_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_id(writer, url):
+    from sqlalchemy.orm import Session
+
+    with Session(bind=writer, expire_on_commit=False) as dbsession:
+        user = User(issuer="https://idp.example.test", subject="alice", name="Alice")
+        dbsession.add(user)
+        dbsession.flush()
+        store = SessionStore(dbsession=dbsession, cipher=TokenCipher([TEST_KEY]),
+                             settings=load_settings(base_settings(url)).session)
+        raw_id, _ = store.create(user=user)
+        dbsession.commit()
+    return raw_id
+
+
+@pytest.fixture
+def executions(database, monkeypatch):
+    """Each statement the lookup pool's connections run, as the driver is asked it."""
+    ran = []
+    kept_cursor = models._kept_cursor
+
+    class Counting:
+        def __init__(self, cursor):
+            self._cursor = cursor
+
+        def execute(self, sql, parameters):
+            ran.append(sql)
+            return self._cursor.execute(sql, parameters)
+
+        def __getattr__(self, name):
+            return getattr(self._cursor, name)
+
+    monkeypatch.setattr(models, "_kept_cursor", lambda connection: Counting(kept_cursor(connection)))
+    return ran
+
+
+def lookup(database, raw_id):
+    return database.read_row(_BY_ID_HASH, {"id_hash": hash_session_id(raw_id)})
+
+
+def test_a_read_is_answered_again_without_sqlite_until_a_commit(database, session_id, executions):
+    first = lookup(database, session_id)
+    assert lookup(database, session_id) == first and first["ended_at"] is None
+    assert len(executions) == 1
+    assert database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 5}) == []
+    assert database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 5}) == []
+    assert len(executions) == 2
+
+
+def test_other_parameters_are_another_read(database, session_id, executions):
+    assert lookup(database, session_id) is not None
+    assert lookup(database, "another-session") is None
+    assert lookup(database, "another-session") is None
+    assert len(executions) == 2
+
+
+def test_a_commit_by_another_connection_is_read_at_once(database, writer, session_id, executions):
+    assert lookup(database, session_id)["ended_at"] is None
+    with writer.begin() as connection:
+        connection.execute(update(UserSession).values(ended_at=utcnow(), end_reason="revoked"))
+    assert lookup(database, session_id)["end_reason"] == "revoked"
+    assert len(executions) == 2
+
+
+def test_a_commit_by_another_process_is_read_at_once(database, url, session_id):
+    """The revocation an administrator's request makes in another process, by SQLite alone."""
+    assert lookup(database, session_id)["ended_at"] is None
+    path = url.removeprefix("sqlite:///")
+    subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         "with sqlite3.connect(sys.argv[1]) as c: c.execute(\"UPDATE sessions SET ended_at = '2026-01-01 00:00:00.000000', "
+         "end_reason = 'revoked'\")", path],
+        check=True,
+    )
+    assert lookup(database, session_id)["end_reason"] == "revoked"
+
+
+def test_any_commit_reads_every_kept_read_again_but_one_that_wrote_nothing(database, writer, session_id, executions):
+    """The stamp says that a commit happened, not what it changed: a post written makes the
+    session be read again. A transaction that changed no row wrote nothing: the file is as it was."""
+    lookup(database, session_id)
+    with writer.begin() as connection:
+        connection.execute(update(Post).values(title="x"))  # no posts: nothing written
+    lookup(database, session_id)
+    assert len(executions) == 1
+    with writer.begin() as connection:
+        connection.execute(update(User).values(last_login_at=utcnow()))
+    lookup(database, session_id)
+    assert len(executions) == 2
+
+
+def test_a_checkpoint_keeps_the_reads_and_restarting_the_wal_does_not(database, writer, session_id, executions):
+    lookup(database, session_id)
+    with writer.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")  # copies, changes nothing
+    lookup(database, session_id)
+    assert len(executions) == 1
+    with writer.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    lookup(database, session_id)
+    assert len(executions) == 2
+
+
+def test_a_read_about_a_moment_is_not_kept(database, session_id, executions):
+    """The live count has the time in its parameters: asked again, it is another moment."""
+    params = {"now": utcnow(), "idle_since": utcnow(), "user_id": 1}
+    database.read_all(_LIVE_COUNT_OF_USER, params)
+    database.read_all(_LIVE_COUNT_OF_USER, params)
+    assert len(executions) == 2
+
+
+def test_a_statement_with_a_clock_or_chance_in_it_is_not_kept(database, session_id, executions):
+    users = User.__table__
+    for statement in (
+        select(users.c.id).where(users.c.created_at < func.current_timestamp()),
+        select(users.c.id, func.random().label("r")),
+        select(users.c.id).where(users.c.name == bindparam("name")),
+    ):
+        for _ in range(2):
+            database.read_all(statement, {"name": "Alice"})
+    assert len(executions) == 4 + 1
+
+
+def test_reads_kept_under_one_stamp_are_bounded(database, session_id, executions, monkeypatch):
+    monkeypatch.setattr(models, "KEPT_READS", 3)
+    for n in range(5):
+        lookup(database, f"session-{n}")
+    assert len(database._kept[1]) <= 3
+    lookup(database, "session-4")  # the last one read is kept
+    assert len(executions) == 5
+
+
+def test_a_header_being_written_keeps_nothing(database, session_id, executions, monkeypatch):
+    lookup(database, session_id)
+    stamp = database._stamp
+    real = stamp._mapping
+    half = sqlite._HEADER
+    monkeypatch.setattr(stamp, "_mapping", real[:half] + bytes(half))  # the copies differ
+    lookup(database, session_id)
+    lookup(database, session_id)
+    assert len(executions) == 3
+    monkeypatch.setattr(stamp, "_mapping", real)
+    lookup(database, session_id)
+    assert len(executions) == 3
+
+
+def test_one_mapping_per_file_however_many_databases_read_it(url):
+    first, second = Database.from_url(url), Database.from_url(url)
+    try:
+        first.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 1})
+        second.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 1})
+        assert first._stamp is second._stamp is not None
+    finally:
+        first.dispose()
+        second.dispose()
+    # Disposed, both, and the file is still held by this process: it stays mapped.
+    assert not another_process_takes_it_out_of_wal(url)
+
+
+def test_while_mapped_no_other_process_can_take_the_file_out_of_wal(database, url, session_id):
+    """Writes outside WAL would not touch the index: SQLite refuses to leave WAL while this
+    process holds the file, as it does while any connection is open."""
+    lookup(database, session_id)
+    assert not another_process_takes_it_out_of_wal(url)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_another_process_could_take_a_file_no_one_holds_out_of_wal(tmp_path):
+    """What the test above proves is this process's doing (a file nobody holds leaves WAL)."""
+    path = tmp_path / "alone.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+    connection.close()
+    assert another_process_takes_it_out_of_wal(f"sqlite:///{path}")
+
+
+def another_process_takes_it_out_of_wal(url) -> bool:
+    result = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         "print(sqlite3.connect(sys.argv[1], timeout=0.2).execute('PRAGMA journal_mode=DELETE').fetchone()[0])",
+         url.removeprefix("sqlite:///")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0 or "database is locked" in result.stderr, result.stderr
+    return result.stdout.strip() == "delete"
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_has_no_stamp(url):
+    assert sqlite.commit_stamp(create_engine(url)) is None
+
+
+def test_a_database_not_in_wal_has_no_stamp(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'rollback.sqlite'}")
+    engine.connect().close()
+    assert sqlite.commit_stamp(engine) is None
+    engine.dispose()
+
+
+def test_a_database_with_exclusive_locking_has_no_stamp(tmp_path):
+    """SQLite keeps the index in the connection's own memory then: the file says nothing."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'exclusive.sqlite'}")
+
+    @event.listens_for(engine, "connect")
+    def exclusive(dbapi_connection, _record):
+        dbapi_connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    assert sqlite.commit_stamp(engine) is None
+    engine.dispose()
+
+
+def test_postgresql_has_no_stamp():
+    """Asked before any connection is made: none is."""
+    assert sqlite.commit_stamp(create_engine("postgresql+psycopg://app@127.0.0.1:9/app")) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_keeps_nothing(database, session_id):
+    """A child has the parent's mapping but not its locks: its inherited stamp reads None."""
+    lookup(database, session_id)
+    assert database._stamp.read() is not None
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns of forking with threads; this child runs none
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, running nothing of pytest's
+        os.close(read)
+        os.write(write, b"none" if database._stamp.read() is None else b"kept")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"none"
+    assert database._stamp.read() is not None
