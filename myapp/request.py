@@ -10,9 +10,11 @@ from urllib.parse import unquote_to_bytes
 
 import pyramid_tm
 from pyramid.decorator import reify
+from pyramid.encode import url_quote, urlencode
 from pyramid.interfaces import IRoutesMapper
 from pyramid.path import caller_package
 from pyramid.request import Request as PyramidRequest
+from pyramid.url import QUERY_SAFE
 from sqlalchemy.orm import Session
 
 from myapp.errors import ErrorCode
@@ -68,19 +70,26 @@ class Request(PyramidRequest):
         return pyramid_tm.create_tm(self)
 
     def route_path(self, route_name, *elements, **kw):
-        """Pyramid's ``route_path``; for a route asked without parameters, elements, query or
-        anchor, remembered per SCRIPT_NAME: every page asks for the same dozen (the header's
-        links), and the answer depends on nothing else (no route here has a pregenerator)."""
+        """Pyramid's ``route_path``; for a route asked without parameters, elements or anchor,
+        its path remembered per SCRIPT_NAME: every page asks for the same dozen (the header's
+        links), and the answer depends on nothing else (no route here has a pregenerator). A
+        ``_query`` is added to it as Pyramid writes one (every signed-in page links to
+        ``signed_out`` with the page's own path as ``next``)."""
+        query = kw.pop("_query", None) if kw.keys() == {"_query"} else None
         if elements or kw:
             return super().route_path(route_name, *elements, **kw)
         key = ("route", route_name, self.environ.get("SCRIPT_NAME", ""))
         path = self._fixed_paths.get(key)
         if path is None:
-            path = super().route_path(route_name)
             route = self.registry.getUtility(IRoutesMapper).get_route(route_name)
-            if route.pregenerator is None:
-                self._remember_path(key, path)
-        return path
+            if route is None or route.pregenerator is not None:
+                return super().route_path(route_name, **({"_query": query} if query else {}))
+            path = super().route_path(route_name)
+            self._remember_path(key, path)
+        if not query:
+            return path
+        # As pyramid.url.parse_url_overrides writes it.
+        return f"{path}?{url_quote(query, QUERY_SAFE) if isinstance(query, str) else urlencode(query, doseq=True)}"
 
     def static_path(self, path, **kw):
         """Pyramid's ``static_path``; for an asset named by its package (``myapp:static/app.css``),
