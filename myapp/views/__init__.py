@@ -56,6 +56,7 @@ def template_globals(event):
         except outage_errors():
             identity = None  # a page about the outage itself must still render
     event["identity"] = identity
+    event["paths"] = request.layout_paths
     event["notice"] = notice(request)
     event["is_admin"] = identity is not None and bool(request.has_permission(Permission.ADMINISTER, Root(request)))
 

@@ -42,8 +42,30 @@ def test_paths_with_parameters_or_a_query_are_not_remembered(app, browser, alice
     second = browser.get("/posts?page=2")
     assert 'href="/posts?page=1"' in second.text
     remembered = app.registry[FIXED_PATHS]
-    assert all(len(key) == 3 and key[0] in ("route", "static") for key in remembered)
-    assert not any("?page" in path or re.search(r"/posts/\d", path) for path in remembered.values())
+    assert all(len(key) == 3 and key[0] in ("route", "static") or key[0] == "layout" for key in remembered)
+    paths = [path for key, value in remembered.items()
+             for path in (vars(value).values() if key[0] == "layout" else [value])]
+    assert "/posts" in paths and "/account/sessions" in paths
+    assert not any("?page" in path or re.search(r"/posts/\d", path) for path in paths)
+
+
+def test_the_layouts_paths_are_route_path_and_static_paths(app):
+    from pyramid.request import Request as PyramidRequest
+
+    from myapp.request import LAYOUT_ASSETS, LAYOUT_ROUTES, Request
+
+    for script_name in ("", "/mounted"):
+        ours = Request.blank("/", environ={"SCRIPT_NAME": script_name})
+        theirs = PyramidRequest.blank("/", environ={"SCRIPT_NAME": script_name})
+        ours.registry = theirs.registry = app.registry
+        paths = ours.layout_paths
+        assert {name: getattr(paths, name) for name in LAYOUT_ROUTES} == {
+            name: theirs.route_path(name) for name in LAYOUT_ROUTES
+        }
+        assert {name: getattr(paths, name) for name in LAYOUT_ASSETS} == {
+            name: theirs.static_path(asset) for name, asset in LAYOUT_ASSETS.items()
+        }
+        assert ours.layout_paths is paths, "made once per mount point"
 
 
 def test_the_memo_is_bounded(app, browser):
