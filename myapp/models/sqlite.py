@@ -22,7 +22,9 @@ What makes the mapping trustworthy, and is checked or kept here:
   index or start it afresh (SQLite does those only when it is alone), so the mapped file stays
   the one every writer updates;
 - the file is opened once and never closed: closing any descriptor of a file drops every POSIX
-  lock this process holds on it, SQLite's own included;
+  lock this process holds on it, SQLite's own included. That holds for the mapping too: Python's
+  ``mmap`` keeps a duplicate of the descriptor and closes it when the mapping is collected, so
+  the mapping is kept for good as well, even of a file found unusable;
 - a forked child keeps nothing: it has the mapping but not the locks, which are not inherited.
 """
 
@@ -53,9 +55,10 @@ class CommitStamp:
 
 
 # One per WAL-index file (by device and inode) for the life of the process, with the connection
-# that keeps it trustworthy and the descriptor that must never be closed. None where the file is
-# not usable: remembered, so that no second descriptor is opened for it.
-_STAMPS: dict[tuple[int, int], tuple[CommitStamp | None, object, int]] = {}
+# that keeps it trustworthy and the descriptor and the mapping (which holds a duplicate of the
+# descriptor) that must never be closed. None where the file is not usable: remembered, so that no
+# second descriptor is opened for it.
+_STAMPS: dict[tuple[int, int], tuple[CommitStamp | None, object, int, mmap.mmap | None]] = {}
 _LOCK = threading.Lock()
 # Two copies that never agree: what a forked child reads instead of its parent's mapping.
 _NEVER = bytes(_HEADER) + b"\xff" * _HEADER
@@ -65,7 +68,7 @@ def _in_child() -> None:
     """A forked child: every stamp it inherited reads None from now on, and is the one it gets
     again. Nothing inherited is closed: a SQLite connection must not be used in a child, not
     even to close it."""
-    for stamp, _keeper, _descriptor in _STAMPS.values():
+    for stamp, _keeper, _descriptor, _mapping in _STAMPS.values():
         if stamp is not None:
             stamp._mapping = _NEVER
 
@@ -95,8 +98,8 @@ def commit_stamp(engine: Engine) -> CommitStamp | None:
             connection.detach()
             keeper, connection = connection, None
             descriptor = os.open(index, os.O_RDONLY | os.O_CLOEXEC)
-            stamp = _mapped(descriptor)
-            _STAMPS[(found.st_dev, found.st_ino)] = (stamp, keeper, descriptor)
+            mapping, stamp = _mapped(descriptor)
+            _STAMPS[(found.st_dev, found.st_ino)] = (stamp, keeper, descriptor, mapping)
             return stamp
         finally:
             if connection is not None:
@@ -122,14 +125,17 @@ def _wal_index(dbapi_connection) -> str | None:
         cursor.close()
 
 
-def _mapped(descriptor: int) -> CommitStamp | None:
-    """The stamp read through ``descriptor``, if its file holds a WAL-index header SQLite wrote."""
+def _mapped(descriptor: int) -> tuple[mmap.mmap | None, CommitStamp | None]:
+    """The file mapped through ``descriptor``, and its stamp if the file holds a WAL-index header
+    SQLite wrote (else None). The caller keeps the mapping for good, usable or not: collected, it
+    would close its duplicate of the descriptor, and with it this process's locks on the file."""
     if os.fstat(descriptor).st_size < 2 * _HEADER:
-        return None
-    stamp = CommitStamp(mmap.mmap(descriptor, 2 * _HEADER, mmap.MAP_SHARED, mmap.PROT_READ))
+        return None, None
+    mapping = mmap.mmap(descriptor, 2 * _HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
+    stamp = CommitStamp(mapping)
     for _ in range(100):  # a commit may be writing it right now
         header = stamp.read()
         if header is not None:
             version, is_init = struct.unpack_from("=I8xB", header)
-            return stamp if version == _VERSION and is_init == 1 else None
-    return None
+            return mapping, (stamp if version == _VERSION and is_init == 1 else None)
+    return mapping, None

@@ -1,6 +1,7 @@
 """Reads kept until the next commit (models/sqlite.py): on a SQLite file, Database.read_row and
 read_all answer again from what they read until any connection, in any process, commits."""
 
+import gc
 import os
 import sqlite3
 import subprocess
@@ -188,6 +189,39 @@ def test_a_header_being_written_keeps_nothing(database, session_id, executions, 
     monkeypatch.setattr(stamp, "_mapping", real)
     lookup(database, session_id)
     assert len(executions) == 3
+
+
+@pytest.mark.parametrize("usable", [True, False])
+def test_this_process_keeps_its_locks_on_the_index_it_mapped(database, url, session_id, monkeypatch, usable):
+    """Python's mmap keeps a duplicate of the descriptor and closes it when the mapping is
+    collected; closing any descriptor of a file drops every POSIX lock the process holds on it.
+    Were a mapping of an index found unusable let go, SQLite's dead-man switch on the index
+    would go with it, and the next process to open the database would think itself alone and
+    start the index afresh under this one's connections."""
+    if not usable:
+        monkeypatch.setattr(sqlite, "_VERSION", 0)  # as if the header were not SQLite's
+    assert lookup(database, session_id) is not None
+    assert (database._stamp is not None) is usable
+    gc.collect()
+    assert another_process_finds_the_index_held(url)
+
+
+def another_process_finds_the_index_held(url) -> bool:
+    """Whether a write lock on the WAL index's dead-man switch (byte 128, SQLite's unix VFS) is
+    refused to another process: refused while any process has the database open."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         "fd = os.open(sys.argv[1] + '-shm', os.O_RDWR)\n"
+         "try:\n"
+         "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, os.SEEK_SET)\n"
+         "except OSError:\n"
+         "    print('held')\n"
+         "else:\n"
+         "    print('free')",
+         url.removeprefix("sqlite:///")],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout.strip() == "held"
 
 
 def test_one_mapping_per_file_however_many_databases_read_it(url):
