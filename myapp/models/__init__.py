@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
-from sqlalchemy.sql import functions, sqltypes, visitors
+from sqlalchemy.sql import elements, functions, sqltypes, visitors
 
 from . import postgresql, sqlite
 from .audit import AuditEvent
@@ -371,10 +371,14 @@ _PURE_FUNCTIONS = frozenset({"count", "max", "min", "sum", "avg", "coalesce", "l
 
 def _keepable(statement: Select, binds) -> bool:
     """Whether rows read once can stand for the same statement's until the next commit: no
-    function but pure ones, and no time among its parameters (a read about a moment, as "live
-    now", would be asked again only at that moment: keeping it would only fill memory)."""
+    function but pure ones, no SQL written out as text (``text()``, ``literal_column()``: it may
+    hold a clock, as ``datetime('now')``, that no function element names), and no time among its
+    parameters (a read about a moment, as "live now", would be asked again only at that moment:
+    keeping it would only fill memory)."""
     if any(
-        isinstance(element, functions.FunctionElement) and element.name.lower() not in _PURE_FUNCTIONS
+        (isinstance(element, functions.FunctionElement) and element.name.lower() not in _PURE_FUNCTIONS)
+        or isinstance(element, elements.TextClause)
+        or (isinstance(element, elements.ColumnClause) and element.is_literal)
         for element in visitors.iterate(statement)
     ):
         return False

@@ -9,7 +9,7 @@ import sys
 import warnings
 
 import pytest
-from sqlalchemy import bindparam, create_engine, event, func, select, update
+from sqlalchemy import bindparam, create_engine, event, func, literal_column, select, text, update
 
 from myapp import models
 from myapp.models import Database, Post, User, UserSession, get_engine, sqlite
@@ -166,6 +166,20 @@ def test_a_statement_with_a_clock_or_chance_in_it_is_not_kept(database, session_
         for _ in range(2):
             database.read_all(statement, {"name": "Alice"})
     assert len(executions) == 4 + 1
+
+
+def test_a_clock_or_chance_written_as_sql_text_is_not_kept(database, session_id, executions):
+    """SQL written out (text(), literal_column()) may hold a clock that no function element
+    names: SQLite's datetime('now'), CURRENT_TIMESTAMP, random()."""
+    users = User.__table__
+    for statement in (
+        select(users.c.id).where(text("created_at < datetime('now')")),
+        select(users.c.id, literal_column("CURRENT_TIMESTAMP").label("at")),
+        select(users.c.id, literal_column("random()").label("r")),
+    ):
+        for _ in range(2):
+            database.read_all(statement, {})
+    assert len(executions) == 3 * 2
 
 
 def test_reads_kept_under_one_stamp_are_bounded(database, session_id, executions, monkeypatch):
