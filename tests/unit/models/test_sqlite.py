@@ -168,6 +168,33 @@ def test_a_statement_with_a_clock_or_chance_in_it_is_not_kept(database, session_
     assert len(executions) == 4 + 1
 
 
+def test_a_commit_after_the_read_and_before_it_is_kept_is_read_next_time(database, writer, session_id, monkeypatch):
+    """A read is kept under the stamp seen before it: a revocation committed between the read
+    and its keeping changes the stamp, and the next lookup reads again (kept under the stamp
+    seen after, the revoked session would pass as live until the next commit)."""
+    kept_cursor = models._kept_cursor
+    revocations = [True]
+
+    class RevokingAfterTheRead:
+        def __init__(self, cursor):
+            self._cursor = cursor
+
+        def fetchall(self):
+            rows = self._cursor.fetchall()
+            if revocations:
+                revocations.pop()
+                with writer.begin() as connection:
+                    connection.execute(update(UserSession).values(ended_at=utcnow(), end_reason="revoked"))
+            return rows
+
+        def __getattr__(self, name):
+            return getattr(self._cursor, name)
+
+    monkeypatch.setattr(models, "_kept_cursor", lambda connection: RevokingAfterTheRead(kept_cursor(connection)))
+    assert lookup(database, session_id)["ended_at"] is None  # read before the revocation
+    assert lookup(database, session_id)["end_reason"] == "revoked"
+
+
 def test_a_clock_or_chance_written_as_sql_text_is_not_kept(database, session_id, executions):
     """SQL written out (text(), literal_column()) may hold a clock that no function element
     names: SQLite's datetime('now'), CURRENT_TIMESTAMP, random()."""
