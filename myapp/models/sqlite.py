@@ -76,10 +76,19 @@ def _in_child() -> None:
 os.register_at_fork(after_in_child=_in_child)
 
 
+# URI parameters (``sqlite:///file:...?vfs=unix-excl&uri=true``) under which this process's
+# SQLite keeps its WAL index out of the ``-shm`` file (the unix-excl, unix-none and unix-dotfile
+# VFSes keep it in heap memory), or takes no lock on it: a ``-shm`` file left there by a process
+# that died would then be mapped, and never change.
+_INDEX_ELSEWHERE = frozenset({"vfs", "nolock", "immutable"})
+
+
 def commit_stamp(engine: Engine) -> CommitStamp | None:
     """The commit stamp of the SQLite file ``engine`` reads, or None: another database, an
     in-memory one, or one SQLite keeps no shared WAL index for."""
     if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    if _INDEX_ELSEWHERE & {name.lower() for name in engine.url.query}:
         return None
     with _LOCK:
         connection = engine.raw_connection()

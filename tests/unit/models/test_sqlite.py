@@ -332,6 +332,33 @@ def test_a_database_with_exclusive_locking_has_no_stamp(tmp_path):
     engine.dispose()
 
 
+def test_a_vfs_that_keeps_the_index_in_memory_has_no_stamp(url):
+    """The unix-excl VFS keeps the WAL index in this process's heap: a -shm file a process that
+    died left beside the database is never written again, and a read kept by it would outlive
+    every commit, this process's own included."""
+    path = url.removeprefix("sqlite:///")
+    subprocess.run(
+        [sys.executable, "-c", "import os, sqlite3, sys\n"
+         "sqlite3.connect(sys.argv[1]).execute('SELECT 1 FROM users').fetchall()\n"
+         "os._exit(0)", path],
+        check=True,
+    )
+    assert os.path.exists(path + "-shm")
+    database = Database.from_url(f"sqlite:///file:{path}?vfs=unix-excl&uri=true")
+    try:
+        users = User.__table__
+        with database.own_transaction() as dbsession, dbsession.begin():
+            dbsession.execute(users.insert().values(issuer="https://idp.example.test", subject="bob", name="Bob"))
+        statement = select(users.c.name)
+        assert database.read_all(statement, {}) == [("Bob",)]
+        with database.own_transaction() as dbsession, dbsession.begin():
+            dbsession.execute(update(User).values(name="Robert"))
+        assert database.read_all(statement, {}) == [("Robert",)]
+        assert database._stamp is None
+    finally:
+        database.dispose()
+
+
 def test_postgresql_has_no_stamp():
     """Asked before any connection is made: none is."""
     assert sqlite.commit_stamp(create_engine("postgresql+psycopg://app@127.0.0.1:9/app")) is None
