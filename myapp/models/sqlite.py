@@ -67,7 +67,10 @@ _NEVER = bytes(_HEADER) + b"\xff" * _HEADER
 def _in_child() -> None:
     """A forked child: every stamp it inherited reads None from now on, and is the one it gets
     again. Nothing inherited is closed: a SQLite connection must not be used in a child, not
-    even to close it."""
+    even to close it. The lock is new: a thread of the parent's may have held it at the fork, and
+    no thread of the child's would ever let it go."""
+    global _LOCK
+    _LOCK = threading.Lock()
     for stamp, _keeper, _descriptor, _mapping in _STAMPS.values():
         if stamp is not None:
             stamp._mapping = _NEVER

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import warnings
 
 import pytest
@@ -383,3 +384,39 @@ def test_a_forked_child_keeps_nothing(database, session_id):
     os.waitpid(pid, 0)
     assert answer == b"none"
     assert database._stamp.read() is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_while_a_stamp_is_being_found_can_find_its_own(tmp_path):
+    """Another thread of the parent's finding a stamp at the fork holds the lock: the child's
+    first read of a new file must not wait for it for ever."""
+    url = f"sqlite:///{tmp_path / 'child.sqlite'}"
+    engine = get_engine(url)
+    migrate(engine)
+    read, write = os.pipe()
+    holding, done = threading.Event(), threading.Event()
+
+    def finding():
+        with sqlite._LOCK:
+            holding.set()
+            done.wait(10)
+
+    finder = threading.Thread(target=finding)
+    finder.start()
+    holding.wait(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, running nothing of pytest's
+        os.close(read)
+        free = sqlite._LOCK.acquire(timeout=2)
+        os.write(write, b"free" if free else b"held")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    done.set()
+    finder.join()
+    engine.dispose()
+    assert answer == b"free"
