@@ -33,6 +33,7 @@ import os
 import struct
 import threading
 
+from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
 # The WAL-index header: two copies of 48 bytes, the second written first. A reader that finds
@@ -96,7 +97,13 @@ def commit_stamp(engine: Engine) -> CommitStamp | None:
     with _LOCK:
         connection = engine.raw_connection()
         try:
-            index = _wal_index(connection.dbapi_connection)
+            try:
+                index = _wal_index(connection.dbapi_connection)
+            except engine.dialect.loaded_dbapi.Error as e:
+                # SQLAlchemy's, as the read's own would be, so that an outage answers 503.
+                raise exc.DBAPIError.instance(
+                    "PRAGMA journal_mode", None, e, engine.dialect.loaded_dbapi.Error, dialect=engine.dialect
+                ) from e
             if index is None:
                 return None
             try:

@@ -360,6 +360,21 @@ def test_a_vfs_that_keeps_the_index_in_memory_has_no_stamp(url):
         database.dispose()
 
 
+def test_an_error_finding_the_stamp_is_sqlalchemys(database, session_id, monkeypatch):
+    """As the read's own: an outage answers 503 (errors.outage_errors), not 500. Nothing is
+    remembered, so the next read looks for the stamp again."""
+    from sqlalchemy import exc
+
+    def locked(_dbapi_connection):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(sqlite, "_wal_index", locked)
+    with pytest.raises(exc.OperationalError):
+        lookup(database, session_id)
+    monkeypatch.undo()
+    assert lookup(database, session_id) is not None and database._stamp is not None
+
+
 def test_postgresql_has_no_stamp():
     """Asked before any connection is made: none is."""
     assert sqlite.commit_stamp(create_engine("postgresql+psycopg://app@127.0.0.1:9/app")) is None
