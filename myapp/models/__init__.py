@@ -169,7 +169,7 @@ class Database:
         # The lookup engine's commit stamp, found on the first read (_UNKNOWN until then), and
         # what was read under the stamp it was read under.
         self._stamp: sqlite.CommitStamp | None | object = _UNKNOWN
-        self._kept: tuple[bytes | None, dict] = (None, {})
+        self._kept = _KeptReads(None)
         self._own_sessions = sessionmaker(bind=own_engine, expire_on_commit=False)
 
     @classmethod
@@ -246,8 +246,8 @@ class Database:
             if stamps is _UNKNOWN:
                 stamps = self._stamp = sqlite.commit_stamp(engine)
             if stamps is not None and (stamp := stamps.read()) is not None:
-                kept_under, kept = self._kept
-                if kept_under == stamp and (found := kept.get((sql, parameters))) is not None:
+                kept = self._kept
+                if kept.under == stamp and (found := kept.reads.get((sql, parameters))) is not None:
                     return found
 
         def read():
@@ -283,11 +283,13 @@ class Database:
         if stamp is not None:
             # Under the stamp read before the read: had a commit come between, the rows are newer
             # than it, and the next read, seeing the newer stamp, reads again.
-            kept_under, kept = self._kept
-            if kept_under != stamp or len(kept) >= KEPT_READS:
-                self._kept = (stamp, {(sql, parameters): result})
-            else:
-                kept[(sql, parameters)] = result
+            size = _size(result[0])
+            kept = self._kept
+            if kept.under != stamp or len(kept.reads) >= KEPT_READS or kept.size + size > KEPT_BYTES:
+                kept = self._kept = _KeptReads(stamp)
+            if size <= KEPT_BYTES // 16:
+                kept.reads[(sql, parameters)] = result
+                kept.size += size
         return result
 
     def dispose(self) -> None:
@@ -297,8 +299,26 @@ class Database:
 
 
 _UNKNOWN = object()
-# How many reads are kept under one commit stamp at most: emptied when full.
+# How many reads are kept under one commit stamp at most, and how many bytes of their text: emptied
+# when full. A read of more than a sixteenth of that is not kept (a page of long posts).
 KEPT_READS = 1024
+KEPT_BYTES = 8 * 1024 * 1024
+
+
+class _KeptReads:
+    """What was read under one commit stamp (Database._read), by statement and parameters."""
+
+    __slots__ = ("under", "reads", "size")
+
+    def __init__(self, under: bytes | None):
+        self.under = under
+        self.reads: dict = {}
+        self.size = 0
+
+
+def _size(rows: list) -> int:
+    """About how many bytes ``rows`` hold: their text and bytes, and a little for each row."""
+    return sum(64 + sum(len(value) for value in row if isinstance(value, str | bytes)) for row in rows)
 
 
 # Where a pooled connection keeps the cursor its lookups run on. SQLAlchemy empties a pooled

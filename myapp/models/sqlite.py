@@ -116,9 +116,13 @@ def commit_stamp(engine: Engine) -> CommitStamp | None:
             # Ours for good from here: it holds the database open while the file is mapped.
             connection.detach()
             keeper, connection = connection, None
-            descriptor = os.open(index, os.O_RDONLY | os.O_CLOEXEC)
-            mapping, stamp = _mapped(descriptor)
-            _STAMPS[(found.st_dev, found.st_ino)] = (stamp, keeper, descriptor, mapping)
+            descriptor, mapping, stamp = -1, None, None
+            try:
+                descriptor = os.open(index, os.O_RDONLY | os.O_CLOEXEC)
+                mapping, stamp = _mapped(descriptor)
+            except OSError:
+                pass  # none, for good: kept as it is, as a usable one would be (nothing is closed)
+            _STAMPS[key] = (stamp, keeper, descriptor, mapping)
             return stamp
         finally:
             if connection is not None:

@@ -214,9 +214,45 @@ def test_reads_kept_under_one_stamp_are_bounded(database, session_id, executions
     monkeypatch.setattr(models, "KEPT_READS", 3)
     for n in range(5):
         lookup(database, f"session-{n}")
-    assert len(database._kept[1]) <= 3
+    assert len(database._kept.reads) <= 3
     lookup(database, "session-4")  # the last one read is kept
     assert len(executions) == 5
+
+
+def test_reads_kept_under_one_stamp_are_bounded_in_bytes(database, writer, session_id, executions, monkeypatch):
+    """A page of long posts is not kept at all past a sixteenth of the bound; the rest are kept
+    until their text reaches it."""
+    with writer.begin() as connection:
+        owner = connection.execute(select(User.__table__.c.id)).scalar_one()
+        connection.execute(Post.__table__.insert(), [
+            {"owner_id": owner, "title": f"t{n}", "body": "b" * 20_000, "created_at": utcnow(), "updated_at": utcnow()}
+            for n in range(21)
+        ])
+    monkeypatch.setattr(models, "KEPT_BYTES", 16 * 64 * 1024)  # a read of more than 64 KiB is not kept
+    page = {"offset": 0, "limit": 21}
+    for _ in range(2):
+        assert len(database.read_all(_PAGE_OF_POSTS, page)) == 21
+    assert len(executions) == 2, "420 KB of posts: read each time"
+    for _ in range(2):
+        assert len(database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 3})) == 3  # 60 KB: kept
+    assert len(executions) == 3
+    for n in range(20):  # 20 x 60 KB passes the 1 MiB bound: emptied on the way, never above it
+        database.read_all(_PAGE_OF_POSTS, {"offset": n, "limit": 3})
+        assert database._kept.size <= models.KEPT_BYTES
+
+
+def test_an_index_that_cannot_be_opened_keeps_nothing_and_the_read_is_made(url, monkeypatch):
+    def refused(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(sqlite.os, "open", refused)
+    database = Database.from_url(url)
+    try:
+        assert database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 1}) == []
+        assert database._stamp is None
+        assert sqlite.commit_stamp(database.lookup_engine) is None, "remembered: not tried again"
+    finally:
+        database.dispose()
 
 
 def test_a_header_being_written_keeps_nothing(database, session_id, executions, monkeypatch):
