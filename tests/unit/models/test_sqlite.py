@@ -113,14 +113,18 @@ def test_a_commit_by_another_connection_is_read_at_once(database, writer, sessio
 def test_a_commit_by_another_process_is_read_at_once(database, url, session_id):
     """The revocation an administrator's request makes in another process, by SQLite alone."""
     assert lookup(database, session_id)["ended_at"] is None
-    path = url.removeprefix("sqlite:///")
-    subprocess.run(
-        [sys.executable, "-c", "import sqlite3, sys\n"
-         "with sqlite3.connect(sys.argv[1]) as c: c.execute(\"UPDATE sessions SET ended_at = '2026-01-01 00:00:00.000000', "
-         "end_reason = 'revoked'\")", path],
-        check=True,
-    )
+    in_another_process(url, "with sqlite3.connect(path) as c: c.execute(\"UPDATE sessions SET "
+                            "ended_at = '2026-01-01 00:00:00.000000', end_reason = 'revoked'\")")
     assert lookup(database, session_id)["end_reason"] == "revoked"
+
+
+def in_another_process(url, code: str, *, check: bool = True) -> subprocess.CompletedProcess:
+    """``code`` run by another Python, with ``path`` the database's file and os, sys, sqlite3 and
+    fcntl imported; what it printed is its result's ``stdout``."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import fcntl, os, sqlite3, sys\npath = sys.argv[1]\n{code}", url.removeprefix("sqlite:///")],
+        capture_output=True, text=True, check=check,
+    )
 
 
 def test_any_commit_reads_every_kept_read_again_but_one_that_wrote_nothing(database, writer, session_id, executions):
@@ -287,18 +291,13 @@ def test_this_process_keeps_its_locks_on_the_index_it_mapped(database, url, sess
 def another_process_finds_the_index_held(url) -> bool:
     """Whether a write lock on the WAL index's dead-man switch (byte 128, SQLite's unix VFS) is
     refused to another process: refused while any process has the database open."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import fcntl, os, sys\n"
-         "fd = os.open(sys.argv[1] + '-shm', os.O_RDWR)\n"
-         "try:\n"
-         "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, os.SEEK_SET)\n"
-         "except OSError:\n"
-         "    print('held')\n"
-         "else:\n"
-         "    print('free')",
-         url.removeprefix("sqlite:///")],
-        capture_output=True, text=True, check=True,
-    )
+    result = in_another_process(url, "fd = os.open(path + '-shm', os.O_RDWR)\n"
+                                     "try:\n"
+                                     "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, os.SEEK_SET)\n"
+                                     "except OSError:\n"
+                                     "    print('held')\n"
+                                     "else:\n"
+                                     "    print('free')")
     return result.stdout.strip() == "held"
 
 
@@ -334,11 +333,8 @@ def test_another_process_could_take_a_file_no_one_holds_out_of_wal(tmp_path):
 
 
 def another_process_takes_it_out_of_wal(url) -> bool:
-    result = subprocess.run(
-        [sys.executable, "-c", "import sqlite3, sys\n"
-         "print(sqlite3.connect(sys.argv[1], timeout=0.2).execute('PRAGMA journal_mode=DELETE').fetchone()[0])",
-         url.removeprefix("sqlite:///")],
-        capture_output=True, text=True,
+    result = in_another_process(
+        url, "print(sqlite3.connect(path, timeout=0.2).execute('PRAGMA journal_mode=DELETE').fetchone()[0])", check=False
     )
     assert result.returncode == 0 or "database is locked" in result.stderr, result.stderr
     return result.stdout.strip() == "delete"
@@ -374,12 +370,7 @@ def test_a_vfs_that_keeps_the_index_in_memory_has_no_stamp(url):
     died left beside the database is never written again, and a read kept by it would outlive
     every commit, this process's own included."""
     path = url.removeprefix("sqlite:///")
-    subprocess.run(
-        [sys.executable, "-c", "import os, sqlite3, sys\n"
-         "sqlite3.connect(sys.argv[1]).execute('SELECT 1 FROM users').fetchall()\n"
-         "os._exit(0)", path],
-        check=True,
-    )
+    in_another_process(url, "sqlite3.connect(path).execute('SELECT 1 FROM users').fetchall()\nos._exit(0)")
     assert os.path.exists(path + "-shm")
     database = Database.from_url(f"sqlite:///file:{path}?vfs=unix-excl&uri=true")
     try:
