@@ -69,7 +69,11 @@ class _Check:
         self.started = monotonic()
         self._answer: str | None = None
         self.done = threading.Event()
-        threading.Thread(target=self._run, args=(probe, dependency), name="myapp readyz", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(probe, dependency), name="myapp readyz", daemon=True).start()
+        except RuntimeError:  # the process may start no more threads (a container's limit of tasks)
+            self._answer = "unavailable: no thread to check with"
+            self.done.set()
 
     def _run(self, probe, dependency) -> None:
         try:

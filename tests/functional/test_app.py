@@ -141,6 +141,20 @@ def test_readyz_reports_a_dead_database(database, browser, monkeypatch):
     assert response.json["checks"]["database"].startswith("unavailable")
 
 
+def test_readyz_when_the_process_can_start_no_thread_is_503_not_a_traceback(browser, monkeypatch):
+    """A container's limit of tasks reached: the check cannot run, and says so."""
+    import threading
+
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    response = browser.get("/readyz", status=503)
+    assert response.json == {"status": "unavailable", "checks": {"database": "unavailable: no thread to check with"}}
+    monkeypatch.undo()
+    assert browser.get("/readyz").json["status"] == "ok", "the next probe checks again"
+
+
 def test_readyz_does_not_wait_for_a_database_that_never_answers(database, browser, monkeypatch):
     """A hung server or a partition: the connection waits for an answer that does not come."""
     import threading
