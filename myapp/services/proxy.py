@@ -475,10 +475,11 @@ class Proxy:
     def _spool_body(self, environ: Mapping):
         length = environ.get("CONTENT_LENGTH")
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        try:
-            length = int(length) if length else None
-        except ValueError:
-            raise APIError(400, "bad_request", "Content-Length is not a number.") from None
+        if length and not (length.isascii() and length.isdigit()):
+            # Digits and nothing else (RFC 9110 section 8.6): int() would also take "+5", "1_0",
+            # " 7" or Arabic-Indic digits, and -1, which another WSGI server might pass on.
+            raise APIError(400, "bad_request", "Content-Length is not a number.")
+        length = int(length) if length else None
         if length is not None and length > self.max_body_bytes:
             raise self._too_large()
         if not length and not chunked:

@@ -309,9 +309,10 @@ def test_bodies_are_spooled_with_their_length_and_bounded():
     with pytest.raises(APIError) as streamed:
         proxy().prepare(chunked, upstream_name="orders", client_addr=None)
     assert streamed.value.status == 413
-    with pytest.raises(APIError) as malformed:
-        proxy().prepare(environ(method="POST", CONTENT_LENGTH="lots"), upstream_name="orders", client_addr=None)
-    assert (malformed.value.status, malformed.value.code) == (400, "bad_request")
+    for length in ("lots", "-1", "+5", "1_0", " 7", "\u0663"):
+        with pytest.raises(APIError) as malformed:
+            proxy().prepare(environ(method="POST", CONTENT_LENGTH=length), upstream_name="orders", client_addr=None)
+        assert (malformed.value.status, malformed.value.code) == (400, "bad_request"), length
 
 
 def test_a_401_is_retried_once_with_a_fresh_token_and_the_same_body():
