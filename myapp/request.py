@@ -80,7 +80,8 @@ class Request(PyramidRequest):
         links), and the answer depends on nothing else (no route here has a pregenerator). A
         ``_query`` is added to it as Pyramid writes one (every signed-in page links to
         ``signed_out`` with the page's own path as ``next``)."""
-        query = kw.pop("_query", None) if kw.keys() == {"_query"} else None
+        # Taken out only when nothing else is asked: with elements, Pyramid's own writes the query.
+        query = kw.pop("_query", None) if not elements and kw.keys() == {"_query"} else None
         if elements or kw:
             return super().route_path(route_name, *elements, **kw)
         key = ("route", route_name, self.environ.get("SCRIPT_NAME", ""))

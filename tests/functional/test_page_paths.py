@@ -120,3 +120,16 @@ def test_a_query_with_parameters_or_an_anchor_is_pyramids_own(app):
     assert ours.route_path("posts", _query={"a": "1"}, _anchor="x") == "/posts?a=1#x"
     with pytest.raises(KeyError):
         ours.route_path("no_such_route", _query={"a": "1"})
+
+
+def test_a_query_with_elements_is_pyramids_own(app):
+    """Elements and a query: the query is kept (it was dropped, the path alone returned)."""
+    from pyramid.request import Request as PyramidRequest
+
+    from myapp.request import Request
+
+    ours, theirs = Request.blank("/"), PyramidRequest.blank("/")
+    ours.registry = theirs.registry = app.registry
+    for _ in range(2):  # before and after the route's path is remembered
+        assert ours.route_path("posts", "new", _query={"a": "1"}) == theirs.route_path("posts", "new", _query={"a": "1"})
+    assert ours.route_path("posts", "new", _query={"a": "1"}) == "/posts/new?a=1"
