@@ -299,8 +299,10 @@ class Database:
 
 
 _UNKNOWN = object()
-# How many reads are kept under one commit stamp at most, and how many bytes of their text: emptied
-# when full. A read of more than a sixteenth of that is not kept (a page of long posts).
+# How many reads are kept under one commit stamp at most, and how much of their text (characters and
+# bytes, counted by len(): up to four bytes a character in memory): emptied when full. A read of more
+# than a sixteenth of that is not kept (a page of the longest posts the form allows, 21 x 20,000
+# characters, is under it).
 KEPT_READS = 1024
 KEPT_BYTES = 8 * 1024 * 1024
 
@@ -317,7 +319,7 @@ class _KeptReads:
 
 
 def _size(rows: list) -> int:
-    """About how many bytes ``rows`` hold: their text and bytes, and a little for each row."""
+    """How much ``rows`` hold: the length of their text and bytes, and a little for each row."""
     return sum(64 + sum(len(value) for value in row if isinstance(value, str | bytes)) for row in rows)
 
 
