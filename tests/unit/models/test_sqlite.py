@@ -352,9 +352,12 @@ def test_a_database_not_in_wal_has_no_stamp(tmp_path):
     engine.dispose()
 
 
-def test_a_database_with_exclusive_locking_has_no_stamp(tmp_path):
-    """SQLite keeps the index in the connection's own memory then: the file says nothing."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'exclusive.sqlite'}")
+def test_a_database_with_exclusive_locking_has_no_stamp(url):
+    """SQLite keeps the index in the connection's own memory then: a -shm file a process that died
+    left beside the database says nothing, and is never written again."""
+    in_another_process(url, "sqlite3.connect(path).execute('SELECT 1 FROM users').fetchall()\nos._exit(0)")
+    assert os.path.exists(url.removeprefix("sqlite:///") + "-shm")
+    engine = create_engine(url)
 
     @event.listens_for(engine, "connect")
     def exclusive(dbapi_connection, _record):
