@@ -6,6 +6,8 @@ outside the development stack looks anything up in the registry by a string.
 """
 
 import os
+from collections.abc import Callable
+from functools import partial
 from types import SimpleNamespace
 from urllib.parse import unquote_to_bytes
 
@@ -80,18 +82,17 @@ class Request(PyramidRequest):
         links), and the answer depends on nothing else (no route here has a pregenerator). A
         ``_query`` is added to it as Pyramid writes one (every signed-in page links to
         ``signed_out`` with the page's own path as ``next``)."""
-        # Taken out only when nothing else is asked: with elements, Pyramid's own writes the query.
-        query = kw.pop("_query", None) if not elements and kw.keys() == {"_query"} else None
-        if elements or kw:
+        if elements or (kw and kw.keys() != {"_query"}):
             return super().route_path(route_name, *elements, **kw)
         key = ("route", route_name, self.environ.get("SCRIPT_NAME", ""))
         path = self._fixed_paths.get(key)
         if path is None:
             route = self.registry.getUtility(IRoutesMapper).get_route(route_name)
             if route is None or route.pregenerator is not None:
-                return super().route_path(route_name, **({"_query": query} if query else {}))
+                return super().route_path(route_name, **kw)
             path = super().route_path(route_name)
             self._remember_path(key, path)
+        query = kw.get("_query")
         if not query:
             return path
         # As pyramid.url.parse_url_overrides writes it.
@@ -106,26 +107,24 @@ class Request(PyramidRequest):
             path = f"{caller_package().__name__}:{path}"
         if kw or ":" not in path:
             return super().static_path(path, **kw)
-        key = ("static", path, self.environ.get("SCRIPT_NAME", ""))
-        found = self._fixed_paths.get(key)
-        if found is None:
-            found = super().static_path(path)
-            self._remember_path(key, found)
-        return found
+        return self._remembered(("static", path, self.environ.get("SCRIPT_NAME", "")), partial(super().static_path, path))
 
     @property
     def layout_paths(self) -> SimpleNamespace:
         """The paths every page's layout links to, from :meth:`route_path` and :meth:`static_path`,
         made once per SCRIPT_NAME: a template's call of each cost a page 30 us in all."""
-        key = ("layout", self.environ.get("SCRIPT_NAME", ""))
-        paths = self._fixed_paths.get(key)
-        if paths is None:
-            paths = SimpleNamespace(
-                **{name: self.route_path(name) for name in LAYOUT_ROUTES},
-                **{name: self.static_path(asset) for name, asset in LAYOUT_ASSETS.items()},
-            )
-            self._remember_path(key, paths)
-        return paths
+        return self._remembered(("layout", self.environ.get("SCRIPT_NAME", "")), lambda: SimpleNamespace(
+            **{name: self.route_path(name) for name in LAYOUT_ROUTES},
+            **{name: self.static_path(asset) for name, asset in LAYOUT_ASSETS.items()},
+        ))
+
+    def _remembered(self, key: tuple, make: Callable[[], str | SimpleNamespace]) -> str | SimpleNamespace:
+        """What ``make()`` gives, made once per ``key`` (which names the SCRIPT_NAME it is for)."""
+        found = self._fixed_paths.get(key)
+        if found is None:
+            found = make()
+            self._remember_path(key, found)
+        return found
 
     @property
     def _fixed_paths(self) -> dict:

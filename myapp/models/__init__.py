@@ -242,10 +242,10 @@ class Database:
         parameters = tuple(params[name] for name in names) if names is not None else params
         stamp = None
         if keepable:
-            stamps = self._stamp
-            if stamps is _UNKNOWN:
-                stamps = self._stamp = sqlite.commit_stamp(engine)
-            if stamps is not None and (stamp := stamps.read()) is not None:
+            commits = self._stamp
+            if commits is _UNKNOWN:
+                commits = self._stamp = sqlite.commit_stamp(engine)
+            if commits is not None and (stamp := commits.read()) is not None:
                 kept = self._kept
                 if kept.under == stamp and (found := kept.reads.get((sql, parameters))) is not None:
                     return found

@@ -133,3 +133,21 @@ def test_a_query_with_elements_is_pyramids_own(app):
     for _ in range(2):  # before and after the route's path is remembered
         assert ours.route_path("posts", "new", _query={"a": "1"}) == theirs.route_path("posts", "new", _query={"a": "1"})
     assert ours.route_path("posts", "new", _query={"a": "1"}) == "/posts/new?a=1"
+
+
+def test_a_route_with_a_pregenerator_is_pyramids_own_and_not_remembered():
+    from pyramid.config import Configurator
+    from pyramid.request import Request as PyramidRequest
+
+    from myapp.request import Request
+
+    config = Configurator()
+    config.add_route("tagged", "/tagged", pregenerator=lambda request, elements, kw: (elements, {**kw, "_query": {"t": "x"}}))
+    config.commit()
+    config.registry[FIXED_PATHS] = {}
+    ours, theirs = Request.blank("/"), PyramidRequest.blank("/")
+    ours.registry = theirs.registry = config.registry
+    for _ in range(2):
+        assert ours.route_path("tagged") == theirs.route_path("tagged") == "/tagged?t=x"
+        assert ours.route_path("tagged", _query={"a": "1"}) == theirs.route_path("tagged", _query={"a": "1"})
+    assert config.registry[FIXED_PATHS] == {}
