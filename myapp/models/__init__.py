@@ -5,6 +5,7 @@ import contextlib
 import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import NamedTuple, TypeVar
 
 import zope.sqlalchemy
@@ -198,22 +199,36 @@ class Database:
     def read(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
 
-    def read_all(self, statement: Select, params: dict) -> list[tuple]:
+    def read_all(
+        self, statement: Select, params: dict, *, as_of: datetime | None = None,
+        lasts: Callable[[list[tuple]], datetime | None] | None = None,
+    ) -> list[tuple]:
         """Every row ``statement`` selects, for a page that writes nothing, as named tuples with
         SQLAlchemy's types (equal to the rows SQLAlchemy's own execution gives): on the lookup
         pool's driver cursor, released at once, in no transaction. Such a page builds no ORM
         session, so pyramid_tm has nothing to commit, and no SQLAlchemy ``Connection`` either
         (with eight threads at once, a tenth of ``/posts``). It does not see what the request
         itself has written and not committed: never use it after a write.
+
+        ``as_of`` and ``lasts``, for a statement about a moment (as "live now"): each of its time
+        parameters is at a fixed distance from ``as_of``, and ``lasts(rows)`` is the first moment
+        after ``as_of`` at which the same statement, its times moved as far, could select other
+        rows with nothing committed meanwhile (None: never). On a SQLite file the rows stand for
+        every moment from ``as_of`` until then, or until the next commit; elsewhere they change
+        nothing.
         """
         shape, processors = _row_shape(statement, self.lookup_engine.dialect)
-        rows, _ = self._read(statement, params)
-        if not any(processors):
-            return [shape._make(row) for row in rows]
-        return [
-            shape._make([value if process is None else process(value) for process, value in zip(processors, row)])
-            for row in rows
-        ]
+
+        def made(rows):
+            if not any(processors):
+                return [shape._make(row) for row in rows]
+            return [
+                shape._make([value if process is None else process(value) for process, value in zip(processors, row)])
+                for row in rows
+            ]
+
+        rows, _ = self._read(statement, params, None if as_of is None else (as_of, lambda rows: lasts(made(rows))))
+        return made(rows)
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
         """The one row ``statement`` selects (None without one), as a dict by column name, with
@@ -227,7 +242,7 @@ class Database:
         # on every call, a third of this read's CPU on PostgreSQL.
         return dict(zip(columns, rows[0])) if rows else None
 
-    def _read(self, statement: Select, params: dict) -> tuple[list, tuple[str, ...]]:
+    def _read(self, statement: Select, params: dict, timed: tuple | None = None) -> tuple[list, tuple[str, ...]]:
         """The rows ``statement`` selects, as the driver gives them, and its columns' names, on
         the cursor a connection of the lookup pool keeps; the statement is SQLAlchemy's, compiled
         once per dialect. A
@@ -236,19 +251,31 @@ class Database:
         outage answers 503.
         """
         engine = self.lookup_engine
-        sql, names, columns, literals, keepable = _compiled(statement, engine.dialect)
+        sql, names, columns, literals, pure, moments = _compiled(statement, engine.dialect)
         if literals:  # the values written into the statement (``limit(5)``), which params may override
             params = {**literals, **params}
         parameters = tuple(params[name] for name in names) if names is not None else params
         stamp = None
-        if keepable:
+        # Timed (read_all's as_of): the time parameters stand in the key as their distance from the
+        # moment asked about, the same at every moment the rows stand for.
+        if pure and (not moments if timed is None else names is not None):
             commits = self._stamp
             if commits is _UNKNOWN:
                 commits = self._stamp = sqlite.commit_stamp(engine)
             if commits is not None and (stamp := commits.read()) is not None:
+                if timed is None:
+                    key = (sql, parameters)
+                else:
+                    as_of = timed[0]
+                    key = (sql, tuple(as_of - value if name in moments else value
+                                      for name, value in zip(names, parameters)), _TIMED)
                 kept = self._kept
-                if kept.under == stamp and (found := kept.reads.get((sql, parameters))) is not None:
-                    return found
+                if kept.under == stamp and (found := kept.reads.get(key)) is not None:
+                    if timed is None:
+                        return found
+                    found, since, until = found
+                    if since <= as_of and (until is None or as_of < until):
+                        return found
 
         def read():
             connection = cursor = None
@@ -283,12 +310,18 @@ class Database:
         if stamp is not None:
             # Under the stamp read before the read: had a commit come between, the rows are newer
             # than it, and the next read, seeing the newer stamp, reads again.
+            value = result
+            if timed is not None:
+                until = timed[1](result[0])
+                if until is not None and until <= as_of:  # true of this moment alone
+                    return result
+                value = (result, as_of, until)
             size = _size(result[0])
             kept = self._kept
             if kept.under != stamp or len(kept.reads) >= KEPT_READS or kept.size + size > KEPT_BYTES:
                 kept = self._kept = _KeptReads(stamp)
             if size <= KEPT_BYTES // 16:
-                kept.reads[(sql, parameters)] = result
+                kept.reads[key] = value
                 kept.size += size
         return result
 
@@ -299,6 +332,7 @@ class Database:
 
 
 _UNKNOWN = object()
+_TIMED = object()  # in a timed read's key: never equal to an untimed read's
 # How many reads are kept under one commit stamp at most, and how much of their text (characters and
 # bytes, counted by len(): up to four bytes a character in memory): emptied when full. A read of more
 # than a sixteenth of that is not kept (a page of the longest posts the form allows, 21 x 20,000
@@ -362,14 +396,17 @@ def _once_more_if_disconnected(read: Callable[[], T]) -> T:
 class _Compiled(NamedTuple):
     """``statement`` for one dialect: its SQL, its parameters' order when positional, the names
     of the columns it selects, in order (labels where it gives them), the values of the
-    parameters it carries itself (a literal limit), by name, and whether its rows depend on
-    nothing but the data and the parameters (:func:`_keepable`)."""
+    parameters it carries itself (a literal limit), by name, whether its rows depend on nothing
+    but the data, the parameters and the time (:func:`_pure`), and the names of its time
+    parameters: it is kept until the next commit when pure with none, and a timed read
+    (``Database.read_all``'s ``as_of``) when pure."""
 
     sql: str
     names: tuple[str, ...] | None
     columns: tuple[str, ...]
     literals: dict
-    keepable: bool
+    pure: bool
+    moments: frozenset[str]
 
 
 @functools.cache
@@ -382,7 +419,7 @@ def _compiled(statement: Select, dialect) -> _Compiled:
     literals = {name: value for name, value in compiled.params.items() if name not in required}
     return _Compiled(
         str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals,
-        _keepable(statement, compiled.binds.values()),
+        _pure(statement), frozenset(name for name, bind in compiled.binds.items() if _is_moment(bind.type)),
     )
 
 
@@ -391,22 +428,27 @@ def _compiled(statement: Select, dialect) -> _Compiled:
 _PURE_FUNCTIONS = frozenset({"count", "max", "min", "sum", "avg", "coalesce", "lower", "upper", "length", "abs"})
 
 
-def _keepable(statement: Select, binds) -> bool:
-    """Whether rows read once can stand for the same statement's until the next commit: no
-    function but pure ones, no SQL written out as text (``text()``, ``literal_column()``: it may
-    hold a clock, as ``datetime('now')``, that no function element names), and no time among its
-    parameters (a read about a moment, as "live now", would be asked again only at that moment:
-    keeping it would only fill memory)."""
-    if any(
+def _pure(statement: Select) -> bool:
+    """Whether rows read once can stand for the same statement's, its parameters the same, until
+    the next commit: no function but pure ones, and no SQL written out as text (``text()``,
+    ``literal_column()``: it may hold a clock, as ``datetime('now')``, that no function element
+    names). One with a time among its parameters is about a moment, as "live now", and is asked
+    again only at another: it is kept only when its caller says for how long (``read_all``'s
+    ``lasts``); otherwise keeping it would only fill memory."""
+    return not any(
         (isinstance(element, functions.FunctionElement) and element.name.lower() not in _PURE_FUNCTIONS)
         or isinstance(element, elements.TextClause)
-        or (isinstance(element, elements.ColumnClause) and element.is_literal)
+        # count(*)'s star is the one literal column that holds nothing but itself.
+        or (isinstance(element, elements.ColumnClause) and element.is_literal and element.name != "*")
         for element in visitors.iterate(statement)
-    ):
-        return False
-    moments = (sqltypes.DateTime, sqltypes.Date, sqltypes.Time, sqltypes.Interval)
-    return not any(isinstance(bind.type, moments) or isinstance(getattr(bind.type, "impl", None), moments)
-                   for bind in binds)
+    )
+
+
+_MOMENTS = (sqltypes.DateTime, sqltypes.Date, sqltypes.Time, sqltypes.Interval)
+
+
+def _is_moment(type_) -> bool:
+    return isinstance(type_, _MOMENTS) or isinstance(getattr(type_, "impl", None), _MOMENTS)
 
 
 @functools.cache

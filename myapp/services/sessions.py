@@ -129,12 +129,18 @@ _LIVE = (
     _SESSIONS.ended_at.is_(None), _SESSIONS.expires_at > bindparam("now"),
     _SESSIONS.last_seen_at > bindparam("idle_since"),
 )
+# When the first of the rows live now stops being so with nothing written: its end, or its last use
+# ``idle_after`` ago (``SessionStore.live_until``). None comes back to life as time passes: each of
+# _LIVE's conditions, once false, stays so.
+_LIVE_ENDS = (
+    func.min(_SESSIONS.expires_at).label("first_expiry"), func.min(_SESSIONS.last_seen_at).label("first_seen"),
+)
 _LIVE_OF_USER = (
     select(UserSession).where(UserSession.user_id == bindparam("user_id"), *_LIVE)
     .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
 )
 _LIVE_COUNT = select(func.count().label("count")).select_from(UserSession.__table__).where(*_LIVE)
-_LIVE_COUNT_OF_USER = _LIVE_COUNT.where(_SESSIONS.user_id == bindparam("user_id"))
+_LIVE_COUNT_OF_USER = _LIVE_COUNT.add_columns(*_LIVE_ENDS).where(_SESSIONS.user_id == bindparam("user_id"))
 
 
 # Pure functions of a stored text (SQLite's datetimes, the JSON lists), remembered by the exact
@@ -761,7 +767,7 @@ class SessionStore:
             lambda statement, params: self.dbsession.execute(statement, params).mappings().one_or_none()
         )
         # What a page that writes nothing counts needs none either (Database.read_all).
-        self.read_all = read_all or (lambda statement, params: self.dbsession.execute(statement, params).all())
+        self.read_all = read_all or (lambda statement, params, **_: self.dbsession.execute(statement, params).all())
         # Shared by the process's requests (Services); None: every due touch writes.
         self.recent_touches = recent_touches
 
@@ -955,8 +961,22 @@ class SessionStore:
         return self.dbsession.scalars(_LIVE_OF_USER, self._live_params(user_id=user_id)).all()
 
     def count_live_for_user(self, user_id: int) -> int:
-        """For a page that writes nothing before it (the dashboard): read outside the request's transaction."""
-        return self.read_all(_LIVE_COUNT_OF_USER, self._live_params(user_id=user_id))[0][0]
+        """For a page that writes nothing before it (the dashboard): read outside the request's
+        transaction, and on a SQLite file kept until the next commit or until one of the sessions
+        counted stops being live (``Database.read_all``), whichever comes first."""
+        params = self._live_params(user_id=user_id)
+        return self.read_all(_LIVE_COUNT_OF_USER, params, as_of=params["now"], lasts=self.live_until)[0][0]
+
+    def live_until(self, rows) -> datetime | None:
+        """The first moment at which a count of ``_LIVE`` rows (``rows``: its one row, with
+        ``_LIVE_ENDS``) is smaller with nothing written; None when it counted none."""
+        (count, first_expiry, first_seen), = rows
+        if not count:
+            return None
+        try:
+            return min(first_expiry, first_seen + self.idle_after)
+        except OverflowError:  # an idle timeout past the calendar's end
+            return first_expiry
 
     def count_live(self) -> int:
         return self.dbsession.scalar(_LIVE_COUNT, self._live_params())

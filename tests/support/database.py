@@ -30,10 +30,11 @@ class RolledBackDatabase(Database):
     def read(self):
         return contextlib.nullcontext(self._connection)
 
-    def read_all(self, statement, params):
+    def read_all(self, statement, params, *, as_of=None, lasts=None):
         # On the test's connection, this sees what the request wrote and did not commit, which
         # the app's read_all (a connection of its own) does not: only pages that write nothing
         # before it may use it (tests/functional/test_hot_path.py checks they open no transaction).
+        # Nothing is kept (as_of, lasts): the test's connection sees each write at once.
         return self._connection.execute(statement, params).all()
 
     def read_row(self, statement, params):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import bindparam, create_engine, event, func, literal_column, select, text, update
@@ -153,12 +154,115 @@ def test_a_checkpoint_keeps_the_reads_and_restarting_the_wal_does_not(database, 
     assert len(executions) == 2
 
 
-def test_a_read_about_a_moment_is_not_kept(database, session_id, executions):
+def test_a_read_about_a_moment_is_not_kept_unless_told_for_how_long(database, session_id, executions):
     """The live count has the time in its parameters: asked again, it is another moment."""
     params = {"now": utcnow(), "idle_since": utcnow(), "user_id": 1}
     database.read_all(_LIVE_COUNT_OF_USER, params)
     database.read_all(_LIVE_COUNT_OF_USER, params)
     assert len(executions) == 2
+
+
+@pytest.fixture
+def clock():
+    return [utcnow()]
+
+
+@pytest.fixture
+def store(database, url, clock):
+    """The session store as a request has it, its reads the database's, at the moment ``clock`` says."""
+    return SessionStore(dbsession=None, cipher=TokenCipher([TEST_KEY]), settings=load_settings(base_settings(url)).session,
+                        read_all=database.read_all, clock=lambda: clock[0])
+
+
+def ends(writer) -> tuple:
+    with writer.connect() as connection:
+        row = connection.execute(select(UserSession.expires_at, UserSession.last_seen_at)).one()
+    return row.expires_at, row.last_seen_at
+
+
+def test_the_live_count_is_kept_until_a_session_counted_goes_idle(database, writer, session_id, store, clock, executions):
+    """Asked about a later moment, the count is the one kept while no session counted has reached
+    its end: no session comes back to life as time passes. At the moment the first goes idle it
+    is read again, and the session is not counted."""
+    expires_at, last_seen_at = ends(writer)
+    idle_at = last_seen_at + store.idle_after
+    assert idle_at < expires_at
+    assert store.count_live_for_user(1) == 1
+    clock[0] = idle_at - timedelta(microseconds=1)
+    assert store.count_live_for_user(1) == 1
+    assert len(executions) == 1
+    clock[0] = idle_at
+    assert store.count_live_for_user(1) == 0
+    assert len(executions) == 2
+    clock[0] = expires_at + timedelta(days=1)
+    assert store.count_live_for_user(1) == 0  # counting none, it stays so until a commit
+    assert len(executions) == 2
+
+
+def test_the_live_count_is_read_again_at_the_first_expiry(database, writer, session_id, store, clock, executions):
+    _, last_seen_at = ends(writer)
+    expires_at = last_seen_at + timedelta(minutes=5)
+    with writer.begin() as connection:
+        connection.execute(update(UserSession).values(expires_at=expires_at))
+    assert store.count_live_for_user(1) == 1
+    clock[0] = expires_at - timedelta(microseconds=1)
+    assert store.count_live_for_user(1) == 1
+    clock[0] = expires_at
+    assert store.count_live_for_user(1) == 0
+    assert len(executions) == 2
+
+
+def test_the_live_count_is_read_again_after_a_commit_or_for_an_earlier_moment(
+    database, writer, session_id, store, clock, executions
+):
+    assert store.count_live_for_user(1) == 1
+    clock[0] -= timedelta(seconds=1)  # the clock set back: what was kept was true from later on
+    assert store.count_live_for_user(1) == 1
+    assert len(executions) == 2
+    with writer.begin() as connection:
+        connection.execute(update(UserSession).values(ended_at=utcnow(), end_reason="revoked"))
+    assert store.count_live_for_user(1) == 0
+    assert len(executions) == 3
+
+
+def test_a_timed_read_at_another_distance_from_its_moment_is_another_read(database, session_id, executions):
+    """The time parameters are kept as their distance from the moment: the same statement asked
+    with another idle timeout is another read, and the same again is not."""
+    now = utcnow()
+
+    def count(idle_after, at=now):
+        params = {"now": at, "idle_since": at - idle_after, "user_id": 1}
+        return database.read_all(_LIVE_COUNT_OF_USER, params, as_of=at, lasts=lambda rows: None)[0].count
+
+    assert (count(timedelta(hours=1)), count(timedelta(0))) == (1, 0)  # last seen before now, not after
+    assert len(executions) == 2
+    assert count(timedelta(hours=1), now + timedelta(seconds=1)) == 1
+    assert len(executions) == 2
+
+
+def test_a_timed_read_true_of_its_moment_alone_is_not_kept(database, session_id, executions):
+    now = utcnow()
+    params = {"now": now, "idle_since": now, "user_id": 1}
+    for _ in range(2):
+        database.read_all(_LIVE_COUNT_OF_USER, params, as_of=now, lasts=lambda rows: now)
+    assert len(executions) == 2
+    assert not database._kept.reads, "nothing kept that no later moment could use"
+
+
+def test_live_until_is_the_first_end_and_none_for_no_session(store):
+    now = utcnow()
+    assert store.live_until([(0, None, None)]) is None
+    assert store.live_until([(2, now + store.idle_after + timedelta(hours=1), now)]) == now + store.idle_after
+    assert store.live_until([(2, now + timedelta(minutes=1), now)]) == now + timedelta(minutes=1)
+    store.idle_after = timedelta.max  # past the calendar's end: the expiry alone
+    assert store.live_until([(1, now + timedelta(days=1), now)]) == now + timedelta(days=1)
+
+
+def test_a_count_of_every_row_is_kept(database, session_id, executions):
+    """count(*)'s star is SQL written out, but it holds no clock."""
+    statement = select(func.count()).select_from(User.__table__)
+    assert database.read_all(statement, {}) == database.read_all(statement, {}) == [(1,)]
+    assert len(executions) == 1
 
 
 def test_a_statement_with_a_clock_or_chance_in_it_is_not_kept(database, session_id, executions):
