@@ -251,10 +251,13 @@ class Database:
         outage answers 503.
         """
         engine = self.lookup_engine
-        sql, names, columns, literals, pure, moments = _compiled(statement, engine.dialect)
+        sql, names, columns, literals, pure, moments, processors = _compiled(statement, engine.dialect)
         if literals:  # the values written into the statement (``limit(5)``), which params may override
             params = {**literals, **params}
         parameters = tuple(params[name] for name in names) if names is not None else params
+        # As SQLAlchemy's own execution sends them (UTCDateTime's naive UTC text on SQLite, as
+        # stored); the key keeps the values as given.
+        sent = parameters if not processors else _processed(names, parameters, processors)
         stamp = None
         # Timed (read_all's as_of): the time parameters stand in the key as their distance from the
         # moment asked about, the same at every moment the rows stand for.
@@ -282,7 +285,7 @@ class Database:
             try:
                 connection = engine.raw_connection()
                 cursor = _kept_cursor(connection)
-                cursor.execute(sql, parameters)
+                cursor.execute(sql, sent)
                 # All of them: on SQLite that also ends the statement, and with it the read.
                 return cursor.fetchall(), columns
             except engine.dialect.loaded_dbapi.Error as e:
@@ -399,7 +402,8 @@ class _Compiled(NamedTuple):
     parameters it carries itself (a literal limit), by name, whether its rows depend on nothing
     but the data, the parameters and the time (:func:`_pure`), and the names of its time
     parameters: it is kept until the next commit when pure with none, and a timed read
-    (``Database.read_all``'s ``as_of``) when pure."""
+    (``Database.read_all``'s ``as_of``) when pure; and the bind processor of each parameter whose
+    type has one, by name."""
 
     sql: str
     names: tuple[str, ...] | None
@@ -407,6 +411,7 @@ class _Compiled(NamedTuple):
     literals: dict
     pure: bool
     moments: frozenset[str]
+    processors: dict[str, Callable]
 
 
 @functools.cache
@@ -420,7 +425,21 @@ def _compiled(statement: Select, dialect) -> _Compiled:
     return _Compiled(
         str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals,
         _pure(statement), frozenset(name for name, bind in compiled.binds.items() if _is_moment(bind.type)),
+        {name: process for name, bind in compiled.binds.items()
+         if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None},
     )
+
+
+def _processed(names: tuple[str, ...] | None, parameters, processors: dict[str, Callable]):
+    """``parameters`` (a tuple in ``names``' order, else a dict by name) as the driver is to get
+    them: each through its type's bind processor. The driver's own conversion is not the type's:
+    pysqlite writes an aware datetime as ``2030-01-01 12:00:00+00:00`` (no decimals at a whole
+    second, its own zone), which SQLite compares as text with the stored naive UTC."""
+    if names is not None:
+        return tuple(value if (process := processors.get(name)) is None else process(value)
+                     for name, value in zip(names, parameters))
+    return {name: value if (process := processors.get(name)) is None else process(value)
+            for name, value in parameters.items()}
 
 
 # Functions whose value depends on nothing but their arguments. Any other (now(), random(), a

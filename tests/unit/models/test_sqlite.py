@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import bindparam, create_engine, event, func, literal_column, select, text, update
@@ -223,6 +223,22 @@ def test_the_live_count_is_read_again_after_a_commit_or_for_an_earlier_moment(
         connection.execute(update(UserSession).values(ended_at=utcnow(), end_reason="revoked"))
     assert store.count_live_for_user(1) == 0
     assert len(executions) == 3
+
+
+def test_the_live_count_agrees_with_the_session_at_a_whole_second_and_in_any_zone(
+    database, writer, session_id, store, clock
+):
+    """The times are sent as SQLite stores them (naive UTC, six decimals: UTCDateTime's bind
+    processing), not as the driver would write them itself ("12:00:00+00:00", which sorts after
+    "12:00:00.000000" and is local time in another zone): at its expiry, a whole second, the
+    session is no longer counted, as ``dead_reason`` and ``live_until`` say."""
+    expires_at = datetime(2030, 1, 1, 12, tzinfo=timezone.utc)
+    with writer.begin() as connection:
+        connection.execute(update(UserSession).values(expires_at=expires_at, last_seen_at=expires_at - timedelta(minutes=1)))
+    clock[0] = expires_at
+    assert store.count_live_for_user(1) == 0
+    clock[0] = (expires_at - timedelta(seconds=30)).astimezone(timezone(timedelta(hours=2)))
+    assert store.count_live_for_user(1) == 1
 
 
 def test_a_timed_read_at_another_distance_from_its_moment_is_another_read(database, session_id, executions):
