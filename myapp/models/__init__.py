@@ -321,6 +321,10 @@ class Database:
                 value = (result, as_of, until)
             size = _size(result[0])
             kept = self._kept
+            # One read again in place of one kept (a timed read for an earlier moment, or two
+            # threads that read at once) is counted once.
+            if kept.under == stamp and (replaced := kept.reads.pop(key, None)) is not None:
+                kept.size -= _size((replaced if timed is None else replaced[0])[0])
             if kept.under != stamp or len(kept.reads) >= KEPT_READS or kept.size + size > KEPT_BYTES:
                 kept = self._kept = _KeptReads(stamp)
             if size <= KEPT_BYTES // 16:

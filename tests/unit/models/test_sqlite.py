@@ -265,6 +265,19 @@ def test_a_timed_read_true_of_its_moment_alone_is_not_kept(database, session_id,
     assert not database._kept.reads, "nothing kept that no later moment could use"
 
 
+def test_a_timed_read_read_again_replaces_what_was_kept_and_its_size(database, session_id, store, clock, executions):
+    """Asked for an earlier moment (another thread's clock read a little before), the count is
+    read again and kept in place of the one before: counted once in the bound on kept text, so
+    that reads again do not empty every kept read (the session lookups') sooner."""
+    assert store.count_live_for_user(1) == 1
+    size = database._kept.size
+    for _ in range(3):
+        clock[0] -= timedelta(microseconds=1)
+        assert store.count_live_for_user(1) == 1
+    assert len(executions) == 4
+    assert (len(database._kept.reads), database._kept.size) == (1, size)
+
+
 def test_live_until_is_the_first_end_and_none_for_no_session(store):
     now = utcnow()
     assert store.live_until([(0, None, None)]) is None
