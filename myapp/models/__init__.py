@@ -259,9 +259,9 @@ class Database:
         # stored); the key keeps the values as given.
         sent = parameters if not processors else _processed(names, parameters, processors)
         stamp = None
-        # Timed (read_all's as_of): the time parameters stand in the key as their distance from the
-        # moment asked about, the same at every moment the rows stand for.
-        if pure and (not moments if timed is None else names is not None):
+        # A timed read (read_all's as_of) may have time parameters; one that is not, none.
+        keepable = pure and (not moments if timed is None else names is not None)
+        if keepable:
             commits = self._stamp
             if commits is _UNKNOWN:
                 commits = self._stamp = sqlite.commit_stamp(engine)
@@ -269,8 +269,10 @@ class Database:
                 if timed is None:
                     key = (sql, parameters)
                 else:
+                    # Its times stand in the key as their distance from the moment asked about, the
+                    # same at every moment the rows stand for (another value, None, as it is).
                     as_of = timed[0]
-                    key = (sql, tuple(as_of - value if name in moments else value
+                    key = (sql, tuple(as_of - value if name in moments and isinstance(value, datetime) else value
                                       for name, value in zip(names, parameters)), _TIMED)
                 kept = self._kept
                 if kept.under == stamp and (found := kept.reads.get(key)) is not None:

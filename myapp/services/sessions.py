@@ -752,7 +752,7 @@ class SessionStore:
         clock: Callable[[], datetime] = utcnow,
         own_transactions: Callable[[], Session] | None = None,
         read_row: Callable[[Select, dict], dict | None] | None = None,
-        read_all: Callable[[Select, dict], list] | None = None,
+        read_all: Callable[..., list] | None = None,
         recent_touches: RecentTouches | None = None,
     ):
         # A callable defers the ORM session until something needs it: the per-request lookup does not.

@@ -256,6 +256,17 @@ def test_a_timed_read_at_another_distance_from_its_moment_is_another_read(databa
     assert len(executions) == 2
 
 
+def test_a_timed_read_keys_a_time_parameter_that_is_no_datetime_as_it_is(database, session_id, executions):
+    now = utcnow()
+
+    def count(idle_since, at=now):
+        params = {"now": at, "idle_since": idle_since, "user_id": 1}
+        return database.read_all(_LIVE_COUNT_OF_USER, params, as_of=at, lasts=lambda rows: None)[0][0]
+
+    assert count(None) == count(None, now + timedelta(seconds=1)) == 0  # NULL compares with nothing
+    assert len(executions) == 1
+
+
 def test_a_timed_read_true_of_its_moment_alone_is_not_kept(database, session_id, executions):
     now = utcnow()
     params = {"now": now, "idle_since": now, "user_id": 1}
