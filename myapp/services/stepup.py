@@ -85,7 +85,7 @@ def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
     case-insensitive server, Windows (which trims trailing spaces and dots), Spring or Rails (which
     take a suffix for a format) and a server that normalizes Unicode. Matching both ways can only
     ask for a step-up more often, never less."""
-    if path.startswith(EXEMPT_PREFIXES):
+    if not rules or path.startswith(EXEMPT_PREFIXES):  # without rules, no path is read (the dashboard's)
         return None
     segments = leniently_read(path)
     return next((rule for rule in rules if rule.covers(path) or _covers(_lenient_prefix(rule), segments)), None)
