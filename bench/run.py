@@ -2,7 +2,7 @@
 
 Targets (one process each, waitress with the same threads): D the upstream (the demo API) called
 directly; N a bare Pyramid proxy on urllib3; R the same on requests; B myapp's /api/demo/...
-with a signed-in session. Also a signed-in page against the anonymous landing page, B with
+with a signed-in session, served as myapp serves itself (myapp/server.py), and N served so too. Also a signed-in page against the anonymous landing page, B with
 tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, B held to
 one CPU by its server's own ``cpu_affinity = auto`` beside B as it runs by default and N held to
 the same CPU, a refresh storm, and the proxy's memory while 100 MiB stream through it. wrk
@@ -391,7 +391,7 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
     names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sampled", "sink", "dpop", "held", "nheld", "pgh",
-             "pgh2")
+             "pgh2", "nloop")
     ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     database_url = f"sqlite:///{work / 'bench.sqlite'}"
@@ -431,6 +431,10 @@ def main():
         bff = processes.start("bff", ["bench/serve.py", "bff", str(work / "bench.ini"), str(ports["bff"])])
         bare_n = processes.start("N", ["bench/serve.py", "bare-urllib3", urls["idp"] + "/_dev/api/", str(ports["n"])])
         bare_r = processes.start("R", ["bench/serve.py", "bare-requests", urls["idp"] + "/_dev/api/", str(ports["r"])])
+        # N served as myapp serves itself (myapp/server.py): the like-for-like comparison for B's server.
+        bare_n_loop = processes.start(
+            "N-myapp-server", ["bench/serve.py", "bare-urllib3-myapp-server", urls["idp"] + "/_dev/api/", str(ports["nloop"])]
+        )
         processes.start("sink", ["bench/serve.py", "otlp-sink", "-", str(ports["sink"])])
         traced = processes.start("traced", ["bench/serve.py", "bff", str(work / "traced.ini"), str(ports["traced"])])
         # The same, tracing one request in ten (OpenTelemetry's own sampler variables).
@@ -513,6 +517,8 @@ def main():
             results["pages"][name] = page
             print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each", flush=True)
 
+        results["server"] = server_cost(urls, session_cookie, bearer, bff, bare_n, bare_n_loop, args.duration)
+        print(f"N on myapp's server: {results['server']}", flush=True)
         results["tracing"] = tracing_cost(urls, session_cookie, bff, traced, sampled, args.duration)
         print(f"tracing: {results['tracing']}", flush=True)
         results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
@@ -597,6 +603,32 @@ def dpop_cost(urls, bearer_cookie, bff, dpop, upstream, duration) -> dict:
         "es256_proof_us": proof_us,
         "non_2xx": bearer["non_2xx"] + bound["non_2xx"],
     }
+
+
+def server_cost(urls, cookie, bearer, bff, bare_n, bare_n_loop, duration) -> dict:
+    """B, N, and N served as myapp serves itself (myapp/server.py: an answer written whole is sent
+    by waitress's loop in one piece), one after the other at 8 and 32 connections (in the opposite
+    order at 32). B of the targets runs on myapp's server, N on waitress as it comes: B against N on
+    myapp's server is the like-for-like comparison of what each does per call."""
+    wrk(urls["nloop"] + "/ping", connections=8, duration=2, headers=[bearer])
+    order = (
+        ("B", urls["bff"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], bff),
+        ("N", urls["n"] + "/ping", [bearer], bare_n),
+        ("N on myapp's server", urls["nloop"] + "/ping", [bearer], bare_n_loop),
+    )
+    measured = {}
+    for connections in (8, 32):
+        runs = {}
+        for name, url, headers, process in order if connections == 8 else reversed(order):
+            run = wrk(url, connections=connections, duration=duration, headers=headers, pids=[process.pid])
+            runs[name] = {"rps": run["rps"], "cpu_us": run["cpu_us_per_request"][str(process.pid)],
+                          "p50_ms": run["p50_ms"], "non_2xx": run["non_2xx"]}
+        measured[str(connections)] = {
+            **runs,
+            "N_on_myapp_server_over_N": round(runs["N on myapp's server"]["rps"] / runs["N"]["rps"], 2),
+            "B_over_N_on_myapp_server": round(runs["B"]["rps"] / runs["N on myapp's server"]["rps"], 2),
+        }
+    return measured
 
 
 def held_cost(urls, cookie, bearer, bff, held, bare_n, bare_n_held, duration) -> dict:
@@ -774,6 +806,12 @@ def print_table(results, levels):
         print(f"  {name}: {value}")
     print(f"  tracing: {results['tracing']}")
     print(f"  dpop: {results['dpop']}")
+    for c, run in results.get("server", {}).items():
+        served = run["N on myapp's server"]
+        print(f"  N on myapp's server, c={c}: {served['rps']:.0f} req/s at "
+              f"{served['cpu_us']} us each, {run['N_on_myapp_server_over_N']}x N; "
+              f"B {run['B']['rps']:.0f} req/s at {run['B']['cpu_us']} us each, "
+              f"B / N on myapp's server {run['B_over_N_on_myapp_server']}")
     if "held" not in results:
         print(f"  held to one CPU (cpu_affinity = auto): {results.get('held_said')}")
     for c, held in results.get("held", {}).items():

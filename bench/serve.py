@@ -2,6 +2,7 @@
 
     python bench/serve.py bff INI PORT [CPU_AFFINITY]   (as [server:main]'s cpu_affinity: auto, a CPU)
     python bench/serve.py bare-urllib3 UPSTREAM_BASE PORT
+    python bench/serve.py bare-urllib3-myapp-server UPSTREAM_BASE PORT   (N served as myapp serves itself)
     python bench/serve.py bare-requests UPSTREAM_BASE PORT
     python bench/serve.py otlp-sink - PORT      (accepts OTLP/HTTP exports, keeps nothing)
 """
@@ -36,7 +37,7 @@ def main():
     else:
         from bench.bare_proxy import make_app
 
-        app = make_app(target, kind.removeprefix("bare-"))
+        app = make_app(target, kind.removeprefix("bare-").removesuffix("-myapp-server"))
     if kind == "bff" and len(sys.argv) > 4:
         import myapp.server
 
@@ -45,7 +46,15 @@ def main():
         myapp.server.CLAIM_PREFIX = os.environ.get("BENCH_CLAIM_PREFIX", myapp.server.CLAIM_PREFIX)
         print(myapp.server.hold_to_one_cpu(myapp.server.parse_cpu_affinity(sys.argv[4]))[1], flush=True)
     listener = socket.create_server(("127.0.0.1", port))
-    server = waitress.create_server(
+    # myapp as it serves itself (myapp/server.py: egg:myapp#waitress, what its ini files use); the
+    # bare proxies on waitress as it comes, unless told otherwise.
+    if kind == "bff" or kind.endswith("-myapp-server"):
+        import myapp.server
+
+        create_server = myapp.server.create_server
+    else:
+        create_server = waitress.create_server
+    server = create_server(
         app, sockets=[listener], threads=THREADS, outbuf_high_watermark=1024 * 1024, connection_limit=1000
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

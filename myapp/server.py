@@ -37,6 +37,7 @@ one); a number takes that one and keeps it.
 """
 
 import contextlib
+import copy
 import errno
 import json
 import logging
@@ -56,7 +57,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
 from waitress.server import BaseWSGIServer, MultiSocketServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
 from myapp.errors import ErrorCode
 from myapp.headers import SERVER_ANSWER, SERVER_HEADERS
@@ -174,9 +175,38 @@ _SERVER_ERROR_CODES = {
 }
 
 
+class WholeAnswerTask(WSGITask):
+    """An answer written whole at once (its head and all of the body its ``Content-Length`` gives,
+    or one with no body) is left to the server's loop to send in one piece when the request's thread
+    is done with it. Waitress's request thread sends each write itself: the head, then the body,
+    each a system call that lets Python's lock go and waits for it back, which with the other
+    threads running costs a context switch. The loop sends what every finished request left in one
+    turn (docs/benchmarks.md, "Sent whole by the loop"). An answer written in parts (the proxy's
+    stream of a long or endless answer) is sent as each part is written, as before."""
+
+    def write(self, data):
+        if self.wrote_header or not self._whole(data):
+            return super().write(data)
+        channel = self.channel
+        # Waitress's write_soon sends at once from this thread when its buffer holds send_bytes
+        # (1 by default); this write leaves it to the loop, which service() wakes when the request
+        # is done. The two settings differ in nothing else: the loop may read either meanwhile.
+        channel.adj = channel.server.later_adj
+        try:
+            super().write(data)
+        finally:
+            channel.adj = channel.server.adj
+
+    def _whole(self, data: bytes) -> bool:
+        if not self.has_body:
+            return True
+        return self.content_length is not None and not self.chunked_response and len(data) >= self.content_length
+
+
 class StrictChannel(HTTPChannel):
     parser_class = StrictRequestParser
     error_task_class = HardenedErrorTask
+    task_class = WholeAnswerTask
 
     def send_continue(self):
         """``Expect: 100-continue`` on a request read whole already (no body, or a head that
@@ -245,6 +275,8 @@ def create_server(app, **settings):
     registry = getattr(app, "registry", None) or {}
     for dispatcher in servers:
         dispatcher.channel_class = StrictChannel
+        dispatcher.later_adj = copy.copy(dispatcher.adj)  # WholeAnswerTask's
+        dispatcher.later_adj.send_bytes = sys.maxsize
         # What its own answers carry: HSTS among them when the app's cookie is Secure.
         dispatcher.answer_headers = tuple(registry.get(SERVER_HEADERS, SERVER_ANSWER))
     prefixes = tuple(registry.get(OWN_THREADS, ()))

@@ -157,6 +157,20 @@ def test_the_table_says_what_holding_b_to_one_cpu_gave(capsys):
             "quota (cpu.max 1 1), ...") in capsys.readouterr().out.splitlines()
 
 
+def test_the_table_says_what_myapps_server_gives_the_bare_proxy(capsys):
+    row = {"D": measured(2000), "N": measured(1000, 500), "R": measured(800, 700), "B": measured(900, 600)}
+    results = results_of(row)
+    results["targets"] = run.check_targets(results, [1])
+    server = {"8": {"B": {"rps": 1400, "cpu_us": 500}, "N": {"rps": 1200, "cpu_us": 560},
+                    "N on myapp's server": {"rps": 1500, "cpu_us": 450}, "N_on_myapp_server_over_N": 1.25,
+                    "B_over_N_on_myapp_server": 0.93}}
+    results |= {"node_peer": "skipped", "tracing": {}, "dpop": {}, "chart": "skipped", "held_said": "-",
+                "server": server}
+    run.print_table(results, [1])
+    assert ("  N on myapp's server, c=8: 1500 req/s at 450 us each, 1.25x N; B 1400 req/s at 500 us each, "
+            "B / N on myapp's server 0.93") in capsys.readouterr().out.splitlines()
+
+
 def test_a_held_server_that_let_go_of_its_cpu_is_found_in_its_log(tmp_path):
     (tmp_path / "held.log").write_text(
         "held to CPU 1 (cpu_affinity = auto)\nlistening on http://127.0.0.1:9\n"

@@ -333,6 +333,77 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
     assert app.seen == [("POST", "/a", b"hello"), ("POST", "/b", b"abc")]
 
 
+def sent_by(monkeypatch) -> list:
+    """The name of the thread of each send on a connection, and how much it sent."""
+    sends = []
+    send = server.StrictChannel.send
+
+    def recording(self, data, do_close=True):
+        sends.append((threading.current_thread().name, len(data)))
+        return send(self, data, do_close=do_close)
+
+    monkeypatch.setattr(server.StrictChannel, "send", recording)
+    return sends
+
+
+def test_an_answer_written_whole_is_sent_by_the_loop_in_one_piece(app, monkeypatch):
+    """Head and body in one send from the server's loop thread, after the request's thread is done
+    (waitress's thread sent the head, then the body, each from the request's thread)."""
+    sends = sent_by(monkeypatch)
+    with serve(app, create_server=create_server) as url:
+        received = exchange(url, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\nhello")
+    assert sends == [(f"waitress {url}", len(received))]
+
+
+class Streaming:
+    """Answers its first part, then waits for the client to say it has it before the rest: with a
+    ``Content-Length`` (written in two parts) or without one (chunked)."""
+
+    def __init__(self, length: bool):
+        self.length = length
+        self.received_first = threading.Event()
+
+    def __call__(self, environ, start_response):
+        headers = [("Content-Type", "text/plain")] + ([("Content-Length", "10")] if self.length else [])
+        start_response("200 OK", headers)
+        yield b"first"
+        assert self.received_first.wait(5), "the first part never reached the client"
+        yield b"after"
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+def test_an_answer_written_in_parts_is_sent_part_by_part(length):
+    """The proxy's stream of a long or endless answer: each part is sent as it is written, not
+    left to the loop until the request is done (the client would wait for all of it). The loop's
+    own wake-up is put off past the test, so that only a part sent at once arrives."""
+    app = Streaming(length)
+    with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = b""
+            while b"first" not in received:
+                received += conn.recv(65536) or pytest.fail(f"closed before the first part: {received!r}")
+            app.received_first.set()
+            while chunk := conn.recv(65536):
+                received += chunk
+    assert b"after" in received
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_an_answer_without_a_body_is_sent_whole(status, monkeypatch):
+    def no_body(environ, start_response):
+        start_response(status, [])
+        return []
+
+    sends = sent_by(monkeypatch)
+    with serve(no_body, create_server=create_server) as url:
+        received = exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert received.startswith(f"HTTP/1.1 {status}".encode())
+    assert sends == [(f"waitress {url}", len(received))]
+
+
 def test_a_server_on_several_sockets_reads_strictly_on_each(app):
     """``listen`` with several addresses (``127.0.0.1:8080 [::1]:8080``, or ``*:8080``, which is
     IPv4 and IPv6 both) makes waitress answer with its MultiSocketServer, whose map create_server
