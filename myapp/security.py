@@ -1,5 +1,6 @@
 """Who is asking: the security policy, Identity and principals, CSRF storage and the JSON CSRF rule."""
 
+import functools
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,7 +84,7 @@ class Identity:
     def expires_at(self) -> datetime:
         return self.session.expires_at
 
-    @property
+    @functools.cached_property  # asked by every permission check of the request
     def principals(self) -> tuple[str, ...]:
         return (
             Authenticated,
@@ -120,7 +121,7 @@ class SessionSecurityPolicy:
         return None if identity is None else str(identity.user_id)
 
     def permits(self, request, context, permission):
-        identity = request.identity
+        identity = self.identity(request)  # request.identity's, without Pyramid's look-up of this policy
         principals = (Everyone,) if identity is None else (Everyone, *identity.principals)
         return self._acl.permits(context, principals, permission)
 
