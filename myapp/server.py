@@ -184,8 +184,16 @@ class WholeAnswerTask(WSGITask):
     turn (docs/benchmarks.md, "Sent whole by the loop"). An answer written in parts (the proxy's
     stream of a long or endless answer) is sent as each part is written, as before."""
 
+    held = False  # written whole, and left to the loop
+
     def write(self, data):
         if self.wrote_header or not self._whole(data):
+            if self.held and data:
+                # The app writes on after its whole answer (past its Content-Length, or a body its
+                # status may not have; waitress drops it): the answer goes now, not when the app
+                # is done, which an iterable that never ends never is.
+                self.held = False
+                self.channel.server.pull_trigger()
             return super().write(data)
         channel = self.channel
         # Waitress's write_soon sends at once from this thread when its buffer holds send_bytes
@@ -196,6 +204,7 @@ class WholeAnswerTask(WSGITask):
             super().write(data)
         finally:
             channel.adj = channel.server.adj
+        self.held = True
 
     def _whole(self, data: bytes) -> bool:
         if not self.has_body:

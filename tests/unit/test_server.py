@@ -404,6 +404,45 @@ def test_an_answer_without_a_body_is_sent_whole(status, monkeypatch):
     assert sends == [(f"waitress {url}", len(received))]
 
 
+class WritesOn:
+    """Answers whole with its first part, then goes on writing (past its Content-Length, or a body
+    its status may not have) until the client has the answer, or for 5 s."""
+
+    def __init__(self, status: str, headers: list):
+        self.status, self.headers = status, headers
+        self.answered = threading.Event()
+
+    def __call__(self, environ, start_response):
+        start_response(self.status, self.headers)
+        yield b"hello"
+        for _ in range(100):
+            if self.answered.wait(0.05):
+                return
+            yield b"more"
+
+
+@pytest.mark.parametrize("status, headers, answer_ends", [
+    ("200 OK", [("Content-Length", "5")], b"\r\n\r\nhello"),
+    ("304 Not Modified", [], b"\r\n\r\n"),
+], ids=["past-content-length", "no-body"])
+def test_an_answer_written_whole_goes_when_the_app_writes_on(status, headers, answer_ends):
+    """An answer whole at its first write waits for the loop until its request is done; an app
+    that writes on after it (waitress drops what it writes) has it sent at once, not when it is
+    done: an iterable that never ends held it for ever. The loop's own wake-up is put off."""
+    app = WritesOn(status, headers)
+    with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=3) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            try:
+                while not received.endswith(answer_ends):
+                    received += conn.recv(65536) or pytest.fail(f"closed before the answer: {received!r}")
+            finally:
+                app.answered.set()
+    assert received.startswith(f"HTTP/1.1 {status}".encode()) and b"more" not in received
+
+
 def test_a_server_on_several_sockets_reads_strictly_on_each(app):
     """``listen`` with several addresses (``127.0.0.1:8080 [::1]:8080``, or ``*:8080``, which is
     IPv4 and IPv6 both) makes waitress answer with its MultiSocketServer, whose map create_server
