@@ -1,7 +1,7 @@
 """The server for myapp: waitress, with a stricter reading of request framing.
 
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
-``egg:waitress#main`` does, and differs in five ways:
+``egg:waitress#main`` does, and differs in six ways:
 
 - A request that carries both ``Content-Length`` and ``Transfer-Encoding``, or an HTTP/1.0 request
   that carries ``Transfer-Encoding`` (which waitress ignores there), is refused with 400 and
@@ -22,6 +22,11 @@
   cannot serve with (:func:`refuse_unworkable`), stop it with one line, not a traceback.
 - A request that expects ``100-continue`` but has been read whole (no body, or a head it refused)
   gets its answer at once: waitress sent 100 Continue and never answered it.
+- An answer written whole at once (its head and all of the body its ``Content-Length`` gives, or
+  a status without a body) is sent by waitress's loop, in one piece, once the request's thread is
+  done with it (:class:`WholeAnswerTask`), not by that thread, write by write: an app that goes on
+  working after it (a slow ``close()``) holds it back until then. An answer written in parts (the
+  proxy's stream) goes as each part is written, as before.
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
   OpenTelemetry sends the spans it still holds.
 
