@@ -233,6 +233,17 @@ class StrictChannel(HTTPChannel):
             return
         super().send_continue()
 
+    def handle_write(self):
+        """Waitress's loop sends without the channel's lock once no request is under way; but the
+        request's thread, at the end of ``service()``, may still send 100 Continue to the request
+        read meanwhile, and with it what the answer before left to the loop (:class:`WholeAnswerTask`),
+        under the lock: both sent the same bytes, the answer went twice, and the thread failed. The
+        loop waits for the lock there: the thread holds it only while it sends what it can."""
+        if self.requests:
+            return super().handle_write()
+        with self.outbuf_lock:
+            return super().handle_write()
+
 
 class LoggedAlready(logging.Filter):
     """Keeps waitress from logging as a traceback an answer the proxy cut short on purpose: the

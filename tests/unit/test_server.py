@@ -443,6 +443,39 @@ def test_an_answer_written_whole_goes_when_the_app_writes_on(status, headers, an
     assert received.startswith(f"HTTP/1.1 {status}".encode()) and b"more" not in received
 
 
+def test_100_continue_after_an_answer_left_to_the_loop_is_sent_once_with_it(app, monkeypatch):
+    """A request that expects 100-continue, read while the one before it was served: its request's
+    thread sends 100 Continue at the end of service(), and with it the answer left to the loop (under
+    the channel's lock). Waitress's loop flushed without the lock once no request was under way,
+    and sent the same bytes at once: the answer twice, and the thread failed ("Can't skip"). Here
+    the thread's send is slowed and the loop woken meanwhile (its own wake-up put off)."""
+    sending = threading.Event()
+    send = server.StrictChannel.send
+
+    def slowed(self, data, do_close=True):
+        if threading.current_thread().name.startswith("waitress-") and data.startswith(b"HTTP/1.1 200"):
+            sending.set()
+            time.sleep(0.5)
+        return send(self, data, do_close=do_close)
+
+    monkeypatch.setattr(server.StrictChannel, "send", slowed)
+    with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                         b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+            assert sending.wait(5)
+            assert exchange(url, b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").endswith(b"hi")
+            received = b""
+            while not received.endswith(b"100 Continue\r\n\r\n"):
+                received += conn.recv(65536) or pytest.fail(f"closed: {received!r}")
+            conn.sendall(b"abc")
+            while not received.endswith(b"abc"):
+                received += conn.recv(65536) or pytest.fail(f"closed: {received!r}")
+    assert received.count(b"hello") == 1 and received.count(b"HTTP/1.1 200 OK") == 2, received
+    assert received.index(b"hello") < received.index(b"100 Continue") < received.index(b"abc")
+
+
 def test_a_server_on_several_sockets_reads_strictly_on_each(app):
     """``listen`` with several addresses (``127.0.0.1:8080 [::1]:8080``, or ``*:8080``, which is
     IPv4 and IPv6 both) makes waitress answer with its MultiSocketServer, whose map create_server
