@@ -237,8 +237,10 @@ class StrictChannel(HTTPChannel):
         """Waitress's loop sends without the channel's lock once no request is under way; but the
         request's thread, at the end of ``service()``, may still send 100 Continue to the request
         read meanwhile, and with it what the answer before left to the loop (:class:`WholeAnswerTask`),
-        under the lock: both sent the same bytes, the answer went twice, and the thread failed. The
-        loop waits for the lock there: the thread holds it only while it sends what it can."""
+        under the lock: both sent the same bytes, the answer went twice, and the thread failed. (In
+        3 s of 4 connections each pipelining two GETs and a POST that expects 100-continue, 3 got
+        bytes twice: the answer; on waitress alone, the 100 Continue. None with the lock.) The loop
+        waits for the lock there: the thread holds it only while it sends what it can."""
         if self.requests:
             return super().handle_write()
         with self.outbuf_lock:
