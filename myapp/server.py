@@ -21,7 +21,9 @@
   ``trusted_proxy_count`` without ``trusted_proxy``, an unknown setting), or that waitress takes but
   cannot serve with (:func:`refuse_unworkable`), stop it with one line, not a traceback.
 - A request that expects ``100-continue`` but has been read whole (no body, or a head it refused)
-  gets its answer at once: waitress sent 100 Continue and never answered it.
+  gets its answer at once: waitress sent 100 Continue and never answered it. One read while the
+  request before it was served gets its 100 Continue once (:meth:`StrictChannel.handle_write`):
+  waitress's loop could send it again, racing the request's thread.
 - An answer written whole at once (its head and all of the body its ``Content-Length`` gives, or
   a status without a body) is sent by waitress's loop, in one piece, once the request's thread is
   done with it (:class:`WholeAnswerTask`), not by that thread, write by write: an app that goes on
