@@ -88,7 +88,9 @@ def test_sign_in_end_to_end(browser, provider, dbsession):
     assert user.groups == ["readers", "staff"]
     row = dbsession.scalars(select(UserSession)).one()
     assert row.provider_sid == provider.sid
-    assert row.access_token and b"at-" not in row.access_token
+    # Not stored as it came (the provider's tokens start "at-"); random ciphertext may hold those
+    # three bytes anywhere (a CI run's did), so only its start tells.
+    assert row.access_token and not row.access_token.startswith(b"at-")
     assert dbsession.scalars(select(AuditEvent.event)).all() == ["login"]
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
 
