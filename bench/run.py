@@ -607,8 +607,7 @@ def dpop_cost(urls, bearer_cookie, bff, dpop, upstream, duration) -> dict:
 
 def server_cost(urls, cookie, bearer, bff, bare_n, bare_n_loop, duration) -> dict:
     """B, N, and N served as myapp serves itself (myapp/server.py: an answer written whole is sent
-    by waitress's loop in one piece), one after the other at 8 and 32 connections (in the opposite
-    order at 32). B of the targets runs on myapp's server, N on waitress as it comes: B against N on
+    by waitress's loop in one piece), side by side. B of the targets runs on myapp's server, N on waitress as it comes: B against N on
     myapp's server is the like-for-like comparison of what each does per call."""
     wrk(urls["nloop"] + "/ping", connections=8, duration=2, headers=[bearer])
     order = (
@@ -616,6 +615,16 @@ def server_cost(urls, cookie, bearer, bff, bare_n, bare_n_loop, duration) -> dic
         ("N", urls["n"] + "/ping", [bearer], bare_n),
         ("N on myapp's server", urls["nloop"] + "/ping", [bearer], bare_n_loop),
     )
+    return side_by_side(order, duration, lambda runs: {
+        "N_on_myapp_server_over_N": round(runs["N on myapp's server"]["rps"] / runs["N"]["rps"], 2),
+        "B_over_N_on_myapp_server": round(runs["B"]["rps"] / runs["N on myapp's server"]["rps"], 2),
+    })
+
+
+def side_by_side(order, duration, ratios) -> dict:
+    """Each of ``order`` (name, url, headers, process) loaded one after the other at 8 and 32
+    connections, in the opposite order at 32 so that none always goes first: by connections, each
+    one's throughput, CPU per call, p50 and errors, and what ``ratios`` makes of them."""
     measured = {}
     for connections in (8, 32):
         runs = {}
@@ -623,20 +632,15 @@ def server_cost(urls, cookie, bearer, bff, bare_n, bare_n_loop, duration) -> dic
             run = wrk(url, connections=connections, duration=duration, headers=headers, pids=[process.pid])
             runs[name] = {"rps": run["rps"], "cpu_us": run["cpu_us_per_request"][str(process.pid)],
                           "p50_ms": run["p50_ms"], "non_2xx": run["non_2xx"]}
-        measured[str(connections)] = {
-            **runs,
-            "N_on_myapp_server_over_N": round(runs["N on myapp's server"]["rps"] / runs["N"]["rps"], 2),
-            "B_over_N_on_myapp_server": round(runs["B"]["rps"] / runs["N on myapp's server"]["rps"], 2),
-        }
+        measured[str(connections)] = {**runs, **ratios(runs)}
     return measured
 
 
 def held_cost(urls, cookie, bearer, bff, held, bare_n, bare_n_held, duration) -> dict:
     """B as it runs by default, B held to one CPU by its server's ``cpu_affinity = auto``
-    (docs/deployment.md, "Sizing"), N, and N held to the same CPU, one after the other at 8 and 32
-    connections (in the opposite order at 32, so that neither side always goes first). Both B
-    processes serve the same session (one SQLite file). Not B of the targets: that one runs as
-    myapp does unless told otherwise; held B against held N is the like-for-like comparison."""
+    (docs/deployment.md, "Sizing"), N, and N held to the same CPU, side by side. Both B processes
+    serve the same session (one SQLite file). Not B of the targets: that one runs as myapp does
+    unless told otherwise; held B against held N is the like-for-like comparison."""
     wrk(urls["held"] + "/api/demo/ping", connections=8, duration=2, headers=[cookie, "X-CSRF: 1"])
     wrk(urls["nheld"] + "/ping", connections=8, duration=2, headers=[bearer])
     order = (
@@ -645,20 +649,11 @@ def held_cost(urls, cookie, bearer, bff, held, bare_n, bare_n_held, duration) ->
         ("N", urls["n"] + "/ping", [bearer], bare_n),
         ("N held", urls["nheld"] + "/ping", [bearer], bare_n_held),
     )
-    measured = {}
-    for connections in (8, 32):
-        runs = {}
-        for name, url, headers, process in order if connections == 8 else reversed(order):
-            run = wrk(url, connections=connections, duration=duration, headers=headers, pids=[process.pid])
-            runs[name] = {"rps": run["rps"], "cpu_us": run["cpu_us_per_request"][str(process.pid)],
-                          "p50_ms": run["p50_ms"], "non_2xx": run["non_2xx"]}
-        measured[str(connections)] = {
-            **runs,
-            "held_over_B": round(runs["held"]["rps"] / runs["B"]["rps"], 2),
-            "held_over_N": round(runs["held"]["rps"] / runs["N"]["rps"], 2),
-            "held_over_N_held": round(runs["held"]["rps"] / runs["N held"]["rps"], 2),
-        }
-    return measured
+    return side_by_side(order, duration, lambda runs: {
+        "held_over_B": round(runs["held"]["rps"] / runs["B"]["rps"], 2),
+        "held_over_N": round(runs["held"]["rps"] / runs["N"]["rps"], 2),
+        "held_over_N_held": round(runs["held"]["rps"] / runs["N held"]["rps"], 2),
+    })
 
 
 def start_held(processes, names, work: Path, ports: dict) -> list[tuple[subprocess.Popen, str, int | None]]:

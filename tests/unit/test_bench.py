@@ -171,6 +171,22 @@ def test_the_table_says_what_myapps_server_gives_the_bare_proxy(capsys):
             "B / N on myapp's server 0.93") in capsys.readouterr().out.splitlines()
 
 
+def test_side_by_side_loads_each_in_turn_the_other_way_round_at_32(monkeypatch):
+    loaded = []
+
+    def fake_wrk(url, *, connections, duration, headers=(), pids=()):
+        loaded.append((url, connections))
+        return {"rps": 100.0 * len(loaded), "cpu_us_per_request": {str(pids[0]): 10 * len(loaded)},
+                "p50_ms": 1.0, "non_2xx": 0}
+
+    monkeypatch.setattr(run, "wrk", fake_wrk)
+    order = [("a", "http://a", [], types.SimpleNamespace(pid=1)), ("b", "http://b", [], types.SimpleNamespace(pid=2))]
+    measured = run.side_by_side(order, 5, lambda runs: {"a_over_b": runs["a"]["rps"] / runs["b"]["rps"]})
+    assert loaded == [("http://a", 8), ("http://b", 8), ("http://b", 32), ("http://a", 32)]
+    assert measured["8"]["a"] == {"rps": 100.0, "cpu_us": 10, "p50_ms": 1.0, "non_2xx": 0}
+    assert measured["8"]["a_over_b"] == 0.5 and measured["32"]["a_over_b"] == 400 / 300
+
+
 def test_a_held_server_that_let_go_of_its_cpu_is_found_in_its_log(tmp_path):
     (tmp_path / "held.log").write_text(
         "held to CPU 1 (cpu_affinity = auto)\nlistening on http://127.0.0.1:9\n"
