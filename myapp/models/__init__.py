@@ -227,7 +227,9 @@ class Database:
                 for row in rows
             ]
 
-        rows, _ = self._read(statement, params, None if as_of is None else (as_of, lambda rows: lasts(made(rows))))
+        if (as_of is None) != (lasts is None):
+            raise TypeError("read_all: as_of and lasts go together")
+        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts and (lambda rows: lasts(made(rows))))
         return made(rows)
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
@@ -242,13 +244,17 @@ class Database:
         # on every call, a third of this read's CPU on PostgreSQL.
         return dict(zip(columns, rows[0])) if rows else None
 
-    def _read(self, statement: Select, params: dict, timed: tuple | None = None) -> tuple[list, tuple[str, ...]]:
+    def _read(
+        self, statement: Select, params: dict, *, as_of: datetime | None = None,
+        lasts: Callable[[list], datetime | None] | None = None,
+    ) -> tuple[list, tuple[str, ...]]:
         """The rows ``statement`` selects, as the driver gives them, and its columns' names, on
         the cursor a connection of the lookup pool keeps; the statement is SQLAlchemy's, compiled
         once per dialect. A
         connection found dead (the database restarted) is thrown away with every one the pool
         made before it, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
-        outage answers 503.
+        outage answers 503. On a SQLite file, kept as ``read_all`` says (``as_of``, ``lasts``: of
+        the driver's rows).
         """
         engine = self.lookup_engine
         sql, names, columns, literals, pure, moments, processors = _compiled(statement, engine.dialect)
@@ -258,29 +264,12 @@ class Database:
         # As SQLAlchemy's own execution sends them (UTCDateTime's naive UTC text on SQLite, as
         # stored); the key keeps the values as given.
         sent = parameters if not processors else _processed(names, parameters, processors)
-        stamp = None
-        # A timed read (read_all's as_of) may have time parameters; one that is not, none.
-        keepable = pure and (not moments if timed is None else names is not None)
-        if keepable:
-            commits = self._stamp
-            if commits is _UNKNOWN:
-                commits = self._stamp = sqlite.commit_stamp(engine)
-            if commits is not None and (stamp := commits.read()) is not None:
-                if timed is None:
-                    key = (sql, parameters)
-                else:
-                    # Its times stand in the key as their distance from the moment asked about, the
-                    # same at every moment the rows stand for (another value, None, as it is).
-                    as_of = timed[0]
-                    key = (sql, tuple(as_of - value if name in moments and isinstance(value, datetime) else value
-                                      for name, value in zip(names, parameters)), _TIMED)
-                kept = self._kept
-                if kept.under == stamp and (found := kept.reads.get(key)) is not None:
-                    if timed is None:
-                        return found
-                    found, since, until = found
-                    if since <= as_of and (until is None or as_of < until):
-                        return found
+        stamp = key = None
+        # A timed read (as_of) may have time parameters; one that is not, none.
+        if pure and (not moments if as_of is None else names is not None):
+            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of)
+            if found is not None:
+                return found
 
         def read():
             connection = cursor = None
@@ -313,26 +302,43 @@ class Database:
 
         result = _once_more_if_disconnected(read)
         if stamp is not None:
-            # Under the stamp read before the read: had a commit come between, the rows are newer
-            # than it, and the next read, seeing the newer stamp, reads again.
-            value = result
-            if timed is not None:
-                until = timed[1](result[0])
-                if until is not None and until <= as_of:  # true of this moment alone
-                    return result
-                value = (result, as_of, until)
-            size = _size(result[0])
-            kept = self._kept
-            # One read again in place of one kept (a timed read for an earlier moment, or two
-            # threads that read at once) is counted once.
-            if kept.under == stamp and (replaced := kept.reads.pop(key, None)) is not None:
-                kept.size -= _size((replaced if timed is None else replaced[0])[0])
-            if kept.under != stamp or len(kept.reads) >= KEPT_READS or kept.size + size > KEPT_BYTES:
-                kept = self._kept = _KeptReads(stamp)
-            if size <= KEPT_BYTES // 16:
-                kept.reads[key] = value
-                kept.size += size
+            until = lasts(result[0]) if lasts is not None else None
+            if until is None or until > as_of:  # else true of this moment alone
+                self._keep(stamp, key, _Kept(result, as_of, until))
         return result
+
+    def _kept_read(self, sql, names, parameters, moments, as_of) -> tuple[bytes | None, tuple | None, tuple | None]:
+        """The commit stamp now (None: nothing is kept), the read's key (its SQL and parameters;
+        a timed read's, :func:`_timed_key`), and what was kept under both that stands for
+        ``as_of``, if anything."""
+        commits = self._stamp
+        if commits is _UNKNOWN:
+            commits = self._stamp = sqlite.commit_stamp(self.lookup_engine)
+        stamp = commits.read() if commits is not None else None
+        if stamp is None:
+            return None, None, None
+        key = (sql, parameters) if as_of is None else _timed_key(sql, names, parameters, moments, as_of)
+        kept = self._kept
+        entry = kept.reads.get(key) if kept.under == stamp else None
+        if entry is None or (entry.since is not None and not entry.stands_for(as_of)):
+            return stamp, key, None
+        return stamp, key, entry.result
+
+    def _keep(self, stamp: bytes, key: tuple, entry: "_Kept") -> None:
+        """Keep ``entry`` under the stamp read before its read: had a commit come between, the rows
+        are newer than it, and the next read, seeing the newer stamp, reads again. A full store is
+        replaced whole, never emptied in place: another thread may be reading it."""
+        size = _size(entry.result[0])
+        kept = self._kept
+        # One read again in place of one kept (a timed read for an earlier moment, or two threads
+        # that read at once) is counted once.
+        if kept.under == stamp and (replaced := kept.reads.pop(key, None)) is not None:
+            kept.size -= _size(replaced.result[0])
+        if kept.under != stamp or len(kept.reads) >= KEPT_READS or kept.size + size > KEPT_BYTES:
+            kept = self._kept = _KeptReads(stamp)
+        if size <= KEPT_BYTES // 16:
+            kept.reads[key] = entry
+            kept.size += size
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -350,8 +356,29 @@ KEPT_READS = 1024
 KEPT_BYTES = 8 * 1024 * 1024
 
 
+class _Kept(NamedTuple):
+    """A kept read: the driver's rows and columns, and for a timed read the moments it stands for,
+    from ``since`` up to ``until`` (None: until the next commit)."""
+
+    result: tuple[list, tuple[str, ...]]
+    since: datetime | None
+    until: datetime | None
+
+    def stands_for(self, as_of: datetime) -> bool:
+        """A timed read's: whether it is true at ``as_of``."""
+        return self.since <= as_of and (self.until is None or as_of < self.until)
+
+
+def _timed_key(sql: str, names: tuple[str, ...], parameters: tuple, moments: frozenset[str], as_of: datetime):
+    """A timed read's key among the kept: its SQL and parameters, its times as their distance from
+    the moment asked about (the same at every moment its rows stand for; a value that is no
+    datetime, None, as it is), marked so that it never equals an untimed read's."""
+    return sql, tuple(as_of - value if name in moments and isinstance(value, datetime) else value
+                      for name, value in zip(names, parameters)), _TIMED
+
+
 class _KeptReads:
-    """What was read under one commit stamp (Database._read), by statement and parameters."""
+    """What was read under one commit stamp (Database._read), by key (``Database._kept_read``)."""
 
     __slots__ = ("under", "reads", "size")
 
