@@ -7,6 +7,7 @@ returns a resource whose ``__acl__`` states who may do what with it. Every resou
 view only declares ``permission=`` and never compares owner ids.
 """
 
+import functools
 from enum import StrEnum
 
 from pyramid.authorization import ALL_PERMISSIONS, Allow, Authenticated, Deny, Everyone
@@ -43,11 +44,18 @@ class Root:
 
     @property
     def __acl__(self):
-        return [
-            (Deny, Everyone, Permission.UNDECLARED),
-            (Allow, group_principal(self.admin_group), ALL_PERMISSIONS),
-            (Allow, Authenticated, (Permission.VIEW, Permission.USE_API, Permission.MANAGE_OWN_SESSIONS)),
-        ]
+        return _root_acl(self.admin_group)
+
+
+@functools.lru_cache(maxsize=16)
+def _root_acl(admin_group: str) -> tuple:
+    """The root's ACL for an admin group: the same for every request of an app (every page checks
+    it, for its header's admin links), so made once."""
+    return (
+        (Deny, Everyone, Permission.UNDECLARED),
+        (Allow, group_principal(admin_group), ALL_PERMISSIONS),
+        (Allow, Authenticated, (Permission.VIEW, Permission.USE_API, Permission.MANAGE_OWN_SESSIONS)),
+    )
 
 
 class PostCollection:

@@ -233,6 +233,30 @@ class SessionRecord:
         return cls(**values)
 
 
+# The records made from the rows the per-request lookup read, by the rows' values: a record is a
+# function of them alone (values equal as keys, 1 and True, make equal records), and immutable.
+# Bounded like the parsed texts above. Every request still reads its row and checks the record;
+# only making it again from the same values is saved (about 14 us of a signed-in page's 190 in the
+# app: docs/benchmarks.md).
+_RECORDS_LIMIT = 1024
+_RECORDS: dict[tuple, "SessionRecord"] = {}
+
+
+def _record_of(columns: Mapping) -> "SessionRecord":
+    """``SessionRecord.from_columns(columns)``, remembered by the values of ``columns`` (those of
+    ``_BY_ID_HASH``, in its order): the same values, read again, give the same record."""
+    key = tuple(columns.values())
+    try:
+        record = _RECORDS.get(key)
+    except (TypeError, ValueError):  # a value that has no hash (a list, a buffer open to writes): made each time
+        return SessionRecord.from_columns(columns)
+    if record is None:
+        if len(_RECORDS) >= _RECORDS_LIMIT:
+            _RECORDS.clear()
+        record = _RECORDS[key] = SessionRecord.from_columns(columns)
+    return record
+
+
 def _json_list(text) -> tuple[str, ...]:
     if not text:
         return ()
@@ -827,7 +851,7 @@ class SessionStore:
         if not is_wellformed_session_id(raw_id):
             return None
         row = self.read_row(_BY_ID_HASH, {"id_hash": hash_session_id(raw_id)})
-        return None if row is None else SessionRecord.from_columns(row)
+        return None if row is None else _record_of(row)
 
     def find_by_handle(self, handle: str) -> SessionRecord | None:
         # A NUL is in no handle, and PostgreSQL refuses it in text.

@@ -93,7 +93,7 @@ def test_a_relative_asset_name_is_the_callers_package_as_in_pyramid(app):
 
 @pytest.mark.parametrize("query", [
     {"next": "/posts?page=2&x=a b"}, {"next": "/ä/ö?q=%2F#frag"}, {"a": ["1", "2"], "b": ""}, [("z", "1"), ("a", "2")],
-    "next=/a b&c", "ä+/?#", {}, "",
+    "next=/a b&c", "ä+/?#", {}, "", {"page": 2}, {"page": None}, {"page": 2.5}, {"a": ("1", "2")},
 ])
 @pytest.mark.parametrize("script_name", ["", "/mounted"])
 def test_a_remembered_path_with_a_query_is_what_pyramid_writes(app, query, script_name):
@@ -107,6 +107,37 @@ def test_a_remembered_path_with_a_query_is_what_pyramid_writes(app, query, scrip
     for _ in range(2):  # asked first, then from what was remembered
         assert ours.route_path("signed_out", _query=query) == theirs.route_path("signed_out", _query=query)
     assert ours.route_path("posts") == theirs.route_path("posts")
+
+
+def test_a_remembered_query_is_remembered_by_its_types_too(app):
+    """``1``, ``True`` and ``1.0`` are equal as keys and written differently: each is written as
+    Pyramid writes it, whichever came first."""
+    from myapp.request import Request
+
+    request = Request.blank("/")
+    request.registry = app.registry
+    for first in range(3):
+        values = [1, True, 1.0]
+        values = values[first:] + values[:first]
+        written = {int: "/posts?page=1", bool: "/posts?page=True", float: "/posts?page=1.0"}
+        assert [request.route_path("posts", _query={"page": value}) for value in values] == [
+            written[type(value)] for value in values
+        ]
+        assert request.route_path("posts", _query={1: "a"}) == "/posts?1=a"  # a name that is no string
+        assert request.route_path("posts", _query={True: "a"}) == "/posts?True=a"
+
+
+def test_remembered_queries_are_bounded(app):
+    from myapp import request as module
+
+    request = module.Request.blank("/")
+    request.registry = app.registry
+    for n in range(module._QUERIES_LIMIT + 10):
+        assert request.route_path("signed_out", _query={"next": f"/posts?page={n}"}) == (
+            f"/signed-out?next=%2Fposts%3Fpage%3D{n}"
+        )
+    assert 0 < len(module._QUERIES) <= module._QUERIES_LIMIT
+    assert request.route_path("signed_out", _query={"next": "/"}) == "/signed-out?next=%2F"
 
 
 def test_a_query_with_parameters_or_an_anchor_is_pyramids_own(app):

@@ -92,6 +92,15 @@ def test_the_root(permission, who):
     assert allowed(Root(request()), permission) == who
 
 
+def test_the_roots_acl_is_made_once_per_admin_group():
+    other = request()
+    other.services.settings.admin_group = "operators"
+    assert Root(request()).__acl__ is Root(request()).__acl__
+    assert Root(other).__acl__ is not Root(request()).__acl__
+    assert allowed(Root(other), Permission.ADMINISTER) == set(), "group:admins is not the admin group there"
+    assert allowed(Root(request()), Permission.ADMINISTER) == {"admin"}
+
+
 class SignedInRequest(DummyRequest):
     identity = SimpleNamespace(user_id=OWNER)
 

@@ -85,6 +85,45 @@ def test_a_user_without_a_name_is_called_by_email_then_subject(store, dbsession)
     assert store.find(raw_id).user_name == "s-1"
 
 
+def test_the_same_values_read_again_give_the_same_record_and_any_change_a_new_one(store, user, dbsession):
+    raw_id, _ = store.create(user=user)
+    first = store.find(raw_id)
+    assert store.find(raw_id) is first, "made once from the same values"
+    user.name = "Alice B"
+    dbsession.flush()
+    renamed = store.find(raw_id)
+    assert renamed is not first and renamed.user_name == "Alice B"
+    user.disabled = True
+    dbsession.flush()
+    assert store.find(raw_id).user_disabled and store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
+    user.name, user.disabled = "Alice", False
+    dbsession.flush()
+    assert store.find(raw_id) == first and store.dead_reason(store.find(raw_id)) is None
+
+
+def test_remembered_records_are_bounded(store, user, monkeypatch):
+    from myapp.services import sessions
+
+    monkeypatch.setattr(sessions, "_RECORDS_LIMIT", 5)
+    monkeypatch.setattr(sessions, "_RECORDS", {})
+    made = [store.create(user=user) for _ in range(12)]
+    for raw_id, created in made:
+        assert store.find(raw_id) == created
+        assert 0 < len(sessions._RECORDS) <= 5
+
+
+def test_a_value_no_dict_can_hold_is_made_each_time(store, user):
+    from myapp.services.sessions import _BY_ID_HASH, _record_of
+
+    raw_id, created = store.create(user=user, tokens=TokenSet(access_token="at-1"))
+    columns = dict(store.read_row(_BY_ID_HASH, {"id_hash": hash_session_id(raw_id)}))
+    # A driver's buffer that can be written to (a read-only one is hashed by its bytes).
+    columns["access_token"] = memoryview(bytearray(columns["access_token"]))
+    first, second = _record_of(columns), _record_of(columns)
+    assert first == second == store.find(raw_id) and first is not second
+    assert type(first.access_token) is bytes
+
+
 def test_create_returns_raw_id_once_and_stores_only_its_hash(store, user, dbsession):
     raw_id, row = store.create(user=user, user_agent="UA", ip_address="192.0.2.1")
     assert len(raw_id) == 43
