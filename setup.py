@@ -6,6 +6,8 @@ requires = [
     "pyramid>=2.0.2",
     "pyramid_jinja2>=2.10",
     "Jinja2>=3.1.6",
+    # Jinja2's own escaping, imported by the page helpers written in Python (myapp/views/__init__.py).
+    "MarkupSafe>=2.0",
     "WebOb>=1.8.8",
     "pyramid_tm>=2.5",
     "pyramid_retry>=2.1.1",

@@ -41,6 +41,21 @@ LAYOUT_ROUTES = ("auth_user", "home", "posts", "account_sessions", "admin_audit"
 LAYOUT_ASSETS = {"css": "myapp:static/app.css", "favicon": "myapp:static/favicon.svg", "js": "myapp:static/app.js"}
 
 
+# Where the registry keeps the paths of routes asked with parameters (Request.route_path), by them.
+ROUTE_PATHS = "myapp.route_paths"
+ROUTE_PATHS_LIMIT = 4096
+
+
+def _plain_parameters(kw: dict) -> bool:
+    """Whether ``kw`` are a route's parameters (no ``_anchor``, ``_app_url`` and the like, which
+    are Pyramid's to read) that are all exactly strings or whole numbers (not ``True`` or ``1.0``,
+    equal to ``1`` as keys and written otherwise), with a ``_query`` or not."""
+    return all(
+        (type(value) is str or type(value) is int) and not name.startswith("_") or name == "_query"
+        for name, value in kw.items()
+    )
+
+
 # Query strings as Pyramid writes them, by what they were written from (Request.route_path).
 _QUERIES: dict = {}
 _QUERIES_LIMIT = 1024
@@ -106,22 +121,35 @@ class Request(PyramidRequest):
         return pyramid_tm.create_tm(self)
 
     def route_path(self, route_name, *elements, **kw):
-        """Pyramid's ``route_path``; for a route asked without parameters, elements or anchor,
-        its path remembered per SCRIPT_NAME: every page asks for the same dozen (the header's
-        links), and the answer depends on nothing else (no route here has a pregenerator). A
-        ``_query`` is added to it as Pyramid writes one (every signed-in page links to
+        """Pyramid's ``route_path``; for a route asked without elements or anchor, its path
+        remembered per SCRIPT_NAME: every page asks for the same dozen (the header's links), and
+        the answer depends on nothing else (no route here has a pregenerator). One asked with
+        parameters that are all strings or whole numbers (``post``, ``id=7``: each post of a page
+        links to its own) is remembered apart, by them, in a store of its own
+        (:data:`ROUTE_PATHS`), which requests fill with what they ask and which is emptied when full.
+        A ``_query`` is added to it as Pyramid writes one (every signed-in page links to
         ``signed_out`` with the page's own path as ``next``)."""
-        if elements or (kw and kw.keys() != {"_query"}):
+        query = kw.get("_query")
+        if elements or (kw and kw.keys() != {"_query"} and not _plain_parameters(kw)):
             return super().route_path(route_name, *elements, **kw)
-        key = ("route", route_name, self.environ.get("SCRIPT_NAME", ""))
-        path = self._fixed_paths.get(key)
+        script_name = self.environ.get("SCRIPT_NAME", "")
+        parameters = tuple(sorted((name, value) for name, value in kw.items() if name != "_query"))
+        if parameters:
+            key, paths = ("route", route_name, parameters, script_name), self.registry[ROUTE_PATHS]
+        else:
+            key, paths = ("route", route_name, script_name), self._fixed_paths
+        path = paths.get(key)
         if path is None:
             route = self.registry.getUtility(IRoutesMapper).get_route(route_name)
             if route is None or route.pregenerator is not None:
                 return super().route_path(route_name, **kw)
-            path = super().route_path(route_name)
-            self._remember_path(key, path)
-        query = kw.get("_query")
+            path = super().route_path(route_name, **dict(parameters))
+            if parameters:
+                if len(paths) >= ROUTE_PATHS_LIMIT:
+                    paths.clear()
+                paths[key] = path
+            else:
+                self._remember_path(key, path)
         if not query:
             return path
         return f"{path}?{_query_string(query)}"
@@ -280,3 +308,4 @@ class Request(PyramidRequest):
 def includeme(config):
     config.set_request_factory(Request)
     config.registry[FIXED_PATHS] = {}
+    config.registry[ROUTE_PATHS] = {}

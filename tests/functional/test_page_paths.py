@@ -1,11 +1,12 @@
 """Paths a page asks for on every request (the header's links, the static assets) are remembered
-per SCRIPT_NAME (myapp/request.py); whatever else a path depends on is never remembered."""
+per SCRIPT_NAME (myapp/request.py), and those of routes asked with plain parameters (a post's link)
+by them too, apart; whatever else a path depends on is never remembered."""
 
 import re
 
 import pytest
 
-from myapp.request import FIXED_PATHS, FIXED_PATHS_LIMIT
+from myapp.request import FIXED_PATHS, FIXED_PATHS_LIMIT, ROUTE_PATHS, ROUTE_PATHS_LIMIT
 
 
 def links(page) -> set[str]:
@@ -166,6 +167,43 @@ def test_a_query_with_elements_is_pyramids_own(app):
     assert ours.route_path("posts", "new", _query={"a": "1"}) == "/posts/new?a=1"
 
 
+def test_a_route_asked_with_parameters_is_what_pyramid_writes_and_remembered_apart(app, browser, alice, bob, sign_in,
+                                                                                 dbsession):
+    from pyramid.request import Request as PyramidRequest
+
+    from myapp.models import Post
+    from myapp.request import Request
+
+    for script_name in ("", "/mounted"):
+        ours = Request.blank("/", environ={"SCRIPT_NAME": script_name})
+        theirs = PyramidRequest.blank("/", environ={"SCRIPT_NAME": script_name})
+        ours.registry = theirs.registry = app.registry
+        for _ in range(2):  # asked first, then from what was remembered
+            for kw in ({"id": 7}, {"id": "7"}, {"id": "a b/ä"}, {"id": True}, {"id": 7.0}, {"id": 7, "_query": {"x": "1"}},
+                       {"upstream": "demo", "subpath": ("a", "b")}, {"id": 7, "_anchor": "top"}):
+                route = "api" if "upstream" in kw else "post"
+                assert ours.route_path(route, **kw) == theirs.route_path(route, **kw), kw
+    remembered = app.registry[ROUTE_PATHS]
+    assert {"/posts/7", "/posts/a%20b/%C3%A4", "/mounted/posts/7", "/mounted/posts/a%20b/%C3%A4"} <= set(remembered.values())
+    assert not any("True" in path or "7.0" in path or "demo" in path for path in remembered.values())
+    post = Post(owner_id=bob.id, title="linked", body="")
+    dbsession.add(post)
+    dbsession.flush()
+    sign_in(browser, alice)
+    assert f'href="/posts/{post.id}"' in browser.get("/posts").text
+
+
+def test_remembered_route_paths_are_bounded(app):
+    from myapp.request import Request
+
+    request = Request.blank("/")
+    request.registry = app.registry
+    for n in range(ROUTE_PATHS_LIMIT + 10):
+        assert request.route_path("post", id=n + 1) == f"/posts/{n + 1}"
+    assert 0 < len(app.registry[ROUTE_PATHS]) <= ROUTE_PATHS_LIMIT
+    assert request.route_path("post", id=1) == "/posts/1"
+
+
 def test_a_route_with_a_pregenerator_is_pyramids_own_and_not_remembered():
     from pyramid.config import Configurator
     from pyramid.request import Request as PyramidRequest
@@ -174,11 +212,14 @@ def test_a_route_with_a_pregenerator_is_pyramids_own_and_not_remembered():
 
     config = Configurator()
     config.add_route("tagged", "/tagged", pregenerator=lambda request, elements, kw: (elements, {**kw, "_query": {"t": "x"}}))
+    config.add_route("tag", "/tag/{name}", pregenerator=lambda request, elements, kw: (elements, {**kw, "name": "x"}))
     config.commit()
     config.registry[FIXED_PATHS] = {}
+    config.registry[ROUTE_PATHS] = {}
     ours, theirs = Request.blank("/"), PyramidRequest.blank("/")
     ours.registry = theirs.registry = config.registry
     for _ in range(2):
         assert ours.route_path("tagged") == theirs.route_path("tagged") == "/tagged?t=x"
         assert ours.route_path("tagged", _query={"a": "1"}) == theirs.route_path("tagged", _query={"a": "1"})
-    assert config.registry[FIXED_PATHS] == {}
+        assert ours.route_path("tag", name="y") == theirs.route_path("tag", name="y") == "/tag/x"
+    assert config.registry[FIXED_PATHS] == {} and config.registry[ROUTE_PATHS] == {}
