@@ -235,6 +235,9 @@ class SessionRecord:
 
 # The records made from the rows the per-request lookup read, by the rows' values: a record is a
 # function of them alone (values equal as keys, 1 and True, make equal records), and immutable.
+# But for one pair: two aware datetimes of one zone (psycopg gives timestamptz in the connection's
+# TimeZone) are equal, and hash alike, when their local times are, whatever their ``fold``: in the
+# hour a zone's clocks go back, two instants an hour apart. Their folds are part of the key.
 # Bounded like the parsed texts above. Every request still reads its row and checks the record;
 # only making it again from the same values is saved (about 14 us of a signed-in page's 190 in the
 # app: docs/benchmarks.md).
@@ -245,7 +248,8 @@ _RECORDS: dict[tuple, "SessionRecord"] = {}
 def _record_of(columns: Mapping) -> "SessionRecord":
     """``SessionRecord.from_columns(columns)``, remembered by the values of ``columns`` (those of
     ``_BY_ID_HASH``, in its order): the same values, read again, give the same record."""
-    key = tuple(columns.values())
+    values = tuple(columns.values())
+    key = (values, *[value.fold for value in values if isinstance(value, datetime)])
     try:
         record = _RECORDS.get(key)
     except (TypeError, ValueError):  # a value that has no hash (a list, a buffer open to writes): made each time

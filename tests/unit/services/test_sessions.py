@@ -3,6 +3,7 @@ import hashlib
 import itertools
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from cryptography.fernet import Fernet
@@ -123,6 +124,53 @@ def test_a_value_no_dict_can_hold_is_made_each_time(store, user):
     assert first == second == store.find(raw_id) and first is not second
     assert type(first.access_token) is bytes
 
+
+# psycopg gives a timestamptz in the connection's TimeZone (the server's, unless set). In the hour a
+# zone's clocks go back, two instants an hour apart are then datetimes that differ only in ``fold``:
+# equal, and hashed alike.
+LONDON = ZoneInfo("Europe/London")
+FALL_BACK = datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc)  # 01:30 BST, and an hour later 01:30 GMT
+
+
+def test_a_record_is_remembered_by_its_instants_not_its_local_times(store, user, clock):
+    from myapp.services.sessions import _BY_ID_HASH, _record_of
+
+    clock.now = FALL_BACK - timedelta(minutes=20)
+    raw_id, _ = store.create(user=user)
+    columns = dict(store.read_row(_BY_ID_HASH, {"id_hash": hash_session_id(raw_id)}))
+    summer, winter = FALL_BACK.astimezone(LONDON), (FALL_BACK + timedelta(hours=1)).astimezone(LONDON)
+    assert summer == winter and hash(summer) == hash(winter) and (summer.fold, winter.fold) == (0, 1)
+    assert _record_of({**columns, "last_seen_at": summer}).last_seen_at == FALL_BACK
+    assert _record_of({**columns, "last_seen_at": winter}).last_seen_at == FALL_BACK + timedelta(hours=1)
+    # Its end moved an hour earlier (01:30 GMT, then 01:30 BST): ended an hour sooner, not later.
+    clock.now = FALL_BACK + timedelta(minutes=10)
+    assert store.dead_reason(_record_of({**columns, "expires_at": winter})) is None
+    shortened = _record_of({**columns, "expires_at": summer})
+    assert shortened.expires_at == FALL_BACK and store.dead_reason(shortened) == EndReason.EXPIRED
+
+
+def test_a_session_read_in_a_zone_whose_clocks_go_back_is_its_rows_instants(store, user, connection, clock):
+    """The lookup as ``Database.read_row`` makes it (the driver's own values), on PostgreSQL in
+    Europe/London: a session used at 01:30 BST and at 01:30 GMT is not idle two minutes later."""
+    if connection.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps datetimes as text, without a zone")
+    connection.exec_driver_sql("SET LOCAL TIME ZONE 'Europe/London'")
+
+    def read_row(statement, params):
+        compiled = statement.compile(dialect=connection.dialect)
+        return connection.exec_driver_sql(str(compiled), compiled.construct_params(params)).mappings().one_or_none()
+
+    store.read_row = read_row
+    clock.now = FALL_BACK
+    raw_id, _ = store.create(user=user)
+    assert store.find(raw_id).last_seen_at == FALL_BACK
+    clock.advance(hours=1)
+    assert store.dead_reason(store.find(raw_id)) is None
+    store.touch(store.find(raw_id))
+    clock.advance(minutes=2)
+    session = store.find(raw_id)
+    assert session.last_seen_at == FALL_BACK + timedelta(hours=1)
+    assert store.dead_reason(session) is None
 
 def test_create_returns_raw_id_once_and_stores_only_its_hash(store, user, dbsession):
     raw_id, row = store.create(user=user, user_agent="UA", ip_address="192.0.2.1")
