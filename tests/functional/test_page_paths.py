@@ -128,6 +128,34 @@ def test_a_remembered_query_is_remembered_by_its_types_too(app):
         assert request.route_path("posts", _query={True: "a"}) == "/posts?True=a"
 
 
+def test_queries_equal_as_keys_are_each_written_as_pyramid_writes_them(app):
+    """Mappings equal as dicts (another order), or whose pairs are equal as keys (an enum, a bool,
+    a digit's text, a multidict's repeated names), asked one after another: each as Pyramid
+    writes it, whichever was remembered first."""
+    from enum import IntEnum, StrEnum
+
+    from pyramid.request import Request as PyramidRequest
+    from webob.multidict import MultiDict
+
+    from myapp.request import Request
+
+    class Name(StrEnum):
+        PAGE = "page"
+
+    class Number(IntEnum):
+        ONE = 1
+
+    ours, theirs = Request.blank("/"), PyramidRequest.blank("/")
+    ours.registry = theirs.registry = app.registry
+    queries = [
+        {"a": "1", "b": "2"}, {"b": "2", "a": "1"}, {"page": 1}, {"page": "1"}, {"page": Number.ONE},
+        {Name.PAGE: 1}, {"page": False}, {"page": 0}, MultiDict([("a", "1"), ("a", "2")]),
+        MultiDict([("a", "2"), ("a", "1")]), {"a": "2"}, "page=1", {"page=1": ""}, {"page": -1}, {"page": 10**30},
+    ]
+    for query in queries * 2:
+        assert ours.route_path("posts", _query=query) == theirs.route_path("posts", _query=query), query
+
+
 def test_remembered_queries_are_bounded(app):
     from myapp import request as module
 

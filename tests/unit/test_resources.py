@@ -96,6 +96,8 @@ def test_the_roots_acl_is_made_once_per_admin_group():
     other = request()
     other.services.settings.admin_group = "operators"
     assert Root(request()).__acl__ is Root(request()).__acl__
+    # Shared by every request: nothing in it can be changed.
+    assert all(type(entry) is tuple for entry in Root(request()).__acl__) and type(Root(request()).__acl__) is tuple
     assert Root(other).__acl__ is not Root(request()).__acl__
     assert allowed(Root(other), Permission.ADMINISTER) == set(), "group:admins is not the admin group there"
     assert allowed(Root(request()), Permission.ADMINISTER) == {"admin"}
