@@ -49,11 +49,14 @@ ROUTE_PATHS_LIMIT = 4096
 def _plain_parameters(kw: dict) -> bool:
     """Whether ``kw`` are a route's parameters (no ``_anchor``, ``_app_url`` and the like, which
     are Pyramid's to read) that are all exactly strings or whole numbers (not ``True`` or ``1.0``,
-    equal to ``1`` as keys and written otherwise), with a ``_query`` or not."""
-    return all(
-        (type(value) is str or type(value) is int) and not name.startswith("_") or name == "_query"
-        for name, value in kw.items()
-    )
+    equal to ``1`` as keys and written otherwise) or tuples of strings (a ``*subpath``), with a
+    ``_query`` or not."""
+    return all(name == "_query" or not name.startswith("_") and _plain(value) for name, value in kw.items())
+
+
+def _plain(value) -> bool:
+    kind = type(value)
+    return kind is str or kind is int or kind is tuple and all(type(item) is str for item in value)
 
 
 # Query strings as Pyramid writes them, by what they were written from (Request.route_path).

@@ -208,12 +208,16 @@ def test_a_route_asked_with_parameters_is_what_pyramid_writes_and_remembered_apa
         ours.registry = theirs.registry = app.registry
         for _ in range(2):  # asked first, then from what was remembered
             for kw in ({"id": 7}, {"id": "7"}, {"id": "a b/ä"}, {"id": True}, {"id": 7.0}, {"id": 7, "_query": {"x": "1"}},
-                       {"upstream": "demo", "subpath": ("a", "b")}, {"id": 7, "_anchor": "top"}):
+                       {"upstream": "demo", "subpath": ("a", "b c")}, {"upstream": "demo", "subpath": ()},
+                       {"upstream": "demo", "subpath": ("a", 1)}, {"upstream": "demo", "subpath": ["a"]},
+                       {"id": 7, "_anchor": "top"}):
                 route = "api" if "upstream" in kw else "post"
                 assert ours.route_path(route, **kw) == theirs.route_path(route, **kw), kw
     remembered = app.registry[ROUTE_PATHS]
-    assert {"/posts/7", "/posts/a%20b/%C3%A4", "/mounted/posts/7", "/mounted/posts/a%20b/%C3%A4"} <= set(remembered.values())
-    assert not any("True" in path or "7.0" in path or "demo" in path for path in remembered.values())
+    assert {"/posts/7", "/posts/a%20b/%C3%A4", "/mounted/posts/7", "/mounted/posts/a%20b/%C3%A4", "/api/demoa/b%20c",
+            "/api/demo", "/mounted/api/demo"} <= set(remembered.values())
+    assert not any("True" in path or "7.0" in path for path in remembered.values())
+    assert not {"/api/demoa/1", "/api/demoa"} & set(remembered.values()), "a number or a list in a subpath"
     post = Post(owner_id=bob.id, title="linked", body="")
     dbsession.add(post)
     dbsession.flush()
