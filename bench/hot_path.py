@@ -3,12 +3,13 @@ urllib3 proxy (N), each WSGI app called directly in this thread, the development
 its own process. Thread CPU time only, so neither the API nor anything else on the machine counts.
 
     .venv/bin/python bench/hot_path.py [--calls 3000] [--profile] [--database-url URL] [--path /api/demo/ping]
-                                       [--anonymous] [--threads 8] [--tracing sampled|unsampled]
+                                       [--anonymous] [--threads 8] [--tracing sampled|unsampled] [--posts 21]
 
 Prints the CPU time per call (the best of three interleaved rounds: the machine may be shared) and
 the Python function calls per call (which do not depend on what else the machine is doing).
 ``--profile`` prints cProfile's view of B's calls (timed by thread CPU time) instead.
-``--threads 8`` calls each from that many threads at once, as waitress's threads would, and
+``--posts 21`` writes that many posts first (by the signed-in user), for a page of them (``--path
+/posts``: twenty and a link to the next). ``--threads 8`` calls each from that many threads at once, as waitress's threads would, and
 reports the process's CPU per call instead (every thread's, and what switching between them costs).
 """
 
@@ -24,10 +25,11 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import waitress
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,7 +48,7 @@ from bench.run import (  # noqa: E402
     sign_in,
 )
 from myapp import main as myapp_main  # noqa: E402
-from myapp.models import UserSession  # noqa: E402
+from myapp.models import Post, User, UserSession  # noqa: E402
 from myapp.services import Services  # noqa: E402
 from myapp.services.tokenset import TokenCipher  # noqa: E402
 
@@ -115,10 +117,12 @@ def install_tracing(sampled: bool) -> dict:
 
 @contextlib.contextmanager
 def signed_in_app(
-    path: str = "/api/demo/ping", database_url: str | None = None, anonymous: bool = False, tracing: str = "off"
+    path: str = "/api/demo/ping", database_url: str | None = None, anonymous: bool = False, tracing: str = "off",
+    posts: int = 0,
 ):
-    """myapp in this process with a signed-in session, and the bare proxy N, both on the
-    development stack (its own process); yields (B, B's environ, N, N's environ)."""
+    """myapp in this process with a signed-in session (and ``posts`` posts of its user's), and the
+    bare proxy N, both on the development stack (its own process); yields (B, B's environ, N, N's
+    environ)."""
     work = Path(tempfile.mkdtemp(prefix="myapp-hot-path-"))
     idp_port = free_port()
     idp = f"http://127.0.0.1:{idp_port}"
@@ -149,9 +153,26 @@ def signed_in_app(
         browser = sign_in(public_url)
         with engine.connect() as connection:
             token = TokenCipher([KEY]).decrypt(connection.execute(select(UserSession.access_token)).scalar_one())
+        write_posts(engine, posts)
         signed_in = environ_for(path, {} if anonymous else {"Cookie": f"{COOKIE}={browser.cookies[COOKIE]}", "X-CSRF": "1"})
         bare = bare_proxy(idp + "/_dev/api/", "urllib3")
         yield app, signed_in, bare, environ_for("/ping", {"Authorization": f"Bearer {token}"})
+
+
+def write_posts(engine, count: int) -> None:
+    """``count`` posts by the one user, a minute apart, each with a title and a paragraph (an excerpt
+    on the posts page)."""
+    if not count:
+        return
+    with engine.begin() as connection:
+        owner = connection.execute(select(User.id)).scalar_one()
+        start = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+        connection.execute(insert(Post), [
+            {"owner_id": owner, "title": f"Post {n}: notes on the week & what comes next",
+             "body": "A paragraph of text, long enough to be cut short on the posts page. " * 5,
+             "created_at": start + timedelta(minutes=n), "updated_at": start + timedelta(minutes=n)}
+            for n in range(count)
+        ])
 
 
 def concurrent_cpu_per_call(app, template: dict, threads: int, seconds: float = 4.0) -> tuple[float, float]:
@@ -197,6 +218,7 @@ def main():
     parser.add_argument("--path", default="/api/demo/ping", help="what B is asked (a page: /posts)")
     parser.add_argument("--anonymous", action="store_true", help="ask B without the session cookie (the landing page: --path /)")
     parser.add_argument("--database-url", help="PostgreSQL instead of a SQLite file")
+    parser.add_argument("--posts", type=int, default=0, help="write this many posts first (a page of them: 21)")
     parser.add_argument("--spin", type=float, help="only call B for this many seconds (for py-spy)")
     parser.add_argument("--threads", type=int, help="call from this many threads at once (process CPU per call)")
     parser.add_argument(
@@ -204,7 +226,9 @@ def main():
         help="B with tracing on, every request sampled or none (spans made, then dropped)",
     )
     args = parser.parse_args()
-    with signed_in_app(args.path, args.database_url, args.anonymous, args.tracing) as (app, signed_in, bare, bare_call):
+    with signed_in_app(args.path, args.database_url, args.anonymous, args.tracing, args.posts) as (
+        app, signed_in, bare, bare_call
+    ):
         if args.spin:
             until = time.monotonic() + args.spin
             while time.monotonic() < until:
