@@ -229,8 +229,8 @@ class Database:
 
         if (as_of is None) != (lasts is None):
             raise TypeError("read_all: as_of and lasts go together")
-        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts and (lambda rows: lasts(made(rows))))
-        return made(rows)
+        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts, make=made)
+        return list(rows)  # the caller's own list: the rows in it may be kept, and are shared
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
         """The one row ``statement`` selects (None without one), as a dict by column name, with
@@ -246,30 +246,31 @@ class Database:
 
     def _read(
         self, statement: Select, params: dict, *, as_of: datetime | None = None,
-        lasts: Callable[[list], datetime | None] | None = None,
+        lasts: Callable[[list], datetime | None] | None = None, make: Callable[[list], list] | None = None,
     ) -> tuple[list, tuple[str, ...]]:
-        """The rows ``statement`` selects, as the driver gives them, and its columns' names, on
-        the cursor a connection of the lookup pool keeps; the statement is SQLAlchemy's, compiled
-        once per dialect. A
+        """The rows ``statement`` selects, as the driver gives them (or as ``make`` makes them of
+        those), and its columns' names, on the cursor a connection of the lookup pool keeps; the
+        statement is SQLAlchemy's, compiled once per dialect. A
         connection found dead (the database restarted) is thrown away with every one the pool
         made before it, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
         outage answers 503. On a SQLite file, kept as ``read_all`` says (``as_of``, ``lasts``: of
-        the driver's rows).
+        the rows as returned), made: a kept read is not made again (``read_all``'s types: a page of
+        20 posts parsed its 40 times on every request, a tenth of its work).
         """
         engine = self.lookup_engine
         sql, names, columns, literals, pure, moments, processors = _compiled(statement, engine.dialect)
         if literals:  # the values written into the statement (``limit(5)``), which params may override
             params = {**literals, **params}
         parameters = tuple(params[name] for name in names) if names is not None else params
-        # As SQLAlchemy's own execution sends them (UTCDateTime's naive UTC text on SQLite, as
-        # stored); the key keeps the values as given.
-        sent = parameters if not processors else _processed(names, parameters, processors)
         stamp = key = None
         # A timed read (as_of) may have time parameters; one that is not, none.
         if pure and (not moments if as_of is None else names is not None):
-            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of)
+            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of, made=make is not None)
             if found is not None:
                 return found
+        # As SQLAlchemy's own execution sends them (UTCDateTime's naive UTC text on SQLite, as
+        # stored); the key keeps the values as given.
+        sent = parameters if not processors else _processed(names, parameters, processors)
 
         def read():
             connection = cursor = None
@@ -301,16 +302,20 @@ class Database:
                     connection.close()
 
         result = _once_more_if_disconnected(read)
+        if make is not None:
+            result = make(result[0]), result[1]
         if stamp is not None:
             until = lasts(result[0]) if lasts is not None else None
             if until is None or until > as_of:  # else true of this moment alone
                 self._keep(stamp, key, _Kept(result, as_of, until))
         return result
 
-    def _kept_read(self, sql, names, parameters, moments, as_of) -> tuple[bytes | None, tuple | None, tuple | None]:
+    def _kept_read(
+        self, sql, names, parameters, moments, as_of, *, made: bool = False
+    ) -> tuple[bytes | None, tuple | None, tuple | None]:
         """The commit stamp now (None: nothing is kept), the read's key (its SQL and parameters;
-        a timed read's, :func:`_timed_key`), and what was kept under both that stands for
-        ``as_of``, if anything."""
+        a timed read's, :func:`_timed_key`; a made one's, marked apart from the driver's rows of the
+        same read), and what was kept under both that stands for ``as_of``, if anything."""
         commits = self._stamp
         if commits is _UNKNOWN:
             commits = self._stamp = sqlite.commit_stamp(self.lookup_engine)
@@ -318,6 +323,8 @@ class Database:
         if stamp is None:
             return None, None, None
         key = (sql, parameters) if as_of is None else _timed_key(sql, names, parameters, moments, as_of)
+        if made:
+            key = (key, _MADE)
         kept = self._kept
         entry = kept.reads.get(key) if kept.under == stamp else None
         if entry is None or (entry.since is not None and not entry.stands_for(as_of)):
@@ -348,6 +355,7 @@ class Database:
 
 _UNKNOWN = object()
 _TIMED = object()  # in a timed read's key: never equal to an untimed read's
+_MADE = object()  # in a made read's key (read_all's rows): never equal to the driver's rows' (read_row's)
 # How many reads are kept under one commit stamp at most, and how much of their text (characters and
 # bytes, counted by len(): up to four bytes a character in memory): emptied when full. A read of more
 # than a sixteenth of that is not kept (a page of the longest posts the form allows, 21 x 20,000

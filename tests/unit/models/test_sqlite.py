@@ -96,6 +96,44 @@ def test_a_read_is_answered_again_without_sqlite_until_a_commit(database, sessio
     assert len(executions) == 2
 
 
+def test_read_all_keeps_its_rows_made_and_gives_each_caller_a_list_of_its_own(database, writer, session_id, executions,
+                                                                              monkeypatch):
+    from sqlalchemy.orm import Session
+
+    with Session(bind=writer) as dbsession:
+        owner = dbsession.scalars(select(User.id)).one()
+        dbsession.add_all([Post(owner_id=owner, title=f"post {n}", body="") for n in range(3)])
+        dbsession.commit()
+    made = []  # each time value turned from SQLite's text into a datetime
+    moment = type(Post.__table__.c.created_at.type)  # updated_at's too
+    process = moment.result_processor
+    monkeypatch.setattr(moment, "result_processor", lambda self, dialect, coltype: (
+        lambda value, _made=process(self, dialect, coltype): made.append(value) or _made(value)))
+    models._row_shape.cache_clear()
+    try:
+        first = database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 5})
+        converted = len(made)
+        first.clear()  # the caller's own: what was kept is not touched
+        second = database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 5})
+    finally:
+        models._row_shape.cache_clear()
+    assert len(executions) == 1 and converted == 6 and len(made) == 6, "read once, made once"
+    assert [row.title for row in second] == ["post 2", "post 1", "post 0"]
+    assert all(isinstance(row.created_at, datetime) and row.created_at.tzinfo is not None for row in second)
+    assert second == database.read_all(_PAGE_OF_POSTS, {"offset": 0, "limit": 5})
+
+
+def test_the_same_read_as_driver_rows_and_as_made_rows_is_kept_apart(database, session_id, executions):
+    """read_row keeps the driver's rows (SQLite's times as text), read_all SQLAlchemy's: one is
+    never the answer to the other."""
+    params = {"id_hash": hash_session_id(session_id)}
+    row = database.read_row(_BY_ID_HASH, params)
+    made = database.read_all(_BY_ID_HASH, params)
+    assert isinstance(row["expires_at"], str) and isinstance(made[0].expires_at, datetime)
+    assert database.read_row(_BY_ID_HASH, params) == row and database.read_all(_BY_ID_HASH, params) == made
+    assert len(executions) == 2
+
+
 def test_other_parameters_are_another_read(database, session_id, executions):
     assert lookup(database, session_id) is not None
     assert lookup(database, "another-session") is None
