@@ -229,7 +229,7 @@ class Database:
 
         if (as_of is None) != (lasts is None):
             raise TypeError("read_all: as_of and lasts go together")
-        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts, make=made)
+        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts, make=made, made_as=shape)
         return list(rows)  # the caller's own list: the rows in it may be kept, and are shared
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
@@ -247,6 +247,7 @@ class Database:
     def _read(
         self, statement: Select, params: dict, *, as_of: datetime | None = None,
         lasts: Callable[[list], datetime | None] | None = None, make: Callable[[list], list] | None = None,
+        made_as: type | None = None,
     ) -> tuple[list, tuple[str, ...]]:
         """The rows ``statement`` selects, as the driver gives them (or as ``make`` makes them of
         those), and its columns' names, on the cursor a connection of the lookup pool keeps; the
@@ -255,7 +256,9 @@ class Database:
         made before it, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
         outage answers 503. On a SQLite file, kept as ``read_all`` says (``as_of``, ``lasts``: of
         the rows as returned), made: a kept read is not made again (``read_all``'s types: a page of
-        20 posts parsed its 40 times on every request, a tenth of its work).
+        20 posts parsed its 40 times on every request, a tenth of its work). ``made_as`` names what
+        ``make`` makes them as (``read_all``'s row shape, one per statement): a statement of the same
+        SQL with other types (``type_coerce``) is another read.
         """
         engine = self.lookup_engine
         sql, names, columns, literals, pure, moments, processors = _compiled(statement, engine.dialect)
@@ -265,7 +268,7 @@ class Database:
         stamp = key = None
         # A timed read (as_of) may have time parameters; one that is not, none.
         if pure and (not moments if as_of is None else names is not None):
-            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of, made=make is not None)
+            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of, made=made_as)
             if found is not None:
                 return found
         # As SQLAlchemy's own execution sends them (UTCDateTime's naive UTC text on SQLite, as
@@ -311,11 +314,12 @@ class Database:
         return result
 
     def _kept_read(
-        self, sql, names, parameters, moments, as_of, *, made: bool = False
+        self, sql, names, parameters, moments, as_of, *, made: type | None = None
     ) -> tuple[bytes | None, tuple | None, tuple | None]:
         """The commit stamp now (None: nothing is kept), the read's key (its SQL and parameters;
         a timed read's, :func:`_timed_key`; a made one's, marked apart from the driver's rows of the
-        same read), and what was kept under both that stands for ``as_of``, if anything."""
+        same read, and by what its rows are made as), and what was kept under both that stands for
+        ``as_of``, if anything."""
         commits = self._stamp
         if commits is _UNKNOWN:
             commits = self._stamp = sqlite.commit_stamp(self.lookup_engine)
@@ -323,8 +327,8 @@ class Database:
         if stamp is None:
             return None, None, None
         key = (sql, parameters) if as_of is None else _timed_key(sql, names, parameters, moments, as_of)
-        if made:
-            key = (key, _MADE)
+        if made is not None:
+            key = (key, _MADE, made)
         kept = self._kept
         entry = kept.reads.get(key) if kept.under == stamp else None
         if entry is None or (entry.since is not None and not entry.stands_for(as_of)):

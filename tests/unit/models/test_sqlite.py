@@ -11,7 +11,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import bindparam, create_engine, event, func, literal_column, select, text, update
+from sqlalchemy import String, bindparam, create_engine, event, func, literal_column, select, text, type_coerce, update
 
 from myapp import models
 from myapp.models import Database, Post, User, UserSession, get_engine, sqlite
@@ -132,6 +132,23 @@ def test_the_same_read_as_driver_rows_and_as_made_rows_is_kept_apart(database, s
     assert isinstance(row["expires_at"], str) and isinstance(made[0].expires_at, datetime)
     assert database.read_row(_BY_ID_HASH, params) == row and database.read_all(_BY_ID_HASH, params) == made
     assert len(executions) == 2
+
+
+def test_two_statements_of_one_sql_with_other_types_are_kept_apart(database, session_id, executions):
+    """Rows kept made are made by one statement's types: another statement that compiles to the
+    same SQL but types its columns otherwise (type_coerce) gets its own, as SQLAlchemy gives them."""
+    column = UserSession.__table__.c.expires_at
+    where = UserSession.__table__.c.id_hash == bindparam("id_hash")
+    as_moment = select(column.label("expires_at")).where(where)
+    as_text = select(type_coerce(column, String).label("expires_at")).where(where)
+    params = {"id_hash": hash_session_id(session_id)}
+    moment = database.read_all(as_moment, params)
+    text_ = database.read_all(as_text, params)
+    read = len(executions)
+    assert isinstance(moment[0].expires_at, datetime)
+    assert isinstance(text_[0].expires_at, str), "not the rows made by the other statement's types"
+    assert database.read_all(as_moment, params) == moment and database.read_all(as_text, params) == text_
+    assert len(executions) == read, "each kept"
 
 
 def test_other_parameters_are_another_read(database, session_id, executions):
