@@ -1,6 +1,6 @@
 """The display helpers every template has as ``ui`` (myapp/views/__init__.py)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from jinja2 import Environment
@@ -19,11 +19,12 @@ MOMENTS = [
     datetime(999, 3, 4, 5, 6, 7, tzinfo=timezone.utc),
     datetime(2026, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))),  # written as it is, not moved to UTC
     datetime(2026, 6, 1, 12, 0),
+    date(2026, 6, 1),  # a date: its time written as midnight, as the macro wrote it
 ]
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
-@pytest.mark.parametrize("seconds", [False, True])
+@pytest.mark.parametrize("seconds", [False, True, None, 0, 1, "yes"])
 def test_when_writes_what_the_macro_wrote(moment, seconds):
     macro = Environment(autoescape=True).from_string(MACRO).module.when
     written = when(moment, seconds=seconds)

@@ -255,3 +255,37 @@ def test_a_route_with_a_pregenerator_is_pyramids_own_and_not_remembered():
         assert ours.route_path("tagged", _query={"a": "1"}) == theirs.route_path("tagged", _query={"a": "1"})
         assert ours.route_path("tag", name="y") == theirs.route_path("tag", name="y") == "/tag/x"
     assert config.registry[FIXED_PATHS] == {} and config.registry[ROUTE_PATHS] == {}
+
+
+def test_a_route_asked_with_values_of_other_kinds_or_pyramids_options_is_what_pyramid_writes(app):
+    """Subclasses of str and int (Markup), bytes, None, empty values, Pyramid's own options and a
+    mount point that is not ASCII: each written as Pyramid writes it, before and after anything is
+    remembered, and only exact strings and whole numbers remembered."""
+    from markupsafe import Markup
+    from pyramid.request import Request as PyramidRequest
+
+    from myapp.request import Request
+
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    asked = [{"id": value} for value in (Text("7"), Markup("<b>"), Number(7), b"7", None, "", 0, -1, False)]
+    asked += [{"id": 7, option: value} for option, value in (
+        ("_scheme", "https"), ("_host", "example.test"), ("_port", 8443), ("_app_url", "http://other.test/x"),
+        ("_anchor", ""), ("_query", ""), ("_query", {}),
+    )]
+    for script_name in ("", "/m%20x", "/ä".encode().decode("latin-1")):
+        ours = Request.blank("/", environ={"SCRIPT_NAME": script_name})
+        theirs = PyramidRequest.blank("/", environ={"SCRIPT_NAME": script_name})
+        ours.registry = theirs.registry = app.registry
+        for _ in range(2):
+            for kw in asked:
+                assert ours.route_path("post", **kw) == theirs.route_path("post", **kw), (script_name, kw)
+            assert ours.route_path("post", "edit", id=7) == theirs.route_path("post", "edit", id=7)
+            with pytest.raises(KeyError):
+                ours.route_path("no_such_route", id=7)
+    kinds = {type(value) for key in app.registry[ROUTE_PATHS] for _, value in key[2]}
+    assert kinds <= {str, int}, "a subclass, bytes or None is Pyramid's own, not remembered"
