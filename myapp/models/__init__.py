@@ -369,8 +369,9 @@ KEPT_BYTES = 8 * 1024 * 1024
 
 
 class _Kept(NamedTuple):
-    """A kept read: the driver's rows and columns, and for a timed read the moments it stands for,
-    from ``since`` up to ``until`` (None: until the next commit)."""
+    """A kept read: its rows (the driver's, or ``read_all``'s made of them) and columns, and for a
+    timed read the moments it stands for, from ``since`` up to ``until`` (None: until the next
+    commit)."""
 
     result: tuple[list, tuple[str, ...]]
     since: datetime | None
@@ -511,6 +512,10 @@ def _pure(statement: Select) -> bool:
 _MOMENTS = (sqltypes.DateTime, sqltypes.Date, sqltypes.Time, sqltypes.Interval)
 
 
+# Types whose values can be changed in place (a dict, a list, an unpickled object).
+_MUTABLE = (sqltypes.JSON, sqltypes.ARRAY, sqltypes.PickleType)
+
+
 def _is_moment(type_) -> bool:
     return isinstance(type_, _MOMENTS) or isinstance(getattr(type_, "impl", None), _MOMENTS)
 
@@ -520,6 +525,14 @@ def _row_shape(statement: Select, dialect) -> tuple[type, tuple]:
     """The named tuple ``read_all`` gives for ``statement``'s rows, and the function each column's
     type turns the driver's value into SQLAlchemy's with (None where it takes it as it is)."""
     columns = _compiled(statement, dialect).columns
+    for column in statement.selected_columns:
+        # read_all's rows may be kept and shared by every request until the next commit: a value
+        # one request could change in place must not be in them.
+        if isinstance(column.type, _MUTABLE) or isinstance(getattr(column.type, "impl", None), _MUTABLE):
+            raise TypeError(
+                f"read_all: the column {column.name!r} gives values that can be changed in place "
+                f"({type(column.type).__name__}): select it as text (cast(..., Text)) and parse it"
+            )
     shape = collections.namedtuple("Row", columns, rename=True)
     processors = tuple(
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in statement.selected_columns

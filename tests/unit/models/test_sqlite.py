@@ -151,6 +151,16 @@ def test_two_statements_of_one_sql_with_other_types_are_kept_apart(database, ses
     assert len(executions) == read, "each kept"
 
 
+def test_read_all_refuses_a_column_whose_values_can_be_changed_in_place(database, session_id):
+    """Its rows may be kept and shared until the next commit: a JSON list one request appended to
+    would be every request's. Read as text, it is a string."""
+    from sqlalchemy import Text, cast
+
+    with pytest.raises(TypeError, match="'groups' gives values that can be changed in place"):
+        database.read_all(select(User.__table__.c.groups), {})
+    assert database.read_all(select(cast(User.__table__.c.groups, Text).label("groups")), {})[0].groups in ("[]", "null")
+
+
 def test_other_parameters_are_another_read(database, session_id, executions):
     assert lookup(database, session_id) is not None
     assert lookup(database, "another-session") is None
