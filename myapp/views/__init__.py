@@ -68,8 +68,8 @@ def template_globals(event):
 def when(moment: datetime, seconds: bool = False) -> Markup:
     """``ui.when(moment)``: a moment as people read it (UTC, to the minute, or to the second), in a
     ``<time>`` that names it exactly. A function, where it was a macro of _macros.jinja2 writing the
-    same: a page of posts shows twenty, and the macro's call cost each five times the writing
-    (a page of 20 posts: docs/benchmarks.md)."""
+    same: a page of posts shows twenty, and the macro's calls cost that page 50 us more
+    (docs/benchmarks.md, "Signed-in pages made once")."""
     exact = escape(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
     shown = escape(moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"))
     return Markup(f'<time datetime="{exact}"{" data-seconds" if seconds else ""}>{shown} UTC</time>')
