@@ -124,14 +124,14 @@ class Request(PyramidRequest):
         return pyramid_tm.create_tm(self)
 
     def route_path(self, route_name, *elements, **kw):
-        """Pyramid's ``route_path``; for a route asked without elements or anchor, its path
-        remembered per SCRIPT_NAME: every page asks for the same dozen (the header's links), and
-        the answer depends on nothing else (no route here has a pregenerator). One asked with
-        parameters that are all strings or whole numbers (``post``, ``id=7``: each post of a page
-        links to its own) is remembered apart, by them, in a store of its own
-        (:data:`ROUTE_PATHS`), which requests fill with what they ask and which is emptied when full.
-        A ``_query`` is added to it as Pyramid writes one (every signed-in page links to
-        ``signed_out`` with the page's own path as ``next``)."""
+        """Pyramid's ``route_path``; for a route asked without parameters, elements, anchor or
+        Pyramid's other options, its path remembered per SCRIPT_NAME: every page asks for the same
+        dozen (the header's links), and the answer depends on nothing else (no route here has a
+        pregenerator). One asked with parameters that are all exactly strings, whole numbers or
+        tuples of strings (``post``, ``id=7``: each post of a page links to its own) is remembered
+        apart, by them, in a store of its own (:data:`ROUTE_PATHS`), which requests fill with what
+        they ask and which is emptied when full. A ``_query`` is added to it as Pyramid writes one
+        (every signed-in page links to ``signed_out`` with the page's own path as ``next``)."""
         query = kw.get("_query")
         if elements or (kw and kw.keys() != {"_query"} and not _plain_parameters(kw)):
             return super().route_path(route_name, *elements, **kw)
