@@ -517,14 +517,14 @@ def main():
             results["pages"][name] = page
             print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each", flush=True)
 
-        results["server"] = server_cost(urls, session_cookie, bearer, bff, bare_n, bare_n_loop, args.duration)
+        results["server"] = server_cost(targets, urls, bearer, bare_n_loop, args.duration)
         print(f"N on myapp's server: {results['server']}", flush=True)
         results["tracing"] = tracing_cost(urls, session_cookie, bff, traced, sampled, args.duration)
         print(f"tracing: {results['tracing']}", flush=True)
         results["dpop"] = dpop_cost(urls, session_cookie, bff, dpop, upstream, args.duration)
         print(f"dpop: {results['dpop']}", flush=True)
         if held:
-            results["held"] = held_cost(urls, session_cookie, bearer, bff, held, bare_n, bare_n_held, args.duration)
+            results["held"] = held_cost(targets, urls, session_cookie, bearer, held, bare_n_held, args.duration)
             results["held_let_go"] = let_go(work, "held")
             print(f"held to one CPU: {results['held']}", flush=True)
         results["held_said"] = held_said
@@ -605,14 +605,15 @@ def dpop_cost(urls, bearer_cookie, bff, dpop, upstream, duration) -> dict:
     }
 
 
-def server_cost(urls, cookie, bearer, bff, bare_n, bare_n_loop, duration) -> dict:
+def server_cost(targets, urls, bearer, bare_n_loop, duration) -> dict:
     """B, N, and N served as myapp serves itself (myapp/server.py: an answer written whole is sent
     by waitress's loop in one piece), side by side. B of the targets runs on myapp's server, N on waitress as it comes: B against N on
-    myapp's server is the like-for-like comparison of what each does per call."""
+    myapp's server is the like-for-like comparison of what each does per call. ``targets``: B and N
+    as the targets' run measured them (url, headers, process)."""
     wrk(urls["nloop"] + "/ping", connections=8, duration=2, headers=[bearer])
     order = (
-        ("B", urls["bff"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], bff),
-        ("N", urls["n"] + "/ping", [bearer], bare_n),
+        ("B", *targets["B"]),
+        ("N", *targets["N"]),
         ("N on myapp's server", urls["nloop"] + "/ping", [bearer], bare_n_loop),
     )
     return side_by_side(order, duration, lambda runs: {
@@ -636,17 +637,18 @@ def side_by_side(order, duration, ratios) -> dict:
     return measured
 
 
-def held_cost(urls, cookie, bearer, bff, held, bare_n, bare_n_held, duration) -> dict:
+def held_cost(targets, urls, cookie, bearer, held, bare_n_held, duration) -> dict:
     """B as it runs by default, B held to one CPU by its server's ``cpu_affinity = auto``
     (docs/deployment.md, "Sizing"), N, and N held to the same CPU, side by side. Both B processes
     serve the same session (one SQLite file). Not B of the targets: that one runs as myapp does
-    unless told otherwise; held B against held N is the like-for-like comparison."""
+    unless told otherwise; held B against held N is the like-for-like comparison. ``targets``: B and
+    N as the targets' run measured them."""
     wrk(urls["held"] + "/api/demo/ping", connections=8, duration=2, headers=[cookie, "X-CSRF: 1"])
     wrk(urls["nheld"] + "/ping", connections=8, duration=2, headers=[bearer])
     order = (
-        ("B", urls["bff"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], bff),
+        ("B", *targets["B"]),
         ("held", urls["held"] + "/api/demo/ping", [cookie, "X-CSRF: 1"], held),
-        ("N", urls["n"] + "/ping", [bearer], bare_n),
+        ("N", *targets["N"]),
         ("N held", urls["nheld"] + "/ping", [bearer], bare_n_held),
     )
     return side_by_side(order, duration, lambda runs: {

@@ -82,10 +82,17 @@ def _query_string(query) -> str:
     if written is None:
         written = url_quote(query, QUERY_SAFE) if isinstance(query, str) else urlencode(query, doseq=True)
         if key is not None:
-            if len(_QUERIES) >= _QUERIES_LIMIT:
-                _QUERIES.clear()
-            _QUERIES[key] = written
+            _remember(_QUERIES, key, written, _QUERIES_LIMIT)
     return written
+
+
+def _remember(store: dict, key, value, limit: int):
+    """``value``, kept in ``store`` under ``key``: a store holding ``limit`` is emptied first (what
+    fills it comes from requests; SCRIPT_NAME from a trusted proxy, bounded all the same)."""
+    if len(store) >= limit:
+        store.clear()
+    store[key] = value
+    return value
 
 
 def is_utf8(data: bytes, *, form_encoded: bool = False) -> bool:
@@ -138,21 +145,16 @@ class Request(PyramidRequest):
         script_name = self.environ.get("SCRIPT_NAME", "")
         parameters = tuple(sorted((name, value) for name, value in kw.items() if name != "_query"))
         if parameters:
-            key, paths = ("route", route_name, parameters, script_name), self.registry[ROUTE_PATHS]
+            key = ("route", route_name, parameters, script_name)
+            paths, limit = self.registry[ROUTE_PATHS], ROUTE_PATHS_LIMIT
         else:
-            key, paths = ("route", route_name, script_name), self._fixed_paths
+            key, paths, limit = ("route", route_name, script_name), self._fixed_paths, FIXED_PATHS_LIMIT
         path = paths.get(key)
         if path is None:
             route = self.registry.getUtility(IRoutesMapper).get_route(route_name)
             if route is None or route.pregenerator is not None:
                 return super().route_path(route_name, **kw)
-            path = super().route_path(route_name, **dict(parameters))
-            if parameters:
-                if len(paths) >= ROUTE_PATHS_LIMIT:
-                    paths.clear()
-                paths[key] = path
-            else:
-                self._remember_path(key, path)
+            path = _remember(paths, key, super().route_path(route_name, **dict(parameters)), limit)
         if not query:
             return path
         return f"{path}?{_query_string(query)}"
@@ -181,19 +183,12 @@ class Request(PyramidRequest):
         """What ``make()`` gives, made once per ``key`` (which names the SCRIPT_NAME it is for)."""
         found = self._fixed_paths.get(key)
         if found is None:
-            found = make()
-            self._remember_path(key, found)
+            found = _remember(self._fixed_paths, key, make(), FIXED_PATHS_LIMIT)
         return found
 
     @property
     def _fixed_paths(self) -> dict:
         return self.registry[FIXED_PATHS]
-
-    def _remember_path(self, key: tuple, path: str | SimpleNamespace) -> None:
-        paths = self._fixed_paths
-        if len(paths) >= FIXED_PATHS_LIMIT:  # SCRIPT_NAME comes from a (trusted) proxy: bounded all the same
-            paths.clear()
-        paths[key] = path
 
     @property
     def POST(self):

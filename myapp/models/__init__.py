@@ -217,19 +217,9 @@ class Database:
         every moment from ``as_of`` until then, or until the next commit; elsewhere they change
         nothing.
         """
-        shape, processors = _row_shape(statement, self.lookup_engine.dialect)
-
-        def made(rows):
-            if not any(processors):
-                return [shape._make(row) for row in rows]
-            return [
-                shape._make([value if process is None else process(value) for process, value in zip(processors, row)])
-                for row in rows
-            ]
-
         if (as_of is None) != (lasts is None):
             raise TypeError("read_all: as_of and lasts go together")
-        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts, make=made, made_as=shape)
+        rows, _ = self._read(statement, params, as_of=as_of, lasts=lasts, made=True)
         return list(rows)  # the caller's own list: the rows in it may be kept, and are shared
 
     def read_row(self, statement: Select, params: dict) -> dict | None:
@@ -246,21 +236,21 @@ class Database:
 
     def _read(
         self, statement: Select, params: dict, *, as_of: datetime | None = None,
-        lasts: Callable[[list], datetime | None] | None = None, make: Callable[[list], list] | None = None,
-        made_as: type | None = None,
+        lasts: Callable[[list], datetime | None] | None = None, made: bool = False,
     ) -> tuple[list, tuple[str, ...]]:
-        """The rows ``statement`` selects, as the driver gives them (or as ``make`` makes them of
-        those), and its columns' names, on the cursor a connection of the lookup pool keeps; the
-        statement is SQLAlchemy's, compiled once per dialect. A
+        """The rows ``statement`` selects, as the driver gives them (``made``: as ``read_all``
+        gives them, :func:`_made_rows`), and its columns' names, on the cursor a connection of the
+        lookup pool keeps; the statement is SQLAlchemy's, compiled once per dialect. A
         connection found dead (the database restarted) is thrown away with every one the pool
         made before it, and the read tried once more on a new one. Errors are SQLAlchemy's, so that an
         outage answers 503. On a SQLite file, kept as ``read_all`` says (``as_of``, ``lasts``: of
         the rows as returned), made: a kept read is not made again (``read_all``'s types: a page of
-        20 posts parsed its 40 times on every request, a tenth of its work). ``made_as`` names what
-        ``make`` makes them as (``read_all``'s row shape, one per statement): a statement of the same
-        SQL with other types (``type_coerce``) is another read.
+        20 posts parsed its 40 times on every request, a tenth of its work). Made rows are kept by
+        the statement's row shape too: a statement of the same SQL with other types
+        (``type_coerce``) is another read.
         """
         engine = self.lookup_engine
+        row_shape = _row_shape(statement, engine.dialect) if made else None  # (named tuple, processors)
         sql, names, columns, literals, pure, moments, processors = _compiled(statement, engine.dialect)
         if literals:  # the values written into the statement (``limit(5)``), which params may override
             params = {**literals, **params}
@@ -268,7 +258,8 @@ class Database:
         stamp = key = None
         # A timed read (as_of) may have time parameters; one that is not, none.
         if pure and (not moments if as_of is None else names is not None):
-            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of, made=made_as)
+            made_as = row_shape[0] if row_shape is not None else None
+            stamp, key, found = self._kept_read(sql, names, parameters, moments, as_of, made_as=made_as)
             if found is not None:
                 return found
         # As SQLAlchemy's own execution sends them (UTCDateTime's naive UTC text on SQLite, as
@@ -305,8 +296,8 @@ class Database:
                     connection.close()
 
         result = _once_more_if_disconnected(read)
-        if make is not None:
-            result = make(result[0]), result[1]
+        if row_shape is not None:
+            result = _made_rows(result[0], *row_shape), result[1]
         if stamp is not None:
             until = lasts(result[0]) if lasts is not None else None
             if until is None or until > as_of:  # else true of this moment alone
@@ -314,12 +305,12 @@ class Database:
         return result
 
     def _kept_read(
-        self, sql, names, parameters, moments, as_of, *, made: type | None = None
+        self, sql, names, parameters, moments, as_of, *, made_as: type | None = None
     ) -> tuple[bytes | None, tuple | None, tuple | None]:
         """The commit stamp now (None: nothing is kept), the read's key (its SQL and parameters;
         a timed read's, :func:`_timed_key`; a made one's, marked apart from the driver's rows of the
-        same read, and by what its rows are made as), and what was kept under both that stands for
-        ``as_of``, if anything."""
+        same read, and by the named tuple its rows are ``made_as``), and what was kept under both
+        that stands for ``as_of``, if anything."""
         commits = self._stamp
         if commits is _UNKNOWN:
             commits = self._stamp = sqlite.commit_stamp(self.lookup_engine)
@@ -327,8 +318,8 @@ class Database:
         if stamp is None:
             return None, None, None
         key = (sql, parameters) if as_of is None else _timed_key(sql, names, parameters, moments, as_of)
-        if made is not None:
-            key = (key, _MADE, made)
+        if made_as is not None:
+            key = (key, _MADE, made_as)
         kept = self._kept
         entry = kept.reads.get(key) if kept.under == stamp else None
         if entry is None or (entry.since is not None and not entry.stands_for(as_of)):
@@ -470,7 +461,7 @@ def _compiled(statement: Select, dialect) -> _Compiled:
     literals = {name: value for name, value in compiled.params.items() if name not in required}
     return _Compiled(
         str(compiled), tuple(compiled.positiontup) if compiled.positional else None, columns, literals,
-        _pure(statement), frozenset(name for name, bind in compiled.binds.items() if _is_moment(bind.type)),
+        _pure(statement), frozenset(name for name, bind in compiled.binds.items() if _is_of(bind.type, _MOMENTS)),
         {name: process for name, bind in compiled.binds.items()
          if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None},
     )
@@ -516,8 +507,9 @@ _MOMENTS = (sqltypes.DateTime, sqltypes.Date, sqltypes.Time, sqltypes.Interval)
 _MUTABLE = (sqltypes.JSON, sqltypes.ARRAY, sqltypes.PickleType)
 
 
-def _is_moment(type_) -> bool:
-    return isinstance(type_, _MOMENTS) or isinstance(getattr(type_, "impl", None), _MOMENTS)
+def _is_of(type_, kinds: tuple[type, ...]) -> bool:
+    """Whether ``type_``, or the type a TypeDecorator stores it as, is one of ``kinds``."""
+    return isinstance(type_, kinds) or isinstance(getattr(type_, "impl", None), kinds)
 
 
 @functools.cache
@@ -528,7 +520,7 @@ def _row_shape(statement: Select, dialect) -> tuple[type, tuple]:
     for column in statement.selected_columns:
         # read_all's rows may be kept and shared by every request until the next commit: a value
         # one request could change in place must not be in them.
-        if isinstance(column.type, _MUTABLE) or isinstance(getattr(column.type, "impl", None), _MUTABLE):
+        if _is_of(column.type, _MUTABLE):
             raise TypeError(
                 f"read_all: the column {column.name!r} gives values that can be changed in place "
                 f"({type(column.type).__name__}): select it as text (cast(..., Text)) and parse it"
@@ -538,6 +530,17 @@ def _row_shape(statement: Select, dialect) -> tuple[type, tuple]:
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in statement.selected_columns
     )
     return shape, processors
+
+
+def _made_rows(rows: list, shape: type, processors: tuple) -> list:
+    """The driver's ``rows`` as ``read_all`` gives them: ``shape``'s named tuples, each value
+    through its column type's result processor (:func:`_row_shape`)."""
+    if not any(processors):
+        return [shape._make(row) for row in rows]
+    return [
+        shape._make([value if process is None else process(value) for process, value in zip(processors, row)])
+        for row in rows
+    ]
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -152,11 +152,11 @@ _PARSED_GROUPS: dict[str, tuple] = {}
 _PARSED_AMR: dict[str, tuple[str, ...]] = {}
 
 
-def _parsed(memo: dict, text: str, parse: Callable):
-    """``parse(text)``, remembered in ``memo`` by the exact text."""
+def _parsed(memo: dict, text, parse: Callable, limit: int = _PARSED_LIMIT):
+    """``parse(text)``, remembered in ``memo`` by the exact text (or any key), ``limit`` at most."""
     value = memo.get(text)
     if value is None:
-        if len(memo) >= _PARSED_LIMIT:
+        if len(memo) >= limit:
             memo.clear()
         value = memo[text] = parse(text)
     return value
@@ -248,17 +248,12 @@ _RECORDS: dict[tuple, "SessionRecord"] = {}
 def _record_of(columns: Mapping) -> "SessionRecord":
     """``SessionRecord.from_columns(columns)``, remembered by the values of ``columns`` (those of
     ``_BY_ID_HASH``, in its order): the same values, read again, give the same record."""
-    values = tuple(columns.values())
-    key = (values, *[value.fold for value in values if isinstance(value, datetime)])
+    # The folds of its times (text on SQLite, which has none).
+    key = (tuple(columns.values()), *[getattr(columns[name], "fold", 0) for name in _DATETIMES])
     try:
-        record = _RECORDS.get(key)
+        return _parsed(_RECORDS, key, lambda _: SessionRecord.from_columns(columns), _RECORDS_LIMIT)
     except (TypeError, ValueError):  # a value that has no hash (a list, a buffer open to writes): made each time
         return SessionRecord.from_columns(columns)
-    if record is None:
-        if len(_RECORDS) >= _RECORDS_LIMIT:
-            _RECORDS.clear()
-        record = _RECORDS[key] = SessionRecord.from_columns(columns)
-    return record
 
 
 def _json_list(text) -> tuple[str, ...]:
