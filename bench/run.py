@@ -2,7 +2,9 @@
 
 Targets (one process each, waitress with the same threads): D the upstream (the demo API) called
 directly; N a bare Pyramid proxy on urllib3; R the same on requests; B myapp's /api/demo/...
-with a signed-in session, served as myapp serves itself (myapp/server.py), and N served so too. Also a signed-in page against the anonymous landing page, B with
+with a signed-in session, served as myapp serves itself (myapp/server.py), and N served so too. Also the signed-in pages against
+the anonymous landing page (by throughput, and by myapp's CPU per page beside the demo API's, which
+the dashboard calls on the same machine), B with
 tracing on, B with DPoP-bound tokens (a proof per call) beside B with Bearer tokens, B held to
 one CPU by its server's own ``cpu_affinity = auto`` beside B as it runs by default and N held to
 the same CPU, a refresh storm, and the proxy's memory while 100 MiB stream through it. wrk
@@ -58,6 +60,8 @@ from tests.support.live import free_port  # noqa: E402
 CLIENT_ID, CLIENT_SECRET = "bench", "bench-client-secret"
 COOKIE = "session"
 STREAM_BYTES = 100 * 1024 * 1024
+# The signed-in dashboard's name in the results: the page whose view calls the demo API.
+DASHBOARD = "signed-in dashboard / (with its server-side API call)"
 
 
 class ServerDidNotStart(SystemExit):
@@ -508,14 +512,17 @@ def main():
         pages = {
             "anonymous landing /": (urls["bff"] + "/", []),
             "signed-in /posts": (urls["bff"] + "/posts", [session_cookie]),
-            "signed-in dashboard / (with its server-side API call)": (urls["bff"] + "/", [session_cookie]),
+            DASHBOARD: (urls["bff"] + "/", [session_cookie]),
         }
         for name, (url, headers) in pages.items():
             wrk(url, connections=8, duration=2, headers=headers)
-            page = wrk(url, connections=8, duration=args.duration, headers=headers, pids=[bff.pid])
-            page["cpu_us"] = page.pop("cpu_us_per_request")[str(bff.pid)]
+            page = wrk(url, connections=8, duration=args.duration, headers=headers, pids=[bff.pid, upstream.pid])
+            cpu = page.pop("cpu_us_per_request")
+            # The demo API's CPU per page: the dashboard calls it, on the same machine's cores.
+            page["cpu_us"], page["upstream_cpu_us"] = cpu[str(bff.pid)], cpu[str(upstream.pid)]
             results["pages"][name] = page
-            print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each", flush=True)
+            print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each, "
+                  f"the demo API {page['upstream_cpu_us']} us", flush=True)
 
         results["server"] = server_cost(targets, urls, bearer, bare_n_loop, args.duration)
         print(f"N on myapp's server: {results['server']}", flush=True)
@@ -752,9 +759,10 @@ def chart(path: Path, results, levels) -> str:
 
 def check_targets(results, levels) -> dict:
     proxy = results["proxy"]
-    anonymous = results["pages"]["anonymous landing /"]["rps"]
-    signed_in = results["pages"]["signed-in /posts"]["rps"]
-    dashboard = results["pages"]["signed-in dashboard / (with its server-side API call)"]["rps"]
+    pages = results["pages"]
+    anonymous = pages["anonymous landing /"]["rps"]
+    signed_in = pages["signed-in /posts"]["rps"]
+    dashboard = pages[DASHBOARD]["rps"]
     one = proxy.get("1")
     targets = {
         "B/N throughput >= 0.85": {c: round(proxy[c]["B"]["rps"] / proxy[c]["N"]["rps"], 2) for c in proxy},
@@ -763,6 +771,14 @@ def check_targets(results, levels) -> dict:
         "B-D p50 at c=1 <= 0.4 ms": round(one["B"]["p50_ms"] - one["D"]["p50_ms"], 2) if one else None,
         "signed-in /posts / anonymous landing >= 0.75": round(signed_in / anonymous, 2),
         "signed-in dashboard / anonymous landing >= 0.5": round(dashboard / anonymous, 2),
+        # What the throughput ratios would be if myapp had the machine to itself: its CPU per
+        # anonymous landing page over its CPU per page. The dashboard's API call also costs the
+        # demo API its CPU, on the same cores, which the throughput ratio pays and this does not.
+        "landing / page in myapp's CPU per page (not a target)": {
+            name: round(pages["anonymous landing /"]["cpu_us"] / pages[page]["cpu_us"], 2)
+            for name, page in (("/posts", "signed-in /posts"), ("dashboard", DASHBOARD))
+        },
+        "the demo API's CPU per dashboard (not a target)": pages[DASHBOARD]["upstream_cpu_us"],
         "refreshes in the storm == 1": results["refresh_storm"]["provider_refreshes"],
         "RSS growth streaming 100 MiB < 20 MiB": results["streaming"]["rss_growth_mib"],
     }

@@ -94,9 +94,9 @@ def results_of(row: dict) -> dict:
     return {
         "proxy": {"1": row},
         "pages": {
-            "anonymous landing /": {"rps": 1000},
-            "signed-in /posts": {"rps": 500},
-            "signed-in dashboard / (with its server-side API call)": {"rps": 250},
+            "anonymous landing /": {"rps": 1000, "cpu_us": 300, "upstream_cpu_us": 0},
+            "signed-in /posts": {"rps": 500, "cpu_us": 400, "upstream_cpu_us": 0},
+            run.DASHBOARD: {"rps": 250, "cpu_us": 750, "upstream_cpu_us": 700},
         },
         "refresh_storm": {"provider_refreshes": 1},
         "streaming": {"rss_growth_mib": 1.5},
@@ -118,6 +118,16 @@ def test_targets_compare_b_with_the_node_peer_when_it_was_measured(capsys):
     assert targets["B CPU per call - N's <= 150 us"] == {"1": 100}
     assert targets["B-D p50 at c=1 <= 0.4 ms"] == 0.7
     assert targets["signed-in /posts / anonymous landing >= 0.75"] == 0.5
+    assert targets["signed-in dashboard / anonymous landing >= 0.5"] == 0.25
+
+
+def test_the_pages_are_also_compared_by_myapps_cpu_per_page_beside_the_apis_share():
+    """The throughput ratio of a page that calls the demo API pays for the API's CPU on the same
+    cores; myapp's own CPU per page says what the ratio would be with the machine to itself."""
+    targets = run.check_targets(results_of({"D": measured(2000), "N": measured(1000), "R": measured(800),
+                                            "B": measured(900)}), [1])
+    assert targets["landing / page in myapp's CPU per page (not a target)"] == {"/posts": 0.75, "dashboard": 0.4}
+    assert targets["the demo API's CPU per dashboard (not a target)"] == 700
 
 
 def test_targets_leave_the_node_peer_out_when_it_was_skipped(capsys):
