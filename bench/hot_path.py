@@ -4,10 +4,13 @@ its own process. Thread CPU time only, so neither the API nor anything else on t
 
     .venv/bin/python bench/hot_path.py [--calls 3000] [--profile] [--database-url URL] [--path /api/demo/ping]
                                        [--anonymous] [--threads 8] [--tracing sampled|unsampled] [--posts 21]
+                                       [--notes-from-memory]
 
 Prints the CPU time per call (the best of three interleaved rounds: the machine may be shared) and
 the Python function calls per call (which do not depend on what else the machine is doing).
 ``--profile`` prints cProfile's view of B's calls (timed by thread CPU time) instead.
+``--path / --notes-from-memory`` compares the signed-in dashboard with the same page given its API
+call's answer from memory (with ``--threads``, from that many threads) instead.
 ``--posts 21`` writes that many posts first (by the signed-in user), for a page of them (``--path
 /posts``: twenty and a link to the next). ``--threads 8`` calls each from that many threads at once, as waitress's threads would, and
 reports the process's CPU per call instead (every thread's, and what switching between them costs).
@@ -199,6 +202,42 @@ def concurrent_cpu_per_call(app, template: dict, threads: int, seconds: float = 
     return (time.process_time() - started) / calls * 1e6, switches / calls
 
 
+def notes_from_memory(app, signed_in: dict, calls: int, threads: int | None) -> None:
+    """The signed-in dashboard as it is, and with the answer of its API call (the notes) kept from
+    the first call and given to every call after it, interleaved, the best of three rounds each:
+    what the page's call to the demo API costs myapp, the wait for it included (a measurement:
+    myapp itself never keeps that answer). ``threads``: from that many threads at once."""
+    from myapp.views import home
+
+    fetch, kept = home._upstream_notes, {}
+
+    def remembered(request):
+        if "notes" not in kept:
+            kept["notes"] = fetch(request)
+        return kept["notes"]
+
+    def measure() -> float:
+        if threads:
+            return concurrent_cpu_per_call(app, signed_in, threads)[0]
+        return cpu_per_call(app, signed_in, calls // 3)[0]
+
+    rounds = {"with its API call": [], "its API answer from memory": []}
+    try:
+        for _ in range(3):
+            for name, notes in (("with its API call", fetch), ("its API answer from memory", remembered)):
+                home._upstream_notes = notes
+                rounds[name].append(measure())
+    finally:
+        home._upstream_notes = fetch
+    if not kept.get("notes", {}).get("notes_cards"):
+        raise SystemExit("hot_path: the dashboard showed no notes card (myapp.dashboard.upstream unset?)")
+    kind = f"process CPU per call, {threads} threads at once" if threads else "CPU per call"
+    best = {name: min(values) for name, values in rounds.items()}
+    for name, cpu in best.items():
+        print(f"dashboard, {name}: {cpu:7.0f} us {kind} (best of 3)")
+    print(f"the API call costs the page: {best['with its API call'] - best['its API answer from memory']:7.0f} us")
+
+
 def python_calls(app, template: dict, calls: int = 100) -> int:
     """Function calls per call, as cProfile counts them: unlike CPU time, the same on a busy machine."""
     profiler = cProfile.Profile(time.thread_time)
@@ -225,7 +264,14 @@ def main():
         "--tracing", choices=("off", "sampled", "unsampled"), default="off",
         help="B with tracing on, every request sampled or none (spans made, then dropped)",
     )
+    parser.add_argument(
+        "--notes-from-memory", action="store_true",
+        help="with --path /: the dashboard also with its API call's answer kept from its first call, "
+             "interleaved with the real page (what the page costs without its API call)",
+    )
     args = parser.parse_args()
+    if args.notes_from_memory and (args.path != "/" or args.anonymous):
+        parser.error("--notes-from-memory measures the signed-in dashboard: --path / without --anonymous")
     with signed_in_app(args.path, args.database_url, args.anonymous, args.tracing, args.posts) as (
         app, signed_in, bare, bare_call
     ):
@@ -244,6 +290,9 @@ def main():
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.lines)
             print(out.getvalue())
+            return
+        if args.notes_from_memory:
+            notes_from_memory(app, signed_in, args.calls, args.threads)
             return
         if args.threads:
             for template in (signed_in, bare_call):
