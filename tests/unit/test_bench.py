@@ -130,6 +130,28 @@ def test_the_pages_are_also_compared_by_myapps_cpu_per_page_beside_the_apis_shar
     assert targets["the demo API's CPU per dashboard (not a target)"] == 700
 
 
+def test_a_target_is_judged_on_its_exact_value_not_the_rounded_one_shown(capsys):
+    row = {"D": measured(2000, p50=0.5), "N": measured(1000, 500), "R": measured(800, 700),
+           "B": measured(845, 600, p50=0.9)}
+    results = results_of(row)
+    results["pages"]["signed-in /posts"]["rps"] = 746  # 0.746 of the landing page
+    results["targets"] = run.check_targets(results, [1])
+    verdicts = results["verdicts"] = run.target_verdicts(results, [1])
+    assert results["targets"]["signed-in /posts / anonymous landing >= 0.75"] == 0.75  # as shown
+    assert verdicts["signed-in /posts / anonymous landing >= 0.75"] == "not met (0.746)"
+    assert results["targets"]["B/N throughput >= 0.85"] == {"1": 0.84}
+    assert verdicts["B/N throughput >= 0.85"] == "not met at 1 (0.845)"
+    assert verdicts["B/R throughput >= 1.2"] == "not met at 1 (1.056)"
+    assert verdicts["B CPU per call - N's <= 150 us"] == "met"
+    assert verdicts["B-D p50 at c=1 <= 0.4 ms"] == "met"
+    assert verdicts["refreshes in the storm == 1"] == "met"
+    assert "landing / page in myapp's CPU per page (not a target)" not in verdicts
+    run.print_table(results | {"node_peer": "skipped", "tracing": {}, "dpop": {}, "chart": "skipped"}, [1])
+    printed = capsys.readouterr().out
+    assert "signed-in /posts / anonymous landing >= 0.75: 0.75  -> not met (0.746)" in printed
+    assert "B/R throughput >= 1.2: {'1': 1.06}  -> not met at 1 (1.056)" in printed
+
+
 def test_targets_leave_the_node_peer_out_when_it_was_skipped(capsys):
     row = {"D": measured(2000), "N": measured(1000, 500), "R": measured(800, 700), "B": measured(900, 600)}
     results = results_of(row)
