@@ -11,6 +11,7 @@ import contextvars
 import logging
 import os
 import re
+import threading
 import time
 
 from pythonjsonlogger.json import JsonFormatter
@@ -100,12 +101,33 @@ class RequestContext(logging.Filter):
 def configure_logging(log_format: str, handlers: list[logging.Handler] | None = None) -> None:
     """Give the handlers the ini file configured (the root logger's) the request context, and,
     for ``json``, one JSON object a line. Idempotent: an app made twice in one process (tests)
-    does not stack filters."""
+    does not stack filters.
+
+    With ``json``, what Python would otherwise write to standard error as text goes through the
+    log too, so that a log shipper reading JSON lines still reads every line: a warning (logger
+    ``py.warnings``), and an exception no thread of the process caught (logger ``myapp``, with its
+    traceback in ``exc_info``), unless something else already handles those (a test runner)."""
     for handler in logging.getLogger().handlers if handlers is None else handlers:
         if not any(isinstance(f, RequestContext) for f in handler.filters):
             handler.addFilter(RequestContext())
         if log_format == "json" and not isinstance(handler.formatter, JsonFormatter):
             handler.setFormatter(json_formatter())
+    if log_format == "json":
+        logging.captureWarnings(True)
+        if threading.excepthook is threading.__excepthook__:
+            threading.excepthook = log_thread_exception
+
+
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception no code of a thread caught, as a line of the log instead of a traceback written
+    to standard error (``threading.excepthook``). Leaving a thread by SystemExit says nothing, as
+    Python's own hook does."""
+    if issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("myapp").error(
+        "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+    )
 
 
 def json_formatter() -> JsonFormatter:

@@ -4,12 +4,14 @@ X-Request-ID, sent upstream, stored with audit records and written in every log 
 import io
 import json
 import logging
+import threading
+import warnings
 
 import pytest
 from sqlalchemy import select
 
 from myapp.models import AuditEvent
-from myapp.observability import RequestContext, configure_logging, json_formatter
+from myapp.observability import RequestContext, configure_logging, json_formatter, log_thread_exception
 from tests.functional.conftest import Browser
 from tests.functional.test_proxy import api
 
@@ -59,6 +61,66 @@ def test_json_log_lines_carry_the_request_id(browser):
     ours = [line for line in lines if line["logger"] == "myapp.views.auth"]
     assert ours and {line["request_id"] for line in ours} == {response.headers["X-Request-ID"]}
     assert {"time", "level", "logger", "message", "trace_id"} <= set(ours[0])
+
+
+def test_in_json_a_warning_and_an_exception_a_thread_did_not_catch_are_json_lines(monkeypatch):
+    """Both were text on standard error, a traceback several lines long, in the middle of the JSON
+    lines a log shipper reads."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's own: no test runner's
+    # An app made in json by an earlier test left logging's own record that it captures warnings,
+    # though the test runner put its way of showing them back since: start from neither.
+    logging.captureWarnings(False)
+
+    def fails():
+        raise RuntimeError("the revoker went wrong")
+
+    try:
+        configure_logging("json", [handler])
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("an old way of doing it", UserWarning)
+        worker = threading.Thread(target=fails, name="myapp revoker")
+        worker.start()
+        worker.join()
+    finally:
+        root.removeHandler(handler)
+        logging.captureWarnings(False)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]  # every line is JSON
+    [warned] = [line for line in lines if line["logger"] == "py.warnings"]
+    assert "UserWarning: an old way of doing it" in warned["message"] and warned["level"] == "WARNING"
+    [crashed] = [line for line in lines if line["message"] == "uncaught exception in thread myapp revoker"]
+    assert crashed["level"] == "ERROR" and crashed["logger"] == "myapp"
+    assert "RuntimeError: the revoker went wrong" in crashed["exc_info"]
+
+
+def test_a_thread_leaving_by_system_exit_logs_nothing(caplog):
+    try:
+        raise SystemExit(0)
+    except SystemExit as e:
+        args = threading.ExceptHookArgs((SystemExit, e, e.__traceback__, threading.current_thread()))
+    with caplog.at_level(logging.DEBUG):
+        log_thread_exception(args)
+    assert caplog.records == []
+
+
+def test_the_hooks_are_left_alone_in_text_and_when_something_else_set_them(monkeypatch):
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    configure_logging("text", [logging.NullHandler()])
+    assert threading.excepthook is threading.__excepthook__
+
+    def theirs(args):
+        pass
+
+    monkeypatch.setattr(threading, "excepthook", theirs)
+    try:
+        configure_logging("json", [logging.NullHandler()])
+    finally:
+        logging.captureWarnings(False)
+    assert threading.excepthook is theirs
 
 
 def test_outside_a_request_the_ids_are_dashes():
