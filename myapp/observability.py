@@ -103,16 +103,18 @@ def configure_logging(log_format: str, handlers: list[logging.Handler] | None = 
     for ``json``, one JSON object a line. Idempotent: an app made twice in one process (tests)
     does not stack filters.
 
-    With ``json``, what Python would otherwise write to standard error as text goes through the
-    log too, so that a log shipper reading JSON lines still reads every line: a warning (logger
-    ``py.warnings``), and an exception no thread of the process caught (logger ``myapp``, with its
-    traceback in ``exc_info``), unless something else already handles those (a test runner)."""
+    With ``json``, two things Python would otherwise write to standard error as text go through
+    the log too, so that a log shipper reading JSON lines reads them: a warning (logger
+    ``py.warnings``), and an exception that ends a thread other than the main one (logger
+    ``myapp``, with its traceback in ``exc_info``). Not where the log has nowhere to write (no
+    handler on the root logger: a warning would be lost instead of shown), and a thread hook that
+    something else set (a test runner) is left alone."""
     for handler in logging.getLogger().handlers if handlers is None else handlers:
         if not any(isinstance(f, RequestContext) for f in handler.filters):
             handler.addFilter(RequestContext())
         if log_format == "json" and not isinstance(handler.formatter, JsonFormatter):
             handler.setFormatter(json_formatter())
-    if log_format == "json":
+    if log_format == "json" and logging.getLogger().hasHandlers():
         logging.captureWarnings(True)
         if threading.excepthook is threading.__excepthook__:
             threading.excepthook = log_thread_exception
@@ -125,9 +127,12 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
     if issubclass(args.exc_type, SystemExit):
         return
     name = args.thread.name if args.thread is not None else "a thread"
-    logging.getLogger("myapp").error(
-        "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
-    )
+    try:
+        logging.getLogger("myapp").error(
+            "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+    except Exception:  # a handler or filter that failed: the thread's own traceback is still told
+        threading.__excepthook__(args)
 
 
 def json_formatter() -> JsonFormatter:

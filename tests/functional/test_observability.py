@@ -63,7 +63,7 @@ def test_json_log_lines_carry_the_request_id(browser):
     assert {"time", "level", "logger", "message", "trace_id"} <= set(ours[0])
 
 
-def test_in_json_a_warning_and_an_exception_a_thread_did_not_catch_are_json_lines(monkeypatch):
+def test_in_json_a_warning_and_an_exception_a_thread_did_not_catch_are_json_lines(monkeypatch, capfd):
     """Both were text on standard error, a traceback several lines long, in the middle of the JSON
     lines a log shipper reads."""
     stream = io.StringIO()
@@ -95,6 +95,36 @@ def test_in_json_a_warning_and_an_exception_a_thread_did_not_catch_are_json_line
     [crashed] = [line for line in lines if line["message"] == "uncaught exception in thread myapp revoker"]
     assert crashed["level"] == "ERROR" and crashed["logger"] == "myapp"
     assert "RuntimeError: the revoker went wrong" in crashed["exc_info"]
+    assert capfd.readouterr().err == ""  # not written to standard error as well
+
+
+def test_a_thread_whose_exception_the_log_cannot_take_still_tells_it(monkeypatch, capfd):
+    class Refuses(logging.Filter):
+        def filter(self, record):
+            raise ValueError("a filter that fails")
+
+    monkeypatch.setattr(threading, "excepthook", log_thread_exception)
+    logger = logging.getLogger("myapp")
+    refuses = Refuses()
+    logger.addFilter(refuses)
+    try:
+        worker = threading.Thread(target=lambda: 1 / 0, name="myapp worker")
+        worker.start()
+        worker.join()
+    finally:
+        logger.removeFilter(refuses)
+    assert "ZeroDivisionError" in capfd.readouterr().err  # Python's own telling of it
+
+
+def test_in_json_without_a_handler_warnings_are_left_to_python(monkeypatch):
+    """A warning given to a log with nowhere to write would be lost, not shown."""
+    logging.captureWarnings(False)
+    shown = warnings.showwarning
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    configure_logging("json", [])
+    assert warnings.showwarning is shown and threading.excepthook is threading.__excepthook__
 
 
 def test_a_thread_leaving_by_system_exit_logs_nothing(caplog):
@@ -108,9 +138,11 @@ def test_a_thread_leaving_by_system_exit_logs_nothing(caplog):
 
 
 def test_the_hooks_are_left_alone_in_text_and_when_something_else_set_them(monkeypatch):
+    logging.captureWarnings(False)
+    shown = warnings.showwarning
     monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
     configure_logging("text", [logging.NullHandler()])
-    assert threading.excepthook is threading.__excepthook__
+    assert threading.excepthook is threading.__excepthook__ and warnings.showwarning is shown
 
     def theirs(args):
         pass
