@@ -21,6 +21,7 @@ from pyramid.url import QUERY_SAFE
 from sqlalchemy.orm import Session
 
 from myapp.errors import ErrorCode
+from myapp.memo import remember, remembered
 from myapp.services import Services
 from myapp.services.audit import AuditLog
 from myapp.services.login import LoginService
@@ -82,17 +83,8 @@ def _query_string(query) -> str:
     if written is None:
         written = url_quote(query, QUERY_SAFE) if isinstance(query, str) else urlencode(query, doseq=True)
         if key is not None:
-            _remember(_QUERIES, key, written, _QUERIES_LIMIT)
+            remember(_QUERIES, key, written, _QUERIES_LIMIT)
     return written
-
-
-def _remember(store: dict, key, value, limit: int):
-    """``value``, kept in ``store`` under ``key``: a store holding ``limit`` is emptied first (what
-    fills it comes from requests; SCRIPT_NAME from a trusted proxy, bounded all the same)."""
-    if len(store) >= limit:
-        store.clear()
-    store[key] = value
-    return value
 
 
 def is_utf8(data: bytes, *, form_encoded: bool = False) -> bool:
@@ -154,7 +146,7 @@ class Request(PyramidRequest):
             route = self.registry.getUtility(IRoutesMapper).get_route(route_name)
             if route is None or route.pregenerator is not None:
                 return super().route_path(route_name, **kw)
-            path = _remember(paths, key, super().route_path(route_name, **dict(parameters)), limit)
+            path = remember(paths, key, super().route_path(route_name, **dict(parameters)), limit)
         if not query:
             return path
         return f"{path}?{_query_string(query)}"
@@ -180,11 +172,9 @@ class Request(PyramidRequest):
         ))
 
     def _remembered(self, key: tuple, make: Callable[[], str | SimpleNamespace]) -> str | SimpleNamespace:
-        """What ``make()`` gives, made once per ``key`` (which names the SCRIPT_NAME it is for)."""
-        found = self._fixed_paths.get(key)
-        if found is None:
-            found = _remember(self._fixed_paths, key, make(), FIXED_PATHS_LIMIT)
-        return found
+        """What ``make()`` gives, made once per ``key`` (which names the SCRIPT_NAME it is for;
+        SCRIPT_NAME comes from a trusted proxy, the store is bounded all the same)."""
+        return remembered(self._fixed_paths, key, lambda _: make(), FIXED_PATHS_LIMIT)
 
     @property
     def _fixed_paths(self) -> dict:

@@ -23,6 +23,8 @@ from joserfc.jwk import ECKey, RSAKey
 from joserfc.jws import JWSRegistry
 from urllib3.util import parse_url
 
+from myapp.memo import remember
+
 # What this app can sign proofs with, in the order it prefers them (RFC 9449 suggests ES256).
 ALGORITHMS = ("ES256", "ES384", "PS256", "RS256")
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384"}
@@ -183,9 +185,7 @@ class Nonces:
         origin = origin_of(url)
         with self._lock:
             if self._nonces.get(origin) != nonce:
-                if len(self._nonces) >= MAX_NONCES:
-                    self._nonces.clear()
-                self._nonces[origin] = nonce
+                remember(self._nonces, origin, nonce, MAX_NONCES)
         return nonce
 
     def retry_with(self, url: str, value: str | None, *, sent: str | None, asked: bool) -> str | None:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from myapp.memo import remembered
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.models.user import display_name
@@ -152,21 +153,11 @@ _PARSED_GROUPS: dict[str, tuple] = {}
 _PARSED_AMR: dict[str, tuple[str, ...]] = {}
 
 
-def _parsed(memo: dict, text, parse: Callable, limit: int = _PARSED_LIMIT):
-    """``parse(text)``, remembered in ``memo`` by the exact text (or any key), ``limit`` at most."""
-    value = memo.get(text)
-    if value is None:
-        if len(memo) >= limit:
-            memo.clear()
-        value = memo[text] = parse(text)
-    return value
-
-
 def _utc(value) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):  # SQLite keeps datetimes as ISO text, without a zone (always UTC here)
-        return _parsed(_PARSED_TIMES, value, _iso_utc)
+        return remembered(_PARSED_TIMES, value, _iso_utc, _PARSED_LIMIT)
     return _as_utc(value)
 
 
@@ -226,7 +217,7 @@ class SessionRecord:
                 values[name] = bytes(values[name])
         groups = values["user_groups"]
         # JSON text on every database (the statement casts it), None for none.
-        values["user_groups"] = () if groups is None else _parsed(_PARSED_GROUPS, groups, _groups)
+        values["user_groups"] = () if groups is None else remembered(_PARSED_GROUPS, groups, _groups, _PARSED_LIMIT)
         values["user_name"] = display_name(values["user_name"], values["user_email"], values["user_subject"])
         values["user_disabled"] = bool(values["user_disabled"])
         values["amr"] = _json_list(values["amr"])
@@ -251,7 +242,7 @@ def _record_of(columns: Mapping) -> "SessionRecord":
     # The folds of its times (text on SQLite, which has none).
     key = (tuple(columns.values()), *[getattr(columns[name], "fold", 0) for name in _DATETIMES])
     try:
-        return _parsed(_RECORDS, key, lambda _: SessionRecord.from_columns(columns), _RECORDS_LIMIT)
+        return remembered(_RECORDS, key, lambda _: SessionRecord.from_columns(columns), _RECORDS_LIMIT)
     except (TypeError, ValueError):  # a value that has no hash (a list, a buffer open to writes): made each time
         return SessionRecord.from_columns(columns)
 
@@ -259,7 +250,7 @@ def _record_of(columns: Mapping) -> "SessionRecord":
 def _json_list(text) -> tuple[str, ...]:
     if not text:
         return ()
-    return _parsed(_PARSED_AMR, text, _parse_json_list) if isinstance(text, str) else _parse_json_list(text)
+    return remembered(_PARSED_AMR, text, _parse_json_list, _PARSED_LIMIT) if isinstance(text, str) else _parse_json_list(text)
 
 
 def _parse_json_list(text) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from myapp import tracing
 from myapp.errors import ServiceUnavailable, describe_outage
+from myapp.memo import remember
 from myapp.models import UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
@@ -276,10 +277,8 @@ class TokenManager:
             token = self._plaintexts.get(session.access_token)
             if token is None:
                 token = self.cipher.decrypt(session.access_token)
-                if len(self._plaintexts) >= PLAINTEXT_CACHE_SIZE:
-                    self._plaintexts.clear()
                 if token:
-                    self._plaintexts[session.access_token] = token
+                    remember(self._plaintexts, session.access_token, token, PLAINTEXT_CACHE_SIZE)
             credential = self._known(token, session.access_token_type, session) if token else None
             if credential is not None:
                 return credential
@@ -308,9 +307,7 @@ class TokenManager:
                 key = DPoPKey.from_json(self.cipher.decrypt(ciphertext))
             except DPoPKeyUnreadable:
                 return None
-            if len(self._dpop_keys) >= PLAINTEXT_CACHE_SIZE:
-                self._dpop_keys.clear()
-            self._dpop_keys[ciphertext] = key
+            remember(self._dpop_keys, ciphertext, key, PLAINTEXT_CACHE_SIZE)
         return key
 
     def _session_key(self, session: SessionRecord, tokens: TokenSet) -> DPoPKey | None:
@@ -453,9 +450,7 @@ class TokenManager:
         if token is None:
             self._upstream_tokens.pop(key, None)
             return
-        if len(self._upstream_tokens) >= PLAINTEXT_CACHE_SIZE:
-            self._upstream_tokens.clear()
-        self._upstream_tokens[key] = token
+        remember(self._upstream_tokens, key, token, PLAINTEXT_CACHE_SIZE)
 
     def _mint_upstream_token(
         self, session_id: int, key: tuple[str, str], upstream: Upstream, stale: str | None
