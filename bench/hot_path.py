@@ -223,14 +223,16 @@ def notes_from_memory(app, signed_in: dict, calls: int, threads: int | None) -> 
 
     rounds = {"with its API call": [], "its API answer from memory": []}
     try:
+        home._upstream_notes = remembered
+        call(app, signed_in)  # the answer kept
+        if not kept["notes"]["notes_cards"]:
+            raise SystemExit("hot_path: the dashboard showed no notes card (myapp.dashboard.upstream unset?)")
         for _ in range(3):
             for name, notes in (("with its API call", fetch), ("its API answer from memory", remembered)):
                 home._upstream_notes = notes
                 rounds[name].append(measure())
     finally:
         home._upstream_notes = fetch
-    if not kept.get("notes", {}).get("notes_cards"):
-        raise SystemExit("hot_path: the dashboard showed no notes card (myapp.dashboard.upstream unset?)")
     kind = f"process CPU per call, {threads} threads at once" if threads else "CPU per call"
     best = {name: min(values) for name, values in rounds.items()}
     for name, cpu in best.items():
