@@ -32,7 +32,7 @@ def includeme(config):
     # Unless told to fetch them from elsewhere, the APIs read the providers' keys in-process, and
     # accept the tokens of every issuer here (each checked with its own keys).
     in_process = "devstack.api.jwks_uri" not in config.get_settings()
-    issuers = {p.issuer: PublishedKeySet(p.signer.jwks) for p in providers.values()} if in_process else None
+    issuers = {p.issuer: PublishedKeySet([p.signer.public_key]) for p in providers.values()} if in_process else None
     config.registry[APIS] = {name: DemoAPI(api, issuers=issuers, nonces=nonces) for name, api in settings.apis.items()}
     for name in providers:
         config.add_static_view(

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import requests
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import RSAKey
 
 from myapp.devstack.api import PATTERN
@@ -115,8 +115,9 @@ def test_missing_token(api):
         (lambda md, api: forged(md, api, sub=None), "sub claim"),
         (lambda md, api: unsigned({"iss": md["issuer"], "aud": api, "sub": "mallory", "exp": 2**31}), "RS256"),
         (lambda md, api: "not-a-jwt", "not a JWT"),
+        (lambda md, api: jws.serialize_compact({"alg": "RS256", "kid": provider_key().kid}, b"[1]", provider_key()), "not a JWT"),
     ],
-    ids=["other-key", "wrong-aud", "wrong-iss", "expired", "no-sub", "alg-none", "garbage"],
+    ids=["other-key", "wrong-aud", "wrong-iss", "expired", "no-sub", "alg-none", "garbage", "payload-not-claims"],
 )
 def test_bad_tokens_are_401(api, metadata, make, description):
     response = requests.get(api + "/me", headers=bearer(make(metadata, api)), timeout=5)

@@ -1,11 +1,14 @@
-"""The demo API's cache of the provider's keys: refetched on an unknown kid, at most once a minute."""
+"""The demo API's keys: the provider's, fetched and cached (refetched on an unknown kid, at most once a
+minute), or read in-process beside it; and its verifier's refusals that need a key to forge."""
 
 import json
+import time
 
 import pytest
-from joserfc.jwk import KeySet, RSAKey
+from joserfc import jws, jwt
+from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from myapp.devstack.api import KeysUnavailable, RemoteKeySet
+from myapp.devstack.api import AccessTokenVerifier, InvalidAccessToken, KeysUnavailable, PublishedKeySet, RemoteKeySet
 from tests.support.servers import running_wsgi
 
 
@@ -71,3 +74,78 @@ def test_unreachable_jwks(jwks):
     jwks.status = "500 Internal Server Error"
     with pytest.raises(KeysUnavailable, match="cannot fetch the provider's keys"):
         RemoteKeySet(jwks.url, clock=Clock()).key_for("any")
+
+
+def rsa_key(private=False):
+    return RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, private=private, auto_kid=True)
+
+
+def test_published_keys_by_kid_and_without_one():
+    first, second = rsa_key(), rsa_key()
+    keys = PublishedKeySet([first, second])
+    assert keys.key_for(second.kid) is second
+    assert keys.key_for("unknown") is None
+    assert keys.key_for(None) is None  # two candidates: a token without kid names neither
+    assert PublishedKeySet([first]).key_for(None) is first
+
+
+def test_published_keys_are_rsa_only():
+    ec = ECKey.generate_key("P-256", auto_kid=True)
+    assert PublishedKeySet([ec]).key_for(ec.kid) is None
+
+
+@pytest.fixture
+def signer():
+    return rsa_key(private=True)
+
+
+@pytest.fixture
+def verifier(signer):
+    public = RSAKey.import_key(signer.as_dict(private=False))
+    return AccessTokenVerifier(keys=PublishedKeySet([public]), issuer="https://idp.test", audience="https://api.test", leeway=30)
+
+
+def claims(**overrides):
+    now = int(time.time())
+    return {"iss": "https://idp.test", "aud": "https://api.test", "sub": "alice", "exp": now + 60, **overrides}
+
+
+def test_verifier_accepts_the_providers_token(verifier, signer):
+    token = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims(), signer)
+    assert verifier.verify(token)["sub"] == "alice"
+    # And again: the claims' rules are kept between calls, not consumed by the first.
+    assert verifier.verify(token)["sub"] == "alice"
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'"alice"', b"not json", b"\xff"], ids=["array", "string", "text", "bytes"])
+def test_a_signed_payload_that_is_not_claims_is_refused(verifier, signer, payload):
+    token = jws.serialize_compact({"alg": "RS256", "kid": signer.kid}, payload, signer)
+    with pytest.raises(InvalidAccessToken, match="malformed"):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("not-a-jwt", "not a JWT"),
+        ("a.b", "not a JWT"),
+        ("\u00e9.e30.e30", "not a JWT"),
+    ],
+    ids=["one-part", "two-parts", "not-ascii"],
+)
+def test_what_is_not_a_jws_is_refused(verifier, token, message):
+    with pytest.raises(InvalidAccessToken, match=message):
+        verifier.verify(token)
+
+
+def test_the_rules_hold_on_every_call(verifier, signer):
+    """The claims' rules are built once: the second token is judged by them as the first was."""
+    good = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims(), signer)
+    expired = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims(exp=int(time.time()) - 31), signer)
+    other_audience = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims(aud="https://other.test"), signer)
+    assert verifier.verify(good)
+    with pytest.raises(InvalidAccessToken, match="expired"):
+        verifier.verify(expired)
+    with pytest.raises(InvalidAccessToken, match="aud claim"):
+        verifier.verify(other_audience)
+    assert verifier.verify(good)
