@@ -47,6 +47,9 @@ class FakeProvider:
         self.reset()
 
     def reset(self):
+        # Each test's provider state is a new generation: an answer held back by a delay (below)
+        # that outlives the test that asked for it records nothing in the next test's state.
+        self.generation = getattr(self, "generation", 0) + 1
         self.published_keys = [self.key]
         self.metadata_overrides = {}
         self.discovery_status = 200
@@ -195,8 +198,8 @@ class FakeProvider:
             self.jwks_fetches += 1
             return 200, {"keys": [k.as_dict(private=False) for k in self.published_keys]}, "application/json"
         if path == "/token":
-            if self.token_delay:
-                self.stop.wait(self.token_delay)
+            if self.token_delay and not self.held_back(self.token_delay):
+                return 503, {"error": "temporarily_unavailable"}, "application/json"
             if self.token_response is not None:
                 status, body = self.token_response(form)
                 return status, body, "application/json"
@@ -265,11 +268,18 @@ class FakeProvider:
         if path == "/revoke":
             if not self.client_authenticated(form, environ):
                 return 401, {"error": "invalid_client"}, "application/json"
-            if self.revocation_delay:
-                self.stop.wait(self.revocation_delay)
+            if self.revocation_delay and not self.held_back(self.revocation_delay):
+                return 503, b"", "text/plain"
             self.revoked.append(form.get("token"))
             return self.revocation_status, b"", "text/plain"
         return 404, {"error": "not_found"}, "application/json"
+
+    def held_back(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before answering; False when the test that asked ended meanwhile
+        (the provider was reset or stopped): the answer then goes nowhere and records nothing."""
+        generation = self.generation
+        self.stop.wait(delay)
+        return generation == self.generation and not self.stop.is_set()
 
     def client_authenticated(self, form, environ) -> bool:
         """As a strict provider checks it: Basic credentials decoded per RFC 6749 section 2.3.1,
