@@ -144,18 +144,22 @@ class PublishedKeySet:
 
 
 def compact_of(token: str) -> jws.CompactSignature:
-    """The token split into its header, payload and signature (nothing checked yet)."""
+    """The token split into its header, payload and signature (nothing checked yet); its header
+    is a JSON object. JSON nested too deep for Python to read is refused like any other."""
     try:
-        return jws.extract_compact(token.encode("ascii"))
-    except (JoseError, ValueError, UnicodeError):
+        compact = jws.extract_compact(token.encode("ascii"))
+    except (JoseError, ValueError, UnicodeError, RecursionError):
         raise InvalidAccessToken("The access token is not a JWT.") from None
+    if not isinstance(compact.protected, dict):
+        raise InvalidAccessToken("The access token is not a JWT.")
+    return compact
 
 
 def claims_of(compact: jws.CompactSignature) -> dict | None:
     """The payload as claims, or None when it is not a JSON object."""
     try:
         claims = json.loads(compact.payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return claims if isinstance(claims, dict) else None
 
@@ -190,7 +194,9 @@ class AccessTokenVerifier:
             valid = jws.validate_compact(compact, key, algorithms=[ALGORITHM])
         except BadSignatureError:
             valid = False
-        except JoseError:
+        except (JoseError, TypeError, ValueError):
+            # A header joserfc refuses (an unknown or ill-typed crit, a name it does not know), or
+            # one it cannot read at all (a crit that is not a list raises TypeError inside it).
             raise InvalidAccessToken("The access token is malformed.") from None
         if not valid:
             raise InvalidAccessToken("The access token signature is invalid.")
@@ -251,7 +257,8 @@ class IssuerVerifiers:
         claims = claims_of(compact)
         if claims is None:
             raise InvalidAccessToken("The access token is not a JWT.")
-        verifier = self.verifiers.get(claims.get("iss"))
+        issuer = claims.get("iss")
+        verifier = self.verifiers.get(issuer) if isinstance(issuer, str) else None
         if verifier is None:
             raise InvalidAccessToken("The access token iss claim is not accepted here.")
         return verifier.verify_compact(compact)

@@ -116,8 +116,9 @@ def test_missing_token(api):
         (lambda md, api: unsigned({"iss": md["issuer"], "aud": api, "sub": "mallory", "exp": 2**31}), "RS256"),
         (lambda md, api: "not-a-jwt", "not a JWT"),
         (lambda md, api: jws.serialize_compact({"alg": "RS256", "kid": provider_key().kid}, b"[1]", provider_key()), "not a JWT"),
+        (lambda md, api: unsigned({"iss": [md["issuer"]], "aud": api, "sub": "mallory", "exp": 2**31}), "iss claim"),
     ],
-    ids=["other-key", "wrong-aud", "wrong-iss", "expired", "no-sub", "alg-none", "garbage", "payload-not-claims"],
+    ids=["other-key", "wrong-aud", "wrong-iss", "expired", "no-sub", "alg-none", "garbage", "payload-not-claims", "iss-a-list"],
 )
 def test_bad_tokens_are_401(api, metadata, make, description):
     response = requests.get(api + "/me", headers=bearer(make(metadata, api)), timeout=5)

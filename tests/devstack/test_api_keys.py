@@ -1,14 +1,24 @@
 """The demo API's keys: the provider's, fetched and cached (refetched on an unknown kid, at most once a
 minute), or read in-process beside it; and its verifier's refusals that need a key to forge."""
 
+import base64
 import json
 import time
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from myapp.devstack.api import AccessTokenVerifier, InvalidAccessToken, KeysUnavailable, PublishedKeySet, RemoteKeySet
+from myapp.devstack.api import (
+    AccessTokenVerifier,
+    InvalidAccessToken,
+    IssuerVerifiers,
+    KeysUnavailable,
+    PublishedKeySet,
+    RemoteKeySet,
+)
 from tests.support.servers import running_wsgi
 
 
@@ -149,3 +159,80 @@ def test_the_rules_hold_on_every_call(verifier, signer):
     with pytest.raises(InvalidAccessToken, match="aud claim"):
         verifier.verify(other_audience)
     assert verifier.verify(good)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def signed_by_hand(header, payload: bytes, key: RSAKey) -> str:
+    """An RS256 signature over any header at all (joserfc refuses to make the odd ones)."""
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(payload)}"
+    signature = key.get_op_key("sign").sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"crit": ["exp"], "exp": 1}, "malformed"),  # a critical extension nobody here understands
+        ({"crit": 1}, "malformed"),  # not even a list: joserfc raised TypeError on it, once a 500
+        ({"x-unknown": {"nested": True}, "crit": ["x-unknown"]}, "malformed"),
+    ],
+    ids=["unknown-crit", "crit-not-a-list", "crit-unknown-name"],
+)
+def test_a_signed_token_with_a_header_nobody_may_ignore_is_refused(verifier, signer, header, message):
+    token = signed_by_hand({"alg": "RS256", "kid": signer.kid, **header}, json.dumps(claims()).encode(), signer)
+    with pytest.raises(InvalidAccessToken, match=message):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize("header", [["alg", "RS256"], "alg: RS256"], ids=["list", "string"])
+def test_a_header_that_is_not_an_object_is_not_a_jwt(verifier, signer, header):
+    """joserfc looks for "alg" in the header with ``in``, which a list or a string holding those
+    letters passes; reading it as an object then was an AttributeError, a 500."""
+    token = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims()).encode())}.{b64(b'signature')}"
+    with pytest.raises(InvalidAccessToken, match="not a JWT"):
+        verifier.verify(token)
+
+
+def test_a_payload_nested_too_deep_is_refused(verifier, signer):
+    token = signed_by_hand({"alg": "RS256", "kid": signer.kid}, b"[" * 50_000, signer)
+    with pytest.raises(InvalidAccessToken, match="malformed"):
+        verifier.verify(token)
+
+
+def test_a_signature_by_another_key_with_the_same_kid_is_refused(verifier, signer):
+    impostor = rsa_key(private=True)
+    token = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims(), impostor)
+    with pytest.raises(InvalidAccessToken, match="signature is invalid"):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"aud": None}, "lacks the aud claim"),
+        ({"exp": None}, "lacks the exp claim"),
+        ({"sub": None}, "lacks the sub claim"),
+        ({"iss": None}, "lacks the iss claim"),
+        ({"iss": "https://other-idp.test"}, "iss claim is not accepted here"),
+    ],
+    ids=["no-aud", "no-exp", "no-sub", "no-iss", "other-iss"],
+)
+def test_each_claim_rule_on_a_single_verifier(verifier, signer, overrides, message):
+    """One verifier alone (as with devstack.api.jwks_uri): its own rules, not the issuers' routing."""
+    body = {k: v for k, v in claims(**overrides).items() if v is not None}
+    token = jwt.encode({"alg": "RS256", "kid": signer.kid}, body, signer)
+    with pytest.raises(InvalidAccessToken, match=message):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize("issuer", [[], {}, 1, None], ids=["list", "object", "number", "null"])
+def test_an_issuer_that_is_not_a_string_is_not_accepted(verifier, signer, issuer):
+    """Several issuers: the token's iss picks the verifier; one that is no string picks none
+    (a list or an object was once a TypeError, a 500)."""
+    issuers = IssuerVerifiers({"https://idp.test": verifier})
+    token = signed_by_hand({"alg": "RS256", "kid": signer.kid}, json.dumps(claims(iss=issuer)).encode(), signer)
+    with pytest.raises(InvalidAccessToken, match="iss claim is not accepted here"):
+        issuers.verify(token)
