@@ -81,6 +81,13 @@ class KeysUnavailable(Exception):
     """The provider's JWKS could not be fetched."""
 
 
+def key_by_kid(keys: list[RSAKey], kid: str | None) -> RSAKey | None:
+    """The key ``kid`` names; a token without kid is verified when the set leaves one candidate."""
+    if kid is None:
+        return keys[0] if len(keys) == 1 else None
+    return next((key for key in keys if key.kid == kid), None)
+
+
 class RemoteKeySet:
     """The provider's public keys, fetched from ``url`` and cached.
 
@@ -100,15 +107,9 @@ class RemoteKeySet:
         with self._lock:
             if self._keys is None:
                 self._fetch()
-            elif self._find(kid) is None and self.clock() - self._fetched_at >= JWKS_REFETCH_INTERVAL:
+            elif key_by_kid(self._keys, kid) is None and self.clock() - self._fetched_at >= JWKS_REFETCH_INTERVAL:
                 self._fetch()
-            return self._find(kid)
-
-    def _find(self, kid: str | None) -> RSAKey | None:
-        if kid is None:
-            # A token without kid is verified when the set leaves one candidate.
-            return self._keys[0] if len(self._keys) == 1 else None
-        return next((key for key in self._keys if key.kid == kid), None)
+            return key_by_kid(self._keys, kid)
 
     def _fetch(self) -> None:
         self._fetched_at = self.clock()
@@ -138,9 +139,7 @@ class PublishedKeySet:
         self.keys = [key for key in keys if isinstance(key, RSAKey)]
 
     def key_for(self, kid: str | None) -> RSAKey | None:
-        if kid is None:
-            return self.keys[0] if len(self.keys) == 1 else None
-        return next((key for key in self.keys if key.kid == kid), None)
+        return key_by_kid(self.keys, kid)
 
 
 def compact_of(token: str) -> jws.CompactSignature:
@@ -181,8 +180,9 @@ class AccessTokenVerifier:
         """The token's claims; raises :class:`InvalidAccessToken` or :class:`KeysUnavailable`."""
         return self.verify_compact(compact_of(token))
 
-    def verify_compact(self, compact: jws.CompactSignature) -> dict:
-        """:meth:`verify`, for a token already split into its parts (split once, checked once)."""
+    def verify_compact(self, compact: jws.CompactSignature, claims: dict | None = None) -> dict:
+        """:meth:`verify`, for a token already split into its parts (split once, checked once), and
+        its payload already read as ``claims`` when the caller had to read it first (to route it)."""
         header = compact.protected
         # Only the algorithm the provider uses: never none, never an HMAC keyed with a public key.
         if header.get("alg") != ALGORITHM:
@@ -200,7 +200,7 @@ class AccessTokenVerifier:
             raise InvalidAccessToken("The access token is malformed.") from None
         if not valid:
             raise InvalidAccessToken("The access token signature is invalid.")
-        claims = claims_of(compact)
+        claims = claims if claims is not None else claims_of(compact)
         if claims is None:
             raise InvalidAccessToken("The access token is malformed.")
         try:
@@ -261,7 +261,7 @@ class IssuerVerifiers:
         verifier = self.verifiers.get(issuer) if isinstance(issuer, str) else None
         if verifier is None:
             raise InvalidAccessToken("The access token iss claim is not accepted here.")
-        return verifier.verify_compact(compact)
+        return verifier.verify_compact(compact, claims)
 
 
 class DemoAPI:

@@ -1,7 +1,6 @@
 """The demo API's keys: the provider's, fetched and cached (refetched on an unknown kid, at most once a
 minute), or read in-process beside it; and its verifier's refusals that need a key to forge."""
 
-import base64
 import json
 import time
 
@@ -19,12 +18,17 @@ from myapp.devstack.api import (
     PublishedKeySet,
     RemoteKeySet,
 )
+from tests.support.fake_provider import b64
 from tests.support.servers import running_wsgi
+
+
+def rsa_key(private=False):
+    return RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, private=private, auto_kid=True)
 
 
 class JWKSServer:
     def __init__(self):
-        self.keys = [RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, private=False, auto_kid=True)]
+        self.keys = [rsa_key()]
         self.fetches = 0
         self.status = "200 OK"
 
@@ -63,7 +67,7 @@ def test_unknown_kid_refetches_at_most_once_a_minute(jwks):
     clock = Clock()
     keys = RemoteKeySet(jwks.url, clock=clock)
     keys.key_for(jwks.keys[0].kid)
-    rotated = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, private=False, auto_kid=True)
+    rotated = rsa_key()
     jwks.keys.append(rotated)
 
     assert keys.key_for(rotated.kid) is None
@@ -76,7 +80,7 @@ def test_unknown_kid_refetches_at_most_once_a_minute(jwks):
 
 
 def test_without_kid_only_a_single_key_qualifies(jwks):
-    jwks.keys.append(RSAKey.generate_key(2048, parameters={"use": "sig"}, private=False, auto_kid=True))
+    jwks.keys.append(rsa_key())
     assert RemoteKeySet(jwks.url, clock=Clock()).key_for(None) is None
 
 
@@ -84,10 +88,6 @@ def test_unreachable_jwks(jwks):
     jwks.status = "500 Internal Server Error"
     with pytest.raises(KeysUnavailable, match="cannot fetch the provider's keys"):
         RemoteKeySet(jwks.url, clock=Clock()).key_for("any")
-
-
-def rsa_key(private=False):
-    return RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, private=private, auto_kid=True)
 
 
 def test_published_keys_by_kid_and_without_one():
@@ -159,10 +159,6 @@ def test_the_rules_hold_on_every_call(verifier, signer):
     with pytest.raises(InvalidAccessToken, match="aud claim"):
         verifier.verify(other_audience)
     assert verifier.verify(good)
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def signed_by_hand(header, payload: bytes, key: RSAKey) -> str:

@@ -9,18 +9,24 @@ import requests
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET
 
 
-def revoke_in_background(provider, token: str) -> threading.Thread:
-    def send():
-        requests.post(provider.issuer + "/revoke", data={"token": token}, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
-
-    thread = threading.Thread(target=send)
+def post_in_background(provider, path: str, form: dict) -> tuple[threading.Thread, list]:
+    """POST ``form`` to the provider from another thread, once it has the request in hand: the
+    thread, and a list that will hold the answer."""
+    answers = []
+    thread = threading.Thread(
+        target=lambda: answers.append(
+            requests.post(provider.issuer + path, data=form, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+        )
+    )
     thread.start()
-    return thread
+    while not any(seen == path for seen, _, _ in provider.requests):
+        time.sleep(0.01)
+    return thread, answers
 
 
 def test_a_delayed_revocation_is_recorded_for_the_test_that_asked(provider):
     provider.revocation_delay = 0.3
-    revoke_in_background(provider, "rt-asked").join()
+    post_in_background(provider, "/revoke", {"token": "rt-asked"})[0].join()
     assert provider.revoked == ["rt-asked"]
 
 
@@ -29,9 +35,7 @@ def test_a_delayed_revocation_that_outlives_its_test_is_not_heard_by_the_next(pr
     leave that revocation in the next test's record: it once showed up there as a second revoked
     token, failing a sign-out test that ran after it on the same worker."""
     provider.revocation_delay = 0.5
-    thread = revoke_in_background(provider, "rt-of-the-test-before")
-    while not any(path == "/revoke" for path, _, _ in provider.requests):
-        time.sleep(0.01)
+    thread, _ = post_in_background(provider, "/revoke", {"token": "rt-of-the-test-before"})
     provider.reset()  # the next test begins while the answer is held back
     thread.join()
     assert provider.revoked == []
@@ -39,16 +43,9 @@ def test_a_delayed_revocation_that_outlives_its_test_is_not_heard_by_the_next(pr
 
 def test_a_delayed_token_answer_that_outlives_its_test_issues_nothing_to_the_next(provider):
     provider.token_delay = 0.5
-    form = {"grant_type": "refresh_token", "refresh_token": "rt-unknown"}
-    answers = []
-    thread = threading.Thread(
-        target=lambda: answers.append(
-            requests.post(provider.issuer + "/token", data=form, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
-        )
+    thread, answers = post_in_background(
+        provider, "/token", {"grant_type": "refresh_token", "refresh_token": "rt-unknown"}
     )
-    thread.start()
-    while not any(path == "/token" for path, _, _ in provider.requests):
-        time.sleep(0.01)
     provider.reset()
     thread.join()
     assert answers[0].status_code == 503
