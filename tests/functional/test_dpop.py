@@ -6,7 +6,6 @@ written apart from the app's proof maker), both on real sockets, on a committed 
 import json
 import logging
 import socketserver
-import threading
 from datetime import timedelta
 
 import pytest
@@ -23,6 +22,7 @@ from tests.functional.auth.flows import sign_in as sign_in_at
 from tests.functional.auth.flows import start_login
 from tests.functional.conftest import COOKIE, Browser
 from tests.support.dpop_check import b64url_sha256, verify_proof
+from tests.support.servers import socket_server
 
 # Paths the browser asks for, with a query and with encoded characters.
 PATHS = ("/api/up/items/7?sort=name&q=a%20b", "/api/up/caf%C3%A9/a%2Bb%40c~x", "/api/up/")
@@ -703,18 +703,11 @@ def test_a_request_sent_again_on_a_new_connection_carries_a_new_proof(make_dpop_
                     return  # read, then closed without a byte of an answer
                 self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), ClosesTheSecondRequestUnanswered)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with socket_server(ClosesTheSecondRequestUnanswered) as url:
         app = make_dpop_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}"})
         browser = signed_in_browser(app, dpop_provider)
         api(browser, "GET", "/api/raw/x", status=200)
         api(browser, "GET", "/api/raw/x", status=200)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert len(heads) == 3
     access_token = app.registry[Services].cipher.decrypt(session_row(dbsession).access_token)
     proofs = [next(line.split(": ", 1)[1] for line in head if line.lower().startswith("dpop:")) for head in heads]

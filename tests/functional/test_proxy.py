@@ -4,7 +4,6 @@ One test per hygiene rule and per error mapping, the path-escape payloads, react
 refresh, and what ends a session.
 """
 
-import contextlib
 import hashlib
 import http.client
 import io
@@ -26,7 +25,7 @@ from myapp.server import create_server
 from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL, base_settings
 from tests.functional.conftest import COOKIE, Browser
-from tests.support.servers import canned_http_server, serve
+from tests.support.servers import canned_http_server, serve, socket_server
 
 
 @pytest.fixture
@@ -424,25 +423,19 @@ def test_an_answer_that_breaks_off_before_its_body_is_a_502_and_one_that_stalls_
             self.wfile.flush()
             stalled.wait(10)
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Stalls)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}",
-                                "myapp.upstream.raw.timeout": "1"})
-        response = api(signed_in(app=app), "GET", "/api/raw/x", status=504)
-    finally:
-        stalled.set()
-        server.shutdown()
-        server.server_close()
+    with socket_server(Stalls) as url:
+        try:
+            app = make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}",
+                                    "myapp.upstream.raw.timeout": "1"})
+            response = api(signed_in(app=app), "GET", "/api/raw/x", status=504)
+        finally:
+            stalled.set()
     assert response.json["error"] == "upstream_timeout"
     counted = app.registry[Services].metrics.registry.get_sample_value
     assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "504"}) == 1
     assert counted("myapp_proxy_requests_total", {"upstream": "raw", "status": "200"}) is None
 
 
-@contextlib.contextmanager
 def keep_alive_upstream(answer):
     """A raw upstream that keeps its connections: ``answer(connection, request_head, state)``
     writes whatever it likes for each request; ``state`` is a dict of the connection's own."""
@@ -458,14 +451,7 @@ def keep_alive_upstream(answer):
                     return
                 answer(self.connection, head, state)
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return socket_server(Handler)
 
 
 @pytest.mark.parametrize("method, status", [("HEAD", "200 OK"), ("GET", "304 Not Modified"), ("GET", "204 No Content")])

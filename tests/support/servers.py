@@ -1,6 +1,7 @@
 """Real HTTP on loopback for tests: any WSGI app in a waitress thread, shut down cleanly."""
 
 import socket
+import socketserver
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,19 +54,13 @@ def serve(app, *, threads: int = 8, **options):
 
 
 @contextmanager
-def canned_http_server(response: bytes) -> Iterator[str]:
-    """A raw socket server answering every request with ``response`` as-is (then closing)."""
-    import socketserver
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self):
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            self.wfile.write(response)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+def socket_server(handler: type[socketserver.BaseRequestHandler]) -> Iterator[str]:
+    """A threaded TCP server on a free loopback port, one ``handler`` per connection; yields its
+    base URL. It looks for the request to stop every 10 ms: at socketserver's default of 500 ms,
+    every test with a raw upstream waited half a second for it to end."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -73,3 +68,15 @@ def canned_http_server(response: bytes) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def canned_http_server(response: bytes):
+    """:func:`socket_server` answering every request with ``response`` as-is (then closing)."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            self.wfile.write(response)
+
+    return socket_server(Handler)
