@@ -3,6 +3,7 @@
 from datetime import datetime
 from types import SimpleNamespace
 
+import jinja2
 import pyramid_jinja2
 from markupsafe import Markup, escape
 from pyramid.interfaces import ISecurityPolicy
@@ -75,6 +76,35 @@ def when(moment: datetime, seconds: bool = False) -> Markup:
     return Markup(f'<time datetime="{exact}"{" data-seconds" if seconds else ""}>{shown} UTC</time>')
 
 
+class CompiledInThisProcess(jinja2.BytecodeCache):
+    """Each template's compiled code, kept for every app this process makes (Jinja's bytecode
+    cache, in memory): a process serving one app compiles each template once either way, but the
+    test suite makes thousands of apps, each of which compiled every page it rendered again. An
+    entry is by template; Jinja checks the source's checksum before it uses one, so an edited
+    template is compiled again and replaces it. One cache for each set of ``jinja2.*`` settings
+    (:func:`compiled_templates`): code compiled under other options is never used."""
+
+    def __init__(self):
+        self.compiled: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if (code := self.compiled.get(bucket.key)) is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self.compiled[bucket.key] = bucket.bytecode_to_string()
+
+
+_COMPILED: dict[tuple[tuple[str, str], ...], CompiledInThisProcess] = {}
+
+
+def compiled_templates(settings: dict) -> CompiledInThisProcess:
+    """The cache of the apps whose ``jinja2.*`` settings (the Jinja environment's options, beside
+    pyramid_jinja2's defaults and this package's code) are these."""
+    options = tuple(sorted((key, str(value)) for key, value in settings.items() if key.startswith("jinja2.")))
+    return _COMPILED.setdefault(options, CompiledInThisProcess())
+
+
 def macros_for_every_template(config) -> None:
     """``ui``, the display helpers, a global of every template: the macros of _macros.jinja2 and
     :func:`when`. Jinja makes that module once here, where each page's own ``{% import %}`` of it
@@ -83,6 +113,8 @@ def macros_for_every_template(config) -> None:
 
     def register():
         environment = config.get_jinja2_environment()
+        # Unless the ini names a cache of its own (pyramid_jinja2's jinja2.bytecode_caching).
+        environment.bytecode_cache = environment.bytecode_cache or compiled_templates(config.registry.settings)
         macros = environment.get_template("myapp:templates/_macros.jinja2").module
         exported = {name: value for name, value in vars(macros).items() if not name.startswith("_")}
         environment.globals["ui"] = SimpleNamespace(**exported, when=when)
