@@ -95,14 +95,21 @@ class CompiledInThisProcess(jinja2.BytecodeCache):
         self.compiled[bucket.key] = bucket.bytecode_to_string()
 
 
-_COMPILED: dict[tuple[tuple[str, str], ...], CompiledInThisProcess] = {}
+_COMPILED: dict[tuple, CompiledInThisProcess] = {}
 
 
-def compiled_templates(settings: dict) -> CompiledInThisProcess:
-    """The cache of the apps whose ``jinja2.*`` settings (the Jinja environment's options, beside
-    pyramid_jinja2's defaults and this package's code) are these."""
-    options = tuple(sorted((key, str(value)) for key, value in settings.items() if key.startswith("jinja2.")))
-    return _COMPILED.setdefault(options, CompiledInThisProcess())
+def compiled_templates(settings: dict) -> CompiledInThisProcess | None:
+    """The cache of the apps whose ``jinja2.*`` settings are these: everything that sets how the
+    environment compiles (autoescape, extensions, finalize, ...) comes from them, beside
+    pyramid_jinja2's defaults; this package sets only globals, which compiled code looks up when
+    it runs. A value given in code (not text from an ini) is its own key, never its ``str``; one
+    that cannot be a key gets no shared cache (None: each app compiles, as Jinja does by default)."""
+    options = tuple(sorted(((key, value) for key, value in settings.items() if key.startswith("jinja2.")),
+                           key=lambda option: option[0]))
+    try:
+        return _COMPILED.setdefault(options, CompiledInThisProcess())
+    except TypeError:  # unhashable
+        return None
 
 
 def macros_for_every_template(config) -> None:

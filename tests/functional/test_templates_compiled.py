@@ -11,6 +11,13 @@ from tests.functional.conftest import Browser
 PAGES = ["/", "/posts", "/posts/new", "/account/sessions"]
 
 
+class Alike:
+    """A setting's value given in code, written as every other one is."""
+
+    def __repr__(self):
+        return "alike"
+
+
 @pytest.fixture
 def compiled(monkeypatch):
     """The names of the templates Jinja compiles from here on, in order."""
@@ -66,6 +73,23 @@ def test_apps_with_other_jinja2_settings_never_share_compiled_code():
     assert trimmed is not plain
     assert compiled_templates({"jinja2.trim_blocks": "true", "other": "1"}) is trimmed
     assert compiled_templates({"jinja2.trim_blocks": "false"}) not in (plain, trimmed)
+    # Values given in code: each its own key (two objects alike in str() are not the same setting).
+    first, second = Alike(), Alike()
+    assert str(first) == str(second) and repr(first) == repr(second)
+    assert compiled_templates({"jinja2.finalize": first}) is not compiled_templates({"jinja2.finalize": second})
+    assert compiled_templates({"jinja2.finalize": first}) is compiled_templates({"jinja2.finalize": first})
+    assert compiled_templates({"jinja2.extensions": ["jinja2.ext.do"]}) is None, "unhashable: no shared cache"
+
+
+def test_a_page_compiled_without_autoescaping_never_serves_an_app_that_escapes(make_app, sign_in, make_user):
+    """Jinja compiles escaping into a template's code: an app configured without it (a test, an
+    embedding host) must not hand that code to one that escapes."""
+    bold = make_user("mallory", name="<b>Mallory</b>")
+    as_the_users_provider = {"myapp.oidc.issuer": TEST_ISSUER}
+    unescaped = pages_of(make_app(**as_the_users_provider, **{"jinja2.autoescape": "false"}), sign_in, bold)[1]
+    assert "Welcome, <span data-testid=\"dashboard-user\"><b>Mallory</b></span>" in unescaped
+    escaped = pages_of(make_app(**as_the_users_provider), sign_in, bold)[1]
+    assert "&lt;b&gt;Mallory&lt;/b&gt;" in escaped and "<b>Mallory</b>" not in escaped
 
 
 def test_a_bytecode_cache_the_ini_names_is_the_one_used(make_app, tmp_path):
