@@ -1091,14 +1091,16 @@ def test_processes_that_took_the_same_cpu_let_go_when_another_stands_idle():
     high, low = max(pair), min(pair)
     with crowders(pair, 2) as children:
         assert [line_within(child.stdout).strip() for child in children] == [f"held to CPU {high} (cpu_affinity = auto)"] * 2
-        start = read_cpu_times({low})[low]
-        # Looked at each second for 20 s; a CPU not idle enough for the rule in the first 5 s ends the
-        # wait there (under the whole suite the other worker keeps it busy: 20 s were spent to skip).
+        start, tick = read_cpu_times({low})[low], os.sysconf("SC_CLK_TCK")
+        # Looked at each second for 20 s. The wait ends early once the CPU cannot be idle 75% of the
+        # 20 s even if it stands idle for all the rest (under the whole suite the other worker keeps
+        # it busy, and 20 s were spent to skip): a test that would fail fails as it did.
         for waited in range(1, 21):
             ready, _, _ = select.select([child.stdout for child in children], [], [], 1)
             end = read_cpu_times({low})[low]
             idle_share = (end[1] - start[1]) / max(1, end[2] - start[2])
-            if ready or (waited >= 5 and idle_share < 0.75):
+            left = (20 - waited) * tick
+            if ready or (end[1] - start[1] + left) / max(1, end[2] - start[2] + left) < 0.75:
                 break
         if not ready and idle_share < 0.75:  # not idle enough, long enough, for the rule
             pytest.skip(f"the machine kept CPU {low} busy ({idle_share:.0%} idle): nothing idle to move to")
