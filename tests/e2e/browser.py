@@ -8,6 +8,7 @@ showed it, so tests can look for tokens in everything the browser received.
 import base64
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,20 +101,29 @@ class Browser:
             options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
         # An explicit driver path: Selenium Manager never looks for (or downloads) one.
         service = Service(str(CHROMEDRIVER), log_output=os.devnull)
-        # chromedriver makes the fresh profile, with its preferences for automation (no safe
-        # browsing, DNS prefetching, translation or autofill), and removes it on quit. A profile
-        # made here (--user-data-dir) got none of them; its browsers took twice as long to start
-        # and three times as long to settle each page of the app, and the tests 30% longer.
+        # chromedriver makes the fresh profile and removes it on quit. With one made here
+        # (--user-data-dir), browsers took 1.7 times as long to start and three times as long to
+        # settle each page of the app, and the tests 30% longer; why was not found (docs/ui.md).
         self.driver = webdriver.Chrome(service=service, options=options)
-        self.driver.set_page_load_timeout(30)
-        self.driver.execute_cdp_cmd("Network.enable", {"maxTotalBufferSize": 64 * 1024 * 1024})
-        self.network = NetworkRecord(self.driver)
-        if size[0] < 600:
-            self.driver.execute_cdp_cmd("Emulation.setUserAgentOverride", {"userAgent": PHONE_USER_AGENT})
-        self.set_size(size)
+        self.profile = self.driver.capabilities.get("chrome", {}).get("userDataDir")
+        try:
+            self.driver.set_page_load_timeout(30)
+            self.driver.execute_cdp_cmd("Network.enable", {"maxTotalBufferSize": 64 * 1024 * 1024})
+            self.network = NetworkRecord(self.driver)
+            if size[0] < 600:
+                self.driver.execute_cdp_cmd("Emulation.setUserAgentOverride", {"userAgent": PHONE_USER_AGENT})
+            self.set_size(size)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self):
-        self.driver.quit()
+        try:
+            self.driver.quit()
+        finally:
+            # Gone after a quit that worked; left behind when chromedriver had already died.
+            if self.profile and Path(self.profile).name.startswith("org.chromium.Chromium.scoped_dir"):
+                shutil.rmtree(self.profile, ignore_errors=True)
 
     def get(self, url: str):
         self.driver.get(url)
