@@ -635,10 +635,11 @@ def serve_paste(app, global_conf, **settings):
 
 
 # Waitress takes any integer for these: below these, a server starts that never answers (no thread)
-# or that refuses every request (431 to every head; 413 to every body: it refuses a body of
+# or that refuses every request (431 to every head: the shortest, "GET / HTTP/1.0" and its blank
+# line, 18 bytes, is refused at 18 or less; 413 to every body: it refuses a body of
 # max_request_body_size or more, so 1 refuses all). (connection_limit: refuse_unworkable_limit,
 # once the server's own sockets are known.)
-AT_LEAST = {"threads": 1, "max_request_header_size": 1, "max_request_body_size": 2}
+AT_LEAST = {"threads": 1, "max_request_header_size": 19, "max_request_body_size": 2}
 
 
 def refuse_unworkable(settings: dict) -> None:

@@ -529,7 +529,9 @@ def test_a_server_on_several_sockets_reads_strictly_on_each(app):
         # Waitress refuses a body of this size or more: 1 refused every body, as 0 does.
         ({"max_request_body_size": "-5"}, "max_request_body_size = -5: must be at least 2"),
         ({"max_request_body_size": "1"}, "max_request_body_size = 1: must be at least 2"),
-        ({"max_request_header_size": "0"}, "max_request_header_size = 0: must be at least 1"),
+        ({"max_request_header_size": "0"}, "max_request_header_size = 0: must be at least 19"),
+        # The shortest request head there is (18 bytes) was refused with a 431 at 18 and below.
+        ({"max_request_header_size": "18"}, "max_request_header_size = 18: must be at least 19"),
         ({"listen": "127.0.0.1:99999"}, "listen: port 99999 is not a port (0 to 65535)"),
         ({"listen": "127.0.0.1:8081 [::1]:80810"}, "listen: port 80810 is not a port (0 to 65535)"),
         ({"host": "127.0.0.1", "port": "80810"}, "port: 80810 is not a port (0 to 65535)"),
@@ -542,6 +544,14 @@ def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, se
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("myapp: [server:main]: ") and words in err and "\n" not in err
+
+
+def test_the_smallest_header_size_taken_answers_the_shortest_request(app):
+    server.refuse_unworkable({"max_request_header_size": "19"})
+    with serve(app, create_server=create_server, channel_timeout=2, max_request_header_size=19) as url:
+        assert exchange(url, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 OK\r\n")
+    with serve(app, create_server=create_server, channel_timeout=2, max_request_header_size=18) as url:
+        assert exchange(url, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 431 ")
 
 
 def paste_app(global_conf, **settings):
