@@ -106,6 +106,11 @@ class Browser:
         # settle each page of the app, and the tests 30% longer; why was not found (docs/ui.md).
         self.driver = webdriver.Chrome(service=service, options=options)
         self.profile = self.driver.capabilities.get("chrome", {}).get("userDataDir")
+        # Chromium's one-instance socket lives in a directory of its own in /tmp, linked from the
+        # profile. With chromedriver's profile it is left behind when the browser quits (one per
+        # browser, every run): removed by close().
+        singleton = Path(self.profile or "/nonexistent") / "SingletonSocket"
+        self.singleton = Path(os.readlink(singleton)).parent if singleton.is_symlink() else None
         try:
             self.driver.set_page_load_timeout(30)
             self.driver.execute_cdp_cmd("Network.enable", {"maxTotalBufferSize": 64 * 1024 * 1024})
@@ -121,9 +126,11 @@ class Browser:
         try:
             self.driver.quit()
         finally:
-            # Gone after a quit that worked; left behind when chromedriver had already died.
-            if self.profile and Path(self.profile).name.startswith("org.chromium.Chromium.scoped_dir"):
-                shutil.rmtree(self.profile, ignore_errors=True)
+            # The profile is gone after a quit that worked, left behind when chromedriver had
+            # already died; the socket's directory is left behind either way.
+            for left in (self.profile, self.singleton):
+                if left and Path(left).name.startswith("org.chromium.Chromium."):
+                    shutil.rmtree(left, ignore_errors=True)
 
     def get(self, url: str):
         self.driver.get(url)
