@@ -109,8 +109,8 @@ class Browser:
         # Chromium's one-instance socket lives in a directory of its own in /tmp, linked from the
         # profile. With chromedriver's profile it is left behind when the browser quits (one per
         # browser, every run): removed by close().
-        singleton = Path(self.profile or "/nonexistent") / "SingletonSocket"
-        self.singleton = Path(os.readlink(singleton)).parent if singleton.is_symlink() else None
+        singleton = Path(self.profile) / "SingletonSocket" if self.profile else None
+        self.singleton = Path(os.readlink(singleton)).parent if singleton and singleton.is_symlink() else None
         try:
             self.driver.set_page_load_timeout(30)
             self.driver.execute_cdp_cmd("Network.enable", {"maxTotalBufferSize": 64 * 1024 * 1024})

@@ -9,6 +9,8 @@ from tests.conftest import TEST_ISSUER
 from tests.functional.conftest import Browser
 
 PAGES = ["/", "/posts", "/posts/new", "/account/sessions"]
+# The provider the users of make_user sign in with (the fake provider's would end their sessions).
+USERS_PROVIDER = {"myapp.oidc.issuer": TEST_ISSUER}
 
 
 class Alike:
@@ -40,11 +42,9 @@ def pages_of(app, sign_in, user) -> list[str]:
 
 
 def test_a_second_app_renders_every_page_without_compiling_a_template(make_app, sign_in, alice, compiled):
-    # The provider the users of make_user sign in with (the fake provider's would end the session).
-    as_alices_provider = {"myapp.oidc.issuer": TEST_ISSUER}
-    pages_of(make_app(**as_alices_provider), sign_in, alice)
+    pages_of(make_app(**USERS_PROVIDER), sign_in, alice)
     compiled.clear()
-    pages = pages_of(make_app(**as_alices_provider), sign_in, alice)
+    pages = pages_of(make_app(**USERS_PROVIDER), sign_in, alice)
     assert compiled == []
     assert all("</main>" in page for page in pages), [page[-200:] for page in pages]
     assert "Sign in" in pages[0] and all("Alice" in page for page in pages[1:])
@@ -85,10 +85,9 @@ def test_a_page_compiled_without_autoescaping_never_serves_an_app_that_escapes(m
     """Jinja compiles escaping into a template's code: an app configured without it (a test, an
     embedding host) must not hand that code to one that escapes."""
     bold = make_user("mallory", name="<b>Mallory</b>")
-    as_the_users_provider = {"myapp.oidc.issuer": TEST_ISSUER}
-    unescaped = pages_of(make_app(**as_the_users_provider, **{"jinja2.autoescape": "false"}), sign_in, bold)[1]
+    unescaped = pages_of(make_app(**USERS_PROVIDER, **{"jinja2.autoescape": "false"}), sign_in, bold)[1]
     assert "Welcome, <span data-testid=\"dashboard-user\"><b>Mallory</b></span>" in unescaped
-    escaped = pages_of(make_app(**as_the_users_provider), sign_in, bold)[1]
+    escaped = pages_of(make_app(**USERS_PROVIDER), sign_in, bold)[1]
     assert "&lt;b&gt;Mallory&lt;/b&gt;" in escaped and "<b>Mallory</b>" not in escaped
 
 

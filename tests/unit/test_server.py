@@ -1108,9 +1108,9 @@ def test_processes_that_took_the_same_cpu_let_go_when_another_stands_idle():
         for waited in range(1, 21):
             ready, _, _ = select.select([child.stdout for child in children], [], [], 1)
             end = read_cpu_times({low})[low]
-            idle_share = (end[1] - start[1]) / max(1, end[2] - start[2])
-            left = (20 - waited) * tick
-            if ready or (end[1] - start[1] + left) / max(1, end[2] - start[2] + left) < 0.75:
+            idle, total, left = end[1] - start[1], end[2] - start[2], (20 - waited) * tick
+            idle_share = idle / max(1, total)
+            if ready or (idle + left) / max(1, total + left) < 0.75:
                 break
         if not ready and idle_share < 0.75:  # not idle enough, long enough, for the rule
             pytest.skip(f"the machine kept CPU {low} busy ({idle_share:.0%} idle): nothing idle to move to")
