@@ -25,10 +25,11 @@
   request before it was served gets its 100 Continue once (:meth:`StrictChannel.handle_write`):
   waitress's loop could send it again, racing the request's thread.
 - An answer written whole at once (its head and all of the body its ``Content-Length`` gives, or
-  a status without a body) is sent by waitress's loop, in one piece, once the request's thread is
-  done with it (:class:`WholeAnswerTask`), not by that thread, write by write: an app that goes on
-  working after it (a slow ``close()``) holds it back until then. An answer written in parts (the
-  proxy's stream) goes as each part is written, as before.
+  a status without a body) is sent in one piece (:class:`WholeAnswerTask`), not write by write:
+  by the request's thread at once when it is the only one at work, else by waitress's loop once
+  the request's thread is done with it (an app that goes on working after it, a slow
+  ``close()``, then holds it back until then). An answer written in parts (the proxy's stream)
+  goes as each part is written, as before.
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
   OpenTelemetry sends the spans it still holds.
 
@@ -184,12 +185,16 @@ _SERVER_ERROR_CODES = {
 
 class WholeAnswerTask(WSGITask):
     """An answer written whole at once (its head and all of the body its ``Content-Length`` gives,
-    or one with no body) is left to the server's loop to send in one piece when the request's thread
-    is done with it. Waitress's request thread sends each write itself: the head, then the body,
-    each a system call that lets Python's lock go and waits for it back, which with the other
-    threads running costs a context switch. The loop sends what every finished request left in one
-    turn (docs/benchmarks.md, "Sent whole by the loop"). An answer written in parts (the proxy's
-    stream of a long or endless answer) is sent as each part is written, as before."""
+    or one with no body) goes in one piece. Waitress's request thread sends each write itself: the
+    head, then the body, each a system call that lets Python's lock go and waits for it back, which
+    with the other threads running costs a context switch. So while other requests are at work the
+    answer is left to the server's loop, to send when the request's thread is done with it: the
+    loop sends what every finished request left in one turn (docs/benchmarks.md, "Sent whole by the
+    loop"). A request served alone (:func:`serving_alone`) sends its answer from its own thread at
+    once, in one piece, as soon as it is written: nothing wants the lock meanwhile, and the loop,
+    asleep, would first have to be woken, which the answer waited for (docs/benchmarks.md, "Sent
+    at once when served alone"). An answer written in parts (the proxy's stream of a long or
+    endless answer) is sent as each part is written, as before."""
 
     held = False  # written whole, and left to the loop
 
@@ -211,12 +216,32 @@ class WholeAnswerTask(WSGITask):
             super().write(data)
         finally:
             channel.adj = channel.server.adj
-        self.held = True
+        if not serving_alone(channel.server.task_dispatcher):
+            self.held = True
+            return
+        # As waitress's write_soon sends from this thread (under the channel's lock, which its
+        # loop takes too); what the socket would not take yet is left to the loop, woken for it.
+        with channel.outbuf_lock:
+            flushed, failed = channel._flush_exception(channel._flush_some, do_close=False)
+            if failed or not flushed or channel.total_outbufs_len:
+                channel.server.pull_trigger()
 
     def _whole(self, data: bytes) -> bool:
         if not self.has_body:
             return True
         return self.content_length is not None and not self.chunked_response and len(data) >= self.content_length
+
+
+def serving_alone(dispatcher) -> bool:
+    """Whether the calling request's thread is the only one of the server's at work, with no
+    request waiting for a thread. Read without the dispatcher's lock: a hint, which a request read
+    the next moment makes stale; either answer sends the answer whole and in order. A dispatcher
+    that keeps no such count (not waitress's) is never alone: its answers go by the loop."""
+    pools = getattr(dispatcher, "pools", (dispatcher,))
+    try:
+        return sum(pool.active_count for pool in pools) <= 1 and not any(pool.queue for pool in pools)
+    except AttributeError:
+        return False
 
 
 class StrictChannel(HTTPChannel):
@@ -275,6 +300,7 @@ class PrefixDispatcher:
     def __init__(self, app_threads: ThreadedTaskDispatcher, prefixes: tuple[str, ...]):
         self.app_threads = app_threads
         self.own_threads = ThreadedTaskDispatcher()
+        self.pools = (app_threads, self.own_threads)  # serving_alone() counts both
         self.prefixes = prefixes
 
     def set_thread_count(self, count: int) -> None:

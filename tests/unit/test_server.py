@@ -336,6 +336,26 @@ def test_chunked_requests_and_keep_alive_still_work(app, url):
     assert app.seen == [("POST", "/a", b"hello"), ("POST", "/b", b"abc")]
 
 
+class IdleServer:
+    """``create_server`` for :func:`serve` that keeps the server, and :meth:`idle` waits until none
+    of its threads is at work (each counts as at work from its start until it first waits, and
+    after a request until it waits again), so that the next request is served alone."""
+
+    def __init__(self):
+        self.server = None
+
+    def __call__(self, app, **settings):
+        self.server = create_server(app, **settings)
+        return self.server
+
+    def idle(self) -> None:
+        dispatcher = self.server.task_dispatcher
+        deadline = time.monotonic() + 5
+        while dispatcher.active_count or dispatcher.queue:
+            assert time.monotonic() < deadline, "the server's threads never went idle"
+            time.sleep(0.001)
+
+
 def sent_by(monkeypatch) -> list:
     """The name of the thread of each send on a connection, and how much it sent."""
     sends = []
@@ -349,14 +369,109 @@ def sent_by(monkeypatch) -> list:
     return sends
 
 
-def test_an_answer_written_whole_is_sent_by_the_loop_in_one_piece(app, monkeypatch):
+@pytest.fixture
+def others_at_work(monkeypatch):
+    """Every request served as though others were at work at the same time (serving_alone() is
+    False): its whole answer is left to the loop. :func:`at_work_meanwhile` does it for real."""
+    monkeypatch.setattr(server, "serving_alone", lambda dispatcher: False)
+
+
+class Waits:
+    """Answers ``/wait`` once told to (``go``), anything else at once: a request at work meanwhile."""
+
+    def __init__(self):
+        self.waiting, self.go = threading.Event(), threading.Event()
+
+    def __call__(self, environ, start_response):
+        if environ["PATH_INFO"] == "/wait":
+            self.waiting.set()
+            self.go.wait(5)
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+@contextlib.contextmanager
+def at_work_meanwhile(url: str, app: Waits):
+    """A request to ``/wait`` at work on its own connection for as long as the block runs."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert app.waiting.wait(5), "the request to /wait never reached the app"
+        try:
+            yield
+        finally:
+            app.go.set()
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_an_answer_written_whole_while_another_request_is_at_work_is_sent_by_the_loop_in_one_piece(monkeypatch):
     """Head and body in one send from the server's loop thread, after the request's thread is done
     (waitress's thread sent the head, then the body, each from the request's thread)."""
+    app = Waits()
     sends = sent_by(monkeypatch)
     with serve(app, create_server=create_server) as url:
+        with at_work_meanwhile(url, app):
+            received = exchange(url, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+            assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\nhello")
+            assert sends == [(f"waitress {url}", len(received))]
+
+
+def test_an_answer_written_whole_by_a_request_served_alone_is_sent_at_once_by_its_thread(app, monkeypatch):
+    """Alone, the request's thread sends head and body in one send, where it left them to the loop,
+    which had to be woken for it first (waitress's thread sent the head, then the body)."""
+    sends, served = sent_by(monkeypatch), IdleServer()
+    with serve(app, create_server=served) as url:
+        served.idle()
         received = exchange(url, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
     assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\nhello")
-    assert sends == [(f"waitress {url}", len(received))]
+    assert len(sends) == 1 and sends[0][0].startswith("waitress-") and sends[0][1] == len(received), sends
+
+
+def test_an_answer_too_large_for_the_socket_at_once_is_sent_on_by_the_loop():
+    """What the request's thread could not send at once (the client not reading yet) goes when
+    the client reads, from the loop, whole and in order, however long the thread has been done."""
+    body = bytes(range(256)) * (8 * 1024 * 1024 // 256)
+
+    def large(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    with serve(large, create_server=create_server) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            time.sleep(0.3)  # the thread sends what the socket takes, and is done
+            received = b""
+            while chunk := conn.recv(1 << 20):
+                received += chunk
+    head, _, sent = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and sent == body
+
+
+@pytest.mark.parametrize("active, queued, alone", [
+    (1, 0, True),  # the caller alone
+    (2, 0, False),  # another at work
+    (1, 1, False),  # a request waiting for a thread
+])
+def test_serving_alone_counts_the_threads_at_work_and_the_requests_waiting(active, queued, alone):
+    from collections import deque
+
+    pool = types.SimpleNamespace(active_count=active, queue=deque(range(queued)))
+    assert server.serving_alone(pool) is alone
+
+
+def test_serving_alone_counts_both_pools_of_an_app_that_calls_itself():
+    """The development stack's own threads (PrefixDispatcher) at work count as much as the app's."""
+    dispatcher = server.PrefixDispatcher(server.ThreadedTaskDispatcher(), ("/_dev/",))
+    dispatcher.app_threads.active_count = 1
+    assert server.serving_alone(dispatcher)
+    dispatcher.own_threads.active_count = 1
+    assert not server.serving_alone(dispatcher)
+
+
+def test_a_dispatcher_that_keeps_no_count_is_never_alone():
+    assert not server.serving_alone(object())
 
 
 class Streaming:
@@ -395,16 +510,21 @@ def test_an_answer_written_in_parts_is_sent_part_by_part(length):
 
 
 @pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
-def test_an_answer_without_a_body_is_sent_whole(status, monkeypatch):
+@pytest.mark.parametrize("sender", ["alone", "others at work"])
+def test_an_answer_without_a_body_is_sent_whole(status, sender, monkeypatch):
     def no_body(environ, start_response):
         start_response(status, [])
         return []
 
-    sends = sent_by(monkeypatch)
-    with serve(no_body, create_server=create_server) as url:
+    if sender != "alone":
+        monkeypatch.setattr(server, "serving_alone", lambda dispatcher: False)
+    sends, served = sent_by(monkeypatch), IdleServer()
+    with serve(no_body, create_server=served) as url:
+        served.idle()
         received = exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert received.startswith(f"HTTP/1.1 {status}".encode())
-    assert sends == [(f"waitress {url}", len(received))]
+    thread = "waitress-" if sender == "alone" else f"waitress {url}"
+    assert len(sends) == 1 and sends[0][0].startswith(thread) and sends[0][1] == len(received), sends
 
 
 class WritesOn:
@@ -428,10 +548,11 @@ class WritesOn:
     ("200 OK", [("Content-Length", "5")], b"\r\n\r\nhello"),
     ("304 Not Modified", [], b"\r\n\r\n"),
 ], ids=["past-content-length", "no-body"])
-def test_an_answer_written_whole_goes_when_the_app_writes_on(status, headers, answer_ends):
-    """An answer whole at its first write waits for the loop until its request is done; an app
-    that writes on after it (waitress drops what it writes) has it sent at once, not when it is
-    done: an iterable that never ends held it for ever. The loop's own wake-up is put off."""
+def test_an_answer_written_whole_goes_when_the_app_writes_on(status, headers, answer_ends, others_at_work):
+    """An answer whole at its first write, left to the loop (others at work), waits for it until
+    its request is done; an app that writes on after it (waitress drops what it writes) has it
+    sent at once, not when it is done: an iterable that never ends held it for ever. The loop's
+    own wake-up is put off."""
     app = WritesOn(status, headers)
     with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
         host, port = url.removeprefix("http://").split(":")
@@ -446,7 +567,7 @@ def test_an_answer_written_whole_goes_when_the_app_writes_on(status, headers, an
     assert received.startswith(f"HTTP/1.1 {status}".encode()) and b"more" not in received
 
 
-def test_100_continue_after_an_answer_left_to_the_loop_is_sent_once_with_it(app, monkeypatch):
+def test_100_continue_after_an_answer_left_to_the_loop_is_sent_once_with_it(app, monkeypatch, others_at_work):
     """A request that expects 100-continue, read while the one before it was served: its request's
     thread sends 100 Continue at the end of service(), and with it the answer left to the loop (under
     the channel's lock). Waitress's loop flushed without the lock once no request was under way,
