@@ -7,8 +7,10 @@ whose message is one line naming the setting; :func:`myapp.main` turns it into a
 
 import difflib
 import functools
+import hashlib
 import inspect
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -208,6 +210,17 @@ class Upstream:
     @property
     def has_own_token(self) -> bool:
         return self.exchange or bool(self.scope or self.resources or self.token_params)
+
+    @functools.cached_property
+    def minted_for(self) -> str:
+        """What a token of its own is asked for with and sent to, as one digest: stored with each
+        token minted for it, so that a token minted before a restart that changed any of it (the
+        server's URL, the scope, resources, parameters, exchange) is never sent, whatever the
+        upstream is still called; SPEC.md: "An upstream never receives a token minted for another
+        upstream". Not ``dpop``: a bound token is refused by its type already (TokenManager._takes)."""
+        what = ["minted_for/1", self.base_url, self.scope, list(self.resources), sorted(self.token_params.items()),
+                self.exchange]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
 
     def accepts(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers

@@ -77,6 +77,11 @@ class SessionToken(Base):
     access_token: Mapped[bytes] = mapped_column(LargeBinary)
     # "DPoP" for a token bound to the session's key; None: Bearer.
     token_type: Mapped[str | None] = mapped_column(String(16))
+    # What the token was minted for: the upstream's settings digest (settings.Upstream.minted_for)
+    # bound to the token (services.sessions.minted_label). One that is not the upstream's now (a
+    # restart changed its server or its token's parameters) is never sent, and neither is one
+    # stored before it was recorded (None) or written since by code that does not know it.
+    minted_for: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime | None]
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Obtained by token exchange (RFC 8693) rather than with the session's refresh token.

@@ -276,6 +276,19 @@ class UpstreamToken(NamedTuple):
     expires_at: datetime | None
     refreshed_at: datetime | None
     token_type: str = BEARER
+    # The upstream's settings it was minted for (Upstream.minted_for); None: not known to be the
+    # ones asked about (SessionRows.upstream_token), or not recorded.
+    minted_for: str | None = None
+    # As read: obtained by token exchange (what write_upstream_token's ``exchanged`` said).
+    exchanged: bool = False
+
+
+def minted_label(minted_for: str, access_token: str) -> str:
+    """What ``session_tokens.minted_for`` holds: the upstream's settings digest bound to the very
+    token, so that a row whose token is written by code that does not know the column (a process
+    of the version before migration 0011, during a rolling upgrade, which leaves the label as it
+    was) reads as minted for nothing known. A digest, as an ID token's ``at_hash`` is one."""
+    return hashlib.sha256(f"{minted_for}\0{access_token}".encode()).hexdigest()[:32]
 
 
 class StoredSession(NamedTuple):
@@ -447,19 +460,26 @@ class SessionRows:
             ended += self.end_where(unreachable.condition, EndReason.REPLACED, revoke=unreachable.revoke)
         return ended
 
-    def upstream_token(self, session_id: int, upstream: str) -> UpstreamToken | None:
-        """An upstream's own access token for this session, decrypted (None: none stored, or unreadable)."""
+    def upstream_token(self, session_id: int, upstream: str, *, minted_for: str | None = None) -> UpstreamToken | None:
+        """An upstream's own access token for this session, decrypted (None: none stored, or
+        unreadable). Its ``minted_for`` is the one asked about when the row says the token was
+        minted for that (:func:`minted_label`), else None."""
         row = self.dbsession.execute(
-            select(SessionToken.access_token, SessionToken.expires_at, SessionToken.refreshed_at, SessionToken.token_type).where(
-                SessionToken.session_id == session_id, SessionToken.upstream == upstream
-            )
+            select(
+                SessionToken.access_token, SessionToken.expires_at, SessionToken.refreshed_at, SessionToken.token_type,
+                SessionToken.minted_for, SessionToken.exchanged,
+            ).where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)
         ).one_or_none()
         if row is None:
             return None
         token = self.cipher.decrypt(row.access_token)
         if token is None:
             return None
-        return UpstreamToken(token, _utc(row.expires_at), _utc(row.refreshed_at), token_type_from_column(row.token_type))
+        recorded = minted_for is not None and row.minted_for == minted_label(minted_for, token)
+        return UpstreamToken(
+            token, _utc(row.expires_at), _utc(row.refreshed_at), token_type_from_column(row.token_type),
+            minted_for if recorded else None, row.exchanged,
+        )
 
     def write_upstream_token(
         self, session_id: int, upstream: str, token: UpstreamToken, *, exchanged: bool = False,
@@ -491,6 +511,7 @@ class SessionRows:
             "expires_at": token.expires_at,
             "refreshed_at": token.refreshed_at or self.clock(),
             "token_type": token_type_column(token.token_type),
+            "minted_for": minted_label(token.minted_for, token.access_token) if token.minted_for else None,
             "exchanged": exchanged,
         }
         stored = self.dbsession.execute(

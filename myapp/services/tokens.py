@@ -426,9 +426,11 @@ class TokenManager:
             known = self._upstream_tokens.get(key)
             if known is None or not self._fresh(known.expires_at):
                 with self.lock.transactions() as dbsession:
-                    known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(session.id, upstream.name)
+                    known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(
+                        session.id, upstream.name, minted_for=upstream.minted_for
+                    )
                 self._remember_upstream_token(key, known)
-            if known is not None and self._fresh(known.expires_at) and self._takes(upstream, known.token_type):
+            if known is not None and self._fresh(known.expires_at) and self._takes(upstream, known):
                 credential = self._known(known.access_token, known.token_type, session)
                 if credential is not None:
                     return credential
@@ -440,11 +442,14 @@ class TokenManager:
         )
 
     @staticmethod
-    def _takes(upstream: Upstream, token_type: str) -> bool:
-        """Whether a stored token of ``token_type`` may go to ``upstream``: one bound to the session's
-        key never goes to an upstream that takes Bearer tokens (``dpop = false``, set since it was
-        minted), which gets one of its own asked for without a proof instead, at once."""
-        return upstream.dpop or token_type != DPOP
+    def _takes(upstream: Upstream, token: UpstreamToken) -> bool:
+        """Whether a stored token may go to ``upstream``: only one minted for the upstream as it is
+        set now (its server, scope, resources, parameters, exchange: Upstream.minted_for), which a
+        restart may have changed under the same name, or one stored before that was recorded; and
+        one bound to the session's key never goes to an upstream that takes Bearer tokens (``dpop =
+        false``, set since it was minted). Another is asked for instead, at once (without a proof
+        for ``dpop = false``)."""
+        return token.minted_for == upstream.minted_for and (upstream.dpop or token.token_type != DPOP)
 
     def _remember_upstream_token(self, key: tuple[str, str], token: UpstreamToken | None) -> None:
         if token is None:
@@ -479,10 +484,10 @@ class TokenManager:
             key = self._session_key(session, own)
         except DPoPKeyUnreadable:
             return self._end(rows, session, "DPoP key unreadable")
-        stored = rows.upstream_token(session_id, upstream.name)
+        stored = rows.upstream_token(session_id, upstream.name, minted_for=upstream.minted_for)
         if (
             stored is not None
-            and self._takes(upstream, stored.token_type)
+            and self._takes(upstream, stored)
             and self._serves(stored.access_token, stored.expires_at, stored.refreshed_at, stale)
         ):
             return stored, key
@@ -558,7 +563,7 @@ class TokenManager:
             if verdict not in (None, _UNVERIFIED):
                 self._revoke_if_rotated(rows, session, issued, own.refresh_token)
                 return self._end(rows, session, verdict)
-        minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type)
+        minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type, upstream.minted_for)
         self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)
         rotated = response.get("refresh_token")
         if not upstream.exchange and not self._keep_successor(
@@ -581,12 +586,13 @@ class TokenManager:
                 rows.revoke_issued_later(session, TokenSet(access_token=issued.access_token, refresh_token=kept))
             return LoginRequired()
         if (
-            upstream.exchange and stored is not None and not self._takes(upstream, stored.token_type)
+            stored is not None and stored.exchanged and not self._takes(upstream, stored)
             and (stored.expires_at is None or stored.expires_at > now)
         ):
-            # The bound token this upstream no longer takes (set to dpop = false), replaced while live:
-            # exchanged, so no refresh token's revocation covers it, and its row, which queued it at
-            # the session's end, now holds the new one. Nobody keeps it: queued now.
+            # A token this upstream no longer takes (set to dpop = false, or its server or token
+            # settings changed), replaced while live: exchanged, so no refresh token's revocation
+            # covers it, and its row, which queued it at the session's end, now holds the new one.
+            # Nobody keeps it: queued now.
             rows.revoke_issued_later(session, TokenSet(access_token=stored.access_token))
         self.metrics.refreshes.inc()
         return minted, dpop

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, update
 from myapp.models import AuditEvent, SessionToken, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services import Services
-from myapp.services.sessions import EndReason
+from myapp.services.sessions import EndReason, minted_label
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.test_proxy import (
     REFUSED_WITH_A_ROTATED_REFRESH_TOKEN,
@@ -108,6 +108,132 @@ def test_an_upstream_token_is_read_from_the_database_by_another_process(app, mak
     api(browser, "GET", "/api/graph/x", status=200)
     assert len(provider.token_forms) == 1
     assert token_seen(upstream, 0) == token_seen(upstream, 1)
+
+
+def restarted(app, make_proxy_app, **changed):
+    """The same app made again, as a restart makes it, with ``changed`` settings."""
+    settings = {k: v for k, v in app.registry.settings.items() if k.startswith(("myapp.", "sqlalchemy."))}
+    return make_proxy_app(**{**settings, **changed})
+
+
+def re_pointed(app, name: str, path: str) -> dict:
+    """``myapp.upstreams`` with upstream ``name`` at another path of the recording server."""
+    lines = app.registry.settings["myapp.upstreams"].splitlines()
+    return {"myapp.upstreams": "\n".join(
+        f"{name} = {line.split('=', 1)[1].strip().rsplit('/', 1)[0]}{path}" if line.split("=", 1)[0].strip() == name
+        else line for line in lines
+    )}
+
+
+@pytest.mark.parametrize("change", ["server", "scope", "servers swapped"])
+def test_a_token_stored_for_an_upstream_a_restart_changed_is_never_sent_to_it(
+    app, make_proxy_app, signed_in, upstream, provider, dbsession, change
+):
+    """A session's token of an upstream's own was found by the upstream's name alone: after a
+    restart that pointed the name at another server (or swapped two upstreams' servers), or asked
+    for another scope, the stored token went on to whatever was now behind the name until it
+    expired. Another is asked for at once, with the settings as they are now, and kept."""
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    api(browser, "GET", "/api/own/x", status=200)
+    before = {"graph": token_seen(upstream, 0), "own": token_seen(upstream, 1)}
+    changed = {
+        "server": re_pointed(app, "graph", "/graph-moved"),
+        "scope": {"myapp.upstream.graph.scope": GRAPH_SCOPE + " offline_access"},
+        "servers swapped": {"myapp.upstreams": app.registry.settings["myapp.upstreams"]
+                            .replace("/graph\n", "/TMP\n").replace("/own\n", "/graph\n").replace("/TMP\n", "/own\n")},
+    }[change]
+    browser.app = restarted(app, make_proxy_app, **changed)
+    minted = len(provider.token_forms)
+    api(browser, "GET", "/api/graph/x", status=200)
+    sent = token_seen(upstream)
+    assert sent not in before.values()
+    assert len(provider.token_forms) == minted + 1
+    if change == "scope":
+        assert token_requests(provider)[-1]["scope"] == GRAPH_SCOPE + " offline_access"
+        assert provider.access_tokens[sent]["aud"] == "scope:" + GRAPH_SCOPE + " offline_access"
+    else:
+        assert provider.access_tokens[sent]["aud"] == "scope:" + GRAPH_SCOPE
+    api(browser, "GET", "/api/graph/x", status=200)  # the new one is stored and kept
+    assert token_seen(upstream) == sent and len(provider.token_forms) == minted + 1
+    if change == "servers swapped":
+        api(browser, "GET", "/api/own/x", status=200)
+        assert token_seen(upstream) not in before.values()
+        assert upstream.seen[-1]["path"].startswith("/graph")
+    else:
+        api(browser, "GET", "/api/own/x", status=200)  # unchanged: its token goes on
+        assert token_seen(upstream) == before["own"]
+
+
+def test_a_token_stored_before_what_it_was_minted_for_was_recorded_is_asked_for_again_once(
+    app, make_proxy_app, signed_in, upstream, provider, dbsession
+):
+    """A token stored before migration 0011 records nothing (None): nobody knows what it was minted
+    for, so it is not sent; another is asked for once, in any process, and then kept."""
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    first = token_seen(upstream)
+    dbsession.execute(update(SessionToken).values(minted_for=None))
+    dbsession.commit()
+    browser.app = restarted(app, make_proxy_app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    api(browser, "GET", "/api/graph/x", status=200)
+    assert token_seen(upstream, -1) == token_seen(upstream, -2) != first
+    assert len(provider.token_forms) == 2
+    dbsession.expire_all()
+    assert dbsession.execute(select(SessionToken.minted_for)).scalars().all() == [
+        minted_label(browser.app.registry.settings["myapp"].upstreams["graph"].minted_for, token_seen(upstream))
+    ]
+
+
+def test_a_token_written_by_code_that_does_not_record_what_it_was_minted_for_is_not_taken_for_the_one_recorded(
+    app, make_proxy_app, signed_in, upstream, provider, dbsession
+):
+    """A rolling upgrade to migration 0011: a process of the version before it mints a token with
+    its settings and writes it over the row, leaving the label the new version wrote as it was.
+    The label names the very token it was written with, so the other token reads as minted for
+    nothing known, and is not sent by a process whose settings the label named."""
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    first = token_seen(upstream)
+    cipher = app.registry[Services].cipher
+    dbsession.execute(update(SessionToken).values(access_token=cipher.encrypt("minted-by-the-old-version")))
+    dbsession.commit()
+    browser.app = restarted(app, make_proxy_app)
+    api(browser, "GET", "/api/graph/x", status=200)
+    assert token_seen(upstream) not in (first, "minted-by-the-old-version")
+    assert len(provider.token_forms) == 2
+
+
+def test_an_exchanged_token_replaced_because_a_restart_changed_its_upstream_is_queued_for_revocation(
+    app, make_proxy_app, signed_in, upstream, provider, dbsession
+):
+    """Exchanged, it is not of the session's grant: no refresh token's revocation covers it, and
+    its row, which would have queued it at the session's end, now holds the new one."""
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    old = token_seen(upstream)
+    browser.app = restarted(app, make_proxy_app, **{"myapp.upstream.swap.resource": EXCHANGED + "/v2"})
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert token_seen(upstream) != old
+    assert provider.access_tokens[token_seen(upstream)]["aud"] == EXCHANGED + "/v2"
+    assert old in queued_for_revocation(dbsession, browser)
+
+
+def test_an_exchanged_token_of_an_upstream_a_restart_set_to_the_refresh_grant_is_queued_for_revocation(
+    app, make_proxy_app, signed_in, upstream, provider, dbsession
+):
+    """``exchange`` turned off: the upstream's token now comes of the session's refresh token, and
+    the exchanged one its row held is not of that grant; replaced while live, it is queued, as the
+    row said it was exchanged (whatever the upstream is set to now)."""
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/swap/x", status=200)
+    old = token_seen(upstream)
+    browser.app = restarted(app, make_proxy_app, **{"myapp.upstream.swap.exchange": "false"})
+    api(browser, "GET", "/api/swap/x", status=200)
+    assert token_seen(upstream) != old
+    assert token_requests(provider)[-1]["grant_type"] == "refresh_token"
+    assert old in queued_for_revocation(dbsession, browser)
 
 
 def test_a_401_gets_a_new_upstream_token_and_one_retry(app, signed_in, upstream, provider):

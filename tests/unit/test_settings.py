@@ -1231,3 +1231,44 @@ def test_a_value_read_from_the_environment_is_not_echoed_in_another_spelling_eit
             **{f"myapp.upstream.demo.{setting}": "env:WORD"},
         )
         assert "horse" not in message.lower() and "the value of env:WORD" in message, message
+
+
+def _upstream(**changed):
+    from types import MappingProxyType
+
+    from myapp.settings import Upstream
+
+    values = {
+        "name": "orders", "base_url": "https://orders.example.test/v1", "timeout": 30.0,
+        "methods": frozenset({"GET"}), "scope": "orders:read", "resources": ("https://orders.example.test",),
+        "token_params": MappingProxyType({"audience": "orders", "acr": "1"}), "exchange": False,
+    }
+    return Upstream(**{**values, **changed})
+
+
+def test_what_an_upstream_token_is_minted_for_is_the_same_in_every_process_and_version():
+    """Stored with every token of an upstream's own (migration 0011): a digest that changed with
+    the process (a set's order, a hash seed) or a refactor would mint every token again."""
+    assert _upstream().minted_for == "57771c89ae97d49100aafc7987491c24"
+
+
+@pytest.mark.parametrize("changed", [
+    {"base_url": "https://orders.example.test/v2"},
+    {"scope": "orders:write"},
+    {"resources": ("https://other.example.test",)},
+    {"token_params": {"audience": "billing", "acr": "1"}},
+    {"exchange": True},
+], ids=lambda changed: next(iter(changed)))
+def test_what_an_upstream_token_is_minted_for_changes_with_where_it_goes_and_how_it_is_asked_for(changed):
+    assert _upstream(**changed).minted_for != _upstream().minted_for
+
+
+@pytest.mark.parametrize("changed", [
+    {"name": "billing"}, {"timeout": 5.0}, {"methods": frozenset({"GET", "POST"})}, {"providers": frozenset({"a"})},
+    {"dpop": False}, {"token_params": {"acr": "1", "audience": "orders"}},
+], ids=lambda changed: next(iter(changed)) + ("-reordered" if "token_params" in changed else ""))
+def test_what_an_upstream_token_is_minted_for_does_not_change_with_the_rest(changed):
+    """Not the name (what matters is where it goes), nor its calls' limits; ``dpop`` is the
+    token's type's to refuse (TokenManager._takes); parameters in another order are the same."""
+    assert _upstream(**changed).minted_for == _upstream().minted_for
+

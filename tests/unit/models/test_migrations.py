@@ -273,6 +273,51 @@ def test_upstream_tokens_from_before_0010_upgrade_as_not_exchanged_and_keep_thei
     run(engine, "upgrade", "head")
 
 
+def test_upstream_tokens_from_before_0011_upgrade_minted_for_nothing_known_and_keep_their_rows_on_downgrade(empty_database):
+    """0011 on a database with a live session and an upstream token: the token reads as before,
+    minted for nothing known (None) whatever the caller expects, which no upstream takes (it is
+    asked for again: test_upstream_tokens.py); a token stored since reads as minted for what it
+    was, and for nothing else; both survive the downgrade."""
+    _, engine = empty_database
+    run(engine, "upgrade", "0010")
+    now = datetime.now(timezone.utc)
+    raw_id = "g" * 43
+    with engine.begin() as connection:
+        insert_user(connection, "gina", "Gina", None, "[]", now)
+        connection.execute(
+            text(
+                "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+                "ip_address, provider, csrf_token, access_token, refresh_token, token_generation) "
+                "VALUES (1, :hash, 'handle-1', 1, :now, :now, :expires, '', '', 'default', 'csrf', :at, :rt, 0)"
+            ),
+            {"hash": hash_session_id(raw_id), "now": now, "expires": now + timedelta(days=1),
+             "at": CIPHER.encrypt("at-1"), "rt": CIPHER.encrypt("rt-1")},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO session_tokens (session_id, upstream, access_token, expires_at, refreshed_at, exchanged) "
+                "VALUES (1, 'graph', :token, :expires, :now, :exchanged)"
+            ),
+            {"token": CIPHER.encrypt("graph-token"), "expires": now + timedelta(minutes=5), "now": now, "exchanged": False},
+        )
+    run(engine, "upgrade", "head")
+    with Session(engine) as dbsession:
+        store = session_store(dbsession)
+        session = store.find(raw_id)
+        stored = store.rows.upstream_token(session.id, "graph", minted_for="f" * 32)
+        assert (stored.access_token, stored.minted_for, stored.exchanged) == ("graph-token", None, False)
+        assert store.rows.write_upstream_token(
+            session.id, "own", UpstreamToken("own-token", now + timedelta(minutes=5), now, minted_for="f" * 32)
+        )
+        assert store.rows.upstream_token(session.id, "own", minted_for="f" * 32).minted_for == "f" * 32
+        assert store.rows.upstream_token(session.id, "own", minted_for="e" * 32).minted_for is None
+        dbsession.commit()
+    run(engine, "downgrade", "0010")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT upstream FROM session_tokens ORDER BY id")).scalars().all() == ["graph", "own"]
+    run(engine, "upgrade", "head")
+
+
 def test_downgrading_keeps_the_rows_of_child_tables(empty_database):
     """Downgrades drop columns in place: on SQLite a rebuilt "sessions" table would cascade into
     session_tokens (foreign keys are on)."""
