@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 RECENT_REFRESH = timedelta(seconds=30)
 PLAINTEXT_CACHE_SIZE = 1024
+# How long a session's refused upstream token is not asked for again in the process that was
+# refused (TokenManager._upstream_access_token): a refusal is the provider's configuration or policy
+# (invalid_scope, invalid_target, an exchange it will not make), which a moment does not change.
+REFUSAL_HOLD = timedelta(seconds=30)
 _UNVERIFIED = "unverified"
 
 
@@ -259,6 +263,8 @@ class TokenManager:
         self._upstream_tokens: dict[tuple[str, str], UpstreamToken] = {}
         # Sessions' DPoP keys by ciphertext, like the access tokens.
         self._dpop_keys: dict[bytes, DPoPKey] = {}
+        # Upstream tokens the provider refused, by (session handle, upstream): until when, and why.
+        self._refused: dict[tuple[str, str], tuple[datetime, str]] = {}
         # Providers (and upstreams) already warned of tokens that live no longer than the leeway.
         self._warned_short_lived: set[str] = set()
 
@@ -434,6 +440,14 @@ class TokenManager:
                 credential = self._known(known.access_token, known.token_type, session)
                 if credential is not None:
                     return credential
+        refused = self._refused.get(key)
+        if refused is not None:
+            until, error = refused
+            if until > self.clock():
+                # Not asked again so soon: each call would be one more token request and one more
+                # audit record of the same refusal (a misconfigured scope, on every page and call).
+                raise UpstreamTokenRefused(upstream.name, error)
+            self._refused.pop(key, None)
         # The same lock as the session's own refresh: every use of its one refresh token, for any
         # upstream, is single-flight per session across threads and processes.
         return self.flights.run(
@@ -470,6 +484,8 @@ class TokenManager:
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop(key, None)
+            if isinstance(outcome, UpstreamTokenRefused):
+                remember(self._refused, key, (self.clock() + REFUSAL_HOLD, outcome.error), PLAINTEXT_CACHE_SIZE)
             raise outcome
         token, dpop = outcome
         self._remember_upstream_token(key, token)

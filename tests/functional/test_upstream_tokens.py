@@ -4,6 +4,7 @@ upstream, on real sockets.
 """
 
 import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import delete, func, select, update
 from myapp.models import AuditEvent, SessionToken, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services import Services
+from myapp.services import tokens as tokens_module
 from myapp.services.sessions import EndReason, minted_label
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.test_proxy import (
@@ -292,6 +294,49 @@ def test_a_refused_target_is_a_502_for_that_upstream_only(app, signed_in, upstre
     assert row_of(dbsession, browser).ended_at is None
     api(browser, "GET", "/api/graph/x", status=200)
     api(browser, "GET", "/api/plain/x", status=200)
+
+
+def refusals_audited(dbsession, upstream_name: str) -> int:
+    dbsession.commit()
+    return len(dbsession.scalars(select(AuditEvent).where(
+        AuditEvent.event == "refresh_failed", AuditEvent.detail.contains(f"upstream {upstream_name}")
+    )).all())
+
+
+def test_a_refused_upstream_token_is_not_asked_for_again_at_once(
+    app, signed_in, upstream, provider, dbsession, monkeypatch
+):
+    """A refusal is the provider's configuration or policy (a scope it does not know): asked again
+    on every call, a page and its calls each made one more token request and one more audit record
+    of the same refusal. The session's later calls to that upstream are refused at once, for
+    REFUSAL_HOLD, without the provider; then it is asked again. Other upstreams and sessions go on."""
+    monkeypatch.setattr(tokens_module, "REFUSAL_HOLD", timedelta(seconds=0.5))
+    provider.refused_targets[OWN_RESOURCE] = "invalid_target"
+    browser = signed_in(app=app)
+    for _ in range(3):
+        response = api(browser, "GET", "/api/own/x", status=502)
+        assert response.json["error"] == "upstream_unavailable" and "invalid_target" in response.json["message"]
+    assert [f.get("resource") for f in token_requests(provider)] == [OWN_RESOURCE]
+    assert refusals_audited(dbsession, "own") == 1
+    api(browser, "GET", "/api/graph/x", status=200)  # another upstream of the same session
+    other = signed_in(app=app, refresh_token="rt-other")  # the same upstream for another session
+    api(other, "GET", "/api/own/x", status=502)
+    assert [f.get("resource") for f in token_requests(provider)].count(OWN_RESOURCE) == 2
+    assert upstream.seen[-1]["path"].startswith("/graph") and len(upstream.seen) == 1
+    time.sleep(0.6)
+    del provider.refused_targets[OWN_RESOURCE]  # set right at the provider meanwhile
+    api(browser, "GET", "/api/own/x", status=200)
+    assert provider.access_tokens[token_seen(upstream)]["aud"] == OWN_RESOURCE
+
+
+def test_a_provider_that_does_not_answer_is_asked_again_at_once(app, signed_in, upstream, provider, dbsession):
+    """Only a refusal is held: a provider that fails (a 503, a timeout) may answer the next call."""
+    answers = iter([(503, {"error": "temporarily_unavailable"})])
+    provider.token_response = lambda form: next(answers, None) or provider.issue_tokens(form, provider.token_forms[-1])
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/own/x", status=503)
+    api(browser, "GET", "/api/own/x", status=200)
+    assert len(token_requests(provider)) == 2
 
 
 def test_invalid_grant_for_an_upstream_token_ends_the_session(app, signed_in, upstream, provider, dbsession):
@@ -977,10 +1022,12 @@ def test_an_exchange_refusing_the_sessions_access_token_refreshes_it_and_exchang
 
 
 def test_an_exchange_refusing_a_fresh_access_token_is_a_502_for_that_upstream_only(
-    app, signed_in, upstream, provider, dbsession
+    app, signed_in, upstream, provider, dbsession, monkeypatch
 ):
     """The session's token, refreshed moments ago, still refused: the provider will not exchange it
-    (its policy, not a dead session). That upstream is out of reach; the session and the others go on."""
+    (its policy, not a dead session). That upstream is out of reach; the session and the others go on.
+    (Asked again at once, without the hold that keeps a refusal: tested on its own below.)"""
+    monkeypatch.setattr(tokens_module, "REFUSAL_HOLD", timedelta(0))
     provider.token_response = lambda form: (
         (400, {"error": "invalid_grant"}) if form.get("grant_type") == EXCHANGE
         else provider.issue_tokens(form, provider.token_forms[-1])
