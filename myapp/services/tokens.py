@@ -263,8 +263,9 @@ class TokenManager:
         self._upstream_tokens: dict[tuple[str, str], UpstreamToken] = {}
         # Sessions' DPoP keys by ciphertext, like the access tokens.
         self._dpop_keys: dict[bytes, DPoPKey] = {}
-        # Upstream tokens the provider refused, by (session handle, upstream): until when, and why.
-        self._refused: dict[tuple[str, str], tuple[datetime, str]] = {}
+        # Upstream tokens the provider refused, by (session handle, upstream): until when, why, and
+        # the session's token generation then (its tokens changed since: asked again).
+        self._refused: dict[tuple[str, str], tuple[datetime, str, int]] = {}
         # Providers (and upstreams) already warned of tokens that live no longer than the leeway.
         self._warned_short_lived: set[str] = set()
 
@@ -442,8 +443,8 @@ class TokenManager:
                     return credential
         refused = self._refused.get(key)
         if refused is not None:
-            until, error = refused
-            if until > self.clock():
+            until, error, generation = refused
+            if until > self.clock() and generation == session.token_generation:
                 # Not asked again so soon: each call would be one more token request and one more
                 # audit record of the same refusal (a misconfigured scope, on every page and call).
                 raise UpstreamTokenRefused(upstream.name, error)
@@ -451,7 +452,7 @@ class TokenManager:
         # The same lock as the session's own refresh: every use of its one refresh token, for any
         # upstream, is single-flight per session across threads and processes.
         return self.flights.run(
-            key, lambda: self._mint_upstream_token(session.id, key, upstream, stale),
+            key, lambda: self._mint_upstream_token(session, key, upstream, stale),
             span=("token.upstream", {"myapp.upstream": upstream.name}),
         )
 
@@ -472,8 +473,9 @@ class TokenManager:
         remember(self._upstream_tokens, key, token, PLAINTEXT_CACHE_SIZE)
 
     def _mint_upstream_token(
-        self, session_id: int, key: tuple[str, str], upstream: Upstream, stale: str | None
+        self, session: SessionRecord, key: tuple[str, str], upstream: Upstream, stale: str | None
     ) -> Credential:
+        session_id = session.id
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
             waiting = tracing.Stopwatch()
             with self.lock.locked(session_id) as dbsession:
@@ -485,7 +487,8 @@ class TokenManager:
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop(key, None)
             if isinstance(outcome, UpstreamTokenRefused):
-                remember(self._refused, key, (self.clock() + REFUSAL_HOLD, outcome.error), PLAINTEXT_CACHE_SIZE)
+                held = (self.clock() + REFUSAL_HOLD, outcome.error, session.token_generation)
+                remember(self._refused, key, held, PLAINTEXT_CACHE_SIZE)
             raise outcome
         token, dpop = outcome
         self._remember_upstream_token(key, token)

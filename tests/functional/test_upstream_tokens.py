@@ -329,6 +329,22 @@ def test_a_refused_upstream_token_is_not_asked_for_again_at_once(
     assert provider.access_tokens[token_seen(upstream)]["aud"] == OWN_RESOURCE
 
 
+def test_a_refusal_is_asked_again_once_the_sessions_tokens_changed(
+    app, signed_in, upstream, provider, dbsession
+):
+    """What the provider refused was asked with the session's tokens of then: refreshed since (in
+    any process), it is asked again at once, with the new ones."""
+    provider.refused_targets[OWN_RESOURCE] = "invalid_target"
+    browser = signed_in(app=app)
+    api(browser, "GET", "/api/own/x", status=502)
+    api(browser, "GET", "/api/own/x", status=502)
+    assert len(token_requests(provider)) == 1
+    dbsession.execute(update(UserSession).values(token_generation=UserSession.token_generation + 1))
+    dbsession.commit()
+    api(browser, "GET", "/api/own/x", status=502)
+    assert len(token_requests(provider)) == 2
+
+
 def test_a_provider_that_does_not_answer_is_asked_again_at_once(app, signed_in, upstream, provider, dbsession):
     """Only a refusal is held: a provider that fails (a 503, a timeout) may answer the next call."""
     answers = iter([(503, {"error": "temporarily_unavailable"})])
