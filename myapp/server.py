@@ -61,7 +61,7 @@ from pathlib import Path, PurePosixPath
 
 import waitress
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
 from waitress.server import BaseWSGIServer, MultiSocketServer
@@ -222,6 +222,9 @@ class WholeAnswerTask(WSGITask):
         # As waitress's write_soon sends from this thread (under the channel's lock, which its
         # loop takes too); what the socket would not take yet is left to the loop, woken for it.
         with channel.outbuf_lock:
+            if not channel.connected:
+                # Closed by the loop since the write (the client went away): as write_soon says so.
+                raise ClientDisconnected
             flushed, failed = channel._flush_exception(channel._flush_some, do_close=False)
             if failed or not flushed or channel.total_outbufs_len:
                 channel.server.pull_trigger()

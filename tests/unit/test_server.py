@@ -6,6 +6,7 @@ processes: it changes the whole process)."""
 import contextlib
 import errno
 import json
+import logging
 import os
 import select
 import signal
@@ -428,7 +429,7 @@ def test_an_answer_written_whole_by_a_request_served_alone_is_sent_at_once_by_it
     assert len(sends) == 1 and sends[0][0].startswith("waitress-") and sends[0][1] == len(received), sends
 
 
-def test_an_answer_too_large_for_the_socket_at_once_is_sent_on_by_the_loop():
+def test_an_answer_too_large_for_the_socket_at_once_is_sent_on_by_the_loop(monkeypatch):
     """What the request's thread could not send at once (the client not reading yet) goes when
     the client reads, from the loop, whole and in order, however long the thread has been done."""
     body = bytes(range(256)) * (8 * 1024 * 1024 // 256)
@@ -437,7 +438,9 @@ def test_an_answer_too_large_for_the_socket_at_once_is_sent_on_by_the_loop():
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
         return [body]
 
-    with serve(large, create_server=create_server) as url:
+    sends, served = sent_by(monkeypatch), IdleServer()
+    with serve(large, create_server=served) as url:
+        served.idle()
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as conn:
             conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -447,6 +450,49 @@ def test_an_answer_too_large_for_the_socket_at_once_is_sent_on_by_the_loop():
                 received += chunk
     head, _, sent = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and sent == body
+    senders = [thread for thread, _ in sends]
+    assert senders[0].startswith("waitress-") and senders[-1] == f"waitress {url}", senders[:3] + senders[-3:]
+
+
+def test_a_client_gone_before_its_answer_is_sent_at_once_ends_the_request_quietly(caplog):
+    """The loop may close the connection between the answer's write and its send from the
+    request's thread (here: a client that hung up, read as such while its request runs, with
+    channel_request_lookahead): the request ends as a disconnected client's does in waitress, not
+    with "Unexpected exception when flushing" and a traceback."""
+    gone, closed = threading.Event(), threading.Event()
+    alone = server.serving_alone
+
+    def after_the_client_is_gone(dispatcher):
+        gone.wait(5)
+        closed.wait(0.5)  # the loop reads the hang-up and closes the channel
+        return alone(dispatcher)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"hello"]
+
+    caplog.set_level(logging.INFO, logger="waitress")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server, "serving_alone", after_the_client_is_gone)
+        handle_close = server.StrictChannel.handle_close
+
+        def closing(self):
+            handle_close(self)
+            closed.set()
+
+        patch.setattr(server.StrictChannel, "handle_close", closing)
+        with serve(app, create_server=create_server, channel_request_lookahead=1) as url:
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                time.sleep(0.1)
+            gone.set()
+            assert closed.wait(5)
+            deadline = time.monotonic() + 5
+            while not any("disconnected" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
 
 
 @pytest.mark.parametrize("active, queued, alone", [
