@@ -25,7 +25,6 @@ import resource
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -49,6 +48,7 @@ from bench.run import (  # noqa: E402
     migrate,
     postgres_schema,
     sign_in,
+    work_directory,
 )
 from myapp import main as myapp_main  # noqa: E402
 from myapp.models import Post, User, UserSession  # noqa: E402
@@ -126,11 +126,11 @@ def signed_in_app(
     """myapp in this process with a signed-in session (and ``posts`` posts of its user's), and the
     bare proxy N, both on the development stack (its own process); yields (B, B's environ, N, N's
     environ)."""
-    work = Path(tempfile.mkdtemp(prefix="myapp-hot-path-"))
     idp_port = free_port()
     idp = f"http://127.0.0.1:{idp_port}"
-    processes = Processes(work)
     with contextlib.ExitStack() as stack:
+        work = stack.enter_context(work_directory("myapp-hot-path-"))
+        processes = Processes(work)
         stack.callback(processes.stop)
         database_url = (
             stack.enter_context(postgres_schema(database_url, "myapp_hot_path")) if database_url

@@ -68,6 +68,19 @@ class ServerDidNotStart(SystemExit):
     """A server under test exited or did not listen in time (ends the bench unless caught)."""
 
 
+@contextlib.contextmanager
+def work_directory(prefix: str):
+    """A directory for the servers' files and logs: removed when the run ends well, kept when it
+    fails, and named then, for the logs of what went wrong (every run left one behind in /tmp)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    except BaseException:
+        print(f"bench: the servers' files and logs are kept in {work}", file=sys.stderr, flush=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+
+
 class Processes:
     """The servers under test, each in its own process, their output in the work directory."""
 
@@ -373,6 +386,12 @@ KEY = Fernet.generate_key().decode()
 
 
 def main():
+    args = parse_args()
+    with work_directory("myapp-bench-") as work:
+        measure(work, args)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -381,7 +400,10 @@ def main():
     parser.add_argument("--pin", action="store_true", help="each server process held to one CPU (see above)")
     parser.add_argument("--output")
     parser.add_argument("--chart")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure(work: Path, args: argparse.Namespace):
     levels = [int(c) for c in args.concurrency.split(",")]
     suffix = "-pinned" if args.pin else ""
     output = Path(args.output or ROOT / "bench" / f"results{suffix}.json")
@@ -393,7 +415,6 @@ def main():
             raise SystemExit("bench: --pin needs two CPUs (the API on one, the proxy under test on another)")
         cpus = {"devstack": usable[0], "sink": usable[0], "*": usable[-1]}
 
-    work = Path(tempfile.mkdtemp(prefix="myapp-bench-"))
     names = ("idp", "bff", "n", "r", "node", "pg", "pg2", "traced", "sampled", "sink", "dpop", "held", "nheld", "pgh",
              "pgh2", "nloop")
     ports = {name: free_port() for name in names}

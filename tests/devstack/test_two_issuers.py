@@ -1,8 +1,6 @@
 """The development stack's second issuer, RFC 8707 resource indicators and RFC 8693 token
 exchange, and the demo API's second audience, over real HTTP."""
 
-import tempfile
-from pathlib import Path
 
 import pytest
 import requests
@@ -16,8 +14,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 
 @pytest.fixture(scope="module")
-def stack():
-    key2 = Path(tempfile.mkdtemp(prefix="myapp-idp2-")) / "idp2-key.json"
+def stack(tmp_path_factory):
+    key2 = tmp_path_factory.mktemp("idp2") / "idp2-key.json"
     with running_devstack(
         **{
             "devstack.idp2.issuer": "{base}/_dev/idp2",
