@@ -458,12 +458,12 @@ class TokenManager:
 
     @staticmethod
     def _takes(upstream: Upstream, token: UpstreamToken) -> bool:
-        """Whether a stored token may go to ``upstream``: only one minted for the upstream as it is
-        set now (its server, scope, resources, parameters, exchange: Upstream.minted_for), which a
-        restart may have changed under the same name, or one stored before that was recorded; and
-        one bound to the session's key never goes to an upstream that takes Bearer tokens (``dpop =
-        false``, set since it was minted). Another is asked for instead, at once (without a proof
-        for ``dpop = false``)."""
+        """Whether a stored token may go to ``upstream``: only one recorded as minted for the
+        upstream as it is set now (its server, scope, resources, parameters, exchange:
+        Upstream.minted_for), never one minted before a restart changed that under the same name,
+        nor one stored before it was recorded (None); and one bound to the session's key never goes
+        to an upstream that takes Bearer tokens (``dpop = false``, set since it was minted).
+        Another is asked for instead, at once (without a proof for ``dpop = false``)."""
         return token.minted_for == upstream.minted_for and (upstream.dpop or token.token_type != DPOP)
 
     def _remember_upstream_token(self, key: tuple[str, str], token: UpstreamToken | None) -> None:
