@@ -105,8 +105,7 @@ def test_an_upstream_token_is_kept_until_it_is_due(app, signed_in, upstream, pro
 def test_an_upstream_token_is_read_from_the_database_by_another_process(app, make_proxy_app, signed_in, upstream, provider):
     browser = signed_in(app=app)
     api(browser, "GET", "/api/graph/x", status=200)
-    other = make_proxy_app(**{k: v for k, v in app.registry.settings.items() if k.startswith(("myapp.", "sqlalchemy."))})
-    browser.app = other
+    browser.app = restarted(app, make_proxy_app)
     api(browser, "GET", "/api/graph/x", status=200)
     assert len(provider.token_forms) == 1
     assert token_seen(upstream, 0) == token_seen(upstream, 1)

@@ -53,11 +53,16 @@ class Recorder:
         return [body]
 
 
+def connect(base_url: str, timeout: float = 5) -> socket.socket:
+    """A raw connection to the server at ``base_url``."""
+    host, port = base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
 def exchange(base_url: str, raw: bytes, *more: bytes) -> bytes:
     """Send ``raw`` (then each of ``more``, a moment apart: segments of their own) on one
     connection and read until the server closes it (or goes quiet)."""
-    host, port = base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as conn:
+    with connect(base_url) as conn:
         conn.sendall(raw)
         for piece in more:
             time.sleep(0.05)
@@ -370,11 +375,15 @@ def sent_by(monkeypatch) -> list:
     return sends
 
 
-@pytest.fixture
-def others_at_work(monkeypatch):
+def leave_every_answer_to_the_loop(monkeypatch) -> None:
     """Every request served as though others were at work at the same time (serving_alone() is
     False): its whole answer is left to the loop. :func:`at_work_meanwhile` does it for real."""
     monkeypatch.setattr(server, "serving_alone", lambda dispatcher: False)
+
+
+@pytest.fixture
+def others_at_work(monkeypatch):
+    leave_every_answer_to_the_loop(monkeypatch)
 
 
 class Waits:
@@ -395,8 +404,7 @@ class Waits:
 @contextlib.contextmanager
 def at_work_meanwhile(url: str, app: Waits):
     """A request to ``/wait`` at work on its own connection for as long as the block runs."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as conn:
+    with connect(url) as conn:
         conn.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert app.waiting.wait(5), "the request to /wait never reached the app"
         try:
@@ -441,8 +449,7 @@ def test_an_answer_too_large_for_the_socket_at_once_is_sent_on_by_the_loop(monke
     sends, served = sent_by(monkeypatch), IdleServer()
     with serve(large, create_server=served) as url:
         served.idle()
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as conn:
+        with connect(url) as conn:
             conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             time.sleep(0.3)  # the thread sends what the socket takes, and is done
             received = b""
@@ -482,8 +489,7 @@ def test_a_client_gone_before_its_answer_is_sent_at_once_ends_the_request_quietl
 
         patch.setattr(server.StrictChannel, "handle_close", closing)
         with serve(app, create_server=create_server, channel_request_lookahead=1) as url:
-            host, port = url.removeprefix("http://").split(":")
-            with socket.create_connection((host, int(port)), timeout=5) as conn:
+            with connect(url) as conn:
                 conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 time.sleep(0.1)
             gone.set()
@@ -543,8 +549,7 @@ def test_an_answer_written_in_parts_is_sent_part_by_part(length):
     own wake-up is put off past the test, so that only a part sent at once arrives."""
     app = Streaming(length)
     with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as conn:
+        with connect(url) as conn:
             conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             received = b""
             while b"first" not in received:
@@ -563,7 +568,7 @@ def test_an_answer_without_a_body_is_sent_whole(status, sender, monkeypatch):
         return []
 
     if sender != "alone":
-        monkeypatch.setattr(server, "serving_alone", lambda dispatcher: False)
+        leave_every_answer_to_the_loop(monkeypatch)
     sends, served = sent_by(monkeypatch), IdleServer()
     with serve(no_body, create_server=served) as url:
         served.idle()
@@ -601,8 +606,7 @@ def test_an_answer_written_whole_goes_when_the_app_writes_on(status, headers, an
     own wake-up is put off."""
     app = WritesOn(status, headers)
     with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=3) as conn:
+        with connect(url, timeout=3) as conn:
             conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             received = b""
             try:
@@ -630,8 +634,7 @@ def test_100_continue_after_an_answer_left_to_the_loop_is_sent_once_with_it(app,
 
     monkeypatch.setattr(server.StrictChannel, "send", slowed)
     with serve(app, create_server=create_server, asyncore_loop_timeout=60) as url:
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as conn:
+        with connect(url) as conn:
             conn.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
                          b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
             assert sending.wait(5)
@@ -793,7 +796,7 @@ def test_sigterm_stops_the_server_as_ctrl_c_does_and_the_last_spans_are_sent(tmp
             assert child.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.05)
         url = next(line for line in lines if "Serving on" in line).split("Serving on ", 1)[1].strip()
-        with contextlib.closing(socket.create_connection(url.removeprefix("http://").rsplit(":", 1))) as sock:
+        with connect(url) as sock:
             sock.sendall(b"GET /the-last-one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 204")
         child.send_signal(signal.SIGTERM)

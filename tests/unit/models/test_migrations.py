@@ -56,6 +56,20 @@ def insert_user(connection, subject, name, email, groups_json, now):
     )
 
 
+def insert_live_session(connection, n: int, raw_id: str, now: datetime) -> None:
+    """Session ``n`` of user 1, live for a day, with tokens ``at-n`` and ``rt-n``: a row as the
+    revisions from 0009 (browser bindings, nullable) to 0011 all take it."""
+    connection.execute(
+        text(
+            "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
+            "ip_address, provider, csrf_token, access_token, refresh_token, token_generation) "
+            "VALUES (:id, :hash, :handle, 1, :now, :now, :expires, '', '', 'default', 'csrf', :at, :rt, 0)"
+        ),
+        {"id": n, "hash": hash_session_id(raw_id), "handle": f"handle-{n}", "now": now,
+         "expires": now + timedelta(days=1), "at": CIPHER.encrypt(f"at-{n}"), "rt": CIPHER.encrypt(f"rt-{n}")},
+    )
+
+
 def run(engine, direction, revision):
     config = alembic_config()
     with engine.begin() as connection:
@@ -237,15 +251,7 @@ def test_upstream_tokens_from_before_0010_upgrade_as_not_exchanged_and_keep_thei
     with engine.begin() as connection:
         insert_user(connection, "erin", "Erin", None, "[]", now)
         for n in (1, 2):
-            connection.execute(
-                text(
-                    "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
-                    "ip_address, provider, csrf_token, access_token, refresh_token, token_generation) "
-                    "VALUES (:id, :hash, :handle, 1, :now, :now, :expires, '', '', 'default', 'csrf', :at, :rt, 0)"
-                ),
-                {"id": n, "hash": hash_session_id(raw_id if n == 1 else "f" * 43), "handle": f"handle-{n}", "now": now,
-                 "expires": now + timedelta(days=1), "at": CIPHER.encrypt(f"at-{n}"), "rt": CIPHER.encrypt(f"rt-{n}")},
-            )
+            insert_live_session(connection, n, raw_id if n == 1 else "f" * 43, now)
         connection.execute(
             text(
                 "INSERT INTO session_tokens (session_id, upstream, access_token, expires_at, refreshed_at) "
@@ -284,15 +290,7 @@ def test_upstream_tokens_from_before_0011_upgrade_minted_for_nothing_known_and_k
     raw_id = "g" * 43
     with engine.begin() as connection:
         insert_user(connection, "gina", "Gina", None, "[]", now)
-        connection.execute(
-            text(
-                "INSERT INTO sessions (id, id_hash, handle, user_id, created_at, last_seen_at, expires_at, user_agent, "
-                "ip_address, provider, csrf_token, access_token, refresh_token, token_generation) "
-                "VALUES (1, :hash, 'handle-1', 1, :now, :now, :expires, '', '', 'default', 'csrf', :at, :rt, 0)"
-            ),
-            {"hash": hash_session_id(raw_id), "now": now, "expires": now + timedelta(days=1),
-             "at": CIPHER.encrypt("at-1"), "rt": CIPHER.encrypt("rt-1")},
-        )
+        insert_live_session(connection, 1, raw_id, now)
         connection.execute(
             text(
                 "INSERT INTO session_tokens (session_id, upstream, access_token, expires_at, refreshed_at, exchanged) "
