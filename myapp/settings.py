@@ -56,7 +56,10 @@ NEVER_FORWARDED = frozenset(
      "dpop"}
 )
 
-_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+# ASCII digits only: \d and int() also take other scripts' digits ("٦٠"), and int() a sign.
+_DURATION = re.compile(r"([0-9]+)[ \t]*([smhd]?)")
+# A whole number as an ini file writes it: ASCII digits, in groups an underscore may part ("10_485_760").
+_WHOLE_NUMBER = re.compile(r"[0-9]+(?:_[0-9]+)*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # The longest any duration setting takes (about 1,900 years): now plus it, and now minus it (an
 # audit retention), are still dates for centuries to come, and no ini file that ran before is refused
@@ -355,7 +358,7 @@ class DurationTooLong(ValueError):
 
 
 def parse_duration(text: str, maximum: timedelta = MAX_DURATION) -> timedelta:
-    match = _DURATION.match(text.strip().lower())
+    match = _DURATION.fullmatch(text.strip().lower())
     if not match:
         raise ValueError(f"{text!r} is not a duration (use seconds, or 30s, 15m, 8h, 14d)")
     digits, unit = match.groups()
@@ -475,10 +478,14 @@ class _Reader:
         value = self._get(name, None)
         if value is None:
             return default
-        try:
-            number = int(str(value).replace("_", ""))
-        except ValueError:
-            raise SettingsError(f"{name}: {value!r} is not a whole number") from None
+        text = str(value).strip()
+        if not _WHOLE_NUMBER.fullmatch(text):
+            # int() would also take "+60", "1__0", "_1" and other scripts' digits.
+            raise SettingsError(f"{name}: {value!r} is not a whole number (digits 0-9, such as 300)")
+        digits = text.replace("_", "").lstrip("0") or "0"
+        if len(digits) > 18:  # more than any count or size here needs; int() refuses past 4,300 digits
+            raise SettingsError(f"{name}: {value!r} is too large")
+        number = int(digits)
         if number < minimum:
             raise SettingsError(f"{name}: must be at least {minimum}, got {number}")
         return number

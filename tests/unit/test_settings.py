@@ -92,8 +92,11 @@ def test_durations(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5w", "-5", "1.5h", "5 m s"])
+@pytest.mark.parametrize("text", ["", "abc", "5w", "-5", "1.5h", "5 m s", "+60", "1_000", "\u0666\u0660",
+                                  "\uff16\uff10s", "6\u00a0m"])
 def test_bad_durations(text):
+    """ASCII digits only: a sign, an underscore, Arabic-Indic or full-width digits and a
+    non-breaking space are no duration (int() and \\d took the digits, \\s the space)."""
     with pytest.raises(ValueError):
         parse_duration(text)
 
@@ -189,6 +192,15 @@ def test_blank_counts_as_missing():
         ("myapp.environment", "staging", "is not one of production, development"),
         ("myapp.metrics.enabled", "perhaps", "is not a boolean"),
         ("myapp.login.rate_limit", "many", "is not a whole number"),
+        # int() took each of these (a sign, underscores anywhere, Arabic-Indic and full-width digits).
+        ("myapp.login.rate_limit", "+60", "is not a whole number"),
+        ("myapp.login.rate_limit", "-5", "is not a whole number"),
+        ("myapp.login.rate_limit", "1__0", "is not a whole number"),
+        ("myapp.login.rate_limit", "_10", "is not a whole number"),
+        ("myapp.login.rate_limit", "\u0663\u0660\u0660", "is not a whole number"),
+        ("myapp.proxy.max_body_bytes", "\uff11\uff10\uff10", "is not a whole number"),
+        ("myapp.proxy.max_body_bytes", "9" * 5000, "is too large"),
+        ("myapp.session.idle_timeout", "\u0663\u0660m", "is not a duration"),
         ("myapp.dashboard.upstream", "nope", "no upstream named 'nope'"),
     ],
 )
@@ -1272,3 +1284,8 @@ def test_what_an_upstream_token_is_minted_for_does_not_change_with_the_rest(chan
     token's type's to refuse (TokenManager._takes); parameters in another order are the same."""
     assert _upstream(**changed).minted_for == _upstream().minted_for
 
+
+
+@pytest.mark.parametrize("text, number", [("300", 300), (" 42 ", 42), ("10_485_760", 10485760), ("0007", 7)])
+def test_whole_numbers_are_ascii_digits_an_underscore_may_group(text, number):
+    assert load_settings(raw(myapp__login__rate_limit=text), environ={}).login_rate_limit == number
