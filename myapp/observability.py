@@ -11,6 +11,7 @@ import contextvars
 import logging
 import os
 import re
+import sys
 import threading
 import time
 
@@ -103,12 +104,13 @@ def configure_logging(log_format: str, handlers: list[logging.Handler] | None = 
     for ``json``, one JSON object a line. Idempotent: an app made twice in one process (tests)
     does not stack filters.
 
-    With ``json``, two things Python would otherwise write to standard error as text go through
-    the log too, so that a log shipper reading JSON lines reads them: a warning (logger
-    ``py.warnings``), and an exception that ends a thread other than the main one (logger
-    ``myapp``, with its traceback in ``exc_info``). Not where the log has nowhere to write (no
-    handler on the root logger: a warning would be lost instead of shown), and a thread hook that
-    something else set (a test runner) is left alone."""
+    With ``json``, what Python would otherwise write to standard error as text goes through the
+    log too, so that a log shipper reading JSON lines reads it: a warning (logger ``py.warnings``),
+    an exception that ends a thread (``threading.excepthook``) or the main thread
+    (``sys.excepthook``), and one Python could not raise, in a finalizer or a callback
+    (``sys.unraisablehook``), each a line of logger ``myapp`` with its traceback in ``exc_info``.
+    Not where the log has nowhere to write (no handler on the root logger: a warning would be lost
+    instead of shown), and a hook that something else set (a test runner) is left alone."""
     for handler in logging.getLogger().handlers if handlers is None else handlers:
         if not any(isinstance(f, RequestContext) for f in handler.filters):
             handler.addFilter(RequestContext())
@@ -118,6 +120,10 @@ def configure_logging(log_format: str, handlers: list[logging.Handler] | None = 
         logging.captureWarnings(True)
         if threading.excepthook is threading.__excepthook__:
             threading.excepthook = log_thread_exception
+        if sys.excepthook is sys.__excepthook__:
+            sys.excepthook = log_uncaught_exception
+        if sys.unraisablehook is sys.__unraisablehook__:
+            sys.unraisablehook = log_unraisable_exception
 
 
 def log_thread_exception(args: threading.ExceptHookArgs) -> None:
@@ -133,6 +139,36 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
         )
     except Exception:  # a handler or filter that failed: the thread's own traceback is still told
         threading.__excepthook__(args)
+
+
+def log_uncaught_exception(exc_type, exc_value, exc_traceback) -> None:
+    """An exception that ends the main thread (``sys.excepthook``), as a line of the log. Ctrl-C
+    is Python's to tell, as at a terminal."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+        return
+    try:
+        logging.getLogger("myapp").critical("uncaught exception", exc_info=(exc_type, exc_value, exc_traceback))
+    except Exception:
+        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+
+
+def log_unraisable_exception(unraisable) -> None:
+    """An exception Python could not raise (in ``__del__``, a weakref callback, a generator closed
+    by the collector: ``sys.unraisablehook``), as a line of the log. The object is told by its
+    repr, made at once: the record keeps no reference to it, which may be being finalized."""
+    where = unraisable.err_msg or "Exception ignored in"
+    try:
+        what = repr(unraisable.object) if unraisable.object is not None else ""
+    except Exception:
+        what = f"<{type(unraisable.object).__name__} object>"
+    try:
+        logging.getLogger("myapp").error(
+            "%s", f"{where}: {what}" if what else where,
+            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        )
+    except Exception:
+        sys.__unraisablehook__(unraisable)
 
 
 def json_formatter() -> JsonFormatter:

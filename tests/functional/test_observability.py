@@ -4,16 +4,36 @@ X-Request-ID, sent upstream, stored with audit records and written in every log 
 import io
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from myapp.models import AuditEvent
-from myapp.observability import RequestContext, configure_logging, json_formatter, log_thread_exception
+from myapp.observability import (
+    RequestContext,
+    configure_logging,
+    json_formatter,
+    log_thread_exception,
+    log_uncaught_exception,
+    log_unraisable_exception,
+)
 from tests.functional.conftest import Browser
 from tests.functional.test_proxy import api
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def hooks_put_back(monkeypatch):
+    """Whatever hooks a json log set in a test are the test's alone: the next one starts from these."""
+    for module, name in ((threading, "excepthook"), (sys, "excepthook"), (sys, "unraisablehook")):
+        monkeypatch.setattr(module, name, getattr(module, name))
 
 
 def test_every_answer_names_its_request(app):
@@ -70,7 +90,7 @@ def test_in_json_a_warning_and_an_exception_a_thread_did_not_catch_are_json_line
     handler = logging.StreamHandler(stream)
     root = logging.getLogger()
     root.addHandler(handler)
-    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's own: no test runner's
+    python_hooks(monkeypatch)  # Python's own: no test runner's
     # An app made in json by an earlier test left logging's own record that it captures warnings,
     # though the test runner put its way of showing them back since: start from neither.
     logging.captureWarnings(False)
@@ -116,15 +136,76 @@ def test_a_thread_whose_exception_the_log_cannot_take_still_tells_it(monkeypatch
     assert "ZeroDivisionError" in capfd.readouterr().err  # Python's own telling of it
 
 
+def test_in_json_an_exception_ending_the_main_thread_and_an_unraisable_one_are_json_lines():
+    """A process whose log is JSON, where a finalizer raises (Python can only tell it) and then
+    the main thread ends by an exception: every line on standard error is JSON, each with its
+    traceback, and nothing else is written there."""
+    script = textwrap.dedent("""
+        import logging
+        from myapp.observability import configure_logging
+
+        logging.basicConfig()
+        configure_logging("json")
+
+        class Finalized:
+            def __del__(self):
+                raise ValueError("closed twice")
+
+        Finalized()
+        raise RuntimeError("the settings went wrong")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    unraisable, uncaught = lines
+    assert unraisable["level"] == "ERROR" and unraisable["logger"] == "myapp"
+    assert unraisable["message"].startswith("Exception ignored in: <function Finalized.__del__")  # as Python names it
+    assert "ValueError: closed twice" in unraisable["exc_info"]
+    assert uncaught["level"] == "CRITICAL" and uncaught["message"] == "uncaught exception"
+    assert "RuntimeError: the settings went wrong" in uncaught["exc_info"]
+
+
+def test_ctrl_c_and_an_exception_the_log_cannot_take_are_told_by_python(monkeypatch, capfd):
+    class Refuses(logging.Filter):
+        def filter(self, record):
+            raise ValueError("a filter that fails")
+
+    class Finalized:
+        def __del__(self):
+            raise ZeroDivisionError("in a finalizer")
+
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        log_uncaught_exception(KeyboardInterrupt, e, e.__traceback__)
+    assert "KeyboardInterrupt" in capfd.readouterr().err  # as at a terminal
+    logger = logging.getLogger("myapp")
+    refuses = Refuses()
+    logger.addFilter(refuses)
+    monkeypatch.setattr(sys, "unraisablehook", log_unraisable_exception)
+    try:
+        try:
+            1 / 0
+        except ZeroDivisionError as e:
+            log_uncaught_exception(ZeroDivisionError, e, e.__traceback__)
+        Finalized()
+    finally:
+        logger.removeFilter(refuses)
+    told = capfd.readouterr().err
+    assert "ZeroDivisionError: division by zero" in told  # Python's own telling of each
+    assert "ZeroDivisionError: in a finalizer" in told
+
+
 def test_in_json_without_a_handler_warnings_are_left_to_python(monkeypatch):
     """A warning given to a log with nowhere to write would be lost, not shown."""
     logging.captureWarnings(False)
     shown = warnings.showwarning
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
-    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    python_hooks(monkeypatch)
     configure_logging("json", [])
     assert warnings.showwarning is shown and threading.excepthook is threading.__excepthook__
+    assert sys.excepthook is sys.__excepthook__ and sys.unraisablehook is sys.__unraisablehook__
 
 
 def test_a_thread_leaving_by_system_exit_logs_nothing(caplog):
@@ -137,22 +218,37 @@ def test_a_thread_leaving_by_system_exit_logs_nothing(caplog):
     assert caplog.records == []
 
 
+def python_hooks(monkeypatch):
+    """Python's own hooks, not a test runner's (pytest sets sys.unraisablehook around each test)."""
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+
+
 def test_the_hooks_are_left_alone_in_text_and_when_something_else_set_them(monkeypatch):
     logging.captureWarnings(False)
     shown = warnings.showwarning
-    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    python_hooks(monkeypatch)
     configure_logging("text", [logging.NullHandler()])
     assert threading.excepthook is threading.__excepthook__ and warnings.showwarning is shown
+    assert sys.excepthook is sys.__excepthook__ and sys.unraisablehook is sys.__unraisablehook__
 
-    def theirs(args):
+    def theirs(*args):
         pass
 
-    monkeypatch.setattr(threading, "excepthook", theirs)
+    for module, name in ((threading, "excepthook"), (sys, "excepthook"), (sys, "unraisablehook")):
+        monkeypatch.setattr(module, name, theirs)
     try:
         configure_logging("json", [logging.NullHandler()])
     finally:
         logging.captureWarnings(False)
-    assert threading.excepthook is theirs
+    assert threading.excepthook is theirs and sys.excepthook is theirs and sys.unraisablehook is theirs
+    python_hooks(monkeypatch)
+    try:
+        configure_logging("json", [logging.NullHandler()])
+    finally:
+        logging.captureWarnings(False)
+    assert sys.excepthook is log_uncaught_exception and sys.unraisablehook is log_unraisable_exception
 
 
 def test_outside_a_request_the_ids_are_dashes():
