@@ -262,6 +262,19 @@ class TestAFormsOriginIsThePublicURLs:
         reason = "missing Origin or Referer" if (origin, referer) == (None, None) else "sent from another origin"
         assert (denial.user_id, denial.detail) == (alice.id, f"POST /posts ({reason})")
 
+    def test_a_form_with_an_empty_origin_is_refused_over_plain_http_too(self, browser, signed_in, alice, dbsession):
+        """An empty Origin was read as none: over plain http its Referer went unchecked and the
+        token decided. The JSON rule refuses it; so does the form's now, saying so in the audit."""
+        raw_id, token = signed_in
+        response = post_behind_a_proxy(
+            browser, raw_id, "/posts", {"title": "forged", "csrf_token": token}, host="127.0.0.1:6543",
+            scheme="http", origin="", referer="http://evil.example/page",
+        )
+        assert response.status_int == 400 and "This form has expired" in response.text
+        assert posts(dbsession) == []
+        denial = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "access_denied")).one()
+        assert (denial.user_id, denial.detail) == (alice.id, "POST /posts (an empty Origin header)")
+
     def test_a_form_naming_no_origin_over_plain_http_is_judged_by_its_token_as_before(self, browser, signed_in, dbsession):
         """A client that sends neither Origin nor Referer (a script with requests or WebTest, an old
         browser whose Referer is stripped) reaching the app over plain http (a proxy that sends no

@@ -115,7 +115,8 @@ def test_json_csrf_ignores_origin_on_safe_methods():
         ({"Referer": "http://app.example.com/"}, "sent from another origin"),
         ({"Referer": "https://[app.example.com/"}, "sent from another origin"),
         ({"Origin": "null"}, "sent from another origin"),
-        ({"Origin": ""}, "missing Origin or Referer"),
+        ({"Origin": ""}, "an empty Origin header"),
+        ({"Origin": " ", "Referer": "https://app.example.com/"}, "an empty Origin header"),
         ({}, "missing Origin or Referer"),
     ],
 )
@@ -139,6 +140,16 @@ def test_a_form_naming_no_origin_is_refused_only_when_it_came_over_https():
     assert form_origin_failure(Request.blank("/posts", method="POST", headers={"Origin": "null"}), PUBLIC) == (
         "sent from another origin"
     )
+
+
+def test_an_empty_origin_is_refused_by_the_form_rule_as_by_the_json_rule_over_http_too():
+    """It was read as no Origin: over plain http the Referer went unchecked and the token decided,
+    where the JSON rule refuses it."""
+    for referer in ({}, {"Referer": "http://evil.example/"}):
+        form = Request.blank("/posts", method="POST", headers={"Origin": "", **referer})
+        assert form_origin_failure(form, "http://127.0.0.1:6543") == "an empty Origin header"
+    call = Request.blank("/api/demo/notes", method="POST", headers={"Origin": "", "X-CSRF": "1"})
+    assert json_csrf_failure(call, "http://127.0.0.1:6543") == "the Origin header does not match this site"
 
 
 def settings(**kw):
