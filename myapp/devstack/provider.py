@@ -100,6 +100,8 @@ class Provider:
         self.server.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
         self._pushed: dict[str, tuple[float, list]] = {}
         self._pushed_lock = threading.Lock()
+        # Seals the pushed requests its sign-in form carries (require_par): this process's alone.
+        self._seal_key = secrets.token_bytes(32)
         self.notifier = BackchannelNotifier(
             issuer=self.issuer, signer=self.signer, clients=self.server.clients, stats=self.store.stats
         )
@@ -240,6 +242,16 @@ class Provider:
             self._pushed = {k: v for k, v in self._pushed.items() if v[0] > now}
             self._pushed[request_uri] = (now + PAR_LIFETIME, params)
         return request_uri
+
+    def seal(self, params: list) -> str:
+        """A seal over an authorization request (its fields as a form carries them, in any order)
+        that was pushed: the sign-in form carries it beside the request, so that a provider that
+        requires pushed requests takes from its form only a request pushed first."""
+        encoded = "&".join(f"{len(k)}:{k}={len(v)}:{v}" for k, v in sorted(params))
+        return hmac.new(self._seal_key, encoded.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+
+    def sealed(self, params: list, seal: str | None) -> bool:
+        return seal is not None and seal.isascii() and hmac.compare_digest(self.seal(params), seal)
 
     def pulled(self, request_uri: str, client_id: str | None) -> list | None:
         """The pushed request (spent), when it is live and the client named is the one that pushed it."""

@@ -47,7 +47,7 @@ ROUTES = {
     "devstack.idp.stats": _BASE + "/stats",
 }
 # Fields of the provider's own forms, never part of the authorization request they carry.
-FORM_FIELDS = frozenset({"name", "action", "otp", CSRF_FIELD})
+FORM_FIELDS = frozenset({"name", "action", "otp", CSRF_FIELD, "pushed_seal"})
 # What a pushed request keeps: never the client's credentials.
 CREDENTIALS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
 
@@ -137,10 +137,7 @@ def unpack_pushed_request(request, provider):
     provider that requires pushed requests refuses. None when the request may go on."""
     request_uri = request.params.get("request_uri")
     if request_uri is None:
-        if provider.settings.require_par:
-            return render(request, "error.jinja2", status=400, title="This sign-in request was refused",
-                          message="invalid_request: this provider requires pushed authorization requests.")
-        return None
+        return refused_unpushed(request) if provider.settings.require_par else None
     params = provider.pulled(request_uri, request.params.get("client_id"))
     if params is None:
         return render(request, "error.jinja2", status=400, title="This sign-in request was refused",
@@ -150,6 +147,16 @@ def unpack_pushed_request(request, provider):
     if request.method == "POST":
         request.method = "GET"
     return None
+
+
+def refused_unpushed(request):
+    return render(request, "error.jinja2", status=400, title="This sign-in request was refused",
+                  message="invalid_request: this provider requires pushed authorization requests.")
+
+
+def form_params(request) -> list:
+    """The authorization request a sign-in form carries back: its fields but the form's own."""
+    return [(key, value) for key, value in request.POST.items() if key not in FORM_FIELDS]
 
 
 @devstack_view(route_name="devstack.idp.par", request_method="POST")
@@ -173,6 +180,9 @@ def sign_in(request):
     """The sign-in form, which carries the authorization request; it is validated again here.
     Cancel sends the person back to the client with ``error=access_denied``."""
     provider = provider_of(request)
+    if provider.settings.require_par and not provider.sealed(form_params(request), request.POST.get("pushed_seal")):
+        # Only a request pushed first (its sign-in page sealed what it carries): the form is no way around PAR.
+        return refused_unpushed(request)
     try:
         grant = provider.server.get_consent_grant(request, end_user=None)
     except OAuth2Error as error:
@@ -197,13 +207,17 @@ def sign_in(request):
 
 def sign_in_page(request, grant, *, name="", problem=None):
     provider = provider_of(request)
+    params = carried_params(grant.request.payload)
     return render(
         request,
         "sign_in.jinja2",
         status=400 if problem else 200,
         form_action=provider.form_action_origins,
         action=route(request, "devstack.idp.sign_in"),
-        params=carried_params(grant.request.payload),
+        params=params,
+        # Reached only with a pushed request when they are required (unpack_pushed_request, or this
+        # seal checked on the way in): the seal says so to the form's next post.
+        pushed_seal=provider.seal(params) if provider.settings.require_par else None,
         client_id=grant.request.client.get_client_id(),
         name=name,
         problem=problem,

@@ -6,7 +6,7 @@ import base64
 import json
 import secrets
 import time
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import pytest
 import requests
@@ -173,6 +173,45 @@ def test_a_provider_that_requires_par_refuses_plain_requests():
         assert metadata(base)["require_pushed_authorization_requests"] is True
         page, _, _ = code_flow(base)
         assert page.status_code == 400 and "requires pushed authorization requests" in page.text
+
+
+def pushed_sign_in_page(base, **extra):
+    """A request pushed to ``base`` and its sign-in page: (browser, page, state)."""
+    m = metadata(base)
+    with oauth_client() as client:
+        url, state = client.create_authorization_url(
+            m["authorization_endpoint"], code_verifier=secrets.token_urlsafe(48), nonce=secrets.token_urlsafe(8), **extra
+        )
+    pushed = requests.post(m["pushed_authorization_request_endpoint"], data=query_of(url), auth=(CLIENT_ID, CLIENT_SECRET),
+                           timeout=5)
+    browser = requests.Session()
+    short = m["authorization_endpoint"] + "?" + urlencode({"client_id": CLIENT_ID, "request_uri": pushed.json()["request_uri"]})
+    page = browser.get(short, allow_redirects=False)
+    assert page.status_code == 200, page.text
+    return browser, page, state
+
+
+def test_a_provider_that_requires_par_takes_from_its_sign_in_form_only_the_request_pushed():
+    """The sign-in form carries the authorization request back: without the seal its page put on a
+    pushed request, the form was a way to start a request that was never pushed."""
+    with running_devstack(**{"devstack.idp.require_par": "true"}) as base:
+        browser, page, state = pushed_sign_in_page(base)
+        action, fields = page_form(page.text)
+        assert "pushed_seal" in dict(fields)
+        unsealed = [(k, v) for k, v in fields if k not in ("pushed_seal", "name")] + [("name", "alice")]
+        forged = [(k, "openid" if k == "scope" else v) for k, v in fields if k != "name"] + [("name", "alice")]
+        for data in (unsealed, forged):
+            refused = browser.post(urljoin(page.url, action), data=data, allow_redirects=False, timeout=5)
+            assert refused.status_code == 400 and "requires pushed authorization requests" in refused.text
+        # The request as pushed still signs in, after a wrong name too (its page sealed it again).
+        again = submit_form(browser, page, name="not a name!")
+        assert again.status_code == 400 and "pushed_seal" in dict(page_form(again.text)[1])
+        signed_in = submit_form(browser, again, name="alice")
+        assert signed_in.status_code == 302 and query_of(signed_in.headers["Location"])["state"] == state
+    # Where pushed requests are not required, the form carries no seal and asks for none.
+    with running_devstack() as base:
+        _, page, _ = pushed_sign_in_page(base)
+        assert "pushed_seal" not in dict(page_form(page.text)[1])
 
 
 def test_acr_values_ask_for_the_second_factor(stack):
