@@ -41,6 +41,8 @@ CLAIMS = tuple("sub iss aud exp iat auth_time nonce sid at_hash name email email
 # The code the sign-in page's simulated second factor accepts (a development stack, not a secret).
 SECOND_FACTOR_CODE = "123456"
 PAR_LIFETIME = 60
+# How long the sign-in page of a pushed request may be posted (require_par): its seal says until when.
+SIGN_IN_LIFETIME = 600
 
 
 def wants_second_factor(acr_values: str | None) -> bool:
@@ -100,8 +102,10 @@ class Provider:
         self.server.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
         self._pushed: dict[str, tuple[float, list]] = {}
         self._pushed_lock = threading.Lock()
-        # Seals the pushed requests its sign-in form carries (require_par): this process's alone.
+        # Seals the pushed requests its sign-in form carries (require_par): this process's alone,
+        # each good until it expires or its form signs in or cancels (spent, kept until it expires).
         self._seal_key = secrets.token_bytes(32)
+        self._spent_seals: dict[str, float] = {}
         self.notifier = BackchannelNotifier(
             issuer=self.issuer, signer=self.signer, clients=self.server.clients, stats=self.store.stats
         )
@@ -243,15 +247,33 @@ class Provider:
             self._pushed[request_uri] = (now + PAR_LIFETIME, params)
         return request_uri
 
-    def seal(self, params: list) -> str:
-        """A seal over an authorization request (its fields as a form carries them, in any order)
-        that was pushed: the sign-in form carries it beside the request, so that a provider that
-        requires pushed requests takes from its form only a request pushed first."""
+    def seal(self, params: list, expires: int) -> str:
+        """A seal over an authorization request that was pushed (its fields as a form carries them,
+        in any order), good until ``expires`` (a Unix time): the sign-in form carries it beside the
+        request, so that a provider that requires pushed requests takes from its form only a
+        request pushed first, once, and not for ever."""
         encoded = "&".join(f"{len(k)}:{k}={len(v)}:{v}" for k, v in sorted(params))
-        return hmac.new(self._seal_key, encoded.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+        mac = hmac.new(self._seal_key, f"{expires}|{encoded}".encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+        return f"{expires}.{mac}"
 
-    def sealed(self, params: list, seal: str | None) -> bool:
-        return seal is not None and seal.isascii() and hmac.compare_digest(self.seal(params), seal)
+    def sealed(self, params: list | None, seal: str | None) -> int | None:
+        """The seal's expiry when it is this process's seal over ``params``, live and not spent."""
+        if params is None or seal is None or not seal.isascii():
+            return None
+        expires = seal.partition(".")[0]
+        if not (expires.isdigit() and len(expires) <= 12) or int(expires) <= time.time():
+            return None
+        if not hmac.compare_digest(self.seal(params, int(expires)), seal):
+            return None
+        with self._pushed_lock:
+            return None if seal in self._spent_seals else int(expires)
+
+    def spend(self, seal: str, expires: int) -> None:
+        """A sealed form that signed in or cancelled: its seal is good no more."""
+        now = time.time()
+        with self._pushed_lock:
+            self._spent_seals = {k: v for k, v in self._spent_seals.items() if v > now}
+            self._spent_seals[seal] = expires
 
     def pulled(self, request_uri: str, client_id: str | None) -> list | None:
         """The pushed request (spent), when it is live and the client named is the one that pushed it."""

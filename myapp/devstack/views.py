@@ -1,5 +1,7 @@
 """The development provider's endpoints under /_dev/idp: thin views over :class:`Provider`."""
 
+import functools
+import time
 from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
@@ -13,6 +15,7 @@ from myapp.devstack.provider import (
     PAR_LIFETIME,
     PROVIDERS,
     SECOND_FACTOR_CODE,
+    SIGN_IN_LIFETIME,
     AccessTokenRefused,
     wants_second_factor,
 )
@@ -154,9 +157,11 @@ def refused_unpushed(request):
                   message="invalid_request: this provider requires pushed authorization requests.")
 
 
-def form_params(request) -> list:
-    """The authorization request a sign-in form carries back: its fields but the form's own."""
-    return [(key, value) for key, value in request.POST.items() if key not in FORM_FIELDS]
+def form_params(request) -> list | None:
+    """The authorization request a sign-in form carries back: its fields but the form's own; None
+    when one is not text (a file, posted as multipart), which no sign-in page carries."""
+    params = [(key, value) for key, value in request.POST.items() if key not in FORM_FIELDS]
+    return params if all(isinstance(value, str) for _, value in params) else None
 
 
 @devstack_view(route_name="devstack.idp.par", request_method="POST")
@@ -180,32 +185,45 @@ def sign_in(request):
     """The sign-in form, which carries the authorization request; it is validated again here.
     Cancel sends the person back to the client with ``error=access_denied``."""
     provider = provider_of(request)
-    if provider.settings.require_par and not provider.sealed(form_params(request), request.POST.get("pushed_seal")):
-        # Only a request pushed first (its sign-in page sealed what it carries): the form is no way around PAR.
-        return refused_unpushed(request)
+    seal, sealed_until = request.POST.get("pushed_seal"), None
+    if provider.settings.require_par:
+        # Only a request pushed first (its sign-in page sealed what it carries), once, for a while:
+        # the form is no way around PAR.
+        sealed_until = provider.sealed(form_params(request), seal)
+        if sealed_until is None:
+            return refused_unpushed(request)
     try:
         grant = provider.server.get_consent_grant(request, end_user=None)
     except OAuth2Error as error:
         return authorization_error(request, error)
     name = request.POST.get("name", "").strip()
+    again = functools.partial(sign_in_page, request, grant, name=name, sealed_until=sealed_until)
     if not csrf_ok(request):
-        return sign_in_page(request, grant, name=name, problem="This form has expired. Please sign in again.")
+        return again(problem="This form has expired. Please sign in again.")
     if request.POST.get("action") == "cancel":
+        spend(provider, seal, sealed_until)
         # Authlib answers access_denied to the client, with state and iss.
         return provider.server.create_authorization_response(grant.request, grant_user=None, grant=grant)
     problem = user_name_problem(name)
     if problem is not None:
-        return sign_in_page(request, grant, name=name, problem=problem)
+        return again(problem=problem)
     second_factor = wants_second_factor(request.POST.get("acr_values"))
     if second_factor and request.POST.get("otp", "").strip() != SECOND_FACTOR_CODE:
-        return sign_in_page(request, grant, name=name, problem="That code is not right. Type the code from your authenticator.")
+        return again(problem="That code is not right. Type the code from your authenticator.")
     session_key, login = provider.sign_in(request.cookies.get(SESSION_COOKIE), name, second_factor=second_factor)
+    spend(provider, seal, sealed_until)
     response = provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
     set_provider_cookie(response, SESSION_COOKIE, session_key, secure=provider.settings.secure_cookies, path=provider.settings.path)
     return response
 
 
-def sign_in_page(request, grant, *, name="", problem=None):
+def spend(provider, seal: str | None, sealed_until: int | None) -> None:
+    """A sealed form answered to the client (a code, or access_denied): its seal is good no more."""
+    if sealed_until is not None:
+        provider.spend(seal, sealed_until)
+
+
+def sign_in_page(request, grant, *, name="", problem=None, sealed_until=None):
     provider = provider_of(request)
     params = carried_params(grant.request.payload)
     return render(
@@ -215,9 +233,10 @@ def sign_in_page(request, grant, *, name="", problem=None):
         form_action=provider.form_action_origins,
         action=route(request, "devstack.idp.sign_in"),
         params=params,
-        # Reached only with a pushed request when they are required (unpack_pushed_request, or this
-        # seal checked on the way in): the seal says so to the form's next post.
-        pushed_seal=provider.seal(params) if provider.settings.require_par else None,
+        # Reached only with a pushed request when they are required (unpack_pushed_request, or its
+        # seal checked on the way in, whose time it keeps): the seal says so to the form's next post.
+        pushed_seal=provider.seal(params, sealed_until or int(time.time()) + SIGN_IN_LIFETIME)
+        if provider.settings.require_par else None,
         client_id=grant.request.client.get_client_id(),
         name=name,
         problem=problem,

@@ -13,6 +13,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from myapp.devstack import views as devstack_views
 from tests.devstack.flows import oauth_client, page_form, query_of, submit_form
 from tests.devstack.server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, running_devstack
 from tests.e2e.product import jwt_claims
@@ -208,10 +209,31 @@ def test_a_provider_that_requires_par_takes_from_its_sign_in_form_only_the_reque
         assert again.status_code == 400 and "pushed_seal" in dict(page_form(again.text)[1])
         signed_in = submit_form(browser, again, name="alice")
         assert signed_in.status_code == 302 and query_of(signed_in.headers["Location"])["state"] == state
+        # Once answered to the client, the sealed form is spent: the same post, from another browser too, is refused.
+        for replay in (browser, requests.Session()):
+            again = replay.post(urljoin(page.url, action), data=[(k, v) for k, v in fields if k != "name"] + [("name", "mallory")],
+                                allow_redirects=False, timeout=5)
+            assert again.status_code == 400 and "requires pushed authorization requests" in again.text
+        # A file among the fields (multipart) is no request a page carried: refused, not a 500.
+        browser, page, _ = pushed_sign_in_page(base)
+        action, fields = page_form(page.text)
+        with_file = browser.post(urljoin(page.url, action), data=fields, files={"scope": ("scope.txt", b"openid")},
+                                 allow_redirects=False, timeout=5)
+        assert with_file.status_code == 400 and "requires pushed authorization requests" in with_file.text
     # Where pushed requests are not required, the form carries no seal and asks for none.
     with running_devstack() as base:
         _, page, _ = pushed_sign_in_page(base)
         assert "pushed_seal" not in dict(page_form(page.text)[1])
+
+
+def test_a_sealed_sign_in_form_expires(monkeypatch):
+    """A pushed request is good for a minute; the sign-in page it opens for SIGN_IN_LIFETIME, not for ever."""
+    monkeypatch.setattr(devstack_views, "SIGN_IN_LIFETIME", 0)  # sealed until the second it was made
+    with running_devstack(**{"devstack.idp.require_par": "true"}) as base:
+        browser, page, _ = pushed_sign_in_page(base)
+        time.sleep(1.1)
+        late = submit_form(browser, page, name="alice")
+        assert late.status_code == 400 and "requires pushed authorization requests" in late.text
 
 
 def test_acr_values_ask_for_the_second_factor(stack):
