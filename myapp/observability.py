@@ -8,12 +8,15 @@ the request and stored with its audit records.
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import re
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -118,6 +121,8 @@ def configure_logging(log_format: str, handlers: list[logging.Handler] | None = 
             handler.setFormatter(json_formatter())
     if log_format == "json" and logging.getLogger().hasHandlers():
         logging.captureWarnings(True)
+        if not getattr(logging.Handler.handleError, "notes_failures", False):
+            logging.Handler.handleError = _noting_failures(logging.Handler.handleError)
         if threading.excepthook is threading.__excepthook__:
             threading.excepthook = log_thread_exception
         if sys.excepthook is sys.__excepthook__:
@@ -126,49 +131,77 @@ def configure_logging(log_format: str, handlers: list[logging.Handler] | None = 
             sys.unraisablehook = log_unraisable_exception
 
 
+# Whether the hook at work on this thread had its record refused by a handler (below).
+_hook = threading.local()
+
+
+def _noting_failures(handle_error):
+    """``logging.Handler.handleError``, which also notes, for a hook below at work on the same
+    thread, that a handler failed to write its record: logging reports that failure itself and
+    raises nothing, so the hook would not know its exception went untold."""
+
+    @functools.wraps(handle_error)
+    def noting(self, record):
+        if getattr(_hook, "at_work", False):
+            _hook.failed = True
+        return handle_error(self, record)
+
+    noting.notes_failures = True
+    return noting
+
+
+def _logged(log: Callable[[], None]) -> bool:
+    """Whether ``log()`` got its record written: False when a filter raised, or a handler failed
+    to write it (a full disk, a closed pipe), which logging reports and swallows."""
+    _hook.at_work, _hook.failed = True, False
+    try:
+        log()
+    except Exception:
+        return False
+    finally:
+        _hook.at_work = False
+    return not _hook.failed
+
+
 def log_thread_exception(args: threading.ExceptHookArgs) -> None:
     """An exception no code of a thread caught, as a line of the log instead of a traceback written
     to standard error (``threading.excepthook``). Leaving a thread by SystemExit says nothing, as
-    Python's own hook does."""
+    Python's own hook does; what the log could not write, Python's hook tells."""
     if issubclass(args.exc_type, SystemExit):
         return
     name = args.thread.name if args.thread is not None else "a thread"
-    try:
-        logging.getLogger("myapp").error(
-            "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
-        )
-    except Exception:  # a handler or filter that failed: the thread's own traceback is still told
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    if not _logged(lambda: logging.getLogger("myapp").error("uncaught exception in thread %s", name, exc_info=exc_info)):
         threading.__excepthook__(args)
 
 
 def log_uncaught_exception(exc_type, exc_value, exc_traceback) -> None:
     """An exception that ends the main thread (``sys.excepthook``), as a line of the log. Ctrl-C
-    is Python's to tell, as at a terminal."""
-    if issubclass(exc_type, KeyboardInterrupt):
-        sys.__excepthook__(exc_type, exc_value, exc_traceback)
-        return
-    try:
-        logging.getLogger("myapp").critical("uncaught exception", exc_info=(exc_type, exc_value, exc_traceback))
-    except Exception:
-        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+    is Python's to tell, as at a terminal, and so is what the log could not write."""
+    exc_info = (exc_type, exc_value, exc_traceback)
+    if issubclass(exc_type, KeyboardInterrupt) or not _logged(
+        lambda: logging.getLogger("myapp").critical("uncaught exception", exc_info=exc_info)
+    ):
+        sys.__excepthook__(*exc_info)
 
 
 def log_unraisable_exception(unraisable) -> None:
     """An exception Python could not raise (in ``__del__``, a weakref callback, a generator closed
-    by the collector: ``sys.unraisablehook``), as a line of the log. The object is told by its
-    repr, made at once: the record keeps no reference to it, which may be being finalized."""
+    by the collector: ``sys.unraisablehook``), as a line of the log; what the log could not write,
+    Python's hook tells. The object is told by its repr, made at once, and the traceback's frames
+    are cleared once told: a handler that keeps records (a MemoryHandler) keeps nothing alive
+    through them, the object being finalized least of all."""
     where = unraisable.err_msg or "Exception ignored in"
     try:
         what = repr(unraisable.object) if unraisable.object is not None else ""
     except Exception:
         what = f"<{type(unraisable.object).__name__} object>"
-    try:
-        logging.getLogger("myapp").error(
-            "%s", f"{where}: {what}" if what else where,
-            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
-        )
-    except Exception:
+    exc_info = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    message = f"{where}: {what}" if what else where
+    if not _logged(lambda: logging.getLogger("myapp").error("%s", message, exc_info=exc_info)):
         sys.__unraisablehook__(unraisable)
+    if unraisable.exc_traceback is not None:
+        traceback.clear_frames(unraisable.exc_traceback)
 
 
 def json_formatter() -> JsonFormatter:

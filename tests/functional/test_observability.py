@@ -1,14 +1,17 @@
 """The request id and JSON logs (SPEC.md "Observability"): one id per request, answered in
 X-Request-ID, sent upstream, stored with audit records and written in every log line."""
 
+import gc
 import io
 import json
 import logging
+import logging.handlers
 import subprocess
 import sys
 import textwrap
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def hooks_put_back(monkeypatch):
     """Whatever hooks a json log set in a test are the test's alone: the next one starts from these."""
-    for module, name in ((threading, "excepthook"), (sys, "excepthook"), (sys, "unraisablehook")):
+    for module, name in ((threading, "excepthook"), (sys, "excepthook"), (sys, "unraisablehook"),
+                         (logging.Handler, "handleError")):
         monkeypatch.setattr(module, name, getattr(module, name))
 
 
@@ -194,6 +198,66 @@ def test_ctrl_c_and_an_exception_the_log_cannot_take_are_told_by_python(monkeypa
     told = capfd.readouterr().err
     assert "ZeroDivisionError: division by zero" in told  # Python's own telling of each
     assert "ZeroDivisionError: in a finalizer" in told
+
+
+@pytest.mark.parametrize("reported", [True, False], ids=["logging reports its error", "logging is silent"])
+def test_what_a_handler_fails_to_write_python_still_tells(monkeypatch, capfd, reported):
+    """A handler that cannot write (a full disk) does not raise: logging reports the failure itself
+    (or, raiseExceptions off, says nothing) and the exception would go untold."""
+    class FullDisk(logging.Handler):
+        def emit(self, record):  # as logging's own handlers fail: handleError, nothing raised
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError:
+                self.handleError(record)
+
+    python_hooks(monkeypatch)
+    monkeypatch.setattr(logging, "raiseExceptions", reported)
+    full = FullDisk()
+    root = logging.getLogger()
+    root.addHandler(full)
+    try:
+        configure_logging("json", [full])
+        for hook in (sys.excepthook, threading.excepthook):
+            assert hook in (log_uncaught_exception, log_thread_exception)
+        try:
+            raise RuntimeError("the settings went wrong")
+        except RuntimeError as e:
+            error = e
+        sys.excepthook(RuntimeError, error, error.__traceback__)  # as Python calls it: outside any except
+        worker = threading.Thread(target=lambda: 1 / 0, name="myapp worker")
+        worker.start()
+        worker.join()
+    finally:
+        root.removeHandler(full)
+        logging.captureWarnings(False)
+    told = capfd.readouterr().err
+    assert "RuntimeError: the settings went wrong" in told and "ZeroDivisionError" in told
+    assert ("--- Logging error ---" in told) is reported
+
+
+def test_an_object_whose_finalizer_raised_is_not_kept_alive_by_a_kept_record(monkeypatch):
+    """The record's traceback holds the finalizer's frame, and the frame the object: a handler that
+    keeps records (a MemoryHandler) kept the object with them."""
+    class Finalized:
+        def __del__(self):
+            raise ValueError("closed twice")
+
+    kept = logging.handlers.MemoryHandler(capacity=100, flushLevel=logging.CRITICAL + 1)
+    logger = logging.getLogger("myapp")
+    logger.addHandler(kept)
+    monkeypatch.setattr(sys, "unraisablehook", log_unraisable_exception)
+    try:
+        finalized = Finalized()
+        alive = weakref.ref(finalized)
+        del finalized
+        gc.collect()
+        assert alive() is None
+        [record] = kept.buffer
+        assert record.getMessage().startswith("Exception ignored in: <function") and record.exc_info[0] is ValueError
+    finally:
+        logger.removeHandler(kept)
+        kept.buffer.clear()
 
 
 def test_in_json_without_a_handler_warnings_are_left_to_python(monkeypatch):
