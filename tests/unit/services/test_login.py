@@ -239,6 +239,31 @@ def test_the_iss_parameter_is_checked_before_the_code_is_used(service, oidc, par
     assert refused.value.reason == reason and oidc.calls == []
 
 
+def test_a_foreign_iss_is_refused_before_the_providers_discovery_is_read(service, oidc, monkeypatch):
+    """A response naming another issuer is the mix-up defence's to refuse (RFC 9207), without a
+    request to the expected provider's discovery: with that provider down it is still
+    bad_iss_parameter (400), never a 503 that would blame the provider. The issuer it names is
+    this provider's: then discovery is read, and its outage answers."""
+    read = []
+
+    def down():
+        read.append("metadata")
+        raise ProviderUnavailable("the provider is not answering")
+
+    monkeypatch.setattr(oidc, "metadata", down)
+    state = begin(service, oidc)
+    with pytest.raises(LoginError) as refused:
+        service.complete({"state": state, "code": "c", "iss": "https://other.example"}, provider="default",
+                         browser_token=BROWSER)
+    assert (refused.value.reason, refused.value.status) == ("bad_iss_parameter", 400)
+    assert read == [] and oidc.calls == []
+    state = begin(service, oidc)
+    with pytest.raises(LoginError) as unavailable:
+        service.complete({"state": state, "code": "c", "iss": ISSUER}, provider="default", browser_token=BROWSER)
+    assert (unavailable.value.reason, unavailable.value.status) == ("provider_unavailable", 503)
+    assert read == ["metadata"] and oidc.calls == []
+
+
 def test_a_missing_iss_is_fine_when_the_provider_does_not_send_one(service, oidc):
     oidc.iss_supported = False
     state = begin(service, oidc)
