@@ -536,12 +536,7 @@ def measure(work: Path, args: argparse.Namespace):
             DASHBOARD: (urls["bff"] + "/", [session_cookie]),
         }
         for name, (url, headers) in pages.items():
-            wrk(url, connections=8, duration=2, headers=headers)
-            page = wrk(url, connections=8, duration=args.duration, headers=headers, pids=[bff.pid, upstream.pid])
-            cpu = page.pop("cpu_us_per_request")
-            # The demo API's CPU per page: the dashboard calls it, on the same machine's cores.
-            page["cpu_us"], page["upstream_cpu_us"] = cpu[str(bff.pid)], cpu[str(upstream.pid)]
-            results["pages"][name] = page
+            page = results["pages"][name] = load_page(url, headers, bff, upstream, args.duration)
             print(f"page {name}: {page['rps']:.0f} req/s, {page['cpu_us']} us CPU each, "
                   f"the demo API {page['upstream_cpu_us']} us", flush=True)
 
@@ -584,6 +579,17 @@ def measure(work: Path, args: argparse.Namespace):
     results["chart"] = chart(chart_path, results, levels)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, levels)
+
+
+def load_page(url, headers, server, upstream, duration) -> dict:
+    """A page loaded at 8 connections after a warm-up: wrk's figures, with the CPU per page of
+    ``server`` (``cpu_us``) and of the demo API (``upstream_cpu_us``): the dashboard calls it, on
+    the same machine's cores."""
+    wrk(url, connections=8, duration=2, headers=headers)
+    page = wrk(url, connections=8, duration=duration, headers=headers, pids=[server.pid, upstream.pid])
+    cpu = page.pop("cpu_us_per_request")
+    page["cpu_us"], page["upstream_cpu_us"] = cpu[str(server.pid)], cpu[str(upstream.pid)]
+    return page
 
 
 def tracing_cost(urls, cookie, bff, traced, sampled, duration) -> dict:
@@ -702,12 +708,8 @@ def held_targets(targets, urls, cookie, held, upstream, duration) -> dict:
         p50[name] = wrk(url, connections=1, duration=duration, headers=headers)["p50_ms"]
     pages = {}
     for name, headers in (("anonymous landing /", []), (DASHBOARD, [cookie])):
-        wrk(urls["held"] + "/", connections=8, duration=2, headers=headers)
-        page = wrk(urls["held"] + "/", connections=8, duration=duration, headers=headers,
-                   pids=[held.pid, upstream.pid])
-        cpu = page["cpu_us_per_request"]
-        pages[name] = {"rps": page["rps"], "cpu_us": cpu[str(held.pid)], "upstream_cpu_us": cpu[str(upstream.pid)],
-                       "non_2xx": page["non_2xx"]}
+        page = load_page(urls["held"] + "/", headers, held, upstream, duration)
+        pages[name] = {key: page[key] for key in ("rps", "cpu_us", "upstream_cpu_us", "non_2xx")}
     return {
         "p50_ms_at_1": p50,
         "p50_over_D_at_1": {name: round(p50[name] - p50["D"], 3) for name in ("B", "held")},

@@ -268,8 +268,11 @@ class Provider:
         with self._pushed_lock:
             return None if seal in self._spent_seals else int(expires)
 
-    def spend(self, seal: str, expires: int) -> None:
-        """A sealed form that signed in or cancelled: its seal is good no more."""
+    def spend(self, seal: str | None, expires: int | None) -> None:
+        """A sealed form answered to the client (a code, or access_denied): its seal is good no
+        more. Nothing to spend (``expires`` None) where no seal was asked for."""
+        if expires is None:
+            return
         now = time.time()
         with self._pushed_lock:
             self._spent_seals = {k: v for k, v in self._spent_seals.items() if v > now}

@@ -201,7 +201,7 @@ def sign_in(request):
     if not csrf_ok(request):
         return again(problem="This form has expired. Please sign in again.")
     if request.POST.get("action") == "cancel":
-        spend(provider, seal, sealed_until)
+        provider.spend(seal, sealed_until)
         # Authlib answers access_denied to the client, with state and iss.
         return provider.server.create_authorization_response(grant.request, grant_user=None, grant=grant)
     problem = user_name_problem(name)
@@ -211,16 +211,10 @@ def sign_in(request):
     if second_factor and request.POST.get("otp", "").strip() != SECOND_FACTOR_CODE:
         return again(problem="That code is not right. Type the code from your authenticator.")
     session_key, login = provider.sign_in(request.cookies.get(SESSION_COOKIE), name, second_factor=second_factor)
-    spend(provider, seal, sealed_until)
+    provider.spend(seal, sealed_until)
     response = provider.server.create_authorization_response(grant.request, grant_user=login, grant=grant)
     set_provider_cookie(response, SESSION_COOKIE, session_key, secure=provider.settings.secure_cookies, path=provider.settings.path)
     return response
-
-
-def spend(provider, seal: str | None, sealed_until: int | None) -> None:
-    """A sealed form answered to the client (a code, or access_denied): its seal is good no more."""
-    if sealed_until is not None:
-        provider.spend(seal, sealed_until)
 
 
 def sign_in_page(request, grant, *, name="", problem=None, sealed_until=None):

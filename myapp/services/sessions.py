@@ -279,7 +279,7 @@ class UpstreamToken(NamedTuple):
     # The upstream's settings it was minted for (Upstream.minted_for); None: not known to be the
     # ones asked about (SessionRows.upstream_token), or not recorded.
     minted_for: str | None = None
-    # As read: obtained by token exchange (what write_upstream_token's ``exchanged`` said).
+    # Obtained by token exchange (RFC 8693), so revoked of its own when the session ends.
     exchanged: bool = False
 
 
@@ -482,14 +482,13 @@ class SessionRows:
         )
 
     def write_upstream_token(
-        self, session_id: int, upstream: str, token: UpstreamToken, *, exchanged: bool = False,
-        refresh_token: str | None = None,
+        self, session_id: int, upstream: str, token: UpstreamToken, *, refresh_token: str | None = None,
     ) -> bool:
         """Store (or replace) an upstream's own access token; the caller holds the session's refresh
         lock. Only into a live session: False, storing nothing, when it has ended meanwhile (with the
         Redis lock, a revocation ends it without that lock, while the provider answers).
 
-        ``exchanged``: obtained by token exchange, so revoked of its own when the session ends;
+        ``token.exchanged``: obtained by token exchange, so revoked of its own when the session ends;
         ``refresh_token``: one the exchange answered with, stored (encrypted) for that revocation
         only. The row holds the tokens of one answer: a refresh token stored with an earlier one
         (another grant, at a provider that makes each exchange one of its own) moves to a row of
@@ -512,7 +511,7 @@ class SessionRows:
             "refreshed_at": token.refreshed_at or self.clock(),
             "token_type": token_type_column(token.token_type),
             "minted_for": minted_label(token.minted_for, token.access_token) if token.minted_for else None,
-            "exchanged": exchanged,
+            "exchanged": token.exchanged,
         }
         stored = self.dbsession.execute(
             select(SessionToken.refresh_token).where(SessionToken.session_id == session_id, SessionToken.upstream == upstream)

@@ -582,7 +582,10 @@ class TokenManager:
             if verdict not in (None, _UNVERIFIED):
                 self._revoke_if_rotated(rows, session, issued, own.refresh_token)
                 return self._end(rows, session, verdict)
-        minted = UpstreamToken(issued.access_token, issued.access_token_expires_at, now, issued.token_type, upstream.minted_for)
+        minted = UpstreamToken(
+            issued.access_token, issued.access_token_expires_at, now, issued.token_type, upstream.minted_for,
+            exchanged=upstream.exchange,
+        )
         self._warn_if_short_lived(f"upstream {upstream.name!r}", minted.expires_at)
         rotated = response.get("refresh_token")
         if not upstream.exchange and not self._keep_successor(
@@ -594,9 +597,7 @@ class TokenManager:
         # that (and with it the session's own refresh token). One that replaces a stored one is not
         # revoked now either, for the same reason: kept, and revoked with it (docs/architecture.md).
         kept = issued.refresh_token if upstream.exchange else None
-        written = rows.write_upstream_token(
-            session.id, upstream.name, minted, exchanged=upstream.exchange, refresh_token=kept
-        )
+        written = rows.write_upstream_token(session.id, upstream.name, minted, refresh_token=kept)
         if not written:
             # Ended while the provider answered: what it issued goes nowhere, and is queued, unless
             # the session was replaced in the same session at the provider as one that goes on

@@ -139,19 +139,26 @@ def test_a_replayed_assertion_is_refused(stack, client_key):
         assert answer.status_code == expected
 
 
-def test_a_pushed_request_is_used_once(stack):
-    m = metadata(stack)
+def pushed_sign_in_page(base):
+    """A request pushed to ``base`` and its sign-in page: (browser, page, state, the short
+    authorization URL that names the pushed request)."""
+    m = metadata(base)
     with oauth_client() as client:
-        verifier = secrets.token_urlsafe(48)
-        url, state = client.create_authorization_url(m["authorization_endpoint"], code_verifier=verifier, nonce=secrets.token_urlsafe(8))
-    params = query_of(url)
-    pushed = requests.post(m["pushed_authorization_request_endpoint"], data=params, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+        url, state = client.create_authorization_url(
+            m["authorization_endpoint"], code_verifier=secrets.token_urlsafe(48), nonce=secrets.token_urlsafe(8)
+        )
+    pushed = requests.post(m["pushed_authorization_request_endpoint"], data=query_of(url), auth=(CLIENT_ID, CLIENT_SECRET),
+                           timeout=5)
     assert pushed.status_code == 201, pushed.text
-    request_uri = pushed.json()["request_uri"]
-    short = m["authorization_endpoint"] + "?" + urlencode({"client_id": CLIENT_ID, "request_uri": request_uri})
+    short = m["authorization_endpoint"] + "?" + urlencode({"client_id": CLIENT_ID, "request_uri": pushed.json()["request_uri"]})
     browser = requests.Session()
     page = browser.get(short, allow_redirects=False)
-    assert page.status_code == 200
+    assert page.status_code == 200, page.text
+    return browser, page, state, short
+
+
+def test_a_pushed_request_is_used_once(stack):
+    browser, page, state, short = pushed_sign_in_page(stack)
     _, fields = page_form(page.text)
     assert dict(fields)["state"] == state and "client_secret" not in dict(fields)
     response = submit_form(browser, page, name="alice")
@@ -176,27 +183,11 @@ def test_a_provider_that_requires_par_refuses_plain_requests():
         assert page.status_code == 400 and "requires pushed authorization requests" in page.text
 
 
-def pushed_sign_in_page(base, **extra):
-    """A request pushed to ``base`` and its sign-in page: (browser, page, state)."""
-    m = metadata(base)
-    with oauth_client() as client:
-        url, state = client.create_authorization_url(
-            m["authorization_endpoint"], code_verifier=secrets.token_urlsafe(48), nonce=secrets.token_urlsafe(8), **extra
-        )
-    pushed = requests.post(m["pushed_authorization_request_endpoint"], data=query_of(url), auth=(CLIENT_ID, CLIENT_SECRET),
-                           timeout=5)
-    browser = requests.Session()
-    short = m["authorization_endpoint"] + "?" + urlencode({"client_id": CLIENT_ID, "request_uri": pushed.json()["request_uri"]})
-    page = browser.get(short, allow_redirects=False)
-    assert page.status_code == 200, page.text
-    return browser, page, state
-
-
 def test_a_provider_that_requires_par_takes_from_its_sign_in_form_only_the_request_pushed():
     """The sign-in form carries the authorization request back: without the seal its page put on a
     pushed request, the form was a way to start a request that was never pushed."""
     with running_devstack(**{"devstack.idp.require_par": "true"}) as base:
-        browser, page, state = pushed_sign_in_page(base)
+        browser, page, state, _ = pushed_sign_in_page(base)
         action, fields = page_form(page.text)
         assert "pushed_seal" in dict(fields)
         unsealed = [(k, v) for k, v in fields if k not in ("pushed_seal", "name")] + [("name", "alice")]
@@ -215,14 +206,14 @@ def test_a_provider_that_requires_par_takes_from_its_sign_in_form_only_the_reque
                                 allow_redirects=False, timeout=5)
             assert again.status_code == 400 and "requires pushed authorization requests" in again.text
         # A file among the fields (multipart) is no request a page carried: refused, not a 500.
-        browser, page, _ = pushed_sign_in_page(base)
+        browser, page, _, _ = pushed_sign_in_page(base)
         action, fields = page_form(page.text)
         with_file = browser.post(urljoin(page.url, action), data=fields, files={"scope": ("scope.txt", b"openid")},
                                  allow_redirects=False, timeout=5)
         assert with_file.status_code == 400 and "requires pushed authorization requests" in with_file.text
     # Where pushed requests are not required, the form carries no seal and asks for none.
     with running_devstack() as base:
-        _, page, _ = pushed_sign_in_page(base)
+        _, page, _, _ = pushed_sign_in_page(base)
         assert "pushed_seal" not in dict(page_form(page.text)[1])
 
 
@@ -230,7 +221,7 @@ def test_a_sealed_sign_in_form_expires(monkeypatch):
     """A pushed request is good for a minute; the sign-in page it opens for SIGN_IN_LIFETIME, not for ever."""
     monkeypatch.setattr(devstack_views, "SIGN_IN_LIFETIME", 0)  # sealed until the second it was made
     with running_devstack(**{"devstack.idp.require_par": "true"}) as base:
-        browser, page, _ = pushed_sign_in_page(base)
+        browser, page, _, _ = pushed_sign_in_page(base)
         time.sleep(1.1)
         late = submit_form(browser, page, name="alice")
         assert late.status_code == 400 and "requires pushed authorization requests" in late.text

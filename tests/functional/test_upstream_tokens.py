@@ -966,8 +966,8 @@ def test_a_refresh_token_two_upstreams_were_answered_with_is_revoked_once(app, s
     later = utcnow() + timedelta(minutes=5)
     for name in ("swap", "aud"):
         assert rows.write_upstream_token(
-            browser.session_row.id, name, UpstreamToken(f"at-{name}", later, utcnow(), None),
-            exchanged=True, refresh_token="rt-exchanged",
+            browser.session_row.id, name, UpstreamToken(f"at-{name}", later, utcnow(), None, exchanged=True),
+            refresh_token="rt-exchanged",
         )
     rows.dbsession.commit()
     assert rows.upstream_token(browser.session_row.id, "aud").access_token == "at-aud"

@@ -266,7 +266,7 @@ def test_upstream_tokens_from_before_0010_upgrade_as_not_exchanged_and_keep_thei
         assert store.rows.upstream_token(session.id, "swap").access_token == "swap-token"
         assert dbsession.execute(text("SELECT exchanged, refresh_token FROM session_tokens")).one() == (False, None)
         assert store.rows.write_upstream_token(
-            2, "swap", UpstreamToken("swap-2", now + timedelta(minutes=5), now), exchanged=True, refresh_token="rt-swap-2"
+            2, "swap", UpstreamToken("swap-2", now + timedelta(minutes=5), now, exchanged=True), refresh_token="rt-swap-2"
         )
         assert store.end(session, EndReason.REVOKED)
         queued = dbsession.execute(text("SELECT token, token_type_hint FROM token_revocations")).all()

@@ -326,11 +326,11 @@ def test_ending_a_session_queues_its_exchanged_upstream_tokens(store, user, dbse
     now, later = clock(), clock() + timedelta(minutes=5)
     rows = store.rows
     assert rows.write_upstream_token(row.id, "graph", UpstreamToken("graph-at", later, now))  # of the refresh token
-    assert rows.write_upstream_token(row.id, "swap", UpstreamToken("swap-at", later, now), exchanged=True)
-    assert rows.write_upstream_token(row.id, "swap2", UpstreamToken("swap2-at", now, now), exchanged=True,
+    assert rows.write_upstream_token(row.id, "swap", UpstreamToken("swap-at", later, now, exchanged=True))
+    assert rows.write_upstream_token(row.id, "swap2", UpstreamToken("swap2-at", now, now, exchanged=True),
                                      refresh_token="swap2-rt")
     # Expired already (at the sweep's end of an idle session, say): dead at the provider, not sent there.
-    assert rows.write_upstream_token(row.id, "swap3", UpstreamToken("swap3-at", now, now), exchanged=True)
+    assert rows.write_upstream_token(row.id, "swap3", UpstreamToken("swap3-at", now, now, exchanged=True))
     assert rows.end(row.id, EndReason.REVOKED, revoke=revoke, revoke_exchanged=revoke_exchanged)
     assert queued(dbsession, cipher) == expected
     assert all(b"-at" not in bytes(token) and b"-rt" not in bytes(token) for token in dbsession.scalars(
