@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -670,31 +671,64 @@ def serve_paste(app, global_conf, **settings):
 # once the server's own sockets are known.)
 AT_LEAST = {"threads": 1, "max_request_header_size": 19, "max_request_body_size": 2}
 
+# The settings waitress reads with int() (its Adjustments; a test keeps the list in step with it).
+# int() also takes "+8" and other scripts' digits ("٨"), which myapp's own settings refuse
+# (settings.py, whole numbers); these are held to the same rule, a minus sign allowed so that the
+# bounds can name what was given, and what int() cannot read is refused naming its setting.
+WHOLE_NUMBER_SETTINGS = (
+    "port", "threads", "trusted_proxy_count", "backlog", "recv_bytes", "send_bytes", "outbuf_overflow",
+    "outbuf_high_watermark", "inbuf_overflow", "connection_limit", "cleanup_interval", "channel_timeout",
+    "max_request_header_size", "max_request_body_size", "asyncore_loop_timeout", "channel_request_lookahead",
+)
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+(?:_[0-9]+)*")
+# What the system can take: listen()'s backlog is a C int, and so is how long the loop waits in
+# milliseconds under asyncore_use_poll. Past these the server failed with an OverflowError's
+# traceback, at start (backlog = 99999999999) or in its loop (asyncore_loop_timeout). Any other
+# number has at most 18 digits, as myapp's own (a port: at most 65535, below).
+AT_MOST = {"backlog": 2**31 - 1, "asyncore_loop_timeout": 2_147_483}
+MAX_DIGITS = 18
+
 
 def refuse_unworkable(settings: dict) -> None:
     """Raise ValueError, naming the setting, for waitress settings that read but cannot work: a
-    count or size below 1, or a port past 65535, which the system's resolver wraps round to another
+    number written other than in ASCII digits, one past what the system can take, a count or size
+    below 1, or a port past 65535, which the system's resolver wraps round to another
     (``http_port=80810`` listened on 15274). What waitress cannot read at all it refuses itself."""
-    for name, least in AT_LEAST.items():
-        number = _integer(settings.get(name))
-        if number is not None and number < least:
-            raise ValueError(f"{name} = {number}: must be at least {least}")
+    for name in WHOLE_NUMBER_SETTINGS:
+        value = settings.get(name)
+        number = _integer(value, f"{name} = {str(value).strip()}", names=False)
+        if number is not None and name in AT_LEAST and number < AT_LEAST[name]:
+            raise ValueError(f"{name} = {number}: must be at least {AT_LEAST[name]}")
+        if number is not None and name in AT_MOST and number > AT_MOST[name]:
+            raise ValueError(f"{name} = {number}: must be at most {AT_MOST[name]}")
     ports = [("port", f"{settings['port']}")] if settings.get("port") is not None else []
     for entry in str(settings.get("listen") or "").split():
         _, colon, port = entry.rpartition(":")
         if colon and "]" not in port:
             ports.append(("listen", f"port {port}"))
     for name, port in ports:
-        number = _integer(port.removeprefix("port "))
+        number = _integer(port.removeprefix("port "), f"{name}: {port}", names=name == "listen")
         if number is not None and not 0 <= number <= 65535:
             raise ValueError(f"{name}: {port} is not a port (0 to 65535)")
 
 
-def _integer(value) -> int | None:
-    try:
-        return int(str(value).strip()) if value is not None else None
-    except ValueError:
+def _integer(value, said: str, names: bool) -> int | None:
+    """The number ``value`` is (None for none), or ValueError, beginning with ``said``, for one
+    written other than as ASCII digits or of more than :data:`MAX_DIGITS`. With ``names`` (a port
+    in ``listen``), what int() cannot read is None: a service's name, ``*:http``, for the resolver."""
+    if value is None:
         return None
+    text = str(value).strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
+        try:
+            int(text)
+        except ValueError:
+            if names:
+                return None
+        raise ValueError(f"{said} is not a whole number (digits 0-9)")
+    if len(text.lstrip("-").replace("_", "").lstrip("0")) > MAX_DIGITS:
+        raise ValueError(f"{said} is too large")
+    return int(text)
 
 
 def serve(app, **settings):
@@ -712,7 +746,7 @@ def serve(app, **settings):
             server.task_dispatcher.shutdown()
             wasyncore.close_all(socket_map(server))
             raise
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OverflowError, OSError) as e:
         print(f"myapp: [server:main]: {str(e).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig()

@@ -678,7 +678,7 @@ def test_a_server_on_several_sockets_reads_strictly_on_each(app):
     [
         ({"trusted_proxy_headers": "x-forwarded-for"}, "trusted_proxy_headers has no meaning without setting trusted_proxy"),
         ({"trusted_proxy_count": "1"}, "trusted_proxy_count has no meaning without setting trusted_proxy"),
-        ({"threads": "many"}, "invalid literal"),
+        ({"threads": "many"}, "threads = many is not a whole number (digits 0-9)"),
         ({"cpu_affinty": "auto"}, "Unknown adjustment 'cpu_affinty'"),  # a misspelling is not ignored
         pytest.param({"cpu_affinity": "fast"}, "cpu_affinity: 'fast' is not off, auto or a CPU's number",
                      marks=linux_only),
@@ -705,6 +705,20 @@ def test_a_server_on_several_sockets_reads_strictly_on_each(app):
         ({"listen": "127.0.0.1:99999"}, "listen: port 99999 is not a port (0 to 65535)"),
         ({"listen": "127.0.0.1:8081 [::1]:80810"}, "listen: port 80810 is not a port (0 to 65535)"),
         ({"host": "127.0.0.1", "port": "80810"}, "port: 80810 is not a port (0 to 65535)"),
+        # Waitress reads these with int(), which takes the first four as numbers (as myapp's own
+        # settings no longer do: a whole number is ASCII digits, an underscore between groups).
+        ({"threads": "+8"}, "threads = +8 is not a whole number (digits 0-9)"),
+        ({"threads": "\u0668"}, "threads = \u0668 is not a whole number (digits 0-9)"),  # Arabic-Indic 8
+        ({"connection_limit": "\uff11\uff10\uff10"}, "is not a whole number (digits 0-9)"),  # full-width 100
+        ({"listen": "127.0.0.1:+8080"}, "listen: port +8080 is not a whole number (digits 0-9)"),
+        ({"host": "127.0.0.1", "port": "\u0668\u0660"}, "port = \u0668\u0660 is not a whole number (digits 0-9)"),
+        # What int() cannot read, waitress refused with "invalid literal for int() with base 10".
+        ({"channel_timeout": "1__0"}, "channel_timeout = 1__0 is not a whole number (digits 0-9)"),
+        ({"backlog": "1024.0"}, "backlog = 1024.0 is not a whole number (digits 0-9)"),
+        ({"threads": "9" * 19}, f"threads = {'9' * 19} is too large"),
+        # An OverflowError's traceback from listen() at start, and from the loop's wait.
+        ({"backlog": "99999999999"}, "backlog = 99999999999: must be at most 2147483647"),
+        ({"asyncore_loop_timeout": "2147484"}, "asyncore_loop_timeout = 2147484: must be at most 2147483"),
     ],
 )
 def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, settings, words):
@@ -714,6 +728,48 @@ def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, se
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("myapp: [server:main]: ") and words in err and "\n" not in err
+
+
+def test_every_number_waitress_reads_is_held_to_whole_numbers():
+    from waitress.adjustments import Adjustments
+
+    assert set(server.WHOLE_NUMBER_SETTINGS) == {name for name, read in Adjustments._params if read is int}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"threads": "8", "connection_limit": "10_000", "channel_timeout": " 120 "},
+        {"max_request_body_size": "5_368_709_120"},  # 5 GiB: past a C int, which only backlog is
+        {"backlog": str(2**31 - 1), "asyncore_loop_timeout": "2147483"},
+        {"listen": "127.0.0.1:http [::1]:8080"},  # a service's name is the resolver's to read
+        {"port": 8080, "threads": 4},  # as Python passes them
+    ],
+)
+def test_whole_numbers_the_system_can_take_are_taken(settings):
+    server.refuse_unworkable(settings)
+
+
+def test_the_largest_numbers_taken_are_the_systems_own():
+    """What backlog and asyncore_loop_timeout may be is what listen() and poll() take: one more
+    overflows them."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(server.AT_MOST["backlog"])
+        with pytest.raises(OverflowError):
+            listening.listen(server.AT_MOST["backlog"] + 1)
+    read, write = os.pipe()
+    try:
+        os.write(write, b"x")  # ready: poll() answers at once, however long it may wait
+        poll = select.poll()
+        poll.register(read, select.POLLIN)
+        waited = server.AT_MOST["asyncore_loop_timeout"]
+        assert poll.poll(waited * 1000)
+        with pytest.raises(OverflowError):
+            poll.poll((waited + 1) * 1000)
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def test_the_smallest_header_size_taken_answers_the_shortest_request(app):
