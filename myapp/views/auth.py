@@ -208,8 +208,13 @@ def logout(request):
             # ended or recorded. Anything else (another page's token, another site) goes home.
             at_provider = request.logout_service.signed_out_already(ended)
         else:
-            # Already signed out (expired, revoked): nothing to protect, just tidy up.
-            return HTTPSeeOther(request.route_path("home"), headers=forget(request))
+            # Already signed out (expired, revoked): nothing to protect, just tidy up, but only a
+            # cookie the browser sent. Without one this may be another site's form: a browser sends
+            # no SameSite cookie with a cross-site POST, yet takes the answer's Set-Cookie, so
+            # clearing it would sign the person out in their browser (not on the server: the
+            # session would stay live, unended, its tokens unrevoked), with no token of ours.
+            cleared = forget(request) if request.services.session_cookie.is_present(request) else []
+            return HTTPSeeOther(request.route_path("home"), headers=cleared)
     else:
         check_form_origin(request)
         check_csrf_token(request)

@@ -5,7 +5,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from myapp.models import AuditEvent, UserSession
 from myapp.services import Services
@@ -79,8 +79,32 @@ def test_logout_is_post_only(browser, provider, dbsession):
     assert session_count(dbsession) == 1
 
 
-def test_logout_when_already_signed_out(browser):
-    assert browser.post("/logout", status=303).location == "https://app.example.test/"
+def test_logout_when_already_signed_out(browser, provider, dbsession):
+    sign_in(browser, provider)
+    dbsession.execute(update(UserSession).values(ended_at=UserSession.created_at, end_reason="revoked"))
+    dbsession.flush()
+    response = browser.post("/logout", status=303)
+    assert response.location == "https://app.example.test/"
+    # The browser's cookie, naming a session no longer live, is cleared.
+    assert [v for k, v in response.headerlist if k == "Set-Cookie" and v.startswith(COOKIE + "=;")]
+
+
+def test_another_sites_form_cannot_sign_a_person_out_in_their_browser(browser, provider, dbsession):
+    """Another site's form posted to /logout arrives without the session cookie (SameSite: a
+    browser sends none with a cross-site POST), and the browser would take the answer's
+    Set-Cookie: clearing it signed the person out in their browser, with no token of ours, and
+    left the session live on the server (helper-108)."""
+    sign_in(browser, provider)
+    cookie = browser.cookies[COOKIE]
+    elsewhere = Browser(browser.app)  # what the browser sends for another site's form: no cookie of ours
+    response = elsewhere.post(
+        "/logout", {}, headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, status=303
+    )
+    assert response.location == "https://app.example.test/"
+    assert not [v for k, v in response.headerlist if k == "Set-Cookie"]
+    assert session_count(dbsession) == 1
+    browser.set_cookie(COOKIE, cookie)
+    browser.get("/auth/user", headers={"X-CSRF": "1"}, status=200)
 
 
 def test_nothing_secret_is_logged_or_audited(browser, provider, caplog, dbsession):
@@ -224,8 +248,6 @@ def test_sign_out_pressed_again_goes_home_unless_sent_from_a_page_of_that_sessio
 def test_a_sign_out_of_a_session_ended_otherwise_goes_home(browser, provider, dbsession, reason):
     """Only a sign-out here ends a session with its answer on the way to the browser; a session
     ended any other way was never on its way to the provider's sign-out: home, as before."""
-    from sqlalchemy import update
-
     sign_in(browser, provider)
     token = csrf_of(browser)
     dbsession.execute(update(UserSession).values(ended_at=UserSession.created_at, end_reason=reason))
