@@ -1,7 +1,7 @@
 """The server for myapp: waitress, with a stricter reading of request framing.
 
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
-``egg:waitress#main`` does, and differs in six ways:
+``egg:waitress#main`` does, and differs in seven ways:
 
 - A request that carries both ``Content-Length`` and ``Transfer-Encoding``, or an HTTP/1.0 request
   that carries ``Transfer-Encoding`` (which waitress ignores there), is refused with 400 and
@@ -30,6 +30,9 @@
   the request's thread is done with it (an app that goes on working after it, a slow
   ``close()``, then holds it back until then). An answer written in parts (the proxy's stream)
   goes as each part is written, as before.
+- An HTTP/1.1 answer that cannot have a body (1xx, 204, 304) keeps its connection open
+  (:meth:`WholeAnswerTask.build_response_header`): waitress closed after any answer without a
+  ``Content-Length``, which these may not carry though they end with their head.
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
   OpenTelemetry sends the spans it still holds.
 
@@ -198,6 +201,27 @@ class WholeAnswerTask(WSGITask):
     endless answer) is sent as each part is written, as before."""
 
     held = False  # written whole, and left to the loop
+    _ends_with_its_head = False  # while its head is built: a bodiless HTTP/1.1 answer to keep open for
+
+    def build_response_header(self):
+        """Waitress's head, except that an HTTP/1.1 answer that cannot have a body (1xx, 204, 304)
+        keeps the connection: waitress closed after any answer without a ``Content-Length``, and
+        these may not carry one (RFC 9110 section 8.6), though each ends with its head (RFC 9112
+        section 6.3), so every 304 of a browser's revalidation through the proxy, and every 204,
+        cost the next request a new connection. A request that asks to close still closes."""
+        self._ends_with_its_head = (
+            self.version == "1.1" and not self.has_body and not self.close_on_finish
+            and self.request.headers.get("CONNECTION", "").lower() != "close"
+        )
+        try:
+            return super().build_response_header()
+        finally:
+            self._ends_with_its_head = False
+
+    def set_close_on_finish(self) -> None:
+        if self._ends_with_its_head:
+            return  # waitress's close for the missing Content-Length, the only one asked while the head is built
+        super().set_close_on_finish()
 
     def write(self, data):
         if self.wrote_header or not self._whole(data):

@@ -1506,3 +1506,67 @@ def test_an_app_that_lists_paths_gets_them_their_own_threads():
         assert len(server.task_dispatcher.own_threads.threads) == 2
     finally:
         server.close()
+
+
+class Bodiless:
+    """Answers ``/<status>`` with that status and no body (``/304``: as the proxy passes on a
+    revalidation's answer), anything else 200 with its path."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        self.seen.append(path)
+        status = path.strip("/")
+        if status in ("204", "304"):
+            start_response(f"{status} {'No Content' if status == '204' else 'Not Modified'}", [("ETag", '"v1"')])
+            return []
+        body = path.encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+@pytest.mark.parametrize("status", ["204", "304"])
+def test_an_answer_that_ends_with_its_head_keeps_the_connection(status):
+    """Waitress closed the connection after any answer without a Content-Length, which a 204 or a
+    304 may not carry: the next request on it (a browser's, after revalidating through the proxy)
+    went unanswered and had to find a new connection."""
+    app = Bodiless()
+    with serve(app, create_server=create_server, channel_timeout=2) as url:
+        with connect(url) as conn:
+            conn.sendall(f"GET /{status} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = read_head(conn)
+            assert head.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close" not in head
+            assert b"Content-Length" not in head and b"Transfer-Encoding" not in head
+            conn.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_head(conn).startswith(b"HTTP/1.1 200 OK")
+            assert conn.recv(6) == b"/after"
+    assert app.seen == [f"/{status}", "/after"]
+
+
+@pytest.mark.parametrize(
+    "request_line, closes",
+    [
+        ("GET /304 HTTP/1.1\r\nHost: x\r\nConnection: close", True),  # asked to close
+        ("GET /304 HTTP/1.0\r\nHost: x", True),  # HTTP/1.0 without keep-alive
+        ("GET /304 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive", True),  # no length: as waitress does for 1.0
+        ("GET /ok HTTP/1.1\r\nHost: x", False),
+    ],
+)
+def test_a_connection_asked_to_close_still_closes(request_line, closes):
+    app = Bodiless()
+    with serve(app, create_server=create_server, channel_timeout=1) as url:
+        received = exchange(url, f"{request_line}\r\n\r\n".encode())
+    assert received.endswith(b"<still open>") is not closes
+    assert (b"Connection: close" in received) is closes
+
+
+def read_head(conn: socket.socket) -> bytes:
+    """An answer's head, read up to and with its blank line, and nothing after it."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = conn.recv(1)
+        assert byte, f"closed after {head!r}"
+        head += byte
+    return head
