@@ -12,12 +12,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from alembic import command
 from myapp.models import begin_sqlite_transactions_with, get_engine
 
 ROOT = Path(__file__).resolve().parent.parent

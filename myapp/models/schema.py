@@ -8,13 +8,13 @@ files as ``myapp/migrations`` (setup.py maps one onto the other), so ``myapp-mig
 from collections.abc import Mapping
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 import myapp
-from alembic import command
 from myapp.models import SchemaError, current_revision, get_engine
 from myapp.settings import SettingsError, resolve
 

@@ -3,13 +3,13 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
-from alembic import command
 from myapp import main
 from myapp.models import SCHEMA_REVISION, Base, SchemaError, check_schema, get_engine
 from myapp.services.sessions import EndReason, SessionStore, UpstreamToken, hash_session_id

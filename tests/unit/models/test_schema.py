@@ -1,8 +1,8 @@
 """myapp.models.schema: the migrations that ship with the code, run on the database an ini names."""
 
 import pytest
-
 from alembic import command
+
 from myapp.models import SCHEMA_REVISION, SchemaError, current_revision, get_engine
 from myapp.models.schema import alembic_config, database_url, migrations_directory, upgrade
 from myapp.settings import SettingsError
