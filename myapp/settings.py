@@ -994,7 +994,20 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
             reader.problem(f"{where}: {requirement!r} is not 'acr=<value>[,<value>...] [max_age=<duration>]'")
             continue
         rules.append(StepUpRule(prefix=prefix, acr_values=acr_values, max_age=max_age))
-    return tuple(sorted(rules, key=lambda rule: len(rule.prefix), reverse=True))
+    rules.sort(key=lambda rule: len(rule.prefix), reverse=True)
+    # A path under both of two rules must satisfy both (services/stepup.py, Requirement): one sign-in
+    # cannot when each names acr values and they share none, and every step-up there would fail.
+    for i, inner in enumerate(rules):
+        for outer in rules[i + 1 :]:
+            if (
+                inner.acr_values and outer.acr_values and outer.covers(inner.prefix.rstrip("/") or "/")
+                and not set(inner.acr_values) & set(outer.acr_values)
+            ):
+                reader.problem(
+                    f"{name} ({inner.prefix}): under {outer.prefix}, whose rule it must meet as well, and the two "
+                    "share no acr value: no sign-in could meet both"
+                )
+    return tuple(rules)
 
 
 def _otel(reader: _Reader) -> OTelSettings:

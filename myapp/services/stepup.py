@@ -5,7 +5,8 @@ RFC 9470 challenge asking for a stronger sign-in."""
 import functools
 import re
 import unicodedata
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from myapp.services.sessions import SessionRecord
 from myapp.settings import ACR_VALUE, StepUpRule, acr_values_fit
@@ -77,18 +78,50 @@ class StepUpRequired(Exception):
         self.message = message or "This needs a stronger or more recent sign-in."
 
 
-def rule_for(rules: tuple[StepUpRule, ...], path: str) -> StepUpRule | None:
-    """The most specific rule covering ``path`` (rules come sorted, longest prefix first), as
-    written or as a lenient server behind the proxy might read it (:func:`leniently_read`):
-    ``/api/up//admin``, ``/api/up/Admin``, ``/api/up/admin%20``, ``/api/up/admin.json`` and
-    ``/api/up/\uff41dmin`` are ``/api/up/admin`` to nginx (which merges slashes), a
-    case-insensitive server, Windows (which trims trailing spaces and dots), Spring or Rails (which
-    take a suffix for a format) and a server that normalizes Unicode. Matching both ways can only
-    ask for a step-up more often, never less."""
+@dataclass(frozen=True)
+class Requirement:
+    """What the rules covering a path ask of a session, together: each of them (SPEC.md: a request
+    under a rule's prefix whose session does not satisfy that rule is stepped up), so that a longer
+    prefix under a shorter one (``/admin/audit = max_age=15m`` under ``/admin = acr=mfa``) adds to
+    it and never takes its place. ``rules``: the most specific first."""
+
+    rules: tuple[StepUpRule, ...]
+
+    @property
+    def prefix(self) -> str:
+        return self.rules[0].prefix
+
+    @property
+    def acr_values(self) -> tuple[str, ...]:
+        """What a sign-in asks for: the values that every rule naming some takes, in the most
+        specific one's order. Rules one inside the other that share none are refused by the
+        settings; where two read leniently still share none, the most specific one's, and
+        :func:`satisfies` holds the session to each rule all the same."""
+        named = [rule.acr_values for rule in self.rules if rule.acr_values]
+        if not named:
+            return ()
+        common = tuple(value for value in named[0] if all(value in values for values in named[1:]))
+        return common or named[0]
+
+    @property
+    def max_age(self) -> timedelta | None:
+        ages = [rule.max_age for rule in self.rules if rule.max_age is not None]
+        return min(ages) if ages else None
+
+
+def rule_for(rules: tuple[StepUpRule, ...], path: str) -> Requirement | None:
+    """What the rules covering ``path`` ask (:class:`Requirement`; rules come sorted, longest prefix
+    first), each matched as written or as a lenient server behind the proxy might read the path
+    (:func:`leniently_read`): ``/api/up//admin``, ``/api/up/Admin``, ``/api/up/admin%20``,
+    ``/api/up/admin.json`` and ``/api/up/\uff41dmin`` are ``/api/up/admin`` to nginx (which merges
+    slashes), a case-insensitive server, Windows (which trims trailing spaces and dots), Spring or
+    Rails (which take a suffix for a format) and a server that normalizes Unicode. Matching both
+    ways can only ask for a step-up more often, never less."""
     if not rules or path.startswith(EXEMPT_PREFIXES):  # without rules, no path is read (the dashboard's)
         return None
     segments = leniently_read(path)
-    return next((rule for rule in rules if rule.covers(path) or _covers(_lenient_prefix(rule), segments)), None)
+    covering = tuple(rule for rule in rules if rule.covers(path) or _covers(_lenient_prefix(rule), segments))
+    return Requirement(covering) if covering else None
 
 
 def leniently_read(path: str) -> tuple[str, ...]:
@@ -183,7 +216,13 @@ def _lenient_prefix(rule: StepUpRule) -> tuple[str, ...]:
     return leniently_read(rule.prefix)
 
 
-def satisfies(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:
+def satisfies(session: SessionRecord, requirement: Requirement, now: datetime) -> bool:
+    """Whether ``session`` meets every rule of ``requirement``: its sign-in's ``acr`` one of each
+    rule's values, its ``auth_time`` within each rule's ``max_age``."""
+    return all(_meets(session, rule, now) for rule in requirement.rules)
+
+
+def _meets(session: SessionRecord, rule: StepUpRule, now: datetime) -> bool:
     if rule.acr_values and session.acr not in rule.acr_values:
         return False
     if rule.max_age is not None:

@@ -333,6 +333,9 @@ def test_an_ordinary_upstream_401_is_still_retried_after_a_refresh(make_app, pro
         # A sign-in link /login refuses, a step-up nobody could take (helper-83).
         ("/admin = acr=" + ",".join("abcdefghijk"), "/login refuses"),
         ("/admin = acr=" + ",".join(["a" * 255] * 4), "/login refuses"),
+        # A path under both must meet both (helper-109): no sign-in could.
+        ("/admin = acr=mfa\n/admin/keys = acr=hwk", "(/admin/keys): under /admin, whose rule it must meet as well"),
+        ("/api/ = acr=mfa,hwk\n/api/up/ = acr=otp", "(/api/up/): under /api/, whose rule"),
     ],
 )
 def test_malformed_rules_refuse_to_start(rules, expected):
@@ -340,3 +343,35 @@ def test_malformed_rules_refuse_to_start(rules, expected):
         load_settings(base_settings("sqlite://", **{"myapp.stepup.rules": rules}), environ={})
     assert len(info.value.problems) == 1 and expected in info.value.problems[0]
     assert info.value.problems[0].startswith("myapp.stepup.rules")
+
+
+def test_rules_one_under_another_that_share_an_acr_value_or_ask_only_max_age_start():
+    settings = load_settings(base_settings("sqlite://", **{"myapp.stepup.rules": (
+        f"/admin = acr={MFA},urn:example:hwk\n/admin/keys = acr=urn:example:hwk\n/admin/audit = max_age=15m\n"
+        "/api/other = acr=otp"
+    )}), environ={})
+    assert [rule.prefix for rule in settings.stepup_rules] == ["/admin/audit", "/admin/keys", "/api/other", "/admin"]
+
+
+@pytest.mark.parametrize("path", ["/admin/audit", "/api/up/payments/transfer"])
+def test_a_rule_under_another_adds_to_it(make_app, provider, upstream, dbsession, path):
+    """A recent sign-in asked under a prefix that asks for a second factor: the page and the proxied
+    call need both. The longest prefix alone served /admin/audit, and forwarded the payment, to
+    a session signed in a minute ago with a password only (helper-109)."""
+    app = make_app(**{
+        "myapp.stepup.rules": f"/admin = acr={MFA}\n/admin/audit = max_age=15m\n/api/up/ = acr={MFA}\n"
+                              "/api/up/payments/ = max_age=15m",
+        "myapp.upstreams": f"up = {upstream.url}/up", "myapp.oidc.fetch_userinfo": "false",
+    })
+    browser = Browser(app)
+    plain_sign_in(browser, provider, acr="urn:example:pwd", auth_time=int(time.time()), groups=["admins"])
+    headers = {"X-CSRF": "1"} if path.startswith("/api/") else {}
+    refused = browser.get(path, headers=headers, status=401)
+    if path.startswith("/api/"):
+        assert refused.json["error"] == "step_up_required"
+        assert query_of(refused.json["login_url"])["acr_values"] == MFA
+        assert query_of(refused.json["login_url"])["max_age"] == "900"
+    assert upstream.seen == []
+    browser = Browser(app)  # the second factor, a minute ago: both met
+    plain_sign_in(browser, provider, acr=MFA, auth_time=int(time.time()) - 60, groups=["admins"])
+    browser.get(path, headers=headers, status=200)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from myapp.services.stepup import challenges, parse_challenge, rule_for, satisfies
+from myapp.services.stepup import Requirement, challenges, parse_challenge, rule_for, satisfies
 from myapp.settings import StepUpRule
 from tests.support.own_process import runs_in_time
 
@@ -82,7 +82,50 @@ def test_a_rule_with_a_dot_in_its_prefix_is_matched_segment_by_segment():
 )
 def test_what_satisfies_a_rule(acr, auth_time, ok):
     session = SimpleNamespace(acr=acr, auth_time=auth_time)
-    assert satisfies(session, RULES[1], NOW) is ok
+    assert satisfies(session, Requirement((RULES[1],)), NOW) is ok
+
+
+NESTED = (
+    StepUpRule("/admin/audit", max_age=timedelta(minutes=15)),
+    StepUpRule("/admin/users", acr_values=("hwk", "mfa"), max_age=timedelta(hours=1)),
+    StepUpRule("/admin", acr_values=("mfa", "hwk"), max_age=timedelta(hours=8)),
+)
+
+
+def test_every_rule_covering_a_path_is_asked_together():
+    """A longer prefix under a shorter one adds to its rule and never takes its place: the longest
+    alone left /admin/audit open to a session without the second factor /admin asks (helper-109)."""
+    audit = rule_for(NESTED, "/admin/audit/42")
+    assert [rule.prefix for rule in audit.rules] == ["/admin/audit", "/admin"] and audit.prefix == "/admin/audit"
+    assert audit.acr_values == ("mfa", "hwk") and audit.max_age == timedelta(minutes=15)
+    users = rule_for(NESTED, "/Admin/Users")  # read leniently, each of them
+    assert [rule.prefix for rule in users.rules] == ["/admin/users", "/admin"]
+    assert users.acr_values == ("hwk", "mfa") and users.max_age == timedelta(hours=1)
+    assert [rule.prefix for rule in rule_for(NESTED, "/admin/other").rules] == ["/admin"]
+
+
+@pytest.mark.parametrize(
+    "acr, signed_in_ago, ok",
+    [
+        ("mfa", timedelta(minutes=5), True),
+        ("pwd", timedelta(minutes=5), False),  # recent, but not the second factor /admin asks
+        ("mfa", timedelta(minutes=20), False),  # the second factor, but not as recent as /admin/audit asks
+        (None, timedelta(0), False),
+    ],
+)
+def test_a_session_meets_every_rule_covering_a_path(acr, signed_in_ago, ok):
+    session = SimpleNamespace(acr=acr, auth_time=NOW - signed_in_ago)
+    assert satisfies(session, rule_for(NESTED, "/admin/audit"), NOW) is ok
+
+
+def test_rules_read_leniently_that_share_no_acr_value_still_each_hold():
+    """The settings refuse nested rules that share no acr value; two that cover one path only as a
+    lenient server reads it ask for the most specific one's, and a session is held to both."""
+    rules = (StepUpRule("/api/up/admin", acr_values=("hwk",)), StepUpRule("/API/UP/", acr_values=("mfa",)))
+    requirement = rule_for(rules, "/api/up/admin")
+    assert requirement.acr_values == ("hwk",)
+    assert not satisfies(SimpleNamespace(acr="hwk", auth_time=NOW), requirement, NOW)
+    assert not satisfies(SimpleNamespace(acr="mfa", auth_time=NOW), requirement, NOW)
 
 
 @pytest.mark.parametrize(
