@@ -30,7 +30,7 @@
   the request's thread is done with it (an app that goes on working after it, a slow
   ``close()``, then holds it back until then). An answer written in parts (the proxy's stream)
   goes as each part is written, as before.
-- An HTTP/1.1 answer that cannot have a body (1xx, 204, 304) keeps its connection open
+- An HTTP/1.1 answer 204 or 304 keeps its connection open
   (:meth:`WholeAnswerTask.build_response_header`): waitress closed after any answer without a
   ``Content-Length``, which these may not carry though they end with their head.
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
@@ -65,6 +65,7 @@ from pathlib import Path, PurePosixPath
 
 import waitress
 from waitress import wasyncore
+from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
@@ -187,6 +188,20 @@ _SERVER_ERROR_CODES = {
 }
 
 
+class NotedFileWrapper:
+    """``wsgi.file_wrapper`` as waitress gives it, noting whether the app used it: waitress then
+    sends the file after the head whatever the status (:meth:`WholeAnswerTask.build_response_header`)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self):
+        self.used = False
+
+    def __call__(self, file, block_size=32768):
+        self.used = True
+        return ReadOnlyFileBasedBuffer(file, block_size)
+
+
 class WholeAnswerTask(WSGITask):
     """An answer written whole at once (its head and all of the body its ``Content-Length`` gives,
     or one with no body) goes in one piece. Waitress's request thread sends each write itself: the
@@ -201,17 +216,30 @@ class WholeAnswerTask(WSGITask):
     endless answer) is sent as each part is written, as before."""
 
     held = False  # written whole, and left to the loop
-    _ends_with_its_head = False  # while its head is built: a bodiless HTTP/1.1 answer to keep open for
+    _ends_with_its_head = False  # while its head is built: a bodiless answer to keep the connection for
+    _file_wrapper: "NotedFileWrapper | None" = None
+
+    def get_environment(self):
+        environ = super().get_environment()
+        if environ.get("wsgi.file_wrapper") is ReadOnlyFileBasedBuffer:
+            self._file_wrapper = environ["wsgi.file_wrapper"] = NotedFileWrapper()
+        return environ
 
     def build_response_header(self):
-        """Waitress's head, except that an HTTP/1.1 answer that cannot have a body (1xx, 204, 304)
-        keeps the connection: waitress closed after any answer without a ``Content-Length``, and
-        these may not carry one (RFC 9110 section 8.6), though each ends with its head (RFC 9112
-        section 6.3), so every 304 of a browser's revalidation through the proxy, and every 204,
-        cost the next request a new connection. A request that asks to close still closes."""
+        """Waitress's head, except that an HTTP/1.1 answer 204 or 304 keeps the connection: waitress
+        closed after any answer without a ``Content-Length``, which these may not carry (RFC 9110
+        section 8.6), though each ends with its head (RFC 9112 section 6.3), so every 304 of a
+        browser's revalidation through the proxy, and every 204, cost the next request a new
+        connection. Not when anything could follow the head: waitress sends a ``wsgi.file_wrapper``
+        body whatever the status (it drops any other), and the next answer would follow those
+        bytes; nor a 1xx, which WSGI cannot send as an interim answer (the request's own answer
+        would still be awaited). A request whose ``Connection`` names ``close`` still closes."""
         self._ends_with_its_head = (
-            self.version == "1.1" and not self.has_body and not self.close_on_finish
-            and self.request.headers.get("CONNECTION", "").lower() != "close"
+            self.version == "1.1"
+            and self.status.split(" ", 1)[0] in ("204", "304")
+            and not self.close_on_finish
+            and not (self._file_wrapper is not None and self._file_wrapper.used)
+            and "close" not in (option.strip().lower() for option in self.request.headers.get("CONNECTION", "").split(","))
         )
         try:
             return super().build_response_header()
@@ -688,12 +716,18 @@ def serve_paste(app, global_conf, **settings):
         os._exit(e.code if isinstance(e.code, int) else 1)
 
 
-# Waitress takes any integer for these: below these, a server starts that never answers (no thread)
-# or that refuses every request (431 to every head: the shortest, "GET / HTTP/1.0" and its blank
-# line, 18 bytes, is refused at 18 or less; 413 to every body: it refuses a body of
-# max_request_body_size or more, so 1 refuses all). (connection_limit: refuse_unworkable_limit,
-# once the server's own sockets are known.)
-AT_LEAST = {"threads": 1, "max_request_header_size": 19, "max_request_body_size": 2}
+# Waitress takes any integer for these: below these, a server starts that never answers (no thread;
+# every connection reset by a read of no bytes; every request waiting for an outgoing buffer below
+# no bytes, or to read -1 requests ahead), that refuses every request (431 to every head: the
+# shortest, "GET / HTTP/1.0" and its blank line, 18 bytes, is refused at 18 or less; 413 to every
+# body: it refuses a body of max_request_body_size or more, so 1 refuses all), or whose loop spins
+# a CPU without waiting (0 s) or ends in a traceback (a wait below 0 s); backlog below 0 is read as
+# 0 by listen(), and far below overflowed it. (connection_limit: refuse_unworkable_limit, once the
+# server's own sockets are known.)
+AT_LEAST = {
+    "threads": 1, "max_request_header_size": 19, "max_request_body_size": 2, "recv_bytes": 1,
+    "outbuf_high_watermark": 1, "channel_request_lookahead": 0, "asyncore_loop_timeout": 1, "backlog": 0,
+}
 
 # The settings waitress reads with int() (its Adjustments; a test keeps the list in step with it).
 # int() also takes "+8" and other scripts' digits ("٨"), which myapp's own settings refuse
@@ -707,9 +741,12 @@ WHOLE_NUMBER_SETTINGS = (
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+(?:_[0-9]+)*")
 # What the system can take: listen()'s backlog is a C int, and so is how long the loop waits in
 # milliseconds under asyncore_use_poll. Past these the server failed with an OverflowError's
-# traceback, at start (backlog = 99999999999) or in its loop (asyncore_loop_timeout). Any other
-# number has at most 18 digits, as myapp's own (a port: at most 65535, below).
-AT_MOST = {"backlog": 2**31 - 1, "asyncore_loop_timeout": 2_147_483}
+# traceback, at start (backlog = 99999999999) or in its loop (asyncore_loop_timeout; refused under
+# select too: 24 days is wait enough). Each read of a connection takes recv_bytes of memory at once
+# (99999999999: a MemoryError at every read, every connection reset), and each thread is a thread of
+# the system's (threads = 100000 ran out of them at start). Any other number has at most 18 digits,
+# as myapp's own (a port: at most 65535, below).
+AT_MOST = {"backlog": 2**31 - 1, "asyncore_loop_timeout": 2_147_483, "recv_bytes": 2**30, "threads": 1024}
 MAX_DIGITS = 18
 
 
@@ -770,7 +807,7 @@ def serve(app, **settings):
             server.task_dispatcher.shutdown()
             wasyncore.close_all(socket_map(server))
             raise
-    except (ValueError, TypeError, OverflowError, OSError) as e:
+    except (ValueError, TypeError, OverflowError, OSError, RuntimeError) as e:
         print(f"myapp: [server:main]: {str(e).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig()

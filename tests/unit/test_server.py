@@ -5,6 +5,7 @@ processes: it changes the whole process)."""
 
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -719,6 +720,21 @@ def test_a_server_on_several_sockets_reads_strictly_on_each(app):
         # An OverflowError's traceback from listen() at start, and from the loop's wait.
         ({"backlog": "99999999999"}, "backlog = 99999999999: must be at most 2147483647"),
         ({"asyncore_loop_timeout": "2147484"}, "asyncore_loop_timeout = 2147484: must be at most 2147483"),
+        # (helper-111) Every connection reset (a read of no bytes, of a negative number of bytes,
+        # of more memory than there is), every request waiting for ever (an outgoing buffer below
+        # no bytes, a lookahead of -1), a loop that spins or fails in select(), threads that the
+        # system runs out of, and a backlog that overflows listen() the other way.
+        ({"recv_bytes": "0"}, "recv_bytes = 0: must be at least 1"),
+        ({"recv_bytes": "-1"}, "recv_bytes = -1: must be at least 1"),
+        ({"recv_bytes": "99999999999"}, "recv_bytes = 99999999999: must be at most 1073741824"),
+        ({"outbuf_high_watermark": "-1"}, "outbuf_high_watermark = -1: must be at least 1"),
+        ({"outbuf_high_watermark": "0"}, "outbuf_high_watermark = 0: must be at least 1"),
+        ({"channel_request_lookahead": "-1"}, "channel_request_lookahead = -1: must be at least 0"),
+        ({"asyncore_loop_timeout": "0"}, "asyncore_loop_timeout = 0: must be at least 1"),
+        ({"asyncore_loop_timeout": "-1"}, "asyncore_loop_timeout = -1: must be at least 1"),
+        ({"threads": "100000"}, "threads = 100000: must be at most 1024"),
+        ({"threads": "9" * 18}, f"threads = {'9' * 18}: must be at most 1024"),
+        ({"backlog": "-99999999999"}, "backlog = -99999999999: must be at least 0"),
     ],
 )
 def test_settings_that_cannot_work_stop_the_server_with_one_line(app, capsys, settings, words):
@@ -742,6 +758,8 @@ def test_every_number_waitress_reads_is_held_to_whole_numbers():
         {"threads": "8", "connection_limit": "10_000", "channel_timeout": " 120 "},
         {"max_request_body_size": "5_368_709_120"},  # 5 GiB: past a C int, which only backlog is
         {"backlog": str(2**31 - 1), "asyncore_loop_timeout": "2147483"},
+        {"threads": "1024", "recv_bytes": str(2**30), "channel_request_lookahead": "0", "backlog": "0"},
+        {"outbuf_high_watermark": "1048576", "recv_bytes": "8192", "asyncore_loop_timeout": "1"},  # production.ini's, waitress's
         {"listen": "127.0.0.1:http [::1]:8080"},  # a service's name is the resolver's to read
         {"port": 8080, "threads": 4},  # as Python passes them
     ],
@@ -1508,9 +1526,14 @@ def test_an_app_that_lists_paths_gets_them_their_own_threads():
         server.close()
 
 
+SMUGGLED_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nSet-Cookie: x=evil\r\n\r\nsmuggled"
+
+
 class Bodiless:
     """Answers ``/<status>`` with that status and no body (``/304``: as the proxy passes on a
-    revalidation's answer), anything else 200 with its path."""
+    revalidation's answer; ``/103``: a final answer WSGI cannot make interim), ``/file-304`` a 304
+    whose body is a ``wsgi.file_wrapper`` holding an answer of its own, anything else 200 with its
+    path."""
 
     def __init__(self):
         self.seen = []
@@ -1519,9 +1542,13 @@ class Bodiless:
         path = environ["PATH_INFO"]
         self.seen.append(path)
         status = path.strip("/")
-        if status in ("204", "304"):
-            start_response(f"{status} {'No Content' if status == '204' else 'Not Modified'}", [("ETag", '"v1"')])
+        if status in ("204", "304", "103"):
+            reasons = {"204": "No Content", "304": "Not Modified", "103": "Early Hints"}
+            start_response(f"{status} {reasons[status]}", [("ETag", '"v1"')])
             return []
+        if status == "file-304":
+            start_response("304 Not Modified", [("ETag", '"v1"')])
+            return environ["wsgi.file_wrapper"](io.BytesIO(SMUGGLED_ANSWER))
         body = path.encode()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]
@@ -1552,6 +1579,11 @@ def test_an_answer_that_ends_with_its_head_keeps_the_connection(status):
         ("GET /304 HTTP/1.0\r\nHost: x", True),  # HTTP/1.0 without keep-alive
         ("GET /304 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive", True),  # no length: as waitress does for 1.0
         ("GET /ok HTTP/1.1\r\nHost: x", False),
+        # A list of options naming close (RFC 9112 section 9.6), which waitress compares whole.
+        ("GET /304 HTTP/1.1\r\nHost: x\r\nConnection: TE, close", True),
+        # (helper-111) A 1xx answer is no interim one in WSGI: the request's answer is still
+        # awaited, and a pipelined request's would be taken for it.
+        ("GET /103 HTTP/1.1\r\nHost: x", True),
     ],
 )
 def test_a_connection_asked_to_close_still_closes(request_line, closes):
@@ -1570,3 +1602,15 @@ def read_head(conn: socket.socket) -> bytes:
         assert byte, f"closed after {head!r}"
         head += byte
     return head
+
+
+def test_a_bodiless_answer_with_a_file_after_its_head_closes_the_connection():
+    """Waitress sends a ``wsgi.file_wrapper`` body whatever the status: kept open, the file's bytes
+    would be read as the answer to the next request on the connection, whoever sent it (helper-111)."""
+    app = Bodiless()
+    with serve(app, create_server=create_server, channel_timeout=2) as url:
+        received = exchange(url, b"GET /file-304 HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, after = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 304 ") and b"Connection: close" in head
+    assert b"/second" not in after and not after.endswith(b"<still open>")
+    assert app.seen == ["/file-304"]
