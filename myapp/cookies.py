@@ -42,7 +42,14 @@ class SessionCookie:
         return value
 
     def is_present(self, request) -> bool:
-        return self.name + "=" in request.headers.get("Cookie", "")
+        """Whether the browser sent a cookie of this name, whatever its value (one too long, or
+        that does not decode, too): each pair of the ``Cookie`` header compared by its whole name,
+        so that another cookie whose name ends with this one's (``x__Host-session``, which another
+        site may set on a parent domain) or whose value holds it is not taken for it."""
+        header = request.headers.get("Cookie", "")
+        return self.name + "=" in header and any(
+            pair.partition("=")[0].strip() == self.name for pair in header.split(";")
+        )
 
     def set(self, raw_id: str, max_age: int) -> tuple[str, str]:
         return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes))

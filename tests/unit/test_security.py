@@ -204,6 +204,25 @@ def test_undecodable_cookie_header_is_no_cookie():
     assert cookie.is_present(req)
 
 
+@pytest.mark.parametrize(
+    "header, present",
+    [
+        ("__Host-session=abc", True),
+        ("a=1; __Host-session=abc", True),
+        ("a=1;__Host-session=", True),
+        # Another cookie whose name ends with this one's (which a site may set on a parent domain),
+        # or whose value holds it, is not it (helper-111).
+        ("x__Host-session=1", False),
+        ("return=/x?__Host-session=1", False),
+        ("a=__Host-session=1; b=2", False),
+        ("", False),
+    ],
+)
+def test_a_cookie_is_present_by_its_whole_name(header, present):
+    req = Request.blank("/", headers={"Cookie": header} if header else {})
+    assert SessionCookie(settings()).is_present(req) is present
+
+
 @pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH"])
 def test_json_csrf_checks_origin_on_every_method_that_is_not_safe(method):
     """RFC 9110 section 9.2.1: only GET, HEAD, OPTIONS and TRACE are safe; an upstream may take

@@ -89,17 +89,26 @@ def test_logout_when_already_signed_out(browser, provider, dbsession):
     assert [v for k, v in response.headerlist if k == "Set-Cookie" and v.startswith(COOKIE + "=;")]
 
 
-def test_another_sites_form_cannot_sign_a_person_out_in_their_browser(browser, provider, dbsession):
+@pytest.mark.parametrize(
+    "cookies",
+    [
+        "",  # what the browser sends with another site's form: no cookie of ours
+        # Other cookies (SameSite=None, set for a parent domain) whose name ends with the session
+        # cookie's, or whose value holds it (helper-111).
+        f"x{COOKIE}=1",
+        f"return=/x?{COOKIE}=1",
+    ],
+)
+def test_another_sites_form_cannot_sign_a_person_out_in_their_browser(browser, provider, dbsession, cookies):
     """Another site's form posted to /logout arrives without the session cookie (SameSite: a
     browser sends none with a cross-site POST), and the browser would take the answer's
     Set-Cookie: clearing it signed the person out in their browser, with no token of ours, and
     left the session live on the server (helper-108)."""
     sign_in(browser, provider)
     cookie = browser.cookies[COOKIE]
-    elsewhere = Browser(browser.app)  # what the browser sends for another site's form: no cookie of ours
-    response = elsewhere.post(
-        "/logout", {}, headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, status=303
-    )
+    elsewhere = Browser(browser.app)
+    headers = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    response = elsewhere.post("/logout", {}, headers={**headers, **({"Cookie": cookies} if cookies else {})}, status=303)
     assert response.location == "https://app.example.test/"
     assert not [v for k, v in response.headerlist if k == "Set-Cookie"]
     assert session_count(dbsession) == 1
