@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import requests
 import urllib3
@@ -257,8 +257,12 @@ class HttpClient:
             watch.end()
             _WATCH.reset(token)
 
-    def get_json(self, url: str, *, document: str, headers: dict | None = None, timeout: float | None = None) -> dict:
+    def get_json(
+        self, url: str, *, document: str, headers: dict | None = None, timeout: float | None = None,
+        answered: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> dict:
         """GET a JSON object of bounded size; raise :class:`HTTPFailure` for anything else.
+        ``answered`` is given the headers of an answer 200 (userinfo's ``DPoP-Nonce``).
 
         Its span is ``provider <document>`` (``discovery``, ``jwks``, ``userinfo``), named by what
         it fetches as the provider's POSTs are, with the provider's name and the answer's status:
@@ -266,9 +270,9 @@ class HttpClient:
         headers = {"Accept": "application/json", **(headers or {})}
         with tracing.outgoing_span(f"provider {document}", kind_of="provider", target=self.provider, method="GET") as span:
             tracing.inject(headers)
-            return self._get_json(url, headers, timeout, span)
+            return self._get_json(url, headers, timeout, span, answered)
 
-    def _get_json(self, url: str, headers: dict, timeout: float | None, span) -> dict:
+    def _get_json(self, url: str, headers: dict, timeout: float | None, span, answered=None) -> dict:
         try:
             with self.bounded(timeout) as left, self.session.get(
                 url,
@@ -286,6 +290,8 @@ class HttpClient:
                         headers=response.headers,
                     )
                 body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
+                if answered is not None:
+                    answered(response.headers)
         except _CALL_ERRORS as e:
             raise describe(e) from None
         if len(body) > MAX_DOCUMENT_BYTES:

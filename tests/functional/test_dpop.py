@@ -643,6 +643,19 @@ def test_userinfo_answers_its_nonce_challenge_once(make_dpop_app, dpop_provider,
     assert dbsession.scalars(select(User.name)).one() == "Alice From Userinfo"
 
 
+def test_a_nonce_given_with_userinfo_s_claims_goes_with_the_next_proof(make_dpop_app, dpop_provider, dbsession):
+    """RFC 9449 section 8.2: a server may give a new nonce with any answer. One given with the
+    claims was dropped (only a 401's was kept), so the next sign-in's proof carried the old one and
+    paid a refusal and a retry (helper-110)."""
+    dpop_provider.userinfo_dpop_nonce = "ui-1"
+    dpop_provider.userinfo_next_dpop_nonces = ["ui-2", "ui-3"]
+    app = make_dpop_app()
+    signed_in_browser(app, dpop_provider)
+    signed_in_browser(app, dpop_provider)
+    assert dpop_provider.dpop_refusals == [("/userinfo", "nonce")]  # the first proof's, which had none
+    assert [claims["nonce"] for path, _, claims in dpop_provider.dpop_proofs if path == "/userinfo"] == ["ui-1", "ui-2"]
+
+
 @pytest.mark.parametrize("algorithm", ["PS256", "ES256"])
 def test_no_private_member_of_the_key_leaves_the_server(make_dpop_app, dpop_provider, upstream, dbsession, caplog, algorithm):
     dpop_provider.dpop_algorithms = [algorithm]

@@ -88,6 +88,9 @@ class FakeProvider:
         self.dpop_algorithms = None
         self.dpop_nonce = None
         self.userinfo_dpop_nonce = None  # the nonce the userinfo endpoint demands (None: none)
+        # Nonces the userinfo endpoint hands out, one with each answer 200, demanding it from then on
+        # (RFC 9449 section 8.2: a new nonce may come with any answer).
+        self.userinfo_next_dpop_nonces: list[str] = []
         self.dpop_bearer = False
         # Refresh tokens bound to the key of the proof they were issued with (RFC 9449 section 5, as
         # for public clients): a refresh without that key's proof is invalid_grant, the token unspent.
@@ -252,6 +255,10 @@ class FakeProvider:
                 if jkt != self.access_tokens.get(token, {}).get("jkt"):
                     return 401, {"error": "invalid_token"}, "application/json"
                 self.dpop_proofs.append(("/userinfo", environ["HTTP_DPOP"], claims))
+                if self.userinfo_next_dpop_nonces:
+                    self.userinfo_dpop_nonce = self.userinfo_next_dpop_nonces.pop(0)
+                    claims = {"sub": "alice", "name": "Alice From Userinfo", "groups": ["staff", "readers"]}
+                    return 200, claims, "application/json", [("DPoP-Nonce", self.userinfo_dpop_nonce)]
             if self.userinfo_response is not None:
                 status, body = self.userinfo_response(token)
                 return status, body, "application/json"

@@ -420,7 +420,9 @@ class OIDCClient:
                 return self.http.get_json(endpoint, document="userinfo", headers={"Authorization": f"Bearer {access_token}"})
             proof = dpop.proof("GET", endpoint, access_token=access_token, nonce=nonce)
             return self.http.get_json(
-                endpoint, document="userinfo", headers={"Authorization": f"DPoP {access_token}", "DPoP": proof}
+                endpoint, document="userinfo", headers={"Authorization": f"DPoP {access_token}", "DPoP": proof},
+                # A nonce given with the claims is the one the next proof to this server needs (RFC 9449 section 8.2).
+                answered=lambda headers: self.nonces.remember(endpoint, headers.get("DPoP-Nonce")),
             )
 
         sent = self.nonces.get(endpoint) if dpop is not None else None
