@@ -4,6 +4,7 @@ Both are HttpOnly and host-only; both are read defensively (an undecodable or ov
 no value), so that no cookie a browser sends can turn into an error.
 """
 
+import re
 from datetime import timedelta
 
 from webob.cookies import make_cookie
@@ -13,6 +14,8 @@ from myapp.settings import SessionSettings
 MAX_COOKIE_LENGTH = 128
 # secrets.token_urlsafe(32): what both cookies hold.
 TOKEN_LENGTH = 43
+# Where one cookie of a Cookie header ends and the next begins, as WebOb reads it.
+_PAIRS = re.compile(r"[;,]")
 
 
 def read_cookie(request, name: str) -> str | None:
@@ -43,13 +46,12 @@ class SessionCookie:
 
     def is_present(self, request) -> bool:
         """Whether the browser sent a cookie of this name, whatever its value (one too long, or
-        that does not decode, too): each pair of the ``Cookie`` header compared by its whole name,
+        that does not decode, too): each pair of the ``Cookie`` header (split as WebOb splits it, at
+        ``;`` and at ``,``, which no cookie value holds) compared by its whole name,
         so that another cookie whose name ends with this one's (``x__Host-session``, which another
         site may set on a parent domain) or whose value holds it is not taken for it."""
         header = request.headers.get("Cookie", "")
-        return self.name + "=" in header and any(
-            pair.partition("=")[0].strip() == self.name for pair in header.split(";")
-        )
+        return self.name in header and any(pair.partition("=")[0].strip() == self.name for pair in _PAIRS.split(header))
 
     def set(self, raw_id: str, max_age: int) -> tuple[str, str]:
         return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes))

@@ -32,7 +32,9 @@
   goes as each part is written, as before.
 - An HTTP/1.1 answer 204 or 304 keeps its connection open
   (:meth:`WholeAnswerTask.build_response_header`): waitress closed after any answer without a
-  ``Content-Length``, which these may not carry though they end with their head.
+  ``Content-Length``, which these may not carry though they end with their head; and nothing
+  follows that head (a ``wsgi.file_wrapper`` body, which waitress sends whatever the status, is
+  dropped: :meth:`StrictChannel.write_soon`).
 - SIGTERM stops it as Ctrl+C does (:func:`stopped_by_sigterm`): the process exits normally, and
   OpenTelemetry sends the spans it still holds.
 
@@ -188,20 +190,6 @@ _SERVER_ERROR_CODES = {
 }
 
 
-class NotedFileWrapper:
-    """``wsgi.file_wrapper`` as waitress gives it, noting whether the app used it: waitress then
-    sends the file after the head whatever the status (:meth:`WholeAnswerTask.build_response_header`)."""
-
-    __slots__ = ("used",)
-
-    def __init__(self):
-        self.used = False
-
-    def __call__(self, file, block_size=32768):
-        self.used = True
-        return ReadOnlyFileBasedBuffer(file, block_size)
-
-
 class WholeAnswerTask(WSGITask):
     """An answer written whole at once (its head and all of the body its ``Content-Length`` gives,
     or one with no body) goes in one piece. Waitress's request thread sends each write itself: the
@@ -217,33 +205,27 @@ class WholeAnswerTask(WSGITask):
 
     held = False  # written whole, and left to the loop
     _ends_with_its_head = False  # while its head is built: a bodiless answer to keep the connection for
-    _file_wrapper: "NotedFileWrapper | None" = None
-
-    def get_environment(self):
-        environ = super().get_environment()
-        if environ.get("wsgi.file_wrapper") is ReadOnlyFileBasedBuffer:
-            self._file_wrapper = environ["wsgi.file_wrapper"] = NotedFileWrapper()
-        return environ
 
     def build_response_header(self):
         """Waitress's head, except that an HTTP/1.1 answer 204 or 304 keeps the connection: waitress
         closed after any answer without a ``Content-Length``, which these may not carry (RFC 9110
         section 8.6), though each ends with its head (RFC 9112 section 6.3), so every 304 of a
-        browser's revalidation through the proxy, and every 204, cost the next request a new
-        connection. Not when anything could follow the head: waitress sends a ``wsgi.file_wrapper``
-        body whatever the status (it drops any other), and the next answer would follow those
-        bytes; nor a 1xx, which WSGI cannot send as an interim answer (the request's own answer
-        would still be awaited). A request whose ``Connection`` names ``close`` still closes."""
+        browser's revalidation (through the proxy, of a static file) and every 204 cost the next
+        request a new connection. Nothing may follow such a head: waitress drops what the app
+        writes for these statuses, and the channel drops the one body it would still send, a
+        ``wsgi.file_wrapper``'s (:meth:`StrictChannel.write_soon`). Not a 1xx, which WSGI cannot
+        send as an interim answer (the request's own answer would still be awaited). A request
+        whose ``Connection`` names ``close`` still closes."""
         self._ends_with_its_head = (
             self.version == "1.1"
             and self.status.split(" ", 1)[0] in ("204", "304")
             and not self.close_on_finish
-            and not (self._file_wrapper is not None and self._file_wrapper.used)
             and "close" not in (option.strip().lower() for option in self.request.headers.get("CONNECTION", "").split(","))
         )
         try:
             return super().build_response_header()
         finally:
+            self.channel.ended_with_head = self._ends_with_its_head
             self._ends_with_its_head = False
 
     def set_close_on_finish(self) -> None:
@@ -304,6 +286,18 @@ class StrictChannel(HTTPChannel):
     parser_class = StrictRequestParser
     error_task_class = HardenedErrorTask
     task_class = WholeAnswerTask
+    # The answer whose head was written last ends with it, its connection kept (204, 304:
+    # WholeAnswerTask.build_response_header).
+    ended_with_head = False
+
+    def write_soon(self, data):
+        """Waitress's, except that a ``wsgi.file_wrapper`` body after a head that ends the answer
+        is closed, not sent: waitress sends one whatever the status, and on the connection kept
+        open its bytes would be read as the answer to the next request, whoever sent it."""
+        if self.ended_with_head and isinstance(data, ReadOnlyFileBasedBuffer):
+            data.close()
+            return 0
+        return super().write_soon(data)
 
     def send_continue(self):
         """``Expect: 100-continue`` on a request read whole already (no body, or a head that

@@ -995,17 +995,19 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
             continue
         rules.append(StepUpRule(prefix=prefix, acr_values=acr_values, max_age=max_age))
     rules.sort(key=lambda rule: len(rule.prefix), reverse=True)
-    # A path under both of two rules must satisfy both (services/stepup.py, Requirement): one sign-in
-    # cannot when each names acr values and they share none, and every step-up there would fail.
+    # A path under two rules must satisfy both (services/stepup.py, Requirement): one sign-in cannot
+    # when each names acr values and they share none, and every step-up there would be asked again.
+    from myapp.services.stepup import overlap  # as rule_for matches (the services import this module)
+
     for i, inner in enumerate(rules):
         for outer in rules[i + 1 :]:
             if (
-                inner.acr_values and outer.acr_values and outer.covers(inner.prefix.rstrip("/") or "/")
-                and not set(inner.acr_values) & set(outer.acr_values)
+                inner.acr_values and outer.acr_values and not set(inner.acr_values) & set(outer.acr_values)
+                and overlap(outer, inner)
             ):
                 reader.problem(
-                    f"{name} ({inner.prefix}): under {outer.prefix}, whose rule it must meet as well, and the two "
-                    "share no acr value: no sign-in could meet both"
+                    f"{name} ({inner.prefix}): a path under it is under {outer.prefix} too, whose rule it must meet as "
+                    "well, and the two share no acr value: no sign-in could meet both"
                 )
     return tuple(rules)
 

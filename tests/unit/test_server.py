@@ -1532,8 +1532,9 @@ SMUGGLED_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nSet-Cookie: x=evil\r
 class Bodiless:
     """Answers ``/<status>`` with that status and no body (``/304``: as the proxy passes on a
     revalidation's answer; ``/103``: a final answer WSGI cannot make interim), ``/file-304`` a 304
-    whose body is a ``wsgi.file_wrapper`` holding an answer of its own, anything else 200 with its
-    path."""
+    whose body is a ``wsgi.file_wrapper`` holding an answer of its own (``/kept-file-304``: the
+    wrapper of the request ``/keep-wrapper``; ``/made-file-304``: one made and closed, not
+    returned), anything else 200 with its path."""
 
     def __init__(self):
         self.seen = []
@@ -1546,9 +1547,16 @@ class Bodiless:
             reasons = {"204": "No Content", "304": "Not Modified", "103": "Early Hints"}
             start_response(f"{status} {reasons[status]}", [("ETag", '"v1"')])
             return []
-        if status == "file-304":
+        if status == "keep-wrapper":
+            self.kept_wrapper = environ["wsgi.file_wrapper"]
+        if status in ("file-304", "kept-file-304"):
             start_response("304 Not Modified", [("ETag", '"v1"')])
-            return environ["wsgi.file_wrapper"](io.BytesIO(SMUGGLED_ANSWER))
+            wrapper = self.kept_wrapper if status == "kept-file-304" else environ["wsgi.file_wrapper"]
+            return wrapper(io.BytesIO(SMUGGLED_ANSWER))
+        if status == "made-file-304":
+            environ["wsgi.file_wrapper"](io.BytesIO(SMUGGLED_ANSWER)).close()
+            start_response("304 Not Modified", [("ETag", '"v1"')])
+            return []
         body = path.encode()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]
@@ -1604,13 +1612,21 @@ def read_head(conn: socket.socket) -> bytes:
     return head
 
 
-def test_a_bodiless_answer_with_a_file_after_its_head_closes_the_connection():
-    """Waitress sends a ``wsgi.file_wrapper`` body whatever the status: kept open, the file's bytes
-    would be read as the answer to the next request on the connection, whoever sent it (helper-111)."""
+@pytest.mark.parametrize("path", ["/file-304", "/kept-file-304", "/made-file-304"])
+def test_nothing_follows_the_head_of_an_answer_kept_open(path):
+    """Waitress sends a ``wsgi.file_wrapper`` body whatever the status: on a connection kept open
+    the file's bytes would be read as the answer to the next request, whoever sent it (helper-111;
+    a wrapper kept from an earlier request, helper-112). It is dropped. A wrapper made and not
+    returned (Pyramid's FileResponse, before WebOb answers 304) closed a static file's 304 for
+    nothing (helper-112)."""
     app = Bodiless()
     with serve(app, create_server=create_server, channel_timeout=2) as url:
-        received = exchange(url, b"GET /file-304 HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
-    head, _, after = received.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 304 ") and b"Connection: close" in head
-    assert b"/second" not in after and not after.endswith(b"<still open>")
-    assert app.seen == ["/file-304"]
+        if path == "/kept-file-304":
+            assert exchange(url, b"GET /keep-wrapper HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with connect(url) as conn:
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = read_head(conn)
+            assert head.startswith(b"HTTP/1.1 304 ") and b"Connection: close" not in head
+            assert read_head(conn).startswith(b"HTTP/1.1 200 OK")  # the next answer, nothing between
+            assert conn.recv(7) == b"/second"
+    assert app.seen[-2:] == [path, "/second"]

@@ -334,8 +334,11 @@ def test_an_ordinary_upstream_401_is_still_retried_after_a_refresh(make_app, pro
         ("/admin = acr=" + ",".join("abcdefghijk"), "/login refuses"),
         ("/admin = acr=" + ",".join(["a" * 255] * 4), "/login refuses"),
         # A path under both must meet both (helper-109): no sign-in could.
-        ("/admin = acr=mfa\n/admin/keys = acr=hwk", "(/admin/keys): under /admin, whose rule it must meet as well"),
-        ("/api/ = acr=mfa,hwk\n/api/up/ = acr=otp", "(/api/up/): under /api/, whose rule"),
+        ("/admin = acr=mfa\n/admin/keys = acr=hwk", "(/admin/keys): a path under it is under /admin too, whose rule it"),
+        ("/api/ = acr=mfa,hwk\n/api/up/ = acr=otp", "(/api/up/): a path under it is under /api/ too"),
+        # Nested only as a lenient server reads them (helper-112): every step-up there was asked again.
+        ("/api/iis/Admin/ = acr=mfa\n/api/iis/admin/keys = acr=hwk", "(/api/iis/admin/keys): a path under it is under /api/iis/Admin/"),
+        ("/api/php/admin = acr=mfa\n/api/php/admin.php = acr=hwk", "(/api/php/admin.php): a path under it is under /api/php/admin "),
     ],
 )
 def test_malformed_rules_refuse_to_start(rules, expected):
