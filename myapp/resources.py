@@ -160,3 +160,8 @@ def user_factory(request):
     if user is None:
         raise _not_found(request)
     return UserResource(user, Root(request))
+
+
+# The factories of a route naming one row: for a stranger, a request there is answered as for a
+# row that does not exist (``_not_found``), a method the route does not take included.
+ROW_FACTORIES = frozenset({post_factory, session_factory, user_factory})

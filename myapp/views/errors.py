@@ -3,7 +3,7 @@
 import logging
 
 from pyramid.exceptions import BadCSRFOrigin, BadCSRFToken, PredicateMismatch
-from pyramid.httpexceptions import HTTPException, HTTPSeeOther
+from pyramid.httpexceptions import HTTPException, HTTPForbidden, HTTPSeeOther
 from pyramid.renderers import render_to_response
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
@@ -11,7 +11,7 @@ from pyramid.view import exception_view_config, forbidden_view_config, notfound_
 from myapp.errors import APIError, ErrorCode, describe_outage, json_error
 from myapp.models import UserSession
 from myapp.request import FormRefused
-from myapp.resources import SessionResource
+from myapp.resources import ROW_FACTORIES, SessionResource
 from myapp.routes import is_json_request, return_path
 from myapp.security import SAFE_METHODS, FormFromElsewhere, JSONCSRFRefused, live_session
 from myapp.services.audit import AuditEventType
@@ -172,6 +172,11 @@ def allowed_methods(registry, route_name: str) -> str | None:
 @notfound_view_config()
 def not_found(exc, request):
     if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
+        if request.matched_route.factory in ROW_FACTORIES and request.identity is None:
+            # A stranger is sent to sign in as for a row that does not exist: a 405 where the row
+            # exists, and the sign-in where it does not, told anyone which posts and accounts do
+            # (helper-113).
+            return forbidden(HTTPForbidden(), request)
         response = refusal(
             request, 405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here.", title="Not allowed",
             page=f"This address does not accept {request.method} requests.",

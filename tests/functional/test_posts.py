@@ -59,6 +59,25 @@ def test_a_stranger_cannot_tell_which_posts_exist(as_user, post, url):
     assert "/login" in as_user("anonymous").submit(url.replace("/edit", "") + "/delete", status=303).location
 
 
+@pytest.mark.parametrize(
+    "method, url",
+    [("DELETE", "/posts/{id}"), ("POST", "/posts/{id}"), ("PUT", "/posts/{id}/edit"), ("PUT", "/posts/{id}/delete"),
+     ("GET", "/posts/{id}/delete"), ("GET", "/admin/users/{user}/sessions/revoke")],
+)
+def test_a_method_a_row_does_not_take_tells_a_stranger_nothing(as_user, post, alice, method, url):
+    """A stranger got 405 where the row exists and the sign-in where it does not, whichever method
+    the route does not take: anyone could count posts and accounts (helper-113)."""
+    browser = as_user("anonymous")
+    answers = []
+    for row, user in ((post.id, alice.id), (999999, 999999)):
+        response = getattr(browser, method.lower())(url.format(id=row, user=user), expect_errors=True)
+        answers.append((response.status_int, response.headers.get("Location", "").partition("?")[0]))
+    assert answers[0] == answers[1] and answers[0][0] == 303 and answers[0][1].endswith("/login")
+    # Someone signed in is told the method is not taken, as before.
+    signed_in = as_user("other")
+    assert getattr(signed_in, method.lower())(url.format(id=post.id, user=alice.id), expect_errors=True).status_int == 405
+
+
 @pytest.mark.parametrize("url", ["/posts", "/posts/{id}/edit", "/posts/{id}/delete"])
 def test_anonymous_post_is_refused(as_user, post, dbsession, url):
     response = as_user("anonymous").submit(url.format(id=post.id), {"title": "x"}, status=303)
