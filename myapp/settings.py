@@ -5,6 +5,8 @@ file, trailing newline stripped). A missing or malformed setting raises :class:`
 whose message is one line naming the setting; :func:`myapp.main` turns it into a clean exit.
 """
 
+import base64
+import binascii
 import difflib
 import functools
 import hashlib
@@ -1237,6 +1239,19 @@ def _plain_http_off_this_machine(url: str) -> bool:
     return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
 
+def _key_bytes(key: str) -> bytes | None:
+    """The 32 bytes a Fernet key stands for, decoded as Fernet decodes it: the last character
+    before the padding carries two bits that decoding drops, so four spellings (and any with
+    characters the decoder skips) make one key."""
+    try:
+        return base64.urlsafe_b64decode(key)
+    except (ValueError, binascii.Error):
+        return None
+
+
+_DEVELOPMENT_KEY_BYTES = frozenset(_key_bytes(key) for key in DEVELOPMENT_ENCRYPTION_KEYS)
+
+
 def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
     """The development stack and published secrets, and what would send cookies over plain http."""
     if settings.devstack_included:
@@ -1247,7 +1262,7 @@ def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
     for key in reader.raw:
         if key.startswith(DEVSTACK_PREFIX):
             reader.problem(f"{key}: development-stack settings are refused in production")
-    if DEVELOPMENT_ENCRYPTION_KEYS.intersection(settings.tokens.encryption_keys):
+    if any(_key_bytes(key) in _DEVELOPMENT_KEY_BYTES for key in settings.tokens.encryption_keys):
         reader.problem(
             "myapp.tokens.encryption_keys: the published development key is refused in production; "
             "generate one with myapp-generate-key"

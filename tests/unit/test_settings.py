@@ -615,6 +615,16 @@ class TestProductionRefusesDevelopmentMaterial:
         key = next(iter(DEVELOPMENT_ENCRYPTION_KEYS))
         assert error_for(myapp__tokens__encryption_keys=f"{KEY} {key}").startswith("myapp.tokens.encryption_keys:")
 
+    @pytest.mark.parametrize("last", ["E", "F", "G", "H"])
+    def test_development_key_spelt_otherwise(self, last):
+        """The last character before "=" carries two bits that decoding drops: four spellings of
+        the published key are one key, each of which production served with (helper-113)."""
+        key = next(iter(DEVELOPMENT_ENCRYPTION_KEYS))
+        assert key.endswith("E=")
+        spelt = key[:-2] + last + "="
+        assert Fernet(spelt).decrypt(Fernet(key).encrypt(b"a token")) == b"a token"
+        assert error_for(myapp__tokens__encryption_keys=spelt).startswith("myapp.tokens.encryption_keys:")
+
     def test_development_client_secret(self):
         secret = next(iter(DEVELOPMENT_CLIENT_SECRETS))
         assert error_for(myapp__oidc__client_secret=secret).startswith("myapp.oidc.client_secret:")
