@@ -93,7 +93,7 @@ class Revoker:
             (EndReason.IDLE, UserSession.last_seen_at <= now - idle_after(self.idle_timeout)),
             # Dead to every request already (dead_reason); ended, so that their tokens are revoked
             # and enabling the account again brings none of them back.
-            (EndReason.REVOKED, UserSession.user_id.in_(select(User.id).where(User.disabled.is_(True)))),
+            (EndReason.ACCOUNT_DISABLED, UserSession.user_id.in_(select(User.id).where(User.disabled.is_(True)))),
         )
         with self.database.read() as reader:
             due = [

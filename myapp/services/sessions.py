@@ -84,6 +84,7 @@ class EndReason(StrEnum):
     REFRESH_FAILED = "refresh_failed"
     EXPIRED = "expired"
     IDLE = "idle"
+    ACCOUNT_DISABLED = "account_disabled"  # users.disabled: dead at once, ended by the revoker's sweep
 
 
 # Not an end, never stored: why a session is no session in a process that does not know its
@@ -918,7 +919,7 @@ class SessionStore:
                     return self.dead_reason(SessionRecord.from_columns(row), read_again=False)
             return EndReason.IDLE
         if session.user_disabled:
-            return EndReason.REVOKED
+            return EndReason.ACCOUNT_DISABLED
         return None
 
     def touch(self, session: SessionRecord) -> SessionRecord:

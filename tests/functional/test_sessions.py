@@ -172,10 +172,16 @@ def test_activity_is_recorded_at_most_once_a_minute(browser, alice, sign_in, dbs
 
 
 def test_disabled_user_is_signed_out(browser, alice, sign_in, dbsession):
+    """And told why: it was told its session had been signed out from its list of sessions, which
+    the person never did (helper-113)."""
     sign_in(browser, alice)
     alice.disabled = True
     dbsession.flush()
-    browser.get("/posts", status=303)
+    response = browser.get("/posts", status=303)
+    assert "reason=account_disabled" in response.location
+    page = response.follow()
+    assert "This account is disabled. If you think it should not be, ask an administrator." in page.text
+    assert "list of sessions" not in page.text
 
 
 def test_sessions_page_lists_own_sessions_only(browser, alice, bob, sign_in, session_store):

@@ -212,8 +212,8 @@ def test_the_sessions_of_a_disabled_account_are_ended_and_stay_ended_when_it_is_
     user.disabled = False
     dbsession.flush()
     dbsession.expire_all()
-    assert dbsession.get(UserSession, session.id).end_reason == EndReason.REVOKED
-    assert store.dead_reason(store.find_by_handle(session.handle)) == EndReason.REVOKED
+    assert dbsession.get(UserSession, session.id).end_reason == EndReason.ACCOUNT_DISABLED
+    assert store.dead_reason(store.find_by_handle(session.handle)) == EndReason.ACCOUNT_DISABLED
     assert [cipher.decrypt(p.token) for p in queued(dbsession)] == ["rt-disabled"]
     assert store.dead_reason(store.find_by_handle(bob_and_his_session.handle)) is None
 

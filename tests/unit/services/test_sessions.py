@@ -96,7 +96,7 @@ def test_the_same_values_read_again_give_the_same_record_and_any_change_a_new_on
     assert renamed is not first and renamed.user_name == "Alice B"
     user.disabled = True
     dbsession.flush()
-    assert store.find(raw_id).user_disabled and store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
+    assert store.find(raw_id).user_disabled and store.dead_reason(store.find(raw_id)) == EndReason.ACCOUNT_DISABLED
     user.name, user.disabled = "Alice", False
     dbsession.flush()
     assert store.find(raw_id) == first and store.dead_reason(store.find(raw_id)) is None
@@ -293,7 +293,7 @@ def test_disabled_user(store, user, dbsession):
     raw_id, _ = store.create(user=user)
     user.disabled = True
     dbsession.flush()
-    assert store.dead_reason(store.find(raw_id)) == EndReason.REVOKED
+    assert store.dead_reason(store.find(raw_id)) == EndReason.ACCOUNT_DISABLED
 
 
 def test_end_wipes_tokens_and_keeps_reason(store, user):
