@@ -4,7 +4,6 @@ Both are HttpOnly and host-only; both are read defensively (an undecodable or ov
 no value), so that no cookie a browser sends can turn into an error.
 """
 
-import re
 from datetime import timedelta
 
 from webob.cookies import make_cookie
@@ -14,16 +13,30 @@ from myapp.settings import SessionSettings
 MAX_COOKIE_LENGTH = 128
 # secrets.token_urlsafe(32): what both cookies hold.
 TOKEN_LENGTH = 43
-# Where one cookie of a Cookie header ends and the next begins, as WebOb reads it.
-_PAIRS = re.compile(r"[;,]")
 
 
 def read_cookie(request, name: str) -> str | None:
-    """A cookie's value, or None when absent or when the Cookie header is not UTF-8."""
-    try:
-        return request.cookies.get(name)
-    except UnicodeDecodeError:
+    """A cookie's value: the last pair of the ``Cookie`` header, split at ``;`` as browsers join
+    it (RFC 6265 section 4.2.1), whose whole name is ``name``; None when there is none, or when the
+    header is not UTF-8. Not WebOb's ``request.cookies``, which looks for ``name=value`` anywhere
+    after a character no name holds, and so read ``__Host-session=1`` inside another cookie's value
+    (``a=x __Host-session=1``, ``a="x,__Host-session=1"``: another site may set such a cookie for a
+    parent domain), whose session then ended in this browser (helper-114)."""
+    header = request.environ.get("HTTP_COOKIE")
+    if not header or name not in header:
         return None
+    try:
+        header = header.encode("latin-1").decode("utf-8")  # as WSGI carries it (PEP 3333), then as sent
+    except UnicodeError:
+        return None
+    found = None
+    for pair in header.split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            found = value.strip()  # the last of several, as WebOb read them
+    if found is not None and len(found) >= 2 and found[0] == found[-1] == '"':
+        found = found[1:-1]  # a value in quotes (RFC 6265 section 4.1.1), which some clients send
+    return found
 
 
 class SessionCookie:
@@ -46,12 +59,12 @@ class SessionCookie:
 
     def is_present(self, request) -> bool:
         """Whether the browser sent a cookie of this name, whatever its value (one too long, or
-        that does not decode, too): each pair of the ``Cookie`` header (split as WebOb splits it, at
-        ``;`` and at ``,``, which no cookie value holds) compared by its whole name,
+        that does not decode, too): each pair of the ``Cookie`` header, split at ``;`` as
+        :func:`read_cookie` splits it, compared by its whole name,
         so that another cookie whose name ends with this one's (``x__Host-session``, which another
         site may set on a parent domain) or whose value holds it is not taken for it."""
         header = request.headers.get("Cookie", "")
-        return self.name in header and any(pair.partition("=")[0].strip() == self.name for pair in _PAIRS.split(header))
+        return self.name in header and any(pair.partition("=")[0].strip() == self.name for pair in header.split(";"))
 
     def set(self, raw_id: str, max_age: int) -> tuple[str, str]:
         return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes))

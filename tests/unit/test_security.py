@@ -210,8 +210,11 @@ def test_undecodable_cookie_header_is_no_cookie():
         ("__Host-session=abc", True),
         ("a=1; __Host-session=abc", True),
         ("a=1;__Host-session=", True),
-        ("a=1, __Host-session=abc", True),  # as WebOb reads a header that a client joined with commas
         ("__Host-session =abc", True),
+        # Inside another cookie's value, which a site may set for a parent domain (helper-114).
+        ('a="x,__Host-session=1"', False),
+        ("a=x __Host-session=1", False),
+        ("a=x,__Host-session=1", False),
         # Another cookie whose name ends with this one's (which a site may set on a parent domain),
         # or whose value holds it, is not it (helper-111).
         ("x__Host-session=1", False),
@@ -223,6 +226,8 @@ def test_undecodable_cookie_header_is_no_cookie():
 def test_a_cookie_is_present_by_its_whole_name(header, present):
     req = Request.blank("/", headers={"Cookie": header} if header else {})
     assert SessionCookie(settings()).is_present(req) is present
+    # And read only so: WebOb's request.cookies read __Host-session=1 inside another's value.
+    assert bool(SessionCookie(settings()).read(req)) is (present and "=abc" in header)
 
 
 @pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH"])

@@ -97,6 +97,9 @@ def test_logout_when_already_signed_out(browser, provider, dbsession):
         # cookie's, or whose value holds it (helper-111).
         f"x{COOKIE}=1",
         f"return=/x?{COOKIE}=1",
+        # Inside another cookie's value, which WebOb read as the session cookie (helper-114).
+        f"a=x {COOKIE}=1",
+        f'a="x,{COOKIE}=1"',
     ],
 )
 def test_another_sites_form_cannot_sign_a_person_out_in_their_browser(browser, provider, dbsession, cookies):
