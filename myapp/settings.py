@@ -5,8 +5,6 @@ file, trailing newline stripped). A missing or malformed setting raises :class:`
 whose message is one line naming the setting; :func:`myapp.main` turns it into a clean exit.
 """
 
-import base64
-import binascii
 import difflib
 import functools
 import hashlib
@@ -23,7 +21,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from sqlalchemy.engine import make_url
@@ -997,19 +995,23 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
             continue
         rules.append(StepUpRule(prefix=prefix, acr_values=acr_values, max_age=max_age))
     rules.sort(key=lambda rule: len(rule.prefix), reverse=True)
-    # A path under two rules must satisfy both (services/stepup.py, Requirement): one sign-in cannot
-    # when each names acr values and they share none, and every step-up there would be asked again.
-    from myapp.services.stepup import overlap  # as rule_for matches (the services import this module)
+    # A path under several rules must satisfy them all (services/stepup.py, Requirement): one sign-in
+    # cannot when those naming acr values share none, and every step-up there would be asked again.
+    # Each rule's own prefix is the deepest path of what falls under it: the rules covering it, as
+    # rule_for matches them, are every rule a path under it meets.
+    if len(rules) > 1:
+        from myapp.services.stepup import rule_for  # as requests match them (the services import this module)
 
-    for i, inner in enumerate(rules):
-        for outer in rules[i + 1 :]:
-            if (
-                inner.acr_values and outer.acr_values and not set(inner.acr_values) & set(outer.acr_values)
-                and overlap(outer, inner)
-            ):
+        for rule in rules:
+            requirement = rule_for(tuple(rules), rule.prefix.rstrip("/") or "/")
+            named = [other for other in requirement.rules if other.acr_values] if requirement is not None else []
+            if len(named) > 1 and not set.intersection(*(set(other.acr_values) for other in named)):
+                others = [other.prefix for other in named if other is not rule]
                 reader.problem(
-                    f"{name} ({inner.prefix}): a path under it is under {outer.prefix} too, whose rule it must meet as "
-                    "well, and the two share no acr value: no sign-in could meet both"
+                    f"{name} ({rule.prefix}): a path under it is under {' and '.join(others)} too, whose rule"
+                    f"{'s' if len(others) > 1 else ''} it must meet as well, and "
+                    f"{'the two' if len(named) == 2 else 'they'} share no acr value: no sign-in could meet "
+                    f"{'both' if len(named) == 2 else 'them all'}"
                 )
     return tuple(rules)
 
@@ -1239,17 +1241,25 @@ def _plain_http_off_this_machine(url: str) -> bool:
     return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
 
-def _key_bytes(key: str) -> bytes | None:
-    """The 32 bytes a Fernet key stands for, decoded as Fernet decodes it: the last character
-    before the padding carries two bits that decoding drops, so four spellings (and any with
-    characters the decoder skips) make one key."""
+def _is_development_key(key: str) -> bool:
+    """Whether ``key`` is the published development key however it is written, as Fernet itself
+    reads keys: the last character before the padding carries two bits that decoding drops (four
+    spellings of one key), and Fernet takes a key without its ``=`` too (cryptography's own
+    decoder). Asked of Fernet: does the key open a token a development key made?"""
     try:
-        return base64.urlsafe_b64decode(key)
-    except (ValueError, binascii.Error):
-        return None
+        fernet = Fernet(key)
+    except (ValueError, TypeError):
+        return False
+    for token in _DEVELOPMENT_TOKENS:
+        try:
+            if fernet.decrypt(token) == b"development":
+                return True
+        except InvalidToken:
+            continue
+    return False
 
 
-_DEVELOPMENT_KEY_BYTES = frozenset(_key_bytes(key) for key in DEVELOPMENT_ENCRYPTION_KEYS)
+_DEVELOPMENT_TOKENS = tuple(Fernet(key).encrypt(b"development") for key in DEVELOPMENT_ENCRYPTION_KEYS)
 
 
 def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
@@ -1262,7 +1272,7 @@ def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
     for key in reader.raw:
         if key.startswith(DEVSTACK_PREFIX):
             reader.problem(f"{key}: development-stack settings are refused in production")
-    if any(_key_bytes(key) in _DEVELOPMENT_KEY_BYTES for key in settings.tokens.encryption_keys):
+    if any(_is_development_key(key) for key in settings.tokens.encryption_keys):
         reader.problem(
             "myapp.tokens.encryption_keys: the published development key is refused in production; "
             "generate one with myapp-generate-key"

@@ -94,8 +94,8 @@ class Requirement:
     @property
     def acr_values(self) -> tuple[str, ...]:
         """What a sign-in asks for: the values that every rule naming some takes, in the most
-        specific one's order. Two rules that a path can fall under both of and that share none
-        are refused by the settings (:func:`overlap`); should two still share none, the most
+        specific one's order. Rules that a path falls under together and that share none are
+        refused by the settings (``_stepup_rules``); should some still share none, the most
         specific one's, and :func:`satisfies` holds the session to each rule all the same."""
         named = [rule.acr_values for rule in self.rules if rule.acr_values]
         if not named:
@@ -122,18 +122,6 @@ def rule_for(rules: tuple[StepUpRule, ...], path: str) -> Requirement | None:
     segments = leniently_read(path)
     covering = tuple(rule for rule in rules if rule.covers(path) or _covers(_lenient_prefix(rule), segments))
     return Requirement(covering) if covering else None
-
-
-def overlap(rule: StepUpRule, other: StepUpRule) -> bool:
-    """Whether a path falls under both rules as :func:`rule_for` matches them: one's prefix is a
-    path the other covers, as written or read leniently (``/api/Admin/`` and ``/api/admin/keys``,
-    ``/admin`` and ``/admin.php``)."""
-
-    def covers(outer: StepUpRule, inner: StepUpRule) -> bool:
-        path = inner.prefix.rstrip("/") or "/"
-        return outer.covers(path) or _covers(_lenient_prefix(outer), leniently_read(path))
-
-    return covers(rule, other) or covers(other, rule)
 
 
 def leniently_read(path: str) -> tuple[str, ...]:

@@ -339,6 +339,8 @@ def test_an_ordinary_upstream_401_is_still_retried_after_a_refresh(make_app, pro
         # Nested only as a lenient server reads them (helper-112): every step-up there was asked again.
         ("/api/iis/Admin/ = acr=mfa\n/api/iis/admin/keys = acr=hwk", "(/api/iis/admin/keys): a path under it is under /api/iis/Admin/"),
         ("/api/php/admin = acr=mfa\n/api/php/admin.php = acr=hwk", "(/api/php/admin.php): a path under it is under /api/php/admin "),
+        # Each two share one, the three none (helper-114).
+        ("/x = acr=a,b\n/x/y = acr=b,c\n/x/y/z = acr=a,c", "(/x/y/z): a path under it is under /x/y and /x too, whose rules"),
     ],
 )
 def test_malformed_rules_refuse_to_start(rules, expected):
