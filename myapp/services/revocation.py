@@ -89,11 +89,12 @@ class Revoker:
         """
         now = self.clock()
         conditions = (
+            # Dead to every request already (dead_reason); ended, so that their tokens are revoked
+            # and enabling the account again brings none of them back. First, as dead_reason says
+            # it first: a disabled account's session past its time is told the account is disabled.
+            (EndReason.ACCOUNT_DISABLED, UserSession.user_id.in_(select(User.id).where(User.disabled.is_(True)))),
             (EndReason.EXPIRED, UserSession.expires_at <= now),
             (EndReason.IDLE, UserSession.last_seen_at <= now - idle_after(self.idle_timeout)),
-            # Dead to every request already (dead_reason); ended, so that their tokens are revoked
-            # and enabling the account again brings none of them back.
-            (EndReason.ACCOUNT_DISABLED, UserSession.user_id.in_(select(User.id).where(User.disabled.is_(True)))),
         )
         with self.database.read() as reader:
             due = [

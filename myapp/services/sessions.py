@@ -907,6 +907,8 @@ class SessionStore:
         if session.ended_at is not None:
             # A reason this version does not know (written by a newer one) is passed on as it is.
             return session.end_reason or EndReason.LOGOUT
+        if session.user_disabled:
+            return EndReason.ACCOUNT_DISABLED  # first: the person cannot sign in again at all
         now = self.clock()
         if now >= session.expires_at:
             return EndReason.EXPIRED
@@ -918,8 +920,6 @@ class SessionStore:
                 if row is not None:
                     return self.dead_reason(SessionRecord.from_columns(row), read_again=False)
             return EndReason.IDLE
-        if session.user_disabled:
-            return EndReason.ACCOUNT_DISABLED
         return None
 
     def touch(self, session: SessionRecord) -> SessionRecord:

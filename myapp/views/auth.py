@@ -18,6 +18,7 @@ from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderUnavailable
+from myapp.services.sessions import EndReason
 from myapp.services.stepup import max_age_of
 from myapp.settings import DEFAULT_PROVIDER, PROMPTS, acr_values_fit
 from myapp.views import SIGNED_OUT_MESSAGES
@@ -285,8 +286,14 @@ def signed_out(request):
     next_path = safe_next_path(request.GET.get("next"))
     # Other tabs still showing a signed-in page are told (app.js), with the reason only when the
     # server knows it: anyone may write one into this page's address.
+    if known and known[0] == EndReason.ACCOUNT_DISABLED:
+        # As the disabled account's own sign-in offers (docs/ui.md): the provider, still signed in
+        # as them, would send a plain "Sign in again" straight back to that refusal.
+        login_url, login_label = _login_url(request, next_path, prompt="login"), "Sign in with another account"
+    else:
+        login_url, login_label = _login_url(request, next_path), "Sign in again"
     return {
-        "message": message, "login_url": _login_url(request, next_path),
+        "message": message, "login_url": login_url, "login_label": login_label,
         "session_gone": server_known[0] if server_known else "",
     }
 

@@ -182,6 +182,19 @@ def test_disabled_user_is_signed_out(browser, alice, sign_in, dbsession):
     page = response.follow()
     assert "This account is disabled. If you think it should not be, ask an administrator." in page.text
     assert "list of sessions" not in page.text
+    # Not "Sign in again": the provider, still signed in as them, would send it straight back to
+    # the disabled account's refusal (helper-114).
+    link = page.html.select_one("a.button-large")
+    assert link.text == "Sign in with another account" and "prompt=login" in link["href"]
+
+
+def test_a_disabled_account_past_its_idle_time_is_told_the_account_is_disabled(browser, alice, sign_in, dbsession):
+    """The person cannot sign in again at all: that comes before being away too long (helper-114)."""
+    sign_in(browser, alice)
+    dbsession.execute(update(UserSession).values(last_seen_at=utcnow() - timedelta(days=30)))
+    alice.disabled = True
+    dbsession.flush()
+    assert "reason=account_disabled" in browser.get("/posts", status=303).location
 
 
 def test_sessions_page_lists_own_sessions_only(browser, alice, bob, sign_in, session_store):
