@@ -1628,5 +1628,8 @@ def test_nothing_follows_the_head_of_an_answer_kept_open(path):
             head = read_head(conn)
             assert head.startswith(b"HTTP/1.1 304 ") and b"Connection: close" not in head
             assert read_head(conn).startswith(b"HTTP/1.1 200 OK")  # the next answer, nothing between
-            assert conn.recv(7) == b"/second"
+            body = b""
+            while len(body) < 7 and (piece := conn.recv(7 - len(body))):
+                body += piece
+            assert body == b"/second"
     assert app.seen[-2:] == [path, "/second"]
