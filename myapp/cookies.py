@@ -29,14 +29,21 @@ def read_cookie(request, name: str) -> str | None:
         header = header.encode("latin-1").decode("utf-8")  # as WSGI carries it (PEP 3333), then as sent
     except UnicodeError:
         return None
-    found = None
-    for pair in header.split(";"):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip() == name:
-            found = value.strip()  # the last of several, as WebOb read them
+    values = _values_named(header, name)
+    found = values[-1] if values else None  # the last of several, as WebOb read them
     if found is not None and len(found) >= 2 and found[0] == found[-1] == '"':
         found = found[1:-1]  # a value in quotes (RFC 6265 section 4.1.1), which some clients send
     return found
+
+
+def _values_named(header: str, name: str) -> list[str]:
+    """The values of the pairs of a ``Cookie`` header whose whole name is ``name``, in order."""
+    values = []
+    for pair in header.split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            values.append(value.strip())
+    return values
 
 
 class SessionCookie:
@@ -59,12 +66,12 @@ class SessionCookie:
 
     def is_present(self, request) -> bool:
         """Whether the browser sent a cookie of this name, whatever its value (one too long, or
-        that does not decode, too): each pair of the ``Cookie`` header, split at ``;`` as
-        :func:`read_cookie` splits it, compared by its whole name,
-        so that another cookie whose name ends with this one's (``x__Host-session``, which another
-        site may set on a parent domain) or whose value holds it is not taken for it."""
+        that does not decode, too): a pair of the ``Cookie`` header of its whole name, as
+        :func:`read_cookie` finds it, so that another cookie whose name ends with this one's
+        (``x__Host-session``, which another site may set on a parent domain) or whose value holds
+        it is not taken for it."""
         header = request.headers.get("Cookie", "")
-        return self.name in header and any(pair.partition("=")[0].strip() == self.name for pair in header.split(";"))
+        return self.name in header and bool(_values_named(header, self.name))
 
     def set(self, raw_id: str, max_age: int) -> tuple[str, str]:
         return ("Set-Cookie", make_cookie(self.name, raw_id, max_age=max(max_age, 0), **self._attributes))

@@ -995,24 +995,17 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
             continue
         rules.append(StepUpRule(prefix=prefix, acr_values=acr_values, max_age=max_age))
     rules.sort(key=lambda rule: len(rule.prefix), reverse=True)
-    # A path under several rules must satisfy them all (services/stepup.py, Requirement): one sign-in
-    # cannot when those naming acr values share none, and every step-up there would be asked again.
-    # Each rule's own prefix is the deepest path of what falls under it: the rules covering it, as
-    # rule_for matches them, are every rule a path under it meets.
     if len(rules) > 1:
-        from myapp.services.stepup import rule_for  # as requests match them (the services import this module)
+        # A path under several rules must meet them all (services/stepup.py, Requirement).
+        from myapp.services.stepup import unsatisfiable  # the services import this module
 
-        for rule in rules:
-            requirement = rule_for(tuple(rules), rule.prefix.rstrip("/") or "/")
-            named = [other for other in requirement.rules if other.acr_values] if requirement is not None else []
-            if len(named) > 1 and not set.intersection(*(set(other.acr_values) for other in named)):
-                others = [other.prefix for other in named if other is not rule]
-                reader.problem(
-                    f"{name} ({rule.prefix}): a path under it is under {' and '.join(others)} too, whose rule"
-                    f"{'s' if len(others) > 1 else ''} it must meet as well, and "
-                    f"{'the two' if len(named) == 2 else 'they'} share no acr value: no sign-in could meet "
-                    f"{'both' if len(named) == 2 else 'them all'}"
-                )
+        for rule, others in unsatisfiable(tuple(rules)):
+            reader.problem(
+                f"{name} ({rule.prefix}): a path under it is under {' and '.join(o.prefix for o in others)} too, "
+                f"whose rule{'s' if len(others) > 1 else ''} it must meet as well, and "
+                f"{'the two' if len(others) == 1 else 'they'} share no acr value: no sign-in could meet "
+                f"{'both' if len(others) == 1 else 'them all'}"
+            )
     return tuple(rules)
 
 

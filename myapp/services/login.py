@@ -40,6 +40,10 @@ MAX_PARAMETER_LENGTH = 4096
 AMR_COLUMN_LENGTH = UserSession.__table__.c.amr.type.length
 
 
+# What a disabled account is told, at its sign-in and when its open session ends.
+ACCOUNT_DISABLED_MESSAGE = "This account is disabled. If you think it should not be, ask an administrator."
+
+
 class LoginError(Exception):
     """The sign-in failed; nothing was created. ``reason`` goes to the audit log.
 
@@ -266,10 +270,7 @@ class LoginService:
             if user.disabled:
                 # Its session would be dead at once (SessionStore.dead_reason): none is made, and the
                 # person is told why rather than shown a signed-out page.
-                raise fail(
-                    "account_disabled", "This account is disabled. If you think it should not be, ask an administrator.",
-                    403, user_id=user.id,
-                )
+                raise fail("account_disabled", ACCOUNT_DISABLED_MESSAGE, 403, user_id=user.id)
         except LoginError as e:
             if (
                 signed_in is None

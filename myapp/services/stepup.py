@@ -95,7 +95,7 @@ class Requirement:
     def acr_values(self) -> tuple[str, ...]:
         """What a sign-in asks for: the values that every rule naming some takes, in the most
         specific one's order. Rules that a path falls under together and that share none are
-        refused by the settings (``_stepup_rules``); should some still share none, the most
+        refused by the settings (:func:`unsatisfiable`); should some still share none, the most
         specific one's, and :func:`satisfies` holds the session to each rule all the same."""
         named = [rule.acr_values for rule in self.rules if rule.acr_values]
         if not named:
@@ -122,6 +122,20 @@ def rule_for(rules: tuple[StepUpRule, ...], path: str) -> Requirement | None:
     segments = leniently_read(path)
     covering = tuple(rule for rule in rules if rule.covers(path) or _covers(_lenient_prefix(rule), segments))
     return Requirement(covering) if covering else None
+
+
+def unsatisfiable(rules: tuple[StepUpRule, ...]) -> list[tuple[StepUpRule, tuple[StepUpRule, ...]]]:
+    """Each rule with the others that a path under it falls under too, as :func:`rule_for` matches
+    them, where the acr values of all of them share none: no sign-in could meet them together, and
+    every step-up there would be asked again. A rule's own prefix is the deepest path of what falls
+    under it, so the rules covering it are every rule a path under it meets."""
+    found = []
+    for rule in rules:
+        requirement = rule_for(rules, rule.prefix.rstrip("/") or "/")
+        named = [other for other in requirement.rules if other.acr_values] if requirement is not None else []
+        if len(named) > 1 and not set.intersection(*(set(other.acr_values) for other in named)):
+            found.append((rule, tuple(other for other in named if other is not rule)))
+    return found
 
 
 def leniently_read(path: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from pyramid.interfaces import ISecurityPolicy
 
 from myapp.errors import outage_errors
 from myapp.resources import Permission, Root
+from myapp.services.login import ACCOUNT_DISABLED_MESSAGE
 from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason
 
 # Fixed texts for the ?notice= shown after an action (post/redirect/get, nothing stored).
@@ -34,8 +35,7 @@ SIGNED_OUT_MESSAGES = {
     EndReason.REFRESH_FAILED: "Your sign-in could no longer be renewed. Sign in again to carry on.",
     EndReason.REPLACED: "You signed in again in this browser; the older session was closed.",
     EndReason.LOGOUT: "You signed out.",
-    # As the sign-in of a disabled account is told (docs/ui.md).
-    EndReason.ACCOUNT_DISABLED: "This account is disabled. If you think it should not be, ask an administrator.",
+    EndReason.ACCOUNT_DISABLED: ACCOUNT_DISABLED_MESSAGE,  # as its sign-in is told (docs/ui.md)
     # Not stored reasons: a session whose provider this process does not know (it is not ended),
     # and what an administrator who ended all of their own sessions is told.
     PROVIDER_UNKNOWN: "The way you signed in is no longer offered here. Sign in again to carry on.",

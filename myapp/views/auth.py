@@ -36,6 +36,15 @@ def _login_url(request, next_path: str, **query) -> str:
     return request.route_path("login", _query={"next": next_path, **query})
 
 
+def _sign_in_again(request, next_path: str, *, account_disabled: bool) -> tuple[str, str]:
+    """The link (address, words) a page offers after a sign-in refused or a session ended. For a
+    disabled account, another account: "Sign in again" would come straight back to the refusal from
+    a provider still signed in as them (``prompt=login`` asks it for a sign-in anew)."""
+    if account_disabled:
+        return _login_url(request, next_path, prompt="login"), "Sign in with another account"
+    return _login_url(request, next_path), "Sign in again"
+
+
 @view_config(route_name="login", request_method="GET", permission=NO_PERMISSION_REQUIRED)
 def login(request):
     if request.method == "HEAD":
@@ -167,12 +176,7 @@ def callback(request):
             log.info("sign-in failed: %s", e.reason)
         else:
             log.info("sign-in callback answering no sign-in started here (%s), from %s", e.reason, request.remote_addr)
-        if e.reason == "account_disabled":
-            # "Sign in again" would come straight back here from a provider still signed in as them.
-            retry_url = _login_url(request, e.next_path, prompt="login")
-            retry_label = "Sign in with another account"
-        else:
-            retry_url, retry_label = _login_url(request, e.next_path), "Sign in again"
+        retry_url, retry_label = _sign_in_again(request, e.next_path, account_disabled=e.reason == "account_disabled")
         return error_page(
             request,
             e.status,
@@ -286,12 +290,9 @@ def signed_out(request):
     next_path = safe_next_path(request.GET.get("next"))
     # Other tabs still showing a signed-in page are told (app.js), with the reason only when the
     # server knows it: anyone may write one into this page's address.
-    if known and known[0] == EndReason.ACCOUNT_DISABLED:
-        # As the disabled account's own sign-in offers (docs/ui.md): the provider, still signed in
-        # as them, would send a plain "Sign in again" straight back to that refusal.
-        login_url, login_label = _login_url(request, next_path, prompt="login"), "Sign in with another account"
-    else:
-        login_url, login_label = _login_url(request, next_path), "Sign in again"
+    login_url, login_label = _sign_in_again(
+        request, next_path, account_disabled=bool(known) and known[0] == EndReason.ACCOUNT_DISABLED
+    )
     return {
         "message": message, "login_url": login_url, "login_label": login_label,
         "session_gone": server_known[0] if server_known else "",
