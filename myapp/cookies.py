@@ -17,23 +17,35 @@ TOKEN_LENGTH = 43
 
 def read_cookie(request, name: str) -> str | None:
     """A cookie's value: the last pair of the ``Cookie`` header, split at ``;`` as browsers join
-    it (RFC 6265 section 4.2.1), whose whole name is ``name``; None when there is none, or when the
-    header is not UTF-8. Not WebOb's ``request.cookies``, which looks for ``name=value`` anywhere
+    it (RFC 6265 section 4.2.1), whose whole name is ``name``; None when there is none, or when its
+    value is not UTF-8. Not WebOb's ``request.cookies``, which looks for ``name=value`` anywhere
     after a character no name holds, and so read ``__Host-session=1`` inside another cookie's value
     (``a=x __Host-session=1``, ``a="x,__Host-session=1"``: another site may set such a cookie for a
-    parent domain), whose session then ended in this browser (helper-114)."""
+    parent domain), whose session then ended in this browser (helper-114).
+
+    The pairs are found in the header as WSGI carries it (PEP 3333: its bytes as latin-1), and only
+    the value found is decoded: a browser sends another site's cookie's bytes as they were set, and
+    one that is not UTF-8 must not make this one unreadable (helper-115)."""
     header = request.environ.get("HTTP_COOKIE")
     if not header or name not in header:
         return None
+    values = _values_named(header, name)
+    if not values:
+        return None
     try:
-        header = header.encode("latin-1").decode("utf-8")  # as WSGI carries it (PEP 3333), then as sent
+        found = values[-1].encode("latin-1").decode("utf-8")  # the last of several, as WebOb read them
     except UnicodeError:
         return None
-    values = _values_named(header, name)
-    found = values[-1] if values else None  # the last of several, as WebOb read them
-    if found is not None and len(found) >= 2 and found[0] == found[-1] == '"':
+    if len(found) >= 2 and found[0] == found[-1] == '"':
         found = found[1:-1]  # a value in quotes (RFC 6265 section 4.1.1), which some clients send
     return found
+
+
+# What may stand around a name or a value in the Cookie header: spaces and tabs (RFC 6265 section
+# 4.2.1's OWS), not what str.strip() also takes away. A name a browser keeps apart from ours, as
+# "\u00a0__Host-session" is (it does not start with __Host-, so any site of a parent domain may set
+# it), must not be read as ours (helper-115).
+COOKIE_WHITESPACE = " \t"
 
 
 def _values_named(header: str, name: str) -> list[str]:
@@ -41,8 +53,8 @@ def _values_named(header: str, name: str) -> list[str]:
     values = []
     for pair in header.split(";"):
         key, sep, value = pair.partition("=")
-        if sep and key.strip() == name:
-            values.append(value.strip())
+        if sep and key.strip(COOKIE_WHITESPACE) == name:
+            values.append(value.strip(COOKIE_WHITESPACE))
     return values
 
 

@@ -5,6 +5,7 @@ file, trailing newline stripped). A missing or malformed setting raises :class:`
 whose message is one line naming the setting; :func:`myapp.main` turns it into a clean exit.
 """
 
+import base64
 import difflib
 import functools
 import hashlib
@@ -1235,14 +1236,20 @@ def _plain_http_off_this_machine(url: str) -> bool:
 
 
 def _is_development_key(key: str) -> bool:
-    """Whether ``key`` is the published development key however it is written, as Fernet itself
-    reads keys: the last character before the padding carries two bits that decoding drops (four
-    spellings of one key), and Fernet takes a key without its ``=`` too (cryptography's own
-    decoder). Asked of Fernet: does the key open a token a development key made?"""
+    """Whether ``key`` is made from the published development key, as Fernet itself reads keys: the
+    key, however it is written (the last character before the padding carries two bits that
+    decoding drops, four spellings of one key, and Fernet takes a key without its ``=`` too), or
+    either half of it. A Fernet key is a signing key and an encryption key of 16 bytes each: a key
+    with the published key's first character edited keeps its encryption half, and every token it
+    stores opens with development.ini alone (helper-115)."""
     try:
         fernet = Fernet(key)
     except (ValueError, TypeError):
         return False
+    halves = _halves_of(key, fernet)
+    if halves is not None:
+        return any(half in _DEVELOPMENT_HALVES for half in halves)
+    # Bytes Fernet reads otherwise than base64 here: ask it whether the key opens a development token.
     for token in _DEVELOPMENT_TOKENS:
         try:
             if fernet.decrypt(token) == b"development":
@@ -1252,7 +1259,28 @@ def _is_development_key(key: str) -> bool:
     return False
 
 
+def _halves_of(key: str | bytes, fernet: Fernet | None = None) -> tuple[bytes, bytes] | None:
+    """A Fernet key's signing and encryption halves, decoded as base64 here and checked against
+    Fernet's own reading of ``key`` (a token each makes, the other opens); None when they differ."""
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    try:
+        decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+    if len(decoded) != 32:
+        return None
+    ours = Fernet(base64.urlsafe_b64encode(decoded))
+    fernet = fernet or Fernet(key)
+    try:
+        if ours.decrypt(fernet.encrypt(b"halves")) != b"halves" or fernet.decrypt(ours.encrypt(b"halves")) != b"halves":
+            return None
+    except InvalidToken:
+        return None
+    return decoded[:16], decoded[16:]
+
+
 _DEVELOPMENT_TOKENS = tuple(Fernet(key).encrypt(b"development") for key in DEVELOPMENT_ENCRYPTION_KEYS)
+_DEVELOPMENT_HALVES = frozenset(half for key in DEVELOPMENT_ENCRYPTION_KEYS for half in _halves_of(key))
 
 
 def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
@@ -1267,8 +1295,8 @@ def _refuse_in_production(reader: _Reader, settings: Settings) -> None:
             reader.problem(f"{key}: development-stack settings are refused in production")
     if any(_is_development_key(key) for key in settings.tokens.encryption_keys):
         reader.problem(
-            "myapp.tokens.encryption_keys: the published development key is refused in production; "
-            "generate one with myapp-generate-key"
+            "myapp.tokens.encryption_keys: the published development key, or a key that keeps half of it, "
+            "is refused in production; generate one with myapp-generate-key"
         )
     for provider in settings.providers.values():
         if provider.client_secret in DEVELOPMENT_CLIENT_SECRETS:

@@ -220,6 +220,17 @@ def test_undecodable_cookie_header_is_no_cookie():
         ("x__Host-session=1", False),
         ("return=/x?__Host-session=1", False),
         ("a=__Host-session=1; b=2", False),
+        # Only spaces and tabs around a name (RFC 6265 section 4.2.1): a name with U+00A0 (its UTF-8
+        # bytes as WSGI carries them, or the byte alone), U+3000 or a vertical tab before it is
+        # another cookie, which a site of a parent domain may set (helper-115).
+        ("\t__Host-session\t=abc", True),
+        ("\xc2\xa0__Host-session=abc", False),
+        ("\xa0__Host-session=abc", False),
+        ("\xe3\x80\x80__Host-session=abc", False),
+        ("\x0b__Host-session=abc", False),
+        ("__Host-session\x0c=abc", False),
+        # Another cookie that is not UTF-8 leaves this one readable.
+        ("junk=\xff; __Host-session=abc", True),
         ("", False),
     ],
 )

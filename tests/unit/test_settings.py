@@ -626,6 +626,30 @@ class TestProductionRefusesDevelopmentMaterial:
         assert Fernet(spelt).decrypt(Fernet(key).encrypt(b"a token")) == b"a token"
         assert error_for(myapp__tokens__encryption_keys=spelt).startswith("myapp.tokens.encryption_keys:")
 
+    @pytest.mark.parametrize("half", ["signing", "encryption"])
+    def test_a_key_that_keeps_half_of_the_development_key(self, half):
+        """A Fernet key is a signing key and an encryption key of 16 bytes each: the published key
+        with one half replaced keeps the other, and with the encryption half kept every token at
+        rest opens with development.ini alone (helper-115: its first character edited)."""
+        published = base64.urlsafe_b64decode(next(iter(DEVELOPMENT_ENCRYPTION_KEYS)))
+        fresh = base64.urlsafe_b64decode(Fernet.generate_key())
+        mixed = published[:16] + fresh[16:] if half == "signing" else fresh[:16] + published[16:]
+        key = base64.urlsafe_b64encode(mixed).decode()
+        assert error_for(myapp__tokens__encryption_keys=f"{KEY} {key}").startswith(
+            "myapp.tokens.encryption_keys: the published development key, or a key that keeps half of it"
+        )
+
+    def test_the_development_key_with_its_first_character_edited(self):
+        key = next(iter(DEVELOPMENT_ENCRYPTION_KEYS))
+        edited = "A" + key[1:]
+        assert Fernet(edited).decrypt(Fernet(edited).encrypt(b"a token")) == b"a token"
+        assert error_for(myapp__tokens__encryption_keys=edited).startswith("myapp.tokens.encryption_keys:")
+
+    def test_fresh_keys_are_taken(self):
+        keys = [Fernet.generate_key().decode() for _ in range(20)]
+        settings = load_settings(raw(myapp__tokens__encryption_keys=" ".join(keys)), environ={})
+        assert list(settings.tokens.encryption_keys) == keys
+
     def test_development_client_secret(self):
         secret = next(iter(DEVELOPMENT_CLIENT_SECRETS))
         assert error_for(myapp__oidc__client_secret=secret).startswith("myapp.oidc.client_secret:")

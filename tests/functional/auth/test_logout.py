@@ -119,6 +119,38 @@ def test_another_sites_form_cannot_sign_a_person_out_in_their_browser(browser, p
     browser.get("/auth/user", headers={"X-CSRF": "1"}, status=200)
 
 
+# A name a browser keeps apart from the session cookie's: U+00A0 before it, as the UTF-8 bytes C2 A0
+# that waitress carries in the environ as latin-1. It does not start with __Host-, so any site of a
+# parent domain may set it, and set after the person signed in it is sent after ours (helper-115).
+LOOK_ALIKE = "\u00a0".encode().decode("latin-1") + COOKIE
+
+
+def _cleared(response) -> list[str]:
+    return [v for k, v in response.headerlist if k == "Set-Cookie" and v.startswith(COOKIE + "=;")]
+
+
+@pytest.mark.parametrize("other", [f"{LOOK_ALIKE}=x", "\x0b" + COOKIE + "=x", "junk=\xff", "junk=\xc3"])
+def test_another_sites_cookie_neither_replaces_the_session_cookie_nor_clears_it(browser, provider, dbsession, other):
+    """A look-alike name (str.strip() took U+00A0 and its kin away, so it was read as ours), or a
+    cookie that is not UTF-8 (a browser sends another site's bytes as they were set, and a header
+    decoded whole made ours unreadable): either answered 401 and cleared the session cookie, in
+    every request of that browser, the session left live on the server (helper-115)."""
+    sign_in(browser, provider)
+    header = f"{COOKIE}={browser.cookies[COOKIE]}; {other}"
+    response = Browser(browser.app).get("/auth/user", headers={"Cookie": header, "X-CSRF": "1"}, status=200)
+    assert response.json["sub"] == "alice"
+    assert not _cleared(response)
+
+
+def test_a_look_alike_cookie_cannot_fix_another_persons_session(make_app, provider, dbsession):
+    app = make_app()
+    attacker, victim = Browser(app), Browser(app)
+    sign_in(attacker, provider, sub="attacker-sub", name="Mallory")
+    sign_in(victim, provider, sub="victim-sub", name="Alice")
+    header = f"{COOKIE}={victim.cookies[COOKIE]}; {LOOK_ALIKE}={attacker.cookies[COOKIE]}"
+    assert Browser(app).get("/auth/user", headers={"Cookie": header, "X-CSRF": "1"}).json["sub"] == "victim-sub"
+
+
 def test_nothing_secret_is_logged_or_audited(browser, provider, caplog, dbsession):
     caplog.set_level(logging.DEBUG)
     response, query = start_login(browser)
