@@ -6,6 +6,7 @@ outside the development stack looks anything up in the registry by a string.
 """
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from functools import partial
 from types import SimpleNamespace
@@ -96,6 +97,37 @@ def is_utf8(data: bytes, *, form_encoded: bool = False) -> bool:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return False
+    return True
+
+
+# What a part of a multipart form may say of itself and still be read as the UTF-8 text it is.
+_PLAIN_CHARSETS = frozenset({b"utf-8", b"utf8"})
+_PLAIN_TRANSFER_ENCODINGS = frozenset({b"7bit", b"8bit", b"binary"})
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_FOLDED = re.compile(rb"\r?\n[ \t]+")
+_CHARSET = re.compile(rb'charset\s*=\s*"?([^";\s]*)')
+
+
+def _plain_parts(body: bytes, boundary: bytes) -> bool:
+    """Whether each part of a multipart form is plain text, as a browser sends one: no charset
+    but UTF-8's, no transfer encoding, no parts within it. WebOb decodes a part by the charset and
+    the transfer encoding it names (``charset=utf-7`` made a lone surrogate of ``+2AA-``, an
+    unknown one raised LookupError), and Python's parser follows parts within parts until it runs
+    out of stack: each was a 500 (helper-116)."""
+    for part in body.split(b"--" + boundary)[1:]:
+        head = _BLANK_LINE.split(part, maxsplit=1)[0]
+        for line in _FOLDED.sub(b" ", head).lower().splitlines():
+            name, colon, value = line.partition(b":")
+            name = name.strip()
+            if not colon:
+                continue
+            if name == b"content-transfer-encoding" and value.strip() not in _PLAIN_TRANSFER_ENCODINGS:
+                return False
+            if name == b"content-type":
+                media, _, parameters = value.partition(b";")
+                charset = _CHARSET.search(parameters)
+                if media.strip().startswith(b"multipart/") or (charset and charset.group(1) not in _PLAIN_CHARSETS):
+                    return False
     return True
 
 
@@ -190,7 +222,10 @@ class Request(PyramidRequest):
             self._bound_form()
             try:
                 form = PyramidRequest.POST.fget(self)
-            except ValueError:  # a multipart body without a boundary, say
+            # ValueError: a multipart body without a boundary, say. The others are what
+            # _bound_form refuses first (a part's own charset, parts within a part); kept here so
+            # that whatever it misses is still a 400, not a 500.
+            except (ValueError, LookupError, RecursionError):
                 raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.") from None
             if any(not isinstance(value, str) for value in form.values()):
                 # Not kept as read: whatever asks again is refused again.
@@ -224,6 +259,8 @@ class Request(PyramidRequest):
         if self.content_type == "multipart/form-data":
             boundary = self.headers.get("Content-Type", "").partition("boundary=")[2].strip('"').encode("latin-1", "replace")
             fields = body.count(b"--" + boundary) - 1 if boundary else 0
+            if boundary and not _plain_parts(body, boundary):
+                raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.")
         else:
             fields = body.count(b"&") + 1
         if fields > MAX_FORM_FIELDS:

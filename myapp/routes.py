@@ -54,7 +54,10 @@ def return_path(request, public_url: str) -> str:
     an API call, the page of this site it was sent from (its same-origin Referer), else ``/``."""
     if request.method in ("GET", "HEAD") and not is_json_request(request):
         return safe_next_path(request.path_qs)
-    referrer = urlsplit(request.referrer or "")
+    try:
+        referrer = urlsplit(request.referrer or "")
+    except ValueError:  # an unreadable Referer ("http://[::1/") names no page of this site (helper-116)
+        return "/"
     public = urlsplit(public_url)
     if (referrer.scheme, referrer.netloc) == (public.scheme, public.netloc):
         return safe_next_path(referrer.path + (f"?{referrer.query}" if referrer.query else ""))

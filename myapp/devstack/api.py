@@ -27,6 +27,7 @@ from myapp.devstack.keys import ALGORITHM
 from myapp.devstack.models import MFA_ACR
 from myapp.devstack.settings import APISettings
 from myapp.devstack.web import devstack_view, json_response, method_not_allowed, presented_token
+from myapp.text import storable
 
 #: The registry key of the running :class:`DemoAPI` objects, by path segment ("api", "api2").
 APIS = "myapp.devstack.apis"
@@ -410,10 +411,11 @@ def note_text(request) -> str:
         raise APIProblem(413, "payload_too_large", f"A note request is at most {MAX_JSON_BODY} bytes.")
     try:
         data = json.loads(request.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise APIProblem(400, "invalid_json", 'The body must be JSON such as {"text": "..."}.') from None
     text = data.get("text") if isinstance(data, dict) else None
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_NOTE_LENGTH:
+    # storable: a lone surrogate ("\ud800" in JSON) or a NUL is no text anyone typed.
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_NOTE_LENGTH or not storable(text):
         raise APIProblem(400, "invalid_note", f"A note needs a text of 1 to {MAX_NOTE_LENGTH} characters.")
     return text
 

@@ -64,7 +64,7 @@ class ClientAssertions:
         token = form.get("client_assertion") or ""
         try:
             header = json.loads(_b64decode(token.split(".")[0]))
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, RecursionError):
             return False
         if not isinstance(header, dict):
             return False
@@ -73,7 +73,7 @@ class ClientAssertions:
             try:
                 claims = jwt.decode(token, key, algorithms=ALGORITHMS).claims
             # TypeError: joserfc reads a header's "crit" as a list of names (1, null, [1] raise it).
-            except (JoseError, ValueError, TypeError):
+            except (JoseError, ValueError, TypeError, RecursionError):
                 continue
             return self._claims_ok(claims, form.get("client_id"))
         return False

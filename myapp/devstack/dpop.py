@@ -196,7 +196,7 @@ class ProofChecker:
             signed = jws.extract_compact(proof.encode("ascii"), registry=_REGISTRY)
             header = signed.headers()
             claims = json.loads(signed.payload)
-        except (JoseError, ValueError, UnicodeError):
+        except (JoseError, ValueError, UnicodeError, RecursionError):
             raise ProofRefused("the proof is not a compact JWS") from None
         if header.get("typ") != PROOF_TYPE:
             raise ProofRefused("typ must be dpop+jwt")

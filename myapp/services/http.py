@@ -298,7 +298,7 @@ class HttpClient:
             raise HTTPFailure("answered with a document over 1 MiB", unavailable=False)
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
             raise HTTPFailure("answered with something that is not JSON", unavailable=False) from None
         if not isinstance(document, dict):
             raise HTTPFailure("answered with JSON that is not an object", unavailable=False)

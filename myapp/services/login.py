@@ -445,4 +445,6 @@ def groups_from(value) -> list[str]:
         value = [value]
     if not isinstance(value, list):
         return []
-    return sorted({g[:255] for g in value if isinstance(g, str) and g})[:500]
+    # A group no database stores as it is (a NUL, a lone surrogate) names no group of any setting
+    # (ini files are UTF-8 text): left out, as it can grant nothing here (helper-116).
+    return sorted({g[:255] for g in value if isinstance(g, str) and g and storable(g)})[:500]

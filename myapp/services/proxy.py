@@ -710,7 +710,7 @@ class Proxy:
             return None
         try:
             return json.loads(decoded(body, response.headers.get("Content-Encoding"), MAX_JSON_BYTES))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
             return None
 
 

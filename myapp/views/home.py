@@ -13,6 +13,7 @@ from myapp.services.oidc import ProviderUnavailable
 from myapp.services.sessions import EndReason
 from myapp.services.stepup import rule_for, satisfies
 from myapp.services.tokens import UpstreamTokenRefused
+from myapp.text import shown_text
 from myapp.views import SIGNED_OUT_MESSAGES
 from myapp.views.posts import recent_posts_of
 
@@ -108,5 +109,7 @@ def _notes_of(request, upstream: str) -> tuple[list | None, str | None]:
         log.info("dashboard notes of %s unavailable: %s", upstream, e.code)
         return None, "The notes service is not answering right now."
     if isinstance(document, dict) and isinstance(document.get("notes"), list):
-        return [n for n in document["notes"] if isinstance(n, dict) and isinstance(n.get("text"), str)], None
+        # Shown as text people read: an upstream's lone surrogate ("\ud800" in its JSON) cannot be
+        # written out as UTF-8, and ended every later dashboard of that person in a 500 (helper-116).
+        return [{"text": shown_text(n["text"])} for n in document["notes"] if isinstance(n, dict) and isinstance(n.get("text"), str)], None
     return None, "The notes service gave an answer this page cannot read."

@@ -82,11 +82,14 @@ def test_notes_belong_to_their_author(api, tokens):
 
 @pytest.mark.parametrize(
     "body",
-    [{"text": ""}, {"text": "   "}, {"text": "x" * 501}, {"text": 5}, {}, ["text"], "not json"],
+    [{"text": ""}, {"text": "   "}, {"text": "x" * 501}, {"text": 5}, {}, ["text"], "not json", "nested",
+     # No text anyone typed: a lone surrogate, which no page can write out as UTF-8 (helper-116), a NUL.
+     {"text": "x\ud800y"}, {"text": "x\u0000y"}],
 )
 def test_invalid_notes_are_400(api, tokens, body):
-    if body == "not json":
-        response = requests.post(api + "/notes", data="{", headers=bearer(tokens["alice"]), timeout=5)
+    if body in ("not json", "nested"):
+        data = "{" if body == "not json" else "[" * 5000
+        response = requests.post(api + "/notes", data=data, headers=bearer(tokens["alice"]), timeout=5)
     else:
         response = requests.post(api + "/notes", json=body, headers=bearer(tokens["alice"]), timeout=5)
     assert response.status_code == 400

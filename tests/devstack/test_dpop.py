@@ -379,6 +379,8 @@ def _refusals():
         ("RS256 with an EC key", [signed({**head, "alg": "RS256"}, body, rsa)], "the key does not match alg"),
         ("signed by another key", [at_now(key, sign_with=new_key())], "the signature is not valid"),
         ("claims not an object", [signed(head, "[]", key)], "the claims are not a JSON object"),
+        # Nested past Python's stack: RecursionError, not ValueError, was a 500 (helper-116).
+        ("claims nested too deep", [signed(head, "[" * 5000, key)], "the proof is not a compact JWS"),
         ("htm", [at_now(key, method="POST")], "htm does not match the request method"),
         ("htm case", [at_now(key, method="get")], "htm does not match the request method"),
         ("htu path", [at_now(key, url=URL + "/more")], "htu does not match the request URL"),

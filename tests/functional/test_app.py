@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from myapp.models import Post, UserSession
 from myapp.models.meta import utcnow
 from myapp.resources import Permission, Root
-from tests.functional.conftest import COOKIE
+from tests.functional.conftest import COOKIE, Browser
 
 
 def test_security_headers_on_every_response(browser):
@@ -405,6 +405,62 @@ def test_malformed_multipart_form_is_400(browser, alice, sign_in):
         assert "could not be read" in page.text
 
 
+def _nested(levels: int) -> bytes:
+    """A multipart/mixed part holding another, ``levels`` deep."""
+    inner = b"x"
+    for level in range(levels):
+        boundary = b"n%d" % level
+        inner = (b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
+                 + inner + b"\r\n--" + boundary + b"--")
+    return inner
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nT",
+        b"Content-Type: text/plain; charset=rot13\r\n\r\nT",
+        b"Content-Type: text/plain; charset=utf-7\r\n\r\n+2AA-",  # a lone surrogate once decoded
+        b"Content-Type: text/plain; charset=latin-1\r\n\r\ncaf\xc3\xa9",
+        b'Content-Type: text/plain;\r\n charset="utf-7"\r\n\r\n+2AA-',  # folded
+        b"content-type: TEXT/PLAIN; CHARSET=UTF-7\n\n+2AA-",  # bare line feeds, any case
+        b"Content-Transfer-Encoding: base64\r\n\r\n2AA=",
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=FF",
+        _nested(2),
+        _nested(350),  # past Python's stack
+    ],
+    ids=["unknown", "rot13", "utf-7", "latin-1", "folded", "lf", "base64", "qp", "nested", "deep"],
+)
+def test_a_multipart_part_that_names_its_own_decoding_is_refused(browser, alice, sign_in, dbsession, part):
+    """WebOb decodes a part by the charset and transfer encoding it names, and Python's parser
+    follows parts within parts until the stack runs out: an unknown charset (LookupError), UTF-7's
+    lone surrogate (a 500 at the database), 350 nested parts (RecursionError, 124 KB of log) were
+    each a 500, anonymous ones at /auth/backchannel-logout included (helper-116)."""
+    sign_in(browser, alice)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="title"\r\n' + part + b"\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + browser.csrf_token.encode() + b"\r\n--b--\r\n"
+    )
+    headers = {"Origin": "https://app.example.test", "Content-Type": "multipart/form-data; boundary=b"}
+    assert "The form could not be read." in browser.post("/posts", body, headers=headers, status=400).text
+    assert dbsession.scalar(select(Post)) is None
+    bcl = body.replace(b'name="title"', b'name="logout_token"')
+    response = Browser(browser.app).post("/auth/backchannel-logout", bcl, headers=headers, status=400)
+    assert response.json == {"error": "bad_request", "message": "The form could not be read."}
+
+
+def test_a_multipart_part_that_says_it_is_utf8_text_is_read(browser, alice, sign_in, dbsession):
+    sign_in(browser, alice)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="title"\r\nContent-Type: text/plain; charset="UTF-8"\r\n'
+        b"Content-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + browser.csrf_token.encode() + b"\r\n--b--\r\n"
+    )
+    headers = {"Origin": "https://app.example.test", "Content-Type": "multipart/form-data; boundary=b"}
+    browser.post("/posts", body, headers=headers, status=303)
+    assert dbsession.scalar(select(Post.title)) == "café"
+
+
 MANY_FIELDS = b"&".join(b"f%d=x" % i for i in range(349_000))  # about 3 MB, as in the review
 
 
@@ -425,6 +481,21 @@ def test_an_anonymous_form_is_never_read(browser, dbsession, content_type, body)
     # No such post: a stranger is sent to sign in, as for a post that exists.
     response = browser.post("/posts/1/delete", body, headers=headers, status=303)
     assert response.location.startswith("https://app.example.test/login")
+
+
+@pytest.mark.parametrize("referer", ["http://[::1/", "https://[app.example.test/posts", "https://app.example.test:99999/x"])
+def test_an_unreadable_referer_is_no_page_to_come_back_to(browser, alice, sign_in, referer):
+    """Where to come back to after signing in is read from a form's Referer: one that urlsplit
+    cannot read raised inside the forbidden view, a 500 to anyone (helper-116)."""
+    headers = {"Origin": "https://app.example.test", "Referer": referer}
+    for url in ["/posts", "/posts/1/delete", "/account/sessions/revoke-others"]:
+        response = browser.post(url, {"title": "x"}, headers=headers, status=303)
+        assert response.location == "https://app.example.test/login?next=%2F"
+    # A session that has ended, posting a form: the same way to sign in again.
+    sign_in(browser, alice)
+    browser.post("/logout", {"csrf_token": browser.csrf_token}, headers={"Origin": "https://app.example.test"})
+    response = browser.post("/posts", {"title": "x"}, headers=headers, status=303)
+    assert "/login" in response.location or "/signed-out" in response.location
 
 
 @pytest.mark.parametrize("host", ["evil.example", "app.example.test.evil.example", "127.0.0.1:6543", ""])

@@ -1235,6 +1235,31 @@ def test_dashboard_survives_an_upstream_that_breaks_off(make_proxy_app, signed_i
     assert "gave an answer this page cannot read" in page.text
 
 
+def _json_answer(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_dashboard_survives_an_upstream_answer_nested_past_pythons_limit(make_proxy_app, signed_in):
+    """json.loads raises RecursionError, not ValueError, for JSON nested deeper than Python's
+    stack: the page was a 500 (helper-116's finding at the back-channel logout, the same here)."""
+    with canned_http_server(_json_answer(b"[" * 5000)) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"up = {url}\nreadonly = {url}", "myapp.dashboard.upstream": "up"})
+        page = signed_in(app=app).get("/", status=200)
+    assert "gave an answer this page cannot read" in page.text
+
+
+def test_a_note_that_is_no_text_is_shown_and_leaves_the_dashboard_working(make_proxy_app, signed_in):
+    """An upstream's lone surrogate ("\\ud800" in its JSON, which the demo API once stored as
+    given) cannot be written as UTF-8: every dashboard of that person was a 500, with no page left
+    to delete the note from (helper-116)."""
+    body = b'{"notes": [{"text": "x\\ud800y"}, {"text": "z\\u0000w"}, {"text": "fine"}]}'
+    with canned_http_server(_json_answer(body)) as url:
+        app = make_proxy_app(**{"myapp.upstreams": f"up = {url}\nreadonly = {url}", "myapp.dashboard.upstream": "up"})
+        page = signed_in(app=app).get("/", status=200)
+    texts = [li.get_text() for li in page.html.select("[data-testid=notes] .note-text")]
+    assert texts == ["x\ufffdy", "zw", "fine"]
+
+
 def test_an_unverifiable_refreshed_id_token_keeps_the_session(signed_in, upstream, provider, dbsession):
     """The provider's new key is not published yet: keep the new tokens, not that ID token."""
     from joserfc.jwk import RSAKey

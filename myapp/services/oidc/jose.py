@@ -63,7 +63,8 @@ class TokenValidator:
         try:
             signed = jws.extract_compact(token.encode("ascii"))
             header = signed.headers()
-        except (JoseError, ValueError, UnicodeError):
+        # RecursionError: JSON nested past Python's limit ("[" * 5000), before any signature check.
+        except (JoseError, ValueError, UnicodeError, RecursionError):
             raise OIDCError("malformed_token", "The token is not a signed JWT.") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.documents.metadata().signing_algorithms:
@@ -78,7 +79,7 @@ class TokenValidator:
             raise OIDCError("bad_signature", "The token's signature is not valid.")
         try:
             claims = json.loads(signed.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise OIDCError("malformed_token", "The token's claims are not JSON.") from None
         if not isinstance(claims, dict):
             raise OIDCError("malformed_token", "The token's claims are not a JSON object.")
@@ -204,7 +205,7 @@ def unverified_issuer(token: str) -> str | None:
         return None
     try:
         claims = json.loads(jws.extract_compact(token.encode("ascii")).payload)
-    except (JoseError, ValueError, UnicodeError):
+    except (JoseError, ValueError, UnicodeError, RecursionError):  # "[" * 5000: helper-116
         return None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
     return issuer if isinstance(issuer, str) else None

@@ -177,6 +177,24 @@ def test_bad_logout_token_signature_and_type(app, provider, dbsession):
     assert session_count(dbsession) == 1
 
 
+@pytest.mark.parametrize("part", ["payload", "header"])
+def test_a_logout_token_nested_past_pythons_limit_is_400(app, provider, dbsession, part):
+    """JSON nested deeper than Python's stack raises RecursionError, not ValueError: the issuer
+    read before any signature check answered a stranger 500 (helper-116)."""
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header, payload = b'{"alg":"RS256"}', b'{"iss":"%s"}' % provider.issuer.encode()
+    nested = b"[" * 5000
+    token = ".".join([b64(nested if part == "header" else header), b64(nested if part == "payload" else payload), "AAAA"])
+    browser = Browser(app)
+    sign_in(browser, provider)
+    post_logout_token(app, token, 400)
+    assert session_count(dbsession) == 1
+
+
 def test_backchannel_logout_needs_no_cookie_or_csrf(app, provider):
     response = Browser(app).post("/auth/backchannel-logout", {"logout_token": provider.logout_token()})
     assert response.status_int == 200

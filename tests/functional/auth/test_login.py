@@ -183,6 +183,23 @@ def test_userinfo_failure_keeps_the_id_token_claims(browser, provider, dbsession
     assert dbsession.scalars(select(User)).one().name == "Alice Example"
 
 
+def test_userinfo_nested_past_pythons_limit_keeps_the_id_token_claims(browser, provider, dbsession):
+    """RecursionError, not ValueError, from json.loads: a provider's document nested deeper than
+    Python's stack was a 500 at the callback (the kind helper-116 found at back-channel logout)."""
+    provider.userinfo_response = lambda token: (200, b"[" * 5000)
+    assert sign_in(browser, provider).status_int == 303
+    assert dbsession.scalars(select(User)).one().name == "Alice Example"
+
+
+def test_a_group_no_database_stores_is_left_out(browser, provider, dbsession):
+    """A lone surrogate ("\\ud800" in the provider's JSON) or a NUL in a group name could not be
+    stored (a 500 at the callback), and names no group of any setting (helper-116's note)."""
+    provider.userinfo_response = lambda token: (200, {"sub": "alice", "groups": ["staff", "x\ud800", "y\u0000", "admins"]})
+    assert sign_in(browser, provider, groups=["staff", "x\ud800"]).status_int == 303
+    assert dbsession.scalars(select(User)).one().groups == ["admins", "staff"]
+    assert browser.get("/", status=200)
+
+
 def test_userinfo_naming_another_user_is_discarded(browser, provider, dbsession):
     provider.userinfo_response = lambda token: (200, {"sub": "mallory", "name": "Mallory", "groups": ["admins"]})
     assert sign_in(browser, provider).status_int == 303

@@ -155,6 +155,17 @@ def test_someone_the_acl_refuses_gets_403_without_being_asked_to_step_up(app, pr
     assert admin.get(url, status=401).html.select_one("[data-testid=step-up-sign-in]")
 
 
+def test_an_unreadable_referer_still_gets_step_up_required(app, provider, upstream):
+    """The login URL's next is read from the Referer of a JSON call: one urlsplit cannot read was
+    a 500 with an error code SPEC.md does not name (helper-116)."""
+    browser = Browser(app)
+    plain_sign_in(browser, provider)
+    response = browser.get("/api/up/x", headers={"X-CSRF": "1", "Referer": "http://[::1/"}, status=401)
+    assert response.json["error"] == "step_up_required"
+    assert query_of(response.json["login_url"]) == {"next": "/", "provider": "default", "acr_values": MFA}
+    assert upstream.seen == []
+
+
 def test_json_routes_get_step_up_required_with_a_login_url(app, provider, upstream):
     browser = Browser(app)
     plain_sign_in(browser, provider)
