@@ -54,7 +54,7 @@ def _parse_token_response(response: requests.Response) -> dict:
         response.raise_for_status()
     try:
         token = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's stack
         token = None
     if not isinstance(token, dict):
         response.raise_for_status()
@@ -74,7 +74,7 @@ def _asks_for_nonce(response: requests.Response) -> bool:
         return False
     try:
         document = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(document, dict) and document.get("error") == "use_dpop_nonce"
 
@@ -199,7 +199,7 @@ class OIDCClient:
             raise OIDCError("par_failed", f"The provider's pushed authorization request endpoint {failure}.") from None
         try:
             document = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             document = None
         if response.status_code >= 500:
             raise ProviderUnavailable(f"The provider's pushed authorization request endpoint answered HTTP {response.status_code}.")

@@ -267,7 +267,7 @@ def test_a_par_refusal_with_an_error_code_that_is_not_one_is_recorded_as_invalid
     assert "FORGED" not in caplog.text and "\n2026" not in caplog.text
 
 
-@pytest.mark.parametrize("answer", [(503, {"error": "temporarily_unavailable"}), (201, {"no": "request_uri"}), (200, "junk")])
+@pytest.mark.parametrize("answer", [(503, {"error": "temporarily_unavailable"}), (201, {"no": "request_uri"}), (200, "junk"), (201, "[" * 5000)])
 def test_a_failing_par_endpoint_is_an_error_page_and_no_transaction(make_app, provider, dbsession, answer):
     provider.offers_par = True
     provider.par_response = lambda form: answer

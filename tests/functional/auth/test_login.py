@@ -458,6 +458,9 @@ def test_badly_signed_id_token(browser, provider, dbsession):
     [
         ((500, {"error": "server_error"}), "provider_unavailable", 503),
         ((200, "this is not json"), "token_endpoint_error", 400),
+        # Nested past Python's stack: RecursionError, not ValueError, was a 500 at the callback.
+        ((200, "[" * 5000), "token_endpoint_error", 400),
+        ((400, "[" * 5000), "token_endpoint_error", 400),
         ((400, {"error": "invalid_grant"}), "token_error:invalid_grant", 400),
         # helper-40: a line feed in the code forged a log line; a code that is not one is "invalid"
         ((400, {"error": "x\n2026-12-05 00:00:00,000 INFO  [myapp.views.auth] FORGED"}), "token_error:invalid", 400),
