@@ -54,7 +54,12 @@ NEVER_FORWARDED = frozenset(
     {"cookie", "cookie2", "authorization", "host", "content-length", "forwarded", "x-real-ip", "x-request-id",
      "x-csrf", "x-csrf-token", "connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
      "transfer-encoding", "upgrade", "x-http-method-override", "x-method-override", "x-original-url", "x-rewrite-url",
-     "dpop"}
+     "dpop",
+     # The client's address as proxies and CDNs write it, and a request's method or host rewritten
+     # (an upstream that honours X-HTTP-Method would take a method its `methods` refuses: helper-117).
+     "x-forwarded", "true-client-ip", "x-client-ip", "client-ip", "cf-connecting-ip", "fastly-client-ip",
+     "x-cluster-client-ip", "x-proxyuser-ip", "x-envoy-external-address", "x-original-forwarded-for", "via",
+     "x-http-method", "x-original-method", "x-original-host", "x-host", "x-forwarded-host-original"}
 )
 
 # ASCII digits only: \d and int() also take other scripts' digits ("٦٠"), and int() a sign.
@@ -397,6 +402,8 @@ def _reports(placeholder):
 
 
 _SAME = lambda default: default  # noqa: E731
+# Where the settings part a list: spaces, tabs, line ends and commas.
+_LIST_WORD = re.compile(r"[\s,]+")
 _SOME_URL = lambda default: default or "https://invalid.invalid"  # noqa: E731
 
 
@@ -438,18 +445,24 @@ class _Reader:
         value may be a secret named in the wrong setting (``issuer = file:/run/secrets/...``),
         and the problems go to the log. It is spelled as where it came from instead."""
         problems = self.problems
+        # The value, its lines, and its words as the settings split lists (at spaces and commas):
+        # a problem names one word of a list (two Fernet keys read as an upstream's name, helper-117).
         pieces = {
             (piece, reference)
             for reference, value in self._read_from
-            for piece in (value, *(line.strip() for line in value.splitlines()))
+            for piece in (value, *value.splitlines(), *_LIST_WORD.split(value))
+            if piece.strip()
         }
         # Longest first, as written and as repr() escapes it, in any case (a method is shown in
-        # capitals, a header in lower case); a piece too short to be a secret is left, so that the
-        # words of a message stay whole.
-        for piece, reference in sorted((p for p in pieces if len(p[0]) >= 8), key=lambda p: len(p[0]), reverse=True):
+        # capitals, a header in lower case). A piece of 8 characters or more wherever it stands; a
+        # shorter one where a problem quotes it ('hunter2'), so that the words of a message stay whole.
+        for piece, reference in sorted(pieces, key=lambda p: len(p[0]), reverse=True):
+            piece = piece.strip()
+            said = f"the value of {reference}"
             for spelling in {piece, repr(piece)[1:-1]}:
-                found = re.compile(re.escape(spelling), re.IGNORECASE)
-                said = f"the value of {reference}"
+                escaped = re.escape(spelling)
+                pattern = escaped if len(piece) >= 8 else f"(?P<q>['\"]){escaped}(?P=q)"
+                found = re.compile(pattern, re.IGNORECASE)
                 problems = [found.sub(lambda _: said, problem) for problem in problems]
         return problems
 
@@ -566,10 +579,18 @@ def _check_url(name, value, *, allow_path=True):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a query or fragment")
     if not allow_path and _ascii_host(parts.hostname) is None:
         raise SettingsError(f"{name}: {value!r} has a host with no ASCII (IDNA) form, as browsers would send it")
+    if not allow_path and not _is_host(_ascii_host(parts.hostname)):
+        # No browser sends such an Origin: every form and sign-out would be refused (helper-117).
+        raise SettingsError(
+            f"{name}: {value!r} has no host a browser could send (names of letters, digits, hyphens "
+            "and dots, or an IP address)"
+        )
     try:
-        parts.port
+        port = parts.port
     except ValueError:
         raise SettingsError(f"{name}: {value!r} has an invalid port") from None
+    if port == 0:
+        raise SettingsError(f"{name}: {value!r} has an invalid port")
     return value
 
 
@@ -841,6 +862,38 @@ def _origin(url: str) -> str:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else _ascii_host(parts.hostname) or parts.hostname
     port = "" if parts.port in (None, DEFAULT_PORTS[parts.scheme]) else f":{parts.port}"
     return f"{parts.scheme}://{host}{port}"
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+def _is_host(host: str) -> bool:
+    """Whether ``host`` (in its ASCII form) is one a browser would put in ``Origin``: an IP address,
+    or a name of labels of letters, digits, hyphens and underscores (a trailing dot allowed), each
+    ``xn--`` label a punycode one, and one whose last label is a number an IPv4 address."""
+    if ":" in host:
+        return _is_ip(host)
+    name = host.removesuffix(".")
+    labels = name.lower().split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    if labels[-1].isdigit() or labels[-1].startswith("0x"):
+        return _is_ip(name)
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return False
+    return True
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ascii_host(host: str) -> str | None:
@@ -1190,7 +1243,13 @@ def _refuse_unknown_keys(reader: _Reader) -> None:
     """Every ``myapp.*`` key the parser did not read is a typo or a setting of another version."""
     candidates = {name.removeprefix(PREFIX) for name in reader.known | _per_upstream_keys(reader) | _per_provider_keys(reader)}
     for key in reader.raw:
-        if key.startswith(PREFIX) and key not in reader.known:
+        if not key.startswith(PREFIX) and key.lower().startswith(PREFIX):
+            # Myapp.session.idle_timeout: an ini key keeps its case here, and the app read none of
+            # it, started on the defaults and said nothing (helper-117).
+            same = [PREFIX + name for name in candidates if (PREFIX + name).lower() == key.lower()]
+            hint = f"; did you mean {same[0]}?" if same else " (docs/configuration.md lists every setting)"
+            reader.problem(f"{key}: unknown setting, settings are written in lower case{hint}")
+        elif key.startswith(PREFIX) and key not in reader.known:
             others = sorted(candidates - {key.removeprefix(PREFIX)})  # never the key itself
             close = difflib.get_close_matches(key.removeprefix(PREFIX), others, n=1, cutoff=0.75)
             hint = f"; did you mean {PREFIX}{close[0]}?" if close else " (docs/configuration.md lists every setting)"

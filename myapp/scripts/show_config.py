@@ -9,6 +9,7 @@ Example:
 
 import dataclasses
 import itertools
+import re
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,25 +26,40 @@ SECRET_QUERY_PARAMETERS = {
 }
 
 
+# user:password@ as SQLAlchemy reads a database URL: the password runs to the "@", "/", "?" and "#"
+# included, which urlsplit takes for the path, the query or the fragment (so found no password in
+# an unencoded one, and showed it whole: helper-117).
+_CREDENTIALS = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>[^@]*)@")
+# Query parameters whose names say they hold one: X-Amz-Signature, X-Amz-Security-Token, auth_token.
+_SECRET_WORDS = ("password", "secret", "token", "signature", "credential")
+
+
+def _secret_parameter(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_QUERY_PARAMETERS or any(word in lowered for word in _SECRET_WORDS)
+
+
 def mask_url(url: str | None) -> str | None:
+    """``url`` with its password and every query parameter that may hold a secret shown as
+    ``***``; a URL that cannot be read is ``***`` whole, as nothing says where its secret ends."""
     if not url:
         return url
-    written = urlsplit(url)
-    parts = written
-    if parts.password is not None:
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(name.lower() in SECRET_QUERY_PARAMETERS for name, _ in query):
-        masked = [(name, "***" if name.lower() in SECRET_QUERY_PARAMETERS else value) for name, value in query]
-        parts = parts._replace(query=urlencode(masked, safe="*"))
-    if parts == written:
-        return url  # nothing to hide: the URL as written
-    shown = urlunsplit(parts)
+    found = _CREDENTIALS.match(url)
+    shown = f"{found['head']}***@{url[found.end():]}" if found and found["password"] else url
+    try:
+        parts = urlsplit(shown)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:  # "[" in what urlsplit takes for the host
+        return "***"
+    if not any(_secret_parameter(name) for name, _ in query):
+        return shown  # nothing more to hide: the URL as written
+    masked = [(name, "***" if _secret_parameter(name) else value) for name, value in query]
+    parts = parts._replace(query=urlencode(masked, safe="*"))
+    rebuilt = urlunsplit(parts)
     # urlunsplit drops an empty authority: sqlite:////var/app.sqlite would read sqlite://var/app.sqlite.
-    if not parts.netloc and url.startswith(f"{parts.scheme}://"):
-        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1:]}"
-    return shown
+    if not parts.netloc and shown.startswith(f"{parts.scheme}://"):
+        rebuilt = f"{parts.scheme}://{rebuilt[len(parts.scheme) + 1:]}"
+    return rebuilt
 
 
 def describe(name: str, value):

@@ -292,6 +292,43 @@ def test_show_config_masks_a_key_in_any_urls_query(ini, capsys, tmp_path):
     assert "otel.endpoint = https://otlp.example.test/v1/traces?api_key=***&region=eu\n" in out
 
 
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        # A password as SQLAlchemy reads it, to the "@": urlsplit took "/" for the path and found
+        # none, and the URL was shown whole (helper-117; openssl rand -base64 writes "/" and "+").
+        ("postgresql+psycopg://myapp:Zx9/kQ2+vB7=@db.internal:5432/myapp",
+         "postgresql+psycopg://myapp:***@db.internal:5432/myapp"),
+        ("postgresql+psycopg://myapp:a?b#c@db/myapp", "postgresql+psycopg://myapp:***@db/myapp"),
+        # "[" in it was a traceback (urlsplit's "Invalid IPv6 URL").
+        ("postgresql+psycopg://myapp:p[w]d@db/myapp", "postgresql+psycopg://myapp:***@db/myapp"),
+        ("postgresql+psycopg://myapp@db/myapp?sslmode=require", "postgresql+psycopg://myapp@db/myapp?sslmode=require"),
+    ],
+)
+def test_show_config_masks_a_database_password_as_sqlalchemy_reads_it(ini, capsys, tmp_path, url, shown):
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).password:
+        assert make_url(url).password not in shown
+    path = tmp_path / "pg.ini"
+    path.write_text(ini.read_text().replace("sqlalchemy.url = ", f"sqlalchemy.url = {url.replace('%', '%%')}\n#"))
+    code, out, err = run(show_config.main, path, capsys=capsys)
+    assert code == 0 and err == ""
+    assert f"database_url = {shown}\n" in out
+
+
+def test_show_config_masks_signatures_and_tokens_in_a_query(ini, capsys, tmp_path):
+    """A presigned or token-bearing endpoint (X-Amz-Signature, X-Amz-Security-Token, auth_token)
+    was shown as written (helper-117); a URL it cannot read is not shown at all."""
+    path = tmp_path / "otel.ini"
+    endpoint = "https://otlp.example.test/v1/traces?X-Amz-Signature=hunter6&X-Amz-Security-Token=hunter7&auth_token=hunter8&region=eu"
+    path.write_text(ini.read_text() + f"myapp.otel.enabled = true\nmyapp.otel.endpoint = {endpoint}\n")
+    code, out, _ = run(show_config.main, path, capsys=capsys)
+    assert code == 0 and not {"hunter6", "hunter7", "hunter8"} & set(out.replace("=", " ").replace("&", " ").split())
+    assert "region=eu" in out
+    assert show_config.mask_url("https://[broken/x?token=hunter9") == "***"
+
+
 def test_show_config_prints_the_public_url_as_the_app_uses_it(ini, capsys, tmp_path):
     path = tmp_path / "port.ini"
     path.write_text(ini.read_text().replace("myapp.public_url = ", "myapp.public_url = HTTPS://App.Example.test:443/\n#"))

@@ -18,6 +18,7 @@ from myapp.settings import (
 # A fixed test key, not a random one: it appears in a parametrized test's id, which must be the same
 # in every process that collects the tests (pytest-xdist compares them).
 KEY = base64.urlsafe_b64encode(b"myapp-test-settings-key-32bytes!").decode()
+OTHER_KEY = base64.urlsafe_b64encode(b"another-test-settings-key-32byte").decode()
 
 
 def raw(**overrides):
@@ -389,6 +390,28 @@ def test_the_public_url_is_read_as_browsers_write_an_origin(written, public_url)
 def test_a_public_url_whose_internationalized_host_has_no_ascii_form_is_refused():
     problems = problems_for(myapp__public_url="https://bü..example")
     assert any(p.startswith("myapp.public_url: 'https://bü..example'") and "host" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["https://app example.com", "https://app.example.com\\", "https://app%2eexample.com", "https://app..example.com",
+     "https://app.example.com:0", "https://bü cher.example", "https://xn--.example", "https://app.example.999",
+     "https://" + "a" * 64 + ".example"],
+)
+def test_a_public_url_no_browser_could_send_as_an_origin_is_refused(written):
+    """Every form and sign-out of such a site would be refused, its redirect URIs unusable: it
+    started all the same (helper-117)."""
+    problems = problems_for(myapp__public_url=written)
+    assert any(p.startswith("myapp.public_url: ") and ("host" in p or "port" in p) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["https://app.example.com.", "https://my_app.internal:6543", "https://10.0.0.7", "https://localhost:8443",
+     "https://xn--bcher-kva.example", "https://a-b.example"],
+)
+def test_a_public_url_with_a_host_browsers_send_is_taken(written):
+    assert load_settings(raw(myapp__public_url=written), environ={}).public_url.startswith("https://")
 
 
 @pytest.mark.parametrize(
@@ -1278,6 +1301,43 @@ def test_a_value_read_from_the_environment_is_not_echoed_in_another_spelling_eit
             **{f"myapp.upstream.demo.{setting}": "env:WORD"},
         )
         assert "horse" not in message.lower() and "the value of env:WORD" in message, message
+
+
+@pytest.mark.parametrize(
+    "setting, value, hidden",
+    [
+        # Two Fernet keys (a rotation) named in a setting that reports one word of a list: each
+        # key was shown whole (helper-117).
+        ("myapp__dashboard__upstream", f"{KEY} {OTHER_KEY}", [KEY, OTHER_KEY]),
+        ("myapp__metrics__allow", f"{KEY} {OTHER_KEY}", [KEY, OTHER_KEY]),
+        # A comma's part of a secret, and a secret shorter than 8 characters, quoted.
+        ("myapp__metrics__allow", "Xy7,Qw9-Lm2p", ["Qw9-Lm2p", "Xy7"]),
+        ("myapp__session__idle_timeout", "hunter2", ["hunter2"]),
+    ],
+)
+def test_no_word_of_a_value_read_through_env_is_echoed(setting, value, hidden):
+    message = "\n".join(problems_for({"SECRET": value}, myapp__upstreams="demo = https://api.example.com", **{setting: "env:SECRET"}))
+    assert message.startswith(setting.replace("__", ".") + ":") and "the value of env:SECRET" in message, message
+    for word in hidden:
+        assert word.lower() not in message.lower(), message
+
+
+def test_a_short_value_read_through_env_leaves_the_words_of_the_message_whole():
+    message = error_for({"SHORT": "a"}, myapp__session__idle_timeout="env:SHORT")
+    assert message == "myapp.session.idle_timeout: the value of env:SHORT is not a duration (use seconds, or 30s, 15m, 8h, 14d)"
+
+
+@pytest.mark.parametrize(
+    "key, said",
+    [
+        ("Myapp.session.cookie_samesite", "; did you mean myapp.session.cookie_samesite?"),
+        ("MYAPP.SESSION.IDLE_TIMEOUT", "; did you mean myapp.session.idle_timeout?"),
+        ("MyApp.nothing.like.it", " (docs/configuration.md lists every setting)"),
+    ],
+)
+def test_a_setting_written_in_another_case_is_refused(key, said):
+    """It was read by nothing, and the app ran on the defaults without a word (helper-117)."""
+    assert problems_for(**{key: "Strict"}) == [f"{key}: unknown setting, settings are written in lower case{said}"]
 
 
 def _upstream(**changed):
