@@ -114,6 +114,14 @@ class StrictRequestParser(HTTPRequestParser):
         # RFC 9112 section 6.1: such framing is faulty, and the connection closes after it.
         if "TRANSFER_ENCODING" in self.headers:
             raise ParsingError("An HTTP/1.0 request may not carry Transfer-Encoding")
+        # RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any with more than one, is
+        # answered 400 (waitress served the one, and joined the other's lines with a comma, which
+        # no host holds).
+        host = self.headers.get("HOST")
+        if host is None and self.version == "1.1":
+            raise ParsingError("A request of this version must carry Host")
+        if host is not None and "," in host:
+            raise ParsingError("A request may carry one Host")
 
 
 def _refuse_ambiguous_transfer_encoding(header_plus: bytes) -> None:

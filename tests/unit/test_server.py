@@ -177,6 +177,27 @@ def test_a_folded_header_line_is_refused_and_the_connection_closed(app, url, fol
     assert_refused_and_closed(url, raw, app)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET /first HTTP/1.1\r\n", id="HTTP/1.1 without Host"),
+        pytest.param(b"GET /first HTTP/1.1\r\nHost: a\r\nHost: b\r\n", id="two Host lines"),
+        pytest.param(b"GET /first HTTP/1.0\r\nHost: a\r\nHost: a\r\n", id="two in HTTP/1.0"),
+        pytest.param(b"GET /first HTTP/1.1\r\nHost: a, b\r\n", id="a list"),
+    ],
+)
+def test_a_request_without_one_host_is_refused(app, url, head):
+    """RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, or to
+    any with more than one; waitress served the first, and joined the second's values with a
+    comma (helper-116's note)."""
+    assert_refused_and_closed(url, head + b"\r\n" + SMUGGLED, app)
+
+
+def test_an_http10_request_may_leave_host_out(app, url):
+    received = exchange(url, b"GET /first HTTP/1.0\r\n\r\n")
+    assert received.startswith(b"HTTP/1.0 200") and [path for _, path, _ in app.seen] == ["/first"]
+
+
 def test_a_coding_before_chunked_is_not_implemented_and_the_connection_closed(app, url):
     """RFC 9112 section 6.1: chunked last, another coding the server does not know before it: 501."""
     raw = b"POST /first HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + SMUGGLED
