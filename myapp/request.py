@@ -6,7 +6,6 @@ outside the development stack looks anything up in the registry by a string.
 """
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from functools import partial
 from types import SimpleNamespace
@@ -20,6 +19,8 @@ from pyramid.path import caller_package
 from pyramid.request import Request as PyramidRequest
 from pyramid.url import QUERY_SAFE
 from sqlalchemy.orm import Session
+from webob.compat import cgi_FieldStorage
+from webob.multidict import MultiDict
 
 from myapp.errors import ErrorCode
 from myapp.memo import remember, remembered
@@ -101,34 +102,24 @@ def is_utf8(data: bytes, *, form_encoded: bool = False) -> bool:
 
 
 # What a part of a multipart form may say of itself and still be read as the UTF-8 text it is.
-_PLAIN_CHARSETS = frozenset({b"utf-8", b"utf8"})
-_PLAIN_TRANSFER_ENCODINGS = frozenset({b"7bit", b"8bit", b"binary"})
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-_FOLDED = re.compile(rb"\r?\n[ \t]+")
-_CHARSET = re.compile(rb'charset\s*=\s*"?([^";\s]*)')
+_PLAIN_CHARSETS = frozenset({"utf-8", "utf8"})
+_PLAIN_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 
 
-def _plain_parts(body: bytes, boundary: bytes) -> bool:
-    """Whether each part of a multipart form is plain text, as a browser sends one: no charset
-    but UTF-8's, no transfer encoding, no parts within it. WebOb decodes a part by the charset and
-    the transfer encoding it names (``charset=utf-7`` made a lone surrogate of ``+2AA-``, an
-    unknown one raised LookupError), and Python's parser follows parts within parts until it runs
-    out of stack: each was a 500 (helper-116)."""
-    for part in body.split(b"--" + boundary)[1:]:
-        head = _BLANK_LINE.split(part, maxsplit=1)[0]
-        for line in _FOLDED.sub(b" ", head).lower().splitlines():
-            name, colon, value = line.partition(b":")
-            name = name.strip()
-            if not colon:
-                continue
-            if name == b"content-transfer-encoding" and value.strip() not in _PLAIN_TRANSFER_ENCODINGS:
-                return False
-            if name == b"content-type":
-                media, _, parameters = value.partition(b";")
-                charset = _CHARSET.search(parameters)
-                if media.strip().startswith(b"multipart/") or (charset and charset.group(1) not in _PLAIN_CHARSETS):
-                    return False
-    return True
+def _plain_part(field) -> bool:
+    """Whether a part of a multipart form, as Python's parser read it, is plain text as a browser
+    sends one: no charset but UTF-8's, no transfer encoding, no parts within it. WebOb decodes a
+    part by the charset and the transfer encoding it names (``charset=utf-7`` made a lone surrogate
+    of ``+2AA-``, which the database refused; an unknown one raised LookupError): each was a 500
+    (helper-116). Asked of the parser's own reading, so that no spelling of the header reads
+    otherwise here (helper-118: ``BOUNDARY=``, a second ``charset``, a line folded by a bare CR)."""
+    charset = field.type_options.get("charset")
+    encoding = field.headers.get("Content-Transfer-Encoding")
+    return (
+        field.list is None
+        and (charset is None or charset.strip().lower() in _PLAIN_CHARSETS)
+        and (encoding is None or encoding.strip().lower() in _PLAIN_TRANSFER_ENCODINGS)
+    )
 
 
 class FormRefused(Exception):
@@ -221,10 +212,9 @@ class Request(PyramidRequest):
         if "webob._parsed_post_vars" not in self.environ and self._is_form():
             self._bound_form()
             try:
-                form = PyramidRequest.POST.fget(self)
-            # ValueError: a multipart body without a boundary, say. The others are what
-            # _bound_form refuses first (a part's own charset, parts within a part); kept here so
-            # that whatever it misses is still a 400, not a 500.
+                form = self._multipart_form() if self.content_type == "multipart/form-data" else PyramidRequest.POST.fget(self)
+            # ValueError: a multipart body without a boundary, say; RecursionError: parts within
+            # parts past Python's stack (helper-116); LookupError: whatever charset is left.
             except (ValueError, LookupError, RecursionError):
                 raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.") from None
             if any(not isinstance(value, str) for value in form.values()):
@@ -233,6 +223,24 @@ class Request(PyramidRequest):
                 raise FormRefused(400, ErrorCode.BAD_REQUEST, "This form takes text, not files.")
             return form
         return PyramidRequest.POST.fget(self)
+
+    def _multipart_form(self) -> MultiDict:
+        """A multipart form read as WebOb's ``Request.POST`` reads it, each part checked between
+        Python's parser and WebOb's decoding (:func:`_plain_part`), and its fields counted as
+        parsed."""
+        self.make_body_seekable()
+        self.body_file_raw.seek(0)
+        environ = {**self.environ, "QUERY_STRING": ""}
+        environ.setdefault("CONTENT_LENGTH", "0")  # as WebOb does: FieldStorage assumes none is -1
+        parsed = cgi_FieldStorage(fp=self.body_file, environ=environ, keep_blank_values=True, encoding="utf8")
+        parts = parsed.list or ()
+        if len(parts) > MAX_FORM_FIELDS:
+            raise FormRefused(413, ErrorCode.PAYLOAD_TOO_LARGE, f"The form has more than {MAX_FORM_FIELDS} fields.")
+        if not all(_plain_part(part) for part in parts):
+            raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.")
+        form = MultiDict.from_fieldstorage(parsed)
+        self.environ["webob._parsed_post_vars"] = (form, self.body_file_raw)
+        return form
 
     def _is_form(self) -> bool:
         # The same test as WebOb's: a POST without a Content-Type is read as a form too.
@@ -256,13 +264,9 @@ class Request(PyramidRequest):
             raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form must be sent as UTF-8.")
         if not is_utf8(body, form_encoded=self.content_type != "multipart/form-data"):
             raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form is not valid UTF-8.")
-        if self.content_type == "multipart/form-data":
-            boundary = self.headers.get("Content-Type", "").partition("boundary=")[2].strip('"').encode("latin-1", "replace")
-            fields = body.count(b"--" + boundary) - 1 if boundary else 0
-            if boundary and not _plain_parts(body, boundary):
-                raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.")
-        else:
-            fields = body.count(b"&") + 1
+        # A multipart form's parts are counted as parsed (_multipart_form): a boundary found here
+        # otherwise than Python's parser finds it ("BOUNDARY=b") was not counted (helper-118).
+        fields = 0 if self.content_type == "multipart/form-data" else body.count(b"&") + 1
         if fields > MAX_FORM_FIELDS:
             raise FormRefused(413, ErrorCode.PAYLOAD_TOO_LARGE, f"The form has more than {MAX_FORM_FIELDS} fields.")
         if self.is_body_seekable:

@@ -271,9 +271,10 @@ def sent_from_a_page_of(request, session: SessionRecord) -> bool:
 
 
 def csrf_tokens_match(expected: str, supplied: str | None) -> bool:
-    return bool(expected) and hmac.compare_digest(
-        expected.encode("utf-8"), (supplied or "").encode("utf-8", "surrogateescape")
-    )
+    # A token is ASCII: anything else is no token, and a lone surrogate (a form part decoded as
+    # UTF-7) could not be encoded for the comparison, a 500 (helper-118).
+    supplied = supplied or ""
+    return bool(expected) and supplied.isascii() and hmac.compare_digest(expected.encode("utf-8"), supplied.encode("ascii"))
 
 
 @implementer(ICSRFStoragePolicy)

@@ -118,7 +118,7 @@ class RemoteKeySet:
             response = requests.get(self.url, timeout=JWKS_TIMEOUT, allow_redirects=False)
             response.raise_for_status()
             key_set = KeySet.import_key_set(response.json())
-        except (requests.RequestException, ValueError, JoseError) as e:
+        except (requests.RequestException, ValueError, RecursionError, JoseError) as e:
             raise KeysUnavailable(f"cannot fetch the provider's keys from {self.url}: {type(e).__name__}") from None
         self._keys = [
             key

@@ -31,10 +31,11 @@ class JWKSServer:
         self.keys = [rsa_key()]
         self.fetches = 0
         self.status = "200 OK"
+        self.body = None
 
     def __call__(self, environ, start_response):
         self.fetches += 1
-        body = json.dumps(KeySet(self.keys).as_dict(private=False)).encode()
+        body = self.body or json.dumps(KeySet(self.keys).as_dict(private=False)).encode()
         start_response(self.status, [("Content-Type", "application/json")])
         return [body]
 
@@ -86,6 +87,13 @@ def test_without_kid_only_a_single_key_qualifies(jwks):
 
 def test_unreachable_jwks(jwks):
     jwks.status = "500 Internal Server Error"
+    with pytest.raises(KeysUnavailable, match="cannot fetch the provider's keys"):
+        RemoteKeySet(jwks.url, clock=Clock()).key_for("any")
+
+
+def test_a_key_set_nested_past_pythons_stack_is_unavailable(jwks):
+    """RecursionError, not ValueError, from its JSON: it escaped as one (helper-118)."""
+    jwks.body = b"[" * 100_000
     with pytest.raises(KeysUnavailable, match="cannot fetch the provider's keys"):
         RemoteKeySet(jwks.url, clock=Clock()).key_for("any")
 

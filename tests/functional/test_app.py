@@ -424,8 +424,9 @@ def _nested(levels: int) -> bytes:
         b"Content-Type: text/plain; charset=latin-1\r\n\r\ncaf\xc3\xa9",
         b'Content-Type: text/plain;\r\n charset="utf-7"\r\n\r\n+2AA-',  # folded
         b"content-type: TEXT/PLAIN; CHARSET=UTF-7\n\n+2AA-",  # bare line feeds, any case
-        b"Content-Transfer-Encoding: base64\r\n\r\n2AA=",
-        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=FF",
+        # Text once decoded ("T"), which WebOb's decoding took as the title (helper-118).
+        b"Content-Transfer-Encoding: base64\r\n\r\nVA==",
+        b"Content-Transfer-Encoding: Quoted-Printable\r\n\r\n=54",
         _nested(2),
         _nested(350),  # past Python's stack
     ],
@@ -447,6 +448,50 @@ def test_a_multipart_part_that_names_its_own_decoding_is_refused(browser, alice,
     bcl = body.replace(b'name="title"', b'name="logout_token"')
     response = Browser(browser.app).post("/auth/backchannel-logout", bcl, headers=headers, status=400)
     assert response.json == {"error": "bad_request", "message": "The form could not be read."}
+
+
+UTF7_PART = b"Content-Type: text/plain; charset=utf-7\r\n\r\n+2AA-"
+# The form's boundary and a part's charset as Python's parser reads them, and a scan of the body
+# did not: a parameter's name in any case, spaces around its =, the last of two, a line folded by
+# a bare CR (helper-118).
+SPELLINGS = [
+    ("multipart/form-data; BOUNDARY=b", UTF7_PART),
+    ("multipart/form-data; boundary = b", UTF7_PART),
+    ("multipart/form-data; boundary=x; boundary=b", UTF7_PART),
+    ('multipart/form-data; boundary="b"; x=y', UTF7_PART),
+    ("multipart/form-data; boundary=b", b"Content-Type: text/plain; charset=utf-8; charset=utf-7\r\n\r\n+2AA-"),
+    ("multipart/form-data; boundary=b", b"Content-Type: text/plain; xcharset=utf8; charset=utf-7\r\n\r\n+2AA-"),
+    ("multipart/form-data; boundary=b", b"Content-Type: text/plain; charset=utf8; charset=unicode_escape\r\n\r\n\\ud800"),
+    ("multipart/form-data; boundary=b", b"Content-Type: text/plain;\r charset=utf-7\r\n\r\n+2AA-"),
+    ("multipart/form-data; BOUNDARY=b", _nested(350)),
+]
+
+
+@pytest.mark.parametrize("content_type, part", SPELLINGS, ids=[
+    "BOUNDARY", "spaces", "twice", "quoted", "charset twice", "xcharset", "unicode_escape", "bare CR", "nested",
+])
+def test_a_part_is_judged_as_the_parser_reads_it(browser, alice, sign_in, dbsession, content_type, part):
+    sign_in(browser, alice)
+    for name, url in (("title", "/posts"), ("csrf_token", "/posts"), ("csrf_token", "/logout")):
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="' + name.encode() + b'"\r\n' + part + b"\r\n"
+            + (b"" if name == "csrf_token" else
+               b'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + browser.csrf_token.encode() + b"\r\n")
+            + b"--b--\r\n"
+        )
+        headers = {"Origin": "https://app.example.test", "Content-Type": content_type}
+        assert "The form could not be read." in browser.post(url, body, headers=headers, status=400).text
+    assert dbsession.scalar(select(Post)) is None
+    browser.get("/posts", status=200)  # still signed in
+
+
+def test_a_multipart_forms_fields_are_counted_as_parsed(browser, alice, sign_in):
+    """BOUNDARY=b: the count by the boundary found in the header missed them all (helper-118)."""
+    sign_in(browser, alice)
+    part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
+    body = part * 1001 + b"--b--\r\n"
+    headers = {"Origin": "https://app.example.test", "Content-Type": "multipart/form-data; BOUNDARY=b"}
+    assert "more than 1000 fields" in browser.post("/posts", body, headers=headers, status=413).text
 
 
 def test_a_multipart_part_that_says_it_is_utf8_text_is_read(browser, alice, sign_in, dbsession):
@@ -483,7 +528,7 @@ def test_an_anonymous_form_is_never_read(browser, dbsession, content_type, body)
     assert response.location.startswith("https://app.example.test/login")
 
 
-@pytest.mark.parametrize("referer", ["http://[::1/", "https://[app.example.test/posts", "https://app.example.test:99999/x"])
+@pytest.mark.parametrize("referer", ["http://[::1/", "https://[app.example.test/posts", "https://a]b/", "http://[zz]/"])
 def test_an_unreadable_referer_is_no_page_to_come_back_to(browser, alice, sign_in, referer):
     """Where to come back to after signing in is read from a form's Referer: one that urlsplit
     cannot read raised inside the forbidden view, a 500 to anyone (helper-116)."""

@@ -258,3 +258,12 @@ def test_json_csrf_and_its_audit_read_the_same_safe_methods(method):
     assert errors.SAFE_METHODS is security.SAFE_METHODS
     assert method in security.SAFE_METHODS
     assert json_csrf_failure(request(method, **{"X-CSRF": "1", "Origin": "https://evil.example"}), PUBLIC) is None
+
+
+@pytest.mark.parametrize("supplied", ["\ud800", "tok\udcff", "tokén", "", None])
+def test_a_csrf_token_that_is_not_ascii_matches_nothing_and_raises_nothing(supplied):
+    """A lone surrogate could not be encoded for the comparison: a 500 (helper-118)."""
+    from myapp.security import csrf_tokens_match
+
+    assert csrf_tokens_match("token", supplied) is False
+    assert csrf_tokens_match("token", "token") is True

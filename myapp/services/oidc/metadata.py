@@ -68,7 +68,10 @@ class ProviderMetadata:
             value = document.get(name)
             if value is None and not required:
                 return None
-            parts = urlsplit(value) if isinstance(value, str) else None
+            try:
+                parts = urlsplit(value) if isinstance(value, str) else None
+            except ValueError:  # "https://[idp/authorize" (helper-118: a 500 at /login)
+                parts = None
             if parts is None or parts.scheme not in schemes or not parts.netloc:
                 raise ProviderMisconfigured(f"The provider's discovery document has no usable {name}.")
             return value
@@ -217,7 +220,9 @@ class ProviderDocuments:
     @staticmethod
     def _import_keys(document: dict) -> list:
         keys = []
-        for entry in document.get("keys") or []:
+        entries = document.get("keys")
+        # A key set whose keys are no list ({"keys": 5}) has none: it was a 500 at the callback (helper-118).
+        for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
                 continue
             try:

@@ -524,6 +524,30 @@ def test_discovery_issuer_mismatch_says_why(make_app, provider):
     assert "must be identical" in page.text
 
 
+def test_a_discovery_endpoint_no_url_parser_reads_is_a_502_page(make_app, provider):
+    """urlsplit raised ValueError for it: a 500 at /login (helper-118)."""
+    provider.metadata_overrides["authorization_endpoint"] = "https://[idp.example.test/authorize"
+    page = Browser(make_app()).get("/login", status=502)
+    assert "authorization_endpoint" in page.text
+
+
+@pytest.mark.parametrize("keys", [5, "k", {"kty": "RSA"}, None])
+def test_a_key_set_whose_keys_are_no_list_has_none(make_app, provider, monkeypatch, dbsession, keys):
+    """{"keys": 5} was a TypeError at the callback, a 500 (helper-118); none of them verifies a token."""
+    route = provider.route
+
+    def answer(path, form, environ, raw=""):
+        if path == "/jwks":
+            return 200, {"keys": keys}, "application/json"
+        return route(path, form, environ, raw)
+
+    monkeypatch.setattr(provider, "route", answer)
+    page = sign_in(Browser(make_app()), provider)
+    assert page.status_int == 400
+    assert_no_session(page, dbsession)
+    assert failures(dbsession) == ["unknown_key"]
+
+
 def test_head_login_starts_nothing(browser, dbsession):
     browser.head("/login", status=200)
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
