@@ -20,6 +20,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+import idna
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken
@@ -59,8 +60,11 @@ NEVER_FORWARDED = frozenset(
      # (an upstream that honours X-HTTP-Method would take a method its `methods` refuses: helper-117).
      "x-forwarded", "true-client-ip", "x-client-ip", "client-ip", "cf-connecting-ip", "fastly-client-ip",
      "x-cluster-client-ip", "x-proxyuser-ip", "x-envoy-external-address", "x-original-forwarded-for", "via",
-     "x-http-method", "x-original-method", "x-original-host", "x-host", "x-forwarded-host-original"}
+     "x-http-method", "x-original-method", "x-original-host", "x-host", "x-forwarded-host-original",
+     "x-azure-socketip", "x-appengine-user-ip", "x-original-uri", "x-envoy-original-path"}
 )
+# And any name that says it carries the client's address (CF-Connecting-IPv6, X-Azure-ClientIP, Fly-Client-IP).
+_CLIENT_ADDRESS_WORDS = ("client-ip", "clientip", "connecting-ip", "user-ip")
 
 # ASCII digits only: \d and int() also take other scripts' digits ("٦٠"), and int() a sign.
 _DURATION = re.compile(r"([0-9]+)[ \t]*([smhd]?)")
@@ -447,21 +451,28 @@ class _Reader:
         problems = self.problems
         # The value, its lines, and its words as the settings split lists (at spaces and commas):
         # a problem names one word of a list (two Fernet keys read as an upstream's name, helper-117).
+        # And each side of a map's "=" (an error quotes a line's name: a base64 secret read as a
+        # map names its part before the "=" padding, helper-119).
         pieces = {
             (piece, reference)
             for reference, value in self._read_from
-            for piece in (value, *value.splitlines(), *_LIST_WORD.split(value))
+            for piece in (
+                value, *value.splitlines(), *_LIST_WORD.split(value),
+                *(side for line in value.splitlines() for side in line.split("=", 1)),
+            )
             if piece.strip()
         }
         # Longest first, as written and as repr() escapes it, in any case (a method is shown in
-        # capitals, a header in lower case). A piece of 8 characters or more wherever it stands; a
-        # shorter one where a problem quotes it ('hunter2'), so that the words of a message stay whole.
+        # capitals, a header in lower case). A piece of 8 characters or more wherever it stands but
+        # inside a setting's dotted name (myapp.upstream.payments.methods keeps the upstream's name,
+        # helper-119); a shorter one where a problem quotes it ('hunter2'), so that the words of a
+        # message stay whole.
         for piece, reference in sorted(pieces, key=lambda p: len(p[0]), reverse=True):
             piece = piece.strip()
             said = f"the value of {reference}"
             for spelling in {piece, repr(piece)[1:-1]}:
                 escaped = re.escape(spelling)
-                pattern = escaped if len(piece) >= 8 else f"(?P<q>['\"]){escaped}(?P=q)"
+                pattern = rf"(?<!\w)(?<!\w\.){escaped}(?!\w)(?!\.\w)" if len(piece) >= 8 else f"(?P<q>['\"]){escaped}(?P=q)"
                 found = re.compile(pattern, re.IGNORECASE)
                 problems = [found.sub(lambda _: said, problem) for problem in problems]
         return problems
@@ -668,7 +679,12 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict
             reader.problem(f"{key}methods: unknown HTTP method {sorted(unknown)[0]!r}")
         forward_headers = frozenset(h.lower() for h in reader.words(key + "forward_headers"))
         for header in sorted(forward_headers):
-            if not _COOKIE_NAME.match(header) or header in NEVER_FORWARDED or header.startswith("x-forwarded-"):
+            if (
+                not _COOKIE_NAME.match(header)
+                or header in NEVER_FORWARDED
+                or header.startswith("x-forwarded-")
+                or any(word in header for word in _CLIENT_ADDRESS_WORDS)
+            ):
                 reader.problem(f"{key}forward_headers: {header!r} cannot be forwarded")
         upstreams[upstream_name] = Upstream(
             name=upstream_name,
@@ -798,7 +814,7 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
     response_mode = authorize_params.get("response_mode", "query")
     if response_mode != "query":
         reader.problem(
-            f"{prefix}authorize_params: response_mode = {response_mode} cannot be read by /auth/callback, which takes "
+            f"{prefix}authorize_params: response_mode = {response_mode!r} cannot be read by /auth/callback, which takes "
             "the provider's answer in a GET query string; leave response_mode out (or write query)"
         )
     scope = reader.string(prefix + "scope", "openid profile email offline_access")
@@ -859,7 +875,9 @@ def _origin(url: str) -> str:
     """``url`` written as browsers write an origin (RFC 6454 section 6.2), in ``Origin`` and ``Referer``
     alike: scheme and host in lower case, the scheme's default port left out, no trailing slash."""
     parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else _ascii_host(parts.hostname) or parts.hostname
+    host = _canonical_ip(parts.hostname) or _ascii_host(parts.hostname) or parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
     port = "" if parts.port in (None, DEFAULT_PORTS[parts.scheme]) else f":{parts.port}"
     return f"{parts.scheme}://{host}{port}"
 
@@ -871,8 +889,8 @@ def _is_host(host: str) -> bool:
     """Whether ``host`` (in its ASCII form) is one a browser would put in ``Origin``: an IP address,
     or a name of labels of letters, digits, hyphens and underscores (a trailing dot allowed), each
     ``xn--`` label a punycode one, and one whose last label is a number an IPv4 address."""
-    if ":" in host:
-        return _is_ip(host)
+    if ":" in host or "%" in host:
+        return "%" not in host and _is_ip(host)  # no zone id: browsers refuse one
     name = host.removesuffix(".")
     labels = name.lower().split(".")
     if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
@@ -882,10 +900,20 @@ def _is_host(host: str) -> bool:
     for label in labels:
         if label.startswith("xn--"):
             try:
-                label.encode("ascii").decode("idna")
-            except UnicodeError:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError):
                 return False
     return True
+
+
+def _canonical_ip(host: str) -> str | None:
+    """An IP address as browsers serialize it in an origin (``[0:0:0:0:0:0:0:1]`` is ``[::1]``,
+    ``127.0.0.1.`` is ``127.0.0.1``, an IPv4-mapped address in hexadecimal), or None for a name."""
+    try:
+        address = ipaddress.ip_address(host.removesuffix(".") if ":" not in host else host)
+    except ValueError:
+        return None
+    return str(address)
 
 
 def _is_ip(text: str) -> bool:
@@ -902,8 +930,10 @@ def _ascii_host(host: str) -> str | None:
     if host.isascii():
         return host
     try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
+        # UTS 46, as browsers map a name (faß.de is xn--fa-hia.de); Python's own codec is IDNA 2003
+        # (fass.de, which no browser sends: helper-119).
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         return None
 
 

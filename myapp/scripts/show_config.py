@@ -13,6 +13,9 @@ import re
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from myapp.scripts import parser, print_lines, read_settings
 from myapp.settings import production_cautions
 
@@ -26,12 +29,13 @@ SECRET_QUERY_PARAMETERS = {
 }
 
 
-# user:password@ as SQLAlchemy reads a database URL: the password runs to the "@", "/", "?" and "#"
-# included, which urlsplit takes for the path, the query or the fragment (so found no password in
-# an unencoded one, and showed it whole: helper-117).
-_CREDENTIALS = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>[^@]*)@")
-# Query parameters whose names say they hold one: X-Amz-Signature, X-Amz-Security-Token, auth_token.
-_SECRET_WORDS = ("password", "secret", "token", "signature", "credential")
+# user:password@ as SQLAlchemy reads a database URL: the user may hold "@" (Azure's user@server),
+# the password runs to the next "@", "/", "?" and "#" included, which urlsplit takes for the path,
+# the query or the fragment (so found no password in an unencoded one: helper-117); and the query
+# is all that follows the first "?", "#" included.
+_SQLALCHEMY_CREDENTIALS = re.compile(r"^(?P<head>[\w+.-]+://[^:/]*:)(?P<password>[^@]*)@")
+# Query parameters whose names say they hold one: X-Amz-Signature, X-Amz-Security-Token, auth_token, x-api-key.
+_SECRET_WORDS = ("password", "secret", "token", "signature", "credential", "api-key", "api_key", "apikey")
 
 
 def _secret_parameter(name: str) -> bool:
@@ -39,23 +43,50 @@ def _secret_parameter(name: str) -> bool:
     return lowered in SECRET_QUERY_PARAMETERS or any(word in lowered for word in _SECRET_WORDS)
 
 
-def mask_url(url: str | None) -> str | None:
+def _masked_query(query: str) -> str:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(_secret_parameter(name) for name, _ in pairs):
+        return query  # as written
+    return urlencode([(name, "***" if _secret_parameter(name) else value) for name, value in pairs], safe="*")
+
+
+def mask_url(url: str | None, *, database: bool = False) -> str | None:
     """``url`` with its password and every query parameter that may hold a secret shown as
-    ``***``; a URL that cannot be read is ``***`` whole, as nothing says where its secret ends."""
+    ``***``, each found as the library that reads the URL finds it: SQLAlchemy for the database's
+    (``database``), else as urlsplit and redis-py do (the password after the userinfo's first ":",
+    up to the authority's last "@"). A URL that cannot be read, or whose password was not found
+    where the library finds it, is ``***`` whole."""
     if not url:
         return url
-    found = _CREDENTIALS.match(url)
-    shown = f"{found['head']}***@{url[found.end():]}" if found and found["password"] else url
     try:
-        parts = urlsplit(shown)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:  # "[" in what urlsplit takes for the host
+        shown = _mask_database_url(url) if database else _mask_url(url)
+        password = make_url(url).password if database else urlsplit(url).password
+    except (ValueError, ArgumentError):  # "[" in what urlsplit takes for the host
         return "***"
-    if not any(_secret_parameter(name) for name, _ in query):
-        return shown  # nothing more to hide: the URL as written
-    masked = [(name, "***" if _secret_parameter(name) else value) for name, value in query]
-    parts = parts._replace(query=urlencode(masked, safe="*"))
-    rebuilt = urlunsplit(parts)
+    # A password the library reads that the masking did not find (a form of URL not foreseen here).
+    return "***" if password and "***@" not in shown else shown
+
+
+def _mask_database_url(url: str) -> str:
+    found = _SQLALCHEMY_CREDENTIALS.match(url)
+    shown = f"{found['head']}***@{url[found.end():]}" if found and found["password"] else url
+    base, mark, query = shown.partition("?")
+    return base + mark + _masked_query(query) if mark else shown
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    shown = url
+    if parts.password is not None:
+        scheme = url[: url.index("://") + 3]
+        userinfo, _, _ = parts.netloc.rpartition("@")
+        masked = f"{userinfo.partition(':')[0]}:***@{parts.netloc.rpartition('@')[2]}"
+        shown = scheme + masked + url[len(scheme) + len(parts.netloc):]
+    parts = urlsplit(shown)
+    query = _masked_query(parts.query)
+    if query == parts.query:
+        return shown
+    rebuilt = urlunsplit(parts._replace(query=query))
     # urlunsplit drops an empty authority: sqlite:////var/app.sqlite would read sqlite://var/app.sqlite.
     if not parts.netloc and shown.startswith(f"{parts.scheme}://"):
         rebuilt = f"{parts.scheme}://{rebuilt[len(parts.scheme) + 1:]}"
@@ -68,7 +99,7 @@ def describe(name: str, value):
     if name == "client_certificate":
         return "(a PEM certificate)" if value else None
     if isinstance(value, str) and "://" in value:  # any URL: the database's, Redis's, OTLP's, an upstream's
-        return mask_url(value)
+        return mask_url(value, database=name == "database_url")
     if isinstance(value, timedelta):
         return f"{int(value.total_seconds())}s"
     if isinstance(value, (frozenset, set)):

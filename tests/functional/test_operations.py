@@ -317,6 +317,32 @@ def test_show_config_masks_a_database_password_as_sqlalchemy_reads_it(ini, capsy
     assert f"database_url = {shown}\n" in out
 
 
+@pytest.mark.parametrize(
+    "url, database, shown",
+    [
+        # Azure's user@server: SQLAlchemy and redis-py read the password after it, which a user name
+        # without "@" missed, and the URL was shown whole (helper-119).
+        ("postgresql+psycopg://myadmin@myserver:S3cretPassw0rd@myserver.postgres.database.azure.com:5432/app", True,
+         "postgresql+psycopg://myadmin@myserver:***@myserver.postgres.database.azure.com:5432/app"),
+        ("redis://default@acct:S3cretPassw0rd@redis.example.com:6379/0", False, "redis://default@acct:***@redis.example.com:6379/0"),
+        # redis-py reads a password to the authority's last "@".
+        ("redis://:s3cr@t-P4ssw0rd@redis.example.com:6379/0", False, "redis://:***@redis.example.com:6379/0"),
+        ("rediss://app:a@b@c-S3cret@redis.example.com:6380/0", False, "rediss://app:***@redis.example.com:6380/0"),
+        ("unix://:s3cret@/run/redis.sock?db=1", False, "unix://:***@/run/redis.sock?db=1"),
+        # Nothing to hide: as written, an "@" after the host included.
+        ("https://api.internal.example:8443/@me", False, "https://api.internal.example:8443/@me"),
+        ("http://collector.internal:4318/v1/traces?team=ops@example.com", False,
+         "http://collector.internal:4318/v1/traces?team=ops@example.com"),
+        ("redis://redis.internal:6379/0?client_name=app@web1", False, "redis://redis.internal:6379/0?client_name=app@web1"),
+        # SQLAlchemy's query is all after the "?", "#" included; x-api-key is a key.
+        ("postgresql+psycopg://app@db.internal/app?password=abc#defghij", True, "postgresql+psycopg://app@db.internal/app?password=***"),
+        ("https://otlp.example.test/v1/traces?x-api-key=hunter10", False, "https://otlp.example.test/v1/traces?x-api-key=***"),
+    ],
+)
+def test_show_config_masks_a_password_where_its_reader_finds_it(url, database, shown):
+    assert show_config.mask_url(url, database=database) == shown
+
+
 def test_show_config_masks_signatures_and_tokens_in_a_query(ini, capsys, tmp_path):
     """A presigned or token-bearing endpoint (X-Amz-Signature, X-Amz-Security-Token, auth_token)
     was shown as written (helper-117); a URL it cannot read is not shown at all."""

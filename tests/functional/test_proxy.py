@@ -249,6 +249,7 @@ def test_an_upstream_may_be_given_more_headers(make_proxy_app, signed_in, upstre
     # The client's address as proxies write it, and a method or host rewritten (helper-117).
     "True-Client-IP", "X-Client-IP", "CF-Connecting-IP", "X-Cluster-Client-IP", "X-Forwarded", "X-HTTP-Method",
     "X-Original-Method", "X-Original-Host", "X-Host", "Via",
+    "CF-Connecting-IPv6", "X-Azure-ClientIP", "X-Azure-SocketIP", "Fly-Client-IP", "X-AppEngine-User-IP", "X-Original-URI",
 ])
 def test_credentials_and_tricks_cannot_be_allowed(header):
     from myapp.settings import SettingsError, load_settings

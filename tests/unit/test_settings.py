@@ -611,7 +611,7 @@ def test_authorize_params():
 @pytest.mark.parametrize("mode", ["form_post", "fragment", "query.jwt", "form_post.jwt", "jwt"])
 def test_a_response_mode_the_callback_cannot_read_is_refused(mode):
     assert problems_of(raw(myapp__oidc__authorize_params=f"audience = x\nresponse_mode = {mode}")) == [
-        f"myapp.oidc.authorize_params: response_mode = {mode} cannot be read by /auth/callback, which takes "
+        f"myapp.oidc.authorize_params: response_mode = {mode!r} cannot be read by /auth/callback, which takes "
         "the provider's answer in a GET query string; leave response_mode out (or write query)"
     ]
 
@@ -1338,6 +1338,52 @@ def test_a_short_value_read_through_env_leaves_the_words_of_the_message_whole():
 def test_a_setting_written_in_another_case_is_refused(key, said):
     """It was read by nothing, and the app ran on the defaults without a word (helper-117)."""
     assert problems_for(**{key: "Strict"}) == [f"{key}: unknown setting, settings are written in lower case{said}"]
+
+
+SECRET_AS_BASE64 = "Qm9+Xk2/Lp7vR4sT8wYz0A=="  # what openssl rand -base64 16 prints
+
+
+@pytest.mark.parametrize("setting", [
+    "myapp__upstreams", "myapp__providers", "myapp.upstream.demo.token_params", "myapp__stepup__rules",
+])
+def test_no_side_of_a_secret_read_as_a_map_is_echoed(setting):
+    """A map splits each line at "=", and its errors quote the part before: a base64 secret read
+    into one was shown up to its padding (helper-119)."""
+    settings = {"myapp__upstreams": "demo = https://api.example.com", setting: "env:SECRET"}
+    message = "\n".join(problems_for({"SECRET": SECRET_AS_BASE64}, **settings))
+    assert message and "Qm9+Xk2/Lp7vR4sT8wYz0A" not in message and "the value of env:SECRET" in message, message
+
+
+def test_a_name_read_through_env_stays_whole_in_a_settings_name():
+    """Every word of 8 characters or more was replaced, inside setting names too:
+    myapp.upstream.the value of env:UPSTREAMS.methods (helper-119)."""
+    problems = problems_for({"UPSTREAMS": "payments = https://payments.internal.example/api"},
+                            myapp__upstreams="env:UPSTREAMS", **{"myapp.upstream.payments.methods": "GET PSOT"})
+    assert problems == ["myapp.upstream.payments.methods: unknown HTTP method 'PSOT'"]
+
+
+@pytest.mark.parametrize(
+    "written, public_url",
+    [
+        # As browsers serialize an IP address in an origin: no one would send these as written (helper-119).
+        ("https://127.0.0.1.:6543", "https://127.0.0.1:6543"),
+        ("https://[0:0:0:0:0:0:0:1]:8443", "https://[::1]:8443"),
+        ("https://[::FFFF:192.0.2.1]", "https://[::ffff:c000:201]"),
+        # UTS 46, as browsers map a name; Python's codec (IDNA 2003) made faß.de fass.de.
+        ("https://faß.de", "https://xn--fa-hia.de"),
+        ("https://xn--fa-hia.de", "https://xn--fa-hia.de"),
+        ("https://ελληνικός.gr", "https://xn--qxaegecap6byf.gr"),
+        ("https://xn--mgbn2ecje63gr19l.ir", "https://xn--mgbn2ecje63gr19l.ir"),
+    ],
+)
+def test_the_public_url_is_read_as_browsers_serialize_its_host(written, public_url):
+    assert load_settings(raw(myapp__public_url=written), environ={}).public_url == public_url
+
+
+def test_a_public_url_with_a_zone_id_is_refused():
+    """Browsers refuse an IPv6 zone id in a URL: no Origin would name it."""
+    problems = problems_for(myapp__public_url="https://[fe80::1%25eth0]:8443")
+    assert any(p.startswith("myapp.public_url: ") for p in problems), problems
 
 
 def _upstream(**changed):
