@@ -900,9 +900,11 @@ def _is_host(host: str) -> bool:
     for label in labels:
         if label.startswith("xn--"):
             try:
-                idna.decode(label)
-            except (idna.IDNAError, UnicodeError):
+                decoded = label[4:].encode("ascii").decode("punycode")
+            except UnicodeError:
                 return False
+            if not decoded or decoded.isascii():
+                return False  # xn-- alone, or punycode of nothing a name needs it for
     return True
 
 
@@ -930,9 +932,15 @@ def _ascii_host(host: str) -> str | None:
     if host.isascii():
         return host
     try:
-        # UTS 46, as browsers map a name (faß.de is xn--fa-hia.de); Python's own codec is IDNA 2003
-        # (fass.de, which no browser sends: helper-119).
-        return idna.encode(host, uts46=True).decode("ascii")
+        # UTS 46's mapping, as the WHATWG URL standard has browsers map a name (faß.de is
+        # xn--fa-hia.de; Python's own codec is IDNA 2003, which made it fass.de: helper-119),
+        # without IDNA 2008's stricter rules for labels (☃.example and _dmarc.bücher.example are
+        # names browsers send: helper-120); each label that is not ASCII in punycode.
+        mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+        return ".".join(
+            label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+            for label in mapped.split(".")
+        )
     except (idna.IDNAError, UnicodeError):
         return None
 

@@ -60,8 +60,12 @@ def mask_url(url: str | None, *, database: bool = False) -> str | None:
         return url
     try:
         shown = _mask_database_url(url) if database else _mask_url(url)
-        password = make_url(url).password if database else urlsplit(url).password
+        read = make_url(url) if database else urlsplit(url)
+        password = read.password
+        host = (read.host if database else read.hostname) or ""
     except (ValueError, ArgumentError):  # "[" in what urlsplit takes for the host
+        return "***"
+    if "@" in host:  # a password holding an unencoded "@", read as part of the host (helper-120)
         return "***"
     # A password the library reads that the masking did not find (a form of URL not foreseen here).
     return "***" if password and "***@" not in shown else shown

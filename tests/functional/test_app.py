@@ -485,13 +485,40 @@ def test_a_part_is_judged_as_the_parser_reads_it(browser, alice, sign_in, dbsess
     browser.get("/posts", status=200)  # still signed in
 
 
-def test_a_multipart_forms_fields_are_counted_as_parsed(browser, alice, sign_in):
-    """BOUNDARY=b: the count by the boundary found in the header missed them all (helper-118)."""
+@pytest.mark.parametrize("content_type", ["multipart/form-data; BOUNDARY=b", "multipart/form-data; boundary = b",
+                                          'multipart/form-data; boundary=x; boundary="b"'])
+def test_a_multipart_forms_fields_are_counted_before_it_is_parsed(browser, alice, sign_in, monkeypatch, content_type):
+    """By the boundary as the parser reads it: BOUNDARY=b was not counted (helper-118), and then
+    counted only once parsed, a second of CPU for 26,000 empty parts (helper-120)."""
+    from myapp import request as module
+
     sign_in(browser, alice)
+    monkeypatch.setattr(module, "cgi_FieldStorage", lambda **kw: pytest.fail("parsed before it was counted"))
     part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
     body = part * 1001 + b"--b--\r\n"
-    headers = {"Origin": "https://app.example.test", "Content-Type": "multipart/form-data; BOUNDARY=b"}
+    headers = {"Origin": "https://app.example.test", "Content-Type": content_type}
     assert "more than 1000 fields" in browser.post("/posts", body, headers=headers, status=413).text
+    response = Browser(browser.app).post("/auth/backchannel-logout", b"--b\r\n\r\n\r\n" * 1200 + b"--b--\r\n",
+                                         headers={"Content-Type": content_type}, status=413)
+    assert response.json["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("charset", ["", "; charset=utf-8"])
+def test_an_empty_file_input_is_a_file(browser, alice, sign_in, dbsession, charset):
+    """A browser sends an empty file input as a part with filename="", which the parser reads as
+    bytes; with a charset, WebOb's decoding raised AttributeError, a 500, anonymous at
+    /auth/backchannel-logout too (helper-120)."""
+    sign_in(browser, alice)
+    for name, url in (("title", "/posts"), ("logout_token", "/auth/backchannel-logout")):
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="' + name.encode() + b'"; filename=""\r\n'
+            b"Content-Type: text/plain" + charset.encode() + b"\r\n\r\n\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + browser.csrf_token.encode() + b"\r\n--b--\r\n"
+        )
+        headers = {"Origin": "https://app.example.test", "Content-Type": "multipart/form-data; boundary=b"}
+        client = browser if url == "/posts" else Browser(browser.app)
+        assert "This form takes text, not files." in client.post(url, body, headers=headers, status=400).text
+    assert dbsession.scalar(select(Post)) is None
 
 
 def test_a_multipart_part_that_says_it_is_utf8_text_is_read(browser, alice, sign_in, dbsession):

@@ -337,6 +337,9 @@ def test_show_config_masks_a_database_password_as_sqlalchemy_reads_it(ini, capsy
         # SQLAlchemy's query is all after the "?", "#" included; x-api-key is a key.
         ("postgresql+psycopg://app@db.internal/app?password=abc#defghij", True, "postgresql+psycopg://app@db.internal/app?password=***"),
         ("https://otlp.example.test/v1/traces?x-api-key=hunter10", False, "https://otlp.example.test/v1/traces?x-api-key=***"),
+        # An unencoded "@" in the password: SQLAlchemy reads the rest as the host, which named half
+        # of the password (helper-120); nothing is said of such a URL.
+        ("postgresql+psycopg://app:p@ssw0rd-secret@db.example/app", True, "***"),
     ],
 )
 def test_show_config_masks_a_password_where_its_reader_finds_it(url, database, shown):

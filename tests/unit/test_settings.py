@@ -1374,6 +1374,14 @@ def test_a_name_read_through_env_stays_whole_in_a_settings_name():
         ("https://xn--fa-hia.de", "https://xn--fa-hia.de"),
         ("https://ελληνικός.gr", "https://xn--qxaegecap6byf.gr"),
         ("https://xn--mgbn2ecje63gr19l.ir", "https://xn--mgbn2ecje63gr19l.ir"),
+        # Without IDNA 2008's stricter rules for labels, as the WHATWG URL standard has it: each
+        # refused by the idna package's encode, each an origin browsers send (helper-120, checked
+        # against Node's URL).
+        ("https://☃.example", "https://xn--n3h.example"),
+        ("https://i❤.example", "https://xn--i-7iq.example"),
+        ("https://xn--ls8h.example", "https://xn--ls8h.example"),
+        ("https://_dmarc.bücher.example", "https://_dmarc.xn--bcher-kva.example"),
+        ("https://ab--c.bücher.example", "https://ab--c.xn--bcher-kva.example"),
     ],
 )
 def test_the_public_url_is_read_as_browsers_serialize_its_host(written, public_url):
