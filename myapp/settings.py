@@ -588,9 +588,9 @@ def _check_url(name, value, *, allow_path=True):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a path")
     if not allow_path and ("?" in value or "#" in value):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a query or fragment")
-    if not allow_path and _ascii_host(parts.hostname) is None:
+    if not allow_path and _ascii_host(_written_host(parts)) is None:
         raise SettingsError(f"{name}: {value!r} has a host with no ASCII (IDNA) form, as browsers would send it")
-    if not allow_path and not _is_host(_ascii_host(parts.hostname)):
+    if not allow_path and not _is_host(_ascii_host(_written_host(parts))):
         # No browser sends such an Origin: every form and sign-out would be refused (helper-117).
         raise SettingsError(
             f"{name}: {value!r} has no host a browser could send (names of letters, digits, hyphens "
@@ -875,7 +875,8 @@ def _origin(url: str) -> str:
     """``url`` written as browsers write an origin (RFC 6454 section 6.2), in ``Origin`` and ``Referer``
     alike: scheme and host in lower case, the scheme's default port left out, no trailing slash."""
     parts = urlsplit(url)
-    host = _canonical_ip(parts.hostname) or _ascii_host(parts.hostname) or parts.hostname
+    mapped = _ascii_host(_written_host(parts)) or parts.hostname
+    host = _canonical_ip(mapped) or mapped
     if ":" in host:
         host = f"[{host}]"
     port = "" if parts.port in (None, DEFAULT_PORTS[parts.scheme]) else f":{parts.port}"
@@ -903,9 +904,41 @@ def _is_host(host: str) -> bool:
                 decoded = label[4:].encode("ascii").decode("punycode")
             except UnicodeError:
                 return False
-            if not decoded or decoded.isascii():
-                return False  # xn-- alone, or punycode of nothing a name needs it for
+            if not decoded or decoded.isascii() or not _unicode_label_ok(decoded) or _remapped(decoded) != decoded:
+                return False  # xn-- alone, punycode of nothing a name needs it for, or of a label browsers refuse
     return True
+
+
+def _unicode_label_ok(label: str) -> bool:
+    """The checks of UTS 46 that the WHATWG URL standard keeps on (helper-121: a label starting
+    with a combining mark, a joiner out of its context, mixed directions): browsers refuse such a
+    host, so a public URL with one could never be reached."""
+    try:
+        idna.check_initial_combiner(label)
+        idna.check_bidi(label)
+        return all(idna.valid_contextj(label, i) for i, c in enumerate(label) if c in "\u200c\u200d")
+    except (idna.IDNAError, ValueError):
+        return False
+
+
+def _remapped(label: str) -> str | None:
+    """A label as UTS 46 maps it; a punycode label must come back unchanged (``xn--a-ecp`` is
+    ``a⒈``, which maps to ``a1.``)."""
+    try:
+        return idna.uts46_remap(label, std3_rules=False, transitional=False)
+    except idna.IDNAError:
+        return None
+
+
+def _written_host(parts) -> str:
+    """The host of ``parts`` as written: urlsplit's ``hostname`` is put in lower case by Python's
+    ``str.lower()``, whose final-sigma rule makes ``ΟΔΟΣ`` ``οδος``, where UTS 46 maps ``Σ`` to
+    ``σ`` as browsers do (helper-121). An IPv6 address without its brackets."""
+    host = parts.netloc.rpartition("@")[2]
+    if host.startswith("["):
+        return host[1 : host.find("]")].lower()
+    name, colon, port = host.rpartition(":")
+    return name if colon and (port.isdigit() or not port) else host
 
 
 def _canonical_ip(host: str) -> str | None:
@@ -930,17 +963,17 @@ def _ascii_host(host: str) -> str | None:
     """``host`` as browsers send it in ``Origin`` (an internationalized name in its xn-- form,
     RFC 6454 section 4), or None when it has none."""
     if host.isascii():
-        return host
+        return host.lower()
     try:
         # UTS 46's mapping, as the WHATWG URL standard has browsers map a name (faß.de is
         # xn--fa-hia.de; Python's own codec is IDNA 2003, which made it fass.de: helper-119),
         # without IDNA 2008's stricter rules for labels (☃.example and _dmarc.bücher.example are
         # names browsers send: helper-120); each label that is not ASCII in punycode.
         mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
-        return ".".join(
-            label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
-            for label in mapped.split(".")
-        )
+        labels = mapped.split(".")
+        if not all(label.isascii() or _unicode_label_ok(label) for label in labels):
+            return None
+        return ".".join(label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii") for label in labels)
     except (idna.IDNAError, UnicodeError):
         return None
 

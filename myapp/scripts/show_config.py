@@ -63,6 +63,9 @@ def mask_url(url: str | None, *, database: bool = False) -> str | None:
         read = make_url(url) if database else urlsplit(url)
         password = read.password
         host = (read.host if database else read.hostname) or ""
+        # A port urlsplit cannot read: a password holding "#", "/" or "?" unencoded ended the
+        # authority early, and nothing says where it ends (helper-121).
+        read.port  # noqa: B018
     except (ValueError, ArgumentError):  # "[" in what urlsplit takes for the host
         return "***"
     if "@" in host:  # a password holding an unencoded "@", read as part of the host (helper-120)

@@ -503,6 +503,32 @@ def test_a_multipart_forms_fields_are_counted_before_it_is_parsed(browser, alice
     assert response.json["error"] == "payload_too_large"
 
 
+@pytest.mark.parametrize("what", ["open quote", "long head", "nested", "content type"])
+def test_what_costs_the_parser_more_than_its_size_is_refused_before_it(browser, alice, sign_in, monkeypatch, what):
+    """Parameters after an unclosed quote cost the parser quadratic time, a head of 52,000 lines or
+    a part holding 29,000 parts of its own hundreds of times a whole form; each was parsed before
+    it was refused, anonymously at the back-channel endpoint too (helper-121)."""
+    from myapp import request as module
+
+    sign_in(browser, alice)
+    monkeypatch.setattr(module, "cgi_FieldStorage", lambda **kw: pytest.fail("parsed"))
+    content_type = "multipart/form-data; boundary=b"
+    head = b'Content-Disposition: form-data; name="title"\r\n'
+    if what == "open quote":
+        head = b'Content-Disposition: form-data; name="title"; a="' + b";" * 20_000 + b"\r\n"
+    elif what == "long head":
+        head += b"a:b\r\n" * 5_000
+    elif what == "nested":
+        head += b"Content-Type: multipart/mixed; boundary=c\r\n"
+    else:
+        content_type += '; a="' + ";" * 20_000
+    body = b"--b\r\n" + head + b"\r\n" + b"--c\r\n\r\n\r\n" * 10 + b"\r\n--b--\r\n"
+    headers = {"Origin": "https://app.example.test", "Content-Type": content_type}
+    assert "The form could not be read." in browser.post("/posts", body, headers=headers, status=400).text
+    response = Browser(browser.app).post("/auth/backchannel-logout", body, headers={"Content-Type": content_type}, status=400)
+    assert response.json["error"] == "bad_request"
+
+
 @pytest.mark.parametrize("charset", ["", "; charset=utf-8"])
 def test_an_empty_file_input_is_a_file(browser, alice, sign_in, dbsession, charset):
     """A browser sends an empty file input as a part with filename="", which the parser reads as

@@ -340,6 +340,11 @@ def test_show_config_masks_a_database_password_as_sqlalchemy_reads_it(ini, capsy
         # An unencoded "@" in the password: SQLAlchemy reads the rest as the host, which named half
         # of the password (helper-120); nothing is said of such a URL.
         ("postgresql+psycopg://app:p@ssw0rd-secret@db.example/app", True, "***"),
+        # A "#", "/" or "?" unencoded in another URL's password ends its authority early: its port
+        # cannot be read, and the URL was shown whole (helper-121).
+        ("redis://:pa#S3CRETxyz@cache:6379/0", False, "***"),
+        ("rediss://default:pa/S3CRETxyz@cache:6380/0", False, "***"),
+        ("https://user:pa?S3CRETxyz@otlp.example/v1/traces", False, "***"),
     ],
 )
 def test_show_config_masks_a_password_where_its_reader_finds_it(url, database, shown):

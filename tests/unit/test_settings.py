@@ -1382,10 +1382,24 @@ def test_a_name_read_through_env_stays_whole_in_a_settings_name():
         ("https://xn--ls8h.example", "https://xn--ls8h.example"),
         ("https://_dmarc.bücher.example", "https://_dmarc.xn--bcher-kva.example"),
         ("https://ab--c.bücher.example", "https://ab--c.xn--bcher-kva.example"),
+        # Σ is σ in UTS 46; Python's str.lower(), which urlsplit's hostname uses, made it ς at the
+        # end of a word (helper-121); full-width digits map to an IP address, canonical after.
+        ("https://ΟΔΟΣ1.gr", "https://xn--1-4lb6abu.gr"),
+        ("https://example.ΑΣ", "https://example.xn--mxa0b"),
+        ("https://１２７.０.０.１.", "https://127.0.0.1"),
+        ("https://App.Example.COM:443", "https://app.example.com"),
     ],
 )
 def test_the_public_url_is_read_as_browsers_serialize_its_host(written, public_url):
     assert load_settings(raw(myapp__public_url=written), environ={}).public_url == public_url
+
+
+@pytest.mark.parametrize("host", ["a\u200db.example", "a\u200cb.example", "\u0301a.example", "xn--a-ecp.example"])
+def test_a_public_url_host_browsers_refuse_is_refused(host):
+    """A joiner out of its context, a label starting with a combining mark, punycode of a label
+    UTS 46 maps otherwise: no browser would reach such a site (helper-121)."""
+    problems = problems_for(myapp__public_url=f"https://{host}")
+    assert any(p.startswith("myapp.public_url: ") and "host" in p for p in problems), problems
 
 
 def test_a_public_url_with_a_zone_id_is_refused():
