@@ -112,20 +112,26 @@ MAX_FORM_HEAD_BYTES = 1024
 
 
 def _part_heads_are_plain(body: bytes, boundary: bytes) -> bool:
-    """Whether each part's head, read as Python's parser reads it (lines split at LF, up to the
-    first line of whitespace alone), is at most :data:`MAX_FORM_HEAD_BYTES` and names no parts
-    within the part. Looked at before the parse, as the parser spends its time there: a head of
-    52,000 lines, or a part holding 29,000 empty parts under a boundary of its own, cost it
-    hundreds of times a whole form before :func:`_plain_part` could refuse it (helper-121)."""
-    for part in body.split(b"--" + boundary)[1:]:
-        lines = part.split(b"\n")[1:]  # the rest of the delimiter's line first
-        size = 0
-        for line in lines:
+    """Whether each part's head, read as Python's parser reads it (lines split at LF, a delimiter
+    a line of ``--boundary`` alone, a head up to the first line of whitespace alone), is at most
+    :data:`MAX_FORM_HEAD_BYTES`, names no parts within the part, and holds no CR but at a line's
+    end (the parser's header reader ends a line there too, and a head read otherwise here could
+    hide what follows: helper-122). Looked at before the parse, as the parser spends its time
+    there: a head of 52,000 lines, or a part holding 29,000 empty parts under a boundary of its
+    own, cost it hundreds of times a whole form before :func:`_plain_part` could refuse it
+    (helper-121)."""
+    delimiter, last = b"--" + boundary, b"--" + boundary + b"--"
+    in_head, size = False, 0
+    for line in body.split(b"\n"):
+        if in_head:
             if not line.strip():
-                break
+                in_head = False
+                continue
             size += len(line) + 1
-            if size > MAX_FORM_HEAD_BYTES or b"multipart/" in line.lower():
+            if size > MAX_FORM_HEAD_BYTES or b"\r" in line.removesuffix(b"\r") or b"multipart/" in line.lower():
                 return False
+        elif line.strip() in (delimiter, last):
+            in_head, size = line.strip() == delimiter, 0
     return True
 
 

@@ -38,6 +38,10 @@ _SQLALCHEMY_CREDENTIALS = re.compile(r"^(?P<head>[\w+.-]+://[^:/]*:)(?P<password
 _SECRET_WORDS = ("password", "secret", "token", "signature", "credential", "api-key", "api_key", "apikey")
 
 
+# URLs of a store that takes a password in them (redis-py's schemes).
+_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _secret_parameter(name: str) -> bool:
     lowered = name.lower()
     return lowered in SECRET_QUERY_PARAMETERS or any(word in lowered for word in _SECRET_WORDS)
@@ -69,6 +73,11 @@ def mask_url(url: str | None, *, database: bool = False) -> str | None:
     except (ValueError, ArgumentError):  # "[" in what urlsplit takes for the host
         return "***"
     if "@" in host:  # a password holding an unencoded "@", read as part of the host (helper-120)
+        return "***"
+    if not database and url.startswith(_STORE_SCHEMES) and "@" in url and "***@" not in shown:
+        # A Redis URL with an "@" whose password was not found: one of digits before a "#", "/"
+        # or "?" reads as a port, and the rest as a path (helper-122). An http(s) URL cannot hold
+        # credentials here (the settings refuse them), and an "@" in its path is shown as written.
         return "***"
     # A password the library reads that the masking did not find (a form of URL not foreseen here).
     return "***" if password and "***@" not in shown else shown

@@ -333,7 +333,9 @@ def test_show_config_masks_a_database_password_as_sqlalchemy_reads_it(ini, capsy
         ("https://api.internal.example:8443/@me", False, "https://api.internal.example:8443/@me"),
         ("http://collector.internal:4318/v1/traces?team=ops@example.com", False,
          "http://collector.internal:4318/v1/traces?team=ops@example.com"),
-        ("redis://redis.internal:6379/0?client_name=app@web1", False, "redis://redis.internal:6379/0?client_name=app@web1"),
+        # ... but a Redis URL's "@" may end a password that reads as a port and a path (below):
+        # with no password found, nothing of it is said.
+        ("redis://redis.internal:6379/0?client_name=app@web1", False, "***"),
         # SQLAlchemy's query is all after the "?", "#" included; x-api-key is a key.
         ("postgresql+psycopg://app@db.internal/app?password=abc#defghij", True, "postgresql+psycopg://app@db.internal/app?password=***"),
         ("https://otlp.example.test/v1/traces?x-api-key=hunter10", False, "https://otlp.example.test/v1/traces?x-api-key=***"),
@@ -345,6 +347,11 @@ def test_show_config_masks_a_database_password_as_sqlalchemy_reads_it(ini, capsy
         ("redis://:pa#S3CRETxyz@cache:6379/0", False, "***"),
         ("rediss://default:pa/S3CRETxyz@cache:6380/0", False, "***"),
         ("https://user:pa?S3CRETxyz@otlp.example/v1/traces", False, "***"),
+        # Digits before the "#", "/" or "?" read as a port, and no password was found (helper-122).
+        ("redis://:6379#topsecret@cache:6379/0", False, "***"),
+        ("redis://:6379/topsecret@cache:6379/0", False, "***"),
+        ("redis://user:12345#secret@cache:6379/0", False, "***"),
+        ("redis://:6379?topsecret@cache:6379/0", False, "***"),
     ],
 )
 def test_show_config_masks_a_password_where_its_reader_finds_it(url, database, shown):
