@@ -104,8 +104,6 @@ def is_utf8(data: bytes, *, form_encoded: bool = False) -> bool:
 # What a part of a multipart form may say of itself and still be read as the UTF-8 text it is.
 _PLAIN_CHARSETS = frozenset({"utf-8", "utf8"})
 _PLAIN_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
-
-
 # A part's head as a browser writes one (a name, a file name, a type) is well under this, and so is
 # the form's Content-Type: past it, the parser's reading of parameters costs quadratic time.
 MAX_FORM_HEAD_BYTES = 1024
@@ -255,16 +253,14 @@ class Request(PyramidRequest):
 
     def _multipart_form(self) -> MultiDict:
         """A multipart form read as WebOb's ``Request.POST`` reads it, each part checked between
-        Python's parser and WebOb's decoding (:func:`_plain_part`), and its fields counted as
-        parsed."""
+        Python's parser and WebOb's decoding (:func:`_plain_part`)."""
         self.make_body_seekable()
         self.body_file_raw.seek(0)
         environ = {**self.environ, "QUERY_STRING": ""}
         environ.setdefault("CONTENT_LENGTH", "0")  # as WebOb does: FieldStorage assumes none is -1
         parsed = cgi_FieldStorage(fp=self.body_file, environ=environ, keep_blank_values=True, encoding="utf8")
+        # Its parts were counted before the parse (_bound_form): each needs a delimiter line.
         parts = parsed.list or ()
-        if len(parts) > MAX_FORM_FIELDS:
-            raise FormRefused(413, ErrorCode.PAYLOAD_TOO_LARGE, f"The form has more than {MAX_FORM_FIELDS} fields.")
         if any(part.filename is not None for part in parts):
             # An empty file input too (filename=""), which the parser reads as bytes, and which
             # WebOb's decoding by a charset the part names turned into an AttributeError (helper-120).
@@ -306,9 +302,9 @@ class Request(PyramidRequest):
             content_type = self.headers.get("Content-Type", "")
             if len(content_type) > MAX_FORM_HEAD_BYTES:
                 raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.")
-            boundary = parse_header(content_type)[1].get("boundary", "")
-            fields = body.count(b"--" + boundary.encode("latin-1", "replace")) - 1 if boundary else 0
-            if boundary and not _part_heads_are_plain(body, boundary.encode("latin-1", "replace")):
+            boundary = parse_header(content_type)[1].get("boundary", "").encode("latin-1", "replace")
+            fields = body.count(b"--" + boundary) - 1 if boundary else 0
+            if boundary and not _part_heads_are_plain(body, boundary):
                 raise FormRefused(400, ErrorCode.BAD_REQUEST, "The form could not be read.")
         else:
             fields = body.count(b"&") + 1

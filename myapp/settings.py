@@ -588,9 +588,10 @@ def _check_url(name, value, *, allow_path=True):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a path")
     if not allow_path and ("?" in value or "#" in value):
         raise SettingsError(f"{name}: must be an origin such as https://app.example.com, without a query or fragment")
-    if not allow_path and _ascii_host(_written_host(parts)) is None:
+    ascii_host = None if allow_path else _ascii_host(_written_host(parts))
+    if not allow_path and ascii_host is None:
         raise SettingsError(f"{name}: {value!r} has a host with no ASCII (IDNA) form, as browsers would send it")
-    if not allow_path and not _is_host(_ascii_host(_written_host(parts))):
+    if not allow_path and not _is_host(ascii_host):
         # No browser sends such an Origin: every form and sign-out would be refused (helper-117).
         raise SettingsError(
             f"{name}: {value!r} has no host a browser could send (names of letters, digits, hyphens "
@@ -891,13 +892,13 @@ def _is_host(host: str) -> bool:
     or a name of labels of letters, digits, hyphens and underscores (a trailing dot allowed), each
     ``xn--`` label a punycode one, and one whose last label is a number an IPv4 address."""
     if ":" in host or "%" in host:
-        return "%" not in host and _is_ip(host)  # no zone id: browsers refuse one
+        return "%" not in host and _canonical_ip(host) is not None  # no zone id: browsers refuse one
     name = host.removesuffix(".")
     labels = name.lower().split(".")
     if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return False
     if labels[-1].isdigit() or labels[-1].startswith("0x"):
-        return _is_ip(name)
+        return _canonical_ip(name) is not None
     for label in labels:
         if label.startswith("xn--"):
             try:
@@ -949,14 +950,6 @@ def _canonical_ip(host: str) -> str | None:
     except ValueError:
         return None
     return str(address)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _ascii_host(host: str) -> str | None:

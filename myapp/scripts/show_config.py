@@ -36,8 +36,6 @@ SECRET_QUERY_PARAMETERS = {
 _SQLALCHEMY_CREDENTIALS = re.compile(r"^(?P<head>[\w+.-]+://[^:/]*:)(?P<password>[^@]*)@")
 # Query parameters whose names say they hold one: X-Amz-Signature, X-Amz-Security-Token, auth_token, x-api-key.
 _SECRET_WORDS = ("password", "secret", "token", "signature", "credential", "api-key", "api_key", "apikey")
-
-
 # URLs of a store that takes a password in them (redis-py's schemes).
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -95,8 +93,8 @@ def _mask_url(url: str) -> str:
     shown = url
     if parts.password is not None:
         scheme = url[: url.index("://") + 3]
-        userinfo, _, _ = parts.netloc.rpartition("@")
-        masked = f"{userinfo.partition(':')[0]}:***@{parts.netloc.rpartition('@')[2]}"
+        userinfo, _, host = parts.netloc.rpartition("@")
+        masked = f"{userinfo.partition(':')[0]}:***@{host}"
         shown = scheme + masked + url[len(scheme) + len(parts.netloc):]
     parts = urlsplit(shown)
     query = _masked_query(parts.query)
