@@ -33,6 +33,10 @@ from myapp.services.tokenset import Credential
 
 # A post is at most about 20,000 characters, up to nine bytes each once form-encoded.
 MAX_FORM_BYTES = 256 * 1024
+# Where the registry says the largest request body any route takes, the proxy's or a form's: unless
+# the ini sets ``max_request_body_size``, myapp's server refuses a larger one itself
+# (myapp.server.create_server).
+LARGEST_BODY = "myapp.largest_body"
 MAX_FORM_FIELDS = 1000
 FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
 # Where the registry keeps the paths every request under one SCRIPT_NAME shares (Request.route_path).
@@ -377,5 +381,6 @@ class Request(PyramidRequest):
 
 def includeme(config):
     config.set_request_factory(Request)
+    config.registry[LARGEST_BODY] = max(config.get_settings()["myapp"].proxy.max_body_bytes, MAX_FORM_BYTES)
     config.registry[FIXED_PATHS] = {}
     config.registry[ROUTE_PATHS] = {}

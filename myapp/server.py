@@ -1,7 +1,7 @@
 """The server for myapp: waitress, with a stricter reading of request framing.
 
 ``[server:main] use = egg:myapp#waitress`` in an ini file takes every waitress setting, as
-``egg:waitress#main`` does, and differs in seven ways:
+``egg:waitress#main`` does, and differs in these ways:
 
 - A request that carries both ``Content-Length`` and ``Transfer-Encoding``, or an HTTP/1.0 request
   that carries ``Transfer-Encoding`` (which waitress ignores there), is refused with 400 and
@@ -13,6 +13,12 @@
   waitress read as chunked once or as none and kept the connection, and ``chunked, gzip``,
   which it answered 501. So is a header line folded onto the next (RFC 9112 section 5.2), which
   waitress joined: a proxy in front that does not join them reads another framing.
+- A head that ends at a blank line ended by LF alone is refused (400, the connection closed) as
+  soon as that line comes (:meth:`StrictRequestParser.received`): waitress ends a head only at
+  CRLF CRLF, and held such a request unanswered until ``channel_timeout``.
+- Unless ``max_request_body_size`` is set, a body larger than any of the app's routes takes is
+  refused (413) from its head (:func:`create_server`), where waitress's default read up to 1 GiB
+  of it for the app to refuse.
 - What waitress answers itself (a request it could not read: its framing, a length, a header,
   a head too large; or an app that failed before answering) carries this site's hardening
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
@@ -73,9 +79,11 @@ from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
+from waitress.utilities import BadRequest
 
 from myapp.errors import ErrorCode
 from myapp.headers import SERVER_ANSWER, SERVER_HEADERS
+from myapp.request import LARGEST_BODY
 from myapp.routes import is_json_path
 from myapp.services.proxy import AnswerCutShort
 
@@ -90,9 +98,31 @@ class StrictRequestParser(HTTPRequestParser):
     head_start = b""
 
     def received(self, data):
-        if self.body_rcv is None and b"\n" not in self.head_start.lstrip():
-            self.head_start += data
+        if self.completed:
+            return 0
+        if self.body_rcv is None:
+            if b"\n" not in self.head_start.lstrip():
+                self.head_start += data
+            if self._ends_at_bare_lf(data):
+                # As waitress says of a head too large: the defaults of a request line, then the error.
+                self.parse_header(b"GET / HTTP/1.0\r\n")
+                self.error = BadRequest("Every line of a request's head must end with CRLF")
+                self.completed = True
+                self.headers_finished = True
+                return len(data)
         return super().received(data)
+
+    def _ends_at_bare_lf(self, data: bytes) -> bool:
+        """Whether the head received so far, with ``data``, ends at a blank line ended by LF alone
+        (RFC 9112 section 2.2 lets a recipient read LF as a line's end, or not). Waitress ends a head
+        only at CRLF CRLF: such a request was never answered, its connection held until
+        ``channel_timeout``, where a front proxy that reads LF as a line's end has sent it on and
+        waits for an answer. Refused (400, the connection closed) as soon as its blank line comes."""
+        if b"\n\n" not in data and not (data[:1] == b"\n" and self.header_plus.endswith(b"\n")):
+            return False  # nearly every read: no LF after an LF anywhere in it
+        head = self.header_plus + data
+        end = head.find(b"\r\n\r\n")
+        return b"\n\n" in (head if end < 0 else head[:end]).lstrip()
 
     @property
     def target_path(self) -> str:
@@ -156,6 +186,8 @@ class HardenedErrorTask(ErrorTask):
 
     def execute(self):
         error = self.request.error
+        if error.code == 413:  # waitress says "exceeds max_body of" the size it refuses, one too many
+            error.body = f"The request body is larger than {self.channel.server.adj.max_request_body_size - 1} bytes."
         status, headers, body = error.to_response(self.channel.server.adj.ident)
         path = self.request.target_path
         if not path and self.channel.requests:  # the app failed: waitress answers with a parser of its own
@@ -379,13 +411,23 @@ def create_server(app, **settings):
     """``waitress.create_server`` whose connections read requests with :class:`StrictRequestParser`
     and answer what they cannot read with the app's hardening headers (its registry's
     ``SERVER_HEADERS``), and which serves the paths the app lists under :data:`OWN_THREADS` on
-    threads of their own (:class:`PrefixDispatcher`), as many as the app's."""
+    threads of their own (:class:`PrefixDispatcher`), as many as the app's.
+
+    Unless ``max_request_body_size`` is set, it is one more than the largest body the app takes (its
+    registry's :data:`LARGEST_BODY`): a larger one is refused (413) as soon as its head says so,
+    before any of it is read, and one that expects 100-continue is not invited to send it.
+    Waitress's own default (1 GiB) had the whole body read into a file first, for the app to refuse:
+    a client uploading a file too large for the proxy sent all of it for nothing."""
     waitress_log = logging.getLogger("waitress")
     if not any(isinstance(f, LoggedAlready) for f in waitress_log.filters):
         waitress_log.addFilter(LoggedAlready())
+    registry = getattr(app, "registry", None) or {}
+    largest = registry.get(LARGEST_BODY)
+    if largest is not None and settings.get("max_request_body_size") is None:
+        # Waitress refuses a body of max_request_body_size bytes or more.
+        settings = {**settings, "max_request_body_size": largest + 1}
     server = waitress.create_server(app, **settings)
     servers = [dispatcher for dispatcher in socket_map(server).values() if isinstance(dispatcher, BaseWSGIServer)]
-    registry = getattr(app, "registry", None) or {}
     for dispatcher in servers:
         dispatcher.channel_class = StrictChannel
         dispatcher.later_adj = copy.copy(dispatcher.adj)  # WholeAnswerTask's

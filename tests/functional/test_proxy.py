@@ -21,6 +21,7 @@ from webtest import TestRequest
 
 from myapp.models import AuditEvent, UserSession
 from myapp.models.meta import utcnow
+from myapp.request import LARGEST_BODY
 from myapp.server import create_server
 from myapp.services import Services
 from tests.conftest import TEST_PUBLIC_URL, base_settings
@@ -873,6 +874,41 @@ def test_body_over_the_limit(make_proxy_app, signed_in, upstream):
     response = api(browser, "POST", "/api/up/x", status=413, params=b"x" * 1001)
     assert response.json["error"] == "payload_too_large"
     assert api(browser, "POST", "/api/up/x", status=200, params=b"x" * 1000)
+
+
+@pytest.mark.parametrize("limit, largest", [(1000, 256 * 1024), (300_000, 300_000)])
+def test_served_by_myapps_server_a_body_over_every_limit_is_refused_before_it_is_sent(
+    make_proxy_app, signed_in, upstream, limit, largest
+):
+    """myapp's server takes the largest body any route takes (the proxy's max_body_bytes, or a
+    form's 256 KiB) as its max_request_body_size unless the ini sets one: an upload over it that
+    expects 100-continue is refused (413) from its head, and none of it is sent; one the app
+    takes is still invited, and the proxy's own limit still applies below it."""
+    app = make_proxy_app(**{"myapp.proxy.max_body_bytes": str(limit)})
+    assert app.registry[LARGEST_BODY] == largest
+    cookie = signed_in(app=app).cookies[COOKIE]
+    head = f"Host: x\r\nX-CSRF: 1\r\nOrigin: {TEST_PUBLIC_URL}\r\nCookie: {COOKIE}={cookie}\r\n"
+    with serve(app, create_server=create_server) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                f"POST /api/up/x HTTP/1.1\r\n{head}Content-Length: {largest + 1}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            status, _, rest = connection.makefile("rb").read().partition(b"\r\n")  # the server closes after it
+            assert status == b"HTTP/1.1 413 Request Entity Too Large"
+            assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {
+                "error": "payload_too_large", "message": f"The request body is larger than {largest} bytes."
+            }
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                f"POST /api/up/x HTTP/1.1\r\n{head}Content-Length: {limit + 1}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            answer = connection.makefile("rb")
+            if limit < largest:  # the server takes it; the proxy refuses it
+                assert answer.readline() == b"HTTP/1.1 100 Continue\r\n" and answer.readline() == b"\r\n"
+                connection.sendall(b"x" * (limit + 1))
+            assert answer.readline() == b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    assert upstream.seen == []
 
 
 def test_chunked_body_over_the_limit(make_proxy_app, signed_in, upstream):

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from myapp import server
+from myapp.request import LARGEST_BODY
 from myapp.server import (
     CrowdingWatch,
     cpu_order,
@@ -343,6 +344,100 @@ def test_expect_100_continue_before_a_body_still_gets_100_first(app, url):
     )
     assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
     assert app.seen == [("POST", "/a", b"hello")]
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        pytest.param((b"GET /api/demo/x HTTP/1.1\nHost: x\n\n",), id="every line ended by LF"),
+        pytest.param((b"GET /api/demo/x HTTP/1.1\r\nHost: x\r\n\n",), id="a blank line ended by LF"),
+        pytest.param((b"GET /api/demo/x HTTP/1.1\nHost: x\n", b"\n"), id="its blank line in a segment of its own"),
+        pytest.param((b"\r\nGET /api/demo/x HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",),
+                     id="a request behind it ended by CRLF"),
+    ],
+)
+def test_a_head_ended_by_lf_alone_is_refused_at_once_and_the_connection_closed(app, segments):
+    """RFC 9112 section 2.2 lets a server read a bare LF as a line's end, or not; waitress ends a
+    head only at CRLF CRLF, so such a request was never answered and its connection held until
+    channel_timeout (120 s in production.ini), where a front proxy that reads LF as a line's end
+    had sent it on and waited. Refused with 400 as soon as its blank line comes (helper-116's note
+    at stop 53)."""
+    with serve(app, create_server=create_server, channel_timeout=10) as url:
+        started = time.monotonic()
+        received = exchange(url, *segments)
+    assert time.monotonic() - started < 5 and b"<still open>" not in received
+    head, body = head_and_body(received)
+    assert head[0] == b"HTTP/1.1 400 Bad Request" and b"Connection: close" in head
+    assert received.count(b"HTTP/1.1") == 1 and all(header in head for header in HARDENING)
+    assert json.loads(body) == {"error": "bad_request", "message": "Every line of a request's head must end with CRLF"}
+    assert app.seen == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n\n\n\n\n", id="LF LF in the body"),
+        pytest.param(b"\n\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\na\n\nb", id="blank lines before it"),
+    ],
+)
+def test_lf_after_lf_outside_the_head_is_no_bare_line_end(app, url, raw):
+    received = exchange(url, raw.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"))
+    assert received.startswith(b"HTTP/1.1 200 OK") and len(app.seen) == 1
+
+
+class Sized(Recorder):
+    """A :class:`Recorder` whose registry says the largest body it takes, as myapp's does."""
+
+    def __init__(self, largest: int):
+        super().__init__()
+        self.registry = {LARGEST_BODY: largest}
+
+
+@pytest.mark.parametrize("path, json_error", [("/api/demo/x", True), ("/posts/new", False)])
+def test_a_body_larger_than_the_app_takes_is_refused_before_it_is_sent(path, json_error):
+    """Unless the ini sets max_request_body_size, the server refuses a body larger than the app's
+    largest (its registry's LARGEST_BODY) from its head alone: a client that expects 100-continue
+    (curl does for an upload over 1 MiB) is answered 413 at once and sends none of it, where under
+    waitress's default (1 GiB) it was invited and all of it was read for the app to refuse."""
+    app = Sized(1000)
+    with serve(app, create_server=create_server, channel_timeout=5) as url:
+        started = time.monotonic()
+        received = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n".encode()
+                            + b"Expect: 100-continue\r\n\r\n")
+        assert time.monotonic() - started < 3 and b"<still open>" not in received
+        assert received.startswith(b"HTTP/1.1 413 Request Entity Too Large") and b"100 Continue" not in received
+        message = "The request body is larger than 1000 bytes."
+        _, body = head_and_body(received)
+        if json_error:
+            assert json.loads(body) == {"error": "payload_too_large", "message": message}
+        else:
+            assert message.encode() in body
+        # Sent chunked, its size unknown from its head: refused once 1,001 bytes of it have come.
+        chunked = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                           + b"3e9\r\n" + b"a" * 1001 + b"\r\n0\r\n\r\n")
+        assert chunked.startswith(b"HTTP/1.1 413 Request Entity Too Large")
+        assert app.seen == []
+        # The largest it takes still goes through, invited.
+        received = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n".encode()
+                            + b"Expect: 100-continue\r\nConnection: close\r\n\r\n", b"a" * 1000)
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+    assert app.seen == [("POST", path, b"a" * 1000)]
+
+
+@pytest.mark.parametrize("setting", [5000, "5000"])
+def test_max_request_body_size_set_in_the_ini_is_kept(setting):
+    app = Sized(1000)
+    with serve(app, create_server=create_server, channel_timeout=5, max_request_body_size=setting) as url:
+        received = exchange(url, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\nConnection: close\r\n\r\n"
+                            + b"a" * 4000)
+    assert received.startswith(b"HTTP/1.1 200 OK") and app.seen == [("POST", "/a", b"a" * 4000)]
+
+
+def test_an_app_that_names_no_largest_body_keeps_waitress_default(app):
+    with serve(app, create_server=create_server, channel_timeout=5) as url:
+        received = exchange(url, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n"
+                            + b"a" * 300000)
+    assert received.startswith(b"HTTP/1.1 200 OK") and len(app.seen[0][2]) == 300000
 
 
 def test_plain_waitress_would_have_answered_the_smuggled_request(app):
