@@ -381,6 +381,8 @@ class Request(PyramidRequest):
 
 def includeme(config):
     config.set_request_factory(Request)
-    config.registry[LARGEST_BODY] = max(config.get_settings()["myapp"].proxy.max_body_bytes, MAX_FORM_BYTES)
+    # Another part of the app (the development stack, included first) may take larger ones.
+    largest = max(config.get_settings()["myapp"].proxy.max_body_bytes, MAX_FORM_BYTES)
+    config.registry[LARGEST_BODY] = max(config.registry.get(LARGEST_BODY, 0), largest)
     config.registry[FIXED_PATHS] = {}
     config.registry[ROUTE_PATHS] = {}

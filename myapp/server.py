@@ -13,12 +13,14 @@
   waitress read as chunked once or as none and kept the connection, and ``chunked, gzip``,
   which it answered 501. So is a header line folded onto the next (RFC 9112 section 5.2), which
   waitress joined: a proxy in front that does not join them reads another framing.
-- A head that ends at a blank line ended by LF alone is refused (400, the connection closed) as
-  soon as that line comes (:meth:`StrictRequestParser.received`): waitress ends a head only at
-  CRLF CRLF, and held such a request unanswered until ``channel_timeout``.
-- Unless ``max_request_body_size`` is set, a body larger than any of the app's routes takes is
-  refused (413) from its head (:func:`create_server`), where waitress's default read up to 1 GiB
-  of it for the app to refuse.
+- A head with a line ended by LF alone, or a chunked body whose last size line or trailers end so,
+  is refused (400, the connection closed) as soon as that LF comes
+  (:meth:`StrictRequestParser.received`): waitress ends each only at CRLF, and held such a request
+  unanswered until ``channel_timeout``.
+- ``max_request_body_size``, unless set, is one more than the largest body any of the app's routes
+  takes (:func:`create_server`), where waitress's default read up to 1 GiB for the app to refuse;
+  either way a larger ``Content-Length`` is refused (413) from the head, and a chunked body is held
+  to it by its bytes, its framing (which waitress counted with them) to twice it.
 - What waitress answers itself (a request it could not read: its framing, a length, a header,
   a head too large; or an app that failed before answering) carries this site's hardening
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
@@ -79,7 +81,7 @@ from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
 from waitress.rfc7230 import HEADER_FIELD_RE
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
-from waitress.utilities import BadRequest
+from waitress.utilities import BadRequest, RequestEntityTooLarge
 
 from myapp.errors import ErrorCode
 from myapp.headers import SERVER_ANSWER, SERVER_HEADERS
@@ -97,32 +99,59 @@ class StrictRequestParser(HTTPRequestParser):
     # waitress skips them (RFC 9112 section 2.2).
     head_start = b""
 
+    # A chunked body's limit (max_request_body_size as set): its decoded bytes are held to it and
+    # its framing (sizes, line ends, trailers), which waitress counts with them, to twice it.
+    chunked_limit = None
+
     def received(self, data):
         if self.completed:
             return 0
         if self.body_rcv is None:
             if b"\n" not in self.head_start.lstrip():
                 self.head_start += data
-            if self._ends_at_bare_lf(data):
+            if self._has_bare_lf(data):
                 # As waitress says of a head too large: the defaults of a request line, then the error.
                 self.parse_header(b"GET / HTTP/1.0\r\n")
-                self.error = BadRequest("Every line of a request's head must end with CRLF")
-                self.completed = True
+                self._refuse(BadRequest("Every line of a request's head must end with CRLF"))
                 self.headers_finished = True
                 return len(data)
-        return super().received(data)
+            return super().received(data)
+        consumed = super().received(data)
+        if self.chunked_limit is not None:
+            if self.error is None:
+                self._check_chunked_body()
+            elif isinstance(self.error, RequestEntityTooLarge):
+                self.error.body = f"The request body's chunked framing is larger than {2 * self.chunked_limit - 1} bytes."
+        return consumed
 
-    def _ends_at_bare_lf(self, data: bytes) -> bool:
-        """Whether the head received so far, with ``data``, ends at a blank line ended by LF alone
-        (RFC 9112 section 2.2 lets a recipient read LF as a line's end, or not). Waitress ends a head
-        only at CRLF CRLF: such a request was never answered, its connection held until
+    def _refuse(self, error) -> None:
+        self.error = error
+        self.completed = True
+
+    def _has_bare_lf(self, data: bytes) -> bool:
+        """Whether the head received so far, with ``data``, holds a line ended by LF alone, after
+        the blank lines before it, which waitress skips (RFC 9112 section 2.2 lets a recipient read
+        LF as a line's end, or not). Waitress ends a head only at CRLF CRLF, and refuses one with a
+        bare LF only then: a head ended by LF alone was never answered, its connection held until
         ``channel_timeout``, where a front proxy that reads LF as a line's end has sent it on and
-        waits for an answer. Refused (400, the connection closed) as soon as its blank line comes."""
-        if b"\n\n" not in data and not (data[:1] == b"\n" and self.header_plus.endswith(b"\n")):
-            return False  # nearly every read: no LF after an LF anywhere in it
+        waits for an answer. Refused (400, the connection closed) as soon as that LF comes."""
+        if data.count(b"\n") == data.count(b"\r\n") and not (data[:1] == b"\n" and self.header_plus[-1:] != b"\r"):
+            return False  # nearly every read: each LF in it after a CR
         head = self.header_plus + data
         end = head.find(b"\r\n\r\n")
-        return b"\n\n" in (head if end < 0 else head[:end]).lstrip()
+        return _BARE_LF.search((head if end < 0 else head[: end + 2]).lstrip()) is not None
+
+    def _check_chunked_body(self) -> None:
+        """A chunked body whose decoded bytes reach its limit is refused (413) as they come; one
+        whose last size line or trailer ends with LF alone is refused (400) as soon as it does:
+        waitress waits for CRLF there too, and held the connection until ``channel_timeout``."""
+        receiver = self.body_rcv
+        if len(receiver) >= self.chunked_limit:
+            self._refuse(RequestEntityTooLarge(_too_large(self.chunked_limit)))
+        elif not self.completed and (
+            _BARE_LF.search(receiver.control_line) or (receiver.all_chunks_received and _BARE_LF.search(receiver.trailer))
+        ):
+            self._refuse(BadRequest("Every line of a chunked body's framing must end with CRLF"))
 
     @property
     def target_path(self) -> str:
@@ -152,6 +181,22 @@ class StrictRequestParser(HTTPRequestParser):
             raise ParsingError("A request of this version must carry Host")
         if host is not None and "," in host:
             raise ParsingError("A request may carry one Host")
+        if self.chunked:
+            # Waitress holds what it receives of a chunked body, framing and all, to
+            # max_request_body_size: a body the app takes, sent in chunks, was refused short of
+            # it. Its decoded bytes are held to it here (received()), its framing to twice it.
+            self.chunked_limit = self.adj.max_request_body_size
+            self.adj = copy.copy(self.adj)
+            self.adj.max_request_body_size = 2 * self.chunked_limit
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _too_large(limit: int) -> str:
+    """What a 413 of the server says of a body of ``limit`` bytes or more (waitress's limit), in the
+    proxy's words."""
+    return f"The request body is larger than {limit - 1} bytes."
 
 
 def _refuse_ambiguous_transfer_encoding(header_plus: bytes) -> None:
@@ -186,8 +231,8 @@ class HardenedErrorTask(ErrorTask):
 
     def execute(self):
         error = self.request.error
-        if error.code == 413:  # waitress says "exceeds max_body of" the size it refuses, one too many
-            error.body = f"The request body is larger than {self.channel.server.adj.max_request_body_size - 1} bytes."
+        if error.code == 413 and error.body.startswith("exceeds max_body"):  # waitress's words for a Content-Length
+            error.body = _too_large(self.channel.server.adj.max_request_body_size)
         status, headers, body = error.to_response(self.channel.server.adj.ident)
         path = self.request.target_path
         if not path and self.channel.requests:  # the app failed: waitress answers with a parser of its own

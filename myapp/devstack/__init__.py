@@ -12,10 +12,11 @@ from pyramid.config import Configurator
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.tweens import INGRESS
 
-from myapp.devstack.api import APIS, DemoAPI, PublishedKeySet
+from myapp.devstack.api import APIS, MAX_BYTES, DemoAPI, PublishedKeySet
 from myapp.devstack.dpop import ServerNonces
 from myapp.devstack.provider import PROVIDERS, Provider
 from myapp.devstack.settings import load_devstack_settings
+from myapp.request import LARGEST_BODY
 from myapp.server import OWN_THREADS
 from myapp.settings import SettingsError
 
@@ -41,6 +42,10 @@ def includeme(config):
     # The BFF calls these paths in this same process: served by threads of their own
     # (myapp.server.PrefixDispatcher), calls waiting for them cannot leave them none.
     config.registry[OWN_THREADS] = ("/_dev/",)
+    # Its API's echo and upload take a body of any size, up to waitress's own limit (1 GiB): myapp's
+    # server, which refuses a body larger than any route takes (myapp.request.LARGEST_BODY), lets
+    # them through in development.
+    config.registry[LARGEST_BODY] = max(config.registry.get(LARGEST_BODY, 0), MAX_BYTES)
     config.include(".views")
     config.include(".api")
     config.scan(".views")

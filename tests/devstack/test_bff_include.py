@@ -52,6 +52,21 @@ def test_token_endpoint_needs_no_bff_csrf_token(bff):
     assert response.json["error"] == "invalid_client"
 
 
+def test_its_api_takes_bodies_as_large_as_waitress_would_served_by_myapps_server(bff, bff_settings):
+    """The demo API's echo and upload take a body of any size; myapp's server, which refuses one
+    larger than any route takes, must let them through (helper-123: 11 MiB to /_dev/api/echo was
+    413 under make run). The app's own routes take far less."""
+    from myapp.devstack.api import MAX_BYTES
+    from myapp.request import LARGEST_BODY
+
+    assert bff.app.registry[LARGEST_BODY] == MAX_BYTES
+    alone = main({}, **{k: v for k, v in bff_settings.items() if k != "pyramid.includes"})
+    try:
+        assert alone.registry[LARGEST_BODY] == load_settings(bff_settings).proxy.max_body_bytes
+    finally:
+        alone.registry[Services].close()
+
+
 def test_production_refuses_the_include(bff_settings):
     with pytest.raises(SettingsError, match="refused in production"):
         load_settings({**bff_settings, "myapp.environment": "production"})

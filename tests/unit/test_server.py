@@ -352,16 +352,18 @@ def test_expect_100_continue_before_a_body_still_gets_100_first(app, url):
         pytest.param((b"GET /api/demo/x HTTP/1.1\nHost: x\n\n",), id="every line ended by LF"),
         pytest.param((b"GET /api/demo/x HTTP/1.1\r\nHost: x\r\n\n",), id="a blank line ended by LF"),
         pytest.param((b"GET /api/demo/x HTTP/1.1\nHost: x\n", b"\n"), id="its blank line in a segment of its own"),
-        pytest.param((b"\r\nGET /api/demo/x HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",),
-                     id="a request behind it ended by CRLF"),
+        pytest.param((b"GET /api/demo/x HTTP/1.1\r\nHost: x\n\r\n",), id="a header line ended by LF, CRLF after"),
+        pytest.param((b"GET /api/demo/x HTTP/1.1\n\r\n",), id="the request line ended by LF, CRLF after"),
+        pytest.param((b"GET /api/demo/x HTTP/1.1\r\nHost: x\r", b"\n\n"), id="CR and LF in two segments, then LF"),
+        pytest.param((b"\n\nGET /api/demo/x HTTP/1.1\nHost: x\n",), id="after blank lines, no blank line yet"),
     ],
 )
-def test_a_head_ended_by_lf_alone_is_refused_at_once_and_the_connection_closed(app, segments):
+def test_a_head_with_a_line_ended_by_lf_alone_is_refused_at_once_and_the_connection_closed(app, segments):
     """RFC 9112 section 2.2 lets a server read a bare LF as a line's end, or not; waitress ends a
     head only at CRLF CRLF, so such a request was never answered and its connection held until
     channel_timeout (120 s in production.ini), where a front proxy that reads LF as a line's end
-    had sent it on and waited. Refused with 400 as soon as its blank line comes (helper-116's note
-    at stop 53)."""
+    had sent it on and waited (helper-116's note at stop 53; LF then CRLF, helper-123). Refused
+    with 400 as soon as such a line comes: waitress refuses the head once it is whole anyway."""
     with serve(app, create_server=create_server, channel_timeout=10) as url:
         started = time.monotonic()
         received = exchange(url, *segments)
@@ -412,7 +414,8 @@ def test_a_body_larger_than_the_app_takes_is_refused_before_it_is_sent(path, jso
             assert json.loads(body) == {"error": "payload_too_large", "message": message}
         else:
             assert message.encode() in body
-        # Sent chunked, its size unknown from its head: refused once 1,001 bytes of it have come.
+        # Sent chunked, its size unknown from its head: refused once 1,001 bytes of it have come
+        # (one chunk of 0x3e9 bytes).
         chunked = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
                            + b"3e9\r\n" + b"a" * 1001 + b"\r\n0\r\n\r\n")
         assert chunked.startswith(b"HTTP/1.1 413 Request Entity Too Large")
@@ -422,6 +425,42 @@ def test_a_body_larger_than_the_app_takes_is_refused_before_it_is_sent(path, jso
                             + b"Expect: 100-continue\r\nConnection: close\r\n\r\n", b"a" * 1000)
     assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
     assert app.seen == [("POST", path, b"a" * 1000)]
+
+
+def chunked(body: bytes, size: int, end: bytes = b"0\r\n\r\n") -> bytes:
+    """``body`` as a chunked POST to /a, in chunks of ``size`` bytes."""
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size))
+    return b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks + end
+
+
+def test_a_chunked_body_is_held_to_the_limit_by_its_bytes_not_its_framing():
+    """Waitress counts a chunked body's framing (its sizes, line ends, trailers) with its bytes:
+    a body of exactly the largest the app takes, sent in chunks, was refused (helper-123), and a
+    short one in small chunks refused as larger than the limit. Its bytes are held to the limit,
+    its framing to twice it (a flood of size lines is still bounded), each refusal saying which."""
+    app = Sized(1000)
+    with serve(app, create_server=create_server, channel_timeout=5) as url:
+        assert exchange(url, chunked(b"a" * 1000, 10)).startswith(b"HTTP/1.1 200 OK")
+        assert exchange(url, chunked(b"b" * 1000, 1000)).startswith(b"HTTP/1.1 200 OK")
+        assert app.seen == [("POST", "/a", b"a" * 1000), ("POST", "/a", b"b" * 1000)]
+        too_large = exchange(url, chunked(b"c" * 1001, 100))
+        assert too_large.startswith(b"HTTP/1.1 413") and b"The request body is larger than 1000 bytes." in too_large
+        framing = exchange(url, chunked(b"d" * 500, 1))
+        assert framing.startswith(b"HTTP/1.1 413")
+        assert b"The request body's chunked framing is larger than 2001 bytes." in framing
+    assert len(app.seen) == 2
+
+
+@pytest.mark.parametrize("end", [b"0\n\n", b"0\r\n\n", b"0\r\nX-Trailer: y\n\n"], ids=["size line", "trailer", "a trailer's line"])
+def test_a_chunked_body_whose_framing_ends_with_lf_alone_is_refused_at_once(app, end):
+    """The same wait as for a head: waitress ends a chunked body's last size line and its trailers
+    only at CRLF (helper-123)."""
+    with serve(app, create_server=create_server, channel_timeout=10) as url:
+        started = time.monotonic()
+        received = exchange(url, chunked(b"hello", 5, end=end))
+    assert time.monotonic() - started < 5 and b"<still open>" not in received
+    assert received.startswith(b"HTTP/1.1 400 Bad Request") and b"chunked body's framing must end with CRLF" in received
+    assert app.seen == []
 
 
 @pytest.mark.parametrize("setting", [5000, "5000"])

@@ -1388,6 +1388,11 @@ def test_a_name_read_through_env_stays_whole_in_a_settings_name():
         ("https://example.ΑΣ", "https://example.xn--mxa0b"),
         ("https://１２７.０.０.１.", "https://127.0.0.1"),
         ("https://App.Example.COM:443", "https://app.example.com"),
+        # Right-to-left names (the last the IANA's test name in Arabic).
+        ("https://שלום.example.com", "https://xn--9dbne9b.example.com"),
+        ("https://אבג1.example", "https://xn--1-zhcde.example"),
+        ("https://مثال.إختبار", "https://xn--mgbh0fb.xn--kgbechtv"),
+        ("https://xn--4dbcd.1a.example", "https://xn--4dbcd.1a.example"),
     ],
 )
 def test_the_public_url_is_read_as_browsers_serialize_its_host(written, public_url):
@@ -1398,6 +1403,25 @@ def test_the_public_url_is_read_as_browsers_serialize_its_host(written, public_u
 def test_a_public_url_host_browsers_refuse_is_refused(host):
     """A joiner out of its context, a label starting with a combining mark, punycode of a label
     UTS 46 maps otherwise: no browser would reach such a site (helper-121)."""
+    problems = problems_for(myapp__public_url=f"https://{host}")
+    assert any(p.startswith("myapp.public_url: ") and "host" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("a\u05d0.example", id="a label of both directions"),
+        pytest.param("\u05d0\u05d1a.example", id="a right-to-left label ending in a left-to-right letter"),
+        pytest.param("\u0661\u0662.example", id="a label starting with an Arabic digit"),
+        pytest.param("xn--a-0hc.example", id="a label of both directions in punycode"),
+    ],
+)
+def test_a_public_url_host_whose_label_breaks_the_bidi_rule_is_refused(host):
+    """RFC 5893's Bidi Rule for each label (UTS 46's CheckBidi, on in the WHATWG URL standard):
+    Chromium 156 refuses each of these written in Unicode. Not the rule across a name's labels
+    (an ASCII label starting with a digit beside a right-to-left one, ``אבג.1a.example``): Chromium
+    refuses that name written in Unicode but takes its ASCII form, ``xn--4dbcd.1a.example``, which
+    is the form myapp's redirects and the Origin checks use, so such a site is reached."""
     problems = problems_for(myapp__public_url=f"https://{host}")
     assert any(p.startswith("myapp.public_url: ") and "host" in p for p in problems), problems
 
