@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 # RFC 6750 section 2.1 (b64token), the characters an access token may have in a header.
 TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6749 appendix A: a refresh token is printable ASCII (VSCHAR); a URI (PAR's request_uri,
+# RFC 9126) is ASCII without spaces or controls.
+VSCHARS = re.compile(r"[\x20-\x7e]+")
+URI_CHARS = re.compile(r"[\x21-\x7e]+")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
@@ -209,7 +213,9 @@ class OIDCClient:
             error = error_code(document.get("error")) if "error" in document else "refused"
             raise OIDCError(f"par_refused:{error}"[:64], f"The provider refused the sign-in request ({error}).")
         request_uri = document.get("request_uri")
-        if not isinstance(request_uri, str) or not request_uri or len(request_uri) > 2048:
+        if not isinstance(request_uri, str) or len(request_uri) > 2048 or not URI_CHARS.fullmatch(request_uri):
+            # A URI is ASCII: one that is not could not go into the redirect (helper-125: a lone
+            # surrogate was a 500 at /login).
             raise OIDCError("par_failed", "The provider's pushed authorization response has no request_uri.")
         return request_uri
 
@@ -306,9 +312,14 @@ class OIDCClient:
         except ValueError:
             raise OIDCError("token_endpoint_error", "The provider's token endpoint answered with something that is not JSON.") from None
         token = dict(token)
+        # A refresh token that is not printable ASCII (RFC 6749 appendix A.17) can be neither kept
+        # nor sent back to revoke it (helper-125: a lone surrogate was a 500 at the callback and at
+        # every refresh, the old refresh token spent): refused below, and not among those revoked.
+        refresh = token.get("refresh_token")
+        unusable_refresh = isinstance(refresh, str) and refresh != "" and not VSCHARS.fullmatch(refresh)
         # The tokens of an answer refused below are live at the provider: the caller keeps (a
         # rotated refresh token) or revokes them. An access token only once it could be sent.
-        issued = TokenSet.issued_in(token)
+        issued = TokenSet.issued_in({**token, "refresh_token": None} if unusable_refresh else token)
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
             raise TokenResponseInvalid("The provider's token response has no access token.", issued)
         if not TOKEN68.fullmatch(token["access_token"]):
@@ -318,6 +329,8 @@ class OIDCClient:
         # "" is no refresh token (a refresh keeps the stored one), not one of another type.
         if not isinstance(token.get("refresh_token"), str | None):
             raise TokenResponseInvalid("The provider's refresh token is not a string.", issued)
+        if unusable_refresh:
+            raise TokenResponseInvalid("The provider's refresh token has characters other than printable ASCII.", issued)
         token_type = token.get("token_type")
         token_type = token_type.lower() if isinstance(token_type, str) else None
         if token_type == "bearer":

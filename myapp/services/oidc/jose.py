@@ -161,12 +161,13 @@ class TokenValidator:
             raise OIDCError("expired", "The ID token has expired.")
         if nonce is not None:
             sent = claims.get("nonce")
-            if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), nonce.encode()):
+            # Compared as UTF-8, a lone surrogate kept (helper-125: str.encode() raised on one, a 500).
+            if not isinstance(sent, str) or not hmac.compare_digest(_utf8(sent), _utf8(nonce)):
                 raise OIDCError("bad_nonce", "The ID token does not answer this sign-in (nonce mismatch).")
         claimed_hash = claims.get("at_hash")
         if claimed_hash is not None and access_token is not None:
             if not isinstance(claimed_hash, str) or not hmac.compare_digest(
-                claimed_hash.encode(), at_hash(access_token, header["alg"]).encode()
+                _utf8(claimed_hash), at_hash(access_token, header["alg"]).encode()
             ):
                 raise OIDCError("bad_at_hash", "The ID token does not belong with the access token.")
         return claims
@@ -225,3 +226,8 @@ def _is_number(value) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, int) and not isinstance(value, bool)  # any int: math.isfinite overflows on 10**400
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8 to compare, whatever a token holds: a lone surrogate as its own bytes."""
+    return text.encode("utf-8", "surrogatepass")

@@ -7,6 +7,7 @@ header; an unknown ``kid`` refetches them at most once a minute (the first fetch
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,14 +73,18 @@ class ProviderMetadata:
                 parts = urlsplit(value) if isinstance(value, str) else None
             except ValueError:  # "https://[idp/authorize" (helper-118: a 500 at /login)
                 parts = None
-            if parts is None or parts.scheme not in schemes or not parts.netloc:
+            # A URL is ASCII, without spaces or controls (one beyond Latin-1 could not go into the
+            # Location header: helper-125, a 500 from the server at /login).
+            if parts is None or parts.scheme not in schemes or not parts.netloc or not _URL_CHARS.fullmatch(value):
                 raise ProviderMisconfigured(f"The provider's discovery document has no usable {name}.")
             return value
 
         advertised = document.get("id_token_signing_alg_values_supported") or ["RS256"]
         if not isinstance(advertised, list):
             raise ProviderMisconfigured("The provider's id_token_signing_alg_values_supported is not a list.")
-        algorithms = frozenset(a for a in advertised if a in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS)
+        # An entry that is no string names no algorithm (a list in it raised TypeError: helper-125,
+        # a 500 at /login and, anonymously, at the back-channel logout endpoint).
+        algorithms = frozenset(a for a in advertised if isinstance(a, str) and a in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS)
         if not algorithms:
             raise ProviderMisconfigured(
                 f"The provider signs ID tokens with none of the algorithms myapp accepts ({sorted(map(str, advertised))})."
@@ -99,6 +104,9 @@ class ProviderMetadata:
             assertion_algorithms=_string_list(document.get("token_endpoint_auth_signing_alg_values_supported")),
             dpop_algorithms=_string_list(document.get("dpop_signing_alg_values_supported")) or None,
         )
+
+
+_URL_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 def _string_list(value) -> tuple[str, ...] | None:

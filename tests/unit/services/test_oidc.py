@@ -709,3 +709,59 @@ def test_a_discovery_document_that_is_not_an_object_is_refused(provider, clock):
     with serve(app) as url:
         with pytest.raises(ProviderMisconfigured, match="not an object"):
             make_client(provider, clock, issuer=url).metadata()
+
+
+# What a provider sends that no Python str method may be trusted with (helper-125, each a 500).
+
+
+def test_an_algorithm_list_holding_what_is_no_string_names_none_of_those(client, provider):
+    """A list in id_token_signing_alg_values_supported raised TypeError (unhashable), a 500 at
+    /login and, anonymously, at the back-channel logout endpoint, which reads discovery."""
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = [["RS256"], {"a": 1}, "RS256"]
+    assert client.metadata().signing_algorithms == frozenset({"RS256"})
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = [["RS256"]]
+    client.documents._metadata = None
+    with pytest.raises(ProviderMisconfigured, match="none of the algorithms"):
+        client.metadata()
+
+
+@pytest.mark.parametrize("path", ["/authorize/\u20ac", "/authorize/\u00e9", "/authorize x", "/authorize\t", "/auth\ud800"])
+@pytest.mark.parametrize("name", ["authorization_endpoint", "end_session_endpoint"])
+def test_an_endpoint_that_is_no_ascii_url_is_no_usable_endpoint(client, provider, name, path):
+    """A URL is ASCII, without spaces or controls: the euro sign could not go into a Location
+    header (a 500 from the server at /login)."""
+    provider.metadata_overrides[name] = provider.issuer + path
+    with pytest.raises(ProviderMisconfigured, match=f"no usable {name}"):
+        client.metadata()
+
+
+@pytest.mark.parametrize("claim", ["nonce", "at_hash"])
+def test_a_nonce_or_at_hash_holding_a_lone_surrogate_is_refused(client, provider, claim):
+    value = "\ud800"
+    reason = "bad_nonce" if claim == "nonce" else "bad_at_hash"
+    claims = provider.claims(nonce=NONCE) if claim == "at_hash" else provider.claims()
+    token = provider.sign({**claims, claim: value})
+    rejects(client, token, reason, access_token="at-123")
+
+
+@pytest.mark.parametrize("refresh_token", ["\ud800", "rt\u00e9", "rt\n", "rt\x7f"])
+@pytest.mark.parametrize("grant", ["exchange_code", "refresh"])
+def test_a_refresh_token_that_is_not_printable_ascii_is_refused_and_not_kept(client, provider, grant, refresh_token):
+    """RFC 6749 appendix A.17: a refresh token is printable ASCII. A lone surrogate could be neither
+    stored (encrypted as UTF-8) nor sent back: a 500 at the callback and at every refresh, the
+    spent refresh token lost. Refused; its access token is revoked, the refresh token is not kept."""
+    provider.token_response = lambda form: (200, {"access_token": "at-2", "token_type": "Bearer", "refresh_token": refresh_token})
+    with pytest.raises(TokenResponseInvalid) as info:
+        client.exchange_code("code", "verifier") if grant == "exchange_code" else client.refresh("rt-1")
+    assert info.value.issued() == TokenSet(access_token="at-2") and info.value.refresh_token is None
+
+
+@pytest.mark.parametrize("request_uri", ["\ud800", "urn:x:\u00e9", "urn:x y", ""])
+def test_a_pushed_authorization_response_whose_request_uri_is_no_uri_is_refused(provider, clock, request_uri):
+    provider.offers_par = True
+    provider.par_response = lambda form: (201, {"request_uri": request_uri, "expires_in": 60})
+    client = make_client(provider, clock)
+    with pytest.raises(OIDCError) as info:
+        client.authorization_url(state="st", nonce="no", code_verifier="v" * 43)
+    assert info.value.reason == "par_failed"
+    client.http.close()
