@@ -16,11 +16,13 @@
 - A head with a line ended by LF alone, or a chunked body whose last size line or trailers end so,
   is refused (400, the connection closed) as soon as that LF comes
   (:meth:`StrictRequestParser.received`): waitress ends each only at CRLF, and held such a request
-  unanswered until ``channel_timeout``.
+  unanswered until ``channel_timeout`` (or took a request behind such trailers for more of them).
 - ``max_request_body_size``, unless set, is one more than the largest body any of the app's routes
   takes (:func:`create_server`), where waitress's default read up to 1 GiB for the app to refuse;
   either way a larger ``Content-Length`` is refused (413) from the head, and a chunked body is held
-  to it by its bytes, its framing (which waitress counted with them) to twice it.
+  to it by its bytes, its framing (which waitress counted with them) to twice it, an unfinished
+  size line to :data:`MAX_CHUNK_LINE` and its trailers to ``max_request_header_size`` (waitress
+  gathered both in memory, any length, searched again at every read).
 - What waitress answers itself (a request it could not read: its framing, a length, a header,
   a head too large; or an app that failed before answering) carries this site's hardening
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
@@ -120,8 +122,8 @@ class StrictRequestParser(HTTPRequestParser):
         if self.chunked_limit is not None:
             if self.error is None:
                 self._check_chunked_body()
-            elif isinstance(self.error, RequestEntityTooLarge):
-                self.error.body = f"The request body's chunked framing is larger than {2 * self.chunked_limit - 1} bytes."
+            elif isinstance(self.error, RequestEntityTooLarge):  # waitress's backstop, in our words
+                self.error = self._too_large_chunked() or self.error
         return consumed
 
     def _refuse(self, error) -> None:
@@ -133,25 +135,39 @@ class StrictRequestParser(HTTPRequestParser):
         the blank lines before it, which waitress skips (RFC 9112 section 2.2 lets a recipient read
         LF as a line's end, or not). Waitress ends a head only at CRLF CRLF, and refuses one with a
         bare LF only then: a head ended by LF alone was never answered, its connection held until
-        ``channel_timeout``, where a front proxy that reads LF as a line's end has sent it on and
-        waits for an answer. Refused (400, the connection closed) as soon as that LF comes."""
-        if data.count(b"\n") == data.count(b"\r\n") and not (data[:1] == b"\n" and self.header_plus[-1:] != b"\r"):
-            return False  # nearly every read: each LF in it after a CR
+        ``channel_timeout``, where a front proxy that reads LF as a line's end and passes the bytes
+        on waits for an answer. Refused (400, the connection closed) as soon as that LF comes."""
+        # Nearly every read: each LF in it after a CR, the first one's maybe at the end of the last read.
+        if data.count(b"\n") == data.count(b"\r\n") + (data[:1] == b"\n" and self.header_plus[-1:] == b"\r"):
+            return False
         head = self.header_plus + data
         end = head.find(b"\r\n\r\n")
         return _BARE_LF.search((head if end < 0 else head[: end + 2]).lstrip()) is not None
 
     def _check_chunked_body(self) -> None:
-        """A chunked body whose decoded bytes reach its limit is refused (413) as they come; one
-        whose last size line or trailer ends with LF alone is refused (400) as soon as it does:
-        waitress waits for CRLF there too, and held the connection until ``channel_timeout``."""
+        """Refuse a chunked body whose decoded bytes reach its limit, or its framing twice it (413),
+        as they come; and one whose size line or trailers run past what any takes, or hold a line
+        ended by LF alone (400): waitress waits for CRLF there too (it held the connection until
+        ``channel_timeout``, or, with a CRLF CRLF in the same read, took the lines up to it for the
+        trailers, and a request a front proxy saw behind them was never answered), and gathers
+        both in memory, searched again at every read."""
         receiver = self.body_rcv
-        if len(receiver) >= self.chunked_limit:
-            self._refuse(RequestEntityTooLarge(_too_large(self.chunked_limit)))
-        elif not self.completed and (
-            _BARE_LF.search(receiver.control_line) or (receiver.all_chunks_received and _BARE_LF.search(receiver.trailer))
-        ):
+        too_large = self._too_large_chunked()
+        if too_large is not None:
+            self._refuse(too_large)
+        elif len(receiver.control_line) > MAX_CHUNK_LINE or len(receiver.trailer) > self.adj.max_request_header_size:
+            self._refuse(BadRequest("A chunked body's size line or trailers are too long"))
+        elif b"\n" in receiver.control_line or receiver.trailer.count(b"\n") != receiver.trailer.count(b"\r\n"):
+            # A size line not yet ended holds no CRLF; trailers, whole or not, end each line with one.
             self._refuse(BadRequest("Every line of a chunked body's framing must end with CRLF"))
+
+    def _too_large_chunked(self) -> RequestEntityTooLarge | None:
+        decoded = len(self.body_rcv)
+        if decoded >= self.chunked_limit:
+            return RequestEntityTooLarge(_too_large(self.chunked_limit))
+        if self.body_bytes_received - decoded >= 2 * self.chunked_limit:
+            return RequestEntityTooLarge(f"The request body's chunked framing is larger than {2 * self.chunked_limit - 1} bytes.")
+        return None
 
     @property
     def target_path(self) -> str:
@@ -184,13 +200,16 @@ class StrictRequestParser(HTTPRequestParser):
         if self.chunked:
             # Waitress holds what it receives of a chunked body, framing and all, to
             # max_request_body_size: a body the app takes, sent in chunks, was refused short of
-            # it. Its decoded bytes are held to it here (received()), its framing to twice it.
+            # it. Its decoded bytes are held to it here (received()), its framing to twice it;
+            # waitress's own count, at three times, is only a backstop.
             self.chunked_limit = self.adj.max_request_body_size
             self.adj = copy.copy(self.adj)
-            self.adj.max_request_body_size = 2 * self.chunked_limit
+            self.adj.max_request_body_size = 3 * self.chunked_limit
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# The longest chunk size line held unfinished, extensions and all (waitress gathered any in memory).
+MAX_CHUNK_LINE = 4096
 
 
 def _too_large(limit: int) -> str:

@@ -356,6 +356,8 @@ def test_expect_100_continue_before_a_body_still_gets_100_first(app, url):
         pytest.param((b"GET /api/demo/x HTTP/1.1\n\r\n",), id="the request line ended by LF, CRLF after"),
         pytest.param((b"GET /api/demo/x HTTP/1.1\r\nHost: x\r", b"\n\n"), id="CR and LF in two segments, then LF"),
         pytest.param((b"\n\nGET /api/demo/x HTTP/1.1\nHost: x\n",), id="after blank lines, no blank line yet"),
+        pytest.param((b"\r\nGET /api/demo/x HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",),
+                     id="a request behind it ended by CRLF"),
     ],
 )
 def test_a_head_with_a_line_ended_by_lf_alone_is_refused_at_once_and_the_connection_closed(app, segments):
@@ -433,22 +435,59 @@ def chunked(body: bytes, size: int, end: bytes = b"0\r\n\r\n") -> bytes:
     return b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks + end
 
 
-def test_a_chunked_body_is_held_to_the_limit_by_its_bytes_not_its_framing():
+def test_a_chunked_body_is_held_to_the_limit_by_its_bytes_and_its_framing_to_twice_it():
     """Waitress counts a chunked body's framing (its sizes, line ends, trailers) with its bytes:
     a body of exactly the largest the app takes, sent in chunks, was refused (helper-123), and a
     short one in small chunks refused as larger than the limit. Its bytes are held to the limit,
-    its framing to twice it (a flood of size lines is still bounded), each refusal saying which."""
+    its framing alone to twice it (a flood of size lines is still bounded; helper-124: not the two
+    together), each refusal saying which."""
     app = Sized(1000)
     with serve(app, create_server=create_server, channel_timeout=5) as url:
-        assert exchange(url, chunked(b"a" * 1000, 10)).startswith(b"HTTP/1.1 200 OK")
-        assert exchange(url, chunked(b"b" * 1000, 1000)).startswith(b"HTTP/1.1 200 OK")
-        assert app.seen == [("POST", "/a", b"a" * 1000), ("POST", "/a", b"b" * 1000)]
-        too_large = exchange(url, chunked(b"c" * 1001, 100))
+        for fill, size in ((b"a", 1000), (b"b", 10), (b"c", 4), (b"d", 3)):  # framing 1,255 in chunks of 4, 1,675 of 3
+            assert exchange(url, chunked(fill * 1000, size)).startswith(b"HTTP/1.1 200 OK"), size
+        assert app.seen == [("POST", "/a", fill * 1000) for fill in (b"a", b"b", b"c", b"d")]
+        too_large = exchange(url, chunked(b"e" * 1001, 100))
         assert too_large.startswith(b"HTTP/1.1 413") and b"The request body is larger than 1000 bytes." in too_large
-        framing = exchange(url, chunked(b"d" * 500, 1))
+        framing = exchange(url, chunked(b"f" * 500, 1))  # 2,500 bytes of framing for 500 of body
         assert framing.startswith(b"HTTP/1.1 413")
         assert b"The request body's chunked framing is larger than 2001 bytes." in framing
-    assert len(app.seen) == 2
+    assert len(app.seen) == 4
+
+
+@pytest.mark.parametrize(
+    "end",
+    [b"0\r\n\n", b"0\r\nX-T: y\n\r\n", b"0\r\nX-T: y\nZ: w\r\n\r\n"],
+    ids=["no trailer, LF", "a trailer ended by LF", "a trailer line ended by LF, CRLF CRLF after"],
+)
+def test_trailers_with_a_line_ended_by_lf_alone_are_refused_with_a_request_behind_them(app, end):
+    """Sent in one read with a request behind, waitress ended the body at the next CRLF CRLF and
+    took the request for trailers: the POST was answered, the request a front proxy that reads LF
+    as a line's end saw behind it never was, and answers went to the wrong requests after it
+    (helper-124)."""
+    with serve(app, create_server=create_server, channel_timeout=5) as url:
+        received = exchange(url, chunked(b"hello", 5, end=end).replace(b"Connection: close\r\n", b"") + SMUGGLED)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request") and received.count(b"HTTP/1.1") == 1
+    assert b"<still open>" not in received and app.seen == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"5;" + b"x" * 5000, id="a size line of 5 KB, not ended"),
+        pytest.param(b"5\r\nhello\r\n0\r\nX-T: " + b"y" * 3000, id="trailers over the head's limit"),
+        pytest.param(b"5\r\nhello\r\n0\r\nX-T: " + b"y" * 3000 + b"\r\n\r\n", id="the same, ended"),
+    ],
+)
+def test_a_chunked_body_whose_size_line_or_trailers_run_long_is_refused(app, raw):
+    """Waitress gathered an unfinished size line and the trailers in memory, any length (up to the
+    body's limit), and searched them again at every read: 324 s of the loop's CPU for 10 MiB of
+    trailers in 8 KiB reads (helper-124). A size line read whole at once is read by waitress as it
+    comes, and not held."""
+    head = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with serve(app, create_server=create_server, channel_timeout=5, max_request_header_size=2048) as url:
+        received = exchange(url, head + raw)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request") and b"size line or trailers are too long" in received
+    assert app.seen == []
 
 
 @pytest.mark.parametrize("end", [b"0\n\n", b"0\r\n\n", b"0\r\nX-Trailer: y\n\n"], ids=["size line", "trailer", "a trailer's line"])
