@@ -240,12 +240,19 @@ def backchannel_logout(request):
     try:
         claims, ended = request.logout_service.backchannel_logout(token, ip_address=request.remote_addr)
     except OIDCError as e:
+        if e.reason in _PROVIDER_FAULTS:
+            # Anyone may post here: what is wrong with the provider's documents is for the log, not them.
+            log.warning("back-channel logout refused: %s: %s", e.reason, e.message)
+            return _no_store(json_error(400, ErrorCode.INVALID_REQUEST, "The logout token cannot be checked now."))
         log.warning("back-channel logout refused: %s", e.reason)
         return _no_store(json_error(400, ErrorCode.INVALID_REQUEST, e.message))
     if not ended:
         # Usually the echo of a person's own sign-out here: nothing happened, so nothing is audited.
         log.info("back-channel logout ended no session (%s)", "by sid" if claims.get("sid") else "by sub")
     return _no_store(Response(json={}, status=200))
+
+
+_PROVIDER_FAULTS = ("provider_misconfigured", "provider_unavailable")
 
 
 def _no_store(response: Response) -> Response:

@@ -3,6 +3,7 @@
 import re
 
 from myapp.services.tokenset import TokenSet
+from myapp.text import shown_text
 
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -15,9 +16,13 @@ def error_code(value) -> str:
 
 
 class OIDCError(Exception):
-    """A check failed. ``reason`` is a short code for audit records; ``message`` is plain words."""
+    """A check failed. ``reason`` is a short code for audit records; ``message`` is plain words,
+    shown on a page and logged: what a provider wrote into it (an algorithm's name, an issuer) is
+    kept on one line and made encodable (``shown_text``: a lone surrogate was a 500 on the error
+    page, a line feed a forged log line; helper-127)."""
 
     def __init__(self, reason: str, message: str):
+        message = shown_text(message)
         super().__init__(message)
         self.reason = reason
         self.message = message

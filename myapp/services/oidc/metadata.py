@@ -75,7 +75,12 @@ class ProviderMetadata:
                 parts = None
             # A URL is ASCII, without spaces or controls (one beyond Latin-1 could not go into the
             # Location header: helper-125, a 500 from the server at /login).
-            if parts is None or parts.scheme not in schemes or not parts.netloc or not _URL_CHARS.fullmatch(value):
+            # Nor a fragment (RFC 6749 section 3.1): the parameters added after it never reached the
+            # provider (helper-127).
+            if (
+                parts is None or parts.scheme not in schemes or not parts.netloc
+                or not _URL_CHARS.fullmatch(value) or "#" in value
+            ):
                 raise ProviderMisconfigured(f"The provider's discovery document has no usable {name}.")
             return value
 

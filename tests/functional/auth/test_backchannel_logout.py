@@ -231,3 +231,12 @@ def test_a_logout_token_naming_what_no_database_stores_is_refused_not_a_500(app,
     sign_in(Browser(app), provider)
     post_logout_token(app, provider.logout_token(**claims), 400)
     assert session_count(dbsession) == 1
+
+
+def test_what_is_wrong_with_the_provider_is_logged_not_told_to_whoever_posts(make_app, provider, caplog):
+    """Anyone may post a logout token: a provider misconfigured is a 400 with plain words, its
+    details (an issuer setting, the provider's algorithms) in the log only (helper-127)."""
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = [["RS256"]]
+    answer = post_logout_token(make_app(), provider.logout_token(sid=None), status=400)
+    assert answer.json == {"error": "invalid_request", "message": "The logout token cannot be checked now."}
+    assert any("provider_misconfigured: The provider signs ID tokens" in r.getMessage() for r in caplog.records)

@@ -531,6 +531,25 @@ def test_a_discovery_endpoint_no_url_parser_reads_is_a_502_page(make_app, provid
     assert "authorization_endpoint" in page.text
 
 
+@pytest.mark.parametrize("written", ["\ud800", "ES256\nmyapp WARNING forged"])
+def test_what_a_provider_wrote_into_a_misconfiguration_is_shown_on_one_encodable_line(make_app, provider, caplog, written):
+    """The provider's DPoP algorithms went into the error page as written: a lone surrogate was a
+    500 (the page could not be encoded), a line feed a forged log line (helper-127)."""
+    provider.metadata_overrides["dpop_signing_alg_values_supported"] = [written]
+    page = Browser(make_app(**{"myapp.oidc.dpop": "required"})).get("/login", status=502)
+    assert "takes DPoP proofs only in" in page.text and "\ud800" not in page.text
+    assert not any("\n" in record.getMessage() or "\ud800" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("endpoint", ["authorization_endpoint", "end_session_endpoint"])
+def test_a_discovery_endpoint_with_a_fragment_is_a_502_page(make_app, provider, endpoint):
+    """RFC 6749 section 3.1: no fragment. The parameters added after one never reached the provider
+    (helper-127)."""
+    provider.metadata_overrides[endpoint] = provider.issuer + "/authorize#frag"
+    page = Browser(make_app()).get("/login", status=502)
+    assert endpoint in page.text
+
+
 @pytest.mark.parametrize("keys", [5, "k", {"kty": "RSA"}, None])
 def test_a_key_set_whose_keys_are_no_list_has_none(make_app, provider, monkeypatch, dbsession, keys):
     """{"keys": 5} was a TypeError at the callback, a 500 (helper-118); none of them verifies a token."""

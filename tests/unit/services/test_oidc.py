@@ -725,7 +725,7 @@ def test_an_algorithm_list_holding_what_is_no_string_names_none_of_those(client,
         client.metadata()
 
 
-@pytest.mark.parametrize("path", ["/authorize/\u20ac", "/authorize/\u00e9", "/authorize x", "/authorize\t", "/auth\ud800"])
+@pytest.mark.parametrize("path", ["/authorize/\u20ac", "/authorize/\u00e9", "/authorize x", "/authorize\t", "/auth\ud800", "/authorize#f"])
 @pytest.mark.parametrize("name", ["authorization_endpoint", "end_session_endpoint"])
 def test_an_endpoint_that_is_no_ascii_url_is_no_usable_endpoint(client, provider, name, path):
     """A URL is ASCII, without spaces or controls: the euro sign could not go into a Location
@@ -765,3 +765,10 @@ def test_a_pushed_authorization_response_whose_request_uri_is_no_uri_is_refused(
         client.authorization_url(state="st", nonce="no", code_verifier="v" * 43)
     assert info.value.reason == "par_failed"
     client.http.close()
+
+
+def test_an_error_message_is_one_line_of_encodable_text_whatever_the_provider_wrote():
+    """Shown on a page and logged: a lone surrogate the page could not encode (a 500), a line
+    feed a forged log line (helper-127)."""
+    error = ProviderMisconfigured("The provider takes DPoP proofs only in \ud800\nmyapp WARNING forged, none")
+    assert error.message == str(error) == "The provider takes DPoP proofs only in \ufffdmyapp WARNING forged, none"
