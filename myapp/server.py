@@ -20,9 +20,11 @@
 - ``max_request_body_size``, unless set, is one more than the largest body any of the app's routes
   takes (:func:`create_server`), where waitress's default read up to 1 GiB for the app to refuse;
   either way a larger ``Content-Length`` is refused (413) from the head, and a chunked body is held
-  to it by its bytes, its framing (which waitress counted with them) to twice it, an unfinished
-  size line to :data:`MAX_CHUNK_LINE` and its trailers to ``max_request_header_size`` (waitress
-  gathered both in memory, any length, searched again at every read).
+  to it by its bytes, its framing (which waitress counted with them) to an eighth of it (at least
+  64 KiB: :func:`_framing_limit`), each size
+  line to :data:`MAX_CHUNK_LINE` and its trailers to ``max_request_header_size`` (waitress gathered
+  both in memory, any length, searched again at every read), and each line of its framing must end
+  with CRLF however it is read (:class:`StrictChunkedReceiver`).
 - What waitress answers itself (a request it could not read: its framing, a length, a header,
   a head too large; or an app that failed before answering) carries this site's hardening
   headers, as every answer of the app does, and is SPEC.md's JSON error for a program (``/api/``
@@ -80,6 +82,7 @@ from waitress import wasyncore
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
+from waitress.receiver import ChunkedReceiver
 from waitress.rfc7230 import HEADER_FIELD_RE
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
@@ -102,7 +105,7 @@ class StrictRequestParser(HTTPRequestParser):
     head_start = b""
 
     # A chunked body's limit (max_request_body_size as set): its decoded bytes are held to it and
-    # its framing (sizes, line ends, trailers), which waitress counts with them, to twice it.
+    # its framing (sizes, line ends, trailers), which waitress counts with them, to _framing_limit().
     chunked_limit = None
 
     def received(self, data):
@@ -137,36 +140,33 @@ class StrictRequestParser(HTTPRequestParser):
         bare LF only then: a head ended by LF alone was never answered, its connection held until
         ``channel_timeout``, where a front proxy that reads LF as a line's end and passes the bytes
         on waits for an answer. Refused (400, the connection closed) as soon as that LF comes."""
-        # Nearly every read: each LF in it after a CR, the first one's maybe at the end of the last read.
-        if data.count(b"\n") == data.count(b"\r\n") + (data[:1] == b"\n" and self.header_plus[-1:] == b"\r"):
+        # Nearly every read: each LF in it after a CR, the first one's maybe at the end of the last
+        # read; counted no further than the head's end, if it is in this read (the rest is a body,
+        # or the requests after it: helper-126, every byte of a read counted for each of them).
+        end = data.find(b"\r\n\r\n")
+        part = data if end < 0 else data[: end + 2]
+        if part.count(b"\n") == part.count(b"\r\n") + (part[:1] == b"\n" and self.header_plus[-1:] == b"\r"):
             return False
         head = self.header_plus + data
         end = head.find(b"\r\n\r\n")
         return _BARE_LF.search((head if end < 0 else head[: end + 2]).lstrip()) is not None
 
     def _check_chunked_body(self) -> None:
-        """Refuse a chunked body whose decoded bytes reach its limit, or its framing twice it (413),
-        as they come; and one whose size line or trailers run past what any takes, or hold a line
-        ended by LF alone (400): waitress waits for CRLF there too (it held the connection until
-        ``channel_timeout``, or, with a CRLF CRLF in the same read, took the lines up to it for the
-        trailers, and a request a front proxy saw behind them was never answered), and gathers
-        both in memory, searched again at every read."""
-        receiver = self.body_rcv
+        """Refuse a chunked body whose decoded bytes reach its limit, or its framing _framing_limit() (413),
+        as they come (its lines are checked as they come by :class:`StrictChunkedReceiver`)."""
         too_large = self._too_large_chunked()
         if too_large is not None:
             self._refuse(too_large)
-        elif len(receiver.control_line) > MAX_CHUNK_LINE or len(receiver.trailer) > self.adj.max_request_header_size:
-            self._refuse(BadRequest("A chunked body's size line or trailers are too long"))
-        elif b"\n" in receiver.control_line or receiver.trailer.count(b"\n") != receiver.trailer.count(b"\r\n"):
-            # A size line not yet ended holds no CRLF; trailers, whole or not, end each line with one.
-            self._refuse(BadRequest("Every line of a chunked body's framing must end with CRLF"))
 
     def _too_large_chunked(self) -> RequestEntityTooLarge | None:
         decoded = len(self.body_rcv)
         if decoded >= self.chunked_limit:
             return RequestEntityTooLarge(_too_large(self.chunked_limit))
-        if self.body_bytes_received - decoded >= 2 * self.chunked_limit:
-            return RequestEntityTooLarge(f"The request body's chunked framing is larger than {2 * self.chunked_limit - 1} bytes.")
+        framing = self.body_bytes_received - decoded
+        if framing >= _framing_limit(self.chunked_limit):
+            return RequestEntityTooLarge(
+                f"The request body's chunked framing is larger than {_framing_limit(self.chunked_limit) - 1} bytes."
+            )
         return None
 
     @property
@@ -200,16 +200,91 @@ class StrictRequestParser(HTTPRequestParser):
         if self.chunked:
             # Waitress holds what it receives of a chunked body, framing and all, to
             # max_request_body_size: a body the app takes, sent in chunks, was refused short of
-            # it. Its decoded bytes are held to it here (received()), its framing to twice it;
-            # waitress's own count, at three times, is only a backstop.
+            # it. Its decoded bytes are held to it here (received()), and its framing to
+            # _framing_limit(); waitress's own count, at the two together, is a backstop.
             self.chunked_limit = self.adj.max_request_body_size
             self.adj = copy.copy(self.adj)
-            self.adj.max_request_body_size = 3 * self.chunked_limit
+            self.adj.max_request_body_size = self.chunked_limit + _framing_limit(self.chunked_limit)
+            self.body_rcv = StrictChunkedReceiver(self.body_rcv.buf, self.adj.max_request_header_size)
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-# The longest chunk size line held unfinished, extensions and all (waitress gathered any in memory).
+# The longest chunk size line taken, extensions and all (waitress took any, gathered in memory).
 MAX_CHUNK_LINE = 4096
+
+
+class StrictChunkedReceiver(ChunkedReceiver):
+    """Waitress's reader of a chunked body, given one piece of it at a time (a chunk's bytes, the
+    CRLF after them, a size line up to its CRLF, the trailers), so that each line of its framing is
+    checked whole, whatever reads it came in:
+
+    - a line holding an LF that is not part of its CRLF is refused: waitress's patterns for a size
+      line end with ``$``, which matches before a final LF, so ``5\\n`` before its CRLF was a size
+      (helper-126: a chunked body a front proxy that ends lines at LF read otherwise hid a request
+      that was served), and it waited for CRLF after trailers ended by LF alone (a connection held
+      until ``channel_timeout``, or a request behind them taken for more trailers: helper-124);
+    - a size line over :data:`MAX_CHUNK_LINE` and trailers over ``max_request_header_size`` are
+      refused: waitress gathered both in memory, any length, searched again at every read.
+
+    Refused with 400, the connection closed, as waitress refuses a size it cannot read."""
+
+    def __init__(self, buf, max_trailers: int):
+        super().__init__(buf)
+        self.max_trailers = max_trailers
+
+    def received(self, s):
+        pos, size = 0, len(s)
+        while pos < size and not self.completed and self.error is None:
+            if self.chunk_remainder > 0:
+                end = pos + self.chunk_remainder
+            elif self.validate_chunk_end:
+                end = pos + 2 - len(self.chunk_end)
+            else:
+                end = self._framing_end(s, pos)
+                if end is None:
+                    self.all_chunks_received = True  # as waitress marks a body it refuses
+                    return size
+            piece = s if pos == 0 and end >= size else s[pos:end]
+            taken = super().received(piece)
+            pos += taken
+            if taken < len(piece):  # the trailers ended within it: the rest is the next request's
+                break
+        return pos
+
+    def _framing_end(self, s: bytes, pos: int) -> int | None:
+        """Where in ``s`` the size line (its CRLF included) or the trailers (their last CRLF
+        included) that begin at ``pos`` end, ``len(s)`` when not in it; None, with ``error`` set,
+        when they are refused. Searched no further than the longest taken, and the rest of the
+        read never copied (a body of many small chunks costs about what it costs waitress)."""
+        trailers = self.all_chunks_received
+        held = self.trailer if trailers else self.control_line
+        limit = (self.max_trailers if trailers else MAX_CHUNK_LINE) + 4  # with its end's CRLFs
+        if held:  # begun in an earlier read (rare): what was held is checked already but its last byte
+            text, start, scan, shift = held + s[pos : pos + limit], 0, len(held) - 1, pos - len(held)
+        else:
+            text, start, scan, shift = s, pos, pos, 0
+        stop = min(len(text), start + limit + 1)
+        if trailers and text.startswith(b"\r\n", start):
+            end = start + 2
+        else:
+            found = text.find(b"\r\n\r\n" if trailers else b"\r\n", max(scan - 3, start), stop)
+            end = found + (4 if trailers else 2) if found >= 0 else None
+        checked = stop if end is None else end
+        if checked - start > limit:
+            self.error = BadRequest("A chunked body's size line or trailers are too long")
+        elif _BARE_LF.search(text, scan, checked):
+            self.error = BadRequest("Every line of a chunked body's framing must end with CRLF")
+        else:
+            return len(s) if end is None else end + shift
+        return None
+
+
+def _framing_limit(limit: int) -> int:
+    """The framing (sizes, extensions, line ends, trailers) a chunked body under ``limit`` may carry:
+    an eighth of it, and at least 64 KiB. A chunk of 64 bytes or more carries less; one-byte chunks
+    cost the server's loop about a microsecond a byte, so that a body of them costs it at most
+    about as many seconds as its limit has MiB, less than waitress's own count let it cost."""
+    return limit // 8 + 65536
 
 
 def _too_large(limit: int) -> str:

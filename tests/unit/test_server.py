@@ -435,22 +435,24 @@ def chunked(body: bytes, size: int, end: bytes = b"0\r\n\r\n") -> bytes:
     return b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks + end
 
 
-def test_a_chunked_body_is_held_to_the_limit_by_its_bytes_and_its_framing_to_twice_it():
+def test_a_chunked_body_is_held_to_the_limit_by_its_bytes_and_its_framing_to_a_bound_of_its_own():
     """Waitress counts a chunked body's framing (its sizes, line ends, trailers) with its bytes:
     a body of exactly the largest the app takes, sent in chunks, was refused (helper-123), and a
     short one in small chunks refused as larger than the limit. Its bytes are held to the limit,
-    its framing alone to twice it (a flood of size lines is still bounded; helper-124: not the two
-    together), each refusal saying which."""
+    its framing alone to an eighth of it, at least 64 KiB (helper-124: not the two together), so
+    that a flood of tiny chunks costs the loop less than waitress let it; each refusal says which."""
     app = Sized(1000)
     with serve(app, create_server=create_server, channel_timeout=5) as url:
-        for fill, size in ((b"a", 1000), (b"b", 10), (b"c", 4), (b"d", 3)):  # framing 1,255 in chunks of 4, 1,675 of 3
+        for fill, size in ((b"a", 1000), (b"b", 10), (b"c", 4), (b"d", 1)):  # framing 1,255 in chunks of 4, 5,005 of 1
             assert exchange(url, chunked(fill * 1000, size)).startswith(b"HTTP/1.1 200 OK"), size
         assert app.seen == [("POST", "/a", fill * 1000) for fill in (b"a", b"b", b"c", b"d")]
         too_large = exchange(url, chunked(b"e" * 1001, 100))
         assert too_large.startswith(b"HTTP/1.1 413") and b"The request body is larger than 1000 bytes." in too_large
-        framing = exchange(url, chunked(b"f" * 500, 1))  # 2,500 bytes of framing for 500 of body
+        # 17 chunks of one byte, each size line carrying 4 KB of extension: 68 KB of framing.
+        padded = b"1;x=" + b"y" * 4000 + b"\r\nz\r\n"
+        framing = exchange(url, chunked(b"", 1).replace(b"0\r\n\r\n", padded * 17 + b"0\r\n\r\n"))
         assert framing.startswith(b"HTTP/1.1 413")
-        assert b"The request body's chunked framing is larger than 2001 bytes." in framing
+        assert b"The request body's chunked framing is larger than 65660 bytes." in framing
     assert len(app.seen) == 4
 
 
@@ -471,8 +473,29 @@ def test_trailers_with_a_line_ended_by_lf_alone_are_refused_with_a_request_behin
 
 
 @pytest.mark.parametrize(
+    "body",
+    [b"5\n\r\nhello\r\n0\r\n\r\n", b"5;a\n\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\n\r\n"],
+    ids=["a size line", "a size line with an extension", "the last size line"],
+)
+@pytest.mark.parametrize("split", [None, 1, 2], ids=["in one read", "split after its first byte", "split before its CRLF"])
+def test_a_size_line_holding_an_lf_before_its_crlf_is_refused_however_it_is_read(app, body, split):
+    """Waitress's patterns for a size line end with $, which matches before a final LF: 5\\n read
+    whole in one read was a chunk of 5, where a reader that ends lines at LF starts the chunk a byte
+    earlier (a chunked body it read otherwise hid a request that was served), and 0\\n took the
+    request behind it for trailers (helper-126)."""
+    head = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    line_end = body.index(b"\r\n") if b"0\n" not in body else body.index(b"0\n") + 1
+    cut = {None: len(body), 1: 1, 2: line_end}[split]
+    with serve(app, create_server=create_server, channel_timeout=5) as url:
+        received = exchange(url, head + body[:cut], body[cut:] + SMUGGLED)
+    assert received.startswith(b"HTTP/1.1 400 Bad Request") and received.count(b"HTTP/1.1") == 1
+    assert b"<still open>" not in received and app.seen == []
+
+
+@pytest.mark.parametrize(
     "raw",
     [
+        pytest.param(b"5;" + b"x" * 5000 + b"\r\nhello\r\n0\r\n\r\n", id="a size line of 5 KB"),
         pytest.param(b"5;" + b"x" * 5000, id="a size line of 5 KB, not ended"),
         pytest.param(b"5\r\nhello\r\n0\r\nX-T: " + b"y" * 3000, id="trailers over the head's limit"),
         pytest.param(b"5\r\nhello\r\n0\r\nX-T: " + b"y" * 3000 + b"\r\n\r\n", id="the same, ended"),
@@ -481,8 +504,8 @@ def test_trailers_with_a_line_ended_by_lf_alone_are_refused_with_a_request_behin
 def test_a_chunked_body_whose_size_line_or_trailers_run_long_is_refused(app, raw):
     """Waitress gathered an unfinished size line and the trailers in memory, any length (up to the
     body's limit), and searched them again at every read: 324 s of the loop's CPU for 10 MiB of
-    trailers in 8 KiB reads (helper-124). A size line read whole at once is read by waitress as it
-    comes, and not held."""
+    trailers in 8 KiB reads (helper-124). Refused however they are read (helper-126: a size line
+    read whole in one read was taken)."""
     head = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     with serve(app, create_server=create_server, channel_timeout=5, max_request_header_size=2048) as url:
         received = exchange(url, head + raw)
