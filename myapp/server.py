@@ -224,7 +224,9 @@ class StrictChunkedReceiver(ChunkedReceiver):
       that was served), and it waited for CRLF after trailers ended by LF alone (a connection held
       until ``channel_timeout``, or a request behind them taken for more trailers: helper-124);
     - a size line over :data:`MAX_CHUNK_LINE` and trailers over ``max_request_header_size`` are
-      refused: waitress gathered both in memory, any length, searched again at every read.
+      refused: waitress gathered both in memory, any length, searched again at every read;
+    - an empty size line, and trailers that are not header fields, are refused: waitress skipped
+      the one and took any lines up to a blank one for the other (helper-128).
 
     Refused with 400, the connection closed, as waitress refuses a size it cannot read."""
 
@@ -249,16 +251,17 @@ class StrictChunkedReceiver(ChunkedReceiver):
             pos += taken
             if taken < len(piece):  # the trailers ended within it: the rest is the next request's
                 break
-        return pos
+        # Refused: the rest of the read is taken with it, as waitress takes it.
+        return size if self.error is not None else pos
 
     def _framing_end(self, s: bytes, pos: int) -> int | None:
         """Where in ``s`` the size line (its CRLF included) or the trailers (their last CRLF
         included) that begin at ``pos`` end, ``len(s)`` when not in it; None, with ``error`` set,
         when they are refused. Searched no further than the longest taken, and the rest of the
-        read never copied (a body of many small chunks costs about what it costs waitress)."""
+        read never copied."""
         trailers = self.all_chunks_received
         held = self.trailer if trailers else self.control_line
-        limit = (self.max_trailers if trailers else MAX_CHUNK_LINE) + 4  # with its end's CRLFs
+        limit = self.max_trailers if trailers else MAX_CHUNK_LINE + 2  # with their CRLFs
         if held:  # begun in an earlier read (rare): what was held is checked already but its last byte
             text, start, scan, shift = held + s[pos : pos + limit], 0, len(held) - 1, pos - len(held)
         else:
@@ -272,8 +275,18 @@ class StrictChunkedReceiver(ChunkedReceiver):
         checked = stop if end is None else end
         if checked - start > limit:
             self.error = BadRequest("A chunked body's size line or trailers are too long")
-        elif _BARE_LF.search(text, scan, checked):
+        elif _BARE_LF.search(text, scan, checked) if trailers else text.find(b"\n", scan, checked - (end is not None)) >= 0:
             self.error = BadRequest("Every line of a chunked body's framing must end with CRLF")
+        elif end == start + 2 and not trailers:
+            # RFC 9112 section 7.1: a size has a digit. Waitress skipped a blank line where one
+            # should be; a reader that takes it for 0 ends the body there (helper-128).
+            self.error = BadRequest("A chunk's size line is empty")
+        elif trailers and end is not None and end > start + 2 and not all(
+            HEADER_FIELD_RE.match(field) for field in text[start : end - 4].split(b"\r\n")
+        ):
+            # Waitress took any lines up to a blank one for trailers, a request among them (after a
+            # last chunk, a front proxy that ends the body there sees that request; helper-128).
+            self.error = BadRequest("A chunked body's trailers must be header fields")
         else:
             return len(s) if end is None else end + shift
         return None
