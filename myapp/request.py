@@ -37,6 +37,12 @@ MAX_FORM_BYTES = 256 * 1024
 # the ini sets ``max_request_body_size``, myapp's server refuses a larger one itself
 # (myapp.server.create_server).
 LARGEST_BODY = "myapp.largest_body"
+
+
+def takes_bodies_up_to(registry, size: int) -> None:
+    """Record that a route of the app takes a body of ``size`` bytes: :data:`LARGEST_BODY` is the
+    largest any part of it records, whichever includes itself first."""
+    registry[LARGEST_BODY] = max(registry.get(LARGEST_BODY, 0), size)
 MAX_FORM_FIELDS = 1000
 FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
 # Where the registry keeps the paths every request under one SCRIPT_NAME shares (Request.route_path).
@@ -381,8 +387,6 @@ class Request(PyramidRequest):
 
 def includeme(config):
     config.set_request_factory(Request)
-    # Another part of the app (the development stack, included first) may take larger ones.
-    largest = max(config.get_settings()["myapp"].proxy.max_body_bytes, MAX_FORM_BYTES)
-    config.registry[LARGEST_BODY] = max(config.registry.get(LARGEST_BODY, 0), largest)
+    takes_bodies_up_to(config.registry, max(config.get_settings()["myapp"].proxy.max_body_bytes, MAX_FORM_BYTES))
     config.registry[FIXED_PATHS] = {}
     config.registry[ROUTE_PATHS] = {}

@@ -104,9 +104,10 @@ class StrictRequestParser(HTTPRequestParser):
     # waitress skips them (RFC 9112 section 2.2).
     head_start = b""
 
-    # A chunked body's limit (max_request_body_size as set): its decoded bytes are held to it and
-    # its framing (sizes, line ends, trailers), which waitress counts with them, to _framing_limit().
-    chunked_limit = None
+    # A chunked body's limits (parse_header): its decoded bytes are held to max_request_body_size
+    # as set, and its framing (sizes, line ends, trailers), which waitress counts with them, to
+    # _framing_limit() of it.
+    chunked_limit = framing_limit = None
 
     def received(self, data):
         if self.completed:
@@ -120,13 +121,15 @@ class StrictRequestParser(HTTPRequestParser):
                 self._refuse(BadRequest("Every line of a request's head must end with CRLF"))
                 self.headers_finished = True
                 return len(data)
-            return super().received(data)
         consumed = super().received(data)
-        if self.chunked_limit is not None:
-            if self.error is None:
-                self._check_chunked_body()
-            elif isinstance(self.error, RequestEntityTooLarge):  # waitress's backstop, in our words
-                self.error = self._too_large_chunked() or self.error
+        if self.chunked_limit is not None and (self.error is None or isinstance(self.error, RequestEntityTooLarge)):
+            # Its bytes and its framing, each against its own limit (its lines are checked as
+            # they come by StrictChunkedReceiver); waitress's own count is a backstop, in our words.
+            too_large = self._too_large_chunked()
+            if too_large is not None:
+                self._refuse(too_large)
+        elif isinstance(self.error, RequestEntityTooLarge):  # waitress's, by Content-Length: in the proxy's words
+            self.error = RequestEntityTooLarge(_too_large(self.adj.max_request_body_size))
         return consumed
 
     def _refuse(self, error) -> None:
@@ -151,22 +154,12 @@ class StrictRequestParser(HTTPRequestParser):
         end = head.find(b"\r\n\r\n")
         return _BARE_LF.search((head if end < 0 else head[: end + 2]).lstrip()) is not None
 
-    def _check_chunked_body(self) -> None:
-        """Refuse a chunked body whose decoded bytes reach its limit, or its framing _framing_limit() (413),
-        as they come (its lines are checked as they come by :class:`StrictChunkedReceiver`)."""
-        too_large = self._too_large_chunked()
-        if too_large is not None:
-            self._refuse(too_large)
-
     def _too_large_chunked(self) -> RequestEntityTooLarge | None:
         decoded = len(self.body_rcv)
         if decoded >= self.chunked_limit:
             return RequestEntityTooLarge(_too_large(self.chunked_limit))
-        framing = self.body_bytes_received - decoded
-        if framing >= _framing_limit(self.chunked_limit):
-            return RequestEntityTooLarge(
-                f"The request body's chunked framing is larger than {_framing_limit(self.chunked_limit) - 1} bytes."
-            )
+        if self.body_bytes_received - decoded >= self.framing_limit:
+            return RequestEntityTooLarge(f"The request body's chunked framing is larger than {self.framing_limit - 1} bytes.")
         return None
 
     @property
@@ -203,8 +196,9 @@ class StrictRequestParser(HTTPRequestParser):
             # it. Its decoded bytes are held to it here (received()), and its framing to
             # _framing_limit(); waitress's own count, at the two together, is a backstop.
             self.chunked_limit = self.adj.max_request_body_size
+            self.framing_limit = _framing_limit(self.chunked_limit)
             self.adj = copy.copy(self.adj)
-            self.adj.max_request_body_size = self.chunked_limit + _framing_limit(self.chunked_limit)
+            self.adj.max_request_body_size = self.chunked_limit + self.framing_limit
             self.body_rcv = StrictChunkedReceiver(self.body_rcv.buf, self.adj.max_request_header_size)
 
 
@@ -338,8 +332,6 @@ class HardenedErrorTask(ErrorTask):
 
     def execute(self):
         error = self.request.error
-        if error.code == 413 and error.body.startswith("exceeds max_body"):  # waitress's words for a Content-Length
-            error.body = _too_large(self.channel.server.adj.max_request_body_size)
         status, headers, body = error.to_response(self.channel.server.adj.ident)
         path = self.request.target_path
         if not path and self.channel.requests:  # the app failed: waitress answers with a parser of its own

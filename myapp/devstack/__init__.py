@@ -16,7 +16,7 @@ from myapp.devstack.api import APIS, MAX_BYTES, DemoAPI, PublishedKeySet
 from myapp.devstack.dpop import ServerNonces
 from myapp.devstack.provider import PROVIDERS, Provider
 from myapp.devstack.settings import load_devstack_settings
-from myapp.request import LARGEST_BODY
+from myapp.request import takes_bodies_up_to
 from myapp.server import OWN_THREADS
 from myapp.settings import SettingsError
 
@@ -45,7 +45,7 @@ def includeme(config):
     # Its API's echo and upload take a body of any size, up to waitress's own limit (1 GiB): myapp's
     # server, which refuses a body larger than any route takes (myapp.request.LARGEST_BODY), lets
     # them through in development.
-    config.registry[LARGEST_BODY] = max(config.registry.get(LARGEST_BODY, 0), MAX_BYTES)
+    takes_bodies_up_to(config.registry, MAX_BYTES)
     config.include(".views")
     config.include(".api")
     config.scan(".views")

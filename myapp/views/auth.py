@@ -17,7 +17,7 @@ from myapp.security import check_form_origin, live_session, sent_from_a_page_of,
 from myapp.services.audit import AuditEventType
 from myapp.services.login import LoginError, StepUp
 from myapp.services.metrics import failure_reason
-from myapp.services.oidc import OIDCError, ProviderUnavailable
+from myapp.services.oidc import OIDCError, ProviderMisconfigured, ProviderUnavailable
 from myapp.services.sessions import EndReason
 from myapp.services.stepup import max_age_of
 from myapp.settings import DEFAULT_PROVIDER, PROMPTS, acr_values_fit
@@ -240,7 +240,7 @@ def backchannel_logout(request):
     try:
         claims, ended = request.logout_service.backchannel_logout(token, ip_address=request.remote_addr)
     except OIDCError as e:
-        if e.reason in _PROVIDER_FAULTS:
+        if isinstance(e, ProviderMisconfigured | ProviderUnavailable):
             # Anyone may post here: what is wrong with the provider's documents is for the log, not them.
             log.warning("back-channel logout refused: %s: %s", e.reason, e.message)
             return _no_store(json_error(400, ErrorCode.INVALID_REQUEST, "The logout token cannot be checked now."))
@@ -250,9 +250,6 @@ def backchannel_logout(request):
         # Usually the echo of a person's own sign-out here: nothing happened, so nothing is audited.
         log.info("back-channel logout ended no session (%s)", "by sid" if claims.get("sid") else "by sub")
     return _no_store(Response(json={}, status=200))
-
-
-_PROVIDER_FAULTS = ("provider_misconfigured", "provider_unavailable")
 
 
 def _no_store(response: Response) -> Response:

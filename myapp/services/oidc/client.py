@@ -33,7 +33,7 @@ from myapp.services.oidc.errors import (
     error_code,
 )
 from myapp.services.oidc.jose import TokenValidator
-from myapp.services.oidc.metadata import ProviderDocuments, ProviderMetadata
+from myapp.services.oidc.metadata import URI_CHARS, ProviderDocuments, ProviderMetadata
 from myapp.services.tokenset import TokenSet
 from myapp.settings import OIDCSettings
 
@@ -42,10 +42,8 @@ log = logging.getLogger(__name__)
 
 # RFC 6750 section 2.1 (b64token), the characters an access token may have in a header.
 TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-# RFC 6749 appendix A: a refresh token is printable ASCII (VSCHAR); a URI (PAR's request_uri,
-# RFC 9126) is ASCII without spaces or controls.
+# RFC 6749 appendix A: a refresh token is printable ASCII (VSCHAR).
 VSCHARS = re.compile(r"[\x20-\x7e]+")
-URI_CHARS = re.compile(r"[\x21-\x7e]+")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 

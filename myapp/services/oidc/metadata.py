@@ -79,7 +79,7 @@ class ProviderMetadata:
             # provider (helper-127).
             if (
                 parts is None or parts.scheme not in schemes or not parts.netloc
-                or not _URL_CHARS.fullmatch(value) or "#" in value
+                or not URI_CHARS.fullmatch(value) or "#" in value
             ):
                 raise ProviderMisconfigured(f"The provider's discovery document has no usable {name}.")
             return value
@@ -111,7 +111,8 @@ class ProviderMetadata:
         )
 
 
-_URL_CHARS = re.compile(r"[\x21-\x7e]+")
+# A URI (RFC 3986) is ASCII, without spaces or controls: a discovery endpoint, PAR's request_uri.
+URI_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 def _string_list(value) -> tuple[str, ...] | None:
