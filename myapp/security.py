@@ -185,6 +185,8 @@ class SessionSecurityPolicy:
             return None
         reason = store.dead_reason(session)
         if reason is not None:
+            if reason == EndReason.IDLE and session.ended_at is None:
+                store.end_idle(session)
             request.environ[ENDED_SESSION] = session
             self._clear_cookie_later(request, reason)
             return None
@@ -355,7 +357,10 @@ def check_form_origin(request) -> bool:
 
 
 def same_origin(origin: str, public_url: str) -> bool:
-    if origin == "null":
+    """Whether ``origin`` (an ``Origin`` header, or a ``Referer``'s scheme and authority) is the
+    public URL's: its scheme, host and port, and nothing else. Userinfo, a query or a fragment make
+    it no origin (RFC 6454 serializes none; a browser sends none: helper-132)."""
+    if origin == "null" or "@" in origin or "?" in origin or "#" in origin:
         return False
     try:
         a, b = urlsplit(origin), urlsplit(public_url)

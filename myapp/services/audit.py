@@ -65,6 +65,7 @@ REASONS = {
     "invalid_grant": "The refresh token was refused (expired, revoked, or reused).",
     "no refresh token": "The session has no refresh token to renew its access.",
     "parameter_too_long": "The sign-in answer was malformed.",
+    "parameter_repeated": "The sign-in answer was malformed.",
     "account_disabled": "The account is disabled here: the person was not signed in.",
 }
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 LOGIN_TRANSACTION_LIFETIME = timedelta(minutes=10)
 MAX_PENDING_PER_BROWSER = 10
 MAX_PARAMETER_LENGTH = 4096
+# The authorization response's parameters this client reads.
+RESPONSE_PARAMETERS = ("state", "code", "iss", "error", "error_description")
 AMR_COLUMN_LENGTH = UserSession.__table__.c.amr.type.length
 
 
@@ -95,6 +97,13 @@ class StepUp:
         if self.max_age is not None:
             params["max_age"] = str(self.max_age)
         return params
+
+
+def _repeated(params: Mapping[str, str], names) -> bool:
+    """Whether any of ``names`` is in ``params`` more than once: a query's multidict (WebOb's
+    ``getall``) can hold a name twice, a plain mapping cannot."""
+    getall = getattr(params, "getall", None)
+    return getall is not None and any(len(getall(name)) > 1 for name in names)
 
 
 def _sha256(value: str) -> str:
@@ -191,9 +200,14 @@ class LoginService:
         """The callback of ``provider`` (the one its URL names), failing closed at each step in
         SPEC.md's order. No token is used early. ``signed_in``: the browser's live session, which a
         refused sign-in leaves as it is."""
-        for name in ("state", "code", "iss", "error", "error_description"):
+        for name in RESPONSE_PARAMETERS:
             if len(params.get(name, "")) > MAX_PARAMETER_LENGTH:
                 raise LoginError("parameter_too_long", "The sign-in response is malformed.", started_here=False)
+        if _repeated(params, RESPONSE_PARAMETERS):
+            # RFC 6749 3.1: none more than once. A query's last copy is the one read, so a response
+            # with a second state, code or issuer put before the provider's was read as the
+            # provider's (helper-132); which copy a front proxy or a log reads is anyone's guess.
+            raise LoginError("parameter_repeated", "The sign-in response is malformed.", started_here=False)
         if params.get("error"):
             try:
                 transaction = self._take_transaction(params.get("state", ""), browser_token)

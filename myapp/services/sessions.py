@@ -922,6 +922,20 @@ class SessionStore:
             return EndReason.IDLE
         return None
 
+    def end_idle(self, session: SessionRecord) -> bool:
+        """End ``session``, which :meth:`dead_reason` found idle, unless it was used since: so that
+        no process takes it for live again. A process that served its last use ends it exactly the
+        timeout after that use, when one that knows only the row would serve it for up to a minute
+        more (``idle_after``) and record that use, which brought it back here too (helper-129). Its
+        tokens are queued for revocation, as the revoker's sweep would queue them a minute later."""
+        condition = (UserSession.id == session.id) & (
+            UserSession.last_seen_at <= self.clock() - self.settings.idle_timeout
+        )
+        if self.own_transactions is None:
+            return self.rows.end_where(condition, EndReason.IDLE) == 1
+        with self.own_transactions() as dbsession, dbsession.begin():
+            return SessionRows(dbsession, self.cipher, self.clock).end_where(condition, EndReason.IDLE) == 1
+
     def touch(self, session: SessionRecord) -> SessionRecord:
         """Record activity, at most once a minute so reads do not become writes; the session as it now is.
 

@@ -50,6 +50,13 @@ def login(request):
     if request.method == "HEAD":
         return Response(status=200)  # a link checker's HEAD must not start a sign-in
     next_path = safe_next_path(request.GET.get("next"))
+    if any(len(request.GET.getall(name)) > 1 for name in LOGIN_PARAMETERS):
+        # Which copy counts would be a guess (the last, as read; the first, by a proxy or a log):
+        # two providers, or two step-ups, are no sign-in anyone asked for (helper-132).
+        return error_page(
+            request, 400, "This sign-in link is not valid", "It asks for the same thing twice.",
+            retry_url=_login_url(request, next_path), retry_label="Sign in",
+        )
     providers = request.services.providers
     provider = request.GET.get("provider")
     if not provider:  # none named (an empty ?provider= too): the chooser, or the only one
@@ -121,6 +128,9 @@ def _step_up_of(request) -> StepUp | None:
 
 # What /login passes on from the provider chooser to the provider chosen, besides ``next``.
 CHOOSER_KEEPS = ("acr_values", "max_age", "prompt")
+# What /login reads that changes the sign-in asked for: each at most once (``next`` is checked
+# whichever copy is read, and only says where to go after).
+LOGIN_PARAMETERS = ("provider", *CHOOSER_KEEPS)
 
 
 def _chooser(request, next_path: str) -> Response:

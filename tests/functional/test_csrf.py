@@ -146,7 +146,8 @@ class TestAPublicURLWrittenWithItsDefaultPort:
 
     @pytest.mark.parametrize(
         "origin", ["https://evil.example", "http://app.example.test", "https://app.example.test:8443",
-                   "https://app.example.test.evil.example", "null"],
+                   "https://app.example.test.evil.example", "null", "https://evil.example@app.example.test",
+                   "https://app.example.test?"],
     )
     def test_a_foreign_origin_is_still_refused(self, browser, origin):
         response = browser.post("/api/demo/items", headers={"X-CSRF": "1", "Origin": origin}, status=403)
@@ -244,9 +245,12 @@ class TestAFormsOriginIsThePublicURLs:
             (HOST, "https", None, "https://[app.example.test/posts"),
             (HOST, "http", "http://app.example.test", None),
             ("127.0.0.1:6543", "https", None, None),
+            (HOST, "https", "https://evil.example@app.example.test", None),
+            (HOST, "https", None, "https://evil.example@app.example.test/posts/new"),
         ],
         ids=["Origin the request's Host", "Origin the proxy's address", "no X-Forwarded-Proto", "Origin null",
-             "Referer of another site", "Referer unreadable", "http Origin of the host", "neither"],
+             "Referer of another site", "Referer unreadable", "http Origin of the host", "neither",
+             "Origin with userinfo", "Referer with userinfo"],
     )
     def test_a_form_from_anywhere_else_is_refused(self, browser, signed_in, alice, dbsession, host, scheme, origin,
                                                     referer):

@@ -5,10 +5,12 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
+import myapp
 from myapp.models import AuditEvent, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.sessions import hash_session_id
-from tests.functional.conftest import COOKIE
+from tests.functional.conftest import COOKIE, Browser, dispose
+from tests.support.database import RolledBackDatabase
 
 
 def set_cookie_headers(response):
@@ -140,6 +142,27 @@ def test_idle_timeout(browser, alice, sign_in, dbsession, app_settings):
     assert "Alice" in browser.get("/").text
     backdate(dbsession, row, last_seen_at=utcnow() - idle - timedelta(seconds=1))
     assert "reason=idle" in browser.get("/posts", status=303).location
+
+
+def test_a_session_found_idle_by_one_process_is_idle_on_every_process(
+    browser, alice, sign_in, dbsession, app_settings, engine, connection
+):
+    """The process that served a session's last use finds it idle exactly the timeout after it; one
+    that knows only the row allows a minute more, and served it then, recording a use that brought
+    it back on the first too (helper-129). The first ends it: idle everywhere, from then on."""
+    raw_id, row = sign_in(browser, alice)
+    assert "Alice" in browser.get("/").text
+    backdate(dbsession, row, last_seen_at=utcnow() - timedelta(days=7) - timedelta(seconds=1))
+    assert "reason=idle" in browser.get("/posts", status=303).location
+    ended = dbsession.scalars(select(UserSession).where(UserSession.id == row.id)).one()
+    assert ended.ended_at is not None and ended.end_reason == "idle"
+    other = myapp.make_app(app_settings, database=RolledBackDatabase(engine).bind(connection))
+    try:
+        elsewhere = Browser(other)
+        elsewhere.set_cookie(COOKIE, raw_id)
+        assert "reason=idle" in elsewhere.get("/posts", status=303).location
+    finally:
+        dispose(other)
 
 
 def test_idle_expires_at_is_a_timeout_after_this_request(browser, alice, sign_in):

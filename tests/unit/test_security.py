@@ -69,6 +69,13 @@ def test_open_redirect_payloads_fall_back_to_root(value):
         ("null", False),
         ("", False),
         ("https://[broken", False),
+        ("https://evil@app.example.com", False),
+        ("https://@app.example.com", False),
+        ("https://user:pw@app.example.com:443", False),
+        ("https://app.example.com?", False),
+        ("https://app.example.com/?x=1", False),
+        ("https://app.example.com#", False),
+        ("https://app.example.com/", True),
     ],
 )
 def test_same_origin(origin, expected):

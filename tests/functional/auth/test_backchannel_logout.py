@@ -240,3 +240,13 @@ def test_what_is_wrong_with_the_provider_is_logged_not_told_to_whoever_posts(mak
     answer = post_logout_token(make_app(), provider.logout_token(sid=None), status=400)
     assert answer.json == {"error": "invalid_request", "message": "The logout token cannot be checked now."}
     assert any("provider_misconfigured: The provider signs ID tokens" in r.getMessage() for r in caplog.records)
+
+
+def test_a_provider_that_does_not_answer_is_logged_not_told_to_whoever_posts(make_app, provider, caplog):
+    """The same for a provider that is down: its discovery document unreachable is a 400 with the
+    same plain words (a provider's address or status is not for whoever posts), the reason logged."""
+    provider.discovery_status = 503
+    answer = post_logout_token(make_app(), provider.logout_token(sid=None), status=400)
+    assert answer.json == {"error": "invalid_request", "message": "The logout token cannot be checked now."}
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert any(r.getMessage().startswith("back-channel logout refused: provider_unavailable: ") for r in caplog.records)

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from datetime import timedelta
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from sqlalchemy import func, select
@@ -587,6 +587,25 @@ def test_head_on_the_callback_completes_nothing(browser, provider, dbsession):
 def test_oversized_callback_parameters(app, browser, dbsession):
     browser.get("/auth/callback", params={"state": "x" * 5000, "code": "y"}, status=400)
     assert failures(dbsession) == [] and refusals(app, "parameter_too_long") == 1
+
+
+@pytest.mark.parametrize("name", ["state", "code", "iss", "error", "error_description"])
+def test_a_callback_naming_a_parameter_twice_is_refused(browser, provider, dbsession, app, name):
+    """RFC 6749 3.1: no response parameter more than once. The last copy was read: a second
+    issuer, state or code put before the provider's signed the browser in (helper-132). Refused
+    before the sign-in is looked up, so the provider's own answer still completes it."""
+    _, query = start_login(browser, "/posts")
+    code = provider.grant(challenge=query["code_challenge"], nonce=query["nonce"])
+    params = [("code", code), ("state", query["state"]), ("iss", provider.issuer)]
+    # Before the provider's copy; an error's empty last copy hid the first (no error, the code read).
+    extra = {"state": [("state", "forged")], "code": [("code", "forged")], "iss": [("iss", provider.issuer + "2")],
+             "error": [("error", "access_denied"), ("error", "")],
+             "error_description": [("error_description", "a"), ("error_description", "b")]}[name]
+    response = browser.get("/auth/callback?" + urlencode([*extra, *params]), status=400)
+    assert "malformed" in response.text and session_count(dbsession) == 0
+    assert failures(dbsession) == [] and refusals(app, "parameter_repeated") == 1
+    assert browser.get("/auth/callback?" + urlencode(params), status=303).location.endswith("/posts")
+    assert session_count(dbsession) == 1
 
 
 def test_a_flood_of_junk_callbacks_writes_no_audit_record(make_app, dbsession, caplog):

@@ -104,6 +104,20 @@ def test_an_unknown_provider_is_a_400_page(app, dbsession):
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
 
 
+@pytest.mark.parametrize("query", [
+    "provider=default&provider=partners", "provider=partners&provider=default",
+    "provider=default&acr_values=urn:myapp:mfa&acr_values=", "provider=default&max_age=0&max_age=600",
+    "provider=default&prompt=login&prompt=none",
+])
+def test_a_link_asking_for_one_thing_twice_is_a_400_page(app, dbsession, query):
+    """Two providers or two step-ups in one link: the last copy was taken, where a proxy or a log
+    may read the first (helper-132). A clear page that offers to sign in, and nothing started."""
+    page = Browser(app).get("/login?" + query + "&next=%2Fposts", status=400)
+    assert "It asks for the same thing twice." in page.text
+    assert page.html.select_one("a[href='/login?next=%2Fposts']") is not None
+    assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+
+
 def test_each_provider_gets_its_own_redirect_uri(app, provider, partner):
     location, query = start(Browser(app), "partners")
     assert location.startswith(partner.issuer + "/authorize?")

@@ -579,6 +579,41 @@ def test_a_process_that_did_not_serve_the_last_use_allows_the_minute(dbsession, 
     assert elsewhere.dead_reason(elsewhere.find(raw_id)) == EndReason.IDLE
 
 
+def test_a_session_found_idle_here_is_ended_for_every_process(dbsession, cipher, clock, user):
+    """Idle here exactly a timeout after the use this process served, where another process allows
+    the minute: ended here, so that the other does not serve it, record a use and bring it back for
+    this one too (helper-129). Its refresh token is queued for revocation, as the sweep's are."""
+    here = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = here.create(user=user, tokens=TokenSet(access_token="at", refresh_token="rt"))
+    clock.advance(seconds=30)
+    here.touch(here.find(raw_id))  # not written: within the minute
+    clock.advance(seconds=60)
+    found = here.find(raw_id)
+    assert here.dead_reason(found) == EndReason.IDLE
+    elsewhere = minute_timeout_store(dbsession, cipher, clock)
+    assert elsewhere.dead_reason(elsewhere.find(raw_id)) is None  # the minute's doubt
+    assert here.end_idle(found) is True
+    assert elsewhere.dead_reason(elsewhere.find(raw_id)) == EndReason.IDLE
+    assert [r.token_type_hint for r in dbsession.scalars(select(TokenRevocation))] == ["refresh_token"]
+    assert here.end_idle(found) is False  # once
+
+
+def test_a_session_used_since_it_was_found_idle_is_not_ended(dbsession, cipher, clock, user):
+    """Found idle here, then used on another process before it was ended: that use was recorded,
+    within the timeout, and the session stays live."""
+    here = minute_timeout_store(dbsession, cipher, clock)
+    raw_id, _ = here.create(user=user)
+    clock.advance(seconds=30)
+    here.touch(here.find(raw_id))
+    clock.advance(seconds=60)
+    found = here.find(raw_id)
+    assert here.dead_reason(found) == EndReason.IDLE
+    elsewhere = minute_timeout_store(dbsession, cipher, clock)
+    elsewhere.touch(elsewhere.find(raw_id))  # written: a minute and a half after the last write
+    assert here.end_idle(found) is False
+    assert elsewhere.dead_reason(elsewhere.find(raw_id)) is None
+
+
 def test_a_row_written_by_another_process_since_allows_the_minute(dbsession, cipher, clock, user):
     """This process served a use, then another process wrote a later one: that process's uses
     after its write are unknown here, so the minute's doubt is back."""
