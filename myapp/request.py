@@ -24,6 +24,7 @@ from webob.multidict import MultiDict
 
 from myapp.errors import ErrorCode
 from myapp.memo import remember, remembered
+from myapp.routes import API_PREFIX
 from myapp.services import Services
 from myapp.services.audit import AuditLog
 from myapp.services.login import LoginService
@@ -37,12 +38,19 @@ MAX_FORM_BYTES = 256 * 1024
 # the ini sets ``max_request_body_size``, myapp's server refuses a larger one itself
 # (myapp.server.create_server).
 LARGEST_BODY = "myapp.largest_body"
+# Where the registry keeps the largest body the paths under a prefix take, by prefix ("/api/"):
+# what myapp's server refuses from a request's head (myapp.server), in the words of the part that
+# would refuse it.
+BODY_LIMITS = "myapp.body_limits"
 
 
-def takes_bodies_up_to(registry, size: int) -> None:
+def takes_bodies_up_to(registry, size: int, *, under: str | None = None) -> None:
     """Record that a route of the app takes a body of ``size`` bytes: :data:`LARGEST_BODY` is the
-    largest any part of it records, whichever includes itself first."""
+    largest any part of it records, whichever includes itself first. ``under``: that the paths
+    under this prefix take none larger (:data:`BODY_LIMITS`)."""
     registry[LARGEST_BODY] = max(registry.get(LARGEST_BODY, 0), size)
+    if under is not None:
+        registry[BODY_LIMITS] = {**registry.get(BODY_LIMITS, {}), under: size}
 MAX_FORM_FIELDS = 1000
 FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
 # Where the registry keeps the paths every request under one SCRIPT_NAME shares (Request.route_path).
@@ -387,6 +395,8 @@ class Request(PyramidRequest):
 
 def includeme(config):
     config.set_request_factory(Request)
-    takes_bodies_up_to(config.registry, max(config.get_settings()["myapp"].proxy.max_body_bytes, MAX_FORM_BYTES))
+    takes_bodies_up_to(config.registry, MAX_FORM_BYTES)
+    # The proxy (views/api.py) takes none larger than max_body_bytes, and refuses it in these words.
+    takes_bodies_up_to(config.registry, config.get_settings()["myapp"].proxy.max_body_bytes, under=API_PREFIX)
     config.registry[FIXED_PATHS] = {}
     config.registry[ROUTE_PATHS] = {}

@@ -19,7 +19,9 @@
   unanswered until ``channel_timeout`` (or took a request behind such trailers for more of them).
 - ``max_request_body_size``, unless set, is one more than the largest body any of the app's routes
   takes (:func:`create_server`), where waitress's default read up to 1 GiB for the app to refuse;
-  either way a larger ``Content-Length`` is refused (413) from the head, and a chunked body is held
+  a path under a prefix whose routes take less (the proxy's ``/api/``: ``max_body_bytes``) is held
+  to that (:meth:`StrictRequestParser._limit_by_path`). Either way a larger ``Content-Length`` is
+  refused (413) from the head, and a chunked body is held
   to it by its bytes, its framing (which waitress counted with them) to an eighth of it (at least
   64 KiB: :func:`_framing_limit`), each size
   line to :data:`MAX_CHUNK_LINE` and its trailers to ``max_request_header_size`` (waitress gathered
@@ -90,7 +92,7 @@ from waitress.utilities import BadRequest, RequestEntityTooLarge
 
 from myapp.errors import ErrorCode
 from myapp.headers import SERVER_ANSWER, SERVER_HEADERS
-from myapp.request import LARGEST_BODY
+from myapp.request import BODY_LIMITS, LARGEST_BODY
 from myapp.routes import is_json_path
 from myapp.services.proxy import AnswerCutShort
 
@@ -162,6 +164,28 @@ class StrictRequestParser(HTTPRequestParser):
             return RequestEntityTooLarge(f"The request body's chunked framing is larger than {self.framing_limit - 1} bytes.")
         return None
 
+    def _limit_by_path(self) -> None:
+        """Hold the body to the largest the app's paths under the request's take, when that is
+        less (``adj.body_limits``: its registry's :data:`BODY_LIMITS`, longest prefix first): an
+        upload to the proxy over its ``max_body_bytes`` is refused from its head, in the proxy's
+        words, not invited (100-continue) and read whole for the proxy to refuse, nor refused in
+        the words of the largest body another route takes (helper-130). Read from the request
+        line's path as received, less waitress's ``url_prefix``: a path the app reads otherwise
+        (%-escaped, say) keeps the app-wide limit, and the app's own check."""
+        limits = getattr(self.adj, "body_limits", None)
+        if not limits:
+            return
+        path = self.target_path
+        mount = self.adj.url_prefix
+        if mount and path.startswith(mount):
+            path = path[len(mount) :]
+        for prefix, largest in limits:
+            if path.startswith(prefix):
+                if largest + 1 < self.adj.max_request_body_size:  # waitress refuses one of the limit or more
+                    self.adj = copy.copy(self.adj)
+                    self.adj.max_request_body_size = largest + 1
+                return
+
     @property
     def target_path(self) -> str:
         """The path of the request line, as far as it was received ("" until its target begins)."""
@@ -190,6 +214,8 @@ class StrictRequestParser(HTTPRequestParser):
             raise ParsingError("A request of this version must carry Host")
         if host is not None and "," in host:
             raise ParsingError("A request may carry one Host")
+        if self.chunked or self.content_length > 0:
+            self._limit_by_path()
         if self.chunked:
             # Waitress holds what it receives of a chunked body, framing and all, to
             # max_request_body_size: a body the app takes, sent in chunks, was refused short of
@@ -389,6 +415,7 @@ class WholeAnswerTask(WSGITask):
 
     held = False  # written whole, and left to the loop
     _ends_with_its_head = False  # while its head is built: a bodiless answer to keep the connection for
+    _ends_with_its_last_chunk = False  # ... and a chunked one
 
     def build_response_header(self):
         """Waitress's head, except that an HTTP/1.1 answer 204 or 304 keeps the connection: waitress
@@ -400,20 +427,26 @@ class WholeAnswerTask(WSGITask):
         ``wsgi.file_wrapper``'s (:meth:`StrictChannel.write_soon`). Not a 1xx, which WSGI cannot
         send as an interim answer (the request's own answer would still be awaited). A request
         whose ``Connection`` names ``close`` still closes."""
-        self._ends_with_its_head = (
+        keeps = (
             self.version == "1.1"
-            and self.status.split(" ", 1)[0] in ("204", "304")
             and not self.close_on_finish
             and "close" not in (option.strip().lower() for option in self.request.headers.get("CONNECTION", "").split(","))
         )
+        self._ends_with_its_head = keeps and self.status.split(" ", 1)[0] in ("204", "304")
+        # So does an answer sent chunked (a body without a Content-Length: the proxy's stream of an
+        # upstream's chunked answer, however short), which its last chunk ends (RFC 9112 section
+        # 7.1): waitress closed after every one, which cost each chunked call of an API a new
+        # connection (helper-130). An answer that fails once begun has no last chunk, and closes
+        # (waitress's channel marks it so).
+        self._ends_with_its_last_chunk = keeps and self.has_body and self.content_length is None
         try:
             return super().build_response_header()
         finally:
             self.channel.ended_with_head = self._ends_with_its_head
-            self._ends_with_its_head = False
+            self._ends_with_its_head = self._ends_with_its_last_chunk = False
 
     def set_close_on_finish(self) -> None:
-        if self._ends_with_its_head:
+        if self._ends_with_its_head or self._ends_with_its_last_chunk:
             return  # waitress's close for the missing Content-Length, the only one asked while the head is built
         super().set_close_on_finish()
 
@@ -558,8 +591,10 @@ def create_server(app, **settings):
     threads of their own (:class:`PrefixDispatcher`), as many as the app's.
 
     Unless ``max_request_body_size`` is set, it is one more than the largest body the app takes (its
-    registry's :data:`LARGEST_BODY`): a larger one is refused (413) as soon as its head says so,
-    before any of it is read, and one that expects 100-continue is not invited to send it.
+    registry's :data:`LARGEST_BODY`), and a request to a path under a prefix of its
+    :data:`BODY_LIMITS` is held to that prefix's, when less: a larger one is refused (413) as soon
+    as its head says so, before any of it is read, and one that expects 100-continue is not
+    invited to send it.
     Waitress's own default (1 GiB) had the whole body read into a file first, for the app to refuse:
     a client uploading a file too large for the proxy sent all of it for nothing."""
     waitress_log = logging.getLogger("waitress")
@@ -572,7 +607,10 @@ def create_server(app, **settings):
         settings = {**settings, "max_request_body_size": largest + 1}
     server = waitress.create_server(app, **settings)
     servers = [dispatcher for dispatcher in socket_map(server).values() if isinstance(dispatcher, BaseWSGIServer)]
+    # StrictRequestParser._limit_by_path's, on the Adjustments its parsers are given.
+    body_limits = tuple(sorted(registry.get(BODY_LIMITS, {}).items(), key=lambda item: -len(item[0])))
     for dispatcher in servers:
+        dispatcher.adj.body_limits = body_limits
         dispatcher.channel_class = StrictChannel
         dispatcher.later_adj = copy.copy(dispatcher.adj)  # WholeAnswerTask's
         dispatcher.later_adj.send_bytes = sys.maxsize

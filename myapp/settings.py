@@ -219,6 +219,9 @@ class Upstream:
     providers: frozenset[str] | None = None
     # False: a Bearer token (and no DPoP proof), which only a token the provider issued as Bearer can be.
     dpop: bool = True
+    # What /api/{name} with nothing below it calls: the base URL as written, "/" and all or not
+    # (SPEC.md: the path below it passes through, and there is none); "": ``base_url``.
+    bare_url: str = ""
 
     @property
     def has_own_token(self) -> bool:
@@ -687,9 +690,12 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict
                 or any(word in header for word in _CLIENT_ADDRESS_WORDS)
             ):
                 reader.problem(f"{key}forward_headers: {header!r} cannot be forwarded")
+        base_url = base.rstrip("/") + "/"
         upstreams[upstream_name] = Upstream(
             name=upstream_name,
-            base_url=base.rstrip("/") + "/",
+            base_url=base_url,
+            # A host's root is "/" either way; "https://host/v1" is itself, without the "/".
+            bare_url=base if urlsplit(base).path.strip("/") and not base.endswith("/") else base_url,
             timeout=reader.seconds(key + "timeout", 30),
             methods=methods,
             forward_headers=forward_headers,

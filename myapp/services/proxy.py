@@ -176,15 +176,22 @@ class Route:
     base_target: str
     timeout: Timeout
     forwarded: frozenset[str]
+    # What ``/api/{upstream}`` with nothing below it calls, and its request target: the base URL
+    # as written (Upstream.bare_url), without the "/" the settings end ``base_url`` with if so.
+    bare_url: str = ""
+    bare_target: str = ""
 
     @classmethod
     def to(cls, upstream: Upstream, pool: ConnectionPool | None = None) -> "Route":
         base = urlsplit(upstream.base_url)
+        bare_url = upstream.bare_url or upstream.base_url
         return cls(
             upstream=upstream,
             pool=pool or ConnectionPool(upstream.base_url, maxsize=32),
             # As written (the pool percent-encodes the whole target once, as it did the whole URL).
             base_target=base.path + (f"?{base.query}" if base.query else ""),
+            bare_url=bare_url,
+            bare_target=urlsplit(bare_url).path,
             timeout=Timeout(connect=min(upstream.timeout, 10), read=upstream.timeout),
             forwarded=(FORWARDED_REQUEST_HEADERS | upstream.forward_headers) - tracing.TRACE_HEADERS,
         )
@@ -200,6 +207,9 @@ class Outgoing:
     below: str
     headers: dict
     body: object = None
+    # ``/api/{upstream}`` with nothing below it, not even "/": the base URL as written (SPEC.md:
+    # the path below the base URL passes through), "/" and all or not (Route.bare_url).
+    bare: bool = False
     # The DPoP nonce the last proof carried (None: none, or no proof), and whether this request
     # already answered a nonce challenge (once per request, whatever else happens).
     sent_nonce: str | None = None
@@ -212,12 +222,12 @@ class Outgoing:
     @property
     def url(self) -> str:
         """The whole URL: what a DPoP proof names."""
-        return self.route.upstream.base_url + self.below
+        return (self.route.bare_url if self.bare else self.route.upstream.base_url) + self.below
 
     @property
     def target(self) -> str:
         """What the request line carries, to the upstream's own pool."""
-        return self.route.base_target + self.below
+        return (self.route.bare_target if self.bare else self.route.base_target) + self.below
 
     def rewind(self):
         if self.body is not None:
@@ -431,6 +441,9 @@ class Proxy:
             )
         route = self.routes[upstream.name]
         below = subpath(environ, upstream.name)
+        # Nothing below /api/{upstream}: with its "/" (the path then ends with it) the base URL's
+        # "/", without it the base URL without one.
+        bare = not below and not environ.get("PATH_INFO", "").endswith("/")
         query = environ.get("QUERY_STRING")
         if query:
             # Passed on as it came, %-escapes and all (whatever they encode); only what cannot go
@@ -446,7 +459,7 @@ class Proxy:
         if body is not None:
             headers["Content-Length"] = str(body.tell())
             body.seek(0)
-        return Outgoing(route=route, method=method, below=below, headers=headers, body=body)
+        return Outgoing(route=route, method=method, below=below, headers=headers, body=body, bare=bare)
 
     def _request_headers(self, environ: Mapping, route: Route, client_addr: str | None) -> dict:
         headers = {}

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from myapp import server
-from myapp.request import LARGEST_BODY
+from myapp.request import BODY_LIMITS, LARGEST_BODY
+from myapp.services.proxy import AnswerCutShort
 from myapp.server import (
     CrowdingWatch,
     cpu_order,
@@ -427,6 +428,33 @@ def test_a_body_larger_than_the_app_takes_is_refused_before_it_is_sent(path, jso
                             + b"Expect: 100-continue\r\nConnection: close\r\n\r\n", b"a" * 1000)
     assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
     assert app.seen == [("POST", path, b"a" * 1000)]
+
+
+@pytest.mark.parametrize("url_prefix", ["", "/mounted"])
+def test_a_path_under_a_prefix_with_a_smaller_limit_is_held_to_it_from_its_head(url_prefix):
+    """A prefix of the registry's BODY_LIMITS (the proxy's /api/) holds the paths under it to its
+    limit, the longest prefix first, where less than the largest body any route takes (helper-130:
+    an upload to the proxy over its limit was invited, read whole, and refused; one over every
+    limit refused in the words of the largest). Read below waitress's url_prefix; another path, or
+    one written otherwise (%-escaped), keeps the largest."""
+    app = Sized(1000)
+    app.registry[BODY_LIMITS] = {"/api/": 100, "/api/big/": 500, "/small/": 5000}
+    with serve(app, create_server=create_server, channel_timeout=5, url_prefix=url_prefix) as url:
+        for path, limit in (("/api/x", 100), ("/api/big/x", 500), ("/small/x", 1000), ("/posts", 1000),
+                            ("/%61pi/x", 1000), ("/api", 1000)):
+            path = url_prefix + path
+            refused = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {limit + 1}\r\n".encode()
+                               + b"Expect: 100-continue\r\n\r\n")
+            assert refused.startswith(b"HTTP/1.1 413") and b"100 Continue" not in refused, path
+            assert f"The request body is larger than {limit} bytes.".encode() in refused, path
+            body = b"a" * (limit + 1)
+            refused = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                               + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            assert refused.startswith(b"HTTP/1.1 413") and f"larger than {limit} bytes.".encode() in refused, path
+            taken = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {limit}\r\n".encode()
+                             + b"Expect: 100-continue\r\nConnection: close\r\n\r\n", b"a" * limit)
+            assert taken.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"), path
+    assert [len(body) for _, _, body in app.seen] == [100, 500, 1000, 1000, 1000, 1000]
 
 
 def chunked(body: bytes, size: int, end: bytes = b"0\r\n\r\n") -> bytes:
@@ -1844,6 +1872,52 @@ def test_an_answer_that_ends_with_its_head_keeps_the_connection(status):
             assert read_head(conn).startswith(b"HTTP/1.1 200 OK")
             assert conn.recv(6) == b"/after"
     assert app.seen == [f"/{status}", "/after"]
+
+
+class Streamed:
+    """An app whose answers have no Content-Length: sent chunked; ``/broken`` fails after its first
+    piece."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        self.seen.append(path)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def pieces():
+            yield b"one,"
+            if path == "/broken":
+                raise AnswerCutShort("the upstream went away")
+            yield b"two"
+        return pieces()
+
+
+def test_an_answer_sent_chunked_keeps_the_connection_and_one_cut_short_closes_it():
+    """Its last chunk ends a chunked answer (RFC 9112 section 7.1): waitress closed the connection
+    after every one all the same, so each chunked call through the proxy cost the browser a new
+    connection (helper-130). One that fails once begun ends without its last chunk, and closes:
+    the browser sees it cut short, and nothing more is read on that connection."""
+    app = Streamed()
+    with serve(app, create_server=create_server, channel_timeout=2) as url:
+        with connect(url) as conn:
+            conn.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = read_head(conn)
+            assert b"Transfer-Encoding: chunked" in head and b"Connection: close" not in head
+            body = b""
+            while not body.endswith(b"0\r\n\r\n"):
+                body += conn.recv(100)
+            assert body == b"4\r\none,\r\n3\r\ntwo\r\n0\r\n\r\n"
+            conn.sendall(b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\nGET /never HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = read_head(conn)
+            rest = b""
+            while piece := conn.recv(100):
+                rest += piece
+            assert rest == b"4\r\none,\r\n"  # no last chunk, and closed
+        # HTTP/1.0 has no chunks: its answer ends when the connection does, as before.
+        assert exchange(url, b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n").endswith(b"one,two")
+    assert app.seen == ["/first", "/broken", "/old"]
 
 
 @pytest.mark.parametrize(

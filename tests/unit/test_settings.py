@@ -573,6 +573,22 @@ def test_upstreams_map():
 
 
 @pytest.mark.parametrize(
+    "written, base_url, bare_url",
+    [
+        ("https://api.example.com/v1", "https://api.example.com/v1/", "https://api.example.com/v1"),
+        ("https://api.example.com/v1/", "https://api.example.com/v1/", "https://api.example.com/v1/"),
+        ("https://api.example.com/v1//", "https://api.example.com/v1/", "https://api.example.com/v1/"),
+        ("https://api.example.com", "https://api.example.com/", "https://api.example.com/"),
+        ("https://api.example.com/", "https://api.example.com/", "https://api.example.com/"),
+    ],
+)
+def test_an_upstream_is_called_below_its_base_url_and_alone_at_it_as_written(written, base_url, bare_url):
+    """/api/demo/x calls base_url + "x"; /api/demo alone the base URL as written (helper-130)."""
+    demo = load_settings(raw(myapp__upstreams=f"demo = {written}"), environ={}).upstreams["demo"]
+    assert (demo.base_url, demo.bare_url) == (base_url, bare_url)
+
+
+@pytest.mark.parametrize(
     "value, expected",
     [
         ("demo", "is not 'key = value'"),

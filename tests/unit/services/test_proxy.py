@@ -221,6 +221,32 @@ def test_the_target_is_the_base_url_and_the_path_never_the_host():
     assert outgoing.target == "/v1/items/7?a=1&b=%20"
 
 
+@pytest.mark.parametrize(
+    ("bare_url", "path", "query", "target"),
+    [
+        ("https://orders.example.test/v1", "/api/orders", "", "/v1"),
+        ("https://orders.example.test/v1", "/api/orders", "a=1", "/v1?a=1"),
+        ("https://orders.example.test/v1", "/api/orders/", "", "/v1/"),
+        ("https://orders.example.test/v1", "/api/orders/x", "", "/v1/x"),
+        ("https://orders.example.test/v1/", "/api/orders", "", "/v1/"),
+        ("https://orders.example.test/v1/", "/api/orders/", "a=1", "/v1/?a=1"),
+        ("", "/api/orders", "", "/v1/"),
+    ],
+)
+def test_the_upstream_named_alone_is_its_base_url_as_written(bare_url, path, query, target):
+    """SPEC.md: the path below the base URL passes through. Below /api/orders there is none, so the
+    base URL as written, not the base URL and a "/" (helper-130: a framework that redirects to add
+    or remove the "/" named its internal host to the browser). /api/orders/ is the base URL's "/"."""
+    upstream = replace(UPSTREAM, base_url="https://orders.example.test/v1/", bare_url=bare_url)
+    service = Proxy(upstreams={"orders": upstream}, max_body_bytes=100, public_url="https://app.example.test")
+    raw = path + ("?" + query if query else "")
+    for env in (environ(path, QUERY_STRING=query), environ(path, QUERY_STRING=query, REQUEST_URI=raw)):
+        outgoing = service.prepare(env, upstream_name="orders", client_addr="192.0.2.1")
+        assert outgoing.target == target
+        assert outgoing.url == "https://orders.example.test" + target
+    service.close()
+
+
 def test_each_upstream_has_its_own_pool_bound_to_its_base_urls_host():
     """Nothing of the browser's request can point a call at another host: the pool is the
     upstream's, made from its base URL when the app starts, and given only a path."""
