@@ -11,6 +11,7 @@ through :class:`SessionRows`, the one writer of a session's tokens and end.
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -266,6 +267,9 @@ class TokenManager:
         # Upstream tokens the provider refused, by (session handle, upstream): until when, why, and
         # the session's token generation then (its tokens changed since: asked again).
         self._refused: dict[tuple[str, str], tuple[datetime, str, int]] = {}
+        # The provider's last failure for a session (by its handle), and when (perf_counter): shared
+        # with the callers that were waiting for the lock meanwhile (_locked).
+        self._provider_failures: dict[str, tuple[float, ProviderUnavailable]] = {}
         # Providers (and upstreams) already warned of tokens that live no longer than the leeway.
         self._warned_short_lived: set[str] = set()
 
@@ -292,7 +296,7 @@ class TokenManager:
         # Keyed by the session's random handle, never its row id: SQLite gives a purged highest
         # id to the next row, and a caller must never share another session's refresh.
         return self.flights.run(
-            session.handle, lambda: self._refresh(session.id, stale), span=("token.refresh", None)
+            session.handle, lambda: self._refresh(session, stale), span=("token.refresh", None)
         )
 
     def _known(self, token: str, token_type: str | None, session: SessionRecord) -> Credential | None:
@@ -359,16 +363,34 @@ class TokenManager:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
 
-    def _refresh(self, session_id: int, stale: str | None) -> Credential:
+    def _refresh(self, session: SessionRecord, stale: str | None) -> Credential:
         with tracing.span("token.refresh") as span:
-            waiting = tracing.Stopwatch()
-            with self.lock.locked(session_id) as dbsession:
-                span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
-                outcome = self._refresh_locked(SessionRows(dbsession, self.cipher, self.clock), session_id, stale)
+            outcome = self._locked(session, lambda rows: self._refresh_locked(rows, session.id, stale), span)
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         # Raised only now, so that an ended session and its audit record were committed first.
         if isinstance(outcome, BaseException):
             raise outcome
+        return outcome
+
+    def _locked(self, session: SessionRecord, work: Callable[[SessionRows], object], span):
+        """``work`` under the session's refresh lock: its outcome, a credential or the exception to
+        raise. A provider that failed (:class:`ProviderUnavailable`) for this session while this
+        caller waited for the lock is this caller's outcome too, not asked again: every caller of a
+        refresh in flight shares its result, a failure included (SPEC.md), where each of those
+        that waited on the lock (another upstream's token, a request that came moments later) asked
+        the provider again in turn, each waiting its timeout: ten calls to two upstreams against a
+        provider that did not answer took 3 to 15 s, seven token requests with one refresh token
+        (helper-131). In this process; one that came after the failure asks again."""
+        waiting = tracing.Stopwatch()
+        with self.lock.locked(session.id) as dbsession:
+            span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
+            failed = self._provider_failures.get(session.handle)
+            if failed is not None and failed[0] > waiting.started:
+                return failed[1]
+            outcome = work(SessionRows(dbsession, self.cipher, self.clock))
+            if isinstance(outcome, ProviderUnavailable):
+                # Before the lock is let go: a caller that takes it next must see it.
+                remember(self._provider_failures, session.handle, (time.perf_counter(), outcome), PLAINTEXT_CACHE_SIZE)
         return outcome
 
     def _refresh_locked(self, rows: SessionRows, session_id: int, stale: str | None):
@@ -477,12 +499,9 @@ class TokenManager:
     ) -> Credential:
         session_id = session.id
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
-            waiting = tracing.Stopwatch()
-            with self.lock.locked(session_id) as dbsession:
-                span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
-                outcome = self._mint_upstream_token_locked(
-                    SessionRows(dbsession, self.cipher, self.clock), session_id, upstream, stale
-                )
+            outcome = self._locked(
+                session, lambda rows: self._mint_upstream_token_locked(rows, session_id, upstream, stale), span
+            )
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop(key, None)
@@ -553,11 +572,10 @@ class TokenManager:
                 # provider will not exchange it (its policy), and only this upstream is out of reach.
                 self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
                 return UpstreamTokenRefused(upstream.name, e.error)
-            if e.error == "invalid_grant" and dpop is None and key is not None:
-                return self._refused_without_proof(rows, session, upstream, own)
-            if e.error in ("invalid_grant", "invalid_dpop_proof"):
-                # The refresh token is dead, or the provider will not take the session's key: as
-                # for a refresh.
+            if e.error == "invalid_grant":
+                return self._refused_for_upstream(rows, session, upstream, own, without_proof=dpop is None and key is not None)
+            if e.error == "invalid_dpop_proof":
+                # The provider will not take the session's key: as for a refresh.
                 return self._end(rows, session, f"{e.error} for upstream {upstream.name}")
             self._audit(rows, session, f"token for upstream {upstream.name} refused: {e.error}")
             return UpstreamTokenRefused(upstream.name, e.error)
@@ -648,15 +666,23 @@ class TokenManager:
             rows.revoke_issued_later(session, TokenSet(access_token=issued.access_token))
         return True
 
-    def _refused_without_proof(self, rows: SessionRows, session: SessionRecord, upstream: Upstream, own: TokenSet):
-        """``invalid_grant`` for a token asked for without a proof (``dpop = false``) by a session
-        bound to a key: a provider that binds refresh tokens to the key (RFC 9449 section 5) answers
-        so while the token lives. The session's own refresh, with its proof, tells which: the session
-        ends only when that is refused too; else only this upstream cannot have a token."""
+    def _refused_for_upstream(
+        self, rows: SessionRows, session: SessionRecord, upstream: Upstream, own: TokenSet, *, without_proof: bool
+    ):
+        """``invalid_grant`` for an upstream's own token asked for with the session's refresh token:
+        the refresh token is dead, or the provider will not give it a token for that target. Entra
+        ID answers so for a resource the person has not consented to, or that conditional access
+        keeps from them (``consent_required``, AADSTS65001), whose refusal ended every session that
+        called it, and at every sign-in with it on the dashboard (helper-131); so does a provider
+        that binds refresh tokens to the session's key (RFC 9449 section 5) for a token asked for
+        without a proof (``dpop = false``, ``without_proof``). The session's own refresh tells
+        which: the session ends only when that is refused too (one made in the last 30 s counts as
+        not refused); else only this upstream cannot have a token, as for an exchange refused."""
         checked = self._refresh_locked(rows, session.id, own.access_token)
         if isinstance(checked, BaseException):
             return checked
-        self._audit(rows, session, f"token for upstream {upstream.name} refused without a DPoP proof: invalid_grant")
+        how = " without a DPoP proof" if without_proof else ""
+        self._audit(rows, session, f"token for upstream {upstream.name} refused{how}: invalid_grant")
         return UpstreamTokenRefused(upstream.name, "invalid_grant")
 
     def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,

@@ -295,6 +295,41 @@ def test_a_refused_target_is_a_502_for_that_upstream_only(app, signed_in, upstre
     api(browser, "GET", "/api/plain/x", status=200)
 
 
+def test_invalid_grant_for_one_upstreams_target_leaves_the_session_and_its_other_upstreams(
+    app, signed_in, upstream, provider, dbsession
+):
+    """Entra ID answers invalid_grant (consent_required, AADSTS65001) for a resource the person has
+    not consented to, or that conditional access keeps from them, though the refresh token lives:
+    the session ended, and with that upstream on the dashboard every sign-in ended on its first page
+    (helper-131). The session's own refresh tells: it lives, so only this upstream is refused."""
+    provider.refused_targets[OWN_RESOURCE] = "invalid_grant"
+    browser = signed_in(app=app)
+    response = api(browser, "GET", "/api/own/x", status=502)
+    assert response.json["error"] == "upstream_unavailable" and "invalid_grant" in response.json["message"]
+    assert [f.get("resource") for f in token_requests(provider)] == [OWN_RESOURCE, None]  # then the session's own
+    assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
+    api(browser, "GET", "/api/plain/x", status=200)
+    api(browser, "GET", "/api/graph/x", status=200)
+    # Asked again, as the session's tokens changed since (graph's scope rotated them), and refused
+    # again; the session's own refresh of a moment ago tells it lives, without another.
+    api(browser, "GET", "/api/own/x", status=502)
+    assert [f.get("resource") for f in token_requests(provider)] == [OWN_RESOURCE, None, None, OWN_RESOURCE]
+    assert row_of(dbsession, browser).ended_at is None
+
+
+def test_invalid_grant_for_an_upstream_whose_refresh_token_is_dead_ends_the_session(
+    app, signed_in, upstream, provider, dbsession
+):
+    """The same answer when the refresh token is dead (revoked, expired, reused): the session's own
+    refresh is refused too, and the session ends, as SPEC.md has it for a refresh."""
+    browser = signed_in(app=app)
+    provider.refresh_tokens.clear()
+    response = api(browser, "GET", "/api/own/x", status=401)
+    assert response.json["error"] == "login_required"
+    assert row_of(dbsession, browser).ended_at is not None
+    assert len(token_requests(provider)) == 2 and upstream.seen == []
+
+
 def refusals_audited(dbsession, upstream_name: str) -> int:
     dbsession.commit()
     return len(dbsession.scalars(select(AuditEvent).where(

@@ -1,5 +1,6 @@
 """The token manager with a stub provider: what it decides, and that one refresh serves all."""
 
+import contextlib
 import secrets
 import threading
 import time
@@ -649,3 +650,54 @@ def test_the_lock_holder_s_calls_to_the_provider_end_before_the_lock_s_time(conn
     assert 25 - REFRESH_LOCK_MARGIN - 1 < left[0] <= 25 - REFRESH_LOCK_MARGIN
     with HttpClient(timeout=100).bounded() as seconds:  # outside the lock, its own timeout again
         assert seconds > 99
+
+
+class ThreadLock:
+    """A refresh lock between this process's threads, which says when a caller starts to wait."""
+
+    def __init__(self):
+        self.mutex = threading.Lock()
+        self.waiting = threading.Semaphore(0)
+
+    @contextlib.contextmanager
+    def locked(self, session_id):
+        self.waiting.release()
+        with self.mutex:
+            yield None
+
+
+def test_a_provider_failure_is_shared_with_the_callers_that_waited_for_the_lock_meanwhile(cipher):
+    """Every caller of a refresh in flight shares its result, a failure included: those that waited
+    on the lock (another upstream's token, a call that came moments later) each asked the provider
+    again in turn, and waited its timeout (helper-131: ten calls, seven token requests, 15 s). One
+    that comes after the failure asks again: the provider may answer it."""
+    lock = ThreadLock()
+    manager = TokenManager(lock=lock, providers=Providers({"default": StubProvider()}), cipher=cipher,
+                           settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)))
+    session, span = SimpleNamespace(id=1, handle="hd-1"), MagicMock()
+    asked, entered, release = [], threading.Event(), threading.Event()
+
+    def failing(rows):
+        asked.append("first")
+        entered.set()
+        release.wait(5)
+        return ProviderUnavailable("The sign-in provider did not answer.")
+
+    outcomes = {}
+    first = threading.Thread(target=lambda: outcomes.setdefault("first", manager._locked(session, failing, span)))
+    first.start()
+    assert entered.wait(5)
+    waiter = threading.Thread(target=lambda: outcomes.setdefault(
+        "waiter", manager._locked(session, lambda rows: asked.append("waiter") or "credential", span)))
+    waiter.start()
+    assert lock.waiting.acquire(timeout=5) and lock.waiting.acquire(timeout=5)  # both asked for the lock
+    release.set()
+    first.join(5)
+    waiter.join(5)
+    assert asked == ["first"] and outcomes["waiter"] is outcomes["first"]
+    assert isinstance(outcomes["first"], ProviderUnavailable)
+    # After it: asked again.
+    assert manager._locked(session, lambda rows: asked.append("later") or "credential", span) == "credential"
+    # Another session's callers never share it.
+    assert manager._locked(SimpleNamespace(id=2, handle="hd-2"), lambda rows: "other", span) == "other"
+    assert asked == ["first", "later"]
