@@ -437,8 +437,12 @@ class WholeAnswerTask(WSGITask):
         # upstream's chunked answer, however short), which its last chunk ends (RFC 9112 section
         # 7.1): waitress closed after every one, which cost each chunked call of an API a new
         # connection (helper-130). An answer that fails once begun has no last chunk, and closes
-        # (waitress's channel marks it so).
-        self._ends_with_its_last_chunk = keeps and self.has_body and self.content_length is None
+        # (waitress's channel marks it so). Not an answer to HEAD: it ends with its head, where
+        # waitress still names chunks and writes the last one, which the next answer on a kept
+        # connection would begin with (helper-133); it closes, as before.
+        self._ends_with_its_last_chunk = (
+            keeps and self.has_body and self.content_length is None and self.request.command != "HEAD"
+        )
         try:
             return super().build_response_header()
         finally:

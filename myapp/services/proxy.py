@@ -314,6 +314,13 @@ def subpath(environ: Mapping, upstream_name: str) -> str:
         # nor refused as a raw character, and the checks below read it as they read a raw path.
         raw = quote(_bytes_of(environ.get("PATH_INFO", "")), safe=_PCHAR)
     prefix = f"/api/{upstream_name}"
+    mount = environ.get("SCRIPT_NAME")
+    if mount and (environ.get("REQUEST_URI") or environ.get("RAW_URI")):
+        # The raw target names the path the app is mounted at too (waitress's url_prefix, which
+        # is SCRIPT_NAME; helper-133): every call there was refused as a path that could leave
+        # the base URL. Written as it came, or %-escaped as a browser writes it.
+        escaped = quote(_bytes_of(mount), safe=_PCHAR)
+        prefix = (escaped if raw.startswith(escaped) else mount) + prefix
     if not raw.startswith(prefix) or raw[len(prefix) : len(prefix) + 1] not in ("", "/"):
         raise _bad_path()
     path = _escaped_beyond_ascii(raw[len(prefix) + 1 :])

@@ -8,6 +8,7 @@ whichever transaction it is given: the request's, or the refresh lock's own.
 import functools
 import hashlib
 import json
+import logging
 import re
 import secrets
 import threading
@@ -20,6 +21,7 @@ from typing import NamedTuple
 from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from myapp.errors import describe_outage, outage_errors
 from myapp.memo import remembered
 from myapp.models import SessionToken, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
@@ -31,6 +33,8 @@ from myapp.text import storable
 # secrets.token_urlsafe(32): 256 random bits, 43 url-safe characters. Anything else is no session.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_HANDLE_LENGTH = 32
+log = logging.getLogger(__name__)
+
 TOUCH_INTERVAL = timedelta(minutes=1)
 # How much later than another live session of its browser's sign-in a session must have been used
 # for the other to count as out of reach (end_unreachable): twice the lag of recorded use.
@@ -381,7 +385,7 @@ class SessionRows:
 
     def end_where(
         self, condition, reason: EndReason, *, revoke: bool = True, revoke_exchanged: bool | None = None,
-        ended: list | None = None,
+        ended: list | None = None, skip_locked: bool = False,
     ) -> int:
         """End the live sessions matching ``condition``; ended rows keep who and when, never the tokens.
 
@@ -395,6 +399,8 @@ class SessionRows:
         2.1 covers only tokens of the same grant). Their refresh token when the exchange answered
         with one, else the access token (``token_type_hint=access_token``). ``ended``, when given,
         receives each ended session's ``user_id`` and ``provider_sid``, for a caller that says whose.
+        ``skip_locked``: a session whose row another transaction holds (a refresh, on PostgreSQL) is
+        left as it is, not waited for.
         """
         # Locked while read, so that a refresh committing meanwhile cannot slip a token past us.
         ending = self.dbsession.execute(
@@ -404,7 +410,7 @@ class SessionRows:
             )
             .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
             .where(condition, _SESSIONS.ended_at.is_(None))
-            .with_for_update(of=UserSession.__table__)
+            .with_for_update(of=UserSession.__table__, skip_locked=skip_locked)
         ).all()
         if not ending:
             return 0
@@ -927,14 +933,24 @@ class SessionStore:
         no process takes it for live again. A process that served its last use ends it exactly the
         timeout after that use, when one that knows only the row would serve it for up to a minute
         more (``idle_after``) and record that use, which brought it back here too (helper-129). Its
-        tokens are queued for revocation, as the revoker's sweep would queue them a minute later."""
+        tokens are queued for revocation, as the revoker's sweep would queue them a minute later.
+
+        Only if that is quick: the request is answered as for an idle session either way, and the
+        sweep ends the session in a minute. A row another transaction holds (a refresh of it, on
+        PostgreSQL) is not waited for, and a database that refuses the write (SQLite's write lock
+        held past its busy timeout) is logged, not the request's 503 (helper-133)."""
         condition = (UserSession.id == session.id) & (
             UserSession.last_seen_at <= self.clock() - self.settings.idle_timeout
         )
-        if self.own_transactions is None:
-            return self.rows.end_where(condition, EndReason.IDLE) == 1
-        with self.own_transactions() as dbsession, dbsession.begin():
-            return SessionRows(dbsession, self.cipher, self.clock).end_where(condition, EndReason.IDLE) == 1
+        try:
+            if self.own_transactions is None:
+                return self.rows.end_where(condition, EndReason.IDLE, skip_locked=True) == 1
+            with self.own_transactions() as dbsession, dbsession.begin():
+                rows = SessionRows(dbsession, self.cipher, self.clock)
+                return rows.end_where(condition, EndReason.IDLE, skip_locked=True) == 1
+        except outage_errors() as e:
+            log.warning("an idle session was not ended now (the revoker's sweep will): %s", describe_outage(e))
+            return False
 
     def touch(self, session: SessionRecord) -> SessionRecord:
         """Record activity, at most once a minute so reads do not become writes; the session as it now is.

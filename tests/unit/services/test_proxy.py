@@ -173,6 +173,29 @@ def test_text_beyond_latin1_from_a_server_that_is_not_pep_3333s_is_escaped_as_ut
         subpath({"REQUEST_URI": "/api/orders/\u2025/x"}, "orders")
 
 
+@pytest.mark.parametrize(
+    ("mount", "raw", "expected"),
+    [
+        ("/mounted", "/mounted/api/orders/items/7", "items/7"),
+        ("/mounted", "/mounted/api/orders", ""),
+        ("/mo unted", "/mo%20unted/api/orders/x", "x"),
+        ("/mo unted", "/mo unted/api/orders/x", "x"),
+        ("/mounted", "/elsewhere/api/orders/x", None),
+        ("/mounted", "/api/orders/x", None),
+        ("/mounted", "/mounted/api/orders/..%2f/x", None),
+    ],
+)
+def test_the_raw_target_of_an_app_mounted_below_a_path_names_that_path_first(mount, raw, expected):
+    """Under waitress's url_prefix (SCRIPT_NAME) the raw target names the mount too: every call was
+    refused as a path that could leave the base URL (helper-133). The checks are the same below it."""
+    env = {"REQUEST_URI": raw + "?x=1", "SCRIPT_NAME": mount, "PATH_INFO": raw.removeprefix(mount)}
+    if expected is None:
+        with pytest.raises(APIError):
+            subpath(env, "orders")
+    else:
+        assert subpath(env, "orders") == expected
+
+
 def test_without_request_uri_the_path_info_is_used():
     assert subpath({"PATH_INFO": "/api/orders/x/y"}, "orders") == "x/y"
     assert subpath({"REQUEST_URI": "https://app.example.test/api/orders/z?q"}, "orders") == "z"

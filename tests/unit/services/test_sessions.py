@@ -1,6 +1,7 @@
 import contextlib
 import hashlib
 import itertools
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -8,6 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from myapp.models import TokenRevocation, User, UserSession
 from myapp.services.sessions import (
@@ -612,6 +615,51 @@ def test_a_session_used_since_it_was_found_idle_is_not_ended(dbsession, cipher, 
     elsewhere.touch(elsewhere.find(raw_id))  # written: a minute and a half after the last write
     assert here.end_idle(found) is False
     assert elsewhere.dead_reason(elsewhere.find(raw_id)) is None
+
+
+def test_a_session_found_idle_is_not_ended_when_the_database_will_not_take_the_write(dbsession, cipher, clock, user, caplog):
+    """Ending it is for the other processes: the request is answered as for an idle session either
+    way. SQLite's write lock held past its busy timeout was the request's 503 after 30 s
+    (helper-133); it is logged, and the revoker's sweep ends the session a minute later."""
+
+    def refusing():
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+
+    here = SessionStore(dbsession=dbsession, cipher=cipher, settings=replace(SETTINGS, idle_timeout=timedelta(minutes=1)),
+                        clock=clock, recent_touches=RecentTouches(), own_transactions=refusing)
+    raw_id, _ = here.create(user=user)
+    clock.advance(seconds=61)
+    found = here.find(raw_id)
+    assert here.dead_reason(found) == EndReason.IDLE
+    assert here.end_idle(found) is False
+    assert "an idle session was not ended now (the revoker's sweep will): " in caplog.text
+    assert here.find(raw_id).ended_at is None
+
+
+def test_a_session_found_idle_whose_row_a_refresh_holds_is_not_waited_for(committed, committed_engine, cipher, clock):
+    """On PostgreSQL a refresh of the session holds its row (FOR UPDATE) while the provider answers:
+    the idle request does not wait for it (SKIP LOCKED); once it is let go, the session is ended."""
+    if committed_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no row locks: its write lock is the busy timeout's (the test above)")
+    person = User(issuer="https://idp.example.test", subject="alice", name="Alice", groups=[])
+    committed.add(person)
+    committed.commit()
+    here = SessionStore(dbsession=committed, cipher=cipher, settings=replace(SETTINGS, idle_timeout=timedelta(minutes=1)),
+                        clock=clock, own_transactions=lambda: Session(bind=committed_engine))
+    raw_id, row = here.create(user=person)
+    committed.commit()
+    clock.advance(seconds=121)
+    found = here.find(raw_id)
+    assert here.dead_reason(found) == EndReason.IDLE
+    with committed_engine.connect() as refresh:
+        refresh.execute(select(UserSession.id).where(UserSession.id == row.id).with_for_update())
+        started = time.monotonic()
+        assert here.end_idle(found) is False
+        assert time.monotonic() - started < 5
+        refresh.rollback()
+    assert here.end_idle(found) is True
+    committed.expire_all()
+    assert here.find(raw_id).ended_at is not None
 
 
 def test_a_row_written_by_another_process_since_allows_the_minute(dbsession, cipher, clock, user):
