@@ -185,8 +185,8 @@ class SessionSecurityPolicy:
             return None
         reason = store.dead_reason(session)
         if reason is not None:
-            if reason == EndReason.IDLE and session.ended_at is None:
-                store.end_idle(session)
+            if session.ended_at is None:
+                store.end_found_dead(session, reason)  # idle, or its account disabled
             request.environ[ENDED_SESSION] = session
             self._clear_cookie_later(request, reason)
             return None

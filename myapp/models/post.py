@@ -9,7 +9,9 @@ from .user import User
 
 class Post(Base):
     __tablename__ = "posts"
-    __table_args__ = (Index("ix_posts_form_token", "form_token", unique=True),)
+    # AUTOINCREMENT: SQLite gives a deleted highest id to the next row otherwise, and a delete
+    # form sent again deleted that other post (migration 0012).
+    __table_args__ = (Index("ix_posts_form_token", "form_token", unique=True), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

@@ -928,28 +928,39 @@ class SessionStore:
             return EndReason.IDLE
         return None
 
-    def end_idle(self, session: SessionRecord) -> bool:
-        """End ``session``, which :meth:`dead_reason` found idle, unless it was used since: so that
-        no process takes it for live again. A process that served its last use ends it exactly the
-        timeout after that use, when one that knows only the row would serve it for up to a minute
-        more (``idle_after``) and record that use, which brought it back here too (helper-129). Its
-        tokens are queued for revocation, as the revoker's sweep would queue them a minute later.
+    def end_found_dead(self, session: SessionRecord, reason: EndReason) -> bool:
+        """End ``session``, which :meth:`dead_reason` found idle or of a disabled account, unless
+        that is no longer so: so that no process takes it for live again.
 
-        Only if that is quick: the request is answered as for an idle session either way, and the
-        sweep ends the session in a minute. A row another transaction holds (a refresh of it, on
-        PostgreSQL) is not waited for, and a database that refuses the write (SQLite's write lock
-        held past its busy timeout) is logged, not the request's 503 (helper-133)."""
-        condition = (UserSession.id == session.id) & (
-            UserSession.last_seen_at <= self.clock() - self.settings.idle_timeout
-        )
+        - Idle, unless it was used since: a process that served its last use ends it exactly the
+          timeout after that use, when one that knows only the row would serve it for up to a
+          minute more (``idle_after``) and record that use, which brought it back here too
+          (helper-129).
+        - A disabled account's, unless the account was enabled again since: enabled within the
+          minute before the revoker's sweep ended them, its sessions came back, one told it was
+          signed out among them (helper-135).
+
+        Its tokens are queued for revocation, as the sweep would queue them. Not at any cost: the
+        request is answered as for a dead session either way, and the sweep ends the session in a
+        minute. A row another transaction holds (a refresh of it, on PostgreSQL) is not waited
+        for; SQLite's write lock is, up to its busy timeout (another session's refresh holds it
+        while the provider answers: docs/configuration.md, ``myapp.lock.backend``), and a write
+        refused then is logged, not the request's 503 (helper-133)."""
+        if reason == EndReason.IDLE:
+            still = UserSession.last_seen_at <= self.clock() - self.settings.idle_timeout
+        elif reason == EndReason.ACCOUNT_DISABLED:
+            still = UserSession.user_id.in_(select(User.id).where(User.disabled.is_(True)))
+        else:
+            return False
+        condition = (UserSession.id == session.id) & still
         try:
             if self.own_transactions is None:
-                return self.rows.end_where(condition, EndReason.IDLE, skip_locked=True) == 1
+                return self.rows.end_where(condition, reason, skip_locked=True) == 1
             with self.own_transactions() as dbsession, dbsession.begin():
                 rows = SessionRows(dbsession, self.cipher, self.clock)
-                return rows.end_where(condition, EndReason.IDLE, skip_locked=True) == 1
+                return rows.end_where(condition, reason, skip_locked=True) == 1
         except outage_errors() as e:
-            log.warning("an idle session was not ended now (the revoker's sweep will): %s", describe_outage(e))
+            log.warning("a session found %s was not ended now (the revoker's sweep will): %s", reason, describe_outage(e))
             return False
 
     def touch(self, session: SessionRecord) -> SessionRecord:

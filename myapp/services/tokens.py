@@ -64,13 +64,16 @@ class UpstreamTokenRefused(OIDCError):
     """The provider will not issue a token for this upstream (``invalid_scope``, ``invalid_target``,
     ...): that upstream cannot be called, the session and the other upstreams go on."""
 
-    def __init__(self, upstream: str, error: str):
+    def __init__(self, upstream: str, error: str, *, generation: int | None = None):
         super().__init__(
             f"upstream_token_refused:{error}"[:64],
             f"The sign-in provider would not issue a token for the API {upstream!r} ({error}).",
         )
         self.upstream = upstream
         self.error = error
+        # The session's token generation the refusal holds for, when not the one the request read
+        # (the session's own refresh made to tell what the refusal meant: _refused_for_upstream).
+        self.generation = generation
 
 
 def _is_lock_timeout(error: OperationalError) -> bool:
@@ -267,9 +270,9 @@ class TokenManager:
         # Upstream tokens the provider refused, by (session handle, upstream): until when, why, and
         # the session's token generation then (its tokens changed since: asked again).
         self._refused: dict[tuple[str, str], tuple[datetime, str, int]] = {}
-        # The provider's last failure for a session (by its handle), and when (perf_counter): shared
-        # with the callers that were waiting for the lock meanwhile (_locked).
-        self._provider_failures: dict[str, tuple[float, ProviderUnavailable]] = {}
+        # The provider's last failure for a session (by its handle) and target, when (perf_counter)
+        # and its words: shared with the callers that were waiting for the lock meanwhile (_locked).
+        self._provider_failures: dict[tuple[str, str | None], tuple[float, str]] = {}
         # Providers (and upstreams) already warned of tokens that live no longer than the leeway.
         self._warned_short_lived: set[str] = set()
 
@@ -365,32 +368,41 @@ class TokenManager:
 
     def _refresh(self, session: SessionRecord, stale: str | None) -> Credential:
         with tracing.span("token.refresh") as span:
-            outcome = self._locked(session, lambda rows: self._refresh_locked(rows, session.id, stale), span)
+            outcome = self._locked(session, None, lambda rows: self._refresh_locked(rows, session.id, stale), span)
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         # Raised only now, so that an ended session and its audit record were committed first.
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    def _locked(self, session: SessionRecord, work: Callable[[SessionRows], object], span):
-        """``work`` under the session's refresh lock: its outcome, a credential or the exception to
-        raise. A provider that failed (:class:`ProviderUnavailable`) for this session while this
+    def _locked(self, session: SessionRecord, target: str | None, work: Callable[[SessionRows], object], span):
+        """``work`` under the session's refresh lock, for ``target`` (an upstream's own token, or
+        None: the session's own): its outcome, a credential or the exception to raise.
+
+        A provider that failed (:class:`ProviderUnavailable`) for this session and target while this
         caller waited for the lock is this caller's outcome too, not asked again: every caller of a
-        refresh in flight shares its result, a failure included (SPEC.md), where each of those
-        that waited on the lock (another upstream's token, a request that came moments later) asked
+        refresh in flight shares its result, a failure included (SPEC.md), where each caller that
+        waited on the lock (a call moments later, in a flight of its own once the first ended) asked
         the provider again in turn, each waiting its timeout: ten calls to two upstreams against a
         provider that did not answer took 3 to 15 s, seven token requests with one refresh token
-        (helper-131). In this process; one that came after the failure asks again."""
+        (helper-131). Not across targets: what the provider answered for one upstream's target (an
+        answer it could not use) says nothing of another's (helper-134). Any other outcome clears
+        it, so that a caller that waited since is not given a failure a later call has outlived
+        (a Redis or SQLite lock does not serve its waiters in turn: helper-134). In this process; a
+        caller that comes after the failure asks again. Each sharer gets an exception of its own."""
+        key = (session.handle, target)
         waiting = tracing.Stopwatch()
         with self.lock.locked(session.id) as dbsession:
             span.set_attribute("myapp.lock_wait_ms", waiting.milliseconds())
-            failed = self._provider_failures.get(session.handle)
+            failed = self._provider_failures.get(key)
             if failed is not None and failed[0] > waiting.started:
-                return failed[1]
+                return ProviderUnavailable(failed[1])
             outcome = work(SessionRows(dbsession, self.cipher, self.clock))
+            # Before the lock is let go: a caller that takes it next must see it.
             if isinstance(outcome, ProviderUnavailable):
-                # Before the lock is let go: a caller that takes it next must see it.
-                remember(self._provider_failures, session.handle, (time.perf_counter(), outcome), PLAINTEXT_CACHE_SIZE)
+                remember(self._provider_failures, key, (time.perf_counter(), outcome.message), PLAINTEXT_CACHE_SIZE)
+            else:
+                self._provider_failures.pop(key, None)
         return outcome
 
     def _refresh_locked(self, rows: SessionRows, session_id: int, stale: str | None):
@@ -500,13 +512,14 @@ class TokenManager:
         session_id = session.id
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
             outcome = self._locked(
-                session, lambda rows: self._mint_upstream_token_locked(rows, session_id, upstream, stale), span
+                session, upstream.name, lambda rows: self._mint_upstream_token_locked(rows, session_id, upstream, stale), span
             )
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop(key, None)
             if isinstance(outcome, UpstreamTokenRefused):
-                held = (self.clock() + REFUSAL_HOLD, outcome.error, session.token_generation)
+                generation = session.token_generation if outcome.generation is None else outcome.generation
+                held = (self.clock() + REFUSAL_HOLD, outcome.error, generation)
                 remember(self._refused, key, held, PLAINTEXT_CACHE_SIZE)
             raise outcome
         token, dpop = outcome
@@ -683,7 +696,13 @@ class TokenManager:
             return checked
         how = " without a DPoP proof" if without_proof else ""
         self._audit(rows, session, f"token for upstream {upstream.name} refused{how}: invalid_grant")
-        return UpstreamTokenRefused(upstream.name, "invalid_grant")
+        # Held at the generation that refresh made: held at the one before, the next call asked the
+        # provider again at once, and one after the hold refreshed the session's tokens again
+        # (helper-134).
+        current = rows.read(session.id)
+        return UpstreamTokenRefused(
+            upstream.name, "invalid_grant", generation=current.session.token_generation if current is not None else None
+        )
 
     def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,
                 stale: str | None) -> bool:

@@ -79,9 +79,9 @@ def _read_form(request) -> tuple[dict, dict]:
     if not form["title"]:
         errors["title"] = "Give your post a title."
     elif len(form["title"]) > LIMITS["title"]:
-        errors["title"] = f"Keep the title under {LIMITS['title']} characters."
+        errors["title"] = f"Keep the title to {LIMITS['title']} characters or fewer."
     if len(form["body"]) > LIMITS["body"]:
-        errors["body"] = f"Keep the text under {LIMITS['body']} characters."
+        errors["body"] = f"Keep the text to {LIMITS['body']} characters or fewer."
     if CONTROLS.search(form["title"]):
         errors["title"] = "The title contains characters that cannot be saved: keep it to one line of text."
     if _CONTROL_IN_TEXT.search(form["body"]):

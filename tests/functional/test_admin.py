@@ -1,7 +1,7 @@
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from myapp.models import AuditEvent
+from myapp.models import AuditEvent, User
 from myapp.services.audit import AuditEventType, AuditLog
 from tests.functional.conftest import Browser
 
@@ -237,6 +237,20 @@ def test_destructive_buttons_ask_first_and_can_be_cancelled(browser, sign_in, ad
     confirm = [d for d in page.html.select("details.confirm") if "End every session of" in d.text][0]
     assert confirm.select_one("summary").text.strip() == "End all sessions…"
     assert confirm.select_one("a[data-confirm-cancel]")["href"] == "/admin/users"
+
+
+def test_a_disabled_account_is_shown_so_with_no_active_session(browser, sign_in, admin, alice, session_store, dbsession):
+    """Its sessions are dead to every request: counted as active, with nothing to say the account
+    is disabled, the page told the administrator otherwise (helper-135). The rows the sweep has not
+    ended yet can still be ended (and their tokens revoked) from it."""
+    session_store.create(user=alice)
+    dbsession.execute(update(User).where(User.id == alice.id).values(disabled=True))
+    dbsession.flush()
+    sign_in(browser, admin)
+    row = [r for r in browser.get("/admin/users").html.select("tbody tr") if "Alice" in r.text][0]
+    assert row.select_one("[data-testid=disabled]").text == "Disabled"
+    assert row.select_one("[data-label='Active sessions']").text == "None: the account is disabled"
+    assert "End every session of" in row.text
 
 
 def test_users_search_and_paging(browser, sign_in, admin, make_user):

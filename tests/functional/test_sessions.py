@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select, update
 
 import myapp
-from myapp.models import AuditEvent, UserSession
+from myapp.models import AuditEvent, User, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.sessions import hash_session_id
 from tests.functional.conftest import COOKIE, Browser, dispose
@@ -163,6 +163,24 @@ def test_a_session_found_idle_by_one_process_is_idle_on_every_process(
         assert "reason=idle" in elsewhere.get("/posts", status=303).location
     finally:
         dispose(other)
+
+
+def test_a_disabled_accounts_session_refused_once_stays_ended_when_the_account_is_enabled_again(
+    browser, alice, sign_in, dbsession
+):
+    """Dead to every request at once, its sessions were ended only by the revoker's sweep: enabled
+    again within that minute, they came back, the one just told it was signed out among them
+    (helper-135). The request that finds it so ends it."""
+    raw_id, row = sign_in(browser, alice)
+    dbsession.execute(update(User).where(User.id == alice.id).values(disabled=True))
+    dbsession.flush()
+    assert "reason=account_disabled" in browser.get("/posts", status=303).location
+    dbsession.execute(update(User).where(User.id == alice.id).values(disabled=False))
+    dbsession.expire_all()
+    ended = dbsession.scalars(select(UserSession).where(UserSession.id == row.id)).one()
+    assert ended.ended_at is not None and ended.end_reason == "account_disabled"
+    browser.set_cookie(COOKIE, raw_id)
+    assert "Alice" not in browser.get("/").text
 
 
 def test_idle_expires_at_is_a_timeout_after_this_request(browser, alice, sign_in):

@@ -317,6 +317,19 @@ def test_invalid_grant_for_one_upstreams_target_leaves_the_session_and_its_other
     assert row_of(dbsession, browser).ended_at is None
 
 
+def test_a_refusal_told_apart_by_the_sessions_own_refresh_is_held_at_what_that_refresh_made(
+    app, signed_in, upstream, provider, dbsession
+):
+    """Held at the session's token generation of before that refresh, the refusal was asked again
+    by the very next call, and after the hold each call cost a refused request and a refresh of
+    the session's own tokens (helper-134)."""
+    provider.refused_targets[OWN_RESOURCE] = "invalid_grant"
+    browser = signed_in(app=app)
+    for _ in range(3):
+        api(browser, "GET", "/api/own/x", status=502)
+    assert [f.get("resource") for f in token_requests(provider)] == [OWN_RESOURCE, None]
+
+
 def test_invalid_grant_for_an_upstream_whose_refresh_token_is_dead_ends_the_session(
     app, signed_in, upstream, provider, dbsession
 ):

@@ -316,6 +316,34 @@ def test_upstream_tokens_from_before_0011_upgrade_minted_for_nothing_known_and_k
     run(engine, "upgrade", "head")
 
 
+def test_posts_from_before_0012_keep_their_ids_and_no_id_is_given_twice_after(empty_database):
+    """0012 on a database with posts: each keeps its id, owner and form token; a deleted highest
+    id is not given to the next post (SQLite's AUTOINCREMENT; PostgreSQL's sequence never did);
+    the rows survive the downgrade."""
+    _, engine = empty_database
+    run(engine, "upgrade", "0011")
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        insert_user(connection, "hank", "Hank", None, "[]", now)
+        for n in (1, 2, 3):
+            connection.execute(text(
+                "INSERT INTO posts (owner_id, title, body, created_at, updated_at, form_token) "
+                "VALUES (1, :title, '', :now, :now, :token)"), {"title": f"post {n}", "now": now, "token": f"form-{n}"})
+    run(engine, "upgrade", "head")
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT id, title, form_token FROM posts ORDER BY id")).all() == [
+            (1, "post 1", "form-1"), (2, "post 2", "form-2"), (3, "post 3", "form-3")]
+        connection.execute(text("DELETE FROM posts WHERE id = 3"))
+        connection.execute(text(
+            "INSERT INTO posts (owner_id, title, body, created_at, updated_at) VALUES (1, 'post 4', '', :now, :now)"),
+            {"now": now})
+        assert connection.execute(text("SELECT max(id) FROM posts")).scalar() == 4
+    run(engine, "downgrade", "0011")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM posts ORDER BY id")).scalars().all() == [1, 2, 4]
+    run(engine, "upgrade", "head")
+
+
 def test_downgrading_keeps_the_rows_of_child_tables(empty_database):
     """Downgrades drop columns in place: on SQLite a rebuilt "sessions" table would cascade into
     session_tokens (foreign keys are on)."""

@@ -595,10 +595,10 @@ def test_a_session_found_idle_here_is_ended_for_every_process(dbsession, cipher,
     assert here.dead_reason(found) == EndReason.IDLE
     elsewhere = minute_timeout_store(dbsession, cipher, clock)
     assert elsewhere.dead_reason(elsewhere.find(raw_id)) is None  # the minute's doubt
-    assert here.end_idle(found) is True
+    assert here.end_found_dead(found, EndReason.IDLE) is True
     assert elsewhere.dead_reason(elsewhere.find(raw_id)) == EndReason.IDLE
     assert [r.token_type_hint for r in dbsession.scalars(select(TokenRevocation))] == ["refresh_token"]
-    assert here.end_idle(found) is False  # once
+    assert here.end_found_dead(found, EndReason.IDLE) is False  # once
 
 
 def test_a_session_used_since_it_was_found_idle_is_not_ended(dbsession, cipher, clock, user):
@@ -613,7 +613,7 @@ def test_a_session_used_since_it_was_found_idle_is_not_ended(dbsession, cipher, 
     assert here.dead_reason(found) == EndReason.IDLE
     elsewhere = minute_timeout_store(dbsession, cipher, clock)
     elsewhere.touch(elsewhere.find(raw_id))  # written: a minute and a half after the last write
-    assert here.end_idle(found) is False
+    assert here.end_found_dead(found, EndReason.IDLE) is False
     assert elsewhere.dead_reason(elsewhere.find(raw_id)) is None
 
 
@@ -631,8 +631,8 @@ def test_a_session_found_idle_is_not_ended_when_the_database_will_not_take_the_w
     clock.advance(seconds=61)
     found = here.find(raw_id)
     assert here.dead_reason(found) == EndReason.IDLE
-    assert here.end_idle(found) is False
-    assert "an idle session was not ended now (the revoker's sweep will): " in caplog.text
+    assert here.end_found_dead(found, EndReason.IDLE) is False
+    assert "a session found idle was not ended now (the revoker's sweep will): " in caplog.text
     assert here.find(raw_id).ended_at is None
 
 
@@ -654,10 +654,10 @@ def test_a_session_found_idle_whose_row_a_refresh_holds_is_not_waited_for(commit
     with committed_engine.connect() as refresh:
         refresh.execute(select(UserSession.id).where(UserSession.id == row.id).with_for_update())
         started = time.monotonic()
-        assert here.end_idle(found) is False
+        assert here.end_found_dead(found, EndReason.IDLE) is False
         assert time.monotonic() - started < 5
         refresh.rollback()
-    assert here.end_idle(found) is True
+    assert here.end_found_dead(found, EndReason.IDLE) is True
     committed.expire_all()
     assert here.find(raw_id).ended_at is not None
 

@@ -668,9 +668,10 @@ class ThreadLock:
 
 def test_a_provider_failure_is_shared_with_the_callers_that_waited_for_the_lock_meanwhile(cipher):
     """Every caller of a refresh in flight shares its result, a failure included: those that waited
-    on the lock (another upstream's token, a call that came moments later) each asked the provider
-    again in turn, and waited its timeout (helper-131: ten calls, seven token requests, 15 s). One
-    that comes after the failure asks again: the provider may answer it."""
+    on the lock (a call that came moments later) each asked the provider again in turn, and waited
+    its timeout (helper-131: ten calls, seven token requests, 15 s). One that comes after the
+    failure asks again: the provider may answer it. Not another target's callers: an answer for
+    one upstream's target says nothing of another's (helper-134)."""
     lock = ThreadLock()
     manager = TokenManager(lock=lock, providers=Providers({"default": StubProvider()}), cipher=cipher,
                            settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)))
@@ -683,21 +684,61 @@ def test_a_provider_failure_is_shared_with_the_callers_that_waited_for_the_lock_
         release.wait(5)
         return ProviderUnavailable("The sign-in provider did not answer.")
 
+    def succeeding(name):
+        return lambda rows: asked.append(name) or "credential"
+
     outcomes = {}
-    first = threading.Thread(target=lambda: outcomes.setdefault("first", manager._locked(session, failing, span)))
+    first = threading.Thread(target=lambda: outcomes.setdefault("first", manager._locked(session, None, failing, span)))
     first.start()
     assert entered.wait(5)
-    waiter = threading.Thread(target=lambda: outcomes.setdefault(
-        "waiter", manager._locked(session, lambda rows: asked.append("waiter") or "credential", span)))
-    waiter.start()
-    assert lock.waiting.acquire(timeout=5) and lock.waiting.acquire(timeout=5)  # both asked for the lock
+    waiters = [
+        threading.Thread(target=lambda: outcomes.setdefault("waiter", manager._locked(session, None, succeeding("waiter"), span))),
+        threading.Thread(target=lambda: outcomes.setdefault("other", manager._locked(session, "own", succeeding("other"), span))),
+    ]
+    for waiter in waiters:
+        waiter.start()
+    for _ in range(3):  # all three asked for the lock
+        assert lock.waiting.acquire(timeout=5)
     release.set()
-    first.join(5)
-    waiter.join(5)
-    assert asked == ["first"] and outcomes["waiter"] is outcomes["first"]
-    assert isinstance(outcomes["first"], ProviderUnavailable)
+    for thread in (first, *waiters):
+        thread.join(5)
+    assert sorted(asked) == ["first", "other"] and outcomes["other"] == "credential"
+    assert isinstance(outcomes["waiter"], ProviderUnavailable) and outcomes["waiter"] is not outcomes["first"]
+    assert outcomes["waiter"].message == "The sign-in provider did not answer."
     # After it: asked again.
-    assert manager._locked(session, lambda rows: asked.append("later") or "credential", span) == "credential"
+    assert manager._locked(session, None, succeeding("later"), span) == "credential"
     # Another session's callers never share it.
-    assert manager._locked(SimpleNamespace(id=2, handle="hd-2"), lambda rows: "other", span) == "other"
-    assert asked == ["first", "later"]
+    assert manager._locked(SimpleNamespace(id=2, handle="hd-2"), None, lambda rows: "other", span) == "other"
+
+
+def test_a_provider_failure_outlived_by_a_later_call_is_not_shared(cipher):
+    """A Redis or SQLite lock does not serve its waiters in turn: a call that came after a failure
+    may take the lock first, and the provider answer it. A caller that waited since before the
+    failure then finds that answer, not the failure (helper-134)."""
+
+    class Gated(ThreadLock):
+        """Lets the caller named "late" in only once the gate opens, however long it waited."""
+
+        gate = threading.Event()
+
+        @contextlib.contextmanager
+        def locked(self, session_id):
+            self.waiting.release()
+            if threading.current_thread().name == "late":
+                assert self.gate.wait(5)
+            with self.mutex:
+                yield None
+
+    lock = Gated()
+    manager = TokenManager(lock=lock, providers=Providers({"default": StubProvider()}), cipher=cipher,
+                           settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)))
+    session, span, outcomes = SimpleNamespace(id=1, handle="hd-1"), MagicMock(), {}
+    late = threading.Thread(name="late", target=lambda: outcomes.setdefault(
+        "late", manager._locked(session, None, lambda rows: "found the new tokens", span)))
+    late.start()
+    assert lock.waiting.acquire(timeout=5)  # waiting since before the failure
+    assert isinstance(manager._locked(session, None, lambda rows: ProviderUnavailable("down"), span), ProviderUnavailable)
+    assert manager._locked(session, None, lambda rows: "answered", span) == "answered"  # a later call, served first
+    lock.gate.set()
+    late.join(5)
+    assert outcomes["late"] == "found the new tokens"
