@@ -478,7 +478,8 @@ class _Reader:
                 pattern = rf"(?<!\w)(?<!\w\.){escaped}(?!\w)(?!\.\w)" if len(piece) >= 8 else f"(?P<q>['\"]){escaped}(?P=q)"
                 found = re.compile(pattern, re.IGNORECASE)
                 problems = [found.sub(lambda _: said, problem) for problem in problems]
-        return problems
+        # Two that read alike once spelled so (two words of one file: value, each refused) are one.
+        return list(dict.fromkeys(problems))
 
     def also_read(self, name: str, value: str) -> None:
         """``value`` is setting ``name``'s as the app rewrote it (the public URL as an origin): when
@@ -655,20 +656,28 @@ def _upstream_token(reader: _Reader, key: str, providers: Mapping[str, "OIDCSett
     }
 
 
-def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict[str, Upstream]:
+def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tuple[dict[str, Upstream], bool]:
+    """The upstreams, and whether all that myapp.upstreams names was read: a name refused, or the
+    setting itself, leaves the settings that name it unchecked (they would each say there is no
+    such upstream, which was not so: one line per problem, helper-136)."""
     upstreams = {}
-    for upstream_name, base_url in reader.mapping(PREFIX + "upstreams").items():
+    known_problems = len(reader.problems)
+    listed = reader.mapping(PREFIX + "upstreams")
+    refused = len(reader.problems) > known_problems
+    for upstream_name, base_url in listed.items():
         where = f"myapp.upstreams ({upstream_name})"
         if not _UPSTREAM_NAME.match(upstream_name):
             reader.problem(
                 f"myapp.upstreams: {upstream_name!r} is not a valid upstream name "
                 "(lower-case letters, digits, '-' and '_')"
             )
+            refused = True
             continue
         try:
             base = _check_url(where, base_url)
         except SettingsError as e:
             reader.problem(str(e))
+            refused = True
             continue
         # Even empty: "https://host/base?" (or "#") became the base ".../base?/", whose path is
         # "/base", so a call's path was appended to "/base" (a sibling path) and its proof named "/base".
@@ -717,8 +726,9 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> dict
             upstream_name = key[len(PREFIX + "upstream.") :].rpartition(".")[0]
             if upstream_name not in upstreams:
                 reader.known.add(key)
-                reader.problem(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
-    return upstreams
+                if not refused:
+                    reader.problem(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
+    return upstreams, not refused
 
 
 def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
@@ -738,6 +748,9 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
                     f"myapp.providers: {name!r} is not a valid provider name (lower-case letters, digits and '-', "
                     "starting with a letter or digit, at most 63 characters)"
                 )
+                # What it was meant to name is not known: the settings of providers it does not
+                # list are not each refused as well (one line per problem, helper-136).
+                providers_refused = True
                 continue
             prefixes[name] = f"{PREFIX}oidc.{name}."
         # The provider named default may keep the plain myapp.oidc.* keys of a one-provider setup.
@@ -758,10 +771,11 @@ def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
         else:
             for key in plain:
                 reader.known.add(key)
-                reader.problem(
-                    f"{key}: myapp.providers lists no provider named 'default'; "
-                    f"give each provider its own myapp.oidc.<name>.{key.rpartition('.')[2]}"
-                )
+                if not providers_refused:
+                    reader.problem(
+                        f"{key}: myapp.providers lists no provider named 'default'; "
+                        f"give each provider its own myapp.oidc.<name>.{key.rpartition('.')[2]}"
+                    )
     _refuse_unlisted_providers(reader, listed, prefixes, quietly=providers_refused)
     providers = {name: _provider(reader, name, listed[name], prefix, public_url) for name, prefix in prefixes.items()}
     seen: dict[str, str] = {}
@@ -1133,6 +1147,23 @@ def _stepup_rules(reader: _Reader) -> tuple[StepUpRule, ...]:
     return tuple(rules)
 
 
+# Query parameters a URL may carry a secret in: a database's or Redis's (libpq, redis-py), and a
+# service's key, as some OTLP collectors and upstreams take it (?api_key=...).
+SECRET_QUERY_PARAMETERS = {
+    "password", "pass", "passwd", "sslpassword",
+    "api_key", "apikey", "api-key", "key", "token", "access_token", "secret", "client_secret", "sig", "signature",
+}
+# Query parameters whose names say they hold one: X-Amz-Signature, X-Amz-Security-Token, auth_token, x-api-key.
+_SECRET_WORDS = ("password", "secret", "token", "signature", "credential", "api-key", "api_key", "apikey")
+
+
+def secret_parameter(name: str) -> bool:
+    """Whether a URL's query parameter ``name`` may hold a secret (myapp-show-config masks it, and
+    the logs of a failed trace export: tracing.hide_in_logs)."""
+    lowered = name.lower()
+    return lowered in SECRET_QUERY_PARAMETERS or any(word in lowered for word in _SECRET_WORDS)
+
+
 def _otel(reader: _Reader) -> OTelSettings:
     enabled = reader.boolean(PREFIX + "otel.enabled", False)
     exporter = reader.choice(PREFIX + "otel.exporter", "otlp", ("otlp", "console"))
@@ -1221,18 +1252,21 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     # a provider compares them character for character with what an existing deployment registered.
     providers = _providers(reader, written)
 
+    known_problems = len(reader.problems)
     cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
+    # Unreadable ("perhaps"), it is neither: nothing is said of what either would mean (helper-136).
+    secure_read = len(reader.problems) == known_problems
     # SPEC.md: without Secure the cookie "uses a name without the __Host- prefix" (browsers refuse
     # one), so the default follows; a __Host-/__Secure- name written out is refused below.
     cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session" if cookie_secure else "session")
     if not _COOKIE_NAME.match(cookie_name):
         reader.problem(f"myapp.session.cookie_name: {cookie_name!r} is not a valid cookie name")
-    if cookie_name.startswith(("__Host-", "__Secure-")) and not cookie_secure:
+    if cookie_name.startswith(("__Host-", "__Secure-")) and not cookie_secure and secure_read:
         reader.problem(
             "myapp.session.cookie_name: browsers refuse a __Host-/__Secure- cookie without Secure; "
             "use another name when myapp.session.cookie_secure = false"
         )
-    if cookie_secure and public_url.startswith("http:"):
+    if cookie_secure and secure_read and public_url.startswith("http:"):
         reader.problem(
             f"myapp.public_url: {public_url!r} is plain http, but myapp.session.cookie_secure = true: "
             "browsers would never send the session cookie back, so nobody could sign in"
@@ -1264,10 +1298,10 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     if lock_backend == "redis" and redis_url is None:
         reader.problem("myapp.lock.backend: 'redis' needs myapp.redis.url")
 
-    upstreams = _upstreams(reader, providers)
+    upstreams, all_read = _upstreams(reader, providers)
     dashboard_upstreams = reader.words(PREFIX + "dashboard.upstream")
     for name in dashboard_upstreams:
-        if name not in upstreams:
+        if name not in upstreams and all_read:
             reader.problem(f"myapp.dashboard.upstream: no upstream named {name!r} in myapp.upstreams")
     settings = Settings(
         environment=environment,

@@ -12,10 +12,13 @@ import contextlib
 import logging
 import time
 from contextvars import ContextVar
+from urllib.parse import unquote_plus, urlsplit
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from myapp.settings import secret_parameter
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("myapp")
@@ -81,10 +84,66 @@ def setup_tracing(settings) -> None:
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        hide_in_logs(query_secrets(settings.endpoint))
         exporter = OTLPSpanExporter(endpoint=settings.endpoint)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     activate()
+
+
+# Where the exporter, the SDK's batch processor and the HTTP client under them log a failed export,
+# the collector's URL in the words (its query, a key among them, with it).
+EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk.trace.export", "opentelemetry.sdk._shared_internal", "urllib3.connectionpool",
+)
+
+
+def query_secrets(url: str) -> tuple[str, ...]:
+    """The values of ``url``'s query parameters whose names say they may hold a secret (an
+    ``api_key=...`` a collector takes: settings.secret_parameter, as myapp-show-config masks
+    them), as written and decoded, longest first."""
+    values = set()
+    for pair in urlsplit(url).query.split("&"):
+        name, _, value = pair.partition("=")
+        if secret_parameter(unquote_plus(name)):
+            values.update(v for v in (value, unquote_plus(value)) if v)
+    return tuple(sorted(values, key=len, reverse=True))
+
+
+class HiddenInLogs(logging.Filter):
+    """Writes ``***`` for each of ``secrets`` in a record's words and its exception's text."""
+
+    def __init__(self, secrets: tuple[str, ...]):
+        super().__init__()
+        self.secrets = secrets
+
+    def hide(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            record.msg, record.args = self.hide(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if any(secret in text for secret in self.secrets):
+                record.exc_info, record.exc_text = None, self.hide(text)
+        return True
+
+
+def hide_in_logs(secrets: tuple[str, ...]) -> None:
+    """What the collector's endpoint holds in its query (a key, as some collectors take it) is
+    ``***`` wherever an export that failed is logged: the exporter wrote the URL, key and all, at
+    WARNING, on every failed export (helper-136), where myapp-show-config masks it."""
+    if not secrets:
+        return
+    for name in EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.filters = [f for f in logger.filters if not isinstance(f, HiddenInLogs)]
+        logger.addFilter(HiddenInLogs(secrets))
 
 
 def inject(headers: dict) -> None:

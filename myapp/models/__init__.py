@@ -555,7 +555,9 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
     try:
         revision = current_revision(engine)
     except SQLAlchemyError as e:
-        raise SchemaError(f"cannot reach the database ({type(e).__name__}: {e.orig or e})".splitlines()[0]) from None
+        # psycopg's first line, closed: its others (a hint, a server's detail) would make it several lines.
+        first = str(e.orig or e).strip().splitlines()[0] if str(e.orig or e).strip() else ""
+        raise SchemaError(f"cannot reach the database ({type(e).__name__}: {first})") from None
     if revision == SCHEMA_REVISION:
         return
     command = f"myapp-migrate {config_file or '<your ini file>'}"

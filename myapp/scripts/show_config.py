@@ -17,16 +17,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from myapp.scripts import parser, print_lines, read_settings
-from myapp.settings import production_cautions
+from myapp.settings import production_cautions, secret_parameter
 
 PROG = "myapp-show-config"
 SECRET_FIELDS = {"client_secret", "encryption_keys", "client_keys"}
-# Query parameters a URL may carry a secret in: a database's or Redis's (libpq, redis-py), and a
-# service's key, as some OTLP collectors and upstreams take it (?api_key=...).
-SECRET_QUERY_PARAMETERS = {
-    "password", "pass", "passwd", "sslpassword",
-    "api_key", "apikey", "api-key", "key", "token", "access_token", "secret", "client_secret", "sig", "signature",
-}
 
 
 # user:password@ as SQLAlchemy reads a database URL: the user may hold "@" (Azure's user@server),
@@ -34,22 +28,15 @@ SECRET_QUERY_PARAMETERS = {
 # the query or the fragment (so found no password in an unencoded one: helper-117); and the query
 # is all that follows the first "?", "#" included.
 _SQLALCHEMY_CREDENTIALS = re.compile(r"^(?P<head>[\w+.-]+://[^:/]*:)(?P<password>[^@]*)@")
-# Query parameters whose names say they hold one: X-Amz-Signature, X-Amz-Security-Token, auth_token, x-api-key.
-_SECRET_WORDS = ("password", "secret", "token", "signature", "credential", "api-key", "api_key", "apikey")
 # URLs of a store that takes a password in them (redis-py's schemes).
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def _secret_parameter(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in SECRET_QUERY_PARAMETERS or any(word in lowered for word in _SECRET_WORDS)
-
-
 def _masked_query(query: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(_secret_parameter(name) for name, _ in pairs):
+    if not any(secret_parameter(name) for name, _ in pairs):
         return query  # as written
-    return urlencode([(name, "***" if _secret_parameter(name) else value) for name, value in pairs], safe="*")
+    return urlencode([(name, "***" if secret_parameter(name) else value) for name, value in pairs], safe="*")
 
 
 def mask_url(url: str | None, *, database: bool = False) -> str | None:

@@ -54,7 +54,7 @@ class Metrics:
                 latency = self._latency[upstream] = self.proxy_latency.labels(upstream=upstream)
             latency.observe(seconds)
 
-    def exposition(self, active_sessions: int) -> bytes:
+    def exposition(self, active_sessions: float) -> bytes:
         self.active_sessions.set(active_sessions)
         return generate_latest(self.registry)
 

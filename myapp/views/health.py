@@ -1,3 +1,4 @@
+import logging
 import threading
 import weakref
 from time import monotonic
@@ -8,7 +9,10 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 from sqlalchemy import text
 
+from myapp.errors import describe_outage, outage_errors
 from myapp.services.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
 
 # A database or Redis that takes connections and then answers nothing (a server hung, a network
 # dropping packets) would hold /readyz as long as the kernel (or the Redis client's socket timeout)
@@ -103,5 +107,13 @@ def metrics(request):
         raise HTTPNotFound()
     if not settings.allows(request.remote_addr):
         return Response("Metrics are not served to this address.\n", status=403, content_type="text/plain")
-    exposition = request.services.metrics.exposition(request.session_store.count_live())
+    try:
+        live = request.session_store.count_live()
+    except outage_errors() as e:
+        # This process's counters are what an operator needs most in an outage: served all the
+        # same, the live sessions (the one figure the database gives) as NaN, unknown; the whole
+        # answer was a 503 page, and every counter lost for the outage's length (helper-136).
+        log.warning("metrics served without the live sessions: %s", describe_outage(e))
+        live = float("nan")
+    exposition = request.services.metrics.exposition(live)
     return Response(body=exposition, content_type=CONTENT_TYPE.split(";")[0], charset="utf-8")

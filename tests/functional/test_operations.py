@@ -1,6 +1,7 @@
 """The operator's side: metrics, readiness, and the console scripts."""
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from datetime import timedelta
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from myapp.models import (
     SCHEMA_REVISION,
@@ -57,6 +59,24 @@ def test_metrics_count_logins_and_failures(metrics_app, provider):
     assert metric(text, "myapp_logins_total") == 1
     assert metric(text, "myapp_login_failures_total", reason="unknown_state") == 1
     assert "myapp_active_sessions" in text and "myapp_proxy_latency_seconds_bucket" in text or "# HELP myapp_proxy_latency_seconds" in text
+
+
+def test_metrics_are_served_while_the_database_is_down(metrics_app, provider, monkeypatch, caplog):
+    """The process's counters are what an operator needs in an outage: the answer was a 503 page,
+    every counter lost for the outage's length (helper-136). The live sessions, the one figure the
+    database gives, are NaN (unknown), and the log says why."""
+    browser = Browser(metrics_app)
+    sign_in_with_provider(browser, provider)
+
+    def down(self):
+        raise OperationalError("SELECT count(*)", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(SessionStore, "count_live", down)
+    response = Browser(metrics_app).get("/metrics", status=200)
+    assert response.content_type == "text/plain"
+    assert metric(response.text, "myapp_logins_total") == 1
+    assert math.isnan(metric(response.text, "myapp_active_sessions"))
+    assert "metrics served without the live sessions: " in caplog.text
 
 
 def test_metrics_only_for_allowed_addresses(metrics_app):

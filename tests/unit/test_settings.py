@@ -1492,3 +1492,36 @@ def test_what_an_upstream_token_is_minted_for_does_not_change_with_the_rest(chan
 @pytest.mark.parametrize("text, number", [("300", 300), (" 42 ", 42), ("10_485_760", 10485760), ("0007", 7)])
 def test_whole_numbers_are_ascii_digits_an_underscore_may_group(text, number):
     assert load_settings(raw(myapp__login__rate_limit=text), environ={}).login_rate_limit == number
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"myapp.environment": "development", "myapp.public_url": "http://app.example.com",
+          "myapp.session.cookie_secure": "perhaps"},
+         "myapp.session.cookie_secure: 'perhaps' is not a boolean (use true or false)"),
+        ({"myapp.upstreams": "demo = notaurl", "myapp.upstream.demo.timeout": "5", "myapp.upstream.demo.methods": "GET",
+          "myapp.dashboard.upstream": "demo"}, "myapp.upstreams (demo): 'notaurl' is not an absolute http(s) URL"),
+        ({"myapp.upstreams": "env:UNSET_FOR_THE_TEST", "myapp.upstream.demo.timeout": "5", "myapp.dashboard.upstream": "demo"},
+         "myapp.upstreams: environment variable UNSET_FOR_THE_TEST is not set"),
+        ({"myapp.upstreams": "Demo = https://api.example.com", "myapp.upstream.demo.timeout": "5"},
+         "myapp.upstreams: 'Demo' is not a valid upstream name (lower-case letters, digits, '-' and '_')"),
+        ({"myapp.providers": "Bad = Staff", "myapp.oidc.partners.issuer": "https://idp.example.com/p"},
+         "myapp.providers: 'Bad' is not a valid provider name (lower-case letters, digits and '-', "
+         "starting with a letter or digit, at most 63 characters)"),
+    ],
+    ids=["cookie_secure unreadable", "an upstream's URL", "upstreams unset", "an upstream's name", "a provider's name"],
+)
+def test_one_malformed_value_is_one_line_not_what_follows_from_it(overrides, expected):
+    """SPEC.md: one clear line naming the setting. What depends on a value that could not be read
+    was refused as well, each a line, some of them false: an unreadable cookie_secure taken for
+    true, an upstream or provider the settings name taken for none (helper-136)."""
+    assert problems_of(raw(**{k.replace(".", "__"): v for k, v in overrides.items()})) == [expected]
+
+
+def test_two_problems_that_read_alike_once_a_files_value_is_hidden_are_one_line(tmp_path):
+    """A file: value of two words, each refused, was two lines saying the same (helper-136)."""
+    secret = tmp_path / "networks"
+    secret.write_text("not-a-network also-not\n")
+    problems = problems_of(raw(myapp__metrics__allow=f"file:{secret}"))
+    assert len(problems) == 1 and f"file:{secret}" in problems[0] and "not-a-network" not in problems[0]
