@@ -656,14 +656,15 @@ def _upstream_token(reader: _Reader, key: str, providers: Mapping[str, "OIDCSett
     }
 
 
-def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tuple[dict[str, Upstream], bool]:
-    """The upstreams, and whether all that myapp.upstreams names was read: a name refused, or the
-    setting itself, leaves the settings that name it unchecked (they would each say there is no
-    such upstream, which was not so: one line per problem, helper-136)."""
+def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tuple[dict[str, Upstream], set[str] | None]:
+    """The upstreams, and the names myapp.upstreams gives that could not be read (None: which it
+    meant is not known, the setting or a name in it refused). The settings that name one are not
+    checked against it: each would say there is no such upstream, which was not so (one line per
+    problem, helper-136); they are, once it reads."""
     upstreams = {}
     known_problems = len(reader.problems)
     listed = reader.mapping(PREFIX + "upstreams")
-    refused = len(reader.problems) > known_problems
+    unread: set[str] | None = None if len(reader.problems) > known_problems else set()
     for upstream_name, base_url in listed.items():
         where = f"myapp.upstreams ({upstream_name})"
         if not _UPSTREAM_NAME.match(upstream_name):
@@ -671,13 +672,14 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tupl
                 f"myapp.upstreams: {upstream_name!r} is not a valid upstream name "
                 "(lower-case letters, digits, '-' and '_')"
             )
-            refused = True
+            unread = None
             continue
         try:
             base = _check_url(where, base_url)
         except SettingsError as e:
             reader.problem(str(e))
-            refused = True
+            if unread is not None:
+                unread.add(upstream_name)
             continue
         # Even empty: "https://host/base?" (or "#") became the base ".../base?/", whose path is
         # "/base", so a call's path was appended to "/base" (a sibling path) and its proof named "/base".
@@ -726,9 +728,9 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tupl
             upstream_name = key[len(PREFIX + "upstream.") :].rpartition(".")[0]
             if upstream_name not in upstreams:
                 reader.known.add(key)
-                if not refused:
+                if unread is not None and upstream_name not in unread:
                     reader.problem(f"{key}: no upstream named {upstream_name!r} in myapp.upstreams")
-    return upstreams, not refused
+    return upstreams, unread
 
 
 def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
@@ -1298,10 +1300,10 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     if lock_backend == "redis" and redis_url is None:
         reader.problem("myapp.lock.backend: 'redis' needs myapp.redis.url")
 
-    upstreams, all_read = _upstreams(reader, providers)
+    upstreams, unread = _upstreams(reader, providers)
     dashboard_upstreams = reader.words(PREFIX + "dashboard.upstream")
     for name in dashboard_upstreams:
-        if name not in upstreams and all_read:
+        if name not in upstreams and unread is not None and name not in unread:
             reader.problem(f"myapp.dashboard.upstream: no upstream named {name!r} in myapp.upstreams")
     settings = Settings(
         environment=environment,

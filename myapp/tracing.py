@@ -10,6 +10,7 @@ made inside the request's own.
 
 import contextlib
 import logging
+import re
 import time
 from contextvars import ContextVar
 from urllib.parse import unquote_plus, urlsplit
@@ -102,35 +103,52 @@ EXPORT_LOGGERS = (
 def query_secrets(url: str) -> tuple[str, ...]:
     """The values of ``url``'s query parameters whose names say they may hold a secret (an
     ``api_key=...`` a collector takes: settings.secret_parameter, as myapp-show-config masks
-    them), as written and decoded, longest first."""
+    them), decoded, longest first."""
     values = set()
     for pair in urlsplit(url).query.split("&"):
         name, _, value = pair.partition("=")
-        if secret_parameter(unquote_plus(name)):
-            values.update(v for v in (value, unquote_plus(value)) if v)
+        if secret_parameter(unquote_plus(name)) and unquote_plus(value):
+            values.add(unquote_plus(value))
     return tuple(sorted(values, key=len, reverse=True))
 
 
+def _spellings(secret: str) -> re.Pattern:
+    """``secret`` however a URL may write it: each character as it is or %-escaped (its UTF-8
+    bytes, hex in either case), a space as ``+`` too. The HTTP client writes the URL anew before it
+    is logged (``%2b`` as ``%2B``, a space as ``%20``, helper-137)."""
+    def one(character: str) -> str:
+        escaped = "".join(f"%{byte:02x}" for byte in character.encode("utf-8", "surrogatepass"))
+        return f"(?:{re.escape(character)}|{escaped}{'|[+]' if character == ' ' else ''})"
+    return re.compile("".join(one(c) for c in secret), re.IGNORECASE)
+
+
 class HiddenInLogs(logging.Filter):
-    """Writes ``***`` for each of ``secrets`` in a record's words and its exception's text."""
+    """Writes ``***`` for each of ``secrets``, however a URL spells it, in a record's words and its
+    exception's text. Never fails the caller: a record it cannot read is left as it is (logging
+    itself then says it could not format it, as without the filter: helper-137)."""
 
     def __init__(self, secrets: tuple[str, ...]):
         super().__init__()
         self.secrets = secrets
+        self.patterns = tuple(_spellings(secret) for secret in secrets)
 
-    def hide(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+    def hide(self, text: str) -> tuple[str, bool]:
+        hidden = text
+        for pattern in self.patterns:
+            hidden = pattern.sub("***", hidden)
+        return hidden, hidden != text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            record.msg, record.args = self.hide(message), None
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            if any(secret in text for secret in self.secrets):
-                record.exc_info, record.exc_text = None, self.hide(text)
+        try:
+            message, found = self.hide(record.getMessage())
+            if found:
+                record.msg, record.args = message, None
+            if record.exc_info and record.exc_info[1] is not None:
+                text, found = self.hide(logging.Formatter().formatException(record.exc_info))
+                if found:
+                    record.exc_info, record.exc_text = None, text
+        except Exception:  # noqa: BLE001 - a logging call's own mistake is logging's to report
+            pass
         return True
 
 

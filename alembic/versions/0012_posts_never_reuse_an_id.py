@@ -8,7 +8,9 @@ SQLite gives a new row the highest id in use plus one: once the post with the hi
 deleted, the next post got its id. A delete form sent again (a double click, Back and resubmit)
 then deleted another person's post, where it should have found none (404), and old links and
 audit lines named a post they never meant (helper-135). With AUTOINCREMENT SQLite never gives an
-id again. The table is rebuilt with its rows, ids and index as they are; nothing references it.
+id again that it gave from then on. The ids of posts deleted from the top before this revision
+are not on record anywhere: the highest of them may be given once more (helper-137). The table is
+rebuilt with its rows, ids, indexes and foreign key as they are; nothing references it.
 PostgreSQL's sequence never gave an id twice: nothing changes there.
 """
 

@@ -511,9 +511,9 @@ class TokenManager:
     ) -> Credential:
         session_id = session.id
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
-            outcome = self._locked(
-                session, upstream.name, lambda rows: self._mint_upstream_token_locked(rows, session_id, upstream, stale), span
-            )
+            outcome = self._locked(session, upstream.name, lambda rows: self._refusal_held_as_it_is(
+                rows, session_id, self._mint_upstream_token_locked(rows, session_id, upstream, stale)
+            ), span)
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
         if isinstance(outcome, BaseException):
             self._upstream_tokens.pop(key, None)
@@ -696,13 +696,20 @@ class TokenManager:
             return checked
         how = " without a DPoP proof" if without_proof else ""
         self._audit(rows, session, f"token for upstream {upstream.name} refused{how}: invalid_grant")
-        # Held at the generation that refresh made: held at the one before, the next call asked the
-        # provider again at once, and one after the hold refreshed the session's tokens again
-        # (helper-134).
-        current = rows.read(session.id)
-        return UpstreamTokenRefused(
-            upstream.name, "invalid_grant", generation=current.session.token_generation if current is not None else None
-        )
+        return UpstreamTokenRefused(upstream.name, "invalid_grant")
+
+    @staticmethod
+    def _refusal_held_as_it_is(rows: SessionRows, session_id: int, outcome):
+        """An upstream's refusal, held at the session's token generation as it is once refused:
+        the work under the lock may have changed it (the session's own refresh that told what an
+        ``invalid_grant`` meant, a refused answer's successor kept, a refresh that was due before an
+        exchange). Held at the one the request read, the next call asked the provider again at once
+        (helper-134, helper-137)."""
+        if isinstance(outcome, UpstreamTokenRefused) and outcome.generation is None:
+            current = rows.read(session_id)
+            if current is not None:
+                outcome.generation = current.session.token_generation
+        return outcome
 
     def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,
                 stale: str | None) -> bool:

@@ -1519,6 +1519,17 @@ def test_one_malformed_value_is_one_line_not_what_follows_from_it(overrides, exp
     assert problems_of(raw(**{k.replace(".", "__"): v for k, v in overrides.items()})) == [expected]
 
 
+def test_a_real_problem_beside_an_upstream_whose_url_is_refused_is_still_said():
+    """Only the keys of the upstream that could not be read wait for it (helper-137)."""
+    assert problems_of(raw(myapp__upstreams="demo = https://api.example.com\nother = ftp://x",
+                           **{"myapp.upstream.demp.scope": "s", "myapp.upstream.other.timeout": "5",
+                              "myapp.dashboard.upstream": "demo demq other"})) == [
+        "myapp.upstreams (other): 'ftp://x' is not an absolute http(s) URL",
+        "myapp.upstream.demp.scope: no upstream named 'demp' in myapp.upstreams",
+        "myapp.dashboard.upstream: no upstream named 'demq' in myapp.upstreams",
+    ]
+
+
 def test_two_problems_that_read_alike_once_a_files_value_is_hidden_are_one_line(tmp_path):
     """A file: value of two words, each refused, was two lines saying the same (helper-136)."""
     secret = tmp_path / "networks"
