@@ -107,19 +107,28 @@ def query_secrets(url: str) -> tuple[str, ...]:
     values = set()
     for pair in urlsplit(url).query.split("&"):
         name, _, value = pair.partition("=")
-        if secret_parameter(unquote_plus(name)) and unquote_plus(value):
-            values.add(unquote_plus(value))
+        # A byte that is no UTF-8 (%FF, a cut %C3) kept as that byte (surrogateescape), which
+        # the client writes as it came: read as U+FFFD, it was looked for as such (helper-138).
+        decoded = unquote_plus(value, errors="surrogateescape")
+        if secret_parameter(unquote_plus(name)) and decoded:
+            values.add(decoded)
     return tuple(sorted(values, key=len, reverse=True))
 
 
 def _spellings(secret: str) -> re.Pattern:
     """``secret`` however a URL may write it: each character as it is or %-escaped (its UTF-8
-    bytes, hex in either case), a space as ``+`` too. The HTTP client writes the URL anew before it
-    is logged (``%2b`` as ``%2B``, a space as ``%20``, helper-137)."""
+    bytes, hex in either case: only the hex, the characters as they are), a space as ``+`` too.
+    The HTTP client writes the URL anew before it is logged (``%2b`` as ``%2B``, a space as
+    ``%20``: helper-137). A byte that is no UTF-8 (surrogateescape's) only %-escaped."""
+    def hex_of(byte: int) -> str:
+        return "%" + "".join(f"[{d.upper()}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02x}")
+
     def one(character: str) -> str:
-        escaped = "".join(f"%{byte:02x}" for byte in character.encode("utf-8", "surrogatepass"))
+        if 0xDC80 <= ord(character) <= 0xDCFF:
+            return hex_of(ord(character) - 0xDC00)
+        escaped = "".join(hex_of(byte) for byte in character.encode("utf-8", "surrogatepass"))
         return f"(?:{re.escape(character)}|{escaped}{'|[+]' if character == ' ' else ''})"
-    return re.compile("".join(one(c) for c in secret), re.IGNORECASE)
+    return re.compile("".join(one(c) for c in secret))
 
 
 class HiddenInLogs(logging.Filter):

@@ -478,7 +478,9 @@ class TokenManager:
         refused = self._refused.get(key)
         if refused is not None:
             until, error, generation = refused
-            if until > self.clock() and generation == session.token_generation:
+            # A request that read the session before the refusal's generation (the work under the
+            # lock changed it: _refusal_held_as_it_is) is held too; one that read it since, not.
+            if until > self.clock() and session.token_generation <= generation:
                 # Not asked again so soon: each call would be one more token request and one more
                 # audit record of the same refusal (a misconfigured scope, on every page and call).
                 raise UpstreamTokenRefused(upstream.name, error)

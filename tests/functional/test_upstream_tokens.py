@@ -15,6 +15,7 @@ from myapp.models.meta import utcnow
 from myapp.services import Services
 from myapp.services import tokens as tokens_module
 from myapp.services.sessions import EndReason, minted_label
+from myapp.services.tokens import UpstreamTokenRefused
 from tests.conftest import TEST_PUBLIC_URL
 from tests.functional.test_proxy import (
     REFUSED_WITH_A_ROTATED_REFRESH_TOKEN,
@@ -327,6 +328,19 @@ def test_a_refusal_told_apart_by_the_sessions_own_refresh_is_held_at_what_that_r
     browser = signed_in(app=app)
     for _ in range(3):
         api(browser, "GET", "/api/own/x", status=502)
+    assert [f.get("resource") for f in token_requests(provider)] == [OWN_RESOURCE, None]
+
+
+def test_a_refusal_holds_a_request_that_read_the_session_before_it_was_refused(app, signed_in, upstream, provider):
+    """Held at the generation the checking refresh made, a request that read the session before
+    (in flight meanwhile) found no match, dropped the hold and asked again (helper-138)."""
+    provider.refused_targets[OWN_RESOURCE] = "invalid_grant"
+    browser = signed_in(app=app)
+    before = browser.session_row  # as a request that read the session before the refusal has it
+    api(browser, "GET", "/api/own/x", status=502)
+    manager = app.registry[Services].tokens
+    with pytest.raises(UpstreamTokenRefused):
+        manager.access_token(before, upstream="own")
     assert [f.get("resource") for f in token_requests(provider)] == [OWN_RESOURCE, None]
 
 

@@ -42,6 +42,8 @@ def test_a_failed_export_logs_the_endpoint_without_its_key(hidden, caplog, name)
 @pytest.mark.parametrize("written, logged", [
     ("abc%2bdef123", "abc%2Bdef123"), ("abc%2Bdef123", "abc%2bdef123"), ("abc+def123", "abc%20def123"),
     ("abc|def123", "abc%7Cdef123"), ("abc%7cdef123", "abc|def123"), ("ab%C3%A9c123", "ab%c3%a9c123"),
+    # Bytes that are no UTF-8, which the client writes as they came (helper-138).
+    ("abc%FFdef123", "abc%FFdef123"), ("abc%C3def123", "abc%c3def123"),
 ])
 def test_the_key_is_hidden_however_the_http_client_writes_the_url_again(written, logged, caplog):
     """requests writes the URL anew before the exporter logs it: %2b as %2B, a space as %20, | as
@@ -56,6 +58,13 @@ def test_the_key_is_hidden_however_the_http_client_writes_the_url_again(written,
         for name in EXPORT_LOGGERS:
             logger = logging.getLogger(name)
             logger.filters = [f for f in logger.filters if not isinstance(f, HiddenInLogs)]
+
+
+def test_only_the_key_is_hidden_not_words_that_differ_from_it_in_case():
+    """Only the escapes' hex is read in either case: a key "Key" hid "key" and "KEY", and a
+    Kelvin sign's folding hid more (helper-138)."""
+    hidden = HiddenInLogs(query_secrets("http://c/v1?api_key=Key"))
+    assert hidden.hide("keyboard KEY Key %4bey") == ("keyboard KEY *** ***", True)
 
 
 def test_a_record_the_filter_cannot_read_is_logging_s_to_report_not_the_callers():
