@@ -14,7 +14,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
@@ -430,6 +430,13 @@ class _Reader:
     def problem(self, message: str) -> None:
         self.problems.append(message)
 
+    def read_cleanly(self, read: Callable, *args, **kwargs) -> tuple[object, bool]:
+        """``read(*args, **kwargs)`` (a reading of this reader's), and whether it found nothing
+        wrong: what depends on a value that could not be read is not checked against it."""
+        known_problems = len(self.problems)
+        value = read(*args, **kwargs)
+        return value, len(self.problems) == known_problems
+
     def _get(self, name, default):
         value = self.raw.get(name)
         if isinstance(value, str):
@@ -662,9 +669,8 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tupl
     checked against it: each would say there is no such upstream, which was not so (one line per
     problem, helper-136); they are, once it reads."""
     upstreams = {}
-    known_problems = len(reader.problems)
-    listed = reader.mapping(PREFIX + "upstreams")
-    unread: set[str] | None = None if len(reader.problems) > known_problems else set()
+    listed, read = reader.read_cleanly(reader.mapping, PREFIX + "upstreams")
+    unread: set[str] | None = set() if read else None
     for upstream_name, base_url in listed.items():
         where = f"myapp.upstreams ({upstream_name})"
         if not _UPSTREAM_NAME.match(upstream_name):
@@ -736,9 +742,8 @@ def _upstreams(reader: _Reader, providers: Mapping[str, "OIDCSettings"]) -> tupl
 def _providers(reader: _Reader, public_url: str) -> dict[str, OIDCSettings]:
     """``myapp.providers`` and each one's ``myapp.oidc.<name>.*``; without it, ``myapp.oidc.*`` is
     the one provider, ``default``."""
-    known_problems = len(reader.problems)
-    listed = reader.mapping(PREFIX + "providers")
-    providers_refused = len(reader.problems) > known_problems
+    listed, read = reader.read_cleanly(reader.mapping, PREFIX + "providers")
+    providers_refused = not read
     if not listed:
         listed = {DEFAULT_PROVIDER: "Sign in"}
         prefixes = {DEFAULT_PROVIDER: PREFIX + "oidc."}
@@ -824,10 +829,9 @@ def _groups_claim(value: str) -> str | None:
 def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public_url: str) -> OIDCSettings:
     callback_path = "/auth/callback" if name == DEFAULT_PROVIDER else f"/auth/callback/{name}"
     auth_method = reader.choice(prefix + "token_endpoint_auth_method", "client_secret_basic", CLIENT_AUTH_METHODS)
-    known_problems = len(reader.problems)
-    client_keys = _client_keys(reader, prefix + "client_keys")
+    client_keys, read = reader.read_cleanly(_client_keys, reader, prefix + "client_keys")
     # Present but empty (or only comments) is as missing; a key that could not be read is reported already.
-    if auth_method == "private_key_jwt" and not client_keys and len(reader.problems) == known_problems:
+    if auth_method == "private_key_jwt" and not client_keys and read:
         reader.problem(f"{prefix}client_keys: required by token_endpoint_auth_method = private_key_jwt")
     client_certificate = _client_certificate(reader, prefix + "client_certificate", client_keys)
     authorize_params = reader.mapping(prefix + "authorize_params")
@@ -1180,9 +1184,8 @@ def _otel(reader: _Reader) -> OTelSettings:
 
 def _encryption_keys(reader: _Reader) -> tuple[str, ...]:
     name = PREFIX + "tokens.encryption_keys"
-    known_problems = len(reader.problems)
-    keys = reader.words(name)
-    if not keys and len(reader.problems) == known_problems:
+    keys, read = reader.read_cleanly(reader.words, name)
+    if not keys and read:
         reader.problem(f"{name}: required setting is missing (generate one with myapp-generate-key)")
     for index, key in enumerate(keys, 1):
         try:
@@ -1254,10 +1257,8 @@ def load_settings(raw: Mapping[str, object], environ: Mapping[str, str] = os.env
     # a provider compares them character for character with what an existing deployment registered.
     providers = _providers(reader, written)
 
-    known_problems = len(reader.problems)
-    cookie_secure = reader.boolean(PREFIX + "session.cookie_secure", True)
     # Unreadable ("perhaps"), it is neither: nothing is said of what either would mean (helper-136).
-    secure_read = len(reader.problems) == known_problems
+    cookie_secure, secure_read = reader.read_cleanly(reader.boolean, PREFIX + "session.cookie_secure", True)
     # SPEC.md: without Secure the cookie "uses a name without the __Host- prefix" (browsers refuse
     # one), so the default follows; a __Host-/__Secure- name written out is refused below.
     cookie_name = reader.string(PREFIX + "session.cookie_name", "__Host-session" if cookie_secure else "session")

@@ -99,9 +99,10 @@ class StepUp:
         return params
 
 
-def _repeated(params: Mapping[str, str], names) -> bool:
-    """Whether any of ``names`` is in ``params`` more than once: a query's multidict (WebOb's
-    ``getall``) can hold a name twice, a plain mapping cannot."""
+def repeated(params: Mapping[str, str], names) -> bool:
+    """Whether any of ``names`` is in ``params`` more than once (RFC 6749 3.1: none may be): a
+    query's multidict (WebOb's ``getall``) can hold a name twice, a plain mapping cannot. The
+    callback's and /login's rule."""
     getall = getattr(params, "getall", None)
     return getall is not None and any(len(getall(name)) > 1 for name in names)
 
@@ -203,7 +204,7 @@ class LoginService:
         for name in RESPONSE_PARAMETERS:
             if len(params.get(name, "")) > MAX_PARAMETER_LENGTH:
                 raise LoginError("parameter_too_long", "The sign-in response is malformed.", started_here=False)
-        if _repeated(params, RESPONSE_PARAMETERS):
+        if repeated(params, RESPONSE_PARAMETERS):
             # RFC 6749 3.1: none more than once. A query's last copy is the one read, so a response
             # with a second state, code or issuer put before the provider's was read as the
             # provider's (helper-132); which copy a front proxy or a log reads is anyone's guess.

@@ -337,6 +337,10 @@ class SessionRows:
         )
         return StoredSession(record, tokens)
 
+    def generation(self, session_id: int) -> int | None:
+        """The session's token generation as it is now (None: no such row), without its tokens."""
+        return self.dbsession.scalar(select(UserSession.token_generation).where(UserSession.id == session_id))
+
     def token_columns(self, tokens: TokenSet) -> dict:
         """The columns that hold ``tokens``, encrypted. The DPoP key is written whenever the tokens
         are (so it moves to the newest encryption key with them) but never erased here: a session

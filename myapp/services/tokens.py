@@ -64,16 +64,17 @@ class UpstreamTokenRefused(OIDCError):
     """The provider will not issue a token for this upstream (``invalid_scope``, ``invalid_target``,
     ...): that upstream cannot be called, the session and the other upstreams go on."""
 
-    def __init__(self, upstream: str, error: str, *, generation: int | None = None):
+    # The session's token generation the refusal is held at, as it is once refused (set by
+    # TokenManager._refusal_held_as_it_is; None: the one the request read).
+    generation: int | None = None
+
+    def __init__(self, upstream: str, error: str):
         super().__init__(
             f"upstream_token_refused:{error}"[:64],
             f"The sign-in provider would not issue a token for the API {upstream!r} ({error}).",
         )
         self.upstream = upstream
         self.error = error
-        # The session's token generation the refusal holds for, when not the one the request read
-        # (the session's own refresh made to tell what the refusal meant: _refused_for_upstream).
-        self.generation = generation
 
 
 def _is_lock_timeout(error: OperationalError) -> bool:
@@ -707,10 +708,8 @@ class TokenManager:
         ``invalid_grant`` meant, a refused answer's successor kept, a refresh that was due before an
         exchange). Held at the one the request read, the next call asked the provider again at once
         (helper-134, helper-137)."""
-        if isinstance(outcome, UpstreamTokenRefused) and outcome.generation is None:
-            current = rows.read(session_id)
-            if current is not None:
-                outcome.generation = current.session.token_generation
+        if isinstance(outcome, UpstreamTokenRefused):
+            outcome.generation = rows.generation(session_id)
         return outcome
 
     def _serves(self, token: str | None, expires_at: datetime | None, refreshed_at: datetime | None,

@@ -15,7 +15,7 @@ from myapp.resources import Permission
 from myapp.routes import safe_next_path
 from myapp.security import check_form_origin, live_session, sent_from_a_page_of, signed_out_here, tell_signed_out_reason
 from myapp.services.audit import AuditEventType
-from myapp.services.login import LoginError, StepUp
+from myapp.services.login import LoginError, StepUp, repeated
 from myapp.services.metrics import failure_reason
 from myapp.services.oidc import OIDCError, ProviderMisconfigured, ProviderUnavailable
 from myapp.services.sessions import EndReason
@@ -50,7 +50,7 @@ def login(request):
     if request.method == "HEAD":
         return Response(status=200)  # a link checker's HEAD must not start a sign-in
     next_path = safe_next_path(request.GET.get("next"))
-    if any(len(request.GET.getall(name)) > 1 for name in LOGIN_PARAMETERS):
+    if repeated(request.GET, LOGIN_PARAMETERS):
         # Which copy counts would be a guess (the last, as read; the first, by a proxy or a log):
         # two providers, or two step-ups, are no sign-in anyone asked for (helper-132).
         return error_page(
