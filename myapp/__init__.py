@@ -1,8 +1,11 @@
 """myapp: a backend-for-frontend that keeps OpenID Connect tokens on the server."""
 
+import inspect
 import logging
 
 from pyramid.config import Configurator
+from pyramid.path import DottedNameResolver
+from pyramid.settings import aslist
 
 from myapp.models import Database, SchemaError
 from myapp.observability import configure_logging
@@ -37,6 +40,7 @@ def make_app(settings: dict, *, database: Database | None = None, config_file: s
         for caution in production_cautions(settings["myapp"]) if cautions else ():
             log.warning("myapp: %s", caution)
         settings["config_file"] = config_file
+        _importable(settings, "pyramid.includes", "pyramid.tweens")
         with Configurator(settings=settings, root_factory=Root) as config:
             if database is not None:
                 config.registry[Database] = database
@@ -59,3 +63,21 @@ def make_app(settings: dict, *, database: Database | None = None, config_file: s
     except SchemaError as e:
         raise SystemExit(f"myapp: {e}") from None
     return config.make_wsgi_app()
+
+
+def _importable(settings: dict, *names: str) -> None:
+    """Each dotted name the settings ``names`` list, imported as Pyramid will import it, so that a
+    name that cannot be (a typo, a package not installed) is one line naming it, not Pyramid's
+    traceback from inside the Configurator."""
+    resolver, problems = DottedNameResolver(), []
+    for setting in names:
+        for dotted in aslist(settings.get(setting, "")):
+            try:
+                found = resolver.resolve(dotted)
+            except (ImportError, ValueError) as e:
+                problems.append(f"{setting}: {dotted!r} cannot be imported ({e})")
+                continue
+            if setting == "pyramid.includes" and inspect.ismodule(found) and not hasattr(found, "includeme"):
+                problems.append(f"{setting}: {dotted!r} has no includeme() (name a module that has one, or module:function)")
+    if problems:
+        raise SettingsError(problems)

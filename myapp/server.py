@@ -175,10 +175,7 @@ class StrictRequestParser(HTTPRequestParser):
         limits = getattr(self.adj, "body_limits", None)
         if not limits:
             return
-        path = self.target_path
-        mount = self.adj.url_prefix
-        if mount and path.startswith(mount):
-            path = path[len(mount) :]
+        path = self.app_path
         for prefix, largest in limits:
             if path.startswith(prefix):
                 if largest + 1 < self.adj.max_request_body_size:  # waitress refuses one of the limit or more
@@ -190,6 +187,14 @@ class StrictRequestParser(HTTPRequestParser):
     def target_path(self) -> str:
         """The path of the request line, as far as it was received ("" until its target begins)."""
         return _request_line_path(self.head_start)
+
+    @property
+    def app_path(self) -> str:
+        """:attr:`target_path` as the app reads it: less waitress's ``url_prefix`` (a mount)."""
+        path, mount = self.target_path, self.adj.url_prefix
+        if mount and (path == mount or path.startswith(mount + "/")):
+            return path[len(mount) :] or "/"
+        return path
 
     def parse_header(self, header_plus):
         # RFC 9112 section 5.2: obsolete line folding in a request is refused, or unfolded. Waitress
@@ -359,9 +364,9 @@ class HardenedErrorTask(ErrorTask):
     def execute(self):
         error = self.request.error
         status, headers, body = error.to_response(self.channel.server.adj.ident)
-        path = self.request.target_path
+        path = self.request.app_path
         if not path and self.channel.requests:  # the app failed: waitress answers with a parser of its own
-            path = getattr(self.channel.requests[0], "target_path", "")
+            path = getattr(self.channel.requests[0], "app_path", "")
         if is_json_path(path):
             body = json.dumps(
                 {"error": _SERVER_ERROR_CODES.get(error.code, ErrorCode.BAD_REQUEST), "message": error.body},

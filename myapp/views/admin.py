@@ -149,7 +149,9 @@ def users(request):
 @view_config(route_name="admin_user_sessions_revoke", request_method="POST", permission=Permission.ADMINISTER)
 def end_user_sessions(request):
     user = request.context.user
-    ended = request.session_store.end_all_for_user(user.id, EndReason.REVOKED_BY_ADMIN)
+    own = user.id == request.identity.user_id
+    # Their other devices are told what they chose, not that "an administrator" signed them out.
+    ended = request.session_store.end_all_for_user(user.id, EndReason.ENDED_ELSEWHERE if own else EndReason.REVOKED_BY_ADMIN)
     request.audit.record(
         AuditEventType.USER_SESSIONS_ENDED_BY_ADMIN,
         user_id=user.id,
@@ -157,7 +159,7 @@ def end_user_sessions(request):
         ip_address=request.remote_addr,
         detail=f"{ended} session(s) ended",
     )
-    if user.id == request.identity.user_id:
+    if own:
         # An administrator who ended their own sessions ended this one too: say so, in those words.
         return HTTPSeeOther(request.route_path("signed_out", _query={"reason": "ended_own"}), headers=forget(request))
     return HTTPSeeOther(request.route_path("admin_users", _query={"notice": "user_sessions_revoked"}))

@@ -12,7 +12,7 @@ from myapp.models import Post, User
 from myapp.models.user import display_name
 from myapp.resources import Permission
 from myapp.services.audit import AuditEventType
-from myapp.text import CONTROLS
+from myapp.text import CONTROLS, blank
 
 PAGE_SIZE = 20
 LIMITS = {"title": 200, "body": 20000}
@@ -76,8 +76,10 @@ def _read_form(request) -> tuple[dict, dict]:
         "body": request.POST.get("body", "").replace("\r\n", "\n").strip(),
     }
     errors = {}
-    if not form["title"]:
-        errors["title"] = "Give your post a title."
+    if blank(form["title"]):
+        errors["title"] = "Give your post a title." if not form["title"] else (
+            "The title shows nothing (it holds only spaces or invisible characters): give your post a title."
+        )
     elif len(form["title"]) > LIMITS["title"]:
         errors["title"] = f"Keep the title to {LIMITS['title']} characters or fewer."
     if len(form["body"]) > LIMITS["body"]:

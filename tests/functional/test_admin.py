@@ -1,7 +1,7 @@
 import pytest
 from sqlalchemy import select, update
 
-from myapp.models import AuditEvent, User
+from myapp.models import AuditEvent, User, UserSession
 from myapp.services.audit import AuditEventType, AuditLog
 from tests.functional.conftest import Browser
 
@@ -221,6 +221,7 @@ def test_an_administrator_editing_or_deleting_someone_elses_post_is_audited(brow
 
 
 def test_an_administrator_ending_their_own_sessions_is_told_so(browser, sign_in, admin, session_store, dbsession):
+    session_store.create(user=admin)  # a laptop
     sign_in(browser, admin)
     page = browser.get("/admin/users")
     assert "These are your own sessions." in page.text
@@ -228,6 +229,9 @@ def test_an_administrator_ending_their_own_sessions_is_told_so(browser, sign_in,
     assert "reason=ended_own" in response.location
     text = browser.get(response.location).text
     assert "You ended all of your own sessions, including this one" in text
+    # Their other devices are told they chose it, not that "an administrator" signed them out.
+    ended = dbsession.scalars(select(UserSession.end_reason).where(UserSession.user_id == admin.id)).all()
+    assert ended and set(ended) == {"signed_out_elsewhere"}
 
 
 def test_destructive_buttons_ask_first_and_can_be_cancelled(browser, sign_in, admin, alice, session_store):

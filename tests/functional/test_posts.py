@@ -141,6 +141,10 @@ def test_create(as_user, dbsession, role):
     [
         ({"title": "", "body": "x"}, "Give your post a title."),
         ({"title": "   ", "body": "x"}, "Give your post a title."),
+        ({"title": "\u200b", "body": "x"}, "The title shows nothing"),
+        ({"title": "\u3000\ufeff\u2060\u00a0", "body": "x"}, "The title shows nothing"),
+        ({"title": "\u3164\u2800", "body": "x"}, "The title shows nothing"),
+        ({"title": "\u202e\u0301", "body": "x"}, "The title shows nothing"),
         ({"title": "t" * 201, "body": "x"}, "Keep the title to 200 characters or fewer."),
         ({"title": "ok", "body": "b" * 20001}, "Keep the text to 20000 characters or fewer."),
         ({"title": "nul\x00", "body": ""}, "cannot be saved"),
@@ -159,6 +163,21 @@ def test_bad_input_gets_a_clear_error_and_keeps_the_text(as_user, dbsession, for
     if form["body"] and len(form["body"]) < 100:
         assert form["body"] in page.text
     assert dbsession.scalar(select(Post)) is None
+
+
+@pytest.mark.parametrize("title", ["\u200bHi", "\u00e9t\u00e9", "\u4e2d\u6587", "\U0001f600", "a\u0301"])
+def test_a_title_that_shows_something_is_kept_as_written(as_user, dbsession, title):
+    as_user("owner").submit("/posts", {"title": title, "body": ""}, status=303)
+    assert dbsession.scalars(select(Post.title)).one() == title
+
+
+def test_an_invisible_title_is_refused_on_edit_too(as_user, dbsession):
+    alice = as_user("owner")
+    alice.submit("/posts", {"title": "Seen", "body": ""}, status=303)
+    post = dbsession.scalars(select(Post)).one()
+    page = alice.submit(f"/posts/{post.id}/edit", {"title": "\u200b\u200c", "body": "kept"}, status=400)
+    assert "The title shows nothing" in page.text and "kept" in page.text
+    assert reload(dbsession, post).title == "Seen"
 
 
 def test_a_text_keeps_its_lines_and_tabs(as_user, dbsession):

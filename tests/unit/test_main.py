@@ -79,3 +79,19 @@ def test_main_turns_a_settings_problem_into_one_line(database_url):
     with pytest.raises(SystemExit) as stopped:
         main({}, **base_settings(database_url, **{"myapp.session.idle_timeout": "soon"}))
     assert str(stopped.value).startswith("myapp: myapp.session.idle_timeout:")
+
+
+@pytest.mark.parametrize(
+    "setting, value, line",
+    [
+        ("pyramid.includes", "no_such_module", "myapp: pyramid.includes: 'no_such_module' cannot be imported (No module named 'no_such_module')"),
+        ("pyramid.includes", "myapp.devstack.nosuch", "myapp: pyramid.includes: 'myapp.devstack.nosuch' cannot be imported"),
+        ("pyramid.includes", "json:nothing", "myapp: pyramid.includes: 'json:nothing' cannot be imported"),
+        ("pyramid.includes", "json", "myapp: pyramid.includes: 'json' has no includeme()"),
+        ("pyramid.tweens", "myapp.tweens.nosuch_factory", "myapp: pyramid.tweens: 'myapp.tweens.nosuch_factory' cannot be imported"),
+    ],
+)
+def test_a_dotted_name_that_cannot_be_imported_is_one_line(database_url, setting, value, line):
+    with pytest.raises(SystemExit) as stopped:
+        main({}, **base_settings(database_url, **{setting: f"pyramid_retry\n{value}" if setting == "pyramid.includes" else value}))
+    assert str(stopped.value).startswith(line) and "\n" not in str(stopped.value)

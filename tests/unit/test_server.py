@@ -25,7 +25,7 @@ import pytest
 
 from myapp import server
 from myapp.request import BODY_LIMITS, LARGEST_BODY
-from myapp.services.proxy import AnswerCutShort
+from myapp.routes import is_json_path
 from myapp.server import (
     CrowdingWatch,
     cpu_order,
@@ -38,6 +38,7 @@ from myapp.server import (
     read_cpu_times,
     serve_paste,
 )
+from myapp.services.proxy import AnswerCutShort
 from tests.support.servers import serve
 
 linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
@@ -436,7 +437,8 @@ def test_a_path_under_a_prefix_with_a_smaller_limit_is_held_to_it_from_its_head(
     limit, the longest prefix first, where less than the largest body any route takes (helper-130:
     an upload to the proxy over its limit was invited, read whole, and refused; one over every
     limit refused in the words of the largest). Read below waitress's url_prefix; another path, or
-    one written otherwise (%-escaped), keeps the largest."""
+    one written otherwise (%-escaped), keeps the largest. The refusal of a program's path is SPEC.md's
+    JSON error, below the mount too."""
     app = Sized(1000)
     app.registry[BODY_LIMITS] = {"/api/": 100, "/api/big/": 500, "/small/": 5000}
     with serve(app, create_server=create_server, channel_timeout=5, url_prefix=url_prefix) as url:
@@ -447,6 +449,8 @@ def test_a_path_under_a_prefix_with_a_smaller_limit_is_held_to_it_from_its_head(
                                + b"Expect: 100-continue\r\n\r\n")
             assert refused.startswith(b"HTTP/1.1 413") and b"100 Continue" not in refused, path
             assert f"The request body is larger than {limit} bytes.".encode() in refused, path
+            # A program's path answered in JSON below the mount too (it was text there).
+            assert (b"Content-Type: application/json" in refused) == is_json_path(path.removeprefix(url_prefix)), path
             body = b"a" * (limit + 1)
             refused = exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
                                + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
