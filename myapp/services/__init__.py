@@ -78,7 +78,7 @@ class Services:
             providers=providers,
             tokens=TokenManager(
                 lock=lock, providers=providers, cipher=cipher, settings=settings.tokens, metrics=metrics,
-                upstreams=settings.upstreams,
+                upstreams=settings.upstreams, database=database,
             ),
             revoker=Revoker(
                 database=database, cipher=cipher, providers=providers,

@@ -25,6 +25,19 @@ _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("myapp_
 _WATCH: contextvars.ContextVar["_Watch | None"] = contextvars.ContextVar("myapp_provider_watch", default=None)
 
 
+class NoTimeLeft(requests.Timeout):
+    """A call not made: the deadline of the enclosing :func:`within` had passed already."""
+
+
+class CutShort(requests.Timeout):
+    """A call cut off by the deadline of the enclosing :func:`within` (the refresh lock's time),
+    before its own timeout: what it says of the server's speed is not known."""
+
+
+class NoTimer(requests.ConnectionError):
+    """A call not made: this process could start no thread for its timer."""
+
+
 class HTTPFailure(Exception):
     """A call that did not produce a usable answer: unreachable, slow, an error status, or junk.
 
@@ -229,18 +242,19 @@ class HttpClient:
         it does not. Yields the time left, for ``requests``' own bound on each wait; the call's
         body is read inside the block too."""
         now = time.monotonic()
+        own = now + (timeout or self.timeout)
         until = _deadline(timeout or self.timeout, now)
         if until <= now:
-            raise requests.Timeout("no time left for another call to the provider")
+            raise NoTimeLeft("no time left for another call to the provider")
         watch = _Watch()
         timer = threading.Timer(until - now, watch.expire)
         timer.daemon = True
         try:
             timer.start()
         except RuntimeError:  # no thread to be had
-            raise requests.ConnectionError("no thread for the call's timer") from None
+            raise NoTimer("no thread for the call's timer") from None
         token = _WATCH.set(watch)
-        took_too_long = requests.Timeout(f"the call took longer than {until - now:g} s")
+        took_too_long = (requests.Timeout if until >= own else CutShort)(f"the call took longer than {until - now:g} s")
         try:
             yield until - now
         except _CALL_ERRORS:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from myapp import tracing
 from myapp.errors import ServiceUnavailable, describe_outage
 from myapp.memo import remember
-from myapp.models import UserSession
+from myapp.models import Database, UserSession
 from myapp.models.meta import utcnow
 from myapp.services.audit import AuditEventType, AuditLog
 from myapp.services.dpop import DPoPKey, DPoPKeyUnreadable
@@ -36,6 +36,7 @@ from myapp.services.oidc import (
     DPoPNotBound,
     OIDCClient,
     OIDCError,
+    ProviderResting,
     Providers,
     ProviderUnavailable,
     TokenRequestRefused,
@@ -251,9 +252,11 @@ class TokenManager:
         upstreams: Mapping[str, Upstream] = MappingProxyType({}),
         clock: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
+        database: Database | None = None,
     ):
         self.metrics = metrics or Metrics()
         self.lock = lock
+        self.database = database
         self.providers = providers
         self.upstreams = upstreams
         self.cipher = cipher
@@ -367,7 +370,59 @@ class TokenManager:
         # Without an expiry the token is used until the upstream refuses it (reactive refresh).
         return expires_at is None or expires_at - self.settings.refresh_leeway > self.clock()
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Session]:
+        """A session for reads that need no lock: on the database's plain reads, never SQLite's
+        ``BEGIN IMMEDIATE`` of the lock's transactions, which waits for a refresh holding the
+        write lock through its call to the provider (helper-144). The lock's transactions when
+        there is no database (unit tests)."""
+        if self.database is None:
+            with self.lock.transactions() as dbsession:
+                yield dbsession
+            return
+        with self.database.read() as connection, Session(bind=connection) as dbsession:
+            yield dbsession
+
+    def _resting(self, session: SessionRecord) -> bool:
+        """Whether the session's provider is not to be asked now (oidc.client.TokenEndpointRest)."""
+        client = self.providers.of_session(session.provider, session.user_issuer)
+        return client is not None and client.token_endpoint_rest.resting()
+
+    def _while_resting(self, session: SessionRecord, stale: str | None, upstream: Upstream | None = None):
+        """While the session's provider rests: what the work under the lock would give without
+        asking it, read again without the lock (a token another process stored meanwhile, or the
+        very one the upstream refused moments after it was minted, whose 401 goes back: ``_serves``),
+        an ended session signed out; else :class:`ProviderResting`, a 503 at once, with no lock,
+        transaction or audit record for each call (helper-143). Raises what it does not return."""
+        with self._reading() as dbsession:
+            rows = SessionRows(dbsession, self.cipher, self.clock)
+            current = rows.read(session.id)
+            stored = rows.upstream_token(session.id, upstream.name, minted_for=upstream.minted_for) if upstream else None
+        if current is None or current.session.ended_at is not None:
+            raise LoginRequired()
+        record, tokens = current
+        if upstream is None:
+            usable = self._serves(tokens.access_token, record.access_token_expires_at, record.refreshed_at, stale)
+            token, token_type = tokens.access_token, tokens.token_type
+        else:
+            usable = (
+                stored is not None and self._takes(upstream, stored)
+                and self._serves(stored.access_token, stored.expires_at, stored.refreshed_at, stale)
+            )
+            token, token_type = (stored.access_token, stored.token_type) if usable else (None, None)
+        if not usable:
+            raise ProviderResting()
+        try:
+            key = self._session_key(record, tokens)
+        except DPoPKeyUnreadable:
+            raise ProviderResting() from None  # the work under the lock ends it, once the provider is asked
+        if upstream is not None:
+            self._remember_upstream_token((session.handle, upstream.name), stored)
+        return Credential.of(token, token_type, key)
+
     def _refresh(self, session: SessionRecord, stale: str | None) -> Credential:
+        if self._resting(session):
+            return self._while_resting(session, stale)
         with tracing.span("token.refresh") as span:
             outcome = self._locked(session, None, lambda rows: self._refresh_locked(rows, session.id, stale), span)
             span.set_attribute("myapp.outcome", type(outcome).__name__ if isinstance(outcome, BaseException) else "ok")
@@ -440,7 +495,8 @@ class TokenManager:
         except OIDCError as e:
             if isinstance(e, TokenResponseInvalid) and not self._keep_successor(rows, session, previous, e.refresh_token):
                 return LoginRequired()
-            self._audit(rows, session, e.reason)
+            if not isinstance(e, ProviderResting):  # not asked (it began to rest meanwhile): nothing to record
+                self._audit(rows, session, e.reason)
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         tokens = TokenSet.from_response(response, self.clock(), previous=previous)
         self._warn_if_short_lived(f"provider {client.settings.name!r}", tokens.access_token_expires_at)
@@ -467,7 +523,7 @@ class TokenManager:
         if stale is None:
             known = self._upstream_tokens.get(key)
             if known is None or not self._fresh(known.expires_at):
-                with self.lock.transactions() as dbsession:
+                with self._reading() as dbsession:
                     known = SessionRows(dbsession, self.cipher, self.clock).upstream_token(
                         session.id, upstream.name, minted_for=upstream.minted_for
                     )
@@ -513,6 +569,8 @@ class TokenManager:
         self, session: SessionRecord, key: tuple[str, str], upstream: Upstream, stale: str | None
     ) -> Credential:
         session_id = session.id
+        if self._resting(session):
+            return self._while_resting(session, stale, upstream)
         with tracing.span("token.upstream", {"myapp.upstream": upstream.name}) as span:
             outcome = self._locked(session, upstream.name, lambda rows: self._refusal_held_as_it_is(
                 rows, session_id, self._mint_upstream_token_locked(rows, session_id, upstream, stale)
@@ -606,7 +664,8 @@ class TokenManager:
         except OIDCError as e:
             if isinstance(e, TokenResponseInvalid) and not self._keep_refused_answer(rows, session, own, upstream, e.issued()):
                 return LoginRequired()
-            self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
+            if not isinstance(e, ProviderResting):  # not asked (it began to rest meanwhile): nothing to record
+                self._audit(rows, session, f"{e.reason} (token for upstream {upstream.name})")
             return e if isinstance(e, ProviderUnavailable) else ProviderUnavailable(e.message)
         now = self.clock()
         issued = TokenSet.from_response(response, now)

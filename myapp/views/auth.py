@@ -94,7 +94,8 @@ def login(request):
         log.warning("sign-in at %s cannot start: %s", provider, e.message)
         unavailable = isinstance(e, ProviderUnavailable)
         if e.reason.startswith("par_"):
-            # The provider refused (or failed) the pushed request: nothing was stored, and it is audited.
+            # The provider refused the pushed request, failed it or did not answer it (par_unavailable):
+            # nothing was stored, and it is audited.
             request.keep_transaction()
             request.audit.record(AuditEventType.LOGIN_FAILED, ip_address=request.remote_addr, detail=e.reason)
             request.services.metrics.login_failures.labels(reason=failure_reason(e.reason)).inc()
@@ -103,7 +104,7 @@ def login(request):
             request,
             503 if unavailable else 502,
             "Sign-in is unavailable" if unavailable else "Sign-in was refused" if refused else "Sign-in is misconfigured",
-            ("The sign-in provider did not answer. Please try again in a moment." if unavailable
+            ("The sign-in provider is not available right now. Please try again in a moment." if unavailable
              else f"{e.message} An administrator may need to check the sign-in configuration." if refused
              else f"An administrator needs to fix the sign-in configuration: {e.message}"),
             retry_url=_login_url(request, next_path),

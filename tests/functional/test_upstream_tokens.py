@@ -14,6 +14,7 @@ from myapp.models import AuditEvent, SessionToken, TokenRevocation, UserSession
 from myapp.models.meta import utcnow
 from myapp.services import Services
 from myapp.services import tokens as tokens_module
+from myapp.services.oidc import client as client_module
 from myapp.services.sessions import EndReason, minted_label
 from myapp.services.tokens import UpstreamTokenRefused
 from tests.conftest import TEST_PUBLIC_URL
@@ -1174,3 +1175,44 @@ def test_an_exchange_refused_for_a_session_without_a_refresh_token_is_a_502_for_
     assert row_of(dbsession, browser).ended_at is None and upstream.seen == []
     api(browser, "GET", "/api/plain/x", status=200)
     assert token_seen(upstream) == "at-1"
+
+
+def test_a_provider_that_held_a_refresh_up_is_left_alone_for_a_while(
+    make_proxy_app, served_upstream, signed_in, upstream, provider, dbsession, monkeypatch
+):
+    """helper-140: a provider that held each refresh up to myapp.oidc.http_timeout held a thread
+    for each, until it held every one, and calls that needed no refresh waited behind them. It is
+    waited for once (oidc.client.TokenEndpointRest), then left alone for a few seconds: a call
+    whose token is due (the session's own or an upstream's) is a 503 at once, as SPEC.md says of
+    a provider that is down or slow, and one whose token is fresh carries on."""
+    monkeypatch.setattr(client_module, "TOKEN_ENDPOINT_REST", 60.0)  # not over before the test is, however slow the machine
+    url = served_upstream.url
+    app = make_proxy_app(**{
+        "myapp.upstreams": f"up = {url}/up\ngraph = {url}/graph\nreadonly = {url}/ro",
+        "myapp.upstream.graph.scope": GRAPH_SCOPE,
+        "myapp.oidc.http_timeout": "1",
+    })
+    due = signed_in(app=app, expires_in=30, refresh_token="rt-due")
+    assert api(due, "GET", "/api/graph/x", status=200)  # its graph token, minted for 300 s
+    provider.token_delay = 5  # then the provider hangs
+
+    def token_requests():
+        return sum(1 for path, _, _ in provider.requests if path == "/token")
+
+    asked = token_requests()
+    assert api(due, "GET", "/api/up/x", status=503).json["error"] == "provider_unavailable"  # waited out once
+    assert token_requests() == asked + 1
+    assert api(due, "GET", "/api/up/x", status=503).json["error"] == "provider_unavailable"  # then not asked
+    assert api(due, "GET", "/api/graph/x", status=200)  # its fresh graph token needs no provider
+    # Its graph token due as well (this process's copy forgotten, as by a restart): not asked either.
+    dbsession.execute(update(SessionToken).values(expires_at=utcnow() + timedelta(seconds=30)))
+    dbsession.commit()
+    app.registry[Services].tokens._upstream_tokens.clear()
+    assert api(due, "GET", "/api/graph/x", status=503).json["error"] == "provider_unavailable"
+    fresh = signed_in(app=app, expires_in=300, refresh_token="rt-fresh")
+    assert api(fresh, "GET", "/api/up/x", status=200)
+    assert token_requests() == asked + 1
+    assert row_of(dbsession, due).ended_at is None
+    # Nothing was asked after the first, so nothing more is recorded: one refresh_failed, the timeout.
+    failed = dbsession.scalars(select(AuditEvent.detail).where(AuditEvent.event == "refresh_failed")).all()
+    assert failed == ["provider_unavailable"]

@@ -4,6 +4,7 @@ HTTP pool; and the checks on the JWTs it sends (:class:`TokenValidator`)."""
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -15,7 +16,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from myapp import tracing
 from myapp.services.dpop import DPoPKey, Nonces, challenge_error, choose_algorithm
-from myapp.services.http import HttpClient, HTTPFailure, describe
+from myapp.services.http import CutShort, HttpClient, HTTPFailure, NoTimeLeft, NoTimer, describe
 from myapp.services.oidc.client_auth import (
     ClientKeys,
     assertion_audience,
@@ -27,6 +28,7 @@ from myapp.services.oidc.errors import (
     DPoPNotBound,
     OIDCError,
     ProviderMisconfigured,
+    ProviderResting,
     ProviderUnavailable,
     TokenRequestRefused,
     TokenResponseInvalid,
@@ -46,6 +48,8 @@ TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 VSCHARS = re.compile(r"[\x20-\x7e]+")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# How long a token endpoint that held a call until it timed out is left alone (TokenEndpointRest), in seconds.
+TOKEN_ENDPOINT_REST = 5.0
 
 
 def _parse_token_response(response: requests.Response) -> dict:
@@ -95,6 +99,52 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+class TokenEndpointRest:
+    """Whether to ask a provider's token endpoint now, in this process: not for
+    :data:`TOKEN_ENDPOINT_REST` seconds after it held a call until it timed out, then by one
+    request at a time (the probe) until one is not held up so.
+
+    Without it, each request whose token was due waited for a provider that did not answer, up to
+    ``myapp.oidc.http_timeout``, each on a thread of the server's: a hung provider held every
+    thread, and people of another provider, or whose tokens were fresh, waited behind them
+    (helper-140: 0.01 s became 2.84 s). A failure that comes at once (a refused connection, a
+    503) holds no thread, and asking again is how a recovery is seen soonest: no rest. A call not
+    made (no time left under the refresh lock, discovery unavailable) says nothing either way."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic):
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._until = None  # when the rest ends (monotonic); None: ask freely
+        self._probing = False  # a request after the rest is asking it now
+
+    def resting(self) -> bool:
+        """Whether a caller would be told not to ask now."""
+        with self._lock:
+            return self._until is not None and (self.monotonic() < self._until or self._probing)
+
+    def ask(self) -> bool | None:
+        """None: do not ask now. Else whether this caller is the probe, which must then end with
+        :meth:`ended` (in a ``finally``), as every caller that asks does."""
+        with self._lock:
+            if self._until is None:
+                return False
+            if self.monotonic() < self._until or self._probing:
+                return None
+            self._probing = True
+            return True
+
+    def ended(self, probe: bool, held_up: bool | None) -> None:
+        """A call ended: ``held_up`` True (rest), False (it answered, or failed at once: ask
+        freely) or None (not made: as it was). Only the probe ends the probing."""
+        with self._lock:
+            if held_up:
+                self._until = self.monotonic() + TOKEN_ENDPOINT_REST
+            elif held_up is False:
+                self._until = None
+            if probe:
+                self._probing = False
+
+
 class OIDCClient:
     """One provider, as this app's client. One instance per provider and process, shared by threads."""
 
@@ -121,6 +171,7 @@ class OIDCClient:
         )
         # The latest DPoP-Nonce of each of this provider's servers (token endpoint, userinfo).
         self.nonces = Nonces()
+        self.token_endpoint_rest = TokenEndpointRest(monotonic)
 
     def metadata(self) -> ProviderMetadata:
         return self.documents.metadata()
@@ -197,14 +248,19 @@ class OIDCClient:
         except requests.RequestException as e:
             failure = describe(e)
             if failure.unavailable:
-                raise ProviderUnavailable(f"The provider's pushed authorization request endpoint {failure}.") from None
+                raise ProviderUnavailable(
+                    f"The provider's pushed authorization request endpoint {failure}.", reason="par_unavailable"
+                ) from None
             raise OIDCError("par_failed", f"The provider's pushed authorization request endpoint {failure}.") from None
         try:
             document = response.json()
         except (ValueError, RecursionError):
             document = None
         if response.status_code >= 500:
-            raise ProviderUnavailable(f"The provider's pushed authorization request endpoint answered HTTP {response.status_code}.")
+            raise ProviderUnavailable(
+                f"The provider's pushed authorization request endpoint answered HTTP {response.status_code}.",
+                reason="par_unavailable",
+            )
         if not isinstance(document, dict):
             raise OIDCError("par_failed", "The provider's pushed authorization request endpoint did not answer with JSON.")
         if response.status_code not in (200, 201):
@@ -305,7 +361,9 @@ class OIDCClient:
         except requests.RequestException as e:
             failure = describe(e)
             if failure.unavailable:
-                raise ProviderUnavailable(f"The provider's token endpoint {failure}.") from None
+                # Only a call that waited out its own timeout says the provider held it up.
+                held_up = None if isinstance(e, NoTimeLeft | CutShort | NoTimer) else isinstance(e, requests.Timeout)
+                raise ProviderUnavailable(f"The provider's token endpoint {failure}.", held_up=held_up) from None
             raise OIDCError("token_endpoint_error", f"The provider's token endpoint {failure}.") from None
         except ValueError:
             raise OIDCError("token_endpoint_error", "The provider's token endpoint answered with something that is not JSON.") from None
@@ -347,7 +405,7 @@ class OIDCClient:
             ("code_verifier", code_verifier),
             ("redirect_uri", self.settings.redirect_uri),
         ]
-        return self._token_request(form, scope=None, resources=(), params=None, dpop=dpop)
+        return self._token_request(form, scope=None, resources=(), params=None, dpop=dpop, gated=False)
 
     def refresh(
         self,
@@ -382,16 +440,39 @@ class OIDCClient:
         ]
         return self._token_request(form, scope=scope, resources=resources, params=params, dpop=dpop)
 
-    def _token_request(self, form: list, *, scope, resources, params, dpop: DPoPKey | None) -> dict:
+    def _token_request(self, form: list, *, scope, resources, params, dpop: DPoPKey | None, gated: bool = True) -> dict:
         """POST ``form`` (repeated names kept: Authlib's fetch_token folds them into one) to the
-        token endpoint, authenticated as this client."""
-        endpoint = self.metadata().token_endpoint
-        form = list(form)
-        if scope:
-            form.append(("scope", scope))
-        form.extend(("resource", resource) for resource in resources)
-        form.extend((params or {}).items())
-        return self._call_token_endpoint(lambda: _parse_token_response(self._post(endpoint, form, role="token", dpop=dpop)), dpop)
+        token endpoint, authenticated as this client; when ``gated``, not while it rests
+        (:class:`TokenEndpointRest`, :class:`ProviderResting`). A code exchange is not gated (a
+        person who just signed in at the provider would have to start again, and its call is
+        the best probe there is), but what becomes of it counts all the same."""
+        rest = self.token_endpoint_rest
+        probe = rest.ask() if gated else False
+        if probe is None:
+            raise ProviderResting()
+        held_up = None
+        try:
+            endpoint = self.metadata().token_endpoint
+            form = list(form)
+            if scope:
+                form.append(("scope", scope))
+            form.extend(("resource", resource) for resource in resources)
+            form.extend((params or {}).items())
+            token = self._call_token_endpoint(
+                lambda: _parse_token_response(self._post(endpoint, form, role="token", dpop=dpop)), dpop
+            )
+            held_up = False
+            return token
+        except ProviderUnavailable as e:
+            held_up = e.held_up
+            raise
+        except OIDCError as e:
+            # A refusal, or an answer it could not use: it answers. Not so a provider whose
+            # discovery cannot be used (its token endpoint was not asked).
+            held_up = None if isinstance(e, ProviderMisconfigured) else False
+            raise
+        finally:
+            rest.ended(probe, held_up)
 
     def revoke(self, token: str, token_type_hint: str, *, timeout: float | None = None) -> "Revocation":
         """RFC 7009 revocation, client-authenticated; never raises."""
@@ -399,8 +480,11 @@ class OIDCClient:
             endpoint = self.metadata().revocation_endpoint
         except ProviderUnavailable:
             return Revocation.FAILED
-        except OIDCError:
-            return Revocation.NOT_OFFERED
+        except OIDCError as e:
+            # Unusable now (a bad deployment of the provider, an issuer changed) is not "no
+            # endpoint": tried again later, up to the revoker's bound, not dropped.
+            log.warning("token revocation failed: %s", e.message)
+            return Revocation.FAILED
         if endpoint is None:
             return Revocation.NOT_OFFERED
         try:

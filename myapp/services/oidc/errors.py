@@ -29,10 +29,19 @@ class OIDCError(Exception):
 
 
 class ProviderUnavailable(OIDCError):
-    """The provider is down or slow: trying again later may work."""
+    """The provider is down or slow: trying again later may work. ``held_up``: it kept the call
+    until it timed out (True), failed it at once (False), or was not asked (None)."""
 
-    def __init__(self, message: str):
-        super().__init__("provider_unavailable", message)
+    def __init__(self, message: str, reason: str = "provider_unavailable", *, held_up: bool | None = None):
+        super().__init__(reason, message)
+        self.held_up = held_up
+
+
+class ProviderResting(ProviderUnavailable):
+    """Not asked: its token endpoint held a call up moments ago (oidc.client.TokenEndpointRest)."""
+
+    def __init__(self):
+        super().__init__("The provider's token endpoint did not answer moments ago; it is asked again in a few seconds.")
 
 
 class ProviderMisconfigured(OIDCError):

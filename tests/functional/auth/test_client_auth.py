@@ -272,8 +272,13 @@ def test_a_failing_par_endpoint_is_an_error_page_and_no_transaction(make_app, pr
     provider.offers_par = True
     provider.par_response = lambda form: answer
     status = 503 if answer[0] == 503 else 502
-    Browser(make_app()).get("/login", status=status)
+    page = Browser(make_app()).get("/login", status=status)
     assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
+    # Audited, a failure as a refusal (helper-140: a 5xx was not): what the provider did, not "did not answer".
+    event = dbsession.scalars(select(AuditEvent).where(AuditEvent.event == "login_failed")).one()
+    assert event.detail == ("par_unavailable" if status == 503 else "par_failed")
+    if status == 503:
+        assert "The sign-in provider is not available right now." in page.text and "did not answer" not in page.text
 
 
 def test_par_authenticates_with_a_key_too(make_app, provider, keys, dbsession):

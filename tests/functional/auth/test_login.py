@@ -491,7 +491,7 @@ def test_token_endpoint_hang(make_app, provider, dbsession):
 def test_provider_down_at_login_is_a_503_page(make_app, provider, dbsession):
     browser = Browser(make_app(**{"myapp.oidc.issuer": "http://127.0.0.1:9/down"}))
     page = browser.get("/login", status=503)
-    assert "did not answer" in page.text
+    assert "The sign-in provider is not available right now." in page.text
 
 
 @pytest.mark.parametrize("answer", ["stall", "trickle"])
@@ -511,7 +511,7 @@ def test_a_discovery_document_that_never_ends_is_a_503_page(make_app, dbsession,
     try:
         started = time.monotonic()
         page = Browser(make_app(**{"myapp.oidc.issuer": server.url, "myapp.oidc.http_timeout": "1"})).get("/login", status=503)
-        assert "did not answer" in page.text
+        assert "The sign-in provider is not available right now." in page.text
         assert time.monotonic() - started < 4
         assert dbsession.scalar(select(func.count()).select_from(LoginTransaction)) == 0
     finally:

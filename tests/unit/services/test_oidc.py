@@ -12,16 +12,19 @@ from types import MappingProxyType
 import pytest
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
-from myapp.services.http import HttpClient
+from myapp.services.http import HttpClient, within
 from myapp.services.oidc import (
     BACKCHANNEL_LOGOUT_EVENT,
     OIDCClient,
     OIDCError,
     ProviderMisconfigured,
+    ProviderResting,
     ProviderUnavailable,
+    Revocation,
     TokenRequestRefused,
     TokenResponseInvalid,
 )
+from myapp.services.oidc.client import TOKEN_ENDPOINT_REST, TokenEndpointRest
 from myapp.services.tokenset import TokenSet
 from myapp.settings import OIDCSettings
 from tests.support.fake_provider import CLIENT_ID, CLIENT_SECRET, s256
@@ -387,6 +390,129 @@ def test_discovery_missing_endpoint(client, provider):
     provider.metadata_overrides["token_endpoint"] = None
     with pytest.raises(ProviderMisconfigured, match="token_endpoint"):
         client.metadata()
+
+
+@pytest.mark.parametrize(
+    "overrides, outcome",
+    [
+        ({}, Revocation.REVOKED),
+        ({"revocation_endpoint": None}, Revocation.NOT_OFFERED),
+        # Unusable for now is not "offers none": the revoker tries again rather than drop it.
+        ({"issuer": "https://evil.example"}, Revocation.FAILED),
+        ({"token_endpoint": None}, Revocation.FAILED),
+    ],
+)
+def test_a_revocation_is_dropped_only_when_the_provider_offers_none(client, provider, overrides, outcome, caplog):
+    provider.metadata_overrides.update(overrides)
+    assert client.revoke("rt-1", "refresh_token") is outcome
+    assert provider.revoked == (["rt-1"] if outcome is Revocation.REVOKED else [])
+    assert "rt-1" not in caplog.text
+
+
+def test_a_token_endpoint_that_held_a_call_until_it_timed_out_rests(provider, clock):
+    """helper-140: each request due for a refresh waited out a hung provider's timeout on a thread
+    of its own, until it held every thread. One that held a call until it timed out is left alone
+    for TOKEN_ENDPOINT_REST seconds, then asked by one request at a time; a code exchange is not
+    held back (a person who just signed in would start again), but counts."""
+    client = make_client(provider, clock, http_timeout=1)
+    provider.token_delay = 3
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        client.refresh("rt-1")
+    asked = len(provider.token_forms)
+    for call in (lambda: client.refresh("rt-2"), lambda: client.exchange_token("at", scope="x")):
+        with pytest.raises(ProviderResting, match="did not answer moments ago"):
+            call()
+    assert len(provider.token_forms) == asked and client.token_endpoint_rest.resting()
+    clock.advance(TOKEN_ENDPOINT_REST)
+    assert not client.token_endpoint_rest.resting()
+    provider.token_delay = 0
+    provider.token_response = lambda form: (400, {"error": "invalid_grant"})
+    with pytest.raises(TokenRequestRefused):
+        client.refresh("rt-3")  # the probe: it answers, so everyone asks again
+    with pytest.raises(TokenRequestRefused):
+        client.refresh("rt-4")
+    # A code exchange during a rest is made, and its timeout starts another.
+    provider.token_delay, provider.token_response = 3, None
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        client.exchange_code("code", "verifier")
+    assert client.token_endpoint_rest.resting()
+    provider.token_delay = 0
+    provider.token_response = lambda form: (400, {"error": "invalid_grant"})
+    with pytest.raises(TokenRequestRefused):
+        client.exchange_code("code", "verifier")  # not held back, and it answered: the rest ends
+    assert not client.token_endpoint_rest.resting()
+    client.http.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (503, "<html>down</html>"),  # at once: asking again costs nothing, and sees a recovery first
+        (503, {"error": "temporarily_unavailable"}),
+        (400, {"error": "invalid_grant"}),  # a refusal is an answer
+        (200, {"token_type": "Bearer"}),  # one it could not use
+    ],
+)
+def test_a_token_endpoint_that_answers_or_fails_at_once_is_asked_every_time(client, provider, answer):
+    asked = []
+
+    def answering(form):
+        asked.append(form["refresh_token"])
+        return answer
+
+    provider.token_response = answering
+    for token in ("rt-1", "rt-2", "rt-3"):
+        with pytest.raises(OIDCError) as info:
+            client.refresh(token)
+        assert not isinstance(info.value, ProviderResting)
+    assert asked == ["rt-1", "rt-2", "rt-3"]
+
+
+def test_a_call_not_made_or_cut_short_by_the_lock_neither_starts_nor_ends_a_rest(client, provider, clock):
+    """No time left under the refresh lock, a call the lock's time cut before its own timeout, or
+    discovery that cannot be had: what the token endpoint would do is not known (helper-143,
+    helper-144: each started or ended a rest)."""
+    rest = client.token_endpoint_rest
+    client.metadata()  # discovery read: what follows reaches the token endpoint's call
+    with within(0):  # the lock's time ran out before the call
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            client.refresh("rt-1")
+    assert not rest.resting() and provider.token_forms == []
+    provider.token_delay = 1.0
+    with within(0.3):  # the lock's time, shorter than the call's own (2 s): cut at 0.3 s
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            client.refresh("rt-2")
+    assert not rest.resting()
+    provider.token_delay = 0
+    rest.ended(rest.ask(), True)  # resting
+    clock.advance(TOKEN_ENDPOINT_REST)
+    with within(0):
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            client.refresh("rt-3")  # the probe, not made
+    assert rest.ask() is True  # still to be probed, by the next caller
+
+
+def test_after_its_rest_one_request_at_a_time_asks_the_token_endpoint(clock):
+    rest = TokenEndpointRest(lambda: clock.mono)
+    assert rest.ask() is False and not rest.resting()  # not resting: everyone asks, none is the probe
+    rest.ended(False, True)
+    assert rest.ask() is None and rest.resting()
+    clock.advance(TOKEN_ENDPOINT_REST - 0.01)
+    assert rest.ask() is None
+    clock.advance(0.01)
+    assert rest.ask() is True  # the first after the rest is the probe...
+    assert rest.ask() is None and rest.resting()  # ...alone
+    # A call let in before the rest, ending now, does not let a second probe in (helper-143).
+    rest.ended(False, None)
+    assert rest.ask() is None
+    rest.ended(False, True)
+    assert rest.ask() is None
+    rest.ended(True, None)  # the probe was not made (no time left): the next caller probes
+    assert rest.ask() is None  # the rest a late call just started runs first
+    clock.advance(TOKEN_ENDPOINT_REST)
+    assert rest.ask() is True
+    rest.ended(True, False)
+    assert rest.ask() is False and not rest.resting()
 
 
 def test_discovery_unreachable(provider, clock):

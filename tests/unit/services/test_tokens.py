@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from myapp.models import AuditEvent, TokenRevocation, User, UserSession
 from myapp.models.meta import utcnow
-from myapp.services.oidc import OIDCError, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc import OIDCError, ProviderResting, Providers, ProviderUnavailable, TokenRequestRefused
+from myapp.services.oidc.client import TokenEndpointRest
 from myapp.services.sessions import SessionRows
 from myapp.services.tokens import DatabaseRefreshLock, LoginRequired, SingleFlight, TokenManager
 from myapp.services.tokenset import TokenCipher
@@ -30,6 +31,7 @@ class StubProvider:
 
     def __init__(self):
         self.calls = []
+        self.token_endpoint_rest = TokenEndpointRest()
         self.answer = lambda refresh_token: {"access_token": "at-new", "token_type": "Bearer", "expires_in": 300,
                                              "refresh_token": "rt-new"}
 
@@ -277,6 +279,51 @@ def test_provider_trouble_keeps_the_session(manager, provider, session_row, dbse
     assert len(audit_details(dbsession)) == 1
 
 
+@pytest.fixture
+def resting(provider):
+    """The provider's token endpoint at rest (oidc.client.TokenEndpointRest), on a clock that
+    stands still: it rests for the whole test, however slow the machine."""
+    provider.token_endpoint_rest = TokenEndpointRest(lambda: 0.0)
+    provider.token_endpoint_rest.ended(False, True)
+    return provider
+
+
+def test_a_provider_at_rest_is_not_asked_and_nothing_is_recorded(manager, resting, session_row, dbsession, record):
+    """While its token endpoint rests a refresh fails at once (SPEC.md: a provider that is down
+    or slow gives 503), without the lock or an audit record for each call (helper-143: one a
+    second, for a page that polls)."""
+    row = session_row(access="at-due", expires_in=30)
+    with pytest.raises(ProviderResting):
+        manager.access_token(record(row))
+    assert resting.calls == [] and audit_details(dbsession) == []
+    assert reload(dbsession, row).ended_at is None
+
+
+def test_a_provider_at_rest_leaves_what_needs_no_refresh_as_the_lock_would(
+    manager, resting, session_row, dbsession, cipher, record
+):
+    """helper-144: what the work under the lock gives without asking the provider, it gives while
+    the provider rests: a token another process stored meanwhile; the very one the upstream
+    refused moments after it was minted, whose 401 goes back (SPEC.md); an ended session signed out."""
+    row = session_row(access="at-read", expires_in=0)
+    read = record(row)  # what the request read: expired
+    row.access_token, row.access_token_expires_at = cipher.encrypt("at-other"), utcnow() + timedelta(seconds=300)
+    dbsession.flush()
+    assert manager.access_token(read).token == "at-other"
+    row.refreshed_at = utcnow() - timedelta(seconds=5)
+    dbsession.flush()
+    assert manager.access_token(record(row), stale="at-other").token == "at-other"
+    row.refreshed_at = utcnow() - timedelta(minutes=5)
+    dbsession.flush()
+    with pytest.raises(ProviderResting):
+        manager.access_token(record(row), stale="at-other")
+    row.ended_at, row.end_reason = utcnow(), "revoked_by_admin"
+    dbsession.flush()
+    with pytest.raises(LoginRequired):
+        manager.access_token(read)
+    assert resting.calls == []
+
+
 def test_refreshed_id_token_must_name_the_same_user(manager, provider, session_row, dbsession, record):
     provider.answer = lambda rt: {"access_token": "at-2", "token_type": "Bearer", "id_token": "idt-mallory"}
     row = session_row()
@@ -459,6 +506,48 @@ def test_a_session_ended_while_an_upstream_token_is_minted_keeps_no_upstream_tok
     with pytest.raises(LoginRequired):
         manager.access_token(record(row), upstream="orders")
     assert dbsession.scalars(select(SessionToken).where(SessionToken.session_id == row.id)).all() == []
+
+
+def test_a_provider_at_rest_takes_no_lock_for_the_session_or_an_upstream_and_records_nothing(
+    cipher, resting, session_row, dbsession, connection, record, monkeypatch
+):
+    """helper-144: without the check before the lock, each call while the provider rested took
+    the session's lock and a transaction (and an upstream's mint too)."""
+    from myapp.settings import Upstream
+
+    own = Upstream(name="orders", base_url="https://orders.example.test", timeout=5,
+                   methods=frozenset({"GET"}), resources=("https://orders.example.test/",))
+
+    def own_session():
+        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    manager = TokenManager(
+        lock=DatabaseRefreshLock(own_session, timeout=5), providers=Providers({"default": resting}), cipher=cipher,
+        settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)), upstreams={"orders": own},
+    )
+
+    def no_lock(session_id):
+        raise AssertionError("the refresh lock was taken while the provider rested")
+
+    monkeypatch.setattr(manager.lock, "locked", no_lock)
+    row = session_row(access="at-due", expires_in=30)
+    for upstream in (None, "orders"):
+        with pytest.raises(ProviderResting):
+            manager.access_token(record(row), upstream=upstream)
+    assert resting.calls == [] and audit_details(dbsession) == []
+
+
+def test_a_provider_that_began_to_rest_while_the_lock_was_awaited_is_not_recorded(manager, provider, session_row, dbsession, record):
+    """A caller that passed the check before the lock, and found the provider resting under it:
+    nothing was asked, so nothing is recorded (an audit record for each call, otherwise)."""
+    def resting_now(rt):
+        raise ProviderResting()
+
+    provider.answer = resting_now
+    row = session_row(access="at-due", expires_in=30)
+    with pytest.raises(ProviderUnavailable):
+        manager.access_token(record(row))
+    assert audit_details(dbsession) == []
 
 
 class LockNotAvailable(Exception):
