@@ -41,6 +41,17 @@ class ServiceUnavailable(Exception):
         self.message = message
 
 
+class NotMigrated(ServiceUnavailable):
+    """A table or column the code needs is missing: the database was replaced or restored while
+    the app ran (start-up checks the schema, myapp.models.check_schema), or not migrated yet. A
+    503 like any outage, in words that say what to do, where PostgreSQL's error was a 500."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            f"the database is not migrated for this version of myapp ({detail}); run myapp-migrate"
+        )
+
+
 @functools.cache
 def outage_errors() -> tuple[type[BaseException], ...]:
     """What "the database or the lock backend cannot be reached" looks like when it is raised."""

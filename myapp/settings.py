@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import idna
 from cryptography import x509
@@ -351,6 +351,12 @@ def resolve(name: str, value: str, environ: Mapping[str, str] = os.environ) -> s
         var = value[4:].strip()
         if not var:
             raise SettingsError(f"{name}: 'env:' needs the name of an environment variable")
+        if any(c.isspace() or not c.isprintable() for c in var):
+            # "env:KEYS <old key>": what follows the name may be a secret, and is not repeated (helper-142).
+            raise SettingsError(
+                f"{name}: 'env:' takes the name of one environment variable, and nothing after it "
+                "(what was written is not repeated here: it may hold a secret)"
+            )
         if var not in environ:
             raise SettingsError(f"{name}: environment variable {var} is not set")
         return environ[var]
@@ -1012,6 +1018,16 @@ def _check_redis_url(reader: _Reader, name: str, url: str) -> None:
     if parts.scheme not in ("redis", "rediss", "unix"):
         written = f"a {parts.scheme}:// URL" if parts.scheme else "a URL without a scheme"
         reader.problem(f"{name}: {written} is not a redis://, rediss:// or unix:// URL (the rest may hold a password)")
+        return
+    # The database number, in the path (redis://) or the query (?db=): redis-py takes one it cannot
+    # read for none, database 0, where another deployment's locks may be (helper-142).
+    databases = [parts.path.strip("/")] if parts.scheme != "unix" and parts.path.strip("/") else []
+    databases += [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "db"]
+    if any(not (number.isascii() and number.isdigit()) for number in databases):
+        reader.problem(
+            f"{name}: the database is a number (redis://host:6379/2, or ?db=2); the URL is not repeated here: "
+            "it may hold a password"
+        )
 
 
 def _same_url(url: str, expected: str) -> bool:

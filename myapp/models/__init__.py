@@ -18,6 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from sqlalchemy.sql import elements, functions, sqltypes, visitors
 
+from myapp.errors import NotMigrated
+
 from . import postgresql, sqlite
 from .audit import AuditEvent
 from .login import LoginTransaction, SeenLogoutToken
@@ -83,6 +85,29 @@ LOOKUP_WITHIN = 5.0
 WAIT_MARGIN = 5.0
 
 
+# A table or a column that is not there: PostgreSQL's SQLSTATEs (undefined_table,
+# undefined_column), SQLite's words.
+_MISSING_SQLSTATES = frozenset({"42P01", "42703"})
+_MISSING_IN_SQLITE = ("no such table", "no such column")
+
+
+def not_migrated(error: BaseException, dialect: str) -> NotMigrated | None:
+    """:class:`NotMigrated` when the driver's ``error`` says a statement named a table or column
+    the database does not have (an outage: a 503 in SPEC.md's words, and a log line saying what to
+    run), where PostgreSQL's error was a 500 (helper-142); else None."""
+    said = str(error).strip()
+    if getattr(error, "sqlstate", None) in _MISSING_SQLSTATES or (
+        dialect == "sqlite" and (said.startswith(_MISSING_IN_SQLITE) or " has no column named " in said)
+    ):
+        return NotMigrated(said.splitlines()[0][:200] if said else "a table is missing")
+    return None
+
+
+def _missing_schema(context) -> BaseException | None:
+    """Every engine's ``handle_error`` hook: :func:`not_migrated` instead of the driver's error."""
+    return not_migrated(context.original_exception, context.dialect.name)
+
+
 def get_engine(url: str, *, within: float | None = None, lock_free_within: float | None = None, **kwargs) -> Engine:
     """An engine for ``url``; on PostgreSQL with ``within``, every wait of its connections ends
     within that many seconds (its pool's ping and ROLLBACK within ``lock_free_within``, if
@@ -93,6 +118,7 @@ def get_engine(url: str, *, within: float | None = None, lock_free_within: float
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _missing_schema)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     parsed = make_url(url)
@@ -100,6 +126,7 @@ def get_engine(url: str, *, within: float | None = None, lock_free_within: float
     if bounded:
         kwargs["connect_args"] = {**postgresql.libpq_bounds(parsed), **kwargs.get("connect_args", {})}
     engine = create_engine(url, **kwargs)
+    event.listen(engine, "handle_error", _missing_schema)
     if bounded:
         postgresql.bound_waits(engine, within, lock_free_within=lock_free_within)
     return engine
@@ -287,6 +314,9 @@ class Database:
                     # when they come back. As SQLAlchemy's own Connection does on a disconnect;
                     # Engine.dispose() would leave those to a pool thrown away, open until collected.
                     engine.pool._invalidate(connection, e)
+                missing = not_migrated(e, engine.dialect.name)
+                if missing is not None:
+                    raise missing from e
                 raise exc.DBAPIError.instance(
                     sql, None, e, engine.dialect.loaded_dbapi.Error, hide_parameters=True,
                     connection_invalidated=disconnected, dialect=engine.dialect,
@@ -554,6 +584,8 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
     """Refuse to serve a database that is unmigrated, outdated, or newer than this code."""
     try:
         revision = current_revision(engine)
+    except NotMigrated:
+        revision = None  # alembic_version there but not as alembic makes it: not migrated
     except SQLAlchemyError as e:
         # psycopg's first line, closed: its others (a hint, a server's detail) would make it several lines.
         first = str(e.orig or e).strip().splitlines()[0] if str(e.orig or e).strip() else ""

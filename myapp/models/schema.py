@@ -15,6 +15,7 @@ from alembic.util import CommandError
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 import myapp
+from myapp.errors import NotMigrated
 from myapp.models import SchemaError, current_revision, get_engine
 from myapp.settings import SettingsError, resolve
 
@@ -77,6 +78,9 @@ def upgrade(url: str) -> tuple[str | None, str]:
     except SQLAlchemyError as e:
         cause = getattr(e, "orig", None) or e
         raise SchemaError(f"cannot migrate the database ({type(e).__name__}: {cause})".splitlines()[0]) from None
+    except NotMigrated as e:  # a table a migration expects is not there (helper-145: a traceback)
+        cause = getattr(e.__cause__, "args", None) or (e.__cause__,)
+        raise SchemaError(f"cannot migrate the database: a table or column it expects is missing ({cause[0]})".splitlines()[0]) from None
     except CommandError as e:
         raise SchemaError(str(e).splitlines()[0]) from None
     finally:

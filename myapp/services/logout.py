@@ -124,7 +124,16 @@ class LogoutService:
         """Validate a logout token with the keys and rules of the provider its ``iss`` names, refuse
         a replay, end the sessions it names at that provider only, and record it against each person
         signed out. Returns (claims, sessions ended)."""
-        client = self.providers.by_issuer(unverified_issuer(logout_token))
+        if not logout_token:
+            # A provider that posts JSON, or names it otherwise, is told so, not sent to check its
+            # issuer (helper-142).
+            raise OIDCError(
+                "missing_token", "The request has no logout_token (it is sent as a form: application/x-www-form-urlencoded)."
+            )
+        issuer = unverified_issuer(logout_token)
+        if issuer is None:
+            raise OIDCError("malformed_token", "The logout token is not a signed JWT that names its issuer.")
+        client = self.providers.by_issuer(issuer)
         if client is None:
             raise OIDCError("unknown_issuer", "The logout token is not from a provider this app trusts.")
         claims = client.validate_logout_token(logout_token)

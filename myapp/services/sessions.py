@@ -414,6 +414,9 @@ class SessionRows:
             )
             .select_from(UserSession.__table__.join(User.__table__, _USERS.id == _SESSIONS.user_id))
             .where(condition, _SESSIONS.ended_at.is_(None))
+            # In the order of their ids, as hold_sessions_of locks them: two that lock a person's
+            # sessions never wait for each other (helper-145).
+            .order_by(_SESSIONS.id)
             .with_for_update(of=UserSession.__table__, skip_locked=skip_locked)
         ).all()
         if not ending:
@@ -1021,6 +1024,33 @@ class SessionStore:
 
     def end_all_others(self, session: SessionRecord, reason: EndReason = EndReason.ENDED_ELSEWHERE) -> int:
         return self.end_all_for_user(session.user_id, reason, except_id=session.id)
+
+    def hold_sessions_of(self, session: SessionRecord) -> str | None:
+        """Lock the live sessions of ``session``'s user, in the order of their ids, before one of
+        them ends others; None while ``session`` is still among them, else why it ended.
+
+        Two such actions from two of them that cross (two "Sign out everywhere else", or each
+        ending the other from its list) each ended the other, and so every session the person had
+        (helper-141). Now the second waits for the first's row locks, then finds its own session
+        ended, and ends nothing. In id order, so that the two never wait for each other. SQLite has
+        one writer, but a read outside a transaction (pysqlite begins one at the first write):
+        there the write lock is taken first (a write that changes nothing), and the read made
+        under it sees the first's commit (helper-145)."""
+        if self.dbsession.get_bind().dialect.name == "sqlite":
+            self.dbsession.execute(
+                update(UserSession).where(UserSession.id == session.id).values(handle=UserSession.handle)
+                .execution_options(synchronize_session=False)
+            )
+        live = self.dbsession.execute(
+            select(UserSession.id)
+            .where(UserSession.user_id == session.user_id, UserSession.ended_at.is_(None))
+            .order_by(UserSession.id)
+            .with_for_update()
+        ).scalars().all()
+        if session.id in live:
+            return None
+        reason = self.dbsession.scalar(select(UserSession.end_reason).where(UserSession.id == session.id))
+        return reason or EndReason.LOGOUT
 
     def end_by_provider_sid(
         self, user_ids: Select, sid: str, reason: EndReason, *, unknown_sid_too: bool = False, ended: list | None = None

@@ -17,6 +17,10 @@ from myapp.services.sessions import PROVIDER_UNKNOWN, EndReason
 NOTICES = {
     "post_created": "Your post was published.",
     "post_updated": "Your changes were saved.",
+    "post_sent_before": (
+        "This form had been sent already: the post below was published then. What you changed "
+        "afterwards was not saved; edit the post to change it."
+    ),
     "post_deleted": "The post was deleted.",
     "session_revoked": "That session was signed out.",
     "others_revoked": "You were signed out everywhere else.",

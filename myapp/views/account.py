@@ -39,6 +39,10 @@ def revoke_session(request):
         # Already signed out (a second click, or another tab): nothing to do, and nothing to record.
         return HTTPSeeOther(done_here)
     reason = EndReason.REVOKED_BY_ADMIN if by_admin else EndReason.REVOKED
+    if not by_admin:
+        gone = request.session_store.hold_sessions_of(identity.session)
+        if gone is not None:  # this session was ended meanwhile, perhaps from the one it is ending
+            return _ended_meanwhile(request, gone)
     if request.session_store.end(target, reason):  # not when a click racing this one ended it first
         request.audit.record(
             AuditEventType.SESSION_REVOKED,
@@ -59,6 +63,9 @@ def revoke_session(request):
 )
 def revoke_other_sessions(request):
     identity = request.identity
+    gone = request.session_store.hold_sessions_of(identity.session)
+    if gone is not None:
+        return _ended_meanwhile(request, gone)
     ended = request.session_store.end_all_others(identity.session)
     request.audit.record(
         AuditEventType.OTHER_SESSIONS_ENDED,
@@ -69,3 +76,8 @@ def revoke_other_sessions(request):
         detail=f"{ended} session(s) ended",
     )
     return HTTPSeeOther(request.route_path("account_sessions", _query={"notice": "others_revoked"}))
+
+
+def _ended_meanwhile(request, reason: str):
+    """The answer to a session that another request ended while this one ran: signed out, told why."""
+    return HTTPSeeOther(request.route_path("signed_out", _query={"reason": reason}), headers=forget(request))

@@ -9,7 +9,8 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 from sqlalchemy import text
 
-from myapp.errors import describe_outage, outage_errors
+from myapp.errors import NotMigrated, describe_outage, outage_errors
+from myapp.models import SCHEMA_REVISION
 from myapp.services.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,13 @@ def readyz(request):
 
 
 def _database_answers(engine) -> None:
+    """It answers, at this code's schema revision or a newer one (a rolling deployment migrates
+    before it replaces the processes): one restored empty, or not migrated yet, is not ready
+    (helper-142: /readyz said ok while every signed-in page failed)."""
     with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+        revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if not (isinstance(revision, str) and revision.isdigit() and int(revision) >= int(SCHEMA_REVISION)):
+        raise NotMigrated(f"it is at schema revision {revision}, this code needs {SCHEMA_REVISION}")
 
 
 def _redis_answers(client) -> None:
@@ -83,6 +89,8 @@ class _Check:
         try:
             probe(dependency)
             self._answer = "ok"
+        except NotMigrated:
+            self._answer = "unavailable: not migrated"
         except Exception as e:  # any failure means "not ready", whatever the driver raises
             self._answer = f"unavailable: {type(e).__name__}"
         finally:

@@ -3,12 +3,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.httpexceptions import HTTPNotFound, HTTPSeeOther
 from pyramid.view import view_config
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from myapp.models import Post, User
+from myapp.models.meta import utcnow
 from myapp.models.user import display_name
 from myapp.resources import Permission
 from myapp.services.audit import AuditEventType
@@ -91,11 +92,12 @@ def _read_form(request) -> tuple[dict, dict]:
     return form, errors
 
 
-def _form_page(request, *, form, errors, action, post=None, form_token=None):
+def _form_page(request, *, form, errors, action, post=None, form_token=None, version=None):
     if errors:
         request.response.status_int = 400
     return {
         "form": form, "errors": errors, "limits": LIMITS, "action": action, "post": post, "form_token": form_token,
+        "version": version,
     }
 
 
@@ -136,11 +138,17 @@ def create_post(request):
         keep = token if token is not None and _FORM_TOKEN.match(token) else secrets.token_urlsafe(32)
         return _form_page(request, form=form, errors=errors, action=request.route_path("posts"), form_token=keep)
     owner_id = request.identity.user_id
-    post = _made_by_form(request, token, owner_id) or _insert(request, form, owner_id, token)
+    earlier = _made_by_form(request, token, owner_id)
+    post = earlier or _insert(request, form, owner_id, token)
     if post is None:
         # The same form, submitted twice at once: the other submit made it. Or a token that is not
         # this person's (copied from someone else's form): a post of their own, without it.
-        post = _made_by_form(request, token, owner_id) or _insert(request, form, owner_id, None)
+        earlier = _made_by_form(request, token, owner_id)
+        post = earlier or _insert(request, form, owner_id, None)
+    if earlier is not None and (earlier.title, earlier.body) != (form["title"], form["body"]):
+        # Sent again with other words (Back, changed, Publish): they were not published, and the
+        # page says so rather than "published" (helper-142); the tab's draft keeps them.
+        return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_sent_before"}))
     return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_created"}))
 
 
@@ -198,6 +206,7 @@ def edit_post_form(request):
         errors={},
         action=request.route_path("post_edit", id=post.id),
         post=post,
+        version=_version(post),
     )
 
 
@@ -207,13 +216,43 @@ def edit_post_form(request):
 def update_post(request):
     post = request.context.post
     form, errors = _read_form(request)
+    action = request.route_path("post_edit", id=post.id)
+    # The version the form was opened at (edit_post_form): a form without one (opened before it
+    # was sent) is taken as it is.
+    opened_at = request.POST.get("version")
     if errors:
-        return _form_page(request, form=form, errors=errors, action=request.route_path("post_edit", id=post.id), post=post)
-    post.title = form["title"]
-    post.body = form["body"]
-    request.dbsession.flush()
+        return _form_page(request, form=form, errors=errors, action=action, post=post, version=opened_at)
+    seen, post_id = post.updated_at, post.id
+    changed_since = opened_at is not None and opened_at != _version(post)
+    if not changed_since:
+        # Only over the version just read: a save that crossed another since is refused as one
+        # whose form was older (helper-142: a stale tab put back what a moderator had removed).
+        saved = request.dbsession.execute(
+            update(Post).where(Post.id == post.id, Post.updated_at == seen)
+            .values(title=form["title"], body=form["body"], updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        request.dbsession.expire(post)
+        changed_since = saved != 1
+        if changed_since and request.dbsession.scalar(select(Post.id).where(Post.id == post_id)) is None:
+            raise HTTPNotFound()  # deleted meanwhile (helper-145: a 500, reading the post again)
+    if changed_since:
+        page = _form_page(
+            request, form=form, action=action, post=post, version=_version(post),
+            errors={"title": (
+                "This post was changed after you opened it, and your changes were not saved. They are "
+                "below: open the post in another tab to see what changed, then save again to replace it."
+            )},
+        )
+        request.response.status_int = 409
+        return page
     _audit_someone_elses(request, post, AuditEventType.POST_EDITED_BY_ADMIN)
     return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_updated"}))
+
+
+def _version(post: Post) -> str:
+    """What an edit form carries to say which version of the post it was opened at."""
+    return post.updated_at.isoformat()
 
 
 @view_config(route_name="post_delete", request_method="POST", permission=Permission.DELETE)

@@ -1,7 +1,7 @@
 """The ACL matrix on every post route: owner, other user, admin, anonymous."""
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from myapp.models import AuditEvent, Post
 
@@ -178,6 +178,58 @@ def test_an_invisible_title_is_refused_on_edit_too(as_user, dbsession):
     page = alice.submit(f"/posts/{post.id}/edit", {"title": "\u200b\u200c", "body": "kept"}, status=400)
     assert "The title shows nothing" in page.text and "kept" in page.text
     assert reload(dbsession, post).title == "Seen"
+
+
+def test_an_edit_form_older_than_the_post_saves_nothing_and_keeps_the_text(as_user, dbsession):
+    """helper-142: the owner's edit tab, opened before a moderator removed the text, saved over
+    the removal with no word. Now it is refused (409) with the person's text kept, and saving it
+    again, having been told, replaces the post."""
+    alice = as_user("owner")
+    alice.submit("/posts", {"title": "Mine", "body": "private"}, status=303)
+    post = dbsession.scalars(select(Post)).one()
+    version = alice.get(f"/posts/{post.id}/edit").html.select_one("input[name=version]")["value"]
+    as_user("admin").submit(f"/posts/{post.id}/edit", {"title": "Mine", "body": "[removed by moderator]"}, status=303)
+    alice = as_user("owner")  # back to the owner's tab, opened before
+    page = alice.submit(f"/posts/{post.id}/edit", {"title": "Mine, fixed", "body": "private", "version": version},
+                        status=409)
+    assert "This post was changed after you opened it" in page.text and "Mine, fixed" in page.text
+    assert reload(dbsession, post).body == "[removed by moderator]"
+    again = page.html.select_one("input[name=version]")["value"]
+    assert again != version
+    alice.submit(f"/posts/{post.id}/edit", {"title": "Mine, fixed", "body": "private", "version": again}, status=303)
+    assert (reload(dbsession, post).title, reload(dbsession, post).body) == ("Mine, fixed", "private")
+
+
+def test_an_edit_saved_as_the_post_is_deleted_is_a_404(as_user, dbsession, monkeypatch):
+    """helper-145: the conditional update found no row, and reading the post again was a 500."""
+    import myapp.views.posts as views
+
+    alice = as_user("owner")
+    alice.submit("/posts", {"title": "Mine", "body": "x"}, status=303)
+    post = dbsession.scalars(select(Post)).one()
+    version = alice.get(f"/posts/{post.id}/edit").html.select_one("input[name=version]")["value"]
+    real_update = views.update
+
+    def deleted_meanwhile(model):
+        dbsession.execute(delete(Post.__table__).where(Post.__table__.c.id == post.id))
+        return real_update(model)
+
+    monkeypatch.setattr(views, "update", deleted_meanwhile)
+    alice.submit(f"/posts/{post.id}/edit", {"title": "T", "body": "b", "version": version}, status=404)
+
+
+def test_a_new_post_form_sent_again_with_other_words_says_they_were_not_published(as_user, dbsession):
+    """helper-142: sent again (Back, changed, Publish) it landed on the first post saying "Your
+    post was published", the new words nowhere."""
+    alice = as_user("owner")
+    token = alice.get("/posts/new").html.select_one("input[name=form_token]")["value"]
+    alice.submit("/posts", {"title": "First", "body": "one", "form_token": token}, status=303)
+    same = alice.submit("/posts", {"title": "First", "body": "one", "form_token": token}, status=303)
+    assert same.location.endswith("notice=post_created")
+    changed = alice.submit("/posts", {"title": "Second", "body": "two", "form_token": token}, status=303)
+    assert changed.location.endswith("notice=post_sent_before")
+    assert "What you changed afterwards was not saved" in alice.get(changed.location).text
+    assert dbsession.scalars(select(Post.title)).all() == ["First"]
 
 
 def test_a_text_keeps_its_lines_and_tabs(as_user, dbsession):

@@ -60,6 +60,40 @@ def test_signing_out_everywhere_else(signed_in, services, provider):
     assert sorted(revoked_after_a_pass(services, provider)) == sorted([first, second])
 
 
+@pytest.mark.parametrize("action", ["revoke-others", "revoke-the-other"])
+def test_an_action_from_a_session_ended_while_it_ran_ends_nothing(signed_in, dbsession, monkeypatch, action):
+    """helper-141: two crossing "Sign out everywhere else" (or each device ending the other from its
+    list) each ended the other, and so every session the person had. The second now finds, once
+    it holds the person's sessions, that the first's has ended its own, and ends nothing."""
+    from myapp.services.sessions import EndReason, SessionStore
+
+    first, _ = signed_in()
+    second, _ = signed_in()
+    third, _ = signed_in()
+    first_id, second_id, third_id = dbsession.scalars(select(UserSession.id).order_by(UserSession.id)).all()
+    hold = SessionStore.hold_sessions_of
+
+    def crossed(store, session):
+        # The first device's "sign out everywhere else" lands now, while the second's request runs.
+        store.end_all_for_user(session.user_id, EndReason.ENDED_ELSEWHERE, except_id=first_id)
+        return hold(store, session)
+
+    monkeypatch.setattr(SessionStore, "hold_sessions_of", crossed)
+    if action == "revoke-others":
+        url = "/account/sessions/revoke-others"
+    else:
+        handle = dbsession.scalars(select(UserSession.handle).where(UserSession.id == first_id)).one()
+        url = f"/account/sessions/{handle}/revoke"
+    response = second.post(url, {"csrf_token": csrf_of(second)}, headers={"Origin": TEST_PUBLIC_URL}, status=303)
+    assert "/signed-out?reason=signed_out_elsewhere" in response.location
+    dbsession.expire_all()
+    live = dbsession.scalars(select(UserSession.id).where(UserSession.ended_at.is_(None))).all()
+    assert live == [first_id]
+    ended_by_second = dbsession.scalars(select(AuditEvent).where(AuditEvent.event.in_(
+        ["other_sessions_ended", "session_revoked"]))).all()
+    assert ended_by_second == []
+
+
 def test_an_administrator_ending_someones_sessions(signed_in, services, provider, dbsession):
     _, alices = signed_in("alice")
     admin, _ = signed_in("admin-ann", groups=["staff", "admins"])

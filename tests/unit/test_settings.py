@@ -116,6 +116,15 @@ def test_env_without_name():
     assert "needs the name" in error_for(myapp__oidc__client_secret="env:")
 
 
+@pytest.mark.parametrize("value", ["env:MYAPP_KEYS znZNK1fpec23secretkey=", "env:MYAPP_KEYS\tznZNK1fpec23secretkey="])
+def test_env_with_more_than_a_name_is_refused_without_repeating_it(value):
+    """helper-142: an operator rotating keys wrote "env:NAME <old key>", and the start-up line
+    repeated the old key (into the journal) as the name of a variable that was not set."""
+    message = error_for(myapp__tokens__encryption_keys=value)
+    assert message.startswith("myapp.tokens.encryption_keys: 'env:' takes the name of one environment variable")
+    assert "znZNK1" not in message and "MYAPP_KEYS" not in message
+
+
 def test_file_indirection(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-file\n")
@@ -242,6 +251,26 @@ def test_a_resource_that_cannot_be_split_is_a_settings_error_not_a_traceback():
 def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(url):
     message = error_for(myapp__redis__url=url, myapp__lock__backend="redis")
     assert message.startswith("myapp.redis.url: not a valid URL") and "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2@127.0.0.1:6379/7x", "redis://:hunter2@h/abc", "rediss://:hunter2@h:6380/1.5",
+            "redis://:hunter2@h:6379?db=two", "redis://:hunter2@h:6379/0?db=-1"],
+)
+def test_a_redis_url_whose_database_is_not_a_number_is_refused_without_its_password(url):
+    """helper-142: redis-py took /7x for no database, database 0, where another deployment's
+    refresh locks may be, and start-up said nothing."""
+    message = error_for(myapp__redis__url=url, myapp__lock__backend="redis")
+    assert message.startswith("myapp.redis.url: the database is a number") and "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/12", "redis://h?db=3",
+            "unix:///run/redis.sock?db=2", "unix:///run/redis/redis.sock"],
+)
+def test_a_redis_url_with_a_database_number_or_none_is_taken(url):
+    settings = load_settings(raw(myapp__redis__url=url, myapp__lock__backend="redis"), environ={})
+    assert settings.lock.redis_url == url
 
 
 def test_a_redis_url_of_another_scheme_is_refused_without_its_password():

@@ -172,8 +172,13 @@ def test_bad_logout_token_signature_and_type(app, provider, dbsession):
     claims_token = provider.logout_token()
     post_logout_token(app, claims_token.rsplit(".", 1)[0] + "." + provider.sign({}, key=impostor).rsplit(".", 1)[1], 400)
     post_logout_token(app, provider.logout_token(header={"typ": "at+jwt"}), 400)
-    post_logout_token(app, "", 400)
-    post_logout_token(app, "garbage", 400)
+    assert post_logout_token(app, "", 400).json["message"].startswith("The request has no logout_token")
+    assert post_logout_token(app, "garbage", 400).json["message"] == (
+        "The logout token is not a signed JWT that names its issuer."
+    )
+    # Posted as JSON: no form field, and said so (helper-142: "not from a provider this app trusts").
+    response = Browser(app).post_json("/auth/backchannel-logout", {"logout_token": claims_token}, status=400)
+    assert response.json["message"].startswith("The request has no logout_token")
     assert session_count(dbsession) == 1
 
 

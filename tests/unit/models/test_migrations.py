@@ -126,6 +126,57 @@ def test_a_database_migrated_by_a_newer_version_is_refused_with_what_can_help(em
     assert "myapp-migrate" not in str(info.value)
 
 
+def test_a_database_emptied_under_a_running_app_is_a_503_and_not_ready(empty_database):
+    """helper-142: restored empty (or replaced by one not migrated) while the app ran, every
+    signed-in page was waitress's bare 500 on PostgreSQL, /metrics a 500, and /readyz said ok."""
+    from webtest import TestApp
+
+    from tests.functional.conftest import dispose
+
+    url, engine = empty_database
+    migrate(engine)
+    wsgi = main({}, **base_settings(url, **{"myapp.metrics.enabled": "true"}))
+    try:
+        _emptied_under(TestApp(wsgi, extra_environ={"REMOTE_ADDR": "127.0.0.1"}), engine)
+    finally:
+        dispose(wsgi)
+
+
+def _emptied_under(app, engine) -> None:
+    assert app.get("/readyz").json["checks"]["database"] == "ok"
+    run(engine, "downgrade", "base")
+    assert app.get("/readyz", status=503).json["checks"]["database"] == "unavailable: not migrated"
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE alembic_version")
+    cookie = {"Cookie": "__Host-session=" + "x" * 43}
+    page = app.get("/", headers=cookie, status=503)
+    assert page.headers["Retry-After"] == "5" and "text/html" in page.content_type
+    answer = app.get("/auth/user", headers={**cookie, "X-CSRF": "1"}, status=503)
+    assert answer.json["error"] == "service_unavailable"
+    assert "myapp_active_sessions NaN" in app.get("/metrics").text
+    assert app.get("/readyz", status=503).json["checks"]["database"] == "unavailable: not migrated"
+    migrate(engine)
+    assert app.get("/readyz").json["checks"]["database"] == "ok"
+    app.get("/", headers=cookie, status="*")  # served again (signed out: that cookie names nothing)
+
+
+def test_a_migration_that_finds_a_table_missing_is_one_line(empty_database):
+    """helper-145: a table a migration expects, gone (a half-restored database), was a traceback
+    from myapp-migrate, ending in "run myapp-migrate"."""
+    from myapp.models.schema import upgrade
+
+    url, engine = empty_database
+    upgrade(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0010'")
+        connection.exec_driver_sql("DROP TABLE session_tokens")
+    with pytest.raises(SchemaError) as info:
+        upgrade(url)
+    said = str(info.value)
+    assert said.startswith("cannot migrate the database: a table or column it expects is missing (")
+    assert "\n" not in said and "run myapp-migrate" not in said
+
+
 def test_unreachable_database_is_one_line():
     with pytest.raises(SchemaError) as info:
         check_schema(get_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))

@@ -4,9 +4,10 @@ execution of the same statements, on SQLite and PostgreSQL."""
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import bindparam, column, select, table
+from sqlalchemy import bindparam, column, literal_column, select, table
 from sqlalchemy.exc import DBAPIError
 
+from myapp.errors import NotMigrated
 from myapp.models import _KEPT_CURSOR, Database, Post, User, _compiled
 from myapp.models.meta import utcnow
 from myapp.services.sessions import _BY_ID_HASH, _LIVE_COUNT_OF_USER, SessionRecord, SessionStore, hash_session_id
@@ -101,6 +102,15 @@ def test_a_parameter_given_overrides_a_value_written_into_the_statement(database
 
 def test_a_failed_read_all_is_sqlalchemys_error_and_the_next_read_works(database, session_row):
     with pytest.raises(DBAPIError):
+        database.read_all(select(literal_column("no_such_function(1)")), {})
+    params = {"id_hash": hash_session_id(session_row)}
+    assert SessionRecord.from_columns(database.read_row(_BY_ID_HASH, params)).user_subject == "alice"
+
+
+def test_a_read_of_a_table_the_database_lacks_is_not_migrated_and_the_next_read_works(database, session_row):
+    """helper-142: a database emptied or replaced under the running app was a 500 on PostgreSQL;
+    it is an outage (503) that says what to run, on the raw reads as on SQLAlchemy's."""
+    with pytest.raises(NotMigrated, match="run myapp-migrate"):
         database.read_all(select(column("x")).select_from(table("no_such_table")), {})
     params = {"id_hash": hash_session_id(session_row)}
     assert SessionRecord.from_columns(database.read_row(_BY_ID_HASH, params)).user_subject == "alice"
@@ -120,7 +130,7 @@ def test_after_a_failed_read_the_next_one_works_on_a_new_cursor(database, sessio
     params = {"id_hash": hash_session_id(session_row)}
     database.read_row(_BY_ID_HASH, params)
     before = kept_cursor(database)
-    broken = select(column("x")).select_from(table("no_such_table"))
+    broken = select(literal_column("no_such_function(1)"))
     with pytest.raises(DBAPIError):
         database.read_row(broken, {})
     record = SessionRecord.from_columns(database.read_row(_BY_ID_HASH, params))
