@@ -98,9 +98,15 @@ class SecurityHeaders:
         if "vary" not in present:
             headerlist.append(("Vary", "Cookie"))
         else:
-            vary = response.vary or ()
-            if "cookie" not in {value.lower() for value in vary}:
-                response.vary = (*vary, "Cookie")
+            # Every line of an upstream's Vary, a list header that may be repeated (RFC 9110
+            # section 5.3): WebOb's response.vary reads the first only, and setting it replaced
+            # them all (helper-146: "Vary: Accept-Language" lost, a page cached for one language
+            # given for another). Cookie is added as a line of its own.
+            varies = {
+                item.strip().lower() for name, value in headerlist if name.lower() == "vary" for item in value.split(",")
+            }
+            if "cookie" not in varies and "*" not in varies:
+                headerlist.append(("Vary", "Cookie"))
 
 
 def includeme(config):

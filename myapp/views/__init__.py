@@ -47,6 +47,10 @@ SIGNED_OUT_MESSAGES = {
 }
 
 
+# Notices that say something did not happen as asked: shown as information, not as a success.
+INFO_NOTICES = frozenset({"post_sent_before"})
+
+
 def notice(request) -> str | None:
     return NOTICES.get(request.GET.get("notice", ""))
 
@@ -69,6 +73,7 @@ def template_globals(event):
     event["identity"] = identity
     event["paths"] = request.layout_paths
     event["notice"] = notice(request)
+    event["notice_kind"] = "info" if request.GET.get("notice") in INFO_NOTICES else "success"
     event["is_admin"] = identity is not None and bool(request.has_permission(Permission.ADMINISTER, Root(request)))
 
 

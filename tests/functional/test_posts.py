@@ -228,7 +228,8 @@ def test_a_new_post_form_sent_again_with_other_words_says_they_were_not_publishe
     assert same.location.endswith("notice=post_created")
     changed = alice.submit("/posts", {"title": "Second", "body": "two", "form_token": token}, status=303)
     assert changed.location.endswith("notice=post_sent_before")
-    assert "What you changed afterwards was not saved" in alice.get(changed.location).text
+    flash = alice.get(changed.location).html.select_one("[data-testid=flash]")
+    assert "What you changed afterwards was not saved" in flash.text and "flash-info" in flash["class"]
     assert dbsession.scalars(select(Post.title)).all() == ["First"]
 
 

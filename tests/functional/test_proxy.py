@@ -373,10 +373,18 @@ def test_a_proxied_answer_is_sandboxed_should_it_ever_be_a_document(signed_in, u
 
 @pytest.mark.parametrize(
     ("upstream_vary", "expected"),
-    [(None, ["Cookie"]), ("accept-encoding", ["accept-encoding, Cookie"]), ("Accept, cookie", ["Accept, cookie"])],
+    [
+        ([], ["Cookie"]),
+        (["accept-encoding"], ["accept-encoding", "Cookie"]),
+        (["Accept, cookie"], ["Accept, cookie"]),
+        # Every line kept (helper-146: the second was lost, and a cache served one language for another).
+        (["Accept-Encoding", "Accept-Language"], ["Accept-Encoding", "Accept-Language", "Cookie"]),
+        (["Accept-Encoding", "Cookie"], ["Accept-Encoding", "Cookie"]),
+        (["*"], ["*"]),
+    ],
 )
 def test_answers_vary_on_the_cookie_once(make_proxy_app, signed_in, upstream_vary, expected):
-    vary = f"Vary: {upstream_vary}\r\n".encode() if upstream_vary else b""
+    vary = b"".join(f"Vary: {line}\r\n".encode() for line in upstream_vary)
     response_bytes = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + vary + b"Content-Length: 2\r\n\r\n{}"
     with canned_http_server(response_bytes) as url:
         browser = signed_in(app=make_proxy_app(**{"myapp.upstreams": f"raw = {url}\nup = {url}\nreadonly = {url}/ro"}))
