@@ -590,13 +590,22 @@ class _Reader:
         return result
 
 
+def _shown_url(value: str) -> str:
+    """``value`` as an error about it repeats it: not at all when it may hold a secret (a query,
+    as a collector's ?api_key=, or userinfo), which the line would put in the journal (helper-147)."""
+    if any(c in value for c in "?@#;"):
+        return "the URL (not repeated here: its query, fragment or user part may hold a secret)"
+    return repr(value)
+
+
 def _check_url(name, value, *, allow_path=True):
+    shown = _shown_url(value)
     try:
         parts = urlsplit(value)
     except ValueError:  # an unclosed [ or a bracketed host that is no IP address
-        raise SettingsError(f"{name}: {value!r} is not a valid URL (a host in [brackets] must be an IPv6 address)") from None
+        raise SettingsError(f"{name}: {shown} is not a valid URL (a host in [brackets] must be an IPv6 address)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{name}: {value!r} is not an absolute http(s) URL")
+        raise SettingsError(f"{name}: {shown} is not an absolute http(s) URL")
     if parts.username is not None:  # even empty, as in https://@host or https://:@host
         raise SettingsError(f"{name}: credentials do not belong in the URL; use the secret settings")
     if parts.fragment:
@@ -617,9 +626,9 @@ def _check_url(name, value, *, allow_path=True):
     try:
         port = parts.port
     except ValueError:
-        raise SettingsError(f"{name}: {value!r} has an invalid port") from None
+        raise SettingsError(f"{name}: {shown} has an invalid port") from None
     if port == 0:
-        raise SettingsError(f"{name}: {value!r} has an invalid port")
+        raise SettingsError(f"{name}: {shown} has an invalid port")
     return value
 
 
@@ -635,10 +644,10 @@ def _resource_uris(reader: _Reader, name: str) -> tuple[str, ...]:
         try:
             parts = urlsplit(uri)
         except ValueError:
-            reader.problem(f"{name}: {uri!r} is not a valid URI")
+            reader.problem(f"{name}: {_shown_url(uri)} is not a valid URI")
             continue
         if not parts.scheme or "#" in uri or not (parts.netloc or parts.path):
-            reader.problem(f"{name}: {uri!r} is not an absolute URI without a #fragment")
+            reader.problem(f"{name}: {_shown_url(uri)} is not an absolute URI without a #fragment")
     return uris
 
 
@@ -866,7 +875,7 @@ def _provider(reader: _Reader, name: str, display_name: str, prefix: str, public
     if public_url != _SOME_URL(None) and not any(_same_url(redirect_uri, callback) for callback in callbacks):
         also = f" (or {callbacks[1]})" if len(callbacks) > 1 else ""
         reader.problem(
-            f"{prefix}redirect_uri: {redirect_uri!r} is not {callbacks[0]}{also}, myapp.public_url and the callback "
+            f"{prefix}redirect_uri: {_shown_url(redirect_uri)} is not {callbacks[0]}{also}, myapp.public_url and the callback "
             f"of provider {name!r} (each provider has its own, a defence against mix-up attacks)"
         )
     issuer = reader.url(prefix + "issuer")
@@ -1217,20 +1226,32 @@ def _database_url(reader: _Reader) -> str | None:
     url = reader.string("sqlalchemy.url")
     if url is None:
         return None
+    problem = database_url_problem(url)
+    if problem is not None:
+        reader.problem(problem)
+    return url
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy cannot make an engine of ``url`` here (its dialect unknown, its driver not
+    installed), in a line that names the setting and never the URL; None when it can. The app's
+    start-up and myapp-migrate say the same (helper-147: the latter said SQLAlchemy's own words)."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        reader.problem("sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db")
-        return url
+        return "sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db"
+    if parsed.get_backend_name() == "sqlite" and (parsed.host or parsed.username or parsed.password):
+        # sqlite://var/x (two slashes): SQLAlchemy's own refusal, later, was a traceback repeating it.
+        return "sqlalchemy.url: a SQLite URL has no host: sqlite:///relative/path or sqlite:////absolute/path"
     try:
         parsed.get_dialect().import_dbapi()
     except Exception as e:  # NoSuchModuleError, ImportError, or whatever a third-party dialect raises
         missing = f" (no module named {e.name!r})" if isinstance(e, ImportError) and e.name else ""
-        reader.problem(
+        return (
             f"sqlalchemy.url: no database driver for {parsed.drivername!r} here{missing}; "
             "use postgresql+psycopg://user@host/db or sqlite:///path/to/file"
         )
-    return url
+    return None
 
 
 def _metrics_allow(reader: _Reader) -> tuple[str, ...]:

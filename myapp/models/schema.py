@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 import myapp
 from myapp.errors import NotMigrated
 from myapp.models import SchemaError, current_revision, get_engine
-from myapp.settings import SettingsError, resolve
+from myapp.settings import SettingsError, database_url_problem, resolve
 
 PACKAGE = Path(myapp.__file__).resolve().parent
 
@@ -58,10 +58,13 @@ def upgrade(url: str) -> tuple[str | None, str]:
     """
     config = alembic_config()
     script = ScriptDirectory.from_config(config)
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise SchemaError(problem)
     try:
         engine = get_engine(url)
     except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
-        raise SchemaError(f"sqlalchemy.url: {e}") from None
+        raise SchemaError(f"sqlalchemy.url: {_first_line(e)}") from None
     except ImportError as e:
         raise SchemaError(f"sqlalchemy.url: its database driver is not installed ({e})") from None
     try:
@@ -77,11 +80,18 @@ def upgrade(url: str) -> tuple[str | None, str]:
         return before, current_revision(engine)
     except SQLAlchemyError as e:
         cause = getattr(e, "orig", None) or e
-        raise SchemaError(f"cannot migrate the database ({type(e).__name__}: {cause})".splitlines()[0]) from None
+        # Its first line, closed (helper-147: a driver's message of several lines lost the ")").
+        raise SchemaError(f"cannot migrate the database ({type(e).__name__}: {_first_line(cause)})") from None
     except NotMigrated as e:  # a table a migration expects is not there (helper-145: a traceback)
-        cause = getattr(e.__cause__, "args", None) or (e.__cause__,)
-        raise SchemaError(f"cannot migrate the database: a table or column it expects is missing ({cause[0]})".splitlines()[0]) from None
+        raise SchemaError(
+            f"cannot migrate the database: a table or column it expects is missing ({_first_line(e.__cause__ or e)})"
+        ) from None
     except CommandError as e:
         raise SchemaError(str(e).splitlines()[0]) from None
     finally:
         engine.dispose()
+
+
+def _first_line(error: BaseException) -> str:
+    said = str(error).strip()
+    return said.splitlines()[0] if said else type(error).__name__

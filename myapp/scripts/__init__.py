@@ -2,10 +2,12 @@
 ini or setting in one line with exit status 2."""
 
 import argparse
+import configparser
 import os
 import sys
 from contextlib import contextmanager
 
+import plaster
 from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
 from myapp import SCRIPT_OPTION
@@ -56,14 +58,29 @@ def read_ini(prog: str, config_uri: str) -> dict:
         return get_appsettings(config_uri, name="main")
     except (FileNotFoundError, OSError) as e:
         fail(prog, f"cannot read {config_uri}: {e.strerror or e}")
+    except configparser.InterpolationError as e:
+        fail(prog, _where_a_percent_is(config_uri, e))
+    except (plaster.InvalidURI, plaster.LoaderNotFound):
+        fail(prog, f"cannot read {config_uri}: give the path of an ini file (such as production.ini)")
     except Exception as e:  # plaster and configparser raise many kinds of errors for a broken ini
         fail(prog, f"cannot read {config_uri}: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def _where_a_percent_is(config_uri: str, error: configparser.InterpolationError) -> str:
+    """configparser's words repeat the value, or its tail: a password written %40 in a URL, or a
+    secret holding a % (helper-147, helper-148: a logging handler's too). Where it is, never what."""
+    return (
+        f"cannot read {config_uri}: the value of {error.option} in [{error.section}] holds a % that is not "
+        "written %% (the value is not repeated here: it may be a secret)"
+    )
 
 
 def configure_logging(prog: str, config_uri: str) -> None:
     """Logging as the ini's [loggers] section says; a broken one is one line, not a traceback."""
     try:
         setup_logging(config_uri)
+    except configparser.InterpolationError as e:
+        fail(prog, _where_a_percent_is(config_uri, e))
     except Exception as e:  # logging.config raises many kinds of errors for broken sections
         first_line = (str(e).splitlines() or [""])[0]
         fail(prog, f"cannot set up logging from {config_uri}: {type(e).__name__}: {first_line}")

@@ -39,15 +39,19 @@ def main(argv=None):
     arguments.add_argument("--client-key", metavar="DIR", type=Path, help="write a client key pair into DIR")
     arguments.add_argument("--ec", action="store_true", help="with --client-key: an EC P-256 key instead of RSA")
     arguments.add_argument(
-        "--subject", metavar="NAME", default="myapp", help="with --client-key: the certificate's common name"
+        "--subject", metavar="NAME", help="with --client-key: the certificate's common name (default: myapp)"
     )
     options = arguments.parse_args(argv)
     if options.client_key is None:
         if options.ec:
             fail(PROG, "--ec goes with --client-key")
+        if options.subject is not None:
+            fail(PROG, "--subject goes with --client-key")
         print(Fernet.generate_key().decode())
         return 0
-    key_path, certificate_path = write_client_key(options.client_key, ec_key=options.ec, subject=options.subject)
+    key_path, certificate_path = write_client_key(
+        options.client_key, ec_key=options.ec, subject="myapp" if options.subject is None else options.subject
+    )
     print(f"wrote {key_path} (private, mode 0600) and {certificate_path}")
     # Absolute: a relative file: path is read from the server's working directory (/ under systemd).
     print(f"myapp.oidc.client_keys = file:{key_path.resolve()}")

@@ -279,6 +279,51 @@ def test_generate_client_key_refuses_what_it_cannot_do(tmp_path, capsys):
     assert code == 2 and err == f"myapp-generate-key: {tmp_path / 'nope'} is not a directory\n"
     code, _, err = run(generate_key.main, "--ec", capsys=capsys)
     assert code == 2 and "--ec goes with --client-key" in err
+    code, out, err = run(generate_key.main, "--subject", "app.example.com", capsys=capsys)  # helper-147: ignored
+    assert code == 2 and out == "" and "--subject goes with --client-key" in err
+
+
+@pytest.mark.parametrize("script", [migrate, purge, show_config])
+@pytest.mark.parametrize(
+    "value", ["postgresql+psycopg://myapp:Sup3rS3cret%40Pass@db.internal/myapp", "sqlite:///K9%(x)sTopSecretValue"]
+)
+def test_a_percent_not_written_twice_is_one_line_without_the_value(script, value, capsys, tmp_path):
+    """helper-147: configparser's words repeated the value, or its tail (a password written %40)."""
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[app:main]\nuse = egg:myapp\nsqlalchemy.url = {value}\n")
+    code, out, err = run(script.main, ini, capsys=capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err == (
+        f"{script.PROG}: cannot read {ini}: the value of sqlalchemy.url in [app:main] holds a % that is not "
+        "written %% (the value is not repeated here: it may be a secret)\n"
+    )
+    assert "Pass" not in err and "TopSecret" not in err
+
+
+@pytest.mark.parametrize("script", [migrate])  # the others read the app's settings first, which this ini lacks
+def test_a_percent_not_written_twice_in_a_logging_section_is_one_line_without_the_value(script, capsys, tmp_path):
+    """helper-148: a handler's arguments (a mail password) repeated by the logging set-up's line."""
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        f"[app:main]\nuse = egg:myapp\nsqlalchemy.url = sqlite:///{tmp_path}/x.sqlite\n"
+        "[loggers]\nkeys = root\n[handlers]\nkeys = mail\n[formatters]\nkeys = plain\n"
+        "[logger_root]\nlevel = WARNING\nhandlers = mail\n"
+        "[handler_mail]\nclass = StreamHandler\nargs = ('Mail%Passw0rdSecret',)\nformatter = plain\n"
+        "[formatter_plain]\nformat = %%(message)s\n"
+    )
+    code, out, err = run(script.main, ini, capsys=capsys)
+    assert code == 2 and "Passw0rdSecret" not in err + out
+    assert err == (
+        f"{script.PROG}: cannot read {ini}: the value of args in [handler_mail] holds a % that is not written %% "
+        "(the value is not repeated here: it may be a secret)\n"
+    )
+
+
+def test_what_is_no_ini_file_is_said_so(capsys, tmp_path):
+    (tmp_path / "adir").mkdir()
+    for given in (tmp_path / "adir", "dummy:///etc/hostname"):
+        code, _, err = run(show_config.main, given, capsys=capsys)
+        assert code == 2 and err.endswith(": give the path of an ini file (such as production.ini)\n"), err
 
 
 def test_show_config_masks_secrets(ini, capsys, tmp_path):
@@ -605,7 +650,7 @@ def test_migrate_says_what_it_did(backend, tmp_path, capsys):
     [
         ("", "sqlalchemy.url: missing from [app:main]"),
         ("sqlalchemy.url = env:MYAPP_TEST_UNSET_VARIABLE\n", "sqlalchemy.url: environment variable MYAPP_TEST_UNSET_VARIABLE is not set"),
-        ("sqlalchemy.url = nonsense\n", "sqlalchemy.url: Could not parse SQLAlchemy URL from given URL string"),
+        ("sqlalchemy.url = nonsense\n", "sqlalchemy.url: is not a database URL such as postgresql+psycopg://user@host/db"),
     ],
 )
 def test_migrate_errors_are_one_line(body, message, tmp_path, capsys):

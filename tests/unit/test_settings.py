@@ -112,6 +112,39 @@ def test_env_variable_missing():
     assert message == "myapp.oidc.client_secret: environment variable APP_SECRET is not set"
 
 
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("myapp.otel.endpoint", "htps://otlp.example.com/v1/traces?api_key=S3cretPW"),
+        ("myapp.otel.endpoint", "https://otlp.example.com:99999/v1/traces?api_key=S3cretPW"),
+        ("myapp.otel.endpoint", "https://[otlp]/v1/traces?api_key=S3cretPW"),
+        ("myapp.oidc.issuer", "htps://user:S3cretPW@idp.example.com"),
+        ("myapp.otel.endpoint", "htps://otlp.example.com/v1/traces#api_key=S3cretPW"),
+        ("myapp.oidc.redirect_uri", "https://app.example.com/cb?token=S3cretPW"),
+        ("myapp.upstream.demo.resource", "https://[bad/?api_key=S3cretPW"),
+        ("myapp.upstream.demo.resource", "https://u:S3cretPW@api#x"),
+    ],
+)
+def test_a_malformed_url_that_may_hold_a_secret_is_not_repeated(setting, value):
+    """helper-147: the collector's key went into the start-up line (and the journal) with the URL."""
+    settings = {setting.replace(".", "__"): value}
+    if setting.startswith("myapp.otel"):
+        settings["myapp__otel__enabled"] = "true"
+    if setting.startswith("myapp.upstream."):
+        settings["myapp__upstreams"] = "demo = https://api.example.com"
+    message = error_for(**settings)
+    assert message.startswith(f"{setting}: the URL (not repeated here") and "S3cretPW" not in message
+
+
+@pytest.mark.parametrize("url", ["sqlite://var/x.sqlite", "sqlite://dbhost/x?key=S3cretPW", "sqlite://u:S3cretPW@h/x"])
+def test_a_sqlite_url_with_a_host_is_one_line_without_it(url):
+    """helper-148: two slashes for three; SQLAlchemy refused it only when the engine was made, in a
+    traceback (and from myapp-migrate, five lines) repeating it."""
+    assert error_for(sqlalchemy__url=url) == (
+        "sqlalchemy.url: a SQLite URL has no host: sqlite:///relative/path or sqlite:////absolute/path"
+    )
+
+
 def test_env_without_name():
     assert "needs the name" in error_for(myapp__oidc__client_secret="env:")
 
@@ -889,8 +922,10 @@ def test_bad_provider_settings_are_one_line_each(overrides, expected):
     ],
 )
 def test_a_redirect_uri_must_be_the_public_url_and_the_providers_callback(uri):
+    # One with a query or fragment is not repeated: it may hold a secret (helper-148).
+    shown = "the URL (not repeated here: its query, fragment or user part may hold a secret)" if "?" in uri or "#" in uri else repr(uri)
     assert problems_of(two_providers(**{"myapp.oidc.partners.redirect_uri": uri})) == [
-        f"myapp.oidc.partners.redirect_uri: {uri!r} is not https://app.example.com/auth/callback/partners, "
+        f"myapp.oidc.partners.redirect_uri: {shown} is not https://app.example.com/auth/callback/partners, "
         "myapp.public_url and the callback of provider 'partners' (each provider has its own, a defence "
         "against mix-up attacks)"
     ]
@@ -968,8 +1003,8 @@ def test_an_upstream_without_token_settings_uses_the_sessions_token_for_every_pr
     [
         ({"providers": "staff nobody"}, "myapp.upstream.graph.providers: no provider named 'nobody' in myapp.providers"),
         ({"resource": "relative/path"}, "myapp.upstream.graph.resource: 'relative/path' is not an absolute URI"),
-        ({"resource": "https://api.example.com/#frag"}, "myapp.upstream.graph.resource: 'https://api.example.com/#frag' is not"),
-        ({"resource": "https://api.example.com/#"}, "myapp.upstream.graph.resource: 'https://api.example.com/#' is not"),
+        ({"resource": "https://api.example.com/#frag"}, "myapp.upstream.graph.resource: the URL (not repeated here"),
+        ({"resource": "https://api.example.com/#"}, "myapp.upstream.graph.resource: the URL (not repeated here"),
         ({"token_params": "grant_type = password"}, "myapp.upstream.graph.token_params: 'grant_type' cannot be set here"),
         ({"token_params": "resource = x"}, "myapp.upstream.graph.token_params: 'resource' cannot be set here"),
         ({"exchange": "true"}, "myapp.upstream.graph.exchange: token exchange needs a target"),
