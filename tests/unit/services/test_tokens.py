@@ -482,18 +482,8 @@ def test_a_session_ended_while_an_upstream_token_is_minted_keeps_no_upstream_tok
     own token: that token must not be stored for the ended session (seen live, helper-62: a row in
     session_tokens for a session revoked by an administrator, its access token stored after the end)."""
     from myapp.models import SessionToken
-    from myapp.settings import Upstream
 
-    own = Upstream(name="orders", base_url="https://orders.example.test", timeout=5,
-                   methods=frozenset({"GET"}), resources=("https://orders.example.test/",))
-
-    def own_session():
-        return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
-
-    manager = TokenManager(
-        lock=DatabaseRefreshLock(own_session, timeout=5), providers=Providers({"default": provider}), cipher=cipher,
-        settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)), upstreams={"orders": own},
-    )
+    manager = with_an_upstream_of_its_own(connection, cipher, provider)
     row = session_row(expires_in=3600)
 
     def ended_meanwhile(rt, **request):
@@ -508,11 +498,8 @@ def test_a_session_ended_while_an_upstream_token_is_minted_keeps_no_upstream_tok
     assert dbsession.scalars(select(SessionToken).where(SessionToken.session_id == row.id)).all() == []
 
 
-def test_a_provider_at_rest_takes_no_lock_for_the_session_or_an_upstream_and_records_nothing(
-    cipher, resting, session_row, dbsession, connection, record, monkeypatch
-):
-    """helper-144: without the check before the lock, each call while the provider rested took
-    the session's lock and a transaction (and an upstream's mint too)."""
+def with_an_upstream_of_its_own(connection, cipher, provider) -> TokenManager:
+    """A manager on the test's connection whose upstream "orders" has a token of its own."""
     from myapp.settings import Upstream
 
     own = Upstream(name="orders", base_url="https://orders.example.test", timeout=5,
@@ -521,10 +508,18 @@ def test_a_provider_at_rest_takes_no_lock_for_the_session_or_an_upstream_and_rec
     def own_session():
         return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
 
-    manager = TokenManager(
-        lock=DatabaseRefreshLock(own_session, timeout=5), providers=Providers({"default": resting}), cipher=cipher,
+    return TokenManager(
+        lock=DatabaseRefreshLock(own_session, timeout=5), providers=Providers({"default": provider}), cipher=cipher,
         settings=TokenSettings(encryption_keys=("x",), refresh_leeway=timedelta(seconds=60)), upstreams={"orders": own},
     )
+
+
+def test_a_provider_at_rest_takes_no_lock_for_the_session_or_an_upstream_and_records_nothing(
+    cipher, resting, session_row, dbsession, connection, record, monkeypatch
+):
+    """helper-144: without the check before the lock, each call while the provider rested took
+    the session's lock and a transaction (and an upstream's mint too)."""
+    manager = with_an_upstream_of_its_own(connection, cipher, resting)
 
     def no_lock(session_id):
         raise AssertionError("the refresh lock was taken while the provider rested")
