@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from sqlalchemy.sql import elements, functions, sqltypes, visitors
 
-from myapp.errors import NotMigrated
+from myapp.errors import NotMigrated, describe_outage
 
 from . import postgresql, sqlite
 from .audit import AuditEvent
@@ -99,7 +99,7 @@ def not_migrated(error: BaseException, dialect: str) -> NotMigrated | None:
     if getattr(error, "sqlstate", None) in _MISSING_SQLSTATES or (
         dialect == "sqlite" and (said.startswith(_MISSING_IN_SQLITE) or " has no column named " in said)
     ):
-        return NotMigrated(said.splitlines()[0][:200] if said else "a table is missing")
+        return NotMigrated(describe_outage(error))
     return None
 
 
@@ -587,9 +587,8 @@ def check_schema(engine: Engine, config_file: str | None = None) -> None:
     except NotMigrated:
         revision = None  # alembic_version there but not as alembic makes it: not migrated
     except SQLAlchemyError as e:
-        # psycopg's first line, closed: its others (a hint, a server's detail) would make it several lines.
-        first = str(e.orig or e).strip().splitlines()[0] if str(e.orig or e).strip() else ""
-        raise SchemaError(f"cannot reach the database ({type(e).__name__}: {first})") from None
+        # The driver's first line, closed: its others (a hint, a server's detail) would make it several lines.
+        raise SchemaError(f"cannot reach the database ({describe_outage(e)})") from None
     if revision == SCHEMA_REVISION:
         return
     command = f"myapp-migrate {config_file or '<your ini file>'}"

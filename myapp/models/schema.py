@@ -15,7 +15,7 @@ from alembic.util import CommandError
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 import myapp
-from myapp.errors import NotMigrated
+from myapp.errors import NotMigrated, describe_outage
 from myapp.models import SchemaError, current_revision, get_engine
 from myapp.settings import SettingsError, database_url_problem, resolve
 
@@ -64,7 +64,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
     try:
         engine = get_engine(url)
     except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
-        raise SchemaError(f"sqlalchemy.url: {_first_line(e)}") from None
+        raise SchemaError(f"sqlalchemy.url: {describe_outage(e)}") from None
     except ImportError as e:
         raise SchemaError(f"sqlalchemy.url: its database driver is not installed ({e})") from None
     try:
@@ -79,19 +79,13 @@ def upgrade(url: str) -> tuple[str | None, str]:
             command.upgrade(config, "head")
         return before, current_revision(engine)
     except SQLAlchemyError as e:
-        cause = getattr(e, "orig", None) or e
         # Its first line, closed (helper-147: a driver's message of several lines lost the ")").
-        raise SchemaError(f"cannot migrate the database ({type(e).__name__}: {_first_line(cause)})") from None
+        raise SchemaError(f"cannot migrate the database ({describe_outage(e)})") from None
     except NotMigrated as e:  # a table a migration expects is not there (helper-145: a traceback)
         raise SchemaError(
-            f"cannot migrate the database: a table or column it expects is missing ({_first_line(e.__cause__ or e)})"
+            f"cannot migrate the database: a table or column it expects is missing ({describe_outage(e.__cause__ or e)})"
         ) from None
     except CommandError as e:
         raise SchemaError(str(e).splitlines()[0]) from None
     finally:
         engine.dispose()
-
-
-def _first_line(error: BaseException) -> str:
-    said = str(error).strip()
-    return said.splitlines()[0] if said else type(error).__name__

@@ -7,10 +7,9 @@ from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
-from sqlalchemy import text
 
 from myapp.errors import NotMigrated, describe_outage, outage_errors
-from myapp.models import SCHEMA_REVISION
+from myapp.models import SCHEMA_REVISION, current_revision
 from myapp.services.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,8 @@ def _database_answers(engine) -> None:
     """It answers, at this code's schema revision or a newer one (a rolling deployment migrates
     before it replaces the processes): one restored empty, or not migrated yet, is not ready
     (helper-142: /readyz said ok while every signed-in page failed)."""
-    with engine.connect() as connection:
-        revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    if not (isinstance(revision, str) and revision.isdigit() and int(revision) >= int(SCHEMA_REVISION)):
+    revision = current_revision(engine)
+    if not (revision is not None and revision.isdigit() and int(revision) >= int(SCHEMA_REVISION)):
         raise NotMigrated(f"it is at schema revision {revision}, this code needs {SCHEMA_REVISION}")
 
 

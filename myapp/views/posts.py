@@ -92,9 +92,9 @@ def _read_form(request) -> tuple[dict, dict]:
     return form, errors
 
 
-def _form_page(request, *, form, errors, action, post=None, form_token=None, version=None):
+def _form_page(request, *, form, errors, action, post=None, form_token=None, version=None, status=400):
     if errors:
-        request.response.status_int = 400
+        request.response.status_int = status
     return {
         "form": form, "errors": errors, "limits": LIMITS, "action": action, "post": post, "form_token": form_token,
         "version": version,
@@ -222,32 +222,35 @@ def update_post(request):
     opened_at = request.POST.get("version")
     if errors:
         return _form_page(request, form=form, errors=errors, action=action, post=post, version=opened_at)
-    seen, post_id = post.updated_at, post.id
-    changed_since = opened_at is not None and opened_at != _version(post)
-    if not changed_since:
-        # Only over the version just read: a save that crossed another since is refused as one
-        # whose form was older (helper-142: a stale tab put back what a moderator had removed).
-        saved = request.dbsession.execute(
-            update(Post).where(Post.id == post.id, Post.updated_at == seen)
-            .values(title=form["title"], body=form["body"], updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        request.dbsession.expire(post)
-        changed_since = saved != 1
-        if changed_since and request.dbsession.scalar(select(Post.id).where(Post.id == post_id)) is None:
+    if opened_at is not None and opened_at != _version(post):
+        return _changed_since(request, form, action, post)
+    # Only over the version just read: a save that crossed another since is refused as one whose
+    # form was older (helper-142: a stale tab put back what a moderator had removed).
+    post_id = post.id
+    saved = request.dbsession.execute(
+        update(Post).where(Post.id == post_id, Post.updated_at == post.updated_at)
+        .values(title=form["title"], body=form["body"], updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    request.dbsession.expire(post)
+    if saved != 1:
+        if request.dbsession.scalar(select(Post.id).where(Post.id == post_id)) is None:
             raise HTTPNotFound()  # deleted meanwhile (helper-145: a 500, reading the post again)
-    if changed_since:
-        page = _form_page(
-            request, form=form, action=action, post=post, version=_version(post),
-            errors={"title": (
-                "This post was changed after you opened it, and your changes were not saved. They are "
-                "below: open the post in another tab to see what changed, then save again to replace it."
-            )},
-        )
-        request.response.status_int = 409
-        return page
+        return _changed_since(request, form, action, post)
     _audit_someone_elses(request, post, AuditEventType.POST_EDITED_BY_ADMIN)
     return HTTPSeeOther(request.route_path("post", id=post.id, _query={"notice": "post_updated"}))
+
+
+def _changed_since(request, form: dict, action: str, post: Post) -> dict:
+    """The edit form again, with the person's words, for a post changed since it was opened: 409,
+    and the version it now is, so that saving again replaces it knowingly."""
+    return _form_page(
+        request, form=form, action=action, post=post, version=_version(post), status=409,
+        errors={"title": (
+            "This post was changed after you opened it, and your changes were not saved. They are "
+            "below: open the post in another tab to see what changed, then save again to replace it."
+        )},
+    )
 
 
 def _version(post: Post) -> str:

@@ -107,6 +107,21 @@ def test_a_failed_read_all_is_sqlalchemys_error_and_the_next_read_works(database
     assert SessionRecord.from_columns(database.read_row(_BY_ID_HASH, params)).user_subject == "alice"
 
 
+@pytest.mark.parametrize(
+    "said, dialect",
+    [("no such table: posts", "sqlite"), ("no such column: posts.version", "sqlite"),
+     ("table posts has no column named version", "sqlite")],
+)
+def test_what_sqlite_says_of_a_missing_table_or_column_is_not_migrated(said, dialect):
+    import sqlite3
+
+    from myapp.models import not_migrated
+
+    assert isinstance(not_migrated(sqlite3.OperationalError(said), dialect), NotMigrated)
+    assert not_migrated(sqlite3.OperationalError("database is locked"), dialect) is None
+    assert not_migrated(sqlite3.OperationalError(said), "postgresql") is None  # PostgreSQL's is its SQLSTATE
+
+
 def test_a_read_of_a_table_the_database_lacks_is_not_migrated_and_the_next_read_works(database, session_row):
     """helper-142: a database emptied or replaced under the running app was a 500 on PostgreSQL;
     it is an outage (503) that says what to run, on the raw reads as on SQLAlchemy's."""

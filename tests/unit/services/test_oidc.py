@@ -492,6 +492,25 @@ def test_a_call_not_made_or_cut_short_by_the_lock_neither_starts_nor_ends_a_rest
     assert rest.ask() is True  # still to be probed, by the next caller
 
 
+def test_a_call_with_no_thread_for_its_timer_neither_starts_nor_ends_a_rest(client, provider, clock, monkeypatch):
+    """A process that can start no more threads made no call (http.NoTimer): the provider said nothing."""
+    import threading
+
+    client.metadata()
+    rest = client.token_endpoint_rest
+    rest.ended(rest.ask(), True)
+    clock.advance(TOKEN_ENDPOINT_REST)
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Timer, "start", no_thread)
+    with pytest.raises(ProviderUnavailable, match="connection failed"):
+        client.refresh("rt-1")
+    monkeypatch.undo()
+    assert provider.token_forms == [] and rest.ask() is True  # still to be probed, as before the call
+
+
 def test_after_its_rest_one_request_at_a_time_asks_the_token_endpoint(clock):
     rest = TokenEndpointRest(lambda: clock.mono)
     assert rest.ask() is False and not rest.resting()  # not resting: everyone asks, none is the probe
